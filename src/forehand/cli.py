@@ -1,0 +1,25 @@
+"""The `forehand` command line; each subcommand lives with the layer it drives."""
+
+from __future__ import annotations
+
+import typer
+
+import forehand
+
+app = typer.Typer(
+    name="forehand",
+    help="Forehand: keep long-lived sessions alive across a fleet of servers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed Forehand version."""
+    typer.echo(forehand.__version__)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
