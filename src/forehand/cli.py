@@ -14,6 +14,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Forehand: keep long-lived sessions alive across a fleet of servers."""
+
+
 @app.command()
 def version() -> None:
     """Print the installed Forehand version."""
