@@ -1,0 +1,66 @@
+"""The one driver shape shared by every sans-IO core (STYLE.md rule 2).
+
+A core is fed inputs and drained of outputs by whoever drives it: the asyncio runtime in
+production, the simulator in tests. It never reads a clock, touches a socket or a file, or calls a
+store. Inputs: `receive_message(message, source=..., now_us=...)`, `handle_timer(now_us=...)`,
+`store_result(result, now_us=...)` and the core's own command verbs. Outputs are pulled:
+`messages_to_send()`, `store_requests()`, `next_event()` and `timer_us()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+__all__ = ["CoreDriver", "NodeId", "Outbound"]
+
+NodeId = str
+"""The name of a node (a manager, server or client process), as drivers route it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outbound:
+    """A message a core wants delivered; the driver owns the connection it travels on."""
+
+    destination: NodeId
+    """The node the message is addressed to."""
+    message: object
+    """The message itself: a `forehand.wire` frame or a cluster message of `forehand.core`."""
+
+
+@runtime_checkable
+class CoreDriver(Protocol):
+    """What every core exposes to the runtime and to the simulator."""
+
+    @property
+    def node_id(self) -> NodeId:
+        """This core's own node name."""
+        ...
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        """Feed one message that arrived from `source`."""
+        ...
+
+    def handle_timer(self, *, now_us: int) -> None:
+        """Run whatever is due at `now_us`; the driver calls it at or after `timer_us()`."""
+        ...
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        """Feed the result of a store request this core emitted earlier."""
+        ...
+
+    def messages_to_send(self) -> list[Outbound]:
+        """Drain the messages produced since the last call, in the order they must be sent."""
+        ...
+
+    def store_requests(self) -> list[object]:
+        """Drain the store requests produced since the last call, in order."""
+        ...
+
+    def next_event(self) -> object | None:
+        """Pop the oldest event for the application or operator, or None when there is none."""
+        ...
+
+    def timer_us(self) -> int | None:
+        """The earliest time this core wants `handle_timer`, or None when nothing is pending."""
+        ...
