@@ -1,0 +1,357 @@
+"""Cluster messages: what servers and the Session Manager say to each other.
+
+Clients speak `forehand/1` frames (`forehand.wire`). Servers and managers additionally exchange the
+messages below, on mutually authenticated connections, each carried in one `ClusterMessage` frame
+whose body is the message encoded with `encode_cluster_message` (msgpack, tagged by class name).
+
+Naming follows STYLE.md rule 4: a noun and a past participle, saying what happened at the sender.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+__all__ = [
+    "ClusterMessageType",
+    "FailoverPrepared",
+    "HandoffAborted",
+    "HandoffAssigned",
+    "HandoffCompleted",
+    "HandoffRequested",
+    "HeartbeatReported",
+    "LoadReport",
+    "LogAcknowledged",
+    "LogEntry",
+    "LogShipped",
+    "MapPublished",
+    "MapRequested",
+    "PartProgress",
+    "PartRef",
+    "PartRole",
+    "PositionsReported",
+    "RequestForwarded",
+    "ResponseForwarded",
+    "ServerAnnounced",
+    "SnapshotShipped",
+    "decode_cluster_message",
+    "encode_cluster_message",
+]
+
+
+class PartRole(enum.IntEnum):
+    """What a server does for a part, as reported to the manager."""
+
+    PRIMARY = 1
+    REPLICA = 2
+    HANDING_OFF = 3
+    BACKUP = 4
+    RECEIVING = 5
+
+
+class PartRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A part of a session, by value."""
+
+    session_id: bytes
+    """The session's 16-byte UUIDv7."""
+    part: str
+    """The part name."""
+
+
+class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A server's own load, sampled by the runtime (or the simulator's process model)."""
+
+    cpu_utilization: float
+    """Share of CPU capacity in use, 0.0 to 1.0 (can exceed 1.0 when work queues)."""
+    queue_depth: int
+    """Requests waiting to execute."""
+    latency_us_p99: int
+    """99th-percentile request latency over the last report interval."""
+    error_ratio: float
+    """Share of requests answered with an error over the last report interval."""
+    requests_per_second: float
+    """Requests executed per second over the last report interval."""
+
+
+class PartProgress(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """How far a server is on one part: the manager picks failover and handoff targets by it."""
+
+    ref: PartRef
+    """Which part."""
+    role: PartRole
+    """The server's role for the part."""
+    applied_seq: int
+    """Highest log sequence number applied to the part's state on this server."""
+    epoch: int
+    """Map version at which the part's placement last changed, as this server knows it."""
+
+
+# Server -> manager.
+
+
+class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A server process started (or restarted) and asks to be a member."""
+
+    server_id: str
+    """The server's stable name."""
+    incarnation: int
+    """Grows on every restart, so the manager tells a restarted process from a late message."""
+    address: str
+    """Where clients reach it, `host:port`; opaque to the cores."""
+    zone: str
+    """Failure domain label."""
+    weight: float
+    """Relative capacity for placement."""
+
+
+class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Periodic liveness, load and part progress; `parts` is a bounded, rotating batch."""
+
+    server_id: str
+    """Sender."""
+    incarnation: int
+    """Sender's incarnation."""
+    sequence: int
+    """Heartbeat counter, per incarnation."""
+    map_version: int
+    """Newest map version the server has applied."""
+    load: LoadReport
+    """The server's own load."""
+    parts: tuple[PartProgress, ...]
+    """Progress of some of its parts; at most `heartbeat_parts_max` per heartbeat."""
+
+
+class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Handoff step 1 when the source itself flags the impending disruption."""
+
+    server_id: str
+    """The source asking to shed parts."""
+    parts: tuple[PartRef, ...]
+    """Parts to move; empty means "as many as the manager sees fit"."""
+    reason: int
+    """A `forehand.wire` reason code."""
+
+
+class MapRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A server saw a gap in map versions and asks for the whole map."""
+
+    server_id: str
+    """Sender."""
+    map_version: int
+    """The newest version it holds."""
+
+
+class PositionsReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Answer to `FailoverPrepared`: the replica's fenced position on each part."""
+
+    server_id: str
+    """Sender."""
+    map_version: int
+    """The version it fenced at (echoes the request)."""
+    parts: tuple[PartProgress, ...]
+    """Its progress on each requested part it holds."""
+
+
+class HandoffCompleted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Source (after the backup period) or target (after catching up) reports a handoff's end."""
+
+    handoff_id: int
+    """Which handoff."""
+    server_id: str
+    """Sender."""
+    parts: tuple[PartRef, ...]
+    """The parts it finished."""
+
+
+class HandoffAborted(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A participant missed its step deadline; the manager decides the outcome."""
+
+    handoff_id: int
+    """Which handoff."""
+    server_id: str
+    """Sender."""
+    parts: tuple[PartRef, ...]
+    """The parts affected."""
+    detail: str
+    """Human-readable cause, for the audit log."""
+
+
+# Manager -> server.
+
+
+class MapPublished(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A committed map change (a delta from `base_version`, or the whole map when it is 0)."""
+
+    map_version: int
+    """The version the body produces."""
+    base_version: int
+    """The version the delta applies to; 0 for a whole map."""
+    body: bytes
+    """The encoded delta or map (`forehand.placement` codec)."""
+
+
+class HandoffAssigned(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Handoff step 2 done: the map assigns `parts` to `target`; the source starts step 3."""
+
+    handoff_id: int
+    """Manager-unique id of this handoff."""
+    parts: tuple[PartRef, ...]
+    """The parts moving."""
+    source: str
+    """The server giving them up."""
+    target: str
+    """The server taking them."""
+    map_version: int
+    """The map version that made `target` primary."""
+    reason: int
+    """A `forehand.wire` reason code."""
+    deadline_ms: int
+    """Time the participants have, from receipt, to finish steps 3 and 4."""
+
+
+class FailoverPrepared(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Fence a dead primary's parts at `map_version` and report positions, before a promotion."""
+
+    map_version: int
+    """Replicas refuse log entries from epochs below this version from now on."""
+    parts: tuple[PartRef, ...]
+    """The parts being failed over."""
+
+
+# Server <-> server.
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One executed request, replicated by re-execution of the part's deterministic handler."""
+
+    seq: int
+    """Position in the part's log, from 1, without gaps."""
+    request_id: int
+    """The client's request id, for exactly-once execution."""
+    op: str
+    """The operation name."""
+    payload: bytes
+    """The request payload."""
+    status: int
+    """The response status the primary answered with."""
+    result: bytes
+    """The response payload the primary answered with (for the dedup table)."""
+    epoch: int
+    """Map version under which the primary executed it."""
+
+
+class LogShipped(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A batch of log entries from a primary (or a handoff source) to a replica (or the target)."""
+
+    ref: PartRef
+    """Which part."""
+    epoch: int
+    """The sender's epoch for the part; receivers fence older epochs."""
+    prev_seq: int
+    """Sequence number just before `entries[0]`; the receiver acks what it has if it differs."""
+    entries: tuple[LogEntry, ...]
+    """At most `log_batch_entries_max` entries."""
+    sealed: bool
+    """True on the last batch of a handoff source: nothing follows at this epoch."""
+
+
+class LogAcknowledged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A replica's position; shipping resumes from `acked_seq` + 1."""
+
+    ref: PartRef
+    """Which part."""
+    epoch: int
+    """The epoch the replica accepted entries at."""
+    acked_seq: int
+    """Highest contiguous sequence number applied."""
+
+
+class SnapshotShipped(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The whole part, for a replica too far behind the retained log or a new one."""
+
+    ref: PartRef
+    """Which part."""
+    epoch: int
+    """The sender's epoch."""
+    seq: int
+    """The state is as of this sequence number."""
+    state: bytes
+    """The part's state, msgpack-encoded."""
+    dedup: tuple[LogEntry, ...]
+    """The dedup table: the latest entries per request id, bounded by `dedup_entries_max`."""
+
+
+class RequestForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Handoff step 3/5: a request that reached the old primary, sent on to the new one."""
+
+    client: str
+    """The client node that sent it; the answer goes back the way it came."""
+    request_id: int
+    """The client's request id."""
+    session_id: bytes
+    """The session."""
+    part: str
+    """The part."""
+    op: str
+    """The operation."""
+    payload: bytes
+    """The payload."""
+    map_version: int
+    """The forwarder's map version, stamped on the way."""
+    hops: int
+    """Forwarding hops so far; refused beyond `forward_hops_max`."""
+
+
+class ResponseForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """The answer to a `RequestForwarded`, relayed to the client by the forwarder."""
+
+    client: str
+    """The client node to answer."""
+    request_id: int
+    """The client's request id."""
+    session_id: bytes
+    """The session."""
+    status: int
+    """A `forehand.wire` response status."""
+    map_version: int
+    """The answering server's map version."""
+    payload: bytes
+    """The result."""
+
+
+ClusterMessageType = (
+    ServerAnnounced
+    | HeartbeatReported
+    | HandoffRequested
+    | MapRequested
+    | PositionsReported
+    | HandoffCompleted
+    | HandoffAborted
+    | MapPublished
+    | HandoffAssigned
+    | FailoverPrepared
+    | LogShipped
+    | LogAcknowledged
+    | SnapshotShipped
+    | RequestForwarded
+    | ResponseForwarded
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[ClusterMessageType] = msgspec.msgpack.Decoder(ClusterMessageType)
+
+
+def encode_cluster_message(message: ClusterMessageType) -> bytes:
+    """The body of the `ClusterMessage` frame that carries `message`."""
+    return _encoder.encode(message)
+
+
+def decode_cluster_message(body: bytes) -> ClusterMessageType:
+    """Decode a `ClusterMessage` body; a malformed body is the peer's fault."""
+    from forehand.errors import RemoteProtocolError
+
+    try:
+        return _decoder.decode(body)
+    except msgspec.DecodeError as error:
+        raise RemoteProtocolError(f"malformed cluster message: {error}") from error
