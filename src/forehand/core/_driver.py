@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["CoreDriver", "NodeId", "Outbound"]
+__all__ = ["ConnectionLost", "ConnectionOpened", "CoreDriver", "NodeId", "Outbound"]
 
 NodeId = str
 """The name of a node (a manager, server or client process), as drivers route it."""
@@ -26,6 +26,31 @@ class Outbound:
     """The node the message is addressed to."""
     message: object
     """The message itself: a `forehand.wire` frame or a cluster message of `forehand.core`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionOpened:
+    """An input, not a message on the wire: the driver's connection to `peer` is up.
+
+    The driver delivers it through `receive_message(ConnectionOpened(peer=...), source=peer, ...)`
+    once the transport (and its TLS handshake) is established, before any frame from the peer.
+    """
+
+    peer: NodeId
+    """The node at the other end of the connection."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLost:
+    """An input, not a message on the wire: the driver's connection to `peer` is gone.
+
+    Delivered through `receive_message(ConnectionLost(peer=...), source=peer, ...)` when the
+    transport closes, times out or fails to connect. Messages sent to `peer` afterwards make the
+    driver connect again.
+    """
+
+    peer: NodeId
+    """The node at the other end of the connection."""
 
 
 @runtime_checkable
