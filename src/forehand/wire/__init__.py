@@ -5,6 +5,8 @@ docs/PROTOCOL.md is the normative text; this package implements it without touch
 
 from __future__ import annotations
 
+from forehand.wire._buffer import Buffer
+from forehand.wire._codec import decode_body, decode_frame, encode_frame
 from forehand.wire._config import (
     ALPN,
     DEFAULT_CONFIG,
@@ -13,6 +15,14 @@ from forehand.wire._config import (
     SESSION_ID_BYTES,
     VARINT_MAX,
     WireConfig,
+)
+from forehand.wire._decoder import (
+    ALLOWED_FRAME_TYPES,
+    END_OF_STREAM,
+    NEED_DATA,
+    DecoderSignal,
+    FrameDecoder,
+    grease_frame,
 )
 from forehand.wire._enums import (
     AddressType,
@@ -56,9 +66,22 @@ from forehand.wire._frames import (
     SessionOpened,
     Welcome,
 )
+from forehand.wire._primitives import encode_varint, pull_varint
 
 __all__ = [
+    "ALLOWED_FRAME_TYPES",
     "ALPN",
+    "END_OF_STREAM",
+    "NEED_DATA",
+    "Buffer",
+    "DecoderSignal",
+    "FrameDecoder",
+    "decode_body",
+    "decode_frame",
+    "encode_frame",
+    "encode_varint",
+    "grease_frame",
+    "pull_varint",
     "DEFAULT_CONFIG",
     "FRAME_HEADER_BYTES_MAX",
     "PROTOCOL_VERSION",
