@@ -51,6 +51,8 @@ class ConnectionLost:
 
     peer: NodeId
     """The node at the other end of the connection."""
+    reason: str = ""
+    """Why it broke, for traces and events: `timeout`, `refused`, `reset`, `peer-crashed`, ..."""
 
 
 @runtime_checkable
