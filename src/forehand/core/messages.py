@@ -265,6 +265,10 @@ class LogAcknowledged(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The epoch the replica accepted entries at."""
     acked_seq: int
     """Highest contiguous sequence number applied."""
+    acked_epoch: int = 0
+    """Epoch of the entry at `acked_seq` (0 for none): a new primary checks the histories match."""
+    sealed: bool = False
+    """True when the receiver applied a sealed batch through `acked_seq` and now serves the part."""
 
 
 class SnapshotShipped(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -280,6 +284,8 @@ class SnapshotShipped(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The part's state, msgpack-encoded."""
     dedup: tuple[LogEntry, ...]
     """The dedup table: the latest entries per request id, bounded by `dedup_entries_max`."""
+    seq_epoch: int = 0
+    """Epoch of the entry at `seq`, so the receiver can later prove its history to a new primary."""
 
 
 class RequestForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
