@@ -1,0 +1,194 @@
+"""The Session Manager's configuration: every bound and timeout of `ManagerCore`, with its unit.
+
+One frozen dataclass (STYLE.md rule 10), validated on construction, with `randomized(rng)` so the
+simulator can explore the space of valid configurations from one seed.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass, fields
+
+from forehand.errors import ConfigError
+
+__all__ = ["FailureDetectorKind", "ManagerConfig"]
+
+MANAGER_NODE_ID = "manager"
+"""The node id every server and client addresses the Session Manager by."""
+SESSION_PARTS_MAX = 64
+"""Most parts one session may open with (the wire's `parts_max` default)."""
+
+
+class FailureDetectorKind(enum.Enum):
+    """How the manager decides that a silent server is dead."""
+
+    TIMEOUT = "timeout"
+    """Suspected after `suspect_timeout_ms` of silence, dead after `failure_timeout_ms`."""
+    PHI_ACCRUAL = "phi_accrual"
+    """Suspected and dead at phi thresholds over the observed heartbeat intervals; dead at the
+    latest after `failure_timeout_ms`, so the bound holds whatever the history."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerConfig:
+    """Bounds, timeouts and policy knobs of the Session Manager core."""
+
+    node_id: str = MANAGER_NODE_ID
+    """The manager's node name, as servers and clients address it."""
+    replica_count: int = 2
+    """Replicas per part besides the primary; failover restores this count."""
+    servers_max: int = 1024
+    """Most servers the membership table holds (dead ones included until they are forgotten)."""
+    clients_max: int = 65_536
+    """Most client connections whose HELLO the manager remembers at once."""
+    heartbeat_interval_ms: int = 500
+    """The interval servers heartbeat at; seeds the phi-accrual detector before it has history."""
+    suspect_timeout_ms: int = 1_500
+    """Silence after which a server is suspected (timeout detector); below failure_timeout_ms."""
+    failure_timeout_ms: int = 3_000
+    """Silence after which a server is declared dead, with either detector."""
+    failure_detector: FailureDetectorKind = FailureDetectorKind.TIMEOUT
+    """Which failure detector decides suspicion and death."""
+    phi_suspect_threshold: float = 3.0
+    """Phi at which a silent server is suspected (phi-accrual detector)."""
+    phi_dead_threshold: float = 8.0
+    """Phi at which a silent server is declared dead (phi-accrual detector)."""
+    phi_samples_max: int = 100
+    """Heartbeat intervals the phi-accrual detector keeps per server."""
+    phi_deviation_ms_min: int = 100
+    """Floor on the standard deviation of heartbeat intervals, so a very regular sender is not
+    declared dead by one late heartbeat."""
+    heartbeat_pause_acceptable_ms: int = 0
+    """Pause added to the mean interval before phi grows, for expected hiccups (collection, GC)."""
+    part_progress_per_server_max: int = 65_536
+    """Most part progress records (from heartbeats) kept per server; the oldest is forgotten."""
+    dead_servers_forget_ms: int = 600_000
+    """A dead server's membership record is forgotten this long after its death."""
+    failover_prepare_timeout_ms: int = 1_000
+    """How long a failover waits for replicas' positions before promoting with what it has."""
+    failovers_concurrent_max: int = 64
+    """Most failovers (waiting for positions) at once; more deaths join the newest one."""
+    pending_deltas_max: int = 256
+    """Map changes queued behind the one commit in flight; a full queue pushes back."""
+    store_timeout_ms: int = 5_000
+    """A store request unanswered this long is abandoned: the manager reloads the map."""
+    handoff_deadline_ms: int = 5_000
+    """Time the participants of a handoff get to finish steps 3 and 4 (sent in HandoffAssigned)."""
+    handoff_deadline_grace_ms: int = 1_000
+    """Extra wait past the deadline for the participants' report before falling back to failover."""
+    handoffs_per_server_max: int = 2
+    """Most handoffs one server takes part in at once, as source or as target."""
+    handoffs_concurrent_max: int = 32
+    """Most handoffs in progress at once across the cluster."""
+    handoff_parts_max: int = 16
+    """Most parts one handoff moves (one HandoffAssigned)."""
+    handoff_queue_parts_max: int = 16_384
+    """Most part moves waiting for a handoff slot."""
+    handoff_queue_timeout_ms: int = 120_000
+    """A part move waiting this long for a target or a slot is dropped (and reported)."""
+    handoff_jitter_ms_max: int = 50
+    """Random pause, up to this long, between two handoff batches, so moves do not stampede."""
+    target_cpu_utilization_max: float = 0.75
+    """A handoff target must report CPU utilization below this (headroom)."""
+    target_lag_entries_max: int = 64
+    """A replica counts as up to date when it trails the primary by at most this many entries."""
+    overload_threshold: float = 0.9
+    """CPU utilization above which the threshold risk policy moves parts away."""
+    overload_latency_us_p99: int = 0
+    """p99 latency above which the threshold risk policy moves parts away; 0 disables it."""
+    overload_cooldown_ms: int = 30_000
+    """After the threshold policy flags a server, it stays quiet about it this long."""
+    overload_parts_fraction: float = 0.25
+    """Share of an overloaded server's primary parts moved per flag (at least one)."""
+    session_parts_max: int = SESSION_PARTS_MAX
+    """Most parts an OPEN_SESSION may name."""
+    token_lifetime_ms: int = 300_000
+    """Lifetime of the resumption token SESSION_OPENED carries."""
+    credential_lifetime_ms: int = 86_400_000
+    """Lifetime of the session credential SESSION_OPENED carries."""
+    idle_timeout_ms: int = 60_000
+    """Idle timeout the manager announces in WELCOME."""
+    frame_bytes_max: int = 1 << 20
+    """Largest frame body the manager accepts, announced in WELCOME."""
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_relations()
+
+    def _check_types(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "node_id":
+                if not isinstance(value, str) or not value:
+                    raise ConfigError("ManagerConfig.node_id must be a non-empty string")
+            elif field.name == "failure_detector":
+                if not isinstance(value, FailureDetectorKind):
+                    raise ConfigError("ManagerConfig.failure_detector must be FailureDetectorKind")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"ManagerConfig.{field.name} must be a number, got {value!r}")
+            elif value < 0 or (value == 0 and field.name not in _ZERO_ALLOWED):
+                raise ConfigError(f"ManagerConfig.{field.name} must be positive, got {value!r}")
+
+    def _check_relations(self) -> None:
+        if self.suspect_timeout_ms >= self.failure_timeout_ms:
+            raise ConfigError("ManagerConfig.suspect_timeout_ms must be below failure_timeout_ms")
+        if self.phi_suspect_threshold >= self.phi_dead_threshold:
+            raise ConfigError(
+                "ManagerConfig.phi_suspect_threshold must be below phi_dead_threshold"
+            )
+        if self.handoffs_per_server_max > self.handoffs_concurrent_max:
+            raise ConfigError(
+                "ManagerConfig.handoffs_per_server_max must not exceed handoffs_concurrent_max"
+            )
+        if self.overload_parts_fraction > 1.0:
+            raise ConfigError("ManagerConfig.overload_parts_fraction must be at most 1.0")
+        if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
+            raise ConfigError(
+                f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"
+            )
+
+    @property
+    def failure_timeout_us(self) -> int:
+        """`failure_timeout_ms` in microseconds."""
+        return self.failure_timeout_ms * 1000
+
+    @classmethod
+    def randomized(cls, rng: random.Random) -> ManagerConfig:
+        """A valid configuration drawn from `rng`, for the simulator to explore."""
+        failure_timeout_ms = rng.randrange(600, 5_000)
+        detector = rng.choice(list(FailureDetectorKind))
+        jitter = rng.choice((0, rng.randrange(1, 200)))
+        per_server = rng.randrange(1, 5)
+        return cls(
+            replica_count=rng.randrange(1, 4),
+            heartbeat_interval_ms=rng.randrange(50, failure_timeout_ms // 3),
+            suspect_timeout_ms=rng.randrange(failure_timeout_ms // 3, failure_timeout_ms),
+            failure_timeout_ms=failure_timeout_ms,
+            failure_detector=detector,
+            phi_suspect_threshold=rng.uniform(1.0, 4.0),
+            phi_dead_threshold=rng.uniform(5.0, 12.0),
+            failover_prepare_timeout_ms=rng.randrange(100, 3_000),
+            pending_deltas_max=rng.randrange(4, 512),
+            handoff_deadline_ms=rng.randrange(500, 10_000),
+            handoff_deadline_grace_ms=rng.randrange(100, 3_000),
+            handoffs_per_server_max=per_server,
+            handoffs_concurrent_max=rng.randrange(per_server, 64),
+            handoff_parts_max=rng.randrange(1, SESSION_PARTS_MAX + 1),
+            handoff_jitter_ms_max=jitter,
+            overload_threshold=rng.uniform(0.6, 0.99),
+            overload_cooldown_ms=rng.randrange(1_000, 60_000),
+            overload_parts_fraction=rng.uniform(0.05, 1.0),
+        )
+
+
+_ZERO_ALLOWED = frozenset(
+    {
+        "heartbeat_pause_acceptable_ms",
+        "handoff_jitter_ms_max",
+        "overload_latency_us_p99",
+        "replica_count",
+        "target_lag_entries_max",
+    }
+)
+"""Fields for which 0 means something: no pause, no jitter, disabled, no replicas, caught up."""

@@ -1,0 +1,380 @@
+"""Events of the Session Manager core, drained with `ManagerCore.next_event()`.
+
+They are what an operator (logs, dashboard, progress bars) and the simulator's checkers need to
+see: membership changes, every committed map version and why, each handoff from start to end
+with its durations, failovers with the chosen replica and the positions it was chosen from, drain
+progress, and parts that could not be saved. Frozen, slotted, keyword-only dataclasses named noun
+plus past participle (STYLE.md rule 4).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from forehand.core.messages import LoadReport, PartRef
+from forehand.wire import ReasonCode
+
+__all__ = [
+    "DeathCause",
+    "DrainProgressed",
+    "FailoverCompleted",
+    "FailoverStarted",
+    "HandoffAborted",
+    "HandoffCompleted",
+    "HandoffOutcome",
+    "HandoffStarted",
+    "ManagerEvent",
+    "MapChange",
+    "MapCommitRejected",
+    "MapCommitted",
+    "MapLoaded",
+    "PartPromoted",
+    "PartsLost",
+    "MovesDropped",
+    "ReplicaPosition",
+    "RiskFlagged",
+    "ServerDeclaredDead",
+    "ServerJoined",
+    "ServerSuspected",
+    "SessionRegistered",
+]
+
+
+class MapChange(enum.Enum):
+    """What a committed map version changed."""
+
+    SERVER_JOINED = "server_joined"
+    SERVERS_REMOVED = "servers_removed"
+    SESSION_OPENED = "session_opened"
+    HANDOFF_ASSIGNED = "handoff_assigned"
+    HANDOFF_REVERTED = "handoff_reverted"
+    FAILOVER = "failover"
+    REPLICAS_MOVED = "replicas_moved"
+    DRAIN_MARKED = "drain_marked"
+    DRAIN_CLEARED = "drain_cleared"
+
+
+class DeathCause(enum.Enum):
+    """Why a server was declared dead."""
+
+    SILENCE = "silence"
+    """No heartbeat within the failure detector's bound."""
+    RESTARTED = "restarted"
+    """It announced a new incarnation: the old process and its memory are gone."""
+
+
+class HandoffOutcome(enum.Enum):
+    """How a handoff that did not complete ended."""
+
+    STAYED = "stayed"
+    """Reverted: the parts are primary at the source again (abort and stay)."""
+    FAILED_OVER = "failed_over"
+    """The parts went through failover (a participant died or fell silent)."""
+    CANCELLED = "cancelled"
+    """The override was never committed; the parts never left the source."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapLoaded:
+    """The manager loaded the map from the store (start-up or after a rejected commit)."""
+
+    map_version: int
+    """The loaded version."""
+    servers: int
+    """Servers the map lists."""
+    parts: int
+    """Parts the map places."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapCommitted:
+    """The store accepted a map change; the new version is published to every live server."""
+
+    map_version: int
+    """The new version."""
+    base_version: int
+    """The version the change applied to."""
+    change: MapChange
+    """What kind of change."""
+    parts: tuple[PartRef, ...]
+    """The parts whose placement changed (empty for membership-only changes)."""
+    servers: tuple[str, ...]
+    """The servers the change is about (joined, removed, drained, source and target, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapCommitRejected:
+    """The store refused a change (its base version is stale): the map is reloaded, plans redone."""
+
+    base_version: int
+    """The version the refused change applied to."""
+    change: MapChange
+    """What the change was."""
+    detail: str
+    """The store's explanation."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerJoined:
+    """A server's join is committed: it is a member and may receive parts."""
+
+    server_id: str
+    """The server."""
+    incarnation: int
+    """Its incarnation."""
+    address: str
+    """Where clients reach it."""
+    zone: str
+    """Its failure domain."""
+    map_version: int
+    """The version that added it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSuspected:
+    """A server has been silent long enough to worry; nothing moves yet."""
+
+    server_id: str
+    """The server."""
+    incarnation: int
+    """Its incarnation."""
+    silent_us: int
+    """Time since its last heartbeat."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerDeclaredDead:
+    """A server is declared dead: its parts fail over."""
+
+    server_id: str
+    """The server."""
+    incarnation: int
+    """The incarnation that died."""
+    cause: DeathCause
+    """Silence or restart."""
+    silent_us: int
+    """Time since its last heartbeat (0 for a restart)."""
+    primary_parts: int
+    """Parts it was primary for, which now fail over."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffStarted:
+    """Handoff step 2 is done: the override is committed and HandoffAssigned sent to both sides."""
+
+    handoff_id: int
+    """The handoff."""
+    reason: ReasonCode
+    """Why the parts move."""
+    parts: tuple[PartRef, ...]
+    """The parts moving."""
+    source: str
+    """The server giving them up."""
+    target: str
+    """The server taking them."""
+    map_version: int
+    """The version that made the target primary."""
+    planned_us: int
+    """When the manager picked the target (step 2 started)."""
+    assigned_us: int
+    """When the override was committed and the participants told."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffCompleted:
+    """A participant reported the handoff done."""
+
+    handoff_id: int
+    """The handoff."""
+    reason: ReasonCode
+    """Why the parts moved."""
+    parts: tuple[PartRef, ...]
+    """The parts moved."""
+    source: str
+    """The server that gave them up."""
+    target: str
+    """The server that took them."""
+    map_version: int
+    """The version that made the target primary."""
+    reported_by: str
+    """The participant whose report ended it."""
+    commit_us: int
+    """Time from picking the target to the committed override."""
+    duration_us: int
+    """Time from picking the target to the report."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffAborted:
+    """A handoff ended without completing."""
+
+    handoff_id: int
+    """The handoff."""
+    reason: ReasonCode
+    """Why the parts were to move."""
+    parts: tuple[PartRef, ...]
+    """The parts concerned."""
+    source: str
+    """The source."""
+    target: str
+    """The target."""
+    outcome: HandoffOutcome
+    """Stayed at the source, failed over, or never assigned."""
+    cause: str
+    """What went wrong, for the audit trail."""
+    map_version: int
+    """The version the outcome is in effect at (the revert's, or the last known)."""
+    duration_us: int
+    """Time from picking the target to this outcome."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MovesDropped:
+    """Queued part moves the manager gave up on before starting a handoff."""
+
+    parts: tuple[PartRef, ...]
+    """The parts that stay where they are."""
+    source: str
+    """Their primary."""
+    reason: ReasonCode
+    """Why they were to move."""
+    cause: str
+    """Why they no longer will (no target in time, not primary there anymore, queue full, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaPosition:
+    """How far one replica was on a part when a failover fenced it."""
+
+    server_id: str
+    """The replica."""
+    applied_seq: int
+    """Highest applied log sequence number it reported (-1 when it did not answer)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartPromoted:
+    """The failover decision for one part."""
+
+    ref: PartRef
+    """The part."""
+    previous_primary: str
+    """The primary that died or fell silent."""
+    primary: str
+    """The replica promoted."""
+    applied_seq: int
+    """Its position (the highest reported)."""
+    positions: tuple[ReplicaPosition, ...]
+    """Every candidate's position, sorted by server id."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverStarted:
+    """A failover fenced the replicas of a dead (or silent) primary's parts and awaits positions."""
+
+    failover_id: int
+    """The failover."""
+    servers: tuple[str, ...]
+    """The servers whose parts fail over."""
+    parts: int
+    """How many parts."""
+    fence_version: int
+    """The map version the replicas fence at (FailoverPrepared.map_version)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverCompleted:
+    """Promotions committed: the parts have live primaries again."""
+
+    failover_id: int
+    """The failover."""
+    servers: tuple[str, ...]
+    """The servers whose parts failed over."""
+    map_version: int
+    """The version with the promotions."""
+    promotions: tuple[PartPromoted, ...]
+    """One decision per part saved."""
+    replicas_added: int
+    """Replica roles assigned to restore `replica_count`."""
+    positions_us: int
+    """Time spent collecting positions."""
+    duration_us: int
+    """Time from the start of the failover to the committed map."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartsLost:
+    """Parts whose primary and every replica are gone; they are removed from the map."""
+
+    parts: tuple[PartRef, ...]
+    """The parts lost."""
+    servers: tuple[str, ...]
+    """The dead servers that held them."""
+    map_version: int
+    """The version that removed them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DrainProgressed:
+    """A drain moved more of a server's roles away (for a progress bar)."""
+
+    server_id: str
+    """The server being drained."""
+    parts_moved: int
+    """Roles moved away so far (primary and replica)."""
+    parts_total: int
+    """Roles it held when the drain started (plus any that arrived since)."""
+    finished: bool
+    """True once the server holds nothing."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RiskFlagged:
+    """The risk policy decided to move parts off a server; logged with its inputs."""
+
+    server_id: str
+    """The server at risk."""
+    reason: ReasonCode
+    """OVERLOAD, PREDICTED_FAILURE, ..."""
+    parts: int
+    """Parts queued to move."""
+    load: LoadReport
+    """The load report that triggered the decision."""
+    detail: str
+    """The policy's explanation (which threshold, which value)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRegistered:
+    """A new session's parts are committed to the map and the client was answered."""
+
+    session_id: bytes
+    """The session (16 bytes)."""
+    parts: tuple[str, ...]
+    """Its part names."""
+    client: str
+    """The client node that opened it."""
+    map_version: int
+    """The version that placed its parts."""
+
+
+ManagerEvent = (
+    MapLoaded
+    | MapCommitted
+    | MapCommitRejected
+    | ServerJoined
+    | ServerSuspected
+    | ServerDeclaredDead
+    | HandoffStarted
+    | HandoffCompleted
+    | HandoffAborted
+    | MovesDropped
+    | FailoverStarted
+    | FailoverCompleted
+    | PartsLost
+    | DrainProgressed
+    | RiskFlagged
+    | SessionRegistered
+)
+"""Any event the manager emits."""

@@ -1,0 +1,504 @@
+"""Membership of the Session Manager: servers, their incarnations, liveness, load and part progress.
+
+Each server is a member with a state machine (its transitions are the table below). Liveness comes
+from heartbeats, judged by a failure detector: a plain timeout, or phi accrual (Hayashibara et
+al., as in Akka and Cassandra) over the observed heartbeat intervals. Both give, for the time
+since the last heartbeat, an instant at which the member is suspected and one at which it is
+declared dead, so the manager can arm one timer instead of polling.
+
+A restarted server (a new incarnation) lost its memory: the manager treats the old incarnation as
+dead, fails its parts over, and only then readmits the new one, so that the new process is never
+primary for parts whose state it does not have.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from forehand.core._manager_config import FailureDetectorKind, ManagerConfig
+from forehand.core.messages import (
+    HeartbeatReported,
+    LoadReport,
+    PartProgress,
+    PartRef,
+    ServerAnnounced,
+)
+from forehand.errors import LocalProtocolError
+
+__all__ = [
+    "AnnounceOutcome",
+    "HeartbeatOutcome",
+    "LivenessChanged",
+    "Member",
+    "MemberState",
+    "MemberTrigger",
+    "Membership",
+    "PhiAccrualDetector",
+    "TimeoutDetector",
+    "transition_table",
+]
+
+PHI_LINEAR_FROM = 40.0
+"""Beyond this exponent log(1 + exp(x)) equals x to double precision."""
+PHI_SEARCH_STEPS_MAX = 64
+"""Bisection steps when inverting phi; 64 halvings of a microsecond range reach one microsecond."""
+
+
+class MemberState(enum.Enum):
+    """Where a server stands in the membership."""
+
+    JOINING = "joining"
+    """Announced; the join is being committed to the map. Serves nothing yet."""
+    ALIVE = "alive"
+    """A member in the committed map, heartbeating."""
+    SUSPECTED = "suspected"
+    """Silent long enough to worry; still a member, still primary for its parts."""
+    DEAD = "dead"
+    """Declared dead (or restarted): its parts fail over; it may be readmitted afterwards."""
+
+
+class MemberTrigger(enum.Enum):
+    """What moves a member between states."""
+
+    JOIN_COMMITTED = "join_committed"
+    HEARTBEAT_RECEIVED = "heartbeat_received"
+    SILENCE_SUSPECTED = "silence_suspected"
+    SILENCE_CONFIRMED = "silence_confirmed"
+    RESTARTED = "restarted"
+    READMITTED = "readmitted"
+
+
+_TRANSITIONS: dict[tuple[MemberState, MemberTrigger], MemberState] = {
+    (MemberState.JOINING, MemberTrigger.JOIN_COMMITTED): MemberState.ALIVE,
+    (MemberState.JOINING, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.JOINING,
+    (MemberState.JOINING, MemberTrigger.RESTARTED): MemberState.JOINING,
+    (MemberState.JOINING, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
+    (MemberState.ALIVE, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.ALIVE,
+    (MemberState.ALIVE, MemberTrigger.SILENCE_SUSPECTED): MemberState.SUSPECTED,
+    (MemberState.ALIVE, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
+    (MemberState.ALIVE, MemberTrigger.RESTARTED): MemberState.DEAD,
+    (MemberState.SUSPECTED, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.ALIVE,
+    (MemberState.SUSPECTED, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
+    (MemberState.SUSPECTED, MemberTrigger.RESTARTED): MemberState.DEAD,
+    (MemberState.DEAD, MemberTrigger.RESTARTED): MemberState.DEAD,
+    (MemberState.DEAD, MemberTrigger.READMITTED): MemberState.JOINING,
+}
+
+
+def transition_table() -> list[tuple[MemberState, MemberTrigger, MemberState]]:
+    """Every legal member transition as (from, trigger, to), for docs and diagrams."""
+    return [(source, trigger, target) for (source, trigger), target in _TRANSITIONS.items()]
+
+
+class AnnounceOutcome(enum.Enum):
+    """What a `ServerAnnounced` did to the membership."""
+
+    JOINED = "joined"
+    """A new member: commit its join."""
+    RESTARTED = "restarted"
+    """A live member came back with a new incarnation: its old incarnation is now dead."""
+    REJOIN_PENDING = "rejoin_pending"
+    """A dead member announced again: readmit it once its failover is over."""
+    REPEATED = "repeated"
+    """The same incarnation announced again; nothing changes."""
+    STALE = "stale"
+    """An older incarnation than the one known: ignored."""
+    REFUSED = "refused"
+    """The membership table is full (`servers_max`)."""
+
+
+class HeartbeatOutcome(enum.Enum):
+    """What a `HeartbeatReported` did to the membership."""
+
+    ACCEPTED = "accepted"
+    """Liveness, load and progress recorded."""
+    REJOIN_PENDING = "rejoin_pending"
+    """A dead member is heard from again: readmit it once its failover is over."""
+    STALE = "stale"
+    """An older incarnation or an old sequence number: ignored."""
+    UNKNOWN = "unknown"
+    """No such member, or an incarnation it never announced: ignored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LivenessChanged:
+    """A member became suspected or dead because it fell silent."""
+
+    server_id: str
+    """The member."""
+    incarnation: int
+    """Its incarnation."""
+    state: MemberState
+    """SUSPECTED or DEAD."""
+    silent_us: int
+    """Time since its last heartbeat (or announcement)."""
+
+
+class TimeoutDetector:
+    """Suspected and dead at fixed silences after the last heartbeat."""
+
+    def __init__(self, *, config: ManagerConfig, now_us: int) -> None:
+        self._suspect_after_us = config.suspect_timeout_ms * 1000
+        self._dead_after_us = config.failure_timeout_us
+        self.last_heard_us = now_us
+        """When the member was last heard from."""
+
+    def heard(self, *, now_us: int) -> None:
+        """Record a heartbeat."""
+        self.last_heard_us = max(self.last_heard_us, now_us)
+
+    def suspect_at_us(self) -> int:
+        """When silence makes the member suspected."""
+        return self.last_heard_us + self._suspect_after_us
+
+    def dead_at_us(self) -> int:
+        """When silence makes the member dead."""
+        return self.last_heard_us + self._dead_after_us
+
+
+class PhiAccrualDetector:
+    """Phi accrual: suspicion grows with silence measured against the interval distribution.
+
+    phi(t) = -log10(P(interval > t)) under a normal distribution fitted to the last
+    `phi_samples_max` intervals (the logistic approximation Akka uses). Phi grows with silence, so
+    the instant a threshold is crossed is found by bisection, capped by `failure_timeout_ms`.
+    """
+
+    def __init__(self, *, config: ManagerConfig, now_us: int) -> None:
+        self._config = config
+        self._intervals_us: deque[int] = deque(maxlen=config.phi_samples_max)
+        self._sum_us = 0
+        self._sum_squares_us = 0
+        self.last_heard_us = now_us
+        """When the member was last heard from."""
+
+    def heard(self, *, now_us: int) -> None:
+        """Record a heartbeat and the interval since the previous one."""
+        interval_us = now_us - self.last_heard_us
+        if interval_us <= 0:
+            return
+        if len(self._intervals_us) == self._intervals_us.maxlen:
+            oldest = self._intervals_us[0]
+            self._sum_us -= oldest
+            self._sum_squares_us -= oldest * oldest
+        self._intervals_us.append(interval_us)
+        self._sum_us += interval_us
+        self._sum_squares_us += interval_us * interval_us
+        self.last_heard_us = now_us
+
+    def _distribution_us(self) -> tuple[float, float]:
+        config = self._config
+        count = len(self._intervals_us)
+        if count < 2:
+            mean = float(config.heartbeat_interval_ms * 1000)
+            deviation = mean / 4
+        else:
+            mean = self._sum_us / count
+            deviation = math.sqrt(max(self._sum_squares_us / count - mean * mean, 0.0))
+        mean += config.heartbeat_pause_acceptable_ms * 1000
+        return mean, max(deviation, config.phi_deviation_ms_min * 1000.0)
+
+    def phi(self, *, silent_us: int) -> float:
+        """Suspicion level after `silent_us` without a heartbeat."""
+        mean, deviation = self._distribution_us()
+        y = (silent_us - mean) / deviation
+        # phi = -log10(e / (1 + e)) with e = exp(-x): written as log10(1 + exp(x)), which neither
+        # overflows nor underflows at the far ends of the silence range.
+        x = y * (1.5976 + 0.070566 * y * y)
+        if x > PHI_LINEAR_FROM:
+            return x / math.log(10.0)
+        return math.log1p(math.exp(x)) / math.log(10.0)
+
+    def _silence_at_phi_us(self, threshold: float) -> int:
+        low, high = 0, self._config.failure_timeout_us
+        if self.phi(silent_us=high) < threshold:
+            return high
+        for _ in range(PHI_SEARCH_STEPS_MAX):
+            if high - low <= 1:
+                break
+            middle = (low + high) // 2
+            if self.phi(silent_us=middle) >= threshold:
+                high = middle
+            else:
+                low = middle
+        return high
+
+    def suspect_at_us(self) -> int:
+        """When phi reaches the suspect threshold."""
+        return self.last_heard_us + self._silence_at_phi_us(self._config.phi_suspect_threshold)
+
+    def dead_at_us(self) -> int:
+        """When phi reaches the dead threshold, or the failure timeout, whichever is first."""
+        return self.last_heard_us + self._silence_at_phi_us(self._config.phi_dead_threshold)
+
+
+FailureDetector = TimeoutDetector | PhiAccrualDetector
+
+
+@dataclass(slots=True, kw_only=True)
+class Member:
+    """One server as the manager knows it (mutable state owned by `Membership`)."""
+
+    server_id: str
+    """The server's stable name."""
+    incarnation: int
+    """The newest incarnation announced."""
+    address: str
+    """Where clients reach it, `host:port`."""
+    zone: str
+    """Failure domain."""
+    weight: float
+    """Relative capacity."""
+    state: MemberState
+    """Where it stands."""
+    detector: FailureDetector
+    """Judges its silence."""
+    heartbeat_sequence: int = -1
+    """The newest heartbeat sequence accepted for `incarnation`."""
+    map_version: int = 0
+    """The newest map version it reported having applied."""
+    load: LoadReport | None = None
+    """Its latest load report."""
+    progress: dict[PartRef, PartProgress] = field(default_factory=dict)
+    """Its latest progress per part, oldest update first."""
+    died_us: int | None = None
+    """When it was declared dead."""
+    rejoin_pending: bool = False
+    """A dead member asked to come back; readmitted when its failover is over."""
+
+    @property
+    def last_heard_us(self) -> int:
+        """When it was last heard from."""
+        return self.detector.last_heard_us
+
+    @property
+    def is_live(self) -> bool:
+        """ALIVE or SUSPECTED: a committed member that still counts as up."""
+        return self.state in (MemberState.ALIVE, MemberState.SUSPECTED)
+
+
+class Membership:
+    """The table of members, their state machines and failure detectors."""
+
+    def __init__(self, *, config: ManagerConfig) -> None:
+        self._config = config
+        self._members: dict[str, Member] = {}
+
+    def __contains__(self, server_id: object) -> bool:
+        return server_id in self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def get(self, server_id: str) -> Member | None:
+        """The member named `server_id`, if known."""
+        return self._members.get(server_id)
+
+    def members(self) -> list[Member]:
+        """Every member, sorted by server id (deterministic iteration)."""
+        return [self._members[server_id] for server_id in sorted(self._members)]
+
+    def live_ids(self) -> list[str]:
+        """Ids of ALIVE and SUSPECTED members, sorted."""
+        return [member.server_id for member in self.members() if member.is_live]
+
+    def state_of(self, server_id: str) -> MemberState | None:
+        """The member's state, or None when unknown."""
+        member = self._members.get(server_id)
+        return None if member is None else member.state
+
+    def _transition(self, member: Member, trigger: MemberTrigger) -> None:
+        target = _TRANSITIONS.get((member.state, trigger))
+        if target is None:
+            raise LocalProtocolError(
+                f"member {member.server_id}: no transition from {member.state.name} "
+                f"on {trigger.name}"
+            )
+        member.state = target
+
+    def _new_detector(self, *, now_us: int) -> FailureDetector:
+        if self._config.failure_detector is FailureDetectorKind.PHI_ACCRUAL:
+            return PhiAccrualDetector(config=self._config, now_us=now_us)
+        return TimeoutDetector(config=self._config, now_us=now_us)
+
+    def announce(self, message: ServerAnnounced, *, now_us: int) -> AnnounceOutcome:
+        """Apply a server's announcement (start or restart)."""
+        member = self._members.get(message.server_id)
+        if member is None:
+            if len(self._members) >= self._config.servers_max:
+                return AnnounceOutcome.REFUSED
+            self._members[message.server_id] = self._new_member(message, now_us=now_us)
+            return AnnounceOutcome.JOINED
+        if message.incarnation < member.incarnation:
+            return AnnounceOutcome.STALE
+        if message.incarnation == member.incarnation:
+            return AnnounceOutcome.REPEATED
+        was_live = member.is_live
+        was_joining = member.state is MemberState.JOINING
+        self._transition(member, MemberTrigger.RESTARTED)
+        self._adopt_incarnation(member, message, now_us=now_us)
+        if was_joining:
+            return AnnounceOutcome.JOINED
+        if was_live:
+            member.died_us = now_us
+        member.rejoin_pending = True
+        return AnnounceOutcome.RESTARTED if was_live else AnnounceOutcome.REJOIN_PENDING
+
+    def _new_member(self, message: ServerAnnounced, *, now_us: int) -> Member:
+        return Member(
+            server_id=message.server_id,
+            incarnation=message.incarnation,
+            address=message.address,
+            zone=message.zone,
+            weight=message.weight,
+            state=MemberState.JOINING,
+            detector=self._new_detector(now_us=now_us),
+        )
+
+    def _adopt_incarnation(self, member: Member, message: ServerAnnounced, *, now_us: int) -> None:
+        member.incarnation = message.incarnation
+        member.address = message.address
+        member.zone = message.zone
+        member.weight = message.weight
+        member.detector = self._new_detector(now_us=now_us)
+        member.heartbeat_sequence = -1
+        member.map_version = 0
+        member.load = None
+        member.progress.clear()
+
+    def restore(
+        self,
+        server_id: str,
+        *,
+        incarnation: int,
+        address: str,
+        zone: str,
+        weight: float,
+        now_us: int,
+    ) -> None:
+        """Adopt a member known from a loaded map as ALIVE, with a fresh grace period."""
+        if server_id in self._members or len(self._members) >= self._config.servers_max:
+            return
+        self._members[server_id] = Member(
+            server_id=server_id,
+            incarnation=incarnation,
+            address=address,
+            zone=zone,
+            weight=weight,
+            state=MemberState.ALIVE,
+            detector=self._new_detector(now_us=now_us),
+        )
+
+    def heartbeat(self, message: HeartbeatReported, *, now_us: int) -> HeartbeatOutcome:
+        """Apply a heartbeat: liveness, load and part progress."""
+        member = self._members.get(message.server_id)
+        if member is None or message.incarnation > member.incarnation:
+            return HeartbeatOutcome.UNKNOWN
+        if message.incarnation < member.incarnation:
+            return HeartbeatOutcome.STALE
+        if message.sequence <= member.heartbeat_sequence:
+            return HeartbeatOutcome.STALE
+        member.heartbeat_sequence = message.sequence
+        member.detector.heard(now_us=now_us)
+        member.map_version = max(member.map_version, message.map_version)
+        member.load = message.load
+        self.record_progress(member, message.parts)
+        if member.state is MemberState.DEAD:
+            member.rejoin_pending = True
+            return HeartbeatOutcome.REJOIN_PENDING
+        self._transition(member, MemberTrigger.HEARTBEAT_RECEIVED)
+        return HeartbeatOutcome.ACCEPTED
+
+    def record_progress(self, member: Member, parts: tuple[PartProgress, ...]) -> None:
+        """Remember the newest progress per part, forgetting the stalest beyond the bound."""
+        progress = member.progress
+        for report in parts:
+            progress.pop(report.ref, None)
+            progress[report.ref] = report
+        excess = len(progress) - self._config.part_progress_per_server_max
+        for ref in list(progress)[:excess] if excess > 0 else ():
+            del progress[ref]
+
+    def join_committed(self, server_id: str, *, incarnation: int) -> bool:
+        """The map now holds the member's join; False when it is no longer that incarnation."""
+        member = self._members.get(server_id)
+        if member is None or member.incarnation != incarnation:
+            return False
+        if member.state is not MemberState.JOINING:
+            return False
+        self._transition(member, MemberTrigger.JOIN_COMMITTED)
+        return True
+
+    def readmit(self, server_id: str, *, now_us: int) -> bool:
+        """Let a dead member whose failover is over join again; False when it did not ask."""
+        member = self._members.get(server_id)
+        if member is None or member.state is not MemberState.DEAD or not member.rejoin_pending:
+            return False
+        self._transition(member, MemberTrigger.READMITTED)
+        member.rejoin_pending = False
+        member.died_us = None
+        member.detector = self._new_detector(now_us=now_us)
+        return True
+
+    def check(self, *, now_us: int) -> list[LivenessChanged]:
+        """Suspect or declare dead every member whose silence crossed its detector's line."""
+        changes: list[LivenessChanged] = []
+        for member in self.members():
+            trigger = self._silence_trigger(member, now_us=now_us)
+            if trigger is None:
+                continue
+            self._transition(member, trigger)
+            if member.state is MemberState.DEAD:
+                member.died_us = now_us
+            changes.append(
+                LivenessChanged(
+                    server_id=member.server_id,
+                    incarnation=member.incarnation,
+                    state=member.state,
+                    silent_us=now_us - member.last_heard_us,
+                )
+            )
+        return changes
+
+    def _silence_trigger(self, member: Member, *, now_us: int) -> MemberTrigger | None:
+        if member.state is MemberState.DEAD:
+            return None
+        if now_us >= member.detector.dead_at_us():
+            return MemberTrigger.SILENCE_CONFIRMED
+        if member.state is MemberState.ALIVE and now_us >= member.detector.suspect_at_us():
+            return MemberTrigger.SILENCE_SUSPECTED
+        return None
+
+    def forget_dead(self, *, now_us: int, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Forget members dead for `dead_servers_forget_ms` (except `keep`); their ids."""
+        forget_after_us = self._config.dead_servers_forget_ms * 1000
+        forgotten = [
+            member.server_id
+            for member in self.members()
+            if member.state is MemberState.DEAD
+            and not member.rejoin_pending
+            and member.server_id not in keep
+            and member.died_us is not None
+            and now_us >= member.died_us + forget_after_us
+        ]
+        for server_id in forgotten:
+            del self._members[server_id]
+        return forgotten
+
+    def next_check_us(self) -> int | None:
+        """The earliest instant a member's silence changes its state, or None."""
+        deadlines = [self._next_deadline_us(member) for member in self._members.values()]
+        present = [deadline for deadline in deadlines if deadline is not None]
+        return min(present) if present else None
+
+    def _next_deadline_us(self, member: Member) -> int | None:
+        if member.state is MemberState.DEAD:
+            if member.died_us is None or member.rejoin_pending:
+                return None
+            return member.died_us + self._config.dead_servers_forget_ms * 1000
+        if member.state is MemberState.ALIVE:
+            return min(member.detector.suspect_at_us(), member.detector.dead_at_us())
+        return member.detector.dead_at_us()
