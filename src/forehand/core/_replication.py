@@ -1,0 +1,249 @@
+"""The primary side of log shipping: one stream per replica of a part, batched and resumable.
+
+A stream starts by probing: an empty `LogShipped` whose answer tells the primary where the replica
+stands and, through the acknowledged entry's epoch, whether its history matches the primary's.
+From then on the primary ships batches of at most `log_batch_entries_max` entries, with at most
+`replication_inflight_batches_max` unacknowledged; an acknowledgement below the oldest batch in
+flight (the replica missed a batch), a batch unacknowledged for `replication_retry_ms` (a lost
+message or a reconnect) or a replica that reset its part all restart shipping from the last
+acknowledged sequence. A replica behind the retained log, or whose history diverged, gets a
+`SnapshotShipped`. A handoff target is a stream with a seal: the batch that reaches the seal
+sequence is marked `sealed`, and the target's sealed acknowledgement ends handoff step 3.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from forehand.core._driver import NodeId
+from forehand.core._part import Part
+from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
+
+__all__ = ["AckOutcome", "Replication", "ReplicaStream", "Shipment"]
+
+Shipment = LogShipped | SnapshotShipped
+"""What a stream sends."""
+
+
+class ReplicaStream:
+    """Shipping progress towards one replica (or handoff target) of one part."""
+
+    __slots__ = (
+        "acked_seq",
+        "inflight",
+        "needs_snapshot",
+        "node",
+        "seal_acked",
+        "seal_sent",
+        "seal_seq",
+        "sent_seq",
+    )
+
+    def __init__(self, node: NodeId) -> None:
+        self.node = node
+        """The replica's node id."""
+        self.acked_seq: int | None = None
+        """Highest sequence the replica acknowledged; None until the probe is answered."""
+        self.sent_seq = 0
+        """Highest sequence shipped (acknowledged or not)."""
+        self.inflight: deque[tuple[int, int]] = deque()
+        """(last sequence, sent at) of each unacknowledged batch, oldest first."""
+        self.seal_seq: int | None = None
+        """For a handoff target: the sequence the sealed batch ends at."""
+        self.seal_sent = False
+        """Whether the sealed batch is in flight."""
+        self.seal_acked = False
+        """Whether the target acknowledged the sealed batch."""
+        self.needs_snapshot = False
+        """The replica's history diverged: the next shipment is a snapshot."""
+
+    def restart(self) -> None:
+        """Ship again from the last acknowledged sequence (or probe again)."""
+        self.inflight.clear()
+        self.sent_seq = self.acked_seq or 0
+        self.seal_sent = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AckOutcome:
+    """What one `LogAcknowledged` changed."""
+
+    known: bool
+    """False when the sender is not a stream of this part (a stale or foreign acknowledgement)."""
+    diverged: bool = False
+    """The replica's history does not match the primary's; it gets a snapshot."""
+    sealed: bool = False
+    """This acknowledgement completes the handoff target's sealed batch."""
+
+
+class Replication:
+    """Log shipping for one part on its primary (or handoff source)."""
+
+    def __init__(
+        self,
+        *,
+        batch_entries_max: int,
+        inflight_batches_max: int,
+        retry_us: int,
+    ) -> None:
+        self._batch_entries_max = batch_entries_max
+        self._inflight_batches_max = inflight_batches_max
+        self._retry_us = retry_us
+        self.streams: dict[NodeId, ReplicaStream] = {}
+        """Streams by replica node id."""
+
+    def set_replicas(self, nodes: Iterable[NodeId]) -> None:
+        """Ship to exactly `nodes` (plus a handoff target), keeping existing streams' progress."""
+        wanted = list(nodes)
+        for node in [node for node in self.streams if node not in wanted]:
+            if self.streams[node].seal_seq is None:
+                del self.streams[node]
+        for node in wanted:
+            if node not in self.streams:
+                self.streams[node] = ReplicaStream(node)
+
+    def seal_towards(self, node: NodeId, *, seal_seq: int) -> ReplicaStream:
+        """Make `node` the handoff target: its stream ends with a sealed batch at `seal_seq`."""
+        stream = self.streams.get(node)
+        if stream is None:
+            stream = self.streams[node] = ReplicaStream(node)
+        stream.seal_seq = seal_seq
+        stream.seal_sent = False
+        stream.seal_acked = False
+        return stream
+
+    def only_target(self) -> None:
+        """Drop every stream but the handoff target's: the new primary ships to the replicas."""
+        for node in [node for node, stream in self.streams.items() if stream.seal_seq is None]:
+            del self.streams[node]
+
+    def acked_max(self) -> int:
+        """The highest sequence any replica acknowledged (what `replicated` answers wait for)."""
+        return max((stream.acked_seq or 0 for stream in self.streams.values()), default=0)
+
+    def acked_min(self) -> int:
+        """The lowest sequence every replica acknowledged (what the primary may trim through)."""
+        return min((stream.acked_seq or 0 for stream in self.streams.values()), default=0)
+
+    def on_ack(self, part: Part, ack: LogAcknowledged, *, source: NodeId) -> AckOutcome:
+        """Account for a replica's acknowledgement of `part`'s log."""
+        stream = self.streams.get(source)
+        if stream is None:
+            return AckOutcome(known=False)
+        if stream.acked_seq is None or ack.acked_seq > part.log.last_seq:
+            return self._on_probe_answer(part, stream, ack)
+        stream.acked_seq = ack.acked_seq
+        inflight = stream.inflight
+        behind = inflight[0][0] if inflight else stream.sent_seq
+        if ack.acked_seq < behind:
+            # The replica did not apply the oldest batch in flight (it missed one, or reset).
+            stream.restart()
+        while inflight and inflight[0][0] <= ack.acked_seq:
+            inflight.popleft()
+        sealed = (
+            ack.sealed
+            and stream.seal_seq is not None
+            and ack.acked_seq >= stream.seal_seq
+            and not stream.seal_acked
+        )
+        if sealed:
+            stream.seal_acked = True
+        return AckOutcome(known=True, sealed=sealed)
+
+    def _on_probe_answer(
+        self, part: Part, stream: ReplicaStream, ack: LogAcknowledged
+    ) -> AckOutcome:
+        matches = ack.acked_seq == 0 or (
+            ack.acked_seq <= part.log.last_seq
+            and part.log.epoch_at(ack.acked_seq) == ack.acked_epoch
+        )
+        stream.inflight.clear()
+        stream.seal_sent = False
+        if matches:
+            stream.acked_seq = ack.acked_seq
+            stream.sent_seq = ack.acked_seq
+            return AckOutcome(known=True)
+        # The histories differ (or cannot be compared): a snapshot replaces the replica's.
+        stream.acked_seq = 0
+        stream.sent_seq = 0
+        stream.needs_snapshot = True
+        return AckOutcome(known=True, diverged=True)
+
+    def ship(self, part: Part, *, epoch: int, now_us: int) -> list[tuple[NodeId, Shipment]]:
+        """Whatever each stream may send now, in stream order."""
+        shipments: list[tuple[NodeId, Shipment]] = []
+        for node in sorted(self.streams):
+            stream = self.streams[node]
+            if stream.inflight and now_us - stream.inflight[0][1] >= self._retry_us:
+                stream.restart()
+            if stream.acked_seq is None:
+                if not stream.inflight:
+                    shipments.append((node, self._probe(part, stream, epoch=epoch, now_us=now_us)))
+                continue
+            for shipment in self._batches(part, stream, epoch=epoch, now_us=now_us):
+                shipments.append((node, shipment))
+        return shipments
+
+    def _probe(self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int) -> LogShipped:
+        last_seq = part.log.last_seq
+        sealed = stream.seal_seq == last_seq
+        stream.seal_sent = sealed
+        stream.inflight.append((last_seq, now_us))
+        return LogShipped(ref=part.ref, epoch=epoch, prev_seq=last_seq, entries=(), sealed=sealed)
+
+    def _batches(
+        self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int
+    ) -> list[Shipment]:
+        out: list[Shipment] = []
+        log = part.log
+        while len(stream.inflight) < self._inflight_batches_max:
+            if stream.needs_snapshot or stream.sent_seq < log.first_seq - 1:
+                out.append(self._snapshot(part, stream, epoch=epoch, now_us=now_us))
+                continue
+            if stream.sent_seq >= log.last_seq:
+                if stream.seal_seq is not None and not stream.seal_sent:
+                    out.append(self._sealed_tail(part, stream, epoch=epoch, now_us=now_us))
+                break
+            entries = log.slice(stream.sent_seq + 1, self._batch_entries_max)
+            last = entries[-1].seq
+            sealed = stream.seal_seq is not None and last >= stream.seal_seq
+            stream.seal_sent = stream.seal_sent or sealed
+            out.append(
+                LogShipped(
+                    ref=part.ref,
+                    epoch=epoch,
+                    prev_seq=stream.sent_seq,
+                    entries=entries,
+                    sealed=sealed,
+                )
+            )
+            stream.sent_seq = last
+            stream.inflight.append((last, now_us))
+        return out
+
+    def _snapshot(
+        self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int
+    ) -> SnapshotShipped:
+        seq = part.log.last_seq
+        stream.needs_snapshot = False
+        stream.sent_seq = seq
+        stream.inflight.append((seq, now_us))
+        return SnapshotShipped(
+            ref=part.ref,
+            epoch=epoch,
+            seq=seq,
+            state=part.snapshot_state(),
+            dedup=part.dedup.entries(),
+            seq_epoch=part.log.last_epoch,
+        )
+
+    def _sealed_tail(
+        self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int
+    ) -> LogShipped:
+        stream.seal_sent = True
+        stream.inflight.append((stream.sent_seq, now_us))
+        return LogShipped(
+            ref=part.ref, epoch=epoch, prev_seq=stream.sent_seq, entries=(), sealed=True
+        )

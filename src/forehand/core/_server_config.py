@@ -1,0 +1,145 @@
+"""`ServerConfig`: every bound, interval and deadline of a `ServerCore`, named with its unit."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+
+from forehand.errors import ConfigError
+
+__all__ = ["ServerConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """The configuration of one server core; the simulator can draw one with `randomized`."""
+
+    server_id: str
+    """This server's stable name: its node id, its name in the shard map and in heartbeats."""
+    incarnation: int = 1
+    """Grows on every restart, so the manager tells a restarted process from a late message."""
+    address: str = ""
+    """Where clients reach this server, `host:port`; opaque to the core, told to the manager."""
+    zone: str = "default"
+    """Failure-domain label, announced to the manager."""
+    weight: float = 1.0
+    """Relative capacity for placement, announced to the manager."""
+    manager_id: str = "manager"
+    """The node id of the Session Manager."""
+    heartbeat_interval_ms: int = 500
+    """Time between two `HeartbeatReported` messages."""
+    heartbeat_parts_max: int = 64
+    """Most `PartProgress` entries in one heartbeat; the batch rotates over all parts."""
+    log_batch_entries_max: int = 64
+    """Most log entries in one `LogShipped` batch."""
+    replication_inflight_batches_max: int = 4
+    """Most unacknowledged batches (or snapshots) in flight to one replica of one part."""
+    replication_interval_ms: int = 10
+    """Time between two shipping rounds; `replicated` writes ship at once instead."""
+    replication_retry_ms: int = 500
+    """An unacknowledged batch older than this is resent, from the last acknowledged sequence."""
+    log_entries_max: int = 4096
+    """Most log entries a part retains; a replica behind the retained log gets a snapshot."""
+    dedup_entries_max: int = 4096
+    """Most request ids a part remembers for exactly-once answers; the oldest seq goes first."""
+    replicated_answers_max: int = 1024
+    """Most answers a `replicated` part holds while waiting for a replica's acknowledgement."""
+    forward_hops_max: int = 2
+    """Most times one request may be forwarded between servers before it is refused."""
+    forwarded_requests_max: int = 4096
+    """Most forwarded requests this server waits on an answer for, over all parts."""
+    receiving_queue_requests_max: int = 256
+    """Most requests a handoff target queues per part until the sealed log arrives."""
+    backup_period_ms: int = 5000
+    """Time a handoff source keeps a part read-only, forwarding stragglers, after the handoff."""
+    handoff_deadline_ms: int = 5000
+    """Default time to finish handoff steps 3 and 4 when a target learns of a handoff by map."""
+    handoffs_concurrent_max: int = 16
+    """Most handoffs this server runs at once as a source; more are aborted at once."""
+    handoff_notify_jitter_ms: int = 20
+    """HANDOFF frames to clients are spread uniformly over this window, so targets see no herd."""
+    token_lifetime_ms: int = 30_000
+    """Lifetime of the resumption token a HANDOFF frame carries."""
+    replay_cache_entries_max: int = 65_536
+    """Most unexpired token nonces this server remembers to refuse replayed tokens."""
+    parts_max: int = 1_000_000
+    """Most parts this server holds in any role; a map placing more is refused part by part."""
+    session_clients_max: int = 8
+    """Most client connections attached to one session; the least recently attached goes first."""
+    map_request_retry_ms: int = 1000
+    """Time before a server asks the manager again for a map it is missing."""
+    map_deltas_buffered_max: int = 64
+    """Most out-of-order map deltas held while the missing versions are requested."""
+    handoff_ids_remembered_max: int = 1024
+    """Most finished handoff ids remembered, so a duplicate `HandoffAssigned` is ignored."""
+
+    def __post_init__(self) -> None:
+        if not self.server_id:
+            raise ConfigError("ServerConfig.server_id must not be empty")
+        if not self.manager_id:
+            raise ConfigError("ServerConfig.manager_id must not be empty")
+        if self.server_id == self.manager_id:
+            raise ConfigError("ServerConfig.server_id must differ from manager_id")
+        if self.weight <= 0.0:
+            raise ConfigError(f"ServerConfig.weight must be positive, got {self.weight}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type in ("int", int) and (not isinstance(value, int) or value < 0):
+                raise ConfigError(f"ServerConfig.{field.name} must be a non-negative int")
+        for name in _POSITIVE_FIELDS:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ServerConfig.{name} must be at least 1")
+
+    @classmethod
+    def randomized(cls, rng: random.Random, *, server_id: str) -> ServerConfig:
+        """A valid config with small bounds and short timers drawn from `rng`, for simulation."""
+        return cls(
+            server_id=server_id,
+            heartbeat_interval_ms=rng.randint(50, 500),
+            heartbeat_parts_max=rng.randint(1, 64),
+            log_batch_entries_max=rng.randint(1, 32),
+            replication_inflight_batches_max=rng.randint(1, 4),
+            replication_interval_ms=rng.randint(1, 50),
+            replication_retry_ms=rng.randint(50, 1000),
+            log_entries_max=rng.randint(4, 256),
+            dedup_entries_max=rng.randint(64, 1024),
+            replicated_answers_max=rng.randint(8, 256),
+            forward_hops_max=rng.randint(1, 4),
+            forwarded_requests_max=rng.randint(16, 1024),
+            receiving_queue_requests_max=rng.randint(4, 256),
+            backup_period_ms=rng.randint(100, 5000),
+            handoff_deadline_ms=rng.randint(500, 5000),
+            handoffs_concurrent_max=rng.randint(1, 16),
+            handoff_notify_jitter_ms=rng.randint(0, 50),
+            token_lifetime_ms=rng.randint(5_000, 60_000),
+            session_clients_max=rng.randint(1, 8),
+            map_request_retry_ms=rng.randint(100, 2000),
+            map_deltas_buffered_max=rng.randint(1, 64),
+        )
+
+
+_POSITIVE_FIELDS = (
+    "incarnation",
+    "heartbeat_interval_ms",
+    "heartbeat_parts_max",
+    "log_batch_entries_max",
+    "replication_inflight_batches_max",
+    "replication_interval_ms",
+    "replication_retry_ms",
+    "log_entries_max",
+    "dedup_entries_max",
+    "replicated_answers_max",
+    "forward_hops_max",
+    "forwarded_requests_max",
+    "receiving_queue_requests_max",
+    "handoff_deadline_ms",
+    "handoffs_concurrent_max",
+    "token_lifetime_ms",
+    "replay_cache_entries_max",
+    "parts_max",
+    "session_clients_max",
+    "map_request_retry_ms",
+    "map_deltas_buffered_max",
+    "handoff_ids_remembered_max",
+)
+"""Fields that must be at least 1 (the others may be 0, which disables what they bound)."""

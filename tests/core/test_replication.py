@@ -1,0 +1,192 @@
+"""Tests of `forehand.core._replication`: probing, batching, acks, resends, snapshots, seals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from forehand.core._part import HandlerResult, Part, PartSpec
+from forehand.core._replication import Replication, Shipment
+from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
+
+REF = PartRef(session_id=b"s" * 16, part="counter")
+
+
+def add(state: Any, op: str, payload: bytes) -> HandlerResult:
+    """Adds the payload's integer to the state."""
+    total = int(state) + int(payload)
+    return HandlerResult(state=total, status=0, result=str(total).encode())
+
+
+SPEC = PartSpec(handler=add, initial_state=lambda: 0)
+
+
+def logs(shipments: list[tuple[str, Shipment]]) -> list[LogShipped]:
+    """The `LogShipped` messages among shipments (asserting there is nothing else)."""
+    out = [message for _, message in shipments if isinstance(message, LogShipped)]
+    assert len(out) == len(shipments)
+    return out
+
+
+def primary_with(entries: int, *, log_entries_max: int = 64) -> Part:
+    """A primary part that executed `entries` additions at epoch 1."""
+    part = Part(ref=REF, spec=SPEC, epoch=1, log_entries_max=log_entries_max, dedup_entries_max=64)
+    for request_id in range(1, entries + 1):
+        part.execute(request_id=request_id, op="add", payload=b"1")
+    return part
+
+
+def replication(*, batch: int = 3, inflight: int = 2, retry_us: int = 1000) -> Replication:
+    """A shipper with small bounds."""
+    return Replication(batch_entries_max=batch, inflight_batches_max=inflight, retry_us=retry_us)
+
+
+def ack(seq: int, *, epoch: int = 1, acked_epoch: int = 1, sealed: bool = False) -> LogAcknowledged:
+    """A replica's acknowledgement of `seq`."""
+    return LogAcknowledged(
+        ref=REF, epoch=epoch, acked_seq=seq, acked_epoch=acked_epoch if seq else 0, sealed=sealed
+    )
+
+
+def test_new_stream_probes_first_and_only_once() -> None:
+    """A new replica gets one empty probe at the last seq, not repeated while unanswered."""
+    part = primary_with(5)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    (node, probe), *rest = shipper.ship(part, epoch=1, now_us=0)
+    assert not rest
+    assert node == "r1"
+    assert isinstance(probe, LogShipped)
+    assert (probe.prev_seq, probe.entries, probe.sealed) == (5, (), False)
+    assert shipper.ship(part, epoch=1, now_us=10) == []
+
+
+def test_batches_respect_size_and_inflight_bounds() -> None:
+    """After a probe answered at 0, batches of 3 go out, at most 2 unacknowledged."""
+    part = primary_with(10)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    assert shipper.on_ack(part, ack(0), source="r1").known
+    batches = logs(shipper.ship(part, epoch=1, now_us=1))
+    assert [(batch.prev_seq, len(batch.entries)) for batch in batches] == [(0, 3), (3, 3)]
+    shipper.on_ack(part, ack(3), source="r1")
+    more = logs(shipper.ship(part, epoch=1, now_us=2))
+    assert [(batch.prev_seq, len(batch.entries)) for batch in more] == [(6, 3)]
+    assert shipper.acked_max() == 3
+
+
+def test_ack_below_inflight_resumes_from_acked_seq() -> None:
+    """A replica that missed a batch acks what it has; shipping restarts from there."""
+    part = primary_with(6)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(0), source="r1")
+    shipper.ship(part, epoch=1, now_us=1)
+    shipper.on_ack(part, ack(0), source="r1")
+    resent = [message for _, message in shipper.ship(part, epoch=1, now_us=2)]
+    assert isinstance(resent[0], LogShipped)
+    assert resent[0].prev_seq == 0
+
+
+def test_unacked_batch_is_resent_after_retry_interval() -> None:
+    """Without any ack for `retry_us`, the stream resends from the last acked seq."""
+    part = primary_with(4)
+    shipper = replication(batch=10)
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(2), source="r1")
+    first = shipper.ship(part, epoch=1, now_us=10)
+    assert shipper.ship(part, epoch=1, now_us=500) == []
+    again = shipper.ship(part, epoch=1, now_us=1010)
+    assert first == again
+    assert isinstance(again[0][1], LogShipped)
+    assert again[0][1].prev_seq == 2
+
+
+def test_replica_behind_retained_log_gets_snapshot() -> None:
+    """A replica at 0 when the log starts at 5 receives the whole state, then entries."""
+    part = primary_with(10, log_entries_max=6)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(0), source="r1")
+    (_, snapshot), *_ = shipper.ship(part, epoch=1, now_us=1)
+    assert isinstance(snapshot, SnapshotShipped)
+    assert (snapshot.seq, snapshot.seq_epoch) == (10, 1)
+    assert len(snapshot.dedup) == 10
+
+
+def test_diverged_history_gets_snapshot() -> None:
+    """A probe answer whose entry epoch differs from the primary's triggers a snapshot."""
+    part = primary_with(5)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=2, now_us=0)
+    outcome = shipper.on_ack(part, ack(4, acked_epoch=7), source="r1")
+    assert outcome.diverged
+    (_, snapshot), *_ = shipper.ship(part, epoch=2, now_us=1)
+    assert isinstance(snapshot, SnapshotShipped)
+
+
+def test_replica_ahead_of_primary_is_diverged() -> None:
+    """A replica claiming more entries than the primary has is replaced by a snapshot."""
+    part = primary_with(3)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=2, now_us=0)
+    assert shipper.on_ack(part, ack(9), source="r1").diverged
+
+
+def test_seal_is_marked_on_last_batch_and_acknowledged() -> None:
+    """The batch reaching the seal seq is sealed; only a sealed ack completes it."""
+    part = primary_with(4)
+    shipper = replication(batch=3)
+    shipper.set_replicas(["t"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(0), source="t")
+    shipper.seal_towards("t", seal_seq=4)
+    batches = logs(shipper.ship(part, epoch=5, now_us=1))
+    assert [(batch.sealed, batch.epoch) for batch in batches] == [(False, 5), (True, 5)]
+    assert not shipper.on_ack(part, ack(4), source="t").sealed
+    assert shipper.on_ack(part, ack(4, sealed=True), source="t").sealed
+
+
+def test_seal_with_nothing_left_sends_empty_sealed_batch() -> None:
+    """A target already holding everything gets an empty sealed batch."""
+    part = primary_with(2)
+    shipper = replication()
+    shipper.set_replicas(["t"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(2), source="t")
+    shipper.seal_towards("t", seal_seq=2)
+    ((_, tail),) = shipper.ship(part, epoch=3, now_us=1)
+    assert isinstance(tail, LogShipped)
+    assert (tail.prev_seq, tail.entries, tail.sealed) == (2, (), True)
+
+
+def test_probe_of_a_fresh_target_can_carry_the_seal() -> None:
+    """A seal set before the first probe goes out on the probe itself."""
+    part = primary_with(2)
+    shipper = replication()
+    shipper.seal_towards("t", seal_seq=2)
+    ((_, probe),) = shipper.ship(part, epoch=3, now_us=0)
+    assert isinstance(probe, LogShipped)
+    assert probe.sealed
+
+
+def test_set_replicas_keeps_progress_and_target() -> None:
+    """Changing the replica set keeps surviving streams and the handoff target."""
+    part = primary_with(3)
+    shipper = replication()
+    shipper.set_replicas(["a", "b"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(3), source="a")
+    shipper.seal_towards("t", seal_seq=3)
+    shipper.set_replicas(["a", "c"])
+    assert sorted(shipper.streams) == ["a", "c", "t"]
+    assert shipper.streams["a"].acked_seq == 3
+    assert shipper.acked_min() == 0
+    shipper.only_target()
+    assert sorted(shipper.streams) == ["t"]
+    assert not shipper.on_ack(part, ack(1), source="zz").known
