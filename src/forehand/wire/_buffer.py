@@ -1,7 +1,8 @@
 """`Buffer`: a cursor with `pull_*` over received bytes and an output with `push_*`.
 
-It wraps the functions of `_primitives` with bounds checks and clear errors; the frame codecs
-use it for every frame except the few hot ones that call the functions directly.
+It wraps the functions of `_primitives` with bounds checks and clear errors. The frame codecs
+use it for every frame except the hot ones (REQUEST, RESPONSE, HANDOFF), which call the
+functions directly.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from forehand.wire._primitives import (
     PACK_UINT16,
     VARINT_ONE_BYTE,
     encode_endpoint,
+    encode_name,
     encode_varint,
     malformed,
     pull_endpoint,
+    pull_name,
     pull_varint,
 )
 
 __all__ = ["Buffer"]
 
+_UINT8_MAX = 0xFF
 _UINT16_MAX = 0xFFFF
 
 
@@ -34,14 +38,14 @@ class Buffer:
 
     __slots__ = ("_data", "_offset", "_output")
 
-    def __init__(self, data: bytes = b"") -> None:
+    def __init__(self, data: bytes = b"", *, offset: int = 0) -> None:
         self._data = data
-        self._offset = 0
+        self._offset = offset
         self._output: list[bytes] = []
 
     @property
     def offset(self) -> int:
-        """How many bytes have been pulled."""
+        """Where the next pull starts."""
         return self._offset
 
     @property
@@ -59,7 +63,7 @@ class Buffer:
             raise malformed(f"{len(self._data) - self._offset} trailing bytes in frame body")
 
     def pull_varint(self) -> int:
-        """Pull one variable-length integer."""
+        """Pull one variable-length integer (any of its four lengths)."""
         try:
             value, self._offset = pull_varint(self._data, self._offset)
         except IndexError:
@@ -81,8 +85,7 @@ class Buffer:
 
     def pull_uint16(self) -> int:
         """Pull a big-endian unsigned 16-bit integer."""
-        high, low = self.pull_bytes(2)
-        return (high << 8) | low
+        return int.from_bytes(self.pull_bytes(2))
 
     def pull_bytes_prefixed(self, max_bytes: int) -> bytes:
         """Pull a varint length, at most `max_bytes`, then that many bytes."""
@@ -91,15 +94,20 @@ class Buffer:
             raise malformed(f"field of {size} bytes exceeds its bound of {max_bytes}")
         return self.pull_bytes(size)
 
-    def pull_string(self, max_bytes: int, *, allow_empty: bool = False) -> str:
-        """Pull a varint length then that many bytes of UTF-8."""
-        raw = self.pull_bytes_prefixed(max_bytes)
-        if not raw and not allow_empty:
-            raise malformed("empty string where a name is required")
+    def pull_text(self, max_bytes: int) -> str:
+        """Pull free text: a varint length, at most `max_bytes`, then UTF-8 (may be empty)."""
         try:
-            return raw.decode()
+            return self.pull_bytes_prefixed(max_bytes).decode()
         except UnicodeDecodeError:
-            raise malformed("string field is not valid UTF-8") from None
+            raise malformed("text field is not valid UTF-8") from None
+
+    def pull_name(self, max_bytes: int) -> str:
+        """Pull a name: an 8-bit length, 1 to `max_bytes`, then UTF-8."""
+        try:
+            value, self._offset = pull_name(self._data, self._offset, max_bytes)
+        except (IndexError, UnicodeDecodeError):
+            raise malformed("malformed name field") from None
+        return value
 
     def pull_count(self, max_items: int, *, allow_empty: bool = True) -> int:
         """Pull a list's element count, at most `max_items`."""
@@ -109,6 +117,16 @@ class Buffer:
         if count == 0 and not allow_empty:
             raise malformed("empty list where at least one item is required")
         return count
+
+    def pull_endpoint(self, config: WireConfig) -> Endpoint:
+        """Pull one endpoint (server id, address, port)."""
+        try:
+            endpoint, self._offset = pull_endpoint(
+                self._data, self._offset, config.server_id_bytes_max
+            )
+        except (IndexError, ValueError):
+            raise malformed("malformed endpoint") from None
+        return endpoint
 
     def pull_rest(self) -> bytes:
         """Pull every remaining byte (the last field of some frames)."""
@@ -132,9 +150,9 @@ class Buffer:
 
     def push_uint8(self, value: int) -> None:
         """Push one unsigned byte."""
-        if not 0 <= value <= 0xFF:
+        if not 0 <= value <= _UINT8_MAX:
             raise LocalProtocolError(f"uint8 out of range: {value}")
-        self._output.append(VARINT_ONE_BYTE[value] if value < 0x40 else bytes((value,)))
+        self._output.append(VARINT_ONE_BYTE[value])
 
     def push_uint16(self, value: int) -> None:
         """Push a big-endian unsigned 16-bit integer."""
@@ -149,13 +167,13 @@ class Buffer:
         self._output.append(encode_varint(len(value)))
         self._output.append(value)
 
-    def push_string(
-        self, value: str, max_bytes: int, *, name: str, allow_empty: bool = False
-    ) -> None:
-        """Push a varint length then the UTF-8 encoding of `value`."""
-        if not value and not allow_empty:
-            raise LocalProtocolError(f"{name} must not be empty")
+    def push_text(self, value: str, max_bytes: int, *, name: str) -> None:
+        """Push free text: a varint length then UTF-8 (may be empty)."""
         self.push_bytes_prefixed(value.encode(), max_bytes, name=name)
+
+    def push_name(self, value: str, max_bytes: int, *, name: str) -> None:
+        """Push a name: an 8-bit length, 1 to `max_bytes`, then UTF-8."""
+        self._output.append(encode_name(value, max_bytes, name=name))
 
     def push_count(
         self, count: int, max_items: int, *, name: str, allow_empty: bool = True
@@ -167,20 +185,10 @@ class Buffer:
             raise LocalProtocolError(f"{name} must not be empty")
         self._output.append(encode_varint(count))
 
-    def data(self) -> bytes:
-        """Everything pushed so far, as one bytes object."""
-        return b"".join(self._output)
-
-    def pull_endpoint(self, config: WireConfig) -> Endpoint:
-        """Pull one endpoint (server id, address, port)."""
-        try:
-            endpoint, self._offset = pull_endpoint(
-                self._data, self._offset, config.server_id_bytes_max
-            )
-        except (IndexError, ValueError):
-            raise malformed("malformed endpoint") from None
-        return endpoint
-
     def push_endpoint(self, endpoint: Endpoint, config: WireConfig) -> None:
         """Push one endpoint (server id, address, port)."""
         self._output.append(encode_endpoint(endpoint, config.server_id_bytes_max))
+
+    def data(self) -> bytes:
+        """Everything pushed so far, as one bytes object."""
+        return b"".join(self._output)

@@ -15,6 +15,7 @@ __all__ = [
     "DNS_NAME_BYTES_MAX",
     "FRAME_BYTES_MAX_FLOOR",
     "FRAME_HEADER_BYTES_MAX",
+    "NAME_BYTES_MAX",
     "PROTOCOL_VERSION",
     "SESSION_ID_BYTES",
     "VARINT_MAX",
@@ -33,6 +34,8 @@ SESSION_ID_BYTES = 16
 """Session ids and client ids are 128-bit UUIDv7 values, sent as 16 raw bytes."""
 DNS_NAME_BYTES_MAX = 253
 """The longest DNS name in an endpoint (RFC 1035)."""
+NAME_BYTES_MAX = 255
+"""Names (part, op, server id, DNS name) carry an 8-bit length."""
 FRAME_BYTES_MAX_FLOOR = 16_384
 """No endpoint may advertise a frame_bytes_max below this; every peer can send this much."""
 
@@ -83,6 +86,9 @@ class WireConfig:
             value = getattr(self, field.name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"WireConfig.{field.name} must be a positive int, got {value!r}")
+        for name in ("server_id_bytes_max", "part_name_bytes_max", "op_name_bytes_max"):
+            if getattr(self, name) > NAME_BYTES_MAX:
+                raise ConfigError(f"WireConfig.{name} must be at most {NAME_BYTES_MAX}")
         if self.frame_bytes_max < FRAME_BYTES_MAX_FLOOR:
             raise ConfigError(
                 f"WireConfig.frame_bytes_max must be at least {FRAME_BYTES_MAX_FLOOR}, "

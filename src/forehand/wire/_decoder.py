@@ -146,25 +146,48 @@ class FrameDecoder:
         available = len(buffer)
         if available == 0:
             return END_OF_STREAM if self._ended else NEED_DATA
-        type_size = _VARINT_SIZES[buffer[0] >> 6]
-        if available <= type_size:
-            return self._incomplete()
-        length_size = _VARINT_SIZES[buffer[type_size] >> 6]
-        header_size = type_size + length_size
-        if available < header_size:
-            return self._incomplete()
-        frame_type = int.from_bytes(buffer[:type_size]) & ((1 << (8 * type_size - 2)) - 1)
-        size = int.from_bytes(buffer[type_size:header_size]) & ((1 << (8 * length_size - 2)) - 1)
-        known = self._check_header(frame_type, type_size, size)
+        first = buffer[0]
+        if first < 0x40 and first in self._allowed and available > 2 and buffer[1] < 0x80:
+            # The common header: a one-byte known type and a length below 2**14, which is under
+            # every permitted frame_bytes_max, so no other check applies.
+            second = buffer[1]
+            frame_type = first
+            known = True
+            if second < 0x40:
+                size = second
+                header_size = 2
+            else:
+                size = ((second & 0x3F) << 8) | buffer[2]
+                header_size = 3
+        else:
+            header = self._parse_header(buffer, available)
+            if header is None:
+                return self._incomplete()
+            frame_type, header_size, size, known = header
         end = header_size + size
         if available < end:
             return self._incomplete()
-        body = bytes(buffer[header_size:end])
-        del buffer[:end]
         if not known:
+            del buffer[:end]
             self.skipped_frame_count += 1
             return None
-        return decode_body(frame_type, body, self._config)
+        data = bytes(buffer[:end])
+        del buffer[:end]
+        return decode_body(frame_type, data, header_size, self._config)
+
+    def _parse_header(self, buffer: bytearray, available: int) -> tuple[int, int, int, bool] | None:
+        """Type, header size, body size and whether to decode; None if the header is incomplete."""
+        type_size = _VARINT_SIZES[buffer[0] >> 6]
+        if available <= type_size:
+            return None
+        length_size = _VARINT_SIZES[buffer[type_size] >> 6]
+        header_size = type_size + length_size
+        if available < header_size:
+            return None
+        frame_type = int.from_bytes(buffer[:type_size]) & ((1 << (8 * type_size - 2)) - 1)
+        size = int.from_bytes(buffer[type_size:header_size]) & ((1 << (8 * length_size - 2)) - 1)
+        known = self._check_header(frame_type, type_size, size)
+        return frame_type, header_size, size, known
 
     def _check_header(self, frame_type: int, type_size: int, size: int) -> bool:
         """Validate a frame header; return whether the frame is to be decoded (not skipped)."""

@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class Endpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class Endpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, cache_hash=True):
     """Where a server listens, and which server that is."""
 
     server_id: str
