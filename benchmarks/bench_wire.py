@@ -11,13 +11,15 @@ FrameDecoder, as a connection does, to show the streaming overhead.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script (make bench): make the repository root importable for benchmarks._common.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import Comparison, compare, print_comparisons
+from benchmarks._common import Comparison, compare, print_comparisons
 
 from forehand.wire import (
     Endpoint,
@@ -73,7 +75,7 @@ def handoff_frame() -> Handoff:
     )
 
 
-def forehand_round_trip(frame: Frame) -> object:
+def forehand_round_trip(frame: Frame) -> Callable[[int], None]:
     """encode_frame then decode_frame, `count` times."""
 
     def run(count: int) -> None:
@@ -84,7 +86,7 @@ def forehand_round_trip(frame: Frame) -> object:
     return run
 
 
-def msgspec_round_trip(frame: Frame) -> object:
+def msgspec_round_trip(frame: Frame) -> Callable[[int], None]:
     """msgspec msgpack encode then typed decode of the same Struct, `count` times."""
     encode = msgspec.msgpack.Encoder().encode
     decode = msgspec.msgpack.Decoder(type(frame)).decode
@@ -97,7 +99,7 @@ def msgspec_round_trip(frame: Frame) -> object:
     return run
 
 
-def forehand_stream(frame: Frame) -> object:
+def forehand_stream(frame: Frame) -> Callable[[int], None]:
     """Encode a batch, feed it to a FrameDecoder in one chunk, drain it; per frame."""
     decoder = FrameDecoder(sender=PeerRole.CLIENT)
 
@@ -110,7 +112,7 @@ def forehand_stream(frame: Frame) -> object:
     return run
 
 
-def msgspec_stream(frame: Frame) -> object:
+def msgspec_stream(frame: Frame) -> Callable[[int], None]:
     """The baseline of the streaming row: the same round trip as msgspec_round_trip."""
     return msgspec_round_trip(frame)
 
@@ -122,24 +124,24 @@ def main() -> None:
     rows: list[Comparison] = [
         compare(
             f"REQUEST encode+decode ({PAYLOAD_BYTES} B payload)",
-            candidate=forehand_round_trip(request),  # type: ignore[arg-type]
-            baseline=msgspec_round_trip(request),  # type: ignore[arg-type]
+            candidate=forehand_round_trip(request),
+            baseline=msgspec_round_trip(request),
             baseline_name="msgspec msgpack, same Struct",
             count=COUNT,
             rounds=ROUNDS,
         ),
         compare(
             "HANDOFF encode+decode",
-            candidate=forehand_round_trip(handoff),  # type: ignore[arg-type]
-            baseline=msgspec_round_trip(handoff),  # type: ignore[arg-type]
+            candidate=forehand_round_trip(handoff),
+            baseline=msgspec_round_trip(handoff),
             baseline_name="msgspec msgpack, same Struct",
             count=COUNT // 4,
             rounds=ROUNDS,
         ),
         compare(
             "REQUEST via FrameDecoder (streamed)",
-            candidate=forehand_stream(request),  # type: ignore[arg-type]
-            baseline=msgspec_stream(request),  # type: ignore[arg-type]
+            candidate=forehand_stream(request),
+            baseline=msgspec_stream(request),
             baseline_name="msgspec msgpack, same Struct",
             count=COUNT,
             rounds=ROUNDS,
