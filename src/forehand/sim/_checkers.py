@@ -1,0 +1,447 @@
+"""Invariant checkers: judged after every observation, and liveness at the end of a run.
+
+Each checker reads only the observation contract (`forehand.sim.observations`) and raises
+`InvariantViolated` with a message that names the part, request or node at fault. The simulator
+catches it, records the seed and the event index, and stops the run so it can be replayed.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from forehand.core import NodeId
+from forehand.errors import ConfigError
+from forehand.sim.observations import (
+    ClientResponseObserved,
+    Durability,
+    InstallCause,
+    MapVersionObserved,
+    NodeRestarted,
+    Observation,
+    Observed,
+    PartKey,
+    PrimaryAcceptedWrite,
+    PrimaryInstalled,
+    RequestExecuted,
+    SessionClosed,
+    SessionOpened,
+    WriteAcknowledged,
+)
+
+if TYPE_CHECKING:
+    from forehand.sim._simulator import Simulator
+
+__all__ = [
+    "AcknowledgedWritesChecker",
+    "AtMostOnceChecker",
+    "Checker",
+    "ClientOrderChecker",
+    "InvariantViolated",
+    "LivenessChecker",
+    "MonotonicMapVersionChecker",
+    "SingleWriterChecker",
+    "WriteLost",
+    "default_checkers",
+]
+
+
+class InvariantViolated(Exception):  # noqa: N818 (the name states the finding)
+    """A checker found a run that breaks one of the project's guarantees."""
+
+    def __init__(self, message: str, *, checker: str = "") -> None:
+        super().__init__(message)
+        self.checker = checker
+        """The name of the checker that found the violation."""
+
+
+class Checker(Protocol):
+    """What the simulator calls: once per matching observation, and once at the end."""
+
+    @property
+    def observes(self) -> tuple[type[Observation], ...]:
+        """Observation types this checker wants; an empty tuple means all of them."""
+        ...
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Judge one observation; raise `InvariantViolated` on a violation."""
+        ...
+
+    def at_end(self, sim: Simulator) -> None:
+        """Judge the whole run once it is over (liveness); raise `InvariantViolated`."""
+        ...
+
+
+Position = tuple[int, int]
+"""A write's place in its part's history: `(map_version, log_index)`."""
+
+
+class SingleWriterChecker:
+    """At most one node accepts writes for a part under any one map version."""
+
+    observes: tuple[type[Observation], ...] = (PrimaryAcceptedWrite,)
+
+    def __init__(self) -> None:
+        self._writers: dict[tuple[PartKey, int], NodeId] = {}
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Record the writer of (part, version); a second, different writer is a violation."""
+        observation = event.observation
+        assert isinstance(observation, PrimaryAcceptedWrite)
+        key = (observation.part_key, observation.map_version)
+        writer = self._writers.setdefault(key, observation.node)
+        if writer != observation.node:
+            raise InvariantViolated(
+                f"two primaries accepted writes for part {observation.part_key} at map version "
+                f"{observation.map_version}: {writer} and {observation.node}",
+                checker=type(self).__name__,
+            )
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteLost:
+    """An acknowledged write that the part's surviving history no longer holds."""
+
+    part_key: PartKey
+    """The part."""
+    request_id: int
+    """The lost write's request id."""
+    durability: Durability
+    """Its durability; only `async` losses after a failover are allowed."""
+    position: Position
+    """Where it had been acknowledged: `(map_version, log_index)`."""
+    superseded_by: Position
+    """The install that dropped it: `(map_version, log_index held by the new primary)`."""
+
+
+@dataclass(slots=True)
+class _AckedWrite:
+    log_index: int
+    map_version: int
+    request_id: int
+    durability: Durability
+
+
+@dataclass(slots=True)
+class _PartHistory:
+    installed_version: int = -1
+    installed_index: int = 0
+    installed_cause: InstallCause = InstallCause.INITIAL
+
+
+class AcknowledgedWritesChecker:
+    """No acknowledged write is lost on `replicated` parts, nor on any part by a handoff.
+
+    A write is lost when a new primary is installed at a higher map version holding a shorter log
+    than the write's index. Losses of `async` writes to a failover are allowed and counted
+    (counter `async-write-lost`, list `lost`); anything else is a violation.
+    """
+
+    observes: tuple[type[Observation], ...] = (WriteAcknowledged, PrimaryInstalled)
+
+    def __init__(self) -> None:
+        self._histories: dict[PartKey, _PartHistory] = {}
+        self._acked: dict[PartKey, list[_AckedWrite]] = {}
+        self.lost: list[WriteLost] = []
+        """Every allowed loss (async writes dropped by a failover), in the order found."""
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Track acknowledgements; on each install, find the acknowledged writes it dropped."""
+        observation = event.observation
+        if isinstance(observation, WriteAcknowledged):
+            self._acknowledged(sim, observation)
+        else:
+            assert isinstance(observation, PrimaryInstalled)
+            self._installed(sim, observation)
+
+    def _acknowledged(self, sim: Simulator, observation: WriteAcknowledged) -> None:
+        history = self._histories.setdefault(observation.part_key, _PartHistory())
+        write = _AckedWrite(
+            log_index=observation.log_index,
+            map_version=observation.map_version,
+            request_id=observation.request_id,
+            durability=observation.durability,
+        )
+        superseded = observation.map_version < history.installed_version
+        if superseded and observation.log_index > history.installed_index:
+            # A stale primary acknowledged a write that its successor never received.
+            self._lose(sim, observation.part_key, write, history)
+            return
+        self._acked.setdefault(observation.part_key, []).append(write)
+
+    def _installed(self, sim: Simulator, observation: PrimaryInstalled) -> None:
+        history = self._histories.setdefault(observation.part_key, _PartHistory())
+        if observation.map_version <= history.installed_version:
+            return
+        history.installed_version = observation.map_version
+        history.installed_index = observation.log_index
+        history.installed_cause = observation.cause
+        acked = self._acked.get(observation.part_key)
+        if not acked:
+            return
+        kept: list[_AckedWrite] = []
+        for write in acked:
+            dropped = write.map_version < observation.map_version
+            if dropped and write.log_index > observation.log_index:
+                self._lose(sim, observation.part_key, write, history)
+            else:
+                kept.append(write)
+        self._acked[observation.part_key] = kept
+
+    def _lose(
+        self, sim: Simulator, part_key: PartKey, write: _AckedWrite, history: _PartHistory
+    ) -> None:
+        loss = WriteLost(
+            part_key=part_key,
+            request_id=write.request_id,
+            durability=write.durability,
+            position=(write.map_version, write.log_index),
+            superseded_by=(history.installed_version, history.installed_index),
+        )
+        allowed = (
+            write.durability is Durability.ASYNC
+            and history.installed_cause is InstallCause.FAILOVER
+        )
+        if not allowed:
+            raise InvariantViolated(
+                f"acknowledged {write.durability.value} write {write.request_id} of part "
+                f"{part_key} at position {loss.position} was lost by the "
+                f"{history.installed_cause.value} to {loss.superseded_by}",
+                checker=type(self).__name__,
+            )
+        self.lost.append(loss)
+        sim.count("async-write-lost")
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing more to judge: every loss was judged when it happened."""
+
+
+class AtMostOnceChecker:
+    """Each write's request id is executed at most once on its part's surviving history.
+
+    An execution that a later install drops (its log index is beyond what the new primary holds)
+    no longer counts, so a client may retry it. Reads (`log_index is None`) are not checked.
+    """
+
+    observes: tuple[type[Observation], ...] = (RequestExecuted, PrimaryInstalled)
+
+    def __init__(self) -> None:
+        self._executed: dict[PartKey, dict[int, tuple[int, int, NodeId]]] = {}
+        self._installed: dict[PartKey, tuple[int, int]] = {}
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Record executions; an id executed twice on the surviving history is a violation."""
+        observation = event.observation
+        if isinstance(observation, PrimaryInstalled):
+            self._install(observation)
+            return
+        assert isinstance(observation, RequestExecuted)
+        if observation.log_index is None:
+            return
+        installed_version, installed_index = self._installed.get(observation.part_key, (-1, 0))
+        stale = observation.map_version < installed_version
+        if stale and observation.log_index > installed_index:
+            return
+        executed = self._executed.setdefault(observation.part_key, {})
+        earlier = executed.get(observation.request_id)
+        if earlier is not None:
+            version, index, node = earlier
+            raise InvariantViolated(
+                f"request {observation.request_id} of part {observation.part_key} executed "
+                f"twice: by {node} at {(version, index)} and by {observation.node} at "
+                f"{(observation.map_version, observation.log_index)}",
+                checker=type(self).__name__,
+            )
+        executed[observation.request_id] = (
+            observation.map_version,
+            observation.log_index,
+            observation.node,
+        )
+
+    def _install(self, observation: PrimaryInstalled) -> None:
+        current = self._installed.get(observation.part_key, (-1, 0))
+        if observation.map_version <= current[0]:
+            return
+        self._installed[observation.part_key] = (observation.map_version, observation.log_index)
+        executed = self._executed.get(observation.part_key)
+        if not executed:
+            return
+        dropped = [
+            request_id
+            for request_id, (version, index, _) in executed.items()
+            if version < observation.map_version and index > observation.log_index
+        ]
+        for request_id in dropped:
+            del executed[request_id]
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""
+
+
+class MonotonicMapVersionChecker:
+    """No node ever adopts a shard-map version older than one it adopted before.
+
+    With `reset_on_restart`, a restarted node starts over (for nodes that keep no map on disk);
+    by default a node must stay monotonic across restarts.
+    """
+
+    observes: tuple[type[Observation], ...] = (MapVersionObserved, NodeRestarted)
+
+    def __init__(self, *, reset_on_restart: bool = False) -> None:
+        self._reset_on_restart = reset_on_restart
+        self._versions: dict[NodeId, int] = {}
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Compare the node's new version with the highest it held."""
+        observation = event.observation
+        if isinstance(observation, NodeRestarted):
+            if self._reset_on_restart:
+                self._versions.pop(observation.node, None)
+            return
+        assert isinstance(observation, MapVersionObserved)
+        previous = self._versions.get(observation.node)
+        if previous is not None and observation.map_version < previous:
+            raise InvariantViolated(
+                f"node {observation.node} went back from map version {previous} to "
+                f"{observation.map_version}",
+                checker=type(self).__name__,
+            )
+        self._versions[observation.node] = observation.map_version
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""
+
+
+class ClientOrderChecker:
+    """A client's writes on a part take positions in the order the client issued them.
+
+    For two writes a client issued on one part, the one issued first must sit earlier in the
+    part's history: its `(map_version, log_index)` is smaller. Reads are not ordered.
+    """
+
+    observes: tuple[type[Observation], ...] = (ClientResponseObserved,)
+
+    def __init__(self) -> None:
+        self._sequences: dict[tuple[NodeId, PartKey], list[int]] = {}
+        self._positions: dict[tuple[NodeId, PartKey], list[Position]] = {}
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Place the response between the client's earlier and later writes on the part."""
+        observation = event.observation
+        assert isinstance(observation, ClientResponseObserved)
+        if observation.log_index is None:
+            return
+        key = (observation.client, observation.part_key)
+        sequences = self._sequences.setdefault(key, [])
+        positions = self._positions.setdefault(key, [])
+        sequence = observation.issue_sequence
+        position = (observation.map_version, observation.log_index)
+        slot = bisect_left(sequences, sequence)
+        if slot < len(sequences) and sequences[slot] == sequence:
+            if positions[slot] != position:
+                self._violate(observation, f"answered at {positions[slot]} and at {position}")
+            return
+        if slot > 0 and positions[slot - 1] >= position:
+            self._violate(
+                observation,
+                f"issued after #{sequences[slot - 1]} but placed at {position}, not after "
+                f"{positions[slot - 1]}",
+            )
+        if slot < len(sequences) and positions[slot] <= position:
+            self._violate(
+                observation,
+                f"issued before #{sequences[slot]} but placed at {position}, not before "
+                f"{positions[slot]}",
+            )
+        sequences.insert(slot, sequence)
+        positions.insert(slot, position)
+
+    def _violate(self, observation: ClientResponseObserved, detail: str) -> None:
+        raise InvariantViolated(
+            f"client {observation.client} on part {observation.part_key}: request "
+            f"{observation.request_id} (#{observation.issue_sequence}) {detail}",
+            checker=type(self).__name__,
+        )
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""
+
+
+class LivenessChecker:
+    """After the faults heal, every open session is served again within `bound_us`.
+
+    A session counts as served when its client receives a response on any of its parts at or
+    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt. The run must last
+    at least until `heal_us + bound_us`, or the check could not fail.
+    """
+
+    observes: tuple[type[Observation], ...] = (
+        SessionOpened,
+        SessionClosed,
+        ClientResponseObserved,
+    )
+
+    def __init__(self, *, bound_us: int) -> None:
+        if bound_us <= 0:
+            raise ConfigError("the liveness bound must be positive")
+        self.bound_us = bound_us
+        """How long after healing (or opening) a session may wait for service."""
+        self._opened: dict[str, tuple[NodeId, int]] = {}
+        self._closed: dict[str, int] = {}
+        self._served: dict[str, int] = {}
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Track opened and closed sessions and the first service after healing."""
+        observation = event.observation
+        if isinstance(observation, SessionOpened):
+            self._opened.setdefault(observation.session_id, (observation.client, event.time_us))
+        elif isinstance(observation, SessionClosed):
+            self._closed[observation.session_id] = event.time_us
+        else:
+            assert isinstance(observation, ClientResponseObserved)
+            session_id = observation.part_key[0]
+            opened = self._opened.get(session_id)
+            if opened is None or session_id in self._served:
+                return
+            if event.time_us >= max(sim.heal_us, opened[1]):
+                self._served[session_id] = event.time_us
+
+    def at_end(self, sim: Simulator) -> None:
+        """Every open session was served within the bound after healing (or after opening)."""
+        if sim.now_us < sim.heal_us + self.bound_us:
+            raise ConfigError(
+                f"the run ended at {sim.now_us} µs, before heal ({sim.heal_us} µs) plus the "
+                f"liveness bound ({self.bound_us} µs); lengthen it"
+            )
+        for session_id, (client, opened_us) in self._opened.items():
+            if session_id in self._closed:
+                continue
+            start_us = max(sim.heal_us, opened_us)
+            if sim.now_us < start_us + self.bound_us:
+                continue
+            served_us = self._served.get(session_id)
+            if served_us is None or served_us > start_us + self.bound_us:
+                when = "never" if served_us is None else f"only at {served_us} µs"
+                raise InvariantViolated(
+                    f"session {session_id} of client {client} was not served within "
+                    f"{self.bound_us} µs of {start_us} µs (served {when})",
+                    checker=type(self).__name__,
+                )
+
+
+def default_checkers(*, liveness_bound_us: int | None) -> list[Checker]:
+    """The five safety checkers, plus liveness when a bound is given."""
+    checkers: list[Checker] = [
+        SingleWriterChecker(),
+        AcknowledgedWritesChecker(),
+        AtMostOnceChecker(),
+        MonotonicMapVersionChecker(),
+        ClientOrderChecker(),
+    ]
+    if liveness_bound_us is not None:
+        checkers.append(LivenessChecker(bound_us=liveness_bound_us))
+    return checkers
