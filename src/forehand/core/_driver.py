@@ -12,7 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ConnectionLost", "ConnectionOpened", "CoreDriver", "NodeId", "Outbound"]
+__all__ = [
+    "ConnectionCloseRequested",
+    "ConnectionLost",
+    "ConnectionOpened",
+    "CoreDriver",
+    "NodeId",
+    "Outbound",
+]
 
 NodeId = str
 """The name of a node (a manager, server or client process), as drivers route it."""
@@ -53,6 +60,24 @@ class ConnectionLost:
     """The node at the other end of the connection."""
     reason: str = ""
     """Why it broke, for traces and events: `timeout`, `refused`, `reset`, `peer-crashed`, ..."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionCloseRequested:
+    """An output, not a message on the wire: the core asks the driver to close a connection.
+
+    A core queues it as `Outbound(destination=peer, message=ConnectionCloseRequested(...))`, right
+    after the `Error` frame that tells the peer why. The driver sends everything queued before it
+    to `peer`, then closes that one connection (only that one) and delivers `ConnectionLost` back
+    to the core as for any other close.
+    """
+
+    peer: NodeId
+    """The node whose connection to close; equal to the Outbound's destination."""
+    error_code: int
+    """The `forehand.wire.ErrorCode` the preceding `Error` frame carried."""
+    reason: str = ""
+    """Human-readable detail, for traces."""
 
 
 @runtime_checkable
