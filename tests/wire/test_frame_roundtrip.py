@@ -213,8 +213,11 @@ def test_every_frame_class_has_a_strategy() -> None:
     assert set(FRAME_STRATEGIES) == set(FRAME_CLASSES.values())
 
 
+FRAME_CLASS_LIST = sorted(FRAME_STRATEGIES, key=lambda cls: cls.__name__)
+
+
 @pytest.mark.parametrize(
-    "frame_class", sorted(FRAME_STRATEGIES, key=lambda cls: cls.__name__), ids=lambda c: c.__name__
+    "frame_class", FRAME_CLASS_LIST, ids=[cls.__name__ for cls in FRAME_CLASS_LIST]
 )
 @ROUND_TRIP
 @given(data=st.data())

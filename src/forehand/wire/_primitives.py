@@ -142,6 +142,8 @@ def pull_endpoint(data: bytes, offset: int, server_id_bytes_max: int) -> tuple[E
     address_type = data[address_at]
     address_size = _ADDRESS_BYTES.get(address_type)
     if address_size is None:
+        if address_type != AddressType.DNS:
+            raise malformed(f"unknown endpoint address type {address_type}")
         address_size = 1 + data[address_at + 1]
     end = address_at + 1 + address_size + 2
     if end > len(data):
