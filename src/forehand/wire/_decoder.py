@@ -82,8 +82,8 @@ GREASE_BODY_BYTES_MAX = 16
 """The longest body `grease_frame` draws."""
 _GREASE_INDEX_MIN = 4
 """0x1f * 4 + 0x21 = 0x9d is the first greased type in the extension range."""
-_GREASE_INDEX_MAX = 0x3F00
-"""Keeps greased types within two-byte varints."""
+_GREASE_INDEX_MAX = (0x3FFF - 0x21) // 0x1F + 1
+"""Keeps greased types within two-byte varints (the largest is 0x3ff2)."""
 
 
 class FrameDecoder:
