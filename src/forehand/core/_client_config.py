@@ -1,0 +1,104 @@
+"""`ClientConfig`: every bound and timeout of the client core, named with its unit."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, fields
+
+from forehand.errors import ConfigError
+from forehand.wire import DEFAULT_CONFIG
+
+__all__ = ["ClientConfig"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientConfig:
+    """How a `ClientCore` behaves; frozen, validated on construction."""
+
+    node_id: str = "client"
+    """This client's node name, as drivers route it."""
+    manager_node_id: str = "manager"
+    """The node the client opens sessions at and asks for placements (MAP_REQUEST)."""
+    sessions_max: int = 1024
+    """Bound on sessions the client holds at once; `open_session` beyond it is refused."""
+    inflight_requests_max: int = 1024
+    """Bound on requests (and session opens) awaiting an answer; `call` beyond it is refused."""
+    connections_max: int = 256
+    """Bound on pooled server connections (CONNECTING, READY or DRAINING)."""
+    connection_queue_frames_max: int = 4096
+    """Bound on frames queued on a connection that waits for WELCOME."""
+    hello_credentials_max: int = DEFAULT_CONFIG.credentials_max
+    """Most session credentials one HELLO presents (the sessions on that server first)."""
+    request_timeout_ms: int = 10_000
+    """A request without a final answer this long after `call` fails with RequestFailed."""
+    retry_attempts_max: int = 8
+    """Bound on sends of one request, and on MAP_REQUEST rounds of one relocation."""
+    retry_backoff_ms: int = 50
+    """First delay before a retry; it doubles per attempt up to `retry_backoff_max_ms`."""
+    retry_backoff_max_ms: int = 2_000
+    """Cap on the retry delay."""
+    retry_jitter_ratio: float = 0.5
+    """Each retry delay is scaled by a factor drawn from [1 - ratio, 1 + ratio]."""
+    map_request_timeout_ms: int = 1_000
+    """A MAP_REQUEST unanswered this long is retried (with backoff)."""
+    handoff_deadline_ms_max: int = 10_000
+    """Cap on a HANDOFF's deadline, so a server cannot hold the client's parts for longer."""
+    resume_timeout_ms: int = 2_000
+    """Time one handoff target has to answer RESUME before the client tries the next one."""
+    ping_interval_ms: int = 1_000
+    """Period of PING on each READY connection."""
+    pings_outstanding_max: int = 4
+    """Bound on unanswered PINGs remembered per connection (older ones are forgotten)."""
+    rtt_samples_max: int = 32
+    """Bound on RTT samples kept per server for telemetry."""
+    telemetry_samples_max: int = DEFAULT_CONFIG.telemetry_samples_max
+    """Most path samples one PING reports."""
+    known_servers_max: int = 4096
+    """Bound on server endpoints the client remembers (the members HANDOFF may target)."""
+    unanswered_ids_max: int = DEFAULT_CONFIG.unanswered_max
+    """Most request ids one RESUME lists as unanswered (the rest are re-sent all the same)."""
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (not isinstance(value, int) or value < 1):
+                raise ConfigError(
+                    f"ClientConfig.{field.name} must be a positive int, got {value!r}"
+                )
+        if not self.node_id or not self.manager_node_id:
+            raise ConfigError("ClientConfig.node_id and manager_node_id must be non-empty")
+        if self.node_id == self.manager_node_id:
+            raise ConfigError("ClientConfig.node_id must differ from manager_node_id")
+        if not 0.0 <= self.retry_jitter_ratio < 1.0:
+            raise ConfigError(
+                f"ClientConfig.retry_jitter_ratio must be in [0, 1), got {self.retry_jitter_ratio}"
+            )
+        if self.retry_backoff_max_ms < self.retry_backoff_ms:
+            raise ConfigError("ClientConfig.retry_backoff_max_ms must be >= retry_backoff_ms")
+        if self.hello_credentials_max > DEFAULT_CONFIG.credentials_max:
+            raise ConfigError(
+                "ClientConfig.hello_credentials_max exceeds the wire's credentials_max"
+            )
+        if self.unanswered_ids_max > DEFAULT_CONFIG.unanswered_max:
+            raise ConfigError("ClientConfig.unanswered_ids_max exceeds the wire's unanswered_max")
+        if self.telemetry_samples_max > DEFAULT_CONFIG.telemetry_samples_max:
+            raise ConfigError("ClientConfig.telemetry_samples_max exceeds the wire's bound")
+
+    @classmethod
+    def randomized(cls, rng: random.Random, *, node_id: str = "client") -> ClientConfig:
+        """A valid configuration drawn from `rng`, for simulations that vary timing and bounds."""
+        backoff_ms = rng.choice((10, 25, 50, 100))
+        return cls(
+            node_id=node_id,
+            inflight_requests_max=rng.choice((16, 64, 256, 1024)),
+            request_timeout_ms=rng.choice((5_000, 10_000, 30_000)),
+            retry_attempts_max=rng.randint(4, 12),
+            retry_backoff_ms=backoff_ms,
+            retry_backoff_max_ms=backoff_ms * rng.choice((8, 16, 40)),
+            retry_jitter_ratio=rng.choice((0.0, 0.25, 0.5)),
+            map_request_timeout_ms=rng.choice((250, 500, 1_000, 2_000)),
+            handoff_deadline_ms_max=rng.choice((2_000, 5_000, 10_000)),
+            resume_timeout_ms=rng.choice((250, 1_000, 2_000)),
+            ping_interval_ms=rng.choice((200, 500, 1_000, 5_000)),
+            rtt_samples_max=rng.choice((4, 16, 32)),
+        )

@@ -1,0 +1,373 @@
+"""Events of the client core, drained with `ClientCore.next_event()`.
+
+Each is a frozen, slotted, keyword-only dataclass named noun + past participle. They carry what the
+application needs (responses, failures) and what the simulator's checkers read (`node`, the part,
+request ids, per-part issue order, map versions).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from forehand.core._driver import NodeId
+from forehand.wire import ReasonCode, ResponseStatus, ResumeRejectReason
+
+__all__ = [
+    "ClientEvent",
+    "ConnectionClosed",
+    "ConnectionEstablished",
+    "HandoffAbandoned",
+    "HandoffFollowed",
+    "HandoffIgnored",
+    "HandoffIgnoredWhy",
+    "HandoffStarted",
+    "MapVersionAdopted",
+    "PartRedirected",
+    "PartRelocated",
+    "RarePathTaken",
+    "RequestFailed",
+    "RequestFailedWhy",
+    "ResponseReceived",
+    "SessionClosed",
+    "SessionEstablished",
+    "SessionOpenFailed",
+    "SessionResumed",
+    "SessionResumeRejected",
+]
+
+
+class HandoffIgnoredWhy(enum.Enum):
+    """Why the client did not follow a HANDOFF."""
+
+    NOT_AUTHENTICATED = "not-authenticated"
+    """It came on a connection that has not been welcomed (or from a node that is no server)."""
+    UNKNOWN_SESSION = "unknown-session"
+    """The client holds no such session."""
+    UNKNOWN_PART = "unknown-part"
+    """It names a part the session does not have."""
+    STALE_SEQUENCE = "stale-sequence"
+    """Its sequence is not newer than the last one this connection sent."""
+    STALE_MAP_VERSION = "stale-map-version"
+    """Its map version is not newer than what the client knows for the parts."""
+    UNKNOWN_TARGET = "unknown-target"
+    """A target is not a server the client knows from placements or the shard map."""
+    NO_TARGET = "no-target"
+    """It names no target at all."""
+    PART_BUSY = "part-busy"
+    """A part is already moving or resuming; the newer information will come that way."""
+
+
+class RequestFailedWhy(enum.Enum):
+    """Why a request ended without a response."""
+
+    TIMEOUT = "timeout"
+    """No final answer within `request_timeout_ms`."""
+    RETRIES_EXHAUSTED = "retries-exhausted"
+    """It was sent `retry_attempts_max` times without a final answer."""
+    PLACEMENT_UNKNOWN = "placement-unknown"
+    """The part could not be located within `retry_attempts_max` MAP_REQUEST rounds."""
+    SESSION_CLOSED = "session-closed"
+    """The application closed the session while the request was in flight."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionEstablished:
+    """The manager opened a session the client asked for."""
+
+    node: NodeId
+    """The client node."""
+    request_id: int
+    """The id `open_session` returned."""
+    session_id: bytes
+    """The new session (16 bytes)."""
+    parts: tuple[str, ...]
+    """Its parts."""
+    map_version: int
+    """The map version its placements come from."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpenFailed:
+    """A session open got no answer in time (or the manager refused it)."""
+
+    node: NodeId
+    """The client node."""
+    request_id: int
+    """The id `open_session` returned."""
+    detail: str
+    """Why, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionResumed:
+    """A server accepted RESUME after `resume_session` (a client restart)."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts the server now serves to this client."""
+    server: NodeId
+    """The server that accepted."""
+    map_version: int
+    """The map version it serves them under."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionResumeRejected:
+    """A server refused RESUME after `resume_session`; the client locates the parts instead."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    server: NodeId
+    """The server that refused."""
+    reason: ResumeRejectReason
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionClosed:
+    """The application closed a session; its unanswered requests failed."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResponseReceived:
+    """The final answer to a request; each request id gets at most one."""
+
+    node: NodeId
+    """The client node."""
+    request_id: int
+    """The request."""
+    session_id: bytes
+    """Its session."""
+    part: str
+    """Its part."""
+    issue_sequence: int
+    """Per-part counter at `call` (1, 2, ...): the order the application issued calls in."""
+    status: ResponseStatus
+    """The server's status."""
+    payload: bytes
+    """The result."""
+    map_version: int
+    """The map version the answering server executed under."""
+    server: NodeId
+    """The node the answer arrived from (a handoff source relays its target's answers)."""
+    attempts: int
+    """How many times the request was sent (1 when no retry was needed)."""
+    latency_us: int
+    """From `call` to this answer."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestFailed:
+    """A request ended without an answer: the client ran out of options."""
+
+    node: NodeId
+    """The client node."""
+    request_id: int
+    """The request."""
+    session_id: bytes
+    """Its session."""
+    part: str
+    """Its part."""
+    issue_sequence: int
+    """Per-part counter at `call`."""
+    why: RequestFailedWhy
+    """Which bound ran out."""
+    attempts: int
+    """How many times it was sent."""
+    elapsed_us: int
+    """From `call` to the failure."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffStarted:
+    """The client accepted a HANDOFF and is resuming at a target (make-before-break)."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts that move."""
+    source: NodeId
+    """The server that sent the HANDOFF."""
+    targets: tuple[NodeId, ...]
+    """The targets, in the order the client tries them."""
+    sequence: int
+    """The HANDOFF's sequence."""
+    map_version: int
+    """The map version that assigns the parts to the targets."""
+    reason: ReasonCode
+    """Why the server moves them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffFollowed:
+    """A target answered RESUME_OK: the parts now go there and unanswered requests were re-sent."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts that moved."""
+    source: NodeId
+    """The server they left."""
+    target: NodeId
+    """The server they moved to."""
+    reason: ReasonCode
+    """The HANDOFF's reason."""
+    map_version: int
+    """The map version they are served under now."""
+    resent_requests: int
+    """How many unanswered requests were re-sent to the target."""
+    duration_us: int
+    """From receiving the HANDOFF to RESUME_OK."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffIgnored:
+    """A HANDOFF the client did not follow, and why."""
+
+    node: NodeId
+    """The client node."""
+    source: NodeId
+    """The node it came from."""
+    session_id: bytes
+    """The session it named."""
+    sequence: int
+    """Its sequence."""
+    map_version: int
+    """Its map version."""
+    why: HandoffIgnoredWhy
+    """Why it was ignored."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffAbandoned:
+    """Every target refused or timed out: the client falls back to asking the manager."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts that were moving."""
+    source: NodeId
+    """The server that sent the HANDOFF."""
+    detail: str
+    """The last target's failure, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartRedirected:
+    """A server answered REDIRECT and the client adopted the newer placement."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    part: str
+    """The part."""
+    source: NodeId
+    """The server that redirected."""
+    target: NodeId
+    """The new primary."""
+    map_version: int
+    """The map version of the new placement."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartRelocated:
+    """After a lost connection (no HANDOFF), the manager's placement put a part on a server."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
+    part: str
+    """The part."""
+    server: NodeId
+    """Its primary now."""
+    map_version: int
+    """The map version of the placement."""
+    duration_us: int
+    """From losing the part's server to knowing where it is."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapVersionAdopted:
+    """The newest shard-map version the client has seen grew (it never goes back)."""
+
+    node: NodeId
+    """The client node."""
+    map_version: int
+    """The new version."""
+    previous_map_version: int
+    """The version before."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionEstablished:
+    """A server answered HELLO with WELCOME."""
+
+    node: NodeId
+    """The client node."""
+    server: NodeId
+    """The server."""
+    map_version: int
+    """The map version the server announced."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionClosed:
+    """A pooled connection closed (lost, refused, or closed by the server with ERROR)."""
+
+    node: NodeId
+    """The client node."""
+    server: NodeId
+    """The server."""
+    detail: str
+    """Why, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RarePathTaken:
+    """The client went down a rare path (a late answer, a stale redirect, ...): coverage."""
+
+    node: NodeId
+    """The client node."""
+    name: str
+    """A stable name for the path, such as `duplicate-response`."""
+
+
+ClientEvent = (
+    SessionEstablished
+    | SessionOpenFailed
+    | SessionResumed
+    | SessionResumeRejected
+    | SessionClosed
+    | ResponseReceived
+    | RequestFailed
+    | HandoffStarted
+    | HandoffFollowed
+    | HandoffIgnored
+    | HandoffAbandoned
+    | PartRedirected
+    | PartRelocated
+    | MapVersionAdopted
+    | ConnectionEstablished
+    | ConnectionClosed
+    | RarePathTaken
+)
+"""Any event of the client core."""

@@ -1,0 +1,223 @@
+"""The client's view of one session: per part, where it is served and what is in flight.
+
+Each part has a route with a small state machine. ACTIVE parts send requests straight to their
+primary. While a part is HANDING_OFF (a HANDOFF was accepted, RESUME sent to a target), RESUMING
+(RESUME sent after a client restart) or LOCATING (its server was lost without HANDOFF and the
+client asks the manager where it lives), new calls are held, in call order, and go out when the
+part is ACTIVE again; unanswered ones are re-sent with the same request ids, which the servers'
+dedup tables turn into exactly-once execution.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from forehand.core._driver import NodeId
+from forehand.errors import LocalProtocolError
+
+__all__ = [
+    "ROUTE_TRANSITIONS",
+    "InFlight",
+    "PartRoute",
+    "RouteState",
+    "RouteTrigger",
+    "Session",
+    "route_transition_table",
+]
+
+
+class RouteState(enum.Enum):
+    """Where a part's route stands."""
+
+    ACTIVE = "active"
+    """The primary is known; requests go to it."""
+    HANDING_OFF = "handing-off"
+    """Following a HANDOFF: RESUME sent to a target while the old server still answers."""
+    RESUMING = "resuming"
+    """RESUME sent after a client restart; calls wait for RESUME_OK."""
+    LOCATING = "locating"
+    """The part's server is gone; the client asks the manager (MAP_REQUEST) where it lives now."""
+    CLOSED = "closed"
+    """The session was closed."""
+
+
+class RouteTrigger(enum.Enum):
+    """What moves a part's route."""
+
+    HANDOFF_ACCEPTED = "handoff-accepted"
+    RESUME_SENT = "resume-sent"
+    RESUME_OK = "resume-ok"
+    RESUME_REJECTED = "resume-rejected"
+    TARGET_FAILED = "target-failed"
+    TARGETS_EXHAUSTED = "targets-exhausted"
+    REDIRECTED = "redirected"
+    SERVER_LOST = "server-lost"
+    NOT_SERVED = "not-served"
+    PLACEMENT_RECEIVED = "placement-received"
+    SESSION_CLOSED = "session-closed"
+
+
+_A = RouteState.ACTIVE
+_H = RouteState.HANDING_OFF
+_R = RouteState.RESUMING
+_L = RouteState.LOCATING
+_C = RouteState.CLOSED
+
+ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
+    (_A, RouteTrigger.HANDOFF_ACCEPTED): _H,
+    (_A, RouteTrigger.RESUME_SENT): _R,
+    (_A, RouteTrigger.REDIRECTED): _A,
+    (_A, RouteTrigger.PLACEMENT_RECEIVED): _A,
+    (_A, RouteTrigger.SERVER_LOST): _L,
+    (_A, RouteTrigger.NOT_SERVED): _L,
+    (_A, RouteTrigger.SESSION_CLOSED): _C,
+    (_H, RouteTrigger.TARGET_FAILED): _H,
+    (_H, RouteTrigger.RESUME_OK): _A,
+    (_H, RouteTrigger.TARGETS_EXHAUSTED): _L,
+    (_H, RouteTrigger.PLACEMENT_RECEIVED): _A,
+    (_H, RouteTrigger.SESSION_CLOSED): _C,
+    (_R, RouteTrigger.RESUME_OK): _A,
+    (_R, RouteTrigger.RESUME_REJECTED): _L,
+    (_R, RouteTrigger.SERVER_LOST): _L,
+    (_R, RouteTrigger.PLACEMENT_RECEIVED): _A,
+    (_R, RouteTrigger.SESSION_CLOSED): _C,
+    (_L, RouteTrigger.PLACEMENT_RECEIVED): _A,
+    (_L, RouteTrigger.SESSION_CLOSED): _C,
+}
+"""Every legal route transition; anything else raises `LocalProtocolError`."""
+
+
+def route_transition_table() -> list[tuple[RouteState, RouteTrigger, RouteState]]:
+    """The part-route state machine as (from, trigger, to) rows, for generated diagrams."""
+    return [(source, trigger, target) for (source, trigger), target in ROUTE_TRANSITIONS.items()]
+
+
+class InFlight:
+    """One request awaiting its final answer."""
+
+    __slots__ = (
+        "attempts",
+        "deadline_us",
+        "issue_sequence",
+        "issued_us",
+        "op",
+        "part",
+        "payload",
+        "request_id",
+        "retries",
+        "retry_at_us",
+        "server",
+        "session_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        request_id: int,
+        session_id: bytes,
+        part: str,
+        op: str,
+        payload: bytes,
+        issue_sequence: int,
+        issued_us: int,
+        deadline_us: int,
+    ) -> None:
+        self.request_id = request_id
+        """The id, kept across every re-send."""
+        self.session_id = session_id
+        """The session."""
+        self.part = part
+        """The part."""
+        self.op = op
+        """The operation."""
+        self.payload = payload
+        """The argument."""
+        self.issue_sequence = issue_sequence
+        """Per-part call counter (1, 2, ...)."""
+        self.issued_us = issued_us
+        """When `call` issued it."""
+        self.deadline_us = deadline_us
+        """When it fails unless answered."""
+        self.attempts = 0
+        """How many times it was sent."""
+        self.retries = 0
+        """Re-sends a server asked for (TRY_AGAIN, NOT_FOUND, REDIRECT); bounded by config."""
+        self.server: NodeId | None = None
+        """The server it was last sent to; None while held (not sent since the last move)."""
+        self.retry_at_us: int | None = None
+        """When a TRY_AGAIN answer asked for a re-send; None otherwise."""
+
+
+class PartRoute:
+    """Where one part of a session is served, and its requests in call order."""
+
+    __slots__ = (
+        "backups",
+        "inflight",
+        "issue_counter",
+        "locate_attempts",
+        "lost_us",
+        "map_version",
+        "name",
+        "primary",
+        "state",
+    )
+
+    def __init__(
+        self, name: str, *, primary: NodeId, backups: tuple[NodeId, ...], map_version: int
+    ) -> None:
+        self.name = name
+        """The part name."""
+        self.state = RouteState.ACTIVE
+        """Where the route stands."""
+        self.primary = primary
+        """The server requests go to."""
+        self.backups = backups
+        """Known backups (replicas, a handoff source in its backup period), in promotion order."""
+        self.map_version = map_version
+        """The newest map version of placement information about this part (never decreases)."""
+        self.issue_counter = 0
+        """Calls issued on this part so far."""
+        self.inflight: dict[int, InFlight] = {}
+        """Unanswered requests by id, in call order (dicts keep insertion order)."""
+        self.locate_attempts = 0
+        """MAP_REQUEST rounds since the part was last served; bounded by `retry_attempts_max`."""
+        self.lost_us = 0
+        """When the part's server was lost (start of the current relocation)."""
+
+    def fire(self, trigger: RouteTrigger) -> RouteState:
+        """Apply `trigger`, or raise `LocalProtocolError` when the table does not allow it."""
+        try:
+            self.state = ROUTE_TRANSITIONS[(self.state, trigger)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"part {self.name!r}: no transition from {self.state.value} on {trigger.value}"
+            ) from None
+        return self.state
+
+    def servers(self) -> tuple[NodeId, ...]:
+        """The active-server list: the primary first, then the known backups."""
+        return (self.primary, *(b for b in self.backups if b != self.primary))
+
+    def adopt(self, *, primary: NodeId, backups: tuple[NodeId, ...], map_version: int) -> None:
+        """Take newer placement information (callers check that it is newer)."""
+        assert map_version >= self.map_version, (map_version, self.map_version)
+        self.primary = primary
+        self.backups = tuple(b for b in backups if b != primary)
+        self.map_version = map_version
+
+
+class Session:
+    """One session the client holds."""
+
+    __slots__ = ("credential", "parts", "session_id", "token")
+
+    def __init__(self, session_id: bytes, *, credential: bytes, token: bytes) -> None:
+        self.session_id = session_id
+        """The session id (16 bytes)."""
+        self.credential = credential
+        """The session credential presented in HELLO; RESUME_OK may renew it."""
+        self.token = token
+        """The resumption token the manager gave, for a resume after a client restart."""
+        self.parts: dict[str, PartRoute] = {}
+        """The parts, by name, in the order the session was opened with."""

@@ -1,0 +1,223 @@
+"""The client's pool of connections, one per peer node, shared by all its sessions.
+
+A connection is CONNECTING from the moment the client sends HELLO (the driver connects on demand
+when a core sends to a node), READY once WELCOME arrives, DRAINING after GOAWAY (still
+authenticated, but no new requests), and CLOSED when it is lost or the peer closes it with ERROR.
+A closed connection leaves the pool; sending to the node again starts a new one. Frames for a
+connection that is not READY yet wait in its bounded queue and go out, in order, on WELCOME.
+Each READY connection is pinged every `ping_interval_ms`; PONGs give RTT samples for telemetry.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterator
+
+from forehand.core._driver import NodeId
+from forehand.errors import LocalProtocolError
+
+__all__ = [
+    "CONNECTION_TRANSITIONS",
+    "Connection",
+    "ConnectionPool",
+    "ConnectionState",
+    "ConnectionTrigger",
+    "PathStats",
+    "connection_transition_table",
+]
+
+RTT_SMOOTHING_SHIFT = 3
+"""Smoothed RTT gains 1/8 of each sample, as in RFC 6298 (alpha = 1/8)."""
+RTT_VARIATION_SHIFT = 2
+"""RTT variation gains 1/4 of each deviation (beta = 1/4)."""
+
+
+class ConnectionState(enum.Enum):
+    """Where one pooled connection stands."""
+
+    CONNECTING = "connecting"
+    """HELLO sent, WELCOME not yet received: frames queue."""
+    READY = "ready"
+    """WELCOME received: the peer is authenticated and frames go straight out."""
+    DRAINING = "draining"
+    """GOAWAY received: still authenticated, but no new requests go to it."""
+    CLOSED = "closed"
+    """Lost or closed by the peer; the pool forgets it."""
+
+
+class ConnectionTrigger(enum.Enum):
+    """What moves a connection from one state to another."""
+
+    HELLO_SENT = "hello-sent"
+    WELCOME_RECEIVED = "welcome-received"
+    GOAWAY_RECEIVED = "goaway-received"
+    ERROR_RECEIVED = "error-received"
+    LOST = "lost"
+
+
+CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, ConnectionTrigger], ConnectionState] = {
+    (ConnectionState.CLOSED, ConnectionTrigger.HELLO_SENT): ConnectionState.CONNECTING,
+    (ConnectionState.CONNECTING, ConnectionTrigger.WELCOME_RECEIVED): ConnectionState.READY,
+    (ConnectionState.CONNECTING, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.CONNECTING, ConnectionTrigger.LOST): ConnectionState.CLOSED,
+    (ConnectionState.READY, ConnectionTrigger.GOAWAY_RECEIVED): ConnectionState.DRAINING,
+    (ConnectionState.READY, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.READY, ConnectionTrigger.LOST): ConnectionState.CLOSED,
+    (ConnectionState.DRAINING, ConnectionTrigger.GOAWAY_RECEIVED): ConnectionState.DRAINING,
+    (ConnectionState.DRAINING, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.DRAINING, ConnectionTrigger.LOST): ConnectionState.CLOSED,
+}
+"""Every legal connection transition; anything else raises `LocalProtocolError`."""
+
+
+def connection_transition_table() -> list[
+    tuple[ConnectionState, ConnectionTrigger, ConnectionState]
+]:
+    """The connection state machine as (from, trigger, to) rows, for generated diagrams."""
+    return [
+        (source, trigger, target) for (source, trigger), target in CONNECTION_TRANSITIONS.items()
+    ]
+
+
+class PathStats:
+    """RTT measurements of the path to one server: bounded raw samples and smoothed values."""
+
+    __slots__ = ("rttvar_us", "samples_us", "srtt_us")
+
+    def __init__(self, *, samples_max: int) -> None:
+        self.samples_us: deque[int] = deque(maxlen=samples_max)
+        """The newest RTT samples, oldest first, at most `rtt_samples_max`."""
+        self.srtt_us: int | None = None
+        """Smoothed RTT (RFC 6298), None before the first sample."""
+        self.rttvar_us: int = 0
+        """Smoothed mean deviation of the RTT, the path's jitter."""
+
+    def add(self, rtt_us: int) -> None:
+        """Record one RTT sample."""
+        self.samples_us.append(rtt_us)
+        if self.srtt_us is None:
+            self.srtt_us = rtt_us
+            self.rttvar_us = rtt_us // 2
+            return
+        deviation_us = abs(self.srtt_us - rtt_us)
+        self.rttvar_us += (deviation_us - self.rttvar_us) >> RTT_VARIATION_SHIFT
+        self.srtt_us += (rtt_us - self.srtt_us) >> RTT_SMOOTHING_SHIFT
+
+
+class Connection:
+    """One pooled connection to a peer node, and what the client learned on it."""
+
+    __slots__ = (
+        "handoff_sequence_last",
+        "map_version",
+        "next_ping_us",
+        "opened_us",
+        "ping_sequence",
+        "pings",
+        "queue",
+        "queue_frames_max",
+        "server",
+        "state",
+    )
+
+    def __init__(self, server: NodeId, *, now_us: int, queue_frames_max: int) -> None:
+        self.server = server
+        """The peer node."""
+        self.state = ConnectionState.CLOSED
+        """Where the connection stands; starts CLOSED until HELLO is sent."""
+        self.opened_us = now_us
+        """When HELLO was sent."""
+        self.queue: deque[object] = deque()
+        """Frames waiting for WELCOME, in send order."""
+        self.queue_frames_max = queue_frames_max
+        """Bound on `queue`."""
+        self.map_version = 0
+        """The map version WELCOME announced."""
+        self.handoff_sequence_last = 0
+        """The newest HANDOFF sequence this connection delivered; older ones are stale."""
+        self.next_ping_us: int | None = None
+        """When the next PING is due; None until READY."""
+        self.ping_sequence = 0
+        """The sequence of the last PING sent."""
+        self.pings: dict[int, int] = {}
+        """Unanswered PINGs: sequence -> sent_us, at most `pings_outstanding_max`."""
+
+    def fire(self, trigger: ConnectionTrigger) -> ConnectionState:
+        """Apply `trigger`, or raise `LocalProtocolError` when the table does not allow it."""
+        try:
+            self.state = CONNECTION_TRANSITIONS[(self.state, trigger)]
+        except KeyError:
+            raise LocalProtocolError(
+                f"connection to {self.server}: no transition from {self.state.value} "
+                f"on {trigger.value}"
+            ) from None
+        return self.state
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the peer answered HELLO (READY or DRAINING): its HANDOFFs may be trusted."""
+        return self.state in (ConnectionState.READY, ConnectionState.DRAINING)
+
+    def enqueue(self, frame: object) -> bool:
+        """Queue a frame until WELCOME; False when the queue is full."""
+        if len(self.queue) >= self.queue_frames_max:
+            return False
+        self.queue.append(frame)
+        return True
+
+
+class ConnectionPool:
+    """Connections by peer node, bounded by `connections_max`, plus per-server path statistics."""
+
+    def __init__(
+        self, *, connections_max: int, queue_frames_max: int, rtt_samples_max: int
+    ) -> None:
+        self._connections: dict[NodeId, Connection] = {}
+        self._paths: dict[NodeId, PathStats] = {}
+        self._connections_max = connections_max
+        self._queue_frames_max = queue_frames_max
+        self._rtt_samples_max = rtt_samples_max
+
+    def __iter__(self) -> Iterator[Connection]:
+        """The live connections, in the order they were opened."""
+        return iter(list(self._connections.values()))
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def get(self, server: NodeId) -> Connection | None:
+        """The live connection to `server`, or None."""
+        return self._connections.get(server)
+
+    def open(self, server: NodeId, *, now_us: int) -> Connection | None:
+        """A new CONNECTING connection (the caller sends HELLO), or None when the pool is full."""
+        assert server not in self._connections, server
+        if len(self._connections) >= self._connections_max:
+            return None
+        connection = Connection(server, now_us=now_us, queue_frames_max=self._queue_frames_max)
+        connection.fire(ConnectionTrigger.HELLO_SENT)
+        self._connections[server] = connection
+        return connection
+
+    def close(self, server: NodeId, trigger: ConnectionTrigger) -> Connection | None:
+        """Close the connection to `server` and forget it; None when there was none."""
+        connection = self._connections.pop(server, None)
+        if connection is not None:
+            connection.fire(trigger)
+        return connection
+
+    def path(self, server: NodeId) -> PathStats:
+        """The path statistics of `server`, created on first use (bounded by known servers)."""
+        stats = self._paths.get(server)
+        if stats is None:
+            stats = self._paths[server] = PathStats(samples_max=self._rtt_samples_max)
+        return stats
+
+    def paths(self) -> dict[NodeId, PathStats]:
+        """Every server's path statistics, by server id."""
+        return dict(self._paths)
+
+    def forget_path(self, server: NodeId) -> None:
+        """Drop a server's statistics (it left the known membership)."""
+        self._paths.pop(server, None)

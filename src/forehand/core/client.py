@@ -1,0 +1,1402 @@
+"""`ClientCore`: the sans-IO client of `forehand/1`.
+
+The client holds sessions (each split into parts), a pool of connections keyed by server and
+shared by all sessions, and a bounded table of requests in flight keyed by request id. It follows
+HANDOFF make-before-break: it resumes at the target with the token while the source still
+answers, re-sends what is unanswered with the same request ids, and only then switches. It follows
+REDIRECT to newer placements, and when a connection dies without HANDOFF it asks the manager
+where the parts live now (MAP_REQUEST) and retries, with bounded, jittered backoff. Request ids
+never change across re-sends, so the servers' dedup tables make each request execute once.
+
+Transitions live in tables: `forehand.core._pool` (connections) and
+`forehand.core._client_session` (part routes).
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from forehand.core._client_config import ClientConfig
+from forehand.core._client_events import (
+    ClientEvent,
+    ConnectionClosed,
+    ConnectionEstablished,
+    HandoffAbandoned,
+    HandoffFollowed,
+    HandoffIgnored,
+    HandoffIgnoredWhy,
+    HandoffStarted,
+    MapVersionAdopted,
+    PartRedirected,
+    PartRelocated,
+    RarePathTaken,
+    RequestFailed,
+    RequestFailedWhy,
+    ResponseReceived,
+    SessionClosed,
+    SessionEstablished,
+    SessionOpenFailed,
+    SessionResumed,
+    SessionResumeRejected,
+)
+from forehand.core._client_map import PlacementView, Unchanged, placement_view
+from forehand.core._client_session import InFlight, PartRoute, RouteState, RouteTrigger, Session
+from forehand.core._driver import (
+    ConnectionCloseRequested,
+    ConnectionLost,
+    ConnectionOpened,
+    NodeId,
+    Outbound,
+)
+from forehand.core._pool import ConnectionPool, ConnectionState, ConnectionTrigger, PathStats
+from forehand.errors import LocalProtocolError, RemoteProtocolError
+from forehand.wire import (
+    DEFAULT_CONFIG,
+    PROTOCOL_VERSION,
+    SESSION_ID_BYTES,
+    CloseSession,
+    Credential,
+    Endpoint,
+    Error,
+    ErrorCode,
+    GoAway,
+    Handoff,
+    HandoffState,
+    HandoffStatus,
+    Hello,
+    MapRequest,
+    MapUpdate,
+    OpenSession,
+    PathSample,
+    Ping,
+    Placement,
+    Pong,
+    ReasonCode,
+    Redirect,
+    Request,
+    Response,
+    ResponseStatus,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+    SessionOpened,
+    Welcome,
+)
+
+__all__ = ["REQUEST_ID_BITS", "BackpressureError", "ClientCore", "RouteView", "SessionSnapshot"]
+
+REQUEST_ID_BITS = 62
+"""Request ids are 62-bit integers (a variable-length integer holds them)."""
+_REQUEST_ID_START_BITS = 61
+"""The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
+
+
+class BackpressureError(LocalProtocolError):
+    """The in-flight table (or the session table) is full: wait for answers before issuing more."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RouteView:
+    """A read-only view of where one part is served, for applications and tests."""
+
+    state: RouteState
+    """The route's state."""
+    primary: NodeId
+    """The server requests go to (the old one while a handoff is in progress)."""
+    backups: tuple[NodeId, ...]
+    """Known backups, in promotion order."""
+    map_version: int
+    """The newest map version of the client's placement information for the part."""
+    inflight: tuple[int, ...]
+    """Unanswered request ids, in call order."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionSnapshot:
+    """What an application persists to resume a session after a client restart."""
+
+    session_id: bytes
+    """The session."""
+    credential: bytes
+    """Its current credential."""
+    token: bytes
+    """The resumption token the manager issued with the session."""
+    placements: tuple[Placement, ...]
+    """Where each part is served, as far as the client knows."""
+    map_version: int
+    """The newest map version among the parts' placements."""
+
+
+class _ResumeKind(enum.Enum):
+    HANDOFF = "handoff"
+    RESTART = "restart"
+
+
+class _Resumption:
+    """A RESUME in progress: following a HANDOFF (target by target) or after a restart."""
+
+    __slots__ = (
+        "deadline_us",
+        "index",
+        "kind",
+        "map_version",
+        "parts",
+        "reason",
+        "received_us",
+        "sequence",
+        "session_id",
+        "source",
+        "target_deadline_us",
+        "targets",
+        "token",
+    )
+
+    def __init__(
+        self,
+        *,
+        kind: _ResumeKind,
+        session_id: bytes,
+        parts: tuple[str, ...],
+        source: NodeId,
+        targets: tuple[NodeId, ...],
+        token: bytes,
+        map_version: int,
+        received_us: int,
+        deadline_us: int,
+        reason: ReasonCode = ReasonCode.UNSPECIFIED,
+        sequence: int = 0,
+    ) -> None:
+        self.kind = kind
+        self.session_id = session_id
+        self.parts = parts
+        self.source = source
+        self.targets = targets
+        self.index = 0
+        self.token = token
+        self.map_version = map_version
+        self.received_us = received_us
+        self.deadline_us = deadline_us
+        self.target_deadline_us = deadline_us
+        self.reason = reason
+        self.sequence = sequence
+
+    @property
+    def target(self) -> NodeId:
+        return self.targets[self.index]
+
+
+class _PendingOpen:
+    """An OPEN_SESSION awaiting SESSION_OPENED."""
+
+    __slots__ = ("attempts", "deadline_us", "issued_us", "parts", "request_id", "retry_at_us")
+
+    def __init__(
+        self, *, request_id: int, parts: tuple[str, ...], issued_us: int, deadline_us: int
+    ) -> None:
+        self.request_id = request_id
+        self.parts = parts
+        self.issued_us = issued_us
+        self.deadline_us = deadline_us
+        self.attempts = 0
+        self.retry_at_us: int | None = None
+
+
+_Handler = Callable[[Any, NodeId, int], None]
+
+
+class ClientCore:
+    """The client side of Forehand as a sans-IO state machine (see the module docstring)."""
+
+    def __init__(self, *, config: ClientConfig, client_id: bytes, rng: random.Random) -> None:
+        if len(client_id) != SESSION_ID_BYTES:
+            raise LocalProtocolError(f"client ids are {SESSION_ID_BYTES} bytes")
+        self._config = config
+        self._client_id = client_id
+        self._rng = rng
+        self._pool = ConnectionPool(
+            connections_max=config.connections_max,
+            queue_frames_max=config.connection_queue_frames_max,
+            rtt_samples_max=config.rtt_samples_max,
+        )
+        self._sessions: dict[bytes, Session] = {}
+        self._inflight: dict[int, InFlight] = {}
+        self._opens: dict[int, _PendingOpen] = {}
+        self._resumptions: dict[tuple[bytes, NodeId], _Resumption] = {}
+        self._endpoints: dict[NodeId, Endpoint] = {}
+        self._locating: dict[tuple[bytes, str], None] = {}
+        self._map_sent_us: int | None = None
+        self._map_retry_us: int | None = None
+        self._map_rounds = 0
+        self._retry_heap: list[tuple[int, int]] = []
+        self._next_request_id = rng.randrange(1, 1 << _REQUEST_ID_START_BITS)
+        self._map_version = 0
+        self._outbox: list[Outbound] = []
+        self._events: deque[ClientEvent] = deque()
+        self._handlers: dict[type, _Handler] = {
+            Welcome: self._on_welcome,
+            SessionOpened: self._on_session_opened,
+            Response: self._on_response,
+            Redirect: self._on_redirect,
+            Handoff: self._on_handoff,
+            ResumeOk: self._on_resume_ok,
+            ResumeReject: self._on_resume_reject,
+            MapUpdate: self._on_map_update,
+            Ping: self._on_ping,
+            Pong: self._on_pong,
+            GoAway: self._on_goaway,
+            Error: self._on_error,
+            ConnectionLost: self._on_connection_lost,
+            ConnectionOpened: self._on_connection_opened,
+        }
+
+    # Driver shape.
+
+    @property
+    def node_id(self) -> NodeId:
+        """This client's node name."""
+        return self._config.node_id
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        """Feed one frame (or connection input) that arrived from `source`."""
+        handler = self._handlers.get(type(message))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"a client does not accept {type(message).__name__} (from {source})",
+                error_code=ErrorCode.FRAME_UNEXPECTED,
+            )
+        handler(message, source, now_us)
+
+    def handle_timer(self, *, now_us: int) -> None:
+        """Fail expired requests, retry, time out resumes, re-ask the manager, ping servers."""
+        self._expire_requests(now_us)
+        self._expire_opens(now_us)
+        self._run_retries(now_us)
+        self._check_resumptions(now_us)
+        self._check_map_request(now_us)
+        self._send_pings(now_us)
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        """The client emits no store requests, so no result can be due."""
+        raise LocalProtocolError("ClientCore issues no store requests")
+
+    def messages_to_send(self) -> list[Outbound]:
+        """Drain the frames produced since the last call, in send order."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def store_requests(self) -> list[object]:
+        """Always empty: the client keeps no durable state of its own."""
+        return []
+
+    def next_event(self) -> ClientEvent | None:
+        """Pop the oldest event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def timer_us(self) -> int | None:
+        """The earliest deadline among requests, retries, resumes, map requests and pings."""
+        candidates: list[int] = []
+        if self._inflight:
+            candidates.append(next(iter(self._inflight.values())).deadline_us)
+        if self._opens:
+            candidates.append(next(iter(self._opens.values())).deadline_us)
+        if self._retry_heap:
+            candidates.append(self._retry_heap[0][0])
+        candidates.extend(r.target_deadline_us for r in self._resumptions.values())
+        if self._map_sent_us is not None:
+            candidates.append(self._map_sent_us + self._config.map_request_timeout_ms * 1000)
+        if self._map_retry_us is not None:
+            candidates.append(self._map_retry_us)
+        candidates.extend(c.next_ping_us for c in self._pool if c.next_ping_us is not None)
+        return min(candidates) if candidates else None
+
+    # Read-only views.
+
+    @property
+    def client_id(self) -> bytes:
+        """The 16-byte client id HELLO presents."""
+        return self._client_id
+
+    @property
+    def map_version(self) -> int:
+        """The newest shard-map version the client has seen (never decreases)."""
+        return self._map_version
+
+    @property
+    def inflight_count(self) -> int:
+        """Requests and session opens awaiting an answer (bounded by `inflight_requests_max`)."""
+        return len(self._inflight) + len(self._opens)
+
+    def session_ids(self) -> tuple[bytes, ...]:
+        """The sessions the client holds, in the order they were opened."""
+        return tuple(self._sessions)
+
+    def route(self, session_id: bytes, part: str) -> RouteView:
+        """Where `part` of `session_id` is served, as the client knows it."""
+        route = self._route(session_id, part)
+        return RouteView(
+            state=route.state,
+            primary=route.primary,
+            backups=route.backups,
+            map_version=route.map_version,
+            inflight=tuple(route.inflight),
+        )
+
+    def connection_state(self, server: NodeId) -> ConnectionState:
+        """The pooled connection's state (CLOSED when there is none)."""
+        connection = self._pool.get(server)
+        return ConnectionState.CLOSED if connection is None else connection.state
+
+    def endpoint(self, server: NodeId) -> Endpoint | None:
+        """Where `server` listens, as placements told the client; the runtime connects there."""
+        return self._endpoints.get(server)
+
+    def path_stats(self) -> dict[NodeId, PathStats]:
+        """RTT statistics per server measured with PING/PONG (bounded samples)."""
+        return self._pool.paths()
+
+    def session_snapshot(self, session_id: bytes) -> SessionSnapshot:
+        """What to persist so `resume_session` can pick the session up after a restart."""
+        session = self._session(session_id)
+        placements = tuple(
+            Placement(
+                part=route.name,
+                primary=self._endpoint_or_bare(route.primary),
+                replicas=tuple(self._endpoint_or_bare(b) for b in route.backups),
+            )
+            for route in session.parts.values()
+        )
+        return SessionSnapshot(
+            session_id=session_id,
+            credential=session.credential,
+            token=session.token,
+            placements=placements,
+            map_version=max((r.map_version for r in session.parts.values()), default=0),
+        )
+
+    # Commands.
+
+    def open_session(self, parts: tuple[str, ...], *, now_us: int) -> int:
+        """Ask the manager for a new session with `parts`; returns the request id to match."""
+        if not parts or len(set(parts)) != len(parts) or len(parts) > DEFAULT_CONFIG.parts_max:
+            raise LocalProtocolError(f"a session needs distinct parts (at most 64), got {parts!r}")
+        if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
+            raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
+        self._check_inflight_room()
+        request_id = self._new_request_id()
+        pending = _PendingOpen(
+            request_id=request_id,
+            parts=tuple(parts),
+            issued_us=now_us,
+            deadline_us=now_us + self._config.request_timeout_ms * 1000,
+        )
+        self._opens[request_id] = pending
+        self._send_open(pending, now_us)
+        return request_id
+
+    def resume_session(
+        self,
+        session_id: bytes,
+        credential: bytes,
+        token: bytes,
+        placements: tuple[Placement, ...],
+        *,
+        map_version: int,
+        now_us: int,
+    ) -> None:
+        """Take a session back after a client restart: RESUME at each part's primary."""
+        if session_id in self._sessions:
+            raise LocalProtocolError("the client already holds this session")
+        if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
+            raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
+        session = self._new_session(session_id, credential, token, placements, map_version)
+        by_primary: dict[NodeId, list[str]] = {}
+        for route in session.parts.values():
+            by_primary.setdefault(route.primary, []).append(route.name)
+        for primary, names in by_primary.items():
+            for name in names:
+                session.parts[name].fire(RouteTrigger.RESUME_SENT)
+            resumption = _Resumption(
+                kind=_ResumeKind.RESTART,
+                session_id=session_id,
+                parts=tuple(names),
+                source=primary,
+                targets=(primary,),
+                token=token,
+                map_version=map_version,
+                received_us=now_us,
+                deadline_us=now_us + self._config.resume_timeout_ms * 1000,
+            )
+            self._try_target(resumption, now_us)
+
+    def call(self, session_id: bytes, part: str, op: str, payload: bytes, *, now_us: int) -> int:
+        """Send one operation to a part; returns its request id (the answer comes as an event)."""
+        session = self._session(session_id)
+        route = self._route(session_id, part)
+        self._check_inflight_room()
+        request_id = self._new_request_id()
+        route.issue_counter += 1
+        entry = InFlight(
+            request_id=request_id,
+            session_id=session_id,
+            part=part,
+            op=op,
+            payload=payload,
+            issue_sequence=route.issue_counter,
+            issued_us=now_us,
+            deadline_us=now_us + self._config.request_timeout_ms * 1000,
+        )
+        self._inflight[request_id] = entry
+        route.inflight[request_id] = entry
+        if route.state is RouteState.LOCATING and (session_id, part) not in self._locating:
+            # The part gave up locating earlier; a new call is a reason to try again.
+            route.locate_attempts = 0
+            self._start_locating(session, route, now_us)
+        self._dispatch(session, route, entry, now_us)
+        return request_id
+
+    def close_session(self, session_id: bytes, *, now_us: int) -> None:
+        """End a session: its unanswered requests fail, the manager and servers are told."""
+        session = self._session(session_id)
+        for route in session.parts.values():
+            for entry in list(route.inflight.values()):
+                self._fail(entry, RequestFailedWhy.SESSION_CLOSED, now_us)
+            route.fire(RouteTrigger.SESSION_CLOSED)
+            self._locating.pop((session_id, route.name), None)
+        for key in [k for k in self._resumptions if k[0] == session_id]:
+            del self._resumptions[key]
+        servers = dict.fromkeys(r.primary for r in session.parts.values())
+        for server in servers:
+            connection = self._pool.get(server)
+            if connection is not None and connection.authenticated:
+                self._outbox.append(
+                    Outbound(destination=server, message=CloseSession(session_id=session_id))
+                )
+        self._send(self._config.manager_node_id, CloseSession(session_id=session_id), now_us)
+        del self._sessions[session_id]
+        self._emit(SessionClosed(node=self.node_id, session_id=session_id))
+
+    def prewarm(self, session_id: bytes, part: str, *, now_us: int) -> NodeId | None:
+        """Open the connection to the part's first backup before any handoff needs it."""
+        route = self._route(session_id, part)
+        backup = next((b for b in route.backups if b != route.primary), None)
+        if backup is None:
+            return None
+        if self._pool.get(backup) is None and self._connect(backup, now_us) is None:
+            return None
+        return backup
+
+    # Helpers shared by the handlers.
+
+    def _emit(self, event: ClientEvent) -> None:
+        self._events.append(event)
+
+    def _rare(self, name: str) -> None:
+        self._emit(RarePathTaken(node=self.node_id, name=name))
+
+    def _session(self, session_id: bytes) -> Session:
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise LocalProtocolError(f"unknown session {session_id.hex()}")
+        return session
+
+    def _route(self, session_id: bytes, part: str) -> PartRoute:
+        route = self._session(session_id).parts.get(part)
+        if route is None:
+            raise LocalProtocolError(f"session {session_id.hex()} has no part {part!r}")
+        return route
+
+    def _endpoint_or_bare(self, server: NodeId) -> Endpoint:
+        return self._endpoints.get(server) or Endpoint(server_id=server, host="", port=0)
+
+    def _check_inflight_room(self) -> None:
+        if self.inflight_count >= self._config.inflight_requests_max:
+            raise BackpressureError(
+                f"inflight_requests_max={self._config.inflight_requests_max} requests await "
+                "answers; wait for some before calling again"
+            )
+
+    def _new_request_id(self) -> int:
+        request_id = self._next_request_id
+        self._next_request_id = request_id + 1 if request_id + 1 < 1 << REQUEST_ID_BITS else 1
+        return request_id
+
+    def _backoff_us(self, attempt: int) -> int:
+        """Delay before retry number `attempt` (0: none), exponential, capped, jittered."""
+        if attempt <= 0:
+            return 0
+        config = self._config
+        base_ms = min(config.retry_backoff_ms << min(attempt - 1, 30), config.retry_backoff_max_ms)
+        ratio = config.retry_jitter_ratio
+        factor = self._rng.uniform(1.0 - ratio, 1.0 + ratio) if ratio else 1.0
+        return max(1, int(base_ms * 1000 * factor))
+
+    def _adopt_map_version(self, map_version: int) -> None:
+        if map_version > self._map_version:
+            previous, self._map_version = self._map_version, map_version
+            self._emit(
+                MapVersionAdopted(
+                    node=self.node_id, map_version=map_version, previous_map_version=previous
+                )
+            )
+
+    def _remember(self, endpoint: Endpoint) -> None:
+        """Trust `endpoint` as a cluster member (it came from the manager's placements)."""
+        if (
+            endpoint.server_id in self._endpoints
+            or len(self._endpoints) < self._config.known_servers_max
+        ):
+            self._endpoints[endpoint.server_id] = endpoint
+        else:
+            self._rare("known-servers-full")
+
+    def _new_session(
+        self,
+        session_id: bytes,
+        credential: bytes,
+        token: bytes,
+        placements: tuple[Placement, ...],
+        map_version: int,
+    ) -> Session:
+        session = Session(session_id, credential=credential, token=token)
+        for placement in placements:
+            self._remember(placement.primary)
+            for replica in placement.replicas:
+                self._remember(replica)
+            session.parts[placement.part] = PartRoute(
+                placement.part,
+                primary=placement.primary.server_id,
+                backups=tuple(r.server_id for r in placement.replicas),
+                map_version=map_version,
+            )
+        self._sessions[session_id] = session
+        self._adopt_map_version(map_version)
+        return session
+
+    # Connections.
+
+    def _send(self, destination: NodeId, frame: object, now_us: int) -> bool:
+        """Send now when the connection is up, queue it while connecting, connect when absent."""
+        connection = self._pool.get(destination)
+        if connection is None:
+            connection = self._connect(destination, now_us)
+            if connection is None:
+                return False
+        if connection.state is ConnectionState.CONNECTING:
+            if connection.enqueue(frame):
+                return True
+            self._rare("connection-queue-full")
+            return False
+        self._outbox.append(Outbound(destination=destination, message=frame))
+        return True
+
+    def _connect(self, server: NodeId, now_us: int) -> Any:
+        connection = self._pool.open(server, now_us=now_us)
+        if connection is None:
+            self._rare("connection-pool-full")
+            return None
+        hello = Hello(
+            versions=(PROTOCOL_VERSION,),
+            client_id=self._client_id,
+            credentials=self._credentials_for(server),
+        )
+        self._outbox.append(Outbound(destination=server, message=hello))
+        return connection
+
+    def _credentials_for(self, server: NodeId) -> tuple[Credential, ...]:
+        """Credentials for HELLO: sessions with a part on `server` first, then the others."""
+        here: list[Credential] = []
+        elsewhere: list[Credential] = []
+        for session in self._sessions.values():
+            credential = Credential(session_id=session.session_id, credential=session.credential)
+            uses = any(server in r.servers() for r in session.parts.values())
+            (here if uses else elsewhere).append(credential)
+        return tuple((here + elsewhere)[: self._config.hello_credentials_max])
+
+    def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
+        """The transport is up; HELLO (already sent or queued by the driver) does the rest."""
+
+    def _on_welcome(self, frame: Welcome, source: NodeId, now_us: int) -> None:
+        connection = self._pool.get(source)
+        if connection is None:
+            self._rare("welcome-without-hello")
+            return
+        if connection.state is not ConnectionState.CONNECTING:
+            self._reject_peer(source, ErrorCode.FRAME_UNEXPECTED, "second WELCOME", now_us)
+            return
+        connection.fire(ConnectionTrigger.WELCOME_RECEIVED)
+        connection.map_version = frame.map_version
+        self._adopt_map_version(frame.map_version)
+        while connection.queue:
+            self._outbox.append(Outbound(destination=source, message=connection.queue.popleft()))
+        if source != self._config.manager_node_id:
+            connection.next_ping_us = now_us + self._config.ping_interval_ms * 1000
+        self._emit(
+            ConnectionEstablished(node=self.node_id, server=source, map_version=frame.map_version)
+        )
+
+    def _reject_peer(self, peer: NodeId, code: ErrorCode, reason: str, now_us: int) -> None:
+        """The peer broke the protocol: tell it why, close only its connection, move on."""
+        self._outbox.append(Outbound(destination=peer, message=Error(code=code, reason=reason)))
+        close = ConnectionCloseRequested(peer=peer, error_code=int(code), reason=reason)
+        self._outbox.append(Outbound(destination=peer, message=close))
+        self._close(peer, ConnectionTrigger.ERROR_RECEIVED, f"closed by client: {reason}", now_us)
+
+    def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
+        self._close(message.peer, ConnectionTrigger.LOST, message.reason or "lost", now_us)
+
+    def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
+        detail = f"ERROR {frame.code.name}: {frame.reason}"
+        self._close(source, ConnectionTrigger.ERROR_RECEIVED, detail, now_us)
+
+    def _close(self, peer: NodeId, trigger: ConnectionTrigger, detail: str, now_us: int) -> None:
+        """A connection is gone: move what depended on it elsewhere."""
+        if self._pool.close(peer, trigger) is None:
+            return
+        self._emit(ConnectionClosed(node=self.node_id, server=peer, detail=detail))
+        if peer == self._config.manager_node_id:
+            self._manager_lost(now_us)
+            return
+        for key, resumption in list(self._resumptions.items()):
+            if key[1] == peer:
+                self._target_failed(resumption, f"connection lost: {detail}", 0, now_us)
+        for session in list(self._sessions.values()):
+            for route in session.parts.values():
+                self._server_lost(session, route, peer, now_us)
+
+    def _server_lost(self, session: Session, route: PartRoute, peer: NodeId, now_us: int) -> None:
+        for entry in route.inflight.values():
+            if entry.server == peer:
+                entry.server = None
+        if route.state is RouteState.ACTIVE:
+            if route.primary == peer:
+                self._lose_part(session, route, RouteTrigger.SERVER_LOST, now_us)
+            else:
+                self._flush(session, route, now_us)
+
+    def _on_goaway(self, frame: GoAway, source: NodeId, now_us: int) -> None:
+        connection = self._pool.get(source)
+        if connection is None or not connection.authenticated:
+            self._rare("goaway-unauthenticated")
+            return
+        connection.fire(ConnectionTrigger.GOAWAY_RECEIVED)
+        self._adopt_map_version(frame.map_version)
+        for session in list(self._sessions.values()):
+            for route in session.parts.values():
+                if route.state is RouteState.ACTIVE and route.primary == source:
+                    self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+
+    def _on_ping(self, frame: Ping, source: NodeId, now_us: int) -> None:
+        connection = self._pool.get(source)
+        if connection is not None and connection.authenticated:
+            pong = Pong(sequence=frame.sequence, sent_us=frame.sent_us)
+            self._outbox.append(Outbound(destination=source, message=pong))
+
+    def _on_pong(self, frame: Pong, source: NodeId, now_us: int) -> None:
+        connection = self._pool.get(source)
+        sent_us = None if connection is None else connection.pings.pop(frame.sequence, None)
+        if sent_us is None:
+            self._rare("unsolicited-pong")
+            return
+        # The RTT comes from the client's own record of the send time, not from the echo.
+        self._pool.path(source).add(max(0, now_us - sent_us))
+
+    def _send_pings(self, now_us: int) -> None:
+        interval_us = self._config.ping_interval_ms * 1000
+        for connection in self._pool:
+            due_us = connection.next_ping_us
+            if due_us is None or due_us > now_us or connection.state is not ConnectionState.READY:
+                continue
+            connection.ping_sequence += 1
+            connection.pings[connection.ping_sequence] = now_us
+            while len(connection.pings) > self._config.pings_outstanding_max:
+                del connection.pings[next(iter(connection.pings))]
+            ping = Ping(
+                sequence=connection.ping_sequence, sent_us=now_us, telemetry=self._telemetry()
+            )
+            self._outbox.append(Outbound(destination=connection.server, message=ping))
+            connection.next_ping_us = now_us + interval_us
+
+    def _telemetry(self) -> tuple[PathSample, ...]:
+        samples = [
+            PathSample(server_id=server, rtt_us=stats.srtt_us, jitter_us=stats.rttvar_us)
+            for server, stats in self._pool.paths().items()
+            if stats.srtt_us is not None
+        ]
+        return tuple(samples[: self._config.telemetry_samples_max])
+
+    # Sessions.
+
+    def _send_open(self, pending: _PendingOpen, now_us: int) -> None:
+        pending.attempts += 1
+        pending.retry_at_us = None
+        frame = OpenSession(request_id=pending.request_id, parts=pending.parts)
+        self._send(self._config.manager_node_id, frame, now_us)
+
+    def _on_session_opened(self, frame: SessionOpened, source: NodeId, now_us: int) -> None:
+        pending = self._opens.pop(frame.request_id, None)
+        if pending is None:
+            # A retried OPEN_SESSION may have opened a second session: release the orphan.
+            if frame.session_id not in self._sessions:
+                self._rare("orphan-session-closed")
+                self._send(source, CloseSession(session_id=frame.session_id), now_us)
+            return
+        self._new_session(
+            frame.session_id, frame.credential, frame.token, frame.placements, frame.map_version
+        )
+        self._emit(
+            SessionEstablished(
+                node=self.node_id,
+                request_id=frame.request_id,
+                session_id=frame.session_id,
+                parts=tuple(p.part for p in frame.placements),
+                map_version=frame.map_version,
+            )
+        )
+
+    def _expire_opens(self, now_us: int) -> None:
+        while self._opens:
+            pending = next(iter(self._opens.values()))
+            if pending.deadline_us > now_us:
+                return
+            del self._opens[pending.request_id]
+            self._emit(
+                SessionOpenFailed(
+                    node=self.node_id, request_id=pending.request_id, detail="no answer in time"
+                )
+            )
+
+    def _manager_lost(self, now_us: int) -> None:
+        for pending in list(self._opens.values()):
+            if pending.attempts >= self._config.retry_attempts_max:
+                del self._opens[pending.request_id]
+                self._emit(
+                    SessionOpenFailed(
+                        node=self.node_id, request_id=pending.request_id, detail="retries exhausted"
+                    )
+                )
+                continue
+            pending.retry_at_us = now_us + self._backoff_us(pending.attempts)
+            heapq.heappush(self._retry_heap, (pending.retry_at_us, pending.request_id))
+        if self._map_sent_us is not None:
+            self._map_sent_us = None
+            self._unresolved_round(now_us)
+
+    # Requests.
+
+    def _dispatch(self, session: Session, route: PartRoute, entry: InFlight, now_us: int) -> None:
+        """Send `entry` to the part's primary if the route is ACTIVE; otherwise hold it."""
+        entry.server = None
+        if route.state is not RouteState.ACTIVE:
+            return
+        connection = self._pool.get(route.primary)
+        if connection is not None and connection.state is ConnectionState.DRAINING:
+            self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+            return
+        frame = Request(
+            request_id=entry.request_id,
+            session_id=entry.session_id,
+            part=entry.part,
+            op=entry.op,
+            map_version=route.map_version,
+            payload=entry.payload,
+        )
+        if self._send(route.primary, frame, now_us):
+            entry.server = route.primary
+            entry.attempts += 1
+            entry.retry_at_us = None
+
+    def _flush(self, session: Session, route: PartRoute, now_us: int) -> int:
+        """Send, in call order, every request of an ACTIVE part not yet sent to its primary."""
+        sent = 0
+        for entry in list(route.inflight.values()):
+            if route.state is not RouteState.ACTIVE:
+                break
+            if entry.server != route.primary:
+                self._dispatch(session, route, entry, now_us)
+                sent += 1
+        return sent
+
+    def _finish(self, entry: InFlight) -> PartRoute | None:
+        del self._inflight[entry.request_id]
+        session = self._sessions.get(entry.session_id)
+        route = None if session is None else session.parts.get(entry.part)
+        if route is not None:
+            route.inflight.pop(entry.request_id, None)
+        return route
+
+    def _fail(self, entry: InFlight, why: RequestFailedWhy, now_us: int) -> None:
+        self._finish(entry)
+        self._emit(
+            RequestFailed(
+                node=self.node_id,
+                request_id=entry.request_id,
+                session_id=entry.session_id,
+                part=entry.part,
+                issue_sequence=entry.issue_sequence,
+                why=why,
+                attempts=entry.attempts,
+                elapsed_us=now_us - entry.issued_us,
+            )
+        )
+
+    def _expire_requests(self, now_us: int) -> None:
+        while self._inflight:
+            entry = next(iter(self._inflight.values()))
+            if entry.deadline_us > now_us:
+                return
+            self._fail(entry, RequestFailedWhy.TIMEOUT, now_us)
+
+    def _on_response(self, frame: Response, source: NodeId, now_us: int) -> None:
+        entry = self._inflight.get(frame.request_id)
+        if entry is None or entry.session_id != frame.session_id:
+            self._rare("duplicate-response")
+            return
+        self._adopt_map_version(frame.map_version)
+        session = self._sessions[entry.session_id]
+        route = session.parts[entry.part]
+        if frame.status is ResponseStatus.TRY_AGAIN:
+            self._retry_later(entry, now_us)
+            return
+        if frame.status is ResponseStatus.NOT_FOUND and self._count_retry(entry, now_us):
+            # The server does not know the session: the client's placement is stale.
+            entry.server = None
+            if route.state is RouteState.ACTIVE and route.primary == source:
+                self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+            elif route.state is RouteState.ACTIVE:
+                self._dispatch(session, route, entry, now_us)
+            return
+        if frame.status is ResponseStatus.NOT_FOUND:
+            return
+        self._finish(entry)
+        route.locate_attempts = 0
+        self._emit(
+            ResponseReceived(
+                node=self.node_id,
+                request_id=entry.request_id,
+                session_id=entry.session_id,
+                part=entry.part,
+                issue_sequence=entry.issue_sequence,
+                status=frame.status,
+                payload=frame.payload,
+                map_version=frame.map_version,
+                server=source,
+                attempts=entry.attempts,
+                latency_us=now_us - entry.issued_us,
+            )
+        )
+
+    def _count_retry(self, entry: InFlight, now_us: int) -> bool:
+        """Count a server-requested re-send; False (and the request failed) past the bound."""
+        entry.retries += 1
+        if entry.retries > self._config.retry_attempts_max:
+            self._fail(entry, RequestFailedWhy.RETRIES_EXHAUSTED, now_us)
+            return False
+        return True
+
+    def _retry_later(self, entry: InFlight, now_us: int) -> None:
+        if not self._count_retry(entry, now_us):
+            return
+        entry.server = None
+        entry.retry_at_us = now_us + self._backoff_us(entry.retries)
+        heapq.heappush(self._retry_heap, (entry.retry_at_us, entry.request_id))
+
+    def _run_retries(self, now_us: int) -> None:
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now_us:
+            due_us, request_id = heapq.heappop(heap)
+            entry = self._inflight.get(request_id)
+            if entry is not None and entry.retry_at_us == due_us:
+                entry.retry_at_us = None
+                session = self._sessions[entry.session_id]
+                self._dispatch(session, session.parts[entry.part], entry, now_us)
+                continue
+            pending = self._opens.get(request_id)
+            if pending is not None and pending.retry_at_us == due_us:
+                self._send_open(pending, now_us)
+
+    def _on_redirect(self, frame: Redirect, source: NodeId, now_us: int) -> None:
+        entry = self._inflight.get(frame.request_id)
+        if entry is None or entry.session_id != frame.session_id or entry.server != source:
+            # Already answered, or already re-sent elsewhere after an earlier move.
+            self._rare("stale-redirect")
+            return
+        session = self._sessions[entry.session_id]
+        route = session.parts[entry.part]
+        if not self._count_retry(entry, now_us):
+            return
+        if route.state is not RouteState.ACTIVE:
+            entry.server = None
+            return
+        if frame.map_version > route.map_version:
+            if not frame.targets or not all(t.server_id in self._endpoints for t in frame.targets):
+                # A target the client cannot vouch for: ask the manager instead.
+                self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+                return
+            route.adopt(
+                primary=frame.targets[0].server_id,
+                backups=tuple(t.server_id for t in frame.targets[1:]),
+                map_version=frame.map_version,
+            )
+            route.fire(RouteTrigger.REDIRECTED)
+            self._adopt_map_version(frame.map_version)
+            self._emit(
+                PartRedirected(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    part=route.name,
+                    source=source,
+                    target=route.primary,
+                    map_version=frame.map_version,
+                )
+            )
+        elif route.primary == source:
+            # The client's newest placement says this server, which disowns the part.
+            self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+            return
+        for other in route.inflight.values():
+            if other.server == source:
+                other.server = None
+        self._flush(session, route, now_us)
+
+    # Relocation after a loss without HANDOFF.
+
+    def _lose_part(
+        self, session: Session, route: PartRoute, trigger: RouteTrigger, now_us: int
+    ) -> None:
+        """The part's server is gone or disowns it: hold its requests and ask the manager."""
+        route.fire(trigger)
+        route.lost_us = now_us
+        for entry in route.inflight.values():
+            entry.server = None
+        route.locate_attempts += 1
+        self._start_locating(session, route, now_us)
+
+    def _start_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
+        if route.locate_attempts > self._config.retry_attempts_max:
+            self._give_up_locating(session, route, now_us)
+            return
+        self._locating[(session.session_id, route.name)] = None
+        if self._map_sent_us is not None:
+            return
+        due_us = now_us + self._backoff_us(route.locate_attempts - 1)
+        if self._map_retry_us is None or due_us < self._map_retry_us:
+            self._map_retry_us = due_us
+        if due_us <= now_us:
+            self._send_map_request(now_us)
+
+    def _give_up_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
+        self._locating.pop((session.session_id, route.name), None)
+        for entry in list(route.inflight.values()):
+            self._fail(entry, RequestFailedWhy.PLACEMENT_UNKNOWN, now_us)
+
+    def _send_map_request(self, now_us: int) -> None:
+        self._map_retry_us = None
+        versions = [
+            self._sessions[session_id].parts[part].map_version
+            for session_id, part in self._locating
+        ]
+        if not versions:
+            return
+        self._map_sent_us = now_us
+        self._send(self._config.manager_node_id, MapRequest(map_version=min(versions)), now_us)
+
+    def _check_map_request(self, now_us: int) -> None:
+        timeout_us = self._config.map_request_timeout_ms * 1000
+        if self._map_sent_us is not None and now_us >= self._map_sent_us + timeout_us:
+            self._map_sent_us = None
+            self._unresolved_round(now_us)
+        if self._map_retry_us is not None and now_us >= self._map_retry_us:
+            self._send_map_request(now_us)
+
+    def _unresolved_round(self, now_us: int) -> None:
+        """A MAP_REQUEST round ended without placing every locating part: back off, or give up."""
+        for session_id, part in list(self._locating):
+            route = self._sessions[session_id].parts[part]
+            route.locate_attempts += 1
+            if route.locate_attempts > self._config.retry_attempts_max:
+                self._give_up_locating(self._sessions[session_id], route, now_us)
+        if not self._locating:
+            self._map_rounds = 0
+            return
+        self._map_rounds += 1
+        self._map_retry_us = now_us + self._backoff_us(self._map_rounds)
+
+    def _on_map_update(self, frame: MapUpdate, source: NodeId, now_us: int) -> None:
+        connection = self._pool.get(source)
+        if connection is None or not connection.authenticated:
+            self._rare("map-update-unauthenticated")
+            return
+        view = placement_view(frame)
+        if source == self._config.manager_node_id:
+            self._map_sent_us = None
+        if view is None:
+            self._rare("map-update-encoding-unknown")
+        else:
+            self._adopt_map_version(frame.map_version)
+            for placement in view.placements():
+                self._remember(placement.primary)
+                for replica in placement.replicas:
+                    self._remember(replica)
+            for session in list(self._sessions.values()):
+                for route in session.parts.values():
+                    self._apply_placement(session, route, view, now_us)
+        if not self._locating:
+            self._map_rounds = 0
+        elif self._map_sent_us is None and self._map_retry_us is None:
+            self._unresolved_round(now_us)
+
+    def _apply_placement(
+        self, session: Session, route: PartRoute, view: PlacementView, now_us: int
+    ) -> None:
+        """Adopt what a MAP_UPDATE says about one part, if it is news."""
+        if view.map_version < route.map_version or route.state is RouteState.CLOSED:
+            return
+        found = view.lookup(session.session_id, route.name, known_since=route.map_version)
+        if found is None:
+            return
+        primary, backups = (route.primary, route.backups) if isinstance(found, Unchanged) else found
+        if route.state is RouteState.LOCATING:
+            self._relocate(
+                session,
+                route,
+                primary=primary,
+                backups=backups,
+                map_version=view.map_version,
+                now_us=now_us,
+            )
+            return
+        if primary == route.primary or view.map_version == route.map_version:
+            route.map_version = view.map_version
+            return
+        if route.state is not RouteState.ACTIVE:
+            # A newer map overtook a handoff or resume in flight: the map wins.
+            self._cancel_resumptions(session.session_id, route.name)
+        route.adopt(primary=primary, backups=backups, map_version=view.map_version)
+        route.fire(RouteTrigger.PLACEMENT_RECEIVED)
+        for entry in route.inflight.values():
+            entry.server = None
+        self._flush(session, route, now_us)
+
+    def _relocate(
+        self,
+        session: Session,
+        route: PartRoute,
+        *,
+        primary: NodeId,
+        backups: tuple[NodeId, ...],
+        map_version: int,
+        now_us: int,
+    ) -> None:
+        """A located part goes ACTIVE on `primary` and its held requests go out, in call order."""
+        connection = self._pool.get(primary)
+        if connection is not None and connection.state is ConnectionState.DRAINING:
+            # Still on a server that said GOAWAY: the move has not been published yet.
+            return
+        route.adopt(primary=primary, backups=backups, map_version=map_version)
+        route.fire(RouteTrigger.PLACEMENT_RECEIVED)
+        self._locating.pop((session.session_id, route.name), None)
+        self._emit(
+            PartRelocated(
+                node=self.node_id,
+                session_id=session.session_id,
+                part=route.name,
+                server=primary,
+                map_version=map_version,
+                duration_us=now_us - route.lost_us,
+            )
+        )
+        self._flush(session, route, now_us)
+
+    # HANDOFF.
+
+    def _on_handoff(self, frame: Handoff, source: NodeId, now_us: int) -> None:
+        why = self._handoff_refusal(frame, source)
+        if why is not None:
+            self._emit(
+                HandoffIgnored(
+                    node=self.node_id,
+                    source=source,
+                    session_id=frame.session_id,
+                    sequence=frame.sequence,
+                    map_version=frame.map_version,
+                    why=why,
+                )
+            )
+            return
+        self._accept_handoff(frame, source, now_us)
+
+    def _handoff_refusal(self, frame: Handoff, source: NodeId) -> HandoffIgnoredWhy | None:
+        """Why a HANDOFF must be ignored, or None to follow it (records its sequence)."""
+        connection = self._pool.get(source)
+        if connection is None or not connection.authenticated:
+            return HandoffIgnoredWhy.NOT_AUTHENTICATED
+        if source == self._config.manager_node_id:
+            return HandoffIgnoredWhy.NOT_AUTHENTICATED
+        if frame.sequence <= connection.handoff_sequence_last:
+            return HandoffIgnoredWhy.STALE_SEQUENCE
+        connection.handoff_sequence_last = frame.sequence
+        session = self._sessions.get(frame.session_id)
+        if session is None:
+            return HandoffIgnoredWhy.UNKNOWN_SESSION
+        routes = [session.parts.get(part) for part in frame.parts]
+        if not routes or any(route is None for route in routes):
+            return HandoffIgnoredWhy.UNKNOWN_PART
+        known = [route for route in routes if route is not None]
+        if frame.map_version <= max(route.map_version for route in known):
+            return HandoffIgnoredWhy.STALE_MAP_VERSION
+        if not frame.targets:
+            return HandoffIgnoredWhy.NO_TARGET
+        if not all(target.server_id in self._endpoints for target in frame.targets):
+            return HandoffIgnoredWhy.UNKNOWN_TARGET
+        busy = (RouteState.HANDING_OFF, RouteState.RESUMING, RouteState.CLOSED)
+        if any(route.state in busy for route in known):
+            return HandoffIgnoredWhy.PART_BUSY
+        return None
+
+    def _accept_handoff(self, frame: Handoff, source: NodeId, now_us: int) -> None:
+        session = self._sessions[frame.session_id]
+        status = HandoffStatus(
+            sequence=frame.sequence,
+            session_id=frame.session_id,
+            state=HandoffState.ACCEPTED,
+            detail_code=0,
+        )
+        self._outbox.append(Outbound(destination=source, message=status))
+        for part in frame.parts:
+            route = session.parts[part]
+            route.map_version = frame.map_version
+            route.fire(RouteTrigger.HANDOFF_ACCEPTED)
+            self._locating.pop((session.session_id, part), None)
+        self._adopt_map_version(frame.map_version)
+        deadline_ms = min(
+            frame.deadline_ms or self._config.handoff_deadline_ms_max,
+            self._config.handoff_deadline_ms_max,
+        )
+        resumption = _Resumption(
+            kind=_ResumeKind.HANDOFF,
+            session_id=frame.session_id,
+            parts=tuple(frame.parts),
+            source=source,
+            targets=tuple(t.server_id for t in frame.targets),
+            token=frame.token,
+            map_version=frame.map_version,
+            received_us=now_us,
+            deadline_us=now_us + deadline_ms * 1000,
+            reason=frame.reason,
+            sequence=frame.sequence,
+        )
+        self._emit(
+            HandoffStarted(
+                node=self.node_id,
+                session_id=frame.session_id,
+                parts=resumption.parts,
+                source=source,
+                targets=resumption.targets,
+                sequence=frame.sequence,
+                map_version=frame.map_version,
+                reason=frame.reason,
+            )
+        )
+        self._try_target(resumption, now_us)
+
+    def _try_target(self, resumption: _Resumption, now_us: int) -> None:
+        """Send RESUME to the current target, skipping unusable ones; abandon when none is left."""
+        session = self._sessions[resumption.session_id]
+        while resumption.index < len(resumption.targets):
+            target = resumption.target
+            key = (resumption.session_id, target)
+            if key not in self._resumptions:
+                unanswered = [
+                    request_id
+                    for part in resumption.parts
+                    for request_id in session.parts[part].inflight
+                ]
+                frame = Resume(
+                    session_id=resumption.session_id,
+                    token=resumption.token,
+                    parts=resumption.parts,
+                    map_version=resumption.map_version,
+                    unanswered=tuple(unanswered[: self._config.unanswered_ids_max]),
+                )
+                if self._send(target, frame, now_us):
+                    self._resumptions[key] = resumption
+                    resumption.target_deadline_us = min(
+                        resumption.deadline_us, now_us + self._config.resume_timeout_ms * 1000
+                    )
+                    return
+            else:
+                self._rare("resume-target-busy")
+            resumption.index += 1
+        self._abandon(resumption, "no target could be reached", 0, now_us)
+
+    def _target_failed(
+        self, resumption: _Resumption, detail: str, detail_code: int, now_us: int
+    ) -> None:
+        """The current target refused, timed out or vanished: try the next one."""
+        self._resumptions.pop((resumption.session_id, resumption.target), None)
+        if resumption.kind is _ResumeKind.RESTART or now_us >= resumption.deadline_us:
+            self._abandon(resumption, detail, detail_code, now_us)
+            return
+        session = self._sessions[resumption.session_id]
+        for part in resumption.parts:
+            session.parts[part].fire(RouteTrigger.TARGET_FAILED)
+        resumption.index += 1
+        if resumption.index >= len(resumption.targets):
+            self._abandon(resumption, detail, detail_code, now_us)
+            return
+        self._try_target(resumption, now_us)
+
+    def _abandon(self, resumption: _Resumption, detail: str, detail_code: int, now_us: int) -> None:
+        """No target took the parts: tell the source, then ask the manager (reactive path)."""
+        session = self._sessions[resumption.session_id]
+        is_handoff = resumption.kind is _ResumeKind.HANDOFF
+        trigger = RouteTrigger.TARGETS_EXHAUSTED if is_handoff else RouteTrigger.RESUME_REJECTED
+        expected = RouteState.HANDING_OFF if is_handoff else RouteState.RESUMING
+        if is_handoff:
+            self._handoff_status(resumption, HandoffState.FAILED, detail_code)
+            self._emit(
+                HandoffAbandoned(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    parts=resumption.parts,
+                    source=resumption.source,
+                    detail=detail,
+                )
+            )
+        else:
+            self._emit(
+                SessionResumeRejected(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    server=resumption.source,
+                    reason=ResumeRejectReason.from_wire(detail_code),
+                )
+            )
+        for part in resumption.parts:
+            route = session.parts[part]
+            if route.state is expected:
+                route.fire(trigger)
+                route.lost_us = now_us
+                for entry in route.inflight.values():
+                    entry.server = None
+                route.locate_attempts += 1
+                self._start_locating(session, route, now_us)
+
+    def _handoff_status(self, resumption: _Resumption, state: HandoffState, detail: int) -> None:
+        """Tell the source how its HANDOFF went, if its connection is still up."""
+        connection = self._pool.get(resumption.source)
+        if connection is None or not connection.authenticated:
+            return
+        status = HandoffStatus(
+            sequence=resumption.sequence,
+            session_id=resumption.session_id,
+            state=state,
+            detail_code=detail,
+        )
+        self._outbox.append(Outbound(destination=resumption.source, message=status))
+
+    def _cancel_resumptions(self, session_id: bytes, part: str) -> None:
+        for key, resumption in list(self._resumptions.items()):
+            if key[0] == session_id and part in resumption.parts:
+                del self._resumptions[key]
+                if resumption.kind is _ResumeKind.HANDOFF:
+                    self._handoff_status(resumption, HandoffState.DECLINED, 0)
+
+    def _check_resumptions(self, now_us: int) -> None:
+        for resumption in list(self._resumptions.values()):
+            if resumption.target_deadline_us <= now_us:
+                self._target_failed(resumption, "RESUME timed out", 0, now_us)
+
+    def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
+        resumption = self._resumptions.get((frame.session_id, source))
+        if resumption is None:
+            self._rare("late-resume-reject")
+            return
+        detail = f"RESUME_REJECT {frame.reason.name}: {frame.message}"
+        self._target_failed(resumption, detail, int(frame.reason), now_us)
+
+    def _on_resume_ok(self, frame: ResumeOk, source: NodeId, now_us: int) -> None:
+        resumption = self._resumptions.pop((frame.session_id, source), None)
+        if resumption is None:
+            self._rare("late-resume-ok")
+            return
+        session = self._sessions[frame.session_id]
+        if frame.credential:
+            session.credential = frame.credential
+        self._adopt_map_version(frame.map_version)
+        granted = set(frame.parts)
+        moved = tuple(part for part in resumption.parts if part in granted)
+        refused = tuple(part for part in resumption.parts if part not in granted)
+        if refused:
+            leftover = _Resumption(
+                kind=resumption.kind,
+                session_id=resumption.session_id,
+                parts=refused,
+                source=resumption.source,
+                targets=resumption.targets,
+                token=resumption.token,
+                map_version=resumption.map_version,
+                received_us=resumption.received_us,
+                deadline_us=now_us,
+                reason=resumption.reason,
+                sequence=resumption.sequence,
+            )
+            self._abandon(leftover, "RESUME_OK left parts out", 0, now_us)
+        resent = sum(
+            self._switch_part(session, part, resumption, frame, target=source, now_us=now_us)
+            for part in moved
+        )
+        if resumption.kind is _ResumeKind.RESTART:
+            self._emit(
+                SessionResumed(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    parts=moved,
+                    server=source,
+                    map_version=frame.map_version,
+                )
+            )
+            return
+        self._handoff_status(resumption, HandoffState.COMPLETED, 0)
+        self._emit(
+            HandoffFollowed(
+                node=self.node_id,
+                session_id=session.session_id,
+                parts=moved,
+                source=resumption.source,
+                target=source,
+                reason=resumption.reason,
+                map_version=max(resumption.map_version, frame.map_version),
+                resent_requests=resent,
+                duration_us=now_us - resumption.received_us,
+            )
+        )
+
+    def _switch_part(
+        self,
+        session: Session,
+        part: str,
+        resumption: _Resumption,
+        frame: ResumeOk,
+        *,
+        target: NodeId,
+        now_us: int,
+    ) -> int:
+        """Point a part at the server that answered RESUME_OK and re-send what is unanswered."""
+        route = session.parts[part]
+        map_version = max(route.map_version, frame.map_version)
+        if resumption.kind is _ResumeKind.HANDOFF:
+            backups = (resumption.source, *route.servers())
+            route.adopt(primary=target, backups=backups, map_version=map_version)
+        else:
+            route.map_version = map_version
+        route.fire(RouteTrigger.RESUME_OK)
+        route.locate_attempts = 0
+        return self._flush(session, route, now_us)

@@ -1,0 +1,599 @@
+"""Tests of ClientCore driven alone: sessions, requests, redirects, retries, timeouts, pings."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._client_config import ClientConfig
+from forehand.core._client_events import (
+    ConnectionEstablished,
+    MapVersionAdopted,
+    PartRedirected,
+    RarePathTaken,
+    RequestFailed,
+    RequestFailedWhy,
+    ResponseReceived,
+    SessionClosed,
+    SessionEstablished,
+    SessionOpenFailed,
+    SessionResumed,
+    SessionResumeRejected,
+)
+from forehand.core._client_session import RouteState
+from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
+from forehand.core._pool import ConnectionState
+from forehand.core.client import REQUEST_ID_BITS, BackpressureError, ClientCore
+from forehand.core.messages import LogAcknowledged, PartRef
+from forehand.errors import LocalProtocolError, RemoteProtocolError
+from forehand.wire import (
+    CloseSession,
+    Credential,
+    Error,
+    ErrorCode,
+    GoAway,
+    Hello,
+    MapRequest,
+    OpenSession,
+    Ping,
+    Pong,
+    ReasonCode,
+    Redirect,
+    Request,
+    Response,
+    ResponseStatus,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+)
+
+if TYPE_CHECKING:
+    from tests.core._client_helpers import (
+        CLIENT_ID,
+        MANAGER,
+        SESSION,
+        Harness,
+        endpoint,
+        placement,
+    )
+else:
+    from _client_helpers import CLIENT_ID, MANAGER, SESSION, Harness, endpoint, placement
+
+
+def respond(
+    h: Harness,
+    server: str,
+    request: Request,
+    *,
+    status: ResponseStatus = ResponseStatus.OK,
+    payload: bytes = b"ok",
+    map_version: int = 5,
+) -> None:
+    h.feed(
+        server,
+        Response(
+            request_id=request.request_id,
+            session_id=request.session_id,
+            status=status,
+            map_version=map_version,
+            payload=payload,
+        ),
+    )
+
+
+def ready_session(h: Harness) -> bytes:
+    """A session with auth on s1 (replica s2) and cart on s2 (replica s3); s1 and s2 welcomed."""
+    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s2", "s3"))
+    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
+    h.client.call(session, "cart", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s2")
+    for server in ("s1", "s2"):
+        for request in h.take(Request, server):
+            respond(h, server, request)
+    h.outbox.clear()
+    h.events.clear()
+    return session
+
+
+def test_open_session_says_hello_to_the_manager_first() -> None:
+    """open_session sends HELLO to the manager and the OPEN_SESSION only after WELCOME."""
+    h = Harness()
+    request_id = h.client.open_session(("auth", "cart"), now_us=0)
+    h.drain()
+    hello = h.take(Hello, MANAGER)
+    assert len(hello) == 1 and hello[0].client_id == CLIENT_ID and hello[0].versions == (1,)
+    assert h.take(OpenSession) == []
+    h.welcome(MANAGER)
+    opens = h.take(OpenSession, MANAGER)
+    assert opens == [OpenSession(request_id=request_id, parts=("auth", "cart"))]
+
+
+def test_session_opened_sets_routes_and_emits_event() -> None:
+    """SESSION_OPENED creates one ACTIVE route per part and adopts the map version."""
+    h = Harness()
+    session = h.open(placement("auth", "s1", "s2", "s3"), placement("cart", "s2"), map_version=9)
+    established = h.of(SessionEstablished)
+    assert [(e.session_id, e.parts, e.map_version) for e in established] == [
+        (session, ("auth", "cart"), 9)
+    ]
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary, route.backups, route.map_version) == (
+        RouteState.ACTIVE,
+        "s1",
+        ("s2", "s3"),
+        9,
+    )
+    assert h.client.map_version == 9
+    assert h.client.endpoint("s3") == endpoint("s3")
+
+
+def test_call_connects_on_demand_and_sends_after_welcome() -> None:
+    """The first call sends HELLO with the session credential; REQUEST follows WELCOME."""
+    h = Harness()
+    session = h.open(placement("auth", "s1"))
+    request_id = h.client.call(session, "auth", "login", b"pw", now_us=0)
+    h.drain()
+    hello = h.take(Hello, "s1")
+    assert hello[0].credentials == (
+        Credential(session_id=session, credential=b"cred-" + session[:4]),
+    )
+    assert h.take(Request) == []
+    assert h.client.connection_state("s1") is ConnectionState.CONNECTING
+    h.welcome("s1", map_version=6)
+    requests = h.take(Request, "s1")
+    assert [(r.request_id, r.part, r.op, r.payload, r.map_version) for r in requests] == [
+        (request_id, "auth", "login", b"pw", 5)
+    ]
+    assert [e.server for e in h.of(ConnectionEstablished)] == [MANAGER, "s1"]
+    assert h.client.connection_state("s1") is ConnectionState.READY
+
+
+def test_response_emits_response_received_with_latency_and_issue_order() -> None:
+    """A RESPONSE becomes ResponseReceived with the part's issue sequence and latency."""
+    h = Harness()
+    session = ready_session(h)
+    first = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    second = h.client.call(session, "auth", "b", b"", now_us=h.now_us)
+    h.drain()
+    requests = h.take(Request, "s1")
+    assert [r.request_id for r in requests] == [first, second]
+    h.advance(us=1_500)
+    respond(h, "s1", requests[1], payload=b"B")
+    respond(h, "s1", requests[0], payload=b"A")
+    received = h.of(ResponseReceived)
+    assert [(r.request_id, r.issue_sequence, r.payload, r.latency_us) for r in received] == [
+        (second, 3, b"B", 1_500),
+        (first, 2, b"A", 1_500),
+    ]
+    assert received[0].server == "s1" and received[0].attempts == 1
+    assert h.client.route(session, "auth").inflight == ()
+
+
+def test_request_ids_are_unique_62_bit_and_increasing() -> None:
+    """Request ids fit 62 bits, never repeat, and grow in call order."""
+    h = Harness(inflight_requests_max=2000)
+    session = ready_session(h)
+    ids = [h.client.call(session, "auth", "x", b"", now_us=0) for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert ids == sorted(ids)
+    assert all(0 < i < 1 << REQUEST_ID_BITS for i in ids)
+
+
+def test_two_clients_with_different_seeds_draw_different_id_ranges() -> None:
+    """The first request id comes from the injected random source."""
+    first = ClientCore(config=ClientConfig(), client_id=CLIENT_ID, rng=random.Random(1))
+    second = ClientCore(config=ClientConfig(), client_id=CLIENT_ID, rng=random.Random(2))
+    assert first.open_session(("a",), now_us=0) != second.open_session(("a",), now_us=0)
+
+
+def test_inflight_bound_raises_backpressure_until_answers_come() -> None:
+    """Beyond inflight_requests_max, call raises BackpressureError; an answer makes room."""
+    h = Harness(inflight_requests_max=3)
+    session = ready_session(h)
+    h.client.call(session, "auth", "x", b"", now_us=0)
+    h.client.call(session, "auth", "y", b"", now_us=0)
+    h.client.call(session, "auth", "z", b"", now_us=0)
+    with pytest.raises(BackpressureError):
+        h.client.call(session, "auth", "w", b"", now_us=0)
+    assert issubclass(BackpressureError, LocalProtocolError)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0])
+    h.client.call(session, "auth", "w", b"", now_us=0)
+    assert h.client.inflight_count == 3
+
+
+def test_calls_on_unknown_session_or_part_are_local_errors() -> None:
+    """Calling an unknown session or part raises LocalProtocolError."""
+    h = Harness()
+    session = ready_session(h)
+    with pytest.raises(LocalProtocolError):
+        h.client.call(b"\x00" * 16, "auth", "x", b"", now_us=0)
+    with pytest.raises(LocalProtocolError):
+        h.client.call(session, "video", "x", b"", now_us=0)
+
+
+def test_duplicate_response_is_dropped() -> None:
+    """A second RESPONSE for the same id emits no second ResponseReceived."""
+    h = Harness()
+    session = ready_session(h)
+    h.client.call(session, "auth", "x", b"", now_us=0)
+    h.drain()
+    request = h.take(Request, "s1")[0]
+    respond(h, "s1", request)
+    respond(h, "s1", request)
+    assert len(h.of(ResponseReceived)) == 1
+    assert [e.name for e in h.of(RarePathTaken)] == ["duplicate-response"]
+
+
+def test_map_version_never_goes_backwards() -> None:
+    """Lower versions in WELCOME or RESPONSE leave the client's version unchanged, higher adopt."""
+    h = Harness()
+    session = ready_session(h)
+    h.client.call(session, "auth", "x", b"", now_us=0)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], map_version=3)
+    assert h.client.map_version == 5
+    assert h.of(MapVersionAdopted) == []
+    h.client.call(session, "auth", "x", b"", now_us=0)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], map_version=8)
+    adopted = h.of(MapVersionAdopted)
+    assert [(e.previous_map_version, e.map_version) for e in adopted] == [(5, 8)]
+
+
+def test_request_timeout_fails_with_event() -> None:
+    """A request unanswered for request_timeout_ms fails with RequestFailed TIMEOUT."""
+    h = Harness(request_timeout_ms=100)
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.advance(ms=99)
+    assert h.of(RequestFailed) == []
+    h.advance(ms=1)
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why, f.elapsed_us) for f in failed] == [
+        (request_id, RequestFailedWhy.TIMEOUT, 100_000)
+    ]
+    assert h.client.inflight_count == 0
+
+
+def test_try_again_resends_same_id_after_backoff_then_gives_up() -> None:
+    """TRY_AGAIN re-sends the same id after a backoff; past retry_attempts_max the request fails."""
+    h = Harness(retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.TRY_AGAIN)
+    h.advance(ms=9)
+    assert h.take(Request) == []
+    h.advance(ms=1)
+    again = h.take(Request, "s1")
+    assert [r.request_id for r in again] == [request_id]
+    respond(h, "s1", again[0], status=ResponseStatus.TRY_AGAIN)
+    h.advance(ms=20)
+    third = h.take(Request, "s1")
+    assert [r.request_id for r in third] == [request_id]
+    respond(h, "s1", third[0], status=ResponseStatus.TRY_AGAIN)
+    failed = h.of(RequestFailed)
+    assert [(f.why, f.attempts) for f in failed] == [(RequestFailedWhy.RETRIES_EXHAUSTED, 3)]
+
+
+def test_application_errors_are_final_answers() -> None:
+    """APP_ERROR is delivered as a response, not retried."""
+    h = Harness()
+    session = ready_session(h)
+    h.client.call(session, "auth", "x", b"", now_us=0)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.APP_ERROR, payload=b"no")
+    assert [r.status for r in h.of(ResponseReceived)] == [ResponseStatus.APP_ERROR]
+    h.advance(ms=5_000)
+    assert h.take(Request) == []
+
+
+def test_redirect_to_newer_version_moves_part_and_resends_in_order() -> None:
+    """A newer REDIRECT moves the part and re-sends its requests, same ids, in call order."""
+    h = Harness()
+    session = ready_session(h)
+    first = h.client.call(session, "auth", "a", b"", now_us=0)
+    second = h.client.call(session, "auth", "b", b"", now_us=0)
+    h.drain()
+    h.take(Request, "s1")
+    h.feed(
+        "s1",
+        Redirect(
+            request_id=second,
+            session_id=session,
+            part="auth",
+            map_version=7,
+            targets=(endpoint("s2"),),
+        ),
+    )
+    resent = h.take(Request, "s2")
+    assert [(r.request_id, r.map_version) for r in resent] == [(first, 7), (second, 7)]
+    route = h.client.route(session, "auth")
+    assert (route.primary, route.map_version) == ("s2", 7)
+    assert [(e.source, e.target, e.map_version) for e in h.of(PartRedirected)] == [("s1", "s2", 7)]
+    assert h.client.map_version == 7
+    # The first request's own REDIRECT, arriving late from s1, is stale: nothing is sent again.
+    h.feed(
+        "s1",
+        Redirect(
+            request_id=first,
+            session_id=session,
+            part="auth",
+            map_version=7,
+            targets=(endpoint("s2"),),
+        ),
+    )
+    assert h.take(Request) == []
+    assert [e.name for e in h.of(RarePathTaken)] == ["stale-redirect"]
+
+
+def test_redirect_to_unknown_server_asks_the_manager() -> None:
+    """A REDIRECT to a server no placement named is not followed; the client asks the map."""
+    h = Harness()
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "a", b"", now_us=0)
+    h.drain()
+    h.take(Request)
+    h.feed(
+        "s1",
+        Redirect(
+            request_id=request_id,
+            session_id=session,
+            part="auth",
+            map_version=9,
+            targets=(endpoint("evil"),),
+        ),
+    )
+    assert h.take(Request) == []
+    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+
+
+def test_not_found_from_primary_starts_relocation() -> None:
+    """NOT_FOUND from the part's primary means the placement is stale: the client asks the map."""
+    h = Harness()
+    session = ready_session(h)
+    h.client.call(session, "auth", "a", b"", now_us=0)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.NOT_FOUND)
+    assert h.of(ResponseReceived) == []
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_close_session_fails_inflight_and_tells_manager_and_servers() -> None:
+    """close_session fails unanswered requests and tells the manager and the primaries."""
+    h = Harness()
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "a", b"", now_us=0)
+    h.client.close_session(session, now_us=0)
+    h.drain()
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why) for f in failed] == [
+        (request_id, RequestFailedWhy.SESSION_CLOSED)
+    ]
+    assert h.of(SessionClosed) == [SessionClosed(node="c1", session_id=session)]
+    destinations = sorted(o.destination for o in h.outbox if isinstance(o.message, CloseSession))
+    assert destinations == [MANAGER, "s1", "s2"]
+    assert h.client.session_ids() == ()
+
+
+def test_open_session_times_out() -> None:
+    """An OPEN_SESSION without answer fails with SessionOpenFailed after request_timeout_ms."""
+    h = Harness(request_timeout_ms=50)
+    request_id = h.client.open_session(("a",), now_us=0)
+    h.advance(ms=50)
+    assert [e.request_id for e in h.of(SessionOpenFailed)] == [request_id]
+    assert h.client.inflight_count == 0
+
+
+def test_open_session_is_resent_after_manager_connection_loss() -> None:
+    """When the manager connection breaks, OPEN_SESSION goes again (same id) after a backoff."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    request_id = h.client.open_session(("a",), now_us=0)
+    h.drain()
+    h.welcome(MANAGER)
+    h.outbox.clear()
+    h.lose(MANAGER)
+    h.advance(ms=10)
+    assert len(h.take(Hello, MANAGER)) == 1
+    h.welcome(MANAGER)
+    assert [o.request_id for o in h.take(OpenSession, MANAGER)] == [request_id]
+
+
+def test_duplicate_session_opened_releases_the_orphan() -> None:
+    """A SESSION_OPENED for an unknown request (a retried open) is closed at the manager."""
+    h = Harness()
+    h.open(placement("auth", "s1"))
+    orphan = bytes([0x01, 0x8F] + [0x22] * 14)
+    from forehand.wire import SessionOpened
+
+    h.feed(
+        MANAGER,
+        SessionOpened(
+            request_id=12345,
+            session_id=orphan,
+            credential=b"c",
+            map_version=5,
+            placements=(placement("auth", "s1"),),
+            token=b"t",
+        ),
+    )
+    assert h.take(CloseSession, MANAGER) == [CloseSession(session_id=orphan)]
+    assert h.client.session_ids() == (SESSION,)
+
+
+def test_ping_measures_rtt_and_reports_telemetry() -> None:
+    """READY connections are pinged every ping_interval_ms; PONG adds an RTT sample."""
+    h = Harness(ping_interval_ms=100)
+    ready_session(h)
+    h.advance(ms=100)
+    pings = h.take(Ping, "s1")
+    assert len(pings) == 1 and pings[0].telemetry == ()
+    assert h.take(Ping, MANAGER) == []
+    h.advance(us=2_000)
+    h.feed("s1", Pong(sequence=pings[0].sequence, sent_us=pings[0].sent_us))
+    stats = h.client.path_stats()["s1"]
+    assert list(stats.samples_us) == [2_000] and stats.srtt_us == 2_000
+    h.advance(ms=98)
+    next_pings = h.take(Ping, "s1")
+    assert len(next_pings) == 1
+    assert next_pings[0].telemetry[0].server_id == "s1"
+    assert next_pings[0].telemetry[0].rtt_us == 2_000
+
+
+def test_rtt_samples_are_bounded_and_unsolicited_pongs_ignored() -> None:
+    """At most rtt_samples_max samples are kept; a PONG for no PING is ignored."""
+    h = Harness(ping_interval_ms=10, rtt_samples_max=3)
+    ready_session(h)
+    for _ in range(5):
+        h.advance(ms=10)
+        ping = h.take(Ping, "s1")[-1]
+        h.advance(us=500)
+        h.feed("s1", Pong(sequence=ping.sequence, sent_us=ping.sent_us))
+        h.take(Ping)
+    assert len(h.client.path_stats()["s1"].samples_us) == 3
+    h.feed("s1", Pong(sequence=999, sent_us=0))
+    assert [e.name for e in h.of(RarePathTaken)] == ["unsolicited-pong"]
+
+
+def test_server_ping_is_answered() -> None:
+    """A PING from a welcomed server is answered with PONG echoing sequence and time."""
+    h = Harness()
+    ready_session(h)
+    h.feed("s1", Ping(sequence=4, sent_us=77))
+    assert h.take(Pong, "s1") == [Pong(sequence=4, sent_us=77)]
+
+
+def test_goaway_drains_connection_and_relocates_parts() -> None:
+    """GOAWAY puts the connection in DRAINING and makes the client ask where its parts live."""
+    h = Harness()
+    session = ready_session(h)
+    h.feed("s1", GoAway(map_version=6, reason=ReasonCode.PLANNED_MAINTENANCE, last_request_id=0))
+    assert h.client.connection_state("s1") is ConnectionState.DRAINING
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    assert h.client.route(session, "cart").state is RouteState.ACTIVE
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_error_frame_closes_connection_and_relocates() -> None:
+    """ERROR from a server closes that connection only; its parts are located again."""
+    h = Harness()
+    session = ready_session(h)
+    h.feed("s1", Error(code=ErrorCode.INTERNAL_ERROR, reason="boom"))
+    assert h.client.connection_state("s1") is ConnectionState.CLOSED
+    assert h.client.connection_state("s2") is ConnectionState.READY
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+
+
+def test_unexpected_message_type_is_a_remote_protocol_error() -> None:
+    """A cluster message sent to a client is refused with FRAME_UNEXPECTED."""
+    h = Harness()
+    message = LogAcknowledged(ref=PartRef(session_id=SESSION, part="a"), epoch=1, acked_seq=0)
+    with pytest.raises(RemoteProtocolError) as raised:
+        h.client.receive_message(message, source="s1", now_us=0)
+    assert raised.value.error_code == ErrorCode.FRAME_UNEXPECTED
+
+
+def test_second_welcome_closes_only_that_connection() -> None:
+    """A second WELCOME gets ERROR and a close request for that connection only."""
+    h = Harness()
+    ready_session(h)
+    h.welcome("s1")
+    assert [e.code for e in h.take(Error, "s1")] == [ErrorCode.FRAME_UNEXPECTED]
+    closes = h.take(ConnectionCloseRequested, "s1")
+    assert [(c.peer, c.error_code) for c in closes] == [("s1", ErrorCode.FRAME_UNEXPECTED)]
+    assert h.client.connection_state("s1") is ConnectionState.CLOSED
+    assert h.client.connection_state("s2") is ConnectionState.READY
+
+
+def test_connection_opened_input_is_accepted() -> None:
+    """The driver's ConnectionOpened input changes nothing by itself."""
+    h = Harness()
+    h.feed("s1", ConnectionOpened(peer="s1"))
+    assert h.outbox == [] and h.events == []
+
+
+def test_resume_session_after_restart() -> None:
+    """resume_session sends RESUME with the stored token; RESUME_OK releases the held calls."""
+    h = Harness()
+    placements = (placement("auth", "s1", "s2"), placement("cart", "s1"))
+    h.client.resume_session(SESSION, b"cred", b"tok", placements, map_version=4, now_us=0)
+    request_id = h.client.call(SESSION, "auth", "a", b"", now_us=0)
+    h.drain()
+    assert h.take(Hello, "s1")[0].credentials == (
+        Credential(session_id=SESSION, credential=b"cred"),
+    )
+    h.welcome("s1")
+    resumes = h.take(Resume, "s1")
+    assert resumes == [
+        Resume(session_id=SESSION, token=b"tok", parts=("auth", "cart"), map_version=4)
+    ]
+    assert h.take(Request) == []
+    assert h.client.route(SESSION, "auth").state is RouteState.RESUMING
+    h.feed(
+        "s1", ResumeOk(session_id=SESSION, parts=("auth", "cart"), map_version=4, credential=b"new")
+    )
+    assert [r.request_id for r in h.take(Request, "s1")] == [request_id]
+    assert [e.server for e in h.of(SessionResumed)] == ["s1"]
+    assert h.client.session_snapshot(SESSION).credential == b"new"
+
+
+def test_resume_session_rejected_falls_back_to_the_map() -> None:
+    """A RESUME_REJECT after a restart emits SessionResumeRejected and asks the manager."""
+    h = Harness()
+    h.client.resume_session(
+        SESSION, b"cred", b"tok", (placement("auth", "s1"),), map_version=4, now_us=0
+    )
+    h.drain()
+    h.welcome("s1")
+    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_EXPIRED))
+    rejected = h.of(SessionResumeRejected)
+    assert [(e.server, e.reason) for e in rejected] == [("s1", ResumeRejectReason.TOKEN_EXPIRED)]
+    assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
+    assert len(h.take(Hello, MANAGER)) == 1
+    h.welcome(MANAGER)
+    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=4)]
+
+
+def test_session_snapshot_round_trips_through_resume_session() -> None:
+    """A snapshot holds what resume_session needs to rebuild the same routes."""
+    h = Harness()
+    session = ready_session(h)
+    snapshot = h.client.session_snapshot(session)
+    other = Harness(seed=8)
+    other.client.resume_session(
+        snapshot.session_id,
+        snapshot.credential,
+        snapshot.token,
+        snapshot.placements,
+        map_version=snapshot.map_version,
+        now_us=0,
+    )
+    for part in ("auth", "cart"):
+        mine, theirs = h.client.route(session, part), other.client.route(session, part)
+        assert (mine.primary, mine.backups, mine.map_version) == (
+            theirs.primary,
+            theirs.backups,
+            theirs.map_version,
+        )
+
+
+def test_same_seed_same_outputs() -> None:
+    """Two clients with the same seed and inputs produce identical frames and events."""
+
+    def run(seed: int) -> tuple[list[object], list[object]]:
+        h = Harness(seed=seed)
+        session = ready_session(h)
+        for index in range(5):
+            h.client.call(session, "auth", f"op{index}", b"", now_us=h.now_us)
+        h.drain()
+        h.advance(ms=3_000)
+        return [o.message for o in h.outbox], h.events
+
+    assert run(3) == run(3)
