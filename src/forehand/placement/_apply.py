@@ -1,0 +1,302 @@
+"""Applying a delta: the next map version, built incrementally on top of the current one.
+
+Part additions, removals and overrides are collected and handed to the engine in one batch
+(capacities raised first, then deletions, insertions, and capacities lowered last, so that the
+capacities always leave room for every key). A change of the eligible server set (join, drain,
+undrain, death, a new weight) rebuilds the assignment from scratch once, at the end of the delta,
+or earlier when a drain needs the placement in force at that point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from forehand.placement._delta import (
+    Delta,
+    Operation,
+    PartsAdded,
+    PartsRemoved,
+    Placement,
+    PlacementOverridden,
+    ServerDrained,
+    ServerJoined,
+    ServerLeft,
+    ServerMarkedDead,
+    ServerReweighted,
+    ServerUndrained,
+)
+from forehand.placement._errors import InvalidDeltaError, PartKeyCollisionError, StaleDeltaError
+from forehand.placement._ids import PartKey
+from forehand.placement._servers import (
+    ServerEntry,
+    ServerState,
+    ServerTransition,
+    next_server_state,
+)
+from forehand.placement._state import (
+    MapState,
+    check_override,
+    check_server_entry,
+    hash_capacities,
+    rebuild_engine,
+)
+
+__all__ = ["apply_delta"]
+
+
+def apply_delta(state: MapState, delta: Delta) -> MapState:
+    """The version `delta` makes of `state`; `state` itself does not change."""
+    if delta.base_version != state.version:
+        raise StaleDeltaError(base_version=delta.base_version, current_version=state.version)
+    if len(delta.operations) > state.config.delta_operations_max:
+        raise InvalidDeltaError(
+            f"a delta carries at most {state.config.delta_operations_max} operations"
+        )
+    writer = _DeltaWriter(state)
+    for operation in delta.operations:
+        writer.apply(operation)
+    return writer.finish()
+
+
+class _DeltaWriter:
+    """One delta in progress; nothing it does is visible until `finish`."""
+
+    def __init__(self, state: MapState) -> None:
+        self._state = state
+        self._config = state.config
+        self._servers = state.servers
+        self._servers_owned = False
+        self._parts = state.parts.writer()
+        self._overrides = state.overrides.writer()
+        self._pinned = state.pinned
+        self._pinned_owned = False
+        self._eligible = state.eligible
+        self._engine = state.engine
+        self._layout_stale = False
+        self._inserts: set[int] = set()
+        self._deletes: set[int] = set()
+
+    def apply(self, operation: Operation) -> None:
+        match operation:
+            case PartsAdded():
+                self._add_parts(operation)
+            case PartsRemoved():
+                self._remove_parts(operation)
+            case PlacementOverridden():
+                self._override(operation)
+            case ServerJoined():
+                self._join(operation)
+            case ServerLeft():
+                self._leave(operation.server_id)
+            case ServerDrained():
+                self._drain(operation.server_id)
+            case ServerUndrained():
+                self._transition(operation.server_id, ServerTransition.UNDRAIN)
+            case ServerMarkedDead():
+                self._transition(operation.server_id, ServerTransition.MARK_DEAD)
+            case ServerReweighted():
+                self._transition(
+                    operation.server_id, ServerTransition.REWEIGHT, weight=operation.weight
+                )
+
+    # Parts.
+
+    def _add_parts(self, operation: PartsAdded) -> None:
+        if len(operation.parts) > self._config.parts_per_session_max:
+            raise InvalidDeltaError(
+                f"a session has at most {self._config.parts_per_session_max} parts"
+            )
+        for part in operation.parts:
+            key = PartKey(session_id=operation.session_id, part=part)
+            existing = self._parts.get(key.key_hash)
+            if existing is not None:
+                if existing == key:
+                    raise InvalidDeltaError(f"{key} is already in the map")
+                raise PartKeyCollisionError(f"{key} and {existing} have the same stable hash")
+            if len(self._parts) >= self._config.parts_max:
+                raise InvalidDeltaError(f"the map holds at most {self._config.parts_max} parts")
+            self._parts.put(key.key_hash, key)
+            self._hash_insert(key.key_hash)
+
+    def _remove_parts(self, operation: PartsRemoved) -> None:
+        for part in operation.parts:
+            key = self._existing_key(operation.session_id, part)
+            self._parts.pop(key.key_hash)
+            override = self._overrides.pop(key.key_hash)
+            if override is None:
+                self._hash_delete(key.key_hash)
+            else:
+                self._pin(override.primary, -1)
+
+    def _override(self, operation: PlacementOverridden) -> None:
+        key = self._existing_key(operation.session_id, operation.part)
+        previous = self._overrides.get(key.key_hash)
+        placement = operation.placement
+        if placement is None:
+            if previous is not None:
+                self._overrides.pop(key.key_hash)
+                self._pin(previous.primary, -1)
+                self._hash_insert(key.key_hash)
+            return
+        check_override(self._config, self._servers, placement)
+        self._overrides.put(key.key_hash, placement)
+        self._pin(placement.primary, +1)
+        if previous is None:
+            self._hash_delete(key.key_hash)
+        else:
+            self._pin(previous.primary, -1)
+
+    def _existing_key(self, session_id: bytes, part: str) -> PartKey:
+        key = PartKey(session_id=session_id, part=part)
+        if self._parts.get(key.key_hash) != key:
+            raise InvalidDeltaError(f"{key} is not in the map")
+        return key
+
+    def _hash_insert(self, key_hash: int) -> None:
+        if key_hash in self._deletes:
+            self._deletes.remove(key_hash)
+        else:
+            self._inserts.add(key_hash)
+
+    def _hash_delete(self, key_hash: int) -> None:
+        if key_hash in self._inserts:
+            self._inserts.remove(key_hash)
+        else:
+            self._deletes.add(key_hash)
+
+    def _pin(self, server_id: str, change: int) -> None:
+        if not self._pinned_owned:
+            self._pinned = dict(self._pinned)
+            self._pinned_owned = True
+        assert isinstance(self._pinned, dict)
+        count = self._pinned.get(server_id, 0) + change
+        assert count >= 0, "pinned counts out of sync"
+        if count:
+            self._pinned[server_id] = count
+        else:
+            self._pinned.pop(server_id, None)
+
+    # Servers.
+
+    def _writable_servers(self) -> dict[str, ServerEntry]:
+        if not self._servers_owned:
+            self._servers = dict(self._servers)
+            self._servers_owned = True
+        assert isinstance(self._servers, dict)
+        return self._servers
+
+    def _entry(self, server_id: str) -> ServerEntry:
+        entry = self._servers.get(server_id)
+        if entry is None:
+            raise InvalidDeltaError(f"server {server_id!r} is not in the map")
+        return entry
+
+    def _join(self, operation: ServerJoined) -> None:
+        if operation.server_id in self._servers:
+            raise InvalidDeltaError(f"server {operation.server_id!r} is already in the map")
+        if len(self._servers) >= self._config.servers_max:
+            raise InvalidDeltaError(f"the map lists at most {self._config.servers_max} servers")
+        entry = ServerEntry(
+            server_id=operation.server_id,
+            address=operation.address,
+            zone=operation.zone,
+            weight=operation.weight,
+            state=ServerState.ACTIVE,
+        )
+        check_server_entry(self._config, entry)
+        self._writable_servers()[entry.server_id] = entry
+        self._layout_stale = True
+
+    def _leave(self, server_id: str) -> None:
+        entry = self._entry(server_id)
+        next_server_state(server_id, entry.state, ServerTransition.LEAVE)
+        for _, placement in self._overrides.items():
+            if server_id in placement.servers:
+                raise InvalidDeltaError(
+                    f"server {server_id!r} cannot leave: an override still names it ({placement})"
+                )
+        del self._writable_servers()[server_id]
+
+    def _drain(self, server_id: str) -> None:
+        entry = self._entry(server_id)
+        next_server_state(server_id, entry.state, ServerTransition.DRAIN)
+        self._settle()
+        position = self._eligible.index[server_id]
+        engine = self._engine
+        names = self._eligible.names
+        held = sorted({*engine.members[position], *engine.replicas[position]})
+        for key_hash in held:
+            primary = engine.primary_of(key_hash)
+            replicas = engine.replica_set(key_hash, primary)
+            placement = Placement(
+                primary=names[primary], replicas=tuple(names[index] for index in replicas)
+            )
+            self._overrides.put(key_hash, placement)
+            self._pin(placement.primary, +1)
+        self._transition(server_id, ServerTransition.DRAIN)
+
+    def _transition(
+        self, server_id: str, transition: ServerTransition, *, weight: float | None = None
+    ) -> None:
+        entry = self._entry(server_id)
+        state = next_server_state(server_id, entry.state, transition)
+        assert state is not None
+        updated = replace(entry, state=state, weight=entry.weight if weight is None else weight)
+        check_server_entry(self._config, updated)
+        self._writable_servers()[server_id] = updated
+        was_eligible = entry.state is ServerState.ACTIVE
+        if was_eligible or state is ServerState.ACTIVE:
+            self._layout_stale = True
+
+    # The assignment.
+
+    def _settle(self) -> None:
+        """Bring the engine up to date with every operation so far."""
+        if self._layout_stale:
+            self._rebuild()
+        else:
+            self._flush()
+
+    def _rebuild(self) -> None:
+        self._eligible, self._engine = rebuild_engine(
+            self._config, self._servers, self._parts.view(), self._overrides.view(), self._pinned
+        )
+        self._layout_stale = False
+        self._inserts.clear()
+        self._deletes.clear()
+
+    def _flush(self) -> None:
+        hash_parts = len(self._parts) - len(self._overrides)
+        names = self._eligible.names
+        if hash_parts and not names:
+            raise InvalidDeltaError(f"no ACTIVE server is left for {hash_parts} hash-placed parts")
+        weights = [self._servers[name].weight_milli for name in names]
+        pinned = [self._pinned.get(name, 0) for name in names]
+        capacities = hash_capacities(self._config, weights, pinned, hash_parts)
+        if not self._inserts and not self._deletes and capacities == list(self._engine.capacities):
+            return
+        writer = self._engine.writer()
+        for server, capacity in enumerate(capacities):
+            writer.raise_capacity(server, capacity)
+        for key_hash in sorted(self._deletes):
+            writer.delete(key_hash)
+        for key_hash in sorted(self._inserts):
+            writer.insert(key_hash)
+        for server, capacity in enumerate(capacities):
+            writer.lower_capacity(server, capacity)
+        self._engine = writer.freeze()
+        self._inserts.clear()
+        self._deletes.clear()
+
+    def finish(self) -> MapState:
+        self._settle()
+        return MapState(
+            version=self._state.version + 1,
+            config=self._config,
+            servers=self._servers,
+            parts=self._parts.freeze(),
+            overrides=self._overrides.freeze(),
+            pinned=self._pinned,
+            eligible=self._eligible,
+            engine=self._engine,
+        )

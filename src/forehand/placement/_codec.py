@@ -1,0 +1,156 @@
+"""The msgpack encodings of a whole shard map and of a delta (MAP_UPDATE bodies, store records).
+
+A whole map carries what was decided and nothing derived: the configuration, the servers, the part
+keys and the overrides. Parts are grouped by their set of part names, so a session costs its 16
+id bytes plus nothing for the common case of many sessions with the same parts. The receiver
+recomputes the assignment, which is a pure function of those contents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import msgspec
+
+from forehand.errors import ConfigError, RemoteProtocolError
+from forehand.placement._config import PlacementConfig
+from forehand.placement._delta import Delta, Placement
+from forehand.placement._errors import InvalidDeltaError, InvalidPartKeyError
+from forehand.placement._ids import SESSION_ID_BYTES, PartKey
+from forehand.placement._servers import ServerEntry, ServerState
+from forehand.placement._state import MapState, build_state
+
+__all__ = ["MAP_ENCODING", "decode_delta", "decode_map", "encode_delta", "encode_map"]
+
+MAP_ENCODING = 1
+"""The codec number of these encodings, for the `encoding` field of MAP_UPDATE."""
+
+
+class _ServerRecord(msgspec.Struct, frozen=True, array_like=True):
+    server_id: str
+    address: str
+    zone: str
+    weight: float
+    state: ServerState
+
+
+class _PartGroup(msgspec.Struct, frozen=True, array_like=True):
+    parts: tuple[str, ...]
+    session_ids: bytes
+
+
+class _OverrideRecord(msgspec.Struct, frozen=True, array_like=True):
+    session_id: bytes
+    part: str
+    placement: Placement
+
+
+class _MapRecord(msgspec.Struct, frozen=True, array_like=True):
+    encoding: int
+    version: int
+    config: PlacementConfig
+    servers: tuple[_ServerRecord, ...]
+    groups: tuple[_PartGroup, ...]
+    overrides: tuple[_OverrideRecord, ...]
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_MAP_DECODER = msgspec.msgpack.Decoder(_MapRecord)
+_DELTA_DECODER = msgspec.msgpack.Decoder(Delta)
+
+
+def _groups(state: MapState) -> tuple[_PartGroup, ...]:
+    sessions: dict[bytes, list[str]] = {}
+    for key in state.parts.values():
+        sessions.setdefault(key.session_id, []).append(key.part)
+    grouped: dict[tuple[str, ...], list[bytes]] = {}
+    for session_id, parts in sessions.items():
+        grouped.setdefault(tuple(sorted(parts)), []).append(session_id)
+    return tuple(
+        _PartGroup(parts=parts, session_ids=b"".join(sorted(grouped[parts])))
+        for parts in sorted(grouped)
+    )
+
+
+def encode_map(state: MapState) -> bytes:
+    """The whole map version, compactly."""
+    servers = tuple(
+        _ServerRecord(entry.server_id, entry.address, entry.zone, entry.weight, entry.state)
+        for _, entry in sorted(state.servers.items())
+    )
+    overrides = sorted(
+        (
+            _OverrideRecord(key.session_id, key.part, placement)
+            for key_hash, placement in state.overrides.items()
+            if (key := state.parts.get(key_hash)) is not None
+        ),
+        key=lambda record: (record.session_id, record.part),
+    )
+    record = _MapRecord(
+        encoding=MAP_ENCODING,
+        version=state.version,
+        config=state.config,
+        servers=servers,
+        groups=_groups(state),
+        overrides=tuple(overrides),
+    )
+    return _ENCODER.encode(record)
+
+
+def _part_keys(groups: tuple[_PartGroup, ...]) -> Iterator[PartKey]:
+    for group in groups:
+        ids = group.session_ids
+        if len(ids) % SESSION_ID_BYTES:
+            raise RemoteProtocolError("a part group's session ids are not whole 16-byte ids")
+        for start in range(0, len(ids), SESSION_ID_BYTES):
+            session_id = ids[start : start + SESSION_ID_BYTES]
+            for part in group.parts:
+                yield PartKey(session_id=session_id, part=part)
+
+
+def decode_map(data: bytes) -> MapState:
+    """The map version encoded in `data`; malformed input raises RemoteProtocolError."""
+    try:
+        record = _MAP_DECODER.decode(data)
+    except msgspec.MsgspecError as error:
+        raise RemoteProtocolError(f"malformed shard map: {error}") from error
+    if record.encoding != MAP_ENCODING:
+        raise RemoteProtocolError(f"unknown shard-map encoding {record.encoding}")
+    servers = [
+        ServerEntry(
+            server_id=server.server_id,
+            address=server.address,
+            zone=server.zone,
+            weight=server.weight,
+            state=server.state,
+        )
+        for server in record.servers
+    ]
+    try:
+        overrides = [
+            (PartKey(session_id=item.session_id, part=item.part), item.placement)
+            for item in record.overrides
+        ]
+        state = build_state(
+            config=record.config,
+            version=record.version,
+            servers=servers,
+            parts=_part_keys(record.groups),
+            overrides=overrides,
+        )
+    except (InvalidDeltaError, InvalidPartKeyError, ConfigError) as error:
+        raise RemoteProtocolError(f"invalid shard map: {error}") from error
+    return state
+
+
+def encode_delta(delta: Delta) -> bytes:
+    """The delta, compactly."""
+    return _ENCODER.encode(delta)
+
+
+def decode_delta(data: bytes) -> Delta:
+    """The delta encoded in `data`; malformed input raises RemoteProtocolError."""
+    try:
+        return _DELTA_DECODER.decode(data)
+    except msgspec.MsgspecError as error:
+        raise RemoteProtocolError(f"malformed shard-map delta: {error}") from error

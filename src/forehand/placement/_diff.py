@@ -1,0 +1,139 @@
+"""What changed between two shard-map versions: parts added, removed and moved, servers changed.
+
+Only candidates are compared. A part whose primary or replicas changed shows up in the difference
+of some server's member or replica array, or in a changed override bucket, and arrays that two
+versions share are skipped by identity, so the diff of consecutive versions costs about what the
+delta touched.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from forehand.placement._delta import Placement
+from forehand.placement._ids import PartKey
+from forehand.placement._servers import ServerEntry
+from forehand.placement._state import MapState
+
+__all__ = ["MapDiff", "PartMoved", "diff_states", "placement_of_hash"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartMoved:
+    """A part present in both versions whose placement differs."""
+
+    key: PartKey
+    """The part."""
+    source: Placement
+    """Its placement in the older version."""
+    target: Placement
+    """Its placement in the newer version."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapDiff:
+    """The changes from version `source_version` to version `target_version`."""
+
+    source_version: int
+    """The version compared from."""
+    target_version: int
+    """The version compared to."""
+    added: tuple[PartKey, ...]
+    """Parts only in the target version, sorted."""
+    removed: tuple[PartKey, ...]
+    """Parts only in the source version, sorted."""
+    moved: tuple[PartMoved, ...]
+    """Parts in both whose primary or replicas differ, sorted by key."""
+    servers_added: tuple[ServerEntry, ...]
+    """Servers only in the target version, by id."""
+    servers_removed: tuple[ServerEntry, ...]
+    """Servers only in the source version, by id."""
+    servers_changed: tuple[ServerEntry, ...]
+    """Target-version entries of servers whose state, weight, zone or address changed, by id."""
+    unchanged_count: int
+    """Parts present in both versions whose placement stayed the same."""
+
+    @property
+    def moved_fraction(self) -> float:
+        """Moved parts over the parts present in both versions (0 when there are none)."""
+        common = len(self.moved) + self.unchanged_count
+        return len(self.moved) / common if common else 0.0
+
+
+def placement_of_hash(state: MapState, key_hash: int) -> Placement:
+    """The placement of a part known to be in `state`, by its stable hash."""
+    override = state.overrides.get(key_hash)
+    if override is not None:
+        return override
+    engine = state.engine
+    names = state.eligible.names
+    primary = engine.primary_of(key_hash)
+    replicas = engine.replica_set(key_hash, primary)
+    return Placement(primary=names[primary], replicas=tuple(names[index] for index in replicas))
+
+
+def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[Iterable[int]]:
+    source_index = source.eligible.index
+    target_index = target.eligible.index
+    source_arrays: tuple[array[int], ...] = getattr(source.engine, table)
+    target_arrays: tuple[array[int], ...] = getattr(target.engine, table)
+    for name, position in source_index.items():
+        other = target_index.get(name)
+        if other is None:
+            yield source_arrays[position]
+        elif source_arrays[position] is not target_arrays[other]:
+            yield set(source_arrays[position]).symmetric_difference(target_arrays[other])
+    for name, position in target_index.items():
+        if name not in source_index:
+            yield target_arrays[position]
+
+
+def _candidates(source: MapState, target: MapState) -> set[int]:
+    candidates = set(source.overrides.changed_hashes(target.overrides))
+    for table in ("members", "replicas"):
+        for changed in _array_changes(source, target, table):
+            candidates.update(changed)
+    return candidates
+
+
+def diff_states(source: MapState, target: MapState) -> MapDiff:
+    """The changes that take `source` to `target` (any two versions of one map)."""
+    added: list[PartKey] = []
+    removed: list[PartKey] = []
+    for key_hash in source.parts.changed_hashes(target.parts):
+        before = source.parts.get(key_hash)
+        after = target.parts.get(key_hash)
+        if before is not None and before != after:
+            removed.append(before)
+        if after is not None and after != before:
+            added.append(after)
+    moved: list[PartMoved] = []
+    for key_hash in _candidates(source, target):
+        key = source.parts.get(key_hash)
+        if key is None or target.parts.get(key_hash) != key:
+            continue
+        before_placement = placement_of_hash(source, key_hash)
+        after_placement = placement_of_hash(target, key_hash)
+        if before_placement != after_placement:
+            moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
+    common = len(source.parts) - len(removed)
+    servers_added = [e for i, e in target.servers.items() if i not in source.servers]
+    servers_removed = [e for i, e in source.servers.items() if i not in target.servers]
+    servers_changed = [
+        entry
+        for server_id, entry in target.servers.items()
+        if server_id in source.servers and source.servers[server_id] != entry
+    ]
+    return MapDiff(
+        source_version=source.version,
+        target_version=target.version,
+        added=tuple(sorted(added)),
+        removed=tuple(sorted(removed)),
+        moved=tuple(sorted(moved, key=lambda change: change.key)),
+        servers_added=tuple(sorted(servers_added, key=lambda entry: entry.server_id)),
+        servers_removed=tuple(sorted(servers_removed, key=lambda entry: entry.server_id)),
+        servers_changed=tuple(sorted(servers_changed, key=lambda entry: entry.server_id)),
+        unchanged_count=common - len(moved),
+    )

@@ -1,0 +1,369 @@
+"""Bounded-load assignment of hash-placed parts, built in full or kept up to date incrementally.
+
+The rule (consistent hashing with bounded loads, Mirrokni, Thorup and Zadimoghaddam, SODA 2018):
+take the hash-placed keys in ascending hash order; each goes to the first server of its walk that
+still has capacity. The result is a pure function of (layout, capacities, key set). It is summed
+up by one number per server, its *threshold*: the hash of the key that filled it (the largest hash
+it admitted), `UNBOUNDED` while it is not full, `CLOSED` when its capacity is zero. A key is then
+placed, without any per-key table, on the first server of its walk whose threshold is at or above
+its hash, and a lookup costs one `first()` and one comparison in the common case.
+
+To keep thresholds current when keys or capacities change, the engine keeps per server the sorted
+hashes it holds as primary (`members`), the hashes that walked past it because it was full
+(`skipped`), and the hashes it holds as replica (`replicas`, for `parts_for`). Every change
+decomposes into four primitives, each of which moves at most one key per step along a chain:
+
+- insert a key: it takes the first server with room; if that server was full, its largest key is
+  pushed out and continues its own walk (the server now fills one key earlier);
+- delete a key: its server has room for one more, and the smallest key that skipped it comes
+  back, which frees a place on that key's server, and so on;
+- raise a capacity by one: as for a delete, without removing anything;
+- lower a capacity by one: as for an insert, without adding anything.
+
+Tests check that any sequence of primitives ends in the same state as a full rebuild.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left, insort
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from forehand.placement._hashing import HASH_LIMIT
+from forehand.placement._strategies import Layout
+
+__all__ = ["CLOSED", "UNBOUNDED", "Engine", "EngineWriter", "build_engine"]
+
+UNBOUNDED = HASH_LIMIT
+"""Threshold of a server that is not full: every hash is below it."""
+CLOSED = -1
+"""Threshold of a server without capacity: no hash is at or below it."""
+
+
+def _empty() -> array[int]:
+    return array("Q")
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """The bounded-load assignment of one map version (immutable; arrays are never mutated)."""
+
+    layout: Layout
+    """The consistent-hashing layout over the eligible servers."""
+    zones: tuple[int, ...]
+    """Zone number of each eligible server."""
+    zone_count: int
+    """How many distinct zones the eligible servers span."""
+    replica_target: int
+    """Replicas each hash-placed key gets: the configured count, at most servers - 1."""
+    capacities: tuple[int, ...]
+    """How many hash-placed primaries each server may hold."""
+    thresholds: tuple[int, ...]
+    """Per server: the largest hash it admitted when full, else UNBOUNDED or CLOSED."""
+    members: tuple[array[int], ...]
+    """Per server: sorted hashes of the hash-placed keys it holds as primary."""
+    skipped: tuple[array[int], ...]
+    """Per server: sorted hashes of the keys that walked past it because it was full."""
+    replicas: tuple[array[int], ...]
+    """Per server: sorted hashes of the hash-placed keys it holds as replica."""
+
+    def primary_of(self, key_hash: int) -> int:
+        """The server index that holds `key_hash` as primary."""
+        thresholds = self.thresholds
+        first = self.layout.first(key_hash)
+        if key_hash <= thresholds[first]:
+            return first
+        for server in self.layout.walk(key_hash):
+            if key_hash <= thresholds[server]:
+                return server
+        raise AssertionError("bounded loads left a key without a server")
+
+    def replica_set(self, key_hash: int, primary: int) -> tuple[int, ...]:
+        """The replica server indices of a key whose primary is `primary`."""
+        return choose_replicas(
+            self.layout.walk(key_hash),
+            primary=primary,
+            want=self.replica_target,
+            zones=self.zones,
+            zone_count=self.zone_count,
+        )
+
+    def writer(self) -> EngineWriter:
+        """A builder of the next version's assignment."""
+        return EngineWriter(self)
+
+
+def choose_replicas(
+    walk: Iterable[int], *, primary: int, want: int, zones: Sequence[int], zone_count: int
+) -> tuple[int, ...]:
+    """The first `want` servers of the walk other than `primary`, spread over zones.
+
+    A server whose zone already holds a copy is passed over while some zone holds none; when the
+    walk ends short, passed-over servers fill the remaining places in walk order.
+    """
+    if want == 0:
+        return ()
+    chosen: list[int] = []
+    if zone_count <= 1:
+        for server in walk:
+            if server != primary:
+                chosen.append(server)
+                if len(chosen) == want:
+                    break
+        return tuple(chosen)
+    used = {zones[primary]}
+    passed: list[int] = []
+    for server in walk:
+        if server == primary:
+            continue
+        zone = zones[server]
+        if zone in used and len(used) < zone_count:
+            passed.append(server)
+            continue
+        chosen.append(server)
+        used.add(zone)
+        if len(chosen) == want:
+            return tuple(chosen)
+    chosen.extend(passed[: want - len(chosen)])
+    return tuple(chosen)
+
+
+def _walk_after(layout: Layout, key_hash: int, server: int) -> Iterator[int]:
+    walk = layout.walk(key_hash)
+    for candidate in walk:
+        if candidate == server:
+            break
+    return walk
+
+
+def _remove(values: array[int], key_hash: int) -> None:
+    position = bisect_left(values, key_hash)
+    assert position < len(values) and values[position] == key_hash, "engine index out of sync"
+    del values[position]
+
+
+def build_engine(
+    *,
+    layout: Layout,
+    zones: Sequence[int],
+    replica_count: int,
+    capacities: Sequence[int],
+    sorted_hashes: Sequence[int],
+) -> Engine:
+    """The assignment computed from scratch: keys in ascending hash order, greedy."""
+    count = layout.server_count
+    assert len(zones) == count and len(capacities) == count
+    members = [_empty() for _ in range(count)]
+    skipped = [_empty() for _ in range(count)]
+    primaries = _greedy(layout, capacities, sorted_hashes, members, skipped)
+    thresholds = tuple(_threshold(members[server], capacities[server]) for server in range(count))
+    zone_count = len(set(zones))
+    replica_target = max(0, min(replica_count, count - 1))
+    replicas = [_empty() for _ in range(count)]
+    if replica_target:
+        for key_hash, primary in zip(sorted_hashes, primaries, strict=True):
+            chosen = choose_replicas(
+                layout.walk(key_hash),
+                primary=primary,
+                want=replica_target,
+                zones=zones,
+                zone_count=zone_count,
+            )
+            for server in chosen:
+                replicas[server].append(key_hash)
+    return Engine(
+        layout=layout,
+        zones=tuple(zones),
+        zone_count=zone_count,
+        replica_target=replica_target,
+        capacities=tuple(capacities),
+        thresholds=thresholds,
+        members=tuple(members),
+        skipped=tuple(skipped),
+        replicas=tuple(replicas),
+    )
+
+
+def _greedy(
+    layout: Layout,
+    capacities: Sequence[int],
+    sorted_hashes: Sequence[int],
+    members: list[array[int]],
+    skipped: list[array[int]],
+) -> list[int]:
+    loads = [0] * layout.server_count
+    primaries: list[int] = []
+    for key_hash, first in zip(sorted_hashes, layout.firsts(sorted_hashes), strict=True):
+        server = first
+        if loads[first] >= capacities[first]:
+            for server in layout.walk(key_hash):
+                if loads[server] < capacities[server]:
+                    break
+                # Ascending hash order keeps every `skipped` array sorted by appending.
+                skipped[server].append(key_hash)
+            else:
+                raise AssertionError("capacities leave no room for every key")
+        loads[server] += 1
+        members[server].append(key_hash)
+        primaries.append(server)
+    return primaries
+
+
+def _threshold(members: array[int], capacity: int) -> int:
+    if capacity == 0:
+        return CLOSED
+    return members[-1] if len(members) == capacity else UNBOUNDED
+
+
+class EngineWriter:
+    """Incremental edits of an `Engine`, copying only the per-server arrays they touch."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._layout = engine.layout
+        self._capacities = list(engine.capacities)
+        self._thresholds = list(engine.thresholds)
+        self._members = list(engine.members)
+        self._skipped = list(engine.skipped)
+        self._replicas = list(engine.replicas)
+        self._owned: set[tuple[int, int]] = set()
+
+    @property
+    def capacities(self) -> list[int]:
+        """Current capacities (read only)."""
+        return self._capacities
+
+    def _array(self, table: list[array[int]], kind: int, server: int) -> array[int]:
+        if (kind, server) not in self._owned:
+            table[server] = table[server][:]
+            self._owned.add((kind, server))
+        return table[server]
+
+    def _add_member(self, server: int, key_hash: int) -> array[int]:
+        members = self._array(self._members, 0, server)
+        insort(members, key_hash)
+        return members
+
+    def _skip(self, server: int, key_hash: int) -> None:
+        insort(self._array(self._skipped, 1, server), key_hash)
+
+    def _unskip(self, server: int, key_hash: int) -> None:
+        _remove(self._array(self._skipped, 1, server), key_hash)
+
+    def _set_replicas(self, key_hash: int, primary: int, *, present: bool) -> None:
+        if not self._engine.replica_target:
+            return
+        for server in self._engine.replica_set(key_hash, primary):
+            replicas = self._array(self._replicas, 2, server)
+            if present:
+                insort(replicas, key_hash)
+            else:
+                _remove(replicas, key_hash)
+
+    def insert(self, key_hash: int) -> None:
+        """Add a hash-placed key."""
+        self._place(key_hash, self._layout.walk(key_hash))
+
+    def delete(self, key_hash: int) -> None:
+        """Remove a hash-placed key."""
+        thresholds = self._thresholds
+        for server in self._layout.walk(key_hash):
+            if key_hash <= thresholds[server]:
+                break
+            self._unskip(server, key_hash)
+        else:
+            raise AssertionError("deleting a key the engine does not hold")
+        self._set_replicas(key_hash, server, present=False)
+        _remove(self._array(self._members, 0, server), key_hash)
+        self._refill(server)
+
+    def raise_capacity(self, server: int, capacity: int) -> None:
+        """Raise a server's capacity to `capacity`, one step at a time."""
+        while self._capacities[server] < capacity:
+            self._capacities[server] += 1
+            self._refill(server)
+
+    def lower_capacity(self, server: int, capacity: int) -> None:
+        """Lower a server's capacity to `capacity`, one step at a time."""
+        while self._capacities[server] > capacity:
+            self._capacities[server] -= 1
+            self._shrink(server)
+
+    def _place(self, key_hash: int, walk: Iterator[int]) -> None:
+        # Each round places one key; a full server pushes out its largest key, which goes on
+        # along its own walk in the next round.
+        thresholds = self._thresholds
+        while True:
+            for server in walk:
+                if key_hash <= thresholds[server]:
+                    break
+                self._skip(server, key_hash)
+            else:
+                raise AssertionError("capacities leave no room for every key")
+            members = self._add_member(server, key_hash)
+            self._set_replicas(key_hash, server, present=True)
+            if thresholds[server] == UNBOUNDED:
+                if len(members) == self._capacities[server]:
+                    thresholds[server] = members[-1]
+                return
+            evicted = members.pop()
+            thresholds[server] = members[-1]
+            self._set_replicas(evicted, server, present=False)
+            self._skip(server, evicted)
+            key_hash = evicted
+            walk = _walk_after(self._layout, evicted, server)
+
+    def _refill(self, server: int) -> None:
+        # `server` has room for exactly one more key than it holds. The smallest key that walked
+        # past it comes back; that frees a place on the key's current server, and so on.
+        thresholds = self._thresholds
+        while thresholds[server] != UNBOUNDED:
+            waiting = self._skipped[server]
+            if not waiting:
+                thresholds[server] = UNBOUNDED
+                return
+            returning = waiting[0]
+            del self._array(self._skipped, 1, server)[0]
+            for holder in _walk_after(self._layout, returning, server):
+                if returning <= thresholds[holder]:
+                    break
+                self._unskip(holder, returning)
+            else:
+                raise AssertionError("a skipped key has no primary")
+            self._set_replicas(returning, holder, present=False)
+            _remove(self._array(self._members, 0, holder), returning)
+            # Every key that skipped `server` is above all its members, so this appends.
+            self._array(self._members, 0, server).append(returning)
+            thresholds[server] = returning
+            self._set_replicas(returning, server, present=True)
+            server = holder
+
+    def _shrink(self, server: int) -> None:
+        members = self._members[server]
+        capacity = self._capacities[server]
+        if self._thresholds[server] == UNBOUNDED:
+            if len(members) == capacity:
+                self._thresholds[server] = members[-1] if capacity else CLOSED
+            return
+        members = self._array(self._members, 0, server)
+        evicted = members.pop()
+        self._thresholds[server] = members[-1] if capacity else CLOSED
+        self._set_replicas(evicted, server, present=False)
+        self._skip(server, evicted)
+        self._place(evicted, _walk_after(self._layout, evicted, server))
+
+    def freeze(self) -> Engine:
+        """The finished assignment; the writer must not be used afterwards."""
+        engine = self._engine
+        return Engine(
+            layout=engine.layout,
+            zones=engine.zones,
+            zone_count=engine.zone_count,
+            replica_target=engine.replica_target,
+            capacities=tuple(self._capacities),
+            thresholds=tuple(self._thresholds),
+            members=tuple(self._members),
+            skipped=tuple(self._skipped),
+            replicas=tuple(self._replicas),
+        )

@@ -1,0 +1,66 @@
+"""Stable hashes: the same value in every process, whatever `PYTHONHASHSEED` says.
+
+Everything that decides placement hashes with keyed blake2b from hashlib, each use under its own
+personalization string so that the hash of a server id as a ring point never correlates with its
+hash as a Maglev offset. Python's `hash()` is never used: it is salted per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+__all__ = [
+    "HASH_LIMIT",
+    "mix64",
+    "part_key_hash",
+    "server_hash",
+    "server_points",
+]
+
+HASH_LIMIT = 1 << 64
+"""Every hash is an integer in [0, HASH_LIMIT)."""
+_MASK64 = HASH_LIMIT - 1
+_PART_PERSON = b"forehand-part"
+_POINT_PERSON = b"forehand-ring"
+_POINTS_PER_DIGEST = 8
+_POINT_DIGEST = struct.Struct("<8Q")
+
+
+def part_key_hash(session_id: bytes, part: str) -> int:
+    """The stable 64-bit hash of the part key `(session_id, part)`.
+
+    The session id has a fixed length, so the concatenation with the part name is unambiguous.
+    """
+    digest = hashlib.blake2b(session_id + part.encode(), digest_size=8, person=_PART_PERSON)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def server_hash(server_id: str, purpose: bytes) -> int:
+    """A stable 64-bit hash of a server id for one `purpose` (at most 16 bytes)."""
+    digest = hashlib.blake2b(server_id.encode(), digest_size=8, person=purpose)
+    return int.from_bytes(digest.digest(), "little")
+
+
+def server_points(server_id: str, count: int) -> list[int]:
+    """The first `count` ring points of a server, stable across processes and ring sizes.
+
+    Point `i` depends only on the server id and `i`, so a server keeps its points when others
+    join or leave, and changing its weight adds or removes points at the end of its list only.
+    """
+    identity = server_id.encode()
+    points: list[int] = []
+    for block in range((count + _POINTS_PER_DIGEST - 1) // _POINTS_PER_DIGEST):
+        digest = hashlib.blake2b(
+            identity + block.to_bytes(4, "little"), digest_size=64, person=_POINT_PERSON
+        ).digest()
+        points.extend(_POINT_DIGEST.unpack(digest))
+    del points[count:]
+    return points
+
+
+def mix64(value: int) -> int:
+    """A fast stable 64-bit finalizer (splitmix64), for scores mixed from precomputed hashes."""
+    value = (value ^ (value >> 30)) * 0xBF58476D1CE4E5B9 & _MASK64
+    value = (value ^ (value >> 27)) * 0x94D049BB133111EB & _MASK64
+    return value ^ (value >> 31)
