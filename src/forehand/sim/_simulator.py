@@ -478,6 +478,7 @@ class Simulator:
             self.now_us = max(self.now_us, end_us)
             for checker in self._checkers:
                 checker.at_end(self)
+            self._trace.flush()
         except InvariantViolated as violation:
             failure = self._failure(violation.checker or "invariant", str(violation), "")
         except Exception as error:

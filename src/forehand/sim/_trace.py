@@ -49,6 +49,8 @@ class TraceDigest:
         blob = "\n".join(pending)
         if _UNSTABLE_REPR_MARK in blob:
             line = next(item for item in pending if _UNSTABLE_REPR_MARK in item)
+            # The batch cannot be hashed reproducibly; drop it so the failed run still has a digest.
+            pending.clear()
             raise ConfigError(
                 "a message or observation has no stable repr (it shows an object address), so "
                 f"the trace cannot be reproduced; give it a dataclass repr: {line!r}"

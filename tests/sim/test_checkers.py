@@ -1,0 +1,285 @@
+"""Each invariant checker accepts a correct observation sequence and catches a violating one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from forehand.errors import ConfigError
+from forehand.sim import (
+    AcknowledgedWritesChecker,
+    AtMostOnceChecker,
+    Checker,
+    ClientOrderChecker,
+    InvariantViolated,
+    LivenessChecker,
+    MonotonicMapVersionChecker,
+    Simulator,
+    SingleWriterChecker,
+    default_checkers,
+)
+from forehand.sim.observations import (
+    ClientResponseObserved,
+    Durability,
+    InstallCause,
+    MapVersionObserved,
+    NodeRestarted,
+    Observation,
+    Observed,
+    PrimaryAcceptedWrite,
+    PrimaryInstalled,
+    RequestExecuted,
+    SessionClosed,
+    SessionOpened,
+    WriteAcknowledged,
+)
+
+PART = ("session-1", "cart")
+OTHER_PART = ("session-2", "cart")
+
+
+def _feed(
+    checker: Checker, observations: Sequence[tuple[int, Observation]], sim: Simulator | None = None
+) -> Simulator:
+    sim = sim if sim is not None else Simulator(seed=0)
+    for index, (time_us, observation) in enumerate(observations):
+        sim.now_us = time_us
+        checker.after_event(
+            sim, Observed(index=index, time_us=time_us, node="x", observation=observation)
+        )
+    return sim
+
+
+def _installed(
+    node: str, version: int, index: int, cause: InstallCause = InstallCause.FAILOVER
+) -> PrimaryInstalled:
+    return PrimaryInstalled(
+        node=node, part_key=PART, map_version=version, log_index=index, cause=cause
+    )
+
+
+def _acked(request_id: int, version: int, index: int, durability: Durability) -> WriteAcknowledged:
+    return WriteAcknowledged(
+        node="s1",
+        part_key=PART,
+        request_id=request_id,
+        durability=durability,
+        map_version=version,
+        log_index=index,
+    )
+
+
+def _executed(node: str, request_id: int, version: int, index: int | None) -> RequestExecuted:
+    return RequestExecuted(
+        node=node, part_key=PART, request_id=request_id, map_version=version, log_index=index
+    )
+
+
+def _response(
+    sequence: int, version: int, index: int | None, part: tuple[str, str] = PART
+) -> ClientResponseObserved:
+    return ClientResponseObserved(
+        client="c1",
+        part_key=part,
+        request_id=100 + sequence,
+        issue_sequence=sequence,
+        map_version=version,
+        log_index=index,
+    )
+
+
+def test_single_writer_accepts_one_primary_per_version() -> None:
+    """Writes by one node per (part, version), and by a new node at a new version, pass."""
+    _feed(
+        SingleWriterChecker(),
+        [
+            (1, PrimaryAcceptedWrite(node="s1", part_key=PART, map_version=1)),
+            (2, PrimaryAcceptedWrite(node="s1", part_key=PART, map_version=1)),
+            (3, PrimaryAcceptedWrite(node="s2", part_key=PART, map_version=2)),
+            (4, PrimaryAcceptedWrite(node="s2", part_key=OTHER_PART, map_version=1)),
+        ],
+    )
+
+
+def test_single_writer_catches_two_primaries_at_one_version() -> None:
+    """Two nodes accepting writes for one part at one version is a violation."""
+    with pytest.raises(InvariantViolated, match="two primaries"):
+        _feed(
+            SingleWriterChecker(),
+            [
+                (1, PrimaryAcceptedWrite(node="s1", part_key=PART, map_version=3)),
+                (2, PrimaryAcceptedWrite(node="s2", part_key=PART, map_version=3)),
+            ],
+        )
+
+
+def test_acknowledged_writes_survive_a_failover_that_holds_them() -> None:
+    """Replicated writes held by the promoted replica pass; async losses are counted, not failed."""
+    checker = AcknowledgedWritesChecker()
+    sim = _feed(
+        checker,
+        [
+            (1, _installed("s1", 1, 0, InstallCause.INITIAL)),
+            (2, _acked(1, 1, 1, Durability.REPLICATED)),
+            (3, _acked(2, 1, 2, Durability.ASYNC)),
+            (4, _installed("s2", 2, 1)),
+        ],
+    )
+    assert [(loss.request_id, loss.position) for loss in checker.lost] == [(2, (1, 2))]
+    assert sim.counters == {"async-write-lost": 1}
+
+
+def test_acknowledged_replicated_write_lost_by_failover_is_caught() -> None:
+    """A replicated write beyond the promoted replica's log is a violation."""
+    with pytest.raises(InvariantViolated, match="replicated write 2"):
+        _feed(
+            AcknowledgedWritesChecker(),
+            [
+                (1, _acked(1, 1, 1, Durability.REPLICATED)),
+                (2, _acked(2, 1, 2, Durability.REPLICATED)),
+                (3, _installed("s2", 2, 1)),
+            ],
+        )
+
+
+def test_handoff_may_not_lose_even_async_writes() -> None:
+    """A planned handoff must ship the whole log: losing an async write to it is a violation."""
+    with pytest.raises(InvariantViolated, match="handoff"):
+        _feed(
+            AcknowledgedWritesChecker(),
+            [
+                (1, _acked(1, 1, 1, Durability.ASYNC)),
+                (2, _installed("s2", 2, 0, InstallCause.HANDOFF)),
+            ],
+        )
+
+
+def test_stale_primary_acknowledging_after_the_install_is_caught() -> None:
+    """A replicated write acknowledged by a superseded primary beyond the new log is lost."""
+    with pytest.raises(InvariantViolated, match="lost"):
+        _feed(
+            AcknowledgedWritesChecker(),
+            [
+                (1, _installed("s2", 2, 5)),
+                (2, _acked(9, 1, 6, Durability.REPLICATED)),
+            ],
+        )
+
+
+def test_at_most_once_allows_a_retry_of_a_lost_execution() -> None:
+    """A write executed once passes; re-executing one that a failover dropped passes too."""
+    _feed(
+        AtMostOnceChecker(),
+        [
+            (1, _executed("s1", 1, 1, 1)),
+            (2, _executed("s1", 2, 1, 2)),
+            (3, _executed("s1", 2, 1, None)),
+            (4, _installed("s2", 2, 1)),
+            (5, _executed("s2", 2, 2, 2)),
+        ],
+    )
+
+
+def test_at_most_once_catches_a_double_execution() -> None:
+    """Executing a write's id twice on the surviving history is a violation."""
+    with pytest.raises(InvariantViolated, match="executed twice"):
+        _feed(
+            AtMostOnceChecker(),
+            [
+                (1, _executed("s1", 1, 1, 1)),
+                (2, _installed("s2", 2, 1)),
+                (3, _executed("s2", 1, 2, 2)),
+            ],
+        )
+
+
+def test_map_versions_may_only_grow_per_node() -> None:
+    """Each node's versions may repeat or grow; another node's lower version is fine."""
+    _feed(
+        MonotonicMapVersionChecker(),
+        [
+            (1, MapVersionObserved(node="a", map_version=1)),
+            (2, MapVersionObserved(node="a", map_version=1)),
+            (3, MapVersionObserved(node="a", map_version=4)),
+            (4, MapVersionObserved(node="b", map_version=2)),
+        ],
+    )
+
+
+def test_map_version_going_back_is_caught_even_across_a_restart() -> None:
+    """A node going back a version is a violation, unless restarts reset it by request."""
+    sequence = [
+        (1, MapVersionObserved(node="a", map_version=3)),
+        (2, NodeRestarted(node="a", incarnation=1)),
+        (3, MapVersionObserved(node="a", map_version=2)),
+    ]
+    with pytest.raises(InvariantViolated, match="went back"):
+        _feed(MonotonicMapVersionChecker(), sequence)
+    _feed(MonotonicMapVersionChecker(reset_on_restart=True), sequence)
+
+
+def test_client_order_accepts_positions_in_issue_order() -> None:
+    """Responses may arrive in any order as long as positions follow the issue order."""
+    _feed(
+        ClientOrderChecker(),
+        [
+            (1, _response(2, 1, 8)),
+            (2, _response(1, 1, 7)),
+            (3, _response(3, 2, 5)),
+            (4, _response(4, 2, None)),
+            (5, _response(1, 1, 7)),
+            (6, _response(1, 1, 1, part=OTHER_PART)),
+        ],
+    )
+
+
+def test_client_order_catches_a_later_request_placed_earlier() -> None:
+    """A request issued later but placed before an earlier one is a violation."""
+    with pytest.raises(InvariantViolated, match="issued before"):
+        _feed(ClientOrderChecker(), [(1, _response(2, 1, 8)), (2, _response(1, 1, 9))])
+    with pytest.raises(InvariantViolated, match="issued after"):
+        _feed(ClientOrderChecker(), [(1, _response(1, 2, 1)), (2, _response(2, 1, 9))])
+
+
+def _liveness_run(
+    checker: LivenessChecker, responses_us: Sequence[int], *, heal_us: int, end_us: int
+) -> Simulator:
+    sim = Simulator(seed=0)
+    sim.heal_us = heal_us
+    observations: list[tuple[int, Observation]] = [
+        (0, SessionOpened(client="c1", session_id="session-1")),
+        (0, SessionOpened(client="c2", session_id="session-2")),
+        (10, SessionClosed(client="c2", session_id="session-2")),
+    ]
+    observations += [(time_us, _response(1, 1, None)) for time_us in responses_us]
+    _feed(checker, observations, sim)
+    sim.now_us = end_us
+    checker.at_end(sim)
+    return sim
+
+
+def test_liveness_passes_when_sessions_are_served_after_healing() -> None:
+    """A session served within the bound after the heal passes; a closed one is exempt."""
+    _liveness_run(LivenessChecker(bound_us=1_000), [500, 1_800], heal_us=1_000, end_us=5_000)
+
+
+def test_liveness_catches_a_session_not_served_after_healing() -> None:
+    """Service only before the heal, or too late after it, is a violation."""
+    with pytest.raises(InvariantViolated, match="never"):
+        _liveness_run(LivenessChecker(bound_us=1_000), [500], heal_us=1_000, end_us=5_000)
+    with pytest.raises(InvariantViolated, match="only at 2500"):
+        _liveness_run(LivenessChecker(bound_us=1_000), [2_500], heal_us=1_000, end_us=5_000)
+
+
+def test_liveness_refuses_a_run_too_short_to_judge() -> None:
+    """A run that ends before heal plus the bound cannot judge liveness and says so."""
+    with pytest.raises(ConfigError, match="lengthen"):
+        _liveness_run(LivenessChecker(bound_us=1_000), [1_500], heal_us=1_000, end_us=1_500)
+
+
+def test_default_checkers_cover_every_invariant() -> None:
+    """The default set holds the five safety checkers, plus liveness when a bound is given."""
+    assert len(default_checkers(liveness_bound_us=None)) == 5
+    names = {type(checker).__name__ for checker in default_checkers(liveness_bound_us=10)}
+    assert "LivenessChecker" in names and len(names) == 6

@@ -1,0 +1,58 @@
+"""`python -m forehand.sim`: campaigns, replays, listing, and usage errors, in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+IMPORT = ["--import", "tests.sim.scenarios"]
+
+
+def _run(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "forehand.sim", *arguments],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPOSITORY,
+    )
+
+
+def test_empty_registry_is_a_usage_error() -> None:
+    """With no scenario registered the command says so and exits 2."""
+    completed = _run("--seeds", "3")
+    assert completed.returncode == 2
+    assert "no scenarios are registered" in completed.stdout
+
+
+def test_failing_campaign_exits_non_zero_and_its_replay_command_replays() -> None:
+    """A failing campaign prints SEED and a replay command that reproduces the failure."""
+    completed = _run(*IMPORT, "--scenario", "broken-map", "--seeds", "2", "--seed-start", "7")
+    assert completed.returncode == 1
+    lines = completed.stdout.splitlines()
+    assert "SEED=7" in lines and "SEED=8" in lines
+    replay = next(line for line in lines if line.startswith("replay:")).removeprefix("replay: ")
+    words = replay.split()
+    assert words[:3] == ["python", "-m", "forehand.sim"]
+    replayed = _run(*words[3:])
+    assert replayed.returncode == 1
+    assert "SEED=7" in replayed.stdout.splitlines()
+    assert "went back from map version 2 to 1" in replayed.stdout
+
+
+def test_passing_campaign_exits_zero_with_a_summary() -> None:
+    """A passing campaign exits 0 and prints its summary table."""
+    completed = _run(*IMPORT, "--scenario", "log-failover", "--seeds", "2")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "seeds run" in completed.stdout and "digest of digests" in completed.stdout
+
+
+def test_listing_and_unknown_scenarios() -> None:
+    """--list shows the scenarios; no or an unknown scenario is a usage error."""
+    listed = _run(*IMPORT, "--list")
+    assert listed.returncode == 0 and "ping-mesh" in listed.stdout
+    assert _run(*IMPORT).returncode == 2
+    unknown = _run(*IMPORT, "--scenario", "nope")
+    assert unknown.returncode == 2 and "no scenario named 'nope'" in unknown.stdout
