@@ -1,0 +1,257 @@
+"""Tests of ClientCore's reactive path: a connection lost without HANDOFF, MAP_REQUEST, retries."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._client_events import (
+    PartRelocated,
+    RarePathTaken,
+    RequestFailed,
+    RequestFailedWhy,
+    ResponseReceived,
+)
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    decode_client_placements,
+    encode_client_placements,
+)
+from forehand.core._client_session import RouteState
+from forehand.errors import RemoteProtocolError
+from forehand.wire import (
+    ErrorCode,
+    GoAway,
+    Hello,
+    MapRequest,
+    MapUpdate,
+    Placement,
+    ReasonCode,
+    Request,
+    Response,
+    ResponseStatus,
+)
+
+if TYPE_CHECKING:
+    from tests.core._client_helpers import MANAGER, Harness, placement
+else:
+    from _client_helpers import MANAGER, Harness, placement
+
+
+def map_update(
+    session: bytes, *placements: Placement, map_version: int = 7, base_version: int = 0
+) -> MapUpdate:
+    entries = tuple(SessionPlacement(session_id=session, placement=p) for p in placements)
+    return MapUpdate(
+        map_version=map_version,
+        base_version=base_version,
+        encoding=CLIENT_PLACEMENTS_ENCODING,
+        body=encode_client_placements(entries),
+    )
+
+
+def session_with_pending(h: Harness) -> tuple[bytes, list[int]]:
+    """auth on s1 (replica s2), cart on s3; two auth requests and one cart request unanswered."""
+    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s3"))
+    ids = [
+        h.client.call(session, "auth", "a", b"1", now_us=h.now_us),
+        h.client.call(session, "auth", "b", b"2", now_us=h.now_us),
+        h.client.call(session, "cart", "c", b"3", now_us=h.now_us),
+    ]
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s3")
+    h.outbox.clear()
+    h.events.clear()
+    return session, ids
+
+
+def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
+    """Losing s1 without HANDOFF: MAP_REQUEST, then the same request ids go to the new primary."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    h.advance(ms=3)
+    h.lose("s1", "peer-crashed")
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    assert h.client.route(session, "cart").state is RouteState.ACTIVE
+    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    h.advance(ms=2)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
+    assert len(h.take(Hello, "s2")) == 1
+    h.welcome("s2", map_version=7)
+    resent = h.take(Request, "s2")
+    assert [(r.request_id, r.map_version) for r in resent] == [(ids[0], 7), (ids[1], 7)]
+    relocated = h.of(PartRelocated)
+    assert [(e.part, e.server, e.map_version, e.duration_us) for e in relocated] == [
+        ("auth", "s2", 7, 2_000)
+    ]
+    for request in resent:
+        h.feed(
+            "s2",
+            Response(
+                request_id=request.request_id,
+                session_id=session,
+                status=ResponseStatus.OK,
+                map_version=7,
+                payload=b"",
+            ),
+        )
+    received = h.of(ResponseReceived)
+    assert [(r.request_id, r.attempts, r.server) for r in received] == [
+        (ids[0], 2, "s2"),
+        (ids[1], 2, "s2"),
+    ]
+
+
+def test_calls_during_relocation_are_held_and_sent_in_order() -> None:
+    """Calls made while a part is located wait and go out after the older re-sends."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    h.lose("s1")
+    later = h.client.call(session, "auth", "d", b"4", now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    h.feed(MANAGER, map_update(session, placement("auth", "s2")))
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == [ids[0], ids[1], later]
+
+
+def test_unanswered_map_request_is_retried_with_backoff() -> None:
+    """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms plus a backoff."""
+    h = Harness(map_request_timeout_ms=100, retry_backoff_ms=20, retry_jitter_ratio=0.0)
+    session_with_pending(h)
+    h.lose("s1")
+    assert len(h.take(MapRequest, MANAGER)) == 1
+    h.advance(ms=119)
+    assert h.take(MapRequest) == []
+    h.advance(ms=1)
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_locating_gives_up_after_retry_attempts_max_rounds() -> None:
+    """After retry_attempts_max unanswered rounds, the part's requests fail PLACEMENT_UNKNOWN."""
+    h = Harness(
+        map_request_timeout_ms=10,
+        retry_attempts_max=3,
+        retry_backoff_ms=1,
+        retry_backoff_max_ms=1,
+        request_timeout_ms=60_000,
+    )
+    session, ids = session_with_pending(h)
+    h.lose("s1")
+    h.advance(ms=1_000)
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why) for f in failed] == [
+        (ids[0], RequestFailedWhy.PLACEMENT_UNKNOWN),
+        (ids[1], RequestFailedWhy.PLACEMENT_UNKNOWN),
+    ]
+    rounds = h.take(MapRequest, MANAGER)
+    assert len(rounds) == 3
+    # A new call is a reason to try again.
+    h.client.call(session, "auth", "again", b"", now_us=h.now_us)
+    h.drain()
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_relocation_to_the_same_server_reconnects() -> None:
+    """A map that still names the lost server makes the client reconnect to it and re-send."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    h.lose("s1")
+    h.feed(MANAGER, map_update(session, placement("auth", "s1", "s2"), map_version=5))
+    assert len(h.take(Hello, "s1")) == 1
+    h.welcome("s1")
+    assert [r.request_id for r in h.take(Request, "s1")] == ids[:2]
+
+
+def test_repeated_losses_back_off_and_stop() -> None:
+    """If the named server keeps failing, each loss costs an attempt and the part gives up."""
+    h = Harness(retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session, ids = session_with_pending(h)
+    for _ in range(3):
+        h.lose("s1", "refused")
+        h.advance(ms=100)
+        h.feed(MANAGER, map_update(session, placement("auth", "s1"), map_version=5))
+    failed = [(f.request_id, f.why) for f in h.of(RequestFailed)]
+    assert failed == [
+        (ids[0], RequestFailedWhy.PLACEMENT_UNKNOWN),
+        (ids[1], RequestFailedWhy.PLACEMENT_UNKNOWN),
+    ]
+
+
+def test_delta_without_the_part_means_unchanged() -> None:
+    """A delta from a base at or below the client's version that omits the part keeps it put."""
+    h = Harness()
+    session, _ = session_with_pending(h)
+    h.lose("s1")
+    h.feed(MANAGER, map_update(session, placement("cart", "s3"), map_version=8, base_version=5))
+    assert h.client.route(session, "auth").primary == "s1"
+    assert h.client.route(session, "auth").map_version == 8
+    assert len(h.take(Hello, "s1")) == 1
+
+
+def test_complete_map_without_the_part_keeps_locating() -> None:
+    """A complete answer that does not list the part leaves it LOCATING for another round."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session, _ = session_with_pending(h)
+    h.lose("s1")
+    h.take(MapRequest)
+    h.feed(MANAGER, map_update(session, placement("cart", "s3")))
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    h.advance(ms=20)
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_map_update_moves_an_active_part_to_a_newer_primary() -> None:
+    """An unsolicited newer MAP_UPDATE moves an ACTIVE part and re-sends its requests."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2", "s1"), map_version=9))
+    route = h.client.route(session, "auth")
+    assert (route.primary, route.backups, route.map_version) == ("s2", ("s1",), 9)
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == ids[:2]
+
+
+def test_older_map_update_is_ignored() -> None:
+    """A MAP_UPDATE older than what the client knows for a part changes nothing."""
+    h = Harness()
+    session, _ = session_with_pending(h)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=4))
+    assert h.client.route(session, "auth").primary == "s1"
+    assert h.client.map_version == 5
+
+
+def test_goaway_then_map_moves_the_part() -> None:
+    """After GOAWAY, the located part goes to the server the new map names."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    h.feed("s1", GoAway(map_version=6, reason=ReasonCode.SCALE_IN, last_request_id=ids[0]))
+    h.feed(MANAGER, map_update(session, placement("auth", "s1"), map_version=6))
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=7))
+    assert h.client.route(session, "auth").primary == "s2"
+
+
+def test_map_update_with_unknown_encoding_is_counted_not_applied() -> None:
+    """A MAP_UPDATE in an encoding the client does not read is skipped as a rare path."""
+    h = Harness()
+    session_with_pending(h)
+    h.feed(MANAGER, MapUpdate(map_version=9, base_version=0, encoding=0, body=b"\x00"))
+    assert [e.name for e in h.of(RarePathTaken)] == ["map-update-encoding-unknown"]
+    assert h.client.map_version == 5
+
+
+def test_malformed_client_placements_are_the_senders_fault() -> None:
+    """A body that does not decode raises RemoteProtocolError with FRAME_ENCODING_ERROR."""
+    with pytest.raises(RemoteProtocolError) as raised:
+        decode_client_placements(b"\xff\x00")
+    assert raised.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
+
+
+def test_client_placements_round_trip() -> None:
+    """encode_client_placements and decode_client_placements are inverse."""
+    entries = (SessionPlacement(session_id=bytes(16), placement=placement("auth", "s1", "s2")),)
+    assert decode_client_placements(encode_client_placements(entries)).entries == entries

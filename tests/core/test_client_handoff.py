@@ -1,0 +1,360 @@
+"""Tests of how ClientCore follows HANDOFF: validation, make-before-break, re-sends, fallbacks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._client_events import (
+    HandoffAbandoned,
+    HandoffFollowed,
+    HandoffIgnored,
+    HandoffIgnoredWhy,
+    HandoffStarted,
+    MapVersionAdopted,
+    ResponseReceived,
+)
+from forehand.core._client_session import RouteState
+from forehand.wire import (
+    Handoff,
+    HandoffFlag,
+    HandoffState,
+    HandoffStatus,
+    Hello,
+    MapRequest,
+    ReasonCode,
+    Request,
+    Response,
+    ResponseStatus,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+)
+
+if TYPE_CHECKING:
+    from tests.core._client_helpers import MANAGER, Harness, endpoint, placement
+else:
+    from _client_helpers import MANAGER, Harness, endpoint, placement
+
+
+def handoff(
+    session: bytes,
+    *,
+    parts: tuple[str, ...] = ("auth",),
+    sequence: int = 1,
+    map_version: int = 6,
+    source: str = "s1",
+    targets: tuple[str, ...] = ("s2",),
+    deadline_ms: int = 1_000,
+) -> Handoff:
+    return Handoff(
+        sequence=sequence,
+        session_id=session,
+        parts=parts,
+        map_version=map_version,
+        reason=ReasonCode.PREDICTED_FAILURE,
+        flags=HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED,
+        deadline_ms=deadline_ms,
+        current=endpoint(source),
+        targets=tuple(map(endpoint, targets)),
+        token=b"handoff-token",
+    )
+
+
+def answer(h: Harness, server: str, request: Request, payload: bytes = b"ok") -> None:
+    h.feed(
+        server,
+        Response(
+            request_id=request.request_id,
+            session_id=request.session_id,
+            status=ResponseStatus.OK,
+            map_version=6,
+            payload=payload,
+        ),
+    )
+
+
+def session_on_s1(h: Harness) -> bytes:
+    """A session: auth and cart on s1 (replicas s2, s3), the s1 connection welcomed."""
+    session = h.open(placement("auth", "s1", "s2", "s3"), placement("cart", "s1", "s3"))
+    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    answer(h, "s1", h.take(Request, "s1")[0])
+    h.outbox.clear()
+    h.events.clear()
+    return session
+
+
+def status_states(h: Harness, server: str) -> list[HandoffState]:
+    return [status.state for status in h.take(HandoffStatus, server)]
+
+
+def test_handoff_is_followed_make_before_break() -> None:
+    """ACCEPTED, RESUME with token and unanswered ids, re-send on RESUME_OK, then COMPLETED."""
+    h = Harness()
+    session = session_on_s1(h)
+    pending = h.client.call(session, "auth", "a", b"1", now_us=h.now_us)
+    h.drain()
+    h.take(Request, "s1")
+    h.advance(ms=1)
+    h.feed("s1", handoff(session))
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED]
+    assert len(h.take(Hello, "s2")) == 1
+    started = h.of(HandoffStarted)
+    assert [(e.source, e.targets, e.map_version) for e in started] == [("s1", ("s2",), 6)]
+    # Calls made during the handoff wait (RESUME lists only what was sent before the HANDOFF).
+    held = h.client.call(session, "auth", "b", b"2", now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    h.welcome("s2", map_version=6)
+    resumes = h.take(Resume, "s2")
+    assert resumes == [
+        Resume(
+            session_id=session,
+            token=b"handoff-token",
+            parts=("auth",),
+            map_version=6,
+            unanswered=(pending,),
+        )
+    ]
+    h.advance(ms=4)
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    resent = h.take(Request, "s2")
+    assert [(r.request_id, r.map_version) for r in resent] == [(pending, 6), (held, 6)]
+    assert status_states(h, "s1") == [HandoffState.COMPLETED]
+    followed = h.of(HandoffFollowed)
+    assert [(e.source, e.target, e.resent_requests, e.duration_us) for e in followed] == [
+        ("s1", "s2", 2, 4_000)
+    ]
+    assert followed[0].reason is ReasonCode.PREDICTED_FAILURE
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary, route.backups[0], route.map_version) == (
+        RouteState.ACTIVE,
+        "s2",
+        "s1",
+        6,
+    )
+    # The part that did not move stays on s1.
+    assert h.client.route(session, "cart").primary == "s1"
+
+
+def test_answers_from_the_source_during_the_handoff_are_accepted_once() -> None:
+    """An answer relayed by the source before RESUME_OK counts; the target's copy is dropped."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    request = h.take(Request, "s1")[0]
+    h.feed("s1", handoff(session))
+    h.welcome("s2")
+    answer(h, "s1", request, payload=b"from-source")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert h.take(Request, "s2") == []
+    answer(h, "s2", request, payload=b"again")
+    assert [r.payload for r in h.of(ResponseReceived)] == [b"from-source"]
+
+
+def test_prewarmed_connection_is_reused_for_the_handoff() -> None:
+    """prewarm connects to the part's first backup; the handoff then needs no new HELLO."""
+    h = Harness()
+    session = session_on_s1(h)
+    assert h.client.prewarm(session, "auth", now_us=h.now_us) == "s2"
+    h.drain()
+    assert len(h.take(Hello, "s2")) == 1
+    h.welcome("s2")
+    h.feed("s1", handoff(session))
+    assert h.take(Hello) == []
+    assert len(h.take(Resume, "s2")) == 1
+
+
+def test_handoff_on_unwelcomed_connection_is_ignored() -> None:
+    """A HANDOFF from a node that never answered HELLO is ignored as not authenticated."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s3", handoff(session, source="s3"))
+    ignored = h.of(HandoffIgnored)
+    assert [e.why for e in ignored] == [HandoffIgnoredWhy.NOT_AUTHENTICATED]
+    assert h.take(HandoffStatus) == [] and h.take(Resume) == []
+
+
+def test_stale_map_version_handoff_is_ignored() -> None:
+    """A HANDOFF whose map version is not newer than the part's is ignored."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, map_version=5))
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.STALE_MAP_VERSION]
+    assert h.client.route(session, "auth").primary == "s1"
+    assert h.of(MapVersionAdopted) == []
+
+
+def test_stale_sequence_handoff_is_ignored() -> None:
+    """A HANDOFF whose sequence is not newer than the connection's last one is ignored."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, sequence=4, parts=("cart",), targets=("s3",)))
+    h.feed("s1", handoff(session, sequence=4, map_version=7))
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.STALE_SEQUENCE]
+
+
+def test_replayed_handoff_after_completion_is_ignored() -> None:
+    """The same HANDOFF delivered again after it was followed changes nothing."""
+    h = Harness()
+    session = session_on_s1(h)
+    frame = handoff(session)
+    h.feed("s1", frame)
+    h.welcome("s2")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    h.outbox.clear()
+    h.feed("s1", frame)
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.STALE_SEQUENCE]
+    assert h.outbox == []
+    assert h.client.route(session, "auth").primary == "s2"
+
+
+def test_handoff_to_unknown_target_is_ignored() -> None:
+    """A HANDOFF naming a server outside the placements the client knows is ignored."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2", "mallory")))
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.UNKNOWN_TARGET]
+    assert h.take(Hello) == []
+
+
+def test_handoff_for_unknown_session_or_part_is_ignored() -> None:
+    """A HANDOFF for a session or part the client does not hold is ignored."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(bytes(16), sequence=1))
+    h.feed("s1", handoff(session, sequence=2, parts=("video",)))
+    h.feed("s1", handoff(session, sequence=3, targets=()))
+    whys = [e.why for e in h.of(HandoffIgnored)]
+    assert whys == [
+        HandoffIgnoredWhy.UNKNOWN_SESSION,
+        HandoffIgnoredWhy.UNKNOWN_PART,
+        HandoffIgnoredWhy.NO_TARGET,
+    ]
+
+
+def test_handoff_for_a_part_already_moving_is_ignored() -> None:
+    """A second HANDOFF for a part that is mid-handoff is ignored as busy."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session))
+    h.feed("s1", handoff(session, sequence=2, map_version=7, targets=("s3",)))
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.PART_BUSY]
+
+
+def test_rejected_target_falls_to_the_next_one() -> None:
+    """RESUME_REJECT from the first target makes the client resume at the second."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2", "s3")))
+    h.welcome("s2")
+    h.take(Resume, "s2")
+    h.feed("s2", ResumeReject(session_id=session, reason=ResumeRejectReason.OVERLOADED))
+    assert len(h.take(Hello, "s3")) == 1
+    h.welcome("s3")
+    assert len(h.take(Resume, "s3")) == 1
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [e.target for e in h.of(HandoffFollowed)] == ["s3"]
+
+
+def test_all_targets_rejecting_falls_back_to_the_manager() -> None:
+    """When every target refuses, the source hears FAILED and the client asks the manager."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session))
+    h.welcome("s2")
+    h.feed("s2", ResumeReject(session_id=session, reason=ResumeRejectReason.TOKEN_REPLAYED))
+    statuses = h.take(HandoffStatus, "s1")
+    assert [(s.state, s.detail_code) for s in statuses] == [
+        (HandoffState.ACCEPTED, 0),
+        (HandoffState.FAILED, int(ResumeRejectReason.TOKEN_REPLAYED)),
+    ]
+    abandoned = h.of(HandoffAbandoned)
+    assert len(abandoned) == 1 and "TOKEN_REPLAYED" in abandoned[0].detail
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=6)]
+
+
+def test_silent_target_times_out_then_next_target() -> None:
+    """A target that does not answer RESUME within resume_timeout_ms is skipped."""
+    h = Harness(resume_timeout_ms=100)
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2", "s3"), deadline_ms=5_000))
+    h.welcome("s2")
+    h.advance(ms=99)
+    assert h.take(Hello, "s3") == []
+    h.advance(ms=1)
+    assert len(h.take(Hello, "s3")) == 1
+
+
+def test_handoff_deadline_bounds_all_targets() -> None:
+    """Past the HANDOFF's deadline the client stops trying targets and asks the manager."""
+    h = Harness(resume_timeout_ms=1_000)
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2", "s3"), deadline_ms=300))
+    h.advance(ms=300)
+    assert h.take(Hello, "s3") == []
+    assert len(h.of(HandoffAbandoned)) == 1
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+
+
+def test_target_connection_loss_moves_to_next_target() -> None:
+    """If the connection to the target breaks before RESUME_OK, the next target is tried."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2", "s3")))
+    h.lose("s2", "refused")
+    assert len(h.take(Hello, "s3")) == 1
+
+
+def test_source_loss_during_handoff_does_not_trigger_failover() -> None:
+    """Make-before-break: losing the source mid-handoff leaves the moving part to its target."""
+    h = Harness()
+    session = session_on_s1(h)
+    pending = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.feed("s1", handoff(session))
+    h.lose("s1")
+    assert h.client.route(session, "auth").state is RouteState.HANDING_OFF
+    # Only the part that stayed on s1 is located; the request is kept for the target.
+    assert h.client.route(session, "cart").state is RouteState.LOCATING
+    assert h.take(MapRequest) == [MapRequest(map_version=5)]
+    h.welcome("s2")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [r.request_id for r in h.take(Request, "s2")] == [pending]
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED]
+    assert len(h.of(HandoffFollowed)) == 1
+
+
+def test_handoff_deadline_is_capped_by_config() -> None:
+    """A HANDOFF asking for a huge deadline is held to handoff_deadline_ms_max."""
+    h = Harness(handoff_deadline_ms_max=200, resume_timeout_ms=10_000)
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, deadline_ms=3_600_000))
+    h.advance(ms=200)
+    assert len(h.of(HandoffAbandoned)) == 1
+
+
+def test_handoff_moving_several_parts_resumes_them_together() -> None:
+    """One HANDOFF for two parts sends one RESUME naming both and switches both."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth", "cart"), targets=("s3",)))
+    h.welcome("s3")
+    assert [r.parts for r in h.take(Resume, "s3")] == [("auth", "cart")]
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth", "cart"), map_version=6))
+    assert h.client.route(session, "auth").primary == "s3"
+    assert h.client.route(session, "cart").primary == "s3"
+
+
+def test_resume_ok_leaving_a_part_out_relocates_that_part() -> None:
+    """A RESUME_OK that grants only some parts switches those; the others are located."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth", "cart"), targets=("s3",)))
+    h.welcome("s3")
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert h.client.route(session, "auth").state is RouteState.ACTIVE
+    assert h.client.route(session, "cart").state is RouteState.LOCATING
