@@ -37,6 +37,7 @@ from forehand.wire._enums import (
     ResumeRejectReason,
     StreamType,
     is_greased,
+    is_greased_version,
 )
 from forehand.wire._frames import (
     CloseSession,
@@ -126,4 +127,5 @@ __all__ = [
     "Welcome",
     "WireConfig",
     "is_greased",
+    "is_greased_version",
 ]

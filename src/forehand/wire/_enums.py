@@ -23,12 +23,24 @@ __all__ = [
     "ResumeRejectReason",
     "StreamType",
     "is_greased",
+    "is_greased_version",
 ]
 
 GREASE_STEP = 0x1F
 """Greased values are `GREASE_STEP * n + GREASE_OFFSET`, as in HTTP/3 (RFC 9114 s.7.2.8)."""
 GREASE_OFFSET = 0x21
 """See GREASE_STEP."""
+
+
+GREASED_VERSION_MASK = 0x0F0F0F0F
+"""A HELLO version `v` is greased when `v & GREASED_VERSION_MASK == GREASED_VERSION_PATTERN`."""
+GREASED_VERSION_PATTERN = 0x0A0A0A0A
+"""See GREASED_VERSION_MASK; servers ignore such versions, like QUIC's reserved versions."""
+
+
+def is_greased_version(version: int) -> bool:
+    """Whether a HELLO version is a greased one that no server ever selects."""
+    return version & GREASED_VERSION_MASK == GREASED_VERSION_PATTERN
 
 
 def is_greased(value: int) -> bool:
@@ -98,10 +110,10 @@ class ReasonCode(IntEnum):
 
 _REASON_CODES = {int(code): code for code in ReasonCode}
 
-REASON_CODES_STANDARD = range(0x00, 0x40)
+REASON_CODES_STANDARD = range(0x0000, 0x0040)
 """Reason codes assigned by this specification; unassigned ones are reserved."""
-REASON_CODES_PRIVATE = range(0x3F00, 0x4000)
-"""Reason codes for private use."""
+REASON_CODES_PRIVATE = range(0xFF00, 0x1_0000)
+"""Reason codes for private use (reason codes are 16-bit fields)."""
 
 
 class ErrorCode(IntEnum):
