@@ -25,6 +25,20 @@ def version() -> None:
     typer.echo(forehand.__version__)
 
 
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def sim(context: typer.Context) -> None:
+    """Run simulation campaigns (the options of `python -m forehand.sim`; see `--help`)."""
+    from forehand.sim._cli import main as sim_main
+
+    raise typer.Exit(sim_main(context.args, prog="forehand sim"))
+
+
 def main() -> None:
     """Console entry point."""
     app()

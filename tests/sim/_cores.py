@@ -462,3 +462,94 @@ class LogClientCore(_Outputs):
 
     def store_result(self, result: object, *, now_us: int) -> None:
         raise AssertionError("clients use no store")
+
+
+# -- sessions against an echo server, for workloads -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EchoRequest:
+    session_id: str
+    part: str
+    operation: str
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EchoResponse:
+    session_id: str
+    part: str
+    request_id: int
+
+
+class EchoServerCore(_Outputs):
+    """Answers every request at once."""
+
+    def __init__(self, node_id: NodeId) -> None:
+        super().__init__(node_id)
+        self.operations: list[str] = []
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        if isinstance(message, EchoRequest):
+            self.operations.append(message.operation)
+            self.send(
+                source,
+                EchoResponse(
+                    session_id=message.session_id, part=message.part, request_id=message.request_id
+                ),
+            )
+
+    def handle_timer(self, *, now_us: int) -> None:
+        raise AssertionError("echo servers set no timer")
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        raise AssertionError("echo servers use no store")
+
+
+class SessionClientCore(_Outputs):
+    """Holds sessions and sends their requests to one server, reporting every response."""
+
+    def __init__(self, node_id: NodeId, *, server: NodeId) -> None:
+        super().__init__(node_id)
+        self._server = server
+        self._next_request_id = 0
+        self._sequences: dict[tuple[str, str], int] = {}
+        self._issued: dict[int, int] = {}
+        self.sessions: list[str] = []
+
+    def open_session(self, session_id: str) -> None:
+        self.sessions.append(session_id)
+        self.events.append(SessionOpened(client=self.node_id, session_id=session_id))
+
+    def request(self, session_id: str, part: str, operation: str) -> int:
+        self._next_request_id += 1
+        request_id = self._next_request_id
+        key = (session_id, part)
+        self._sequences[key] = self._sequences.get(key, 0) + 1
+        self._issued[request_id] = self._sequences[key]
+        self.send(
+            self._server,
+            EchoRequest(
+                session_id=session_id, part=part, operation=operation, request_id=request_id
+            ),
+        )
+        return request_id
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        if isinstance(message, EchoResponse):
+            self.events.append(
+                ClientResponseObserved(
+                    client=self.node_id,
+                    part_key=(message.session_id, message.part),
+                    request_id=message.request_id,
+                    issue_sequence=self._issued.pop(message.request_id),
+                    map_version=1,
+                    log_index=None,
+                )
+            )
+
+    def handle_timer(self, *, now_us: int) -> None:
+        raise AssertionError("session clients set no timer")
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        raise AssertionError("session clients use no store")

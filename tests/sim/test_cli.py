@@ -56,3 +56,26 @@ def test_listing_and_unknown_scenarios() -> None:
     assert _run(*IMPORT).returncode == 2
     unknown = _run(*IMPORT, "--scenario", "nope")
     assert unknown.returncode == 2 and "no scenario named 'nope'" in unknown.stdout
+
+
+def test_forehand_sim_subcommand_runs_the_same_command() -> None:
+    """`forehand sim` accepts the same options and gives the same exit code and output."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from forehand.cli import main; main()",
+            "sim",
+            *IMPORT,
+            "--scenario",
+            "broken-map",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPOSITORY,
+    )
+    assert completed.returncode == 1
+    assert "SEED=1" in completed.stdout.splitlines()

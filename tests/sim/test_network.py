@@ -299,3 +299,17 @@ def test_randomized_links_and_processes_are_valid_and_seeded() -> None:
         assert ProcessModel.randomized(random.Random(seed)) == ProcessModel.randomized(
             random.Random(seed)
         )
+
+
+def test_each_direction_of_a_stalled_connection_resumes_on_its_own() -> None:
+    """When only one direction's cut heals, that direction flows again, in order."""
+    sim = recorder_sim("a", "b", connection_timeout_us=1_000_000)
+    cut_a = sim.start_partition(["a"], ["b"], direction=PartitionDirection.A_TO_B)
+    sim.start_partition(["a"], ["b"], direction=PartitionDirection.B_TO_A)
+    send_at(sim, "a", "b", [1, 2], at_us=20_000)
+    send_at(sim, "b", "a", [9], at_us=20_000)
+    sim.call_at(100_000, lambda: sim.end_partition(cut_a), label="heal a->b")
+    sim.run(until_us=500_000)
+    assert recorder(sim, "b").notes() == [1, 2]
+    assert all(item.now_us > 100_000 for item in recorder(sim, "b").messages())
+    assert recorder(sim, "a").notes() == []

@@ -2,7 +2,8 @@
 
 One root seed drives a whole simulated cluster: the network (delay, jitter, loss, duplication,
 reordering, bandwidth, partitions, degradation ramps, connection resets), the processes (CPU
-capacity and load ramps, pauses, crashes, restarts), and the faults. Invariant checkers judge
+capacity and load ramps, pauses, crashes, restarts), the faults, and the workload (sessions with
+several parts, a request mix, think times). Invariant checkers judge
 every observation; liveness is judged at the end; the trace digest proves the same seed replays
 the same run. `python -m forehand.sim --scenario NAME --seeds N` runs a campaign.
 """
@@ -71,6 +72,13 @@ from forehand.sim._simulator import (
     Translator,
     pass_observations,
 )
+from forehand.sim._workload import (
+    Workload,
+    WorkloadAdapter,
+    WorkloadConfig,
+    WorkloadRequest,
+    WorkloadSession,
+)
 
 __all__ = [
     "BUILTIN_SCENARIO_MODULES",
@@ -114,6 +122,11 @@ __all__ = [
     "StoreExecutor",
     "Transport",
     "Translator",
+    "Workload",
+    "WorkloadAdapter",
+    "WorkloadConfig",
+    "WorkloadRequest",
+    "WorkloadSession",
     "WriteLost",
     "default_checkers",
     "default_connection_lost",

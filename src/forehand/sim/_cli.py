@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 from collections.abc import Sequence
 
 from rich.console import Console
@@ -54,8 +56,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m forehand.s
     """Parse `argv`, run what it asks, and return the exit code."""
     arguments = _parser(prog).parse_args(argv)
     console = Console()
-    for module in (*BUILTIN_SCENARIO_MODULES, *arguments.imports):
-        importlib.import_module(module)
+    try:
+        _import_scenarios(arguments.imports)
+    except ImportError as error:
+        _say(console, f"cannot import scenarios: {error}")
+        return EXIT_USAGE
     names = scenario_names()
     if not names:
         console.print(
@@ -83,6 +88,18 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m forehand.s
         return EXIT_USAGE
     campaign.print_summary(outcome)
     return EXIT_OK if outcome.ok else EXIT_FAILED
+
+
+def _import_scenarios(imports: Sequence[str]) -> None:
+    """Import the built-in scenario modules, then the requested ones from the current directory.
+
+    `python -m` puts the current directory on the path and the `forehand` script does not; doing
+    it here makes both commands import the same modules, so a replay line works with either.
+    """
+    if imports and "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in (*BUILTIN_SCENARIO_MODULES, *imports):
+        importlib.import_module(module)
 
 
 def _print_scenarios(console: Console, names: list[str]) -> None:

@@ -536,23 +536,38 @@ class Network:
     def _flush_stalled(self, now_us: int) -> None:
         """Resend, in order, what waited on stalled connections that are no longer cut."""
         for connection in list(self._stalled):
-            if not self._can_flush(connection):
+            # Each direction is its own ordered stream: one that can flow again resends its
+            # messages in order, while a direction that is still cut keeps waiting.
+            flowing = [
+                source
+                for source, target in (
+                    (connection.first, connection.second),
+                    (connection.second, connection.first),
+                )
+                if connection.stalled_from(source) and self._can_flow(source, target)
+            ]
+            if not flowing:
                 continue
-            del self._stalled[connection]
-            pending = connection.stalled
-            connection.stalled = deque()
-            connection.stalled_from_first = connection.stalled_from_second = 0
-            connection.stall_generation += 1
+            pending = [item for item in connection.stalled if item[0] in flowing]
+            kept = deque(item for item in connection.stalled if item[0] not in flowing)
+            connection.stalled = kept
+            for source in flowing:
+                if source == connection.first:
+                    connection.stalled_from_first = 0
+                else:
+                    connection.stalled_from_second = 0
+            if not kept:
+                del self._stalled[connection]
+                connection.stall_generation += 1
             self._count("connection-unstalled")
             for source, target, message in pending:
                 self.send(now_us, source, target, message)
 
-    def _can_flush(self, connection: Connection) -> bool:
-        for source, target, _ in connection.stalled:
-            node = self._nodes.get(target)
-            if self.blocked(source, target) or node is None or node.state is NodeState.CRASHED:
-                return False
-        return True
+    def _can_flow(self, source: NodeId, target: NodeId) -> bool:
+        node = self._nodes.get(target)
+        if node is None or node.state is NodeState.CRASHED:
+            return False
+        return not self.blocked(source, target)
 
     def connection_timed_out(self, connection: Connection, generation: int, now_us: int) -> None:
         """A stall timer fired: break the connection if it is still stalled since then."""
