@@ -153,6 +153,21 @@ def test_call_connects_on_demand_and_sends_after_welcome() -> None:
     assert h.client.connection_state("s1") is ConnectionState.READY
 
 
+def test_hello_presents_only_credentials_of_sessions_on_that_server() -> None:
+    """HELLO carries the credentials of the sessions with a part on that server, no others."""
+    h = Harness()
+    first = h.open(placement("auth", "s1"))
+    second = bytes([0x01, 0x8F] + [0x33] * 14)
+    h.open(placement("auth", "s2", "s1"), session_id=second, welcome_manager=False)
+    h.client.call(first, "auth", "x", b"", now_us=0)
+    h.client.call(second, "auth", "x", b"", now_us=0)
+    h.drain()
+    on_s1 = h.take(Hello, "s1")[0].credentials
+    on_s2 = h.take(Hello, "s2")[0].credentials
+    assert [c.session_id for c in on_s1] == [first, second]
+    assert [c.session_id for c in on_s2] == [second]
+
+
 def test_response_emits_response_received_with_latency_and_issue_order() -> None:
     """A RESPONSE becomes ResponseReceived with the part's issue sequence and latency."""
     h = Harness()

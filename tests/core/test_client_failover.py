@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -21,6 +22,16 @@ from forehand.core._client_map import (
 )
 from forehand.core._client_session import RouteState
 from forehand.errors import RemoteProtocolError
+from forehand.placement import (
+    MAP_ENCODING,
+    PartKey,
+    PlacementConfig,
+    ServerEntry,
+    ServerState,
+    ShardMap,
+    new_session_id,
+)
+from forehand.placement import Placement as MapPlacement
 from forehand.wire import (
     ErrorCode,
     GoAway,
@@ -240,7 +251,7 @@ def test_map_update_with_unknown_encoding_is_counted_not_applied() -> None:
     h = Harness()
     session_with_pending(h)
     h.feed(MANAGER, MapUpdate(map_version=9, base_version=0, encoding=0, body=b"\x00"))
-    assert [e.name for e in h.of(RarePathTaken)] == ["map-update-encoding-unknown"]
+    assert [e.name for e in h.of(RarePathTaken)] == ["map-update-unreadable"]
     assert h.client.map_version == 5
 
 
@@ -255,3 +266,91 @@ def test_client_placements_round_trip() -> None:
     """encode_client_placements and decode_client_placements are inverse."""
     entries = (SessionPlacement(session_id=bytes(16), placement=placement("auth", "s1", "s2")),)
     assert decode_client_placements(encode_client_placements(entries)).entries == entries
+
+
+def shard_map(session: bytes, primary: str, *replicas: str, version: int) -> ShardMap:
+    """A whole map with servers s1..s3 whose `auth` part of `session` is pinned as given."""
+    servers = [
+        ServerEntry(
+            server_id=f"s{i}",
+            address=f"10.0.0.{i}:7000",
+            zone="z",
+            weight=1.0,
+            state=ServerState.ACTIVE,
+        )
+        for i in (1, 2, 3)
+    ]
+    key = PartKey(session_id=session, part="auth")
+    return ShardMap.build(
+        config=PlacementConfig(),
+        version=version,
+        servers=servers,
+        parts=[key, PartKey(session_id=session, part="cart")],
+        overrides=[(key, MapPlacement(primary=primary, replicas=replicas))],
+    )
+
+
+def real_session(h: Harness) -> tuple[bytes, list[int]]:
+    session = new_session_id(now_ms=1_700_000_000_000, rng=random.Random(1))
+    h.open(placement("auth", "s1", "s2"), placement("cart", "s3"), session_id=session)
+    ids = [h.client.call(session, "auth", "a", b"", now_us=h.now_us)]
+    h.drain()
+    h.welcome("s1")
+    h.outbox.clear()
+    h.events.clear()
+    return session, ids
+
+
+def test_whole_shard_map_update_relocates_parts() -> None:
+    """A MAP_UPDATE carrying the whole shard map places the located part and names endpoints."""
+    h = Harness()
+    session, ids = real_session(h)
+    h.lose("s1")
+    whole = shard_map(session, "s2", "s3", version=8)
+    h.feed(
+        MANAGER,
+        MapUpdate(map_version=8, base_version=0, encoding=MAP_ENCODING, body=whole.encode()),
+    )
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary, route.backups, route.map_version) == (
+        RouteState.ACTIVE,
+        "s2",
+        ("s3",),
+        8,
+    )
+    endpoint = h.client.endpoint("s2")
+    assert endpoint is not None and (endpoint.host, endpoint.port) == ("10.0.0.2", 7000)
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == ids
+
+
+def test_shard_map_delta_applies_to_the_held_map_only() -> None:
+    """A shard-map delta is read when the client holds its base; otherwise it is skipped."""
+    h = Harness()
+    session, _ = real_session(h)
+    base = shard_map(session, "s1", "s2", version=8)
+    key = PartKey(session_id=session, part="auth")
+    delta = base.override_placement(key, MapPlacement(primary="s3", replicas=("s1",)))
+    update = MapUpdate(
+        map_version=9, base_version=8, encoding=MAP_ENCODING, body=ShardMap.encode_delta(delta)
+    )
+    h.feed(MANAGER, update)
+    assert [e.name for e in h.of(RarePathTaken)] == ["map-update-unreadable"]
+    h.feed(
+        MANAGER, MapUpdate(map_version=8, base_version=0, encoding=MAP_ENCODING, body=base.encode())
+    )
+    assert h.client.route(session, "auth").primary == "s1"
+    h.feed(MANAGER, update)
+    assert (h.client.route(session, "auth").primary, h.client.map_version) == ("s3", 9)
+
+
+def test_shard_map_update_with_wrong_version_is_the_senders_fault() -> None:
+    """A MAP_UPDATE whose map has another version than the frame says is refused."""
+    h = Harness()
+    session, _ = real_session(h)
+    whole = shard_map(session, "s2", version=8)
+    with pytest.raises(RemoteProtocolError):
+        h.feed(
+            MANAGER,
+            MapUpdate(map_version=9, base_version=0, encoding=MAP_ENCODING, body=whole.encode()),
+        )

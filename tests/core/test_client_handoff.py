@@ -13,6 +13,11 @@ from forehand.core._client_events import (
     MapVersionAdopted,
     ResponseReceived,
 )
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+)
 from forehand.core._client_session import RouteState
 from forehand.wire import (
     Handoff,
@@ -21,6 +26,7 @@ from forehand.wire import (
     HandoffStatus,
     Hello,
     MapRequest,
+    MapUpdate,
     ReasonCode,
     Request,
     Response,
@@ -212,13 +218,27 @@ def test_replayed_handoff_after_completion_is_ignored() -> None:
     assert h.client.route(session, "auth").primary == "s2"
 
 
-def test_handoff_to_unknown_target_is_ignored() -> None:
-    """A HANDOFF naming a server outside the placements the client knows is ignored."""
+def test_handoff_to_unknown_target_is_ignored_and_the_manager_asked() -> None:
+    """A HANDOFF to a server the client never heard of is ignored; the manager's map decides."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, targets=("s2", "mallory")))
+    h.feed("s1", handoff(session, targets=("s2", "s4")))
     assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.UNKNOWN_TARGET]
-    assert h.take(Hello) == []
+    assert h.take(Hello) == [] and h.take(HandoffStatus) == []
+    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.client.route(session, "auth").state is RouteState.ACTIVE
+    entries = (SessionPlacement(session_id=session, placement=placement("auth", "s4", "s1")),)
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=6,
+            base_version=5,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(entries),
+        ),
+    )
+    assert h.client.route(session, "auth").primary == "s4"
+    assert h.client.route(session, "cart").primary == "s1"
 
 
 def test_handoff_for_unknown_session_or_part_is_ignored() -> None:

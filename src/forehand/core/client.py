@@ -56,6 +56,7 @@ from forehand.core._driver import (
 )
 from forehand.core._pool import ConnectionPool, ConnectionState, ConnectionTrigger, PathStats
 from forehand.errors import LocalProtocolError, RemoteProtocolError
+from forehand.placement import ShardMap
 from forehand.wire import (
     DEFAULT_CONFIG,
     PROTOCOL_VERSION,
@@ -234,6 +235,7 @@ class ClientCore:
         self._map_sent_us: int | None = None
         self._map_retry_us: int | None = None
         self._map_rounds = 0
+        self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
         self._next_request_id = rng.randrange(1, 1 << _REQUEST_ID_START_BITS)
         self._map_version = 0
@@ -610,14 +612,17 @@ class ClientCore:
         return connection
 
     def _credentials_for(self, server: NodeId) -> tuple[Credential, ...]:
-        """Credentials for HELLO: sessions with a part on `server` first, then the others."""
-        here: list[Credential] = []
-        elsewhere: list[Credential] = []
-        for session in self._sessions.values():
-            credential = Credential(session_id=session.session_id, credential=session.credential)
-            uses = any(server in r.servers() for r in session.parts.values())
-            (here if uses else elsewhere).append(credential)
-        return tuple((here + elsewhere)[: self._config.hello_credentials_max])
+        """Credentials for HELLO: the sessions with a part on `server` (primary or backup).
+
+        Other sessions' credentials stay out: a server refuses a HELLO whose credentials do not
+        all open, so presenting more only widens what one expired credential could break.
+        """
+        credentials = [
+            Credential(session_id=session.session_id, credential=session.credential)
+            for session in self._sessions.values()
+            if any(server in route.servers() for route in session.parts.values())
+        ]
+        return tuple(credentials[: self._config.hello_credentials_max])
 
     def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
         """The transport is up; HELLO (already sent or queued by the driver) does the rest."""
@@ -1033,17 +1038,17 @@ class ClientCore:
         if connection is None or not connection.authenticated:
             self._rare("map-update-unauthenticated")
             return
-        view = placement_view(frame)
+        view = placement_view(frame, self._shard_map)
         if source == self._config.manager_node_id:
             self._map_sent_us = None
         if view is None:
-            self._rare("map-update-encoding-unknown")
+            self._rare("map-update-unreadable")
         else:
+            if view.shard_map is not None and view.map_version > self._shard_map_version():
+                self._shard_map = view.shard_map
             self._adopt_map_version(frame.map_version)
-            for placement in view.placements():
-                self._remember(placement.primary)
-                for replica in placement.replicas:
-                    self._remember(replica)
+            for endpoint in view.endpoints():
+                self._remember(endpoint)
             for session in list(self._sessions.values()):
                 for route in session.parts.values():
                     self._apply_placement(session, route, view, now_us)
@@ -1051,6 +1056,9 @@ class ClientCore:
             self._map_rounds = 0
         elif self._map_sent_us is None and self._map_retry_us is None:
             self._unresolved_round(now_us)
+
+    def _shard_map_version(self) -> int:
+        return -1 if self._shard_map is None else self._shard_map.version
 
     def _apply_placement(
         self, session: Session, route: PartRoute, view: PlacementView, now_us: int
@@ -1129,8 +1137,20 @@ class ClientCore:
                     why=why,
                 )
             )
+            if why is HandoffIgnoredWhy.UNKNOWN_TARGET:
+                # Do not trust the server's word for a member the client has never heard of, but
+                # ask the manager: if the parts did move there, its answer moves them.
+                self._refresh_map(self._sessions[frame.session_id], frame.parts, now_us)
             return
         self._accept_handoff(frame, source, now_us)
+
+    def _refresh_map(self, session: Session, parts: tuple[str, ...], now_us: int) -> None:
+        """Ask the manager for placements once (no retries: nothing waits on the answer)."""
+        if self._map_sent_us is not None:
+            return
+        version = min(session.parts[part].map_version for part in parts)
+        self._map_sent_us = now_us
+        self._send(self._config.manager_node_id, MapRequest(map_version=version), now_us)
 
     def _handoff_refusal(self, frame: Handoff, source: NodeId) -> HandoffIgnoredWhy | None:
         """Why a HANDOFF must be ignored, or None to follow it (records its sequence)."""
