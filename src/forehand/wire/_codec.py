@@ -597,4 +597,11 @@ def decode_frame(data: bytes, *, config: WireConfig = DEFAULT_CONFIG) -> Frame:
         )
     if start + size != len(data):
         raise malformed(f"frame length {size} does not match the {len(data) - start} bytes given")
-    return decode_body(frame_type, data, start, config)
+    decode = _DECODERS.get(frame_type)
+    if decode is None:
+        return decode_body(frame_type, data, start, config)  # raises UNKNOWN_FRAME_TYPE
+    # decode_body's work, inlined: this is the hot path of every single-frame decode.
+    try:
+        return decode(data, start, config)
+    except (IndexError, ValueError, struct.error) as error:
+        raise malformed(f"malformed {FrameType(frame_type).name} frame: {error}") from None
