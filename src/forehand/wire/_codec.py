@@ -23,11 +23,9 @@ from forehand.wire._config import (
 from forehand.wire._enums import (
     ErrorCode,
     FrameType,
-    HandoffFlag,
     HandoffState,
     PathMetric,
     ReasonCode,
-    ResponseStatus,
     ResumeRejectReason,
 )
 from forehand.wire._frames import (
@@ -70,9 +68,6 @@ from forehand.wire._primitives import encode_varint, malformed, pull_varint
 
 __all__ = ["decode_body", "decode_frame", "encode_frame"]
 
-_REASON_CODES = {int(code): code for code in ReasonCode}
-_STATUSES = {int(status): status for status in ResponseStatus}
-_COMMON_FLAGS = {int(flags): HandoffFlag(flags) for flags in range(8)}
 _METRIC_FIELDS: dict[int, str] = {
     PathMetric.RTT_US: "rtt_us",
     PathMetric.JITTER_US: "jitter_us",
