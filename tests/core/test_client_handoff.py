@@ -11,6 +11,7 @@ from forehand.core._client_events import (
     HandoffIgnoredWhy,
     HandoffStarted,
     MapVersionAdopted,
+    RarePathTaken,
     ResponseReceived,
 )
 from forehand.core._client_map import (
@@ -27,6 +28,7 @@ from forehand.wire import (
     Hello,
     MapRequest,
     MapUpdate,
+    Placement,
     ReasonCode,
     Request,
     Response,
@@ -378,3 +380,51 @@ def test_resume_ok_leaving_a_part_out_relocates_that_part() -> None:
     h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
     assert h.client.route(session, "auth").state is RouteState.ACTIVE
     assert h.client.route(session, "cart").state is RouteState.LOCATING
+
+
+def client_placements(session: bytes, *placements: Placement, map_version: int) -> MapUpdate:
+    entries = tuple(SessionPlacement(session_id=session, placement=p) for p in placements)
+    return MapUpdate(
+        map_version=map_version,
+        base_version=0,
+        encoding=CLIENT_PLACEMENTS_ENCODING,
+        body=encode_client_placements(entries),
+    )
+
+
+def test_newer_map_naming_another_server_overtakes_the_handoff() -> None:
+    """A newer map placing a moving part elsewhere wins: DECLINED to the source, re-send there."""
+    h = Harness()
+    session = session_on_s1(h)
+    pending = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.feed("s1", handoff(session, parts=("auth", "cart"), targets=("s2",)))
+    h.welcome("s2")
+    h.outbox.clear()
+    h.feed(
+        MANAGER,
+        client_placements(session, placement("auth", "s3", "s1"), map_version=7),
+    )
+    assert [s.state for s in h.take(HandoffStatus, "s1")] == [HandoffState.DECLINED]
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary, route.map_version) == (RouteState.ACTIVE, "s3", 7)
+    # The other part of the cancelled RESUME asks the manager where it lives.
+    assert h.client.route(session, "cart").state is RouteState.LOCATING
+    h.welcome("s3")
+    assert [r.request_id for r in h.take(Request, "s3")] == [pending]
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth", "cart"), map_version=6))
+    assert [e.name for e in h.of(RarePathTaken)] == ["late-resume-ok"]
+    assert h.client.route(session, "auth").primary == "s3"
+
+
+def test_newer_map_naming_the_target_lets_the_handoff_finish() -> None:
+    """A newer map that confirms the target leaves the handoff running to RESUME_OK."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session))
+    h.feed(MANAGER, client_placements(session, placement("auth", "s2", "s1"), map_version=7))
+    assert h.client.route(session, "auth").state is RouteState.HANDING_OFF
+    h.welcome("s2")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=7))
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary) == (RouteState.ACTIVE, "s2")
+    assert len(h.of(HandoffFollowed)) == 1

@@ -95,7 +95,7 @@ def test_route_adopt_never_goes_back_and_drops_primary_from_backups() -> None:
 
 def test_pool_bound_and_queue_bound() -> None:
     """The pool refuses connections past connections_max; a connection queues at most its bound."""
-    pool = ConnectionPool(connections_max=2, queue_frames_max=2, rtt_samples_max=4)
+    pool = ConnectionPool(connections_max=2, queue_frames_max=2, rtt_samples_max=4, paths_max=2)
     first = pool.open("s1", now_us=0)
     assert first is not None and first.state is ConnectionState.CONNECTING
     assert pool.open("s2", now_us=0) is not None
@@ -105,6 +105,9 @@ def test_pool_bound_and_queue_bound() -> None:
     assert closed is first and closed.state is ConnectionState.CLOSED
     assert pool.get("s1") is None
     assert pool.open("s3", now_us=0) is not None
+    for server in ("s1", "s2", "s3"):
+        pool.path(server).add(1)
+    assert list(pool.paths()) == ["s2", "s3"]
 
 
 def test_path_stats_smooth_rtt_like_rfc_6298() -> None:

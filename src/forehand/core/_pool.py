@@ -171,10 +171,16 @@ class ConnectionPool:
     """Connections by peer node, bounded by `connections_max`, plus per-server path statistics."""
 
     def __init__(
-        self, *, connections_max: int, queue_frames_max: int, rtt_samples_max: int
+        self,
+        *,
+        connections_max: int,
+        queue_frames_max: int,
+        rtt_samples_max: int,
+        paths_max: int,
     ) -> None:
         self._connections: dict[NodeId, Connection] = {}
         self._paths: dict[NodeId, PathStats] = {}
+        self._paths_max = paths_max
         self._connections_max = connections_max
         self._queue_frames_max = queue_frames_max
         self._rtt_samples_max = rtt_samples_max
@@ -208,16 +214,14 @@ class ConnectionPool:
         return connection
 
     def path(self, server: NodeId) -> PathStats:
-        """The path statistics of `server`, created on first use (bounded by known servers)."""
+        """The path statistics of `server`, created on first use; the oldest go past `paths_max`."""
         stats = self._paths.get(server)
         if stats is None:
+            while len(self._paths) >= self._paths_max:
+                del self._paths[next(iter(self._paths))]
             stats = self._paths[server] = PathStats(samples_max=self._rtt_samples_max)
         return stats
 
     def paths(self) -> dict[NodeId, PathStats]:
         """Every server's path statistics, by server id."""
         return dict(self._paths)
-
-    def forget_path(self, server: NodeId) -> None:
-        """Drop a server's statistics (it left the known membership)."""
-        self._paths.pop(server, None)

@@ -45,7 +45,12 @@ from forehand.core._client_events import (
     SessionResumed,
     SessionResumeRejected,
 )
-from forehand.core._client_map import PlacementView, Unchanged, placement_view
+from forehand.core._client_map import (
+    PlacementView,
+    Unchanged,
+    endpoint_from_address,
+    placement_view,
+)
 from forehand.core._client_session import InFlight, PartRoute, RouteState, RouteTrigger, Session
 from forehand.core._driver import (
     ConnectionCloseRequested,
@@ -225,6 +230,7 @@ class ClientCore:
             connections_max=config.connections_max,
             queue_frames_max=config.connection_queue_frames_max,
             rtt_samples_max=config.rtt_samples_max,
+            paths_max=config.known_servers_max,
         )
         self._sessions: dict[bytes, Session] = {}
         self._inflight: dict[int, InFlight] = {}
@@ -515,7 +521,7 @@ class ClientCore:
         return route
 
     def _endpoint_or_bare(self, server: NodeId) -> Endpoint:
-        return self._endpoints.get(server) or Endpoint(server_id=server, host="", port=0)
+        return self._endpoints.get(server) or endpoint_from_address(server, "")
 
     def _check_inflight_room(self) -> None:
         if self.inflight_count >= self._config.inflight_requests_max:
@@ -683,7 +689,7 @@ class ClientCore:
             if route.primary == peer:
                 self._lose_part(session, route, RouteTrigger.SERVER_LOST, now_us)
             else:
-                self._flush(session, route, now_us)
+                self._flush(session, route, now_us, moved=False)
 
     def _on_goaway(self, frame: GoAway, source: NodeId, now_us: int) -> None:
         connection = self._pool.get(source)
@@ -817,13 +823,17 @@ class ClientCore:
             entry.attempts += 1
             entry.retry_at_us = None
 
-    def _flush(self, session: Session, route: PartRoute, now_us: int) -> int:
-        """Send, in call order, every request of an ACTIVE part not yet sent to its primary."""
+    def _flush(self, session: Session, route: PartRoute, now_us: int, *, moved: bool) -> int:
+        """Send, in call order, every request of an ACTIVE part not yet sent to its primary.
+
+        Requests waiting out a TRY_AGAIN backoff keep waiting, unless the part `moved` to another
+        server: the backoff was about the old one.
+        """
         sent = 0
         for entry in list(route.inflight.values()):
             if route.state is not RouteState.ACTIVE:
                 break
-            if entry.server != route.primary:
+            if entry.server != route.primary and (moved or entry.retry_at_us is None):
                 self._dispatch(session, route, entry, now_us)
                 sent += 1
         return sent
@@ -939,7 +949,8 @@ class ClientCore:
         if route.state is not RouteState.ACTIVE:
             entry.server = None
             return
-        if frame.map_version > route.map_version:
+        moved = frame.map_version > route.map_version
+        if moved:
             if not frame.targets or not all(t.server_id in self._endpoints for t in frame.targets):
                 # A target the client cannot vouch for: ask the manager instead.
                 self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
@@ -968,7 +979,7 @@ class ClientCore:
         for other in route.inflight.values():
             if other.server == source:
                 other.server = None
-        self._flush(session, route, now_us)
+        self._flush(session, route, now_us, moved=moved)
 
     # Relocation after a loss without HANDOFF.
 
@@ -1064,13 +1075,15 @@ class ClientCore:
         self, session: Session, route: PartRoute, view: PlacementView, now_us: int
     ) -> None:
         """Adopt what a MAP_UPDATE says about one part, if it is news."""
-        if view.map_version < route.map_version or route.state is RouteState.CLOSED:
+        if route.state is RouteState.CLOSED or view.map_version < route.map_version:
             return
         found = view.lookup(session.session_id, route.name, known_since=route.map_version)
         if found is None:
             return
-        primary, backups = (route.primary, route.backups) if isinstance(found, Unchanged) else found
         if route.state is RouteState.LOCATING:
+            primary, backups = (
+                (route.primary, route.backups) if isinstance(found, Unchanged) else found
+            )
             self._relocate(
                 session,
                 route,
@@ -1080,17 +1093,40 @@ class ClientCore:
                 now_us=now_us,
             )
             return
-        if primary == route.primary or view.map_version == route.map_version:
-            route.map_version = view.map_version
+        if view.map_version == route.map_version:
             return
         if route.state is not RouteState.ACTIVE:
-            # A newer map overtook a handoff or resume in flight: the map wins.
-            self._cancel_resumptions(session.session_id, route.name)
+            self._overtake_resumption(session, route, found, view.map_version, now_us)
+            return
+        primary, backups = (route.primary, route.backups) if isinstance(found, Unchanged) else found
+        moved = primary != route.primary
         route.adopt(primary=primary, backups=backups, map_version=view.map_version)
+        if moved:
+            route.fire(RouteTrigger.PLACEMENT_RECEIVED)
+            self._flush(session, route, now_us, moved=True)
+
+    def _overtake_resumption(
+        self,
+        session: Session,
+        route: PartRoute,
+        found: tuple[NodeId, tuple[NodeId, ...]] | Unchanged,
+        map_version: int,
+        now_us: int,
+    ) -> None:
+        """A newer map names another server than the resume in flight: the map wins."""
+        targets = {
+            key[1]
+            for key, resumption in self._resumptions.items()
+            if key[0] == session.session_id and route.name in resumption.parts
+        }
+        # While a part resumes, its route still names the old server but the version of the
+        # move: UNCHANGED (or the target itself) confirms the move, so the resume goes on.
+        if isinstance(found, Unchanged) or found[0] in targets:
+            return
+        self._cancel_resumptions(session, route.name, now_us)
+        route.adopt(primary=found[0], backups=found[1], map_version=map_version)
         route.fire(RouteTrigger.PLACEMENT_RECEIVED)
-        for entry in route.inflight.values():
-            entry.server = None
-        self._flush(session, route, now_us)
+        self._flush(session, route, now_us, moved=True)
 
     def _relocate(
         self,
@@ -1120,7 +1156,7 @@ class ClientCore:
                 duration_us=now_us - route.lost_us,
             )
         )
-        self._flush(session, route, now_us)
+        self._flush(session, route, now_us, moved=True)
 
     # HANDOFF.
 
@@ -1276,10 +1312,7 @@ class ClientCore:
     def _abandon(self, resumption: _Resumption, detail: str, detail_code: int, now_us: int) -> None:
         """No target took the parts: tell the source, then ask the manager (reactive path)."""
         session = self._sessions[resumption.session_id]
-        is_handoff = resumption.kind is _ResumeKind.HANDOFF
-        trigger = RouteTrigger.TARGETS_EXHAUSTED if is_handoff else RouteTrigger.RESUME_REJECTED
-        expected = RouteState.HANDING_OFF if is_handoff else RouteState.RESUMING
-        if is_handoff:
+        if resumption.kind is _ResumeKind.HANDOFF:
             self._handoff_status(resumption, HandoffState.FAILED, detail_code)
             self._emit(
                 HandoffAbandoned(
@@ -1299,15 +1332,19 @@ class ClientCore:
                     reason=ResumeRejectReason.from_wire(detail_code),
                 )
             )
-        for part in resumption.parts:
+        self._locate_parts(session, resumption, resumption.parts, now_us)
+
+    def _locate_parts(
+        self, session: Session, resumption: _Resumption, parts: tuple[str, ...], now_us: int
+    ) -> None:
+        """Parts a resumption no longer covers fall back to the reactive path."""
+        is_handoff = resumption.kind is _ResumeKind.HANDOFF
+        trigger = RouteTrigger.TARGETS_EXHAUSTED if is_handoff else RouteTrigger.RESUME_REJECTED
+        expected = RouteState.HANDING_OFF if is_handoff else RouteState.RESUMING
+        for part in parts:
             route = session.parts[part]
             if route.state is expected:
-                route.fire(trigger)
-                route.lost_us = now_us
-                for entry in route.inflight.values():
-                    entry.server = None
-                route.locate_attempts += 1
-                self._start_locating(session, route, now_us)
+                self._lose_part(session, route, trigger, now_us)
 
     def _handoff_status(self, resumption: _Resumption, state: HandoffState, detail: int) -> None:
         """Tell the source how its HANDOFF went, if its connection is still up."""
@@ -1322,12 +1359,15 @@ class ClientCore:
         )
         self._outbox.append(Outbound(destination=resumption.source, message=status))
 
-    def _cancel_resumptions(self, session_id: bytes, part: str) -> None:
+    def _cancel_resumptions(self, session: Session, part: str, now_us: int) -> None:
+        """Stop resuming `part`; the other parts of the same RESUME ask the manager instead."""
         for key, resumption in list(self._resumptions.items()):
-            if key[0] == session_id and part in resumption.parts:
+            if key[0] == session.session_id and part in resumption.parts:
                 del self._resumptions[key]
                 if resumption.kind is _ResumeKind.HANDOFF:
                     self._handoff_status(resumption, HandoffState.DECLINED, 0)
+                others = tuple(p for p in resumption.parts if p != part)
+                self._locate_parts(session, resumption, others, now_us)
 
     def _check_resumptions(self, now_us: int) -> None:
         for resumption in list(self._resumptions.values()):
@@ -1419,4 +1459,4 @@ class ClientCore:
             route.map_version = map_version
         route.fire(RouteTrigger.RESUME_OK)
         route.locate_attempts = 0
-        return self._flush(session, route, now_us)
+        return self._flush(session, route, now_us, moved=True)
