@@ -153,6 +153,7 @@ PART_TRANSITIONS: Mapping[tuple[PartState, PartTrigger], PartState] = {
     (_S.HANDING_OFF, _T.REMOVED): _S.DROPPED,
     (_S.BACKUP, _T.HANDOFF_TARGETED): _S.RECEIVING,
     (_S.BACKUP, _T.DEMOTED): _S.REPLICA,
+    (_S.BACKUP, _T.REINSTATED): _S.PRIMARY,
     (_S.BACKUP, _T.REMOVED): _S.DROPPED,
     (_S.ABORTING, _T.REINSTATED): _S.PRIMARY,
     (_S.ABORTING, _T.DEMOTED): _S.REPLICA,
@@ -431,4 +432,9 @@ class Part:
         except Exception as error:
             return int(ResponseStatus.APP_ERROR), type(error).__name__.encode()
         self.data = outcome.state
-        return int(outcome.status), outcome.result
+        try:
+            status = int(ResponseStatus(outcome.status))
+        except ValueError:
+            # Only registered statuses can go on the wire; an unknown one is an application bug.
+            return int(ResponseStatus.APP_ERROR), b"unknown response status"
+        return status, outcome.result

@@ -127,6 +127,15 @@ class Replication:
         """The lowest sequence every replica acknowledged (what the primary may trim through)."""
         return min((stream.acked_seq or 0 for stream in self.streams.values()), default=0)
 
+    def idle(self, last_seq: int) -> bool:
+        """Whether every stream acknowledged `last_seq` (and its seal) with nothing in flight."""
+        return all(
+            stream.acked_seq == last_seq
+            and not stream.inflight
+            and (stream.seal_seq is None or stream.seal_acked)
+            for stream in self.streams.values()
+        )
+
     def on_ack(self, part: Part, ack: LogAcknowledged, *, source: NodeId) -> AckOutcome:
         """Account for a replica's acknowledgement of `part`'s log."""
         stream = self.streams.get(source)

@@ -72,6 +72,10 @@ class ServerConfig:
     """Most out-of-order map deltas held while the missing versions are requested."""
     handoff_ids_remembered_max: int = 1024
     """Most finished handoff ids remembered, so a duplicate `HandoffAssigned` is ignored."""
+    frame_bytes_max: int = 1 << 20
+    """Largest frame body this server accepts, announced in WELCOME (the runtime enforces it)."""
+    idle_timeout_ms: int = 30_000
+    """Idle time after which the runtime closes a client connection, announced in WELCOME."""
 
     def __post_init__(self) -> None:
         if not self.server_id:
@@ -141,5 +145,7 @@ _POSITIVE_FIELDS = (
     "map_request_retry_ms",
     "map_deltas_buffered_max",
     "handoff_ids_remembered_max",
+    "frame_bytes_max",
+    "idle_timeout_ms",
 )
 """Fields that must be at least 1 (the others may be 0, which disables what they bound)."""

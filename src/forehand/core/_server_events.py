@@ -1,0 +1,400 @@
+"""Events a `ServerCore` emits through `next_event()`: what happened, for operators and checkers.
+
+The simulator maps these onto its observations (`forehand.sim.observations`): a write's position
+is `(map_version, log_index)`, where `map_version` is the epoch the entry was executed under and
+`log_index` its sequence number in the part's log.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from forehand.core._driver import NodeId
+from forehand.core._handoff import HandoffSide
+from forehand.core._part import Durability, PartState, PartTrigger
+from forehand.core.messages import PartRef
+
+__all__ = [
+    "ClientHandedOff",
+    "HandoffStepCompleted",
+    "HandoffStepMissed",
+    "InstallCause",
+    "LogEntryApplied",
+    "MapVersionAdopted",
+    "PartFenced",
+    "PartRoleChanged",
+    "PrimaryAcceptedWrite",
+    "PrimaryInstalled",
+    "ProtocolViolationDetected",
+    "RarePathTaken",
+    "ReplicaDivergenceDetected",
+    "RequestExecuted",
+    "RequestForwardedOut",
+    "RequestRedirected",
+    "RequestRefused",
+    "ResumeAccepted",
+    "ResumeRejected",
+    "ServerEvent",
+    "SnapshotInstalled",
+    "StaleEpochRefused",
+    "WriteAcknowledged",
+]
+
+
+class InstallCause(enum.Enum):
+    """Why this server became a part's primary."""
+
+    INITIAL = "initial"
+    """The part's first placement."""
+    HANDOFF = "handoff"
+    """A planned move: the source's sealed log is applied, nothing is missing."""
+    FAILOVER = "failover"
+    """A fenced replica promoted after its primary was declared dead."""
+    REINSTATED = "reinstated"
+    """A handoff source took its part back when the map reverted an aborted handoff."""
+
+
+class ServerEvent:
+    """Base class of every server event."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestExecuted(ServerEvent):
+    """The primary ran a request through the part's handler."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    request_id: int
+    """The client's request id."""
+    map_version: int
+    """The part's epoch the request ran under."""
+    log_index: int | None
+    """Its sequence number in the part's log; None for a read-only operation, never logged."""
+    status: int
+    """The handler's response status."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryAcceptedWrite(ServerEvent):
+    """This server, believing itself primary at `map_version`, appended a write to the log."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    map_version: int
+    """The part's epoch: at most one server may accept writes for a part per epoch."""
+    log_index: int
+    """The entry's sequence number."""
+    request_id: int
+    """The client's request id."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteAcknowledged(ServerEvent):
+    """A response to a logged write left this server (to the client, or to the forwarder)."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    request_id: int
+    """The client's request id."""
+    durability: Durability
+    """The part's durability; for `replicated` a replica had acknowledged `log_index`."""
+    map_version: int
+    """The epoch the entry was executed under."""
+    log_index: int
+    """The entry's sequence number."""
+    client: NodeId
+    """The client the answer is for."""
+    from_dedup: bool
+    """True when a retry was answered from the dedup table instead of executing again."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrimaryInstalled(ServerEvent):
+    """This server became a part's primary."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    map_version: int
+    """The epoch it is primary at."""
+    log_index: int
+    """The last sequence number it holds."""
+    cause: InstallCause
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartRoleChanged(ServerEvent):
+    """A part's state machine took a transition on this server."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    previous: PartState
+    """The state before."""
+    state: PartState
+    """The state after."""
+    trigger: PartTrigger
+    """What caused it."""
+    epoch: int
+    """The part's epoch after the transition."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MapVersionAdopted(ServerEvent):
+    """This server now works with shard-map `map_version` (it never goes back)."""
+
+    node: NodeId
+    """This server."""
+    map_version: int
+    """The adopted version."""
+    previous_version: int
+    """The version held before."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogEntryApplied(ServerEvent):
+    """A replica (or handoff target) applied one log entry by re-running the handler."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    log_index: int
+    """The entry's sequence number."""
+    map_version: int
+    """The epoch the primary executed it under."""
+    request_id: int
+    """The client's request id."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotInstalled(ServerEvent):
+    """A replica replaced its copy of a part with a snapshot."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    log_index: int
+    """The sequence number the snapshot is at."""
+    source: NodeId
+    """The primary that sent it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaDivergenceDetected(ServerEvent):
+    """A replica's copy disagrees with its primary's log."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    log_index: int
+    """Where the disagreement is."""
+    detail: str
+    """`result` (re-execution answered differently: a non-deterministic handler) or `history`
+    (the logs differ, after a failover that lost entries; the copy is reset)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StaleEpochRefused(ServerEvent):
+    """A request or log shipment from an older epoch than the part's was fenced off."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    peer: NodeId
+    """Who sent it."""
+    kind: str
+    """`request`, `log` or `snapshot`."""
+    message_version: int
+    """The map version or epoch the message carried."""
+    part_epoch: int
+    """The part's epoch (or fence) here."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartFenced(ServerEvent):
+    """A part stops accepting entries (and writes) from epochs below `fence_version`."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    fence_version: int
+    """The new fence."""
+    cause: str
+    """`failover_prepared` or `replica_fenced` (a replica told this primary it moved on)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRedirected(ServerEvent):
+    """A request was answered with REDIRECT."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    request_id: int
+    """The client's request id."""
+    client: NodeId
+    """The client."""
+    map_version: int
+    """The version the REDIRECT names."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestForwardedOut(ServerEvent):
+    """A handoff source (or backup) forwarded a request to the part's new primary."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    request_id: int
+    """The client's request id."""
+    target: NodeId
+    """Where it went."""
+    hops: int
+    """Its hop count after this forward."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestRefused(ServerEvent):
+    """A request was answered with an error status without running."""
+
+    node: NodeId
+    """This server."""
+    session_id: bytes
+    """The session."""
+    part: str
+    """The part name."""
+    request_id: int
+    """The client's request id."""
+    client: NodeId
+    """The client (or the forwarding server)."""
+    status: int
+    """The status sent: NOT_FOUND, TRY_AGAIN, OVERLOADED, ..."""
+    detail: str
+    """Why, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffStepCompleted(ServerEvent):
+    """This server finished one step of a handoff."""
+
+    node: NodeId
+    """This server."""
+    handoff_id: int
+    """The handoff."""
+    side: HandoffSide
+    """Source or target."""
+    step: int
+    """DESIGN.md numbering: 3 (sealed log delivered or applied), 4 (clients told), 5 (backup)."""
+    refs: tuple[PartRef, ...]
+    """The parts."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffStepMissed(ServerEvent):
+    """A handoff ended without completing: its deadline passed or a newer map superseded it."""
+
+    node: NodeId
+    """This server."""
+    handoff_id: int
+    """The handoff."""
+    side: HandoffSide
+    """Source or target."""
+    refs: tuple[PartRef, ...]
+    """The parts."""
+    detail: str
+    """What was missed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientHandedOff(ServerEvent):
+    """A HANDOFF frame went to a client (handoff step 4)."""
+
+    node: NodeId
+    """This server."""
+    client: NodeId
+    """The client."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts moving."""
+    target: NodeId
+    """Where they go."""
+    map_version: int
+    """The map version placing them there."""
+    sequence: int
+    """The HANDOFF frame's sequence number."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeAccepted(ServerEvent):
+    """A client resumed parts of a session here and is attached to it."""
+
+    node: NodeId
+    """This server."""
+    client: NodeId
+    """The client."""
+    session_id: bytes
+    """The session."""
+    parts: tuple[str, ...]
+    """The parts resumed."""
+    map_version: int
+    """The map version they are served under."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeRejected(ServerEvent):
+    """A RESUME was refused."""
+
+    node: NodeId
+    """This server."""
+    client: NodeId
+    """The client."""
+    session_id: bytes
+    """The session it named."""
+    reason: int
+    """A `ResumeRejectReason` value."""
+    detail: str
+    """Why, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolViolationDetected(ServerEvent):
+    """A peer broke the protocol: it got an ERROR frame and its connection is being closed."""
+
+    node: NodeId
+    """This server."""
+    peer: NodeId
+    """The offender."""
+    error_code: int
+    """The `ErrorCode` sent."""
+    reason: str
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RarePathTaken(ServerEvent):
+    """The server went down a rare path; the simulator counts them to show coverage."""
+
+    node: NodeId
+    """This server."""
+    name: str
+    """A stable name, such as `forward-hops-exceeded` or `map-gap`."""

@@ -1,0 +1,1785 @@
+"""`ServerCore`: hosts parts as primary or replica, sans-IO.
+
+The core executes the requests of each part one at a time, in arrival order, through the part's
+deterministic handler; appends each write to the part's log; answers (at once for `async` parts,
+after a replica's acknowledgement for `replicated` ones); ships the log to the replicas in batches;
+answers retries from the dedup table; fences stale map versions; and runs the server's side of the
+handoff procedure (steps 3 to 5 as source, catching up as target) and of failover (fencing on
+`FailoverPrepared`, promotion when the map names a fenced replica primary).
+
+Inputs: `receive_message` (frames from clients, cluster messages from servers and the manager,
+`ConnectionOpened`/`ConnectionLost` from the driver), `handle_timer` and the command
+`report_load`. Outputs: `messages_to_send`, `next_event`, `timer_us` (no store requests: servers
+keep no durable state of their own). A peer that breaks the protocol gets an `Error` frame followed
+by a `ConnectionCloseRequested` for its connection; nothing a peer sends raises out of the core.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from forehand.core._driver import (
+    ConnectionCloseRequested,
+    ConnectionLost,
+    ConnectionOpened,
+    NodeId,
+    Outbound,
+)
+from forehand.core._handoff import (
+    STEP_OF_TRIGGER,
+    HandoffPhase,
+    HandoffRun,
+    HandoffSide,
+    HandoffTrigger,
+    Notification,
+)
+from forehand.core._part import Durability, Part, PartSpec, PartState, PartTrigger
+from forehand.core._replication import Replication
+from forehand.core._server_config import ServerConfig
+from forehand.core._server_events import (
+    ClientHandedOff,
+    HandoffStepCompleted,
+    HandoffStepMissed,
+    InstallCause,
+    LogEntryApplied,
+    MapVersionAdopted,
+    PartFenced,
+    PartRoleChanged,
+    PrimaryAcceptedWrite,
+    PrimaryInstalled,
+    ProtocolViolationDetected,
+    RarePathTaken,
+    ReplicaDivergenceDetected,
+    RequestExecuted,
+    RequestForwardedOut,
+    RequestRedirected,
+    RequestRefused,
+    ResumeAccepted,
+    ResumeRejected,
+    ServerEvent,
+    SnapshotInstalled,
+    StaleEpochRefused,
+    WriteAcknowledged,
+)
+from forehand.core._server_map import ServerMap, decode_published, endpoint_for
+from forehand.core.messages import (
+    FailoverPrepared,
+    HandoffAborted,
+    HandoffAssigned,
+    HandoffCompleted,
+    HeartbeatReported,
+    LoadReport,
+    LogAcknowledged,
+    LogEntry,
+    LogShipped,
+    MapPublished,
+    MapRequested,
+    PartProgress,
+    PartRef,
+    PositionsReported,
+    RequestForwarded,
+    ResponseForwarded,
+    ServerAnnounced,
+    SnapshotShipped,
+    decode_cluster_message,
+)
+from forehand.core.tokens import ReplayCache, TokenError, TokenSealer
+from forehand.errors import RemoteProtocolError
+from forehand.wire import (
+    PROTOCOL_VERSION,
+    CloseSession,
+    ClusterMessage,
+    Endpoint,
+    Error,
+    ErrorCode,
+    Handoff,
+    HandoffFlag,
+    HandoffStatus,
+    Hello,
+    MapRequest,
+    Ping,
+    Pong,
+    ReasonCode,
+    Redirect,
+    Request,
+    Response,
+    ResponseStatus,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+    Welcome,
+)
+
+__all__ = ["ServerCore"]
+
+_NO_LOAD = LoadReport(
+    cpu_utilization=0.0, queue_depth=0, latency_us_p99=0, error_ratio=0.0, requests_per_second=0.0
+)
+_SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
+"""States in which a part's log is shipped from here."""
+_SOURCE_STATES = (PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING)
+"""States that step down when a newer epoch's primary shows up."""
+_SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
+"""States in which a client may resume a part here."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Inbound:
+    """A request to run, as it reached this server: straight from a client or forwarded."""
+
+    request_id: int
+    session_id: bytes
+    part: str
+    op: str
+    payload: bytes
+    map_version: int
+    hops: int
+    client: NodeId
+    reply_to: NodeId
+    forwarded: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Forward:
+    """A request this server forwarded and owes an answer for."""
+
+    ref: PartRef
+    target: NodeId
+    reply_to: NodeId
+    forwarded: bool
+    sent_us: int
+
+
+class ServerCore:
+    """The server's sans-IO state machine (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        config: ServerConfig,
+        parts: Mapping[str, PartSpec],
+        sealer: TokenSealer,
+        rng: random.Random,
+    ) -> None:
+        self._config = config
+        self._specs = dict(parts)
+        self._sealer = sealer
+        self._rng = rng
+        self._outbox: list[Outbound] = []
+        self._events: deque[ServerEvent] = deque()
+        self._parts: dict[PartRef, Part] = {}
+        self._shippers: dict[PartRef, Replication] = {}
+        self._shipping: dict[PartRef, None] = {}
+        self._replication_due_us: int | None = None
+        self._held: dict[PartRef, deque[tuple[int, _Inbound, bool]]] = {}
+        self._queues: dict[PartRef, deque[_Inbound]] = {}
+        self._forwards: dict[tuple[NodeId, bytes, int], _Forward] = {}
+        self._runs: dict[int, HandoffRun] = {}
+        self._run_of: dict[PartRef, int] = {}
+        self._next_run_key = 1
+        self._notified: dict[int, set[tuple[NodeId, bytes]]] = {}
+        self._handoffs_seen: OrderedDict[tuple[HandoffSide, int], None] = OrderedDict()
+        self._attached: dict[bytes, OrderedDict[NodeId, None]] = {}
+        self._client_sessions: dict[NodeId, set[bytes]] = {}
+        self._session_parts: dict[bytes, dict[str, None]] = {}
+        self._map: ServerMap | None = None
+        self._map_deltas: dict[int, MapPublished] = {}
+        self._map_retry_us: int | None = None
+        self._load = _NO_LOAD
+        self._heartbeat_sequence = 0
+        self._heartbeat_due_us = 0
+        self._heartbeat_cursor = 0
+        self._handoff_sequence = 0
+        self._replay_cache = ReplayCache(entries_max=config.replay_cache_entries_max)
+        self._send(
+            config.manager_id,
+            ServerAnnounced(
+                server_id=config.server_id,
+                incarnation=config.incarnation,
+                address=config.address,
+                zone=config.zone,
+                weight=config.weight,
+            ),
+        )
+
+    # The driver shape.
+
+    @property
+    def node_id(self) -> NodeId:
+        """This server's id."""
+        return self._config.server_id
+
+    @property
+    def map_version(self) -> int:
+        """The newest shard-map version adopted (0 before the first map)."""
+        return 0 if self._map is None else self._map.version
+
+    def part(self, ref: PartRef) -> Part | None:
+        """The part held for `ref`, for inspection (tests, admin API); do not mutate it."""
+        return self._parts.get(ref)
+
+    def parts(self) -> list[Part]:
+        """Every part held, in the order they were created here."""
+        return list(self._parts.values())
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        """Feed one message from `source`; a protocol violation closes only that peer."""
+        handler = _DISPATCH.get(type(message))
+        try:
+            if handler is None:
+                raise RemoteProtocolError(
+                    f"unexpected {type(message).__name__} at a server",
+                    error_code=ErrorCode.FRAME_UNEXPECTED,
+                )
+            handler(self, message, source, now_us)
+        except RemoteProtocolError as error:
+            self._violation(source, error.error_code, str(error))
+
+    def handle_timer(self, *, now_us: int) -> None:
+        """Run whatever is due: heartbeat, replication round, handoff steps, retries."""
+        if now_us >= self._heartbeat_due_us:
+            self._heartbeat(now_us)
+        if self._replication_due_us is not None and now_us >= self._replication_due_us:
+            self._replication_round(now_us)
+        for key in list(self._runs):
+            run = self._runs.get(key)
+            due = None if run is None else run.next_due_us()
+            if run is not None and due is not None and now_us >= due:
+                self._run_due(key, run, now_us)
+        if self._map_retry_us is not None and now_us >= self._map_retry_us:
+            self._request_map(now_us)
+        self._expire_forwards(now_us)
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        """Servers emit no store requests, so a store result is a driver bug."""
+        raise AssertionError(f"ServerCore got a store result it never asked for: {result!r}")
+
+    def messages_to_send(self) -> list[Outbound]:
+        """Drain the messages produced so far, in order."""
+        out, self._outbox = self._outbox, []
+        return out
+
+    def store_requests(self) -> list[object]:
+        """Servers keep no durable state of their own: always empty."""
+        return []
+
+    def next_event(self) -> ServerEvent | None:
+        """Pop the oldest event."""
+        return self._events.popleft() if self._events else None
+
+    def timer_us(self) -> int | None:
+        """The earliest time `handle_timer` has something to do."""
+        candidates = [self._heartbeat_due_us]
+        if self._replication_due_us is not None:
+            candidates.append(self._replication_due_us)
+        if self._map_retry_us is not None:
+            candidates.append(self._map_retry_us)
+        for run in self._runs.values():
+            due = run.next_due_us()
+            if due is not None:
+                candidates.append(due)
+        if self._forwards:
+            oldest = next(iter(self._forwards.values()))
+            candidates.append(oldest.sent_us + self._forward_timeout_us)
+        return min(candidates)
+
+    # Commands.
+
+    def report_load(self, load: LoadReport) -> None:
+        """The runtime's (or simulator's) latest sample of this server's load, for heartbeats."""
+        self._load = load
+
+    # Plumbing.
+
+    @property
+    def _me(self) -> str:
+        return self._config.server_id
+
+    @property
+    def _forward_timeout_us(self) -> int:
+        return (self._config.handoff_deadline_ms + self._config.backup_period_ms) * 1000
+
+    def _send(self, destination: NodeId, message: object) -> None:
+        self._outbox.append(Outbound(destination=destination, message=message))
+
+    def _emit(self, event: ServerEvent) -> None:
+        self._events.append(event)
+
+    def _rare(self, name: str) -> None:
+        self._emit(RarePathTaken(node=self._me, name=name))
+
+    def _violation(self, peer: NodeId, code: int, reason: str) -> None:
+        error_code = ErrorCode.from_wire(code)
+        self._send(peer, Error(code=error_code, reason=reason))
+        self._send(peer, ConnectionCloseRequested(peer=peer, error_code=error_code, reason=reason))
+        self._emit(
+            ProtocolViolationDetected(
+                node=self._me, peer=peer, error_code=error_code, reason=reason
+            )
+        )
+
+    def _endpoint(self, server_id: str) -> Endpoint:
+        address = None if self._map is None else self._map.address(server_id)
+        if server_id == self._me and self._config.address:
+            address = self._config.address
+        return endpoint_for(server_id, address)
+
+    def _transition(self, part: Part, trigger: PartTrigger) -> None:
+        previous = part.transition(trigger)
+        self._emit(
+            PartRoleChanged(
+                node=self._me,
+                ref=part.ref,
+                previous=previous,
+                state=part.state,
+                trigger=trigger,
+                epoch=part.epoch,
+            )
+        )
+
+    # Requests.
+
+    def _on_request(self, message: Request, source: NodeId, now_us: int) -> None:
+        inbound = _Inbound(
+            request_id=message.request_id,
+            session_id=message.session_id,
+            part=message.part,
+            op=message.op,
+            payload=message.payload,
+            map_version=message.map_version,
+            hops=0,
+            client=source,
+            reply_to=source,
+            forwarded=False,
+        )
+        part = self._parts.get(PartRef(session_id=message.session_id, part=message.part))
+        if part is None:
+            self._not_here(inbound)
+            return
+        self._attach(source, message.session_id)
+        self._route(part, inbound, now_us)
+
+    def _on_request_forwarded(self, message: RequestForwarded, source: NodeId, now_us: int) -> None:
+        inbound = _Inbound(
+            request_id=message.request_id,
+            session_id=message.session_id,
+            part=message.part,
+            op=message.op,
+            payload=message.payload,
+            map_version=message.map_version,
+            hops=message.hops,
+            client=message.client,
+            reply_to=source,
+            forwarded=True,
+        )
+        part = self._parts.get(PartRef(session_id=message.session_id, part=message.part))
+        if part is None:
+            self._not_here(inbound)
+            return
+        self._route(part, inbound, now_us)
+
+    def _route(self, part: Part, inbound: _Inbound, now_us: int) -> None:
+        state = part.state
+        if state is PartState.PRIMARY:
+            self._serve(part, inbound, now_us)
+        elif state in (PartState.HANDING_OFF, PartState.BACKUP):
+            if not self._answer_from_dedup(part, inbound):
+                self._forward(part, inbound, now_us)
+        elif state is PartState.RECEIVING:
+            if not self._answer_from_dedup(part, inbound):
+                self._enqueue(part, inbound)
+        elif state is PartState.ABORTING:
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "handoff aborted; awaiting the map")
+        else:
+            self._redirect_to_primary(part, inbound)
+
+    def _serve(self, part: Part, inbound: _Inbound, now_us: int) -> None:
+        if self._answer_from_dedup(part, inbound):
+            return
+        if not inbound.forwarded and inbound.map_version < part.epoch:
+            self._redirect(part.ref, inbound, map_version=part.epoch, primary=self._me)
+            return
+        if part.fenced:
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
+            return
+        if inbound.op in part.spec.read_ops:
+            status, result = part.read(op=inbound.op, payload=inbound.payload)
+            self._emit_executed(part, inbound.request_id, None, status)
+            self._reply(inbound, status, result, part.epoch)
+            return
+        replicated = part.spec.durability is Durability.REPLICATED
+        held = self._held.get(part.ref)
+        if replicated and held is not None and len(held) >= self._config.replicated_answers_max:
+            self._refuse(inbound, ResponseStatus.OVERLOADED, "too many answers await replicas")
+            return
+        entry = part.execute(request_id=inbound.request_id, op=inbound.op, payload=inbound.payload)
+        self._emit_executed(part, entry.request_id, entry.seq, entry.status)
+        self._emit(
+            PrimaryAcceptedWrite(
+                node=self._me,
+                ref=part.ref,
+                map_version=entry.epoch,
+                log_index=entry.seq,
+                request_id=entry.request_id,
+            )
+        )
+        self._answer_entry(part, entry, inbound, from_dedup=False)
+        self._mark_shipping(part.ref, now_us, urgent=replicated)
+
+    def _emit_executed(self, part: Part, request_id: int, seq: int | None, status: int) -> None:
+        self._emit(
+            RequestExecuted(
+                node=self._me,
+                ref=part.ref,
+                request_id=request_id,
+                map_version=part.epoch,
+                log_index=seq,
+                status=status,
+            )
+        )
+
+    def _answer_from_dedup(self, part: Part, inbound: _Inbound) -> bool:
+        entry = part.dedup.get(inbound.request_id)
+        if entry is None:
+            return False
+        self._answer_entry(part, entry, inbound, from_dedup=True)
+        return True
+
+    def _answer_entry(
+        self, part: Part, entry: LogEntry, inbound: _Inbound, *, from_dedup: bool
+    ) -> None:
+        if self._must_hold(part, entry.seq):
+            self._held.setdefault(part.ref, deque()).append((entry.seq, inbound, from_dedup))
+            return
+        self._acknowledge(part, entry, inbound, from_dedup=from_dedup)
+
+    def _must_hold(self, part: Part, seq: int) -> bool:
+        """Whether a `replicated` answer still waits for a replica to hold `seq`."""
+        if part.spec.durability is not Durability.REPLICATED or part.state not in _SHIPPING_STATES:
+            return False
+        shipper = self._shippers.get(part.ref)
+        return shipper is None or shipper.acked_max() < seq
+
+    def _acknowledge(
+        self, part: Part, entry: LogEntry, inbound: _Inbound, *, from_dedup: bool
+    ) -> None:
+        self._reply(inbound, entry.status, entry.result, entry.epoch)
+        self._emit(
+            WriteAcknowledged(
+                node=self._me,
+                ref=part.ref,
+                request_id=entry.request_id,
+                durability=part.spec.durability,
+                map_version=entry.epoch,
+                log_index=entry.seq,
+                client=inbound.client,
+                from_dedup=from_dedup,
+            )
+        )
+
+    def _release_held(self, part: Part) -> None:
+        held = self._held.get(part.ref)
+        while held and not self._must_hold(part, held[0][0]):
+            seq, inbound, from_dedup = held.popleft()
+            entry = part.log.get(seq) or part.dedup.get(inbound.request_id)
+            if entry is None or entry.seq != seq:
+                self._refuse(inbound, ResponseStatus.TRY_AGAIN, "entry no longer retained")
+                continue
+            self._acknowledge(part, entry, inbound, from_dedup=from_dedup)
+        if held is not None and not held:
+            del self._held[part.ref]
+
+    def _fail_held(self, ref: PartRef, detail: str) -> None:
+        """A part stops being primary here: its unanswered writes get TRY_AGAIN, so clients retry
+        at the new primary, which answers from its dedup table if the write survived."""
+        for _, inbound, _ in self._held.pop(ref, ()):
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, detail)
+
+    def _reply(self, inbound: _Inbound, status: int, payload: bytes, map_version: int) -> None:
+        if inbound.forwarded:
+            self._send(
+                inbound.reply_to,
+                ResponseForwarded(
+                    client=inbound.client,
+                    request_id=inbound.request_id,
+                    session_id=inbound.session_id,
+                    status=status,
+                    map_version=map_version,
+                    payload=payload,
+                ),
+            )
+            return
+        self._send(
+            inbound.client,
+            Response(
+                request_id=inbound.request_id,
+                session_id=inbound.session_id,
+                status=ResponseStatus(status),
+                map_version=map_version,
+                payload=payload,
+            ),
+        )
+
+    def _refuse(self, inbound: _Inbound, status: ResponseStatus, detail: str) -> None:
+        self._reply(inbound, status, detail.encode(), self.map_version)
+        self._emit(
+            RequestRefused(
+                node=self._me,
+                session_id=inbound.session_id,
+                part=inbound.part,
+                request_id=inbound.request_id,
+                client=inbound.client,
+                status=status,
+                detail=detail,
+            )
+        )
+
+    def _not_here(self, inbound: _Inbound) -> None:
+        ref = PartRef(session_id=inbound.session_id, part=inbound.part)
+        placement = None if self._map is None else self._map.placement(ref)
+        if placement is not None and placement.primary != self._me and not inbound.forwarded:
+            self._redirect(ref, inbound, map_version=self.map_version, primary=placement.primary)
+            return
+        status = ResponseStatus.TRY_AGAIN if placement is not None else ResponseStatus.NOT_FOUND
+        self._refuse(inbound, status, "part not held by this server")
+
+    def _redirect_to_primary(self, part: Part, inbound: _Inbound) -> None:
+        placement = None if self._map is None else self._map.placement(part.ref)
+        if inbound.forwarded or placement is None or placement.primary == self._me:
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "this server is not the primary")
+            return
+        version = max(self.map_version, part.epoch)
+        self._redirect(part.ref, inbound, map_version=version, primary=placement.primary)
+
+    def _redirect(self, ref: PartRef, inbound: _Inbound, *, map_version: int, primary: str) -> None:
+        self._send(
+            inbound.client,
+            Redirect(
+                request_id=inbound.request_id,
+                session_id=inbound.session_id,
+                part=inbound.part,
+                map_version=map_version,
+                targets=(self._endpoint(primary),),
+            ),
+        )
+        self._emit(
+            RequestRedirected(
+                node=self._me,
+                ref=ref,
+                request_id=inbound.request_id,
+                client=inbound.client,
+                map_version=map_version,
+            )
+        )
+
+    def _enqueue(self, part: Part, inbound: _Inbound) -> None:
+        queue = self._queues.setdefault(part.ref, deque())
+        if len(queue) >= self._config.receiving_queue_requests_max:
+            self._refuse(inbound, ResponseStatus.OVERLOADED, "handoff queue full")
+            return
+        queue.append(inbound)
+
+    def _drain_queue(self, part: Part, now_us: int) -> None:
+        queue = self._queues.pop(part.ref, None)
+        while queue:
+            self._route(part, queue.popleft(), now_us)
+
+    def _fail_queue(self, ref: PartRef, detail: str) -> None:
+        for inbound in self._queues.pop(ref, ()):
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, detail)
+
+    # Forwarding (handoff steps 3 and 5).
+
+    def _forward(self, part: Part, inbound: _Inbound, now_us: int) -> None:
+        key = self._run_of.get(part.ref, 0)
+        run = self._runs.get(key)
+        if run is None:
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "no handoff target known")
+            return
+        hops = inbound.hops + 1
+        if hops > self._config.forward_hops_max:
+            self._rare("forward-hops-exceeded")
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "forward_hops_max reached")
+            return
+        forward_key = (inbound.client, inbound.session_id, inbound.request_id)
+        forwards = self._forwards
+        if forward_key not in forwards and len(forwards) >= self._config.forwarded_requests_max:
+            self._refuse(inbound, ResponseStatus.OVERLOADED, "forwarded_requests_max reached")
+            return
+        forwards.pop(forward_key, None)
+        forwards[forward_key] = _Forward(
+            ref=part.ref,
+            target=run.peer,
+            reply_to=inbound.reply_to,
+            forwarded=inbound.forwarded,
+            sent_us=now_us,
+        )
+        self._send(
+            run.peer,
+            RequestForwarded(
+                client=inbound.client,
+                request_id=inbound.request_id,
+                session_id=inbound.session_id,
+                part=inbound.part,
+                op=inbound.op,
+                payload=inbound.payload,
+                map_version=max(self.map_version, run.map_version),
+                hops=hops,
+            ),
+        )
+        self._emit(
+            RequestForwardedOut(
+                node=self._me,
+                ref=part.ref,
+                request_id=inbound.request_id,
+                target=run.peer,
+                hops=hops,
+            )
+        )
+        if part.state is PartState.BACKUP and not inbound.forwarded:
+            self._notify_late_client(key, run, inbound.client, inbound.session_id, now_us)
+
+    def _on_response_forwarded(
+        self, message: ResponseForwarded, source: NodeId, now_us: int
+    ) -> None:
+        try:
+            status = ResponseStatus(message.status)
+        except ValueError:
+            raise RemoteProtocolError(
+                f"unknown response status {message.status}",
+                error_code=ErrorCode.FRAME_ENCODING_ERROR,
+            ) from None
+        forward = self._forwards.pop((message.client, message.session_id, message.request_id), None)
+        if forward is None or forward.target != source:
+            return
+        part = self._parts.get(forward.ref)
+        if part is not None and part.state is PartState.ABORTING:
+            # An aborted handoff may be reverted: an answer the target gave must not reach the
+            # client, or a write the revert discards would count as acknowledged.
+            self._rare("forwarded-answer-dropped-while-aborting")
+            return
+        inbound = _Inbound(
+            request_id=message.request_id,
+            session_id=message.session_id,
+            part=forward.ref.part,
+            op="",
+            payload=b"",
+            map_version=message.map_version,
+            hops=0,
+            client=message.client,
+            reply_to=forward.reply_to,
+            forwarded=forward.forwarded,
+        )
+        self._reply(inbound, status, message.payload, message.map_version)
+
+    def _expire_forwards(self, now_us: int) -> None:
+        horizon = now_us - self._forward_timeout_us
+        while self._forwards:
+            key, forward = next(iter(self._forwards.items()))
+            if forward.sent_us > horizon:
+                break
+            del self._forwards[key]
+
+    # Sessions and clients.
+
+    def _attach(self, client: NodeId, session_id: bytes) -> None:
+        clients = self._attached.setdefault(session_id, OrderedDict())
+        if client in clients:
+            clients.move_to_end(client)
+            return
+        clients[client] = None
+        self._client_sessions.setdefault(client, set()).add(session_id)
+        while len(clients) > self._config.session_clients_max:
+            evicted, _ = clients.popitem(last=False)
+            self._client_sessions.get(evicted, set()).discard(session_id)
+
+    def _detach_client(self, client: NodeId) -> None:
+        for session_id in self._client_sessions.pop(client, set()):
+            clients = self._attached.get(session_id)
+            if clients is not None:
+                clients.pop(client, None)
+                if not clients:
+                    del self._attached[session_id]
+
+    def _on_hello(self, message: Hello, source: NodeId, now_us: int) -> None:
+        if PROTOCOL_VERSION not in message.versions:
+            raise RemoteProtocolError(
+                f"no common protocol version in {message.versions}",
+                error_code=ErrorCode.VERSION_NEGOTIATION_FAILED,
+            )
+        for credential in message.credentials:
+            try:
+                claims = self._sealer.open_credential(credential.credential, now_us=now_us)
+            except TokenError as error:
+                raise RemoteProtocolError(
+                    f"session credential refused: {error}", error_code=ErrorCode.UNAUTHENTICATED
+                ) from error
+            if claims.session_id != credential.session_id:
+                raise RemoteProtocolError(
+                    "credential names another session", error_code=ErrorCode.UNAUTHENTICATED
+                )
+            if claims.session_id in self._session_parts:
+                self._attach(source, claims.session_id)
+        self._send(
+            source,
+            Welcome(
+                version=PROTOCOL_VERSION,
+                server_id=self._me,
+                map_version=self.map_version,
+                frame_bytes_max=self._config.frame_bytes_max,
+                idle_timeout_ms=self._config.idle_timeout_ms,
+            ),
+        )
+
+    def _on_ping(self, message: Ping, source: NodeId, now_us: int) -> None:
+        self._send(source, Pong(sequence=message.sequence, sent_us=message.sent_us))
+
+    def _on_close_session(self, message: CloseSession, source: NodeId, now_us: int) -> None:
+        clients = self._attached.get(message.session_id)
+        if clients is not None:
+            clients.pop(source, None)
+        self._client_sessions.get(source, set()).discard(message.session_id)
+
+    def _on_handoff_status(self, message: HandoffStatus, source: NodeId, now_us: int) -> None:
+        """Clients report how a HANDOFF went; the source has nothing to change either way."""
+
+    def _on_map_request(self, message: MapRequest, source: NodeId, now_us: int) -> None:
+        """Clients fetch maps from the manager; a server ignores the request without closing."""
+        self._rare("map-request-at-server")
+
+    def _on_error(self, message: Error, source: NodeId, now_us: int) -> None:
+        """The peer closes its connection; the driver will report `ConnectionLost`."""
+
+    def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
+        """Nothing to do: clients introduce themselves with HELLO, servers with their messages."""
+
+    def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
+        peer = message.peer
+        self._detach_client(peer)
+        for ref, shipper in self._shippers.items():
+            stream = shipper.streams.get(peer)
+            if stream is not None:
+                stream.restart()
+                self._mark_shipping(ref, now_us)
+        for key, forward in list(self._forwards.items()):
+            if forward.target == peer:
+                del self._forwards[key]
+                inbound = _Inbound(
+                    request_id=key[2],
+                    session_id=key[1],
+                    part=forward.ref.part,
+                    op="",
+                    payload=b"",
+                    map_version=0,
+                    hops=0,
+                    client=key[0],
+                    reply_to=forward.reply_to,
+                    forwarded=forward.forwarded,
+                )
+                self._refuse(inbound, ResponseStatus.TRY_AGAIN, "handoff target unreachable")
+            elif forward.reply_to == peer:
+                del self._forwards[key]
+
+    def _on_cluster_frame(self, message: ClusterMessage, source: NodeId, now_us: int) -> None:
+        inner = decode_cluster_message(message.body)
+        self.receive_message(inner, source=source, now_us=now_us)
+
+    # Resume (the target's half of handoff step 4, and resumption after failover).
+
+    def _on_resume(self, message: Resume, source: NodeId, now_us: int) -> None:
+        try:
+            claims = self._sealer.open(message.token, now_us=now_us)
+        except TokenError as error:
+            self._reject_resume(message, source, error.reject_reason, str(error))
+            return
+        names = message.parts or claims.parts
+        problem = self._resume_problem(message, claims.session_id, claims.target_server, names)
+        if problem is None and not set(names) <= set(claims.parts):
+            problem = (ResumeRejectReason.WRONG_PART, "token does not cover every part")
+        if problem is None:
+            problem = self._resume_staleness(message, claims.map_version, names)
+        if problem is not None:
+            self._reject_resume(message, source, problem[0], problem[1])
+            return
+        try:
+            self._replay_cache.admit(claims, now_us=now_us)
+        except TokenError as error:
+            self._reject_resume(message, source, error.reject_reason, str(error))
+            return
+        self._attach(source, message.session_id)
+        version = max(
+            [self.map_version]
+            + [
+                self._parts[PartRef(session_id=message.session_id, part=name)].epoch
+                for name in names
+            ]
+        )
+        self._send(
+            source,
+            ResumeOk(session_id=message.session_id, parts=tuple(names), map_version=version),
+        )
+        self._emit(
+            ResumeAccepted(
+                node=self._me,
+                client=source,
+                session_id=message.session_id,
+                parts=tuple(names),
+                map_version=version,
+            )
+        )
+
+    def _resume_problem(
+        self, message: Resume, session_id: bytes, target: str, names: Iterable[str]
+    ) -> tuple[ResumeRejectReason, str] | None:
+        if session_id != message.session_id:
+            return ResumeRejectReason.TOKEN_INVALID, "token names another session"
+        if target and target != self._me:
+            return ResumeRejectReason.WRONG_SERVER, f"token is for {target}"
+        if message.session_id not in self._session_parts:
+            return ResumeRejectReason.SESSION_UNKNOWN, "no part of the session is held here"
+        for name in names:
+            part = self._parts.get(PartRef(session_id=message.session_id, part=name))
+            if part is None or part.state not in _SERVING_STATES:
+                return ResumeRejectReason.WRONG_PART, f"part {name!r} is not served here"
+        return None
+
+    def _resume_staleness(
+        self, message: Resume, token_version: int, names: Iterable[str]
+    ) -> tuple[ResumeRejectReason, str] | None:
+        known = max(message.map_version, token_version)
+        for name in names:
+            part = self._parts[PartRef(session_id=message.session_id, part=name)]
+            if known < part.epoch:
+                return (
+                    ResumeRejectReason.SHARD_MAP_STALE,
+                    f"part {name!r} moved at map version {part.epoch}, after {known}",
+                )
+        return None
+
+    def _reject_resume(
+        self, message: Resume, source: NodeId, reason: ResumeRejectReason, detail: str
+    ) -> None:
+        self._send(
+            source, ResumeReject(session_id=message.session_id, reason=reason, message=detail)
+        )
+        self._emit(
+            ResumeRejected(
+                node=self._me,
+                client=source,
+                session_id=message.session_id,
+                reason=reason,
+                detail=detail,
+            )
+        )
+
+    # Replication: the primary side.
+
+    def _mark_shipping(self, ref: PartRef, now_us: int, *, urgent: bool = False) -> None:
+        if ref not in self._shippers:
+            return
+        self._shipping[ref] = None
+        if urgent:
+            self._ship(ref, now_us)
+        if self._replication_due_us is None:
+            self._replication_due_us = now_us + self._config.replication_interval_ms * 1000
+
+    def _ship(self, ref: PartRef, now_us: int) -> None:
+        part = self._parts.get(ref)
+        shipper = self._shippers.get(ref)
+        if part is None or shipper is None:
+            self._shipping.pop(ref, None)
+            return
+        for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us):
+            self._send(node, message)
+        if shipper.idle(part.log.last_seq):
+            self._shipping.pop(ref, None)
+
+    def _replication_round(self, now_us: int) -> None:
+        for ref in list(self._shipping):
+            self._ship(ref, now_us)
+        self._replication_due_us = (
+            now_us + self._config.replication_interval_ms * 1000 if self._shipping else None
+        )
+
+    def _start_shipping(self, part: Part, now_us: int) -> None:
+        """Become the shipper of `part` towards the replicas the map names."""
+        shipper = self._shippers.get(part.ref)
+        if shipper is None:
+            shipper = self._shippers[part.ref] = Replication(
+                batch_entries_max=self._config.log_batch_entries_max,
+                inflight_batches_max=self._config.replication_inflight_batches_max,
+                retry_us=self._config.replication_retry_ms * 1000,
+            )
+        shipper.set_replicas(self._replicas_of(part.ref))
+        self._mark_shipping(part.ref, now_us)
+
+    def _stop_shipping(self, ref: PartRef) -> None:
+        self._shippers.pop(ref, None)
+        self._shipping.pop(ref, None)
+
+    def _replicas_of(self, ref: PartRef) -> list[str]:
+        placement = None if self._map is None else self._map.placement(ref)
+        if placement is None:
+            return []
+        return [node for node in placement.replicas if node != self._me]
+
+    def _on_log_acknowledged(self, message: LogAcknowledged, source: NodeId, now_us: int) -> None:
+        part = self._parts.get(message.ref)
+        shipper = self._shippers.get(message.ref)
+        if part is None or shipper is None:
+            return
+        if message.epoch > part.epoch:
+            self._fence(part, message.epoch, cause="replica_fenced")
+            self._request_map(now_us)
+            return
+        outcome = shipper.on_ack(part, message, source=source)
+        if not outcome.known:
+            return
+        if outcome.diverged:
+            self._rare("replica-history-diverged")
+        if outcome.sealed:
+            self._seal_acknowledged(part, now_us)
+        self._release_held(part)
+        if part.state is PartState.PRIMARY:
+            part.log.trim_through(shipper.acked_min())
+        self._mark_shipping(part.ref, now_us)
+
+    def _fence(self, part: Part, version: int, *, cause: str) -> None:
+        if version <= part.fence_version:
+            return
+        part.fence_version = version
+        self._emit(PartFenced(node=self._me, ref=part.ref, fence_version=version, cause=cause))
+
+    # Replication: the replica side.
+
+    def _on_log_shipped(self, message: LogShipped, source: NodeId, now_us: int) -> None:
+        for index, entry in enumerate(message.entries):
+            if entry.seq != message.prev_seq + 1 + index:
+                raise RemoteProtocolError(
+                    f"LogShipped entries are not contiguous after {message.prev_seq}"
+                )
+        part = self._part_for_shipment(message.ref, message.epoch)
+        if part is None or not self._admit_shipment(part, message.epoch, source, "log", now_us):
+            return
+        if part.state is PartState.PRIMARY:
+            self._shipment_to_primary(part, message, source)
+            return
+        complete = self._apply_entries(part, message)
+        sealed = complete and message.sealed
+        if sealed and part.state in (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP):
+            self._take_over(part, message.epoch, source, now_us)
+        else:
+            sealed = False
+        self._send_ack(part, source, sealed=sealed)
+
+    def _on_snapshot_shipped(self, message: SnapshotShipped, source: NodeId, now_us: int) -> None:
+        part = self._part_for_shipment(message.ref, message.epoch)
+        if part is None or not self._admit_shipment(
+            part, message.epoch, source, "snapshot", now_us
+        ):
+            return
+        if part.state is PartState.PRIMARY:
+            self._rare("snapshot-to-primary-refused")
+            return
+        part.install_snapshot(
+            seq=message.seq, seq_epoch=message.seq_epoch, state=message.state, dedup=message.dedup
+        )
+        self._emit(
+            SnapshotInstalled(node=self._me, ref=part.ref, log_index=message.seq, source=source)
+        )
+        self._send_ack(part, source, sealed=False)
+
+    def _part_for_shipment(self, ref: PartRef, epoch: int) -> Part | None:
+        part = self._parts.get(ref)
+        if part is not None:
+            return part
+        # A primary ships only to servers its map names, so an unknown part is one this server's
+        # (older) map has not placed here yet: hold it as a replica.
+        part = self._create_part(ref, epoch=epoch)
+        if part is not None:
+            self._transition(part, PartTrigger.PLACED_AS_REPLICA)
+        return part
+
+    def _admit_shipment(
+        self, part: Part, epoch: int, source: NodeId, kind: str, now_us: int
+    ) -> bool:
+        floor = max(part.epoch, part.fence_version)
+        if epoch < floor:
+            self._emit(
+                StaleEpochRefused(
+                    node=self._me,
+                    ref=part.ref,
+                    peer=source,
+                    kind=kind,
+                    message_version=epoch,
+                    part_epoch=floor,
+                )
+            )
+            self._send(
+                source,
+                LogAcknowledged(
+                    ref=part.ref,
+                    epoch=floor,
+                    acked_seq=part.applied_seq,
+                    acked_epoch=part.log.last_epoch,
+                ),
+            )
+            return False
+        if epoch > part.epoch and part.state in _SOURCE_STATES:
+            self._rare("primary-stepped-down-for-newer-epoch")
+            self._step_down(part, now_us)
+        part.epoch = max(part.epoch, epoch)
+        return True
+
+    def _shipment_to_primary(self, part: Part, message: LogShipped, source: NodeId) -> None:
+        # The same epoch shipping to its own primary is either the handoff source resending a
+        # seal this server already applied (acknowledge again) or a second primary (refuse).
+        if message.sealed and part.applied_seq >= message.prev_seq + len(message.entries):
+            self._send_ack(part, source, sealed=True)
+            return
+        self._rare("same-epoch-primaries")
+
+    def _apply_entries(self, part: Part, message: LogShipped) -> bool:
+        """Apply what follows the replica's position; True when the batch is fully applied."""
+        if message.prev_seq > part.applied_seq:
+            return False
+        for entry in message.entries:
+            if entry.seq <= part.applied_seq:
+                known = part.log.epoch_at(entry.seq)
+                if known is not None and known != entry.epoch:
+                    self._emit(
+                        ReplicaDivergenceDetected(
+                            node=self._me, ref=part.ref, log_index=entry.seq, detail="history"
+                        )
+                    )
+                    part.reset()
+                    return False
+                continue
+            outcome = part.replay(entry)
+            self._emit(
+                LogEntryApplied(
+                    node=self._me,
+                    ref=part.ref,
+                    log_index=entry.seq,
+                    map_version=entry.epoch,
+                    request_id=entry.request_id,
+                )
+            )
+            if outcome.diverged:
+                self._emit(
+                    ReplicaDivergenceDetected(
+                        node=self._me, ref=part.ref, log_index=entry.seq, detail="result"
+                    )
+                )
+        return part.applied_seq >= message.prev_seq + len(message.entries)
+
+    def _send_ack(self, part: Part, destination: NodeId, *, sealed: bool) -> None:
+        self._send(
+            destination,
+            LogAcknowledged(
+                ref=part.ref,
+                epoch=part.epoch,
+                acked_seq=part.applied_seq,
+                acked_epoch=part.log.last_epoch,
+                sealed=sealed,
+            ),
+        )
+
+    # Roles.
+
+    def _create_part(self, ref: PartRef, *, epoch: int) -> Part | None:
+        spec = self._specs.get(ref.part)
+        if spec is None:
+            self._rare("unknown-part-name")
+            return None
+        if len(self._parts) >= self._config.parts_max:
+            self._rare("parts-max-reached")
+            return None
+        part = Part(
+            ref=ref,
+            spec=spec,
+            epoch=epoch,
+            log_entries_max=self._config.log_entries_max,
+            dedup_entries_max=self._config.dedup_entries_max,
+        )
+        self._parts[ref] = part
+        self._session_parts.setdefault(ref.session_id, {})[ref.part] = None
+        return part
+
+    def _drop(self, part: Part) -> None:
+        self._transition(part, PartTrigger.REMOVED)
+        ref = part.ref
+        self._stop_shipping(ref)
+        self._fail_held(ref, "part left this server")
+        self._fail_queue(ref, "part left this server")
+        del self._parts[ref]
+        names = self._session_parts.get(ref.session_id)
+        if names is not None:
+            names.pop(ref.part, None)
+            if not names:
+                del self._session_parts[ref.session_id]
+                for client in self._attached.pop(ref.session_id, OrderedDict()):
+                    self._client_sessions.get(client, set()).discard(ref.session_id)
+
+    def _install_primary(self, part: Part, cause: InstallCause, now_us: int) -> None:
+        self._emit(
+            PrimaryInstalled(
+                node=self._me,
+                ref=part.ref,
+                map_version=part.epoch,
+                log_index=part.applied_seq,
+                cause=cause,
+            )
+        )
+        self._start_shipping(part, now_us)
+        self._drain_queue(part, now_us)
+
+    def _take_over(self, part: Part, epoch: int, source: NodeId, now_us: int) -> None:
+        """The handoff source's sealed log is applied: this server is the primary at `epoch`."""
+        if part.state is not PartState.RECEIVING:
+            self._transition(part, PartTrigger.HANDOFF_TARGETED)
+        part.epoch = max(part.epoch, epoch)
+        self._transition(part, PartTrigger.SEALED_LOG_RECEIVED)
+        self._install_primary(part, InstallCause.HANDOFF, now_us)
+        run = self._runs.get(self._run_of.get(part.ref, 0))
+        if run is not None and run.side is HandoffSide.TARGET:
+            run.waiting.discard(part.ref)
+            if not run.waiting:
+                self._finish_target(run, now_us)
+
+    def _step_down(self, part: Part, now_us: int) -> None:
+        """A newer epoch's primary exists: stop writing, become its replica."""
+        self._stop_shipping(part.ref)
+        self._fail_held(part.ref, "primary moved")
+        self._supersede_run_of(part.ref, now_us)
+        self._transition(part, PartTrigger.DEMOTED)
+
+    # Handoff: the source (steps 3 to 5).
+
+    def _on_handoff_assigned(self, message: HandoffAssigned, source: NodeId, now_us: int) -> None:
+        if message.source == self._me:
+            self._start_source(message, now_us)
+        elif message.target == self._me:
+            self._start_target(message, now_us)
+        else:
+            self._rare("handoff-assigned-to-others")
+
+    def _seen(self, side: HandoffSide, handoff_id: int) -> bool:
+        key = (side, handoff_id)
+        if key in self._handoffs_seen:
+            return True
+        self._handoffs_seen[key] = None
+        while len(self._handoffs_seen) > self._config.handoff_ids_remembered_max:
+            self._handoffs_seen.popitem(last=False)
+        return False
+
+    def _start_source(self, message: HandoffAssigned, now_us: int) -> None:
+        if self._seen(HandoffSide.SOURCE, message.handoff_id):
+            return
+        if self._adopt_implicit_run(message, now_us):
+            return
+        refs = tuple(
+            ref
+            for ref in message.parts
+            if (part := self._parts.get(ref)) is not None and part.state is PartState.PRIMARY
+        )
+        active = sum(1 for run in self._runs.values() if run.side is HandoffSide.SOURCE)
+        detail = ""
+        if not refs:
+            detail = "no part of the handoff is primary here"
+        elif active >= self._config.handoffs_concurrent_max:
+            detail = "handoffs_concurrent_max reached"
+        if detail:
+            self._send(
+                self._config.manager_id,
+                HandoffAborted(
+                    handoff_id=message.handoff_id,
+                    server_id=self._me,
+                    parts=message.parts,
+                    detail=detail,
+                ),
+            )
+            self._rare("handoff-refused-at-source")
+            return
+        self._begin_source_run(
+            handoff_id=message.handoff_id,
+            refs=refs,
+            target=message.target,
+            map_version=message.map_version,
+            reason=message.reason,
+            deadline_us=now_us + message.deadline_ms * 1000,
+            now_us=now_us,
+        )
+
+    def _adopt_implicit_run(self, message: HandoffAssigned, now_us: int) -> bool:
+        """A map already moved the parts and an implicit run (id 0) is shipping: name it."""
+        for run in self._runs.values():
+            if (
+                run.side is HandoffSide.SOURCE
+                and run.handoff_id == 0
+                and run.peer == message.target
+                and set(message.parts) & set(run.refs)
+            ):
+                run.handoff_id = message.handoff_id
+                run.reason = message.reason
+                run.deadline_us = max(run.deadline_us, now_us + message.deadline_ms * 1000)
+                return True
+        return False
+
+    def _begin_source_run(
+        self,
+        *,
+        handoff_id: int,
+        refs: tuple[PartRef, ...],
+        target: str,
+        map_version: int,
+        reason: int,
+        deadline_us: int,
+        now_us: int,
+    ) -> None:
+        run = HandoffRun(
+            handoff_id=handoff_id,
+            side=HandoffSide.SOURCE,
+            refs=refs,
+            peer=target,
+            map_version=map_version,
+            reason=reason,
+            deadline_us=deadline_us,
+        )
+        key = self._add_run(run)
+        for ref in refs:
+            part = self._parts[ref]
+            part.epoch = max(part.epoch, map_version)
+            self._transition(part, PartTrigger.HANDOFF_ASSIGNED)
+            shipper = self._shippers.get(ref)
+            if shipper is None:
+                self._start_shipping(part, now_us)
+                shipper = self._shippers[ref]
+            shipper.only_target()
+            shipper.seal_towards(target, seal_seq=part.applied_seq)
+            self._run_of[ref] = key
+            self._mark_shipping(ref, now_us, urgent=True)
+
+    def _add_run(self, run: HandoffRun) -> int:
+        key = self._next_run_key
+        self._next_run_key += 1
+        self._runs[key] = run
+        return key
+
+    def _seal_acknowledged(self, part: Part, now_us: int) -> None:
+        key = self._run_of.get(part.ref, 0)
+        run = self._runs.get(key)
+        if part.state is not PartState.HANDING_OFF or run is None:
+            self._rare("late-seal-acknowledgement")
+            return
+        self._transition(part, PartTrigger.SEAL_ACKNOWLEDGED)
+        self._release_held(part)
+        run.waiting.discard(part.ref)
+        if not run.waiting and run.phase is HandoffPhase.SHIPPING:
+            self._seals_complete(key, run, now_us)
+
+    def _seals_complete(self, key: int, run: HandoffRun, now_us: int) -> None:
+        """Step 3 is done for every part of the run: step 4 starts."""
+        self._advance(run, HandoffTrigger.SEALS_ACKNOWLEDGED)
+        run.notifications = self._schedule_notifications(run, now_us)
+        self._notified[key] = set()
+        if not run.notifications:
+            self._clients_notified(run, now_us)
+
+    def _advance(self, run: HandoffRun, trigger: HandoffTrigger) -> None:
+        run.transition(trigger)
+        step = STEP_OF_TRIGGER.get(trigger)
+        if step is not None:
+            self._emit(
+                HandoffStepCompleted(
+                    node=self._me,
+                    handoff_id=run.handoff_id,
+                    side=run.side,
+                    step=step,
+                    refs=run.refs,
+                )
+            )
+
+    def _schedule_notifications(self, run: HandoffRun, now_us: int) -> list[Notification]:
+        by_session: dict[bytes, list[str]] = {}
+        for ref in run.refs:
+            by_session.setdefault(ref.session_id, []).append(ref.part)
+        jitter_us = self._config.handoff_notify_jitter_ms * 1000
+        notes = [
+            Notification(
+                due_us=now_us + self._rng.randint(0, jitter_us),
+                client=client,
+                session_id=session_id,
+                parts=tuple(names),
+            )
+            for session_id, names in by_session.items()
+            for client in self._attached.get(session_id, ())
+        ]
+        notes.sort(key=lambda note: note.due_us)
+        return notes
+
+    def _send_notification(self, run: HandoffRun, note: Notification, now_us: int) -> None:
+        self._handoff_sequence += 1
+        token = self._sealer.issue_token(
+            session_id=note.session_id,
+            parts=note.parts,
+            target_server=run.peer,
+            map_version=run.map_version,
+            now_us=now_us,
+            lifetime_ms=self._config.token_lifetime_ms,
+        )
+        self._send(
+            note.client,
+            Handoff(
+                sequence=self._handoff_sequence,
+                session_id=note.session_id,
+                parts=note.parts,
+                map_version=run.map_version,
+                reason=ReasonCode.from_wire(run.reason),
+                flags=HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED | HandoffFlag.PREWARMED,
+                deadline_ms=self._config.backup_period_ms,
+                current=self._endpoint(self._me),
+                targets=(self._endpoint(run.peer),),
+                token=token,
+            ),
+        )
+        self._emit(
+            ClientHandedOff(
+                node=self._me,
+                client=note.client,
+                session_id=note.session_id,
+                parts=note.parts,
+                target=run.peer,
+                map_version=run.map_version,
+                sequence=self._handoff_sequence,
+            )
+        )
+
+    def _notify_late_client(
+        self, key: int, run: HandoffRun, client: NodeId, session_id: bytes, now_us: int
+    ) -> None:
+        """A client that was not attached when step 4 ran still gets its HANDOFF, once."""
+        notified = self._notified.get(key)
+        if notified is None or (client, session_id) in notified:
+            return
+        notified.add((client, session_id))
+        parts = tuple(ref.part for ref in run.refs if ref.session_id == session_id)
+        note = Notification(due_us=now_us, client=client, session_id=session_id, parts=parts)
+        self._send_notification(run, note, now_us)
+
+    def _clients_notified(self, run: HandoffRun, now_us: int) -> None:
+        self._advance(run, HandoffTrigger.CLIENTS_NOTIFIED)
+        run.backup_until_us = now_us + self._config.backup_period_ms * 1000
+
+    def _run_due(self, key: int, run: HandoffRun, now_us: int) -> None:
+        if run.phase in (HandoffPhase.SHIPPING, HandoffPhase.RECEIVING):
+            self._deadline_missed(key, run, now_us)
+        elif run.phase is HandoffPhase.NOTIFYING:
+            notified = self._notified.setdefault(key, set())
+            while run.notifications and run.notifications[0].due_us <= now_us:
+                note = run.notifications.pop(0)
+                notified.add((note.client, note.session_id))
+                self._send_notification(run, note, now_us)
+            if not run.notifications:
+                self._clients_notified(run, now_us)
+        elif run.phase is HandoffPhase.BACKING_UP:
+            self._end_backup(key, run, now_us)
+
+    def _end_backup(self, key: int, run: HandoffRun, now_us: int) -> None:
+        if self.map_version < run.map_version:
+            # Whether to stay a replica depends on the map that made the target primary.
+            run.backup_until_us = now_us + self._config.map_request_retry_ms * 1000
+            self._request_map(now_us)
+            return
+        for ref in run.refs:
+            part = self._parts.get(ref)
+            if part is None or part.state is not PartState.BACKUP:
+                continue
+            self._run_of.pop(ref, None)
+            placement = None if self._map is None else self._map.placement(ref)
+            if placement is not None and self._me in placement.replicas:
+                self._transition(part, PartTrigger.DEMOTED)
+            else:
+                self._drop(part)
+        self._advance(run, HandoffTrigger.BACKUP_PERIOD_ENDED)
+        if run.handoff_id:
+            self._send(
+                self._config.manager_id,
+                HandoffCompleted(handoff_id=run.handoff_id, server_id=self._me, parts=run.refs),
+            )
+        self._forget_run(key)
+
+    def _deadline_missed(self, key: int, run: HandoffRun, now_us: int) -> None:
+        waiting = tuple(ref for ref in run.refs if ref in run.waiting)
+        sealed = tuple(ref for ref in run.refs if ref not in run.waiting)
+        for ref in waiting:
+            part = self._parts.get(ref)
+            if self._run_of.get(ref) == key:
+                del self._run_of[ref]
+            if part is None:
+                continue
+            if run.side is HandoffSide.SOURCE and part.state is PartState.HANDING_OFF:
+                # ABORTING executes nothing until the map says who the primary is.
+                self._transition(part, PartTrigger.HANDOFF_DEADLINE_MISSED)
+                self._stop_shipping(ref)
+                self._fail_held(ref, "handoff aborted")
+            elif run.side is HandoffSide.TARGET:
+                self._fail_queue(ref, "handoff deadline passed")
+        step = "sealed log acknowledged" if run.side is HandoffSide.SOURCE else "sealed log"
+        detail = f"deadline passed without the {step} for {len(waiting)} of {len(run.refs)} parts"
+        self._emit(
+            HandoffStepMissed(
+                node=self._me, handoff_id=run.handoff_id, side=run.side, refs=waiting, detail=detail
+            )
+        )
+        if run.handoff_id:
+            self._send(
+                self._config.manager_id,
+                HandoffAborted(
+                    handoff_id=run.handoff_id, server_id=self._me, parts=waiting, detail=detail
+                ),
+            )
+        if run.side is HandoffSide.SOURCE and sealed:
+            # The parts the target did take over complete the procedure; only the rest abort.
+            self._rare("handoff-partially-sealed-at-deadline")
+            run.refs = sealed
+            run.waiting.clear()
+            self._seals_complete(key, run, now_us)
+            return
+        run.transition(HandoffTrigger.DEADLINE_MISSED)
+        self._forget_run(key)
+
+    def _forget_run(self, key: int) -> None:
+        run = self._runs.pop(key, None)
+        self._notified.pop(key, None)
+        if run is None:
+            return
+        for ref in run.refs:
+            if self._run_of.get(ref) == key:
+                del self._run_of[ref]
+
+    def _supersede_run_of(self, ref: PartRef, now_us: int) -> None:
+        key = self._run_of.get(ref)
+        run = None if key is None else self._runs.get(key)
+        if key is None or run is None or run.finished:
+            return
+        run.transition(HandoffTrigger.SUPERSEDED)
+        self._emit(
+            HandoffStepMissed(
+                node=self._me,
+                handoff_id=run.handoff_id,
+                side=run.side,
+                refs=run.refs,
+                detail="a newer map moved the parts first",
+            )
+        )
+        self._forget_run(key)
+
+    # Handoff: the target.
+
+    def _start_target(self, message: HandoffAssigned, now_us: int) -> None:
+        if self._seen(HandoffSide.TARGET, message.handoff_id):
+            return
+        run = HandoffRun(
+            handoff_id=message.handoff_id,
+            side=HandoffSide.TARGET,
+            refs=message.parts,
+            peer=message.source,
+            map_version=message.map_version,
+            reason=message.reason,
+            deadline_us=now_us + message.deadline_ms * 1000,
+        )
+        key = self._add_run(run)
+        for ref in message.parts:
+            if self._expect_seal(ref, message.map_version, key):
+                continue
+            run.waiting.discard(ref)
+        if not run.waiting:
+            self._finish_target(run, now_us)
+
+    def _expect_seal(self, ref: PartRef, map_version: int, key: int) -> bool:
+        """Make `ref` wait for its sealed log under run `key`; False if it needs none."""
+        part = self._parts.get(ref)
+        if part is None:
+            part = self._create_part(ref, epoch=map_version)
+            if part is None:
+                return False
+        if part.state is PartState.PRIMARY:
+            # The sealed log arrived before the assignment: this part is already handed over.
+            return False
+        if part.state in (PartState.ABSENT, PartState.REPLICA, PartState.BACKUP):
+            part.epoch = max(part.epoch, map_version)
+            self._transition(part, PartTrigger.HANDOFF_TARGETED)
+        elif part.state is not PartState.RECEIVING:
+            return False
+        previous = self._run_of.get(ref)
+        if previous is not None and previous != key:
+            self._forget_run(previous)
+        self._run_of[ref] = key
+        return True
+
+    def _finish_target(self, run: HandoffRun, now_us: int) -> None:
+        self._advance(run, HandoffTrigger.SEALED_LOGS_APPLIED)
+        if run.handoff_id:
+            self._send(
+                self._config.manager_id,
+                HandoffCompleted(handoff_id=run.handoff_id, server_id=self._me, parts=run.refs),
+            )
+        for key, candidate in list(self._runs.items()):
+            if candidate is run:
+                self._forget_run(key)
+
+    # Failover.
+
+    def _on_failover_prepared(self, message: FailoverPrepared, source: NodeId, now_us: int) -> None:
+        progress: list[PartProgress] = []
+        for ref in message.parts:
+            part = self._parts.get(ref)
+            if part is None:
+                continue
+            self._fence(part, message.map_version, cause="failover_prepared")
+            position = part.progress()
+            if position is not None:
+                progress.append(position)
+        self._send(
+            source,
+            PositionsReported(
+                server_id=self._me, map_version=message.map_version, parts=tuple(progress)
+            ),
+        )
+
+    # The shard map.
+
+    def _on_map_published(self, message: MapPublished, source: NodeId, now_us: int) -> None:
+        held = self.map_version
+        if message.map_version <= held:
+            return
+        if message.base_version not in (0, held):
+            if len(self._map_deltas) < self._config.map_deltas_buffered_max:
+                self._map_deltas[message.base_version] = message
+            self._rare("map-gap")
+            self._request_map(now_us)
+            return
+        self._adopt(decode_published(self._map, message), now_us)
+        while (following := self._map_deltas.pop(self.map_version, None)) is not None:
+            self._adopt(decode_published(self._map, following), now_us)
+        self._map_deltas = {
+            base: delta for base, delta in self._map_deltas.items() if base > self.map_version
+        }
+        if not self._map_deltas:
+            self._map_retry_us = None
+
+    def _request_map(self, now_us: int) -> None:
+        self._send(
+            self._config.manager_id, MapRequested(server_id=self._me, map_version=self.map_version)
+        )
+        self._map_retry_us = now_us + self._config.map_request_retry_ms * 1000
+
+    def _adopt(self, new_map: ServerMap, now_us: int) -> None:
+        previous_map = self._map
+        previous = self.map_version
+        self._map = new_map
+        self._emit(
+            MapVersionAdopted(node=self._me, map_version=new_map.version, previous_version=previous)
+        )
+        # Consecutive versions differ in a few parts: reconcile those; a first map, everything.
+        refs: dict[PartRef, None] = {}
+        if previous_map is None:
+            refs.update(dict.fromkeys(self._parts))
+            refs.update(dict.fromkeys(new_map.parts_of(self._me)))
+        else:
+            refs.update(dict.fromkeys(new_map.changed_since(previous_map, self._me)))
+        for ref in refs:
+            self._reconcile(ref, previous_map, now_us)
+
+    def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
+        assert self._map is not None
+        placement = self._map.placement(ref)
+        part = self._parts.get(ref)
+        if part is None:
+            if placement is not None:
+                self._place_new(ref, placement.primary, placement.replicas, previous_map, now_us)
+            return
+        if placement is None or (
+            placement.primary != self._me and self._me not in placement.replicas
+        ):
+            self._placement_lost(part, now_us)
+            return
+        if placement.primary == self._me:
+            self._placed_as_primary(part, previous_map, now_us)
+        else:
+            self._placed_elsewhere(part, placement.primary, now_us)
+
+    def _place_new(
+        self,
+        ref: PartRef,
+        primary: str,
+        replicas: tuple[str, ...],
+        previous_map: ServerMap | None,
+        now_us: int,
+    ) -> None:
+        if primary != self._me:
+            part = self._create_part(ref, epoch=0)
+            if part is not None:
+                self._transition(part, PartTrigger.PLACED_AS_REPLICA)
+            return
+        before = None if previous_map is None else previous_map.placement(ref)
+        if before is not None and before.primary != self._me:
+            part = self._create_part(ref, epoch=self.map_version)
+            if part is not None:
+                self._receive_implicitly(part, before.primary, now_us)
+            return
+        if previous_map is None and self._config.incarnation > 1:
+            # A restarted server must not serve a part it held before with an empty state: the
+            # manager fails such parts over to a replica that still has the data.
+            self._rare("primary-without-state-after-restart")
+            return
+        part = self._create_part(ref, epoch=self.map_version)
+        if part is not None:
+            self._transition(part, PartTrigger.PLACED_AS_PRIMARY)
+            self._install_primary(part, InstallCause.INITIAL, now_us)
+
+    def _placement_lost(self, part: Part, now_us: int) -> None:
+        if part.state in (PartState.HANDING_OFF, PartState.BACKUP):
+            return
+        self._supersede_run_of(part.ref, now_us)
+        self._drop(part)
+
+    def _placed_as_primary(self, part: Part, previous_map: ServerMap | None, now_us: int) -> None:
+        state = part.state
+        version = self.map_version
+        if state is PartState.PRIMARY:
+            shipper = self._shippers.get(part.ref)
+            if shipper is not None:
+                shipper.set_replicas(self._replicas_of(part.ref))
+                self._mark_shipping(part.ref, now_us)
+            return
+        if state in (PartState.REPLICA, PartState.RECEIVING) and part.fenced:
+            if version < part.fence_version:
+                return
+            part.epoch = version
+            self._supersede_run_of(part.ref, now_us)
+            self._transition(part, PartTrigger.PROMOTED)
+            self._install_primary(part, InstallCause.FAILOVER, now_us)
+            return
+        if state is PartState.REPLICA:
+            before = None if previous_map is None else previous_map.placement(part.ref)
+            source = "" if before is None or before.primary == self._me else before.primary
+            self._receive_implicitly(part, source, now_us)
+            return
+        run = self._runs.get(self._run_of.get(part.ref, 0))
+        if state in (PartState.HANDING_OFF, PartState.ABORTING, PartState.BACKUP) and (
+            run is None or version > run.map_version
+        ):
+            self._reinstate(part, now_us)
+
+    def _receive_implicitly(self, part: Part, source: str, now_us: int) -> None:
+        """The map makes this server primary of a part a live primary holds: wait for its seal."""
+        if part.state is not PartState.RECEIVING:
+            self._transition(part, PartTrigger.HANDOFF_TARGETED)
+        part.epoch = max(part.epoch, self.map_version)
+        if part.ref in self._run_of:
+            return
+        run = HandoffRun(
+            handoff_id=0,
+            side=HandoffSide.TARGET,
+            refs=(part.ref,),
+            peer=source,
+            map_version=self.map_version,
+            reason=int(ReasonCode.PART_MOVED),
+            deadline_us=now_us + self._config.handoff_deadline_ms * 1000,
+        )
+        self._run_of[part.ref] = self._add_run(run)
+
+    def _reinstate(self, part: Part, now_us: int) -> None:
+        self._supersede_run_of(part.ref, now_us)
+        part.epoch = max(part.epoch, self.map_version)
+        self._transition(part, PartTrigger.REINSTATED)
+        self._stop_shipping(part.ref)
+        self._install_primary(part, InstallCause.REINSTATED, now_us)
+
+    def _placed_elsewhere(self, part: Part, primary: str, now_us: int) -> None:
+        state = part.state
+        if state is PartState.PRIMARY:
+            # The map moved a live primary's part without a HandoffAssigned (yet): run the
+            # source's side anyway, so the new primary gets the sealed log.
+            self._begin_source_run(
+                handoff_id=0,
+                refs=(part.ref,),
+                target=primary,
+                map_version=self.map_version,
+                reason=int(ReasonCode.PART_MOVED),
+                deadline_us=now_us + self._config.handoff_deadline_ms * 1000,
+                now_us=now_us,
+            )
+            return
+        run = self._runs.get(self._run_of.get(part.ref, 0))
+        if state is PartState.HANDING_OFF and run is not None and run.peer == primary:
+            return
+        if state in (PartState.HANDING_OFF, PartState.ABORTING, PartState.RECEIVING):
+            self._supersede_run_of(part.ref, now_us)
+            self._stop_shipping(part.ref)
+            self._fail_held(part.ref, "primary moved")
+            self._transition(part, PartTrigger.DEMOTED)
+            self._drain_queue(part, now_us)
+
+    # Heartbeats.
+
+    def _heartbeat(self, now_us: int) -> None:
+        self._heartbeat_sequence += 1
+        self._send(
+            self._config.manager_id,
+            HeartbeatReported(
+                server_id=self._me,
+                incarnation=self._config.incarnation,
+                sequence=self._heartbeat_sequence,
+                map_version=self.map_version,
+                load=self._load,
+                parts=self._progress_batch(),
+            ),
+        )
+        if self._map is None and self._map_retry_us is None:
+            self._request_map(now_us)
+        self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
+
+    def _progress_batch(self) -> tuple[PartProgress, ...]:
+        refs = list(self._parts)
+        count = min(len(refs), self._config.heartbeat_parts_max)
+        if not count:
+            return ()
+        start = self._heartbeat_cursor % len(refs)
+        self._heartbeat_cursor = start + count
+        batch = (refs[(start + offset) % len(refs)] for offset in range(count))
+        return tuple(
+            progress for ref in batch if (progress := self._parts[ref].progress()) is not None
+        )
+
+
+_Handler = Callable[[ServerCore, Any, NodeId, int], None]
+_DISPATCH: dict[type, _Handler] = {
+    Request: ServerCore._on_request,
+    Hello: ServerCore._on_hello,
+    Ping: ServerCore._on_ping,
+    Resume: ServerCore._on_resume,
+    CloseSession: ServerCore._on_close_session,
+    HandoffStatus: ServerCore._on_handoff_status,
+    Error: ServerCore._on_error,
+    MapRequest: ServerCore._on_map_request,
+    ClusterMessage: ServerCore._on_cluster_frame,
+    ConnectionOpened: ServerCore._on_connection_opened,
+    ConnectionLost: ServerCore._on_connection_lost,
+    RequestForwarded: ServerCore._on_request_forwarded,
+    ResponseForwarded: ServerCore._on_response_forwarded,
+    LogShipped: ServerCore._on_log_shipped,
+    LogAcknowledged: ServerCore._on_log_acknowledged,
+    SnapshotShipped: ServerCore._on_snapshot_shipped,
+    HandoffAssigned: ServerCore._on_handoff_assigned,
+    FailoverPrepared: ServerCore._on_failover_prepared,
+    MapPublished: ServerCore._on_map_published,
+}
+"""Which method handles each message type; anything else is FRAME_UNEXPECTED."""

@@ -1,0 +1,381 @@
+"""Tests of `ServerCore`: start-up, maps, ordered execution, dedup, durability, fencing, bad input."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._part import PartState
+from forehand.core._server_config import ServerConfig
+from forehand.core._server_events import (
+    LogEntryApplied,
+    MapVersionAdopted,
+    PrimaryAcceptedWrite,
+    PrimaryInstalled,
+    ProtocolViolationDetected,
+    RequestExecuted,
+    StaleEpochRefused,
+    WriteAcknowledged,
+)
+from forehand.core.messages import (
+    HeartbeatReported,
+    LoadReport,
+    LogAcknowledged,
+    LogEntry,
+    LogShipped,
+    MapPublished,
+    MapRequested,
+    PartRole,
+    ServerAnnounced,
+)
+from forehand.errors import ConfigError
+from forehand.placement import ShardMap
+from forehand.wire import (
+    Error,
+    ErrorCode,
+    Hello,
+    Ping,
+    Pong,
+    Redirect,
+    ResponseStatus,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref
+else:
+    from _server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    """Three servers, map version 1 (servers only), nothing placed yet."""
+    return Cluster()
+
+
+def test_server_announces_itself_and_heartbeats(cluster: Cluster) -> None:
+    """Each server sends ServerAnnounced at start, then a heartbeat every interval."""
+    announced = cluster.take(MANAGER, ServerAnnounced)
+    assert sorted(message.server_id for message in announced) == ["s1", "s2", "s3"]
+    cluster.router.advance(ms=0)
+    first = [beat for beat in cluster.take(MANAGER, HeartbeatReported) if beat.server_id == "s1"]
+    assert [beat.sequence for beat in first] == [1]
+    cluster.router.advance(ms=499)
+    assert not [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+    cluster.router.advance(ms=1)
+    (second,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+    assert (second.sequence, second.map_version) == (2, 1)
+
+
+def test_heartbeat_carries_load_and_a_rotating_bounded_batch() -> None:
+    """Load comes from report_load; parts are reported at most heartbeat_parts_max at a time."""
+    cluster = Cluster(heartbeat_parts_max=2)
+    for name in ("counter", "ledger"):
+        cluster.place(name, "s1", "s2")
+    cluster.place("counter", "s1", "s2", session=OTHER_SESSION)
+    load = LoadReport(
+        cpu_utilization=0.5,
+        queue_depth=3,
+        latency_us_p99=900,
+        error_ratio=0.0,
+        requests_per_second=10.0,
+    )
+    cluster.server("s1").report_load(load)
+    cluster.router.advance(ms=0)
+    cluster.take(MANAGER, HeartbeatReported)
+    seen = []
+    for _ in range(3):
+        cluster.router.advance(ms=500)
+        (beat,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+        assert beat.load == load
+        assert len(beat.parts) == 2
+        seen.extend((progress.ref.session_id, progress.ref.part) for progress in beat.parts)
+    assert len(set(seen)) == 3
+    assert all(progress.role is PartRole.PRIMARY for progress in beat.parts)
+
+
+def test_first_map_places_primaries_and_replicas(cluster: Cluster) -> None:
+    """A map pinning a new part on s1 with replica s2 makes s1 primary and s2 replica."""
+    cluster.place("counter", "s1", "s2")
+    primary = cluster.server("s1").part(ref("counter"))
+    replica = cluster.server("s2").part(ref("counter"))
+    assert primary is not None and replica is not None
+    assert (primary.state, replica.state) == (PartState.PRIMARY, PartState.REPLICA)
+    assert cluster.server("s3").part(ref("counter")) is None
+    (installed,) = cluster.events("s1", PrimaryInstalled)
+    assert installed.map_version == cluster.map.version == primary.epoch
+    adopted = [event.map_version for event in cluster.events("s2", MapVersionAdopted)]
+    assert adopted == [1, 2]
+
+
+def test_map_gap_requests_the_map_and_versions_never_go_back(cluster: Cluster) -> None:
+    """A delta from a missing base asks the manager; an older version is ignored."""
+    skipped = cluster.place("counter", "s1", "s2", to=[])
+    cluster.place("counter", "s1", "s3", to=["s1"])
+    requested = cluster.take(MANAGER, MapRequested)
+    assert [(message.server_id, message.map_version) for message in requested] == [("s1", 1)]
+    assert cluster.server("s1").map_version == 1
+    cluster.router.send(MANAGER, "s1", skipped)
+    assert cluster.server("s1").map_version == 3
+    part = cluster.server("s1").part(ref("counter"))
+    assert part is not None and part.state is PartState.PRIMARY
+    old = MapPublished(map_version=1, base_version=0, body=ShardMap.empty().encode())
+    cluster.router.send(MANAGER, "s1", old)
+    assert cluster.server("s1").map_version == 3
+    versions = [event.map_version for event in cluster.events("s1", MapVersionAdopted)]
+    assert versions == [1, 2, 3]
+
+
+def test_map_request_is_retried_until_the_gap_closes(cluster: Cluster) -> None:
+    """Without an answer, MapRequested is repeated every map_request_retry_ms."""
+    cluster.publish(*cluster.map.add_session_parts(SESSION, ["counter"]).operations, to=[])
+    cluster.place("counter", "s1", to=["s1"])
+    cluster.take(MANAGER, MapRequested)
+    cluster.router.advance(ms=1000)
+    assert len([m for m in cluster.take(MANAGER, MapRequested) if m.server_id == "s1"]) == 1
+    cluster.publish_full(to=["s1"])
+    cluster.router.advance(ms=3000)
+    assert not [m for m in cluster.take(MANAGER, MapRequested) if m.server_id == "s1"]
+
+
+def test_requests_execute_in_order_with_contiguous_seqs(cluster: Cluster) -> None:
+    """Five requests run in arrival order; the log holds seqs 1..5 and answers follow."""
+    cluster.place("counter", "s1", "s2")
+    ids = [cluster.request("s1", "counter", payload=str(n).encode()) for n in range(1, 6)]
+    responses = cluster.responses()
+    assert [response.request_id for response in responses] == ids
+    assert [response.payload for response in responses] == [b"1", b"3", b"6", b"10", b"15"]
+    executed = cluster.events("s1", RequestExecuted)
+    assert [event.log_index for event in executed] == [1, 2, 3, 4, 5]
+    accepted = cluster.events("s1", PrimaryAcceptedWrite)
+    assert {event.map_version for event in accepted} == {cluster.map.version}
+
+
+def test_replicas_apply_the_log_by_re_executing(cluster: Cluster) -> None:
+    """After a replication round the replica's state, position and dedup match the primary's."""
+    cluster.place("counter", "s1", "s2", "s3")
+    for n in range(1, 8):
+        cluster.request("s1", "counter", payload=str(n).encode())
+    cluster.router.advance(ms=50)
+    primary = cluster.server("s1").part(ref("counter"))
+    for replica_id in ("s2", "s3"):
+        replica = cluster.server(replica_id).part(ref("counter"))
+        assert replica is not None and primary is not None
+        assert (replica.data, replica.applied_seq) == (28, 7)
+        assert replica.dedup.get(3) == primary.dedup.get(3)
+        applied = cluster.events(replica_id, LogEntryApplied)
+        assert [event.log_index for event in applied] == list(range(1, 8))
+    assert primary is not None and len(primary.log) == 0
+
+
+def test_retry_is_answered_from_dedup_table(cluster: Cluster) -> None:
+    """Re-sending a request id returns the first answer and executes nothing."""
+    cluster.place("counter", "s1", "s2")
+    request_id = cluster.request("s1", "counter", payload=b"5")
+    cluster.request("s1", "counter", payload=b"7")
+    cluster.request("s1", "counter", payload=b"5", request_id=request_id)
+    first, _, retry = cluster.responses()
+    assert (retry.status, retry.payload, retry.request_id) == (first.status, b"5", request_id)
+    assert len(cluster.events("s1", RequestExecuted)) == 2
+    acknowledged = cluster.events("s1", WriteAcknowledged)
+    assert [event.from_dedup for event in acknowledged] == [False, False, True]
+
+
+def test_read_only_operation_is_not_logged(cluster: Cluster) -> None:
+    """A read op answers with the state and appends nothing to the log."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter", payload=b"4")
+    cluster.request("s1", "counter", "get", b"")
+    assert [response.payload for response in cluster.responses()] == [b"4", b"4"]
+    executed = cluster.events("s1", RequestExecuted)
+    assert [event.log_index for event in executed] == [1, None]
+
+
+def test_async_answers_before_any_replica_acknowledges(cluster: Cluster) -> None:
+    """An async part answers although its replica is cut off."""
+    cluster.place("counter", "s1", "s2")
+    cluster.router.partition("s1", "s2")
+    cluster.request("s1", "counter")
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.OK
+    (ack,) = cluster.events("s1", WriteAcknowledged)
+    assert ack.durability.value == "async"
+
+
+def test_replicated_answers_only_after_a_replica_acknowledged(cluster: Cluster) -> None:
+    """A replicated write waits while the replica is unreachable and is answered once it acks."""
+    cluster.place("ledger", "s1", "s2")
+    cut = cluster.router.partition("s1", "s2")
+    cluster.request("s1", "ledger", payload=b"9")
+    cluster.router.advance(ms=100)
+    assert cluster.responses() == []
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    (response,) = cluster.responses()
+    assert response.payload == b"9"
+    (ack,) = cluster.events("s1", WriteAcknowledged)
+    replica = cluster.server("s2").part(ref("ledger"))
+    assert replica is not None and replica.applied_seq >= ack.log_index
+
+
+def test_replicated_answers_are_bounded(cluster: Cluster) -> None:
+    """Beyond replicated_answers_max waiting answers, new writes are refused with OVERLOADED."""
+    small = Cluster(replicated_answers_max=2)
+    small.place("ledger", "s1", "s2")
+    small.router.partition("s1", "s2")
+    for _ in range(3):
+        small.request("s1", "ledger")
+    (refused,) = small.responses()
+    assert refused.status is ResponseStatus.OVERLOADED
+    assert len(small.events("s1", RequestExecuted)) == 2
+
+
+def test_request_with_stale_map_version_is_redirected(cluster: Cluster) -> None:
+    """A request stamped before the part's epoch gets REDIRECT with the newer version."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter", map_version=1)
+    (redirect,) = cluster.take("c1", Redirect)
+    assert redirect.map_version == cluster.map.version
+    assert redirect.targets[0].server_id == "s1"
+    assert redirect.targets[0].host == "s1.test"
+    assert cluster.events("s1", RequestExecuted) == []
+
+
+def test_request_to_a_replica_is_redirected_to_the_primary(cluster: Cluster) -> None:
+    """A replica points the client at the primary named by its map."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s2", "counter")
+    (redirect,) = cluster.take("c1", Redirect)
+    assert [target.server_id for target in redirect.targets] == ["s1"]
+
+
+def test_log_from_an_older_epoch_is_refused(cluster: Cluster) -> None:
+    """A LogShipped below the replica's epoch is fenced and answered with the newer epoch."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    replica = cluster.server("s2").part(ref("counter"))
+    assert replica is not None
+    stale = LogShipped(
+        ref=ref("counter"),
+        epoch=replica.epoch - 1,
+        prev_seq=1,
+        entries=(
+            LogEntry(seq=2, request_id=99, op="add", payload=b"1", status=0, result=b"", epoch=1),
+        ),
+        sealed=False,
+    )
+    cluster.router.send("s9", "s2", stale)
+    (answer,) = cluster.take("s9", LogAcknowledged)
+    assert (answer.epoch, answer.acked_seq) == (replica.epoch, 1)
+    assert replica.applied_seq == 1
+    (refused,) = cluster.events("s2", StaleEpochRefused)
+    assert refused.kind == "log"
+
+
+def test_unknown_session_gets_not_found(cluster: Cluster) -> None:
+    """A request naming a session the server does not know is answered NOT_FOUND."""
+    cluster.request("s1", "counter", session=OTHER_SESSION)
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.NOT_FOUND
+
+
+def test_unknown_part_of_a_known_session_gets_not_found(cluster: Cluster) -> None:
+    """A part name the map does not hold is NOT_FOUND, even for a session held here."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "nope")
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.NOT_FOUND
+
+
+def test_malformed_session_id_is_not_found_not_a_crash(cluster: Cluster) -> None:
+    """A session id that is not a UUIDv7 is answered, never raised."""
+    cluster.request("s1", "counter", session=b"short")
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.NOT_FOUND
+
+
+def test_handler_exception_answers_app_error(cluster: Cluster) -> None:
+    """An application handler that raises yields APP_ERROR and the server keeps serving."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter", "boom", b"")
+    cluster.request("s1", "counter", payload=b"2")
+    failed, ok = cluster.responses()
+    assert failed.status is ResponseStatus.APP_ERROR
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"2")
+
+
+def test_unexpected_frame_closes_only_that_peer(cluster: Cluster) -> None:
+    """A client sending a server-only frame gets ERROR and a close request; others still work."""
+    cluster.place("counter", "s1", "s2")
+    cluster.router.send(
+        "bad",
+        "s1",
+        Welcome(
+            version=1, server_id="x", map_version=0, frame_bytes_max=1 << 20, idle_timeout_ms=1
+        ),
+    )
+    (error,) = cluster.take("bad", Error)
+    assert error.code is ErrorCode.FRAME_UNEXPECTED
+    (close,) = cluster.take("bad", ConnectionCloseRequested)
+    assert (close.peer, close.error_code) == ("bad", ErrorCode.FRAME_UNEXPECTED)
+    (violation,) = cluster.events("s1", ProtocolViolationDetected)
+    assert violation.peer == "bad"
+    cluster.request("s1", "counter")
+    assert cluster.responses()[0].status is ResponseStatus.OK
+
+
+def test_non_contiguous_log_is_a_protocol_violation(cluster: Cluster) -> None:
+    """Entries that skip a sequence number close the sender's connection."""
+    cluster.place("counter", "s1", "s2")
+    entry = LogEntry(seq=5, request_id=1, op="add", payload=b"1", status=0, result=b"", epoch=9)
+    cluster.router.send(
+        "s9",
+        "s2",
+        LogShipped(ref=ref("counter"), epoch=9, prev_seq=0, entries=(entry,), sealed=False),
+    )
+    assert [error.code for error in cluster.take("s9", Error)] == [ErrorCode.PROTOCOL_ERROR]
+
+
+def test_malformed_map_body_is_the_managers_fault(cluster: Cluster) -> None:
+    """A MapPublished whose body does not decode is answered with ERROR, not an exception."""
+    cluster.router.send(MANAGER, "s1", MapPublished(map_version=9, base_version=0, body=b"\x00"))
+    assert cluster.take(MANAGER, Error)
+    assert cluster.server("s1").map_version == 1
+
+
+def test_hello_gets_welcome_and_bad_versions_are_refused(cluster: Cluster) -> None:
+    """HELLO with version 1 gets WELCOME; without it the connection is refused."""
+    cluster.router.send("c1", "s1", Hello(versions=(1,), client_id=bytes(16)))
+    (welcome,) = cluster.take("c1", Welcome)
+    assert (welcome.server_id, welcome.map_version) == ("s1", 1)
+    cluster.router.send("c2", "s1", Hello(versions=(9,), client_id=bytes(16)))
+    (error,) = cluster.take("c2", Error)
+    assert error.code is ErrorCode.VERSION_NEGOTIATION_FAILED
+
+
+def test_ping_is_answered(cluster: Cluster) -> None:
+    """PING gets a PONG echoing sequence and time."""
+    cluster.router.send("c1", "s1", Ping(sequence=4, sent_us=123))
+    assert cluster.take("c1", Pong) == [Pong(sequence=4, sent_us=123)]
+
+
+def test_config_is_validated() -> None:
+    """Bounds below 1 and a server named like the manager are refused."""
+    with pytest.raises(ConfigError):
+        ServerConfig(server_id="s1", log_batch_entries_max=0)
+    with pytest.raises(ConfigError):
+        ServerConfig(server_id="manager")
+    with pytest.raises(ConfigError):
+        ServerConfig(server_id="s1", weight=0.0)
+
+
+def test_randomized_configs_are_valid() -> None:
+    """Configs drawn for simulation pass validation for many seeds."""
+    import random
+
+    for seed in range(50):
+        config = ServerConfig.randomized(random.Random(seed), server_id="s1")
+        assert config.log_batch_entries_max >= 1
