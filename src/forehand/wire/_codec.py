@@ -183,6 +183,7 @@ def _encode_ping(frame: Ping, config: WireConfig) -> bytes:
 
 def _push_path_sample(buffer: Buffer, sample: PathSample, config: WireConfig) -> None:
     """server_id, then (metric id, value) pairs in ascending id order for the metrics present."""
+    sample = PathSample(*sample)  # a plain tuple in PathSample's field order is accepted too
     buffer.push_name(sample.server_id, config.server_id_bytes_max, name="PathSample.server_id")
     metrics = [
         (metric, value)

@@ -23,7 +23,6 @@ from forehand.wire._primitives import (
     encode_varint,
     malformed,
     pull_endpoint,
-    pull_name,
     pull_varint,
 )
 
@@ -49,6 +48,17 @@ _RESPONSE_FRAME_HEAD = struct.Struct(">BH16sQQB")
 _HANDOFF_HEAD = struct.Struct(">16sQQHHI")
 """session_id, sequence, map_version, reason, flags, deadline_ms."""
 _TWO_BYTE_LENGTH_FLAG = 0x4000
+_new_tuple = tuple.__new__
+"""Builds a NamedTuple from a tuple without its Python-level __new__, at half the cost."""
+# Plain ints and bound methods: enum member and attribute lookups cost more than the packing.
+_REQUEST_TYPE = int(FrameType.REQUEST)
+_RESPONSE_TYPE = int(FrameType.RESPONSE)
+_REQUEST_HEAD_BYTES = _REQUEST_HEAD.size
+_RESPONSE_HEAD_BYTES = _RESPONSE_HEAD.size
+_pack_request_frame_head = _REQUEST_FRAME_HEAD.pack
+_unpack_request_head = _REQUEST_HEAD.unpack_from
+_pack_response_frame_head = _RESPONSE_FRAME_HEAD.pack
+_unpack_response_head = _RESPONSE_HEAD.unpack_from
 _STATUSES = {int(status): status for status in ResponseStatus}
 _REASON_CODES = {int(code): code for code in ReasonCode}
 _COMMON_FLAGS = {int(flags): HandoffFlag(flags) for flags in range(8)}
@@ -85,10 +95,10 @@ def encode_request(frame: Request, config: WireConfig) -> bytes:
     map_version = frame.map_version
     if len(session_id) != SESSION_ID_BYTES or not 0 <= (request_id | map_version) <= VARINT_MAX:
         _check_head(session_id, request_id, map_version)
-    size = _REQUEST_HEAD.size + part_size + op_size + len(payload)
+    size = _REQUEST_HEAD_BYTES + part_size + op_size + len(payload)
     if 0x40 <= size < 0x4000:
-        head = _REQUEST_FRAME_HEAD.pack(
-            FrameType.REQUEST,
+        head = _pack_request_frame_head(
+            _REQUEST_TYPE,
             size | _TWO_BYTE_LENGTH_FLAG,
             session_id,
             request_id,
@@ -105,14 +115,14 @@ def encode_request(frame: Request, config: WireConfig) -> bytes:
 
 def decode_request(data: bytes, start: int, config: WireConfig) -> Request:
     """The inverse of `encode_request`."""
-    session_id, request_id, map_version, part_size, op_size = _REQUEST_HEAD.unpack_from(data, start)
+    session_id, request_id, map_version, part_size, op_size = _unpack_request_head(data, start)
     if (request_id | map_version) > VARINT_MAX:
         raise malformed("REQUEST request_id or map_version exceeds 2**62-1")
     if not (
         0 < part_size <= config.part_name_bytes_max and 0 < op_size <= config.op_name_bytes_max
     ):
         raise malformed(f"REQUEST part ({part_size}) or op ({op_size}) length out of bounds")
-    part_start = start + _REQUEST_HEAD.size
+    part_start = start + _REQUEST_HEAD_BYTES
     op_start = part_start + part_size
     payload_start = op_start + op_size
     if payload_start > len(data):
@@ -135,10 +145,10 @@ def encode_response(frame: Response, config: WireConfig) -> bytes:
     if len(session_id) != SESSION_ID_BYTES or not 0 <= (request_id | map_version) <= VARINT_MAX:
         _check_head(session_id, request_id, map_version)
     payload = frame.payload
-    size = _RESPONSE_HEAD.size + len(payload)
+    size = _RESPONSE_HEAD_BYTES + len(payload)
     if 0x40 <= size < 0x4000:
-        head = _RESPONSE_FRAME_HEAD.pack(
-            FrameType.RESPONSE,
+        head = _pack_response_frame_head(
+            _RESPONSE_TYPE,
             size | _TWO_BYTE_LENGTH_FLAG,
             session_id,
             request_id,
@@ -154,7 +164,7 @@ def encode_response(frame: Response, config: WireConfig) -> bytes:
 
 def decode_response(data: bytes, start: int, config: WireConfig) -> Response:
     """The inverse of `encode_response`; an unknown status is malformed."""
-    session_id, request_id, map_version, status_value = _RESPONSE_HEAD.unpack_from(data, start)
+    session_id, request_id, map_version, status_value = _unpack_response_head(data, start)
     if (request_id | map_version) > VARINT_MAX:
         raise malformed("RESPONSE request_id or map_version exceeds 2**62-1")
     status = _STATUSES.get(status_value)
@@ -165,7 +175,7 @@ def decode_response(data: bytes, start: int, config: WireConfig) -> Response:
         session_id=session_id,
         status=status,
         map_version=map_version,
-        payload=data[start + _RESPONSE_HEAD.size :],
+        payload=data[start + _RESPONSE_HEAD_BYTES :],
     )
 
 
@@ -289,10 +299,16 @@ def pull_names(data: bytes, offset: int, config: WireConfig) -> tuple[tuple[str,
         count, offset = pull_varint(data, offset)
     if not 0 < count <= config.parts_max:
         raise malformed(f"list of {count} part names is outside 1..{config.parts_max}")
+    part_name_bytes_max = config.part_name_bytes_max
     names = []
     for _ in range(count):
-        name, offset = pull_name(data, offset, config.part_name_bytes_max)
-        names.append(name)
+        # pull_name, inlined: part lists are on the HANDOFF hot path.
+        size = data[offset]
+        end = offset + 1 + size
+        if not 0 < size <= part_name_bytes_max or end > len(data):
+            raise malformed(f"part name of {size} bytes is outside 1..{part_name_bytes_max}")
+        names.append(data[offset + 1 : end].decode())
+        offset = end
     if len(set(names)) != count:
         raise malformed("list of part names repeats a name")
     return tuple(names), offset
@@ -323,5 +339,5 @@ def _pull_extensions(
     for _ in range(count):
         extension_type, offset = pull_varint(data, offset)
         value, offset = pull_bytes(data, offset, config.extension_bytes_max)
-        extensions.append(Extension(extension_type, value))
+        extensions.append(_new_tuple(Extension, (extension_type, value)))
     return tuple(extensions), offset
