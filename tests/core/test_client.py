@@ -297,6 +297,21 @@ def test_try_again_resends_same_id_after_backoff_then_gives_up() -> None:
     assert [(f.why, f.attempts) for f in failed] == [(RequestFailedWhy.RETRIES_EXHAUSTED, 3)]
 
 
+def test_calls_wait_behind_a_request_in_try_again_backoff() -> None:
+    """A call made while an earlier one waits out TRY_AGAIN goes out after it, never before."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session = ready_session(h)
+    first = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.TRY_AGAIN)
+    second = h.client.call(session, "auth", "b", b"", now_us=h.now_us)
+    third = h.client.call(session, "auth", "c", b"", now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    h.advance(ms=10)
+    assert [r.request_id for r in h.take(Request, "s1")] == [first, second, third]
+
+
 def test_application_errors_are_final_answers() -> None:
     """APP_ERROR is delivered as a response, not retried."""
     h = Harness()

@@ -466,7 +466,8 @@ class ClientCore:
             # The part gave up locating earlier; a new call is a reason to try again.
             route.locate_attempts = 0
             self._start_locating(session, route, now_us)
-        self._dispatch(session, route, entry, now_us)
+        # Through the flush, so that the call waits behind earlier ones held for a retry.
+        self._flush(session, route, now_us, moved=False)
         return request_id
 
     def close_session(self, session_id: bytes, *, now_us: int) -> None:
@@ -824,18 +825,23 @@ class ClientCore:
             entry.retry_at_us = None
 
     def _flush(self, session: Session, route: PartRoute, now_us: int, *, moved: bool) -> int:
-        """Send, in call order, every request of an ACTIVE part not yet sent to its primary.
+        """Send, in call order, the requests of an ACTIVE part not yet sent to its primary.
 
-        Requests waiting out a TRY_AGAIN backoff keep waiting, unless the part `moved` to another
-        server: the backoff was about the old one.
+        Per-part order is the order of calls, so a request never overtakes an earlier one: the
+        first request waiting out a TRY_AGAIN backoff stops the flush, and the rest follow it when
+        its timer fires. When the part `moved` to another server the backoffs (which were about
+        the old server) are void and everything goes, in order.
         """
         sent = 0
         for entry in list(route.inflight.values()):
             if route.state is not RouteState.ACTIVE:
                 break
-            if entry.server != route.primary and (moved or entry.retry_at_us is None):
-                self._dispatch(session, route, entry, now_us)
-                sent += 1
+            if entry.server == route.primary:
+                continue
+            if entry.retry_at_us is not None and not moved:
+                break
+            self._dispatch(session, route, entry, now_us)
+            sent += 1
         return sent
 
     def _finish(self, entry: InFlight) -> PartRoute | None:
@@ -885,7 +891,7 @@ class ClientCore:
             if route.state is RouteState.ACTIVE and route.primary == source:
                 self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
             elif route.state is RouteState.ACTIVE:
-                self._dispatch(session, route, entry, now_us)
+                self._flush(session, route, now_us, moved=False)
             return
         if frame.status is ResponseStatus.NOT_FOUND:
             return
@@ -930,7 +936,7 @@ class ClientCore:
             if entry is not None and entry.retry_at_us == due_us:
                 entry.retry_at_us = None
                 session = self._sessions[entry.session_id]
-                self._dispatch(session, session.parts[entry.part], entry, now_us)
+                self._flush(session, session.parts[entry.part], now_us, moved=False)
                 continue
             pending = self._opens.get(request_id)
             if pending is not None and pending.retry_at_us == due_us:
