@@ -259,7 +259,12 @@ class _DeltaWriter:
 
     def _rebuild(self) -> None:
         self._eligible, self._engine = rebuild_engine(
-            self._config, self._servers, self._parts.view(), self._overrides.view(), self._pinned
+            self._config,
+            self._servers,
+            self._parts.view(),
+            self._overrides.view(),
+            self._pinned,
+            previous=self._engine,
         )
         self._layout_stale = False
         self._inserts.clear()
@@ -270,20 +275,21 @@ class _DeltaWriter:
         names = self._eligible.names
         if hash_parts and not names:
             raise InvalidDeltaError(f"no ACTIVE server is left for {hash_parts} hash-placed parts")
-        weights = [self._servers[name].weight_milli for name in names]
         pinned = [self._pinned.get(name, 0) for name in names]
-        capacities = hash_capacities(self._config, weights, pinned, hash_parts)
-        if not self._inserts and not self._deletes and capacities == list(self._engine.capacities):
+        capacities = hash_capacities(self._config, self._eligible.weights_milli, pinned, hash_parts)
+        old = self._engine.capacities
+        changed = [server for server, capacity in enumerate(capacities) if capacity != old[server]]
+        if not self._inserts and not self._deletes and not changed:
             return
         writer = self._engine.writer()
-        for server, capacity in enumerate(capacities):
-            writer.raise_capacity(server, capacity)
+        for server in changed:
+            writer.raise_capacity(server, capacities[server])
         for key_hash in sorted(self._deletes):
             writer.delete(key_hash)
         for key_hash in sorted(self._inserts):
             writer.insert(key_hash)
-        for server, capacity in enumerate(capacities):
-            writer.lower_capacity(server, capacity)
+        for server in changed:
+            writer.lower_capacity(server, capacities[server])
         self._engine = writer.freeze()
         self._inserts.clear()
         self._deletes.clear()

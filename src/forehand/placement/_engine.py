@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, insort
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from forehand.placement._hashing import HASH_LIMIT
@@ -81,8 +81,8 @@ class Engine:
 
     def replica_set(self, key_hash: int, primary: int) -> tuple[int, ...]:
         """The replica server indices of a key whose primary is `primary`."""
-        return choose_replicas(
-            self.layout.walk(key_hash),
+        return self.layout.replicas(
+            key_hash,
             primary=primary,
             want=self.replica_target,
             zones=self.zones,
@@ -92,41 +92,6 @@ class Engine:
     def writer(self) -> EngineWriter:
         """A builder of the next version's assignment."""
         return EngineWriter(self)
-
-
-def choose_replicas(
-    walk: Iterable[int], *, primary: int, want: int, zones: Sequence[int], zone_count: int
-) -> tuple[int, ...]:
-    """The first `want` servers of the walk other than `primary`, spread over zones.
-
-    A server whose zone already holds a copy is passed over while some zone holds none; when the
-    walk ends short, passed-over servers fill the remaining places in walk order.
-    """
-    if want == 0:
-        return ()
-    chosen: list[int] = []
-    if zone_count <= 1:
-        for server in walk:
-            if server != primary:
-                chosen.append(server)
-                if len(chosen) == want:
-                    break
-        return tuple(chosen)
-    used = {zones[primary]}
-    passed: list[int] = []
-    for server in walk:
-        if server == primary:
-            continue
-        zone = zones[server]
-        if zone in used and len(used) < zone_count:
-            passed.append(server)
-            continue
-        chosen.append(server)
-        used.add(zone)
-        if len(chosen) == want:
-            return tuple(chosen)
-    chosen.extend(passed[: want - len(chosen)])
-    return tuple(chosen)
 
 
 def _walk_after(layout: Layout, key_hash: int, server: int) -> Iterator[int]:
@@ -162,14 +127,10 @@ def build_engine(
     replica_target = max(0, min(replica_count, count - 1))
     replicas = [_empty() for _ in range(count)]
     if replica_target:
-        for key_hash, primary in zip(sorted_hashes, primaries, strict=True):
-            chosen = choose_replicas(
-                layout.walk(key_hash),
-                primary=primary,
-                want=replica_target,
-                zones=zones,
-                zone_count=zone_count,
-            )
+        chosen_sets = layout.replicas_sorted(
+            sorted_hashes, primaries, want=replica_target, zones=zones, zone_count=zone_count
+        )
+        for key_hash, chosen in zip(sorted_hashes, chosen_sets, strict=True):
             for server in chosen:
                 replicas[server].append(key_hash)
     return Engine(

@@ -38,6 +38,8 @@ class Eligible:
     """Their ids; a server's position is its index in the engine."""
     index: Mapping[str, int]
     """Id -> position."""
+    weights_milli: tuple[int, ...]
+    """Their weights in thousandths, by position."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +104,13 @@ def rebuild_engine(
     parts: HashIndex[PartKey],
     overrides: HashIndex[Placement],
     pinned: Mapping[str, int],
+    *,
+    previous: Engine | None = None,
 ) -> tuple[Eligible, Engine]:
-    """The eligible servers and the assignment, computed from scratch."""
+    """The eligible servers and the assignment, computed from scratch.
+
+    `previous` lends its layout to strategies that can derive the new one from it.
+    """
     entries = eligible_servers(servers)
     names = tuple(entry.server_id for entry in entries)
     weights = [entry.weight_milli for entry in entries]
@@ -114,13 +121,16 @@ def rebuild_engine(
         raise InvalidDeltaError(f"no ACTIVE server is left for {len(hash_keys)} hash-placed parts")
     pinned_counts = [pinned.get(name, 0) for name in names]
     engine = build_engine(
-        layout=build_layout(names, weights, config),
+        layout=build_layout(
+            names, weights, config, previous=None if previous is None else previous.layout
+        ),
         zones=zones,
         replica_count=config.replica_count,
         capacities=hash_capacities(config, weights, pinned_counts, len(hash_keys)),
         sorted_hashes=hash_keys,
     )
-    return Eligible(names=names, index={name: i for i, name in enumerate(names)}), engine
+    index = {name: position for position, name in enumerate(names)}
+    return Eligible(names=names, index=index, weights_milli=tuple(weights)), engine
 
 
 def check_server_entry(config: PlacementConfig, entry: ServerEntry) -> None:

@@ -11,55 +11,27 @@ from __future__ import annotations
 
 import math
 from array import array
-from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import chain
-from typing import Protocol
 
 from forehand.errors import ConfigError
 from forehand.placement._config import PlacementConfig
-from forehand.placement._hashing import HASH_LIMIT, mix64, server_hash, server_points
+from forehand.placement._hashing import HASH_LIMIT, mix64, server_hash
+from forehand.placement._layout import Layout, LayoutFactory, choose_replicas, distinct
+from forehand.placement._ring import RingLayout
 
 __all__ = [
     "Layout",
     "LayoutFactory",
     "MaglevLayout",
     "RendezvousLayout",
-    "RingLayout",
     "build_layout",
     "register_strategy",
     "strategy_names",
 ]
 
-_OWNER_BITS = 16
-_OWNER_MASK = (1 << _OWNER_BITS) - 1
 _EMPTY_SLOT = 0xFFFF
-_MERGE_RATIO = 8
 
-
-class Layout(Protocol):
-    """Where keys go among a fixed set of servers, indexed 0..server_count-1."""
-
-    @property
-    def server_count(self) -> int:
-        """How many servers the layout spreads keys over."""
-        ...
-
-    def first(self, key_hash: int) -> int:
-        """The most preferred server for `key_hash`."""
-        ...
-
-    def walk(self, key_hash: int) -> Iterator[int]:
-        """Every server exactly once, most preferred first."""
-        ...
-
-    def firsts(self, sorted_hashes: Sequence[int]) -> list[int]:
-        """`first` of each hash; the hashes come in ascending order, so a merge may be used."""
-        ...
-
-
-LayoutFactory = Callable[[Sequence[str], Sequence[int], PlacementConfig], Layout]
-"""Builds a layout from server ids, their weights in thousandths, and the configuration."""
 
 _REGISTRY: dict[str, LayoutFactory] = {}
 
@@ -77,7 +49,11 @@ def strategy_names() -> tuple[str, ...]:
 
 
 def build_layout(
-    server_ids: Sequence[str], weights_milli: Sequence[int], config: PlacementConfig
+    server_ids: Sequence[str],
+    weights_milli: Sequence[int],
+    config: PlacementConfig,
+    *,
+    previous: Layout | None = None,
 ) -> Layout:
     """The layout of the configured strategy over these servers."""
     assert len(server_ids) == len(weights_milli)
@@ -87,78 +63,7 @@ def build_layout(
         raise ConfigError(
             f"unknown placement strategy {config.strategy!r}; known: {strategy_names()}"
         ) from None
-    return factory(server_ids, weights_milli, config)
-
-
-def _distinct(owners: Iterator[int], server_count: int) -> Iterator[int]:
-    seen: set[int] = set()
-    for owner in owners:
-        if owner not in seen:
-            seen.add(owner)
-            yield owner
-            if len(seen) == server_count:
-                return
-
-
-class RingLayout:
-    """A hash ring with weighted virtual nodes; a key belongs to the first point at or after it.
-
-    Points live in a flat `array('Q')` with their owners in an `array('H')` beside it: 10 bytes a
-    point instead of about 80 in a list of ints, and bisection over it stays in cache better.
-    """
-
-    __slots__ = ("_owners", "_points", "_server_count")
-
-    def __init__(
-        self, server_ids: Sequence[str], weights_milli: Sequence[int], config: PlacementConfig
-    ) -> None:
-        tagged: list[int] = []
-        for index, server_id in enumerate(server_ids):
-            count = max(1, config.ring_points_per_weight * weights_milli[index] // 1000)
-            tagged.extend(
-                [point << _OWNER_BITS | index for point in server_points(server_id, count)]
-            )
-        # Equal points (a 2**-64 event) order by owner index, which keeps the sort total.
-        tagged.sort()
-        self._points = array("Q", [value >> _OWNER_BITS for value in tagged])
-        self._owners = array("H", [value & _OWNER_MASK for value in tagged])
-        self._server_count = len(server_ids)
-
-    @property
-    def server_count(self) -> int:
-        return self._server_count
-
-    @property
-    def point_count(self) -> int:
-        """How many virtual nodes the ring has."""
-        return len(self._points)
-
-    def first(self, key_hash: int) -> int:
-        position = bisect_left(self._points, key_hash)
-        return self._owners[position if position < len(self._owners) else 0]
-
-    def walk(self, key_hash: int) -> Iterator[int]:
-        owners = self._owners
-        start = bisect_left(self._points, key_hash)
-        if start == len(owners):
-            start = 0
-        positions = chain(range(start, len(owners)), range(start))
-        return _distinct((owners[position] for position in positions), self._server_count)
-
-    def firsts(self, sorted_hashes: Sequence[int]) -> list[int]:
-        points = self._points
-        owners = self._owners
-        size = len(points)
-        if len(sorted_hashes) * _MERGE_RATIO < size:
-            return [self.first(key_hash) for key_hash in sorted_hashes]
-        result: list[int] = []
-        append = result.append
-        position = 0
-        for key_hash in sorted_hashes:
-            while position < size and points[position] < key_hash:
-                position += 1
-            append(owners[position] if position < size else owners[0])
-        return result
+    return factory(server_ids, weights_milli, config, previous=previous)
 
 
 class MaglevLayout:
@@ -171,7 +76,12 @@ class MaglevLayout:
     __slots__ = ("_server_count", "_table")
 
     def __init__(
-        self, server_ids: Sequence[str], weights_milli: Sequence[int], config: PlacementConfig
+        self,
+        server_ids: Sequence[str],
+        weights_milli: Sequence[int],
+        config: PlacementConfig,
+        *,
+        previous: Layout | None = None,
     ) -> None:
         size = config.maglev_table_size
         if len(server_ids) > size:
@@ -190,12 +100,33 @@ class MaglevLayout:
         table = self._table
         start = key_hash % len(table)
         slots = chain(range(start, len(table)), range(start))
-        return _distinct((table[slot] for slot in slots), self._server_count)
+        return distinct((table[slot] for slot in slots), self._server_count)
 
     def firsts(self, sorted_hashes: Sequence[int]) -> list[int]:
         table = self._table
         size = len(table)
         return [table[key_hash % size] for key_hash in sorted_hashes]
+
+    def replicas(
+        self, key_hash: int, *, primary: int, want: int, zones: Sequence[int], zone_count: int
+    ) -> tuple[int, ...]:
+        return choose_replicas(
+            self.walk(key_hash), primary=primary, want=want, zones=zones, zone_count=zone_count
+        )
+
+    def replicas_sorted(
+        self,
+        sorted_hashes: Sequence[int],
+        primaries: Sequence[int],
+        *,
+        want: int,
+        zones: Sequence[int],
+        zone_count: int,
+    ) -> list[tuple[int, ...]]:
+        return [
+            self.replicas(key_hash, primary=primary, want=want, zones=zones, zone_count=zone_count)
+            for key_hash, primary in zip(sorted_hashes, primaries, strict=True)
+        ]
 
 
 def _maglev_table(server_ids: Sequence[str], weights_milli: Sequence[int], size: int) -> array[int]:
@@ -238,7 +169,12 @@ class RendezvousLayout:
     __slots__ = ("_log_weights", "_seeds")
 
     def __init__(
-        self, server_ids: Sequence[str], weights_milli: Sequence[int], config: PlacementConfig
+        self,
+        server_ids: Sequence[str],
+        weights_milli: Sequence[int],
+        config: PlacementConfig,
+        *,
+        previous: Layout | None = None,
     ) -> None:
         self._seeds = [server_hash(server_id, b"rendezvous") for server_id in server_ids]
         self._log_weights = [float(weight) for weight in weights_milli]
@@ -262,6 +198,27 @@ class RendezvousLayout:
 
     def firsts(self, sorted_hashes: Sequence[int]) -> list[int]:
         return [self.first(key_hash) for key_hash in sorted_hashes]
+
+    def replicas(
+        self, key_hash: int, *, primary: int, want: int, zones: Sequence[int], zone_count: int
+    ) -> tuple[int, ...]:
+        return choose_replicas(
+            self.walk(key_hash), primary=primary, want=want, zones=zones, zone_count=zone_count
+        )
+
+    def replicas_sorted(
+        self,
+        sorted_hashes: Sequence[int],
+        primaries: Sequence[int],
+        *,
+        want: int,
+        zones: Sequence[int],
+        zone_count: int,
+    ) -> list[tuple[int, ...]]:
+        return [
+            self.replicas(key_hash, primary=primary, want=want, zones=zones, zone_count=zone_count)
+            for key_hash, primary in zip(sorted_hashes, primaries, strict=True)
+        ]
 
 
 register_strategy("ring", RingLayout)
