@@ -142,7 +142,10 @@ class Replication:
         if stream is None:
             return AckOutcome(known=False)
         if stream.acked_seq is None or ack.acked_seq > part.log.last_seq:
-            return self._on_probe_answer(part, stream, ack)
+            outcome = self._on_probe_answer(part, stream, ack)
+            if outcome.diverged:
+                return outcome
+            return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
         stream.acked_seq = ack.acked_seq
         inflight = stream.inflight
         behind = inflight[0][0] if inflight else stream.sent_seq
@@ -151,6 +154,11 @@ class Replication:
             stream.restart()
         while inflight and inflight[0][0] <= ack.acked_seq:
             inflight.popleft()
+        return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
+
+    @staticmethod
+    def _sealed_by(stream: ReplicaStream, ack: LogAcknowledged) -> bool:
+        """Whether `ack` is the target's first acknowledgement of the sealed batch."""
         sealed = (
             ack.sealed
             and stream.seal_seq is not None
@@ -159,7 +167,7 @@ class Replication:
         )
         if sealed:
             stream.seal_acked = True
-        return AckOutcome(known=True, sealed=sealed)
+        return sealed
 
     def _on_probe_answer(
         self, part: Part, stream: ReplicaStream, ack: LogAcknowledged

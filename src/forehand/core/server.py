@@ -1227,7 +1227,7 @@ class ServerCore:
             ):
                 run.handoff_id = message.handoff_id
                 run.reason = message.reason
-                run.deadline_us = max(run.deadline_us, now_us + message.deadline_ms * 1000)
+                run.deadline_us = now_us + message.deadline_ms * 1000
                 return True
         return False
 
@@ -1260,8 +1260,8 @@ class ServerCore:
             if shipper is None:
                 self._start_shipping(part, now_us)
                 shipper = self._shippers[ref]
-            shipper.only_target()
             shipper.seal_towards(target, seal_seq=part.applied_seq)
+            shipper.only_target()
             self._run_of[ref] = key
             self._mark_shipping(ref, now_us, urgent=True)
 
@@ -1605,9 +1605,9 @@ class ServerCore:
             if placement is not None:
                 self._place_new(ref, placement.primary, placement.replicas, previous_map, now_us)
             return
-        if placement is None or (
-            placement.primary != self._me and self._me not in placement.replicas
-        ):
+        listed = placement is not None and self._me in placement.servers
+        if placement is None or (not listed and part.state is not PartState.PRIMARY):
+            # A live primary that the map leaves out still hands the part over first.
             self._placement_lost(part, now_us)
             return
         if placement.primary == self._me:

@@ -1,0 +1,484 @@
+"""Tests of the server side of a planned handoff: steps 3-5 on the source, catch-up on the target."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._handoff import (
+    HANDOFF_TRANSITIONS,
+    HandoffPhase,
+    HandoffRun,
+    HandoffSide,
+    HandoffTrigger,
+    handoff_transition_table,
+)
+from forehand.core._part import PartState
+from forehand.core._server_events import (
+    ClientHandedOff,
+    HandoffStepCompleted,
+    HandoffStepMissed,
+    PrimaryAcceptedWrite,
+    PrimaryInstalled,
+    RequestExecuted,
+    ResumeAccepted,
+    WriteAcknowledged,
+)
+from forehand.core.messages import (
+    HandoffAborted,
+    HandoffCompleted,
+    LogShipped,
+    RequestForwarded,
+    ResponseForwarded,
+)
+from forehand.core.tokens import TokenClaims
+from forehand.errors import LocalProtocolError
+from forehand.placement import PartKey, Placement
+from forehand.wire import (
+    Handoff,
+    HandoffFlag,
+    ReasonCode,
+    Response,
+    ResponseStatus,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+)
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref, sealer
+else:
+    from _server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref, sealer
+
+COUNTER = ref("counter")
+
+
+def handed_over(*, map_first: bool = True, **overrides: object) -> Cluster:
+    """s1 primary of `counter` (replicas s2, s3) with 3 writes from c1, then moved to s2."""
+    cluster = Cluster(**overrides)  # type: ignore[arg-type]
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "counter")
+    cluster.responses()
+    cluster.router.advance(ms=50)
+    move = cluster.map.override_placement(
+        PartKey(session_id=SESSION, part="counter"), Placement(primary="s2", replicas=("s1", "s3"))
+    )
+    if map_first:
+        cluster.publish(*move.operations)
+        cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    else:
+        cluster.publish(*move.operations, to=[])
+        cluster.assign_handoff([COUNTER], source="s1", target="s2")
+        cluster.publish_full()
+    return cluster
+
+
+def state(cluster: Cluster, server: str) -> PartState | None:
+    """The state of `counter` on `server`."""
+    part = cluster.server(server).part(COUNTER)
+    return None if part is None else part.state
+
+
+def test_handoff_table_rows() -> None:
+    """The exported handoff table lists every transition once, and illegal ones raise."""
+    assert len(handoff_transition_table()) == len(HANDOFF_TRANSITIONS)
+    run = HandoffRun(
+        handoff_id=1,
+        side=HandoffSide.TARGET,
+        refs=(COUNTER,),
+        peer="s1",
+        map_version=2,
+        reason=0,
+        deadline_us=10,
+    )
+    assert run.phase is HandoffPhase.RECEIVING
+    with pytest.raises(LocalProtocolError):
+        run.transition(HandoffTrigger.CLIENTS_NOTIFIED)
+    run.transition(HandoffTrigger.SEALED_LOGS_APPLIED)
+    assert run.finished
+
+
+@pytest.mark.parametrize("map_first", [True, False])
+def test_sealed_log_moves_the_part_and_the_state(map_first: bool) -> None:
+    """The target becomes primary with the source's state; the source becomes a backup."""
+    cluster = handed_over(map_first=map_first)
+    assert state(cluster, "s2") is PartState.PRIMARY
+    assert state(cluster, "s1") is PartState.BACKUP
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None
+    assert (target.data, target.applied_seq, target.epoch) == (3, 3, cluster.map.version)
+    (installed,) = cluster.events("s2", PrimaryInstalled)
+    assert (installed.cause.value, installed.log_index) == ("handoff", 3)
+    sealed = [m for m in cluster.router.sent(LogShipped, source="s1") if m.sealed]
+    assert len(sealed) == 1
+    steps = [(e.side, e.step) for e in cluster.events("s1", HandoffStepCompleted)]
+    assert steps == [(HandoffSide.SOURCE, 3)]
+    target_steps = [(e.side, e.step) for e in cluster.events("s2", HandoffStepCompleted)]
+    assert target_steps == [(HandoffSide.TARGET, 3)]
+    completed = cluster.take(MANAGER, HandoffCompleted)
+    assert [(m.server_id, m.handoff_id) for m in completed] == [("s2", 77)]
+
+
+def test_clients_get_a_handoff_frame_after_jitter_then_backup_ends() -> None:
+    """Step 4 sends HANDOFF with a token after the jitter; step 5 demotes the source and reports."""
+    cluster = handed_over(handoff_notify_jitter_ms=0)
+    assert cluster.take("c1", Handoff) == []
+    cluster.router.advance(ms=0)
+    (frame,) = cluster.take("c1", Handoff)
+    assert (frame.session_id, frame.parts, frame.map_version) == (
+        SESSION,
+        ("counter",),
+        cluster.map.version,
+    )
+    assert frame.reason is ReasonCode.PREDICTED_FAILURE
+    assert frame.flags & HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED
+    assert [target.server_id for target in frame.targets] == ["s2"]
+    assert frame.current.server_id == "s1"
+    claims = sealer().open(frame.token, now_us=cluster.router.now_us)
+    assert (claims.target_server, claims.parts, claims.session_id) == ("s2", ("counter",), SESSION)
+    (sent,) = cluster.events("s1", ClientHandedOff)
+    assert sent.sequence == frame.sequence
+    cluster.router.advance(ms=4999)
+    assert state(cluster, "s1") is PartState.BACKUP
+    cluster.router.advance(ms=1)
+    assert state(cluster, "s1") is PartState.REPLICA
+    steps = [e.step for e in cluster.events("s1", HandoffStepCompleted)]
+    assert steps == [3, 4, 5]
+    completed = [m for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
+    assert [m.handoff_id for m in completed] == [77]
+
+
+def test_source_drops_the_part_when_the_new_map_does_not_list_it() -> None:
+    """After the backup period a source that is no replica in the new map forgets the part."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s3")
+    cluster.request("s1", "counter")
+    cluster.place("counter", "s2", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    cluster.router.advance(ms=6000)
+    assert state(cluster, "s1") is None
+    assert state(cluster, "s2") is PartState.PRIMARY
+
+
+def test_requests_during_handoff_are_forwarded_and_answered() -> None:
+    """A request reaching the backup source runs on the target, the answer comes back via s1."""
+    cluster = handed_over()
+    request_id = cluster.request("s1", "counter", payload=b"10")
+    (response,) = cluster.responses()
+    assert (response.request_id, response.payload) == (request_id, b"13")
+    (forwarded,) = cluster.router.sent(RequestForwarded, source="s1")
+    assert (forwarded.hops, forwarded.map_version) == (1, cluster.map.version)
+    assert cluster.router.sent(ResponseForwarded, source="s2")
+    executed = cluster.events("s2", RequestExecuted)
+    assert [(e.request_id, e.log_index) for e in executed] == [(request_id, 4)]
+    assert not [e for e in cluster.events("s1", RequestExecuted) if e.request_id == request_id]
+    (ack,) = [e for e in cluster.events("s2", WriteAcknowledged) if e.request_id == request_id]
+    assert ack.client == "c1"
+
+
+def test_late_client_gets_its_handoff_frame_on_first_forward() -> None:
+    """A client that attaches during the backup period is told to move, once."""
+    cluster = handed_over()
+    cluster.router.advance(ms=30)
+    cluster.request("s1", "counter", client="c2")
+    cluster.request("s1", "counter", client="c2")
+    assert len(cluster.take("c2", Handoff)) == 1
+    assert len(cluster.responses("c2")) == 2
+
+
+def test_forward_hops_are_bounded() -> None:
+    """A forwarded request that would exceed forward_hops_max is refused with TRY_AGAIN."""
+    cluster = handed_over(forward_hops_max=2)
+    cluster.router.send(
+        "s9",
+        "s1",
+        RequestForwarded(
+            client="c9",
+            request_id=5,
+            session_id=SESSION,
+            part="counter",
+            op="add",
+            payload=b"1",
+            map_version=cluster.map.version,
+            hops=2,
+        ),
+    )
+    (answer,) = cluster.take("s9", ResponseForwarded)
+    assert answer.status == ResponseStatus.TRY_AGAIN
+    assert answer.client == "c9"
+
+
+def test_retry_after_handoff_is_answered_from_the_targets_dedup() -> None:
+    """A request executed by the source and retried at the target is not executed twice."""
+    cluster = handed_over()
+    cluster.request("s2", "counter", request_id=2)
+    (response,) = cluster.responses()
+    assert response.payload == b"2"
+    assert cluster.events("s2", RequestExecuted) == []
+
+
+def test_forwarded_request_retried_at_target_executes_once() -> None:
+    """The client re-sends at the target what the source forwarded: one execution."""
+    cluster = handed_over()
+    request_id = cluster.request("s1", "counter", payload=b"5")
+    cluster.request("s2", "counter", payload=b"5", request_id=request_id)
+    first, second = cluster.responses()
+    assert first.payload == second.payload == b"8"
+    assert len(cluster.events("s2", RequestExecuted)) == 1
+
+
+def test_target_queues_requests_until_the_seal_arrives() -> None:
+    """While RECEIVING, the target queues requests and runs them in order after the seal."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.responses()
+    cut = cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    assert state(cluster, "s2") is PartState.RECEIVING
+    first = cluster.request("s2", "counter", payload=b"10")
+    second = cluster.request("s2", "counter", payload=b"100")
+    assert cluster.responses() == []
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    responses = cluster.responses()
+    assert [(r.request_id, r.payload) for r in responses] == [(first, b"11"), (second, b"111")]
+
+
+def test_receiving_queue_is_bounded() -> None:
+    """Beyond receiving_queue_requests_max, requests at a receiving target are OVERLOADED."""
+    cluster = Cluster(receiving_queue_requests_max=1)
+    cluster.place("counter", "s1", "s2")
+    cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1")
+    cluster.request("s2", "counter")
+    cluster.request("s2", "counter")
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.OVERLOADED
+
+
+def test_lost_seal_batch_is_resent() -> None:
+    """A dropped sealed batch is resent after replication_retry_ms and the handoff completes."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    drops = {"left": 1}
+
+    def drop_first_seal(source: str, destination: str, message: object) -> bool:
+        if isinstance(message, LogShipped) and message.sealed and drops["left"]:
+            drops["left"] -= 1
+            return True
+        return False
+
+    cluster.router.filters.append(drop_first_seal)
+    cluster.place("counter", "s2", "s1")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    assert state(cluster, "s1") is PartState.HANDING_OFF
+    cluster.router.advance(ms=600)
+    assert state(cluster, "s1") is PartState.BACKUP
+    assert state(cluster, "s2") is PartState.PRIMARY
+
+
+def test_deadline_missed_aborts_and_the_map_reinstates_the_source() -> None:
+    """No seal ack by the deadline: ABORTING, HandoffAborted, TRY_AGAIN; a revert map restores."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cut = cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=300)
+    cluster.router.advance(ms=300)
+    assert state(cluster, "s1") is PartState.ABORTING
+    (aborted,) = [m for m in cluster.take(MANAGER, HandoffAborted) if m.server_id == "s1"]
+    assert (aborted.handoff_id, aborted.server_id, aborted.parts) == (77, "s1", (COUNTER,))
+    (missed,) = cluster.events("s1", HandoffStepMissed)
+    assert missed.side is HandoffSide.SOURCE
+    cluster.responses()
+    cluster.request("s1", "counter")
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+    cluster.router.heal(cut)
+    cluster.place("counter", "s1", "s2")
+    assert state(cluster, "s1") is PartState.PRIMARY
+    assert state(cluster, "s2") is PartState.REPLICA
+    cluster.request("s1", "counter", payload=b"5")
+    (ok,) = cluster.responses()
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"6")
+    accepted = cluster.events("s1", PrimaryAcceptedWrite)
+    assert accepted[-1].map_version == cluster.map.version
+
+
+def test_target_deadline_reports_abort_and_fails_queued_requests() -> None:
+    """A target without the seal by the deadline reports HandoffAborted and answers TRY_AGAIN."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1", to=["s2"])
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=200, to=["s2"])
+    cluster.request("s2", "counter")
+    cluster.router.advance(ms=200)
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+    aborted = [m for m in cluster.take(MANAGER, HandoffAborted) if m.server_id == "s2"]
+    assert len(aborted) == 1
+    assert state(cluster, "s2") is PartState.RECEIVING
+
+
+def test_handoff_of_a_part_not_primary_here_is_aborted_at_once() -> None:
+    """HandoffAssigned naming no part this server is primary of is answered with HandoffAborted."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.assign_handoff([COUNTER], source="s2", target="s3", to=["s2"])
+    (aborted,) = cluster.take(MANAGER, HandoffAborted)
+    assert aborted.server_id == "s2"
+
+
+def test_concurrent_handoffs_are_capped() -> None:
+    """Beyond handoffs_concurrent_max running source handoffs, a new one is refused."""
+    cluster = Cluster(handoffs_concurrent_max=1)
+    cluster.place("counter", "s1", "s2")
+    cluster.place("counter", "s1", "s2", session=OTHER_SESSION)
+    cut = cluster.router.partition("s1", "s2")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", to=["s1"])
+    cluster.assign_handoff(
+        [ref("counter", OTHER_SESSION)], source="s1", target="s2", handoff_id=78, to=["s1"]
+    )
+    (aborted,) = cluster.take(MANAGER, HandoffAborted)
+    assert (aborted.handoff_id, aborted.detail) == (78, "handoffs_concurrent_max reached")
+    cluster.router.heal(cut)
+
+
+def test_duplicate_handoff_assignment_is_ignored() -> None:
+    """The same HandoffAssigned twice starts one procedure."""
+    cluster = handed_over()
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    assert len(cluster.events("s1", ClientHandedOff)) == 0
+    cluster.router.advance(ms=30)
+    assert len(cluster.events("s1", ClientHandedOff)) == 1
+
+
+# Resume at the target.
+
+
+def handoff_token(cluster: Cluster) -> bytes:
+    """The token of the HANDOFF frame c1 received."""
+    cluster.router.advance(ms=20)
+    (frame,) = cluster.take("c1", Handoff)
+    return frame.token
+
+
+def resume(
+    cluster: Cluster,
+    token: bytes,
+    *,
+    parts: tuple[str, ...] = ("counter",),
+    client: str = "c1",
+    map_version: int | None = None,
+) -> None:
+    """Send RESUME from `client` to s2."""
+    cluster.router.send(
+        client,
+        "s2",
+        Resume(
+            session_id=SESSION,
+            token=token,
+            parts=parts,
+            map_version=cluster.map.version if map_version is None else map_version,
+        ),
+    )
+
+
+def test_resume_with_the_handoff_token_is_accepted_once() -> None:
+    """The token opens once at the target; a second use is TOKEN_REPLAYED."""
+    cluster = handed_over()
+    token = handoff_token(cluster)
+    resume(cluster, token)
+    (ok,) = cluster.take("c1", ResumeOk)
+    assert (ok.parts, ok.map_version) == (("counter",), cluster.map.version)
+    (accepted,) = cluster.events("s2", ResumeAccepted)
+    assert accepted.client == "c1"
+    resume(cluster, token, client="c2")
+    (reject,) = cluster.take("c2", ResumeReject)
+    assert reject.reason is ResumeRejectReason.TOKEN_REPLAYED
+
+
+def test_resumed_client_gets_handoff_when_the_part_moves_again() -> None:
+    """RESUME attaches the client to the session at the target, so the next handoff reaches it."""
+    cluster = handed_over()
+    resume(cluster, handoff_token(cluster), client="c7")
+    cluster.take("c7", ResumeOk)
+    cluster.router.advance(ms=6000)
+    cluster.place("counter", "s3", "s2")
+    cluster.assign_handoff([COUNTER], source="s2", target="s3", handoff_id=78)
+    cluster.router.advance(ms=30)
+    frames = cluster.take("c7", Handoff)
+    assert [frame.targets[0].server_id for frame in frames] == ["s3"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        ("garbage", ResumeRejectReason.TOKEN_INVALID),
+        ("expired", ResumeRejectReason.TOKEN_EXPIRED),
+        ("wrong_part", ResumeRejectReason.WRONG_PART),
+        ("wrong_server", ResumeRejectReason.WRONG_SERVER),
+        ("stale", ResumeRejectReason.SHARD_MAP_STALE),
+        ("unknown_session", ResumeRejectReason.SESSION_UNKNOWN),
+    ],
+)
+def test_bad_resumes_are_rejected_with_a_reason(mutate: str, reason: ResumeRejectReason) -> None:
+    """Each way a RESUME can be wrong maps to its RESUME_REJECT reason."""
+    cluster = handed_over()
+    cluster.router.advance(ms=20)
+    now = cluster.router.now_us
+    claims = TokenClaims(
+        session_id=SESSION,
+        parts=("counter",),
+        target_server="s2",
+        map_version=cluster.map.version,
+        expires_us=now + 10_000_000,
+        nonce=1234,
+    )
+    session = SESSION
+    if mutate == "expired":
+        claims = TokenClaims(**{**_fields(claims), "expires_us": now})
+    elif mutate == "wrong_server":
+        claims = TokenClaims(**{**_fields(claims), "target_server": "s3"})
+    elif mutate == "stale":
+        claims = TokenClaims(**{**_fields(claims), "map_version": 1})
+    elif mutate == "unknown_session":
+        claims = TokenClaims(**{**_fields(claims), "session_id": OTHER_SESSION})
+        session = OTHER_SESSION
+    token = b"\x01garbage" if mutate == "garbage" else sealer(5).seal(claims)
+    parts = ("counter", "ledger") if mutate == "wrong_part" else ("counter",)
+    cluster.router.send(
+        "c3",
+        "s2",
+        Resume(
+            session_id=session,
+            token=token,
+            parts=parts,
+            map_version=1 if mutate == "stale" else cluster.map.version,
+        ),
+    )
+    (reject,) = cluster.take("c3", ResumeReject)
+    assert reject.reason is reason
+
+
+def _fields(claims: TokenClaims) -> dict[str, object]:
+    """The claims as keyword arguments."""
+    return {name: getattr(claims, name) for name in claims.__struct_fields__}
+
+
+def test_responses_through_the_source_reach_the_right_client() -> None:
+    """Two clients' forwarded requests are each answered to their sender."""
+    cluster = handed_over()
+    cluster.request("s1", "counter", client="c1", payload=b"1")
+    cluster.request("s1", "counter", client="c2", payload=b"2")
+    assert [r.payload for r in cluster.take("c1", Response)] == [b"4"]
+    assert [r.payload for r in cluster.take("c2", Response)] == [b"6"]
