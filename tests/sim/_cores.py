@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from forehand.core import NodeId, Outbound
-from forehand.sim import ConnectionLost, NodeStart
+from forehand.sim import ConnectionLost, ConnectionOpened, NodeStart
 from forehand.sim.observations import (
     ClientResponseObserved,
     Durability,
@@ -105,7 +105,18 @@ class RecorderCore(_Outputs):
         self.requests.append(request)
 
     def messages(self) -> list[Received]:
-        return [item for item in self.received if item.kind == "message"]
+        """Messages from peers, without the driver's connection notices."""
+        notices = (ConnectionLost, ConnectionOpened)
+        return [
+            item
+            for item in self.received
+            if item.kind == "message" and not isinstance(item.message, notices)
+        ]
+
+    def notices(self) -> list[Received]:
+        """The driver's connection notices, opened and lost, in arrival order."""
+        notices = (ConnectionLost, ConnectionOpened)
+        return [item for item in self.received if isinstance(item.message, notices)]
 
     def notes(self) -> list[int]:
         return [item.message.number for item in self.received if isinstance(item.message, Note)]

@@ -6,6 +6,8 @@ import math
 
 import pytest
 
+from forehand.core import CoreDriver
+from forehand.core._driver import ConnectionCloseRequested
 from forehand.errors import ConfigError
 from forehand.sim import (
     ConnectionLost,
@@ -17,6 +19,7 @@ from forehand.sim import (
     Transport,
 )
 
+from ._cores import Note, RecorderCore
 from ._helpers import recorder, recorder_sim, send_at
 
 DATAGRAM = Transport.DATAGRAM
@@ -154,7 +157,7 @@ def test_long_partition_resets_the_connection_at_both_ends() -> None:
     for node_id, peer in (("a", "b"), ("b", "a")):
         losses = [
             item
-            for item in recorder(sim, node_id).messages()
+            for item in recorder(sim, node_id).notices()
             if isinstance(item.message, ConnectionLost)
         ]
         assert [(item.message.peer, item.message.reason, item.now_us) for item in losses] == [  # type: ignore[attr-defined]
@@ -163,7 +166,7 @@ def test_long_partition_resets_the_connection_at_both_ends() -> None:
 
 
 def test_sends_on_a_broken_connection_are_dropped_until_the_notice() -> None:
-    """After a reset, a sender's messages vanish until it is told; then a new connection works."""
+    """After a reset a sender's messages vanish until it is told; then a new connection works."""
     sim = recorder_sim("a", "b", link=Link(delay_us=1_000, reset_probability=1.0))
     send_at(sim, "a", "b", [1], at_us=0)
     sim.call_at(1, lambda: sim.set_link("a", "b", Link(delay_us=1_000)), label="stop resets")
@@ -172,7 +175,8 @@ def test_sends_on_a_broken_connection_are_dropped_until_the_notice() -> None:
     result = sim.run(until_us=100_000)
     assert recorder(sim, "b").notes() == [3]
     assert [loss.reason for loss in recorder(sim, "a").losses()] == ["reset"]
-    assert [loss.reason for loss in recorder(sim, "b").losses()] == ["reset"]
+    # The reset came before the handshake finished, so b never learned of that connection.
+    assert recorder(sim, "b").losses() == []
     assert result.counters["send-on-broken-connection"] == 1
 
 
@@ -195,7 +199,7 @@ def test_crash_resets_connections_and_refuses_new_ones() -> None:
     send_at(sim, "a", "b", [2], at_us=20_000)
     sim.run(until_us=100_000)
     losses = [
-        item for item in recorder(sim, "a").messages() if isinstance(item.message, ConnectionLost)
+        item for item in recorder(sim, "a").notices() if isinstance(item.message, ConnectionLost)
     ]
     assert [(item.message.reason, item.now_us) for item in losses] == [  # type: ignore[attr-defined]
         ("peer-crashed", 11_500),
@@ -211,7 +215,7 @@ def test_silent_crash_is_noticed_only_after_the_connection_timeout() -> None:
     sim.call_at(10_000, lambda: sim.crash("b", silent=True), label="crash")
     sim.run(until_us=1_000_000)
     losses = [
-        item for item in recorder(sim, "a").messages() if isinstance(item.message, ConnectionLost)
+        item for item in recorder(sim, "a").notices() if isinstance(item.message, ConnectionLost)
     ]
     assert [item.now_us for item in losses] == [310_000]
 
@@ -313,3 +317,46 @@ def test_each_direction_of_a_stalled_connection_resumes_on_its_own() -> None:
     assert recorder(sim, "b").notes() == [1, 2]
     assert all(item.now_us > 100_000 for item in recorder(sim, "b").messages())
     assert recorder(sim, "a").notes() == []
+
+
+def test_connection_opened_reaches_each_end_before_any_frame() -> None:
+    """Both ends hear ConnectionOpened after the handshake, and before any frame of the peer."""
+    sim = recorder_sim("a", "b", link=Link(delay_us=1_000))
+    send_at(sim, "a", "b", [1], at_us=0)
+    send_at(sim, "b", "a", [2], at_us=500)
+    sim.run(until_us=100_000)
+    seen_by_a = [(type(item.message).__name__, item.now_us) for item in recorder(sim, "a").received]
+    seen_by_b = [(type(item.message).__name__, item.now_us) for item in recorder(sim, "b").received]
+    assert seen_by_b == [("ConnectionOpened", 1_000), ("Note", 3_000)]
+    assert seen_by_a == [("ConnectionOpened", 2_000), ("Note", 2_001)]
+
+
+def test_close_request_delivers_what_was_sent_then_tells_both_ends() -> None:
+    """A close lets the closer's frames arrive, tells both ends, and drops the peer's in-flight."""
+    sim = recorder_sim("a", "b", link=Link(delay_us=1_000, handshake_round_trips=0))
+    send_at(sim, "a", "b", [1], at_us=0)
+    send_at(sim, "b", "a", [9], at_us=5_000)
+
+    def close(core: CoreDriver, now_us: int) -> None:
+        assert isinstance(core, RecorderCore)
+        core.send("b", Note(number=2))
+        core.send("b", ConnectionCloseRequested(peer="b", error_code=1, reason="bad"))
+
+    sim.command("a", close, at_us=5_500)
+    send_at(sim, "a", "b", [3], at_us=20_000)
+    sim.run(until_us=100_000)
+    seen_by_a = [(repr(item.message), item.now_us) for item in recorder(sim, "a").received]
+    seen_by_b = [(repr(item.message), item.now_us) for item in recorder(sim, "b").received]
+    assert seen_by_a == [
+        ("ConnectionOpened(peer='b')", 0),
+        ("ConnectionLost(peer='b', reason='closed: bad')", 5_500),
+        ("ConnectionOpened(peer='b')", 20_000),
+    ]
+    assert seen_by_b == [
+        ("ConnectionOpened(peer='a')", 0),
+        ("Note(number=1, padding='')", 1_000),
+        ("Note(number=2, padding='')", 6_500),
+        ("ConnectionLost(peer='a', reason='closed: bad')", 6_501),
+        ("ConnectionOpened(peer='a')", 20_000),
+        ("Note(number=3, padding='')", 21_000),
+    ]

@@ -8,7 +8,17 @@ import pytest
 
 from forehand.core import CoreDriver
 from forehand.errors import ConfigError, LocalProtocolError
-from forehand.sim import Link, NodeStart, NodeState, ProcessModel, Ramp, Simulator, Transport
+from forehand.sim import (
+    ConnectionLost,
+    ConnectionOpened,
+    Link,
+    NodeStart,
+    NodeState,
+    ProcessModel,
+    Ramp,
+    Simulator,
+    Transport,
+)
 from forehand.sim.observations import NodeCrashed, NodeRestarted, Observed
 
 from ._cores import RecorderCore
@@ -27,7 +37,10 @@ def test_pause_holds_inputs_and_timers_until_resume() -> None:
     send_at(sim, "a", "b", [2], at_us=30_000)
     sim.call_at(100_000, lambda: sim.resume("b"), label="resume")
     sim.run(until_us=200_000)
-    received = recorder(sim, "b").received
+    notices = (ConnectionOpened, ConnectionLost)
+    received = [
+        item for item in recorder(sim, "b").received if not isinstance(item.message, notices)
+    ]
     assert [(item.kind, item.now_us) for item in received] == [
         ("message", 100_000),
         ("message", 100_000),
@@ -109,7 +122,9 @@ def test_inbox_overflow_resets_the_feeding_connection() -> None:
     result = sim.run(until_us=1_000_000)
     assert result.counters["inbox-overflow"] >= 1
     assert [loss.reason for loss in recorder(sim, "a").losses()] == ["receiver-overloaded"]
-    assert recorder(sim, "b").notes() == [0, 1, 2, 3, 4]
+    # The connection's opened notice takes the first of the five inbox slots.
+    assert recorder(sim, "b").notices()[0].message == ConnectionOpened(peer="a")
+    assert recorder(sim, "b").notes() == [0, 1, 2, 3]
 
 
 def test_store_requests_complete_in_order_after_their_latency() -> None:

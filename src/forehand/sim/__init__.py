@@ -10,6 +10,7 @@ the same run. `python -m forehand.sim --scenario NAME --seeds N` runs a campaign
 
 from __future__ import annotations
 
+from forehand.core._driver import ConnectionLost, ConnectionOpened
 from forehand.sim._campaign import (
     BUILTIN_SCENARIO_MODULES,
     Campaign,
@@ -45,8 +46,7 @@ from forehand.sim._faults import (
     Partition,
     draw_fault_plan,
 )
-from forehand.sim._messages import ConnectionLost, ConnectionLostFactory, default_connection_lost
-from forehand.sim._network import (
+from forehand.sim._links import (
     DEFAULT_MESSAGE_BYTES,
     JitterDistribution,
     Link,
@@ -90,7 +90,7 @@ __all__ = [
     "Checker",
     "ClientOrderChecker",
     "ConnectionLost",
-    "ConnectionLostFactory",
+    "ConnectionOpened",
     "Failure",
     "Fault",
     "FaultMix",
@@ -129,7 +129,6 @@ __all__ = [
     "WorkloadSession",
     "WriteLost",
     "default_checkers",
-    "default_connection_lost",
     "derive_rng",
     "derive_seed",
     "draw_fault_plan",

@@ -375,8 +375,9 @@ class LivenessChecker:
     """After the faults heal, every open session is served again within `bound_us`.
 
     A session counts as served when its client receives a response on any of its parts at or
-    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt. The run must last
-    at least until `heal_us + bound_us`, or the check could not fail.
+    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt. `heal_us` comes from
+    the fault plan applied before the run. The run must last at least until `heal_us + bound_us`,
+    or the check could not fail.
     """
 
     observes: tuple[type[Observation], ...] = (

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from forehand.core import NodeId
 from forehand.errors import ConfigError
-from forehand.sim._network import PartitionDirection
+from forehand.sim._links import PartitionDirection
 from forehand.sim._process import NodeState
 from forehand.sim._ramp import Ramp, RampShape
 

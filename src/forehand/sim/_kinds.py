@@ -25,9 +25,11 @@ CALL = 6
 """A scheduled callback runs (faults, scenario hooks): payload = the callable, source = label."""
 CONNECTION_TIMEOUT = 7
 """A stalled connection gives up: number = stall generation, extra = the connection."""
+OPENED = 8
+"""A connection-opened notice arrives: number = the epoch of its lane, extra = the connection."""
 
 INPUT_MESSAGE = 0
-"""An inbox item holding a message (or a connection-lost notice)."""
+"""An inbox item holding a message (or a connection notice)."""
 INPUT_TIMER = 1
 """An inbox item asking the core to run its timer."""
 INPUT_STORE_RESULT = 2

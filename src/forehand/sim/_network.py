@@ -1,16 +1,20 @@
-"""The network model: per-link delay, jitter, loss, duplication, reordering, bandwidth, partitions.
+"""The network engine: routes messages over links, models connections, partitions and resets.
 
 Two transports. A *datagram* link loses, duplicates and reorders messages independently. A
-*connection* link behaves like a QUIC stream or a TLS connection: in order, never duplicated, a
-lost packet costs retransmission delay, and a connection that cannot make progress breaks. A break
-loses whatever was in flight in both directions and hands both live ends a connection-lost notice;
-until an end has had its notice, what it sends on the dead connection is dropped (a write on a
-broken socket), and after that its next send opens a new connection, paying a handshake.
+*connection* link behaves like a QUIC stream or a TLS connection, as `forehand.core` expects of
+its driver: the first send to a peer opens a connection, which costs a handshake and hands both
+ends a `ConnectionOpened` before any frame; traffic is in order and never duplicated; a lost
+packet costs retransmission delay; a connection that cannot make progress breaks.
 
-A connection breaks when: retransmissions run out, the reset probability fires, the sender's queue
-overflows, the receiver's inbox overflows, a send stalls behind a partition (or towards a silently
-crashed node) for longer than `connection_timeout_us`, the peer crashes (its kernel resets the
-connection) or the peer restarts. Partitions shorter than the timeout only delay traffic.
+A break loses whatever was in flight in both directions and hands each end that knew of the
+connection a `ConnectionLost`; until an end has had its notice, what it sends on the dead
+connection is dropped (a write on a broken socket), and then its next send opens a new
+connection. A break happens when retransmissions run out, the reset probability fires, a
+sender's queue or a receiver's inbox overflows, a send stalls behind a partition (or towards a
+silently dead host) for longer than `connection_timeout_us`, the peer crashes (its kernel resets
+the connection, or it never answers if silent) or the peer restarts. Partitions shorter than the
+timeout only delay traffic. A core's `ConnectionCloseRequested` closes gracefully: what it sent
+before still arrives, then both ends get `ConnectionLost`.
 """
 
 from __future__ import annotations
@@ -18,228 +22,25 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from enum import Enum, StrEnum
 
 from forehand.core import NodeId
+from forehand.core._driver import ConnectionCloseRequested, ConnectionLost, ConnectionOpened
 from forehand.errors import ConfigError
 from forehand.sim import _kinds
-from forehand.sim._messages import ConnectionLostFactory
+from forehand.sim._connection import Connection, ConnectionState
+from forehand.sim._links import (
+    ActivePartition,
+    JitterDistribution,
+    Link,
+    LinkState,
+    NetworkConfig,
+    PartitionDirection,
+    Transport,
+)
 from forehand.sim._process import Node, NodeState
 from forehand.sim._ramp import Ramp
 
-__all__ = [
-    "DEFAULT_MESSAGE_BYTES",
-    "JitterDistribution",
-    "Link",
-    "NetworkConfig",
-    "PartitionDirection",
-    "Transport",
-]
-
-DEFAULT_MESSAGE_BYTES = 256
-"""Size the default `message_size` gives every message, for bandwidth accounting."""
-
-
-class Transport(StrEnum):
-    """How a link carries messages."""
-
-    CONNECTION = "connection"
-    """In order, no duplicates; losses become delay, and broken connections reset both ends."""
-    DATAGRAM = "datagram"
-    """Independent messages: lost, duplicated and reordered as drawn."""
-
-
-class JitterDistribution(StrEnum):
-    """The distribution of the jitter added to a link's base delay."""
-
-    UNIFORM = "uniform"
-    """Uniform on [0, jitter_us)."""
-    LOGNORMAL = "lognormal"
-    """Lognormal with median jitter_us and shape jitter_sigma: a heavy right tail."""
-
-
-class PartitionDirection(StrEnum):
-    """Which way traffic is cut between the two sides of a partition."""
-
-    BOTH = "both"
-    A_TO_B = "a-to-b"
-    B_TO_A = "b-to-a"
-
-
-def _constant_message_size(message: object) -> int:
-    return DEFAULT_MESSAGE_BYTES
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Link:
-    """The static behaviour of one direction of a link between two nodes."""
-
-    transport: Transport = Transport.CONNECTION
-    """Connection (ordered, resets) or datagram (loss, duplication, reordering)."""
-    delay_us: int = 1_000
-    """Base one-way propagation delay."""
-    jitter_us: int = 0
-    """Scale of the random extra delay added to each message."""
-    jitter_distribution: JitterDistribution = JitterDistribution.UNIFORM
-    """Distribution of the jitter."""
-    jitter_sigma: float = 0.5
-    """Shape of lognormal jitter (the sigma of the underlying normal)."""
-    loss_probability: float = 0.0
-    """Chance a transmission is lost: dropped on a datagram link, retransmitted on a connection."""
-    duplicate_probability: float = 0.0
-    """Chance a datagram is delivered twice."""
-    reorder_probability: float = 0.0
-    """Chance a datagram is held back by up to `reorder_delay_us` so later ones overtake it."""
-    reorder_delay_us: int = 0
-    """Bound on the extra delay of a reordered datagram."""
-    bandwidth_bytes_per_s: int | None = None
-    """Serialization rate of the link; None for unlimited."""
-    queue_bytes_max: int = 4 * 1024 * 1024
-    """Bound on bytes waiting to be serialized; overflow drops a datagram or resets a connection."""
-    reset_probability: float = 0.0
-    """Chance a message on a connection breaks it outright (middlebox resets, NAT rebinding)."""
-    retransmission_timeout_us: int = 200_000
-    """First retransmission delay after a loss on a connection; it doubles per further loss."""
-    retransmissions_max: int = 5
-    """Bound on retransmissions of one message; one more loss breaks the connection."""
-    handshake_round_trips: int = 1
-    """Round trips a new connection pays before its first message."""
-
-    def __post_init__(self) -> None:
-        for name in ("loss_probability", "duplicate_probability", "reorder_probability"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} is a probability, got {self}")
-        if not 0.0 <= self.reset_probability <= 1.0:
-            raise ConfigError(f"reset_probability is a probability, got {self}")
-        if min(self.delay_us, self.jitter_us, self.reorder_delay_us) < 0:
-            raise ConfigError(f"link delays are non-negative, got {self}")
-        if self.reorder_probability > 0 and self.reorder_delay_us == 0:
-            raise ConfigError("a reorder probability needs a positive reorder_delay_us")
-        if self.bandwidth_bytes_per_s is not None and self.bandwidth_bytes_per_s <= 0:
-            raise ConfigError(f"bandwidth_bytes_per_s must be positive, got {self}")
-        if self.queue_bytes_max <= 0 or self.retransmissions_max < 0:
-            raise ConfigError(f"queue and retransmission bounds must be positive, got {self}")
-        if self.handshake_round_trips < 0 or self.retransmission_timeout_us <= 0:
-            raise ConfigError(f"handshake and retransmission settings are invalid: {self}")
-        if self.transport is Transport.CONNECTION and (
-            self.duplicate_probability > 0 or self.reorder_probability > 0
-        ):
-            raise ConfigError("a connection never duplicates or reorders; use a datagram link")
-
-    @classmethod
-    def randomized(cls, rng: random.Random, *, transport: Transport = Transport.CONNECTION) -> Link:
-        """A plausible link drawn from `rng` (datacenter to intercontinental)."""
-        delay_us = rng.choice((200, 1_000, 5_000, 20_000, 80_000))
-        datagram = transport is Transport.DATAGRAM
-        reorder = rng.choice((0.0, 0.01, 0.05)) if datagram else 0.0
-        return cls(
-            transport=transport,
-            delay_us=delay_us,
-            jitter_us=delay_us // rng.choice((2, 5, 10, 50)),
-            jitter_distribution=rng.choice(tuple(JitterDistribution)),
-            loss_probability=rng.choice((0.0, 0.0, 0.001, 0.01, 0.05)),
-            duplicate_probability=rng.choice((0.0, 0.001, 0.01)) if datagram else 0.0,
-            reorder_probability=reorder,
-            reorder_delay_us=delay_us if reorder else 0,
-            bandwidth_bytes_per_s=rng.choice((None, 1_250_000, 12_500_000, 125_000_000)),
-        )
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class NetworkConfig:
-    """The network of one simulation: default link, per-pair overrides, connection behaviour."""
-
-    default_link: Link = field(default_factory=Link)
-    """The link used for every ordered pair without an override."""
-    links: Mapping[tuple[NodeId, NodeId], Link] = field(default_factory=dict)
-    """Overrides per ordered pair `(source, target)`."""
-    message_size: Callable[[object], int] = _constant_message_size
-    """Bytes a message occupies on the wire, for bandwidth and queue accounting."""
-    connection_timeout_us: int = 10_000_000
-    """How long a connection stalls (partition, silent peer) before both ends give up on it."""
-    stalled_messages_max: int = 10_000
-    """Bound on messages held on one stalled connection; overflow breaks the connection."""
-
-    def __post_init__(self) -> None:
-        if self.connection_timeout_us <= 0 or self.stalled_messages_max <= 0:
-            raise ConfigError(f"connection bounds must be positive, got {self}")
-
-
-class ConnectionState(Enum):
-    """A simulated connection is open, or broken and waiting for its ends to be told."""
-
-    OPEN = "open"
-    BROKEN = "broken"
-
-
-class Connection:
-    """One connection between two nodes, shared by both directions."""
-
-    __slots__ = (
-        "epoch",
-        "first",
-        "handshake_done",
-        "pending_notices",
-        "second",
-        "stall_generation",
-        "stalled",
-        "stalled_from_first",
-        "stalled_from_second",
-        "state",
-    )
-
-    def __init__(self, first: NodeId, second: NodeId) -> None:
-        self.first = first
-        self.second = second
-        self.epoch = 0
-        self.state = ConnectionState.OPEN
-        self.handshake_done = False
-        self.pending_notices = 0
-        self.stall_generation = 0
-        self.stalled: deque[tuple[NodeId, NodeId, object]] = deque()
-        self.stalled_from_first = 0
-        self.stalled_from_second = 0
-
-    def stalled_from(self, source: NodeId) -> int:
-        """How many messages from `source` wait on this stalled connection."""
-        return self.stalled_from_first if source == self.first else self.stalled_from_second
-
-
-class LinkState:
-    """The mutable state of one direction of a link."""
-
-    __slots__ = ("busy_until_us", "delay_ramps", "last_arrival_us", "link", "loss_ramps")
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.busy_until_us = 0
-        self.last_arrival_us = -1
-        self.delay_ramps: list[Ramp] = []
-        self.loss_ramps: list[Ramp] = []
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ActivePartition:
-    """A partition in force: traffic between the two sides is cut in the given direction."""
-
-    token: int
-    """Identifies the partition so it can be healed."""
-    side_a: frozenset[NodeId]
-    """Nodes on one side (only membership is tested, never iterated)."""
-    side_b: frozenset[NodeId]
-    """Nodes on the other side."""
-    direction: PartitionDirection
-    """Which way traffic is cut."""
-
-    def blocks(self, source: NodeId, target: NodeId) -> bool:
-        """Whether traffic from `source` to `target` is cut."""
-        direction = self.direction
-        if direction is not PartitionDirection.B_TO_A and source in self.side_a:
-            return target in self.side_b
-        if direction is not PartitionDirection.A_TO_B and source in self.side_b:
-            return target in self.side_a
-        return False
+__all__ = ["Network"]
 
 
 class Network:
@@ -253,14 +54,12 @@ class Network:
         nodes: Mapping[NodeId, Node],
         schedule: _kinds.Schedule,
         count: Callable[[str], None],
-        connection_lost: ConnectionLostFactory,
     ) -> None:
         self.config = config
         self._rng = rng
         self._nodes = nodes
         self._schedule = schedule
         self._count = count
-        self._connection_lost = connection_lost
         self._message_size = config.message_size
         self._overrides: dict[tuple[NodeId, NodeId], Link] = dict(config.links)
         self._links: dict[tuple[NodeId, NodeId], LinkState] = {}
@@ -302,9 +101,8 @@ class Network:
             raise ConfigError("the two sides of a partition must not share nodes")
         self._partition_tokens += 1
         token = self._partition_tokens
-        self._partitions.append(
-            ActivePartition(token=token, side_a=side_a, side_b=side_b, direction=direction)
-        )
+        partition = ActivePartition(token=token, side_a=side_a, side_b=side_b, direction=direction)
+        self._partitions.append(partition)
         return token
 
     def end_partition(self, token: int, now_us: int) -> None:
@@ -332,9 +130,15 @@ class Network:
         if state is None:
             state = self.link_state(source, target)
         if state.link.transport is Transport.DATAGRAM:
+            if isinstance(message, ConnectionCloseRequested):
+                self._close_without_connection(now_us, source, target, message)
+                return
             self._send_datagram(now_us, source, target, message, state)
             return
         connection = self._connections.get((source, target))
+        if isinstance(message, ConnectionCloseRequested):
+            self._close(now_us, source, target, message, connection)
+            return
         if connection is None:
             connection = self._open(source, target)
         elif connection.state is ConnectionState.BROKEN:
@@ -342,26 +146,12 @@ class Network:
             return
         node = self._nodes.get(target)
         if node is None or node.state is NodeState.CRASHED:
-            self._send_to_dead(
-                now_us=now_us,
-                source=source,
-                target=target,
-                message=message,
-                connection=connection,
-                node=node,
-            )
+            self._send_to_dead(now_us, source, target, message, connection)
             return
         if (self._partitions and self.blocked(source, target)) or connection.stalled_from(source):
             self._stall(now_us, source, target, message, connection)
             return
-        self._transmit(
-            now_us=now_us,
-            source=source,
-            target=target,
-            message=message,
-            state=state,
-            connection=connection,
-        )
+        self._transmit(now_us, source, target, message, state, connection)
 
     def _open(self, source: NodeId, target: NodeId) -> Connection:
         if self.link_state(target, source).link.transport is not Transport.CONNECTION:
@@ -372,17 +162,11 @@ class Network:
         return connection
 
     def _send_to_dead(
-        self,
-        *,
-        now_us: int,
-        source: NodeId,
-        target: NodeId,
-        message: object,
-        connection: Connection,
-        node: Node | None,
+        self, now_us: int, source: NodeId, target: NodeId, message: object, connection: Connection
     ) -> None:
         # A silently dead host never answers, so the sender stalls until its timeout; a crashed
         # process on a live host is refused by the kernel after one round trip.
+        node = self._nodes.get(target)
         if node is not None and node.silent:
             self._stall(now_us, source, target, message, connection)
             return
@@ -390,9 +174,8 @@ class Network:
         round_trip_us = 2 * self.link_state(source, target).link.delay_us
         self.break_connection(connection, now_us, "refused", notify={source: round_trip_us})
 
-    def _transmit(
+    def _transmit(  # noqa: PLR0917 (one call site, on the hot path)
         self,
-        *,
         now_us: int,
         source: NodeId,
         target: NodeId,
@@ -401,20 +184,21 @@ class Network:
         connection: Connection,
     ) -> None:
         link = state.link
-        rng = self._rng
         delay_us = self._delay_us(now_us, state)
         extra_us = self._retransmission_us(now_us, state)
         if extra_us < 0:
             self._count("retransmissions-exhausted")
             self.break_connection(connection, now_us, "timeout")
             return
-        if link.reset_probability and rng.random() < link.reset_probability:
+        if link.reset_probability and self._rng.random() < link.reset_probability:
             self._count("connection-reset-injected")
             self.break_connection(connection, now_us + delay_us, "reset")
             return
         if not connection.handshake_done:
             connection.handshake_done = True
-            extra_us += 2 * link.handshake_round_trips * delay_us
+            handshake_us = 2 * link.handshake_round_trips * delay_us
+            self._announce(now_us, connection, handshake_us)
+            extra_us += handshake_us
         depart_us = self._serialize(now_us, state, message)
         if depart_us < 0:
             self._count("send-queue-overflow")
@@ -425,9 +209,30 @@ class Network:
         if arrival_us <= state.last_arrival_us:
             arrival_us = state.last_arrival_us + 1
         state.last_arrival_us = arrival_us
-        self._schedule(
-            arrival_us, _kinds.DELIVER, target, connection.epoch, message, source, connection
-        )
+        lane = connection.lane_from(source)
+        self._schedule(arrival_us, _kinds.DELIVER, target, lane.epoch, message, source, lane)
+
+    def _announce(self, now_us: int, connection: Connection, handshake_us: int) -> None:
+        """Schedule `ConnectionOpened` at both ends, each before any frame from the other."""
+        initiator, acceptor = connection.first, connection.second
+        for lane, target, source, after_us in (
+            (connection.from_first, acceptor, initiator, handshake_us // 2),
+            (connection.from_second, initiator, acceptor, handshake_us),
+        ):
+            state = self.link_state(source, target)
+            opened_us = max(now_us + after_us, state.last_arrival_us + 1)
+            state.last_arrival_us = opened_us
+            notice = ConnectionOpened(peer=source)
+            self._schedule(opened_us, _kinds.OPENED, target, lane.epoch, notice, source, connection)
+
+    def opened_arrived(self, connection: Connection, target: NodeId, epoch: int) -> bool:
+        """An opened notice is due at `target`: whether it still stands (the lane is intact)."""
+        lane = connection.from_first if target == connection.second else connection.from_second
+        if lane.epoch != epoch:
+            return False
+        if target == connection.second:
+            connection.opened_second = True
+        return True
 
     def _retransmission_us(self, now_us: int, state: LinkState) -> int:
         """Delay added by retransmissions of one message, or -1 when they run out."""
@@ -506,7 +311,7 @@ class Network:
         state.busy_until_us = start_us + transmit_us
         return state.busy_until_us
 
-    # -- stalls and breaks ---------------------------------------------------------------------
+    # -- stalls --------------------------------------------------------------------------------
 
     def _stall(
         self, now_us: int, source: NodeId, target: NodeId, message: object, connection: Connection
@@ -540,11 +345,9 @@ class Network:
             # messages in order, while a direction that is still cut keeps waiting.
             flowing = [
                 source
-                for source, target in (
-                    (connection.first, connection.second),
-                    (connection.second, connection.first),
-                )
-                if connection.stalled_from(source) and self._can_flow(source, target)
+                for source in dict.fromkeys((connection.first, connection.second))
+                if connection.stalled_from(source)
+                and self._can_flow(source, connection.peer_of(source))
             ]
             if not flowing:
                 continue
@@ -578,6 +381,8 @@ class Network:
         self._count("connection-timeout")
         self.break_connection(connection, now_us, "timeout")
 
+    # -- breaks and closes ---------------------------------------------------------------------
+
     def break_connection(
         self,
         connection: Connection,
@@ -586,45 +391,96 @@ class Network:
         *,
         notify: Mapping[NodeId, int] | None = None,
     ) -> None:
-        """Break a connection: drop what is in flight and tell the live ends after a delay.
+        """Break a connection abruptly: drop what is in flight both ways and tell its ends.
 
         `notify` maps the ends to tell to their notice delay; by default both ends are told at
         once (each end's own timer or error noticed the break).
         """
         if connection.state is ConnectionState.BROKEN:
             return
-        connection.state = ConnectionState.BROKEN
-        connection.epoch += 1
-        connection.stall_generation += 1
-        if connection.stalled:
-            connection.stalled.clear()
-            self._stalled.pop(connection, None)
+        connection.move_to(ConnectionState.BROKEN)
+        connection.from_first.epoch += 1
+        connection.from_second.epoch += 1
+        self._unstall(connection)
         if notify is None:
             notify = {connection.first: 0, connection.second: 0}
         for endpoint, delay_us in notify.items():
-            node = self._nodes.get(endpoint)
-            if node is None or node.state is NodeState.CRASHED:
-                continue
-            peer = connection.second if endpoint == connection.first else connection.first
-            connection.pending_notices += 1
-            notice = self._connection_lost(peer, reason)
-            self._schedule(
-                now_us + delay_us,
-                _kinds.NOTICE,
-                endpoint,
-                node.incarnation,
-                notice,
-                peer,
-                connection,
-            )
+            self._notify(connection, endpoint, now_us + delay_us, reason)
         if connection.pending_notices == 0:
             self._forget(connection)
 
-    def notice_done(self, connection: Connection) -> None:
-        """One end has had (or can no longer have) its notice; forget the connection after both."""
+    def _unstall(self, connection: Connection) -> None:
+        connection.stall_generation += 1
+        if connection.stalled:
+            self._count("stalled-messages-lost")
+            connection.stalled.clear()
+            connection.stalled_from_first = connection.stalled_from_second = 0
+            self._stalled.pop(connection, None)
+
+    def _notify(
+        self,
+        connection: Connection,
+        endpoint: NodeId,
+        time_us: int,
+        reason: str,
+        *,
+        closer: bool = False,
+    ) -> None:
+        """Tell a live end that knew of the connection (or closed it), once, that it is lost."""
+        node = self._nodes.get(endpoint)
+        if node is None or node.state is NodeState.CRASHED:
+            return
+        if not (closer or connection.knows(endpoint)):
+            return
+        if not connection.mark_notified(endpoint):
+            return
+        connection.pending_notices += 1
+        peer = connection.peer_of(endpoint)
+        notice = ConnectionLost(peer=peer, reason=reason)
+        self._schedule(time_us, _kinds.NOTICE, endpoint, node.incarnation, notice, peer, connection)
+
+    def notice_done(self, connection: Connection | None) -> None:
+        """One end has had (or can no longer have) its notice; forget the connection after all."""
+        if connection is None:
+            return
         connection.pending_notices -= 1
         if connection.pending_notices <= 0:
             self._forget(connection)
+
+    def _close(
+        self,
+        now_us: int,
+        closer: NodeId,
+        peer: NodeId,
+        request: ConnectionCloseRequested,
+        connection: Connection | None,
+    ) -> None:
+        """A core closes its connection to `peer`: what it sent arrives, then both ends are told."""
+        self._count("connection-closed-by-core")
+        reason = f"closed: {request.reason}" if request.reason else "closed"
+        if connection is None or connection.state is ConnectionState.BROKEN:
+            self._close_without_connection(now_us, closer, peer, request)
+            return
+        if connection.stalled:
+            self.break_connection(connection, now_us, reason)
+            return
+        connection.move_to(ConnectionState.BROKEN)
+        connection.lane_from(peer).epoch += 1
+        connection.stall_generation += 1
+        self._forget(connection)
+        self._notify(connection, closer, now_us, reason, closer=True)
+        state = self.link_state(closer, peer)
+        after_last_us = max(now_us + state.link.delay_us, state.last_arrival_us + 1)
+        self._notify(connection, peer, after_last_us, reason)
+
+    def _close_without_connection(
+        self, now_us: int, closer: NodeId, peer: NodeId, request: ConnectionCloseRequested
+    ) -> None:
+        """Nothing open to close: the closer still hears back, as for any other close."""
+        node = self._nodes[closer]
+        reason = f"closed: {request.reason}" if request.reason else "closed"
+        notice = ConnectionLost(peer=peer, reason=reason)
+        self._schedule(now_us, _kinds.NOTICE, closer, node.incarnation, notice, peer, None)
 
     def reset_between(self, now_us: int, source: NodeId, target: NodeId, reason: str) -> None:
         """Break the connection between two nodes, if there is an open one."""
@@ -646,7 +502,7 @@ class Network:
         """A node crashed: its peers learn after a reset (or after their timeout if silent)."""
         node = self._nodes[node_id]
         for connection in self._connections_of(node_id):
-            peer = connection.second if connection.first == node_id else connection.first
+            peer = connection.peer_of(node_id)
             if node.silent:
                 delay_us = self.config.connection_timeout_us
             else:
@@ -656,7 +512,7 @@ class Network:
     def node_restarted(self, node_id: NodeId, now_us: int) -> None:
         """A node restarted: it has no connections, and peers still connected to it get reset."""
         for connection in self._connections_of(node_id):
-            peer = connection.second if connection.first == node_id else connection.first
+            peer = connection.peer_of(node_id)
             delay_us = self.link_state(node_id, peer).link.delay_us
             self.break_connection(connection, now_us, "peer-restarted", notify={peer: delay_us})
             self._forget(connection)

@@ -15,14 +15,14 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forehand.core import CoreDriver, NodeId
 from forehand.errors import ConfigError, LocalProtocolError
 from forehand.sim import _kinds
 from forehand.sim._checkers import Checker, InvariantViolated
-from forehand.sim._messages import ConnectionLostFactory, default_connection_lost
-from forehand.sim._network import Link, Network, NetworkConfig, PartitionDirection
+from forehand.sim._links import Link, NetworkConfig, PartitionDirection
+from forehand.sim._network import Network
 from forehand.sim._process import (
     Node,
     NodeFactory,
@@ -48,6 +48,9 @@ from forehand.sim.observations import (
     Observed,
     RarePathReached,
 )
+
+if TYPE_CHECKING:
+    from forehand.sim._faults import FaultPlan
 
 __all__ = [
     "Failure",
@@ -144,7 +147,6 @@ class Simulator:
         network: NetworkConfig | None = None,
         checkers: Sequence[Checker] = (),
         translate: Translator = pass_observations,
-        connection_lost: ConnectionLostFactory = default_connection_lost,
     ) -> None:
         if seed < 0:
             raise ConfigError("seeds are non-negative integers")
@@ -170,7 +172,6 @@ class Simulator:
             nodes=self._nodes,
             schedule=self._schedule,
             count=self.count,
-            connection_lost=connection_lost,
         )
         self._checkers: list[Checker] = list(checkers)
         self._dispatch: dict[type, list[Checker]] = {}
@@ -457,8 +458,11 @@ class Simulator:
                 self.restart(node_id)
         self._observe("", FaultsHealed(heal_us=self.now_us))
 
-    def apply_fault_plan(self, plan: Any) -> None:
-        """Schedule every fault of a `FaultPlan`, then `heal()` at its heal time."""
+    def apply_fault_plan(self, plan: FaultPlan) -> None:
+        """Schedule every fault of a `FaultPlan`, then `heal()` at its heal time.
+
+        Apply plans before `run()`: liveness is judged from `heal_us`, which this sets.
+        """
         from forehand.sim._faults import schedule_fault_plan
 
         schedule_fault_plan(self, plan)
@@ -525,8 +529,8 @@ class Simulator:
                 events += 1
                 self._events = events
                 if entry[3] == _DELIVER:
-                    connection = entry[8]
-                    if connection is not None and connection.epoch != entry[5]:
+                    lane = entry[8]
+                    if lane is not None and lane.epoch != entry[5]:
                         self.count("in-flight-lost-to-reset")
                     else:
                         node = nodes.get(entry[4])
@@ -561,6 +565,10 @@ class Simulator:
             entry[6]()
         elif kind == _kinds.CONNECTION_TIMEOUT:
             self._network.connection_timed_out(entry[8], entry[5], self.now_us)
+        elif kind == _kinds.OPENED:
+            node = self._nodes.get(entry[4])
+            if self._network.opened_arrived(entry[8], entry[4], entry[5]) and node is not None:
+                self._input(node, _kinds.INPUT_MESSAGE, entry[6], entry[7])
         else:
             raise LocalProtocolError(f"unknown heap entry kind {kind}")
 
