@@ -22,6 +22,11 @@ from forehand.core._client_events import (
     SessionResumed,
     SessionResumeRejected,
 )
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+)
 from forehand.core._client_session import RouteState
 from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._pool import ConnectionState
@@ -36,6 +41,7 @@ from forehand.wire import (
     GoAway,
     Hello,
     MapRequest,
+    MapUpdate,
     OpenSession,
     Ping,
     Pong,
@@ -519,6 +525,64 @@ def test_error_frame_closes_connection_and_relocates() -> None:
     assert h.client.connection_state("s1") is ConnectionState.CLOSED
     assert h.client.connection_state("s2") is ConnectionState.READY
     assert h.client.route(session, "auth").state is RouteState.LOCATING
+
+
+def test_loss_notice_after_error_does_not_kill_a_newer_connection() -> None:
+    """After ERROR the client closes its side; the driver's later loss notice is consumed."""
+    h = Harness()
+    session = ready_session(h)
+    h.feed("s1", Error(code=ErrorCode.INTERNAL_ERROR, reason="boom"))
+    closes = h.take(ConnectionCloseRequested, "s1")
+    assert [(c.peer, c.error_code) for c in closes] == [("s1", ErrorCode.INTERNAL_ERROR)]
+    # The map still names s1: the client reconnects before the old connection's notice arrives.
+    h.client.prewarm(session, "cart", now_us=h.now_us)
+    h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    h.outbox.clear()
+    update_entries = (SessionPlacement(session_id=session, placement=placement("auth", "s1")),)
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=5,
+            base_version=0,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(update_entries),
+        ),
+    )
+    assert h.client.connection_state("s1") is ConnectionState.CONNECTING
+    h.lose("s1")
+    assert h.client.connection_state("s1") is ConnectionState.CONNECTING
+    h.lose("s1")
+    assert h.client.connection_state("s1") is ConnectionState.CLOSED
+
+
+def test_full_pool_evicts_an_idle_connection() -> None:
+    """With connections_max reached, a connection nothing uses is closed to make room."""
+    h = Harness(connections_max=4)
+    session = ready_session(h)
+    assert h.client.prewarm(session, "cart", now_us=h.now_us) == "s3"
+    h.drain()
+    h.welcome("s3")
+    other = bytes([0x01, 0x8F] + [0x44] * 14)
+    h.open(placement("auth", "s4"), session_id=other, welcome_manager=False)
+    h.client.call(other, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    closes = h.take(ConnectionCloseRequested, "s3")
+    assert [(c.peer, c.error_code) for c in closes] == [("s3", ErrorCode.NO_ERROR)]
+    assert len(h.take(Hello, "s4")) == 1
+    assert h.client.connection_state("s3") is ConnectionState.CLOSED
+
+
+def test_full_pool_of_busy_connections_refuses_new_ones() -> None:
+    """When every pooled connection is in use, a new one is not opened (a rare path counted)."""
+    h = Harness(connections_max=3)
+    ready_session(h)
+    other = bytes([0x01, 0x8F] + [0x44] * 14)
+    h.open(placement("auth", "s4"), session_id=other, welcome_manager=False)
+    h.client.call(other, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    assert h.take(Hello, "s4") == []
+    assert [e.name for e in h.of(RarePathTaken)] == ["connection-pool-full"]
 
 
 def test_unexpected_message_type_is_a_remote_protocol_error() -> None:

@@ -2,8 +2,10 @@
 
 A connection is CONNECTING from the moment the client sends HELLO (the driver connects on demand
 when a core sends to a node), READY once WELCOME arrives, DRAINING after GOAWAY (still
-authenticated, but no new requests), and CLOSED when it is lost or the peer closes it with ERROR.
-A closed connection leaves the pool; sending to the node again starts a new one. Frames for a
+authenticated, but no new requests), and CLOSED when it is lost, when the peer closes it with
+ERROR, or when the client asks the driver to close it (a misbehaving peer, an idle connection
+evicted from a full pool). A closed connection leaves the pool; sending to the node again starts
+a new one. Frames for a
 connection that is not READY yet wait in its bounded queue and go out, in order, on WELCOME.
 Each READY connection is pinged every `ping_interval_ms`; PONGs give RTT samples for telemetry.
 """
@@ -53,6 +55,7 @@ class ConnectionTrigger(enum.Enum):
     WELCOME_RECEIVED = "welcome-received"
     GOAWAY_RECEIVED = "goaway-received"
     ERROR_RECEIVED = "error-received"
+    CLOSE_REQUESTED = "close-requested"
     LOST = "lost"
 
 
@@ -60,12 +63,15 @@ CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, ConnectionTrigger], Connecti
     (ConnectionState.CLOSED, ConnectionTrigger.HELLO_SENT): ConnectionState.CONNECTING,
     (ConnectionState.CONNECTING, ConnectionTrigger.WELCOME_RECEIVED): ConnectionState.READY,
     (ConnectionState.CONNECTING, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.CONNECTING, ConnectionTrigger.CLOSE_REQUESTED): ConnectionState.CLOSED,
     (ConnectionState.CONNECTING, ConnectionTrigger.LOST): ConnectionState.CLOSED,
     (ConnectionState.READY, ConnectionTrigger.GOAWAY_RECEIVED): ConnectionState.DRAINING,
     (ConnectionState.READY, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.READY, ConnectionTrigger.CLOSE_REQUESTED): ConnectionState.CLOSED,
     (ConnectionState.READY, ConnectionTrigger.LOST): ConnectionState.CLOSED,
     (ConnectionState.DRAINING, ConnectionTrigger.GOAWAY_RECEIVED): ConnectionState.DRAINING,
     (ConnectionState.DRAINING, ConnectionTrigger.ERROR_RECEIVED): ConnectionState.CLOSED,
+    (ConnectionState.DRAINING, ConnectionTrigger.CLOSE_REQUESTED): ConnectionState.CLOSED,
     (ConnectionState.DRAINING, ConnectionTrigger.LOST): ConnectionState.CLOSED,
 }
 """Every legal connection transition; anything else raises `LocalProtocolError`."""

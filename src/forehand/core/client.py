@@ -238,6 +238,7 @@ class ClientCore:
         self._resumptions: dict[tuple[bytes, NodeId], _Resumption] = {}
         self._endpoints: dict[NodeId, Endpoint] = {}
         self._locating: dict[tuple[bytes, str], None] = {}
+        self._closing: dict[NodeId, int] = {}
         self._map_sent_us: int | None = None
         self._map_retry_us: int | None = None
         self._map_rounds = 0
@@ -607,6 +608,8 @@ class ClientCore:
 
     def _connect(self, server: NodeId, now_us: int) -> Any:
         connection = self._pool.open(server, now_us=now_us)
+        if connection is None and self._evict_idle_connection(now_us):
+            connection = self._pool.open(server, now_us=now_us)
         if connection is None:
             self._rare("connection-pool-full")
             return None
@@ -653,18 +656,56 @@ class ClientCore:
             ConnectionEstablished(node=self.node_id, server=source, map_version=frame.map_version)
         )
 
+    def _evict_idle_connection(self, now_us: int) -> bool:
+        """Close the oldest connection nothing uses (no primary, request, resume or manager)."""
+        busy = {self._config.manager_node_id}
+        busy.update(key[1] for key in self._resumptions)
+        busy.update(entry.server for entry in self._inflight.values() if entry.server is not None)
+        for session in self._sessions.values():
+            busy.update(route.primary for route in session.parts.values())
+        idle = next((c.server for c in self._pool if c.server not in busy), None)
+        if idle is None:
+            return False
+        self._rare("idle-connection-evicted")
+        self._request_close(idle, ErrorCode.NO_ERROR, "idle connection evicted", now_us)
+        return True
+
     def _reject_peer(self, peer: NodeId, code: ErrorCode, reason: str, now_us: int) -> None:
         """The peer broke the protocol: tell it why, close only its connection, move on."""
         self._outbox.append(Outbound(destination=peer, message=Error(code=code, reason=reason)))
+        self._request_close(peer, code, reason, now_us)
+
+    def _request_close(self, peer: NodeId, code: ErrorCode, reason: str, now_us: int) -> None:
+        """Ask the driver to close the connection to `peer`; its loss notice is then expected."""
         close = ConnectionCloseRequested(peer=peer, error_code=int(code), reason=reason)
         self._outbox.append(Outbound(destination=peer, message=close))
-        self._close(peer, ConnectionTrigger.ERROR_RECEIVED, f"closed by client: {reason}", now_us)
+        # One loss notice is due per closed connection; each is consumed when it arrives.
+        self._closing[peer] = self._closing.get(peer, 0) + 1
+        self._close(peer, ConnectionTrigger.CLOSE_REQUESTED, f"closed by client: {reason}", now_us)
 
     def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
-        self._close(message.peer, ConnectionTrigger.LOST, message.reason or "lost", now_us)
+        peer = message.peer
+        expected = self._closing.get(peer, 0)
+        if expected:
+            # The notice of a connection this client already closed: a newer connection to the
+            # same peer (if any) is not the one that was lost.
+            if expected == 1:
+                del self._closing[peer]
+            else:
+                self._closing[peer] = expected - 1
+            return
+        self._close(peer, ConnectionTrigger.LOST, message.reason or "lost", now_us)
 
     def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
+        """The peer closes the connection: close it from this side too and move on."""
+        connection = self._pool.get(source)
+        if connection is None:
+            self._rare("error-on-closed-connection")
+            return
         detail = f"ERROR {frame.code.name}: {frame.reason}"
+        close = ConnectionCloseRequested(peer=source, error_code=int(frame.code), reason=detail)
+        self._outbox.append(Outbound(destination=source, message=close))
+        self._closing[source] = self._closing.get(source, 0) + 1
         self._close(source, ConnectionTrigger.ERROR_RECEIVED, detail, now_us)
 
     def _close(self, peer: NodeId, trigger: ConnectionTrigger, detail: str, now_us: int) -> None:
@@ -683,13 +724,14 @@ class ClientCore:
                 self._server_lost(session, route, peer, now_us)
 
     def _server_lost(self, session: Session, route: PartRoute, peer: NodeId, now_us: int) -> None:
-        for entry in route.inflight.values():
-            if entry.server == peer:
-                entry.server = None
+        stranded = [entry for entry in route.inflight.values() if entry.server == peer]
+        for entry in stranded:
+            entry.server = None
         if route.state is RouteState.ACTIVE:
             if route.primary == peer:
                 self._lose_part(session, route, RouteTrigger.SERVER_LOST, now_us)
-            else:
+            elif stranded:
+                # Sent to the lost server before the part moved: re-send to its primary.
                 self._flush(session, route, now_us, moved=False)
 
     def _on_goaway(self, frame: GoAway, source: NodeId, now_us: int) -> None:
