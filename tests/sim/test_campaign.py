@@ -69,3 +69,15 @@ def test_registry_refuses_a_second_factory_under_one_name() -> None:
 def test_replay_command_quotes_its_words() -> None:
     """The replay command is a shell-safe command line."""
     assert replay_command("a b", 3) == "python -m forehand.sim --scenario 'a b' --seed 3"
+
+
+def test_parallel_campaign_matches_the_serial_one() -> None:
+    """Seeds run in worker processes give the same results and digest as run in-process."""
+    serial, _ = _campaign("log-failover")
+    parallel, _ = _campaign("log-failover")
+    one = serial.run(seed_count=4, seed_start=20)
+    two = parallel.run(seed_count=4, seed_start=20, jobs=2)
+    assert [result.digest for result in two.results] == [result.digest for result in one.results]
+    assert two.digest == one.digest
+    with pytest.raises(ConfigError):
+        serial.run(seed_count=1, jobs=0)

@@ -7,10 +7,13 @@ every failure prints `SEED=<n>` and the exact command that replays it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -93,6 +96,22 @@ def get_scenario(name: str) -> Scenario:
 def run_scenario(chosen: Scenario, seed: int) -> RunResult:
     """Build and run one seed of a scenario."""
     return chosen.build(seed).run()
+
+
+JOBS_MAX = 256
+"""Bound on worker processes of one campaign."""
+
+
+def _prepare_worker(imports: tuple[str, ...]) -> None:
+    """In a worker process: make sure the scenario modules are imported (once)."""
+    if not _REGISTRY:
+        for module in (*BUILTIN_SCENARIO_MODULES, *imports):
+            importlib.import_module(module)
+
+
+def _run_named(name: str, seed: int) -> RunResult:
+    """Run one seed of a registered scenario (what a worker process does per seed)."""
+    return run_scenario(get_scenario(name), seed)
 
 
 def replay_command(scenario_name: str, seed: int, *, imports: Sequence[str] = ()) -> str:
@@ -178,12 +197,46 @@ class Campaign:
         """The exact command line that replays `seed`."""
         return replay_command(self.scenario.name, seed, imports=self.imports)
 
-    def run(self, *, seed_count: int, seed_start: int = 0) -> CampaignResult:
-        """Run seeds `[seed_start, seed_start + seed_count)`, reporting failures as they come."""
-        if seed_count < 1 or seed_start < 0:
-            raise ConfigError("a campaign runs at least one seed, from a non-negative start")
+    def run(self, *, seed_count: int, seed_start: int = 0, jobs: int = 1) -> CampaignResult:
+        """Run seeds `[seed_start, seed_start + seed_count)`, reporting failures as they come.
+
+        With `jobs > 1` seeds run in that many worker processes; each seed's run is the same
+        as in-process, so results (and the digest of digests) do not depend on `jobs`.
+        """
+        if seed_count < 1 or seed_start < 0 or not 1 <= jobs <= JOBS_MAX:
+            raise ConfigError(
+                f"a campaign runs at least one seed, from a non-negative start, with 1 to "
+                f"{JOBS_MAX} jobs"
+            )
         started = time.perf_counter()
         results: list[RunResult] = []
+        seeds = range(seed_start, seed_start + seed_count)
+        with contextlib.ExitStack() as stack:
+            if jobs == 1:
+                outcomes: Iterator[RunResult] = (
+                    run_scenario(self.scenario, seed) for seed in seeds
+                )
+            else:
+                pool = stack.enter_context(
+                    ProcessPoolExecutor(
+                        max_workers=jobs, initializer=_prepare_worker, initargs=(self.imports,)
+                    )
+                )
+                names = [self.scenario.name] * seed_count
+                outcomes = pool.map(_run_named, names, seeds)
+            self._collect(outcomes, seed_count, results)
+            if jobs > 1 and len(results) < seed_count:
+                pool.shutdown(cancel_futures=True)
+        return CampaignResult(
+            scenario=self.scenario.name,
+            results=tuple(results),
+            wall_seconds=time.perf_counter() - started,
+        )
+
+    def _collect(
+        self, outcomes: Iterator[RunResult], seed_count: int, results: list[RunResult]
+    ) -> None:
+        """Gather results in seed order under a progress bar, stopping early on fail-fast."""
         columns = (
             TextColumn(f"[bold]{self.scenario.name}[/]"),
             BarColumn(),
@@ -191,22 +244,17 @@ class Campaign:
             TextColumn("{task.fields[failed]} failed"),
             TimeElapsedColumn(),
         )
+        failed = 0
         with Progress(*columns, console=self.console) as progress:
             task = progress.add_task("seeds", total=seed_count, failed=0)
-            for seed in range(seed_start, seed_start + seed_count):
-                result = run_scenario(self.scenario, seed)
+            for result in outcomes:
                 results.append(result)
-                failed = sum(1 for item in results if not item.ok)
+                failed += 0 if result.ok else 1
                 progress.update(task, advance=1, failed=failed)
                 if not result.ok:
                     self.print_failure(result)
                     if self.fail_fast:
-                        break
-        return CampaignResult(
-            scenario=self.scenario.name,
-            results=tuple(results),
-            wall_seconds=time.perf_counter() - started,
-        )
+                        return
 
     def print_failure(self, result: RunResult) -> None:
         """Print `SEED=<n>`, what failed, and the command that replays it."""

@@ -49,6 +49,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the registered scenarios")
     parser.add_argument("--trace", action="store_true", help="with --seed: print the trace")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first failure")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="worker processes for a campaign (default 1)"
+    )
     return parser
 
 
@@ -82,7 +85,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m forehand.s
         chosen, imports=arguments.imports, console=console, fail_fast=arguments.fail_fast
     )
     try:
-        outcome = campaign.run(seed_count=arguments.seeds, seed_start=arguments.seed_start)
+        outcome = campaign.run(
+            seed_count=arguments.seeds, seed_start=arguments.seed_start, jobs=arguments.jobs
+        )
     except ConfigError as error:
         _say(console, str(error))
         return EXIT_USAGE
