@@ -517,6 +517,17 @@ def test_goaway_drains_connection_and_relocates_parts() -> None:
     assert len(h.take(MapRequest, MANAGER)) == 1
 
 
+def test_draining_connection_is_still_pinged_and_timers_never_stall() -> None:
+    """A DRAINING connection keeps its PING schedule, and no timer is left in the past."""
+    h = Harness(ping_interval_ms=100)
+    ready_session(h)
+    h.feed("s1", GoAway(map_version=6, reason=ReasonCode.PLANNED_MAINTENANCE, last_request_id=0))
+    h.advance(ms=100)
+    assert len(h.take(Ping, "s1")) == 1
+    due = h.client.timer_us()
+    assert due is not None and due > h.now_us
+
+
 def test_error_frame_closes_connection_and_relocates() -> None:
     """ERROR from a server closes that connection only; its parts are located again."""
     h = Harness()

@@ -765,7 +765,10 @@ class ClientCore:
         interval_us = self._config.ping_interval_ms * 1000
         for connection in self._pool:
             due_us = connection.next_ping_us
-            if due_us is None or due_us > now_us or connection.state is not ConnectionState.READY:
+            if due_us is None or due_us > now_us:
+                continue
+            if not connection.authenticated:
+                connection.next_ping_us = None
                 continue
             connection.ping_sequence += 1
             connection.pings[connection.ping_sequence] = now_us
