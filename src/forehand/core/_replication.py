@@ -65,6 +65,11 @@ class ReplicaStream:
         self.sent_seq = self.acked_seq or 0
         self.seal_sent = False
 
+    def reprobe(self) -> None:
+        """Forget the replica's position (its process may have restarted): probe it again."""
+        self.acked_seq = None
+        self.restart()
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AckOutcome:

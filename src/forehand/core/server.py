@@ -126,6 +126,8 @@ _SOURCE_STATES = (PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING)
 """States that step down when a newer epoch's primary shows up."""
 _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
+_TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
+"""States from which a sealed log makes this server the primary."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -764,7 +766,7 @@ class ServerCore:
         for ref, shipper in self._shippers.items():
             stream = shipper.streams.get(peer)
             if stream is not None:
-                stream.restart()
+                stream.reprobe()
                 self._mark_shipping(ref, now_us)
         for key, forward in list(self._forwards.items()):
             if forward.target == peer:
@@ -947,7 +949,8 @@ class ServerCore:
         self._release_held(part)
         if part.state is PartState.PRIMARY:
             part.log.trim_through(shipper.acked_min())
-        self._mark_shipping(part.ref, now_us)
+        # The window just opened: keep the pipeline full rather than wait for the next round.
+        self._mark_shipping(part.ref, now_us, urgent=True)
 
     def _fence(self, part: Part, version: int, *, cause: str) -> None:
         if version <= part.fence_version:
@@ -970,12 +973,11 @@ class ServerCore:
             self._shipment_to_primary(part, message, source)
             return
         complete = self._apply_entries(part, message)
-        sealed = complete and message.sealed
-        if sealed and part.state in (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP):
+        takeover = complete and message.sealed and part.state in _TAKEOVER_STATES
+        # The seal is acknowledged at the sealed position, before queued requests run here.
+        self._send_ack(part, source, sealed=takeover)
+        if takeover:
             self._take_over(part, message.epoch, source, now_us)
-        else:
-            sealed = False
-        self._send_ack(part, source, sealed=sealed)
 
     def _on_snapshot_shipped(self, message: SnapshotShipped, source: NodeId, now_us: int) -> None:
         part = self._part_for_shipment(message.ref, message.epoch)
@@ -1039,8 +1041,9 @@ class ServerCore:
     def _shipment_to_primary(self, part: Part, message: LogShipped, source: NodeId) -> None:
         # The same epoch shipping to its own primary is either the handoff source resending a
         # seal this server already applied (acknowledge again) or a second primary (refuse).
-        if message.sealed and part.applied_seq >= message.prev_seq + len(message.entries):
-            self._send_ack(part, source, sealed=True)
+        sealed_seq = message.prev_seq + len(message.entries)
+        if message.sealed and part.applied_seq >= sealed_seq:
+            self._send_ack(part, source, sealed=True, seq=sealed_seq)
             return
         self._rare("same-epoch-primaries")
 
@@ -1078,14 +1081,18 @@ class ServerCore:
                 )
         return part.applied_seq >= message.prev_seq + len(message.entries)
 
-    def _send_ack(self, part: Part, destination: NodeId, *, sealed: bool) -> None:
+    def _send_ack(
+        self, part: Part, destination: NodeId, *, sealed: bool, seq: int | None = None
+    ) -> None:
+        acked_seq = part.applied_seq if seq is None else seq
+        acked_epoch = part.log.epoch_at(acked_seq) if seq is not None else part.log.last_epoch
         self._send(
             destination,
             LogAcknowledged(
                 ref=part.ref,
                 epoch=part.epoch,
-                acked_seq=part.applied_seq,
-                acked_epoch=part.log.last_epoch,
+                acked_seq=acked_seq,
+                acked_epoch=acked_epoch or 0,
                 sealed=sealed,
             ),
         )
@@ -1279,6 +1286,8 @@ class ServerCore:
             return
         self._transition(part, PartTrigger.SEAL_ACKNOWLEDGED)
         self._release_held(part)
+        # The target holds everything and ships to the replicas now, this backup included.
+        self._stop_shipping(part.ref)
         run.waiting.discard(part.ref)
         if not run.waiting and run.phase is HandoffPhase.SHIPPING:
             self._seals_complete(key, run, now_us)

@@ -1,0 +1,199 @@
+"""Tests of the server side of failover: fencing, positions, promotion, divergence, step-down."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._part import PartState
+from forehand.core._server_events import (
+    PartFenced,
+    PrimaryInstalled,
+    RarePathTaken,
+    RequestExecuted,
+    SnapshotInstalled,
+    StaleEpochRefused,
+)
+from forehand.core.messages import LogShipped, PartRole, PositionsReported
+from forehand.wire import ResponseStatus
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import MANAGER, Cluster, ref
+else:
+    from _server_helpers import MANAGER, Cluster, ref
+
+COUNTER = ref("counter")
+LEDGER = ref("ledger")
+
+
+def state(cluster: Cluster, server: str, part: str = "counter") -> PartState | None:
+    """The state of `part` on `server`."""
+    held = cluster.server(server).part(ref(part))
+    return None if held is None else held.state
+
+
+def test_failover_prepared_fences_and_reports_positions() -> None:
+    """Replicas fence at the new version and report role, applied seq and epoch."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(4):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2", "s3"])
+    reports = cluster.take(MANAGER, PositionsReported)
+    assert sorted(report.server_id for report in reports) == ["s2", "s3"]
+    for report in reports:
+        assert report.map_version == cluster.map.version + 1
+        (progress,) = report.parts
+        assert (progress.ref, progress.role, progress.applied_seq) == (COUNTER, PartRole.REPLICA, 4)
+    fenced = cluster.events("s2", PartFenced)
+    assert [(event.fence_version, event.cause) for event in fenced] == [
+        (cluster.map.version + 1, "failover_prepared")
+    ]
+
+
+def test_fenced_replica_refuses_the_old_primary_which_then_stops_writing() -> None:
+    """After fencing, the old primary's log is refused and its next writes get TRY_AGAIN."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert cluster.events("s2", StaleEpochRefused)
+    replica = cluster.server("s2").part(COUNTER)
+    assert replica is not None and replica.applied_seq == 1
+    (fenced,) = cluster.events("s1", PartFenced)
+    assert fenced.cause == "replica_fenced"
+    cluster.responses()
+    cluster.request("s1", "counter")
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+
+
+def test_promoted_replica_serves_and_ships_from_its_log() -> None:
+    """The map naming a fenced replica primary promotes it; it ships to the other replica."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.router.remove("s1")
+    cluster.prepare_failover([COUNTER], to=["s2", "s3"])
+    cluster.place("counter", "s2", "s3")
+    assert state(cluster, "s2") is PartState.PRIMARY
+    (installed,) = cluster.events("s2", PrimaryInstalled)
+    assert (installed.cause.value, installed.log_index) == ("failover", 3)
+    assert installed.map_version == cluster.map.version
+    cluster.request("s2", "counter", payload=b"10")
+    (response,) = [r for r in cluster.responses() if r.request_id == 4]
+    assert response.payload == b"13"
+    cluster.router.advance(ms=50)
+    replica = cluster.server("s3").part(COUNTER)
+    assert replica is not None and (replica.applied_seq, replica.data) == (4, 13)
+    assert replica.epoch == cluster.map.version
+
+
+def test_retry_on_promoted_replica_is_answered_from_dedup() -> None:
+    """A write acknowledged by the dead primary and retried at the new one executes once."""
+    cluster = Cluster()
+    cluster.place("ledger", "s1", "s2")
+    request_id = cluster.request("s1", "ledger", payload=b"7")
+    (acknowledged,) = cluster.responses()
+    cluster.router.remove("s1")
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.place("ledger", "s2", "s3")
+    cluster.request("s2", "ledger", payload=b"7", request_id=request_id)
+    cluster.router.advance(ms=50)
+    (retry,) = cluster.responses()
+    assert (retry.status, retry.payload) == (acknowledged.status, acknowledged.payload)
+    assert cluster.events("s2", RequestExecuted) == []
+
+
+def test_replicated_write_waits_for_the_new_replicas_after_promotion() -> None:
+    """A promoted primary answers a retry of a replicated write only once a replica holds it."""
+    cluster = Cluster()
+    cluster.place("ledger", "s1", "s2", "s3")
+    request_id = cluster.request("s1", "ledger", payload=b"7")
+    cluster.responses()
+    cluster.router.remove("s1")
+    cut = cluster.router.partition("s2", "s3")
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.place("ledger", "s2", "s3")
+    cluster.request("s2", "ledger", payload=b"7", request_id=request_id)
+    cluster.router.advance(ms=100)
+    assert cluster.responses() == []
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    (retry,) = cluster.responses()
+    assert retry.payload == b"7"
+
+
+def test_lagging_promoted_replica_overwrites_a_diverged_replica() -> None:
+    """A replica ahead of the promoted primary (entries the new history lacks) is reset."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cut = cluster.router.partition("s1", "s3")
+    for _ in range(3):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.router.remove("s1")
+    cluster.router.heal(cut)
+    cluster.prepare_failover([COUNTER], to=["s3"])
+    cluster.place("counter", "s3", "s2")
+    cluster.request("s3", "counter", payload=b"100")
+    cluster.router.advance(ms=100)
+    replica = cluster.server("s2").part(COUNTER)
+    primary = cluster.server("s3").part(COUNTER)
+    assert replica is not None and primary is not None
+    assert (replica.data, replica.applied_seq) == (primary.data, primary.applied_seq) == (100, 1)
+    assert cluster.events("s2", SnapshotInstalled)
+    names = [event.name for event in cluster.events("s3", RarePathTaken)]
+    assert "replica-history-diverged" in names
+
+
+def test_primary_steps_down_for_a_newer_epoch() -> None:
+    """A primary that receives a newer epoch's log becomes that primary's replica."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.router.send(
+        "s2",
+        "s1",
+        LogShipped(
+            ref=COUNTER, epoch=cluster.map.version + 5, prev_seq=1, entries=(), sealed=False
+        ),
+    )
+    assert state(cluster, "s1") is PartState.REPLICA
+    names = [event.name for event in cluster.events("s1", RarePathTaken)]
+    assert "primary-stepped-down-for-newer-epoch" in names
+
+
+def test_restarted_server_does_not_serve_a_part_it_lost() -> None:
+    """A restarted server (incarnation 2) named primary by its first map creates nothing."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.remove("s1")
+    cluster.start("s1", incarnation=2)
+    cluster.publish_full(to=["s1"])
+    assert state(cluster, "s1") is None
+    names = [event.name for event in cluster.events("s1", RarePathTaken)]
+    assert "primary-without-state-after-restart" in names
+
+
+def test_restarted_replica_catches_up_from_the_primary() -> None:
+    """A restarted replica starts empty and the primary ships it the whole part again."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    for _ in range(5):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.router.remove("s2")
+    cluster.start("s2", incarnation=2)
+    cluster.router.disconnect("s1", "s2")
+    cluster.publish_full(to=["s2"])
+    cluster.router.advance(ms=600)
+    replica = cluster.server("s2").part(COUNTER)
+    assert replica is not None and (replica.data, replica.applied_seq) == (5, 5)
