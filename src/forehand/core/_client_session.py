@@ -82,6 +82,7 @@ ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
     (_R, RouteTrigger.PLACEMENT_RECEIVED): _A,
     (_R, RouteTrigger.SESSION_CLOSED): _C,
     (_L, RouteTrigger.PLACEMENT_RECEIVED): _A,
+    (_L, RouteTrigger.HANDOFF_ACCEPTED): _H,
     (_L, RouteTrigger.SESSION_CLOSED): _C,
 }
 """Every legal route transition; anything else raises `LocalProtocolError`."""
