@@ -177,7 +177,10 @@ def test_requests_during_handoff_are_forwarded_and_answered() -> None:
     assert [(e.request_id, e.log_index) for e in executed] == [(request_id, 4)]
     assert not [e for e in cluster.events("s1", RequestExecuted) if e.request_id == request_id]
     (ack,) = [e for e in cluster.events("s2", WriteAcknowledged) if e.request_id == request_id]
-    assert ack.client == "c1"
+    assert (ack.client, ack.client_facing) == ("c1", False)
+    (relayed,) = [e for e in cluster.events("s1", WriteAcknowledged) if e.request_id == request_id]
+    assert relayed.client_facing
+    assert (relayed.map_version, relayed.log_index) == (ack.map_version, ack.log_index)
 
 
 def test_late_client_gets_its_handoff_frame_on_first_forward() -> None:

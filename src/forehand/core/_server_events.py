@@ -115,6 +115,10 @@ class WriteAcknowledged(ServerEvent):
     """The client the answer is for."""
     from_dedup: bool
     """True when a retry was answered from the dedup table instead of executing again."""
+    client_facing: bool
+    """True when this server's message goes to the client itself (a direct answer, or the last
+    relay of a forwarded one); False for the answer a target sends back to a forwarding server.
+    Checkers count only client-facing acknowledgements: a relay may still drop an answer."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

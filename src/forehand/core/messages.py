@@ -324,6 +324,9 @@ class ResponseForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The answering server's map version."""
     payload: bytes
     """The result."""
+    log_index: int = 0
+    """The answering log entry's sequence number (its epoch is `map_version`); 0 when no entry
+    answered (a read, or a refusal)."""
 
 
 ClusterMessageType = (

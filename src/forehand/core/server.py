@@ -470,7 +470,7 @@ class ServerCore:
     def _acknowledge(
         self, part: Part, entry: LogEntry, inbound: _Inbound, *, from_dedup: bool
     ) -> None:
-        self._reply(inbound, entry.status, entry.result, entry.epoch)
+        self._reply(inbound, entry.status, entry.result, entry.epoch, log_index=entry.seq)
         self._emit(
             WriteAcknowledged(
                 node=self._me,
@@ -481,6 +481,7 @@ class ServerCore:
                 log_index=entry.seq,
                 client=inbound.client,
                 from_dedup=from_dedup,
+                client_facing=not inbound.forwarded,
             )
         )
 
@@ -502,7 +503,15 @@ class ServerCore:
         for _, inbound, _ in self._held.pop(ref, ()):
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, detail)
 
-    def _reply(self, inbound: _Inbound, status: int, payload: bytes, map_version: int) -> None:
+    def _reply(
+        self,
+        inbound: _Inbound,
+        status: int,
+        payload: bytes,
+        map_version: int,
+        *,
+        log_index: int = 0,
+    ) -> None:
         if inbound.forwarded:
             self._send(
                 inbound.reply_to,
@@ -513,6 +522,7 @@ class ServerCore:
                     status=status,
                     map_version=map_version,
                     payload=payload,
+                    log_index=log_index,
                 ),
             )
             return
@@ -677,7 +687,24 @@ class ServerCore:
             reply_to=forward.reply_to,
             forwarded=forward.forwarded,
         )
-        self._reply(inbound, status, message.payload, message.map_version)
+        self._reply(
+            inbound, status, message.payload, message.map_version, log_index=message.log_index
+        )
+        spec = self._specs.get(forward.ref.part)
+        if not forward.forwarded and message.log_index > 0 and spec is not None:
+            self._emit(
+                WriteAcknowledged(
+                    node=self._me,
+                    ref=forward.ref,
+                    request_id=message.request_id,
+                    durability=spec.durability,
+                    map_version=message.map_version,
+                    log_index=message.log_index,
+                    client=message.client,
+                    from_dedup=False,
+                    client_facing=True,
+                )
+            )
 
     def _expire_forwards(self, now_us: int) -> None:
         horizon = now_us - self._forward_timeout_us
