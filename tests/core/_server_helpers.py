@@ -7,7 +7,7 @@ failover messages) and the clients (it sends frames and reads what came back fro
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -74,9 +74,11 @@ class Cluster:
         *,
         replica_count: int = 2,
         seed: int = 11,
+        specs: Mapping[str, PartSpec] = SPECS,
         **overrides: Any,
     ) -> None:
         self.router = Router()
+        self.specs = specs
         self.servers: dict[str, ServerCore] = {}
         for index, server_id in enumerate(servers):
             self.start(server_id, seed=seed + index, **overrides)
@@ -94,7 +96,9 @@ class Cluster:
     def start(self, server_id: str, *, seed: int = 11, **overrides: Any) -> ServerCore:
         """Start (or restart) a server core and wire it in."""
         config = replace(ServerConfig(server_id=server_id), **overrides)
-        core = ServerCore(config=config, parts=SPECS, sealer=sealer(seed), rng=random.Random(seed))
+        core = ServerCore(
+            config=config, parts=self.specs, sealer=sealer(seed), rng=random.Random(seed)
+        )
         self.servers[server_id] = core
         self.router.add(core)
         self.router.run()

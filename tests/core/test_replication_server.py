@@ -1,0 +1,153 @@
+"""Tests of log shipping between server cores: batches, losses, reconnects, trimming, snapshots."""
+
+from __future__ import annotations
+
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+from forehand.core._part import HandlerResult, PartSpec
+from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
+from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import SPECS, Cluster, ref
+else:
+    from _server_helpers import SPECS, Cluster, ref
+
+COUNTER = ref("counter")
+
+
+def replica_position(cluster: Cluster, server: str) -> tuple[object, int]:
+    """(state, applied seq) of `counter` on `server`."""
+    part = cluster.server(server).part(COUNTER)
+    assert part is not None
+    return part.data, part.applied_seq
+
+
+def write(cluster: Cluster, times: int) -> None:
+    """`times` additions of 1 at s1."""
+    for _ in range(times):
+        cluster.request("s1", "counter")
+    cluster.responses()
+
+
+def test_batches_respect_log_batch_entries_max() -> None:
+    """Ten writes travel in batches of at most three entries and arrive complete."""
+    cluster = Cluster(log_batch_entries_max=3, replication_inflight_batches_max=8)
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=20)
+    write(cluster, 10)
+    cluster.router.advance(ms=20)
+    sizes = [len(m.entries) for m in cluster.router.sent(LogShipped, source="s1") if m.entries]
+    assert max(sizes) == 3
+    assert sum(sizes) == 10
+    assert replica_position(cluster, "s2") == (10, 10)
+
+
+def test_lost_batch_resumes_from_the_last_acked_seq() -> None:
+    """A dropped batch makes the replica ack its position; shipping resumes from there."""
+    cluster = Cluster(log_batch_entries_max=2, replication_inflight_batches_max=4)
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=20)
+    dropped: list[LogShipped] = []
+
+    def drop_once(source: str, destination: str, message: object) -> bool:
+        if isinstance(message, LogShipped) and message.entries and not dropped:
+            dropped.append(message)
+            return True
+        return False
+
+    cluster.router.filters.append(drop_once)
+    write(cluster, 6)
+    cluster.router.advance(ms=20)
+    assert dropped and dropped[0].prev_seq == 0
+    assert replica_position(cluster, "s2") == (6, 6)
+    acks = [m.acked_seq for m in cluster.router.sent(LogAcknowledged, source="s2")]
+    assert 0 in acks
+
+
+def test_silent_loss_is_resent_after_the_retry_interval() -> None:
+    """When every message of a round is lost, the primary resends after replication_retry_ms."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=20)
+    cut = cluster.router.partition("s1", "s2")
+    write(cluster, 3)
+    cluster.router.advance(ms=20)
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=100)
+    assert replica_position(cluster, "s2") == (0, 0)
+    cluster.router.advance(ms=500)
+    assert replica_position(cluster, "s2") == (3, 3)
+
+
+def test_reconnect_reprobes_and_catches_up() -> None:
+    """After ConnectionLost the primary probes the replica again and ships what it lacks."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=20)
+    cut = cluster.router.partition("s1", "s2")
+    write(cluster, 4)
+    cluster.router.advance(ms=20)
+    cluster.router.heal(cut)
+    probes_before = len(cluster.router.sent(LogShipped, source="s1"))
+    cluster.router.disconnect("s1", "s2")
+    cluster.router.advance(ms=20)
+    shipped = cluster.router.sent(LogShipped, source="s1")[probes_before:]
+    assert shipped[0].entries == ()
+    assert replica_position(cluster, "s2") == (4, 4)
+
+
+def test_primary_trims_what_every_replica_acked() -> None:
+    """The log keeps only entries some replica has not acknowledged."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=20)
+    write(cluster, 5)
+    cluster.router.advance(ms=20)
+    primary = cluster.server("s1").part(COUNTER)
+    assert primary is not None and len(primary.log) == 0
+    cut = cluster.router.partition("s1", "s3")
+    write(cluster, 3)
+    cluster.router.advance(ms=20)
+    assert [entry.seq for entry in primary.log.entries()] == [6, 7, 8]
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    assert len(primary.log) == 0
+    assert replica_position(cluster, "s3") == (8, 8)
+
+
+def test_replica_behind_the_retained_log_gets_a_snapshot() -> None:
+    """Beyond log_entries_max unacked entries, the lagging replica is sent the whole state."""
+    cluster = Cluster(log_entries_max=4)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=20)
+    cut = cluster.router.partition("s1", "s3")
+    write(cluster, 10)
+    cluster.router.advance(ms=20)
+    primary = cluster.server("s1").part(COUNTER)
+    assert primary is not None and len(primary.log) <= 4
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    assert cluster.router.sent(SnapshotShipped, source="s1")
+    (installed,) = cluster.events("s3", SnapshotInstalled)
+    assert installed.log_index == 10
+    assert replica_position(cluster, "s3") == (10, 10)
+    replica = cluster.server("s3").part(COUNTER)
+    assert replica is not None and replica.dedup.get(4) is not None
+
+
+def test_non_deterministic_handler_is_reported_on_the_replica() -> None:
+    """A replica whose re-execution answers differently reports a divergence."""
+    calls = count()
+
+    def drifting(state: Any, op: str, payload: bytes) -> HandlerResult:
+        return HandlerResult(state=state, status=0, result=str(next(calls)).encode())
+
+    specs = dict(SPECS, counter=PartSpec(handler=drifting, initial_state=lambda: 0))
+    cluster = Cluster(specs=specs)
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=20)
+    (divergence,) = cluster.events("s2", ReplicaDivergenceDetected)
+    assert (divergence.log_index, divergence.detail) == (1, "result")
