@@ -1,6 +1,6 @@
 """What changed between two shard-map versions: parts added, removed and moved, servers changed.
 
-Only candidates are compared. A part whose primary or replicas changed shows up in the difference
+Only candidates are compared. A part whose primary or replica set changed shows up in the difference
 of some server's member or replica array, or in a changed override bucket, and arrays that two
 versions share are skipped by identity, so the diff of consecutive versions costs about what the
 delta touched.
@@ -17,7 +17,7 @@ from forehand.placement._ids import PartKey
 from forehand.placement._servers import ServerEntry
 from forehand.placement._state import MapState
 
-__all__ = ["MapDiff", "PartMoved", "diff_states", "placement_of_hash"]
+__all__ = ["MapDiff", "PartMoved", "diff_states", "placement_of_hash", "same_servers"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,7 +45,8 @@ class MapDiff:
     removed: tuple[PartKey, ...]
     """Parts only in the source version, sorted."""
     moved: tuple[PartMoved, ...]
-    """Parts in both whose primary or replicas differ, sorted by key."""
+    """Parts in both whose primary or set of replicas differ, sorted by key. A new order of the
+    same replicas moves no data and is not listed."""
     servers_added: tuple[ServerEntry, ...]
     """Servers only in the target version, by id."""
     servers_removed: tuple[ServerEntry, ...]
@@ -72,6 +73,11 @@ def placement_of_hash(state: MapState, key_hash: int) -> Placement:
     primary = engine.primary_of(key_hash)
     replicas = engine.replica_set(key_hash, primary)
     return Placement(primary=names[primary], replicas=tuple(names[index] for index in replicas))
+
+
+def same_servers(one: Placement, other: Placement) -> bool:
+    """Whether two placements keep the same primary and the same set of replicas."""
+    return one.primary == other.primary and set(one.replicas) == set(other.replicas)
 
 
 def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[Iterable[int]]:
@@ -116,7 +122,7 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
             continue
         before_placement = placement_of_hash(source, key_hash)
         after_placement = placement_of_hash(target, key_hash)
-        if before_placement != after_placement:
+        if not same_servers(before_placement, after_placement):
             moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
     common = len(source.parts) - len(removed)
     servers_added = [e for i, e in target.servers.items() if i not in source.servers]

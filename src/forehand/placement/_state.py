@@ -148,9 +148,17 @@ def check_server_entry(config: PlacementConfig, entry: ServerEntry) -> None:
 
 
 def check_override(
-    config: PlacementConfig, servers: Mapping[str, ServerEntry], placement: Placement
+    config: PlacementConfig,
+    servers: Mapping[str, ServerEntry],
+    placement: Placement,
+    *,
+    allow_dead: bool = False,
 ) -> None:
-    """Raise InvalidDeltaError unless every server of `placement` is in the map and alive."""
+    """Raise InvalidDeltaError unless every server of `placement` is in the map (and alive).
+
+    A new override may not name a DEAD server; an existing one may, since a server can die after
+    it was named (the manager then overrides again), so a whole map is checked with `allow_dead`.
+    """
     if len(placement.replicas) > config.replica_count:
         raise InvalidDeltaError(
             f"an override names at most {config.replica_count} replicas: {placement}"
@@ -159,7 +167,7 @@ def check_override(
         entry = servers.get(server_id)
         if entry is None:
             raise InvalidDeltaError(f"override names unknown server {server_id!r}")
-        if entry.state is ServerState.DEAD:
+        if entry.state is ServerState.DEAD and not allow_dead:
             raise InvalidDeltaError(f"override names dead server {server_id!r}")
 
 
@@ -200,7 +208,7 @@ def build_state(
             raise InvalidDeltaError(f"override for {key}, which is not in the map")
         if override_writer.get(key.key_hash) is not None:
             raise InvalidDeltaError(f"two overrides for {key}")
-        check_override(config, server_by_id, placement)
+        check_override(config, server_by_id, placement, allow_dead=True)
         override_writer.put(key.key_hash, placement)
         pinned[placement.primary] = pinned.get(placement.primary, 0) + 1
     override_index = override_writer.freeze()

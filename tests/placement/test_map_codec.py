@@ -1,0 +1,141 @@
+"""Whole maps and deltas round-trip through msgpack; malformed bytes are remote errors."""
+
+from __future__ import annotations
+
+import random
+
+import msgspec
+import pytest
+
+from forehand.errors import RemoteProtocolError
+from forehand.placement import (
+    MAP_ENCODING,
+    Delta,
+    PartKey,
+    PartsAdded,
+    PartsRemoved,
+    Placement,
+    PlacementConfig,
+    PlacementOverridden,
+    ServerDrained,
+    ServerJoined,
+    ServerLeft,
+    ServerMarkedDead,
+    ServerReweighted,
+    ServerUndrained,
+    ShardMap,
+    new_session_id,
+)
+
+
+def _sample_map() -> tuple[ShardMap, list[PartKey]]:
+    config = PlacementConfig(load_epsilon=0.1, replica_count=1, ring_points_per_weight=32)
+    shard_map = ShardMap.empty(config=config)
+    shard_map = shard_map.apply(
+        shard_map.delta(
+            *(
+                ServerJoined(
+                    server_id=f"s{index}", address=f"h{index}:1", zone=f"z{index % 2}", weight=1.5
+                )
+                for index in range(5)
+            )
+        )
+    )
+    rng = random.Random(4)
+    keys: list[PartKey] = []
+    for index in range(300):
+        session_id = new_session_id(now_ms=index, rng=rng)
+        parts = ("auth", "cart") if index % 3 else ("auth", "feature/video", "profile")
+        shard_map = shard_map.apply(shard_map.add_session_parts(session_id, parts))
+        keys.extend(PartKey(session_id=session_id, part=part) for part in parts)
+    shard_map = shard_map.apply(shard_map.drain_server("s2"))
+    shard_map = shard_map.apply(
+        shard_map.override_placement(keys[5], Placement(primary="s4", replicas=("s0",)))
+    )
+    return shard_map.apply(shard_map.mark_server_dead("s2")), keys
+
+
+def test_whole_map_round_trips() -> None:
+    """decode(encode(map)) has the same version, servers, parts, overrides and placements."""
+    shard_map, keys = _sample_map()
+    data = shard_map.encode()
+    decoded = ShardMap.decode(data)
+    assert decoded.version == shard_map.version
+    assert decoded.config == shard_map.config
+    assert decoded.servers == shard_map.servers
+    assert sorted(decoded.overrides()) == sorted(shard_map.overrides())
+    for key in keys:
+        assert decoded.lookup(key) == shard_map.lookup(key)
+    assert decoded.encode() == data
+
+
+def test_whole_map_is_compact() -> None:
+    """A session with the common part set costs its 16 id bytes and little else."""
+    shard_map, keys = _sample_map()
+    sessions = len({key.session_id for key in keys})
+    overrides = sum(1 for _ in shard_map.overrides())
+    assert len(shard_map.encode()) < sessions * 17 + overrides * 64 + 2048
+
+
+def test_every_operation_round_trips() -> None:
+    """Each delta operation survives encode_delta / decode_delta unchanged."""
+    session_id = new_session_id(now_ms=7, rng=random.Random(7))
+    delta = Delta(
+        base_version=41,
+        operations=(
+            PartsAdded(session_id=session_id, parts=("auth", "feature/video")),
+            PartsRemoved(session_id=session_id, parts=("auth",)),
+            PlacementOverridden(
+                session_id=session_id,
+                part="cart",
+                placement=Placement(primary="a", replicas=("b",)),
+            ),
+            PlacementOverridden(session_id=session_id, part="cart", placement=None),
+            ServerJoined(server_id="a", address="10.0.0.1:4433", zone="z", weight=2.5),
+            ServerDrained(server_id="a"),
+            ServerUndrained(server_id="a"),
+            ServerMarkedDead(server_id="a"),
+            ServerLeft(server_id="a"),
+            ServerReweighted(server_id="a", weight=0.5),
+        ),
+    )
+    data = ShardMap.encode_delta(delta)
+    assert ShardMap.decode_delta(data) == delta
+    assert delta.version == 42
+    assert len(ShardMap.encode_delta(Delta(base_version=3, operations=(delta.operations[0],)))) < 48
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xc1",
+        msgspec.msgpack.encode([1, 2, 3]),
+        msgspec.msgpack.encode([1, [[1, [b"short", ["auth"]]]]]),
+        msgspec.msgpack.encode([1, [[1, [bytes(16), ["auth"]]]]]),
+    ],
+)
+def test_malformed_deltas_are_remote_errors(data: bytes) -> None:
+    """Garbage, wrong shapes and invalid ids raise RemoteProtocolError, nothing else."""
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode_delta(data)
+
+
+def test_malformed_maps_are_remote_errors() -> None:
+    """Truncated maps, unknown encodings and inconsistent contents raise RemoteProtocolError."""
+    shard_map, _ = _sample_map()
+    data = shard_map.encode()
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(data[: len(data) // 2])
+    record = msgspec.msgpack.decode(data)
+    record[0] = MAP_ENCODING + 1
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(msgspec.msgpack.encode(record))
+    record = msgspec.msgpack.decode(data)
+    record[4][0][1] = record[4][0][1][:-3]  # a session id cut short
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(msgspec.msgpack.encode(record))
+    record = msgspec.msgpack.decode(data)
+    record[3].append(record[3][0])  # a server listed twice
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(msgspec.msgpack.encode(record))
