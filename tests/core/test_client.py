@@ -539,17 +539,14 @@ def test_error_frame_closes_connection_and_relocates() -> None:
 
 
 def test_loss_notice_after_error_does_not_kill_a_newer_connection() -> None:
-    """After ERROR the client closes its side; the driver's later loss notice is consumed."""
+    """After ERROR the client closes its side; a new HELLO waits for the old loss notice."""
     h = Harness()
     session = ready_session(h)
     h.feed("s1", Error(code=ErrorCode.INTERNAL_ERROR, reason="boom"))
     closes = h.take(ConnectionCloseRequested, "s1")
     assert [(c.peer, c.error_code) for c in closes] == [("s1", ErrorCode.INTERNAL_ERROR)]
+    h.take(MapRequest)
     # The map still names s1: the client reconnects before the old connection's notice arrives.
-    h.client.prewarm(session, "cart", now_us=h.now_us)
-    h.client.call(session, "auth", "x", b"", now_us=h.now_us)
-    h.drain()
-    h.outbox.clear()
     update_entries = (SessionPlacement(session_id=session, placement=placement("auth", "s1")),)
     h.feed(
         MANAGER,
@@ -560,9 +557,15 @@ def test_loss_notice_after_error_does_not_kill_a_newer_connection() -> None:
             body=encode_client_placements(update_entries),
         ),
     )
+    h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
     assert h.client.connection_state("s1") is ConnectionState.CONNECTING
+    assert h.take(Hello, "s1") == []
     h.lose("s1")
     assert h.client.connection_state("s1") is ConnectionState.CONNECTING
+    assert len(h.take(Hello, "s1")) == 1
+    h.welcome("s1")
+    assert len(h.take(Request, "s1")) == 1
     h.lose("s1")
     assert h.client.connection_state("s1") is ConnectionState.CLOSED
 

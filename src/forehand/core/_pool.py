@@ -115,6 +115,7 @@ class Connection:
     """One pooled connection to a peer node, and what the client learned on it."""
 
     __slots__ = (
+        "deferred_hello",
         "handoff_sequence_last",
         "map_version",
         "next_ping_us",
@@ -148,6 +149,8 @@ class Connection:
         """The sequence of the last PING sent."""
         self.pings: dict[int, int] = {}
         """Unanswered PINGs: sequence -> sent_us, at most `pings_outstanding_max`."""
+        self.deferred_hello: object | None = None
+        """HELLO held back until the loss notice of the previous connection to the peer arrives."""
 
     def fire(self, trigger: ConnectionTrigger) -> ConnectionState:
         """Apply `trigger`, or raise `LocalProtocolError` when the table does not allow it."""

@@ -618,7 +618,12 @@ class ClientCore:
             client_id=self._client_id,
             credentials=self._credentials_for(server),
         )
-        self._outbox.append(Outbound(destination=server, message=hello))
+        if self._closing.get(server):
+            # The previous connection's loss notice is still due: a frame sent now could go out
+            # on the dying connection, so HELLO (and what queues behind it) waits for the notice.
+            connection.deferred_hello = hello
+        else:
+            self._outbox.append(Outbound(destination=server, message=hello))
         return connection
 
     def _credentials_for(self, server: NodeId) -> tuple[Credential, ...]:
@@ -686,15 +691,19 @@ class ClientCore:
     def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
         peer = message.peer
         expected = self._closing.get(peer, 0)
-        if expected:
-            # The notice of a connection this client already closed: a newer connection to the
-            # same peer (if any) is not the one that was lost.
-            if expected == 1:
-                del self._closing[peer]
-            else:
-                self._closing[peer] = expected - 1
+        if not expected:
+            self._close(peer, ConnectionTrigger.LOST, message.reason or "lost", now_us)
             return
-        self._close(peer, ConnectionTrigger.LOST, message.reason or "lost", now_us)
+        # The notice of a connection this client already closed: a newer connection to the same
+        # peer is not the one that was lost, and may now say HELLO.
+        if expected > 1:
+            self._closing[peer] = expected - 1
+            return
+        del self._closing[peer]
+        connection = self._pool.get(peer)
+        if connection is not None and connection.deferred_hello is not None:
+            hello, connection.deferred_hello = connection.deferred_hello, None
+            self._outbox.append(Outbound(destination=peer, message=hello))
 
     def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
         """The peer closes the connection: close it from this side too and move on."""
