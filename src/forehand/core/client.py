@@ -59,7 +59,13 @@ from forehand.core._driver import (
     NodeId,
     Outbound,
 )
-from forehand.core._pool import ConnectionPool, ConnectionState, ConnectionTrigger, PathStats
+from forehand.core._pool import (
+    Connection,
+    ConnectionPool,
+    ConnectionState,
+    ConnectionTrigger,
+    PathStats,
+)
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import ShardMap
 from forehand.wire import (
@@ -606,7 +612,7 @@ class ClientCore:
         self._outbox.append(Outbound(destination=destination, message=frame))
         return True
 
-    def _connect(self, server: NodeId, now_us: int) -> Any:
+    def _connect(self, server: NodeId, now_us: int) -> Connection | None:
         connection = self._pool.open(server, now_us=now_us)
         if connection is None and self._evict_idle_connection(now_us):
             connection = self._pool.open(server, now_us=now_us)
