@@ -481,3 +481,50 @@ def test_responses_through_the_source_reach_the_right_client() -> None:
     cluster.request("s1", "counter", client="c2", payload=b"2")
     assert [r.payload for r in cluster.take("c1", Response)] == [b"4"]
     assert [r.payload for r in cluster.take("c2", Response)] == [b"6"]
+
+
+def test_forwarded_request_fails_over_to_try_again_when_the_target_is_lost() -> None:
+    """A forward whose target connection breaks is answered TRY_AGAIN so the client retries."""
+    cluster = handed_over()
+    cluster.router.partition("s1", "s2")
+    cluster.request("s1", "counter")
+    assert cluster.responses() == []
+    cluster.router.disconnect("s1", "s2")
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.TRY_AGAIN
+
+
+def test_unanswered_forwards_are_forgotten_after_their_timeout() -> None:
+    """The table of forwarded requests does not grow when a target never answers."""
+    cluster = handed_over(forwarded_request_timeout_ms=300, backup_period_ms=10_000)
+    cut = cluster.router.partition("s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=299)
+    cluster.router.heal(cut)
+    late = ResponseForwarded(
+        client="c1",
+        request_id=cluster.next_request_id - 1,
+        session_id=SESSION,
+        status=0,
+        map_version=cluster.map.version,
+        payload=b"late",
+    )
+    cluster.router.send("s2", "s1", late)
+    assert [response.payload for response in cluster.responses()] == [b"late"]
+    cut = cluster.router.partition("s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=301)
+    cluster.router.heal(cut)
+    cluster.router.send(
+        "s2",
+        "s1",
+        ResponseForwarded(
+            client="c1",
+            request_id=cluster.next_request_id - 1,
+            session_id=SESSION,
+            status=0,
+            map_version=cluster.map.version,
+            payload=b"late",
+        ),
+    )
+    assert cluster.responses() == []

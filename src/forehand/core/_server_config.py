@@ -48,6 +48,8 @@ class ServerConfig:
     """Most times one request may be forwarded between servers before it is refused."""
     forwarded_requests_max: int = 4096
     """Most forwarded requests this server waits on an answer for, over all parts."""
+    forwarded_request_timeout_ms: int = 10_000
+    """A forwarded request unanswered this long is forgotten (its client retries by itself)."""
     receiving_queue_requests_max: int = 256
     """Most requests a handoff target queues per part until the sealed log arrives."""
     backup_period_ms: int = 5000
@@ -110,6 +112,7 @@ class ServerConfig:
             replicated_answers_max=rng.randint(8, 256),
             forward_hops_max=rng.randint(1, 4),
             forwarded_requests_max=rng.randint(16, 1024),
+            forwarded_request_timeout_ms=rng.randint(1000, 10_000),
             receiving_queue_requests_max=rng.randint(4, 256),
             backup_period_ms=rng.randint(100, 5000),
             handoff_deadline_ms=rng.randint(500, 5000),
@@ -135,6 +138,7 @@ _POSITIVE_FIELDS = (
     "replicated_answers_max",
     "forward_hops_max",
     "forwarded_requests_max",
+    "forwarded_request_timeout_ms",
     "receiving_queue_requests_max",
     "handoff_deadline_ms",
     "handoffs_concurrent_max",

@@ -304,7 +304,7 @@ class ServerCore:
 
     @property
     def _forward_timeout_us(self) -> int:
-        return (self._config.handoff_deadline_ms + self._config.backup_period_ms) * 1000
+        return self._config.forwarded_request_timeout_ms * 1000
 
     def _send(self, destination: NodeId, message: object) -> None:
         self._outbox.append(Outbound(destination=destination, message=message))
@@ -1451,12 +1451,13 @@ class ServerCore:
         self._forget_run(key)
 
     def _deadline_missed(self, key: int, run: HandoffRun, now_us: int) -> None:
-        waiting = tuple(ref for ref in run.refs if ref in run.waiting)
+        waiting = tuple(
+            ref for ref in run.refs if ref in run.waiting and self._run_of.get(ref) == key
+        )
         sealed = tuple(ref for ref in run.refs if ref not in run.waiting)
         for ref in waiting:
             part = self._parts.get(ref)
-            if self._run_of.get(ref) == key:
-                del self._run_of[ref]
+            del self._run_of[ref]
             if part is None:
                 continue
             if run.side is HandoffSide.SOURCE and part.state is PartState.HANDING_OFF:
@@ -1553,9 +1554,10 @@ class ServerCore:
             self._transition(part, PartTrigger.HANDOFF_TARGETED)
         elif part.state is not PartState.RECEIVING:
             return False
-        previous = self._run_of.get(ref)
-        if previous is not None and previous != key:
-            self._forget_run(previous)
+        previous = self._runs.get(self._run_of.get(ref, 0))
+        if previous is not None and previous.side is HandoffSide.TARGET:
+            # An implicit run (learned from the map) is replaced by the manager's.
+            self._forget_run(self._run_of[ref])
         self._run_of[ref] = key
         return True
 
