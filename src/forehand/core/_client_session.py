@@ -78,7 +78,6 @@ ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
     (_H, RouteTrigger.SESSION_CLOSED): _C,
     (_R, RouteTrigger.RESUME_OK): _A,
     (_R, RouteTrigger.RESUME_REJECTED): _L,
-    (_R, RouteTrigger.SERVER_LOST): _L,
     (_R, RouteTrigger.PLACEMENT_RECEIVED): _A,
     (_R, RouteTrigger.SESSION_CLOSED): _C,
     (_L, RouteTrigger.PLACEMENT_RECEIVED): _A,
