@@ -1,4 +1,4 @@
-"""ServerCore with the real ClientCore: requests, a planned handoff followed by the client, failover."""
+"""ServerCore with the real ClientCore: ordered calls, a followed handoff, a failover retry."""
 
 from __future__ import annotations
 
