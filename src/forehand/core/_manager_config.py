@@ -36,12 +36,12 @@ class ManagerConfig:
 
     node_id: str = MANAGER_NODE_ID
     """The manager's node name, as servers and clients address it."""
-    replica_count: int = 2
-    """Replicas per part besides the primary; failover restores this count."""
     servers_max: int = 1024
     """Most servers the membership table holds (dead ones included until they are forgotten)."""
     clients_max: int = 65_536
     """Most client connections whose HELLO the manager remembers at once."""
+    client_sessions_max: int = 1_024
+    """Most sessions the manager remembers per client connection (for its MAP_REQUESTs)."""
     heartbeat_interval_ms: int = 500
     """The interval servers heartbeat at; seeds the phi-accrual detector before it has history."""
     suspect_timeout_ms: int = 1_500
@@ -67,10 +67,12 @@ class ManagerConfig:
     """A dead server's membership record is forgotten this long after its death."""
     failover_prepare_timeout_ms: int = 1_000
     """How long a failover waits for replicas' positions before promoting with what it has."""
-    failovers_concurrent_max: int = 64
-    """Most failovers (waiting for positions) at once; more deaths join the newest one."""
+    failover_prepare_parts_max: int = 4_096
+    """Most parts one FailoverPrepared names; a replica of more parts gets several."""
     pending_deltas_max: int = 256
     """Map changes queued behind the one commit in flight; a full queue pushes back."""
+    snapshot_interval_deltas: int = 1_000
+    """Commits between two snapshots of the whole map saved to the store."""
     store_timeout_ms: int = 5_000
     """A store request unanswered this long is abandoned: the manager reloads the map."""
     handoff_deadline_ms: int = 5_000
@@ -87,6 +89,8 @@ class ManagerConfig:
     """Most part moves waiting for a handoff slot."""
     handoff_queue_timeout_ms: int = 120_000
     """A part move waiting this long for a target or a slot is dropped (and reported)."""
+    replica_moves_per_commit_max: int = 256
+    """Most replica roles one drain commit moves off the drained server."""
     handoff_jitter_ms_max: int = 50
     """Random pause, up to this long, between two handoff batches, so moves do not stampede."""
     target_cpu_utilization_max: float = 0.75
@@ -111,6 +115,8 @@ class ManagerConfig:
     """Idle timeout the manager announces in WELCOME."""
     frame_bytes_max: int = 1 << 20
     """Largest frame body the manager accepts, announced in WELCOME."""
+    events_buffered_max: int = 65_536
+    """Events kept until drained; beyond it the oldest are dropped (and counted)."""
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -161,7 +167,6 @@ class ManagerConfig:
         jitter = rng.choice((0, rng.randrange(1, 200)))
         per_server = rng.randrange(1, 5)
         return cls(
-            replica_count=rng.randrange(1, 4),
             heartbeat_interval_ms=rng.randrange(50, failure_timeout_ms // 3),
             suspect_timeout_ms=rng.randrange(failure_timeout_ms // 3, failure_timeout_ms),
             failure_timeout_ms=failure_timeout_ms,
@@ -187,8 +192,7 @@ _ZERO_ALLOWED = frozenset(
         "heartbeat_pause_acceptable_ms",
         "handoff_jitter_ms_max",
         "overload_latency_us_p99",
-        "replica_count",
         "target_lag_entries_max",
     }
 )
-"""Fields for which 0 means something: no pause, no jitter, disabled, no replicas, caught up."""
+"""Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

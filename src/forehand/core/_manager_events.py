@@ -47,6 +47,7 @@ class MapChange(enum.Enum):
     SERVER_JOINED = "server_joined"
     SERVERS_REMOVED = "servers_removed"
     SESSION_OPENED = "session_opened"
+    SESSION_CLOSED = "session_closed"
     HANDOFF_ASSIGNED = "handoff_assigned"
     HANDOFF_REVERTED = "handoff_reverted"
     FAILOVER = "failover"

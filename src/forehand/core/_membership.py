@@ -37,10 +37,13 @@ __all__ = [
     "MemberTrigger",
     "Membership",
     "PhiAccrualDetector",
+    "UNKNOWN_INCARNATION",
     "TimeoutDetector",
     "transition_table",
 ]
 
+UNKNOWN_INCARNATION = -1
+"""The incarnation of a member restored from a map, until its first heartbeat names it."""
 PHI_LINEAR_FROM = 40.0
 """Beyond this exponent log(1 + exp(x)) equals x to double precision."""
 PHI_SEARCH_STEPS_MAX = 64
@@ -370,31 +373,32 @@ class Membership:
         member.progress.clear()
 
     def restore(
-        self,
-        server_id: str,
-        *,
-        incarnation: int,
-        address: str,
-        zone: str,
-        weight: float,
-        now_us: int,
-    ) -> None:
-        """Adopt a member known from a loaded map as ALIVE, with a fresh grace period."""
+        self, server_id: str, *, address: str, zone: str, weight: float, dead: bool, now_us: int
+    ) -> bool:
+        """Adopt a server known only from a loaded map (a new manager), with a fresh grace period.
+
+        Its incarnation is unknown: the first heartbeat names it, and any announcement counts as
+        a restart (a server announces only when its process starts). False when already known.
+        """
         if server_id in self._members or len(self._members) >= self._config.servers_max:
-            return
+            return False
         self._members[server_id] = Member(
             server_id=server_id,
-            incarnation=incarnation,
+            incarnation=UNKNOWN_INCARNATION,
             address=address,
             zone=zone,
             weight=weight,
-            state=MemberState.ALIVE,
+            state=MemberState.DEAD if dead else MemberState.ALIVE,
             detector=self._new_detector(now_us=now_us),
+            died_us=now_us if dead else None,
         )
+        return True
 
     def heartbeat(self, message: HeartbeatReported, *, now_us: int) -> HeartbeatOutcome:
         """Apply a heartbeat: liveness, load and part progress."""
         member = self._members.get(message.server_id)
+        if member is not None and member.incarnation == UNKNOWN_INCARNATION:
+            member.incarnation = message.incarnation
         if member is None or message.incarnation > member.incarnation:
             return HeartbeatOutcome.UNKNOWN
         if message.incarnation < member.incarnation:
@@ -472,15 +476,14 @@ class Membership:
             return MemberTrigger.SILENCE_SUSPECTED
         return None
 
-    def forget_dead(self, *, now_us: int, keep: frozenset[str] = frozenset()) -> list[str]:
-        """Forget members dead for `dead_servers_forget_ms` (except `keep`); their ids."""
+    def forget_dead(self, *, now_us: int) -> list[str]:
+        """Forget members dead for `dead_servers_forget_ms` (unless they asked to rejoin)."""
         forget_after_us = self._config.dead_servers_forget_ms * 1000
         forgotten = [
             member.server_id
             for member in self.members()
             if member.state is MemberState.DEAD
             and not member.rejoin_pending
-            and member.server_id not in keep
             and member.died_us is not None
             and now_us >= member.died_us + forget_after_us
         ]

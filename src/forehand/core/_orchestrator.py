@@ -94,7 +94,6 @@ class HandoffTrigger(enum.Enum):
 _TRANSITIONS: dict[tuple[HandoffPhase, HandoffTrigger], HandoffPhase] = {
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_COMMITTED): HandoffPhase.ASSIGNED,
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_REFUSED): HandoffPhase.CANCELLED,
-    (HandoffPhase.COMMITTING, HandoffTrigger.PARTICIPANT_DIED): HandoffPhase.CANCELLED,
     (HandoffPhase.ASSIGNED, HandoffTrigger.COMPLETION_REPORTED): HandoffPhase.COMPLETED,
     (HandoffPhase.ASSIGNED, HandoffTrigger.ABORT_REPORTED): HandoffPhase.REVERTING,
     (HandoffPhase.ASSIGNED, HandoffTrigger.DEADLINE_EXPIRED): HandoffPhase.FAILED_OVER,
@@ -277,6 +276,9 @@ class Orchestrator:
         """
         started: list[Handoff] = []
         invalid: list[MoveRequest] = []
+        if self._moves and now_us >= self._next_batch_us and batches_max <= 0:
+            # No commit slot: look again later rather than at once.
+            self._next_batch_us = now_us + HANDOFF_RETRY_MS * 1000
         while self._moves and now_us >= self._next_batch_us and len(started) < batches_max:
             handoff = self._plan_batch(
                 now_us=now_us, choose=choose_target, is_valid=is_valid, invalid=invalid

@@ -1,0 +1,338 @@
+"""The manager's commit pipeline: one map change in flight at a time, a bounded queue behind it.
+
+Every change to the shard map is a `Change`: a kind, a `build` function that computes its delta
+against whatever the map is when its turn comes (so a change queued behind others, or re-planned
+after a rejection, never applies to a version it was not computed for), and callbacks for when it
+commits or is dropped. The pipeline turns the head of the queue into a store request, waits for
+the result, and reports it. A rejection (the store's map moved on: another manager won) or a
+store that stays silent for `store_timeout_ms` reloads the map; the change goes back to the head
+of the queue and is built again against the reloaded map.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from forehand.core._manager_events import MapChange
+from forehand.core.messages import PartRef
+from forehand.errors import LocalProtocolError
+from forehand.placement import Delta, PlacementConfig, ShardMap
+
+# The message module only: the package also exports the SQLite store, which a core must not load.
+from forehand.stores._messages import (
+    DeltaCommitRequested,
+    DeltaCommitted,
+    DeltaRejected,
+    MapLoaded,
+    MapLoadRequested,
+    RejectionReason,
+    SnapshotRejected,
+    SnapshotSaved,
+    SnapshotSaveRequested,
+    StoreFailed,
+    StoreRequest,
+)
+
+__all__ = ["Built", "Change", "CommitPipeline", "Committed", "Loaded", "Rejected"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Built:
+    """A change computed against one map version, ready to commit."""
+
+    delta: Delta | None
+    """The delta (its base is the current version); None when the map already has the change."""
+    new_map: ShardMap
+    """The version it produces."""
+    parts: tuple[PartRef, ...]
+    """Parts whose placement the change means to alter (for events)."""
+    servers: tuple[str, ...]
+    """Servers the change is about (for events)."""
+    payload: object = None
+    """Whatever the change's `committed` callback needs from the build."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Change:
+    """A map change waiting for its turn."""
+
+    kind: MapChange
+    """What kind of change (for events)."""
+    build: Callable[[ShardMap], Built | None]
+    """Computes the delta against the current map; None when there is nothing left to do."""
+    committed: Callable[[Built, int], None]
+    """Called with the build and `now_us` once the store accepted it."""
+    dropped: Callable[[str, int], None]
+    """Called with a cause and `now_us` when the change will never commit."""
+    urgent: bool = False
+    """Failover promotions: go first, bypass the queue bound, commit while others wait."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Committed:
+    """Outcome: the change in flight committed."""
+
+    change: Change
+    """The change."""
+    built: Built
+    """What was committed."""
+    previous: ShardMap
+    """The version it applied to."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rejected:
+    """Outcome: the store refused the change in flight (or went silent); the map reloads."""
+
+    change: Change
+    """The change, back at the head of the queue."""
+    built: Built
+    """What was refused."""
+    detail: str
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Loaded:
+    """Outcome: the map was (re)loaded from the store."""
+
+    shard_map: ShardMap
+    """The loaded version."""
+    previous: ShardMap | None
+    """The version held before, None at start-up."""
+
+
+Outcome = Committed | Rejected | Loaded
+
+
+class _Kind(enum.Enum):
+    LOAD = "load"
+    COMMIT = "commit"
+    SNAPSHOT = "snapshot"
+
+
+@dataclass(slots=True, kw_only=True)
+class _InFlight:
+    request_id: int
+    kind: _Kind
+    sent_us: int
+    change: Change | None = None
+    built: Built | None = None
+
+
+class CommitPipeline:
+    """The queue of changes, the store request in flight, and the map as last committed."""
+
+    def __init__(
+        self,
+        *,
+        placement_config: PlacementConfig,
+        pending_max: int,
+        timeout_us: int,
+        snapshot_interval_deltas: int,
+    ) -> None:
+        self._placement_config = placement_config
+        self._pending_max = pending_max
+        self._timeout_us = timeout_us
+        self._snapshot_interval = snapshot_interval_deltas
+        self._queue: deque[Change] = deque()
+        self._in_flight: _InFlight | None = None
+        self._next_request_id = 1
+        self._map: ShardMap | None = None
+        self._requests: list[StoreRequest] = []
+        self._deltas_since_snapshot = 0
+        self._snapshot_due = False
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        """The newest map known committed, or None before the first load."""
+        return self._map
+
+    @property
+    def busy(self) -> bool:
+        """A store request is in flight."""
+        return self._in_flight is not None
+
+    @property
+    def pending(self) -> int:
+        """Changes waiting behind the one in flight."""
+        return len(self._queue)
+
+    @property
+    def free_slots(self) -> int:
+        """How many more non-urgent changes the queue takes."""
+        return max(0, self._pending_max - len(self._queue))
+
+    def in_flight_change(self) -> Change | None:
+        """The change being committed right now, if any."""
+        return None if self._in_flight is None else self._in_flight.change
+
+    def requests(self) -> list[StoreRequest]:
+        """Drain the store requests produced since the last call."""
+        requests, self._requests = self._requests, []
+        return requests
+
+    def _send(self, kind: _Kind, now_us: int) -> _InFlight:
+        assert self._in_flight is None, "one store request at a time"
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self._in_flight = _InFlight(request_id=request_id, kind=kind, sent_us=now_us)
+        return self._in_flight
+
+    def load(self, *, now_us: int) -> None:
+        """Ask the store for the map (start-up, or after a rejection or a silence)."""
+        in_flight = self._send(_Kind.LOAD, now_us)
+        self._requests.append(MapLoadRequested(request_id=in_flight.request_id))
+
+    def submit(self, change: Change) -> bool:
+        """Queue a change; False when the queue is full (urgent changes always get in)."""
+        if change.urgent:
+            self._queue.appendleft(change)
+            return True
+        if len(self._queue) >= self._pending_max:
+            return False
+        self._queue.append(change)
+        return True
+
+    def pump(self, *, now_us: int, hold: bool) -> list[Committed]:
+        """Start the next store request if none is in flight (only urgent commits while `hold`).
+
+        Returns the changes that turned out to be in the map already (no commit needed).
+        """
+        done: list[Committed] = []
+        while self._map is not None and self._in_flight is None:
+            if self._snapshot_due or self._deltas_since_snapshot >= self._snapshot_interval:
+                self._save_snapshot(self._map, now_us)
+                break
+            if not self._queue or (hold and not self._queue[0].urgent):
+                break
+            change = self._queue.popleft()
+            built = self._build(change, self._map, now_us)
+            if built is None:
+                continue
+            if built.delta is None:
+                done.append(Committed(change=change, built=built, previous=self._map))
+                continue
+            in_flight = self._send(_Kind.COMMIT, now_us)
+            in_flight.change, in_flight.built = change, built
+            self._requests.append(
+                DeltaCommitRequested(
+                    request_id=in_flight.request_id,
+                    base_version=built.delta.base_version,
+                    delta=ShardMap.encode_delta(built.delta),
+                )
+            )
+        return done
+
+    @staticmethod
+    def _build(change: Change, current: ShardMap, now_us: int) -> Built | None:
+        try:
+            built = change.build(current)
+        except LocalProtocolError as error:
+            change.dropped(f"cannot apply: {error}", now_us)
+            return None
+        if built is None:
+            change.dropped("nothing left to change", now_us)
+            return None
+        if built.delta is not None:
+            assert built.delta.base_version == current.version
+            assert built.new_map.version == current.version + 1
+        return built
+
+    def _save_snapshot(self, current: ShardMap, now_us: int) -> None:
+        in_flight = self._send(_Kind.SNAPSHOT, now_us)
+        self._requests.append(
+            SnapshotSaveRequested(
+                request_id=in_flight.request_id, version=current.version, snapshot=current.encode()
+            )
+        )
+
+    def deadline_us(self) -> int | None:
+        """When the request in flight is abandoned."""
+        if self._in_flight is None:
+            return None
+        return self._in_flight.sent_us + self._timeout_us
+
+    def result(self, result: object, *, now_us: int) -> Outcome | None:
+        """Take a store result; late or unknown ones are ignored (None)."""
+        in_flight = self._in_flight
+        request_id = getattr(result, "request_id", None)
+        if in_flight is None or request_id != in_flight.request_id:
+            return None
+        match result:
+            case MapLoaded() if in_flight.kind is _Kind.LOAD:
+                return self._loaded(result)
+            case DeltaCommitted() if in_flight.kind is _Kind.COMMIT:
+                return self._committed(in_flight)
+            case DeltaRejected() if in_flight.kind is _Kind.COMMIT:
+                return self._rejected(in_flight, result, now_us=now_us)
+            case SnapshotSaved() | SnapshotRejected() if in_flight.kind is _Kind.SNAPSHOT:
+                self._in_flight = None
+                self._deltas_since_snapshot = 0
+                self._snapshot_due = False
+                return None
+            case StoreFailed():
+                return self._failed(in_flight, f"store failed: {result.reason}", now_us=now_us)
+        return None
+
+    def _loaded(self, result: MapLoaded) -> Loaded:
+        shard_map = (
+            ShardMap.empty(config=self._placement_config)
+            if result.snapshot is None
+            else ShardMap.decode(result.snapshot)
+        )
+        for encoded in result.deltas:
+            shard_map = shard_map.apply(ShardMap.decode_delta(encoded))
+        assert shard_map.version == result.version, (shard_map.version, result.version)
+        self._in_flight = None
+        self._deltas_since_snapshot = len(result.deltas)
+        previous = self._map
+        self._map = shard_map
+        return Loaded(shard_map=shard_map, previous=previous)
+
+    def _committed(self, in_flight: _InFlight) -> Committed:
+        assert in_flight.change is not None and in_flight.built is not None
+        assert self._map is not None
+        self._in_flight = None
+        self._deltas_since_snapshot += 1
+        previous = self._map
+        self._map = in_flight.built.new_map
+        return Committed(change=in_flight.change, built=in_flight.built, previous=previous)
+
+    def _rejected(self, in_flight: _InFlight, result: DeltaRejected, *, now_us: int) -> Outcome:
+        assert in_flight.change is not None and in_flight.built is not None
+        change, built = in_flight.change, in_flight.built
+        self._in_flight = None
+        if result.reason is RejectionReason.TOO_LARGE:
+            change.dropped("the store refused the delta as too large", now_us)
+            return Rejected(change=change, built=built, detail=result.reason.value)
+        self._queue.appendleft(change)
+        if result.reason is RejectionReason.SNAPSHOT_REQUIRED:
+            self._snapshot_due = True
+            return Rejected(change=change, built=built, detail=result.reason.value)
+        self.load(now_us=now_us)
+        return Rejected(change=change, built=built, detail=result.reason.value)
+
+    def _failed(self, in_flight: _InFlight, detail: str, *, now_us: int) -> Outcome | None:
+        """Nothing is known of the request: reload the map, and retry a commit after it.
+
+        If a commit did land, the reload shows it and the change's rebuild finds it done (or
+        nothing left to change).
+        """
+        self._in_flight = None
+        if in_flight.change is not None and in_flight.built is not None:
+            self._queue.appendleft(in_flight.change)
+            self.load(now_us=now_us)
+            return Rejected(change=in_flight.change, built=in_flight.built, detail=detail)
+        self.load(now_us=now_us)
+        return None
+
+    def timed_out(self, *, now_us: int) -> Outcome | None:
+        """The store stayed silent past `store_timeout_ms`: abandon the request, as if failed."""
+        in_flight = self._in_flight
+        if in_flight is None or now_us < in_flight.sent_us + self._timeout_us:
+            return None
+        return self._failed(in_flight, "store request timed out", now_us=now_us)

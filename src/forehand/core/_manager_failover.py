@@ -1,0 +1,307 @@
+"""Failover on the manager: fence the survivors, collect their positions, promote the best.
+
+A failover job covers the parts of one or more dead servers (every part they are primary for)
+and parts whose handoff fell silent (the manager could not tell who has the newest log). It runs
+in three phases:
+
+1. PENDING: waiting for the map to settle (no commit in flight), so that the fence version is
+   exactly the version the promotion will commit at;
+2. PREPARING: `FailoverPrepared(map_version=current + 1)` went to every live holder of those
+   parts; each answers `PositionsReported` after fencing (no entries below that epoch from now);
+   the job waits for all of them or `failover_prepare_timeout_ms`;
+3. PROMOTING: the promotion delta is at the head of the commit queue: each part's new primary is
+   the candidate with the highest applied sequence number (a replicated write was acknowledged
+   only once a replica held it, and fencing stops the old primary from adding more), replicas
+   are topped up to the placement's `replica_count`, and parts nobody holds are removed and
+   reported lost. While a job prepares or promotes, no other change commits.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from forehand.core._manager_events import PartPromoted, ReplicaPosition
+from forehand.core._manager_planning import fill_replicas, key_of, override, ref_of
+from forehand.core.messages import FailoverPrepared, PartRef, PositionsReported
+from forehand.placement import (
+    Operation,
+    PartKey,
+    PartsRemoved,
+    Placement,
+    ServerMarkedDead,
+    ServerState,
+    ShardMap,
+)
+
+__all__ = [
+    "FailoverJob",
+    "FailoverPhase",
+    "Promotion",
+    "build_promotion",
+    "plan_prepare",
+    "record_positions",
+]
+
+UNKNOWN_SEQ = -1
+"""The position of a candidate that did not say how far it is."""
+
+
+class FailoverPhase(enum.Enum):
+    """Where one failover job stands."""
+
+    PENDING = "pending"
+    """Waiting for the commit in flight to settle."""
+    PREPARING = "preparing"
+    """Fenced; collecting positions."""
+    PROMOTING = "promoting"
+    """The promotion is queued or being committed."""
+
+
+@dataclass(slots=True, kw_only=True)
+class FailoverJob:
+    """One failover (mutable state owned by the manager)."""
+
+    failover_id: int
+    """Manager-unique id, for events."""
+    created_us: int
+    """When the first death (or silent handoff) opened the job."""
+    dead: set[str] = field(default_factory=set)
+    """Dead servers whose primaries fail over."""
+    explicit: dict[PartKey, str] = field(default_factory=dict)
+    """Parts failed over for another reason (a silent handoff), each with an extra candidate
+    (the handoff's source, which may not be in the placement) or ""."""
+    handoff_ids: list[int] = field(default_factory=list)
+    """Handoffs that fell back to this failover."""
+    phase: FailoverPhase = FailoverPhase.PENDING
+    """Where it stands."""
+    fence_version: int = 0
+    """The version FailoverPrepared fenced at (set when preparing)."""
+    prepared_us: int = 0
+    """When FailoverPrepared went out."""
+    deadline_us: int | None = None
+    """When the job stops waiting for positions."""
+    parts: tuple[PartKey, ...] = ()
+    """The parts decided on, fixed when preparing."""
+    candidates: dict[PartKey, tuple[str, ...]] = field(default_factory=dict)
+    """Live holders of each part, preferred first (current primary, replicas, extra)."""
+    waiting: set[str] = field(default_factory=set)
+    """Candidates that have not answered yet."""
+    answered: set[str] = field(default_factory=set)
+    """Candidates that answered."""
+    positions: dict[PartKey, dict[str, int]] = field(default_factory=dict)
+    """Reported applied_seq per part and candidate."""
+
+    def absorb(self, *, dead: Iterable[str] = (), explicit: Mapping[PartKey, str] = {}) -> None:
+        """Add more dead servers or parts (only while PENDING)."""
+        assert self.phase is FailoverPhase.PENDING, self.phase
+        self.dead.update(dead)
+        for key, extra in explicit.items():
+            self.explicit.setdefault(key, extra)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Promotion:
+    """The promotion delta's operations and what they decide."""
+
+    operations: tuple[Operation, ...]
+    """Dead servers marked, promoted parts and repaired replicas overridden, lost parts removed."""
+    promotions: tuple[PartPromoted, ...]
+    """One decision per part saved."""
+    lost: tuple[PartKey, ...]
+    """Parts no live server holds."""
+    replicas_added: int
+    """Replica roles assigned to servers that did not hold the part."""
+    intended: frozenset[PartKey]
+    """Parts the promotion means to move (for the stability check)."""
+
+
+def _candidates(
+    placement: Placement, extra: str, dead: set[str], live: Callable[[str], bool]
+) -> tuple[str, ...]:
+    ordered: list[str] = []
+    for server_id in (placement.primary, *placement.replicas, extra):
+        if server_id and server_id not in dead and live(server_id) and server_id not in ordered:
+            ordered.append(server_id)
+    return tuple(ordered)
+
+
+def _failing_parts(job: FailoverJob, current: ShardMap) -> list[PartKey]:
+    parts: set[PartKey] = {key for key in job.explicit if key in current}
+    known = {entry.server_id for entry in current.servers}
+    for server_id in job.dead:
+        if server_id in known:
+            parts.update(current.parts_for(server_id).primary)
+    return sorted(parts)
+
+
+def plan_prepare(
+    job: FailoverJob,
+    current: ShardMap,
+    *,
+    live: Callable[[str], bool],
+    parts_per_message_max: int,
+    now_us: int,
+    timeout_us: int,
+) -> list[tuple[str, FailoverPrepared]]:
+    """Fix the job's parts and candidates; the FailoverPrepared messages to send, by server."""
+    job.phase = FailoverPhase.PREPARING
+    job.fence_version = current.version + 1
+    job.prepared_us = now_us
+    job.deadline_us = now_us + timeout_us
+    job.parts = tuple(_failing_parts(job, current))
+    by_server: dict[str, list[PartRef]] = {}
+    for key in job.parts:
+        extra = job.explicit.get(key, "")
+        candidates = _candidates(current.lookup(key), extra, job.dead, live)
+        job.candidates[key] = candidates
+        for server_id in candidates:
+            by_server.setdefault(server_id, []).append(ref_of(key))
+    job.waiting = set(by_server)
+    messages: list[tuple[str, FailoverPrepared]] = []
+    for server_id in sorted(by_server):
+        refs = by_server[server_id]
+        for start in range(0, len(refs), parts_per_message_max):
+            chunk = tuple(refs[start : start + parts_per_message_max])
+            messages.append(
+                (server_id, FailoverPrepared(map_version=job.fence_version, parts=chunk))
+            )
+    return messages
+
+
+def record_positions(job: FailoverJob, message: PositionsReported) -> bool:
+    """Take a candidate's answer; True when it was expected (and now counts)."""
+    if job.phase is not FailoverPhase.PREPARING or message.map_version != job.fence_version:
+        return False
+    if message.server_id not in job.waiting and message.server_id not in job.answered:
+        return False
+    job.waiting.discard(message.server_id)
+    job.answered.add(message.server_id)
+    for progress in message.parts:
+        key = key_of(progress.ref)
+        if key in job.candidates:
+            job.positions.setdefault(key, {})[message.server_id] = progress.applied_seq
+    return True
+
+
+def _rank(
+    job: FailoverJob, key: PartKey, fallback: Callable[[str, PartKey], int | None]
+) -> list[tuple[str, int, bool]]:
+    """(server, applied_seq, reported) for the candidates that may hold the part."""
+    reported = job.positions.get(key, {})
+    ranked: list[tuple[str, int, bool]] = []
+    for server_id in job.candidates.get(key, ()):
+        if server_id in reported:
+            ranked.append((server_id, reported[server_id], True))
+        elif server_id not in job.answered:
+            seq = fallback(server_id, key)
+            ranked.append((server_id, UNKNOWN_SEQ if seq is None else seq, False))
+    return ranked
+
+
+def _choose(ranked: list[tuple[str, int, bool]]) -> tuple[str, int] | None:
+    best: tuple[str, int] | None = None
+    best_key: tuple[bool, int] | None = None
+    for server_id, seq, reported in ranked:
+        # Candidates come preferred first, so a tie keeps the earlier one.
+        if best_key is None or (reported, seq) > best_key:
+            best, best_key = (server_id, seq), (reported, seq)
+    return best
+
+
+def build_promotion(
+    job: FailoverJob,
+    current: ShardMap,
+    *,
+    live: Callable[[str], bool],
+    eligible: list[str],
+    fallback: Callable[[str, PartKey], int | None],
+) -> Promotion:
+    """The promotion against `current`: every decision, lost part and repaired override."""
+    dead = job.dead
+    states = {entry.server_id: entry.state for entry in current.servers}
+    operations: list[Operation] = [
+        ServerMarkedDead(server_id=server_id)
+        for server_id in sorted(dead)
+        if states.get(server_id) not in (None, ServerState.DEAD)
+    ]
+    count = current.config.replica_count
+    promotions: list[PartPromoted] = []
+    lost: list[PartKey] = []
+    added = 0
+    decided: set[PartKey] = set()
+    for key in job.parts:
+        if key not in current:
+            continue
+        placement = current.lookup(key)
+        if key not in job.explicit and placement.primary not in dead:
+            continue
+        ranked = _rank(job, key, fallback)
+        choice = _choose([entry for entry in ranked if live(entry[0]) and entry[0] not in dead])
+        if choice is None:
+            lost.append(key)
+            continue
+        primary, seq = choice
+        keep = [s for s in placement.servers if s not in dead and live(s)]
+        replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
+        added += sum(1 for s in replicas if s not in placement.servers)
+        operations.append(override(key, Placement(primary=primary, replicas=replicas)))
+        decided.add(key)
+        positions = tuple(ReplicaPosition(server_id=s, applied_seq=q) for s, q, _ in sorted(ranked))
+        promotions.append(
+            PartPromoted(
+                ref=ref_of(key),
+                previous_primary=placement.primary,
+                primary=primary,
+                applied_seq=seq,
+                positions=positions,
+            )
+        )
+    added += _repair_overrides(
+        current, operations, dead=dead, decided=decided, live=live, eligible=eligible
+    )
+    operations.extend(_removals(lost))
+    return Promotion(
+        operations=tuple(operations),
+        promotions=tuple(promotions),
+        lost=tuple(lost),
+        replicas_added=added,
+        intended=frozenset(job.parts),
+    )
+
+
+def _repair_overrides(
+    current: ShardMap,
+    operations: list[Operation],
+    *,
+    dead: set[str],
+    decided: set[PartKey],
+    live: Callable[[str], bool],
+    eligible: list[str],
+) -> int:
+    """Replace dead replicas inside the overrides of parts whose primary survives."""
+    added = 0
+    count = current.config.replica_count
+    for key, placement in sorted(current.overrides(), key=lambda item: item[0]):
+        if key in decided or placement.primary in dead:
+            continue
+        if not any(server_id in dead for server_id in placement.replicas):
+            continue
+        keep = [s for s in placement.replicas if s not in dead and live(s)]
+        replicas = fill_replicas(
+            key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+        )
+        added += sum(1 for s in replicas if s not in placement.servers)
+        operations.append(override(key, Placement(primary=placement.primary, replicas=replicas)))
+    return added
+
+
+def _removals(lost: list[PartKey]) -> list[Operation]:
+    by_session: dict[bytes, list[str]] = {}
+    for key in lost:
+        by_session.setdefault(key.session_id, []).append(key.part)
+    return [
+        PartsRemoved(session_id=session_id, parts=tuple(parts))
+        for session_id, parts in sorted(by_session.items())
+    ]

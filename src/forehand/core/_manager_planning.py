@@ -1,0 +1,172 @@
+"""Pure planning helpers of the manager over one `ShardMap`: replicas, stability, endpoints.
+
+The central rule lives here: *a map change never moves a live primary's part unless the change
+means to*. Consistent hashing with bounded loads reassigns some parts whenever the set of
+eligible servers or their capacities change (a join, a death, a drain, even a new session that
+fills a server); a primary that silently changes would skip the handoff procedure (no sealed
+log, no client HANDOFF) or a failover's fencing. `stabilize` therefore applies a candidate change,
+diffs it against the current map, and pins every part whose primary moved without being meant to
+back on its old primary with an explicit override, until the result is stable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+
+from forehand.core.messages import PartRef
+from forehand.placement import (
+    Delta,
+    Operation,
+    PartKey,
+    Placement,
+    PlacementOverridden,
+    ServerState,
+    ShardMap,
+)
+from forehand.wire import Endpoint
+
+__all__ = [
+    "DEFAULT_PORT",
+    "STABILIZE_ROUNDS_MAX",
+    "Stabilized",
+    "endpoint_for",
+    "fill_replicas",
+    "key_of",
+    "override",
+    "ref_of",
+    "rendezvous_order",
+    "stabilize",
+]
+
+STABILIZE_ROUNDS_MAX = 4
+"""Most rounds of pinning per change (each round pins what the previous one still moved)."""
+DEFAULT_PORT = 4433
+"""Port of an endpoint whose map address has none (the simulator routes by server id)."""
+
+
+def key_of(ref: PartRef) -> PartKey:
+    """The placement key of a cluster-message part reference."""
+    return PartKey(session_id=ref.session_id, part=ref.part)
+
+
+def ref_of(key: PartKey) -> PartRef:
+    """The cluster-message reference of a placement key."""
+    return PartRef(session_id=key.session_id, part=key.part)
+
+
+def override(key: PartKey, placement: Placement | None) -> PlacementOverridden:
+    """The operation that pins `key` to `placement` (None: follow the hash again)."""
+    return PlacementOverridden(session_id=key.session_id, part=key.part, placement=placement)
+
+
+def endpoint_for(server_id: str, address: str) -> Endpoint:
+    """The wire endpoint of a server from its `host:port` map address."""
+    host, separator, port_text = address.rpartition(":")
+    if separator and host and port_text.isdigit() and 0 < int(port_text) < 1 << 16:
+        return Endpoint(server_id=server_id, host=host.strip("[]"), port=int(port_text))
+    return Endpoint(server_id=server_id, host=server_id, port=DEFAULT_PORT)
+
+
+def _rank(key_hash: int, server_id: str) -> bytes:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(key_hash.to_bytes(8, "big"))
+    digest.update(server_id.encode())
+    return digest.digest()
+
+
+def rendezvous_order(key: PartKey, servers: Iterable[str]) -> list[str]:
+    """`servers` in rendezvous-hash order for `key`: stable, spread, the same in every process."""
+    return sorted(servers, key=lambda server_id: _rank(key.key_hash, server_id), reverse=True)
+
+
+def fill_replicas(
+    key: PartKey, *, primary: str, keep: Sequence[str], eligible: Iterable[str], count: int
+) -> tuple[str, ...]:
+    """Replicas for `key`: those of `keep` that are not the primary, then rendezvous picks."""
+    chosen: list[str] = []
+    for server_id in keep:
+        if server_id != primary and server_id not in chosen and len(chosen) < count:
+            chosen.append(server_id)
+    if len(chosen) < count:
+        spare = [s for s in eligible if s != primary and s not in chosen]
+        chosen.extend(rendezvous_order(key, spare)[: count - len(chosen)])
+    return tuple(chosen)
+
+
+class Stabilized:
+    """A change ready to commit: delta, resulting map, what it pinned and what still moves."""
+
+    __slots__ = ("delta", "implicit_moves", "new_map", "pinned")
+
+    def __init__(
+        self,
+        delta: Delta,
+        new_map: ShardMap,
+        pinned: tuple[PartKey, ...],
+        implicit_moves: tuple[PartKey, ...],
+    ) -> None:
+        self.delta = delta
+        """The delta to commit (base = the current version)."""
+        self.new_map = new_map
+        """The version it produces."""
+        self.pinned = pinned
+        """Parts pinned to their old primary so the change would not move them."""
+        self.implicit_moves = implicit_moves
+        """Live primaries the change still moves (servers hand them off implicitly)."""
+
+
+def _pin_for(current: ShardMap, candidate: ShardMap, source: Placement) -> Placement | None:
+    servers = {entry.server_id: entry.state for entry in candidate.servers}
+    if servers.get(source.primary) in (None, ServerState.DEAD):
+        return None
+    replicas = tuple(
+        server_id
+        for server_id in source.replicas
+        if servers.get(server_id) not in (None, ServerState.DEAD)
+    )
+    return Placement(primary=source.primary, replicas=replicas[: current.config.replica_count])
+
+
+def _unintended(
+    current: ShardMap, candidate: ShardMap, intended: Callable[[PartKey], bool]
+) -> list[tuple[PartKey, Placement]]:
+    return [
+        (moved.key, moved.source)
+        for moved in current.diff(candidate).moved
+        if moved.source.primary != moved.target.primary and not intended(moved.key)
+    ]
+
+
+def stabilize(
+    current: ShardMap,
+    operations: Sequence[Operation],
+    *,
+    intended: Callable[[PartKey], bool],
+) -> Stabilized:
+    """The delta of `operations`, plus pins for the live primaries it would move unintentionally.
+
+    Bounded loads make pinning cascade (a pin uses up its server's capacity, which pushes other
+    parts along their walk), so pinning runs in rounds and keeps the round that leaves the fewest
+    unintended moves; what still moves, the servers hand off implicitly (reason PART_MOVED).
+    Placement errors (`InvalidDeltaError`) go to the caller, which drops the change.
+    """
+    pins: dict[PartKey, PlacementOverridden] = {}
+    best: Stabilized | None = None
+    for _ in range(STABILIZE_ROUNDS_MAX):
+        delta = current.delta(*operations, *pins.values())
+        candidate = current.apply(delta)
+        moves = _unintended(current, candidate, intended)
+        if best is not None and len(moves) >= len(best.implicit_moves):
+            break
+        best = Stabilized(delta, candidate, tuple(sorted(pins)), tuple(key for key, _ in moves))
+        fresh = {
+            key: override(key, pin)
+            for key, source in moves
+            if key not in pins and (pin := _pin_for(current, candidate, source)) is not None
+        }
+        if not fresh:
+            break
+        pins.update(fresh)
+    assert best is not None
+    return best

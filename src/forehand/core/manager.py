@@ -1,0 +1,1613 @@
+"""`ManagerCore`: the Session Manager, sans-IO.
+
+The manager keeps the versioned shard map and everything that changes it: membership (servers
+announce, heartbeat, fall silent, restart), failover (fence the survivors, promote the most
+advanced replica), handoff orchestration (moves asked by servers, by the risk policy, by drains
+and by operators, batched under concurrency caps with jitter), drains, and sessions (opened and
+closed by clients). Every change goes through the store as a request (STYLE.md rule 11), one
+commit in flight at a time, and each committed version is pushed to every live server in order.
+Clients ask it for their sessions' placements.
+
+Inputs: `receive_message` (cluster messages from servers, `forehand/1` frames from clients,
+connection notices), `handle_timer`, `store_result`, and the commands `drain`, `undrain`,
+`handoff` and `request_handoff`. Outputs: `messages_to_send`, `store_requests`, `next_event`,
+`timer_us`. Nothing a peer sends raises out of the core.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from forehand.core import messages
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+    endpoint_from_address,
+)
+from forehand.core._driver import (
+    ConnectionCloseRequested,
+    ConnectionLost,
+    ConnectionOpened,
+    NodeId,
+    Outbound,
+)
+from forehand.core._manager_commits import (
+    Built,
+    Change,
+    CommitPipeline,
+    Committed,
+    Loaded,
+    Outcome,
+    Rejected,
+)
+from forehand.core._manager_config import ManagerConfig
+from forehand.core._manager_events import (
+    DeathCause,
+    DrainProgressed,
+    FailoverCompleted,
+    FailoverStarted,
+    HandoffAborted,
+    HandoffCompleted,
+    HandoffOutcome,
+    HandoffStarted,
+    ManagerEvent,
+    MapChange,
+    MapCommitRejected,
+    MapCommitted,
+    MapLoaded,
+    MovesDropped,
+    PartsLost,
+    RiskFlagged,
+    ServerDeclaredDead,
+    ServerJoined,
+    ServerSuspected,
+    SessionRegistered,
+)
+from forehand.core._manager_failover import (
+    FailoverJob,
+    FailoverPhase,
+    Promotion,
+    build_promotion,
+    plan_prepare,
+    record_positions,
+)
+from forehand.core._manager_planning import (
+    fill_replicas,
+    key_of,
+    override,
+    ref_of,
+    rendezvous_order,
+    stabilize,
+)
+from forehand.core._manager_risk import RiskPolicy, ThresholdRiskPolicy
+from forehand.core._membership import (
+    AnnounceOutcome,
+    HeartbeatOutcome,
+    LivenessChanged,
+    Membership,
+    MemberState,
+)
+from forehand.core._orchestrator import (
+    Handoff,
+    HandoffPhase,
+    HandoffTrigger,
+    MoveOrigin,
+    MoveRequest,
+    Orchestrator,
+)
+from forehand.core.messages import PartRef
+from forehand.core.tokens import TokenError, TokenSealer
+from forehand.errors import LocalProtocolError, RemoteProtocolError
+from forehand.placement import (
+    MAP_ENCODING,
+    Operation,
+    PartKey,
+    PartsAdded,
+    PartsRemoved,
+    Placement,
+    PlacementConfig,
+    ServerDrained,
+    ServerLeft,
+    ServerState,
+    ServerUndrained,
+    ShardMap,
+    check_part_name,
+    new_session_id,
+)
+from forehand.placement import ServerJoined as ServerJoinedOperation
+from forehand.wire import (
+    PROTOCOL_VERSION,
+    CloseSession,
+    ClusterMessage,
+    Endpoint,
+    Error,
+    ErrorCode,
+    Hello,
+    MapRequest,
+    MapUpdate,
+    OpenSession,
+    Ping,
+    Pong,
+    ReasonCode,
+    SessionOpened,
+    Welcome,
+)
+from forehand.wire import Placement as WirePlacement
+
+__all__ = ["ManagerCore"]
+
+DRAIN_TICK_MS = 200
+"""How often drains queue the moves of their server's remaining roles."""
+JOIN_RETRY_MS = 1_000
+"""A join that could not be committed is tried again after this long."""
+FAILOVER_ATTEMPTS_MAX = 3
+"""A promotion that cannot be built is retried this many times (merged with later deaths)."""
+SESSION_ID_ATTEMPTS_MAX = 4
+"""Fresh session ids tried when a new part key collides with an existing one's hash."""
+WHOLE_MOVE_REASONS = frozenset(
+    {
+        ReasonCode.PLANNED_MAINTENANCE,
+        ReasonCode.SCALE_IN,
+        ReasonCode.ZONE_EVACUATION,
+        ReasonCode.IMMEDIATE,
+    }
+)
+"""Reasons for which a server's HandoffRequested without parts moves all its primaries."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Client:
+    """A client connection: its id (from HELLO) and the sessions it may ask placements for."""
+
+    client_id: bytes
+    sessions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Drain:
+    """An operator's drain of one server."""
+
+    server_id: str
+    marked: bool = False
+    parts_total: int = 0
+    parts_moved: int = 0
+    replica_change_queued: bool = False
+
+
+class ManagerCore:
+    """The Session Manager's state machines behind the driver shape."""
+
+    def __init__(
+        self,
+        *,
+        config: ManagerConfig,
+        placement_config: PlacementConfig,
+        sealer: TokenSealer,
+        rng: random.Random,
+        now_us: int,
+        risk_policy: RiskPolicy | None = None,
+    ) -> None:
+        self._config = config
+        self._sealer = sealer
+        self._rng = rng
+        self._risk: RiskPolicy = risk_policy or ThresholdRiskPolicy(config=config)
+        self._membership = Membership(config=config)
+        self._orchestrator = Orchestrator(config=config, rng=rng)
+        self._pipeline = CommitPipeline(
+            placement_config=placement_config,
+            pending_max=config.pending_deltas_max,
+            timeout_us=config.store_timeout_ms * 1000,
+            snapshot_interval_deltas=config.snapshot_interval_deltas,
+        )
+        self._outbox: list[Outbound] = []
+        self._events: deque[ManagerEvent] = deque()
+        self.events_dropped = 0
+        """Events dropped because nobody drained them (`events_buffered_max`)."""
+        self._failover: FailoverJob | None = None
+        self._failover_next: FailoverJob | None = None
+        self._failover_attempts = 0
+        self._next_failover_id = 1
+        self._drains: dict[str, _Drain] = {}
+        self._drain_due_us: int | None = None
+        self._sessions: dict[bytes, tuple[str, ...]] = {}
+        self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
+        self._joins_queued: set[str] = set()
+        self._join_retry_us: dict[str, int] = {}
+        self._previous_placements: dict[int, dict[PartRef, Placement]] = {}
+        self._pipeline.load(now_us=now_us)
+
+    # The driver shape.
+
+    @property
+    def node_id(self) -> NodeId:
+        """The manager's node name."""
+        return self._config.node_id
+
+    @property
+    def shard_map(self) -> ShardMap | None:
+        """The newest committed map, or None before it is loaded."""
+        return self._pipeline.shard_map
+
+    @property
+    def map_version(self) -> int:
+        """The newest committed map version (0 before the map is loaded)."""
+        current = self._pipeline.shard_map
+        return 0 if current is None else current.version
+
+    @property
+    def membership(self) -> Membership:
+        """The membership table, for inspection (admin API, tests); do not mutate it."""
+        return self._membership
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        """The handoff table and move queue, for inspection; do not mutate it."""
+        return self._orchestrator
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        """Feed one message that arrived from `source`."""
+        handler = _DISPATCH.get(type(message))
+        if handler is None:
+            self._refuse(source, ErrorCode.FRAME_UNEXPECTED, f"unexpected {type(message).__name__}")
+        else:
+            try:
+                handler(self, message, source, now_us)
+            except RemoteProtocolError as error:
+                self._refuse(source, ErrorCode.from_wire(error.error_code), str(error))
+        self._advance(now_us)
+
+    def handle_timer(self, *, now_us: int) -> None:
+        """Run whatever is due: liveness, store silence, failover and handoff deadlines, batches."""
+        self._handle_outcome(self._pipeline.timed_out(now_us=now_us), now_us)
+        for change in self._membership.check(now_us=now_us):
+            self._liveness_changed(change, now_us)
+        self._membership.forget_dead(now_us=now_us)
+        job = self._failover
+        if (
+            job is not None
+            and job.phase is FailoverPhase.PREPARING
+            and job.deadline_us is not None
+            and now_us >= job.deadline_us
+        ):
+            self._promote(job, now_us)
+        for handoff in self._orchestrator.expired(now_us=now_us):
+            self._handoff_silent(handoff, now_us)
+        for move in self._orchestrator.drop_expired_moves(now_us=now_us):
+            self._moves_dropped([move], "no target or slot in time")
+        self._advance(now_us)
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        """Feed the result of a store request."""
+        self._handle_outcome(self._pipeline.result(result, now_us=now_us), now_us)
+        self._advance(now_us)
+
+    def messages_to_send(self) -> list[Outbound]:
+        """Drain the messages produced since the last call."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def store_requests(self) -> list[object]:
+        """Drain the store requests produced since the last call."""
+        return list(self._pipeline.requests())
+
+    def next_event(self) -> ManagerEvent | None:
+        """Pop the oldest event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def timer_us(self) -> int | None:
+        """The earliest instant `handle_timer` has work."""
+        instants = [
+            self._membership.next_check_us(),
+            self._pipeline.deadline_us(),
+            self._orchestrator.next_timer_us() if self.shard_map is not None else None,
+            min(self._join_retry_us.values(), default=None),
+            self._drain_due_us if self._drains else None,
+        ]
+        job = self._failover
+        if job is not None and job.phase is FailoverPhase.PREPARING:
+            instants.append(job.deadline_us)
+        present = [instant for instant in instants if instant is not None]
+        return min(present) if present else None
+
+    # Commands.
+
+    def drain(self, server_id: str, *, now_us: int) -> bool:
+        """Move every role off `server_id` (planned handoffs, capped and jittered); False if not
+        an ACTIVE server of the map or already draining."""
+        current = self.shard_map
+        if current is None or server_id in self._drains or not self._is_active(server_id):
+            return False
+        self._drains[server_id] = _Drain(server_id=server_id)
+        change = Change(
+            kind=MapChange.DRAIN_MARKED,
+            build=lambda current: self._build_drain_mark(current, server_id),
+            committed=lambda built, now_us: self._drain_marked(server_id, now_us),
+            dropped=lambda cause, now_us: self._forget_drain(server_id),
+        )
+        if not self._pipeline.submit(change):
+            del self._drains[server_id]
+            return False
+        self._advance(now_us)
+        return True
+
+    def _forget_drain(self, server_id: str) -> None:
+        self._drains.pop(server_id, None)
+
+    def undrain(self, server_id: str, *, now_us: int) -> bool:
+        """Stop draining `server_id`: queued moves are forgotten, the server is ACTIVE again."""
+        current = self.shard_map
+        if current is None or self._map_state(server_id) is not ServerState.DRAINING:
+            return False
+        self._drains.pop(server_id, None)
+        self._orchestrator.cancel_moves(server_id, origin=MoveOrigin.DRAIN)
+        change = Change(
+            kind=MapChange.DRAIN_CLEARED,
+            build=lambda current: self._build_undrain(current, server_id),
+            committed=lambda built, now_us: None,
+            dropped=lambda cause, now_us: None,
+        )
+        accepted = self._pipeline.submit(change)
+        self._advance(now_us)
+        return accepted
+
+    def handoff(
+        self,
+        session_id: bytes,
+        *,
+        target: str | None = None,
+        reason: ReasonCode = ReasonCode.REBALANCE,
+        now_us: int,
+    ) -> int:
+        """Move a session's parts by hand (to `target`, or wherever is best); parts queued."""
+        current = self.shard_map
+        parts = self._sessions.get(session_id, ())
+        if current is None:
+            return 0
+        queued = 0
+        for part in parts:
+            key = PartKey(session_id=session_id, part=part)
+            source = current.primary_of(key)
+            if source == target:
+                continue
+            queued += self._orchestrator.request_move(
+                MoveRequest(
+                    ref=ref_of(key),
+                    source=source,
+                    reason=reason,
+                    origin=MoveOrigin.OPERATOR,
+                    target=target,
+                    requested_us=now_us,
+                )
+            )
+        self._advance(now_us)
+        return queued
+
+    def request_handoff(
+        self,
+        server_id: str,
+        *,
+        reason: ReasonCode,
+        parts: tuple[PartRef, ...] = (),
+        parts_fraction: float | None = None,
+        now_us: int,
+    ) -> int:
+        """Handoff step 1 from the manager's own risk input (the predictor); parts queued."""
+        queued = self._queue_moves(
+            server_id, parts, reason, MoveOrigin.RISK, parts_fraction, now_us=now_us
+        )
+        self._advance(now_us)
+        return queued
+
+    # Plumbing.
+
+    def _emit(self, event: ManagerEvent) -> None:
+        self._events.append(event)
+        if len(self._events) > self._config.events_buffered_max:
+            self._events.popleft()
+            self.events_dropped += 1
+
+    def _send(self, destination: NodeId, message: object) -> None:
+        self._outbox.append(Outbound(destination=destination, message=message))
+
+    def _refuse(self, peer: NodeId, code: ErrorCode, reason: str) -> None:
+        """A peer broke the protocol: tell it why and close only its connection."""
+        self._send(peer, Error(code=code, reason=reason))
+        self._send(peer, ConnectionCloseRequested(peer=peer, error_code=int(code), reason=reason))
+
+    def _map_state(self, server_id: str) -> ServerState | None:
+        current = self.shard_map
+        if current is None:
+            return None
+        try:
+            return current.server(server_id).state
+        except KeyError:
+            return None
+
+    def _is_active(self, server_id: str) -> bool:
+        return self._map_state(server_id) is ServerState.ACTIVE
+
+    def _is_live(self, server_id: str) -> bool:
+        member = self._membership.get(server_id)
+        return member is not None and member.is_live
+
+    def _is_alive(self, server_id: str) -> bool:
+        return self._membership.state_of(server_id) is MemberState.ALIVE
+
+    def _eligible(self, current: ShardMap) -> list[str]:
+        """Servers that may take new roles: ACTIVE in the map and ALIVE."""
+        return [
+            entry.server_id
+            for entry in current.servers
+            if entry.state is ServerState.ACTIVE and self._is_alive(entry.server_id)
+        ]
+
+    def _holding(self) -> bool:
+        job = self._failover
+        return job is not None and job.phase is not FailoverPhase.PENDING
+
+    def _advance(self, now_us: int) -> None:
+        """After every input: start a failover, queue joins and drains, plan handoffs, commit."""
+        if self.shard_map is None:
+            return
+        self._maybe_prepare_failover(now_us)
+        self._ensure_joins(now_us)
+        self._drain_tick(now_us)
+        self._plan_handoffs(now_us)
+        while True:
+            done = self._pipeline.pump(now_us=now_us, hold=self._holding())
+            for committed in done:
+                self._handle_outcome(committed, now_us)
+            if not done:
+                break
+
+    # Store outcomes.
+
+    def _handle_outcome(self, outcome: Outcome | None, now_us: int) -> None:
+        match outcome:
+            case Loaded():
+                self._map_loaded(outcome, now_us)
+            case Committed():
+                self._map_committed(outcome, now_us)
+            case Rejected():
+                delta = outcome.built.delta
+                self._emit(
+                    MapCommitRejected(
+                        base_version=self.map_version if delta is None else delta.base_version,
+                        change=outcome.change.kind,
+                        detail=outcome.detail,
+                    )
+                )
+
+    def _map_loaded(self, outcome: Loaded, now_us: int) -> None:
+        current = outcome.shard_map
+        self._sessions = {}
+        for key in current.part_keys():
+            self._index_parts(key.session_id, (key.part,))
+        for entry in current.servers:
+            self._membership.restore(
+                entry.server_id,
+                address=entry.address,
+                zone=entry.zone,
+                weight=entry.weight,
+                dead=entry.state is ServerState.DEAD,
+                now_us=now_us,
+            )
+            if entry.state is ServerState.DRAINING and entry.server_id not in self._drains:
+                self._drains[entry.server_id] = _Drain(server_id=entry.server_id, marked=True)
+        self._emit(
+            MapLoaded(map_version=current.version, servers=len(current.servers), parts=len(current))
+        )
+        whole = self._whole_map_message(current)
+        for server_id in self._membership.live_ids():
+            self._send(server_id, whole)
+
+    def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
+        known = self._sessions.get(session_id, ())
+        self._sessions[session_id] = known + tuple(p for p in parts if p not in known)
+
+    def _unindex_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
+        remaining = tuple(p for p in self._sessions.get(session_id, ()) if p not in parts)
+        if remaining:
+            self._sessions[session_id] = remaining
+        else:
+            self._sessions.pop(session_id, None)
+
+    def _map_committed(self, outcome: Committed, now_us: int) -> None:
+        built = outcome.built
+        if built.delta is not None:
+            for operation in built.delta.operations:
+                if isinstance(operation, PartsAdded):
+                    self._index_parts(operation.session_id, operation.parts)
+                elif isinstance(operation, PartsRemoved):
+                    self._unindex_parts(operation.session_id, operation.parts)
+            published = messages.MapPublished(
+                map_version=built.new_map.version,
+                base_version=outcome.previous.version,
+                body=ShardMap.encode_delta(built.delta),
+            )
+            for server_id in self._membership.live_ids():
+                self._send(server_id, published)
+            self._emit(
+                MapCommitted(
+                    map_version=built.new_map.version,
+                    base_version=outcome.previous.version,
+                    change=outcome.change.kind,
+                    parts=built.parts,
+                    servers=built.servers,
+                )
+            )
+        outcome.change.committed(built, now_us)
+        self._drain_progress(built.servers)
+
+    def _whole_map_message(self, current: ShardMap) -> messages.MapPublished:
+        return messages.MapPublished(
+            map_version=current.version, base_version=0, body=current.encode()
+        )
+
+    # Membership.
+
+    def _check_sender(self, server_id: str, source: NodeId) -> bool:
+        return server_id == source
+
+    def _on_announced(self, message: messages.ServerAnnounced, source: NodeId, now_us: int) -> None:
+        if not self._check_sender(message.server_id, source):
+            return
+        outcome = self._membership.announce(message, now_us=now_us)
+        if outcome is AnnounceOutcome.JOINED:
+            self._queue_join(message.server_id, now_us)
+        elif outcome is AnnounceOutcome.RESTARTED:
+            self._declare_dead(message.server_id, DeathCause.RESTARTED, 0, now_us)
+            self._try_readmit(message.server_id, now_us)
+        elif outcome is AnnounceOutcome.REJOIN_PENDING:
+            self._try_readmit(message.server_id, now_us)
+        elif outcome is AnnounceOutcome.REPEATED:
+            member = self._membership.get(message.server_id)
+            current = self.shard_map
+            if member is not None and member.is_live and current is not None:
+                self._send(message.server_id, self._whole_map_message(current))
+
+    def _on_heartbeat(
+        self, message: messages.HeartbeatReported, source: NodeId, now_us: int
+    ) -> None:
+        if not self._check_sender(message.server_id, source):
+            return
+        outcome = self._membership.heartbeat(message, now_us=now_us)
+        if outcome is HeartbeatOutcome.REJOIN_PENDING:
+            self._try_readmit(message.server_id, now_us)
+        elif outcome is HeartbeatOutcome.ACCEPTED:
+            self._assess_risk(message, now_us)
+
+    def _liveness_changed(self, change: LivenessChanged, now_us: int) -> None:
+        if change.state is MemberState.SUSPECTED:
+            self._emit(
+                ServerSuspected(
+                    server_id=change.server_id,
+                    incarnation=change.incarnation,
+                    silent_us=change.silent_us,
+                )
+            )
+        elif change.state is MemberState.DEAD:
+            self._declare_dead(change.server_id, DeathCause.SILENCE, change.silent_us, now_us)
+
+    def _declare_dead(self, server_id: str, cause: DeathCause, silent_us: int, now_us: int) -> None:
+        member = self._membership.get(server_id)
+        current = self.shard_map
+        primary_parts = 0
+        in_map = current is not None and self._map_state(server_id) is not None
+        if in_map and current is not None:
+            primary_parts = len(current.parts_for(server_id).primary)
+        self._emit(
+            ServerDeclaredDead(
+                server_id=server_id,
+                incarnation=-1 if member is None else member.incarnation,
+                cause=cause,
+                silent_us=silent_us,
+                primary_parts=primary_parts,
+            )
+        )
+        self._risk.forget(server_id)
+        job = self._failover
+        if job is not None and job.phase is FailoverPhase.PREPARING:
+            job.waiting.discard(server_id)
+        for handoff in self._orchestrator.involving(server_id):
+            self._participant_died(handoff, server_id, now_us)
+        if in_map:
+            self._pending_failover(now_us).absorb(dead=(server_id,))
+
+    def _queue_join(self, server_id: str, now_us: int) -> None:
+        if server_id in self._joins_queued:
+            return
+        change = Change(
+            kind=MapChange.SERVER_JOINED,
+            build=lambda current: self._build_join(current, server_id),
+            committed=lambda built, now_us: self._join_committed(server_id, built, now_us),
+            dropped=lambda cause, now_us: self._join_dropped(server_id, now_us),
+        )
+        if self._pipeline.submit(change):
+            self._joins_queued.add(server_id)
+        else:
+            self._join_retry_us[server_id] = now_us + JOIN_RETRY_MS * 1000
+
+    def _ensure_joins(self, now_us: int) -> None:
+        """Retry joins that were dropped or did not fit the queue."""
+        for server_id, due_us in sorted(self._join_retry_us.items()):
+            if due_us <= now_us:
+                del self._join_retry_us[server_id]
+                if self._membership.state_of(server_id) is MemberState.JOINING:
+                    self._queue_join(server_id, now_us)
+
+    def _build_join(self, current: ShardMap, server_id: str) -> Built | None:
+        member = self._membership.get(server_id)
+        if member is None or member.state is not MemberState.JOINING:
+            return None
+        state = self._map_state(server_id)
+        joined = ServerJoinedOperation(
+            server_id=server_id, address=member.address, zone=member.zone, weight=member.weight
+        )
+        if state in (ServerState.ACTIVE, ServerState.DRAINING):
+            # Already a member of this map (a restarted manager's): nothing to commit.
+            return Built(delta=None, new_map=current, parts=(), servers=(server_id,))
+        operations: list[Operation] = [joined]
+        if state is not None:
+            operations.insert(0, ServerLeft(server_id=server_id))
+        stable = stabilize(current, operations, intended=lambda key: False)
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=(),
+            servers=(server_id,),
+            payload=member.incarnation,
+        )
+
+    def _join_committed(self, server_id: str, built: Built, now_us: int) -> None:
+        self._joins_queued.discard(server_id)
+        member = self._membership.get(server_id)
+        if member is None or not self._membership.join_committed(
+            server_id, incarnation=member.incarnation
+        ):
+            return
+        self._send(server_id, self._whole_map_message(built.new_map))
+        self._emit(
+            ServerJoined(
+                server_id=server_id,
+                incarnation=member.incarnation,
+                address=member.address,
+                zone=member.zone,
+                map_version=built.new_map.version,
+            )
+        )
+
+    def _join_dropped(self, server_id: str, now_us: int) -> None:
+        self._joins_queued.discard(server_id)
+        if self._membership.state_of(server_id) is MemberState.JOINING:
+            self._join_retry_us[server_id] = now_us + JOIN_RETRY_MS * 1000
+
+    def _try_readmit(self, server_id: str, now_us: int) -> None:
+        """Readmit a dead server that asked to rejoin, unless its failover is still running."""
+        for job in (self._failover, self._failover_next):
+            if job is not None and server_id in job.dead:
+                return
+        if self._membership.readmit(server_id, now_us=now_us):
+            self._queue_join(server_id, now_us)
+
+    # Risk and handoff requests (step 1).
+
+    def _assess_risk(self, message: messages.HeartbeatReported, now_us: int) -> None:
+        server_id = message.server_id
+        if not self._is_alive(server_id) or not self._is_active(server_id):
+            return
+        decision = self._risk.assess(server_id=server_id, load=message.load, now_us=now_us)
+        if decision is None:
+            return
+        queued = self._queue_moves(
+            server_id, (), decision.reason, MoveOrigin.RISK, decision.parts_fraction, now_us=now_us
+        )
+        self._emit(
+            RiskFlagged(
+                server_id=server_id,
+                reason=decision.reason,
+                parts=queued,
+                load=message.load,
+                detail=decision.detail,
+            )
+        )
+
+    def _on_handoff_requested(
+        self, message: messages.HandoffRequested, source: NodeId, now_us: int
+    ) -> None:
+        if not self._check_sender(message.server_id, source) or not self._is_live(source):
+            return
+        reason = ReasonCode.from_wire(message.reason)
+        fraction = 1.0 if reason in WHOLE_MOVE_REASONS else None
+        self._queue_moves(source, message.parts, reason, MoveOrigin.SERVER, fraction, now_us=now_us)
+
+    def _queue_moves(
+        self,
+        server_id: str,
+        parts: tuple[PartRef, ...],
+        reason: ReasonCode,
+        origin: MoveOrigin,
+        parts_fraction: float | None,
+        *,
+        now_us: int,
+    ) -> int:
+        """Queue moves of `parts` off `server_id` (or of a share of its primaries); how many."""
+        current = self.shard_map
+        if current is None or self._map_state(server_id) is None:
+            return 0
+        if parts:
+            refs = [ref for ref in parts if not self._orchestrator.is_moving(ref)]
+        else:
+            primaries = [ref_of(key) for key in current.parts_for(server_id).primary]
+            fraction = (
+                self._config.overload_parts_fraction if parts_fraction is None else (parts_fraction)
+            )
+            count = max(1, math.ceil(fraction * len(primaries)))
+            free = [ref for ref in primaries if not self._orchestrator.is_moving(ref)]
+            refs = self._rng.sample(free, min(count, len(free)))
+        queued = 0
+        for ref in refs:
+            move = MoveRequest(
+                ref=ref,
+                source=server_id,
+                reason=reason,
+                origin=origin,
+                target=None,
+                requested_us=now_us,
+            )
+            queued += self._orchestrator.request_move(move)
+        return queued
+
+    # Handoff planning (step 2).
+
+    def _plan_handoffs(self, now_us: int) -> None:
+        slots = 0 if self._holding() else self._pipeline.free_slots
+        started, invalid = self._orchestrator.plan(
+            now_us=now_us,
+            choose_target=self._choose_target,
+            is_valid=self._move_is_valid,
+            batches_max=slots,
+        )
+        for move in invalid:
+            self._moves_dropped([move], "the part is no longer primary at the source")
+        for handoff in started:
+            self._pipeline.submit(self._handoff_change(handoff))
+
+    def _move_is_valid(self, move: MoveRequest) -> bool:
+        current = self.shard_map
+        if current is None:
+            return False
+        key = key_of(move.ref)
+        return (
+            key in current and current.primary_of(key) == move.source and self._is_live(move.source)
+        )
+
+    def _can_take(self, server_id: str, avoid: frozenset[str]) -> bool:
+        if server_id in avoid or not self._is_alive(server_id) or not self._is_active(server_id):
+            return False
+        member = self._membership.get(server_id)
+        load = None if member is None else member.load
+        return load is None or load.cpu_utilization < self._config.target_cpu_utilization_max
+
+    def _choose_target(self, move: MoveRequest, avoid: frozenset[str]) -> str | None:
+        """Prefer an up-to-date replica with headroom; else the least loaded eligible server."""
+        current = self.shard_map
+        if current is None:
+            return None
+        key = key_of(move.ref)
+        if key not in current:
+            return None
+        placement = current.lookup(key)
+        if move.target is not None:
+            fits = move.target != placement.primary and self._can_take(move.target, avoid)
+            return move.target if fits else None
+        replicas = [r for r in placement.replicas if self._can_take(r, avoid)]
+        if replicas:
+            source_seq = self._applied_seq(move.source, move.ref)
+            return min(
+                replicas,
+                key=lambda r: (
+                    not self._up_to_date(r, move.ref, source_seq),
+                    self._cpu(r),
+                    placement.replicas.index(r),
+                ),
+            )
+        others = [
+            s
+            for s in rendezvous_order(key, self._eligible(current))
+            if s not in placement.servers and self._can_take(s, avoid)
+        ]
+        return min(others, key=self._cpu) if others else None
+
+    def _applied_seq(self, server_id: str, ref: PartRef) -> int | None:
+        member = self._membership.get(server_id)
+        progress = None if member is None else member.progress.get(ref)
+        return None if progress is None else progress.applied_seq
+
+    def _up_to_date(self, server_id: str, ref: PartRef, source_seq: int | None) -> bool:
+        seq = self._applied_seq(server_id, ref)
+        if seq is None:
+            return False
+        if source_seq is None:
+            return True
+        return source_seq - seq <= self._config.target_lag_entries_max
+
+    def _cpu(self, server_id: str) -> float:
+        member = self._membership.get(server_id)
+        return 0.0 if member is None or member.load is None else member.load.cpu_utilization
+
+    def _handoff_change(self, handoff: Handoff) -> Change:
+        return Change(
+            kind=MapChange.HANDOFF_ASSIGNED,
+            build=lambda current: self._build_handoff(current, handoff),
+            committed=lambda built, now_us: self._handoff_committed(handoff, built, now_us),
+            dropped=lambda cause, now_us: self._handoff_cancelled(handoff, cause, now_us),
+        )
+
+    def _build_handoff(self, current: ShardMap, handoff: Handoff) -> Built | None:
+        if handoff.phase is not HandoffPhase.COMMITTING:
+            return None
+        if not self._is_alive(handoff.target) or not self._is_active(handoff.target):
+            return None
+        if not self._is_live(handoff.source):
+            return None
+        count = current.config.replica_count
+        eligible = [s for s in self._eligible(current) if s != handoff.source]
+        operations = []
+        previous: dict[PartRef, Placement] = {}
+        for ref in handoff.parts:
+            key = key_of(ref)
+            if key not in current or current.primary_of(key) != handoff.source:
+                continue
+            placement = current.lookup(key)
+            keep = [s for s in placement.replicas if s != handoff.target]
+            if handoff.origin is not MoveOrigin.DRAIN:
+                keep.append(handoff.source)
+            replicas = fill_replicas(
+                key, primary=handoff.target, keep=keep, eligible=eligible, count=count
+            )
+            operations.append(override(key, Placement(primary=handoff.target, replicas=replicas)))
+            previous[ref] = placement
+        if not operations:
+            return None
+        moving = {key_of(ref) for ref in previous}
+        stable = stabilize(current, operations, intended=moving.__contains__)
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=tuple(previous),
+            servers=(handoff.source, handoff.target),
+            payload=previous,
+        )
+
+    def _handoff_committed(self, handoff: Handoff, built: Built, now_us: int) -> None:
+        assert isinstance(built.payload, dict)
+        handoff.parts = built.parts
+        self._previous_placements[handoff.handoff_id] = built.payload
+        self._orchestrator.assigned(handoff, map_version=built.new_map.version, now_us=now_us)
+        for server_id in (handoff.source, handoff.target):
+            if not self._is_live(server_id):
+                self._participant_died(handoff, server_id, now_us)
+                return
+        assigned = messages.HandoffAssigned(
+            handoff_id=handoff.handoff_id,
+            parts=handoff.parts,
+            source=handoff.source,
+            target=handoff.target,
+            map_version=built.new_map.version,
+            reason=int(handoff.reason),
+            deadline_ms=self._config.handoff_deadline_ms,
+        )
+        self._send(handoff.source, assigned)
+        self._send(handoff.target, assigned)
+        self._emit(
+            HandoffStarted(
+                handoff_id=handoff.handoff_id,
+                reason=handoff.reason,
+                parts=handoff.parts,
+                source=handoff.source,
+                target=handoff.target,
+                map_version=built.new_map.version,
+                planned_us=handoff.planned_us,
+                assigned_us=now_us,
+            )
+        )
+
+    def _handoff_cancelled(self, handoff: Handoff, cause: str, now_us: int) -> None:
+        if handoff.phase is not HandoffPhase.COMMITTING:
+            return
+        self._orchestrator.fire(
+            handoff, HandoffTrigger.OVERRIDE_REFUSED, now_us=now_us, cause=cause
+        )
+        self._handoff_ended(handoff, HandoffOutcome.CANCELLED, now_us)
+
+    def _handoff_ended(self, handoff: Handoff, outcome: HandoffOutcome, now_us: int) -> None:
+        self._previous_placements.pop(handoff.handoff_id, None)
+        self._emit(
+            HandoffAborted(
+                handoff_id=handoff.handoff_id,
+                reason=handoff.reason,
+                parts=handoff.parts,
+                source=handoff.source,
+                target=handoff.target,
+                outcome=outcome,
+                cause=handoff.cause,
+                map_version=self.map_version,
+                duration_us=now_us - handoff.planned_us,
+            )
+        )
+        self._drain_progress((handoff.source,))
+
+    # Handoff reports and their outcomes.
+
+    def _reported_handoff(self, handoff_id: int, server_id: str, source: NodeId) -> Handoff | None:
+        handoff = self._orchestrator.handoff(handoff_id)
+        if handoff is None or server_id != source or source not in (handoff.source, handoff.target):
+            return None
+        return handoff if handoff.phase is HandoffPhase.ASSIGNED else None
+
+    def _on_handoff_completed(
+        self, message: messages.HandoffCompleted, source: NodeId, now_us: int
+    ) -> None:
+        handoff = self._reported_handoff(message.handoff_id, message.server_id, source)
+        if handoff is None:
+            return
+        self._orchestrator.fire(handoff, HandoffTrigger.COMPLETION_REPORTED, now_us=now_us)
+        self._previous_placements.pop(handoff.handoff_id, None)
+        assigned_us = handoff.assigned_us if handoff.assigned_us is not None else now_us
+        self._emit(
+            HandoffCompleted(
+                handoff_id=handoff.handoff_id,
+                reason=handoff.reason,
+                parts=handoff.parts,
+                source=handoff.source,
+                target=handoff.target,
+                map_version=handoff.map_version,
+                reported_by=source,
+                commit_us=assigned_us - handoff.planned_us,
+                duration_us=now_us - handoff.planned_us,
+            )
+        )
+        self._drain_progress((handoff.source,))
+
+    def _on_handoff_aborted(
+        self, message: messages.HandoffAborted, source: NodeId, now_us: int
+    ) -> None:
+        handoff = self._reported_handoff(message.handoff_id, message.server_id, source)
+        if handoff is None:
+            return
+        cause = f"aborted by {source}: {message.detail}"
+        self._orchestrator.fire(handoff, HandoffTrigger.ABORT_REPORTED, now_us=now_us, cause=cause)
+        change = Change(
+            kind=MapChange.HANDOFF_REVERTED,
+            build=lambda current: self._build_revert(current, handoff),
+            committed=lambda built, now_us: self._reverted(handoff, now_us),
+            dropped=lambda cause, now_us: self._revert_dropped(handoff, cause, now_us),
+        )
+        # A revert must not wait behind a full queue: the parts sit at a target that gave up.
+        change.urgent = True
+        self._pipeline.submit(change)
+
+    def _build_revert(self, current: ShardMap, handoff: Handoff) -> Built | None:
+        if handoff.phase is not HandoffPhase.REVERTING or not self._is_live(handoff.source):
+            return None
+        previous = self._previous_placements.get(handoff.handoff_id, {})
+        operations = []
+        reverted: list[PartRef] = []
+        for ref, placement in previous.items():
+            key = key_of(ref)
+            if key not in current or current.primary_of(key) != handoff.target:
+                continue
+            servers = [
+                s for s in placement.replicas if self._map_state(s) not in (None, ServerState.DEAD)
+            ]
+            restored = Placement(primary=placement.primary, replicas=tuple(servers))
+            operations.append(override(key, restored))
+            reverted.append(ref)
+        if not operations:
+            return None
+        moving = {key_of(ref) for ref in reverted}
+        stable = stabilize(current, operations, intended=moving.__contains__)
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=tuple(reverted),
+            servers=(handoff.source, handoff.target),
+        )
+
+    def _reverted(self, handoff: Handoff, now_us: int) -> None:
+        if handoff.phase is HandoffPhase.REVERTING:
+            self._orchestrator.fire(handoff, HandoffTrigger.REVERT_COMMITTED, now_us=now_us)
+            self._handoff_ended(handoff, HandoffOutcome.STAYED, now_us)
+
+    def _revert_dropped(self, handoff: Handoff, cause: str, now_us: int) -> None:
+        if handoff.phase is not HandoffPhase.REVERTING:
+            return
+        if self._is_live(handoff.source):
+            # Nothing left to revert (the parts moved on meanwhile): the abort stands as is.
+            self._reverted(handoff, now_us)
+            return
+        self._participant_died(handoff, handoff.source, now_us)
+
+    def _handoff_silent(self, handoff: Handoff, now_us: int) -> None:
+        """No report by the deadline: fall back to failover for the handoff's parts."""
+        cause = "no report from either side by the deadline"
+        self._orchestrator.fire(
+            handoff, HandoffTrigger.DEADLINE_EXPIRED, now_us=now_us, cause=cause
+        )
+        self._fail_over_handoff(handoff, now_us)
+
+    def _participant_died(self, handoff: Handoff, server_id: str, now_us: int) -> None:
+        """A participant of an assigned (or reverting) handoff died: its parts fail over.
+
+        A handoff still COMMITTING is left alone: its build finds the participant gone and drops
+        it, or, if its commit is already in flight, the commit callback lands here.
+        """
+        if not self._orchestrator.allows(handoff, HandoffTrigger.PARTICIPANT_DIED):
+            return
+        cause = f"{server_id} died"
+        self._orchestrator.fire(
+            handoff, HandoffTrigger.PARTICIPANT_DIED, now_us=now_us, cause=cause
+        )
+        self._fail_over_handoff(handoff, now_us)
+
+    def _fail_over_handoff(self, handoff: Handoff, now_us: int) -> None:
+        extra = handoff.source if self._is_live(handoff.source) else ""
+        job = self._pending_failover(now_us)
+        job.absorb(explicit={key_of(ref): extra for ref in handoff.parts})
+        job.handoff_ids.append(handoff.handoff_id)
+        self._handoff_ended(handoff, HandoffOutcome.FAILED_OVER, now_us)
+
+    def _moves_dropped(self, moves: list[MoveRequest], cause: str) -> None:
+        for move in moves:
+            self._emit(
+                MovesDropped(parts=(move.ref,), source=move.source, reason=move.reason, cause=cause)
+            )
+
+    # Failover.
+
+    def _pending_failover(self, now_us: int) -> FailoverJob:
+        """The job new deaths join: the active one while it waits, else the next one."""
+        if self._failover is None:
+            self._failover = self._new_failover(now_us)
+            return self._failover
+        if self._failover.phase is FailoverPhase.PENDING:
+            return self._failover
+        if self._failover_next is None:
+            self._failover_next = self._new_failover(now_us)
+        return self._failover_next
+
+    def _new_failover(self, now_us: int) -> FailoverJob:
+        job = FailoverJob(failover_id=self._next_failover_id, created_us=now_us)
+        self._next_failover_id += 1
+        return job
+
+    def _maybe_prepare_failover(self, now_us: int) -> None:
+        job = self._failover
+        current = self.shard_map
+        if job is None or current is None or job.phase is not FailoverPhase.PENDING:
+            return
+        if self._pipeline.busy:
+            return
+        prepares = plan_prepare(
+            job,
+            current,
+            live=self._is_live,
+            parts_per_message_max=self._config.failover_prepare_parts_max,
+            now_us=now_us,
+            timeout_us=self._config.failover_prepare_timeout_ms * 1000,
+        )
+        for server_id, message in prepares:
+            self._send(server_id, message)
+        self._emit(
+            FailoverStarted(
+                failover_id=job.failover_id,
+                servers=tuple(sorted(job.dead)),
+                parts=len(job.parts),
+                fence_version=job.fence_version,
+            )
+        )
+        if not job.waiting:
+            self._promote(job, now_us)
+
+    def _on_positions(
+        self, message: messages.PositionsReported, source: NodeId, now_us: int
+    ) -> None:
+        job = self._failover
+        if job is None or not self._check_sender(message.server_id, source):
+            return
+        if record_positions(job, message) and not job.waiting:
+            self._promote(job, now_us)
+
+    def _promote(self, job: FailoverJob, now_us: int) -> None:
+        job.phase = FailoverPhase.PROMOTING
+        job.deadline_us = None
+        change = Change(
+            kind=MapChange.FAILOVER,
+            build=lambda current: self._build_promotion(current, job),
+            committed=lambda built, now_us: self._failover_committed(job, built, now_us),
+            dropped=lambda cause, now_us: self._failover_dropped(job, cause, now_us),
+            urgent=True,
+        )
+        self._pipeline.submit(change)
+
+    def _build_promotion(self, current: ShardMap, job: FailoverJob) -> Built | None:
+        eligible = [s for s in self._eligible(current) if s not in job.dead]
+        promotion = build_promotion(
+            job, current, live=self._is_live, eligible=eligible, fallback=self._progress_seq
+        )
+        if not promotion.operations:
+            return Built(delta=None, new_map=current, parts=(), servers=(), payload=promotion)
+        stable = stabilize(current, promotion.operations, intended=promotion.intended.__contains__)
+        servers = sorted(job.dead | {p.primary for p in promotion.promotions})
+        parts = tuple(p.ref for p in promotion.promotions) + tuple(
+            ref_of(key) for key in promotion.lost
+        )
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=parts,
+            servers=tuple(servers),
+            payload=promotion,
+        )
+
+    def _progress_seq(self, server_id: str, key: PartKey) -> int | None:
+        return self._applied_seq(server_id, ref_of(key))
+
+    def _failover_committed(self, job: FailoverJob, built: Built, now_us: int) -> None:
+        promotion = built.payload
+        assert isinstance(promotion, Promotion)
+        version = built.new_map.version
+        self._emit(
+            FailoverCompleted(
+                failover_id=job.failover_id,
+                servers=tuple(sorted(job.dead)),
+                map_version=version,
+                promotions=promotion.promotions,
+                replicas_added=promotion.replicas_added,
+                positions_us=now_us - job.prepared_us,
+                duration_us=now_us - job.created_us,
+            )
+        )
+        if promotion.lost:
+            self._emit(
+                PartsLost(
+                    parts=tuple(ref_of(key) for key in promotion.lost),
+                    servers=tuple(sorted(job.dead)),
+                    map_version=version,
+                )
+            )
+        self._failover_finished(job, now_us)
+
+    def _failover_dropped(self, job: FailoverJob, cause: str, now_us: int) -> None:
+        """The promotion could not be built: retry it, merged with any later deaths."""
+        self._failover_attempts += 1
+        if self._failover_attempts > FAILOVER_ATTEMPTS_MAX:
+            self._failover_finished(job, now_us)
+            return
+        successor = self._failover_next or self._new_failover(now_us)
+        successor.absorb(dead=job.dead, explicit=job.explicit)
+        successor.handoff_ids.extend(job.handoff_ids)
+        self._failover, self._failover_next = successor, None
+
+    def _failover_finished(self, job: FailoverJob, now_us: int) -> None:
+        self._failover_attempts = 0
+        self._failover, self._failover_next = self._failover_next, None
+        for server_id in sorted(job.dead):
+            self._try_readmit(server_id, now_us)
+        for server_id in sorted(self._drains):
+            if self._map_state(server_id) in (None, ServerState.DEAD):
+                self._drain_progress((server_id,))
+
+    # Drains.
+
+    def _build_drain_mark(self, current: ShardMap, server_id: str) -> Built | None:
+        if self._map_state(server_id) is not ServerState.ACTIVE:
+            return None
+        stable = stabilize(current, [ServerDrained(server_id=server_id)], intended=lambda k: False)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=(server_id,))
+
+    def _build_undrain(self, current: ShardMap, server_id: str) -> Built | None:
+        if self._map_state(server_id) is not ServerState.DRAINING:
+            return None
+        operations = [ServerUndrained(server_id=server_id)]
+        stable = stabilize(current, operations, intended=lambda k: False)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=(server_id,))
+
+    def _drain_marked(self, server_id: str, now_us: int) -> None:
+        drain = self._drains.get(server_id)
+        current = self.shard_map
+        if drain is None or current is None:
+            return
+        drain.marked = True
+        self._drain_due_us = None
+        held = current.parts_for(server_id)
+        drain.parts_total = len(held.primary) + len(held.replica)
+        self._emit(
+            DrainProgressed(
+                server_id=server_id,
+                parts_moved=0,
+                parts_total=drain.parts_total,
+                finished=drain.parts_total == 0,
+            )
+        )
+        if drain.parts_total == 0:
+            del self._drains[server_id]
+
+    def _drain_tick(self, now_us: int) -> None:
+        """Queue moves for the drained servers' primaries and a batch of their replica roles."""
+        current = self.shard_map
+        if current is None or self._holding() or not self._drains:
+            return
+        if self._drain_due_us is not None and now_us < self._drain_due_us:
+            return
+        self._drain_due_us = now_us + DRAIN_TICK_MS * 1000
+        for server_id in sorted(self._drains):
+            drain = self._drains[server_id]
+            if not drain.marked or self._map_state(server_id) is not ServerState.DRAINING:
+                continue
+            held = current.parts_for(server_id)
+            for key in held.primary:
+                ref = ref_of(key)
+                if not self._orchestrator.is_moving(ref) and self._is_live(server_id):
+                    self._orchestrator.request_move(
+                        MoveRequest(
+                            ref=ref,
+                            source=server_id,
+                            reason=ReasonCode.PLANNED_MAINTENANCE,
+                            origin=MoveOrigin.DRAIN,
+                            target=None,
+                            requested_us=now_us,
+                        )
+                    )
+            if held.replica and not drain.replica_change_queued:
+                drain.replica_change_queued = self._pipeline.submit(self._replica_change(drain))
+
+    def _replica_change(self, drain: _Drain) -> Change:
+        def committed(built: Built, now_us: int) -> None:
+            drain.replica_change_queued = False
+
+        def dropped(cause: str, now_us: int) -> None:
+            drain.replica_change_queued = False
+
+        return Change(
+            kind=MapChange.REPLICAS_MOVED,
+            build=lambda current: self._build_replica_moves(current, drain.server_id),
+            committed=committed,
+            dropped=dropped,
+        )
+
+    def _build_replica_moves(self, current: ShardMap, server_id: str) -> Built | None:
+        if self._map_state(server_id) is not ServerState.DRAINING:
+            return None
+        held = current.parts_for(server_id).replica[: self._config.replica_moves_per_commit_max]
+        eligible = [s for s in self._eligible(current) if s != server_id]
+        count = current.config.replica_count
+        operations = []
+        for key in held:
+            placement = current.lookup(key)
+            keep = [s for s in placement.replicas if s != server_id]
+            replicas = fill_replicas(
+                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+            )
+            operations.append(
+                override(key, Placement(primary=placement.primary, replicas=replicas))
+            )
+        if not operations:
+            return None
+        stable = stabilize(current, operations, intended=lambda k: False)
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=tuple(ref_of(key) for key in held),
+            servers=(server_id,),
+        )
+
+    def _drain_progress(self, servers: tuple[str, ...]) -> None:
+        current = self.shard_map
+        if current is None:
+            return
+        for server_id in servers:
+            drain = self._drains.get(server_id)
+            if drain is None or not drain.marked:
+                continue
+            state = self._map_state(server_id)
+            remaining = 0
+            if state is not None and state is not ServerState.DEAD:
+                held = current.parts_for(server_id)
+                remaining = len(held.primary) + len(held.replica)
+            moved = max(drain.parts_moved, drain.parts_total - remaining)
+            total = max(drain.parts_total, moved + remaining)
+            if (moved, total) == (drain.parts_moved, drain.parts_total) and remaining:
+                continue
+            drain.parts_moved, drain.parts_total = moved, total
+            self._emit(
+                DrainProgressed(
+                    server_id=server_id,
+                    parts_moved=moved,
+                    parts_total=total,
+                    finished=remaining == 0,
+                )
+            )
+            if remaining == 0:
+                del self._drains[server_id]
+
+    # Clients.
+
+    def _client(self, source: NodeId, client_id: bytes | None = None) -> _Client:
+        client = self._clients.get(source)
+        if client is None:
+            client = _Client(client_id=client_id or _client_id_of(source))
+            self._clients[source] = client
+            while len(self._clients) > self._config.clients_max:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(source)
+            if client_id is not None:
+                client.client_id = client_id
+        return client
+
+    def _remember_session(self, client: _Client, session_id: bytes) -> None:
+        client.sessions[session_id] = None
+        client.sessions.move_to_end(session_id)
+        while len(client.sessions) > self._config.client_sessions_max:
+            client.sessions.popitem(last=False)
+
+    def _on_hello(self, frame: Hello, source: NodeId, now_us: int) -> None:
+        if PROTOCOL_VERSION not in frame.versions:
+            self._refuse(source, ErrorCode.VERSION_NEGOTIATION_FAILED, "forehand/1 only")
+            return
+        client = self._client(source, frame.client_id)
+        for credential in frame.credentials:
+            try:
+                claims = self._sealer.open_credential(credential.credential, now_us=now_us)
+            except TokenError:
+                continue
+            if claims.session_id == credential.session_id:
+                self._remember_session(client, claims.session_id)
+        self._send(
+            source,
+            Welcome(
+                version=PROTOCOL_VERSION,
+                server_id=self.node_id,
+                map_version=self.map_version,
+                frame_bytes_max=self._config.frame_bytes_max,
+                idle_timeout_ms=self._config.idle_timeout_ms,
+            ),
+        )
+
+    def _on_ping(self, frame: Ping, source: NodeId, now_us: int) -> None:
+        self._send(source, Pong(sequence=frame.sequence, sent_us=frame.sent_us))
+
+    def _on_open_session(self, frame: OpenSession, source: NodeId, now_us: int) -> None:
+        parts = frame.parts
+        try:
+            for part in parts:
+                check_part_name(part)
+        except LocalProtocolError as error:
+            raise RemoteProtocolError(str(error), error_code=ErrorCode.PROTOCOL_ERROR) from error
+        if (
+            not parts
+            or len(parts) > self._config.session_parts_max
+            or len(set(parts)) != len(parts)
+        ):
+            raise RemoteProtocolError(
+                f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
+                error_code=ErrorCode.PROTOCOL_ERROR,
+            )
+        client = self._client(source)
+        opening = _Opening(
+            client=source,
+            request_id=frame.request_id,
+            parts=parts,
+            session_id=new_session_id(now_ms=now_us // 1000, rng=self._rng),
+        )
+        change = Change(
+            kind=MapChange.SESSION_OPENED,
+            build=lambda current: self._build_session(current, opening),
+            committed=lambda built, now_us: self._session_committed(opening, client, built, now_us),
+            dropped=lambda cause, now_us: self._refuse(source, ErrorCode.INTERNAL_ERROR, cause),
+        )
+        if not self._pipeline.submit(change):
+            self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
+
+    def _build_session(self, current: ShardMap, opening: _Opening) -> Built | None:
+        keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
+        if all(key in current for key in keys):
+            return Built(delta=None, new_map=current, parts=(), servers=())
+        for _ in range(SESSION_ID_ATTEMPTS_MAX):
+            if not any(key in current for key in keys):
+                try:
+                    operations = [PartsAdded(session_id=opening.session_id, parts=opening.parts)]
+                    stable = stabilize(current, operations, intended=lambda key: False)
+                except LocalProtocolError as error:
+                    if "same stable hash" not in str(error):
+                        raise
+                else:
+                    return Built(
+                        delta=stable.delta,
+                        new_map=stable.new_map,
+                        parts=tuple(ref_of(key) for key in keys),
+                        servers=(),
+                    )
+            opening.session_id = new_session_id(now_ms=opening.session_id_ms, rng=self._rng)
+            keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
+        return None
+
+    def _session_committed(
+        self, opening: _Opening, client: _Client, built: Built, now_us: int
+    ) -> None:
+        current = built.new_map
+        session_id = opening.session_id
+        self._remember_session(client, session_id)
+        placements = tuple(
+            self._wire_placement(current, PartKey(session_id=session_id, part=part))
+            for part in opening.parts
+        )
+        token = self._sealer.issue_token(
+            session_id=session_id,
+            parts=opening.parts,
+            target_server="",
+            map_version=current.version,
+            now_us=now_us,
+            lifetime_ms=self._config.token_lifetime_ms,
+        )
+        credential = self._sealer.issue_credential(
+            session_id=session_id,
+            client_id=client.client_id,
+            now_us=now_us,
+            lifetime_ms=self._config.credential_lifetime_ms,
+        )
+        self._send(
+            opening.client,
+            SessionOpened(
+                request_id=opening.request_id,
+                session_id=session_id,
+                credential=credential,
+                map_version=current.version,
+                placements=placements,
+                token=token,
+            ),
+        )
+        self._emit(
+            SessionRegistered(
+                session_id=session_id,
+                parts=opening.parts,
+                client=opening.client,
+                map_version=current.version,
+            )
+        )
+
+    def _wire_placement(self, current: ShardMap, key: PartKey) -> WirePlacement:
+        placement = current.lookup(key)
+        return WirePlacement(
+            part=key.part,
+            primary=self._endpoint(current, placement.primary),
+            replicas=tuple(self._endpoint(current, s) for s in placement.replicas),
+        )
+
+    @staticmethod
+    def _endpoint(current: ShardMap, server_id: str) -> Endpoint:
+        return endpoint_from_address(server_id, current.server(server_id).address)
+
+    def _on_close_session(self, frame: CloseSession, source: NodeId, now_us: int) -> None:
+        client = self._clients.get(source)
+        if client is None or frame.session_id not in client.sessions:
+            return
+        del client.sessions[frame.session_id]
+        session_id = frame.session_id
+        change = Change(
+            kind=MapChange.SESSION_CLOSED,
+            build=lambda current: self._build_session_close(current, session_id),
+            committed=lambda built, now_us: None,
+            dropped=lambda cause, now_us: None,
+        )
+        self._pipeline.submit(change)
+
+    def _build_session_close(self, current: ShardMap, session_id: bytes) -> Built | None:
+        parts = tuple(
+            p
+            for p in self._sessions.get(session_id, ())
+            if PartKey(session_id=session_id, part=p) in current
+        )
+        if not parts:
+            return None
+        operations = [PartsRemoved(session_id=session_id, parts=parts)]
+        stable = stabilize(current, operations, intended=lambda key: False)
+        refs = tuple(PartRef(session_id=session_id, part=p) for p in parts)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=refs, servers=())
+
+    def _on_map_request(self, frame: MapRequest, source: NodeId, now_us: int) -> None:
+        current = self.shard_map
+        if current is None:
+            return
+        client = self._client(source)
+        entries = []
+        for session_id in client.sessions:
+            for part in self._sessions.get(session_id, ()):
+                placement = self._wire_placement(current, PartKey(session_id=session_id, part=part))
+                entries.append(SessionPlacement(session_id=session_id, placement=placement))
+        if entries:
+            body = encode_client_placements(tuple(entries))
+            encoding = CLIENT_PLACEMENTS_ENCODING
+        else:
+            # Sessions the client never showed this manager: the whole map, if it fits a frame.
+            body = current.encode()
+            encoding = MAP_ENCODING
+            if len(body) > self._config.frame_bytes_max:
+                body, encoding = encode_client_placements(()), CLIENT_PLACEMENTS_ENCODING
+        self._send(
+            source,
+            MapUpdate(map_version=current.version, base_version=0, encoding=encoding, body=body),
+        )
+
+    def _on_map_requested(
+        self, message: messages.MapRequested, source: NodeId, now_us: int
+    ) -> None:
+        current = self.shard_map
+        if current is None or not self._check_sender(message.server_id, source):
+            return
+        if self._is_live(source) and message.map_version < current.version:
+            self._send(source, self._whole_map_message(current))
+
+    def _on_cluster_frame(self, frame: ClusterMessage, source: NodeId, now_us: int) -> None:
+        inner = messages.decode_cluster_message(frame.body)
+        handler = _DISPATCH.get(type(inner))
+        if handler is None or isinstance(inner, ClusterMessage):
+            self._refuse(source, ErrorCode.FRAME_UNEXPECTED, f"unexpected {type(inner).__name__}")
+            return
+        handler(self, inner, source, now_us)
+
+    def _on_connection(self, message: object, source: NodeId, now_us: int) -> None:
+        """Connections come and go; membership follows heartbeats, not connections."""
+
+    def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
+        """The peer closes its connection; nothing the manager holds depends on it."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Opening:
+    """An OPEN_SESSION waiting for its commit."""
+
+    client: NodeId
+    request_id: int
+    parts: tuple[str, ...]
+    session_id: bytes
+
+    @property
+    def session_id_ms(self) -> int:
+        """The creation time in the session id (kept when a collision forces a new id)."""
+        return int.from_bytes(self.session_id[:6], "big")
+
+
+def _client_id_of(source: NodeId) -> bytes:
+    """A client's 16-byte id when its HELLO did not reach this manager: its node id, padded."""
+    raw = source.encode()
+    return raw[:16].ljust(16, b"\0")
+
+
+_Handler = Callable[[ManagerCore, Any, NodeId, int], None]
+_DISPATCH: dict[type, _Handler] = {
+    messages.ServerAnnounced: ManagerCore._on_announced,
+    messages.HeartbeatReported: ManagerCore._on_heartbeat,
+    messages.HandoffRequested: ManagerCore._on_handoff_requested,
+    messages.MapRequested: ManagerCore._on_map_requested,
+    messages.PositionsReported: ManagerCore._on_positions,
+    messages.HandoffCompleted: ManagerCore._on_handoff_completed,
+    messages.HandoffAborted: ManagerCore._on_handoff_aborted,
+    ClusterMessage: ManagerCore._on_cluster_frame,
+    Hello: ManagerCore._on_hello,
+    Ping: ManagerCore._on_ping,
+    OpenSession: ManagerCore._on_open_session,
+    CloseSession: ManagerCore._on_close_session,
+    MapRequest: ManagerCore._on_map_request,
+    Error: ManagerCore._on_error,
+    ConnectionOpened: ManagerCore._on_connection,
+    ConnectionLost: ManagerCore._on_connection,
+}
