@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# Rebuilt only when the project's dependencies change.
-$(STAMP): pyproject.toml
+# Rebuilt only when the project's dependencies or its C extension change.
+$(STAMP): pyproject.toml src/forehand/wire/_speedups.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -6,7 +6,6 @@ docs/PROTOCOL.md is the normative text; this package implements it without touch
 from __future__ import annotations
 
 from forehand.wire._buffer import Buffer
-from forehand.wire._codec import decode_body, decode_frame, encode_frame
 from forehand.wire._config import (
     ALPN,
     DEFAULT_CONFIG,
@@ -67,11 +66,18 @@ from forehand.wire._frames import (
     SessionOpened,
     Welcome,
 )
+from forehand.wire._implementation import (
+    CODEC_IMPLEMENTATION,
+    decode_body,
+    decode_frame,
+    encode_frame,
+)
 from forehand.wire._primitives import encode_varint, pull_varint
 
 __all__ = [
     "ALLOWED_FRAME_TYPES",
     "ALPN",
+    "CODEC_IMPLEMENTATION",
     "END_OF_STREAM",
     "NEED_DATA",
     "Buffer",

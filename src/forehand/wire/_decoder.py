@@ -14,7 +14,6 @@ from enum import Enum
 from typing import Final, Literal
 
 from forehand.errors import LocalProtocolError, RemoteProtocolError
-from forehand.wire._codec import decode_body
 from forehand.wire._config import DEFAULT_CONFIG, WireConfig
 from forehand.wire._enums import (
     EXTENSION_FRAME_TYPES_MIN,
@@ -23,6 +22,7 @@ from forehand.wire._enums import (
     PeerRole,
 )
 from forehand.wire._frames import Frame
+from forehand.wire._implementation import decode_body
 from forehand.wire._primitives import encode_varint
 
 __all__ = [
