@@ -191,6 +191,7 @@ class ServerCore:
         self._session_parts: dict[bytes, dict[str, None]] = {}
         self._map: ServerMap | None = None
         self._map_deltas: dict[int, MapPublished] = {}
+        self._fenced: dict[PartRef, None] = {}
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._heartbeat_sequence = 0
@@ -983,6 +984,7 @@ class ServerCore:
         if version <= part.fence_version:
             return
         part.fence_version = version
+        self._fenced[part.ref] = None
         self._emit(PartFenced(node=self._me, ref=part.ref, fence_version=version, cause=cause))
 
     # Replication: the replica side.
@@ -1481,6 +1483,7 @@ class ServerCore:
                     handoff_id=run.handoff_id, server_id=self._me, parts=waiting, detail=detail
                 ),
             )
+        self._reinstate_reverted(waiting, run, now_us)
         if run.side is HandoffSide.SOURCE and sealed:
             # The parts the target did take over complete the procedure; only the rest abort.
             self._rare("handoff-partially-sealed-at-deadline")
@@ -1490,6 +1493,18 @@ class ServerCore:
             return
         run.transition(HandoffTrigger.DEADLINE_MISSED)
         self._forget_run(key)
+
+    def _reinstate_reverted(self, refs: Iterable[PartRef], run: HandoffRun, now_us: int) -> None:
+        """Aborted parts whose revert map arrived before the deadline take the part back now."""
+        if self._map is None or self._map.version <= run.map_version:
+            return
+        for ref in refs:
+            part = self._parts.get(ref)
+            placement = self._map.placement(ref)
+            aborting = part is not None and part.state is PartState.ABORTING
+            if aborting and placement is not None and placement.primary == self._me:
+                assert part is not None
+                self._reinstate(part, now_us)
 
     def _forget_run(self, key: int) -> None:
         run = self._runs.pop(key, None)
@@ -1632,8 +1647,18 @@ class ServerCore:
             refs.update(dict.fromkeys(new_map.parts_of(self._me)))
         else:
             refs.update(dict.fromkeys(new_map.changed_since(previous_map, self._me)))
+        # A fenced part waits for the map that settles its failover, changed or not; that map
+        # (the first at or above the fence) decides, and later maps are ordinary again.
+        settled = [
+            ref
+            for ref in self._fenced
+            if ref not in self._parts or self._parts[ref].fence_version <= new_map.version
+        ]
+        refs.update(dict.fromkeys(ref for ref in settled if ref in self._parts))
         for ref in refs:
             self._reconcile(ref, previous_map, now_us)
+        for ref in settled:
+            self._fenced.pop(ref, None)
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
         assert self._map is not None
@@ -1691,37 +1716,46 @@ class ServerCore:
     def _placed_as_primary(self, part: Part, previous_map: ServerMap | None, now_us: int) -> None:
         state = part.state
         version = self.map_version
+        settling = part.ref in self._fenced and version >= part.fence_version
         if state is PartState.PRIMARY:
+            if settling:
+                # Fenced for a failover (or an aborted handoff) and chosen again: a new epoch.
+                part.epoch = version
+                self._stop_shipping(part.ref)
+                self._install_primary(part, InstallCause.FAILOVER, now_us)
+                return
             shipper = self._shippers.get(part.ref)
             if shipper is not None:
                 shipper.set_replicas(self._replicas_of(part.ref))
                 self._mark_shipping(part.ref, now_us)
             return
-        if state in (PartState.REPLICA, PartState.RECEIVING) and part.fenced:
-            if version < part.fence_version:
-                return
+        if state in (PartState.REPLICA, PartState.RECEIVING) and settling:
             part.epoch = version
             self._supersede_run_of(part.ref, now_us)
             self._transition(part, PartTrigger.PROMOTED)
             self._install_primary(part, InstallCause.FAILOVER, now_us)
             return
-        if state is PartState.REPLICA:
+        if state in (PartState.REPLICA, PartState.BACKUP):
+            # A backup's target took the part over: moving it back is a new handoff from there.
+            run = self._runs.get(self._run_of.get(part.ref, 0))
             before = None if previous_map is None else previous_map.placement(part.ref)
             source = "" if before is None or before.primary == self._me else before.primary
+            if state is PartState.BACKUP and run is not None:
+                source = run.peer
             self._receive_implicitly(part, source, now_us)
             return
-        run = self._runs.get(self._run_of.get(part.ref, 0))
-        if state in (PartState.HANDING_OFF, PartState.ABORTING, PartState.BACKUP) and (
-            run is None or version > run.map_version
-        ):
+        if state is PartState.ABORTING:
+            # Only a revert names an aborting source primary again.
             self._reinstate(part, now_us)
+        # HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline decides.
 
     def _receive_implicitly(self, part: Part, source: str, now_us: int) -> None:
         """The map makes this server primary of a part a live primary holds: wait for its seal."""
         if part.state is not PartState.RECEIVING:
             self._transition(part, PartTrigger.HANDOFF_TARGETED)
         part.epoch = max(part.epoch, self.map_version)
-        if part.ref in self._run_of:
+        current = self._runs.get(self._run_of.get(part.ref, 0))
+        if current is not None and current.side is HandoffSide.TARGET:
             return
         run = HandoffRun(
             handoff_id=0,
