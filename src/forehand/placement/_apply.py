@@ -16,7 +16,6 @@ from forehand.placement._delta import (
     Operation,
     PartsAdded,
     PartsRemoved,
-    Placement,
     PlacementOverridden,
     ServerDrained,
     ServerJoined,
@@ -38,6 +37,7 @@ from forehand.placement._state import (
     check_override,
     check_server_entry,
     hash_capacities,
+    pinned_servers,
     rebuild_engine,
 )
 
@@ -126,7 +126,7 @@ class _DeltaWriter:
             if override is None:
                 self._hash_delete(key.key_hash)
             else:
-                self._pin(override.primary, -1)
+                self._pin(override[0], -1)
 
     def _override(self, operation: PlacementOverridden) -> None:
         key = self._existing_key(operation.session_id, operation.part)
@@ -135,16 +135,16 @@ class _DeltaWriter:
         if placement is None:
             if previous is not None:
                 self._overrides.pop(key.key_hash)
-                self._pin(previous.primary, -1)
+                self._pin(previous[0], -1)
                 self._hash_insert(key.key_hash)
             return
         check_override(self._config, self._servers, placement)
-        self._overrides.put(key.key_hash, placement)
+        self._overrides.put(key.key_hash, pinned_servers(self._servers, placement))
         self._pin(placement.primary, +1)
         if previous is None:
             self._hash_delete(key.key_hash)
         else:
-            self._pin(previous.primary, -1)
+            self._pin(previous[0], -1)
 
     def _existing_key(self, session_id: bytes, part: str) -> PartKey:
         key = PartKey(session_id=session_id, part=part)
@@ -210,10 +210,10 @@ class _DeltaWriter:
     def _leave(self, server_id: str) -> None:
         entry = self._entry(server_id)
         next_server_state(server_id, entry.state, ServerTransition.LEAVE)
-        for _, placement in self._overrides.items():
-            if server_id in placement.servers:
+        for _, pinned in self._overrides.items():
+            if server_id in pinned:
                 raise InvalidDeltaError(
-                    f"server {server_id!r} cannot leave: an override still names it ({placement})"
+                    f"server {server_id!r} cannot leave: an override still names it {pinned}"
                 )
         del self._writable_servers()[server_id]
 
@@ -228,11 +228,8 @@ class _DeltaWriter:
         for key_hash in held:
             primary = engine.primary_of(key_hash)
             replicas = engine.replica_set(key_hash, primary)
-            placement = Placement(
-                primary=names[primary], replicas=tuple(names[index] for index in replicas)
-            )
-            self._overrides.put(key_hash, placement)
-            self._pin(placement.primary, +1)
+            self._overrides.put(key_hash, (names[primary], *(names[index] for index in replicas)))
+            self._pin(names[primary], +1)
         self._transition(server_id, ServerTransition.DRAIN)
 
     def _transition(

@@ -18,7 +18,7 @@ from forehand.placement._delta import Delta, Placement
 from forehand.placement._errors import InvalidDeltaError, InvalidPartKeyError
 from forehand.placement._ids import SESSION_ID_BYTES, PartKey
 from forehand.placement._servers import ServerEntry, ServerState
-from forehand.placement._state import MapState, build_state
+from forehand.placement._state import MapState, build_state, pinned_placement
 
 __all__ = ["MAP_ENCODING", "decode_delta", "decode_map", "encode_delta", "encode_map"]
 
@@ -80,8 +80,8 @@ def encode_map(state: MapState) -> bytes:
     )
     overrides = sorted(
         (
-            _OverrideRecord(key.session_id, key.part, placement)
-            for key_hash, placement in state.overrides.items()
+            _OverrideRecord(key.session_id, key.part, pinned_placement(pinned))
+            for key_hash, pinned in state.overrides.items()
             if (key := state.parts.get(key_hash)) is not None
         ),
         key=lambda record: (record.session_id, record.part),

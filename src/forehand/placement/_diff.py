@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from forehand.placement._delta import Placement
 from forehand.placement._ids import PartKey
 from forehand.placement._servers import ServerEntry
-from forehand.placement._state import MapState
+from forehand.placement._state import MapState, pinned_placement
 
 __all__ = ["MapDiff", "PartMoved", "diff_states", "placement_of_hash", "same_servers"]
 
@@ -67,7 +67,7 @@ def placement_of_hash(state: MapState, key_hash: int) -> Placement:
     """The placement of a part known to be in `state`, by its stable hash."""
     override = state.overrides.get(key_hash)
     if override is not None:
-        return override
+        return pinned_placement(override)
     engine = state.engine
     names = state.eligible.names
     primary = engine.primary_of(key_hash)

@@ -27,13 +27,19 @@ _POINTS_PER_DIGEST = 8
 _POINT_DIGEST = struct.Struct("<8Q")
 
 
+_PART_HASHER = hashlib.blake2b(digest_size=8, person=_PART_PERSON)
+
+
 def part_key_hash(session_id: bytes, part: str) -> int:
     """The stable 64-bit hash of the part key `(session_id, part)`.
 
     The session id has a fixed length, so the concatenation with the part name is unambiguous.
+    Copying a hasher whose parameters are already set is about twice as fast as a new one.
     """
-    digest = hashlib.blake2b(session_id + part.encode(), digest_size=8, person=_PART_PERSON)
-    return int.from_bytes(digest.digest(), "little")
+    hasher = _PART_HASHER.copy()
+    hasher.update(session_id)
+    hasher.update(part.encode())
+    return int.from_bytes(hasher.digest(), "little")
 
 
 def server_hash(server_id: str, purpose: bytes) -> int:

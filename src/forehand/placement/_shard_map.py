@@ -32,7 +32,7 @@ from forehand.placement._diff import MapDiff, diff_states, placement_of_hash
 from forehand.placement._errors import UnknownPartKeyError
 from forehand.placement._ids import PartKey
 from forehand.placement._servers import ServerEntry, ServerState
-from forehand.placement._state import MapState, build_state, load_bounds
+from forehand.placement._state import MapState, build_state, load_bounds, pinned_placement
 
 __all__ = ["ServerParts", "ShardMap"]
 
@@ -143,10 +143,10 @@ class ShardMap:
     def overrides(self) -> Iterator[tuple[PartKey, Placement]]:
         """Every explicit placement, in no particular order."""
         parts = self._state.parts
-        for key_hash, placement in self._state.overrides.items():
+        for key_hash, pinned in self._state.overrides.items():
             key = parts.get(key_hash)
             assert key is not None
-            yield key, placement
+            yield key, pinned_placement(pinned)
 
     # Placement.
 
@@ -167,7 +167,7 @@ class ShardMap:
         state = self._state
         override = state.overrides.get(key_hash) if len(state.overrides) else None
         if override is not None:
-            return override.primary
+            return override[0]
         return state.eligible.names[state.engine.primary_of(key_hash)]
 
     def is_overridden(self, key: PartKey) -> bool:
@@ -185,11 +185,11 @@ class ShardMap:
         if position is not None:
             primary.extend(_keys(state, state.engine.members[position]))
             replica.extend(_keys(state, state.engine.replicas[position]))
-        for key, placement in self.overrides():
-            if placement.primary == server_id:
-                primary.append(key)
-            elif server_id in placement.replicas:
-                replica.append(key)
+        for key_hash, pinned in state.overrides.items():
+            if server_id in pinned:
+                key = state.parts.get(key_hash)
+                assert key is not None
+                (primary if pinned[0] == server_id else replica).append(key)
         return ServerParts(
             server_id=server_id, primary=tuple(sorted(primary)), replica=tuple(sorted(replica))
         )

@@ -1,0 +1,388 @@
+"""Placement: forehand's shard map beside uhashring's ketama ring, on the same keys, in one run.
+
+Full size: 1,000 servers and 1,000,000 part keys (`--quick`: 100 servers, 50,000 keys). Measured:
+
+- lookups per second: `primary_of` against ketama's `get_node` (one server each), and the full
+  placement `lookup` (primary and two zone-spread replicas) against ketama's `range(size=3)`;
+- parts moved when one server joins or leaves, as a fraction and as a multiple of the minimum
+  1/n: the hash layer alone ("before spill") and the whole map with bounded loads;
+- the max/mean primary load, with bounded loads, without them, and for ketama;
+- memory per override entry, against the `dict[str, str]` one would keep beside uhashring to pin
+  keys, and memory per part key held by the map;
+- what the manager pays: building the map, a join (a full rebuild) and a one-session delta;
+- the three registered strategies side by side on a smaller cluster (rendezvous is O(servers) per
+  lookup), which is the measurement behind the default strategy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import sys
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from uhashring import HashRing
+
+# Run as a script (make bench): make the repository root importable for benchmarks._common.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import Comparison, compare, print_comparisons
+
+from forehand.placement import (
+    PartKey,
+    PlacementConfig,
+    ServerEntry,
+    ServerState,
+    ShardMap,
+    build_layout,
+    format_session_id,
+    new_session_id,
+)
+from forehand.placement._state import new_override_index
+
+_PARTS = ("auth", "cart", "feature/video")
+_ZONES = 3
+_OVERRIDES = 20_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Size:
+    """How big a run is."""
+
+    servers: int
+    """Servers in the cluster."""
+    keys: int
+    """Part keys placed."""
+    strategy_servers: int
+    """Servers in the strategy comparison."""
+    strategy_keys: int
+    """Keys in the strategy comparison."""
+    memory_keys: int
+    """Keys of the map whose memory is traced."""
+
+
+FULL = Size(
+    servers=1000, keys=1_000_000, strategy_servers=100, strategy_keys=50_000, memory_keys=100_000
+)
+QUICK = Size(
+    servers=100, keys=50_000, strategy_servers=30, strategy_keys=10_000, memory_keys=20_000
+)
+
+
+def _server_ids(count: int) -> list[str]:
+    return [f"server-{index:04d}" for index in range(count)]
+
+
+def _servers(count: int) -> list[ServerEntry]:
+    return [
+        ServerEntry(
+            server_id=server_id,
+            address=f"10.{index // 250}.{index % 250}.1:4433",
+            zone=f"zone-{index % _ZONES}",
+            weight=1.0,
+            state=ServerState.ACTIVE,
+        )
+        for index, server_id in enumerate(_server_ids(count))
+    ]
+
+
+def _keys(count: int, seed: int = 1) -> list[PartKey]:
+    rng = random.Random(seed)
+    keys: list[PartKey] = []
+    while len(keys) < count:
+        session_id = new_session_id(now_ms=1_700_000_000_000 + len(keys), rng=rng)
+        keys.extend(PartKey(session_id=session_id, part=part) for part in _PARTS)
+    return keys[:count]
+
+
+def _ketama_key(key: PartKey) -> str:
+    return f"{format_session_id(key.session_id)}/{key.part}"
+
+
+def _timed(action: Callable[[], object]) -> tuple[float, object]:
+    gc.collect()
+    started = time.perf_counter()
+    result = action()
+    return time.perf_counter() - started, result
+
+
+def _rates(shard_map: ShardMap, ketama: HashRing, keys: list[PartKey]) -> list[Comparison]:
+    strings = [_ketama_key(key) for key in keys]
+    count = len(keys)
+    range_count = min(count, 20_000)
+
+    def primary(n: int) -> None:
+        lookup = shard_map.primary_of
+        for key in keys[:n]:
+            lookup(key)
+
+    def placement(n: int) -> None:
+        lookup = shard_map.lookup
+        for key in keys[:n]:
+            lookup(key)
+
+    def ketama_node(n: int) -> None:
+        get_node = ketama.get_node
+        for string in strings[:n]:
+            get_node(string)
+
+    def ketama_range(n: int) -> None:
+        for string in strings[:n]:
+            list(ketama.range(string, size=3))
+
+    def primary_from_raw(n: int) -> None:
+        lookup = shard_map.primary_of
+        for key in keys[:n]:
+            lookup(PartKey(session_id=key.session_id, part=key.part))
+
+    def ketama_from_raw(n: int) -> None:
+        get_node = ketama.get_node
+        for key in keys[:n]:
+            get_node(f"{key.session_id.hex()}/{key.part}")
+
+    return [
+        compare(
+            "primary lookup", candidate=primary, baseline=ketama_node,
+            baseline_name="uhashring ketama get_node", count=count, rounds=3,
+        ),
+        compare(
+            "placement lookup (1 + 2 replicas)", candidate=placement, baseline=ketama_range,
+            baseline_name="uhashring ketama range(size=3)", count=range_count, rounds=3,
+        ),
+        compare(
+            "primary lookup, key built per call", candidate=primary_from_raw,
+            baseline=ketama_from_raw, baseline_name="uhashring get_node, key built per call",
+            count=min(count, 200_000), rounds=3,
+        ),
+    ]  # fmt: skip
+
+
+def _ketama_owners(ketama: HashRing, strings: Sequence[str]) -> list[str]:
+    get_node = ketama.get_node
+    return [get_node(string) for string in strings]
+
+
+def _moved_fraction(before: Sequence[str], after: Sequence[str]) -> float:
+    return sum(1 for one, other in zip(before, after, strict=True) if one != other) / len(before)
+
+
+def _hash_owners(ids: Sequence[str], config: PlacementConfig, hashes: Sequence[int]) -> list[str]:
+    layout = build_layout(ids, [1000] * len(ids), config)
+    return [ids[layout.first(key_hash)] for key_hash in hashes]
+
+
+def _movement(
+    shard_map: ShardMap, ketama: HashRing, keys: list[PartKey], servers: int
+) -> list[tuple[str, str, str]]:
+    ids = _server_ids(servers)
+    hashes = [key.key_hash for key in keys]
+    strings = [_ketama_key(key) for key in keys]
+    config = shard_map.config
+    base = _hash_owners(ids, config, hashes)
+    joined = _hash_owners([*ids, "server-new"], config, hashes)
+    left = _hash_owners(ids[1:], config, hashes)
+    ketama_base = _ketama_owners(ketama, strings)
+    ketama.add_node("server-new")
+    ketama_joined = _ketama_owners(ketama, strings)
+    ketama.remove_node("server-new")
+    ketama.remove_node(ids[0])
+    ketama_left = _ketama_owners(ketama, strings)
+    ketama.add_node(ids[0])
+    after_join = shard_map.apply(
+        shard_map.join_server(server_id="server-new", address="10.9.9.9:4433", zone="zone-0")
+    )
+    after_death = shard_map.apply(shard_map.mark_server_dead(ids[0]))
+    bounded_join = _primary_moves(shard_map, after_join)
+    bounded_leave = _primary_moves(shard_map, after_death)
+
+    def row(name: str, ours: float, theirs: float | None, minimum: float) -> tuple[str, str, str]:
+        other = "-" if theirs is None else f"{theirs:.5f} ({theirs / minimum:.3f}x)"
+        return name, f"{ours:.5f} ({ours / minimum:.3f}x)", other
+
+    join_minimum, leave_minimum = 1 / (servers + 1), 1 / servers
+    return [
+        row(
+            "moved on join, hash only", _moved_fraction(base, joined),
+            _moved_fraction(ketama_base, ketama_joined), join_minimum,
+        ),
+        row(
+            "moved on leave, hash only", _moved_fraction(base, left),
+            _moved_fraction(ketama_base, ketama_left), leave_minimum,
+        ),
+        row("moved on join, bounded loads", bounded_join, None, join_minimum),
+        row("moved on leave, bounded loads", bounded_leave, None, leave_minimum),
+    ]  # fmt: skip
+
+
+def _primary_moves(before: ShardMap, after: ShardMap) -> float:
+    diff = before.diff(after)
+    moved = sum(1 for move in diff.moved if move.source.primary != move.target.primary)
+    return moved / (len(diff.moved) + diff.unchanged_count)
+
+
+def _loads(
+    shard_map: ShardMap, ketama: HashRing, keys: list[PartKey]
+) -> list[tuple[str, str, str]]:
+    mean = len(keys) / len(shard_map.primary_loads())
+    bounded = max(shard_map.primary_loads().values()) / mean
+    layout = build_layout(
+        [entry.server_id for entry in shard_map.servers],
+        [1000] * len(shard_map.servers),
+        shard_map.config,
+    )
+    unbounded = max(Counter(layout.first(key.key_hash) for key in keys).values()) / mean
+    ketama_max = max(Counter(_ketama_owners(ketama, [_ketama_key(key) for key in keys])).values())
+    epsilon = shard_map.config.load_epsilon
+    return [
+        ("max/mean primaries, bounded loads", f"{bounded:.4f} (bound {1 + epsilon:.2f})", "-"),
+        ("max/mean primaries, hash only", f"{unbounded:.4f}", f"{ketama_max / mean:.4f}"),
+    ]  # fmt: skip
+
+
+def _override_memory(keys: list[PartKey], servers: int) -> tuple[str, str, str]:
+    ids = _server_ids(servers)
+    rng = random.Random(5)
+    sample = keys[:_OVERRIDES]
+    chosen = [rng.sample(ids, 3) for _ in sample]
+    strings = [_ketama_key(key) for key in sample]
+    # Both sides store the same facts (a primary and two replicas per key) the way they keep them
+    # (the map stores an override as a tuple of its own server-id strings and builds the Placement
+    # on lookup); the objects that hold them are created inside the traced region, the keys and
+    # server ids exist beforehand on both sides.
+    gc.collect()
+    tracemalloc.start()
+    writer = new_override_index().writer()
+    for key, servers_of in zip(sample, chosen, strict=True):
+        writer.put(key.key_hash, (*servers_of,))
+    index = writer.freeze()
+    ours = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    gc.collect()
+    tracemalloc.start()
+    pinned = {string: (*servers_of,) for string, servers_of in zip(strings, chosen, strict=True)}
+    theirs = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(index) == len(pinned) == len(sample)
+    return (
+        "bytes per override entry",
+        f"{ours / len(sample):.0f} (hash -> server tuple)",
+        f"{theirs / len(sample):.0f} (dict str -> 3-tuple beside it)",
+    )
+
+
+def _map_memory(size: Size) -> tuple[str, str, str]:
+    gc.collect()
+    tracemalloc.start()
+    keys = _keys(size.memory_keys, seed=9)
+    shard_map = ShardMap.build(
+        config=PlacementConfig(), version=1, servers=_servers(size.servers), parts=keys
+    )
+    held = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(shard_map) == len(keys)
+    return (
+        f"bytes per part key ({size.memory_keys:,} parts)",
+        f"{held / len(keys):.0f} (keys, index, engine)",
+        "-",
+    )
+
+
+def _manager_costs(shard_map: ShardMap, keys: list[PartKey], size: Size) -> list[str]:
+    join_s, joined = _timed(
+        lambda: shard_map.apply(
+            shard_map.join_server(server_id="server-extra", address="h:1", zone="zone-1")
+        )
+    )
+    assert isinstance(joined, ShardMap)
+    diff_s, _ = _timed(lambda: shard_map.diff(joined))
+    rng = random.Random(8)
+    sessions = [new_session_id(now_ms=index, rng=rng) for index in range(300)]
+    current = shard_map
+
+    def open_sessions() -> ShardMap:
+        nonlocal current
+        for session_id in sessions:
+            current = current.apply(current.add_session_parts(session_id, _PARTS))
+        return current
+
+    add_s, _ = _timed(open_sessions)
+    encode_s, encoded = _timed(shard_map.encode)
+    assert isinstance(encoded, bytes)
+    return [
+        f"join (rebuild of {len(keys):,} parts):   {join_s * 1000:,.0f} ms",
+        f"diff across that join:               {diff_s * 1000:,.0f} ms",
+        f"open-session delta (3 parts):        {add_s / len(sessions) * 1e6:,.0f} us",
+        f"encode whole map:                    {encode_s * 1000:,.0f} ms, {len(encoded):,} bytes",
+    ]
+
+
+def _strategies(size: Size) -> list[str]:
+    ids = _server_ids(size.strategy_servers)
+    hashes = [key.key_hash for key in _keys(size.strategy_keys, seed=3)]
+    lines = [
+        f"{'strategy':<12} {'lookups/s':>12} {'join x min':>11} {'leave x min':>12} {'max/mean':>9}"
+    ]
+    for name in ("ring", "maglev", "rendezvous"):
+        config = PlacementConfig(strategy=name)
+        layout = build_layout(ids, [1000] * len(ids), config)
+        rate_s, _ = _timed(lambda layout=layout: [layout.first(h) for h in hashes])  # type: ignore[misc]
+        base = [ids[layout.first(h)] for h in hashes]
+        joined = _hash_owners([*ids, "server-new"], config, hashes)
+        left = _hash_owners(ids[1:], config, hashes)
+        counts = Counter(base)
+        join_x = _moved_fraction(base, joined) * (len(ids) + 1)
+        leave_x = _moved_fraction(base, left) * len(ids)
+        max_mean = max(counts.values()) / (len(hashes) / len(ids))
+        lines.append(
+            f"{name:<12} {len(hashes) / rate_s:>12,.0f} {join_x:>11.3f} {leave_x:>12.3f} "
+            f"{max_mean:>9.3f}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the benchmark and print its tables."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100 servers, 50,000 keys")
+    size = QUICK if parser.parse_args(argv).quick else FULL
+    print(f"placement: {size.servers:,} servers, {size.keys:,} part keys, {_ZONES} zones")
+    keys = _keys(size.keys)
+    build_s, built = _timed(
+        lambda: ShardMap.build(
+            config=PlacementConfig(), version=1, servers=_servers(size.servers), parts=keys
+        )
+    )
+    assert isinstance(built, ShardMap)
+    ketama = HashRing(nodes=_server_ids(size.servers), hash_fn="ketama")
+    print(f"build: {build_s:.2f} s for {len(keys):,} parts")
+    print()
+    print_comparisons("lookups", _rates(built, ketama, keys))
+    print()
+    rows = [
+        *_movement(built, ketama, keys, size.servers),
+        *_loads(built, ketama, keys),
+        _override_memory(keys, size.servers),
+        _map_memory(size),
+    ]
+    print(f"{'measure':<36} {'forehand':>30} {'uhashring ketama':>36}")
+    print("-" * 104)
+    for name, ours, theirs in rows:
+        print(f"{name:<36} {ours:>30} {theirs:>36}")
+    print()
+    print("manager costs")
+    for line in _manager_costs(built, keys, size):
+        print(f"  {line}")
+    print()
+    print(f"strategies ({size.strategy_servers} servers, {size.strategy_keys:,} keys, hash only)")
+    for line in _strategies(size):
+        print(f"  {line}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""The placement benchmark runs end to end in quick mode and prints every table."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+_BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench_placement.py"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs() -> None:
+    """`bench_placement.py --quick` exits cleanly and reports lookups, movement, loads, memory."""
+    completed = subprocess.run(
+        [sys.executable, str(_BENCHMARK), "--quick"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=240,
+    )
+    for expected in (
+        "primary lookup",
+        "uhashring ketama get_node",
+        "moved on join, hash only",
+        "max/mean primaries, bounded loads",
+        "bytes per override entry",
+        "strategies",
+    ):
+        assert expected in completed.stdout
