@@ -35,11 +35,9 @@ from forehand.wire import (
     ResumeRejectReason,
     Welcome,
     WireConfig,
-    decode_body,
-    decode_frame,
-    encode_frame,
     encode_varint,
 )
+from forehand.wire._implementation import Codec
 
 SESSION = bytes(range(16))
 HERE = Endpoint(server_id="edge-1", host="10.0.0.1", port=4433)
@@ -83,28 +81,30 @@ def handoff(**changes: object) -> Handoff:
     return Handoff(**fields)  # type: ignore[arg-type]
 
 
-def assert_remote_error(data: bytes, code: ErrorCode = ErrorCode.FRAME_ENCODING_ERROR) -> None:
+def assert_remote_error(
+    codec: Codec, data: bytes, code: ErrorCode = ErrorCode.FRAME_ENCODING_ERROR
+) -> None:
     """Decoding `data` fails with the given wire error code."""
     with pytest.raises(RemoteProtocolError) as caught:
-        decode_frame(data)
+        codec.decode_frame(data)
     assert caught.value.error_code == code
 
 
-def test_request_layout_is_the_documented_fixed_head() -> None:
+def test_request_layout_is_the_documented_fixed_head(codec: Codec) -> None:
     """REQUEST: session_id, request_id u64, map_version u64, two 8-bit lengths, names, payload."""
-    encoded = encode_frame(request())
+    encoded = codec.encode_frame(request())
     body = SESSION + struct.pack(">QQBB", 7, 3, 4, 3) + b"cartadd{}"
     assert encoded == bytes([0x10, len(body)]) + body
 
 
-def test_trailing_bytes_are_malformed() -> None:
+def test_trailing_bytes_are_malformed(codec: Codec) -> None:
     """A body longer than its fields is an error, not silently ignored."""
     for frame in (handoff(), GoAway(map_version=1, reason=ReasonCode.SCALE_IN, last_request_id=4)):
-        encoded = encode_frame(frame)
-        assert_remote_error(framed(encoded[0], encoded[2:] + b"\x00"))
+        encoded = codec.encode_frame(frame)
+        assert_remote_error(codec, framed(encoded[0], encoded[2:] + b"\x00"))
 
 
-def test_truncated_bodies_are_malformed() -> None:
+def test_truncated_bodies_are_malformed(codec: Codec) -> None:
     """Every proper prefix of a body is rejected (lengths are re-framed to match)."""
     frames: list[Frame] = [
         handoff(extensions=(Extension(5, b"ab"),)),
@@ -112,46 +112,46 @@ def test_truncated_bodies_are_malformed() -> None:
         Ping(sequence=1, sent_us=2, telemetry=(PathSample("edge-1", rtt_us=900),)),
     ]
     for frame in frames:
-        encoded = encode_frame(frame)
+        encoded = codec.encode_frame(frame)
         body = encoded[2:]
         for size in range(len(body)):
-            assert_remote_error(framed(encoded[0], body[:size]))
+            assert_remote_error(codec, framed(encoded[0], body[:size]))
 
 
-def test_frame_length_must_match_the_data() -> None:
+def test_frame_length_must_match_the_data(codec: Codec) -> None:
     """decode_frame wants exactly one frame."""
-    encoded = encode_frame(request())
-    assert_remote_error(encoded + b"\x00")
-    assert_remote_error(encoded[:-1])
-    assert_remote_error(b"")
+    encoded = codec.encode_frame(request())
+    assert_remote_error(codec, encoded + b"\x00")
+    assert_remote_error(codec, encoded[:-1])
+    assert_remote_error(codec, b"")
 
 
-def test_oversize_frame_is_frame_too_large() -> None:
+def test_oversize_frame_is_frame_too_large(codec: Codec) -> None:
     """A length over frame_bytes_max is refused from the header alone."""
     header = encode_varint(FrameType.REQUEST) + encode_varint(WireConfig().frame_bytes_max + 1)
-    assert_remote_error(header, ErrorCode.FRAME_TOO_LARGE)
+    assert_remote_error(codec, header, ErrorCode.FRAME_TOO_LARGE)
 
 
-def test_unknown_frame_type_in_decode_frame() -> None:
+def test_unknown_frame_type_in_decode_frame(codec: Codec) -> None:
     """decode_frame knows no frame type 0x3f and no extension types."""
-    assert_remote_error(framed(0x3F, b""), ErrorCode.UNKNOWN_FRAME_TYPE)
-    assert_remote_error(framed(0x9D, b""), ErrorCode.UNKNOWN_FRAME_TYPE)
+    assert_remote_error(codec, framed(0x3F, b""), ErrorCode.UNKNOWN_FRAME_TYPE)
+    assert_remote_error(codec, framed(0x9D, b""), ErrorCode.UNKNOWN_FRAME_TYPE)
 
 
-def test_non_shortest_frame_type_is_malformed() -> None:
+def test_non_shortest_frame_type_is_malformed(codec: Codec) -> None:
     """Frame types use the shortest varint, as in RFC 9000 s.12.4."""
-    assert_remote_error(b"\x40\x0a" + bytes([16]) + SESSION)
+    assert_remote_error(codec, b"\x40\x0a" + bytes([16]) + SESSION)
 
 
-def test_request_rejects_out_of_range_fields() -> None:
+def test_request_rejects_out_of_range_fields(codec: Codec) -> None:
     """62-bit ids, non-empty bounded names, valid UTF-8."""
-    base = bytearray(encode_frame(request()))
+    base = bytearray(codec.encode_frame(request()))
     too_big = bytearray(base)
     too_big[18:26] = struct.pack(">Q", VARINT_MAX + 1)
-    assert_remote_error(bytes(too_big))
-    assert_remote_error(framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 0, 1) + b"x"))
-    assert_remote_error(framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 1, 1) + b"\xffx"))
-    assert_remote_error(framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 4, 1) + b"ab"))
+    assert_remote_error(codec, bytes(too_big))
+    assert_remote_error(codec, framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 0, 1) + b"x"))
+    assert_remote_error(codec, framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 1, 1) + b"\xffx"))
+    assert_remote_error(codec, framed(0x10, SESSION + struct.pack(">QQBB", 1, 1, 4, 1) + b"ab"))
 
 
 @pytest.mark.parametrize(
@@ -180,68 +180,68 @@ def test_request_rejects_out_of_range_fields() -> None:
     ],
     ids=lambda frame: type(frame).__name__,
 )
-def test_encoder_refuses_invalid_frames(frame: Frame) -> None:
+def test_encoder_refuses_invalid_frames(codec: Codec, frame: Frame) -> None:
     """A frame the protocol cannot carry is the caller's LocalProtocolError."""
     with pytest.raises(LocalProtocolError):
-        encode_frame(frame)
+        codec.encode_frame(frame)
 
 
-def test_encode_frame_refuses_non_frames() -> None:
+def test_encode_frame_refuses_non_frames(codec: Codec) -> None:
     """Only frame classes encode."""
     with pytest.raises(LocalProtocolError):
-        encode_frame(HERE)  # type: ignore[arg-type]
+        codec.encode_frame(HERE)  # type: ignore[arg-type]
 
 
-def test_unknown_reason_codes_mean_unspecified() -> None:
+def test_unknown_reason_codes_mean_unspecified(codec: Codec) -> None:
     """Greased, private and unassigned reason codes decode as UNSPECIFIED."""
     for wire_value in (0x21, 0x3F, 0xFF05):
         body = encode_varint(4) + struct.pack(">H", wire_value) + encode_varint(2)
-        decoded = decode_frame(framed(FrameType.GOAWAY, body))
+        decoded = codec.decode_frame(framed(FrameType.GOAWAY, body))
         assert decoded == GoAway(map_version=4, reason=ReasonCode.UNSPECIFIED, last_request_id=2)
-    encoded = bytearray(encode_frame(handoff()))
+    encoded = bytearray(codec.encode_frame(handoff()))
     assert encoded[1] >> 6 == 1  # a two-byte length: the body starts at offset 3
     reason_at = 3 + 16 + 8 + 8
     assert encoded[reason_at : reason_at + 2] == struct.pack(">H", ReasonCode.REBALANCE)
     encoded[reason_at : reason_at + 2] = struct.pack(">H", 0x5F)
-    decoded_handoff = decode_frame(bytes(encoded))
+    decoded_handoff = codec.decode_frame(bytes(encoded))
     assert isinstance(decoded_handoff, Handoff)
     assert decoded_handoff.reason is ReasonCode.UNSPECIFIED
 
 
-def test_unknown_handoff_flags_are_kept() -> None:
+def test_unknown_handoff_flags_are_kept(codec: Codec) -> None:
     """Flag bits this version does not define survive decoding, to be ignored by the client."""
     frame = handoff(flags=HandoffFlag.URGENT | HandoffFlag(0x8000))
-    decoded = decode_frame(encode_frame(frame))
+    decoded = codec.decode_frame(codec.encode_frame(frame))
     assert isinstance(decoded, Handoff)
     assert decoded.flags & HandoffFlag.URGENT
     assert int(decoded.flags) == 0x8001
 
 
-def test_unknown_extensions_are_preserved_in_order() -> None:
+def test_unknown_extensions_are_preserved_in_order(codec: Codec) -> None:
     """TLV extensions round-trip whatever their type."""
     extensions = (Extension(0x3F00, b"private"), Extension(0x21, b""), Extension(1, b"\x00"))
-    decoded = decode_frame(encode_frame(handoff(extensions=extensions)))
+    decoded = codec.decode_frame(codec.encode_frame(handoff(extensions=extensions)))
     assert isinstance(decoded, Handoff)
     assert decoded.extensions == extensions
 
 
-def test_unknown_error_codes_mean_protocol_error() -> None:
+def test_unknown_error_codes_mean_protocol_error(codec: Codec) -> None:
     """An ERROR with a code this version does not know is a PROTOCOL_ERROR."""
-    decoded = decode_frame(framed(FrameType.ERROR, encode_varint(0x1234) + b"\x02hi"))
+    decoded = codec.decode_frame(framed(FrameType.ERROR, encode_varint(0x1234) + b"\x02hi"))
     assert decoded == Error(code=ErrorCode.PROTOCOL_ERROR, reason="hi")
 
 
-def test_unknown_resume_reject_reason_means_unspecified() -> None:
+def test_unknown_resume_reject_reason_means_unspecified(codec: Codec) -> None:
     """RESUME_REJECT reasons fall back like reason codes."""
     body = SESSION + encode_varint(0x30) + b"\x00"
-    decoded = decode_frame(framed(FrameType.RESUME_REJECT, body))
+    decoded = codec.decode_frame(framed(FrameType.RESUME_REJECT, body))
     assert decoded == ResumeReject(session_id=SESSION, reason=ResumeRejectReason.UNSPECIFIED)
 
 
-def test_unknown_status_and_state_are_errors() -> None:
+def test_unknown_status_and_state_are_errors(codec: Codec) -> None:
     """RESPONSE status and HANDOFF_STATUS state have no fallback: unknown is malformed."""
     response = bytearray(
-        encode_frame(
+        codec.encode_frame(
             Response(
                 request_id=1,
                 session_id=SESSION,
@@ -252,57 +252,57 @@ def test_unknown_status_and_state_are_errors() -> None:
         )
     )
     response[-1] = 0x7F
-    assert_remote_error(bytes(response))
-    status = encode_frame(
+    assert_remote_error(codec, bytes(response))
+    status = codec.encode_frame(
         HandoffStatus(sequence=1, session_id=SESSION, state=HandoffState.ACCEPTED, detail_code=0)
     )
-    assert_remote_error(status[:-2] + b"\x09" + status[-1:])
+    assert_remote_error(codec, status[:-2] + b"\x09" + status[-1:])
 
 
-def test_telemetry_skips_unknown_metrics_and_wants_ascending_ids() -> None:
+def test_telemetry_skips_unknown_metrics_and_wants_ascending_ids(codec: Codec) -> None:
     """Unknown metric ids are skipped; repeated or descending ids are malformed."""
     sample = b"\x02s1" + b"\x03" + b"\x01\x05" + b"\x07\x09" + b"\x09\x01"
-    decoded = decode_frame(framed(FrameType.PING, b"\x01\x02\x01" + sample))
+    decoded = codec.decode_frame(framed(FrameType.PING, b"\x01\x02\x01" + sample))
     assert decoded == Ping(sequence=1, sent_us=2, telemetry=(PathSample("s1", rtt_us=5),))
     descending = b"\x02s1" + b"\x02" + b"\x02\x05" + b"\x01\x09"
-    assert_remote_error(framed(FrameType.PING, b"\x01\x02\x01" + descending))
+    assert_remote_error(codec, framed(FrameType.PING, b"\x01\x02\x01" + descending))
 
 
-def test_duplicate_part_names_are_malformed() -> None:
+def test_duplicate_part_names_are_malformed(codec: Codec) -> None:
     """A list of parts names each part once."""
-    assert_remote_error(framed(FrameType.OPEN_SESSION, b"\x01\x02\x01a\x01a"))
+    assert_remote_error(codec, framed(FrameType.OPEN_SESSION, b"\x01\x02\x01a\x01a"))
 
 
-def test_welcome_below_the_frame_size_floor_is_malformed() -> None:
+def test_welcome_below_the_frame_size_floor_is_malformed(codec: Codec) -> None:
     """No endpoint may advertise less than 16 KiB."""
     body = b"\x01" + b"\x01s" + b"\x01" + encode_varint(1024) + b"\x01"
-    assert_remote_error(framed(FrameType.WELCOME, body))
+    assert_remote_error(codec, framed(FrameType.WELCOME, body))
 
 
-def test_map_update_base_must_precede_version() -> None:
+def test_map_update_base_must_precede_version(codec: Codec) -> None:
     """A delta applies to an older version."""
-    assert_remote_error(framed(FrameType.MAP_UPDATE, b"\x05\x05\x01"))
+    assert_remote_error(codec, framed(FrameType.MAP_UPDATE, b"\x05\x05\x01"))
 
 
-def test_cluster_message_body_is_opaque() -> None:
+def test_cluster_message_body_is_opaque(codec: Codec) -> None:
     """The cluster frame carries a kind and the rest of the body untouched."""
     frame = ClusterMessage(kind=300, body=b"\x93\x01\x02\x03")
-    assert decode_frame(encode_frame(frame)) == frame
-    assert encode_frame(frame)[0] == 0x40
+    assert codec.decode_frame(codec.encode_frame(frame)) == frame
+    assert codec.encode_frame(frame)[0] == 0x40
 
 
-def test_decode_body_reports_unknown_types() -> None:
+def test_decode_body_reports_unknown_types(codec: Codec) -> None:
     """decode_body refuses a type with no decoder."""
     with pytest.raises(RemoteProtocolError) as caught:
-        decode_body(0x3E, b"")
+        codec.decode_body(0x3E, b"")
     assert caught.value.error_code == ErrorCode.UNKNOWN_FRAME_TYPE
 
 
-def test_config_bounds_apply_to_decoding() -> None:
+def test_config_bounds_apply_to_decoding(codec: Codec) -> None:
     """A tighter WireConfig tightens what is accepted."""
     config = WireConfig(part_name_bytes_max=2)
-    encoded = encode_frame(request(part="cart"))
+    encoded = codec.encode_frame(request(part="cart"))
     with pytest.raises(RemoteProtocolError):
-        decode_frame(encoded, config=config)
+        codec.decode_frame(encoded, config=config)
     with pytest.raises(LocalProtocolError):
-        encode_frame(request(part="cart"), config=config)
+        codec.encode_frame(request(part="cart"), config=config)

@@ -29,6 +29,9 @@ from forehand.wire import (
     is_greased,
 )
 
+# Every test runs once per codec: the fixture makes FrameDecoder decode bodies with it.
+pytestmark = pytest.mark.usefixtures("codec")
+
 SESSION = bytes(range(16))
 REQUEST = Request(
     request_id=1, session_id=SESSION, part="cart", op="add", map_version=2, payload=b"x" * 200

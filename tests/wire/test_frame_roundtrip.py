@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forehand.wire import (
@@ -44,10 +44,9 @@ from forehand.wire import (
     ResumeRejectReason,
     SessionOpened,
     Welcome,
-    decode_frame,
-    encode_frame,
 )
 from forehand.wire._frames import FRAME_CLASSES
+from forehand.wire._implementation import Codec
 
 varints = st.integers(0, VARINT_MAX)
 ids = st.binary(min_size=16, max_size=16)
@@ -205,7 +204,13 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
 frames: st.SearchStrategy[Frame] = st.one_of(*FRAME_STRATEGIES.values())
 """Any frame."""
 
-ROUND_TRIP = settings(max_examples=60, deadline=None, derandomize=True)
+# The codec fixture is function-scoped but constant across examples, so reusing it is sound.
+ROUND_TRIP = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 def test_every_frame_class_has_a_strategy() -> None:
@@ -221,21 +226,23 @@ FRAME_CLASS_LIST = sorted(FRAME_STRATEGIES, key=lambda cls: cls.__name__)
 )
 @ROUND_TRIP
 @given(data=st.data())
-def test_frame_round_trips(frame_class: type[Frame], data: st.DataObject) -> None:
+def test_frame_round_trips(codec: Codec, frame_class: type[Frame], data: st.DataObject) -> None:
     """decode_frame(encode_frame(f)) == f and the encoding is canonical (re-encodes identically)."""
     frame = data.draw(FRAME_STRATEGIES[frame_class])
-    encoded = encode_frame(frame)
-    decoded = decode_frame(encoded)
+    encoded = codec.encode_frame(frame)
+    decoded = codec.decode_frame(encoded)
     assert decoded == frame
     assert type(decoded) is frame_class
-    assert encode_frame(decoded) == encoded
+    assert codec.encode_frame(decoded) == encoded
 
 
 @ROUND_TRIP
 @given(batch=st.lists(frames, min_size=1, max_size=6), data=st.data())
-def test_stream_of_frames_survives_any_chunking(batch: list[Frame], data: st.DataObject) -> None:
+def test_stream_of_frames_survives_any_chunking(
+    codec: Codec, batch: list[Frame], data: st.DataObject
+) -> None:
     """A FrameDecoder returns the same frames however the stream is cut into chunks."""
-    stream = b"".join(encode_frame(frame) for frame in batch)
+    stream = b"".join(codec.encode_frame(frame) for frame in batch)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
     decoder = FrameDecoder(sender=None)
     received: list[Frame] = []

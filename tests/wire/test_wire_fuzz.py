@@ -1,11 +1,12 @@
 """Fuzzing: random and mutated byte streams only ever raise RemoteProtocolError, stay bounded.
 
-Over 10,000 inputs from one seed: pure noise, and valid streams of every frame type mutated by
-bit flips, overwrites, insertions, deletions, truncations and forged length prefixes. Each is fed
-to a FrameDecoder in random chunks. The decoder may return frames or raise RemoteProtocolError;
-anything else fails the test. After draining, it never holds more than frame_bytes_max plus a
-header; once it has raised, it raises on every later call and yields nothing more. Every frame
-it does return encodes again and decodes to itself, so decoding accepts nothing encoding refuses.
+Over 10,000 inputs from one seed, once per codec implementation (pure Python, then C): pure
+noise, and valid streams of every frame type mutated by bit flips, overwrites, insertions,
+deletions, truncations and forged length prefixes. Each is fed to a FrameDecoder in random
+chunks. The decoder may return frames or raise RemoteProtocolError; anything else fails the
+test. After draining, it never holds more than frame_bytes_max plus a header; once it has
+raised, it raises on every later call and yields nothing more. Every frame it does return
+encodes again and decodes to itself, so decoding accepts nothing encoding refuses.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ from forehand.wire import (
     SessionOpened,
     Welcome,
     WireConfig,
-    decode_frame,
     encode_frame,
     encode_varint,
     grease_frame,
 )
+from forehand.wire._implementation import Codec
 
 SEED = 20_240_611
 RANDOM_INPUTS = 3_000
@@ -180,33 +181,33 @@ def feed(data: bytes, rng: random.Random) -> tuple[list[Frame], bool]:
     return frames, False
 
 
-def check_input(data: bytes, rng: random.Random) -> bool:
+def check_input(codec: Codec, data: bytes, rng: random.Random) -> bool:
     """Run one input through both entry points; return whether the stream was rejected."""
     frames, rejected = feed(data, rng)
     for frame in frames:
-        assert decode_frame(encode_frame(frame, config=CONFIG), config=CONFIG) == frame
+        assert codec.decode_frame(codec.encode_frame(frame, config=CONFIG), config=CONFIG) == frame
     with contextlib.suppress(RemoteProtocolError):
-        decode_frame(data, config=CONFIG)
+        codec.decode_frame(data, config=CONFIG)
     return rejected
 
 
-def test_fuzzed_streams_only_raise_remote_protocol_errors() -> None:
+def test_fuzzed_streams_only_raise_remote_protocol_errors(codec: Codec) -> None:
     """10,500 random and mutated inputs; both rejected and accepted streams are exercised."""
     rng = random.Random(SEED)
     outcomes = {True: 0, False: 0}
     for _ in range(RANDOM_INPUTS):
         noise = rng.randbytes(rng.randrange(0, 300))
-        outcomes[check_input(noise, rng)] += 1
+        outcomes[check_input(codec, noise, rng)] += 1
     for _ in range(MUTATED_INPUTS):
-        outcomes[check_input(mutated_stream(rng), rng)] += 1
+        outcomes[check_input(codec, mutated_stream(rng), rng)] += 1
     assert sum(outcomes.values()) >= 10_000
     # Both paths must be exercised, or the fuzzer is not testing what it claims.
     assert outcomes[True] > 1_000
     assert outcomes[False] > 100
 
 
-def test_valid_samples_cover_every_frame_type() -> None:
+def test_valid_samples_cover_every_frame_type(codec: Codec) -> None:
     """The mutation corpus starts from every frame type, and each sample decodes as itself."""
     assert len({type(frame) for frame in SAMPLES}) == 20
     for frame, encoded in zip(SAMPLES, ENCODED, strict=True):
-        assert decode_frame(encoded, config=CONFIG) == frame
+        assert codec.decode_frame(encoded, config=CONFIG) == frame
