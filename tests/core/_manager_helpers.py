@@ -26,7 +26,13 @@ from forehand.core.messages import (
 )
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap
-from forehand.stores import MemoryStore
+from forehand.stores import (
+    DeltaCommitRequested,
+    MapLoadRequested,
+    MemoryStore,
+    SnapshotSaveRequested,
+    StoreResult,
+)
 from forehand.wire import OpenSession, SessionOpened
 
 if TYPE_CHECKING:
@@ -41,6 +47,12 @@ CLUSTER_KEY = bytes(range(32))
 IDLE = LoadReport(
     cpu_utilization=0.1, queue_depth=0, latency_us_p99=1_000, error_ratio=0.0, requests_per_second=1
 )
+
+
+def execute(store: MemoryStore, request: object) -> StoreResult:
+    """Run a store request a core emitted (typed `object` by the driver shape)."""
+    assert isinstance(request, MapLoadRequested | DeltaCommitRequested | SnapshotSaveRequested)
+    return store.execute(request)
 
 
 def sealer(seed: int = 1) -> TokenSealer:
@@ -99,13 +111,17 @@ class ManagerHarness:
             now_us=0,
             risk_policy=risk_policy,
         )
-        self.router.store_executors[MANAGER] = self.store.execute
+        self.router.store_executors[MANAGER] = self.execute
         self.router.add(self.manager)
         self.router.run()
         self.sequences: dict[str, int] = {}
         self.incarnations: dict[str, int] = {}
         self.loads: dict[str, LoadReport] = {}
         self.next_request_id = 1
+
+    def execute(self, request: object) -> object:
+        """Run one of the manager's store requests on the memory store."""
+        return execute(self.store, request)
 
     # The servers' part.
 

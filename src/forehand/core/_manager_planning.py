@@ -116,23 +116,29 @@ class Stabilized:
         """Live primaries the change still moves (servers hand them off implicitly)."""
 
 
-def _pin_for(current: ShardMap, candidate: ShardMap, source: Placement) -> Placement | None:
+def _pin_for(candidate: ShardMap, source: Placement, target: Placement) -> Placement | None:
+    """The old placement of a part the change would move, topped up from the new one."""
     servers = {entry.server_id: entry.state for entry in candidate.servers}
     if servers.get(source.primary) in (None, ServerState.DEAD):
         return None
-    replicas = tuple(
-        server_id
-        for server_id in source.replicas
-        if servers.get(server_id) not in (None, ServerState.DEAD)
+    replicas: list[str] = []
+    for server_id in (*source.replicas, *target.servers):
+        if (
+            server_id != source.primary
+            and server_id not in replicas
+            and servers.get(server_id) not in (None, ServerState.DEAD)
+        ):
+            replicas.append(server_id)
+    return Placement(
+        primary=source.primary, replicas=tuple(replicas[: candidate.config.replica_count])
     )
-    return Placement(primary=source.primary, replicas=replicas[: current.config.replica_count])
 
 
 def _unintended(
     current: ShardMap, candidate: ShardMap, intended: Callable[[PartKey], bool]
-) -> list[tuple[PartKey, Placement]]:
+) -> list[tuple[PartKey, Placement, Placement]]:
     return [
-        (moved.key, moved.source)
+        (moved.key, moved.source, moved.target)
         for moved in current.diff(candidate).moved
         if moved.source.primary != moved.target.primary and not intended(moved.key)
     ]
@@ -159,11 +165,11 @@ def stabilize(
         moves = _unintended(current, candidate, intended)
         if best is not None and len(moves) >= len(best.implicit_moves):
             break
-        best = Stabilized(delta, candidate, tuple(sorted(pins)), tuple(key for key, _ in moves))
+        best = Stabilized(delta, candidate, tuple(sorted(pins)), tuple(m[0] for m in moves))
         fresh = {
             key: override(key, pin)
-            for key, source in moves
-            if key not in pins and (pin := _pin_for(current, candidate, source)) is not None
+            for key, source, target in moves
+            if key not in pins and (pin := _pin_for(candidate, source, target)) is not None
         }
         if not fresh:
             break

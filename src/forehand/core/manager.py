@@ -307,7 +307,7 @@ class ManagerCore:
             self._pipeline.deadline_us(),
             self._orchestrator.next_timer_us() if self.shard_map is not None else None,
             min(self._join_retry_us.values(), default=None),
-            self._drain_due_us if self._drains else None,
+            self._drain_due_us if self._drains and not self._holding() else None,
         ]
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING:

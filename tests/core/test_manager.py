@@ -1,0 +1,501 @@
+"""Tests of ManagerCore: start-up, membership, the commit pipeline, map distribution, sessions."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._client_map import CLIENT_PLACEMENTS_ENCODING, decode_client_placements
+from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._manager_events import (
+    DeathCause,
+    MapChange,
+    MapCommitRejected,
+    MapCommitted,
+    MapLoaded,
+    ServerDeclaredDead,
+    ServerJoined,
+    ServerSuspected,
+    SessionRegistered,
+)
+from forehand.core._membership import MemberState
+from forehand.core.manager import ManagerCore
+from forehand.core.messages import MapPublished, MapRequested, ServerAnnounced
+from forehand.placement import MAP_ENCODING, PartKey, PlacementConfig, ShardMap
+from forehand.stores import (
+    DeltaCommitRequested,
+    DeltaRejected,
+    MapLoadRequested,
+    MemoryStore,
+    RejectionReason,
+    SnapshotSaveRequested,
+    StoreFailed,
+)
+from forehand.stores import (
+    MapLoaded as StoreMapLoaded,
+)
+from forehand.wire import (
+    Credential,
+    Error,
+    ErrorCode,
+    Hello,
+    MapRequest,
+    MapUpdate,
+    OpenSession,
+    Ping,
+    Pong,
+    SessionOpened,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import (
+        MANAGER,
+        ManagerHarness,
+        execute,
+        manager_config,
+        sealer,
+    )
+else:
+    from _manager_helpers import MANAGER, ManagerHarness, execute, manager_config, sealer
+
+SERVERS = ("s1", "s2", "s3")
+
+
+def bare_manager(**overrides: object) -> ManagerCore:
+    """A manager driven by hand, without a router or a store executor."""
+    return ManagerCore(
+        config=manager_config(**overrides),
+        placement_config=PlacementConfig(replica_count=2),
+        sealer=sealer(),
+        rng=random.Random(5),
+        now_us=0,
+    )
+
+
+def announce(server_id: str, incarnation: int = 1) -> ServerAnnounced:
+    return ServerAnnounced(
+        server_id=server_id, incarnation=incarnation, address=f"{server_id}:1", zone="z", weight=1.0
+    )
+
+
+def run_store(core: ManagerCore, store: MemoryStore) -> int:
+    """Execute every pending store request of `core` on `store`; how many ran."""
+    ran = 0
+    while requests := core.store_requests():
+        for request in requests:
+            core.store_result(execute(store, request), now_us=0)
+            ran += 1
+    return ran
+
+
+# Start-up.
+
+
+def test_start_up_asks_the_store_for_the_map_first() -> None:
+    """The very first output is a map load request, before any input."""
+    core = bare_manager()
+    (request,) = core.store_requests()
+    assert isinstance(request, MapLoadRequested)
+    assert core.shard_map is None and core.map_version == 0
+
+
+def test_nothing_commits_before_the_map_is_loaded() -> None:
+    """A server announced before the load waits; its join commits right after the load."""
+    core = bare_manager()
+    (load,) = core.store_requests()
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    assert core.store_requests() == []
+    assert core.messages_to_send() == []
+    store = MemoryStore()
+    core.store_result(execute(store, load), now_us=1)
+    (commit,) = core.store_requests()
+    assert isinstance(commit, DeltaCommitRequested) and commit.base_version == 0
+    core.store_result(execute(store, commit), now_us=2)
+    assert core.map_version == 1
+    published = [o.message for o in core.messages_to_send() if o.destination == "s1"]
+    assert core.shard_map is not None
+    assert published == [MapPublished(map_version=1, base_version=0, body=core.shard_map.encode())]
+
+
+def test_a_new_manager_resumes_from_the_stored_map() -> None:
+    """A manager started on a store with history restores its servers as members."""
+    first = ManagerHarness()
+    first.join(*SERVERS)
+    first.open_session()
+    second = ManagerHarness(store=first.store)
+    (loaded,) = second.events(MapLoaded)
+    assert loaded.map_version == first.map.version == 4
+    assert loaded.servers == 3 and loaded.parts == 2
+    assert second.manager.membership.live_ids() == list(SERVERS)
+    # The restored members get the whole map at once.
+    assert second.take("s2", MapPublished)[-1].map_version == 4
+
+
+def test_a_restored_member_learns_its_incarnation_from_its_first_heartbeat() -> None:
+    """After a manager restart a heartbeat names the incarnation; a later announce is a restart."""
+    first = ManagerHarness()
+    first.join(*SERVERS)
+    second = ManagerHarness(store=first.store)
+    second.incarnations["s1"] = 4
+    second.heartbeat("s1")
+    member = second.manager.membership.get("s1")
+    assert member is not None and member.incarnation == 4
+    second.announce("s1", incarnation=5)
+    (dead,) = second.events(ServerDeclaredDead)
+    assert dead.cause is DeathCause.RESTARTED
+
+
+# Membership.
+
+
+def test_a_join_is_committed_then_published_whole_to_the_new_server() -> None:
+    """ServerAnnounced -> join delta -> committed -> the new server gets the whole map."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    (joined,) = harness.events(ServerJoined)
+    assert (joined.server_id, joined.incarnation, joined.map_version) == ("s1", 1, 1)
+    (committed,) = harness.events(MapCommitted)
+    assert committed.change is MapChange.SERVER_JOINED and committed.servers == ("s1",)
+    (whole,) = harness.take("s1", MapPublished)
+    assert whole.base_version == 0 and ShardMap.decode(whole.body).server("s1").zone == "zone-s1"
+    assert harness.manager.membership.state_of("s1") is MemberState.ALIVE
+
+
+def test_members_get_every_later_version_as_a_delta_in_order() -> None:
+    """Live servers receive each committed version once, in order, chaining base versions."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    harness.open_session()
+    harness.open_session(("video",))
+    received = harness.take("s1", MapPublished)
+    assert [m.map_version for m in received] == [1, 2, 3, 4, 5]
+    assert [m.base_version for m in received] == [0, 1, 2, 3, 4]
+    rebuilt = ShardMap.decode(received[0].body)
+    for message in received[1:]:
+        rebuilt = rebuilt.apply(ShardMap.decode_delta(message.body))
+    assert rebuilt.version == harness.map.version
+    assert rebuilt.diff(harness.map).moved == () and len(rebuilt) == len(harness.map) == 3
+
+
+def test_heartbeats_update_liveness_and_load() -> None:
+    """A heartbeat records the load and keeps the server alive past the timeouts."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    harness.heartbeat("s1", cpu=0.42)
+    member = harness.manager.membership.get("s1")
+    assert member is not None and member.load is not None
+    assert member.load.cpu_utilization == 0.42
+    harness.tick(2_000, alive=["s1"])
+    assert harness.events(ServerSuspected) == []
+    assert harness.manager.membership.state_of("s1") is MemberState.ALIVE
+
+
+def test_silence_suspects_then_declares_dead() -> None:
+    """No heartbeat: suspected at suspect_timeout_ms, dead at failure_timeout_ms."""
+    harness = ManagerHarness()
+    harness.join("s1", "s2")
+    harness.tick(400, alive=["s2"])
+    (suspected,) = harness.events(ServerSuspected)
+    assert suspected.server_id == "s1" and suspected.silent_us == 300_000
+    harness.tick(300, alive=["s2"])
+    (dead,) = harness.events(ServerDeclaredDead)
+    assert dead.server_id == "s1" and dead.cause is DeathCause.SILENCE
+    assert dead.silent_us == 600_000
+
+
+def test_a_restarted_server_rejoins_after_its_old_incarnation_failed_over() -> None:
+    """A new incarnation: the old one is dead (failover), then the new one joins again."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth", "cart", "feed", "chat"))
+    assert opened is not None
+    held = harness.primaries("s1")
+    harness.announce("s1", incarnation=2)
+    (dead,) = harness.events(ServerDeclaredDead)
+    assert dead.cause is DeathCause.RESTARTED and dead.primary_parts == len(held)
+    # The survivors fence and answer; the promotion commits, then the new incarnation joins.
+    for server_id in ("s2", "s3"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    joins = harness.events(ServerJoined)
+    assert [(j.server_id, j.incarnation) for j in joins][-1] == ("s1", 2)
+    assert harness.map.server("s1").state.value == "active"
+    assert harness.primaries("s1") == []
+
+
+# The commit pipeline.
+
+
+def test_only_one_commit_is_in_flight() -> None:
+    """A second change waits until the first commit's result arrives."""
+    core = bare_manager()
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    core.receive_message(announce("s2"), source="s2", now_us=0)
+    (first,) = core.store_requests()
+    assert core.store_requests() == []
+    core.store_result(execute(store, first), now_us=1)
+    (second,) = core.store_requests()
+    assert isinstance(second, DeltaCommitRequested) and second.base_version == 1
+
+
+def test_a_full_queue_pushes_back_on_new_sessions() -> None:
+    """Beyond pending_deltas_max queued changes, OPEN_SESSION is refused with LIMIT_EXCEEDED."""
+    core = bare_manager(pending_deltas_max=2)
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    run_store(core, store)
+    core.messages_to_send()
+    for request_id in range(4):
+        core.receive_message(OpenSession(request_id=request_id, parts=("a",)), source="c", now_us=0)
+    sent = [o.message for o in core.messages_to_send()]
+    errors = [m for m in sent if isinstance(m, Error)]
+    assert [e.code for e in errors] == [ErrorCode.LIMIT_EXCEEDED]
+    assert any(isinstance(m, ConnectionCloseRequested) for m in sent)
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert len(opened) == 3
+
+
+def test_a_rejected_commit_reloads_the_map_and_replans() -> None:
+    """Another writer moved the store on: the manager reloads, rebuilds and commits on top."""
+    core = bare_manager()
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    run_store(core, store)
+    # Another manager commits a version behind this one's back.
+    rival = ShardMap.empty(config=PlacementConfig(replica_count=2))
+    rival = rival.apply(rival.join_server(server_id="s1", address="s1:1", zone="z"))
+    theirs = rival.join_server(server_id="s9", address="s9:1", zone="z")
+    execute(
+        store,
+        DeltaCommitRequested(request_id=99, base_version=1, delta=ShardMap.encode_delta(theirs)),
+    )
+    core.receive_message(OpenSession(request_id=1, parts=("a",)), source="c", now_us=0)
+    (commit,) = core.store_requests()
+    result = execute(store, commit)
+    assert isinstance(result, DeltaRejected) and result.reason is RejectionReason.STALE_BASE
+    core.store_result(result, now_us=1)
+    events = []
+    while (event := core.next_event()) is not None:
+        events.append(event)
+    assert any(isinstance(e, MapCommitRejected) for e in events)
+    (reload,) = core.store_requests()
+    assert isinstance(reload, MapLoadRequested)
+    core.store_result(execute(store, reload), now_us=2)
+    assert core.map_version == 2 and core.shard_map is not None
+    assert "s9" in {entry.server_id for entry in core.shard_map.servers}
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert [frame.map_version for frame in opened] == [3]
+
+
+def test_a_store_failure_reloads_and_retries_the_change() -> None:
+    """StoreFailed says nothing changed for sure: reload, then commit the change again."""
+    core = bare_manager()
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    (commit,) = core.store_requests()
+    assert isinstance(commit, DeltaCommitRequested)
+    core.store_result(StoreFailed(request_id=commit.request_id, reason="disk"), now_us=1)
+    (reload,) = core.store_requests()
+    assert isinstance(reload, MapLoadRequested)
+    core.store_result(execute(store, reload), now_us=2)
+    assert run_store(core, store) == 1
+    assert core.map_version == 1
+
+
+def test_a_silent_store_times_out_and_a_commit_that_landed_is_not_repeated() -> None:
+    """After store_timeout_ms the manager reloads; a join that did land is found done."""
+    core = bare_manager(store_timeout_ms=100)
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    (commit,) = core.store_requests()
+    execute(store, commit)  # lands, but the answer is lost
+    assert core.timer_us() == 100_000
+    core.handle_timer(now_us=100_000)
+    (reload,) = core.store_requests()
+    core.store_result(execute(store, reload), now_us=100_001)
+    assert core.store_requests() == []
+    assert core.map_version == 1 and store.version == 1
+    assert core.membership.state_of("s1") is MemberState.ALIVE
+
+
+def test_snapshots_are_saved_every_interval() -> None:
+    """Every snapshot_interval_deltas commits the manager saves the whole map."""
+    core = bare_manager(snapshot_interval_deltas=2)
+    store = MemoryStore()
+    run_store(core, store)
+    seen = []
+    for index in range(3):
+        core.receive_message(announce(f"s{index}"), source=f"s{index}", now_us=0)
+        while requests := core.store_requests():
+            for request in requests:
+                seen.append(type(request))
+                core.store_result(execute(store, request), now_us=0)
+    assert seen.count(SnapshotSaveRequested) == 1
+    loaded = execute(store, MapLoadRequested(request_id=1))
+    assert isinstance(loaded, StoreMapLoaded) and loaded.snapshot_version == 2
+
+
+# Map distribution.
+
+
+def test_map_requested_gets_the_whole_map() -> None:
+    """A server that saw a gap asks; it gets the whole current map."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    harness.take("s1", MapPublished)
+    harness.router.send("s1", MANAGER, MapRequested(server_id="s1", map_version=1))
+    (whole,) = harness.take("s1", MapPublished)
+    assert whole.base_version == 0 and whole.map_version == harness.map.version
+    assert ShardMap.decode(whole.body).version == harness.map.version
+
+
+def test_dead_servers_stop_receiving_versions() -> None:
+    """Only live members get MapPublished."""
+    harness = ManagerHarness(replica_count=1)
+    harness.join(*SERVERS)
+    harness.tick(700, alive=["s1", "s2"])
+    harness.take("s3", MapPublished)
+    harness.open_session()
+    assert harness.take("s3", MapPublished) == []
+    assert harness.take("s1", MapPublished) != []
+
+
+# Sessions.
+
+
+def test_open_session_commits_the_parts_and_answers_with_placements_and_tokens() -> None:
+    """SESSION_OPENED carries the committed placements, a credential and a token that open."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth", "cart"))
+    assert opened is not None and opened.map_version == harness.map.version
+    for placement in opened.placements:
+        key = PartKey(session_id=opened.session_id, part=placement.part)
+        placed = harness.map.lookup(key)
+        assert placement.primary.server_id == placed.primary
+        assert tuple(r.server_id for r in placement.replicas) == placed.replicas
+        assert placement.primary.host == f"{placed.primary}.test"
+    claims = sealer().open(opened.token, now_us=0)
+    assert claims.session_id == opened.session_id and claims.parts == ("auth", "cart")
+    credential = sealer().open_credential(opened.credential, now_us=0)
+    assert credential.session_id == opened.session_id
+    (registered,) = harness.events(SessionRegistered)
+    assert registered.client == "c1" and registered.session_id == opened.session_id
+    # The id is a UUIDv7 minted from the clock and the seeded rng.
+    assert opened.session_id[6] >> 4 == 7
+
+
+def test_bad_open_session_closes_only_that_connection() -> None:
+    """An invalid part name gets an ERROR and a close request for that client only."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    harness.router.send("bad", MANAGER, OpenSession(request_id=1, parts=("Not Valid",)))
+    (error,) = harness.take("bad", Error)
+    assert error.code is ErrorCode.PROTOCOL_ERROR
+    assert harness.take("bad", ConnectionCloseRequested)
+    assert harness.open_session() is not None
+
+
+def test_hello_is_welcomed_and_ping_answered() -> None:
+    """HELLO gets WELCOME with the map version; PING gets PONG."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    harness.router.send("c1", MANAGER, Hello(versions=(1,), client_id=bytes(16)))
+    (welcome,) = harness.take("c1", Welcome)
+    assert welcome.server_id == MANAGER and welcome.map_version == 1
+    harness.router.send("c1", MANAGER, Ping(sequence=3, sent_us=77))
+    assert harness.take("c1", Pong) == [Pong(sequence=3, sent_us=77)]
+    harness.router.send("c2", MANAGER, Hello(versions=(9,), client_id=bytes(16)))
+    assert harness.take("c2", Error)[0].code is ErrorCode.VERSION_NEGOTIATION_FAILED
+
+
+def test_map_request_answers_with_the_clients_own_sessions() -> None:
+    """MAP_REQUEST returns the placements of the sessions opened on that connection."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    mine = harness.open_session(("auth",), client="c1")
+    harness.open_session(("cart",), client="c2")
+    harness.router.send("c1", MANAGER, MapRequest(map_version=0))
+    (update,) = harness.take("c1", MapUpdate)
+    assert update.encoding == CLIENT_PLACEMENTS_ENCODING and update.base_version == 0
+    entries = decode_client_placements(update.body).entries
+    assert [(e.session_id, e.placement.part) for e in entries] == [(mine.session_id, "auth")]
+
+
+def test_hello_credentials_let_a_new_connection_locate_its_sessions() -> None:
+    """Sessions whose credentials a HELLO presents are answered on that connection."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth",), client="c1")
+    credential = Credential(session_id=opened.session_id, credential=opened.credential)
+    forged = Credential(session_id=bytes(16), credential=b"x" * 40)
+    hello = Hello(versions=(1,), client_id=bytes(16), credentials=(credential, forged))
+    harness.router.send("c1-again", MANAGER, hello)
+    harness.router.send("c1-again", MANAGER, MapRequest(map_version=0))
+    (update,) = harness.take("c1-again", MapUpdate)
+    entries = decode_client_placements(update.body).entries
+    assert [e.session_id for e in entries] == [opened.session_id]
+
+
+def test_map_request_from_an_unknown_client_gets_the_whole_map() -> None:
+    """Without sessions to go by, the manager sends the whole shard map."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    harness.open_session(("auth",))
+    harness.router.send("stranger", MANAGER, MapRequest(map_version=0))
+    (update,) = harness.take("stranger", MapUpdate)
+    assert update.encoding == MAP_ENCODING
+    assert ShardMap.decode(update.body).version == harness.map.version
+
+
+def test_close_session_removes_its_parts() -> None:
+    """CLOSE_SESSION commits the removal of the session's parts."""
+    from forehand.wire import CloseSession
+
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth", "cart"))
+    harness.router.send("c1", MANAGER, CloseSession(session_id=opened.session_id))
+    assert len(harness.map) == 0
+    assert harness.events(MapCommitted)[-1].change is MapChange.SESSION_CLOSED
+
+
+def test_events_are_bounded() -> None:
+    """Undrained events beyond events_buffered_max drop the oldest, counted."""
+    core = bare_manager(events_buffered_max=2)
+    store = MemoryStore()
+    run_store(core, store)
+    for index in range(3):
+        core.receive_message(announce(f"s{index}"), source=f"s{index}", now_us=0)
+        run_store(core, store)
+    assert core.events_dropped > 0
+    kept = []
+    while (event := core.next_event()) is not None:
+        kept.append(event)
+    assert len(kept) == 2
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_config_randomized_is_valid(seed: int) -> None:
+    """randomized(rng) always yields a configuration a manager accepts."""
+    from forehand.core._manager_config import ManagerConfig
+
+    config = ManagerConfig.randomized(random.Random(seed))
+    ManagerCore(
+        config=config,
+        placement_config=PlacementConfig(),
+        sealer=sealer(),
+        rng=random.Random(seed),
+        now_us=0,
+    )

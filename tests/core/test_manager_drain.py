@@ -1,0 +1,145 @@
+"""Tests of drains: planned handoffs of every role off a server, capped, jittered, with progress."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from forehand.core._manager_events import (
+    DrainProgressed,
+    HandoffStarted,
+    MapChange,
+    MapCommitted,
+)
+from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
+from forehand.placement import PartKey, ServerState
+from forehand.wire import ReasonCode
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+else:
+    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+
+SERVERS = ("s1", "s2", "s3", "s4")
+PARTS = ("auth", "cart", "feed", "chat", "mail", "pay", "game", "news", "maps", "docs")
+
+
+def cluster(**overrides: Any) -> tuple[ManagerHarness, list[PartRef]]:
+    """Four servers, one session of ten parts."""
+    harness = ManagerHarness(**overrides)
+    harness.join(*SERVERS)
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    return harness, opened_refs(opened)
+
+
+def held(harness: ManagerHarness, server_id: str) -> int:
+    """Roles (primary and replica) the map gives `server_id`."""
+    parts = harness.map.parts_for(server_id)
+    return len(parts.primary) + len(parts.replica)
+
+
+def complete_handoffs(harness: ManagerHarness, rounds: int = 40) -> list[int]:
+    """Play the sources: report each assigned handoff done; the concurrency seen each round."""
+    concurrency = []
+    for _ in range(rounds):
+        concurrency.append(len(harness.manager.orchestrator.handoffs()))
+        for server_id in SERVERS:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if assigned.source == server_id:
+                    message = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, message)
+        harness.tick(100, alive=SERVERS)
+    return concurrency
+
+
+def test_drain_marks_the_server_and_moves_every_role_away() -> None:
+    """DRAINING in the map, PLANNED_MAINTENANCE handoffs, replica roles moved, then finished."""
+    harness, refs = cluster()
+    total = held(harness, "s2")
+    assert total > 0
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+    harness.router.run()
+    assert harness.map.server("s2").state is ServerState.DRAINING
+    first = harness.events(DrainProgressed)[0]
+    assert (first.parts_moved, first.parts_total, first.finished) == (0, total, False)
+    complete_handoffs(harness)
+    assert held(harness, "s2") == 0
+    progress = harness.events(DrainProgressed)
+    assert progress[-1].finished and progress[-1].parts_moved == progress[-1].parts_total == total
+    moved = [p.parts_moved for p in progress]
+    assert moved == sorted(moved)
+    started = harness.events(HandoffStarted)
+    assert started and all(e.reason is ReasonCode.PLANNED_MAINTENANCE for e in started)
+    assert all(e.source == "s2" and e.target != "s2" for e in started)
+    changes = {c.change for c in harness.events(MapCommitted)}
+    assert {MapChange.DRAIN_MARKED, MapChange.HANDOFF_ASSIGNED} <= changes
+    for ref in refs:
+        assert "s2" not in harness.placement(ref).servers
+
+
+def test_drain_respects_the_per_server_cap() -> None:
+    """Never more than handoffs_per_server_max handoffs off the drained server at once."""
+    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    harness.manager.drain("s1", now_us=harness.router.now_us)
+    concurrency = complete_handoffs(harness, rounds=60)
+    assert max(concurrency) <= 1
+    assert harness.events(DrainProgressed)[-1].finished
+
+
+def test_drain_batches_are_jittered() -> None:
+    """With jitter, the drain's handoffs start at spread-out instants."""
+    harness, _ = cluster(handoff_parts_max=1, handoff_jitter_ms_max=200, handoffs_per_server_max=4)
+    harness.manager.drain("s3", now_us=harness.router.now_us)
+    complete_handoffs(harness)
+    starts = [e.assigned_us for e in harness.events(HandoffStarted)]
+    assert len(starts) >= 2 and len(set(starts)) == len(starts)
+
+
+def test_a_draining_server_takes_no_new_parts_or_handoffs() -> None:
+    """New sessions and other servers' handoffs avoid the draining server."""
+    harness, _ = cluster()
+    harness.manager.drain("s4", now_us=harness.router.now_us)
+    harness.router.run()
+    opened = harness.open_session(("extra", "more", "other"), client="c2")
+    assert opened is not None
+    for placement in opened.placements:
+        assert placement.primary.server_id != "s4"
+    complete_handoffs(harness)
+    assert all(e.target != "s4" for e in harness.events(HandoffStarted))
+
+
+def test_undrain_stops_the_drain() -> None:
+    """undrain forgets queued moves and makes the server ACTIVE again."""
+    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    harness.manager.drain("s1", now_us=harness.router.now_us)
+    harness.router.run()
+    assert harness.manager.undrain("s1", now_us=harness.router.now_us)
+    harness.router.run()
+    assert harness.map.server("s1").state is ServerState.ACTIVE
+    assert harness.manager.orchestrator.moves_of("s1") == []
+    assert harness.events(MapCommitted)[-1].change is MapChange.DRAIN_CLEARED
+
+
+def test_drain_refuses_unknown_and_repeated_requests() -> None:
+    """Only an ACTIVE server of the map can start draining, once."""
+    harness, _ = cluster()
+    assert not harness.manager.drain("nobody", now_us=0)
+    assert harness.manager.drain("s1", now_us=0)
+    harness.router.run()
+    assert not harness.manager.drain("s1", now_us=0)
+    assert not harness.manager.undrain("s2", now_us=0)
+
+
+def test_a_drained_server_dying_finishes_its_drain_through_failover() -> None:
+    """If the draining server dies, failover takes what is left and the drain ends."""
+    harness, refs = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    harness.manager.drain("s2", now_us=harness.router.now_us)
+    harness.router.run()
+    harness.tick(1_500, alive=["s1", "s3", "s4"])
+    assert harness.events(DrainProgressed)[-1].finished
+    for ref in refs:
+        key = PartKey(session_id=ref.session_id, part=ref.part)
+        if key in harness.map:
+            assert harness.placement(ref).primary != "s2"

@@ -1,0 +1,210 @@
+"""Tests of the manager's failover: fencing, positions, promotion, replica repair, lost parts."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from forehand.core._manager_events import (
+    FailoverCompleted,
+    FailoverStarted,
+    MapChange,
+    MapCommitted,
+    PartsLost,
+    ServerDeclaredDead,
+)
+from forehand.core.messages import FailoverPrepared, MapPublished, PartRef
+from forehand.placement import PartKey, ServerState
+from forehand.wire import SessionOpened
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import ManagerHarness, opened_refs
+else:
+    from _manager_helpers import ManagerHarness, opened_refs
+
+SERVERS = ("s1", "s2", "s3", "s4")
+PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
+
+
+def cluster(replica_count: int = 2, **overrides: Any) -> tuple[ManagerHarness, list[PartRef]]:
+    """Four servers and one session of six parts."""
+    harness = ManagerHarness(replica_count=replica_count, **overrides)
+    harness.join(*SERVERS)
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    return harness, opened_refs(opened)
+
+
+def kill(harness: ManagerHarness, victim: str) -> list[str]:
+    """Let `victim` fall silent until it is declared dead; the survivors."""
+    survivors = [s for s in SERVERS if s != victim]
+    harness.tick(700, alive=survivors)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == [victim]
+    return survivors
+
+
+def test_death_fences_the_survivors_at_the_next_version() -> None:
+    """FailoverPrepared goes to each live holder of the dead primary's parts, fencing at v+1."""
+    harness, _ = cluster()
+    victim_parts = set(harness.primaries("s1"))
+    assert victim_parts
+    version = harness.map.version
+    survivors = kill(harness, "s1")
+    (started,) = harness.events(FailoverStarted)
+    assert started.servers == ("s1",) and started.fence_version == version + 1
+    assert started.parts == len(victim_parts)
+    fenced: set[PartRef] = set()
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            assert prepared.map_version == version + 1
+            for ref in prepared.parts:
+                assert server_id in harness.placement(ref).replicas
+            fenced.update(prepared.parts)
+    assert fenced == victim_parts
+    assert harness.take("s1", FailoverPrepared) == []
+
+
+def test_the_most_advanced_replica_is_promoted() -> None:
+    """Per part, the candidate reporting the highest applied_seq becomes primary."""
+    harness, _ = cluster()
+    victim_parts = harness.primaries("s1")
+    replicas = {ref: harness.placement(ref).replicas for ref in victim_parts}
+    survivors = kill(harness, "s1")
+    # The last replica in promotion order is the most advanced one, on every part.
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            seqs = {ref: 10 + replicas[ref].index(server_id) * 5 for ref in prepared.parts}
+            harness.positions(server_id, prepared.map_version, seqs)
+    (done,) = harness.events(FailoverCompleted)
+    assert done.servers == ("s1",) and done.map_version == harness.map.version
+    assert {p.ref for p in done.promotions} == set(victim_parts)
+    for promoted in done.promotions:
+        assert promoted.previous_primary == "s1"
+        assert promoted.primary == replicas[promoted.ref][-1]
+        assert promoted.applied_seq == max(p.applied_seq for p in promoted.positions)
+        assert harness.placement(promoted.ref).primary == promoted.primary
+    assert harness.map.server("s1").state is ServerState.DEAD
+
+
+def test_promotion_commits_one_new_version_published_to_survivors() -> None:
+    """The failover is one delta, one version, sent to every live server."""
+    harness, _ = cluster()
+    survivors = kill(harness, "s1")
+    before = harness.map.version
+    for server_id in survivors:
+        harness.take(server_id, MapPublished)
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 3))
+    assert harness.map.version == before + 1
+    failover_commits = [c for c in harness.events(MapCommitted) if c.change is MapChange.FAILOVER]
+    assert len(failover_commits) == 1
+    for server_id in survivors:
+        (published,) = harness.take(server_id, MapPublished)
+        assert (published.base_version, published.map_version) == (before, before + 1)
+
+
+def test_replica_count_is_restored_after_failover() -> None:
+    """Every part ends with replica_count live replicas, none of them the dead server."""
+    harness, refs = cluster()
+    survivors = kill(harness, "s2")
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    (done,) = harness.events(FailoverCompleted)
+    for ref in refs:
+        placement = harness.placement(ref)
+        assert "s2" not in placement.servers
+        assert len(placement.replicas) == 2
+    assert done.replicas_added >= 1
+
+
+def test_silent_replicas_time_out_and_the_answers_decide() -> None:
+    """After failover_prepare_timeout_ms the manager promotes among those who answered."""
+    harness, _ = cluster()
+    victim_parts = harness.primaries("s1")
+    survivors = kill(harness, "s1")
+    answering = survivors[0]
+    for prepared in harness.prepared(answering):
+        harness.positions(answering, prepared.map_version, dict.fromkeys(prepared.parts, 7))
+    assert harness.events(FailoverCompleted) == []
+    harness.tick(250, alive=survivors)
+    (done,) = harness.events(FailoverCompleted)
+    assert {p.ref for p in done.promotions} == set(victim_parts)
+    for promoted in done.promotions:
+        reported = {p.server_id: p.applied_seq for p in promoted.positions}
+        if answering in harness.placement(promoted.ref).servers and reported.get(answering) == 7:
+            assert promoted.primary == answering
+    assert done.positions_us >= 200_000
+
+
+def test_no_commit_changes_the_map_while_positions_are_collected() -> None:
+    """A session opened during the fence waits until the promotion is committed."""
+    harness, _ = cluster()
+    survivors = kill(harness, "s1")
+    version = harness.map.version
+    assert harness.open_session(("late",), client="c9") is None
+    assert harness.map.version == version
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    (late,) = harness.take("c9", SessionOpened)
+    assert late.map_version == version + 2
+    placed = harness.map.lookup(PartKey(session_id=late.session_id, part="late"))
+    assert "s1" not in placed.servers
+
+
+def test_parts_whose_holders_all_died_are_reported_lost_and_removed() -> None:
+    """Without replicas a dead primary's parts cannot be saved: PartsLost, not silence."""
+    harness, refs = cluster(replica_count=0)
+    victim_parts = harness.primaries("s3")
+    assert victim_parts
+    kill(harness, "s3")
+    (lost,) = harness.events(PartsLost)
+    assert set(lost.parts) == set(victim_parts) and lost.servers == ("s3",)
+    assert lost.map_version == harness.map.version
+    for ref in victim_parts:
+        assert PartKey(session_id=ref.session_id, part=ref.part) not in harness.map
+    assert len(harness.map) == len(refs) - len(victim_parts)
+
+
+def test_two_deaths_during_one_failover_are_handled_in_turn() -> None:
+    """A second death while positions are collected gets its own failover right after."""
+    harness, refs = cluster(failover_prepare_timeout_ms=5_000)
+    harness.tick(700, alive=["s2", "s3", "s4"])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s1"]
+    first_prepares = {s: harness.prepared(s) for s in ("s2", "s3", "s4")}
+    harness.tick(700, alive=["s3", "s4"])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s1", "s2"]
+    assert harness.events(FailoverCompleted) == []
+    for server_id in ("s3", "s4"):
+        for prepared in first_prepares[server_id]:
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    (first,) = harness.events(FailoverCompleted)
+    assert first.servers == ("s1",)
+    for server_id in ("s3", "s4"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    second = harness.events(FailoverCompleted)[-1]
+    assert second.servers == ("s2",) and second.map_version == first.map_version + 1
+    lost = {ref for event in harness.events(PartsLost) for ref in event.parts}
+    for ref in refs:
+        if PartKey(session_id=ref.session_id, part=ref.part) in harness.map:
+            assert harness.placement(ref).primary in ("s3", "s4")
+        else:
+            assert ref in lost
+
+
+def test_heartbeat_progress_breaks_ties_when_nobody_answers() -> None:
+    """If no candidate answers, the positions last heartbeated decide."""
+    from forehand.core.messages import PartProgress, PartRole
+
+    harness, _ = cluster()
+    victim_parts = harness.primaries("s1")
+    ref = victim_parts[0]
+    last = harness.placement(ref).replicas[-1]
+    progress = PartProgress(ref=ref, role=PartRole.REPLICA, applied_seq=99, epoch=1)
+    harness.heartbeat(last, parts=(progress,))
+    survivors = [s for s in SERVERS if s != "s1"]
+    harness.tick(1_000, alive=survivors)
+    (done,) = harness.events(FailoverCompleted)
+    (decision,) = [p for p in done.promotions if p.ref == ref]
+    assert decision.primary == last and decision.applied_seq == 99

@@ -1,0 +1,362 @@
+"""Tests of the manager's handoff orchestration: targets, commits, reports, caps, jitter, risk."""
+
+from __future__ import annotations
+
+import itertools
+from typing import TYPE_CHECKING, Any
+
+from forehand.core._manager_events import (
+    FailoverStarted,
+    HandoffAborted,
+    HandoffCompleted,
+    HandoffOutcome,
+    HandoffStarted,
+    MapChange,
+    MapCommitted,
+    MovesDropped,
+    RiskFlagged,
+)
+from forehand.core._manager_risk import RiskDecision
+from forehand.core.messages import (
+    FailoverPrepared,
+    HandoffAssigned,
+    HandoffRequested,
+    LoadReport,
+    PartProgress,
+    PartRef,
+    PartRole,
+)
+from forehand.core.messages import (
+    HandoffAborted as HandoffAbortedMessage,
+)
+from forehand.core.messages import (
+    HandoffCompleted as HandoffCompletedMessage,
+)
+from forehand.wire import ReasonCode
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+else:
+    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+
+SERVERS = ("s1", "s2", "s3", "s4")
+PARTS = ("auth", "cart", "feed", "chat", "mail", "pay", "game", "news")
+
+
+def cluster(**overrides: Any) -> tuple[ManagerHarness, list[PartRef]]:
+    """Four servers, one session of eight parts."""
+    harness = ManagerHarness(**overrides)
+    harness.join(*SERVERS)
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    return harness, opened_refs(opened)
+
+
+def ask(harness: ManagerHarness, source: str, *refs: PartRef, reason: ReasonCode) -> None:
+    """Handoff step 1 from the source itself."""
+    message = HandoffRequested(server_id=source, parts=tuple(refs), reason=int(reason))
+    harness.router.send(source, MANAGER, message)
+
+
+def report_done(harness: ManagerHarness, assigned: HandoffAssigned, by: str) -> None:
+    message = HandoffCompletedMessage(
+        handoff_id=assigned.handoff_id, server_id=by, parts=assigned.parts
+    )
+    harness.router.send(by, MANAGER, message)
+
+
+def progress(ref: PartRef, seq: int, role: PartRole = PartRole.REPLICA) -> PartProgress:
+    return PartProgress(ref=ref, role=role, applied_seq=seq, epoch=1)
+
+
+def busiest(harness: ManagerHarness) -> str:
+    """The server with the most primaries (so tests have parts to move)."""
+    return max(SERVERS, key=lambda s: (len(harness.primaries(s)), s))
+
+
+def test_a_requested_handoff_commits_the_target_and_tells_both_sides() -> None:
+    """Step 1 -> step 2: override committed, HandoffAssigned with a deadline to both sides."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    before = harness.placement(ref)
+    ask(harness, source, ref, reason=ReasonCode.PREDICTED_FAILURE)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    assert harness.take(assigned.target, HandoffAssigned) == [assigned]
+    assert assigned.parts == (ref,) and assigned.source == source
+    assert assigned.target in before.replicas
+    assert assigned.reason == ReasonCode.PREDICTED_FAILURE
+    assert assigned.deadline_ms == harness.config.handoff_deadline_ms
+    assert assigned.map_version == harness.map.version
+    after = harness.placement(ref)
+    assert after.primary == assigned.target and source in after.replicas
+    (started,) = harness.events(HandoffStarted)
+    assert started.handoff_id == assigned.handoff_id and started.target == assigned.target
+    assert harness.events(MapCommitted)[-1].change is MapChange.HANDOFF_ASSIGNED
+
+
+def test_the_up_to_date_replica_is_preferred() -> None:
+    """Of two replicas, the one within target_lag_entries_max of the source is chosen."""
+    harness, _ = cluster(target_lag_entries_max=10)
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    first, second = harness.placement(ref).replicas
+    harness.heartbeat(source, parts=(progress(ref, 100, PartRole.PRIMARY),))
+    harness.heartbeat(first, parts=(progress(ref, 50),))
+    harness.heartbeat(second, parts=(progress(ref, 95),))
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    assert assigned.target == second
+
+
+def test_a_replica_without_headroom_is_passed_over() -> None:
+    """A replica reporting CPU above target_cpu_utilization_max is not a target."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    first, second = harness.placement(ref).replicas
+    harness.heartbeat(first, cpu=0.8)
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    assert assigned.target == second
+
+
+def test_no_replica_fits_so_another_server_with_headroom_takes_it() -> None:
+    """With both replicas overloaded the only other server becomes the target."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    replicas = harness.placement(ref).replicas
+    for replica in replicas:
+        harness.heartbeat(replica, cpu=0.8)
+    (other,) = [s for s in SERVERS if s != source and s not in replicas]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    assert assigned.target == other
+
+
+def test_completion_report_ends_the_handoff_with_durations() -> None:
+    """HandoffCompleted from a participant ends it; the event carries commit and total time."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.PREDICTED_FAILURE)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    harness.router.advance(ms=40)
+    report_done(harness, assigned, assigned.target)
+    (done,) = harness.events(HandoffCompleted)
+    assert done.handoff_id == assigned.handoff_id and done.reported_by == assigned.target
+    assert done.duration_us == 40_000 and done.commit_us == 0
+    assert harness.manager.orchestrator.handoffs() == []
+    # A second report (the source, after its backup period) changes nothing.
+    report_done(harness, assigned, source)
+    assert len(harness.events(HandoffCompleted)) == 1
+
+
+def test_an_abort_reverts_the_parts_to_the_source() -> None:
+    """Abort and stay: a revert delta makes the source primary again."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    before = harness.placement(ref)
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    aborted = HandoffAbortedMessage(
+        handoff_id=assigned.handoff_id, server_id=source, parts=(ref,), detail="seal not acked"
+    )
+    harness.router.send(source, MANAGER, aborted)
+    assert harness.placement(ref).primary == source
+    assert harness.placement(ref).replicas == before.replicas
+    (event,) = harness.events(HandoffAborted)
+    assert event.outcome is HandoffOutcome.STAYED and "seal not acked" in event.cause
+    assert harness.events(MapCommitted)[-1].change is MapChange.HANDOFF_REVERTED
+
+
+def test_a_report_from_a_stranger_is_ignored() -> None:
+    """Only the source or the target may end a handoff."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    stranger = next(s for s in SERVERS if s not in (assigned.source, assigned.target))
+    report_done(harness, assigned, stranger)
+    assert harness.events(HandoffCompleted) == []
+
+
+def test_silence_past_the_deadline_falls_back_to_failover() -> None:
+    """No report by deadline + grace: the parts go through failover (source included)."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    harness.tick(1_300, alive=SERVERS)
+    (event,) = harness.events(HandoffAborted)
+    assert event.outcome is HandoffOutcome.FAILED_OVER and "deadline" in event.cause
+    (started,) = harness.events(FailoverStarted)
+    assert started.servers == () and started.parts == 1
+    fenced = {s for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
+    assert {source, assigned.target} <= fenced
+
+
+def test_the_source_dying_mid_handoff_falls_back_to_failover() -> None:
+    """Source death after the override: HandoffAborted(FAILED_OVER) and a failover of the parts."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.PREDICTED_FAILURE)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    harness.tick(700, alive=[s for s in SERVERS if s != source])
+    (event,) = harness.events(HandoffAborted)
+    assert event.outcome is HandoffOutcome.FAILED_OVER and source in event.cause
+    (started,) = harness.events(FailoverStarted)
+    assert started.servers == (source,)
+    prepared = harness.take(assigned.target, FailoverPrepared)
+    assert any(ref in p.parts for p in prepared)
+
+
+def test_per_server_cap_serialises_handoffs() -> None:
+    """With handoffs_per_server_max=1 a source runs one handoff at a time."""
+    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    source = busiest(harness)
+    refs = harness.primaries(source)[:2]
+    assert len(refs) == 2
+    ask(harness, source, *refs, reason=ReasonCode.OVERLOAD)
+    (first,) = harness.take(source, HandoffAssigned)
+    harness.tick(300, alive=SERVERS)
+    assert harness.take(source, HandoffAssigned) == []
+    report_done(harness, first, source)
+    harness.tick(300, alive=SERVERS)
+    (second,) = harness.take(source, HandoffAssigned)
+    assert {first.parts[0], second.parts[0]} == set(refs)
+
+
+def test_parts_of_one_batch_share_a_handoff() -> None:
+    """Parts of one source going to the same target move in one HandoffAssigned."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    refs = harness.primaries(source)
+    ask(harness, source, *refs, reason=ReasonCode.OVERLOAD)
+    assigned = harness.take(source, HandoffAssigned)
+    assert sum(len(a.parts) for a in assigned) == len(refs)
+    assert len({a.target for a in assigned}) == len(assigned)
+
+
+def test_batches_are_spread_by_seeded_jitter() -> None:
+    """Between batches the manager waits a random pause from its rng; the same seed repeats it."""
+
+    def run(seed: int) -> list[int]:
+        harness, _ = cluster(seed=seed, handoff_parts_max=1, handoff_jitter_ms_max=100)
+        source = busiest(harness)
+        ask(harness, source, *harness.primaries(source), reason=ReasonCode.OVERLOAD)
+        harness.tick(1_000, alive=SERVERS)
+        return [event.assigned_us for event in harness.events(HandoffStarted)]
+
+    first, again, other = run(3), run(3), run(4)
+    assert first == again and len(first) >= 2
+    gaps = [b - a for a, b in itertools.pairwise(first)]
+    assert all(0 <= gap <= 300_000 for gap in gaps) and any(gap > 0 for gap in gaps)
+    assert first != other or len(first) < 2
+
+
+def test_overload_flags_the_server_once_per_cooldown() -> None:
+    """CPU above overload_threshold: RiskFlagged and OVERLOAD handoffs; quiet during cooldown."""
+    harness, _ = cluster(overload_cooldown_ms=5_000, overload_parts_fraction=0.5)
+    source = busiest(harness)
+    primaries = harness.primaries(source)
+    harness.heartbeat(source, cpu=0.97)
+    (flag,) = harness.events(RiskFlagged)
+    assert flag.server_id == source and flag.reason is ReasonCode.OVERLOAD
+    assert flag.parts == max(1, -(-len(primaries) // 2))
+    assert "cpu_utilization" in flag.detail and flag.load.cpu_utilization == 0.97
+    started = harness.events(HandoffStarted)
+    assert started and all(e.reason is ReasonCode.OVERLOAD for e in started)
+    harness.heartbeat(source)
+    assert len(harness.events(RiskFlagged)) == 1
+    harness.tick(5_100, alive=SERVERS)
+    harness.heartbeat(source)
+    assert len(harness.events(RiskFlagged)) == 2
+
+
+def test_latency_threshold_also_flags() -> None:
+    """p99 latency above overload_latency_us_p99 counts as overload."""
+    harness, _ = cluster(overload_latency_us_p99=50_000)
+    source = busiest(harness)
+    harness.heartbeat(source, cpu=0.2, latency_us_p99=80_000)
+    (flag,) = harness.events(RiskFlagged)
+    assert "latency_us_p99" in flag.detail
+
+
+class _Predictor:
+    """A stand-in predictor: flags one named server as about to fail."""
+
+    def __init__(self, doomed: str) -> None:
+        self.doomed = doomed
+
+    def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
+        if server_id != self.doomed:
+            return None
+        self.doomed = ""
+        return RiskDecision(
+            reason=ReasonCode.PREDICTED_FAILURE, parts_fraction=1.0, detail="predicted"
+        )
+
+    def forget(self, server_id: str) -> None:
+        """Nothing to forget."""
+
+
+def test_a_plugged_risk_policy_drives_predicted_failure_handoffs() -> None:
+    """The RiskPolicy seam: a predictor moves every primary away with PREDICTED_FAILURE."""
+    harness = ManagerHarness(risk_policy=_Predictor("s2"))
+    harness.join(*SERVERS)
+    harness.open_session(PARTS)
+    moving = set(harness.primaries("s2"))
+    harness.heartbeat("s2")
+    (flag,) = harness.events(RiskFlagged)
+    assert flag.reason is ReasonCode.PREDICTED_FAILURE and flag.parts == len(moving)
+    assigned = harness.take("s2", HandoffAssigned)
+    assert {ref for a in assigned for ref in a.parts} == moving
+
+
+def test_operator_moves_a_session_to_a_named_target() -> None:
+    """handoff(session_id, target) moves every part of the session there."""
+    harness, refs = cluster()
+    session_id = refs[0].session_id
+    elsewhere = [r for r in refs if harness.placement(r).primary != "s3"]
+    queued = harness.manager.handoff(session_id, target="s3", now_us=harness.router.now_us)
+    assert queued == len(elsewhere)
+    for _ in range(len(refs)):
+        harness.router.run()
+        for server_id in SERVERS:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if server_id == assigned.source:
+                    report_done(harness, assigned, server_id)
+        harness.tick(100, alive=SERVERS)
+    for ref in refs:
+        assert harness.placement(ref).primary == "s3"
+
+
+def test_a_whole_move_request_takes_every_primary() -> None:
+    """HandoffRequested without parts and PLANNED_MAINTENANCE moves all the source's parts."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    before = set(harness.primaries(source))
+    ask(harness, source, reason=ReasonCode.PLANNED_MAINTENANCE)
+    moved = {ref for a in harness.take(source, HandoffAssigned) for ref in a.parts}
+    assert moved == before
+    assert harness.primaries(source) == []
+
+
+def test_moves_without_a_target_are_dropped_after_the_queue_timeout() -> None:
+    """Nobody has headroom: the move waits, then is dropped and reported."""
+    harness, _ = cluster(handoff_queue_timeout_ms=1_000)
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    for server_id in SERVERS:
+        harness.heartbeat(server_id, cpu=0.8 if server_id != source else 0.5)
+    ask(harness, source, ref, reason=ReasonCode.REBALANCE)
+    harness.tick(1_200, alive=SERVERS)
+    (dropped,) = harness.events(MovesDropped)
+    assert dropped.parts == (ref,) and dropped.source == source
+    assert harness.events(HandoffStarted) == []
