@@ -79,6 +79,7 @@ class Cluster:
     ) -> None:
         self.router = Router()
         self.specs = specs
+        self.overrides = overrides
         self.servers: dict[str, ServerCore] = {}
         for index, server_id in enumerate(servers):
             self.start(server_id, seed=seed + index, **overrides)
@@ -94,8 +95,8 @@ class Cluster:
         self.next_request_id = 1
 
     def start(self, server_id: str, *, seed: int = 11, **overrides: Any) -> ServerCore:
-        """Start (or restart) a server core and wire it in."""
-        config = replace(ServerConfig(server_id=server_id), **overrides)
+        """Start (or restart) a server core and wire it in (with the cluster's overrides)."""
+        config = replace(ServerConfig(server_id=server_id), **{**self.overrides, **overrides})
         core = ServerCore(
             config=config, parts=self.specs, sealer=sealer(seed), rng=random.Random(seed)
         )

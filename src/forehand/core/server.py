@@ -1729,7 +1729,7 @@ class ServerCore:
                 shipper.set_replicas(self._replicas_of(part.ref))
                 self._mark_shipping(part.ref, now_us)
             return
-        if state in (PartState.REPLICA, PartState.RECEIVING) and settling:
+        if state in (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP) and settling:
             part.epoch = version
             self._supersede_run_of(part.ref, now_us)
             self._transition(part, PartTrigger.PROMOTED)
@@ -1744,8 +1744,8 @@ class ServerCore:
                 source = run.peer
             self._receive_implicitly(part, source, now_us)
             return
-        if state is PartState.ABORTING:
-            # Only a revert names an aborting source primary again.
+        if state is PartState.ABORTING or (state is PartState.HANDING_OFF and settling):
+            # Only a revert (or a failover that fenced this source first) names it primary again.
             self._reinstate(part, now_us)
         # HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline decides.
 
