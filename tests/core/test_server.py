@@ -1,4 +1,4 @@
-"""Tests of `ServerCore`: start-up, maps, ordered execution, dedup, durability, fencing, bad input."""
+"""Tests of `ServerCore`: start-up, maps, ordered execution, dedup, durability, fencing, input."""
 
 from __future__ import annotations
 
@@ -29,10 +29,12 @@ from forehand.core.messages import (
     MapRequested,
     PartRole,
     ServerAnnounced,
+    encode_cluster_message,
 )
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.wire import (
+    ClusterMessage,
     Error,
     ErrorCode,
     Hello,
@@ -85,7 +87,7 @@ def test_heartbeat_carries_load_and_a_rotating_bounded_batch() -> None:
     cluster.server("s1").report_load(load)
     cluster.router.advance(ms=0)
     cluster.take(MANAGER, HeartbeatReported)
-    seen = []
+    seen: list[tuple[bytes, str]] = []
     for _ in range(3):
         cluster.router.advance(ms=500)
         (beat,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
@@ -379,3 +381,29 @@ def test_randomized_configs_are_valid() -> None:
     for seed in range(50):
         config = ServerConfig.randomized(random.Random(seed), server_id="s1")
         assert config.log_batch_entries_max >= 1
+
+
+def test_cluster_message_frames_are_unwrapped(cluster: Cluster) -> None:
+    """A ClusterMessage frame is decoded and handled; a garbage body closes the sender."""
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    heartbeat = ClusterMessage(
+        kind=0,
+        body=encode_cluster_message(
+            LogShipped(ref=ref("counter"), epoch=0, prev_seq=1, entries=(), sealed=False)
+        ),
+    )
+    cluster.router.send("s9", "s2", heartbeat)
+    (answer,) = cluster.take("s9", LogAcknowledged)
+    assert answer.acked_seq == 1
+    cluster.router.send("s9", "s2", ClusterMessage(kind=0, body=b"\xc1"))
+    assert [error.code for error in cluster.take("s9", Error)] == [ErrorCode.PROTOCOL_ERROR]
+
+
+def test_transition_tables_share_the_generator_name() -> None:
+    """Both server state machines expose `transition_table()` rows for the docs generator."""
+    from forehand.core import _handoff, _part
+
+    assert _part.transition_table() == _part.part_transition_table()
+    assert _handoff.transition_table() == _handoff.handoff_transition_table()

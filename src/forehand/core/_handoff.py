@@ -28,6 +28,7 @@ __all__ = [
     "HandoffTrigger",
     "Notification",
     "handoff_transition_table",
+    "transition_table",
 ]
 
 
@@ -102,6 +103,10 @@ STEP_OF_TRIGGER: Mapping[HandoffTrigger, int] = {
 def handoff_transition_table() -> list[tuple[HandoffPhase, HandoffTrigger, HandoffPhase]]:
     """The handoff state machine as (from, trigger, to) rows, for diagrams."""
     return [(source, trigger, target) for (source, trigger), target in HANDOFF_TRANSITIONS.items()]
+
+
+transition_table = handoff_transition_table
+"""The name every state-machine module gives its table function (for the docs generator)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

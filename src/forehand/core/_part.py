@@ -38,6 +38,7 @@ __all__ = [
     "PartTrigger",
     "ReplayOutcome",
     "part_transition_table",
+    "transition_table",
 ]
 
 
@@ -165,6 +166,10 @@ PART_TRANSITIONS: Mapping[tuple[PartState, PartTrigger], PartState] = {
 def part_transition_table() -> list[tuple[PartState, PartTrigger, PartState]]:
     """The part state machine as (from, trigger, to) rows, for diagrams."""
     return [(source, trigger, target) for (source, trigger), target in PART_TRANSITIONS.items()]
+
+
+transition_table = part_transition_table
+"""The name every state-machine module gives its table function (for the docs generator)."""
 
 
 _ROLES = {
