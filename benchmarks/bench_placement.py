@@ -245,6 +245,31 @@ def _loads(
     ]  # fmt: skip
 
 
+def _tight_bound(keys: list[PartKey], servers: int) -> list[tuple[str, str, str]]:
+    """Bounded loads at work: epsilon 0.05 forces spills, and spills add movement."""
+    epsilon = 0.05
+    shard_map = ShardMap.build(
+        config=PlacementConfig(load_epsilon=epsilon),
+        version=1,
+        servers=_servers(servers),
+        parts=keys,
+    )
+    loads = shard_map.primary_loads()
+    max_mean = max(loads.values()) / (len(keys) / len(loads))
+    joined = shard_map.apply(
+        shard_map.join_server(server_id="server-new", address="10.9.9.9:4433", zone="zone-0")
+    )
+    dead = shard_map.apply(shard_map.mark_server_dead(_server_ids(servers)[0]))
+    join_moves = _primary_moves(shard_map, joined)
+    leave_moves = _primary_moves(shard_map, dead)
+    join_x, leave_x = join_moves * (servers + 1), leave_moves * servers
+    return [
+        (f"max/mean primaries, epsilon {epsilon}", f"{max_mean:.4f} (bound {1 + epsilon})", "-"),
+        (f"moved on join, epsilon {epsilon}", f"{join_moves:.5f} ({join_x:.3f}x)", "-"),
+        (f"moved on leave, epsilon {epsilon}", f"{leave_moves:.5f} ({leave_x:.3f}x)", "-"),
+    ]
+
+
 def _override_memory(keys: list[PartKey], servers: int) -> tuple[str, str, str]:
     ids = _server_ids(servers)
     rng = random.Random(5)
@@ -367,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = [
         *_movement(built, ketama, keys, size.servers),
         *_loads(built, ketama, keys),
+        *_tight_bound(keys, size.servers),
         _override_memory(keys, size.servers),
         _map_memory(size),
     ]
