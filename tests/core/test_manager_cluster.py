@@ -1,0 +1,155 @@
+"""ManagerCore with real ServerCores and a real ClientCore on one router: the flows end to end."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+from forehand.core._client_config import ClientConfig
+from forehand.core._client_events import (
+    HandoffFollowed,
+    RequestFailed,
+    ResponseReceived,
+    SessionEstablished,
+)
+from forehand.core._manager_events import (
+    DrainProgressed,
+    FailoverCompleted,
+    HandoffCompleted,
+    ServerJoined,
+)
+from forehand.core._server_config import ServerConfig
+from forehand.core.client import ClientCore
+from forehand.core.server import ServerCore
+from forehand.placement import PartKey
+from forehand.wire import ResponseStatus
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import ManagerHarness
+    from tests.core._server_helpers import SPECS
+    from tests.core._server_helpers import sealer as server_sealer
+else:
+    from _manager_helpers import ManagerHarness
+    from _server_helpers import SPECS
+    from _server_helpers import sealer as server_sealer
+
+SERVERS = ("s1", "s2", "s3")
+
+
+class World:
+    """A manager, three servers and one client, wired by the harness's router."""
+
+    def __init__(self, **overrides: object) -> None:
+        self.harness = ManagerHarness(
+            heartbeat_interval_ms=100,
+            suspect_timeout_ms=400,
+            failure_timeout_ms=800,
+            handoff_deadline_ms=2_000,
+            **overrides,  # type: ignore[arg-type]
+        )
+        self.router = self.harness.router
+        self.servers: dict[str, ServerCore] = {}
+        for index, server_id in enumerate(SERVERS):
+            config = ServerConfig(
+                server_id=server_id,
+                address=f"{server_id}.test:4433",
+                zone=f"zone-{index}",
+                heartbeat_interval_ms=100,
+                backup_period_ms=200,
+                handoff_deadline_ms=2_000,
+            )
+            core = ServerCore(
+                config=config, parts=SPECS, sealer=server_sealer(), rng=random.Random(index)
+            )
+            self.servers[server_id] = core
+            self.router.add(core)
+        self.router.run()
+        self.router.advance(ms=300)
+        self.client = ClientCore(
+            config=ClientConfig(node_id="c1"), client_id=bytes(range(16)), rng=random.Random(9)
+        )
+        self.router.add(self.client)
+        self.session_id = b""
+
+    def open(self, part: str = "counter") -> bytes:
+        self.client.open_session((part,), now_us=self.router.now_us)
+        self.router.advance(ms=50)
+        (established,) = self.router.events_of("c1", SessionEstablished)
+        self.session_id = established.session_id
+        return established.session_id
+
+    def call(self, op: str = "add", payload: bytes = b"1") -> int:
+        request_id = self.client.call(
+            self.session_id, "counter", op, payload, now_us=self.router.now_us
+        )
+        self.router.advance(ms=50)
+        return request_id
+
+    def primary(self) -> str:
+        return self.harness.map.primary_of(PartKey(session_id=self.session_id, part="counter"))
+
+    def answers(self) -> list[ResponseReceived]:
+        return self.router.events_of("c1", ResponseReceived)
+
+
+def test_servers_join_and_a_client_session_is_served() -> None:
+    """Real servers announce and join; a real client opens a session and its calls succeed."""
+    world = World()
+    assert {j.server_id for j in world.harness.events(ServerJoined)} == set(SERVERS)
+    for core in world.servers.values():
+        assert core.map_version == world.harness.map.version
+    world.open()
+    for _ in range(3):
+        world.call()
+    answers = world.answers()
+    assert [a.status for a in answers] == [ResponseStatus.OK] * 3
+    assert answers[-1].payload == b"3"
+
+
+def test_draining_the_primary_moves_the_session_without_a_failed_request() -> None:
+    """Drain -> HandoffAssigned -> the real source hands off -> the client follows; no failure."""
+    world = World()
+    world.open()
+    world.call()
+    source = world.primary()
+    assert world.harness.manager.drain(source, now_us=world.router.now_us)
+    for _ in range(20):
+        world.call()
+    world.router.advance(ms=2_000)
+    assert world.primary() != source
+    completed = world.harness.events(HandoffCompleted)
+    assert completed and completed[0].source == source
+    assert world.harness.events(DrainProgressed)[-1].finished
+    assert world.router.events_of("c1", RequestFailed) == []
+    answers = world.answers()
+    assert all(a.status is ResponseStatus.OK for a in answers)
+    assert answers[-1].payload == str(len(answers)).encode()
+    followed = world.router.events_of("c1", HandoffFollowed)
+    assert followed and followed[0].source == source
+
+
+def test_a_crashed_primary_fails_over_and_the_client_carries_on() -> None:
+    """The primary dies: positions, promotion of the up-to-date replica, the client resumes."""
+    world = World()
+    world.open()
+    for _ in range(3):
+        world.call()
+    world.router.advance(ms=300)
+    victim = world.primary()
+    world.router.remove(victim)
+    for peer in [*SERVERS, "c1"]:
+        if peer != victim:
+            world.router.disconnect(peer, victim, reason="peer-crashed")
+    world.router.advance(ms=2_000)
+    (done,) = world.harness.events(FailoverCompleted)
+    assert done.servers == (victim,)
+    (promotion,) = [p for p in done.promotions if p.ref.part == "counter"]
+    assert promotion.applied_seq == 3
+    assert world.primary() == promotion.primary != victim
+    # The client's reconnection to the dead server is refused (the router only tells it so).
+    world.call()
+    world.router.disconnect("c1", victim, reason="refused")
+    world.router.advance(ms=1_000)
+    answers = world.answers()
+    assert answers[-1].status is ResponseStatus.OK and answers[-1].payload == b"4"
+    assert world.router.events_of("c1", RequestFailed) == []
