@@ -307,6 +307,7 @@ class ReplayOutcome:
 
 
 _state_encoder = msgspec.msgpack.Encoder()
+_STATUS_VALUES = frozenset(int(status) for status in ResponseStatus)
 
 
 class Part:
@@ -437,9 +438,8 @@ class Part:
         except Exception as error:
             return int(ResponseStatus.APP_ERROR), type(error).__name__.encode()
         self.data = outcome.state
-        try:
-            status = int(ResponseStatus(outcome.status))
-        except ValueError:
+        status = int(outcome.status)
+        if status not in _STATUS_VALUES:
             # Only registered statuses can go on the wire; an unknown one is an application bug.
             return int(ResponseStatus.APP_ERROR), b"unknown response status"
         return status, outcome.result

@@ -8,7 +8,8 @@ is `(map_version, log_index)`, where `map_version` is the epoch the entry was ex
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 from forehand.core._driver import NodeId
 from forehand.core._handoff import HandoffSide
@@ -55,14 +56,11 @@ class InstallCause(enum.Enum):
     """A handoff source took its part back when the map reverted an aborted handoff."""
 
 
-class ServerEvent:
-    """Base class of every server event."""
-
-    __slots__ = ()
+class ServerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """Base class of every server event (msgspec Structs: several are built per request)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestExecuted(ServerEvent):
+class RequestExecuted(ServerEvent, frozen=True, kw_only=True):
     """The primary ran a request through the part's handler."""
 
     node: NodeId
@@ -79,8 +77,7 @@ class RequestExecuted(ServerEvent):
     """The handler's response status."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrimaryAcceptedWrite(ServerEvent):
+class PrimaryAcceptedWrite(ServerEvent, frozen=True, kw_only=True):
     """This server, believing itself primary at `map_version`, appended a write to the log."""
 
     node: NodeId
@@ -95,8 +92,7 @@ class PrimaryAcceptedWrite(ServerEvent):
     """The client's request id."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WriteAcknowledged(ServerEvent):
+class WriteAcknowledged(ServerEvent, frozen=True, kw_only=True):
     """A response to a logged write left this server (to the client, or to the forwarder)."""
 
     node: NodeId
@@ -121,8 +117,7 @@ class WriteAcknowledged(ServerEvent):
     Checkers count only client-facing acknowledgements: a relay may still drop an answer."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrimaryInstalled(ServerEvent):
+class PrimaryInstalled(ServerEvent, frozen=True, kw_only=True):
     """This server became a part's primary."""
 
     node: NodeId
@@ -137,8 +132,7 @@ class PrimaryInstalled(ServerEvent):
     """Why."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartRoleChanged(ServerEvent):
+class PartRoleChanged(ServerEvent, frozen=True, kw_only=True):
     """A part's state machine took a transition on this server."""
 
     node: NodeId
@@ -155,8 +149,7 @@ class PartRoleChanged(ServerEvent):
     """The part's epoch after the transition."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MapVersionAdopted(ServerEvent):
+class MapVersionAdopted(ServerEvent, frozen=True, kw_only=True):
     """This server now works with shard-map `map_version` (it never goes back)."""
 
     node: NodeId
@@ -167,8 +160,7 @@ class MapVersionAdopted(ServerEvent):
     """The version held before."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogEntryApplied(ServerEvent):
+class LogEntryApplied(ServerEvent, frozen=True, kw_only=True):
     """A replica (or handoff target) applied one log entry by re-running the handler."""
 
     node: NodeId
@@ -183,8 +175,7 @@ class LogEntryApplied(ServerEvent):
     """The client's request id."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SnapshotInstalled(ServerEvent):
+class SnapshotInstalled(ServerEvent, frozen=True, kw_only=True):
     """A replica replaced its copy of a part with a snapshot."""
 
     node: NodeId
@@ -197,8 +188,7 @@ class SnapshotInstalled(ServerEvent):
     """The primary that sent it."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReplicaDivergenceDetected(ServerEvent):
+class ReplicaDivergenceDetected(ServerEvent, frozen=True, kw_only=True):
     """A replica's copy disagrees with its primary's log."""
 
     node: NodeId
@@ -212,8 +202,7 @@ class ReplicaDivergenceDetected(ServerEvent):
     (the logs differ, after a failover that lost entries; the copy is reset)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StaleEpochRefused(ServerEvent):
+class StaleEpochRefused(ServerEvent, frozen=True, kw_only=True):
     """A request or log shipment from an older epoch than the part's was fenced off."""
 
     node: NodeId
@@ -230,8 +219,7 @@ class StaleEpochRefused(ServerEvent):
     """The part's epoch (or fence) here."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartFenced(ServerEvent):
+class PartFenced(ServerEvent, frozen=True, kw_only=True):
     """A part stops accepting entries (and writes) from epochs below `fence_version`."""
 
     node: NodeId
@@ -244,8 +232,7 @@ class PartFenced(ServerEvent):
     """`failover_prepared` or `replica_fenced` (a replica told this primary it moved on)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestRedirected(ServerEvent):
+class RequestRedirected(ServerEvent, frozen=True, kw_only=True):
     """A request was answered with REDIRECT."""
 
     node: NodeId
@@ -260,8 +247,7 @@ class RequestRedirected(ServerEvent):
     """The version the REDIRECT names."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestForwardedOut(ServerEvent):
+class RequestForwardedOut(ServerEvent, frozen=True, kw_only=True):
     """A handoff source (or backup) forwarded a request to the part's new primary."""
 
     node: NodeId
@@ -276,8 +262,7 @@ class RequestForwardedOut(ServerEvent):
     """Its hop count after this forward."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestRefused(ServerEvent):
+class RequestRefused(ServerEvent, frozen=True, kw_only=True):
     """A request was answered with an error status without running."""
 
     node: NodeId
@@ -296,8 +281,7 @@ class RequestRefused(ServerEvent):
     """Why, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffStepCompleted(ServerEvent):
+class HandoffStepCompleted(ServerEvent, frozen=True, kw_only=True):
     """This server finished one step of a handoff."""
 
     node: NodeId
@@ -312,8 +296,7 @@ class HandoffStepCompleted(ServerEvent):
     """The parts."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffStepMissed(ServerEvent):
+class HandoffStepMissed(ServerEvent, frozen=True, kw_only=True):
     """A handoff ended without completing: its deadline passed or a newer map superseded it."""
 
     node: NodeId
@@ -328,8 +311,7 @@ class HandoffStepMissed(ServerEvent):
     """What was missed."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ClientHandedOff(ServerEvent):
+class ClientHandedOff(ServerEvent, frozen=True, kw_only=True):
     """A HANDOFF frame went to a client (handoff step 4)."""
 
     node: NodeId
@@ -348,8 +330,7 @@ class ClientHandedOff(ServerEvent):
     """The HANDOFF frame's sequence number."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResumeAccepted(ServerEvent):
+class ResumeAccepted(ServerEvent, frozen=True, kw_only=True):
     """A client resumed parts of a session here and is attached to it."""
 
     node: NodeId
@@ -364,8 +345,7 @@ class ResumeAccepted(ServerEvent):
     """The map version they are served under."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResumeRejected(ServerEvent):
+class ResumeRejected(ServerEvent, frozen=True, kw_only=True):
     """A RESUME was refused."""
 
     node: NodeId
@@ -380,8 +360,7 @@ class ResumeRejected(ServerEvent):
     """Why, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProtocolViolationDetected(ServerEvent):
+class ProtocolViolationDetected(ServerEvent, frozen=True, kw_only=True):
     """A peer broke the protocol: it got an ERROR frame and its connection is being closed."""
 
     node: NodeId
@@ -394,8 +373,7 @@ class ProtocolViolationDetected(ServerEvent):
     """Why."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RarePathTaken(ServerEvent):
+class RarePathTaken(ServerEvent, frozen=True, kw_only=True):
     """The server went down a rare path; the simulator counts them to show coverage."""
 
     node: NodeId

@@ -19,8 +19,9 @@ from __future__ import annotations
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from forehand.core._driver import (
     ConnectionCloseRequested,
@@ -120,6 +121,8 @@ __all__ = ["ServerCore"]
 _NO_LOAD = LoadReport(
     cpu_utilization=0.0, queue_depth=0, latency_us_p99=0, error_ratio=0.0, requests_per_second=0.0
 )
+_STATUSES = {int(status): status for status in ResponseStatus}
+"""Response statuses by value (the handler's statuses are validated where they are produced)."""
 _SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
 """States in which a part's log is shipped from here."""
 _SOURCE_STATES = (PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING)
@@ -130,8 +133,7 @@ _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Inbound:
+class _Inbound(msgspec.Struct, frozen=True, kw_only=True):
     """A request to run, as it reached this server: straight from a client or forwarded."""
 
     request_id: int
@@ -146,8 +148,7 @@ class _Inbound:
     forwarded: bool
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Forward:
+class _Forward(msgspec.Struct, frozen=True, kw_only=True):
     """A request this server forwarded and owes an answer for."""
 
     ref: PartRef
@@ -532,7 +533,7 @@ class ServerCore:
             Response(
                 request_id=inbound.request_id,
                 session_id=inbound.session_id,
-                status=ResponseStatus(status),
+                status=_STATUSES[status],
                 map_version=map_version,
                 payload=payload,
             ),
