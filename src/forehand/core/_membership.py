@@ -175,6 +175,7 @@ class PhiAccrualDetector:
         self._intervals_us: deque[int] = deque(maxlen=config.phi_samples_max)
         self._sum_us = 0
         self._sum_squares_us = 0
+        self._silences_us: dict[float, int] = {}
         self.last_heard_us = now_us
         """When the member was last heard from."""
 
@@ -188,6 +189,7 @@ class PhiAccrualDetector:
             self._sum_us -= oldest
             self._sum_squares_us -= oldest * oldest
         self._intervals_us.append(interval_us)
+        self._silences_us.clear()
         self._sum_us += interval_us
         self._sum_squares_us += interval_us * interval_us
         self.last_heard_us = now_us
@@ -216,6 +218,13 @@ class PhiAccrualDetector:
         return math.log1p(math.exp(x)) / math.log(10.0)
 
     def _silence_at_phi_us(self, threshold: float) -> int:
+        # The answer only changes with the interval history, so it is kept until a heartbeat.
+        cached = self._silences_us.get(threshold)
+        if cached is None:
+            cached = self._silences_us[threshold] = self._search_silence_us(threshold)
+        return cached
+
+    def _search_silence_us(self, threshold: float) -> int:
         low, high = 0, self._config.failure_timeout_us
         if self.phi(silent_us=high) < threshold:
             return high
