@@ -9,6 +9,7 @@ from forehand.core._manager_planning import (
     fill_replicas,
     rendezvous_order,
     stabilize,
+    stabilize_additions,
 )
 from forehand.placement import (
     PartKey,
@@ -89,3 +90,28 @@ def test_endpoint_for_parses_addresses_and_falls_back() -> None:
     assert endpoint_for("s1", "[::1]:7000").host == "::1"
     fallback = endpoint_for("s1", "")
     assert (fallback.host, fallback.port) == ("s1", 4433)
+
+
+def test_additions_fast_path_never_misses_a_push() -> None:
+    """Under tight bounds new sessions push existing parts; the count check always notices."""
+    rng = random.Random(1)
+    current = ShardMap.empty(config=PlacementConfig(replica_count=1, load_epsilon=0.05))
+    for server_id in ("a", "b", "c"):
+        current = current.apply(
+            current.join_server(server_id=server_id, address=f"{server_id}:1", zone=server_id)
+        )
+    pushes = 0
+    for index in range(300):
+        session_id = new_session_id(now_ms=1_000 + index, rng=rng)
+        operations = current.add_session_parts(session_id, ["auth", "cart"]).operations
+        keys = [PartKey(session_id=session_id, part=part) for part in ("auth", "cart")]
+        raw = current.apply(current.delta(*operations))
+        moved = [m for m in current.diff(raw).moved if m.source.primary != m.target.primary]
+        stable = stabilize_additions(current, operations, added=keys)
+        if moved:
+            pushes += 1
+            assert stable.pinned or stable.implicit_moves
+        else:
+            assert stable.pinned == () and stable.implicit_moves == ()
+        current = stable.new_map
+    assert pushes > 10

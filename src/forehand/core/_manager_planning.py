@@ -28,6 +28,7 @@ from forehand.wire import Endpoint
 
 __all__ = [
     "DEFAULT_PORT",
+    "stabilize_additions",
     "STABILIZE_ROUNDS_MAX",
     "Stabilized",
     "endpoint_for",
@@ -176,3 +177,24 @@ def stabilize(
         pins.update(fresh)
     assert best is not None
     return best
+
+
+def stabilize_additions(
+    current: ShardMap, operations: Sequence[Operation], *, added: Sequence[PartKey]
+) -> Stabilized:
+    """`stabilize` for a change that only adds parts, skipping the diff in the common case.
+
+    New parts can push existing ones along their walk only when a server is at its bound, and
+    every push leaves a trace in the primary counts: the pushed part's new server holds one more
+    than the new parts alone explain. When the counts add up, nothing moved and the (costly,
+    whole-map) diff is skipped; otherwise the full check runs.
+    """
+    delta = current.delta(*operations)
+    candidate = current.apply(delta)
+    expected = dict(current.primary_loads())
+    for key in added:
+        primary = candidate.primary_of(key)
+        expected[primary] = expected.get(primary, 0) + 1
+    if candidate.primary_loads() == expected:
+        return Stabilized(delta, candidate, (), ())
+    return stabilize(current, operations, intended=lambda key: False)

@@ -84,6 +84,7 @@ from forehand.core._manager_planning import (
     ref_of,
     rendezvous_order,
     stabilize,
+    stabilize_additions,
 )
 from forehand.core._manager_risk import RiskPolicy, ThresholdRiskPolicy
 from forehand.core._membership import (
@@ -1425,7 +1426,7 @@ class ManagerCore:
             if not any(key in current for key in keys):
                 try:
                     operations = [PartsAdded(session_id=opening.session_id, parts=opening.parts)]
-                    stable = stabilize(current, operations, intended=lambda key: False)
+                    stable = stabilize_additions(current, operations, added=keys)
                 except LocalProtocolError as error:
                     if "same stable hash" not in str(error):
                         raise
