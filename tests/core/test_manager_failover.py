@@ -208,3 +208,23 @@ def test_heartbeat_progress_breaks_ties_when_nobody_answers() -> None:
     (done,) = harness.events(FailoverCompleted)
     (decision,) = [p for p in done.promotions if p.ref == ref]
     assert decision.primary == last and decision.applied_seq == 99
+
+
+def test_failover_transition_table_is_complete() -> None:
+    """The job table is importable for diagrams and an illegal trigger raises."""
+    import pytest
+
+    from forehand.core._manager_failover import (
+        FailoverJob,
+        FailoverPhase,
+        FailoverTrigger,
+        fire,
+        transition_table,
+    )
+    from forehand.errors import LocalProtocolError
+
+    reached = {target for _, _, target in transition_table()}
+    assert reached == set(FailoverPhase) - {FailoverPhase.PENDING}
+    job = FailoverJob(failover_id=1, created_us=0)
+    with pytest.raises(LocalProtocolError):
+        fire(job, FailoverTrigger.PROMOTION_COMMITTED)

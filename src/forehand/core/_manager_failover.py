@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from forehand.core._manager_events import PartPromoted, ReplicaPosition
 from forehand.core._manager_planning import fill_replicas, key_of, override, ref_of
 from forehand.core.messages import FailoverPrepared, PartRef, PositionsReported
+from forehand.errors import LocalProtocolError
 from forehand.placement import (
     Operation,
     PartKey,
@@ -38,6 +39,9 @@ from forehand.placement import (
 __all__ = [
     "FailoverJob",
     "FailoverPhase",
+    "FailoverTrigger",
+    "fire",
+    "transition_table",
     "Promotion",
     "build_promotion",
     "plan_prepare",
@@ -52,11 +56,47 @@ class FailoverPhase(enum.Enum):
     """Where one failover job stands."""
 
     PENDING = "pending"
-    """Waiting for the commit in flight to settle."""
+    """Waiting for the commit in flight to settle; more deaths may join."""
     PREPARING = "preparing"
     """Fenced; collecting positions."""
     PROMOTING = "promoting"
     """The promotion is queued or being committed."""
+    COMPLETED = "completed"
+    """The promotion is committed. Terminal."""
+    ABANDONED = "abandoned"
+    """The promotion could not be built; a successor job retries it. Terminal."""
+
+
+class FailoverTrigger(enum.Enum):
+    """What moves a failover job between phases."""
+
+    MAP_SETTLED = "map_settled"
+    POSITIONS_COLLECTED = "positions_collected"
+    PROMOTION_COMMITTED = "promotion_committed"
+    PROMOTION_DROPPED = "promotion_dropped"
+
+
+_TRANSITIONS: dict[tuple[FailoverPhase, FailoverTrigger], FailoverPhase] = {
+    (FailoverPhase.PENDING, FailoverTrigger.MAP_SETTLED): FailoverPhase.PREPARING,
+    (FailoverPhase.PREPARING, FailoverTrigger.POSITIONS_COLLECTED): FailoverPhase.PROMOTING,
+    (FailoverPhase.PROMOTING, FailoverTrigger.PROMOTION_COMMITTED): FailoverPhase.COMPLETED,
+    (FailoverPhase.PROMOTING, FailoverTrigger.PROMOTION_DROPPED): FailoverPhase.ABANDONED,
+}
+
+
+def transition_table() -> list[tuple[FailoverPhase, FailoverTrigger, FailoverPhase]]:
+    """Every legal failover transition as (from, trigger, to), for docs and diagrams."""
+    return [(source, trigger, target) for (source, trigger), target in _TRANSITIONS.items()]
+
+
+def fire(job: FailoverJob, trigger: FailoverTrigger) -> None:
+    """Move `job` along the table; an illegal trigger is a programming error."""
+    phase = _TRANSITIONS.get((job.phase, trigger))
+    if phase is None:
+        raise LocalProtocolError(
+            f"failover {job.failover_id}: no transition from {job.phase.name} on {trigger.name}"
+        )
+    job.phase = phase
 
 
 @dataclass(slots=True, kw_only=True)
@@ -146,7 +186,7 @@ def plan_prepare(
     timeout_us: int,
 ) -> list[tuple[str, FailoverPrepared]]:
     """Fix the job's parts and candidates; the FailoverPrepared messages to send, by server."""
-    job.phase = FailoverPhase.PREPARING
+    fire(job, FailoverTrigger.MAP_SETTLED)
     job.fence_version = current.version + 1
     job.prepared_us = now_us
     job.deadline_us = now_us + timeout_us

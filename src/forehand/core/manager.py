@@ -72,11 +72,13 @@ from forehand.core._manager_events import (
 from forehand.core._manager_failover import (
     FailoverJob,
     FailoverPhase,
+    FailoverTrigger,
     Promotion,
     build_promotion,
     plan_prepare,
     record_positions,
 )
+from forehand.core._manager_failover import fire as fire_failover
 from forehand.core._manager_planning import (
     fill_replicas,
     key_of,
@@ -1127,7 +1129,7 @@ class ManagerCore:
             self._promote(job, now_us)
 
     def _promote(self, job: FailoverJob, now_us: int) -> None:
-        job.phase = FailoverPhase.PROMOTING
+        fire_failover(job, FailoverTrigger.POSITIONS_COLLECTED)
         job.deadline_us = None
         change = Change(
             kind=MapChange.FAILOVER,
@@ -1176,6 +1178,7 @@ class ManagerCore:
                 duration_us=now_us - job.created_us,
             )
         )
+        fire_failover(job, FailoverTrigger.PROMOTION_COMMITTED)
         if promotion.lost:
             self._emit(
                 PartsLost(
@@ -1188,6 +1191,7 @@ class ManagerCore:
 
     def _failover_dropped(self, job: FailoverJob, cause: str, now_us: int) -> None:
         """The promotion could not be built: retry it, merged with any later deaths."""
+        fire_failover(job, FailoverTrigger.PROMOTION_DROPPED)
         self._failover_attempts += 1
         if self._failover_attempts > FAILOVER_ATTEMPTS_MAX:
             self._failover_finished(job, now_us)
