@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -561,6 +561,15 @@ class ManagerCore:
     def _on_announced(self, message: messages.ServerAnnounced, source: NodeId, now_us: int) -> None:
         if not self._check_sender(message.server_id, source):
             return
+        try:
+            ServerJoinedOperation(
+                server_id=message.server_id,
+                address=message.address,
+                zone=message.zone,
+                weight=message.weight,
+            )
+        except LocalProtocolError as error:
+            raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
         outcome = self._membership.announce(message, now_us=now_us)
         if outcome is AnnounceOutcome.JOINED:
             self._queue_join(message.server_id, now_us)
@@ -726,6 +735,7 @@ class ManagerCore:
     ) -> None:
         if not self._check_sender(message.server_id, source) or not self._is_live(source):
             return
+        _check_refs(message.parts)
         reason = ReasonCode.from_wire(message.reason)
         fraction = 1.0 if reason in WHOLE_MOVE_REASONS else None
         self._queue_moves(source, message.parts, reason, MoveOrigin.SERVER, fraction, now_us=now_us)
@@ -1122,6 +1132,7 @@ class ManagerCore:
     def _on_positions(
         self, message: messages.PositionsReported, source: NodeId, now_us: int
     ) -> None:
+        _check_refs(p.ref for p in message.parts)
         job = self._failover
         if job is None or not self._check_sender(message.server_id, source):
             return
@@ -1589,6 +1600,15 @@ class _Opening:
     def session_id_ms(self) -> int:
         """The creation time in the session id (kept when a collision forces a new id)."""
         return int.from_bytes(self.session_id[:6], "big")
+
+
+def _check_refs(refs: Iterable[PartRef]) -> None:
+    """Part references from a peer must name valid part keys, or the peer is at fault."""
+    for ref in refs:
+        try:
+            key_of(ref)
+        except LocalProtocolError as error:
+            raise RemoteProtocolError(f"bad part reference: {error}") from error
 
 
 def _client_id_of(source: NodeId) -> bytes:

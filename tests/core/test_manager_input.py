@@ -1,0 +1,112 @@
+"""Bad input from peers never raises out of ManagerCore: an ERROR and a close, others unaffected."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._manager_events import ServerJoined
+from forehand.core.messages import (
+    HandoffRequested,
+    HeartbeatReported,
+    LoadReport,
+    MapPublished,
+    PartProgress,
+    PartRef,
+    PartRole,
+    PositionsReported,
+    ServerAnnounced,
+)
+from forehand.wire import (
+    ClusterMessage,
+    Error,
+    ErrorCode,
+    MapRequest,
+    Request,
+    ResumeOk,
+)
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness
+else:
+    from _manager_helpers import IDLE, MANAGER, ManagerHarness
+
+BAD_REF = PartRef(session_id=b"short", part="UPPER")
+
+
+def bad_inputs() -> list[tuple[str, object]]:
+    """(sender, message) pairs a buggy or hostile peer might send."""
+    return [
+        ("s1", HandoffRequested(server_id="s1", parts=(BAD_REF,), reason=4)),
+        (
+            "s1",
+            PositionsReported(
+                server_id="s1",
+                map_version=9,
+                parts=(PartProgress(ref=BAD_REF, role=PartRole.REPLICA, applied_seq=1, epoch=1),),
+            ),
+        ),
+        ("s9", ServerAnnounced(server_id="s9", incarnation=1, address="x", zone="", weight=1.0)),
+        ("s8", ServerAnnounced(server_id="s8", incarnation=1, address="x", zone="z", weight=-1.0)),
+        ("c1", ClusterMessage(kind=1, body=b"\xff\x00garbage")),
+        (
+            "c1",
+            Request(
+                request_id=1, session_id=bytes(16), part="p", op="o", map_version=1, payload=b""
+            ),
+        ),
+        ("c1", ResumeOk(session_id=bytes(16), parts=("p",), map_version=1)),
+        ("c1", "not a message at all"),
+        ("s1", MapPublished(map_version=99, base_version=98, body=b"")),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(bad_inputs())))
+def test_bad_input_gets_an_error_and_a_close_for_that_peer_only(index: int) -> None:
+    """Each malformed or unexpected message closes only its sender's connection."""
+    harness = ManagerHarness()
+    harness.join("s1", "s2")
+    sender, message = bad_inputs()[index]
+    harness.router.send(sender, MANAGER, message)
+    (error,) = harness.take(sender, Error)
+    assert error.code in (
+        ErrorCode.FRAME_UNEXPECTED,
+        ErrorCode.PROTOCOL_ERROR,
+        ErrorCode.FRAME_ENCODING_ERROR,
+    )
+    assert harness.take(sender, ConnectionCloseRequested)
+    harness.join("s3")
+    assert [j.server_id for j in harness.events(ServerJoined)] == ["s1", "s2", "s3"]
+
+
+def test_messages_claiming_another_senders_identity_are_ignored() -> None:
+    """A server cannot heartbeat or announce for another one."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    spoofed = HeartbeatReported(
+        server_id="s1", incarnation=1, sequence=50, map_version=1, load=IDLE, parts=()
+    )
+    harness.router.send("s2", MANAGER, spoofed)
+    member = harness.manager.membership.get("s1")
+    assert member is not None and member.heartbeat_sequence < 50
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_garbage_never_raises(seed: int) -> None:
+    """Random byte strings in ClusterMessage frames only ever produce ERRORs."""
+    rng = random.Random(seed)
+    harness = ManagerHarness()
+    harness.join("s1")
+    for _ in range(200):
+        body = rng.randbytes(rng.randrange(0, 40))
+        harness.router.send("s1", MANAGER, ClusterMessage(kind=rng.randrange(8), body=body))
+    harness.router.send("c1", MANAGER, MapRequest(map_version=0))
+    assert harness.manager.map_version == 1
+
+
+def test_load_report_type_is_the_cluster_one() -> None:
+    """The helper's idle load is a real LoadReport (guards the fixtures above)."""
+    assert isinstance(IDLE, LoadReport)
