@@ -91,7 +91,7 @@ def check_part_name(part: str) -> str:
     Names are lowercase ASCII segments of letters, digits, `_`, `.` and `-`, each starting with a
     letter or digit, joined by `/`, at most `PART_NAME_LENGTH_MAX` characters.
     """
-    if part in _known_part_names and type(part) is str:
+    if type(part) is str and part in _known_part_names:
         return part
     if (
         type(part) is not str
