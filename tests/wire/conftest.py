@@ -12,7 +12,7 @@ NOT_BUILT = "forehand.wire._speedups is not built here; only the pure-Python cod
 
 @pytest.fixture(params=["python", "c"])
 def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Codec:
-    """The pure-Python codec, then the C accelerator; FrameDecoder decodes bodies with it too."""
+    """The pure-Python codec, then the C accelerator; FrameDecoder decodes frames with it too."""
     if request.param == "python":
         chosen = PURE_CODEC
     elif ACCELERATED_CODEC is None:
@@ -20,4 +20,5 @@ def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Co
     else:
         chosen = ACCELERATED_CODEC
     monkeypatch.setattr(_decoder, "decode_body", chosen.decode_body)
+    monkeypatch.setattr(_decoder, "pop_frame", chosen.pop_frame)
     return chosen

@@ -330,9 +330,33 @@ def test_streams_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None:
         results = []
         for codec in (PURE_CODEC, ACCELERATED_CODEC):
             monkeypatch.setattr(_decoder, "decode_body", codec.decode_body)
+            monkeypatch.setattr(_decoder, "pop_frame", codec.pop_frame)
             results.append(decode_stream(stream))
         assert shape(results[1][0]) == shape(results[0][0])
         assert results[1][1] == results[0][1]
+
+
+def test_pop_frame_takes_the_same_frames() -> None:
+    """pop_frame returns the same frame or error and leaves the same bytes behind, for every
+    kind of peer (and a plain set of types), on valid, mutated and truncated buffers."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 5)
+    maker = FrameMaker(rng, valid=True)
+    allowed_sets = [*_decoder.ALLOWED_FRAME_TYPES.values(), {0x10, 0x11, 0x20, 0x06}]
+    popped = 0
+    for _ in range(2_000):
+        stream = PURE_CODEC.encode_frame(maker.frame()) + PURE_CODEC.encode_frame(maker.frame())
+        if rng.random() < 0.5:
+            stream = mutate(stream, rng)
+        allowed = rng.choice(allowed_sets)
+        config = rng.choice(CONFIGS)
+        buffers = [bytearray(stream), bytearray(stream)]
+        reference = outcome(PURE_CODEC.pop_frame, buffers[0], allowed, config)
+        candidate = outcome(ACCELERATED_CODEC.pop_frame, buffers[1], allowed, config)
+        assert_same(reference, candidate, (stream.hex(), allowed, config))
+        assert buffers[1] == buffers[0]
+        popped += reference[0] == "ok" and reference[1] is not None
+    assert popped > 500
 
 
 def decode_stream(stream: bytes) -> tuple[tuple[Frame, ...], int | None]:
@@ -375,6 +399,10 @@ def decode_stream(stream: bytes) -> tuple[tuple[Frame, ...], int | None]:
         lambda codec: codec.decode_body(FrameType.RESPONSE, b"\x00" * 33),
         lambda codec: codec.decode_body("17", b"\x00" * 33),
         lambda codec: codec.decode_body(0x11, bytearray(33)),
+        lambda codec: codec.pop_frame(b"\x06\x02\x01\x02", {6}, DEFAULT_CONFIG),
+        lambda codec: codec.pop_frame(bytearray(b"\x06\x02\x01\x02"), [6], DEFAULT_CONFIG),
+        lambda codec: codec.pop_frame(bytearray(b"\x06\x02\x01\x02"), {6}, None),
+        lambda codec: codec.pop_frame(bytearray(b"\x06\x02\x01\x02"), {6}),
     ],
 )
 def test_unusual_arguments_behave_like_the_pure_codec(call: Callable[[Codec], object]) -> None:

@@ -9,7 +9,7 @@ it is truncated, has trailing bytes, or breaks a rule.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 from forehand.errors import LocalProtocolError, RemoteProtocolError
@@ -66,7 +66,7 @@ from forehand.wire._hot_codec import (
 )
 from forehand.wire._primitives import encode_varint, malformed, pull_varint
 
-__all__ = ["decode_body", "decode_frame", "encode_frame"]
+__all__ = ["decode_body", "decode_frame", "encode_frame", "pop_frame"]
 
 _METRIC_FIELDS: dict[int, str] = {
     PathMetric.RTT_US: "rtt_us",
@@ -601,3 +601,26 @@ def decode_frame(data: bytes, *, config: WireConfig = DEFAULT_CONFIG) -> Frame:
         return decode(data, start, config)
     except (IndexError, ValueError, struct.error) as error:
         raise malformed(f"malformed {FrameType(frame_type).name} frame: {error}") from None
+
+
+def pop_frame(buffer: bytearray, allowed: Set[int], config: WireConfig) -> Frame | None:
+    """Decode and remove the frame at the front of `buffer` when it is complete and has the
+    common header: a one-byte type in `allowed` and a length below 2**14.
+
+    Such a length is under every permitted frame_bytes_max, so no other header check applies.
+    Returns None, with the buffer untouched, for anything else; FrameDecoder's general path then
+    parses the header. Raises RemoteProtocolError for an invalid body, leaving the buffer as is.
+    """
+    if (
+        len(buffer) > 2
+        and (first := buffer[0]) < 0x40
+        and (second := buffer[1]) < 0x80
+        and first in allowed
+    ):
+        start = 2 if second < 0x40 else 3
+        end = start + (second if second < 0x40 else ((second & 0x3F) << 8) | buffer[2])
+        if end <= len(buffer):
+            frame = decode_body(first, bytes(buffer[:end]), start, config)
+            del buffer[:end]
+            return frame
+    return None

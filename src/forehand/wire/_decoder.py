@@ -22,7 +22,7 @@ from forehand.wire._enums import (
     PeerRole,
 )
 from forehand.wire._frames import Frame
-from forehand.wire._implementation import decode_body
+from forehand.wire._implementation import decode_body, pop_frame
 from forehand.wire._primitives import encode_varint
 
 __all__ = [
@@ -129,16 +129,26 @@ class FrameDecoder:
 
     def next_frame(self) -> Frame | DecoderSignal:
         """The next complete frame, NEED_DATA, or END_OF_STREAM after a clean end."""
-        self._raise_if_poisoned()
+        if self._error is not None:
+            self._raise_if_poisoned()
         try:
+            # The common case in one call: a complete frame with a one-byte type and a short
+            # length at the front. With the C codec this decodes straight from the buffer.
+            popped = pop_frame(self._buffer, self._allowed, self._config)
+            if popped is not None:
+                return popped
             while True:
                 frame = self._next_frame()
                 if frame is not None:
                     return frame
         except RemoteProtocolError as error:
-            self._error = (str(error), error.error_code)
-            self._buffer = bytearray()
+            self._poison(error)
             raise
+
+    def _poison(self, error: RemoteProtocolError) -> None:
+        """Remember the first violation and drop the buffer: nothing after it can be trusted."""
+        self._error = (str(error), error.error_code)
+        self._buffer = bytearray()
 
     def _next_frame(self) -> Frame | DecoderSignal | None:
         """One step: a frame, a signal, or None after skipping an unknown extension frame."""

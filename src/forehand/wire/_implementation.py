@@ -1,12 +1,12 @@
 """Which frame codec runs: the C accelerator `_speedups`, or the pure-Python codec.
 
-Both implement `encode_frame`, `decode_frame` and `decode_body` with the same signatures,
-results and errors: the C module encodes and decodes the hot frames (REQUEST, RESPONSE, HANDOFF)
-itself and hands every other frame, and every argument it does not expect, to the pure-Python
-codec in `_codec`. The accelerator is optional: when it was not compiled (no C compiler when the
-package was installed) the pure-Python codec runs alone. The environment variable
-FOREHAND_WIRE_PURE, set to anything but "" or "0" before `forehand.wire` is first imported,
-forces the pure-Python codec, for debugging and for comparing the two.
+Both implement `encode_frame`, `decode_frame`, `decode_body` and FrameDecoder's `pop_frame` with
+the same signatures, results and errors: the C module encodes and decodes the hot frames
+(REQUEST, RESPONSE, HANDOFF) itself and hands every other frame, and every argument it does not
+expect, to the pure-Python codec in `_codec`. The accelerator is optional: when it was not
+compiled (no C compiler when the package was installed) the pure-Python codec runs alone. The
+environment variable FOREHAND_WIRE_PURE, set to anything but "" or "0" before `forehand.wire` is
+first imported, forces the pure-Python codec, for debugging and for comparing the two.
 
 This module is the only place that chooses; everything else imports the chosen functions.
 """
@@ -14,6 +14,7 @@ This module is the only place that chooses; everything else imports the chosen f
 from __future__ import annotations
 
 import os
+from collections.abc import Set
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -31,6 +32,7 @@ __all__ = [
     "decode_body",
     "decode_frame",
     "encode_frame",
+    "pop_frame",
 ]
 
 PURE_ENVIRONMENT_VARIABLE: Final = "FOREHAND_WIRE_PURE"
@@ -57,6 +59,14 @@ class DecodeBody(Protocol):
     ) -> Frame: ...
 
 
+class PopFrame(Protocol):
+    """The signature of `pop_frame`."""
+
+    def __call__(
+        self, buffer: bytearray, allowed: Set[int], config: WireConfig, /
+    ) -> Frame | None: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Codec:
     """One implementation of the frame codec."""
@@ -69,6 +79,8 @@ class Codec:
     """Bytes of exactly one frame to the frame."""
     decode_body: DecodeBody
     """A frame body of a known type to the frame."""
+    pop_frame: PopFrame
+    """The complete common-header frame at the front of a FrameDecoder's buffer, if any."""
 
 
 PURE_CODEC: Final = Codec(
@@ -76,6 +88,7 @@ PURE_CODEC: Final = Codec(
     encode_frame=_codec.encode_frame,
     decode_frame=_codec.decode_frame,
     decode_body=_codec.decode_body,
+    pop_frame=_codec.pop_frame,
 )
 """The pure-Python codec, always available; the reference the C codec is tested against."""
 
@@ -91,6 +104,7 @@ def _load_accelerated_codec() -> Codec | None:
         encode_frame=_speedups.encode_frame,
         decode_frame=_speedups.decode_frame,
         decode_body=_speedups.decode_body,
+        pop_frame=_speedups.pop_frame,
     )
 
 
@@ -108,3 +122,4 @@ CODEC_IMPLEMENTATION: Final = CODEC.name
 encode_frame: Final = CODEC.encode_frame
 decode_frame: Final = CODEC.decode_frame
 decode_body: Final = CODEC.decode_body
+pop_frame: Final = CODEC.pop_frame

@@ -41,6 +41,8 @@
 #define U16_MAX 0xFFFF
 #define U32_MAX 0xFFFFFFFFULL
 #define COMMON_FLAGS_COUNT 8
+#define ALLOWED_CACHE_SIZE 4
+#define ONE_BYTE_TYPES 0x40
 
 /* ---------------------------------------------------------------------------------------- */
 /* Process-wide state, filled by the module's init from forehand.wire's Python modules.      */
@@ -77,7 +79,7 @@ static PyObject *code_frame_too_large;
 static PyObject *kwnames_error_code;        /* ("error_code",) */
 static PyObject *kwnames_config;            /* ("config",) */
 static PyObject *default_config;
-static PyObject *pure_encode_frame, *pure_decode_frame, *pure_decode_body;
+static PyObject *pure_encode_frame, *pure_decode_frame, *pure_decode_body, *pure_pop_frame;
 static PyObject *encode_endpoint;           /* _primitives.encode_endpoint (lru-cached) */
 static PyObject *parse_endpoint;            /* _primitives._parse_endpoint */
 static PyObject *decoded_endpoints;         /* _primitives._decoded_endpoints */
@@ -102,6 +104,15 @@ typedef struct {
 
 static Bounds bounds_cache[BOUNDS_CACHE_SIZE];
 static int bounds_cache_next;
+
+/* The one-byte frame types of a frozenset of allowed types, as a bit mask. */
+typedef struct {
+    PyObject *types;                  /* strong reference: the cache key */
+    uint64_t mask;
+} AllowedTypes;
+
+static AllowedTypes allowed_cache[ALLOWED_CACHE_SIZE];
+static int allowed_cache_next;
 
 /* ---------------------------------------------------------------------------------------- */
 /* Errors.                                                                                   */
@@ -582,10 +593,9 @@ pull_extensions(Reader *reader)
 }
 
 static PyObject *
-decode_request(PyObject *data, Py_ssize_t start, const Bounds *bounds)
+decode_request(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start,
+               const Bounds *bounds)
 {
-    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (size - start < REQUEST_HEAD_BYTES) {
         return truncated("REQUEST");
     }
@@ -624,10 +634,8 @@ decode_request(PyObject *data, Py_ssize_t start, const Bounds *bounds)
 }
 
 static PyObject *
-decode_response(PyObject *data, Py_ssize_t start)
+decode_response(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start)
 {
-    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (size - start < RESPONSE_HEAD_BYTES) {
         return truncated("RESPONSE");
     }
@@ -693,10 +701,9 @@ handoff_reason_and_flags(const unsigned char *head, PyObject **flags)
 }
 
 static PyObject *
-decode_handoff(PyObject *data, Py_ssize_t start, const Bounds *bounds)
+decode_handoff(const unsigned char *data, Py_ssize_t size, Py_ssize_t start, const Bounds *bounds)
 {
-    Reader reader = {(const unsigned char *)PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                     start + HANDOFF_HEAD_BYTES, "HANDOFF", bounds};
+    Reader reader = {data, size, start + HANDOFF_HEAD_BYTES, "HANDOFF", bounds};
     if (reader.size - start < HANDOFF_HEAD_BYTES) {
         return truncated("HANDOFF");
     }
@@ -730,21 +737,34 @@ decode_handoff(PyObject *data, Py_ssize_t start, const Bounds *bounds)
     return build_frame(&handoff_class, values);
 }
 
-/* Decode a hot frame's body data[start:], or return NULL without an error set when the frame
- * type is not one of the hot three. */
+/* Whether a frame type is one of the three decoded here. */
+static inline int
+is_hot(uint64_t frame_type)
+{
+    return frame_type == frame_type_request || frame_type == frame_type_response ||
+           frame_type == frame_type_handoff;
+}
+
+/* Decode the body data[start:size] of a hot frame type. */
 static PyObject *
-decode_hot_body(uint64_t frame_type, PyObject *data, Py_ssize_t start, const Bounds *bounds)
+decode_hot_body(uint64_t frame_type, const unsigned char *data, Py_ssize_t size,
+                Py_ssize_t start, const Bounds *bounds)
 {
     if (frame_type == frame_type_request) {
-        return decode_request(data, start, bounds);
+        return decode_request(data, size, start, bounds);
     }
     if (frame_type == frame_type_response) {
-        return decode_response(data, start);
+        return decode_response(data, size, start);
     }
-    if (frame_type == frame_type_handoff) {
-        return decode_handoff(data, start, bounds);
-    }
-    return NULL;
+    return decode_handoff(data, size, start, bounds);
+}
+
+/* Decode the body data[start:] of a hot frame held in a bytes object. */
+static PyObject *
+decode_hot_bytes(uint64_t frame_type, PyObject *data, Py_ssize_t start, const Bounds *bounds)
+{
+    return decode_hot_body(frame_type, (const unsigned char *)PyBytes_AS_STRING(data),
+                           PyBytes_GET_SIZE(data), start, bounds);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1296,9 +1316,8 @@ speedups_decode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
         return malformed("frame length %llu does not match the %zd bytes given",
                          (unsigned long long)body_size, size - start);
     }
-    PyObject *frame = decode_hot_body(frame_type, data, start, bounds);
-    if (frame != NULL || PyErr_Occurred()) {
-        return frame;
+    if (is_hot(frame_type)) {
+        return decode_hot_bytes(frame_type, data, start, bounds);
     }
     return pure_body(frame_type, data, start, config);
 }
@@ -1329,11 +1348,102 @@ speedups_decode_body(PyObject *module, PyObject *const *args, size_t nargsf, PyO
     if (bounds == NULL || start < 0 || start > PyBytes_GET_SIZE(args[1])) {
         return call_pure(pure_decode_body, args, nargsf, kwnames);
     }
-    PyObject *frame = decode_hot_body(frame_type, args[1], start, bounds);
-    if (frame != NULL || PyErr_Occurred()) {
-        return frame;
+    if (is_hot(frame_type)) {
+        return decode_hot_bytes(frame_type, args[1], start, bounds);
     }
     return call_pure(pure_decode_body, args, nargsf, kwnames);
+}
+
+/* The frame types below 0x40 that `allowed` holds, as a bit mask; frozensets (FrameDecoder's
+ * constants) are cached by identity. 0 on success, -1 with an error set. */
+static int
+allowed_mask(PyObject *allowed, uint64_t *mask)
+{
+    int frozen = PyFrozenSet_CheckExact(allowed);
+    for (int i = 0; frozen && i < ALLOWED_CACHE_SIZE; i++) {
+        if (allowed_cache[i].types == allowed) {
+            *mask = allowed_cache[i].mask;
+            return 0;
+        }
+    }
+    uint64_t found = 0;
+    for (long frame_type = 0; frame_type < ONE_BYTE_TYPES; frame_type++) {
+        PyObject *number = PyLong_FromLong(frame_type);
+        int contained = number == NULL ? -1 : PySet_Contains(allowed, number);
+        Py_XDECREF(number);
+        if (contained < 0) {
+            return -1;
+        }
+        found |= (uint64_t)contained << frame_type;
+    }
+    if (frozen) {
+        AllowedTypes *slot = &allowed_cache[allowed_cache_next];
+        allowed_cache_next = (allowed_cache_next + 1) % ALLOWED_CACHE_SIZE;
+        Py_INCREF(allowed);
+        Py_XSETREF(slot->types, allowed);
+        slot->mask = found;
+    }
+    *mask = found;
+    return 0;
+}
+
+/* Decode the frame data[0:end] whose body starts at `start`: hot frames straight from the
+ * buffer's memory (exported meanwhile, so nothing can resize it), others through the pure
+ * decode_body on a copy. */
+static PyObject *
+decode_buffered(PyObject *buffer, uint64_t frame_type, Py_ssize_t start, Py_ssize_t end,
+                PyObject *config, const Bounds *bounds)
+{
+    if (!is_hot(frame_type)) {
+        PyObject *data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buffer), end);
+        PyObject *frame = data == NULL ? NULL : pure_body(frame_type, data, start, config);
+        Py_XDECREF(data);
+        return frame;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *frame = decode_hot_body(frame_type, view.buf, end, start, bounds);
+    PyBuffer_Release(&view);
+    return frame;
+}
+
+PyDoc_STRVAR(pop_frame_doc,
+"pop_frame(buffer, allowed, config)\n--\n\n"
+"Decode and remove the frame at the front of `buffer` when it is complete and has the common\n"
+"header: a one-byte type in `allowed` and a length below 2**14. None, with the buffer\n"
+"untouched, for anything else.");
+
+static PyObject *
+speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    const Bounds *bounds;
+    if (nargs != 3 || !PyByteArray_CheckExact(args[0]) || !PyAnySet_Check(args[1]) ||
+        (bounds = get_bounds(args[2])) == NULL) {
+        return PyObject_Vectorcall(pure_pop_frame, args, nargs, NULL);
+    }
+    PyObject *buffer = args[0];
+    Py_ssize_t size = PyByteArray_GET_SIZE(buffer);
+    const unsigned char *data = (const unsigned char *)PyByteArray_AS_STRING(buffer);
+    uint64_t mask;
+    if (size <= 2 || data[0] >= ONE_BYTE_TYPES || data[1] >= 0x80) {
+        Py_RETURN_NONE;
+    }
+    if (allowed_mask(args[1], &mask) < 0) {
+        return NULL;
+    }
+    uint64_t frame_type = data[0];
+    Py_ssize_t start = data[1] < 0x40 ? 2 : 3;
+    Py_ssize_t end = start + (data[1] < 0x40 ? data[1] : ((data[1] & 0x3F) << 8) | data[2]);
+    if (!((mask >> frame_type) & 1) || end > size) {
+        Py_RETURN_NONE;
+    }
+    PyObject *frame = decode_buffered(buffer, frame_type, start, end, args[2], bounds);
+    if (frame != NULL && PySequence_DelSlice(buffer, 0, end) < 0) {
+        Py_CLEAR(frame);
+    }
+    return frame;
 }
 
 static PyMethodDef speedups_methods[] = {
@@ -1343,6 +1453,8 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, decode_frame_doc},
     {"decode_body", (PyCFunction)(void (*)(void))speedups_decode_body,
      METH_FASTCALL | METH_KEYWORDS, decode_body_doc},
+    {"pop_frame", (PyCFunction)(void (*)(void))speedups_pop_frame, METH_FASTCALL,
+     pop_frame_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1560,12 +1672,13 @@ load_python_codec(void)
     pure_encode_frame = import_attribute("forehand.wire._codec", "encode_frame");
     pure_decode_frame = import_attribute("forehand.wire._codec", "decode_frame");
     pure_decode_body = import_attribute("forehand.wire._codec", "decode_body");
+    pure_pop_frame = import_attribute("forehand.wire._codec", "pop_frame");
     encode_endpoint = import_attribute("forehand.wire._primitives", "encode_endpoint");
     parse_endpoint = import_attribute("forehand.wire._primitives", "_parse_endpoint");
     decoded_endpoints = import_attribute("forehand.wire._primitives", "_decoded_endpoints");
     long cache_max = 0;
     if (default_config == NULL || pure_encode_frame == NULL || pure_decode_frame == NULL ||
-        pure_decode_body == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
+        pure_decode_body == NULL || pure_pop_frame == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
         decoded_endpoints == NULL ||
         load_constant("forehand.wire._primitives", "ENDPOINT_CACHE_MAX", &cache_max) < 0) {
         return -1;
