@@ -1,0 +1,290 @@
+"""The risk models: a rule baseline, River online logistic regression, and a River Hoeffding tree.
+
+Each model turns a feature dict into a raw score on a logit-like scale and learns from labelled
+ticks; calibration to a probability happens outside, in the head that owns the model. Models plug
+in through `MODEL_REGISTRY` (STYLE.md rule 15).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from river import compose, drift, linear_model, optim, preprocessing, tree
+
+from forehand.errors import ConfigError
+from forehand.predict._calibration import logit
+from forehand.predict._config import PredictorConfig
+
+__all__ = [
+    "MODEL_REGISTRY",
+    "LogisticModel",
+    "RiskModel",
+    "RuleComponent",
+    "RuleModel",
+    "TreeModel",
+    "make_model",
+]
+
+RULE_Z_ALARM = 4.0
+"""Z-score that counts as 1.0 in the rule baseline for metrics with no capacity."""
+RULE_GAIN = 8.0
+"""Slope of the rule's logit-like score: `RULE_GAIN * (largest component - 1)`, so an
+uncalibrated rule reads 0.5 at its alarm level and its calibrator starts close to sensible."""
+
+
+class RiskModel(Protocol):
+    """A scorer that learns online from labelled ticks."""
+
+    name: str
+    """The model's registry name."""
+
+    def score(self, features: Mapping[str, float]) -> float:
+        """The raw score of `features` (higher means riskier), on a logit-like scale."""
+        ...
+
+    def learn(self, features: Mapping[str, float], label: bool) -> None:
+        """Learn from one labelled tick."""
+        ...
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Features with how much each pushed the score up, largest first."""
+        ...
+
+    @property
+    def drifts_detected(self) -> int:
+        """Drifts this model detected and adapted to."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuleComponent:
+    """One term of the rule baseline: `abs(features[name]) / divisor` if absolute, else plain."""
+
+    name: str
+    """The feature."""
+    divisor: float
+    """The value of the feature that counts as 1.0 (the alarm level)."""
+    absolute: bool = False
+    """Take the absolute value first (z-scores of metrics without a capacity)."""
+
+
+class RuleModel:
+    """Thresholds plus time-to-threshold: the largest of the normalised capacity levels.
+
+    For a capacity-bound metric both its level (1.0 at capacity) and its time-to-threshold share
+    (1.0 when the Holt trend reaches capacity now, 0.0 when it reaches it a horizon away or never)
+    count; for a metric without capacity its absolute z-score over `RULE_Z_ALARM`. A threshold on
+    the score is then a classic alarm rule. It does not learn; its calibrator does.
+    """
+
+    name = "rule"
+
+    def __init__(self, *, components: tuple[RuleComponent, ...]) -> None:
+        assert components
+        self._components = components
+
+    def score(self, features: Mapping[str, float]) -> float:
+        """`RULE_GAIN * (largest component - 1)`."""
+        best = 0.0
+        for component in self._components:
+            value = features.get(component.name, 0.0)
+            if component.absolute:
+                value = abs(value)
+            value /= component.divisor
+            best = max(best, value)
+        return RULE_GAIN * (best - 1.0)
+
+    def learn(self, features: Mapping[str, float], label: bool) -> None:
+        """Rules do not learn."""
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Each component's normalised value, largest first."""
+        values = []
+        for component in self._components:
+            value = features.get(component.name, 0.0)
+            value = abs(value) if component.absolute else value
+            values.append((component.name, value / component.divisor))
+        values.sort(key=lambda item: (-item[1], item[0]))
+        return values
+
+    @property
+    def drifts_detected(self) -> int:
+        """Rules never drift."""
+        return 0
+
+
+def server_rule_components(config: PredictorConfig) -> tuple[RuleComponent, ...]:
+    """The rule baseline of a server: every capacity level and time-to-threshold, path shares."""
+    components: list[RuleComponent] = []
+    for metric in config.metrics:
+        if metric.capacity is not None and metric.scale is not None:
+            level = metric.capacity / metric.scale
+            components.append(RuleComponent(name=f"{metric.name}.level", divisor=level))
+            components.append(RuleComponent(name=f"{metric.name}.ttt", divisor=1.0))
+        elif metric.scale is None:
+            components.append(
+                RuleComponent(name=f"{metric.name}.z", divisor=RULE_Z_ALARM, absolute=True)
+            )
+    share = config.path_slo.server_breach_share_min
+    components.append(RuleComponent(name="paths.breached_share", divisor=share))
+    return tuple(components)
+
+
+def path_rule_components(config: PredictorConfig) -> tuple[RuleComponent, ...]:
+    """The rule baseline of a path: loss and RTT excess against the SLO, loss time-to-threshold."""
+    slo = config.path_slo
+    return (
+        RuleComponent(name="path.loss.level", divisor=1.0),
+        RuleComponent(name="path.loss.ttt", divisor=1.0),
+        RuleComponent(
+            name="path.rtt_excess.level", divisor=slo.rtt_excess_us_max / slo.rtt_scale_us
+        ),
+    )
+
+
+def _adwin(delta: float) -> drift.ADWIN:
+    # River leaves ADWIN's signatures unannotated.
+    return drift.ADWIN(delta=delta)  # type: ignore[no-untyped-call]
+
+
+class _AdaptiveLearner:
+    """A River classifier with ADWIN drift handling.
+
+    ADWIN watches the squared error of the model's own predictions on its training stream. At a
+    warning a background model starts learning beside the foreground one; at a drift the
+    background model (trained on recent data only) replaces the foreground, the way adaptive
+    random forests replace a drifting tree.
+    """
+
+    def __init__(self, *, config: PredictorConfig, fresh: Callable[[], Any]) -> None:
+        self._config = config
+        self._fresh = fresh
+        self._foreground = fresh()
+        self._background: Any = None
+        self._warning = _adwin(config.adwin_warning_delta)
+        self._drift = _adwin(config.adwin_drift_delta)
+        self._drifts = 0
+
+    def probability(self, features: Mapping[str, float]) -> float:
+        """The foreground model's probability of a breach."""
+        probabilities = self._foreground.predict_proba_one(dict(features))
+        return float(probabilities.get(True, 0.0))
+
+    def score(self, features: Mapping[str, float]) -> float:
+        """The logit of the foreground model's probability."""
+        return logit(self.probability(features))
+
+    def learn(self, features: Mapping[str, float], label: bool) -> None:
+        """Learn, then feed the error to ADWIN and swap models at a drift."""
+        error = self.probability(features) - (1.0 if label else 0.0)
+        self._foreground.learn_one(dict(features), label)
+        if self._background is not None:
+            self._background.learn_one(dict(features), label)
+        squared = error * error
+        self._warning.update(squared)  # type: ignore[no-untyped-call]
+        self._drift.update(squared)  # type: ignore[no-untyped-call]
+        if self._warning.drift_detected and self._background is None:
+            self._background = self._fresh()
+        if self._drift.drift_detected:
+            self._drifts += 1
+            if self._background is not None:
+                self._foreground = self._background
+            self._background = None
+            self._warning = _adwin(self._config.adwin_warning_delta)
+            self._drift = _adwin(self._config.adwin_drift_delta)
+
+    @property
+    def drifts_detected(self) -> int:
+        """Foreground swaps so far."""
+        return self._drifts
+
+
+class LogisticModel(_AdaptiveLearner):
+    """River online logistic regression on standardised features, with ADWIN drift handling."""
+
+    name = "logistic"
+
+    def __init__(self, *, config: PredictorConfig) -> None:
+        def fresh() -> compose.Pipeline:
+            regression = linear_model.LogisticRegression(
+                optimizer=optim.SGD(config.learning_rate), l2=config.l2_regularization
+            )
+            return compose.Pipeline(preprocessing.StandardScaler(), regression)
+
+        super().__init__(config=config, fresh=fresh)
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Weight times standardised value for each feature, largest first."""
+        scaler = self._foreground["StandardScaler"]
+        regression = self._foreground["LogisticRegression"]
+        scaled: dict[str, float] = scaler.transform_one(dict(features))
+        weights: dict[str, float] = regression.weights
+        values = [(name, weights.get(name, 0.0) * value) for name, value in scaled.items()]
+        values.sort(key=lambda item: (-item[1], item[0]))
+        return values
+
+
+class TreeModel(_AdaptiveLearner):
+    """River Hoeffding tree, the non-linear challenger, replaced by a fresh one at a drift."""
+
+    name = "tree"
+
+    def __init__(self, *, config: PredictorConfig) -> None:
+        def fresh() -> tree.HoeffdingTreeClassifier:
+            return tree.HoeffdingTreeClassifier(
+                grace_period=config.tree_grace_period,
+                delta=config.tree_split_confidence,
+                max_depth=config.tree_depth_max,
+                max_size=config.tree_size_mb_max,
+                leaf_prediction="mc",
+            )
+
+        super().__init__(config=config, fresh=fresh)
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Trees give no additive attribution: the features furthest from normal, by |value|."""
+        values = [
+            (name, abs(value))
+            for name, value in features.items()
+            if name.endswith((".z", ".ttt", "_share"))
+        ]
+        values.sort(key=lambda item: (-item[1], item[0]))
+        return values
+
+
+ModelFactory = Callable[[PredictorConfig, str, random.Random], RiskModel]
+"""Builds a model for an entity kind ("server" or "path") from the config and a seeded rng."""
+
+
+def _rule(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    if kind == "server":
+        return RuleModel(components=server_rule_components(config))
+    return RuleModel(components=path_rule_components(config))
+
+
+def _logistic(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    return LogisticModel(config=config)
+
+
+def _tree(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    return TreeModel(config=config)
+
+
+MODEL_REGISTRY: dict[str, ModelFactory] = {
+    "rule": _rule,
+    "logistic": _logistic,
+    "tree": _tree,
+}
+"""Model name -> factory."""
+
+
+def make_model(name: str, *, config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    """The model registered as `name`, for entity kind `kind`."""
+    try:
+        factory = MODEL_REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown model {name!r}; known: {sorted(MODEL_REGISTRY)}") from None
+    return factory(config, kind, rng)
