@@ -281,11 +281,12 @@ def compare_decoding(data: bytes, rng: random.Random) -> None:
     )
 
 
-def compare_encoding(frame: Frame) -> bytes | None:
-    """Both codecs encode `frame` to the same bytes or fail alike; the bytes if they encoded."""
+def compare_encoding(frame: Frame, *configs: WireConfig) -> bytes | None:
+    """Both codecs encode `frame` to the same bytes or fail alike (under CONFIGS, or the configs
+    given); the bytes if they encoded it under the default config."""
     assert ACCELERATED_CODEC is not None
     result: bytes | None = None
-    for config in CONFIGS:
+    for config in configs or CONFIGS:
         reference = outcome(PURE_CODEC.encode_frame, frame, config=config)
         candidate = outcome(ACCELERATED_CODEC.encode_frame, frame, config=config)
         assert_same(reference, candidate, (frame, config))
@@ -317,6 +318,24 @@ def test_decodings_are_equal_and_errors_alike() -> None:
     # Both acceptance and every kind of rejection must be reached, or the test proves little.
     assert sum(result[0] == "ok" for result in results) > 1_500
     assert sum(result[0] == "remote" for result in results) > 3_000
+
+
+def test_many_configs_in_turn_give_their_own_bounds() -> None:
+    """Configs used in rotation, more than the C codec caches, each apply their own bounds."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 6)
+    maker = FrameMaker(rng, valid=True)
+    configs = [WireConfig(part_name_bytes_max=size, targets_max=size) for size in range(1, 9)]
+    for index in range(1_000):
+        frame = maker.frame()
+        config = configs[index % len(configs)]
+        encoded = compare_encoding(frame, config)
+        data = PURE_CODEC.encode_frame(frame)
+        assert_same(
+            outcome(PURE_CODEC.decode_frame, data, config=config),
+            outcome(ACCELERATED_CODEC.decode_frame, data, config=config),
+            (frame, config, encoded),
+        )
 
 
 def test_streams_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -94,15 +94,19 @@ static PyObject **reasons;                  /* ReasonCode by value, NULL when un
 static Py_ssize_t reasons_size;
 static PyObject *reason_unspecified;
 
-/* The bounds of one WireConfig, as C integers; values too large for C are clamped. */
+/* The bounds of one WireConfig, as C integers; values too large for C are clamped. Each call
+ * works on its own copy, so that nothing it runs can change them under it. */
 typedef struct {
-    PyObject *config;                 /* strong reference: the cache key */
-    PyObject *server_id_bytes_max_object;
     long long frame_bytes_max, server_id_bytes_max, part_name_bytes_max, op_name_bytes_max;
     long long token_bytes_max, parts_max, targets_max, extensions_max, extension_bytes_max;
 } Bounds;
 
-static Bounds bounds_cache[BOUNDS_CACHE_SIZE];
+typedef struct {
+    PyObject *config;                 /* strong reference: the cache key */
+    Bounds bounds;
+} CachedBounds;
+
+static CachedBounds bounds_cache[BOUNDS_CACHE_SIZE];
 static int bounds_cache_next;
 
 /* The one-byte frame types of a frozenset of allowed types, as a bit mask. */
@@ -185,49 +189,41 @@ load_bounds(PyObject *config, Bounds *bounds)
         &bounds->frame_bytes_max, &bounds->server_id_bytes_max, &bounds->part_name_bytes_max,
         &bounds->op_name_bytes_max, &bounds->token_bytes_max, &bounds->parts_max,
         &bounds->targets_max, &bounds->extensions_max, &bounds->extension_bytes_max};
-    PyObject *server_id_bytes_max = NULL;
     for (int i = 0; BOUND_NAMES[i] != NULL; i++) {
         PyObject *value = PyObject_GetAttrString(config, BOUND_NAMES[i]);
         if (value == NULL || !PyLong_Check(value)) {
             Py_XDECREF(value);
-            Py_XDECREF(server_id_bytes_max);
             PyErr_Clear();
             return 0;
         }
         int overflow = 0;
         long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
         *targets[i] = overflow > 0 ? LLONG_MAX : (overflow < 0 ? LLONG_MIN : number);
-        if (i == 1) {
-            server_id_bytes_max = value;
-        } else {
-            Py_DECREF(value);
-        }
+        Py_DECREF(value);
     }
-    Py_INCREF(config);
-    bounds->config = config;
-    bounds->server_id_bytes_max_object = server_id_bytes_max;
     return 1;
 }
 
-/* The bounds of `config`, or NULL when the config is unusable here (no error set). */
-static const Bounds *
-get_bounds(PyObject *config)
+/* Copy the bounds of `config` into `bounds`; 0 when the config is unusable here (no error set).
+ * Must not be called with an exception pending: reading a new config runs Python code. */
+static int
+get_bounds(PyObject *config, Bounds *bounds)
 {
     for (int i = 0; i < BOUNDS_CACHE_SIZE; i++) {
         if (bounds_cache[i].config == config) {
-            return &bounds_cache[i];
+            *bounds = bounds_cache[i].bounds;
+            return 1;
         }
     }
-    Bounds fresh;
-    if (!load_bounds(config, &fresh)) {
-        return NULL;
+    if (!load_bounds(config, bounds)) {
+        return 0;
     }
-    Bounds *slot = &bounds_cache[bounds_cache_next];
+    CachedBounds *slot = &bounds_cache[bounds_cache_next];
     bounds_cache_next = (bounds_cache_next + 1) % BOUNDS_CACHE_SIZE;
-    Py_XDECREF(slot->config);
-    Py_XDECREF(slot->server_id_bytes_max_object);
-    *slot = fresh;
-    return slot;
+    Py_INCREF(config);
+    Py_XSETREF(slot->config, config);
+    slot->bounds = *bounds;
+    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -978,8 +974,13 @@ writer_put_prefixed(Writer *writer, PyObject *value, long long maximum)
 static int
 writer_put_endpoint(Writer *writer, PyObject *endpoint, const Bounds *bounds)
 {
-    PyObject *args[2] = {endpoint, bounds->server_id_bytes_max_object};
+    PyObject *server_id_bytes_max = PyLong_FromLongLong(bounds->server_id_bytes_max);
+    if (server_id_bytes_max == NULL) {
+        return -1;
+    }
+    PyObject *args[2] = {endpoint, server_id_bytes_max};
     PyObject *encoded = PyObject_Vectorcall(encode_endpoint, args, 2, NULL);
+    Py_DECREF(server_id_bytes_max);
     if (encoded == NULL) {
         return -1;
     }
@@ -1107,18 +1108,13 @@ writer_put_handoff_head(Writer *writer, PyObject *frame)
     return 1;
 }
 
-/* The HANDOFF body after its head: current, targets, token, parts, extensions; 0 if not. */
+/* current, targets, token, parts and extensions, in this order in `fields`; 0 if not. */
 static int
-writer_put_handoff_rest(Writer *writer, PyObject *frame, const Bounds *bounds)
+writer_put_handoff_fields(Writer *writer, PyObject *const *fields, const Bounds *bounds)
 {
-    const FrameClass *cls = &handoff_class;
-    PyObject *current = get_field(cls, frame, HND_CURRENT);
-    PyObject *targets = get_field(cls, frame, HND_TARGETS);
-    PyObject *token = get_field(cls, frame, HND_TOKEN);
-    PyObject *parts = get_field(cls, frame, HND_PARTS);
-    PyObject *extensions = get_field(cls, frame, HND_EXTENSIONS);
-    if (current == NULL || targets == NULL || token == NULL || parts == NULL ||
-        extensions == NULL || !PyTuple_CheckExact(targets)) {
+    PyObject *current = fields[0], *targets = fields[1], *token = fields[2];
+    PyObject *parts = fields[3], *extensions = fields[4];
+    if (!PyTuple_CheckExact(targets)) {
         return 0;
     }
     Py_ssize_t count = PyTuple_GET_SIZE(targets);
@@ -1144,6 +1140,31 @@ writer_put_handoff_rest(Writer *writer, PyObject *frame, const Bounds *bounds)
     return status;
 }
 
+/* The HANDOFF body after its head: current, targets, token, parts, extensions; 0 if not.
+ * The fields are held while the Python endpoint encoder runs. */
+static int
+writer_put_handoff_rest(Writer *writer, PyObject *frame, const Bounds *bounds)
+{
+    const FrameClass *cls = &handoff_class;
+    PyObject *fields[] = {
+        get_field(cls, frame, HND_CURRENT), get_field(cls, frame, HND_TARGETS),
+        get_field(cls, frame, HND_TOKEN), get_field(cls, frame, HND_PARTS),
+        get_field(cls, frame, HND_EXTENSIONS)};
+    const int count = sizeof(fields) / sizeof(fields[0]);
+    for (int i = 0; i < count; i++) {
+        if (fields[i] == NULL) {
+            return 0;
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        Py_INCREF(fields[i]);
+    }
+    int status = writer_put_handoff_fields(writer, fields, bounds);
+    for (int i = 0; i < count; i++) {
+        Py_DECREF(fields[i]);
+    }
+    return status;
+}
 static PyObject *
 encode_handoff(PyObject *frame, const Bounds *bounds)
 {
@@ -1210,17 +1231,17 @@ speedups_encode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
     if (!split_config(args, nargs, kwnames, 1, &config)) {
         return call_pure(pure_encode_frame, args, nargsf, kwnames);
     }
-    const Bounds *bounds = get_bounds(config);
+    Bounds bounds;
     PyTypeObject *type = Py_TYPE(args[0]);
     PyObject *encoded = NULL;
-    if (bounds == NULL) {
+    if (!get_bounds(config, &bounds)) {
         encoded = NULL;
     } else if (type == request_class.type) {
-        encoded = encode_request(args[0], bounds);
+        encoded = encode_request(args[0], &bounds);
     } else if (type == response_class.type) {
-        encoded = encode_response(args[0], bounds);
+        encoded = encode_response(args[0], &bounds);
     } else if (type == handoff_class.type) {
-        encoded = encode_handoff(args[0], bounds);
+        encoded = encode_handoff(args[0], &bounds);
     }
     if (encoded != NULL) {
         return encoded;
@@ -1292,9 +1313,9 @@ speedups_decode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
     PyObject *config;
-    const Bounds *bounds;
+    Bounds bounds;
     if (!split_config(args, nargs, kwnames, 1, &config) || !PyBytes_CheckExact(args[0]) ||
-        (bounds = get_bounds(config)) == NULL) {
+        !get_bounds(config, &bounds)) {
         return call_pure(pure_decode_frame, args, nargsf, kwnames);
     }
     PyObject *data = args[0];
@@ -1305,10 +1326,10 @@ speedups_decode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
     if (start < 0) {
         return NULL;
     }
-    if (bounds->frame_bytes_max < 0 || body_size > (uint64_t)bounds->frame_bytes_max) {
+    if (bounds.frame_bytes_max < 0 || body_size > (uint64_t)bounds.frame_bytes_max) {
         PyObject *message = PyUnicode_FromFormat("frame body of %llu bytes exceeds %lld",
                                                  (unsigned long long)body_size,
-                                                 bounds->frame_bytes_max);
+                                                 bounds.frame_bytes_max);
         raise_remote(code_frame_too_large, message);
         return NULL;
     }
@@ -1317,7 +1338,7 @@ speedups_decode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
                          (unsigned long long)body_size, size - start);
     }
     if (is_hot(frame_type)) {
-        return decode_hot_bytes(frame_type, data, start, bounds);
+        return decode_hot_bytes(frame_type, data, start, &bounds);
     }
     return pure_body(frame_type, data, start, config);
 }
@@ -1340,16 +1361,16 @@ speedups_decode_body(PyObject *module, PyObject *const *args, size_t nargsf, PyO
     PyObject *config = nargs == 4 ? args[3] : default_config;
     Py_ssize_t start = nargs >= 3 ? PyLong_AsSsize_t(args[2]) : 0;
     unsigned long long frame_type = PyLong_AsUnsignedLongLong(args[0]);
-    const Bounds *bounds = get_bounds(config);
+    Bounds bounds;
     if (PyErr_Occurred()) {
-        PyErr_Clear();
-        bounds = NULL;
+        PyErr_Clear(); /* out of range: the pure function says what it makes of it */
+        return call_pure(pure_decode_body, args, nargsf, kwnames);
     }
-    if (bounds == NULL || start < 0 || start > PyBytes_GET_SIZE(args[1])) {
+    if (start < 0 || start > PyBytes_GET_SIZE(args[1]) || !get_bounds(config, &bounds)) {
         return call_pure(pure_decode_body, args, nargsf, kwnames);
     }
     if (is_hot(frame_type)) {
-        return decode_hot_bytes(frame_type, args[1], start, bounds);
+        return decode_hot_bytes(frame_type, args[1], start, &bounds);
     }
     return call_pure(pure_decode_body, args, nargsf, kwnames);
 }
@@ -1418,9 +1439,9 @@ PyDoc_STRVAR(pop_frame_doc,
 static PyObject *
 speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    const Bounds *bounds;
+    Bounds bounds;
     if (nargs != 3 || !PyByteArray_CheckExact(args[0]) || !PyAnySet_Check(args[1]) ||
-        (bounds = get_bounds(args[2])) == NULL) {
+        !get_bounds(args[2], &bounds)) {
         return PyObject_Vectorcall(pure_pop_frame, args, nargs, NULL);
     }
     PyObject *buffer = args[0];
@@ -1439,7 +1460,7 @@ speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!((mask >> frame_type) & 1) || end > size) {
         Py_RETURN_NONE;
     }
-    PyObject *frame = decode_buffered(buffer, frame_type, start, end, args[2], bounds);
+    PyObject *frame = decode_buffered(buffer, frame_type, start, end, args[2], &bounds);
     if (frame != NULL && PySequence_DelSlice(buffer, 0, end) < 0) {
         Py_CLEAR(frame);
     }
@@ -1548,12 +1569,13 @@ load_enum_table(const char *enum_name, PyObject ***table, Py_ssize_t *size)
     if (list == NULL) {
         return -1;
     }
-    long largest = -1;
+    long largest = -1, smallest = 0;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); i++) {
         long value = PyLong_AsLong(PyList_GET_ITEM(list, i));
         largest = value > largest ? value : largest;
+        smallest = value < smallest ? value : smallest;
     }
-    if (PyErr_Occurred() || largest > U16_MAX) {
+    if (PyErr_Occurred() || largest > U16_MAX || smallest < 0) {
         Py_DECREF(list);
         PyErr_Format(PyExc_ImportError, "%s values do not fit the C codec", enum_name);
         return -1;
