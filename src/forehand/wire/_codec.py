@@ -1,7 +1,9 @@
 """Frames to bytes and back: `encode_frame`, `decode_frame`, `decode_body`.
 
 Every frame but the hot three (in `_hot_codec`) is written with `Buffer`, so that each codec
-reads like its byte-layout table in docs/PROTOCOL.md. A decoder reads one complete body, from a
+reads like its byte-layout table in docs/PROTOCOL.md. This is the pure-Python codec; the C
+accelerator `_speedups` replaces these entry points for the hot frames and calls back here for
+the rest (`_implementation` chooses). A decoder reads one complete body, from a
 start offset to the end of the data, and raises RemoteProtocolError(FRAME_ENCODING_ERROR) when
 it is truncated, has trailing bytes, or breaks a rule.
 """

@@ -2,7 +2,9 @@
 
 Their bodies open with a fixed-layout head read and written by one precompiled `struct.Struct`,
 and the rest is parsed with the offset functions of `_primitives`, without a method call per
-field. This is what keeps them within reach of msgspec (benchmarks/bench_wire.py).
+field. These functions are the reference that the optional C accelerator `_speedups.c` follows
+byte for byte and error for error; `_implementation` chooses which of the two runs, and
+benchmarks/bench_wire.py measures both.
 
 A decoder takes the data and the offset where the body starts; the body runs to the end of the
 data. It may raise IndexError, ValueError or struct.error on truncated or invalid input, which
