@@ -159,14 +159,17 @@ class _AdaptiveLearner:
     random forests replace a drifting tree.
     """
 
-    def __init__(self, *, config: PredictorConfig, fresh: Callable[[], Any]) -> None:
+    def __init__(self, *, config: PredictorConfig) -> None:
         self._config = config
-        self._fresh = fresh
-        self._foreground = fresh()
+        self._foreground = self._fresh()
         self._background: Any = None
         self._warning = _adwin(config.adwin_warning_delta)
         self._drift = _adwin(config.adwin_drift_delta)
         self._drifts = 0
+
+    def _fresh(self) -> Any:
+        """A new, untrained River classifier."""
+        raise NotImplementedError
 
     def probability(self, features: Mapping[str, float]) -> float:
         """The foreground model's probability of a breach."""
@@ -207,14 +210,12 @@ class LogisticModel(_AdaptiveLearner):
 
     name = "logistic"
 
-    def __init__(self, *, config: PredictorConfig) -> None:
-        def fresh() -> compose.Pipeline:
-            regression = linear_model.LogisticRegression(
-                optimizer=optim.SGD(config.learning_rate), l2=config.l2_regularization
-            )
-            return compose.Pipeline(preprocessing.StandardScaler(), regression)
-
-        super().__init__(config=config, fresh=fresh)
+    def _fresh(self) -> compose.Pipeline:
+        config = self._config
+        regression = linear_model.LogisticRegression(
+            optimizer=optim.SGD(config.learning_rate), l2=config.l2_regularization
+        )
+        return compose.Pipeline(preprocessing.StandardScaler(), regression)
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         """Weight times standardised value for each feature, largest first."""
@@ -232,17 +233,15 @@ class TreeModel(_AdaptiveLearner):
 
     name = "tree"
 
-    def __init__(self, *, config: PredictorConfig) -> None:
-        def fresh() -> tree.HoeffdingTreeClassifier:
-            return tree.HoeffdingTreeClassifier(
-                grace_period=config.tree_grace_period,
-                delta=config.tree_split_confidence,
-                max_depth=config.tree_depth_max,
-                max_size=config.tree_size_mb_max,
-                leaf_prediction="mc",
-            )
-
-        super().__init__(config=config, fresh=fresh)
+    def _fresh(self) -> tree.HoeffdingTreeClassifier:
+        config = self._config
+        return tree.HoeffdingTreeClassifier(
+            grace_period=config.tree_grace_period,
+            delta=config.tree_split_confidence,
+            max_depth=config.tree_depth_max,
+            max_size=config.tree_size_mb_max,
+            leaf_prediction="mc",
+        )
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         """Trees give no additive attribution: the features furthest from normal, by |value|."""

@@ -1,0 +1,165 @@
+"""Feature computations against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from forehand.predict import (
+    Baseline,
+    EntityKey,
+    Ewma,
+    FeatureBank,
+    FeatureConfig,
+    Holt,
+    MetricSpec,
+    MetricTracker,
+    PathSample,
+    PredictorConfig,
+    RollingWindow,
+    ServerSample,
+    WindowMinimum,
+    path_bucket,
+    time_to_threshold_s,
+)
+
+S = 1_000_000
+
+
+def test_ewma_weights_by_elapsed_time() -> None:
+    """First sample taken as is; then weight 1 - exp(-dt/tau)."""
+    ewma = Ewma(time_constant_us=10 * S)
+    assert ewma.update(4.0, elapsed_us=0) == 4.0
+    alpha = 1 - math.exp(-1)
+    assert ewma.update(10.0, elapsed_us=10 * S) == pytest.approx(4.0 + alpha * 6.0)
+    alpha2 = 1 - math.exp(-2)
+    expected = 4.0 + alpha * 6.0
+    expected += alpha2 * (0.0 - expected)
+    assert ewma.update(0.0, elapsed_us=20 * S) == pytest.approx(expected)
+
+
+def test_baseline_warm_up_is_a_running_mean() -> None:
+    """With a long time constant the first samples average plainly (population variance)."""
+    baseline = Baseline(time_constant_us=10**12)
+    for value in (2.0, 4.0, 6.0):
+        baseline.update(value, elapsed_us=S)
+    assert baseline.mean == pytest.approx(4.0)
+    # West's update with weights 1, 1/2, 1/3 gives the population variance 8/3.
+    assert baseline.variance == pytest.approx(8.0 / 3.0)
+    assert baseline.deviation(floor=10.0) == 10.0
+
+
+def test_rolling_window_mean_and_deviation() -> None:
+    """The window forgets its oldest sample."""
+    window = RollingWindow(size=3)
+    for value in (100.0, 1.0, 2.0, 3.0):
+        window.update(value)
+    assert len(window) == 3
+    assert window.mean == pytest.approx(2.0)
+    assert window.deviation == pytest.approx(math.sqrt(2.0 / 3.0))
+
+
+def test_holt_level_and_trend_by_hand() -> None:
+    """alpha=0.5, beta=0.5, samples 0, 10, 20 one second apart."""
+    holt = Holt(alpha=0.5, beta=0.5)
+    holt.update(0.0, elapsed_us=0)
+    holt.update(10.0, elapsed_us=S)
+    # level = 0.5*10 + 0.5*(0 + 0) = 5; trend = 0.5*5 + 0.5*0 = 2.5
+    assert holt.level == pytest.approx(5.0)
+    assert holt.trend_per_s == pytest.approx(2.5)
+    holt.update(20.0, elapsed_us=S)
+    # level = 0.5*20 + 0.5*(5 + 2.5) = 13.75; trend = 0.5*8.75 + 0.5*2.5 = 5.625
+    assert holt.level == pytest.approx(13.75)
+    assert holt.trend_per_s == pytest.approx(5.625)
+    assert holt.forecast(ahead_s=2.0) == pytest.approx(25.0)
+
+
+def test_time_to_threshold() -> None:
+    """Distance over slope; zero when there, infinite when not rising."""
+    assert time_to_threshold_s(0.5, 0.01, 1.0) == pytest.approx(50.0)
+    assert time_to_threshold_s(1.2, -1.0, 1.0) == 0.0
+    assert math.isinf(time_to_threshold_s(0.5, 0.0, 1.0))
+
+
+def test_window_minimum() -> None:
+    """The minimum of the last `size` samples."""
+    minimum = WindowMinimum(size=3)
+    results = [minimum.update(value) for value in (5.0, 3.0, 4.0, 6.0, 7.0, 2.0)]
+    assert results == [5.0, 3.0, 3.0, 3.0, 4.0, 2.0]
+
+
+def test_metric_tracker_features_by_hand() -> None:
+    """Level, z-score against the prior baseline and time-to-threshold share of a scaled metric."""
+    config = FeatureConfig(
+        ewma_time_constants_us=(10 * S,),
+        holt_level_alpha=1.0,
+        holt_trend_beta=1.0,
+        dispersion_window_ticks=2,
+    )
+    spec = MetricSpec(name="cpu", scale=1.0, capacity=1.0, noise_floor=0.01)
+    tracker = MetricTracker(spec=spec, config=config)
+    out: dict[str, float] = {}
+    tracker.update(0.5, elapsed_us=0, horizon_s=100.0, out=out)
+    tracker.update(0.6, elapsed_us=10 * S, horizon_s=100.0, out=out)
+    assert out["cpu.level"] == pytest.approx(0.6)
+    # Baseline before the second sample: mean 0.5, deviation at the 0.01 floor.
+    assert out["cpu.z"] == pytest.approx(10.0)
+    # Holt with alpha = beta = 1: trend 0.01/s; 40 s to capacity; share 1 - 40/100.
+    assert out["cpu.trend"] == pytest.approx(0.01 * 100.0)
+    assert out["cpu.ttt"] == pytest.approx(0.6)
+    assert out["cpu.dispersion"] == pytest.approx(0.05)
+
+
+def test_unscaled_metric_features_are_in_baseline_deviations() -> None:
+    """Without a scale, levels are z-scores, so series of any unit look alike."""
+    config = FeatureConfig()
+    small = MetricTracker(spec=MetricSpec(name="m"), config=config)
+    large = MetricTracker(spec=MetricSpec(name="m"), config=config)
+    out_small: dict[str, float] = {}
+    out_large: dict[str, float] = {}
+    for step, value in enumerate((1.0, 2.0, 1.5, 1.0, 3.0)):
+        small.update(value, elapsed_us=step * S and S, horizon_s=600.0, out=out_small)
+        large.update(value * 1e6, elapsed_us=step * S and S, horizon_s=600.0, out=out_large)
+    for name, value in out_small.items():
+        assert out_large[name] == pytest.approx(value, rel=1e-6, abs=1e-9)
+
+
+def test_path_rtt_excess_loss_and_degraded_share() -> None:
+    """RTT above the window minimum and loss mark paths; the server sees the degraded share."""
+    config = PredictorConfig(path_buckets_per_server=64)
+    bank = FeatureBank(config=config)
+    groups = ["a", "b", "c", "d"]
+    assert len({path_bucket(group, buckets=64) for group in groups}) == 4
+    for tick in range(3):
+        for group in groups:
+            bad = group in ("a", "b") and tick == 2
+            sample = PathSample(
+                server_id="s",
+                client_group=group,
+                rtt_us=20_000 + (200_000 if bad else 0),
+                loss_ratio=0.0,
+            )
+            path, _, breached = bank.observe_path(sample, now_us=tick * S)
+            assert breached == bad
+        server, breached = bank.observe_server(
+            ServerSample(server_id="s", values={"cpu_utilization": 0.2}), now_us=tick * S
+        )
+    assert server.features["paths.degraded_share"] == pytest.approx(0.5)
+    assert server.features["paths.breached_share"] == pytest.approx(0.5)
+    assert breached  # half the paths breached: the server's own network is at fault
+    assert path.features["path.rtt_excess.level"] == pytest.approx(0.0)
+
+
+def test_bank_bounds_servers_and_path_buckets() -> None:
+    """Past servers_max the least recently observed server goes; paths hash into buckets."""
+    config = PredictorConfig(servers_max=2, path_buckets_per_server=3)
+    bank = FeatureBank(config=config)
+    for index in range(3):
+        bank.observe_server(ServerSample(server_id=f"s{index}", values={}), now_us=0)
+    assert len(bank) == 2 and bank.server("s0") is None and bank.evicted_servers == 1
+    for client in range(50):
+        bank.observe_path(PathSample(server_id="s2", client_group=f"c{client}", rtt_us=1), now_us=0)
+    server = bank.server("s2")
+    assert server is not None and len(server.paths) == 3
+    assert str(EntityKey("s2", 1)) == "s2/path1"

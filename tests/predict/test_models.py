@@ -1,0 +1,54 @@
+"""Models and calibration: the rule baseline's arithmetic, learners learn, Platt calibrates."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from forehand.errors import ConfigError
+from forehand.predict import (
+    LogisticModel,
+    PlattCalibrator,
+    PredictorConfig,
+    TreeModel,
+    make_model,
+)
+from forehand.predict._models import RULE_GAIN
+
+
+def test_rule_is_the_largest_normalised_component() -> None:
+    """Level over capacity or time-to-threshold share, whichever is larger."""
+    rule = make_model("rule", config=PredictorConfig(), kind="server", rng=random.Random(1))
+    features = {
+        "cpu_utilization.level": 0.5,
+        "cpu_utilization.ttt": 0.75,
+        "latency_us_p99.level": 0.2,
+    }
+    assert rule.score(features) == pytest.approx(RULE_GAIN * (0.75 - 1.0))
+    assert rule.contributions(features)[0] == ("cpu_utilization.ttt", 0.75)
+    with pytest.raises(ConfigError):
+        make_model("nope", config=PredictorConfig(), kind="server", rng=random.Random(1))
+
+
+@pytest.mark.parametrize("model_class", [LogisticModel, TreeModel])
+def test_learners_separate_a_noisy_threshold(model_class: type[LogisticModel]) -> None:
+    """Label = x > 0.7 with 5% flips: after training, high x scores above low x."""
+    rng = random.Random(3)
+    model = model_class(config=PredictorConfig())
+    for _ in range(3_000):
+        x = rng.random()
+        label = (x > 0.7) != (rng.random() < 0.05)
+        model.learn({"x": x, "noise": rng.random()}, label)
+    assert model.score({"x": 0.9, "noise": 0.5}) > model.score({"x": 0.2, "noise": 0.5})
+
+
+def test_platt_learns_the_base_rate_and_keeps_the_ranking() -> None:
+    """On an uninformative score the calibrated probability converges near the base rate."""
+    rng = random.Random(4)
+    calibrator = PlattCalibrator(learning_rate=0.1)
+    for _ in range(20_000):
+        calibrator.learn(rng.gauss(0.0, 1.0), rng.random() < 0.1)
+    assert calibrator.probability(0.0) == pytest.approx(0.1, abs=0.03)
+    assert calibrator.slope > 0
+    assert calibrator.probability(2.0) >= calibrator.probability(-2.0)
