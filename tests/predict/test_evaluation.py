@@ -1,4 +1,4 @@
-"""Event-level evaluation: windows, refractory alarms, floors, calibration, validation-only thresholds."""
+"""Event-level evaluation: windows, refractory alarms, floors, calibration, validation-only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Delayed labelling: positive iff an onset falls within (t + L, t + H]; breach ticks never queue."""
+"""Delayed labels: positive iff an onset falls within (t + L, t + H]; breach ticks never queue."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The trigger policy: hysteresis, k of n, urgency, cooldown, budget, dwell, margin, shadow, holdout."""
+"""Trigger policy: hysteresis, k of n, urgency, cooldown, budget, dwell, margin, shadow, holdout."""
 
 from __future__ import annotations
 

@@ -68,8 +68,8 @@ def test_snapshot_restore_continues_identically() -> None:
     snapshot = predictor.snapshot()
     twin = OnlinePredictor(config=CONFIG, rng=random.Random(99))
     twin.restore(snapshot)
-    for now_us, samples in ramp_stream(seed=4, ticks=100):
-        now_us += 200 * 10 * S
+    for tick_us, samples in ramp_stream(seed=4, ticks=100):
+        now_us = tick_us + 200 * 10 * S
         for sample in samples:
             predictor.observe(sample, now_us=now_us)
             twin.observe(sample, now_us=now_us)
