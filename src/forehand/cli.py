@@ -39,6 +39,60 @@ def sim(context: typer.Context) -> None:
     raise typer.Exit(sim_main(context.args, prog="forehand sim"))
 
 
+docs_app = typer.Typer(
+    name="docs", help="Keep the documentation in sync with the code.", no_args_is_help=True
+)
+app.add_typer(docs_app)
+
+ARCHITECTURE_PATH = "docs/ARCHITECTURE.md"
+"""The document whose state-machine diagrams `forehand docs diagrams` maintains."""
+
+
+@docs_app.command("diagrams")
+def docs_diagrams(
+    check: bool = typer.Option(
+        False, "--check", help="change nothing; exit 1 if a diagram is out of date or missing"
+    ),
+    path: str = typer.Option(ARCHITECTURE_PATH, "--path", help="the Markdown document to update"),
+) -> None:
+    """Regenerate the state-machine diagrams between the document's `generated` markers."""
+    from pathlib import Path
+
+    from forehand.core.diagrams import (
+        MARKER_OPEN,
+        missing_diagrams,
+        render_document,
+        stale_diagrams,
+    )
+    from forehand.errors import ConfigError
+
+    document_path = Path(path)
+    try:
+        document = document_path.read_text(encoding="utf-8")
+        stale = stale_diagrams(document)
+        rendered = render_document(document)
+    except (OSError, ConfigError) as error:
+        typer.echo(f"forehand docs diagrams: {error}", err=True)
+        raise typer.Exit(2) from error
+    missing = missing_diagrams(document)
+    for key in missing:
+        marker = MARKER_OPEN.format(key=key)
+        typer.echo(f"{path}: no block for diagram {key!r} (add {marker})", err=True)
+    if check:
+        for key in stale:
+            typer.echo(f"{path}: diagram {key!r} is out of date", err=True)
+        if stale:
+            typer.echo("run `forehand docs diagrams` to regenerate", err=True)
+        if stale or missing:
+            raise typer.Exit(1)
+        return
+    if rendered != document:
+        document_path.write_text(rendered, encoding="utf-8")
+    typer.echo(f"{path}: {len(stale)} diagram(s) regenerated")
+    if missing:
+        raise typer.Exit(1)
+
+
 @app.command("predict-eval")
 def predict_eval(
     *,
