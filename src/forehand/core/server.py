@@ -193,6 +193,7 @@ class ServerCore:
         self._map: ServerMap | None = None
         self._map_deltas: dict[int, MapPublished] = {}
         self._fenced: dict[PartRef, None] = {}
+        self._deferred: dict[PartRef, None] = {}
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._heartbeat_sequence = 0
@@ -996,6 +997,8 @@ class ServerCore:
                 raise RemoteProtocolError(
                     f"LogShipped entries are not contiguous after {message.prev_seq}"
                 )
+        if not self._sender_current(message.ref, message.epoch, source, "log"):
+            return
         part = self._part_for_shipment(message.ref, message.epoch)
         if part is None or not self._admit_shipment(part, message.epoch, source, "log", now_us):
             return
@@ -1010,6 +1013,8 @@ class ServerCore:
             self._take_over(part, message.epoch, source, now_us)
 
     def _on_snapshot_shipped(self, message: SnapshotShipped, source: NodeId, now_us: int) -> None:
+        if not self._sender_current(message.ref, message.epoch, source, "snapshot"):
+            return
         part = self._part_for_shipment(message.ref, message.epoch)
         if part is None or not self._admit_shipment(
             part, message.epoch, source, "snapshot", now_us
@@ -1025,6 +1030,52 @@ class ServerCore:
             SnapshotInstalled(node=self._me, ref=part.ref, log_index=message.seq, source=source)
         )
         self._send_ack(part, source, sealed=False)
+
+    def _sender_current(self, ref: PartRef, epoch: int, source: NodeId, kind: str) -> bool:
+        """Whether a shipment may come from `source` at all, judged by this server's map.
+
+        Fencing (`FailoverPrepared`) reaches only the replicas alive during a failover; one that
+        restarted since has forgotten it. So the map judges too: a shipment at an epoch the map
+        has moved past comes from a replaced primary (cut off, not dead) unless its sender is the
+        map's primary or this server is (a handoff target getting the sealed log). The refusal
+        carries the map version, which fences the sender. Without a map nothing can be judged:
+        the primary ships again once the map is here.
+        """
+        current = self._map
+        if current is None:
+            self._rare("shipment-before-map")
+            return False
+        if epoch > current.version:
+            return True
+        placement = current.placement(ref)
+        if placement is not None and placement.primary in (source, self._me):
+            if self._me in placement.servers:
+                return True
+            # The map's primary has not seen that this server no longer replicates the part.
+            self._rare("shipment-to-former-replica")
+            return False
+        self._rare("shipment-from-replaced-primary")
+        self._emit(
+            StaleEpochRefused(
+                node=self._me,
+                ref=ref,
+                peer=source,
+                kind=kind,
+                message_version=epoch,
+                part_epoch=current.version,
+            )
+        )
+        part = self._parts.get(ref)
+        self._send(
+            source,
+            LogAcknowledged(
+                ref=ref,
+                epoch=current.version,
+                acked_seq=0 if part is None else part.applied_seq,
+                acked_epoch=0 if part is None else part.log.last_epoch,
+            ),
+        )
+        return False
 
     def _part_for_shipment(self, ref: PartRef, epoch: int) -> Part | None:
         part = self._parts.get(ref)
@@ -1496,16 +1547,25 @@ class ServerCore:
         self._forget_run(key)
 
     def _reinstate_reverted(self, refs: Iterable[PartRef], run: HandoffRun, now_us: int) -> None:
-        """Aborted parts whose revert map arrived before the deadline take the part back now."""
-        if self._map is None or self._map.version <= run.map_version:
+        """Aborted parts whose revert map arrived before the deadline take the part back now.
+
+        An implicit run (a map moved the part and no manager's handoff named it) has nobody to
+        revert it: the map it came from already decided (typically a failover that promoted a
+        replica while this primary was cut off), so its aborted parts follow that map at once.
+        """
+        implicit = run.side is HandoffSide.SOURCE and run.handoff_id == 0
+        if self._map is None or (self._map.version <= run.map_version and not implicit):
             return
         for ref in refs:
             part = self._parts.get(ref)
+            if part is None or part.state is not PartState.ABORTING:
+                continue
             placement = self._map.placement(ref)
-            aborting = part is not None and part.state is PartState.ABORTING
-            if aborting and placement is not None and placement.primary == self._me:
-                assert part is not None
+            if placement is not None and placement.primary == self._me:
                 self._reinstate(part, now_us)
+            elif implicit:
+                self._rare("implicit-handoff-aborted-follows-map")
+                self._reconcile(ref, self._map, now_us)
 
     def _forget_run(self, key: int) -> None:
         run = self._runs.pop(key, None)
@@ -1656,6 +1716,16 @@ class ServerCore:
             if ref not in self._parts or self._parts[ref].fence_version <= new_map.version
         ]
         refs.update(dict.fromkeys(ref for ref in settled if ref in self._parts))
+        # A part deferred by an older map is decided by the first map at or above its epoch.
+        caught_up = [
+            ref
+            for ref in self._deferred
+            if ref not in self._parts or self._parts[ref].epoch <= new_map.version
+        ]
+        for ref in caught_up:
+            del self._deferred[ref]
+            if ref in self._parts:
+                refs[ref] = None
         for ref in refs:
             self._reconcile(ref, previous_map, now_us)
         for ref in settled:
@@ -1668,6 +1738,12 @@ class ServerCore:
         if part is None:
             if placement is not None:
                 self._place_new(ref, placement.primary, placement.replicas, previous_map, now_us)
+            return
+        if part.epoch > self._map.version:
+            # The part already knows a newer placement than this map (a sealed log or a handoff
+            # of a newer map got here first): an older map must not move it back.
+            self._rare("map-older-than-part")
+            self._deferred[ref] = None
             return
         listed = placement is not None and self._me in placement.servers
         if placement is None or (not listed and part.state is not PartState.PRIMARY):
