@@ -147,6 +147,17 @@ def test_handoff_is_followed_make_before_break() -> None:
     assert h.client.route(session, "cart").primary == "s1"
 
 
+def test_handoff_source_becomes_the_first_backup_once() -> None:
+    """After RESUME_OK the backups are the source, then the other replicas, each listed once."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, targets=("s2",)))
+    h.welcome("s2")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    route = h.client.route(session, "auth")
+    assert (route.primary, route.backups) == ("s2", ("s1", "s3"))
+
+
 def test_answers_from_the_source_during_the_handoff_are_accepted_once() -> None:
     """An answer relayed by the source before RESUME_OK counts; the target's copy is dropped."""
     h = Harness()

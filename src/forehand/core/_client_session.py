@@ -200,10 +200,14 @@ class PartRoute:
         return (self.primary, *(b for b in self.backups if b != self.primary))
 
     def adopt(self, *, primary: NodeId, backups: tuple[NodeId, ...], map_version: int) -> None:
-        """Take newer placement information (callers check that it is newer)."""
+        """Take newer placement information (callers check that it is newer).
+
+        The backups keep their order, without the primary and without repeats: callers build
+        them by prepending a server (a handoff source) to a list that may already hold it.
+        """
         assert map_version >= self.map_version, (map_version, self.map_version)
         self.primary = primary
-        self.backups = tuple(b for b in backups if b != primary)
+        self.backups = tuple(dict.fromkeys(b for b in backups if b != primary))
         self.map_version = map_version
 
 
