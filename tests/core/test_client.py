@@ -12,6 +12,7 @@ from forehand.core._client_events import (
     ConnectionEstablished,
     MapVersionAdopted,
     PartRedirected,
+    ProtocolViolationDetected,
     RarePathTaken,
     RequestFailed,
     RequestFailedWhy,
@@ -32,7 +33,7 @@ from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._pool import ConnectionState
 from forehand.core.client import REQUEST_ID_BITS, BackpressureError, ClientCore
 from forehand.core.messages import LogAcknowledged, PartRef
-from forehand.errors import LocalProtocolError, RemoteProtocolError
+from forehand.errors import LocalProtocolError
 from forehand.wire import (
     CloseSession,
     Credential,
@@ -599,13 +600,38 @@ def test_full_pool_of_busy_connections_refuses_new_ones() -> None:
     assert [e.name for e in h.of(RarePathTaken)] == ["connection-pool-full"]
 
 
-def test_unexpected_message_type_is_a_remote_protocol_error() -> None:
-    """A cluster message sent to a client is refused with FRAME_UNEXPECTED."""
+def assert_refused(h: Harness, peer: str, code: ErrorCode) -> None:
+    """`peer` got ERROR(code) then a close request, and a ProtocolViolationDetected says so."""
+    frames = h.sent_to(peer)
+    assert [type(frame) for frame in frames] == [Error, ConnectionCloseRequested]
+    error, close = frames
+    assert isinstance(error, Error) and isinstance(close, ConnectionCloseRequested)
+    assert (error.code, close.peer, close.error_code) == (code, peer, code)
+    violations = h.of(ProtocolViolationDetected)
+    assert [(v.peer, v.error_code) for v in violations] == [(peer, code)]
+    assert h.client.connection_state(peer) is ConnectionState.CLOSED
+
+
+def test_unexpected_message_type_closes_only_that_connection() -> None:
+    """A cluster message sent to a client gets ERROR FRAME_UNEXPECTED; nothing raises."""
     h = Harness()
+    ready_session(h)
     message = LogAcknowledged(ref=PartRef(session_id=SESSION, part="a"), epoch=1, acked_seq=0)
-    with pytest.raises(RemoteProtocolError) as raised:
-        h.client.receive_message(message, source="s1", now_us=0)
-    assert raised.value.error_code == ErrorCode.FRAME_UNEXPECTED
+    h.feed("s1", message)
+    assert_refused(h, "s1", ErrorCode.FRAME_UNEXPECTED)
+    assert h.client.connection_state("s2") is ConnectionState.READY
+
+
+def test_frame_only_servers_receive_closes_the_sender() -> None:
+    """A REQUEST (a frame clients send, never receive) from a server is FRAME_UNEXPECTED."""
+    h = Harness()
+    session = ready_session(h)
+    request = Request(
+        request_id=1, session_id=session, part="auth", op="x", map_version=5, payload=b""
+    )
+    h.feed("s2", request)
+    assert_refused(h, "s2", ErrorCode.FRAME_UNEXPECTED)
+    assert h.client.connection_state("s1") is ConnectionState.READY
 
 
 def test_second_welcome_closes_only_that_connection() -> None:
@@ -613,10 +639,7 @@ def test_second_welcome_closes_only_that_connection() -> None:
     h = Harness()
     ready_session(h)
     h.welcome("s1")
-    assert [e.code for e in h.take(Error, "s1")] == [ErrorCode.FRAME_UNEXPECTED]
-    closes = h.take(ConnectionCloseRequested, "s1")
-    assert [(c.peer, c.error_code) for c in closes] == [("s1", ErrorCode.FRAME_UNEXPECTED)]
-    assert h.client.connection_state("s1") is ConnectionState.CLOSED
+    assert_refused(h, "s1", ErrorCode.FRAME_UNEXPECTED)
     assert h.client.connection_state("s2") is ConnectionState.READY
 
 

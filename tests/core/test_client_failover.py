@@ -9,6 +9,7 @@ import pytest
 
 from forehand.core._client_events import (
     PartRelocated,
+    ProtocolViolationDetected,
     RarePathTaken,
     RequestFailed,
     RequestFailedWhy,
@@ -21,6 +22,8 @@ from forehand.core._client_map import (
     encode_client_placements,
 )
 from forehand.core._client_session import RouteState
+from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._pool import ConnectionState
 from forehand.errors import RemoteProtocolError
 from forehand.placement import (
     MAP_ENCODING,
@@ -33,6 +36,7 @@ from forehand.placement import (
 )
 from forehand.placement import Placement as MapPlacement
 from forehand.wire import (
+    Error,
     ErrorCode,
     GoAway,
     Hello,
@@ -344,13 +348,57 @@ def test_shard_map_delta_applies_to_the_held_map_only() -> None:
     assert (h.client.route(session, "auth").primary, h.client.map_version) == ("s3", 9)
 
 
+def assert_manager_refused(h: Harness, code: ErrorCode) -> None:
+    """The manager got ERROR(code) and a close request; the client recorded the violation."""
+    assert [e.code for e in h.take(Error, MANAGER)] == [code]
+    closes = h.take(ConnectionCloseRequested, MANAGER)
+    assert [c.error_code for c in closes] == [code]
+    assert [v.peer for v in h.of(ProtocolViolationDetected)] == [MANAGER]
+    assert h.client.connection_state(MANAGER) is ConnectionState.CLOSED
+
+
 def test_shard_map_update_with_wrong_version_is_the_senders_fault() -> None:
-    """A MAP_UPDATE whose map has another version than the frame says is refused."""
+    """A MAP_UPDATE whose map has another version than the frame says closes that connection."""
     h = Harness()
     session, _ = real_session(h)
+    h.lose("s1")
+    h.outbox.clear()
     whole = shard_map(session, "s2", version=8)
-    with pytest.raises(RemoteProtocolError):
-        h.feed(
-            MANAGER,
-            MapUpdate(map_version=9, base_version=0, encoding=MAP_ENCODING, body=whole.encode()),
-        )
+    h.feed(
+        MANAGER,
+        MapUpdate(map_version=9, base_version=0, encoding=MAP_ENCODING, body=whole.encode()),
+    )
+    assert_manager_refused(h, ErrorCode.FRAME_ENCODING_ERROR)
+    assert h.client.map_version == 5
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body"),
+    [
+        (CLIENT_PLACEMENTS_ENCODING, b"\xff\x00"),
+        (CLIENT_PLACEMENTS_ENCODING, b"\x91\x91\x92\xc4\x10" + bytes(16) + b"\x93\xa2\xc3("),
+        (MAP_ENCODING, b"\xc1"),
+        (MAP_ENCODING, b"\x96\x01\x03\x81\xa2\xc3(\x01\x90\x90\x90"),
+    ],
+    ids=["placements-garbage", "placements-not-utf8", "map-garbage", "map-not-utf8"],
+)
+def test_map_update_that_does_not_decode_closes_the_connection(encoding: int, body: bytes) -> None:
+    """An undecodable MAP_UPDATE body gets ERROR and a close; the lost part keeps locating."""
+    h = Harness()
+    session, ids = real_session(h)
+    h.lose("s1")
+    h.outbox.clear()
+    h.feed(MANAGER, MapUpdate(map_version=8, base_version=0, encoding=encoding, body=body))
+    assert_manager_refused(h, ErrorCode.FRAME_ENCODING_ERROR)
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    # The manager connection's loss notice comes back; the next round asks again.
+    h.lose(MANAGER)
+    h.advance(ms=5_000)
+    assert len(h.take(Hello, MANAGER)) == 1
+    h.welcome(MANAGER)
+    assert h.take(MapRequest, MANAGER) != []
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=8))
+    assert h.client.route(session, "auth").primary == "s2"
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == ids

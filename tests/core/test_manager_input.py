@@ -52,6 +52,14 @@ def bad_inputs() -> list[tuple[str, object]]:
         ("s9", ServerAnnounced(server_id="s9", incarnation=1, address="x", zone="", weight=1.0)),
         ("s8", ServerAnnounced(server_id="s8", incarnation=1, address="x", zone="z", weight=-1.0)),
         ("c1", ClusterMessage(kind=1, body=b"\xff\x00garbage")),
+        # A string that is not UTF-8 inside an otherwise well-formed MapRequested.
+        (
+            "s1",
+            ClusterMessage(
+                kind=1,
+                body=b"\x83\xa4type\xacMapRequested\xa9server_id\xa2\xc3(\xabmap_version\x01",
+            ),
+        ),
         (
             "c1",
             Request(

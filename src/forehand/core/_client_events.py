@@ -25,6 +25,7 @@ __all__ = [
     "MapVersionAdopted",
     "PartRedirected",
     "PartRelocated",
+    "ProtocolViolationDetected",
     "RarePathTaken",
     "RequestFailed",
     "RequestFailedWhy",
@@ -342,6 +343,20 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ProtocolViolationDetected:
+    """A server or the manager broke the protocol: it got ERROR and its connection is closing."""
+
+    node: NodeId
+    """The client node."""
+    peer: NodeId
+    """The offender."""
+    error_code: int
+    """The `ErrorCode` sent."""
+    reason: str
+    """Why, for logs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RarePathTaken:
     """The client went down a rare path (a late answer, a stale redirect, ...): coverage."""
 
@@ -368,6 +383,7 @@ ClientEvent = (
     | MapVersionAdopted
     | ConnectionEstablished
     | ConnectionClosed
+    | ProtocolViolationDetected
     | RarePathTaken
 )
 """Any event of the client core."""

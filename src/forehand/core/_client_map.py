@@ -71,7 +71,8 @@ def decode_client_placements(body: bytes) -> ClientPlacements:
     """Decode a `ClientPlacements` body; a malformed one is the sender's fault."""
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
         raise RemoteProtocolError(
             f"malformed client placements: {error}", error_code=ErrorCode.FRAME_ENCODING_ERROR
         ) from error
@@ -166,15 +167,22 @@ def placement_view(update: MapUpdate, held: ShardMap | None) -> PlacementView | 
         )
     if update.encoding != MAP_ENCODING:
         return None
-    if update.base_version == 0:
-        shard_map = ShardMap.decode(update.body)
-    elif held is not None and held.version == update.base_version:
-        try:
-            shard_map = held.apply(ShardMap.decode_delta(update.body))
-        except LocalProtocolError as error:
-            raise RemoteProtocolError(f"shard-map delta does not apply: {error}") from error
-    else:
+    if update.base_version != 0 and (held is None or held.version != update.base_version):
         return None
+    try:
+        if update.base_version == 0:
+            shard_map = ShardMap.decode(update.body)
+        else:
+            assert held is not None
+            shard_map = held.apply(ShardMap.decode_delta(update.body))
+    except (RemoteProtocolError, ValueError) as error:
+        # Bytes the codec refuses, a string that is not UTF-8 (msgspec lets UnicodeDecodeError
+        # escape) or a configuration out of range: the body does not decode (PROTOCOL.md 5.10).
+        raise RemoteProtocolError(
+            f"malformed shard map: {error}", error_code=ErrorCode.FRAME_ENCODING_ERROR
+        ) from error
+    except LocalProtocolError as error:
+        raise RemoteProtocolError(f"unusable shard map: {error}") from error
     if shard_map.version != update.map_version:
         raise RemoteProtocolError(
             f"MAP_UPDATE says version {update.map_version}, its map is {shard_map.version}",

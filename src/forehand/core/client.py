@@ -35,6 +35,7 @@ from forehand.core._client_events import (
     MapVersionAdopted,
     PartRedirected,
     PartRelocated,
+    ProtocolViolationDetected,
     RarePathTaken,
     RequestFailed,
     RequestFailedWhy,
@@ -279,14 +280,21 @@ class ClientCore:
         return self._config.node_id
 
     def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
-        """Feed one frame (or connection input) that arrived from `source`."""
+        """Feed one frame (or connection input) that arrived from `source`.
+
+        Nothing a peer sends raises out of the core: a frame the client does not accept, or one
+        that does not decode, gets ERROR and closes that peer's connection only.
+        """
         handler = self._handlers.get(type(message))
-        if handler is None:
-            raise RemoteProtocolError(
-                f"a client does not accept {type(message).__name__} (from {source})",
-                error_code=ErrorCode.FRAME_UNEXPECTED,
-            )
-        handler(message, source, now_us)
+        try:
+            if handler is None:
+                raise RemoteProtocolError(
+                    f"a client does not accept {type(message).__name__}",
+                    error_code=ErrorCode.FRAME_UNEXPECTED,
+                )
+            handler(message, source, now_us)
+        except RemoteProtocolError as error:
+            self._reject_peer(source, ErrorCode.from_wire(error.error_code), str(error), now_us)
 
     def handle_timer(self, *, now_us: int) -> None:
         """Fail expired requests, retry, time out resumes, re-ask the manager, ping servers."""
@@ -683,6 +691,11 @@ class ClientCore:
 
     def _reject_peer(self, peer: NodeId, code: ErrorCode, reason: str, now_us: int) -> None:
         """The peer broke the protocol: tell it why, close only its connection, move on."""
+        self._emit(
+            ProtocolViolationDetected(
+                node=self.node_id, peer=peer, error_code=int(code), reason=reason
+            )
+        )
         self._outbox.append(Outbound(destination=peer, message=Error(code=code, reason=reason)))
         self._request_close(peer, code, reason, now_us)
 

@@ -362,5 +362,6 @@ def decode_cluster_message(body: bytes) -> ClusterMessageType:
 
     try:
         return _decoder.decode(body)
-    except msgspec.DecodeError as error:
+    except (msgspec.DecodeError, UnicodeDecodeError) as error:
+        # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
         raise RemoteProtocolError(f"malformed cluster message: {error}") from error
