@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+import pytest
+
 from forehand.core._client_events import (
     HandoffAbandoned,
     HandoffFollowed,
@@ -20,6 +23,7 @@ from forehand.core._client_map import (
     encode_client_placements,
 )
 from forehand.core._client_session import RouteState
+from forehand.core._pool import ConnectionState
 from forehand.wire import (
     Handoff,
     HandoffFlag,
@@ -54,6 +58,7 @@ def handoff(
     source: str = "s1",
     targets: tuple[str, ...] = ("s2",),
     deadline_ms: int = 1_000,
+    flags: HandoffFlag = HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED,
 ) -> Handoff:
     return Handoff(
         sequence=sequence,
@@ -61,7 +66,7 @@ def handoff(
         parts=parts,
         map_version=map_version,
         reason=ReasonCode.PREDICTED_FAILURE,
-        flags=HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED,
+        flags=flags,
         deadline_ms=deadline_ms,
         current=endpoint(source),
         targets=tuple(map(endpoint, targets)),
@@ -195,6 +200,57 @@ def test_handoff_on_unwelcomed_connection_is_ignored() -> None:
     ignored = h.of(HandoffIgnored)
     assert [e.why for e in ignored] == [HandoffIgnoredWhy.NOT_AUTHENTICATED]
     assert h.take(HandoffStatus) == [] and h.take(Resume) == []
+
+
+def test_handoff_whose_current_is_not_the_sender_is_ignored() -> None:
+    """A HANDOFF naming another server as `current` is ignored and does not use up its sequence."""
+    h = Harness()
+    session = session_on_s1(h)
+    forged = msgspec.structs.replace(handoff(session, sequence=3), current=endpoint("s3"))
+    h.feed("s1", forged)
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.NOT_FROM_CURRENT]
+    assert h.take(HandoffStatus) == [] and h.take(Hello) == []
+    assert h.client.route(session, "auth").state is RouteState.ACTIVE
+    h.feed("s1", handoff(session, sequence=3))
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED]
+
+
+def test_handoff_from_a_server_not_holding_the_parts_is_ignored() -> None:
+    """A welcomed server that is not among a named part's servers cannot move that part."""
+    h = Harness()
+    session = session_on_s1(h)
+    assert h.client.prewarm(session, "auth", now_us=h.now_us) == "s2"
+    h.welcome("s2")
+    h.outbox.clear()
+    # s2 is a replica of auth but no server of cart (s1, then s3).
+    h.feed("s2", handoff(session, parts=("auth", "cart"), source="s2", targets=("s3",)))
+    h.feed("s2", handoff(session, sequence=2, parts=("cart",), source="s2", targets=("s3",)))
+    whys = [e.why for e in h.of(HandoffIgnored)]
+    assert whys == [HandoffIgnoredWhy.NOT_BOUND, HandoffIgnoredWhy.NOT_BOUND]
+    assert h.take(HandoffStatus) == [] and h.take(Resume) == []
+    assert h.client.route(session, "cart").primary == "s1"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        HandoffFlag.NONE,
+        HandoffFlag.URGENT,
+        HandoffFlag.URGENT | HandoffFlag.PREWARMED | HandoffFlag.MAKE_BEFORE_BREAK_REQUIRED,
+    ],
+)
+def test_handoff_is_followed_at_once_whatever_its_flags(flags: HandoffFlag) -> None:
+    """No pacing for URGENT to skip: RESUME leaves in the same step; flags reach the event."""
+    h = Harness()
+    session = session_on_s1(h)
+    assert h.client.prewarm(session, "auth", now_us=h.now_us) == "s2"
+    h.welcome("s2")
+    h.outbox.clear()
+    h.feed("s1", handoff(session, flags=flags))
+    assert len(h.take(Resume, "s2")) == 1
+    assert [e.flags for e in h.of(HandoffStarted)] == [flags]
+    # Make-before-break holds even without MAKE_BEFORE_BREAK_REQUIRED: s1 still answers.
+    assert h.client.connection_state("s1") is ConnectionState.READY
 
 
 def test_stale_map_version_handoff_is_ignored() -> None:

@@ -11,7 +11,7 @@ import enum
 from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
-from forehand.wire import ReasonCode, ResponseStatus, ResumeRejectReason
+from forehand.wire import HandoffFlag, ReasonCode, ResponseStatus, ResumeRejectReason
 
 __all__ = [
     "ClientEvent",
@@ -43,6 +43,11 @@ class HandoffIgnoredWhy(enum.Enum):
 
     NOT_AUTHENTICATED = "not-authenticated"
     """It came on a connection that has not been welcomed (or from a node that is no server)."""
+    NOT_FROM_CURRENT = "not-from-current"
+    """Its `current` endpoint names another server than the one that sent it."""
+    NOT_BOUND = "not-bound"
+    """The sender is not a server of every named part (primary or known backup) for the client,
+    so the session is not bound to that connection for those parts."""
     UNKNOWN_SESSION = "unknown-session"
     """The client holds no such session."""
     UNKNOWN_PART = "unknown-part"
@@ -210,6 +215,8 @@ class HandoffStarted:
     """The map version that assigns the parts to the targets."""
     reason: ReasonCode
     """Why the server moves them."""
+    flags: HandoffFlag = HandoffFlag.NONE
+    """The HANDOFF's flags as received (the client acts the same whatever they say)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1268,12 +1268,19 @@ class ClientCore:
         self._send(self._config.manager_node_id, MapRequest(map_version=version), now_us)
 
     def _handoff_refusal(self, frame: Handoff, source: NodeId) -> HandoffIgnoredWhy | None:
-        """Why a HANDOFF must be ignored, or None to follow it (records its sequence)."""
+        """Why a HANDOFF must be ignored, or None to follow it (records its sequence).
+
+        PROTOCOL.md 5.11 rules 2 and 3: an authenticated server connection, `current` naming the
+        sender, a newer sequence on that connection, a session and parts the client holds with
+        the sender among each part's servers, a newer map version, targets the manager named.
+        """
         connection = self._pool.get(source)
         if connection is None or not connection.authenticated:
             return HandoffIgnoredWhy.NOT_AUTHENTICATED
         if source == self._config.manager_node_id:
             return HandoffIgnoredWhy.NOT_AUTHENTICATED
+        if frame.current.server_id != source:
+            return HandoffIgnoredWhy.NOT_FROM_CURRENT
         if frame.sequence <= connection.handoff_sequence_last:
             return HandoffIgnoredWhy.STALE_SEQUENCE
         connection.handoff_sequence_last = frame.sequence
@@ -1284,6 +1291,8 @@ class ClientCore:
         if not routes or any(route is None for route in routes):
             return HandoffIgnoredWhy.UNKNOWN_PART
         known = [route for route in routes if route is not None]
+        if any(source not in route.servers() for route in known):
+            return HandoffIgnoredWhy.NOT_BOUND
         if frame.map_version <= max(route.map_version for route in known):
             return HandoffIgnoredWhy.STALE_MAP_VERSION
         if not frame.targets:
@@ -1337,8 +1346,12 @@ class ClientCore:
                 sequence=frame.sequence,
                 map_version=frame.map_version,
                 reason=frame.reason,
+                flags=frame.flags,
             )
         )
+        # Followed at once whatever the flags say: the client adds no pacing of its own (the
+        # servers spread their HANDOFF frames), so URGENT has nothing to skip, and it always
+        # keeps the source until RESUME_OK as if MAKE_BEFORE_BREAK_REQUIRED were set.
         self._try_target(resumption, now_us)
 
     def _try_target(self, resumption: _Resumption, now_us: int) -> None:
