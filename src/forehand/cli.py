@@ -112,7 +112,7 @@ def predict_eval(
 
     from forehand.predict_io import nab_report, print_report, print_targets, synthetic_report
 
-    console = Console()
+    console = Console() if Console().is_terminal else Console(width=160)
     synthetic_result = nab_result = None
     if synthetic:
         console.print(f"SEED={seed} synthetic fleet: {servers} servers x {days:g} days")

@@ -31,6 +31,7 @@ from forehand.predict import (
     LabelledEvent,
     MetricSpec,
     OnlinePredictor,
+    PolicyConfig,
     PredictorConfig,
     Sample,
     ServerSample,
@@ -163,11 +164,15 @@ def synthetic_report(*, servers: int, days: float, seed: int, console: Console) 
         "sudden": tuple(kind.value for kind in SUDDEN_FAULTS),
         **{kind.value: (kind.value,) for kind in GRADUAL_FAULTS + SUDDEN_FAULTS},
     }
+    # Alarms as the trigger policy raises them: its threshold held on k of the last n ticks.
+    policy = PolicyConfig()
     evaluation = EvaluationConfig(
         horizon_us=config.labels.horizon_us,
         lead_us=config.labels.lead_us,
         groups=groups,
         after_breach_us=config.labels.breach_clear_us,
+        alarm_ticks_k=policy.trigger_ticks_k,
+        alarm_window_n=policy.trigger_window_n,
     )
     return evaluate(series, fleet.events, evaluation)
 

@@ -56,7 +56,7 @@ class PathState(EntityState):
 class ServerState(EntityState):
     """One server: its metrics, its path buckets, and the share of them that degrade."""
 
-    __slots__ = ("degraded_share", "paths", "share_ewma", "share_holt", "trackers")
+    __slots__ = ("degraded_share", "paths", "share_ewma", "share_holt", "trackers", "wide_ewmas")
 
     def __init__(self, *, config: PredictorConfig) -> None:
         super().__init__(config=config)
@@ -71,6 +71,10 @@ class ServerState(EntityState):
         """Share of fresh path buckets that are degraded, as of the newest server sample."""
         self.share_ewma = Ewma(time_constant_us=features.ewma_time_constants_us[0])
         """Fast average of the degraded share."""
+        self.wide_ewmas = [Ewma(time_constant_us=tc) for tc in features.ewma_time_constants_us]
+        """Share of recent time in which most paths degraded at once, at every time scale: a
+        flapping uplink shows as a rising rate of fleeting server-wide blips, while one client
+        network's trouble never counts."""
         self.share_holt = Holt(alpha=features.holt_level_alpha, beta=features.holt_trend_beta)
         """Trend of the degraded share."""
 
@@ -83,6 +87,10 @@ class FeatureBank:
         self._servers: OrderedDict[str, ServerState] = OrderedDict()
         fastest_s = config.features.ewma_time_constants_us[0] // SECOND_US
         self._path_excess_name = f"path.rtt_excess.ewma_{fastest_s}s"
+        self._wide_names = [
+            f"paths.wide_degradation_ewma_{tc // SECOND_US}s"
+            for tc in config.features.ewma_time_constants_us
+        ]
         self.evicted_servers = 0
         """Servers forgotten to stay within `servers_max`."""
 
@@ -178,10 +186,18 @@ class FeatureBank:
         degraded_share = degraded / fresh if fresh else 0.0
         breached_share = breached / fresh if fresh else 0.0
         server.degraded_share = degraded_share
-        share_ewma = server.share_ewma.update(degraded_share, elapsed_us=elapsed_us)
         server.share_holt.update(degraded_share, elapsed_us=elapsed_us)
         out["paths.degraded_share"] = degraded_share
-        out["paths.degraded_share_ewma"] = share_ewma
+        out["paths.degraded_share_ewma"] = server.share_ewma.update(
+            degraded_share, elapsed_us=elapsed_us
+        )
+        wide = (
+            1.0
+            if fresh and degraded_share >= self._config.path_slo.server_breach_share_min
+            else 0.0
+        )
+        for name, ewma in zip(self._wide_names, server.wide_ewmas, strict=True):
+            out[name] = ewma.update(wide, elapsed_us=elapsed_us)
         out["paths.degraded_share_trend"] = server.share_holt.trend_per_s * self._config.horizon_s
         out["paths.breached_share"] = breached_share
         out["paths.rtt_excess_mean"] = excess_sum / fresh if fresh else 0.0

@@ -198,6 +198,8 @@ class PredictorConfig:
     """Step size of the online logistic regression."""
     l2_regularization: float = 1e-4
     """L2 penalty of the online logistic regression."""
+    hinge_knots: tuple[float, ...] = (0.5, 0.8)
+    """Knots of the hinge features the logistic regression adds to each dimensionless level."""
     calibration_learning_rate: float = 0.05
     """AdaGrad step size of the online Platt scaling."""
     adwin_warning_delta: float = 1e-3

@@ -77,6 +77,10 @@ class EvaluationConfig:
     """What the budget counts on the validation split."""
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Report name -> event kinds it covers; every report also has "all"."""
+    alarm_ticks_k: int = 1
+    """An alarm needs the threshold reached on this many ticks ..."""
+    alarm_window_n: int = 1
+    """... of the last this many (the trigger policy's k of n; 1 of 1 scores single ticks)."""
     after_breach_us: int = 60 * SECOND_US
     """Ticks this long after a breach's last breaching sample still count as the breach (no
     alarms, no labels), as the predictor's own labels do (`LabelConfig.breach_clear_us`)."""
@@ -86,6 +90,8 @@ class EvaluationConfig:
             raise ConfigError("need 0 <= lead_us < horizon_us")
         if not self.false_alarms_per_day or min(self.false_alarms_per_day) <= 0:
             raise ConfigError("false-alarm budgets must be positive")
+        if not 1 <= self.alarm_ticks_k <= self.alarm_window_n:
+            raise ConfigError("need 1 <= alarm_ticks_k <= alarm_window_n")
         if self.after_breach_us < 0:
             raise ConfigError("after_breach_us must be non-negative")
         if self.warmup_fraction < 0 or self.validation_fraction <= 0:
@@ -181,9 +187,18 @@ def alarm_times(
     *,
     refractory_us: int,
     masked: BoolArray,
+    ticks_k: int = 1,
+    window_n: int = 1,
 ) -> IntArray:
-    """Times where the score reaches `threshold` outside `masked`, at most one per refractory."""
-    candidates = np.flatnonzero((scores >= threshold) & ~masked)
+    """Times where the score reached `threshold` on k of the last n ticks outside `masked`, at
+    most one per refractory period (the trigger policy's k of n, so a one-tick spike is no alarm).
+    """
+    assert 1 <= ticks_k <= window_n
+    above = (scores >= threshold) & ~masked
+    if window_n > 1:
+        counts = np.convolve(above.astype(np.int64), np.ones(window_n, dtype=np.int64))
+        above = above & (counts[: len(above)] >= ticks_k)
+    candidates = np.flatnonzero(above)
     alarms: list[int] = []
     next_allowed = -(2**62)
     for index in candidates.tolist():
@@ -340,6 +355,8 @@ def _score(
             threshold,
             refractory_us=horizon,
             masked=split.masked,
+            ticks_k=config.alarm_ticks_k,
+            window_n=config.alarm_window_n,
         )
         onsets = split.onsets_us
         outcome.alarms += len(alarms)

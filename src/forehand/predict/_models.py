@@ -30,6 +30,10 @@ __all__ = [
 
 RULE_Z_ALARM = 4.0
 """Z-score that counts as 1.0 in the rule baseline for metrics with no capacity."""
+BACKGROUND_SAMPLES_MIN = 200
+"""Training ticks a background model must have seen before it may replace the foreground."""
+HINGE_SUFFIXES = (".level", ".ttt", "_share", "_share_ewma", "ewma_30s", "ewma_120s", "ewma_600s")
+"""Dimensionless features (1.0 means trouble) the logistic regression also sees through hinges."""
 RULE_GAIN = 8.0
 """Slope of the rule's logit-like score: `RULE_GAIN * (largest component - 1)`, so an
 uncalibrated rule reads 0.5 at its alarm level and its calibrator starts close to sensible."""
@@ -166,6 +170,8 @@ class _AdaptiveLearner:
         self._warning = _adwin(config.adwin_warning_delta)
         self._drift = _adwin(config.adwin_drift_delta)
         self._drifts = 0
+        self._background_error = self._foreground_error = 0.0
+        self._background_seen = 0
 
     def _fresh(self) -> Any:
         """A new, untrained River classifier."""
@@ -173,35 +179,59 @@ class _AdaptiveLearner:
 
     def probability(self, features: Mapping[str, float]) -> float:
         """The foreground model's probability of a breach."""
-        probabilities = self._foreground.predict_proba_one(dict(features))
-        return float(probabilities.get(True, 0.0))
+        return self._predict(self._foreground, self._inputs(features))
 
     def score(self, features: Mapping[str, float]) -> float:
         """The logit of the foreground model's probability."""
         return logit(self.probability(features))
 
     def learn(self, features: Mapping[str, float], label: bool) -> None:
-        """Learn, then feed the error to ADWIN and swap models at a drift."""
-        error = self.probability(features) - (1.0 if label else 0.0)
-        self._foreground.learn_one(dict(features), label)
+        """Learn, feed the error to ADWIN, and at a drift promote a background that does better."""
+        x = self._inputs(features)
+        target = 1.0 if label else 0.0
+        squared = (self._predict(self._foreground, x) - target) ** 2
+        self._foreground.learn_one(x, label)
         if self._background is not None:
-            self._background.learn_one(dict(features), label)
-        squared = error * error
+            self._background_error += (self._predict(self._background, x) - target) ** 2
+            self._foreground_error += squared
+            self._background_seen += 1
+            self._background.learn_one(x, label)
         self._warning.update(squared)  # type: ignore[no-untyped-call]
         self._drift.update(squared)  # type: ignore[no-untyped-call]
         if self._warning.drift_detected and self._background is None:
             self._background = self._fresh()
+            self._background_error = self._foreground_error = 0.0
+            self._background_seen = 0
         if self._drift.drift_detected:
+            self._on_drift()
+
+    def _on_drift(self) -> None:
+        # The stream is bursty by nature (faults come and go), so a drift alone does not prove
+        # the foreground stale: the background replaces it only if it predicted the recent
+        # ticks better, the way a challenger replaces a champion.
+        seen = self._background_seen
+        if (
+            self._background is not None
+            and seen >= BACKGROUND_SAMPLES_MIN
+            and self._background_error < self._foreground_error
+        ):
+            self._foreground = self._background
             self._drifts += 1
-            if self._background is not None:
-                self._foreground = self._background
-            self._background = None
-            self._warning = _adwin(self._config.adwin_warning_delta)
-            self._drift = _adwin(self._config.adwin_drift_delta)
+        self._background = None
+        self._warning = _adwin(self._config.adwin_warning_delta)
+        self._drift = _adwin(self._config.adwin_drift_delta)
+
+    def _inputs(self, features: Mapping[str, float]) -> dict[str, float]:
+        """The model's inputs; the features as they are unless a subclass expands them."""
+        return dict(features)
+
+    @staticmethod
+    def _predict(model: Any, x: dict[str, float]) -> float:
+        return float(model.predict_proba_one(x).get(True, 0.0))
 
     @property
     def drifts_detected(self) -> int:
-        """Foreground swaps so far."""
+        """Drifts after which a better background model took over."""
         return self._drifts
 
 
@@ -217,11 +247,25 @@ class LogisticModel(_AdaptiveLearner):
         )
         return compose.Pipeline(preprocessing.StandardScaler(), regression)
 
+    def _inputs(self, features: Mapping[str, float]) -> dict[str, float]:
+        """The features plus hinges `max(0, f - knot)` of the dimensionless ones.
+
+        A piecewise-linear basis lets a linear model say "CPU above 0.8 matters far more than
+        CPU from 0.3 to 0.6", which is what a capacity-bound metric needs.
+        """
+        inputs = dict(features)
+        knots = self._config.hinge_knots
+        for name, value in features.items():
+            if name.endswith(HINGE_SUFFIXES):
+                for knot in knots:
+                    inputs[f"{name}>{knot:g}"] = value - knot if value > knot else 0.0
+        return inputs
+
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
-        """Weight times standardised value for each feature, largest first."""
+        """Weight times standardised value for each input, largest first."""
         scaler = self._foreground["StandardScaler"]
         regression = self._foreground["LogisticRegression"]
-        scaled: dict[str, float] = scaler.transform_one(dict(features))
+        scaled: dict[str, float] = scaler.transform_one(self._inputs(features))
         weights: dict[str, float] = regression.weights
         values = [(name, weights.get(name, 0.0) * value) for name, value in scaled.items()]
         values.sort(key=lambda item: (-item[1], item[0]))
