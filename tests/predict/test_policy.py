@@ -190,3 +190,14 @@ def test_invalid_policy_config(changes: dict[str, object]) -> None:
     """Thresholds out of order and bounds below one are refused."""
     with pytest.raises(ConfigError):
         PolicyConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_architecture_doc_shows_the_transition_table() -> None:
+    """docs/ARCHITECTURE.md's table of the policy's transitions is the code's table."""
+    from pathlib import Path
+
+    document = (Path(__file__).resolve().parents[2] / "docs" / "ARCHITECTURE.md").read_text()
+    table = {(state, level): target for state, level, target in transition_table()}
+    for state in AlarmState:
+        row = " | ".join(table[(state, level)].value for level in RiskLevel)
+        assert f"| {state.value} | {row} |" in document
