@@ -12,7 +12,14 @@ from forehand.core._manager_events import (
     PartsLost,
     ServerDeclaredDead,
 )
-from forehand.core.messages import FailoverPrepared, MapPublished, PartRef
+from forehand.core.messages import (
+    FailoverPrepared,
+    MapPublished,
+    PartProgress,
+    PartRef,
+    PartRole,
+    PositionsReported,
+)
 from forehand.placement import PartKey, ServerState
 from forehand.wire import SessionOpened
 
@@ -61,6 +68,33 @@ def test_death_fences_the_survivors_at_the_next_version() -> None:
             fenced.update(prepared.parts)
     assert fenced == victim_parts
     assert harness.take("s1", FailoverPrepared) == []
+
+
+def test_a_newer_history_beats_a_longer_one() -> None:
+    """Diverged candidates rank by the epoch of their last entry before length (up-to-date rule)."""
+    harness, _ = cluster()
+    ref = harness.primaries("s1")[0]
+    first, second = harness.placement(ref).replicas
+    survivors = kill(harness, "s1")
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            # `first` holds a longer log of an older epoch (a replaced primary's tail), `second`
+            # a shorter one that a later primary wrote under a newer epoch.
+            parts = tuple(
+                PartProgress(
+                    ref=part,
+                    role=PartRole.REPLICA,
+                    applied_seq=9 if server_id == first else 4,
+                    epoch=3,
+                    last_epoch=2 if server_id == first else 3,
+                )
+                for part in prepared.parts
+            )
+            message = PositionsReported(
+                server_id=server_id, map_version=prepared.map_version, parts=parts
+            )
+            harness.router.send(server_id, "manager", message)
+    assert harness.placement(ref).primary == second
 
 
 def test_the_most_advanced_replica_is_promoted() -> None:

@@ -153,23 +153,59 @@ def test_completion_report_ends_the_handoff_with_durations() -> None:
     assert len(harness.events(HandoffCompleted)) == 1
 
 
-def test_an_abort_reverts_the_parts_to_the_source() -> None:
-    """Abort and stay: a revert delta makes the source primary again."""
-    harness, _ = cluster()
+def _abort_and_report(harness: ManagerHarness, source_seq: int, target_seq: int) -> PartRef:
+    """Abort a handoff from its source; both sides report the given positions when fenced."""
     source = busiest(harness)
     ref = harness.primaries(source)[0]
-    before = harness.placement(ref)
     ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
     (assigned,) = harness.take(source, HandoffAssigned)
     aborted = HandoffAbortedMessage(
         handoff_id=assigned.handoff_id, server_id=source, parts=(ref,), detail="seal not acked"
     )
     harness.router.send(source, MANAGER, aborted)
-    assert harness.placement(ref).primary == source
-    assert harness.placement(ref).replicas == before.replicas
     (event,) = harness.events(HandoffAborted)
-    assert event.outcome is HandoffOutcome.STAYED and "seal not acked" in event.cause
-    assert harness.events(MapCommitted)[-1].change is MapChange.HANDOFF_REVERTED
+    assert event.outcome is HandoffOutcome.FAILED_OVER and "seal not acked" in event.cause
+    fenced = {s: p for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
+    assert {source, assigned.target} <= set(fenced)
+    seqs = {source: source_seq, assigned.target: target_seq}
+    for server_id, prepared in sorted(fenced.items()):
+        harness.positions(server_id, prepared.map_version, {ref: seqs.get(server_id, 0)})
+    return ref
+
+
+def test_an_abort_fences_both_sides_and_the_source_keeps_its_longer_log() -> None:
+    """Abort: no blind revert; both sides are fenced and the source, ahead, is primary again."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = _abort_and_report(harness, source_seq=7, target_seq=3)
+    assert harness.placement(ref).primary == source
+    assert harness.events(MapCommitted)[-1].change is MapChange.FAILOVER
+
+
+def test_an_abort_after_the_target_took_over_keeps_the_target() -> None:
+    """The seal reached the target (only its ack was lost) and it wrote more: it stays primary."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = _abort_and_report(harness, source_seq=7, target_seq=9)
+    assert harness.placement(ref).primary != source
+
+
+def test_an_abort_of_a_completed_handoff_settles_the_source() -> None:
+    """The target's report completed it first: the source's late abort fails the part over."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    report_done(harness, assigned, assigned.target)
+    aborted = HandoffAbortedMessage(
+        handoff_id=assigned.handoff_id, server_id=source, parts=(ref,), detail="seal not acked"
+    )
+    harness.router.send(source, MANAGER, aborted)
+    (started,) = harness.events(FailoverStarted)
+    assert started.parts == 1
+    fenced = {s for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
+    assert {source, assigned.target} <= fenced
 
 
 def test_a_report_from_a_stranger_is_ignored() -> None:

@@ -222,8 +222,8 @@ def test_assigned_handoff_gets_a_deadline_and_expires() -> None:
     assert orch.load_of("s1") == 0 and orch.load_of("t") == 0
 
 
-def test_abort_goes_through_revert() -> None:
-    """An abort report moves to REVERTING; the revert commit ends it ABORTED."""
+def test_abort_falls_back_to_failover() -> None:
+    """An abort report ends the handoff FAILED_OVER: no blind revert, the manager fences both."""
     orch = orchestrator()
     orch.request_move(move(1))
     (handoff,), _ = orch.plan(
@@ -231,11 +231,8 @@ def test_abort_goes_through_revert() -> None:
     )
     orch.assigned(handoff, map_version=2, now_us=1)
     orch.fire(handoff, HandoffTrigger.ABORT_REPORTED, now_us=2, cause="seal missed")
-    assert phase_of(handoff) is HandoffPhase.REVERTING and orch.is_moving(ref(1))
-    assert orch.expired(now_us=10**12) == []
-    orch.fire(handoff, HandoffTrigger.REVERT_COMMITTED, now_us=3)
-    assert phase_of(handoff) is HandoffPhase.ABORTED and handoff.cause == "seal missed"
-    assert handoff.finished_us == 3
+    assert phase_of(handoff) is HandoffPhase.FAILED_OVER and handoff.cause == "seal missed"
+    assert not orch.is_moving(ref(1)) and handoff.finished_us == 2
 
 
 def test_illegal_handoff_transitions_raise_and_allows_says_so() -> None:

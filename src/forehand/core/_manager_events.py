@@ -49,7 +49,6 @@ class MapChange(enum.Enum):
     SESSION_OPENED = "session_opened"
     SESSION_CLOSED = "session_closed"
     HANDOFF_ASSIGNED = "handoff_assigned"
-    HANDOFF_REVERTED = "handoff_reverted"
     FAILOVER = "failover"
     REPLICAS_MOVED = "replicas_moved"
     DRAIN_MARKED = "drain_marked"
@@ -68,10 +67,9 @@ class DeathCause(enum.Enum):
 class HandoffOutcome(enum.Enum):
     """How a handoff that did not complete ended."""
 
-    STAYED = "stayed"
-    """Reverted: the parts are primary at the source again (abort and stay)."""
     FAILED_OVER = "failed_over"
-    """The parts went through failover (a participant died or fell silent)."""
+    """The parts went through failover (a participant aborted, died or fell silent): both sides
+    are fenced and the longer log keeps the parts."""
     CANCELLED = "cancelled"
     """The override was never committed; the parts never left the source."""
 

@@ -132,6 +132,8 @@ class FailoverJob:
     """Candidates that answered."""
     positions: dict[PartKey, dict[str, int]] = field(default_factory=dict)
     """Reported applied_seq per part and candidate."""
+    last_epochs: dict[PartKey, dict[str, int]] = field(default_factory=dict)
+    """Reported epoch of the last entry per part and candidate (newer histories rank first)."""
 
     def absorb(self, *, dead: Iterable[str] = (), explicit: Mapping[PartKey, str] = {}) -> None:
         """Add more dead servers or parts (only while PENDING)."""
@@ -222,31 +224,39 @@ def record_positions(job: FailoverJob, message: PositionsReported) -> bool:
         key = key_of(progress.ref)
         if key in job.candidates:
             job.positions.setdefault(key, {})[message.server_id] = progress.applied_seq
+            job.last_epochs.setdefault(key, {})[message.server_id] = progress.last_epoch
     return True
 
 
 def _rank(
     job: FailoverJob, key: PartKey, fallback: Callable[[str, PartKey], int | None]
-) -> list[tuple[str, int, bool]]:
-    """(server, applied_seq, reported) for the candidates that may hold the part."""
+) -> list[tuple[str, int, int, bool]]:
+    """(server, last_epoch, applied_seq, reported) for the candidates that may hold the part."""
     reported = job.positions.get(key, {})
-    ranked: list[tuple[str, int, bool]] = []
+    epochs = job.last_epochs.get(key, {})
+    ranked: list[tuple[str, int, int, bool]] = []
     for server_id in job.candidates.get(key, ()):
         if server_id in reported:
-            ranked.append((server_id, reported[server_id], True))
+            ranked.append((server_id, epochs.get(server_id, 0), reported[server_id], True))
         elif server_id not in job.answered:
             seq = fallback(server_id, key)
-            ranked.append((server_id, UNKNOWN_SEQ if seq is None else seq, False))
+            ranked.append((server_id, UNKNOWN_SEQ, UNKNOWN_SEQ if seq is None else seq, False))
     return ranked
 
 
-def _choose(ranked: list[tuple[str, int, bool]]) -> tuple[str, int] | None:
+def _choose(ranked: list[tuple[str, int, int, bool]]) -> tuple[str, int] | None:
+    """The best candidate and its position: reported first, then the newest, longest history.
+
+    Candidates may hold diverged logs (a replaced primary kept writing under its old epoch while
+    cut off), so the epoch of the last entry ranks before the length, as in Raft's up-to-date
+    rule; logs of one history rank by length alone.
+    """
     best: tuple[str, int] | None = None
-    best_key: tuple[bool, int] | None = None
-    for server_id, seq, reported in ranked:
+    best_key: tuple[bool, int, int] | None = None
+    for server_id, last_epoch, seq, reported in ranked:
         # Candidates come preferred first, so a tie keeps the earlier one.
-        if best_key is None or (reported, seq) > best_key:
-            best, best_key = (server_id, seq), (reported, seq)
+        if best_key is None or (reported, last_epoch, seq) > best_key:
+            best, best_key = (server_id, seq), (reported, last_epoch, seq)
     return best
 
 
@@ -288,7 +298,9 @@ def build_promotion(
         added += sum(1 for s in replicas if s not in placement.servers)
         operations.append(override(key, Placement(primary=primary, replicas=replicas)))
         decided.add(key)
-        positions = tuple(ReplicaPosition(server_id=s, applied_seq=q) for s, q, _ in sorted(ranked))
+        positions = tuple(
+            ReplicaPosition(server_id=s, applied_seq=q) for s, _, q, _ in sorted(ranked)
+        )
         promotions.append(
             PartPromoted(
                 ref=ref_of(key),

@@ -9,9 +9,10 @@ drain of a large server does not stampede its peers.
 
 Each handoff is a state machine; every transition is in the table below. The manager commits the
 override delta (COMMITTING -> ASSIGNED), then waits for the participants' report: completion ends
-it, an abort reverts it (abort and stay), and silence past the deadline or a participant's death
-falls back to failover. The orchestrator owns no map: the manager passes the decisions that need
-one (is a move still valid, which target) as callables.
+it; an abort, silence past the deadline or a participant's death falls back to failover, which
+fences both sides and keeps the longer log (an abort does not revert blindly: the sealed log may
+have reached the target with only its acknowledgement lost). The orchestrator owns no map: the
+manager passes the decisions that need one (is a move still valid, which target) as callables.
 """
 
 from __future__ import annotations
@@ -67,14 +68,10 @@ class HandoffPhase(enum.Enum):
     """Target picked; the override delta is queued or in flight to the store."""
     ASSIGNED = "assigned"
     """The map makes the target primary; the participants run steps 3 to 5."""
-    REVERTING = "reverting"
-    """A participant aborted; the revert delta (back to the source) is being committed."""
     COMPLETED = "completed"
     """A participant reported the end of the handoff. Terminal."""
-    ABORTED = "aborted"
-    """Reverted: the parts stayed at the source. Terminal."""
     FAILED_OVER = "failed_over"
-    """A participant died or fell silent: the parts went through failover. Terminal."""
+    """A participant aborted, died or fell silent: the parts went through failover. Terminal."""
     CANCELLED = "cancelled"
     """Never assigned: the override could not be committed. Terminal."""
 
@@ -86,7 +83,6 @@ class HandoffTrigger(enum.Enum):
     OVERRIDE_REFUSED = "override_refused"
     COMPLETION_REPORTED = "completion_reported"
     ABORT_REPORTED = "abort_reported"
-    REVERT_COMMITTED = "revert_committed"
     DEADLINE_EXPIRED = "deadline_expired"
     PARTICIPANT_DIED = "participant_died"
 
@@ -95,17 +91,14 @@ _TRANSITIONS: dict[tuple[HandoffPhase, HandoffTrigger], HandoffPhase] = {
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_COMMITTED): HandoffPhase.ASSIGNED,
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_REFUSED): HandoffPhase.CANCELLED,
     (HandoffPhase.ASSIGNED, HandoffTrigger.COMPLETION_REPORTED): HandoffPhase.COMPLETED,
-    (HandoffPhase.ASSIGNED, HandoffTrigger.ABORT_REPORTED): HandoffPhase.REVERTING,
+    (HandoffPhase.ASSIGNED, HandoffTrigger.ABORT_REPORTED): HandoffPhase.FAILED_OVER,
     (HandoffPhase.ASSIGNED, HandoffTrigger.DEADLINE_EXPIRED): HandoffPhase.FAILED_OVER,
     (HandoffPhase.ASSIGNED, HandoffTrigger.PARTICIPANT_DIED): HandoffPhase.FAILED_OVER,
-    (HandoffPhase.REVERTING, HandoffTrigger.REVERT_COMMITTED): HandoffPhase.ABORTED,
-    (HandoffPhase.REVERTING, HandoffTrigger.PARTICIPANT_DIED): HandoffPhase.FAILED_OVER,
 }
 
 TERMINAL_PHASES = frozenset(
     {
         HandoffPhase.COMPLETED,
-        HandoffPhase.ABORTED,
         HandoffPhase.FAILED_OVER,
         HandoffPhase.CANCELLED,
     }

@@ -370,7 +370,13 @@ class Part:
         role = self.role
         if role is None:
             return None
-        return PartProgress(ref=self.ref, role=role, applied_seq=self.applied_seq, epoch=self.epoch)
+        return PartProgress(
+            ref=self.ref,
+            role=role,
+            applied_seq=self.applied_seq,
+            epoch=self.epoch,
+            last_epoch=self.log.last_epoch,
+        )
 
     def execute(self, *, request_id: int, op: str, payload: bytes) -> LogEntry:
         """Run one request on the primary: the handler, then the log and the dedup table."""

@@ -222,7 +222,6 @@ class ManagerCore:
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
         self._join_retry_us: dict[str, int] = {}
-        self._previous_placements: dict[int, dict[PartRef, Placement]] = {}
         self._pipeline.load(now_us=now_us)
 
     # The driver shape.
@@ -902,7 +901,6 @@ class ManagerCore:
     def _handoff_committed(self, handoff: Handoff, built: Built, now_us: int) -> None:
         assert isinstance(built.payload, dict)
         handoff.parts = built.parts
-        self._previous_placements[handoff.handoff_id] = built.payload
         self._orchestrator.assigned(handoff, map_version=built.new_map.version, now_us=now_us)
         for server_id in (handoff.source, handoff.target):
             if not self._is_live(server_id):
@@ -941,7 +939,6 @@ class ManagerCore:
         self._handoff_ended(handoff, HandoffOutcome.CANCELLED, now_us)
 
     def _handoff_ended(self, handoff: Handoff, outcome: HandoffOutcome, now_us: int) -> None:
-        self._previous_placements.pop(handoff.handoff_id, None)
         self._emit(
             HandoffAborted(
                 handoff_id=handoff.handoff_id,
@@ -972,7 +969,6 @@ class ManagerCore:
         if handoff is None:
             return
         self._orchestrator.fire(handoff, HandoffTrigger.COMPLETION_REPORTED, now_us=now_us)
-        self._previous_placements.pop(handoff.handoff_id, None)
         assigned_us = handoff.assigned_us if handoff.assigned_us is not None else now_us
         self._emit(
             HandoffCompleted(
@@ -994,59 +990,38 @@ class ManagerCore:
     ) -> None:
         handoff = self._reported_handoff(message.handoff_id, message.server_id, source)
         if handoff is None:
+            self._settle_stray_abort(message, source, now_us)
             return
         cause = f"aborted by {source}: {message.detail}"
         self._orchestrator.fire(handoff, HandoffTrigger.ABORT_REPORTED, now_us=now_us, cause=cause)
-        change = Change(
-            kind=MapChange.HANDOFF_REVERTED,
-            build=lambda current: self._build_revert(current, handoff),
-            committed=lambda built, now_us: self._reverted(handoff, now_us),
-            dropped=lambda cause, now_us: self._revert_dropped(handoff, cause, now_us),
-        )
-        # A revert must not wait behind a full queue: the parts sit at a target that gave up.
-        change.urgent = True
-        self._pipeline.submit(change)
+        # Reverting to the source blindly could lose writes: the sealed log may have reached the
+        # target (only its acknowledgement was lost) and the target may have written since. Fence
+        # both sides instead and keep the longer log: the failover path, with the source as an
+        # extra candidate.
+        self._fail_over_handoff(handoff, now_us)
 
-    def _build_revert(self, current: ShardMap, handoff: Handoff) -> Built | None:
-        if handoff.phase is not HandoffPhase.REVERTING or not self._is_live(handoff.source):
-            return None
-        previous = self._previous_placements.get(handoff.handoff_id, {})
-        operations = []
-        reverted: list[PartRef] = []
-        for ref, placement in previous.items():
-            key = key_of(ref)
-            if key not in current or current.primary_of(key) != handoff.target:
-                continue
-            servers = [
-                s for s in placement.replicas if self._map_state(s) not in (None, ServerState.DEAD)
-            ]
-            restored = Placement(primary=placement.primary, replicas=tuple(servers))
-            operations.append(override(key, restored))
-            reverted.append(ref)
-        if not operations:
-            return None
-        moving = {key_of(ref) for ref in reverted}
-        stable = stabilize(current, operations, intended=moving.__contains__)
-        return Built(
-            delta=stable.delta,
-            new_map=stable.new_map,
-            parts=tuple(reverted),
-            servers=(handoff.source, handoff.target),
-        )
+    def _settle_stray_abort(
+        self, message: messages.HandoffAborted, source: NodeId, now_us: int
+    ) -> None:
+        """An abort of a handoff no longer waited for (the target's report completed it first).
 
-    def _reverted(self, handoff: Handoff, now_us: int) -> None:
-        if handoff.phase is HandoffPhase.REVERTING:
-            self._orchestrator.fire(handoff, HandoffTrigger.REVERT_COMMITTED, now_us=now_us)
-            self._handoff_ended(handoff, HandoffOutcome.STAYED, now_us)
-
-    def _revert_dropped(self, handoff: Handoff, cause: str, now_us: int) -> None:
-        if handoff.phase is not HandoffPhase.REVERTING:
+        The reporter holds the parts ABORTING: it may neither serve nor drop them until a map
+        settles them, and no map change would come. Fail them over with the reporter as a
+        candidate; the longer log wins, so a target that took over keeps the parts.
+        """
+        current = self.shard_map
+        if current is None or message.server_id != source or not self._is_live(source):
             return
-        if self._is_live(handoff.source):
-            # Nothing left to revert (the parts moved on meanwhile): the abort stands as is.
-            self._reverted(handoff, now_us)
-            return
-        self._participant_died(handoff, handoff.source, now_us)
+        _check_refs(message.parts)
+        explicit = {
+            key_of(ref): source
+            for ref in message.parts
+            if key_of(ref) in current
+            and current.primary_of(key_of(ref)) != source
+            and not self._orchestrator.is_moving(ref)
+        }
+        if explicit:
+            self._pending_failover(now_us).absorb(explicit=explicit)
 
     def _handoff_silent(self, handoff: Handoff, now_us: int) -> None:
         """No report by the deadline: fall back to failover for the handoff's parts."""
@@ -1057,7 +1032,7 @@ class ManagerCore:
         self._fail_over_handoff(handoff, now_us)
 
     def _participant_died(self, handoff: Handoff, server_id: str, now_us: int) -> None:
-        """A participant of an assigned (or reverting) handoff died: its parts fail over.
+        """A participant of an assigned handoff died: its parts fail over.
 
         A handoff still COMMITTING is left alone: its build finds the participant gone and drops
         it, or, if its commit is already in flight, the commit callback lands here.

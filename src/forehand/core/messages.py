@@ -85,6 +85,10 @@ class PartProgress(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """Highest log sequence number applied to the part's state on this server."""
     epoch: int
     """Map version at which the part's placement last changed, as this server knows it."""
+    last_epoch: int = 0
+    """Epoch of the entry at `applied_seq` (the version its primary wrote it under). Logs of
+    replaced primaries may have diverged, so a failover ranks candidates by `(last_epoch,
+    applied_seq)`: the newer history first, then the longer one."""
 
 
 # Server -> manager.

@@ -1048,6 +1048,14 @@ class ServerCore:
         if epoch > current.version:
             return True
         placement = current.placement(ref)
+        part = self._parts.get(ref)
+        primary_here = placement is not None and placement.primary == self._me
+        serving = part is not None and part.state is PartState.PRIMARY
+        if primary_here and serving and part is not None and epoch > part.epoch:
+            # This server is the map's primary since before `epoch`: a sender claiming a newer
+            # epoch is a replaced primary handing off on its own; it must not depose this one.
+            self._rare("shipment-to-primary-from-replaced-source")
+            return False
         if placement is not None and placement.primary in (source, self._me):
             if self._me in placement.servers:
                 return True
@@ -1065,7 +1073,6 @@ class ServerCore:
                 part_epoch=current.version,
             )
         )
-        part = self._parts.get(ref)
         self._send(
             source,
             LogAcknowledged(
@@ -1305,19 +1312,26 @@ class ServerCore:
         )
 
     def _adopt_implicit_run(self, message: HandoffAssigned, now_us: int) -> bool:
-        """A map already moved the parts and an implicit run (id 0) is shipping: name it."""
+        """A map already moved the parts and implicit runs (id 0) are shipping: name them all.
+
+        The map starts one implicit run per moved part; every one of the handoff's parts must
+        report under the handoff's id, or an unnamed run would abort on its own while the
+        manager waits for (or reverts) the handoff.
+        """
+        parts = set(message.parts)
+        adopted = False
         for run in self._runs.values():
             if (
                 run.side is HandoffSide.SOURCE
                 and run.handoff_id == 0
                 and run.peer == message.target
-                and set(message.parts) & set(run.refs)
+                and parts & set(run.refs)
             ):
                 run.handoff_id = message.handoff_id
                 run.reason = message.reason
                 run.deadline_us = now_us + message.deadline_ms * 1000
-                return True
-        return False
+                adopted = True
+        return adopted
 
     def _begin_source_run(
         self,
@@ -1528,7 +1542,10 @@ class ServerCore:
                 node=self._me, handoff_id=run.handoff_id, side=run.side, refs=waiting, detail=detail
             )
         )
-        if run.handoff_id:
+        if run.handoff_id or (run.side is HandoffSide.SOURCE and waiting):
+            # An implicit source run (id 0: a map moved the part on its own) reports too: its
+            # ABORTING parts wait for the manager, which fences both sides and keeps the longer
+            # log, whether the target took over (its acknowledgement lost) or never got the seal.
             self._send(
                 self._config.manager_id,
                 HandoffAborted(
@@ -1547,25 +1564,17 @@ class ServerCore:
         self._forget_run(key)
 
     def _reinstate_reverted(self, refs: Iterable[PartRef], run: HandoffRun, now_us: int) -> None:
-        """Aborted parts whose revert map arrived before the deadline take the part back now.
-
-        An implicit run (a map moved the part and no manager's handoff named it) has nobody to
-        revert it: the map it came from already decided (typically a failover that promoted a
-        replica while this primary was cut off), so its aborted parts follow that map at once.
-        """
-        implicit = run.side is HandoffSide.SOURCE and run.handoff_id == 0
-        if self._map is None or (self._map.version <= run.map_version and not implicit):
+        """Aborted parts that a newer map (before the deadline) names primary here again take
+        the part back now; the others wait ABORTING for the manager's decision."""
+        if self._map is None or self._map.version <= run.map_version:
             return
         for ref in refs:
             part = self._parts.get(ref)
-            if part is None or part.state is not PartState.ABORTING:
-                continue
             placement = self._map.placement(ref)
-            if placement is not None and placement.primary == self._me:
+            aborting = part is not None and part.state is PartState.ABORTING
+            if aborting and placement is not None and placement.primary == self._me:
+                assert part is not None
                 self._reinstate(part, now_us)
-            elif implicit:
-                self._rare("implicit-handoff-aborted-follows-map")
-                self._reconcile(ref, self._map, now_us)
 
     def _forget_run(self, key: int) -> None:
         run = self._runs.pop(key, None)
