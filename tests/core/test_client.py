@@ -651,45 +651,75 @@ def test_connection_opened_input_is_accepted() -> None:
 
 
 def test_resume_session_after_restart() -> None:
-    """resume_session sends RESUME with the stored token; RESUME_OK releases the held calls."""
+    """resume_session presents the credential in HELLO, sends no RESUME; WELCOME releases calls."""
     h = Harness()
     placements = (placement("auth", "s1", "s2"), placement("cart", "s1"))
-    h.client.resume_session(SESSION, b"cred", b"tok", placements, map_version=4, now_us=0)
+    h.client.resume_session(SESSION, b"cred", placements, map_version=4, now_us=0)
     request_id = h.client.call(SESSION, "auth", "a", b"", now_us=0)
     h.drain()
     assert h.take(Hello, "s1")[0].credentials == (
         Credential(session_id=SESSION, credential=b"cred"),
     )
-    h.welcome("s1")
-    resumes = h.take(Resume, "s1")
-    assert resumes == [
-        Resume(session_id=SESSION, token=b"tok", parts=("auth", "cart"), map_version=4)
-    ]
     assert h.take(Request) == []
     assert h.client.route(SESSION, "auth").state is RouteState.RESUMING
-    h.feed(
-        "s1", ResumeOk(session_id=SESSION, parts=("auth", "cart"), map_version=4, credential=b"new")
-    )
+    h.welcome("s1", map_version=9)
+    assert h.take(Resume) == []
     assert [r.request_id for r in h.take(Request, "s1")] == [request_id]
-    assert [e.server for e in h.of(SessionResumed)] == ["s1"]
-    assert h.client.session_snapshot(SESSION).credential == b"new"
+    resumed = h.of(SessionResumed)
+    assert [(e.server, e.parts, e.map_version) for e in resumed] == [("s1", ("auth", "cart"), 4)]
+    assert h.client.route(SESSION, "cart").state is RouteState.ACTIVE
 
 
-def test_resume_session_rejected_falls_back_to_the_map() -> None:
-    """A RESUME_REJECT after a restart emits SessionResumeRejected and asks the manager."""
+def test_resume_session_on_a_welcomed_connection_needs_no_handshake() -> None:
+    """A primary already welcomed for another session takes the resumed session's calls at once."""
     h = Harness()
-    h.client.resume_session(
-        SESSION, b"cred", b"tok", (placement("auth", "s1"),), map_version=4, now_us=0
-    )
+    ready_session(h)
+    other = bytes([0x01, 0x8F] + [0x22] * 14)
+    h.client.resume_session(other, b"cred-2", (placement("auth", "s1"),), map_version=5, now_us=0)
     h.drain()
-    h.welcome("s1")
-    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_EXPIRED))
+    assert h.take(Hello) == []
+    assert [e.server for e in h.of(SessionResumed)] == ["s1"]
+    request_id = h.client.call(other, "auth", "a", b"", now_us=0)
+    h.drain()
+    assert [r.request_id for r in h.take(Request, "s1")] == [request_id]
+
+
+def test_resume_session_refused_credential_falls_back_to_the_map() -> None:
+    """A primary that refuses the credential (ERROR) makes the client locate the parts."""
+    h = Harness()
+    h.client.resume_session(SESSION, b"cred", (placement("auth", "s1"),), map_version=4, now_us=0)
+    h.drain()
+    h.feed("s1", Error(code=ErrorCode.UNAUTHENTICATED, reason="session credential refused"))
     rejected = h.of(SessionResumeRejected)
-    assert [(e.server, e.reason) for e in rejected] == [("s1", ResumeRejectReason.TOKEN_EXPIRED)]
+    assert [(e.server, e.reason) for e in rejected] == [("s1", ResumeRejectReason.UNSPECIFIED)]
+    assert "UNAUTHENTICATED" in rejected[0].detail
     assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
     assert len(h.take(Hello, MANAGER)) == 1
     h.welcome(MANAGER)
     assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=4)]
+
+
+def test_resume_session_times_out_without_welcome() -> None:
+    """A primary that never answers HELLO within resume_timeout_ms leaves the parts to the map."""
+    h = Harness(resume_timeout_ms=300)
+    h.client.resume_session(SESSION, b"cred", (placement("auth", "s1"),), map_version=4, now_us=0)
+    h.drain()
+    h.advance(ms=299)
+    assert h.client.route(SESSION, "auth").state is RouteState.RESUMING
+    h.advance(ms=1)
+    assert [e.server for e in h.of(SessionResumeRejected)] == ["s1"]
+    assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
+
+
+def test_resume_ok_or_reject_without_a_resume_is_ignored() -> None:
+    """RESUME_OK or RESUME_REJECT where the client resumes with its credential changes nothing."""
+    h = Harness()
+    h.client.resume_session(SESSION, b"cred", (placement("auth", "s1"),), map_version=4, now_us=0)
+    h.drain()
+    h.feed("s1", ResumeOk(session_id=SESSION, parts=("auth",), map_version=4))
+    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_EXPIRED))
+    assert [e.name for e in h.of(RarePathTaken)] == ["late-resume-ok", "late-resume-reject"]
+    assert h.client.route(SESSION, "auth").state is RouteState.RESUMING
 
 
 def test_session_snapshot_round_trips_through_resume_session() -> None:
@@ -701,7 +731,6 @@ def test_session_snapshot_round_trips_through_resume_session() -> None:
     other.client.resume_session(
         snapshot.session_id,
         snapshot.credential,
-        snapshot.token,
         snapshot.placements,
         map_version=snapshot.map_version,
         now_us=0,

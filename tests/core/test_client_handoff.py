@@ -163,6 +163,16 @@ def test_handoff_source_becomes_the_first_backup_once() -> None:
     assert (route.primary, route.backups) == ("s2", ("s1", "s3"))
 
 
+def test_resume_ok_with_a_credential_renews_the_sessions_credential() -> None:
+    """A fresh credential in RESUME_OK replaces the one the next HELLO presents."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session))
+    h.welcome("s2")
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6, credential=b"new"))
+    assert h.client.session_snapshot(session).credential == b"new"
+
+
 def test_answers_from_the_source_during_the_handoff_are_accepted_once() -> None:
     """An answer relayed by the source before RESUME_OK counts; the target's copy is dropped."""
     h = Harness()

@@ -387,7 +387,11 @@ def test_open_session_commits_the_parts_and_answers_with_placements_and_tokens()
         assert tuple(r.server_id for r in placement.replicas) == placed.replicas
         assert placement.primary.host == f"{placed.primary}.test"
     claims = sealer().open(opened.token, now_us=0)
-    assert claims.session_id == opened.session_id and claims.parts == ("auth", "cart")
+    # The token names one server, the first part's primary, and the parts it serves there.
+    first = opened.placements[0].primary.server_id
+    assert claims.session_id == opened.session_id and claims.target_server == first
+    on_first = tuple(p.part for p in opened.placements if p.primary.server_id == first)
+    assert claims.parts == on_first and claims.parts[0] == "auth"
     credential = sealer().open_credential(opened.credential, now_us=0)
     assert credential.session_id == opened.session_id
     (registered,) = harness.events(SessionRegistered)

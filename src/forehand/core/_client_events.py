@@ -107,7 +107,8 @@ class SessionOpenFailed:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionResumed:
-    """A server accepted RESUME after `resume_session` (a client restart)."""
+    """After `resume_session` (a client restart), a primary welcomed the connection that
+    presented the session's credential: calls for its parts go out."""
 
     node: NodeId
     """The client node."""
@@ -116,14 +117,15 @@ class SessionResumed:
     parts: tuple[str, ...]
     """The parts the server now serves to this client."""
     server: NodeId
-    """The server that accepted."""
+    """The server that welcomed the client."""
     map_version: int
-    """The map version it serves them under."""
+    """The map version of the client's placements for those parts."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionResumeRejected:
-    """A server refused RESUME after `resume_session`; the client locates the parts instead."""
+    """After `resume_session`, a primary refused the credential (closed the connection), or could
+    not be reached in time; the client locates the parts through the manager instead."""
 
     node: NodeId
     """The client node."""
@@ -132,7 +134,9 @@ class SessionResumeRejected:
     server: NodeId
     """The server that refused."""
     reason: ResumeRejectReason
-    """Why."""
+    """Why, when the server gave a reason (UNSPECIFIED otherwise)."""
+    detail: str = ""
+    """Why, for logs (the ERROR that closed the connection, a timeout)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -2,10 +2,10 @@
 
 Each part has a route with a small state machine. ACTIVE parts send requests straight to their
 primary. While a part is HANDING_OFF (a HANDOFF was accepted, RESUME sent to a target), RESUMING
-(RESUME sent after a client restart) or LOCATING (its server was lost without HANDOFF and the
-client asks the manager where it lives), new calls are held, in call order, and go out when the
-part is ACTIVE again; unanswered ones are re-sent with the same request ids, which the servers'
-dedup tables turn into exactly-once execution.
+(after a client restart, the session's credential presented to the primary in HELLO) or LOCATING
+(its server was lost without HANDOFF and the client asks the manager where it lives), new calls
+are held, in call order, and go out when the part is ACTIVE again; unanswered ones are re-sent
+with the same request ids, which the servers' dedup tables turn into exactly-once execution.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class RouteState(enum.Enum):
     HANDING_OFF = "handing-off"
     """Following a HANDOFF: RESUME sent to a target while the old server still answers."""
     RESUMING = "resuming"
-    """RESUME sent after a client restart; calls wait for RESUME_OK."""
+    """After a client restart: the credential went to the primary in HELLO; calls await WELCOME."""
     LOCATING = "locating"
     """The part's server is gone; the client asks the manager (MAP_REQUEST) where it lives now."""
     CLOSED = "closed"
@@ -45,9 +45,10 @@ class RouteTrigger(enum.Enum):
     """What moves a part's route."""
 
     HANDOFF_ACCEPTED = "handoff-accepted"
-    RESUME_SENT = "resume-sent"
+    RESTARTED = "restarted"
+    WELCOMED = "welcomed"
+    RESTART_FAILED = "restart-failed"
     RESUME_OK = "resume-ok"
-    RESUME_REJECTED = "resume-rejected"
     TARGET_FAILED = "target-failed"
     TARGETS_EXHAUSTED = "targets-exhausted"
     REDIRECTED = "redirected"
@@ -65,7 +66,7 @@ _C = RouteState.CLOSED
 
 ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
     (_A, RouteTrigger.HANDOFF_ACCEPTED): _H,
-    (_A, RouteTrigger.RESUME_SENT): _R,
+    (_A, RouteTrigger.RESTARTED): _R,
     (_A, RouteTrigger.REDIRECTED): _A,
     (_A, RouteTrigger.PLACEMENT_RECEIVED): _A,
     (_A, RouteTrigger.SERVER_LOST): _L,
@@ -76,8 +77,8 @@ ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
     (_H, RouteTrigger.TARGETS_EXHAUSTED): _L,
     (_H, RouteTrigger.PLACEMENT_RECEIVED): _A,
     (_H, RouteTrigger.SESSION_CLOSED): _C,
-    (_R, RouteTrigger.RESUME_OK): _A,
-    (_R, RouteTrigger.RESUME_REJECTED): _L,
+    (_R, RouteTrigger.WELCOMED): _A,
+    (_R, RouteTrigger.RESTART_FAILED): _L,
     (_R, RouteTrigger.PLACEMENT_RECEIVED): _A,
     (_R, RouteTrigger.SESSION_CLOSED): _C,
     (_L, RouteTrigger.PLACEMENT_RECEIVED): _A,
@@ -214,14 +215,13 @@ class PartRoute:
 class Session:
     """One session the client holds."""
 
-    __slots__ = ("credential", "parts", "session_id", "token")
+    __slots__ = ("credential", "parts", "session_id")
 
-    def __init__(self, session_id: bytes, *, credential: bytes, token: bytes) -> None:
+    def __init__(self, session_id: bytes, *, credential: bytes) -> None:
         self.session_id = session_id
         """The session id (16 bytes)."""
         self.credential = credential
-        """The session credential presented in HELLO; RESUME_OK may renew it."""
-        self.token = token
-        """The resumption token the manager gave, for a resume after a client restart."""
+        """The session credential presented in HELLO (also after a restart); RESUME_OK may renew
+        it."""
         self.parts: dict[str, PartRoute] = {}
         """The parts, by name, in the order the session was opened with."""

@@ -138,9 +138,7 @@ class SessionSnapshot:
     session_id: bytes
     """The session."""
     credential: bytes
-    """Its current credential."""
-    token: bytes
-    """The resumption token the manager issued with the session."""
+    """Its current credential (presented in HELLO when `resume_session` picks it up)."""
     placements: tuple[Placement, ...]
     """Where each part is served, as far as the client knows."""
     map_version: int
@@ -153,7 +151,8 @@ class _ResumeKind(enum.Enum):
 
 
 class _Resumption:
-    """A RESUME in progress: following a HANDOFF (target by target) or after a restart."""
+    """A resumption in progress: following a HANDOFF (RESUME to each target in turn), or after a
+    client restart (the credential presented in HELLO to the part's primary)."""
 
     __slots__ = (
         "deadline_us",
@@ -398,7 +397,6 @@ class ClientCore:
         return SessionSnapshot(
             session_id=session_id,
             credential=session.credential,
-            token=session.token,
             placements=placements,
             map_version=max((r.map_version for r in session.parts.values()), default=0),
         )
@@ -427,36 +425,42 @@ class ClientCore:
         self,
         session_id: bytes,
         credential: bytes,
-        token: bytes,
         placements: tuple[Placement, ...],
         *,
         map_version: int,
         now_us: int,
     ) -> None:
-        """Take a session back after a client restart: RESUME at each part's primary."""
+        """Take a session back after a client restart: its credential goes to each primary.
+
+        The credential (long-lived, reusable) rides in the HELLO of the connection to each part's
+        primary; calls wait until that server answers WELCOME (`SessionResumed`). A server that
+        refuses the credential closes the connection, and the parts are located through the
+        manager (`SessionResumeRejected`). No RESUME is sent: a single-use token could not cover
+        primaries on several servers.
+        """
         if session_id in self._sessions:
             raise LocalProtocolError("the client already holds this session")
         if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
             raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
-        session = self._new_session(session_id, credential, token, placements, map_version)
+        session = self._new_session(session_id, credential, placements, map_version)
         by_primary: dict[NodeId, list[str]] = {}
         for route in session.parts.values():
             by_primary.setdefault(route.primary, []).append(route.name)
         for primary, names in by_primary.items():
             for name in names:
-                session.parts[name].fire(RouteTrigger.RESUME_SENT)
+                session.parts[name].fire(RouteTrigger.RESTARTED)
             resumption = _Resumption(
                 kind=_ResumeKind.RESTART,
                 session_id=session_id,
                 parts=tuple(names),
                 source=primary,
                 targets=(primary,),
-                token=token,
+                token=b"",
                 map_version=map_version,
                 received_us=now_us,
                 deadline_us=now_us + self._config.resume_timeout_ms * 1000,
             )
-            self._try_target(resumption, now_us)
+            self._present_credential(resumption, now_us)
 
     def call(self, session_id: bytes, part: str, op: str, payload: bytes, *, now_us: int) -> int:
         """Send one operation to a part; returns its request id (the answer comes as an event)."""
@@ -584,11 +588,10 @@ class ClientCore:
         self,
         session_id: bytes,
         credential: bytes,
-        token: bytes,
         placements: tuple[Placement, ...],
         map_version: int,
     ) -> Session:
-        session = Session(session_id, credential=credential, token=token)
+        session = Session(session_id, credential=credential)
         for placement in placements:
             self._remember(placement.primary)
             for replica in placement.replicas:
@@ -674,6 +677,9 @@ class ClientCore:
         self._emit(
             ConnectionEstablished(node=self.node_id, server=source, map_version=frame.map_version)
         )
+        for key, resumption in list(self._resumptions.items()):
+            if key[1] == source and resumption.kind is _ResumeKind.RESTART:
+                self._restart_resumed(resumption, now_us)
 
     def _evict_idle_connection(self, now_us: int) -> bool:
         """Close the oldest connection nothing uses (no primary, request, resume or manager)."""
@@ -832,9 +838,8 @@ class ClientCore:
                 self._rare("orphan-session-closed")
                 self._send(source, CloseSession(session_id=frame.session_id), now_us)
             return
-        self._new_session(
-            frame.session_id, frame.credential, frame.token, frame.placements, frame.map_version
-        )
+        # The manager's token is not kept: a restart resumes with the credential instead.
+        self._new_session(frame.session_id, frame.credential, frame.placements, frame.map_version)
         self._emit(
             SessionEstablished(
                 node=self.node_id,
@@ -1384,6 +1389,41 @@ class ClientCore:
             resumption.index += 1
         self._abandon(resumption, "no target could be reached", 0, now_us)
 
+    def _present_credential(self, resumption: _Resumption, now_us: int) -> None:
+        """After a restart: the primary's HELLO carries the credential; WELCOME completes it."""
+        connection = self._pool.get(resumption.target)
+        if connection is None:
+            connection = self._connect(resumption.target, now_us)
+            if connection is None:
+                self._abandon(resumption, "no connection to the primary", 0, now_us)
+                return
+        resumption.target_deadline_us = resumption.deadline_us
+        self._resumptions[(resumption.session_id, resumption.target)] = resumption
+        if connection.authenticated:
+            # Already welcomed (the HELLO predates the session): the server attaches the session
+            # to this connection when its first request arrives.
+            self._restart_resumed(resumption, now_us)
+
+    def _restart_resumed(self, resumption: _Resumption, now_us: int) -> None:
+        """The primary welcomed the connection that presented the credential: calls may go."""
+        del self._resumptions[(resumption.session_id, resumption.target)]
+        session = self._sessions[resumption.session_id]
+        for part in resumption.parts:
+            route = session.parts[part]
+            if route.state is RouteState.RESUMING:
+                route.fire(RouteTrigger.WELCOMED)
+                route.locate_attempts = 0
+                self._flush(session, route, now_us, moved=True)
+        self._emit(
+            SessionResumed(
+                node=self.node_id,
+                session_id=session.session_id,
+                parts=resumption.parts,
+                server=resumption.target,
+                map_version=resumption.map_version,
+            )
+        )
+
     def _target_failed(
         self, resumption: _Resumption, detail: str, detail_code: int, now_us: int
     ) -> None:
@@ -1422,6 +1462,7 @@ class ClientCore:
                     session_id=session.session_id,
                     server=resumption.source,
                     reason=ResumeRejectReason.from_wire(detail_code),
+                    detail=detail,
                 )
             )
         self._locate_parts(session, resumption, resumption.parts, now_us)
@@ -1431,7 +1472,7 @@ class ClientCore:
     ) -> None:
         """Parts a resumption no longer covers fall back to the reactive path."""
         is_handoff = resumption.kind is _ResumeKind.HANDOFF
-        trigger = RouteTrigger.TARGETS_EXHAUSTED if is_handoff else RouteTrigger.RESUME_REJECTED
+        trigger = RouteTrigger.TARGETS_EXHAUSTED if is_handoff else RouteTrigger.RESTART_FAILED
         expected = RouteState.HANDING_OFF if is_handoff else RouteState.RESUMING
         for part in parts:
             route = session.parts[part]
@@ -1468,17 +1509,19 @@ class ClientCore:
 
     def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
         resumption = self._resumptions.get((frame.session_id, source))
-        if resumption is None:
+        if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
             self._rare("late-resume-reject")
             return
         detail = f"RESUME_REJECT {frame.reason.name}: {frame.message}"
         self._target_failed(resumption, detail, int(frame.reason), now_us)
 
     def _on_resume_ok(self, frame: ResumeOk, source: NodeId, now_us: int) -> None:
-        resumption = self._resumptions.pop((frame.session_id, source), None)
-        if resumption is None:
+        resumption = self._resumptions.get((frame.session_id, source))
+        if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
+            # No RESUME is outstanding there (a restart presents the credential, not a token).
             self._rare("late-resume-ok")
             return
+        del self._resumptions[(frame.session_id, source)]
         session = self._sessions[frame.session_id]
         if frame.credential:
             session.credential = frame.credential
@@ -1505,17 +1548,6 @@ class ClientCore:
             self._switch_part(session, part, resumption, frame, target=source, now_us=now_us)
             for part in moved
         )
-        if resumption.kind is _ResumeKind.RESTART:
-            self._emit(
-                SessionResumed(
-                    node=self.node_id,
-                    session_id=session.session_id,
-                    parts=moved,
-                    server=source,
-                    map_version=frame.map_version,
-                )
-            )
-            return
         self._handoff_status(resumption, HandoffState.COMPLETED, 0)
         self._emit(
             HandoffFollowed(
@@ -1544,11 +1576,8 @@ class ClientCore:
         """Point a part at the server that answered RESUME_OK and re-send what is unanswered."""
         route = session.parts[part]
         map_version = max(route.map_version, frame.map_version)
-        if resumption.kind is _ResumeKind.HANDOFF:
-            backups = (resumption.source, *route.servers())
-            route.adopt(primary=target, backups=backups, map_version=map_version)
-        else:
-            route.map_version = map_version
+        backups = (resumption.source, *route.servers())
+        route.adopt(primary=target, backups=backups, map_version=map_version)
         route.fire(RouteTrigger.RESUME_OK)
         route.locate_attempts = 0
         return self._flush(session, route, now_us, moved=True)

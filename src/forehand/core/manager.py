@@ -1441,10 +1441,13 @@ class ManagerCore:
             self._wire_placement(current, PartKey(session_id=session_id, part=part))
             for part in opening.parts
         )
+        # The token names one server, the primary of the first part, so that it is single-use
+        # (replay caches are per server); a restarted client presents its credential instead.
+        primary = placements[0].primary.server_id
         token = self._sealer.issue_token(
             session_id=session_id,
-            parts=opening.parts,
-            target_server="",
+            parts=tuple(p.part for p in placements if p.primary.server_id == primary),
+            target_server=primary,
             map_version=current.version,
             now_us=now_us,
             lifetime_ms=self._config.token_lifetime_ms,

@@ -1,7 +1,8 @@
 """Resumption tokens and session credentials: AEAD-sealed claims, a key ring, a replay cache.
 
-A resumption token lets a client resume parts of its session on another server (after HANDOFF,
-or after a failover with the token from SESSION_OPENED). It is sealed with AES-256-GCM under a
+A resumption token lets a client resume parts of its session on one named server: the HANDOFF
+source seals one for the handoff's target, the manager one in SESSION_OPENED for the primary of the
+session's first part. It is sealed with AES-256-GCM under a
 cluster key, so only cluster members can mint or read it, and any change to a single bit is
 detected. The byte layout is
 
@@ -13,8 +14,10 @@ other way round. Nonces come from the `random.Random` the owner injects (the run
 `random.SystemRandom`, the simulator a seeded one), which keeps this module sans-IO.
 
 Tokens are single-use: the server that accepts a RESUME records the claims' nonce in a bounded
-`ReplayCache` until the token expires. A session credential is the long-lived sibling: it names
-the session, is presented in HELLO (and checked on RESUME), and may be used many times.
+`ReplayCache` until the token expires. The cache is per server, so a token is single-use only
+because it names one target server. A session credential is the long-lived sibling: it names the
+session, is presented in HELLO (servers and the manager check it there; RESUME checks only the
+token), and may be used many times, which is how a restarted client takes its sessions back.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ class TokenClaims(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     parts: tuple[str, ...]
     """The parts the bearer may resume; a RESUME naming others is WRONG_PART."""
     target_server: str
-    """The server the token is for; empty when any server currently holding the parts may accept."""
+    """The server the token is for. Servers also accept an empty one (any server holding the
+    parts), which no `forehand.core` node issues: each server's replay cache would admit it once."""
     map_version: int
     """The shard-map version that placed the parts on the target."""
     expires_us: int
@@ -274,7 +278,7 @@ class TokenSealer:
         plaintext = self._open(token, _PURPOSE_TOKEN)
         try:
             claims = _token_decoder.decode(plaintext)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise TokenInvalid(f"token claims do not decode: {error}") from error
         if now_us >= claims.expires_us:
             raise TokenExpired(f"token expired at {claims.expires_us} us, now {now_us} us")
@@ -285,7 +289,7 @@ class TokenSealer:
         plaintext = self._open(credential, _PURPOSE_CREDENTIAL)
         try:
             claims = _credential_decoder.decode(plaintext)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise TokenInvalid(f"credential claims do not decode: {error}") from error
         if now_us >= claims.expires_us:
             raise TokenExpired(f"credential expired at {claims.expires_us} us, now {now_us} us")
