@@ -402,3 +402,24 @@ def test_map_update_that_does_not_decode_closes_the_connection(encoding: int, bo
     assert h.client.route(session, "auth").primary == "s2"
     h.welcome("s2")
     assert [r.request_id for r in h.take(Request, "s2")] == ids
+
+
+def test_hello_to_the_manager_presents_every_sessions_credential() -> None:
+    """A new manager connection presents all credentials, sessions being located first, bounded."""
+    h = Harness(hello_credentials_max=2)
+    first = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x31] * 14))
+    second = h.open(
+        placement("auth", "s2"), session_id=bytes([0x01, 0x8F] + [0x32] * 14), welcome_manager=False
+    )
+    third = h.open(
+        placement("auth", "s3"), session_id=bytes([0x01, 0x8F] + [0x33] * 14), welcome_manager=False
+    )
+    h.client.call(third, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s3")
+    h.lose(MANAGER)
+    h.lose("s3")
+    (hello,) = h.take(Hello, MANAGER)
+    assert [c.session_id for c in hello.credentials] == [third, first]
+    assert [c.credential for c in hello.credentials] == [b"cred-" + third[:4], b"cred-" + first[:4]]
+    assert second not in [c.session_id for c in hello.credentials]

@@ -23,7 +23,7 @@ from forehand.core._manager_events import (
 from forehand.core._membership import MemberState
 from forehand.core.manager import ManagerCore
 from forehand.core.messages import MapPublished, MapRequested, ServerAnnounced
-from forehand.placement import MAP_ENCODING, PartKey, PlacementConfig, ShardMap
+from forehand.placement import PartKey, PlacementConfig, ShardMap
 from forehand.stores import (
     DeltaCommitRequested,
     DeltaRejected,
@@ -450,17 +450,6 @@ def test_hello_credentials_let_a_new_connection_locate_its_sessions() -> None:
     (update,) = harness.take("c1-again", MapUpdate)
     entries = decode_client_placements(update.body).entries
     assert [e.session_id for e in entries] == [opened.session_id]
-
-
-def test_map_request_from_an_unknown_client_gets_the_whole_map() -> None:
-    """Without sessions to go by, the manager sends the whole shard map."""
-    harness = ManagerHarness()
-    harness.join(*SERVERS)
-    harness.open_session(("auth",))
-    harness.router.send("stranger", MANAGER, MapRequest(map_version=0))
-    (update,) = harness.take("stranger", MapUpdate)
-    assert update.encoding == MAP_ENCODING
-    assert ShardMap.decode(update.body).version == harness.map.version
 
 
 def test_close_session_removes_its_parts() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from forehand.core._manager_events import MapChange
 from forehand.core.messages import PartRef
 from forehand.errors import LocalProtocolError
-from forehand.placement import Delta, PlacementConfig, ShardMap
+from forehand.placement import Delta, PartKey, PlacementConfig, ShardMap
 
 # The message module only: the package also exports the SQLite store, which a core must not load.
 from forehand.stores._messages import (
@@ -53,6 +53,9 @@ class Built:
     """Servers the change is about (for events)."""
     payload: object = None
     """Whatever the change's `committed` callback needs from the build."""
+    implicit_moves: tuple[PartKey, ...] | None = None
+    """Live primaries the delta moves without an operation naming them (stabilize could not pin
+    them back); None when the builder does not say, and then any part may have moved."""
 
 
 @dataclass(slots=True, kw_only=True)

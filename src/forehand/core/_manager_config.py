@@ -42,6 +42,9 @@ class ManagerConfig:
     """Most client connections whose HELLO the manager remembers at once."""
     client_sessions_max: int = 1_024
     """Most sessions the manager remembers per client connection (for its MAP_REQUESTs)."""
+    placement_changes_sessions_max: int = 1_048_576
+    """Most sessions whose last placement change the manager tracks to answer MAP_REQUEST with
+    "nothing newer"; beyond it, it takes every placement as changed (and answers in full)."""
     heartbeat_interval_ms: int = 500
     """The interval servers heartbeat at; seeds the phi-accrual detector before it has history."""
     suspect_timeout_ms: int = 1_500

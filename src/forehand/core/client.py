@@ -644,17 +644,29 @@ class ClientCore:
         return connection
 
     def _credentials_for(self, server: NodeId) -> tuple[Credential, ...]:
-        """Credentials for HELLO: the sessions with a part on `server` (primary or backup).
+        """Credentials for HELLO, at most `hello_credentials_max` of them.
 
-        Other sessions' credentials stay out: a server refuses a HELLO whose credentials do not
-        all open, so presenting more only widens what one expired credential could break.
+        To a server: the sessions with a part on it (primary or backup). Other sessions'
+        credentials stay out: a server refuses a HELLO whose credentials do not all open, so
+        presenting more only widens what one expired credential could break. To the manager:
+        every session, those with a part that is not ACTIVE first, since the manager answers
+        MAP_REQUEST only for the sessions a connection proved it holds.
         """
-        credentials = [
+        if server == self._config.manager_node_id:
+            sessions = sorted(
+                self._sessions.values(),
+                key=lambda s: all(r.state is RouteState.ACTIVE for r in s.parts.values()),
+            )
+        else:
+            sessions = [
+                session
+                for session in self._sessions.values()
+                if any(server in route.servers() for route in session.parts.values())
+            ]
+        return tuple(
             Credential(session_id=session.session_id, credential=session.credential)
-            for session in self._sessions.values()
-            if any(server in route.servers() for route in session.parts.values())
-        ]
-        return tuple(credentials[: self._config.hello_credentials_max])
+            for session in sessions[: self._config.hello_credentials_max]
+        )
 
     def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
         """The transport is up; HELLO (already sent or queued by the driver) does the rest."""

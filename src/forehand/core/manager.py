@@ -24,12 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forehand.core import messages
-from forehand.core._client_map import (
-    CLIENT_PLACEMENTS_ENCODING,
-    SessionPlacement,
-    encode_client_placements,
-    endpoint_from_address,
-)
+from forehand.core._client_map import endpoint_from_address
 from forehand.core._driver import (
     ConnectionCloseRequested,
     ConnectionLost,
@@ -37,6 +32,7 @@ from forehand.core._driver import (
     NodeId,
     Outbound,
 )
+from forehand.core._manager_clients import PlacementChanges, placements_answer
 from forehand.core._manager_commits import (
     Built,
     Change,
@@ -108,7 +104,6 @@ from forehand.core.messages import PartRef
 from forehand.core.tokens import TokenError, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
-    MAP_ENCODING,
     Operation,
     PartKey,
     PartsAdded,
@@ -133,7 +128,6 @@ from forehand.wire import (
     ErrorCode,
     Hello,
     MapRequest,
-    MapUpdate,
     OpenSession,
     Ping,
     Pong,
@@ -222,6 +216,7 @@ class ManagerCore:
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
         self._join_retry_us: dict[str, int] = {}
+        self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._pipeline.load(now_us=now_us)
 
     # The driver shape.
@@ -489,6 +484,7 @@ class ManagerCore:
     def _map_loaded(self, outcome: Loaded, now_us: int) -> None:
         current = outcome.shard_map
         self._sessions = {}
+        self._changes.everything_changed(current.version)
         for key in current.part_keys():
             self._index_parts(key.session_id, (key.part,))
         for entry in current.servers:
@@ -528,6 +524,7 @@ class ManagerCore:
                     self._index_parts(operation.session_id, operation.parts)
                 elif isinstance(operation, PartsRemoved):
                     self._unindex_parts(operation.session_id, operation.parts)
+            self._changes.committed(built.delta, built.new_map.version, built.implicit_moves)
             published = messages.MapPublished(
                 map_version=built.new_map.version,
                 base_version=outcome.previous.version,
@@ -896,6 +893,7 @@ class ManagerCore:
             parts=tuple(previous),
             servers=(handoff.source, handoff.target),
             payload=previous,
+            implicit_moves=stable.implicit_moves,
         )
 
     def _handoff_committed(self, handoff: Handoff, built: Built, now_us: int) -> None:
@@ -1355,6 +1353,9 @@ class ManagerCore:
             self._refuse(source, ErrorCode.VERSION_NEGOTIATION_FAILED, "forehand/1 only")
             return
         client = self._client(source, frame.client_id)
+        # A HELLO opens a new connection: it proves only the sessions it presents (and those
+        # opened on it later), not those of an earlier connection from the same node.
+        client.sessions.clear()
         for credential in frame.credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
@@ -1426,6 +1427,7 @@ class ManagerCore:
                         new_map=stable.new_map,
                         parts=tuple(ref_of(key) for key in keys),
                         servers=(),
+                        implicit_moves=stable.implicit_moves,
                     )
             opening.session_id = new_session_id(now_ms=opening.session_id_ms, rng=self._rng)
             keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
@@ -1515,31 +1517,29 @@ class ManagerCore:
         operations = [PartsRemoved(session_id=session_id, parts=parts)]
         stable = stabilize(current, operations, intended=lambda key: False)
         refs = tuple(PartRef(session_id=session_id, part=p) for p in parts)
-        return Built(delta=stable.delta, new_map=stable.new_map, parts=refs, servers=())
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=refs,
+            servers=(),
+            implicit_moves=stable.implicit_moves,
+        )
 
     def _on_map_request(self, frame: MapRequest, source: NodeId, now_us: int) -> None:
         current = self.shard_map
         if current is None:
             return
-        client = self._client(source)
-        entries = []
-        for session_id in client.sessions:
-            for part in self._sessions.get(session_id, ()):
-                placement = self._wire_placement(current, PartKey(session_id=session_id, part=part))
-                entries.append(SessionPlacement(session_id=session_id, placement=placement))
-        if entries:
-            body = encode_client_placements(tuple(entries))
-            encoding = CLIENT_PLACEMENTS_ENCODING
-        else:
-            # Sessions the client never showed this manager: the whole map, if it fits a frame.
-            body = current.encode()
-            encoding = MAP_ENCODING
-            if len(body) > self._config.frame_bytes_max:
-                body, encoding = encode_client_placements(()), CLIENT_PLACEMENTS_ENCODING
-        self._send(
-            source,
-            MapUpdate(map_version=current.version, base_version=0, encoding=encoding, body=body),
+        # Only the sessions this connection proved it holds (never the whole map: it would show
+        # every session and server to any client), and only news when it is up to date.
+        answer = placements_answer(
+            current=current,
+            sessions=self._client(source).sessions,
+            parts_of=lambda session_id: self._sessions.get(session_id, ()),
+            placement_of=lambda key: self._wire_placement(current, key),
+            changes=self._changes,
+            client_version=frame.map_version,
         )
+        self._send(source, answer)
 
     def _on_map_requested(
         self, message: messages.MapRequested, source: NodeId, now_us: int

@@ -1,0 +1,121 @@
+"""What the manager tells clients about placements: only their own sessions, and only news.
+
+A client asks with MAP_REQUEST where the parts of its sessions live (after losing a server
+without HANDOFF). The manager answers a connection only about the sessions that connection proved
+it holds: opened on it, or presented with a valid credential in its HELLO. Whole shard maps go
+only to servers. The request carries the lowest map version the client holds for the parts it
+asks about; when no placement of those sessions changed after it, a small "nothing newer" answer
+(a client-placements delta listing nothing) says so.
+
+Knowing when a session's placement last changed takes no diff: `PlacementChanges` reads each
+committed delta. Operations that name a session (parts added or removed, an override) change that
+session; the live primaries a delta moves without naming them (stabilize could not pin them back)
+are reported by the builder; an operation on servers (join, drain, death, ...) may change any
+part, and so may a delta whose builder did not report what it moved implicitly. The tracker errs
+on the side of "changed": a wrong "nothing newer" would send a client back to a server that lost
+its part, while a wrong "changed" only costs a larger answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+)
+from forehand.placement import (
+    Delta,
+    PartKey,
+    PartsAdded,
+    PartsRemoved,
+    PlacementOverridden,
+    ShardMap,
+)
+from forehand.wire import MapUpdate, Placement
+
+__all__ = ["PlacementChanges", "placements_answer"]
+
+_SESSION_OPERATIONS = (PartsAdded, PartsRemoved, PlacementOverridden)
+"""Operations that change the placement of the session they name, and of no other."""
+
+
+class PlacementChanges:
+    """Per session, the map version at which its placement last changed (as an upper bound)."""
+
+    def __init__(self, *, sessions_max: int) -> None:
+        self._sessions_max = sessions_max
+        self._sessions: dict[bytes, int] = {}
+        self._everything_version = 0
+
+    def everything_changed(self, version: int) -> None:
+        """Any placement may have changed at `version` (a server change, a reloaded map)."""
+        self._everything_version = max(self._everything_version, version)
+        # Older per-session records say nothing the new floor does not already say.
+        self._sessions.clear()
+
+    def committed(
+        self, delta: Delta, version: int, implicit_moves: tuple[PartKey, ...] | None
+    ) -> None:
+        """Record the sessions a committed delta changed (`implicit_moves`: None if unknown)."""
+        if implicit_moves is None or not all(
+            isinstance(operation, _SESSION_OPERATIONS) for operation in delta.operations
+        ):
+            self.everything_changed(version)
+            return
+        for operation in delta.operations:
+            assert isinstance(operation, _SESSION_OPERATIONS)
+            self._sessions[operation.session_id] = version
+        for key in implicit_moves:
+            self._sessions[key.session_id] = version
+        if len(self._sessions) > self._sessions_max:
+            # Bounded memory: forgetting which sessions changed means assuming all did.
+            self.everything_changed(version)
+
+    def changed_after(self, session_id: bytes) -> int:
+        """An upper bound on the last version that changed the session's placement."""
+        return max(self._everything_version, self._sessions.get(session_id, 0))
+
+
+def placements_answer(
+    *,
+    current: ShardMap,
+    sessions: Iterable[bytes],
+    parts_of: Callable[[bytes], tuple[str, ...]],
+    placement_of: Callable[[PartKey], Placement],
+    changes: PlacementChanges,
+    client_version: int,
+) -> MapUpdate:
+    """The MAP_UPDATE that answers a client's MAP_REQUEST about `sessions` (its proven ones).
+
+    "Nothing newer" (base version = what the client holds, no entries) when every session still
+    exists and none changed after the client's version; otherwise the complete placements of
+    every part of those sessions (base version 0; a session the map no longer holds is left out,
+    which tells the client it is unknown).
+    """
+    known = tuple(sessions)
+    # A delta's base must stay below its version: a client claiming the newest version (or a
+    # newer one) is answered against the version before.
+    base = min(client_version, current.version - 1)
+    if base > 0 and known and all(parts_of(s) and changes.changed_after(s) <= base for s in known):
+        return MapUpdate(
+            map_version=current.version,
+            base_version=base,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(()),
+        )
+    entries = tuple(
+        SessionPlacement(
+            session_id=session_id,
+            placement=placement_of(PartKey(session_id=session_id, part=part)),
+        )
+        for session_id in known
+        for part in parts_of(session_id)
+    )
+    return MapUpdate(
+        map_version=current.version,
+        base_version=0,
+        encoding=CLIENT_PLACEMENTS_ENCODING,
+        body=encode_client_placements(entries),
+    )
