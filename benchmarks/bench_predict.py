@@ -86,6 +86,8 @@ def main() -> None:
     )
     print_comparisons("forehand.predict: model time per entity per tick", [row])
     per_entity_us = 1e6 / row.candidate_per_second
+    per_server_tick_us = per_entity_us * entities_per_tick / SERVERS
+    print(f"{per_server_tick_us:.0f} us per server tick, its own sample and its paths' together")
     verdict = "within" if per_entity_us <= TARGET_US else "ABOVE"
     print(
         f"\n{per_entity_us:.0f} us per entity per tick with every head "

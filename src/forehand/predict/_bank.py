@@ -87,6 +87,11 @@ class FeatureBank:
         self._servers: OrderedDict[str, ServerState] = OrderedDict()
         fastest_s = config.features.ewma_time_constants_us[0] // SECOND_US
         self._path_excess_name = f"path.rtt_excess.ewma_{fastest_s}s"
+        self._capacities = [
+            (metric.name, metric.capacity / metric.scale)
+            for metric in config.metrics
+            if metric.capacity is not None and metric.scale is not None
+        ]
         self._wide_names = [
             f"paths.wide_degradation_ewma_{tc // SECOND_US}s"
             for tc in config.features.ewma_time_constants_us
@@ -159,6 +164,13 @@ class FeatureBank:
             tracker.update(raw, elapsed_us=elapsed_us, horizon_s=horizon_s, out=features)
             if metric.slo_max is not None and raw > metric.slo_max:
                 breached = True
+        # How close the nearest capacity-bound metric is to its limit, now or by its trend:
+        # the rule baseline's own signal, offered to the learned models as one feature.
+        pressure = 0.0
+        for name, capacity_level in self._capacities:
+            level = features.get(f"{name}.level", 0.0) / capacity_level
+            pressure = max(pressure, level, features.get(f"{name}.ttt", 0.0))
+        features["capacity.pressure"] = pressure
         breached_share = self._path_shares(
             server, now_us=now_us, elapsed_us=elapsed_us, out=features
         )

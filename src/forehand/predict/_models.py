@@ -32,7 +32,16 @@ RULE_Z_ALARM = 4.0
 """Z-score that counts as 1.0 in the rule baseline for metrics with no capacity."""
 BACKGROUND_SAMPLES_MIN = 200
 """Training ticks a background model must have seen before it may replace the foreground."""
-HINGE_SUFFIXES = (".level", ".ttt", "_share", "_share_ewma", "ewma_30s", "ewma_120s", "ewma_600s")
+HINGE_SUFFIXES = (
+    ".level",
+    ".ttt",
+    ".pressure",
+    "_share",
+    "_share_ewma",
+    "ewma_30s",
+    "ewma_120s",
+    "ewma_600s",
+)
 """Dimensionless features (1.0 means trouble) the logistic regression also sees through hinges."""
 RULE_GAIN = 8.0
 """Slope of the rule's logit-like score: `RULE_GAIN * (largest component - 1)`, so an
