@@ -163,3 +163,15 @@ def test_bank_bounds_servers_and_path_buckets() -> None:
     server = bank.server("s2")
     assert server is not None and len(server.paths) == 3
     assert str(EntityKey("s2", 1)) == "s2/path1"
+
+
+def test_capacity_pressure_is_the_nearest_limit() -> None:
+    """The largest of level over capacity and time-to-threshold share among capacity metrics."""
+    bank = FeatureBank(config=PredictorConfig())
+    values = {"cpu_utilization": 0.6, "latency_us_p99": 200_000.0, "error_ratio": 0.01}
+    server, breached = bank.observe_server(ServerSample(server_id="s", values=values), now_us=0)
+    assert not breached
+    assert server.features["capacity.pressure"] == pytest.approx(0.8)  # latency 200 of 250 ms
+    values = {"latency_us_p99": 300_000.0}
+    server, breached = bank.observe_server(ServerSample(server_id="s", values=values), now_us=S)
+    assert breached and server.features["capacity.pressure"] >= 1.2
