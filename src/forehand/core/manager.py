@@ -215,6 +215,7 @@ class ManagerCore:
         self._sessions: dict[bytes, tuple[str, ...]] = {}
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
+        self._repair_queued = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._pipeline.load(now_us=now_us)
@@ -690,6 +691,55 @@ class ManagerCore:
                 map_version=built.new_map.version,
             )
         )
+        self._queue_replica_repair()
+
+    def _queue_replica_repair(self) -> None:
+        """Top up the pinned placements that failovers left short of replicas.
+
+        A failover pins each promoted part with the replicas it could find; when too few servers
+        were alive the part stays short (a `replicated` part without a replica cannot be written
+        at all). A server that (re)joins is a new candidate, so every join re-checks them.
+        """
+        if self._repair_queued:
+            return
+        change = Change(
+            kind=MapChange.REPLICAS_MOVED,
+            build=self._build_replica_repair,
+            committed=lambda built, now_us: self._replica_repair_done(built),
+            dropped=lambda cause, now_us: self._replica_repair_done(None),
+        )
+        self._repair_queued = self._pipeline.submit(change)
+
+    def _replica_repair_done(self, built: Built | None) -> None:
+        self._repair_queued = False
+        if built is not None and built.parts:
+            # A bounded batch went; look again for what is left.
+            self._queue_replica_repair()
+
+    def _build_replica_repair(self, current: ShardMap) -> Built | None:
+        eligible = self._eligible(current)
+        count = current.config.replica_count
+        operations = []
+        repaired: list[PartRef] = []
+        for key, placement in sorted(current.overrides(), key=lambda item: item[0]):
+            if len(placement.replicas) >= count:
+                continue
+            keep = [s for s in placement.replicas if self._is_live(s)]
+            replicas = fill_replicas(
+                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+            )
+            if len(replicas) <= len(placement.replicas):
+                continue
+            operations.append(
+                override(key, Placement(primary=placement.primary, replicas=replicas))
+            )
+            repaired.append(ref_of(key))
+            if len(operations) >= self._config.replica_moves_per_commit_max:
+                break
+        if not operations:
+            return None
+        stable = stabilize(current, operations, intended=lambda key: False)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=tuple(repaired), servers=())
 
     def _join_dropped(self, server_id: str, now_us: int) -> None:
         self._joins_queued.discard(server_id)
@@ -1001,23 +1051,27 @@ class ManagerCore:
     def _settle_stray_abort(
         self, message: messages.HandoffAborted, source: NodeId, now_us: int
     ) -> None:
-        """An abort of a handoff no longer waited for (the target's report completed it first).
+        """An abort the manager waits for no more: a completed handoff, or an implicit run.
 
-        The reporter holds the parts ABORTING: it may neither serve nor drop them until a map
-        settles them, and no map change would come. Fail them over with the reporter as a
-        candidate; the longer log wins, so a target that took over keeps the parts.
+        The reporter holds parts it can neither serve nor drop (ABORTING at a source, RECEIVING
+        at a target that the map names primary but that never got the sealed log), and no map
+        change would come. Fail them over, the reporter a candidate: the most up-to-date log
+        wins, so a target that took over keeps the parts and a source still ahead gets them back.
         """
         current = self.shard_map
         if current is None or message.server_id != source or not self._is_live(source):
             return
         _check_refs(message.parts)
-        explicit = {
-            key_of(ref): source
-            for ref in message.parts
-            if key_of(ref) in current
-            and current.primary_of(key_of(ref)) != source
-            and not self._orchestrator.is_moving(ref)
-        }
+        deciding: set[PartKey] = set()
+        for job in (self._failover, self._failover_next):
+            if job is not None:
+                deciding.update(job.explicit, job.parts)
+        explicit: dict[PartKey, str] = {}
+        for ref in message.parts:
+            key = key_of(ref)
+            moving = self._orchestrator.is_moving(ref)
+            if key in current and key not in deciding and not moving:
+                explicit[key] = "" if current.primary_of(key) == source else source
         if explicit:
             self._pending_failover(now_us).absorb(explicit=explicit)
 
@@ -1193,6 +1247,7 @@ class ManagerCore:
         for server_id in sorted(self._drains):
             if self._map_state(server_id) in (None, ServerState.DEAD):
                 self._drain_progress((server_id,))
+        self._queue_replica_repair()
 
     # Drains.
 

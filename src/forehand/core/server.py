@@ -194,6 +194,8 @@ class ServerCore:
         self._map_deltas: dict[int, MapPublished] = {}
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
+        self._unsettled: dict[PartRef, int] = {}
+        self._unsettled_retry_us = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._heartbeat_sequence = 0
@@ -1542,16 +1544,20 @@ class ServerCore:
                 node=self._me, handoff_id=run.handoff_id, side=run.side, refs=waiting, detail=detail
             )
         )
-        if run.handoff_id or (run.side is HandoffSide.SOURCE and waiting):
-            # An implicit source run (id 0: a map moved the part on its own) reports too: its
-            # ABORTING parts wait for the manager, which fences both sides and keeps the longer
-            # log, whether the target took over (its acknowledgement lost) or never got the seal.
+        if run.handoff_id or waiting:
+            # An implicit run (id 0: a map moved the part on its own) reports too: its parts
+            # wait (ABORTING at the source, RECEIVING at the target) for the manager, which fences
+            # the holders and keeps the most up-to-date log, whether the target took over (its
+            # acknowledgement lost) or never got the seal.
             self._send(
                 self._config.manager_id,
                 HandoffAborted(
                     handoff_id=run.handoff_id, server_id=self._me, parts=waiting, detail=detail
                 ),
             )
+            for ref in waiting:
+                self._unsettled[ref] = run.handoff_id
+            self._unsettled_retry_us = now_us + self._config.map_request_retry_ms * 1000
         self._reinstate_reverted(waiting, run, now_us)
         if run.side is HandoffSide.SOURCE and sealed:
             # The parts the target did take over complete the procedure; only the rest abort.
@@ -1903,7 +1909,40 @@ class ServerCore:
         )
         if self._map is None and self._map_retry_us is None:
             self._request_map(now_us)
+        if self._unsettled and now_us >= self._unsettled_retry_us:
+            self._report_unsettled(now_us)
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
+
+    def _report_unsettled(self, now_us: int) -> None:
+        """Report again the aborted parts no map has settled yet.
+
+        A part left ABORTING (or RECEIVING without its sealed log) waits for the manager's
+        decision; the report may have been lost with a connection, or refused while the manager
+        held this server dead. The manager ignores reports of parts it is already deciding.
+        """
+        by_handoff: dict[int, list[PartRef]] = {}
+        for ref, handoff_id in list(self._unsettled.items()):
+            part = self._parts.get(ref)
+            stuck = part is not None and (
+                part.state is PartState.ABORTING
+                or (part.state is PartState.RECEIVING and ref not in self._run_of)
+            )
+            if stuck:
+                by_handoff.setdefault(handoff_id, []).append(ref)
+            else:
+                del self._unsettled[ref]
+        for handoff_id, refs in sorted(by_handoff.items()):
+            self._rare("aborted-parts-reported-again")
+            self._send(
+                self._config.manager_id,
+                HandoffAborted(
+                    handoff_id=handoff_id,
+                    server_id=self._me,
+                    parts=tuple(refs),
+                    detail="still unsettled",
+                ),
+            )
+        self._unsettled_retry_us = now_us + self._config.map_request_retry_ms * 1000
 
     def _progress_batch(self) -> tuple[PartProgress, ...]:
         refs = list(self._parts)
