@@ -17,6 +17,7 @@ from forehand.core._manager_events import (
     RiskFlagged,
 )
 from forehand.core._manager_risk import RiskDecision
+from forehand.core._orchestrator import HandoffPhase
 from forehand.core.messages import (
     FailoverPrepared,
     HandoffAssigned,
@@ -135,8 +136,8 @@ def test_no_replica_fits_so_another_server_with_headroom_takes_it() -> None:
     assert assigned.target == other
 
 
-def test_completion_report_ends_the_handoff_with_durations() -> None:
-    """HandoffCompleted from a participant ends it; the event carries commit and total time."""
+def test_the_source_report_ends_the_handoff_with_durations() -> None:
+    """The target's report ends step 3 only; the source's, after its backup, ends the handoff."""
     harness, _ = cluster()
     source = busiest(harness)
     ref = harness.primaries(source)[0]
@@ -144,13 +145,78 @@ def test_completion_report_ends_the_handoff_with_durations() -> None:
     (assigned,) = harness.take(source, HandoffAssigned)
     harness.router.advance(ms=40)
     report_done(harness, assigned, assigned.target)
-    (done,) = harness.events(HandoffCompleted)
-    assert done.handoff_id == assigned.handoff_id and done.reported_by == assigned.target
-    assert done.duration_us == 40_000 and done.commit_us == 0
-    assert harness.manager.orchestrator.handoffs() == []
-    # A second report (the source, after its backup period) changes nothing.
+    assert harness.events(HandoffCompleted) == []
+    (handoff,) = harness.manager.orchestrator.handoffs()
+    assert handoff.phase is HandoffPhase.BACKING_UP
+    harness.router.advance(ms=200)
     report_done(harness, assigned, source)
+    (done,) = harness.events(HandoffCompleted)
+    assert done.handoff_id == assigned.handoff_id and done.reported_by == source
+    assert (done.commit_us, done.target_us, done.duration_us) == (0, 40_000, 240_000)
+    assert harness.manager.orchestrator.handoffs() == []
+    # A late report changes nothing.
+    report_done(harness, assigned, assigned.target)
     assert len(harness.events(HandoffCompleted)) == 1
+
+
+def test_the_source_report_alone_ends_the_handoff() -> None:
+    """The target's report was lost: the source reports only after its seals were acknowledged."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ask(harness, source, harness.primaries(source)[0], reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    report_done(harness, assigned, source)
+    (done,) = harness.events(HandoffCompleted)
+    assert done.reported_by == source and done.target_us is None
+
+
+def test_a_silent_source_after_the_target_report_completes_at_the_timeout() -> None:
+    """Target reported, source silent past handoff_backup_report_timeout_ms: completed anyway."""
+    harness, _ = cluster(handoff_backup_report_timeout_ms=3_000)
+    source = busiest(harness)
+    ask(harness, source, harness.primaries(source)[0], reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    report_done(harness, assigned, assigned.target)
+    harness.tick(2_900, alive=SERVERS)
+    assert harness.events(HandoffCompleted) == []
+    assert harness.manager.orchestrator.load_of(source) == 1
+    harness.tick(200, alive=SERVERS)
+    (done,) = harness.events(HandoffCompleted)
+    assert done.reported_by == assigned.target
+    assert harness.events(HandoffAborted) == [] and harness.events(FailoverStarted) == []
+    assert harness.manager.orchestrator.load_of(source) == 0
+
+
+def test_the_source_dying_in_its_backup_period_completes_the_handoff() -> None:
+    """Once the target serves, the source's death ends the handoff as completed, no failover."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.PREDICTED_FAILURE)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    report_done(harness, assigned, assigned.target)
+    harness.tick(700, alive=[s for s in SERVERS if s != source])
+    (done,) = harness.events(HandoffCompleted)
+    assert done.reported_by == assigned.target
+    assert harness.events(HandoffAborted) == []
+    assert harness.placement(ref).primary == assigned.target
+    # The dead source's own parts fail over; the moved part, served by the target, does not.
+    prepared = [p for s in SERVERS for p in harness.take(s, FailoverPrepared)]
+    assert all(ref not in p.parts for p in prepared)
+
+
+def test_the_target_dying_in_the_backup_period_fails_over() -> None:
+    """The target's death after its report still fails the parts over."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.PREDICTED_FAILURE)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    report_done(harness, assigned, assigned.target)
+    harness.tick(700, alive=[s for s in SERVERS if s != assigned.target])
+    (event,) = harness.events(HandoffAborted)
+    assert event.outcome is HandoffOutcome.FAILED_OVER and assigned.target in event.cause
+    assert harness.events(HandoffCompleted) == []
 
 
 def _abort_and_report(harness: ManagerHarness, source_seq: int, target_seq: int) -> PartRef:
@@ -190,8 +256,8 @@ def test_an_abort_after_the_target_took_over_keeps_the_target() -> None:
     assert harness.placement(ref).primary != source
 
 
-def test_an_abort_of_a_completed_handoff_settles_the_source() -> None:
-    """The target's report completed it first: the source's late abort fails the part over."""
+def test_an_abort_after_the_target_report_fails_the_part_over() -> None:
+    """The target reported first: the source's abort still fails the part over, both fenced."""
     harness, _ = cluster()
     source = busiest(harness)
     ref = harness.primaries(source)[0]
@@ -260,6 +326,10 @@ def test_per_server_cap_serialises_handoffs() -> None:
     assert len(refs) == 2
     ask(harness, source, *refs, reason=ReasonCode.OVERLOAD)
     (first,) = harness.take(source, HandoffAssigned)
+    harness.tick(300, alive=SERVERS)
+    assert harness.take(source, HandoffAssigned) == []
+    # The target's report does not free the source: its backup period is part of the handoff.
+    report_done(harness, first, first.target)
     harness.tick(300, alive=SERVERS)
     assert harness.take(source, HandoffAssigned) == []
     report_done(harness, first, source)

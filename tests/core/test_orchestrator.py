@@ -108,7 +108,7 @@ def test_per_server_cap_limits_concurrent_handoffs() -> None:
     assert orch.load_of("s1") == 2
     assert orch.queued_moves == 2
     orch.assigned(started[0], map_version=5, now_us=1)
-    orch.fire(started[0], HandoffTrigger.COMPLETION_REPORTED, now_us=2)
+    orch.fire(started[0], HandoffTrigger.SOURCE_COMPLETED, now_us=2)
     again, _ = orch.plan(now_us=2, choose_target=choose, is_valid=always_valid, batches_max=10)
     assert len(again) == 1
 
@@ -222,6 +222,53 @@ def test_assigned_handoff_gets_a_deadline_and_expires() -> None:
     assert orch.load_of("s1") == 0 and orch.load_of("t") == 0
 
 
+def test_target_report_holds_the_caps_until_the_source_reports() -> None:
+    """BACKING_UP keeps the parts moving and both servers counted, with the backup deadline."""
+    orch = orchestrator(handoff_backup_report_timeout_ms=4_000, handoffs_per_server_max=1)
+    orch.request_move(move(1))
+    orch.request_move(move(2))
+    (handoff,), _ = orch.plan(
+        now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=1
+    )
+    orch.assigned(handoff, map_version=3, now_us=10)
+    orch.target_reported(handoff, now_us=20)
+    assert phase_of(handoff) is HandoffPhase.BACKING_UP and handoff.target_reported_us == 20
+    assert handoff.deadline_us == 20 + 4_000 * MS == orch.next_timer_us()
+    assert orch.is_moving(ref(1)) and orch.load_of("s1") == 1 and orch.load_of("t") == 1
+    started, _ = orch.plan(
+        now_us=30, choose_target=fixed_target("u"), is_valid=always_valid, batches_max=1
+    )
+    assert started == []
+    assert orch.expired(now_us=handoff.deadline_us) == [handoff]
+    orch.fire(handoff, HandoffTrigger.SOURCE_SILENT, now_us=handoff.deadline_us)
+    assert phase_of(handoff) is HandoffPhase.COMPLETED and orch.load_of("s1") == 0
+
+
+@pytest.mark.parametrize(
+    ("trigger", "phase"),
+    [
+        (HandoffTrigger.SOURCE_COMPLETED, HandoffPhase.COMPLETED),
+        (HandoffTrigger.SOURCE_DIED, HandoffPhase.COMPLETED),
+        (HandoffTrigger.PARTICIPANT_DIED, HandoffPhase.FAILED_OVER),
+        (HandoffTrigger.ABORT_REPORTED, HandoffPhase.FAILED_OVER),
+    ],
+)
+def test_backing_up_ends_by_the_source_or_fails_over(
+    trigger: HandoffTrigger, phase: HandoffPhase
+) -> None:
+    """From BACKING_UP: the source's report or death completes; an abort or death fails over."""
+    orch = orchestrator()
+    orch.request_move(move(1))
+    (handoff,), _ = orch.plan(
+        now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=1
+    )
+    orch.assigned(handoff, map_version=3, now_us=1)
+    orch.target_reported(handoff, now_us=2)
+    assert not orch.allows(handoff, HandoffTrigger.TARGET_COMPLETED)
+    orch.fire(handoff, trigger, now_us=3)
+    assert phase_of(handoff) is phase and not orch.is_moving(ref(1))
+
+
 def test_abort_falls_back_to_failover() -> None:
     """An abort report ends the handoff FAILED_OVER: no blind revert, the manager fences both."""
     orch = orchestrator()
@@ -242,9 +289,9 @@ def test_illegal_handoff_transitions_raise_and_allows_says_so() -> None:
     (handoff,), _ = orch.plan(
         now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=1
     )
-    assert not orch.allows(handoff, HandoffTrigger.COMPLETION_REPORTED)
+    assert not orch.allows(handoff, HandoffTrigger.SOURCE_COMPLETED)
     with pytest.raises(LocalProtocolError):
-        orch.fire(handoff, HandoffTrigger.COMPLETION_REPORTED, now_us=1)
+        orch.fire(handoff, HandoffTrigger.SOURCE_COMPLETED, now_us=1)
 
 
 def test_cancelled_handoff_can_be_requeued() -> None:

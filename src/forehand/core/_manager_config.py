@@ -82,6 +82,10 @@ class ManagerConfig:
     """Time the participants of a handoff get to finish steps 3 and 4 (sent in HandoffAssigned)."""
     handoff_deadline_grace_ms: int = 1_000
     """Extra wait past the deadline for the participants' report before falling back to failover."""
+    handoff_backup_report_timeout_ms: int = 15_000
+    """After the target reported, how long the source gets to report the end of its backup period
+    (steps 4 and 5; above the servers' `backup_period_ms`); past it the target's report ends the
+    handoff."""
     handoffs_per_server_max: int = 2
     """Most handoffs one server takes part in at once, as source or as target."""
     handoffs_concurrent_max: int = 32
@@ -180,6 +184,7 @@ class ManagerConfig:
             pending_deltas_max=rng.randrange(4, 512),
             handoff_deadline_ms=rng.randrange(500, 10_000),
             handoff_deadline_grace_ms=rng.randrange(100, 3_000),
+            handoff_backup_report_timeout_ms=rng.randrange(1_000, 30_000),
             handoffs_per_server_max=per_server,
             handoffs_concurrent_max=rng.randrange(per_server, 64),
             handoff_parts_max=rng.randrange(1, SESSION_PARTS_MAX + 1),

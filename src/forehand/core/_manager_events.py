@@ -182,7 +182,8 @@ class HandoffStarted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HandoffCompleted:
-    """A participant reported the handoff done."""
+    """The handoff is done: the source reported the end of its backup period, or the target
+    reported and the source then died or stayed silent."""
 
     handoff_id: int
     """The handoff."""
@@ -197,11 +198,13 @@ class HandoffCompleted:
     map_version: int
     """The version that made the target primary."""
     reported_by: str
-    """The participant whose report ended it."""
+    """The participant whose report ended it (the target when the source died or stayed silent)."""
     commit_us: int
     """Time from picking the target to the committed override."""
     duration_us: int
-    """Time from picking the target to the report."""
+    """Time from picking the target to the end (the source's backup period included)."""
+    target_us: int | None = None
+    """Time from picking the target to the target's report (step 3 done), if it came."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,11 +8,17 @@ target, and cluster-wide), with a random pause from the injected rng between bat
 drain of a large server does not stampede its peers.
 
 Each handoff is a state machine; every transition is in the table below. The manager commits the
-override delta (COMMITTING -> ASSIGNED), then waits for the participants' report: completion ends
-it; an abort, silence past the deadline or a participant's death falls back to failover, which
-fences both sides and keeps the longer log (an abort does not revert blindly: the sealed log may
-have reached the target with only its acknowledgement lost). The orchestrator owns no map: the
-manager passes the decisions that need one (is a move still valid, which target) as callables.
+override delta (COMMITTING -> ASSIGNED), then waits for the participants' reports. The target
+reports at the end of step 3 (its sealed logs applied: ASSIGNED -> BACKING_UP); the source reports
+at the end of step 5 (its backup period over), and that ends the handoff. Only when the target has
+reported and the source then dies, or stays silent for `handoff_backup_report_timeout_ms`, does the
+target's report end it. So a handoff holds its place under the caps (`handoffs_per_server_max`,
+`handoffs_concurrent_max`) for the whole procedure, backup period included. An abort, silence past
+the deadline before the target reported, or a participant's death before it (the target's at any
+time) falls back to failover, which fences both sides and keeps the longer log (an abort does not
+revert blindly: the sealed log may have reached the target with only its acknowledgement lost).
+The orchestrator owns no map: the manager passes the decisions that need one (is a move still
+valid, which target) as callables.
 """
 
 from __future__ import annotations
@@ -67,9 +73,13 @@ class HandoffPhase(enum.Enum):
     COMMITTING = "committing"
     """Target picked; the override delta is queued or in flight to the store."""
     ASSIGNED = "assigned"
-    """The map makes the target primary; the participants run steps 3 to 5."""
+    """The map makes the target primary; the participants run step 3."""
+    BACKING_UP = "backing_up"
+    """The target applied the sealed logs and serves the parts; the source tells the clients and
+    keeps a read-only backup (steps 4 and 5) until it reports."""
     COMPLETED = "completed"
-    """A participant reported the end of the handoff. Terminal."""
+    """The source reported the end of its backup period, or the target reported and the source
+    then died or stayed silent. Terminal."""
     FAILED_OVER = "failed_over"
     """A participant aborted, died or fell silent: the parts went through failover. Terminal."""
     CANCELLED = "cancelled"
@@ -81,7 +91,10 @@ class HandoffTrigger(enum.Enum):
 
     OVERRIDE_COMMITTED = "override_committed"
     OVERRIDE_REFUSED = "override_refused"
-    COMPLETION_REPORTED = "completion_reported"
+    TARGET_COMPLETED = "target_completed"
+    SOURCE_COMPLETED = "source_completed"
+    SOURCE_SILENT = "source_silent"
+    SOURCE_DIED = "source_died"
     ABORT_REPORTED = "abort_reported"
     DEADLINE_EXPIRED = "deadline_expired"
     PARTICIPANT_DIED = "participant_died"
@@ -90,10 +103,18 @@ class HandoffTrigger(enum.Enum):
 _TRANSITIONS: dict[tuple[HandoffPhase, HandoffTrigger], HandoffPhase] = {
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_COMMITTED): HandoffPhase.ASSIGNED,
     (HandoffPhase.COMMITTING, HandoffTrigger.OVERRIDE_REFUSED): HandoffPhase.CANCELLED,
-    (HandoffPhase.ASSIGNED, HandoffTrigger.COMPLETION_REPORTED): HandoffPhase.COMPLETED,
+    (HandoffPhase.ASSIGNED, HandoffTrigger.TARGET_COMPLETED): HandoffPhase.BACKING_UP,
+    # The target's report may be lost; the source reports only after the target acknowledged.
+    (HandoffPhase.ASSIGNED, HandoffTrigger.SOURCE_COMPLETED): HandoffPhase.COMPLETED,
     (HandoffPhase.ASSIGNED, HandoffTrigger.ABORT_REPORTED): HandoffPhase.FAILED_OVER,
     (HandoffPhase.ASSIGNED, HandoffTrigger.DEADLINE_EXPIRED): HandoffPhase.FAILED_OVER,
     (HandoffPhase.ASSIGNED, HandoffTrigger.PARTICIPANT_DIED): HandoffPhase.FAILED_OVER,
+    (HandoffPhase.BACKING_UP, HandoffTrigger.SOURCE_COMPLETED): HandoffPhase.COMPLETED,
+    (HandoffPhase.BACKING_UP, HandoffTrigger.SOURCE_SILENT): HandoffPhase.COMPLETED,
+    (HandoffPhase.BACKING_UP, HandoffTrigger.SOURCE_DIED): HandoffPhase.COMPLETED,
+    (HandoffPhase.BACKING_UP, HandoffTrigger.ABORT_REPORTED): HandoffPhase.FAILED_OVER,
+    # In BACKING_UP only the target's death fails over: the source's is SOURCE_DIED.
+    (HandoffPhase.BACKING_UP, HandoffTrigger.PARTICIPANT_DIED): HandoffPhase.FAILED_OVER,
 }
 
 TERMINAL_PHASES = frozenset(
@@ -104,6 +125,8 @@ TERMINAL_PHASES = frozenset(
     }
 )
 """Phases a handoff never leaves."""
+_REPORT_AWAITED = frozenset({HandoffPhase.ASSIGNED, HandoffPhase.BACKING_UP})
+"""Phases with a deadline for the participants' next report."""
 
 
 def transition_table() -> list[tuple[HandoffPhase, HandoffTrigger, HandoffPhase]]:
@@ -151,6 +174,8 @@ class Handoff:
     """When the target was picked."""
     assigned_us: int | None = None
     """When the override was committed and HandoffAssigned sent."""
+    target_reported_us: int | None = None
+    """When the target reported its sealed logs applied (end of step 3)."""
     map_version: int = 0
     """The map version that made the target primary (0 before the commit)."""
     deadline_us: int | None = None
@@ -387,6 +412,12 @@ class Orchestrator:
         wait_ms = config.handoff_deadline_ms + config.handoff_deadline_grace_ms
         handoff.deadline_us = now_us + wait_ms * 1000
 
+    def target_reported(self, handoff: Handoff, *, now_us: int) -> None:
+        """The target serves the parts: the source's report is now awaited (steps 4 and 5)."""
+        self.fire(handoff, HandoffTrigger.TARGET_COMPLETED, now_us=now_us)
+        handoff.target_reported_us = now_us
+        handoff.deadline_us = now_us + self._config.handoff_backup_report_timeout_ms * 1000
+
     def _finish(self, handoff: Handoff, *, now_us: int) -> None:
         handoff.finished_us = now_us
         del self._handoffs[handoff.handoff_id]
@@ -403,11 +434,11 @@ class Orchestrator:
         self._next_batch_us = min(self._next_batch_us, now_us)
 
     def expired(self, *, now_us: int) -> list[Handoff]:
-        """Assigned handoffs whose participants stayed silent past the deadline."""
+        """Handoffs still waiting for a report past their deadline (ASSIGNED or BACKING_UP)."""
         return [
             handoff
             for handoff in self._handoffs.values()
-            if handoff.phase is HandoffPhase.ASSIGNED
+            if handoff.phase in _REPORT_AWAITED
             and handoff.deadline_us is not None
             and now_us >= handoff.deadline_us
         ]
@@ -417,7 +448,7 @@ class Orchestrator:
         instants = [
             h.deadline_us
             for h in self._handoffs.values()
-            if h.deadline_us is not None and h.phase is HandoffPhase.ASSIGNED
+            if h.deadline_us is not None and h.phase in _REPORT_AWAITED
         ]
         if self._moves:
             instants.append(self._next_batch_us)

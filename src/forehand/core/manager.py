@@ -1008,16 +1008,26 @@ class ManagerCore:
         handoff = self._orchestrator.handoff(handoff_id)
         if handoff is None or server_id != source or source not in (handoff.source, handoff.target):
             return None
-        return handoff if handoff.phase is HandoffPhase.ASSIGNED else None
+        awaited = (HandoffPhase.ASSIGNED, HandoffPhase.BACKING_UP)
+        return handoff if handoff.phase in awaited else None
 
     def _on_handoff_completed(
         self, message: messages.HandoffCompleted, source: NodeId, now_us: int
     ) -> None:
+        """The target's report ends step 3; the source's, after its backup period, the handoff."""
         handoff = self._reported_handoff(message.handoff_id, message.server_id, source)
         if handoff is None:
             return
-        self._orchestrator.fire(handoff, HandoffTrigger.COMPLETION_REPORTED, now_us=now_us)
+        if source == handoff.target:
+            if handoff.phase is HandoffPhase.ASSIGNED:
+                self._orchestrator.target_reported(handoff, now_us=now_us)
+            return
+        self._orchestrator.fire(handoff, HandoffTrigger.SOURCE_COMPLETED, now_us=now_us)
+        self._handoff_completed(handoff, reported_by=source, now_us=now_us)
+
+    def _handoff_completed(self, handoff: Handoff, *, reported_by: str, now_us: int) -> None:
         assigned_us = handoff.assigned_us if handoff.assigned_us is not None else now_us
+        target_us = handoff.target_reported_us
         self._emit(
             HandoffCompleted(
                 handoff_id=handoff.handoff_id,
@@ -1026,9 +1036,10 @@ class ManagerCore:
                 source=handoff.source,
                 target=handoff.target,
                 map_version=handoff.map_version,
-                reported_by=source,
+                reported_by=reported_by,
                 commit_us=assigned_us - handoff.planned_us,
                 duration_us=now_us - handoff.planned_us,
+                target_us=None if target_us is None else target_us - handoff.planned_us,
             )
         )
         self._drain_progress((handoff.source,))
@@ -1076,7 +1087,14 @@ class ManagerCore:
             self._pending_failover(now_us).absorb(explicit=explicit)
 
     def _handoff_silent(self, handoff: Handoff, now_us: int) -> None:
-        """No report by the deadline: fall back to failover for the handoff's parts."""
+        """No report by the deadline: fall back to failover, unless the target already serves."""
+        if handoff.phase is HandoffPhase.BACKING_UP:
+            cause = "the source did not report the end of its backup period in time"
+            self._orchestrator.fire(
+                handoff, HandoffTrigger.SOURCE_SILENT, now_us=now_us, cause=cause
+            )
+            self._handoff_completed(handoff, reported_by=handoff.target, now_us=now_us)
+            return
         cause = "no report from either side by the deadline"
         self._orchestrator.fire(
             handoff, HandoffTrigger.DEADLINE_EXPIRED, now_us=now_us, cause=cause
@@ -1087,8 +1105,14 @@ class ManagerCore:
         """A participant of an assigned handoff died: its parts fail over.
 
         A handoff still COMMITTING is left alone: its build finds the participant gone and drops
-        it, or, if its commit is already in flight, the commit callback lands here.
+        it, or, if its commit is already in flight, the commit callback lands here. Once the
+        target serves the parts (BACKING_UP), the source's death only ends its backup period.
         """
+        if handoff.phase is HandoffPhase.BACKING_UP and server_id == handoff.source:
+            cause = f"{server_id} died during its backup period"
+            self._orchestrator.fire(handoff, HandoffTrigger.SOURCE_DIED, now_us=now_us, cause=cause)
+            self._handoff_completed(handoff, reported_by=handoff.target, now_us=now_us)
+            return
         if not self._orchestrator.allows(handoff, HandoffTrigger.PARTICIPANT_DIED):
             return
         cause = f"{server_id} died"

@@ -1,0 +1,772 @@
+"""The QUIC binding of `forehand/1` (docs/PROTOCOL.md s.4.1), on the qh3 QUIC stack.
+
+Each side opens one unidirectional control stream (type prefix 0x00) right after the handshake;
+it carries every frame but REQUEST, RESPONSE and REDIRECT. A client sends each REQUEST on a new
+bidirectional stream and ends it; the server answers on that stream with one RESPONSE or
+REDIRECT and ends it. The connection routes frames to streams itself, so callers see the same
+`send_frame` / `receive` interface as over TLS. Every stream is decoded with its own bounded
+`FrameDecoder`. A connection error closes the QUIC connection with CONNECTION_CLOSE carrying the
+ErrorCode and the reason.
+
+qh3 was chosen over aioquic, whose API it shares, because it ran the same tests and benchmark
+about twice as fast (benchmarks/bench_requests.py). What it offers publicly, and so what this
+module uses: `get_send_buffer_size()` for send backpressure, PING frames and their
+acknowledgements for RTT samples. It does not expose loss counts or its congestion window, so
+`PathStats` leaves those None. Neither stack can verify client certificates, so mutual TLS
+(cluster-internal links) runs over the TLS/TCP binding; a QUIC listener refuses to require it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.asyncio.server import QuicServer
+from qh3.quic import events
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+
+from forehand.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from forehand.runtime._rtt import RttEstimator
+from forehand.runtime.loop import require_assertions
+from forehand.runtime.transport import (
+    ALPN,
+    CloseInfo,
+    CloseInitiator,
+    Connection,
+    ConnectionLimits,
+    Credentials,
+    HandshakeError,
+    Listener,
+    PathStats,
+    Transport,
+    TransportError,
+    register_transport,
+)
+from forehand.wire import (
+    END_OF_STREAM,
+    NEED_DATA,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    PeerRole,
+    Redirect,
+    Request,
+    Response,
+    StreamType,
+    encode_frame,
+    encode_varint,
+)
+
+__all__ = ["QUICConnection", "QUICListener", "QUICTransport", "QUICTransportConfig"]
+
+_CONTROL_PREFIX = encode_varint(StreamType.CONTROL)
+_STREAM_TYPE_BYTES_MAX = 8
+_STREAM_CANCELLED = 0
+"""Application error code of STOP_SENDING and RESET_STREAM for streams we stop or replace."""
+_ROUTE_RESET = -1
+"""Route of a request whose stream the client reset: its answer is dropped, not an error."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QUICTransportConfig:
+    """Settings of the QUIC transport."""
+
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """The bounds of every connection."""
+    handshake_timeout_ms: int = 10_000
+    """A handshake that takes longer fails."""
+    idle_timeout_ms: int = 60_000
+    """QUIC idle timeout: a connection silent this long is closed by the stack."""
+    stream_window_bytes: int = 2 << 20
+    """Per-stream flow-control window; at least one frame of `frame_bytes_max` plus header."""
+    connection_window_bytes: int = 16 << 20
+    """Connection-wide flow-control window; bounds what a peer has in flight to us."""
+    rtt_probe_interval_ms: int = 1_000
+    """How often a QUIC PING measures the RTT (one outstanding at a time); 0 turns it off."""
+
+    def __post_init__(self) -> None:
+        for name in ("handshake_timeout_ms", "idle_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"QUICTransportConfig.{name} must be positive")
+        if self.stream_window_bytes < self.limits.wire.buffered_bytes_max:
+            raise ConfigError("QUICTransportConfig.stream_window_bytes must hold a whole frame")
+        if self.connection_window_bytes < self.stream_window_bytes:
+            raise ConfigError("connection_window_bytes must be at least stream_window_bytes")
+        if self.rtt_probe_interval_ms < 0:
+            raise ConfigError("QUICTransportConfig.rtt_probe_interval_ms must be 0 or more")
+
+
+class _Protocol(QuicConnectionProtocol):
+    """Feeds the QUIC stack's events to the `QUICConnection` made when the handshake is done."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        *,
+        make_connection: Callable[[_Protocol, events.HandshakeCompleted], QUICConnection | None],
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self.quic = quic
+        """The stack's connection, which this protocol drives."""
+        self.connection: QUICConnection | None = None
+        """The forehand/1 connection, once the handshake is done and acceptable."""
+        self.terminated: events.ConnectionTerminated | None = None
+        """How the stack ended the connection before there was a forehand/1 one."""
+        self.peer_address: Any = None
+        """The address the last datagram came from."""
+        self._make_connection = make_connection
+        self._receiving = False
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        self.peer_address = addr
+        self._receiving = True
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            self._receiving = False
+        if self.connection is not None:
+            self.connection._hand_over_batch()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        connection = self.connection
+        if connection is not None:
+            connection._event(event)
+        elif isinstance(event, events.HandshakeCompleted):
+            self.connection = self._make_connection(self, event)
+        elif isinstance(event, events.ConnectionTerminated):
+            self.terminated = event
+
+    def transmit(self) -> None:
+        connection = self.connection
+        if connection is None:
+            super().transmit()
+        elif self._receiving:
+            # Sent on the next turn instead: the consumers woken by this datagram run first,
+            # so their answers leave in the same packet as the acknowledgement.
+            connection._schedule_transmit()
+        else:
+            super().transmit()
+            connection._transmitted()
+
+
+class _RequestStream:
+    """A request stream being read: its decoder and whether its one frame came."""
+
+    __slots__ = ("decoder", "frame_seen")
+
+    def __init__(self, decoder: FrameDecoder) -> None:
+        self.decoder = decoder
+        self.frame_seen = False
+
+
+class QUICConnection(Connection):
+    """A `forehand/1` connection over QUIC: a control stream each way plus request streams."""
+
+    transport_name = "quic"
+
+    def __init__(
+        self,
+        *,
+        protocol: _Protocol,
+        is_client: bool,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+        peer_role: PeerRole | None,
+        rtt_probe_interval_ms: int,
+        on_gone: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(is_client=is_client, limits=limits, loop=loop)
+        self._protocol = protocol
+        self._quic = protocol.quic
+        self._wire = limits.wire
+        self._peer_role = peer_role
+        self._on_gone = on_gone
+        self._control_send = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._quic.send_stream_data(self._control_send, _CONTROL_PREFIX)
+        self._control_receive: int | None = None
+        self._control_decoder = FrameDecoder(config=limits.wire, sender=peer_role)
+        self._stream_types: dict[int, bytes] = {}
+        self._ignored_streams: set[int] = set()
+        self._request_streams: dict[int, _RequestStream] = {}
+        self._routes: dict[tuple[bytes, int], int] = {}
+        self._blocked_requests: deque[bytes] = deque()
+        self._batch: list[Frame] = []
+        self._blocked_bytes = 0
+        self._transmit_handle: asyncio.Handle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._rtt = RttEstimator()
+        self._probe_uids = itertools.count(1)
+        self._probe_sent: tuple[int, float] | None = None
+        self._probe_interval_s = rtt_probe_interval_ms / 1000
+        self._probe_timer: asyncio.TimerHandle | None = None
+        self.responses_dropped_count = 0
+        """Answers dropped because the client had reset their request streams."""
+        if rtt_probe_interval_ms:
+            self._probe()
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send_frame(self, frame: Frame) -> None:
+        self._check_open()
+        self._send(frame)
+        if self._transmit_handle is None:
+            self._transmit_handle = self._loop.call_soon(self._transmit)
+
+    def send_frames(self, frames: Iterable[Frame]) -> None:
+        self._check_open()
+        for frame in frames:
+            self._send(frame)
+        self._schedule_transmit()
+
+    def _schedule_transmit(self) -> None:
+        if self._transmit_handle is None:
+            self._transmit_handle = self._loop.call_soon(self._transmit)
+
+    def _send(self, frame: Frame) -> None:
+        """Queue one frame on the stream it belongs to."""
+        data = encode_frame(frame, config=self._wire)
+        kind = type(frame)
+        quic = self._quic
+        if kind is Request:
+            if not self.is_client:
+                raise LocalProtocolError("only clients send REQUEST")
+            if self._blocked_requests or not self._stream_credit():
+                self._blocked_requests.append(data)
+                self._blocked_bytes += len(data)
+            else:
+                self._open_request_stream(data)
+        elif kind is Response or kind is Redirect:
+            assert isinstance(frame, Response | Redirect)
+            stream_id = self._routes.pop((frame.session_id, frame.request_id), None)
+            if stream_id is None:
+                raise LocalProtocolError(
+                    f"no request stream for request {frame.request_id} on this connection"
+                )
+            if stream_id == _ROUTE_RESET:
+                self.responses_dropped_count += 1
+                return
+            quic.send_stream_data(stream_id, data, end_stream=True)
+        else:
+            quic.send_stream_data(self._control_send, data)
+
+    def _stream_credit(self) -> bool:
+        """Whether the peer's MAX_STREAMS lets this side open another request stream."""
+        opened = self._quic.get_next_available_stream_id() >> 2
+        return opened < self._quic.max_concurrent_bidi_streams
+
+    def _open_request_stream(self, data: bytes) -> None:
+        quic = self._quic
+        stream_id = quic.get_next_available_stream_id()
+        quic.send_stream_data(stream_id, data, end_stream=True)
+        self._request_streams[stream_id] = _RequestStream(
+            FrameDecoder(config=self._wire, sender=self._peer_role)
+        )
+
+    def _release_blocked_requests(self) -> None:
+        """Open streams for requests that waited for the peer to raise its stream limit."""
+        blocked = self._blocked_requests
+        while blocked and self._stream_credit():
+            data = blocked.popleft()
+            self._blocked_bytes -= len(data)
+            self._open_request_stream(data)
+
+    def _transmit(self) -> None:
+        self._transmit_handle = None
+        if self._close_info is None:
+            if self._blocked_requests:
+                self._release_blocked_requests()
+            self._protocol.transmit()
+
+    def _flush(self) -> None:
+        if self._transmit_handle is not None:
+            self._transmit_handle.cancel()
+            self._transmit_handle = None
+        if self._blocked_requests:
+            self._release_blocked_requests()
+        self._protocol.transmit()
+
+    def _transmitted(self) -> None:
+        """After each transmission: update writability from the stack's send backlog."""
+        if self._close_info is not None:
+            return
+        backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
+        limits = self._limits
+        if backlog > limits.send_buffer_bytes_max:
+            self._fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"send backlog passed send_buffer_bytes_max={limits.send_buffer_bytes_max}",
+            )
+        elif backlog > limits.send_buffer_high_water_bytes:
+            if self._writable:
+                self._set_writable(False)
+        elif not self._writable and backlog <= limits.send_buffer_low_water_bytes:
+            self._set_writable(True)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _event(self, event: events.QuicEvent) -> None:
+        """One event of the stack; a protocol violation closes this connection only."""
+        try:
+            if isinstance(event, events.StreamDataReceived):
+                self._stream_data(event.stream_id, event.data, event.end_stream)
+            elif isinstance(event, events.StreamReset | events.StopSendingReceived):
+                self._stream_stopped(event.stream_id)
+            elif isinstance(event, events.PingAcknowledged):
+                self._probe_answered(event.uid)
+            elif isinstance(event, events.ConnectionTerminated):
+                self._terminated(event)
+        except RemoteProtocolError as error:
+            self._fail(error.error_code, str(error))
+
+    def _stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._close_info is not None:
+            return
+        if stream_id & 2:
+            self._unidirectional_data(stream_id, data, end_stream)
+        elif (stream_id & 1) == (0 if self.is_client else 1):
+            self._answer_data(stream_id, data, end_stream)
+        elif self.is_client:
+            raise RemoteProtocolError(
+                "the server opened a bidirectional stream", error_code=ErrorCode.FRAME_UNEXPECTED
+            )
+        else:
+            self._request_data(stream_id, data, end_stream)
+
+    def _unidirectional_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if stream_id == self._control_receive:
+            self._control_data(data, end_stream)
+            return
+        if stream_id in self._ignored_streams:
+            if end_stream:
+                self._ignored_streams.discard(stream_id)
+            return
+        prefix = self._stream_types.pop(stream_id, b"") + data
+        if not prefix or len(prefix) < _VARINT_SIZES[prefix[0] >> 6]:
+            if end_stream:
+                return  # A stream that ended before its type is ignored, like an unknown one.
+            if len(prefix) < _STREAM_TYPE_BYTES_MAX:
+                self._stream_types[stream_id] = prefix
+            return
+        size = _VARINT_SIZES[prefix[0] >> 6]
+        stream_type = int.from_bytes(prefix[:size]) & ((1 << (8 * size - 2)) - 1)
+        if stream_type != StreamType.CONTROL:
+            if not end_stream:
+                self._ignored_streams.add(stream_id)
+                self._quic.stop_stream(stream_id, _STREAM_CANCELLED)
+            return
+        if self._control_receive is not None:
+            raise RemoteProtocolError(
+                "a second control stream", error_code=ErrorCode.CLOSED_CRITICAL_STREAM
+            )
+        self._control_receive = stream_id
+        self._control_data(prefix[size:], end_stream)
+
+    def _control_data(self, data: bytes, end_stream: bool) -> None:
+        decoder = self._control_decoder
+        if data:
+            decoder.receive_data(data)
+        while (frame := decoder.next_frame()) is not NEED_DATA:
+            if frame is END_OF_STREAM:
+                break
+            kind = type(frame)
+            if kind is Request or kind is Response or kind is Redirect:
+                raise RemoteProtocolError(
+                    f"{frame.frame_type.name} on the control stream",
+                    error_code=ErrorCode.FRAME_UNEXPECTED,
+                )
+            self._deliver_one(frame)
+        if end_stream:
+            raise RemoteProtocolError(
+                "the control stream was closed", error_code=ErrorCode.CLOSED_CRITICAL_STREAM
+            )
+
+    def _request_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Data of a request stream, on the server: exactly one REQUEST, then the end."""
+        stream = self._request_streams.get(stream_id)
+        if stream is None:
+            stream = self._request_streams[stream_id] = _RequestStream(
+                FrameDecoder(config=self._wire, sender=self._peer_role)
+            )
+        frame = self._one_frame(stream_id, stream, data, end_stream, Request)
+        if frame is not None:
+            assert isinstance(frame, Request)
+            key = (frame.session_id, frame.request_id)
+            replaced = self._routes.get(key)
+            if replaced is not None and replaced != _ROUTE_RESET:
+                # A retry of a request still in flight: the answer goes to the newer stream.
+                self._quic.reset_stream(replaced, _STREAM_CANCELLED)
+            self._routes[key] = stream_id
+            self._deliver_one(frame)
+
+    def _answer_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Data of a request stream, on the client: exactly one RESPONSE or REDIRECT."""
+        stream = self._request_streams.get(stream_id)
+        if stream is None:
+            return  # A stream this side gave up on.
+        frame = self._one_frame(stream_id, stream, data, end_stream, Response, Redirect)
+        if frame is not None:
+            self._deliver_one(frame)
+
+    def _one_frame(
+        self,
+        stream_id: int,
+        stream: _RequestStream,
+        data: bytes,
+        end_stream: bool,
+        *kinds: type[Frame],
+    ) -> Frame | None:
+        """The one frame of a request stream, when it completes; raises on anything else."""
+        decoder = stream.decoder
+        if data:
+            decoder.receive_data(data)
+        if end_stream:
+            decoder.receive_data(b"")
+        result: Frame | None = None
+        while (frame := decoder.next_frame()) is not NEED_DATA:
+            if frame is END_OF_STREAM:
+                break
+            if stream.frame_seen or type(frame) not in kinds:
+                raise RemoteProtocolError(
+                    f"{frame.frame_type.name} where a request stream allows one "
+                    f"{' or '.join(kind.__name__.upper() for kind in kinds)}",
+                    error_code=ErrorCode.FRAME_UNEXPECTED,
+                )
+            stream.frame_seen = True
+            result = frame
+        if end_stream:
+            if not stream.frame_seen:
+                raise RemoteProtocolError(
+                    "a request stream ended without its frame",
+                    error_code=ErrorCode.FRAME_UNEXPECTED,
+                )
+            del self._request_streams[stream_id]
+        return result
+
+    def _receive_queue_drained(self) -> None:
+        """Nothing to resume: the QUIC stack never stops delivering stream data."""
+
+    def _deliver_one(self, frame: Frame) -> None:
+        """To the batch of the frame handler, or to the bounded receive queue."""
+        if self._frame_handler is not None:
+            self._batch.append(frame)
+            return
+        maximum = self._limits.receive_queue_frames_max
+        if len(self._received) >= maximum:
+            raise RemoteProtocolError(
+                f"more than receive_queue_frames_max={maximum} frames not yet taken",
+                error_code=ErrorCode.LIMIT_EXCEEDED,
+            )
+        self._received.append(frame)
+        self._wake_receiver()
+
+    def _hand_over_batch(self) -> None:
+        """After a datagram: give the frame handler every frame the datagram completed."""
+        batch = self._batch
+        handler = self._frame_handler
+        if batch and handler is not None:
+            self._batch = []
+            handler(batch)
+
+    def _stream_stopped(self, stream_id: int) -> None:
+        """The peer reset a stream or asked us to stop sending on one."""
+        if stream_id in (self._control_receive, self._control_send):
+            raise RemoteProtocolError(
+                "the control stream was reset", error_code=ErrorCode.CLOSED_CRITICAL_STREAM
+            )
+        self._ignored_streams.discard(stream_id)
+        self._stream_types.pop(stream_id, None)
+        self._request_streams.pop(stream_id, None)
+        if not self.is_client:
+            for key, routed in self._routes.items():
+                if routed == stream_id:
+                    self._routes[key] = _ROUTE_RESET
+                    break
+
+    # -- RTT probes ----------------------------------------------------------------------
+
+    def _probe(self) -> None:
+        self._probe_timer = None
+        if self._close_info is not None:
+            return
+        if self._probe_sent is None:
+            uid = next(self._probe_uids)
+            self._probe_sent = (uid, time.perf_counter())
+            self._quic.send_ping(uid)
+            self._schedule_transmit()
+        self._probe_timer = self._loop.call_later(self._probe_interval_s, self._probe)
+
+    def _probe_answered(self, uid: int) -> None:
+        sent = self._probe_sent
+        if sent is not None and sent[0] == uid:
+            self._probe_sent = None
+            self._rtt.add_sample_us(round((time.perf_counter() - sent[1]) * 1_000_000))
+
+    def path_stats(self) -> PathStats:
+        rtt = self._rtt
+        backlog = self._blocked_bytes
+        if self._close_info is None:
+            backlog += self._quic.get_send_buffer_size()
+        return PathStats(
+            source="quic_ping" if rtt.sample_count else "none",
+            rtt_smoothed_us=rtt.smoothed_us,
+            rtt_min_us=rtt.min_us,
+            rtt_latest_us=rtt.latest_us,
+            rtt_variance_us=rtt.variance_us,
+            rtt_sample_count=rtt.sample_count,
+            send_buffer_bytes=backlog,
+        )
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        if self._close_info is not None:
+            return
+        self._flush()
+        self._shut(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
+
+    def _fail(self, error_code: int, reason: str) -> None:
+        """The peer broke the protocol or a bound: CONNECTION_CLOSE with the code and reason."""
+        if self._close_info is None:
+            self._shut(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
+
+    def _shut(self, info: CloseInfo) -> None:
+        self._set_closed(info)
+        self._stop_timers()
+        reason = info.reason.encode()[: self._wire.message_bytes_max].decode(errors="ignore")
+        self._quic.close(error_code=info.error_code, reason_phrase=reason)
+        self._protocol.transmit()
+        # The stack reports the end after its closing period; do not wait longer than the bound.
+        self._close_timer = self._loop.call_later(
+            self._limits.close_timeout_ms / 1000, self._gone_now, info
+        )
+
+    def _terminated(self, event: events.ConnectionTerminated) -> None:
+        self._gone_now(_close_info(event))
+
+    def _gone_now(self, info: CloseInfo) -> None:
+        self._stop_timers()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        if self._gone.done():
+            return
+        self._set_gone(info)
+        if self._on_gone is not None:
+            self._on_gone()
+
+    def _stop_timers(self) -> None:
+        for handle in (self._probe_timer, self._transmit_handle):
+            if handle is not None:
+                handle.cancel()
+        self._probe_timer = self._transmit_handle = None
+
+
+_LOCAL = CloseInitiator.LOCAL
+_VARINT_SIZES = (1, 2, 4, 8)
+
+
+def _close_info(event: events.ConnectionTerminated) -> CloseInfo:
+    """Why the stack ended a connection, in forehand/1 terms."""
+    reason = event.reason_phrase
+    if (
+        event.frame_type is None
+        and event.error_code == ErrorCode.NO_ERROR
+        and "idle" in reason.lower()
+    ):
+        # The stack reports its idle timeout as a close without an error code.
+        return CloseInfo(
+            error_code=ErrorCode.IDLE_TIMEOUT, reason=reason, initiator=CloseInitiator.NETWORK
+        )
+    if event.frame_type is None:
+        return CloseInfo(error_code=event.error_code, reason=reason, initiator=CloseInitiator.PEER)
+    return CloseInfo(
+        error_code=ErrorCode.PROTOCOL_ERROR,
+        reason=f"QUIC transport error {event.error_code:#x}: {reason}",
+        initiator=CloseInitiator.PEER,
+    )
+
+
+class QUICListener(Listener):
+    """Accepts QUIC connections for a `QUICTransport`."""
+
+    def __init__(self, *, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limits=limits, loop=loop)
+        self._datagram_transport: asyncio.DatagramTransport | None = None
+        self._server: QuicServer | None = None
+
+    async def _stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()  # type: ignore[no-untyped-call]  # qh3 leaves it unannotated.
+            self._server = None
+        await asyncio.sleep(0)  # Let the loop release the socket, as Server.wait_closed does.
+
+
+class QUICTransport(Transport):
+    """QUIC with ALPN `forehand/1`, server certificates verified against the cluster CA."""
+
+    name = "quic"
+
+    def __init__(
+        self, credentials: Credentials, *, config: QUICTransportConfig | None = None
+    ) -> None:
+        require_assertions()
+        self.credentials = credentials
+        """What this node presents and trusts."""
+        self.config = config if config is not None else QUICTransportConfig()
+        """Settings and bounds."""
+
+    def _configuration(self, *, is_client: bool, server_id: str | None) -> QuicConfiguration:
+        config = self.config
+        configuration = QuicConfiguration(
+            is_client=is_client,
+            alpn_protocols=[ALPN],
+            idle_timeout=config.idle_timeout_ms / 1000,
+            max_data=config.connection_window_bytes,
+            max_stream_data=config.stream_window_bytes,
+            server_name=server_id,
+        )
+        if is_client:
+            configuration.load_verify_locations(cafile=str(self.credentials.ca_certificate_path))
+        else:
+            credentials = self.credentials
+            if credentials.certificate_path is None:
+                raise ConfigError("a listening node needs a certificate (Credentials.for_node)")
+            configuration.load_cert_chain(
+                credentials.certificate_path, credentials.private_key_path
+            )
+        return configuration
+
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        peer_role: PeerRole | None = PeerRole.CLIENT,
+        require_client_certificate: bool = False,
+    ) -> QUICListener:
+        if require_client_certificate:
+            raise ConfigError(
+                "the QUIC stack cannot verify client certificates; run mutually authenticated "
+                "(cluster-internal) links over the TLS transport"
+            )
+        configuration = self._configuration(is_client=False, server_id=None)
+        loop = asyncio.get_running_loop()
+        limits = self.config.limits
+        listener = QUICListener(limits=limits, loop=loop)
+
+        def make_connection(
+            protocol: _Protocol, event: events.HandshakeCompleted
+        ) -> QUICConnection | None:
+            connection = self._made(protocol, event, is_client=False, peer_role=peer_role)
+            if connection is not None:
+                connection.local_address = (listener.host, listener.port)
+                listener._offer(connection)
+            return connection
+
+        create_protocol = functools.partial(_Protocol, make_connection=make_connection)
+        try:
+            transport, server = await loop.create_datagram_endpoint(
+                lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+                local_addr=(host, port),
+            )
+        except OSError as error:
+            raise TransportError(f"cannot listen on {host}:{port}: {error}") from error
+        listener._datagram_transport = transport
+        listener._server = server
+        listener.host, listener.port = transport.get_extra_info("sockname")[:2]
+        return listener
+
+    def _made(
+        self,
+        protocol: _Protocol,
+        event: events.HandshakeCompleted,
+        *,
+        is_client: bool,
+        peer_role: PeerRole | None,
+    ) -> QUICConnection | None:
+        """The connection for a finished handshake, or None (and a close) if ALPN is wrong."""
+        if event.alpn_protocol != ALPN:
+            protocol.quic.close(
+                error_code=ErrorCode.PROTOCOL_ERROR,
+                reason_phrase=f"ALPN {ALPN} was not negotiated",
+            )
+            return None
+        connection = QUICConnection(
+            protocol=protocol,
+            is_client=is_client,
+            limits=self.config.limits,
+            loop=asyncio.get_running_loop(),
+            peer_role=peer_role,
+            rtt_probe_interval_ms=self.config.rtt_probe_interval_ms,
+        )
+        connection.peer_address = _address(protocol.peer_address)
+        return connection
+
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_id: str,
+        peer_role: PeerRole | None = PeerRole.SERVER,
+    ) -> QUICConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as error:
+            raise TransportError(f"cannot resolve {host}: {error}") from error
+        family, _, _, _, address = infos[0]
+        quic = QuicConnection(
+            configuration=self._configuration(is_client=True, server_id=server_id)
+        )
+
+        def make_connection(
+            protocol: _Protocol, event: events.HandshakeCompleted
+        ) -> QUICConnection | None:
+            return self._made(protocol, event, is_client=True, peer_role=peer_role)
+
+        local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _Protocol(quic, make_connection=make_connection), local_addr=local
+        )
+        try:
+            protocol.connect(address)
+            await asyncio.wait_for(
+                protocol.wait_connected(), self.config.handshake_timeout_ms / 1000
+            )
+        except (ConnectionError, TimeoutError) as error:
+            transport.close()
+            terminated = protocol.terminated
+            if terminated is None:
+                raise TransportError(f"no QUIC handshake with {host}:{port}: {error!r}") from None
+            raise HandshakeError(
+                f"{server_id} at {host}:{port}: {terminated.reason_phrase} "
+                f"(QUIC error {terminated.error_code:#x})"
+            ) from None
+        connection = protocol.connection
+        if connection is None:
+            transport.close()
+            raise HandshakeError(f"{server_id} at {host}:{port}: ALPN {ALPN} was not negotiated")
+        connection.peer_id = server_id
+        connection.local_address = _address(transport.get_extra_info("sockname"))
+        connection._on_gone = transport.close
+        return connection
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+register_transport("quic", QUICTransport)

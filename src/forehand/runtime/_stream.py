@@ -1,0 +1,294 @@
+"""`StreamConnection`: a `Connection` over one ordered byte stream (TLS over TCP, memory pipes).
+
+It is the asyncio protocol of its transport: bytes in go through a bounded `FrameDecoder` into
+the receive queue, frames out are encoded and coalesced into one write per loop turn. When the
+receive queue is full it stops reading from the transport (true backpressure); the bytes the
+transport delivered meanwhile wait undecoded, at most a read or two. The write buffer limits of
+the transport drive `writable` and `drain()`; past `send_buffer_bytes_max` the peer is cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from forehand.errors import RemoteProtocolError
+from forehand.runtime.transport import (
+    CloseInfo,
+    CloseInitiator,
+    Connection,
+    ConnectionLimits,
+    PathStats,
+    error_frame,
+)
+from forehand.wire import (
+    END_OF_STREAM,
+    DecoderSignal,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    PeerRole,
+    encode_frame,
+)
+
+__all__ = ["StreamConnection"]
+
+
+class StreamConnection(Connection, asyncio.Protocol):
+    """A connection whose frames travel on one byte stream in each direction."""
+
+    transport_name = "stream"
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+        peer_role: PeerRole | None,
+        on_made: Callable[[StreamConnection], None] | None = None,
+    ) -> None:
+        super().__init__(is_client=is_client, limits=limits, loop=loop)
+        self._wire = limits.wire
+        self._decoder = FrameDecoder(config=limits.wire, sender=peer_role)
+        self._on_made = on_made
+        self._transport: asyncio.Transport | None = None
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self._unfed: deque[bytes] = deque()
+        self._reading_paused = False
+        self._abort_handle: asyncio.TimerHandle | None = None
+        self._error_sent = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without deriving from it.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(
+            high=self._limits.send_buffer_high_water_bytes,
+            low=self._limits.send_buffer_low_water_bytes,
+        )
+        self.local_address = _address(transport.get_extra_info("sockname"))
+        self.peer_address = _address(transport.get_extra_info("peername"))
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._close_info is not None:
+            return  # After a connection error no further byte is processed.
+        if self._reading_paused or self._unfed:
+            self._unfed.append(data)
+            return
+        self._decoder.receive_data(data)
+        self._decode()
+
+    def eof_received(self) -> bool | None:
+        if self._close_info is None:
+            self._unfed.append(b"")
+            if not self._reading_paused:
+                self._decode()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._close_info is None and self._unfed:
+            # The link is gone; what it delivered while reading was paused is decoded now, so
+            # that frames the peer sent before leaving are not lost.
+            self._decode(bounded=False)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        reason = f"connection lost: {exc}" if exc is not None else "connection lost"
+        self._set_gone(
+            CloseInfo(
+                error_code=ErrorCode.NO_ERROR if exc is None else ErrorCode.INTERNAL_ERROR,
+                reason=reason,
+                initiator=CloseInitiator.NETWORK,
+            )
+        )
+
+    def pause_writing(self) -> None:
+        self._set_writable(False)
+
+    def resume_writing(self) -> None:
+        self._set_writable(True)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send_frame(self, frame: Frame) -> None:
+        if self._close_info is not None:
+            self._check_open()
+        data = encode_frame(frame, config=self._wire)
+        self._error_sent = type(frame) is Error
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= self._limits.send_buffer_high_water_bytes:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def send_frames(self, frames: Iterable[Frame]) -> None:
+        if self._close_info is not None:
+            self._check_open()
+        wire = self._wire
+        batch = frames if isinstance(frames, list | tuple) else list(frames)
+        if not batch:
+            return
+        encoded = [encode_frame(frame, config=wire) for frame in batch]
+        # close() sends ERROR itself unless the last frame queued was one (cores queue an ERROR
+        # right before asking for the close).
+        self._error_sent = type(batch[-1]) is Error
+        self._pending += encoded
+        self._pending_bytes += sum(map(len, encoded))
+        if self._pending_bytes >= self._limits.send_buffer_high_water_bytes:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        pending = self._pending
+        transport = self._transport
+        if not pending or transport is None or self._close_info is not None:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        transport.write(data)
+        if transport.get_write_buffer_size() > self._limits.send_buffer_bytes_max:
+            self._abort(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"send buffer passed send_buffer_bytes_max="
+                f"{self._limits.send_buffer_bytes_max}: the peer is not reading",
+            )
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _decode(self, *, bounded: bool = True) -> None:
+        """Move decoded frames to the frame handler, or to the receive queue until it is full."""
+        decoder = self._decoder
+        handler = self._frame_handler
+        received: list[Frame] | deque[Frame] = [] if handler is not None else self._received
+        next_frame = decoder.next_frame
+        append = received.append
+        room = -1
+        if bounded and handler is None:
+            room = self._limits.receive_queue_frames_max - len(received)
+        try:
+            while room != 0:
+                frame = next_frame()
+                kind = type(frame)
+                if kind is DecoderSignal:
+                    if frame is END_OF_STREAM:
+                        self._flush()
+                        self._peer_closed(ErrorCode.NO_ERROR, "peer ended the stream")
+                        break
+                    if not self._unfed:
+                        self._resume_reading()
+                        break
+                    decoder.receive_data(self._unfed.popleft())
+                    continue
+                append(frame)  # type: ignore[arg-type]
+                room -= 1
+                if kind is Error:
+                    assert isinstance(frame, Error)
+                    self._peer_closed(frame.code, frame.reason)
+                    break
+            else:
+                self._pause_reading()
+        except RemoteProtocolError as error:
+            self._fail(error.error_code, str(error))
+        if not received:
+            return
+        if handler is not None:
+            assert isinstance(received, list)
+            handler(received)
+        else:
+            self._wake_receiver()
+
+    def _receive_queue_drained(self) -> None:
+        if self._reading_paused and self._close_info is None:
+            self._decode()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused:
+            self._reading_paused = True
+            if self._transport is not None:
+                self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        if self._close_info is not None:
+            return
+        if error_code != ErrorCode.NO_ERROR and not self._error_sent:
+            self._pending.append(encode_frame(error_frame(error_code, reason, self._wire)))
+            self._error_sent = True
+        self._flush()
+        self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
+
+    def _fail(self, error_code: int, reason: str) -> None:
+        """The peer broke the protocol: tell it with ERROR and close this connection only."""
+        self.close(error_code, reason)
+
+    def _peer_closed(self, error_code: int, reason: str) -> None:
+        """The peer sent ERROR or ended its stream: close, sending nothing that is not out yet."""
+        self._pending.clear()
+        self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_PEER))
+
+    def _refuse(self, reason: str) -> None:
+        """The handshake is not acceptable: close without a frame, the peer may not speak ours."""
+        self._pending.clear()
+        self._begin_close(
+            CloseInfo(error_code=ErrorCode.PROTOCOL_ERROR, reason=reason, initiator=_LOCAL)
+        )
+
+    def _begin_close(self, info: CloseInfo) -> None:
+        self._set_closed(info)
+        transport = self._transport
+        if transport is None:
+            self._set_gone(info)
+            return
+        transport.close()
+        # A peer that stops reading would hold a graceful close open forever.
+        self._abort_handle = self._loop.call_later(
+            self._limits.close_timeout_ms / 1000, transport.abort
+        )
+
+    def _abort(self, error_code: int, reason: str) -> None:
+        self._set_closed(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
+        if self._transport is not None:
+            self._transport.abort()
+
+    def path_stats(self) -> PathStats:
+        buffered = self._pending_bytes
+        if self._transport is not None:
+            buffered += self._transport.get_write_buffer_size()
+        return PathStats(source="none", send_buffer_bytes=buffered)
+
+
+_LOCAL = CloseInitiator.LOCAL
+_PEER = CloseInitiator.PEER
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    """(host, port) from a socket address of any family; None when there is none."""
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None

@@ -1,0 +1,617 @@
+"""The one `Transport` interface every `forehand/1` binding implements, and what they share.
+
+A transport listens and connects; both give `Connection` objects that carry whole frames:
+`send_frame` / `send_frames` encode and queue them (coalesced into one write per loop turn),
+`drain()` waits while the send buffer is over its high-water mark, `receive()` or `async for`
+yields decoded frames, and `close(error_code, reason)` ends the connection. Each connection
+decodes its peer's bytes with a bounded `FrameDecoder`; a peer that sends a malformed, oversize
+or unexpected frame gets ERROR(code, reason) and only its connection closes, while the listener
+goes on serving every other one (STYLE.md rule 6). Library exceptions (ssl, OSError, the QUIC
+stack's) are mapped here, at the boundary, to `TransportError`, `HandshakeError` and
+`ConnectionClosedError`.
+
+The bindings are TLS 1.3 over TCP (`TLSTransport`), QUIC (`QUICTransport`) and an in-memory
+pair of pipes for tests of higher layers (`MemoryTransport`); `create_transport` builds one by
+name from the small registry below.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import enum
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import ClassVar, Self
+
+from forehand.errors import ConfigError
+from forehand.runtime.certs import CA_CERTIFICATE_FILE, node_certificate
+from forehand.wire import (
+    ALPN,
+    DEFAULT_CONFIG,
+    Error,
+    ErrorCode,
+    Frame,
+    PeerRole,
+    WireConfig,
+)
+
+__all__ = [
+    "ALPN",
+    "CloseInfo",
+    "CloseInitiator",
+    "Connection",
+    "ConnectionClosedError",
+    "ConnectionLimits",
+    "Credentials",
+    "HandshakeError",
+    "Listener",
+    "PathStats",
+    "Transport",
+    "TransportError",
+    "TransportFactory",
+    "create_transport",
+    "FrameHandler",
+    "error_frame",
+    "register_transport",
+    "transport_names",
+]
+
+
+class TransportError(Exception):
+    """A transport could not do what was asked: connect, listen, or keep a connection."""
+
+
+class HandshakeError(TransportError):
+    """The TLS or QUIC handshake failed: certificate not verified, ALPN not `forehand/1`."""
+
+
+class CloseInitiator(enum.Enum):
+    """Who ended a connection."""
+
+    LOCAL = "local"
+    """This side closed it: `close()` was called, or the peer broke the protocol or a bound."""
+    PEER = "peer"
+    """The peer closed it: ERROR, CONNECTION_CLOSE, or a clean end of its stream."""
+    NETWORK = "network"
+    """Nobody did: a reset, a timeout, or the link went away."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CloseInfo:
+    """Why a connection ended."""
+
+    error_code: int
+    """The `forehand.wire.ErrorCode` value; NO_ERROR for an orderly close."""
+    reason: str
+    """Human-readable detail, for logs."""
+    initiator: CloseInitiator
+    """Who ended it."""
+
+
+class ConnectionClosedError(TransportError):
+    """An operation on a connection that has ended; `close` says why it ended."""
+
+    def __init__(self, close: CloseInfo) -> None:
+        super().__init__(
+            f"connection closed by {close.initiator.value}: "
+            f"{ErrorCode.from_wire(close.error_code).name} {close.reason}"
+        )
+        self.close = close
+        """Why the connection ended."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathStats:
+    """What the transport stack knows about the network path of one connection.
+
+    Fields are None when the stack does not expose them through a public interface.
+    """
+
+    source: str
+    """Where the figures come from: `tcp_info` (the kernel), `quic_ping` (the QUIC stack's PING
+    acknowledgements), or `none`."""
+    rtt_smoothed_us: int | None = None
+    """Smoothed round-trip time (RFC 6298 / RFC 9002 weights), microseconds."""
+    rtt_min_us: int | None = None
+    """Smallest round-trip time observed, microseconds."""
+    rtt_latest_us: int | None = None
+    """The most recent round-trip sample, microseconds."""
+    rtt_variance_us: int | None = None
+    """Round-trip time variation, microseconds."""
+    rtt_sample_count: int = 0
+    """How many round-trip samples the figures rest on (kernel figures count as one)."""
+    packets_lost_count: int | None = None
+    """Packets the stack declared lost so far."""
+    packets_retransmitted_count: int | None = None
+    """Packets (segments) the stack sent again so far."""
+    congestion_window_bytes: int | None = None
+    """The sender's congestion window, bytes."""
+    send_buffer_bytes: int = 0
+    """Bytes accepted by `send_frame` and not yet handed to the network, this side."""
+
+
+def _positive(owner: object, names: Iterable[str]) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{type(owner).__name__}.{name} must be a positive int: {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionLimits:
+    """The bounds every connection of every transport enforces (STYLE.md rule 8)."""
+
+    wire: WireConfig = DEFAULT_CONFIG
+    """Frame bounds; `wire.frame_bytes_max` caps what the decoder buffers."""
+    receive_queue_frames_max: int = 1024
+    """Frames decoded and not yet taken by `receive()`. At the bound a byte-stream transport
+    stops reading from the socket until half of them are taken; QUIC, whose stack consumes stream
+    data eagerly, closes the connection with LIMIT_EXCEEDED."""
+    send_buffer_high_water_bytes: int = 1 << 20
+    """Above this many unsent bytes the connection is not writable and `drain()` waits."""
+    send_buffer_low_water_bytes: int = 256 << 10
+    """`drain()` returns once the unsent bytes fall to this."""
+    send_buffer_bytes_max: int = 16 << 20
+    """Hard cap on unsent bytes: a peer that reads so slowly that a sender ignoring `drain()`
+    passes it is cut off with LIMIT_EXCEEDED instead of growing the buffer without end."""
+    connections_max: int = 10_000
+    """Connections one listener holds at once; more are refused with LIMIT_EXCEEDED."""
+    close_timeout_ms: int = 2_000
+    """How long a closing connection may take to flush before it is aborted."""
+
+    def __post_init__(self) -> None:
+        _positive(
+            self,
+            (
+                "receive_queue_frames_max",
+                "send_buffer_high_water_bytes",
+                "send_buffer_low_water_bytes",
+                "send_buffer_bytes_max",
+                "connections_max",
+                "close_timeout_ms",
+            ),
+        )
+        if not (
+            self.send_buffer_low_water_bytes
+            <= self.send_buffer_high_water_bytes
+            <= self.send_buffer_bytes_max
+        ):
+            raise ConfigError(
+                "ConnectionLimits needs send_buffer_low_water_bytes <= "
+                "send_buffer_high_water_bytes <= send_buffer_bytes_max"
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Credentials:
+    """What a node presents and trusts: the cluster CA, and its own certificate if it has one."""
+
+    ca_certificate_path: Path
+    """The cluster CA certificate; peers' certificates must chain to it (no system CAs)."""
+    node_id: str | None = None
+    """This node's id, the CN and DNS subjectAltName of its certificate; None for a client."""
+    certificate_path: Path | None = None
+    """This node's certificate (PEM), presented to peers; None for a client without one."""
+    private_key_path: Path | None = None
+    """The key of `certificate_path` (PEM)."""
+
+    def __post_init__(self) -> None:
+        if (self.certificate_path is None) != (self.private_key_path is None):
+            raise ConfigError("Credentials need both certificate_path and private_key_path")
+
+    @classmethod
+    def for_node(cls, directory: Path | str, node: str) -> Credentials:
+        """The credentials of `node` in a directory written by `make_cluster_certs`."""
+        entry = node_certificate(Path(directory), node)
+        return cls(
+            ca_certificate_path=Path(directory) / CA_CERTIFICATE_FILE,
+            node_id=node,
+            certificate_path=entry.certificate_path,
+            private_key_path=entry.key_path,
+        )
+
+    @classmethod
+    def for_client(cls, directory: Path | str) -> Credentials:
+        """Credentials that trust the cluster CA in `directory` and present no certificate."""
+        return cls(ca_certificate_path=Path(directory) / CA_CERTIFICATE_FILE)
+
+
+def error_frame(error_code: int, reason: str, wire: WireConfig) -> Error:
+    """An ERROR frame whose reason is cut, at a character boundary, to the wire bound."""
+    encoded = reason.encode()
+    if len(encoded) > wire.message_bytes_max:
+        reason = encoded[: wire.message_bytes_max].decode(errors="ignore")
+    return Error(code=ErrorCode.from_wire(error_code), reason=reason)
+
+
+FrameHandler = Callable[[list[Frame]], None]
+"""Called with frames in the order they arrived (see `Connection.set_frame_handler`)."""
+
+
+class Connection(abc.ABC):
+    """One `forehand/1` connection: whole frames in and out, one close.
+
+    Received frames wait in a bounded queue until `receive()` (or `async for`) takes them; after
+    the connection ends, the frames already queued are still delivered, then `receive()` raises
+    ConnectionClosedError and `async for` stops. `close_info` then says why it ended.
+    """
+
+    transport_name: ClassVar[str]
+    """`tls`, `quic` or `memory`."""
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.is_client = is_client
+        """Whether this side opened the connection."""
+        self.peer_id: str | None = None
+        """The peer's node id from its verified certificate (the name checked against its
+        subjectAltName); None when the peer presented no certificate."""
+        self.alpn = ALPN
+        """The negotiated application protocol; a connection exists only once it is `forehand/1`."""
+        self.local_address: tuple[str, int] | None = None
+        """This side's (host, port)."""
+        self.peer_address: tuple[str, int] | None = None
+        """The peer's (host, port)."""
+        self._limits = limits
+        self._loop = loop
+        self._received: deque[Frame] = deque()
+        self._receive_waiter: asyncio.Future[None] | None = None
+        self._close_info: CloseInfo | None = None
+        self._gone: asyncio.Future[CloseInfo] = loop.create_future()
+        self._writable = True
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._frame_handler: FrameHandler | None = None
+
+    # -- what every transport implements --------------------------------------------------
+
+    @abc.abstractmethod
+    def send_frame(self, frame: Frame) -> None:
+        """Queue one frame; raises ConnectionClosedError once the connection has ended.
+
+        Frames queued in one turn of the event loop leave in one write. Sending an ERROR frame
+        does not close the connection; call `close()` after it (cores queue both).
+        """
+
+    @abc.abstractmethod
+    def send_frames(self, frames: Iterable[Frame]) -> None:
+        """Queue several frames, in order, as `send_frame` does."""
+
+    @abc.abstractmethod
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Flush what is queued, tell the peer why (unless an ERROR went already), and close.
+
+        Idempotent. `wait_closed()` returns once the transport is gone.
+        """
+
+    @abc.abstractmethod
+    def path_stats(self) -> PathStats:
+        """What the stack knows about this connection's path right now."""
+
+    @abc.abstractmethod
+    def _flush(self) -> None:
+        """Hand every queued frame to the stack now."""
+
+    # -- shared behaviour --------------------------------------------------------------
+
+    def set_frame_handler(self, handler: FrameHandler | None) -> None:
+        """Hand received frames to `handler(frames)` as they are decoded, instead of queueing.
+
+        The handler runs inside the transport's receive callback with every frame one read (or
+        one datagram) produced, in order, so a driver can feed its core and send the answers in
+        the same loop turn, without waking a task per batch. Frames already queued go to it on
+        the next turn. None goes back to queueing for `receive()`. The end of the connection is
+        not a frame: await `wait_closed()` for it.
+        """
+        self._frame_handler = handler
+        if handler is not None and self._received:
+            self._loop.call_soon(self._hand_over_queued)
+
+    def _hand_over_queued(self) -> None:
+        handler = self._frame_handler
+        if handler is not None and self._received:
+            frames = list(self._received)
+            self._received.clear()
+            self._receive_queue_drained()
+            handler(frames)
+
+    @property
+    def close_info(self) -> CloseInfo | None:
+        """Why the connection ended, or None while it is open."""
+        return self._close_info
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the connection has ended (frames may still wait to be received)."""
+        return self._close_info is not None
+
+    @property
+    def rtt_us(self) -> int | None:
+        """The stack's smoothed round-trip estimate, microseconds, if it has one."""
+        return self.path_stats().rtt_smoothed_us
+
+    @property
+    def writable(self) -> bool:
+        """False while the send buffer is above its high-water mark."""
+        return self._writable
+
+    async def drain(self) -> None:
+        """Flush, then wait until the send buffer is at or under its low-water mark."""
+        self._check_open()
+        self._flush()
+        while not self._writable:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+            self._check_open()
+
+    async def receive(self) -> Frame:
+        """The next frame from the peer; ConnectionClosedError after the last one."""
+        received = self._received
+        while not received:
+            if self._close_info is not None:
+                raise ConnectionClosedError(self._close_info)
+            waiter = self._loop.create_future()
+            self._receive_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._receive_waiter = None
+        frame = received.popleft()
+        if len(received) <= self._limits.receive_queue_frames_max // 2:
+            self._receive_queue_drained()
+        return frame
+
+    async def receive_frames(self) -> list[Frame]:
+        """Every frame waiting (at least one), in order; ConnectionClosedError after the last.
+
+        One await per batch instead of one per frame: a driver feeds them all to its core and
+        drains the core once.
+        """
+        received = self._received
+        while not received:
+            if self._close_info is not None:
+                raise ConnectionClosedError(self._close_info)
+            waiter = self._loop.create_future()
+            self._receive_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._receive_waiter = None
+        frames = list(received)
+        received.clear()
+        self._receive_queue_drained()
+        return frames
+
+    def __aiter__(self) -> AsyncIterator[Frame]:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.receive()
+        except ConnectionClosedError:
+            raise StopAsyncIteration from None
+
+    async def wait_closed(self) -> CloseInfo:
+        """Wait until the transport under the connection is gone; return why it ended."""
+        return await asyncio.shield(self._gone)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+        await self.wait_closed()
+
+    # -- helpers for the transports ------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._close_info is not None:
+            raise ConnectionClosedError(self._close_info)
+
+    @abc.abstractmethod
+    def _receive_queue_drained(self) -> None:
+        """Called when `receive()` leaves the queue at half its bound or less."""
+
+    def _wake_receiver(self) -> None:
+        waiter = self._receive_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _set_writable(self, writable: bool) -> None:
+        self._writable = writable
+        if writable:
+            self._wake_drainers()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _set_closed(self, info: CloseInfo) -> bool:
+        """Record why the connection ended; False if it had ended already."""
+        if self._close_info is not None:
+            return False
+        self._close_info = info
+        self._wake_receiver()
+        self._wake_drainers()
+        return True
+
+    def _set_gone(self, info: CloseInfo) -> None:
+        """The transport is gone: record `info` unless a reason is known, resolve wait_closed."""
+        self._set_closed(info)
+        if not self._gone.done():
+            assert self._close_info is not None
+            self._gone.set_result(self._close_info)
+
+
+class Listener(abc.ABC):
+    """Accepts connections on one address, at most `connections_max` at once.
+
+    `accept()` (or `async for`) yields each new connection once its handshake verified ALPN
+    `forehand/1`; `close()` stops listening, closes every connection it gave or holds, and waits
+    for them to be gone.
+    """
+
+    def __init__(self, *, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
+        self.host = ""
+        """The address listened on."""
+        self.port = 0
+        """The port listened on (the one the system picked when 0 was asked)."""
+        self._limits = limits
+        self._loop = loop
+        self._pending: deque[Connection] = deque()
+        self._accept_waiter: asyncio.Future[None] | None = None
+        self._live: set[Connection] = set()
+        self._closing = False
+
+    @abc.abstractmethod
+    async def _stop_listening(self) -> None:
+        """Stop taking new connections and release the listening socket."""
+
+    @property
+    def connection_count(self) -> int:
+        """Connections this listener holds now: accepted or waiting to be."""
+        return len(self._live)
+
+    async def accept(self) -> Connection:
+        """The next new connection; TransportError once the listener is closed."""
+        while not self._pending:
+            if self._closing:
+                raise TransportError("listener closed")
+            waiter = self._loop.create_future()
+            self._accept_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._accept_waiter = None
+        return self._pending.popleft()
+
+    def __aiter__(self) -> AsyncIterator[Connection]:
+        return self
+
+    async def __anext__(self) -> Connection:
+        try:
+            return await self.accept()
+        except TransportError:
+            raise StopAsyncIteration from None
+
+    async def close(self) -> None:
+        """Stop listening, close every connection with NO_ERROR, and wait until all are gone."""
+        first = not self._closing
+        self._closing = True
+        if self._accept_waiter is not None and not self._accept_waiter.done():
+            self._accept_waiter.set_result(None)
+        # Connections close first, while the listening socket can still carry their closes
+        # (QUIC connections share it); new ones are refused meanwhile.
+        live = list(self._live)
+        for connection in live:
+            connection.close(ErrorCode.NO_ERROR, "listener closed")
+        await asyncio.gather(*(connection.wait_closed() for connection in live))
+        if first:
+            await self._stop_listening()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _offer(self, connection: Connection) -> None:
+        """A transport hands over a connection whose handshake succeeded."""
+        if self._closing:
+            connection.close(ErrorCode.NO_ERROR, "listener closed")
+            return
+        if len(self._live) >= self._limits.connections_max:
+            connection.close(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"listener holds connections_max={self._limits.connections_max} connections",
+            )
+            return
+        self._live.add(connection)
+        connection._gone.add_done_callback(lambda _: self._live.discard(connection))
+        self._pending.append(connection)
+        if self._accept_waiter is not None and not self._accept_waiter.done():
+            self._accept_waiter.set_result(None)
+
+
+class Transport(abc.ABC):
+    """A `forehand/1` binding: listens and connects, always over TLS 1.3 with ALPN."""
+
+    name: ClassVar[str]
+    """The registry name: `tls`, `quic` or `memory`."""
+
+    @abc.abstractmethod
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        peer_role: PeerRole | None = PeerRole.CLIENT,
+        require_client_certificate: bool = False,
+    ) -> Listener:
+        """Listen on (host, port); port 0 picks a free one (see `Listener.port`).
+
+        `peer_role` is who connects (it decides which frame types they may send; None accepts
+        all). `require_client_certificate` makes the listener demand a certificate issued by
+        the cluster CA (mutual TLS, for cluster-internal links).
+        """
+
+    @abc.abstractmethod
+    async def connect(
+        self,
+        host: str,
+        port: int,
+        *,
+        server_id: str,
+        peer_role: PeerRole | None = PeerRole.SERVER,
+    ) -> Connection:
+        """Connect to the server `server_id` at (host, port) and verify its certificate.
+
+        Raises HandshakeError when the certificate does not verify against the cluster CA for
+        `server_id` or ALPN `forehand/1` was not selected, TransportError when the server
+        cannot be reached.
+        """
+
+
+TransportFactory = Callable[[Credentials], Transport]
+"""Builds a transport with its default configuration from a node's credentials."""
+
+_TRANSPORTS: dict[str, TransportFactory] = {}
+
+
+def register_transport(name: str, factory: TransportFactory) -> None:
+    """Make `create_transport(name, ...)` build transports with `factory`."""
+    _TRANSPORTS[name] = factory
+
+
+def transport_names() -> list[str]:
+    """The names `create_transport` knows, sorted."""
+    return sorted(_TRANSPORTS)
+
+
+def create_transport(name: str, *, credentials: Credentials) -> Transport:
+    """A transport of the registered kind `name` (`tls`, `quic`, `memory`)."""
+    factory = _TRANSPORTS.get(name)
+    if factory is None:
+        raise ConfigError(f"unknown transport {name!r}; known: {', '.join(transport_names())}")
+    return factory(credentials)

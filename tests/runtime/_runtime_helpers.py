@@ -1,0 +1,78 @@
+"""Helpers for runtime tests: transports by name, credentials, and a runner that catches hangs.
+
+Every network test runs on 127.0.0.1 with ports the system picks. `run_test` runs a coroutine on
+a fresh uvloop loop (through `forehand.runtime.loop.run`) under a generous timeout that only
+catches hangs, and then checks that the coroutine left no task running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from forehand.runtime import (
+    ClusterCertificates,
+    Credentials,
+    MemoryNetwork,
+    MemoryTransport,
+    QUICTransport,
+    TLSTransport,
+    Transport,
+    run,
+)
+
+__all__ = [
+    "HOST",
+    "NODES",
+    "TRANSPORT_KINDS",
+    "client_credentials",
+    "make_transport",
+    "node_credentials",
+    "run_test",
+]
+
+HOST = "127.0.0.1"
+NODES = ("s1", "s2", "manager", "client-node")
+TRANSPORT_KINDS = ("tls", "quic", "memory")
+HANG_TIMEOUT_S = 20.0
+"""A test coroutine still running after this long is hung; the bound is not a timing claim."""
+T = TypeVar("T")
+
+
+def run_test(coroutine: Coroutine[Any, Any, T], *, use_uvloop: bool = True) -> T:
+    """Run `coroutine` to completion on a new loop; fail if it hangs or leaves tasks behind."""
+
+    async def guarded() -> T:
+        async with asyncio.timeout(HANG_TIMEOUT_S):
+            result = await coroutine
+        await asyncio.sleep(0)
+        leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        assert not leftover, f"tasks left running: {leftover}"
+        return result
+
+    return run(guarded(), use_uvloop=use_uvloop)
+
+
+def make_transport(
+    kind: str, credentials: Credentials, network: MemoryNetwork | None = None, **config: Any
+) -> Transport:
+    """A transport of `kind` with default settings, or with `config=` passed through."""
+    factories: dict[str, Callable[..., Transport]] = {
+        "tls": TLSTransport,
+        "quic": QUICTransport,
+    }
+    if kind == "memory":
+        return MemoryTransport(credentials, network=network, **config)
+    return factories[kind](credentials, **config)
+
+
+def node_credentials(certificates: ClusterCertificates, node: str) -> Credentials:
+    """The credentials of `node` in `certificates`."""
+    return Credentials.for_node(certificates.directory, node)
+
+
+def client_credentials(certificates: ClusterCertificates) -> Credentials:
+    """Credentials of a client that trusts the CA of `certificates` and has no certificate."""
+    return Credentials.for_client(Path(certificates.directory))
