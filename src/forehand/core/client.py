@@ -168,6 +168,7 @@ class _Resumption:
         "target_deadline_us",
         "targets",
         "token",
+        "versions",
     )
 
     def __init__(
@@ -184,6 +185,7 @@ class _Resumption:
         deadline_us: int,
         reason: ReasonCode = ReasonCode.UNSPECIFIED,
         sequence: int = 0,
+        versions: dict[str, int] | None = None,
     ) -> None:
         self.kind = kind
         self.session_id = session_id
@@ -198,6 +200,8 @@ class _Resumption:
         self.target_deadline_us = deadline_us
         self.reason = reason
         self.sequence = sequence
+        self.versions = versions or {}
+        """Each part's route map version before a HANDOFF raised it to the move's version."""
 
     @property
     def target(self) -> NodeId:
@@ -1330,6 +1334,7 @@ class ClientCore:
             detail_code=0,
         )
         self._outbox.append(Outbound(destination=source, message=status))
+        versions = {part: session.parts[part].map_version for part in frame.parts}
         for part in frame.parts:
             route = session.parts[part]
             route.map_version = frame.map_version
@@ -1352,6 +1357,7 @@ class ClientCore:
             deadline_us=now_us + deadline_ms * 1000,
             reason=frame.reason,
             sequence=frame.sequence,
+            versions=versions,
         )
         self._emit(
             HandoffStarted(
@@ -1489,6 +1495,12 @@ class ClientCore:
         for part in parts:
             route = session.parts[part]
             if route.state is expected:
+                # The route took the move's version with the HANDOFF but never reached the
+                # target: it knows the part only as of before, so the manager's answer (and a
+                # REDIRECT at the move's version) must still count as news.
+                route.map_version = min(
+                    route.map_version, resumption.versions.get(part, route.map_version)
+                )
                 self._lose_part(session, route, trigger, now_us)
 
     def _handoff_status(self, resumption: _Resumption, state: HandoffState, detail: int) -> None:
@@ -1554,6 +1566,7 @@ class ClientCore:
                 deadline_us=now_us,
                 reason=resumption.reason,
                 sequence=resumption.sequence,
+                versions=resumption.versions,
             )
             self._abandon(leftover, "RESUME_OK left parts out", 0, now_us)
         resent = sum(
