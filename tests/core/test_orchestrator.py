@@ -294,17 +294,17 @@ def test_illegal_handoff_transitions_raise_and_allows_says_so() -> None:
         orch.fire(handoff, HandoffTrigger.SOURCE_COMPLETED, now_us=1)
 
 
-def test_cancelled_handoff_can_be_requeued() -> None:
-    """A handoff whose override was refused frees its parts and can queue them again."""
+def test_cancelled_handoff_frees_its_parts_for_a_new_move() -> None:
+    """A handoff whose override was refused frees its parts: asking again queues them."""
     orch = orchestrator()
     orch.request_move(move(1))
     (handoff,), _ = orch.plan(
         now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=1
     )
+    assert not orch.request_move(move(1))
     orch.fire(handoff, HandoffTrigger.OVERRIDE_REFUSED, now_us=5)
     assert handoff.phase is HandoffPhase.CANCELLED
-    assert orch.requeue(handoff, now_us=5) == 1
-    assert orch.moves_of("s1")[0].requested_us == 5
+    assert not orch.is_moving(ref(1)) and orch.request_move(move(1))
 
 
 def test_cancel_moves_by_origin() -> None:

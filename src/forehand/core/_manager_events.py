@@ -45,7 +45,6 @@ class MapChange(enum.Enum):
     """What a committed map version changed."""
 
     SERVER_JOINED = "server_joined"
-    SERVERS_REMOVED = "servers_removed"
     SESSION_OPENED = "session_opened"
     SESSION_CLOSED = "session_closed"
     HANDOFF_ASSIGNED = "handoff_assigned"

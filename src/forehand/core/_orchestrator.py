@@ -455,19 +455,3 @@ class Orchestrator:
             oldest = next(iter(self._moves.values()))
             instants.append(oldest.requested_us + self._config.handoff_queue_timeout_ms * 1000)
         return min(instants) if instants else None
-
-    def requeue(self, handoff: Handoff, *, now_us: int) -> int:
-        """Queue the parts of a cancelled handoff again (after a re-plan); how many were queued."""
-        assert not handoff.is_active, handoff.phase
-        queued = 0
-        for ref in handoff.parts:
-            move = MoveRequest(
-                ref=ref,
-                source=handoff.source,
-                reason=handoff.reason,
-                origin=handoff.origin,
-                target=None,
-                requested_us=now_us,
-            )
-            queued += self.request_move(move)
-        return queued

@@ -1632,7 +1632,7 @@ class ManagerCore:
     def _on_cluster_frame(self, frame: ClusterMessage, source: NodeId, now_us: int) -> None:
         inner = messages.decode_cluster_message(frame.body)
         handler = _DISPATCH.get(type(inner))
-        if handler is None or isinstance(inner, ClusterMessage):
+        if handler is None:
             self._refuse(source, ErrorCode.FRAME_UNEXPECTED, f"unexpected {type(inner).__name__}")
             return
         handler(self, inner, source, now_us)
