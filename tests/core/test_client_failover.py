@@ -423,3 +423,22 @@ def test_hello_to_the_manager_presents_every_sessions_credential() -> None:
     assert [c.session_id for c in hello.credentials] == [third, first]
     assert [c.credential for c in hello.credentials] == [b"cred-" + third[:4], b"cred-" + first[:4]]
     assert second not in [c.session_id for c in hello.credentials]
+
+
+def test_shard_map_delta_that_does_not_apply_closes_the_connection() -> None:
+    """A delta on the held map that names a part the map lacks is the sender's fault."""
+    h = Harness()
+    session, _ = real_session(h)
+    base = shard_map(session, "s1", "s2", version=8)
+    h.feed(
+        MANAGER, MapUpdate(map_version=8, base_version=0, encoding=MAP_ENCODING, body=base.encode())
+    )
+    h.outbox.clear()
+    stranger = PartKey(session_id=new_session_id(now_ms=1, rng=random.Random(5)), part="auth")
+    delta = base.override_placement(stranger, MapPlacement(primary="s3", replicas=()))
+    update = MapUpdate(
+        map_version=9, base_version=8, encoding=MAP_ENCODING, body=ShardMap.encode_delta(delta)
+    )
+    h.feed(MANAGER, update)
+    assert_manager_refused(h, ErrorCode.FRAME_ENCODING_ERROR)
+    assert h.client.map_version == 8
