@@ -97,7 +97,7 @@ def docs_diagrams(
 def predict_eval(
     *,
     synthetic: bool = typer.Option(True, help="Evaluate on a seeded synthetic fleet."),
-    servers: int = typer.Option(10, help="Servers in the synthetic fleet."),
+    servers: int = typer.Option(12, help="Servers in the synthetic fleet."),
     days: float = typer.Option(3.0, help="Days of synthetic telemetry."),
     seed: int = typer.Option(1, help="Root seed of the fleet and the predictor."),
     nab: str | None = typer.Option(None, help="A NAB-format directory (CSV files, windows JSON)."),

@@ -33,6 +33,7 @@ from forehand.predict import (
     OnlinePredictor,
     PolicyConfig,
     PredictorConfig,
+    RecallRow,
     Sample,
     ServerSample,
     SyntheticConfig,
@@ -245,6 +246,27 @@ def print_report(
     console.print(calibration)
 
 
+def _within_budget(
+    rows: Sequence[RecallRow], group: str, false_alarms_per_day: float
+) -> RecallRow | None:
+    """The best-recall row of `group` whose false alarms on test stay within the budget."""
+    eligible = [
+        row
+        for row in rows
+        if row.group == group and row.false_alarms_per_day <= false_alarms_per_day
+    ]
+    return max(eligible, key=lambda row: row.recall, default=None)
+
+
+def _budget_text(row: RecallRow | None) -> str:
+    if row is None:
+        return "none within budget"
+    return (
+        f"{row.recall:.2f} ({row.false_alarms_per_day:.2f} FA/day on test, "
+        f"threshold for {row.budget_per_day:g} on validation)"
+    )
+
+
 def print_targets(
     synthetic: EvaluationReport | None, nab: EvaluationReport | None, *, console: Console
 ) -> None:
@@ -253,20 +275,24 @@ def print_targets(
     for column in ("target", "measured", "met"):
         table.add_column(column)
     if synthetic is not None:
-        rows = {m.model: {(r.group, r.budget_per_day): r for r in m.rows} for m in synthetic.models}
-        primary = rows[PRIMARY_MODEL][("gradual", 1.0)]
-        best = max(rows.values(), key=lambda own: own[("gradual", 1.0)].recall)[("gradual", 1.0)]
         model = synthetic.model(PRIMARY_MODEL)
+        primary = _within_budget(model.rows, "gradual", 1.0)
+        best = max(
+            (_within_budget(other.rows, "gradual", 1.0) for other in synthetic.models),
+            key=lambda row: -1.0 if row is None else row.recall,
+        )
+        recall = 0.0 if primary is None else primary.recall
+        lead_s = math.nan if primary is None else primary.lead_s_median
         checks = [
             (
-                "gradual recall >= 0.8 at <= 1 FA/server-day",
-                f"{primary.recall:.2f} [{best.recall:.2f}]",
-                primary.recall >= 0.8,
+                "gradual recall >= 0.8 at <= 1 FA/server-day (measured on test)",
+                _budget_text(primary) + f" [best model: {_budget_text(best)}]",
+                recall >= 0.8,
             ),
             (
                 f"median lead >= {3 * HANDOFF_S:.0f} s (3x handoff)",
-                _number(primary.lead_s_median, 0),
-                not math.isnan(primary.lead_s_median) and primary.lead_s_median >= 3 * HANDOFF_S,
+                _number(lead_s, 0),
+                not math.isnan(lead_s) and lead_s >= 3 * HANDOFF_S,
             ),
             (
                 "calibration error <= 0.05",
