@@ -1008,11 +1008,33 @@ class ServerCore:
             self._shipment_to_primary(part, message, source)
             return
         complete = self._apply_entries(part, message)
-        takeover = complete and message.sealed and part.state in _TAKEOVER_STATES
+        takeover = (
+            complete
+            and message.sealed
+            and part.state in _TAKEOVER_STATES
+            and self._may_take_over(part.ref, message.epoch)
+        )
         # The seal is acknowledged at the sealed position, before queued requests run here.
         self._send_ack(part, source, sealed=takeover)
         if takeover:
             self._take_over(part, message.epoch, source, now_us)
+
+    def _may_take_over(self, ref: PartRef, epoch: int) -> bool:
+        """Whether a sealed log of `epoch` may make this server the part's primary.
+
+        Not when this server's map, at or past the seal's epoch, names another primary: the seal
+        is left over from a move that a newer map undid (the sender is primary there again), and
+        taking over would leave two servers primary. The part stays a replica; the sender's
+        unacknowledged seal runs into its deadline and the manager settles the part.
+        """
+        current = self._map
+        if current is None or current.version < epoch:
+            return True
+        placement = current.placement(ref)
+        if placement is not None and placement.primary == self._me:
+            return True
+        self._rare("stale-seal-not-taken-over")
+        return False
 
     def _on_snapshot_shipped(self, message: SnapshotShipped, source: NodeId, now_us: int) -> None:
         if not self._sender_current(message.ref, message.epoch, source, "snapshot"):
@@ -1789,9 +1811,12 @@ class ServerCore:
             if part is not None:
                 self._receive_implicitly(part, before.primary, now_us)
             return
-        if previous_map is None and self._config.incarnation > 1:
-            # A restarted server must not serve a part it held before with an empty state: the
-            # manager fails such parts over to a replica that still has the data.
+        restarted = previous_map is None and self._config.incarnation > 1
+        if restarted or before is not None:
+            # A part the previous map already placed here as primary, which this server does
+            # not hold (it restarted and skipped it, or the part was moved here while it had no
+            # map), must not be served with an empty state: its holder hands it over (a sealed
+            # log creates it here) or the manager fails it over to a replica that has the data.
             self._rare("primary-without-state-after-restart")
             return
         part = self._create_part(ref, epoch=self.map_version)
