@@ -154,8 +154,8 @@ def stabilize(
     """The delta of `operations`, plus pins for the live primaries it would move unintentionally.
 
     Bounded loads make pinning cascade (a pin uses up its server's capacity, which pushes other
-    parts along their walk), so pinning runs in rounds and keeps the round that leaves the fewest
-    unintended moves; what still moves, the servers hand off implicitly (reason PART_MOVED).
+    parts along their walk), so pinning runs in rounds and keeps the last round that leaves the
+    fewest unintended moves; what still moves, the servers hand off implicitly (PART_MOVED).
     Placement errors (`InvalidDeltaError`) go to the caller, which drops the change.
     """
     pins: dict[PartKey, PlacementOverridden] = {}
@@ -164,7 +164,10 @@ def stabilize(
         delta = current.delta(*operations, *pins.values())
         candidate = current.apply(delta)
         moves = _unintended(current, candidate, intended)
-        if best is not None and len(moves) >= len(best.implicit_moves):
+        # A pin that only pushes another part along the walk (as many moves as before) is kept
+        # and the pushed part pinned in turn: stopping there left parts flip-flopping between
+        # two servers from one commit to the next, each flip an implicit handoff.
+        if best is not None and len(moves) > len(best.implicit_moves):
             break
         best = Stabilized(delta, candidate, tuple(sorted(pins)), tuple(m[0] for m in moves))
         fresh = {
