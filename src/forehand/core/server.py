@@ -226,6 +226,11 @@ class ServerCore:
         """The newest shard-map version adopted (0 before the first map)."""
         return 0 if self._map is None else self._map.version
 
+    def server_address(self, server_id: str) -> str | None:
+        """The `host:port` the newest map lists for `server_id`, or None; the runtime connects
+        there when the core sends to a server it has no connection to."""
+        return None if self._map is None else self._map.address(server_id)
+
     def part(self, ref: PartRef) -> Part | None:
         """The part held for `ref`, for inspection (tests, admin API); do not mutate it."""
         return self._parts.get(ref)
