@@ -282,10 +282,9 @@ class QUICConnection(Connection):
 
     def _transmit(self) -> None:
         self._transmit_handle = None
-        if self._close_info is None:
-            if self._blocked_requests:
-                self._release_blocked_requests()
-            self._protocol.transmit()
+        if self._blocked_requests and self._close_info is None:
+            self._release_blocked_requests()
+        self._protocol.transmit()  # Also after a close: CONNECTION_CLOSE must leave.
 
     def _flush(self) -> None:
         if self._transmit_handle is not None:
@@ -578,16 +577,13 @@ _VARINT_SIZES = (1, 2, 4, 8)
 def _close_info(event: events.ConnectionTerminated) -> CloseInfo:
     """Why the stack ended a connection, in forehand/1 terms."""
     reason = event.reason_phrase
-    if (
-        event.frame_type is None
-        and event.error_code == ErrorCode.NO_ERROR
-        and "idle" in reason.lower()
-    ):
-        # The stack reports its idle timeout as a close without an error code.
+    application = event.frame_type is None
+    if "idle timeout" in reason.lower() and not (application and event.error_code):
+        # The stack reports its own idle timeout as a close whose reason says so.
         return CloseInfo(
             error_code=ErrorCode.IDLE_TIMEOUT, reason=reason, initiator=CloseInitiator.NETWORK
         )
-    if event.frame_type is None:
+    if application:
         return CloseInfo(error_code=event.error_code, reason=reason, initiator=CloseInitiator.PEER)
     return CloseInfo(
         error_code=ErrorCode.PROTOCOL_ERROR,

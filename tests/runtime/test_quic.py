@@ -1,0 +1,430 @@
+"""The QUIC transport: the stream layout of docs/PROTOCOL.md s.4.1, bad peers, bounds, stats."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from qh3.asyncio.protocol import QuicConnectionProtocol
+from qh3.quic import events
+from qh3.quic.configuration import QuicConfiguration
+from qh3.quic.connection import QuicConnection
+
+from forehand.errors import ConfigError
+from forehand.runtime import (
+    CloseInitiator,
+    ClusterCertificates,
+    Connection,
+    ConnectionLimits,
+    QUICConnection,
+    QUICListener,
+    QUICTransport,
+    QUICTransportConfig,
+)
+from forehand.wire import (
+    END_OF_STREAM,
+    NEED_DATA,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    Hello,
+    PeerRole,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    ResponseStatus,
+    Welcome,
+    encode_frame,
+)
+
+if TYPE_CHECKING:
+    from tests.runtime._runtime_helpers import (
+        HOST,
+        client_credentials,
+        node_credentials,
+        run_test,
+    )
+else:
+    from _runtime_helpers import HOST, client_credentials, node_credentials, run_test
+
+SESSION_ID = bytes(range(16))
+HELLO = Hello(versions=(1,), client_id=bytes(16), credentials=())
+WELCOME = Welcome(
+    version=1, server_id="s1", map_version=3, frame_bytes_max=1 << 20, idle_timeout_ms=30_000
+)
+PING = Ping(sequence=1, sent_us=2, telemetry=())
+
+
+def request(request_id: int) -> Request:
+    return Request(
+        request_id=request_id,
+        session_id=SESSION_ID,
+        part="cart",
+        op="get",
+        map_version=1,
+        payload=b"p",
+    )
+
+
+def answer(frame: Frame) -> Frame:
+    if isinstance(frame, Request):
+        return Response(
+            request_id=frame.request_id,
+            session_id=frame.session_id,
+            status=ResponseStatus.OK,
+            map_version=frame.map_version,
+            payload=frame.payload,
+        )
+    if isinstance(frame, Hello):
+        return WELCOME
+    return Pong(sequence=0, sent_us=0)
+
+
+def serve(connection: Connection) -> None:
+    """Answer from the frame handler: REQUEST -> RESPONSE, HELLO -> WELCOME, others -> PONG."""
+    connection.set_frame_handler(
+        lambda frames: connection.send_frames([answer(frame) for frame in frames])
+    )
+
+
+async def start(
+    certs: ClusterCertificates, config: QUICTransportConfig | None = None
+) -> tuple[QUICListener, asyncio.Task[None], list[Connection]]:
+    """A listener on s1 serving every connection it accepts."""
+    listener = await QUICTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+    accepted: list[Connection] = []
+
+    async def accept_all() -> None:
+        async for connection in listener:
+            accepted.append(connection)
+            serve(connection)
+
+    return listener, asyncio.create_task(accept_all()), accepted
+
+
+class RawClient(QuicConnectionProtocol):
+    """A bare qh3 client: the test writes streams by hand and reads what comes back."""
+
+    def __init__(self, quic: QuicConnection, stream_handler: Any = None) -> None:
+        super().__init__(quic, stream_handler)
+        self.quic = quic
+        self.streams: dict[int, bytes] = {}
+        self.ended: set[int] = set()
+        self.terminated: asyncio.Future[events.ConnectionTerminated] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.datagram_transport: asyncio.BaseTransport | None = None
+        self.changed = asyncio.Event()
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        if isinstance(event, events.StreamDataReceived):
+            self.streams[event.stream_id] = self.streams.get(event.stream_id, b"") + event.data
+            if event.end_stream:
+                self.ended.add(event.stream_id)
+            self.changed.set()
+        elif isinstance(event, events.ConnectionTerminated) and not self.terminated.done():
+            self.terminated.set_result(event)
+
+    def send(self, data: bytes, *, unidirectional: bool = False, end: bool = False) -> int:
+        stream_id = self.quic.get_next_available_stream_id(is_unidirectional=unidirectional)
+        self.send_on(stream_id, data, end=end)
+        return stream_id
+
+    def send_on(self, stream_id: int, data: bytes, *, end: bool = False) -> None:
+        self.quic.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit()
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
+
+    async def close_and_wait(self) -> None:
+        self.quic.close()
+        self.transmit()
+        await self.terminated
+        assert self.datagram_transport is not None
+        self.datagram_transport.close()
+
+
+async def raw_connect(certs: ClusterCertificates, port: int, alpn: str = "forehand/1") -> RawClient:
+    configuration = QuicConfiguration(is_client=True, alpn_protocols=[alpn], server_name="s1")
+    configuration.load_verify_locations(cafile=str(certs.ca_certificate_path))
+    quic = QuicConnection(configuration=configuration)
+    transport, protocol = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: RawClient(quic), local_addr=("0.0.0.0", 0)
+    )
+    protocol.datagram_transport = transport
+    protocol.connect((HOST, port))
+    try:
+        await protocol.wait_connected()
+    except ConnectionError:
+        transport.close()
+        raise
+    return protocol
+
+
+def decode_all(data: bytes, sender: PeerRole = PeerRole.SERVER) -> list[Frame]:
+    decoder = FrameDecoder(sender=sender)
+    decoder.receive_data(data)
+    frames: list[Frame] = []
+    while (frame := decoder.next_frame()) is not NEED_DATA and frame is not END_OF_STREAM:
+        assert not isinstance(frame, type(NEED_DATA))
+        frames.append(frame)
+    return frames
+
+
+def test_stream_layout(certs: ClusterCertificates) -> None:
+    """Control stream with type 0x00 each way; a REQUEST stream is answered on itself, ended."""
+
+    async def main() -> None:
+        listener, serving, _ = await start(certs)
+        raw = await raw_connect(certs, listener.port)
+        raw.send(b"\x00" + encode_frame(HELLO), unidirectional=True)
+        request_stream = raw.send(encode_frame(request(7)), end=True)
+        server_control = 3  # The server's first unidirectional stream.
+        await raw.wait_for(
+            lambda: request_stream in raw.ended and len(raw.streams.get(server_control, b"")) > 1
+        )
+        control = raw.streams[server_control]
+        assert control[0] == 0x00
+        assert decode_all(control[1:]) == [WELCOME]
+        assert decode_all(raw.streams[request_stream]) == [answer(request(7))]
+        assert server_control not in raw.ended  # The control stream stays open.
+        await raw.close_and_wait()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_unknown_stream_types_are_ignored(certs: ClusterCertificates) -> None:
+    """A greased unidirectional stream type is skipped; the connection goes on working."""
+
+    async def main() -> None:
+        listener, serving, _ = await start(certs)
+        raw = await raw_connect(certs, listener.port)
+        raw.send(b"\x00", unidirectional=True)
+        raw.send(b"\x21" + b"anything at all", unidirectional=True)  # 0x1f * 0 + 0x21
+        raw.send(bytes.fromhex("7f ff") + b"more", unidirectional=True, end=True)
+        request_stream = raw.send(encode_frame(request(1)), end=True)
+        await raw.wait_for(lambda: request_stream in raw.ended)
+        assert decode_all(raw.streams[request_stream]) == [answer(request(1))]
+        assert not raw.terminated.done()
+        await raw.close_and_wait()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+VIOLATIONS: dict[str, tuple[list[tuple[str, bytes, bool]], ErrorCode]] = {
+    # Each step: ("control" | "control2" | "request"), bytes, whether the stream ends.
+    "second-control-stream": (
+        [("control", b"\x00", False), ("control2", b"\x00", False)],
+        ErrorCode.CLOSED_CRITICAL_STREAM,
+    ),
+    "control-stream-ended": ([("control", b"\x00", True)], ErrorCode.CLOSED_CRITICAL_STREAM),
+    "request-on-control": (
+        [("control", b"\x00" + encode_frame(request(1)), False)],
+        ErrorCode.FRAME_UNEXPECTED,
+    ),
+    "malformed-on-control": (
+        [("control", b"\x00" + bytes.fromhex("06 03 01 02 00"), False)],
+        ErrorCode.FRAME_ENCODING_ERROR,
+    ),
+    "oversized-on-control": (
+        [("control", b"\x00" + bytes.fromhex("10 80 10 00 01"), False)],
+        ErrorCode.FRAME_TOO_LARGE,
+    ),
+    "two-requests-on-a-stream": (
+        [("request", encode_frame(request(1)) + encode_frame(request(2)), True)],
+        ErrorCode.FRAME_UNEXPECTED,
+    ),
+    "ping-on-a-request-stream": (
+        [("request", encode_frame(PING), True)],
+        ErrorCode.FRAME_UNEXPECTED,
+    ),
+    "truncated-request-stream": (
+        [("request", encode_frame(request(1))[:-3], True)],
+        ErrorCode.TRUNCATED_STREAM,
+    ),
+    "empty-request-stream": ([("request", b"", True)], ErrorCode.FRAME_UNEXPECTED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIOLATIONS))
+def test_violation_closes_only_that_connection(certs: ClusterCertificates, name: str) -> None:
+    """Each violation closes the offending connection with its error code and a reason, while
+    another connection to the same listener keeps being served."""
+    steps, code = VIOLATIONS[name]
+
+    async def main() -> None:
+        listener, serving, accepted = await start(certs)
+        good = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        raw = await raw_connect(certs, listener.port)
+        streams: dict[str, int] = {}
+        for kind, data, end in steps:
+            if kind == "request":
+                raw.send(data, end=end)
+            elif kind in streams:
+                raw.send_on(streams[kind], data, end=end)
+            else:
+                streams[kind] = raw.send(data, unidirectional=True, end=end)
+        terminated = await raw.terminated
+        assert terminated.error_code == code
+        assert terminated.frame_type is None  # An application close, not a transport one.
+        assert terminated.reason_phrase
+        assert raw.datagram_transport is not None
+        raw.datagram_transport.close()
+        offender = accepted[1]
+        info = await offender.wait_closed()
+        assert info.error_code == code
+        assert info.initiator is CloseInitiator.LOCAL
+        good.send_frame(request(9))
+        assert await good.receive() == answer(request(9))
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_client_offering_other_alpn_is_refused(certs: ClusterCertificates) -> None:
+    """A QUIC client that does not offer forehand/1 never completes the handshake."""
+
+    async def main() -> None:
+        listener, serving, accepted = await start(certs)
+        with pytest.raises(ConnectionError):
+            await raw_connect(certs, listener.port, alpn="h3")
+        assert accepted == []
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_mutual_tls_is_refused_over_quic(certs: ClusterCertificates) -> None:
+    """The QUIC stack cannot verify client certificates, so demanding them is a ConfigError."""
+
+    async def main() -> None:
+        transport = QUICTransport(node_credentials(certs, "manager"))
+        with pytest.raises(ConfigError):
+            await transport.listen(HOST, 0, require_client_certificate=True)
+
+    run_test(main())
+
+
+def test_reset_request_stream_drops_its_answer(certs: ClusterCertificates) -> None:
+    """If the client resets a request stream, the server's answer is dropped and counted."""
+
+    async def main() -> None:
+        listener = await QUICTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        raw = await raw_connect(certs, listener.port)
+        control = raw.send(b"\x00", unidirectional=True)
+        stream_id = raw.send(encode_frame(request(4)), end=True)
+        server = await listener.accept()
+        assert await server.receive() == request(4)
+        raw.quic.reset_stream(stream_id, 0)
+        raw.send_on(control, encode_frame(PING))  # Sent after the reset, read after it too.
+        assert await server.receive() == PING
+        assert isinstance(server, QUICConnection)
+        server.send_frame(answer(request(4)))
+        assert server.responses_dropped_count == 1
+        assert not server.is_closed
+        await raw.close_and_wait()
+        await listener.close()
+
+    run_test(main())
+
+
+def test_receive_queue_overflow_is_limit_exceeded(certs: ClusterCertificates) -> None:
+    """A peer that outpaces a consumer by more than receive_queue_frames_max is cut off."""
+
+    async def main() -> None:
+        config = QUICTransportConfig(limits=ConnectionLimits(receive_queue_frames_max=4))
+        listener = await QUICTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        client = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        server = await listener.accept()  # ... which nobody reads.
+        client.send_frames([PING] * 10)
+        info = await client.wait_closed()
+        assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert info.initiator is CloseInitiator.PEER
+        assert (await server.wait_closed()).initiator is CloseInitiator.LOCAL
+        await listener.close()
+
+    run_test(main())
+
+
+def test_idle_connection_ends_with_idle_timeout(certs: ClusterCertificates) -> None:
+    """A silent connection is closed by the stack; the close says IDLE_TIMEOUT, by the network."""
+
+    async def main() -> None:
+        config = QUICTransportConfig(idle_timeout_ms=200, rtt_probe_interval_ms=0)
+        listener = await QUICTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        client = await QUICTransport(client_credentials(certs), config=config).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        info = await client.wait_closed()
+        assert info.error_code == ErrorCode.IDLE_TIMEOUT
+        assert info.initiator is CloseInitiator.NETWORK
+        await listener.close()
+
+    run_test(main())
+
+
+def test_path_stats_from_quic_pings(certs: ClusterCertificates) -> None:
+    """QUIC PING acknowledgements give RTT samples: smoothed, minimum, latest, variation."""
+
+    async def main() -> None:
+        config = QUICTransportConfig(rtt_probe_interval_ms=10)
+        listener, serving, _ = await start(certs, config)
+        client = await QUICTransport(client_credentials(certs), config=config).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        while client.path_stats().rtt_sample_count < 3:
+            await asyncio.sleep(0.01)
+        stats = client.path_stats()
+        assert stats.source == "quic_ping"
+        assert stats.rtt_smoothed_us is not None and stats.rtt_smoothed_us > 0
+        assert stats.rtt_min_us is not None and stats.rtt_min_us <= stats.rtt_smoothed_us * 8
+        assert stats.rtt_latest_us is not None and stats.rtt_variance_us is not None
+        assert stats.packets_lost_count is None  # qh3 does not expose it publicly.
+        client.close()
+        await client.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_requests_beyond_the_stream_limit_wait_for_credit(certs: ClusterCertificates) -> None:
+    """More requests than the server's MAX_STREAMS allows at once are queued, then all sent."""
+
+    async def main() -> None:
+        listener, serving, _ = await start(certs)
+        client = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        count = 1000  # qh3 grants 100 streams at first.
+        client.send_frames([request(index) for index in range(count)])
+        seen: set[int] = set()
+        while len(seen) < count:
+            for frame in await client.receive_frames():
+                assert isinstance(frame, Response)
+                seen.add(frame.request_id)
+        assert seen == set(range(count))
+        client.close()
+        await client.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())

@@ -1,0 +1,419 @@
+"""The TLS 1.3 over TCP transport: ALPN, TLS version, mutual TLS, bad peers, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.runtime import (
+    CloseInitiator,
+    ClusterCertificates,
+    Connection,
+    ConnectionLimits,
+    Credentials,
+    HandshakeError,
+    MemoryNetwork,
+    TLSListener,
+    TLSTransport,
+    TLSTransportConfig,
+)
+from forehand.wire import (
+    END_OF_STREAM,
+    NEED_DATA,
+    ClusterMessage,
+    Error,
+    ErrorCode,
+    Frame,
+    FrameDecoder,
+    PeerRole,
+    Ping,
+    Pong,
+    encode_frame,
+)
+
+if TYPE_CHECKING:
+    from tests.runtime._runtime_helpers import (
+        HOST,
+        client_credentials,
+        make_transport,
+        node_credentials,
+        run_test,
+    )
+else:
+    from _runtime_helpers import (
+        HOST,
+        client_credentials,
+        make_transport,
+        node_credentials,
+        run_test,
+    )
+
+PING = Ping(sequence=1, sent_us=2, telemetry=())
+
+
+def raw_context(certs: ClusterCertificates, alpn: str = "forehand/1") -> ssl.SSLContext:
+    """A plain ssl client context trusting the cluster CA, offering `alpn`."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=certs.ca_certificate_path)
+    context.set_alpn_protocols([alpn])
+    return context
+
+
+async def serve_pings(listener: TLSListener, accepted: list[Connection]) -> None:
+    """Answer every PING with a PONG on every accepted connection until the listener closes."""
+
+    async def answer(connection: Connection) -> None:
+        async for frame in connection:
+            if isinstance(frame, Ping) and not connection.is_closed:
+                connection.send_frame(Pong(sequence=frame.sequence, sent_us=frame.sent_us))
+
+    async with asyncio.TaskGroup() as group:
+        async for connection in listener:
+            accepted.append(connection)
+            group.create_task(answer(connection))
+
+
+async def round_trip(connection: Connection) -> None:
+    connection.send_frame(PING)
+    assert await connection.receive() == Pong(sequence=1, sent_us=2)
+
+
+async def read_frames(reader: asyncio.StreamReader) -> list[Frame | ErrorCode]:
+    """Every frame a server sent until it closed, decoded as a client would."""
+    data = b""
+    try:
+        while chunk := await reader.read(65536):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    decoder = FrameDecoder(sender=PeerRole.SERVER)
+    decoder.receive_data(data)
+    frames: list[Frame | ErrorCode] = []
+    while (frame := decoder.next_frame()) not in (NEED_DATA, END_OF_STREAM):
+        assert not isinstance(frame, type(NEED_DATA))
+        frames.append(frame)
+    return frames
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (bytes.fromhex("06 03 01 02 00"), ErrorCode.FRAME_ENCODING_ERROR),
+        (bytes.fromhex("10 80 10 00 01"), ErrorCode.FRAME_TOO_LARGE),
+        (bytes.fromhex("3f 00"), ErrorCode.UNKNOWN_FRAME_TYPE),
+        (bytes.fromhex("20 00"), ErrorCode.FRAME_UNEXPECTED),
+    ],
+    ids=["malformed", "oversized", "unknown-type", "server-frame-from-client"],
+)
+def test_bad_bytes_get_error_and_close_only_that_connection(
+    certs: ClusterCertificates, data: bytes, code: ErrorCode
+) -> None:
+    """A raw TLS peer sending bad frames gets ERROR(code) and a close; others are still served."""
+
+    async def main() -> None:
+        server = TLSTransport(node_credentials(certs, "s1"))
+        listener = await server.listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        good = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(good)
+        reader, writer = await asyncio.open_connection(
+            HOST, listener.port, ssl=raw_context(certs), server_hostname="s1"
+        )
+        pong = encode_frame(Pong(sequence=1, sent_us=2))
+        writer.write(encode_frame(PING))
+        assert await reader.readexactly(len(pong)) == pong  # Served until it misbehaves.
+        writer.write(data)
+        frames = await read_frames(reader)
+        assert len(frames) == 1
+        assert isinstance(frames[0], Error)
+        assert frames[0].code == code
+        writer.close()
+        bad = accepted[1]
+        info = await bad.wait_closed()
+        assert info.error_code == code
+        assert info.initiator is CloseInitiator.LOCAL
+        await round_trip(good)
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_truncated_stream_is_reported(certs: ClusterCertificates) -> None:
+    """A peer that ends its stream inside a frame closes with TRUNCATED_STREAM; others go on."""
+
+    async def main() -> None:
+        server = TLSTransport(node_credentials(certs, "s1"))
+        listener = await server.listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        good = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(good)
+        reader, writer = await asyncio.open_connection(
+            HOST, listener.port, ssl=raw_context(certs), server_hostname="s1"
+        )
+        writer.write(encode_frame(PING))
+        await reader.readexactly(len(encode_frame(Pong(sequence=1, sent_us=2))))
+        writer.write(encode_frame(PING)[:-1])
+        await writer.drain()
+        writer.close()  # close_notify and FIN, inside a frame.
+        info = await accepted[1].wait_closed()
+        assert info.error_code == ErrorCode.TRUNCATED_STREAM
+        await round_trip(good)
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_client_offering_other_alpn_is_refused(certs: ClusterCertificates) -> None:
+    """A TLS client that does not offer forehand/1 is closed before any application byte."""
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        reader, writer = await asyncio.open_connection(
+            HOST, listener.port, ssl=raw_context(certs, alpn="h2"), server_hostname="s1"
+        )
+        assert await read_frames(reader) == []
+        writer.close()
+        assert listener.connection_count == 0
+        await listener.close()
+
+    run_test(main())
+
+
+def test_server_selecting_other_alpn_is_refused(certs: ClusterCertificates) -> None:
+    """The client refuses a server that completes the handshake without selecting forehand/1."""
+
+    async def main() -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        node = certs.node("s1")
+        context.load_cert_chain(node.certificate_path, node.key_path)
+        context.set_alpn_protocols(["h2"])
+        server = await asyncio.start_server(lambda r, w: None, HOST, 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(HandshakeError, match="ALPN"):
+            await TLSTransport(client_credentials(certs)).connect(HOST, port, server_id="s1")
+        server.close()
+        await server.wait_closed()
+
+    run_test(main())
+
+
+def test_tls_1_2_is_refused(certs: ClusterCertificates) -> None:
+    """A client limited to TLS 1.2 cannot complete a handshake."""
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        context = raw_context(certs)
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            await asyncio.open_connection(HOST, listener.port, ssl=context, server_hostname="s1")
+        assert listener.connection_count == 0
+        await listener.close()
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("client", ["none", "foreign", "cluster"])
+def test_mutual_tls(
+    certs: ClusterCertificates, foreign_certs: ClusterCertificates, client: str
+) -> None:
+    """A listener demanding client certificates accepts only clients with a cluster certificate."""
+
+    async def main() -> None:
+        manager = TLSTransport(node_credentials(certs, "manager"))
+        listener = await manager.listen(
+            HOST, 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
+        )
+        credentials = {
+            "none": client_credentials(certs),
+            "cluster": node_credentials(certs, "client-node"),
+            "foreign": Credentials(
+                ca_certificate_path=certs.ca_certificate_path,
+                node_id="client-node",
+                certificate_path=foreign_certs.node("client-node").certificate_path,
+                private_key_path=foreign_certs.node("client-node").key_path,
+            ),
+        }[client]
+        link = await TLSTransport(credentials).connect(
+            HOST, listener.port, server_id="manager", peer_role=PeerRole.CLUSTER_NODE
+        )
+        if client == "cluster":
+            accepted = await listener.accept()
+            assert accepted.peer_id == "client-node"
+            link.send_frame(PING)
+            assert await accepted.receive() == PING
+            link.close()
+        else:
+            # TLS 1.3 lets the client finish first; the server's alert then ends the link.
+            info = await link.wait_closed()
+            assert info.initiator is not CloseInitiator.LOCAL
+            assert listener.connection_count == 0
+        await link.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
+def test_optional_client_certificate_names_the_peer(certs: ClusterCertificates) -> None:
+    """Without demanding one, a listener still verifies a presented certificate and names it."""
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        with_certificate = await TLSTransport(node_credentials(certs, "s2")).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        without = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        first, second = await listener.accept(), await listener.accept()
+        assert {first.peer_id, second.peer_id} == {"s2", None}
+        for connection in (with_certificate, without):
+            connection.close()
+            await connection.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_slow_reader_pauses_sender_and_loses_nothing(certs: ClusterCertificates, kind: str) -> None:
+    """A reader that stops reading pauses the socket; the sender stops being writable; drain()
+    waits until the reader goes on; every frame then arrives, in order."""
+    limits = ConnectionLimits(
+        receive_queue_frames_max=16,
+        send_buffer_high_water_bytes=64 << 10,
+        send_buffer_low_water_bytes=16 << 10,
+        send_buffer_bytes_max=64 << 20,
+    )
+    count = 10_000
+    body = bytes(8 << 10)  # Enough frames of 8 KiB to fill the kernel's socket buffers too.
+
+    async def main() -> None:
+        network = MemoryNetwork()
+        config = _config(kind, limits)
+        server = make_transport(kind, node_credentials(certs, "s1"), network, config=config)
+        client = make_transport(kind, client_credentials(certs), network, config=config)
+        listener = await server.listen(HOST, 0, peer_role=None)
+        sender = await client.connect(HOST, listener.port, server_id="s1", peer_role=None)
+        reader = await listener.accept()
+        sent = 0
+        # Sending without draining: the reader's socket fills up once it stops reading.
+        while sender.writable and sent < count:
+            sender.send_frame(ClusterMessage(kind=sent, body=body))
+            sent += 1
+            await asyncio.sleep(0)
+        assert not sender.writable, "the sender never saw backpressure"
+        assert len(reader._received) <= limits.receive_queue_frames_max
+        draining = asyncio.create_task(sender.drain())
+        await asyncio.sleep(0.05)
+        assert not draining.done()
+        sequences: list[int] = []
+        while len(sequences) < sent:
+            frame = await reader.receive()
+            assert isinstance(frame, ClusterMessage)
+            sequences.append(frame.kind)
+        await draining
+        assert sequences == list(range(sent))
+        sender.close()
+        await sender.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_sender_past_hard_cap_is_cut_off(certs: ClusterCertificates, kind: str) -> None:
+    """A sender that ignores drain() and passes send_buffer_bytes_max is aborted, not grown."""
+    limits = ConnectionLimits(
+        receive_queue_frames_max=4,
+        send_buffer_high_water_bytes=64 << 10,
+        send_buffer_low_water_bytes=16 << 10,
+        send_buffer_bytes_max=1 << 20,
+    )
+
+    async def main() -> None:
+        network = MemoryNetwork()
+        config = _config(kind, limits)
+        server = make_transport(kind, node_credentials(certs, "s1"), network, config=config)
+        client = make_transport(kind, client_credentials(certs), network, config=config)
+        listener = await server.listen(HOST, 0, peer_role=None)
+        sender = await client.connect(HOST, listener.port, server_id="s1", peer_role=None)
+        await listener.accept()  # ... and never read from it.
+        chunk = [Ping(sequence=index, sent_us=0, telemetry=()) for index in range(2000)]
+        for _ in range(1000):
+            if sender.is_closed:
+                break
+            sender.send_frames(chunk)
+            await asyncio.sleep(0)
+        info = await sender.wait_closed()
+        assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert info.initiator is CloseInitiator.LOCAL
+        await listener.close()
+
+    run_test(main())
+
+
+def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None:
+    """TCP_INFO gives the TLS connection a smoothed and a minimum RTT."""
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        connection = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(connection)
+        stats = connection.path_stats()
+        assert stats.source == "tcp_info"
+        assert stats.rtt_smoothed_us is not None and stats.rtt_smoothed_us > 0
+        assert stats.rtt_min_us is not None and stats.rtt_min_us <= stats.rtt_smoothed_us
+        assert stats.packets_lost_count == 0
+        assert connection.rtt_us == connection.path_stats().rtt_smoothed_us
+        connection.close()
+        await connection.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_plain_asyncio_loop_works_too(certs: ClusterCertificates) -> None:
+    """Without uvloop the TLS transport behaves the same."""
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        connection = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(connection)
+        connection.close()
+        await connection.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main(), use_uvloop=False)
+
+
+def _config(kind: str, limits: ConnectionLimits) -> object:
+    from forehand.runtime import MemoryTransportConfig
+
+    if kind == "tls":
+        return TLSTransportConfig(limits=limits)
+    return MemoryTransportConfig(limits=limits)
