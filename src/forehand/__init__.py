@@ -1,15 +1,77 @@
-"""Forehand: keep long-lived sessions alive by handing them off before a server or path fails."""
+"""Forehand: keep long-lived sessions alive by handing them off before a server or path fails.
+
+The application API is `forehand.App` (server side) and `forehand.connect` (client side); both are
+imported on first use, so that `import forehand` stays cheap for the command line.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from forehand.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
+
+if TYPE_CHECKING:
+    from forehand.app import App, HandlerError
+    from forehand.runtime.client import (
+        AppError,
+        CallError,
+        Client,
+        ForehandError,
+        HandoffEvent,
+        HandoffEventKind,
+        RequestFailedError,
+        Session,
+        SessionClosedError,
+        SessionOpenError,
+        connect,
+    )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
+    "AppError",
+    "CallError",
+    "Client",
     "ConfigError",
+    "ForehandError",
+    "HandlerError",
+    "HandoffEvent",
+    "HandoffEventKind",
     "LocalProtocolError",
     "ProtocolError",
     "RemoteProtocolError",
+    "RequestFailedError",
+    "Session",
+    "SessionClosedError",
+    "SessionOpenError",
     "__version__",
+    "connect",
 ]
+
+_LAZY = {
+    "App": "forehand.app",
+    "HandlerError": "forehand.app",
+    "AppError": "forehand.runtime.client",
+    "CallError": "forehand.runtime.client",
+    "Client": "forehand.runtime.client",
+    "ForehandError": "forehand.runtime.client",
+    "HandoffEvent": "forehand.runtime.client",
+    "HandoffEventKind": "forehand.runtime.client",
+    "RequestFailedError": "forehand.runtime.client",
+    "Session": "forehand.runtime.client",
+    "SessionClosedError": "forehand.runtime.client",
+    "SessionOpenError": "forehand.runtime.client",
+    "connect": "forehand.runtime.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'forehand' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

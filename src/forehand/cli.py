@@ -165,6 +165,11 @@ def certs(
         typer.echo(f"{node.node}: {node.certificate_path} (key {node.key_path})")
 
 
+from forehand.runtime._cli import register as _register_runtime  # noqa: E402
+
+_register_runtime(app)
+
+
 def main() -> None:
     """Console entry point."""
     app()

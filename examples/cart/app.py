@@ -1,0 +1,119 @@
+"""The cart example's server side: three parts of one shopping session.
+
+- `auth` (async durability): `login` and `whoami`.
+- `cart` (replicated durability: an acknowledged `add` survives the crash of its server):
+  `add`, `remove`, `list` (read-only) and `checkout`.
+- `feature/video` (async): `seek` and `position` (read-only), a playback position that may lose
+  the replication lag in a crash.
+
+Handlers follow the `forehand.App` contract: `(state, payload) -> (new_state, result)`,
+deterministic, no I/O. Run it with `forehand server --app examples.cart.app:app ...`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+import forehand
+
+app = forehand.App("cart-example")
+
+
+class Auth(msgspec.Struct):
+    """Who is logged in to the session."""
+
+    user: str = ""
+    """The user name, empty before `login`."""
+    logins: int = 0
+    """How many times `login` ran."""
+
+
+class Item(msgspec.Struct, frozen=True):
+    """One line of the cart."""
+
+    sku: str
+    """The product."""
+    quantity: int = 1
+    """How many."""
+
+
+class Cart(msgspec.Struct):
+    """The session's cart."""
+
+    items: dict[str, int] = msgspec.field(default_factory=dict)
+    """Quantity by product."""
+    orders: int = 0
+    """Checkouts so far."""
+
+
+class Video(msgspec.Struct):
+    """Playback state of the session's video feature."""
+
+    position_ms: int = 0
+    """Where playback is."""
+
+
+app.part("auth", initial=Auth)
+app.part("cart", initial=Cart, durability="replicated")
+app.part("feature/video", initial=Video)
+
+
+@app.handler("auth", "login")
+def login(state: Auth, user: str) -> tuple[Auth, str]:
+    """Log `user` in; answers a greeting."""
+    if not user:
+        raise forehand.HandlerError("empty user name")
+    state.user = user
+    state.logins += 1
+    return state, f"welcome {user}"
+
+
+@app.handler("auth", "whoami", read_only=True)
+def whoami(state: Auth, payload: None) -> tuple[Auth, str]:
+    """The logged-in user, or an empty string."""
+    return state, state.user
+
+
+@app.handler("cart", "add")
+async def add(cart: Cart, item: Item) -> tuple[Cart, int]:
+    """Add `item`; answers the number of units in the cart. (An `async def` handler works as
+    long as it awaits nothing that suspends.)"""
+    if item.quantity < 1:
+        raise forehand.HandlerError("quantity must be positive", detail=item.quantity)
+    cart.items[item.sku] = cart.items.get(item.sku, 0) + item.quantity
+    return cart, sum(cart.items.values())
+
+
+@app.handler("cart", "remove")
+def remove(cart: Cart, sku: str) -> tuple[Cart, int]:
+    """Remove every unit of `sku`; answers the number of units left."""
+    cart.items.pop(sku, None)
+    return cart, sum(cart.items.values())
+
+
+@app.handler("cart", "list", read_only=True)
+def list_items(cart: Cart, payload: None) -> tuple[Cart, dict[str, int]]:
+    """The cart's contents."""
+    return cart, dict(cart.items)
+
+
+@app.handler("cart", "checkout")
+def checkout(cart: Cart, payload: None) -> tuple[Cart, dict[str, int]]:
+    """Empty the cart into an order; answers the order number and the units ordered."""
+    if not cart.items:
+        raise forehand.HandlerError("the cart is empty")
+    units = sum(cart.items.values())
+    return Cart(orders=cart.orders + 1), {"order": cart.orders + 1, "units": units}
+
+
+@app.handler("feature/video", "seek")
+def seek(video: Video, position_ms: int) -> tuple[Video, int]:
+    """Move playback to `position_ms`."""
+    video.position_ms = max(0, position_ms)
+    return video, video.position_ms
+
+
+@app.handler("feature/video", "position", read_only=True)
+def position(video: Video, payload: None) -> tuple[Video, int]:
+    """Where playback is."""
+    return video, video.position_ms

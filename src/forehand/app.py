@@ -1,0 +1,261 @@
+"""`App`: the application a Forehand server hosts, as parts with state and handlers per operation.
+
+    app = forehand.App()
+    app.part("cart", initial=Cart, durability="replicated")
+
+    @app.handler("cart", "add")
+    def add(cart: Cart, item: Item) -> tuple[Cart, int]:
+        cart.items.append(item)
+        return cart, len(cart.items)
+
+**The handler contract.** A handler takes `(state, payload)` and returns `(new_state, result)`.
+It may build a new state or change the one it was given and return it. The payload is the
+client's value, decoded from msgpack as the type the handler's second parameter is annotated with
+(or `payload_type=`; unannotated means any msgpack value); the result is encoded with msgspec
+msgpack and becomes the client's return value. The part's state must be a value msgspec can
+encode: replicas receive it in snapshots, decoded as `state_type` (by default the class given as
+`initial`, else plain msgpack values).
+
+Handlers run on the primary and again on every replica, which replays the log by re-executing
+them (state-machine replication), so they must be deterministic: no clock, no randomness, no I/O,
+nothing but the state and the payload. A handler may be `async def` for convenience, but it is
+driven to completion synchronously and must not await anything that suspends (a sleep, a socket,
+a lock): one that suspends fails the request with APP_ERROR, and the log says why.
+
+**Failures.** Raise `HandlerError(message, detail=...)` to answer APP_ERROR with your message; the
+client's `Session.call` raises `AppError` carrying it. Any other exception also answers APP_ERROR
+(with a generic message; the server logs the traceback). A payload that does not decode as the
+handler's type answers BAD_REQUEST, an operation without a handler UNKNOWN_OP. On a failure the
+state is not rolled back: a handler that changes its state in place should check its input
+before it changes anything. Every replica fails the same way, so replicas never diverge.
+
+Operations registered with `read_only=True` are answered from the primary's state and never
+logged or replicated; they must not change the state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import typing
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+
+from forehand.core import Durability, HandlerResult, PartSpec
+from forehand.errors import ConfigError
+from forehand.placement import check_part_name
+from forehand.wire import ResponseStatus
+
+__all__ = ["App", "ErrorBody", "HandlerError", "decode_error_body"]
+
+_log = logging.getLogger("forehand.app")
+
+StateT = TypeVar("StateT")
+HandlerFunction = Callable[[Any, Any], Any]
+"""`(state, payload) -> (new_state, result)`, or a coroutine function returning that pair."""
+F = TypeVar("F", bound=HandlerFunction)
+
+_encoder = msgspec.msgpack.Encoder()
+_OK = int(ResponseStatus.OK)
+_APP_ERROR = int(ResponseStatus.APP_ERROR)
+_BAD_REQUEST = int(ResponseStatus.BAD_REQUEST)
+_UNKNOWN_OP = int(ResponseStatus.UNKNOWN_OP)
+
+
+class HandlerError(Exception):
+    """Raised by a handler to answer APP_ERROR with `message` (and `detail`) to the client."""
+
+    def __init__(self, message: str, *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        """Shown to the client, in `AppError.message`."""
+        self.detail = detail
+        """Any msgpack value for the client, in `AppError.detail`."""
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """The payload of an APP_ERROR, BAD_REQUEST or UNKNOWN_OP response from an `App`."""
+
+    error: str
+    """What went wrong, for people."""
+    detail: Any = None
+    """What the handler attached (`HandlerError.detail`)."""
+
+
+def decode_error_body(payload: bytes) -> ErrorBody:
+    """The `ErrorBody` of a failure response; a payload that is none becomes its text."""
+    try:
+        return msgspec.msgpack.decode(payload, type=ErrorBody)
+    except msgspec.DecodeError:
+        return ErrorBody(error=payload.decode(errors="replace"))
+
+
+def _error(status: int, state: object, message: str, detail: Any = None) -> HandlerResult:
+    body = _encoder.encode(ErrorBody(error=message, detail=detail))
+    return HandlerResult(state=state, status=status, result=body)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Operation:
+    """One registered handler."""
+
+    name: str
+    function: HandlerFunction
+    decoder: msgspec.msgpack.Decoder[Any]
+    is_async: bool
+    read_only: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class _Part:
+    """One declared part: how to build its state, its durability, its operations."""
+
+    name: str
+    initial: Callable[[], object]
+    state_type: Any
+    durability: Durability
+    operations: dict[str, _Operation] = field(default_factory=dict)
+
+    def run(self, state: object, op: str, payload: bytes) -> HandlerResult:
+        """Run one operation; every failure is an answer, never an exception."""
+        operation = self.operations.get(op)
+        if operation is None:
+            return _error(_UNKNOWN_OP, state, f"part {self.name!r} has no operation {op!r}")
+        try:
+            value = operation.decoder.decode(payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as error:
+            return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: {error}")
+        try:
+            outcome = operation.function(state, value)
+            if operation.is_async:
+                outcome = _drive(outcome, f"{self.name}.{op}")
+            new_state, result = outcome
+            encoded = _encoder.encode(result)
+        except HandlerError as error:
+            return _error(_APP_ERROR, state, error.message, error.detail)
+        except _SuspendedError as error:
+            return _error(_APP_ERROR, state, str(error))
+        except Exception:
+            _log.exception("handler %s.%s failed", self.name, op)
+            return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
+        return HandlerResult(state=new_state, status=_OK, result=encoded)
+
+
+class _SuspendedError(Exception):
+    """An async handler awaited something that suspends."""
+
+
+def _drive(coroutine: Coroutine[Any, Any, Any], name: str) -> Any:
+    """Run a coroutine that must finish without suspending; return its value."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()
+    message = (
+        f"handler {name} suspended at an await: handlers run synchronously and are re-executed "
+        "by replicas, so they must not await I/O, sleeps or locks; the request failed"
+    )
+    _log.error("%s", message)
+    raise _SuspendedError(message)
+
+
+class App:
+    """Parts with their state factories, durability and handlers (see the module docstring)."""
+
+    def __init__(self, name: str = "app") -> None:
+        self.name = name
+        """A label for logs."""
+        self._parts: dict[str, _Part] = {}
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The declared part names, in declaration order."""
+        return tuple(self._parts)
+
+    def part(
+        self,
+        name: str,
+        *,
+        initial: Callable[[], object] = dict,
+        state_type: Any = None,
+        durability: str | Durability = Durability.ASYNC,
+    ) -> None:
+        """Declare a part: `initial()` builds a new part's state.
+
+        `state_type` is what replicas decode snapshots of the state as; by default the class
+        `initial` when it is one, else plain msgpack values. `durability` is `"async"` (answer
+        at once; a crash may lose the replication lag) or `"replicated"` (answer once a replica
+        holds the write; a crash loses nothing acknowledged).
+        """
+        try:
+            check_part_name(name)
+        except Exception as error:
+            raise ConfigError(f"bad part name {name!r}: {error}") from error
+        if name in self._parts:
+            raise ConfigError(f"part {name!r} is declared twice")
+        try:
+            mode = Durability(durability)
+        except ValueError as error:
+            raise ConfigError(f"durability must be 'async' or 'replicated': {error}") from error
+        if state_type is None:
+            state_type = initial if isinstance(initial, type) and initial is not dict else Any
+        self._parts[name] = _Part(
+            name=name, initial=initial, state_type=state_type, durability=mode
+        )
+
+    def handler(
+        self, part: str, op: str, *, read_only: bool = False, payload_type: Any = None
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of `op` on `part`."""
+        declared = self._parts.get(part)
+        if declared is None:
+            raise ConfigError(f"declare part {part!r} with App.part before its handlers")
+        if not op or len(op.encode()) > 64:
+            raise ConfigError(f"operation names are 1 to 64 bytes, got {op!r}")
+        if op in declared.operations:
+            raise ConfigError(f"{part}.{op} has a handler already")
+
+        def register(function: F) -> F:
+            wanted = payload_type if payload_type is not None else _payload_type(function)
+            declared.operations[op] = _Operation(
+                name=op,
+                function=function,
+                decoder=msgspec.msgpack.Decoder(wanted),
+                is_async=inspect.iscoroutinefunction(function),
+                read_only=read_only,
+            )
+            return function
+
+        return register
+
+    def part_specs(self) -> dict[str, PartSpec]:
+        """What a `ServerCore` runs: one `PartSpec` per part."""
+        if not self._parts:
+            raise ConfigError(f"app {self.name!r} declares no parts")
+        return {
+            name: PartSpec(
+                handler=part.run,
+                initial_state=part.initial,
+                durability=part.durability,
+                state_type=part.state_type,
+                read_ops=frozenset(o.name for o in part.operations.values() if o.read_only),
+            )
+            for name, part in self._parts.items()
+        }
+
+
+def _payload_type(function: HandlerFunction) -> Any:
+    """The annotation of the handler's second parameter, or Any."""
+    try:
+        hints = typing.get_type_hints(function)
+    except Exception:
+        return Any
+    parameters = list(inspect.signature(function).parameters)
+    if len(parameters) < 2:
+        raise ConfigError(f"handler {function.__name__} must take (state, payload)")
+    hint = hints.get(parameters[1], Any)
+    return Any if hint is object else hint

@@ -1,0 +1,355 @@
+"""The runtime's subcommands of `forehand`: `certs`, `manager`, `server` and `admin`.
+
+`forehand.cli` registers them with `register(app)`. Heavy imports happen inside the commands, so
+that `forehand --help` stays fast. Invalid configuration prints one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["register"]
+
+CONFIG_ERROR_EXIT = 2
+"""Exit status of a process whose configuration is invalid."""
+
+
+def _keys_of(kind: Any, *, skip: tuple[str, ...] = ()) -> str:
+    names = [item.name for item in dataclasses.fields(kind) if item.name not in skip]
+    return ", ".join(names)
+
+
+def _tables_help(tables: dict[str, tuple[str, Any, tuple[str, ...]]]) -> str:
+    lines = [
+        "Each option may also be set in the TOML file (--config) under its name with underscores; "
+        "flags override the file, and --set overrides any key, tables included "
+        "(--set core.failure_timeout_ms=1000). Units are in the key names: _ms milliseconds, "
+        "_us microseconds, _bytes bytes, _max a count. Tables:"
+    ]
+    for table, (owner, kind, skip) in tables.items():
+        lines.append(f"{table} table ({owner}): {_keys_of(kind, skip=skip)}.")
+    return "\n\n".join(lines)
+
+
+def _overrides(values: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    from forehand.runtime.config import parse_overrides
+
+    merged = parse_overrides(settings)
+    for key, value in values.items():
+        if value is not None:
+            merged[key] = str(value) if isinstance(value, Path) else value
+    return merged
+
+
+def _fail(command: str, error: Exception) -> typer.Exit:
+    typer.echo(f"forehand {command}: {error}", err=True)
+    return typer.Exit(CONFIG_ERROR_EXIT)
+
+
+def _run(command: str, load: Callable[[], Any], start: Callable[[Any], Any]) -> None:
+    from forehand.errors import ConfigError
+    from forehand.runtime.loop import run
+    from forehand.runtime.process import configure_logging
+
+    try:
+        config = load()
+        configure_logging(config.log_level)
+        run(start(config))
+    except ConfigError as error:
+        raise _fail(command, error) from error
+    except KeyboardInterrupt:
+        return
+
+
+def _manager_epilog() -> str:
+    from forehand.core import ManagerConfig
+    from forehand.placement import PlacementConfig
+    from forehand.runtime.node import DriverConfig
+
+    return _tables_help(
+        {
+            "core": ("forehand.core.ManagerConfig", ManagerConfig, ("node_id",)),
+            "placement": ("forehand.placement.PlacementConfig", PlacementConfig, ()),
+            "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+        }
+    )
+
+
+def _server_epilog() -> str:
+    from forehand.core import ServerConfig
+    from forehand.runtime.config import SERVER_IDENTITY_FIELDS
+    from forehand.runtime.node import DriverConfig
+
+    return _tables_help(
+        {
+            "core": ("forehand.core.ServerConfig", ServerConfig, SERVER_IDENTITY_FIELDS),
+            "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+        }
+    )
+
+
+_CONFIG = typer.Option(None, "--config", help="TOML file of the process (see below).")
+_SET = typer.Option([], "--set", help="KEY=VALUE override of any key, dotted for tables.")
+_LISTEN = typer.Option(
+    None, help="host:port for clients and cluster peers; port 0 picks one [127.0.0.1:7000]."
+)
+_TRANSPORT = typer.Option(
+    None, help="Client-facing transport: tls (TCP) or quic (UDP, same port) [tls]."
+)
+_CERTS = typer.Option(None, help="Directory made by `forehand certs` (ca.pem, node keys).")
+_KEYS = typer.Option(None, help="Cluster token key file [CERTS_DIR/cluster-keys.toml].")
+_READY = typer.Option(None, help="File the process writes host:port to once it listens.")
+_LOG = typer.Option(None, help="Log level on stderr: debug, info, warning, error [info].")
+
+
+_STORE_PATH = typer.Option(None, help="SQLite file [manager.sqlite].")
+_APP_DIR = typer.Option(None, help="Directory the app module is imported from [.].")
+_DIRECTORY = typer.Argument(..., help="Where to write the files (created if missing).")
+_NODES = typer.Argument(None, help="Node ids to issue certificates for.")
+
+
+def manager(
+    *,
+    config: Path | None = _CONFIG,
+    listen: str | None = _LISTEN,
+    transport: str | None = _TRANSPORT,
+    certs_dir: Path | None = _CERTS,
+    keys_file: Path | None = _KEYS,
+    node_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
+    store: str | None = typer.Option(None, help="Shard-map store: sqlite or memory [sqlite]."),
+    store_path: Path | None = _STORE_PATH,
+    ready_file: Path | None = _READY,
+    log_level: str | None = _LOG,
+    settings: list[str] = _SET,
+) -> None:
+    """Run the Session Manager: membership, the shard map, handoffs and failover."""
+    values = {
+        "listen": listen,
+        "transport": transport,
+        "certs_dir": certs_dir,
+        "keys_file": keys_file,
+        "node_id": node_id,
+        "store": store,
+        "store_path": store_path,
+        "ready_file": ready_file,
+        "log_level": log_level,
+    }
+
+    def load() -> Any:
+        from forehand.runtime.config import load_manager_config
+
+        return load_manager_config(config, _overrides(values, settings))
+
+    def start(loaded: Any) -> Any:
+        from forehand.runtime.process import run_manager
+
+        return run_manager(loaded)
+
+    _run("manager", load, start)
+
+
+def server(
+    *,
+    config: Path | None = _CONFIG,
+    app: str | None = typer.Option(
+        None, help="The application, module:attribute (a forehand.App)."
+    ),
+    app_dir: Path | None = _APP_DIR,
+    server_id: str | None = typer.Option(None, help="This server's node id (its certificate's)."),
+    listen: str | None = _LISTEN,
+    advertise: str | None = typer.Option(None, help="host:port announced to clients [listen]."),
+    manager_address: str | None = typer.Option(
+        None, "--manager", help="host:port of the manager [127.0.0.1:7000]."
+    ),
+    manager_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
+    transport: str | None = _TRANSPORT,
+    certs_dir: Path | None = _CERTS,
+    keys_file: Path | None = _KEYS,
+    zone: str | None = typer.Option(None, help="Failure domain label [default]."),
+    weight: float | None = typer.Option(None, help="Relative capacity, 0.001 to 100 [1.0]."),
+    incarnation: int | None = typer.Option(
+        None, help="Restart counter; 0 uses the start time in milliseconds [0]."
+    ),
+    load_report_interval_ms: int | None = typer.Option(
+        None, help="Load sampling period for heartbeats, milliseconds [500]."
+    ),
+    ready_file: Path | None = _READY,
+    log_level: str | None = _LOG,
+    settings: list[str] = _SET,
+) -> None:
+    """Run one server hosting the application's parts as primary or replica."""
+    values = {
+        "app": app,
+        "app_dir": app_dir,
+        "server_id": server_id,
+        "listen": listen,
+        "advertise": advertise,
+        "manager": manager_address,
+        "manager_id": manager_id,
+        "transport": transport,
+        "certs_dir": certs_dir,
+        "keys_file": keys_file,
+        "zone": zone,
+        "weight": weight,
+        "incarnation": incarnation,
+        "load_report_interval_ms": load_report_interval_ms,
+        "ready_file": ready_file,
+        "log_level": log_level,
+    }
+
+    def load() -> Any:
+        from forehand.runtime.config import load_server_config
+
+        return load_server_config(config, _overrides(values, settings))
+
+    def start(loaded: Any) -> Any:
+        from forehand.runtime.process import run_server
+
+        return run_server(loaded)
+
+    _run("server", load, start)
+
+
+def certs(
+    directory: Path = _DIRECTORY,
+    nodes: list[str] = _NODES,
+    *,
+    days: int = typer.Option(365, help="Validity of new certificates, days (1 to 3650)."),
+    admin: bool = typer.Option(True, help="Also issue the operator's `admin` certificate."),
+    add_key: bool = typer.Option(False, help="Add a new cluster token key (opens, not seals)."),
+    current_key: int | None = typer.Option(None, help="Make this key id the sealing key."),
+) -> None:
+    """Make the cluster CA, node certificates and the cluster token key file."""
+    from forehand.errors import ConfigError
+    from forehand.runtime.certs import make_cluster_certs
+    from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key, rotate_cluster_key
+
+    names = list(nodes or [])
+    if admin and "admin" not in names:
+        names.append("admin")
+    keys_path = directory / CLUSTER_KEYS_FILE
+    try:
+        if names:
+            written = make_cluster_certs(directory, names, days=days)
+            for entry in written.nodes:
+                typer.echo(f"{entry.node}: {entry.certificate_path} {entry.key_path}")
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+        if not keys_path.exists() or add_key:
+            key_id = add_cluster_key(keys_path)
+            typer.echo(f"cluster key {key_id} added to {keys_path}")
+        if current_key is not None:
+            rotate_cluster_key(keys_path, current_key)
+            typer.echo(f"cluster key {current_key} now seals")
+    except ConfigError as error:
+        raise _fail("certs", error) from error
+
+
+admin_app = typer.Typer(
+    name="admin",
+    help="Operator commands to the manager, over mutual TLS with an admin certificate.",
+    no_args_is_help=True,
+)
+_MANAGER = typer.Option("127.0.0.1:7000", "--manager", help="host:port of the manager.")
+_ADMIN_CERTS = typer.Option(..., "--certs-dir", help="Directory with ca.pem and admin.pem/.key.")
+_ADMIN_NODE = typer.Option("admin", "--node", help="The operator's node id (certificate).")
+
+
+def _admin(manager_address: str, certs_dir: Path, node: str, request: Any) -> None:
+    import asyncio
+
+    from forehand.errors import ConfigError
+    from forehand.runtime.admin import AdminError, admin_request
+
+    try:
+        reply = asyncio.run(
+            admin_request(manager_address, request, certs_dir=certs_dir, node_id=node)
+        )
+    except (AdminError, ConfigError, OSError, TimeoutError) as error:
+        typer.echo(f"forehand admin: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"ok={reply.ok} map_version={reply.map_version} {reply.detail}".rstrip())
+    for status in reply.servers:
+        typer.echo(f"{status.server_id} {status.address} {status.member_state} {status.map_state}")
+    if not reply.ok:
+        raise typer.Exit(1)
+
+
+@admin_app.command("drain")
+def admin_drain(
+    server_id: str = typer.Argument(..., help="The server to drain."),
+    manager_address: str = _MANAGER,
+    certs_dir: Path = _ADMIN_CERTS,
+    node: str = _ADMIN_NODE,
+) -> None:
+    """Move every part off a server with planned handoffs."""
+    from forehand.runtime.admin import Drain
+
+    _admin(manager_address, certs_dir, node, Drain(server_id=server_id))
+
+
+@admin_app.command("undrain")
+def admin_undrain(
+    server_id: str = typer.Argument(..., help="The server."),
+    manager_address: str = _MANAGER,
+    certs_dir: Path = _ADMIN_CERTS,
+    node: str = _ADMIN_NODE,
+) -> None:
+    """Make a drained server active again."""
+    from forehand.runtime.admin import Undrain
+
+    _admin(manager_address, certs_dir, node, Undrain(server_id=server_id))
+
+
+@admin_app.command("move")
+def admin_move(
+    session_id: str = typer.Argument(..., help="The session id, 32 hex digits."),
+    target: str | None = typer.Option(None, help="The target server [the manager picks]."),
+    manager_address: str = _MANAGER,
+    certs_dir: Path = _ADMIN_CERTS,
+    node: str = _ADMIN_NODE,
+) -> None:
+    """Hand one session's parts off (a planned handoff)."""
+    from forehand.runtime.admin import MoveSession
+
+    _admin(
+        manager_address,
+        certs_dir,
+        node,
+        MoveSession(session_id=bytes.fromhex(session_id), target=target),
+    )
+
+
+@admin_app.command("status")
+def admin_status(
+    manager_address: str = _MANAGER,
+    certs_dir: Path = _ADMIN_CERTS,
+    node: str = _ADMIN_NODE,
+) -> None:
+    """Print the map version and the membership."""
+    from forehand.runtime.admin import Status
+
+    _admin(manager_address, certs_dir, node, Status())
+
+
+def register(app: typer.Typer) -> None:
+    """Add the runtime's subcommands to the `forehand` command."""
+    app.command("certs")(certs)
+    app.command("manager", epilog=_lazy_epilog("manager"))(manager)
+    app.command("server", epilog=_lazy_epilog("server"))(server)
+    app.add_typer(admin_app)
+
+
+def _lazy_epilog(command: str) -> str:
+    # The epilog lists the keys of the core configurations; building it imports the cores, so
+    # it is only built when help is asked for.
+    import sys
+
+    if "--help" not in sys.argv:
+        return ""
+    return _manager_epilog() if command == "manager" else _server_epilog()

@@ -1,0 +1,211 @@
+"""Operator commands to the Session Manager over a mutually authenticated cluster link.
+
+An operator (or a test) holding a certificate of the cluster CA whose node id the manager lists
+in `admin_ids` (`admin` by default; `forehand certs` makes one) connects to the manager like a
+cluster node (mutual TLS, HELLO/WELCOME) and sends one CLUSTER_MESSAGE of kind
+`ADMIN_MESSAGE_KIND` per command; the manager answers with one of the same kind. A peer that is
+not listed gets ERROR(UNAUTHENTICATED) and its connection closes. The commands map onto the
+manager core's verbs: `Drain` and `Undrain` a server, `MoveSession` (a planned handoff of one
+session's parts), and `Status` (membership and map version). An admin HTTP API may later offer
+the same commands; this is the minimal, authenticated path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+
+from forehand.core import ManagerCore
+from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
+from forehand.runtime.transport import ConnectionClosedError, Credentials
+from forehand.wire import (
+    PROTOCOL_VERSION,
+    ClusterMessage,
+    Error,
+    Hello,
+    PeerRole,
+    ReasonCode,
+    Welcome,
+)
+
+__all__ = [
+    "AdminError",
+    "AdminReply",
+    "AdminRequest",
+    "Drain",
+    "MoveSession",
+    "ServerStatus",
+    "Status",
+    "Undrain",
+    "admin_request",
+    "handle_admin",
+]
+
+
+class AdminError(Exception):
+    """The manager could not be reached, or refused the command's connection."""
+
+
+class Drain(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Move every part off a server (planned handoffs), then keep it empty."""
+
+    server_id: str
+    """The server to drain."""
+
+
+class Undrain(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Make a drained server ACTIVE again."""
+
+    server_id: str
+    """The server."""
+
+
+class MoveSession(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """A planned handoff of every part of one session, to `target` or wherever is best."""
+
+    session_id: bytes
+    """The session (16 bytes)."""
+    target: str | None = None
+    """The server to move to; None lets the manager choose."""
+    reason: int = int(ReasonCode.REBALANCE)
+    """The reason code clients see in HANDOFF."""
+
+
+class Status(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Ask for the membership and the map version."""
+
+
+AdminRequest = Drain | Undrain | MoveSession | Status
+"""Every command an operator can send."""
+
+
+class ServerStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One member as the manager sees it."""
+
+    server_id: str
+    """Its id."""
+    address: str
+    """Where it listens."""
+    member_state: str
+    """Liveness: joining, alive, suspected, dead, ..."""
+    map_state: str
+    """Its state in the shard map (active, draining, dead), or "" when not in the map."""
+
+
+class AdminReply(msgspec.Struct, frozen=True, kw_only=True):
+    """The manager's answer to one command."""
+
+    ok: bool
+    """Whether the command was accepted."""
+    detail: str = ""
+    """What happened, for people."""
+    queued: int = 0
+    """Parts queued for a move (MoveSession)."""
+    map_version: int = 0
+    """The manager's map version after the command."""
+    servers: tuple[ServerStatus, ...] = ()
+    """The membership (Status)."""
+
+
+_request_decoder = msgspec.msgpack.Decoder(AdminRequest)
+_reply_decoder = msgspec.msgpack.Decoder(AdminReply)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def handle_admin(driver: NodeDriver, body: bytes) -> bytes:
+    """Run one admin command on the manager core behind `driver`; the encoded reply."""
+    try:
+        request = _request_decoder.decode(body)
+    except msgspec.DecodeError as error:
+        return _encoder.encode(AdminReply(ok=False, detail=f"malformed command: {error}"))
+    reply = driver.command(lambda core, now_us: _run(core, request, now_us))
+    return _encoder.encode(reply)
+
+
+def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
+    if isinstance(request, Drain):
+        ok = core.drain(request.server_id, now_us=now_us)
+        detail = "draining" if ok else "not an ACTIVE server, or already draining"
+    elif isinstance(request, Undrain):
+        ok = core.undrain(request.server_id, now_us=now_us)
+        detail = "undrained" if ok else "not a DRAINING server"
+    elif isinstance(request, MoveSession):
+        queued = core.handoff(
+            request.session_id,
+            target=request.target,
+            reason=ReasonCode.from_wire(request.reason),
+            now_us=now_us,
+        )
+        return AdminReply(
+            ok=queued > 0,
+            detail=f"{queued} part(s) queued",
+            queued=queued,
+            map_version=core.map_version,
+        )
+    else:
+        return AdminReply(ok=True, map_version=core.map_version, servers=_servers(core))
+    return AdminReply(ok=ok, detail=detail, map_version=core.map_version)
+
+
+def _servers(core: ManagerCore) -> tuple[ServerStatus, ...]:
+    current = core.shard_map
+    result = []
+    for member in core.membership.members():
+        map_state = ""
+        if current is not None:
+            try:
+                map_state = current.server(member.server_id).state.value
+            except KeyError:
+                map_state = ""
+        result.append(
+            ServerStatus(
+                server_id=member.server_id,
+                address=member.address,
+                member_state=member.state.value,
+                map_state=str(map_state),
+            )
+        )
+    return tuple(result)
+
+
+async def admin_request(
+    manager: str,
+    request: AdminRequest,
+    *,
+    certs_dir: Path | str,
+    node_id: str = "admin",
+    manager_id: str = "manager",
+    timeout_s: float = 10.0,
+) -> AdminReply:
+    """Send one command to the manager at `manager` (host:port) as node `node_id`."""
+    from forehand.runtime._tls import TLSTransport
+    from forehand.runtime.config import parse_address
+
+    host, port = parse_address(manager, where="manager")
+    credentials = Credentials.for_node(certs_dir, node_id)
+    transport = TLSTransport(credentials)
+    async with asyncio.timeout(timeout_s):
+        connection = await transport.connect(
+            host, port, server_id=manager_id, peer_role=PeerRole.CLUSTER_NODE
+        )
+        try:
+            connection.send_frame(Hello(versions=(PROTOCOL_VERSION,), client_id=b"\0" * 15 + b"\1"))
+            welcome = await connection.receive()
+            if not isinstance(welcome, Welcome):
+                raise AdminError(f"the manager answered HELLO with {welcome!r}")
+            connection.send_frame(
+                ClusterMessage(kind=ADMIN_MESSAGE_KIND, body=_encoder.encode(request))
+            )
+            while True:
+                frame = await connection.receive()
+                if isinstance(frame, Error):
+                    raise AdminError(f"the manager refused: {frame.code.name} {frame.reason}")
+                if isinstance(frame, ClusterMessage) and frame.kind == ADMIN_MESSAGE_KIND:
+                    return _reply_decoder.decode(frame.body)
+        except ConnectionClosedError as error:
+            raise AdminError(f"the manager closed the connection: {error}") from error
+        finally:
+            connection.close()
+            await connection.wait_closed()

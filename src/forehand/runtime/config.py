@@ -1,0 +1,326 @@
+"""Configuration of the `forehand manager` and `forehand server` processes: TOML plus overrides.
+
+A process reads one TOML file whose top-level keys are the fields of `ManagerProcessConfig` or
+`ServerProcessConfig`, with optional tables for the cores and the driver:
+
+    # manager.toml
+    listen = "127.0.0.1:7000"
+    certs_dir = "certs"            # relative paths are relative to this file
+    store_path = "manager.sqlite"
+
+    [core]                         # any field of forehand.core.ManagerConfig
+    failure_timeout_ms = 3000
+
+    [placement]                    # any field of forehand.placement.PlacementConfig
+    replica_count = 2
+
+    [driver]                       # any field of forehand.runtime.node.DriverConfig
+    dial_backoff_ms = 100
+
+Command-line flags override the file, and `--set key=value` (`core.failure_timeout_ms=1000`)
+overrides any key, the value read as a TOML value. Every value is checked on load: an unknown
+key, a value of the wrong type or out of range raises `ConfigError` naming the key, and the CLI
+exits with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from forehand.core import ManagerConfig, ServerConfig
+from forehand.errors import ConfigError
+from forehand.placement import PlacementConfig
+from forehand.runtime.certs import validate_node_name
+from forehand.runtime.keys import CLUSTER_KEYS_FILE
+from forehand.runtime.node import DriverConfig
+
+__all__ = [
+    "SERVER_IDENTITY_FIELDS",
+    "TRANSPORTS",
+    "ManagerProcessConfig",
+    "ServerProcessConfig",
+    "load_manager_config",
+    "load_server_config",
+    "parse_address",
+    "parse_overrides",
+]
+
+TRANSPORTS = ("tls", "quic")
+"""Client-facing transports; cluster links are always mutual TLS over TCP."""
+STORES = ("sqlite", "memory")
+"""Shard-map stores the manager can use."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""Levels of the process log."""
+SERVER_IDENTITY_FIELDS = ("server_id", "incarnation", "address", "zone", "weight", "manager_id")
+"""ServerConfig fields the process sets itself from its top-level keys; not allowed in [core]."""
+
+C = TypeVar("C")
+
+
+def parse_address(text: str, *, where: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) as a (host, port) pair; port 0 lets the system choose."""
+    host, separator, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"{where} must be host:port, got {text!r}")
+    return host, int(port_text)
+
+
+def _check_common(config: Any, where: str) -> None:
+    if config.transport not in TRANSPORTS:
+        raise ConfigError(f"{where}transport must be one of {TRANSPORTS}, got {config.transport!r}")
+    if config.log_level not in LOG_LEVELS:
+        raise ConfigError(f"{where}log_level must be one of {LOG_LEVELS}, got {config.log_level!r}")
+    parse_address(config.listen, where=f"{where}listen")
+    if not (config.certs_dir / "ca.pem").is_file():
+        raise ConfigError(f"{where}certs_dir {config.certs_dir} holds no ca.pem")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerProcessConfig:
+    """What `forehand manager` runs with."""
+
+    certs_dir: Path
+    """Directory of `forehand certs`: ca.pem, <node_id>.pem and .key, cluster-keys.toml."""
+    node_id: str = "manager"
+    """The manager's node id; its certificate must name it."""
+    listen: str = "127.0.0.1:7000"
+    """host:port for clients (TLS/TCP, or QUIC/UDP) and servers (mutual TLS/TCP); port 0 picks."""
+    transport: str = "tls"
+    """Client-facing transport: `tls` (TLS 1.3 over TCP) or `quic` (QUIC on the same port number,
+    UDP); cluster links are mutual TLS over TCP either way."""
+    keys_file: Path | None = None
+    """The cluster token key file; None means certs_dir/cluster-keys.toml."""
+    store: str = "sqlite"
+    """Shard-map store: `sqlite` (durable, the default) or `memory` (lost on exit)."""
+    store_path: Path = Path("manager.sqlite")
+    """The SQLite file of the shard map."""
+    admin_ids: tuple[str, ...] = ("admin",)
+    """Node ids (certificate names) allowed to send operator commands."""
+    ready_file: Path | None = None
+    """Once listening, the process writes `host:port` here (for scripts and tests)."""
+    log_level: str = "info"
+    """Level of the process log on stderr: debug, info, warning or error."""
+    core: ManagerConfig = field(default_factory=ManagerConfig)
+    """The [core] table: bounds and timeouts of the manager core."""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    """The [placement] table: consistent hashing and replica count (fixed at bootstrap)."""
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    """The [driver] table: connection bounds and timeouts."""
+
+    def __post_init__(self) -> None:
+        validate_node_name(self.node_id)
+        _check_common(self, "")
+        if self.store not in STORES:
+            raise ConfigError(f"store must be one of {STORES}, got {self.store!r}")
+
+    @property
+    def key_path(self) -> Path:
+        """The cluster key file to load."""
+        return self.keys_file if self.keys_file is not None else self.certs_dir / CLUSTER_KEYS_FILE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerProcessConfig:
+    """What `forehand server` runs with."""
+
+    server_id: str
+    """This server's node id, its name in the shard map; its certificate must name it."""
+    certs_dir: Path
+    """Directory of `forehand certs`: ca.pem, <server_id>.pem and .key, cluster-keys.toml."""
+    app: str
+    """The application, `module:attribute` naming a `forehand.App` (the module is imported)."""
+    app_dir: Path | None = None
+    """Directory put first on the import path for `app`; None means the current directory."""
+    listen: str = "127.0.0.1:7100"
+    """host:port for clients (TLS/TCP, or QUIC/UDP) and cluster peers (mutual TLS/TCP)."""
+    advertise: str = ""
+    """host:port announced to the manager and clients; empty means the listen address."""
+    manager: str = "127.0.0.1:7000"
+    """host:port of the manager (mutual TLS/TCP)."""
+    manager_id: str = "manager"
+    """The manager's node id; its certificate must name it."""
+    transport: str = "tls"
+    """Client-facing transport: `tls` or `quic` (as for the manager)."""
+    keys_file: Path | None = None
+    """The cluster token key file; None means certs_dir/cluster-keys.toml."""
+    zone: str = "default"
+    """Failure domain; replicas are spread over zones."""
+    weight: float = 1.0
+    """Relative capacity for placement (0.001 to 100)."""
+    incarnation: int = 0
+    """Restart counter announced to the manager; 0 uses the start time in milliseconds, which
+    grows on every restart."""
+    load_report_interval_ms: int = 500
+    """How often the process samples its own CPU use and request rate for heartbeats, ms."""
+    ready_file: Path | None = None
+    """Once listening, the process writes `host:port` here (for scripts and tests)."""
+    log_level: str = "info"
+    """Level of the process log on stderr: debug, info, warning or error."""
+    core: ServerConfig | None = None
+    """The [core] table: bounds and timeouts of the server core (not its identity fields)."""
+    driver: DriverConfig = field(default_factory=DriverConfig)
+    """The [driver] table: connection bounds and timeouts."""
+
+    def __post_init__(self) -> None:
+        validate_node_name(self.server_id)
+        validate_node_name(self.manager_id)
+        _check_common(self, "")
+        parse_address(self.manager, where="manager")
+        if self.advertise:
+            parse_address(self.advertise, where="advertise")
+        if ":" not in self.app:
+            raise ConfigError(f"app must be module:attribute, got {self.app!r}")
+        if self.incarnation < 0 or self.load_report_interval_ms < 1:
+            raise ConfigError("incarnation must be >= 0 and load_report_interval_ms >= 1")
+
+    @property
+    def key_path(self) -> Path:
+        """The cluster key file to load."""
+        return self.keys_file if self.keys_file is not None else self.certs_dir / CLUSTER_KEYS_FILE
+
+    def core_config(self, *, address: str, incarnation: int) -> ServerConfig:
+        """The `ServerConfig` of the core: the [core] table plus this process's identity."""
+        base = self.core if self.core is not None else ServerConfig(server_id=self.server_id)
+        return dataclasses.replace(
+            base,
+            server_id=self.server_id,
+            incarnation=incarnation,
+            address=address,
+            zone=self.zone,
+            weight=self.weight,
+            manager_id=self.manager_id,
+        )
+
+
+def parse_overrides(settings: list[str]) -> dict[str, Any]:
+    """`key=value` strings (dotted keys reach tables) as a nested dict; values read as TOML."""
+    result: dict[str, Any] = {}
+    for setting in settings:
+        key, separator, text = setting.partition("=")
+        if not separator or not key.strip():
+            raise ConfigError(f"--set needs key=value, got {setting!r}")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text  # A bare word is a string.
+        table = result
+        *parents, leaf = key.strip().split(".")
+        for parent in parents:
+            table = table.setdefault(parent, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {key}: {parent} is not a table")
+        table[leaf] = value
+    return result
+
+
+def _read(path: Path | None) -> tuple[dict[str, Any], Path]:
+    if path is None:
+        return {}, Path.cwd()
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _convert(kind: type[C], table: Any, where: str) -> C:
+    """Build the dataclass `kind` from a TOML table, naming the offending key on failure."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {item.name for item in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+    try:
+        return msgspec.convert(table, kind, dec_hook=_decode_path)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{where}: {error}") from error
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str):
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _resolve_paths(table: dict[str, Any], base: Path, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        value = table.get(key)
+        if isinstance(value, str) and value:
+            table[key] = str((base / value).resolve())
+
+
+_PATH_KEYS = ("certs_dir", "keys_file", "store_path", "ready_file", "app_dir")
+
+
+def load_manager_config(
+    path: Path | None, overrides: Mapping[str, Any] | None = None
+) -> ManagerProcessConfig:
+    """The manager's configuration from `path` (may be None) with `overrides` on top.
+
+    Relative paths in the file are relative to the file; those in `overrides` to the current
+    directory.
+    """
+    document, base = _read(path)
+    _resolve_paths(document, base, _PATH_KEYS)
+    override = dict(overrides or {})
+    _resolve_paths(override, Path.cwd(), _PATH_KEYS)
+    merged = _merge(document, override)
+    where = f"{path}: " if path is not None else ""
+    core_table = merged.pop("core", {})
+    if isinstance(core_table, dict) and "node_id" in core_table:
+        raise ConfigError(f"{where}[core] may not set node_id; use the top-level key")
+    node_id = merged.get("node_id", "manager")
+    core = _convert(ManagerConfig, {"node_id": node_id, **core_table}, f"{where}[core]")
+    placement = _convert(PlacementConfig, merged.pop("placement", {}), f"{where}[placement]")
+    driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
+    if "certs_dir" not in merged:
+        raise ConfigError(f"{where}certs_dir is required (a directory made by `forehand certs`)")
+    top = _convert(ManagerProcessConfig, merged, f"{where}top level")
+    return dataclasses.replace(top, core=core, placement=placement, driver=driver)
+
+
+def load_server_config(
+    path: Path | None, overrides: Mapping[str, Any] | None = None
+) -> ServerProcessConfig:
+    """A server's configuration from `path` (may be None) with `overrides` on top."""
+    document, base = _read(path)
+    _resolve_paths(document, base, _PATH_KEYS)
+    override = dict(overrides or {})
+    _resolve_paths(override, Path.cwd(), _PATH_KEYS)
+    merged = _merge(document, override)
+    where = f"{path}: " if path is not None else ""
+    for key in ("server_id", "certs_dir", "app"):
+        if key not in merged:
+            raise ConfigError(f"{where}{key} is required")
+    core_table = merged.pop("core", {})
+    if isinstance(core_table, dict):
+        identity = sorted(set(core_table) & set(SERVER_IDENTITY_FIELDS))
+        if identity:
+            raise ConfigError(f"{where}[core] may not set {identity}; use the top-level keys")
+    identity_table = {"server_id": str(merged["server_id"]), **core_table}
+    core = _convert(ServerConfig, identity_table, f"{where}[core]")
+    driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
+    top = _convert(ServerProcessConfig, merged, f"{where}top level")
+    return dataclasses.replace(top, core=core, driver=driver)

@@ -1,0 +1,744 @@
+"""`NodeDriver`: the one asyncio driver of every sans-IO core (STYLE.md rule 2).
+
+It feeds a core (`ManagerCore`, `ServerCore`, `ClientCore`: anything of the `CoreDriver` shape)
+its inputs and drains its outputs after each one: frames and cluster messages go out on
+connections, store requests run in one worker thread whose results come back in order, events go
+to subscribers, and one loop timer is re-armed at `timer_us()`. The loop clock becomes `now_us`
+at this edge: wall-clock microseconds (tokens and session ids are read by other processes), made
+monotonic within the process.
+
+**Peers.** The core addresses nodes by id; the driver owns the connections. A cluster peer is
+named by the node id of its verified certificate; a client connection accepted here gets a node
+id of its own (`~client-<n>`), so two connections of one client never mix. A message for a node
+without a connection waits in a bounded queue while the driver connects (addresses come from the
+`resolve` callable: the configuration for the manager, the shard map for servers, placements for
+clients); a failed connect drops the queue and delivers `ConnectionLost`, and the next connect
+waits a growing backoff. Per peer one connection carries what the core sends (the first one up);
+the core hears `ConnectionOpened` when it comes up and `ConnectionLost` when it goes, and a new
+connection is made only after the core heard of the loss, so the notices always pair.
+
+**Trust.** Cluster links are mutual TLS: a peer that presented a certificate of the cluster CA
+may send only cluster frames (HELLO, WELCOME, CLUSTER_MESSAGE, PING, PONG, GOAWAY, ERROR), after
+a HELLO/WELCOME exchange the driver runs itself; a peer without a certificate is a client and may
+send only client frames. Anything else, and anything a core refuses, costs only that connection.
+`admin_handler` answers the operator's control messages (`forehand.runtime.admin`), accepted only
+from peers whose certificate names one of `admin_ids`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened, CoreDriver
+from forehand.core.messages import encode_cluster_message
+from forehand.errors import ConfigError
+from forehand.runtime.transport import (
+    Connection as TransportConnection,
+)
+from forehand.runtime.transport import (
+    ConnectionClosedError,
+    Listener,
+    Transport,
+    TransportError,
+)
+from forehand.stores import Store, StoreFailed
+from forehand.wire import (
+    ALLOWED_FRAME_TYPES,
+    PROTOCOL_VERSION,
+    ClusterMessage,
+    Error,
+    ErrorCode,
+    Frame,
+    Hello,
+    PeerRole,
+    Welcome,
+)
+
+__all__ = [
+    "ADMIN_MESSAGE_KIND",
+    "CORE_MESSAGE_KIND",
+    "AdminHandler",
+    "DriverConfig",
+    "EventSubscriber",
+    "NodeDriver",
+    "Resolver",
+    "Route",
+]
+
+_log = logging.getLogger("forehand.runtime.node")
+
+CORE_MESSAGE_KIND = 0
+"""CLUSTER_MESSAGE kind of the cores' messages (`forehand.core.messages`)."""
+ADMIN_MESSAGE_KIND = 0x3E
+"""CLUSTER_MESSAGE kind of the operator's control messages (`forehand.runtime.admin`)."""
+CLIENT_NODE_PREFIX = "~client-"
+"""Node ids of accepted client connections start with this; no certificate name can."""
+
+_CLIENT_FRAMES = ALLOWED_FRAME_TYPES[PeerRole.CLIENT]
+_CLUSTER_FRAMES = ALLOWED_FRAME_TYPES[PeerRole.CLUSTER_NODE]
+
+T = TypeVar("T")
+EventSubscriber = Callable[[object], None]
+"""Called with every event the core emits, in order, on the loop."""
+AdminHandler = Callable[[str, bytes], bytes]
+"""`(admin node id, request body) -> reply body` for ADMIN_MESSAGE_KIND messages."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    """How to reach a node: its address and whether the link is a cluster link."""
+
+    host: str
+    """Host name or IP literal."""
+    port: int
+    """TCP port (TLS) or UDP port (QUIC)."""
+    server_id: str
+    """The node id its certificate must name."""
+    cluster: bool
+    """True: mutual TLS and the driver's HELLO/WELCOME; False: a client connection whose HELLO
+    the core sends."""
+
+
+Resolver = Callable[[str], Sequence[Route]]
+"""Where a node can be reached, most preferred first; empty when nobody knows."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DriverConfig:
+    """Bounds and timeouts of one `NodeDriver`."""
+
+    peer_queue_frames_max: int = 16_384
+    """Frames held for one peer while its connection is being made; beyond, the queue is dropped
+    and the core hears `ConnectionLost`."""
+    dial_backoff_ms: int = 100
+    """Wait before connecting again to a peer after a failed connect; doubles per failure."""
+    dial_backoff_max_ms: int = 2_000
+    """Cap on that wait."""
+    welcome_timeout_ms: int = 5_000
+    """A cluster link whose WELCOME (or HELLO, accepting) takes longer is closed."""
+    client_idle_timeout_ms: int = 30_000
+    """An accepted client connection silent this long is closed with IDLE_TIMEOUT; 0: never."""
+    silence_timeout_ms: int = 0
+    """A dialed connection that received nothing this long is closed (the peer is stopped or
+    the path is dead); 0: never. Clients ping every server they use, so silence means trouble."""
+    close_timeout_ms: int = 2_000
+    """How long `close()` waits for each connection to finish closing."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "peer_queue_frames_max",
+            "dial_backoff_ms",
+            "dial_backoff_max_ms",
+            "welcome_timeout_ms",
+            "close_timeout_ms",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"DriverConfig.{name} must be at least 1")
+        if self.client_idle_timeout_ms < 0 or self.silence_timeout_ms < 0:
+            raise ConfigError("DriverConfig timeouts must be 0 (off) or positive")
+        if self.dial_backoff_max_ms < self.dial_backoff_ms:
+            raise ConfigError("DriverConfig.dial_backoff_max_ms must be >= dial_backoff_ms")
+
+
+class _LinkKind(enum.Enum):
+    CLUSTER = "cluster"
+    """Mutual TLS with a cluster node; the driver runs HELLO/WELCOME."""
+    CLIENT_ACCEPTED = "client-accepted"
+    """A client connected here; its frames go to the core as they come."""
+    SERVER_DIALED = "server-dialed"
+    """This node is a client of a server; the core runs HELLO/WELCOME."""
+
+
+class _Link:
+    """One transport connection and what the driver knows about it."""
+
+    __slots__ = ("connection", "dialed", "established", "heard_s", "kind", "peer", "sending")
+
+    def __init__(
+        self, connection: TransportConnection, *, peer: str, kind: _LinkKind, dialed: bool
+    ) -> None:
+        self.connection = connection
+        self.peer = peer
+        self.kind = kind
+        self.dialed = dialed
+        self.established = kind is not _LinkKind.CLUSTER
+        self.sending = False
+        self.heard_s = 0.0
+
+
+class _Peer:
+    """One node the core talks to: its links, the frames waiting for one, the connect state."""
+
+    __slots__ = (
+        "dial_task",
+        "failures",
+        "links",
+        "next_dial_s",
+        "node_id",
+        "queue",
+        "retry_handle",
+        "route_index",
+    )
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.links: list[_Link] = []
+        self.queue: deque[Frame] = deque()
+        self.dial_task: asyncio.Task[None] | None = None
+        self.retry_handle: asyncio.TimerHandle | None = None
+        self.failures = 0
+        self.next_dial_s = 0.0
+        self.route_index = 0
+
+    def sender(self) -> _Link | None:
+        for link in self.links:
+            if link.sending:
+                return link
+        return None
+
+
+class NodeDriver:
+    """Drives one core over real connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: CoreDriver,
+        *,
+        resolve: Resolver,
+        client_transport: Transport | None = None,
+        cluster_transport: Transport | None = None,
+        store: Store | None = None,
+        config: DriverConfig | None = None,
+        admin_ids: Sequence[str] = (),
+        admin_handler: AdminHandler | None = None,
+        frame_bytes_max: int = 1 << 20,
+        idle_timeout_ms: int = 30_000,
+    ) -> None:
+        self.core = core
+        """The core driven; call its commands through `command`."""
+        self.config = config if config is not None else DriverConfig()
+        """Bounds and timeouts."""
+        self._resolve = resolve
+        self._client_transport = client_transport
+        self._cluster_transport = cluster_transport
+        self._store = store
+        self._admin_ids = frozenset(admin_ids)
+        self._admin_handler = admin_handler
+        self._frame_bytes_max = frame_bytes_max
+        self._idle_timeout_ms = idle_timeout_ms
+        self._peers: dict[str, _Peer] = {}
+        self._subscribers: list[EventSubscriber] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._offset_s = 0.0
+        self._last_now_us = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due_us: int | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._client_counter = 0
+        self._closed = False
+        self._hello_id = hashlib.blake2b(core.node_id.encode(), digest_size=16).digest()
+
+    # -- the clock --------------------------------------------------------------------------
+
+    def now_us(self) -> int:
+        """Wall-clock microseconds, read from the loop's monotonic clock; never decreases."""
+        loop = self._loop
+        assert loop is not None, "NodeDriver.start() first"
+        now = int((loop.time() + self._offset_s) * 1_000_000)
+        if now < self._last_now_us:
+            return self._last_now_us
+        self._last_now_us = now
+        return now
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind to the running loop and drain what the core produced at construction."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._offset_s = time.time() - loop.time()
+        if self._store is not None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"store-{self.core.node_id}"
+            )
+        self._arm_sweeper()
+        self._drain()
+
+    def serve(self, listener: Listener) -> None:
+        """Accept the connections of `listener` until `close()`."""
+        self._spawn(self._accept_loop(listener))
+
+    def subscribe(self, subscriber: EventSubscriber) -> None:
+        """Hand every core event to `subscriber` from now on."""
+        self._subscribers.append(subscriber)
+
+    def command(self, action: Callable[[Any, int], T]) -> T:
+        """Run `action(core, now_us)` (a command verb) and send what it produced."""
+        try:
+            return action(self.core, self.now_us())
+        finally:
+            self._drain()
+
+    async def close(self) -> None:
+        """Stop feeding the core, close every connection and wait for them to go."""
+        if self._closed:
+            return
+        self._closed = True
+        for handle in (self._timer, self._sweeper):
+            if handle is not None:
+                handle.cancel()
+        connections = []
+        for peer in self._peers.values():
+            if peer.retry_handle is not None:
+                peer.retry_handle.cancel()
+            for link in peer.links:
+                link.connection.close(ErrorCode.NO_ERROR, "node shutting down")
+                connections.append(link.connection)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        timeout_s = self.config.close_timeout_ms / 1000
+        waits = [asyncio.wait_for(c.wait_closed(), timeout_s) for c in connections]
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def connected_peers(self) -> list[str]:
+        """Node ids with a connection up, for inspection."""
+        return [peer.node_id for peer in self._peers.values() if peer.sender() is not None]
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- feeding the core and draining it ------------------------------------------------------
+
+    def _feed(self, message: object, source: str) -> None:
+        if self._closed:
+            return
+        self.core.receive_message(message, source=source, now_us=self.now_us())
+
+    def _drain(self) -> None:
+        """Send the core's messages, submit its store requests, publish its events, re-arm."""
+        if self._closed:
+            return
+        core = self.core
+        for outbound in core.messages_to_send():
+            self._send(outbound.destination, outbound.message)
+        for request in core.store_requests():
+            self._submit_store(request)
+        while (event := core.next_event()) is not None:
+            for subscriber in self._subscribers:
+                try:
+                    subscriber(event)
+                except Exception:
+                    _log.exception("event subscriber failed on %r", event)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        due = self.core.timer_us()
+        if due == self._timer_due_us and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_due_us = due
+        if due is None:
+            return
+        loop = self._loop
+        assert loop is not None
+        self._timer = loop.call_at(due / 1_000_000 - self._offset_s, self._fire_timer, due)
+
+    def _fire_timer(self, due_us: int) -> None:
+        self._timer = None
+        self._timer_due_us = None
+        if self._closed:
+            return
+        # The loop may run a timer up to its clock resolution early; the core is told the time
+        # it asked for, so one timer is one call.
+        now_us = max(self.now_us(), due_us)
+        try:
+            self.core.handle_timer(now_us=now_us)
+        except Exception:
+            _log.exception("core %s failed in handle_timer", self.core.node_id)
+        self._drain()
+
+    def _submit_store(self, request: object) -> None:
+        store = self._store
+        executor = self._executor
+        assert store is not None and executor is not None, f"no store for {request!r}"
+        loop = self._loop
+        assert loop is not None
+
+        def execute() -> object:
+            try:
+                return store.execute(request)  # type: ignore[arg-type]
+            except Exception as error:
+                _log.exception("store failed on %r", request)
+                return StoreFailed(request_id=request.request_id, reason=repr(error))  # type: ignore[attr-defined]
+
+        future = loop.run_in_executor(executor, execute)
+        future.add_done_callback(self._store_done)
+
+    def _store_done(self, future: asyncio.Future[object]) -> None:
+        if self._closed or future.cancelled():
+            return
+        result = future.result()
+        try:
+            self.core.store_result(result, now_us=self.now_us())
+        except Exception:
+            _log.exception("core %s failed on store result %r", self.core.node_id, result)
+        self._drain()
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def _send(self, destination: str, message: object) -> None:
+        if isinstance(message, ConnectionCloseRequested):
+            self._close_peer(destination, message)
+            return
+        frame = _as_frame(message)
+        peer = self._peers.get(destination)
+        if peer is None:
+            if destination.startswith(CLIENT_NODE_PREFIX):
+                return  # That client connection is gone and the core heard so.
+            peer = self._peers[destination] = _Peer(destination)
+        link = peer.sender()
+        if link is not None:
+            # A closed connection's loss is on its way to the core as ConnectionLost.
+            with contextlib.suppress(ConnectionClosedError):
+                link.connection.send_frame(frame)
+            return
+        if destination.startswith(CLIENT_NODE_PREFIX):
+            return
+        if len(peer.queue) >= self.config.peer_queue_frames_max:
+            _log.warning("queue to %s overflowed; dropping it", destination)
+            self._dial_failed(peer, "send-queue-overflow")
+            return
+        peer.queue.append(frame)
+        self._maybe_dial(peer)
+
+    def _close_peer(self, node_id: str, request: ConnectionCloseRequested) -> None:
+        peer = self._peers.get(node_id)
+        if peer is None:
+            self._later_lost(node_id, "closed")
+            return
+        if not peer.links:
+            # Nothing is up: the connect in flight (if any) is abandoned, and the core still
+            # hears the close it asked for.
+            if peer.dial_task is not None:
+                peer.dial_task.cancel()
+                peer.dial_task = None
+            peer.queue.clear()
+            self._later_lost(node_id, "closed")
+            return
+        for link in list(peer.links):
+            link.connection.close(request.error_code, request.reason)
+
+    def _later_lost(self, node_id: str, reason: str) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.call_soon(self._deliver_lost, node_id, reason)
+
+    def _deliver_lost(self, node_id: str, reason: str) -> None:
+        self._feed(ConnectionLost(peer=node_id, reason=reason), node_id)
+        self._drain()
+
+    # -- connecting ----------------------------------------------------------------------------
+
+    def _maybe_dial(self, peer: _Peer) -> None:
+        if peer.dial_task is not None or peer.links or peer.retry_handle is not None:
+            return  # A connect is in flight, a link is closing, or a retry is scheduled.
+        loop = self._loop
+        assert loop is not None
+        wait_s = peer.next_dial_s - loop.time()
+        if wait_s > 0:
+            peer.retry_handle = loop.call_later(wait_s, self._retry_dial, peer)
+            return
+        peer.dial_task = self._spawn(self._dial(peer))
+
+    def _retry_dial(self, peer: _Peer) -> None:
+        peer.retry_handle = None
+        if self._closed or not peer.queue:
+            return
+        self._maybe_dial(peer)
+
+    async def _dial(self, peer: _Peer) -> None:
+        routes = list(self._resolve(peer.node_id))
+        if not routes:
+            peer.dial_task = None
+            self._dial_failed(peer, "no-route")
+            return
+        route = routes[peer.route_index % len(routes)]
+        transport = self._cluster_transport if route.cluster else self._client_transport
+        role = PeerRole.CLUSTER_NODE if route.cluster else PeerRole.SERVER
+        try:
+            if transport is None:
+                raise TransportError(f"no transport to reach {peer.node_id}")
+            connection = await transport.connect(
+                route.host, route.port, server_id=route.server_id, peer_role=role
+            )
+        except (TransportError, OSError) as error:
+            peer.dial_task = None
+            peer.route_index += 1
+            _log.info(
+                "cannot connect to %s at %s:%d: %s", peer.node_id, route.host, route.port, error
+            )
+            self._dial_failed(peer, "refused")
+            return
+        peer.dial_task = None
+        if self._closed:
+            connection.close(ErrorCode.NO_ERROR, "node shutting down")
+            return
+        kind = _LinkKind.CLUSTER if route.cluster else _LinkKind.SERVER_DIALED
+        link = _Link(connection, peer=peer.node_id, kind=kind, dialed=True)
+        self._attach(link, peer)
+        if kind is _LinkKind.CLUSTER:
+            connection.send_frame(Hello(versions=(PROTOCOL_VERSION,), client_id=self._hello_id))
+        else:
+            self._link_up(link, peer)
+
+    def _dial_failed(self, peer: _Peer, reason: str) -> None:
+        loop = self._loop
+        assert loop is not None
+        config = self.config
+        peer.failures += 1
+        backoff_ms = min(
+            config.dial_backoff_ms << min(peer.failures - 1, 16), config.dial_backoff_max_ms
+        )
+        peer.next_dial_s = loop.time() + backoff_ms / 1000
+        peer.queue.clear()
+        self._later_lost(peer.node_id, reason)
+
+    # -- links ---------------------------------------------------------------------------------
+
+    def _attach(self, link: _Link, peer: _Peer) -> None:
+        """Start reading a new link and watch for its end."""
+        loop = self._loop
+        assert loop is not None
+        link.heard_s = loop.time()
+        peer.links.append(link)
+        connection = link.connection
+        connection.set_frame_handler(lambda frames: self._on_frames(link, frames))
+        self._spawn(self._watch(link))
+        if not link.established:
+            loop.call_later(self.config.welcome_timeout_ms / 1000, self._welcome_overdue, link)
+
+    def _welcome_overdue(self, link: _Link) -> None:
+        if not link.established and not link.connection.is_closed:
+            link.connection.close(ErrorCode.PROTOCOL_ERROR, "no HELLO/WELCOME in time")
+
+    def _link_up(self, link: _Link, peer: _Peer) -> None:
+        """A link is ready for the core's messages: it becomes the sender if none is."""
+        link.established = True
+        peer.failures = 0
+        peer.next_dial_s = 0.0
+        if peer.sender() is not None:
+            return
+        link.sending = True
+        self._feed(ConnectionOpened(peer=peer.node_id), peer.node_id)
+        if peer.queue:
+            frames = list(peer.queue)
+            peer.queue.clear()
+            with contextlib.suppress(ConnectionClosedError):
+                link.connection.send_frames(frames)
+        self._drain()
+
+    async def _watch(self, link: _Link) -> None:
+        info = await link.connection.wait_closed()
+        self._link_gone(link, f"{info.initiator.value}: {info.reason}")
+
+    def _link_gone(self, link: _Link, reason: str) -> None:
+        peer = self._peers.get(link.peer)
+        if peer is None or link not in peer.links or self._closed:
+            return
+        peer.links.remove(link)
+        if link.dialed and not link.established:
+            self._dial_failed(peer, reason)
+        elif link.sending:
+            self._feed(ConnectionLost(peer=peer.node_id, reason=reason), peer.node_id)
+            replacement = next((other for other in peer.links if other.established), None)
+            if replacement is not None:
+                self._link_up(replacement, peer)
+        if not peer.links and link.peer.startswith(CLIENT_NODE_PREFIX):
+            del self._peers[link.peer]
+        elif not peer.links and peer.queue:
+            self._maybe_dial(peer)
+        self._drain()
+
+    async def _accept_loop(self, listener: Listener) -> None:
+        async for connection in listener:
+            if self._closed:
+                connection.close(ErrorCode.NO_ERROR, "node shutting down")
+                continue
+            self._accepted(connection)
+
+    def _accepted(self, connection: TransportConnection) -> None:
+        if connection.peer_id is not None:
+            # A certificate of the cluster CA: a cluster node, which introduces itself with HELLO.
+            node_id = connection.peer_id
+            link = _Link(connection, peer=node_id, kind=_LinkKind.CLUSTER, dialed=False)
+            peer = self._peers.get(node_id)
+            if peer is None:
+                peer = self._peers[node_id] = _Peer(node_id)
+            self._attach(link, peer)
+            return
+        self._client_counter += 1
+        node_id = f"{CLIENT_NODE_PREFIX}{self._client_counter}"
+        link = _Link(connection, peer=node_id, kind=_LinkKind.CLIENT_ACCEPTED, dialed=False)
+        peer = self._peers[node_id] = _Peer(node_id)
+        self._attach(link, peer)
+        self._link_up(link, peer)
+
+    # -- receiving -----------------------------------------------------------------------------
+
+    def _on_frames(self, link: _Link, frames: list[Frame]) -> None:
+        if self._closed:
+            return
+        loop = self._loop
+        assert loop is not None
+        link.heard_s = loop.time()
+        try:
+            for frame in frames:
+                if link.connection.is_closed:
+                    break
+                self._on_frame(link, frame)
+        except Exception:
+            _log.exception("core %s failed on a frame from %s", self.core.node_id, link.peer)
+            link.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
+        self._drain()
+
+    def _on_frame(self, link: _Link, frame: Frame) -> None:
+        kind = link.kind
+        if kind is _LinkKind.SERVER_DIALED:
+            self._feed(frame, link.peer)
+            return
+        if kind is _LinkKind.CLIENT_ACCEPTED:
+            if frame.frame_type not in _CLIENT_FRAMES:
+                self._violation(
+                    link,
+                    ErrorCode.FRAME_UNEXPECTED,
+                    f"a client may not send {type(frame).__name__}",
+                )
+                return
+            self._feed(frame, link.peer)
+            return
+        if frame.frame_type not in _CLUSTER_FRAMES:
+            self._violation(
+                link,
+                ErrorCode.FRAME_UNEXPECTED,
+                f"a cluster node may not send {type(frame).__name__}",
+            )
+            return
+        if not link.established:
+            self._handshake(link, frame)
+            return
+        if type(frame) is Hello or type(frame) is Welcome:
+            self._violation(link, ErrorCode.FRAME_UNEXPECTED, "a second HELLO or WELCOME")
+            return
+        if type(frame) is ClusterMessage and frame.kind == ADMIN_MESSAGE_KIND:
+            self._on_admin(link, frame)
+            return
+        self._feed(frame, link.peer)
+
+    def _handshake(self, link: _Link, frame: Frame) -> None:
+        """The HELLO/WELCOME exchange of a cluster link, which the driver runs for the core."""
+        peer = self._peers[link.peer]
+        if link.dialed and type(frame) is Welcome:
+            if frame.server_id != link.peer:
+                self._violation(
+                    link,
+                    ErrorCode.UNAUTHENTICATED,
+                    f"WELCOME from {frame.server_id}, not {link.peer}",
+                )
+                return
+            self._link_up(link, peer)
+        elif not link.dialed and type(frame) is Hello:
+            if PROTOCOL_VERSION not in frame.versions:
+                self._violation(link, ErrorCode.VERSION_NEGOTIATION_FAILED, "no common version")
+                return
+            link.connection.send_frame(
+                Welcome(
+                    version=PROTOCOL_VERSION,
+                    server_id=self.core.node_id,
+                    map_version=int(getattr(self.core, "map_version", 0)),
+                    frame_bytes_max=self._frame_bytes_max,
+                    idle_timeout_ms=self._idle_timeout_ms,
+                )
+            )
+            self._link_up(link, peer)
+        elif type(frame) is Error:
+            link.connection.close(frame.code, frame.reason)
+        else:
+            self._violation(
+                link, ErrorCode.FRAME_UNEXPECTED, f"{type(frame).__name__} before HELLO/WELCOME"
+            )
+
+    def _on_admin(self, link: _Link, frame: ClusterMessage) -> None:
+        handler = self._admin_handler
+        if handler is None or link.peer not in self._admin_ids:
+            self._violation(
+                link, ErrorCode.UNAUTHENTICATED, f"{link.peer} may not send admin messages"
+            )
+            return
+        reply = handler(link.peer, frame.body)
+        link.connection.send_frame(ClusterMessage(kind=ADMIN_MESSAGE_KIND, body=reply))
+
+    def _violation(self, link: _Link, code: ErrorCode, reason: str) -> None:
+        _log.info("closing %s: %s", link.peer, reason)
+        connection = link.connection
+        try:
+            connection.send_frame(Error(code=code, reason=reason[:1024]))
+        except ConnectionClosedError:
+            return
+        connection.close(code, reason)
+
+    # -- idle and silent connections -----------------------------------------------------------
+
+    def _arm_sweeper(self) -> None:
+        timeouts = [
+            t for t in (self.config.client_idle_timeout_ms, self.config.silence_timeout_ms) if t
+        ]
+        if not timeouts or self._closed:
+            return
+        loop = self._loop
+        assert loop is not None
+        self._sweeper = loop.call_later(min(timeouts) / 4000, self._sweep)
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now_s = loop.time()
+        idle_s = self.config.client_idle_timeout_ms / 1000
+        silence_s = self.config.silence_timeout_ms / 1000
+        for peer in list(self._peers.values()):
+            for link in list(peer.links):
+                quiet_s = now_s - link.heard_s
+                if link.kind is _LinkKind.CLIENT_ACCEPTED and idle_s and quiet_s > idle_s:
+                    self._violation(link, ErrorCode.IDLE_TIMEOUT, f"no frame for {quiet_s:.1f} s")
+                elif link.dialed and silence_s and quiet_s > silence_s:
+                    _log.warning("%s silent for %.1f s; closing its connection", link.peer, quiet_s)
+                    link.connection.close(ErrorCode.IDLE_TIMEOUT, f"silent for {quiet_s:.1f} s")
+        self._arm_sweeper()
+
+
+def _as_frame(message: object) -> Frame:
+    """A `forehand.wire` frame as it is; a cluster message wrapped in a CLUSTER_MESSAGE frame."""
+    if getattr(type(message), "frame_type", None) is not None:
+        return message  # type: ignore[return-value]
+    body = encode_cluster_message(message)  # type: ignore[arg-type]
+    return ClusterMessage(kind=CORE_MESSAGE_KIND, body=body)

@@ -1,0 +1,375 @@
+"""The `forehand manager` and `forehand server` processes: a core, its listeners, its driver.
+
+Each process binds its listeners first (so it knows its address), builds its core, and lets a
+`NodeDriver` run it until SIGTERM or SIGINT. Listening: with `transport = "tls"` one TLS 1.3
+listener on `listen` serves clients (no certificate) and cluster nodes (a certificate of the
+cluster CA, verified); with `transport = "quic"`, clients use QUIC on the UDP port of the same
+number and the TCP listener accepts only mutually authenticated cluster nodes. Once listening, the
+process writes `host:port` to its `ready_file`, if it has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from forehand.app import App
+from forehand.core import ManagerCore, ServerCore, TokenSealer, server_events
+from forehand.core.messages import LoadReport
+from forehand.errors import ConfigError
+from forehand.runtime._quic import QUICTransport
+from forehand.runtime._tls import TLSTransport
+from forehand.runtime.admin import handle_admin
+from forehand.runtime.config import ManagerProcessConfig, ServerProcessConfig, parse_address
+from forehand.runtime.keys import load_key_ring
+from forehand.runtime.node import NodeDriver, Route
+from forehand.runtime.transport import Credentials, Listener, TransportError
+from forehand.stores import Store, open_store
+from forehand.wire import PeerRole, ResponseStatus
+
+__all__ = [
+    "EventLogger",
+    "configure_logging",
+    "load_app",
+    "run_manager",
+    "run_server",
+]
+
+_log = logging.getLogger("forehand.runtime.process")
+
+NOTABLE_EVENTS = frozenset(
+    {
+        "ServerJoined",
+        "ServerSuspected",
+        "ServerDeclaredDead",
+        "FailoverStarted",
+        "FailoverCompleted",
+        "HandoffStarted",
+        "HandoffCompleted",
+        "HandoffAborted",
+        "DrainProgressed",
+        "PartsLost",
+        "MapLoaded",
+        "MovesDropped",
+        "ProtocolViolationDetected",
+        "ReplicaDivergenceDetected",
+        "PrimaryInstalled",
+        "ResumeRejected",
+    }
+)
+"""Core events logged at INFO; every other event is logged at DEBUG."""
+
+
+def configure_logging(level: str) -> None:
+    """One line per record on stderr, with the time, level and logger."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+class EventLogger:
+    """An event subscriber that logs core events (metrics subscribe the same way)."""
+
+    def __init__(self, node_id: str) -> None:
+        self._log = logging.getLogger(f"forehand.events.{node_id}")
+
+    def __call__(self, event: object) -> None:
+        name = type(event).__name__
+        level = logging.INFO if name in NOTABLE_EVENTS else logging.DEBUG
+        if self._log.isEnabledFor(level):
+            self._log.log(level, "%s %s", name, _fields(event))
+
+
+def _fields(event: object) -> str:
+    names: tuple[str, ...] = tuple(
+        getattr(event, "__slots__", ()) or getattr(event, "__struct_fields__", ())
+    )
+    parts = []
+    for name in names:
+        value = getattr(event, name, None)
+        if isinstance(value, bytes):
+            value = value.hex()
+        parts.append(f"{name}={value}")
+    return " ".join(parts)
+
+
+def load_app(reference: str, app_dir: Path | None = None) -> App:
+    """The `App` that `module:attribute` names, imported with `app_dir` (by default the current
+    directory) first on the import path; ConfigError when it cannot be loaded."""
+    directory = str((app_dir or Path.cwd()).resolve())
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConfigError(f"cannot import the app module {module_name!r}: {error}") from error
+    app = getattr(module, attribute, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{reference} is not a forehand.App (got {type(app).__name__})")
+    return app
+
+
+async def _listen(
+    transport_name: str, credentials: Credentials, host: str, port: int
+) -> list[Listener]:
+    """The listeners of a node (see the module docstring); the first one's port is the port."""
+    tls = TLSTransport(credentials)
+    try:
+        if transport_name == "tls":
+            return [await tls.listen(host, port, peer_role=None)]
+        cluster = await tls.listen(
+            host, port, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
+        )
+        try:
+            quic = await QUICTransport(credentials).listen(
+                host, cluster.port, peer_role=PeerRole.CLIENT
+            )
+        except TransportError:
+            await cluster.close()
+            raise
+        return [cluster, quic]
+    except TransportError as error:
+        raise ConfigError(f"cannot listen on {host}:{port}: {error}") from error
+
+
+def _wait_for_signal() -> tuple[asyncio.Event, Callable[[], None]]:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, stop.set)
+
+    def remove() -> None:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+    return stop, remove
+
+
+def _nothing() -> None:
+    return None
+
+
+def _write_ready(path: Path | None, host: str, port: int) -> None:
+    if path is None:
+        return
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(f"{host}:{port}\n", encoding="utf-8")
+    temporary.replace(path)
+
+
+async def _serve_until_stopped(
+    driver: NodeDriver,
+    listeners: Sequence[Listener],
+    ready: Path | None,
+    stop: asyncio.Event | None,
+) -> None:
+    own_stop, remove = (stop, _nothing) if stop is not None else _wait_for_signal()
+    try:
+        driver.start()
+        for listener in listeners:
+            driver.serve(listener)
+        _write_ready(ready, listeners[0].host, listeners[0].port)
+        await own_stop.wait()
+    finally:
+        remove()
+        _log.info("%s stopping", driver.core.node_id)
+        await driver.close()
+        for listener in listeners:
+            await listener.close()
+
+
+async def run_manager(config: ManagerProcessConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the Session Manager until SIGTERM/SIGINT (or until `stop` is set)."""
+    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
+    credentials = Credentials.for_node(config.certs_dir, config.node_id)
+    _require_files(credentials)
+    host, port = parse_address(config.listen, where="listen")
+    store = _open_store(config)
+    listeners: list[Listener] = []
+    try:
+        listeners = await _listen(config.transport, credentials, host, port)
+        core = ManagerCore(
+            config=config.core,
+            placement_config=config.placement,
+            sealer=sealer,
+            rng=random.SystemRandom(),
+            now_us=time.time_ns() // 1000,
+        )
+        driver = NodeDriver(
+            core,
+            resolve=lambda node: _manager_route(core, node),
+            cluster_transport=TLSTransport(credentials),
+            store=store,
+            config=config.driver,
+            admin_ids=config.admin_ids,
+            admin_handler=lambda peer, body: handle_admin(driver, body),
+        )
+        driver.subscribe(EventLogger(config.node_id))
+        _log.info(
+            "manager %s listening on %s:%d (%s)",
+            config.node_id,
+            listeners[0].host,
+            listeners[0].port,
+            config.transport,
+        )
+        await _serve_until_stopped(driver, listeners, config.ready_file, stop)
+    finally:
+        for listener in listeners:
+            await listener.close()
+        store.close()
+
+
+def _open_store(config: ManagerProcessConfig) -> Store:
+    if config.store == "memory":
+        return open_store("memory")
+    try:
+        return open_store("sqlite", path=config.store_path)
+    except Exception as error:
+        raise ConfigError(f"cannot open the store {config.store_path}: {error}") from error
+
+
+def _require_files(credentials: Credentials) -> None:
+    for path in (credentials.certificate_path, credentials.private_key_path):
+        if path is not None and not path.is_file():
+            raise ConfigError(
+                f"missing {path}: run `forehand certs` for node {credentials.node_id}"
+            )
+
+
+def _manager_route(core: ManagerCore, node: str) -> list[Route]:
+    """Where the manager reaches a server: the address it announced."""
+    member = core.membership.get(node)
+    address = member.address if member is not None else ""
+    if not address and core.shard_map is not None:
+        try:
+            address = core.shard_map.server(node).address
+        except KeyError:
+            address = ""
+    return _route(node, address)
+
+
+def _route(node: str, address: str | None) -> list[Route]:
+    if not address:
+        return []
+    try:
+        host, port = parse_address(address, where=f"address of {node}")
+    except ConfigError:
+        return []
+    return [Route(host=host, port=port, server_id=node, cluster=True)]
+
+
+class _LoadSampler:
+    """Samples the server's CPU use and request rate for its heartbeats (`report_load`)."""
+
+    def __init__(self, driver: NodeDriver, interval_ms: int) -> None:
+        self._driver = driver
+        self._interval_s = interval_ms / 1000
+        self._requests = 0
+        self._errors = 0
+        self._cpu_s = time.process_time()
+        self._wall_s = time.monotonic()
+
+    def __call__(self, event: object) -> None:
+        if type(event) is server_events.RequestExecuted:
+            self._requests += 1
+            if event.status != ResponseStatus.OK:
+                self._errors += 1
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            cpu_s, wall_s = time.process_time(), time.monotonic()
+            elapsed_s = max(wall_s - self._wall_s, 1e-6)
+            report = LoadReport(
+                cpu_utilization=round((cpu_s - self._cpu_s) / elapsed_s, 3),
+                queue_depth=0,
+                latency_us_p99=0,
+                error_ratio=self._errors / self._requests if self._requests else 0.0,
+                requests_per_second=self._requests / elapsed_s,
+            )
+            self._cpu_s, self._wall_s, self._requests, self._errors = cpu_s, wall_s, 0, 0
+            self._driver.command(_load_command(report))
+
+
+def _load_command(report: LoadReport) -> Callable[[ServerCore, int], None]:
+    def command(core: ServerCore, now_us: int) -> None:
+        core.report_load(report)
+
+    return command
+
+
+async def run_server(
+    config: ServerProcessConfig, app: App | None = None, *, stop: asyncio.Event | None = None
+) -> None:
+    """Run one server with `app` (by default the one `config.app` names) until stopped."""
+    if app is None:
+        app = load_app(config.app, config.app_dir)
+    parts = app.part_specs()
+    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
+    credentials = Credentials.for_node(config.certs_dir, config.server_id)
+    _require_files(credentials)
+    host, port = parse_address(config.listen, where="listen")
+    manager_host, manager_port = parse_address(config.manager, where="manager")
+    listeners = await _listen(config.transport, credentials, host, port)
+    try:
+        address = config.advertise or _advertised(host, listeners[0].port)
+        incarnation = config.incarnation or time.time_ns() // 1_000_000
+        core_config = config.core_config(address=address, incarnation=incarnation)
+        core = ServerCore(config=core_config, parts=parts, sealer=sealer, rng=random.SystemRandom())
+        manager_route = [
+            Route(host=manager_host, port=manager_port, server_id=config.manager_id, cluster=True)
+        ]
+
+        def resolve(node: str) -> list[Route]:
+            if node == config.manager_id:
+                return manager_route
+            return _route(node, core.server_address(node))
+
+        driver = NodeDriver(
+            core,
+            resolve=resolve,
+            cluster_transport=TLSTransport(credentials),
+            config=config.driver,
+            frame_bytes_max=core_config.frame_bytes_max,
+            idle_timeout_ms=core_config.idle_timeout_ms,
+        )
+        driver.subscribe(EventLogger(config.server_id))
+        sampler = _LoadSampler(driver, config.load_report_interval_ms)
+        driver.subscribe(sampler)
+        _log.info(
+            "server %s (incarnation %d) listening on %s, app %s, parts %s",
+            config.server_id,
+            incarnation,
+            address,
+            config.app,
+            ", ".join(parts),
+        )
+        sampling = asyncio.get_running_loop().create_task(sampler.run())
+        try:
+            await _serve_until_stopped(driver, listeners, config.ready_file, stop)
+        finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
+    finally:
+        for listener in listeners:
+            await listener.close()
+
+
+def _advertised(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError("listening on a wildcard address needs `advertise = host:port`")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
