@@ -131,40 +131,6 @@ def predict_eval(
     print_targets(synthetic_result, nab_result, console=console)
 
 
-@app.command("certs")
-def certs(
-    *,
-    out: str = typer.Option(
-        ...,
-        "--out",
-        help="directory to write into (created if missing); a CA already there (ca.pem, "
-        "ca.key) is reused, so nodes can be added to a cluster later",
-    ),
-    nodes: str = typer.Option(
-        ...,
-        "--nodes",
-        help="comma-separated node ids, e.g. manager,s1,s2; each gets <node>.pem and <node>.key "
-        "(subject CN and DNS subjectAltName = the node id, plus DNS:localhost and IP:127.0.0.1)",
-    ),
-    days: int = typer.Option(
-        365, "--days", help="validity of new certificates, in days (1 to 3650)", min=1, max=3650
-    ),
-) -> None:
-    """Make a cluster CA and per-node certificates for local use (TLS is always on)."""
-    from forehand.errors import ConfigError
-    from forehand.runtime.certs import make_cluster_certs
-
-    names = [name.strip() for name in nodes.split(",") if name.strip()]
-    try:
-        written = make_cluster_certs(out, names, days)
-    except (ConfigError, OSError) as error:
-        typer.echo(f"forehand certs: {error}", err=True)
-        raise typer.Exit(2) from error
-    typer.echo(f"cluster CA: {written.ca_certificate_path} (key {written.ca_key_path})")
-    for node in written.nodes:
-        typer.echo(f"{node.node}: {node.certificate_path} (key {node.key_path})")
-
-
 from forehand.runtime._cli import register as _register_runtime  # noqa: E402
 
 _register_runtime(app)

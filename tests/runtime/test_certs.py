@@ -1,4 +1,4 @@
-"""`make_cluster_certs` and `forehand certs`: a CA and node certificates that verify."""
+"""`make_cluster_certs`: a cluster CA and node certificates that verify."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from typer.testing import CliRunner
 
-from forehand.cli import app
 from forehand.errors import ConfigError
 from forehand.runtime.certs import make_cluster_certs, validate_node_name
 
@@ -82,28 +80,3 @@ def test_validity_is_bounded(tmp_path: Path, days: int) -> None:
 def test_dotted_names_are_valid() -> None:
     """Names may be DNS names with several labels."""
     assert validate_node_name("edge-eu-1a-07.example") == "edge-eu-1a-07.example"
-
-
-def test_cli_writes_the_files(tmp_path: Path) -> None:
-    """`forehand certs --out DIR --nodes ...` writes the CA and one pair per node."""
-    result = CliRunner().invoke(
-        app, ["certs", "--out", str(tmp_path / "c"), "--nodes", "manager, s1,s2", "--days", "7"]
-    )
-    assert result.exit_code == 0, result.output
-    names = sorted(path.name for path in (tmp_path / "c").iterdir())
-    assert names == sorted(
-        ["ca.pem", "ca.key"]
-        + [f"{node}.{ext}" for node in ("manager", "s1", "s2") for ext in ("pem", "key")]
-    )
-    assert "s2" in result.output
-
-
-def test_cli_reports_bad_input(tmp_path: Path) -> None:
-    """A bad node name is reported on stderr with exit status 2, and --help documents units."""
-    runner = CliRunner()
-    result = runner.invoke(app, ["certs", "--out", str(tmp_path), "--nodes", "bad name"])
-    assert result.exit_code == 2
-    output = runner.invoke(app, ["certs", "--help"]).output
-    help_text = " ".join(output.replace("│", " ").split())  # Undo rich's wrapping and boxes.
-    for option in ("--out", "--nodes", "--days", "in days", "comma-separated node ids"):
-        assert option in help_text

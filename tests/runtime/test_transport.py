@@ -272,6 +272,7 @@ def test_close_with_error_reaches_peer(kind: str, certs: ClusterCertificates) ->
             assert info.initiator is CloseInitiator.PEER
             with pytest.raises(ConnectionClosedError):
                 connection.send_frame(Ping(sequence=2, sent_us=2, telemetry=()))
+            assert (await connection.wait_closed()).initiator is CloseInitiator.LOCAL
 
     run_test(main())
 

@@ -126,6 +126,13 @@ class _Protocol(QuicConnectionProtocol):
         """The address the last datagram came from."""
         self._make_connection = make_connection
         self._receiving = False
+        self.refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """Fails when the network reports the peer unreachable before the handshake is done."""
+
+    def error_received(self, exc: Exception) -> None:
+        if self.connection is None and not self.refused.done():
+            self.refused.set_exception(exc)
+            self.refused.exception()  # Retrieved here: nobody may be waiting any more.
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.peer_address = addr
@@ -708,6 +715,23 @@ class QUICTransport(Transport):
         connection.peer_address = _address(protocol.peer_address)
         return connection
 
+    async def _handshake(self, protocol: _Protocol, address: Any) -> None:
+        """Until the handshake completes; ConnectionError if refused, TimeoutError if silent."""
+        protocol.connect(address)
+        connected = asyncio.ensure_future(protocol.wait_connected())
+        done, _ = await asyncio.wait(
+            (connected, protocol.refused),
+            timeout=self.config.handshake_timeout_ms / 1000,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if connected not in done:
+            connected.cancel()
+            await asyncio.gather(connected, return_exceptions=True)
+            if protocol.refused.done():
+                raise protocol.refused.exception() or ConnectionRefusedError()
+            raise TimeoutError("no answer within handshake_timeout_ms")
+        connected.result()
+
     async def connect(
         self,
         host: str,
@@ -731,15 +755,15 @@ class QUICTransport(Transport):
         ) -> QUICConnection | None:
             return self._made(protocol, event, is_client=True, peer_role=peer_role)
 
-        local = ("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0)
+        # A connected socket hears ICMP "port unreachable": connecting to a dead server fails
+        # at once instead of after the handshake timeout, which matters for handoff reconnects.
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _Protocol(quic, make_connection=make_connection), local_addr=local
+            lambda: _Protocol(quic, make_connection=make_connection),
+            remote_addr=address,
+            family=family,
         )
         try:
-            protocol.connect(address)
-            await asyncio.wait_for(
-                protocol.wait_connected(), self.config.handshake_timeout_ms / 1000
-            )
+            await self._handshake(protocol, address)
         except (ConnectionError, TimeoutError) as error:
             transport.close()
             terminated = protocol.terminated
