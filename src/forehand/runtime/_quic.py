@@ -745,7 +745,8 @@ class QUICTransport(Transport):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as error:
             raise TransportError(f"cannot resolve {host}: {error}") from error
-        family, _, _, _, address = infos[0]
+        family, _, _, _, resolved = infos[0]
+        address = (str(resolved[0]), int(resolved[1]))
         quic = QuicConnection(
             configuration=self._configuration(is_client=True, server_id=server_id)
         )
