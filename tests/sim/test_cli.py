@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from forehand.sim import build_crash_replicated
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 IMPORT = ["--import", "tests.sim.scenarios"]
 
@@ -20,11 +22,21 @@ def _run(*arguments: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_empty_registry_is_a_usage_error() -> None:
-    """With no scenario registered the command says so and exits 2."""
-    completed = _run("--seeds", "3")
-    assert completed.returncode == 2
-    assert "no scenarios are registered" in completed.stdout
+def test_without_a_scenario_every_built_in_one_runs_in_turn() -> None:
+    """No --scenario runs scenario `all`: seeds go round the built-in scenarios, all pass."""
+    completed = _run("--seeds", "2", "--seed-start", "5")
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "simulation campaign: all" in completed.stdout
+    assert "scenario/drain" in completed.stdout and "scenario/handoff" in completed.stdout
+
+
+def test_a_built_in_seed_replays_with_its_digest() -> None:
+    """--seed replays one seed of a built-in scenario: the digest of an in-process run."""
+    replayed = _run("--scenario", "crash-replicated", "--seed", "3")
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    digest = build_crash_replicated(3).sim.run().digest
+    assert f"digest={digest}" in replayed.stdout.splitlines()
+    assert "SEED=3" in replayed.stdout and "node-crashed: 1" in replayed.stdout
 
 
 def test_failing_campaign_exits_non_zero_and_its_replay_command_replays() -> None:
@@ -50,10 +62,10 @@ def test_passing_campaign_exits_zero_with_a_summary() -> None:
 
 
 def test_listing_and_unknown_scenarios() -> None:
-    """--list shows the scenarios; no or an unknown scenario is a usage error."""
+    """--list shows the built-in and imported scenarios; an unknown scenario is a usage error."""
     listed = _run(*IMPORT, "--list")
     assert listed.returncode == 0 and "ping-mesh" in listed.stdout
-    assert _run(*IMPORT).returncode == 2
+    assert "partition-mid-handoff" in listed.stdout and "crash-replicated" in listed.stdout
     unknown = _run(*IMPORT, "--scenario", "nope")
     assert unknown.returncode == 2 and "no scenario named 'nope'" in unknown.stdout
 

@@ -36,7 +36,7 @@ __all__ = [
     "scenario_names",
 ]
 
-BUILTIN_SCENARIO_MODULES: tuple[str, ...] = ()
+BUILTIN_SCENARIO_MODULES: tuple[str, ...] = ("forehand.sim._scenarios",)
 """Modules the command line imports so that the project's own scenarios register themselves."""
 
 ScenarioFactory = Callable[[int], Simulator]
@@ -102,9 +102,10 @@ JOBS_MAX = 256
 """Bound on worker processes of one campaign."""
 
 
-def _prepare_worker(imports: tuple[str, ...]) -> None:
-    """In a worker process: make sure the scenario modules are imported (once)."""
-    if not _REGISTRY:
+def _prepare_worker(imports: tuple[str, ...], name: str) -> None:
+    """In a worker process: import the scenario modules unless `name` is registered already
+    (a worker forked from the campaign's process inherits its registry)."""
+    if name not in _REGISTRY:
         for module in (*BUILTIN_SCENARIO_MODULES, *imports):
             importlib.import_module(module)
 
@@ -219,7 +220,9 @@ class Campaign:
             else:
                 pool = stack.enter_context(
                     ProcessPoolExecutor(
-                        max_workers=jobs, initializer=_prepare_worker, initargs=(self.imports,)
+                        max_workers=jobs,
+                        initializer=_prepare_worker,
+                        initargs=(self.imports, self.scenario.name),
                     )
                 )
                 names = [self.scenario.name] * seed_count

@@ -23,6 +23,9 @@ from forehand.sim._campaign import (
 
 __all__ = ["main"]
 
+DEFAULT_SCENARIO = "all"
+"""What runs without `--scenario`: every built-in scenario in turn, seed by seed."""
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -34,7 +37,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         description="Run the deterministic simulator: a campaign of seeds, or one seed replayed.",
         allow_abbrev=False,
     )
-    parser.add_argument("--scenario", help="the scenario to run (see --list)")
+    parser.add_argument(
+        "--scenario",
+        help=f"the scenario to run (see --list; default {DEFAULT_SCENARIO!r}: all of them in turn)",
+    )
     parser.add_argument("--seeds", type=int, default=1, help="how many seeds to run (default 1)")
     parser.add_argument("--seed-start", type=int, default=0, help="the first seed (default 0)")
     parser.add_argument("--seed", type=int, help="replay this one seed and print its details")
@@ -71,13 +77,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m forehand.s
             markup=False,
         )
         return EXIT_USAGE
-    if arguments.list or arguments.scenario is None:
+    if arguments.list:
         _print_scenarios(console, names)
-        return EXIT_OK if arguments.list else EXIT_USAGE
+        return EXIT_OK
     try:
-        chosen = get_scenario(arguments.scenario)
+        chosen = get_scenario(arguments.scenario or DEFAULT_SCENARIO)
     except ConfigError as error:
         _say(console, str(error))
+        _print_scenarios(console, names)
         return EXIT_USAGE
     if arguments.seed is not None:
         return _replay(console, chosen, arguments.seed, arguments.imports, arguments.trace)

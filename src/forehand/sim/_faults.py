@@ -257,11 +257,15 @@ def draw_fault_plan(
     heal_us: int,
     fault_count: int = 3,
     peers: Sequence[NodeId] = (),
+    crashes_max: int | None = None,
 ) -> FaultPlan:
     """Draw a plan of `fault_count` faults of `mix` on `nodes`, all within [start_us, heal_us].
 
     Node faults hit `nodes`; link faults join a node of `nodes` to one of `peers` (or of
     `nodes` when no peers are given). Pass `rng = sim.rng("faults")` so the seed decides.
+    `crashes_max` bounds the crashes (a crashed node restarts with an empty memory, so a
+    system that keeps `f` replicas is only held to its guarantees under at most `f` crashes);
+    once reached, the other kinds of the mix are drawn instead.
     """
     if mix is FaultMix.NONE:
         return FaultPlan()
@@ -271,8 +275,15 @@ def draw_fault_plan(
     others = list(peers) or list(nodes)
     kinds = _MIX_KINDS[mix]
     faults: list[Fault] = []
+    crashes = 0
     for _ in range(fault_count):
         kind = rng.choice(kinds)
+        if kind == "crash" and crashes_max is not None and crashes >= crashes_max:
+            others = [other for other in kinds if other != "crash"]
+            if not others:
+                continue
+            kind = rng.choice(others)
+        crashes += kind == "crash"
         node = rng.choice(nodes)
         peer = rng.choice([other for other in others if other != node] or [node])
         faults.extend(_draw_fault(kind, window, node, peer, list(nodes)))

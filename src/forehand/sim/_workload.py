@@ -148,6 +148,8 @@ class Workload:
         """Responses received so far."""
         self.abandoned = 0
         """Requests given up on after `abandon_after_us`."""
+        self.failed = 0
+        """Requests the client reported failed (`request_failed`)."""
         self.operations: dict[str, int] = {}
         """Requests issued per operation."""
         sim.add_observer(self._observe)
@@ -233,6 +235,18 @@ class Workload:
         self.abandoned += 1
         self._sim.count("workload-request-abandoned")
         self._schedule_request(state, self._sim.now_us)
+
+    def request_failed(self, client: NodeId, part: str, request_id: int) -> None:
+        """The client gave up on a request: the session moves on after a think time."""
+        waiting = self._waiting.pop((client, part, request_id), None)
+        if waiting is None:
+            return
+        state, token = waiting
+        if state.token != token:
+            return
+        state.waiting_key = None
+        self.failed += 1
+        self._schedule_request(state, self._sim.now_us + self._think_us())
 
     def _observe(self, event: Observed) -> None:
         observation = event.observation

@@ -35,6 +35,7 @@ __all__ = [
     "PrimaryAcceptedWrite",
     "PrimaryInstalled",
     "RarePathReached",
+    "ReplicaDiverged",
     "RequestExecuted",
     "SessionClosed",
     "SessionOpened",
@@ -189,6 +190,22 @@ class RarePathReached(Observation):
     """The node that reached it."""
     name: str
     """A stable name for the path, such as `forward-to-new-primary`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicaDiverged(Observation):
+    """A replica applying its primary's log found that its copy disagrees with the primary's."""
+
+    node: NodeId
+    """The replica."""
+    part_key: PartKey
+    """The part."""
+    log_index: int
+    """Where the disagreement is."""
+    history: bool
+    """True when the logs differ (allowed after a failover dropped entries: the copy resets);
+    False when re-running an entry answered differently, which means the replica's state was
+    not the primary's: a violation."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,543 @@
+"""A simulated Forehand cluster of the real cores: one manager, servers, clients and a workload.
+
+`SimCluster` builds a `Simulator` whose nodes run `ManagerCore` (its store requests executed by a
+`MemoryStore`), `ServerCore`s (the shop application of `_app`, in zones, with weights) and
+`ClientCore`s driven by the sim `Workload` through `ShopAdapter`. Core events reach the checkers
+through `CoreTranslator`. The configurations of every core, the processes and the links are drawn
+from the seed, within bounds that keep a run short and its liveness bound meaningful. Servers
+report their simulated load to their core, so the manager's risk input sees overloads coming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from forehand.core import (
+    BackpressureError,
+    ClientConfig,
+    ClientCore,
+    CoreDriver,
+    Durability,
+    FailureDetectorKind,
+    KeyRing,
+    ManagerConfig,
+    ManagerCore,
+    NodeId,
+    PartState,
+    ServerConfig,
+    ServerCore,
+    TokenSealer,
+)
+from forehand.core.messages import LoadReport, PartRef
+from forehand.placement import PlacementConfig
+from forehand.sim._app import APP_PARTS, app_specs, operation_for
+from forehand.sim._checkers import (
+    AcknowledgedWritesChecker,
+    AtMostOnceChecker,
+    Checker,
+    ClientOrderChecker,
+    LivenessChecker,
+    MonotonicMapVersionChecker,
+    SingleWriterChecker,
+)
+from forehand.sim._cluster_checkers import ConvergenceChecker, DivergenceChecker
+from forehand.sim._links import Link, NetworkConfig
+from forehand.sim._process import NodeStart, NodeState, ProcessModel, StoreExecutor
+from forehand.sim._rng import derive_rng
+from forehand.sim._simulator import Simulator, SimulatorConfig
+from forehand.sim._translate import ClusterStats, CoreTranslator
+from forehand.sim._workload import Workload, WorkloadConfig, WorkloadRequest, WorkloadSession
+from forehand.stores import (
+    DeltaCommitRequested,
+    MapLoadRequested,
+    MemoryStore,
+    SnapshotSaveRequested,
+    StoreResult,
+)
+
+__all__ = [
+    "CLUSTER_KEY",
+    "MANAGER",
+    "ClusterConfig",
+    "CrashMeasure",
+    "ClusterPlan",
+    "ShopAdapter",
+    "SimCluster",
+    "draw_plan",
+]
+
+MANAGER: NodeId = "manager"
+"""The manager's node id."""
+CLUSTER_KEY = bytes(range(32))
+"""The simulated cluster's token key (a fixed test key: runs must replay byte for byte)."""
+LOAD_REPORT_INTERVAL_US = 250_000
+"""How often each server's core is told its simulated load (what a runtime samples)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterConfig:
+    """The shape of a simulated cluster and its run."""
+
+    servers: int = 4
+    """Servers, named s1, s2, ..."""
+    zones: int = 3
+    """Failure domains the servers are spread over, round-robin."""
+    clients: int = 2
+    """Client nodes, named c1, c2, ...; sessions are spread over them."""
+    replica_count: int = 2
+    """Replicas per part besides the primary."""
+    sessions: int = 6
+    """Sessions the workload opens, each with every part of the shop."""
+    think_time_us: int = 100_000
+    """Mean pause between a response and a session's next request."""
+    write_share: float = 0.6
+    """Share of requests that write."""
+    duration_us: int = 10_000_000
+    """Simulated time of the run."""
+    heal_us: int = 0
+    """When every fault is over (0 for a healthy run); liveness is judged from here."""
+    liveness_bound_us: int | None = 8_000_000
+    """Every session must be served within this after healing; None disables the check."""
+    lossy_network: bool = False
+    """Links lose and reset a little (retransmissions, broken connections) besides delaying."""
+    converge: bool = True
+    """Check at the end that the cluster settled: one primary per part, every map the same."""
+    replication_interval_ms: int | None = None
+    """Every server ships its logs this often instead of a drawn interval (None: drawn)."""
+    server_service_time_us: int | None = None
+    """Every server's CPU time per input instead of a drawn one (None: drawn; 0 handles each
+    input the instant it arrives, so what a node received is what it applied)."""
+
+    def __post_init__(self) -> None:
+        if self.servers < 1 or self.clients < 1 or self.sessions < 1 or self.zones < 1:
+            raise ValueError(f"a cluster needs servers, clients, sessions and zones: {self}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterPlan:
+    """Everything drawn from the seed before the run: configurations, processes, links."""
+
+    manager: ManagerConfig
+    """The manager's configuration."""
+    servers: dict[NodeId, ServerConfig]
+    """Each server's configuration (incarnation 1; a restart bumps it)."""
+    clients: dict[NodeId, ClientConfig]
+    """Each client's configuration."""
+    processes: dict[NodeId, ProcessModel]
+    """Each node's process model."""
+    network: NetworkConfig
+    """The links."""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    """How parts are placed."""
+
+
+def draw_plan(rng: random.Random, config: ClusterConfig) -> ClusterPlan:
+    """Draw the cluster's configurations from `rng`, within bounds that keep runs meaningful."""
+    manager = _manager_config(rng)
+    server_ids = [f"s{index + 1}" for index in range(config.servers)]
+    client_ids = [f"c{index + 1}" for index in range(config.clients)]
+    servers = {
+        server_id: _server_config(rng, server_id, index, config, manager)
+        for index, server_id in enumerate(server_ids)
+    }
+    clients = {client_id: _client_config(rng, client_id) for client_id in client_ids}
+    processes = {MANAGER: ProcessModel(store_latency_us=rng.choice((200, 1_000, 3_000)))}
+    for server_id in server_ids:
+        service_time_us = rng.choice((20, 50, 100))
+        if config.server_service_time_us is not None:
+            service_time_us = config.server_service_time_us
+        processes[server_id] = ProcessModel(
+            service_time_us=service_time_us, base_load=rng.choice((0.0, 0.1, 0.3))
+        )
+    for client_id in client_ids:
+        processes[client_id] = ProcessModel()
+    network = _network(rng, [MANAGER, *server_ids], client_ids, lossy=config.lossy_network)
+    return ClusterPlan(
+        manager=manager,
+        servers=servers,
+        clients=clients,
+        processes=processes,
+        network=network,
+        placement=PlacementConfig(replica_count=config.replica_count),
+    )
+
+
+def _manager_config(rng: random.Random) -> ManagerConfig:
+    """`ManagerConfig.randomized`, with detection and handoff timeouts capped for short runs."""
+    base = ManagerConfig.randomized(rng)
+    failure_timeout_ms = rng.randrange(600, 2_500)
+    heartbeat_interval_ms = rng.randrange(50, failure_timeout_ms // 4)
+    return dataclasses.replace(
+        base,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        suspect_timeout_ms=rng.randrange(failure_timeout_ms // 2, failure_timeout_ms),
+        failure_timeout_ms=failure_timeout_ms,
+        failure_detector=rng.choice(list(FailureDetectorKind)),
+        failover_prepare_timeout_ms=rng.randrange(100, 1_500),
+        handoff_deadline_ms=rng.randrange(500, 4_000),
+        handoff_deadline_grace_ms=rng.randrange(100, 1_500),
+        store_timeout_ms=rng.randrange(1_000, 3_000),
+        overload_cooldown_ms=rng.randrange(1_000, 10_000),
+    )
+
+
+def _server_config(
+    rng: random.Random,
+    server_id: NodeId,
+    index: int,
+    config: ClusterConfig,
+    manager: ManagerConfig,
+) -> ServerConfig:
+    """`ServerConfig.randomized`, heartbeating as the manager expects, in its zone."""
+    base = ServerConfig.randomized(rng, server_id=server_id)
+    interval_ms = config.replication_interval_ms or base.replication_interval_ms
+    return dataclasses.replace(
+        base,
+        replication_interval_ms=interval_ms,
+        replication_retry_ms=max(base.replication_retry_ms, 2 * interval_ms),
+        address=f"{server_id}.sim:4433",
+        zone=f"zone-{index % config.zones + 1}",
+        weight=rng.choice((1.0, 1.0, 2.0)),
+        heartbeat_interval_ms=manager.heartbeat_interval_ms,
+        handoff_deadline_ms=min(base.handoff_deadline_ms, manager.handoff_deadline_ms),
+        backup_period_ms=rng.randrange(100, 2_000),
+    )
+
+
+def _client_config(rng: random.Random, client_id: NodeId) -> ClientConfig:
+    """`ClientConfig.randomized`, with a request timeout the liveness bound can cover."""
+    base = ClientConfig.randomized(rng, node_id=client_id)
+    return dataclasses.replace(
+        base,
+        request_timeout_ms=rng.choice((3_000, 5_000)),
+        retry_backoff_max_ms=min(base.retry_backoff_max_ms, 1_000),
+        handoff_deadline_ms_max=min(base.handoff_deadline_ms_max, 5_000),
+    )
+
+
+def _network(
+    rng: random.Random, backend: Sequence[NodeId], clients: Sequence[NodeId], *, lossy: bool
+) -> NetworkConfig:
+    """Datacenter links between the manager and servers, wide-area links to the clients."""
+    links: dict[tuple[NodeId, NodeId], Link] = {}
+    for client in clients:
+        delay_us = rng.choice((2_000, 5_000, 20_000))
+        link = Link(
+            delay_us=delay_us,
+            jitter_us=delay_us // rng.choice((2, 5, 10)),
+            loss_probability=rng.choice((0.0, 0.001, 0.01)) if lossy else 0.0,
+            reset_probability=rng.choice((0.0, 0.0, 0.0005)) if lossy else 0.0,
+        )
+        for node in backend:
+            links[(client, node)] = link
+            links[(node, client)] = link
+    delay_us = rng.choice((200, 500, 1_000))
+    default = Link(
+        delay_us=delay_us,
+        jitter_us=delay_us // rng.choice((2, 5)),
+        loss_probability=rng.choice((0.0, 0.001)) if lossy else 0.0,
+    )
+    return NetworkConfig(
+        default_link=default,
+        links=links,
+        connection_timeout_us=rng.choice((1_000_000, 2_000_000, 3_000_000)),
+    )
+
+
+class ShopAdapter:
+    """Turns workload decisions into `ClientCore` calls and keeps what the translator joins."""
+
+    def __init__(self) -> None:
+        self.workload: Workload | None = None
+        """The workload told when a request fails (set once it exists)."""
+        self._opening: dict[tuple[NodeId, int], int] = {}
+        self._failed_opens: dict[int, WorkloadSession] = {}
+        self._session_ids: dict[int, bytes] = {}
+        self._writes: dict[tuple[NodeId, int], bool] = {}
+        self.backpressured = 0
+        """Calls the client refused because its in-flight table was full."""
+
+    def open_session(self, core: CoreDriver, session: WorkloadSession, now_us: int) -> None:
+        """Open the session at the manager through the client core."""
+        assert isinstance(core, ClientCore)
+        try:
+            request_id = core.open_session(session.parts, now_us=now_us)
+        except BackpressureError:
+            self._failed_opens[session.index] = session
+            return
+        self._opening[(session.client, request_id)] = session.index
+
+    def issue(self, core: CoreDriver, request: WorkloadRequest, now_us: int) -> int | None:
+        """Call the concrete shop operation; None while the session is not open yet."""
+        assert isinstance(core, ClientCore)
+        index = request.session.index
+        session_id = self._session_ids.get(index)
+        if session_id is None:
+            failed = self._failed_opens.pop(index, None)
+            if failed is not None:
+                self.open_session(core, failed, now_us)
+            return None
+        op, payload, write = operation_for(request.part, request.operation, request.sequence)
+        try:
+            request_id = core.call(session_id, request.part, op, payload, now_us=now_us)
+        except BackpressureError:
+            self.backpressured += 1
+            return None
+        self._writes[(request.session.client, request_id)] = write
+        return request_id
+
+    def session_id(self, index: int) -> bytes | None:
+        """The id of workload session `index`, once open."""
+        return self._session_ids.get(index)
+
+    # What the translator reports back (`SessionDirectory`).
+
+    def session_established(self, client: NodeId, request_id: int, session_id: bytes) -> None:
+        """Record the session id of an open the adapter sent."""
+        index = self._opening.pop((client, request_id), None)
+        if index is not None:
+            self._session_ids[index] = session_id
+
+    def session_open_failed(self, client: NodeId, request_id: int) -> None:
+        """An open failed: the session's next request opens it again."""
+        index = self._opening.pop((client, request_id), None)
+        if index is not None and self.workload is not None:
+            self._failed_opens[index] = self.workload.sessions[index]
+
+    def is_write(self, client: NodeId, request_id: int) -> bool | None:
+        """Whether the adapter issued the request as a write."""
+        return self._writes.get((client, request_id))
+
+    def request_failed(self, client: NodeId, part: str, request_id: int) -> None:
+        """Let the workload move on from a request the client gave up on."""
+        if self.workload is not None:
+            self.workload.request_failed(client, part, request_id)
+
+
+class CrashMeasure:
+    """The replication lag of a primary's parts at the moment it crashes.
+
+    For each part the crashing server is primary of: how many entries its log holds beyond the
+    most advanced replica's applied position. An `async` part acknowledged each of them, so a
+    failover that promotes the most advanced replica loses exactly that many acknowledged writes;
+    a `replicated` part acknowledged none of them.
+    """
+
+    def __init__(self) -> None:
+        self.victim: NodeId = ""
+        """The crashed server."""
+        self.lag: dict[PartRef, int] = {}
+        """Entries beyond the best replica, per part the victim was primary of."""
+        self.durability: dict[PartRef, Durability] = {}
+        """Each measured part's durability."""
+
+    def measure(self, cluster: SimCluster, victim: NodeId) -> None:
+        """Record the lag of `victim`'s primary parts now (call right before crashing it)."""
+        self.victim = victim
+        core = cluster.server(victim)
+        assert core is not None, f"{victim} is not running"
+        for part in core.parts():
+            if part.state is not PartState.PRIMARY:
+                continue
+            best = 0
+            for other in cluster.server_ids:
+                replica = None if other == victim else cluster.server(other)
+                held = None if replica is None else replica.part(part.ref)
+                if held is not None:
+                    best = max(best, held.applied_seq)
+            self.lag[part.ref] = max(0, part.applied_seq - best)
+            self.durability[part.ref] = part.spec.durability
+
+    def counted(self, durability: Durability) -> int:
+        """Total lag over the measured parts of one durability."""
+        return sum(lag for ref, lag in self.lag.items() if self.durability[ref] is durability)
+
+
+class SimCluster:
+    """A simulator loaded with a manager, servers and clients running the real cores."""
+
+    def __init__(
+        self,
+        seed: int,
+        config: ClusterConfig,
+        *,
+        checkers: Sequence[Checker] = (),
+        plan: ClusterPlan | None = None,
+    ) -> None:
+        self.config = config
+        """The cluster's shape."""
+        self.plan = plan if plan is not None else draw_plan(derive_rng(seed, "cluster"), config)
+        """The drawn configurations."""
+        self.adapter = ShopAdapter()
+        """The workload adapter."""
+        self.store = MemoryStore()
+        """The manager's store."""
+        self.server_ids = list(self.plan.servers)
+        """The servers, in order."""
+        self.client_ids = list(self.plan.clients)
+        """The clients, in order."""
+        self.acknowledged = AcknowledgedWritesChecker()
+        """The lost-write checker; its `lost` lists the `async` writes failovers dropped."""
+        self.convergence = ConvergenceChecker(self) if config.converge else None
+        """The end-state check, when enabled."""
+        self.crash: CrashMeasure | None = None
+        """The replication lag measured at a scenario's crash, if it crashed a primary."""
+        self.planned: NodeId | None = None
+        """The server a planned scenario drained, moved parts off or crashed, once chosen."""
+        self.cut: tuple[NodeId, NodeId] | None = None
+        """The (source, target) of the handoff a scenario cut off from each other, if any."""
+        all_checkers: list[Checker] = [
+            SingleWriterChecker(),
+            self.acknowledged,
+            AtMostOnceChecker(),
+            MonotonicMapVersionChecker(),
+            ClientOrderChecker(),
+            DivergenceChecker(),
+            *checkers,
+        ]
+        if config.liveness_bound_us is not None:
+            all_checkers.append(LivenessChecker(bound_us=config.liveness_bound_us))
+        if self.convergence is not None:
+            all_checkers.append(self.convergence)
+        self.translator = CoreTranslator(self.adapter, count=self._count)
+        """Maps core events to observations and counts the run."""
+        self.sim = Simulator(
+            seed=seed,
+            config=SimulatorConfig(duration_us=config.duration_us),
+            network=self.plan.network,
+            checkers=all_checkers,
+            translate=self.translator,
+        )
+        """The simulator."""
+        self._add_nodes()
+        self.workload = Workload(
+            self.sim, self._workload_config(), clients=self.client_ids, adapter=self.adapter
+        )
+        """The simulated users."""
+        self.adapter.workload = self.workload
+        self.sim.heal_us = max(self.sim.heal_us, config.heal_us)
+        self.sim.call_at(LOAD_REPORT_INTERVAL_US, self._report_loads, label="load reports")
+
+    @property
+    def stats(self) -> ClusterStats:
+        """What the run counted."""
+        return self.translator.stats
+
+    def start(self) -> None:
+        """Start the workload; call once faults and hooks are in place, before `sim.run()`."""
+        self.workload.start()
+
+    def manager(self) -> ManagerCore:
+        """The manager's core."""
+        core = self.sim.core(MANAGER)
+        assert isinstance(core, ManagerCore)
+        return core
+
+    def server(self, server_id: NodeId) -> ServerCore | None:
+        """A server's core, or None while it is crashed."""
+        core = self.sim.core(server_id)
+        assert core is None or isinstance(core, ServerCore)
+        return core
+
+    def up(self, node_id: NodeId) -> bool:
+        """Whether the node runs (not paused, not crashed)."""
+        return self.sim.node_state(node_id) is NodeState.UP
+
+    def _count(self, name: str) -> None:
+        self.sim.count(name)
+
+    def _workload_config(self) -> WorkloadConfig:
+        config = self.config
+        return WorkloadConfig(
+            sessions=config.sessions,
+            parts=APP_PARTS,
+            request_mix=(("read", 1.0 - config.write_share), ("write", config.write_share)),
+            think_time_us=config.think_time_us,
+            start_us=200_000,
+            open_spread_us=500_000,
+            abandon_after_us=12_000_000,
+        )
+
+    def _add_nodes(self) -> None:
+        plan = self.plan
+        store = self.store
+        self.sim.add_node(
+            MANAGER,
+            self._build_manager,
+            process=plan.processes[MANAGER],
+            executor=store_executor(store),
+        )
+        for server_id in self.server_ids:
+            self.sim.add_node(server_id, self._build_server, process=plan.processes[server_id])
+        for client_id in self.client_ids:
+            self.sim.add_node(client_id, self._build_client, process=plan.processes[client_id])
+
+    def _build_manager(self, start: NodeStart) -> ManagerCore:
+        return ManagerCore(
+            config=self.plan.manager,
+            placement_config=self.plan.placement,
+            sealer=_sealer(start.rng),
+            rng=start.rng,
+            now_us=start.now_us,
+        )
+
+    def _build_server(self, start: NodeStart) -> ServerCore:
+        config = dataclasses.replace(
+            self.plan.servers[start.node_id], incarnation=start.incarnation + 1
+        )
+        return ServerCore(
+            config=config, parts=app_specs(), sealer=_sealer(start.rng), rng=start.rng
+        )
+
+    def _build_client(self, start: NodeStart) -> ClientCore:
+        client_id = start.node_id.encode().ljust(16, b"\0")[:16]
+        return ClientCore(
+            config=self.plan.clients[start.node_id], client_id=client_id, rng=start.rng
+        )
+
+    def _report_loads(self) -> None:
+        """Tell every running server its simulated load, as a runtime's sampler would."""
+        sim = self.sim
+        for server_id in self.server_ids:
+            if not self.up(server_id):
+                continue
+            stats = sim.process_stats(server_id)
+            process = self.plan.processes[server_id]
+            report = LoadReport(
+                cpu_utilization=round(min(stats.load, 2.0), 3),
+                queue_depth=stats.inbox_depth,
+                latency_us_p99=int(
+                    process.service_time_us * stats.slowdown * (1 + stats.inbox_depth)
+                ),
+                error_ratio=0.0,
+                requests_per_second=0.0,
+            )
+            sim.command(server_id, _load_command(report), label=f"load {report.cpu_utilization}")
+        next_us = sim.now_us + LOAD_REPORT_INTERVAL_US
+        if next_us <= self.config.duration_us:
+            sim.call_at(next_us, self._report_loads, label="load reports")
+
+
+def _load_command(report: LoadReport) -> Callable[[CoreDriver, int], None]:
+    def command(core: CoreDriver, now_us: int) -> None:
+        assert isinstance(core, ServerCore)
+        core.report_load(report)
+
+    return command
+
+
+def _sealer(rng: random.Random) -> TokenSealer:
+    return TokenSealer(KeyRing({1: CLUSTER_KEY}, current_key_id=1), rng=rng)
+
+
+def store_executor(store: MemoryStore) -> StoreExecutor:
+    """The manager node's store executor: runs each request on `store`."""
+
+    def execute(request: object) -> StoreResult:
+        assert isinstance(request, MapLoadRequested | DeltaCommitRequested | SnapshotSaveRequested)
+        return store.execute(request)
+
+    return execute

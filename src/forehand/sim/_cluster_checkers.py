@@ -1,0 +1,104 @@
+"""Checkers that only make sense for a cluster of the real cores.
+
+`DivergenceChecker` reads the observation contract like the generic checkers: a replica whose
+re-execution of its primary's log answers differently held a state its primary never had.
+`ConvergenceChecker` looks at the cores themselves once the run is over: after the faults healed
+and the liveness bound passed, the cluster must have settled in one defined state.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core import PartState
+from forehand.core.messages import PartRef
+from forehand.sim._checkers import InvariantViolated
+from forehand.sim.observations import Observation, Observed, ReplicaDiverged
+
+if TYPE_CHECKING:
+    from forehand.sim._cluster import SimCluster
+    from forehand.sim._simulator import Simulator
+
+__all__ = ["ConvergenceChecker", "DivergenceChecker"]
+
+_PRIMARY_LIKE = frozenset(
+    {PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING, PartState.RECEIVING}
+)
+"""States in which a server takes writes, or is about to: only the map's primary may be in one."""
+
+
+class DivergenceChecker:
+    """A replica never re-executes an entry to a different answer than its primary's."""
+
+    observes: tuple[type[Observation], ...] = (ReplicaDiverged,)
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """History divergences (after a failover dropped entries) reset the copy; others fail."""
+        observation = event.observation
+        assert isinstance(observation, ReplicaDiverged)
+        if observation.history:
+            return
+        raise InvariantViolated(
+            f"replica {observation.node} of part {observation.part_key} re-executed entry "
+            f"{observation.log_index} to a different answer than its primary's",
+            checker=type(self).__name__,
+        )
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""
+
+
+class ConvergenceChecker:
+    """At the end of a healed run: no handoff in progress, every server on the manager's map
+    version, and each part primary on exactly the server the map names (no split brain)."""
+
+    observes: tuple[type[Observation], ...] = (ReplicaDiverged,)
+
+    def __init__(self, cluster: SimCluster) -> None:
+        self._cluster = cluster
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Nothing to judge while the run goes on."""
+
+    def at_end(self, sim: Simulator) -> None:
+        """Judge the settled state of the manager and every server."""
+        cluster = self._cluster
+        manager = cluster.manager()
+        current = manager.shard_map
+        if current is None:
+            self._fail("the manager never loaded its map")
+            return
+        handoffs = manager.orchestrator.handoffs()
+        if handoffs:
+            self._fail(f"handoffs still in progress at the end: {handoffs}")
+        for server_id in cluster.server_ids:
+            core = cluster.server(server_id)
+            if core is None or not cluster.up(server_id):
+                continue
+            if core.map_version != current.version:
+                self._fail(
+                    f"server {server_id} holds map version {core.map_version}, the manager "
+                    f"{current.version}"
+                )
+        for key in current.part_keys():
+            ref = PartRef(session_id=key.session_id, part=key.part)
+            self._judge_part(ref, current.primary_of(key))
+
+    def _judge_part(self, ref: PartRef, primary: str) -> None:
+        cluster = self._cluster
+        if not cluster.up(primary):
+            self._fail(f"part {ref} has primary {primary}, which is not running")
+        for server_id in cluster.server_ids:
+            core = cluster.server(server_id)
+            if core is None or not cluster.up(server_id):
+                continue
+            part = core.part(ref)
+            state = None if part is None else part.state
+            if server_id == primary:
+                if part is None or state is not PartState.PRIMARY or part.fenced:
+                    self._fail(f"part {ref}: primary {primary} holds it as {state}")
+            elif state in _PRIMARY_LIKE:
+                self._fail(f"part {ref}: {server_id} holds it as {state}, the map says {primary}")
+
+    def _fail(self, message: str) -> None:
+        raise InvariantViolated(message, checker=type(self).__name__)

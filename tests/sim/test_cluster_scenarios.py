@@ -1,0 +1,100 @@
+"""The built-in scenarios with the real cores: predicted handoff, drain, crash, cut mid-handoff."""
+
+from __future__ import annotations
+
+import pytest
+
+from forehand.core import Durability
+from forehand.core import manager_events as me
+from forehand.sim import (
+    SimCluster,
+    build_crash_replicated,
+    build_drain,
+    build_handoff,
+    build_partition_mid_handoff,
+    primaries_of,
+)
+from forehand.sim.observations import Durability as ObservedDurability
+
+SEEDS = (0, 1, 2)
+
+
+def _run(cluster: SimCluster) -> SimCluster:
+    """Run a scenario's cluster and require every checker (liveness and convergence too) to pass."""
+    result = cluster.sim.run()
+    assert result.ok, result.failure
+    return cluster
+
+
+def _no_request_failed_or_ran_twice(cluster: SimCluster) -> None:
+    """Zero failed requests, zero error answers, and no write executed twice on any server."""
+    stats = cluster.stats
+    assert stats.failed_requests == []
+    assert stats.error_responses == {}
+    assert stats.duplicate_executions() == 0
+    assert stats.responses > 200
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_predicted_handoff_under_load_fails_no_request(seed: int) -> None:
+    """The risk input moves the busiest server's parts: handoffs complete, no request fails."""
+    cluster = _run(build_handoff(seed))
+    stats = cluster.stats
+    assert cluster.planned is not None
+    assert stats.handoffs_started
+    assert all(h.source == cluster.planned for h in stats.handoffs_started)
+    assert len(stats.handoffs_completed) == len(stats.handoffs_started)
+    assert stats.handoffs_aborted == [] and stats.failovers == []
+    _no_request_failed_or_ran_twice(cluster)
+    assert cluster.sim.counters.get("client/handoff-followed", 0) > 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_drain_of_one_of_five_servers_fails_no_request(seed: int) -> None:
+    """Draining a server under load moves all its roles away without a failed request."""
+    cluster = _run(build_drain(seed))
+    stats = cluster.stats
+    drained = cluster.planned
+    assert drained is not None and stats.drains_finished == [drained]
+    current = cluster.manager().shard_map
+    assert current is not None
+    held = current.parts_for(drained)
+    assert not held.primary and not held.replica
+    assert stats.handoffs_completed and stats.handoffs_aborted == []
+    _no_request_failed_or_ran_twice(cluster)
+
+
+def test_primary_crash_loses_no_replicated_write_and_exactly_the_async_lag() -> None:
+    """A crashed primary: replicated parts lose nothing; async losses equal the measured lag
+    (and across the seeds there is lag to lose, so the equality is not vacuous)."""
+    lost_total = 0
+    for seed in (0, 1, 2, 3):
+        cluster = _run(build_crash_replicated(seed))
+        measure = cluster.crash
+        assert measure is not None and measure.victim == cluster.planned and measure.lag
+        lost = cluster.acknowledged.lost
+        assert all(loss.durability is ObservedDurability.ASYNC for loss in lost)
+        assert len(lost) == measure.counted(Durability.ASYNC)
+        assert len(lost) == cluster.sim.counters.get("async-write-lost", 0)
+        assert any(f.servers == (measure.victim,) for f in cluster.stats.failovers)
+        lost_total += len(lost)
+    assert lost_total > 0
+
+
+@pytest.mark.parametrize("seed", (*SEEDS, 3, 4, 5))
+def test_partition_between_source_and_target_mid_handoff_ends_defined(seed: int) -> None:
+    """Cut mid-handoff: every handoff ends (completed or failed over), one primary per part."""
+    cluster = _run(build_partition_mid_handoff(seed))
+    stats = cluster.stats
+    assert cluster.cut is not None and stats.handoffs_started
+    ended = {h.handoff_id for h in stats.handoffs_completed} | {
+        h.handoff_id for h in stats.handoffs_aborted if h.outcome is me.HandoffOutcome.FAILED_OVER
+    }
+    assert {h.handoff_id for h in stats.handoffs_started} <= ended
+    assert cluster.manager().orchestrator.handoffs() == []
+    # The convergence checker passed: each part is PRIMARY on exactly the server the map names.
+    for server_id in cluster.server_ids:
+        for ref in primaries_of(cluster, server_id):
+            core = cluster.server(server_id)
+            part = None if core is None else core.part(ref)
+            assert part is not None and part.state.name == "PRIMARY"
