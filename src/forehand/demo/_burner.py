@@ -1,0 +1,133 @@
+"""A CPU-burning thread that degrades the server process it runs in, ramping up over time.
+
+The demo degrades one server for real: a thread inside the server process burns CPU in chunks
+that hold the GIL (a C-level loop that never yields it), so the server's event loop waits for
+each chunk to end before it can read, execute or answer anything. Two things ramp together:
+
+- the duty cycle (the share of time spent burning) rises linearly, so the process's CPU
+  utilization, which the server reports in its heartbeats, climbs steadily: the early, visible
+  signal the manager's risk input acts on;
+- the chunk length rises slowly at first and steeply at the end (a power of the ramp's
+  progress), so the latency the loop adds stays small until late in the ramp: the SLO breach
+  comes after the CPU signal, as a real saturation does.
+
+`burn_plan` is the pure schedule; `CpuBurner` is the thread.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from forehand.errors import ConfigError
+
+__all__ = ["BurnPlan", "BurnerConfig", "CpuBurner", "burn_plan"]
+
+CALIBRATION_ITERATIONS = 200_000
+"""Iterations of the burning loop timed once at start, to turn milliseconds into iterations."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BurnerConfig:
+    """The shape of the degradation ramp."""
+
+    ramp_ms: int = 30_000
+    """From the start to the peak; the peak then holds until the burner stops."""
+    duty_start: float = 0.05
+    """Share of time spent burning at the start."""
+    duty_peak: float = 0.95
+    """Share of time spent burning at the peak."""
+    chunk_ms_start: float = 1.0
+    """Length of one GIL-holding chunk at the start, milliseconds."""
+    chunk_ms_peak: float = 250.0
+    """Length of one chunk at the peak, milliseconds: the event loop's worst stall."""
+    chunk_exponent: float = 3.0
+    """The chunk grows as progress ** exponent: slowly at first, steeply at the end."""
+
+    def __post_init__(self) -> None:
+        if self.ramp_ms < 1:
+            raise ConfigError(f"BurnerConfig.ramp_ms must be positive, got {self.ramp_ms}")
+        if not 0.0 < self.duty_start <= self.duty_peak < 1.0:
+            raise ConfigError("BurnerConfig needs 0 < duty_start <= duty_peak < 1")
+        if not 0.0 < self.chunk_ms_start <= self.chunk_ms_peak:
+            raise ConfigError("BurnerConfig needs 0 < chunk_ms_start <= chunk_ms_peak")
+        if self.chunk_exponent <= 0:
+            raise ConfigError("BurnerConfig.chunk_exponent must be positive")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BurnPlan:
+    """What the burner does in one cycle."""
+
+    duty: float
+    """Share of the cycle spent burning."""
+    chunk_ms: float
+    """How long the one GIL-holding chunk of this cycle lasts."""
+    rest_ms: float
+    """How long the thread then sleeps, leaving the GIL to the event loop."""
+
+
+def burn_plan(*, elapsed_ms: float, config: BurnerConfig) -> BurnPlan:
+    """The cycle `elapsed_ms` after the burner started."""
+    progress = min(1.0, max(0.0, elapsed_ms / config.ramp_ms))
+    duty = config.duty_start + (config.duty_peak - config.duty_start) * progress
+    chunk_ms = config.chunk_ms_start + (config.chunk_ms_peak - config.chunk_ms_start) * (
+        progress**config.chunk_exponent
+    )
+    return BurnPlan(duty=duty, chunk_ms=chunk_ms, rest_ms=chunk_ms * (1.0 - duty) / duty)
+
+
+def _burn(iterations: int) -> int:
+    # sum() over a range runs entirely in C and never releases the GIL.
+    return sum(range(iterations))
+
+
+class CpuBurner:
+    """A daemon thread that burns CPU along `burn_plan` from `start()` until `stop()`."""
+
+    def __init__(self, config: BurnerConfig | None = None) -> None:
+        self.config = config if config is not None else BurnerConfig()
+        """The ramp."""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._started_s = 0.0
+        self._iterations_per_ms = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether the thread is burning."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start (or restart from the beginning of) the ramp."""
+        self.stop()
+        if self._iterations_per_ms == 0.0:
+            self._iterations_per_ms = _calibrate()
+        self._stop = threading.Event()
+        self._started_s = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="cpu-burner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop burning; the current chunk finishes first."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            elapsed_ms = (time.monotonic() - self._started_s) * 1000
+            plan = burn_plan(elapsed_ms=elapsed_ms, config=self.config)
+            _burn(max(1, round(plan.chunk_ms * self._iterations_per_ms)))
+            stop.wait(plan.rest_ms / 1000)
+
+
+def _calibrate() -> float:
+    """Iterations of `_burn` per millisecond on this machine, now."""
+    started = time.perf_counter()
+    _burn(CALIBRATION_ITERATIONS)
+    elapsed_ms = max((time.perf_counter() - started) * 1000, 1e-3)
+    return CALIBRATION_ITERATIONS / elapsed_ms

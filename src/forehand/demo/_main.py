@@ -1,0 +1,392 @@
+"""The demo's timeline: start the cluster, load it, degrade a server, crash another, report.
+
+1. Certificates and a manager plus four servers, as processes on 127.0.0.1 (`DemoCluster`).
+2. `sessions` cart sessions through the client SDK, each issuing requests (`LoadGenerator`), and
+   one SLO probe per server (`ServerProbe`).
+3. Warm-up: the `before` latency.
+4. Degrade: SIGUSR1 starts a CPU burner inside one server, ramping up. Its CPU utilization,
+   reported in heartbeats, crosses the manager's risk threshold while its response time is still
+   within the SLO; the manager hands parts off (reason OVERLOAD). The burner keeps ramping until
+   the server breaches its SLO (seen by the probe), holds, then stops.
+5. Crash: SIGKILL another server. Nobody predicted it; the manager declares it dead and promotes
+   replicas, and clients relocate its parts (reactive failover).
+6. Stop the load, read every cart back, print the report, stop every process.
+
+The run exits with status 1 when a request failed while predicted handoffs ran, when no
+predicted handoff happened, or when an acknowledged write was lost; 2 when the cluster could not
+start; 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from forehand.demo._burner import BurnerConfig
+from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster
+from forehand.demo._load import LoadConfig, LoadGenerator
+from forehand.demo._probe import ProbeConfig, ServerProbe
+from forehand.demo._report import PREDICTED_REASONS, DemoSummary, Timeline, print_report, summarize
+from forehand.demo._view import ProcessCpu, ServerRow, Snapshot, View
+from forehand.errors import ConfigError
+from forehand.runtime.admin import AdminError, AdminReply
+from forehand.runtime.client import HandoffEventKind
+
+__all__ = ["DemoConfig", "run_demo"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_START_FAILED = 2
+TICK_S = 0.5
+"""The demo samples and redraws this often."""
+STATUS_TIMEOUT_S = 2.0
+"""A manager status poll that takes longer is skipped."""
+FLAG_MEMORY_S = 5.0
+"""A server stays FLAGGED in the view this long after its last risk move."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoConfig:
+    """Everything a demo run depends on; `scaled` shortens the timeline."""
+
+    server_ids: tuple[str, ...] = ("s1", "s2", "s3", "s4")
+    """The servers."""
+    degraded_server: str = "s2"
+    """The server whose CPU burner is started."""
+    killed_server: str = "s3"
+    """The server that is SIGKILLed."""
+    app_dir: Path = field(default_factory=Path.cwd)
+    """Where `examples/cart` is imported from."""
+    load: LoadConfig = field(default_factory=LoadConfig)
+    """The sessions and their requests."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """The SLO and how it is probed."""
+    warmup_s: float = 20.0
+    """Load before the degradation."""
+    ramp_s: float = 30.0
+    """The burner's ramp to its peak."""
+    hold_s: float = 6.0
+    """The burner at its peak before it stops."""
+    settle_s: float = 10.0
+    """Between the burner's stop and the SIGKILL."""
+    failover_window_s: float = 10.0
+    """After the SIGKILL, the failover window."""
+    after_s: float = 12.0
+    """After the failover window, until the load stops."""
+    overload_threshold: float = 0.6
+    """The manager's risk input: CPU utilization above this moves parts away."""
+    overload_parts_fraction: float = 0.5
+    """Share of the flagged server's primaries each risk decision moves."""
+    overload_cooldown_ms: int = 2_000
+    """Quiet time after a risk decision about one server."""
+    suspect_timeout_ms: int = 1_000
+    """The manager suspects a server silent this long."""
+    failure_timeout_ms: int = 2_000
+    """And declares it dead after this long."""
+    burner_chunk_ms_peak: float = 250.0
+    """The burner's longest GIL-holding chunk at its peak."""
+    keep_directory: bool = False
+    """Keep the run's directory (logs, configuration, certificates) afterwards."""
+    summary_json: Path | None = None
+    """Write the summary as JSON here."""
+    live: bool | None = None
+    """Force the live table on or off; None: on when stdout is a terminal."""
+
+    def __post_init__(self) -> None:
+        if self.degraded_server not in self.server_ids or self.killed_server not in self.server_ids:
+            raise ConfigError("the degraded and the killed server must be among server_ids")
+        if self.degraded_server == self.killed_server:
+            raise ConfigError("the degraded and the killed server must differ")
+
+    def scaled(self, factor: float) -> DemoConfig:
+        """The same run with every phase `factor` times as long (failover windows kept long
+        enough for failure detection)."""
+        if not 0.05 <= factor <= 10:
+            raise ConfigError(f"duration scale must be 0.05 to 10, got {factor}")
+        detection_s = 2 * self.failure_timeout_ms / 1000 + 2.0
+        return replace(
+            self,
+            warmup_s=max(4.0, self.warmup_s * factor),
+            ramp_s=max(6.0, self.ramp_s * factor),
+            hold_s=max(1.5, self.hold_s * factor),
+            settle_s=max(2.0, self.settle_s * factor),
+            failover_window_s=max(detection_s, self.failover_window_s * factor),
+            after_s=max(3.0, self.after_s * factor),
+        )
+
+    def cluster_config(self) -> ClusterConfig:
+        """What the cluster processes run with."""
+        return ClusterConfig(
+            server_ids=self.server_ids,
+            app_dir=self.app_dir,
+            manager_core={
+                "overload_threshold": self.overload_threshold,
+                "overload_parts_fraction": self.overload_parts_fraction,
+                "overload_cooldown_ms": self.overload_cooldown_ms,
+                "suspect_timeout_ms": self.suspect_timeout_ms,
+                "failure_timeout_ms": self.failure_timeout_ms,
+            },
+            burner=BurnerConfig(
+                ramp_ms=round(self.ramp_s * 1000), chunk_ms_peak=self.burner_chunk_ms_peak
+            ),
+        )
+
+
+class _Run:
+    """One run's live state: the cluster, the load, the probes, the view."""
+
+    def __init__(self, config: DemoConfig, cluster: DemoCluster, console: Console) -> None:
+        self.config = config
+        self.cluster = cluster
+        self.console = console
+        self.load: LoadGenerator | None = None
+        self.probes: dict[str, ServerProbe] = {}
+        self.cpu: dict[str, ProcessCpu] = {}
+        self.status: AdminReply | None = None
+        self.phase = "starting"
+        self.origin_s = 0.0
+        self.view = View(console, live=config.live)
+        self._handoffs_seen = 0
+        self._flagged_at: dict[str, float] = {}
+        self._breach_reported: set[str] = set()
+        self._polling: asyncio.Task[None] | None = None
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def event(self, text: str) -> None:
+        self.view.event(self.now() - self.origin_s, text)
+
+    async def start(self) -> None:
+        config = self.config
+        self.console.print(
+            f"starting a manager and {len(config.server_ids)} servers in {self.cluster.directory}"
+        )
+        await self.cluster.start()
+        for server_id, process in self.cluster.servers.items():
+            self.cpu[server_id] = ProcessCpu(process.pid)
+            probe = ServerProbe(
+                server_id=server_id,
+                address=process.address,
+                ca_path=self.cluster.ca_path,
+                config=config.probe,
+            )
+            probe.start()
+            self.probes[server_id] = probe
+        self._polling = asyncio.get_running_loop().create_task(self._poll_status())
+        self.console.print(f"opening {config.load.sessions} sessions")
+        self.load = LoadGenerator(
+            manager_address=self.cluster.manager_address,
+            ca_path=self.cluster.ca_path,
+            config=config.load,
+        )
+        await self.load.open()
+
+    async def _poll_status(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(STATUS_TIMEOUT_S):
+                    self.status = await self.cluster.status()
+            except (AdminError, OSError, TimeoutError):
+                pass
+            await asyncio.sleep(1.0)
+
+    async def stop(self) -> None:
+        if self._polling is not None:
+            self._polling.cancel()
+            await asyncio.gather(self._polling, return_exceptions=True)
+        for probe in self.probes.values():
+            await probe.stop()
+        if self.load is not None:
+            await self.load.close()
+
+    async def phase_for(self, phase: str, seconds: float) -> None:
+        """Run `seconds` of phase `phase`, sampling and redrawing every tick."""
+        self.phase = phase
+        end_s = self.now() + seconds
+        while (remaining_s := end_s - self.now()) > 0:
+            await asyncio.sleep(min(TICK_S, remaining_s))
+            self.tick()
+
+    def tick(self) -> None:
+        """Report new handoffs and breaches, redraw."""
+        load = self.load
+        assert load is not None
+        now_s = self.now()
+        new = load.handoffs[self._handoffs_seen :]
+        self._handoffs_seen = len(load.handoffs)
+        moved: dict[tuple[str, str, str], int] = {}
+        for record in new:
+            event = record.event
+            if event.kind is HandoffEventKind.COMPLETED and event.source and event.target:
+                key = (event.source, event.target, event.reason.name)
+                moved[key] = moved.get(key, 0) + len(event.parts)
+                if event.reason in PREDICTED_REASONS:
+                    self._flagged_at[event.source] = record.at_s
+        for (source, target, reason), parts in moved.items():
+            self.event(f"handoff {source} -> {target}: {parts} part(s), reason {reason}")
+        for server_id, probe in self.probes.items():
+            if probe.breach_at_s is not None and server_id not in self._breach_reported:
+                self._breach_reported.add(server_id)
+                self.event(
+                    f"{server_id} breached its SLO (probe over {self.config.probe.slo_ms:.0f} ms)"
+                )
+        self.view.update(self.snapshot(now_s))
+
+    def snapshot(self, now_s: float) -> Snapshot:
+        load = self.load
+        assert load is not None
+        states = {}
+        map_version = 0
+        if self.status is not None:
+            map_version = self.status.map_version
+            states = {s.server_id: f"{s.member_state}/{s.map_state}" for s in self.status.servers}
+        primaries = load.primaries()
+        recent = [
+            call
+            for call in load.calls[-5000:]
+            if call.started_s + call.latency_ms / 1000 >= now_s - 1.0
+        ]
+        per_server: dict[str, int] = {}
+        for call in recent:
+            if call.ok:
+                per_server[call.server] = per_server.get(call.server, 0) + 1
+        rows = []
+        for server_id in self.config.server_ids:
+            process = self.cluster.servers[server_id]
+            probe = self.probes[server_id]
+            rows.append(
+                ServerRow(
+                    server_id=server_id,
+                    state="killed"
+                    if process.killed_at_s is not None
+                    else states.get(server_id, "?"),
+                    cpu=self.cpu[server_id].sample(),
+                    flagged=now_s - self._flagged_at.get(server_id, -1e9) < FLAG_MEMORY_S,
+                    primaries=primaries.get(server_id, 0),
+                    requests_per_second=per_server.get(server_id, 0),
+                    probe_ms=probe.latest_ms(window_s=1.0, now_s=now_s),
+                    breached=probe.breach_at_s is not None,
+                )
+            )
+        completed = sum(
+            1 for record in load.handoffs if record.event.kind is HandoffEventKind.COMPLETED
+        )
+        relocated = sum(
+            len(record.event.parts)
+            for record in load.handoffs
+            if record.event.kind is HandoffEventKind.RELOCATED
+        )
+        return Snapshot(
+            elapsed_s=now_s - self.origin_s,
+            phase=self.phase,
+            sessions=load.session_count,
+            requests_per_second=float(len(recent)),
+            requests=load.call_count,
+            failed=load.failed_count,
+            handoffs=completed,
+            relocations=relocated,
+            map_version=map_version,
+            overload_threshold=self.config.overload_threshold,
+            slo_ms=self.config.probe.slo_ms,
+            servers=tuple(rows),
+        )
+
+    async def timeline(self) -> Timeline:
+        """Warm up, degrade, crash; returns when the load has stopped."""
+        config = self.config
+        load = self.load
+        assert load is not None
+        load.start()
+        self.origin_s = self.now()
+        self.event(f"load started: {load.session_count} sessions")
+        await self.phase_for("warm-up", config.warmup_s)
+        degraded = config.degraded_server
+        self.cluster.signal_server(degraded, signal.SIGUSR1)
+        degrade_started_s = self.now()
+        self.event(f"degrading {degraded}: CPU burner ramping up over {config.ramp_s:.0f} s")
+        await self.phase_for(f"degrading {degraded}", config.ramp_s + config.hold_s)
+        self.cluster.signal_server(degraded, signal.SIGUSR2)
+        degrade_stopped_s = self.now()
+        self.event(f"burner in {degraded} stopped")
+        await self.phase_for("settling", config.settle_s)
+        killed = config.killed_server
+        killed_s = self.now()
+        self.cluster.kill_server(killed, now_s=killed_s)
+        self.event(f"SIGKILL {killed}")
+        await self.phase_for(f"{killed} killed", config.failover_window_s + config.after_s)
+        await load.stop()
+        load_stopped_s = self.now()
+        self.event("load stopped; reading every cart back")
+        return Timeline(
+            load_started_s=self.origin_s,
+            degraded_server=degraded,
+            degrade_started_s=degrade_started_s,
+            degrade_stopped_s=degrade_stopped_s,
+            killed_server=killed,
+            killed_s=killed_s,
+            load_stopped_s=load_stopped_s,
+            failover_window_s=config.failover_window_s,
+        )
+
+
+async def run_demo(config: DemoConfig, *, console: Console | None = None) -> int:
+    """Run the whole demo; the exit status (see the module docstring)."""
+    console = console if console is not None else Console()
+    directory = Path(tempfile.mkdtemp(prefix="forehand-demo-"))
+    cluster = DemoCluster(directory, config.cluster_config())
+    run = _Run(config, cluster, console)
+    _stop_on_sigterm()
+    try:
+        try:
+            await run.start()
+        except (ClusterStartError, ConfigError, OSError) as error:
+            console.print(f"[bold red]the cluster did not start[/]: {error}")
+            return EXIT_START_FAILED
+        with run.view:
+            timeline = await run.timeline()
+        assert run.load is not None
+        verification = await run.load.verify()
+        summary = summarize(
+            calls=run.load.calls,
+            handoffs=run.load.handoffs,
+            breaches={sid: probe.breach_at_s for sid, probe in run.probes.items()},
+            timeline=timeline,
+            verification=verification,
+            request_count=run.load.call_count,
+            failed_count=run.load.failed_count,
+        )
+        print_report(summary, timeline, console)
+        if config.summary_json is not None:
+            config.summary_json.write_text(json.dumps(_jsonable(summary), indent=2))
+        return EXIT_OK if summary.ok else EXIT_FAILED
+    finally:
+        await run.stop()
+        cluster.stop()
+        if config.keep_directory:
+            console.print(f"logs and configuration kept in {directory}")
+        else:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM cancels the run like Ctrl-C does, so the `finally` stops every process."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+def _jsonable(summary: DemoSummary) -> dict[str, Any]:
+    data = asdict(summary)
+    data["ok"] = summary.ok
+    for group in data["handoffs"]:
+        group["reason"] = group["reason"].name
+    return data

@@ -1,0 +1,402 @@
+"""The demo's final report: latency per phase, handoffs with lead times, failover, lost writes.
+
+Everything here is computed from what the demo recorded (calls, handoff events, the probes'
+breach times, the timeline of what it did), after the run; nothing is estimated. Phases:
+
+| window | from | to |
+|---|---|---|
+| before | the load starts (after a settling margin) | the degradation starts |
+| degrading | SIGUSR1 starts the CPU burner | the burner is stopped |
+| after degrade | the burner stops | SIGKILL |
+| failover | SIGKILL | `failover_window_s` later |
+| after failover | then | the load stops |
+
+A call belongs to the window in which it started. A *predicted handoff* is a handoff whose
+reason came from the manager's risk input (OVERLOAD or PREDICTED_FAILURE); its lead time is the
+degraded server's SLO breach (first probe round trip of the breach) minus the moment the client
+completed the move; positive means the part left before the breach.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+from forehand.demo._load import CallRecord, HandoffRecord, Verification
+from forehand.runtime.client import HandoffEventKind
+from forehand.wire import ReasonCode
+
+__all__ = [
+    "DemoSummary",
+    "FailoverSummary",
+    "HandoffGroup",
+    "Timeline",
+    "WindowStats",
+    "percentile",
+    "print_report",
+    "summarize",
+]
+
+PREDICTED_REASONS = frozenset({ReasonCode.OVERLOAD, ReasonCode.PREDICTED_FAILURE})
+"""Reasons the manager's risk input gives its moves."""
+SETTLING_MARGIN_S = 2.0
+"""The first seconds of load (connections warming up) are left out of the `before` window."""
+ERRORS_LISTED_MAX = 5
+"""Distinct failure messages shown in the report."""
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of `values` (sorted or not); NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeline:
+    """What the demo did, when (loop times, seconds)."""
+
+    load_started_s: float
+    """The sessions started issuing requests."""
+    degraded_server: str
+    """The server the CPU burner ran in."""
+    degrade_started_s: float
+    """SIGUSR1 was sent to it."""
+    degrade_stopped_s: float
+    """SIGUSR2 was sent to it."""
+    killed_server: str
+    """The server that was SIGKILLed."""
+    killed_s: float
+    """When."""
+    load_stopped_s: float
+    """The sessions stopped issuing."""
+    failover_window_s: float
+    """How long after the SIGKILL counts as the failover window."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowStats:
+    """The calls that started in one window."""
+
+    name: str
+    """The window."""
+    start_s: float
+    """Its start, seconds after the load started."""
+    end_s: float
+    """Its end, seconds after the load started."""
+    requests: int
+    """Calls."""
+    failed: int
+    """Calls that failed."""
+    p50_ms: float
+    """Median latency of the successful calls."""
+    p99_ms: float
+    """99th percentile latency of the successful calls."""
+    max_ms: float
+    """Slowest successful call."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandoffGroup:
+    """The moves of parts from one server to another, for one reason."""
+
+    source: str
+    """The server the parts left."""
+    target: str
+    """The server they went to."""
+    reason: ReasonCode
+    """The reason in the HANDOFF."""
+    parts: int
+    """Parts moved (per session: a HANDOFF names a session's parts on the source)."""
+    first_s: float
+    """First completed move, seconds after the load started."""
+    last_s: float
+    """Last completed move."""
+    duration_ms_median: float
+    """Median time from HANDOFF to RESUME_OK at the client."""
+    lead_s_min: float | None
+    """Source's SLO breach minus the last move; None when the source never breached."""
+    lead_s_median: float | None
+    """Source's SLO breach minus the median move."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverSummary:
+    """The reactive failover after the SIGKILL."""
+
+    server: str
+    """The killed server."""
+    parts_relocated: int
+    """Parts the clients relocated (through the manager) after losing their server."""
+    failover_s: float | None
+    """From the SIGKILL to the last relocation; None when none happened."""
+    relocation_ms_median: float | None
+    """Median, per part, from the client losing the server to knowing the new primary."""
+    failed_requests: int
+    """Calls started in the failover window that failed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoSummary:
+    """The whole report, and its verdict."""
+
+    requests: int
+    """Calls made."""
+    failed: int
+    """Calls that failed."""
+    windows: tuple[WindowStats, ...]
+    """Latency per phase."""
+    handoffs: tuple[HandoffGroup, ...]
+    """Every handoff, grouped."""
+    predicted_parts: int
+    """Parts moved for a risk reason."""
+    predicted_failed: int
+    """Calls that started while predicted handoffs ran (the degrading window) and failed."""
+    breach_s: float | None
+    """The degraded server's SLO breach, seconds after the load started."""
+    failover: FailoverSummary
+    """The crash."""
+    verification: Verification
+    """Acknowledged writes read back."""
+    errors: tuple[tuple[str, int], ...]
+    """The most frequent failure messages, with counts."""
+    problems: tuple[str, ...] = field(default=())
+    """Why the demo failed; empty when it succeeded."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the demo showed what it should."""
+        return not self.problems
+
+
+def _windows(timeline: Timeline) -> list[tuple[str, float, float]]:
+    t = timeline
+    failover_end_s = min(t.killed_s + t.failover_window_s, t.load_stopped_s)
+    return [
+        ("before", t.load_started_s + SETTLING_MARGIN_S, t.degrade_started_s),
+        ("degrading", t.degrade_started_s, t.degrade_stopped_s),
+        ("after degrade", t.degrade_stopped_s, t.killed_s),
+        ("failover", t.killed_s, failover_end_s),
+        ("after failover", failover_end_s, t.load_stopped_s),
+    ]
+
+
+def _window_stats(
+    calls: Sequence[CallRecord], name: str, start_s: float, end_s: float, origin_s: float
+) -> WindowStats:
+    inside = [call for call in calls if start_s <= call.started_s < end_s]
+    latencies = [call.latency_ms for call in inside if call.ok]
+    return WindowStats(
+        name=name,
+        start_s=start_s - origin_s,
+        end_s=end_s - origin_s,
+        requests=len(inside),
+        failed=sum(1 for call in inside if not call.ok),
+        p50_ms=percentile(latencies, 0.5),
+        p99_ms=percentile(latencies, 0.99),
+        max_ms=max(latencies, default=float("nan")),
+    )
+
+
+def _handoff_groups(
+    handoffs: Iterable[HandoffRecord], breaches: dict[str, float | None], origin_s: float
+) -> list[HandoffGroup]:
+    grouped: dict[tuple[str, str, ReasonCode], list[HandoffRecord]] = defaultdict(list)
+    for record in handoffs:
+        event = record.event
+        if event.kind is HandoffEventKind.COMPLETED and event.source and event.target:
+            grouped[(event.source, event.target, event.reason)].append(record)
+    groups = []
+    for (source, target, reason), records in sorted(
+        grouped.items(), key=lambda item: item[1][0].at_s
+    ):
+        times = [record.at_s for record in records]
+        breach_s = breaches.get(source)
+        leads = [breach_s - at_s for at_s in times] if breach_s is not None else []
+        groups.append(
+            HandoffGroup(
+                source=source,
+                target=target,
+                reason=reason,
+                parts=sum(len(record.event.parts) for record in records),
+                first_s=min(times) - origin_s,
+                last_s=max(times) - origin_s,
+                duration_ms_median=statistics.median(
+                    record.event.duration_us / 1000 for record in records
+                ),
+                lead_s_min=min(leads) if leads else None,
+                lead_s_median=statistics.median(leads) if leads else None,
+            )
+        )
+    return groups
+
+
+def _failover(
+    calls: Sequence[CallRecord], handoffs: Sequence[HandoffRecord], timeline: Timeline
+) -> FailoverSummary:
+    relocated = [
+        record
+        for record in handoffs
+        if record.event.kind is HandoffEventKind.RELOCATED and record.at_s >= timeline.killed_s
+    ]
+    parts = sum(len(record.event.parts) for record in relocated)
+    end_s = timeline.killed_s + timeline.failover_window_s
+    failed = sum(1 for call in calls if timeline.killed_s <= call.started_s < end_s and not call.ok)
+    return FailoverSummary(
+        server=timeline.killed_server,
+        parts_relocated=parts,
+        failover_s=max(record.at_s for record in relocated) - timeline.killed_s
+        if relocated
+        else None,
+        relocation_ms_median=statistics.median(
+            record.event.duration_us / 1000 for record in relocated
+        )
+        if relocated
+        else None,
+        failed_requests=failed,
+    )
+
+
+def summarize(
+    *,
+    calls: Sequence[CallRecord],
+    handoffs: Sequence[HandoffRecord],
+    breaches: dict[str, float | None],
+    timeline: Timeline,
+    verification: Verification,
+    request_count: int,
+    failed_count: int,
+) -> DemoSummary:
+    """The report of a run, with the reasons it failed, if it did."""
+    origin_s = timeline.load_started_s
+    windows = tuple(
+        _window_stats(calls, name, start_s, end_s, origin_s)
+        for name, start_s, end_s in _windows(timeline)
+    )
+    groups = tuple(_handoff_groups(handoffs, breaches, origin_s))
+    predicted = sum(group.parts for group in groups if group.reason in PREDICTED_REASONS)
+    degrading = windows[1]
+    breach_at_s = breaches.get(timeline.degraded_server)
+    errors = Counter(call.error for call in calls if not call.ok)
+    problems = []
+    if predicted == 0:
+        problems.append("no predicted handoff happened: the risk input never moved a part")
+    if degrading.failed:
+        problems.append(f"{degrading.failed} request(s) failed while predicted handoffs ran")
+    if verification.lost:
+        problems.append(f"{verification.lost} acknowledged replicated write(s) were lost")
+    return DemoSummary(
+        requests=request_count,
+        failed=failed_count,
+        windows=windows,
+        handoffs=groups,
+        predicted_parts=predicted,
+        predicted_failed=degrading.failed,
+        breach_s=breach_at_s - origin_s if breach_at_s is not None else None,
+        failover=_failover(calls, handoffs, timeline),
+        verification=verification,
+        errors=tuple(errors.most_common(ERRORS_LISTED_MAX)),
+        problems=tuple(problems),
+    )
+
+
+def _ms(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.1f}"
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f} s"
+
+
+def print_report(summary: DemoSummary, timeline: Timeline, console: Console) -> None:
+    """The final tables and the verdict."""
+    phases = Table(title="Requests and latency by phase (calls counted where they started)")
+    for column in ("phase", "from", "to", "requests", "failed", "p50 ms", "p99 ms", "max ms"):
+        phases.add_column(column, justify="left" if column == "phase" else "right")
+    for window in summary.windows:
+        phases.add_row(
+            window.name,
+            f"{window.start_s:.1f} s",
+            f"{window.end_s:.1f} s",
+            str(window.requests),
+            str(window.failed),
+            _ms(window.p50_ms),
+            _ms(window.p99_ms),
+            _ms(window.max_ms),
+        )
+    phases.add_row("all", "", "", str(summary.requests), str(summary.failed), "", "", "")
+    console.print(phases)
+
+    moves = Table(title="Handoffs (lead time = source's SLO breach minus the move)")
+    for column in (
+        "source",
+        "target",
+        "reason",
+        "parts",
+        "first",
+        "last",
+        "HANDOFF→RESUME_OK",
+        "lead min",
+        "lead median",
+    ):
+        moves.add_column(
+            column, justify="left" if column in ("source", "target", "reason") else "right"
+        )
+    for group in summary.handoffs:
+        moves.add_row(
+            group.source,
+            group.target,
+            group.reason.name,
+            str(group.parts),
+            f"{group.first_s:.1f} s",
+            f"{group.last_s:.1f} s",
+            f"{group.duration_ms_median:.1f} ms",
+            _seconds(group.lead_s_min),
+            _seconds(group.lead_s_median),
+        )
+    console.print(moves)
+    _print_outcome(summary, timeline, console)
+
+
+def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -> None:
+    origin_s = timeline.load_started_s
+    failover = summary.failover
+    breach = (
+        f"{summary.breach_s:.1f} s"
+        if summary.breach_s is not None
+        else "none observed while the burner ran"
+    )
+    verification = summary.verification
+    lines = [
+        f"degraded {timeline.degraded_server} at "
+        f"{timeline.degrade_started_s - origin_s:.1f} s; its SLO breach: {breach}",
+        f"predicted handoffs: {summary.predicted_parts} part(s); "
+        f"failed requests during predicted handoffs: {summary.predicted_failed}",
+        f"SIGKILL {failover.server} at {timeline.killed_s - origin_s:.1f} s; failover time "
+        f"(SIGKILL to last part relocated): "
+        f"{'-' if failover.failover_s is None else f'{failover.failover_s:.2f} s'}; "
+        f"{failover.parts_relocated} part(s) relocated, median "
+        f"{_ms(failover.relocation_ms_median)} ms from loss to new primary; "
+        f"{failover.failed_requests} failed request(s) in the failover window",
+        f"acknowledged writes lost: {verification.lost} of {verification.acknowledged} "
+        f"(cart, replicated; {verification.unreadable_sessions} cart(s) unreadable)",
+    ]
+    for line in lines:
+        console.print(line)
+    for message, count in summary.errors:
+        console.print(f"  failure x{count}: {message}")
+    if summary.ok:
+        console.print("[bold green]DEMO PASSED[/]")
+    else:
+        for problem in summary.problems:
+            console.print(f"[bold red]DEMO FAILED[/]: {problem}")
