@@ -4,9 +4,9 @@ The demo degrades one server for real: a thread inside the server process burns 
 that hold the GIL (a C-level loop that never yields it), so the server's event loop waits for
 each chunk to end before it can read, execute or answer anything. Two things ramp together:
 
-- the duty cycle (the share of time spent burning) rises linearly, so the process's CPU
-  utilization, which the server reports in its heartbeats, climbs steadily: the early, visible
-  signal the manager's risk input acts on;
+- the duty cycle (the share of time spent burning) rises linearly over the first part of the
+  ramp, so the process's CPU utilization, which the server reports in its heartbeats, climbs
+  early: the visible signal the manager's risk input acts on;
 - the chunk length rises slowly at first and steeply at the end (a power of the ramp's
   progress), so the latency the loop adds stays small until late in the ramp: the SLO breach
   comes after the CPU signal, as a real saturation does.
@@ -26,6 +26,8 @@ __all__ = ["BurnPlan", "BurnerConfig", "CpuBurner", "burn_plan"]
 
 CALIBRATION_ITERATIONS = 200_000
 """Iterations of the burning loop timed once at start, to turn milliseconds into iterations."""
+CALIBRATION_WEIGHT = 0.3
+"""Weight of the latest chunk's speed in the running estimate of iterations per millisecond."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -38,6 +40,9 @@ class BurnerConfig:
     """Share of time spent burning at the start."""
     duty_peak: float = 0.95
     """Share of time spent burning at the peak."""
+    duty_ramp_share: float = 0.4
+    """The duty cycle reaches its peak after this share of the ramp, well before the chunks
+    grow long: a saturating server's CPU is high before its latency is."""
     chunk_ms_start: float = 1.0
     """Length of one GIL-holding chunk at the start, milliseconds."""
     chunk_ms_peak: float = 250.0
@@ -48,6 +53,8 @@ class BurnerConfig:
     def __post_init__(self) -> None:
         if self.ramp_ms < 1:
             raise ConfigError(f"BurnerConfig.ramp_ms must be positive, got {self.ramp_ms}")
+        if not 0.0 < self.duty_ramp_share <= 1.0:
+            raise ConfigError("BurnerConfig.duty_ramp_share must be in (0, 1]")
         if not 0.0 < self.duty_start <= self.duty_peak < 1.0:
             raise ConfigError("BurnerConfig needs 0 < duty_start <= duty_peak < 1")
         if not 0.0 < self.chunk_ms_start <= self.chunk_ms_peak:
@@ -71,7 +78,8 @@ class BurnPlan:
 def burn_plan(*, elapsed_ms: float, config: BurnerConfig) -> BurnPlan:
     """The cycle `elapsed_ms` after the burner started."""
     progress = min(1.0, max(0.0, elapsed_ms / config.ramp_ms))
-    duty = config.duty_start + (config.duty_peak - config.duty_start) * progress
+    duty_progress = min(1.0, progress / config.duty_ramp_share)
+    duty = config.duty_start + (config.duty_peak - config.duty_start) * duty_progress
     chunk_ms = config.chunk_ms_start + (config.chunk_ms_peak - config.chunk_ms_start) * (
         progress**config.chunk_exponent
     )
@@ -121,8 +129,15 @@ class CpuBurner:
         while not stop.is_set():
             elapsed_ms = (time.monotonic() - self._started_s) * 1000
             plan = burn_plan(elapsed_ms=elapsed_ms, config=self.config)
-            _burn(max(1, round(plan.chunk_ms * self._iterations_per_ms)))
-            stop.wait(plan.rest_ms / 1000)
+            iterations = max(1, round(plan.chunk_ms * self._iterations_per_ms))
+            started = time.perf_counter()
+            _burn(iterations)
+            burned_ms = max((time.perf_counter() - started) * 1000, 1e-3)
+            # Other processes share the cores, so the speed of the loop drifts: follow it, and
+            # rest in proportion to what was really burned, so the duty cycle holds.
+            rate = iterations / burned_ms
+            self._iterations_per_ms += CALIBRATION_WEIGHT * (rate - self._iterations_per_ms)
+            stop.wait(burned_ms * (1.0 - plan.duty) / plan.duty / 1000)
 
 
 def _calibrate() -> float:

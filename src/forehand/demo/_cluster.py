@@ -57,6 +57,8 @@ class ClusterConfig:
     """Client-facing transport of every process."""
     manager_core: Mapping[str, Any] = field(default_factory=dict)
     """The manager's [core] table (`forehand.core.ManagerConfig` fields)."""
+    manager_placement: Mapping[str, Any] = field(default_factory=dict)
+    """The manager's [placement] table (`forehand.placement.PlacementConfig` fields)."""
     server_core: Mapping[str, Any] = field(default_factory=dict)
     """Every server's [core] table (`forehand.core.ServerConfig` fields)."""
     load_report_interval_ms: int = 250
@@ -201,7 +203,8 @@ class DemoCluster:
             "ready_file": ready,
             "log_level": config.log_level,
         }
-        write_toml(path, top, {"core": dict(config.manager_core)})
+        tables = {"core": dict(config.manager_core), "placement": dict(config.manager_placement)}
+        write_toml(path, top, {name: table for name, table in tables.items() if table})
         command = [*_forehand_command(), "manager", "--config", str(path)]
         return self._spawn(MANAGER_NODE, command, ready)
 

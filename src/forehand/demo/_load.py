@@ -73,6 +73,8 @@ class LoadConfig:
 class CallRecord:
     """One call: when it started, how long it took, how it ended."""
 
+    session: bytes
+    """The session's id."""
     started_s: float
     """Loop time when the call was made."""
     latency_ms: float
@@ -198,6 +200,15 @@ class LoadGenerator:
                 counts[placement.primary] += 1
         return counts
 
+    def parts_on(self, server_id: str) -> frozenset[tuple[bytes, str]]:
+        """(session id, part) of every part whose primary is `server_id`, as clients know."""
+        return frozenset(
+            (state.session.id, part)
+            for state in self._sessions
+            for part, placement in state.session.placements().items()
+            if placement.primary == server_id
+        )
+
     async def _run(self, state: _SessionState, rng: random.Random) -> None:
         weights = [share for _, _, share in OPERATIONS]
         while not self._stopping.is_set():
@@ -242,7 +253,9 @@ class LoadGenerator:
             self.failed_count += 1
         if len(self.calls) < self.config.records_max:
             primary = state.session.placements()[part].primary
-            self.calls.append(CallRecord(started_s, latency_ms, not error, part, primary, error))
+            self.calls.append(
+                CallRecord(state.session.id, started_s, latency_ms, not error, part, primary, error)
+            )
 
     async def verify(self) -> Verification:
         """Read every cart back; count acknowledged products that are missing."""

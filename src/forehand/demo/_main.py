@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import signal
 import tempfile
@@ -49,6 +50,8 @@ TICK_S = 0.5
 """The demo samples and redraws this often."""
 STATUS_TIMEOUT_S = 2.0
 """A manager status poll that takes longer is skipped."""
+REPORT_WIDTH = 132
+"""Columns of the report when stdout is not a terminal (a log, a pipe)."""
 FLAG_MEMORY_S = 5.0
 """A server stays FLAGGED in the view this long after its last risk move."""
 
@@ -81,12 +84,27 @@ class DemoConfig:
     """After the SIGKILL, the failover window."""
     after_s: float = 12.0
     """After the failover window, until the load stops."""
-    overload_threshold: float = 0.6
-    """The manager's risk input: CPU utilization above this moves parts away."""
-    overload_parts_fraction: float = 0.5
-    """Share of the flagged server's primaries each risk decision moves."""
-    overload_cooldown_ms: int = 2_000
+    overload_threshold: float = 0.35
+    """The manager's risk input: CPU utilization above this moves parts away. Low, because the
+    demo shares its cores: a fully burning thread may get only half a core when other work
+    runs, while an undisturbed server under the demo's load stays near 0.1."""
+    overload_parts_fraction: float = 1.0
+    """Share of the flagged server's primaries each risk decision moves: all of them, since
+    the server is heading for an SLO breach."""
+    overload_cooldown_ms: int = 1_000
     """Quiet time after a risk decision about one server."""
+    target_cpu_utilization_max: float = 0.25
+    """A handoff target must report less CPU than this: below the overload threshold, so
+    parts never move to a server that is itself at risk."""
+    load_epsilon: float = 1.0
+    """Bounded loads' slack. With the default 0.25, the parts a risk move pins elsewhere free
+    capacity on the flagged server, and hash-placed parts spill back onto it (implicit
+    PART_MOVED handoffs); more slack keeps them where they are."""
+    handoffs_per_server_max: int = 8
+    """Handoffs one server takes part in at once (each moves up to 16 parts); a handoff holds
+    its slot until the source's backup period ends."""
+    backup_period_ms: int = 1_500
+    """How long a handoff source keeps a moved part as a read-only backup."""
     suspect_timeout_ms: int = 1_000
     """The manager suspects a server silent this long."""
     failure_timeout_ms: int = 2_000
@@ -133,7 +151,11 @@ class DemoConfig:
                 "overload_cooldown_ms": self.overload_cooldown_ms,
                 "suspect_timeout_ms": self.suspect_timeout_ms,
                 "failure_timeout_ms": self.failure_timeout_ms,
+                "handoffs_per_server_max": self.handoffs_per_server_max,
+                "target_cpu_utilization_max": self.target_cpu_utilization_max,
             },
+            manager_placement={"load_epsilon": self.load_epsilon},
+            server_core={"backup_period_ms": self.backup_period_ms},
             burner=BurnerConfig(
                 ramp_ms=round(self.ramp_s * 1000), chunk_ms_peak=self.burner_chunk_ms_peak
             ),
@@ -319,6 +341,7 @@ class _Run:
         self.event(f"burner in {degraded} stopped")
         await self.phase_for("settling", config.settle_s)
         killed = config.killed_server
+        killed_parts = load.parts_on(killed)
         killed_s = self.now()
         self.cluster.kill_server(killed, now_s=killed_s)
         self.event(f"SIGKILL {killed}")
@@ -335,13 +358,18 @@ class _Run:
             killed_s=killed_s,
             load_stopped_s=load_stopped_s,
             failover_window_s=config.failover_window_s,
+            killed_parts=killed_parts,
         )
 
 
 async def run_demo(config: DemoConfig, *, console: Console | None = None) -> int:
     """Run the whole demo; the exit status (see the module docstring)."""
-    console = console if console is not None else Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=REPORT_WIDTH)
     directory = Path(tempfile.mkdtemp(prefix="forehand-demo-"))
+    _log_to(directory / "demo.log")
     cluster = DemoCluster(directory, config.cluster_config())
     run = _Run(config, cluster, console)
     _stop_on_sigterm()
@@ -375,6 +403,17 @@ async def run_demo(config: DemoConfig, *, console: Console | None = None) -> int
             console.print(f"logs and configuration kept in {directory}")
         else:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _log_to(path: Path) -> None:
+    """The SDK's own log lines go to a file of the run, not across the live view."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
 
 
 def _stop_on_sigterm() -> None:

@@ -80,6 +80,8 @@ class Timeline:
     """The sessions stopped issuing."""
     failover_window_s: float
     """How long after the SIGKILL counts as the failover window."""
+    killed_parts: frozenset[tuple[bytes, str]] = frozenset()
+    """(session id, part) of the parts whose primary was the killed server."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,12 +136,18 @@ class FailoverSummary:
 
     server: str
     """The killed server."""
+    parts: int
+    """Parts whose primary it was."""
     parts_relocated: int
-    """Parts the clients relocated (through the manager) after losing their server."""
+    """Of those, parts the clients relocated (the manager named a new primary) after it."""
     failover_s: float | None
-    """From the SIGKILL to the last relocation; None when none happened."""
-    relocation_ms_median: float | None
-    """Median, per part, from the client losing the server to knowing the new primary."""
+    """From the SIGKILL to the last of those relocations; None when none happened."""
+    relocation_s_median: float | None
+    """Median, over those parts, from the SIGKILL to their relocation."""
+    parts_called: int
+    """Of those parts, how many were called after the SIGKILL."""
+    parts_answered: int
+    """Of those, how many answered a call successfully afterwards."""
     failed_requests: int
     """Calls started in the failover window that failed."""
 
@@ -159,7 +167,8 @@ class DemoSummary:
     predicted_parts: int
     """Parts moved for a risk reason."""
     predicted_failed: int
-    """Calls that started while predicted handoffs ran (the degrading window) and failed."""
+    """Calls that started while predicted handoffs ran (from the degradation to the crash) and
+    failed."""
     breach_s: float | None
     """The degraded server's SLO breach, seconds after the load started."""
     failover: FailoverSummary
@@ -242,27 +251,48 @@ def _handoff_groups(
 def _failover(
     calls: Sequence[CallRecord], handoffs: Sequence[HandoffRecord], timeline: Timeline
 ) -> FailoverSummary:
-    relocated = [
-        record
-        for record in handoffs
-        if record.event.kind is HandoffEventKind.RELOCATED and record.at_s >= timeline.killed_s
-    ]
-    parts = sum(len(record.event.parts) for record in relocated)
-    end_s = timeline.killed_s + timeline.failover_window_s
-    failed = sum(1 for call in calls if timeline.killed_s <= call.started_s < end_s and not call.ok)
+    killed_s = timeline.killed_s
+    killed = timeline.killed_parts
+    relocated: dict[tuple[bytes, str], float] = {}
+    for record in handoffs:
+        event = record.event
+        # Until the manager declares the server dead, it names the dead server again.
+        if (
+            record.at_s < killed_s
+            or event.kind not in _RELOCATING
+            or event.target in (None, timeline.killed_server)
+        ):
+            continue
+        for part in event.parts:
+            key = (event.session_id, part)
+            if key in killed and key not in relocated:
+                relocated[key] = record.at_s - killed_s
+    called = set()
+    answered = set()
+    for call in calls:
+        key = (call.session, call.part)
+        if key in killed and call.started_s + call.latency_ms / 1000 > killed_s:
+            called.add(key)
+            if call.ok:
+                answered.add(key)
+    end_s = killed_s + timeline.failover_window_s
+    delays = list(relocated.values())
     return FailoverSummary(
         server=timeline.killed_server,
-        parts_relocated=parts,
-        failover_s=max(record.at_s for record in relocated) - timeline.killed_s
-        if relocated
-        else None,
-        relocation_ms_median=statistics.median(
-            record.event.duration_us / 1000 for record in relocated
-        )
-        if relocated
-        else None,
-        failed_requests=failed,
+        parts=len(killed),
+        parts_relocated=len(relocated),
+        failover_s=max(delays) if delays else None,
+        relocation_s_median=statistics.median(delays) if delays else None,
+        parts_called=len(called),
+        parts_answered=len(answered),
+        failed_requests=sum(
+            1 for call in calls if killed_s <= call.started_s < end_s and not call.ok
+        ),
     )
+
+
+_RELOCATING = frozenset({HandoffEventKind.RELOCATED, HandoffEventKind.REDIRECTED})
+"""Events by which a client learns a new primary without a HANDOFF."""
 
 
 def summarize(
@@ -283,14 +313,20 @@ def summarize(
     )
     groups = tuple(_handoff_groups(handoffs, breaches, origin_s))
     predicted = sum(group.parts for group in groups if group.reason in PREDICTED_REASONS)
-    degrading = windows[1]
+    # Predicted handoffs run from the degradation until the crash (queued moves go on after
+    # the burner stops); a call that fails in that span fails the demo.
+    predicted_failed = sum(
+        1
+        for call in calls
+        if timeline.degrade_started_s <= call.started_s < timeline.killed_s and not call.ok
+    )
     breach_at_s = breaches.get(timeline.degraded_server)
     errors = Counter(call.error for call in calls if not call.ok)
     problems = []
     if predicted == 0:
         problems.append("no predicted handoff happened: the risk input never moved a part")
-    if degrading.failed:
-        problems.append(f"{degrading.failed} request(s) failed while predicted handoffs ran")
+    if predicted_failed:
+        problems.append(f"{predicted_failed} request(s) failed while predicted handoffs ran")
     if verification.lost:
         problems.append(f"{verification.lost} acknowledged replicated write(s) were lost")
     return DemoSummary(
@@ -299,7 +335,7 @@ def summarize(
         windows=windows,
         handoffs=groups,
         predicted_parts=predicted,
-        predicted_failed=degrading.failed,
+        predicted_failed=predicted_failed,
         breach_s=breach_at_s - origin_s if breach_at_s is not None else None,
         failover=_failover(calls, handoffs, timeline),
         verification=verification,
@@ -316,6 +352,10 @@ def _ms(value: float | None) -> str:
 
 def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1f} s"
+
+
+def _seconds_plain(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 def print_report(summary: DemoSummary, timeline: Timeline, console: Console) -> None:
@@ -382,11 +422,11 @@ def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -
         f"{timeline.degrade_started_s - origin_s:.1f} s; its SLO breach: {breach}",
         f"predicted handoffs: {summary.predicted_parts} part(s); "
         f"failed requests during predicted handoffs: {summary.predicted_failed}",
-        f"SIGKILL {failover.server} at {timeline.killed_s - origin_s:.1f} s; failover time "
-        f"(SIGKILL to last part relocated): "
-        f"{'-' if failover.failover_s is None else f'{failover.failover_s:.2f} s'}; "
-        f"{failover.parts_relocated} part(s) relocated, median "
-        f"{_ms(failover.relocation_ms_median)} ms from loss to new primary; "
+        f"SIGKILL {failover.server} at {timeline.killed_s - origin_s:.1f} s: "
+        f"{failover.parts_relocated} of its {failover.parts} primary parts relocated to a new "
+        f"primary, the last {_seconds_plain(failover.failover_s)} after the kill (failover "
+        f"time), median {_seconds_plain(failover.relocation_s_median)}; "
+        f"{failover.parts_answered} of the {failover.parts_called} called since answered; "
         f"{failover.failed_requests} failed request(s) in the failover window",
         f"acknowledged writes lost: {verification.lost} of {verification.acknowledged} "
         f"(cart, replicated; {verification.unreadable_sessions} cart(s) unreadable)",
