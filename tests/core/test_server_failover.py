@@ -197,3 +197,61 @@ def test_restarted_replica_catches_up_from_the_primary() -> None:
     cluster.router.advance(ms=600)
     replica = cluster.server("s2").part(COUNTER)
     assert replica is not None and (replica.data, replica.applied_seq) == (5, 5)
+
+
+def test_a_replica_refuses_a_replaced_primary_its_map_moved_past() -> None:
+    """A replica whose map names another primary (it may have restarted and forgotten a fence)
+    refuses the old primary's log and fences it with its map version."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=50)
+    # The map moves the part to s2; s1, cut off from the manager, never hears of it.
+    cluster.place("counter", "s2", "s3", to=["s2", "s3"])
+    cluster.request("s1", "counter", map_version=cluster.map.version - 1)
+    cluster.router.advance(ms=50)
+    refused = cluster.events("s3", StaleEpochRefused)
+    assert [(event.peer, event.kind) for event in refused] == [("s1", "log")]
+    fenced = cluster.events("s1", PartFenced)
+    assert [(event.fence_version, event.cause) for event in fenced] == [
+        (cluster.map.version, "replica_fenced")
+    ]
+    assert any(
+        event.name == "shipment-from-replaced-primary"
+        for event in cluster.events("s3", RarePathTaken)
+    )
+
+
+def test_a_stale_seal_does_not_make_a_replica_primary() -> None:
+    """A sealed log that arrives after a map naming its sender primary leaves the receiver a
+    replica: taking over would make two primaries."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None
+    seal = LogShipped(
+        ref=COUNTER, epoch=part.epoch, prev_seq=part.applied_seq, entries=(), sealed=True
+    )
+    cluster.router.send("s1", "s2", seal)
+    assert state(cluster, "s2") is PartState.REPLICA and state(cluster, "s1") is PartState.PRIMARY
+    assert any(
+        event.name == "stale-seal-not-taken-over" for event in cluster.events("s2", RarePathTaken)
+    )
+
+
+def test_a_restarted_server_never_serves_a_part_it_should_hold_from_an_empty_state() -> None:
+    """Restarted, a primary skips its part on the first map and on every later delta that still
+    names it primary: an empty state must not answer for acknowledged writes."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.start("s1", seed=99, incarnation=2)
+    cluster.publish_full(to=["s1"])
+    cluster.place("counter", "s1", "s3")
+    assert cluster.server("s1").part(COUNTER) is None
+    installed = [e for e in cluster.events("s1", PrimaryInstalled) if e.ref == COUNTER]
+    assert len(installed) == 1
+    rare = [event.name for event in cluster.events("s1", RarePathTaken)]
+    assert rare.count("primary-without-state-after-restart") == 2

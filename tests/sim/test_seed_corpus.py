@@ -15,8 +15,8 @@ from rich.console import Console
 
 from forehand.sim import ALL_SCENARIO, ROTATION, Campaign, get_scenario
 
-CORPUS_SEEDS = 30 * len(ROTATION)
-"""Seeds in the corpus: 30 of each built-in scenario."""
+CORPUS_SEEDS = 40 * len(ROTATION)
+"""Seeds in the corpus: 40 of each built-in scenario."""
 
 REACHED = (
     "async-write-lost",
