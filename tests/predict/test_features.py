@@ -175,3 +175,37 @@ def test_capacity_pressure_is_the_nearest_limit() -> None:
     values = {"latency_us_p99": 300_000.0}
     server, breached = bank.observe_server(ServerSample(server_id="s", values=values), now_us=S)
     assert breached and server.features["capacity.pressure"] >= 1.2
+
+
+def test_floor_features_tell_a_spike_from_a_sustained_climb() -> None:
+    """A two-tick spike lifts the level but not its rolling minimum; a climb lifts both."""
+    config = FeatureConfig(persistence_window_ticks=3)
+    spec = MetricSpec(name="cpu", scale=1.0, capacity=1.0, noise_floor=0.01)
+    spiky = MetricTracker(spec=spec, config=config)
+    climbing = MetricTracker(spec=spec, config=config)
+    out_spike: dict[str, float] = {}
+    out_climb: dict[str, float] = {}
+    for tick, value in enumerate((0.3,) * 6 + (0.8, 0.8)):
+        spiky.update(value, elapsed_us=10 * S, horizon_s=600.0, out=out_spike)
+        climbing.update(0.3 + 0.05 * tick, elapsed_us=10 * S, horizon_s=600.0, out=out_climb)
+    assert out_spike["cpu.level"] == pytest.approx(0.8)
+    assert out_spike["cpu.floor"] == pytest.approx(0.3)
+    assert out_climb["cpu.floor"] == pytest.approx(0.55)
+    assert out_spike["cpu.ttt_floor"] == pytest.approx(0.0)
+    assert out_climb["cpu.ttt_floor"] > 0.0
+    assert out_climb["cpu.ttt_floor"] <= out_climb["cpu.ttt"]
+
+
+def test_wide_degradation_counts_flaps_and_transitions() -> None:
+    """Blips of most paths at once add up over the flap window, with their up/down changes."""
+    config = PredictorConfig(features=FeatureConfig(flap_window_ticks=4))
+    bank = FeatureBank(config=config)
+    for tick, bad in enumerate((False, True, False, True)):
+        for group in ("a", "b"):
+            sample = PathSample(
+                server_id="s", client_group=group, rtt_us=20_000, loss_ratio=0.03 if bad else 0.0
+            )
+            bank.observe_path(sample, now_us=tick * S)
+        server, _ = bank.observe_server(ServerSample(server_id="s", values={}), now_us=tick * S)
+    assert server.features["paths.wide_degradation_share"] == pytest.approx(0.5)
+    assert server.features["paths.wide_flips_share"] == pytest.approx(0.75)

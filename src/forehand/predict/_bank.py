@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from forehand.predict._config import SECOND_US, PredictorConfig
-from forehand.predict._features import Ewma, Holt, MetricTracker, PathTracker
+from forehand.predict._features import Ewma, Holt, MetricTracker, PathTracker, RollingWindow
 from forehand.predict._labels import DelayedLabeler
 from forehand.predict._samples import PathSample, ServerSample, path_bucket
 
@@ -56,7 +56,17 @@ class PathState(EntityState):
 class ServerState(EntityState):
     """One server: its metrics, its path buckets, and the share of them that degrade."""
 
-    __slots__ = ("degraded_share", "paths", "share_ewma", "share_holt", "trackers", "wide_ewmas")
+    __slots__ = (
+        "degraded_share",
+        "paths",
+        "share_ewma",
+        "share_holt",
+        "trackers",
+        "wide_ewmas",
+        "wide_flips",
+        "wide_last",
+        "wide_window",
+    )
 
     def __init__(self, *, config: PredictorConfig) -> None:
         super().__init__(config=config)
@@ -77,6 +87,13 @@ class ServerState(EntityState):
         network's trouble never counts."""
         self.share_holt = Holt(alpha=features.holt_level_alpha, beta=features.holt_trend_beta)
         """Trend of the degraded share."""
+        self.wide_window = RollingWindow(size=features.flap_window_ticks)
+        """Whether most paths degraded at once, over the last samples: a count, unlike the EWMAs,
+        so a flapping uplink's intermittent blips add up to a steady signal."""
+        self.wide_flips = RollingWindow(size=features.flap_window_ticks)
+        """Whether that state changed at each of the last samples (up/down transitions)."""
+        self.wide_last = 0.0
+        """The newest "most paths degraded" flag."""
 
 
 class FeatureBank:
@@ -210,6 +227,11 @@ class FeatureBank:
         )
         for name, ewma in zip(self._wide_names, server.wide_ewmas, strict=True):
             out[name] = ewma.update(wide, elapsed_us=elapsed_us)
+        server.wide_window.update(wide)
+        server.wide_flips.update(abs(wide - server.wide_last))
+        server.wide_last = wide
+        out["paths.wide_degradation_share"] = server.wide_window.mean
+        out["paths.wide_flips_share"] = server.wide_flips.mean
         out["paths.degraded_share_trend"] = server.share_holt.trend_per_s * self._config.horizon_s
         out["paths.breached_share"] = breached_share
         out["paths.rtt_excess_mean"] = excess_sum / fresh if fresh else 0.0

@@ -117,6 +117,12 @@ class FeatureConfig:
     """Smoothing of the level in Holt's linear trend method."""
     holt_trend_beta: float = 0.1
     """Smoothing of the trend in Holt's linear trend method."""
+    persistence_window_ticks: int = 6
+    """Samples over which the rolling minima of a level and of its time-to-threshold are taken
+    (`m.floor`, `m.ttt_floor`): longer than a short spike, shorter than a ramp's last minutes."""
+    flap_window_ticks: int = 30
+    """Samples over which a server counts its paths' server-wide degradations and their up/down
+    transitions (`paths.wide_degradation_share`, `paths.wide_flips_share`)."""
     rtt_min_window_ticks: int = 360
     """Samples over which a path's minimum round-trip time is taken."""
     z_score_max: float = 20.0
@@ -130,6 +136,8 @@ class FeatureConfig:
             raise ConfigError(f"EWMA time constants go fastest first, got {constants}")
         if self.baseline_time_constant_us <= 0:
             raise ConfigError("baseline_time_constant_us must be positive")
+        if self.persistence_window_ticks < 1 or self.flap_window_ticks < 2:
+            raise ConfigError("need persistence_window_ticks >= 1 and flap_window_ticks >= 2")
         if self.dispersion_window_ticks < 2 or self.rtt_min_window_ticks < 1:
             raise ConfigError("feature windows need at least 2 (dispersion) and 1 (RTT) ticks")
         for name in ("holt_level_alpha", "holt_trend_beta"):

@@ -211,8 +211,10 @@ class MetricTracker:
         "_ewmas",
         "_floor_level",
         "_holt",
+        "_level_floor",
         "_names",
         "_spec",
+        "_ttt_floor",
         "_window",
         "last_raw",
     )
@@ -224,6 +226,10 @@ class MetricTracker:
         self._baseline = Baseline(time_constant_us=config.baseline_time_constant_us)
         self._window = RollingWindow(size=config.dispersion_window_ticks)
         self._holt = Holt(alpha=config.holt_level_alpha, beta=config.holt_trend_beta)
+        # Rolling minima over the persistence window tell a sustained climb from a short spike:
+        # a spike lifts the level and the trend for a tick or three, a ramp keeps both up.
+        self._level_floor = WindowMinimum(size=config.persistence_window_ticks)
+        self._ttt_floor = WindowMinimum(size=config.persistence_window_ticks)
         self._capacity_level = None if spec.capacity is None else self.level_of(spec.capacity)
         self._floor_level = spec.noise_floor / spec.scale if spec.scale else spec.noise_floor
         scaled = spec.scale is not None
@@ -236,8 +242,10 @@ class MetricTracker:
             *(f"{spec.name}.{s}" for s in suffixes),
             f"{spec.name}.z",
             f"{spec.name}.dispersion",
+            f"{spec.name}.floor",
             f"{spec.name}.trend",
             f"{spec.name}.ttt",
+            f"{spec.name}.ttt_floor",
         )
         self.last_raw: float | None = None
         """The newest raw value."""
@@ -273,15 +281,18 @@ class MetricTracker:
         for index, ewma in enumerate(self._ewmas, start=1):
             assert ewma.value is not None
             out[names[index]] = _clip((ewma.value - offset) / unit, z_max)
-        out[names[-4]] = _clip((x - mean) / deviation, z_max)
-        out[names[-3]] = _clip(self._window.deviation / unit, z_max)
-        out[names[-2]] = _clip(self._holt.trend_per_s * horizon_s / unit, z_max)
+        out[names[-6]] = _clip((x - mean) / deviation, z_max)
+        out[names[-5]] = _clip(self._window.deviation / unit, z_max)
+        out[names[-4]] = _clip((self._level_floor.update(x) - offset) / unit, z_max)
+        out[names[-3]] = _clip(self._holt.trend_per_s * horizon_s / unit, z_max)
         if self._capacity_level is not None:
             assert self._holt.level is not None
             seconds = time_to_threshold_s(
                 self._holt.level, self._holt.trend_per_s, self._capacity_level
             )
-            out[names[-1]] = max(0.0, 1.0 - seconds / horizon_s)
+            ttt = max(0.0, 1.0 - seconds / horizon_s)
+            out[names[-2]] = ttt
+            out[names[-1]] = self._ttt_floor.update(ttt)
 
 
 def _clip(value: float, bound: float) -> float:

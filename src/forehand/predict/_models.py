@@ -35,6 +35,8 @@ BACKGROUND_SAMPLES_MIN = 200
 HINGE_SUFFIXES = (
     ".level",
     ".ttt",
+    ".floor",
+    ".ttt_floor",
     ".pressure",
     "_share",
     "_share_ewma",
