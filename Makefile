@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit venv clean bench
+.PHONY: test lint typecheck unit venv clean bench demo
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# A live cluster on loopback for about two minutes: a predicted handoff, then a crash.
+demo: $(STAMP)
+	$(BIN)/python -m forehand.demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 
