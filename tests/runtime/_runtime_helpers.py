@@ -26,7 +26,6 @@ from forehand.runtime import (
 
 __all__ = [
     "HOST",
-    "NODES",
     "TRANSPORT_KINDS",
     "client_credentials",
     "make_transport",
@@ -35,7 +34,6 @@ __all__ = [
 ]
 
 HOST = "127.0.0.1"
-NODES = ("s1", "s2", "manager", "client-node")
 TRANSPORT_KINDS = ("tls", "quic", "memory")
 HANG_TIMEOUT_S = 20.0
 """A test coroutine still running after this long is hung; the bound is not a timing claim."""

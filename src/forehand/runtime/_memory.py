@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from forehand.errors import ConfigError
 from forehand.runtime._stream import StreamConnection
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
@@ -43,6 +44,10 @@ class MemoryTransportConfig:
     """The bounds of every connection, as for the real transports."""
     read_chunk_bytes: int = 64 << 10
     """The most bytes one delivery hands to the receiving protocol, like one socket read."""
+
+    def __post_init__(self) -> None:
+        if self.read_chunk_bytes < 1:
+            raise ConfigError("MemoryTransportConfig.read_chunk_bytes must be positive")
 
 
 class MemoryConnection(StreamConnection):
