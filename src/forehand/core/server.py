@@ -1067,7 +1067,9 @@ class ServerCore:
         restarted since has forgotten it. So the map judges too: a shipment at an epoch the map
         has moved past comes from a replaced primary (cut off, not dead) unless its sender is the
         map's primary or this server is (a handoff target getting the sealed log). The refusal
-        carries the map version, which fences the sender. Without a map nothing can be judged:
+        carries this copy's epoch when it is newer, which fences the sender as `_admit_shipment`
+        does; never the map version, which is no epoch of the part: a fence that high would also
+        shut this copy off from the part's real primary. Without a map nothing can be judged:
         the primary ships again once the map is here.
         """
         current = self._map
@@ -1102,15 +1104,17 @@ class ServerCore:
                 part_epoch=current.version,
             )
         )
-        self._send(
-            source,
-            LogAcknowledged(
-                ref=ref,
-                epoch=current.version,
-                acked_seq=0 if part is None else part.applied_seq,
-                acked_epoch=0 if part is None else part.log.last_epoch,
-            ),
-        )
+        floor = 0 if part is None else max(part.epoch, part.fence_version)
+        if part is not None and floor > epoch:
+            self._send(
+                source,
+                LogAcknowledged(
+                    ref=ref,
+                    epoch=floor,
+                    acked_seq=part.applied_seq,
+                    acked_epoch=part.log.last_epoch,
+                ),
+            )
         return False
 
     def _part_for_shipment(self, ref: PartRef, epoch: int) -> Part | None:
