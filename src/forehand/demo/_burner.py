@@ -1,17 +1,18 @@
 """A CPU-burning thread that degrades the server process it runs in, ramping up over time.
 
-The demo degrades one server for real: a thread inside the server process burns CPU in chunks
+The demo degrades one server for real, from inside its process: a thread burns CPU in chunks
 that hold the GIL (a C-level loop that never yields it), so the server's event loop waits for
-each chunk to end before it can read, execute or answer anything. Two things ramp together:
+each chunk to end before it can read, execute or answer anything. Two things ramp:
 
-- the duty cycle (the share of time spent burning) rises linearly over the first part of the
-  ramp, so the process's CPU utilization, which the server reports in its heartbeats, climbs
-  early: the visible signal the manager's risk input acts on;
-- the chunk length rises slowly at first and steeply at the end (a power of the ramp's
-  progress), so the latency the loop adds stays small until late in the ramp: the SLO breach
-  comes after the CPU signal, as a real saturation does.
+- the share of time spent burning rises linearly over the first part of the ramp, so the
+  process's CPU use climbs early;
+- the chunks grow slowly at first and steeply at the end (a power of the ramp's progress), so
+  the event loop's lag, which the server reports in its heartbeats as `latency_us_p99`, creeps
+  up through tens of milliseconds long before the stalls break the SLO: the early signal the
+  manager's risk input acts on. A saturating server behaves so: its latency tail grows before
+  it collapses.
 
-`burn_plan` is the pure schedule; `CpuBurner` is the thread.
+`burn_plan` is the pure schedule; `CpuBurner` runs the thread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ CALIBRATION_ITERATIONS = 200_000
 """Iterations of the burning loop timed once at start, to turn milliseconds into iterations."""
 CALIBRATION_WEIGHT = 0.3
 """Weight of the latest chunk's speed in the running estimate of iterations per millisecond."""
+DUTY_MIN = 0.02
+"""The smallest share of time spent burning, at the very start of the ramp."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,13 +39,10 @@ class BurnerConfig:
 
     ramp_ms: int = 30_000
     """From the start to the peak; the peak then holds until the burner stops."""
-    duty_start: float = 0.05
-    """Share of time spent burning at the start."""
-    duty_peak: float = 0.95
-    """Share of time spent burning at the peak."""
+    duty_peak: float = 0.5
+    """Share of time spent burning (holding the GIL) once the duty ramp is done."""
     duty_ramp_share: float = 0.4
-    """The duty cycle reaches its peak after this share of the ramp, well before the chunks
-    grow long: a saturating server's CPU is high before its latency is."""
+    """The share of time burning reaches its peak after this share of the ramp."""
     chunk_ms_start: float = 1.0
     """Length of one GIL-holding chunk at the start, milliseconds."""
     chunk_ms_peak: float = 250.0
@@ -55,8 +55,8 @@ class BurnerConfig:
             raise ConfigError(f"BurnerConfig.ramp_ms must be positive, got {self.ramp_ms}")
         if not 0.0 < self.duty_ramp_share <= 1.0:
             raise ConfigError("BurnerConfig.duty_ramp_share must be in (0, 1]")
-        if not 0.0 < self.duty_start <= self.duty_peak < 1.0:
-            raise ConfigError("BurnerConfig needs 0 < duty_start <= duty_peak < 1")
+        if not DUTY_MIN <= self.duty_peak < 1.0:
+            raise ConfigError(f"BurnerConfig needs {DUTY_MIN} <= duty_peak < 1")
         if not 0.0 < self.chunk_ms_start <= self.chunk_ms_peak:
             raise ConfigError("BurnerConfig needs 0 < chunk_ms_start <= chunk_ms_peak")
         if self.chunk_exponent <= 0:
@@ -78,8 +78,7 @@ class BurnPlan:
 def burn_plan(*, elapsed_ms: float, config: BurnerConfig) -> BurnPlan:
     """The cycle `elapsed_ms` after the burner started."""
     progress = min(1.0, max(0.0, elapsed_ms / config.ramp_ms))
-    duty_progress = min(1.0, progress / config.duty_ramp_share)
-    duty = config.duty_start + (config.duty_peak - config.duty_start) * duty_progress
+    duty = max(DUTY_MIN, config.duty_peak * min(1.0, progress / config.duty_ramp_share))
     chunk_ms = config.chunk_ms_start + (config.chunk_ms_peak - config.chunk_ms_start) * (
         progress**config.chunk_exponent
     )
@@ -134,7 +133,7 @@ class CpuBurner:
             _burn(iterations)
             burned_ms = max((time.perf_counter() - started) * 1000, 1e-3)
             # Other processes share the cores, so the speed of the loop drifts: follow it, and
-            # rest in proportion to what was really burned, so the duty cycle holds.
+            # rest in proportion to what was really burned, so the share of time holds.
             rate = iterations / burned_ms
             self._iterations_per_ms += CALIBRATION_WEIGHT * (rate - self._iterations_per_ms)
             stop.wait(burned_ms * (1.0 - plan.duty) / plan.duty / 1000)

@@ -84,18 +84,20 @@ class DemoConfig:
     """After the SIGKILL, the failover window."""
     after_s: float = 12.0
     """After the failover window, until the load stops."""
-    overload_threshold: float = 0.35
-    """The manager's risk input: CPU utilization above this moves parts away. Low, because the
-    demo shares its cores: a fully burning thread may get only half a core when other work
-    runs, while an undisturbed server under the demo's load stays near 0.1."""
+    overload_latency_ms: float = 60.0
+    """The manager's risk input: a server reporting an event-loop lag p99 (its
+    `latency_us_p99`) above this has its parts moved away. Well under the SLO, so the move
+    comes before the breach."""
+    overload_threshold: float = 0.9
+    """The risk input's CPU threshold (the manager's default). CPU use alone is a poor signal
+    on a machine whose cores other processes share: the burning server gets only its share."""
     overload_parts_fraction: float = 1.0
     """Share of the flagged server's primaries each risk decision moves: all of them, since
     the server is heading for an SLO breach."""
-    overload_cooldown_ms: int = 1_000
+    overload_cooldown_ms: int = 3_000
     """Quiet time after a risk decision about one server."""
-    target_cpu_utilization_max: float = 0.25
-    """A handoff target must report less CPU than this: below the overload threshold, so
-    parts never move to a server that is itself at risk."""
+    target_cpu_utilization_max: float = 0.5
+    """A handoff target must report less CPU than this."""
     load_epsilon: float = 1.0
     """Bounded loads' slack. With the default 0.25, the parts a risk move pins elsewhere free
     capacity on the flagged server, and hash-placed parts spill back onto it (implicit
@@ -109,7 +111,7 @@ class DemoConfig:
     """The manager suspects a server silent this long."""
     failure_timeout_ms: int = 2_000
     """And declares it dead after this long."""
-    burner_chunk_ms_peak: float = 250.0
+    burner_chunk_ms_peak: float = 500.0
     """The burner's longest GIL-holding chunk at its peak."""
     keep_directory: bool = False
     """Keep the run's directory (logs, configuration, certificates) afterwards."""
@@ -133,7 +135,7 @@ class DemoConfig:
         return replace(
             self,
             warmup_s=max(4.0, self.warmup_s * factor),
-            ramp_s=max(6.0, self.ramp_s * factor),
+            ramp_s=max(8.0, self.ramp_s * factor),
             hold_s=max(1.5, self.hold_s * factor),
             settle_s=max(2.0, self.settle_s * factor),
             failover_window_s=max(detection_s, self.failover_window_s * factor),
@@ -147,6 +149,7 @@ class DemoConfig:
             app_dir=self.app_dir,
             manager_core={
                 "overload_threshold": self.overload_threshold,
+                "overload_latency_us_p99": round(self.overload_latency_ms * 1000),
                 "overload_parts_fraction": self.overload_parts_fraction,
                 "overload_cooldown_ms": self.overload_cooldown_ms,
                 "suspect_timeout_ms": self.suspect_timeout_ms,
@@ -317,7 +320,7 @@ class _Run:
             handoffs=completed,
             relocations=relocated,
             map_version=map_version,
-            overload_threshold=self.config.overload_threshold,
+            overload_latency_ms=self.config.overload_latency_ms,
             slo_ms=self.config.probe.slo_ms,
             servers=tuple(rows),
         )

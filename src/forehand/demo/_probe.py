@@ -5,8 +5,10 @@ than `slo_ms`. Once parts have been handed off a degraded server serves few requ
 clients' latencies no longer tell how it is doing; the probe does. Per server it keeps one
 `forehand/1` client connection (TLS, verified against the cluster CA, HELLO/WELCOME like any
 client) and sends PING every `interval_ms`; the PONG comes back through the same event loop that
-serves requests, so its round trip is what a request would wait. The breach starts at the first
-of `breach_samples_min` consecutive round trips over `slo_ms`.
+serves requests, so its round trip is what a request would wait. The SLO is on the tail: the
+server breaches it once `breach_samples_min` round trips within `breach_window_ms` take longer
+than `slo_ms` (one slow answer may be the machine's hiccup; several in a row of seconds are the
+server's tail), and the breach is dated at the first of them.
 """
 
 from __future__ import annotations
@@ -32,17 +34,26 @@ class ProbeConfig:
 
     interval_ms: int = 100
     """Pause between the answer to one PING and the next PING."""
-    slo_ms: float = 100.0
+    slo_ms: float = 200.0
     """A round trip longer than this is over the SLO."""
-    breach_samples_min: int = 3
-    """Consecutive round trips over the SLO that make a breach."""
+    breach_samples_min: int = 2
+    """Round trips over the SLO, within `breach_window_ms`, that make a breach."""
+    breach_window_ms: int = 2_000
+    """The span those round trips must fall in."""
     timeout_ms: int = 2_000
     """A PING unanswered this long counts as a round trip of this length."""
     samples_max: int = 4096
     """Round trips kept per server (the oldest go first)."""
 
     def __post_init__(self) -> None:
-        if min(self.interval_ms, self.breach_samples_min, self.timeout_ms, self.samples_max) < 1:
+        values = (
+            self.interval_ms,
+            self.breach_samples_min,
+            self.breach_window_ms,
+            self.timeout_ms,
+            self.samples_max,
+        )
+        if min(values) < 1:
             raise ConfigError("ProbeConfig values must be positive")
         if self.slo_ms <= 0 or self.slo_ms >= self.timeout_ms:
             raise ConfigError("ProbeConfig needs 0 < slo_ms < timeout_ms")
@@ -61,8 +72,7 @@ class ServerProbe:
     """Loop time of the first round trip of the first breach, once one happened."""
     connected: bool = False
     """Whether the probe holds a connection now."""
-    _over: int = 0
-    _over_since_s: float = 0.0
+    _over_s: deque[float] = field(default_factory=deque)
     _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -85,14 +95,14 @@ class ServerProbe:
         self.samples.append((at_s, rtt_ms))
         while len(self.samples) > self.config.samples_max:
             self.samples.popleft()
-        if rtt_ms <= self.config.slo_ms:
-            self._over = 0
+        if rtt_ms <= self.config.slo_ms or self.breach_at_s is not None:
             return
-        if self._over == 0:
-            self._over_since_s = at_s
-        self._over += 1
-        if self._over >= self.config.breach_samples_min and self.breach_at_s is None:
-            self.breach_at_s = self._over_since_s
+        over = self._over_s
+        over.append(at_s)
+        while over and over[0] < at_s - self.config.breach_window_ms / 1000:
+            over.popleft()
+        if len(over) >= self.config.breach_samples_min:
+            self.breach_at_s = over[0]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

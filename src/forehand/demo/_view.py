@@ -98,8 +98,8 @@ class Snapshot:
     """Parts relocated after a lost server so far."""
     map_version: int
     """The manager's shard-map version."""
-    overload_threshold: float
-    """The risk input's CPU threshold."""
+    overload_latency_ms: float
+    """The risk input's threshold on a server's event-loop lag p99."""
     slo_ms: float
     """The probes' SLO."""
     servers: tuple[ServerRow, ...]
@@ -169,7 +169,8 @@ def _status_line(snapshot: Snapshot) -> str:
         f"failed {snapshot.failed}  handoffs {snapshot.handoffs}  "
         f"relocated {snapshot.relocations}  map v{snapshot.map_version}  "
         + "  ".join(
-            f"{row.server_id}:{row.primaries}p/{'-' if row.cpu is None else f'{row.cpu:.2f}'}cpu"
+            f"{row.server_id}:{row.primaries}p/"
+            f"{'-' if row.probe_ms is None else f'{row.probe_ms:.0f}'}ms"
             for row in snapshot.servers
         )
     )
@@ -177,21 +178,22 @@ def _status_line(snapshot: Snapshot) -> str:
 
 def _server_table(snapshot: Snapshot) -> Table:
     table = Table(
-        caption=f"risk input: CPU over {snapshot.overload_threshold:.2f} moves parts away; "
-        f"SLO: probe round trip under {snapshot.slo_ms:.0f} ms"
+        caption=f"risk input: a server's event-loop lag p99 over "
+        f"{snapshot.overload_latency_ms:.0f} ms moves its parts away; SLO: answers within "
+        f"{snapshot.slo_ms:.0f} ms (probe round trip)"
     )
     for column in ("server", "state", "cpu", "risk", "primary parts", "req/s", "probe ms"):
         table.add_column(column, justify="left" if column in ("server", "state") else "right")
     for row in snapshot.servers:
-        over = row.cpu is not None and row.cpu > snapshot.overload_threshold
+        slow = row.probe_ms is not None and row.probe_ms > snapshot.overload_latency_ms
         cpu = "-" if row.cpu is None else f"{row.cpu:.2f}"
-        risk = "FLAGGED" if row.flagged else ("high" if over else "ok")
+        risk = "FLAGGED" if row.flagged else ("rising" if slow else "ok")
         probe = "-" if row.probe_ms is None else f"{row.probe_ms:.0f}"
         table.add_row(
             row.server_id,
             row.state,
-            Text(cpu, style="red" if over else ""),
-            Text(risk, style="bold red" if row.flagged else ("yellow" if over else "green")),
+            cpu,
+            Text(risk, style="bold red" if row.flagged else ("yellow" if slow else "green")),
             str(row.primaries),
             f"{row.requests_per_second:.0f}",
             Text(probe + (" BREACH" if row.breached else ""), style="red" if row.breached else ""),
