@@ -13,8 +13,11 @@ breach times, the timeline of what it did), after the run; nothing is estimated.
 
 A call belongs to the window in which it started. A *predicted handoff* is a handoff whose
 reason came from the manager's risk input (OVERLOAD or PREDICTED_FAILURE); its lead time is the
-degraded server's SLO breach (first probe round trip of the breach) minus the moment the client
-completed the move; positive means the part left before the breach.
+degraded server's SLO breach (dated by the probe, `forehand.demo._probe`) minus the moment the
+client completed the move; positive means the part left before the breach. Predicted handoffs
+may run from the degradation until the crash, so a call that started in that span and failed
+fails the demo. The failover time is the time from the SIGKILL until the clients knew a live
+primary for the last of the killed server's primary parts.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(fraction * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 
