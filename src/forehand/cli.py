@@ -39,6 +39,20 @@ def sim(context: typer.Context) -> None:
     raise typer.Exit(sim_main(context.args, prog="forehand sim"))
 
 
+@app.command(
+    context_settings={
+        "allow_extra_args": True,
+        "ignore_unknown_options": True,
+        "help_option_names": [],
+    },
+)
+def demo(context: typer.Context) -> None:
+    """Run the live demo cluster (the options of `python -m forehand.demo`; see `--help`)."""
+    from forehand.demo import main as demo_main
+
+    raise typer.Exit(demo_main(context.args))
+
+
 docs_app = typer.Typer(
     name="docs", help="Keep the documentation in sync with the code.", no_args_is_help=True
 )
