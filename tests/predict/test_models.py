@@ -52,3 +52,31 @@ def test_platt_learns_the_base_rate_and_keeps_the_ranking() -> None:
     assert calibrator.probability(0.0) == pytest.approx(0.1, abs=0.03)
     assert calibrator.slope > 0
     assert calibrator.probability(2.0) >= calibrator.probability(-2.0)
+
+
+def test_drift_replacement_only_when_enabled() -> None:
+    """After the concept flips, a background challenger starts only with replace_on_drift."""
+    started = {}
+    for enabled in (False, True):
+        config = PredictorConfig(replace_on_drift=enabled, adwin_warning_delta=0.5)
+        model = LogisticModel(config=config)
+        rng = random.Random(3)
+        started[enabled] = False
+        for step in range(4_000):
+            x = rng.random()
+            model.learn({"x": x}, (x > 0.5) if step < 2_000 else (x < 0.5))
+            started[enabled] |= model._background is not None
+        if not enabled:
+            assert model.drifts_detected == 0
+    assert started == {False: False, True: True}
+
+
+def test_stacked_logistic_sees_the_rule() -> None:
+    """The stacked regression's inputs include the rule's largest component and its hinges."""
+    model = make_model("logistic", config=PredictorConfig(), kind="server", rng=random.Random(1))
+    assert isinstance(model, LogisticModel)
+    inputs = model._inputs({"cpu_utilization.level": 0.9})
+    assert inputs["rule.max"] == pytest.approx(0.9)
+    assert inputs["rule.max>0.8"] == pytest.approx(0.1)
+    plain = LogisticModel(config=PredictorConfig(stack_rule=False))
+    assert "rule.max" not in plain._inputs({"cpu_utilization.level": 0.9})

@@ -107,3 +107,21 @@ def test_unknown_entities_and_bounded_servers() -> None:
         OnlinePredictor(config=CONFIG, rng=random.Random(1), models=("rule", "rule"))
     with pytest.raises(ConfigError):
         OnlinePredictor(config=CONFIG, rng=random.Random(1), models=("nope",))
+
+
+def test_hard_negatives_always_train() -> None:
+    """With the hard-negative bar at -inf every negative trains; at +inf only a share does."""
+    counts = {}
+    for bar in (float("-inf"), float("inf")):
+        config = PredictorConfig(
+            labels=CONFIG.labels, calibration_labels_min=50, hard_negative_score_min=bar
+        )
+        predictor = OnlinePredictor(config=config, rng=random.Random(5), models=("logistic",))
+        for now_us, samples in ramp_stream(seed=3, ticks=200):
+            for sample in samples:
+                predictor.observe(sample, now_us=now_us)
+        stats = predictor.stats()
+        counts[bar] = (stats.trained_ticks, stats.labelled_ticks)
+    trained, labelled = counts[float("-inf")]
+    assert trained == labelled > 0
+    assert counts[float("inf")][0] < labelled

@@ -190,6 +190,9 @@ class PredictorConfig:
     negative_sample_probability: float = 0.2
     """Share of negative ticks the learned models train on; every positive tick trains. The
     calibrator sees every labelled tick, so subsampling does not bias the probabilities."""
+    hard_negative_score_min: float = math.inf
+    """Negative ticks whose primary raw score reached this train the learned models whatever
+    the draw (hard negatives); infinity trains a plain share only."""
     calibration_labels_min: int = 500
     """Labelled ticks a calibrator must have learned before its risks count as calibrated."""
     contributions_max: int = 5
@@ -206,10 +209,16 @@ class PredictorConfig:
     """Step size of the online logistic regression."""
     l2_regularization: float = 1e-4
     """L2 penalty of the online logistic regression."""
+    stack_rule: bool = True
+    """Give the logistic regression the rule baseline's largest component as an input."""
     hinge_knots: tuple[float, ...] = (0.5, 0.8)
     """Knots of the hinge features the logistic regression adds to each dimensionless level."""
     calibration_learning_rate: float = 0.05
     """AdaGrad step size of the online Platt scaling."""
+    replace_on_drift: bool = False
+    """Let a background model replace the foreground at an ADWIN drift. Off by default: fault
+    telemetry is bursty, so drifts fire on a stationary stream, and a model trained on the last
+    hours forgets the fault families it did not see in them (measured: flapping links)."""
     adwin_warning_delta: float = 1e-3
     """ADWIN confidence at which a background model starts learning (a drift may be coming)."""
     adwin_drift_delta: float = 1e-5

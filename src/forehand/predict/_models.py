@@ -38,6 +38,7 @@ HINGE_SUFFIXES = (
     ".floor",
     ".ttt_floor",
     ".pressure",
+    ".max",
     "_share",
     "_share_ewma",
     "ewma_30s",
@@ -45,6 +46,8 @@ HINGE_SUFFIXES = (
     "ewma_600s",
 )
 """Dimensionless features (1.0 means trouble) the logistic regression also sees through hinges."""
+RULE_FEATURE = "rule.max"
+"""Input of the stacked logistic regression: the rule baseline's largest component."""
 RULE_GAIN = 8.0
 """Slope of the rule's logit-like score: `RULE_GAIN * (largest component - 1)`, so an
 uncalibrated rule reads 0.5 at its alarm level and its calibrator starts close to sensible."""
@@ -103,6 +106,10 @@ class RuleModel:
 
     def score(self, features: Mapping[str, float]) -> float:
         """`RULE_GAIN * (largest component - 1)`."""
+        return RULE_GAIN * (self.largest(features) - 1.0)
+
+    def largest(self, features: Mapping[str, float]) -> float:
+        """The largest normalised component (1.0 at the alarm level, at least 0.0)."""
         best = 0.0
         for component in self._components:
             value = features.get(component.name, 0.0)
@@ -110,7 +117,7 @@ class RuleModel:
                 value = abs(value)
             value /= component.divisor
             best = max(best, value)
-        return RULE_GAIN * (best - 1.0)
+        return best
 
     def learn(self, features: Mapping[str, float], label: bool) -> None:
         """Rules do not learn."""
@@ -209,7 +216,11 @@ class _AdaptiveLearner:
             self._background.learn_one(x, label)
         self._warning.update(squared)  # type: ignore[no-untyped-call]
         self._drift.update(squared)  # type: ignore[no-untyped-call]
-        if self._warning.drift_detected and self._background is None:
+        if (
+            self._warning.drift_detected
+            and self._background is None
+            and self._config.replace_on_drift
+        ):
             self._background = self._fresh()
             self._background_error = self._foreground_error = 0.0
             self._background_seen = 0
@@ -247,9 +258,19 @@ class _AdaptiveLearner:
 
 
 class LogisticModel(_AdaptiveLearner):
-    """River online logistic regression on standardised features, with ADWIN drift handling."""
+    """River online logistic regression on standardised features, with ADWIN drift handling.
+
+    With `rule` it is a stacked model: the rule baseline's largest component (`rule.max`, 1.0 at
+    the rule's alarm level) is one more input, hinges included, so the regression learns how far
+    to trust the rule beside everything else (its absolute z-scores, say, which a linear model
+    cannot form from signed ones).
+    """
 
     name = "logistic"
+
+    def __init__(self, *, config: PredictorConfig, rule: RuleModel | None = None) -> None:
+        super().__init__(config=config)
+        self._rule = rule
 
     def _fresh(self) -> compose.Pipeline:
         config = self._config
@@ -265,8 +286,10 @@ class LogisticModel(_AdaptiveLearner):
         CPU from 0.3 to 0.6", which is what a capacity-bound metric needs.
         """
         inputs = dict(features)
+        if self._rule is not None:
+            inputs[RULE_FEATURE] = self._rule.largest(features)
         knots = self._config.hinge_knots
-        for name, value in features.items():
+        for name, value in list(inputs.items()):
             if name.endswith(HINGE_SUFFIXES):
                 for knot in knots:
                     inputs[f"{name}>{knot:g}"] = value - knot if value > knot else 0.0
@@ -320,7 +343,9 @@ def _rule(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
 
 
 def _logistic(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
-    return LogisticModel(config=config)
+    rule = _rule(config, kind, rng) if config.stack_rule else None
+    assert rule is None or isinstance(rule, RuleModel)
+    return LogisticModel(config=config, rule=rule)
 
 
 def _tree(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:

@@ -192,7 +192,15 @@ class OnlinePredictor:
         tick = labelled.tick
         self._labelled += 1
         self._positives += label
-        train = label or self._rng.random() < self._config.negative_sample_probability
+        config = self._config
+        # Every positive trains, a share of negatives does, and so does every negative the
+        # primary head scored as alarming: the rare hard negatives (a short spike, a ramp that
+        # levels off) are what the false alarms are made of, and a plain share of them is too few.
+        train = (
+            label
+            or self._rng.random() < config.negative_sample_probability
+            or tick.scores[0] >= config.hard_negative_score_min
+        )
         self._trained += train
         for head, score in zip(heads, tick.scores, strict=True):
             head.calibrator.learn(score, label)
