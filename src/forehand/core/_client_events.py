@@ -301,7 +301,8 @@ class PartRedirected:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartRelocated:
-    """After a lost connection (no HANDOFF), the manager's placement put a part on a server."""
+    """The manager's placement put a part on another server: after a lost connection (no
+    HANDOFF), or in a newer map answer that moved an active part."""
 
     node: NodeId
     """The client node."""
@@ -314,7 +315,7 @@ class PartRelocated:
     map_version: int
     """The map version of the placement."""
     duration_us: int
-    """From losing the part's server to knowing where it is."""
+    """From losing the part's server to knowing where it is (0 for an active part's move)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1203,6 +1203,18 @@ class ClientCore:
         route.adopt(primary=primary, backups=backups, map_version=view.map_version)
         if moved:
             route.fire(RouteTrigger.PLACEMENT_RECEIVED)
+            # The application hears of every move of a part, also of one a map answer brings
+            # before any HANDOFF or lost connection does.
+            self._emit(
+                PartRelocated(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    part=route.name,
+                    server=primary,
+                    map_version=view.map_version,
+                    duration_us=0,
+                )
+            )
             self._flush(session, route, now_us, moved=True)
 
     def _overtake_resumption(
