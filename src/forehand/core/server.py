@@ -1575,6 +1575,8 @@ class ServerCore:
                 node=self._me, handoff_id=run.handoff_id, side=run.side, refs=waiting, detail=detail
             )
         )
+        if not run.handoff_id and run.side is HandoffSide.SOURCE:
+            waiting = self._drop_unlisted(waiting, now_us)
         if run.handoff_id or waiting:
             # An implicit run (id 0: a map moved the part on its own) reports too: its parts
             # wait (ABORTING at the source, RECEIVING at the target) for the manager, which fences
@@ -1599,6 +1601,24 @@ class ServerCore:
             return
         run.transition(HandoffTrigger.DEADLINE_MISSED)
         self._forget_run(key)
+
+    def _drop_unlisted(self, refs: tuple[PartRef, ...], now_us: int) -> tuple[PartRef, ...]:
+        """Drop the aborted parts of an implicit run that the map no longer lists here at all.
+
+        A server the manager declared dead (cut off, paused) comes back to a map that failed its
+        parts over and no longer names it: its log is a replaced primary's, which must not
+        compete with the promoted replica's. Only parts the map still lists here are reported.
+        """
+        kept: list[PartRef] = []
+        for ref in refs:
+            part = self._parts.get(ref)
+            placement = None if self._map is None else self._map.placement(ref)
+            if part is not None and (placement is None or self._me not in placement.servers):
+                self._rare("replaced-primary-dropped-its-part")
+                self._drop(part)
+                continue
+            kept.append(ref)
+        return tuple(kept)
 
     def _reinstate_reverted(self, refs: Iterable[PartRef], run: HandoffRun, now_us: int) -> None:
         """Aborted parts that a newer map (before the deadline) names primary here again take
@@ -1903,6 +1923,15 @@ class ServerCore:
 
     def _placed_elsewhere(self, part: Part, primary: str, now_us: int) -> None:
         state = part.state
+        if state is PartState.PRIMARY and part.fenced:
+            # A replica told this primary that a failover replaced it: nothing to hand over.
+            self._rare("replaced-primary-stepped-down")
+            placement = None if self._map is None else self._map.placement(part.ref)
+            if placement is None or self._me not in placement.servers:
+                self._drop(part)
+            else:
+                self._step_down(part, now_us)
+            return
         if state is PartState.PRIMARY:
             # The map moved a live primary's part without a HandoffAssigned (yet): run the
             # source's side anyway, so the new primary gets the sealed log.
