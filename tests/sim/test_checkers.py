@@ -167,6 +167,30 @@ def test_stale_primary_acknowledging_after_the_install_is_caught() -> None:
         )
 
 
+def test_a_stale_async_ack_is_judged_by_the_failover_that_replaced_its_epoch() -> None:
+    """A cut-off primary's late async ack is an allowed loss when a failover replaced its epoch,
+    even if a handoff came after; had a handoff replaced it, the loss would be a violation."""
+    checker = AcknowledgedWritesChecker()
+    _feed(
+        checker,
+        [
+            (1, _installed("s2", 11, 6)),
+            (2, _installed("s3", 12, 6, InstallCause.HANDOFF)),
+            (3, _acked(7, 5, 7, Durability.ASYNC)),
+        ],
+    )
+    assert [(loss.request_id, loss.superseded_by) for loss in checker.lost] == [(7, (11, 6))]
+    with pytest.raises(InvariantViolated, match="lost by the handoff to \\(11, 6\\)"):
+        _feed(
+            AcknowledgedWritesChecker(),
+            [
+                (1, _installed("s2", 11, 6, InstallCause.HANDOFF)),
+                (2, _installed("s3", 12, 6)),
+                (3, _acked(7, 5, 7, Durability.ASYNC)),
+            ],
+        )
+
+
 def test_at_most_once_allows_a_retry_of_a_lost_execution() -> None:
     """A write executed once passes; re-executing one that a failover dropped passes too."""
     _feed(

@@ -51,6 +51,35 @@ def test_drawn_plans_depend_only_on_the_generator() -> None:
     assert draw(1) != draw(2)
 
 
+def test_faulty_nodes_are_bounded_and_the_others_still_hit_anyone() -> None:
+    """With faulty_nodes_max=1, crashes, pauses and cuts to the critical peer hit one node."""
+    coordinator = "m"
+    for seed in range(40):
+        plan = draw_fault_plan(
+            random.Random(seed),
+            mix=FaultMix.MIXED,
+            nodes=NODES,
+            peers=[coordinator, *NODES],
+            start_us=1_000,
+            heal_us=9_000_000,
+            fault_count=6,
+            faulty_nodes_max=1,
+            critical_peers=(coordinator,),
+        )
+        faulty = set()
+        for fault in plan.faults:
+            if isinstance(fault, NodeCrash | NodePause):
+                faulty.add(fault.node)
+            elif isinstance(fault, LinkDegradation) and coordinator == fault.target:
+                faulty.add(fault.source)
+            elif isinstance(fault, Partition) and fault.side_b == (coordinator,):
+                faulty.update(fault.side_a)
+        assert len(faulty) <= 1, (seed, plan)
+        for fault in plan.faults:
+            for node in getattr(fault, "side_a", ()) + getattr(fault, "side_b", ()):
+                assert node in (coordinator, *NODES)
+
+
 @pytest.mark.parametrize(
     ("mix", "kinds"),
     [

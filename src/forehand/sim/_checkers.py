@@ -7,8 +7,8 @@ catches it, records the seed and the event index, and stops the run so it can be
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from dataclasses import dataclass
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from forehand.core import NodeId
@@ -131,6 +131,17 @@ class _PartHistory:
     installed_version: int = -1
     installed_index: int = 0
     installed_cause: InstallCause = InstallCause.INITIAL
+    installs: list[tuple[int, int, InstallCause]] = field(default_factory=list)
+    """Every install so far, as (map_version, log_index, cause), versions increasing."""
+
+    def superseding(self, map_version: int) -> tuple[int, int, InstallCause]:
+        """The first install above `map_version`: the one that replaced that epoch's primary."""
+        slot = bisect_right(self.installs, (map_version, _INDEX_MAX))
+        return self.installs[slot]
+
+
+_INDEX_MAX = 1 << 62
+"""Above every log index, for searching installs by version."""
 
 
 class AcknowledgedWritesChecker:
@@ -167,10 +178,14 @@ class AcknowledgedWritesChecker:
             durability=observation.durability,
         )
         superseded = observation.map_version < history.installed_version
-        if superseded and observation.log_index > history.installed_index:
-            # A stale primary acknowledged a write that its successor never received.
-            self._lose(sim, observation.part_key, write, history)
-            return
+        if superseded:
+            # A stale primary acknowledged a write that its successor never received; the
+            # successor is the first primary installed after the write's epoch (later installs,
+            # a handoff say, do not decide whether that loss was allowed).
+            version, index, cause = history.superseding(observation.map_version)
+            if observation.log_index > index:
+                self._lose(sim, observation.part_key, write, (version, index), cause)
+                return
         self._acked.setdefault(observation.part_key, []).append(write)
 
     def _installed(self, sim: Simulator, observation: PrimaryInstalled) -> None:
@@ -180,6 +195,7 @@ class AcknowledgedWritesChecker:
         history.installed_version = observation.map_version
         history.installed_index = observation.log_index
         history.installed_cause = observation.cause
+        history.installs.append((observation.map_version, observation.log_index, observation.cause))
         acked = self._acked.get(observation.part_key)
         if not acked:
             return
@@ -187,30 +203,33 @@ class AcknowledgedWritesChecker:
         for write in acked:
             dropped = write.map_version < observation.map_version
             if dropped and write.log_index > observation.log_index:
-                self._lose(sim, observation.part_key, write, history)
+                superseded_by = (observation.map_version, observation.log_index)
+                self._lose(sim, observation.part_key, write, superseded_by, observation.cause)
             else:
                 kept.append(write)
         self._acked[observation.part_key] = kept
 
     def _lose(
-        self, sim: Simulator, part_key: PartKey, write: _AckedWrite, history: _PartHistory
+        self,
+        sim: Simulator,
+        part_key: PartKey,
+        write: _AckedWrite,
+        superseded_by: Position,
+        cause: InstallCause,
     ) -> None:
         loss = WriteLost(
             part_key=part_key,
             request_id=write.request_id,
             durability=write.durability,
             position=(write.map_version, write.log_index),
-            superseded_by=(history.installed_version, history.installed_index),
+            superseded_by=superseded_by,
         )
-        allowed = (
-            write.durability is Durability.ASYNC
-            and history.installed_cause is InstallCause.FAILOVER
-        )
+        allowed = write.durability is Durability.ASYNC and cause is InstallCause.FAILOVER
         if not allowed:
             raise InvariantViolated(
                 f"acknowledged {write.durability.value} write {write.request_id} of part "
                 f"{part_key} at position {loss.position} was lost by the "
-                f"{history.installed_cause.value} to {loss.superseded_by}",
+                f"{cause.value} to {loss.superseded_by}",
                 checker=type(self).__name__,
             )
         self.lost.append(loss)

@@ -49,8 +49,9 @@ class DivergenceChecker:
 
 
 class ConvergenceChecker:
-    """At the end of a healed run: no handoff in progress, every server on the manager's map
-    version, and each part primary on exactly the server the map names (no split brain)."""
+    """At the end of a healed run: no handoff stuck past its deadline, every server on the
+    manager's map version, and each part not moving primary on exactly the server the map names
+    (no split brain)."""
 
     observes: tuple[type[Observation], ...] = (ReplicaDiverged,)
 
@@ -68,9 +69,13 @@ class ConvergenceChecker:
         if current is None:
             self._fail("the manager never loaded its map")
             return
-        handoffs = manager.orchestrator.handoffs()
-        if handoffs:
-            self._fail(f"handoffs still in progress at the end: {handoffs}")
+        # A handoff may still run when the run ends (planned moves queue behind the caps); its
+        # parts are in flight and not judged, but one past its own deadline is stuck.
+        moving: set[PartRef] = set()
+        for handoff in manager.orchestrator.handoffs():
+            if handoff.deadline_us is not None and handoff.deadline_us < sim.now_us:
+                self._fail(f"handoff past its deadline at the end: {handoff}")
+            moving.update(handoff.parts)
         for server_id in cluster.server_ids:
             core = cluster.server(server_id)
             if core is None or not cluster.up(server_id):
@@ -82,7 +87,8 @@ class ConvergenceChecker:
                 )
         for key in current.part_keys():
             ref = PartRef(session_id=key.session_id, part=key.part)
-            self._judge_part(ref, current.primary_of(key))
+            if ref not in moving:
+                self._judge_part(ref, current.primary_of(key))
 
     def _judge_part(self, ref: PartRef, primary: str) -> None:
         cluster = self._cluster

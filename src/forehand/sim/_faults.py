@@ -257,37 +257,46 @@ def draw_fault_plan(
     heal_us: int,
     fault_count: int = 3,
     peers: Sequence[NodeId] = (),
-    crashes_max: int | None = None,
+    faulty_nodes_max: int | None = None,
+    critical_peers: Sequence[NodeId] = (),
 ) -> FaultPlan:
     """Draw a plan of `fault_count` faults of `mix` on `nodes`, all within [start_us, heal_us].
 
     Node faults hit `nodes`; link faults join a node of `nodes` to one of `peers` (or of
     `nodes` when no peers are given). Pass `rng = sim.rng("faults")` so the seed decides.
-    `crashes_max` bounds the crashes (a crashed node restarts with an empty memory, so a
-    system that keeps `f` replicas is only held to its guarantees under at most `f` crashes);
-    once reached, the other kinds of the mix are drawn instead.
+
+    `faulty_nodes_max` bounds how many distinct nodes are *faulty*: crashed, paused, or with a
+    degraded or cut link to one of `critical_peers` (a coordinator that declares nodes dead).
+    A system that tolerates `f` faulty nodes is only held to its guarantees under at most `f`;
+    once that many are faulty, further such faults hit one of them again. Other faults (load,
+    links between ordinary nodes, partitions of `nodes`) are not bounded.
     """
     if mix is FaultMix.NONE:
         return FaultPlan()
     if not nodes or heal_us <= start_us or fault_count < 1:
         raise ConfigError("drawing faults needs nodes, heal_us > start_us and fault_count >= 1")
     window = _Window(rng, start_us, heal_us)
-    others = list(peers) or list(nodes)
+    candidates = list(peers) or list(nodes)
     kinds = _MIX_KINDS[mix]
+    faulty: dict[NodeId, None] = {}
     faults: list[Fault] = []
-    crashes = 0
     for _ in range(fault_count):
         kind = rng.choice(kinds)
-        if kind == "crash" and crashes_max is not None and crashes >= crashes_max:
-            others = [other for other in kinds if other != "crash"]
-            if not others:
-                continue
-            kind = rng.choice(others)
-        crashes += kind == "crash"
         node = rng.choice(nodes)
-        peer = rng.choice([other for other in others if other != node] or [node])
+        peer = rng.choice([other for other in candidates if other != node] or [node])
+        if kind in _NODE_KINDS or (kind in _LINK_KINDS and peer in critical_peers):
+            limited = faulty_nodes_max is not None and len(faulty) >= faulty_nodes_max
+            if limited and node not in faulty:
+                node = rng.choice(list(faulty))
+            faulty[node] = None
         faults.extend(_draw_fault(kind, window, node, peer, list(nodes)))
     return FaultPlan(faults=tuple(faults), heal_us=heal_us)
+
+
+_NODE_KINDS = frozenset({"crash", "pause"})
+"""Faults that make their node faulty by themselves."""
+_LINK_KINDS = frozenset({"congestion", "flapping", "link-cut"})
+"""Faults of one link, which make their node faulty when the other end is critical."""
 
 
 class _Window:
