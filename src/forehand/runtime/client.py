@@ -578,4 +578,4 @@ def connect(
 def _client_driver_config(config: ClientConfig) -> DriverConfig:
     """Connections to servers are pinged every `ping_interval_ms`; five missed answers mean the
     server is stopped or unreachable, and the client relocates its parts."""
-    return DriverConfig(silence_timeout_ms=5 * config.ping_interval_ms, client_idle_timeout_ms=0)
+    return DriverConfig(silence_timeout_ms=5 * config.ping_interval_ms)

@@ -126,8 +126,6 @@ class DriverConfig:
     """Cap on that wait."""
     welcome_timeout_ms: int = 5_000
     """A cluster link whose WELCOME (or HELLO, accepting) takes longer is closed."""
-    client_idle_timeout_ms: int = 30_000
-    """An accepted client connection silent this long is closed with IDLE_TIMEOUT; 0: never."""
     silence_timeout_ms: int = 0
     """A dialed connection that received nothing this long is closed (the peer is stopped or
     the path is dead); 0: never. Clients ping every server they use, so silence means trouble."""
@@ -144,8 +142,8 @@ class DriverConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DriverConfig.{name} must be at least 1")
-        if self.client_idle_timeout_ms < 0 or self.silence_timeout_ms < 0:
-            raise ConfigError("DriverConfig timeouts must be 0 (off) or positive")
+        if self.silence_timeout_ms < 0:
+            raise ConfigError("DriverConfig.silence_timeout_ms must be 0 (off) or positive")
         if self.dial_backoff_max_ms < self.dial_backoff_ms:
             raise ConfigError("DriverConfig.dial_backoff_max_ms must be >= dial_backoff_ms")
 
@@ -222,8 +220,11 @@ class NodeDriver:
         admin_ids: Sequence[str] = (),
         admin_handler: AdminHandler | None = None,
         frame_bytes_max: int = 1 << 20,
-        idle_timeout_ms: int = 30_000,
+        idle_timeout_ms: int = 0,
     ) -> None:
+        """`idle_timeout_ms` is what WELCOME announces and how long an accepted client
+        connection may stay silent before it is closed (0: never); `frame_bytes_max` is what
+        WELCOME announces to cluster peers."""
         self.core = core
         """The core driven; call its commands through `command`."""
         self.config = config if config is not None else DriverConfig()
@@ -710,9 +711,7 @@ class NodeDriver:
     # -- idle and silent connections -----------------------------------------------------------
 
     def _arm_sweeper(self) -> None:
-        timeouts = [
-            t for t in (self.config.client_idle_timeout_ms, self.config.silence_timeout_ms) if t
-        ]
+        timeouts = [t for t in (self._idle_timeout_ms, self.config.silence_timeout_ms) if t]
         if not timeouts or self._closed:
             return
         loop = self._loop
@@ -723,7 +722,7 @@ class NodeDriver:
         loop = self._loop
         assert loop is not None
         now_s = loop.time()
-        idle_s = self.config.client_idle_timeout_ms / 1000
+        idle_s = self._idle_timeout_ms / 1000
         silence_s = self.config.silence_timeout_ms / 1000
         for peer in list(self._peers.values()):
             for link in list(peer.links):

@@ -217,6 +217,8 @@ async def run_manager(config: ManagerProcessConfig, *, stop: asyncio.Event | Non
             config=config.driver,
             admin_ids=config.admin_ids,
             admin_handler=lambda peer, body: handle_admin(driver, body),
+            frame_bytes_max=config.core.frame_bytes_max,
+            idle_timeout_ms=config.core.idle_timeout_ms,
         )
         driver.subscribe(EventLogger(config.node_id))
         _log.info(

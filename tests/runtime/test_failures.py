@@ -1,0 +1,86 @@
+"""Servers that die or freeze under load: the cluster fails over and clients lose nothing.
+
+Each test runs its own cluster (a manager and three servers as processes), because it breaks
+one of them: SIGKILL of the cart's primary (a `replicated` part loses no acknowledged write), and
+SIGSTOP then SIGCONT of it (the manager fails it over while it is frozen; clients notice the
+silence and follow; the thawed server rejoins).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import (
+        SERVERS,
+        CartLoad,
+        Cluster,
+        eventually,
+        make_certs,
+        run_async,
+    )
+else:
+    from _cluster import SERVERS, CartLoad, Cluster, eventually, make_certs, run_async
+
+PARTS = ["auth", "cart"]
+
+
+@pytest.fixture(params=["tls", "quic"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A fresh manager and three servers, stopped (by pid) at the end of the test."""
+    running = Cluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), transport=request.param)
+    running.start()
+    yield running
+    running.stop()
+
+
+async def _break_primary_under_load(cluster: Cluster, action: str) -> str:
+    """Open a session, write to its cart from three writers, break the cart's primary with
+    `action` (kill, or freeze then thaw), keep writing until the cart is served elsewhere, and
+    check that every acknowledged write is there exactly once. Returns the broken server."""
+    async with cluster.connect() as client:
+        session = await client.open_session(parts=PARTS)
+        victim = session.placements()["cart"].primary
+
+        def moved() -> bool:
+            return session.placements()["cart"].primary != victim
+
+        async with CartLoad(session, writers=3) as load:
+            await load.wait_for(60, what="writes before the failure")
+            if action == "kill":
+                cluster.send_signal(victim, signal.SIGKILL)
+                cluster.wait_exit(victim)
+            else:
+                cluster.send_signal(victim, signal.SIGSTOP)
+            await eventually(moved, what=f"the cart served by another server than {victim}")
+            if action == "freeze":
+                cluster.send_signal(victim, signal.SIGCONT)
+            await load.wait_for(60, what="writes after the failover")
+        await load.check_exactly_once()
+    return victim
+
+
+def test_sigkill_of_a_primary_loses_no_acknowledged_write(cluster: Cluster) -> None:
+    """SIGKILL of the replicated cart's primary under load: the manager promotes a replica, the
+    clients relocate, no call fails and every acknowledged write survives exactly once."""
+    victim = run_async(_break_primary_under_load(cluster, "kill"))
+
+    async def declared_dead() -> bool:
+        from forehand.runtime.admin import Status
+
+        reply = await cluster.admin(Status())
+        return any(s.server_id == victim and s.member_state == "dead" for s in reply.servers)
+
+    run_async(eventually(declared_dead, what=f"{victim} declared dead"))
+
+
+def test_sigstop_then_sigcont_of_a_primary(cluster: Cluster) -> None:
+    """A frozen primary (SIGSTOP) is failed over while clients notice its silence; nothing
+    acknowledged is lost, no call fails, and after SIGCONT it rejoins the cluster."""
+    run_async(_break_primary_under_load(cluster, "freeze"))
+    run_async(cluster.wait_active(SERVERS))
