@@ -127,8 +127,9 @@ class DriverConfig:
     welcome_timeout_ms: int = 5_000
     """A cluster link whose WELCOME (or HELLO, accepting) takes longer is closed."""
     silence_timeout_ms: int = 0
-    """A dialed connection that received nothing this long is closed (the peer is stopped or
-    the path is dead); 0: never. Clients ping every server they use, so silence means trouble."""
+    """A dialed connection on which a frame was sent and nothing came back for this long is
+    closed (the peer is stopped or the path is dead), and the core hears ConnectionLost; 0:
+    never. Clients ping the servers they use, so such silence means trouble."""
     close_timeout_ms: int = 2_000
     """How long `close()` waits for each connection to finish closing."""
 
@@ -160,7 +161,16 @@ class _LinkKind(enum.Enum):
 class _Link:
     """One transport connection and what the driver knows about it."""
 
-    __slots__ = ("connection", "dialed", "established", "heard_s", "kind", "peer", "sending")
+    __slots__ = (
+        "awaiting_since_s",
+        "connection",
+        "dialed",
+        "established",
+        "heard_s",
+        "kind",
+        "peer",
+        "sending",
+    )
 
     def __init__(
         self, connection: TransportConnection, *, peer: str, kind: _LinkKind, dialed: bool
@@ -172,6 +182,13 @@ class _Link:
         self.established = kind is not _LinkKind.CLUSTER
         self.sending = False
         self.heard_s = 0.0
+        self.awaiting_since_s: float | None = None
+        """When a frame went out with nothing received since; None when nothing is awaited."""
+
+    def sent(self, now_s: float) -> None:
+        """A frame went out: from now on an answer is awaited (if one was not already)."""
+        if self.awaiting_since_s is None:
+            self.awaiting_since_s = now_s
 
 
 class _Peer:
@@ -321,6 +338,11 @@ class NodeDriver:
         """Node ids with a connection up, for inspection."""
         return [peer.node_id for peer in self._peers.values() if peer.sender() is not None]
 
+    def _time_s(self) -> float:
+        loop = self._loop
+        assert loop is not None
+        return loop.time()
+
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -423,6 +445,8 @@ class NodeDriver:
             # A closed connection's loss is on its way to the core as ConnectionLost.
             with contextlib.suppress(ConnectionClosedError):
                 link.connection.send_frame(frame)
+                if link.awaiting_since_s is None:
+                    link.sent(self._time_s())
             return
         if destination.startswith(CLIENT_NODE_PREFIX):
             return
@@ -557,6 +581,7 @@ class NodeDriver:
             peer.queue.clear()
             with contextlib.suppress(ConnectionClosedError):
                 link.connection.send_frames(frames)
+                link.sent(self._time_s())
         self._drain()
 
     async def _watch(self, link: _Link) -> None:
@@ -610,9 +635,8 @@ class NodeDriver:
     def _on_frames(self, link: _Link, frames: list[Frame]) -> None:
         if self._closed:
             return
-        loop = self._loop
-        assert loop is not None
-        link.heard_s = loop.time()
+        link.heard_s = self._time_s()
+        link.awaiting_since_s = None
         try:
             for frame in frames:
                 if link.connection.is_closed:
@@ -729,9 +753,15 @@ class NodeDriver:
                 quiet_s = now_s - link.heard_s
                 if link.kind is _LinkKind.CLIENT_ACCEPTED and idle_s and quiet_s > idle_s:
                     self._violation(link, ErrorCode.IDLE_TIMEOUT, f"no frame for {quiet_s:.1f} s")
-                elif link.dialed and silence_s and quiet_s > silence_s:
-                    _log.warning("%s silent for %.1f s; closing its connection", link.peer, quiet_s)
-                    link.connection.close(ErrorCode.IDLE_TIMEOUT, f"silent for {quiet_s:.1f} s")
+                    continue
+                awaiting = link.awaiting_since_s
+                if link.dialed and silence_s and awaiting is not None:
+                    waited_s = now_s - awaiting
+                    if waited_s > silence_s:
+                        _log.warning("%s silent for %.1f s; closing", link.peer, waited_s)
+                        link.connection.close(
+                            ErrorCode.IDLE_TIMEOUT, f"silent for {waited_s:.1f} s"
+                        )
         self._arm_sweeper()
 
 
