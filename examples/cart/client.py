@@ -1,0 +1,66 @@
+"""The cart example's client side: open a session, shop, watch handoffs, resume after a restart.
+
+    python -m examples.cart.client --manager 127.0.0.1:7000 --ca certs/ca.pem [--transport quic]
+
+It opens a session with the three parts, logs in, adds items in a loop (printing each handoff the
+session goes through: the calls themselves never notice them), lists the cart, saves the
+session's snapshot, and takes the session back with a second client as a restarted process
+would, before checking out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+import forehand
+
+
+async def shop(manager: str, ca: str, transport: str, items: int) -> None:
+    """Run the example against the cluster whose manager listens at `manager`."""
+    async with forehand.connect(manager, ca=ca, transport=transport) as client:
+        session = await client.open_session(parts=["auth", "cart", "feature/video"])
+        session.on_handoff(
+            lambda event: print(
+                f"  handoff {event.kind.value}: {', '.join(event.parts)} "
+                f"{event.source or '?'} -> {event.target or '?'} (map v{event.map_version})"
+            )
+        )
+        print(f"session {session.id.hex()}")
+        for part, placement in session.placements().items():
+            print(f"  {part}: {placement.primary} (backups {', '.join(placement.backups)})")
+        print(await session.call("auth", "login", "alice"))
+        for number in range(items):
+            units = await session.call("cart", "add", {"sku": f"sku-{number % 7}", "quantity": 1})
+            await session.call("feature/video", "seek", number * 1000)
+            if number % 100 == 0:
+                print(f"  {units} unit(s) in the cart")
+        print("cart:", await session.call("cart", "list"))
+        try:
+            await session.call("cart", "add", {"sku": "broken", "quantity": 0})
+        except forehand.AppError as error:
+            print(f"refused as expected: {error.message}")
+        saved = session.snapshot()
+
+    # A new client, as after a restart: the snapshot (which holds a secret credential) is all
+    # it needs to take the session back.
+    async with forehand.connect(manager, ca=ca, transport=transport) as client:
+        session = await client.resume_session(saved)
+        print("resumed as", await session.call("auth", "whoami"))
+        print("checkout:", await session.call("cart", "checkout"))
+        await session.close()
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manager", default="127.0.0.1:7000", help="host:port of the manager")
+    parser.add_argument("--ca", default="certs/ca.pem", help="the cluster CA certificate")
+    parser.add_argument("--transport", default="tls", choices=("tls", "quic"))
+    parser.add_argument("--items", type=int, default=300, help="items to add")
+    arguments = parser.parse_args()
+    asyncio.run(shop(arguments.manager, arguments.ca, arguments.transport, arguments.items))
+
+
+if __name__ == "__main__":
+    main()
