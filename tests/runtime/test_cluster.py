@@ -19,11 +19,19 @@ import forehand
 from forehand.core import client_events
 from forehand.core.tokens import TokenSealer
 from forehand.runtime import Credentials, create_transport
-from forehand.runtime.admin import Drain, MoveSession, Status, Undrain
+from forehand.runtime.admin import (
+    AdminError,
+    Drain,
+    MoveSession,
+    Status,
+    Undrain,
+    admin_request,
+)
 from forehand.runtime.config import parse_address
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, load_key_ring
-from forehand.runtime.transport import Connection
+from forehand.runtime.transport import Connection, ConnectionClosedError
 from forehand.wire import (
+    ClusterMessage,
     Credential,
     Endpoint,
     Error,
@@ -256,6 +264,38 @@ def test_tokens_forged_expired_replayed_are_refused(cluster: Cluster) -> None:
             accepted.close()
             await accepted.wait_closed()
             assert await session.call("cart", "list") == {"jam": 1}
+
+    run_async(scenario())
+
+
+def test_peers_may_send_only_what_their_certificate_allows(cluster: Cluster) -> None:
+    """A client (no certificate) that sends a cluster message, and a cluster node that is not an
+    operator sending an admin command, lose their connection; everybody else is served."""
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=PARTS)
+            await session.call("cart", "add", Item(sku="kiwi"))
+            primary = session.placements()["cart"].primary
+            connection, welcome = await _raw_connection(cluster, primary)
+            assert isinstance(welcome, Welcome)
+            connection.send_frame(ClusterMessage(kind=0, body=b"\x80"))
+            # Over TLS the server's driver answers ERROR; over QUIC the client listener's
+            # decoder refuses the frame type itself, with CONNECTION_CLOSE. Same code either way.
+            try:
+                answer = await connection.receive()
+                assert isinstance(answer, Error)
+                code = answer.code
+            except ConnectionClosedError as closed:
+                code = ErrorCode.from_wire(closed.close.error_code)
+            assert code is ErrorCode.FRAME_UNEXPECTED
+            await connection.wait_closed()
+            with pytest.raises(AdminError, match="UNAUTHENTICATED"):
+                await admin_request(
+                    cluster.manager_address, Status(), certs_dir=cluster.certs_dir, node_id="s9"
+                )
+            assert await session.call("cart", "add", Item(sku="kiwi")) == 2
+            assert (await cluster.admin(Status())).ok
 
     run_async(scenario())
 

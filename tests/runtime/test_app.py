@@ -1,0 +1,170 @@
+"""`forehand.App`: parts and handlers become the `PartSpec`s a server runs, by a strict contract."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import pytest
+
+import forehand
+from forehand.app import ErrorBody, decode_error_body
+from forehand.core import Durability, PartSpec
+from forehand.errors import ConfigError
+from forehand.wire import ResponseStatus
+
+
+class Counter(msgspec.Struct):
+    """A test part's state."""
+
+    value: int = 0
+    history: list[int] = msgspec.field(default_factory=list)
+
+
+class Step(msgspec.Struct, frozen=True):
+    """A test payload."""
+
+    by: int
+
+
+def make_app() -> forehand.App:
+    app = forehand.App("test")
+    app.part("counter", initial=Counter, durability="replicated")
+    app.part("plain")
+
+    @app.handler("counter", "add")
+    def add(state: Counter, step: Step) -> tuple[Counter, int]:
+        if step.by == 0:
+            raise forehand.HandlerError("zero step", detail={"by": 0})
+        state.value += step.by
+        state.history.append(step.by)
+        return state, state.value
+
+    @app.handler("counter", "double")
+    async def double(state: Counter, payload: None) -> tuple[Counter, int]:
+        return Counter(value=state.value * 2, history=state.history), state.value * 2
+
+    @app.handler("counter", "sleepy")
+    async def sleepy(state: Counter, payload: None) -> tuple[Counter, int]:
+        await asyncio.sleep(0)
+        return state, 0
+
+    @app.handler("counter", "crash")
+    def crash(state: Counter, payload: None) -> tuple[Counter, int]:
+        raise KeyError("boom")
+
+    @app.handler("counter", "get", read_only=True)
+    def get(state: Counter, payload: None) -> tuple[Counter, int]:
+        return state, state.value
+
+    @app.handler("plain", "put")
+    def put(state: dict[str, Any], payload: Any) -> tuple[dict[str, Any], None]:
+        state["value"] = payload
+        return state, None
+
+    return app
+
+
+def run(spec: PartSpec, state: object, op: str, payload: object) -> tuple[object, int, Any]:
+    outcome = spec.handler(state, op, msgspec.msgpack.encode(payload))
+    status = ResponseStatus(outcome.status)
+    result = msgspec.msgpack.decode(outcome.result)
+    if status is not ResponseStatus.OK:
+        result = decode_error_body(outcome.result)
+    return outcome.state, status, result
+
+
+def test_parts_become_part_specs() -> None:
+    """Each part gets its initial state, durability, snapshot type and read-only operations."""
+    specs = make_app().part_specs()
+    assert list(specs) == ["counter", "plain"]
+    counter = specs["counter"]
+    assert counter.durability is Durability.REPLICATED
+    assert counter.read_ops == frozenset({"get"})
+    assert counter.initial_state() == Counter()
+    assert counter.state_type is Counter
+    assert specs["plain"].durability is Durability.ASYNC
+    assert specs["plain"].state_type is Any
+
+
+def test_handler_returns_new_state_and_result() -> None:
+    """A handler's (state, result) pair becomes the part's state and the msgpack answer."""
+    spec = make_app().part_specs()["counter"]
+    state, status, result = run(spec, Counter(), "add", Step(by=3))
+    assert status is ResponseStatus.OK and result == 3
+    assert state == Counter(value=3, history=[3])
+    state, status, result = run(spec, state, "double", None)
+    assert status is ResponseStatus.OK and result == 6 and state == Counter(value=6, history=[3])
+
+
+def test_payload_is_decoded_as_the_annotated_type() -> None:
+    """A payload that does not decode as the handler's parameter type answers BAD_REQUEST."""
+    spec = make_app().part_specs()["counter"]
+    state, status, result = run(spec, Counter(), "add", {"by": "three"})
+    assert status is ResponseStatus.BAD_REQUEST
+    assert isinstance(result, ErrorBody) and "counter.add" in result.error
+    assert state == Counter()
+    _, status, _ = run(make_app().part_specs()["plain"], {}, "put", [1, {"a": None}])
+    assert status is ResponseStatus.OK
+
+
+def test_failures_answer_statuses_not_exceptions(caplog: pytest.LogCaptureFixture) -> None:
+    """HandlerError answers APP_ERROR with its message and detail, another exception a generic
+    APP_ERROR (logged), an unknown operation UNKNOWN_OP; the state is the one passed in."""
+    spec = make_app().part_specs()["counter"]
+    before = Counter(value=1)
+    state, status, result = run(spec, before, "add", Step(by=0))
+    assert status is ResponseStatus.APP_ERROR and state is before
+    assert result == ErrorBody(error="zero step", detail={"by": 0})
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        state, status, result = run(spec, before, "crash", None)
+    assert status is ResponseStatus.APP_ERROR and state is before
+    assert result.error == "counter.crash failed on the server"
+    assert "handler counter.crash failed" in caplog.text
+    _, status, result = run(spec, before, "refund", None)
+    assert status is ResponseStatus.UNKNOWN_OP and "refund" in result.error
+
+
+def test_async_handler_that_suspends_fails_with_app_error(caplog: pytest.LogCaptureFixture) -> None:
+    """An async handler that awaits something that suspends fails the request with APP_ERROR and
+    a log line saying why; one that never suspends runs like a plain function."""
+    spec = make_app().part_specs()["counter"]
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        state, status, result = run(spec, Counter(value=2), "sleepy", None)
+    assert status is ResponseStatus.APP_ERROR
+    assert "suspended at an await" in result.error
+    assert "must not await I/O" in caplog.text
+    assert state == Counter(value=2)
+
+
+def test_snapshots_decode_as_the_state_type() -> None:
+    """A replica's snapshot of the state decodes back into the part's state class."""
+    spec = make_app().part_specs()["counter"]
+    state, _, _ = run(spec, Counter(), "add", Step(by=5))
+    copy = msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=spec.state_type)
+    assert copy == state and isinstance(copy, Counter)
+
+
+def test_declaration_mistakes_raise_config_error() -> None:
+    """Handlers before their part, duplicates, bad names and bad durability are refused."""
+    app = forehand.App()
+    with pytest.raises(ConfigError, match="declare part"):
+        app.handler("cart", "add")
+    app.part("cart")
+    with pytest.raises(ConfigError, match="twice"):
+        app.part("cart")
+    with pytest.raises(ConfigError, match="part name"):
+        app.part("Bad Name")
+    with pytest.raises(ConfigError, match="durability"):
+        app.part("other", durability="eventually")
+
+    @app.handler("cart", "add")
+    def add(state: dict[str, int], payload: int) -> tuple[dict[str, int], int]:
+        return state, payload
+
+    with pytest.raises(ConfigError, match="has a handler"):
+        app.handler("cart", "add")
+    with pytest.raises(ConfigError, match="no parts"):
+        forehand.App("empty").part_specs()

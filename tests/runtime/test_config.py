@@ -1,0 +1,208 @@
+"""Process configuration (TOML, flags, --set), the cluster key file, and the CLI around them."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from forehand.core import FailureDetectorKind
+from forehand.core.tokens import TokenInvalid, TokenSealer
+from forehand.errors import ConfigError
+from forehand.runtime.certs import make_cluster_certs
+from forehand.runtime.config import (
+    load_manager_config,
+    load_server_config,
+    parse_address,
+    parse_overrides,
+)
+from forehand.runtime.keys import (
+    CLUSTER_KEYS_FILE,
+    ClusterKeys,
+    add_cluster_key,
+    load_cluster_keys,
+    load_key_ring,
+    rotate_cluster_key,
+    write_cluster_keys,
+)
+
+FOREHAND = [sys.executable, "-c", "from forehand.cli import main; main()"]
+
+
+@pytest.fixture(scope="module")
+def certs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A certificate directory for configurations to point at."""
+    directory = tmp_path_factory.mktemp("config") / "certs"
+    make_cluster_certs(directory, ["manager", "s1"], days=1)
+    return directory
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path) -> None:
+    """File values, tables and relative paths load; flags and --set override the file."""
+    (tmp_path / "certs").symlink_to(certs_dir)
+    config_file = write(
+        tmp_path / "manager.toml",
+        'listen = "127.0.0.1:7000"\ncerts_dir = "certs"\nstore_path = "map.sqlite"\n'
+        '[core]\nfailure_timeout_ms = 4000\nfailure_detector = "phi_accrual"\n'
+        "[placement]\nreplica_count = 1\n",
+    )
+    overrides = {"listen": "127.0.0.1:0", **parse_overrides(["core.suspect_timeout_ms=900"])}
+    config = load_manager_config(config_file, overrides)
+    assert config.listen == "127.0.0.1:0"
+    assert config.certs_dir == (tmp_path / "certs").resolve()
+    assert config.store_path == tmp_path.resolve() / "map.sqlite"
+    assert config.core.failure_timeout_ms == 4000
+    assert config.core.suspect_timeout_ms == 900
+    assert config.core.failure_detector is FailureDetectorKind.PHI_ACCRUAL
+    assert config.placement.replica_count == 1
+    assert config.key_path == config.certs_dir / CLUSTER_KEYS_FILE
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('certs_dir = "{certs}"\nlisten_port = 7000\n', "unknown key"),
+        ('certs_dir = "{certs}"\n[core]\nfailure_timeout_ms = "soon"\n', "Expected `int`"),
+        ('certs_dir = "{certs}"\n[core]\nsuspect_timeout_ms = 9000\n', "suspect_timeout_ms"),
+        ('certs_dir = "{certs}"\n[core]\nnode_id = "boss"\n', "node_id"),
+        ('certs_dir = "{certs}"\ntransport = "carrier-pigeon"\n', "transport"),
+        ('certs_dir = "{certs}"\nlisten = "localhost"\n', "host:port"),
+        ('listen = "127.0.0.1:7000"\n', "certs_dir is required"),
+        ('certs_dir = "/nonexistent"\n', "no ca.pem"),
+        ("certs_dir = \n", "not valid TOML"),
+    ],
+)
+def test_invalid_manager_config_names_the_problem(
+    certs_dir: Path, tmp_path: Path, text: str, message: str
+) -> None:
+    """Every invalid manager configuration raises ConfigError saying what is wrong."""
+    config_file = write(tmp_path / "manager.toml", text.replace("{certs}", str(certs_dir)))
+    with pytest.raises(ConfigError, match=message):
+        load_manager_config(config_file)
+
+
+def test_server_config_identity_comes_from_the_top_level(certs_dir: Path, tmp_path: Path) -> None:
+    """A server's [core] table tunes the core; its identity fields come from the top level."""
+    base = f'server_id = "s1"\ncerts_dir = "{certs_dir}"\napp = "examples.cart.app:app"\n'
+    config = load_server_config(
+        write(tmp_path / "s1.toml", base + 'zone = "b"\n[core]\nbackup_period_ms = 250\n')
+    )
+    core = config.core_config(address="127.0.0.1:7101", incarnation=7)
+    assert (core.server_id, core.zone, core.address, core.incarnation) == (
+        "s1",
+        "b",
+        "127.0.0.1:7101",
+        7,
+    )
+    assert core.backup_period_ms == 250
+    with pytest.raises(ConfigError, match="may not set"):
+        load_server_config(write(tmp_path / "bad.toml", base + '[core]\nzone = "c"\n'))
+    with pytest.raises(ConfigError, match="app must be module:attribute"):
+        load_server_config(None, {"server_id": "s1", "certs_dir": str(certs_dir), "app": "x"})
+    with pytest.raises(ConfigError, match="server_id is required"):
+        load_server_config(None, {"certs_dir": str(certs_dir), "app": "a:b"})
+
+
+def test_overrides_and_addresses_parse() -> None:
+    """--set values are TOML values (bare words are strings); addresses are host:port."""
+    parsed = parse_overrides(["core.a=1", "core.b=0.5", "c=true", "d=word", 'e="quoted"'])
+    assert parsed == {"core": {"a": 1, "b": 0.5}, "c": True, "d": "word", "e": "quoted"}
+    assert parse_address("[::1]:7000", where="x") == ("::1", 7000)
+    with pytest.raises(ConfigError):
+        parse_overrides(["no-equals-sign"])
+    with pytest.raises(ConfigError):
+        parse_address("127.0.0.1:70000", where="x")
+
+
+def test_cluster_keys_rotate_in_three_steps(tmp_path: Path) -> None:
+    """A key file holds several keys: an added key opens before it seals, and once it is
+    current, values sealed under the old key still open until the old key is removed."""
+    path = tmp_path / CLUSTER_KEYS_FILE
+    assert add_cluster_key(path) == 1
+    assert path.stat().st_mode & 0o777 == 0o600
+    old_sealer = TokenSealer(load_key_ring(path), rng=random.Random(1))
+    credential = old_sealer.issue_credential(
+        session_id=bytes(16), client_id=bytes(16), now_us=0, lifetime_ms=60_000
+    )
+    assert add_cluster_key(path) == 2
+    assert load_cluster_keys(path).current_key_id == 1
+    rotate_cluster_key(path, 2)
+    rotated = TokenSealer(load_key_ring(path), rng=random.Random(2))
+    assert rotated.key_ring.current_key_id == 2
+    assert rotated.open_credential(credential, now_us=1).session_id == bytes(16)
+    keys = load_cluster_keys(path)
+    write_cluster_keys(path, ClusterKeys(keys={2: keys.keys[2]}, current_key_id=2))
+    with pytest.raises(TokenInvalid):
+        TokenSealer(load_key_ring(path), rng=random.Random(3)).open_credential(credential, now_us=1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("current = 1\n", "needs `current"),
+        ('current = 2\n[[keys]]\nid = 1\nkey = "' + "00" * 32 + '"\n', "not in the file"),
+        ('current = 1\n[[keys]]\nid = 1\nkey = "abcd"\n', "2 bytes"),
+        ('current = 1\n[[keys]]\nid = 1\nkey = "zz"\n', "not hexadecimal"),
+    ],
+)
+def test_invalid_key_files_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    """A key file without keys, naming a missing current key, or with bad keys is refused."""
+    with pytest.raises(ConfigError, match=message):
+        load_cluster_keys(write(tmp_path / CLUSTER_KEYS_FILE, text))
+
+
+def test_cli_exits_2_on_invalid_config(tmp_path: Path) -> None:
+    """`forehand manager` with an invalid configuration prints one line and exits with 2."""
+    config_file = write(tmp_path / "manager.toml", 'certs_dir = "/nonexistent"\n')
+    completed = subprocess.run(
+        [*FOREHAND, "manager", "--config", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode == 2
+    assert completed.stderr.strip().startswith("forehand manager:")
+    assert "no ca.pem" in completed.stderr
+
+
+def test_cli_help_documents_every_option_with_its_unit() -> None:
+    """`--help` of manager and server lists every flag and the keys of their TOML tables."""
+    outputs = {}
+    for command in ("manager", "server"):
+        completed = subprocess.run(
+            [*FOREHAND, command, "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"COLUMNS": "200", "TERM": "dumb", "PATH": ""},
+        )
+        outputs[command] = " ".join(completed.stdout.split())
+    manager, server = outputs["manager"], outputs["server"]
+    for flag in ("--listen", "--transport", "--certs-dir", "--store-path", "--set", "--config"):
+        assert flag in manager
+    assert "failure_timeout_ms" in manager and "replica_count" in manager
+    assert "milliseconds" in manager
+    for flag in ("--app", "--server-id", "--manager", "--advertise", "--zone", "--weight"):
+        assert flag in server
+    assert "load-report-interval-ms" in server and "backup_period_ms" in server
+
+
+def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None:
+    """`forehand certs DIR NODES` writes the CA, the nodes, admin, and a key file."""
+    directory = tmp_path / "certs"
+    subprocess.run([*FOREHAND, "certs", str(directory), "manager", "s1"], check=True)
+    for name in ("ca.pem", "manager.pem", "s1.key", "admin.pem", "admin.key", CLUSTER_KEYS_FILE):
+        assert (directory / name).is_file(), name
+    assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).key_ring().key_ids == (1,)
+    subprocess.run(
+        [*FOREHAND, "certs", str(directory), "--add-key", "--current-key", "2"], check=True
+    )
+    assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).current_key_id == 2
