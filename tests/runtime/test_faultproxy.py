@@ -414,9 +414,13 @@ async def udp_path(
 
 
 async def send_paced(
-    proxy: UDPFaultProxy, transport: asyncio.DatagramTransport, payloads: list[bytes]
+    proxy: UDPFaultProxy,
+    transport: asyncio.DatagramTransport,
+    payloads: list[bytes],
+    sink: _Collector,
 ) -> None:
-    """Send in windows, each taken in by the proxy before the next, so no socket overflows."""
+    """Send in windows, each taken in by the proxy before the next, so no socket overflows;
+    return once the sink has every datagram the proxy forwarded."""
     window = 50
     for start in range(0, len(payloads), window):
         for payload in payloads[start : start + window]:
@@ -426,7 +430,8 @@ async def send_paced(
             await asyncio.sleep(0.001)
     while proxy.stats(Direction.UPSTREAM).queued:
         await asyncio.sleep(0.001)
-    await asyncio.sleep(0.01)
+    while len(sink.received) < proxy.stats(Direction.UPSTREAM).forwarded_count:
+        await asyncio.sleep(0.001)
 
 
 def test_udp_loss_is_within_binomial_bounds() -> None:
@@ -440,7 +445,7 @@ def test_udp_loss_is_within_binomial_bounds() -> None:
             _,
             transport,
         ):
-            await send_paced(proxy, transport, [i.to_bytes(4) for i in range(count)])
+            await send_paced(proxy, transport, [i.to_bytes(4) for i in range(count)], sink)
             stats = proxy.stats(Direction.UPSTREAM)
             assert stats.received_count == count
             assert len(sink.received) == stats.forwarded_count == count - stats.lost_count
@@ -461,7 +466,7 @@ def test_udp_seed_fixes_which_datagrams_are_lost() -> None:
             _,
             transport,
         ):
-            await send_paced(proxy, transport, sent)
+            await send_paced(proxy, transport, sent, sink)
             return set(sent) - set(sink.received)
 
     async def main() -> None:
@@ -480,7 +485,7 @@ def test_udp_duplicates_and_reorders() -> None:
     async def main() -> None:
         async with udp_path(faults, seed=2) as (proxy, sink, _, transport):
             sent = [i.to_bytes(4) for i in range(100)]
-            await send_paced(proxy, transport, sent)
+            await send_paced(proxy, transport, sent, sink)
             while len(sink.received) < 200:
                 await asyncio.sleep(0.005)
             stats = proxy.stats(Direction.UPSTREAM)
