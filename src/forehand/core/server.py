@@ -203,6 +203,10 @@ class ServerCore:
         self._heartbeat_cursor = 0
         self._handoff_sequence = 0
         self._replay_cache = ReplayCache(entries_max=config.replay_cache_entries_max)
+        self._announce()
+
+    def _announce(self) -> None:
+        config = self._config
         self._send(
             config.manager_id,
             ServerAnnounced(
@@ -1970,8 +1974,13 @@ class ServerCore:
                 parts=self._progress_batch(),
             ),
         )
-        if self._map is None and self._map_retry_us is None:
-            self._request_map(now_us)
+        if self._map is None:
+            # Without a map this server has not joined yet: its announcement may have been lost
+            # with a connection (a restart behind a partition), and heartbeats of an unknown
+            # incarnation do not make it a member. Announce again until a map arrives.
+            self._announce()
+            if self._map_retry_us is None:
+                self._request_map(now_us)
         if self._unsettled and now_us >= self._unsettled_retry_us:
             self._report_unsettled(now_us)
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
