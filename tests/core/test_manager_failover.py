@@ -262,3 +262,20 @@ def test_failover_transition_table_is_complete() -> None:
     job = FailoverJob(failover_id=1, created_us=0)
     with pytest.raises(LocalProtocolError):
         fire(job, FailoverTrigger.PROMOTION_COMMITTED)
+
+
+def test_a_rejoining_server_tops_up_the_replicas_a_failover_could_not_find() -> None:
+    """With only one live holder the promoted part keeps no replica; the next join adds them."""
+    harness, refs = cluster()
+    ref = next(r for r in refs if "s1" in harness.placement(r).replicas)
+    harness.tick(700, alive=["s1"])
+    for server_id in ("s2", "s3", "s4"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    for prepared in harness.prepared("s1"):
+        harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
+    harness.tick(300, alive=["s1"])
+    assert harness.placement(ref).primary == "s1" and harness.placement(ref).replicas == ()
+    harness.announce("s2", incarnation=2)
+    harness.tick(600, alive=["s1", "s2"])
+    assert harness.placement(ref).replicas == ("s2",)
