@@ -81,7 +81,10 @@ def test_short_demo_passes_with_no_failed_request(tmp_path: Path) -> None:
     assert summary["verification"]["acknowledged"] > 0
     failover = summary["failover"]
     assert failover["parts"] > 0
-    assert failover["parts_relocated"] == failover["parts"]
+    # Clients relocate a part lazily, on their next call to it; a part nobody called during the
+    # shortened failover window is not relocated yet, so the check is on the parts clients used.
+    assert failover["parts_relocated"] > 0
+    assert failover["parts_answered"] == failover["parts_called"]
     assert any(group["reason"] == "OVERLOAD" for group in summary["handoffs"])
     assert not _processes_mentioning(_run_directory(output))
 
