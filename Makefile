@@ -31,8 +31,6 @@ test: lint typecheck unit
 demo: $(STAMP)
 	$(BIN)/python -m forehand.demo $(DEMO_ARGS)
 
-bench: $(STAMP)
-
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
