@@ -54,14 +54,14 @@ MANAGER_SETTINGS = (
     "core.suspect_timeout_ms=500",
     "core.failure_timeout_ms=1000",
     "core.failover_prepare_timeout_ms=300",
-    "core.handoff_deadline_ms=3000",
+    "core.handoff_deadline_ms=10000",
     "core.handoff_backup_report_timeout_ms=5000",
     "core.overload_threshold=100.0",
 )
 SERVER_SETTINGS = (
     "core.heartbeat_interval_ms=100",
     "core.backup_period_ms=1000",
-    "core.handoff_deadline_ms=3000",
+    "core.handoff_deadline_ms=10000",
 )
 
 
