@@ -77,6 +77,9 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # The QUIC stack warns about every peer's close; that is routine for a server.
+    if level != "debug":
+        logging.getLogger("quic").setLevel(logging.ERROR)
 
 
 class EventLogger:
