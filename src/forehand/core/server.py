@@ -1823,7 +1823,7 @@ class ServerCore:
         if placement.primary == self._me:
             self._placed_as_primary(part, previous_map, now_us)
         else:
-            self._placed_elsewhere(part, placement.primary, now_us)
+            self._placed_elsewhere(part, placement.primary, previous_map, now_us)
 
     def _place_new(
         self,
@@ -1925,11 +1925,19 @@ class ServerCore:
         self._stop_shipping(part.ref)
         self._install_primary(part, InstallCause.REINSTATED, now_us)
 
-    def _placed_elsewhere(self, part: Part, primary: str, now_us: int) -> None:
+    def _placed_elsewhere(
+        self, part: Part, primary: str, previous_map: ServerMap | None, now_us: int
+    ) -> None:
         state = part.state
-        if state is PartState.PRIMARY and part.fenced:
-            # A replica told this primary that a failover replaced it: nothing to hand over.
-            self._rare("replaced-primary-stepped-down")
+        missed = previous_map is not None and self.map_version > previous_map.version + 1
+        if state is PartState.PRIMARY and (part.fenced or missed):
+            # A replica told this primary that a failover replaced it; or this primary missed
+            # map versions (it was frozen or cut off), so the part may have been failed over at
+            # a version it never saw, with an epoch it cannot know: a handoff run would stamp
+            # the part with this newer version and fence the real primary. Nothing to hand
+            # over; if the move was a handoff after all, its abort fails the part over to the
+            # newest history, which this server keeps as a replica.
+            self._rare("replaced-primary-stepped-down" if part.fenced else "primary-missed-maps")
             placement = None if self._map is None else self._map.placement(part.ref)
             if placement is None or self._me not in placement.servers:
                 self._drop(part)
