@@ -7,6 +7,7 @@ credentials, HANDOFF frames the client must ignore, and last a drain (which move
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -155,6 +156,13 @@ def test_planned_handoff_under_load(cluster: Cluster) -> None:
             before = session.placements()
             seen: list[forehand.HandoffEvent] = []
             session.on_handoff(seen.append)
+            streamed: list[forehand.HandoffEvent] = []
+
+            async def stream() -> None:
+                async for event in session.handoffs():
+                    streamed.append(event)
+
+            streaming = asyncio.create_task(stream())
 
             def moved() -> bool:
                 # A second HANDOFF of the same session to the same target while the first is
@@ -178,6 +186,8 @@ def test_planned_handoff_under_load(cluster: Cluster) -> None:
                 )
                 await load.wait_for(40, what="writes after the handoff")
             await load.check_exactly_once()
+            await eventually(lambda: streamed == seen, what="the iterator saw every event")
+            streaming.cancel()
             after = session.placements()
             assert after["cart"].map_version > before["cart"].map_version
             assert any(e.kind is HandoffKind.COMPLETED for e in seen)

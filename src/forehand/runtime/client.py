@@ -183,6 +183,7 @@ class Session:
         self._parts = parts
         self._callbacks: list[Callable[[HandoffEvent], None]] = []
         self._events: deque[HandoffEvent] = deque(maxlen=HANDOFF_EVENTS_BUFFERED_MAX)
+        self._event_count = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
 
@@ -228,18 +229,19 @@ class Session:
     async def handoffs(self) -> AsyncIterator[HandoffEvent]:
         """Handoff events from now on, until the session closes (at most the last
         HANDOFF_EVENTS_BUFFERED_MAX are kept for a slow reader)."""
-        seen = len(self._events)
-        events_seen = self._events
+        wanted = self._event_count
+        kept = self._events
         while not self._closed:
-            if seen < len(events_seen):
-                event = events_seen[seen]
-                seen += 1
+            first = self._event_count - len(kept)
+            if wanted < self._event_count:
+                wanted = max(wanted, first)
+                event = kept[wanted - first]
+                wanted += 1
                 yield event
                 continue
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             await waiter
-            seen = min(seen, len(events_seen))
 
     def placements(self) -> dict[str, PartPlacement]:
         """Where each part is served now, as far as the client knows."""
@@ -277,6 +279,7 @@ class Session:
 
     def _handoff(self, event: HandoffEvent) -> None:
         self._events.append(event)
+        self._event_count += 1
         for callback in self._callbacks:
             try:
                 callback(event)

@@ -1,0 +1,99 @@
+"""The client SDK without a cluster: argument checks, handoff events to callbacks and iterators."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+import forehand
+from forehand.core import client_events
+from forehand.errors import ConfigError
+from forehand.runtime.client import HANDOFF_EVENTS_BUFFERED_MAX, Session, _handoff_event
+from forehand.wire import HandoffFlag, ReasonCode
+
+SESSION = bytes(range(16))
+
+
+def event(number: int) -> forehand.HandoffEvent:
+    return forehand.HandoffEvent(
+        kind=forehand.HandoffEventKind.COMPLETED,
+        session_id=SESSION,
+        parts=("cart",),
+        source="s1",
+        target="s2",
+        map_version=number,
+    )
+
+
+def test_connect_checks_its_arguments(tmp_path: Path) -> None:
+    """connect refuses a missing CA, no endpoints, a bad endpoint or an unknown transport."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not checked until a connection is made")
+    with pytest.raises(ConfigError, match="does not exist"):
+        forehand.connect("127.0.0.1:7000", ca=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="at least one"):
+        forehand.connect([], ca=ca)
+    with pytest.raises(ConfigError, match="host:port"):
+        forehand.connect("localhost", ca=ca)
+    with pytest.raises(ConfigError, match="transport"):
+        forehand.connect("127.0.0.1:7000", ca=ca, transport="sctp")
+    client = forehand.connect(["127.0.0.1:7000", "127.0.0.1:7001"], ca=ca, transport="quic")
+    assert len(client.client_id) == 16
+
+
+def test_handoff_events_reach_callbacks_and_iterators() -> None:
+    """Every handoff event goes to each callback and to each iterator started before it; an
+    iterator that lags keeps only the newest HANDOFF_EVENTS_BUFFERED_MAX events."""
+
+    async def scenario() -> None:
+        session = Session(cast(Any, None), SESSION, ("cart",))
+        heard: list[forehand.HandoffEvent] = []
+        session.on_handoff(heard.append)
+        iterator = session.handoffs()
+        first = asyncio.ensure_future(anext(iterator))
+        await asyncio.sleep(0)
+        session._handoff(event(1))
+        assert (await first).map_version == 1
+        total = HANDOFF_EVENTS_BUFFERED_MAX + 10
+        for number in range(2, total + 2):
+            session._handoff(event(number))
+        received = [await anext(iterator) for _ in range(HANDOFF_EVENTS_BUFFERED_MAX)]
+        assert [e.map_version for e in received] == list(range(12, total + 2))
+        assert [e.map_version for e in heard] == list(range(1, total + 2))
+        pending = asyncio.ensure_future(anext(iterator))
+        await asyncio.sleep(0)
+        session._mark_closed()
+        with pytest.raises(StopAsyncIteration):
+            await pending
+
+    asyncio.run(scenario())
+
+
+def test_core_events_map_to_handoff_events() -> None:
+    """HandoffStarted, HandoffFollowed, HandoffAbandoned, PartRedirected and PartRelocated
+    become handoff events; other core events do not."""
+    started = client_events.HandoffStarted(
+        node="c",
+        session_id=SESSION,
+        parts=("cart",),
+        source="s1",
+        targets=("s2", "s3"),
+        sequence=1,
+        map_version=9,
+        reason=ReasonCode.OVERLOAD,
+        flags=HandoffFlag.PREWARMED,
+    )
+    relocated = client_events.PartRelocated(
+        node="c", session_id=SESSION, part="auth", server="s3", map_version=10, duration_us=5
+    )
+    mapped = _handoff_event(started)
+    assert mapped is not None and mapped.kind is forehand.HandoffEventKind.STARTED
+    assert (mapped.target, mapped.reason) == ("s2", ReasonCode.OVERLOAD)
+    moved = _handoff_event(relocated)
+    assert moved is not None and moved.kind is forehand.HandoffEventKind.RELOCATED
+    assert (moved.parts, moved.target, moved.duration_us) == (("auth",), "s3", 5)
+    closed = client_events.SessionClosed(node="c", session_id=SESSION)
+    assert _handoff_event(closed) is None
