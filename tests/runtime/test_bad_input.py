@@ -66,12 +66,6 @@ FRAME_BYTES_MAX = 1 << 20
 """The server's default frame_bytes_max."""
 IDLE_TIMEOUT_MS = 3_000
 """The server closes a connection silent this long: a peer that left a frame incomplete."""
-HELLO_FIRST = pytest.mark.xfail(
-    strict=True,
-    reason="ServerCore does not track HELLO per client connection: it serves frames sent "
-    "before HELLO and answers a second HELLO, where docs/PROTOCOL.md section 3 makes both a "
-    "FRAME_UNEXPECTED connection error",
-)
 
 
 @pytest.fixture(scope="module")
@@ -306,7 +300,6 @@ def test_bad_frame_after_hello_closes_only_that_connection(
         assert frames[-1].code == code, frames[-1]
 
 
-@HELLO_FIRST
 def test_second_hello_is_refused(cluster: Cluster) -> None:
     """A second HELLO on a welcomed connection ends it with an ERROR."""
 
@@ -320,7 +313,6 @@ def test_second_hello_is_refused(cluster: Cluster) -> None:
     assert frames[-1].code in (ErrorCode.FRAME_UNEXPECTED, ErrorCode.PROTOCOL_ERROR)
 
 
-@HELLO_FIRST
 def test_request_before_hello_is_unexpected(cluster: Cluster) -> None:
     """A REQUEST before HELLO is FRAME_UNEXPECTED (docs/PROTOCOL.md section 3)."""
     request = Request(

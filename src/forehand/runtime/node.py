@@ -166,6 +166,7 @@ class _Link:
         "connection",
         "dialed",
         "established",
+        "established_hello",
         "heard_s",
         "kind",
         "peer",
@@ -184,6 +185,8 @@ class _Link:
         self.heard_s = 0.0
         self.awaiting_since_s: float | None = None
         """When a frame went out with nothing received since; None when nothing is awaited."""
+        self.established_hello = False
+        """Whether the client sent its HELLO (accepted client links)."""
 
     def sent(self, now_s: float) -> None:
         """A frame went out: from now on an answer is awaited (if one was not already)."""
@@ -653,6 +656,14 @@ class NodeDriver:
             self._feed(frame, link.peer)
             return
         if kind is _LinkKind.CLIENT_ACCEPTED:
+            # HELLO comes first and once (docs/PROTOCOL.md section 3); the cores leave the
+            # order of a connection's frames to the driver.
+            is_hello = type(frame) is Hello
+            if is_hello == link.established_hello:
+                what = "a second HELLO" if is_hello else f"{type(frame).__name__} before HELLO"
+                self._violation(link, ErrorCode.FRAME_UNEXPECTED, what)
+                return
+            link.established_hello = True
             if frame.frame_type not in _CLIENT_FRAMES:
                 self._violation(
                     link,
