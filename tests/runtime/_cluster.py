@@ -259,6 +259,13 @@ class Cluster:
             time.sleep(0.05)
         return ready.read_text().strip()
 
+    def restart_manager(self) -> None:
+        """Start the manager again on its address, with its store (after it stopped)."""
+        command = self._manager_command()
+        command[command.index("127.0.0.1:0")] = self.manager_address
+        self._launch("manager", command)
+        assert self._wait_ready("manager") == self.manager_address
+
     def log(self, name: str) -> str:
         """The output of process `name` so far."""
         path = self.directory / f"{name}.log"

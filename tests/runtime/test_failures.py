@@ -8,12 +8,15 @@ silence and follow; the thawed server rejoins).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+from forehand.runtime.admin import MoveSession
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import (
@@ -54,7 +57,7 @@ async def _break_primary_under_load(cluster: Cluster, action: str) -> str:
             await load.wait_for(60, what="writes before the failure")
             if action == "kill":
                 cluster.send_signal(victim, signal.SIGKILL)
-                cluster.wait_exit(victim)
+                await asyncio.to_thread(cluster.wait_exit, victim)
             else:
                 cluster.send_signal(victim, signal.SIGSTOP)
             await eventually(moved, what=f"the cart served by another server than {victim}")
@@ -84,3 +87,32 @@ def test_sigstop_then_sigcont_of_a_primary(cluster: Cluster) -> None:
     acknowledged is lost, no call fails, and after SIGCONT it rejoins the cluster."""
     run_async(_break_primary_under_load(cluster, "freeze"))
     run_async(cluster.wait_active(SERVERS))
+
+
+def test_manager_restart_keeps_the_cluster(tmp_path: Path) -> None:
+    """While the manager is down, sessions keep being served; restarted on its address from its
+    SQLite store, it takes the servers back, opens new sessions and moves old ones."""
+    running = Cluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), transport="tls")
+    running.start()
+    try:
+        run_async(_restart_manager_under_load(running))
+    finally:
+        running.stop()
+
+
+async def _restart_manager_under_load(cluster: Cluster) -> None:
+    async with cluster.connect() as client:
+        session = await client.open_session(parts=PARTS)
+        async with CartLoad(session, writers=2) as load:
+            await load.wait_for(40, what="writes before the manager stops")
+            cluster.processes["manager"].terminate()
+            assert await asyncio.to_thread(cluster.wait_exit, "manager") == 0
+            await load.wait_for(40, what="writes while the manager is down")
+            cluster.restart_manager()
+            await cluster.wait_active(SERVERS)
+            await load.wait_for(40, what="writes after the restart")
+        await load.check_exactly_once()
+        other = await client.open_session(parts=["cart"])
+        assert await other.call("cart", "add", {"sku": "new"}) == 1
+        reply = await cluster.admin(MoveSession(session_id=session.id))
+        assert reply.ok and reply.queued == len(PARTS)

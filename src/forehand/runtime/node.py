@@ -265,6 +265,7 @@ class NodeDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due_us: int | None = None
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_due_s = 0.0
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_counter = 0
@@ -751,12 +752,19 @@ class NodeDriver:
             return
         loop = self._loop
         assert loop is not None
-        self._sweeper = loop.call_later(min(timeouts) / 4000, self._sweep)
+        interval_s = min(timeouts) / 4000
+        self._sweep_due_s = loop.time() + interval_s
+        self._sweeper = loop.call_later(interval_s, self._sweep, interval_s)
 
-    def _sweep(self) -> None:
+    def _sweep(self, interval_s: float) -> None:
         loop = self._loop
         assert loop is not None
         now_s = loop.time()
+        if now_s - self._sweep_due_s > interval_s:
+            # This process itself stalled (a long callback, a paused process): what its peers
+            # sent meanwhile still waits in the sockets, so nobody counts as silent this round.
+            self._arm_sweeper()
+            return
         idle_s = self._idle_timeout_ms / 1000
         silence_s = self.config.silence_timeout_ms / 1000
         for peer in list(self._peers.values()):
