@@ -1,7 +1,8 @@
 """The runtime's subcommands of `forehand`: `certs`, `manager`, `server` and `admin`.
 
-`forehand.cli` registers them with `register(app)`. Heavy imports happen inside the commands, so
-that `forehand --help` stays fast. Invalid configuration prints one line and exits with code 2.
+`forehand.cli` registers them with `register(app)`. Heavy imports happen inside the commands (and
+this module sits outside `forehand.runtime`, whose package imports every transport), so that
+`forehand --help` stays fast. Invalid configuration prints one line and exits with code 2.
 """
 
 from __future__ import annotations

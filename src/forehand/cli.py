@@ -145,7 +145,7 @@ def predict_eval(
     print_targets(synthetic_result, nab_result, console=console)
 
 
-from forehand.runtime._cli import register as _register_runtime  # noqa: E402
+from forehand._runtime_commands import register as _register_runtime  # noqa: E402
 
 _register_runtime(app)
 
