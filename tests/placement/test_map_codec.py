@@ -139,3 +139,21 @@ def test_malformed_maps_are_remote_errors() -> None:
     record[3].append(record[3][0])  # a server listed twice
     with pytest.raises(RemoteProtocolError):
         ShardMap.decode(msgspec.msgpack.encode(record))
+
+
+def test_non_utf8_strings_are_remote_errors() -> None:
+    """Map or delta strings that are not UTF-8 raise RemoteProtocolError, not UnicodeError."""
+    shard_map, _ = _sample_map()
+    data = shard_map.encode()
+    server_id = msgspec.msgpack.encode("s1")
+    assert server_id in data
+    broken = data.replace(server_id, bytes([server_id[0]]) + b"\xff\xfe", 1)
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(broken)
+    delta = ShardMap.encode_delta(
+        shard_map.delta(ServerJoined(server_id="s9", address="h9:1", zone="z0", weight=1.0))
+    )
+    joined = msgspec.msgpack.encode("s9")
+    assert joined in delta
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode_delta(delta.replace(joined, bytes([joined[0]]) + b"\xff\xfe", 1))

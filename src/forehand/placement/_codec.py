@@ -112,7 +112,8 @@ def decode_map(data: bytes) -> MapState:
     """The map version encoded in `data`; malformed input raises RemoteProtocolError."""
     try:
         record = _MAP_DECODER.decode(data)
-    except msgspec.MsgspecError as error:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as error:
+        # msgspec lets a non-UTF-8 string body escape as UnicodeDecodeError.
         raise RemoteProtocolError(f"malformed shard map: {error}") from error
     if record.encoding != MAP_ENCODING:
         raise RemoteProtocolError(f"unknown shard-map encoding {record.encoding}")
@@ -152,5 +153,5 @@ def decode_delta(data: bytes) -> Delta:
     """The delta encoded in `data`; malformed input raises RemoteProtocolError."""
     try:
         return _DELTA_DECODER.decode(data)
-    except msgspec.MsgspecError as error:
+    except (msgspec.MsgspecError, UnicodeDecodeError) as error:
         raise RemoteProtocolError(f"malformed shard-map delta: {error}") from error
