@@ -34,5 +34,7 @@ demo: $(STAMP)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis
 
+# Every benchmarks/bench_*.py, one JSON file (benchmarks/results/bench.json) and a summary table;
+# BENCH_ARGS="--quick" or "--only handoff,redis" or "--output PATH".
 bench: $(STAMP)
-	for bench in benchmarks/bench_*.py; do $(BIN)/python $$bench || exit 1; done
+	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)

@@ -2,16 +2,42 @@
 
 Benchmarks never assert on time (machines here are shared and noisy); they measure a candidate and
 its baseline in the same run, interleaved round by round, and report the ratio.
+
+Every table a benchmark prints (`print_comparisons`, `print_metrics`) is also recorded; when the
+environment variable `FOREHAND_BENCH_JSON` names a file, the recorded tables (and any `record`ed
+details) are written there as JSON when the benchmark exits. `benchmarks/run_all.py` (`make
+bench`) runs each benchmark with its own file and merges them into one.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
+import json
+import math
+import os
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-__all__ = ["Comparison", "compare", "measure_rate", "print_comparisons"]
+__all__ = [
+    "JSON_ENVIRONMENT_VARIABLE",
+    "Comparison",
+    "Metric",
+    "compare",
+    "machine",
+    "measure_rate",
+    "percentile",
+    "print_comparisons",
+    "print_metrics",
+    "record",
+]
+
+JSON_ENVIRONMENT_VARIABLE = "FOREHAND_BENCH_JSON"
+"""Names the file a benchmark writes its recorded tables to, as JSON, when it exits."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,8 +98,133 @@ def compare(
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Metric:
+    """One measured value, with its baseline and target when it has them."""
+
+    name: str
+    """What was measured."""
+    value: float
+    """The measured value, in `unit`."""
+    unit: str
+    """Its unit (`ms`, `MiB`, `requests/s`, `bytes/session`, ...)."""
+    baseline: float | None = None
+    """The baseline's value in the same run, in the same unit, if there is one."""
+    baseline_name: str = ""
+    """What the baseline is."""
+    target: str = ""
+    """The target, for people (`< 1000 ms`, `>= 1.5x baseline`); empty if none."""
+    met: bool | None = None
+    """Whether the target was met; None without a target."""
+
+    @property
+    def ratio(self) -> float | None:
+        """Value over baseline, when there is a non-zero baseline."""
+        if self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+
+_tables: list[dict[str, Any]] = []
+_details: dict[str, Any] = {}
+
+
+def _write_json() -> None:
+    path = os.environ.get(JSON_ENVIRONMENT_VARIABLE)
+    if not path or (not _tables and not _details):
+        return
+    document = {"machine": machine(), "tables": _tables, "details": _details}
+    Path(path).write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+atexit.register(_write_json)
+
+
+def machine() -> dict[str, Any]:
+    """The machine a result comes from: cores, load average, Python."""
+    load_1m, load_5m, _ = os.getloadavg()
+    return {
+        "cpu_count": os.cpu_count(),
+        "load_average_1m": round(load_1m, 2),
+        "load_average_5m": round(load_5m, 2),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def record(key: str, value: Any) -> None:
+    """Keep `value` (JSON-serialisable: distributions, settings, phases) under `key` in the
+    benchmark's JSON output."""
+    _details[key] = value
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The `fraction` quantile (0.5, 0.99) of `values` by the nearest-rank method; NaN if empty."""
+    assert 0.0 <= fraction <= 1.0
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return float(ordered[rank - 1])
+
+
+def print_metrics(title: str, rows: list[Metric]) -> None:
+    """Print a plain-text table of measured values (with baselines, ratios and targets), and
+    record it for the JSON output."""
+    _tables.append(
+        {
+            "title": title,
+            "rows": [
+                {
+                    "name": row.name,
+                    "value": row.value,
+                    "unit": row.unit,
+                    "baseline": row.baseline,
+                    "baseline_name": row.baseline_name,
+                    "ratio": row.ratio,
+                    "target": row.target,
+                    "met": row.met,
+                }
+                for row in rows
+            ],
+        }
+    )
+    print(title)
+    header = f"{'measure':<44} {'value':>12} {'unit':<12} {'baseline':>12} {'ratio':>7}  target"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        baseline = "" if row.baseline is None else f"{row.baseline:,.1f}"
+        ratio = "" if row.ratio is None else f"{row.ratio:.2f}"
+        target = row.target
+        if row.met is not None:
+            target += " (met)" if row.met else " (NOT met)"
+        print(
+            f"{row.name:<44} {row.value:>12,.1f} {row.unit:<12} {baseline:>12} {ratio:>7}  {target}"
+        )
+    print()
+
+
 def print_comparisons(title: str, rows: list[Comparison]) -> None:
-    """Print a plain-text table, one row per comparison."""
+    """Print a plain-text table, one row per comparison, and record it for the JSON output."""
+    _tables.append(
+        {
+            "title": title,
+            "rows": [
+                {
+                    "name": row.name,
+                    "value": row.candidate_per_second,
+                    "unit": "/s",
+                    "baseline": row.baseline_per_second,
+                    "baseline_name": row.baseline_name,
+                    "ratio": row.ratio,
+                    "target": "",
+                    "met": None,
+                }
+                for row in rows
+            ],
+        }
+    )
     print(title)
     header = f"{'measure':<36} {'forehand/s':>14} {'baseline/s':>14} {'ratio':>7}  baseline"
     print(header)
