@@ -30,6 +30,14 @@ class ServerConfig:
     """Time between two `HeartbeatReported` messages."""
     heartbeat_parts_max: int = 64
     """Most `PartProgress` entries in one heartbeat; the batch rotates over all parts."""
+    heartbeat_paths_max: int = 64
+    """Most `PathReport` entries in one heartbeat; the batch rotates over all known paths."""
+    path_buckets_max: int = 256
+    """Client buckets path reports are aggregated into (a client's node id hashed modulo this)."""
+    path_reports_max: int = 4096
+    """Most (bucket, server) paths this server keeps reports for; the stalest goes first."""
+    path_report_ttl_ms: int = 30_000
+    """A path report not refreshed this long is dropped rather than sent to the manager again."""
     log_batch_entries_max: int = 64
     """Most log entries in one `LogShipped` batch."""
     replication_inflight_batches_max: int = 4
@@ -129,6 +137,10 @@ _POSITIVE_FIELDS = (
     "incarnation",
     "heartbeat_interval_ms",
     "heartbeat_parts_max",
+    "heartbeat_paths_max",
+    "path_buckets_max",
+    "path_reports_max",
+    "path_report_ttl_ms",
     "log_batch_entries_max",
     "replication_inflight_batches_max",
     "replication_interval_ms",

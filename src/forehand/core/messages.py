@@ -30,6 +30,7 @@ __all__ = [
     "PartProgress",
     "PartRef",
     "PartRole",
+    "PathReport",
     "PositionsReported",
     "RequestForwarded",
     "ResponseForwarded",
@@ -72,6 +73,35 @@ class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """Share of requests answered with an error over the last report interval."""
     requests_per_second: float
     """Requests executed per second over the last report interval."""
+    memory_utilization: float = 0.0
+    """Share of the machine's memory in use, 0.0 to 1.0."""
+    io_bytes_per_second: float = 0.0
+    """Bytes the process read and wrote (disk and network) per second over the last interval."""
+    loop_lag_us_p99: int = 0
+    """99th-percentile event-loop lag (how late a timer fired) over the last report interval."""
+
+
+class PathReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A client's measurements of its network path to one server, aggregated per client bucket."""
+
+    client_bucket: int
+    """Bounded bucket of the client (a hash of its node id modulo `path_buckets_max`)."""
+    server_id: str
+    """The server the path leads to."""
+    rtt_us: int
+    """Smoothed round-trip time over the report interval."""
+    rtt_us_min: int
+    """Lowest round-trip time seen on the path (its propagation floor)."""
+    jitter_us: int
+    """Mean absolute difference between consecutive round-trip samples."""
+    loss_ratio: float
+    """Share of packets lost (or PINGs unanswered) over the report interval, 0.0 to 1.0."""
+    retransmissions: int
+    """Packets or segments retransmitted over the report interval."""
+    throughput_bytes_per_second: float
+    """Bytes carried per second (both directions) over the report interval."""
+    probe: bool
+    """True when measured by a probe to a potential target rather than on the serving path."""
 
 
 class PartProgress(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
@@ -124,6 +154,9 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The server's own load."""
     parts: tuple[PartProgress, ...]
     """Progress of some of its parts; at most `heartbeat_parts_max` per heartbeat."""
+    paths: tuple[PathReport, ...] = ()
+    """Clients' path reports to servers, aggregated per client bucket; at most
+    `heartbeat_paths_max` per heartbeat, the batch rotating over all known paths."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
