@@ -261,7 +261,7 @@ def test_unknown_status_and_state_are_errors(codec: Codec) -> None:
 
 def test_telemetry_skips_unknown_metrics_and_wants_ascending_ids(codec: Codec) -> None:
     """Unknown metric ids are skipped; repeated or descending ids are malformed."""
-    sample = b"\x02s1" + b"\x03" + b"\x01\x05" + b"\x07\x09" + b"\x09\x01"
+    sample = b"\x02s1" + b"\x03" + b"\x01\x05" + b"\x30\x09" + b"\x31\x01"
     decoded = codec.decode_frame(framed(FrameType.PING, b"\x01\x02\x01" + sample))
     assert decoded == Ping(sequence=1, sent_us=2, telemetry=(PathSample("s1", rtt_us=5),))
     descending = b"\x02s1" + b"\x02" + b"\x02\x05" + b"\x01\x09"

@@ -79,6 +79,9 @@ path_samples = st.builds(
     st.none() | varints,
     st.none() | varints,
     st.none() | varints,
+    st.none() | varints,
+    st.none() | varints,
+    st.booleans(),
 )
 map_versions_with_base = st.integers(1, VARINT_MAX).flatmap(
     lambda version: st.tuples(st.just(version), st.integers(0, version - 1))

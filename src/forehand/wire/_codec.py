@@ -75,6 +75,8 @@ _METRIC_FIELDS: dict[int, str] = {
     PathMetric.JITTER_US: "jitter_us",
     PathMetric.LOSS_PPM: "loss_ppm",
     PathMetric.THROUGHPUT_BPS: "throughput_bps",
+    PathMetric.RTT_MIN_US: "rtt_min_us",
+    PathMetric.RETRANSMISSIONS: "retransmissions",
 }
 
 
@@ -192,6 +194,9 @@ def _push_path_sample(buffer: Buffer, sample: PathSample, config: WireConfig) ->
         for metric, field in _METRIC_FIELDS.items()
         if (value := getattr(sample, field)) is not None
     ]
+    if sample.probe:
+        # PROBE is a flag: present with value 1 when set, absent otherwise.
+        metrics.append((PathMetric.PROBE, 1))
     buffer.push_varint(len(metrics))
     for metric, value in metrics:
         buffer.push_varint(metric)
@@ -211,6 +216,7 @@ def _pull_path_sample(buffer: Buffer, config: WireConfig) -> PathSample:
     server_id = buffer.pull_name(config.server_id_bytes_max)
     count = buffer.pull_count(config.telemetry_metrics_max)
     values: dict[str, int] = {}
+    probe = False
     previous = 0
     for _ in range(count):
         metric = buffer.pull_varint()
@@ -221,7 +227,9 @@ def _pull_path_sample(buffer: Buffer, config: WireConfig) -> PathSample:
         field = _METRIC_FIELDS.get(metric)
         if field is not None:
             values[field] = value
-    return PathSample(server_id, **values)
+        elif metric == PathMetric.PROBE:
+            probe = value != 0
+    return PathSample(server_id, **values, probe=probe)
 
 
 def _encode_pong(frame: Pong, config: WireConfig) -> bytes:

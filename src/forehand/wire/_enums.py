@@ -216,6 +216,9 @@ class PathMetric(IntEnum):
     JITTER_US = 0x02
     LOSS_PPM = 0x03
     THROUGHPUT_BPS = 0x04
+    RTT_MIN_US = 0x05
+    RETRANSMISSIONS = 0x06
+    PROBE = 0x07
 
 
 class StreamType(IntEnum):

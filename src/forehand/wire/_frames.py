@@ -105,6 +105,12 @@ class PathSample(NamedTuple):
     """Packet loss in parts per million, if measured."""
     throughput_bps: int | None = None
     """Delivered throughput in bits per second, if measured."""
+    rtt_min_us: int | None = None
+    """Lowest round-trip time seen on the path in microseconds, if measured."""
+    retransmissions: int | None = None
+    """Packets or segments retransmitted since the previous report, if measured."""
+    probe: bool = False
+    """True when the client does not use the server now and measured the path by probing it."""
 
 
 class _Frame(msgspec.Struct, frozen=True, kw_only=True, gc=False):
