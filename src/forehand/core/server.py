@@ -39,6 +39,7 @@ from forehand.core._handoff import (
     Notification,
 )
 from forehand.core._part import Durability, Part, PartSpec, PartState, PartTrigger
+from forehand.core._paths import PathTable, client_bucket, path_report
 from forehand.core._replication import Replication
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
@@ -201,6 +202,10 @@ class ServerCore:
         self._heartbeat_sequence = 0
         self._heartbeat_due_us = 0
         self._heartbeat_cursor = 0
+        self._paths = PathTable(
+            reports_max=config.path_reports_max, ttl_ms=config.path_report_ttl_ms
+        )
+        self._path_buckets: dict[NodeId, int] = {}
         self._handoff_sequence = 0
         self._replay_cache = ReplayCache(entries_max=config.replay_cache_entries_max)
         self._announce()
@@ -768,6 +773,9 @@ class ServerCore:
                 )
             if claims.session_id in self._session_parts:
                 self._attach(source, claims.session_id)
+        self._path_buckets[source] = client_bucket(
+            message.client_id, buckets=self._config.path_buckets_max
+        )
         self._send(
             source,
             Welcome(
@@ -781,6 +789,13 @@ class ServerCore:
 
     def _on_ping(self, message: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=message.sequence, sent_us=message.sent_us))
+        bucket = self._path_buckets.get(source)
+        if bucket is None:
+            return  # Only clients (known by their HELLO) report paths.
+        for sample in message.telemetry:
+            report = path_report(sample, client_bucket=bucket)
+            if report is not None:
+                self._paths.record(report, now_us=now_us)
 
     def _on_close_session(self, message: CloseSession, source: NodeId, now_us: int) -> None:
         clients = self._attached.get(message.session_id)
@@ -804,6 +819,7 @@ class ServerCore:
     def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
         peer = message.peer
         self._detach_client(peer)
+        self._path_buckets.pop(peer, None)
         for ref, shipper in self._shippers.items():
             stream = shipper.streams.get(peer)
             if stream is not None:
@@ -1980,6 +1996,7 @@ class ServerCore:
                 map_version=self.map_version,
                 load=self._load,
                 parts=self._progress_batch(),
+                paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
             ),
         )
         if self._map is None:

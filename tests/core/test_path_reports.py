@@ -1,0 +1,145 @@
+"""Servers keep clients' PING path reports per client bucket and send them in bounded batches."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from forehand.core._paths import PathTable, client_bucket, path_report
+from forehand.core._server_config import ServerConfig
+from forehand.core.messages import HeartbeatReported, PathReport
+from forehand.core.server import ServerCore
+from forehand.errors import ConfigError
+from forehand.wire import PROTOCOL_VERSION, Hello, PathSample, Ping, Pong
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import SPECS, sealer
+else:
+    from _server_helpers import SPECS, sealer
+
+INTERVAL_MS = 100
+
+
+def _server(**overrides: Any) -> ServerCore:
+    config = replace(ServerConfig(server_id="s1", heartbeat_interval_ms=INTERVAL_MS), **overrides)
+    return ServerCore(config=config, parts=SPECS, sealer=sealer(), rng=random.Random(3))
+
+
+def _hello(core: ServerCore, source: str, client_id: bytes, now_us: int) -> None:
+    hello = Hello(versions=(PROTOCOL_VERSION,), client_id=client_id)
+    core.receive_message(hello, source=source, now_us=now_us)
+
+
+def _heartbeat_paths(core: ServerCore, now_us: int) -> tuple[PathReport, ...]:
+    core.handle_timer(now_us=now_us)
+    beats = [o.message for o in core.messages_to_send() if type(o.message) is HeartbeatReported]
+    assert len(beats) == 1, beats
+    return beats[0].paths
+
+
+def _samples(count: int) -> tuple[PathSample, ...]:
+    return tuple(PathSample(f"s{n}", rtt_us=1000 + n) for n in range(count))
+
+
+def test_ping_samples_become_reports_of_the_clients_bucket() -> None:
+    """Each sample of a client's PING is reported with the client's bucket, units converted."""
+    core = _server(path_buckets_max=16)
+    _hello(core, "~client-1", b"c" * 16, now_us=1)
+    sample = PathSample(
+        "s2",
+        rtt_us=9000,
+        jitter_us=300,
+        loss_ppm=25_000,
+        throughput_bps=8_000,
+        rtt_min_us=8000,
+        retransmissions=3,
+        probe=True,
+    )
+    core.receive_message(
+        Ping(sequence=1, sent_us=5, telemetry=(sample,)), source="~client-1", now_us=2
+    )
+    assert any(type(o.message) is Pong for o in core.messages_to_send())
+    (report,) = _heartbeat_paths(core, now_us=3)
+    assert report == PathReport(
+        client_bucket=client_bucket(b"c" * 16, buckets=16),
+        server_id="s2",
+        rtt_us=9000,
+        rtt_us_min=8000,
+        jitter_us=300,
+        loss_ratio=0.025,
+        retransmissions=3,
+        throughput_bytes_per_second=1000.0,
+        probe=True,
+    )
+
+
+def test_heartbeat_batches_are_bounded_and_rotate_over_every_path() -> None:
+    """With more paths than `heartbeat_paths_max`, each heartbeat carries at most that many and
+    successive heartbeats cover every path."""
+    core = _server(heartbeat_paths_max=3, path_buckets_max=1)
+    _hello(core, "~client-1", b"a" * 16, now_us=1)
+    core.receive_message(
+        Ping(sequence=1, sent_us=1, telemetry=_samples(7)), source="~client-1", now_us=2
+    )
+    seen: list[str] = []
+    now_us = 2
+    for _ in range(3):
+        batch = _heartbeat_paths(core, now_us)
+        assert 1 <= len(batch) <= 3
+        seen.extend(report.server_id for report in batch)
+        now_us += INTERVAL_MS * 1000
+    assert sorted(set(seen)) == [f"s{n}" for n in range(7)]
+    assert len(seen) == 9  # 3 + 3 + 3: the third batch wraps around to the first paths
+
+
+def test_reports_are_bounded_and_the_stalest_expire() -> None:
+    """The table keeps at most `path_reports_max` paths, and none older than the TTL."""
+    core = _server(path_reports_max=4, path_report_ttl_ms=1000, heartbeat_paths_max=64)
+    _hello(core, "~client-1", b"a" * 16, now_us=1)
+    core.receive_message(
+        Ping(sequence=1, sent_us=1, telemetry=_samples(6)), source="~client-1", now_us=2
+    )
+    batch = _heartbeat_paths(core, now_us=3)
+    assert [report.server_id for report in batch] == ["s2", "s3", "s4", "s5"]
+    late_us = 2 + 1000 * 1000 + INTERVAL_MS * 1000
+    assert _heartbeat_paths(core, now_us=late_us) == ()
+
+
+def test_pings_of_unknown_sources_and_samples_without_rtt_are_not_reported() -> None:
+    """A PING from a peer that sent no HELLO, or a sample without an RTT, adds nothing."""
+    core = _server()
+    core.receive_message(Ping(sequence=1, sent_us=1, telemetry=_samples(2)), source="s9", now_us=1)
+    _hello(core, "~client-1", b"a" * 16, now_us=1)
+    core.receive_message(
+        Ping(sequence=1, sent_us=1, telemetry=(PathSample("s2"),)), source="~client-1", now_us=2
+    )
+    assert _heartbeat_paths(core, now_us=3) == ()
+
+
+def test_two_clients_of_one_bucket_share_one_entry_per_server() -> None:
+    """Reports aggregate per (bucket, server): a second client of the same bucket replaces it."""
+    table = PathTable(reports_max=8, ttl_ms=1000)
+    first = path_report(PathSample("s2", rtt_us=100), client_bucket=0)
+    second = path_report(PathSample("s2", rtt_us=200), client_bucket=0)
+    assert first is not None and second is not None
+    table.record(first, now_us=1)
+    table.record(second, now_us=2)
+    assert table.batch(count_max=8, now_us=3) == (second,)
+
+
+def test_client_bucket_is_stable_and_bounded() -> None:
+    """The bucket depends only on the client id and the bucket count (the same on every server)."""
+    ids = [bytes([n]) * 16 for n in range(200)]
+    buckets = [client_bucket(client_id, buckets=7) for client_id in ids]
+    assert all(0 <= bucket < 7 for bucket in buckets)
+    assert len(set(buckets)) == 7
+    assert buckets == [client_bucket(client_id, buckets=7) for client_id in ids]
+
+
+def test_path_bounds_must_be_positive() -> None:
+    """A zero bound is a configuration error, not a silent "keep nothing"."""
+    with pytest.raises(ConfigError):
+        ServerConfig(server_id="s1", path_buckets_max=0)
