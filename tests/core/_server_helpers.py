@@ -22,7 +22,15 @@ from forehand.core.messages import (
 from forehand.core.server import ServerCore
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap, new_session_id
-from forehand.wire import ReasonCode, Request, Response, ResponseStatus
+from forehand.wire import (
+    PROTOCOL_VERSION,
+    Credential,
+    Hello,
+    ReasonCode,
+    Request,
+    Response,
+    ResponseStatus,
+)
 
 if TYPE_CHECKING:
     from tests.core.conftest import Router
@@ -193,11 +201,15 @@ class Cluster:
         request_id: int | None = None,
         session: bytes = SESSION,
         map_version: int | None = None,
+        bind: bool = True,
     ) -> int:
-        """Send one REQUEST from `client` to `server`; returns its request id."""
+        """Send one REQUEST from `client` to `server` (after a HELLO that binds the session to
+        the client's connection, unless `bind` is False); returns its request id."""
         if request_id is None:
             request_id = self.next_request_id
             self.next_request_id += 1
+        if bind:
+            self.bind(server, client=client, session=session)
         self.router.send(
             client,
             server,
@@ -211,6 +223,18 @@ class Cluster:
             ),
         )
         return request_id
+
+    def bind(self, server: str, *, client: str = "c1", session: bytes = SESSION) -> None:
+        """Send a HELLO presenting `session`'s credential, binding it to `client`'s connection."""
+        credential = sealer().issue_credential(
+            session_id=session, client_id=bytes(16), now_us=self.router.now_us, lifetime_ms=60_000
+        )
+        hello = Hello(
+            versions=(PROTOCOL_VERSION,),
+            client_id=bytes(16),
+            credentials=(Credential(session_id=session, credential=credential),),
+        )
+        self.router.send(client, server, hello)
 
     def responses(self, client: str = "c1") -> list[Response]:
         """Pop the RESPONSE frames `client` received."""

@@ -670,8 +670,9 @@ def test_resume_session_after_restart() -> None:
     assert h.client.route(SESSION, "cart").state is RouteState.ACTIVE
 
 
-def test_resume_session_on_a_welcomed_connection_needs_no_handshake() -> None:
-    """A primary already welcomed for another session takes the resumed session's calls at once."""
+def test_resume_session_on_a_welcomed_connection_binds_with_resume() -> None:
+    """On a primary already welcomed for another session, the resumed session's calls wait for a
+    RESUME carrying its credential to be answered (no new handshake)."""
     h = Harness()
     ready_session(h)
     other = bytes([0x01, 0x8F] + [0x22] * 14)
@@ -681,7 +682,34 @@ def test_resume_session_on_a_welcomed_connection_needs_no_handshake() -> None:
     assert [e.server for e in h.of(SessionResumed)] == ["s1"]
     request_id = h.client.call(other, "auth", "a", b"", now_us=0)
     h.drain()
+    assert h.take(Request, "s1") == []
+    [bind] = h.take(Resume, "s1")
+    assert (bind.session_id, bind.token, bind.parts) == (other, b"cred-2", ("auth",))
+    h.feed("s1", ResumeOk(session_id=other, parts=("auth",), map_version=5))
     assert [r.request_id for r in h.take(Request, "s1")] == [request_id]
+    h.client.call(other, "auth", "b", b"", now_us=0)
+    h.drain()
+    assert h.take(Resume) == []
+    assert len(h.take(Request, "s1")) == 1
+
+
+def test_refused_credential_resume_relocates_the_part() -> None:
+    """A RESUME_REJECT for a binding RESUME is reported and sends the part to the manager."""
+    h = Harness()
+    ready_session(h)
+    other = bytes([0x01, 0x8F] + [0x22] * 14)
+    h.client.resume_session(other, b"cred-2", (placement("auth", "s1"),), map_version=5, now_us=0)
+    h.client.call(other, "auth", "a", b"", now_us=0)
+    h.drain()
+    assert len(h.take(Resume, "s1")) == 1
+    h.feed(
+        "s1",
+        ResumeReject(session_id=other, reason=ResumeRejectReason.TOKEN_EXPIRED, message="old"),
+    )
+    rejected = [e for e in h.of(SessionResumeRejected) if e.session_id == other]
+    assert [(e.server, e.reason) for e in rejected] == [("s1", ResumeRejectReason.TOKEN_EXPIRED)]
+    assert h.client.route(other, "auth").state is RouteState.LOCATING
+    assert h.take(Request, "s1") == []
 
 
 def test_resume_session_refused_credential_falls_back_to_the_map() -> None:

@@ -76,6 +76,9 @@ class ServerConfig:
     """Most parts this server holds in any role; a map placing more is refused part by part."""
     session_clients_max: int = 8
     """Most client connections attached to one session; the least recently attached goes first."""
+    connection_sessions_max: int = 16_384
+    """Most sessions one client connection may bind (prove with a credential or token); more are
+    refused (RESUME_REJECT OVERLOADED, or left unbound from HELLO)."""
     map_request_retry_ms: int = 1000
     """Time before a server asks the manager again for a map it is missing."""
     map_deltas_buffered_max: int = 64
@@ -158,6 +161,7 @@ _POSITIVE_FIELDS = (
     "replay_cache_entries_max",
     "parts_max",
     "session_clients_max",
+    "connection_sessions_max",
     "map_request_retry_ms",
     "map_deltas_buffered_max",
     "handoff_ids_remembered_max",

@@ -249,6 +249,10 @@ class ClientCore:
         self._endpoints: dict[NodeId, Endpoint] = {}
         self._locating: dict[tuple[bytes, str], None] = {}
         self._closing: dict[NodeId, int] = {}
+        self._bound: dict[NodeId, set[bytes]] = {}
+        self._presented: dict[NodeId, set[bytes]] = {}
+        self._binds: dict[tuple[bytes, NodeId], int] = {}
+        self._resume_kinds: dict[tuple[bytes, NodeId], deque[bool]] = {}
         self._map_sent_us: int | None = None
         self._map_retry_us: int | None = None
         self._map_rounds = 0
@@ -503,6 +507,8 @@ class ClientCore:
             self._locating.pop((session_id, route.name), None)
         for key in [k for k in self._resumptions if k[0] == session_id]:
             del self._resumptions[key]
+        for key in [k for k in self._binds if k[0] == session_id]:
+            del self._binds[key]
         servers = dict.fromkeys(r.primary for r in session.parts.values())
         for server in servers:
             connection = self._pool.get(server)
@@ -639,6 +645,8 @@ class ClientCore:
             client_id=self._client_id,
             credentials=self._credentials_for(server),
         )
+        self._presented[server] = {credential.session_id for credential in hello.credentials}
+        self._bound.pop(server, None)
         if self._closing.get(server):
             # The previous connection's loss notice is still due: a frame sent now could go out
             # on the dying connection, so HELLO (and what queues behind it) waits for the notice.
@@ -685,6 +693,9 @@ class ClientCore:
             return
         connection.fire(ConnectionTrigger.WELCOME_RECEIVED)
         connection.map_version = frame.map_version
+        # The server closes a connection whose HELLO presented a credential it refuses, so a
+        # WELCOME binds every session the HELLO presented.
+        self._bound.setdefault(source, set()).update(self._presented.pop(source, set()))
         self._adopt_map_version(frame.map_version)
         while connection.queue:
             self._outbox.append(Outbound(destination=source, message=connection.queue.popleft()))
@@ -762,6 +773,7 @@ class ClientCore:
         """A connection is gone: move what depended on it elsewhere."""
         if self._pool.close(peer, trigger) is None:
             return
+        self._forget_bindings(peer)
         self._emit(ConnectionClosed(node=self.node_id, server=peer, detail=detail))
         if peer == self._config.manager_node_id:
             self._manager_lost(now_us)
@@ -904,6 +916,8 @@ class ClientCore:
         connection = self._pool.get(route.primary)
         if connection is not None and connection.state is ConnectionState.DRAINING:
             self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+            return
+        if not self._bound_at(session, route.primary, now_us):
             return
         frame = Request(
             request_id=entry.request_id,
@@ -1409,6 +1423,7 @@ class ClientCore:
                     unanswered=tuple(unanswered[: self._config.unanswered_ids_max]),
                 )
                 if self._send(target, frame, now_us):
+                    self._resume_kinds.setdefault(key, deque()).append(False)
                     self._resumptions[key] = resumption
                     resumption.target_deadline_us = min(
                         resumption.deadline_us, now_us + self._config.resume_timeout_ms * 1000
@@ -1544,14 +1559,34 @@ class ClientCore:
                 self._target_failed(resumption, "RESUME timed out", 0, now_us)
 
     def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
+        if self._answers_bind((frame.session_id, source)):
+            self._bind_rejected(frame, source, now_us)
+            return
         resumption = self._resumptions.get((frame.session_id, source))
         if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
             self._rare("late-resume-reject")
-            return
-        detail = f"RESUME_REJECT {frame.reason.name}: {frame.message}"
-        self._target_failed(resumption, detail, int(frame.reason), now_us)
+        else:
+            detail = f"RESUME_REJECT {frame.reason.name}: {frame.message}"
+            self._target_failed(resumption, detail, int(frame.reason), now_us)
+        session = self._sessions.get(frame.session_id)
+        if session is not None:
+            # Other parts of the session there waited for that RESUME: they bind by credential.
+            self._flush_at(session, source, now_us)
 
     def _on_resume_ok(self, frame: ResumeOk, source: NodeId, now_us: int) -> None:
+        is_bind = self._answers_bind((frame.session_id, source))
+        session = self._sessions.get(frame.session_id)
+        if session is not None and self._pool.get(source) is not None:
+            self._bound.setdefault(source, set()).add(frame.session_id)
+        if is_bind or session is None:
+            if session is not None:
+                self._flush_at(session, source, now_us)
+            return
+        self._follow_resume_ok(frame, source, now_us)
+        # Other parts of the session at the target waited for this binding.
+        self._flush_at(session, source, now_us)
+
+    def _follow_resume_ok(self, frame: ResumeOk, source: NodeId, now_us: int) -> None:
         resumption = self._resumptions.get((frame.session_id, source))
         if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
             # No RESUME is outstanding there (a restart presents the credential, not a token).
@@ -1599,6 +1634,89 @@ class ClientCore:
                 duration_us=now_us - resumption.received_us,
             )
         )
+
+    # Session binding (PROTOCOL.md 3 and 5.13): a server serves a session only on connections
+    # that proved it, by a credential in HELLO or in RESUME, or by a token in RESUME.
+
+    def _bound_at(self, session: Session, server: NodeId, now_us: int) -> bool:
+        """Whether requests of `session` may go to `server` now; if not, bind it (RESUME with
+        the credential) unless a RESUME there is outstanding, and the caller holds them."""
+        session_id = session.session_id
+        if session_id in self._bound.get(server, ()):
+            return True
+        connection = self._pool.get(server)
+        if connection is None:
+            connection = self._connect(server, now_us)
+            if connection is None:
+                return False
+        if connection.state is ConnectionState.CONNECTING and session_id in self._presented.get(
+            server, ()
+        ):
+            return True
+        key = (session_id, server)
+        if key in self._binds or key in self._resumptions:
+            return False
+        parts = tuple(name for name, route in session.parts.items() if route.primary == server)[
+            : DEFAULT_CONFIG.parts_max
+        ]
+        frame = Resume(
+            session_id=session_id,
+            token=session.credential,
+            parts=parts,
+            map_version=max(session.parts[name].map_version for name in parts),
+            unanswered=(),
+        )
+        if self._send(server, frame, now_us):
+            self._binds[key] = now_us
+            self._resume_kinds.setdefault(key, deque()).append(True)
+        return False
+
+    def _answers_bind(self, key: tuple[bytes, NodeId]) -> bool:
+        """Whether a RESUME_OK or RESUME_REJECT for `key` answers a binding RESUME: a server
+        answers the RESUMEs of a connection in the order they were sent."""
+        kinds = self._resume_kinds.get(key)
+        if not kinds:
+            return False
+        is_bind = kinds.popleft()
+        if not kinds:
+            del self._resume_kinds[key]
+        if is_bind:
+            self._binds.pop(key, None)
+        return is_bind
+
+    def _bind_rejected(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
+        """The server refused the credential: the parts there are located anew (bounded by
+        `retry_attempts_max` rounds, after which their requests fail)."""
+        session = self._sessions.get(frame.session_id)
+        if session is None:
+            return
+        self._emit(
+            SessionResumeRejected(
+                node=self.node_id,
+                session_id=session.session_id,
+                server=source,
+                reason=frame.reason,
+                detail=frame.message,
+            )
+        )
+        for route in session.parts.values():
+            if route.state is RouteState.ACTIVE and route.primary == source:
+                self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+
+    def _flush_at(self, session: Session, server: NodeId, now_us: int) -> None:
+        """Send what the ACTIVE parts of `session` at `server` hold back."""
+        for route in session.parts.values():
+            if route.state is RouteState.ACTIVE and route.primary == server:
+                self._flush(session, route, now_us, moved=False)
+
+    def _forget_bindings(self, server: NodeId) -> None:
+        """A connection is gone, and with it what it proved and the RESUMEs it owed answers to."""
+        self._bound.pop(server, None)
+        self._presented.pop(server, None)
+        for key in [k for k in self._binds if k[1] == server]:
+            del self._binds[key]
+        for key in [k for k in self._resume_kinds if k[1] == server]:
+            del self._resume_kinds[key]
 
     def _switch_part(
         self,

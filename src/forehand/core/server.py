@@ -89,7 +89,7 @@ from forehand.core.messages import (
     SnapshotShipped,
     decode_cluster_message,
 )
-from forehand.core.tokens import ReplayCache, TokenError, TokenSealer
+from forehand.core.tokens import ReplayCache, TokenError, TokenInvalid, TokenSealer
 from forehand.errors import RemoteProtocolError
 from forehand.wire import (
     PROTOCOL_VERSION,
@@ -132,6 +132,10 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
+_NOT_BOUND = "session not bound to this connection: present its credential (HELLO or RESUME)"
+"""The RESPONSE detail of a REQUEST for a session its connection has not proved."""
+_BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
+"""The RESUME_REJECT message when a connection's table of bound sessions is full."""
 
 
 class _Inbound(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +194,7 @@ class ServerCore:
         self._handoffs_seen: OrderedDict[tuple[HandoffSide, int], None] = OrderedDict()
         self._attached: dict[bytes, OrderedDict[NodeId, None]] = {}
         self._client_sessions: dict[NodeId, set[bytes]] = {}
+        self._bound: dict[NodeId, dict[bytes, None]] = {}
         self._session_parts: dict[bytes, dict[str, None]] = {}
         self._map: ServerMap | None = None
         self._map_deltas: dict[int, MapPublished] = {}
@@ -378,6 +383,11 @@ class ServerCore:
             reply_to=source,
             forwarded=False,
         )
+        bound = self._bound.get(source)
+        if bound is None or message.session_id not in bound:
+            # PROTOCOL.md 5.6: a session is served only on connections that proved it.
+            self._refuse(inbound, ResponseStatus.NOT_FOUND, _NOT_BOUND)
+            return
         part = self._parts.get(PartRef(session_id=message.session_id, part=message.part))
         if part is None:
             self._not_here(inbound)
@@ -746,6 +756,19 @@ class ServerCore:
             evicted, _ = clients.popitem(last=False)
             self._client_sessions.get(evicted, set()).discard(session_id)
 
+    def _can_bind(self, client: NodeId, session_id: bytes) -> bool:
+        """Whether `client`'s connection has `session_id` bound or room to bind it."""
+        bound = self._bound.get(client, {})
+        return session_id in bound or len(bound) < self._config.connection_sessions_max
+
+    def _bind(self, client: NodeId, session_id: bytes) -> bool:
+        """Record that `client`'s connection proved `session_id`; False when its table is full."""
+        if not self._can_bind(client, session_id):
+            self._rare("connection-sessions-full")
+            return False
+        self._bound.setdefault(client, {})[session_id] = None
+        return True
+
     def _detach_client(self, client: NodeId) -> None:
         for session_id in self._client_sessions.pop(client, set()):
             clients = self._attached.get(session_id)
@@ -771,7 +794,9 @@ class ServerCore:
                 raise RemoteProtocolError(
                     "credential names another session", error_code=ErrorCode.UNAUTHENTICATED
                 )
-            if claims.session_id in self._session_parts:
+            # Bound even when no part is held yet: a new session's map may reach this server
+            # after its client, and the proof stays valid for the connection's lifetime.
+            if self._bind(source, claims.session_id) and claims.session_id in self._session_parts:
                 self._attach(source, claims.session_id)
         self._path_buckets[source] = client_bucket(
             message.client_id, buckets=self._config.path_buckets_max
@@ -802,6 +827,9 @@ class ServerCore:
         if clients is not None:
             clients.pop(source, None)
         self._client_sessions.get(source, set()).discard(message.session_id)
+        bound = self._bound.get(source)
+        if bound is not None:
+            bound.pop(message.session_id, None)
 
     def _on_handoff_status(self, message: HandoffStatus, source: NodeId, now_us: int) -> None:
         """Clients report how a HANDOFF went; the source has nothing to change either way."""
@@ -820,6 +848,7 @@ class ServerCore:
         peer = message.peer
         self._detach_client(peer)
         self._path_buckets.pop(peer, None)
+        self._bound.pop(peer, None)
         for ref, shipper in self._shippers.items():
             stream = shipper.streams.get(peer)
             if stream is not None:
@@ -853,6 +882,10 @@ class ServerCore:
     def _on_resume(self, message: Resume, source: NodeId, now_us: int) -> None:
         try:
             claims = self._sealer.open(message.token, now_us=now_us)
+        except TokenInvalid as error:
+            # Not a token: it may be the session's credential, which binds without moving parts.
+            self._resume_with_credential(message, source, error, now_us)
+            return
         except TokenError as error:
             self._reject_resume(message, source, error.reject_reason, str(error))
             return
@@ -862,6 +895,8 @@ class ServerCore:
             problem = (ResumeRejectReason.WRONG_PART, "token does not cover every part")
         if problem is None:
             problem = self._resume_staleness(message, claims.map_version, names)
+        if problem is None and not self._can_bind(source, message.session_id):
+            problem = (ResumeRejectReason.OVERLOADED, _BINDINGS_FULL)
         if problem is not None:
             self._reject_resume(message, source, problem[0], problem[1])
             return
@@ -870,6 +905,7 @@ class ServerCore:
         except TokenError as error:
             self._reject_resume(message, source, error.reject_reason, str(error))
             return
+        self._bind(source, message.session_id)
         self._attach(source, message.session_id)
         version = max(
             [self.map_version]
@@ -890,6 +926,39 @@ class ServerCore:
                 parts=tuple(names),
                 map_version=version,
             )
+        )
+
+    def _resume_with_credential(
+        self, message: Resume, source: NodeId, token_error: TokenInvalid, now_us: int
+    ) -> None:
+        """RESUME carrying the session's credential (PROTOCOL.md 5.13): binds the session to the
+        connection and changes nothing else; requests then meet the usual REQUEST table."""
+        try:
+            claims = self._sealer.open_credential(message.token, now_us=now_us)
+        except TokenInvalid:
+            self._reject_resume(message, source, token_error.reject_reason, str(token_error))
+            return
+        except TokenError as error:
+            self._reject_resume(message, source, error.reject_reason, str(error))
+            return
+        if claims.session_id != message.session_id:
+            self._reject_resume(
+                message,
+                source,
+                ResumeRejectReason.TOKEN_INVALID,
+                "credential names another session",
+            )
+            return
+        if not self._bind(source, message.session_id):
+            self._reject_resume(message, source, ResumeRejectReason.OVERLOADED, _BINDINGS_FULL)
+            return
+        if message.session_id in self._session_parts:
+            self._attach(source, message.session_id)
+        self._send(
+            source,
+            ResumeOk(
+                session_id=message.session_id, parts=message.parts, map_version=self.map_version
+            ),
         )
 
     def _resume_problem(
