@@ -5,25 +5,40 @@ delta to the shard map and encode it for the store and the servers. The candidat
 core: OPEN_SESSION in, the stability check, the commit through a `MemoryStore`, MapPublished to
 every server, token and credential sealing, and SESSION_OPENED out. A second row measures
 heartbeats (liveness, load, part progress, the risk policy) against decoding nothing at all:
-recording the same report in a dict.
+recording the same report in a dict. A third row measures handoff decisions: operator moves of
+one part each (`ManagerCore.handoff`) until the manager assigned every one (target chosen, the
+map change committed through the store, HandoffAssigned sent), against the bare map work of the
+same moves: look the placement up, take the first replica as the target, and apply and encode
+the override delta. Session setup is outside the timed part of both, and the handoff limits are
+raised so that decisions, not completions, are what is measured.
 """
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import compare, print_comparisons
+from benchmarks._common import Comparison, compare, print_comparisons
 
 from forehand.core._manager_config import ManagerConfig
+from forehand.core._manager_events import MovesDropped
 from forehand.core.manager import ManagerCore
-from forehand.core.messages import HeartbeatReported, LoadReport, ServerAnnounced
+from forehand.core.messages import (
+    HandoffAssigned,
+    HeartbeatReported,
+    LoadReport,
+    ServerAnnounced,
+)
 from forehand.core.tokens import KeyRing, TokenSealer
-from forehand.placement import PlacementConfig, ShardMap, new_session_id
+from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap, new_session_id
 from forehand.stores import MemoryStore
 from forehand.stores._messages import (
     DeltaCommitRequested,
@@ -36,6 +51,8 @@ SERVERS = tuple(f"s{index}" for index in range(8))
 PARTS = ("auth", "cart")
 SESSIONS = 2_000
 HEARTBEATS = 20_000
+HANDOFFS = 2_000
+HANDOFF_PART = ("cart",)
 LOAD = LoadReport(
     cpu_utilization=0.2, queue_depth=1, latency_us_p99=900, error_ratio=0.0, requests_per_second=5
 )
@@ -50,9 +67,9 @@ def _run_store(core: ManagerCore, store: MemoryStore) -> None:
             core.store_result(store.execute(request), now_us=0)
 
 
-def _manager() -> tuple[ManagerCore, MemoryStore]:
+def _manager(config: ManagerConfig | None = None) -> tuple[ManagerCore, MemoryStore]:
     core = ManagerCore(
-        config=ManagerConfig(),
+        config=config or ManagerConfig(),
         placement_config=PlacementConfig(replica_count=2),
         sealer=TokenSealer(KeyRing({1: bytes(32)}, current_key_id=1), rng=random.Random(1)),
         rng=random.Random(2),
@@ -122,9 +139,129 @@ def record_reports(count: int) -> None:
         latest[SERVERS[sequence % len(SERVERS)]] = LOAD
 
 
+def _handoff_manager(count: int) -> tuple[ManagerCore, MemoryStore, list[bytes]]:
+    """A manager with `count` one-part sessions open, and limits that let every move start."""
+    config = ManagerConfig(
+        handoffs_per_server_max=count,
+        handoffs_concurrent_max=count,
+        handoff_queue_parts_max=max(count, ManagerConfig().handoff_queue_parts_max),
+        pending_deltas_max=max(count, ManagerConfig().pending_deltas_max),
+        # No heartbeats flow here: the servers stay alive for the simulated minutes it takes.
+        suspect_timeout_ms=3_600_000,
+        failure_timeout_ms=7_200_000,
+    )
+    core, store = _manager(config)
+    session_ids = []
+    for request_id in range(count):
+        core.receive_message(
+            OpenSession(request_id=request_id, parts=HANDOFF_PART), source="c1", now_us=request_id
+        )
+        _run_store(core, store)
+        for outbound in core.messages_to_send():
+            session_id = getattr(outbound.message, "session_id", None)
+            if isinstance(session_id, bytes) and outbound.destination == "c1":
+                session_ids.append(session_id)
+        while core.next_event() is not None:
+            pass
+    assert len(set(session_ids)) == count, "every OPEN_SESSION answered with its session"
+    return core, store, list(dict.fromkeys(session_ids))
+
+
+def decide_handoffs(core: ManagerCore, store: MemoryStore, session_ids: list[bytes]) -> int:
+    """The candidate: move every session's part and run the manager until no move is left to
+    decide before the first handoff deadline; the moves decided (assigned to a target in a
+    committed map, or dropped because an earlier handoff's map change already moved the part).
+
+    A few moves wait for a handoff of a server they share to complete, which needs the servers'
+    reports; they are not counted, and the rate is over the moves decided in the time taken.
+    """
+    now_us = len(session_ids) + 1
+    deadline_us = now_us + ManagerConfig().handoff_deadline_ms * 1000
+    for session_id in session_ids:
+        assert core.handoff(session_id, now_us=now_us) == 1
+    assigned: set[int] = set()
+    decided = 0
+    while True:
+        _run_store(core, store)
+        for outbound in core.messages_to_send():
+            message = outbound.message
+            if isinstance(message, HandoffAssigned) and message.handoff_id not in assigned:
+                assigned.add(message.handoff_id)
+                decided += len(message.parts)
+        while (event := core.next_event()) is not None:
+            if isinstance(event, MovesDropped):
+                decided += len(event.parts)
+        due = core.timer_us()
+        if decided >= len(session_ids) or due is None or due >= deadline_us:
+            break
+        now_us = max(now_us, due)
+        core.handle_timer(now_us=now_us)
+    assert decided >= 0.9 * len(session_ids), f"only {decided} of {len(session_ids)} decided"
+    return decided
+
+
+def _handoff_map(count: int) -> tuple[ShardMap, list[bytes]]:
+    rng = random.Random(2)
+    shard_map = ShardMap.empty(config=PlacementConfig(replica_count=2))
+    for server in SERVERS:
+        shard_map = shard_map.apply(
+            shard_map.join_server(server_id=server, address=f"{server}:1", zone=server)
+        )
+    session_ids = [new_session_id(now_ms=index, rng=rng) for index in range(count)]
+    for session_id in session_ids:
+        shard_map = shard_map.apply(shard_map.add_session_parts(session_id, HANDOFF_PART))
+    return shard_map, session_ids
+
+
+def bare_handoffs(shard_map: ShardMap, session_ids: list[bytes]) -> int:
+    """The baseline: lookup, first replica as target, apply and encode the override delta."""
+    for session_id in session_ids:
+        key = PartKey(session_id=session_id, part=HANDOFF_PART[0])
+        placement = shard_map.lookup(key)
+        target = placement.replicas[0]
+        replicas = (placement.primary, *placement.replicas[1:])
+        delta = shard_map.override_placement(key, Placement(primary=target, replicas=replicas))
+        ShardMap.encode_delta(delta)
+        shard_map = shard_map.apply(delta)
+    return len(session_ids)
+
+
+def _best_rate(
+    prepare: Callable[[], tuple[Any, ...]], operation: Callable[..., int], *, rounds: int
+) -> float:
+    """Operations per second of `operation(*prepare())` (which returns how many it did), timing
+    only the operation; the best of `rounds`."""
+    best = 0.0
+    for _ in range(rounds):
+        prepared = prepare()
+        gc.collect()
+        started_s = time.perf_counter()
+        done = operation(*prepared)
+        best = max(best, done / (time.perf_counter() - started_s))
+    return best
+
+
+def handoff_row(count: int, rounds: int) -> Comparison:
+    """Handoff decisions per second beside the bare map work, round by round."""
+    candidate = baseline = 0.0
+    for _ in range(rounds):
+        candidate = max(
+            candidate,
+            _best_rate(lambda: _handoff_manager(count), decide_handoffs, rounds=1),
+        )
+        baseline = max(baseline, _best_rate(lambda: _handoff_map(count), bare_handoffs, rounds=1))
+    return Comparison(
+        name="handoff decisions (1 part each)",
+        candidate_per_second=candidate,
+        baseline_per_second=baseline,
+        baseline_name="lookup + override delta apply + encode",
+    )
+
+
 def main() -> None:
     quick = "--quick" in sys.argv
     sessions, beats, rounds = (200, 2_000, 1) if quick else (SESSIONS, HEARTBEATS, 3)
+    handoffs = 200 if quick else HANDOFFS
     rows = [
         compare(
             "sessions opened",
@@ -142,6 +279,7 @@ def main() -> None:
             count=beats,
             rounds=rounds,
         ),
+        handoff_row(handoffs, rounds),
     ]
     print_comparisons("ManagerCore", rows)
 
