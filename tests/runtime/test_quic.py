@@ -397,7 +397,8 @@ def test_path_stats_from_quic_pings(certs: ClusterCertificates) -> None:
         assert stats.rtt_smoothed_us is not None and stats.rtt_smoothed_us > 0
         assert stats.rtt_min_us is not None and stats.rtt_min_us <= stats.rtt_smoothed_us * 8
         assert stats.rtt_latest_us is not None and stats.rtt_variance_us is not None
-        assert stats.packets_lost_count is None  # qh3 does not expose it publicly.
+        assert stats.packets_lost_count is not None and stats.packets_sent_count
+        assert stats.bytes_sent_count and stats.bytes_received_count
         client.close()
         await client.wait_closed()
         await listener.close()

@@ -14,11 +14,16 @@ already read), and on the request benchmark qh3 was 3.9 times faster for sequent
 3.4 times for 64 pipelined requests, with 4.4 ms handshakes against 11.6 ms, in the same run.
 What qh3 offers publicly, and so what this module uses: `get_send_buffer_size()` for send
 backpressure, `max_concurrent_bidi_streams` for the peer's stream limit (qh3 raises rather than
-queue beyond it), PING frames and their acknowledgements for RTT samples. It exposes neither
-loss counts nor its congestion window, so `PathStats` leaves those None (aioquic would give
-them through its congestion-control registry). Neither stack verifies client certificates, so
-mutual TLS (cluster-internal links) runs over the TLS/TCP binding; a QUIC listener refuses to
-require it.
+queue beyond it), PING frames and their acknowledgements for RTT samples, and the qlog hook
+(`QuicConfiguration.quic_logger`), whose `datagrams_sent` / `datagrams_received` events a
+counting trace (`_PathCounters`) turns into packet and byte counts without storing events.
+Loss and congestion: qh3 2.1 runs loss recovery in its native core, which neither logs lost
+packets to the qlog hook nor accepts a congestion-control plug-in; the typed native core
+(`qh3._hazmat.QuicConnectionCore`) publishes `loss_total`, `pto_total` and
+`congestion_window`, and the Python facade holds it as `_core`. `_recovery_figures` is the one
+place that reaches it, and reports nothing (None) when a qh3 version lacks it. Neither stack
+verifies client certificates, so mutual TLS (cluster-internal links) runs over the TLS/TCP
+binding; a QUIC listener refuses to require it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
+from qh3.quic.logger import QuicLogger, QuicLoggerTrace
 
 from forehand.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from forehand.runtime._rtt import RttEstimator
@@ -108,6 +114,68 @@ class QUICTransportConfig:
             raise ConfigError("connection_window_bytes must be at least stream_window_bytes")
         if self.rtt_probe_interval_ms < 0:
             raise ConfigError("QUICTransportConfig.rtt_probe_interval_ms must be 0 or more")
+
+
+class _PathCounters(QuicLoggerTrace):
+    """A qlog trace that counts datagrams and their bytes instead of storing events."""
+
+    def __init__(self, *, is_client: bool, odcid: bytes) -> None:
+        super().__init__(is_client=is_client, odcid=odcid)
+        self.datagrams_sent_count = 0
+        """Datagrams the stack handed to the socket."""
+        self.bytes_sent_count = 0
+        """Their bytes (UDP payloads)."""
+        self.datagrams_received_count = 0
+        """Datagrams the stack was given."""
+        self.bytes_received_count = 0
+        """Their bytes (UDP payloads)."""
+
+    def log_event(self, *, category: str, event: str, data: dict[str, Any]) -> None:
+        if event == "datagrams_sent":
+            self.datagrams_sent_count += 1
+            self.bytes_sent_count += data["raw"][0]["payload_length"]
+        elif event == "datagrams_received":
+            self.datagrams_received_count += 1
+            self.bytes_received_count += data["raw"][0]["payload_length"]
+
+
+class _CountingLogger(QuicLogger):
+    """Hands each QUIC connection a `_PathCounters` trace, found again by the connection's
+    original destination connection id; at most `traces_max` are kept (the oldest go first)."""
+
+    def __init__(self, *, traces_max: int) -> None:
+        super().__init__()
+        self._traces_max = traces_max
+        self._counters: dict[bytes, _PathCounters] = {}
+
+    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
+        counters = _PathCounters(is_client=is_client, odcid=odcid)
+        while len(self._counters) >= self._traces_max:
+            del self._counters[next(iter(self._counters))]
+        self._counters[odcid] = counters
+        return counters
+
+    def end_trace(self, trace: QuicLoggerTrace) -> None:
+        for odcid, counters in self._counters.items():
+            if counters is trace:
+                del self._counters[odcid]
+                return
+
+    def counters(self, odcid: bytes) -> _PathCounters | None:
+        """The trace of the connection `odcid`, while it lives."""
+        return self._counters.get(odcid)
+
+
+def _recovery_figures(quic: QuicConnection) -> tuple[int, int, int] | None:
+    """(packets declared lost, probe timeouts, congestion window bytes) from qh3's native loss
+    recovery, or None when this qh3 does not publish them (see the module docstring)."""
+    core: Any = getattr(quic, "_core", None)
+    if core is None:
+        return None
+    try:
+        return int(core.loss_total), int(core.pto_total), int(core.congestion_window)
+    except (AttributeError, TypeError):
+        return None
 
 
 class _Protocol(QuicConnectionProtocol):
@@ -196,10 +264,12 @@ class QUICConnection(Connection):
         peer_role: PeerRole | None,
         rtt_probe_interval_ms: int,
         on_gone: Callable[[], None] | None = None,
+        counters: _PathCounters | None = None,
     ) -> None:
         super().__init__(is_client=is_client, limits=limits, loop=loop)
         self._protocol = protocol
         self._quic = protocol.quic
+        self._counters = counters
         self._wire = limits.wire
         self._peer_role = peer_role
         self._on_gone = on_gone
@@ -527,6 +597,9 @@ class QUICConnection(Connection):
         backlog = self._blocked_bytes
         if self._close_info is None:
             backlog += self._quic.get_send_buffer_size()
+        recovery = _recovery_figures(self._quic)
+        lost, timeouts, window = recovery if recovery is not None else (None, None, None)
+        counters = self._counters
         return PathStats(
             source="quic_ping" if rtt.sample_count else "none",
             rtt_smoothed_us=rtt.smoothed_us,
@@ -534,7 +607,14 @@ class QUICConnection(Connection):
             rtt_latest_us=rtt.latest_us,
             rtt_variance_us=rtt.variance_us,
             rtt_sample_count=rtt.sample_count,
+            packets_lost_count=lost,
+            # QUIC resends the frames of lost packets, and a probe timeout sends probe packets.
+            packets_retransmitted_count=None if lost is None else lost + (timeouts or 0),
+            congestion_window_bytes=window,
             send_buffer_bytes=backlog,
+            packets_sent_count=None if counters is None else counters.datagrams_sent_count,
+            bytes_sent_count=None if counters is None else counters.bytes_sent_count,
+            bytes_received_count=None if counters is None else counters.bytes_received_count,
         )
 
     # -- closing -------------------------------------------------------------------------
@@ -632,6 +712,7 @@ class QUICTransport(Transport):
         """What this node presents and trusts."""
         self.config = config if config is not None else QUICTransportConfig()
         """Settings and bounds."""
+        self._logger = _CountingLogger(traces_max=2 * self.config.limits.connections_max)
 
     def _configuration(self, *, is_client: bool, server_id: str | None) -> QuicConfiguration:
         config = self.config
@@ -642,6 +723,7 @@ class QUICTransport(Transport):
             max_data=config.connection_window_bytes,
             max_stream_data=config.stream_window_bytes,
             server_name=server_id,
+            quic_logger=self._logger,
         )
         if is_client:
             configuration.load_verify_locations(cafile=str(self.credentials.ca_certificate_path))
@@ -716,6 +798,7 @@ class QUICTransport(Transport):
             loop=asyncio.get_running_loop(),
             peer_role=peer_role,
             rtt_probe_interval_ms=self.config.rtt_probe_interval_ms,
+            counters=self._logger.counters(protocol.quic.original_destination_connection_id),
         )
         connection.peer_address = _address(protocol.peer_address)
         return connection

@@ -16,7 +16,8 @@ from forehand.runtime.transport import PathStats
 __all__ = ["tcp_path_stats"]
 
 _TCP_INFO_BYTES_MIN = 152
-"""Up to and including tcpi_min_rtt (Linux 4.6 and later)."""
+"""Up to and including tcpi_min_rtt (Linux 4.6 and later); tcpi_bytes_acked,
+tcpi_bytes_received and tcpi_segs_out (Linux 4.1 and 4.2) come before it."""
 _OFFSET_LOST = 32
 _OFFSET_RTT = 68
 _OFFSET_RTT_VARIANCE = 72
@@ -24,6 +25,10 @@ _OFFSET_SEND_MSS = 16
 _OFFSET_SEND_CONGESTION_WINDOW = 80
 _OFFSET_TOTAL_RETRANSMITS = 100
 _OFFSET_MIN_RTT = 148
+_OFFSET_BYTES_ACKED = 120
+_OFFSET_BYTES_RECEIVED = 128
+_OFFSET_SEGMENTS_OUT = 136
+_UINT64 = struct.Struct("=Q")
 _UINT32 = struct.Struct("=I")
 _NO_MIN_RTT = 0xFFFFFFFF
 """The kernel's value for tcpi_min_rtt before the first sample (~0U)."""
@@ -57,4 +62,7 @@ def tcp_path_stats(sock: Any, *, send_buffer_bytes: int) -> PathStats:
         packets_retransmitted_count=field(_OFFSET_TOTAL_RETRANSMITS),
         congestion_window_bytes=field(_OFFSET_SEND_CONGESTION_WINDOW) * field(_OFFSET_SEND_MSS),
         send_buffer_bytes=send_buffer_bytes,
+        packets_sent_count=field(_OFFSET_SEGMENTS_OUT),
+        bytes_sent_count=_UINT64.unpack_from(info, _OFFSET_BYTES_ACKED)[0],
+        bytes_received_count=_UINT64.unpack_from(info, _OFFSET_BYTES_RECEIVED)[0],
     )

@@ -132,6 +132,12 @@ class PathStats:
     """The sender's congestion window, bytes."""
     send_buffer_bytes: int = 0
     """Bytes accepted by `send_frame` and not yet handed to the network, this side."""
+    packets_sent_count: int | None = None
+    """Packets (QUIC datagrams, TCP segments) this side sent so far."""
+    bytes_sent_count: int | None = None
+    """Bytes this side sent so far (QUIC: datagrams; TCP: bytes the peer acknowledged)."""
+    bytes_received_count: int | None = None
+    """Bytes this side received so far (QUIC: datagrams; TCP: bytes of segments)."""
 
 
 def _positive(owner: object, names: Iterable[str]) -> None:
