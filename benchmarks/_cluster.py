@@ -114,6 +114,7 @@ class SessionLoad:
         pause_ms: float,
         client_config: ClientConfig,
         seed: int = 1,
+        item: Mapping[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.session_count = sessions
@@ -124,8 +125,13 @@ class SessionLoad:
         self.clients: list[forehand.Client] = []
         self.sessions: list[forehand.Session] = []
         self.traces: dict[bytes, SessionTrace] = {}
+        self.item: dict[str, Any] = (
+            dict(item) if item is not None else {"sku": "bench", "quantity": 1}
+        )
         self.calls: list[CallRecord] = []
         self.failures: list[str] = []
+        self.acknowledged: dict[bytes, int] = {}
+        """Per session, the units its acknowledged adds put in its cart."""
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -156,6 +162,12 @@ class SessionLoad:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+        for client in self.clients:
+            await client.close()
+
+    async def stop(self) -> None:
+        """Stop the sessions' calls (the clients stay open, to read the carts back)."""
         self._stop.set()
         for trace in self.traces.values():
             trace.urgent.set()
@@ -165,8 +177,6 @@ class SessionLoad:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for client in self.clients:
-            await client.close()
 
     def _on_event(self, event: object) -> None:
         now_s = time.monotonic()
@@ -194,7 +204,8 @@ class SessionLoad:
 
     async def _loop(self, session: forehand.Session) -> None:
         trace = self.traces[session.id]
-        item = {"sku": "bench", "quantity": 1}
+        item = self.item
+        quantity = int(item["quantity"])
         # Spread the sessions' first calls over one pause so they do not call in lockstep.
         await asyncio.sleep(self.rng.uniform(0, self.pause_s))
         while not self._stop.is_set():
@@ -202,6 +213,7 @@ class SessionLoad:
             try:
                 await session.call("cart", "add", item)
                 ok = True
+                self.acknowledged[session.id] = self.acknowledged.get(session.id, 0) + quantity
             except forehand.ForehandError as error:
                 ok = False
                 if not self._stop.is_set():
@@ -215,6 +227,14 @@ class SessionLoad:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause_s):
                     await trace.urgent.wait()
+
+    async def lost_units(self) -> int:
+        """After the load stopped: acknowledged units missing from the carts, read back."""
+        lost = 0
+        for session in self.sessions:
+            listing: dict[str, int] = await session.call("cart", "list", result_type=dict[str, int])
+            lost += max(0, self.acknowledged.get(session.id, 0) - sum(listing.values()))
+        return lost
 
     def primaries(self) -> dict[bytes, str]:
         """The server each session's cart part is served by, as its client knows it."""
