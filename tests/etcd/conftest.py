@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+# The HA cluster (_ha.py) builds on the runtime tests' cluster helpers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
 
 if TYPE_CHECKING:
     from tests.etcd._members import EtcdMembers, etcd_binary

@@ -41,7 +41,7 @@ import json
 import secrets
 import ssl
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,10 +397,12 @@ class EtcdStore:
         etcd: EtcdConfig | str,
         config: StoreConfig | None = None,
         leader_value: bytes | None = None,
+        on_deposed: Callable[[], None] | None = None,
         client: EtcdClient | None = None,
     ) -> None:
         """`etcd` is an EtcdConfig or an `etcd://` URL; `leader_value` fences every write on the
-        leader key holding exactly it (None: no fence)."""
+        leader key holding exactly it (None: no fence), and `on_deposed` is called (from the
+        calling thread) when a write finds that it no longer does."""
         self.etcd = parse_etcd_url(etcd) if isinstance(etcd, str) else etcd
         """The cluster."""
         base = config or StoreConfig()
@@ -410,6 +412,7 @@ class EtcdStore:
         self._client = client if client is not None else EtcdClient(self.etcd)
         self._owns_client = client is None
         self._leader_value = leader_value
+        self._on_deposed = on_deposed
         self._head: _Head | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -433,6 +436,8 @@ class EtcdStore:
                         return self._save(request)
             except _DeposedError as error:
                 self.deposed = True
+                if self._on_deposed is not None:
+                    self._on_deposed()
                 return StoreFailed(request_id=request.request_id, reason=f"deposed: {error}")
             except (EtcdError, ValueError, KeyError) as error:
                 self._head = None
