@@ -1,15 +1,23 @@
 """Planned handoff of 1,000 sessions on a real loopback cluster, under load.
 
 A manager and three servers run as processes on 127.0.0.1 (TLS 1.3 transport); one benchmark
-process opens 1,000 sessions of the cart example (`--quick`: 200) over four SDK clients, each
-session calling `cart.add` (a replicated write) in a loop with an exponential pause of mean
-`--pause-ms`. After a warm-up and a window of load measured as "before", the benchmark sends one
-`MoveSession` admin command per session (the operator path: mutual TLS to the manager, the
-manager picks the target), 16 commands in flight, and waits until every session's client has
-completed a handoff (RESUME_OK from the target). Measured:
+process opens sessions of the cart example over several SDK clients, each session calling
+`cart.add` (a replicated write) in a loop with an exponential pause, `--rate` requests per second
+in all. After a warm-up and a window of load measured as "before", one operator command over the
+admin path (mutual TLS to the manager) moves the sessions:
 
-- time from the first move command to the last session switched (and the command phase alone);
-- failed requests from the first command to the end (expected 0);
+- `--trigger drain` (the default): 3,000 sessions are opened (`--quick`: 600), so that the
+  server holding the most primaries holds about 1,000, and one `Drain` of that server moves all
+  of them (the manager picks targets, batches parts into handoffs, at most
+  `handoffs_per_server_max` at once per server);
+- `--trigger move`: 1,000 sessions (`--quick`: 200), one `MoveSession` command per session, 16
+  in flight (each command is its own admin connection: a TLS handshake and HELLO per command).
+
+The benchmark then waits until every moved session's client has completed a handoff (RESUME_OK
+from the target). Measured:
+
+- time from the command to the last session switched (and, for `move`, the command phase alone);
+- failed requests from the command to the end (expected 0);
 - p50/p99 latency of the calls answered in the window before and during the handoffs;
 - per session, from the HANDOFF reaching the client to the first response from the target
   (p50/p99), and from the HANDOFF to RESUME_OK.
@@ -34,7 +42,7 @@ from benchmarks._common import Metric, percentile, print_metrics, record
 from forehand.core import ClientConfig
 from forehand.demo._cluster import ADMIN_NODE, MANAGER_NODE, DemoCluster
 from forehand.runtime import run
-from forehand.runtime.admin import MoveSession, admin_request
+from forehand.runtime.admin import Drain, MoveSession, admin_request
 
 SERVERS = ("s1", "s2", "s3")
 MANAGER_CORE = {
@@ -57,6 +65,8 @@ SERVER_CORE = {
 }
 CLIENT_CONFIG = ClientConfig(ping_interval_ms=200, request_timeout_ms=20_000)
 COMMANDS_IN_FLIGHT = 16
+SESSIONS_PER_CLIENT = 800
+"""Sessions per SDK client (below ClientConfig.sessions_max)."""
 WARM_UP_S = 2.0
 BEFORE_WINDOW_S = 4.0
 SWITCH_TIMEOUT_S = 180.0
@@ -101,31 +111,58 @@ async def _wait_switched(load: SessionLoad, since_s: float, old: dict[bytes, str
     return count
 
 
-async def bench(*, sessions: int, pause_ms: float) -> list[Metric]:
-    async with running_cluster(
-        servers=SERVERS, manager_core=MANAGER_CORE, server_core=SERVER_CORE
-    ) as cluster:
-        async with SessionLoad(
-            cluster, sessions=sessions, clients=4, pause_ms=pause_ms, client_config=CLIENT_CONFIG
-        ) as load:
-            await asyncio.sleep(WARM_UP_S + BEFORE_WINDOW_S)
-            old = load.primaries()
-            command_s = time.monotonic()
+async def _drain(cluster: DemoCluster, server_id: str) -> int:
+    reply = await admin_request(
+        cluster.manager_address,
+        Drain(server_id=server_id),
+        certs_dir=cluster.certs_dir,
+        node_id=ADMIN_NODE,
+        manager_id=MANAGER_NODE,
+    )
+    assert reply.ok, reply.detail
+    return 1
+
+
+async def bench(*, sessions: int, rate: float, trigger: str) -> list[Metric]:
+    opened = sessions * len(SERVERS) if trigger == "drain" else sessions
+    async with (
+        running_cluster(
+            servers=SERVERS, manager_core=MANAGER_CORE, server_core=SERVER_CORE
+        ) as cluster,
+        SessionLoad(
+            cluster,
+            sessions=opened,
+            clients=max(2, -(-opened // SESSIONS_PER_CLIENT)),
+            pause_ms=opened / rate * 1000,
+            client_config=CLIENT_CONFIG,
+        ) as load,
+    ):
+        await asyncio.sleep(WARM_UP_S + BEFORE_WINDOW_S)
+        primaries = load.primaries()
+        if trigger == "drain":
+            drained = max(SERVERS, key=list(primaries.values()).count)
+            old = {s: primary for s, primary in primaries.items() if primary == drained}
+        else:
+            old = primaries
+        command_s = time.monotonic()
+        if trigger == "drain":
+            accepted = await _drain(cluster, drained)
+        else:
             accepted = await _move_all(cluster, list(old))
-            commands_done_s = time.monotonic()
-            switched = await _wait_switched(load, command_s, old)
-            traces = [load.traces[session_id] for session_id in old]
-            followed = [
-                min(t for t, target in trace.followed if t > command_s)
-                for trace in traces
-                if any(t > command_s for t, _ in trace.followed)
-            ]
-            all_switched_s = max(followed) if followed else time.monotonic()
-            await asyncio.sleep(1.0)
-            end_s = time.monotonic()
+        commands_done_s = time.monotonic()
+        switched = await _wait_switched(load, command_s, old)
+        followed = [
+            min(t for t, _ in load.traces[s].followed if t > command_s)
+            for s in old
+            if any(t > command_s for t, _ in load.traces[s].followed)
+        ]
+        all_switched_s = max(followed) if followed else time.monotonic()
+        await asyncio.sleep(1.0)
+        end_s = time.monotonic()
+        record("trigger", {"trigger": trigger, "sessions_opened": opened, "rate": rate})
         return _metrics(
             load=load,
-            sessions=sessions,
+            sessions=len(old),
             accepted=accepted,
             switched=switched,
             command_s=command_s,
@@ -241,13 +278,15 @@ def _quantiles(values: list[float]) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="200 sessions instead of 1,000")
-    parser.add_argument("--sessions", type=int, default=0, help="sessions to move")
-    parser.add_argument("--pause-ms", type=float, default=1000.0, help="mean pause between calls")
+    parser.add_argument("--quick", action="store_true", help="200 sessions moved, not 1,000")
+    parser.add_argument("--sessions", type=int, default=0, help="sessions to move (about)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="requests/s of all sessions")
+    parser.add_argument("--trigger", choices=("drain", "move"), default="drain")
     arguments = parser.parse_args(argv)
     sessions = arguments.sessions or (200 if arguments.quick else 1000)
-    rows = run(bench(sessions=sessions, pause_ms=arguments.pause_ms))
-    print_metrics(f"Planned handoff of {sessions} sessions (3 servers, TLS, loopback)", rows)
+    rows = run(bench(sessions=sessions, rate=arguments.rate, trigger=arguments.trigger))
+    how = "one Drain" if arguments.trigger == "drain" else "MoveSession per session"
+    print_metrics(f"Planned handoff, {how} (3 servers, TLS, loopback, under load)", rows)
 
 
 if __name__ == "__main__":
