@@ -1,4 +1,5 @@
-"""Servers keep clients' PING path reports per client bucket and send them in bounded batches."""
+"""Clients probe potential targets and report paths in PING; servers keep the reports per client
+bucket and send them to the manager in bounded, rotating heartbeat batches."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from forehand.core._paths import PathTable, client_bucket, path_report
+from forehand.core._pool import TransportCounters
 from forehand.core._server_config import ServerConfig
 from forehand.core.messages import HeartbeatReported, PathReport
 from forehand.core.server import ServerCore
@@ -16,8 +18,10 @@ from forehand.errors import ConfigError
 from forehand.wire import PROTOCOL_VERSION, Hello, PathSample, Ping, Pong
 
 if TYPE_CHECKING:
+    from tests.core._client_helpers import Harness, placement
     from tests.core._server_helpers import SPECS, sealer
 else:
+    from _client_helpers import Harness, placement
     from _server_helpers import SPECS, sealer
 
 INTERVAL_MS = 100
@@ -143,3 +147,109 @@ def test_path_bounds_must_be_positive() -> None:
     """A zero bound is a configuration error, not a silent "keep nothing"."""
     with pytest.raises(ConfigError):
         ServerConfig(server_id="s1", path_buckets_max=0)
+
+
+# Clients: probes of potential targets, and what their PINGs report.
+
+
+def _probing_harness(**overrides: Any) -> Harness:
+    harness = Harness(prewarm_probe_targets=True, **overrides)
+    harness.open(placement("cart", "s1", "s2"))
+    return harness
+
+
+def _answer_pings(harness: Harness, server: str, rtt_us: int) -> list[Ping]:
+    """Answer every PING sent to `server` after `rtt_us`; return them."""
+    pings = harness.take(Ping, server)
+    for ping in pings:
+        harness.advance(us=rtt_us)
+        harness.feed(server, Pong(sequence=ping.sequence, sent_us=ping.sent_us))
+    return pings
+
+
+def test_client_prewarms_and_probes_the_backup_of_its_part() -> None:
+    """The backup a handoff would move the part to gets a connection and probe PINGs at the
+    probe interval; the PINGs report that path as a probe."""
+    harness = _probing_harness(probe_interval_ms=5_000, ping_interval_ms=1_000)
+    harness.advance(ms=1)
+    assert len(harness.take(Hello, "s2")) == 1
+    assert harness.take(Hello, "s1") == []  # The primary is connected by the first call.
+    harness.welcome("s2")
+    pings: list[Ping] = []
+    for _ in range(20):
+        harness.advance(ms=1_000)
+        pings.extend(_answer_pings(harness, "s2", rtt_us=700))
+    assert 3 <= len(pings) <= 5  # one per 5 s (the first after ping_interval_ms), not one per s
+    (sample,) = pings[-1].telemetry
+    assert sample.server_id == "s2" and sample.probe is True
+    assert sample.rtt_us is not None and sample.rtt_min_us == 700
+
+
+def test_probe_pings_are_bounded_per_second() -> None:
+    """Many potential targets share `probes_per_second_max` probe PINGs per second."""
+    harness = Harness(
+        prewarm_probe_targets=True,
+        probe_interval_ms=1_000,
+        probes_per_second_max=2,
+        probe_targets_max=6,
+    )
+    backups = [f"b{n}" for n in range(6)]
+    harness.open(placement("cart", "s1", *backups))
+    harness.advance(ms=1)
+    for backup in backups:
+        assert len(harness.take(Hello, backup)) == 1
+        harness.welcome(backup)
+    counts = []
+    for _ in range(10):
+        harness.advance(ms=1_000)
+        counts.append(sum(len(harness.take(Ping, backup)) for backup in backups))
+    assert max(counts) <= 2
+    assert sum(counts) >= 15  # the budget is used, not starved
+
+
+def test_probe_targets_are_bounded() -> None:
+    """At most `probe_targets_max` backups are connected for probing."""
+    harness = Harness(prewarm_probe_targets=True, probe_targets_max=2)
+    harness.open(placement("cart", "s1", "b1", "b2", "b3", "b4"))
+    harness.advance(ms=1)
+    assert len(harness.take(Hello)) == 2
+
+
+def test_transport_counters_become_loss_retransmissions_and_throughput() -> None:
+    """Two readings of the transport counters give the path's rates, reported in PING."""
+    harness = _probing_harness()
+    harness.advance(ms=1)
+    harness.welcome("s2")
+    first = TransportCounters(
+        packets_sent_count=100, packets_lost_count=1, packets_retransmitted_count=2, bytes_count=0
+    )
+    second = TransportCounters(
+        packets_sent_count=300,
+        packets_lost_count=11,
+        packets_retransmitted_count=14,
+        bytes_count=500_000,
+    )
+    harness.client.record_transport_counters("s2", first, now_us=harness.now_us)
+    harness.client.record_transport_counters("s2", second, now_us=harness.now_us + 2_000_000)
+    harness.advance(ms=1_000)
+    _answer_pings(harness, "s2", rtt_us=900)
+    harness.advance(ms=5_000)
+    (ping,) = harness.take(Ping, "s2")
+    (sample,) = ping.telemetry
+    assert sample.loss_ppm == 50_000  # 10 lost of 200 sent
+    assert sample.retransmissions == 12
+    assert sample.throughput_bps == 2_000_000  # 500 kB in 2 s, in bits
+    stats = harness.client.path_stats()["s2"]
+    restarted = TransportCounters(
+        packets_sent_count=5, packets_lost_count=0, packets_retransmitted_count=0, bytes_count=9
+    )
+    harness.client.record_transport_counters("s2", restarted, now_us=harness.now_us)
+    assert stats.loss_ratio == 0.05  # a new connection's counters start a new interval
+
+
+def test_probing_is_off_unless_asked() -> None:
+    """Without `prewarm_probe_targets` the client connects to no backup by itself."""
+    harness = Harness()
+    harness.open(placement("cart", "s1", "s2"))
+    harness.advance(ms=60_000)
+    assert harness.take(Hello, "s2") == []

@@ -54,6 +54,17 @@ class ClientConfig:
     """Bound on RTT samples kept per server for telemetry."""
     telemetry_samples_max: int = DEFAULT_CONFIG.telemetry_samples_max
     """Most path samples one PING reports."""
+    probe_interval_ms: int = 5_000
+    """Period of PING on a connection to a server none of the client's parts uses now (a
+    potential handoff target, probed so the manager knows the path before it picks one)."""
+    probes_per_second_max: int = 20
+    """Bound on probe PINGs per second over all such connections; the rest wait their turn."""
+    probe_targets_max: int = 8
+    """Most potential targets (backups of the client's parts) kept connected for probing."""
+    prewarm_probe_targets: bool = False
+    """Whether the client opens connections to the potential targets of its parts (at most
+    `probe_targets_max`, never by evicting another connection) to probe them; the SDK turns it
+    on, the cores' tests and the simulator leave it off unless they test it."""
     known_servers_max: int = 4096
     """Bound on server endpoints the client remembers (the members HANDOFF may target)."""
     unanswered_ids_max: int = DEFAULT_CONFIG.unanswered_max

@@ -15,6 +15,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
 from forehand.errors import LocalProtocolError
@@ -26,6 +27,7 @@ __all__ = [
     "ConnectionState",
     "ConnectionTrigger",
     "PathStats",
+    "TransportCounters",
     "connection_transition_table",
 ]
 
@@ -87,9 +89,22 @@ def connection_transition_table() -> list[
 
 
 class PathStats:
-    """RTT measurements of the path to one server: bounded raw samples and smoothed values."""
+    """Measurements of the path to one server: RTT from PING/PONG (bounded raw samples and
+    smoothed values), and loss, retransmissions and throughput over the last interval of the
+    transport's counters (`TransportCounters`), which the runtime reads from the QUIC or TCP
+    stack and feeds in."""
 
-    __slots__ = ("rttvar_us", "samples_us", "srtt_us")
+    __slots__ = (
+        "counters",
+        "counters_us",
+        "loss_ratio",
+        "retransmissions",
+        "rtt_min_us",
+        "rttvar_us",
+        "samples_us",
+        "srtt_us",
+        "throughput_bytes_per_second",
+    )
 
     def __init__(self, *, samples_max: int) -> None:
         self.samples_us: deque[int] = deque(maxlen=samples_max)
@@ -98,10 +113,39 @@ class PathStats:
         """Smoothed RTT (RFC 6298), None before the first sample."""
         self.rttvar_us: int = 0
         """Smoothed mean deviation of the RTT, the path's jitter."""
+        self.rtt_min_us: int | None = None
+        """Lowest RTT sample seen: the path's propagation floor."""
+        self.loss_ratio: float | None = None
+        """Share of packets lost over the last counter interval; None before two readings."""
+        self.retransmissions: int | None = None
+        """Packets (segments) sent again over the last counter interval."""
+        self.throughput_bytes_per_second: float | None = None
+        """Bytes carried both ways per second over the last counter interval."""
+        self.counters: TransportCounters | None = None
+        """The previous reading of the transport's counters."""
+        self.counters_us = 0
+        """When it was taken."""
+
+    def add_counters(self, counters: TransportCounters, *, now_us: int) -> None:
+        """Fold in a reading of the transport's cumulative counters: rates over the interval
+        since the previous reading (counters that went backwards mean a new connection)."""
+        previous, previous_us = self.counters, self.counters_us
+        self.counters, self.counters_us = counters, now_us
+        if previous is None or now_us <= previous_us or counters.is_behind(previous):
+            return
+        sent = counters.packets_sent_count - previous.packets_sent_count
+        lost = counters.packets_lost_count - previous.packets_lost_count
+        self.loss_ratio = min(1.0, lost / sent) if sent > 0 else 0.0
+        self.retransmissions = (
+            counters.packets_retransmitted_count - previous.packets_retransmitted_count
+        )
+        carried = counters.bytes_count - previous.bytes_count
+        self.throughput_bytes_per_second = carried * 1_000_000 / (now_us - previous_us)
 
     def add(self, rtt_us: int) -> None:
         """Record one RTT sample."""
         self.samples_us.append(rtt_us)
+        self.rtt_min_us = rtt_us if self.rtt_min_us is None else min(self.rtt_min_us, rtt_us)
         if self.srtt_us is None:
             self.srtt_us = rtt_us
             self.rttvar_us = rtt_us // 2
@@ -109,6 +153,30 @@ class PathStats:
         deviation_us = abs(self.srtt_us - rtt_us)
         self.rttvar_us += (deviation_us - self.rttvar_us) >> RTT_VARIATION_SHIFT
         self.srtt_us += (rtt_us - self.srtt_us) >> RTT_SMOOTHING_SHIFT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransportCounters:
+    """Cumulative counters of one connection's transport (QUIC stack or kernel TCP), as the
+    runtime reads them; the client turns two readings into rates."""
+
+    packets_sent_count: int
+    """Packets (QUIC datagrams, TCP segments) sent so far."""
+    packets_lost_count: int
+    """Packets declared lost so far (TCP: segments retransmitted, the kernel's loss signal)."""
+    packets_retransmitted_count: int
+    """Packets (segments) sent again so far."""
+    bytes_count: int
+    """Bytes sent and received so far."""
+
+    def is_behind(self, other: TransportCounters) -> bool:
+        """Whether any counter is below `other`'s: the readings come from two connections."""
+        return (
+            self.packets_sent_count < other.packets_sent_count
+            or self.packets_lost_count < other.packets_lost_count
+            or self.packets_retransmitted_count < other.packets_retransmitted_count
+            or self.bytes_count < other.bytes_count
+        )
 
 
 class Connection:

@@ -66,6 +66,7 @@ from forehand.core._pool import (
     ConnectionState,
     ConnectionTrigger,
     PathStats,
+    TransportCounters,
 )
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import ShardMap
@@ -253,6 +254,9 @@ class ClientCore:
         self._presented: dict[NodeId, set[bytes]] = {}
         self._binds: dict[tuple[bytes, NodeId], int] = {}
         self._resume_kinds: dict[tuple[bytes, NodeId], deque[bool]] = {}
+        self._probe_window_us = 0
+        self._prewarm_due_us = 0
+        self._probes_in_window = 0
         self._map_sent_us: int | None = None
         self._map_retry_us: int | None = None
         self._map_rounds = 0
@@ -344,6 +348,8 @@ class ClientCore:
         if self._map_retry_us is not None:
             candidates.append(self._map_retry_us)
         candidates.extend(c.next_ping_us for c in self._pool if c.next_ping_us is not None)
+        if self._config.prewarm_probe_targets and self._sessions:
+            candidates.append(self._prewarm_due_us)
         return min(candidates) if candidates else None
 
     # Read-only views.
@@ -823,8 +829,33 @@ class ClientCore:
         # The RTT comes from the client's own record of the send time, not from the echo.
         self._pool.path(source).add(max(0, now_us - sent_us))
 
+    def record_transport_counters(
+        self, server: NodeId, counters: TransportCounters, *, now_us: int
+    ) -> None:
+        """The runtime's reading of the transport counters of the connection to `server`; two
+        readings give the path's loss, retransmissions and throughput for telemetry."""
+        if self._pool.get(server) is None:
+            return
+        self._pool.path(server).add_counters(counters, now_us=now_us)
+
+    def _serving_servers(self) -> set[NodeId]:
+        """Servers that are primary of a part of some session: their paths are not probes."""
+        return {
+            route.primary for session in self._sessions.values() for route in session.parts.values()
+        }
+
     def _send_pings(self, now_us: int) -> None:
-        interval_us = self._config.ping_interval_ms * 1000
+        """PING every READY connection when due: every `ping_interval_ms` where a part is
+        served, every `probe_interval_ms` elsewhere (at most `probes_per_second_max` probes per
+        second), each PING carrying the client's path samples."""
+        config = self._config
+        serving = self._serving_servers()
+        if config.prewarm_probe_targets and self._sessions and now_us >= self._prewarm_due_us:
+            self._prewarm_due_us = now_us + config.probe_interval_ms * 1000
+            self._prewarm_probe_targets(serving, now_us)
+        if now_us >= self._probe_window_us + 1_000_000:
+            self._probe_window_us, self._probes_in_window = now_us, 0
+        telemetry: tuple[PathSample, ...] | None = None
         for connection in self._pool:
             due_us = connection.next_ping_us
             if due_us is None or due_us > now_us:
@@ -832,21 +863,58 @@ class ClientCore:
             if not connection.authenticated:
                 connection.next_ping_us = None
                 continue
+            probe = connection.server not in serving
+            if probe and self._probes_in_window >= config.probes_per_second_max:
+                connection.next_ping_us = self._probe_window_us + 1_000_000
+                continue
+            self._probes_in_window += probe
             connection.ping_sequence += 1
             connection.pings[connection.ping_sequence] = now_us
-            while len(connection.pings) > self._config.pings_outstanding_max:
+            while len(connection.pings) > config.pings_outstanding_max:
                 del connection.pings[next(iter(connection.pings))]
-            ping = Ping(
-                sequence=connection.ping_sequence, sent_us=now_us, telemetry=self._telemetry()
-            )
+            if telemetry is None:
+                telemetry = self._telemetry(serving)
+            ping = Ping(sequence=connection.ping_sequence, sent_us=now_us, telemetry=telemetry)
             self._outbox.append(Outbound(destination=connection.server, message=ping))
-            connection.next_ping_us = now_us + interval_us
+            interval_ms = config.probe_interval_ms if probe else config.ping_interval_ms
+            connection.next_ping_us = now_us + interval_ms * 1000
 
-    def _telemetry(self) -> tuple[PathSample, ...]:
+    def _prewarm_probe_targets(self, serving: set[NodeId], now_us: int) -> None:
+        """Connect to the backups of the client's parts, the servers a handoff would move them
+        to, so they can be probed: at most `probe_targets_max`, only while the pool has room."""
+        config = self._config
+        targets: dict[NodeId, None] = {}
+        for session in self._sessions.values():
+            for route in session.parts.values():
+                for backup in route.backups:
+                    if backup not in serving and backup in self._endpoints:
+                        targets[backup] = None
+        for target in list(targets)[: config.probe_targets_max]:
+            if (
+                self._pool.get(target) is None
+                and len(self._pool) < config.connections_max
+                and self._connect(target, now_us) is not None
+            ):
+                self._rare("probe-target-prewarmed")
+
+    def _telemetry(self, serving: set[NodeId]) -> tuple[PathSample, ...]:
         samples = [
-            PathSample(server_id=server, rtt_us=stats.srtt_us, jitter_us=stats.rttvar_us)
+            PathSample(
+                server_id=server,
+                rtt_us=stats.srtt_us,
+                jitter_us=stats.rttvar_us,
+                loss_ppm=None if stats.loss_ratio is None else round(stats.loss_ratio * 1e6),
+                throughput_bps=(
+                    None
+                    if stats.throughput_bytes_per_second is None
+                    else round(stats.throughput_bytes_per_second * 8)
+                ),
+                rtt_min_us=stats.rtt_min_us,
+                retransmissions=stats.retransmissions,
+                probe=server not in serving,
+            )
             for server, stats in self._pool.paths().items()
-            if stats.srtt_us is not None
+            if stats.srtt_us is not None and self._pool.get(server) is not None
         ]
         return tuple(samples[: self._config.telemetry_samples_max])
 
