@@ -145,9 +145,11 @@ def predict_eval(
     print_targets(synthetic_result, nab_result, console=console)
 
 
+from forehand._ops_commands import register as _register_ops  # noqa: E402
 from forehand._runtime_commands import register as _register_runtime  # noqa: E402
 
 _register_runtime(app)
+_register_ops(app)
 
 
 def main() -> None:

@@ -48,6 +48,7 @@ from forehand.runtime.transport import (
 from forehand.runtime.transport import (
     ConnectionClosedError,
     Listener,
+    PathStats,
     Transport,
     TransportError,
 )
@@ -241,10 +242,14 @@ class NodeDriver:
         admin_handler: AdminHandler | None = None,
         frame_bytes_max: int = 1 << 20,
         idle_timeout_ms: int = 0,
+        elected_peers: Sequence[str] = (),
     ) -> None:
         """`idle_timeout_ms` is what WELCOME announces and how long an accepted client
         connection may stay silent before it is closed (0: never); `frame_bytes_max` is what
-        WELCOME announces to cluster peers."""
+        WELCOME announces to cluster peers. `elected_peers` are node ids that several processes
+        share, one at a time (managers electing a leader on etcd): a newer link from such a peer
+        replaces the one carrying the core's messages, whose process may be a frozen former
+        leader, and the older link is closed."""
         self.core = core
         """The core driven; call its commands through `command`."""
         self.config = config if config is not None else DriverConfig()
@@ -270,7 +275,10 @@ class NodeDriver:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_counter = 0
         self._closed = False
+        self.input_received_s = 0.0
+        """Loop time at which the frames now being fed arrived (for per-request metrics)."""
         self._hello_id = hashlib.blake2b(core.node_id.encode(), digest_size=16).digest()
+        self._elected_peers = frozenset(elected_peers)
 
     # -- the clock --------------------------------------------------------------------------
 
@@ -341,6 +349,13 @@ class NodeDriver:
     def connected_peers(self) -> list[str]:
         """Node ids with a connection up, for inspection."""
         return [peer.node_id for peer in self._peers.values() if peer.sender() is not None]
+
+    def path_stats(self, node_id: str) -> PathStats | None:
+        """What the transport knows of the path of the connection carrying messages to
+        `node_id`, or None when none is up (telemetry samples it)."""
+        peer = self._peers.get(node_id)
+        link = None if peer is None else peer.sender()
+        return None if link is None else link.connection.path_stats()
 
     def _time_s(self) -> float:
         loop = self._loop
@@ -576,8 +591,14 @@ class NodeDriver:
         link.established = True
         peer.failures = 0
         peer.next_dial_s = 0.0
-        if peer.sender() is not None:
-            return
+        current = peer.sender()
+        if current is not None:
+            if peer.node_id not in self._elected_peers:
+                return
+            # The newest process to reach us under this id is the one that leads now.
+            current.sending = False
+            current.connection.close(ErrorCode.NO_ERROR, "replaced by a newer connection")
+            self._feed(ConnectionLost(peer=peer.node_id, reason="replaced"), peer.node_id)
         link.sending = True
         self._feed(ConnectionOpened(peer=peer.node_id), peer.node_id)
         if peer.queue:
@@ -639,7 +660,7 @@ class NodeDriver:
     def _on_frames(self, link: _Link, frames: list[Frame]) -> None:
         if self._closed:
             return
-        link.heard_s = self._time_s()
+        link.heard_s = self.input_received_s = self._time_s()
         link.awaiting_since_s = None
         try:
             for frame in frames:

@@ -1,0 +1,243 @@
+"""The operator's subcommands of `forehand`, over the manager's admin HTTP API.
+
+`forehand status`, `forehand sessions`, `forehand history` read; `forehand drain SERVER` (with a
+progress bar of the parts moved until the drain is done), `forehand undrain SERVER` and
+`forehand handoff SESSION --to SERVER` act, and need the admin token (`--token` or
+$FOREHAND_ADMIN_TOKEN). `--url` (or $FOREHAND_ADMIN_URL) names the API. `forehand.cli`
+registers them with `register(app)`; heavy imports happen inside the commands. A refused or
+failed call prints the API's error and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import typer
+
+__all__ = ["register"]
+
+DEFAULT_URL = "http://127.0.0.1:7080"
+"""Where the commands look for the admin API without --url or $FOREHAND_ADMIN_URL."""
+FAILURE_EXIT = 1
+"""Exit status of a command the API refused or could not be reached for."""
+DRAIN_POLL_INTERVAL_S = 0.25
+"""How often `forehand drain` asks for the drain's progress."""
+
+_URL = typer.Option(DEFAULT_URL, "--url", envvar="FOREHAND_ADMIN_URL", help="The admin API.")
+_TOKEN = typer.Option(
+    None, "--token", envvar="FOREHAND_ADMIN_TOKEN", help="The admin token (mutations)."
+)
+_TIMEOUT = typer.Option(10.0, "--timeout-s", help="Timeout of one API call, seconds.")
+
+
+def _call(
+    url: str,
+    method: str,
+    path: str,
+    *,
+    token: str | None = None,
+    timeout_s: float,
+    **options: Any,
+) -> Any:
+    """One API call; its JSON answer, or exit 1 with the API's error."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.request(
+            method, url.rstrip("/") + path, headers=headers, timeout=timeout_s, **options
+        )
+    except httpx.HTTPError as error:
+        typer.echo(f"forehand: cannot reach the admin API at {url}: {error}", err=True)
+        raise typer.Exit(FAILURE_EXIT) from error
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body['error']}: {body['detail']}"
+        except (ValueError, KeyError, TypeError):
+            message = response.text.strip()[:200]
+        hint = " (pass --token or set FOREHAND_ADMIN_TOKEN)" if response.status_code == 401 else ""
+        typer.echo(f"forehand: {response.status_code} {message}{hint}", err=True)
+        raise typer.Exit(FAILURE_EXIT)
+    return response.json()
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:
+    """The cluster: every server's state, load, risk and parts, and the map version."""
+    from rich.table import Table
+
+    answer = _call(url, "GET", "/api/status", timeout_s=timeout_s)
+    table = Table(
+        title=f"map version {answer['map_version']}, {answer['override_count']} override(s)"
+    )
+    for column in ("server", "state", "map", "address"):
+        table.add_column(column)
+    for column in ("CPU", "req/s", "p99 ms", "risk", "primary", "replica", "sessions"):
+        table.add_column(column, justify="right")
+    for server in answer["servers"]:
+        table.add_row(
+            server["server_id"],
+            server["member_state"],
+            server["map_state"] or "-",
+            server["address"],
+            f"{server['cpu_utilization'] * 100:.0f}%",
+            f"{server['requests_per_second']:.0f}",
+            f"{server['latency_us_p99'] / 1000:.1f}",
+            f"{server['risk']:.2f}",
+            str(server["primary_parts"]),
+            str(server["replica_parts"]),
+            str(server["sessions"]),
+        )
+    _console().print(table)
+
+
+def sessions(
+    *,
+    server: str | None = typer.Option(None, help="Only sessions with a part on this server."),
+    limit: int = typer.Option(100, min=1, help="Most sessions to list."),
+    url: str = _URL,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """Sessions and where each of their parts lives."""
+    from rich.table import Table
+
+    params: dict[str, Any] = {"limit": limit}
+    if server is not None:
+        params["server"] = server
+    answer = _call(url, "GET", "/api/sessions", params=params, timeout_s=timeout_s)
+    table = Table(title=f"{len(answer)} session(s)")
+    for column in ("session", "part", "primary", "replicas", "override"):
+        table.add_column(column)
+    for session in answer:
+        for part in session["parts"]:
+            table.add_row(
+                session["session_id"],
+                part["part"],
+                part["primary"],
+                ", ".join(part["replicas"]),
+                "yes" if part["overridden"] else "",
+            )
+    _console().print(table)
+
+
+def history(
+    *,
+    kind: str | None = typer.Option(None, help="handoff, failover, move or drain."),
+    server: str | None = typer.Option(None, help="Only records with this source or target."),
+    reason: str | None = typer.Option(None, help="Only this reason (rebalance, overload, ...)."),
+    outcome: str | None = typer.Option(None, help="Only this outcome (completed, ...)."),
+    limit: int = typer.Option(50, min=1, help="Most records to list (the newest)."),
+    url: str = _URL,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """The handoff audit log: handoffs, failovers, dropped moves and drains, oldest first."""
+    from rich.table import Table
+
+    filters = {"kind": kind, "server": server, "reason": reason, "outcome": outcome}
+    params: dict[str, Any] = {key: value for key, value in filters.items() if value is not None}
+    params["limit"] = limit
+    answer = _call(url, "GET", "/api/history", params=params, timeout_s=timeout_s)
+    table = Table(title=f"{len(answer)} record(s)")
+    for column in ("#", "ended", "kind", "source", "target", "reason", "outcome", "parts", "ms"):
+        table.add_column(column)
+    table.add_column("risk / detail")
+    for record in answer:
+        risk = record["risk"]
+        note = record["detail"]
+        if risk is not None:
+            value = "" if risk["risk"] is None else f"risk {risk['risk']:.2f} "
+            note = f"{value}{risk['detail']}; {note}"
+        table.add_row(
+            str(record["sequence"]),
+            time.strftime("%H:%M:%S", time.localtime(record["ended_us"] / 1e6)),
+            record["kind"],
+            record["source"],
+            record["target"] or "-",
+            record["reason"],
+            record["outcome"],
+            str(len(record["parts"])),
+            f"{record['duration_ms']:.0f}",
+            note,
+        )
+    _console().print(table)
+
+
+def drain(
+    server: str = typer.Argument(..., help="The server to drain."),
+    *,
+    wait: bool = typer.Option(True, help="Show the progress until the drain is done."),
+    wait_timeout_s: float = typer.Option(600.0, help="Give up waiting after this long."),
+    url: str = _URL,
+    token: str | None = _TOKEN,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """Move every part off a server (planned handoffs), showing parts moved / total."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    path = f"/api/servers/{server}/drain"
+    progress_now = _call(url, "POST", path, token=token, timeout_s=timeout_s)
+    if not wait:
+        typer.echo(f"draining {server}")
+        return
+    deadline = time.monotonic() + wait_timeout_s
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=_console()) as bar:
+        task = bar.add_task(f"draining {server}", total=None)
+        while True:
+            total = progress_now["parts_total"] or None
+            bar.update(task, completed=progress_now["parts_moved"], total=total)
+            if progress_now["finished"]:
+                break
+            if time.monotonic() > deadline:
+                typer.echo(
+                    f"forehand: {server} still draining after {wait_timeout_s:.0f} s", err=True
+                )
+                raise typer.Exit(FAILURE_EXIT)
+            time.sleep(DRAIN_POLL_INTERVAL_S)
+            progress_now = _call(url, "GET", path, timeout_s=timeout_s)
+    typer.echo(
+        f"drained {server}: {progress_now['parts_moved']} of {progress_now['parts_total']} "
+        "part role(s) moved"
+    )
+
+
+def undrain(
+    server: str = typer.Argument(..., help="The drained server."),
+    *,
+    url: str = _URL,
+    token: str | None = _TOKEN,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """Make a drained server ACTIVE again."""
+    _call(url, "POST", f"/api/servers/{server}/undrain", token=token, timeout_s=timeout_s)
+    typer.echo(f"undrained {server}")
+
+
+def handoff(
+    session: str = typer.Argument(..., help="The session id, 32 hex digits."),
+    *,
+    to: str | None = typer.Option(None, "--to", help="The target server [the manager picks]."),
+    reason: str = typer.Option("rebalance", help="Reason code clients see in HANDOFF."),
+    url: str = _URL,
+    token: str | None = _TOKEN,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """Hand a session's parts off to a server (a planned handoff)."""
+    body = {"target": to, "reason": reason}
+    answer = _call(
+        url, "POST", f"/api/sessions/{session}/handoff", json=body, token=token, timeout_s=timeout_s
+    )
+    typer.echo(f"{answer['queued']} part(s) of {session} queued for {to or 'the best server'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the operator's subcommands to the `forehand` command."""
+    for command in (status, sessions, history, drain, undrain, handoff):
+        app.command(command.__name__)(command)

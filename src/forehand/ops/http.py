@@ -1,0 +1,392 @@
+"""The admin HTTP API and dashboard of the manager, and the `/metrics` endpoint of a server.
+
+Starlette applications served by uvicorn on the process's own event loop (`serve_http`), so
+that every handler reads and commands the core between two of the driver's inputs, with no
+locks. The API listens on loopback unless configured otherwise (`admin_http_host`).
+
+Reads are open to whoever can reach the listener. Mutating endpoints (drain, undrain, handoff,
+policy updates) need `Authorization: Bearer <admin token>`: without the header the answer is
+401, with a wrong token (compared in constant time) or when the manager has no token configured
+it is 403. Every error is a JSON object `{"error": name, "detail": text}` with a 4xx status, and
+a refused request changes nothing.
+
+Endpoints (JSON unless noted):
+
+    GET  /                                the dashboard (HTML, ES modules under /static/)
+    GET  /metrics                         Prometheus text format
+    GET  /api/status                      map version and servers (load, risk, parts)
+    GET  /api/servers                     the same servers, each with its sparkline history
+    GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished
+    POST /api/servers/{id}/drain          start draining (token)
+    POST /api/servers/{id}/undrain        make it ACTIVE again (token)
+    GET  /api/map?limit=N                 version, servers, overrides
+    GET  /api/sessions?server=ID&limit=N  sessions and where their parts live
+    GET  /api/sessions/{session}          one session's placement
+    POST /api/sessions/{session}/handoff  {"target": ID or null, "reason": "rebalance"} (token)
+    GET  /api/history?kind=&server=&reason=&outcome=&after=&limit=   audit records
+    GET  /api/replication                 replication lag per part and replica
+    GET  /api/policy                      the trigger policy's settings
+    PUT  /api/policy                      {"overload_threshold": 0.8, ...} (token)
+    GET  /api/events                      server-sent events: snapshot, audit, handoff_started,
+                                          drain
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from forehand.errors import ConfigError
+from forehand.ops.hub import OpsError, OpsHub, parse_session
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "BODY_BYTES_MAX",
+    "HTTPService",
+    "admin_app",
+    "load_admin_token",
+    "metrics_app",
+    "serve_http",
+]
+
+_log = logging.getLogger("forehand.ops.http")
+
+ADMIN_TOKEN_ENV = "FOREHAND_ADMIN_TOKEN"
+"""Environment variable holding the admin token when no `admin_token_file` is configured."""
+BODY_BYTES_MAX = 64 * 1024
+"""Largest request body the API reads."""
+STREAM_KEEPALIVE_S = 15.0
+"""An idle event stream gets a comment line this often, so proxies keep it open."""
+TOKEN_BYTES_MIN = 16
+"""Shortest admin token accepted."""
+
+_STATIC = resources.files("forehand.ops") / "static"
+
+
+def load_admin_token(path: Path | None) -> str | None:
+    """The admin token: the first line of `path`, else $FOREHAND_ADMIN_TOKEN, else None."""
+    if path is not None:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise ConfigError(f"cannot read admin_token_file {path}: {error}") from error
+    else:
+        token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+        if not token:
+            return None
+    if len(token) < TOKEN_BYTES_MIN:
+        raise ConfigError(f"the admin token must be at least {TOKEN_BYTES_MIN} characters")
+    return token
+
+
+def _error(status: int, error: str, detail: str, **headers: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(handler: Handler, *, token: str | None, mutating: bool) -> Handler:
+    """`handler` behind the token check (when mutating) and the OpsError-to-JSON mapping."""
+
+    async def endpoint(request: Request) -> Response:
+        if mutating:
+            refused = _check_token(request, token)
+            if refused is not None:
+                return refused
+        try:
+            return await handler(request)
+        except OpsError as error:
+            return _error(error.status, error.error, error.detail)
+
+    return endpoint
+
+
+def _check_token(request: Request, token: str | None) -> Response | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if not header or scheme.lower() != "bearer" or not presented.strip():
+        return _error(
+            401,
+            "unauthenticated",
+            "this endpoint needs an `Authorization: Bearer <admin token>` header",
+            **{"WWW-Authenticate": 'Bearer realm="forehand"'},
+        )
+    if token is None:
+        return _error(403, "forbidden", "this manager has no admin token configured")
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        return _error(403, "forbidden", "wrong admin token")
+    return None
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > BODY_BYTES_MAX:
+            raise OpsError(413, "body_too_large", f"the body exceeds {BODY_BYTES_MAX} bytes")
+    if not body:
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError as error:
+        raise OpsError(400, "bad_json", f"the body is not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise OpsError(400, "bad_json", "the body must be a JSON object")
+    return value
+
+
+def _int_param(request: Request, name: str, default: int, *, low: int = 0) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = low - 1
+    if value < low:
+        raise OpsError(400, "bad_parameter", f"{name} must be an integer >= {low}, got {text!r}")
+    return value
+
+
+class _AdminRoutes:
+    """The endpoints of `admin_app`, bound to one hub."""
+
+    def __init__(self, hub: OpsHub) -> None:
+        self.hub = hub
+
+    async def index(self, request: Request) -> Response:
+        with resources.as_file(_STATIC / "index.html") as path:
+            return FileResponse(path, media_type="text/html")
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self.hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def status(self, request: Request) -> Response:
+        view = self.hub.view
+        return JSONResponse(
+            {
+                "node_id": self.hub.core.node_id,
+                "map_version": self.hub.core.map_version,
+                "override_count": view.override_count,
+                "sampled_us": view.sampled_us,
+                "servers": [asdict(server) for server in view.servers],
+            }
+        )
+
+    async def servers(self, request: Request) -> Response:
+        return JSONResponse(self.hub.view.snapshot()["servers"])
+
+    async def drain_progress(self, request: Request) -> Response:
+        return JSONResponse(asdict(self.hub.drain_progress(request.path_params["server_id"])))
+
+    async def drain(self, request: Request) -> Response:
+        progress = self.hub.drain(request.path_params["server_id"])
+        return JSONResponse(asdict(progress), status_code=202)
+
+    async def undrain(self, request: Request) -> Response:
+        server_id = request.path_params["server_id"]
+        self.hub.undrain(server_id)
+        return JSONResponse({"server_id": server_id, "undrained": True})
+
+    async def shard_map(self, request: Request) -> Response:
+        return JSONResponse(self.hub.shard_map(limit=_int_param(request, "limit", 100, low=1)))
+
+    async def sessions(self, request: Request) -> Response:
+        limit = _int_param(request, "limit", 100, low=1)
+        server = request.query_params.get("server")
+        return JSONResponse(self.hub.sessions(server=server, limit=limit))
+
+    async def session(self, request: Request) -> Response:
+        text = request.path_params["session"]
+        parts = self.hub.session_parts(parse_session(text))
+        if not parts:
+            raise OpsError(404, "unknown_session", f"no session {text} in the shard map")
+        return JSONResponse({"session_id": text, "parts": parts})
+
+    async def handoff(self, request: Request) -> Response:
+        body = await _json_body(request)
+        target = body.get("target")
+        reason = body.get("reason", "rebalance")
+        if target is not None and not isinstance(target, str):
+            raise OpsError(400, "bad_target", "target must be a server id or null")
+        if not isinstance(reason, str):
+            raise OpsError(400, "bad_reason", "reason must be a reason code's name")
+        queued = self.hub.handoff(request.path_params["session"], target=target, reason=reason)
+        return JSONResponse({"queued": queued}, status_code=202)
+
+    async def history(self, request: Request) -> Response:
+        params = request.query_params
+        records = self.hub.audit.query(
+            kind=params.get("kind"),
+            server=params.get("server"),
+            reason=params.get("reason"),
+            outcome=params.get("outcome"),
+            after=_int_param(request, "after", 0),
+            limit=min(_int_param(request, "limit", 100, low=1), self.hub.limits.listing_max),
+        )
+        return JSONResponse([record.to_json() for record in records])
+
+    async def replication(self, request: Request) -> Response:
+        return JSONResponse([asdict(lag) for lag in self.hub.view.lags])
+
+    async def policy(self, request: Request) -> Response:
+        if self.hub.policy is None:
+            raise OpsError(404, "no_policy", "this manager's risk policy has no settings")
+        return JSONResponse(self.hub.policy.settings())
+
+    async def update_policy(self, request: Request) -> Response:
+        return JSONResponse(self.hub.update_policy(await _json_body(request)))
+
+    async def events(self, request: Request) -> Response:
+        queue = self.hub.open_stream()
+
+        async def stream() -> AsyncIterator[str]:
+            try:
+                while True:
+                    try:
+                        message = await asyncio.wait_for(queue.get(), STREAM_KEEPALIVE_S)
+                    except TimeoutError:
+                        yield ": keepalive\n\n"
+                        continue
+                    if message is None:
+                        return
+                    yield f"event: {message['type']}\ndata: {json.dumps(message['data'])}\n\n"
+            finally:
+                self.hub.close_stream(queue)
+
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+def admin_app(hub: OpsHub, *, token: str | None) -> Starlette:
+    """The manager's admin API and dashboard over `hub` (see the module docstring)."""
+    routes = _AdminRoutes(hub)
+
+    def route(path: str, handler: Handler, method: str = "GET") -> Route:
+        mutating = method != "GET"
+        return Route(path, _guarded(handler, token=token, mutating=mutating), methods=[method])
+
+    with resources.as_file(_STATIC) as static_dir:
+        static = StaticFiles(directory=static_dir)
+    return Starlette(
+        routes=[
+            route("/", routes.index),
+            route("/metrics", routes.metrics),
+            route("/api/status", routes.status),
+            route("/api/servers", routes.servers),
+            route("/api/servers/{server_id}/drain", routes.drain_progress),
+            route("/api/servers/{server_id}/drain", routes.drain, "POST"),
+            route("/api/servers/{server_id}/undrain", routes.undrain, "POST"),
+            route("/api/map", routes.shard_map),
+            route("/api/sessions", routes.sessions),
+            route("/api/sessions/{session}", routes.session),
+            route("/api/sessions/{session}/handoff", routes.handoff, "POST"),
+            route("/api/history", routes.history),
+            route("/api/replication", routes.replication),
+            route("/api/policy", routes.policy),
+            route("/api/policy", routes.update_policy, "PUT"),
+            route("/api/events", routes.events),
+            Mount("/static", app=static, name="static"),
+        ]
+    )
+
+
+def metrics_app(registry: CollectorRegistry) -> Starlette:
+    """A server's `/metrics` endpoint."""
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", metrics)])
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """A uvicorn server on the process's loop: the process owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class HTTPService:
+    """An HTTP listener serving one application on the running loop."""
+
+    def __init__(
+        self, server: uvicorn.Server, task: asyncio.Task[None], sock: socket.socket
+    ) -> None:
+        self._server = server
+        self._task = task
+        self._socket = sock
+        host, port = sock.getsockname()[:2]
+        self.host: str = host
+        """The bound host."""
+        self.port: int = port
+        """The bound port."""
+
+    @property
+    def url(self) -> str:
+        """`http://host:port`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def close(self) -> None:
+        """Stop accepting, let open requests finish (bounded), and wait."""
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        finally:
+            self._socket.close()
+
+
+async def serve_http(app: Any, *, host: str, port: int) -> HTTPService:
+    """Serve `app` on host:port (0 picks a port) until `close()`; ConfigError if it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError as error:
+        sock.close()
+        raise ConfigError(f"cannot listen for HTTP on {host}:{port}: {error}") from error
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            sock.close()
+            failure = task.exception()
+            raise ConfigError(f"the HTTP server on {host}:{port} did not start: {failure!r}")
+        await asyncio.sleep(0.01)
+    return HTTPService(server, task, sock)

@@ -1,0 +1,463 @@
+"""Prometheus metrics of the manager and server processes (prometheus-client).
+
+Each process owns one `CollectorRegistry` (no global state, so tests can run several). Counters
+and histograms are fed by the core's events (`NodeDriver.subscribe`); request latency also reads
+the driver's `input_received_s` hook (when the frames of the current input arrived); gauges of
+the cluster's state are computed at scrape time from the manager's `ClusterView` sample and the
+server core's public `parts()`, never from private attributes. Names follow the Prometheus
+conventions: base units (seconds, ratios), `_total` on counters, `_seconds` on durations. The
+label `part` on server metrics is the part name (`cart`), not the session, so that the number of
+series stays bounded by the application's part specs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from forehand.core import ServerCore
+from forehand.core.messages import PartRole
+from forehand.ops.view import ClusterView, RiskTracker
+from forehand.wire import ResponseStatus
+
+__all__ = [
+    "HANDOFF_DURATION_BUCKETS_S",
+    "PENDING_WRITES_MAX",
+    "REQUEST_DURATION_BUCKETS_S",
+    "ManagerMetrics",
+    "ServerMetrics",
+]
+
+HANDOFF_DURATION_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+"""Buckets of handoff and failover durations (the backup period makes most handoffs ~1 s)."""
+REQUEST_DURATION_BUCKETS_S = (
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1,
+)
+"""Buckets of request latency on a server, from 50 us."""
+PENDING_WRITES_MAX = 16_384
+"""Logged writes whose acknowledgement a server's metrics wait for; beyond, the oldest is
+forgotten (its latency is not observed)."""
+
+
+def _status(status: int) -> str:
+    try:
+        return ResponseStatus(status).name.lower()
+    except ValueError:
+        return str(status)
+
+
+class ManagerMetrics:
+    """The manager's metrics: an event subscriber plus scrape-time gauges of the cluster view."""
+
+    def __init__(
+        self,
+        *,
+        view: ClusterView,
+        risk: RiskTracker,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        """What `/metrics` exposes."""
+        r = self.registry
+        self.handoffs_started = Counter(
+            "forehand_handoffs_started",
+            "Handoffs started (override committed).",
+            ["reason"],
+            registry=r,
+        )
+        self.handoffs = Counter(
+            "forehand_handoffs",
+            "Handoffs ended, by reason and outcome (completed, failed_over, cancelled).",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.handoff_duration = Histogram(
+            "forehand_handoff_duration_seconds",
+            "From picking the target to the end of the handoff (backup period included).",
+            ["outcome"],
+            buckets=HANDOFF_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.failovers = Counter(
+            "forehand_failovers",
+            "Failovers ended, by the death cause of the servers and outcome.",
+            ["reason", "outcome"],
+            registry=r,
+        )
+        self.failover_duration = Histogram(
+            "forehand_failover_duration_seconds",
+            "From fencing the replicas to the committed promotions.",
+            buckets=HANDOFF_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.servers_dead = Counter(
+            "forehand_servers_declared_dead", "Servers declared dead.", ["cause"], registry=r
+        )
+        self.parts_lost = Counter(
+            "forehand_parts_lost", "Parts lost with every replica.", registry=r
+        )
+        self.moves_dropped = Counter(
+            "forehand_moves_dropped", "Queued part moves given up.", ["reason"], registry=r
+        )
+        self.alarms = Counter(
+            "forehand_predictor_alarms",
+            "Risk decisions that asked to move parts off a server.",
+            ["reason"],
+            registry=r,
+        )
+        self.assessments = Counter(
+            "forehand_risk_assessments",
+            "Decisions of the risk policy, by model, level, action and whether acted on.",
+            ["model", "level", "action", "acted"],
+            registry=r,
+        )
+        self.map_commits = Counter(
+            "forehand_map_commits", "Committed shard-map versions.", ["change"], registry=r
+        )
+        self.map_rejections = Counter(
+            "forehand_map_commit_rejections", "Map changes the store refused.", registry=r
+        )
+        self.sessions = Counter("forehand_sessions_registered", "Sessions opened.", registry=r)
+        self.map_version = Gauge("forehand_map_version", "The shard map's version.", registry=r)
+        self.drain_moved = Gauge(
+            "forehand_drain_parts_moved", "Roles a drain moved away.", ["server"], registry=r
+        )
+        self.drain_total = Gauge(
+            "forehand_drain_parts", "Roles a drain has to move away.", ["server"], registry=r
+        )
+        self._death_cause: OrderedDict[str, str] = OrderedDict()
+        r.register(_ClusterCollector(view, risk))
+
+    def __call__(self, event: object) -> None:
+        """Account for one manager event."""
+        name = type(event).__name__
+        handler = _MANAGER_HANDLERS.get(name)
+        if handler is not None:
+            handler(self, event)
+
+    def _handoff_started(self, event: Any) -> None:
+        self.handoffs_started.labels(event.reason.name.lower()).inc()
+
+    def _handoff_completed(self, event: Any) -> None:
+        self.handoffs.labels(event.reason.name.lower(), "completed").inc()
+        self.handoff_duration.labels("completed").observe(event.duration_us / 1e6)
+
+    def _handoff_aborted(self, event: Any) -> None:
+        outcome = event.outcome.value
+        self.handoffs.labels(event.reason.name.lower(), outcome).inc()
+        self.handoff_duration.labels(outcome).observe(event.duration_us / 1e6)
+
+    def _server_dead(self, event: Any) -> None:
+        self.servers_dead.labels(event.cause.value).inc()
+        self._death_cause[event.server_id] = event.cause.value
+        while len(self._death_cause) > 4_096:
+            self._death_cause.popitem(last=False)
+
+    def _cause(self, servers: tuple[str, ...]) -> str:
+        return ",".join(sorted({self._death_cause.get(s, "silence") for s in servers}))
+
+    def _failover_completed(self, event: Any) -> None:
+        self.failovers.labels(self._cause(event.servers), "completed").inc()
+        self.failover_duration.observe(event.duration_us / 1e6)
+
+    def _parts_lost(self, event: Any) -> None:
+        self.parts_lost.inc(len(event.parts))
+        self.failovers.labels(self._cause(event.servers), "parts_lost").inc()
+
+    def _moves_dropped(self, event: Any) -> None:
+        self.moves_dropped.labels(event.reason.name.lower()).inc(len(event.parts))
+
+    def _risk_flagged(self, event: Any) -> None:
+        self.alarms.labels(event.reason.name.lower()).inc()
+
+    def _risk_assessed(self, event: Any) -> None:
+        self.assessments.labels(
+            str(getattr(event, "model", "")),
+            str(getattr(event, "level", "")),
+            str(getattr(event, "action", "")),
+            str(bool(getattr(event, "acted", False))).lower(),
+        ).inc()
+
+    def _map_committed(self, event: Any) -> None:
+        self.map_commits.labels(event.change.value).inc()
+        self.map_version.set(event.map_version)
+
+    def _map_loaded(self, event: Any) -> None:
+        self.map_version.set(event.map_version)
+
+    def _map_rejected(self, event: Any) -> None:
+        self.map_rejections.inc()
+
+    def _session_registered(self, event: Any) -> None:
+        self.sessions.inc()
+
+    def _drain_progressed(self, event: Any) -> None:
+        self.drain_moved.labels(event.server_id).set(event.parts_moved)
+        self.drain_total.labels(event.server_id).set(event.parts_total)
+
+
+_MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
+    "HandoffStarted": ManagerMetrics._handoff_started,
+    "HandoffCompleted": ManagerMetrics._handoff_completed,
+    "HandoffAborted": ManagerMetrics._handoff_aborted,
+    "ServerDeclaredDead": ManagerMetrics._server_dead,
+    "FailoverCompleted": ManagerMetrics._failover_completed,
+    "PartsLost": ManagerMetrics._parts_lost,
+    "MovesDropped": ManagerMetrics._moves_dropped,
+    "RiskFlagged": ManagerMetrics._risk_flagged,
+    "RiskAssessed": ManagerMetrics._risk_assessed,
+    "MapCommitted": ManagerMetrics._map_committed,
+    "MapLoaded": ManagerMetrics._map_loaded,
+    "MapCommitRejected": ManagerMetrics._map_rejected,
+    "SessionRegistered": ManagerMetrics._session_registered,
+    "DrainProgressed": ManagerMetrics._drain_progressed,
+}
+
+
+class _ClusterCollector(Collector):
+    """Gauges of the newest `ClusterView` sample, built at scrape time."""
+
+    def __init__(self, view: ClusterView, risk: RiskTracker) -> None:
+        self._view = view
+        self._risk = risk
+
+    def collect(self) -> Iterator[Metric]:
+        view = self._view
+        server = ["server"]
+        families = {
+            "sessions": GaugeMetricFamily(
+                "forehand_server_sessions",
+                "Sessions with a primary part on the server.",
+                labels=server,
+            ),
+            "parts": GaugeMetricFamily(
+                "forehand_server_parts",
+                "Parts placed on the server, by role.",
+                labels=["server", "role"],
+            ),
+            "up": GaugeMetricFamily(
+                "forehand_server_up", "1 while the server is alive or suspected.", labels=server
+            ),
+            "cpu": GaugeMetricFamily(
+                "forehand_server_cpu_utilization_ratio", "CPU use (1 is one core).", labels=server
+            ),
+            "rps": GaugeMetricFamily(
+                "forehand_server_requests_per_second",
+                "Requests per second reported.",
+                labels=server,
+            ),
+            "latency": GaugeMetricFamily(
+                "forehand_server_latency_p99_seconds",
+                "Latency the server adds, p99.",
+                labels=server,
+            ),
+            "risk": GaugeMetricFamily(
+                "forehand_server_risk_ratio",
+                "Risk of failing soon (1 = the policy acts).",
+                labels=server,
+            ),
+        }
+        for item in view.servers:
+            sid = item.server_id
+            families["sessions"].add_metric([sid], item.sessions)
+            families["parts"].add_metric([sid, "primary"], item.primary_parts)
+            families["parts"].add_metric([sid, "replica"], item.replica_parts)
+            families["up"].add_metric(
+                [sid], 1.0 if item.member_state in ("alive", "suspected") else 0.0
+            )
+            families["cpu"].add_metric([sid], item.cpu_utilization)
+            families["rps"].add_metric([sid], item.requests_per_second)
+            families["latency"].add_metric([sid], item.latency_us_p99 / 1e6)
+            families["risk"].add_metric([sid], item.risk)
+        yield from families.values()
+        paths = GaugeMetricFamily(
+            "forehand_path_risk_ratio",
+            "Risk per client path bucket of a server.",
+            labels=["server", "bucket"],
+        )
+        for server_id, bucket, risk in self._risk.path_risks(now_us=view.sampled_us):
+            paths.add_metric([server_id, bucket], risk)
+        yield paths
+        entries = GaugeMetricFamily(
+            "forehand_replication_lag_entries",
+            "Log entries a replica has not applied yet.",
+            labels=["part", "replica"],
+        )
+        seconds = GaugeMetricFamily(
+            "forehand_replication_lag_seconds",
+            "How long ago the primary reached the oldest entry the replica lacks.",
+            labels=["part", "replica"],
+        )
+        for lag in view.lags:
+            entries.add_metric([lag.part, lag.replica], lag.entries)
+            seconds.add_metric([lag.part, lag.replica], lag.seconds)
+        yield entries
+        yield seconds
+
+
+class ServerMetrics:
+    """A server's metrics: an event subscriber plus scrape-time gauges of its parts."""
+
+    def __init__(
+        self, *, core: ServerCore, driver: Any, registry: CollectorRegistry | None = None
+    ) -> None:
+        """`driver` is the `NodeDriver` (its `input_received_s` hook and loop clock)."""
+        self.registry = registry if registry is not None else CollectorRegistry()
+        """What `/metrics` exposes."""
+        self._driver = driver
+        self._pending: OrderedDict[tuple[bytes, str, int], float] = OrderedDict()
+        r = self.registry
+        self.requests = Counter(
+            "forehand_requests",
+            "Requests executed, by part and status.",
+            ["part", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "forehand_request_duration_seconds",
+            "From the request's arrival to its answer (logged writes: their acknowledgement).",
+            ["part"],
+            buckets=REQUEST_DURATION_BUCKETS_S,
+            registry=r,
+        )
+        self.refused = Counter(
+            "forehand_requests_refused",
+            "Requests refused, by part and status.",
+            ["part", "status"],
+            registry=r,
+        )
+        self.redirected = Counter(
+            "forehand_requests_redirected",
+            "Requests redirected to another server.",
+            ["part"],
+            registry=r,
+        )
+        self.forwarded = Counter(
+            "forehand_requests_forwarded",
+            "Requests forwarded to the new primary.",
+            ["part"],
+            registry=r,
+        )
+        self.applied = Counter(
+            "forehand_log_entries_applied",
+            "Log entries applied as a replica.",
+            ["part"],
+            registry=r,
+        )
+        self.client_handoffs = Counter(
+            "forehand_client_handoffs", "HANDOFF notices sent to clients.", registry=r
+        )
+        self.handoff_steps = Counter(
+            "forehand_handoff_steps",
+            "Handoff steps this server completed.",
+            ["side", "step"],
+            registry=r,
+        )
+        self.map_version = Gauge(
+            "forehand_map_version", "The shard map version adopted.", registry=r
+        )
+        r.register(_PartsCollector(core))
+
+    def _now_s(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _started_s(self, now_s: float) -> float:
+        received = getattr(self._driver, "input_received_s", None)
+        return received if isinstance(received, float) and received <= now_s else now_s
+
+    def __call__(self, event: object) -> None:
+        """Account for one server event."""
+        name = type(event).__name__
+        handler = _SERVER_HANDLERS.get(name)
+        if handler is not None:
+            handler(self, event)
+
+    def _executed(self, event: Any) -> None:
+        part = event.ref.part
+        self.requests.labels(part, _status(event.status)).inc()
+        now_s = self._now_s()
+        started_s = self._started_s(now_s)
+        if event.log_index is None:
+            self.latency.labels(part).observe(now_s - started_s)
+            return
+        self._pending[(event.ref.session_id, part, event.request_id)] = started_s
+        while len(self._pending) > PENDING_WRITES_MAX:
+            self._pending.popitem(last=False)
+
+    def _acknowledged(self, event: Any) -> None:
+        if not event.client_facing:
+            return
+        key = (event.ref.session_id, event.ref.part, event.request_id)
+        started_s = self._pending.pop(key, None)
+        if started_s is not None:
+            self.latency.labels(event.ref.part).observe(self._now_s() - started_s)
+
+    def _refused(self, event: Any) -> None:
+        self.refused.labels(event.part, _status(event.status)).inc()
+
+    def _redirected(self, event: Any) -> None:
+        self.redirected.labels(event.ref.part).inc()
+
+    def _forwarded(self, event: Any) -> None:
+        self.forwarded.labels(event.ref.part).inc()
+
+    def _applied(self, event: Any) -> None:
+        self.applied.labels(event.ref.part).inc()
+
+    def _handed_off(self, event: Any) -> None:
+        self.client_handoffs.inc()
+
+    def _step(self, event: Any) -> None:
+        self.handoff_steps.labels(event.side.value, str(event.step)).inc()
+
+    def _map_adopted(self, event: Any) -> None:
+        self.map_version.set(event.map_version)
+
+
+_SERVER_HANDLERS: dict[str, Callable[[ServerMetrics, Any], None]] = {
+    "RequestExecuted": ServerMetrics._executed,
+    "WriteAcknowledged": ServerMetrics._acknowledged,
+    "RequestRefused": ServerMetrics._refused,
+    "RequestRedirected": ServerMetrics._redirected,
+    "RequestForwardedOut": ServerMetrics._forwarded,
+    "LogEntryApplied": ServerMetrics._applied,
+    "ClientHandedOff": ServerMetrics._handed_off,
+    "HandoffStepCompleted": ServerMetrics._step,
+    "MapVersionAdopted": ServerMetrics._map_adopted,
+}
+
+
+class _PartsCollector(Collector):
+    """Parts this server holds, by role, from the core's public `parts()`."""
+
+    def __init__(self, core: ServerCore) -> None:
+        self._core = core
+
+    def collect(self) -> Iterator[Metric]:
+        counts = {role.name.lower(): 0 for role in PartRole}
+        for part in self._core.parts():
+            role = part.role
+            if role is not None:
+                counts[role.name.lower()] += 1
+        family = GaugeMetricFamily("forehand_parts", "Parts held, by role.", labels=["role"])
+        for role_name, count in counts.items():
+            family.add_metric([role_name], count)
+        yield family

@@ -1,0 +1,111 @@
+"""The manager's admin HTTP API on a live cluster: authentication, queries, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from tests.ops._ops_cluster import TOKEN, OpsCluster, eventually, run_async
+else:
+    from _ops_cluster import TOKEN, OpsCluster, eventually, run_async
+
+PARTS = ["auth", "cart"]
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def api(ops_cluster: OpsCluster) -> Iterator[httpx.Client]:
+    """A client of the admin API."""
+    with httpx.Client(base_url=ops_cluster.api_url, timeout=10) as client:
+        yield client
+
+
+def test_mutations_need_the_admin_token(api: httpx.Client) -> None:
+    """Without a token a mutation gets 401 with a Bearer challenge, with a wrong one 403, and
+    neither changes anything; with the right token it is done."""
+    before = api.get("/api/policy").json()
+    change = {"overload_cooldown_ms": before["overload_cooldown_ms"] + 1}
+    missing = api.put("/api/policy", json=change)
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    assert missing.json()["error"] == "unauthenticated"
+    wrong = api.put("/api/policy", json=change, headers={"Authorization": "Bearer " + "x" * 32})
+    assert wrong.status_code == 403 and wrong.json()["error"] == "forbidden"
+    other_scheme = api.put("/api/policy", json=change, headers={"Authorization": f"Basic {TOKEN}"})
+    assert other_scheme.status_code == 401
+    for path in ("/api/servers/s1/drain", "/api/servers/s1/undrain"):
+        assert api.post(path).status_code == 401
+        assert api.post(path, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert api.get("/api/policy").json() == before
+    assert all(s["state"] == "active" for s in api.get("/api/map").json()["servers"])
+    done = api.put("/api/policy", json=change, headers=AUTH)
+    assert done.status_code == 200 and done.json() == {**before, **change}
+    assert api.get("/api/policy").json() == {**before, **change}
+    original = {"overload_cooldown_ms": before["overload_cooldown_ms"]}
+    restored = api.put("/api/policy", json=original, headers=AUTH)
+    assert restored.json() == before
+
+
+def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
+    """Unknown servers and sessions, malformed ids, bodies and settings get 4xx JSON errors and
+    leave the policy and the map as they were."""
+    policy = api.get("/api/policy").json()
+    version = api.get("/api/status").json()["map_version"]
+    cases = [
+        api.post("/api/servers/nosuch/drain", headers=AUTH),
+        api.post("/api/servers/s1/undrain", headers=AUTH),
+        api.post("/api/sessions/zz/handoff", json={}, headers=AUTH),
+        api.post("/api/sessions/" + "ab" * 16 + "/handoff", json={}, headers=AUTH),
+        api.get("/api/sessions/" + "ab" * 15),
+        api.put("/api/policy", content=b"{not json", headers=AUTH),
+        api.put("/api/policy", json=[1, 2], headers=AUTH),
+        api.put("/api/policy", json={"no_such_setting": 1}, headers=AUTH),
+        api.put("/api/policy", json={"overload_parts_fraction": 5.0}, headers=AUTH),
+        api.put("/api/policy", json={"overload_cooldown_ms": "soon"}, headers=AUTH),
+        api.put("/api/policy", content=b"{" + b" " * 70_000 + b"}", headers=AUTH),
+        api.get("/api/history", params={"limit": "-3"}),
+    ]
+    statuses = [response.status_code for response in cases]
+    assert statuses == [404, 409, 400, 404, 400, 400, 400, 400, 400, 400, 413, 400]
+    for response in cases:
+        body = response.json()
+        assert set(body) == {"error", "detail"} and body["detail"]
+    assert api.get("/api/policy").json() == policy
+    assert api.get("/api/status").json()["map_version"] == version
+
+
+def test_queries_agree_with_the_client(ops_cluster: OpsCluster, api: httpx.Client) -> None:
+    """A session the client opened is listed with the placement the client sees; the map and
+    the servers are reported with their parts; the dashboard and its modules are served."""
+
+    async def open_session() -> tuple[str, dict[str, str]]:
+        async with ops_cluster.connect() as client:
+            session = await client.open_session(parts=PARTS)
+            await session.call("auth", "login", "erin")
+            return session.id.hex(), {p: session.placements()[p].primary for p in PARTS}
+
+    session_hex, primaries = run_async(open_session())
+    placement = api.get(f"/api/sessions/{session_hex}").json()
+    assert {p["part"]: p["primary"] for p in placement["parts"]} == primaries
+    assert all(len(p["replicas"]) == 2 for p in placement["parts"])
+    listed = api.get("/api/sessions", params={"limit": 1000}).json()
+    assert session_hex in {s["session_id"] for s in listed}
+    shard_map = api.get("/api/map").json()
+    assert shard_map["parts"] >= len(PARTS)
+    assert {s["server_id"] for s in shard_map["servers"]} == set(ops_cluster.server_ids)
+
+    def counted() -> bool:
+        servers = api.get("/api/servers").json()
+        return sum(s["primary_parts"] for s in servers) == shard_map["parts"] and all(
+            s["history"] for s in servers
+        )
+
+    run_async(eventually(counted, what="parts per server in the sampled view"))
+    page = api.get("/")
+    assert page.status_code == 200 and 'type="module"' in page.text
+    for module in ("app.js", "sparkline.js", "timeline.js", "style.css"):
+        assert api.get(f"/static/{module}").status_code == 200

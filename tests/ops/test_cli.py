@@ -1,0 +1,98 @@
+"""The operator CLI (`forehand status`, `sessions`, `history`, `handoff`, `drain`, `undrain`)
+against the admin API of a live cluster."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+from typer.testing import CliRunner
+
+from forehand.cli import app
+
+if TYPE_CHECKING:
+    from tests.ops._ops_cluster import TOKEN, OpsCluster, eventually, run_async
+else:
+    from _ops_cluster import TOKEN, OpsCluster, eventually, run_async
+
+PARTS = ["auth", "cart"]
+WIDE = {"COLUMNS": "240", "NO_COLOR": "1"}
+
+
+def forehand(cluster: OpsCluster, *arguments: str, token: bool = False) -> tuple[int, str]:
+    """Run `forehand ARGUMENTS --url API [--token TOKEN]`; exit code and output."""
+    extra = ["--url", cluster.api_url] + (["--token", TOKEN] if token else [])
+    result = CliRunner().invoke(app, [*arguments, *extra], env=WIDE)
+    return result.exit_code, result.output
+
+
+def open_session(cluster: OpsCluster) -> tuple[str, dict[str, str]]:
+    """A new session's id (hex) and the primary of each of its parts."""
+
+    async def opening() -> tuple[str, dict[str, str]]:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=PARTS)
+            await session.call("auth", "login", "frank")
+            return session.id.hex(), {p: session.placements()[p].primary for p in PARTS}
+
+    return run_async(opening())
+
+
+def test_reading_commands_show_the_cluster(ops_cluster: OpsCluster) -> None:
+    """`status` lists every server with its state, `sessions` lists a new session with its
+    parts' primaries, `history` prints the audit table; a wrong URL exits 1 with a message."""
+    session_hex, primaries = open_session(ops_cluster)
+    code, output = forehand(ops_cluster, "status")
+    assert code == 0, output
+    assert "map version" in output
+    for server_id in ops_cluster.server_ids:
+        assert server_id in output
+    code, output = forehand(ops_cluster, "sessions", "--limit", "1000")
+    assert code == 0, output
+    rows = [line for line in output.splitlines() if session_hex in line]
+    assert len(rows) == len(PARTS)
+    assert {part: primaries[part] in row for row in rows for part in PARTS if part in row} == {
+        part: True for part in PARTS
+    }
+    code, output = forehand(ops_cluster, "history")
+    assert code == 0 and "record(s)" in output
+    result = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"], env=WIDE)
+    assert result.exit_code == 1 and "cannot reach the admin API" in result.output
+
+
+def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
+    """`handoff --to` moves a session (its record shows in `history`), `drain` runs until the
+    server holds nothing and reports the parts moved, `undrain` makes it active again; without
+    the token they exit 1 and change nothing."""
+    cluster = ops_cluster
+    session_hex, primaries = open_session(cluster)
+    target = next(s for s in cluster.server_ids if s != primaries["cart"])
+    code, output = forehand(cluster, "handoff", session_hex, "--to", target)
+    assert code == 1 and "FOREHAND_ADMIN_TOKEN" in output
+    code, output = forehand(cluster, "handoff", session_hex, "--to", target, token=True)
+    assert code == 0 and "queued" in output, output
+    api = httpx.Client(base_url=cluster.api_url, timeout=10)
+
+    def moved() -> bool:
+        parts = api.get(f"/api/sessions/{session_hex}").json()["parts"]
+        return all(part["primary"] == target for part in parts)
+
+    run_async(eventually(moved, what=f"the session's parts on {target}"))
+
+    def recorded() -> bool:
+        code, output = forehand(cluster, "history", "--kind", "handoff", "--server", target)
+        return code == 0 and f"{primaries['cart']} " in output and "completed" in output
+
+    run_async(eventually(recorded, what="the handoff in `forehand history`"))
+    code, output = forehand(cluster, "drain", target)
+    assert code == 1
+    code, output = forehand(cluster, "drain", target, token=True)
+    assert code == 0 and f"drained {target}" in output, output
+    servers = {s["server_id"]: s for s in api.get("/api/map").json()["servers"]}
+    assert servers[target]["state"] == "draining"
+    placements = api.get(f"/api/sessions/{session_hex}").json()["parts"]
+    assert all(target not in (p["primary"], *p["replicas"]) for p in placements)
+    code, output = forehand(cluster, "undrain", target, token=True)
+    assert code == 0, output
+    run_async(cluster.wait_active(cluster.server_ids))
+    api.close()

@@ -1,0 +1,127 @@
+"""Prometheus metrics of a live cluster, scraped and parsed while a handoff happens."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from tests.ops._ops_cluster import TOKEN, CartLoad, OpsCluster, eventually, run_async
+else:
+    from _ops_cluster import TOKEN, CartLoad, OpsCluster, eventually, run_async
+from prometheus_client.parser import text_string_to_metric_families
+
+PARTS = ["auth", "cart", "feature/video"]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""Every sample of a scrape: (name, sorted labels) -> value."""
+
+
+def parse(text: str) -> Samples:
+    """Every sample of a scrape: (name, sorted labels) -> value."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value, 0 when the series does not exist yet."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """The sum over every series of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> None:
+    """A handoff under load moves the manager's handoff counters and duration histogram by one
+    handoff, the servers count the requests per part with latencies, the gauges show the parts
+    per server, and the audit log (API and JSONL file) holds the handoff's record."""
+    cluster = ops_cluster
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=cluster.api_url, timeout=10) as api:
+
+            async def scrape(url: str) -> Samples:
+                response = await api.get(url + "/metrics")
+                assert response.status_code == 200
+                assert response.headers["content-type"].startswith("text/plain")
+                return parse(response.text)
+
+            before = await scrape(cluster.api_url)
+            records = (await api.get("/api/history", params={"limit": 1})).json()
+            last = records[-1]["sequence"] if records else 0
+            servers_before = {s: await scrape(u) for s, u in cluster.metrics_urls.items()}
+            async with cluster.connect() as client:
+                session = await client.open_session(parts=PARTS)
+                for part, op, argument in (("auth", "login", "dora"), ("feature/video", "seek", 3)):
+                    await session.call(part, op, argument)
+                source = session.placements()["cart"].primary
+                target = next(s for s in cluster.server_ids if s != source)
+                async with CartLoad(session, writers=2) as load:
+                    await load.wait_for(20, what="writes before the handoff")
+                    response = await api.post(
+                        f"/api/sessions/{session.id.hex()}/handoff",
+                        json={"target": target},
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    )
+                    assert response.status_code == 202, response.text
+                    assert response.json()["queued"] >= 1
+
+                    async def recorded() -> bool:
+                        params = {"kind": "handoff", "after": last}
+                        history = await api.get("/api/history", params=params)
+                        return any(
+                            r["target"] == target and r["outcome"] == "completed"
+                            for r in history.json()
+                        )
+
+                    await eventually(recorded, what="the handoff's audit record")
+                    await load.wait_for(40, what="writes after the handoff")
+                await load.check_exactly_once()
+
+            after = await scrape(cluster.api_url)
+            labels = {"reason": "rebalance", "outcome": "completed"}
+            completed = value(after, "forehand_handoffs_total", **labels)
+            assert completed - value(before, "forehand_handoffs_total", **labels) >= 1
+            name = "forehand_handoffs_started_total"
+            started = value(after, name, reason="rebalance")
+            assert started - value(before, name, reason="rebalance") >= 1
+            durations = value(after, "forehand_handoff_duration_seconds_count", outcome="completed")
+            assert durations == total(after, "forehand_handoffs_total", outcome="completed")
+            assert value(after, "forehand_map_version") > value(before, "forehand_map_version")
+
+            async def gauges_show_the_session() -> bool:
+                samples = await scrape(cluster.api_url)
+                sessions = total(samples, "forehand_server_sessions")
+                primaries = total(samples, "forehand_server_parts", role="primary")
+                return sessions >= 1 and primaries >= len(PARTS)
+
+            await eventually(gauges_show_the_session, what="sessions and parts per server")
+
+            requests = 0.0
+            for server_id, url in cluster.metrics_urls.items():
+                samples = await scrape(url)
+                requests += total(samples, "forehand_requests_total", part="cart") - total(
+                    servers_before[server_id], "forehand_requests_total", part="cart"
+                )
+                observed = total(samples, "forehand_request_duration_seconds_count", part="cart")
+                executed = total(samples, "forehand_requests_total", part="cart", status="ok")
+                assert observed <= executed
+            assert requests >= 60
+            source_samples = await scrape(cluster.metrics_urls[source])
+            assert total(source_samples, "forehand_handoff_steps_total", side="source") >= 1
+            assert total(source_samples, "forehand_request_duration_seconds_count") >= 1
+
+        records = [json.loads(line) for line in cluster.audit_file.read_text().splitlines()]
+        moved = [r for r in records if r["kind"] == "handoff" and r["target"] == target]
+        assert moved and moved[-1]["source"] == source
+        assert f"{session.id.hex()}/cart" in moved[-1]["parts"]
+        assert moved[-1]["reason"] == "rebalance" and moved[-1]["duration_ms"] > 0
+
+    run_async(scenario())
