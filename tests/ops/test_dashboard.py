@@ -1,0 +1,99 @@
+"""The dashboard in a real browser (Debian's chromium, driven by playwright) on a live cluster."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+if TYPE_CHECKING:
+    from tests.ops._ops_cluster import TOKEN, OpsCluster, run_async
+else:
+    from _ops_cluster import TOKEN, OpsCluster, run_async
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+APT_TIMEOUT_S = 900
+"""The one-time install of chromium may take this long; it is not a timing claim."""
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium, installed with apt-get when missing (the tests run as root)."""
+    if not CHROMIUM.exists():
+        apt = shutil.which("apt-get")
+        assert apt is not None, "the browser test needs Debian's chromium, and apt-get is missing"
+        install = [apt, "install", "-y", "chromium"]
+        if subprocess.run(install, timeout=APT_TIMEOUT_S, check=False).returncode != 0:
+            subprocess.run([apt, "update"], timeout=APT_TIMEOUT_S, check=True)
+            subprocess.run(install, timeout=APT_TIMEOUT_S, check=True)
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing after apt-get install chromium"
+    return CHROMIUM
+
+
+def test_dashboard_shows_servers_and_live_handoffs(
+    ops_cluster: OpsCluster, chromium: Path, tmp_path: Path
+) -> None:
+    """The page shows a card per server; after a drain is started through the API, the drained
+    server's card says draining and the drain's handoffs appear in the timeline, live."""
+    cluster = ops_cluster
+
+    async def open_sessions() -> str:
+        async with cluster.connect() as client:
+            for _ in range(3):
+                session = await client.open_session(parts=["auth", "cart"])
+                await session.call("auth", "login", "grace")
+            return session.placements()["cart"].primary
+
+    drained = run_async(open_sessions())
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.goto(cluster.api_url + "/")
+            cards = page.locator("article.card.server")
+            expect(cards).to_have_count(len(cluster.server_ids))
+            for server_id in cluster.server_ids:
+                expect(page.locator(f'article[data-server-id="{server_id}"]')).to_be_visible()
+            expect(page.locator("#stream-state")).to_have_text("live")
+            expect(page.locator("#map-version")).not_to_have_text("-")
+            timeline = page.locator("#timeline li")
+            shown_before = timeline.count()
+            response = httpx.post(
+                f"{cluster.api_url}/api/servers/{drained}/drain",
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert response.status_code == 202, response.text
+            card = page.locator(f'article[data-server-id="{drained}"]')
+            expect(card.locator(".badge.draining")).to_be_visible(timeout=30_000)
+            moved = page.locator(
+                f'#timeline li[data-kind="handoff"][data-reason="planned_maintenance"]'
+                f':has-text("{drained} →")'
+            )
+            expect(moved.first).to_be_visible(timeout=30_000)
+            assert timeline.count() > shown_before
+            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
+    httpx.post(
+        f"{cluster.api_url}/api/servers/{drained}/undrain",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    run_async(cluster.wait_active(cluster.server_ids))
