@@ -320,6 +320,14 @@ class ServerCore:
         """The runtime's (or simulator's) latest sample of this server's load, for heartbeats."""
         self._load = load
 
+    @property
+    def requests_waiting_count(self) -> int:
+        """Requests received and not answered yet: queued at a handoff target, answers held for
+        a replica's acknowledgement, and requests forwarded to another server."""
+        queued = sum(len(queue) for queue in self._queues.values())
+        held = sum(len(answers) for answers in self._held.values())
+        return queued + held + len(self._forwards)
+
     # Plumbing.
 
     @property

@@ -26,6 +26,7 @@ connection, never to an older map version and never to a server the manager did 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import os
@@ -43,6 +44,7 @@ from forehand.app import ErrorBody, decode_error_body
 from forehand.core import ClientConfig, ClientCore, RouteState
 from forehand.core import client_events as events
 from forehand.errors import ConfigError
+from forehand.runtime._telemetry import PathSampler
 from forehand.runtime.config import TRANSPORTS, parse_address
 from forehand.runtime.node import DriverConfig, NodeDriver, Route
 from forehand.runtime.transport import Credentials, create_transport
@@ -326,6 +328,10 @@ class Client:
             config=driver_config,
         )
         self._driver.subscribe(self._on_event)
+        self._path_sampler = PathSampler(
+            self._driver, config.ping_interval_ms, manager_id=manager_id
+        )
+        self._path_sampling: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._early: dict[int, object] = {}
         self._sessions: dict[bytes, Session] = {}
@@ -347,6 +353,7 @@ class Client:
         if not self._started:
             self._started = True
             self._driver.start()
+            self._path_sampling = asyncio.get_running_loop().create_task(self._path_sampler.run())
 
     async def close(self) -> None:
         """Close every connection; sessions stay open on the servers (resume them later)."""
@@ -359,6 +366,10 @@ class Client:
             if not future.done():
                 future.set_exception(SessionClosedError("the client closed"))
         self._pending.clear()
+        if self._path_sampling is not None:
+            self._path_sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._path_sampling
         if self._started:
             await self._driver.close()
 
@@ -564,7 +575,11 @@ def connect(
     ca_path = Path(ca)
     if not ca_path.is_file():
         raise ConfigError(f"CA certificate {ca_path} does not exist")
-    client_config = config if config is not None else ClientConfig(manager_node_id=manager_id)
+    client_config = (
+        config
+        if config is not None
+        else ClientConfig(manager_node_id=manager_id, prewarm_probe_targets=True)
+    )
     if client_config.manager_node_id != manager_id:
         raise ConfigError("ClientConfig.manager_node_id must equal manager_id")
     return Client(

@@ -18,15 +18,14 @@ import random
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from forehand.app import App
-from forehand.core import ManagerCore, ServerCore, TokenSealer, server_events
-from forehand.core.messages import LoadReport
+from forehand.core import ManagerCore, ServerCore, TokenSealer
 from forehand.errors import ConfigError
 from forehand.runtime._quic import QUICTransport
+from forehand.runtime._telemetry import LoadSampler, timed_parts
 from forehand.runtime._tls import TLSTransport
 from forehand.runtime.admin import handle_admin
 from forehand.runtime.config import ManagerProcessConfig, ServerProcessConfig, parse_address
@@ -34,7 +33,7 @@ from forehand.runtime.keys import load_key_ring
 from forehand.runtime.node import NodeDriver, Route
 from forehand.runtime.transport import Credentials, Listener, TransportError
 from forehand.stores import Store, open_store
-from forehand.wire import PeerRole, ResponseStatus
+from forehand.wire import PeerRole
 
 __all__ = [
     "EventLogger",
@@ -277,93 +276,13 @@ def _route(node: str, address: str | None) -> list[Route]:
     return [Route(host=host, port=port, server_id=node, cluster=True)]
 
 
-LOOP_LAG_PROBE_INTERVAL_MS = 20
-"""How often the load sampler measures how late the event loop runs a due callback."""
-LOOP_LAG_SAMPLES_MAX = 250
-"""Lag samples the p99 is taken over (a sliding window of about five seconds), so that one
-stall of the machine is not read as a trend."""
-
-
-class _LoadSampler:
-    """Samples the server's CPU use, request rate and event-loop lag for its heartbeats.
-
-    The lag is how late the loop runs a callback that is due: every frame a server reads waits
-    that long before it is handled, so its p99 over the last LOOP_LAG_SAMPLES_MAX samples is
-    reported as `latency_us_p99`, the latency the server adds (handlers themselves take
-    microseconds). A stalled loop shows there first, while CPU use may say little on a machine
-    whose cores other processes share.
-    """
-
-    def __init__(self, driver: NodeDriver, interval_ms: int) -> None:
-        self._driver = driver
-        self._interval_s = interval_ms / 1000
-        self._requests = 0
-        self._errors = 0
-        self._cpu_s = time.process_time()
-        self._wall_s = time.monotonic()
-        self._lags_us: deque[int] = deque(maxlen=LOOP_LAG_SAMPLES_MAX)
-
-    async def measure_lag(self) -> None:
-        """Sample the event loop's lag until cancelled."""
-        loop = asyncio.get_running_loop()
-        interval_s = LOOP_LAG_PROBE_INTERVAL_MS / 1000
-        while True:
-            due_s = loop.time() + interval_s
-            await asyncio.sleep(interval_s)
-            self._lags_us.append(max(0, round((loop.time() - due_s) * 1_000_000)))
-
-    def _lag_us_p99(self) -> int:
-        if not self._lags_us:
-            return 0
-        ordered = sorted(self._lags_us)
-        return ordered[min(len(ordered) - 1, (99 * len(ordered)) // 100)]
-
-    def __call__(self, event: object) -> None:
-        if type(event) is server_events.RequestExecuted:
-            self._requests += 1
-            if event.status != ResponseStatus.OK:
-                self._errors += 1
-
-    async def run(self) -> None:
-        """Report the load every interval until cancelled."""
-        lag = asyncio.get_running_loop().create_task(self.measure_lag())
-        try:
-            while True:
-                await asyncio.sleep(self._interval_s)
-                self._report()
-        finally:
-            lag.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag
-
-    def _report(self) -> None:
-        cpu_s, wall_s = time.process_time(), time.monotonic()
-        elapsed_s = max(wall_s - self._wall_s, 1e-6)
-        report = LoadReport(
-            cpu_utilization=round((cpu_s - self._cpu_s) / elapsed_s, 3),
-            queue_depth=0,
-            latency_us_p99=self._lag_us_p99(),
-            error_ratio=self._errors / self._requests if self._requests else 0.0,
-            requests_per_second=self._requests / elapsed_s,
-        )
-        self._cpu_s, self._wall_s, self._requests, self._errors = cpu_s, wall_s, 0, 0
-        self._driver.command(_load_command(report))
-
-
-def _load_command(report: LoadReport) -> Callable[[ServerCore, int], None]:
-    def command(core: ServerCore, now_us: int) -> None:
-        core.report_load(report)
-
-    return command
-
-
 async def run_server(
     config: ServerProcessConfig, app: App | None = None, *, stop: asyncio.Event | None = None
 ) -> None:
     """Run one server with `app` (by default the one `config.app` names) until stopped."""
     if app is None:
         app = load_app(config.app, config.app_dir)
-    parts = app.part_specs()
+    parts, handler_clock = timed_parts(app.part_specs())
     sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
     credentials = Credentials.for_node(config.certs_dir, config.server_id)
     _require_files(credentials)
@@ -393,7 +312,7 @@ async def run_server(
             idle_timeout_ms=core_config.idle_timeout_ms,
         )
         driver.subscribe(EventLogger(config.server_id))
-        sampler = _LoadSampler(driver, config.load_report_interval_ms)
+        sampler = LoadSampler(driver, config.load_report_interval_ms, handler_clock=handler_clock)
         driver.subscribe(sampler)
         _log.info(
             "server %s (incarnation %d) listening on %s, app %s, parts %s",
