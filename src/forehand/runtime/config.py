@@ -49,6 +49,7 @@ __all__ = [
     "load_manager_config",
     "load_server_config",
     "parse_address",
+    "parse_addresses",
     "parse_overrides",
 ]
 
@@ -58,6 +59,8 @@ STORES = ("sqlite", "memory")
 """Shard-map stores the manager can use."""
 LOG_LEVELS = ("debug", "info", "warning", "error")
 """Levels of the process log."""
+LOG_FORMATS = ("console", "json")
+"""Renderings of the process log: readable lines or one JSON object per line."""
 SERVER_IDENTITY_FIELDS = ("server_id", "incarnation", "address", "zone", "weight", "manager_id")
 """ServerConfig fields the process sets itself from its top-level keys; not allowed in [core]."""
 
@@ -73,11 +76,23 @@ def parse_address(text: str, *, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def parse_addresses(text: str, *, where: str) -> list[tuple[str, int]]:
+    """Comma-separated `host:port` addresses, each as `parse_address` reads it."""
+    addresses = [parse_address(part.strip(), where=where) for part in text.split(",")]
+    if not addresses:
+        raise ConfigError(f"{where} needs at least one host:port")
+    return addresses
+
+
 def _check_common(config: Any, where: str) -> None:
     if config.transport not in TRANSPORTS:
         raise ConfigError(f"{where}transport must be one of {TRANSPORTS}, got {config.transport!r}")
     if config.log_level not in LOG_LEVELS:
         raise ConfigError(f"{where}log_level must be one of {LOG_LEVELS}, got {config.log_level!r}")
+    if config.log_format not in LOG_FORMATS:
+        raise ConfigError(
+            f"{where}log_format must be one of {LOG_FORMATS}, got {config.log_format!r}"
+        )
     parse_address(config.listen, where=f"{where}listen")
     if not (config.certs_dir / "ca.pem").is_file():
         raise ConfigError(f"{where}certs_dir {config.certs_dir} holds no ca.pem")
@@ -99,15 +114,37 @@ class ManagerProcessConfig:
     keys_file: Path | None = None
     """The cluster token key file; None means certs_dir/cluster-keys.toml."""
     store: str = "sqlite"
-    """Shard-map store: `sqlite` (durable, the default) or `memory` (lost on exit)."""
+    """Shard-map store: `sqlite` (durable, the default), `memory` (lost on exit), or an etcd
+    cluster, `etcd://host:port,host:port[/prefix]`: then the managers that name it elect one
+    leader on an etcd lease, and the others stand by (docs/DEPLOYMENT.md)."""
     store_path: Path = Path("manager.sqlite")
     """The SQLite file of the shard map."""
+    etcd_ca: Path | None = None
+    """CA bundle of the etcd members' certificates; set, the manager talks TLS to etcd."""
+    etcd_certificate: Path | None = None
+    """Client certificate (PEM) the manager presents to etcd, if the members require one."""
+    etcd_private_key: Path | None = None
+    """Its private key (PEM)."""
+    lease_ttl_s: int = 5
+    """etcd store: the leader's lease, seconds. A standby leads at most about this long after
+    the leader died; the leader steps down before its lease can expire unrenewed."""
     admin_ids: tuple[str, ...] = ("admin",)
     """Node ids (certificate names) allowed to send operator commands."""
     ready_file: Path | None = None
     """Once listening, the process writes `host:port` here (for scripts and tests)."""
     log_level: str = "info"
     """Level of the process log on stderr: debug, info, warning or error."""
+    log_format: str = "console"
+    """`console` (readable lines) or `json` (one JSON object per line) on stderr."""
+    admin_http_host: str = "127.0.0.1"
+    """Where the admin HTTP API and dashboard listen (loopback unless set otherwise)."""
+    admin_http_port: int = -1
+    """Port of the admin HTTP API and dashboard; -1 turns them off, 0 lets the system pick."""
+    admin_token_file: Path | None = None
+    """File whose first line is the admin token that mutating API calls must present; None
+    reads $FOREHAND_ADMIN_TOKEN, and without either the API refuses every mutation."""
+    audit_log_path: Path | None = None
+    """JSON Lines file the handoff audit log appends every record to; None keeps it in memory."""
     core: ManagerConfig = field(default_factory=ManagerConfig)
     """The [core] table: bounds and timeouts of the manager core."""
     placement: PlacementConfig = field(default_factory=PlacementConfig)
@@ -118,8 +155,14 @@ class ManagerProcessConfig:
     def __post_init__(self) -> None:
         validate_node_name(self.node_id)
         _check_common(self, "")
-        if self.store not in STORES:
-            raise ConfigError(f"store must be one of {STORES}, got {self.store!r}")
+        if self.store not in STORES and not self.store.startswith("etcd://"):
+            raise ConfigError(f"store must be one of {STORES} or etcd://..., got {self.store!r}")
+        if not 1 <= self.lease_ttl_s <= 600:
+            raise ConfigError(f"lease_ttl_s must be 1 to 600, got {self.lease_ttl_s}")
+        if not -1 <= self.admin_http_port < 65536:
+            raise ConfigError(
+                f"admin_http_port must be -1 (off) to 65535, got {self.admin_http_port}"
+            )
 
     @property
     def key_path(self) -> Path:
@@ -144,7 +187,8 @@ class ServerProcessConfig:
     advertise: str = ""
     """host:port announced to the manager and clients; empty means the listen address."""
     manager: str = "127.0.0.1:7000"
-    """host:port of the manager (mutual TLS/TCP)."""
+    """host:port of the manager (mutual TLS/TCP); several, comma-separated, for managers that
+    elect a leader on etcd: the server tries them in turn until the leader answers."""
     manager_id: str = "manager"
     """The manager's node id; its certificate must name it."""
     transport: str = "tls"
@@ -164,6 +208,12 @@ class ServerProcessConfig:
     """Once listening, the process writes `host:port` here (for scripts and tests)."""
     log_level: str = "info"
     """Level of the process log on stderr: debug, info, warning or error."""
+    log_format: str = "console"
+    """`console` (readable lines) or `json` (one JSON object per line) on stderr."""
+    metrics_host: str = "127.0.0.1"
+    """Where the server's Prometheus `/metrics` endpoint listens."""
+    metrics_port: int = -1
+    """Port of `/metrics`; -1 turns it off, 0 lets the system pick."""
     core: ServerConfig | None = None
     """The [core] table: bounds and timeouts of the server core (not its identity fields)."""
     driver: DriverConfig = field(default_factory=DriverConfig)
@@ -173,13 +223,15 @@ class ServerProcessConfig:
         validate_node_name(self.server_id)
         validate_node_name(self.manager_id)
         _check_common(self, "")
-        parse_address(self.manager, where="manager")
+        parse_addresses(self.manager, where="manager")
         if self.advertise:
             parse_address(self.advertise, where="advertise")
         if ":" not in self.app:
             raise ConfigError(f"app must be module:attribute, got {self.app!r}")
         if self.incarnation < 0 or self.load_report_interval_ms < 1:
             raise ConfigError("incarnation must be >= 0 and load_report_interval_ms >= 1")
+        if not -1 <= self.metrics_port < 65536:
+            raise ConfigError(f"metrics_port must be -1 (off) to 65535, got {self.metrics_port}")
 
     @property
     def key_path(self) -> Path:
@@ -271,7 +323,18 @@ def _resolve_paths(table: dict[str, Any], base: Path, keys: tuple[str, ...]) -> 
             table[key] = str((base / value).resolve())
 
 
-_PATH_KEYS = ("certs_dir", "keys_file", "store_path", "ready_file", "app_dir")
+_PATH_KEYS = (
+    "certs_dir",
+    "keys_file",
+    "store_path",
+    "ready_file",
+    "app_dir",
+    "etcd_ca",
+    "etcd_certificate",
+    "etcd_private_key",
+    "admin_token_file",
+    "audit_log_path",
+)
 
 
 def load_manager_config(

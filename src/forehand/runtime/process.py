@@ -18,17 +18,25 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from forehand.app import App
-from forehand.core import ManagerCore, ServerCore, TokenSealer
+from forehand.core import ManagerCore, ServerCore, TokenSealer, _manager_risk
 from forehand.errors import ConfigError
+from forehand.ops import ManagerOps, ServerOps, TunableRiskPolicy
+from forehand.ops.logs import configure_logging as _configure_structured_logging
 from forehand.runtime._quic import QUICTransport
 from forehand.runtime._telemetry import LoadSampler, timed_parts
 from forehand.runtime._tls import TLSTransport
 from forehand.runtime.admin import handle_admin
-from forehand.runtime.config import ManagerProcessConfig, ServerProcessConfig, parse_address
+from forehand.runtime.config import (
+    ManagerProcessConfig,
+    ServerProcessConfig,
+    parse_address,
+    parse_addresses,
+)
 from forehand.runtime.keys import load_key_ring
 from forehand.runtime.node import NodeDriver, Route
 from forehand.runtime.transport import Credentials, Listener, TransportError
@@ -68,17 +76,10 @@ NOTABLE_EVENTS = frozenset(
 """Core events logged at INFO; every other event is logged at DEBUG."""
 
 
-def configure_logging(level: str) -> None:
-    """One line per record on stderr, with the time, level and logger."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    # The QUIC stack warns about every peer's close; that is routine for a server.
-    if level != "debug":
-        logging.getLogger("quic").setLevel(logging.ERROR)
+def configure_logging(level: str, log_format: str = "console") -> None:
+    """One record per line on stderr through structlog: readable (`console`) or JSON (`json`),
+    with the time, level and logger (`forehand.ops.logs`)."""
+    _configure_structured_logging(level, log_format)
 
 
 class EventLogger:
@@ -91,20 +92,24 @@ class EventLogger:
         name = type(event).__name__
         level = logging.INFO if name in NOTABLE_EVENTS else logging.DEBUG
         if self._log.isEnabledFor(level):
-            self._log.log(level, "%s %s", name, _fields(event))
+            values = _values(event)
+            text = " ".join(f"{key}={value}" for key, value in values.items())
+            # JSON logs carry the fields as keys of their own (`forehand.ops.logs`).
+            extra = {"fields": {"core_event": name, **values}}
+            self._log.log(level, "%s %s", name, text, extra=extra)
 
 
-def _fields(event: object) -> str:
+def _values(event: object) -> dict[str, object]:
     names: tuple[str, ...] = tuple(
         getattr(event, "__slots__", ()) or getattr(event, "__struct_fields__", ())
     )
-    parts = []
+    values: dict[str, object] = {}
     for name in names:
         value = getattr(event, name, None)
         if isinstance(value, bytes):
             value = value.hex()
-        parts.append(f"{name}={value}")
-    return " ".join(parts)
+        values[name] = value
+    return values
 
 
 def load_app(reference: str, app_dir: Path | None = None) -> App:
@@ -178,12 +183,15 @@ async def _serve_until_stopped(
     listeners: Sequence[Listener],
     ready: Path | None,
     stop: asyncio.Event | None,
+    started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     own_stop, remove = (stop, _nothing) if stop is not None else _wait_for_signal()
     try:
         driver.start()
         for listener in listeners:
             driver.serve(listener)
+        if started is not None:
+            await started()
         _write_ready(ready, listeners[0].host, listeners[0].port)
         await own_stop.wait()
     finally:
@@ -194,22 +202,40 @@ async def _serve_until_stopped(
             await listener.close()
 
 
-async def run_manager(config: ManagerProcessConfig, *, stop: asyncio.Event | None = None) -> None:
-    """Run the Session Manager until SIGTERM/SIGINT (or until `stop` is set)."""
+async def run_manager(
+    config: ManagerProcessConfig, *, stop: asyncio.Event | None = None, store: Store | None = None
+) -> None:
+    """Run the Session Manager until SIGTERM/SIGINT (or until `stop` is set).
+
+    With an etcd store (and no `store` given), the process campaigns for leadership and runs
+    as the manager, on a fenced store, only while it leads (`forehand.runtime._leader`).
+    """
+    if store is None and config.store.startswith("etcd://"):
+        from forehand.runtime._leader import run_elected
+
+        def term(fenced: Store, term_stop: asyncio.Event) -> Awaitable[None]:
+            return run_manager(config, stop=term_stop, store=fenced)
+
+        # A standby builds the risk policy once, so its first term does not import the models.
+        await run_elected(config, term=term, stop=stop, prepare=lambda: _tunable_policy(config))
+        return
     sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
     credentials = Credentials.for_node(config.certs_dir, config.node_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
-    store = _open_store(config)
+    store = store if store is not None else _open_store(config)
     listeners: list[Listener] = []
+    ops: ManagerOps | None = None
     try:
         listeners = await _listen(config.transport, credentials, host, port)
+        policy = _tunable_policy(config)
         core = ManagerCore(
             config=config.core,
             placement_config=config.placement,
             sealer=sealer,
             rng=random.SystemRandom(),
             now_us=time.time_ns() // 1000,
+            risk_policy=policy,
         )
         driver = NodeDriver(
             core,
@@ -223,6 +249,7 @@ async def run_manager(config: ManagerProcessConfig, *, stop: asyncio.Event | Non
             idle_timeout_ms=config.core.idle_timeout_ms,
         )
         driver.subscribe(EventLogger(config.node_id))
+        ops = ManagerOps(driver, config, policy)
         _log.info(
             "manager %s listening on %s:%d (%s)",
             config.node_id,
@@ -230,11 +257,26 @@ async def run_manager(config: ManagerProcessConfig, *, stop: asyncio.Event | Non
             listeners[0].port,
             config.transport,
         )
-        await _serve_until_stopped(driver, listeners, config.ready_file, stop)
+        await _serve_until_stopped(driver, listeners, config.ready_file, stop, ops.start)
     finally:
+        if ops is not None:
+            await ops.close()
         for listener in listeners:
             await listener.close()
         store.close()
+
+
+def _tunable_policy(config: ManagerProcessConfig) -> TunableRiskPolicy:
+    """The core's risk policy, its settings changeable through the admin API."""
+    make = getattr(_manager_risk, "make_risk_policy", None)
+    seed = random.SystemRandom().getrandbits(64)
+
+    def build(core_config: Any) -> Any:
+        if make is not None:
+            return make(core_config, random.Random(seed))
+        return _manager_risk.ThresholdRiskPolicy(config=core_config)
+
+    return TunableRiskPolicy(config.core, build=build)
 
 
 def _open_store(config: ManagerProcessConfig) -> Store:
@@ -287,15 +329,17 @@ async def run_server(
     credentials = Credentials.for_node(config.certs_dir, config.server_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
-    manager_host, manager_port = parse_address(config.manager, where="manager")
+    manager_addresses = parse_addresses(config.manager, where="manager")
     listeners = await _listen(config.transport, credentials, host, port)
     try:
         address = config.advertise or _advertised(host, listeners[0].port)
         incarnation = config.incarnation or time.time_ns() // 1_000_000
         core_config = config.core_config(address=address, incarnation=incarnation)
         core = ServerCore(config=core_config, parts=parts, sealer=sealer, rng=random.SystemRandom())
+        # Several managers (etcd): only the leader listens, so a failed connect moves on.
         manager_route = [
             Route(host=manager_host, port=manager_port, server_id=config.manager_id, cluster=True)
+            for manager_host, manager_port in manager_addresses
         ]
 
         def resolve(node: str) -> list[Route]:
@@ -310,10 +354,12 @@ async def run_server(
             config=config.driver,
             frame_bytes_max=core_config.frame_bytes_max,
             idle_timeout_ms=core_config.idle_timeout_ms,
+            elected_peers=(config.manager_id,),
         )
         driver.subscribe(EventLogger(config.server_id))
         sampler = LoadSampler(driver, config.load_report_interval_ms, handler_clock=handler_clock)
         driver.subscribe(sampler)
+        ops = ServerOps(driver, config)
         _log.info(
             "server %s (incarnation %d) listening on %s, app %s, parts %s",
             config.server_id,
@@ -324,8 +370,9 @@ async def run_server(
         )
         sampling = asyncio.get_running_loop().create_task(sampler.run())
         try:
-            await _serve_until_stopped(driver, listeners, config.ready_file, stop)
+            await _serve_until_stopped(driver, listeners, config.ready_file, stop, ops.start)
         finally:
+            await ops.close()
             sampling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampling
