@@ -129,11 +129,11 @@ class HACluster(Cluster):
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             record = self.leader()
-            serving = self.leading()
+            # A frozen (SIGSTOP) former leader still has its ready file: `other_than` it.
+            serving = [name for name in self.leading() if name != other_than]
             if (
                 record is not None
                 and len(serving) == 1
-                and serving[0] != other_than
                 and record["endpoint"] == self.manager_listen[serving[0]]
             ):
                 return serving[0]

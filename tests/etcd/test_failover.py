@@ -147,3 +147,39 @@ async def _lose_etcd_members(cluster: HACluster, etcd: EtcdMembers) -> None:
         again = await client.open_session(parts=["cart"])
         assert await again.call("cart", "add", {"sku": "b"}) == 1
         assert (await cluster.admin(Status())).map_version > version
+
+
+def test_a_frozen_leader_steps_down_when_it_wakes(tmp_path: Path, etcd: EtcdMembers) -> None:
+    """SIGSTOP of the leader past its lease: a standby leads; woken, the old leader finds its
+    lease gone and stops serving, and the cluster carries on under the new one."""
+    cluster = HACluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), etcd=etcd)
+    cluster.start()
+    try:
+        run_async(_freeze_the_leader(cluster), timeout_s=90)
+    finally:
+        cluster.stop()
+
+
+async def _freeze_the_leader(cluster: HACluster) -> None:
+    async with cluster.connect() as client:
+        session = await client.open_session(parts=PARTS)
+        async with CartLoad(session, writers=2) as load:
+            await load.wait_for(20, what="writes before the freeze")
+            frozen = cluster.leading()[0]
+            cluster.send_signal(frozen, signal.SIGSTOP)
+            try:
+                new = await asyncio.to_thread(cluster.wait_leader, other_than=frozen)
+            finally:
+                cluster.send_signal(frozen, signal.SIGCONT)
+            await eventually(
+                lambda: cluster.leading() == [new],
+                what="the woken leader steps down",
+                timeout_s=LEASE_TTL_S + 5,
+            )
+            await cluster.wait_active(SERVERS)
+            await load.wait_for(20, what="writes after the new leader took over")
+        await load.check_exactly_once()
+        other = await client.open_session(parts=["cart"])
+        assert await other.call("cart", "add", {"sku": "new"}) == 1
+    record = cluster.leader()
+    assert record is not None and record["endpoint"] == cluster.manager_listen[new]
