@@ -59,7 +59,7 @@ def _run(command: str, load: Callable[[], Any], start: Callable[[Any], Any]) -> 
 
     try:
         config = load()
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, config.log_format)
         run(start(config))
     except ConfigError as error:
         raise _fail(command, error) from error
@@ -106,6 +106,7 @@ _CERTS = typer.Option(None, help="Directory made by `forehand certs` (ca.pem, no
 _KEYS = typer.Option(None, help="Cluster token key file [CERTS_DIR/cluster-keys.toml].")
 _READY = typer.Option(None, help="File the process writes host:port to once it listens.")
 _LOG = typer.Option(None, help="Log level on stderr: debug, info, warning, error [info].")
+_LOG_FORMAT = typer.Option(None, help="Log lines on stderr: console or json [console].")
 
 
 _STORE_PATH = typer.Option(None, help="SQLite file [manager.sqlite].")
@@ -126,6 +127,7 @@ def manager(
     store_path: Path | None = _STORE_PATH,
     ready_file: Path | None = _READY,
     log_level: str | None = _LOG,
+    log_format: str | None = _LOG_FORMAT,
     settings: list[str] = _SET,
 ) -> None:
     """Run the Session Manager: membership, the shard map, handoffs and failover."""
@@ -139,6 +141,7 @@ def manager(
         "store_path": store_path,
         "ready_file": ready_file,
         "log_level": log_level,
+        "log_format": log_format,
     }
 
     def load() -> Any:
@@ -181,6 +184,7 @@ def server(
     ),
     ready_file: Path | None = _READY,
     log_level: str | None = _LOG,
+    log_format: str | None = _LOG_FORMAT,
     settings: list[str] = _SET,
 ) -> None:
     """Run one server hosting the application's parts as primary or replica."""
@@ -201,6 +205,7 @@ def server(
         "load_report_interval_ms": load_report_interval_ms,
         "ready_file": ready_file,
         "log_level": log_level,
+        "log_format": log_format,
     }
 
     def load() -> Any:

@@ -74,6 +74,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--app-dir", type=Path, default=None, help="where examples/ is")
     parser.add_argument("--keep", action="store_true", help="keep logs and configuration")
     parser.add_argument("--summary-json", type=Path, default=None)
+    parser.add_argument(
+        "--dashboard-port", type=int, default=0, help="dashboard port (0 picks one, -1 none)"
+    )
     live = parser.add_mutually_exclusive_group()
     live.add_argument("--live", dest="live", action="store_true", default=None)
     live.add_argument("--no-live", dest="live", action="store_false")
@@ -98,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             keep_directory=arguments.keep,
             summary_json=arguments.summary_json,
             live=arguments.live,
+            dashboard_port=arguments.dashboard_port,
         )
         scale = arguments.duration_scale
         if scale is None and arguments.quick:

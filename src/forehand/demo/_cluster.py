@@ -25,6 +25,7 @@ from typing import Any
 
 from forehand.demo._burner import BurnerConfig
 from forehand.errors import ConfigError
+from forehand.ops import url_file
 from forehand.runtime.admin import AdminReply, Status, admin_request
 from forehand.runtime.certs import make_cluster_certs
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
@@ -67,6 +68,9 @@ class ClusterConfig:
     """The CPU burner's ramp, in every server (started by SIGUSR1)."""
     log_level: str = "info"
     """Level of the processes' logs."""
+    admin_http_port: int = 0
+    """Port of the manager's admin API and dashboard on 127.0.0.1; 0 lets the system pick, -1
+    turns them off."""
     start_timeout_ms: int = 60_000
     """Starting the manager, then all servers until they are ACTIVE, takes at most this long."""
     stop_timeout_ms: int = 5_000
@@ -164,6 +168,16 @@ class DemoCluster:
         return self.certs_dir / "ca.pem"
 
     @property
+    def dashboard_url(self) -> str | None:
+        """The manager's dashboard, once it listens (None when the admin API is off)."""
+        if self.manager is None:
+            return None
+        path = url_file(self.manager.ready_path)
+        if not path.exists():
+            return None
+        return path.read_text(encoding="utf-8").strip() + "/"
+
+    @property
     def manager_address(self) -> str:
         """host:port of the manager."""
         assert self.manager is not None and self.manager.address
@@ -202,6 +216,7 @@ class DemoCluster:
             "store_path": self.directory / "manager.sqlite",
             "ready_file": ready,
             "log_level": config.log_level,
+            "admin_http_port": config.admin_http_port,
         }
         tables = {"core": dict(config.manager_core), "placement": dict(config.manager_placement)}
         write_toml(path, top, {name: table for name, table in tables.items() if table})

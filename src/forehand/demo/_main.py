@@ -119,6 +119,8 @@ class DemoConfig:
     """Write the summary as JSON here."""
     live: bool | None = None
     """Force the live table on or off; None: on when stdout is a terminal."""
+    dashboard_port: int = 0
+    """Port of the manager's dashboard on 127.0.0.1; 0 lets the system pick, -1: none."""
 
     def __post_init__(self) -> None:
         if self.degraded_server not in self.server_ids or self.killed_server not in self.server_ids:
@@ -159,6 +161,7 @@ class DemoConfig:
             },
             manager_placement={"load_epsilon": self.load_epsilon},
             server_core={"backup_period_ms": self.backup_period_ms},
+            admin_http_port=self.dashboard_port,
             burner=BurnerConfig(
                 ramp_ms=round(self.ramp_s * 1000), chunk_ms_peak=self.burner_chunk_ms_peak
             ),
@@ -196,6 +199,9 @@ class _Run:
             f"starting a manager and {len(config.server_ids)} servers in {self.cluster.directory}"
         )
         await self.cluster.start()
+        dashboard = self.cluster.dashboard_url
+        if dashboard is not None:
+            self.console.print(f"[bold]dashboard[/]: {dashboard} (live while the demo runs)")
         for server_id, process in self.cluster.servers.items():
             self.cpu[server_id] = ProcessCpu(process.pid)
             probe = ServerProbe(
