@@ -87,6 +87,7 @@ def test_dashboard_shows_servers_and_live_handoffs(
             )
             expect(moved.first).to_be_visible(timeout=30_000)
             assert timeline.count() > shown_before
+            expect(page.locator("#stream-state")).to_have_text("live")
             page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
             assert errors == []
         finally:
