@@ -63,6 +63,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "python -m forehand.sim") -> int:
     """Parse `argv`, run what it asks, and return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:
+        # The scale study has options of its own (`forehand sim study --help`).
+        from forehand.sim.study import main as study_main
+
+        return study_main(argv[1:], prog=f"{prog} study")
     arguments = _parser(prog).parse_args(argv)
     console = Console()
     try:
