@@ -63,12 +63,15 @@ SERVER_CORE = {
     "backup_period_ms": 1000,
     "handoff_deadline_ms": 10_000,
 }
-CLIENT_CONFIG = ClientConfig(ping_interval_ms=200, request_timeout_ms=20_000)
+CLIENT_CONFIG = ClientConfig(ping_interval_ms=1000, request_timeout_ms=20_000)
+"""Pings every second (silence after 5 s): the client process runs thousands of sessions and
+must not take its own slow loop for a silent manager."""
 COMMANDS_IN_FLIGHT = 16
 SESSIONS_PER_CLIENT = 800
 """Sessions per SDK client (below ClientConfig.sessions_max)."""
 WARM_UP_S = 2.0
 BEFORE_WINDOW_S = 4.0
+PROGRESS_INTERVAL_S = 5.0
 SWITCH_TIMEOUT_S = 180.0
 """A handoff of every session not done after this long is reported as incomplete."""
 
@@ -106,7 +109,11 @@ async def _wait_switched(load: SessionLoad, since_s: float, old: dict[bytes, str
             )
         )
 
+    reported_s = time.monotonic()
     while (count := switched()) < len(old) and time.monotonic() < deadline_s:
+        if time.monotonic() - reported_s > PROGRESS_INTERVAL_S:
+            reported_s = time.monotonic()
+            print(f"  {count}/{len(old)} sessions switched", file=sys.stderr, flush=True)
         await asyncio.sleep(0.05)
     return count
 
@@ -137,8 +144,12 @@ async def bench(*, sessions: int, rate: float, trigger: str) -> list[Metric]:
             client_config=CLIENT_CONFIG,
         ) as load,
     ):
+        print(f"  {opened} sessions open", file=sys.stderr, flush=True)
         await asyncio.sleep(WARM_UP_S + BEFORE_WINDOW_S)
         primaries = load.primaries()
+        spread = {server: list(primaries.values()).count(server) for server in SERVERS}
+        print(f"  primaries per server: {spread}", file=sys.stderr, flush=True)
+        record("primaries_per_server", spread)
         if trigger == "drain":
             drained = max(SERVERS, key=list(primaries.values()).count)
             old = {s: primary for s, primary in primaries.items() if primary == drained}
