@@ -46,6 +46,7 @@ TAKES_QUICK = frozenset(
         "bench_failover",
         "bench_memory",
         "bench_redis",
+        "bench_store",
     }
 )
 """The benchmarks that understand `--quick`."""
