@@ -21,4 +21,5 @@ def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Co
         chosen = ACCELERATED_CODEC
     monkeypatch.setattr(_decoder, "decode_body", chosen.decode_body)
     monkeypatch.setattr(_decoder, "pop_frame", chosen.pop_frame)
+    monkeypatch.setattr(_decoder, "pop_frames", chosen.pop_frames)
     return chosen

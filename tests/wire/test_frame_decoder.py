@@ -194,3 +194,35 @@ def test_undrained_decoder_refuses_more_data() -> None:
         pass
     decoder.receive_data(ping)
     assert decoder.next_frame() == Ping(sequence=1, sent_us=1)
+
+
+def test_next_frames_takes_every_common_frame_in_one_call() -> None:
+    """next_frames returns the frames next_frame would, up to `limit`, and stops at the rest."""
+    pings = [Ping(sequence=n, sent_us=n) for n in range(1, 6)]
+    long_request = encode_frame(REQUEST)  # a 200-byte payload still has the common header
+    stream = b"".join(encode_frame(p) for p in pings[:3]) + long_request
+    stream += grease_frame(random.Random(1)) + encode_frame(pings[3]) + encode_frame(pings[4])[:2]
+    decoder = FrameDecoder(sender=PeerRole.CLIENT)
+    decoder.receive_data(stream)
+    assert decoder.next_frames(2) == pings[:2]
+    assert decoder.next_frames() == [pings[2], REQUEST]
+    assert decoder.next_frames() == []  # the greased frame is next_frame's to skip
+    assert decoder.next_frame() == pings[3]
+    assert decoder.next_frames() == []
+    assert decoder.next_frame() is NEED_DATA
+    decoder.receive_data(encode_frame(pings[4])[2:])
+    assert decoder.next_frames(0) == []
+    assert decoder.next_frames() == [pings[4]]
+
+
+def test_next_frames_delivers_good_frames_before_an_error() -> None:
+    """A bad frame in a batch ends the batch; the next call raises and poisons the decoder."""
+    good = encode_frame(Ping(sequence=1, sent_us=2))
+    decoder = FrameDecoder(sender=PeerRole.CLIENT)
+    decoder.receive_data(good + bytes.fromhex("05 04 01 02 00 00") + good)
+    assert decoder.next_frames() == [Ping(sequence=1, sent_us=2)]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_frames()
+    assert caught.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
+    assert decoder.poisoned
+    assert remote_error(decoder).error_code == ErrorCode.FRAME_ENCODING_ERROR

@@ -42,6 +42,7 @@ def test_public_functions_are_the_chosen_codec() -> None:
     assert forehand.wire.decode_body is CODEC.decode_body
     assert vars(_decoder)["decode_body"] is CODEC.decode_body
     assert vars(_decoder)["pop_frame"] is CODEC.pop_frame
+    assert vars(_decoder)["pop_frames"] is CODEC.pop_frames
     assert forehand.wire.CODEC_IMPLEMENTATION == CODEC.name == CODEC_IMPLEMENTATION
 
 
@@ -52,6 +53,7 @@ def test_pure_codec_is_the_python_module() -> None:
     assert PURE_CODEC.decode_frame is _codec.decode_frame
     assert PURE_CODEC.decode_body is _codec.decode_body
     assert PURE_CODEC.pop_frame is _codec.pop_frame
+    assert PURE_CODEC.pop_frames is _codec.pop_frames
 
 
 def test_environment_variable_forces_pure_python() -> None:
@@ -73,5 +75,6 @@ def test_accelerated_codec_is_the_extension_module() -> None:
     assert ACCELERATED_CODEC.decode_frame is _speedups.decode_frame
     assert ACCELERATED_CODEC.decode_body is _speedups.decode_body
     assert ACCELERATED_CODEC.pop_frame is _speedups.pop_frame
+    assert ACCELERATED_CODEC.pop_frames is _speedups.pop_frames
     pure_requested = os.environ.get(PURE_ENVIRONMENT_VARIABLE, "") not in ("", "0")
     assert CODEC is (PURE_CODEC if pure_requested else ACCELERATED_CODEC)

@@ -350,6 +350,7 @@ def test_streams_decode_alike(monkeypatch: pytest.MonkeyPatch) -> None:
         for codec in (PURE_CODEC, ACCELERATED_CODEC):
             monkeypatch.setattr(_decoder, "decode_body", codec.decode_body)
             monkeypatch.setattr(_decoder, "pop_frame", codec.pop_frame)
+            monkeypatch.setattr(_decoder, "pop_frames", codec.pop_frames)
             results.append(decode_stream(stream))
         assert shape(results[1][0]) == shape(results[0][0])
         assert results[1][1] == results[0][1]
@@ -376,6 +377,35 @@ def test_pop_frame_takes_the_same_frames() -> None:
         assert buffers[1] == buffers[0]
         popped += reference[0] == "ok" and reference[1] is not None
     assert popped > 500
+
+
+def test_pop_frames_takes_the_same_frames() -> None:
+    """pop_frames returns the same frames (or error) and leaves the same bytes behind as the
+    pure-Python codec, for any limit, on valid, mutated and truncated multi-frame buffers."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 6)
+    maker = FrameMaker(rng, valid=True)
+    allowed_sets = [*_decoder.ALLOWED_FRAME_TYPES.values(), {0x10, 0x11, 0x20, 0x06}]
+    batches = 0
+    for _ in range(1_500):
+        stream = b"".join(PURE_CODEC.encode_frame(maker.frame()) for _ in range(rng.randint(1, 6)))
+        if rng.random() < 0.5:
+            stream = mutate(stream, rng)
+        allowed = rng.choice(allowed_sets)
+        config = rng.choice(CONFIGS)
+        limit = rng.choice([-1, 0, 1, 2, 5])
+        buffers = [bytearray(stream), bytearray(stream)]
+        reference = outcome(
+            lambda *a: tuple(PURE_CODEC.pop_frames(*a)), buffers[0], allowed, limit, config
+        )
+        candidate = outcome(
+            lambda *a: tuple(ACCELERATED_CODEC.pop_frames(*a)), buffers[1], allowed, limit, config
+        )
+        assert_same(reference, candidate, (stream.hex(), allowed, limit, config))
+        assert buffers[1] == buffers[0]
+        if reference[0] == "ok" and isinstance(reference[1], tuple) and len(reference[1]) > 1:
+            batches += 1
+    assert batches > 100
 
 
 def decode_stream(stream: bytes) -> tuple[tuple[Frame, ...], int | None]:

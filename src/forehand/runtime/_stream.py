@@ -175,20 +175,32 @@ class StreamConnection(Connection, asyncio.Protocol):
     # -- receiving -----------------------------------------------------------------------
 
     def _decode(self, *, bounded: bool = True) -> None:
-        """Move decoded frames to the frame handler, or to the receive queue until it is full."""
+        """Move decoded frames to the frame handler, or to the receive queue until it is full.
+
+        The frames of a read come out of the decoder in batches (`next_frames`, one C call with
+        the accelerator); `next_frame` handles what a batch stops at: a long header, an
+        extension frame, the need for more bytes or the end of the stream.
+        """
         decoder = self._decoder
         handler = self._frame_handler
         received: list[Frame] | deque[Frame] = [] if handler is not None else self._received
-        next_frame = decoder.next_frame
-        append = received.append
         room = -1
         if bounded and handler is None:
             room = self._limits.receive_queue_frames_max - len(received)
         try:
             while room != 0:
-                frame = next_frame()
-                kind = type(frame)
-                if kind is DecoderSignal:
+                batch = decoder.next_frames(room)
+                if batch:
+                    if Error in set(map(type, batch)):
+                        # Nothing after the peer's ERROR is delivered.
+                        batch = batch[: [type(f) for f in batch].index(Error) + 1]
+                    received.extend(batch)
+                    room -= len(batch)
+                    if self._error_received(batch[-1]):
+                        break
+                    continue
+                frame = decoder.next_frame()
+                if type(frame) is DecoderSignal:
                     if frame is END_OF_STREAM:
                         self._flush()
                         self._peer_closed(ErrorCode.NO_ERROR, "peer ended the stream")
@@ -198,11 +210,9 @@ class StreamConnection(Connection, asyncio.Protocol):
                         break
                     decoder.receive_data(self._unfed.popleft())
                     continue
-                append(frame)  # type: ignore[arg-type]
+                received.append(frame)  # type: ignore[arg-type]
                 room -= 1
-                if kind is Error:
-                    assert isinstance(frame, Error)
-                    self._peer_closed(frame.code, frame.reason)
+                if self._error_received(frame):  # type: ignore[arg-type]
                     break
             else:
                 self._pause_reading()
@@ -215,6 +225,14 @@ class StreamConnection(Connection, asyncio.Protocol):
             handler(received)
         else:
             self._wake_receiver()
+
+    def _error_received(self, frame: Frame) -> bool:
+        """Close when `frame` is the peer's ERROR."""
+        if type(frame) is not Error:
+            return False
+        assert isinstance(frame, Error)
+        self._peer_closed(frame.code, frame.reason)
+        return True
 
     def _receive_queue_drained(self) -> None:
         if self._reading_paused and self._close_info is None:

@@ -68,7 +68,7 @@ from forehand.wire._hot_codec import (
 )
 from forehand.wire._primitives import encode_varint, malformed, pull_varint
 
-__all__ = ["decode_body", "decode_frame", "encode_frame", "pop_frame"]
+__all__ = ["decode_body", "decode_frame", "encode_frame", "pop_frame", "pop_frames"]
 
 _METRIC_FIELDS: dict[int, str] = {
     PathMetric.RTT_US: "rtt_us",
@@ -634,3 +634,25 @@ def pop_frame(buffer: bytearray, allowed: Set[int], config: WireConfig) -> Frame
             del buffer[:end]
             return frame
     return None
+
+
+def pop_frames(buffer: bytearray, allowed: Set[int], limit: int, config: WireConfig) -> list[Frame]:
+    """Decode and remove, in one call, the frames `pop_frame` would return one by one, at most
+    `limit` of them (no bound when negative).
+
+    An invalid body raises RemoteProtocolError only when it is the first frame; otherwise the
+    frames before it are returned and the invalid one stays at the front of `buffer`, so the
+    next call raises, exactly as the next `pop_frame` would.
+    """
+    frames: list[Frame] = []
+    while limit < 0 or len(frames) < limit:
+        try:
+            frame = pop_frame(buffer, allowed, config)
+        except RemoteProtocolError:
+            if not frames:
+                raise
+            break
+        if frame is None:
+            break
+        frames.append(frame)
+    return frames

@@ -22,7 +22,7 @@ from forehand.wire._enums import (
     PeerRole,
 )
 from forehand.wire._frames import Frame
-from forehand.wire._implementation import decode_body, pop_frame
+from forehand.wire._implementation import decode_body, pop_frame, pop_frames
 from forehand.wire._primitives import encode_varint
 
 __all__ = [
@@ -141,6 +141,23 @@ class FrameDecoder:
                 frame = self._next_frame()
                 if frame is not None:
                     return frame
+        except RemoteProtocolError as error:
+            self._poison(error)
+            raise
+
+    def next_frames(self, limit: int = -1) -> list[Frame]:
+        """The complete frames with the common header at the front of the buffer, in one call
+        (at most `limit` of them; no bound when negative), possibly none.
+
+        A batch is what repeated `next_frame` calls would return, without their per-call cost;
+        it stops early at anything else (a long header, an incomplete frame, an extension, the
+        end of the stream), which `next_frame` then handles. An invalid frame raises only when
+        it comes first, so the frames before it are delivered and the error comes next.
+        """
+        if self._error is not None:
+            self._raise_if_poisoned()
+        try:
+            return pop_frames(self._buffer, self._allowed, limit, self._config)
         except RemoteProtocolError as error:
             self._poison(error)
             raise

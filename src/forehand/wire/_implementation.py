@@ -1,6 +1,7 @@
 """Which frame codec runs: the C accelerator `_speedups`, or the pure-Python codec.
 
-Both implement `encode_frame`, `decode_frame`, `decode_body` and FrameDecoder's `pop_frame` with
+Both implement `encode_frame`, `decode_frame`, `decode_body` and FrameDecoder's `pop_frame` and
+`pop_frames` with
 the same signatures, results and errors: the C module encodes and decodes the hot frames
 (REQUEST, RESPONSE, HANDOFF) itself and hands every other frame, and every argument it does not
 expect, to the pure-Python codec in `_codec`. The accelerator is optional: when it was not
@@ -33,6 +34,7 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "pop_frame",
+    "pop_frames",
 ]
 
 PURE_ENVIRONMENT_VARIABLE: Final = "FOREHAND_WIRE_PURE"
@@ -67,6 +69,14 @@ class PopFrame(Protocol):
     ) -> Frame | None: ...
 
 
+class PopFrames(Protocol):
+    """The signature of `pop_frames`."""
+
+    def __call__(
+        self, buffer: bytearray, allowed: Set[int], limit: int, config: WireConfig, /
+    ) -> list[Frame]: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Codec:
     """One implementation of the frame codec."""
@@ -81,6 +91,8 @@ class Codec:
     """A frame body of a known type to the frame."""
     pop_frame: PopFrame
     """The complete common-header frame at the front of a FrameDecoder's buffer, if any."""
+    pop_frames: PopFrames
+    """Every complete common-header frame at the front of a FrameDecoder's buffer, up to a limit."""
 
 
 PURE_CODEC: Final = Codec(
@@ -89,6 +101,7 @@ PURE_CODEC: Final = Codec(
     decode_frame=_codec.decode_frame,
     decode_body=_codec.decode_body,
     pop_frame=_codec.pop_frame,
+    pop_frames=_codec.pop_frames,
 )
 """The pure-Python codec, always available; the reference the C codec is tested against."""
 
@@ -105,6 +118,7 @@ def _load_accelerated_codec() -> Codec | None:
         decode_frame=_speedups.decode_frame,
         decode_body=_speedups.decode_body,
         pop_frame=_speedups.pop_frame,
+        pop_frames=_speedups.pop_frames,
     )
 
 
@@ -123,3 +137,4 @@ encode_frame: Final = CODEC.encode_frame
 decode_frame: Final = CODEC.decode_frame
 decode_body: Final = CODEC.decode_body
 pop_frame: Final = CODEC.pop_frame
+pop_frames: Final = CODEC.pop_frames

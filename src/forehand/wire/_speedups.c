@@ -80,6 +80,7 @@ static PyObject *kwnames_error_code;        /* ("error_code",) */
 static PyObject *kwnames_config;            /* ("config",) */
 static PyObject *default_config;
 static PyObject *pure_encode_frame, *pure_decode_frame, *pure_decode_body, *pure_pop_frame;
+static PyObject *pure_pop_frames;
 static PyObject *encode_endpoint;           /* _primitives.encode_endpoint (lru-cached) */
 static PyObject *parse_endpoint;            /* _primitives._parse_endpoint */
 static PyObject *decoded_endpoints;         /* _primitives._decoded_endpoints */
@@ -1467,6 +1468,83 @@ speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return frame;
 }
 
+PyDoc_STRVAR(pop_frames_doc,
+"pop_frames(buffer, allowed, limit, config)\n--\n\n"
+"Decode and remove, in one call, the frames pop_frame would return one by one: each complete\n"
+"frame with the common header at the front of `buffer`, at most `limit` of them (no bound when\n"
+"negative). An invalid body raises RemoteProtocolError only when it is the first frame;\n"
+"otherwise the frames before it are returned and it stays at the front of the buffer.");
+
+static PyObject *
+speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    Bounds bounds;
+    Py_ssize_t limit = nargs == 4 && PyLong_CheckExact(args[2]) ? PyLong_AsSsize_t(args[2]) : -1;
+    if (nargs != 4 || !PyByteArray_CheckExact(args[0]) || !PyAnySet_Check(args[1]) ||
+        !PyLong_CheckExact(args[2]) || PyErr_Occurred() || !get_bounds(args[3], &bounds)) {
+        PyErr_Clear();
+        return PyObject_Vectorcall(pure_pop_frames, args, nargs, NULL);
+    }
+    PyObject *buffer = args[0];
+    PyObject *frames = PyList_New(0);
+    uint64_t mask;
+    if (frames == NULL || allowed_mask(args[1], &mask) < 0) {
+        Py_XDECREF(frames);
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(frames);
+        return NULL;
+    }
+    const unsigned char *data = view.buf;
+    Py_ssize_t size = view.len, offset = 0;
+    while (limit < 0 || PyList_GET_SIZE(frames) < limit) {
+        const unsigned char *head = data + offset;
+        Py_ssize_t left = size - offset;
+        if (left <= 2 || head[0] >= ONE_BYTE_TYPES || head[1] >= 0x80 ||
+            !((mask >> head[0]) & 1)) {
+            break;
+        }
+        Py_ssize_t start = head[1] < 0x40 ? 2 : 3;
+        Py_ssize_t end = start + (head[1] < 0x40 ? head[1] : ((head[1] & 0x3F) << 8) | head[2]);
+        if (end > left) {
+            break;
+        }
+        PyObject *frame;
+        if (is_hot(head[0])) {
+            frame = decode_hot_body(head[0], head, end, start, &bounds);
+        } else {
+            PyObject *copy = PyBytes_FromStringAndSize((const char *)head, end);
+            frame = copy == NULL ? NULL : pure_body(head[0], copy, start, args[3]);
+            Py_XDECREF(copy);
+        }
+        if (frame == NULL) {
+            if (PyList_GET_SIZE(frames) > 0 && PyErr_ExceptionMatches(remote_protocol_error)) {
+                PyErr_Clear(); /* the next call raises it, with nothing else decoded first */
+                break;
+            }
+            PyBuffer_Release(&view);
+            Py_DECREF(frames);
+            return NULL;
+        }
+        int appended = PyList_Append(frames, frame);
+        Py_DECREF(frame);
+        if (appended < 0) {
+            PyBuffer_Release(&view);
+            Py_DECREF(frames);
+            return NULL;
+        }
+        offset += end;
+    }
+    PyBuffer_Release(&view);
+    if (offset > 0 && PySequence_DelSlice(buffer, 0, offset) < 0) {
+        Py_DECREF(frames);
+        return NULL;
+    }
+    return frames;
+}
+
 static PyMethodDef speedups_methods[] = {
     {"encode_frame", (PyCFunction)(void (*)(void))speedups_encode_frame,
      METH_FASTCALL | METH_KEYWORDS, encode_frame_doc},
@@ -1476,6 +1554,8 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, decode_body_doc},
     {"pop_frame", (PyCFunction)(void (*)(void))speedups_pop_frame, METH_FASTCALL,
      pop_frame_doc},
+    {"pop_frames", (PyCFunction)(void (*)(void))speedups_pop_frames, METH_FASTCALL,
+     pop_frames_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1695,12 +1775,13 @@ load_python_codec(void)
     pure_decode_frame = import_attribute("forehand.wire._codec", "decode_frame");
     pure_decode_body = import_attribute("forehand.wire._codec", "decode_body");
     pure_pop_frame = import_attribute("forehand.wire._codec", "pop_frame");
+    pure_pop_frames = import_attribute("forehand.wire._codec", "pop_frames");
     encode_endpoint = import_attribute("forehand.wire._primitives", "encode_endpoint");
     parse_endpoint = import_attribute("forehand.wire._primitives", "_parse_endpoint");
     decoded_endpoints = import_attribute("forehand.wire._primitives", "_decoded_endpoints");
     long cache_max = 0;
     if (default_config == NULL || pure_encode_frame == NULL || pure_decode_frame == NULL ||
-        pure_decode_body == NULL || pure_pop_frame == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
+        pure_decode_body == NULL || pure_pop_frame == NULL || pure_pop_frames == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
         decoded_endpoints == NULL ||
         load_constant("forehand.wire._primitives", "ENDPOINT_CACHE_MAX", &cache_max) < 0) {
         return -1;
