@@ -53,21 +53,24 @@ class _Gap:
             self.longest_s = max(self.longest_s, now - since)
 
 
-def test_a_standby_takes_over_when_the_leader_is_killed_under_load(
+def test_a_standby_takes_over_from_a_killed_then_a_frozen_leader(
     tmp_path: Path, etcd: EtcdMembers
 ) -> None:
     """SIGKILL of the leading manager under client load: a standby leads within the lease TTL
     plus one second, every client call succeeds (exactly once), the servers come back to the
-    new leader, and the map version carries on from where it was."""
+    new leader, and the map version carries on from where it was. Then SIGSTOP of that leader
+    past its lease: the restarted first manager leads, and the frozen one, woken, finds its
+    lease gone and stops serving."""
     cluster = HACluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), etcd=etcd)
     cluster.start()
     try:
-        run_async(_kill_the_leader(cluster), timeout_s=90)
+        new = run_async(_kill_the_leader(cluster), timeout_s=90)
+        run_async(_freeze_the_leader(cluster, new), timeout_s=90)
     finally:
         cluster.stop()
 
 
-async def _kill_the_leader(cluster: HACluster) -> None:
+async def _kill_the_leader(cluster: HACluster) -> str:
     async with cluster.connect() as client:
         session = await client.open_session(parts=PARTS)
         async with CartLoad(session, writers=2) as load:
@@ -98,8 +101,12 @@ async def _kill_the_leader(cluster: HACluster) -> None:
         assert await other.call("cart", "add", {"sku": "new"}) == 1
         assert (await cluster.admin(Status())).map_version > before
     cluster.start_manager(old)  # The old leader comes back as a standby.
-    await asyncio.sleep(LEASE_TTL_S)
+    await eventually(
+        lambda: "standing by" in cluster.log(old).split("leads (")[-1],
+        what=f"{old} stands by again",
+    )
     assert cluster.leading() == [new]
+    return new
 
 
 def test_etcd_members_failing_and_coming_back(tmp_path: Path, etcd: EtcdMembers) -> None:
@@ -149,23 +156,12 @@ async def _lose_etcd_members(cluster: HACluster, etcd: EtcdMembers) -> None:
         assert (await cluster.admin(Status())).map_version > version
 
 
-def test_a_frozen_leader_steps_down_when_it_wakes(tmp_path: Path, etcd: EtcdMembers) -> None:
-    """SIGSTOP of the leader past its lease: a standby leads; woken, the old leader finds its
-    lease gone and stops serving, and the cluster carries on under the new one."""
-    cluster = HACluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), etcd=etcd)
-    cluster.start()
-    try:
-        run_async(_freeze_the_leader(cluster), timeout_s=90)
-    finally:
-        cluster.stop()
-
-
-async def _freeze_the_leader(cluster: HACluster) -> None:
+async def _freeze_the_leader(cluster: HACluster, frozen: str) -> None:
     async with cluster.connect() as client:
         session = await client.open_session(parts=PARTS)
         async with CartLoad(session, writers=2) as load:
             await load.wait_for(20, what="writes before the freeze")
-            frozen = cluster.leading()[0]
+            assert cluster.leading() == [frozen]
             cluster.send_signal(frozen, signal.SIGSTOP)
             try:
                 new = await asyncio.to_thread(cluster.wait_leader, other_than=frozen)

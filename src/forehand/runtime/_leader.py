@@ -31,6 +31,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import secrets
@@ -80,7 +81,10 @@ class ElectionConfig:
     lease_ttl_s: int = 5
     """TTL of the leader's lease: how long a dead leader keeps the key."""
     campaign_interval_ms: int = 200
-    """How often a standby reads the leader key."""
+    """How long a standby waits before trying again after etcd failed it."""
+    watch_timeout_ms: int = 2_000
+    """A standby watches the leader key for its deletion, and reads it again after this long
+    without news."""
     step_down_margin_ms: int = 500
     """The leader steps down this long before its lease could expire unrenewed."""
     etcd_call_timeout_ms: int = 1_000
@@ -89,8 +93,9 @@ class ElectionConfig:
     def __post_init__(self) -> None:
         if self.lease_ttl_s < 1:
             raise ConfigError("lease_ttl_s must be at least 1")
-        if self.campaign_interval_ms < 1 or self.etcd_call_timeout_ms < 1:
-            raise ConfigError("campaign_interval_ms and etcd_call_timeout_ms must be positive")
+        for name in ("campaign_interval_ms", "etcd_call_timeout_ms", "watch_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ElectionConfig.{name} must be positive")
         if not 0 <= self.step_down_margin_ms < self.lease_ttl_s * 1000:
             raise ConfigError("step_down_margin_ms must be below the lease TTL")
 
@@ -194,17 +199,18 @@ class Election:
         interval_s = self.config.campaign_interval_ms / 1000
         while not stop.is_set():
             try:
-                if await self._try_to_win():
+                if await self._try_to_win(stop):
                     return True
             except (EtcdError, TimeoutError) as error:
                 _log.info("campaign: etcd unavailable (%s)", error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
         return False
 
-    async def _try_to_win(self) -> bool:
-        record, _ = await self._call(self._client.get, self._key)
+    async def _try_to_win(self, stop: asyncio.Event) -> bool:
+        record, revision = await self._call(self._client.get, self._key)
         if record is not None:
+            await self._watch(revision, stop)
             return False
         granted_s = time.monotonic()
         lease = await self._call(self._client.grant, self.config.lease_ttl_s)
@@ -230,6 +236,31 @@ class Election:
         self._lease, self.value = lease, value
         self._lease_safe_until_s = granted_s + self.config.lease_ttl_s
         return True
+
+    async def _watch(self, revision: int, stop: asyncio.Event) -> None:
+        """Wait until the leader key changes after `revision`, `stop`, or an interval passes
+        (the key is read again then, whatever the watch saw)."""
+        interval_s = self.config.campaign_interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        watch = loop.run_in_executor(
+            self._executor,
+            functools.partial(
+                self._client.watch_once,
+                self._key,
+                start_revision=revision + 1,
+                timeout_s=self.config.watch_timeout_ms / 1000,
+            ),
+        )
+        stopped = loop.create_task(stop.wait())
+        try:
+            waiting: set[asyncio.Future[Any]] = {watch, stopped}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if watch.done() and watch.exception() is not None:
+            _log.info("watch of the leader key failed: %s", watch.exception())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
 
     async def hold(self) -> str:
         """Keep the lease until it cannot be kept; why it was lost.

@@ -178,10 +178,36 @@ class EtcdClient:
             if config.certificate_path is not None:
                 verify.load_cert_chain(str(config.certificate_path), str(config.private_key_path))
         self._http = httpx.Client(timeout=config.request_timeout_ms / 1000, verify=verify)
+        # Watches hold a response open; they get connections of their own.
+        self._watch_http = httpx.Client(timeout=config.request_timeout_ms / 1000, verify=verify)
 
     def close(self) -> None:
         """Close the HTTP connections."""
         self._http.close()
+        self._watch_http.close()
+
+    def watch_once(self, key: str, *, start_revision: int, timeout_s: float) -> bool:
+        """Wait until `key` changes at or after `start_revision` (True) or `timeout_s` passes
+        without a change (False); EtcdError if the endpoint fails. Not serialised with `call`,
+        so a standby can watch while nothing else waits on the lock."""
+        url = f"{self._urls[self._preferred]}/v3/watch"
+        body = {
+            "create_request": {"key": _b64(key.encode()), "start_revision": str(start_revision)}
+        }
+        timeout = httpx.Timeout(self.config.request_timeout_ms / 1000, read=timeout_s)
+        try:
+            with self._watch_http.stream("POST", url, json=body, timeout=timeout) as response:
+                for line in response.iter_lines():
+                    document = json.loads(line) if line.strip() else {}
+                    if "error" in document:
+                        raise EtcdError(f"watch: {document['error']}")
+                    if document.get("result", {}).get("events"):
+                        return True
+        except httpx.ReadTimeout:
+            return False
+        except (httpx.HTTPError, ValueError) as error:
+            raise EtcdError(f"watch: {type(error).__name__}: {error}") from error
+        return False
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST `body` to `/v3/<path>` on the first endpoint that answers; EtcdError if none."""
