@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
+from forehand.core._manager_events import RiskFlagged
 from forehand.core._manager_planning import (
     endpoint_for,
     fill_replicas,
     rendezvous_order,
     stabilize,
     stabilize_additions,
+    steer_additions,
 )
+from forehand.core.messages import HandoffAssigned, HandoffCompleted
 from forehand.placement import (
     PartKey,
     PlacementConfig,
     ServerJoined,
+    ServerState,
     ShardMap,
     new_session_id,
 )
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import MANAGER, ManagerHarness
+else:
+    from _manager_helpers import MANAGER, ManagerHarness
 
 SERVERS = ("a", "b", "c", "d")
 
@@ -115,3 +125,83 @@ def test_additions_fast_path_never_misses_a_push() -> None:
             assert stable.pinned == () and stable.implicit_moves == ()
         current = stable.new_map
     assert pushes > 10
+
+
+def test_steer_additions_keeps_new_parts_off_avoided_servers() -> None:
+    """New parts that hash onto an avoided server go elsewhere (without avoidance, some land)."""
+    rng = random.Random(5)
+    current = populated(100)
+    landed = steered = 0
+    for index in range(60):
+        session_id = new_session_id(now_ms=9_000 + index, rng=rng)
+        operations = current.add_session_parts(session_id, ["auth", "cart"]).operations
+        keys = [PartKey(session_id=session_id, part=part) for part in ("auth", "cart")]
+        plain = stabilize_additions(current, operations, added=keys)
+        landed += sum(1 for key in keys if plain.new_map.primary_of(key) == "a")
+        stable = steer_additions(
+            current, operations, added=keys, avoid=frozenset({"a"}), eligible=SERVERS
+        )
+        steered += sum(1 for key in keys if stable.new_map.primary_of(key) == "a")
+        current = stable.new_map
+    assert landed > 10 and steered == 0
+    last = new_session_id(now_ms=99_000, rng=rng)
+    everyone = steer_additions(
+        current,
+        current.add_session_parts(last, ["auth"]).operations,
+        added=[PartKey(session_id=last, part="auth")],
+        avoid=frozenset(SERVERS),
+        eligible=SERVERS,
+    )
+    assert everyone.pinned == ()  # every server avoided: the hash decides
+
+
+def run_handoffs(harness: ManagerHarness, alive: tuple[str, ...], rounds: int) -> list[int]:
+    """Let the queued handoffs run, every source reporting done; `flagged` primaries per round."""
+    counts = []
+    for _ in range(rounds):
+        harness.router.run()
+        for server_id in alive:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if server_id == assigned.source:
+                    message = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, message)
+        harness.tick(100, alive=alive)
+        counts.append(len(harness.primaries(FLAGGED)))
+    return counts
+
+
+FLAGGED = "s1"
+MANAGER_SERVERS = ("s1", "s2", "s3", "s4")
+
+
+def test_a_flagged_server_is_emptied_without_parts_spilling_back() -> None:
+    """Under the default load_epsilon every primary moves off a flagged server and stays off.
+
+    Bounded loads alone would push parts back onto it (PART_MOVED) once the others are at their
+    bound; the risk drain mark takes it out of hash placement until its alarm ends.
+    """
+    harness = ManagerHarness(
+        overload_parts_fraction=1.0,
+        overload_cooldown_ms=2_000,
+        handoffs_per_server_max=8,
+        handoff_parts_max=16,
+    )
+    harness.join(*MANAGER_SERVERS)
+    for _ in range(50):
+        assert harness.open_session(("auth", "cart", "feed", "chat", "mail", "pay", "game", "news"))
+    before = len(harness.primaries(FLAGGED))
+    assert before > 60
+    harness.heartbeat(FLAGGED, cpu=0.97)
+    counts = run_handoffs(harness, MANAGER_SERVERS, 40)
+    assert counts[-1] == 0, counts
+    assert all(b <= a for a, b in zip([before, *counts], counts, strict=False)), counts
+    assert harness.map.server(FLAGGED).state is ServerState.DRAINING
+    flags = harness.events(RiskFlagged)
+    assert flags and all(flag.server_id == FLAGGED for flag in flags)
+    opened = harness.open_session(("auth", "cart", "feed", "chat"))
+    assert all(p.primary.server_id != FLAGGED for p in opened.placements)
+    harness.heartbeat(FLAGGED, cpu=0.1)
+    harness.tick(3_000, alive=MANAGER_SERVERS)
+    assert harness.map.server(FLAGGED).state is ServerState.ACTIVE

@@ -27,8 +27,14 @@ from forehand.core._driver import (
 )
 from forehand.core._handoff import HandoffPhase, HandoffSide, HandoffTrigger
 from forehand.core._handoff import handoff_transition_table as server_handoff_transition_table
-from forehand.core._manager_config import FailureDetectorKind, ManagerConfig
-from forehand.core._manager_risk import RiskDecision, RiskPolicy, ThresholdRiskPolicy
+from forehand.core._manager_config import FailureDetectorKind, ManagerConfig, RiskPolicyKind
+from forehand.core._manager_risk import (
+    PredictiveRiskPolicy,
+    RiskDecision,
+    RiskPolicy,
+    RiskSteering,
+    ThresholdRiskPolicy,
+)
 from forehand.core._membership import MemberState
 from forehand.core._membership import transition_table as member_transition_table
 from forehand.core._orchestrator import transition_table as manager_handoff_transition_table
@@ -86,10 +92,13 @@ __all__ = [
     "PartSpec",
     "PartState",
     "PartTrigger",
+    "PredictiveRiskPolicy",
     "ReplayCache",
     "ReplayCacheFull",
     "RiskDecision",
     "RiskPolicy",
+    "RiskPolicyKind",
+    "RiskSteering",
     "RouteState",
     "RouteView",
     "ServerConfig",

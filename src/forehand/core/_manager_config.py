@@ -12,12 +12,14 @@ from dataclasses import dataclass, fields
 
 from forehand.errors import ConfigError
 
-__all__ = ["FailureDetectorKind", "ManagerConfig"]
+__all__ = ["FailureDetectorKind", "ManagerConfig", "RiskPolicyKind"]
 
 MANAGER_NODE_ID = "manager"
 """The node id every server and client addresses the Session Manager by."""
 SESSION_PARTS_MAX = 64
 """Most parts one session may open with (the wire's `parts_max` default)."""
+RISK_MODELS = ("logistic", "rule", "tree")
+"""The predictor heads `risk_model` may name (`forehand.predict.MODEL_REGISTRY`)."""
 
 
 class FailureDetectorKind(enum.Enum):
@@ -28,6 +30,16 @@ class FailureDetectorKind(enum.Enum):
     PHI_ACCRUAL = "phi_accrual"
     """Suspected and dead at phi thresholds over the observed heartbeat intervals; dead at the
     latest after `failure_timeout_ms`, so the bound holds whatever the history."""
+
+
+class RiskPolicyKind(enum.Enum):
+    """Which risk policy decides when to move parts off a server before it fails."""
+
+    PREDICTIVE = "predictive"
+    """The online predictor and the trigger policy (`forehand.predict`); until its calibrator has
+    learned `risk_calibration_labels_min` labels it falls back to the rule."""
+    RULE = "rule"
+    """The plain threshold on CPU utilization and p99 latency (`overload_*`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +124,37 @@ class ManagerConfig:
     """After the threshold policy flags a server, it stays quiet about it this long."""
     overload_parts_fraction: float = 0.25
     """Share of an overloaded server's primary parts moved per flag (at least one)."""
+    risk_policy: RiskPolicyKind = RiskPolicyKind.PREDICTIVE
+    """Which risk policy runs: the predictor (the default) or the plain threshold rule."""
+    risk_model: str = "logistic"
+    """The predictor head whose risk decides (`logistic`, `rule` or `tree`, see
+    `forehand.predict.MODEL_REGISTRY`); the others run beside it as challengers."""
+    risk_threshold: float = 0.5
+    """Calibrated risk held for k of n heartbeats above which the predictive policy drains a
+    server; 0.7 of it stops new placements, 0.5 of it ends the alarm (hysteresis)."""
+    risk_urgent_threshold: float = 0.9
+    """Calibrated risk above which the predictive policy moves every part at once."""
+    risk_horizon_ms: int = 600_000
+    """H: the predictor's risk is that of an SLO breach starting within (now + L, now + H]."""
+    risk_lead_ms: int = 10_000
+    """L: the least warning worth having; a handoff must fit in it."""
+    risk_latency_slo_us_p99: int = 250_000
+    """The p99 latency SLO the predictor labels breaches against (a server reporting more is
+    breaching); also the capacity its latency time-to-threshold aims at."""
+    risk_calibration_labels_min: int = 500
+    """Labelled heartbeats the predictor's calibrator needs before its risks are acted on."""
+    risk_target_margin: float = 0.2
+    """A risk move's target must be this much less risky than its source (calibrated risks)."""
+    risk_session_dwell_ms: int = 300_000
+    """A session moved by the risk policy may not be moved by it again for this long."""
+    risk_moves_per_server_max: int = 64
+    """Most parts the risk policy moves off one server ..."""
+    risk_budget_window_ms: int = 60_000
+    """... within this sliding window."""
+    risk_holdout_fraction: float = 0.0
+    """Share of alarm episodes decided and logged but not acted on, to keep measuring precision."""
+    risk_shadow_mode: bool = False
+    """The predictive policy decides and logs (`RiskAssessed`) but never acts."""
     session_parts_max: int = SESSION_PARTS_MAX
     """Most parts an OPEN_SESSION may name."""
     token_lifetime_ms: int = 300_000
@@ -138,6 +181,15 @@ class ManagerConfig:
             elif field.name == "failure_detector":
                 if not isinstance(value, FailureDetectorKind):
                     raise ConfigError("ManagerConfig.failure_detector must be FailureDetectorKind")
+            elif field.name == "risk_model":
+                if value not in RISK_MODELS:
+                    raise ConfigError(f"ManagerConfig.risk_model must be one of {RISK_MODELS}")
+            elif field.name == "risk_shadow_mode":
+                if not isinstance(value, bool):
+                    raise ConfigError("ManagerConfig.risk_shadow_mode must be a bool")
+            elif field.name == "risk_policy":
+                if not isinstance(value, RiskPolicyKind):
+                    raise ConfigError("ManagerConfig.risk_policy must be RiskPolicyKind")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"ManagerConfig.{field.name} must be a number, got {value!r}")
             elif value < 0 or (value == 0 and field.name not in _ZERO_ALLOWED):
@@ -156,6 +208,12 @@ class ManagerConfig:
             )
         if self.overload_parts_fraction > 1.0:
             raise ConfigError("ManagerConfig.overload_parts_fraction must be at most 1.0")
+        if not self.risk_threshold < self.risk_urgent_threshold <= 1.0:
+            raise ConfigError("ManagerConfig needs risk_threshold < risk_urgent_threshold <= 1")
+        if self.risk_lead_ms >= self.risk_horizon_ms:
+            raise ConfigError("ManagerConfig.risk_lead_ms must be below risk_horizon_ms")
+        if max(self.risk_target_margin, self.risk_holdout_fraction) > 1.0:
+            raise ConfigError("ManagerConfig risk margin and holdout fraction are at most 1.0")
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
                 f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"
@@ -200,6 +258,11 @@ _ZERO_ALLOWED = frozenset(
         "heartbeat_pause_acceptable_ms",
         "handoff_jitter_ms_max",
         "overload_latency_us_p99",
+        "risk_lead_ms",
+        "risk_calibration_labels_min",
+        "risk_target_margin",
+        "risk_session_dwell_ms",
+        "risk_holdout_fraction",
         "target_lag_entries_max",
     }
 )

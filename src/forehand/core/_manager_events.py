@@ -33,6 +33,7 @@ __all__ = [
     "PartsLost",
     "MovesDropped",
     "ReplicaPosition",
+    "RiskAssessed",
     "RiskFlagged",
     "ServerDeclaredDead",
     "ServerJoined",
@@ -347,6 +348,46 @@ class RiskFlagged:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RiskAssessed:
+    """A risk policy's decision about one server, logged with the risk and what drove it.
+
+    Emitted when a server's alarm state changes, whenever the decision calls for an action
+    (acted on or not: shadow mode and holdout log it too), and when the rule flags a server.
+    The audit log and the metrics read these; a quiet server produces none.
+    """
+
+    server_id: str
+    """The server assessed."""
+    risk: float
+    """Probability of an SLO breach within (now + L, now + H]; 1.0 for a rule flag."""
+    calibrated: bool
+    """Whether the probability comes from a calibrator that has learned enough labels (False
+    while the rule stands in for a cold predictor)."""
+    model: str
+    """What produced it: a predictor head (`logistic`, `rule`, `tree`) or `threshold`."""
+    level: str
+    """Where the risk fell among the thresholds (`forehand.predict.RiskLevel` values, or
+    `threshold` for a rule flag)."""
+    state: str
+    """The server's alarm state after the decision (`forehand.predict.AlarmState` values)."""
+    action: str
+    """`none`, `stop_placement`, `drain` or `move_now` (`forehand.predict.Action` values)."""
+    acted: bool
+    """Whether the manager carries the action out (False in shadow mode and holdout)."""
+    shadow: bool
+    """Decided in shadow mode."""
+    holdout: bool
+    """Part of an alarm episode held out from acting, so precision stays measurable."""
+    parts_fraction: float
+    """Share of the server's primaries this decision moves (0.0 when it moves none)."""
+    top_features: tuple[tuple[str, float], ...]
+    """The features that pushed the risk up most, largest first: (name, value at the newest
+    sample)."""
+    now_us: int
+    """When the decision was taken."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SessionRegistered:
     """A new session's parts are committed to the map and the client was answered."""
 
@@ -376,6 +417,7 @@ ManagerEvent = (
     | PartsLost
     | DrainProgressed
     | RiskFlagged
+    | RiskAssessed
     | SessionRegistered
 )
 """Any event the manager emits."""

@@ -38,6 +38,7 @@ __all__ = [
     "ref_of",
     "rendezvous_order",
     "stabilize",
+    "steer_additions",
 ]
 
 STABILIZE_ROUNDS_MAX = 4
@@ -180,6 +181,37 @@ def stabilize(
         pins.update(fresh)
     assert best is not None
     return best
+
+
+def steer_additions(
+    current: ShardMap,
+    operations: Sequence[Operation],
+    *,
+    added: Sequence[PartKey],
+    avoid: frozenset[str],
+    eligible: Sequence[str],
+) -> Stabilized:
+    """`stabilize_additions`, with new parts that hash onto a server in `avoid` placed elsewhere.
+
+    The risk policy stops new placements on the servers it flags: a new part whose hash primary
+    is one of them is pinned to the first server of its rendezvous order among `eligible` that is
+    not, with replicas filled the same way. When every eligible server is avoided the hash decides.
+    """
+    stable = stabilize_additions(current, operations, added=added)
+    allowed = [server_id for server_id in eligible if server_id not in avoid]
+    if not avoid or not allowed:
+        return stable
+    steered = []
+    for key in added:
+        if stable.new_map.primary_of(key) not in avoid:
+            continue
+        primary = rendezvous_order(key, allowed)[0]
+        count = current.config.replica_count
+        replicas = fill_replicas(key, primary=primary, keep=(), eligible=eligible, count=count)
+        steered.append(override(key, Placement(primary=primary, replicas=replicas)))
+    if not steered:
+        return stable
+    return stabilize(current, [*operations, *steered], intended=lambda key: False)
 
 
 def stabilize_additions(

@@ -1,21 +1,84 @@
 """The manager's risk input: which servers to move parts away from, before they fail.
 
-`RiskPolicy` is the seam where the predictor plugs in: given a server's newest load report it
-answers with a decision (move a share of its primary parts, for a reason) or None. Until the
-predictor exists, `ThresholdRiskPolicy` flags a server whose CPU utilization or p99 latency is
-above a threshold, then stays quiet about it for a cooldown so one hot spell moves parts once.
+`RiskPolicy` is the seam: given a server's newest load report it answers with a decision (move a
+share of its primary parts, for a reason) or None. A policy that also implements `RiskSteering`
+steers the rest of the manager: no new placements (nor spilled parts) on a server it flags, a
+target-risk margin for its moves, per-session dwell and per-server migration budget, path reports
+folded in, and a `RiskAssessed` event per decision.
+
+Two policies ship, chosen by `ManagerConfig.risk_policy`:
+
+- `PredictiveRiskPolicy` (the default) feeds every heartbeat's load and path reports to a
+  `forehand.predict.OnlinePredictor` and its calibrated risk to a `TriggerPolicy` (hysteresis,
+  k of n, urgent, cooldown, graded actions, shadow mode, holdout). Its risks mean probabilities
+  only once its calibrator has learned `risk_calibration_labels_min` delayed labels; until then
+  the rule below decides, so a fresh manager protects its servers from the first heartbeat. In
+  shadow mode the rule keeps deciding and the predictor's decisions are only logged.
+- `ThresholdRiskPolicy` (`rule`) flags a server whose CPU utilization or p99 latency is above a
+  threshold, then stays quiet about it for a cooldown so one hot spell moves parts once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
-from forehand.core._manager_config import ManagerConfig
-from forehand.core.messages import LoadReport
+from forehand.core._manager_config import ManagerConfig, RiskPolicyKind
+from forehand.core._manager_events import RiskAssessed
+from forehand.core.messages import LoadReport, PathReport
+from forehand.predict import (
+    DEFAULT_SERVER_METRICS,
+    Action,
+    AlarmState,
+    Decision,
+    EntityKey,
+    LabelConfig,
+    OnlinePredictor,
+    PathSample,
+    PolicyConfig,
+    PredictorConfig,
+    ServerSample,
+    TargetCandidate,
+    TriggerPolicy,
+    combined_risk,
+    path_bucket,
+)
 from forehand.wire import ReasonCode
 
-__all__ = ["RiskDecision", "RiskPolicy", "ThresholdRiskPolicy"]
+__all__ = [
+    "PATHS_PER_HEARTBEAT_MAX",
+    "PATH_MODELS",
+    "PREDICTOR_MODELS",
+    "PredictiveRiskPolicy",
+    "RiskDecision",
+    "RiskPolicy",
+    "RiskSteering",
+    "ThresholdRiskPolicy",
+    "make_risk_policy",
+]
+
+PATHS_PER_HEARTBEAT_MAX = 256
+"""Path reports of one heartbeat folded into the predictor; the rest of the batch is ignored."""
+PREDICTOR_MODELS = ("logistic", "rule")
+"""The predictor heads the manager runs besides `risk_model` (which goes first and decides).
+The tree challenger runs only when `risk_model` names it: it costs several times the others per
+heartbeat, and offline evaluation (`forehand predict-eval`) scores it anyway."""
+PATH_SAMPLE_INTERVAL_US = 1_000_000
+"""Least time between two samples of one path bucket: servers relay every client's report,
+and a bucket's features need a sample a second, not one per client."""
+PATH_MODELS = ("rule",)
+"""The path heads: a path's rule (loss, RTT above its minimum, jitter) is what a target's path
+risk needs; the server heads learn from the share of degraded paths, and a learned head per
+path bucket would cost the manager more than all its server heads."""
+WATCH_SHARE = 0.7
+"""The watch threshold (stop placing) as a share of `risk_threshold`."""
+EXIT_SHARE = 0.5
+"""The exit threshold (hysteresis) as a share of `risk_threshold`."""
+ASSESSMENTS_KEPT_MAX = 1_024
+"""`RiskAssessed` events a policy queues until the manager drains them (after each heartbeat)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,37 +108,386 @@ class RiskPolicy(Protocol):
         ...
 
 
+@runtime_checkable
+class RiskSteering(Protocol):
+    """What a risk policy offers the manager besides its move decisions."""
+
+    def observe_paths(self, paths: Sequence[PathReport], *, now_us: int) -> None:
+        """Fold in clients' path reports (to servers the manager knows) from one heartbeat."""
+        ...
+
+    def placement_blocked(self, server_id: str, *, now_us: int) -> bool:
+        """Whether no new session, spilled part or moved part may be placed on `server_id`."""
+        ...
+
+    def target_allowed(self, *, source_id: str, target_id: str, now_us: int) -> bool:
+        """Whether a part the policy moves off `source_id` may go to `target_id`."""
+        ...
+
+    def movable(self, session_key: str, *, now_us: int) -> bool:
+        """Whether the session has dwelt long enough since the policy last moved it."""
+        ...
+
+    def moves_allowed(self, server_id: str, *, now_us: int) -> int:
+        """How many more parts the migration budget lets the policy move off `server_id`."""
+        ...
+
+    def record_move(self, session_key: str, *, source_server_id: str, now_us: int) -> None:
+        """Account one move of the session off `source_server_id` (dwell and budget)."""
+        ...
+
+    def assessments(self) -> list[RiskAssessed]:
+        """Drain the decisions to log since the last call."""
+        ...
+
+
+def _load_values(load: LoadReport) -> dict[str, float]:
+    """A load report as the predictor's server metrics (`DEFAULT_SERVER_METRICS` names)."""
+    return {
+        "cpu_utilization": load.cpu_utilization,
+        "memory_utilization": load.memory_utilization,
+        "queue_depth": float(load.queue_depth),
+        "latency_us_p99": float(load.latency_us_p99),
+        "error_ratio": load.error_ratio,
+        "loop_lag_us": float(load.loop_lag_us_p99),
+    }
+
+
+class _Log:
+    """A bounded queue of `RiskAssessed` events."""
+
+    def __init__(self) -> None:
+        self._queue: deque[RiskAssessed] = deque(maxlen=ASSESSMENTS_KEPT_MAX)
+        self.dropped = 0
+
+    def add(self, event: RiskAssessed) -> None:
+        if len(self._queue) == self._queue.maxlen:
+            self.dropped += 1
+        self._queue.append(event)
+
+    def drain(self) -> list[RiskAssessed]:
+        events = list(self._queue)
+        self._queue.clear()
+        return events
+
+
 class ThresholdRiskPolicy:
-    """Flags a server above the CPU or p99 latency threshold, then stays quiet for a cooldown."""
+    """Flags a server above the CPU or p99 latency threshold, then stays quiet for a cooldown.
+
+    A flagged server takes no new placements while it is above a threshold or cooling down.
+    """
 
     def __init__(self, *, config: ManagerConfig) -> None:
         self._config = config
         self._quiet_until_us: dict[str, int] = {}
+        self._hot: dict[str, bool] = {}
+        self._log = _Log()
 
     def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
         """OVERLOAD when a threshold is crossed and the server is not cooling down."""
-        if now_us < self._quiet_until_us.get(server_id, 0):
+        detail = self._crossed(load)
+        if len(self._hot) >= self._config.servers_max and server_id not in self._hot:
+            self._hot.clear()
+        self._hot[server_id] = bool(detail)
+        if not detail or now_us < self._quiet_until_us.get(server_id, 0):
             return None
         config = self._config
-        detail = ""
-        if load.cpu_utilization > config.overload_threshold:
-            detail = f"cpu_utilization {load.cpu_utilization:.3f} > {config.overload_threshold}"
-        elif 0 < config.overload_latency_us_p99 < load.latency_us_p99:
-            detail = f"latency_us_p99 {load.latency_us_p99} > {config.overload_latency_us_p99}"
-        if not detail:
-            return None
         if len(self._quiet_until_us) >= config.servers_max:
             self._expire(now_us)
         self._quiet_until_us[server_id] = now_us + config.overload_cooldown_ms * 1000
+        self._log.add(self._assessed(server_id, load, now_us))
         return RiskDecision(
             reason=ReasonCode.OVERLOAD, parts_fraction=config.overload_parts_fraction, detail=detail
+        )
+
+    def _crossed(self, load: LoadReport) -> str:
+        config = self._config
+        if load.cpu_utilization > config.overload_threshold:
+            return f"cpu_utilization {load.cpu_utilization:.3f} > {config.overload_threshold}"
+        if 0 < config.overload_latency_us_p99 < load.latency_us_p99:
+            return f"latency_us_p99 {load.latency_us_p99} > {config.overload_latency_us_p99}"
+        return ""
+
+    def _assessed(self, server_id: str, load: LoadReport, now_us: int) -> RiskAssessed:
+        return RiskAssessed(
+            server_id=server_id,
+            risk=1.0,
+            calibrated=False,
+            model="threshold",
+            level="threshold",
+            state=AlarmState.DRAINING.value,
+            action=Action.DRAIN.value,
+            acted=True,
+            shadow=False,
+            holdout=False,
+            parts_fraction=self._config.overload_parts_fraction,
+            top_features=(
+                ("cpu_utilization", load.cpu_utilization),
+                ("latency_us_p99", float(load.latency_us_p99)),
+            ),
+            now_us=now_us,
         )
 
     def forget(self, server_id: str) -> None:
         """Drop the cooldown of `server_id`."""
         self._quiet_until_us.pop(server_id, None)
+        self._hot.pop(server_id, None)
 
     def _expire(self, now_us: int) -> None:
         for server_id, until_us in list(self._quiet_until_us.items()):
             if until_us <= now_us:
                 del self._quiet_until_us[server_id]
+
+    # RiskSteering.
+
+    def observe_paths(self, paths: Sequence[PathReport], *, now_us: int) -> None:
+        """The rule reads no paths."""
+
+    def placement_blocked(self, server_id: str, *, now_us: int) -> bool:
+        """Above a threshold now, or cooling down after a flag."""
+        return self._hot.get(server_id, False) or now_us < self._quiet_until_us.get(server_id, 0)
+
+    def target_allowed(self, *, source_id: str, target_id: str, now_us: int) -> bool:
+        """Any target that takes placements (CPU headroom is the manager's own check)."""
+        return not self.placement_blocked(target_id, now_us=now_us)
+
+    def movable(self, session_key: str, *, now_us: int) -> bool:
+        """The rule keeps no dwell time."""
+        return True
+
+    def moves_allowed(self, server_id: str, *, now_us: int) -> int:
+        """The rule's budget is its cooldown: as many moves as the queue holds."""
+        return self._config.handoff_queue_parts_max
+
+    def record_move(self, session_key: str, *, source_server_id: str, now_us: int) -> None:
+        """Nothing to account."""
+
+    def assessments(self) -> list[RiskAssessed]:
+        """The flags since the last call."""
+        return self._log.drain()
+
+
+def predictor_config(config: ManagerConfig) -> PredictorConfig:
+    """The predictor's configuration from the manager's (the latency SLO from `risk_*`)."""
+    horizon_us = config.risk_horizon_ms * 1000
+    slo = float(config.risk_latency_slo_us_p99)
+    metrics = tuple(
+        replace(metric, scale=slo, capacity=slo, slo_max=slo, noise_floor=slo / 125)
+        if metric.name == "latency_us_p99"
+        else metric
+        for metric in DEFAULT_SERVER_METRICS
+    )
+    return PredictorConfig(
+        metrics=metrics,
+        labels=LabelConfig(
+            horizon_us=horizon_us,
+            lead_us=config.risk_lead_ms * 1000,
+            breach_clear_us=min(60_000_000, horizon_us // 4),
+        ),
+        calibration_labels_min=config.risk_calibration_labels_min,
+        servers_max=config.servers_max,
+    )
+
+
+def predictor_models(config: ManagerConfig) -> tuple[str, ...]:
+    """The server heads: `risk_model` first (it decides), then the others of `PREDICTOR_MODELS`."""
+    return (config.risk_model, *(name for name in PREDICTOR_MODELS if name != config.risk_model))
+
+
+def policy_config(config: ManagerConfig) -> PolicyConfig:
+    """The trigger policy's configuration from the manager's."""
+    return PolicyConfig(
+        risk_threshold=config.risk_threshold,
+        watch_risk=config.risk_threshold * WATCH_SHARE,
+        exit_risk=config.risk_threshold * EXIT_SHARE,
+        urgent_risk=config.risk_urgent_threshold,
+        cooldown_us=config.overload_cooldown_ms * 1000,
+        session_dwell_us=config.risk_session_dwell_ms * 1000,
+        moves_per_server_max=config.risk_moves_per_server_max,
+        budget_window_us=config.risk_budget_window_ms * 1000,
+        target_margin=config.risk_target_margin,
+        drain_parts_fraction=config.overload_parts_fraction,
+        shadow_mode=config.risk_shadow_mode,
+        holdout_fraction=config.risk_holdout_fraction,
+        servers_max=config.servers_max,
+    )
+
+
+class PredictiveRiskPolicy:
+    """The predictor and the trigger policy behind `RiskPolicy` and `RiskSteering`."""
+
+    def __init__(
+        self,
+        *,
+        config: ManagerConfig,
+        rng: random.Random,
+        predictor: OnlinePredictor | None = None,
+        policy: TriggerPolicy | None = None,
+    ) -> None:
+        self._config = config
+        self.predictor = predictor or OnlinePredictor(
+            config=predictor_config(config),
+            rng=random.Random(rng.getrandbits(64)),
+            models=predictor_models(config),
+            path_models=PATH_MODELS,
+        )
+        """The online predictor (features, delayed labels, calibrated heads)."""
+        self.policy = policy or TriggerPolicy(
+            config=policy_config(config), rng=random.Random(rng.getrandbits(64))
+        )
+        """The trigger policy (alarm states, dwell, budget, margin, shadow, holdout)."""
+        self.rule = ThresholdRiskPolicy(config=config)
+        """The rule that decides while the predictor is not calibrated yet."""
+        self._blocked: dict[str, bool] = {}
+        self._path_sampled_us: dict[tuple[str, int], int] = {}
+        self._log = _Log()
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the primary head's risks are calibrated."""
+        return self.predictor.calibrated
+
+    @property
+    def _deciding(self) -> bool:
+        """The predictor decides once calibrated, unless in shadow mode (then the rule acts)."""
+        return self.predictor.calibrated and not self.policy.config.shadow_mode
+
+    def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
+        """Observe the load; the trigger policy's move, or the rule's while uncalibrated."""
+        sample = ServerSample(server_id=server_id, values=_load_values(load))
+        self.predictor.observe(sample, now_us=now_us)
+        # Top features only for decisions that are logged: most heartbeats change nothing.
+        risk = self.predictor.risk(EntityKey(server_id), now_us=now_us, explain=False)
+        decision = self.policy.assess(risk, now_us=now_us)
+        self.policy.decisions_to_log()  # The manager logs its own events, below.
+        if risk.calibrated and (
+            decision.state is not decision.previous_state or decision.action is not Action.NONE
+        ):
+            explained = self.predictor.risk(EntityKey(server_id), now_us=now_us)
+            self._log.add(_assessed(replace(decision, top_features=explained.top_features)))
+        if not self._deciding:
+            return self.rule.assess(server_id=server_id, load=load, now_us=now_us)
+        if len(self._blocked) >= self._config.servers_max and server_id not in self._blocked:
+            self._blocked.clear()
+        self._blocked[server_id] = decision.acted
+        if not decision.acted or decision.parts_fraction <= 0.0:
+            return None
+        top = ", ".join(f"{f.name}={f.value:.3g}" for f in decision.top_features)
+        return RiskDecision(
+            reason=ReasonCode.PREDICTED_FAILURE,
+            parts_fraction=decision.parts_fraction,
+            detail=f"risk {decision.risk:.3f} ({decision.model}, {decision.level}); {top}",
+        )
+
+    def forget(self, server_id: str) -> None:
+        """Forget the server in the predictor, the trigger policy and the rule."""
+        self.predictor.forget(server_id)
+        self.policy.forget(server_id)
+        self.rule.forget(server_id)
+        self._blocked.pop(server_id, None)
+
+    # RiskSteering.
+
+    def observe_paths(self, paths: Sequence[PathReport], *, now_us: int) -> None:
+        """Each path report as a path sample of its measured server, bucketed by client bucket;
+        a path bucket takes at most one sample per `PATH_SAMPLE_INTERVAL_US`."""
+        buckets = self.predictor.config.path_buckets_per_server
+        last = self._path_sampled_us
+        for report in paths[:PATHS_PER_HEARTBEAT_MAX]:
+            group = f"bucket{report.client_bucket}"
+            key = (report.server_id, path_bucket(group, buckets=buckets))
+            if now_us - last.get(key, -PATH_SAMPLE_INTERVAL_US) < PATH_SAMPLE_INTERVAL_US:
+                continue
+            if len(last) >= self._config.servers_max * buckets and key not in last:
+                last.clear()
+            last[key] = now_us
+            sample = PathSample(
+                server_id=report.server_id,
+                client_group=group,
+                rtt_us=report.rtt_us,
+                jitter_us=report.jitter_us,
+                loss_ratio=report.loss_ratio,
+            )
+            self.predictor.observe(sample, now_us=now_us)
+
+    def placement_blocked(self, server_id: str, *, now_us: int) -> bool:
+        """The trigger policy acts on an alarm (watch or worse); the rule's flag before that."""
+        if self._deciding:
+            return self._blocked.get(server_id, False)
+        return self.rule.placement_blocked(server_id, now_us=now_us)
+
+    def target_risk(self, server_id: str, *, now_us: int) -> float:
+        """The target's server risk combined with the mean risk of its reported paths."""
+        predictor = self.predictor
+        server_risk = predictor.risk(EntityKey(server_id), now_us=now_us).probability
+        path_risks = [
+            risk.probability
+            for bucket in range(predictor.config.path_buckets_per_server)
+            if (risk := predictor.risk(EntityKey(server_id, bucket), now_us=now_us)).age_us
+            is not None
+        ]
+        path_risk = sum(path_risks) / len(path_risks) if path_risks else 0.0
+        return combined_risk(server_risk, path_risk)
+
+    def target_allowed(self, *, source_id: str, target_id: str, now_us: int) -> bool:
+        """Not blocked, and (once deciding) safer than the source by the target margin."""
+        if self.placement_blocked(target_id, now_us=now_us):
+            return False
+        if not self._deciding:
+            return True
+        source = self.predictor.risk(EntityKey(source_id), now_us=now_us)
+        candidate = TargetCandidate(
+            server_id=target_id, server_risk=self.target_risk(target_id, now_us=now_us)
+        )
+        chosen = self.policy.choose_target(source_risk=source.probability, candidates=[candidate])
+        return chosen is not None
+
+    def movable(self, session_key: str, *, now_us: int) -> bool:
+        """The session's dwell time since its last risk move is over (the rule keeps none)."""
+        if not self._deciding:
+            return True
+        return self.policy.may_move(session_key, now_us=now_us)
+
+    def moves_allowed(self, server_id: str, *, now_us: int) -> int:
+        """The migration budget left for `server_id` (the rule's is its cooldown)."""
+        if not self._deciding:
+            return self.rule.moves_allowed(server_id, now_us=now_us)
+        return self.policy.moves_allowed(server_id, now_us=now_us)
+
+    def record_move(self, session_key: str, *, source_server_id: str, now_us: int) -> None:
+        """Account the move in the trigger policy (dwell, budget) once the predictor decides."""
+        if not self._deciding:
+            return
+        if not self.policy.may_move(session_key, now_us=now_us):
+            return
+        if self.policy.moves_allowed(source_server_id, now_us=now_us) > 0:
+            self.policy.record_move(session_key, source_server_id=source_server_id, now_us=now_us)
+
+    def assessments(self) -> list[RiskAssessed]:
+        """The rule's flags and the trigger policy's decisions since the last call."""
+        return [*self.rule.assessments(), *self._log.drain()]
+
+
+def _assessed(decision: Decision) -> RiskAssessed:
+    return RiskAssessed(
+        server_id=decision.server_id,
+        risk=decision.risk,
+        calibrated=decision.calibrated,
+        model=decision.model,
+        level=decision.level.value,
+        state=decision.state.value,
+        action=decision.action.value,
+        acted=decision.acted,
+        shadow=decision.shadow,
+        holdout=decision.holdout,
+        parts_fraction=decision.parts_fraction,
+        top_features=tuple((f.name, f.value) for f in decision.top_features),
+        now_us=decision.now_us,
+    )
+
+
+def make_risk_policy(config: ManagerConfig, rng: random.Random) -> RiskPolicy:
+    """The policy `config.risk_policy` names, its randomness drawn from `rng`."""
+    if config.risk_policy is RiskPolicyKind.RULE:
+        return ThresholdRiskPolicy(config=config)
+    return PredictiveRiskPolicy(config=config, rng=rng)

@@ -82,9 +82,9 @@ from forehand.core._manager_planning import (
     ref_of,
     rendezvous_order,
     stabilize,
-    stabilize_additions,
+    steer_additions,
 )
-from forehand.core._manager_risk import RiskPolicy, ThresholdRiskPolicy
+from forehand.core._manager_risk import RiskPolicy, RiskSteering, make_risk_policy
 from forehand.core._membership import (
     AnnounceOutcome,
     HeartbeatOutcome,
@@ -193,7 +193,9 @@ class ManagerCore:
         self._config = config
         self._sealer = sealer
         self._rng = rng
-        self._risk: RiskPolicy = risk_policy or ThresholdRiskPolicy(config=config)
+        self._risk: RiskPolicy = risk_policy or make_risk_policy(config, rng)
+        self._steering = self._risk if isinstance(self._risk, RiskSteering) else None
+        self._now_us = now_us
         self._membership = Membership(config=config)
         self._orchestrator = Orchestrator(config=config, rng=rng)
         self._pipeline = CommitPipeline(
@@ -211,6 +213,7 @@ class ManagerCore:
         self._failover_attempts = 0
         self._next_failover_id = 1
         self._drains: dict[str, _Drain] = {}
+        self._risk_drained: set[str] = set()
         self._drain_due_us: int | None = None
         self._sessions: dict[bytes, tuple[str, ...]] = {}
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
@@ -242,6 +245,11 @@ class ManagerCore:
     def membership(self) -> Membership:
         """The membership table, for inspection (admin API, tests); do not mutate it."""
         return self._membership
+
+    @property
+    def risk_policy(self) -> RiskPolicy:
+        """The risk policy (predictor and trigger policy, or the rule), for inspection."""
+        return self._risk
 
     @property
     def orchestrator(self) -> Orchestrator:
@@ -319,6 +327,8 @@ class ManagerCore:
         """Move every role off `server_id` (planned handoffs, capped and jittered); False if not
         an ACTIVE server of the map or already draining."""
         current = self.shard_map
+        if server_id in self._risk_drained and server_id not in self._drains:
+            return self._take_over_risk_drain(server_id, now_us)
         if current is None or server_id in self._drains or not self._is_active(server_id):
             return False
         self._drains[server_id] = _Drain(server_id=server_id)
@@ -343,6 +353,7 @@ class ManagerCore:
         if current is None or self._map_state(server_id) is not ServerState.DRAINING:
             return False
         self._drains.pop(server_id, None)
+        self._risk_drained.discard(server_id)
         self._orchestrator.cancel_moves(server_id, origin=MoveOrigin.DRAIN)
         change = Change(
             kind=MapChange.DRAIN_CLEARED,
@@ -451,6 +462,7 @@ class ManagerCore:
 
     def _advance(self, now_us: int) -> None:
         """After every input: start a failover, queue joins and drains, plan handoffs, commit."""
+        self._now_us = max(self._now_us, now_us)
         if self.shard_map is None:
             return
         self._maybe_prepare_failover(now_us)
@@ -621,6 +633,7 @@ class ManagerCore:
             )
         )
         self._risk.forget(server_id)
+        self._risk_drained.discard(server_id)
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING:
             job.waiting.discard(server_id)
@@ -758,9 +771,23 @@ class ManagerCore:
 
     def _assess_risk(self, message: messages.HeartbeatReported, now_us: int) -> None:
         server_id = message.server_id
-        if not self._is_alive(server_id) or not self._is_active(server_id):
+        steering = self._steering
+        if steering is not None and message.paths:
+            # Only paths to servers the manager knows: a made-up id must not take a predictor slot.
+            known = [p for p in message.paths if self._membership.get(p.server_id) is not None]
+            steering.observe_paths(known, now_us=now_us)
+        risk_drained = server_id in self._risk_drained and server_id not in self._drains
+        if not self._is_alive(server_id) or not (self._is_active(server_id) or risk_drained):
             return
+        self._now_us = max(self._now_us, now_us)
         decision = self._risk.assess(server_id=server_id, load=message.load, now_us=now_us)
+        if steering is not None:
+            for assessed in steering.assessments():
+                self._emit(assessed)
+            if decision is not None:
+                self._risk_drain(server_id)
+            elif risk_drained and not steering.placement_blocked(server_id, now_us=now_us):
+                self._risk_undrain(server_id)
         if decision is None:
             return
         queued = self._queue_moves(
@@ -809,8 +836,15 @@ class ManagerCore:
             )
             count = max(1, math.ceil(fraction * len(primaries)))
             free = [ref for ref in primaries if not self._orchestrator.is_moving(ref)]
+            if origin is MoveOrigin.RISK and self._steering is not None:
+                free, count = self._within_budget(server_id, free, count, now_us)
             refs = self._rng.sample(free, min(count, len(free)))
         queued = 0
+        if origin is MoveOrigin.RISK and self._steering is not None:
+            for session_id in dict.fromkeys(ref.session_id for ref in refs):
+                self._steering.record_move(
+                    session_id.hex(), source_server_id=server_id, now_us=now_us
+                )
         for ref in refs:
             move = MoveRequest(
                 ref=ref,
@@ -822,6 +856,80 @@ class ManagerCore:
             )
             queued += self._orchestrator.request_move(move)
         return queued
+
+    def _risk_drain(self, server_id: str) -> None:
+        """Mark a server the risk policy moves parts off DRAINING in the map, until it clears.
+
+        Bounded loads would otherwise undo the moves: a part moved off a server frees room on it,
+        and once the other servers are at their bound (with `load_epsilon` 0.25, as soon as a
+        quarter of one server's parts has moved, four servers), every part their new overrides
+        push along its walk lands back on the flagged server (PART_MOVED). A DRAINING server
+        receives nothing and the bounds are taken over the ACTIVE servers only, so the moved
+        parts stay moved. The mark is a map change of the ACTIVE set (a rebuild of the
+        assignment), made once per alarm episode.
+        """
+        if server_id in self._risk_drained or not self._is_active(server_id):
+            return
+        self._risk_drained.add(server_id)
+        change = Change(
+            kind=MapChange.DRAIN_MARKED,
+            build=lambda current: self._build_drain_mark(current, server_id),
+            committed=lambda built, now_us: None,
+            dropped=lambda cause, now_us: self._risk_drained.discard(server_id),
+        )
+        if not self._pipeline.submit(change):
+            self._risk_drained.discard(server_id)
+
+    def _risk_undrain(self, server_id: str) -> None:
+        """The alarm is over: the server takes placements again (ACTIVE)."""
+        self._risk_drained.discard(server_id)
+        change = Change(
+            kind=MapChange.DRAIN_CLEARED,
+            build=lambda current: self._build_undrain(current, server_id),
+            committed=lambda built, now_us: None,
+            dropped=lambda cause, now_us: None,
+        )
+        self._pipeline.submit(change)
+
+    def _take_over_risk_drain(self, server_id: str, now_us: int) -> bool:
+        """An operator drains a server the risk policy marked: it becomes the operator's drain."""
+        if self._map_state(server_id) is not ServerState.DRAINING:
+            return False
+        self._risk_drained.discard(server_id)
+        self._drains[server_id] = _Drain(server_id=server_id)
+        self._drain_marked(server_id, now_us)
+        self._advance(now_us)
+        return True
+
+    def _within_budget(
+        self, server_id: str, free: list[PartRef], count: int, now_us: int
+    ) -> tuple[list[PartRef], int]:
+        """The parts a risk move may take (sessions past their dwell time), and how many."""
+        steering = self._steering
+        assert steering is not None
+        movable = [r for r in free if steering.movable(r.session_id.hex(), now_us=now_us)]
+        budget = steering.moves_allowed(server_id, now_us=now_us)
+        # One session's parts share a dwell entry: the first move of a part starts it.
+        sessions: dict[bytes, None] = {}
+        chosen: list[PartRef] = []
+        for ref in movable:
+            if ref.session_id not in sessions and len(sessions) >= budget:
+                continue
+            sessions[ref.session_id] = None
+            chosen.append(ref)
+        return chosen, min(count, len(chosen))
+
+    def _blocked(self) -> frozenset[str]:
+        """Servers the risk policy takes no new placements on."""
+        steering = self._steering
+        current = self.shard_map
+        if steering is None or current is None:
+            return frozenset()
+        return frozenset(
+            entry.server_id
+            for entry in current.servers
+            if steering.placement_blocked(entry.server_id, now_us=self._now_us)
+        )
 
     # Handoff planning (step 2).
 
@@ -850,6 +958,9 @@ class ManagerCore:
     def _can_take(self, server_id: str, avoid: frozenset[str]) -> bool:
         if server_id in avoid or not self._is_alive(server_id) or not self._is_active(server_id):
             return False
+        steering = self._steering
+        if steering is not None and steering.placement_blocked(server_id, now_us=self._now_us):
+            return False
         member = self._membership.get(server_id)
         load = None if member is None else member.load
         return load is None or load.cpu_utilization < self._config.target_cpu_utilization_max
@@ -866,6 +977,15 @@ class ManagerCore:
         if move.target is not None:
             fits = move.target != placement.primary and self._can_take(move.target, avoid)
             return move.target if fits else None
+        steering = self._steering
+        if move.origin is MoveOrigin.RISK and steering is not None:
+            # The target-risk margin: a risk move goes only somewhere clearly safer.
+            source = move.source
+            avoid = avoid | frozenset(
+                s
+                for s in placement.servers
+                if not steering.target_allowed(source_id=source, target_id=s, now_us=self._now_us)
+            )
         replicas = [r for r in placement.replicas if self._can_take(r, avoid)]
         if replicas:
             source_seq = self._applied_seq(move.source, move.ref)
@@ -880,7 +1000,13 @@ class ManagerCore:
         others = [
             s
             for s in rendezvous_order(key, self._eligible(current))
-            if s not in placement.servers and self._can_take(s, avoid)
+            if s not in placement.servers
+            and self._can_take(s, avoid)
+            and (
+                move.origin is not MoveOrigin.RISK
+                or steering is None
+                or steering.target_allowed(source_id=move.source, target_id=s, now_us=self._now_us)
+            )
         ]
         return min(others, key=self._cpu) if others else None
 
@@ -1496,7 +1622,13 @@ class ManagerCore:
             if not any(key in current for key in keys):
                 try:
                     operations = [PartsAdded(session_id=opening.session_id, parts=opening.parts)]
-                    stable = stabilize_additions(current, operations, added=keys)
+                    stable = steer_additions(
+                        current,
+                        operations,
+                        added=keys,
+                        avoid=self._blocked(),
+                        eligible=self._eligible(current),
+                    )
                 except LocalProtocolError as error:
                     if "same stable hash" not in str(error):
                         raise

@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from river import compose, drift, linear_model, optim, preprocessing, tree
+from typing import TYPE_CHECKING, Any, Protocol
 
 from forehand.errors import ConfigError
 from forehand.predict._calibration import logit
 from forehand.predict._config import PredictorConfig
+
+if TYPE_CHECKING:
+    from river import compose, drift, tree
 
 __all__ = [
     "MODEL_REGISTRY",
@@ -168,6 +169,10 @@ def path_rule_components(config: PredictorConfig) -> tuple[RuleComponent, ...]:
 
 
 def _adwin(delta: float) -> drift.ADWIN:
+    # River is imported where a learned model is built, so importing the package (and the
+    # manager core with it) stays fast for processes that never build one.
+    from river import drift
+
     # River leaves ADWIN's signatures unannotated.
     return drift.ADWIN(delta=delta)  # type: ignore[no-untyped-call]
 
@@ -271,8 +276,11 @@ class LogisticModel(_AdaptiveLearner):
     def __init__(self, *, config: PredictorConfig, rule: RuleModel | None = None) -> None:
         super().__init__(config=config)
         self._rule = rule
+        self._hinges: dict[str, tuple[tuple[str, float], ...]] = {}
 
     def _fresh(self) -> compose.Pipeline:
+        from river import compose, linear_model, optim, preprocessing
+
         config = self._config
         regression = linear_model.LogisticRegression(
             optimizer=optim.SGD(config.learning_rate), l2=config.l2_regularization
@@ -288,12 +296,20 @@ class LogisticModel(_AdaptiveLearner):
         inputs = dict(features)
         if self._rule is not None:
             inputs[RULE_FEATURE] = self._rule.largest(features)
-        knots = self._config.hinge_knots
+        hinges = self._hinges
         for name, value in list(inputs.items()):
-            if name.endswith(HINGE_SUFFIXES):
-                for knot in knots:
-                    inputs[f"{name}>{knot:g}"] = value - knot if value > knot else 0.0
+            knots = hinges.get(name)
+            if knots is None:
+                knots = hinges[name] = self._knots_of(name)
+            for hinge, knot in knots:
+                inputs[hinge] = value - knot if value > knot else 0.0
         return inputs
+
+    def _knots_of(self, name: str) -> tuple[tuple[str, float], ...]:
+        """The hinge inputs of feature `name` (none unless dimensionless), named once."""
+        if not name.endswith(HINGE_SUFFIXES):
+            return ()
+        return tuple((f"{name}>{knot:g}", knot) for knot in self._config.hinge_knots)
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         """Weight times standardised value for each input, largest first."""
@@ -312,6 +328,8 @@ class TreeModel(_AdaptiveLearner):
     name = "tree"
 
     def _fresh(self) -> tree.HoeffdingTreeClassifier:
+        from river import tree
+
         config = self._config
         return tree.HoeffdingTreeClassifier(
             grace_period=config.tree_grace_period,

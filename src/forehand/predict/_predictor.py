@@ -158,6 +158,12 @@ class OnlinePredictor:
         return self._config
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the primary server head has learned enough labels for its risks to count."""
+        calibrator = self._heads["server"][0].calibrator
+        return calibrator.labels_seen >= self._config.calibration_labels_min
+
+    @property
     def model_names(self) -> tuple[str, ...]:
         """The server heads, primary first."""
         return tuple(head.name for head in self._heads["server"])
@@ -231,9 +237,10 @@ class OnlinePredictor:
             for head, score in zip(heads, state.scores, strict=True)
         }
 
-    def risk(self, entity: EntityKey, *, now_us: int) -> Risk:
-        """The primary head's risk for `entity`, with its top contributing features."""
-        return self._risk(entity, now_us=now_us, head_index=0)
+    def risk(self, entity: EntityKey, *, now_us: int, explain: bool = True) -> Risk:
+        """The primary head's risk for `entity`, with its top contributing features unless
+        `explain` is False (they cost a pass over every feature and a sort)."""
+        return self._risk(entity, now_us=now_us, head_index=0, explain=explain)
 
     def risks(self, entity: EntityKey, *, now_us: int) -> dict[str, Risk]:
         """Every head's risk for `entity`, primary first."""
@@ -243,7 +250,9 @@ class OnlinePredictor:
             for index, head in enumerate(heads)
         }
 
-    def _risk(self, entity: EntityKey, *, now_us: int, head_index: int) -> Risk:
+    def _risk(
+        self, entity: EntityKey, *, now_us: int, head_index: int, explain: bool = True
+    ) -> Risk:
         state, heads = self._state(entity)
         head = heads[head_index]
         if state is None or not state.scores:
@@ -259,7 +268,9 @@ class OnlinePredictor:
         score = state.scores[head_index]
         assert state.last_sample_us is not None
         features = state.features
-        top = head.model.contributions(features)[: self._config.contributions_max]
+        top = (
+            head.model.contributions(features)[: self._config.contributions_max] if explain else []
+        )
         return Risk(
             entity=entity,
             probability=head.calibrator.probability(score),

@@ -9,15 +9,27 @@ every fault mix and flow uses.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from forehand.core import CoreDriver, NodeId
+from forehand.core import CoreDriver, NodeId, RiskPolicyKind
 from forehand.core import manager_events as me
 from forehand.core.messages import PartRef
 from forehand.sim._campaign import register_scenario
-from forehand.sim._cluster import MANAGER, ClusterConfig, CrashMeasure, SimCluster
+from forehand.sim._cluster import (
+    LOAD_REPORT_INTERVAL_US,
+    MANAGER,
+    ClusterConfig,
+    ClusterPlan,
+    CrashMeasure,
+    SimCluster,
+    draw_plan,
+)
 from forehand.sim._faults import FaultMix, draw_fault_plan
+from forehand.sim._ramp import Ramp
+from forehand.sim._rng import derive_rng
 from forehand.sim._simulator import Simulator
 from forehand.wire import ReasonCode
 
@@ -34,6 +46,10 @@ __all__ = [
     "build_handoff",
     "build_mix",
     "build_partition_mid_handoff",
+    "PREDICTED_SCENARIO",
+    "PredictedCluster",
+    "PredictedWatch",
+    "build_predicted",
     "primaries_of",
 ]
 
@@ -59,6 +75,8 @@ CRASH_REPLICATION_INTERVALS_MS = (20, 100, 300)
 """Log shipping intervals `crash-replicated` draws from: the longer, the more lag to lose."""
 ALL_SCENARIO = "all"
 """The scenario that runs every other built-in one in turn."""
+PREDICTED_SCENARIO = "predicted"
+"""The scenario of a predicted overload (outside `all`: it runs for minutes of simulated time)."""
 
 
 def build_mix(seed: int, mix: FaultMix) -> SimCluster:
@@ -213,6 +231,175 @@ def build_partition_mid_handoff(seed: int) -> SimCluster:
     return cluster
 
 
+PREDICTED_SERVICE_TIME_US = 200
+"""Every server's CPU time per input in `predicted`: saturation stretches it a hundredfold."""
+PREDICTED_SLO_US_P99 = 10_000
+"""The p99 latency SLO of `predicted` (the predictor's breach label): 50x the service time, a
+load of 0.98 with an empty inbox."""
+PREDICTED_HORIZON_MS = 30_000
+"""H of `predicted`'s predictor: risk of a breach within 30 s."""
+PREDICTED_LEAD_MS = 2_000
+"""L of `predicted`'s predictor."""
+PREDICTED_MODEL = "rule"
+"""The head that decides in `predicted`: thresholds plus Holt time-to-threshold, calibrated
+online by Platt scaling on delayed labels. The logistic head runs beside it but would need
+more ramps than a test can afford before it beats the rule."""
+PREDICTED_HEARTBEAT_MS = 250
+"""Every server's heartbeat interval in `predicted`: the predictor's tick."""
+PREDICTED_RISK_THRESHOLD = 0.3
+"""The calibrated risk that starts moving parts in `predicted`."""
+PREDICTED_BASE_LOAD = 0.2
+"""Every server's background load in `predicted` before and between the ramps."""
+PREDICTED_LABELS_MIN = 300
+"""Labelled heartbeats before `predicted`'s predictor acts (the rule is off in this scenario)."""
+TRAINING_RAMPS = 3
+"""Overload ramps the predictor learns from, one per server in turn, before the test ramp."""
+TRAINING_START_US = 3_000_000
+"""When the first training ramp starts."""
+TRAINING_SPACING_US = 36_000_000
+"""Between the starts of two training ramps."""
+RAMP_RISE_US = 24_000_000
+"""How long a ramp takes from no extra load to saturation."""
+RAMP_HOLD_US = 4_000_000
+"""How long a ramp holds its peak before it recovers."""
+RAMP_RECOVER_US = 4_000_000
+"""How long a ramp takes to fall back."""
+RAMP_PEAK_LOAD = 1.05
+"""Total load a ramp drives its server to: saturated, above the SLO."""
+
+
+@dataclass(slots=True)
+class PredictedWatch:
+    """What `predicted` measured about its test ramp, for its test and its report."""
+
+    target: NodeId = ""
+    """The server of the test ramp."""
+    ramp_start_us: int = 0
+    """When the test ramp starts."""
+    predicted_us: int | None = None
+    """The manager's first acted, calibrated risk decision about the target in the test ramp."""
+    breach_us: int | None = None
+    """The first load report of the target above the SLO in the test ramp."""
+    primaries_at_breach: int | None = None
+    """The target's primaries at the breach (0: every part was handed off before it)."""
+    decisions: list[me.RiskAssessed] = field(default_factory=list)
+    """Every risk decision the manager logged."""
+
+
+class PredictedCluster(SimCluster):
+    """A `SimCluster` that carries what `predicted` measured."""
+
+    def __init__(self, seed: int, config: ClusterConfig, *, plan: ClusterPlan) -> None:
+        super().__init__(seed, config, plan=plan)
+        self.watch = PredictedWatch()
+        """The test ramp's measurements."""
+
+
+def build_predicted(seed: int) -> PredictedCluster:
+    """A gradual overload predicted by the learned predictor, and its parts handed off in time.
+
+    The manager runs the predictive policy with the threshold rule off. Four overload ramps, one
+    per server, teach it what precedes a breach of the latency SLO (the first ones breach
+    unprotected: the predictor is not calibrated yet); then the test ramp hits the busiest
+    server. The run records when the manager decided (`PredictedWatch.predicted_us`) and when
+    the server's latency first breached the SLO (`breach_us`).
+    """
+    test_start_us = TRAINING_START_US + TRAINING_RAMPS * TRAINING_SPACING_US
+    heal_us = test_start_us + RAMP_RISE_US + RAMP_HOLD_US + RAMP_RECOVER_US
+    config = ClusterConfig(
+        servers=4,
+        heal_us=heal_us,
+        duration_us=heal_us + SETTLE_US,
+        server_service_time_us=PREDICTED_SERVICE_TIME_US,
+    )
+    plan = draw_plan(derive_rng(seed, "cluster"), config)
+    for server_id, server in plan.servers.items():
+        process = plan.processes[server_id]
+        plan.processes[server_id] = dataclasses.replace(process, base_load=PREDICTED_BASE_LOAD)
+        plan.servers[server_id] = dataclasses.replace(
+            server, heartbeat_interval_ms=PREDICTED_HEARTBEAT_MS
+        )
+    failure_timeout_ms = max(plan.manager.failure_timeout_ms, 4 * PREDICTED_HEARTBEAT_MS)
+    manager = dataclasses.replace(
+        plan.manager,
+        heartbeat_interval_ms=PREDICTED_HEARTBEAT_MS,
+        failure_timeout_ms=failure_timeout_ms,
+        suspect_timeout_ms=max(plan.manager.suspect_timeout_ms, 2 * PREDICTED_HEARTBEAT_MS),
+        risk_threshold=PREDICTED_RISK_THRESHOLD,
+        overload_threshold=100.0,  # The threshold never fires: every move is the predictor's.
+        risk_policy=RiskPolicyKind.PREDICTIVE,
+        risk_model=PREDICTED_MODEL,
+        risk_latency_slo_us_p99=PREDICTED_SLO_US_P99,
+        risk_horizon_ms=PREDICTED_HORIZON_MS,
+        risk_lead_ms=PREDICTED_LEAD_MS,
+        risk_calibration_labels_min=PREDICTED_LABELS_MIN,
+        risk_session_dwell_ms=10_000,
+        overload_cooldown_ms=5_000,
+    )
+    cluster = PredictedCluster(seed, config, plan=dataclasses.replace(plan, manager=manager))
+    sim = cluster.sim
+    for index in range(TRAINING_RAMPS):
+        server_id = cluster.server_ids[index % len(cluster.server_ids)]
+        sim.add_load_ramp(server_id, _overload(cluster, server_id, _training_start(index)))
+    watch = cluster.watch
+    watch.ramp_start_us = test_start_us
+
+    def decided(node_id: NodeId, event: me.RiskAssessed) -> None:
+        watch.decisions.append(event)
+        moving = event.action in ("drain", "move_now")
+        if (
+            event.server_id == watch.target
+            and event.acted
+            and event.calibrated
+            and moving
+            and watch.predicted_us is None
+        ):
+            watch.predicted_us = sim.now_us
+
+    def start_test_ramp() -> None:
+        rng = sim.rng("scenario")
+        watch.target = cluster.planned = _busiest(cluster, rng)
+        sim.add_load_ramp(watch.target, _overload(cluster, watch.target, test_start_us))
+        sim.call_at(test_start_us, observe, label="watch the test ramp")
+
+    def observe() -> None:
+        if watch.breach_us is None and _latency_us(cluster, watch.target) > PREDICTED_SLO_US_P99:
+            watch.breach_us = sim.now_us
+            watch.primaries_at_breach = len(primaries_of(cluster, watch.target))
+        if watch.breach_us is None and sim.now_us < heal_us:
+            sim.call_at(sim.now_us + LOAD_REPORT_INTERVAL_US, observe, label="watch the test ramp")
+
+    cluster.translator.on(me.RiskAssessed, decided)
+    sim.call_at(test_start_us - 1, start_test_ramp, label="pick the test ramp's server")
+    cluster.start()
+    return cluster
+
+
+def _training_start(index: int) -> int:
+    return TRAINING_START_US + index * TRAINING_SPACING_US
+
+
+def _overload(cluster: SimCluster, server_id: NodeId, start_us: int) -> Ramp:
+    """A ramp from the server's base load to `RAMP_PEAK_LOAD`, held, then recovering."""
+    base = cluster.plan.processes[server_id].base_load
+    peak_us = start_us + RAMP_RISE_US
+    return Ramp(
+        start_us=start_us,
+        peak_us=peak_us,
+        peak_value=max(RAMP_PEAK_LOAD - base, 0.0),
+        recover_us=peak_us + RAMP_HOLD_US + RAMP_RECOVER_US,
+    )
+
+
+def _latency_us(cluster: SimCluster, server_id: NodeId) -> int:
+    """The p99 latency the server's next load report carries (as `SimCluster` computes it)."""
+    if not cluster.up(server_id):
+        return 0
+    stats = cluster.sim.process_stats(server_id)
+    process = cluster.plan.processes[server_id]
+    return int(process.service_time_us * stats.slowdown * (1 + stats.inbox_depth))
+
+
 def _mix(mix: FaultMix) -> Callable[[int], SimCluster]:
     return lambda seed: build_mix(seed, mix)
 
@@ -251,6 +438,13 @@ def _factory(build: Callable[[int], SimCluster]) -> Callable[[int], Simulator]:
 
 for _name, (_build, _description) in SCENARIOS.items():
     register_scenario(_name, _factory(_build), description=_description)
+# Not in the rotation: 160 simulated seconds a seed (the predictor must learn first) would
+# double the corpus' time. tests/sim/test_predicted.py runs it.
+register_scenario(
+    PREDICTED_SCENARIO,
+    _factory(build_predicted),
+    description="the learned predictor sees an overload coming; parts move before the breach",
+)
 register_scenario(
     ALL_SCENARIO,
     _factory(build_all),
