@@ -212,6 +212,8 @@ def _metrics(
             unit="sessions",
             baseline=affected,
             baseline_name="affected sessions",
+            target="all",
+            met=len(first) == affected,
         ),
         Metric(name="failed requests", value=failed, unit="requests", target="0", met=failed == 0),
         Metric(name="SIGKILL to first good response p50", value=percentile(first, 0.5), unit="ms"),
