@@ -103,6 +103,27 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
                 return sessions >= 1 and primaries >= len(PARTS)
 
             await eventually(gauges_show_the_session, what="sessions and parts per server")
+            cart = f"{session.id.hex()}/cart"
+
+            async def lag_reported() -> bool:
+                lags = (await api.get("/api/replication")).json()
+                replicas = {lag["replica"] for lag in lags if lag["part"] == cart}
+                samples = await scrape(cluster.api_url)
+                series = total(samples, "forehand_replication_lag_entries", part=cart)
+                return (
+                    len(replicas) == 2
+                    and target not in replicas
+                    and series >= 0
+                    and all(
+                        (
+                            ("forehand_replication_lag_seconds", (("part", cart), ("replica", r)))
+                            in samples
+                        )
+                        for r in replicas
+                    )
+                )
+
+            await eventually(lag_reported, what="replication lag of the cart's two replicas")
 
             requests = 0.0
             for server_id, url in cluster.metrics_urls.items():
@@ -119,9 +140,14 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
             assert total(source_samples, "forehand_request_duration_seconds_count") >= 1
 
         records = [json.loads(line) for line in cluster.audit_file.read_text().splitlines()]
-        moved = [r for r in records if r["kind"] == "handoff" and r["target"] == target]
-        assert moved and moved[-1]["source"] == source
-        assert f"{session.id.hex()}/cart" in moved[-1]["parts"]
-        assert moved[-1]["reason"] == "rebalance" and moved[-1]["duration_ms"] > 0
+        cart = f"{session.id.hex()}/cart"
+        moved = [r for r in records if r["kind"] == "handoff" and cart in r["parts"]]
+        assert len(moved) == 1, moved
+        assert (moved[0]["source"], moved[0]["target"], moved[0]["outcome"]) == (
+            source,
+            target,
+            "completed",
+        )
+        assert moved[0]["reason"] == "rebalance" and moved[0]["duration_ms"] > 0
 
     run_async(scenario())
