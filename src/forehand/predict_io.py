@@ -49,8 +49,9 @@ S = 1_000_000
 HOUR_US = 3_600 * S
 DAY_US = 24 * HOUR_US
 PRIMARY_MODEL = "logistic"
-HANDOFF_S = 1.0
-"""Assumed handoff time until the simulator measures it; the lead target is three times it."""
+HANDOFF_S = 0.024
+"""The slowest handoff (HANDOFF to RESUME_OK) the demo measured, 2.5 to 24 ms; the lead target
+is three times it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,7 +235,13 @@ def print_report(
             )
     console.print(table)
     calibration = Table(title=f"{title}: calibration over the test ticks")
-    for column in ("model", "Brier skill", "calibration error", "base rate"):
+    for column in (
+        "model",
+        "Brier skill",
+        "calibration error",
+        "base rate",
+        "Brier skill on validation",
+    ):
         calibration.add_column(column, justify="left" if column == "model" else "right")
     for model in report.models:
         calibration.add_row(
@@ -242,6 +249,7 @@ def print_report(
             _number(model.brier_skill, 3),
             _number(model.calibration_error, 4),
             _number(model.base_rate, 4),
+            _number(model.validation_brier_skill, 3),
         )
     console.print(calibration)
 
@@ -290,7 +298,7 @@ def print_targets(
                 recall >= 0.8,
             ),
             (
-                f"median lead >= {3 * HANDOFF_S:.0f} s (3x handoff)",
+                f"median lead >= {3 * HANDOFF_S * 1000:.0f} ms (3x the measured handoff)",
                 _number(lead_s, 0),
                 not math.isnan(lead_s) and lead_s >= 3 * HANDOFF_S,
             ),
@@ -304,13 +312,17 @@ def print_targets(
         for text, measured, met in checks:
             table.add_row(text, measured, "yes" if met else "NO")
     if nab is not None:
-        primary_rows = {r.budget_per_day: r for r in nab.model(PRIMARY_MODEL).rows}
+        # The primary for this input is the model with the best Brier skill on the validation
+        # split (labels of the validation windows only); the test split decides nothing.
+        selected = nab.selected_model(PRIMARY_MODEL)
+        primary_rows = {r.budget_per_day: r for r in nab.model(selected).rows}
         rule_rows = {r.budget_per_day: r for r in nab.model("rule").rows}
         for budget, row in sorted(primary_rows.items()):
             rule_recall = rule_rows[budget].recall
             met = row.recall > max(rule_recall, row.random_floor)
             table.add_row(
-                f"NAB at {budget:g} alarms/day: recall > rule and floor",
+                f"NAB at {budget:g} alarms/day: recall > rule and floor (primary chosen on "
+                f"validation: {selected})",
                 f"{row.recall:.2f} vs rule {rule_recall:.2f}, floor {row.random_floor:.3f}",
                 "yes" if met else "NO",
             )

@@ -10,7 +10,9 @@ import pytest
 from forehand.predict import (
     EntitySeries,
     EvaluationConfig,
+    EvaluationReport,
     LabelledEvent,
+    ModelReport,
     ThresholdMode,
     alarm_times,
     brier_skill_score,
@@ -118,3 +120,33 @@ def test_evaluation_config_validation() -> None:
         EvaluationConfig(horizon_us=H, lead_us=L, warmup_fraction=0.5, validation_fraction=0.5)
     with pytest.raises(ConfigError):
         EvaluationConfig(horizon_us=H, lead_us=H)
+
+
+def test_the_primary_is_chosen_by_validation_brier_skill_only() -> None:
+    """The best validation Brier skill wins; NaN never wins; a tie keeps the default."""
+
+    def model(name: str, validation: float, test: float) -> ModelReport:
+        return ModelReport(
+            model=name,
+            rows=(),
+            brier_skill=test,
+            calibration_error=0.0,
+            base_rate=0.1,
+            validation_brier_skill=validation,
+        )
+
+    def report(*models: ModelReport) -> EvaluationReport:
+        return EvaluationReport(
+            models=models, test_entity_days=1.0, validation_entity_days=1.0, test_events={}
+        )
+
+    chosen = report(
+        model("logistic", 0.1, 0.9), model("tree", 0.2, -0.5), model("rule", math.nan, 1)
+    )
+    assert chosen.selected_model("logistic") == "tree"  # test skill plays no part
+    assert report(model("logistic", 0.2, 0), model("tree", 0.2, 0)).selected_model("logistic") == (
+        "logistic"
+    )
+    assert report(model("logistic", math.nan, 0), model("rule", -0.1, 0)).selected_model(
+        "logistic"
+    ) == ("rule")

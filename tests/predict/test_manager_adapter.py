@@ -1,57 +1,20 @@
-"""The adapter ManagerCore needs: predictor plus trigger policy behind its RiskPolicy protocol."""
+"""The manager's predictive risk policy: predictor plus trigger policy behind `RiskPolicy`."""
 
 from __future__ import annotations
 
 import random
 
-from forehand.core import RiskDecision, RiskPolicy
+from forehand.core import ManagerConfig, PredictiveRiskPolicy, RiskPolicy, RiskSteering
 from forehand.core.messages import LoadReport
 from forehand.predict import (
-    Action,
-    EntityKey,
     LabelConfig,
     OnlinePredictor,
     PolicyConfig,
     PredictorConfig,
-    ServerSample,
     TriggerPolicy,
 )
-from forehand.wire import ReasonCode
 
 S = 1_000_000
-
-
-class PredictiveRiskPolicy:
-    """What forehand.core would hold in place of ThresholdRiskPolicy (the wiring is for later)."""
-
-    def __init__(self, *, predictor: OnlinePredictor, policy: TriggerPolicy) -> None:
-        self.predictor = predictor
-        self.policy = policy
-
-    def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
-        """Observe the load, assess the risk, hand back a move when the policy acts on one."""
-        values = {
-            "cpu_utilization": load.cpu_utilization,
-            "queue_depth": float(load.queue_depth),
-            "latency_us_p99": float(load.latency_us_p99),
-            "error_ratio": load.error_ratio,
-        }
-        self.predictor.observe(ServerSample(server_id=server_id, values=values), now_us=now_us)
-        risk = self.predictor.risk(EntityKey(server_id), now_us=now_us)
-        decision = self.policy.assess(risk, now_us=now_us)
-        if not decision.acted or decision.parts_fraction <= 0.0:
-            return None
-        reason = ReasonCode.PREDICTED_FAILURE
-        if decision.action is Action.DRAIN:
-            reason = ReasonCode.OVERLOAD
-        top = ", ".join(f"{f.name}={f.value:.3g}" for f in decision.top_features)
-        detail = f"risk {decision.risk:.3f} ({decision.model}, {decision.level}); {top}"
-        return RiskDecision(reason=reason, parts_fraction=decision.parts_fraction, detail=detail)
-
-    def forget(self, server_id: str) -> None:
-        """Forget the server in both halves."""
-        self.predictor.forget(server_id)
-        self.policy.forget(server_id)
 
 
 def _load(cpu: float) -> LoadReport:
@@ -72,9 +35,12 @@ def test_adapter_satisfies_the_protocol_and_moves_parts_before_breaches() -> Non
         calibration_labels_min=100,
     )
     adapter: RiskPolicy = PredictiveRiskPolicy(
+        config=ManagerConfig(overload_threshold=2.0),  # The cold-start rule stays out of it.
+        rng=random.Random(0),
         predictor=OnlinePredictor(config=config, rng=random.Random(1)),
         policy=TriggerPolicy(config=PolicyConfig(cooldown_us=0), rng=random.Random(2)),
     )
+    assert isinstance(adapter, RiskSteering)
     rng = random.Random(3)
     early: list[int] = []
     for tick in range(1_200):

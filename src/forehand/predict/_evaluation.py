@@ -152,6 +152,9 @@ class ModelReport:
     """Expected calibration error over the test ticks."""
     base_rate: float
     """Share of positive test ticks."""
+    validation_brier_skill: float = math.nan
+    """Brier skill score over the labelled validation ticks (the base rate of validation): what
+    `EvaluationReport.selected_model` chooses by, never looking at the test split."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,6 +169,25 @@ class EvaluationReport:
     """Entity-days in the validation split."""
     test_events: Mapping[str, int]
     """Group -> test events."""
+
+    def selected_model(self, default: str) -> str:
+        """The model with the best validation Brier skill (`default` when none has one).
+
+        A proper score over every labelled validation tick, so the choice depends neither on a
+        threshold nor on the test split; ties keep `default`.
+        """
+        best = default
+        best_skill = self.model(default).validation_brier_skill if self._has(default) else -math.inf
+        if math.isnan(best_skill):
+            best_skill = -math.inf
+        for report in self.models:
+            skill = report.validation_brier_skill
+            if not math.isnan(skill) and skill > best_skill:
+                best, best_skill = report.model, skill
+        return best
+
+    def _has(self, name: str) -> bool:
+        return any(report.model == name for report in self.models)
 
     def model(self, name: str) -> ModelReport:
         """The report of model `name`."""
@@ -473,13 +495,23 @@ def _model_report(
                     lead_s_p10=float(np.quantile(leads_s, 0.1)) if len(leads_s) else math.nan,
                 )
             )
-    probabilities = np.concatenate([split.scores[model][split.labelled] for split in test])
-    labels = np.concatenate([split.labels[split.labelled] for split in test])
+    probabilities, labels = _labelled(test, model)
     rows.sort(key=lambda row: (list(groups).index(row.group), row.budget_per_day))
+    validation_probabilities, validation_labels = _labelled(validation, model)
     return ModelReport(
         model=model,
         rows=tuple(rows),
         brier_skill=brier_skill_score(probabilities, labels),
         calibration_error=calibration_error(probabilities, labels),
         base_rate=float(labels.mean()) if len(labels) else math.nan,
+        validation_brier_skill=brier_skill_score(validation_probabilities, validation_labels),
     )
+
+
+def _labelled(splits: Sequence[_Split], model: str) -> tuple[FloatArray, BoolArray]:
+    """The model's probabilities and the labels over the labelled ticks of `splits`."""
+    if not splits:
+        return np.zeros(0, dtype=np.float64), np.zeros(0, dtype=np.bool_)
+    probabilities = np.concatenate([split.scores[model][split.labelled] for split in splits])
+    labels = np.concatenate([split.labels[split.labelled] for split in splits])
+    return probabilities, labels
