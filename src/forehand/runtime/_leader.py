@@ -257,7 +257,11 @@ class Election:
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-        if watch.done() and watch.exception() is not None:
+        if not watch.done():
+            # Stopping: the watch's thread finishes on its own; its outcome no longer matters.
+            watch.add_done_callback(_discard_outcome)
+            return
+        if watch.exception() is not None:
             _log.info("watch of the leader key failed: %s", watch.exception())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
@@ -318,6 +322,11 @@ class Election:
     async def _revoke(self, lease: int) -> None:
         with contextlib.suppress(EtcdError, TimeoutError):
             await self._call(self._client.revoke, lease)
+
+
+def _discard_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _signal_stop() -> tuple[asyncio.Event, Callable[[], None]]:
