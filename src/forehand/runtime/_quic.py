@@ -14,10 +14,11 @@ already read), and on the request benchmark qh3 was 3.9 times faster for sequent
 3.4 times for 64 pipelined requests, with 4.4 ms handshakes against 11.6 ms, in the same run.
 What qh3 offers publicly, and so what this module uses: `get_send_buffer_size()` for send
 backpressure, `max_concurrent_bidi_streams` for the peer's stream limit (qh3 raises rather than
-queue beyond it), PING frames and their acknowledgements for RTT samples, and the qlog hook
-(`QuicConfiguration.quic_logger`), whose `datagrams_sent` / `datagrams_received` events a
-counting trace (`_PathCounters`) turns into packet and byte counts without storing events.
-Loss and congestion: qh3 2.1 runs loss recovery in its native core, which neither logs lost
+queue beyond it), PING frames and their acknowledgements for RTT samples, and the datagrams
+themselves: the protocol counts what it feeds the stack and what `datagrams_to_send()` gives it
+(`_PathCounters`). The qlog hook (`QuicConfiguration.quic_logger`) would count them too, but it
+parses every packet header it logs, which cost 12% of sequential round trips here. Loss and
+congestion: qh3 2.1 runs loss recovery in its native core, which neither logs lost
 packets to the qlog hook nor accepts a congestion-control plug-in; the typed native core
 (`qh3._hazmat.QuicConnectionCore`) publishes `loss_total`, `pto_total` and
 `congestion_window`, and the Python facade holds it as `_core`. `_recovery_figures` is the one
@@ -43,7 +44,6 @@ from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
-from qh3.quic.logger import QuicLogger, QuicLoggerTrace
 
 from forehand.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from forehand.runtime._rtt import RttEstimator
@@ -116,11 +116,17 @@ class QUICTransportConfig:
             raise ConfigError("QUICTransportConfig.rtt_probe_interval_ms must be 0 or more")
 
 
-class _PathCounters(QuicLoggerTrace):
-    """A qlog trace that counts datagrams and their bytes instead of storing events."""
+class _PathCounters:
+    """Datagrams and bytes one QUIC connection sent and received."""
 
-    def __init__(self, *, is_client: bool, odcid: bytes) -> None:
-        super().__init__(is_client=is_client, odcid=odcid)
+    __slots__ = (
+        "bytes_received_count",
+        "bytes_sent_count",
+        "datagrams_received_count",
+        "datagrams_sent_count",
+    )
+
+    def __init__(self) -> None:
         self.datagrams_sent_count = 0
         """Datagrams the stack handed to the socket."""
         self.bytes_sent_count = 0
@@ -130,40 +136,18 @@ class _PathCounters(QuicLoggerTrace):
         self.bytes_received_count = 0
         """Their bytes (UDP payloads)."""
 
-    def log_event(self, *, category: str, event: str, data: dict[str, Any]) -> None:
-        if event == "datagrams_sent":
-            self.datagrams_sent_count += 1
-            self.bytes_sent_count += data["raw"][0]["payload_length"]
-        elif event == "datagrams_received":
-            self.datagrams_received_count += 1
-            self.bytes_received_count += data["raw"][0]["payload_length"]
+    def counting(
+        self, datagrams_to_send: Callable[[float], list[tuple[bytes, Any]]]
+    ) -> Callable[[float], list[tuple[bytes, Any]]]:
+        """`datagrams_to_send` of the stack, counting what it returns."""
 
+        def counted(now: float) -> list[tuple[bytes, Any]]:
+            datagrams = datagrams_to_send(now)
+            self.datagrams_sent_count += len(datagrams)
+            self.bytes_sent_count += sum(len(data) for data, _ in datagrams)
+            return datagrams
 
-class _CountingLogger(QuicLogger):
-    """Hands each QUIC connection a `_PathCounters` trace, found again by the connection's
-    original destination connection id; at most `traces_max` are kept (the oldest go first)."""
-
-    def __init__(self, *, traces_max: int) -> None:
-        super().__init__()
-        self._traces_max = traces_max
-        self._counters: dict[bytes, _PathCounters] = {}
-
-    def start_trace(self, is_client: bool, odcid: bytes) -> QuicLoggerTrace:
-        counters = _PathCounters(is_client=is_client, odcid=odcid)
-        while len(self._counters) >= self._traces_max:
-            del self._counters[next(iter(self._counters))]
-        self._counters[odcid] = counters
-        return counters
-
-    def end_trace(self, trace: QuicLoggerTrace) -> None:
-        for odcid, counters in self._counters.items():
-            if counters is trace:
-                del self._counters[odcid]
-                return
-
-    def counters(self, odcid: bytes) -> _PathCounters | None:
-        """The trace of the connection `odcid`, while it lives."""
-        return self._counters.get(odcid)
+        return counted
 
 
 def _recovery_figures(quic: QuicConnection) -> tuple[int, int, int] | None:
@@ -201,6 +185,12 @@ class _Protocol(QuicConnectionProtocol):
         self._receiving = False
         self.refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Fails when the network reports the peer unreachable before the handshake is done."""
+        self.counters = _PathCounters()
+        """What went through this protocol; the stack pulls every outgoing datagram through
+        `datagrams_to_send(now)`, which is wrapped here to count them."""
+        quic.datagrams_to_send = self.counters.counting(  # type: ignore[method-assign,assignment]
+            quic.datagrams_to_send
+        )
 
     def error_received(self, exc: Exception) -> None:
         if self.connection is None and not self.refused.done():
@@ -209,6 +199,8 @@ class _Protocol(QuicConnectionProtocol):
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         self.peer_address = addr
+        self.counters.datagrams_received_count += 1
+        self.counters.bytes_received_count += len(data)
         self._receiving = True
         try:
             super().datagram_received(data, addr)
@@ -712,7 +704,6 @@ class QUICTransport(Transport):
         """What this node presents and trusts."""
         self.config = config if config is not None else QUICTransportConfig()
         """Settings and bounds."""
-        self._logger = _CountingLogger(traces_max=2 * self.config.limits.connections_max)
 
     def _configuration(self, *, is_client: bool, server_id: str | None) -> QuicConfiguration:
         config = self.config
@@ -723,7 +714,6 @@ class QUICTransport(Transport):
             max_data=config.connection_window_bytes,
             max_stream_data=config.stream_window_bytes,
             server_name=server_id,
-            quic_logger=self._logger,
         )
         if is_client:
             configuration.load_verify_locations(cafile=str(self.credentials.ca_certificate_path))
@@ -798,7 +788,7 @@ class QUICTransport(Transport):
             loop=asyncio.get_running_loop(),
             peer_role=peer_role,
             rtt_probe_interval_ms=self.config.rtt_probe_interval_ms,
-            counters=self._logger.counters(protocol.quic.original_destination_connection_id),
+            counters=protocol.counters,
         )
         connection.peer_address = _address(protocol.peer_address)
         return connection
