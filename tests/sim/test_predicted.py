@@ -18,6 +18,7 @@ SEEDS = (1, 2)
 """Seeds the test runs (each about 150 simulated seconds)."""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_gradual_overload_is_predicted_and_handed_off_before_the_breach(seed: int) -> None:
     """Prediction before the SLO breach, every primary moved by then, zero failed requests."""
