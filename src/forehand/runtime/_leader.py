@@ -202,7 +202,7 @@ class Election:
                 if await self._try_to_win(stop):
                     return True
             except (EtcdError, TimeoutError) as error:
-                _log.info("campaign: etcd unavailable (%s)", error)
+                _log.info("campaign: etcd unavailable (%s)", str(error) or type(error).__name__)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval_s)
         return False
