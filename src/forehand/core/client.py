@@ -849,17 +849,18 @@ class ClientCore:
         served, every `probe_interval_ms` elsewhere (at most `probes_per_second_max` probes per
         second), each PING carrying the client's path samples."""
         config = self._config
+        prewarm = config.prewarm_probe_targets and self._sessions and now_us >= self._prewarm_due_us
+        due = [c for c in self._pool if c.next_ping_us is not None and c.next_ping_us <= now_us]
+        if not due and not prewarm:
+            return  # The timer fired for something else: no walk over the sessions.
         serving = self._serving_servers()
-        if config.prewarm_probe_targets and self._sessions and now_us >= self._prewarm_due_us:
+        if prewarm:
             self._prewarm_due_us = now_us + config.probe_interval_ms * 1000
             self._prewarm_probe_targets(serving, now_us)
         if now_us >= self._probe_window_us + 1_000_000:
             self._probe_window_us, self._probes_in_window = now_us, 0
         telemetry: tuple[PathSample, ...] | None = None
-        for connection in self._pool:
-            due_us = connection.next_ping_us
-            if due_us is None or due_us > now_us:
-                continue
+        for connection in due:
             if not connection.authenticated:
                 connection.next_ping_us = None
                 continue
