@@ -192,6 +192,39 @@ def test_encode_frame_refuses_non_frames(codec: Codec) -> None:
         codec.encode_frame(HERE)  # type: ignore[arg-type]
 
 
+def test_encode_frames_is_the_concatenation_of_encode_frame(codec: Codec) -> None:
+    """encode_frames of a list or tuple (hot and other frames mixed) is b"".join of each one's
+    encode_frame, with the config applied to each."""
+    frames: list[Frame] = [
+        request(),
+        Response(
+            request_id=7, session_id=SESSION, status=ResponseStatus.OK, map_version=3, payload=b""
+        ),
+        handoff(),
+        Ping(sequence=1, sent_us=2),
+        request(request_id=8, payload=b"x" * 300),
+    ]
+    expected = b"".join(codec.encode_frame(frame) for frame in frames)
+    assert codec.encode_frames(frames) == expected
+    assert codec.encode_frames(tuple(frames)) == expected
+    assert codec.encode_frames(frames[:1]) == codec.encode_frame(frames[0])
+    assert codec.encode_frames([]) == b""
+    small = WireConfig(frame_bytes_max=16384, op_name_bytes_max=2)
+    with pytest.raises(LocalProtocolError):
+        codec.encode_frames(frames, config=small)
+
+
+def test_encode_frames_refuses_what_encode_frame_refuses(codec: Codec) -> None:
+    """One invalid frame anywhere in the batch raises LocalProtocolError for the batch."""
+    for position in range(3):
+        frames: list[Frame] = [request(), request(request_id=9)]
+        frames.insert(position, request(part=""))
+        with pytest.raises(LocalProtocolError):
+            codec.encode_frames(frames)
+    with pytest.raises(LocalProtocolError):
+        codec.encode_frames([request(), HERE])  # type: ignore[list-item]
+
+
 def test_unknown_reason_codes_mean_unspecified(codec: Codec) -> None:
     """Greased, private and unassigned reason codes decode as UNSPECIFIED."""
     for wire_value in (0x21, 0x3F, 0xFF05):

@@ -38,6 +38,7 @@ def implementation_in_subprocess(pure_value: str | None) -> str:
 def test_public_functions_are_the_chosen_codec() -> None:
     """forehand.wire and FrameDecoder use exactly the functions of the chosen codec."""
     assert forehand.wire.encode_frame is CODEC.encode_frame
+    assert forehand.wire.encode_frames is CODEC.encode_frames
     assert forehand.wire.decode_frame is CODEC.decode_frame
     assert forehand.wire.decode_body is CODEC.decode_body
     assert vars(_decoder)["decode_body"] is CODEC.decode_body
@@ -50,6 +51,7 @@ def test_pure_codec_is_the_python_module() -> None:
     """The reference codec is the pure-Python one, whatever is built."""
     assert PURE_CODEC.name == "python"
     assert PURE_CODEC.encode_frame is _codec.encode_frame
+    assert PURE_CODEC.encode_frames is _codec.encode_frames
     assert PURE_CODEC.decode_frame is _codec.decode_frame
     assert PURE_CODEC.decode_body is _codec.decode_body
     assert PURE_CODEC.pop_frame is _codec.pop_frame
@@ -72,6 +74,7 @@ def test_accelerated_codec_is_the_extension_module() -> None:
     assert ACCELERATED_CODEC is not None
     assert ACCELERATED_CODEC.name == "c"
     assert ACCELERATED_CODEC.encode_frame is _speedups.encode_frame
+    assert ACCELERATED_CODEC.encode_frames is _speedups.encode_frames
     assert ACCELERATED_CODEC.decode_frame is _speedups.decode_frame
     assert ACCELERATED_CODEC.decode_body is _speedups.decode_body
     assert ACCELERATED_CODEC.pop_frame is _speedups.pop_frame

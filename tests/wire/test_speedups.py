@@ -408,6 +408,43 @@ def test_pop_frames_takes_the_same_frames() -> None:
     assert batches > 100
 
 
+def test_repeated_and_colliding_names_decode_alike() -> None:
+    """Part and op names decode to the same strings whatever the C codec's name cache holds:
+    names seen before, many distinct names that share cache slots, and non-ASCII names."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 8)
+    names = [f"part-{n}" for n in range(300)] + ["caf\u00e9", "\u00e9t\u00e9", "a", "b"]
+    for _ in range(3_000):
+        frame = Request(
+            request_id=rng.randrange(1 << 62),
+            session_id=bytes(16),
+            part=rng.choice(names),
+            op=rng.choice(names)[:64],
+            map_version=1,
+            payload=b"",
+        )
+        data = PURE_CODEC.encode_frame(frame)
+        decoded = ACCELERATED_CODEC.decode_frame(data)
+        assert shape(decoded) == shape(frame)
+
+
+def test_encode_frames_gives_the_same_bytes_or_error() -> None:
+    """encode_frames gives the pure codec's bytes, or its error, on batches of random valid and
+    invalid frames."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 7)
+    makers = [FrameMaker(rng, valid=True), FrameMaker(rng, valid=False)]
+    refused = 0
+    for _ in range(1_000):
+        frames = tuple(rng.choice(makers).frame() for _ in range(rng.randint(0, 5)))
+        config = rng.choice(CONFIGS)
+        reference = outcome(PURE_CODEC.encode_frames, frames, config=config)
+        candidate = outcome(ACCELERATED_CODEC.encode_frames, frames, config=config)
+        assert_same(reference, candidate, (frames, config))
+        refused += reference[0] != "ok"
+    assert 50 < refused < 950
+
+
 def decode_stream(stream: bytes) -> tuple[tuple[Frame, ...], int | None]:
     """The frames a FrameDecoder yields for `stream`, and the error code it ends with."""
     decoder = FrameDecoder(sender=None)

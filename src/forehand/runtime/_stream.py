@@ -32,6 +32,7 @@ from forehand.wire import (
     FrameDecoder,
     PeerRole,
     encode_frame,
+    encode_frames,
 )
 
 __all__ = ["StreamConnection"]
@@ -142,12 +143,12 @@ class StreamConnection(Connection, asyncio.Protocol):
         batch = frames if isinstance(frames, list | tuple) else list(frames)
         if not batch:
             return
-        encoded = [encode_frame(frame, config=wire) for frame in batch]
+        encoded = encode_frames(batch, config=wire)
         # close() sends ERROR itself unless the last frame queued was one (cores queue an ERROR
         # right before asking for the close).
         self._error_sent = type(batch[-1]) is Error
-        self._pending += encoded
-        self._pending_bytes += sum(map(len, encoded))
+        self._pending.append(encoded)
+        self._pending_bytes += len(encoded)
         if self._pending_bytes >= self._limits.send_buffer_high_water_bytes:
             self._flush()
         elif self._flush_handle is None:

@@ -71,6 +71,7 @@ from forehand.wire._implementation import (
     decode_body,
     decode_frame,
     encode_frame,
+    encode_frames,
 )
 from forehand.wire._primitives import encode_varint, pull_varint
 
@@ -86,6 +87,7 @@ __all__ = [
     "decode_body",
     "decode_frame",
     "encode_frame",
+    "encode_frames",
     "encode_varint",
     "grease_frame",
     "pull_varint",

@@ -68,7 +68,14 @@ from forehand.wire._hot_codec import (
 )
 from forehand.wire._primitives import encode_varint, malformed, pull_varint
 
-__all__ = ["decode_body", "decode_frame", "encode_frame", "pop_frame", "pop_frames"]
+__all__ = [
+    "decode_body",
+    "decode_frame",
+    "encode_frame",
+    "encode_frames",
+    "pop_frame",
+    "pop_frames",
+]
 
 _METRIC_FIELDS: dict[int, str] = {
     PathMetric.RTT_US: "rtt_us",
@@ -543,6 +550,14 @@ _DECODERS: dict[int, _Decoder] = {
     FrameType.CLUSTER_MESSAGE: _with_buffer(_decode_cluster_message),
 }
 """The decoder of each frame type, called with the frame's data and where its body starts."""
+
+
+def encode_frames(
+    frames: list[Frame] | tuple[Frame, ...], *, config: WireConfig = DEFAULT_CONFIG
+) -> bytes:
+    """The bytes of `frames`, one after the other, as `encode_frame` gives them; raises what it
+    raises for the first frame it refuses."""
+    return b"".join([encode_frame(frame, config=config) for frame in frames])
 
 
 def encode_frame(frame: Frame, *, config: WireConfig = DEFAULT_CONFIG) -> bytes:

@@ -1,13 +1,13 @@
 """Which frame codec runs: the C accelerator `_speedups`, or the pure-Python codec.
 
-Both implement `encode_frame`, `decode_frame`, `decode_body` and FrameDecoder's `pop_frame` and
-`pop_frames` with
-the same signatures, results and errors: the C module encodes and decodes the hot frames
-(REQUEST, RESPONSE, HANDOFF) itself and hands every other frame, and every argument it does not
-expect, to the pure-Python codec in `_codec`. The accelerator is optional: when it was not
-compiled (no C compiler when the package was installed) the pure-Python codec runs alone. The
-environment variable FOREHAND_WIRE_PURE, set to anything but "" or "0" before `forehand.wire` is
-first imported, forces the pure-Python codec, for debugging and for comparing the two.
+Both implement `encode_frame`, `encode_frames`, `decode_frame`, `decode_body` and FrameDecoder's
+`pop_frame` and `pop_frames` with the same signatures, results and errors: the C module encodes
+and decodes the hot frames (REQUEST, RESPONSE, HANDOFF) itself and hands every other frame, and
+every argument it does not expect, to the pure-Python codec in `_codec`. The accelerator is
+optional: when it was not compiled (no C compiler when the package was installed) the pure-Python
+codec runs alone. The environment variable FOREHAND_WIRE_PURE, set to anything but "" or "0"
+before `forehand.wire` is first imported, forces the pure-Python codec, for debugging and for
+comparing the two.
 
 This module is the only place that chooses; everything else imports the chosen functions.
 """
@@ -33,6 +33,7 @@ __all__ = [
     "decode_body",
     "decode_frame",
     "encode_frame",
+    "encode_frames",
     "pop_frame",
     "pop_frames",
 ]
@@ -45,6 +46,14 @@ class EncodeFrame(Protocol):
     """The signature of `encode_frame`."""
 
     def __call__(self, frame: Frame, *, config: WireConfig = DEFAULT_CONFIG) -> bytes: ...
+
+
+class EncodeFrames(Protocol):
+    """The signature of `encode_frames`."""
+
+    def __call__(
+        self, frames: list[Frame] | tuple[Frame, ...], *, config: WireConfig = DEFAULT_CONFIG
+    ) -> bytes: ...
 
 
 class DecodeFrame(Protocol):
@@ -85,6 +94,8 @@ class Codec:
     """"c" for the C accelerator, "python" for the pure-Python codec."""
     encode_frame: EncodeFrame
     """Frame to bytes."""
+    encode_frames: EncodeFrames
+    """Frames to their bytes, one after the other."""
     decode_frame: DecodeFrame
     """Bytes of exactly one frame to the frame."""
     decode_body: DecodeBody
@@ -98,6 +109,7 @@ class Codec:
 PURE_CODEC: Final = Codec(
     name="python",
     encode_frame=_codec.encode_frame,
+    encode_frames=_codec.encode_frames,
     decode_frame=_codec.decode_frame,
     decode_body=_codec.decode_body,
     pop_frame=_codec.pop_frame,
@@ -115,6 +127,7 @@ def _load_accelerated_codec() -> Codec | None:
     return Codec(
         name="c",
         encode_frame=_speedups.encode_frame,
+        encode_frames=_speedups.encode_frames,
         decode_frame=_speedups.decode_frame,
         decode_body=_speedups.decode_body,
         pop_frame=_speedups.pop_frame,
@@ -134,6 +147,7 @@ CODEC_IMPLEMENTATION: Final = CODEC.name
 """"c" when the C accelerator is in use, "python" otherwise."""
 
 encode_frame: Final = CODEC.encode_frame
+encode_frames: Final = CODEC.encode_frames
 decode_frame: Final = CODEC.decode_frame
 decode_body: Final = CODEC.decode_body
 pop_frame: Final = CODEC.pop_frame

@@ -52,6 +52,7 @@ typedef struct {
     PyObject *kwnames;                /* the Struct's own field-name objects, in our order */
     Py_ssize_t offsets[FIELDS_MAX];   /* where each field's slot lives in an instance */
     Py_ssize_t count;
+    int direct;                       /* instances may be filled in place (see build_frame) */
 } FrameClass;
 
 enum { REQ_REQUEST_ID, REQ_SESSION_ID, REQ_PART, REQ_OP, REQ_MAP_VERSION, REQ_PAYLOAD, REQ_N };
@@ -80,7 +81,7 @@ static PyObject *kwnames_error_code;        /* ("error_code",) */
 static PyObject *kwnames_config;            /* ("config",) */
 static PyObject *default_config;
 static PyObject *pure_encode_frame, *pure_decode_frame, *pure_decode_body, *pure_pop_frame;
-static PyObject *pure_pop_frames;
+static PyObject *pure_pop_frames, *pure_encode_frames;
 static PyObject *encode_endpoint;           /* _primitives.encode_endpoint (lru-cached) */
 static PyObject *parse_endpoint;            /* _primitives._parse_endpoint */
 static PyObject *decoded_endpoints;         /* _primitives._decoded_endpoints */
@@ -343,6 +344,18 @@ build_frame(const FrameClass *cls, PyObject **values)
             goto done;
         }
     }
+    if (cls->direct) {
+        /* What the Struct's __init__ does for these classes (no defaults taken, no
+         * __post_init__, no GC): allocate, then hand each value to its slot. */
+        frame = cls->type->tp_alloc(cls->type, 0);
+        if (frame == NULL) {
+            goto done;
+        }
+        for (Py_ssize_t i = 0; i < cls->count; i++) {
+            *(PyObject **)((char *)frame + cls->offsets[i]) = values[i];
+        }
+        return frame;
+    }
     frame = PyObject_Vectorcall((PyObject *)cls->type, values, 0, cls->kwnames);
 done:
     for (Py_ssize_t i = 0; i < cls->count; i++) {
@@ -589,6 +602,31 @@ pull_extensions(Reader *reader)
     return extensions;
 }
 
+/* Recently decoded ASCII part and op names, so that the few names a connection repeats are
+ * not decoded and allocated again for every REQUEST. Strings are immutable: sharing is safe. */
+#define NAME_CACHE_SIZE 64
+static PyObject *name_cache[NAME_CACHE_SIZE];
+
+static PyObject *
+decode_name(const unsigned char *data, Py_ssize_t size)
+{
+    uint32_t hash = 2166136261u;
+    for (Py_ssize_t i = 0; i < size; i++) {
+        hash = (hash ^ data[i]) * 16777619u;
+    }
+    PyObject **slot = &name_cache[hash % NAME_CACHE_SIZE];
+    PyObject *cached = *slot;
+    if (cached != NULL && PyUnicode_GET_LENGTH(cached) == size &&
+        memcmp(PyUnicode_DATA(cached), data, size) == 0) {
+        return Py_NewRef(cached);
+    }
+    PyObject *name = PyUnicode_DecodeUTF8((const char *)data, size, NULL);
+    if (name != NULL && PyUnicode_IS_COMPACT_ASCII(name)) {
+        Py_XSETREF(*slot, Py_NewRef(name));
+    }
+    return name;
+}
+
 static PyObject *
 decode_request(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start,
                const Bounds *bounds)
@@ -614,9 +652,8 @@ decode_request(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start,
         return malformed("REQUEST body ends inside its op name");
     }
     PyObject *values[REQ_N];
-    values[REQ_PART] = PyUnicode_DecodeUTF8((const char *)bytes + part_start, part_size, NULL);
-    values[REQ_OP] = values[REQ_PART] == NULL ? NULL
-                     : PyUnicode_DecodeUTF8((const char *)bytes + op_start, op_size, NULL);
+    values[REQ_PART] = decode_name(bytes + part_start, part_size);
+    values[REQ_OP] = values[REQ_PART] == NULL ? NULL : decode_name(bytes + op_start, op_size);
     if (values[REQ_OP] == NULL) {
         Py_XDECREF(values[REQ_PART]);
         wrap_helper_error("REQUEST");
@@ -1257,6 +1294,91 @@ speedups_encode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
     return PyObject_Vectorcall(pure_encode_frame, pure_args, 1, kwnames_config);
 }
 
+/* The bytes of one frame as encode_frame(frame, config=config) returns them. */
+static PyObject *
+encode_one(PyObject *frame, PyObject *config, const Bounds *bounds)
+{
+    PyTypeObject *type = Py_TYPE(frame);
+    PyObject *encoded = NULL;
+    if (type == request_class.type) {
+        encoded = encode_request(frame, bounds);
+    } else if (type == response_class.type) {
+        encoded = encode_response(frame, bounds);
+    } else if (type == handoff_class.type) {
+        encoded = encode_handoff(frame, bounds);
+    }
+    if (encoded != NULL) {
+        return encoded;
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    PyObject *pure_args[2] = {frame, config};
+    return PyObject_Vectorcall(pure_encode_frame, pure_args, 1, kwnames_config);
+}
+
+PyDoc_STRVAR(encode_frames_doc,
+"encode_frames(frames, *, config=DEFAULT_CONFIG)\n--\n\n"
+"The bytes of a list or tuple of frames, one after the other: b\"\".join of their\n"
+"encode_frame, in one call. Raises what encode_frame raises for the first frame it refuses.");
+
+static PyObject *
+speedups_encode_frames(PyObject *module, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *config;
+    Bounds bounds;
+    if (!split_config(args, nargs, kwnames, 1, &config) ||
+        !(PyList_CheckExact(args[0]) || PyTuple_CheckExact(args[0])) ||
+        !get_bounds(config, &bounds)) {
+        return call_pure(pure_encode_frames, args, nargsf, kwnames);
+    }
+    /* A tuple snapshot: encoding may run Python code (the pure codec), which could change a list. */
+    PyObject *frames = PySequence_Tuple(args[0]);
+    if (frames == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyTuple_GET_SIZE(frames), total = 0;
+    PyObject *parts = PyTuple_New(count);
+    PyObject *result = NULL;
+    if (parts == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *encoded = encode_one(PyTuple_GET_ITEM(frames, i), config, &bounds);
+        if (encoded == NULL) {
+            goto done;
+        }
+        if (!PyBytes_Check(encoded)) {
+            PyErr_SetString(PyExc_TypeError, "encode_frame returned something else than bytes");
+            Py_DECREF(encoded);
+            goto done;
+        }
+        PyTuple_SET_ITEM(parts, i, encoded);
+        total += PyBytes_GET_SIZE(encoded);
+    }
+    if (count == 1) {
+        result = Py_NewRef(PyTuple_GET_ITEM(parts, 0));
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, total);
+    if (result != NULL) {
+        char *p = PyBytes_AS_STRING(result);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *encoded = PyTuple_GET_ITEM(parts, i);
+            memcpy(p, PyBytes_AS_STRING(encoded), PyBytes_GET_SIZE(encoded));
+            p += PyBytes_GET_SIZE(encoded);
+        }
+    }
+done:
+    Py_XDECREF(parts);
+    Py_DECREF(frames);
+    return result;
+}
+
 /* Body of a non-hot frame (or an unknown type) through the pure decode_body. */
 static PyObject *
 pure_body(uint64_t frame_type, PyObject *data, Py_ssize_t start, PyObject *config)
@@ -1548,6 +1670,8 @@ speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef speedups_methods[] = {
     {"encode_frame", (PyCFunction)(void (*)(void))speedups_encode_frame,
      METH_FASTCALL | METH_KEYWORDS, encode_frame_doc},
+    {"encode_frames", (PyCFunction)(void (*)(void))speedups_encode_frames,
+     METH_FASTCALL | METH_KEYWORDS, encode_frames_doc},
     {"decode_frame", (PyCFunction)(void (*)(void))speedups_decode_frame,
      METH_FASTCALL | METH_KEYWORDS, decode_frame_doc},
     {"decode_body", (PyCFunction)(void (*)(void))speedups_decode_body,
@@ -1630,6 +1754,13 @@ load_frame_class(PyObject *frames, const char *class_name, const char *const *na
         }
     }
     Py_DECREF(fields);
+    cls->direct = !PyType_IS_GC(cls->type) && cls->type->tp_itemsize == 0 &&
+                  cls->type->tp_alloc == PyType_GenericAlloc &&
+                  !PyObject_HasAttrString(type, "__post_init__");
+    for (Py_ssize_t i = 0; i < found; i++) {
+        cls->direct &= cls->offsets[i] >= (Py_ssize_t)sizeof(PyObject) &&
+                       cls->offsets[i] + (Py_ssize_t)sizeof(PyObject *) <= cls->type->tp_basicsize;
+    }
     if (cls->kwnames == NULL || found != cls->count || names[found] != NULL) {
         if (!PyErr_Occurred()) {
             PyErr_Format(PyExc_ImportError, "%s fields differ from the C codec's", class_name);
@@ -1776,12 +1907,13 @@ load_python_codec(void)
     pure_decode_body = import_attribute("forehand.wire._codec", "decode_body");
     pure_pop_frame = import_attribute("forehand.wire._codec", "pop_frame");
     pure_pop_frames = import_attribute("forehand.wire._codec", "pop_frames");
+    pure_encode_frames = import_attribute("forehand.wire._codec", "encode_frames");
     encode_endpoint = import_attribute("forehand.wire._primitives", "encode_endpoint");
     parse_endpoint = import_attribute("forehand.wire._primitives", "_parse_endpoint");
     decoded_endpoints = import_attribute("forehand.wire._primitives", "_decoded_endpoints");
     long cache_max = 0;
     if (default_config == NULL || pure_encode_frame == NULL || pure_decode_frame == NULL ||
-        pure_decode_body == NULL || pure_pop_frame == NULL || pure_pop_frames == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
+        pure_decode_body == NULL || pure_pop_frame == NULL || pure_pop_frames == NULL || pure_encode_frames == NULL || encode_endpoint == NULL || parse_endpoint == NULL ||
         decoded_endpoints == NULL ||
         load_constant("forehand.wire._primitives", "ENDPOINT_CACHE_MAX", &cache_max) < 0) {
         return -1;
