@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 from forehand.core import ServerCore
 from forehand.core.messages import PartRole
-from forehand.ops.view import ClusterView, RiskTracker
+from forehand.ops.view import ClusterView, RiskTracker, ServerView
 from forehand.wire import ResponseStatus
 
 __all__ = [
@@ -96,6 +96,12 @@ class ManagerMetrics:
             buckets=HANDOFF_DURATION_BUCKETS_S,
             registry=r,
         )
+        self._failure_metrics(r)
+        self._map_metrics(r)
+        self._death_cause: OrderedDict[str, str] = OrderedDict()
+        r.register(_ClusterCollector(view, risk))
+
+    def _failure_metrics(self, r: CollectorRegistry) -> None:
         self.failovers = Counter(
             "forehand_failovers",
             "Failovers ended, by the death cause of the servers and outcome.",
@@ -129,6 +135,8 @@ class ManagerMetrics:
             ["model", "level", "action", "acted"],
             registry=r,
         )
+
+    def _map_metrics(self, r: CollectorRegistry) -> None:
         self.map_commits = Counter(
             "forehand_map_commits", "Committed shard-map versions.", ["change"], registry=r
         )
@@ -143,8 +151,6 @@ class ManagerMetrics:
         self.drain_total = Gauge(
             "forehand_drain_parts", "Roles a drain has to move away.", ["server"], registry=r
         )
-        self._death_cause: OrderedDict[str, str] = OrderedDict()
-        r.register(_ClusterCollector(view, risk))
 
     def __call__(self, event: object) -> None:
         """Account for one manager event."""
@@ -232,6 +238,37 @@ _MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
 }
 
 
+_SERVER_GAUGES: tuple[tuple[str, str, Callable[[ServerView], float]], ...] = (
+    ("sessions", "Sessions with a primary part on the server.", lambda v: v.sessions),
+    (
+        "up",
+        "1 while the server is alive or suspected.",
+        lambda v: 1.0 if v.member_state in ("alive", "suspected") else 0.0,
+    ),
+    ("cpu_utilization_ratio", "CPU use (1 is one core).", lambda v: v.cpu_utilization),
+    ("requests_per_second", "Requests per second reported.", lambda v: v.requests_per_second),
+    ("latency_p99_seconds", "Latency the server adds, p99.", lambda v: v.latency_us_p99 / 1e6),
+    ("risk_ratio", "Risk of failing soon (1 = the policy acts).", lambda v: v.risk),
+)
+"""Per-server gauges: name after `forehand_server_`, help, value."""
+
+
+def _server_families(view: ClusterView) -> Iterator[Metric]:
+    """The per-server gauges of the newest sample."""
+    for suffix, text, read in _SERVER_GAUGES:
+        family = GaugeMetricFamily(f"forehand_server_{suffix}", text, labels=["server"])
+        for item in view.servers:
+            family.add_metric([item.server_id], read(item))
+        yield family
+    parts = GaugeMetricFamily(
+        "forehand_server_parts", "Parts placed on the server, by role.", labels=["server", "role"]
+    )
+    for item in view.servers:
+        parts.add_metric([item.server_id, "primary"], item.primary_parts)
+        parts.add_metric([item.server_id, "replica"], item.replica_parts)
+    yield parts
+
+
 class _ClusterCollector(Collector):
     """Gauges of the newest `ClusterView` sample, built at scrape time."""
 
@@ -241,53 +278,7 @@ class _ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         view = self._view
-        server = ["server"]
-        families = {
-            "sessions": GaugeMetricFamily(
-                "forehand_server_sessions",
-                "Sessions with a primary part on the server.",
-                labels=server,
-            ),
-            "parts": GaugeMetricFamily(
-                "forehand_server_parts",
-                "Parts placed on the server, by role.",
-                labels=["server", "role"],
-            ),
-            "up": GaugeMetricFamily(
-                "forehand_server_up", "1 while the server is alive or suspected.", labels=server
-            ),
-            "cpu": GaugeMetricFamily(
-                "forehand_server_cpu_utilization_ratio", "CPU use (1 is one core).", labels=server
-            ),
-            "rps": GaugeMetricFamily(
-                "forehand_server_requests_per_second",
-                "Requests per second reported.",
-                labels=server,
-            ),
-            "latency": GaugeMetricFamily(
-                "forehand_server_latency_p99_seconds",
-                "Latency the server adds, p99.",
-                labels=server,
-            ),
-            "risk": GaugeMetricFamily(
-                "forehand_server_risk_ratio",
-                "Risk of failing soon (1 = the policy acts).",
-                labels=server,
-            ),
-        }
-        for item in view.servers:
-            sid = item.server_id
-            families["sessions"].add_metric([sid], item.sessions)
-            families["parts"].add_metric([sid, "primary"], item.primary_parts)
-            families["parts"].add_metric([sid, "replica"], item.replica_parts)
-            families["up"].add_metric(
-                [sid], 1.0 if item.member_state in ("alive", "suspected") else 0.0
-            )
-            families["cpu"].add_metric([sid], item.cpu_utilization)
-            families["rps"].add_metric([sid], item.requests_per_second)
-            families["latency"].add_metric([sid], item.latency_us_p99 / 1e6)
-            families["risk"].add_metric([sid], item.risk)
-        yield from families.values()
+        yield from _server_families(view)
         paths = GaugeMetricFamily(
             "forehand_path_risk_ratio",
             "Risk per client path bucket of a server.",
