@@ -79,7 +79,7 @@ def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:
     )
     for column in ("server", "state", "map", "address"):
         table.add_column(column)
-    for column in ("CPU", "req/s", "p99 ms", "risk", "primary", "replica", "sessions"):
+    for column in ("CPU", "req/s", "p99 ms", "lag ms", "risk", "primary", "replica", "sessions"):
         table.add_column(column, justify="right")
     for server in answer["servers"]:
         table.add_row(
@@ -90,6 +90,7 @@ def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:
             f"{server['cpu_utilization'] * 100:.0f}%",
             f"{server['requests_per_second']:.0f}",
             f"{server['latency_us_p99'] / 1000:.1f}",
+            f"{server['loop_lag_us_p99'] / 1000:.1f}",
             f"{server['risk']:.2f}",
             str(server["primary_parts"]),
             str(server["replica_parts"]),

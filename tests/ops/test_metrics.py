@@ -41,7 +41,8 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> None:
     """A handoff under load moves the manager's handoff counters and duration histogram by one
     handoff, the servers count the requests per part with latencies, the gauges show the parts
-    per server, and the audit log (API and JSONL file) holds the handoff's record."""
+    per server, the risk of the client's path buckets and the replication lag, and the audit log
+    (API and JSONL file) holds the handoff's record."""
     cluster = ops_cluster
 
     async def scenario() -> None:
@@ -103,6 +104,13 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
                 return sessions >= 1 and primaries >= len(PARTS)
 
             await eventually(gauges_show_the_session, what="sessions and parts per server")
+
+            async def path_risk_reported() -> bool:
+                samples = await scrape(cluster.api_url)
+                risks = [v for (n, _), v in samples.items() if n == "forehand_path_risk_ratio"]
+                return bool(risks) and all(0.0 <= risk <= 1.0 for risk in risks)
+
+            await eventually(path_risk_reported, what="risk of a client path bucket")
             cart = f"{session.id.hex()}/cart"
 
             async def lag_reported() -> bool:

@@ -159,7 +159,12 @@ class OpsHub:
 
     def sample(self) -> None:
         """Sample the cluster view now and send the snapshot to every stream."""
-        self.view.sample(self.core, now_us=self.driver.now_us())
+        now_us = self.driver.now_us()
+        predictor = getattr(self.policy, "predictor", None) if self.policy is not None else None
+        if predictor is not None:
+            members = [member.server_id for member in self.core.membership.members()]
+            self.risk.sample_predictor(predictor, members, now_us=now_us)
+        self.view.sample(self.core, now_us=now_us)
         self.broadcast({"type": "snapshot", "data": self.view.snapshot()})
 
     # -- live streams -----------------------------------------------------------------------

@@ -247,7 +247,8 @@ _SERVER_GAUGES: tuple[tuple[str, str, Callable[[ServerView], float]], ...] = (
     ),
     ("cpu_utilization_ratio", "CPU use (1 is one core).", lambda v: v.cpu_utilization),
     ("requests_per_second", "Requests per second reported.", lambda v: v.requests_per_second),
-    ("latency_p99_seconds", "Latency the server adds, p99.", lambda v: v.latency_us_p99 / 1e6),
+    ("latency_p99_seconds", "Request latency, p99.", lambda v: v.latency_us_p99 / 1e6),
+    ("loop_lag_p99_seconds", "Event-loop lag, p99.", lambda v: v.loop_lag_us_p99 / 1e6),
     ("risk_ratio", "Risk of failing soon (1 = the policy acts).", lambda v: v.risk),
 )
 """Per-server gauges: name after `forehand_server_`, help, value."""

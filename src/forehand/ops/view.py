@@ -12,11 +12,12 @@ primary first reported a sequence the replica has not reached (tracked per part 
 primary's reports, `lag_marks_max` marks per part), 0 when it is caught up. Only the
 `lagging_parts_max` largest lags are kept.
 
-Risk. `RiskTracker` (an event subscriber) keeps per server the risk that the predictor's decision
-events carry (any manager event with `server_id` and a numeric `risk`; with a `path_bucket` too
-it is a path bucket's risk). When no decision carried one within `risk_fresh_ms`, a server's
-risk is its load over the policy's thresholds, `max(cpu / overload_threshold, p99 /
-overload_latency_us_p99)`: at 1.0 the threshold policy flags it.
+Risk. `RiskTracker` keeps per server the newest risk from the predictor: read at each sample
+from the policy's `predictor` when it has one (a server's once calibrated, every path bucket
+with samples), and from its decision events (any manager event with `server_id` and a numeric
+`risk`, such as `RiskAssessed`; with a `path_bucket` too it is a path bucket's risk). When
+neither gave one within `fresh_ms`, a server's risk is its load over the rule's thresholds,
+`max(cpu / overload_threshold, p99 / overload_latency_us_p99)`: at 1.0 the rule flags it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from forehand.core import ManagerCore
 from forehand.core.messages import PartRef, PartRole
 from forehand.ops.audit import part_name
+from forehand.predict import EntityKey
 
 __all__ = ["ClusterView", "PartLag", "RiskTracker", "ServerSample", "ServerView"]
 
@@ -52,7 +54,9 @@ class ServerView:
     requests_per_second: float
     """Requests executed per second over the last load report."""
     latency_us_p99: int
-    """The latency the server adds, p99, microseconds."""
+    """Request latency on the server, p99, microseconds (as its load report says)."""
+    loop_lag_us_p99: int
+    """How late its event loop runs due callbacks, p99, microseconds (0 if not reported)."""
     error_ratio: float
     """Share of requests answered with an error over the last report."""
     risk: float
@@ -111,8 +115,6 @@ class RiskTracker:
         """Server id -> (risk, when), from decision events."""
         self.paths: dict[tuple[str, str], tuple[float, int]] = {}
         """(server id, path bucket) -> (risk, when)."""
-        self.alarms = 0
-        """Decisions that asked for an action (RiskFlagged events), since start."""
 
     def __call__(self, event: object) -> None:
         """Account for one manager event."""
@@ -131,6 +133,20 @@ class RiskTracker:
         if key not in table and len(table) >= self._entries_max:
             del table[next(iter(table))]
         table[key] = (risk, now_us)
+
+    def sample_predictor(self, predictor: Any, server_ids: list[str], *, now_us: int) -> None:
+        """Read the predictor's risk of each server (once calibrated) and of each of its path
+        buckets that has samples (`OnlinePredictor.risk`, without explanations)."""
+        buckets = int(predictor.config.path_buckets_per_server)
+        for server_id in server_ids:
+            risk = predictor.risk(EntityKey(server_id), now_us=now_us, explain=False)
+            if risk.age_us is not None and risk.calibrated:
+                self._put(self.servers, server_id, float(risk.probability), now_us)
+            for bucket in range(buckets):
+                key = EntityKey(server_id, bucket)
+                risk = predictor.risk(key, now_us=now_us, explain=False)
+                if risk.age_us is not None:
+                    self._put(self.paths, (server_id, str(bucket)), float(risk.probability), now_us)
 
     def risk_of(self, server_id: str, *, now_us: int) -> float | None:
         """The server's fresh risk from a decision event, or None."""
@@ -235,6 +251,7 @@ class ClusterView:
             cpu_utilization=cpu,
             requests_per_second=load.requests_per_second if load is not None else 0.0,
             latency_us_p99=latency_us,
+            loop_lag_us_p99=int(getattr(load, "loop_lag_us_p99", 0) or 0),
             error_ratio=load.error_ratio if load is not None else 0.0,
             risk=round(risk, 4),
             primary_parts=primary,

@@ -55,6 +55,7 @@ function card(server) {
   metricRow(grid, "req/s", server.requests_per_second.toFixed(0),
     sparkline(history.map((point) => point.requests_per_second), { floor: 10 }));
   metricRow(grid, "p99", `${(server.latency_us_p99 / 1000).toFixed(1)} ms`);
+  metricRow(grid, "loop lag", `${(server.loop_lag_us_p99 / 1000).toFixed(1)} ms`);
   const risk = metricRow(grid, "risk", server.risk.toFixed(2),
     sparkline(history.map((point) => point.risk), { floor: 1, threshold: 1, className: "risk" }));
   risk.className += ` ${riskClass(server.risk)}`;
