@@ -8,10 +8,18 @@ same transport: the same TLS context (TLS 1.3, ALPN forehand/1, the cluster CA) 
 QUIC stack and configuration with one bidirectional stream per request. Rows: sequential round
 trips per second (one request in flight), pipelined requests per second (64 in flight), and
 handshakes per second (connect until usable; handoff reconnects pay it).
+
+Then, over each binding, a small handoff on a real cluster (a manager and two servers as
+processes, `benchmarks._cluster`): a few sessions of the cart example call in a loop, each is
+moved to the other server (admin MoveSession) a few times, and the time from HANDOFF to the first
+response from the target is taken per session from the client's event stream (HANDOFF is
+timestamped when the client receives it, microseconds after the source sent it on loopback). The
+1,000-session handoff and its p99 latency are `bench_handoff.py`'s.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import ssl
@@ -25,13 +33,23 @@ from typing import Any, TypeVar
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Comparison, compare, print_comparisons
+from benchmarks._cluster import SessionLoad, running_cluster
+from benchmarks._common import (
+    Comparison,
+    Metric,
+    compare,
+    percentile,
+    print_comparisons,
+    print_metrics,
+)
 from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.asyncio.server import QuicServer
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 
+from forehand.core import ClientConfig
+from forehand.demo._cluster import ADMIN_NODE, MANAGER_NODE, DemoCluster
 from forehand.runtime import (
     ALPN,
     Connection,
@@ -41,7 +59,9 @@ from forehand.runtime import (
     Transport,
     loop_factory,
     make_cluster_certs,
+    run,
 )
+from forehand.runtime.admin import MoveSession, admin_request
 from forehand.wire import Frame, Request, Response, ResponseStatus, encode_frame
 
 REQUEST_BYTES = 100
@@ -54,6 +74,26 @@ SESSION_ID = bytes.fromhex("0190f5a3c2e87d4b9a3f1c2d3e4f5a6b")
 SERVER_ID = "bench-server"
 HOST = "127.0.0.1"
 _T = TypeVar("_T")
+HANDOFF_SERVERS = ("s1", "s2")
+HANDOFF_SESSIONS = 8
+HANDOFF_ROUNDS = 3
+"""Each session is moved this many times (to the other server and back)."""
+HANDOFF_PAUSE_MS = 20
+"""Pause between a session's calls (a call follows at once after a placement change)."""
+HANDOFF_WAIT_S = 30.0
+"""A round whose sessions did not all answer from their target by then is reported short."""
+HANDOFF_MANAGER_CORE = {
+    "heartbeat_interval_ms": 100,
+    "handoff_deadline_ms": 10_000,
+    "handoff_backup_report_timeout_ms": 5_000,
+    # Only the benchmark moves parts: the load-based risk policy is off.
+    "overload_threshold": 100.0,
+}
+HANDOFF_SERVER_CORE = {
+    "heartbeat_interval_ms": 100,
+    "backup_period_ms": 1000,
+    "handoff_deadline_ms": 10_000,
+}
 
 
 def _request_payload_bytes() -> int:
@@ -465,7 +505,21 @@ def _rows(bench: Bench, label: str, candidate: Any, baseline: Any) -> list[Compa
     ]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only",
+        choices=("transports", "handoff"),
+        help="run only the transport rows or only the small handoff",
+    )
+    arguments = parser.parse_args(argv)
+    if arguments.only != "handoff":
+        _transports()
+    if arguments.only != "transports":
+        _handoffs()
+
+
+def _transports() -> None:
     with tempfile.TemporaryDirectory() as directory:
         bench = Bench(Path(directory))
         tls_server, tls_client = TLSTransport(bench.server), TLSTransport(bench.client)
@@ -502,6 +556,106 @@ def main() -> None:
                 f"{row.name}: {1000 / row.candidate_per_second:.2f} ms forehand, "
                 f"{1000 / row.baseline_per_second:.2f} ms raw"
             )
+    for row in rows:
+        if "await" not in row.name and "handshakes" not in row.name:
+            print(f"ratio {row.name}: {row.ratio:.2f}x")
+
+
+def _handoffs() -> None:
+    metrics: list[Metric] = []
+    for transport, label in (("tls", "TLS/TCP"), ("quic", "QUIC")):
+        samples, missing = run(_handoff_samples(transport))
+        metrics += _handoff_metrics(label, samples, missing)
+    print_metrics("Small handoff on a real cluster (loopback)", metrics)
+
+
+async def _handoff_samples(transport: str) -> tuple[list[float], int]:
+    """Milliseconds from HANDOFF to the first response from the target, one per session and
+    move, and how many moves did not complete within HANDOFF_WAIT_S."""
+    async with (
+        running_cluster(
+            servers=HANDOFF_SERVERS,
+            manager_core=HANDOFF_MANAGER_CORE,
+            server_core=HANDOFF_SERVER_CORE,
+            transport=transport,
+        ) as cluster,
+        SessionLoad(
+            cluster,
+            sessions=HANDOFF_SESSIONS,
+            clients=1,
+            pause_ms=HANDOFF_PAUSE_MS,
+            client_config=ClientConfig(request_timeout_ms=20_000),
+        ) as load,
+    ):
+        await asyncio.sleep(1.0)
+        samples: list[float] = []
+        missing = 0
+        for _ in range(HANDOFF_ROUNDS):
+            since_s = time.monotonic()
+            session_ids = [session.id for session in load.sessions]
+            for session_id in session_ids:
+                await _move(cluster, session_id)
+            found = await _first_answers(load, since_s, session_ids)
+            samples += found
+            missing += len(session_ids) - len(found)
+        return samples, missing
+
+
+async def _move(cluster: DemoCluster, session_id: bytes) -> None:
+    """Ask the manager to move the session (with two servers: to the other one); retried while
+    its previous move still settles."""
+    deadline_s = time.monotonic() + HANDOFF_WAIT_S
+    while True:
+        reply = await admin_request(
+            cluster.manager_address,
+            MoveSession(session_id=session_id),
+            certs_dir=cluster.certs_dir,
+            node_id=ADMIN_NODE,
+            manager_id=MANAGER_NODE,
+        )
+        if reply.ok or time.monotonic() > deadline_s:
+            assert reply.ok, reply.detail
+            return
+        await asyncio.sleep(0.2)
+
+
+async def _first_answers(
+    load: SessionLoad, since_s: float, session_ids: list[bytes]
+) -> list[float]:
+    """Wait for every session's first answer from the target of its first HANDOFF after
+    `since_s`; the delays, in milliseconds."""
+    deadline_s = time.monotonic() + HANDOFF_WAIT_S
+    delays: dict[bytes, float] = {}
+    while len(delays) < len(session_ids) and time.monotonic() < deadline_s:
+        for session_id in session_ids:
+            trace = load.traces[session_id]
+            received = [(t, target) for t, _, target in trace.started if t > since_s]
+            if not received:
+                continue
+            received_s, target = received[0]
+            answered_s = trace.first_response_after(received_s, server=target)
+            if answered_s is not None:
+                delays[session_id] = (answered_s - received_s) * 1000
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # let the sources' backup periods start before the next move
+    return list(delays.values())
+
+
+def _handoff_metrics(label: str, samples: list[float], missing: int) -> list[Metric]:
+    prefix = f"{label} small handoff ({HANDOFF_SESSIONS} sessions), HANDOFF to first response"
+    if not samples:
+        return [Metric(name=f"{prefix}: no sample", value=missing, unit="moves")]
+    return [
+        Metric(name=f"{prefix}, p50", value=percentile(samples, 0.5), unit="ms"),
+        Metric(name=f"{prefix}, max", value=max(samples), unit="ms"),
+        Metric(
+            name=f"{label} small handoff: moves without a first response in time",
+            value=missing,
+            unit="moves",
+            target="0",
+            met=missing == 0,
+        ),
+    ]
 
 
 def _forehand_connect(client: Transport, port: int) -> Callable[[], Awaitable[Any]]:
