@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from forehand.wire import ReasonCode
 __all__ = ["DrainProgress", "OpsError", "OpsHub", "OpsLimits"]
 
 
+SAMPLE_LOOP_SHARE_INVERSE = 10
+"""Sampling takes at most 1/this of the manager's event loop (the pause grows with its cost)."""
 DRAINS_MAX = 4_096
 """Servers whose drain progress is remembered."""
 
@@ -153,9 +156,14 @@ class OpsHub:
 
     async def _sample_forever(self) -> None:
         interval_s = self.limits.sample_interval_ms / 1000
+        pause_s = interval_s
         while True:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(pause_s)
+            started_s = time.perf_counter()
             self.sample()
+            # A sample walks the map's placements, on the loop that serves the cluster: on a
+            # big map it is taken less often, so that it never takes more than a tenth of it.
+            pause_s = max(interval_s, SAMPLE_LOOP_SHARE_INVERSE * (time.perf_counter() - started_s))
 
     def sample(self) -> None:
         """Sample the cluster view now and send the snapshot to every stream."""

@@ -1,0 +1,98 @@
+"""The cluster view's replication lag and load-based risk, from a hand-made membership."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, cast
+
+from forehand.core import ManagerCore
+from forehand.core.messages import LoadReport, PartProgress, PartRef, PartRole
+from forehand.ops import ClusterView, RiskTracker
+
+CART = PartRef(session_id=bytes(16), part="cart")
+SECOND_US = 1_000_000
+
+
+def member(server_id: str, applied_seq: int, role: PartRole, cpu: float = 0.0) -> Any:
+    """A live member whose heartbeat reported `applied_seq` on the cart."""
+    load = LoadReport(
+        cpu_utilization=cpu,
+        queue_depth=0,
+        latency_us_p99=0,
+        error_ratio=0.0,
+        requests_per_second=0.0,
+    )
+    progress = PartProgress(ref=CART, role=role, applied_seq=applied_seq, epoch=1)
+    return SimpleNamespace(
+        server_id=server_id,
+        address="127.0.0.1:1",
+        zone="z",
+        state=SimpleNamespace(value="alive"),
+        is_live=True,
+        load=load,
+        progress={CART: progress},
+    )
+
+
+def core(*members: Any) -> ManagerCore:
+    """A stand-in for the manager core: only what the view reads."""
+    membership = SimpleNamespace(members=lambda: list(members))
+    return cast(ManagerCore, SimpleNamespace(shard_map=None, map_version=7, membership=membership))
+
+
+def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
+    """A replica's lag counts the entries it lacks and the time since the primary first
+    reported the oldest of them; a caught-up replica shows 0 and 0."""
+    risk = RiskTracker(clock_us=lambda: 0)
+    view = ClusterView(risk=risk, thresholds=lambda: {"overload_threshold": 0.5})
+    start_us = 100 * SECOND_US
+    view.sample(
+        core(
+            member("s1", 10, PartRole.PRIMARY, cpu=0.25),
+            member("s2", 4, PartRole.REPLICA),
+            member("s3", 10, PartRole.REPLICA),
+        ),
+        now_us=start_us,
+    )
+    lags = {lag.replica: (lag.entries, lag.seconds) for lag in view.lags}
+    assert lags == {"s2": (6, 0.0), "s3": (0, 0.0)}
+    view.sample(
+        core(
+            member("s1", 12, PartRole.PRIMARY),
+            member("s2", 4, PartRole.REPLICA),
+            member("s3", 10, PartRole.REPLICA),
+        ),
+        now_us=start_us + 2 * SECOND_US,
+    )
+    lags = {lag.replica: (lag.entries, lag.seconds) for lag in view.lags}
+    assert lags == {"s2": (8, 2.0), "s3": (2, 0.0)}
+    view.sample(
+        core(
+            member("s1", 12, PartRole.PRIMARY),
+            member("s2", 11, PartRole.REPLICA),
+            member("s3", 12, PartRole.REPLICA),
+        ),
+        now_us=start_us + 5 * SECOND_US,
+    )
+    lags = {lag.replica: (lag.entries, lag.seconds) for lag in view.lags}
+    assert lags == {"s2": (1, 3.0), "s3": (0, 0.0)}
+    assert view.map_version == 7
+    assert [len(view.history[s]) for s in ("s1", "s2", "s3")] == [3, 3, 3]
+
+
+def test_risk_is_the_decisions_when_fresh_else_the_load_over_the_threshold() -> None:
+    """Without a decision a server's risk is its CPU over the threshold; a decision event's risk
+    replaces it while fresh, and a path bucket's goes to the path table."""
+    now = {"us": 0}
+    risk = RiskTracker(clock_us=lambda: now["us"], fresh_ms=1_000)
+    view = ClusterView(risk=risk, thresholds=lambda: {"overload_threshold": 0.5})
+    view.sample(core(member("s1", 1, PartRole.PRIMARY, cpu=0.25)), now_us=0)
+    assert view.servers[0].risk == 0.5
+    risk(SimpleNamespace(server_id="s1", risk=0.9))
+    risk(SimpleNamespace(server_id="s1", risk=0.3, path_bucket=4))
+    view.sample(core(member("s1", 1, PartRole.PRIMARY, cpu=0.25)), now_us=500_000)
+    assert view.servers[0].risk == 0.9
+    assert risk.path_risks(now_us=500_000) == [("s1", "4", 0.3)]
+    view.sample(core(member("s1", 1, PartRole.PRIMARY, cpu=0.25)), now_us=2_000_000)
+    assert view.servers[0].risk == 0.5
+    assert risk.path_risks(now_us=2_000_000) == []
