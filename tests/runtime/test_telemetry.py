@@ -61,6 +61,7 @@ def test_cpu_and_io_of_a_busy_process_exceed_an_idle_interval(tmp_path: Path) ->
     assert busy.cpu_utilization > idle.cpu_utilization
     assert written.io_bytes_per_second > idle.io_bytes_per_second
     assert 0.0 < idle.memory_utilization < 1.0
+    assert busy.machine_cpu_utilization > 0.0  # this process alone kept a core busy
 
 
 def test_request_latency_comes_from_handler_execution_and_errors_are_counted() -> None:

@@ -79,6 +79,9 @@ class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """Bytes the process read and wrote (disk and network) per second over the last interval."""
     loop_lag_us_p99: int = 0
     """99th-percentile event-loop lag (how late a timer fired) over the last report interval."""
+    machine_cpu_utilization: float = 0.0
+    """Share of the whole machine's CPU capacity in use (every process), 0.0 to 1.0: a server
+    whose own `cpu_utilization` is low may still be starved by its neighbours."""
 
 
 class PathReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

@@ -1,10 +1,11 @@
 """Telemetry the runtime measures for the cores: a server's load, a client's transport counters.
 
 `LoadSampler` runs in every server process. Each `load_report_interval_ms` it hands the core a
-`LoadReport`: the process's CPU use (psutil, in cores: 1.0 is one core busy), the machine's
-memory use, the process's I/O rate, how many requests wait inside the core (queued at a handoff
-target, answers held for replication, forwarded), the p99 of the request latency, the error
-ratio and the request rate, and the p99 of the event loop's lag.
+`LoadReport`: the process's CPU use (psutil, in cores: 1.0 is one core busy) and the machine's
+(a share of all its cores), the machine's memory use, the process's I/O rate, how many requests
+wait inside the core (queued at a handoff target, answers held for replication, forwarded), the
+p99 of the request latency, the error ratio and the request rate, and the p99 of the event
+loop's lag.
 
 Request latency is measured around execution: the driver notes when the frames it feeds arrived
 (`NodeDriver.input_received_s`), and each `RequestExecuted` event, which the core emits once the
@@ -121,6 +122,7 @@ class LoadSampler:
         self._latencies_us: deque[int] = deque(maxlen=LATENCY_SAMPLES_MAX)
         self._lags_us: deque[int] = deque(maxlen=LOOP_LAG_SAMPLES_MAX)
         self._cpu_s = self._cpu_seconds()
+        psutil.cpu_percent(interval=None)  # Starts the machine-wide measurement interval.
         self._io_bytes = self._io_bytes_total()
         self._wall_s = time.monotonic()
 
@@ -179,6 +181,7 @@ class LoadSampler:
             memory_utilization=round(psutil.virtual_memory().percent / 100, 4),
             io_bytes_per_second=max(0, io_bytes - self._io_bytes) / elapsed_s,
             loop_lag_us_p99=percentile_99(self._lags_us),
+            machine_cpu_utilization=round(psutil.cpu_percent(interval=None) / 100, 4),
         )
         self._cpu_s, self._io_bytes, self._wall_s = cpu_s, io_bytes, wall_s
         self._requests = self._errors = 0
