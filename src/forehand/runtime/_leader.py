@@ -301,6 +301,8 @@ class Election:
                 _log.warning("lease renewal failed: %s", error)
                 done.wait(0.1)
                 continue
+            if done.is_set():
+                return  # The term is over; a later term's deadline is not this lease's.
             if ttl_s <= 0:
                 lost.append("etcd says the lease expired")
                 return
