@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -80,7 +81,8 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
 
 def test_queries_agree_with_the_client(ops_cluster: OpsCluster, api: httpx.Client) -> None:
     """A session the client opened is listed with the placement the client sees; the map and
-    the servers are reported with their parts; the dashboard and its modules are served."""
+    the servers are reported with their parts; the dashboard and its modules are served; the
+    manager's log (--log-format json) is one JSON object per line, core events' fields as keys."""
 
     async def open_session() -> tuple[str, dict[str, str]]:
         async with ops_cluster.connect() as client:
@@ -105,6 +107,10 @@ def test_queries_agree_with_the_client(ops_cluster: OpsCluster, api: httpx.Clien
         )
 
     run_async(eventually(counted, what="parts per server in the sampled view"))
+    logged = [json.loads(line) for line in ops_cluster.log("manager").splitlines() if line]
+    joined = [line for line in logged if line.get("core_event") == "ServerJoined"]
+    assert {line["server_id"] for line in joined} == set(ops_cluster.server_ids)
+    assert all({"timestamp", "level", "logger", "event"} <= set(line) for line in logged)
     page = api.get("/")
     assert page.status_code == 200 and 'type="module"' in page.text
     for module in ("app.js", "sparkline.js", "timeline.js", "style.css"):
