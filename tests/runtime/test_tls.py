@@ -368,7 +368,7 @@ def test_sender_past_hard_cap_is_cut_off(certs: ClusterCertificates, kind: str) 
 
 
 def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None:
-    """TCP_INFO gives the TLS connection a smoothed and a minimum RTT."""
+    """TCP_INFO gives the TLS connection a smoothed and a minimum RTT, segments and bytes."""
 
     async def main() -> None:
         listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
@@ -383,6 +383,9 @@ def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None
         assert stats.rtt_smoothed_us is not None and stats.rtt_smoothed_us > 0
         assert stats.rtt_min_us is not None and stats.rtt_min_us <= stats.rtt_smoothed_us
         assert stats.packets_lost_count == 0
+        # Segments and bytes, for the client's loss ratio and throughput (telemetry).
+        assert stats.packets_sent_count and stats.packets_retransmitted_count is not None
+        assert stats.bytes_sent_count and stats.bytes_received_count
         assert connection.rtt_us == connection.path_stats().rtt_smoothed_us
         connection.close()
         await connection.wait_closed()
