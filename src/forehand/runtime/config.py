@@ -157,6 +157,15 @@ class ManagerProcessConfig:
         _check_common(self, "")
         if self.store not in STORES and not self.store.startswith("etcd://"):
             raise ConfigError(f"store must be one of {STORES} or etcd://..., got {self.store!r}")
+        if self.store.startswith("etcd://"):
+            from forehand.stores._etcd import parse_etcd_url  # Imports the HTTP client.
+
+            parse_etcd_url(
+                self.store,
+                ca_path=self.etcd_ca,
+                certificate_path=self.etcd_certificate,
+                private_key_path=self.etcd_private_key,
+            )
         if not 1 <= self.lease_ttl_s <= 600:
             raise ConfigError(f"lease_ttl_s must be 1 to 600, got {self.lease_ttl_s}")
         if not -1 <= self.admin_http_port < 65536:
