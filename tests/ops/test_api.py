@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -115,3 +118,41 @@ def test_queries_agree_with_the_client(ops_cluster: OpsCluster, api: httpx.Clien
     assert page.status_code == 200 and 'type="module"' in page.text
     for module in ("app.js", "sparkline.js", "timeline.js", "style.css"):
         assert api.get(f"/static/{module}").status_code == 200
+
+
+@pytest.mark.parametrize("problem", ["port in use", "no token file", "short token"])
+def test_a_bad_admin_http_setup_stops_the_manager_with_a_clear_error(
+    ops_cluster: OpsCluster, tmp_path: Path, problem: str
+) -> None:
+    """A manager whose API port is taken, whose token file is missing or whose token is too
+    short exits with status 2 and one line naming the problem."""
+    port = ops_cluster.api_url.rsplit(":", 1)[1]
+    short = tmp_path / "short-token"
+    short.write_text("abc\n", encoding="utf-8")
+    settings = {
+        "port in use": [f"admin_http_port={port}"],
+        "no token file": ["admin_http_port=0", f'admin_token_file="{tmp_path / "missing"}"'],
+        "short token": ["admin_http_port=0", f'admin_token_file="{short}"'],
+    }[problem]
+    command = [
+        sys.executable,
+        "-c",
+        "from forehand.cli import main; main()",
+        "manager",
+        "--certs-dir",
+        str(ops_cluster.certs_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "memory",
+    ]
+    for setting in settings:
+        command += ["--set", setting]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2, result.stderr
+    expected = {
+        "port in use": "cannot listen for HTTP",
+        "no token file": "cannot read admin_token_file",
+        "short token": "at least 16 characters",
+    }[problem]
+    assert expected in result.stderr
