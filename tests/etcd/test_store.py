@@ -301,3 +301,22 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
             assert isinstance(failed, StoreFailed) and "etcd" in failed.reason
         finally:
             anonymous.close()
+
+
+def test_a_head_written_by_something_else_is_a_store_failure(shared_etcd: EtcdMembers) -> None:
+    """A head key that is not this store's JSON (another program, a newer format) makes every
+    request fail with a reason, and nothing is written."""
+    config = EtcdConfig(endpoints=tuple(shared_etcd.endpoints), prefix=_prefix())
+    client = EtcdClient(config)
+    store = EtcdStore(etcd=config)
+    try:
+        for value in (b"not json", b'{"version": 1, "colour": "blue"}'):
+            client.put(f"{config.prefix}/head", value)
+            failed = store.execute(MapLoadRequested(request_id=1))
+            assert isinstance(failed, StoreFailed) and failed.reason.startswith("etcd")
+            assert isinstance(_commit(store, 0), StoreFailed)
+            record, _ = client.get(f"{config.prefix}/head")
+            assert record is not None and record["value"] == value
+    finally:
+        store.close()
+        client.close()

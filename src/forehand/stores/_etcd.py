@@ -402,6 +402,7 @@ class _Head:
 
     @staticmethod
     def decode(record: dict[str, Any] | None) -> _Head:
+        """The head a record holds; ValueError, KeyError or TypeError if it is not one."""
         if record is None:
             return _Head()
         document = json.loads(record["value"])
@@ -465,7 +466,7 @@ class EtcdStore:
                 if self._on_deposed is not None:
                     self._on_deposed()
                 return StoreFailed(request_id=request.request_id, reason=f"deposed: {error}")
-            except (EtcdError, ValueError, KeyError) as error:
+            except (EtcdError, ValueError, KeyError, TypeError) as error:
                 self._head = None
                 return StoreFailed(request_id=request.request_id, reason=f"etcd: {error}")
 
