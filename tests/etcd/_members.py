@@ -182,6 +182,20 @@ class EtcdMembers:
                     raise AssertionError(f"{name} never answered:\n{self.log(name)}")
                 time.sleep(0.05)
 
+    def raft_leader(self) -> str:
+        """The member that leads etcd's raft right now (asked of the running members)."""
+        scheme = "https" if self.certs_dir is not None else "http"
+        with self._http() as http:
+            for name in self.names:
+                if self.processes[name].poll() is not None:
+                    continue
+                url = f"{scheme}://127.0.0.1:{self.client_ports[name]}/v3/maintenance/status"
+                with contextlib.suppress(httpx.HTTPError, KeyError, ValueError):
+                    status = http.post(url, json={}).json()
+                    if status["leader"] == status["header"]["member_id"]:
+                        return name
+        raise AssertionError("no etcd member says it leads")
+
     def kill(self, name: str) -> None:
         """SIGKILL one member and wait for it."""
         process = self.processes[name]
