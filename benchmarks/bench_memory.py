@@ -14,18 +14,23 @@ baseline is excluded), on the real cores, in one process:
   source lines holding the most memory go to the JSON output.
 - **Manager.** A `ShardMap` of 100 servers and N sessions of 3 parts, decoded from its encoded
   form (what a manager loads from its store); its encoded size per session; then a `ManagerCore`
-  that loads the same map from a `MemoryStore` (the map plus the manager's per-session index).
-  The full run loads 1,000,000 sessions directly and checks the 1 GiB target on the measured
-  total; `--quick` loads 20,000 and extrapolates.
+  that loads the same map from a `MemoryStore` (the map plus the manager's per-session index),
+  traced at N = 100,000 (`--quick`: 20,000) and extrapolated to 1,000,000. The full run also
+  measures 1,000,000 sessions directly: a fresh process loads the encoded map into a
+  `ManagerCore`, and its resident set growth (allocator overhead included, no tracing) is checked
+  against the 1 GiB target.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -64,6 +69,10 @@ PARTS = ("auth", "cart", "feature/video")
 SERVER_IDS = ("s1", "s2", "s3")
 MANAGER_SERVERS = 100
 GIB = 1 << 30
+MILLION = 1_000_000
+WARM_UP_SESSIONS = 100
+CHILD_TIMEOUT_S = 900.0
+"""The fresh process loading 1,000,000 sessions is hung after this long."""
 DELIVER_EVERY_REQUESTS = 64
 TOP_LINES = 8
 """Source lines with the most memory, kept in the JSON output."""
@@ -244,25 +253,12 @@ def _run_store(core: ManagerCore, store: MemoryStore) -> None:
             core.store_result(store.execute(request), now_us=0)
 
 
-def manager_memory(sessions: int) -> dict[str, float]:
-    """Bytes per session of the decoded map and of a ManagerCore that loaded it."""
-    encoded = _manager_map(sessions)
-    gc.collect()
-    tracemalloc.start()
-    before = _traced()
-    decoded = ShardMap.decode(encoded)
-    assert len(decoded) == sessions * len(PARTS)
-    map_bytes = _traced() - before
-    del decoded
-    tracemalloc.stop()
+def _loaded_manager(encoded: bytes) -> tuple[ManagerCore, float]:
+    """A ManagerCore that loaded `encoded` from a MemoryStore; the seconds the load took."""
     store = MemoryStore()
     # The store holds the encoded map as its snapshot, as after a manager's snapshot save.
     store._snapshot = encoded
     store._snapshot_version = 1
-    gc.collect()
-    rss_before = _rss_bytes()
-    tracemalloc.start()
-    before = _traced()
     started_s = time.perf_counter()
     core = ManagerCore(
         config=ManagerConfig(),
@@ -273,85 +269,194 @@ def manager_memory(sessions: int) -> dict[str, float]:
     )
     _run_store(core, store)
     load_s = time.perf_counter() - started_s
-    assert core.shard_map is not None and len(core.shard_map) == sessions * len(PARTS)
+    assert core.shard_map is not None and len(core.shard_map) > 0
     core.messages_to_send()
     while core.next_event() is not None:
         pass
-    manager_bytes = _traced() - before
-    tracemalloc.stop()
+    return core, load_s
+
+
+def manager_memory(sessions: int, *, traced: bool) -> dict[str, Any]:
+    """The manager's memory for `sessions` sessions, each part measured in a fresh process (so
+    nothing a previous measurement allocated or cached is shared): the decoded ShardMap and a
+    ManagerCore loading it, traced (tracemalloc) or not (resident set growth only)."""
+    with tempfile.TemporaryDirectory(prefix="forehand-memory-") as directory:
+        path = Path(directory) / "map.bin"
+        encoded = _manager_map(sessions)
+        path.write_bytes(encoded)
+        del encoded
+        gc.collect()
+        result: dict[str, Any] = {
+            "sessions": sessions,
+            "encoded_bytes_per_session": path.stat().st_size / sessions,
+        }
+        for what in ("map", "manager"):
+            command = [sys.executable, str(Path(__file__).resolve()), "--child", what, str(path)]
+            if traced:
+                command.append("--traced")
+            completed = subprocess.run(
+                command, capture_output=True, text=True, check=True, timeout=CHILD_TIMEOUT_S
+            )
+            result[what] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _child(what: str, path: Path, *, traced: bool) -> None:
+    """In a fresh process: decode the map at `path` (`map`) or load it into a ManagerCore
+    (`manager`); print the traced bytes and the resident set growth, as JSON."""
+    encoded = path.read_bytes()
+    # Warm up on a small map first: the imports, codecs and caches a first load sets up are the
+    # process's, not the sessions'.
+    warm_map = ShardMap.decode(_manager_map(WARM_UP_SESSIONS))
+    warm_core, _ = _loaded_manager(_manager_map(WARM_UP_SESSIONS))
+    del warm_map, warm_core
+    gc.collect()
+    rss_before = _rss_bytes()
+    if traced:
+        tracemalloc.start()
+    started_s = time.perf_counter()
+    held: object
+    if what == "map":
+        shard_map = ShardMap.decode(encoded)
+        load_s = time.perf_counter() - started_s
+        sessions = len(shard_map) // len(PARTS)
+        held = shard_map
+    else:
+        core, load_s = _loaded_manager(encoded)
+        assert core.shard_map is not None
+        sessions = len(core.shard_map) // len(PARTS)
+        held = core
+    gc.collect()
+    traced_bytes = peak_bytes = None
+    if traced:
+        traced_bytes, peak_bytes = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     rss_bytes = _rss_bytes() - rss_before
-    return {
-        "sessions": sessions,
-        "encoded_bytes_per_session": len(encoded) / sessions,
-        "map_bytes_per_session": map_bytes / sessions,
-        "manager_bytes_per_session": manager_bytes / sessions,
-        "manager_bytes_total": manager_bytes,
-        "manager_rss_growth_bytes": rss_bytes,
-        "manager_load_s": load_s,
-    }
+    assert held is not None
+    print(
+        json.dumps(
+            {
+                "sessions": sessions,
+                "traced_bytes": traced_bytes,
+                "traced_peak_bytes": peak_bytes,
+                "rss_growth_bytes": rss_bytes,
+                "load_s": load_s,
+            }
+        )
+    )
+
+
+def _server_rows(server: dict[str, Any]) -> list[Metric]:
+    return [
+        Metric(
+            name="server: its shard map copy",
+            value=server["map_bytes_per_session_per_server"],
+            unit="B/session",
+        ),
+        Metric(
+            name="server: 3 parts placed (empty state, log)",
+            value=server["parts_created_bytes_per_session_per_server"],
+            unit="B/session",
+        ),
+        Metric(
+            name="server: + one call per part served",
+            value=server["parts_served_bytes_per_session_per_server"],
+            unit="B/session",
+        ),
+        Metric(
+            name="server: total",
+            value=server["total_bytes_per_session_per_server"],
+            unit="B/session",
+        ),
+    ]
+
+
+def _manager_rows(traced: dict[str, Any], direct: dict[str, Any] | None) -> list[Metric]:
+    sessions = traced["sessions"]
+    manager_bytes = traced["manager"]["traced_bytes"]
+    million = manager_bytes / sessions * MILLION
+    rows = [
+        Metric(
+            name="map encoded (store, MAP_PUBLISHED)",
+            value=traced["encoded_bytes_per_session"],
+            unit="B/session",
+        ),
+        Metric(
+            name="ShardMap decoded (traced)",
+            value=traced["map"]["traced_bytes"] / sessions,
+            unit="B/session",
+        ),
+        Metric(
+            name="ManagerCore, map + index (traced)",
+            value=manager_bytes / sessions,
+            unit="B/session",
+        ),
+        Metric(
+            name="ManagerCore, peak while loading (traced)",
+            value=traced["manager"]["traced_peak_bytes"] / sessions,
+            unit="B/session",
+        ),
+        Metric(
+            name="ManagerCore, resident set growth",
+            value=traced["manager"]["rss_growth_bytes"] / sessions,
+            unit="B/session",
+        ),
+        Metric(
+            name="ManagerCore at 1M, extrapolated (traced)",
+            value=million / (1 << 20),
+            unit="MiB",
+            target="< 1024 MiB",
+            met=million < GIB,
+        ),
+    ]
+    if direct is not None:
+        growth = direct["manager"]["rss_growth_bytes"]
+        rows += [
+            Metric(
+                name="ManagerCore at 1M, measured (RSS growth)",
+                value=growth / (1 << 20),
+                unit="MiB",
+                target="< 1024 MiB",
+                met=growth < GIB,
+            ),
+            Metric(
+                name="ShardMap at 1M, measured (RSS growth)",
+                value=direct["map"]["rss_growth_bytes"] / (1 << 20),
+                unit="MiB",
+            ),
+            Metric(
+                name="ManagerCore at 1M, load from its store",
+                value=direct["manager"]["load_s"],
+                unit="s",
+            ),
+        ]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, extrapolated")
+    parser.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
-    server_sessions, manager_sessions = (2_000, 20_000) if arguments.quick else (10_000, 1_000_000)
+    if arguments.child:
+        what, path = arguments.child
+        _child(what, Path(path), traced=arguments.traced)
+        return
+    server_sessions, manager_sessions = (2_000, 20_000) if arguments.quick else (10_000, 100_000)
     server = server_memory(server_sessions)
-    manager = manager_memory(manager_sessions)
     record("server", {"sessions": server_sessions, **server})
-    record("manager", manager)
-    million = manager["manager_bytes_per_session"] * 1_000_000
-    measured = manager_sessions == 1_000_000
+    traced = manager_memory(manager_sessions, traced=True)
+    record("manager_traced", traced)
+    direct = None if arguments.quick else manager_memory(MILLION, traced=False)
+    if direct is not None:
+        record("manager_direct", direct)
     print_metrics(
-        f"Memory per session (tracemalloc; server: {server_sessions:,} sessions x 3 parts on 3 "
-        f"servers; manager: {manager_sessions:,} sessions x 3 parts, {MANAGER_SERVERS} servers)",
-        [
-            Metric(
-                name="server: its shard map copy",
-                value=server["map_bytes_per_session_per_server"],
-                unit="B/session",
-            ),
-            Metric(
-                name="server: 3 parts placed (empty state, log)",
-                value=server["parts_created_bytes_per_session_per_server"],
-                unit="B/session",
-            ),
-            Metric(
-                name="server: + one call per part served",
-                value=server["parts_served_bytes_per_session_per_server"],
-                unit="B/session",
-            ),
-            Metric(
-                name="server: total",
-                value=server["total_bytes_per_session_per_server"],
-                unit="B/session",
-            ),
-            Metric(
-                name="map encoded (store, MAP_PUBLISHED)",
-                value=manager["encoded_bytes_per_session"],
-                unit="B/session",
-            ),
-            Metric(
-                name="ShardMap decoded", value=manager["map_bytes_per_session"], unit="B/session"
-            ),
-            Metric(
-                name="ManagerCore (map + index)",
-                value=manager["manager_bytes_per_session"],
-                unit="B/session",
-            ),
-            Metric(
-                name=("ManagerCore at 1M sessions" + ("" if measured else " (extrapolated)")),
-                value=million / (1 << 20),
-                unit="MiB",
-                target="< 1024 MiB",
-                met=million < GIB,
-            ),
-            Metric(
-                name="ManagerCore load time from its store",
-                value=manager["manager_load_s"],
-                unit="s",
-            ),
-        ],
+        f"Memory per session (server: {server_sessions:,} sessions x 3 parts on 3 servers; "
+        f"manager: {manager_sessions:,} sessions x 3 parts on {MANAGER_SERVERS} servers"
+        + ("" if direct is None else ", and 1,000,000 measured")
+        + ")",
+        _server_rows(server) + _manager_rows(traced, direct),
     )
 
 
