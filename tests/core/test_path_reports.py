@@ -8,6 +8,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forehand.core._paths import PathTable, client_bucket, path_report
 from forehand.core._pool import TransportCounters
@@ -253,3 +255,29 @@ def test_probing_is_off_unless_asked() -> None:
     harness.open(placement("cart", "s1", "s2"))
     harness.advance(ms=60_000)
     assert harness.take(Hello, "s2") == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    keys=st.lists(st.tuples(st.integers(0, 7), st.sampled_from("abcdef")), max_size=60),
+    reports_max=st.integers(1, 20),
+    count_max=st.integers(1, 8),
+)
+def test_path_table_stays_bounded_and_its_batches_cover_every_path(
+    keys: list[tuple[int, str]], reports_max: int, count_max: int
+) -> None:
+    """Whatever is recorded, the table holds at most `reports_max` paths, each batch at most
+    `count_max`, and ceil(paths / count_max) successive batches cover every path kept."""
+    table = PathTable(reports_max=reports_max, ttl_ms=1_000_000)
+    for now_us, (bucket, server) in enumerate(keys, start=1):
+        report = path_report(PathSample(server, rtt_us=now_us), client_bucket=bucket)
+        assert report is not None
+        table.record(report, now_us=now_us)
+        assert len(table) <= reports_max
+    kept = len(table)
+    seen: set[tuple[int, str]] = set()
+    for _ in range(-(-kept // count_max)):
+        batch = table.batch(count_max=count_max, now_us=len(keys) + 1)
+        assert len(batch) <= count_max
+        seen.update((report.client_bucket, report.server_id) for report in batch)
+    assert len(seen) == kept
