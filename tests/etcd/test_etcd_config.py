@@ -31,13 +31,14 @@ def test_an_etcd_store_url_with_tls_files(certs: Path) -> None:
             "etcd_certificate": str(certs / "manager.pem"),
             "etcd_private_key": str(certs / "manager.key"),
             "lease_ttl_s": 3,
+            "etcd_value_bytes_max": 4_000_000,
         },
     )
     etcd = etcd_config(config)
     assert etcd.endpoints == ("10.0.0.1:2379", "10.0.0.2:2379")
     assert etcd.prefix == "/shop" and etcd.leader_key == "/shop/leader"
     assert etcd.ca_path == certs / "ca.pem" and etcd.private_key_path == certs / "manager.key"
-    assert config.lease_ttl_s == 3
+    assert config.lease_ttl_s == 3 and etcd.value_bytes_max == 4_000_000
 
 
 @pytest.mark.parametrize(
@@ -48,6 +49,7 @@ def test_an_etcd_store_url_with_tls_files(certs: Path) -> None:
         ({"store": "redis://h:1"}, "store"),
         ({"store": "etcd://h:1", "etcd_certificate": "c.pem"}, "together"),
         ({"store": "etcd://h:1", "lease_ttl_s": 0}, "lease_ttl_s"),
+        ({"store": "etcd://h:1", "etcd_value_bytes_max": 0}, "value_bytes_max"),
     ],
 )
 def test_bad_etcd_settings_are_refused(

@@ -147,6 +147,7 @@ def etcd_config(config: ManagerProcessConfig) -> EtcdConfig:
         ca_path=config.etcd_ca,
         certificate_path=config.etcd_certificate,
         private_key_path=config.etcd_private_key,
+        value_bytes_max=config.etcd_value_bytes_max,
     )
 
 

@@ -125,6 +125,10 @@ class ManagerProcessConfig:
     """Client certificate (PEM) the manager presents to etcd, if the members require one."""
     etcd_private_key: Path | None = None
     """Its private key (PEM)."""
+    etcd_value_bytes_max: int = 1_000_000
+    """Largest value the manager writes to etcd: a map delta's bound (about 33 bytes per part a
+    failover moves) and a snapshot chunk's size. Keep it below the members'
+    `--max-request-bytes` (1.5 MiB by default); raise both together for bigger servers."""
     lease_ttl_s: int = 5
     """etcd store: the leader's lease, seconds. A standby leads at most about this long after
     the leader died; the leader steps down before its lease can expire unrenewed."""
@@ -165,6 +169,7 @@ class ManagerProcessConfig:
                 ca_path=self.etcd_ca,
                 certificate_path=self.etcd_certificate,
                 private_key_path=self.etcd_private_key,
+                value_bytes_max=self.etcd_value_bytes_max,
             )
         if not 1 <= self.lease_ttl_s <= 600:
             raise ConfigError(f"lease_ttl_s must be 1 to 600, got {self.lease_ttl_s}")
