@@ -86,13 +86,15 @@ def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
     run_async(eventually(recorded, what="the handoff in `forehand history`"))
     code, output = forehand(cluster, "drain", target)
     assert code == 1
-    code, output = forehand(cluster, "drain", target, token=True)
-    assert code == 0 and f"drained {target}" in output, output
-    servers = {s["server_id"]: s for s in api.get("/api/map").json()["servers"]}
-    assert servers[target]["state"] == "draining"
-    placements = api.get(f"/api/sessions/{session_hex}").json()["parts"]
-    assert all(target not in (p["primary"], *p["replicas"]) for p in placements)
-    code, output = forehand(cluster, "undrain", target, token=True)
+    try:
+        code, output = forehand(cluster, "drain", target, token=True)
+        assert code == 0 and f"drained {target}" in output, output
+        servers = {s["server_id"]: s for s in api.get("/api/map").json()["servers"]}
+        assert servers[target]["state"] == "draining"
+        placements = api.get(f"/api/sessions/{session_hex}").json()["parts"]
+        assert all(target not in (p["primary"], *p["replicas"]) for p in placements)
+    finally:
+        code, output = forehand(cluster, "undrain", target, token=True)
+        api.close()
     assert code == 0, output
     run_async(cluster.wait_active(cluster.server_ids))
-    api.close()

@@ -59,6 +59,30 @@ def test_dashboard_shows_servers_and_live_handoffs(
             return session.placements()["cart"].primary
 
     drained = run_async(open_sessions())
+    last = httpx.get(f"{cluster.api_url}/api/history", params={"limit": 1}).json()
+    after = last[-1]["sequence"] if last else 0
+    try:
+        screenshot = show_a_drain(cluster, chromium, tmp_path, drained, after)
+    finally:
+        httpx.post(
+            f"{cluster.api_url}/api/servers/{drained}/undrain",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        )
+    assert screenshot.stat().st_size > 10_000
+    run_async(cluster.wait_active(cluster.server_ids))
+
+
+NEW_HANDOFF_SHOWN = """([after, drained]) => [...document.querySelectorAll('#timeline li')].some(
+    (li) => li.dataset.kind === 'handoff' && Number(li.dataset.sequence) > after
+        && li.dataset.reason === 'planned_maintenance'
+        && li.textContent.includes(drained + ' \u2192'))"""
+"""True once the timeline shows a handoff off `drained` recorded after sequence `after`."""
+
+
+def show_a_drain(
+    cluster: OpsCluster, chromium: Path, tmp_path: Path, drained: str, after: int
+) -> Path:
+    """Load the dashboard, drain `drained` through the API, watch the page; the screenshot."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
         try:
@@ -66,14 +90,11 @@ def test_dashboard_shows_servers_and_live_handoffs(
             errors: list[str] = []
             page.on("pageerror", lambda error: errors.append(str(error)))
             page.goto(cluster.api_url + "/")
-            cards = page.locator("article.card.server")
-            expect(cards).to_have_count(len(cluster.server_ids))
+            expect(page.locator("article.card.server")).to_have_count(len(cluster.server_ids))
             for server_id in cluster.server_ids:
                 expect(page.locator(f'article[data-server-id="{server_id}"]')).to_be_visible()
             expect(page.locator("#stream-state")).to_have_text("live")
             expect(page.locator("#map-version")).not_to_have_text("-")
-            timeline = page.locator("#timeline li")
-            shown_before = timeline.count()
             response = httpx.post(
                 f"{cluster.api_url}/api/servers/{drained}/drain",
                 headers={"Authorization": f"Bearer {TOKEN}"},
@@ -81,20 +102,11 @@ def test_dashboard_shows_servers_and_live_handoffs(
             assert response.status_code == 202, response.text
             card = page.locator(f'article[data-server-id="{drained}"]')
             expect(card.locator(".badge.draining")).to_be_visible(timeout=30_000)
-            moved = page.locator(
-                f'#timeline li[data-kind="handoff"][data-reason="planned_maintenance"]'
-                f':has-text("{drained} →")'
-            )
-            expect(moved.first).to_be_visible(timeout=30_000)
-            assert timeline.count() > shown_before
+            page.wait_for_function(NEW_HANDOFF_SHOWN, arg=[after, drained], timeout=30_000)
             expect(page.locator("#stream-state")).to_have_text("live")
-            page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+            screenshot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(screenshot), full_page=True)
             assert errors == []
+            return screenshot
         finally:
             browser.close()
-    assert (tmp_path / "dashboard.png").stat().st_size > 10_000
-    httpx.post(
-        f"{cluster.api_url}/api/servers/{drained}/undrain",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-    )
-    run_async(cluster.wait_active(cluster.server_ids))

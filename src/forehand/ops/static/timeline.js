@@ -47,6 +47,7 @@ export class Timeline {
     }
     const item = element("li", `event ${record.kind} outcome-${record.outcome}`);
     item.dataset.kind = record.kind;
+    item.dataset.sequence = String(record.sequence);
     item.dataset.outcome = record.outcome;
     item.dataset.reason = record.reason;
     const route = record.target ? `${record.source} → ${record.target}` : record.source;
