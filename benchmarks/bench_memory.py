@@ -276,7 +276,9 @@ def _loaded_manager(encoded: bytes) -> tuple[ManagerCore, float]:
     return core, load_s
 
 
-def manager_memory(sessions: int, *, traced: bool) -> dict[str, Any]:
+def manager_memory(
+    sessions: int, *, traced: bool, measured: tuple[str, ...] = ("map", "manager")
+) -> dict[str, Any]:
     """The manager's memory for `sessions` sessions, each part measured in a fresh process (so
     nothing a previous measurement allocated or cached is shared): the decoded ShardMap and a
     ManagerCore loading it, traced (tracemalloc) or not (resident set growth only)."""
@@ -290,7 +292,7 @@ def manager_memory(sessions: int, *, traced: bool) -> dict[str, Any]:
             "sessions": sessions,
             "encoded_bytes_per_session": path.stat().st_size / sessions,
         }
-        for what in ("map", "manager"):
+        for what in measured:
             command = [sys.executable, str(Path(__file__).resolve()), "--child", what, str(path)]
             if traced:
                 command.append("--traced")
@@ -420,11 +422,6 @@ def _manager_rows(traced: dict[str, Any], direct: dict[str, Any] | None) -> list
                 met=growth < GIB,
             ),
             Metric(
-                name="ShardMap at 1M, measured (RSS growth)",
-                value=direct["map"]["rss_growth_bytes"] / (1 << 20),
-                unit="MiB",
-            ),
-            Metric(
                 name="ManagerCore at 1M, load from its store",
                 value=direct["manager"]["load_s"],
                 unit="s",
@@ -448,7 +445,9 @@ def main(argv: list[str] | None = None) -> None:
     record("server", {"sessions": server_sessions, **server})
     traced = manager_memory(manager_sessions, traced=True)
     record("manager_traced", traced)
-    direct = None if arguments.quick else manager_memory(MILLION, traced=False)
+    direct = None
+    if not arguments.quick:
+        direct = manager_memory(MILLION, traced=False, measured=("manager",))
     if direct is not None:
         record("manager_direct", direct)
     print_metrics(
