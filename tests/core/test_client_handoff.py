@@ -335,13 +335,66 @@ def test_handoff_for_unknown_session_or_part_is_ignored() -> None:
     ]
 
 
-def test_handoff_for_a_part_already_moving_is_ignored() -> None:
-    """A second HANDOFF for a part that is mid-handoff is ignored as busy."""
+def test_newer_handoff_supersedes_the_one_in_flight() -> None:
+    """A second HANDOFF at a newer map version while the first RESUME is unanswered: the client
+    resumes at the new target, tells the source the first one was DECLINED, and a late RESUME_OK
+    from the first target completes nothing."""
     h = Harness()
     session = session_on_s1(h)
     h.feed("s1", handoff(session))
+    h.welcome("s2")
+    assert len(h.take(Resume, "s2")) == 1
+    pending = h.client.call(session, "auth", "held", b"", now_us=h.now_us)
     h.feed("s1", handoff(session, sequence=2, map_version=7, targets=("s3",)))
-    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.PART_BUSY]
+    assert h.of(HandoffIgnored) == []
+    assert status_states(h, "s1") == [
+        HandoffState.ACCEPTED,
+        HandoffState.DECLINED,
+        HandoffState.ACCEPTED,
+    ]
+    h.welcome("s3")
+    (resume,) = h.take(Resume, "s3")
+    assert (resume.parts, resume.map_version) == (("auth",), 7)
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert h.of(HandoffFollowed) == []
+    assert h.client.route(session, "auth").state is RouteState.HANDING_OFF
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=7))
+    assert [(e.target, e.map_version) for e in h.of(HandoffFollowed)] == [("s3", 7)]
+    route = h.client.route(session, "auth")
+    assert (route.state, route.primary) == (RouteState.ACTIVE, "s3")
+    assert [r.request_id for r in h.take(Request, "s3")] == [pending]
+    assert h.take(Request, "s2") == []
+
+
+def test_newer_handoff_of_some_parts_leaves_the_others_moving() -> None:
+    """A newer HANDOFF that names only some of the parts in flight takes just those: the first
+    RESUME still completes the others."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth", "cart"), targets=("s3",)))
+    h.welcome("s3")
+    assert len(h.take(Resume, "s3")) == 1
+    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s2",)))
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED, HandoffState.ACCEPTED]
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth", "cart"), map_version=6))
+    assert [(e.parts, e.target) for e in h.of(HandoffFollowed)] == [(("auth",), "s3")]
+    assert h.client.route(session, "cart").state is RouteState.HANDING_OFF
+    h.welcome("s2")
+    (resume,) = h.take(Resume, "s2")
+    assert resume.parts == ("cart",)
+    h.feed("s2", ResumeOk(session_id=session, parts=("cart",), map_version=7))
+    assert h.client.route(session, "cart").primary == "s2"
+    assert h.client.route(session, "auth").primary == "s3"
+
+
+def test_handoff_not_newer_than_the_one_in_flight_is_ignored() -> None:
+    """During a handoff, a HANDOFF at the same map version is stale and changes nothing."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session))
+    h.feed("s1", handoff(session, sequence=2, map_version=6, targets=("s3",)))
+    assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.STALE_MAP_VERSION]
+    assert h.take(Hello, "s3") == []
 
 
 def test_rejected_target_falls_to_the_next_one() -> None:

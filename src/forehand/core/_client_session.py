@@ -32,7 +32,8 @@ class RouteState(enum.Enum):
     ACTIVE = "active"
     """The primary is known; requests go to it."""
     HANDING_OFF = "handing-off"
-    """Following a HANDOFF: RESUME sent to a target while the old server still answers."""
+    """Following a HANDOFF: RESUME sent to a target while the old server still answers; a newer
+    HANDOFF for the part supersedes the one in flight."""
     RESUMING = "resuming"
     """After a client restart: the credential went to the primary in HELLO; calls await WELCOME."""
     LOCATING = "locating"
@@ -72,6 +73,7 @@ ROUTE_TRANSITIONS: dict[tuple[RouteState, RouteTrigger], RouteState] = {
     (_A, RouteTrigger.SERVER_LOST): _L,
     (_A, RouteTrigger.NOT_SERVED): _L,
     (_A, RouteTrigger.SESSION_CLOSED): _C,
+    (_H, RouteTrigger.HANDOFF_ACCEPTED): _H,
     (_H, RouteTrigger.TARGET_FAILED): _H,
     (_H, RouteTrigger.RESUME_OK): _A,
     (_H, RouteTrigger.TARGETS_EXHAUSTED): _L,

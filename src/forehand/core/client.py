@@ -1415,13 +1415,17 @@ class ClientCore:
             return HandoffIgnoredWhy.NO_TARGET
         if not all(target.server_id in self._endpoints for target in frame.targets):
             return HandoffIgnoredWhy.UNKNOWN_TARGET
-        busy = (RouteState.HANDING_OFF, RouteState.RESUMING, RouteState.CLOSED)
+        # A part already HANDING_OFF follows this newer HANDOFF instead (its map version is
+        # greater, checked above): the move in flight is superseded (`_supersede`).
+        busy = (RouteState.RESUMING, RouteState.CLOSED)
         if any(route.state in busy for route in known):
             return HandoffIgnoredWhy.PART_BUSY
         return None
 
     def _accept_handoff(self, frame: Handoff, source: NodeId, now_us: int) -> None:
         session = self._sessions[frame.session_id]
+        versions = {part: session.parts[part].map_version for part in frame.parts}
+        versions.update(self._supersede(frame))
         status = HandoffStatus(
             sequence=frame.sequence,
             session_id=frame.session_id,
@@ -1429,7 +1433,6 @@ class ClientCore:
             detail_code=0,
         )
         self._outbox.append(Outbound(destination=source, message=status))
-        versions = {part: session.parts[part].map_version for part in frame.parts}
         for part in frame.parts:
             route = session.parts[part]
             route.map_version = frame.map_version
@@ -1471,6 +1474,30 @@ class ClientCore:
         # servers spread their HANDOFF frames), so URGENT has nothing to skip, and it always
         # keeps the source until RESUME_OK as if MAKE_BEFORE_BREAK_REQUIRED were set.
         self._try_target(resumption, now_us)
+
+    def _supersede(self, frame: Handoff) -> dict[str, int]:
+        """A newer HANDOFF moves parts that a RESUME is in flight for: those parts leave that
+        resumption (a resumption left with none is dropped and its source told DECLINED, as
+        PROTOCOL.md 5.11 rule 4 says for a newer map placing the parts elsewhere first). A late
+        answer to the dropped RESUME then finds nothing to complete. Returns each superseded
+        part's map version from before the first HANDOFF, which an abandon restores."""
+        moving = set(frame.parts)
+        versions: dict[str, int] = {}
+        for key, resumption in list(self._resumptions.items()):
+            if key[0] != frame.session_id or resumption.kind is not _ResumeKind.HANDOFF:
+                continue
+            taken = [part for part in resumption.parts if part in moving]
+            if not taken:
+                continue
+            self._rare("handoff-superseded")
+            for part in taken:
+                if part in resumption.versions:
+                    versions[part] = resumption.versions[part]
+            resumption.parts = tuple(part for part in resumption.parts if part not in moving)
+            if not resumption.parts:
+                del self._resumptions[key]
+                self._handoff_status(resumption, HandoffState.DECLINED, 0)
+        return versions
 
     def _try_target(self, resumption: _Resumption, now_us: int) -> None:
         """Send RESUME to the current target, skipping unusable ones; abandon when none is left."""
