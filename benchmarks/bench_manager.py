@@ -4,8 +4,9 @@ The baseline is the least any manager must do per session: mint the id, apply th
 delta to the shard map and encode it for the store and the servers. The candidate is the whole
 core: OPEN_SESSION in, the stability check, the commit through a `MemoryStore`, MapPublished to
 every server, token and credential sealing, and SESSION_OPENED out. A second row measures
-heartbeats (liveness, load, part progress, the risk policy) against decoding nothing at all:
-recording the same report in a dict. A third row measures handoff decisions: operator moves of
+heartbeats (liveness, load, part progress, the risk policy: the online predictor by default,
+the plain threshold rule in a third row) against decoding nothing at all: recording the same
+report in a dict. A fourth row measures handoff decisions: operator moves of
 one part each (`ManagerCore.handoff`) until the manager assigned every one (target chosen, the
 map change committed through the store, HandoffAssigned sent), against the bare map work of the
 same moves: look the placement up, take the first replica as the target, and apply and encode
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import Comparison, compare, print_comparisons
 
-from forehand.core._manager_config import ManagerConfig
+from forehand.core._manager_config import ManagerConfig, RiskPolicyKind
 from forehand.core._manager_events import MovesDropped
 from forehand.core.manager import ManagerCore
 from forehand.core.messages import (
@@ -116,9 +117,10 @@ def apply_deltas(count: int) -> None:
         shard_map = shard_map.apply(delta)
 
 
-def heartbeats(count: int) -> None:
-    """The candidate: `count` heartbeats through a whole manager."""
-    core, _ = _manager()
+def heartbeats(count: int, config: ManagerConfig | None = None) -> None:
+    """The candidate: `count` heartbeats through a whole manager (the default risk policy, the
+    online predictor, scores every heartbeat)."""
+    core, _ = _manager(config)
     for sequence in range(count):
         server = SERVERS[sequence % len(SERVERS)]
         message = HeartbeatReported(
@@ -130,6 +132,11 @@ def heartbeats(count: int) -> None:
             parts=(),
         )
         core.receive_message(message, source=server, now_us=sequence * 100)
+
+
+def heartbeats_rule(count: int) -> None:
+    """The candidate with the plain threshold risk policy instead of the predictor."""
+    heartbeats(count, ManagerConfig(risk_policy=RiskPolicyKind.RULE))
 
 
 def record_reports(count: int) -> None:
@@ -262,6 +269,8 @@ def main() -> None:
     quick = "--quick" in sys.argv
     sessions, beats, rounds = (200, 2_000, 1) if quick else (SESSIONS, HEARTBEATS, 3)
     handoffs = 200 if quick else HANDOFFS
+    # The first manager imports and sets up the risk policy's models (seconds); not a session's.
+    _manager()
     rows = [
         compare(
             "sessions opened",
@@ -274,6 +283,14 @@ def main() -> None:
         compare(
             "heartbeats handled",
             candidate=heartbeats,
+            baseline=record_reports,
+            baseline_name="dict store of the report",
+            count=beats,
+            rounds=rounds,
+        ),
+        compare(
+            "heartbeats handled, rule risk policy",
+            candidate=heartbeats_rule,
             baseline=record_reports,
             baseline_name="dict store of the report",
             count=beats,
