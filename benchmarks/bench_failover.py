@@ -58,6 +58,8 @@ def _settings(arguments: argparse.Namespace) -> tuple[dict[str, Any], dict[str, 
         "failover_prepare_timeout_ms": arguments.prepare_ms,
         "handoff_deadline_ms": 10_000,
         "handoff_backup_report_timeout_ms": 5_000,
+        # Only the SIGKILLs move parts: the rule risk policy, with a threshold nothing reaches.
+        "risk_policy": "rule",
         "overload_threshold": 100.0,
     }
     server = {

@@ -52,7 +52,8 @@ MANAGER_CORE = {
     "failover_prepare_timeout_ms": 300,
     "handoff_deadline_ms": 10_000,
     "handoff_backup_report_timeout_ms": 5_000,
-    # Only the benchmark moves parts: the load-based risk policy is off.
+    # Only the benchmark moves parts: the rule risk policy, with a threshold nothing reaches.
+    "risk_policy": "rule",
     "overload_threshold": 100.0,
     "handoffs_per_server_max": 8,
     "handoffs_concurrent_max": 32,

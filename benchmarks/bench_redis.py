@@ -79,6 +79,8 @@ MANAGER_CORE = {
     "failover_prepare_timeout_ms": 100,
     "handoff_deadline_ms": 10_000,
     "handoff_backup_report_timeout_ms": 5_000,
+    # Only the SIGKILL moves parts: the rule risk policy, with a threshold nothing reaches.
+    "risk_policy": "rule",
     "overload_threshold": 100.0,
 }
 SERVER_CORE = {"heartbeat_interval_ms": 50, "backup_period_ms": 1000}
