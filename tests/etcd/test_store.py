@@ -129,6 +129,41 @@ def test_snapshots_in_chunks_replace_the_deltas_they_cover(shared_etcd: EtcdMemb
         store.close()
 
 
+def test_deltas_larger_than_a_value_go_in_chunks(shared_etcd: EtcdMembers) -> None:
+    """A delta larger than one etcd value (a failover of a big server) is written in chunks and
+    loads back whole; a refused one leaves no chunk behind, and a snapshot deletes the chunks of
+    the deltas it covers."""
+    config = EtcdConfig(
+        endpoints=tuple(shared_etcd.endpoints), prefix=_prefix(), value_bytes_max=10
+    )
+    store, other = EtcdStore(etcd=config), EtcdStore(etcd=config)
+    client = EtcdClient(config)
+
+    def blobs() -> int:
+        _, revision = client.get("/")
+        return len(list(client.get_prefix(f"{config.prefix}/blob/", revision=revision)))
+
+    try:
+        large = bytes(range(35))
+        assert _commit(store, 0, large) == DeltaCommitted(request_id=0, version=1)
+        assert _commit(store, 1, b"small") == DeltaCommitted(request_id=1, version=2)
+        assert blobs() == 4  # 35 bytes in chunks of 10.
+        _load(other)  # Another manager read version 2 ...
+        assert _commit(store, 2, b"moved on") == DeltaCommitted(request_id=2, version=3)
+        late = _commit(other, 2, large)  # ... and stages its chunks before the CAS fails.
+        assert isinstance(late, DeltaRejected) and late.current_version == 3
+        assert blobs() == 4
+        assert _load(store).deltas == (large, b"small", b"moved on")
+        saved = store.execute(SnapshotSaveRequested(request_id=3, version=2, snapshot=b"s"))
+        assert isinstance(saved, SnapshotSaved)
+        assert blobs() == 0
+        assert _load(store).deltas == (b"moved on",)
+    finally:
+        store.close()
+        other.close()
+        client.close()
+
+
 def test_bad_snapshots_and_oversize_deltas_are_refused(store: EtcdStore) -> None:
     """Snapshots ahead of the log or behind the saved one, too large deltas and a full log are
     refused, and nothing changes."""

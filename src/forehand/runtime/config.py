@@ -126,9 +126,8 @@ class ManagerProcessConfig:
     etcd_private_key: Path | None = None
     """Its private key (PEM)."""
     etcd_value_bytes_max: int = 1_000_000
-    """Largest value the manager writes to etcd: a map delta's bound (about 33 bytes per part a
-    failover moves) and a snapshot chunk's size. Keep it below the members'
-    `--max-request-bytes` (1.5 MiB by default); raise both together for bigger servers."""
+    """Largest value the manager writes to one etcd key; larger deltas and snapshots go in chunks
+    of this size. Keep it below the members' `--max-request-bytes` (1.5 MiB by default)."""
     lease_ttl_s: int = 5
     """etcd store: the leader's lease, seconds. A standby leads at most about this long after
     the leader died; the leader steps down before its lease can expire unrenewed."""

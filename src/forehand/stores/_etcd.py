@@ -3,7 +3,9 @@
 **Keys**, under a prefix (`/forehand` by default):
 
     <prefix>/head                   JSON: version, snapshot_version, snapshot_id, snapshot_chunks
-    <prefix>/delta/<version:020d>   one encoded delta, for each version after the snapshot
+    <prefix>/delta/<version:020d>   each version after the snapshot: 0x00 + the encoded delta, or
+                                    0x01 + JSON naming the chunks of a delta too large for a value
+    <prefix>/blob/<id>/<n:06d>      a large delta, in chunks of at most value_bytes_max
     <prefix>/snapshot/<id>/<n:06d>  the encoded snapshot, in chunks of at most value_bytes_max
     <prefix>/leader                 the leading manager (`forehand.runtime._leader`), on its lease
 
@@ -23,9 +25,10 @@ then fails, the head read back shows the new version, and the core's reload find
 already made. Loads read the head and then the snapshot and deltas at the head's revision, one
 consistent view even while another manager writes.
 
-**Bounds.** etcd refuses requests above `--max-request-bytes` (1.5 MiB by default), so a delta
-is limited to `value_bytes_max` (`TOO_LARGE` beyond) and snapshots are written in chunks of that
-size before the transaction that switches the head to them.
+**Bounds.** etcd refuses requests above `--max-request-bytes` (1.5 MiB by default), so a snapshot,
+and a delta larger than `value_bytes_max` (a failover of a big server), are written in chunks of
+that size under a new id before the transaction that makes them part of the map; a transaction
+that fails deletes its chunks, and a snapshot deletes the chunks of the deltas it covers.
 
 **Client.** etcd's gRPC API through aetcd 1.0.0 committed about twice as many transactions per
 second as this gateway on one member, but aetcd opens only plaintext channels to one endpoint; the
@@ -76,6 +79,10 @@ ETCD_URL_SCHEME = "etcd://"
 _VERSION_DIGITS = 20
 _RANGE_PAGE_KEYS = 1_000
 _WRITE_ATTEMPTS_MAX = 3
+_INLINE = b"\x00"
+"""First byte of a delta key's value that holds the delta itself."""
+_CHUNKED = b"\x01"
+"""First byte of a delta key's value that names the chunks holding the delta."""
 
 
 class EtcdError(Exception):
@@ -432,10 +439,7 @@ class EtcdStore:
         calling thread) when a write finds that it no longer does."""
         self.etcd = parse_etcd_url(etcd) if isinstance(etcd, str) else etcd
         """The cluster."""
-        base = config or StoreConfig()
-        self._config = dataclasses.replace(
-            base, delta_bytes_max=min(base.delta_bytes_max, self.etcd.value_bytes_max)
-        )
+        self._config = config or StoreConfig()
         self._client = client if client is not None else EtcdClient(self.etcd)
         self._owns_client = client is None
         self._leader_value = leader_value
@@ -448,6 +452,7 @@ class EtcdStore:
         prefix = self.etcd.prefix
         self._head_key = f"{prefix}/head"
         self._delta_prefix = f"{prefix}/delta/"
+        self._blob_prefix = f"{prefix}/blob/"
         self._snapshot_prefix = f"{prefix}/snapshot/"
 
     def execute(self, request: StoreRequest) -> StoreResult:
@@ -510,8 +515,29 @@ class EtcdStore:
             version=head.version,
             snapshot_version=head.snapshot_version,
             snapshot=snapshot,
-            deltas=tuple(record["value"] for record in deltas),
+            deltas=tuple(self._delta_body(record["value"], revision) for record in deltas),
         )
+
+    def _delta_body(self, value: bytes, revision: int) -> bytes:
+        """The encoded delta a delta key's value holds or names."""
+        if value[:1] == _INLINE:
+            return value[1:]
+        if value[:1] != _CHUNKED:
+            raise ValueError(f"a delta value starts with {value[:1]!r}")
+        pointer = json.loads(value[1:])
+        chunks = list(self._client.get_prefix(pointer["blob"], revision=revision))
+        assert len(chunks) == pointer["chunks"], "delta chunks missing"
+        return b"".join(chunk["value"] for chunk in chunks)
+
+    def _put_chunks(self, prefix: str, body: bytes) -> int:
+        """Write `body` under `prefix` in chunks of at most value_bytes_max; how many."""
+        size = self.etcd.value_bytes_max
+        chunks = [body[start : start + size] for start in range(0, len(body), size)] or [b""]
+        if len(chunks) > self.etcd.snapshot_chunks_max:
+            raise EtcdError(f"{len(chunks)} chunks are above snapshot_chunks_max")
+        for number, chunk in enumerate(chunks):
+            self._client.put(f"{prefix}{number:06d}", chunk)
+        return len(chunks)
 
     # -- writes -------------------------------------------------------------------------------
 
@@ -552,9 +578,23 @@ class EtcdStore:
                 return rejected
             version = head.version + 1
             new_head = dataclasses.replace(head, version=version)
-            current = self._write(head, new_head, [op_put(self._delta_key(version), request.delta)])
+            staged = None
+            value = _INLINE + request.delta
+            if len(value) > self.etcd.value_bytes_max:
+                # Too large for one value: the chunks first, under an id nobody reads yet.
+                staged = f"{self._blob_prefix}{version:0{_VERSION_DIGITS}d}-{secrets.token_hex(4)}/"
+                chunks = self._put_chunks(staged, request.delta)
+                value = _CHUNKED + json.dumps({"blob": staged, "chunks": chunks}).encode()
+            try:
+                current = self._write(head, new_head, [op_put(self._delta_key(version), value)])
+            except BaseException:
+                if staged is not None:
+                    self._client.delete_prefix(staged)
+                raise
             if current is None:
                 return DeltaCommitted(request_id=request.request_id, version=version)
+            if staged is not None:
+                self._client.delete_prefix(staged)
             head = current
         return StoreFailed(request_id=request.request_id, reason="etcd: the head kept moving")
 
@@ -576,23 +616,25 @@ class EtcdStore:
         return StoreFailed(request_id=request.request_id, reason="etcd: the head kept moving")
 
     def _save_on(self, head: _Head, request: SnapshotSaveRequested) -> _Head | None:
-        size = self.etcd.value_bytes_max
-        body = request.snapshot
-        chunks = [body[start : start + size] for start in range(0, len(body), size)] or [b""]
-        if len(chunks) > self.etcd.snapshot_chunks_max:
-            raise EtcdError(f"snapshot needs {len(chunks)} chunks, above snapshot_chunks_max")
         snapshot_id = f"{request.version:0{_VERSION_DIGITS}d}-{secrets.token_hex(4)}"
         staged = f"{self._snapshot_prefix}{snapshot_id}/"
         # The chunks go first, under a new id nobody reads until the head names it.
-        for number, chunk in enumerate(chunks):
-            self._client.put(f"{staged}{number:06d}", chunk)
+        try:
+            chunks = self._put_chunks(staged, request.snapshot)
+        except BaseException:
+            self._client.delete_prefix(staged)
+            raise
         new_head = dataclasses.replace(
             head,
             snapshot_version=request.version,
             snapshot_id=snapshot_id,
-            snapshot_chunks=len(chunks),
+            snapshot_chunks=chunks,
         )
-        others = [op_delete_range(self._delta_prefix, self._delta_key(request.version + 1))]
+        covered = f"{request.version + 1:0{_VERSION_DIGITS}d}"
+        others = [
+            op_delete_range(self._delta_prefix, f"{self._delta_prefix}{covered}"),
+            op_delete_range(self._blob_prefix, f"{self._blob_prefix}{covered}"),
+        ]
         if head.snapshot_id:
             old = f"{self._snapshot_prefix}{head.snapshot_id}/"
             others.append(op_delete_range(old, prefix_end(old.encode()).decode()))
