@@ -56,6 +56,7 @@ from benchmarks._cluster import SessionLoad, running_cluster
 from benchmarks._common import Metric, percentile, print_metrics, record
 
 from forehand.core import ClientConfig
+from forehand.demo._cluster import DemoCluster
 from forehand.runtime import run
 from forehand.runtime._tls import _client_context, _server_context
 from forehand.runtime.certs import make_cluster_certs
@@ -505,7 +506,7 @@ def _forehand_records(load: SessionLoad) -> list[tuple[float, float, bool]]:
 
 
 async def _throughput_rounds(
-    cluster: Any, baseline: Baseline, *, sessions: int, window_s: float, rounds: int
+    cluster: DemoCluster, baseline: Baseline, *, sessions: int, window_s: float, rounds: int
 ) -> tuple[list[Window], list[Window]]:
     forehand_windows: list[Window] = []
     baseline_windows: list[Window] = []
@@ -539,7 +540,7 @@ def _first_good_ms(
     return result
 
 
-async def _forehand_kill(cluster: Any, *, sessions: int) -> dict[str, Any]:
+async def _forehand_kill(cluster: DemoCluster, *, sessions: int) -> dict[str, Any]:
     async with SessionLoad(
         cluster,
         sessions=sessions,
