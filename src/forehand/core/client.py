@@ -1541,8 +1541,8 @@ class ClientCore:
         resumption.target_deadline_us = resumption.deadline_us
         self._resumptions[(resumption.session_id, resumption.target)] = resumption
         if connection.authenticated:
-            # Already welcomed (the HELLO predates the session): the server attaches the session
-            # to this connection when its first request arrives.
+            # Already welcomed (the HELLO predates the session): the first call binds the session
+            # to this connection with a RESUME carrying the credential (`_bound_at`).
             self._restart_resumed(resumption, now_us)
 
     def _restart_resumed(self, resumption: _Resumption, now_us: int) -> None:
