@@ -85,7 +85,8 @@ def load_admin_token(path: Path | None) -> str | None:
     """The admin token: the first line of `path`, else $FOREHAND_ADMIN_TOKEN, else None."""
     if path is not None:
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            lines = path.read_text(encoding="utf-8").splitlines()
+            token = lines[0].strip() if lines else ""
         except OSError as error:
             raise ConfigError(f"cannot read admin_token_file {path}: {error}") from error
     else:
