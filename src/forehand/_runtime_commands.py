@@ -123,7 +123,13 @@ def manager(
     certs_dir: Path | None = _CERTS,
     keys_file: Path | None = _KEYS,
     node_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
-    store: str | None = typer.Option(None, help="Shard-map store: sqlite or memory [sqlite]."),
+    store: str | None = typer.Option(
+        None,
+        help=(
+            "Shard-map store: sqlite, memory, or etcd://HOST:PORT[,HOST:PORT...] for managers"
+            " that elect a leader (docs/DEPLOYMENT.md) [sqlite]."
+        ),
+    ),
     store_path: Path | None = _STORE_PATH,
     ready_file: Path | None = _READY,
     log_level: str | None = _LOG,
