@@ -380,8 +380,20 @@ class NodeDriver:
         if self._closed:
             return
         core = self.core
-        for outbound in core.messages_to_send():
-            self._send(outbound.destination, outbound.message)
+        outbox = core.messages_to_send()
+        index, count = 0, len(outbox)
+        while index < count:
+            # Consecutive messages to one peer (a server's answers to one client's pipelined
+            # requests, say) go out in one send_frames call, encoded in one step.
+            destination = outbox[index].destination
+            end = index + 1
+            while end < count and outbox[end].destination == destination:
+                end += 1
+            if end - index == 1:
+                self._send(destination, outbox[index].message)
+            else:
+                self._send_batch(destination, [o.message for o in outbox[index:end]])
+            index = end
         for request in core.store_requests():
             self._submit_store(request)
         while (event := core.next_event()) is not None:
@@ -475,6 +487,20 @@ class NodeDriver:
             return
         peer.queue.append(frame)
         self._maybe_dial(peer)
+
+    def _send_batch(self, destination: str, messages: list[object]) -> None:
+        """`_send` of each message, in one `send_frames` when the peer's link is up."""
+        peer = self._peers.get(destination)
+        link = None if peer is None else peer.sender()
+        if link is None or any(type(m) is ConnectionCloseRequested for m in messages):
+            for message in messages:
+                self._send(destination, message)
+            return
+        frames = [_as_frame(message) for message in messages]
+        with contextlib.suppress(ConnectionClosedError):
+            link.connection.send_frames(frames)
+            if link.awaiting_since_s is None:
+                link.sent(self._time_s())
 
     def _close_peer(self, node_id: str, request: ConnectionCloseRequested) -> None:
         peer = self._peers.get(node_id)
