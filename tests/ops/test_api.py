@@ -75,9 +75,11 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
         api.put("/api/policy", json={"overload_cooldown_ms": "soon"}, headers=AUTH),
         api.put("/api/policy", content=b"{" + b" " * 70_000 + b"}", headers=AUTH),
         api.get("/api/history", params={"limit": "-3"}),
+        api.get("/api/no-such-endpoint"),
+        api.delete("/api/policy", headers=AUTH),
     ]
     statuses = [response.status_code for response in cases]
-    assert statuses == [404, 409, 400, 404, 400, 400, 400, 400, 400, 400, 413, 400]
+    assert statuses == [404, 409, 400, 404, 400, 400, 400, 400, 400, 400, 413, 400, 404, 405]
     for response in cases:
         body = response.json()
         assert set(body) == {"error", "detail"} and body["detail"]

@@ -7,8 +7,8 @@ locks. The API listens on loopback unless configured otherwise (`admin_http_host
 Reads are open to whoever can reach the listener. Mutating endpoints (drain, undrain, handoff,
 policy updates) need `Authorization: Bearer <admin token>`: without the header the answer is
 401, with a wrong token (compared in constant time) or when the manager has no token configured
-it is 403. Every error is a JSON object `{"error": name, "detail": text}` with a 4xx status, and
-a refused request changes nothing.
+it is 403. Every error is a JSON object `{"error": name, "detail": text}` with a 4xx status (500,
+logged, for a bug), unknown routes and methods included, and a refused request changes nothing.
 
 Endpoints (JSON unless noted):
 
@@ -49,6 +49,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
@@ -289,6 +290,7 @@ def admin_app(hub: OpsHub, *, token: str | None) -> Starlette:
     with resources.as_file(_STATIC) as static_dir:
         static = StaticFiles(directory=static_dir)
     return Starlette(
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         routes=[
             route("/", routes.index),
             route("/metrics", routes.metrics),
@@ -307,8 +309,21 @@ def admin_app(hub: OpsHub, *, token: str | None) -> Starlette:
             route("/api/policy", routes.update_policy, "PUT"),
             route("/api/events", routes.events),
             Mount("/static", app=static, name="static"),
-        ]
+        ],
     )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """Starlette's own refusals (no such route, method not allowed) as JSON errors."""
+    assert isinstance(error, HTTPException)
+    name = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    return _error(error.status_code, name, str(error.detail))
+
+
+async def _internal_error(request: Request, error: Exception) -> Response:
+    """A bug: logged with its traceback, answered 500 as JSON."""
+    _log.error("admin API failed on %s %s", request.method, request.url.path, exc_info=error)
+    return _error(500, "internal", f"{type(error).__name__}: the manager logged the details")
 
 
 def metrics_app(registry: CollectorRegistry) -> Starlette:
