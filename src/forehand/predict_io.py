@@ -241,6 +241,7 @@ def print_report(
         "calibration error",
         "base rate",
         "Brier skill on validation",
+        "recall on validation",
     ):
         calibration.add_column(column, justify="left" if column == "model" else "right")
     for model in report.models:
@@ -250,6 +251,7 @@ def print_report(
             _number(model.calibration_error, 4),
             _number(model.base_rate, 4),
             _number(model.validation_brier_skill, 3),
+            _number(model.validation_recall),
         )
     console.print(calibration)
 
@@ -312,8 +314,8 @@ def print_targets(
         for text, measured, met in checks:
             table.add_row(text, measured, "yes" if met else "NO")
     if nab is not None:
-        # The primary for this input is the model with the best Brier skill on the validation
-        # split (labels of the validation windows only); the test split decides nothing.
+        # The primary for this input is the learned model with the best recall on the validation
+        # split (its windows only, at the thresholds chosen there); the test split decides nothing.
         selected = nab.selected_model(PRIMARY_MODEL)
         primary_rows = {r.budget_per_day: r for r in nab.model(selected).rows}
         rule_rows = {r.budget_per_day: r for r in nab.model("rule").rows}

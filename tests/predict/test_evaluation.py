@@ -122,31 +122,29 @@ def test_evaluation_config_validation() -> None:
         EvaluationConfig(horizon_us=H, lead_us=H)
 
 
-def test_the_primary_is_chosen_by_validation_brier_skill_only() -> None:
-    """The best validation Brier skill wins; NaN never wins; a tie keeps the default."""
+def test_the_primary_is_chosen_on_validation_only() -> None:
+    """Best validation recall, then Brier skill, wins; the baseline never; ties keep the default."""
 
-    def model(name: str, validation: float, test: float) -> ModelReport:
+    def model(name: str, recall: float, skill: float, test: float = 0.0) -> ModelReport:
         return ModelReport(
             model=name,
             rows=(),
             brier_skill=test,
             calibration_error=0.0,
             base_rate=0.1,
-            validation_brier_skill=validation,
+            validation_brier_skill=skill,
+            validation_recall=recall,
         )
 
-    def report(*models: ModelReport) -> EvaluationReport:
-        return EvaluationReport(
+    def chosen(*models: ModelReport) -> str:
+        report = EvaluationReport(
             models=models, test_entity_days=1.0, validation_entity_days=1.0, test_events={}
         )
+        return report.selected_model("logistic")
 
-    chosen = report(
-        model("logistic", 0.1, 0.9), model("tree", 0.2, -0.5), model("rule", math.nan, 1)
-    )
-    assert chosen.selected_model("logistic") == "tree"  # test skill plays no part
-    assert report(model("logistic", 0.2, 0), model("tree", 0.2, 0)).selected_model("logistic") == (
-        "logistic"
-    )
-    assert report(model("logistic", math.nan, 0), model("rule", -0.1, 0)).selected_model(
-        "logistic"
-    ) == ("rule")
+    assert chosen(model("logistic", 0.3, 0.1, 0.9), model("tree", 0.5, -0.2, -0.5)) == "tree"
+    assert chosen(model("logistic", 0.5, 0.1), model("tree", 0.5, 0.2)) == "tree"
+    assert chosen(model("logistic", 0.5, 0.2), model("tree", 0.5, 0.2)) == "logistic"
+    assert chosen(model("logistic", 0.1, 0.0), model("rule", 0.9, 0.9)) == "logistic"
+    assert chosen(model("logistic", math.nan, math.nan), model("tree", 0.0, math.nan)) == "tree"
+    assert chosen(model("rule", 0.9, 0.9)) == "logistic"

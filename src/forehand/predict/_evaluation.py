@@ -153,8 +153,10 @@ class ModelReport:
     base_rate: float
     """Share of positive test ticks."""
     validation_brier_skill: float = math.nan
-    """Brier skill score over the labelled validation ticks (the base rate of validation): what
-    `EvaluationReport.selected_model` chooses by, never looking at the test split."""
+    """Brier skill score over the labelled validation ticks (the base rate of validation)."""
+    validation_recall: float = math.nan
+    """Recall of all validation events at each budget's threshold, averaged over the budgets:
+    what `EvaluationReport.selected_model` chooses by, never looking at the test split."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -170,24 +172,26 @@ class EvaluationReport:
     test_events: Mapping[str, int]
     """Group -> test events."""
 
-    def selected_model(self, default: str) -> str:
-        """The model with the best validation Brier skill (`default` when none has one).
+    def selected_model(self, default: str, *, baseline: str = "rule") -> str:
+        """The model to call primary for this input, chosen on the validation split only.
 
-        A proper score over every labelled validation tick, so the choice depends neither on a
-        threshold nor on the test split; ties keep `default`.
+        Among the models other than `baseline` (the one the targets compare against): the best
+        validation recall at the budgets' thresholds (the quantity the targets judge), then the
+        best validation Brier skill; `default` keeps ties, and wins when nothing was measured.
         """
-        best = default
-        best_skill = self.model(default).validation_brier_skill if self._has(default) else -math.inf
-        if math.isnan(best_skill):
-            best_skill = -math.inf
-        for report in self.models:
-            skill = report.validation_brier_skill
-            if not math.isnan(skill) and skill > best_skill:
-                best, best_skill = report.model, skill
-        return best
 
-    def _has(self, name: str) -> bool:
-        return any(report.model == name for report in self.models)
+        def key(report: ModelReport) -> tuple[float, float, bool]:
+            recall, skill = report.validation_recall, report.validation_brier_skill
+            return (
+                -math.inf if math.isnan(recall) else recall,
+                -math.inf if math.isnan(skill) else skill,
+                report.model == default,
+            )
+
+        candidates = [report for report in self.models if report.model != baseline]
+        if not candidates:
+            return default
+        return max(candidates, key=key).model
 
     def model(self, name: str) -> ModelReport:
         """The report of model `name`."""
@@ -470,8 +474,13 @@ def _model_report(
     config: EvaluationConfig,
 ) -> ModelReport:
     rows: list[RecallRow] = []
+    validation_events = sum(len(split.events) for split in validation)
+    validation_recalls: list[float] = []
     for budget in config.false_alarms_per_day:
         threshold = _choose_threshold(validation, model, budget, config)
+        if validation_events:
+            seen = _score(validation, model, threshold, config, {"all": ()})
+            validation_recalls.append(seen.predicted["all"] / validation_events)
         outcome = _score(test, model, threshold, config, groups)
         rate = outcome.alarms / (test_days * DAY_US / SECOND_US) if test_days else 0.0
         floor = random_floor(rate, horizon_us=config.horizon_us, lead_us=config.lead_us)
@@ -505,6 +514,7 @@ def _model_report(
         calibration_error=calibration_error(probabilities, labels),
         base_rate=float(labels.mean()) if len(labels) else math.nan,
         validation_brier_skill=brier_skill_score(validation_probabilities, validation_labels),
+        validation_recall=float(np.mean(validation_recalls)) if validation_recalls else math.nan,
     )
 
 
