@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core._manager_config import RiskPolicyKind
+from forehand.core._manager_events import RiskAssessed
 from forehand.core._manager_risk import (
     PredictiveRiskPolicy,
     RiskDecision,
@@ -15,15 +16,16 @@ from forehand.core._manager_risk import (
     ThresholdRiskPolicy,
     make_risk_policy,
 )
-from forehand.core.messages import LoadReport, PathReport
+from forehand.core.messages import HeartbeatReported, LoadReport, PathReport
 from forehand.errors import ConfigError
+from forehand.placement import ServerState
 from forehand.predict import EntityKey
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import load, manager_config
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, load, manager_config
 else:
-    from _manager_helpers import load, manager_config
+    from _manager_helpers import MANAGER, ManagerHarness, load, manager_config
 
 MS = 1000
 
@@ -261,3 +263,49 @@ def test_the_predictive_policy_is_deterministic_under_a_seed() -> None:
     other = predictive(seed=2)
     train(other, 700)
     assert other.predictor.snapshot() != runs[0][2]
+
+
+def test_the_manager_feeds_paths_and_logs_decisions() -> None:
+    """Heartbeat path reports reach the default policy's predictor (known servers only), and
+    its decisions come out as RiskAssessed events."""
+    harness = ManagerHarness()
+    harness.join("s1", "s2", "s3")
+    policy = harness.manager.risk_policy
+    assert isinstance(policy, PredictiveRiskPolicy)
+    paths = tuple(
+        PathReport(
+            client_bucket=bucket,
+            server_id=server_id,
+            rtt_us=20_000,
+            rtt_us_min=10_000,
+            jitter_us=500,
+            loss_ratio=0.0,
+            retransmissions=0,
+            throughput_bytes_per_second=1e5,
+            probe=server_id != "s1",
+        )
+        for bucket in range(4)
+        for server_id in ("s2", "stranger")
+    )
+    harness.sequences["s1"] = harness.sequences.get("s1", 0) + 1
+    message = HeartbeatReported(
+        server_id="s1",
+        incarnation=1,
+        sequence=harness.sequences["s1"],
+        map_version=harness.manager.map_version,
+        load=load(0.97),
+        parts=(),
+        paths=paths,
+    )
+    harness.router.send("s1", MANAGER, message)
+    now_us = harness.router.now_us
+    known = [
+        b
+        for b in range(8)
+        if policy.predictor.risk(EntityKey("s2", b), now_us=now_us).age_us is not None
+    ]
+    assert known
+    assert policy.predictor.risk(EntityKey("stranger", 0), now_us=now_us).age_us is None
+    (assessed,) = harness.events(RiskAssessed)
+    assert assessed.server_id == "s1" and assessed.model == "threshold" and assessed.acted
+    assert harness.map.server("s1").state is ServerState.DRAINING
