@@ -35,6 +35,10 @@ from forehand.predict import EntityKey
 __all__ = ["ClusterView", "PartLag", "RiskTracker", "ServerSample", "ServerView"]
 
 
+SNAPSHOT_LAGS_MAX = 20
+"""Lagging replicas a snapshot (the dashboard's table) lists, largest lag first."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServerView:
     """One server as the manager sees it at a sample."""
@@ -324,6 +328,7 @@ class ClusterView:
             "sampled_us": self.sampled_us,
             "map_version": self.map_version,
             "override_count": self.override_count,
+            "lags": [asdict(lag) for lag in self.lags[:SNAPSHOT_LAGS_MAX] if lag.entries > 0],
             "servers": [
                 {
                     **asdict(view),

@@ -85,7 +85,34 @@ function drainBar(drain) {
   return box;
 }
 
+function showLags(lags) {
+  const body = document.getElementById("lags");
+  if (lags.length === 0) {
+    const row = document.createElement("tr");
+    const cell = document.createElement("td");
+    cell.colSpan = 5;
+    cell.textContent = "every replica is caught up";
+    row.append(cell);
+    body.replaceChildren(row);
+    return;
+  }
+  body.replaceChildren(...lags.map((lag) => {
+    const row = document.createElement("tr");
+    const [session, ...part] = lag.part.split("/");
+    const cells = [`${session.slice(0, 8)}/${part.join("/")}`, lag.primary, lag.replica,
+      String(lag.entries), lag.seconds.toFixed(1)];
+    cells.forEach((value, index) => {
+      const cell = document.createElement("td");
+      if (index >= 3) cell.className = "number";
+      cell.textContent = value;
+      row.append(cell);
+    });
+    return row;
+  }));
+}
+
 function showSnapshot(snapshot) {
+  showLags(snapshot.lags ?? []);
   text("map-version", snapshot.map_version);
   text("override-count", snapshot.override_count);
   text("server-count", snapshot.servers.length);
