@@ -13,6 +13,7 @@ from forehand.wire import (
     NEED_DATA,
     ClusterMessage,
     Endpoint,
+    Error,
     ErrorCode,
     FrameDecoder,
     FrameType,
@@ -226,3 +227,13 @@ def test_next_frames_delivers_good_frames_before_an_error() -> None:
     assert caught.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
     assert decoder.poisoned
     assert remote_error(decoder).error_code == ErrorCode.FRAME_ENCODING_ERROR
+
+
+def test_next_frames_ends_a_batch_after_an_error() -> None:
+    """A batch stops right after an ERROR frame; what follows stays for a later call."""
+    error = Error(code=ErrorCode.PROTOCOL_ERROR, reason="bye")
+    ping = Ping(sequence=1, sent_us=2)
+    decoder = FrameDecoder(sender=PeerRole.CLIENT)
+    decoder.receive_data(encode_frame(ping) + encode_frame(error) + encode_frame(ping))
+    assert decoder.next_frames() == [ping, error]
+    assert decoder.next_frames() == [ping]

@@ -192,9 +192,7 @@ class StreamConnection(Connection, asyncio.Protocol):
             while room != 0:
                 batch = decoder.next_frames(room)
                 if batch:
-                    if Error in set(map(type, batch)):
-                        # Nothing after the peer's ERROR is delivered.
-                        batch = batch[: [type(f) for f in batch].index(Error) + 1]
+                    # A batch ends after an ERROR, so nothing after the peer's ERROR is delivered.
                     received.extend(batch)
                     room -= len(batch)
                     if self._error_received(batch[-1]):

@@ -653,7 +653,7 @@ def pop_frame(buffer: bytearray, allowed: Set[int], config: WireConfig) -> Frame
 
 def pop_frames(buffer: bytearray, allowed: Set[int], limit: int, config: WireConfig) -> list[Frame]:
     """Decode and remove, in one call, the frames `pop_frame` would return one by one, at most
-    `limit` of them (no bound when negative).
+    `limit` of them (no bound when negative), ending after an ERROR frame (the peer closes).
 
     An invalid body raises RemoteProtocolError only when it is the first frame; otherwise the
     frames before it are returned and the invalid one stays at the front of `buffer`, so the
@@ -670,4 +670,6 @@ def pop_frames(buffer: bytearray, allowed: Set[int], limit: int, config: WireCon
         if frame is None:
             break
         frames.append(frame)
+        if type(frame) is Error:
+            break
     return frames

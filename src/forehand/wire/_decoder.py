@@ -152,7 +152,8 @@ class FrameDecoder:
         A batch is what repeated `next_frame` calls would return, without their per-call cost;
         it stops early at anything else (a long header, an incomplete frame, an extension, the
         end of the stream), which `next_frame` then handles. An invalid frame raises only when
-        it comes first, so the frames before it are delivered and the error comes next.
+        it comes first, so the frames before it are delivered and the error comes next. A batch
+        ends after an ERROR frame: the peer closes, and what follows is not delivered with it.
         """
         if self._error is not None:
             self._raise_if_poisoned()

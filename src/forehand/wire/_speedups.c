@@ -72,7 +72,7 @@ static const char *const HANDOFF_FIELDS[] = {
     "current", "targets", "token", "extensions", NULL};
 
 static FrameClass request_class, response_class, handoff_class;
-static uint64_t frame_type_request, frame_type_response, frame_type_handoff;
+static uint64_t frame_type_request, frame_type_response, frame_type_handoff, frame_type_error;
 
 static PyObject *remote_protocol_error;    /* forehand.errors.RemoteProtocolError */
 static PyObject *code_frame_encoding_error; /* ErrorCode members */
@@ -1594,7 +1594,8 @@ PyDoc_STRVAR(pop_frames_doc,
 "pop_frames(buffer, allowed, limit, config)\n--\n\n"
 "Decode and remove, in one call, the frames pop_frame would return one by one: each complete\n"
 "frame with the common header at the front of `buffer`, at most `limit` of them (no bound when\n"
-"negative). An invalid body raises RemoteProtocolError only when it is the first frame;\n"
+"negative), ending after an ERROR frame. An invalid body raises RemoteProtocolError only\n"
+"when it is the first frame;\n"
 "otherwise the frames before it are returned and it stays at the front of the buffer.");
 
 static PyObject *
@@ -1658,6 +1659,9 @@ speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         offset += end;
+        if (head[0] == frame_type_error) {
+            break; /* the peer closes: what follows its ERROR is not for this batch */
+        }
     }
     PyBuffer_Release(&view);
     if (offset > 0 && PySequence_DelSlice(buffer, 0, offset) < 0) {
@@ -1848,9 +1852,10 @@ load_enums(void)
     if (frame_types == NULL) {
         return -1;
     }
-    const char *names[] = {"REQUEST", "RESPONSE", "HANDOFF"};
-    uint64_t *values[] = {&frame_type_request, &frame_type_response, &frame_type_handoff};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"REQUEST", "RESPONSE", "HANDOFF", "ERROR"};
+    uint64_t *values[] = {&frame_type_request, &frame_type_response, &frame_type_handoff,
+                          &frame_type_error};
+    for (int i = 0; i < 4; i++) {
         PyObject *member = PyObject_GetAttrString(frame_types, names[i]);
         *values[i] = member == NULL ? 0 : PyLong_AsUnsignedLongLong(member);
         Py_XDECREF(member);
