@@ -99,9 +99,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "forehand sim study")
         if not 1 <= arguments.jobs <= len(config.policies):
             raise ConfigError(f"--jobs must be in [1, {len(config.policies)}]")
     except ConfigError as error:
-        console.print(f"{prog}: {error}", markup=False, highlight=False)
+        console.print(f"{prog}: {error}", markup=False, highlight=False, soft_wrap=True)
         return EXIT_USAGE
-    console.print(f"SEED={config.seed}", markup=False, highlight=False)
+    console.print(f"SEED={config.seed}", markup=False, highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -128,7 +128,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "forehand sim study")
     command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     written = write_report(study, arguments.out, command=command)
     for row in targets(study).rows():
-        console.print(f"{row[0]}: {row[2]} (goal {row[1]})", markup=False, highlight=False)
-    console.print(f"digest={study.digest}", markup=False, highlight=False)
-    console.print(f"report: {written[0]}", markup=False, highlight=False)
+        console.print(
+            f"{row[0]}: {row[2]} (goal {row[1]})", markup=False, highlight=False, soft_wrap=True
+        )
+    console.print(f"digest={study.digest}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"report: {written[0]}", markup=False, highlight=False, soft_wrap=True)
     return EXIT_OK

@@ -66,6 +66,11 @@ SOURCE_REPORT_US = 1_000_000
 """The source reports the end of its backup period this long after the assignment."""
 RISK_REASONS = frozenset({ReasonCode.PREDICTED_FAILURE, ReasonCode.OVERLOAD})
 """Handoff reasons that come from the risk policy."""
+QUEUE_TIMEOUT_TICKS = 4
+"""A queued move that finds no target within this many ticks is dropped. The manager re-plans
+every queued move after every input, and a move without an acceptable target scans every
+eligible server each time; at fleet scale a long queue of such moves costs more than the rest
+of the run (measured: see docs/PERFORMANCE.md, Scale study)."""
 KEY = bytes(range(32))
 """The study's token key (nothing is sealed that leaves the process)."""
 
@@ -145,6 +150,7 @@ def study_manager_config(config: StudyConfig) -> ManagerConfig:
         suspect_timeout_ms=failure_ms * 2 // 3,
         failure_timeout_ms=failure_ms,
         snapshot_interval_deltas=100_000,
+        handoff_queue_timeout_ms=QUEUE_TIMEOUT_TICKS * config.tick_s * 1000,
         events_buffered_max=1_048_576,
     )
 
@@ -305,9 +311,9 @@ class PolicyRun:
     # Feeding the manager.
 
     def _timed(self, kind: str, call: Callable[..., object], *args: object, **kwargs: Any) -> None:
-        started = time.process_time()
+        started = time.thread_time()
         call(*args, **kwargs)
-        self._cpu[kind] = self._cpu.get(kind, 0.0) + time.process_time() - started
+        self._cpu[kind] = self._cpu.get(kind, 0.0) + time.thread_time() - started
 
     def _pump(self, now_us: int, kind: str) -> None:
         """Drain the manager: run its store requests, schedule replies, read its events."""
@@ -431,7 +437,7 @@ class PolicyRun:
         version = self._map.version
         cpu, latency, error = state.cpu, state.latency_us_p99, state.error_ratio
         sequence = self._heartbeat_sequence
-        started = time.process_time()
+        started = time.thread_time()
         for index in np.flatnonzero(state.reachable).tolist():
             sequence[index] += 1
             busy = min(float(cpu[index]), 0.985)
@@ -452,7 +458,7 @@ class PolicyRun:
                 parts=(),
             )
             manager.receive_message(heartbeat, source=name, now_us=now_us)
-        self._cpu["heartbeats"] = self._cpu.get("heartbeats", 0.0) + time.process_time() - started
+        self._cpu["heartbeats"] = self._cpu.get("heartbeats", 0.0) + time.thread_time() - started
         self.result.heartbeats += int(state.reachable.sum())
         self._pump(now_us, "heartbeats")
 
