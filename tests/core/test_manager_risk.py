@@ -309,3 +309,14 @@ def test_the_manager_feeds_paths_and_logs_decisions() -> None:
     (assessed,) = harness.events(RiskAssessed)
     assert assessed.server_id == "s1" and assessed.model == "threshold" and assessed.acted
     assert harness.map.server("s1").state is ServerState.DRAINING
+
+
+def test_the_predictor_samples_a_server_once_per_tick_and_the_rule_every_heartbeat() -> None:
+    """Heartbeats within risk_tick_ms skip the predictor; the cold rule still sees each one."""
+    policy = predictive(risk_tick_ms=1_000)
+    assert policy.assess(server_id="s1", load=load(0.2), now_us=0) is None
+    decision = policy.assess(server_id="s1", load=load(0.97), now_us=100_000)
+    assert decision is not None and decision.reason is ReasonCode.OVERLOAD
+    assert policy.predictor.risk(EntityKey("s1"), now_us=100_000).age_us == 100_000
+    policy.assess(server_id="s1", load=load(0.2), now_us=1_000_000)
+    assert policy.predictor.risk(EntityKey("s1"), now_us=1_000_000).age_us == 0

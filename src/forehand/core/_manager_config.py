@@ -141,6 +141,10 @@ class ManagerConfig:
     risk_latency_slo_us_p99: int = 250_000
     """The p99 latency SLO the predictor labels breaches against (a server reporting more is
     breaching); also the capacity its latency time-to-threshold aims at."""
+    risk_tick_ms: int = 1_000
+    """Least time between two samples of one server the predictor takes (heartbeats in between
+    go to the rule while it decides, and are otherwise skipped): the predictor's cost per server
+    stays bounded whatever the heartbeat interval."""
     risk_calibration_labels_min: int = 500
     """Labelled heartbeats the predictor's calibrator needs before its risks are acted on."""
     risk_target_margin: float = 0.2
@@ -259,6 +263,7 @@ _ZERO_ALLOWED = frozenset(
         "handoff_jitter_ms_max",
         "overload_latency_us_p99",
         "risk_lead_ms",
+        "risk_tick_ms",
         "risk_calibration_labels_min",
         "risk_target_margin",
         "risk_session_dwell_ms",

@@ -340,6 +340,7 @@ class PredictiveRiskPolicy:
         """The rule that decides while the predictor is not calibrated yet."""
         self._blocked: dict[str, bool] = {}
         self._path_sampled_us: dict[tuple[str, int], int] = {}
+        self._sampled_us: dict[str, int] = {}
         self._log = _Log()
 
     @property
@@ -353,7 +354,19 @@ class PredictiveRiskPolicy:
         return self.predictor.calibrated and not self.policy.config.shadow_mode
 
     def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
-        """Observe the load; the trigger policy's move, or the rule's while uncalibrated."""
+        """Observe the load; the trigger policy's move, or the rule's while uncalibrated.
+
+        The predictor takes one sample per server per `risk_tick_ms`; a heartbeat in between
+        only reaches the rule while the rule decides.
+        """
+        last_us = self._sampled_us.get(server_id)
+        if last_us is not None and now_us - last_us < self._config.risk_tick_ms * 1000:
+            if self._deciding:
+                return None
+            return self.rule.assess(server_id=server_id, load=load, now_us=now_us)
+        if len(self._sampled_us) >= self._config.servers_max and server_id not in self._sampled_us:
+            self._sampled_us.clear()
+        self._sampled_us[server_id] = now_us
         sample = ServerSample(server_id=server_id, values=_load_values(load))
         self.predictor.observe(sample, now_us=now_us)
         # Top features only for decisions that are logged: most heartbeats change nothing.
@@ -385,6 +398,7 @@ class PredictiveRiskPolicy:
         self.policy.forget(server_id)
         self.rule.forget(server_id)
         self._blocked.pop(server_id, None)
+        self._sampled_us.pop(server_id, None)
 
     # RiskSteering.
 

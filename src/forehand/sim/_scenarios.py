@@ -245,7 +245,7 @@ PREDICTED_MODEL = "rule"
 online by Platt scaling on delayed labels. The logistic head runs beside it but would need
 more ramps than a test can afford before it beats the rule."""
 PREDICTED_HEARTBEAT_MS = 250
-"""Every server's heartbeat interval in `predicted`: the predictor's tick."""
+"""Every server's heartbeat interval in `predicted`, and the predictor's tick."""
 PREDICTED_RISK_THRESHOLD = 0.3
 """The calibrated risk that starts moving parts in `predicted`."""
 PREDICTED_BASE_LOAD = 0.2
@@ -326,6 +326,7 @@ def build_predicted(seed: int) -> PredictedCluster:
         failure_timeout_ms=failure_timeout_ms,
         suspect_timeout_ms=max(plan.manager.suspect_timeout_ms, 2 * PREDICTED_HEARTBEAT_MS),
         risk_threshold=PREDICTED_RISK_THRESHOLD,
+        risk_tick_ms=PREDICTED_HEARTBEAT_MS,
         overload_threshold=100.0,  # The threshold never fires: every move is the predictor's.
         risk_policy=RiskPolicyKind.PREDICTIVE,
         risk_model=PREDICTED_MODEL,
