@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+import msgspec
 import pytest
 
 from forehand.core._manager_config import RiskPolicyKind
@@ -53,6 +54,14 @@ def test_latency_threshold_is_off_by_default_and_works_when_set() -> None:
     assert policy().assess(server_id="s1", load=slow, now_us=0) is None
     decision = policy(overload_latency_us_p99=1_000).assess(server_id="s1", load=slow, now_us=0)
     assert decision is not None and "latency_us_p99" in decision.detail
+
+
+def test_loop_lag_above_the_latency_threshold_is_overload() -> None:
+    """A stalled event loop trips the latency threshold even when handler latency is low."""
+    stalled = msgspec.structs.replace(load(0.1, latency_us_p99=1_000), loop_lag_us_p99=400_000)
+    assert policy().assess(server_id="s1", load=stalled, now_us=0) is None
+    decision = policy(overload_latency_us_p99=60_000).assess(server_id="s1", load=stalled, now_us=0)
+    assert decision is not None and "loop_lag_us_p99 400000" in decision.detail
 
 
 def test_cooldown_is_per_server_and_ends() -> None:

@@ -119,7 +119,8 @@ class ManagerConfig:
     overload_threshold: float = 0.9
     """CPU utilization above which the threshold risk policy moves parts away."""
     overload_latency_us_p99: int = 0
-    """p99 latency above which the threshold risk policy moves parts away; 0 disables it."""
+    """p99 request latency, or p99 event-loop lag (requests wait that long unread), above which
+    the threshold risk policy moves parts away; 0 disables it."""
     overload_cooldown_ms: int = 30_000
     """After the threshold policy flags a server, it stays quiet about it this long."""
     overload_parts_fraction: float = 0.25

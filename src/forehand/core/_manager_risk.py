@@ -206,6 +206,10 @@ class ThresholdRiskPolicy:
             return f"cpu_utilization {load.cpu_utilization:.3f} > {config.overload_threshold}"
         if 0 < config.overload_latency_us_p99 < load.latency_us_p99:
             return f"latency_us_p99 {load.latency_us_p99} > {config.overload_latency_us_p99}"
+        # A request that arrives while the event loop is stalled waits unread for the stall, which
+        # the server's own latency (arrival to answer) cannot see; clients do.
+        if 0 < config.overload_latency_us_p99 < load.loop_lag_us_p99:
+            return f"loop_lag_us_p99 {load.loop_lag_us_p99} > {config.overload_latency_us_p99}"
         return ""
 
     def _assessed(self, server_id: str, load: LoadReport, now_us: int) -> RiskAssessed:
@@ -224,6 +228,7 @@ class ThresholdRiskPolicy:
             top_features=(
                 ("cpu_utilization", load.cpu_utilization),
                 ("latency_us_p99", float(load.latency_us_p99)),
+                ("loop_lag_us_p99", float(load.loop_lag_us_p99)),
             ),
             now_us=now_us,
         )

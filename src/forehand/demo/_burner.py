@@ -7,7 +7,7 @@ each chunk to end before it can read, execute or answer anything. Two things ram
 - the share of time spent burning rises linearly over the first part of the ramp, so the
   process's CPU use climbs early;
 - the chunks grow slowly at first and steeply at the end (a power of the ramp's progress), so
-  the event loop's lag, which the server reports in its heartbeats as `latency_us_p99`, creeps
+  the event loop's lag, which the server reports in its heartbeats as `loop_lag_us_p99`, creeps
   up through tens of milliseconds long before the stalls break the SLO: the early signal the
   manager's risk input acts on. A saturating server behaves so: its latency tail grows before
   it collapses.

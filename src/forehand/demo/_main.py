@@ -85,9 +85,9 @@ class DemoConfig:
     after_s: float = 12.0
     """After the failover window, until the load stops."""
     overload_latency_ms: float = 60.0
-    """The manager's risk input: a server reporting an event-loop lag p99 (its
-    `latency_us_p99`) above this has its parts moved away. Well under the SLO, so the move
-    comes before the breach."""
+    """The manager's risk input: a server reporting a p99 request latency or event-loop lag
+    (`latency_us_p99`, `loop_lag_us_p99`) above this has its parts moved away. Well under the
+    SLO, so the move comes before the breach."""
     overload_threshold: float = 0.9
     """The risk input's CPU threshold (the manager's default). CPU use alone is a poor signal
     on a machine whose cores other processes share: the burning server gets only its share."""
