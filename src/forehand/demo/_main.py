@@ -98,10 +98,6 @@ class DemoConfig:
     """Quiet time after a risk decision about one server."""
     target_cpu_utilization_max: float = 0.5
     """A handoff target must report less CPU than this."""
-    load_epsilon: float = 1.0
-    """Bounded loads' slack. With the default 0.25, the parts a risk move pins elsewhere free
-    capacity on the flagged server, and hash-placed parts spill back onto it (implicit
-    PART_MOVED handoffs); more slack keeps them where they are."""
     handoffs_per_server_max: int = 8
     """Handoffs one server takes part in at once (each moves up to 16 parts); a handoff holds
     its slot until the source's backup period ends."""
@@ -159,7 +155,6 @@ class DemoConfig:
                 "handoffs_per_server_max": self.handoffs_per_server_max,
                 "target_cpu_utilization_max": self.target_cpu_utilization_max,
             },
-            manager_placement={"load_epsilon": self.load_epsilon},
             server_core={"backup_period_ms": self.backup_period_ms},
             admin_http_port=self.dashboard_port,
             burner=BurnerConfig(
