@@ -95,7 +95,7 @@ def test_the_report_holds_tables_plots_and_json(study: StudyResult, tmp_path: Pa
 def test_the_command_runs_through_forehand_sim(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """`forehand sim study ...` runs a study and writes its report where it is told."""
+    """`forehand sim study ...` runs a study and its sweep, and writes the report where told."""
     code = sim_main(
         [
             "study",
@@ -104,11 +104,13 @@ def test_the_command_runs_through_forehand_sim(
             "--duration-s", "300",
             "--policies", "static,reactive",
             "--fault-scale", "50",
+            "--sweep", "16x300,24x600",
             "--out", str(tmp_path / "report"),
         ]
     )  # fmt: skip
     assert code == 0
-    assert (tmp_path / "report" / "study.md").is_file()
+    markdown = (tmp_path / "report" / "study.md").read_text(encoding="utf-8")
+    assert "## Scaling sweep" in markdown and "| 24 | 600 |" in markdown
     assert "digest=" in capsys.readouterr().err
 
 
