@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from forehand.errors import ConfigError
-from forehand.predict_io import load_nab, nab_report, print_report, print_targets
+from forehand.predict_io import NAB_MODELS, load_nab, nab_report, print_report, print_targets
 
 S = 1_000_000
 SHARED_NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab"
@@ -60,7 +60,7 @@ def test_nab_report_runs_end_to_end(tmp_path: Path) -> None:
     report = nab_report(
         tmp_path, horizon_us=3_600 * S, lead_us=300 * S, seed=1, onset="middle", console=console
     )
-    assert {model.model for model in report.models} == {"logistic", "rule", "tree"}
+    assert {model.model for model in report.models} == set(NAB_MODELS)
     print_report("NAB", report, console=console)
     print_targets(None, report, console=console)
     text = console.export_text()

@@ -45,6 +45,7 @@ from forehand.predict._harness import replay
 from forehand.predict._labels import BreachTracker, DelayedLabeler, LabelledEvent, LabelledTick
 from forehand.predict._models import (
     MODEL_REGISTRY,
+    BlendModel,
     LogisticModel,
     RiskModel,
     RuleModel,
@@ -100,6 +101,7 @@ __all__ = [
     "FeatureBank",
     "FeatureConfig",
     "FeatureContribution",
+    "BlendModel",
     "Holt",
     "LabelConfig",
     "LabelledEvent",

@@ -111,6 +111,9 @@ class FeatureConfig:
     """Time constants of the exponentially weighted moving averages, fastest first."""
     baseline_time_constant_us: int = 3_600 * SECOND_US
     """Time constant of the entity's own baseline (mean and variance) that z-scores refer to."""
+    extra_baseline_time_constants_us: tuple[int, ...] = ()
+    """Further baselines, each giving a z-score `m.z_<tau>s` against the entity's own normal at
+    that time scale (a jump that is rare for the last hour may be usual for the day)."""
     dispersion_window_ticks: int = 12
     """Samples in the rolling window of the dispersion feature."""
     holt_level_alpha: float = 0.3
@@ -134,8 +137,10 @@ class FeatureConfig:
             raise ConfigError(f"EWMA time constants must be positive, got {constants}")
         if list(constants) != sorted(constants):
             raise ConfigError(f"EWMA time constants go fastest first, got {constants}")
-        if self.baseline_time_constant_us <= 0:
-            raise ConfigError("baseline_time_constant_us must be positive")
+        if self.baseline_time_constant_us <= 0 or any(
+            value <= 0 for value in self.extra_baseline_time_constants_us
+        ):
+            raise ConfigError("baseline time constants must be positive")
         if self.persistence_window_ticks < 1 or self.flap_window_ticks < 2:
             raise ConfigError("need persistence_window_ticks >= 1 and flap_window_ticks >= 2")
         if self.dispersion_window_ticks < 2 or self.rtt_min_window_ticks < 1:

@@ -209,6 +209,7 @@ class MetricTracker:
         "_capacity_level",
         "_config",
         "_ewmas",
+        "_extra_baselines",
         "_floor_level",
         "_holt",
         "_level_floor",
@@ -224,6 +225,10 @@ class MetricTracker:
         self._config = config
         self._ewmas = [Ewma(time_constant_us=tc) for tc in config.ewma_time_constants_us]
         self._baseline = Baseline(time_constant_us=config.baseline_time_constant_us)
+        self._extra_baselines = tuple(
+            (f"{spec.name}.z_{tc // SECOND_US}s", Baseline(time_constant_us=tc))
+            for tc in config.extra_baseline_time_constants_us
+        )
         self._window = RollingWindow(size=config.dispersion_window_ticks)
         self._holt = Holt(alpha=config.holt_level_alpha, beta=config.holt_trend_beta)
         # Rolling minima over the persistence window tell a sustained climb from a short spike:
@@ -282,6 +287,12 @@ class MetricTracker:
             assert ewma.value is not None
             out[names[index]] = _clip((ewma.value - offset) / unit, z_max)
         out[names[-6]] = _clip((x - mean) / deviation, z_max)
+        for name, extra in self._extra_baselines:
+            if extra.count:
+                out[name] = _clip((x - extra.mean) / extra.deviation(floor=floor), z_max)
+            else:
+                out[name] = 0.0
+            extra.update(x, elapsed_us=elapsed_us)
         out[names[-5]] = _clip(self._window.deviation / unit, z_max)
         out[names[-4]] = _clip((self._level_floor.update(x) - offset) / unit, z_max)
         out[names[-3]] = _clip(self._holt.trend_per_s * horizon_s / unit, z_max)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from forehand.errors import ConfigError
-from forehand.predict._calibration import logit
+from forehand.predict._calibration import PlattCalibrator, logit
 from forehand.predict._config import PredictorConfig
 
 if TYPE_CHECKING:
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MODEL_REGISTRY",
+    "BlendModel",
     "LogisticModel",
     "RiskModel",
     "RuleComponent",
@@ -52,6 +53,13 @@ RULE_FEATURE = "rule.max"
 RULE_GAIN = 8.0
 """Slope of the rule's logit-like score: `RULE_GAIN * (largest component - 1)`, so an
 uncalibrated rule reads 0.5 at its alarm level and its calibrator starts close to sensible."""
+POSITIVE_WEIGHT_MAX = 50.0
+"""Largest weight a class-balanced learner gives one positive tick."""
+Z_SUFFIXES = (".z", "_z")
+"""Features in baseline standard deviations (metrics without a scale): signed z-scores (and
+`m.z_<tau>s`, the z-scores against further baselines)."""
+Z_KNOTS = (2.0, 4.0)
+"""Knots of the hinges on absolute z-scores: two deviations, and the rule's alarm level."""
 
 
 class RiskModel(Protocol):
@@ -213,12 +221,13 @@ class _AdaptiveLearner:
         x = self._inputs(features)
         target = 1.0 if label else 0.0
         squared = (self._predict(self._foreground, x) - target) ** 2
-        self._foreground.learn_one(x, label)
+        weight = self._weight(label)
+        self._foreground.learn_one(x, label, w=weight)
         if self._background is not None:
             self._background_error += (self._predict(self._background, x) - target) ** 2
             self._foreground_error += squared
             self._background_seen += 1
-            self._background.learn_one(x, label)
+            self._background.learn_one(x, label, w=weight)
         self._warning.update(squared)  # type: ignore[no-untyped-call]
         self._drift.update(squared)  # type: ignore[no-untyped-call]
         if (
@@ -252,6 +261,10 @@ class _AdaptiveLearner:
         """The model's inputs; the features as they are unless a subclass expands them."""
         return dict(features)
 
+    def _weight(self, label: bool) -> float:
+        """The weight of one training tick; 1.0 unless a subclass balances the classes."""
+        return 1.0
+
     @staticmethod
     def _predict(model: Any, x: dict[str, float]) -> float:
         return float(model.predict_proba_one(x).get(True, 0.0))
@@ -273,10 +286,33 @@ class LogisticModel(_AdaptiveLearner):
 
     name = "logistic"
 
-    def __init__(self, *, config: PredictorConfig, rule: RuleModel | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: PredictorConfig,
+        rule: RuleModel | None = None,
+        balanced: bool = False,
+        absolute_z: bool = False,
+        name: str = "logistic",
+    ) -> None:
         super().__init__(config=config)
+        self.name = name
         self._rule = rule
+        self._balanced = balanced
+        self._absolute_z = absolute_z
+        self._positives_seen = self._negatives_seen = 0
         self._hinges: dict[str, tuple[tuple[str, float], ...]] = {}
+
+    def _weight(self, label: bool) -> float:
+        """With `balanced`, a positive weighs negatives seen over positives seen (capped at
+        `POSITIVE_WEIGHT_MAX`), so both classes pull on the loss alike however rare breaches are."""
+        if not self._balanced:
+            return 1.0
+        if label:
+            self._positives_seen += 1
+            return min(max(self._negatives_seen / self._positives_seen, 1.0), POSITIVE_WEIGHT_MAX)
+        self._negatives_seen += 1
+        return 1.0
 
     def _fresh(self) -> compose.Pipeline:
         from river import compose, linear_model, optim, preprocessing
@@ -296,6 +332,11 @@ class LogisticModel(_AdaptiveLearner):
         inputs = dict(features)
         if self._rule is not None:
             inputs[RULE_FEATURE] = self._rule.largest(features)
+        if self._absolute_z:
+            # A linear model cannot form |z| from z: a series that breaks down may jump either way.
+            for name, value in features.items():
+                if name.endswith(Z_SUFFIXES) or ".z_" in name:
+                    inputs[f"|{name}|"] = abs(value)
         hinges = self._hinges
         for name, value in list(inputs.items()):
             knots = hinges.get(name)
@@ -306,7 +347,10 @@ class LogisticModel(_AdaptiveLearner):
         return inputs
 
     def _knots_of(self, name: str) -> tuple[tuple[str, float], ...]:
-        """The hinge inputs of feature `name` (none unless dimensionless), named once."""
+        """The hinge inputs of feature `name` (none unless dimensionless or an absolute z-score),
+        named once."""
+        if name.startswith("|") and name.endswith("|"):
+            return tuple((f"{name}>{knot:g}", knot) for knot in Z_KNOTS)
         if not name.endswith(HINGE_SUFFIXES):
             return ()
         return tuple((f"{name}>{knot:g}", knot) for knot in self._config.hinge_knots)
@@ -350,6 +394,57 @@ class TreeModel(_AdaptiveLearner):
         return values
 
 
+class BlendModel:
+    """The rule and a learned model, each calibrated on its own, combined as probabilities.
+
+    `mode` "max" alarms when either member does (the rule's sharp view of a jump, the learned
+    model's of everything else); "mean" averages them. The score is the logit of the combination;
+    the head's own calibrator maps it to the stream's probability. The members' calibrators learn
+    on the training ticks only (every positive, a share of the negatives), which inflates both
+    alike and leaves the combination's ranking intact.
+    """
+
+    def __init__(
+        self, *, name: str, members: tuple[RiskModel, ...], mode: str, learning_rate: float
+    ) -> None:
+        if mode not in ("max", "mean") or len(members) < 2:
+            raise ConfigError(f"a blend needs mode 'max' or 'mean' and 2+ members, got {mode!r}")
+        self.name = name
+        self._members = members
+        self._mode = mode
+        self._calibrators = tuple(PlattCalibrator(learning_rate=learning_rate) for _ in members)
+
+    def _probabilities(self, features: Mapping[str, float]) -> list[float]:
+        return [
+            calibrator.probability(member.score(features))
+            for member, calibrator in zip(self._members, self._calibrators, strict=True)
+        ]
+
+    def score(self, features: Mapping[str, float]) -> float:
+        """The logit of the largest (or mean) calibrated member probability."""
+        probabilities = self._probabilities(features)
+        if self._mode == "max":
+            return logit(max(probabilities))
+        return logit(sum(probabilities) / len(probabilities))
+
+    def learn(self, features: Mapping[str, float], label: bool) -> None:
+        """Each member's calibrator learns on its score before the member learns the tick."""
+        for member, calibrator in zip(self._members, self._calibrators, strict=True):
+            calibrator.learn(member.score(features), label)
+            member.learn(features, label)
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """The contributions of the member with the highest calibrated probability."""
+        probabilities = self._probabilities(features)
+        best = max(range(len(probabilities)), key=probabilities.__getitem__)
+        return self._members[best].contributions(features)
+
+    @property
+    def drifts_detected(self) -> int:
+        """Drifts the members adapted to, together."""
+        return sum(member.drifts_detected for member in self._members)
+
+
 ModelFactory = Callable[[PredictorConfig, str, random.Random], RiskModel]
 """Builds a model for an entity kind ("server" or "path") from the config and a seeded rng."""
 
@@ -370,10 +465,40 @@ def _tree(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
     return TreeModel(config=config)
 
 
+def _logistic_balanced(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    rule = _rule(config, kind, rng) if config.stack_rule else None
+    assert rule is None or isinstance(rule, RuleModel)
+    return LogisticModel(config=config, rule=rule, balanced=True, name="logistic_balanced")
+
+
+def _logistic_abs(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    rule = _rule(config, kind, rng) if config.stack_rule else None
+    assert rule is None or isinstance(rule, RuleModel)
+    return LogisticModel(config=config, rule=rule, absolute_z=True, name="logistic_abs")
+
+
+def _blend(learned: str, mode: str) -> ModelFactory:
+    def factory(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+        members = (_rule(config, kind, rng), MODEL_REGISTRY[learned](config, kind, rng))
+        return BlendModel(
+            name=f"blend_{mode}_{learned}",
+            members=members,
+            mode=mode,
+            learning_rate=config.calibration_learning_rate,
+        )
+
+    return factory
+
+
 MODEL_REGISTRY: dict[str, ModelFactory] = {
     "rule": _rule,
     "logistic": _logistic,
     "tree": _tree,
+    "logistic_balanced": _logistic_balanced,
+    "logistic_abs": _logistic_abs,
+    "blend_max_logistic": _blend("logistic", "max"),
+    "blend_mean_logistic": _blend("logistic", "mean"),
+    "blend_max_tree": _blend("tree", "max"),
 }
 """Model name -> factory."""
 
