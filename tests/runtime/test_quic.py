@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from forehand.runtime import (
     QUICListener,
     QUICTransport,
     QUICTransportConfig,
+    run,
 )
 from forehand.wire import (
     END_OF_STREAM,
@@ -429,3 +432,49 @@ def test_requests_beyond_the_stream_limit_wait_for_credit(certs: ClusterCertific
         await serving
 
     run_test(main())
+
+
+def test_cancelled_connect_closes_its_socket(certs: ClusterCertificates) -> None:
+    """A connect cancelled mid-handshake (its node closing) closes its UDP socket: left open,
+    uvloop's loop close would never return once its ResourceWarning is an error."""
+
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+            silent.bind((HOST, 0))  # Takes the handshake's datagrams and never answers.
+            port = silent.getsockname()[1]
+            connecting = asyncio.get_running_loop().create_task(
+                QUICTransport(client_credentials(certs)).connect(HOST, port, server_id="s1")
+            )
+            await asyncio.sleep(0.05)
+            assert not connecting.done()
+            connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+
+    run_test(main())
+
+
+def test_a_connection_left_open_loses_its_socket_with_the_loop(
+    certs: ClusterCertificates,
+) -> None:
+    """A client connection nobody closes (a dial cancelled after its handshake) does not keep
+    its UDP socket past the loop: loop shutdown closes it, so uvloop's close returns."""
+
+    async def main() -> None:
+        listener = await QUICTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        connection = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        assert not connection.is_closed
+        # The server's socket goes without a word (a CONNECTION_CLOSE would end the client's
+        # connection); the client's connection is neither closed nor awaited.
+        datagrams = listener._datagram_transport
+        assert datagrams is not None
+        datagrams.close()
+        await asyncio.sleep(0)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        run(main())
+    leaks = [str(warning.message) for warning in caught if warning.category is ResourceWarning]
+    assert not leaks, f"resources left open: {leaks}"

@@ -24,7 +24,8 @@ packets to the qlog hook nor accepts a congestion-control plug-in; the typed nat
 `congestion_window`, and the Python facade holds it as `_core`. `_recovery_figures` is the one
 place that reaches it, and reports nothing (None) when a qh3 version lacks it. Neither stack
 verifies client certificates, so mutual TLS (cluster-internal links) runs over the TLS/TCP
-binding; a QUIC listener refuses to require it.
+binding; a QUIC listener refuses to require it. A client connection's UDP socket is held by a
+task (`_hold_socket`) so that it closes with the connection or, at the latest, with the loop.
 """
 
 from __future__ import annotations
@@ -797,13 +798,16 @@ class QUICTransport(Transport):
         """Until the handshake completes; ConnectionError if refused, TimeoutError if silent."""
         protocol.connect(address)
         connected = asyncio.ensure_future(protocol.wait_connected())
-        done, _ = await asyncio.wait(
-            (connected, protocol.refused),
-            timeout=self.config.handshake_timeout_ms / 1000,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        try:
+            done, _ = await asyncio.wait(
+                (connected, protocol.refused),
+                timeout=self.config.handshake_timeout_ms / 1000,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if not connected.done():
+                connected.cancel()  # Also when the caller is cancelled: no task left behind.
         if connected not in done:
-            connected.cancel()
             await asyncio.gather(connected, return_exceptions=True)
             if protocol.refused.done():
                 raise protocol.refused.exception() or ConnectionRefusedError()
@@ -841,10 +845,11 @@ class QUICTransport(Transport):
             remote_addr=address,
             family=family,
         )
+        release = _hold_socket(transport)
         try:
             await self._handshake(protocol, address)
         except (ConnectionError, TimeoutError) as error:
-            transport.close()
+            release()
             terminated = protocol.terminated
             if terminated is None:
                 raise TransportError(f"no QUIC handshake with {host}:{port}: {error!r}") from None
@@ -852,14 +857,56 @@ class QUICTransport(Transport):
                 f"{server_id} at {host}:{port}: {terminated.reason_phrase} "
                 f"(QUIC error {terminated.error_code:#x})"
             ) from None
+        except BaseException:
+            # Cancelled (its node is closing, say): end what the handshake made, free the socket.
+            if protocol.connection is not None:
+                protocol.connection.close(ErrorCode.NO_ERROR, "connect cancelled")
+            release()
+            raise
         connection = protocol.connection
         if connection is None:
-            transport.close()
+            release()
             raise HandshakeError(f"{server_id} at {host}:{port}: ALPN {ALPN} was not negotiated")
         connection.peer_id = server_id
         connection.local_address = _address(transport.get_extra_info("sockname"))
-        connection._on_gone = transport.close
+        connection._on_gone = release
         return connection
+
+
+_socket_holders: set[asyncio.Task[None]] = set()
+"""The tasks of `_hold_socket`, referenced here while they run (the loop keeps only weak
+references to tasks)."""
+
+
+def _hold_socket(transport: asyncio.DatagramTransport) -> Callable[[], None]:
+    """Tie a client connection's UDP socket to a task; return the function that releases it.
+
+    The socket is closed when the function is called (the connection is gone, or the handshake
+    failed) or when the task is cancelled, whichever comes first. Loop shutdown (`run`,
+    `asyncio.run`) cancels every task that is left, so a connection its owner lost (a dial
+    cancelled after its handshake) or one still in its closing period cannot leave the socket
+    open past the loop: uvloop would warn of the unclosed handle while closing, and where
+    warnings are errors (the tests) that warning skips the handle's close, leaving
+    `loop.close()` waiting on the open socket forever.
+    """
+    released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def hold() -> None:
+        try:
+            await released
+        finally:
+            transport.close()
+
+    task = asyncio.get_running_loop().create_task(hold(), name="forehand-quic-socket")
+    _socket_holders.add(task)
+    task.add_done_callback(_socket_holders.discard)
+
+    def release() -> None:
+        if not released.done():
+            released.set_result(None)
+        transport.close()
+
+    return release
 
 
 def _address(value: Any) -> tuple[str, int] | None:
