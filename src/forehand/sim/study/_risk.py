@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from forehand.core import ManagerConfig, RiskDecision
-from forehand.core._manager_risk import PredictiveRiskPolicy, predictor_config
+from forehand.core import ManagerConfig, PredictiveRiskPolicy, RiskDecision
+from forehand.core._manager_risk import predictor_config
 from forehand.core.messages import LoadReport
 from forehand.predict import EntityKey, OnlinePredictor, Risk, Sample, ServerSample
 from forehand.sim.study._config import StudyConfig

@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 import psutil  # type: ignore[import-untyped]
 
-from forehand.core import KeyRing, ManagerConfig, ManagerCore, RiskPolicy, TokenSealer, messages
+from forehand.core import (
+    KeyRing,
+    ManagerConfig,
+    ManagerCore,
+    RiskPolicy,
+    TokenSealer,
+    messages,
+)
 from forehand.core._manager_events import (
     FailoverCompleted,
     HandoffCompleted,
