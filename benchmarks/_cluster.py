@@ -34,6 +34,9 @@ PARTS = ("cart",)
 survives its server's crash, so a failover loses nothing acknowledged."""
 OPEN_CONCURRENT_MAX = 32
 """Sessions opened at once."""
+READ_BACK_ATTEMPTS_MAX = 20
+READ_BACK_PAUSE_S = 0.25
+"""Reading a cart back after a failover: attempts, and the pause between them."""
 
 
 @contextlib.asynccontextmanager
@@ -232,9 +235,21 @@ class SessionLoad:
         """After the load stopped: acknowledged units missing from the carts, read back."""
         lost = 0
         for session in self.sessions:
-            listing: dict[str, int] = await session.call("cart", "list", result_type=dict[str, int])
+            listing = await self._read_cart(session)
             lost += max(0, self.acknowledged.get(session.id, 0) - sum(listing.values()))
         return lost
+
+    async def _read_cart(self, session: forehand.Session) -> dict[str, int]:
+        """The session's cart; a client still locating a failed-over part is asked again."""
+        for _ in range(READ_BACK_ATTEMPTS_MAX - 1):
+            try:
+                listing: dict[str, int] = await session.call(
+                    "cart", "list", result_type=dict[str, int]
+                )
+                return listing
+            except forehand.RequestFailedError:
+                await asyncio.sleep(READ_BACK_PAUSE_S)
+        return await session.call("cart", "list", result_type=dict[str, int])
 
     def primaries(self) -> dict[bytes, str]:
         """The server each session's cart part is served by, as its client knows it."""
