@@ -267,7 +267,11 @@ admin_app = typer.Typer(
     help="Operator commands to the manager, over mutual TLS with an admin certificate.",
     no_args_is_help=True,
 )
-_MANAGER = typer.Option("127.0.0.1:7000", "--manager", help="host:port of the manager.")
+_MANAGER = typer.Option(
+    "127.0.0.1:7000",
+    "--manager",
+    help="host:port of the manager, or several separated by commas (tried in order).",
+)
 _ADMIN_CERTS = typer.Option(..., "--certs-dir", help="Directory with ca.pem and admin.pem/.key.")
 _ADMIN_NODE = typer.Option("admin", "--node", help="The operator's node id (certificate).")
 

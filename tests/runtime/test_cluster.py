@@ -410,3 +410,23 @@ def test_drain_moves_every_part_without_failures(cluster: Cluster) -> None:
             await cluster.wait_active(SERVERS)
 
     run_async(scenario())
+
+
+def test_admin_tries_each_manager_endpoint_in_turn(cluster: Cluster) -> None:
+    """With several endpoints, a refused one (a standby does not listen) moves on to the next;
+    when none accepts, one AdminError names every endpoint."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{probe.getsockname()[1]}"
+
+    async def scenario() -> None:
+        endpoints = f"{closed},{cluster.manager_address}"
+        reply = await admin_request(endpoints, Status(), certs_dir=cluster.certs_dir)
+        assert reply.ok and reply.servers
+        with pytest.raises(AdminError, match="no manager accepted") as refused:
+            await admin_request(f"{closed}, {closed}", Status(), certs_dir=cluster.certs_dir)
+        assert str(refused.value).count(closed) == 2
+
+    run_async(scenario())

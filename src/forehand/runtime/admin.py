@@ -19,7 +19,7 @@ import msgspec
 
 from forehand.core import ManagerCore
 from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
-from forehand.runtime.transport import ConnectionClosedError, Credentials
+from forehand.runtime.transport import ConnectionClosedError, Credentials, TransportError
 from forehand.wire import (
     PROTOCOL_VERSION,
     ClusterMessage,
@@ -179,12 +179,43 @@ async def admin_request(
     manager_id: str = "manager",
     timeout_s: float = 10.0,
 ) -> AdminReply:
-    """Send one command to the manager at `manager` (host:port) as node `node_id`."""
-    from forehand.runtime._tls import TLSTransport
+    """Send one command to the manager at `manager` as node `node_id`.
+
+    `manager` is `host:port`, or several separated by commas (the managers of an etcd
+    deployment): they are tried in order, and the first that accepts the connection answers.
+    Standby managers do not listen, so a refused connection moves on to the next endpoint; a
+    manager that accepts and then refuses the command raises at once.
+    """
     from forehand.runtime.config import parse_address
 
-    host, port = parse_address(manager, where="manager")
+    endpoints = [part.strip() for part in manager.split(",") if part.strip()]
+    if not endpoints:
+        raise AdminError("no manager endpoint given")
+    addresses = [parse_address(endpoint, where="manager") for endpoint in endpoints]
     credentials = Credentials.for_node(certs_dir, node_id)
+    refused: list[str] = []
+    for (host, port), endpoint in zip(addresses, endpoints, strict=True):
+        try:
+            return await _admin_request_one(
+                host, port, request, credentials, manager_id=manager_id, timeout_s=timeout_s
+            )
+        except (TransportError, OSError, TimeoutError) as error:
+            detail = str(error) or type(error).__name__
+            refused.append(detail if endpoint in detail else f"{endpoint}: {detail}")
+    raise AdminError("no manager accepted the connection (" + "; ".join(refused) + ")")
+
+
+async def _admin_request_one(
+    host: str,
+    port: int,
+    request: AdminRequest,
+    credentials: Credentials,
+    *,
+    manager_id: str,
+    timeout_s: float,
+) -> AdminReply:
+    from forehand.runtime._tls import TLSTransport
+
     transport = TLSTransport(credentials)
     async with asyncio.timeout(timeout_s):
         connection = await transport.connect(
