@@ -20,10 +20,19 @@ __all__ = ["MemoryStore"]
 class MemoryStore:
     """Keeps the newest snapshot and the deltas after it in memory; same rules as every store."""
 
-    def __init__(self, *, config: StoreConfig | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: StoreConfig | None = None,
+        snapshot: bytes | None = None,
+        snapshot_version: int = 0,
+    ) -> None:
+        """An empty store, or one that starts from `snapshot` at `snapshot_version` (a
+        simulation that builds its whole fleet's map up front)."""
+        assert (snapshot is None) == (snapshot_version == 0), "a snapshot needs its version"
         self._config = config or StoreConfig()
-        self._snapshot: bytes | None = None
-        self._snapshot_version = 0
+        self._snapshot = snapshot
+        self._snapshot_version = snapshot_version
         self._deltas: list[bytes] = []
         self._closed = False
 

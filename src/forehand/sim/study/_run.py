@@ -56,7 +56,7 @@ from forehand.sim.study._risk import (
     NoRiskPolicy,
     SampledPredictiveRiskPolicy,
 )
-from forehand.sim.study._store import StudyStore
+from forehand.stores import MemoryStore, StoreConfig
 from forehand.stores._messages import StoreRequest
 from forehand.wire import ReasonCode
 
@@ -273,7 +273,12 @@ class PolicyRun:
         snapshot = _build_snapshot(config, policy, self.parts)
         self.result.setup_s = time.perf_counter() - started
         self.result.map_bytes = len(snapshot)
-        self.store = StudyStore(snapshot=snapshot, version=1)
+        # The study's manager never snapshots mid-run, so deltas may pile up for the whole hour.
+        self.store = MemoryStore(
+            config=StoreConfig(deltas_since_snapshot_max=1_000_000),
+            snapshot=snapshot,
+            snapshot_version=1,
+        )
         self.manager_config = study_manager_config(config)
         self.risk = self._risk_policy(predictor_snapshot)
         rss_before = psutil.Process().memory_info().rss
