@@ -174,7 +174,10 @@ def server(
     listen: str | None = _LISTEN,
     advertise: str | None = typer.Option(None, help="host:port announced to clients [listen]."),
     manager_address: str | None = typer.Option(
-        None, "--manager", help="host:port of the manager [127.0.0.1:7000]."
+        None,
+        "--manager",
+        help="host:port of the manager, or several separated by commas (managers on etcd)"
+        " [127.0.0.1:7000].",
     ),
     manager_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
     transport: str | None = _TRANSPORT,

@@ -361,16 +361,7 @@ class Connection(abc.ABC):
 
     async def receive(self) -> Frame:
         """The next frame from the peer; ConnectionClosedError after the last one."""
-        received = self._received
-        while not received:
-            if self._close_info is not None:
-                raise ConnectionClosedError(self._close_info)
-            waiter = self._loop.create_future()
-            self._receive_waiter = waiter
-            try:
-                await waiter
-            finally:
-                self._receive_waiter = None
+        received = await self._frames_waiting()
         frame = received.popleft()
         if len(received) <= self._limits.receive_queue_frames_max // 2:
             self._receive_queue_drained()
@@ -382,6 +373,14 @@ class Connection(abc.ABC):
         One await per batch instead of one per frame: a driver feeds them all to its core and
         drains the core once.
         """
+        received = await self._frames_waiting()
+        frames = list(received)
+        received.clear()
+        self._receive_queue_drained()
+        return frames
+
+    async def _frames_waiting(self) -> deque[Frame]:
+        """The receive queue once it holds a frame; ConnectionClosedError once closed and empty."""
         received = self._received
         while not received:
             if self._close_info is not None:
@@ -392,10 +391,7 @@ class Connection(abc.ABC):
                 await waiter
             finally:
                 self._receive_waiter = None
-        frames = list(received)
-        received.clear()
-        self._receive_queue_drained()
-        return frames
+        return received
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self
