@@ -35,7 +35,6 @@ import functools
 import json
 import logging
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 
 from forehand.errors import ConfigError
 from forehand.runtime.config import ManagerProcessConfig
+from forehand.runtime.loop import stop_event
 from forehand.stores import Store
 from forehand.stores._etcd import (
     EtcdClient,
@@ -332,24 +332,6 @@ def _discard_outcome(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _signal_stop() -> tuple[asyncio.Event, Callable[[], None]]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for number in signals:
-        loop.add_signal_handler(number, stop.set)
-
-    def remove() -> None:
-        for number in signals:
-            loop.remove_signal_handler(number)
-
-    return stop, remove
-
-
-def _nothing() -> None:
-    return None
-
-
 async def run_elected(
     config: ManagerProcessConfig,
     *,
@@ -369,7 +351,7 @@ async def run_elected(
         lease_ttl_s=config.lease_ttl_s,
         step_down_margin_ms=min(500, config.lease_ttl_s * 200),
     )
-    own_stop, remove = (stop, _nothing) if stop is not None else _signal_stop()
+    own_stop, remove = stop_event(stop)
     # The HTTP client logs every request at INFO; renewals several times a second are routine.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Election calls give up on an endpoint sooner than store requests: the lease is short.

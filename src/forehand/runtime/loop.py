@@ -8,6 +8,7 @@ rule 7) and `-O` strips them.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ __all__ = [
     "loop_factory",
     "require_assertions",
     "run",
+    "stop_event",
     "uvloop_available",
 ]
 
@@ -68,3 +70,27 @@ def run(coroutine: Coroutine[Any, Any, _T], *, use_uvloop: bool = True) -> _T:
     factory = loop_factory() if use_uvloop else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coroutine)
+
+
+def stop_event(given: asyncio.Event | None) -> tuple[asyncio.Event, Callable[[], None]]:
+    """`given`, or an event that SIGTERM and SIGINT set; and the call that removes the handlers.
+
+    Processes stop on a signal; tests and embedders pass their own event and keep their signals.
+    """
+    if given is not None:
+        return given, _nothing
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for number in signals:
+        loop.add_signal_handler(number, stop.set)
+
+    def remove() -> None:
+        for number in signals:
+            loop.remove_signal_handler(number)
+
+    return stop, remove
+
+
+def _nothing() -> None:
+    return None

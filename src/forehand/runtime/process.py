@@ -15,7 +15,6 @@ import contextlib
 import importlib
 import logging
 import random
-import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,6 +37,7 @@ from forehand.runtime.config import (
     parse_addresses,
 )
 from forehand.runtime.keys import load_key_ring
+from forehand.runtime.loop import stop_event
 from forehand.runtime.node import NodeDriver, Route
 from forehand.runtime.transport import Credentials, Listener, TransportError
 from forehand.stores import Store, open_store
@@ -152,24 +152,6 @@ async def _listen(
         raise ConfigError(f"cannot listen on {host}:{port}: {error}") from error
 
 
-def _wait_for_signal() -> tuple[asyncio.Event, Callable[[], None]]:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    for number in signals:
-        loop.add_signal_handler(number, stop.set)
-
-    def remove() -> None:
-        for number in signals:
-            loop.remove_signal_handler(number)
-
-    return stop, remove
-
-
-def _nothing() -> None:
-    return None
-
-
 def _write_ready(path: Path | None, host: str, port: int) -> None:
     if path is None:
         return
@@ -185,7 +167,7 @@ async def _serve_until_stopped(
     stop: asyncio.Event | None,
     started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    own_stop, remove = (stop, _nothing) if stop is not None else _wait_for_signal()
+    own_stop, remove = stop_event(stop)
     try:
         driver.start()
         for listener in listeners:
