@@ -5,6 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, cast
 
+import msgspec
+
 from forehand.core import ManagerCore
 from forehand.core.messages import LoadReport, PartProgress, PartRef, PartRole
 from forehand.ops import ClusterView, RiskTracker
@@ -96,3 +98,14 @@ def test_risk_is_the_decisions_when_fresh_else_the_load_over_the_threshold() -> 
     view.sample(core(member("s1", 1, PartRole.PRIMARY, cpu=0.25)), now_us=2_000_000)
     assert view.servers[0].risk == 0.5
     assert risk.path_risks(now_us=2_000_000) == []
+
+
+def test_load_risk_reads_the_worse_of_request_latency_and_loop_lag() -> None:
+    """Like the rule, the fallback risk counts a stalled event loop as latency."""
+    risk = RiskTracker(clock_us=lambda: 0, fresh_ms=1_000)
+    thresholds = {"overload_threshold": 0.9, "overload_latency_us_p99": 60_000}
+    view = ClusterView(risk=risk, thresholds=lambda: thresholds)
+    stalled = member("s1", 1, PartRole.PRIMARY, cpu=0.09)
+    stalled.load = msgspec.structs.replace(stalled.load, loop_lag_us_p99=120_000)
+    view.sample(core(stalled), now_us=0)
+    assert view.servers[0].risk == 2.0

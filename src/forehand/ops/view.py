@@ -17,7 +17,8 @@ from the policy's `predictor` when it has one (a server's once calibrated, every
 with samples), and from its decision events (any manager event with `server_id` and a numeric
 `risk`, such as `RiskAssessed`; with a `path_bucket` too it is a path bucket's risk). When
 neither gave one within `fresh_ms`, a server's risk is its load over the rule's thresholds,
-`max(cpu / overload_threshold, p99 / overload_latency_us_p99)`: at 1.0 the rule flags it.
+`max(cpu / overload_threshold, p99 / overload_latency_us_p99)`, p99 being the worse of request
+latency and event-loop lag: at 1.0 the rule flags it.
 """
 
 from __future__ import annotations
@@ -245,7 +246,9 @@ class ClusterView:
         latency_us = load.latency_us_p99 if load is not None else 0
         risk = self._risk.risk_of(member.server_id, now_us=now_us)
         if risk is None:
-            risk = self._load_risk(cpu, latency_us)
+            # The rule reads the worse of request latency and loop lag (requests wait out a stall).
+            lag_us = load.loop_lag_us_p99 if load is not None else 0
+            risk = self._load_risk(cpu, max(latency_us, lag_us))
         return ServerView(
             server_id=member.server_id,
             address=member.address,
