@@ -118,6 +118,10 @@ def predict_eval(
     horizon_s: float = typer.Option(21_600.0, help="H for the NAB data, in seconds."),
     lead_s: float = typer.Option(600.0, help="L for the NAB data, in seconds."),
     onset: str = typer.Option("middle", help="NAB onset: window 'middle' (its label) or 'start'."),
+    sim: bool = typer.Option(False, help="Evaluate on a campaign of the per-message simulator."),
+    sim_events: int = typer.Option(50, help="Simulator: test events per fault type to size for."),
+    jobs: int = typer.Option(2, help="Simulator: runs in parallel (processes)."),
+    quick: bool = typer.Option(False, help="Simulator: short runs, --sim-events episodes each."),
 ) -> None:
     """Event-level evaluation of the predictors: recall at fixed false alarms, lead, calibration."""
     from pathlib import Path
@@ -132,6 +136,13 @@ def predict_eval(
         console.print(f"SEED={seed} synthetic fleet: {servers} servers x {days:g} days")
         synthetic_result = synthetic_report(servers=servers, days=days, seed=seed, console=console)
         print_report("Synthetic fleet", synthetic_result, console=console)
+    if sim:
+        from forehand.sim._predict_eval_io import simulator_evaluation
+
+        console.print(f"SEED={seed} simulator campaign: {sim_events} test events per fault type")
+        simulator_evaluation(
+            events_per_kind=sim_events, seed=seed, jobs=jobs, quick=quick, console=console
+        )
     if nab is not None:
         nab_result = nab_report(
             Path(nab),

@@ -106,12 +106,10 @@ class SimEvalConfig:
     """Shortest precursor of a gradual fault (four minutes, scaled)."""
     ramp_us_max: int = 45 * SECOND_US
     """Longest precursor of a gradual fault (15 minutes, scaled)."""
-    hold_us_min: int = 5 * SECOND_US
-    """Shortest time a gradual fault holds its peak."""
-    hold_us_max: int = 15 * SECOND_US
-    """Longest time a gradual fault holds its peak."""
-    recover_us: int = 6 * SECOND_US
-    """How long a ramp takes to fall back."""
+    fall_us_min: int = 8 * SECOND_US
+    """Shortest fall of a ramp from its peak back to zero (linear), or flapping phase."""
+    fall_us_max: int = 20 * SECOND_US
+    """Longest fall of a ramp, or flapping phase."""
     sudden_us_min: int = 4 * SECOND_US
     """Shortest crash (until the restart) or cut."""
     sudden_us_max: int = 15 * SECOND_US
@@ -139,8 +137,8 @@ class SimEvalConfig:
             raise ConfigError("a run must be longer than its quiet start and settling time")
         if not 0 < self.ramp_us_min <= self.ramp_us_max:
             raise ConfigError("need 0 < ramp_us_min <= ramp_us_max")
-        if not 0 < self.hold_us_min <= self.hold_us_max:
-            raise ConfigError("need 0 < hold_us_min <= hold_us_max")
+        if not 0 < self.fall_us_min <= self.fall_us_max:
+            raise ConfigError("need 0 < fall_us_min <= fall_us_max")
         if not 0 < self.sudden_us_min <= self.sudden_us_max:
             raise ConfigError("need 0 < sudden_us_min <= sudden_us_max")
         if self.events_per_kind < 1 or not 0 < self.test_fraction <= 1:
@@ -226,9 +224,8 @@ class _Planner:
     def _ramp(self, start_us: int, peak_value: float) -> tuple[Ramp, int]:
         config = self.config
         peak_us = start_us + self.duration(config.ramp_us_min, config.ramp_us_max)
-        hold_us = self.duration(config.hold_us_min, config.hold_us_max)
         shape = self.rng.choice((RampShape.LINEAR, RampShape.EXPONENTIAL))
-        recover_us = peak_us + hold_us + config.recover_us
+        recover_us = peak_us + self.duration(config.fall_us_min, config.fall_us_max)
         ramp = Ramp(
             start_us=start_us,
             peak_us=peak_us,
@@ -309,7 +306,7 @@ class _Planner:
             at_us += config.tick_us
         period_us = self.duration(1_000_000, 3_000_000)
         down_share = rng.uniform(0.3, 0.6)
-        end_us = peak_us + self.duration(config.hold_us_min, config.hold_us_max)
+        end_us = peak_us + self.duration(config.fall_us_min, config.fall_us_max)
         at_us = peak_us
         for _ in range(FLAP_CYCLES_MAX):
             if at_us >= end_us:
