@@ -12,6 +12,7 @@ back on its old primary with an explicit override, until the result is stable.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 from forehand.core.messages import PartRef
@@ -28,6 +29,8 @@ from forehand.wire import Endpoint
 
 __all__ = [
     "DEFAULT_PORT",
+    "REPLICA_CANDIDATES_MAX",
+    "candidate_window",
     "stabilize_additions",
     "STABILIZE_ROUNDS_MAX",
     "Stabilized",
@@ -45,6 +48,11 @@ STABILIZE_ROUNDS_MAX = 4
 """Most rounds of pinning per change (each round pins what the previous one still moved)."""
 DEFAULT_PORT = 4433
 """Port of an endpoint whose map address has none (the simulator routes by server id)."""
+REPLICA_CANDIDATES_MAX = 32
+"""Most eligible servers `fill_replicas` ranks for a part's new replicas: with more eligible
+servers it ranks a sample of this many taken along the part's walk (`candidate_window`), so
+choosing a replica costs the same in a fleet of ten thousand servers as in one of thirty."""
+_MASK64 = (1 << 64) - 1
 
 
 def key_of(ref: PartRef) -> PartKey:
@@ -82,16 +90,68 @@ def rendezvous_order(key: PartKey, servers: Iterable[str]) -> list[str]:
     return sorted(servers, key=lambda server_id: _rank(key.key_hash, server_id), reverse=True)
 
 
+def _mix64(value: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit value from any integer."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK64
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return value ^ (value >> 31)
+
+
+def _walk(key: PartKey, size: int) -> tuple[int, int]:
+    """Start and step of `key`'s walk over `size` positions; the step is coprime with `size`,
+    so the walk visits every position once before it repeats."""
+    first = _mix64(key.key_hash)
+    start = first % size
+    step = 1 if size < 3 else _mix64(first) % (size - 1) + 1
+    while math.gcd(step, size) != 1:
+        step += 1
+    return start, step
+
+
+def candidate_window(
+    key: PartKey, servers: Sequence[str], *, count: int, window: int = 0
+) -> list[str]:
+    """The `window`-th group of `count` servers along `key`'s walk over `servers`, in rendezvous
+    order; all of `servers` (in rendezvous order) when there are at most `count`.
+
+    The walk is a permutation of `servers` fixed by the key, so successive windows (the manager
+    moves a part's window on after each planning pass that found no target) cover every server
+    in `ceil(len(servers) / count)` passes, each pass costing `count` candidates, not the fleet.
+    `servers` must be in the same order in every call (the map's order: sorted by id).
+    """
+    size = len(servers)
+    if size <= count:
+        return rendezvous_order(key, servers)
+    windows = -(-size // count)
+    begin = (window % windows) * count
+    start, step = _walk(key, size)
+    picked = [servers[(start + i * step) % size] for i in range(begin, min(begin + count, size))]
+    return rendezvous_order(key, picked)
+
+
 def fill_replicas(
-    key: PartKey, *, primary: str, keep: Sequence[str], eligible: Iterable[str], count: int
+    key: PartKey, *, primary: str, keep: Sequence[str], eligible: Sequence[str], count: int
 ) -> tuple[str, ...]:
-    """Replicas for `key`: those of `keep` that are not the primary, then rendezvous picks."""
+    """Replicas for `key`: those of `keep` that are not the primary, then rendezvous picks.
+
+    The picks rank every eligible server when there are at most `REPLICA_CANDIDATES_MAX`, else a
+    sample of that many along the key's walk (plus what the sample needs to cover the ones
+    already chosen).
+    """
     chosen: list[str] = []
     for server_id in keep:
         if server_id != primary and server_id not in chosen and len(chosen) < count:
             chosen.append(server_id)
     if len(chosen) < count:
-        spare = [s for s in eligible if s != primary and s not in chosen]
+        taken = {primary, *chosen}
+        if len(eligible) <= REPLICA_CANDIDATES_MAX + len(taken):
+            spare = [s for s in eligible if s not in taken]
+        else:
+            sample = candidate_window(
+                key, eligible, count=REPLICA_CANDIDATES_MAX + len(taken), window=0
+            )
+            spare = [s for s in sample if s not in taken]
         chosen.extend(rendezvous_order(key, spare)[: count - len(chosen)])
     return tuple(chosen)
 
