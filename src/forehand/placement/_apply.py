@@ -26,6 +26,7 @@ from forehand.placement._delta import (
 )
 from forehand.placement._errors import InvalidDeltaError, PartKeyCollisionError, StaleDeltaError
 from forehand.placement._ids import PartKey
+from forehand.placement._reshape import reshape_engine
 from forehand.placement._servers import (
     ServerEntry,
     ServerState,
@@ -205,7 +206,7 @@ class _DeltaWriter:
         )
         check_server_entry(self._config, entry)
         self._writable_servers()[entry.server_id] = entry
-        self._layout_stale = True
+        self._reshape()
 
     def _leave(self, server_id: str) -> None:
         entry = self._entry(server_id)
@@ -230,6 +231,7 @@ class _DeltaWriter:
             replicas = engine.replica_set(key_hash, primary)
             self._overrides.put(key_hash, (names[primary], *(names[index] for index in replicas)))
             self._pin(names[primary], +1)
+            self._hash_delete(key_hash)
         self._transition(server_id, ServerTransition.DRAIN)
 
     def _transition(
@@ -242,8 +244,10 @@ class _DeltaWriter:
         check_server_entry(self._config, updated)
         self._writable_servers()[server_id] = updated
         was_eligible = entry.state is ServerState.ACTIVE
-        if was_eligible or state is ServerState.ACTIVE:
-            self._layout_stale = True
+        if was_eligible != (state is ServerState.ACTIVE) or (
+            was_eligible and updated.weight_milli != entry.weight_milli
+        ):
+            self._reshape()
 
     # The assignment.
 
@@ -253,6 +257,25 @@ class _DeltaWriter:
             self._rebuild()
         else:
             self._flush()
+
+    def _reshape(self) -> None:
+        """The ACTIVE set changed by one server: derive the assignment, or rebuild at the end."""
+        if self._layout_stale or not self._eligible.names:
+            self._layout_stale = True
+            return
+        self._flush()
+        reshaped = reshape_engine(
+            self._config,
+            self._engine,
+            eligible=self._eligible,
+            servers=self._servers,
+            pinned=self._pinned,
+            hash_parts=len(self._parts) - len(self._overrides),
+        )
+        if reshaped is None:
+            self._layout_stale = True
+        else:
+            self._eligible, self._engine = reshaped
 
     def _rebuild(self) -> None:
         self._eligible, self._engine = rebuild_engine(

@@ -26,11 +26,12 @@ Tests check that any sequence of primitives ends in the same state as a full reb
 from __future__ import annotations
 
 from array import array
-from bisect import bisect_left, insort
-from collections.abc import Iterator, Sequence
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from forehand.placement._hashing import HASH_LIMIT
+from forehand.placement._ring import RingLayout
 from forehand.placement._strategies import Layout
 
 __all__ = ["CLOSED", "UNBOUNDED", "Engine", "EngineWriter", "build_engine"]
@@ -100,6 +101,11 @@ def _walk_after(layout: Layout, key_hash: int, server: int) -> Iterator[int]:
         if candidate == server:
             break
     return walk
+
+
+def _between(values: array[int], low: int, high: int) -> array[int]:
+    """The values v with low < v <= high (sorted input)."""
+    return values[bisect_right(values, low) : bisect_right(values, high)]
 
 
 def _remove(values: array[int], key_hash: int) -> None:
@@ -183,6 +189,9 @@ class EngineWriter:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._layout = engine.layout
+        self._zones = engine.zones
+        self._zone_count = engine.zone_count
+        self._replica_target = engine.replica_target
         self._capacities = list(engine.capacities)
         self._thresholds = list(engine.thresholds)
         self._members = list(engine.members)
@@ -212,10 +221,19 @@ class EngineWriter:
     def _unskip(self, server: int, key_hash: int) -> None:
         _remove(self._array(self._skipped, 1, server), key_hash)
 
+    def _replica_set(self, key_hash: int, primary: int) -> tuple[int, ...]:
+        return self._layout.replicas(
+            key_hash,
+            primary=primary,
+            want=self._replica_target,
+            zones=self._zones,
+            zone_count=self._zone_count,
+        )
+
     def _set_replicas(self, key_hash: int, primary: int, *, present: bool) -> None:
-        if not self._engine.replica_target:
+        if not self._replica_target:
             return
-        for server in self._engine.replica_set(key_hash, primary):
+        for server in self._replica_set(key_hash, primary):
             replicas = self._array(self._replicas, 2, server)
             if present:
                 insort(replicas, key_hash)
@@ -314,14 +332,158 @@ class EngineWriter:
         self._skip(server, evicted)
         self._place(evicted, _walk_after(self._layout, evicted, server))
 
+    # Changes of the server set (ring layouts only; see docs/ARCHITECTURE.md, bounded loads).
+
+    def primary_of(self, key_hash: int) -> int:
+        """The server that holds `key_hash` as primary in the assignment being built."""
+        thresholds = self._thresholds
+        for server in self._layout.walk(key_hash):
+            if key_hash <= thresholds[server]:
+                return server
+        raise AssertionError("bounded loads left a key without a server")
+
+    def set_capacities(self, capacities: Sequence[int]) -> None:
+        """Every capacity to its new value: raises first, so there is always room, then lowers."""
+        assert len(capacities) == len(self._capacities)
+        for server, capacity in enumerate(capacities):
+            self.raise_capacity(server, capacity)
+        for server, capacity in enumerate(capacities):
+            self.lower_capacity(server, capacity)
+
+    def remove_server(
+        self, server: int, *, layout: Layout, zones: Sequence[int], room: Sequence[int]
+    ) -> None:
+        """Take `server` out of the layout; `layout` is the current one without it.
+
+        The others first get at least the capacities in `room` (by current index), then the
+        server's capacity falls to zero, which walks each of its keys on exactly as if it were
+        not there. Then its slot goes, and the keys it held as replica get their new replicas.
+        """
+        for other, capacity in enumerate(room):
+            if other != server:
+                self.raise_capacity(other, capacity)
+        self.lower_capacity(server, 0)
+        assert not self._members[server]
+        before = self._replica_sets(self._replicas[server])
+        old_to_new = [index if index < server else index - 1 for index in range(len(room))]
+        old_to_new[server] = -1
+        self._reindex(old_to_new, len(room) - 1)
+        self._layout = layout
+        self._zones = tuple(zones)
+        self._update_replicas(before, old_to_new)
+
+    def add_server(self, server: int, *, layout: RingLayout, zones: Sequence[int]) -> bool:
+        """Put `server` (its index in `layout`, the current ring plus it) in at capacity zero.
+
+        Nothing moves yet: the server is closed, so every key whose walk now meets it before
+        its holder skips it. `set_capacities` then opens it. The keys whose replica sets it
+        enters are found from the ring around its points (`RingLayout.arcs_near`). False, and
+        nothing changed, when the ring is too small for that scan.
+        """
+        want = self._replica_target
+        arcs = layout.arcs_near(
+            server,
+            distinct_needed=want + 1,
+            zones=zones if self._zone_count > want else None,
+        )
+        if arcs is None:
+            return False
+        candidates: set[int] = set()
+        own: set[int] = set()
+        for low, high, owner, is_own in arcs:
+            old = owner if owner < server else owner - 1
+            found = [
+                *_between(self._members[old], low, high),
+                *_between(self._skipped[old], low, high),
+            ]
+            candidates.update(found)
+            if is_own:
+                own.update(found)
+        old_to_new = [index if index < server else index + 1 for index in range(len(self._members))]
+        passing = self._passing(server, layout, old_to_new, own)
+        before = self._replica_sets(sorted(candidates))
+        self._reindex(old_to_new, len(old_to_new) + 1)
+        self._layout = layout
+        self._zones = tuple(zones)
+        self._skipped[server] = array("Q", sorted(own | passing))
+        self._update_replicas(before, old_to_new)
+        return True
+
+    def _passing(
+        self, server: int, layout: RingLayout, old_to_new: Sequence[int], own: set[int]
+    ) -> set[int]:
+        # Keys that walked past full servers (every such key is in some skipped array) and whose
+        # walk in the new ring meets `server` before the server that holds them.
+        overflowed: set[int] = set()
+        for waiting in self._skipped:
+            overflowed.update(waiting)
+        overflowed -= own
+        passing: set[int] = set()
+        for key_hash in overflowed:
+            holder = old_to_new[self.primary_of(key_hash)]
+            for candidate in layout.walk(key_hash):
+                if candidate == server:
+                    passing.add(key_hash)
+                    break
+                if candidate == holder:
+                    break
+        return passing
+
+    def _replica_sets(self, hashes: Iterable[int]) -> list[tuple[int, int, tuple[int, ...]]]:
+        if not self._replica_target:
+            return []
+        result = []
+        for key_hash in list(hashes):
+            primary = self.primary_of(key_hash)
+            result.append((key_hash, primary, self._replica_set(key_hash, primary)))
+        return result
+
+    def _update_replicas(
+        self, before: list[tuple[int, int, tuple[int, ...]]], old_to_new: Sequence[int]
+    ) -> None:
+        for key_hash, primary, old_set in before:
+            kept = [old_to_new[server] for server in old_set if old_to_new[server] >= 0]
+            new_set = self._replica_set(key_hash, old_to_new[primary])
+            for server in kept:
+                if server not in new_set:
+                    _remove(self._array(self._replicas, 2, server), key_hash)
+            for server in new_set:
+                if server not in kept:
+                    insort(self._array(self._replicas, 2, server), key_hash)
+
+    def _reindex(self, old_to_new: Sequence[int], count: int) -> None:
+        # Per-server tables follow the new indices; a new slot starts closed and empty.
+        tables: list[list[array[int] | None]] = [[None] * count for _ in range(3)]
+        capacities = [0] * count
+        thresholds = [CLOSED] * count
+        sources = (self._members, self._skipped, self._replicas)
+        for old, new in enumerate(old_to_new):
+            if new < 0:
+                continue
+            for table, source in zip(tables, sources, strict=True):
+                table[new] = source[old]
+            capacities[new] = self._capacities[old]
+            thresholds[new] = self._thresholds[old]
+        owned = {(kind, old_to_new[s]) for kind, s in self._owned if old_to_new[s] >= 0}
+        for kind, table in enumerate(tables):
+            for new in range(count):
+                if table[new] is None:
+                    table[new] = _empty()
+                    owned.add((kind, new))
+        self._members, self._skipped, self._replicas = (
+            [values for values in table if values is not None] for table in tables
+        )
+        self._capacities = capacities
+        self._thresholds = thresholds
+        self._owned = owned
+
     def freeze(self) -> Engine:
         """The finished assignment; the writer must not be used afterwards."""
-        engine = self._engine
         return Engine(
-            layout=engine.layout,
-            zones=engine.zones,
-            zone_count=engine.zone_count,
-            replica_target=engine.replica_target,
+            layout=self._layout,
+            zones=self._zones,
+            zone_count=self._zone_count,
+            replica_target=self._replica_target,
             capacities=tuple(self._capacities),
             thresholds=tuple(self._thresholds),
             members=tuple(self._members),

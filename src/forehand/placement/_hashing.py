@@ -16,6 +16,7 @@ __all__ = [
     "part_key_hash",
     "server_hash",
     "server_points",
+    "server_points_bytes",
 ]
 
 HASH_LIMIT = 1 << 64
@@ -24,7 +25,7 @@ _MASK64 = HASH_LIMIT - 1
 _PART_PERSON = b"forehand-part"
 _POINT_PERSON = b"forehand-ring"
 _POINTS_PER_DIGEST = 8
-_POINT_DIGEST = struct.Struct("<8Q")
+_POINT_BYTES = 8
 
 
 _PART_HASHER = hashlib.blake2b(digest_size=8, person=_PART_PERSON)
@@ -54,15 +55,21 @@ def server_points(server_id: str, count: int) -> list[int]:
     Point `i` depends only on the server id and `i`, so a server keeps its points when others
     join or leave, and changing its weight adds or removes points at the end of its list only.
     """
+    data = server_points_bytes(server_id, count)
+    return list(struct.unpack(f"<{count}Q", data))
+
+
+def server_points_bytes(server_id: str, count: int) -> bytes:
+    """`server_points` as `count` little-endian 8-byte integers, for the numpy ring builder."""
     identity = server_id.encode()
-    points: list[int] = []
-    for block in range((count + _POINTS_PER_DIGEST - 1) // _POINTS_PER_DIGEST):
-        digest = hashlib.blake2b(
+    blocks = (count + _POINTS_PER_DIGEST - 1) // _POINTS_PER_DIGEST
+    data = b"".join(
+        hashlib.blake2b(
             identity + block.to_bytes(4, "little"), digest_size=64, person=_POINT_PERSON
         ).digest()
-        points.extend(_POINT_DIGEST.unpack(digest))
-    del points[count:]
-    return points
+        for block in range(blocks)
+    )
+    return data[: count * _POINT_BYTES]
 
 
 def mix64(value: int) -> int:
