@@ -6,11 +6,14 @@ baseline is excluded), on the real cores, in one process:
 - **Server.** Three `ServerCore`s (s1, s2, s3) run the cart example's three parts (`auth`,
   `cart` replicated, `feature/video`) with two replicas per part, so every server holds a copy
   of every part (primary or replica). N sessions are placed by a published map; then each session
-  logs in, adds to its cart and seeks its video at its primaries, and the cores exchange their
+  logs in, adds to its cart and seeks its video at its primaries (its client, one per 64
+  sessions, first presents the sessions' credentials in a HELLO to each server, as the SDK does:
+  a server serves a session only on a connection that proved it), and the cores exchange their
   replication messages until quiet (timers fired past the backup period). Reported per session
   per server: the server's copy of the shard map (what the placement package allocated), the
   three parts created when the map places them (state, log, dedup table, replication streams,
-  still empty), and what serving one call per part added (state, log and dedup entries); the
+  still empty), and what serving one call per part added (the binding of the session to its
+  client's connection, state, log and dedup entries, every call checked to be answered OK); the
   source lines holding the most memory go to the JSON output.
 - **Manager.** A `ShardMap` of 100 servers and N sessions of 3 parts, decoded from its encoded
   form (what a manager loads from its store); its encoded size per session; then a `ManagerCore`
@@ -63,7 +66,7 @@ from forehand.stores._messages import (
     MapLoadRequested,
     SnapshotSaveRequested,
 )
-from forehand.wire import Request
+from forehand.wire import PROTOCOL_VERSION, Credential, Hello, Request, Response, ResponseStatus
 
 PARTS = ("auth", "cart", "feature/video")
 SERVER_IDS = ("s1", "s2", "s3")
@@ -74,6 +77,9 @@ WARM_UP_SESSIONS = 100
 CHILD_TIMEOUT_S = 900.0
 """The fresh process loading 1,000,000 sessions is hung after this long."""
 DELIVER_EVERY_REQUESTS = 64
+SESSIONS_PER_CLIENT = 64
+"""Sessions of one client connection (at most `credentials_max` in one HELLO)."""
+CREDENTIAL_LIFETIME_MS = 3_600_000
 TOP_LINES = 8
 """Source lines with the most memory, kept in the JSON output."""
 CALLS = (
@@ -111,7 +117,8 @@ def _traced() -> int:
 
 
 def _deliver(cores: dict[str, ServerCore], *, now_us: int) -> None:
-    """Route messages between the cores until quiet; client-bound ones are dropped; events are
+    """Route messages between the cores until quiet; client-bound ones are dropped (after
+    checking that every answer is OK: a refused request would measure nothing); events are
     drained (the runtime does both)."""
     moved = True
     while moved:
@@ -122,11 +129,34 @@ def _deliver(cores: dict[str, ServerCore], *, now_us: int) -> None:
                 core.handle_timer(now_us=now_us)
             for outbound in core.messages_to_send():
                 target = cores.get(outbound.destination)
+                message = outbound.message
+                if type(message) is Response and message.status is not ResponseStatus.OK:
+                    raise RuntimeError(f"{name} refused a call: {message}")
                 if target is not None:
-                    target.receive_message(outbound.message, source=name, now_us=now_us)
+                    target.receive_message(message, source=name, now_us=now_us)
                     moved = True
             while core.next_event() is not None:
                 pass
+
+
+def _hello(cores: dict[str, ServerCore], client: str, sessions: list[bytes], now_us: int) -> None:
+    """`client` connects to every server with a HELLO presenting its sessions' credentials."""
+    sealer = _sealer()
+    credentials = tuple(
+        Credential(
+            session_id=session_id,
+            credential=sealer.issue_credential(
+                session_id=session_id,
+                client_id=bytes(16),
+                now_us=now_us,
+                lifetime_ms=CREDENTIAL_LIFETIME_MS,
+            ),
+        )
+        for session_id in sessions
+    )
+    hello = Hello(versions=(PROTOCOL_VERSION,), client_id=bytes(16), credentials=credentials)
+    for core in cores.values():
+        core.receive_message(hello, source=client, now_us=now_us)
 
 
 def server_memory(sessions: int) -> dict[str, Any]:
@@ -165,7 +195,10 @@ def server_memory(sessions: int) -> dict[str, Any]:
     encoder = msgspec.msgpack.Encoder()
     payloads = [(part, op, encoder.encode(payload)) for part, op, payload in CALLS]
     request_id = 0
-    for session_id in session_ids:
+    for index, session_id in enumerate(session_ids):
+        client = f"c{index // SESSIONS_PER_CLIENT}"
+        if index % SESSIONS_PER_CLIENT == 0:
+            _hello(cores, client, session_ids[index : index + SESSIONS_PER_CLIENT], now_us)
         for part, op, payload in payloads:
             request_id += 1
             primary = primaries[PartKey(session_id=session_id, part=part)]
@@ -177,7 +210,7 @@ def server_memory(sessions: int) -> dict[str, Any]:
                 map_version=1,
                 payload=payload,
             )
-            cores[primary].receive_message(request, source="c1", now_us=now_us)
+            cores[primary].receive_message(request, source=client, now_us=now_us)
         if request_id % DELIVER_EVERY_REQUESTS < len(CALLS):
             now_us += 1_000
             _deliver(cores, now_us=now_us)

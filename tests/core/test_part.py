@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from typing import Any
 
 import msgspec
@@ -232,3 +233,37 @@ def test_reset_forgets_everything() -> None:
     part.execute(request_id=1, op="add", payload=b"5")
     part.reset()
     assert (part.data, part.applied_seq, len(part.dedup)) == (0, 0, 0)
+
+
+def test_empty_logs_and_tables_stay_independent_of_each_other() -> None:
+    """Empty logs and dedup tables share one empty container, and writing to one (after a
+    trim to empty or a reset too) never shows up in another."""
+    first, second = PartLog(entries_max=4), PartLog(entries_max=4)
+    first.append(entry(1))
+    assert (len(first), len(second), list(second.entries())) == (1, 0, [])
+    first.trim_through(1)
+    first.append(entry(2))
+    second.append(entry(1))
+    assert [item.seq for item in first.entries()] == [2]
+    assert [item.seq for item in second.entries()] == [1]
+    first.reset(last_seq=5, last_epoch=2)
+    third = PartLog(entries_max=4)
+    assert (len(first), first.last_epoch, len(third), third.last_seq) == (0, 2, 0, 0)
+    tables = DedupTable(entries_max=4), DedupTable(entries_max=4)
+    tables[0].record(entry(1, request_id=7))
+    tables[0].replace(())
+    tables[1].record(entry(1, request_id=8))
+    assert (tables[0].get(7), tables[1].get(7), len(tables[1])) == (None, None, 1)
+
+
+def test_a_fresh_part_holds_no_empty_containers_of_its_own() -> None:
+    """Most parts on a server are placed and idle: one costs a few hundred bytes, not the
+    kilobytes of an empty deque and OrderedDict each (docs/PERFORMANCE.md, memory)."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        parts = [make_part() for _ in range(1000)]
+        per_part_bytes = (tracemalloc.get_traced_memory()[0] - before) / len(parts)
+    finally:
+        tracemalloc.stop()
+    assert per_part_bytes < 400, per_part_bytes

@@ -182,12 +182,22 @@ _ROLES = {
 }
 
 
+_NO_ENTRIES: deque[LogEntry] = deque()
+"""The entries of every empty `PartLog`, shared: an empty deque costs about 600 bytes, and most
+parts of a server are idle replicas or fresh placements (docs/PERFORMANCE.md, memory per session).
+Never mutated: a log makes its own deque on its first append."""
+_NO_DEDUP: OrderedDict[int, LogEntry] = OrderedDict()
+"""The table of every empty `DedupTable`, shared in the same way."""
+
+
 class PartLog:
     """The retained suffix of a part's log: entries `first_seq`..`last_seq`, without gaps."""
 
+    __slots__ = ("_base_epoch", "_entries", "_entries_max", "_last_seq")
+
     def __init__(self, *, entries_max: int) -> None:
         assert entries_max >= 1, entries_max
-        self._entries: deque[LogEntry] = deque()
+        self._entries = _NO_ENTRIES
         self._entries_max = entries_max
         self._last_seq = 0
         self._base_epoch = 0
@@ -213,10 +223,13 @@ class PartLog:
     def append(self, entry: LogEntry) -> None:
         """Append the next entry; drops the oldest beyond the bound."""
         assert entry.seq == self._last_seq + 1, (entry.seq, self._last_seq)
-        self._entries.append(entry)
+        entries = self._entries
+        if entries is _NO_ENTRIES:
+            entries = self._entries = deque()
+        entries.append(entry)
         self._last_seq = entry.seq
-        if len(self._entries) > self._entries_max:
-            self._base_epoch = self._entries.popleft().epoch
+        if len(entries) > self._entries_max:
+            self._base_epoch = entries.popleft().epoch
 
     def get(self, seq: int) -> LogEntry | None:
         """The retained entry with sequence number `seq`, or None."""
@@ -242,12 +255,16 @@ class PartLog:
 
     def trim_through(self, seq: int) -> None:
         """Forget retained entries up to and including `seq`."""
-        while self._entries and self._entries[0].seq <= seq:
-            self._base_epoch = self._entries.popleft().epoch
+        entries = self._entries
+        while entries and entries[0].seq <= seq:
+            self._base_epoch = entries.popleft().epoch
+        if not entries:
+            # A primary whose replicas acknowledged everything holds nothing: share the empty one.
+            self._entries = _NO_ENTRIES
 
     def reset(self, *, last_seq: int, last_epoch: int) -> None:
         """Forget every entry; the next append is `last_seq + 1` (after a snapshot)."""
-        self._entries.clear()
+        self._entries = _NO_ENTRIES
         self._last_seq = last_seq
         self._base_epoch = last_epoch
 
@@ -259,9 +276,11 @@ class PartLog:
 class DedupTable:
     """Request id -> the log entry that answered it, oldest sequence evicted first."""
 
+    __slots__ = ("_entries", "_entries_max")
+
     def __init__(self, *, entries_max: int) -> None:
         assert entries_max >= 1, entries_max
-        self._entries: OrderedDict[int, LogEntry] = OrderedDict()
+        self._entries = _NO_DEDUP
         self._entries_max = entries_max
 
     def __len__(self) -> int:
@@ -273,10 +292,13 @@ class DedupTable:
 
     def record(self, entry: LogEntry) -> None:
         """Remember `entry` (entries arrive in sequence order, so insertion order is seq order)."""
-        self._entries[entry.request_id] = entry
-        self._entries.move_to_end(entry.request_id)
-        while len(self._entries) > self._entries_max:
-            self._entries.popitem(last=False)
+        entries = self._entries
+        if entries is _NO_DEDUP:
+            entries = self._entries = OrderedDict()
+        entries[entry.request_id] = entry
+        entries.move_to_end(entry.request_id)
+        while len(entries) > self._entries_max:
+            entries.popitem(last=False)
 
     def entries(self) -> tuple[LogEntry, ...]:
         """Every remembered entry, oldest sequence first (what a snapshot carries)."""
@@ -284,7 +306,7 @@ class DedupTable:
 
     def replace(self, entries: Iterable[LogEntry]) -> None:
         """Forget everything and remember `entries` instead (from a snapshot)."""
-        self._entries.clear()
+        self._entries = _NO_DEDUP
         for entry in sorted(entries, key=lambda entry: entry.seq):
             self.record(entry)
 
@@ -312,6 +334,8 @@ _STATUS_VALUES = frozenset(int(status) for status in ResponseStatus)
 
 class Part:
     """One part held by this server in some role, with its data, log and dedup table."""
+
+    __slots__ = ("data", "dedup", "epoch", "fence_version", "log", "ref", "spec", "state")
 
     def __init__(
         self,
