@@ -25,6 +25,7 @@ from forehand.core._client_map import (
     SessionPlacement,
     encode_client_placements,
 )
+from forehand.core._paths import client_bucket
 from forehand.placement import (
     Delta,
     PartKey,
@@ -35,7 +36,7 @@ from forehand.placement import (
 )
 from forehand.wire import MapUpdate, Placement
 
-__all__ = ["PlacementChanges", "placements_answer"]
+__all__ = ["PlacementChanges", "SessionBuckets", "placements_answer"]
 
 _SESSION_OPERATIONS = (PartsAdded, PartsRemoved, PlacementOverridden)
 """Operations that change the placement of the session they name, and of no other."""
@@ -76,6 +77,47 @@ class PlacementChanges:
     def changed_after(self, session_id: bytes) -> int:
         """An upper bound on the last version that changed the session's placement."""
         return max(self._everything_version, self._sessions.get(session_id, 0))
+
+
+class SessionBuckets:
+    """Per session, the path-report bucket of its client, so a move can read that client's paths.
+
+    Servers aggregate their clients' path reports by a bucket of the client id each HELLO
+    carries (`forehand.core._paths.client_bucket`). The manager learns which client a session
+    belongs to where it already does: the connection that opens the session, and the HELLO that
+    presents the session's credential (after a restart of either side). It hashes that client id
+    the same way, so the bucket names the same path reports the servers send. Bounded: past
+    `sessions_max` the oldest binding goes, and that session's moves fall back to the target's
+    average path risk.
+    """
+
+    __slots__ = ("_buckets", "_sessions", "_sessions_max")
+
+    def __init__(self, *, buckets: int, sessions_max: int) -> None:
+        assert buckets >= 1 and sessions_max >= 1, (buckets, sessions_max)
+        self._buckets = buckets
+        self._sessions_max = sessions_max
+        # Insertion order is binding order, so the first entry is the oldest.
+        self._sessions: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def bind(self, session_id: bytes, client_id: bytes) -> None:
+        """Record that `client_id` holds the session (the newest binding wins)."""
+        sessions = self._sessions
+        sessions.pop(session_id, None)
+        while len(sessions) >= self._sessions_max:
+            del sessions[next(iter(sessions))]
+        sessions[session_id] = client_bucket(client_id, buckets=self._buckets)
+
+    def bucket_of(self, session_id: bytes) -> int | None:
+        """The client bucket of the session, or None when the manager does not know it."""
+        return self._sessions.get(session_id)
+
+    def forget(self, session_id: bytes) -> None:
+        """The session closed."""
+        self._sessions.pop(session_id, None)
 
 
 def placements_answer(

@@ -108,6 +108,12 @@ class ManagerConfig:
     """Most part moves waiting for a handoff slot."""
     handoff_queue_timeout_ms: int = 120_000
     """A part move waiting this long for a target or a slot is dropped (and reported)."""
+    commit_group_changes_max: int = 32
+    """Most handoff assignments committed together as one map version (queued side by side)."""
+    handoff_target_candidates_max: int = 32
+    """Most servers, beyond the part's own replicas, one planning pass examines as a move's
+    target: a window of the part's walk over the servers, the next window on the next pass, so
+    the cost of planning does not grow with the fleet and every server is reached in time."""
     replica_moves_per_commit_max: int = 256
     """Most replica roles one drain commit moves off the drained server."""
     handoff_jitter_ms_max: int = 50
@@ -156,6 +162,23 @@ class ManagerConfig:
     """Most parts the risk policy moves off one server ..."""
     risk_budget_window_ms: int = 60_000
     """... within this sliding window."""
+    risk_drain_first_fraction: float = 0.05
+    """Least share of a server's primaries the first step of a graded risk drain moves; the step
+    moves more when the server's projected CPU is further above `target_cpu_utilization_max`
+    (the share of its load to shed to get back under it)."""
+    risk_drain_escalation_ticks: int = 3
+    """Predictor ticks a drained server's risk must stay above `risk_threshold` after a step
+    before the next, larger step (the dwell that lets a step show its effect)."""
+    risk_drain_escalation_factor: float = 2.0
+    """Each further step of a graded drain moves this many times the share of the step before
+    (at most all); only the urgent level moves everything at once."""
+    path_client_buckets: int = 256
+    """Client buckets the servers hash client ids into for their path reports (the servers'
+    `path_buckets_max`): the manager hashes a session's client the same way to find the path
+    reports of that client's bucket."""
+    session_buckets_max: int = 1_048_576
+    """Most sessions whose client bucket the manager keeps; the oldest is forgotten past it
+    (its moves then read the target's average path risk)."""
     risk_holdout_fraction: float = 0.0
     """Share of alarm episodes decided and logged but not acted on, to keep measuring precision."""
     risk_shadow_mode: bool = False
@@ -219,6 +242,11 @@ class ManagerConfig:
             raise ConfigError("ManagerConfig.risk_lead_ms must be below risk_horizon_ms")
         if max(self.risk_target_margin, self.risk_holdout_fraction) > 1.0:
             raise ConfigError("ManagerConfig risk margin and holdout fraction are at most 1.0")
+        if self.risk_drain_first_fraction > 1.0 or self.risk_drain_escalation_factor < 1.0:
+            raise ConfigError(
+                "ManagerConfig needs risk_drain_first_fraction <= 1 and "
+                "risk_drain_escalation_factor >= 1"
+            )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
                 f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"

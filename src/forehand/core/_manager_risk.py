@@ -40,6 +40,7 @@ from forehand.predict import (
     PathSample,
     PolicyConfig,
     PredictorConfig,
+    RiskLevel,
     ServerSample,
     TargetCandidate,
     TriggerPolicy,
@@ -52,6 +53,8 @@ __all__ = [
     "PATHS_PER_HEARTBEAT_MAX",
     "PATH_MODELS",
     "PREDICTOR_MODELS",
+    "ClientPathSteering",
+    "GradedDrain",
     "PredictiveRiskPolicy",
     "RiskDecision",
     "RiskPolicy",
@@ -79,6 +82,12 @@ EXIT_SHARE = 0.5
 """The exit threshold (hysteresis) as a share of `risk_threshold`."""
 ASSESSMENTS_KEPT_MAX = 1_024
 """`RiskAssessed` events a policy queues until the manager drains them (after each heartbeat)."""
+TREND_SMOOTHING = 0.5
+"""Weight of the newest sample in a server's CPU level and slope (Holt's linear smoothing), from
+which a graded drain projects the load its first step must shed."""
+_HIGH_LEVELS = frozenset({RiskLevel.HIGH, RiskLevel.SUSTAINED, RiskLevel.URGENT})
+"""Risk levels at or above the threshold: a drained server still there escalates."""
+_MOVING_STATES = frozenset({AlarmState.DRAINING, AlarmState.EVACUATING})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,6 +147,18 @@ class RiskSteering(Protocol):
 
     def assessments(self) -> list[RiskAssessed]:
         """Drain the decisions to log since the last call."""
+        ...
+
+
+@runtime_checkable
+class ClientPathSteering(Protocol):
+    """A steering policy that weighs a move's target by the moving session's client's path."""
+
+    def target_allowed_for_client(
+        self, *, source_id: str, target_id: str, client_bucket: int | None, now_us: int
+    ) -> bool:
+        """`target_allowed`, the target's path risk read for `client_bucket` (the session's
+        client's bucket, `forehand.core._paths.client_bucket`; None when unknown)."""
         ...
 
 
@@ -272,6 +293,123 @@ class ThresholdRiskPolicy:
         return self._log.drain()
 
 
+@dataclass(slots=True, kw_only=True)
+class _Episode:
+    """A server's graded drain during one alarm episode."""
+
+    fraction: float
+    """Share of its primaries the last step moved."""
+    high_ticks: int = 0
+    """Ticks above the threshold since that step."""
+
+
+@dataclass(slots=True, kw_only=True)
+class _Trend:
+    """A server's smoothed CPU level and slope (Holt), from the predictor's samples."""
+
+    level: float
+    slope_per_us: float
+    sampled_us: int
+    interval_us: int
+
+
+class GradedDrain:
+    """How much of an alarmed server's primaries to move now: as little as brings it back.
+
+    The trigger policy says that a server drains; this says how much, per decision. The first
+    step of an episode moves the share of the server's load it must shed for its CPU, projected
+    to the next chance to escalate, to fall back under `target_cpu_utilization_max` (and at
+    least `risk_drain_first_fraction`: a fault that is not load, such as congestion, needs a
+    first step too). Nothing more moves while the step shows its effect; when the risk is still
+    above the threshold `risk_drain_escalation_ticks` ticks later, the next step moves
+    `risk_drain_escalation_factor` times the share, up to everything. Only the urgent level
+    (MOVE_NOW) moves every part at once. An episode ends with the alarm (CALM or WATCHING).
+    """
+
+    def __init__(self, *, config: ManagerConfig) -> None:
+        self._config = config
+        self._episodes: dict[str, _Episode] = {}
+        self._trends: dict[str, _Trend] = {}
+
+    def observe(self, server_id: str, *, cpu_utilization: float, now_us: int) -> None:
+        """Fold one predictor sample of the server's CPU into its level and slope."""
+        trends = self._trends
+        trend = trends.get(server_id)
+        if trend is None or now_us <= trend.sampled_us:
+            if len(trends) >= self._config.servers_max and server_id not in trends:
+                trends.clear()
+            trends[server_id] = _Trend(
+                level=cpu_utilization, slope_per_us=0.0, sampled_us=now_us, interval_us=0
+            )
+            return
+        alpha = TREND_SMOOTHING
+        interval_us = now_us - trend.sampled_us
+        level = alpha * cpu_utilization + (1.0 - alpha) * (
+            trend.level + trend.slope_per_us * interval_us
+        )
+        trend.slope_per_us = (
+            alpha * (level - trend.level) / interval_us + (1.0 - alpha) * trend.slope_per_us
+        )
+        trend.level = level
+        trend.sampled_us = now_us
+        trend.interval_us = interval_us
+
+    def projected_cpu(self, server_id: str) -> float | None:
+        """The server's CPU projected over the escalation dwell (rising trends only)."""
+        trend = self._trends.get(server_id)
+        if trend is None:
+            return None
+        ahead_us = trend.interval_us * self._config.risk_drain_escalation_ticks
+        return trend.level + max(0.0, trend.slope_per_us) * ahead_us
+
+    def first_share(self, server_id: str) -> float:
+        """The first step's share: the load to shed to get back under the CPU target."""
+        config = self._config
+        share = config.risk_drain_first_fraction
+        projected = self.projected_cpu(server_id)
+        if projected is not None and projected > config.target_cpu_utilization_max:
+            share = max(share, 1.0 - config.target_cpu_utilization_max / projected)
+        return min(1.0, share)
+
+    def step(self, decision: Decision) -> float:
+        """The share of the server's primaries to move on this decision (0.0: none now)."""
+        server_id = decision.server_id
+        episodes = self._episodes
+        if decision.state not in _MOVING_STATES:
+            episodes.pop(server_id, None)
+            return 0.0
+        if not decision.acted:
+            return 0.0
+        if decision.action is Action.MOVE_NOW:
+            self._start(server_id, 1.0)
+            return 1.0
+        episode = episodes.get(server_id)
+        if episode is None:
+            return self._start(server_id, self.first_share(server_id))
+        episode.high_ticks = episode.high_ticks + 1 if decision.level in _HIGH_LEVELS else 0
+        if episode.high_ticks < self._config.risk_drain_escalation_ticks:
+            return 0.0
+        episode.high_ticks = 0
+        episode.fraction = min(1.0, episode.fraction * self._config.risk_drain_escalation_factor)
+        return episode.fraction
+
+    def _start(self, server_id: str, fraction: float) -> float:
+        episodes = self._episodes
+        if len(episodes) >= self._config.servers_max and server_id not in episodes:
+            episodes.clear()
+        episodes[server_id] = _Episode(fraction=fraction)
+        return fraction
+
+    def draining(self, server_id: str) -> bool:
+        """Whether the server is in a drain episode."""
+        return server_id in self._episodes
+
+    def forget(self, server_id: str) -> None:
+        """Drop the server's episode and trend."""
+        self._episodes.pop(server_id, None)
+        self._trends.pop(server_id, None)
+
+
 def predictor_config(config: ManagerConfig) -> PredictorConfig:
     """The predictor's configuration from the manager's (the latency SLO from `risk_*`)."""
     horizon_us = config.risk_horizon_ms * 1000
@@ -343,6 +481,8 @@ class PredictiveRiskPolicy:
         """The trigger policy (alarm states, dwell, budget, margin, shadow, holdout)."""
         self.rule = ThresholdRiskPolicy(config=config)
         """The rule that decides while the predictor is not calibrated yet."""
+        self.graded = GradedDrain(config=config)
+        """How much each drain decision moves (graded steps, escalation)."""
         self._blocked: dict[str, bool] = {}
         self._path_sampled_us: dict[tuple[str, int], int] = {}
         self._sampled_us: dict[str, int] = {}
@@ -374,26 +514,30 @@ class PredictiveRiskPolicy:
         self._sampled_us[server_id] = now_us
         sample = ServerSample(server_id=server_id, values=_load_values(load))
         self.predictor.observe(sample, now_us=now_us)
+        self.graded.observe(server_id, cpu_utilization=load.cpu_utilization, now_us=now_us)
         # Top features only for decisions that are logged: most heartbeats change nothing.
         risk = self.predictor.risk(EntityKey(server_id), now_us=now_us, explain=False)
         decision = self.policy.assess(risk, now_us=now_us)
         self.policy.decisions_to_log()  # The manager logs its own events, below.
+        share = self.graded.step(decision) if self._deciding else decision.parts_fraction
+        decision = replace(decision, parts_fraction=share)
         if risk.calibrated and (
             decision.state is not decision.previous_state or decision.action is not Action.NONE
         ):
             explained = self.predictor.risk(EntityKey(server_id), now_us=now_us)
-            self._log.add(_assessed(replace(decision, top_features=explained.top_features)))
+            decision = replace(decision, top_features=explained.top_features)
+            self._log.add(_assessed(decision))
         if not self._deciding:
             return self.rule.assess(server_id=server_id, load=load, now_us=now_us)
         if len(self._blocked) >= self._config.servers_max and server_id not in self._blocked:
             self._blocked.clear()
         self._blocked[server_id] = decision.acted
-        if not decision.acted or decision.parts_fraction <= 0.0:
+        if not decision.acted or share <= 0.0:
             return None
         top = ", ".join(f"{f.name}={f.value:.3g}" for f in decision.top_features)
         return RiskDecision(
             reason=ReasonCode.PREDICTED_FAILURE,
-            parts_fraction=decision.parts_fraction,
+            parts_fraction=share,
             detail=f"risk {decision.risk:.3f} ({decision.model}, {decision.level}); {top}",
         )
 
@@ -402,6 +546,7 @@ class PredictiveRiskPolicy:
         self.predictor.forget(server_id)
         self.policy.forget(server_id)
         self.rule.forget(server_id)
+        self.graded.forget(server_id)
         self._blocked.pop(server_id, None)
         self._sampled_us.pop(server_id, None)
 
@@ -435,29 +580,49 @@ class PredictiveRiskPolicy:
             return self._blocked.get(server_id, False)
         return self.rule.placement_blocked(server_id, now_us=now_us)
 
-    def target_risk(self, server_id: str, *, now_us: int) -> float:
-        """The target's server risk combined with the mean risk of its reported paths."""
+    def target_risk(
+        self, server_id: str, *, now_us: int, client_bucket: int | None = None
+    ) -> float:
+        """The target's server risk combined with the moving session's client's path risk."""
+        server_risk = self.predictor.risk(EntityKey(server_id), now_us=now_us).probability
+        return combined_risk(server_risk, self.path_risk(server_id, client_bucket, now_us=now_us))
+
+    def path_risk(self, server_id: str, client_bucket: int | None, *, now_us: int) -> float:
+        """The risk of the path from the client's bucket to the server, when reported; else the
+        mean risk of the server's reported paths (0.0 when none is)."""
         predictor = self.predictor
-        server_risk = predictor.risk(EntityKey(server_id), now_us=now_us).probability
+        if client_bucket is not None:
+            bucket = path_bucket(
+                f"bucket{client_bucket}", buckets=predictor.config.path_buckets_per_server
+            )
+            own = predictor.risk(EntityKey(server_id, bucket), now_us=now_us)
+            if own.age_us is not None:
+                return own.probability
         path_risks = [
             risk.probability
             for bucket in range(predictor.config.path_buckets_per_server)
             if (risk := predictor.risk(EntityKey(server_id, bucket), now_us=now_us)).age_us
             is not None
         ]
-        path_risk = sum(path_risks) / len(path_risks) if path_risks else 0.0
-        return combined_risk(server_risk, path_risk)
+        return sum(path_risks) / len(path_risks) if path_risks else 0.0
 
     def target_allowed(self, *, source_id: str, target_id: str, now_us: int) -> bool:
         """Not blocked, and (once deciding) safer than the source by the target margin."""
+        return self.target_allowed_for_client(
+            source_id=source_id, target_id=target_id, client_bucket=None, now_us=now_us
+        )
+
+    def target_allowed_for_client(
+        self, *, source_id: str, target_id: str, client_bucket: int | None, now_us: int
+    ) -> bool:
+        """`target_allowed` for one session's part: the target's risk as its client sees it."""
         if self.placement_blocked(target_id, now_us=now_us):
             return False
         if not self._deciding:
             return True
         source = self.predictor.risk(EntityKey(source_id), now_us=now_us)
-        candidate = TargetCandidate(
-            server_id=target_id, server_risk=self.target_risk(target_id, now_us=now_us)
-        )
+        risk = self.target_risk(target_id, now_us=now_us, client_bucket=client_bucket)
+        candidate = TargetCandidate(server_id=target_id, server_risk=risk)
         chosen = self.policy.choose_target(source_risk=source.probability, candidates=[candidate])
         return chosen is not None
 
