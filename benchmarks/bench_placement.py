@@ -9,7 +9,11 @@ Full size: 1,000 servers and 1,000,000 part keys (`--quick`: 100 servers, 50,000
 - the max/mean primary load, with bounded loads, without them, and for ketama;
 - memory per override entry, against the `dict[str, str]` one would keep beside uhashring to pin
   keys, and memory per part key held by the map;
-- what the manager pays: building the map, a join (a full rebuild) and a one-session delta;
+- what the manager pays: building the map, a join and a one-session delta;
+- server changes at scale (`--parts`, 300 parts per server like the scale study): a death, a
+  drain, a join and a new weight, each derived from the previous map, against rebuilding the
+  whole bounded-load assignment (what a server change cost before) in the same run; the diff
+  across the death, a whole-map encode and `primary_of` for every part;
 - the three registered strategies side by side on a smaller cluster (rendezvous is O(servers) per
   lookup), which is the measurement behind the default strategy.
 """
@@ -44,7 +48,7 @@ from forehand.placement import (
     format_session_id,
     new_session_id,
 )
-from forehand.placement._state import new_override_index
+from forehand.placement._state import new_override_index, rebuild_engine
 
 _PARTS = ("auth", "cart", "feature/video")
 _ZONES = 3
@@ -340,11 +344,97 @@ def _manager_costs(shard_map: ShardMap, keys: list[PartKey], size: Size) -> list
     encode_s, encoded = _timed(shard_map.encode)
     assert isinstance(encoded, bytes)
     return [
-        f"join (rebuild of {len(keys):,} parts):   {join_s * 1000:,.0f} ms",
+        f"join ({len(keys):,} parts):               {join_s * 1000:,.0f} ms",
         f"diff across that join:               {diff_s * 1000:,.0f} ms",
         f"open-session delta (3 parts):        {add_s / len(sessions) * 1e6:,.0f} us",
         f"encode whole map:                    {encode_s * 1000:,.0f} ms, {len(encoded):,} bytes",
     ]
+
+
+def _scale_servers(parts: int) -> int:
+    # The scale study's density: 300 parts (100 sessions of 3 parts) per server.
+    return max(10, parts // 300)
+
+
+def _rebuilt_engine(shard_map: ShardMap) -> object:
+    # What applying a server change cost before it was derived incrementally: the whole
+    # bounded-load assignment computed again over every hash-placed part.
+    state = shard_map._state
+    return rebuild_engine(
+        state.config,
+        state.servers,
+        state.parts,
+        state.overrides,
+        state.pinned,
+        previous=state.engine,
+    )
+
+
+def _server_changes(parts: int) -> tuple[list[str], list[Comparison]]:
+    """Server deaths, drains, joins and new weights at `parts` parts, against a full rebuild."""
+    servers = _scale_servers(parts)
+    keys = _keys(parts, seed=11)
+    config = PlacementConfig(servers_max=max(4096, 2 * servers))
+    entries = [
+        ServerEntry(
+            server_id=f"server-{index:05d}",
+            address=f"10.{index >> 8 & 255}.{index & 255}.1:4433",
+            zone=f"zone-{index % _ZONES}",
+            weight=1.0,
+            state=ServerState.ACTIVE,
+        )
+        for index in range(servers)
+    ]
+    build_s, built = _timed(
+        lambda: ShardMap.build(config=config, version=1, servers=entries, parts=keys)
+    )
+    assert isinstance(built, ShardMap)
+    victim = entries[servers // 2].server_id
+    changes = {
+        "server death": built.mark_server_dead(victim),
+        "server drain": built.drain_server(victim),
+        "server join": built.join_server(server_id="server-new", address="h:1", zone="zone-1"),
+        "server weight 1 -> 2": built.reweight_server(victim, 2.0),
+    }
+    comparisons: list[Comparison] = []
+    lines = [f"build the map: {build_s:.2f} s ({servers:,} servers, {parts:,} parts)"]
+    for name, delta in changes.items():
+        after = built.apply(delta)
+        _assert_same_as_rebuild(after)
+        comparisons.append(
+            compare(
+                f"{name} at {parts:,} parts",
+                candidate=lambda n, delta=delta: [built.apply(delta) for _ in range(n)],  # type: ignore[misc]
+                baseline=lambda n, after=after: [_rebuilt_engine(after) for _ in range(n)],  # type: ignore[misc]
+                baseline_name="full rebuild of the assignment",
+                count=1,
+                rounds=2,
+            )
+        )
+        row = comparisons[-1]
+        lines.append(
+            f"{name}: {1000 / row.candidate_per_second:,.0f} ms derived, "
+            f"{1000 / row.baseline_per_second:,.0f} ms to rebuild ({row.ratio:.1f}x)"
+        )
+        if name == "server death":
+            diff_s, diff = _timed(lambda after=after: built.diff(after))  # type: ignore[misc]
+            moved = len(diff.moved)  # type: ignore[attr-defined]
+            lines.append(f"diff across the death: {diff_s * 1000:,.0f} ms ({moved:,} parts moved)")
+    encode_s, encoded = _timed(built.encode)
+    assert isinstance(encoded, bytes)
+    lines.append(f"encode the whole map: {encode_s:.2f} s, {len(encoded):,} bytes")
+    lookup_s, _ = _timed(lambda: [built.primary_of(key) for key in keys])
+    lines.append(f"primary_of for every part: {lookup_s:.2f} s")
+    return lines, comparisons
+
+
+def _assert_same_as_rebuild(shard_map: ShardMap) -> None:
+    state = shard_map._state
+    _, engine = rebuild_engine(
+        state.config, state.servers, state.parts, state.overrides, state.pinned
+    )
+    assert engine.thresholds == state.engine.thresholds, "incremental result differs"
+    assert engine.members == state.engine.members, "incremental result differs"
 
 
 def _strategies(size: Size) -> list[str]:
@@ -375,7 +465,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="100 servers, 50,000 keys")
-    size = QUICK if parser.parse_args(argv).quick else FULL
+    parser.add_argument(
+        "--parts",
+        type=int,
+        default=None,
+        help="parts of the server-change section, at 300 parts per server "
+        "(default 300,000; 30,000 with --quick; the scale study's full size is 3,000,000)",
+    )
+    parser.add_argument(
+        "--only-server-changes", action="store_true", help="run the server-change section alone"
+    )
+    arguments = parser.parse_args(argv)
+    size = QUICK if arguments.quick else FULL
+    parts = arguments.parts or (30_000 if arguments.quick else 300_000)
+    if not arguments.only_server_changes:
+        _main_tables(size)
+    print()
+    print(f"server changes at scale ({_scale_servers(parts):,} servers, {parts:,} parts, 3 zones)")
+    lines, comparisons = _server_changes(parts)
+    for line in lines:
+        print(f"  {line}")
+    print_comparisons("server changes: derived from the last map vs full rebuild", comparisons)
+
+
+def _main_tables(size: Size) -> None:
     print(f"placement: {size.servers:,} servers, {size.keys:,} part keys, {_ZONES} zones")
     keys = _keys(size.keys)
     build_s, built = _timed(
