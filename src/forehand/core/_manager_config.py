@@ -166,6 +166,10 @@ class ManagerConfig:
     """Least share of a server's primaries the first step of a graded risk drain moves; the step
     moves more when the server's projected CPU is further above `target_cpu_utilization_max`
     (the share of its load to shed to get back under it)."""
+    risk_drain_unloaded_fraction: float = 1.0
+    """Share the first step of a graded risk drain moves when the server's projected CPU is under
+    `target_cpu_utilization_max`: its risk is not load that shedding a share would cure (errors,
+    latency, a flapping link), so its sessions leave, within the migration budget."""
     risk_drain_escalation_ticks: int = 3
     """Predictor ticks a drained server's risk must stay above `risk_threshold` after a step
     before the next, larger step (the dwell that lets a step show its effect)."""
@@ -242,9 +246,12 @@ class ManagerConfig:
             raise ConfigError("ManagerConfig.risk_lead_ms must be below risk_horizon_ms")
         if max(self.risk_target_margin, self.risk_holdout_fraction) > 1.0:
             raise ConfigError("ManagerConfig risk margin and holdout fraction are at most 1.0")
-        if self.risk_drain_first_fraction > 1.0 or self.risk_drain_escalation_factor < 1.0:
+        if (
+            max(self.risk_drain_first_fraction, self.risk_drain_unloaded_fraction) > 1.0
+            or self.risk_drain_escalation_factor < 1.0
+        ):
             raise ConfigError(
-                "ManagerConfig needs risk_drain_first_fraction <= 1 and "
+                "ManagerConfig needs risk_drain_*_fraction <= 1 and "
                 "risk_drain_escalation_factor >= 1"
             )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:

@@ -4,13 +4,15 @@
 share of its primary parts, for a reason) or None. A policy that also implements `RiskSteering`
 steers the rest of the manager: no new placements (nor spilled parts) on a server it flags, a
 target-risk margin for its moves, per-session dwell and per-server migration budget, path reports
-folded in, and a `RiskAssessed` event per decision.
+folded in, and a `RiskAssessed` event per decision. One that implements `ClientPathSteering`
+weighs a move's target by the moving session's own client's path to it.
 
 Two policies ship, chosen by `ManagerConfig.risk_policy`:
 
 - `PredictiveRiskPolicy` (the default) feeds every heartbeat's load and path reports to a
   `forehand.predict.OnlinePredictor` and its calibrated risk to a `TriggerPolicy` (hysteresis,
-  k of n, urgent, cooldown, graded actions, shadow mode, holdout). Its risks mean probabilities
+  k of n, urgent, cooldown, graded actions, shadow mode, holdout); `GradedDrain` sizes each drain
+  step to what the server must shed. Its risks mean probabilities
   only once its calibrator has learned `risk_calibration_labels_min` delayed labels; until then
   the rule below decides, so a fresh manager protects its servers from the first heartbeat. In
   shadow mode the rule keeps deciding and the predictor's decisions are only logged.
@@ -318,12 +320,14 @@ class GradedDrain:
 
     The trigger policy says that a server drains; this says how much, per decision. The first
     step of an episode moves the share of the server's load it must shed for its CPU, projected
-    to the next chance to escalate, to fall back under `target_cpu_utilization_max` (and at
-    least `risk_drain_first_fraction`: a fault that is not load, such as congestion, needs a
-    first step too). Nothing more moves while the step shows its effect; when the risk is still
-    above the threshold `risk_drain_escalation_ticks` ticks later, the next step moves
-    `risk_drain_escalation_factor` times the share, up to everything. Only the urgent level
-    (MOVE_NOW) moves every part at once. An episode ends with the alarm (CALM or WATCHING).
+    to the next chance to escalate, to fall back under `target_cpu_utilization_max` (at least
+    `risk_drain_first_fraction`). A server at risk whose projected CPU is under the target has a
+    fault that shedding load does not cure (errors, latency, a flapping link): its first step is
+    `risk_drain_unloaded_fraction`. Nothing more moves while a step shows its effect; when the
+    risk is still above the threshold `risk_drain_escalation_ticks` ticks later, the next step
+    moves `risk_drain_escalation_factor` times the share, up to everything. Once at everything
+    (or at the urgent level, MOVE_NOW), every decision with the risk above the threshold moves
+    what the migration budget lets through. An episode ends with the alarm (CALM or WATCHING).
     """
 
     def __init__(self, *, config: ManagerConfig) -> None:
@@ -363,13 +367,14 @@ class GradedDrain:
         return trend.level + max(0.0, trend.slope_per_us) * ahead_us
 
     def first_share(self, server_id: str) -> float:
-        """The first step's share: the load to shed to get back under the CPU target."""
+        """The first step's share: the load to shed to get back under the CPU target, or, when
+        the load is under it, `risk_drain_unloaded_fraction` (shedding would not cure it)."""
         config = self._config
-        share = config.risk_drain_first_fraction
         projected = self.projected_cpu(server_id)
-        if projected is not None and projected > config.target_cpu_utilization_max:
-            share = max(share, 1.0 - config.target_cpu_utilization_max / projected)
-        return min(1.0, share)
+        target = config.target_cpu_utilization_max
+        if projected is None or projected <= target:
+            return config.risk_drain_unloaded_fraction
+        return min(1.0, max(config.risk_drain_first_fraction, 1.0 - target / projected))
 
     def step(self, decision: Decision) -> float:
         """The share of the server's primaries to move on this decision (0.0: none now)."""
@@ -387,6 +392,9 @@ class GradedDrain:
         if episode is None:
             return self._start(server_id, self.first_share(server_id))
         episode.high_ticks = episode.high_ticks + 1 if decision.level in _HIGH_LEVELS else 0
+        if episode.fraction >= 1.0 and episode.high_ticks:
+            # Evacuating: each decision moves what the migration budget lets through.
+            return 1.0
         if episode.high_ticks < self._config.risk_drain_escalation_ticks:
             return 0.0
         episode.high_ticks = 0
