@@ -91,6 +91,7 @@ from forehand.core.messages import (
 )
 from forehand.core.tokens import ReplayCache, TokenError, TokenInvalid, TokenSealer
 from forehand.errors import RemoteProtocolError
+from forehand.placement import Placement
 from forehand.wire import (
     PROTOCOL_VERSION,
     CloseSession,
@@ -132,6 +133,9 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
+PLACEMENT_CACHE_ENTRIES_MAX = 4096
+"""Placements of the current map a server remembers (looked up on every log shipment it gets);
+past this many the cache starts over, so a server's memory for it stays bounded."""
 _NOT_BOUND = "session not bound to this connection: present its credential (HELLO or RESUME)"
 """The RESPONSE detail of a REQUEST for a session its connection has not proved."""
 _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
@@ -197,6 +201,7 @@ class ServerCore:
         self._bound: dict[NodeId, dict[bytes, None]] = {}
         self._session_parts: dict[bytes, dict[str, None]] = {}
         self._map: ServerMap | None = None
+        self._placements: dict[PartRef, Placement | None] = {}
         self._map_deltas: dict[int, MapPublished] = {}
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
@@ -1058,8 +1063,20 @@ class ServerCore:
         self._shippers.pop(ref, None)
         self._shipping.pop(ref, None)
 
-    def _replicas_of(self, ref: PartRef) -> list[str]:
+    def _placement(self, ref: PartRef) -> Placement | None:
+        """`ref`'s placement in the current map, remembered until the map changes: a replica
+        checks it for every shipment, and a lookup hashes the part onto the ring."""
+        placements = self._placements
+        if ref in placements:
+            return placements[ref]
         placement = None if self._map is None else self._map.placement(ref)
+        if len(placements) >= PLACEMENT_CACHE_ENTRIES_MAX:
+            placements.clear()
+        placements[ref] = placement
+        return placement
+
+    def _replicas_of(self, ref: PartRef) -> list[str]:
+        placement = self._placement(ref)
         if placement is None:
             return []
         return [node for node in placement.replicas if node != self._me]
@@ -1175,7 +1192,7 @@ class ServerCore:
             return False
         if epoch > current.version:
             return True
-        placement = current.placement(ref)
+        placement = self._placement(ref)
         part = self._parts.get(ref)
         primary_here = placement is not None and placement.primary == self._me
         serving = part is not None and part.state is PartState.PRIMARY
@@ -1861,6 +1878,7 @@ class ServerCore:
         previous_map = self._map
         previous = self.map_version
         self._map = new_map
+        self._placements.clear()
         self._emit(
             MapVersionAdopted(node=self._me, map_version=new_map.version, previous_version=previous)
         )
