@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from forehand.placement import PlacementConfig, build_layout
 from forehand.placement._engine import CLOSED, UNBOUNDED, Engine, build_engine
-from forehand.placement._layout import Layout
+from forehand.placement._layout import Layout, choose_replicas
 
 
 def _rebuild(engine: Engine, keys: set[int]) -> Engine:
@@ -117,3 +117,60 @@ def test_thresholds_summarize_the_assignment(seed: int, server_count: int) -> No
         else:
             assert engine.thresholds[server] == UNBOUNDED
         assert all(key > engine.thresholds[server] for key in engine.skipped[server])
+
+
+def _reference_engine(
+    layout: Layout, zones: list[int], replica_count: int, capacities: list[int], keys: list[int]
+) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+    """The greedy rule written plainly: members, skipped and replicas per server."""
+    count = layout.server_count
+    members: list[list[int]] = [[] for _ in range(count)]
+    skipped: list[list[int]] = [[] for _ in range(count)]
+    replicas: list[list[int]] = [[] for _ in range(count)]
+    want = max(0, min(replica_count, count - 1))
+    for key in sorted(keys):
+        for server in layout.walk(key):
+            if len(members[server]) < capacities[server]:
+                members[server].append(key)
+                break
+            skipped[server].append(key)
+        chosen = choose_replicas(
+            layout.walk(key), primary=server, want=want, zones=zones, zone_count=len(set(zones))
+        )
+        for replica in chosen:
+            replicas[replica].append(key)
+    return members, skipped, replicas
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    strategy=st.sampled_from(["ring", "ring", "maglev", "rendezvous"]),
+    server_count=st.integers(1, 12),
+    zone_numbers=st.integers(1, 5),
+    replica_count=st.integers(0, 3),
+    seed=st.integers(0, 2**32),
+)
+def test_bulk_build_equals_the_greedy_rule(
+    strategy: str, server_count: int, zone_numbers: int, replica_count: int, seed: int
+) -> None:
+    """The bulk build (first choices, then overflow inserted; replicas chosen at once) gives the
+    members, skipped keys and replicas of the plain greedy rule, for every strategy and zoning."""
+    rng = random.Random(seed)
+    config = PlacementConfig(strategy=strategy, ring_points_per_weight=16, maglev_table_size=101)
+    names = [f"s{index}" for index in range(server_count)]
+    layout = build_layout(names, [rng.choice((500, 1000, 2000)) for _ in names], config)
+    zones = [rng.randrange(zone_numbers) * 7 for _ in names]
+    capacities = [rng.randrange(0, 25) for _ in names]
+    capacities[0] += 1
+    keys = sorted({rng.getrandbits(64) for _ in range(rng.randrange(0, sum(capacities) + 1))})
+    engine = build_engine(
+        layout=layout,
+        zones=zones,
+        replica_count=replica_count,
+        capacities=capacities,
+        sorted_hashes=keys,
+    )
+    members, skipped, replicas = _reference_engine(layout, zones, replica_count, capacities, keys)
+    assert [list(values) for values in engine.members] == members
+    assert [list(values) for values in engine.skipped] == skipped
+    assert [list(values) for values in engine.replicas] == replicas

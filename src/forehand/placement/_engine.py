@@ -25,10 +25,14 @@ Tests check that any sequence of primitives ends in the same state as a full reb
 
 from __future__ import annotations
 
+import dataclasses
 from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
 
 from forehand.placement._hashing import HASH_LIMIT
 from forehand.placement._ring import RingLayout
@@ -122,59 +126,101 @@ def build_engine(
     capacities: Sequence[int],
     sorted_hashes: Sequence[int],
 ) -> Engine:
-    """The assignment computed from scratch: keys in ascending hash order, greedy."""
+    """The assignment computed from scratch: keys in ascending hash order, greedy.
+
+    Greedy in ascending hash order is the one stable assignment when every server prefers
+    smaller hashes, so it is computed in bulk: each server keeps the smallest of the keys whose
+    first server it is, up to its capacity, and the rest are inserted one by one with the
+    incremental primitive (which keeps the greedy result for the keys so far). Replicas are
+    then chosen for all keys at once.
+    """
     count = layout.server_count
     assert len(zones) == count and len(capacities) == count
-    members = [_empty() for _ in range(count)]
-    skipped = [_empty() for _ in range(count)]
-    primaries = _greedy(layout, capacities, sorted_hashes, members, skipped)
-    thresholds = tuple(_threshold(members[server], capacities[server]) for server in range(count))
+    hashes = np.fromiter(sorted_hashes, dtype=np.uint64, count=len(sorted_hashes))
+    members, overflow = _first_choices(layout, capacities, hashes)
     zone_count = len(set(zones))
-    replica_target = max(0, min(replica_count, count - 1))
-    replicas = [_empty() for _ in range(count)]
-    if replica_target:
-        chosen_sets = layout.replicas_sorted(
-            sorted_hashes, primaries, want=replica_target, zones=zones, zone_count=zone_count
-        )
-        for key_hash, chosen in zip(sorted_hashes, chosen_sets, strict=True):
-            for server in chosen:
-                replicas[server].append(key_hash)
-    return Engine(
+    engine = Engine(
         layout=layout,
         zones=tuple(zones),
         zone_count=zone_count,
-        replica_target=replica_target,
+        replica_target=0,
         capacities=tuple(capacities),
-        thresholds=thresholds,
+        thresholds=tuple(
+            _threshold(members[server], capacities[server]) for server in range(count)
+        ),
         members=tuple(members),
-        skipped=tuple(skipped),
-        replicas=tuple(replicas),
+        skipped=tuple(_empty() for _ in range(count)),
+        replicas=tuple(_empty() for _ in range(count)),
     )
+    if len(overflow):
+        writer = engine.writer()
+        for key_hash in overflow.tolist():
+            writer.insert(key_hash)
+        engine = writer.freeze()
+    replica_target = max(0, min(replica_count, count - 1))
+    replicas = engine.replicas
+    if replica_target and len(hashes):
+        replicas = _replica_arrays(engine, hashes, replica_target)
+    return dataclasses.replace(engine, replica_target=replica_target, replicas=replicas)
 
 
-def _greedy(
-    layout: Layout,
-    capacities: Sequence[int],
-    sorted_hashes: Sequence[int],
-    members: list[array[int]],
-    skipped: list[array[int]],
-) -> list[int]:
-    loads = [0] * layout.server_count
-    primaries: list[int] = []
-    for key_hash, first in zip(sorted_hashes, layout.firsts(sorted_hashes), strict=True):
-        server = first
-        if loads[first] >= capacities[first]:
-            for server in layout.walk(key_hash):
-                if loads[server] < capacities[server]:
-                    break
-                # Ascending hash order keeps every `skipped` array sorted by appending.
-                skipped[server].append(key_hash)
-            else:
-                raise AssertionError("capacities leave no room for every key")
-        loads[server] += 1
-        members[server].append(key_hash)
-        primaries.append(server)
-    return primaries
+def _first_choices(
+    layout: Layout, capacities: Sequence[int], hashes: npt.NDArray[np.uint64]
+) -> tuple[list[array[int]], npt.NDArray[np.uint64]]:
+    # Per server, the smallest keys whose first server it is, up to its capacity (a valid greedy
+    # assignment of those keys: none of them walks on); and the other keys, ascending.
+    count = layout.server_count
+    if not len(hashes):
+        return [_empty() for _ in range(count)], hashes
+    if isinstance(layout, RingLayout):
+        firsts = layout.first_owners(hashes)
+    else:
+        firsts = np.asarray(layout.firsts(hashes.tolist()), dtype=np.intp)
+    grouped = hashes[np.argsort(firsts, kind="stable")]
+    sizes = np.bincount(firsts, minlength=count).tolist()
+    members: list[array[int]] = []
+    overflow: list[npt.NDArray[np.uint64]] = []
+    start = 0
+    for server, size in enumerate(sizes):
+        kept = min(size, capacities[server])
+        members.append(array("Q", grouped[start : start + kept].tobytes()))
+        if kept < size:
+            overflow.append(grouped[start + kept : start + size])
+        start += size
+    if not overflow:
+        return members, np.zeros(0, dtype=np.uint64)
+    return members, np.sort(np.concatenate(overflow))
+
+
+def _replica_arrays(
+    engine: Engine, hashes: npt.NDArray[np.uint64], want: int
+) -> tuple[array[int], ...]:
+    count = engine.layout.server_count
+    primaries = np.empty(len(hashes), dtype=np.intp)
+    for server, held in enumerate(engine.members):
+        if len(held):
+            primaries[np.searchsorted(hashes, np.frombuffer(held, dtype=np.uint64))] = server
+    layout = engine.layout
+    if isinstance(layout, RingLayout) and engine.zone_count > want:
+        chosen = layout.zone_replicas(hashes, primaries, want=want, zones=engine.zones)
+    else:
+        sets = layout.replicas_sorted(
+            hashes.tolist(),
+            primaries.tolist(),
+            want=want,
+            zones=engine.zones,
+            zone_count=engine.zone_count,
+        )
+        chosen = np.asarray(sets, dtype=np.intp).reshape(len(hashes), -1)
+    servers = chosen.ravel()
+    order = np.argsort(servers, kind="stable")
+    copies = np.repeat(hashes, chosen.shape[1])[order]
+    result: list[array[int]] = []
+    start = 0
+    for size in np.bincount(servers, minlength=count).tolist():
+        result.append(array("Q", copies[start : start + size].tobytes()))
+        start += size
+    return tuple(result)
 
 
 def _threshold(members: array[int], capacity: int) -> int:

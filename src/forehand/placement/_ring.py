@@ -34,6 +34,8 @@ _DERIVE_RATIO = 4
 """Derive from the previous ring when the newcomers bring under 1/this of its points."""
 
 _HASH_MAX = (1 << 64) - 1
+_ZONE_CHUNK = 1 << 20
+"""Keys per step of the bulk replica choice, which bounds its temporary arrays (about 50 MiB)."""
 _GONE = 0xFFFF
 """Owner translation of a server that is not in the new ring (indices stay below 2**16 - 1)."""
 _Points = npt.NDArray[np.uint64]
@@ -340,6 +342,53 @@ class RingLayout:
         positions = np.searchsorted(points, sorted_hashes_array(sorted_hashes), side="left")
         positions[positions == len(points)] = 0
         return positions
+
+    def first_owners(self, hashes: _Points) -> npt.NDArray[np.intp]:
+        """`firsts` of a numpy array of hashes, as a numpy array."""
+        return self._owners_array[self._positions_array(hashes)].astype(np.intp)
+
+    def _positions_array(self, hashes: _Points) -> npt.NDArray[np.intp]:
+        points = self._points_array
+        positions = np.searchsorted(points, hashes, side="left")
+        positions[positions == len(points)] = 0
+        return positions
+
+    def zone_replicas(
+        self,
+        hashes: _Points,
+        primaries: npt.NDArray[np.intp],
+        *,
+        want: int,
+        zones: Sequence[int],
+    ) -> npt.NDArray[np.intp]:
+        """`replicas` of many keys at once when there are more zones than replicas.
+
+        The rule then takes, in walk order, the first server of each zone other than the
+        primary's: the nearest point of each zone after the key, the `want` nearest zones.
+        """
+        # Zones as columns 0..zone_count-1, whatever numbers the caller gave them.
+        zone_values, zone_array = np.unique(np.asarray(zones, dtype=np.intp), return_inverse=True)
+        zone_count = len(zone_values)
+        assert zone_count > want
+        point_zones = zone_array[self._owners_array]
+        zone_places = [np.flatnonzero(point_zones == zone) for zone in range(zone_count)]
+        del point_zones
+        size = len(self._points_array)
+        result = np.empty((len(hashes), want), dtype=np.intp)
+        for start in range(0, len(hashes), _ZONE_CHUNK):
+            chunk = slice(start, start + _ZONE_CHUNK)
+            positions = self._positions_array(hashes[chunk])
+            distance = np.empty((len(positions), zone_count), dtype=np.int64)
+            nearest = np.empty((len(positions), zone_count), dtype=np.int64)
+            for zone, places in enumerate(zone_places):
+                following = places[np.searchsorted(places, positions) % len(places)]
+                nearest[:, zone] = following
+                distance[:, zone] = (following - positions) % size
+            rows = np.arange(len(positions))
+            distance[rows, zone_array[primaries[chunk]]] = np.iinfo(np.int64).max
+            picked = np.argsort(distance, axis=1, kind="stable")[:, :want]
+            result[chunk] = self._owners_array[np.take_along_axis(nearest, picked, axis=1)]
+        return result
 
     def replicas(
         self, key_hash: int, *, primary: int, want: int, zones: Sequence[int], zone_count: int
