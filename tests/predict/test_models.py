@@ -80,3 +80,55 @@ def test_stacked_logistic_sees_the_rule() -> None:
     assert inputs["rule.max>0.8"] == pytest.approx(0.1)
     plain = LogisticModel(config=PredictorConfig(stack_rule=False))
     assert "rule.max" not in plain._inputs({"cpu_utilization.level": 0.9})
+
+
+def _river_probability(model: LogisticModel, features: dict[str, float]) -> float:
+    """What River's own pipeline says for `features` (the slow path the fold replaces)."""
+    return float(model._foreground.predict_proba_one(model._inputs(features)).get(True, 0.0))
+
+
+@pytest.mark.parametrize("name", ["logistic", "logistic_abs"])
+def test_folded_logistic_scores_as_river_does(name: str) -> None:
+    """With a refresh after every step, the affine fold equals River's pipeline, hinges, stacked
+    rule and |z| inputs included, also for an input it never saw and one that is missing."""
+    config = PredictorConfig(linear_refresh_learns=1)
+    model = make_model(name, config=config, kind="server", rng=random.Random(1))
+    assert isinstance(model, LogisticModel)
+    rng = random.Random(7)
+    for step in range(1_500):
+        cpu = rng.random()
+        features = {
+            "cpu_utilization.level": cpu,
+            "cpu_utilization.ttt": rng.random() * cpu,
+            "value.z": rng.gauss(0.0, 2.0),
+            "constant.level": 0.3,
+        }
+        model.learn(features, cpu > 0.85 and rng.random() < 0.9)
+        if step % 50 == 0:
+            assert model.probability(features) == pytest.approx(
+                _river_probability(model, features), abs=1e-12
+            )
+    probe = {"cpu_utilization.level": 0.95, "value.z": -5.0, "unseen.level": 2.0}
+    assert model.probability(probe) == pytest.approx(_river_probability(model, probe), abs=1e-12)
+    assert model.probability(probe) > model.probability({"cpu_utilization.level": 0.1})
+
+
+def test_folded_logistic_lags_by_fewer_than_the_refresh_steps() -> None:
+    """With `linear_refresh_learns` 4 the fold is rebuilt at every fourth step: between two
+    rebuilds it keeps scoring the older model, at the rebuild it matches River again."""
+    model = LogisticModel(config=PredictorConfig(linear_refresh_learns=4))
+    features = {"x": 0.9}
+    rng = random.Random(2)
+    for _ in range(8):
+        x = rng.random()
+        model.learn({"x": x}, x > 0.5)
+    folded = model.probability(features)
+    assert folded == pytest.approx(_river_probability(model, features), abs=1e-12)
+    for _ in range(3):
+        model.learn({"x": 0.95}, True)
+    assert model.probability(features) == folded
+    assert _river_probability(model, features) != folded
+    model.learn({"x": 0.95}, True)
+    assert model.probability(features) == pytest.approx(
+        _river_probability(model, features), abs=1e-12
+    )

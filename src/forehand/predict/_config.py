@@ -218,6 +218,11 @@ class PredictorConfig:
     """Give the logistic regression the rule baseline's largest component as an input."""
     hinge_knots: tuple[float, ...] = (0.5, 0.8)
     """Knots of the hinge features the logistic regression adds to each dimensionless level."""
+    linear_refresh_learns: int = 4
+    """The logistic regression scores through a fold of River's pipeline into one affine map
+    (slope and offset per input), rebuilt after at most this many learning steps: 1 scores
+    exactly as River would, larger values let the scores lag the learner by fewer than this many
+    SGD steps and spare a pass over every input per step (the rebuild costs as much as a score)."""
     calibration_learning_rate: float = 0.05
     """AdaGrad step size of the online Platt scaling."""
     replace_on_drift: bool = False
@@ -233,7 +238,12 @@ class PredictorConfig:
         names = [metric.name for metric in self.metrics]
         if not names or len(set(names)) != len(names):
             raise ConfigError(f"metrics need distinct names, got {names}")
-        for name in ("servers_max", "path_buckets_per_server", "onsets_kept_max"):
+        for name in (
+            "servers_max",
+            "path_buckets_per_server",
+            "onsets_kept_max",
+            "linear_refresh_learns",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.pending_ticks_max < 2:

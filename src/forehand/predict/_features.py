@@ -273,34 +273,39 @@ class MetricTracker:
         floor = self._floor_level or max(1e-9 * abs(baseline.mean), 1e-12)
         deviation = baseline.deviation(floor=floor) if baseline.count else floor
         mean = baseline.mean if baseline.count else x
-        z_max = self._config.z_score_max
+        bound = self._config.z_score_max
         names = self._names
-        for ewma in self._ewmas:
-            ewma.update(x, elapsed_us=elapsed_us)
-        self._window.update(x)
-        self._holt.update(x, elapsed_us=elapsed_us)
+        holt = self._holt
+        window = self._window
+        window.update(x)
+        holt.update(x, elapsed_us=elapsed_us)
         baseline.update(x, elapsed_us=elapsed_us)
-        unit = 1.0 if self._spec.scale is not None else deviation
-        offset = 0.0 if self._spec.scale is not None else mean
-        out[names[0]] = _clip((x - offset) / unit, z_max)
-        for index, ewma in enumerate(self._ewmas, start=1):
-            assert ewma.value is not None
-            out[names[index]] = _clip((ewma.value - offset) / unit, z_max)
-        out[names[-6]] = _clip((x - mean) / deviation, z_max)
+        if self._spec.scale is not None:
+            unit, offset = 1.0, 0.0
+        else:
+            unit, offset = deviation, mean
+        # Clipped inline (this runs per metric per tick): a value beyond +-bound becomes the bound.
+        value = (x - offset) / unit
+        out[names[0]] = value if -bound <= value <= bound else math.copysign(bound, value)
+        index = 1
+        for ewma in self._ewmas:
+            value = (ewma.update(x, elapsed_us=elapsed_us) - offset) / unit
+            out[names[index]] = value if -bound <= value <= bound else math.copysign(bound, value)
+            index += 1
+        value = (x - mean) / deviation
+        out[names[-6]] = value if -bound <= value <= bound else math.copysign(bound, value)
         for name, extra in self._extra_baselines:
             if extra.count:
-                out[name] = _clip((x - extra.mean) / extra.deviation(floor=floor), z_max)
+                out[name] = _clip((x - extra.mean) / extra.deviation(floor=floor), bound)
             else:
                 out[name] = 0.0
             extra.update(x, elapsed_us=elapsed_us)
-        out[names[-5]] = _clip(self._window.deviation / unit, z_max)
-        out[names[-4]] = _clip((self._level_floor.update(x) - offset) / unit, z_max)
-        out[names[-3]] = _clip(self._holt.trend_per_s * horizon_s / unit, z_max)
+        out[names[-5]] = _clip(window.deviation / unit, bound)
+        out[names[-4]] = _clip((self._level_floor.update(x) - offset) / unit, bound)
+        out[names[-3]] = _clip(holt.trend_per_s * horizon_s / unit, bound)
         if self._capacity_level is not None:
-            assert self._holt.level is not None
-            seconds = time_to_threshold_s(
-                self._holt.level, self._holt.trend_per_s, self._capacity_level
-            )
+            assert holt.level is not None
+            seconds = time_to_threshold_s(holt.level, holt.trend_per_s, self._capacity_level)
             ttt = max(0.0, 1.0 - seconds / horizon_s)
             out[names[-2]] = ttt
             out[names[-1]] = self._ttt_floor.update(ttt)

@@ -7,13 +7,14 @@ in through `MODEL_REGISTRY` (STYLE.md rule 15).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from forehand.errors import ConfigError
-from forehand.predict._calibration import PlattCalibrator, logit
+from forehand.predict._calibration import PlattCalibrator, logit, sigmoid
 from forehand.predict._config import PredictorConfig
 
 if TYPE_CHECKING:
@@ -72,8 +73,11 @@ class RiskModel(Protocol):
         """The raw score of `features` (higher means riskier), on a logit-like scale."""
         ...
 
-    def learn(self, features: Mapping[str, float], label: bool) -> None:
-        """Learn from one labelled tick."""
+    def learn(
+        self, features: Mapping[str, float], label: bool, *, score: float | None = None
+    ) -> None:
+        """Learn from one labelled tick; `score` is what this model gave the tick when it was
+        observed (its prequential prediction), if known."""
         ...
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -128,7 +132,9 @@ class RuleModel:
             best = max(best, value)
         return best
 
-    def learn(self, features: Mapping[str, float], label: bool) -> None:
+    def learn(
+        self, features: Mapping[str, float], label: bool, *, score: float | None = None
+    ) -> None:
         """Rules do not learn."""
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
@@ -216,13 +222,21 @@ class _AdaptiveLearner:
         """The logit of the foreground model's probability."""
         return logit(self.probability(features))
 
-    def learn(self, features: Mapping[str, float], label: bool) -> None:
-        """Learn, feed the error to ADWIN, and at a drift promote a background that does better."""
-        x = self._inputs(features)
+    def learn(
+        self, features: Mapping[str, float], label: bool, *, score: float | None = None
+    ) -> None:
+        """Learn, feed the error to ADWIN, and at a drift promote a background that does better.
+
+        ADWIN watches the prequential error: the model's prediction when the tick was observed
+        (`score`, the logit of it), or its prediction now when no score is given.
+        """
         target = 1.0 if label else 0.0
-        squared = (self._predict(self._foreground, x) - target) ** 2
+        predicted = self.probability(features) if score is None else sigmoid(score)
+        squared = (predicted - target) ** 2
+        x = self._inputs(features)
         weight = self._weight(label)
         self._foreground.learn_one(x, label, w=weight)
+        self._foreground_changed()
         if self._background is not None:
             self._background_error += (self._predict(self._background, x) - target) ** 2
             self._foreground_error += squared
@@ -253,6 +267,7 @@ class _AdaptiveLearner:
         ):
             self._foreground = self._background
             self._drifts += 1
+            self._foreground_replaced()
         self._background = None
         self._warning = _adwin(self._config.adwin_warning_delta)
         self._drift = _adwin(self._config.adwin_drift_delta)
@@ -260,6 +275,12 @@ class _AdaptiveLearner:
     def _inputs(self, features: Mapping[str, float]) -> dict[str, float]:
         """The model's inputs; the features as they are unless a subclass expands them."""
         return dict(features)
+
+    def _foreground_changed(self) -> None:
+        """The foreground model learned one tick (a subclass refreshes what it cached)."""
+
+    def _foreground_replaced(self) -> None:
+        """A background model replaced the foreground (a subclass drops what it cached)."""
 
     def _weight(self, label: bool) -> float:
         """The weight of one training tick; 1.0 unless a subclass balances the classes."""
@@ -273,6 +294,82 @@ class _AdaptiveLearner:
     def drifts_detected(self) -> int:
         """Drifts after which a better background model took over."""
         return self._drifts
+
+
+def _river_sigmoid(value: float) -> float:
+    """River's logistic function (`river.utils.math.sigmoid`): exactly 0 and 1 beyond +-30."""
+    if value < -30.0:
+        return 0.0
+    if value > 30.0:
+        return 1.0
+    return 1.0 / (1.0 + math.exp(-value))
+
+
+_Term = tuple[float, float, tuple[tuple[float, float], ...]]
+"""Per input: slope, offset (its hinges' offsets included), and (knot, slope) of each hinge."""
+
+
+class _LinearForm:
+    """A River `StandardScaler | LogisticRegression` pipeline folded into one affine map.
+
+    River scores `intercept + sum(w_i * (x_i - mean_i) / std_i)` over dicts it builds per call
+    (the features, their hinges, the scaled copy): most of a tick's model time. Folded, an input
+    costs a multiply-add: slope `w_i / std_i`, offset `-slope * mean_i`; a hinge
+    `max(0, x - knot)` adds its slope times the excess only above its knot, its offset always (a
+    hinge exists whenever its input does). An input River never saw, or saw with zero variance,
+    scales to 0 and adds nothing, as in River. The fold is rebuilt after the pipeline learns; its
+    scores equal River's up to the order of float additions (tested).
+    """
+
+    __slots__ = ("intercept", "terms")
+
+    def __init__(self, *, intercept: float, terms: dict[str, _Term]) -> None:
+        self.intercept = intercept
+        """The regression's intercept."""
+        self.terms = terms
+        """Input name -> its term, for every input the model has seen."""
+
+    @classmethod
+    def of(
+        cls, pipeline: compose.Pipeline, hinges: Mapping[str, tuple[tuple[str, float], ...]]
+    ) -> _LinearForm:
+        """The fold of `pipeline` over the inputs in `hinges` (base input -> its hinge inputs)."""
+        scaler = pipeline["StandardScaler"]
+        regression = pipeline["LogisticRegression"]
+        means: dict[str, float] = scaler.means
+        variances: dict[str, float] = scaler.vars
+        weights: dict[str, float] = regression.weights
+        terms: dict[str, _Term] = {}
+        # One loop without helper calls: this runs after every learning tick.
+        for name, knots in hinges.items():
+            variance = variances.get(name, 0.0)
+            slope = weights.get(name, 0.0) / math.sqrt(variance) if variance > 0.0 else 0.0
+            offset = -slope * means.get(name, 0.0)
+            hinge_terms = []
+            for hinge, knot in knots:
+                variance = variances.get(hinge, 0.0)
+                if variance > 0.0:
+                    hinge_slope = weights.get(hinge, 0.0) / math.sqrt(variance)
+                    offset -= hinge_slope * means.get(hinge, 0.0)
+                    hinge_terms.append((knot, hinge_slope))
+            terms[name] = (slope, offset, tuple(hinge_terms))
+        return cls(intercept=float(regression.intercept), terms=terms)
+
+    def dot(self, features: Mapping[str, float], derived: list[tuple[str, float]]) -> float:
+        """The regression's raw logit for these features and derived inputs."""
+        total = self.intercept
+        terms = self.terms
+        for items in (features.items(), derived):
+            for name, value in items:
+                term = terms.get(name)
+                if term is None:
+                    continue
+                slope, offset, hinge_terms = term
+                total += slope * value + offset
+                for knot, hinge_slope in hinge_terms:
+                    if value > knot:
+                        total += hinge_slope * (value - knot)
+        return total
 
 
 class LogisticModel(_AdaptiveLearner):
@@ -302,6 +399,8 @@ class LogisticModel(_AdaptiveLearner):
         self._absolute_z = absolute_z
         self._positives_seen = self._negatives_seen = 0
         self._hinges: dict[str, tuple[tuple[str, float], ...]] = {}
+        self._form: _LinearForm | None = None
+        self._learns_since_form = 0
 
     def _weight(self, label: bool) -> float:
         """With `balanced`, a positive weighs negatives seen over positives seen (capped at
@@ -330,13 +429,7 @@ class LogisticModel(_AdaptiveLearner):
         CPU from 0.3 to 0.6", which is what a capacity-bound metric needs.
         """
         inputs = dict(features)
-        if self._rule is not None:
-            inputs[RULE_FEATURE] = self._rule.largest(features)
-        if self._absolute_z:
-            # A linear model cannot form |z| from z: a series that breaks down may jump either way.
-            for name, value in features.items():
-                if name.endswith(Z_SUFFIXES) or ".z_" in name:
-                    inputs[f"|{name}|"] = abs(value)
+        inputs.update(self._derived(features))
         hinges = self._hinges
         for name, value in list(inputs.items()):
             knots = hinges.get(name)
@@ -345,6 +438,38 @@ class LogisticModel(_AdaptiveLearner):
             for hinge, knot in knots:
                 inputs[hinge] = value - knot if value > knot else 0.0
         return inputs
+
+    def _derived(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """The inputs computed from several features: the rule's largest component, |z|."""
+        derived: list[tuple[str, float]] = []
+        if self._rule is not None:
+            derived.append((RULE_FEATURE, self._rule.largest(features)))
+        if self._absolute_z:
+            # A linear model cannot form |z| from z: a series that breaks down may jump either way.
+            derived.extend(
+                (f"|{name}|", abs(value))
+                for name, value in features.items()
+                if name.endswith(Z_SUFFIXES) or ".z_" in name
+            )
+        return derived
+
+    def probability(self, features: Mapping[str, float]) -> float:
+        """River's probability of the foreground model, from its linear form (see `_LinearForm`)."""
+        form = self._form
+        if form is None:
+            form = self._form = _LinearForm.of(self._foreground, self._hinges)
+        return _river_sigmoid(form.dot(features, self._derived(features)))
+
+    def _foreground_changed(self) -> None:
+        # The fold is rebuilt lazily, at the next score after `linear_refresh_learns` steps.
+        self._learns_since_form += 1
+        if self._learns_since_form >= self._config.linear_refresh_learns:
+            self._form = None
+            self._learns_since_form = 0
+
+    def _foreground_replaced(self) -> None:
+        self._form = None
+        self._learns_since_form = 0
 
     def _knots_of(self, name: str) -> tuple[tuple[str, float], ...]:
         """The hinge inputs of feature `name` (none unless dimensionless or an absolute z-score),
@@ -427,11 +552,14 @@ class BlendModel:
             return logit(max(probabilities))
         return logit(sum(probabilities) / len(probabilities))
 
-    def learn(self, features: Mapping[str, float], label: bool) -> None:
+    def learn(
+        self, features: Mapping[str, float], label: bool, *, score: float | None = None
+    ) -> None:
         """Each member's calibrator learns on its score before the member learns the tick."""
         for member, calibrator in zip(self._members, self._calibrators, strict=True):
-            calibrator.learn(member.score(features), label)
-            member.learn(features, label)
+            own = member.score(features)
+            calibrator.learn(own, label)
+            member.learn(features, label, score=own)
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         """The contributions of the member with the highest calibrated probability."""

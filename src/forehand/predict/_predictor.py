@@ -212,7 +212,7 @@ class OnlinePredictor:
             head.calibrator.learn(score, label)
             if not train:
                 continue
-            head.model.learn(tick.features, label)
+            head.model.learn(tick.features, label, score=score)
             drifts = head.model.drifts_detected
             if drifts != head.drifts_seen:
                 head.drifts_seen = drifts
