@@ -7,14 +7,20 @@ commits or is dropped. The pipeline turns the head of the queue into a store req
 the result, and reports it. A rejection (the store's map moved on: another manager won) or a
 store that stays silent for `store_timeout_ms` reloads the map; the change goes back to the head
 of the queue and is built again against the reloaded map.
+
+Changes marked `groupable` (handoff assignments) that wait next to each other commit as one
+version, up to `group_changes_max` of them: each is built on top of the one before, then a
+`merge` callback turns the builds into one delta against the current map. Every version costs
+the manager one push to every live server and the store one delta, so a planning pass that
+starts thirty handoffs at once makes one version, not thirty.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from forehand.core._manager_events import MapChange
 from forehand.core.messages import PartRef
@@ -72,6 +78,8 @@ class Change:
     """Called with a cause and `now_us` when the change will never commit."""
     urgent: bool = False
     """Failover promotions: go first, bypass the queue bound, commit while others wait."""
+    groupable: bool = False
+    """May commit in one version with the groupable changes queued right behind it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +92,13 @@ class Committed:
     """What was committed."""
     previous: ShardMap
     """The version it applied to."""
+    members: tuple[tuple[Change, Built], ...] = ()
+    """For a group commit: each change with its own build (parts, payload), the delta and map
+    being the group's; empty for a single change."""
+
+
+Merge = Callable[[ShardMap, Sequence[Built]], Built]
+"""Turns builds made one on top of the other into one build against the first's base map."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,6 +139,7 @@ class _InFlight:
     sent_us: int
     change: Change | None = None
     built: Built | None = None
+    members: tuple[tuple[Change, Built], ...] = ()
 
 
 class CommitPipeline:
@@ -136,7 +152,13 @@ class CommitPipeline:
         pending_max: int,
         timeout_us: int,
         snapshot_interval_deltas: int,
+        group_changes_max: int = 1,
+        merge: Merge | None = None,
     ) -> None:
+        assert group_changes_max == 1 or merge is not None, "grouping needs a merge"
+        self._group_changes_max = group_changes_max
+        self._ungrouped = 0
+        self._merge = merge
         self._placement_config = placement_config
         self._pending_max = pending_max
         self._timeout_us = timeout_us
@@ -219,16 +241,64 @@ class CommitPipeline:
             if built.delta is None:
                 done.append(Committed(change=change, built=built, previous=self._map))
                 continue
+            members = self._group(change, built, now_us, done)
+            if len(members) > 1:
+                assert self._merge is not None
+                built = self._merge(self._map, [member for _, member in members])
+            delta = built.delta
+            assert delta is not None, "a merge of deltas is a delta"
             in_flight = self._send(_Kind.COMMIT, now_us)
             in_flight.change, in_flight.built = change, built
+            in_flight.members = members if len(members) > 1 else ()
             self._requests.append(
                 DeltaCommitRequested(
                     request_id=in_flight.request_id,
-                    base_version=built.delta.base_version,
-                    delta=ShardMap.encode_delta(built.delta),
+                    base_version=delta.base_version,
+                    delta=ShardMap.encode_delta(delta),
                 )
             )
         return done
+
+    def _group(
+        self, head: Change, built: Built, now_us: int, done: list[Committed]
+    ) -> tuple[tuple[Change, Built], ...]:
+        """The head change and the groupable ones queued right behind it, each built on top of
+        the one before (those already in the map go to `done`)."""
+        members = [(head, built)]
+        if self._ungrouped:
+            self._ungrouped -= 1
+            return tuple(members)
+        if not head.groupable:
+            return tuple(members)
+        running = built.new_map
+        while (
+            self._queue
+            and self._queue[0].groupable
+            and not self._queue[0].urgent
+            and len(members) < self._group_changes_max
+        ):
+            change = self._queue.popleft()
+            following = self._build(change, running, now_us)
+            if following is None:
+                continue
+            if following.delta is None:
+                done.append(Committed(change=change, built=following, previous=running))
+                continue
+            members.append((change, following))
+            running = following.new_map
+        return tuple(members)
+
+    def _pending_members(self, in_flight: _InFlight) -> list[Change]:
+        """The changes of the request in flight, in queue order."""
+        if in_flight.members:
+            return [change for change, _ in in_flight.members]
+        assert in_flight.change is not None
+        return [in_flight.change]
+
+    def _requeue(self, in_flight: _InFlight) -> None:
+        """Put the changes of a commit that did not land back at the head of the queue."""
+        for change in reversed(self._pending_members(in_flight)):
+            self._queue.appendleft(change)
 
     @staticmethod
     def _build(change: Change, current: ShardMap, now_us: int) -> Built | None:
@@ -302,17 +372,27 @@ class CommitPipeline:
         self._in_flight = None
         self._deltas_since_snapshot += 1
         previous = self._map
-        self._map = in_flight.built.new_map
-        return Committed(change=in_flight.change, built=in_flight.built, previous=previous)
+        built = in_flight.built
+        self._map = built.new_map
+        members = tuple(
+            (change, replace(member, delta=built.delta, new_map=built.new_map))
+            for change, member in in_flight.members
+        )
+        return Committed(change=in_flight.change, built=built, previous=previous, members=members)
 
     def _rejected(self, in_flight: _InFlight, result: DeltaRejected, *, now_us: int) -> Outcome:
         assert in_flight.change is not None and in_flight.built is not None
         change, built = in_flight.change, in_flight.built
         self._in_flight = None
         if result.reason is RejectionReason.TOO_LARGE:
+            if in_flight.members:
+                # Too large together: the changes go again, one version each.
+                self._ungrouped = len(in_flight.members)
+                self._requeue(in_flight)
+                return Rejected(change=change, built=built, detail=result.reason.value)
             change.dropped("the store refused the delta as too large", now_us)
             return Rejected(change=change, built=built, detail=result.reason.value)
-        self._queue.appendleft(change)
+        self._requeue(in_flight)
         if result.reason is RejectionReason.SNAPSHOT_REQUIRED:
             self._snapshot_due = True
             return Rejected(change=change, built=built, detail=result.reason.value)
@@ -327,7 +407,7 @@ class CommitPipeline:
         """
         self._in_flight = None
         if in_flight.change is not None and in_flight.built is not None:
-            self._queue.appendleft(in_flight.change)
+            self._requeue(in_flight)
             self.load(now_us=now_us)
             return Rejected(change=in_flight.change, built=in_flight.built, detail=detail)
         self.load(now_us=now_us)
