@@ -6,11 +6,14 @@ import random
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from forehand.errors import RemoteProtocolError
 from forehand.placement import (
     MAP_ENCODING,
     Delta,
+    Operation,
     PartKey,
     PartsAdded,
     PartsRemoved,
@@ -26,6 +29,7 @@ from forehand.placement import (
     ShardMap,
     new_session_id,
 )
+from forehand.placement._codec import _groups, _groups_one_by_one
 
 
 def _sample_map() -> tuple[ShardMap, list[PartKey]]:
@@ -157,3 +161,24 @@ def test_non_utf8_strings_are_remote_errors() -> None:
     assert joined in delta
     with pytest.raises(RemoteProtocolError):
         ShardMap.decode_delta(delta.replace(joined, bytes([joined[0]]) + b"\xff\xfe", 1))
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32), name_count=st.sampled_from([1, 3, 70]))
+def test_bulk_grouping_of_sessions_equals_one_by_one(seed: int, name_count: int) -> None:
+    """Sessions grouped by part set in bulk (a bit per name) give the groups, in the order and
+    with the session order, of grouping them one by one; past 63 names the map groups one by one."""
+    rng = random.Random(seed)
+    names = [f"part-{index:02d}" for index in range(name_count)]
+    shard_map = ShardMap.empty()
+    shard_map = shard_map.apply(shard_map.join_server(server_id="s1", address="a:1", zone="z"))
+    operations: list[Operation] = []
+    for _ in range(rng.randrange(0, 60)):
+        session_id = new_session_id(now_ms=rng.randrange(1 << 40), rng=rng)
+        parts = tuple(rng.sample(names, rng.randint(1, min(4, name_count))))
+        operations.append(PartsAdded(session_id=session_id, parts=parts))
+    if operations:
+        shard_map = shard_map.apply(shard_map.delta(*operations))
+    state = shard_map._state
+    assert _groups(state) == _groups_one_by_one(list(state.parts.values()))
+    assert ShardMap.decode(shard_map.encode()).encode() == shard_map.encode()

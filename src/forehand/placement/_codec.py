@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import msgspec
+import numpy as np
 
 from forehand.errors import ConfigError, RemoteProtocolError
 from forehand.placement._config import PlacementConfig
@@ -59,9 +60,36 @@ _MAP_DECODER = msgspec.msgpack.Decoder(_MapRecord)
 _DELTA_DECODER = msgspec.msgpack.Decoder(Delta)
 
 
+_PART_NAMES_BULK_MAX = 63
+"""Sessions are grouped in bulk (a bit per part name) when the map has at most this many names."""
+
+
 def _groups(state: MapState) -> tuple[_PartGroup, ...]:
+    keys = list(state.parts.values())
+    names = sorted({key.part for key in keys})
+    if len(names) > _PART_NAMES_BULK_MAX:
+        return _groups_one_by_one(keys)
+    code = {name: 1 << index for index, name in enumerate(names)}
+    # Session ids as two big-endian 64-bit halves sort as the bytes do.
+    ids = np.frombuffer(b"".join([key.session_id for key in keys]), dtype=">u8").reshape(-1, 2)
+    bits = np.fromiter((code[key.part] for key in keys), dtype=np.uint64, count=len(keys))
+    order = np.lexsort((ids[:, 1], ids[:, 0]))
+    ids, bits = ids[order], bits[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = np.any(ids[1:] != ids[:-1], axis=1)
+    starts = np.flatnonzero(first)
+    masks = np.bitwise_or.reduceat(bits, starts) if len(starts) else bits
+    sessions = ids[starts]
+    groups = []
+    for mask in np.unique(masks).tolist():
+        parts = tuple(name for index, name in enumerate(names) if mask >> index & 1)
+        groups.append(_PartGroup(parts=parts, session_ids=sessions[masks == mask].tobytes()))
+    return tuple(sorted(groups, key=lambda group: group.parts))
+
+
+def _groups_one_by_one(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
     sessions: dict[bytes, list[str]] = {}
-    for key in state.parts.values():
+    for key in keys:
         sessions.setdefault(key.session_id, []).append(key.part)
     grouped: dict[tuple[str, ...], list[bytes]] = {}
     for session_id, parts in sessions.items():

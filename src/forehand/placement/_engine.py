@@ -124,7 +124,7 @@ def build_engine(
     zones: Sequence[int],
     replica_count: int,
     capacities: Sequence[int],
-    sorted_hashes: Sequence[int],
+    sorted_hashes: Sequence[int] | npt.NDArray[np.uint64],
 ) -> Engine:
     """The assignment computed from scratch: keys in ascending hash order, greedy.
 
@@ -136,7 +136,10 @@ def build_engine(
     """
     count = layout.server_count
     assert len(zones) == count and len(capacities) == count
-    hashes = np.fromiter(sorted_hashes, dtype=np.uint64, count=len(sorted_hashes))
+    if isinstance(sorted_hashes, np.ndarray):
+        hashes = sorted_hashes.astype(np.uint64, copy=False)
+    else:
+        hashes = np.fromiter(sorted_hashes, dtype=np.uint64, count=len(sorted_hashes))
     members, overflow = _first_choices(layout, capacities, hashes)
     zone_count = len(set(zones))
     engine = Engine(

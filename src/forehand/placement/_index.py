@@ -56,6 +56,12 @@ class HashIndex(Generic[V]):
             if bucket:
                 yield from bucket.items()
 
+    def keys(self) -> Iterator[int]:
+        """Every hash, in no particular order."""
+        for bucket in self._buckets:
+            if bucket:
+                yield from bucket
+
     def values(self) -> Iterator[V]:
         """Every value, in no particular order."""
         for bucket in self._buckets:
@@ -112,6 +118,23 @@ class HashIndexWriter(Generic[V]):
         if key_hash not in bucket:
             self._count += 1
         bucket[key_hash] = value
+
+    def put_new(self, key_hash: int, value: V) -> V | None:
+        """Store `value` unless `key_hash` is present; return what was there (None if stored)."""
+        number = key_hash & self._mask
+        bucket = self._buckets[number]
+        if bucket is not None:
+            existing = bucket.get(key_hash)
+            if existing is not None:
+                return existing
+        if number not in self._owned:
+            bucket = {} if bucket is None else dict(bucket)
+            self._buckets[number] = bucket
+            self._owned.add(number)
+        assert bucket is not None
+        bucket[key_hash] = value
+        self._count += 1
+        return None
 
     def pop(self, key_hash: int) -> V | None:
         """Remove and return the value under `key_hash`, or None when there is none."""

@@ -52,11 +52,12 @@ class ServerParts:
 class ShardMap:
     """One immutable version of the shard map."""
 
-    __slots__ = ("_state",)
+    __slots__ = ("_encoded", "_state")
 
     def __init__(self, state: MapState) -> None:
         """Wrap a built state; use `empty`, `build` or `decode` instead."""
         self._state = state
+        self._encoded: bytes | None = None
 
     # Construction.
 
@@ -88,8 +89,14 @@ class ShardMap:
         return cls(decode_map(data))
 
     def encode(self) -> bytes:
-        """This whole version, compactly (msgpack), for MAP_UPDATE frames and the store."""
-        return encode_map(self._state)
+        """This whole version, compactly (msgpack), for MAP_UPDATE frames and the store.
+
+        A version never changes, so its encoding is kept: the manager sends the whole map to
+        every server that joins or falls behind, and at a million sessions it takes seconds.
+        """
+        if self._encoded is None:
+            self._encoded = encode_map(self._state)
+        return self._encoded
 
     @staticmethod
     def encode_delta(delta: Delta) -> bytes:

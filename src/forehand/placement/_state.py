@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from forehand.placement._config import PlacementConfig
 from forehand.placement._delta import Placement
 from forehand.placement._engine import Engine, build_engine
@@ -144,8 +146,12 @@ def rebuild_engine(
     weights = [entry.weight_milli for entry in entries]
     zone_names = sorted({entry.zone for entry in entries})
     zones = [zone_names.index(entry.zone) for entry in entries]
-    hash_keys = sorted(key_hash for key_hash, _ in parts.items() if key_hash not in overrides)
-    if hash_keys and not names:
+    hash_keys = np.fromiter(parts.keys(), dtype=np.uint64, count=len(parts))
+    if len(overrides):
+        pinned_keys = np.fromiter(overrides.keys(), dtype=np.uint64, count=len(overrides))
+        hash_keys = hash_keys[np.isin(hash_keys, pinned_keys, invert=True)]
+    hash_keys.sort()
+    if len(hash_keys) and not names:
         raise InvalidDeltaError(f"no ACTIVE server is left for {len(hash_keys)} hash-placed parts")
     pinned_counts = [pinned.get(name, 0) for name in names]
     engine = build_engine(
@@ -219,13 +225,13 @@ def build_state(
     if len(server_by_id) > config.servers_max:
         raise InvalidDeltaError(f"more than servers_max={config.servers_max} servers")
     index_writer = HashIndex[PartKey]().writer()
+    put_new = index_writer.put_new
     for key in parts:
-        existing = index_writer.get(key.key_hash)
+        existing = put_new(key.key_hash, key)
         if existing is not None:
             if existing == key:
                 raise InvalidDeltaError(f"part {key} is listed twice")
             raise PartKeyCollisionError(f"{key} and {existing} have the same stable hash")
-        index_writer.put(key.key_hash, key)
     if len(index_writer) > config.parts_max:
         raise InvalidDeltaError(f"more than parts_max={config.parts_max} parts")
     part_index = index_writer.freeze()
