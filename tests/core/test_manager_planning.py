@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from forehand.core._manager_events import RiskFlagged
+from forehand.core._manager_events import (
+    HandoffStarted,
+    MovesDropped,
+    RiskFlagged,
+    SessionRegistered,
+)
 from forehand.core._manager_planning import (
+    REPLICA_CANDIDATES_MAX,
+    candidate_window,
     endpoint_for,
     fill_replicas,
     rendezvous_order,
@@ -205,3 +212,120 @@ def test_a_flagged_server_is_emptied_without_parts_spilling_back() -> None:
     harness.heartbeat(FLAGGED, cpu=0.1)
     harness.tick(3_000, alive=MANAGER_SERVERS)
     assert harness.map.server(FLAGGED).state is ServerState.ACTIVE
+
+
+def test_candidate_windows_cover_every_server_once_per_round() -> None:
+    """Successive windows of a key's walk partition the servers; few servers: all, ranked."""
+    servers = [f"s{index:03d}" for index in range(103)]
+    for index in range(5):
+        seen: list[str] = []
+        for window in range(-(-len(servers) // 8)):
+            group = candidate_window(key(index), servers, count=8, window=window)
+            assert 0 < len(group) <= 8
+            assert group == rendezvous_order(key(index), group)
+            seen.extend(group)
+        assert sorted(seen) == servers
+        assert candidate_window(key(index), servers, count=8, window=13) == candidate_window(
+            key(index), servers, count=8, window=0
+        )
+    few = servers[:6]
+    assert candidate_window(key(1), few, count=8, window=3) == rendezvous_order(key(1), few)
+
+
+def test_fill_replicas_ranks_a_bounded_sample_in_a_large_fleet() -> None:
+    """With more eligible servers than the bound, picks come from the key's first window."""
+    servers = [f"s{index:05d}" for index in range(5_000)]
+    chosen = fill_replicas(key(2), primary="s00000", keep=[], eligible=servers, count=2)
+    sample = candidate_window(key(2), servers, count=REPLICA_CANDIDATES_MAX + 1)
+    assert len(set(chosen)) == 2 and set(chosen) <= set(sample) and "s00000" not in chosen
+
+
+BUSY_CPU = 0.8
+"""Above the target CPU bound (0.75), below the rule's overload threshold (0.9)."""
+
+
+def fleet(count: int) -> tuple[str, ...]:
+    """Server ids s01, s02, ..."""
+    return tuple(f"s{index:02d}" for index in range(1, count + 1))
+
+
+def busy_harness(servers: tuple[str, ...], *, free: tuple[str, ...], **overrides: Any) -> Any:
+    """A manager over `servers`, every one busy (no target) except `free`, with sessions."""
+    harness = ManagerHarness(handoff_target_candidates_max=4, **overrides)
+    harness.join(*servers)
+    for _ in range(60):
+        assert harness.open_session(("auth", "cart"))
+    for server_id in servers:
+        harness.heartbeat(server_id, cpu=0.1 if server_id in free else BUSY_CPU)
+    return harness
+
+
+def finish_handoffs(harness: ManagerHarness, servers: tuple[str, ...], rounds: int) -> None:
+    """Let queued moves plan and their handoffs complete (sources report), `rounds` times."""
+    for _ in range(rounds):
+        harness.router.run()
+        for server_id in servers:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if server_id == assigned.source:
+                    message = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, message)
+        harness.tick(200, alive=servers)
+
+
+def test_a_planning_pass_examines_at_most_k_candidates_per_move() -> None:
+    """No target anywhere: one pass looks at K servers per move, and inputs before the retry
+    timer plan nothing more (planning runs on its timer, not after every input)."""
+    servers = fleet(40)
+    harness = busy_harness(servers, free=())
+    manager = harness.manager
+    session_id = harness.events(SessionRegistered)[0].session_id
+    before = manager.target_candidates_examined
+    queued = manager.handoff(session_id, now_us=harness.router.now_us)
+    harness.router.run()
+    examined = manager.target_candidates_examined - before
+    assert queued == 2 and 0 < examined <= 2 * 4
+    for server_id in servers:
+        harness.heartbeat(server_id)
+    assert manager.target_candidates_examined - before == examined
+    assert manager.orchestrator.queued_moves == 2
+
+
+def test_queued_moves_are_all_placed_when_a_target_exists() -> None:
+    """One server of thirty has headroom: every primary of a drained server reaches it, though
+    each pass looks at only K candidates per move (the windows walk the whole fleet)."""
+    servers = fleet(30)
+    harness = busy_harness(servers, free=("s17",), replica_count=1)
+    drained = "s03"
+    held = harness.primaries(drained)
+    assert held
+    assert harness.manager.drain(drained, now_us=harness.router.now_us)
+    finish_handoffs(harness, servers, 60)
+    assert harness.primaries(drained) == []
+    for ref in held:
+        assert harness.placement(ref).primary == "s17"
+    assert not harness.events(MovesDropped)
+
+
+def test_no_move_lands_on_a_flagged_or_draining_server() -> None:
+    """Moves pick neither the server the risk policy flagged nor the one being drained, even
+    when both have the most headroom."""
+    servers = fleet(12)
+    flagged, drained = "s01", "s02"
+    harness = busy_harness(
+        servers,
+        free=(flagged, drained, "s07", "s11"),
+        overload_latency_us_p99=100_000,
+        overload_cooldown_ms=600_000,
+    )
+    harness.heartbeat(flagged, cpu=0.05, latency_us_p99=500_000)
+    assert harness.events(RiskFlagged)
+    assert harness.manager.drain(drained, now_us=harness.router.now_us)
+    for session in harness.events(SessionRegistered)[:30]:
+        harness.manager.handoff(session.session_id, now_us=harness.router.now_us)
+    finish_handoffs(harness, servers, 40)
+    started = harness.events(HandoffStarted)
+    assert len(started) > 10
+    assert all(handoff.target not in (flagged, drained) for handoff in started)
+    assert {handoff.target for handoff in started} <= {"s07", "s11"}

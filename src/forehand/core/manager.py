@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from forehand.core._driver import (
     NodeId,
     Outbound,
 )
-from forehand.core._manager_clients import PlacementChanges, placements_answer
+from forehand.core._manager_clients import PlacementChanges, SessionBuckets, placements_answer
 from forehand.core._manager_commits import (
     Built,
     Change,
@@ -76,15 +76,20 @@ from forehand.core._manager_failover import (
 )
 from forehand.core._manager_failover import fire as fire_failover
 from forehand.core._manager_planning import (
+    candidate_window,
     fill_replicas,
     key_of,
     override,
     ref_of,
-    rendezvous_order,
     stabilize,
     steer_additions,
 )
-from forehand.core._manager_risk import RiskPolicy, RiskSteering, make_risk_policy
+from forehand.core._manager_risk import (
+    ClientPathSteering,
+    RiskPolicy,
+    RiskSteering,
+    make_risk_policy,
+)
 from forehand.core._membership import (
     AnnounceOutcome,
     HeartbeatOutcome,
@@ -111,6 +116,7 @@ from forehand.placement import (
     Placement,
     PlacementConfig,
     ServerDrained,
+    ServerEntry,
     ServerLeft,
     ServerState,
     ServerUndrained,
@@ -177,6 +183,22 @@ class _Drain:
     replica_change_queued: bool = False
 
 
+@dataclass(slots=True, kw_only=True)
+class _PlanningPass:
+    """What one handoff planning pass learns once and reuses: nothing it caches changes while
+    the pass runs (no input arrives in between), so every move it plans reads the same answers."""
+
+    servers: tuple[str, ...] | None = None
+    """The map's server ids in map order, the walk's positions."""
+    taking: dict[str, bool] = field(default_factory=dict)
+    """Per server: alive, ACTIVE, not blocked by the risk policy, CPU below the target bound."""
+    allowed: dict[tuple[str, str, int | None], bool] = field(default_factory=dict)
+    """Per (source, target, client bucket): the risk policy's target check for a risk move."""
+    no_target: set[PartRef] = field(default_factory=set)
+    """Moves that found no target in this pass: the servers they may avoid only grow during a
+    pass (caps fill up), so they find none again until the next pass."""
+
+
 class ManagerCore:
     """The Session Manager's state machines behind the driver shape."""
 
@@ -195,6 +217,10 @@ class ManagerCore:
         self._rng = rng
         self._risk: RiskPolicy = risk_policy or make_risk_policy(config, rng)
         self._steering = self._risk if isinstance(self._risk, RiskSteering) else None
+        self._path_steering = self._risk if isinstance(self._risk, ClientPathSteering) else None
+        self._session_buckets = SessionBuckets(
+            buckets=config.path_client_buckets, sessions_max=config.session_buckets_max
+        )
         self._now_us = now_us
         self._membership = Membership(config=config)
         self._orchestrator = Orchestrator(config=config, rng=rng)
@@ -203,6 +229,8 @@ class ManagerCore:
             pending_max=config.pending_deltas_max,
             timeout_us=config.store_timeout_ms * 1000,
             snapshot_interval_deltas=config.snapshot_interval_deltas,
+            group_changes_max=config.commit_group_changes_max,
+            merge=_merge_builds,
         )
         self._outbox: list[Outbound] = []
         self._events: deque[ManagerEvent] = deque()
@@ -221,6 +249,14 @@ class ManagerCore:
         self._repair_queued = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
+        self._planning: _PlanningPass | None = None
+        self._target_windows: dict[PartRef, int] = {}
+        self._entries: tuple[ShardMap | None, tuple[ServerEntry, ...]] = (None, ())
+        self._membership_due_us: int | None = None
+        self._membership_known = False
+        self.target_candidates_examined = 0
+        """Servers examined as handoff targets beyond the parts' replicas, over the run (each
+        move at most `handoff_target_candidates_max` per planning pass)."""
         self._pipeline.load(now_us=now_us)
 
     # The driver shape.
@@ -271,9 +307,12 @@ class ManagerCore:
     def handle_timer(self, *, now_us: int) -> None:
         """Run whatever is due: liveness, store silence, failover and handoff deadlines, batches."""
         self._handle_outcome(self._pipeline.timed_out(now_us=now_us), now_us)
-        for change in self._membership.check(now_us=now_us):
-            self._liveness_changed(change, now_us)
-        self._membership.forget_dead(now_us=now_us)
+        due_us = self._membership_next_check_us()
+        if due_us is not None and now_us >= due_us:
+            self._membership_changed()
+            for change in self._membership.check(now_us=now_us):
+                self._liveness_changed(change, now_us)
+            self._membership.forget_dead(now_us=now_us)
         job = self._failover
         if (
             job is not None
@@ -309,7 +348,7 @@ class ManagerCore:
     def timer_us(self) -> int | None:
         """The earliest instant `handle_timer` has work."""
         instants = [
-            self._membership.next_check_us(),
+            self._membership_next_check_us(),
             self._pipeline.deadline_us(),
             self._orchestrator.next_timer_us() if self.shard_map is not None else None,
             min(self._join_retry_us.values(), default=None),
@@ -320,6 +359,22 @@ class ManagerCore:
             instants.append(job.deadline_us)
         present = [instant for instant in instants if instant is not None]
         return min(present) if present else None
+
+    def _membership_changed(self) -> None:
+        """A membership input arrived: its next deadline must be read again."""
+        self._membership_known = False
+
+    def _membership_next_check_us(self) -> int | None:
+        """The membership's next silence deadline, read again only after a membership input.
+
+        Reading it walks every member; the manager asks after every input, and at ten thousand
+        servers the walk cost more than the inputs (deadlines only move on heartbeats, announces,
+        readmissions, joins, loads and checks, which all mark it stale).
+        """
+        if not self._membership_known:
+            self._membership_due_us = self._membership.next_check_us()
+            self._membership_known = True
+        return self._membership_due_us
 
     # Commands.
 
@@ -448,11 +503,20 @@ class ManagerCore:
     def _is_alive(self, server_id: str) -> bool:
         return self._membership.state_of(server_id) is MemberState.ALIVE
 
+    def _map_entries(self, current: ShardMap) -> tuple[ServerEntry, ...]:
+        """The map's server entries in map order, listed once per map version (the map sorts
+        them on every `servers` read)."""
+        cached_map, entries = self._entries
+        if cached_map is not current:
+            entries = current.servers
+            self._entries = (current, entries)
+        return entries
+
     def _eligible(self, current: ShardMap) -> list[str]:
         """Servers that may take new roles: ACTIVE in the map and ALIVE."""
         return [
             entry.server_id
-            for entry in current.servers
+            for entry in self._map_entries(current)
             if entry.state is ServerState.ACTIVE and self._is_alive(entry.server_id)
         ]
 
@@ -500,6 +564,7 @@ class ManagerCore:
         self._changes.everything_changed(current.version)
         for key in current.part_keys():
             self._index_parts(key.session_id, (key.part,))
+        self._membership_changed()
         for entry in current.servers:
             self._membership.restore(
                 entry.server_id,
@@ -554,7 +619,8 @@ class ManagerCore:
                     servers=built.servers,
                 )
             )
-        outcome.change.committed(built, now_us)
+        for change, member in outcome.members or ((outcome.change, built),):
+            change.committed(member, now_us)
         self._drain_progress(built.servers)
 
     def _whole_map_message(self, current: ShardMap) -> messages.MapPublished:
@@ -579,6 +645,7 @@ class ManagerCore:
             )
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
+        self._membership_changed()
         outcome = self._membership.announce(message, now_us=now_us)
         if outcome is AnnounceOutcome.JOINED:
             self._queue_join(message.server_id, now_us)
@@ -598,6 +665,7 @@ class ManagerCore:
     ) -> None:
         if not self._check_sender(message.server_id, source):
             return
+        self._membership_changed()
         outcome = self._membership.heartbeat(message, now_us=now_us)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
             self._try_readmit(message.server_id, now_us)
@@ -690,6 +758,7 @@ class ManagerCore:
     def _join_committed(self, server_id: str, built: Built, now_us: int) -> None:
         self._joins_queued.discard(server_id)
         member = self._membership.get(server_id)
+        self._membership_changed()
         if member is None or not self._membership.join_committed(
             server_id, incarnation=member.incarnation
         ):
@@ -764,6 +833,7 @@ class ManagerCore:
         for job in (self._failover, self._failover_next):
             if job is not None and server_id in job.dead:
                 return
+        self._membership_changed()
         if self._membership.readmit(server_id, now_us=now_us):
             self._queue_join(server_id, now_us)
 
@@ -784,7 +854,7 @@ class ManagerCore:
         if steering is not None:
             for assessed in steering.assessments():
                 self._emit(assessed)
-            if decision is not None:
+            if decision is not None and decision.parts_fraction >= 1.0:
                 self._risk_drain(server_id)
             elif risk_drained and not steering.placement_blocked(server_id, now_us=now_us):
                 self._risk_undrain(server_id)
@@ -858,7 +928,8 @@ class ManagerCore:
         return queued
 
     def _risk_drain(self, server_id: str) -> None:
-        """Mark a server the risk policy moves parts off DRAINING in the map, until it clears.
+        """Mark a server the risk policy empties (it moves every part) DRAINING in the map, until
+        its alarm clears.
 
         Bounded loads would otherwise undo the moves: a part moved off a server frees room on it,
         and once the other servers are at their bound (with `load_epsilon` 0.25, as soon as a
@@ -866,7 +937,11 @@ class ManagerCore:
         push along its walk lands back on the flagged server (PART_MOVED). A DRAINING server
         receives nothing and the bounds are taken over the ACTIVE servers only, so the moved
         parts stay moved. The mark is a map change of the ACTIVE set (a rebuild of the
-        assignment), made once per alarm episode.
+        assignment), made once per alarm episode and only for a whole move (urgent, or a rule
+        that moves everything): a graded drain moves a small share, which the other servers
+        take within their bounds, and its server stays ACTIVE, only blocked by the risk policy
+        (`RiskSteering.placement_blocked`), a flag that ends with the alarm and with the manager
+        (a restarted manager reads an ACTIVE server, never a drain it did not order).
         """
         if server_id in self._risk_drained or not self._is_active(server_id):
             return
@@ -934,13 +1009,24 @@ class ManagerCore:
     # Handoff planning (step 2).
 
     def _plan_handoffs(self, now_us: int) -> None:
+        """One planning pass, when the orchestrator has moves and a batch is due (its timer:
+        the jitter after a batch, `HANDOFF_RETRY_MS` after a pass that started none, at once
+        when a handoff ends); its answers about targets are cached for the pass."""
+        orchestrator = self._orchestrator
+        if orchestrator.queued_moves == 0:
+            return
         slots = 0 if self._holding() else self._pipeline.free_slots
-        started, invalid = self._orchestrator.plan(
-            now_us=now_us,
-            choose_target=self._choose_target,
-            is_valid=self._move_is_valid,
-            batches_max=slots,
-        )
+        self._planning = _PlanningPass()
+        try:
+            started, invalid = orchestrator.plan(
+                now_us=now_us,
+                choose_target=self._choose_target,
+                is_valid=self._move_is_valid,
+                batches_max=slots,
+            )
+        finally:
+            self._planning = None
+        self._forget_windows()
         for move in invalid:
             self._moves_dropped([move], "the part is no longer primary at the source")
         for handoff in started:
@@ -955,8 +1041,42 @@ class ManagerCore:
             key in current and current.primary_of(key) == move.source and self._is_live(move.source)
         )
 
+    def _forget_windows(self) -> None:
+        """Forget the walk windows of moves that left the queue (bounded by the queue)."""
+        windows = self._target_windows
+        if len(windows) > 2 * self._config.handoff_queue_parts_max:
+            self._target_windows = {
+                ref: window
+                for ref, window in windows.items()
+                if self._orchestrator.is_moving(ref) and self._orchestrator.handoff_of(ref) is None
+            }
+
+    def _pass(self) -> _PlanningPass:
+        """The planning pass under way (a throwaway one outside a pass)."""
+        return self._planning if self._planning is not None else _PlanningPass()
+
     def _can_take(self, server_id: str, avoid: frozenset[str]) -> bool:
-        if server_id in avoid or not self._is_alive(server_id) or not self._is_active(server_id):
+        if server_id in avoid:
+            return False
+        taking = self._pass().taking
+        answer = taking.get(server_id)
+        if answer is None:
+            answer = taking[server_id] = self._takes_roles(server_id)
+        return answer
+
+    def _target_allowed(self, move: MoveRequest, target_id: str) -> bool:
+        """`_risk_target_allowed`, asked once per source, target and client bucket per pass."""
+        allowed = self._pass().allowed
+        bucket = self._session_buckets.bucket_of(move.ref.session_id)
+        pair = (move.source, target_id, bucket)
+        answer = allowed.get(pair)
+        if answer is None:
+            answer = allowed[pair] = self._risk_target_allowed(move, target_id)
+        return answer
+
+    def _takes_roles(self, server_id: str) -> bool:
+        """Alive, ACTIVE, not blocked by the risk policy, CPU below the target bound."""
+        if not self._is_alive(server_id) or not self._is_active(server_id):
             return False
         steering = self._steering
         if steering is not None and steering.placement_blocked(server_id, now_us=self._now_us):
@@ -966,7 +1086,8 @@ class ManagerCore:
         return load is None or load.cpu_utilization < self._config.target_cpu_utilization_max
 
     def _choose_target(self, move: MoveRequest, avoid: frozenset[str]) -> str | None:
-        """Prefer an up-to-date replica with headroom; else the least loaded eligible server."""
+        """Prefer an up-to-date replica with headroom; else the least loaded server of the move's
+        current window of candidates (`handoff_target_candidates_max` of them)."""
         current = self.shard_map
         if current is None:
             return None
@@ -977,14 +1098,14 @@ class ManagerCore:
         if move.target is not None:
             fits = move.target != placement.primary and self._can_take(move.target, avoid)
             return move.target if fits else None
-        steering = self._steering
-        if move.origin is MoveOrigin.RISK and steering is not None:
+        planning = self._pass()
+        if move.ref in planning.no_target:
+            return None
+        risk_move = move.origin is MoveOrigin.RISK and self._steering is not None
+        if risk_move:
             # The target-risk margin: a risk move goes only somewhere clearly safer.
-            source = move.source
             avoid = avoid | frozenset(
-                s
-                for s in placement.servers
-                if not steering.target_allowed(source_id=source, target_id=s, now_us=self._now_us)
+                s for s in placement.servers if not self._target_allowed(move, s)
             )
         replicas = [r for r in placement.replicas if self._can_take(r, avoid)]
         if replicas:
@@ -997,18 +1118,46 @@ class ManagerCore:
                     placement.replicas.index(r),
                 ),
             )
+        if planning.servers is None:
+            planning.servers = tuple(entry.server_id for entry in self._map_entries(current))
+        window = self._target_windows.get(move.ref, 0)
+        candidates = candidate_window(
+            key, planning.servers, count=self._config.handoff_target_candidates_max, window=window
+        )
+        self.target_candidates_examined += len(candidates)
         others = [
             s
-            for s in rendezvous_order(key, self._eligible(current))
+            for s in candidates
             if s not in placement.servers
             and self._can_take(s, avoid)
-            and (
-                move.origin is not MoveOrigin.RISK
-                or steering is None
-                or steering.target_allowed(source_id=move.source, target_id=s, now_us=self._now_us)
-            )
+            and (not risk_move or self._target_allowed(move, s))
         ]
-        return min(others, key=self._cpu) if others else None
+        if others:
+            return min(others, key=self._cpu)
+        # None here: the next pass looks at the next window of the part's walk.
+        planning.no_target.add(move.ref)
+        self._target_windows[move.ref] = window + 1
+        return None
+
+    def _risk_target_allowed(self, move: MoveRequest, target_id: str) -> bool:
+        """The steering's margin check, with the moving session's client's path to the target
+        when the manager knows the client."""
+        bucket = self._session_buckets.bucket_of(move.ref.session_id)
+        if bucket is not None and self._path_steering is not None:
+            return self._path_steering.target_allowed_for_client(
+                source_id=move.source,
+                target_id=target_id,
+                client_bucket=bucket,
+                now_us=self._now_us,
+            )
+        assert self._steering is not None
+        return self._steering.target_allowed(
+            source_id=move.source, target_id=target_id, now_us=self._now_us
+        )
+
+    def session_client_bucket(self, session_id: bytes) -> int | None:
+        """The path bucket of the session's client, as far as the manager knows it."""
+        return self._session_buckets.bucket_of(session_id)
 
     def _applied_seq(self, server_id: str, ref: PartRef) -> int | None:
         member = self._membership.get(server_id)
@@ -1033,6 +1182,7 @@ class ManagerCore:
             build=lambda current: self._build_handoff(current, handoff),
             committed=lambda built, now_us: self._handoff_committed(handoff, built, now_us),
             dropped=lambda cause, now_us: self._handoff_cancelled(handoff, cause, now_us),
+            groupable=True,
         )
 
     def _build_handoff(self, current: ShardMap, handoff: Handoff) -> Built | None:
@@ -1568,6 +1718,7 @@ class ManagerCore:
                 continue
             if claims.session_id == credential.session_id:
                 self._remember_session(client, claims.session_id)
+                self._session_buckets.bind(claims.session_id, client.client_id)
         self._send(
             source,
             Welcome(
@@ -1650,6 +1801,7 @@ class ManagerCore:
         current = built.new_map
         session_id = opening.session_id
         self._remember_session(client, session_id)
+        self._session_buckets.bind(session_id, client.client_id)
         placements = tuple(
             self._wire_placement(current, PartKey(session_id=session_id, part=part))
             for part in opening.parts
@@ -1709,6 +1861,7 @@ class ManagerCore:
             return
         del client.sessions[frame.session_id]
         session_id = frame.session_id
+        self._session_buckets.forget(session_id)
         change = Change(
             kind=MapChange.SESSION_CLOSED,
             build=lambda current: self._build_session_close(current, session_id),
@@ -1789,6 +1942,31 @@ class _Opening:
     def session_id_ms(self) -> int:
         """The creation time in the session id (kept when a collision forces a new id)."""
         return int.from_bytes(self.session_id[:6], "big")
+
+
+def _merge_builds(current: ShardMap, builds: Sequence[Built]) -> Built:
+    """Handoff builds made one on top of the other, as one change against `current`.
+
+    Their operations (overrides and the pins each one needed) apply together, and `stabilize`
+    pins whatever the combination would still move unintentionally.
+    """
+    operations: list[Operation] = []
+    parts: list[PartRef] = []
+    servers: dict[str, None] = {}
+    for built in builds:
+        assert built.delta is not None
+        operations.extend(built.delta.operations)
+        parts.extend(built.parts)
+        servers.update(dict.fromkeys(built.servers))
+    moving = {key_of(ref) for ref in parts}
+    stable = stabilize(current, operations, intended=moving.__contains__)
+    return Built(
+        delta=stable.delta,
+        new_map=stable.new_map,
+        parts=tuple(parts),
+        servers=tuple(servers),
+        implicit_moves=stable.implicit_moves,
+    )
 
 
 def _check_refs(refs: Iterable[PartRef]) -> None:
