@@ -15,10 +15,15 @@ Both run on this machine, on loopback, side by side in one run:
   (sticky), multiplexing requests by id on one connection per app server.
 
 The load is the same on both: `--sessions` sessions over two clients, each session calling `add`
-in a closed loop (one call in flight per session), with requests of 100 bytes on the wire (the
-forehand REQUEST frame; the baseline frame is padded to the same size). Windows of `--window-s`
-seconds alternate between the two, round by round; the best round of each is reported
-(throughput, p50/p99 latency of that round).
+in a closed loop (one call in flight per session, no pause, the same loop on both sides), with
+requests of 100 bytes on the wire (the forehand REQUEST frame; the baseline frame is padded to
+the same size). The clients run in this process for both sides. Windows of `--window-s` seconds
+(after a warm-up second) alternate between the two, round by round, the side that goes first
+alternating too; the median round of each is reported with the spread (throughput, p50/p99
+latency of all rounds' calls). Beside throughput, which on a shared machine also depends on how
+much of the CPU the other tenants leave, each window counts the CPU time of every process of
+its side (servers, manager or Redis, and this load-generating process) per request: requests
+per CPU-second is the cost that does not move with the machine's load.
 
 Then each side loses a server under the same load (SIGKILL of the server with most sessions):
 reported are the failed requests, the time to the first good response of the affected sessions,
@@ -33,9 +38,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import shutil
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -52,14 +59,16 @@ import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._cluster import SessionLoad, running_cluster
+from benchmarks._cluster import CallRecord, SessionLoad, running_cluster
 from benchmarks._common import Metric, percentile, print_metrics, record
 
+import forehand
 from forehand.core import ClientConfig
 from forehand.demo._cluster import DemoCluster
 from forehand.runtime import run
 from forehand.runtime._tls import _client_context, _server_context
 from forehand.runtime.certs import make_cluster_certs
+from forehand.runtime.loop import settle_gc
 from forehand.runtime.transport import Credentials
 from forehand.wire import Request, encode_frame
 
@@ -71,6 +80,8 @@ FRAME_BYTES_MAX = 1 << 16
 """Largest frame either side of the baseline accepts."""
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
+WARM_UP_S = 1.0
+"""Load runs this long before a window starts (connections made, caches warm)."""
 KILL_WINDOW_S = 4.0
 """Load kept running after a SIGKILL, before the carts are read back."""
 MANAGER_CORE = {
@@ -210,6 +221,8 @@ async def serve_app(node_id: str, certs_dir: Path, redis_socket: Path, ready_fil
 
     server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=context)
     host, port = server.sockets[0].getsockname()[:2]
+    # The garbage collector tuned as in forehand's server processes: both sides alike.
+    settle_gc()
     ready_file.write_text(f"{host}:{port}")
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -411,9 +424,53 @@ class Window:
     calls: int = 0
     failed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process of the side used in the window (`load` is this process)."""
 
-    def throughput(self, seconds: float) -> float:
-        return self.calls / seconds
+    def throughput(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+    def cpu_us_per_request(self) -> float:
+        return sum(self.cpu_s.values()) * 1e6 / max(self.calls, 1)
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each process, and by this one as `load`."""
+    ticks_s = os.sysconf("SC_CLK_TCK")
+    used = {"load": time.process_time()}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # Not Linux, or the process is gone: counted as nothing.
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks_s
+    return used
+
+
+class ClosedLoopLoad(SessionLoad):
+    """`SessionLoad` with no pause between calls: each session calls again as soon as it has an
+    answer, in the same loop as `BaselineLoad` (the base class waits out a pause and a handoff
+    signal per call, which costs the load generator time the baseline's loop does not spend)."""
+
+    async def _loop(self, session: forehand.Session) -> None:
+        item = self.item
+        quantity = int(item["quantity"])
+        calls = self.calls
+        acknowledged = self.acknowledged
+        while not self._stop.is_set():
+            started_s = time.monotonic()
+            try:
+                await session.call("cart", "add", item)
+                ok = True
+                acknowledged[session.id] = acknowledged.get(session.id, 0) + quantity
+            except forehand.ForehandError as error:
+                ok = False
+                if not self._stop.is_set():
+                    self.failures.append(f"{session.id.hex()}: {error}")
+                await asyncio.sleep(0.001)
+            done_s = time.monotonic()
+            calls.append(CallRecord(done_s=done_s, latency_s=done_s - started_s, ok=ok))
 
 
 class BaselineLoad:
@@ -481,7 +538,7 @@ class BaselineLoad:
 
 
 def _window(records: list[tuple[float, float, bool]], start_s: float, end_s: float) -> Window:
-    window = Window()
+    window = Window(seconds=end_s - start_s)
     for done_s, latency_s, ok in records:
         if start_s <= done_s < end_s:
             if ok:
@@ -493,35 +550,65 @@ def _window(records: list[tuple[float, float, bool]], start_s: float, end_s: flo
 
 
 async def _measure(
-    records: Callable[[], list[tuple[float, float, bool]]], window_s: float
+    records: Callable[[], list[tuple[float, float, bool]]],
+    window_s: float,
+    pids: dict[str, int],
 ) -> Window:
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(WARM_UP_S)
+    cpu_before = _cpu_s(pids)
     start_s = time.monotonic()
     await asyncio.sleep(window_s)
-    return _window(records(), start_s, time.monotonic())
+    end_s = time.monotonic()
+    cpu_after = _cpu_s(pids)
+    window = _window(records(), start_s, end_s)
+    window.cpu_s = {
+        name: cpu_after[name] - cpu_before[name] for name in cpu_after if name in cpu_before
+    }
+    return window
 
 
 def _forehand_records(load: SessionLoad) -> list[tuple[float, float, bool]]:
     return [(call.done_s, call.latency_s, call.ok) for call in load.calls]
 
 
+async def _forehand_window(cluster: DemoCluster, *, sessions: int, window_s: float) -> Window:
+    pids = {process.name: process.pid for process in cluster.processes()}
+    async with ClosedLoopLoad(
+        cluster,
+        sessions=sessions,
+        clients=CLIENTS,
+        pause_ms=0,
+        client_config=CLIENT_CONFIG,
+        item=ITEM,
+    ) as load:
+        return await _measure(lambda: _forehand_records(load), window_s, pids)
+
+
+async def _baseline_window(baseline: Baseline, *, sessions: int, window_s: float) -> Window:
+    pids = {name: process.pid for name, process in baseline.processes.items()}
+    async with BaselineLoad(baseline, sessions=sessions) as base:
+        return await _measure(lambda: base.records, window_s, pids)
+
+
 async def _throughput_rounds(
     cluster: DemoCluster, baseline: Baseline, *, sessions: int, window_s: float, rounds: int
 ) -> tuple[list[Window], list[Window]]:
+    """`rounds` windows of each side, alternating; every other round the baseline goes first,
+    so that a drift of the machine's load does not favour one side."""
     forehand_windows: list[Window] = []
     baseline_windows: list[Window] = []
-    for _ in range(rounds):
-        async with SessionLoad(
-            cluster,
-            sessions=sessions,
-            clients=CLIENTS,
-            pause_ms=0,
-            client_config=CLIENT_CONFIG,
-            item=ITEM,
-        ) as load:
-            forehand_windows.append(await _measure(lambda: _forehand_records(load), window_s))
-        async with BaselineLoad(baseline, sessions=sessions) as base:
-            baseline_windows.append(await _measure(lambda: base.records, window_s))
+    for index in range(rounds):
+        if index % 2:
+            baseline_windows.append(
+                await _baseline_window(baseline, sessions=sessions, window_s=window_s)
+            )
+        forehand_windows.append(
+            await _forehand_window(cluster, sessions=sessions, window_s=window_s)
+        )
+        if not index % 2:
+            baseline_windows.append(
+                await _baseline_window(baseline, sessions=sessions, window_s=window_s)
+            )
     return forehand_windows, baseline_windows
 
 
@@ -589,11 +676,29 @@ async def _baseline_kill(baseline: Baseline, *, sessions: int) -> dict[str, Any]
     }
 
 
-def _best(windows: list[Window]) -> Window:
-    return max(windows, key=lambda window: window.calls)
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _summary(windows: list[Window]) -> dict[str, Any]:
+    """Per-round throughput and CPU cost, their medians and spread, for the JSON output."""
+    per_second = [window.throughput() for window in windows]
+    cpu_us = [window.cpu_us_per_request() for window in windows]
+    return {
+        "per_second": per_second,
+        "per_second_median": _median(per_second),
+        "per_second_min": min(per_second, default=math.nan),
+        "per_second_max": max(per_second, default=math.nan),
+        "cpu_us_per_request": cpu_us,
+        "cpu_us_per_request_median": _median(cpu_us),
+        "cpu_s_by_process": [window.cpu_s for window in windows],
+        "failed": sum(window.failed for window in windows),
+    }
 
 
 async def bench(*, sessions: int, window_s: float, rounds: int) -> list[Metric]:
+    # This process generates the load of both sides; its collector is tuned as the servers' are.
+    settle_gc()
     with tempfile.TemporaryDirectory(prefix="forehand-redis-") as directory:
         baseline = Baseline(Path(directory))
         try:
@@ -612,63 +717,83 @@ async def bench(*, sessions: int, window_s: float, rounds: int) -> list[Metric]:
         finally:
             baseline.stop()
     return _metrics(
-        forehand=_best(forehand_windows),
-        baseline=_best(baseline_windows),
-        window_s=window_s,
+        forehand=forehand_windows,
+        baseline=baseline_windows,
         forehand_kill=forehand_kill,
         baseline_kill=baseline_kill,
-        rounds={
-            "forehand_per_second": [w.throughput(window_s) for w in forehand_windows],
-            "baseline_per_second": [w.throughput(window_s) for w in baseline_windows],
-        },
     )
 
 
 def _metrics(
     *,
-    forehand: Window,
-    baseline: Window,
-    window_s: float,
+    forehand: list[Window],
+    baseline: list[Window],
     forehand_kill: dict[str, Any],
     baseline_kill: dict[str, Any],
-    rounds: dict[str, list[float]],
 ) -> list[Metric]:
+    forehand_summary = _summary(forehand)
+    baseline_summary = _summary(baseline)
     record(
         "redis",
         {
             "redis_server": str(redis_server_binary()),
             "item": ITEM,
-            "rounds": rounds,
+            "rounds": {"forehand": forehand_summary, "baseline": baseline_summary},
             "forehand_kill": forehand_kill,
             "baseline_kill": baseline_kill,
             "manager_core": MANAGER_CORE,
             "server_core": SERVER_CORE,
         },
     )
-    ratio = forehand.throughput(window_s) / max(baseline.throughput(window_s), 1e-9)
+    throughput = forehand_summary["per_second_median"]
+    baseline_throughput = baseline_summary["per_second_median"]
+    ratio = throughput / max(baseline_throughput, 1e-9)
+    forehand_latencies = [ms for window in forehand for ms in window.latencies_ms]
+    baseline_latencies = [ms for window in baseline for ms in window.latencies_ms]
     redis = "app servers + Redis"
     rows = [
         Metric(
-            name="requests (closed loop)",
-            value=forehand.throughput(window_s),
+            name=f"requests (closed loop), median of {len(forehand)} rounds",
+            value=throughput,
             unit="requests/s",
-            baseline=baseline.throughput(window_s),
+            baseline=baseline_throughput,
             baseline_name=redis,
             target=">= 1.5x baseline",
             met=ratio >= 1.5,
         ),
         Metric(
+            name="requests, slowest round",
+            value=forehand_summary["per_second_min"],
+            unit="requests/s",
+            baseline=baseline_summary["per_second_min"],
+            baseline_name=redis,
+        ),
+        Metric(
+            name="requests, fastest round",
+            value=forehand_summary["per_second_max"],
+            unit="requests/s",
+            baseline=baseline_summary["per_second_max"],
+            baseline_name=redis,
+        ),
+        Metric(
+            name="requests per CPU-second, all processes (median round)",
+            value=1e6 / forehand_summary["cpu_us_per_request_median"],
+            unit="requests/CPU-s",
+            baseline=1e6 / baseline_summary["cpu_us_per_request_median"],
+            baseline_name=redis,
+        ),
+        Metric(
             name="latency p50",
-            value=percentile(forehand.latencies_ms, 0.5),
+            value=percentile(forehand_latencies, 0.5),
             unit="ms",
-            baseline=percentile(baseline.latencies_ms, 0.5),
+            baseline=percentile(baseline_latencies, 0.5),
             baseline_name=redis,
         ),
         Metric(
             name="latency p99",
-            value=percentile(forehand.latencies_ms, 0.99),
+            value=percentile(forehand_latencies, 0.99),
             unit="ms",
-            baseline=percentile(baseline.latencies_ms, 0.99),
+            baseline=percentile(baseline_latencies, 0.99),
             baseline_name=redis,
         ),
     ]
@@ -712,7 +837,7 @@ def _app_server_main(arguments: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="3 s windows, one round")
+    parser.add_argument("--quick", action="store_true", help="3 s windows, two rounds")
     parser.add_argument("--sessions", type=int, default=64, help="sessions (calls in flight)")
     parser.add_argument("--window-s", type=float, default=0.0, help="seconds per window")
     parser.add_argument("--rounds", type=int, default=0, help="windows per side")
@@ -727,8 +852,8 @@ def main(argv: list[str] | None = None) -> None:
     # A write racing the close of a killed app server's TLS connection logs this warning from
     # asyncio's SSL protocol; the failed call is already counted, so the log line is noise.
     logging.getLogger("asyncio").setLevel(logging.ERROR)
-    window_s = arguments.window_s or (3.0 if arguments.quick else 8.0)
-    rounds = arguments.rounds or (1 if arguments.quick else 3)
+    window_s = arguments.window_s or (3.0 if arguments.quick else 5.0)
+    rounds = arguments.rounds or (2 if arguments.quick else 5)
     rows = run(bench(sessions=arguments.sessions, window_s=window_s, rounds=rounds))
     print_metrics(
         f"Forehand (3 servers, cart replicated x2) beside 3 app servers + Redis "

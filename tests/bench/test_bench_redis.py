@@ -6,9 +6,21 @@ from __future__ import annotations
 import asyncio
 import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import msgspec
-from benchmarks.bench_redis import ITEM, REQUEST_BYTES, AppClient, Baseline, _frame, _padding
+from benchmarks.bench_redis import (
+    ITEM,
+    REQUEST_BYTES,
+    AppClient,
+    Baseline,
+    Window,
+    _cpu_s,
+    _frame,
+    _padding,
+)
 
 from forehand.runtime import run
 
@@ -51,3 +63,31 @@ def test_baseline_keeps_state_in_redis_across_an_app_server_death(tmp_path: path
         assert all(process.poll() is not None for process in baseline.processes.values())
 
     run(scenario())
+
+
+def test_cpu_accounting_counts_each_process_and_this_one() -> None:
+    """A window's CPU seconds come from /proc for each named process and from this process
+    (the load generator); a process that spins shows its work, a missing one is left out."""
+    spinner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nend = time.process_time() + 0.3\n"
+            "while time.process_time() < end: pass\ntime.sleep(30)",
+        ]
+    )
+    try:
+        before = _cpu_s({"spinner": spinner.pid, "gone": 2**22 + 7})
+        deadline_s = time.monotonic() + 20
+        while _cpu_s({"spinner": spinner.pid})["spinner"] - before["spinner"] < 0.25:
+            assert time.monotonic() < deadline_s, "the spinner used no CPU"
+            time.sleep(0.05)
+        sum(range(2_000_000))
+        after = _cpu_s({"spinner": spinner.pid})
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert "gone" not in before
+    assert after["load"] > before["load"]
+    window = Window(calls=10, seconds=2.0, cpu_s={"a": 0.001, "load": 0.001})
+    assert (window.throughput(), window.cpu_us_per_request()) == (5.0, 200.0)

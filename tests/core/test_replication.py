@@ -190,3 +190,29 @@ def test_set_replicas_keeps_progress_and_target() -> None:
     shipper.only_target()
     assert sorted(shipper.streams) == ["t"]
     assert not shipper.on_ack(part, ack(1), source="zz").known
+
+
+def test_settled_only_when_every_replica_holds_everything() -> None:
+    """`settled` (nothing to ship until the log grows) needs every stream acknowledged at the
+    last entry with nothing in flight, and no stream waiting for a snapshot."""
+    part = primary_with(2)
+    shipper = replication()
+    shipper.set_replicas(["r1", "r2"])
+    assert not shipper.settled(part.log.last_seq)  # Nobody probed yet.
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(2), source="r1")
+    shipper.on_ack(part, ack(2), source="r2")
+    assert shipper.settled(part.log.last_seq)
+    part.execute(request_id=3, op="add", payload=b"1")
+    assert not shipper.settled(part.log.last_seq)
+    shipper.ship(part, epoch=1, now_us=1)
+    shipper.on_ack(part, ack(3), source="r1")
+    assert not shipper.settled(part.log.last_seq)  # r2 has not acknowledged entry 3.
+    shipper.on_ack(part, ack(3), source="r2")
+    assert shipper.settled(part.log.last_seq)
+    empty = primary_with(0)
+    diverged = replication()
+    diverged.set_replicas(["r1"])
+    diverged.ship(empty, epoch=2, now_us=0)
+    assert diverged.on_ack(empty, ack(1, acked_epoch=7), source="r1").diverged
+    assert diverged.idle(empty.log.last_seq) and not diverged.settled(empty.log.last_seq)

@@ -142,6 +142,13 @@ class Replication:
             for stream in self.streams.values()
         )
 
+    def settled(self, last_seq: int) -> bool:
+        """Whether there is nothing to ship now or later until the log grows: `idle`, and no
+        stream waits for a snapshot."""
+        return self.idle(last_seq) and not any(
+            stream.needs_snapshot for stream in self.streams.values()
+        )
+
     def on_ack(self, part: Part, ack: LogAcknowledged, *, source: NodeId) -> AckOutcome:
         """Account for a replica's acknowledgement of `part`'s log."""
         stream = self.streams.get(source)

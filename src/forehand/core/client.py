@@ -110,6 +110,8 @@ REQUEST_ID_BITS = 62
 """Request ids are 62-bit integers (a variable-length integer holds them)."""
 _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
+_NO_DEADLINE_US = 1 << 126
+"""Above every real deadline: what `timer_us` starts from."""
 
 
 class BackpressureError(LocalProtocolError):
@@ -335,22 +337,27 @@ class ClientCore:
 
     def timer_us(self) -> int | None:
         """The earliest deadline among requests, retries, resumes, map requests and pings."""
-        candidates: list[int] = []
+        # The driver asks after every input, so this keeps to one pass and builds no list.
+        earliest = _NO_DEADLINE_US
         if self._inflight:
-            candidates.append(next(iter(self._inflight.values())).deadline_us)
+            earliest = next(iter(self._inflight.values())).deadline_us
         if self._opens:
-            candidates.append(next(iter(self._opens.values())).deadline_us)
+            earliest = min(earliest, next(iter(self._opens.values())).deadline_us)
         if self._retry_heap:
-            candidates.append(self._retry_heap[0][0])
-        candidates.extend(r.target_deadline_us for r in self._resumptions.values())
+            earliest = min(earliest, self._retry_heap[0][0])
+        for resumption in self._resumptions.values():
+            earliest = min(earliest, resumption.target_deadline_us)
         if self._map_sent_us is not None:
-            candidates.append(self._map_sent_us + self._config.map_request_timeout_ms * 1000)
+            earliest = min(earliest, self._map_sent_us + self._config.map_request_timeout_ms * 1000)
         if self._map_retry_us is not None:
-            candidates.append(self._map_retry_us)
-        candidates.extend(c.next_ping_us for c in self._pool if c.next_ping_us is not None)
+            earliest = min(earliest, self._map_retry_us)
+        for connection in self._pool:
+            ping_us = connection.next_ping_us
+            if ping_us is not None and ping_us < earliest:
+                earliest = ping_us
         if self._config.prewarm_probe_targets and self._sessions:
-            candidates.append(self._prewarm_due_us)
-        return min(candidates) if candidates else None
+            earliest = min(earliest, self._prewarm_due_us)
+        return None if earliest == _NO_DEADLINE_US else earliest
 
     # Read-only views.
 

@@ -1100,6 +1100,10 @@ class ServerCore:
         self._release_held(part)
         if part.state is PartState.PRIMARY:
             part.log.trim_through(shipper.acked_min())
+        if shipper.settled(part.log.last_seq):
+            # Every replica holds everything (the common case: one write in flight per part).
+            self._shipping.pop(part.ref, None)
+            return
         # The window just opened: keep the pipeline full rather than wait for the next round.
         self._mark_shipping(part.ref, now_us, urgent=True)
 
