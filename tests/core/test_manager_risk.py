@@ -317,7 +317,9 @@ def test_the_manager_feeds_paths_and_logs_decisions() -> None:
     assert policy.predictor.risk(EntityKey("stranger", 0), now_us=now_us).age_us is None
     (assessed,) = harness.events(RiskAssessed)
     assert assessed.server_id == "s1" and assessed.model == "threshold" and assessed.acted
-    assert harness.map.server("s1").state is ServerState.DRAINING
+    # A share moves (overload_parts_fraction 0.25): the server is risk-blocked, not DRAINING.
+    assert harness.map.server("s1").state is ServerState.ACTIVE
+    assert policy.placement_blocked("s1", now_us=now_us)
 
 
 def test_the_predictor_samples_a_server_once_per_tick_and_the_rule_every_heartbeat() -> None:
