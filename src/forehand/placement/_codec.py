@@ -9,6 +9,7 @@ recomputes the assignment, which is a pure function of those contents.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -60,19 +61,24 @@ _MAP_DECODER = msgspec.msgpack.Decoder(_MapRecord)
 _DELTA_DECODER = msgspec.msgpack.Decoder(Delta)
 
 
+_PART = attrgetter("part")
+_SESSION_ID = attrgetter("session_id")
 _PART_NAMES_BULK_MAX = 63
 """Sessions are grouped in bulk (a bit per part name) when the map has at most this many names."""
 
 
 def _groups(state: MapState) -> tuple[_PartGroup, ...]:
+    # map() and attrgetter keep the per-key passes in C.
     keys = list(state.parts.values())
-    names = sorted({key.part for key in keys})
+    part_names = list(map(_PART, keys))
+    names = sorted(set(part_names))
     if len(names) > _PART_NAMES_BULK_MAX:
         return _groups_one_by_one(keys)
     code = {name: 1 << index for index, name in enumerate(names)}
     # Session ids as two big-endian 64-bit halves sort as the bytes do.
-    ids = np.frombuffer(b"".join([key.session_id for key in keys]), dtype=">u8").reshape(-1, 2)
-    bits = np.fromiter((code[key.part] for key in keys), dtype=np.uint64, count=len(keys))
+    ids = np.frombuffer(b"".join(map(_SESSION_ID, keys)), dtype=">u8").reshape(-1, 2)
+    bits = np.fromiter(map(code.__getitem__, part_names), dtype=np.uint64, count=len(keys))
+    del part_names
     order = np.lexsort((ids[:, 1], ids[:, 0]))
     ids, bits = ids[order], bits[order]
     first = np.ones(len(keys), dtype=bool)

@@ -9,6 +9,7 @@ stays valid and unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import chain
 from typing import Generic, TypeVar
 
 __all__ = ["BUCKET_BITS", "HashIndex", "HashIndexWriter"]
@@ -64,9 +65,7 @@ class HashIndex(Generic[V]):
 
     def values(self) -> Iterator[V]:
         """Every value, in no particular order."""
-        for bucket in self._buckets:
-            if bucket:
-                yield from bucket.values()
+        return chain.from_iterable(bucket.values() for bucket in self._buckets if bucket)
 
     def changed_hashes(self, other: HashIndex[V]) -> Iterator[int]:
         """Hashes whose presence or value may differ from `other`: those of unshared buckets."""
