@@ -12,7 +12,7 @@ from forehand.core._manager_risk import (
     PredictiveRiskPolicy,
 )
 from forehand.core._paths import client_bucket
-from forehand.core.messages import PathReport
+from forehand.core.messages import HandoffAssigned, HandoffCompleted, PathReport
 from forehand.placement import ServerState
 from forehand.predict import Action, AlarmState, Decision, RiskLevel, path_bucket
 from forehand.wire import CloseSession, Credential, Hello, ReasonCode
@@ -348,3 +348,45 @@ def test_a_whole_risk_move_is_marked_draining_until_the_alarm_ends() -> None:
     harness.heartbeat("s1", cpu=0.1)
     harness.tick(2_000, alive=SERVERS)
     assert harness.map.server("s1").state is ServerState.ACTIVE
+
+
+def _complete_handoffs(harness: ManagerHarness, alive: tuple[str, ...], rounds: int) -> list[int]:
+    """Let queued handoffs run, every source reporting done; s1's primaries after each round."""
+    counts = []
+    for _ in range(rounds):
+        harness.router.run()
+        for server_id in alive:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if server_id == assigned.source:
+                    done = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, done)
+        harness.tick(100, alive=alive)
+        counts.append(len(harness.primaries("s1")))
+    return counts
+
+
+def test_a_large_enough_cluster_absorbs_an_evacuation_without_the_mark() -> None:
+    """With 12 servers the others take a whole server's parts within their bounds: the evacuated
+    server empties, stays empty and stays ACTIVE (risk-blocked), so no restart can misread it."""
+    servers = tuple(f"s{index}" for index in range(1, 13))
+    harness = ManagerHarness(
+        overload_parts_fraction=1.0,
+        overload_cooldown_ms=60_000,
+        handoffs_per_server_max=8,
+        handoff_parts_max=16,
+    )
+    harness.join(*servers)
+    for _ in range(60):
+        assert harness.open_session(("auth", "cart", "feed", "chat", "mail", "pay"))
+    before = len(harness.primaries("s1"))
+    assert before > 15
+    harness.heartbeat("s1", cpu=0.97)
+    counts = _complete_handoffs(harness, servers, 30)
+    assert counts[-1] == 0, counts
+    assert all(b <= a for a, b in zip([before, *counts], counts, strict=False)), counts
+    assert harness.map.server("s1").state is ServerState.ACTIVE
+    policy = harness.manager.risk_policy
+    assert isinstance(policy, PredictiveRiskPolicy)
+    assert policy.placement_blocked("s1", now_us=harness.router.now_us)

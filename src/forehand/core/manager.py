@@ -162,6 +162,9 @@ WHOLE_MOVE_REASONS = frozenset(
     }
 )
 """Reasons for which a server's HandoffRequested without parts moves all its primaries."""
+RISK_MARK_SPARE_BOUNDS = 2.0
+"""A risk evacuation marks its server DRAINING only when fewer than this many over `load_epsilon`
+other servers are ACTIVE: more of them take one server's parts within half their headroom."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -854,7 +857,7 @@ class ManagerCore:
         if steering is not None:
             for assessed in steering.assessments():
                 self._emit(assessed)
-            if decision is not None and decision.parts_fraction >= 1.0:
+            if decision is not None and decision.parts_fraction >= 1.0 and self._risk_mark_needed():
                 self._risk_drain(server_id)
             elif risk_drained and not steering.placement_blocked(server_id, now_us=now_us):
                 self._risk_undrain(server_id)
@@ -937,9 +940,10 @@ class ManagerCore:
         push along its walk lands back on the flagged server (PART_MOVED). A DRAINING server
         receives nothing and the bounds are taken over the ACTIVE servers only, so the moved
         parts stay moved. The mark is a map change of the ACTIVE set (a rebuild of the
-        assignment), made once per alarm episode and only for a whole move (urgent, or a rule
-        that moves everything): a graded drain moves a small share, which the other servers
-        take within their bounds, and its server stays ACTIVE, only blocked by the risk policy
+        assignment), made once per alarm episode and only for a whole move (an evacuation, or a
+        rule that moves everything) in a cluster too small to absorb it
+        (`_risk_mark_needed`): a graded drain moves a share, which the other servers take
+        within their bounds, and its server stays ACTIVE, only blocked by the risk policy
         (`RiskSteering.placement_blocked`), a flag that ends with the alarm and with the manager
         (a restarted manager reads an ACTIVE server, never a drain it did not order).
         """
@@ -954,6 +958,17 @@ class ManagerCore:
         )
         if not self._pipeline.submit(change):
             self._risk_drained.discard(server_id)
+
+    def _risk_mark_needed(self) -> bool:
+        """Whether emptying one server needs the DRAINING mark: the other ACTIVE servers cannot
+        take all its parts within their bounds with room to spare (fewer of them than
+        `RISK_MARK_SPARE_BOUNDS / load_epsilon`: each then takes more than half its headroom)."""
+        current = self.shard_map
+        if current is None:
+            return False
+        entries = self._map_entries(current)
+        active = sum(1 for entry in entries if entry.state is ServerState.ACTIVE)
+        return active - 1 < RISK_MARK_SPARE_BOUNDS / current.config.load_epsilon
 
     def _risk_undrain(self, server_id: str) -> None:
         """The alarm is over: the server takes placements again (ACTIVE)."""
