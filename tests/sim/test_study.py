@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 from pathlib import Path
 
 import pytest
 
+from forehand.core._manager_risk import predictor_config
+from forehand.core.messages import LoadReport
 from forehand.errors import ConfigError
 from forehand.sim._cli import main as sim_main
 from forehand.sim.study import (
@@ -23,6 +26,8 @@ from forehand.sim.study import (
     run_study,
     write_report,
 )
+from forehand.sim.study._risk import MemoPredictor, SampledPredictiveRiskPolicy
+from forehand.sim.study._run import SECOND_US, study_manager_config
 
 SMALL = StudyConfig(
     servers=40,
@@ -125,6 +130,7 @@ def test_the_command_runs_through_forehand_sim(
         (["--sweep", "1000by10"], "bad sweep point '1000by10'"),
         (["--fault-scale", "-1"], "a fault-rate factor must be in (0, 1000.0]"),
         (["--jobs", "9"], "--jobs must be in [1, 3]"),
+        (["--quiet-assess-interval-s", "10"], "quiet_assess_interval_s must be at least"),
     ],
 )
 def test_bad_configuration_is_refused_with_a_clear_error(
@@ -148,3 +154,37 @@ def test_configuration_objects_validate_themselves() -> None:
     with pytest.raises(ConfigError, match="failure_timeout_s must be at least two ticks"):
         StudyConfig(tick_s=10, failure_timeout_s=15)
     assert parse_sweep("250x25000, 1000x100000") == [(250, 25_000), (1_000, 100_000)]
+
+
+def test_quiet_servers_are_assessed_at_the_quiet_cadence_and_others_at_the_normal_one() -> None:
+    """A quiet server's due heartbeats wait for the quiet interval; one that leaves the quiet
+    band is assessed at the next normal interval, and so is one that was not quiet before."""
+    config = study_manager_config(SMALL)
+    policy = SampledPredictiveRiskPolicy(
+        config=config,
+        rng=random.Random(1),
+        predictor=MemoPredictor(config=predictor_config(config), rng=random.Random(2)),
+        interval_us=30 * SECOND_US,
+        quiet_interval_us=120 * SECOND_US,
+    )
+    quiet = LoadReport(
+        cpu_utilization=0.4,
+        queue_depth=0,
+        latency_us_p99=40_000,
+        error_ratio=0.001,
+        requests_per_second=1.0,
+    )
+    busy = LoadReport(
+        cpu_utilization=0.8,
+        queue_depth=4,
+        latency_us_p99=100_000,
+        error_ratio=0.001,
+        requests_per_second=1.0,
+    )
+    for now_s in range(0, 241, 5):
+        policy.assess(server_id="calm", load=quiet, now_us=now_s * SECOND_US)
+        load = quiet if now_s < 60 else busy
+        policy.assess(server_id="ramp", load=load, now_us=now_s * SECOND_US)
+    # calm: 0, 120, 240; ramp: 0, then 60 (it left the band; due since 30), 90, ..., 240.
+    assert policy.assessments_run == 3 + 8
+    assert policy.assessments_skipped_quiet > 0

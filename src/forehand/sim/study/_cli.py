@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from forehand.errors import ConfigError
-from forehand.sim.study._config import FAULT_MIXES, Policy, StudyConfig, fault_mix
+from forehand.sim.study._config import (
+    FAULT_MIXES,
+    QUIET_ASSESS_INTERVAL_S,
+    Policy,
+    StudyConfig,
+    fault_mix,
+)
 from forehand.sim.study._report import targets, write_report
 from forehand.sim.study._study import parse_sweep, run_study, run_sweep
 
@@ -38,6 +44,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--tick-s", type=int, default=5, help="fleet-model step (default 5)")
     parser.add_argument(
         "--assess-interval-s", type=int, default=30, help="predictor cadence per server"
+    )
+    parser.add_argument(
+        "--quiet-assess-interval-s",
+        type=int,
+        default=None,
+        help="predictor cadence per server while its load stays quiet (default 120, at least "
+        "--assess-interval-s)",
     )
     parser.add_argument("--seed", type=int, default=1, help="root seed (default 1)")
     parser.add_argument(
@@ -81,6 +94,11 @@ def _config(arguments: argparse.Namespace) -> StudyConfig:
         duration_s=arguments.duration_s,
         tick_s=arguments.tick_s,
         assess_interval_s=arguments.assess_interval_s,
+        quiet_assess_interval_s=(
+            max(QUIET_ASSESS_INTERVAL_S, arguments.assess_interval_s)
+            if arguments.quiet_assess_interval_s is None
+            else arguments.quiet_assess_interval_s
+        ),
         seed=arguments.seed,
         mix=fault_mix(arguments.mix).scaled(arguments.fault_scale),
         policies=policies,

@@ -14,6 +14,7 @@ from forehand.errors import ConfigError
 
 __all__ = [
     "FAULT_MIXES",
+    "QUIET_ASSESS_INTERVAL_S",
     "FaultKind",
     "FaultMix",
     "Policy",
@@ -29,6 +30,8 @@ SESSIONS_MAX = 2_000_000
 """Most sessions a study tracks (6,000,000 parts of 3)."""
 DURATION_S_MAX = 86_400
 """Longest simulated span, one day."""
+QUIET_ASSESS_INTERVAL_S = 120
+"""Default predictor cadence for a server whose load stays quiet."""
 
 
 class FaultKind(enum.IntEnum):
@@ -202,6 +205,11 @@ class StudyConfig:
     assess_interval_s: int = 30
     """How often the predictive policy runs the predictor on one server's load reports (each
     assessment costs a few hundred microseconds; every heartbeat still reaches the manager)."""
+    quiet_assess_interval_s: int = QUIET_ASSESS_INTERVAL_S
+    """How often it runs the predictor on a server whose load stays quiet (CPU, latency and errors
+    well below the SLO, `QUIET_*` in `_risk.py`) and was quiet at its last assessment; a server
+    that leaves the quiet band is assessed at its next `assess_interval_s`. Equal to
+    `assess_interval_s`: every server at that cadence."""
     seed: int = 1
     """Root seed: the fleet, the faults, the manager and the predictor all derive from it."""
     mix: FaultMix = field(default_factory=lambda: FAULT_MIXES["gradual"])
@@ -236,6 +244,10 @@ class StudyConfig:
             raise ConfigError("StudyConfig.duration_s must be a multiple of tick_s")
         if self.assess_interval_s % self.tick_s:
             raise ConfigError("StudyConfig.assess_interval_s must be a multiple of tick_s")
+        if self.quiet_assess_interval_s < self.assess_interval_s:
+            raise ConfigError(
+                "StudyConfig.quiet_assess_interval_s must be at least assess_interval_s"
+            )
         if self.failure_timeout_s < 2 * self.tick_s:
             raise ConfigError("StudyConfig.failure_timeout_s must be at least two ticks")
 
@@ -248,6 +260,7 @@ class StudyConfig:
             "duration_s": (60, DURATION_S_MAX),
             "tick_s": (1, 60),
             "assess_interval_s": (1, 600),
+            "quiet_assess_interval_s": (1, 3_600),
             "seed": (0, 2**63 - 1),
             "dwell_s": (0, DURATION_S_MAX),
             "disruption_merge_s": (0, DURATION_S_MAX),

@@ -1,10 +1,12 @@
 """The study's risk inputs: none (static, reactive) or the predictor (predictive), pre-trained.
 
 The predictive policy is the manager's own `PredictiveRiskPolicy`, run on every
-`assess_interval_s` of each server's heartbeats rather than on every one: the predictor costs a
-few hundred microseconds per assessment, so ten thousand servers at one heartbeat a tick would
-spend most of the run in it. It starts from a snapshot trained on a separate, seeded fleet
-(`train_predictor`), as a deployed manager starts from the predictor it saved.
+`assess_interval_s` of each server's heartbeats rather than on every one, and only every
+`quiet_assess_interval_s` while a server's load stays quiet: the predictor costs a few hundred
+microseconds per assessment, so ten thousand servers at one heartbeat a tick would spend most of
+the run in it, and most servers most of the time report nothing the predictor would act on. It
+starts from a snapshot trained on a separate, seeded fleet (`train_predictor`), as a deployed
+manager starts from the predictor it saved.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ __all__ = [
 
 PREDICTOR_MODELS = ("logistic", "rule")
 """The heads the study's predictor runs (as the manager's: the tree costs several times more)."""
+QUIET_CPU_MAX = 0.65
+"""A load report is quiet below this CPU utilization (a healthy server's share runs 0.3-0.55)."""
+QUIET_LATENCY_US_P99_MAX = 62_500
+"""... and below this p99 latency (a quarter of the 250 ms SLO) ..."""
+QUIET_ERROR_RATIO_MAX = 0.01
+"""... and below this error ratio (a fifth of the 5% SLO)."""
+
+
+def is_quiet(load: LoadReport) -> bool:
+    """Whether a load report is far from every threshold the predictor's SLO sets."""
+    return (
+        load.cpu_utilization < QUIET_CPU_MAX
+        and load.latency_us_p99 < QUIET_LATENCY_US_P99_MAX
+        and load.error_ratio < QUIET_ERROR_RATIO_MAX
+    )
 
 
 class MemoPredictor(OnlinePredictor):
@@ -84,7 +101,8 @@ class NoRiskPolicy:
 
 
 class SampledPredictiveRiskPolicy(PredictiveRiskPolicy):
-    """`PredictiveRiskPolicy` assessing each server at most once per `interval_us`."""
+    """`PredictiveRiskPolicy` assessing each server at most once per `interval_us`, and once
+    per `quiet_interval_us` while its load stays quiet (`is_quiet`)."""
 
     def __init__(
         self,
@@ -93,24 +111,35 @@ class SampledPredictiveRiskPolicy(PredictiveRiskPolicy):
         rng: random.Random,
         predictor: OnlinePredictor,
         interval_us: int,
+        quiet_interval_us: int | None = None,
     ) -> None:
         super().__init__(config=config, rng=rng, predictor=predictor)
         self._interval_us = interval_us
-        self._due_us: dict[str, int] = {}
+        self._quiet_interval_us = interval_us if quiet_interval_us is None else quiet_interval_us
+        self._last: dict[str, tuple[int, bool]] = {}
         self.assessments_run = 0
         """How many heartbeats reached the predictor."""
+        self.assessments_skipped_quiet = 0
+        """Due heartbeats not assessed because the server stayed quiet."""
 
     def assess(self, *, server_id: str, load: LoadReport, now_us: int) -> RiskDecision | None:
         """The predictive decision on a due heartbeat; None between them."""
-        if now_us < self._due_us.get(server_id, 0):
-            return None
-        self._due_us[server_id] = now_us + self._interval_us
+        last = self._last.get(server_id)
+        quiet = is_quiet(load)
+        if last is not None:
+            last_us, was_quiet = last
+            if now_us < last_us + self._interval_us:
+                return None
+            if quiet and was_quiet and now_us < last_us + self._quiet_interval_us:
+                self.assessments_skipped_quiet += 1
+                return None
+        self._last[server_id] = (now_us, quiet)
         self.assessments_run += 1
         return super().assess(server_id=server_id, load=load, now_us=now_us)
 
     def forget(self, server_id: str) -> None:
         """Forget the server here and in the predictor."""
-        self._due_us.pop(server_id, None)
+        self._last.pop(server_id, None)
         super().forget(server_id)
 
 

@@ -140,6 +140,8 @@ class PolicyResult:
     """Heartbeats fed to the manager."""
     predictor_assessments: int = 0
     """Heartbeats that reached the predictor."""
+    predictor_skipped_quiet: int = 0
+    """Due heartbeats of quiet servers left to the next quiet assessment."""
     wall_s: float = 0.0
     """Wall time of the run, setup included."""
     setup_s: float = 0.0
@@ -267,6 +269,7 @@ class PolicyRun:
         self._alive_reported = np.ones(config.servers, dtype=np.bool_)
         self._heartbeat_sequence = np.zeros(config.servers, dtype=np.int64)
         self._flags: dict[int, list[int]] = {}
+        self._unplaced = False
         self.fleet_reachable = np.ones(config.servers, dtype=np.bool_)
         started = time.perf_counter()
         self.parts = _Parts(config)
@@ -318,6 +321,7 @@ class PolicyRun:
             rng=random.Random(self.config.seed + 5),
             predictor=predictor,
             interval_us=self.config.assess_interval_s * SECOND_US,
+            quiet_interval_us=self.config.quiet_assess_interval_s * SECOND_US,
         )
 
     # Feeding the manager.
@@ -395,6 +399,7 @@ class PolicyRun:
         dwell = self.config.dwell_s
         for key in diff.removed:
             parts.primary[parts.index_of(key)] = -1
+            self._unplaced = True
         for moved in diff.moved:
             source = _server_index(moved.source.primary)
             target = _server_index(moved.target.primary)
@@ -421,9 +426,8 @@ class PolicyRun:
         tick_us = config.tick_s * SECOND_US
         for tick in range(config.ticks):
             now_us = tick * tick_us
-            primaries = np.bincount(
-                self.parts.primary[self.parts.primary >= 0], minlength=config.servers
-            )
+            # Unplaced parts (-1) land in bin 0, which is dropped.
+            primaries = np.bincount(self.parts.primary + 1, minlength=config.servers + 1)[1:]
             state = self.fleet.step(
                 primaries=primaries, share=self.share, drains_kill=self.policy is Policy.STATIC
             )
@@ -504,14 +508,19 @@ class PolicyRun:
         self.fleet_reachable = state.reachable
         config = self.config
         primary = self.parts.primary
-        placed = primary >= 0
-        safe = np.where(placed, primary, 0)
-        part_impaired = state.impaired[safe] & placed
-        part_cause = np.where(part_impaired, state.cause[safe], 0)
         sessions = config.sessions
-        session_impaired = part_impaired.reshape(sessions, self.parts.per).any(axis=1)
-        session_cause = part_cause.reshape(sessions, self.parts.per).max(axis=1)
-        lost = ~placed.reshape(sessions, self.parts.per).all(axis=1) & self.active
+        # One gather over the parts: per server 0 when healthy, else its fault cause + 1; the
+        # extra last entry is what an unplaced part (-1) reads.
+        codes = np.zeros(config.servers + 1, dtype=np.int8)
+        codes[: config.servers] = np.where(state.impaired, state.cause + 1, 0)
+        session_code = codes[primary].reshape(sessions, self.parts.per).max(axis=1)
+        session_impaired = session_code > 0
+        session_cause = np.maximum(session_code, 1) - 1
+        if self._unplaced:
+            placed = primary >= 0
+            lost = ~placed.reshape(sessions, self.parts.per).all(axis=1) & self.active
+        else:
+            lost = np.zeros(sessions, dtype=np.bool_)
         merge_ticks = config.disruption_merge_s // config.tick_s
         fresh = (session_impaired | lost) & self.active & (tick - self.last_impaired > merge_ticks)
         count = int(fresh.sum())
@@ -542,6 +551,7 @@ class PolicyRun:
         ]
         if isinstance(self.risk, SampledPredictiveRiskPolicy):
             result.predictor_assessments = self.risk.assessments_run
+            result.predictor_skipped_quiet = self.risk.assessments_skipped_quiet
         self._lead_times()
         current = self.manager.shard_map
         assert current is not None
