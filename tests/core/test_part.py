@@ -10,6 +10,8 @@ import pytest
 
 from forehand.core._part import (
     PART_TRANSITIONS,
+    SHORT_DEDUP_ENTRIES_MAX,
+    SHORT_LOG_ENTRIES_MAX,
     DedupTable,
     HandlerResult,
     Part,
@@ -267,3 +269,25 @@ def test_a_fresh_part_holds_no_empty_containers_of_its_own() -> None:
     finally:
         tracemalloc.stop()
     assert per_part_bytes < 400, per_part_bytes
+
+
+def test_logs_and_tables_keep_their_order_across_their_short_and_long_forms() -> None:
+    """A log past SHORT_LOG_ENTRIES_MAX and a table past SHORT_DEDUP_ENTRIES_MAX change their
+    container: slices, bounds, trims and oldest-first eviction give the same answers throughout."""
+    count = SHORT_LOG_ENTRIES_MAX + SHORT_DEDUP_ENTRIES_MAX + 5
+    log = PartLog(entries_max=count - 3)
+    table = DedupTable(entries_max=count - 3)
+    for seq in range(1, count + 1):
+        log.append(entry(seq, epoch=seq))
+        table.record(entry(seq, request_id=100 + seq))
+        kept = list(range(max(1, seq - count + 4), seq + 1))
+        assert [item.seq for item in log.entries()] == kept
+        assert [item.seq for item in table.entries()] == [item.seq for item in log.entries()]
+    assert (log.first_seq, log.epoch_at(3), table.get(103)) == (4, 3, None)
+    assert table.get(104) == entry(4, request_id=104)
+    assert [item.seq for item in log.slice(10, 3)] == [10, 11, 12]
+    log.trim_through(count - 1)
+    assert [item.seq for item in log.entries()] == [count]
+    log.trim_through(count)
+    log.append(entry(count + 1))
+    assert (log.first_seq, log.last_seq, log.epoch_at(count)) == (count + 1, count + 1, count)

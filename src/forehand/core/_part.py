@@ -17,6 +17,7 @@ import enum
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -182,12 +183,17 @@ _ROLES = {
 }
 
 
-_NO_ENTRIES: deque[LogEntry] = deque()
-"""The entries of every empty `PartLog`, shared: an empty deque costs about 600 bytes, and most
-parts of a server are idle replicas or fresh placements (docs/PERFORMANCE.md, memory per session).
-Never mutated: a log makes its own deque on its first append."""
-_NO_DEDUP: OrderedDict[int, LogEntry] = OrderedDict()
-"""The table of every empty `DedupTable`, shared in the same way."""
+_NO_ENTRIES: tuple[LogEntry, ...] = ()
+"""The entries of every empty `PartLog`: most parts of a server are fresh placements or idle
+primaries whose replicas hold everything (docs/PERFORMANCE.md, memory per session)."""
+SHORT_LOG_ENTRIES_MAX = 16
+"""A log keeps up to this many entries in a list (about 100 bytes for one entry) and more in a
+deque (about 600 bytes even for one, but O(1) at both ends for long logs)."""
+_NO_DEDUP: Mapping[int, LogEntry] = MappingProxyType({})
+"""The table of every empty `DedupTable` (read-only: a table makes its own on the first entry)."""
+SHORT_DEDUP_ENTRIES_MAX = 16
+"""A dedup table keeps up to this many entries in a dict, more in an OrderedDict (which evicts
+its oldest in O(1); a dict is smaller)."""
 
 
 class PartLog:
@@ -197,7 +203,7 @@ class PartLog:
 
     def __init__(self, *, entries_max: int) -> None:
         assert entries_max >= 1, entries_max
-        self._entries = _NO_ENTRIES
+        self._entries: tuple[LogEntry, ...] | list[LogEntry] | deque[LogEntry] = _NO_ENTRIES
         self._entries_max = entries_max
         self._last_seq = 0
         self._base_epoch = 0
@@ -224,12 +230,23 @@ class PartLog:
         """Append the next entry; drops the oldest beyond the bound."""
         assert entry.seq == self._last_seq + 1, (entry.seq, self._last_seq)
         entries = self._entries
-        if entries is _NO_ENTRIES:
-            entries = self._entries = deque()
-        entries.append(entry)
+        if isinstance(entries, tuple):
+            entries = self._entries = [entry]
+        elif isinstance(entries, list) and len(entries) >= SHORT_LOG_ENTRIES_MAX:
+            entries = self._entries = deque(entries)
+            entries.append(entry)
+        else:
+            entries.append(entry)
         self._last_seq = entry.seq
         if len(entries) > self._entries_max:
-            self._base_epoch = entries.popleft().epoch
+            self._base_epoch = self._pop_oldest().epoch
+
+    def _pop_oldest(self) -> LogEntry:
+        entries = self._entries
+        if isinstance(entries, deque):
+            return entries.popleft()
+        assert isinstance(entries, list) and entries
+        return entries.pop(0)
 
     def get(self, seq: int) -> LogEntry | None:
         """The retained entry with sequence number `seq`, or None."""
@@ -250,16 +267,18 @@ class PartLog:
         first = self.first_seq
         assert first <= start_seq <= self._last_seq + 1, (start_seq, first, self._last_seq)
         offset = start_seq - first
-        end = min(offset + count_max, len(self._entries))
-        return tuple(self._entries[index] for index in range(offset, end))
+        entries = self._entries
+        end = min(offset + count_max, len(entries))
+        if isinstance(entries, deque):
+            return tuple(entries[index] for index in range(offset, end))
+        return tuple(entries[offset:end])
 
     def trim_through(self, seq: int) -> None:
         """Forget retained entries up to and including `seq`."""
-        entries = self._entries
-        while entries and entries[0].seq <= seq:
-            self._base_epoch = entries.popleft().epoch
-        if not entries:
-            # A primary whose replicas acknowledged everything holds nothing: share the empty one.
+        while self._entries and self._entries[0].seq <= seq:
+            self._base_epoch = self._pop_oldest().epoch
+        if not self._entries:
+            # A primary whose replicas acknowledged everything holds nothing.
             self._entries = _NO_ENTRIES
 
     def reset(self, *, last_seq: int, last_epoch: int) -> None:
@@ -280,7 +299,7 @@ class DedupTable:
 
     def __init__(self, *, entries_max: int) -> None:
         assert entries_max >= 1, entries_max
-        self._entries = _NO_DEDUP
+        self._entries: Mapping[int, LogEntry] = _NO_DEDUP
         self._entries_max = entries_max
 
     def __len__(self) -> int:
@@ -293,12 +312,23 @@ class DedupTable:
     def record(self, entry: LogEntry) -> None:
         """Remember `entry` (entries arrive in sequence order, so insertion order is seq order)."""
         entries = self._entries
-        if entries is _NO_DEDUP:
-            entries = self._entries = OrderedDict()
-        entries[entry.request_id] = entry
-        entries.move_to_end(entry.request_id)
+        request_id = entry.request_id
+        if isinstance(entries, OrderedDict):
+            entries[request_id] = entry
+            entries.move_to_end(request_id)
+            while len(entries) > self._entries_max:
+                entries.popitem(last=False)
+            return
+        if not isinstance(entries, dict):
+            entries = self._entries = {}
+        elif len(entries) >= SHORT_DEDUP_ENTRIES_MAX and request_id not in entries:
+            entries = self._entries = OrderedDict(entries)
+            self.record(entry)
+            return
+        entries.pop(request_id, None)  # A re-recorded id moves to the newest end.
+        entries[request_id] = entry
         while len(entries) > self._entries_max:
-            entries.popitem(last=False)
+            del entries[next(iter(entries))]
 
     def entries(self) -> tuple[LogEntry, ...]:
         """Every remembered entry, oldest sequence first (what a snapshot carries)."""
