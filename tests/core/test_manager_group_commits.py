@@ -122,3 +122,22 @@ def test_a_planning_pass_commits_its_handoffs_as_one_version() -> None:
     last_target = {ref: handoff.target for handoff in handoffs for ref in handoff.parts}
     for ref, target in last_target.items():
         assert harness.placement(ref).primary == target
+
+
+def test_the_planning_interval_spaces_passes_and_groups_what_became_possible() -> None:
+    """With handoff_plan_interval_ms, passes (and so handoff commits) are that far apart, and
+    handoffs that end together free slots that the next pass fills in one version."""
+    servers = fleet(12)
+    harness = ManagerHarness(handoffs_per_server_max=4, handoff_plan_interval_ms=50)
+    harness.join(*servers)
+    sessions = [harness.open_session(("auth", "cart", "feed")) for _ in range(40)]
+    for opened in sessions:
+        harness.manager.handoff(opened.session_id, now_us=harness.router.now_us)
+    finish_handoffs(harness, servers, 30)
+    handoffs = harness.events(HandoffStarted)
+    planned = sorted({handoff.planned_us for handoff in handoffs})
+    assert len(handoffs) > 10 and len(planned) > 1
+    assert all(later - earlier >= 50_000 for earlier, later in zip(planned, planned[1:]))
+    commits = [c for c in harness.events(MapCommitted) if c.change is MapChange.HANDOFF_ASSIGNED]
+    assert len(commits) <= len(planned) < len(handoffs)
+    assert harness.manager.orchestrator.queued_moves == 0

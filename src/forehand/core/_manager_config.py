@@ -108,6 +108,10 @@ class ManagerConfig:
     """Most part moves waiting for a handoff slot."""
     handoff_queue_timeout_ms: int = 120_000
     """A part move waiting this long for a target or a slot is dropped (and reported)."""
+    handoff_plan_interval_ms: int = 0
+    """Least time between two handoff planning passes: moves queued and slots freed meanwhile
+    are planned together at the next pass (a pass's handoffs commit as one version, see
+    `commit_group_changes_max`). 0: a pass after every input that allows one."""
     commit_group_changes_max: int = 32
     """Most handoff assignments committed together as one map version (queued side by side)."""
     handoff_target_candidates_max: int = 32
@@ -305,6 +309,7 @@ _ZERO_ALLOWED = frozenset(
         "risk_session_dwell_ms",
         "risk_holdout_fraction",
         "target_lag_entries_max",
+        "handoff_plan_interval_ms",
     }
 )
 """Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

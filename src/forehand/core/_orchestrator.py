@@ -210,6 +210,7 @@ class Orchestrator:
         base = rng.getrandbits(HANDOFF_ID_BASE_BITS) << (60 - HANDOFF_ID_BASE_BITS)
         self._next_handoff_id = base + 1
         self._next_batch_us = 0
+        self._not_before_us = 0
 
     # Queries.
 
@@ -308,6 +309,12 @@ class Orchestrator:
             jitter_ms = self._rng.randint(0, self._config.handoff_jitter_ms_max)
             self._next_batch_us = now_us + jitter_ms * 1000
         return started, invalid
+
+    def defer(self, *, until_us: int) -> None:
+        """Start no batch before `until_us`, even when a handoff ends (the manager's planning
+        interval: what becomes possible meanwhile is planned together)."""
+        self._not_before_us = max(self._not_before_us, until_us)
+        self._next_batch_us = max(self._next_batch_us, until_us)
 
     def _capped(self) -> frozenset[str]:
         cap = self._config.handoffs_per_server_max
@@ -431,7 +438,7 @@ class Orchestrator:
             else:
                 del self._per_server[server]
         # A slot freed up: the next batch may start without waiting for the retry pause.
-        self._next_batch_us = min(self._next_batch_us, now_us)
+        self._next_batch_us = max(min(self._next_batch_us, now_us), self._not_before_us)
 
     def expired(self, *, now_us: int) -> list[Handoff]:
         """Handoffs still waiting for a report past their deadline (ASSIGNED or BACKING_UP)."""

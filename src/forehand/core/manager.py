@@ -254,6 +254,7 @@ class ManagerCore:
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._planning: _PlanningPass | None = None
         self._target_windows: dict[PartRef, int] = {}
+        self._plan_due_us = 0
         self._entries: tuple[ShardMap | None, tuple[ServerEntry, ...]] = (None, ())
         self._membership_due_us: int | None = None
         self._membership_known = False
@@ -1026,9 +1027,10 @@ class ManagerCore:
     def _plan_handoffs(self, now_us: int) -> None:
         """One planning pass, when the orchestrator has moves and a batch is due (its timer:
         the jitter after a batch, `HANDOFF_RETRY_MS` after a pass that started none, at once
-        when a handoff ends); its answers about targets are cached for the pass."""
+        when a handoff ends), at most one per `handoff_plan_interval_ms`; its answers about
+        targets are cached for the pass, and its handoffs commit as one version."""
         orchestrator = self._orchestrator
-        if orchestrator.queued_moves == 0:
+        if orchestrator.queued_moves == 0 or now_us < self._plan_due_us:
             return
         slots = 0 if self._holding() else self._pipeline.free_slots
         self._planning = _PlanningPass()
@@ -1041,6 +1043,11 @@ class ManagerCore:
             )
         finally:
             self._planning = None
+        interval_us = self._config.handoff_plan_interval_ms * 1000
+        if interval_us:
+            # The next pass waits out the interval, even for a handoff that ends meanwhile.
+            self._plan_due_us = now_us + interval_us
+            orchestrator.defer(until_us=self._plan_due_us)
         self._forget_windows()
         for move in invalid:
             self._moves_dropped([move], "the part is no longer primary at the source")
