@@ -66,8 +66,8 @@ def graded(**overrides: object) -> GradedDrain:
 
 
 def test_a_risk_that_is_not_load_moves_the_unloaded_share_first() -> None:
-    """A server at risk with its CPU under target_cpu_utilization_max has a fault shedding load
-    does not cure: the first step is risk_drain_unloaded_fraction."""
+    """A server at risk with its CPU under risk_drain_cpu_utilization_target has a fault that
+    shedding load does not cure: the first step is risk_drain_unloaded_fraction."""
     drain = graded(risk_drain_first_fraction=0.05, risk_drain_unloaded_fraction=0.3)
     drain.observe("s1", cpu_utilization=0.4, now_us=0)
     drain.observe("s1", cpu_utilization=0.4, now_us=30 * S)
@@ -76,7 +76,7 @@ def test_a_risk_that_is_not_load_moves_the_unloaded_share_first() -> None:
 
 def test_the_first_step_is_at_least_the_least_share() -> None:
     """Just above the CPU target the excess is tiny: the step is risk_drain_first_fraction."""
-    drain = graded(risk_drain_first_fraction=0.05, target_cpu_utilization_max=0.75)
+    drain = graded(risk_drain_first_fraction=0.05, risk_drain_cpu_utilization_target=0.75)
     drain.observe("s1", cpu_utilization=0.76, now_us=0)
     drain.observe("s1", cpu_utilization=0.76, now_us=30 * S)
     assert drain.step(decision(Action.DRAIN)) == 0.05
@@ -84,7 +84,7 @@ def test_the_first_step_is_at_least_the_least_share() -> None:
 
 def test_the_first_step_sheds_the_load_above_the_target() -> None:
     """At a flat 0.9 CPU and a 0.75 target, the first step moves 1 - 0.75 / 0.9 of the parts."""
-    drain = graded(risk_drain_first_fraction=0.05, target_cpu_utilization_max=0.75)
+    drain = graded(risk_drain_first_fraction=0.05, risk_drain_cpu_utilization_target=0.75)
     drain.observe("s1", cpu_utilization=0.9, now_us=0)
     drain.observe("s1", cpu_utilization=0.9, now_us=30 * S)
     assert abs(drain.step(decision(Action.DRAIN)) - (1 - 0.75 / 0.9)) < 1e-9
@@ -126,6 +126,29 @@ def test_steps_wait_for_the_dwell_then_escalate_up_to_everything() -> None:
     assert shares == [0.2, 0.0, 0.0, 0.0, 0.4, 0.0, 0.8, 0.0, 1.0]
 
 
+def test_a_shedding_episode_sheds_the_excess_still_there_and_nothing_once_under() -> None:
+    """A load episode's later steps shed the load then above the target (not a doubled share);
+    once the CPU is projected under the target nothing more moves, however high the risk."""
+    drain = graded(
+        risk_drain_first_fraction=0.05,
+        risk_drain_cpu_utilization_target=0.75,
+        risk_drain_escalation_ticks=1,
+    )
+    now_us = 0
+    for _ in range(3):
+        drain.observe("s1", cpu_utilization=0.9, now_us=now_us)
+        now_us += 30 * S
+    first = drain.step(decision(Action.DRAIN))
+    assert abs(first - (1 - 0.75 / 0.9)) < 1e-9
+    drain.observe("s1", cpu_utilization=0.9, now_us=now_us)
+    assert abs(drain.step(decision(Action.DRAIN, RiskLevel.HIGH)) - first) < 1e-9
+    for _ in range(4):
+        now_us += 30 * S
+        drain.observe("s1", cpu_utilization=0.5, now_us=now_us)
+    assert drain.step(decision(Action.DRAIN, RiskLevel.HIGH)) == 0.0
+    assert drain.draining("s1")
+
+
 def test_once_at_everything_each_high_decision_moves_what_the_budget_allows() -> None:
     """An evacuating episode asks for every part on each decision above the threshold (the
     migration budget lets a bounded number through each time), none below it."""
@@ -136,7 +159,7 @@ def test_once_at_everything_each_high_decision_moves_what_the_budget_allows() ->
 
 def test_only_the_urgent_level_moves_everything_at_once() -> None:
     """MOVE_NOW moves every part; a load DRAIN starts with the share of load to shed."""
-    drain = graded(risk_drain_first_fraction=0.1, target_cpu_utilization_max=0.75)
+    drain = graded(risk_drain_first_fraction=0.1, risk_drain_cpu_utilization_target=0.75)
     assert drain.step(decision(Action.MOVE_NOW, RiskLevel.URGENT)) == 1.0
     assert drain.step(decision(Action.MOVE_NOW, RiskLevel.URGENT)) == 1.0
     drain.observe("s2", cpu_utilization=0.8, now_us=0)

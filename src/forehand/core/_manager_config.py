@@ -170,6 +170,9 @@ class ManagerConfig:
     """Least share of a server's primaries the first step of a graded risk drain moves; the step
     moves more when the server's projected CPU is further above `target_cpu_utilization_max`
     (the share of its load to shed to get back under it)."""
+    risk_drain_cpu_utilization_target: float = 0.75
+    """CPU a graded risk drain sheds a server's load down to (projected over the escalation
+    dwell); a server at risk under it has a fault that is not load."""
     risk_drain_unloaded_fraction: float = 1.0
     """Share the first step of a graded risk drain moves when the server's projected CPU is under
     `target_cpu_utilization_max`: its risk is not load that shedding a share would cure (errors,
@@ -251,7 +254,12 @@ class ManagerConfig:
         if max(self.risk_target_margin, self.risk_holdout_fraction) > 1.0:
             raise ConfigError("ManagerConfig risk margin and holdout fraction are at most 1.0")
         if (
-            max(self.risk_drain_first_fraction, self.risk_drain_unloaded_fraction) > 1.0
+            max(
+                self.risk_drain_first_fraction,
+                self.risk_drain_unloaded_fraction,
+                self.risk_drain_cpu_utilization_target,
+            )
+            > 1.0
             or self.risk_drain_escalation_factor < 1.0
         ):
             raise ConfigError(

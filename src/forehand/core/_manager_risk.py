@@ -301,6 +301,9 @@ class _Episode:
 
     fraction: float
     """Share of its primaries the last step moved."""
+    load: bool
+    """Whether the episode sheds load (its CPU was projected above the target at its start);
+    otherwise its sessions leave in growing shares."""
     high_ticks: int = 0
     """Ticks above the threshold since that step."""
 
@@ -320,14 +323,16 @@ class GradedDrain:
 
     The trigger policy says that a server drains; this says how much, per decision. The first
     step of an episode moves the share of the server's load it must shed for its CPU, projected
-    to the next chance to escalate, to fall back under `target_cpu_utilization_max` (at least
-    `risk_drain_first_fraction`). A server at risk whose projected CPU is under the target has a
-    fault that shedding load does not cure (errors, latency, a flapping link): its first step is
-    `risk_drain_unloaded_fraction`. Nothing more moves while a step shows its effect; when the
-    risk is still above the threshold `risk_drain_escalation_ticks` ticks later, the next step
-    moves `risk_drain_escalation_factor` times the share, up to everything. Once at everything
-    (or at the urgent level, MOVE_NOW), every decision with the risk above the threshold moves
-    what the migration budget lets through. An episode ends with the alarm (CALM or WATCHING).
+    to the next chance to step again, to fall back under `risk_drain_cpu_utilization_target` (at
+    least `risk_drain_first_fraction`). A server at risk whose projected CPU is under the target
+    has a fault that shedding load does not cure (errors, latency, a flapping link): its first
+    step is `risk_drain_unloaded_fraction`. Nothing more moves while a step shows its effect;
+    when the risk is still above the threshold `risk_drain_escalation_ticks` ticks later, a
+    shedding episode sheds the load then still projected above the target (nothing when none
+    is), and another moves `risk_drain_escalation_factor` times its last share, up to
+    everything. Once at everything (or at the urgent level, MOVE_NOW), every decision with the
+    risk above the threshold moves what the migration budget lets through. An episode ends with
+    the alarm (CALM or WATCHING).
     """
 
     def __init__(self, *, config: ManagerConfig) -> None:
@@ -366,15 +371,23 @@ class GradedDrain:
         ahead_us = trend.interval_us * self._config.risk_drain_escalation_ticks
         return trend.level + max(0.0, trend.slope_per_us) * ahead_us
 
-    def first_share(self, server_id: str) -> float:
-        """The first step's share: the load to shed to get back under the CPU target, or, when
-        the load is under it, `risk_drain_unloaded_fraction` (shedding would not cure it)."""
-        config = self._config
+    def excess_share(self, server_id: str) -> float:
+        """The share of the server's load to shed for its projected CPU to fall back under
+        `risk_drain_cpu_utilization_target` (0.0 when it is under it or not known)."""
         projected = self.projected_cpu(server_id)
-        target = config.target_cpu_utilization_max
+        target = self._config.risk_drain_cpu_utilization_target
         if projected is None or projected <= target:
-            return config.risk_drain_unloaded_fraction
-        return min(1.0, max(config.risk_drain_first_fraction, 1.0 - target / projected))
+            return 0.0
+        return min(1.0, 1.0 - target / projected)
+
+    def first_share(self, server_id: str) -> float:
+        """The first step's share: the load to shed (at least `risk_drain_first_fraction`), or,
+        when the load is under the target, `risk_drain_unloaded_fraction` (shedding would not
+        cure it)."""
+        excess = self.excess_share(server_id)
+        if excess <= 0.0:
+            return self._config.risk_drain_unloaded_fraction
+        return max(self._config.risk_drain_first_fraction, excess)
 
     def step(self, decision: Decision) -> float:
         """The share of the server's primaries to move on this decision (0.0: none now)."""
@@ -390,7 +403,8 @@ class GradedDrain:
             return 1.0
         episode = episodes.get(server_id)
         if episode is None:
-            return self._start(server_id, self.first_share(server_id))
+            excess = self.excess_share(server_id)
+            return self._start(server_id, self.first_share(server_id), load=excess > 0.0)
         episode.high_ticks = episode.high_ticks + 1 if decision.level in _HIGH_LEVELS else 0
         if episode.fraction >= 1.0 and episode.high_ticks:
             # Evacuating: each decision moves what the migration budget lets through.
@@ -398,14 +412,20 @@ class GradedDrain:
         if episode.high_ticks < self._config.risk_drain_escalation_ticks:
             return 0.0
         episode.high_ticks = 0
+        if episode.load:
+            # Shedding: the load still above the target, as it is now (nothing once under it).
+            excess = self.excess_share(server_id)
+            step = max(self._config.risk_drain_first_fraction, excess) if excess > 0.0 else 0.0
+            episode.fraction = step or episode.fraction
+            return step
         episode.fraction = min(1.0, episode.fraction * self._config.risk_drain_escalation_factor)
         return episode.fraction
 
-    def _start(self, server_id: str, fraction: float) -> float:
+    def _start(self, server_id: str, fraction: float, *, load: bool = False) -> float:
         episodes = self._episodes
         if len(episodes) >= self._config.servers_max and server_id not in episodes:
             episodes.clear()
-        episodes[server_id] = _Episode(fraction=fraction)
+        episodes[server_id] = _Episode(fraction=fraction, load=load)
         return fraction
 
     def draining(self, server_id: str) -> bool:
