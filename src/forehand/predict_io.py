@@ -58,6 +58,7 @@ NAB_MODELS = (
     "blend_max_logistic",
     "blend_mean_logistic",
     "blend_max_tree",
+    "zscore",
 )
 """The heads run on NAB: every candidate for its primary (chosen on validation), all reported."""
 HANDOFF_S = 0.024

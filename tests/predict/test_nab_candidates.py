@@ -131,3 +131,17 @@ def test_nab_candidates_are_deterministic_under_a_seed() -> None:
     assert first == _nab_heads(5)
     assert set(first[-1]) == set(NAB_MODELS)
     assert first != _nab_heads(6)
+
+
+def test_zscore_detector_reads_the_averages_deviation_too() -> None:
+    """The z-score detector scores the largest |z| of the sample and of its EWMAs over the rule's
+    alarm level: a shift of 3 deviations held in the slow average alarms where the sample's own
+    z-score (the rule's view) stays below it."""
+    config = PredictorConfig(metrics=(MetricSpec(name="value"),))
+    zscore = make_model("zscore", config=config, kind="server", rng=random.Random(1))
+    rule = make_model("rule", config=config, kind="server", rng=random.Random(1))
+    assert zscore.name == "zscore"
+    features = {"value.z": 2.0, "value.ewma_600s_z": -5.0, "value.ewma_30s_z": 1.0}
+    assert zscore.score(features) == pytest.approx(8.0 * (5.0 / 4.0 - 1.0))
+    assert rule.score(features) == pytest.approx(8.0 * (2.0 / 4.0 - 1.0))
+    assert zscore.contributions(features)[0] == ("value.ewma_600s_z", 1.25)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from forehand.errors import ConfigError
 from forehand.predict._calibration import PlattCalibrator, logit, sigmoid
-from forehand.predict._config import PredictorConfig
+from forehand.predict._config import SECOND_US, PredictorConfig
 
 if TYPE_CHECKING:
     from river import compose, drift, tree
@@ -113,9 +113,10 @@ class RuleModel:
 
     name = "rule"
 
-    def __init__(self, *, components: tuple[RuleComponent, ...]) -> None:
+    def __init__(self, *, components: tuple[RuleComponent, ...], name: str = "rule") -> None:
         assert components
         self._components = components
+        self.name = name
 
     def score(self, features: Mapping[str, float]) -> float:
         """`RULE_GAIN * (largest component - 1)`."""
@@ -168,6 +169,26 @@ def server_rule_components(config: PredictorConfig) -> tuple[RuleComponent, ...]
     share = config.path_slo.server_breach_share_min
     components.append(RuleComponent(name="paths.breached_share", divisor=share))
     return tuple(components)
+
+
+def zscore_components(config: PredictorConfig) -> tuple[RuleComponent, ...]:
+    """A multi-scale z-score detector: for every metric without a scale, the largest absolute
+    deviation from the entity's baseline of the sample and of each of its EWMAs (a level shift
+    too small to stand out in one sample stands out in an average of several); the rule's
+    components for the others."""
+    components: list[RuleComponent] = []
+    for metric in config.metrics:
+        if metric.scale is not None:
+            continue
+        names = [f"{metric.name}.z"] + [
+            f"{metric.name}.ewma_{tc // SECOND_US}s_z"
+            for tc in config.features.ewma_time_constants_us
+        ]
+        components.extend(
+            RuleComponent(name=name, divisor=RULE_Z_ALARM, absolute=True) for name in names
+        )
+    scaled = [c for c in server_rule_components(config) if not c.name.endswith(".z")]
+    return (*components, *scaled)
 
 
 def path_rule_components(config: PredictorConfig) -> tuple[RuleComponent, ...]:
@@ -583,6 +604,12 @@ def _rule(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
     return RuleModel(components=path_rule_components(config))
 
 
+def _zscore(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+    if kind == "server":
+        return RuleModel(components=zscore_components(config), name="zscore")
+    return RuleModel(components=path_rule_components(config), name="zscore")
+
+
 def _logistic(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
     rule = _rule(config, kind, rng) if config.stack_rule else None
     assert rule is None or isinstance(rule, RuleModel)
@@ -620,6 +647,7 @@ def _blend(learned: str, mode: str) -> ModelFactory:
 
 MODEL_REGISTRY: dict[str, ModelFactory] = {
     "rule": _rule,
+    "zscore": _zscore,
     "logistic": _logistic,
     "tree": _tree,
     "logistic_balanced": _logistic_balanced,
