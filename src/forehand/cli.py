@@ -122,6 +122,7 @@ def predict_eval(
     sim_events: int = typer.Option(50, help="Simulator: test events per fault type to size for."),
     jobs: int = typer.Option(2, help="Simulator: runs in parallel (processes)."),
     quick: bool = typer.Option(False, help="Simulator: short runs, --sim-events episodes each."),
+    cache: str | None = typer.Option(None, help="Simulator: keep (and reuse) campaigns here."),
 ) -> None:
     """Event-level evaluation of the predictors: recall at fixed false alarms, lead, calibration."""
     from pathlib import Path
@@ -141,7 +142,12 @@ def predict_eval(
 
         console.print(f"SEED={seed} simulator campaign: {sim_events} test events per fault type")
         simulator_evaluation(
-            events_per_kind=sim_events, seed=seed, jobs=jobs, quick=quick, console=console
+            events_per_kind=sim_events,
+            seed=seed,
+            jobs=jobs,
+            quick=quick,
+            console=console,
+            cache=None if cache is None else Path(cache),
         )
     if nab is not None:
         nab_result = nab_report(

@@ -329,10 +329,12 @@ class SimTelemetry:
 
 
 def _cluster(
-    seed: int, config: SimEvalConfig, base_loads: dict[NodeId, float]
+    seed: int, config: SimEvalConfig, *, campaign_seed: int, base_loads: dict[NodeId, float]
 ) -> tuple[ClusterConfig, ClusterPlan]:
-    """The run's cluster: drawn from its seed, with the campaign's service time, base loads and
-    report intervals (every server heartbeats and every client pings at the tick's pace)."""
+    """The run's cluster: drawn from its seed, with the campaign's service time, base loads,
+    network and report intervals (every server heartbeats and every client pings at the tick's
+    pace). The servers' loads and the links keep their character from run to run, as the same
+    machines would: a path's RTT floor and a server's load baseline carry over."""
     cluster_config = ClusterConfig(
         servers=config.servers,
         clients=config.clients,
@@ -345,6 +347,7 @@ def _cluster(
         server_service_time_us=config.service_time_us,
     )
     plan = draw_plan(derive_rng(seed, "cluster"), cluster_config)
+    network = draw_plan(derive_rng(campaign_seed, "sim-eval/network"), cluster_config).network
     interval_ms = config.heartbeat_interval_ms
     processes = dict(plan.processes)
     servers = dict(plan.servers)
@@ -368,7 +371,12 @@ def _cluster(
         suspect_timeout_ms=max(plan.manager.suspect_timeout_ms, 2 * interval_ms),
     )
     return cluster_config, dataclasses.replace(
-        plan, manager=manager, servers=servers, clients=clients, processes=processes
+        plan,
+        manager=manager,
+        servers=servers,
+        clients=clients,
+        processes=processes,
+        network=network,
     )
 
 
@@ -388,7 +396,9 @@ def run_one(
 ) -> RunTrace:
     """Run one planned run of a campaign and return what it recorded."""
     seed = derive_seed(campaign_seed, f"sim-eval/run/{plan.index}")
-    cluster_config, cluster_plan = _cluster(seed, config, base_loads)
+    cluster_config, cluster_plan = _cluster(
+        seed, config, campaign_seed=campaign_seed, base_loads=base_loads
+    )
     cluster = _EvalCluster(seed, cluster_config, plan=cluster_plan, eval_config=config)
     truth = _Truth(cluster, config, PathSloConfig())
     cluster.recorder.truth = truth.breached_within

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
@@ -12,7 +15,10 @@ from forehand.predict import EvaluationReport
 from forehand.sim._predict_eval import RunTrace, SimTelemetry, generate, sim_report
 from forehand.sim._predict_eval_plan import EVALUATED_KINDS, SimEvalConfig
 
-__all__ = ["sim_eval_config", "simulator_evaluation"]
+__all__ = ["cached_telemetry", "sim_eval_config", "simulator_evaluation"]
+
+CACHE_VERSION = 1
+"""Part of a cache file's name: bump it when the generator's output changes for a config."""
 
 
 def sim_eval_config(*, events_per_kind: int, quick: bool) -> SimEvalConfig:
@@ -44,14 +50,21 @@ def _print_campaign(telemetry: SimTelemetry, *, wall_s: float, console: Console)
         console.print(f"run {run.index} (seed {run.seed}) stopped early: {run.failure}")
 
 
-def simulator_evaluation(
-    *, events_per_kind: int, seed: int, jobs: int, quick: bool, console: Console
-) -> EvaluationReport:
-    """Generate the campaign, replay it through the predictor and print the evaluation."""
-    from forehand.predict_io import print_report
-
-    config = sim_eval_config(events_per_kind=events_per_kind, quick=quick)
-    started = time.perf_counter()
+def cached_telemetry(
+    config: SimEvalConfig, *, seed: int, jobs: int, cache: Path | None, console: Console
+) -> SimTelemetry:
+    """The campaign's telemetry: from `cache` when a file of this config and seed is there
+    (a pickle: keep the directory to yourself), else generated (and stored when `cache` is set)."""
+    path = None
+    if cache is not None:
+        key = hashlib.blake2b(f"{CACHE_VERSION} {seed} {config!r}".encode(), digest_size=8)
+        path = cache / f"sim-eval-{seed}-{key.hexdigest()}.pickle"
+        if path.exists():
+            console.print(f"simulator campaign read from {path}")
+            with path.open("rb") as handle:
+                telemetry = pickle.load(handle)
+            assert isinstance(telemetry, SimTelemetry)
+            return telemetry
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulator runs")
 
@@ -59,6 +72,29 @@ def simulator_evaluation(
             progress.advance(task)
 
         telemetry = generate(config, seed=seed, jobs=jobs, progress=advanced)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            pickle.dump(telemetry, handle)
+    return telemetry
+
+
+def simulator_evaluation(
+    *,
+    events_per_kind: int,
+    seed: int,
+    jobs: int,
+    quick: bool,
+    console: Console,
+    cache: Path | None = None,
+) -> EvaluationReport:
+    """Generate the campaign (or read it from `cache`), replay it through the predictor and
+    print the evaluation."""
+    from forehand.predict_io import print_report
+
+    config = sim_eval_config(events_per_kind=events_per_kind, quick=quick)
+    started = time.perf_counter()
+    telemetry = cached_telemetry(config, seed=seed, jobs=jobs, cache=cache, console=console)
     _print_campaign(telemetry, wall_s=time.perf_counter() - started, console=console)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("predictor replay", total=len(telemetry.ticks))

@@ -51,23 +51,29 @@ FLAP_BLIPS_MAX = 30
 """Bound on the precursor blips of one flapping uplink (each is a delay ramp on every link)."""
 FLAP_CYCLES_MAX = 20
 """Bound on the down/up cycles of one flapping uplink."""
-BLIP_DELAY_US_MIN = 15_000
+BLIP_DELAY_US_MIN = 30_000
 """Least one-way delay a precursor blip adds: the RTT degrades, it does not breach."""
-BLIP_DELAY_US_MAX = 40_000
+BLIP_DELAY_US_MAX = 60_000
 """Most one-way delay a precursor blip adds (twice this stays under the path SLO)."""
+BLIP_RISE_US = 200_000
+"""How fast a blip reaches its peak delay."""
+BLIP_US_MIN = 1_000_000
+"""Shortest blip (rise and linear fall): a few PINGs see it through the smoothed RTT."""
+BLIP_US_MAX = 2_500_000
+"""Longest blip."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimEvalConfig:
     """The shape of a campaign: the cluster of each run, its episodes and the time scale."""
 
-    servers: int = 4
+    servers: int = 6
     """Servers per run, s1, s2, ...; the same names in every run, so each is one entity."""
     clients: int = 2
     """Client nodes per run; each measures its path to every server it talks to."""
     sessions: int = 6
     """Sessions the workload keeps busy."""
-    think_time_us: int = 200_000
+    think_time_us: int = 500_000
     """Mean pause between a response and a session's next request."""
     run_us: int = 600 * SECOND_US
     """Simulated length of one run."""
@@ -79,8 +85,8 @@ class SimEvalConfig:
     """The manager takes at most one sample per server this often (10 s, stretched)."""
     path_tick_us: int = 1_000_000
     """... and at most one per path (server, client bucket) this often."""
-    heartbeat_interval_ms: int = 250
-    """Every server's heartbeat, the client's PING and the load report interval."""
+    heartbeat_interval_ms: int = 500
+    """Every server's heartbeat and every client's PING interval (one tick)."""
     path_report_ttl_ms: int = 2_000
     """A path report not refreshed this long leaves the server's heartbeats (a cut path goes
     quiet instead of repeating its last RTT)."""
@@ -98,9 +104,10 @@ class SimEvalConfig:
     """No episode in a run before this (sessions open and the predictor's inputs settle)."""
     settle_us: int = 15 * SECOND_US
     """No episode in the last this long of a run; every fault is healed when it begins."""
-    gap_us_min: int = 20 * SECOND_US
-    """Quiet time after an episode on a server, at least (two thirds of the horizon)."""
-    gap_us_mean: int = 10 * SECOND_US
+    gap_us_min: int = 45 * SECOND_US
+    """Quiet time after an episode on a server, at least (1.5 horizons: events stay apart and
+    about a quarter of the ticks precede an onset, as on the synthetic fleet)."""
+    gap_us_mean: int = 35 * SECOND_US
     """Mean of the exponential extra quiet time between a server's episodes."""
     ramp_us_min: int = 12 * SECOND_US
     """Shortest precursor of a gradual fault (four minutes, scaled)."""
@@ -117,13 +124,13 @@ class SimEvalConfig:
     crash_spacing_us: int = 10 * SECOND_US
     """After a restart, no other crash for this long: one faulty server at a time, the failure
     model the cores guarantee under (`FAULTY_SERVERS_MAX`)."""
-    distractor_weight: float = 0.4
-    """Weight of each distractor kind when an episode is drawn (each fault kind weighs 1)."""
+    deck_faults_each: int = 2
+    """Episodes of each fault type per deck of kinds, beside one of each distractor."""
     events_per_kind: int = 50
     """Fault events per type the campaign is sized for on the test split."""
     test_fraction: float = 0.4
     """Share of each entity's time span the evaluation tests on (after warm-up and validation)."""
-    plan_margin: float = 1.15
+    plan_margin: float = 1.25
     """Planned episodes per kind over the events wanted on test (some never breach)."""
     runs_max: int = 400
     """Bound on the runs of one campaign."""
@@ -290,20 +297,25 @@ class _Planner:
         peak_us = start_us + self.duration(config.ramp_us_min, config.ramp_us_max)
         faults: list[Fault] = []
         at_us = start_us
-        while at_us < peak_us and len(faults) < FLAP_BLIPS_MAX * len(self.clients):
+        blips = 0
+        while at_us < peak_us and blips < FLAP_BLIPS_MAX:
             progress = (at_us - start_us) / (peak_us - start_us)
-            if rng.random() < 0.05 + 0.25 * progress:
-                blip = Ramp(
-                    start_us=at_us,
-                    peak_us=at_us + 100_000,
-                    peak_value=rng.uniform(BLIP_DELAY_US_MIN, BLIP_DELAY_US_MAX),
-                    recover_us=at_us + 100_000 + self.duration(100_000, 400_000),
-                )
-                faults.extend(
-                    LinkDegradation(source=server, target=client, delay_ramp=blip)
-                    for client in self.clients
-                )
-            at_us += config.tick_us
+            if rng.random() >= 0.1 + 0.4 * progress:
+                at_us += config.tick_us
+                continue
+            # One blip at a time: overlapping ones would add up to a breach before the flapping.
+            blip = Ramp(
+                start_us=at_us,
+                peak_us=at_us + BLIP_RISE_US,
+                peak_value=rng.uniform(BLIP_DELAY_US_MIN, BLIP_DELAY_US_MAX),
+                recover_us=at_us + self.duration(BLIP_US_MIN, BLIP_US_MAX),
+            )
+            faults.extend(
+                LinkDegradation(source=server, target=client, delay_ramp=blip)
+                for client in self.clients
+            )
+            blips += 1
+            at_us = (blip.recover_us or at_us) + config.tick_us
         period_us = self.duration(1_000_000, 3_000_000)
         down_share = rng.uniform(0.3, 0.6)
         end_us = peak_us + self.duration(config.fall_us_min, config.fall_us_max)
@@ -371,8 +383,7 @@ def draw_run_plan(
         base_loads=base_loads,
         rtt_excess_us_max=rtt_excess_us_max,
     )
-    kinds = [*EVALUATED_KINDS, *DISTRACTOR_KINDS]
-    weights = [1.0] * len(EVALUATED_KINDS) + [config.distractor_weight] * len(DISTRACTOR_KINDS)
+    deck: list[EpisodeKind] = []
     heal_us = config.heal_us
     # Servers take turns by their next free time (ties by name), so the draw order is fixed.
     next_free = {
@@ -384,7 +395,11 @@ def draw_run_plan(
     faults: list[Fault] = []
     while next_free:
         server = min(next_free, key=lambda name: (next_free[name], name))
-        kind = rng.choices(kinds, weights)[0]
+        if not deck:
+            # Kinds come from a shuffled deck, so every fault type gets its share of each run.
+            deck = [*EVALUATED_KINDS] * config.deck_faults_each + [*DISTRACTOR_KINDS]
+            rng.shuffle(deck)
+        kind = deck.pop()
         start_us = next_free[server]
         if kind is EpisodeKind.CRASH:
             start_us = max(start_us, crash_free_us)
