@@ -126,29 +126,6 @@ def test_steps_wait_for_the_dwell_then_escalate_up_to_everything() -> None:
     assert shares == [0.2, 0.0, 0.0, 0.0, 0.4, 0.0, 0.8, 0.0, 1.0]
 
 
-def test_a_shedding_episode_sheds_the_excess_still_there_and_nothing_once_under() -> None:
-    """A load episode's later steps shed the load then above the target (not a doubled share);
-    once the CPU is projected under the target nothing more moves, however high the risk."""
-    drain = graded(
-        risk_drain_first_fraction=0.05,
-        risk_drain_cpu_utilization_target=0.75,
-        risk_drain_escalation_ticks=1,
-    )
-    now_us = 0
-    for _ in range(3):
-        drain.observe("s1", cpu_utilization=0.9, now_us=now_us)
-        now_us += 30 * S
-    first = drain.step(decision(Action.DRAIN))
-    assert abs(first - (1 - 0.75 / 0.9)) < 1e-9
-    drain.observe("s1", cpu_utilization=0.9, now_us=now_us)
-    assert abs(drain.step(decision(Action.DRAIN, RiskLevel.HIGH)) - first) < 1e-9
-    for _ in range(4):
-        now_us += 30 * S
-        drain.observe("s1", cpu_utilization=0.5, now_us=now_us)
-    assert drain.step(decision(Action.DRAIN, RiskLevel.HIGH)) == 0.0
-    assert drain.draining("s1")
-
-
 def test_once_at_everything_each_high_decision_moves_what_the_budget_allows() -> None:
     """An evacuating episode asks for every part on each decision above the threshold (the
     migration budget lets a bounded number through each time), none below it."""

@@ -301,9 +301,6 @@ class _Episode:
 
     fraction: float
     """Share of its primaries the last step moved."""
-    load: bool
-    """Whether the episode sheds load (its CPU was projected above the target at its start);
-    otherwise its sessions leave in growing shares."""
     high_ticks: int = 0
     """Ticks above the threshold since that step."""
 
@@ -327,12 +324,12 @@ class GradedDrain:
     least `risk_drain_first_fraction`). A server at risk whose projected CPU is under the target
     has a fault that shedding load does not cure (errors, latency, a flapping link): its first
     step is `risk_drain_unloaded_fraction`. Nothing more moves while a step shows its effect;
-    when the risk is still above the threshold `risk_drain_escalation_ticks` ticks later, a
-    shedding episode sheds the load then still projected above the target (nothing when none
-    is), and another moves `risk_drain_escalation_factor` times its last share, up to
-    everything. Once at everything (or at the urgent level, MOVE_NOW), every decision with the
-    risk above the threshold moves what the migration budget lets through. An episode ends with
-    the alarm (CALM or WATCHING).
+    when the risk is still above the threshold `risk_drain_escalation_ticks` ticks later, the
+    next step moves `risk_drain_escalation_factor` times the last share, up to everything (a
+    proportional re-shed of the load still above the target lagged the ramps it sheds and, in
+    the scale study, moved more parts for more disruptions). Once at everything (or at the
+    urgent level, MOVE_NOW), every decision with the risk above the threshold moves what the
+    migration budget lets through. An episode ends with the alarm (CALM or WATCHING).
     """
 
     def __init__(self, *, config: ManagerConfig) -> None:
@@ -403,8 +400,7 @@ class GradedDrain:
             return 1.0
         episode = episodes.get(server_id)
         if episode is None:
-            excess = self.excess_share(server_id)
-            return self._start(server_id, self.first_share(server_id), load=excess > 0.0)
+            return self._start(server_id, self.first_share(server_id))
         episode.high_ticks = episode.high_ticks + 1 if decision.level in _HIGH_LEVELS else 0
         if episode.fraction >= 1.0 and episode.high_ticks:
             # Evacuating: each decision moves what the migration budget lets through.
@@ -412,20 +408,14 @@ class GradedDrain:
         if episode.high_ticks < self._config.risk_drain_escalation_ticks:
             return 0.0
         episode.high_ticks = 0
-        if episode.load:
-            # Shedding: the load still above the target, as it is now (nothing once under it).
-            excess = self.excess_share(server_id)
-            step = max(self._config.risk_drain_first_fraction, excess) if excess > 0.0 else 0.0
-            episode.fraction = step or episode.fraction
-            return step
         episode.fraction = min(1.0, episode.fraction * self._config.risk_drain_escalation_factor)
         return episode.fraction
 
-    def _start(self, server_id: str, fraction: float, *, load: bool = False) -> float:
+    def _start(self, server_id: str, fraction: float) -> float:
         episodes = self._episodes
         if len(episodes) >= self._config.servers_max and server_id not in episodes:
             episodes.clear()
-        episodes[server_id] = _Episode(fraction=fraction, load=load)
+        episodes[server_id] = _Episode(fraction=fraction)
         return fraction
 
     def draining(self, server_id: str) -> bool:
