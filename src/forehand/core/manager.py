@@ -200,6 +200,9 @@ class _PlanningPass:
     no_target: set[PartRef] = field(default_factory=set)
     """Moves that found no target in this pass: the servers they may avoid only grow during a
     pass (caps fill up), so they find none again until the next pass."""
+    chosen: dict[PartRef, str] = field(default_factory=dict)
+    """Moves' targets found in this pass: still the answer while the target is not avoided
+    (avoiding more servers can only remove candidates, never add a better one)."""
 
 
 class ManagerCore:
@@ -1123,6 +1126,28 @@ class ManagerCore:
         planning = self._pass()
         if move.ref in planning.no_target:
             return None
+        chosen = planning.chosen.get(move.ref)
+        if chosen is not None and chosen not in avoid:
+            return chosen
+        target = self._choose_new_target(
+            move, avoid, current=current, key=key, placement=placement, planning=planning
+        )
+        if target is None:
+            planning.no_target.add(move.ref)
+        else:
+            planning.chosen[move.ref] = target
+        return target
+
+    def _choose_new_target(
+        self,
+        move: MoveRequest,
+        avoid: frozenset[str],
+        *,
+        current: ShardMap,
+        key: PartKey,
+        placement: Placement,
+        planning: _PlanningPass,
+    ) -> str | None:
         risk_move = move.origin is MoveOrigin.RISK and self._steering is not None
         if risk_move:
             # The target-risk margin: a risk move goes only somewhere clearly safer.
@@ -1157,7 +1182,6 @@ class ManagerCore:
         if others:
             return min(others, key=self._cpu)
         # None here: the next pass looks at the next window of the part's walk.
-        planning.no_target.add(move.ref)
         self._target_windows[move.ref] = window + 1
         return None
 
