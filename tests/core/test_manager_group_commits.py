@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -137,7 +138,7 @@ def test_the_planning_interval_spaces_passes_and_groups_what_became_possible() -
     handoffs = harness.events(HandoffStarted)
     planned = sorted({handoff.planned_us for handoff in handoffs})
     assert len(handoffs) > 10 and len(planned) > 1
-    assert all(later - earlier >= 50_000 for earlier, later in zip(planned, planned[1:]))
+    assert all(later - earlier >= 50_000 for earlier, later in itertools.pairwise(planned))
     commits = [c for c in harness.events(MapCommitted) if c.change is MapChange.HANDOFF_ASSIGNED]
     assert len(commits) <= len(planned) < len(handoffs)
     assert harness.manager.orchestrator.queued_moves == 0
