@@ -74,10 +74,17 @@ SOURCE_REPORT_US = 1_000_000
 RISK_REASONS = frozenset({ReasonCode.PREDICTED_FAILURE, ReasonCode.OVERLOAD})
 """Handoff reasons that come from the risk policy."""
 QUEUE_TIMEOUT_TICKS = 4
-"""A queued move that finds no target within this many ticks is dropped. The manager re-plans
-every queued move after every input, and a move without an acceptable target scans every
-eligible server each time; at fleet scale a long queue of such moves costs more than the rest
-of the run (measured: see docs/PERFORMANCE.md, Scale study)."""
+"""A queued move that finds no target within this many ticks is dropped: the risk that asked
+for it is that old by then, and the next assessment asks again if it still holds."""
+PLAN_INTERVAL_MS = 100
+"""The manager's `handoff_plan_interval_ms` in the study: handoffs that end together (the
+study's servers report at the same instants) are replaced in one pass, one map version."""
+HANDOFFS_PER_SERVER_MAX = 8
+"""The manager's `handoffs_per_server_max` in the study (2 by default): a source hands its parts
+to as many different targets at once (each part goes to its own replica), so one pass moves
+several parts of a flagged server in one version."""
+HANDOFFS_CONCURRENT_MAX = 256
+"""The manager's `handoffs_concurrent_max` in the study (32 by default, a small cluster's)."""
 KEY = bytes(range(32))
 """The study's token key (nothing is sealed that leaves the process)."""
 
@@ -151,10 +158,20 @@ class PolicyResult:
 
 
 def study_manager_config(config: StudyConfig) -> ManagerConfig:
-    """The manager's configuration for a fleet this size, ticking this coarsely."""
+    """The manager's configuration for a fleet this size, ticking this coarsely.
+
+    Planning passes run at most every `PLAN_INTERVAL_MS` and start every batch they can at once
+    (no jitter between batches: the fleet model has no transfer load for it to spread, and the
+    pass's handoffs then commit as one version): every version costs the manager a push to
+    every live server, which at ten thousand servers dominates one version per handoff.
+    """
     failure_ms = config.failure_timeout_s * 1000
     return ManagerConfig(
         servers_max=max(1024, config.servers),
+        handoff_jitter_ms_max=0,
+        handoff_plan_interval_ms=PLAN_INTERVAL_MS,
+        handoffs_per_server_max=HANDOFFS_PER_SERVER_MAX,
+        handoffs_concurrent_max=HANDOFFS_CONCURRENT_MAX,
         heartbeat_interval_ms=config.tick_s * 1000,
         suspect_timeout_ms=failure_ms * 2 // 3,
         failure_timeout_ms=failure_ms,
