@@ -212,7 +212,8 @@ def _markdown(study: StudyResult, command: str) -> str:
             f"before their onset; lead time median {_percentile(leads, 0.5):.0f} s, p10 "
             f"{_percentile(leads, 0.1):.0f} s, p90 {_percentile(leads, 0.9):.0f} s. "
             f"{result.risk_flags} risk decisions acted on, {result.risk_flags_on_faults} of them "
-            f"on a server with a fault; {result.predictor_assessments:,} assessments."
+            f"on a server with a fault; {result.predictor_assessments:,} assessments "
+            f"({result.predictor_skipped_quiet:,} due heartbeats of quiet servers skipped)."
         )
     lines += ["", "## Manager cost", ""]
     lines.extend(
