@@ -450,11 +450,26 @@ class EngineWriter:
                 own.update(found)
         old_to_new = [index if index < server else index + 1 for index in range(len(self._members))]
         passing = self._passing(server, layout, old_to_new, own)
-        before = self._replica_sets(sorted(candidates))
+        primaries = [(key_hash, self.primary_of(key_hash)) for key_hash in sorted(candidates)]
+        old_layout, old_zones = self._layout, self._zones
         self._reindex(old_to_new, len(old_to_new) + 1)
         self._layout = layout
         self._zones = tuple(zones)
         self._skipped[server] = array("Q", sorted(own | passing))
+        if not want:
+            return True
+        # Only keys whose new replica set names the server change (see `_update_replicas`).
+        before = []
+        for key_hash, primary in primaries:
+            if server in self._replica_set(key_hash, old_to_new[primary]):
+                old_set = old_layout.replicas(
+                    key_hash,
+                    primary=primary,
+                    want=want,
+                    zones=old_zones,
+                    zone_count=self._zone_count,
+                )
+                before.append((key_hash, primary, old_set))
         self._update_replicas(before, old_to_new)
         return True
 

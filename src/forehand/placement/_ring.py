@@ -142,9 +142,9 @@ def _derived_bucket_index(
     starts: npt.NDArray[np.uint32], shift: int, removed: _Points, added: _Points
 ) -> npt.NDArray[np.uint32]:
     # Only the points that left or came change the counts; the starts move by their running sum.
-    change = np.zeros(len(starts), dtype=np.int64)
-    np.add.at(change, (added >> np.uint64(shift)).astype(np.intp) + 1, 1)
-    np.add.at(change, (removed >> np.uint64(shift)).astype(np.intp) + 1, -1)
+    size = len(starts)
+    change = np.bincount((added >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
+    change -= np.bincount((removed >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
     return (starts + np.cumsum(change)).astype(np.uint32)
 
 
