@@ -13,7 +13,8 @@ _BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench
 
 @pytest.mark.slow
 def test_quick_benchmark_runs() -> None:
-    """`bench_placement.py --quick` exits cleanly and reports lookups, movement, loads, memory."""
+    """`bench_placement.py --quick` exits cleanly and reports lookups, movement, loads, memory,
+    and server changes derived beside a full rebuild (which it checks they equal)."""
     completed = subprocess.run(
         [sys.executable, str(_BENCHMARK), "--quick"],
         capture_output=True,
@@ -28,5 +29,7 @@ def test_quick_benchmark_runs() -> None:
         "max/mean primaries, bounded loads",
         "bytes per override entry",
         "strategies",
+        "server death at 30,000 parts",
+        "full rebuild of the assignment",
     ):
         assert expected in completed.stdout
