@@ -218,6 +218,10 @@ class PredictorConfig:
     """Give the logistic regression the rule baseline's largest component as an input."""
     hinge_knots: tuple[float, ...] = (0.5, 0.8)
     """Knots of the hinge features the logistic regression adds to each dimensionless level."""
+    share_hinge_knots: tuple[float, ...] = ()
+    """Further knots for the share features (`_share`, `_share_ewma`: shares of paths or of
+    recent ticks), whose telling values (a flapping uplink's rate of blips) lie well below the
+    level knots."""
     linear_refresh_learns: int = 4
     """The logistic regression scores through a fold of River's pipeline into one affine map
     (slope and offset per input), rebuilt after at most this many learning steps: 1 scores

@@ -49,6 +49,8 @@ HINGE_SUFFIXES = (
     "ewma_600s",
 )
 """Dimensionless features (1.0 means trouble) the logistic regression also sees through hinges."""
+SHARE_SUFFIXES = ("_share", "_share_ewma")
+"""Features that are shares of ticks or of paths (0 to 1), which `share_hinge_knots` also bend."""
 RULE_FEATURE = "rule.max"
 """Input of the stacked logistic regression: the rule baseline's largest component."""
 RULE_GAIN = 8.0
@@ -499,7 +501,10 @@ class LogisticModel(_AdaptiveLearner):
             return tuple((f"{name}>{knot:g}", knot) for knot in Z_KNOTS)
         if not name.endswith(HINGE_SUFFIXES):
             return ()
-        return tuple((f"{name}>{knot:g}", knot) for knot in self._config.hinge_knots)
+        knots = self._config.hinge_knots
+        if name.endswith(SHARE_SUFFIXES):
+            knots = tuple(sorted({*knots, *self._config.share_hinge_knots}))
+        return tuple((f"{name}>{knot:g}", knot) for knot in knots)
 
     def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
         """Weight times standardised value for each input, largest first."""
