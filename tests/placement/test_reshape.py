@@ -82,6 +82,11 @@ def _assert_same_map(incremental: ShardMap, rebuilt: ShardMap) -> None:
     assert incremental.encode() == rebuilt.encode()
 
 
+def _engine_contents(shard_map: ShardMap) -> list[list[list[int]]]:
+    engine = shard_map._state.engine
+    return [[list(a) for a in getattr(engine, t)] for t in ("members", "skipped", "replicas")]
+
+
 @contextmanager
 def _counting_reshapes() -> Iterator[list[int]]:
     """Counts server-set changes derived incrementally ([0]) and left to a rebuild ([1])."""
@@ -147,13 +152,14 @@ def _part_operation(shard_map: ShardMap, rng: random.Random, counter: list[int])
     seed=st.integers(0, 2**32),
     epsilon=st.sampled_from([0.02, 0.1, 0.25, 1.0]),
     replica_count=st.integers(0, 2),
-    zones=st.sampled_from([1, 3, 4]),
+    zones=st.sampled_from([1, 2, 3, 4]),
 )
 def test_server_changes_equal_a_rebuild(
     seed: int, epsilon: float, replica_count: int, zones: int
 ) -> None:
     """Deaths, drains, undrains, joins and new weights, mixed with part changes in one delta,
-    derive exactly the map a rebuild computes, and most of them without rebuilding."""
+    derive exactly the map a rebuild computes, most of them without rebuilding, and leave the
+    version they apply to as it was."""
     rng = random.Random(seed)
     config = PlacementConfig(
         load_epsilon=epsilon, replica_count=replica_count, ring_points_per_weight=16
@@ -167,10 +173,13 @@ def test_server_changes_equal_a_rebuild(
                 _part_operation(shard_map, rng, counter) for _ in range(rng.randrange(3))
             ]
             rng.shuffle(operations)
+            before = _engine_contents(shard_map)
             try:
                 updated = shard_map.apply(shard_map.delta(*operations))
             except InvalidDeltaError:
                 continue
+            finally:
+                assert _engine_contents(shard_map) == before, "a delta changed its base version"
             _assert_same_map(updated, _rebuild(updated))
             shard_map = updated
     assert counts[0] > counts[1]
@@ -249,6 +258,19 @@ def test_tight_bounds_move_few_parts_and_hold_the_bound(
     for server_id, load in updated.primary_loads().items():
         assert load <= bounds[server_id]
     _assert_same_map(updated, _rebuild(updated))
+
+
+def test_two_zones_and_two_replicas_are_derived_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With as many replicas as zones (passed-over servers fill the last places) a death and a
+    join are still derived, and equal a rebuild."""
+    config = PlacementConfig(replica_count=2, ring_points_per_weight=100)
+    shard_map = _with_sessions(_cluster(config, 30, 2), 500, random.Random(4))
+    _refuse_rebuilds(monkeypatch)
+    dead = shard_map.apply(shard_map.mark_server_dead("server-08"))
+    joined = dead.apply(dead.join_server(server_id="server-99", address="a:1", zone="zone-1"))
+    monkeypatch.undo()
+    _assert_same_map(dead, _rebuild(dead))
+    _assert_same_map(joined, _rebuild(joined))
 
 
 def test_a_zone_emptied_falls_back_to_a_rebuild() -> None:

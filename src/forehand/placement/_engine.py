@@ -430,10 +430,14 @@ class EngineWriter:
         nothing changed, when the ring is too small for that scan.
         """
         want = self._replica_target
+        # Distinct zones when there are more zones than replicas, distinct servers with one zone;
+        # otherwise (passed-over servers fill in) want + 1 distinct servers of every zone, after
+        # which the last zone to appear brings `want` more servers, all chosen.
         arcs = layout.arcs_near(
             server,
             distinct_needed=want + 1,
-            zones=zones if self._zone_count > want else None,
+            zones=None if self._zone_count == 1 else zones,
+            per_zone=1 < self._zone_count <= want,
         )
         if arcs is None:
             return False

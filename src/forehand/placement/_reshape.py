@@ -8,8 +8,7 @@ for array, so every process that applies the delta derives the same map whicheve
 
 The derivation needs a ring layout (a server's points are its own, so the others keep their
 order along every walk) and the same replica rule before and after (the same zones, the same
-replica count, and not the mixed rule of 2 to `replica_count` zones). Otherwise it returns
-None and the caller rebuilds.
+replica count). Otherwise it returns None and the caller rebuilds.
 """
 
 from __future__ import annotations
@@ -83,12 +82,9 @@ def reshape_engine(
 
 
 def _same_rule(config: PlacementConfig, engine: Engine, server_count: int) -> bool:
-    # The replica count and rule stay those of `engine`, and the rule is one whose affected keys
-    # the ring scan can bound: distinct zones (more zones than replicas) or distinct servers.
+    # The replica count stays that of `engine` (it is lower in clusters of few servers).
     want = engine.replica_target
-    if max(0, min(config.replica_count, server_count - 1)) != want or server_count < 2:
-        return False
-    return want == 0 or engine.zone_count > want or engine.zone_count == 1
+    return server_count >= 2 and max(0, min(config.replica_count, server_count - 1)) == want
 
 
 def _capacities(

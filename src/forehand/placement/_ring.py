@@ -249,23 +249,29 @@ class RingLayout:
         return [int(position) for position in np.flatnonzero(self.owners_array == server)]
 
     def arcs_near(
-        self, server: int, *, distinct_needed: int, zones: Sequence[int] | None
+        self,
+        server: int,
+        *,
+        distinct_needed: int,
+        zones: Sequence[int] | None,
+        per_zone: bool = False,
     ) -> list[tuple[int, int, int, bool]] | None:
         """Hash ranges whose keys may meet `server` among the first servers of their walk.
 
         From each point of `server` the scan goes back until the points passed hold
-        `distinct_needed` distinct zones (distinct servers when `zones` is None), or another point
-        of `server`; a key before that has chosen its first servers by the time it reaches the
-        point. Each range is (low, high, owner, own): the keys with low < hash <= high, whose
-        first server other than `server` is `owner`, and `own` when their first server is
-        `server` itself. None when a scan goes round the whole ring (tiny clusters).
+        `distinct_needed` distinct zones (distinct servers when `zones` is None; with `per_zone`,
+        that many distinct servers in every zone), or another point of `server`; a key before
+        that has chosen its first servers by the time it reaches the point. Each range is
+        (low, high, owner, own): the keys with low < hash <= high, whose first server other than
+        `server` is `owner`, and `own` when their first server is `server` itself. None when a
+        scan goes round the whole ring (tiny clusters).
         """
         points = self._points
         owners = self._owners
         size = len(points)
         ranges: list[tuple[int, int, int, bool]] = []
         for position in self.positions_of(server):
-            start = self._scan_back(position, server, distinct_needed, zones)
+            start = self._scan_back(position, server, distinct_needed, zones, per_zone=per_zone)
             if start is None:
                 return None
             current = start
@@ -286,21 +292,38 @@ class RingLayout:
         return ranges
 
     def _scan_back(
-        self, position: int, server: int, distinct_needed: int, zones: Sequence[int] | None
+        self,
+        position: int,
+        server: int,
+        distinct_needed: int,
+        zones: Sequence[int] | None,
+        *,
+        per_zone: bool,
     ) -> int | None:
         # The first position whose keys may still reach `position` with choices left open.
         owners = self._owners
         size = len(owners)
         seen: set[int] = set()
+        by_zone: dict[int, set[int]] = {}
+        zone_total = len(set(zones)) if per_zone and zones is not None else 0
+        full_zones = 0
         current = position
         for _ in range(size):
             previous = current - 1 if current else size - 1
             owner = owners[previous]
             if owner == server:
                 return current
-            seen.add(owner if zones is None else zones[owner])
-            if len(seen) >= distinct_needed:
-                return current
+            if per_zone and zones is not None:
+                held = by_zone.setdefault(zones[owner], set())
+                if owner not in held:
+                    held.add(owner)
+                    full_zones += len(held) == distinct_needed
+                if full_zones == zone_total:
+                    return current
+            else:
+                seen.add(owner if zones is None else zones[owner])
+                if len(seen) >= distinct_needed:
+                    return current
             current = previous
         return None
 
