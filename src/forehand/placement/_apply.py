@@ -3,8 +3,10 @@
 Part additions, removals and overrides are collected and handed to the engine in one batch
 (capacities raised first, then deletions, insertions, and capacities lowered last, so that the
 capacities always leave room for every key). A change of the eligible server set (join, drain,
-undrain, death, a new weight) rebuilds the assignment from scratch once, at the end of the delta,
-or earlier when a drain needs the placement in force at that point.
+undrain, death, a new weight) flushes those first, then derives the next assignment from the
+current one (`_reshape.py`); when it cannot (another strategy than the ring, a zone emptied or
+opened, no ACTIVE server left on the way), the assignment is rebuilt from scratch once, at the
+end of the delta, or earlier when a drain needs the placement in force at that point.
 """
 
 from __future__ import annotations

@@ -20,7 +20,10 @@ decomposes into four primitives, each of which moves at most one key per step al
 - raise a capacity by one: as for a delete, without removing anything;
 - lower a capacity by one: as for an insert, without adding anything.
 
-Tests check that any sequence of primitives ends in the same state as a full rebuild.
+Tests check that any sequence of primitives ends in the same state as a full rebuild. A change of
+the server set is built from the same primitives (`remove_server`, `add_server`,
+`set_capacities`), and so is the full build, which places the keys that do not fit their first
+server through `insert`.
 """
 
 from __future__ import annotations
