@@ -27,7 +27,12 @@ else:
 def pipeline(**overrides: int) -> CommitPipeline:
     values = {"pending_max": 4, "timeout_us": 1_000, "snapshot_interval_deltas": 100}
     values.update(overrides)
-    return CommitPipeline(placement_config=PlacementConfig(), **values)
+    return CommitPipeline(
+        placement_config=PlacementConfig(),
+        pending_max=values["pending_max"],
+        timeout_us=values["timeout_us"],
+        snapshot_interval_deltas=values["snapshot_interval_deltas"],
+    )
 
 
 def join_change(server_id: str, log: list[str], *, urgent: bool = False) -> Change:

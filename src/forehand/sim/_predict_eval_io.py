@@ -74,8 +74,8 @@ def cached_telemetry(
         telemetry = generate(config, seed=seed, jobs=jobs, progress=advanced)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as handle:
-            pickle.dump(telemetry, handle)
+        with path.open("wb") as sink:
+            pickle.dump(telemetry, sink)
     return telemetry
 
 
