@@ -68,7 +68,6 @@ from forehand.demo._cluster import DemoCluster
 from forehand.runtime import run
 from forehand.runtime._tls import _client_context, _server_context
 from forehand.runtime.certs import make_cluster_certs
-from forehand.runtime.loop import settle_gc
 from forehand.runtime.transport import Credentials
 from forehand.wire import Request, encode_frame
 
@@ -221,8 +220,6 @@ async def serve_app(node_id: str, certs_dir: Path, redis_socket: Path, ready_fil
 
     server = await asyncio.start_server(connection, "127.0.0.1", 0, ssl=context)
     host, port = server.sockets[0].getsockname()[:2]
-    # The garbage collector tuned as in forehand's server processes: both sides alike.
-    settle_gc()
     ready_file.write_text(f"{host}:{port}")
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -452,6 +449,15 @@ class ClosedLoopLoad(SessionLoad):
     """`SessionLoad` with no pause between calls: each session calls again as soon as it has an
     answer, in the same loop as `BaselineLoad` (the base class waits out a pause and a handoff
     signal per call, which costs the load generator time the baseline's loop does not spend)."""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # The sessions end with the window, so every round (and the SIGKILL phase after them)
+        # finds the servers holding the same parts: no round pays for the ones before it.
+        await self.stop()
+        for session in self.sessions:
+            await session.close()
+        for client in self.clients:
+            await client.close()
 
     async def _loop(self, session: forehand.Session) -> None:
         item = self.item
@@ -697,8 +703,6 @@ def _summary(windows: list[Window]) -> dict[str, Any]:
 
 
 async def bench(*, sessions: int, window_s: float, rounds: int) -> list[Metric]:
-    # This process generates the load of both sides; its collector is tuned as the servers' are.
-    settle_gc()
     with tempfile.TemporaryDirectory(prefix="forehand-redis-") as directory:
         baseline = Baseline(Path(directory))
         try:

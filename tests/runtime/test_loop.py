@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import sys
 
 import uvloop
 
-from forehand.runtime.loop import (
-    GC_OLDER_THRESHOLDS,
-    GC_YOUNG_THRESHOLD,
-    loop_factory,
-    run,
-    settle_gc,
-    uvloop_available,
-)
+from forehand.runtime.loop import loop_factory, run, uvloop_available
 
 
 def test_run_uses_uvloop() -> None:
@@ -51,20 +43,3 @@ def test_runtime_refuses_to_start_under_optimize() -> None:
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.count("refused:") == 2
     assert "python -O" in completed.stdout
-
-
-def test_settle_gc_raises_thresholds_until_the_last_node_undoes_it() -> None:
-    """Nodes of one process share the tuned collector: the thresholds rise with the first and
-    come back with the last undo (a second undo of the same node changes nothing)."""
-    before = gc.get_threshold()
-    first = settle_gc()
-    second = settle_gc()
-    tuned = gc.get_threshold()
-    first()
-    first()
-    still = gc.get_threshold()
-    second()
-    assert tuned == (GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
-    assert still == tuned
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == 0

@@ -8,40 +8,21 @@ rule 7) and `-O` strips them.
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 __all__ = [
-    "GC_OLDER_THRESHOLDS",
-    "GC_YOUNG_THRESHOLD",
     "AssertionsDisabledError",
     "loop_factory",
     "require_assertions",
     "run",
-    "settle_gc",
     "stop_event",
     "uvloop_available",
 ]
 
 _T = TypeVar("_T")
-
-GC_YOUNG_THRESHOLD = 50_000
-"""Container objects allocated (net) between two collections of the youngest generation;
-CPython's default is 700. A server allocates a few tracked objects per request and keeps some of
-them for a while (log and dedup entries, held answers), so at the default the collector ran every
-few hundred requests and took about a tenth of a busy server's CPU time (docs/PERFORMANCE.md)."""
-GC_OLDER_THRESHOLDS = (20, 100)
-"""Young collections per middle one, middle collections per full one (defaults: 10, 10)."""
-
-
-class _GCState:
-    """How many nodes of this process settled the collector, and the thresholds before."""
-
-    settled = 0
-    previous: tuple[int, int, int] = (700, 10, 10)
 
 
 class AssertionsDisabledError(RuntimeError):
@@ -89,36 +70,6 @@ def run(coroutine: Coroutine[Any, Any, _T], *, use_uvloop: bool = True) -> _T:
     factory = loop_factory() if use_uvloop else asyncio.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(coroutine)
-
-
-def settle_gc() -> Callable[[], None]:
-    """Tune the cyclic garbage collector for a long-running node; returns the call that undoes it.
-
-    What start-up allocated (modules, the application, configuration) is collected once and then
-    frozen out of every later collection (`gc.freeze`), and collections run less often
-    (`GC_YOUNG_THRESHOLD`, `GC_OLDER_THRESHOLDS`). Reference counting still frees acyclic
-    garbage at once; only cycles wait longer. Nodes run in one process (tests) share the setting:
-    the last one to stop restores the previous thresholds.
-    """
-    if _GCState.settled == 0:
-        _GCState.previous = gc.get_threshold()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *GC_OLDER_THRESHOLDS)
-    _GCState.settled += 1
-    undone = False
-
-    def undo() -> None:
-        nonlocal undone
-        if undone:
-            return
-        undone = True
-        _GCState.settled -= 1
-        if _GCState.settled == 0:
-            gc.unfreeze()
-            gc.set_threshold(*_GCState.previous)
-
-    return undo
 
 
 def stop_event(given: asyncio.Event | None) -> tuple[asyncio.Event, Callable[[], None]]:

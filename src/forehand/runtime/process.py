@@ -37,7 +37,7 @@ from forehand.runtime.config import (
     parse_addresses,
 )
 from forehand.runtime.keys import load_key_ring
-from forehand.runtime.loop import settle_gc, stop_event
+from forehand.runtime.loop import stop_event
 from forehand.runtime.node import NodeDriver, Route
 from forehand.runtime.transport import Credentials, Listener, TransportError
 from forehand.stores import Store, open_store
@@ -168,18 +168,15 @@ async def _serve_until_stopped(
     started: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     own_stop, remove = stop_event(stop)
-    unsettle_gc = _nothing
     try:
         driver.start()
         for listener in listeners:
             driver.serve(listener)
         if started is not None:
             await started()
-        unsettle_gc = settle_gc()
         _write_ready(ready, listeners[0].host, listeners[0].port)
         await own_stop.wait()
     finally:
-        unsettle_gc()
         remove()
         _log.info("%s stopping", driver.core.node_id)
         await driver.close()
@@ -364,10 +361,6 @@ async def run_server(
     finally:
         for listener in listeners:
             await listener.close()
-
-
-def _nothing() -> None:
-    return None
 
 
 def _advertised(host: str, port: int) -> str:
