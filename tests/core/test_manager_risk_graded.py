@@ -143,6 +143,17 @@ def test_only_the_urgent_level_moves_everything_at_once() -> None:
     assert drain.step(decision(Action.DRAIN, server_id="s2")) == 0.1
 
 
+def test_an_urgent_risk_explained_by_load_sheds_it_in_steps() -> None:
+    """At the urgent level a server whose projected CPU is above the target sheds the excess
+    first (escalating like a drain); with risk_drain_urgent_sheds_load off it moves everything."""
+    for sheds, expected in ((True, 1 - 0.75 / 0.9), (False, 1.0)):
+        drain = graded(risk_drain_cpu_utilization_target=0.75, risk_drain_urgent_sheds_load=sheds)
+        drain.observe("s1", cpu_utilization=0.9, now_us=0)
+        drain.observe("s1", cpu_utilization=0.9, now_us=30 * S)
+        share = drain.step(decision(Action.MOVE_NOW, RiskLevel.URGENT))
+        assert abs(share - expected) < 1e-9
+
+
 def test_an_episode_ends_with_the_alarm_and_the_next_starts_small() -> None:
     """Back to CALM or WATCHING, the episode is over: the next drain starts at the first step."""
     drain = graded(risk_drain_unloaded_fraction=0.1, risk_drain_escalation_ticks=1)

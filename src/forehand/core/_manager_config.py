@@ -177,7 +177,11 @@ class ManagerConfig:
     """Share the first step of a graded risk drain moves when the server's projected CPU is under
     `target_cpu_utilization_max`: its risk is not load that shedding a share would cure (errors,
     latency, a flapping link), so its sessions leave, within the migration budget."""
-    risk_drain_escalation_ticks: int = 3
+    risk_drain_urgent_sheds_load: bool = True
+    """Whether an urgent risk (MOVE_NOW) on a server whose projected CPU is above
+    `risk_drain_cpu_utilization_target` sheds that load in graded steps like a drain, rather
+    than moving every part; an urgent risk that is not load moves every part either way."""
+    risk_drain_escalation_ticks: int = 2
     """Predictor ticks a drained server's risk must stay above `risk_threshold` after a step
     before the next, larger step (the dwell that lets a step show its effect)."""
     risk_drain_escalation_factor: float = 2.0
@@ -223,9 +227,9 @@ class ManagerConfig:
             elif field.name == "risk_model":
                 if value not in RISK_MODELS:
                     raise ConfigError(f"ManagerConfig.risk_model must be one of {RISK_MODELS}")
-            elif field.name == "risk_shadow_mode":
+            elif field.name in ("risk_shadow_mode", "risk_drain_urgent_sheds_load"):
                 if not isinstance(value, bool):
-                    raise ConfigError("ManagerConfig.risk_shadow_mode must be a bool")
+                    raise ConfigError(f"ManagerConfig.{field.name} must be a bool")
             elif field.name == "risk_policy":
                 if not isinstance(value, RiskPolicyKind):
                     raise ConfigError("ManagerConfig.risk_policy must be RiskPolicyKind")

@@ -395,7 +395,9 @@ class GradedDrain:
             return 0.0
         if not decision.acted:
             return 0.0
-        if decision.action is Action.MOVE_NOW:
+        if decision.action is Action.MOVE_NOW and not (
+            self._config.risk_drain_urgent_sheds_load and self.excess_share(server_id) > 0.0
+        ):
             self._start(server_id, 1.0)
             return 1.0
         episode = episodes.get(server_id)
