@@ -135,7 +135,8 @@ def test_folded_logistic_lags_by_fewer_than_the_refresh_steps() -> None:
 
 
 def test_share_features_get_their_own_knots() -> None:
-    """`share_hinge_knots` bends the share features at low values, and only them."""
+    """`share_hinge_knots` bends the share features at low values, and only them; () leaves
+    them the level knots alone."""
     config = PredictorConfig(share_hinge_knots=(0.1,))
     model = make_model("logistic", config=config, kind="server", rng=random.Random(1))
     assert isinstance(model, LogisticModel)
@@ -144,6 +145,11 @@ def test_share_features_get_their_own_knots() -> None:
     assert inputs["paths.wide_degradation_share>0.1"] == pytest.approx(0.2)
     assert inputs["paths.wide_degradation_share>0.5"] == 0.0
     assert "cpu_utilization.level>0.1" not in inputs
-    plain = make_model("logistic", config=PredictorConfig(), kind="server", rng=random.Random(1))
+    plain = make_model(
+        "logistic",
+        config=PredictorConfig(share_hinge_knots=()),
+        kind="server",
+        rng=random.Random(1),
+    )
     assert isinstance(plain, LogisticModel)
     assert "paths.wide_degradation_share>0.1" not in plain._inputs(features)

@@ -218,10 +218,10 @@ class PredictorConfig:
     """Give the logistic regression the rule baseline's largest component as an input."""
     hinge_knots: tuple[float, ...] = (0.5, 0.8)
     """Knots of the hinge features the logistic regression adds to each dimensionless level."""
-    share_hinge_knots: tuple[float, ...] = ()
+    share_hinge_knots: tuple[float, ...] = (0.1, 0.25)
     """Further knots for the share features (`_share`, `_share_ewma`: shares of paths or of
-    recent ticks), whose telling values (a flapping uplink's rate of blips) lie well below the
-    level knots."""
+    recent ticks), whose telling values (a flapping uplink's rate of blips, 5% to 50% of ticks)
+    lie well below the level knots; () for the level knots alone."""
     linear_refresh_learns: int = 4
     """The logistic regression scores through a fold of River's pipeline into one affine map
     (slope and offset per input), rebuilt after at most this many learning steps: 1 scores
