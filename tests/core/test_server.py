@@ -27,10 +27,12 @@ from forehand.core.messages import (
     LogShipped,
     MapPublished,
     MapRequested,
+    PartRef,
     PartRole,
     ServerAnnounced,
     encode_cluster_message,
 )
+from forehand.core.server import PLACEMENT_CACHE_ENTRIES_MAX
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.wire import (
@@ -407,3 +409,19 @@ def test_transition_tables_share_the_generator_name() -> None:
 
     assert _part.transition_table() == _part.part_transition_table()
     assert _handoff.transition_table() == _handoff.handoff_transition_table()
+
+
+def test_remembered_placements_follow_the_map_and_stay_bounded(cluster: Cluster) -> None:
+    """The placement a server checks shipments against is the current map's after a move (what
+    it remembered from the previous map is forgotten), and it remembers at most
+    PLACEMENT_CACHE_ENTRIES_MAX placements however many parts it is asked about."""
+    core = cluster.server("s1")
+    cluster.place("counter", "s1", "s2")
+    before = core._placement(ref("counter"))
+    cluster.place("counter", "s2", "s1")
+    after = core._placement(ref("counter"))
+    assert before is not None and after is not None
+    assert (before.primary, after.primary) == ("s1", "s2")
+    for index in range(PLACEMENT_CACHE_ENTRIES_MAX + 10):
+        core._placement(PartRef(session_id=index.to_bytes(16, "big"), part="counter"))
+        assert len(core._placements) <= PLACEMENT_CACHE_ENTRIES_MAX
