@@ -11,6 +11,7 @@ end of the delta, or earlier when a drain needs the placement in force at that p
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sized
 from dataclasses import replace
 
 from forehand.placement._delta import (
@@ -36,10 +37,11 @@ from forehand.placement._servers import (
     next_server_state,
 )
 from forehand.placement._state import (
+    Eligible,
     MapState,
     check_override,
     check_server_entry,
-    hash_capacities,
+    load_bounds,
     pinned_servers,
     rebuild_engine,
 )
@@ -78,6 +80,10 @@ class _DeltaWriter:
         self._layout_stale = False
         self._inserts: set[int] = set()
         self._deletes: set[int] = set()
+        self._pins_touched: set[str] = set()
+        self._active_parts = _active_parts(
+            state.parts, state.overrides, state.pinned, state.eligible
+        )
 
     def apply(self, operation: Operation) -> None:
         match operation:
@@ -172,6 +178,7 @@ class _DeltaWriter:
             self._pinned = dict(self._pinned)
             self._pinned_owned = True
         assert isinstance(self._pinned, dict)
+        self._pins_touched.add(server_id)
         count = self._pinned.get(server_id, 0) + change
         assert count >= 0, "pinned counts out of sync"
         if count:
@@ -278,6 +285,14 @@ class _DeltaWriter:
             self._layout_stale = True
         else:
             self._eligible, self._engine = reshaped
+            self._engine_computed()
+
+    def _engine_computed(self) -> None:
+        # The engine's capacities were just computed from the current counts, for every server.
+        self._active_parts = _active_parts(
+            self._parts, self._overrides, self._pinned, self._eligible
+        )
+        self._pins_touched.clear()
 
     def _rebuild(self) -> None:
         self._eligible, self._engine = rebuild_engine(
@@ -291,30 +306,65 @@ class _DeltaWriter:
         self._layout_stale = False
         self._inserts.clear()
         self._deletes.clear()
+        self._engine_computed()
 
     def _flush(self) -> None:
         hash_parts = len(self._parts) - len(self._overrides)
         names = self._eligible.names
         if hash_parts and not names:
             raise InvalidDeltaError(f"no ACTIVE server is left for {hash_parts} hash-placed parts")
-        pinned = [self._pinned.get(name, 0) for name in names]
-        capacities = hash_capacities(self._config, self._eligible.weights_milli, pinned, hash_parts)
-        old = self._engine.capacities
-        changed = [server for server, capacity in enumerate(capacities) if capacity != old[server]]
-        if not self._inserts and not self._deletes and not changed:
+        if not self._inserts and not self._deletes and not self._pins_touched:
             return
+        capacities = self._changed_capacities(hash_parts)
         writer = self._engine.writer()
-        for server in changed:
-            writer.raise_capacity(server, capacities[server])
+        for server, capacity in capacities.items():
+            writer.raise_capacity(server, capacity)
         for key_hash in sorted(self._deletes):
             writer.delete(key_hash)
         for key_hash in sorted(self._inserts):
             writer.insert(key_hash)
-        for server in changed:
-            writer.lower_capacity(server, capacities[server])
+        for server, capacity in capacities.items():
+            writer.lower_capacity(server, capacity)
         self._engine = writer.freeze()
         self._inserts.clear()
         self._deletes.clear()
+
+    def _changed_capacities(self, hash_parts: int) -> dict[int, int]:
+        """The capacities that differ from the engine's, by server position.
+
+        A capacity is the load bound of the server's weight minus the primaries overrides give
+        it; the bound changes for all servers of a weight at once, and only when the number of
+        active parts crosses one of its steps, so most deltas touch a few servers, not all.
+        """
+        eligible = self._eligible
+        weights = eligible.weights_milli
+        active = hash_parts + _pinned_active(self._pinned, eligible)
+        touched = {eligible.index[name] for name in self._pins_touched if name in eligible.index}
+        if active != self._active_parts:
+            distinct = sorted(set(weights))
+            before = load_bounds(self._config, distinct, self._active_parts, sum(weights))
+            after = load_bounds(self._config, distinct, active, sum(weights))
+            moved = {
+                w for w, one, other in zip(distinct, before, after, strict=True) if one != other
+            }
+            if moved:
+                touched.update(i for i, weight in enumerate(weights) if weight in moved)
+        self._active_parts = active
+        self._pins_touched.clear()
+        if not touched:
+            return {}
+        distinct = sorted({weights[server] for server in touched})
+        bound_of = dict(
+            zip(distinct, load_bounds(self._config, distinct, active, sum(weights)), strict=True)
+        )
+        old = self._engine.capacities
+        changed: dict[int, int] = {}
+        for server in sorted(touched):
+            pinned = self._pinned.get(eligible.names[server], 0)
+            capacity = max(0, bound_of[weights[server]] - pinned)
+            if capacity != old[server]:
+                changed[server] = capacity
+        return changed
 
     def finish(self) -> MapState:
         self._settle()
@@ -328,3 +378,14 @@ class _DeltaWriter:
             eligible=self._eligible,
             engine=self._engine,
         )
+
+
+def _pinned_active(pinned: Mapping[str, int], eligible: Eligible) -> int:
+    return sum(count for name, count in pinned.items() if name in eligible.index)
+
+
+def _active_parts(
+    parts: Sized, overrides: Sized, pinned: Mapping[str, int], eligible: Eligible
+) -> int:
+    """Parts whose primary is an eligible server: what the load bounds are taken over."""
+    return len(parts) - len(overrides) + _pinned_active(pinned, eligible)

@@ -85,6 +85,12 @@ def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[I
     target_index = target.eligible.index
     source_arrays: tuple[array[int], ...] = getattr(source.engine, table)
     target_arrays: tuple[array[int], ...] = getattr(target.engine, table)
+    if source.eligible is target.eligible:
+        # The same servers at the same positions: compare the arrays pairwise, in C mostly.
+        for before, after in zip(source_arrays, target_arrays, strict=True):
+            if before is not after:
+                yield set(before).symmetric_difference(after)
+        return
     for name, position in source_index.items():
         other = target_index.get(name)
         if other is None:
@@ -125,13 +131,17 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
         if not same_servers(before_placement, after_placement):
             moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
     common = len(source.parts) - len(removed)
-    servers_added = [e for i, e in target.servers.items() if i not in source.servers]
-    servers_removed = [e for i, e in source.servers.items() if i not in target.servers]
-    servers_changed = [
-        entry
-        for server_id, entry in target.servers.items()
-        if server_id in source.servers and source.servers[server_id] != entry
-    ]
+    servers_added: list[ServerEntry] = []
+    servers_removed: list[ServerEntry] = []
+    servers_changed: list[ServerEntry] = []
+    if source.servers is not target.servers:
+        servers_added = [e for i, e in target.servers.items() if i not in source.servers]
+        servers_removed = [e for i, e in source.servers.items() if i not in target.servers]
+        servers_changed = [
+            entry
+            for server_id, entry in target.servers.items()
+            if server_id in source.servers and source.servers[server_id] != entry
+        ]
     return MapDiff(
         source_version=source.version,
         target_version=target.version,

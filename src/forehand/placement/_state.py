@@ -108,11 +108,18 @@ def hash_capacities(
 
 
 def load_bounds(
-    config: PlacementConfig, weights_milli: Sequence[int], active_parts: int
+    config: PlacementConfig,
+    weights_milli: Sequence[int],
+    active_parts: int,
+    total_weight: int | None = None,
 ) -> list[int]:
-    """Per eligible server: the most primaries bounded loads lets it hold."""
+    """Per weight: the most primaries bounded loads lets a server of that weight hold.
+
+    `total_weight` is the eligible servers' total, `sum(weights_milli)` when not given.
+    """
     factor = config.load_factor
-    total_weight = sum(weights_milli)
+    if total_weight is None:
+        total_weight = sum(weights_milli)
     if not total_weight:
         return []
     denominator = factor.denominator * total_weight
