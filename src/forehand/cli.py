@@ -132,7 +132,7 @@ def predict_eval(
     from forehand.predict_io import nab_report, print_report, print_targets, synthetic_report
 
     console = Console() if Console().is_terminal else Console(width=160)
-    synthetic_result = nab_result = None
+    synthetic_result = nab_result = simulator_result = None
     if synthetic:
         console.print(f"SEED={seed} synthetic fleet: {servers} servers x {days:g} days")
         synthetic_result = synthetic_report(servers=servers, days=days, seed=seed, console=console)
@@ -141,7 +141,7 @@ def predict_eval(
         from forehand.sim._predict_eval_io import simulator_evaluation
 
         console.print(f"SEED={seed} simulator campaign: {sim_events} test events per fault type")
-        simulator_evaluation(
+        simulator_result = simulator_evaluation(
             events_per_kind=sim_events,
             seed=seed,
             jobs=jobs,
@@ -159,7 +159,7 @@ def predict_eval(
             console=console,
         )
         print_report("NAB", nab_result, console=console, budget_name="alarms/day")
-    print_targets(synthetic_result, nab_result, console=console)
+    print_targets(synthetic_result, nab_result, console=console, simulator=simulator_result)
 
 
 from forehand._ops_commands import register as _register_ops  # noqa: E402

@@ -121,7 +121,8 @@ def test_the_manager_received_the_faults_in_its_telemetry(campaign: SimTelemetry
 
 
 def test_cli_prints_the_simulator_table_with_gradual_and_sudden_rows() -> None:
-    """`forehand predict-eval --sim --quick` runs a tiny campaign and prints its table."""
+    """`forehand predict-eval --sim --quick` runs a tiny campaign and prints its table, and the
+    targets table judges the gradual-fault targets on the simulator input."""
     arguments = ["predict-eval", "--no-synthetic", "--sim", "--quick", "--sim-events", "1"]
     result = CliRunner().invoke(app, [*arguments, "--jobs", "1", "--seed", "5"], env=WIDE)
     assert result.exit_code == 0, result.output
@@ -130,3 +131,4 @@ def test_cli_prints_the_simulator_table_with_gradual_and_sudden_rows() -> None:
     for group in ("gradual (", "sudden (", "overload_ramp (", "link_cut ("):
         assert group in result.output, group
     assert "episodes injected" in result.output
+    assert "simulator: gradual recall >= 0.8" in result.output
