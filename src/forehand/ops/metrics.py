@@ -28,6 +28,7 @@ from forehand.wire import ResponseStatus
 
 __all__ = [
     "HANDOFF_DURATION_BUCKETS_S",
+    "LABELLED_CHILDREN_MAX",
     "PENDING_WRITES_MAX",
     "REQUEST_DURATION_BUCKETS_S",
     "ManagerMetrics",
@@ -55,6 +56,9 @@ REQUEST_DURATION_BUCKETS_S = (
 PENDING_WRITES_MAX = 16_384
 """Logged writes whose acknowledgement a server's metrics wait for; beyond, the oldest is
 forgotten (its latency is not observed)."""
+LABELLED_CHILDREN_MAX = 4_096
+"""Labelled series a server's metrics keep a handle to (part x status), so the request path does
+not look each one up (a lock and a tuple) per event; past it, lookups go to the registry."""
 
 
 def _status(status: int) -> str:
@@ -316,6 +320,7 @@ class ServerMetrics:
         """What `/metrics` exposes."""
         self._driver = driver
         self._pending: OrderedDict[tuple[bytes, str, int], float] = OrderedDict()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "forehand_requests",
@@ -375,6 +380,16 @@ class ServerMetrics:
         received = getattr(self._driver, "input_received_s", None)
         return received if isinstance(received, float) and received <= now_s else now_s
 
+    def _child(self, metric: Any, *values: str) -> Any:
+        """`metric.labels(*values)`, remembered (bounded by `LABELLED_CHILDREN_MAX`)."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*values)
+            if len(self._children) < LABELLED_CHILDREN_MAX:
+                self._children[key] = child
+        return child
+
     def __call__(self, event: object) -> None:
         """Account for one server event."""
         name = type(event).__name__
@@ -384,11 +399,11 @@ class ServerMetrics:
 
     def _executed(self, event: Any) -> None:
         part = event.ref.part
-        self.requests.labels(part, _status(event.status)).inc()
+        self._child(self.requests, part, _status(event.status)).inc()
         now_s = self._now_s()
         started_s = self._started_s(now_s)
         if event.log_index is None:
-            self.latency.labels(part).observe(now_s - started_s)
+            self._child(self.latency, part).observe(now_s - started_s)
             return
         self._pending[(event.ref.session_id, part, event.request_id)] = started_s
         while len(self._pending) > PENDING_WRITES_MAX:
@@ -400,19 +415,19 @@ class ServerMetrics:
         key = (event.ref.session_id, event.ref.part, event.request_id)
         started_s = self._pending.pop(key, None)
         if started_s is not None:
-            self.latency.labels(event.ref.part).observe(self._now_s() - started_s)
+            self._child(self.latency, event.ref.part).observe(self._now_s() - started_s)
 
     def _refused(self, event: Any) -> None:
-        self.refused.labels(event.part, _status(event.status)).inc()
+        self._child(self.refused, event.part, _status(event.status)).inc()
 
     def _redirected(self, event: Any) -> None:
-        self.redirected.labels(event.ref.part).inc()
+        self._child(self.redirected, event.ref.part).inc()
 
     def _forwarded(self, event: Any) -> None:
-        self.forwarded.labels(event.ref.part).inc()
+        self._child(self.forwarded, event.ref.part).inc()
 
     def _applied(self, event: Any) -> None:
-        self.applied.labels(event.ref.part).inc()
+        self._child(self.applied, event.ref.part).inc()
 
     def _handed_off(self, event: Any) -> None:
         self.client_handoffs.inc()
