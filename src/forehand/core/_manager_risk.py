@@ -62,6 +62,7 @@ __all__ = [
     "RiskPolicy",
     "RiskSteering",
     "ThresholdRiskPolicy",
+    "load_values",
     "make_risk_policy",
 ]
 
@@ -164,7 +165,7 @@ class ClientPathSteering(Protocol):
         ...
 
 
-def _load_values(load: LoadReport) -> dict[str, float]:
+def load_values(load: LoadReport) -> dict[str, float]:
     """A load report as the predictor's server metrics (`DEFAULT_SERVER_METRICS` names)."""
     return {
         "cpu_utilization": load.cpu_utilization,
@@ -532,7 +533,7 @@ class PredictiveRiskPolicy:
         if len(self._sampled_us) >= self._config.servers_max and server_id not in self._sampled_us:
             self._sampled_us.clear()
         self._sampled_us[server_id] = now_us
-        sample = ServerSample(server_id=server_id, values=_load_values(load))
+        sample = ServerSample(server_id=server_id, values=load_values(load))
         self.predictor.observe(sample, now_us=now_us)
         self.graded.observe(server_id, cpu_utilization=load.cpu_utilization, now_us=now_us)
         # Top features only for decisions that are logged: most heartbeats change nothing.

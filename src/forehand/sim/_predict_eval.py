@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from forehand.core import KeyRing, ManagerCore, NodeId, TokenSealer
 from forehand.core import manager_events as me
+from forehand.core._manager_risk import load_values
 from forehand.core.messages import LoadReport, PathReport
 from forehand.predict import (
     DEFAULT_SERVER_METRICS,
@@ -112,14 +113,7 @@ class RecordingRiskPolicy:
         if last_us is not None and now_us - last_us < self.tick_us:
             return
         self._server_us[server_id] = now_us
-        values = {
-            "cpu_utilization": load.cpu_utilization,
-            "memory_utilization": load.memory_utilization,
-            "queue_depth": float(load.queue_depth),
-            "latency_us_p99": float(load.latency_us_p99),
-            "error_ratio": load.error_ratio,
-            "loop_lag_us": float(load.loop_lag_us_p99),
-        }
+        values = load_values(load)
         breached = self.truth(server_id, now_us)
         self._record(now_us, ServerSample(server_id=server_id, values=values, breached=breached))
 
