@@ -11,6 +11,7 @@ acknowledged writes lost. See `forehand.demo._main` for the timeline and the exi
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"forehand demo: {error}", file=sys.stderr)
         return 2
+    # Ctrl-C stops the demo and every process it started even when the demo was launched from a
+    # shell that ignores SIGINT for its background jobs (POSIX `cmd &` without job control).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return run(run_demo(config))
     except KeyboardInterrupt:
