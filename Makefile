@@ -27,7 +27,7 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
-# A live cluster on loopback for about two minutes: a predicted handoff, then a crash.
+# A live cluster on loopback for about 100 seconds: a predicted handoff, then a crash.
 demo: $(STAMP)
 	$(BIN)/python -m forehand.demo $(DEMO_ARGS)
 

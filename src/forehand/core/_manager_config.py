@@ -168,15 +168,16 @@ class ManagerConfig:
     """... within this sliding window."""
     risk_drain_first_fraction: float = 0.05
     """Least share of a server's primaries the first step of a graded risk drain moves; the step
-    moves more when the server's projected CPU is further above `target_cpu_utilization_max`
+    moves more when the server's projected CPU is further above
+    `risk_drain_cpu_utilization_target`
     (the share of its load to shed to get back under it)."""
     risk_drain_cpu_utilization_target: float = 0.75
     """CPU a graded risk drain sheds a server's load down to (projected over the escalation
     dwell); a server at risk under it has a fault that is not load."""
     risk_drain_unloaded_fraction: float = 1.0
     """Share the first step of a graded risk drain moves when the server's projected CPU is under
-    `target_cpu_utilization_max`: its risk is not load that shedding a share would cure (errors,
-    latency, a flapping link), so its sessions leave, within the migration budget."""
+    `risk_drain_cpu_utilization_target`: its risk is not load that shedding a share would cure
+    (errors, latency, a flapping link), so its sessions leave, within the migration budget."""
     risk_drain_urgent_sheds_load: bool = True
     """Whether an urgent risk (MOVE_NOW) on a server whose projected CPU is above
     `risk_drain_cpu_utilization_target` sheds that load in graded steps like a drain, rather
@@ -186,7 +187,8 @@ class ManagerConfig:
     before the next, larger step (the dwell that lets a step show its effect)."""
     risk_drain_escalation_factor: float = 2.0
     """Each further step of a graded drain moves this many times the share of the step before
-    (at most all); only the urgent level moves everything at once."""
+    (at most all); an urgent risk moves everything at once only when it is not load (see
+    `risk_drain_urgent_sheds_load`)."""
     path_client_buckets: int = 256
     """Client buckets the servers hash client ids into for their path reports (the servers'
     `path_buckets_max`): the manager hashes a session's client the same way to find the path

@@ -943,9 +943,9 @@ class ManagerCore:
         quarter of one server's parts has moved, four servers), every part their new overrides
         push along its walk lands back on the flagged server (PART_MOVED). A DRAINING server
         receives nothing and the bounds are taken over the ACTIVE servers only, so the moved
-        parts stay moved. The mark is a map change of the ACTIVE set (a rebuild of the
-        assignment), made once per alarm episode and only for a whole move (an evacuation, or a
-        rule that moves everything) in a cluster too small to absorb it
+        parts stay moved. The mark is a map change of the ACTIVE set (the next assignment
+        is derived from the last), made once per alarm episode and only for a whole move (an
+        evacuation, or a rule that moves everything) in a cluster too small to absorb it
         (`_risk_mark_needed`): a graded drain moves a share, which the other servers take
         within their bounds, and its server stays ACTIVE, only blocked by the risk policy
         (`RiskSteering.placement_blocked`), a flag that ends with the alarm and with the manager
