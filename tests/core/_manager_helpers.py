@@ -16,6 +16,8 @@ from forehand.core._manager_config import ManagerConfig
 from forehand.core.manager import ManagerCore
 from forehand.core.messages import (
     FailoverPrepared,
+    HandoffAssigned,
+    HandoffCompleted,
     HeartbeatReported,
     LoadReport,
     PartProgress,
@@ -232,3 +234,29 @@ class ManagerHarness:
 def opened_refs(opened: SessionOpened) -> list[PartRef]:
     """The part references of a SESSION_OPENED."""
     return [PartRef(session_id=opened.session_id, part=p.part) for p in opened.placements]
+
+
+def complete_handoffs(
+    harness: ManagerHarness,
+    alive: tuple[str, ...],
+    rounds: int,
+    *,
+    counted: str | None = None,
+    tick_ms: int = 100,
+) -> list[int]:
+    """Let queued moves plan and their handoffs complete (every source reports done), `rounds`
+    times; the primaries `counted` holds after each round (empty without `counted`)."""
+    counts = []
+    for _ in range(rounds):
+        harness.router.run()
+        for server_id in alive:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if server_id == assigned.source:
+                    done = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, done)
+        harness.tick(tick_ms, alive=alive)
+        if counted is not None:
+            counts.append(len(harness.primaries(counted)))
+    return counts

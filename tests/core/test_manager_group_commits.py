@@ -12,11 +12,11 @@ from forehand.placement import PlacementConfig, ShardMap
 from forehand.stores import DeltaCommitRequested, DeltaRejected, MemoryStore, RejectionReason
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, execute
-    from tests.core.test_manager_planning import finish_handoffs, fleet
+    from tests.core._manager_helpers import ManagerHarness, complete_handoffs, execute
+    from tests.core.test_manager_planning import fleet
 else:
-    from _manager_helpers import ManagerHarness, execute
-    from test_manager_planning import finish_handoffs, fleet
+    from _manager_helpers import ManagerHarness, complete_handoffs, execute
+    from test_manager_planning import fleet
 
 
 def merge(current: ShardMap, builds: Sequence[Built]) -> Built:
@@ -114,7 +114,7 @@ def test_a_planning_pass_commits_its_handoffs_as_one_version() -> None:
     sessions = [harness.open_session(("auth", "cart", "feed")) for _ in range(40)]
     for opened in sessions:
         harness.manager.handoff(opened.session_id, now_us=harness.router.now_us)
-    finish_handoffs(harness, servers, 30)
+    complete_handoffs(harness, servers, 30, tick_ms=200)
     handoffs = harness.events(HandoffStarted)
     versions = [handoff.map_version for handoff in handoffs]
     assert len(handoffs) > 10 and len(set(versions)) < len(versions)
@@ -134,7 +134,7 @@ def test_the_planning_interval_spaces_passes_and_groups_what_became_possible() -
     sessions = [harness.open_session(("auth", "cart", "feed")) for _ in range(40)]
     for opened in sessions:
         harness.manager.handoff(opened.session_id, now_us=harness.router.now_us)
-    finish_handoffs(harness, servers, 30)
+    complete_handoffs(harness, servers, 30, tick_ms=200)
     handoffs = harness.events(HandoffStarted)
     planned = sorted({handoff.planned_us for handoff in handoffs})
     assert len(handoffs) > 10 and len(planned) > 1

@@ -21,7 +21,6 @@ from forehand.core._manager_planning import (
     stabilize_additions,
     steer_additions,
 )
-from forehand.core.messages import HandoffAssigned, HandoffCompleted
 from forehand.placement import (
     PartKey,
     PlacementConfig,
@@ -32,9 +31,9 @@ from forehand.placement import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness
+    from tests.core._manager_helpers import ManagerHarness, complete_handoffs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness
+    from _manager_helpers import ManagerHarness, complete_handoffs
 
 SERVERS = ("a", "b", "c", "d")
 
@@ -162,23 +161,6 @@ def test_steer_additions_keeps_new_parts_off_avoided_servers() -> None:
     assert everyone.pinned == ()  # every server avoided: the hash decides
 
 
-def run_handoffs(harness: ManagerHarness, alive: tuple[str, ...], rounds: int) -> list[int]:
-    """Let the queued handoffs run, every source reporting done; `flagged` primaries per round."""
-    counts = []
-    for _ in range(rounds):
-        harness.router.run()
-        for server_id in alive:
-            for assigned in harness.take(server_id, HandoffAssigned):
-                if server_id == assigned.source:
-                    message = HandoffCompleted(
-                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
-                    )
-                    harness.router.send(server_id, MANAGER, message)
-        harness.tick(100, alive=alive)
-        counts.append(len(harness.primaries(FLAGGED)))
-    return counts
-
-
 FLAGGED = "s1"
 MANAGER_SERVERS = ("s1", "s2", "s3", "s4")
 
@@ -201,7 +183,7 @@ def test_a_flagged_server_is_emptied_without_parts_spilling_back() -> None:
     before = len(harness.primaries(FLAGGED))
     assert before > 60
     harness.heartbeat(FLAGGED, cpu=0.97)
-    counts = run_handoffs(harness, MANAGER_SERVERS, 40)
+    counts = complete_handoffs(harness, MANAGER_SERVERS, 40, counted=FLAGGED)
     assert counts[-1] == 0, counts
     assert all(b <= a for a, b in zip([before, *counts], counts, strict=False)), counts
     assert harness.map.server(FLAGGED).state is ServerState.DRAINING
@@ -260,20 +242,6 @@ def busy_harness(servers: tuple[str, ...], *, free: tuple[str, ...], **overrides
     return harness
 
 
-def finish_handoffs(harness: ManagerHarness, servers: tuple[str, ...], rounds: int) -> None:
-    """Let queued moves plan and their handoffs complete (sources report), `rounds` times."""
-    for _ in range(rounds):
-        harness.router.run()
-        for server_id in servers:
-            for assigned in harness.take(server_id, HandoffAssigned):
-                if server_id == assigned.source:
-                    message = HandoffCompleted(
-                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
-                    )
-                    harness.router.send(server_id, MANAGER, message)
-        harness.tick(200, alive=servers)
-
-
 def test_a_planning_pass_examines_at_most_k_candidates_per_move() -> None:
     """No target anywhere: one pass looks at K servers per move, and inputs before the retry
     timer plan nothing more (planning runs on its timer, not after every input)."""
@@ -301,7 +269,7 @@ def test_queued_moves_are_all_placed_when_a_target_exists() -> None:
     held = harness.primaries(drained)
     assert held
     assert harness.manager.drain(drained, now_us=harness.router.now_us)
-    finish_handoffs(harness, servers, 60)
+    complete_handoffs(harness, servers, 60, tick_ms=200)
     assert harness.primaries(drained) == []
     for ref in held:
         assert harness.placement(ref).primary == "s17"
@@ -324,7 +292,7 @@ def test_no_move_lands_on_a_flagged_or_draining_server() -> None:
     assert harness.manager.drain(drained, now_us=harness.router.now_us)
     for session in harness.events(SessionRegistered)[:30]:
         harness.manager.handoff(session.session_id, now_us=harness.router.now_us)
-    finish_handoffs(harness, servers, 40)
+    complete_handoffs(harness, servers, 40, tick_ms=200)
     started = harness.events(HandoffStarted)
     assert len(started) > 10
     assert all(handoff.target not in (flagged, drained) for handoff in started)

@@ -12,15 +12,20 @@ from forehand.core._manager_risk import (
     PredictiveRiskPolicy,
 )
 from forehand.core._paths import client_bucket
-from forehand.core.messages import HandoffAssigned, HandoffCompleted, PathReport
+from forehand.core.messages import PathReport
 from forehand.placement import ServerState
 from forehand.predict import Action, AlarmState, Decision, RiskLevel, path_bucket
 from forehand.wire import CloseSession, Credential, Hello, ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, manager_config
+    from tests.core._manager_helpers import (
+        MANAGER,
+        ManagerHarness,
+        complete_handoffs,
+        manager_config,
+    )
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, manager_config
+    from _manager_helpers import MANAGER, ManagerHarness, complete_handoffs, manager_config
 
 S = 1_000_000
 SERVERS = ("s1", "s2", "s3", "s4")
@@ -361,23 +366,6 @@ def test_a_whole_risk_move_is_marked_draining_until_the_alarm_ends() -> None:
     assert harness.map.server("s1").state is ServerState.ACTIVE
 
 
-def _complete_handoffs(harness: ManagerHarness, alive: tuple[str, ...], rounds: int) -> list[int]:
-    """Let queued handoffs run, every source reporting done; s1's primaries after each round."""
-    counts = []
-    for _ in range(rounds):
-        harness.router.run()
-        for server_id in alive:
-            for assigned in harness.take(server_id, HandoffAssigned):
-                if server_id == assigned.source:
-                    done = HandoffCompleted(
-                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
-                    )
-                    harness.router.send(server_id, MANAGER, done)
-        harness.tick(100, alive=alive)
-        counts.append(len(harness.primaries("s1")))
-    return counts
-
-
 def test_a_large_enough_cluster_absorbs_an_evacuation_without_the_mark() -> None:
     """With 12 servers the others take a whole server's parts within their bounds: the evacuated
     server empties, stays empty and stays ACTIVE (risk-blocked), so no restart can misread it."""
@@ -394,7 +382,7 @@ def test_a_large_enough_cluster_absorbs_an_evacuation_without_the_mark() -> None
     before = len(harness.primaries("s1"))
     assert before > 15
     harness.heartbeat("s1", cpu=0.97)
-    counts = _complete_handoffs(harness, servers, 30)
+    counts = complete_handoffs(harness, servers, 30, counted="s1")
     assert counts[-1] == 0, counts
     assert all(b <= a for a, b in zip([before, *counts], counts, strict=False)), counts
     assert harness.map.server("s1").state is ServerState.ACTIVE
