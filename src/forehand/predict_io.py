@@ -59,6 +59,8 @@ NAB_MODELS = (
     "blend_mean_logistic",
     "blend_max_tree",
     "zscore",
+    "robust_z",
+    "robust_zscore",
 )
 """The heads run on NAB: every candidate for its primary (chosen on validation), all reported."""
 HANDOFF_S = 0.024

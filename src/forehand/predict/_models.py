@@ -637,6 +637,16 @@ def _logistic_abs(config: PredictorConfig, kind: str, rng: random.Random) -> Ris
     return LogisticModel(config=config, rule=rule, absolute_z=True, name="logistic_abs")
 
 
+def _robust(*, multi_scale: bool, name: str) -> ModelFactory:
+    def factory(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+        # Imported here: the detectors build on this module's rule.
+        from forehand.predict._detectors import robust_model
+
+        return robust_model(config, kind, multi_scale=multi_scale, name=name)
+
+    return factory
+
+
 def _blend(learned: str, mode: str) -> ModelFactory:
     def factory(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
         members = (_rule(config, kind, rng), MODEL_REGISTRY[learned](config, kind, rng))
@@ -660,6 +670,8 @@ MODEL_REGISTRY: dict[str, ModelFactory] = {
     "blend_max_logistic": _blend("logistic", "max"),
     "blend_mean_logistic": _blend("logistic", "mean"),
     "blend_max_tree": _blend("tree", "max"),
+    "robust_z": _robust(multi_scale=False, name="robust_z"),
+    "robust_zscore": _robust(multi_scale=True, name="robust_zscore"),
 }
 """Model name -> factory."""
 

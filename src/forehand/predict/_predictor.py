@@ -20,6 +20,7 @@ from forehand.errors import ConfigError
 from forehand.predict._bank import EntityState, FeatureBank
 from forehand.predict._calibration import PlattCalibrator
 from forehand.predict._config import PredictorConfig
+from forehand.predict._detectors import EntityModel
 from forehand.predict._labels import LabelledTick
 from forehand.predict._models import RiskModel, make_model
 from forehand.predict._samples import EntityKey, PathSample, Sample, ServerSample
@@ -116,11 +117,13 @@ class PredictorStats:
 class _Head:
     """A model with its calibrator."""
 
-    __slots__ = ("calibrator", "drifts_seen", "model", "name")
+    __slots__ = ("calibrator", "drifts_seen", "entity_model", "model", "name")
 
     def __init__(self, *, model: RiskModel, learning_rate: float) -> None:
         self.name = model.name
         self.model = model
+        # A detector with state per server is fed the server's raw values (see _detectors.py).
+        self.entity_model = model if isinstance(model, EntityModel) else None
         self.calibrator = PlattCalibrator(learning_rate=learning_rate)
         self.drifts_seen = 0
 
@@ -186,7 +189,17 @@ class OnlinePredictor:
             if last_breached_us is None
             else math.exp(-(now_us - last_breached_us) / self._config.labels.horizon_us)
         )
-        state.scores = tuple(head.model.score(features) for head in heads)
+        if isinstance(sample, ServerSample):
+            state.scores = tuple(
+                head.model.score(features)
+                if head.entity_model is None
+                else head.entity_model.score_entity(
+                    sample.server_id, values=sample.values, features=features, now_us=now_us
+                )
+                for head in heads
+            )
+        else:
+            state.scores = tuple(head.model.score(features) for head in heads)
         resolved = state.labels.observe(
             breached=breached, now_us=now_us, features=features, scores=state.scores
         )
@@ -268,9 +281,12 @@ class OnlinePredictor:
         score = state.scores[head_index]
         assert state.last_sample_us is not None
         features = state.features
-        top = (
-            head.model.contributions(features)[: self._config.contributions_max] if explain else []
-        )
+        top: list[tuple[str, float]] = []
+        if explain and head.entity_model is not None and entity.bucket is None:
+            top = head.entity_model.contributions_entity(entity.server_id, features)
+        elif explain:
+            top = head.model.contributions(features)
+        top = top[: self._config.contributions_max]
         return Risk(
             entity=entity,
             probability=head.calibrator.probability(score),
@@ -288,6 +304,9 @@ class OnlinePredictor:
     def forget(self, server_id: str) -> None:
         """Drop everything about `server_id` (it left the fleet)."""
         self._bank.forget(server_id)
+        for head in self._heads["server"]:
+            if head.entity_model is not None:
+                head.entity_model.forget_entity(server_id)
 
     def stats(self) -> PredictorStats:
         """Counters for logs and metrics."""
