@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import os
 import random
+import statistics
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -36,11 +40,20 @@ from uhashring import HashRing
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Comparison, compare, print_comparisons
+from benchmarks._common import (
+    Comparison,
+    Metric,
+    compare,
+    print_comparisons,
+    print_metrics,
+    record,
+)
 
 from forehand.placement import (
     PartKey,
+    Placement,
     PlacementConfig,
+    PlacementOverridden,
     ServerEntry,
     ServerState,
     ShardMap,
@@ -461,6 +474,159 @@ def _strategies(size: Size) -> list[str]:
     return lines
 
 
+# Map versions: what one planned-handoff batch costs the placement, step by step.
+
+_VERSION_SERVERS = 10_000
+_VERSION_MOVES = (1, 8, 64)
+_VERSION_CHAIN = 12
+"""Versions in a row per batch size; each step's time is the median over them."""
+_STANDING_OVERRIDES = 2_000
+"""Overrides the map holds before the chain starts, as after a while of handoffs."""
+
+
+def _handoff_operations(
+    current: ShardMap, keys: Sequence[PartKey], rng: random.Random, moves: int
+) -> tuple[list[PlacementOverridden], set[PartKey]]:
+    """`moves` parts handed off to their first replica, the old primary kept as a replica (what
+    the manager's handoff build writes)."""
+    operations: list[PlacementOverridden] = []
+    moving: set[PartKey] = set()
+    while len(operations) < moves:
+        key = keys[rng.randrange(len(keys))]
+        if key in moving:
+            continue
+        placement = current.lookup(key)
+        if not placement.replicas:
+            continue
+        target = Placement(
+            primary=placement.replicas[0], replicas=(*placement.replicas[1:], placement.primary)
+        )
+        operations.append(
+            PlacementOverridden(session_id=key.session_id, part=key.part, placement=target)
+        )
+        moving.add(key)
+    return operations, moving
+
+
+def _version_steps(parts: int, servers: int, seed: int = 21) -> dict[str, float]:
+    """Microseconds per step of a chain of map versions, each a batch of handoffs, median."""
+    # The manager's planning helpers: imported here so that the rest of the benchmark needs only
+    # the placement.
+    from forehand.core._manager_planning import stabilize
+
+    keys = _keys(parts, seed=seed)
+    config = PlacementConfig(servers_max=max(4096, 2 * servers), parts_max=max(parts, 1_000_000))
+    entries = [
+        ServerEntry(
+            server_id=f"s{index:05d}",
+            address=f"10.{index >> 8 & 255}.{index & 255}.1:7000",
+            zone=f"zone-{index % _ZONES}",
+            weight=1.0,
+            state=ServerState.ACTIVE,
+        )
+        for index in range(servers)
+    ]
+    current = ShardMap.build(config=config, version=1, servers=entries, parts=keys)
+    rng = random.Random(seed)
+    standing, _ = _handoff_operations(current, keys, rng, _STANDING_OVERRIDES)
+    current = current.apply(current.delta(*standing))
+    current.primary_loads()
+    current.servers  # noqa: B018 (a read: the sorted entries, as the manager asks each version)
+    samples: dict[str, list[float]] = {}
+
+    def timed(name: str, action: Callable[[], object]) -> object:
+        started = time.perf_counter()
+        result = action()
+        samples.setdefault(name, []).append((time.perf_counter() - started) * 1e6)
+        return result
+
+    gc.collect()
+    gc.disable()
+    try:
+        for moves in _VERSION_MOVES:
+            for _ in range(_VERSION_CHAIN):
+                operations, moving = _handoff_operations(current, keys, rng, moves)
+                base = current
+                started = time.perf_counter()
+                stable = stabilize(base, operations, intended=moving.__contains__)
+                samples.setdefault(f"stabilize {moves}", []).append(
+                    (time.perf_counter() - started) * 1e6
+                )
+                timed(f"apply {moves}", lambda: base.apply(stable.delta))  # noqa: B023
+                following = stable.new_map
+                timed(f"diff {moves}", lambda: base.diff(following))  # noqa: B023
+                timed(f"primary_loads {moves}", following.primary_loads)
+                timed(f"servers {moves}", lambda: following.servers)  # noqa: B023
+                current = following
+    finally:
+        gc.enable()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+_VERSION_STEP_NAMES = {
+    "stabilize": "stabilize (the manager's build)",
+    "apply": "apply the delta",
+    "diff": "diff of consecutive versions",
+    "primary_loads": "primary_loads",
+    "servers": "servers (sorted entries)",
+}
+
+
+def _version_steps_in(source: Path | None, parts: int, servers: int) -> dict[str, float]:
+    """`_version_steps` in a child process, importing forehand from `source`/src when given."""
+    environment = dict(os.environ)
+    if source is not None:
+        environment["PYTHONPATH"] = str(source / "src")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--version-steps-json",
+            "--parts",
+            str(parts),
+            "--version-servers",
+            str(servers),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+    )
+    steps: dict[str, float] = json.loads(completed.stdout.splitlines()[-1])
+    return steps
+
+
+def _versions(parts: int, servers: int, baseline: Path | None, rounds: int) -> None:
+    """Print the version steps, beside the same steps of `baseline`'s code when given."""
+    print(f"map versions ({servers:,} servers, {parts:,} parts, {_STANDING_OVERRIDES:,} overrides)")
+    ours: dict[str, float] = {}
+    theirs: dict[str, float] = {}
+    for _ in range(rounds):
+        # Interleaved, best of the rounds for each step: both see the same machine load.
+        if baseline is not None:
+            for name, value in _version_steps_in(baseline, parts, servers).items():
+                theirs[name] = min(value, theirs.get(name, value))
+        for name, value in _version_steps_in(None, parts, servers).items():
+            ours[name] = min(value, ours.get(name, value))
+    rows = []
+    for name, value in ours.items():
+        step, moves = name.rsplit(" ", 1)
+        rows.append(
+            Metric(
+                name=f"{_VERSION_STEP_NAMES[step]}, batch of {moves}",
+                value=value,
+                unit="us",
+                baseline=theirs.get(name),
+                baseline_name="" if baseline is None else f"code at {baseline}",
+            )
+        )
+    record("map_versions", {"parts": parts, "servers": servers, "ours": ours, "baseline": theirs})
+    print_metrics(
+        "map versions: us per step, median over a chain of versions (ratio: this code / baseline)",
+        rows,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print its tables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -475,9 +641,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--only-server-changes", action="store_true", help="run the server-change section alone"
     )
+    parser.add_argument(
+        "--versions",
+        action="store_true",
+        help="run the map-version section alone (at --parts parts, default 300,000)",
+    )
+    parser.add_argument(
+        "--version-servers",
+        type=int,
+        default=None,
+        help=f"servers of the map-version section (default {_VERSION_SERVERS:,}; 100 with --quick)",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="a checkout of other code (its src/ is imported): the map-version steps run with "
+        "it too, in their own processes, interleaved with this code's, side by side",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="map-version runs per code, best of (default 1)"
+    )
+    parser.add_argument("--version-steps-json", action="store_true", help=argparse.SUPPRESS)
     arguments = parser.parse_args(argv)
     size = QUICK if arguments.quick else FULL
     parts = arguments.parts or (30_000 if arguments.quick else 300_000)
+    version_servers = arguments.version_servers or (100 if arguments.quick else _VERSION_SERVERS)
+    if arguments.version_steps_json:
+        print(json.dumps(_version_steps(parts, version_servers)))
+        return
+    if arguments.versions:
+        _versions(parts, version_servers, arguments.baseline_src, arguments.rounds)
+        return
     if not arguments.only_server_changes:
         _main_tables(size)
     print()
@@ -486,6 +681,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for line in lines:
         print(f"  {line}")
     print_comparisons("server changes: derived from the last map vs full rebuild", comparisons)
+    print()
+    _versions(parts, version_servers, arguments.baseline_src, arguments.rounds)
 
 
 def _main_tables(size: Size) -> None:

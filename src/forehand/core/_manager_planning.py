@@ -178,17 +178,24 @@ class Stabilized:
         """Live primaries the change still moves (servers hand them off implicitly)."""
 
 
+def _usable(candidate: ShardMap, server_id: str) -> bool:
+    """Whether `server_id` is in the map and not DEAD (one lookup, not a pass over the map)."""
+    try:
+        return candidate.server(server_id).state is not ServerState.DEAD
+    except KeyError:
+        return False
+
+
 def _pin_for(candidate: ShardMap, source: Placement, target: Placement) -> Placement | None:
     """The old placement of a part the change would move, topped up from the new one."""
-    servers = {entry.server_id: entry.state for entry in candidate.servers}
-    if servers.get(source.primary) in (None, ServerState.DEAD):
+    if not _usable(candidate, source.primary):
         return None
     replicas: list[str] = []
     for server_id in (*source.replicas, *target.servers):
         if (
             server_id != source.primary
             and server_id not in replicas
-            and servers.get(server_id) not in (None, ServerState.DEAD)
+            and _usable(candidate, server_id)
         ):
             replicas.append(server_id)
     return Placement(

@@ -11,7 +11,6 @@ end of the delta, or earlier when a drain needs the placement in force at that p
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sized
 from dataclasses import replace
 
 from forehand.placement._delta import (
@@ -29,6 +28,7 @@ from forehand.placement._delta import (
 )
 from forehand.placement._errors import InvalidDeltaError, PartKeyCollisionError, StaleDeltaError
 from forehand.placement._ids import PartKey
+from forehand.placement._lineage import Step
 from forehand.placement._reshape import reshape_engine
 from forehand.placement._servers import (
     ServerEntry,
@@ -37,10 +37,10 @@ from forehand.placement._servers import (
     next_server_state,
 )
 from forehand.placement._state import (
-    Eligible,
     MapState,
     check_override,
     check_server_entry,
+    count_pinned_active,
     load_bounds,
     pinned_servers,
     rebuild_engine,
@@ -81,9 +81,13 @@ class _DeltaWriter:
         self._inserts: set[int] = set()
         self._deletes: set[int] = set()
         self._pins_touched: set[str] = set()
-        self._active_parts = _active_parts(
-            state.parts, state.overrides, state.pinned, state.eligible
-        )
+        self._pinned_active = state.pinned_active
+        self._active_parts = len(state.parts) - len(state.overrides) + state.pinned_active
+        self._weights_total: int | None = None
+        # What this delta writes, for the next version's lineage: every pinned count changed,
+        # and the engine arrays copied (None once the eligible servers change).
+        self._pins_changed: set[str] = set()
+        self._arrays: set[tuple[int, int]] | None = set()
 
     def apply(self, operation: Operation) -> None:
         match operation:
@@ -179,6 +183,9 @@ class _DeltaWriter:
             self._pinned_owned = True
         assert isinstance(self._pinned, dict)
         self._pins_touched.add(server_id)
+        self._pins_changed.add(server_id)
+        if server_id in self._eligible.index:
+            self._pinned_active += change
         count = self._pinned.get(server_id, 0) + change
         assert count >= 0, "pinned counts out of sync"
         if count:
@@ -288,10 +295,12 @@ class _DeltaWriter:
             self._engine_computed()
 
     def _engine_computed(self) -> None:
-        # The engine's capacities were just computed from the current counts, for every server.
-        self._active_parts = _active_parts(
-            self._parts, self._overrides, self._pinned, self._eligible
-        )
+        # The engine's capacities were just computed from the current counts, for every server,
+        # over a new eligible set: the totals over it are counted again, and the arrays moved.
+        self._pinned_active = count_pinned_active(self._pinned, self._eligible)
+        self._active_parts = len(self._parts) - len(self._overrides) + self._pinned_active
+        self._weights_total = None
+        self._arrays = None
         self._pins_touched.clear()
 
     def _rebuild(self) -> None:
@@ -326,6 +335,8 @@ class _DeltaWriter:
         for server, capacity in capacities.items():
             writer.lower_capacity(server, capacity)
         self._engine = writer.freeze()
+        if self._arrays is not None:
+            self._arrays.update(writer.written())
         self._inserts.clear()
         self._deletes.clear()
 
@@ -338,12 +349,15 @@ class _DeltaWriter:
         """
         eligible = self._eligible
         weights = eligible.weights_milli
-        active = hash_parts + _pinned_active(self._pinned, eligible)
+        active = hash_parts + self._pinned_active
+        if self._weights_total is None:
+            self._weights_total = sum(weights)
+        total = self._weights_total
         touched = {eligible.index[name] for name in self._pins_touched if name in eligible.index}
         if active != self._active_parts:
             distinct = sorted(set(weights))
-            before = load_bounds(self._config, distinct, self._active_parts, sum(weights))
-            after = load_bounds(self._config, distinct, active, sum(weights))
+            before = load_bounds(self._config, distinct, self._active_parts, total)
+            after = load_bounds(self._config, distinct, active, total)
             moved = {
                 w for w, one, other in zip(distinct, before, after, strict=True) if one != other
             }
@@ -355,7 +369,7 @@ class _DeltaWriter:
             return {}
         distinct = sorted({weights[server] for server in touched})
         bound_of = dict(
-            zip(distinct, load_bounds(self._config, distinct, active, sum(weights)), strict=True)
+            zip(distinct, load_bounds(self._config, distinct, active, total), strict=True)
         )
         old = self._engine.capacities
         changed: dict[int, int] = {}
@@ -368,6 +382,16 @@ class _DeltaWriter:
 
     def finish(self) -> MapState:
         self._settle()
+        if len(self._pinned) <= _CHECKED_PINNED_MAX:
+            recount = count_pinned_active(self._pinned, self._eligible)
+            assert self._pinned_active == recount, "override primaries count out of sync"
+        step = Step(
+            base=self._state.lineage.token,
+            part_buckets=self._parts.written_buckets(),
+            override_buckets=self._overrides.written_buckets(),
+            arrays=None if self._arrays is None else frozenset(self._arrays),
+            pinned=frozenset(self._pins_changed),
+        )
         return MapState(
             version=self._state.version + 1,
             config=self._config,
@@ -377,15 +401,12 @@ class _DeltaWriter:
             pinned=self._pinned,
             eligible=self._eligible,
             engine=self._engine,
+            pinned_active=self._pinned_active,
+            lineage=self._state.lineage.after(step),
         )
 
 
-def _pinned_active(pinned: Mapping[str, int], eligible: Eligible) -> int:
-    return sum(count for name, count in pinned.items() if name in eligible.index)
-
-
-def _active_parts(
-    parts: Sized, overrides: Sized, pinned: Mapping[str, int], eligible: Eligible
-) -> int:
-    """Parts whose primary is an eligible server: what the load bounds are taken over."""
-    return len(parts) - len(overrides) + _pinned_active(pinned, eligible)
+_CHECKED_PINNED_MAX = 64
+"""Maps with at most this many servers primary of an override check the running count of
+override primaries on eligible servers against a recount after every delta (small maps are the
+tests'; at scale the recount would cost O(servers) a version)."""

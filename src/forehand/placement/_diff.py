@@ -2,8 +2,10 @@
 
 Only candidates are compared. A part whose primary or replica set changed shows up in the difference
 of some server's member or replica array, or in a changed override bucket, and arrays that two
-versions share are skipped by identity, so the diff of consecutive versions costs about what the
-delta touched.
+versions share are skipped by identity. When one version descends from the other by a few deltas,
+their lineage (`_lineage.py`) names the buckets and arrays those deltas wrote, and only those are
+looked at: the diff of consecutive versions costs what the delta touched, not a pass over every
+server and bucket.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from dataclasses import dataclass
 
 from forehand.placement._delta import Placement
 from forehand.placement._ids import PartKey
+from forehand.placement._lineage import MEMBERS, Changes
 from forehand.placement._servers import ServerEntry
 from forehand.placement._state import MapState, pinned_placement
 
-__all__ = ["MapDiff", "PartMoved", "diff_states", "placement_of_hash", "same_servers"]
+__all__ = [
+    "MapDiff",
+    "PartMoved",
+    "changes_between",
+    "diff_states",
+    "placement_of_hash",
+    "same_servers",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -102,19 +112,54 @@ def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[I
             yield target_arrays[position]
 
 
-def _candidates(source: MapState, target: MapState) -> set[int]:
-    candidates = set(source.overrides.changed_hashes(target.overrides))
+def _written_array_changes(
+    source: MapState, target: MapState, arrays: frozenset[tuple[int, int]]
+) -> Iterator[Iterable[int]]:
+    """The hashes that entered or left a member array some step between the two wrote.
+
+    Every array not named is shared by the two versions (see `Step.arrays`). The replica
+    arrays need no look: with the same eligible servers the layout is the same, and a
+    hash-placed key's replicas follow from its primary, so a key whose replicas changed also
+    entered or left a member array (or an override bucket).
+    """
+    assert source.eligible is target.eligible, "arrays named across a server-set change"
+    before_members, after_members = source.engine.members, target.engine.members
+    for table, server in sorted(arrays):
+        if table != MEMBERS:
+            continue
+        before, after = before_members[server], after_members[server]
+        if before is not after:
+            yield set(before).symmetric_difference(after)
+
+
+def _candidates(source: MapState, target: MapState, changes: Changes | None) -> set[int]:
+    buckets = None if changes is None else changes.override_buckets
+    candidates = set(source.overrides.changed_hashes(target.overrides, buckets))
+    if changes is not None and changes.arrays is not None:
+        for changed in _written_array_changes(source, target, changes.arrays):
+            candidates.update(changed)
+        return candidates
     for table in ("members", "replicas"):
         for changed in _array_changes(source, target, table):
             candidates.update(changed)
     return candidates
 
 
+def changes_between(source: MapState, target: MapState) -> Changes | None:
+    """What the deltas between two versions wrote, when one descends from the other recently."""
+    changes = target.lineage.since(source.lineage)
+    if changes is None:
+        changes = source.lineage.since(target.lineage)
+    return changes
+
+
 def diff_states(source: MapState, target: MapState) -> MapDiff:
     """The changes that take `source` to `target` (any two versions of one map)."""
+    changes = changes_between(source, target)
     added: list[PartKey] = []
     removed: list[PartKey] = []
-    for key_hash in source.parts.changed_hashes(target.parts):
+    part_buckets = None if changes is None else changes.part_buckets
+    for key_hash in source.parts.changed_hashes(target.parts, part_buckets):
         before = source.parts.get(key_hash)
         after = target.parts.get(key_hash)
         if before is not None and before != after:
@@ -122,7 +167,7 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
         if after is not None and after != before:
             added.append(after)
     moved: list[PartMoved] = []
-    for key_hash in _candidates(source, target):
+    for key_hash in _candidates(source, target, changes):
         key = source.parts.get(key_hash)
         if key is None or target.parts.get(key_hash) != key:
             continue

@@ -256,6 +256,15 @@ class EngineWriter:
         """Current capacities (read only)."""
         return self._capacities
 
+    def written(self) -> frozenset[tuple[int, int]]:
+        """The arrays this writer copied, as (table, server): 0 members, 1 skipped, 2 replicas.
+
+        Every other array is its engine's own. Positions are those of the engine's servers, so
+        this is meaningful only when the writer changed no server set (`remove_server`,
+        `add_server`).
+        """
+        return frozenset(self._owned)
+
     def _array(self, table: list[array[int]], kind: int, server: int) -> array[int]:
         if (kind, server) not in self._owned:
             table[server] = table[server][:]

@@ -8,7 +8,7 @@ stays valid and unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import chain
 from typing import Generic, TypeVar
 
@@ -67,9 +67,21 @@ class HashIndex(Generic[V]):
         """Every value, in no particular order."""
         return chain.from_iterable(bucket.values() for bucket in self._buckets if bucket)
 
-    def changed_hashes(self, other: HashIndex[V]) -> Iterator[int]:
-        """Hashes whose presence or value may differ from `other`: those of unshared buckets."""
-        for mine, theirs in zip(self._buckets, other._buckets, strict=True):
+    def changed_hashes(
+        self, other: HashIndex[V], buckets: Iterable[int] | None = None
+    ) -> Iterator[int]:
+        """Hashes whose presence or value may differ from `other`: those of unshared buckets.
+
+        `buckets`, when given, holds every bucket number whose dicts the two may not share (a
+        lineage's record), and only those are compared.
+        """
+        pairs: Iterable[tuple[dict[int, V] | None, dict[int, V] | None]]
+        if buckets is None:
+            pairs = zip(self._buckets, other._buckets, strict=True)
+        else:
+            assert len(self._buckets) == len(other._buckets)
+            pairs = ((self._buckets[n], other._buckets[n]) for n in sorted(buckets))
+        for mine, theirs in pairs:
             if mine is theirs:
                 continue
             keys = set(mine or ()) | set(theirs or ())
@@ -147,6 +159,11 @@ class HashIndexWriter(Generic[V]):
         for bucket in self._buckets:
             if bucket:
                 yield from bucket.items()
+
+    def written_buckets(self) -> frozenset[int]:
+        """The buckets this writer copied (the only ones whose contents may differ from its
+        base's)."""
+        return frozenset(self._owned)
 
     def view(self) -> HashIndex[V]:
         """A read-only view of the version being built, valid only until the next write."""

@@ -3,7 +3,8 @@
 Placement comes from consistent hashing with bounded loads; handoffs and failovers record explicit
 overrides, so the map holds one small entry per moved part and nothing per part that follows the
 hash. `apply(delta)` returns the next version and leaves this one untouched, sharing everything
-that did not change.
+that did not change; what a version derives from its contents (the sorted server entries, the
+primary counts) it derives from its parent's in what the delta changed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from forehand.placement._delta import (
 from forehand.placement._diff import MapDiff, diff_states, placement_of_hash
 from forehand.placement._errors import UnknownPartKeyError
 from forehand.placement._ids import PartKey
+from forehand.placement._lineage import MEMBERS, Lineage
 from forehand.placement._servers import ServerEntry, ServerState
 from forehand.placement._state import MapState, build_state, load_bounds, pinned_placement
 
@@ -52,12 +54,16 @@ class ServerParts:
 class ShardMap:
     """One immutable version of the shard map."""
 
-    __slots__ = ("_encoded", "_state")
+    __slots__ = ("_encoded", "_entries", "_loads", "_loads_base", "_state")
 
     def __init__(self, state: MapState) -> None:
         """Wrap a built state; use `empty`, `build` or `decode` instead."""
         self._state = state
         self._encoded: bytes | None = None
+        self._entries: tuple[ServerEntry, ...] | None = None
+        self._loads: dict[str, int] | None = None
+        # The primary counts of an ancestor (by lineage), from which this version's derive.
+        self._loads_base: tuple[Lineage, dict[str, int]] | None = None
 
     # Construction.
 
@@ -122,8 +128,13 @@ class ShardMap:
 
     @property
     def servers(self) -> tuple[ServerEntry, ...]:
-        """Every server of the map, sorted by id."""
-        return tuple(entry for _, entry in sorted(self._state.servers.items()))
+        """Every server of the map, sorted by id (sorted once, and shared by the versions that
+        follow until a delta changes a server)."""
+        entries = self._entries
+        if entries is None:
+            entries = tuple(entry for _, entry in sorted(self._state.servers.items()))
+            self._entries = entries
+        return entries
 
     def server(self, server_id: str) -> ServerEntry:
         """The entry of one server; KeyError when it is not in the map."""
@@ -211,12 +222,43 @@ class ShardMap:
         )
 
     def primary_loads(self) -> dict[str, int]:
-        """Per ACTIVE server: how many parts it serves as primary (hash-placed and overrides)."""
+        """Per ACTIVE server: how many parts it serves as primary (hash-placed and overrides).
+
+        A new dict each call. The counts are kept per version once asked for, and a version
+        whose ancestor's counts were asked for derives its own from them, recounting only the
+        servers the deltas in between changed.
+        """
+        loads = self._loads
+        if loads is None:
+            loads = self._derived_loads()
+            if loads is None:
+                state = self._state
+                members, pinned = state.engine.members, state.pinned
+                loads = {
+                    name: len(members[position]) + pinned.get(name, 0)
+                    for position, name in enumerate(state.eligible.names)
+                }
+            self._loads = loads
+            self._loads_base = None
+        return dict(loads)
+
+    def _derived_loads(self) -> dict[str, int] | None:
+        """This version's primary counts from an ancestor's, or None when they cannot be."""
+        if self._loads_base is None:
+            return None
         state = self._state
-        return {
-            name: len(state.engine.members[position]) + state.pinned.get(name, 0)
-            for position, name in enumerate(state.eligible.names)
-        }
+        lineage, base = self._loads_base
+        changes = state.lineage.since(lineage)
+        if changes is None or changes.arrays is None:
+            return None
+        names, index = state.eligible.names, state.eligible.index
+        touched = {names[server] for table, server in changes.arrays if table == MEMBERS}
+        touched.update(name for name in changes.pinned if name in index)
+        loads = dict(base)
+        members, pinned = state.engine.members, state.pinned
+        for name in touched:
+            loads[name] = len(members[index[name]]) + pinned.get(name, 0)
+        return loads
 
     def load_bounds(self) -> dict[str, int]:
         """Per ACTIVE server: the most primaries bounded loads lets the hash give it.
@@ -226,7 +268,7 @@ class ShardMap:
         """
         state = self._state
         names = state.eligible.names
-        active_parts = sum(self.primary_loads().values())
+        active_parts = len(state.parts) - len(state.overrides) + state.pinned_active
         weights = [state.servers[name].weight_milli for name in names]
         return dict(zip(names, load_bounds(state.config, weights, active_parts), strict=True))
 
@@ -234,7 +276,15 @@ class ShardMap:
 
     def apply(self, delta: Delta) -> ShardMap:
         """The next version; StaleDeltaError when `delta.base_version` is not this version."""
-        return ShardMap(apply_delta(self._state, delta))
+        state = apply_delta(self._state, delta)
+        following = ShardMap(state)
+        if state.servers is self._state.servers:
+            following._entries = self._entries
+        if self._loads is not None:
+            following._loads_base = (self._state.lineage, self._loads)
+        else:
+            following._loads_base = self._loads_base
+        return following
 
     def diff(self, other: ShardMap) -> MapDiff:
         """What changed from this version to `other`: parts added, removed, moved; servers."""

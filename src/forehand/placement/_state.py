@@ -18,6 +18,7 @@ from forehand.placement._engine import Engine, build_engine
 from forehand.placement._errors import InvalidDeltaError, PartKeyCollisionError
 from forehand.placement._ids import PartKey
 from forehand.placement._index import HashIndex
+from forehand.placement._lineage import Lineage, new_lineage
 from forehand.placement._servers import ServerEntry, ServerState
 from forehand.placement._strategies import build_layout
 
@@ -29,6 +30,7 @@ __all__ = [
     "build_state",
     "check_override",
     "check_server_entry",
+    "count_pinned_active",
     "new_override_index",
     "pinned_placement",
     "pinned_servers",
@@ -92,6 +94,10 @@ class MapState:
     """The servers the hash places parts on."""
     engine: Engine
     """The bounded-load assignment of the parts without override."""
+    pinned_active: int
+    """How many overrides make an eligible server primary (`pinned`, summed over `eligible`)."""
+    lineage: Lineage
+    """This version's identity and what the deltas before it changed (`_lineage.py`)."""
 
 
 def hash_capacities(
@@ -263,4 +269,12 @@ def build_state(
         pinned=pinned,
         eligible=eligible,
         engine=engine,
+        pinned_active=count_pinned_active(pinned, eligible),
+        lineage=new_lineage(),
     )
+
+
+def count_pinned_active(pinned: Mapping[str, int], eligible: Eligible) -> int:
+    """How many overrides make an eligible server primary."""
+    index = eligible.index
+    return sum(count for name, count in pinned.items() if name in index)
