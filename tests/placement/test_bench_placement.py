@@ -14,7 +14,8 @@ _BENCHMARK = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "bench
 @pytest.mark.slow
 def test_quick_benchmark_runs() -> None:
     """`bench_placement.py --quick` exits cleanly and reports lookups, movement, loads, memory,
-    and server changes derived beside a full rebuild (which it checks they equal)."""
+    server changes derived beside a full rebuild (which it checks they equal), and the steps of
+    a chain of map versions."""
     completed = subprocess.run(
         [sys.executable, str(_BENCHMARK), "--quick"],
         capture_output=True,
@@ -31,5 +32,7 @@ def test_quick_benchmark_runs() -> None:
         "strategies",
         "server death at 30,000 parts",
         "full rebuild of the assignment",
+        "map versions",
+        "diff of consecutive versions, batch of 64",
     ):
         assert expected in completed.stdout

@@ -19,6 +19,7 @@ from forehand.placement._ids import PartKey
 from forehand.placement._lineage import MEMBERS, Changes
 from forehand.placement._servers import ServerEntry
 from forehand.placement._state import MapState, pinned_placement
+from forehand.placement._table import Table
 
 __all__ = [
     "MapDiff",
@@ -93,13 +94,15 @@ def same_servers(one: Placement, other: Placement) -> bool:
 def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[Iterable[int]]:
     source_index = source.eligible.index
     target_index = target.eligible.index
-    source_arrays: tuple[array[int], ...] = getattr(source.engine, table)
-    target_arrays: tuple[array[int], ...] = getattr(target.engine, table)
+    source_arrays: Table[array[int]] = getattr(source.engine, table)
+    target_arrays: Table[array[int]] = getattr(target.engine, table)
     if source.eligible is target.eligible:
-        # The same servers at the same positions: compare the arrays pairwise, in C mostly.
-        for before, after in zip(source_arrays, target_arrays, strict=True):
-            if before is not after:
-                yield set(before).symmetric_difference(after)
+        # The same servers at the same positions: skip the chunks the tables share, compare
+        # the arrays of the others pairwise.
+        for _, before_chunk, after_chunk in source_arrays.chunk_pairs(target_arrays):
+            for before, after in zip(before_chunk, after_chunk, strict=True):
+                if before is not after:
+                    yield set(before).symmetric_difference(after)
         return
     for name, position in source_index.items():
         other = target_index.get(name)

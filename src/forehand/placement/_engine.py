@@ -40,6 +40,7 @@ import numpy.typing as npt
 from forehand.placement._hashing import HASH_LIMIT
 from forehand.placement._ring import RingLayout
 from forehand.placement._strategies import Layout
+from forehand.placement._table import Table, TableWriter
 
 __all__ = ["CLOSED", "UNBOUNDED", "Engine", "EngineWriter", "build_engine"]
 
@@ -69,11 +70,12 @@ class Engine:
     """How many hash-placed primaries each server may hold."""
     thresholds: tuple[int, ...]
     """Per server: the largest hash it admitted when full, else UNBOUNDED or CLOSED."""
-    members: tuple[array[int], ...]
-    """Per server: sorted hashes of the hash-placed keys it holds as primary."""
-    skipped: tuple[array[int], ...]
+    members: Table[array[int]]
+    """Per server: sorted hashes of the hash-placed keys it holds as primary (a chunked table,
+    so that versions share the chunks a delta did not write)."""
+    skipped: Table[array[int]]
     """Per server: sorted hashes of the keys that walked past it because it was full."""
-    replicas: tuple[array[int], ...]
+    replicas: Table[array[int]]
     """Per server: sorted hashes of the hash-placed keys it holds as replica."""
 
     def primary_of(self, key_hash: int) -> int:
@@ -154,9 +156,9 @@ def build_engine(
         thresholds=tuple(
             _threshold(members[server], capacities[server]) for server in range(count)
         ),
-        members=tuple(members),
-        skipped=tuple(_empty() for _ in range(count)),
-        replicas=tuple(_empty() for _ in range(count)),
+        members=Table.of(members),
+        skipped=Table.of(_empty() for _ in range(count)),
+        replicas=Table.of(_empty() for _ in range(count)),
     )
     if len(overflow):
         writer = engine.writer()
@@ -198,9 +200,7 @@ def _first_choices(
     return members, np.sort(np.concatenate(overflow))
 
 
-def _replica_arrays(
-    engine: Engine, hashes: npt.NDArray[np.uint64], want: int
-) -> tuple[array[int], ...]:
+def _replica_arrays(engine: Engine, hashes: npt.NDArray[np.uint64], want: int) -> Table[array[int]]:
     count = engine.layout.server_count
     primaries = np.empty(len(hashes), dtype=np.intp)
     for server, held in enumerate(engine.members):
@@ -226,7 +226,7 @@ def _replica_arrays(
     for size in np.bincount(servers, minlength=count).tolist():
         result.append(array("Q", copies[start : start + size].tobytes()))
         start += size
-    return tuple(result)
+    return Table.of(result)
 
 
 def _threshold(members: array[int], capacity: int) -> int:
@@ -246,9 +246,11 @@ class EngineWriter:
         self._replica_target = engine.replica_target
         self._capacities = list(engine.capacities)
         self._thresholds = list(engine.thresholds)
-        self._members = list(engine.members)
-        self._skipped = list(engine.skipped)
-        self._replicas = list(engine.replicas)
+        # The array tables are copied chunk by chunk as they are written, the capacities and
+        # thresholds (read on every step of every walk) flat.
+        self._members = engine.members.writer()
+        self._skipped = engine.skipped.writer()
+        self._replicas = engine.replicas.writer()
         self._owned: set[tuple[int, int]] = set()
 
     @property
@@ -265,7 +267,7 @@ class EngineWriter:
         """
         return frozenset(self._owned)
 
-    def _array(self, table: list[array[int]], kind: int, server: int) -> array[int]:
+    def _array(self, table: TableWriter[array[int]], kind: int, server: int) -> array[int]:
         if (kind, server) not in self._owned:
             table[server] = table[server][:]
             self._owned.add((kind, server))
@@ -551,7 +553,8 @@ class EngineWriter:
                     table[new] = _empty()
                     owned.add((kind, new))
         self._members, self._skipped, self._replicas = (
-            [values for values in table if values is not None] for table in tables
+            Table.of([values for values in table if values is not None]).writer()
+            for table in tables
         )
         self._capacities = capacities
         self._thresholds = thresholds
@@ -566,7 +569,7 @@ class EngineWriter:
             replica_target=self._replica_target,
             capacities=tuple(self._capacities),
             thresholds=tuple(self._thresholds),
-            members=tuple(self._members),
-            skipped=tuple(self._skipped),
-            replicas=tuple(self._replicas),
+            members=self._members.freeze(),
+            skipped=self._skipped.freeze(),
+            replicas=self._replicas.freeze(),
         )

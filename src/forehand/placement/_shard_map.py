@@ -233,10 +233,10 @@ class ShardMap:
             loads = self._derived_loads()
             if loads is None:
                 state = self._state
-                members, pinned = state.engine.members, state.pinned
+                pinned = state.pinned
                 loads = {
-                    name: len(members[position]) + pinned.get(name, 0)
-                    for position, name in enumerate(state.eligible.names)
+                    name: len(held) + pinned.get(name, 0)
+                    for name, held in zip(state.eligible.names, state.engine.members, strict=True)
                 }
             self._loads = loads
             self._loads_base = None
