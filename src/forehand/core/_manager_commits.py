@@ -13,6 +13,11 @@ version, up to `group_changes_max` of them: each is built on top of the one befo
 `merge` callback turns the builds into one delta against the current map. Every version costs
 the manager one push to every live server and the store one delta, so a planning pass that
 starts thirty handoffs at once makes one version, not thirty.
+
+`MapHistory` keeps the newest published deltas, so that a server coming back with the version it
+holds (a readmitted server, a server that saw a gap) is sent the deltas since that version
+instead of the whole map: a whole map of millions of parts costs seconds to encode and megabytes
+to send, the deltas of a few versions kilobytes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from forehand.core._manager_events import MapChange
-from forehand.core.messages import PartRef
+from forehand.core.messages import MapPublished, PartRef
 from forehand.errors import LocalProtocolError
 from forehand.placement import Delta, PartKey, PlacementConfig, ShardMap
 
@@ -42,7 +47,15 @@ from forehand.stores._messages import (
     StoreRequest,
 )
 
-__all__ = ["Built", "Change", "CommitPipeline", "Committed", "Loaded", "Rejected"]
+__all__ = [
+    "Built",
+    "Change",
+    "CommitPipeline",
+    "Committed",
+    "Loaded",
+    "MapHistory",
+    "Rejected",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -419,3 +432,60 @@ class CommitPipeline:
         if in_flight is None or now_us < in_flight.sent_us + self._timeout_us:
             return None
         return self._failed(in_flight, "store request timed out", now_us=now_us)
+
+
+class MapHistory:
+    """The newest published deltas, consecutive, within a count and a byte bound.
+
+    Entries chain: each one's `base_version` is the `map_version` of the one before. A reload of
+    the map starts a new history (the versions before it may not be this manager's).
+    """
+
+    def __init__(self, *, deltas_max: int, bytes_max: int) -> None:
+        self._deltas_max = deltas_max
+        self._bytes_max = bytes_max
+        self._deltas: deque[MapPublished] = deque()
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._deltas)
+
+    @property
+    def bytes(self) -> int:
+        """Body bytes held."""
+        return self._bytes
+
+    def clear(self) -> None:
+        """Forget every delta (the map was reloaded)."""
+        self._deltas.clear()
+        self._bytes = 0
+
+    def record(self, published: MapPublished) -> None:
+        """Keep a delta just published, forgetting the oldest beyond the bounds."""
+        deltas = self._deltas
+        if deltas and deltas[-1].map_version != published.base_version:
+            # Not the next version (cannot happen between reloads): start again from this one.
+            self.clear()
+        if published.base_version == 0:
+            # The first version's base, 0, reads as "a whole map" in MapPublished: a server
+            # holding nothing gets the whole map anyway.
+            return
+        deltas.append(published)
+        self._bytes += len(published.body)
+        while deltas and (len(deltas) > self._deltas_max or self._bytes > self._bytes_max):
+            self._bytes -= len(deltas.popleft().body)
+
+    def since(self, held_version: int, target_version: int) -> list[MapPublished] | None:
+        """The deltas that take `held_version` to `target_version`, in order; None when the
+        history does not reach back that far (or forward that far): send the whole map."""
+        deltas = self._deltas
+        if not deltas or not 0 < held_version < target_version:
+            return None
+        first = deltas[0].base_version
+        if held_version < first or target_version > deltas[-1].map_version:
+            return None
+        # Consecutive versions: the delta from `held_version` sits at a known offset.
+        start = held_version - first
+        chain = [deltas[index] for index in range(start, start + target_version - held_version)]
+        assert chain[0].base_version == held_version and chain[-1].map_version == target_version
+        return chain

@@ -88,6 +88,11 @@ class ManagerConfig:
     """Map changes queued behind the one commit in flight; a full queue pushes back."""
     snapshot_interval_deltas: int = 1_000
     """Commits between two snapshots of the whole map saved to the store."""
+    map_history_deltas_max: int = 1_024
+    """Newest published deltas kept to bring a readmitted or lagging server up to date (the
+    deltas since the version it holds instead of the whole map); 0 sends the whole map."""
+    map_history_bytes_max: int = 64 << 20
+    """Most bytes of deltas those keep; the oldest go first."""
     store_timeout_ms: int = 5_000
     """A store request unanswered this long is abandoned: the manager reloads the map."""
     handoff_deadline_ms: int = 5_000
@@ -324,6 +329,7 @@ _ZERO_ALLOWED = frozenset(
         "risk_holdout_fraction",
         "target_lag_entries_max",
         "handoff_plan_interval_ms",
+        "map_history_deltas_max",
     }
 )
 """Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

@@ -272,6 +272,9 @@ class Member:
     """The newest heartbeat sequence accepted for `incarnation`."""
     map_version: int = 0
     """The newest map version it reported having applied."""
+    map_version_sent: int = 0
+    """The newest map version the manager sent it (0: none yet, in this incarnation); what it
+    holds is at most this."""
     load: LoadReport | None = None
     """Its latest load report."""
     progress: dict[PartRef, PartProgress] = field(default_factory=dict)
@@ -316,6 +319,18 @@ class Membership:
     def live_ids(self) -> list[str]:
         """Ids of ALIVE and SUSPECTED members, sorted."""
         return [member.server_id for member in self.members() if member.is_live]
+
+    def live_members(self) -> list[Member]:
+        """ALIVE and SUSPECTED members, sorted by server id."""
+        return [member for member in self.members() if member.is_live]
+
+    def held_version(self, server_id: str) -> int:
+        """The newest map version the member surely holds: what it reported, at most what it
+        was sent (0 when unknown: it needs the whole map)."""
+        member = self._members.get(server_id)
+        if member is None:
+            return 0
+        return min(member.map_version, member.map_version_sent)
 
     def state_of(self, server_id: str) -> MemberState | None:
         """The member's state, or None when unknown."""
@@ -378,6 +393,7 @@ class Membership:
         member.detector = self._new_detector(now_us=now_us)
         member.heartbeat_sequence = -1
         member.map_version = 0
+        member.map_version_sent = 0
         member.load = None
         member.progress.clear()
 

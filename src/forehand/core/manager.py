@@ -39,6 +39,7 @@ from forehand.core._manager_commits import (
     CommitPipeline,
     Committed,
     Loaded,
+    MapHistory,
     Outcome,
     Rejected,
 )
@@ -237,6 +238,9 @@ class ManagerCore:
             snapshot_interval_deltas=config.snapshot_interval_deltas,
             group_changes_max=config.commit_group_changes_max,
             merge=_merge_builds,
+        )
+        self._history = MapHistory(
+            deltas_max=config.map_history_deltas_max, bytes_max=config.map_history_bytes_max
         )
         self._outbox: list[Outbound] = []
         self._events: deque[ManagerEvent] = deque()
@@ -586,9 +590,11 @@ class ManagerCore:
         self._emit(
             MapLoaded(map_version=current.version, servers=len(current.servers), parts=len(current))
         )
+        self._history.clear()
         whole = self._whole_map_message(current)
-        for server_id in self._membership.live_ids():
-            self._send(server_id, whole)
+        for member in self._membership.live_members():
+            self._send(member.server_id, whole)
+            member.map_version_sent = current.version
 
     def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
         known = self._sessions.get(session_id, ())
@@ -610,13 +616,16 @@ class ManagerCore:
                 elif isinstance(operation, PartsRemoved):
                     self._unindex_parts(operation.session_id, operation.parts)
             self._changes.committed(built.delta, built.new_map.version, built.implicit_moves)
+            version = built.new_map.version
             published = messages.MapPublished(
-                map_version=built.new_map.version,
+                map_version=version,
                 base_version=outcome.previous.version,
                 body=ShardMap.encode_delta(built.delta),
             )
-            for server_id in self._membership.live_ids():
-                self._send(server_id, published)
+            self._history.record(published)
+            for live in self._membership.live_members():
+                self._send(live.server_id, published)
+                live.map_version_sent = version
             self._emit(
                 MapCommitted(
                     map_version=built.new_map.version,
@@ -634,6 +643,17 @@ class ManagerCore:
         return messages.MapPublished(
             map_version=current.version, base_version=0, body=current.encode()
         )
+
+    def _catch_up(self, server_id: str, held_version: int, current: ShardMap) -> None:
+        """Bring a server that holds `held_version` to `current`: the deltas since, in order,
+        when the history still has them, else the whole map (a few kilobytes instead of an
+        encode of every part)."""
+        chain = self._history.since(held_version, current.version)
+        for published in chain or (self._whole_map_message(current),):
+            self._send(server_id, published)
+        member = self._membership.get(server_id)
+        if member is not None:
+            member.map_version_sent = max(member.map_version_sent, current.version)
 
     # Membership.
 
@@ -665,7 +685,8 @@ class ManagerCore:
             member = self._membership.get(message.server_id)
             current = self.shard_map
             if member is not None and member.is_live and current is not None:
-                self._send(message.server_id, self._whole_map_message(current))
+                # A server announces again only while it has no map.
+                self._catch_up(message.server_id, 0, current)
 
     def _on_heartbeat(
         self, message: messages.HeartbeatReported, source: NodeId, now_us: int
@@ -770,7 +791,8 @@ class ManagerCore:
             server_id, incarnation=member.incarnation
         ):
             return
-        self._send(server_id, self._whole_map_message(built.new_map))
+        # A readmitted server still holds the map it had when it was declared dead.
+        self._catch_up(server_id, self._membership.held_version(server_id), built.new_map)
         self._emit(
             ServerJoined(
                 server_id=server_id,
@@ -1958,7 +1980,9 @@ class ManagerCore:
         if current is None or not self._check_sender(message.server_id, source):
             return
         if self._is_live(source) and message.map_version < current.version:
-            self._send(source, self._whole_map_message(current))
+            member = self._membership.get(source)
+            sent = 0 if member is None else member.map_version_sent
+            self._catch_up(source, min(message.map_version, sent), current)
 
     def _on_cluster_frame(self, frame: ClusterMessage, source: NodeId, now_us: int) -> None:
         inner = messages.decode_cluster_message(frame.body)
