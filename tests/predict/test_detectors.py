@@ -229,3 +229,17 @@ def test_registry_config_and_nab_candidates() -> None:
         RobustDetectorConfig(clip_deviations=0.0)
     with pytest.raises(ConfigError):
         RobustDetectorConfig(warmup_samples=0)
+
+
+def test_missing_and_non_finite_values_repeat_the_newest() -> None:
+    """A NaN, an infinity or a missing value scores and learns as the newest finite value did."""
+    first, second = _model(), _model()
+    for value in (1.0, 3.0, 2.0):
+        first.score_entity("s", values={"value": value}, features={}, now_us=0)
+        second.score_entity("s", values={"value": value}, features={}, now_us=0)
+    for bad in ({"value": math.nan}, {"value": math.inf}, {}):
+        assert first.score_entity("s", values=bad, features={}, now_us=0) == (
+            second.score_entity("s", values={"value": 2.0}, features={}, now_us=0)
+        )
+    assert math.isfinite(first.score_entity("s", values={"value": 5.0}, features={}, now_us=0))
+    assert _model().score_entity("t", values={}, features={}, now_us=0) == -RULE_GAIN

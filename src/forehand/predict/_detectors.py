@@ -229,7 +229,8 @@ class RobustZModel:
         features: Mapping[str, float],
         now_us: int,
     ) -> float:
-        """Fold in the unscaled metrics' raw values (a missing one repeats its newest) and score."""
+        """Fold in the unscaled metrics' raw values (a missing or non-finite one repeats the newest
+        finite one) and score."""
         state = self._state(entity)
         elapsed_us = 0 if state.last_us is None else max(now_us - state.last_us, 0)
         state.last_us = now_us
@@ -238,9 +239,13 @@ class RobustZModel:
         for metric, metric_state, names in zip(
             self._metrics, state.metrics, self._names, strict=True
         ):
-            raw = values.get(metric.name, metric_state.last_raw)
-            if raw is None:
-                continue
+            raw = values.get(metric.name)
+            if raw is None or not math.isfinite(raw):
+                # A missing or non-finite value repeats the newest finite one: a NaN learned once
+                # would leave the baseline NaN for good.
+                raw = metric_state.last_raw
+                if raw is None:
+                    continue
             metric_state.last_raw = raw
             baseline = metric_state.baseline
             # The deviation is taken against the baseline before it learns the sample.
