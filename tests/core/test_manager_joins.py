@@ -17,6 +17,7 @@ from forehand.core.messages import MapPublished, MapRequested
 from forehand.core.server import ServerCore
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
+from forehand.stores import MemoryStore
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import MANAGER, ManagerHarness
@@ -241,3 +242,21 @@ def test_a_real_server_partitioned_past_the_failure_timeout_catches_up_from_delt
     assert sent[0].base_version <= held
     assert servers["s1"].map_version == harness.map.version
     assert harness.manager.membership.state_of("s1") is MemberState.ALIVE
+
+
+def test_a_new_manager_sends_the_stored_snapshot_itself_as_the_whole_map() -> None:
+    """A store whose snapshot is the current version: the restored members get its bytes, not a
+    new encode; with deltas on top of the snapshot, a fresh encode of the loaded version."""
+    first = ManagerHarness()
+    first.join(*SERVERS)
+    assert first.open_session() is not None
+    snapshot = first.map.encode()
+    version = first.map.version
+    store = MemoryStore(snapshot=snapshot, snapshot_version=version)
+    second = ManagerHarness(store=store)
+    (whole,) = second.take("s1", MapPublished)
+    assert whole.body is snapshot and whole.map_version == version
+    # The same history as deltas: the loaded map is encoded again, to the same bytes.
+    third = ManagerHarness(store=first.store)
+    (again,) = third.take("s1", MapPublished)
+    assert again.body is not snapshot and again.body == snapshot

@@ -134,6 +134,9 @@ class Loaded:
     """The loaded version."""
     previous: ShardMap | None
     """The version held before, None at start-up."""
+    encoded: bytes | None = None
+    """The store's snapshot when it is the loaded version itself (no delta applied on top): the
+    whole map's bytes without encoding it again."""
 
 
 Outcome = Committed | Rejected | Loaded
@@ -377,7 +380,8 @@ class CommitPipeline:
         self._deltas_since_snapshot = len(result.deltas)
         previous = self._map
         self._map = shard_map
-        return Loaded(shard_map=shard_map, previous=previous)
+        whole = result.snapshot if not result.deltas else None
+        return Loaded(shard_map=shard_map, previous=previous, encoded=whole)
 
     def _committed(self, in_flight: _InFlight) -> Committed:
         assert in_flight.change is not None and in_flight.built is not None

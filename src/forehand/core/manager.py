@@ -571,10 +571,11 @@ class ManagerCore:
 
     def _map_loaded(self, outcome: Loaded, now_us: int) -> None:
         current = outcome.shard_map
-        self._sessions = {}
         self._changes.everything_changed(current.version)
+        sessions: dict[bytes, list[str]] = {}
         for key in current.part_keys():
-            self._index_parts(key.session_id, (key.part,))
+            sessions.setdefault(key.session_id, []).append(key.part)
+        self._sessions = {session_id: tuple(parts) for session_id, parts in sessions.items()}
         self._membership_changed()
         for entry in current.servers:
             self._membership.restore(
@@ -591,7 +592,13 @@ class ManagerCore:
             MapLoaded(map_version=current.version, servers=len(current.servers), parts=len(current))
         )
         self._history.clear()
-        whole = self._whole_map_message(current)
+        whole = (
+            self._whole_map_message(current)
+            if outcome.encoded is None
+            else messages.MapPublished(
+                map_version=current.version, base_version=0, body=outcome.encoded
+            )
+        )
         for member in self._membership.live_members():
             self._send(member.server_id, whole)
             member.map_version_sent = current.version
