@@ -136,6 +136,8 @@ class RecallRow:
     """Median lead time of the predicted events, in seconds (nan if none)."""
     lead_s_p10: float
     """10th percentile of the lead time, in seconds (nan if none)."""
+    validation_recall: float = math.nan
+    """Recall of the group's validation events at this threshold (nan if it has none there)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -474,13 +476,18 @@ def _model_report(
     config: EvaluationConfig,
 ) -> ModelReport:
     rows: list[RecallRow] = []
-    validation_events = sum(len(split.events) for split in validation)
+    validation_events = {
+        name: sum(
+            1 for split in validation for event in split.events if not kinds or event.kind in kinds
+        )
+        for name, kinds in groups.items()
+    }
     validation_recalls: list[float] = []
     for budget in config.false_alarms_per_day:
         threshold = _choose_threshold(validation, model, budget, config)
-        if validation_events:
-            seen = _score(validation, model, threshold, config, {"all": ()})
-            validation_recalls.append(seen.predicted["all"] / validation_events)
+        seen = _score(validation, model, threshold, config, groups)
+        if validation_events["all"]:
+            validation_recalls.append(seen.predicted["all"] / validation_events["all"])
         outcome = _score(test, model, threshold, config, groups)
         rate = outcome.alarms / (test_days * DAY_US / SECOND_US) if test_days else 0.0
         floor = random_floor(rate, horizon_us=config.horizon_us, lead_us=config.lead_us)
@@ -502,6 +509,9 @@ def _model_report(
                     precision=outcome.true_alarms / judged if judged else math.nan,
                     lead_s_median=float(np.median(leads_s)) if len(leads_s) else math.nan,
                     lead_s_p10=float(np.quantile(leads_s, 0.1)) if len(leads_s) else math.nan,
+                    validation_recall=seen.predicted[name] / validation_events[name]
+                    if validation_events[name]
+                    else math.nan,
                 )
             )
     probabilities, labels = _labelled(test, model)
