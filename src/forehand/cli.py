@@ -118,6 +118,13 @@ def predict_eval(
     horizon_s: float = typer.Option(21_600.0, help="H for the NAB data, in seconds."),
     lead_s: float = typer.Option(600.0, help="L for the NAB data, in seconds."),
     onset: str = typer.Option("middle", help="NAB onset: window 'middle' (its label) or 'start'."),
+    nab_folds: str | None = typer.Option(
+        None,
+        "--nab-folds",
+        help='NAB: JSON {"A": [series], "B": [series]} (file names without .csv) for the '
+        "evaluation by two folds of series; default: the fixed folds of realAWSCloudwatch, "
+        "else a hash of each file name.",
+    ),
     sim: bool = typer.Option(False, help="Evaluate on a campaign of the per-message simulator."),
     sim_events: int = typer.Option(50, help="Simulator: test events per fault type to size for."),
     jobs: int = typer.Option(2, help="Simulator: runs in parallel (processes)."),
@@ -129,10 +136,17 @@ def predict_eval(
 
     from rich.console import Console
 
-    from forehand.predict_io import nab_report, print_report, print_targets, synthetic_report
+    from forehand.errors import ConfigError
+    from forehand.predict_io import (
+        nab_evaluation,
+        print_fold_report,
+        print_report,
+        print_targets,
+        synthetic_report,
+    )
 
     console = Console() if Console().is_terminal else Console(width=160)
-    synthetic_result = nab_result = simulator_result = None
+    synthetic_result = nab_result = simulator_result = fold_result = None
     if synthetic:
         console.print(f"SEED={seed} synthetic fleet: {servers} servers x {days:g} days")
         synthetic_result = synthetic_report(servers=servers, days=days, seed=seed, console=console)
@@ -150,16 +164,32 @@ def predict_eval(
             cache=None if cache is None else Path(cache),
         )
     if nab is not None:
-        nab_result = nab_report(
-            Path(nab),
-            horizon_us=int(horizon_s * 1e6),
-            lead_us=int(lead_s * 1e6),
-            seed=seed,
-            onset=onset,
-            console=console,
-        )
+        try:
+            evaluation = nab_evaluation(
+                Path(nab),
+                horizon_us=int(horizon_s * 1e6),
+                lead_us=int(lead_s * 1e6),
+                seed=seed,
+                onset=onset,
+                console=console,
+                folds_path=None if nab_folds is None else Path(nab_folds),
+            )
+        except ConfigError as error:
+            typer.echo(f"forehand predict-eval: {error}", err=True)
+            raise typer.Exit(2) from error
+        nab_result, fold_result = evaluation.time_split, evaluation.folds
         print_report("NAB", nab_result, console=console, budget_name="alarms/day")
-    print_targets(synthetic_result, nab_result, console=console, simulator=simulator_result)
+        if fold_result is None:
+            console.print(f"NAB: no evaluation by folds of series: {evaluation.fold_rule}")
+        else:
+            print_fold_report("NAB", fold_result, console=console, rule=evaluation.fold_rule)
+    print_targets(
+        synthetic_result,
+        nab_result,
+        console=console,
+        simulator=simulator_result,
+        nab_folds=fold_result,
+    )
 
 
 from forehand._ops_commands import register as _register_ops  # noqa: E402

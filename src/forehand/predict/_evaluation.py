@@ -28,6 +28,9 @@ __all__ = [
     "EntitySeries",
     "EvaluationConfig",
     "EvaluationReport",
+    "FoldDirection",
+    "FoldOutcome",
+    "FoldReport",
     "ModelReport",
     "RecallRow",
     "ThresholdMode",
@@ -35,6 +38,9 @@ __all__ = [
     "brier_skill_score",
     "calibration_error",
     "evaluate",
+    "evaluate_folds",
+    "fold_row",
+    "pool_outcomes",
     "random_floor",
     "tick_labels",
 ]
@@ -535,3 +541,289 @@ def _labelled(splits: Sequence[_Split], model: str) -> tuple[FloatArray, BoolArr
     probabilities = np.concatenate([split.scores[model][split.labelled] for split in splits])
     labels = np.concatenate([split.labels[split.labelled] for split in splits])
     return probabilities, labels
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoldOutcome:
+    """One model's alarms on a testing fold at the threshold chosen on the selecting fold, as
+    counts, so the two directions of a cross-fold evaluation add up."""
+
+    budget_per_day: float
+    """The budget the threshold was chosen for on the selecting fold."""
+    threshold: float
+    """The threshold chosen there (nan once pooled: each direction chose its own)."""
+    events: int
+    """Events on the testing fold."""
+    predicted: int
+    """Of them, those predicted."""
+    alarms: int
+    """Alarms raised on the testing fold."""
+    true_alarms: int
+    """Alarms followed by an onset within [alarm + L, alarm + H]."""
+    false_alarms: int
+    """Alarms neither true nor late."""
+    test_span_us: int
+    """Entity-time of the testing fold (sum over its entities)."""
+    leads_us: tuple[int, ...]
+    """Lead time of each predicted event."""
+
+
+def pool_outcomes(outcomes: Sequence[FoldOutcome]) -> FoldOutcome:
+    """The outcomes of several testing folds at one budget, summed."""
+    assert outcomes and len({outcome.budget_per_day for outcome in outcomes}) == 1
+    return FoldOutcome(
+        budget_per_day=outcomes[0].budget_per_day,
+        threshold=outcomes[0].threshold if len(outcomes) == 1 else math.nan,
+        events=sum(outcome.events for outcome in outcomes),
+        predicted=sum(outcome.predicted for outcome in outcomes),
+        alarms=sum(outcome.alarms for outcome in outcomes),
+        true_alarms=sum(outcome.true_alarms for outcome in outcomes),
+        false_alarms=sum(outcome.false_alarms for outcome in outcomes),
+        test_span_us=sum(outcome.test_span_us for outcome in outcomes),
+        leads_us=tuple(lead for outcome in outcomes for lead in outcome.leads_us),
+    )
+
+
+def fold_row(
+    outcome: FoldOutcome, config: EvaluationConfig, *, validation_recall: float = math.nan
+) -> RecallRow:
+    """The recall row (group "all") of an outcome, its floor at the outcome's own alarm rate."""
+    test_days = outcome.test_span_us / DAY_US
+    rate = outcome.alarms / (outcome.test_span_us / SECOND_US) if outcome.test_span_us else 0.0
+    judged = outcome.true_alarms + outcome.false_alarms
+    leads_s = np.asarray(outcome.leads_us, dtype=np.float64) / SECOND_US
+    return RecallRow(
+        group="all",
+        budget_per_day=outcome.budget_per_day,
+        threshold=outcome.threshold,
+        events=outcome.events,
+        recall=outcome.predicted / outcome.events if outcome.events else math.nan,
+        random_floor=random_floor(rate, horizon_us=config.horizon_us, lead_us=config.lead_us),
+        false_alarms_per_day=outcome.false_alarms / test_days if test_days else math.nan,
+        precision=outcome.true_alarms / judged if judged else math.nan,
+        lead_s_median=float(np.median(leads_s)) if len(leads_s) else math.nan,
+        lead_s_p10=float(np.quantile(leads_s, 0.1)) if len(leads_s) else math.nan,
+        validation_recall=validation_recall,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoldDirection:
+    """Thresholds and the primary chosen on one fold of entities, tested on the other."""
+
+    selecting: str
+    """The fold the thresholds and the primary come from."""
+    testing: str
+    """The fold they are tested on."""
+    report: EvaluationReport
+    """Every model: its `validation_*` fields measured on the selecting fold, its rows and
+    calibration on the testing fold."""
+    primary: str
+    """The model `EvaluationReport.selected_model` picks on the selecting fold."""
+    outcomes: Mapping[str, tuple[FoldOutcome, ...]]
+    """Model -> its outcome on the testing fold at each budget."""
+    probabilities: Mapping[str, FloatArray]
+    """Model -> its probabilities over the labelled ticks of the testing fold."""
+    labels: BoolArray
+    """The labels of those ticks."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FoldReport:
+    """Two folds of entities; each selects (thresholds, primary) for the other, which it tests."""
+
+    folds: Mapping[str, tuple[str, ...]]
+    """Fold name -> its entities."""
+    directions: tuple[FoldDirection, ...]
+    """First fold selecting for the second, then the reverse."""
+    config: EvaluationConfig
+    """Horizon, lead, budgets and alarm rule (the floor needs H and L)."""
+
+    def pooled(self, model: str | None = None) -> ModelReport:
+        """Both testing folds at once: `model`, or each direction's own primary if None.
+
+        Counts add up (events, alarms, entity-time, leads); Brier skill and calibration error
+        are over the labelled ticks of both testing folds, against their common base rate.
+        """
+        chosen = [direction.primary if model is None else model for direction in self.directions]
+        rows = [
+            fold_row(
+                pool_outcomes(
+                    [
+                        direction.outcomes[name][index]
+                        for direction, name in zip(self.directions, chosen, strict=True)
+                    ]
+                ),
+                self.config,
+            )
+            for index in range(len(self.config.false_alarms_per_day))
+        ]
+        probabilities = np.concatenate(
+            [
+                direction.probabilities[name]
+                for direction, name in zip(self.directions, chosen, strict=True)
+            ]
+        )
+        labels = np.concatenate([direction.labels for direction in self.directions])
+        return ModelReport(
+            model="/".join(dict.fromkeys(chosen)),
+            rows=tuple(rows),
+            brier_skill=brier_skill_score(probabilities, labels),
+            calibration_error=calibration_error(probabilities, labels),
+            base_rate=float(labels.mean()) if len(labels) else math.nan,
+        )
+
+
+def evaluate_folds(
+    series: Sequence[EntitySeries],
+    events: Iterable[LabelledEvent],
+    config: EvaluationConfig,
+    *,
+    folds: Mapping[str, Sequence[str]],
+    default: str,
+    baseline: str = "rule",
+) -> FoldReport:
+    """Cross-validation by entity: thresholds and the primary chosen on one fold, tested on the
+    other, then the reverse.
+
+    Each entity's first `warmup_fraction` of its span is left out, as in `evaluate`; the rest
+    of it selects in one direction and is tested in the other, so every event after the warm-up
+    is tested exactly once. Events are reported as one group ("all").
+    """
+    names = list(folds)
+    if len(names) != 2:
+        raise ConfigError(f"need exactly two folds, got {len(names)}")
+    known = {entry.entity for entry in series}
+    members = [set(folds[name]) for name in names]
+    if not all(members):
+        raise ConfigError("every fold needs at least one entity")
+    if members[0] & members[1]:
+        raise ConfigError(f"entities in both folds: {sorted(members[0] & members[1])}")
+    if (members[0] | members[1]) != known:
+        missing, unknown = known - members[0] - members[1], (members[0] | members[1]) - known
+        raise ConfigError(f"folds must cover the entities: missing {missing}, unknown {unknown}")
+    after_warmup = _after_warmup(series, list(events), config)
+    kept = [
+        [after_warmup[entity] for entity in sorted(member) if entity in after_warmup]
+        for member in members
+    ]
+    for name, splits in zip(names, kept, strict=True):
+        if not splits:
+            raise ConfigError(f"fold {name} has no entity with enough ticks after the warm-up")
+    models = sorted({name for entry in series for name in entry.scores})
+    directions = tuple(
+        _fold_direction(
+            kept[source],
+            kept[target],
+            names=(names[source], names[target]),
+            models=models,
+            config=config,
+            default=default,
+            baseline=baseline,
+        )
+        for source, target in ((0, 1), (1, 0))
+    )
+    return FoldReport(
+        folds={name: tuple(sorted(folds[name])) for name in names},
+        directions=directions,
+        config=config,
+    )
+
+
+def _after_warmup(
+    series: Sequence[EntitySeries], events: Sequence[LabelledEvent], config: EvaluationConfig
+) -> dict[str, _Split]:
+    """Each entity's ticks and events after its warm-up (the part `evaluate` splits in two)."""
+    by_entity: dict[str, list[LabelledEvent]] = {}
+    for event in events:
+        by_entity.setdefault(event.entity, []).append(event)
+    cut: dict[str, _Split] = {}
+    for entry in series:
+        times = entry.times_us
+        if len(times) < 4:
+            continue
+        start, end = int(times[0]), int(times[-1])
+        low = start + int((end - start) * config.warmup_fraction)
+        own = sorted(by_entity.get(entry.entity, []), key=lambda event: event.onset_us)
+        cut[entry.entity] = _cut(entry, own=own, low=low, high=end + 1, end=end, config=config)
+    return cut
+
+
+def _fold_direction(
+    chosen_on: Sequence[_Split],
+    tested_on: Sequence[_Split],
+    *,
+    names: tuple[str, str],
+    models: Sequence[str],
+    config: EvaluationConfig,
+    default: str,
+    baseline: str,
+) -> FoldDirection:
+    """Every model's thresholds chosen on `chosen_on`, tested on `tested_on`."""
+    reports: list[ModelReport] = []
+    outcomes: dict[str, tuple[FoldOutcome, ...]] = {}
+    probabilities: dict[str, FloatArray] = {}
+    labels: BoolArray = np.zeros(0, dtype=np.bool_)
+    for model in models:
+        model_report, outcomes[model] = _fold_model(model, chosen_on, tested_on, config)
+        reports.append(model_report)
+        probabilities[model], labels = _labelled(tested_on, model)
+    report = EvaluationReport(
+        models=tuple(reports),
+        test_entity_days=sum(split.span_us for split in tested_on) / DAY_US,
+        validation_entity_days=sum(split.span_us for split in chosen_on) / DAY_US,
+        test_events={"all": sum(len(split.events) for split in tested_on)},
+    )
+    return FoldDirection(
+        selecting=names[0],
+        testing=names[1],
+        report=report,
+        primary=report.selected_model(default, baseline=baseline),
+        outcomes=outcomes,
+        probabilities=probabilities,
+        labels=labels,
+    )
+
+
+def _fold_model(
+    model: str, chosen_on: Sequence[_Split], tested_on: Sequence[_Split], config: EvaluationConfig
+) -> tuple[ModelReport, tuple[FoldOutcome, ...]]:
+    """One model's thresholds (and its recall) on `chosen_on`, its outcome on `tested_on`."""
+    selecting_events = sum(len(split.events) for split in chosen_on)
+    testing_events = sum(len(split.events) for split in tested_on)
+    test_span_us = sum(split.span_us for split in tested_on)
+    outcomes: list[FoldOutcome] = []
+    rows: list[RecallRow] = []
+    recalls: list[float] = []
+    for budget in config.false_alarms_per_day:
+        threshold = _choose_threshold(chosen_on, model, budget, config)
+        seen = _score(chosen_on, model, threshold, config, {"all": ()})
+        recall = seen.predicted["all"] / selecting_events if selecting_events else math.nan
+        if selecting_events:
+            recalls.append(recall)
+        tested = _score(tested_on, model, threshold, config, {"all": ()})
+        outcome = FoldOutcome(
+            budget_per_day=budget,
+            threshold=threshold,
+            events=testing_events,
+            predicted=tested.predicted["all"],
+            alarms=tested.alarms,
+            true_alarms=tested.true_alarms,
+            false_alarms=tested.false_alarms,
+            test_span_us=test_span_us,
+            leads_us=tuple(tested.leads_us["all"]),
+        )
+        outcomes.append(outcome)
+        rows.append(fold_row(outcome, config, validation_recall=recall))
+    probabilities, labels = _labelled(tested_on, model)
+    selecting_probabilities, selecting_labels = _labelled(chosen_on, model)
+    report = ModelReport(
+        model=model,
+        rows=tuple(rows),
+        brier_skill=brier_skill_score(probabilities, labels),
+        calibration_error=calibration_error(probabilities, labels),
+        base_rate=float(labels.mean()) if len(labels) else math.nan,
+        validation_brier_skill=brier_skill_score(selecting_probabilities, selecting_labels),
+        validation_recall=float(np.mean(recalls)) if recalls else math.nan,
+    )
+    return report, tuple(outcomes)
