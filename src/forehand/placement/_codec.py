@@ -8,7 +8,7 @@ recomputes the assignment, which is a pure function of those contents.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from operator import attrgetter
 
 import msgspec
@@ -20,9 +20,21 @@ from forehand.placement._delta import Delta, Placement
 from forehand.placement._errors import InvalidDeltaError, InvalidPartKeyError
 from forehand.placement._ids import SESSION_ID_BYTES, PartKey
 from forehand.placement._servers import ServerEntry, ServerState
-from forehand.placement._state import MapState, build_state, pinned_placement
+from forehand.placement._state import (
+    MapState,
+    build_state,
+    check_server_entry,
+    pinned_placement,
+)
 
-__all__ = ["MAP_ENCODING", "decode_delta", "decode_map", "encode_delta", "encode_map"]
+__all__ = [
+    "MAP_ENCODING",
+    "decode_delta",
+    "decode_map",
+    "encode_built",
+    "encode_delta",
+    "encode_map",
+]
 
 MAP_ENCODING = 1
 """The codec number of these encodings, for the `encoding` field of MAP_UPDATE."""
@@ -63,13 +75,14 @@ _DELTA_DECODER = msgspec.msgpack.Decoder(Delta)
 
 _PART = attrgetter("part")
 _SESSION_ID = attrgetter("session_id")
+_SERVER_ID = attrgetter("server_id")
 _PART_NAMES_BULK_MAX = 63
 """Sessions are grouped in bulk (a bit per part name) when the map has at most this many names."""
 
 
-def _groups(state: MapState) -> tuple[_PartGroup, ...]:
+def _groups(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
+    """The keys grouped by session part names; InvalidDeltaError when a key is listed twice."""
     # map() and attrgetter keep the per-key passes in C.
-    keys = list(state.parts.values())
     part_names = list(map(_PART, keys))
     names = sorted(set(part_names))
     if len(names) > _PART_NAMES_BULK_MAX:
@@ -85,6 +98,9 @@ def _groups(state: MapState) -> tuple[_PartGroup, ...]:
     first[1:] = np.any(ids[1:] != ids[:-1], axis=1)
     starts = np.flatnonzero(first)
     masks = np.bitwise_or.reduceat(bits, starts) if len(starts) else bits
+    # Each name is one bit: a session's bits add up to its mask unless one is there twice.
+    if len(starts) and not np.array_equal(np.add.reduceat(bits, starts), masks):
+        raise InvalidDeltaError("a part is listed twice")
     sessions = ids[starts]
     groups = []
     for mask in np.unique(masks).tolist():
@@ -99,6 +115,8 @@ def _groups_one_by_one(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
         sessions.setdefault(key.session_id, []).append(key.part)
     grouped: dict[tuple[str, ...], list[bytes]] = {}
     for session_id, parts in sessions.items():
+        if len(set(parts)) != len(parts):
+            raise InvalidDeltaError("a part is listed twice")
         grouped.setdefault(tuple(sorted(parts)), []).append(session_id)
     return tuple(
         _PartGroup(parts=parts, session_ids=b"".join(sorted(grouped[parts])))
@@ -106,12 +124,16 @@ def _groups_one_by_one(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
     )
 
 
+def _server_records(entries: Iterable[ServerEntry]) -> tuple[_ServerRecord, ...]:
+    return tuple(
+        _ServerRecord(entry.server_id, entry.address, entry.zone, entry.weight, entry.state)
+        for entry in sorted(entries, key=_SERVER_ID)
+    )
+
+
 def encode_map(state: MapState) -> bytes:
     """The whole map version, compactly."""
-    servers = tuple(
-        _ServerRecord(entry.server_id, entry.address, entry.zone, entry.weight, entry.state)
-        for _, entry in sorted(state.servers.items())
-    )
+    servers = _server_records(state.servers.values())
     overrides = sorted(
         (
             _OverrideRecord(key.session_id, key.part, pinned_placement(pinned))
@@ -125,8 +147,47 @@ def encode_map(state: MapState) -> bytes:
         version=state.version,
         config=state.config,
         servers=servers,
-        groups=_groups(state),
+        groups=_groups(list(state.parts.values())),
         overrides=tuple(overrides),
+    )
+    return _ENCODER.encode(record)
+
+
+def encode_built(
+    *,
+    config: PlacementConfig,
+    version: int,
+    servers: Iterable[ServerEntry],
+    parts: Iterable[PartKey],
+) -> bytes:
+    """The bytes `encode_map(build_state(...))` gives for a map without overrides, without
+    building it: the assignment is not part of the encoding, and computing it for millions of
+    parts only to store them (a store's first snapshot) costs seconds.
+
+    Servers are checked as a build checks them, parts for duplicates and `parts_max`; two
+    different keys with the same stable hash are found by whoever decodes it (a build).
+    """
+    if version < 0:
+        raise InvalidDeltaError("a map version is not negative")
+    entries = list(servers)
+    for entry in entries:
+        check_server_entry(config, entry)
+    if len({entry.server_id for entry in entries}) != len(entries):
+        raise InvalidDeltaError("a server is listed twice")
+    if len(entries) > config.servers_max:
+        raise InvalidDeltaError(f"more than servers_max={config.servers_max} servers")
+    keys = list(parts)
+    if len(keys) > config.parts_max:
+        raise InvalidDeltaError(f"more than parts_max={config.parts_max} parts")
+    if keys and not any(entry.state is ServerState.ACTIVE for entry in entries):
+        raise InvalidDeltaError(f"no ACTIVE server is left for {len(keys)} hash-placed parts")
+    record = _MapRecord(
+        encoding=MAP_ENCODING,
+        version=version,
+        config=config,
+        servers=_server_records(entries),
+        groups=_groups(keys),
+        overrides=(),
     )
     return _ENCODER.encode(record)
 

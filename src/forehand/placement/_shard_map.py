@@ -13,7 +13,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from forehand.placement._apply import apply_delta
-from forehand.placement._codec import decode_delta, decode_map, encode_delta, encode_map
+from forehand.placement._codec import (
+    decode_delta,
+    decode_map,
+    encode_built,
+    encode_delta,
+    encode_map,
+)
 from forehand.placement._config import PlacementConfig
 from forehand.placement._delta import (
     Delta,
@@ -103,6 +109,18 @@ class ShardMap:
         if self._encoded is None:
             self._encoded = encode_map(self._state)
         return self._encoded
+
+    @staticmethod
+    def encode_built(
+        *,
+        config: PlacementConfig,
+        version: int,
+        servers: Iterable[ServerEntry],
+        parts: Iterable[PartKey],
+    ) -> bytes:
+        """What `build(...).encode()` gives for a map without overrides, without building it
+        (a store's first snapshot of millions of parts: the assignment is not encoded)."""
+        return encode_built(config=config, version=version, servers=servers, parts=parts)
 
     @staticmethod
     def encode_delta(delta: Delta) -> bytes:
