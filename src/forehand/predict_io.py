@@ -448,17 +448,17 @@ def print_fold_report(title: str, report: FoldReport, *, console: Console, rule:
     pooled; beside each recall the rule's (its own thresholds, chosen the same way) and the
     random floor at the test alarm rate; then every head's pooled recall."""
     console.print(f"{title}, two folds of series ({rule}):")
-    for direction in report.directions:
-        fold = direction.testing
+    tested = {direction.testing: direction.report for direction in report.directions}
+    for fold, members in report.folds.items():
         console.print(
-            f"  fold {fold}: {len(report.folds[fold])} series, "
-            f"{direction.report.test_events['all']} windows after the warm-up, "
-            f"{direction.report.test_entity_days:.1f} entity-days: "
-            + ", ".join(series_name(key) for key in report.folds[fold])
+            f"  fold {fold}: {len(members)} series, "
+            f"{tested[fold].test_events['all']} windows after the warm-up, "
+            f"{tested[fold].test_entity_days:.1f} entity-days: "
+            + ", ".join(series_name(key) for key in members)
         )
     table = Table(title=f"{title}: chosen on one fold, tested on the other (alarms/day budgets)")
     for column in (
-        "selecting -> testing",
+        "direction",
         "primary",
         "events",
         "budget",
@@ -473,7 +473,8 @@ def print_fold_report(title: str, report: FoldReport, *, console: Console, rule:
         "Brier skill",
         "calibration error",
     ):
-        table.add_column(column, justify="left" if column[0] in "sp" else "right")
+        left = column in ("direction", "primary")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     has_rule = "rule" in report.directions[0].outcomes
     for direction in report.directions:
         _add_fold_rows(
@@ -514,7 +515,9 @@ def _print_fold_candidates(title: str, report: FoldReport, *, console: Console) 
     table = Table(title=f"{title}: every head, both directions pooled (floor in brackets)")
     table.add_column("model")
     for direction in report.directions:
-        table.add_column(f"mean recall on {direction.selecting} (the choice)", justify="right")
+        table.add_column(
+            f"mean recall | Brier skill on {direction.selecting} (the choice)", justify="right"
+        )
     for budget in report.config.false_alarms_per_day:
         table.add_column(f"pooled recall at {budget:g}/day", justify="right")
     table.add_column("pooled Brier skill", justify="right")
@@ -523,8 +526,8 @@ def _print_fold_candidates(title: str, report: FoldReport, *, console: Console) 
         table.add_row(
             model,
             *(
-                _number(direction.report.model(model).validation_recall)
-                for direction in report.directions
+                f"{_number(chosen.validation_recall)} | {_number(chosen.validation_brier_skill, 3)}"
+                for chosen in (direction.report.model(model) for direction in report.directions)
             ),
             *(f"{_number(row.recall)} ({_number(row.random_floor)})" for row in pooled.rows),
             _number(pooled.brier_skill, 3),
@@ -580,7 +583,9 @@ def print_targets(
             nab.model(selected), nab.model("rule"), how=f"{where}primary chosen on validation"
         ):
             verdict = "yes" if met else "NO"
-            table.add_row(text, measured, verdict if nab_folds is None else f"({verdict}, shown)")
+            table.add_row(
+                text, measured, verdict if nab_folds is None else f"not judged: {verdict}"
+            )
     if nab_folds is not None:
         chosen = ", ".join(
             f"{direction.selecting}->{direction.testing} {direction.primary}"
