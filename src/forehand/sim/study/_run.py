@@ -221,14 +221,16 @@ class _Parts:
         self.per = per
 
     def place_all(self, current: ShardMap) -> None:
-        """Read every part's primary from the map, server by server."""
-        for entry in current.servers:
-            held = current.parts_for(entry.server_id).primary
-            if not held:
-                continue
-            hashes = np.fromiter((key.key_hash for key in held), dtype=np.uint64, count=len(held))
-            positions = np.searchsorted(self.sorted_hashes, hashes)
-            self.primary[self.order[positions]] = _server_index(entry.server_id)
+        """Read every part's primary from the map, in part order, then forget the keys (the
+        manager's map holds its own)."""
+        keys = self.keys
+        assert keys is not None
+        # One lookup per key in C-level map() passes: a third of asking every server for its
+        # parts, which also lists (and sorts) the replicas.
+        index_of = {entry.server_id: _server_index(entry.server_id) for entry in current.servers}
+        primaries = map(index_of.__getitem__, map(current.primary_of, keys))
+        self.primary[:] = np.fromiter(primaries, dtype=np.int32, count=len(keys))
+        self.keys = None
 
     def index_of(self, key: PartKey) -> int:
         position = int(np.searchsorted(self.sorted_hashes, np.uint64(key.key_hash)))
@@ -247,11 +249,11 @@ def _build_snapshot(config: StudyConfig, policy: Policy, parts: _Parts) -> bytes
         for index in range(config.servers)
     ]
     assert parts.keys is not None
-    shard_map = ShardMap.build(
+    # The bytes of the built map without computing its assignment: the manager computes it
+    # when it loads them.
+    return ShardMap.encode_built(
         config=_placement_config(config, policy), version=1, servers=servers, parts=parts.keys
     )
-    parts.keys = None
-    return shard_map.encode()
 
 
 @dataclass(order=True, slots=True)
