@@ -194,6 +194,12 @@ class ManagerConfig:
     """Each further step of a graded drain moves this many times the share of the step before
     (at most all); an urgent risk moves everything at once only when it is not load (see
     `risk_drain_urgent_sheds_load`)."""
+    risk_drain_projection_ms: int = 0
+    """Span over which a graded drain projects a server's rising CPU trend to size its first
+    step (the load to shed); 0 projects over the escalation dwell (`risk_drain_escalation_ticks`
+    predictor ticks), the next chance to step again."""
+    risk_drain_projected_cpu_max: float = 2.0
+    """Cap on that projection: a steep trend projected far would otherwise empty the server."""
     path_client_buckets: int = 256
     """Client buckets the servers hash client ids into for their path reports (the servers'
     `path_buckets_max`): the manager hashes a session's client the same way to find the path
@@ -322,6 +328,7 @@ _ZERO_ALLOWED = frozenset(
         "handoff_jitter_ms_max",
         "overload_latency_us_p99",
         "risk_lead_ms",
+        "risk_drain_projection_ms",
         "risk_tick_ms",
         "risk_calibration_labels_min",
         "risk_target_margin",

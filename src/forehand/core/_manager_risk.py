@@ -22,6 +22,7 @@ Two policies ship, chosen by `ManagerConfig.risk_policy`:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from typing import Protocol, runtime_checkable
 
 from forehand.core._manager_config import ManagerConfig, RiskPolicyKind
 from forehand.core._manager_events import RiskAssessed
-from forehand.core.messages import LoadReport, PathReport
+from forehand.core.messages import LoadReport, PartLoad, PartRef, PathReport
 from forehand.predict import (
     DEFAULT_SERVER_METRICS,
     Action,
@@ -52,6 +53,7 @@ from forehand.predict import (
 from forehand.wire import ReasonCode
 
 __all__ = [
+    "PART_LOADS_PER_REPORT_MAX",
     "PATHS_PER_HEARTBEAT_MAX",
     "PATH_MODELS",
     "PREDICTOR_MODELS",
@@ -64,10 +66,14 @@ __all__ = [
     "ThresholdRiskPolicy",
     "load_values",
     "make_risk_policy",
+    "busiest_first",
+    "parts_by_load",
 ]
 
 PATHS_PER_HEARTBEAT_MAX = 256
 """Path reports of one heartbeat folded into the predictor; the rest of the batch is ignored."""
+PART_LOADS_PER_REPORT_MAX = 256
+"""`PartLoad` entries of one load report the manager reads; the rest are ignored."""
 PREDICTOR_MODELS = ("logistic", "rule")
 """The predictor heads the manager runs besides `risk_model` (which goes first and decides).
 The tree challenger runs only when `risk_model` names it: it costs several times the others per
@@ -103,6 +109,10 @@ class RiskDecision:
     """Share of the server's primary parts to move, in (0, 1]; at least one part moves."""
     detail: str
     """Why, with the inputs that decided it, for the audit log."""
+    sheds_load: bool = False
+    """`parts_fraction` is a share of the server's request load: the manager moves its busiest
+    parts first until that much load is covered (`parts_by_load`), when the server reports
+    per-part load (`LoadReport.part_loads`); otherwise that share of its primaries, at random."""
 
     def __post_init__(self) -> None:
         assert 0.0 < self.parts_fraction <= 1.0, self.parts_fraction
@@ -301,7 +311,10 @@ class _Episode:
     """A server's graded drain during one alarm episode."""
 
     fraction: float
-    """Share of its primaries the last step moved."""
+    """Share of its primaries (or of its load, `by_load`) the last step moved."""
+    by_load: bool = False
+    """Whether the episode sheds load (its first step was sized by the load to shed): each
+    step's share is a share of the server's request load, busiest parts first."""
     high_ticks: int = 0
     """Ticks above the threshold since that step."""
 
@@ -362,12 +375,17 @@ class GradedDrain:
         trend.interval_us = interval_us
 
     def projected_cpu(self, server_id: str) -> float | None:
-        """The server's CPU projected over the escalation dwell (rising trends only)."""
+        """The server's CPU projected over `risk_drain_projection_ms` (or the escalation dwell),
+        rising trends only, at most `risk_drain_projected_cpu_max` (or the level, if higher)."""
         trend = self._trends.get(server_id)
         if trend is None:
             return None
-        ahead_us = trend.interval_us * self._config.risk_drain_escalation_ticks
-        return trend.level + max(0.0, trend.slope_per_us) * ahead_us
+        config = self._config
+        ahead_us = config.risk_drain_projection_ms * 1000 or (
+            trend.interval_us * config.risk_drain_escalation_ticks
+        )
+        projected = trend.level + max(0.0, trend.slope_per_us) * ahead_us
+        return max(trend.level, min(projected, config.risk_drain_projected_cpu_max))
 
     def excess_share(self, server_id: str) -> float:
         """The share of the server's load to shed for its projected CPU to fall back under
@@ -399,11 +417,12 @@ class GradedDrain:
         if decision.action is Action.MOVE_NOW and not (
             self._config.risk_drain_urgent_sheds_load and self.excess_share(server_id) > 0.0
         ):
-            self._start(server_id, 1.0)
+            self._start(server_id, 1.0, by_load=False)
             return 1.0
         episode = episodes.get(server_id)
         if episode is None:
-            return self._start(server_id, self.first_share(server_id))
+            by_load = self.excess_share(server_id) > 0.0
+            return self._start(server_id, self.first_share(server_id), by_load=by_load)
         episode.high_ticks = episode.high_ticks + 1 if decision.level in _HIGH_LEVELS else 0
         if episode.fraction >= 1.0 and episode.high_ticks:
             # Evacuating: each decision moves what the migration budget lets through.
@@ -414,16 +433,21 @@ class GradedDrain:
         episode.fraction = min(1.0, episode.fraction * self._config.risk_drain_escalation_factor)
         return episode.fraction
 
-    def _start(self, server_id: str, fraction: float) -> float:
+    def _start(self, server_id: str, fraction: float, *, by_load: bool) -> float:
         episodes = self._episodes
         if len(episodes) >= self._config.servers_max and server_id not in episodes:
             episodes.clear()
-        episodes[server_id] = _Episode(fraction=fraction)
+        episodes[server_id] = _Episode(fraction=fraction, by_load=by_load)
         return fraction
 
     def draining(self, server_id: str) -> bool:
         """Whether the server is in a drain episode."""
         return server_id in self._episodes
+
+    def sheds_load(self, server_id: str) -> bool:
+        """Whether the server's episode sheds load (its shares are shares of its load)."""
+        episode = self._episodes.get(server_id)
+        return episode is not None and episode.by_load
 
     def forget(self, server_id: str) -> None:
         """Drop the server's episode and trend."""
@@ -560,6 +584,7 @@ class PredictiveRiskPolicy:
             reason=ReasonCode.PREDICTED_FAILURE,
             parts_fraction=share,
             detail=f"risk {decision.risk:.3f} ({decision.model}, {decision.level}); {top}",
+            sheds_load=share < 1.0 and self.graded.sheds_load(server_id),
         )
 
     def forget(self, server_id: str) -> None:
@@ -689,6 +714,76 @@ def _assessed(decision: Decision) -> RiskAssessed:
         top_features=tuple((f.name, f.value) for f in decision.top_features),
         now_us=decision.now_us,
     )
+
+
+def busiest_first(refs: Sequence[PartRef], part_loads: Sequence[PartLoad]) -> list[PartRef]:
+    """`refs` with the reported ones first, busiest first (the others after, in their order):
+    a migration budget that keeps the first parts then keeps the ones worth moving."""
+    rates = _reported_rates(part_loads)
+    return sorted(refs, key=lambda ref: -rates.get(ref, 0.0))
+
+
+def _reported_rates(part_loads: Sequence[PartLoad]) -> dict[PartRef, float]:
+    """The first `PART_LOADS_PER_REPORT_MAX` reported rates that are finite and positive."""
+    rates: dict[PartRef, float] = {}
+    for load in part_loads[:PART_LOADS_PER_REPORT_MAX]:
+        rate = load.requests_per_second
+        if math.isfinite(rate) and rate > 0.0 and load.ref not in rates:
+            rates[load.ref] = rate
+    return rates
+
+
+def parts_by_load(
+    free: Sequence[PartRef],
+    *,
+    primaries: Sequence[PartRef],
+    part_loads: Sequence[PartLoad],
+    requests_per_second: float,
+    load_share: float,
+    count_max: int,
+    rng: random.Random,
+) -> list[PartRef]:
+    """The fewest of `free` whose load covers `load_share` of the server's, busiest first.
+
+    `primaries` are the server's primaries in the map, `free` those a move may take now;
+    `part_loads` its busiest parts as it reported them (at most `PART_LOADS_PER_REPORT_MAX`
+    read; an entry no longer free here, or with a rate that is not a finite positive number, is
+    skipped). The server's load is the larger of `requests_per_second` and the reported parts'
+    sum; its unreported primaries share what the reported ones leave evenly, as far as the
+    manager knows, so a share the busiest free parts do not cover is made up by that many of the
+    unreported ones, at random. At least one part (when any is free), at most `count_max`.
+    """
+    assert 0.0 < load_share <= 1.0, load_share
+    if count_max <= 0 or not free:
+        return []
+    rates = _reported_rates(part_loads)
+    reported_total = sum(rates.values())
+    measured = requests_per_second if math.isfinite(requests_per_second) else 0.0
+    total = max(measured, reported_total)
+    to_shed = load_share * total
+    free_set = set(free)
+    busiest = sorted(
+        ((rate, ref) for ref, rate in rates.items() if ref in free_set),
+        key=lambda item: item[0],
+        reverse=True,
+    )
+    chosen: list[PartRef] = []
+    shed = 0.0
+    for rate, ref in busiest:
+        if shed >= to_shed or len(chosen) >= count_max:
+            break
+        chosen.append(ref)
+        shed += rate
+    if shed < to_shed and len(chosen) < count_max:
+        unreported = [ref for ref in free if ref not in rates]
+        unreported_count = sum(1 for ref in primaries if ref not in rates)
+        rest_rate = max(0.0, total - reported_total) / unreported_count if unreported_count else 0.0
+        if rest_rate > 0.0:
+            need = math.ceil((to_shed - shed) / rest_rate)
+            chosen += rng.sample(unreported, min(need, count_max - len(chosen), len(unreported)))
+    if not chosen:
+        chosen.append(rng.choice(list(free)))
+    return chosen
 
 
 def make_risk_policy(config: ManagerConfig, rng: random.Random) -> RiskPolicy:

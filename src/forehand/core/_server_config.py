@@ -7,7 +7,10 @@ from dataclasses import dataclass, fields
 
 from forehand.errors import ConfigError
 
-__all__ = ["ServerConfig"]
+__all__ = ["HEARTBEAT_PART_LOADS_MAX", "ServerConfig"]
+
+HEARTBEAT_PART_LOADS_MAX = 64
+"""Default of `ServerConfig.heartbeat_part_loads_max` (the scale study's servers report as many)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +35,9 @@ class ServerConfig:
     """Most `PartProgress` entries in one heartbeat; the batch rotates over all parts."""
     heartbeat_paths_max: int = 64
     """Most `PathReport` entries in one heartbeat; the batch rotates over all known paths."""
+    heartbeat_part_loads_max: int = HEARTBEAT_PART_LOADS_MAX
+    """Most `PartLoad` entries (the busiest primary parts by request rate) in one heartbeat's
+    load report; 0 reports none (the manager then sheds load by a share of the parts)."""
     path_buckets_max: int = 256
     """Client buckets path reports are aggregated into (a client's node id hashed modulo this)."""
     path_reports_max: int = 4096

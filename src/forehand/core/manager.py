@@ -89,7 +89,9 @@ from forehand.core._manager_risk import (
     ClientPathSteering,
     RiskPolicy,
     RiskSteering,
+    busiest_first,
     make_risk_policy,
+    parts_by_load,
 )
 from forehand.core._membership import (
     AnnounceOutcome,
@@ -900,7 +902,13 @@ class ManagerCore:
         if decision is None:
             return
         queued = self._queue_moves(
-            server_id, (), decision.reason, MoveOrigin.RISK, decision.parts_fraction, now_us=now_us
+            server_id,
+            (),
+            decision.reason,
+            MoveOrigin.RISK,
+            decision.parts_fraction,
+            now_us=now_us,
+            sheds_load=decision.sheds_load,
         )
         self._emit(
             RiskFlagged(
@@ -931,8 +939,10 @@ class ManagerCore:
         parts_fraction: float | None,
         *,
         now_us: int,
+        sheds_load: bool = False,
     ) -> int:
-        """Queue moves of `parts` off `server_id` (or of a share of its primaries); how many."""
+        """Queue moves of `parts` off `server_id` (or of a share of its primaries, or with
+        `sheds_load` of its reported load, busiest parts first); how many."""
         current = self.shard_map
         if current is None or self._map_state(server_id) is None:
             return 0
@@ -943,11 +953,9 @@ class ManagerCore:
             fraction = (
                 self._config.overload_parts_fraction if parts_fraction is None else (parts_fraction)
             )
-            count = max(1, math.ceil(fraction * len(primaries)))
-            free = [ref for ref in primaries if not self._orchestrator.is_moving(ref)]
-            if origin is MoveOrigin.RISK and self._steering is not None:
-                free, count = self._within_budget(server_id, free, count, now_us)
-            refs = self._rng.sample(free, min(count, len(free)))
+            refs = self._share_of(
+                server_id, primaries, fraction, origin=origin, sheds_load=sheds_load, now_us=now_us
+            )
         queued = 0
         if origin is MoveOrigin.RISK and self._steering is not None:
             for session_id in dict.fromkeys(ref.session_id for ref in refs):
@@ -965,6 +973,40 @@ class ManagerCore:
             )
             queued += self._orchestrator.request_move(move)
         return queued
+
+    def _share_of(
+        self,
+        server_id: str,
+        primaries: list[PartRef],
+        fraction: float,
+        *,
+        origin: MoveOrigin,
+        sheds_load: bool,
+        now_us: int,
+    ) -> list[PartRef]:
+        """`fraction` of the server's primaries at random, or with `sheds_load` (and per-part
+        load reported) the fewest of its busiest parts that carry `fraction` of its load;
+        within the migration budget for a risk move."""
+        member = self._membership.get(server_id) if sheds_load and fraction < 1.0 else None
+        load = None if member is None else member.load
+        part_loads = () if load is None else load.part_loads
+        free = [ref for ref in primaries if not self._orchestrator.is_moving(ref)]
+        count = len(primaries) if part_loads else max(1, math.ceil(fraction * len(primaries)))
+        if part_loads:
+            free = busiest_first(free, part_loads)
+        if origin is MoveOrigin.RISK and self._steering is not None:
+            free, count = self._within_budget(server_id, free, count, now_us)
+        if load is None or not part_loads:
+            return self._rng.sample(free, min(count, len(free)))
+        return parts_by_load(
+            free,
+            primaries=primaries,
+            part_loads=part_loads,
+            requests_per_second=load.requests_per_second,
+            load_share=fraction,
+            count_max=count,
+            rng=self._rng,
+        )
 
     def _risk_drain(self, server_id: str) -> None:
         """Mark a server the risk policy empties (it moves every part) DRAINING in the map, until

@@ -27,6 +27,7 @@ __all__ = [
     "LogShipped",
     "MapPublished",
     "MapRequested",
+    "PartLoad",
     "PartProgress",
     "PartRef",
     "PartRole",
@@ -60,6 +61,15 @@ class PartRef(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """The part name."""
 
 
+class PartLoad(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One primary part's share of a server's requests, as the server measured it."""
+
+    ref: PartRef
+    """Which part."""
+    requests_per_second: float
+    """Requests the server executed for the part per second, smoothed over recent intervals."""
+
+
 class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     """A server's own load, sampled by the runtime (or the simulator's process model)."""
 
@@ -82,6 +92,10 @@ class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     machine_cpu_utilization: float = 0.0
     """Share of the whole machine's CPU capacity in use (every process), 0.0 to 1.0: a server
     whose own `cpu_utilization` is low may still be starved by its neighbours."""
+    part_loads: tuple[PartLoad, ...] = ()
+    """The server's busiest primary parts by request rate, busiest first; at most
+    `heartbeat_part_loads_max` (the manager reads at most `PART_LOADS_PER_REPORT_MAX`). The
+    manager sheds a server's load heaviest part first by it; empty from an older server."""
 
 
 class PathReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):

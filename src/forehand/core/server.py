@@ -67,6 +67,7 @@ from forehand.core._server_events import (
     StaleEpochRefused,
     WriteAcknowledged,
 )
+from forehand.core._server_load import PartLoadMeter
 from forehand.core._server_map import ServerMap, decode_published, endpoint_for
 from forehand.core.messages import (
     FailoverPrepared,
@@ -209,6 +210,7 @@ class ServerCore:
         self._unsettled_retry_us = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
+        self._part_loads = PartLoadMeter(parts_max=config.parts_max)
         self._heartbeat_sequence = 0
         self._heartbeat_due_us = 0
         self._heartbeat_cursor = 0
@@ -451,6 +453,7 @@ class ServerCore:
         if part.fenced:
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
             return
+        self._part_loads.record(part.ref)
         if inbound.op in part.spec.read_ops:
             status, result = part.read(op=inbound.op, payload=inbound.payload)
             self._emit_executed(part, inbound.request_id, None, status)
@@ -1364,6 +1367,7 @@ class ServerCore:
         self._fail_held(ref, "part left this server")
         self._fail_queue(ref, "part left this server")
         del self._parts[ref]
+        self._part_loads.forget(ref)
         names = self._session_parts.get(ref.session_id)
         if names is not None:
             names.pop(ref.part, None)
@@ -2093,7 +2097,7 @@ class ServerCore:
                 incarnation=self._config.incarnation,
                 sequence=self._heartbeat_sequence,
                 map_version=self.map_version,
-                load=self._load,
+                load=self._load_report(now_us),
                 parts=self._progress_batch(),
                 paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
             ),
@@ -2108,6 +2112,20 @@ class ServerCore:
         if self._unsettled and now_us >= self._unsettled_retry_us:
             self._report_unsettled(now_us)
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
+
+    def _load_report(self, now_us: int) -> LoadReport:
+        """The runtime's load sample with this server's busiest primary parts (`PartLoad`)."""
+        meter = self._part_loads
+        meter.roll(now_us=now_us)
+        count_max = self._config.heartbeat_part_loads_max
+        if count_max <= 0:
+            return self._load
+        busiest = meter.busiest(count_max, eligible=self._is_primary)
+        return msgspec.structs.replace(self._load, part_loads=busiest)
+
+    def _is_primary(self, ref: PartRef) -> bool:
+        part = self._parts.get(ref)
+        return part is not None and part.state is PartState.PRIMARY
 
     def _report_unsettled(self, now_us: int) -> None:
         """Report again the aborted parts no map has settled yet.
