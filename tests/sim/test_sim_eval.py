@@ -14,7 +14,12 @@ from typer.testing import CliRunner
 from forehand.cli import app
 from forehand.predict import GRADUAL_FAULTS, SUDDEN_FAULTS, EpisodeKind, PathSample, ServerSample
 from forehand.sim._predict_eval import SimTelemetry, generate, plan_campaign
-from forehand.sim._predict_eval_plan import EVALUATED_KINDS, EvalEpisode, SimEvalConfig
+from forehand.sim._predict_eval_plan import (
+    DISTRACTOR_KINDS,
+    EVALUATED_KINDS,
+    EvalEpisode,
+    SimEvalConfig,
+)
 
 SEED = 3
 """The campaign seed of the shared quick campaign."""
@@ -76,7 +81,7 @@ def test_onsets_fall_where_the_faults_were_injected(campaign: SimTelemetry) -> N
         for episode in run.episodes:
             if episode.kind in SUDDEN_FAULTS:
                 assert (episode.server_id, episode.kind.value) in breached, episode
-            if episode.kind in (EpisodeKind.LOAD_SPIKE, EpisodeKind.BENIGN_RAMP):
+            if episode.kind in DISTRACTOR_KINDS:
                 assert (episode.server_id, episode.kind.value) not in breached, episode
     kinds = {event.kind for event in campaign.events}
     assert {kind.value for kind in GRADUAL_FAULTS + SUDDEN_FAULTS} <= kinds, kinds
@@ -120,6 +125,27 @@ def test_the_manager_received_the_faults_in_its_telemetry(campaign: SimTelemetry
     assert seen == {EpisodeKind.CONGESTION_RAMP, EpisodeKind.OVERLOAD_RAMP, EpisodeKind.LINK_CUT}
 
 
+def test_failing_paths_show_loss_in_the_clients_reports(campaign: SimTelemetry) -> None:
+    """The clients' path reports carry the transport's loss: a flapping uplink's paths report
+    lost packets while it goes down and up, and no path reports any before the first episode."""
+    flapping_lossy = 0
+    for run in campaign.runs:
+        episodes = [e for e in run.episodes if e.kind is EpisodeKind.FLAPPING_LINK]
+        for episode in episodes:
+            losses = [
+                s.loss_ratio
+                for t, s in run.samples
+                if isinstance(s, PathSample)
+                and s.server_id == episode.server_id
+                and episode.peak_us < t <= episode.end_us
+            ]
+            flapping_lossy += max(losses, default=0.0) > 0.1
+        first_us = min((e.start_us for e in run.episodes), default=run.simulated_us)
+        quiet = [s.loss_ratio for t, s in run.samples if isinstance(s, PathSample) and t < first_us]
+        assert quiet and max(quiet) == 0.0
+    assert flapping_lossy >= 1
+
+
 def test_cli_prints_the_simulator_table_with_gradual_and_sudden_rows() -> None:
     """`forehand predict-eval --sim --quick` runs a tiny campaign and prints its table, and the
     targets table judges the gradual-fault targets on the simulator input."""
@@ -128,7 +154,8 @@ def test_cli_prints_the_simulator_table_with_gradual_and_sudden_rows() -> None:
     assert result.exit_code == 0, result.output
     assert "SEED=5" in result.output
     assert "Simulator:" in result.output
-    for group in ("gradual (", "sudden (", "overload_ramp (", "link_cut ("):
+    # Every group has its rows; a group with no event on the test split shows no count.
+    for group in ("gradual (", "sudden (", "overload_ramp", "link_cut ("):
         assert group in result.output, group
     assert "episodes injected" in result.output
     assert "simulator: gradual recall >= 0.8" in result.output

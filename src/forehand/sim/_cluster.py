@@ -48,6 +48,7 @@ from forehand.sim._links import Link, NetworkConfig
 from forehand.sim._process import NodeStart, NodeState, ProcessModel, StoreExecutor
 from forehand.sim._rng import derive_rng
 from forehand.sim._simulator import Simulator, SimulatorConfig
+from forehand.sim._telemetry import TelemetryConfig, load_report, transport_counters
 from forehand.sim._translate import ClusterStats, CoreTranslator
 from forehand.sim._workload import Workload, WorkloadConfig, WorkloadRequest, WorkloadSession
 from forehand.stores import (
@@ -110,6 +111,8 @@ class ClusterConfig:
     server_service_time_us: int | None = None
     """Every server's CPU time per input instead of a drawn one (None: drawn; 0 handles each
     input the instant it arrives, so what a node received is what it applied)."""
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    """How the simulated runtime measures loads and transport counters (noise, queueing)."""
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.clients < 1 or self.sessions < 1 or self.zones < 1:
@@ -371,6 +374,7 @@ class SimCluster:
         """The cluster's shape."""
         self.plan = plan if plan is not None else draw_plan(derive_rng(seed, "cluster"), config)
         """The drawn configurations."""
+        self._telemetry_rng = derive_rng(seed, "telemetry")
         self.adapter = ShopAdapter()
         """The workload adapter."""
         self.store = MemoryStore()
@@ -420,6 +424,8 @@ class SimCluster:
         self.adapter.workload = self.workload
         self.sim.heal_us = max(self.sim.heal_us, config.heal_us)
         self.sim.call_at(LOAD_REPORT_INTERVAL_US, self._report_loads, label="load reports")
+        interval_us = config.telemetry.transport_interval_us
+        self.sim.call_at(interval_us, self._read_transports, label="transport counters")
 
     @property
     def stats(self) -> ClusterStats:
@@ -504,21 +510,42 @@ class SimCluster:
         for server_id in self.server_ids:
             if not self.up(server_id):
                 continue
-            stats = sim.process_stats(server_id)
-            process = self.plan.processes[server_id]
-            report = LoadReport(
-                cpu_utilization=round(min(stats.load, 2.0), 3),
-                queue_depth=stats.inbox_depth,
-                latency_us_p99=int(
-                    process.service_time_us * stats.slowdown * (1 + stats.inbox_depth)
-                ),
-                error_ratio=0.0,
-                requests_per_second=0.0,
+            report = load_report(
+                sim.process_stats(server_id),
+                self.plan.processes[server_id],
+                rng=self._telemetry_rng,
+                config=self.config.telemetry,
             )
             sim.command(server_id, _load_command(report), label=f"load {report.cpu_utilization}")
         next_us = sim.now_us + LOAD_REPORT_INTERVAL_US
         if next_us <= self.config.duration_us:
             sim.call_at(next_us, self._report_loads, label="load reports")
+
+    def _read_transports(self) -> None:
+        """Hand every running client its transport counters to each server, as a runtime's
+        path sampler would."""
+        sim = self.sim
+        for client_id in self.client_ids:
+            if self.up(client_id):
+                sim.command(client_id, self._transport_command(client_id), label="transport")
+        next_us = sim.now_us + self.config.telemetry.transport_interval_us
+        if next_us <= self.config.duration_us:
+            sim.call_at(next_us, self._read_transports, label="transport counters")
+
+    def _transport_command(self, client_id: NodeId) -> Callable[[CoreDriver, int], None]:
+        sim = self.sim
+        servers = self.server_ids
+
+        def command(core: CoreDriver, now_us: int) -> None:
+            assert isinstance(core, ClientCore)
+            for server_id in servers:
+                counters = transport_counters(
+                    sim.transport_counters(client_id, server_id),
+                    sim.transport_counters(server_id, client_id),
+                )
+                core.record_transport_counters(server_id, counters, now_us=now_us)
+
+        return command
 
 
 def _load_command(report: LoadReport) -> Callable[[CoreDriver, int], None]:

@@ -159,7 +159,16 @@ class NetworkConfig:
 class LinkState:
     """The mutable state of one direction of a link."""
 
-    __slots__ = ("busy_until_us", "delay_ramps", "last_arrival_us", "link", "loss_ramps")
+    __slots__ = (
+        "busy_until_us",
+        "delay_ramps",
+        "last_arrival_us",
+        "link",
+        "loss_ramps",
+        "packets_lost_count",
+        "packets_retransmitted_count",
+        "packets_sent_count",
+    )
 
     def __init__(self, link: Link) -> None:
         self.link = link
@@ -167,6 +176,13 @@ class LinkState:
         self.last_arrival_us = -1
         self.delay_ramps: list[Ramp] = []
         self.loss_ramps: list[Ramp] = []
+        self.packets_sent_count = 0
+        """Transmissions on this direction so far, retransmissions included (what a
+        transport stack counts as packets sent)."""
+        self.packets_lost_count = 0
+        """Transmissions lost so far: drawn lost by the link's loss, or cut by a partition."""
+        self.packets_retransmitted_count = 0
+        """Transmissions that were sent again after a loss (connection links only)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

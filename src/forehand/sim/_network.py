@@ -118,6 +118,21 @@ class Network:
             state.loss_ramps.clear()
         self._flush_stalled(now_us)
 
+    def transport_counters(self, source: NodeId, target: NodeId) -> tuple[int, int, int]:
+        """Packets sent, lost and retransmitted so far from `source` to `target`: what the
+        sender's transport stack counts (QUIC's congestion controller, the kernel's TCP)."""
+        state = self.link_state(source, target)
+        return (
+            state.packets_sent_count,
+            state.packets_lost_count,
+            state.packets_retransmitted_count,
+        )
+
+    def connection_open(self, source: NodeId, target: NodeId) -> bool:
+        """Whether a connection between the two nodes carries (or, stalled, awaits) traffic."""
+        connection = self._connections.get((source, target))
+        return connection is not None and connection.state is ConnectionState.OPEN
+
     def blocked(self, source: NodeId, target: NodeId) -> bool:
         """Whether a partition currently cuts traffic from `source` to `target`."""
         return any(partition.blocks(source, target) for partition in self._partitions)
@@ -204,6 +219,7 @@ class Network:
             self._count("send-queue-overflow")
             self.break_connection(connection, now_us, "send-queue-overflow")
             return
+        state.packets_sent_count += 1
         arrival_us = depart_us + delay_us + extra_us
         # Strictly increasing arrivals keep the stream in order whatever the heap's tiebreak.
         if arrival_us <= state.last_arrival_us:
@@ -247,8 +263,12 @@ class Network:
         attempts = 0
         while rng.random() < loss:
             attempts += 1
+            # Each loss is a transmission lost, and (unless they ran out) one sent again.
+            state.packets_lost_count += 1
             if attempts > state.link.retransmissions_max:
                 return -1
+            state.packets_sent_count += 1
+            state.packets_retransmitted_count += 1
             extra_us += timeout_us
             timeout_us *= 2
         if attempts:
@@ -258,8 +278,10 @@ class Network:
     def _send_datagram(
         self, now_us: int, source: NodeId, target: NodeId, message: object, state: LinkState
     ) -> None:
+        state.packets_sent_count += 1
         if self._partitions and self.blocked(source, target):
             self._count("datagram-partitioned")
+            state.packets_lost_count += 1
             return
         link = state.link
         rng = self._rng
@@ -268,6 +290,7 @@ class Network:
             loss = min(1.0, loss + sum(ramp.value_at(now_us) for ramp in state.loss_ramps))
         if loss and rng.random() < loss:
             self._count("datagram-lost")
+            state.packets_lost_count += 1
             return
         copies = 1
         if link.duplicate_probability and rng.random() < link.duplicate_probability:
@@ -317,6 +340,11 @@ class Network:
         self, now_us: int, source: NodeId, target: NodeId, message: object, connection: Connection
     ) -> None:
         connection.stalled.append((source, target, message))
+        # The stack sent it and saw it lost (no acknowledgement); its resend once the path
+        # flows again is a retransmission.
+        state = self.link_state(source, target)
+        state.packets_sent_count += 1
+        state.packets_lost_count += 1
         if source == connection.first:
             connection.stalled_from_first += 1
         else:
@@ -364,6 +392,7 @@ class Network:
                 connection.stall_generation += 1
             self._count("connection-unstalled")
             for source, target, message in pending:
+                self.link_state(source, target).packets_retransmitted_count += 1
                 self.send(now_us, source, target, message)
 
     def _can_flow(self, source: NodeId, target: NodeId) -> bool:

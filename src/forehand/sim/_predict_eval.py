@@ -12,7 +12,9 @@ workload) with the episodes of `_predict_eval_plan` as its fault plan. Two thing
   breaches when it is crashed (dead), when the p99 latency its process model gives (what its
   next load report would say) exceeds the SLO, or when at least `server_breach_share_min` of
   its client paths breach: cut by a partition (down), or with a round trip above its floor by
-  more than the path SLO (the delay ramps of both directions). `BreachTracker` turns these into
+  more than the path SLO (the delay ramps of both directions). Only the paths of clients that
+  use the server count (a connection to it within `path_in_use_us`): a server no client talks
+  to has no client paths to breach, as on the predictor's side. `BreachTracker` turns these into
   events with one onset each; an event's kind is the episode under way on that server.
 
 A recorded sample carries the truth of its tick in `breached`, so the predictor learns from the
@@ -173,6 +175,7 @@ class _Truth:
             for server in cluster.server_ids
         }
         self._last_breached_us: dict[str, int] = {}
+        self._connected_us: dict[tuple[NodeId, NodeId], int] = {}
         self.events: list[LabelledEvent] = []
         """Breach events (kind filled in later), onset order."""
         self._open: dict[str, int] = {}
@@ -218,6 +221,7 @@ class _Truth:
     def _breached(self, server: NodeId) -> bool:
         cluster = self._cluster
         sim = cluster.sim
+        users = self._users(server)
         state = sim.node_state(server)
         if state is not NodeState.UP:
             return True
@@ -226,8 +230,26 @@ class _Truth:
         latency_us = process.service_time_us * slowdown_for(stats.load, process.slowdown_max)
         if latency_us * (1 + stats.inbox_depth) > self._config.latency_slo_us_p99:
             return True
-        breaching = sum(self._path_breached(server, client) for client in cluster.client_ids)
-        return breaching >= self._slo.server_breach_share_min * len(cluster.client_ids)
+        if not users:
+            return False
+        breaching = sum(self._path_breached(server, client) for client in users)
+        return breaching >= self._slo.server_breach_share_min * len(users)
+
+    def _users(self, server: NodeId) -> list[NodeId]:
+        """The clients whose path to `server` counts: those with a connection to it now or
+        within `path_in_use_us` (a client that stopped using a server, its parts failed over
+        elsewhere, measures no path to it, and no session of its suffers there)."""
+        sim = self._cluster.sim
+        now_us = sim.now_us
+        users = []
+        for client in self._cluster.client_ids:
+            key = (server, client)
+            if sim.connection_open(client, server):
+                self._connected_us[key] = now_us
+            last_us = self._connected_us.get(key)
+            if last_us is not None and now_us - last_us <= self._config.path_in_use_us:
+                users.append(client)
+        return users
 
     def _path_breached(self, server: NodeId, client: NodeId) -> bool:
         # The network's own state of both directions: what the messages on the path live through.

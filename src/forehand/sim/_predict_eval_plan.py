@@ -2,20 +2,24 @@
 
 A campaign is many short runs of the per-message simulator. In each run every server lives
 through a sequence of episodes separated by quiet gaps longer than the horizon: the gradual
-faults (an overload ramp of its background load, a congestion ramp of the delay on its links to
-every client, a flapping uplink that first blips and then goes down and up), the sudden ones (a
-crash and restart, its uplink cut for a while) and distractors that look alarming and never
-breach (short load spikes, load ramps that level off below saturation). Each episode becomes the
-simulator's own faults (`NodeOverload`, `LinkDegradation`, `Partition`, `NodeCrash`), so the
-cores, the network and the processes react to it as they react to any drawn fault plan.
+faults (an overload ramp of its background load past saturation, a congestion ramp of the delay
+and loss on its links to every client past the path SLO, a flapping uplink that first blips,
+with a little loss, and then goes down and up), the sudden ones (a crash and restart, its uplink
+cut for a while) and distractors that look alarming and never breach (short load spikes, load
+ramps that level off with a margin below saturation, one client's path degrading below the path
+SLO). Each episode becomes the simulator's own faults (`NodeOverload`, `LinkDegradation`,
+`Partition`, `NodeCrash`), so the cores, the network and the processes react to it as they react
+to any drawn fault plan.
 
-Whether an episode breaches is not decided here: the simulator measures it (a ramp drawn below
-the SLO is a distractor too). Time in a run is simulated time; the evaluation reads it stretched
-by `SimEvalConfig.time_scale`, so a ramp of 30 simulated seconds stands for ten minutes.
+Whether an episode breaches is not decided here: the simulator measures it. Precursors last no
+longer than the horizon and long enough for a lead of L after the trigger's k of n ticks on a
+linear ramp. Time in a run is simulated time; the evaluation reads it stretched by
+`SimEvalConfig.time_scale`, so a ramp of 30 simulated seconds stands for ten minutes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -45,8 +49,35 @@ __all__ = [
 SECOND_US = 1_000_000
 EVALUATED_KINDS: tuple[EpisodeKind, ...] = (*GRADUAL_FAULTS, *SUDDEN_FAULTS)
 """The fault types the evaluation reports, each with its own row."""
-DISTRACTOR_KINDS: tuple[EpisodeKind, ...] = (EpisodeKind.LOAD_SPIKE, EpisodeKind.BENIGN_RAMP)
+DISTRACTOR_KINDS: tuple[EpisodeKind, ...] = (
+    EpisodeKind.LOAD_SPIKE,
+    EpisodeKind.BENIGN_RAMP,
+    EpisodeKind.CLIENT_PATH,
+)
 """Episodes that look alarming and never breach."""
+OVERLOAD_TOTAL_MIN = 1.02
+"""Least total load an overload ramp reaches: past saturation, so it breaches (an overload that
+stops a hair short of the SLO is a coin flip for any predictor, not a fault to predict)."""
+OVERLOAD_TOTAL_MAX = 1.3
+"""Most total load an overload ramp reaches."""
+BENIGN_TOTAL_MIN = 0.5
+"""Least total load a benign ramp levels off at."""
+BENIGN_TOTAL_MAX = 0.8
+"""Most total load a benign ramp levels off at: a clear margin below saturation (the SLO breaches
+near 0.98), as on the synthetic fleet."""
+CONGESTION_EXCESS_MIN = 1.1
+"""Least peak round-trip excess of a congestion ramp, in path SLOs: it breaches."""
+CONGESTION_EXCESS_MAX = 2.5
+"""Most peak round-trip excess of a congestion ramp, in path SLOs."""
+CLIENT_PATH_EXCESS_MIN = 0.3
+"""Least peak round-trip excess of one client's degrading path (a distractor), in path SLOs."""
+CLIENT_PATH_EXCESS_MAX = 0.7
+"""Most peak round-trip excess of one client's degrading path: below the path SLO."""
+PATH_LOSS_MIN = 0.005
+"""Least packet loss a congested or flapping path reaches: queues overflow, links drop."""
+PATH_LOSS_MAX = 0.04
+"""Most packet loss of a congested path or a flapping uplink's blip (under the path SLO's 5%;
+at the few packets a second a session's connection carries, a blip rarely loses one)."""
 FLAP_BLIPS_MAX = 30
 """Bound on the precursor blips of one flapping uplink (each is a delay ramp on every link)."""
 FLAP_CYCLES_MAX = 20
@@ -92,6 +123,11 @@ class SimEvalConfig:
     quiet instead of repeating its last RTT)."""
     truth_interval_us: int = 100_000
     """How often the simulator's ground truth is measured."""
+    path_in_use_us: int = 30 * SECOND_US
+    """A client's path to a server counts towards the server's SLO while the client has a
+    connection to it and this long after (through a cut or a flapping uplink); a server no
+    client talks to breaches on its own process only, as no client measures or uses its paths
+    (the predictor's labels, too, count only fresh path buckets)."""
     breach_clear_us: int = 3 * SECOND_US
     """A breach ends after this long without breaching (the predictor's 60 s, scaled)."""
     service_time_us: int = 200
@@ -109,10 +145,13 @@ class SimEvalConfig:
     about a quarter of the ticks precede an onset, as on the synthetic fleet)."""
     gap_us_mean: int = 35 * SECOND_US
     """Mean of the exponential extra quiet time between a server's episodes."""
-    ramp_us_min: int = 12 * SECOND_US
-    """Shortest precursor of a gradual fault (four minutes, scaled)."""
-    ramp_us_max: int = 45 * SECOND_US
-    """Longest precursor of a gradual fault (15 minutes, scaled)."""
+    ramp_us_min: int = 15 * SECOND_US
+    """Shortest precursor of a gradual fault (five minutes, scaled): from the highest level a
+    distractor reaches to the breach takes a linear overload 2 to 9 s, time for the trigger's
+    k of n ticks and the lead L."""
+    ramp_us_max: int = 30 * SECOND_US
+    """Longest precursor of a gradual fault (ten minutes, scaled): no longer than the horizon,
+    so an alarm at a precursor's first sign is not more than H early."""
     fall_us_min: int = 8 * SECOND_US
     """Shortest fall of a ramp from its peak back to zero (linear), or flapping phase."""
     fall_us_max: int = 20 * SECOND_US
@@ -224,8 +263,8 @@ class _Planner:
             return self._sudden(kind, server, start_us)
         if kind is EpisodeKind.FLAPPING_LINK:
             return self._flapping(server, start_us)
-        if kind is EpisodeKind.CONGESTION_RAMP:
-            return self._congestion(server, start_us)
+        if kind in (EpisodeKind.CONGESTION_RAMP, EpisodeKind.CLIENT_PATH):
+            return self._congestion(kind, server, start_us)
         return self._load(kind, server, start_us)
 
     def _ramp(self, start_us: int, peak_value: float) -> tuple[Ramp, int]:
@@ -255,11 +294,10 @@ class _Planner:
                 start_us=start_us, peak_us=peak_us, peak_value=total - base, recover_us=end_us
             )
         else:
-            # An overload is drawn around saturation: one below 0.98 never breaches the SLO.
             total = (
-                rng.uniform(0.9, 1.3)
+                rng.uniform(OVERLOAD_TOTAL_MIN, OVERLOAD_TOTAL_MAX)
                 if kind is EpisodeKind.OVERLOAD_RAMP
-                else rng.uniform(0.6, 0.88)
+                else rng.uniform(BENIGN_TOTAL_MIN, BENIGN_TOTAL_MAX)
             )
             ramp, end_us = self._ramp(start_us, max(total - base, 0.05))
             peak_us = ramp.peak_us
@@ -273,17 +311,33 @@ class _Planner:
         )
         return episode, [NodeOverload(node=server, ramp=ramp)]
 
-    def _congestion(self, server: NodeId, start_us: int) -> tuple[EvalEpisode, list[Fault]]:
-        # Peak RTT excess around the path SLO: a ramp that stays below it is a distractor.
-        excess_us = self.rng.uniform(0.7, 2.5) * self.rtt_excess_us_max
+    def _congestion(
+        self, kind: EpisodeKind, server: NodeId, start_us: int
+    ) -> tuple[EvalEpisode, list[Fault]]:
+        """The delay (and, as queues overflow, the loss) of the server's links to every client
+        rises past the path SLO; or, a distractor, of one client's link, staying below it."""
+        rng = self.rng
+        clients = self.clients
+        if kind is EpisodeKind.CLIENT_PATH:
+            excess = rng.uniform(CLIENT_PATH_EXCESS_MIN, CLIENT_PATH_EXCESS_MAX)
+            clients = (rng.choice(clients),)
+        else:
+            excess = rng.uniform(CONGESTION_EXCESS_MIN, CONGESTION_EXCESS_MAX)
+        excess_us = excess * self.rtt_excess_us_max
         ramp, end_us = self._ramp(start_us, excess_us / 2)
+        # Loss follows the delay late: queues fill before they overflow.
+        loss = dataclasses.replace(
+            ramp,
+            peak_value=rng.uniform(PATH_LOSS_MIN, PATH_LOSS_MAX),
+            shape=RampShape.EXPONENTIAL,
+        )
         faults: list[Fault] = [
-            LinkDegradation(source=server, target=client, delay_ramp=ramp)
-            for client in self.clients
+            LinkDegradation(source=server, target=client, delay_ramp=ramp, loss_ramp=loss)
+            for client in clients
         ]
         episode = EvalEpisode(
             server_id=server,
-            kind=EpisodeKind.CONGESTION_RAMP,
+            kind=kind,
             start_us=start_us,
             peak_us=ramp.peak_us,
             end_us=end_us,
@@ -310,8 +364,10 @@ class _Planner:
                 peak_value=rng.uniform(BLIP_DELAY_US_MIN, BLIP_DELAY_US_MAX),
                 recover_us=at_us + self.duration(BLIP_US_MIN, BLIP_US_MAX),
             )
+            # A blip loses a little too: a failing link drops packets before it goes down.
+            lossy = dataclasses.replace(blip, peak_value=rng.uniform(PATH_LOSS_MIN, PATH_LOSS_MAX))
             faults.extend(
-                LinkDegradation(source=server, target=client, delay_ramp=blip)
+                LinkDegradation(source=server, target=client, delay_ramp=blip, loss_ramp=lossy)
                 for client in self.clients
             )
             blips += 1

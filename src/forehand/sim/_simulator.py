@@ -246,6 +246,14 @@ class Simulator:
         """Whether the node runs, is paused or is crashed."""
         return self._node(node_id).state
 
+    def connection_open(self, source: NodeId, target: NodeId) -> bool:
+        """Whether a connection between the two nodes is open (stalled included)."""
+        return self._network.connection_open(source, target)
+
+    def transport_counters(self, source: NodeId, target: NodeId) -> tuple[int, int, int]:
+        """Packets sent, lost and retransmitted so far from `source` to `target`."""
+        return self._network.transport_counters(source, target)
+
     def process_stats(self, node_id: NodeId) -> ProcessStats:
         """Load, slowdown and queue depths of a node, for feeding telemetry to its core."""
         node = self._node(node_id)
