@@ -145,6 +145,9 @@ def predict_eval(
         synthetic_report,
     )
 
+    if nab_folds is not None and nab is None:
+        typer.echo("forehand predict-eval: --nab-folds needs --nab DIR", err=True)
+        raise typer.Exit(2)
     console = Console() if Console().is_terminal else Console(width=160)
     synthetic_result = nab_result = simulator_result = fold_result = None
     if synthetic:

@@ -328,9 +328,18 @@ def nab_evaluation(
     )
     folds = None
     if assignment is not None:
-        folds = evaluate_folds(
-            series, data.events, evaluation, folds=assignment.folds, default=PRIMARY_MODEL
-        )
+        # A series without rows never reports, so it has no scores to select or test on.
+        replayed = {entry.entity for entry in series}
+        members = {
+            fold: [key for key in keys if key in replayed]
+            for fold, keys in assignment.folds.items()
+        }
+        try:
+            folds = evaluate_folds(
+                series, data.events, evaluation, folds=members, default=PRIMARY_MODEL
+            )
+        except ConfigError as error:
+            fold_rule = f"{fold_rule}: {error}"
     return NabEvaluation(
         time_split=evaluate(series, data.events, evaluation), folds=folds, fold_rule=fold_rule
     )

@@ -283,8 +283,10 @@ def _write_nab(root: Path, names: list[str]) -> None:
 def test_cli_prints_the_fold_table(tmp_path: Path) -> None:
     """`forehand predict-eval --nab DIR` prints the per-budget validation recall of the time
     split, the two-fold table (both directions and pooled, with the rule and the floor) and
-    judges the NAB target on the pooled folds; a bad --nab-folds file exits 2 before the replay."""
+    judges the NAB target on the pooled folds (a series without rows left out of its fold); a bad
+    --nab-folds file exits 2 before the replay."""
     _write_nab(tmp_path, ["alpha", "beta", "delta", "cpu_a"])
+    (tmp_path / "series" / "gamma.csv").write_text("timestamp,value\n")  # no rows: never scored
     arguments = ["predict-eval", "--no-synthetic", "--nab", str(tmp_path)]
     arguments += ["--horizon-s", "3600", "--lead-s", "300"]
     result = CliRunner().invoke(app, arguments, env=WIDE)
@@ -302,3 +304,5 @@ def test_cli_prints_the_fold_table(tmp_path: Path) -> None:
     folds.write_text(json.dumps({"A": ["alpha", "ghost"], "B": ["beta", "delta", "cpu_a"]}))
     bad = CliRunner().invoke(app, [*arguments, "--nab-folds", str(folds)], env=WIDE)
     assert bad.exit_code == 2 and "names 'ghost', not a series" in bad.output
+    alone = CliRunner().invoke(app, ["predict-eval", "--nab-folds", str(folds)], env=WIDE)
+    assert alone.exit_code == 2 and "--nab-folds needs --nab" in alone.output
