@@ -7,9 +7,11 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from forehand.core._manager_risk import predictor_config
+from forehand.core._server_config import HEARTBEAT_PART_LOADS_MAX
 from forehand.core.messages import LoadReport
 from forehand.errors import ConfigError
 from forehand.sim._cli import main as sim_main
@@ -27,7 +29,7 @@ from forehand.sim.study import (
     write_report,
 )
 from forehand.sim.study._risk import MemoPredictor, SampledPredictiveRiskPolicy
-from forehand.sim.study._run import SECOND_US, study_manager_config
+from forehand.sim.study._run import SECOND_US, PolicyRun, study_manager_config
 
 SMALL = StudyConfig(
     servers=40,
@@ -188,3 +190,32 @@ def test_quiet_servers_are_assessed_at_the_quiet_cadence_and_others_at_the_norma
     # calm: 0, 120, 240; ramp: 0, then 60 (it left the band; due since 30), 90, ..., 240.
     assert policy.assessments_run == 3 + 8
     assert policy.assessments_skipped_quiet > 0
+
+
+def test_part_loads_are_heavy_tailed_seeded_and_the_same_for_every_policy() -> None:
+    """Each part's load is lognormal with mean 1 (the busiest tenth carry about 39%), drawn from
+    the seed alone; a sigma of 0 gives every part the same load."""
+    loads = FleetModel(config=SMALL).part_load
+    assert np.array_equal(loads, FleetModel(config=SMALL).part_load)
+    assert loads.shape == (SMALL.parts,) and abs(float(loads.mean()) - 1.0) < 0.1
+    ordered = np.sort(loads)[::-1]
+    assert 0.3 < float(ordered[: SMALL.parts // 10].sum() / ordered.sum()) < 0.5
+    equal = FleetModel(config=dataclasses.replace(SMALL, part_load_sigma=0.0)).part_load
+    assert np.array_equal(equal, np.ones(SMALL.parts))
+    with pytest.raises(ConfigError, match="part_load_sigma must be in"):
+        StudyConfig(part_load_sigma=-0.5)
+
+
+def test_heartbeats_report_each_servers_busiest_parts_bounded() -> None:
+    """A server's report lists its own busiest primaries by load, busiest first, at most
+    HEARTBEAT_PART_LOADS_MAX, their rates scaled by its demand."""
+    run = PolicyRun(SMALL, Policy.REACTIVE, predictor_snapshot=None)
+    server = 3
+    held = np.flatnonzero(run.parts.primary == server)
+    report = run.busiest.report(server, 2.0)
+    assert len(report) == min(HEARTBEAT_PART_LOADS_MAX, len(held))
+    expected = held[np.argsort(-run.part_load[held], kind="stable")[: len(report)]]
+    assert [load.ref for load in report] == [run.parts.ref(int(index)) for index in expected]
+    rates = [load.requests_per_second for load in report]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] == pytest.approx(2.0 * float(run.part_load[expected[0]]))

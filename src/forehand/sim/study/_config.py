@@ -32,6 +32,11 @@ DURATION_S_MAX = 86_400
 """Longest simulated span, one day."""
 QUIET_ASSESS_INTERVAL_S = 120
 """Default predictor cadence for a server whose load stays quiet."""
+PART_LOAD_SIGMA = 1.0
+"""Default lognormal sigma of the parts' request loads: the busiest 10% of parts carry about
+39% of the requests, the busiest 1% about 9% (session request rates are heavy-tailed)."""
+PART_LOAD_SIGMA_MAX = 3.0
+"""Largest sigma a study accepts (at 3.0 the busiest 1% of parts carry most requests)."""
 
 
 class FaultKind(enum.IntEnum):
@@ -229,6 +234,9 @@ class StudyConfig:
     """Fault rates of the training fleet, as a multiple of the study's (more labelled onsets)."""
     failure_timeout_s: int = 15
     """Silence after which the manager declares a server dead (three ticks by default)."""
+    part_load_sigma: float = PART_LOAD_SIGMA
+    """Spread of the parts' request loads: lognormal with mean 1.0 and this sigma (0.0: every
+    part carries the same load)."""
 
     def __post_init__(self) -> None:
         self._check_ranges()
@@ -268,6 +276,7 @@ class StudyConfig:
             "training_hours": (0.0, 48.0),
             "training_fault_boost": (1.0, 100.0),
             "failure_timeout_s": (2, 600),
+            "part_load_sigma": (0.0, PART_LOAD_SIGMA_MAX),
         }
         for name, (low, high) in bounds.items():
             value = getattr(self, name)

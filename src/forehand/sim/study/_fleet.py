@@ -1,8 +1,10 @@
 """The fleet model: aggregate load per server, tick by tick, with faults drawn from the seed.
 
-No individual requests: a server's CPU follows the share of primary parts it holds (so moving
-parts off a hot server cools it), scaled by its fault's intensity; latency follows CPU by a
-queueing curve; faults add latency, errors, silence or death. Everything random is drawn up
+No individual requests: every part carries a request load drawn once from a heavy-tailed
+(lognormal) distribution, and a server's CPU follows the load of the primary parts it holds
+relative to its initial parts' (so moving parts off a hot server cools it, a busy part more than
+a quiet one), scaled by its fault's intensity; latency follows CPU by a queueing curve; faults
+add latency, errors, silence or death. Everything random is drawn up
 front or per tick from one numpy generator seeded by the study, and nothing drawn depends on the
 policy, so every policy meets the same servers, noise and faults at the same instants.
 
@@ -19,7 +21,7 @@ import numpy.typing as npt
 
 from forehand.sim.study._config import FaultKind, StudyConfig
 
-__all__ = ["Fault", "FleetModel", "FleetTick", "draw_faults"]
+__all__ = ["Fault", "FleetModel", "FleetTick", "draw_faults", "part_loads"]
 
 LATENCY_US_BASE = 20_000
 """p99 latency of an idle server; it grows as 1 / (1 - cpu) (M/M/1-like queueing)."""
@@ -35,6 +37,8 @@ NOISE_DECAY, NOISE_SD = 0.8, 0.02
 """AR(1) load noise per tick."""
 RECOVERY_S = 60
 """A gradual fault that does not end in a death fades over this long."""
+REQUESTS_PER_SECOND_PER_LOAD = 1.0
+"""Requests per second of a part of load 1.0 (the mean part) on a server without a fault."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,6 +164,16 @@ def _draw_one(
     )
 
 
+def part_loads(config: StudyConfig) -> npt.NDArray[np.float64]:
+    """Every part's request load, lognormal with mean 1.0 and `part_load_sigma` (all 1.0 at 0),
+    from a stream of the seed that nothing else draws from (the same for every policy)."""
+    sigma = config.part_load_sigma
+    if sigma == 0.0:
+        return np.ones(config.parts)
+    rng = np.random.default_rng([config.seed, 0x5CA1E, 0x10AD])
+    return rng.lognormal(mean=-sigma * sigma / 2.0, sigma=sigma, size=config.parts)
+
+
 def _intensity(fault: Fault, tick: int) -> float:
     """0 before the start, climbing to 1 over the ramp, 1 in the hold, fading after."""
     if tick < fault.start_tick:
@@ -216,6 +230,8 @@ class FleetTick:
     """Breaching, unreachable or dead: its primary parts are impaired."""
     cause: npt.NDArray[np.int8]
     """The `FaultKind` acting on the server (0: none)."""
+    demand: npt.NDArray[np.float64]
+    """Factor on every part's request rate on the server (an overload ramp's intensity; 1.0)."""
 
 
 class FleetModel:
@@ -227,6 +243,9 @@ class FleetModel:
         n = config.servers
         self.base_cpu = self._rng.uniform(CPU_SESSION_LOW, CPU_SESSION_HIGH, n)
         self.faults = draw_faults(config, self._rng, self.base_cpu)
+        self.part_load = part_loads(config)
+        """Every part's request load (mean 1.0), in session order; drawn from its own stream so
+        the faults and noise do not depend on it."""
         self._noise = np.zeros(n)
         self._dead = np.zeros(n, dtype=np.bool_)
         self._dead_cause = np.zeros(n, dtype=np.int8)
@@ -241,9 +260,14 @@ class FleetModel:
         ]
 
     def step(
-        self, *, primaries: npt.NDArray[np.int64], share: float, drains_kill: bool
+        self,
+        *,
+        load: npt.NDArray[np.float64],
+        initial_load: npt.NDArray[np.float64],
+        drains_kill: bool,
     ) -> FleetTick:
-        """Advance one tick; `primaries` per server, `share` the mean at the start.
+        """Advance one tick; `load` per server (its primaries' `part_load` summed), against
+        `initial_load` (the same at the start, which costs the server its `base_cpu`).
 
         With `drains_kill` (the static policy) a drained server goes down at once, as a sticky
         server restarted for maintenance does; otherwise draining leaves it up and serving.
@@ -273,8 +297,8 @@ class FleetModel:
                 reachable[fault.server] = False
             if fault.kind is not FaultKind.DRAIN:
                 cause[fault.server] = int(fault.kind)
-        load = primaries.astype(np.float64) / share if share > 0 else np.zeros(n)
-        cpu = CPU_IDLE + self.base_cpu * load * multiplier + self._noise
+        relative = load / np.maximum(initial_load, 1e-9)
+        cpu = CPU_IDLE + self.base_cpu * relative * multiplier + self._noise
         cpu = np.maximum(cpu, 0.0)
         latency = LATENCY_US_BASE / (1.0 - np.minimum(cpu, 0.985)) + extra_latency
         error = 0.001 + np.maximum(cpu - 1.0, 0.0) * 0.5 + extra_error
@@ -290,6 +314,7 @@ class FleetModel:
             alive=alive,
             impaired=impaired,
             cause=cause,
+            demand=multiplier,
         )
 
     def _apply(

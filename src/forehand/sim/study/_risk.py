@@ -180,11 +180,11 @@ def train_predictor(config: StudyConfig, manager_config: ManagerConfig) -> bytes
         models=PREDICTOR_MODELS,
     )
     fleet = FleetModel(config=training)
-    primaries = np.ones(training.servers, dtype=np.int64)
+    load = np.ones(training.servers)
     every = config.assess_interval_s // config.tick_s
     names = [f"t{index:05d}" for index in range(training.servers)]
     for tick in range(ticks):
-        state = fleet.step(primaries=primaries, share=1.0, drains_kill=False)
+        state = fleet.step(load=load, initial_load=load, drains_kill=False)
         if tick % every:
             continue
         now_us = tick * config.tick_s * 1_000_000

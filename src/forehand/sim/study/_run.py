@@ -41,6 +41,7 @@ from forehand.core._manager_events import (
     RiskFlagged,
 )
 from forehand.core._manager_risk import predictor_config
+from forehand.core._server_config import HEARTBEAT_PART_LOADS_MAX
 from forehand.placement import (
     PartKey,
     PlacementConfig,
@@ -50,7 +51,7 @@ from forehand.placement import (
     new_session_id,
 )
 from forehand.sim.study._config import FaultKind, Policy, StudyConfig
-from forehand.sim.study._fleet import FleetModel, FleetTick
+from forehand.sim.study._fleet import REQUESTS_PER_SECOND_PER_LOAD, FleetModel, FleetTick
 from forehand.sim.study._risk import (
     PREDICTOR_MODELS,
     MemoPredictor,
@@ -86,6 +87,9 @@ to as many different targets at once (each part goes to its own replica), so one
 several parts of a flagged server in one version."""
 HANDOFFS_CONCURRENT_MAX = 256
 """The manager's `handoffs_concurrent_max` in the study (32 by default, a small cluster's)."""
+BUSIEST_REFRESH_ONE_BY_ONE_MAX = 64
+"""Servers whose parts moved, past which one sort of every part finds their busiest parts
+rather than one scan of the parts per server."""
 KEY = bytes(range(32))
 """The study's token key (nothing is sealed that leaves the process)."""
 
@@ -209,8 +213,11 @@ class _Parts:
         names = PART_NAMES[:per]
         hashes = np.empty(count, dtype=np.uint64)
         keys: list[PartKey] = []
+        self.session_ids = np.empty((config.sessions, 16), dtype=np.uint8)
+        """Every session's id, by session index (a part's `PartRef` is built when reported)."""
         for session in range(config.sessions):
             session_id = new_session_id(now_ms=EPOCH_MS + session // 1_000, rng=rng)
+            self.session_ids[session] = np.frombuffer(session_id, dtype=np.uint8)
             for offset, name in enumerate(names):
                 key = PartKey(session_id=session_id, part=name)
                 hashes[session * per + offset] = key.key_hash
@@ -220,6 +227,7 @@ class _Parts:
         self.sorted_hashes = hashes[self.order]
         self.primary = np.full(count, -1, dtype=np.int32)
         self.per = per
+        self.names = names
 
     def place_all(self, current: ShardMap) -> None:
         """Read every part's primary from the map, in part order, then forget the keys (the
@@ -236,6 +244,78 @@ class _Parts:
     def index_of(self, key: PartKey) -> int:
         position = int(np.searchsorted(self.sorted_hashes, np.uint64(key.key_hash)))
         return int(self.order[position])
+
+    def ref(self, index: int) -> messages.PartRef:
+        """The `PartRef` of part `index`."""
+        session, offset = divmod(index, self.per)
+        session_id = self.session_ids[session].tobytes()
+        return messages.PartRef(session_id=session_id, part=self.names[offset])
+
+
+class _BusiestParts:
+    """Each server's busiest primaries by load, as its heartbeats report them (`PartLoad`).
+
+    A real server measures its parts' request rates; the study's are fixed per part (times the
+    server's demand), so a server's report changes only when its parts or its demand do: it is
+    rebuilt then, and otherwise reused.
+    """
+
+    def __init__(self, parts: _Parts, part_load: npt.NDArray[np.float64], servers: int) -> None:
+        self._parts = parts
+        self._part_load = part_load
+        self._servers = servers
+        self._top: dict[int, npt.NDArray[np.int64]] = {}
+        self._reports: dict[int, tuple[float, tuple[messages.PartLoad, ...]]] = {}
+        self._dirty: set[int] = set(range(servers))
+
+    def moved(self, *servers: int) -> None:
+        """Parts of these servers moved: their busiest parts are found again."""
+        self._dirty.update(servers)
+
+    def all_moved(self) -> None:
+        """Parts left the map: every server's busiest parts are found again."""
+        self._dirty.update(range(self._servers))
+
+    def report(self, server: int, demand: float) -> tuple[messages.PartLoad, ...]:
+        """The server's busiest primaries and their request rates at `demand`."""
+        if self._dirty:
+            self._refresh()
+        cached = self._reports.get(server)
+        if cached is not None and cached[0] == demand:
+            return cached[1]
+        top = self._top.get(server)
+        if top is None:
+            return ()
+        per_load = demand * REQUESTS_PER_SECOND_PER_LOAD
+        report = tuple(
+            messages.PartLoad(
+                ref=self._parts.ref(int(index)),
+                requests_per_second=float(self._part_load[index]) * per_load,
+            )
+            for index in top
+        )
+        self._reports[server] = (demand, report)
+        return report
+
+    def _refresh(self) -> None:
+        dirty = self._dirty
+        primary = self._parts.primary
+        count = HEARTBEAT_PART_LOADS_MAX
+        load = self._part_load
+        if len(dirty) > BUSIEST_REFRESH_ONE_BY_ONE_MAX:
+            # One sort of every part by (server, load descending) beats a scan per server.
+            order = np.lexsort((-load, primary))
+            starts = np.searchsorted(primary[order], np.arange(self._servers + 1))
+            for server in dirty:
+                start, end = starts[server], starts[server + 1]
+                self._top[server] = order[start : min(start + count, end)]
+                self._reports.pop(server, None)
+        else:
+            for server in dirty:
+                held = np.flatnonzero(primary == server)
+                self._top[server] = held[np.argsort(-load[held], kind="stable")[:count]]
+                self._reports.pop(server, None)
+        dirty.clear()
 
 
 def _build_snapshot(config: StudyConfig, policy: Policy, parts: _Parts) -> bytes:
@@ -321,7 +401,9 @@ class PolicyRun:
         assert current is not None and len(current) == config.parts
         self._map = current
         self.parts.place_all(current)
-        self.share = config.parts / config.servers
+        self.part_load = self.fleet.part_load
+        self.initial_load = self._server_load()
+        self.busiest = _BusiestParts(self.parts, self.part_load, config.servers)
         self.active = np.ones(config.sessions, dtype=np.bool_)
         self.active_count = config.sessions
         self.last_impaired = np.full(config.sessions, -(10**9), dtype=np.int64)
@@ -418,6 +500,8 @@ class PolicyRun:
         parts = self.parts
         tick = now_us // SECOND_US
         dwell = self.config.dwell_s
+        if diff.removed:
+            self.busiest.all_moved()
         for key in diff.removed:
             parts.primary[parts.index_of(key)] = -1
             self._unplaced = True
@@ -428,6 +512,7 @@ class PolicyRun:
                 continue
             index = parts.index_of(moved.key)
             parts.primary[index] = target
+            self.busiest.moved(source, target)
             self.result.part_moves += 1
             previous = self._last_left.get(index)
             if previous is not None and previous[0] == target and tick - previous[1] < dwell:
@@ -447,10 +532,10 @@ class PolicyRun:
         tick_us = config.tick_s * SECOND_US
         for tick in range(config.ticks):
             now_us = tick * tick_us
-            # Unplaced parts (-1) land in bin 0, which is dropped.
-            primaries = np.bincount(self.parts.primary + 1, minlength=config.servers + 1)[1:]
             state = self.fleet.step(
-                primaries=primaries, share=self.share, drains_kill=self.policy is Policy.STATIC
+                load=self._server_load(),
+                initial_load=self.initial_load,
+                drains_kill=self.policy is Policy.STATIC,
             )
             if self.policy is not Policy.STATIC:
                 for server in self.fleet.planned_drains(tick):
@@ -469,10 +554,20 @@ class PolicyRun:
         self._finish(started)
         return self.result
 
+    def _server_load(self) -> npt.NDArray[np.float64]:
+        """Each server's load: its primaries' part loads summed (unplaced parts, -1, land in
+        bin 0, which is dropped)."""
+        servers = self.config.servers
+        weights = self.part_load
+        load = np.bincount(self.parts.primary + 1, weights=weights, minlength=servers + 1)[1:]
+        return load.astype(np.float64, copy=False)
+
     def _heartbeats(self, state: FleetTick, now_us: int) -> None:
         manager = self.manager
         version = self._map.version
         cpu, latency, error = state.cpu, state.latency_us_p99, state.error_ratio
+        requests = self._server_load() * state.demand * REQUESTS_PER_SECOND_PER_LOAD
+        busiest = self.busiest
         sequence = self._heartbeat_sequence
         started = time.thread_time()
         for index in np.flatnonzero(state.reachable).tolist():
@@ -483,7 +578,8 @@ class PolicyRun:
                 queue_depth=int(busy / (1.0 - busy)),
                 latency_us_p99=int(latency[index]),
                 error_ratio=float(error[index]),
-                requests_per_second=100.0,
+                requests_per_second=float(requests[index]),
+                part_loads=busiest.report(index, float(state.demand[index])),
             )
             name = server_name(index)
             heartbeat = messages.HeartbeatReported(
