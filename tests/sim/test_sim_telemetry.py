@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import statistics
@@ -9,7 +10,7 @@ import statistics
 import pytest
 
 from forehand.errors import ConfigError
-from forehand.sim import Link
+from forehand.sim import Link, Ramp, RampShape
 from forehand.sim._process import NodeState, ProcessModel, ProcessStats, slowdown_for
 from forehand.sim._telemetry import TelemetryConfig, load_report, transport_counters
 
@@ -136,3 +137,17 @@ def test_partition_shows_as_loss_then_retransmissions_after_it_heals() -> None:
     send_at(clean, "a", "b", range(50), at_us=0)
     clean.run(until_us=1_000_000)
     assert clean.transport_counters("a", "b") == (50, 0, 0)
+
+
+def test_ramp_steepness_sets_how_late_an_exponential_ramp_rises() -> None:
+    """A gentler exponential ramp (the campaign's precursors) has more of its rise before the
+    end than the default one, still less than a linear ramp; a steepness of 0 is refused."""
+    halfway_us = 5_000_000
+    linear = Ramp(start_us=0, peak_us=10_000_000, peak_value=1.0)
+    default = Ramp(start_us=0, peak_us=10_000_000, peak_value=1.0, shape=RampShape.EXPONENTIAL)
+    gentle = dataclasses.replace(default, steepness=2.0)
+    assert default.value_at(halfway_us) < gentle.value_at(halfway_us) < linear.value_at(halfway_us)
+    assert gentle.value_at(halfway_us) == pytest.approx(math.expm1(1.0) / math.expm1(2.0))
+    assert gentle.value_at(10_000_000) == 1.0
+    with pytest.raises(ConfigError):
+        dataclasses.replace(default, steepness=0.0)

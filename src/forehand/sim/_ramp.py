@@ -40,6 +40,9 @@ class Ramp:
     """How the value rises between start and peak."""
     recover_us: int | None = None
     """When set, the value falls linearly back to zero by this time; when None it holds the peak."""
+    steepness: float = EXPONENTIAL_RAMP_STEEPNESS
+    """How sharply an exponential ramp accelerates: its rate grows e^steepness-fold from start
+    to peak (ignored by a linear ramp)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.start_us <= self.peak_us:
@@ -48,6 +51,8 @@ class Ramp:
             raise ConfigError(f"a ramp recovers after its peak, got {self}")
         if self.peak_value < 0:
             raise ConfigError(f"a ramp peaks at a non-negative value, got {self}")
+        if not self.steepness > 0:
+            raise ConfigError(f"a ramp's steepness must be positive, got {self}")
 
     @property
     def end_us(self) -> int | None:
@@ -61,7 +66,7 @@ class Ramp:
         if now_us < self.peak_us:
             fraction = (now_us - self.start_us) / (self.peak_us - self.start_us)
             if self.shape is RampShape.EXPONENTIAL:
-                steep = EXPONENTIAL_RAMP_STEEPNESS
+                steep = self.steepness
                 fraction = math.expm1(steep * fraction) / math.expm1(steep)
             return self.peak_value * fraction
         if self.recover_us is None:
