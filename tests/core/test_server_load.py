@@ -74,10 +74,11 @@ def test_the_meter_tracks_at_most_parts_max_parts_and_forgets_quiet_ones() -> No
 
 
 def test_a_heartbeat_reports_the_busiest_primaries_up_to_the_bound() -> None:
-    """A server counts the requests it serves per part and its heartbeat's load report lists
-    its busiest primaries, busiest first, at most heartbeat_part_loads_max of them, keeping
-    the rest of the runtime's load sample as it was."""
-    cluster = Cluster(heartbeat_part_loads_max=2)
+    """A server counts the requests it serves per part and, every part_loads_interval_ms, its
+    heartbeat's load report lists its busiest primaries, busiest first, at most
+    heartbeat_part_loads_max of them, keeping the rest of the runtime's load sample as it was;
+    heartbeats in between carry the same pick."""
+    cluster = Cluster(heartbeat_part_loads_max=2, part_loads_interval_ms=1_000)
     for name in ("counter", "ledger"):
         cluster.place(name, "s1", "s2")
     cluster.place("counter", "s1", "s2", session=OTHER_SESSION)
@@ -97,6 +98,9 @@ def test_a_heartbeat_reports_the_busiest_primaries_up_to_the_bound() -> None:
     cluster.request("s1", "counter", session=OTHER_SESSION)
     cluster.take(MANAGER, HeartbeatReported)
     cluster.router.advance(ms=500)
+    (early,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+    assert early.load.part_loads == ()
+    cluster.router.advance(ms=500)
     (beat,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
     loads = beat.load.part_loads
     assert [load.ref for load in loads] == [ref("ledger"), ref("counter", OTHER_SESSION)]
@@ -104,6 +108,9 @@ def test_a_heartbeat_reports_the_busiest_primaries_up_to_the_bound() -> None:
     assert msgspec.structs.replace(beat.load, part_loads=()) == sample
     replica = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s2"]
     assert all(not beat.load.part_loads for beat in replica)
+    cluster.router.advance(ms=500)
+    (between,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+    assert between.load.part_loads == loads
 
 
 def test_part_loads_off_reports_none() -> None:

@@ -219,3 +219,26 @@ def test_heartbeats_report_each_servers_busiest_parts_bounded() -> None:
     rates = [load.requests_per_second for load in report]
     assert rates == sorted(rates, reverse=True)
     assert rates[0] == pytest.approx(2.0 * float(run.part_load[expected[0]]))
+
+
+def test_busiest_parts_follow_moves_as_a_fresh_scan_would_find_them() -> None:
+    """After parts move (a source losing most of its busiest, a target gaining busy ones), each
+    server's report lists what a scan of its primaries finds."""
+    run = PolicyRun(SMALL, Policy.REACTIVE, predictor_snapshot=None)
+    primary, loads = run.parts.primary, run.part_load
+
+    def move(index: int, target: int) -> None:
+        source = int(primary[index])
+        primary[index] = target
+        run.busiest.moved(index, source, target)
+
+    held = np.flatnonzero(primary == 3)
+    for index in held[np.argsort(-loads[held])][: len(held) - 5]:
+        move(int(index), 5 + int(index) % 3)
+    donor = np.flatnonzero(primary == 9)
+    move(int(donor[np.argmax(loads[donor])]), 3)
+    for server in (3, 5, 6, 7, 9):
+        mine = np.flatnonzero(primary == server)
+        expected = mine[np.argsort(-loads[mine], kind="stable")[:HEARTBEAT_PART_LOADS_MAX]]
+        report = run.busiest.report(server, 1.0)
+        assert [load.ref for load in report] == [run.parts.ref(int(i)) for i in expected]

@@ -38,6 +38,9 @@ class ServerConfig:
     heartbeat_part_loads_max: int = HEARTBEAT_PART_LOADS_MAX
     """Most `PartLoad` entries (the busiest primary parts by request rate) in one heartbeat's
     load report; 0 reports none (the manager then sheds load by a share of the parts)."""
+    part_loads_interval_ms: int = 5_000
+    """How often the server folds its per-part request counts into rates and picks its busiest
+    parts (a pass over every part served recently); heartbeats in between carry the last pick."""
     path_buckets_max: int = 256
     """Client buckets path reports are aggregated into (a client's node id hashed modulo this)."""
     path_reports_max: int = 4096
@@ -147,6 +150,7 @@ _POSITIVE_FIELDS = (
     "heartbeat_interval_ms",
     "heartbeat_parts_max",
     "heartbeat_paths_max",
+    "part_loads_interval_ms",
     "path_buckets_max",
     "path_reports_max",
     "path_report_ttl_ms",

@@ -81,6 +81,7 @@ from forehand.core.messages import (
     LogShipped,
     MapPublished,
     MapRequested,
+    PartLoad,
     PartProgress,
     PartRef,
     PositionsReported,
@@ -211,6 +212,8 @@ class ServerCore:
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
+        self._part_loads_due_us = 0
+        self._busiest: tuple[PartLoad, ...] = ()
         self._heartbeat_sequence = 0
         self._heartbeat_due_us = 0
         self._heartbeat_cursor = 0
@@ -453,7 +456,8 @@ class ServerCore:
         if part.fenced:
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
             return
-        self._part_loads.record(part.ref)
+        if self._config.heartbeat_part_loads_max:
+            self._part_loads.record(part.ref)
         if inbound.op in part.spec.read_ops:
             status, result = part.read(op=inbound.op, payload=inbound.payload)
             self._emit_executed(part, inbound.request_id, None, status)
@@ -2114,14 +2118,19 @@ class ServerCore:
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
 
     def _load_report(self, now_us: int) -> LoadReport:
-        """The runtime's load sample with this server's busiest primary parts (`PartLoad`)."""
-        meter = self._part_loads
-        meter.roll(now_us=now_us)
-        count_max = self._config.heartbeat_part_loads_max
-        if count_max <= 0:
+        """The runtime's load sample with this server's busiest primary parts (`PartLoad`),
+        picked again every `part_loads_interval_ms`."""
+        config = self._config
+        if config.heartbeat_part_loads_max <= 0:
             return self._load
-        busiest = meter.busiest(count_max, eligible=self._is_primary)
-        return msgspec.structs.replace(self._load, part_loads=busiest)
+        if now_us >= self._part_loads_due_us:
+            self._part_loads_due_us = now_us + config.part_loads_interval_ms * 1000
+            meter = self._part_loads
+            meter.roll(now_us=now_us)
+            self._busiest = meter.busiest(
+                config.heartbeat_part_loads_max, eligible=self._is_primary
+            )
+        return msgspec.structs.replace(self._load, part_loads=self._busiest)
 
     def _is_primary(self, ref: PartRef) -> bool:
         part = self._parts.get(ref)

@@ -13,6 +13,7 @@ session order), synchronised from the manager's map by `ShardMap.diff` after eve
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import random
@@ -87,9 +88,9 @@ to as many different targets at once (each part goes to its own replica), so one
 several parts of a flagged server in one version."""
 HANDOFFS_CONCURRENT_MAX = 256
 """The manager's `handoffs_concurrent_max` in the study (32 by default, a small cluster's)."""
-BUSIEST_REFRESH_ONE_BY_ONE_MAX = 64
-"""Servers whose parts moved, past which one sort of every part finds their busiest parts
-rather than one scan of the parts per server."""
+TRACKED_PER_SERVER = 2 * HEARTBEAT_PART_LOADS_MAX
+"""Busiest parts the study keeps per server, so that a source losing some of its reported
+parts still has the next ones at hand without a scan."""
 KEY = bytes(range(32))
 """The study's token key (nothing is sealed that leaves the process)."""
 
@@ -256,66 +257,81 @@ class _BusiestParts:
     """Each server's busiest primaries by load, as its heartbeats report them (`PartLoad`).
 
     A real server measures its parts' request rates; the study's are fixed per part (times the
-    server's demand), so a server's report changes only when its parts or its demand do: it is
-    rebuilt then, and otherwise reused.
+    server's demand). Each server keeps its `TRACKED_PER_SERVER` busiest parts, sorted, updated
+    part by part as moves commit; a server whose list falls under `HEARTBEAT_PART_LOADS_MAX`
+    while it holds more parts is scanned again. A server's report is rebuilt only when its list
+    or its demand changed.
     """
 
     def __init__(self, parts: _Parts, part_load: npt.NDArray[np.float64], servers: int) -> None:
         self._parts = parts
         self._part_load = part_load
         self._servers = servers
-        self._top: dict[int, npt.NDArray[np.int64]] = {}
+        self._top: list[list[int]] = [[] for _ in range(servers)]
+        self._complete = [True] * servers
         self._reports: dict[int, tuple[float, tuple[messages.PartLoad, ...]]] = {}
-        self._dirty: set[int] = set(range(servers))
-
-    def moved(self, *servers: int) -> None:
-        """Parts of these servers moved: their busiest parts are found again."""
-        self._dirty.update(servers)
+        self._rescan: set[int] = set()
+        self.all_moved()
 
     def all_moved(self) -> None:
-        """Parts left the map: every server's busiest parts are found again."""
-        self._dirty.update(range(self._servers))
+        """Every server's busiest parts found again (at the start, and when parts left the map):
+        one sort of every part by (server, load descending)."""
+        primary = self._parts.primary
+        order = np.lexsort((-self._part_load, primary))
+        starts = np.searchsorted(primary[order], np.arange(self._servers + 1))
+        for server in range(self._servers):
+            start, end = int(starts[server]), int(starts[server + 1])
+            self._top[server] = order[start : min(start + TRACKED_PER_SERVER, end)].tolist()
+            self._complete[server] = end - start <= TRACKED_PER_SERVER
+        self._reports.clear()
+        self._rescan.clear()
+
+    def moved(self, index: int, source: int, target: int) -> None:
+        """Part `index` moved from `source` to `target`."""
+        load = self._part_load
+        top = self._top[source]
+        if index in top:
+            top.remove(index)
+            self._reports.pop(source, None)
+            if len(top) < HEARTBEAT_PART_LOADS_MAX and not self._complete[source]:
+                self._rescan.add(source)
+        top = self._top[target]
+        if self._complete[target] or (top and load[index] > load[top[-1]]):
+            keys = [-float(load[held]) for held in top]
+            top.insert(bisect.bisect_right(keys, -float(load[index])), index)
+            if len(top) > TRACKED_PER_SERVER:
+                del top[TRACKED_PER_SERVER:]
+                self._complete[target] = False
+            self._reports.pop(target, None)
 
     def report(self, server: int, demand: float) -> tuple[messages.PartLoad, ...]:
         """The server's busiest primaries and their request rates at `demand`."""
-        if self._dirty:
-            self._refresh()
+        if self._rescan:
+            self._scan()
         cached = self._reports.get(server)
         if cached is not None and cached[0] == demand:
             return cached[1]
-        top = self._top.get(server)
-        if top is None:
-            return ()
         per_load = demand * REQUESTS_PER_SECOND_PER_LOAD
         report = tuple(
             messages.PartLoad(
-                ref=self._parts.ref(int(index)),
+                ref=self._parts.ref(index),
                 requests_per_second=float(self._part_load[index]) * per_load,
             )
-            for index in top
+            for index in self._top[server][:HEARTBEAT_PART_LOADS_MAX]
         )
         self._reports[server] = (demand, report)
         return report
 
-    def _refresh(self) -> None:
-        dirty = self._dirty
+    def _scan(self) -> None:
         primary = self._parts.primary
-        count = HEARTBEAT_PART_LOADS_MAX
         load = self._part_load
-        if len(dirty) > BUSIEST_REFRESH_ONE_BY_ONE_MAX:
-            # One sort of every part by (server, load descending) beats a scan per server.
-            order = np.lexsort((-load, primary))
-            starts = np.searchsorted(primary[order], np.arange(self._servers + 1))
-            for server in dirty:
-                start, end = starts[server], starts[server + 1]
-                self._top[server] = order[start : min(start + count, end)]
-                self._reports.pop(server, None)
-        else:
-            for server in dirty:
-                held = np.flatnonzero(primary == server)
-                self._top[server] = held[np.argsort(-load[held], kind="stable")[:count]]
-                self._reports.pop(server, None)
-        dirty.clear()
+        for server in sorted(self._rescan):
+            held = np.flatnonzero(primary == server)
+            busiest = held[np.argsort(-load[held], kind="stable")[:TRACKED_PER_SERVER]]
+            self._top[server] = busiest.tolist()
+            self._complete[server] = len(held) <= TRACKED_PER_SERVER
+            self._reports.pop(server, None)
+        self._rescan.clear()
 
 
 def _build_snapshot(config: StudyConfig, policy: Policy, parts: _Parts) -> bytes:
@@ -403,6 +419,8 @@ class PolicyRun:
         self.parts.place_all(current)
         self.part_load = self.fleet.part_load
         self.initial_load = self._server_load()
+        self.load = self.initial_load.copy()
+        """Each server's load now, kept in step with the moves."""
         self.busiest = _BusiestParts(self.parts, self.part_load, config.servers)
         self.active = np.ones(config.sessions, dtype=np.bool_)
         self.active_count = config.sessions
@@ -500,11 +518,14 @@ class PolicyRun:
         parts = self.parts
         tick = now_us // SECOND_US
         dwell = self.config.dwell_s
+        for key in diff.removed:
+            index = parts.index_of(key)
+            if parts.primary[index] >= 0:
+                self.load[parts.primary[index]] -= self.part_load[index]
+            parts.primary[index] = -1
+            self._unplaced = True
         if diff.removed:
             self.busiest.all_moved()
-        for key in diff.removed:
-            parts.primary[parts.index_of(key)] = -1
-            self._unplaced = True
         for moved in diff.moved:
             source = _server_index(moved.source.primary)
             target = _server_index(moved.target.primary)
@@ -512,7 +533,9 @@ class PolicyRun:
                 continue
             index = parts.index_of(moved.key)
             parts.primary[index] = target
-            self.busiest.moved(source, target)
+            self.load[source] -= self.part_load[index]
+            self.load[target] += self.part_load[index]
+            self.busiest.moved(index, source, target)
             self.result.part_moves += 1
             previous = self._last_left.get(index)
             if previous is not None and previous[0] == target and tick - previous[1] < dwell:
@@ -533,7 +556,7 @@ class PolicyRun:
         for tick in range(config.ticks):
             now_us = tick * tick_us
             state = self.fleet.step(
-                load=self._server_load(),
+                load=self.load,
                 initial_load=self.initial_load,
                 drains_kill=self.policy is Policy.STATIC,
             )
@@ -566,7 +589,7 @@ class PolicyRun:
         manager = self.manager
         version = self._map.version
         cpu, latency, error = state.cpu, state.latency_us_p99, state.error_ratio
-        requests = self._server_load() * state.demand * REQUESTS_PER_SECOND_PER_LOAD
+        requests = self.load * state.demand * REQUESTS_PER_SECOND_PER_LOAD
         busiest = self.busiest
         sequence = self._heartbeat_sequence
         started = time.thread_time()
