@@ -260,3 +260,24 @@ def test_a_new_manager_sends_the_stored_snapshot_itself_as_the_whole_map() -> No
     third = ManagerHarness(store=first.store)
     (again,) = third.take("s1", MapPublished)
     assert again.body is not snapshot and again.body == snapshot
+
+
+def test_the_live_members_follow_deaths_readmissions_and_restarts() -> None:
+    """The cached sorted list of live members (a commit's fan-out) changes with every state
+    change: a dead member leaves it and gets no versions, a readmitted one is back."""
+    harness, follower = joined_cluster()
+    membership = harness.manager.membership
+    assert [m.server_id for m in membership.live_members()] == list(SERVERS)
+    assert membership.live_members() is membership.live_members(), "kept between changes"
+    harness.tick(700, alive=["s2", "s3"])
+    assert membership.live_ids() == ["s2", "s3"]
+    fail_over(harness, "s2", "s3")
+    assert harness.open_session() is not None
+    assert harness.take("s1", MapPublished) == []
+    harness.heartbeat("s1")
+    assert membership.live_ids() == list(SERVERS)
+    follower.receive(harness.take("s1", MapPublished))
+    assert follower.map is not None and follower.map.version == harness.map.version
+    harness.announce("s4")
+    assert membership.live_ids() == [*SERVERS, "s4"], "a new member, once its join commits"
+    assert [m.server_id for m in membership.members()] == [*SERVERS, "s4"]

@@ -301,6 +301,15 @@ class Membership:
     def __init__(self, *, config: ManagerConfig) -> None:
         self._config = config
         self._members: dict[str, Member] = {}
+        # Sorted views, dropped when a member comes, goes or changes state: a commit sends the
+        # new version to every live member, and sorting ten thousand ids per commit adds up.
+        self._sorted: list[Member] | None = None
+        self._live: tuple[Member, ...] | None = None
+
+    def _changed(self, *, membership: bool) -> None:
+        self._live = None
+        if membership:
+            self._sorted = None
 
     def __contains__(self, server_id: object) -> bool:
         return server_id in self._members
@@ -314,15 +323,19 @@ class Membership:
 
     def members(self) -> list[Member]:
         """Every member, sorted by server id (deterministic iteration)."""
-        return [self._members[server_id] for server_id in sorted(self._members)]
+        if self._sorted is None:
+            self._sorted = [self._members[server_id] for server_id in sorted(self._members)]
+        return list(self._sorted)
 
     def live_ids(self) -> list[str]:
         """Ids of ALIVE and SUSPECTED members, sorted."""
-        return [member.server_id for member in self.members() if member.is_live]
+        return [member.server_id for member in self.live_members()]
 
-    def live_members(self) -> list[Member]:
+    def live_members(self) -> tuple[Member, ...]:
         """ALIVE and SUSPECTED members, sorted by server id."""
-        return [member for member in self.members() if member.is_live]
+        if self._live is None:
+            self._live = tuple(member for member in self.members() if member.is_live)
+        return self._live
 
     def held_version(self, server_id: str) -> int:
         """The newest map version the member surely holds: what it reported, at most what it
@@ -344,6 +357,8 @@ class Membership:
                 f"member {member.server_id}: no transition from {member.state.name} "
                 f"on {trigger.name}"
             )
+        if member.state is not target:
+            self._changed(membership=False)
         member.state = target
 
     def _new_detector(self, *, now_us: int) -> FailureDetector:
@@ -358,6 +373,7 @@ class Membership:
             if len(self._members) >= self._config.servers_max:
                 return AnnounceOutcome.REFUSED
             self._members[message.server_id] = self._new_member(message, now_us=now_us)
+            self._changed(membership=True)
             return AnnounceOutcome.JOINED
         if message.incarnation < member.incarnation:
             return AnnounceOutcome.STALE
@@ -417,6 +433,7 @@ class Membership:
             detector=self._new_detector(now_us=now_us),
             died_us=now_us if dead else None,
         )
+        self._changed(membership=True)
         return True
 
     def heartbeat(self, message: HeartbeatReported, *, now_us: int) -> HeartbeatOutcome:
@@ -514,6 +531,8 @@ class Membership:
         ]
         for server_id in forgotten:
             del self._members[server_id]
+        if forgotten:
+            self._changed(membership=True)
         return forgotten
 
     def next_check_us(self) -> int | None:
