@@ -6,6 +6,8 @@ import math
 import random
 from typing import TYPE_CHECKING
 
+import pytest
+
 from forehand.core._manager_events import HandoffStarted, RiskFlagged
 from forehand.core._manager_risk import (
     PART_LOADS_PER_REPORT_MAX,
@@ -15,6 +17,7 @@ from forehand.core._manager_risk import (
     parts_by_load,
 )
 from forehand.core.messages import LoadReport, PartLoad, PartRef
+from forehand.errors import ConfigError
 from forehand.predict import Action, AlarmState, Decision, RiskLevel
 from forehand.wire import ReasonCode
 
@@ -204,6 +207,8 @@ def test_the_projection_span_and_its_cap_size_the_first_step() -> None:
         shares[name] = drain.first_share("s1")
     assert shares["dwell"] < shares["far"]
     assert abs(shares["capped"] - (1.0 - 0.75 / 1.5)) < 1e-9
+    with pytest.raises(ConfigError, match="risk_drain_projected_cpu_max must be at least"):
+        manager_config(risk_drain_projected_cpu_max=0.5)
 
 
 class _ShedHalfTheLoad:

@@ -283,6 +283,11 @@ class ManagerConfig:
                 "ManagerConfig needs risk_drain_*_fraction <= 1 and "
                 "risk_drain_escalation_factor >= 1"
             )
+        if self.risk_drain_projected_cpu_max < self.risk_drain_cpu_utilization_target:
+            raise ConfigError(
+                "ManagerConfig.risk_drain_projected_cpu_max must be at least "
+                "risk_drain_cpu_utilization_target"
+            )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
                 f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"
