@@ -151,6 +151,8 @@ def _cost_rows(study: StudyResult) -> list[tuple[str, ...]]:
                 f"{result.map_bytes:,}",
                 f"{result.map_bytes_end:,}",
                 f"{result.wall_s:.0f}",
+                f"{result.cpu_s:.0f}",
+                f"{result.rss_end_bytes / 2**20:,.0f}",
             )
         )
     return rows
@@ -227,6 +229,8 @@ def _markdown(study: StudyResult, command: str) -> str:
                 "map bytes start",
                 "map bytes end",
                 "run wall s",
+                "run CPU s",
+                "RSS end MiB",
             ),
             _cost_rows(study),
         )

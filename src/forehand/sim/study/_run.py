@@ -159,6 +159,10 @@ class PolicyResult:
     """Wall time of the run, setup included."""
     setup_s: float = 0.0
     """Wall time building the map before the manager loads it."""
+    cpu_s: float = 0.0
+    """CPU time of the whole run in its process (`time.process_time`), setup included."""
+    rss_end_bytes: int = 0
+    """The process's resident memory at the end of the run."""
     digest: str = ""
     """SHA-256 over every counted outcome, in order: equal seeds give equal digests."""
 
@@ -387,6 +391,7 @@ class PolicyRun:
         self._flags: dict[int, list[int]] = {}
         self._unplaced = False
         self.fleet_reachable = np.ones(config.servers, dtype=np.bool_)
+        self._cpu_started = time.process_time()
         started = time.perf_counter()
         self.parts = _Parts(config)
         snapshot = _build_snapshot(config, policy, self.parts)
@@ -718,6 +723,8 @@ class PolicyRun:
         assert current is not None
         result.map_bytes_end = len(current.encode())
         result.wall_s = time.perf_counter() - started + result.setup_s + result.map_load_s
+        result.cpu_s = time.process_time() - self._cpu_started
+        result.rss_end_bytes = psutil.Process().memory_info().rss
         self._digest.update(
             f"{result.disruptions} {result.handoff_part_moves} {result.failover_part_moves} "
             f"{result.ping_pongs} {result.risk_flags} {result.sessions_lost}".encode()
