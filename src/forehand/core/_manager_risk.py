@@ -334,16 +334,19 @@ class GradedDrain:
 
     The trigger policy says that a server drains; this says how much, per decision. The first
     step of an episode moves the share of the server's load it must shed for its CPU, projected
-    to the next chance to step again, to fall back under `risk_drain_cpu_utilization_target` (at
-    least `risk_drain_first_fraction`). A server at risk whose projected CPU is under the target
-    has a fault that shedding load does not cure (errors, latency, a flapping link): its first
-    step is `risk_drain_unloaded_fraction`. Nothing more moves while a step shows its effect;
-    when the risk is still above the threshold `risk_drain_escalation_ticks` ticks later, the
-    next step moves `risk_drain_escalation_factor` times the last share, up to everything (a
-    proportional re-shed of the load still above the target lagged the ramps it sheds and, in
-    the scale study, moved more parts for more disruptions). Once at everything (or at the
-    urgent level, MOVE_NOW), every decision with the risk above the threshold moves what the
-    migration budget lets through. An episode ends with the alarm (CALM or WATCHING).
+    over `risk_drain_projection_ms` (or to the next chance to step again), to fall back under
+    `risk_drain_cpu_utilization_target` (at least `risk_drain_first_fraction`); such an episode
+    sheds load (`sheds_load`): its shares are shares of the server's requests, which the manager
+    covers with its busiest parts first (`parts_by_load`). A server at risk whose projected CPU
+    is under the target has a fault that shedding load does not cure (errors, latency, a
+    flapping link): its first step is `risk_drain_unloaded_fraction`. Nothing more moves while
+    a step shows its effect; when the risk is still above the threshold
+    `risk_drain_escalation_ticks` ticks later, the next step moves
+    `risk_drain_escalation_factor` times the last share, up to everything (a proportional
+    re-shed of the load still above the target lagged the ramps it sheds and, in the scale
+    study, moved more parts for more disruptions). Once at everything (or at the urgent level,
+    MOVE_NOW), every decision with the risk above the threshold moves what the migration budget
+    lets through. An episode ends with the alarm (CALM or WATCHING).
     """
 
     def __init__(self, *, config: ManagerConfig) -> None:
