@@ -520,17 +520,29 @@ def _model_report(
                     else math.nan,
                 )
             )
-    probabilities, labels = _labelled(test, model)
     rows.sort(key=lambda row: (list(groups).index(row.group), row.budget_per_day))
-    validation_probabilities, validation_labels = _labelled(validation, model)
+    return _scored_report(model, rows, test, validation, validation_recalls)
+
+
+def _scored_report(
+    model: str,
+    rows: Sequence[RecallRow],
+    tested_on: Sequence[_Split],
+    chosen_on: Sequence[_Split],
+    recalls: Sequence[float],
+) -> ModelReport:
+    """`model`'s report: its rows, calibration on `tested_on`, and its Brier skill and mean
+    recall on `chosen_on` (where its thresholds were chosen)."""
+    probabilities, labels = _labelled(tested_on, model)
+    chosen_probabilities, chosen_labels = _labelled(chosen_on, model)
     return ModelReport(
         model=model,
         rows=tuple(rows),
         brier_skill=brier_skill_score(probabilities, labels),
         calibration_error=calibration_error(probabilities, labels),
         base_rate=float(labels.mean()) if len(labels) else math.nan,
-        validation_brier_skill=brier_skill_score(validation_probabilities, validation_labels),
-        validation_recall=float(np.mean(validation_recalls)) if validation_recalls else math.nan,
+        validation_brier_skill=brier_skill_score(chosen_probabilities, chosen_labels),
+        validation_recall=float(np.mean(recalls)) if recalls else math.nan,
     )
 
 
@@ -815,15 +827,4 @@ def _fold_model(
         )
         outcomes.append(outcome)
         rows.append(fold_row(outcome, config, validation_recall=recall))
-    probabilities, labels = _labelled(tested_on, model)
-    selecting_probabilities, selecting_labels = _labelled(chosen_on, model)
-    report = ModelReport(
-        model=model,
-        rows=tuple(rows),
-        brier_skill=brier_skill_score(probabilities, labels),
-        calibration_error=calibration_error(probabilities, labels),
-        base_rate=float(labels.mean()) if len(labels) else math.nan,
-        validation_brier_skill=brier_skill_score(selecting_probabilities, selecting_labels),
-        validation_recall=float(np.mean(recalls)) if recalls else math.nan,
-    )
-    return report, tuple(outcomes)
+    return _scored_report(model, rows, tested_on, chosen_on, recalls), tuple(outcomes)
