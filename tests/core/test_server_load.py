@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -193,3 +194,31 @@ def test_an_old_load_report_without_part_loads_still_decodes() -> None:
     assert isinstance(decoded, HeartbeatReported)
     assert decoded.load.part_loads == ()
     assert decoded.load.machine_cpu_utilization == 0.5 and decoded.sequence == 3
+
+
+def test_the_meter_bound_holds_under_any_mix_of_records_forgets_and_rolls() -> None:
+    """The tracked-part count the bound checks equals the parts with a count or a rate after
+    any seeded sequence of records, forgets and rolls, so exactly parts_max parts are kept."""
+    rng = random.Random(5)
+    meter = PartLoadMeter(parts_max=6)
+    counted: set[PartRef] = set()
+    rolled = False
+    for step in range(2_000):
+        action = rng.random()
+        ref = part(rng.randrange(12))
+        if action < 0.75:
+            before = meter.dropped
+            meter.record(ref)
+            if meter.dropped == before:
+                counted.add(ref)
+            else:
+                assert ref not in counted and len(counted) == 6
+        elif action < 0.9:
+            meter.forget(ref)
+            counted.discard(ref)
+        else:
+            meter.roll(now_us=step * S)
+            if rolled:  # the first roll only starts the interval and keeps the counts
+                counted = {ref for ref in counted if meter.rate(ref) > 0.0}
+            rolled = True
+        assert len(meter) == len(counted) <= 6

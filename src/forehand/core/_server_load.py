@@ -2,9 +2,10 @@
 
 Session load is heavy-tailed (a few sessions carry most requests), so a server that must shed a
 share of its load sheds it with fewest moves by handing off its busiest parts first. The server
-counts the requests it executes per part; at each heartbeat it folds the counts since the last
-one into a smoothed rate per part and reports the `heartbeat_part_loads_max` busiest primaries
-(`LoadReport.part_loads`). Sans-IO: the caller passes `now_us`.
+counts the requests it executes per part; every `part_loads_interval_ms` it folds the counts
+since the last time into a smoothed rate per part and picks the `heartbeat_part_loads_max`
+busiest primaries, which its heartbeats report (`LoadReport.part_loads`). Sans-IO: the caller
+passes `now_us`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["RATE_SMOOTHING", "PartLoadMeter"]
 
 RATE_SMOOTHING = 0.5
 """Weight of the newest interval in a part's smoothed rate (an exponential moving average over
-heartbeat intervals: a burst shows at once, and a part gone quiet fades within a few)."""
+`part_loads_interval_ms` intervals: a burst shows at once, a part gone quiet fades within a few)."""
 RATE_FLOOR_PER_SECOND = 0.01
 """A part whose smoothed rate falls under this, with no request in the interval, is forgotten."""
 
@@ -32,27 +33,33 @@ class PartLoadMeter:
         self._counts: dict[PartRef, int] = {}
         self._rates: dict[PartRef, float] = {}
         self._rolled_us: int | None = None
+        self._tracked = 0
+        """Parts in `_rates` or `_counts` (either or both), kept so that a new part's first
+        request checks the bound without a pass over every tracked part."""
         self.dropped = 0
         """Requests not counted because `parts_max` parts were tracked already."""
 
     def __len__(self) -> int:
-        return len(self._rates.keys() | self._counts.keys())
+        return self._tracked
 
     def record(self, ref: PartRef) -> None:
         """Count one request executed for `ref`."""
         counts = self._counts
         count = counts.get(ref)
         if count is None:
-            if ref not in self._rates and len(self) >= self._parts_max:
-                self.dropped += 1
-                return
+            if ref not in self._rates:
+                if self._tracked >= self._parts_max:
+                    self.dropped += 1
+                    return
+                self._tracked += 1
             count = 0
         counts[ref] = count + 1
 
     def forget(self, ref: PartRef) -> None:
         """Stop tracking `ref` (it left this server)."""
-        self._counts.pop(ref, None)
-        self._rates.pop(ref, None)
+        counted = self._counts.pop(ref, None) is not None
+        if self._rates.pop(ref, None) is not None or counted:
+            self._tracked -= 1
 
     def roll(self, *, now_us: int) -> None:
         """Fold the counts since the last roll into each part's smoothed rate."""
@@ -75,6 +82,7 @@ class PartLoadMeter:
         for ref, count in counts.items():
             rates[ref] = alpha * count / interval_s
         counts.clear()
+        self._tracked = len(rates)
 
     def rate(self, ref: PartRef) -> float:
         """The smoothed requests per second of `ref` (0.0 when not tracked)."""
