@@ -68,6 +68,26 @@ def sealer(seed: int = 1) -> TokenSealer:
     return TokenSealer(KeyRing({1: CLUSTER_KEY}, current_key_id=1), rng=random.Random(seed))
 
 
+def wire_servers(
+    router: Router, server_ids: Iterable[str], **overrides: Any
+) -> dict[str, ServerCore]:
+    """Real server cores for a test with a real manager: the i-th in `zone-i`, seeded with i,
+    added to `router` (the caller runs it)."""
+    servers: dict[str, ServerCore] = {}
+    for index, server_id in enumerate(server_ids):
+        config = ServerConfig(
+            server_id=server_id,
+            address=f"{server_id}.test:4433",
+            zone=f"zone-{index}",
+            **overrides,
+        )
+        servers[server_id] = ServerCore(
+            config=config, parts=SPECS, sealer=sealer(), rng=random.Random(index)
+        )
+        router.add(servers[server_id])
+    return servers
+
+
 def ref(part: str, session: bytes = SESSION) -> PartRef:
     """The `PartRef` of a part of `session`."""
     return PartRef(session_id=session, part=part)

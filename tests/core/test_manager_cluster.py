@@ -18,20 +18,16 @@ from forehand.core._manager_events import (
     HandoffCompleted,
     ServerJoined,
 )
-from forehand.core._server_config import ServerConfig
 from forehand.core.client import ClientCore
-from forehand.core.server import ServerCore
 from forehand.placement import PartKey
 from forehand.wire import ResponseStatus
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import ManagerHarness
-    from tests.core._server_helpers import SPECS
-    from tests.core._server_helpers import sealer as server_sealer
+    from tests.core._server_helpers import wire_servers
 else:
     from _manager_helpers import ManagerHarness
-    from _server_helpers import SPECS
-    from _server_helpers import sealer as server_sealer
+    from _server_helpers import wire_servers
 
 SERVERS = ("s1", "s2", "s3")
 
@@ -48,21 +44,13 @@ class World:
             **overrides,  # type: ignore[arg-type]
         )
         self.router = self.harness.router
-        self.servers: dict[str, ServerCore] = {}
-        for index, server_id in enumerate(SERVERS):
-            config = ServerConfig(
-                server_id=server_id,
-                address=f"{server_id}.test:4433",
-                zone=f"zone-{index}",
-                heartbeat_interval_ms=100,
-                backup_period_ms=200,
-                handoff_deadline_ms=2_000,
-            )
-            core = ServerCore(
-                config=config, parts=SPECS, sealer=server_sealer(), rng=random.Random(index)
-            )
-            self.servers[server_id] = core
-            self.router.add(core)
+        self.servers = wire_servers(
+            self.router,
+            SERVERS,
+            heartbeat_interval_ms=100,
+            backup_period_ms=200,
+            handoff_deadline_ms=2_000,
+        )
         self.router.run()
         self.router.advance(ms=300)
         self.client = ClientCore(

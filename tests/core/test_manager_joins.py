@@ -3,7 +3,6 @@ it holds (`MapHistory`), the whole map only when it holds none or the history is
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,21 +11,17 @@ from forehand.core._manager_commits import MapHistory
 from forehand.core._manager_config import ManagerConfig
 from forehand.core._manager_events import FailoverCompleted, ServerDeclaredDead, ServerJoined
 from forehand.core._membership import MemberState
-from forehand.core._server_config import ServerConfig
 from forehand.core.messages import MapPublished, MapRequested
-from forehand.core.server import ServerCore
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.stores import MemoryStore
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import MANAGER, ManagerHarness
-    from tests.core._server_helpers import SPECS
-    from tests.core._server_helpers import sealer as server_sealer
+    from tests.core._server_helpers import wire_servers
 else:
     from _manager_helpers import MANAGER, ManagerHarness
-    from _server_helpers import SPECS
-    from _server_helpers import sealer as server_sealer
+    from _server_helpers import wire_servers
 
 SERVERS = ("s1", "s2", "s3")
 
@@ -207,18 +202,7 @@ def test_a_real_server_partitioned_past_the_failure_timeout_catches_up_from_delt
         heartbeat_interval_ms=100, suspect_timeout_ms=400, failure_timeout_ms=800
     )
     router = harness.router
-    servers: dict[str, ServerCore] = {}
-    for index, server_id in enumerate(SERVERS):
-        config = ServerConfig(
-            server_id=server_id,
-            address=f"{server_id}.test:4433",
-            zone=f"zone-{index}",
-            heartbeat_interval_ms=100,
-        )
-        servers[server_id] = ServerCore(
-            config=config, parts=SPECS, sealer=server_sealer(), rng=random.Random(index)
-        )
-        router.add(servers[server_id])
+    servers = wire_servers(router, SERVERS, heartbeat_interval_ms=100)
     router.run()
     router.advance(ms=300)
     assert harness.open_session(("counter",)) is not None
