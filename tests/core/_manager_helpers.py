@@ -28,6 +28,7 @@ from forehand.core.messages import (
 )
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap
+from forehand.predict import Action, AlarmState, Decision, RiskLevel
 from forehand.stores import (
     DeltaCommitRequested,
     MapLoadRequested,
@@ -229,6 +230,42 @@ class ManagerHarness:
         """The parts the committed map makes `server_id` primary of."""
         keys = self.map.parts_for(server_id).primary
         return [PartRef(session_id=key.session_id, part=key.part) for key in keys]
+
+
+_STATE_OF_ACTION = {
+    Action.NONE: AlarmState.CALM,
+    Action.STOP_PLACEMENT: AlarmState.WATCHING,
+    Action.DRAIN: AlarmState.DRAINING,
+    Action.MOVE_NOW: AlarmState.EVACUATING,
+}
+
+
+def decision(
+    action: Action,
+    level: RiskLevel = RiskLevel.SUSTAINED,
+    *,
+    acted: bool = True,
+    server_id: str = "s1",
+) -> Decision:
+    """A trigger-policy decision as `TriggerPolicy.assess` returns it."""
+    state = _STATE_OF_ACTION[action]
+    return Decision(
+        server_id=server_id,
+        now_us=0,
+        previous_state=state,
+        state=state,
+        level=level,
+        action=action,
+        acted=acted and action is not Action.NONE,
+        shadow=False,
+        holdout=not acted,
+        risk=0.7,
+        calibrated=True,
+        model="logistic",
+        parts_fraction=0.25,
+        moves_allowed=64,
+        top_features=(),
+    )
 
 
 def opened_refs(opened: SessionOpened) -> list[PartRef]:

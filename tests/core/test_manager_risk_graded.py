@@ -14,7 +14,7 @@ from forehand.core._manager_risk import (
 from forehand.core._paths import client_bucket
 from forehand.core.messages import PathReport
 from forehand.placement import ServerState
-from forehand.predict import Action, AlarmState, Decision, RiskLevel, path_bucket
+from forehand.predict import Action, RiskLevel, path_bucket
 from forehand.wire import CloseSession, Credential, Hello, ReasonCode
 
 if TYPE_CHECKING:
@@ -22,48 +22,20 @@ if TYPE_CHECKING:
         MANAGER,
         ManagerHarness,
         complete_handoffs,
+        decision,
         manager_config,
     )
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, complete_handoffs, manager_config
+    from _manager_helpers import (
+        MANAGER,
+        ManagerHarness,
+        complete_handoffs,
+        decision,
+        manager_config,
+    )
 
 S = 1_000_000
 SERVERS = ("s1", "s2", "s3", "s4")
-
-_STATE_OF_ACTION = {
-    Action.NONE: AlarmState.CALM,
-    Action.STOP_PLACEMENT: AlarmState.WATCHING,
-    Action.DRAIN: AlarmState.DRAINING,
-    Action.MOVE_NOW: AlarmState.EVACUATING,
-}
-
-
-def decision(
-    action: Action,
-    level: RiskLevel = RiskLevel.SUSTAINED,
-    *,
-    acted: bool = True,
-    server_id: str = "s1",
-) -> Decision:
-    """A trigger-policy decision as `TriggerPolicy.assess` returns it."""
-    state = _STATE_OF_ACTION[action]
-    return Decision(
-        server_id=server_id,
-        now_us=0,
-        previous_state=state,
-        state=state,
-        level=level,
-        action=action,
-        acted=acted and action is not Action.NONE,
-        shadow=False,
-        holdout=not acted,
-        risk=0.7,
-        calibrated=True,
-        model="logistic",
-        parts_fraction=0.25,
-        moves_allowed=64,
-        top_features=(),
-    )
 
 
 def graded(**overrides: object) -> GradedDrain:

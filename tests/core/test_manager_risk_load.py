@@ -18,13 +18,13 @@ from forehand.core._manager_risk import (
 )
 from forehand.core.messages import LoadReport, PartLoad, PartRef
 from forehand.errors import ConfigError
-from forehand.predict import Action, AlarmState, Decision, RiskLevel
+from forehand.predict import Action, RiskLevel
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, manager_config
+    from tests.core._manager_helpers import ManagerHarness, decision, manager_config
 else:
-    from _manager_helpers import ManagerHarness, manager_config
+    from _manager_helpers import ManagerHarness, decision, manager_config
 
 S = 1_000_000
 
@@ -156,27 +156,6 @@ def test_busiest_first_orders_reported_parts_ahead_of_the_rest() -> None:
     assert busiest_first(parts, loads) == [parts[3], parts[1], parts[0], parts[2], parts[4]]
 
 
-def _decision(action: Action, *, server_id: str = "s1") -> Decision:
-    state = AlarmState.EVACUATING if action is Action.MOVE_NOW else AlarmState.DRAINING
-    return Decision(
-        server_id=server_id,
-        now_us=0,
-        previous_state=state,
-        state=state,
-        level=RiskLevel.URGENT if action is Action.MOVE_NOW else RiskLevel.SUSTAINED,
-        action=action,
-        acted=True,
-        shadow=False,
-        holdout=False,
-        risk=0.95,
-        calibrated=True,
-        model="logistic",
-        parts_fraction=0.25,
-        moves_allowed=64,
-        top_features=(),
-    )
-
-
 def test_a_load_episode_sheds_load_and_a_fault_that_is_not_load_does_not() -> None:
     """The first step sized by excess CPU makes the episode shed load (busiest parts first); a
     server at risk under the CPU target, or an urgent risk that is not load, moves parts."""
@@ -185,9 +164,9 @@ def test_a_load_episode_sheds_load_and_a_fault_that_is_not_load_does_not() -> No
     drain.observe("hot", cpu_utilization=0.95, now_us=30 * S)
     drain.observe("lossy", cpu_utilization=0.3, now_us=0)
     drain.observe("lossy", cpu_utilization=0.3, now_us=30 * S)
-    assert drain.step(_decision(Action.DRAIN, server_id="hot")) > 0.0
-    assert drain.step(_decision(Action.DRAIN, server_id="lossy")) == 0.5
-    assert drain.step(_decision(Action.MOVE_NOW, server_id="evacuated")) == 1.0
+    assert drain.step(decision(Action.DRAIN, server_id="hot")) > 0.0
+    assert drain.step(decision(Action.DRAIN, server_id="lossy")) == 0.5
+    assert drain.step(decision(Action.MOVE_NOW, RiskLevel.URGENT, server_id="evacuated")) == 1.0
     assert drain.sheds_load("hot")
     assert not drain.sheds_load("lossy") and not drain.sheds_load("evacuated")
 
