@@ -383,12 +383,10 @@ def _rebuilt_engine(shard_map: ShardMap) -> object:
     )
 
 
-def _server_changes(parts: int) -> tuple[list[str], list[Comparison]]:
-    """Server deaths, drains, joins and new weights at `parts` parts, against a full rebuild."""
-    servers = _scale_servers(parts)
-    keys = _keys(parts, seed=11)
-    config = PlacementConfig(servers_max=max(4096, 2 * servers))
-    entries = [
+def _fleet(count: int) -> list[ServerEntry]:
+    """`count` ACTIVE servers of weight 1 in `_ZONES` zones, named with five digits (the large
+    fleets of the server-change and map-version steps)."""
+    return [
         ServerEntry(
             server_id=f"server-{index:05d}",
             address=f"10.{index >> 8 & 255}.{index & 255}.1:4433",
@@ -396,8 +394,16 @@ def _server_changes(parts: int) -> tuple[list[str], list[Comparison]]:
             weight=1.0,
             state=ServerState.ACTIVE,
         )
-        for index in range(servers)
+        for index in range(count)
     ]
+
+
+def _server_changes(parts: int) -> tuple[list[str], list[Comparison]]:
+    """Server deaths, drains, joins and new weights at `parts` parts, against a full rebuild."""
+    servers = _scale_servers(parts)
+    keys = _keys(parts, seed=11)
+    config = PlacementConfig(servers_max=max(4096, 2 * servers))
+    entries = _fleet(servers)
     build_s, built = _timed(
         lambda: ShardMap.build(config=config, version=1, servers=entries, parts=keys)
     )
@@ -516,16 +522,7 @@ def _version_steps(parts: int, servers: int, seed: int = 21) -> dict[str, float]
 
     keys = _keys(parts, seed=seed)
     config = PlacementConfig(servers_max=max(4096, 2 * servers), parts_max=max(parts, 1_000_000))
-    entries = [
-        ServerEntry(
-            server_id=f"s{index:05d}",
-            address=f"10.{index >> 8 & 255}.{index & 255}.1:7000",
-            zone=f"zone-{index % _ZONES}",
-            weight=1.0,
-            state=ServerState.ACTIVE,
-        )
-        for index in range(servers)
-    ]
+    entries = _fleet(servers)
     current = ShardMap.build(config=config, version=1, servers=entries, parts=keys)
     rng = random.Random(seed)
     standing, _ = _handoff_operations(current, keys, rng, _STANDING_OVERRIDES)
