@@ -103,8 +103,9 @@ class ShardMap:
     def encode(self) -> bytes:
         """This whole version, compactly (msgpack), for MAP_UPDATE frames and the store.
 
-        A version never changes, so its encoding is kept: the manager sends the whole map to
-        every server that joins or falls behind, and at a million sessions it takes seconds.
+        A version never changes, so its encoding is kept: the manager sends the whole map to a
+        server that joins with no map or falls behind past its delta history, and at a million
+        sessions an encoding takes seconds.
         """
         if self._encoded is None:
             self._encoded = encode_map(self._state)
