@@ -130,6 +130,9 @@ def predict_eval(
     jobs: int = typer.Option(2, help="Simulator: runs in parallel (processes)."),
     quick: bool = typer.Option(False, help="Simulator: short runs, --sim-events episodes each."),
     cache: str | None = typer.Option(None, help="Simulator: keep (and reuse) campaigns here."),
+    path_intermittency: bool = typer.Option(
+        False, help="Fleets: add the opt-in path intermittency features (FeatureConfig)."
+    ),
 ) -> None:
     """Event-level evaluation of the predictors: recall at fixed false alarms, lead, calibration."""
     from pathlib import Path
@@ -152,7 +155,13 @@ def predict_eval(
     synthetic_result = nab_result = simulator_result = fold_result = None
     if synthetic:
         console.print(f"SEED={seed} synthetic fleet: {servers} servers x {days:g} days")
-        synthetic_result = synthetic_report(servers=servers, days=days, seed=seed, console=console)
+        synthetic_result = synthetic_report(
+            servers=servers,
+            days=days,
+            seed=seed,
+            console=console,
+            path_intermittency=path_intermittency,
+        )
         print_report("Synthetic fleet", synthetic_result, console=console)
     if sim:
         from forehand.sim._predict_eval_io import simulator_evaluation
@@ -165,6 +174,7 @@ def predict_eval(
             quick=quick,
             console=console,
             cache=None if cache is None else Path(cache),
+            path_intermittency=path_intermittency,
         )
     if nab is not None:
         try:

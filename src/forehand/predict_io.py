@@ -345,11 +345,14 @@ def nab_evaluation(
     )
 
 
-def synthetic_report(*, servers: int, days: float, seed: int, console: Console) -> EvaluationReport:
-    """Run every model over a synthetic fleet and evaluate with false-alarm budgets."""
+def synthetic_report(
+    *, servers: int, days: float, seed: int, console: Console, path_intermittency: bool = False
+) -> EvaluationReport:
+    """Run every model over a synthetic fleet and evaluate with false-alarm budgets
+    (`path_intermittency`: with the opt-in intermittency features of `FeatureConfig`)."""
     fleet_config = SyntheticConfig(servers=servers, duration_us=int(days * DAY_US))
     fleet = SyntheticFleet(config=fleet_config, rng=random.Random(seed))
-    config = PredictorConfig()
+    config = PredictorConfig(features=FeatureConfig(path_intermittency=path_intermittency))
     predictor = OnlinePredictor(config=config, rng=random.Random(seed + 1))
     total = fleet_config.duration_us // fleet_config.tick_us
     with Progress(console=console, transient=True) as progress:

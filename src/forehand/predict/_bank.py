@@ -13,6 +13,7 @@ from collections import OrderedDict
 from forehand.predict._config import SECOND_US, PredictorConfig
 from forehand.predict._features import Ewma, Holt, MetricTracker, PathTracker, RollingWindow
 from forehand.predict._labels import DelayedLabeler
+from forehand.predict._path_window import intermittency_names
 from forehand.predict._samples import PathSample, ServerSample, path_bucket
 
 __all__ = ["EntityState", "FeatureBank", "PathState", "ServerState"]
@@ -113,6 +114,20 @@ class FeatureBank:
             f"paths.wide_degradation_ewma_{tc // SECOND_US}s"
             for tc in config.features.ewma_time_constants_us
         ]
+        features = config.features
+        self._intermittency = (
+            [
+                (
+                    *intermittency_names(size),
+                    f"paths.intermittent_{size}t_share",
+                    f"paths.degraded_{size}t_mean_share",
+                    f"paths.rtt_excess_{size}t.max",
+                )
+                for size in features.intermittency_windows_ticks
+            ]
+            if features.path_intermittency
+            else []
+        )
         self.evicted_servers = 0
         """Servers forgotten to stay within `servers_max`."""
 
@@ -236,4 +251,24 @@ class FeatureBank:
         out["paths.breached_share"] = breached_share
         out["paths.rtt_excess_mean"] = excess_sum / fresh if fresh else 0.0
         out["paths.loss_max"] = loss_max
+        if self._intermittency:
+            self._intermittency_shares(server, now_us=now_us, out=out)
         return breached_share
+
+    def _intermittency_shares(
+        self, server: ServerState, *, now_us: int, out: dict[str, float]
+    ) -> None:
+        """Per window: the share of fresh paths with a degraded sample in it (a server's uplink
+        touches them all, one client's network one), their mean share of degraded samples, and
+        the largest RTT excess among them."""
+        fresh = [
+            path.features
+            for path in server.paths
+            if path is not None and path.tracker.is_fresh(now_us=now_us)
+        ]
+        count = len(fresh)
+        for path_share, path_max, any_name, mean_name, max_name in self._intermittency:
+            shares = [features.get(path_share, 0.0) for features in fresh]
+            out[any_name] = sum(1 for share in shares if share > 0.0) / count if count else 0.0
+            out[mean_name] = sum(shares) / count if count else 0.0
+            out[max_name] = max((features.get(path_max, 0.0) for features in fresh), default=0.0)

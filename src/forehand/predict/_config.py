@@ -130,6 +130,19 @@ class FeatureConfig:
     """Samples over which a path's minimum round-trip time is taken."""
     z_score_max: float = 20.0
     """Z-scores are clipped to +-this, so a cold baseline cannot dominate a model."""
+    path_intermittency: bool = False
+    """Opt-in intermittency features (`forehand.predict._path_window`): per path bucket, over
+    the last `intermittency_windows_ticks` samples, the share that were degraded and the largest
+    RTT excess; per server, the share of its fresh paths with a degraded sample in each window,
+    the mean of their shares, and their largest RTT excess. Off by default, so the default
+    predictor's published numbers stay as they were measured."""
+    intermittency_windows_ticks: tuple[int, ...] = (10, 30)
+    """Windows, in path samples, of the intermittency features."""
+    intermittent_rtt_excess_slo_fraction: float = 0.25
+    """A path sample counts as degraded for the intermittency features when its RTT is above the
+    path's minimum by more than this fraction of the path SLO (`rtt_excess_us_max`)..."""
+    intermittent_loss_min: float = 0.0
+    """...or when its loss ratio is above this (any loss by default)."""
 
     def __post_init__(self) -> None:
         constants = self.ewma_time_constants_us
@@ -150,6 +163,15 @@ class FeatureConfig:
                 raise ConfigError(f"{name} must be in (0, 1]")
         if not self.z_score_max > 0:
             raise ConfigError("z_score_max must be positive")
+        windows = self.intermittency_windows_ticks
+        if not windows or any(size < 2 or size > 10_000 for size in windows):
+            raise ConfigError(f"intermittency windows must be 2 to 10000 ticks, got {windows}")
+        if len(set(windows)) != len(windows):
+            raise ConfigError(f"intermittency windows must be distinct, got {windows}")
+        if not 0.0 < self.intermittent_rtt_excess_slo_fraction <= 1.0:
+            raise ConfigError("intermittent_rtt_excess_slo_fraction must be in (0, 1]")
+        if not 0.0 <= self.intermittent_loss_min < 1.0:
+            raise ConfigError("intermittent_loss_min must be in [0, 1)")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,6 +18,7 @@ from forehand.predict._config import (
     PathSloConfig,
     time_constant_alpha,
 )
+from forehand.predict._path_window import IntermittencyTracker
 
 __all__ = [
     "Baseline",
@@ -319,6 +320,7 @@ class PathTracker:
     """Features of one bucket of client-to-server paths: RTT above its minimum, jitter, loss."""
 
     __slots__ = (
+        "_intermittency",
         "_jitter",
         "_loss",
         "_rtt_excess",
@@ -341,6 +343,17 @@ class PathTracker:
         self._rtt_excess = MetricTracker(spec=excess, config=config)
         self._jitter = MetricTracker(spec=jitter, config=config)
         self._loss = MetricTracker(spec=loss, config=config)
+        self._intermittency = (
+            IntermittencyTracker(
+                windows_ticks=config.intermittency_windows_ticks,
+                rtt_excess_us_min=config.intermittent_rtt_excess_slo_fraction
+                * slo.rtt_excess_us_max,
+                loss_min=config.intermittent_loss_min,
+                rtt_scale_us=slo.rtt_scale_us,
+            )
+            if config.path_intermittency
+            else None
+        )
         self.last_sample_us: int | None = None
         """When this bucket last reported."""
         self.degraded = False
@@ -365,6 +378,8 @@ class PathTracker:
         self._rtt_excess.update(excess_us, elapsed_us=elapsed_us, horizon_s=horizon_s, out=out)
         self._jitter.update(jitter_us, elapsed_us=elapsed_us, horizon_s=horizon_s, out=out)
         self._loss.update(loss_ratio, elapsed_us=elapsed_us, horizon_s=horizon_s, out=out)
+        if self._intermittency is not None:
+            self._intermittency.update(rtt_excess_us=excess_us, loss_ratio=loss_ratio, out=out)
         slo = self._slo
         self.breached = loss_ratio > slo.loss_max or excess_us > slo.rtt_excess_us_max
         self.degraded = loss_ratio > slo.degraded_loss or excess_us > slo.degraded_rtt_excess_us

@@ -43,6 +43,7 @@ from forehand.predict import (
     BreachTracker,
     EvaluationConfig,
     EvaluationReport,
+    FeatureConfig,
     LabelConfig,
     LabelledEvent,
     OnlinePredictor,
@@ -533,9 +534,12 @@ def _stitch(config: SimEvalConfig, seed: int, traces: list[RunTrace]) -> SimTele
     )
 
 
-def sim_predictor_config(config: SimEvalConfig) -> PredictorConfig:
+def sim_predictor_config(
+    config: SimEvalConfig, *, path_intermittency: bool = False
+) -> PredictorConfig:
     """The manager's predictor (`predictor_config` of a `ManagerConfig`) with the campaign's
-    latency SLO, in the stretched time: H = 10 min, L = 10 s, a breach clears after 60 s."""
+    latency SLO, in the stretched time: H = 10 min, L = 10 s, a breach clears after 60 s
+    (`path_intermittency`: with the opt-in intermittency features of `FeatureConfig`)."""
     slo = float(config.latency_slo_us_p99)
     metrics = tuple(
         dataclasses.replace(metric, scale=slo, capacity=slo, slo_max=slo, noise_floor=slo / 125)
@@ -545,6 +549,7 @@ def sim_predictor_config(config: SimEvalConfig) -> PredictorConfig:
     )
     return PredictorConfig(
         metrics=metrics,
+        features=FeatureConfig(path_intermittency=path_intermittency),
         labels=LabelConfig(breach_clear_us=config.breach_clear_us * config.time_scale),
     )
 
@@ -554,9 +559,10 @@ def sim_report(
     *,
     seed: int,
     progress: Callable[[int], None] | None = None,
+    path_intermittency: bool = False,
 ) -> EvaluationReport:
     """Replay the campaign through the predictor's heads, then score them on its events."""
-    predictor_config = sim_predictor_config(telemetry.config)
+    predictor_config = sim_predictor_config(telemetry.config, path_intermittency=path_intermittency)
     predictor = OnlinePredictor(config=predictor_config, rng=random.Random(seed + 1))
     series = replay(predictor, telemetry.ticks, progress=progress)
     groups = {

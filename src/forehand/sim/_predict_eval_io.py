@@ -87,9 +87,10 @@ def simulator_evaluation(
     quick: bool,
     console: Console,
     cache: Path | None = None,
+    path_intermittency: bool = False,
 ) -> EvaluationReport:
-    """Generate the campaign (or read it from `cache`), replay it through the predictor and
-    print the evaluation."""
+    """Generate the campaign (or read it from `cache`), replay it through the predictor (with
+    the opt-in intermittency features if `path_intermittency`) and print the evaluation."""
     from forehand.predict_io import print_report
 
     config = sim_eval_config(events_per_kind=events_per_kind, quick=quick)
@@ -98,7 +99,12 @@ def simulator_evaluation(
     _print_campaign(telemetry, wall_s=time.perf_counter() - started, console=console)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("predictor replay", total=len(telemetry.ticks))
-        report = sim_report(telemetry, seed=seed, progress=lambda _: progress.advance(task))
+        report = sim_report(
+            telemetry,
+            seed=seed,
+            progress=lambda _: progress.advance(task),
+            path_intermittency=path_intermittency,
+        )
     groups = ("gradual", "sudden", *(kind.value for kind in EVALUATED_KINDS))
     print_report("Simulator", report, console=console, groups=groups)
     return report
