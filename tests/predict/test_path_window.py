@@ -88,7 +88,7 @@ def _blip_on_one_path(bank: FeatureBank) -> tuple[dict[str, float], dict[str, fl
 
 
 def test_server_sees_the_share_of_paths_with_a_blip_in_each_window() -> None:
-    """One of two paths blipped 80 ms above its minimum (37.5 ms is a quarter of the SLO): half
+    """One of two paths blipped 80 ms above its minimum (15 ms, a tenth of the SLO, counts): half
     the paths have a degraded sample in both windows, their mean degraded share is a quarter of
     the window's share on the blipping path, and the largest excess is 0.8 RTT-scale units."""
     server, path = _blip_on_one_path(_bank(enabled=True))

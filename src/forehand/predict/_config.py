@@ -138,9 +138,11 @@ class FeatureConfig:
     predictor's published numbers stay as they were measured."""
     intermittency_windows_ticks: tuple[int, ...] = (10, 30)
     """Windows, in path samples, of the intermittency features."""
-    intermittent_rtt_excess_slo_fraction: float = 0.25
+    intermittent_rtt_excess_slo_fraction: float = 0.1
     """A path sample counts as degraded for the intermittency features when its RTT is above the
-    path's minimum by more than this fraction of the path SLO (`rtt_excess_us_max`)..."""
+    path's minimum by more than this fraction of the path SLO (`rtt_excess_us_max`)... Clients
+    report a smoothed RTT (7/8 of the previous one plus 1/8 of the newest), so a blip of a second
+    or two shows at a fraction of its size: 15 ms of the 150 ms SLO."""
     intermittent_loss_min: float = 0.0
     """...or when its loss ratio is above this (any loss by default)."""
 
