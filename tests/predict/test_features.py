@@ -209,3 +209,29 @@ def test_wide_degradation_counts_flaps_and_transitions() -> None:
         server, _ = bank.observe_server(ServerSample(server_id="s", values={}), now_us=tick * S)
     assert server.features["paths.wide_degradation_share"] == pytest.approx(0.5)
     assert server.features["paths.wide_flips_share"] == pytest.approx(0.75)
+
+
+def test_bank_treats_non_finite_values_as_missing() -> None:
+    """A NaN or infinite metric counts as missing; a path's loss is clamped to [0, 1], NaN to 0."""
+    bank = FeatureBank(config=PredictorConfig())
+    clean = FeatureBank(config=PredictorConfig())
+    for tick, (cpu, same) in enumerate(((0.2, 0.2), (math.nan, 0.2), (math.inf, 0.2), (0.3, 0.3))):
+        server, _ = bank.observe_server(
+            ServerSample(server_id="s", values={"cpu_utilization": cpu}), now_us=tick * S
+        )
+        expected, _ = clean.observe_server(
+            ServerSample(server_id="s", values={"cpu_utilization": same}), now_us=tick * S
+        )
+        assert server.features == expected.features
+    assert bank.non_finite_values == 2 and clean.non_finite_values == 0
+    for tick, (loss, same) in enumerate(((math.nan, 0.0), (7.0, 1.0), (-1.0, 0.0))):
+        path, _, _ = bank.observe_path(
+            PathSample(server_id="p", client_group="a", rtt_us=20_000, loss_ratio=loss),
+            now_us=tick * S,
+        )
+        expected_path, _, _ = clean.observe_path(
+            PathSample(server_id="p", client_group="a", rtt_us=20_000, loss_ratio=same),
+            now_us=tick * S,
+        )
+        assert path.features == expected_path.features
+    assert bank.non_finite_values == 3

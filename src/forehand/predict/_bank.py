@@ -8,6 +8,7 @@ fixed-size windows and at most `pending_ticks_max` queued ticks.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from forehand.predict._config import SECOND_US, PredictorConfig
@@ -130,6 +131,8 @@ class FeatureBank:
         )
         self.evicted_servers = 0
         """Servers forgotten to stay within `servers_max`."""
+        self.non_finite_values = 0
+        """Sample values that were NaN or infinite, counted as missing (a path's loss as 0)."""
 
     def __len__(self) -> int:
         return len(self._servers)
@@ -166,10 +169,16 @@ class FeatureBank:
         if path is None:
             path = server.paths[bucket] = PathState(config=self._config)
         features: dict[str, float] = {}
+        loss_ratio = sample.loss_ratio
+        if not 0.0 <= loss_ratio <= 1.0:
+            # A ratio outside [0, 1] (or NaN) is a broken measurement: clamp it, NaN to 0.
+            if not math.isfinite(loss_ratio):
+                self.non_finite_values += 1
+            loss_ratio = min(1.0, loss_ratio) if loss_ratio > 0.0 else 0.0
         path.tracker.update(
             rtt_us=sample.rtt_us,
             jitter_us=sample.jitter_us,
-            loss_ratio=sample.loss_ratio,
+            loss_ratio=loss_ratio,
             now_us=now_us,
             horizon_s=self._config.horizon_s,
             out=features,
@@ -191,6 +200,11 @@ class FeatureBank:
         for metric in config.metrics:
             tracker = server.trackers[metric.name]
             raw = values.get(metric.name, tracker.last_raw)
+            if raw is not None and not math.isfinite(raw):
+                # A NaN or infinity (a broken sampler) would stay in every baseline and trend
+                # for good: it counts as missing, like a metric the report left out.
+                self.non_finite_values += 1
+                raw = tracker.last_raw
             if raw is None:
                 continue
             tracker.update(raw, elapsed_us=elapsed_us, horizon_s=horizon_s, out=features)
