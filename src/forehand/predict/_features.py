@@ -18,7 +18,7 @@ from forehand.predict._config import (
     PathSloConfig,
     time_constant_alpha,
 )
-from forehand.predict._path_window import IntermittencyTracker
+from forehand.predict._path_window import IntermittencyTracker, WindowMinimum
 
 __all__ = [
     "Baseline",
@@ -172,29 +172,6 @@ def time_to_threshold_s(level: float, trend_per_s: float, threshold: float) -> f
     if trend_per_s <= 0.0:
         return math.inf
     return (threshold - level) / trend_per_s
-
-
-class WindowMinimum:
-    """Minimum of the last `size` samples (a monotonic deque: amortised O(1))."""
-
-    __slots__ = ("_candidates", "_count", "_size")
-
-    def __init__(self, *, size: int) -> None:
-        assert size >= 1
-        self._size = size
-        self._count = 0
-        self._candidates: deque[tuple[int, float]] = deque()
-
-    def update(self, x: float) -> float:
-        """Push `x` and return the minimum of the window."""
-        candidates = self._candidates
-        while candidates and candidates[-1][1] >= x:
-            candidates.pop()
-        candidates.append((self._count, x))
-        self._count += 1
-        if candidates[0][0] <= self._count - 1 - self._size:
-            candidates.popleft()
-        return candidates[0][1]
 
 
 class MetricTracker:

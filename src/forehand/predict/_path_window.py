@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections import deque
 
-__all__ = ["IntermittencyTracker", "WindowCount", "WindowMaximum", "intermittency_names"]
+__all__ = [
+    "IntermittencyTracker",
+    "WindowCount",
+    "WindowMaximum",
+    "WindowMinimum",
+    "intermittency_names",
+]
 
 
 class WindowCount:
@@ -34,8 +40,8 @@ class WindowCount:
         return self.count / len(flags)
 
 
-class WindowMaximum:
-    """Maximum of the last `size` samples (a monotonic deque: amortised O(1))."""
+class WindowMinimum:
+    """Minimum of the last `size` samples (a monotonic deque: amortised O(1))."""
 
     __slots__ = ("_candidates", "_count", "_size")
 
@@ -46,15 +52,28 @@ class WindowMaximum:
         self._candidates: deque[tuple[int, float]] = deque()
 
     def update(self, x: float) -> float:
-        """Push `x` and return the maximum of the window."""
+        """Push `x` and return the minimum of the window."""
         candidates = self._candidates
-        while candidates and candidates[-1][1] <= x:
+        while candidates and candidates[-1][1] >= x:
             candidates.pop()
         candidates.append((self._count, x))
         self._count += 1
         if candidates[0][0] <= self._count - 1 - self._size:
             candidates.popleft()
         return candidates[0][1]
+
+
+class WindowMaximum:
+    """Maximum of the last `size` samples: the window minimum of the negated samples."""
+
+    __slots__ = ("_minimum",)
+
+    def __init__(self, *, size: int) -> None:
+        self._minimum = WindowMinimum(size=size)
+
+    def update(self, x: float) -> float:
+        """Push `x` and return the maximum of the window."""
+        return -self._minimum.update(-x)
 
 
 def intermittency_names(window_ticks: int) -> tuple[str, str]:
