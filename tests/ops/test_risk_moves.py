@@ -30,7 +30,7 @@ def test_a_lowered_threshold_moves_parts_with_an_audited_decision(ops_cluster: O
                 session = await client.open_session(parts=["auth", "cart"])
                 async with CartLoad(session, writers=2) as load:
                     await load.wait_for(20, what="writes before the policy change")
-                    change = {"overload_threshold": 0.001, "overload_cooldown_ms": 120_000}
+                    change = {"overload_threshold": 0.02, "overload_cooldown_ms": 120_000}
                     response = await api.put("/api/policy", json=change, headers=AUTH)
                     assert response.status_code == 200, response.text
                     try:
