@@ -77,6 +77,8 @@ NAB_MODELS = (
     "zscore",
     "robust_z",
     "robust_zscore",
+    "blend_max_robust_z",
+    "blend_mean_robust_z",
 )
 """The heads run on NAB: every candidate for its primary (chosen on validation), all reported."""
 NAB_DEFAULT_FOLDS: dict[str, tuple[str, ...]] = {

@@ -16,6 +16,12 @@ calibrator does. Its per-entity table is bounded by `PredictorConfig.servers_max
 observed forgotten first, as the feature bank does. `OnlinePredictor` feeds heads that implement
 `EntityModel` each server sample's raw values (`score_entity`); path heads of the same name are
 the path rule.
+
+A deviation blend (`DeviationBlendModel`) is an ensemble of the rule and a robust detector: both
+measure a deviation in baseline deviations, 1.0 at `RULE_Z_ALARM`, one against the features'
+baseline and one against the winsorized one, so their scores share a scale and combine as they
+are, as the largest of the two (alarm when either would) or their mean, without a calibrator per
+member; the head's own calibrator maps the combination to a probability.
 """
 
 from __future__ import annotations
@@ -38,12 +44,18 @@ from forehand.predict._models import (
 )
 
 __all__ = [
+    "BLEND_MODES",
+    "DeviationBlendModel",
     "EntityModel",
     "RobustDetectorConfig",
     "RobustZModel",
     "WinsorizedBaseline",
+    "deviation_blend",
     "robust_model",
 ]
+
+BLEND_MODES = ("max", "mean")
+"""How a deviation blend combines its members' scores."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -318,4 +330,102 @@ def robust_model(
         detector=RobustDetectorConfig() if detector is None else detector,
         multi_scale=multi_scale,
         name=name,
+    )
+
+
+class DeviationBlendModel:
+    """The rule and a robust detector of the same server, combined on their common scale.
+
+    Both members score `RULE_GAIN * (largest deviation over RULE_Z_ALARM - 1)`, so the largest
+    (`mode` "max") or the mean (`mode` "mean") of their raw scores is again a deviation score on
+    that scale. Neither learns from labels; the head's calibrator does.
+    """
+
+    def __init__(self, *, name: str, rule: RuleModel, detector: RobustZModel, mode: str) -> None:
+        if mode not in BLEND_MODES:
+            raise ConfigError(f"a deviation blend's mode is one of {BLEND_MODES}, got {mode!r}")
+        self.name = name
+        self._rule = rule
+        self._detector = detector
+        self._mode = mode
+
+    def _combine(self, first: float, second: float) -> float:
+        return max(first, second) if self._mode == "max" else (first + second) / 2.0
+
+    def score_entity(
+        self,
+        entity: str,
+        *,
+        values: Mapping[str, float],
+        features: Mapping[str, float],
+        now_us: int,
+    ) -> float:
+        """The detector folds in the raw values; its score and the rule's, combined."""
+        detected = self._detector.score_entity(
+            entity, values=values, features=features, now_us=now_us
+        )
+        return self._combine(self._rule.score(features), detected)
+
+    def score(self, features: Mapping[str, float]) -> float:
+        """Without an entity: the rule and the detector's scaled components, combined."""
+        return self._combine(self._rule.score(features), self._detector.score(features))
+
+    def learn(
+        self, features: Mapping[str, float], label: bool, *, score: float | None = None
+    ) -> None:
+        """Neither member learns from labels."""
+
+    def contributions(self, features: Mapping[str, float]) -> list[tuple[str, float]]:
+        """Without an entity: the rule's components."""
+        return self._rule.contributions(features)
+
+    def contributions_entity(
+        self, entity: str, features: Mapping[str, float]
+    ) -> list[tuple[str, float]]:
+        """Both members' terms (the rule's and the detector's deviations), largest first."""
+        values = self._rule.contributions(features) + [
+            term
+            for term in self._detector.contributions_entity(entity, features)
+            if term[0].endswith("robust_z")
+        ]
+        values.sort(key=lambda item: (-item[1], item[0]))
+        return values
+
+    def forget_entity(self, entity: str) -> None:
+        """Drop the detector's state of the server."""
+        self._detector.forget_entity(entity)
+
+    @property
+    def entities(self) -> int:
+        """Servers with detector state (at most `servers_max`)."""
+        return self._detector.entities
+
+    @property
+    def drifts_detected(self) -> int:
+        """Neither member drifts."""
+        return 0
+
+
+def deviation_blend(
+    config: PredictorConfig,
+    kind: str,
+    *,
+    mode: str,
+    multi_scale: bool,
+    name: str,
+    detector: RobustDetectorConfig | None = None,
+) -> RiskModel:
+    """The rule and a robust detector blended for servers; the path rule, same name, for paths."""
+    if kind != "server":
+        return RuleModel(components=path_rule_components(config), name=name)
+    return DeviationBlendModel(
+        name=name,
+        rule=RuleModel(components=server_rule_components(config)),
+        detector=RobustZModel(
+            config=config,
+            detector=RobustDetectorConfig() if detector is None else detector,
+            multi_scale=multi_scale,
+            name=name,
+        ),
+        mode=mode,
     )

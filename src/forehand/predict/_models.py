@@ -647,6 +647,17 @@ def _robust(*, multi_scale: bool, name: str) -> ModelFactory:
     return factory
 
 
+def _deviation_blend(*, mode: str) -> ModelFactory:
+    def factory(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
+        # Imported here: the detectors build on this module's rule.
+        from forehand.predict._detectors import deviation_blend
+
+        name = f"blend_{mode}_robust_z"
+        return deviation_blend(config, kind, mode=mode, multi_scale=False, name=name)
+
+    return factory
+
+
 def _blend(learned: str, mode: str) -> ModelFactory:
     def factory(config: PredictorConfig, kind: str, rng: random.Random) -> RiskModel:
         members = (_rule(config, kind, rng), MODEL_REGISTRY[learned](config, kind, rng))
@@ -672,6 +683,8 @@ MODEL_REGISTRY: dict[str, ModelFactory] = {
     "blend_max_tree": _blend("tree", "max"),
     "robust_z": _robust(multi_scale=False, name="robust_z"),
     "robust_zscore": _robust(multi_scale=True, name="robust_zscore"),
+    "blend_max_robust_z": _deviation_blend(mode="max"),
+    "blend_mean_robust_z": _deviation_blend(mode="mean"),
 }
 """Model name -> factory."""
 
