@@ -22,7 +22,7 @@ from forehand.predict._evaluation import (
     evaluate_folds,
     random_floor,
 )
-from forehand.predict_io import NAB_DEFAULT_FOLDS, hash_fold, load_nab, nab_folds
+from forehand.predict_io import NAB_DEFAULT_FOLDS, _nab_checks, hash_fold, load_nab, nab_folds
 
 S = 1_000_000
 TICK_US = 300 * S
@@ -236,6 +236,35 @@ def test_pooled_counts_equal_the_sum_of_the_two_directions() -> None:
         )
     )
     assert report.pooled().model == "good"
+
+
+def test_the_rule_is_scored_like_every_candidate() -> None:
+    """A candidate that is a copy of the rule's scores gets the rule's thresholds, alarms and
+    recall in both directions and pooled (same alarm trigger, same threshold choice), and as the
+    primary it ties the rule, which the NAB target does not count as better."""
+    config = EvaluationConfig(
+        horizon_us=H, lead_us=L, threshold_mode=ThresholdMode.ALARMS, after_breach_us=0
+    )
+    series, events = _series(4)
+    copied = [
+        EntitySeries(
+            entity=entry.entity,
+            times_us=entry.times_us,
+            scores={"rule": entry.scores["rule"], "copy": entry.scores["rule"].copy()},
+        )
+        for entry in series
+    ]
+    report = evaluate_folds(copied, events, config, folds=_folds(), default="copy")
+    for direction in report.directions:
+        assert direction.primary == "copy"
+        assert direction.outcomes["copy"] == direction.outcomes["rule"]
+        assert direction.report.model("copy").rows == direction.report.model("rule").rows
+    pooled, rule = report.pooled(), report.pooled("rule")
+    assert pooled.rows == rule.rows and pooled.brier_skill == rule.brier_skill
+    assert any(row.recall > 0 for row in rule.rows)
+    checks = _nab_checks(pooled, rule, how="copy")
+    assert len(checks) == len(config.false_alarms_per_day)
+    assert not any(met for _, _, met in checks)
 
 
 def test_fold_evaluation_refuses_bad_folds() -> None:
