@@ -13,7 +13,7 @@ from forehand.core._manager_risk import (
 )
 from forehand.core._paths import client_bucket
 from forehand.core.messages import PathReport
-from forehand.placement import ServerState
+from forehand.placement import DrainCause, ServerState
 from forehand.predict import Action, RiskLevel, path_bucket
 from forehand.wire import CloseSession, Credential, Hello, ReasonCode
 
@@ -324,6 +324,53 @@ def test_a_restarted_manager_does_not_take_a_risk_block_for_an_operator_drain() 
     restarted.tick(3_000, alive=SERVERS)
     assert len(restarted.primaries("s1")) == primaries
     assert restarted.map.server("s1").state is ServerState.ACTIVE
+
+
+def _restarted(first: ManagerHarness, **overrides: Any) -> ManagerHarness:
+    """A new manager core on `first`'s store, the servers' sequences carried over."""
+    restarted = ManagerHarness(store=first.store, **overrides)
+    restarted.sequences = dict(first.sequences)
+    restarted.incarnations = dict(first.incarnations)
+    return restarted
+
+
+def test_a_restarted_manager_resumes_a_risk_mark_and_an_operator_drain() -> None:
+    """The map's drain cause survives a restart: the risk mark is cleared by the new manager's
+    policy once the risk is gone, while the operator's drain of another server stays."""
+    settings: dict[str, Any] = {"overload_parts_fraction": 1.0, "overload_cooldown_ms": 1_000}
+    first = _loaded_harness(**settings)
+    first.heartbeat("s1", cpu=0.97)
+    assert first.manager.drain("s2", now_us=first.router.now_us)
+    first.router.run()
+    assert first.map.server("s1").drain_cause is DrainCause.RISK
+    restarted = _restarted(first, **settings)
+    marked, drained = restarted.map.server("s1"), restarted.map.server("s2")
+    assert (marked.state, marked.drain_cause) == (ServerState.DRAINING, DrainCause.RISK)
+    assert (drained.state, drained.drain_cause) == (ServerState.DRAINING, DrainCause.OPERATOR)
+    restarted.heartbeat("s1", cpu=0.1)
+    restarted.tick(2_000, alive=SERVERS)
+    assert restarted.map.server("s1").state is ServerState.ACTIVE
+    assert restarted.map.server("s2").state is ServerState.DRAINING
+
+
+def test_an_operator_drain_takes_over_a_risk_mark_for_good() -> None:
+    """An operator's drain of a risk-marked server commits the cause OPERATOR: neither the end of
+    the alarm nor a manager restart clears it."""
+    settings: dict[str, Any] = {"overload_parts_fraction": 1.0, "overload_cooldown_ms": 1_000}
+    first = _loaded_harness(**settings)
+    first.heartbeat("s1", cpu=0.97)
+    first.router.run()
+    assert first.map.server("s1").drain_cause is DrainCause.RISK
+    assert first.manager.drain("s1", now_us=first.router.now_us)
+    first.router.run()
+    assert first.map.server("s1").drain_cause is DrainCause.OPERATOR
+    first.heartbeat("s1", cpu=0.1)
+    first.tick(2_000, alive=SERVERS)
+    assert first.map.server("s1").state is ServerState.DRAINING
+    restarted = _restarted(first, **settings)
+    restarted.tick(2_000, alive=SERVERS)
+    entry = restarted.map.server("s1")
+    assert (entry.state, entry.drain_cause) == (ServerState.DRAINING, DrainCause.OPERATOR)
 
 
 def test_a_whole_risk_move_is_marked_draining_until_the_alarm_ends() -> None:

@@ -13,6 +13,8 @@ from forehand.errors import RemoteProtocolError
 from forehand.placement import (
     MAP_ENCODING,
     Delta,
+    DrainCause,
+    InvalidDeltaError,
     Operation,
     PartKey,
     PartsAdded,
@@ -25,6 +27,7 @@ from forehand.placement import (
     ServerLeft,
     ServerMarkedDead,
     ServerReweighted,
+    ServerState,
     ServerUndrained,
     ShardMap,
     new_session_id,
@@ -182,3 +185,69 @@ def test_bulk_grouping_of_sessions_equals_one_by_one(seed: int, name_count: int)
     state = shard_map._state
     assert _groups(list(state.parts.values())) == _groups_one_by_one(list(state.parts.values()))
     assert ShardMap.decode(shard_map.encode()).encode() == shard_map.encode()
+
+
+# The drain cause of a server entry.
+
+
+def _two_drains() -> ShardMap:
+    """Five servers; s1 drained by the risk policy, s3 by an operator."""
+    shard_map, _ = _sample_map()
+    shard_map = shard_map.apply(shard_map.drain_server("s1", cause=DrainCause.RISK))
+    return shard_map.apply(shard_map.drain_server("s3"))
+
+
+def test_the_drain_cause_round_trips_in_whole_maps_and_deltas() -> None:
+    """A risk mark and an operator drain keep their causes through a whole map and a delta."""
+    shard_map = _two_drains()
+    decoded = ShardMap.decode(shard_map.encode())
+    assert decoded.server("s1").drain_cause is DrainCause.RISK
+    assert decoded.server("s3").drain_cause is DrainCause.OPERATOR
+    assert decoded.server("s0").drain_cause is DrainCause.OPERATOR
+    delta = Delta(base_version=1, operations=(ServerDrained(server_id="a", cause=DrainCause.RISK),))
+    assert ShardMap.decode_delta(ShardMap.encode_delta(delta)) == delta
+
+
+def test_an_encoding_without_the_drain_cause_decodes_as_an_operator_drain() -> None:
+    """Server records of five fields and ServerDrained without a cause (the encodings from before
+    the cause existed) decode, each drain as an operator's."""
+    shard_map = _two_drains()
+    record = msgspec.msgpack.decode(shard_map.encode())
+    assert all(len(server) == 6 for server in record[3])
+    record[3] = [server[:5] for server in record[3]]
+    old = ShardMap.decode(msgspec.msgpack.encode(record))
+    assert old.server("s1").state is ServerState.DRAINING
+    assert old.server("s1").drain_cause is DrainCause.OPERATOR
+    old_delta = msgspec.msgpack.encode([7, [[6, "s1"]]])
+    assert ShardMap.decode_delta(old_delta).operations == (ServerDrained(server_id="s1"),)
+
+
+def test_a_drain_cause_outside_draining_is_an_invalid_map() -> None:
+    """A RISK cause on an ACTIVE server is refused on decode, as a remote error."""
+    record = msgspec.msgpack.decode(_two_drains().encode())
+    active = next(server for server in record[3] if server[0] == "s0")
+    active[5] = DrainCause.RISK.value
+    with pytest.raises(RemoteProtocolError):
+        ShardMap.decode(msgspec.msgpack.encode(record))
+
+
+def test_an_operator_takes_over_a_risk_mark_and_only_then() -> None:
+    """An operator's ServerDrained on a risk-marked server changes only the cause; on a server an
+    operator drains already, or as a second risk mark, it is an invalid delta."""
+    shard_map = _two_drains()
+    taken = shard_map.apply(shard_map.drain_server("s1"))
+    assert taken.server("s1").drain_cause is DrainCause.OPERATOR
+    assert sorted(taken.overrides()) == sorted(shard_map.overrides())
+    for server_id, cause in (("s3", DrainCause.OPERATOR), ("s1", DrainCause.RISK)):
+        with pytest.raises(InvalidDeltaError):
+            shard_map.apply(shard_map.drain_server(server_id, cause=cause))
+
+
+def test_the_drain_cause_lasts_while_draining_only() -> None:
+    """A reweight keeps a risk mark's cause; undraining makes the entry OPERATOR again."""
+    shard_map = _two_drains()
+    heavier = shard_map.apply(shard_map.delta(ServerReweighted(server_id="s1", weight=2.0)))
+    assert heavier.server("s1").drain_cause is DrainCause.RISK
+    undrained = heavier.apply(heavier.undrain_server("s1"))
+    entry = undrained.server("s1")
+    assert (entry.state, entry.drain_cause) == (ServerState.ACTIVE, DrainCause.OPERATOR)

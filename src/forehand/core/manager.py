@@ -112,6 +112,7 @@ from forehand.core.messages import PartRef
 from forehand.core.tokens import TokenError, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
+    DrainCause,
     Operation,
     PartKey,
     PartsAdded,
@@ -393,27 +394,37 @@ class ManagerCore:
 
     def drain(self, server_id: str, *, now_us: int) -> bool:
         """Move every role off `server_id` (planned handoffs, capped and jittered); False if not
-        an ACTIVE server of the map or already draining."""
+        an ACTIVE server of the map or already draining. A server the risk policy marked
+        DRAINING becomes the operator's drain (committed as the map entry's drain cause)."""
         current = self.shard_map
-        if server_id in self._risk_drained and server_id not in self._drains:
-            return self._take_over_risk_drain(server_id, now_us)
-        if current is None or server_id in self._drains or not self._is_active(server_id):
+        # A server the risk policy marked DRAINING: the operator's drain takes the mark over.
+        takes_over = (
+            server_id in self._risk_drained and self._map_state(server_id) is ServerState.DRAINING
+        )
+        if current is None or server_id in self._drains:
             return False
+        if not (takes_over or self._is_active(server_id)):
+            return False
+        self._risk_drained.discard(server_id)
         self._drains[server_id] = _Drain(server_id=server_id)
         change = Change(
             kind=MapChange.DRAIN_MARKED,
-            build=lambda current: self._build_drain_mark(current, server_id),
+            build=lambda current: self._build_drain_mark(current, server_id, DrainCause.OPERATOR),
             committed=lambda built, now_us: self._drain_marked(server_id, now_us),
             dropped=lambda cause, now_us: self._forget_drain(server_id),
         )
         if not self._pipeline.submit(change):
-            del self._drains[server_id]
+            self._forget_drain(server_id)
             return False
         self._advance(now_us)
         return True
 
     def _forget_drain(self, server_id: str) -> None:
+        """The operator's drain did not commit; a risk mark it was to take over stays the risk
+        policy's (cleared when the policy no longer blocks the server)."""
         self._drains.pop(server_id, None)
+        if self._drain_cause(server_id) is DrainCause.RISK:
+            self._risk_drained.add(server_id)
 
     def undrain(self, server_id: str, *, now_us: int) -> bool:
         """Stop draining `server_id`: queued moves are forgotten, the server is ACTIVE again."""
@@ -506,6 +517,17 @@ class ManagerCore:
         except KeyError:
             return None
 
+    def _drain_cause(self, server_id: str) -> DrainCause | None:
+        """Who drained a DRAINING server of the map; None for any other server."""
+        current = self.shard_map
+        if current is None:
+            return None
+        try:
+            entry = current.server(server_id)
+        except KeyError:
+            return None
+        return entry.drain_cause if entry.state is ServerState.DRAINING else None
+
     def _is_active(self, server_id: str) -> bool:
         return self._map_state(server_id) is ServerState.ACTIVE
 
@@ -588,7 +610,12 @@ class ManagerCore:
                 dead=entry.state is ServerState.DEAD,
                 now_us=now_us,
             )
-            if entry.state is ServerState.DRAINING and entry.server_id not in self._drains:
+            if entry.state is not ServerState.DRAINING or entry.server_id in self._drains:
+                continue
+            # The map says who drained it: the risk policy's mark stays the policy's to clear.
+            if entry.drain_cause is DrainCause.RISK:
+                self._risk_drained.add(entry.server_id)
+            else:
                 self._drains[entry.server_id] = _Drain(server_id=entry.server_id, marked=True)
         self._emit(
             MapLoaded(map_version=current.version, servers=len(current.servers), parts=len(current))
@@ -1030,7 +1057,7 @@ class ManagerCore:
         self._risk_drained.add(server_id)
         change = Change(
             kind=MapChange.DRAIN_MARKED,
-            build=lambda current: self._build_drain_mark(current, server_id),
+            build=lambda current: self._build_drain_mark(current, server_id, DrainCause.RISK),
             committed=lambda built, now_us: None,
             dropped=lambda cause, now_us: self._risk_drained.discard(server_id),
         )
@@ -1058,16 +1085,6 @@ class ManagerCore:
             dropped=lambda cause, now_us: None,
         )
         self._pipeline.submit(change)
-
-    def _take_over_risk_drain(self, server_id: str, now_us: int) -> bool:
-        """An operator drains a server the risk policy marked: it becomes the operator's drain."""
-        if self._map_state(server_id) is not ServerState.DRAINING:
-            return False
-        self._risk_drained.discard(server_id)
-        self._drains[server_id] = _Drain(server_id=server_id)
-        self._drain_marked(server_id, now_us)
-        self._advance(now_us)
-        return True
 
     def _within_budget(
         self, server_id: str, free: list[PartRef], count: int, now_us: int
@@ -1675,10 +1692,18 @@ class ManagerCore:
 
     # Drains.
 
-    def _build_drain_mark(self, current: ShardMap, server_id: str) -> Built | None:
-        if self._map_state(server_id) is not ServerState.ACTIVE:
+    def _build_drain_mark(
+        self, current: ShardMap, server_id: str, cause: DrainCause
+    ) -> Built | None:
+        """Mark an ACTIVE server DRAINING for `cause`, or have an operator take over a risk mark."""
+        state = self._map_state(server_id)
+        takes_over = (
+            cause is DrainCause.OPERATOR and self._drain_cause(server_id) is DrainCause.RISK
+        )
+        if state is not ServerState.ACTIVE and not takes_over:
             return None
-        stable = stabilize(current, [ServerDrained(server_id=server_id)], intended=lambda k: False)
+        operation = ServerDrained(server_id=server_id, cause=cause)
+        stable = stabilize(current, [operation], intended=lambda k: False)
         return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=(server_id,))
 
     def _build_undrain(self, current: ShardMap, server_id: str) -> Built | None:

@@ -44,6 +44,7 @@ from forehand.placement._ids import (
 )
 from forehand.placement._servers import (
     SERVER_TRANSITIONS,
+    DrainCause,
     ServerEntry,
     ServerState,
     ServerTransition,
@@ -63,6 +64,7 @@ __all__ = [
     "SERVER_TRANSITIONS",
     "SESSION_ID_BYTES",
     "Delta",
+    "DrainCause",
     "InvalidDeltaError",
     "InvalidPartKeyError",
     "Layout",

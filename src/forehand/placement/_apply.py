@@ -31,6 +31,7 @@ from forehand.placement._ids import PartKey
 from forehand.placement._lineage import Step
 from forehand.placement._reshape import reshape_engine
 from forehand.placement._servers import (
+    DrainCause,
     ServerEntry,
     ServerState,
     ServerTransition,
@@ -102,7 +103,7 @@ class _DeltaWriter:
             case ServerLeft():
                 self._leave(operation.server_id)
             case ServerDrained():
-                self._drain(operation.server_id)
+                self._drain(operation.server_id, operation.cause)
             case ServerUndrained():
                 self._transition(operation.server_id, ServerTransition.UNDRAIN)
             case ServerMarkedDead():
@@ -234,8 +235,14 @@ class _DeltaWriter:
                 )
         del self._writable_servers()[server_id]
 
-    def _drain(self, server_id: str) -> None:
+    def _drain(self, server_id: str, cause: DrainCause) -> None:
         entry = self._entry(server_id)
+        if entry.state is ServerState.DRAINING and cause is DrainCause.OPERATOR:
+            # The risk policy's mark already pinned the server's parts: only the cause changes.
+            if entry.drain_cause is not DrainCause.RISK:
+                raise InvalidDeltaError(f"server {server_id!r} is already drained by an operator")
+            self._transition(server_id, ServerTransition.TAKE_OVER, cause=cause)
+            return
         next_server_state(server_id, entry.state, ServerTransition.DRAIN)
         self._settle()
         position = self._eligible.index[server_id]
@@ -248,15 +255,29 @@ class _DeltaWriter:
             self._overrides.put(key_hash, (names[primary], *(names[index] for index in replicas)))
             self._pin(names[primary], +1)
             self._hash_delete(key_hash)
-        self._transition(server_id, ServerTransition.DRAIN)
+        self._transition(server_id, ServerTransition.DRAIN, cause=cause)
 
     def _transition(
-        self, server_id: str, transition: ServerTransition, *, weight: float | None = None
+        self,
+        server_id: str,
+        transition: ServerTransition,
+        *,
+        weight: float | None = None,
+        cause: DrainCause | None = None,
     ) -> None:
+        """Move the entry along the table. The drain cause lasts while the server is DRAINING (a
+        reweight keeps it) and is OPERATOR again once it leaves that state."""
         entry = self._entry(server_id)
         state = next_server_state(server_id, entry.state, transition)
         assert state is not None
-        updated = replace(entry, state=state, weight=entry.weight if weight is None else weight)
+        if cause is None:
+            cause = entry.drain_cause if state is ServerState.DRAINING else DrainCause.OPERATOR
+        updated = replace(
+            entry,
+            state=state,
+            weight=entry.weight if weight is None else weight,
+            drain_cause=cause,
+        )
         check_server_entry(self._config, updated)
         self._writable_servers()[server_id] = updated
         was_eligible = entry.state is ServerState.ACTIVE

@@ -19,7 +19,7 @@ from forehand.placement._config import PlacementConfig
 from forehand.placement._delta import Delta, Placement
 from forehand.placement._errors import InvalidDeltaError, InvalidPartKeyError
 from forehand.placement._ids import SESSION_ID_BYTES, PartKey
-from forehand.placement._servers import ServerEntry, ServerState
+from forehand.placement._servers import DrainCause, ServerEntry, ServerState
 from forehand.placement._state import (
     MapState,
     build_state,
@@ -46,6 +46,8 @@ class _ServerRecord(msgspec.Struct, frozen=True, array_like=True):
     zone: str
     weight: float
     state: ServerState
+    # Appended last with a default, so a map encoded before it existed decodes (as OPERATOR).
+    drain_cause: DrainCause = DrainCause.OPERATOR
 
 
 class _PartGroup(msgspec.Struct, frozen=True, array_like=True):
@@ -126,7 +128,14 @@ def _groups_one_by_one(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
 
 def _server_records(entries: Iterable[ServerEntry]) -> tuple[_ServerRecord, ...]:
     return tuple(
-        _ServerRecord(entry.server_id, entry.address, entry.zone, entry.weight, entry.state)
+        _ServerRecord(
+            entry.server_id,
+            entry.address,
+            entry.zone,
+            entry.weight,
+            entry.state,
+            entry.drain_cause,
+        )
         for entry in sorted(entries, key=_SERVER_ID)
     )
 
@@ -219,6 +228,7 @@ def decode_map(data: bytes) -> MapState:
             zone=server.zone,
             weight=server.weight,
             state=server.state,
+            drain_cause=server.drain_cause,
         )
         for server in record.servers
     ]

@@ -11,6 +11,7 @@ import msgspec
 
 from forehand.placement._errors import InvalidDeltaError
 from forehand.placement._ids import check_part_name, check_session_id
+from forehand.placement._servers import DrainCause
 
 __all__ = [
     "Delta",
@@ -135,10 +136,16 @@ class ServerLeft(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag
 
 
 class ServerDrained(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag=6):
-    """An ACTIVE server starts draining: its parts are pinned where they are, none are added."""
+    """An ACTIVE server starts draining: its parts are pinned where they are, none are added.
+
+    With cause OPERATOR on a server the risk policy marked (DRAINING, cause RISK), the operator's
+    drain takes the mark over: only the cause changes.
+    """
 
     server_id: str
     """The server."""
+    cause: DrainCause = DrainCause.OPERATOR
+    """Who drains it; an encoding without it (older) means OPERATOR."""
 
     def __post_init__(self) -> None:
         _check_server_id(self.server_id)

@@ -4,7 +4,8 @@ A server joins ACTIVE. DRAINING keeps the parts it holds (the drain pins them as
 the manager hands them off) but receives no new ones. DEAD is declared by the manager when
 heartbeats stop; its hash-placed parts fall to the next servers on the ring, which are their
 replicas. Leaving removes the entry: only a DRAINING or DEAD server that no override names may
-leave.
+leave. A DRAINING entry says who drained it (`DrainCause`): an operator, or the manager's risk
+policy, whose mark an operator's drain may take over.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from forehand.placement._errors import InvalidDeltaError
 
 __all__ = [
     "SERVER_TRANSITIONS",
+    "DrainCause",
     "ServerEntry",
     "ServerState",
     "ServerTransition",
@@ -34,6 +36,17 @@ class ServerState(enum.Enum):
     """Declared dead by the manager; holds nothing it can serve."""
 
 
+class DrainCause(enum.Enum):
+    """Who drained a DRAINING server, so a manager that loads the map resumes the right drain."""
+
+    OPERATOR = "operator"
+    """An operator's drain (or one from a map encoded before the cause existed): it lasts until
+    the server is empty, undrained, or dead. Every entry that is not DRAINING says OPERATOR."""
+    RISK = "risk"
+    """The risk policy's mark on a server it evacuates: cleared once the policy no longer blocks
+    the server."""
+
+
 class ServerTransition(enum.Enum):
     """What a delta can do to an existing server."""
 
@@ -41,6 +54,8 @@ class ServerTransition(enum.Enum):
     """Stop placing new parts on it and pin the ones it has."""
     UNDRAIN = "undrain"
     """Place new parts on it again."""
+    TAKE_OVER = "take-over"
+    """An operator's drain takes over the risk policy's mark (the cause becomes OPERATOR)."""
     MARK_DEAD = "mark-dead"
     """Take it out of placement at once (failover)."""
     LEAVE = "leave"
@@ -54,6 +69,7 @@ SERVER_TRANSITIONS: dict[tuple[ServerState, ServerTransition], ServerState | Non
     (ServerState.ACTIVE, ServerTransition.MARK_DEAD): ServerState.DEAD,
     (ServerState.ACTIVE, ServerTransition.REWEIGHT): ServerState.ACTIVE,
     (ServerState.DRAINING, ServerTransition.UNDRAIN): ServerState.ACTIVE,
+    (ServerState.DRAINING, ServerTransition.TAKE_OVER): ServerState.DRAINING,
     (ServerState.DRAINING, ServerTransition.MARK_DEAD): ServerState.DEAD,
     (ServerState.DRAINING, ServerTransition.LEAVE): None,
     (ServerState.DRAINING, ServerTransition.REWEIGHT): ServerState.DRAINING,
@@ -89,6 +105,8 @@ class ServerEntry:
     """Relative capacity: a server of weight 2 gets about twice the parts of one of weight 1."""
     state: ServerState
     """ACTIVE, DRAINING or DEAD."""
+    drain_cause: DrainCause = DrainCause.OPERATOR
+    """Who drained it, while DRAINING (RISK only then); OPERATOR in every other state."""
 
     @property
     def weight_milli(self) -> int:

@@ -39,7 +39,7 @@ from forehand.placement._diff import MapDiff, diff_states, placement_of_hash
 from forehand.placement._errors import UnknownPartKeyError
 from forehand.placement._ids import PartKey
 from forehand.placement._lineage import MEMBERS, Lineage
-from forehand.placement._servers import ServerEntry, ServerState
+from forehand.placement._servers import DrainCause, ServerEntry, ServerState
 from forehand.placement._state import MapState, build_state, load_bounds, pinned_placement
 
 __all__ = ["ServerParts", "ShardMap"]
@@ -339,9 +339,10 @@ class ShardMap:
         """Remove a DRAINING or DEAD server that no override names."""
         return self.delta(ServerLeft(server_id=server_id))
 
-    def drain_server(self, server_id: str) -> Delta:
-        """Start draining: pin the server's parts where they are and place nothing new on it."""
-        return self.delta(ServerDrained(server_id=server_id))
+    def drain_server(self, server_id: str, *, cause: DrainCause = DrainCause.OPERATOR) -> Delta:
+        """Start draining: pin the server's parts where they are and place nothing new on it (or,
+        as an operator, take over the risk policy's mark)."""
+        return self.delta(ServerDrained(server_id=server_id, cause=cause))
 
     def undrain_server(self, server_id: str) -> Delta:
         """Make a DRAINING server ACTIVE again (its pins stay until overridden)."""

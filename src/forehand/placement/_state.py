@@ -19,7 +19,7 @@ from forehand.placement._errors import InvalidDeltaError, PartKeyCollisionError
 from forehand.placement._ids import PartKey
 from forehand.placement._index import HashIndex
 from forehand.placement._lineage import Lineage, new_lineage
-from forehand.placement._servers import ServerEntry, ServerState
+from forehand.placement._servers import DrainCause, ServerEntry, ServerState
 from forehand.placement._strategies import build_layout
 
 __all__ = [
@@ -191,6 +191,10 @@ def check_server_entry(config: PlacementConfig, entry: ServerEntry) -> None:
     if not 0.001 <= entry.weight <= config.server_weight_max:
         raise InvalidDeltaError(
             f"weight of {entry.server_id!r} must be in [0.001, {config.server_weight_max}]"
+        )
+    if entry.drain_cause is not DrainCause.OPERATOR and entry.state is not ServerState.DRAINING:
+        raise InvalidDeltaError(
+            f"{entry.server_id!r} is {entry.state.value}: only a DRAINING server has a drain cause"
         )
 
 
