@@ -145,9 +145,17 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "forehand sim study")
             progress.update(sweep_task, completed=len(points))
     command = " ".join([prog, *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     written = write_report(study, arguments.out, command=command)
-    for row in targets(study).rows():
+    measured = targets(study)
+    for row in measured.rows():
         console.print(
             f"{row[0]}: {row[2]} (goal {row[1]})", markup=False, highlight=False, soft_wrap=True
+        )
+    for measure, value in measured.context_rows():
+        console.print(
+            f"context, not a target: {measure}: {value}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
     console.print(f"digest={study.digest}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"report: {written[0]}", markup=False, highlight=False, soft_wrap=True)

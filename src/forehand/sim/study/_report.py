@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from forehand.sim.study._config import FaultKind, Policy
-from forehand.sim.study._run import PolicyResult
+from forehand.sim.study._run import NO_FAULT, PolicyResult
 from forehand.sim.study._study import StudyResult
 
 __all__ = ["REPORT_FILES", "Targets", "targets", "write_report"]
@@ -23,6 +23,8 @@ REPORT_FILES = (
 )
 """What `write_report` writes into its folder."""
 GIB = 1 << 30
+MOVE_CAUSES = (*(kind.label for kind in FaultKind), NO_FAULT)
+"""The causes `PolicyResult.handoff_moves_by_cause` uses, in report order."""
 
 
 def per_thousand_hours(result: PolicyResult) -> float:
@@ -33,6 +35,11 @@ def per_thousand_hours(result: PolicyResult) -> float:
 def ping_pong_rate(result: PolicyResult) -> float:
     """Ping-pongs over primary moves."""
     return result.ping_pongs / result.part_moves if result.part_moves else 0.0
+
+
+def per_100_hours(count: float, result: PolicyResult) -> float:
+    """`count` per 100 of `result`'s session-hours."""
+    return 100.0 * count / result.session_hours if result.session_hours else 0.0
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -51,12 +58,30 @@ class Targets:
         predictive = results.get(Policy.PREDICTIVE)
         self.reduction: float | None = None
         self.extra_handoffs_per_100h: float | None = None
+        self.part_moves_added_per_100h: float | None = None
+        """Context, not a target: every primary part move (handoffs, failovers, readmissions,
+        rebalancing), predictive minus reactive, per 100 predictive session-hours."""
+        self.handoff_moves_by_cause_per_100h: dict[str, float] | None = None
+        """Context, not a target: the predictive policy's handoff part moves by the fault on
+        the source when the move was decided (`NO_FAULT`: unneeded), per 100 session-hours."""
+        self._moves: list[tuple[Policy, PolicyResult]] = [
+            (policy, result)
+            for policy, result in results.items()
+            if policy in (Policy.REACTIVE, Policy.PREDICTIVE)
+        ]
         if reactive is not None and predictive is not None:
             base = per_thousand_hours(reactive)
             if base:
                 self.reduction = 1.0 - per_thousand_hours(predictive) / base
             extra = predictive.handoff_part_moves - reactive.handoff_part_moves
             self.extra_handoffs_per_100h = 100.0 * extra / predictive.session_hours
+            added = predictive.part_moves - reactive.part_moves
+            self.part_moves_added_per_100h = 100.0 * added / predictive.session_hours
+        if predictive is not None:
+            self.handoff_moves_by_cause_per_100h = {
+                cause: per_100_hours(predictive.handoff_moves_by_cause.get(cause, 0), predictive)
+                for cause in MOVE_CAUSES
+            }
         self.ping_pong = None if predictive is None else ping_pong_rate(predictive)
         self.map_rss_bytes = max(result.manager_rss_bytes for result in results.values())
 
@@ -103,6 +128,82 @@ class Targets:
             )
         )
         return rows
+
+    def context_rows(self) -> list[tuple[str, str]]:
+        """(measure, measured) rows reported beside the targets as context; no target is
+        judged on them (the extra-handoffs target stays on handoff part moves alone)."""
+        rows = []
+        if self.part_moves_added_per_100h is not None:
+            rows.append(
+                (
+                    "part moves added by prediction (all primary moves: handoffs, failovers, "
+                    "other; predictive - reactive) per 100 session-hours",
+                    f"{self.part_moves_added_per_100h:.3f}",
+                )
+            )
+        if self.handoff_moves_by_cause_per_100h is not None:
+            by_cause = self.handoff_moves_by_cause_per_100h
+            rows.append(
+                (
+                    "predictive handoff part moves per 100 session-hours by the fault on the "
+                    "source when decided (none: unneeded)",
+                    ", ".join(f"{cause} {by_cause[cause]:.3f}" for cause in MOVE_CAUSES),
+                )
+            )
+        return rows
+
+    def move_rows(self) -> list[tuple[str, ...]]:
+        """Per policy (reactive, predictive): primary part moves in the map, of them handoffs,
+        failovers and the rest (readmissions, rebalancing), as counts and per 100 session-hours."""
+        rows: list[tuple[str, ...]] = []
+        for policy, result in self._moves:
+            other = result.part_moves - result.handoff_part_moves - result.failover_part_moves
+            rows.append(
+                (
+                    policy.value,
+                    *(
+                        f"{count:,} ({per_100_hours(count, result):.3f})"
+                        for count in (
+                            result.part_moves,
+                            result.handoff_part_moves,
+                            result.failover_part_moves,
+                            other,
+                        )
+                    ),
+                )
+            )
+        return rows
+
+    def cause_rows(self, study: StudyResult) -> list[tuple[str, ...]]:
+        """The predictive policy's handoff part moves by cause: count and per 100
+        session-hours."""
+        predictive = study.results.get(Policy.PREDICTIVE)
+        if predictive is None or self.handoff_moves_by_cause_per_100h is None:
+            return []
+        by_cause = self.handoff_moves_by_cause_per_100h
+        return [
+            (
+                cause,
+                f"{predictive.handoff_moves_by_cause.get(cause, 0):,}",
+                f"{by_cause[cause]:.3f}",
+            )
+            for cause in MOVE_CAUSES
+        ]
+
+    def jsonable(self) -> dict[str, object]:
+        """The measured targets and the context beside them, for `study.json`."""
+        return {
+            "disruption_reduction": self.reduction,
+            "ping_pong": self.ping_pong,
+            "extra_handoffs_per_100h": self.extra_handoffs_per_100h,
+            "map_rss_bytes": self.map_rss_bytes,
+            "context": {
+                "part_moves_added_per_100h": self.part_moves_added_per_100h,
+                "predictive_handoff_moves_by_cause_per_100h": (
+                    self.handoff_moves_by_cause_per_100h
+                ),
+            },
+        }
 
 
 def targets(study: StudyResult) -> Targets:
@@ -203,7 +304,36 @@ def _markdown(study: StudyResult, command: str) -> str:
         )
     )
     lines += ["", "## Targets", ""]
-    lines.extend(_table(("target", "goal", "measured", "met"), targets(study).rows()))
+    measured = targets(study)
+    lines.extend(_table(("target", "goal", "measured", "met"), measured.rows()))
+    if measured.context_rows():
+        lines += [
+            "",
+            "Additional context, not targets: the extra-handoffs target above stays judged on "
+            "handoff part moves alone. A move the predictor makes can replace one the reactive "
+            "policy makes anyway (a flapping link's sessions are failed over by both), so the "
+            "first row counts every primary move; the second splits the predictive handoffs by "
+            "the fault on their source server when the move was decided (under way, or starting "
+            "within the predictor's horizon after the decision; none: no fault, unneeded).",
+            "",
+        ]
+        lines.extend(_table(("context", "measured"), measured.context_rows()))
+    if measured.move_rows():
+        lines += ["", "Primary part moves (count, per 100 session-hours):", ""]
+        lines.extend(
+            _table(
+                ("policy", "all (map)", "handoffs", "failovers", "other"),
+                measured.move_rows(),
+            )
+        )
+    if measured.cause_rows(study):
+        lines += ["", "Predictive handoff part moves by cause of the decision:", ""]
+        lines.extend(
+            _table(
+                ("fault on the source", "parts", "per 100 session-hours"),
+                measured.cause_rows(study),
+            )
+        )
     lines += ["", "## Prediction", ""]
     for policy, result in study.results.items():
         if policy is not Policy.PREDICTIVE:
@@ -297,6 +427,7 @@ def _jsonable(study: StudyResult) -> dict[str, object]:
             for policy, result in study.results.items()
         },
         "sweep": [asdict(point) for point in study.sweep],
+        "targets": targets(study).jsonable(),
     }
 
 

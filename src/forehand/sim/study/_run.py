@@ -52,7 +52,7 @@ from forehand.placement import (
     new_session_id,
 )
 from forehand.sim.study._config import FaultKind, Policy, StudyConfig
-from forehand.sim.study._fleet import REQUESTS_PER_SECOND_PER_LOAD, FleetModel, FleetTick
+from forehand.sim.study._fleet import REQUESTS_PER_SECOND_PER_LOAD, Fault, FleetModel, FleetTick
 from forehand.sim.study._risk import (
     PREDICTOR_MODELS,
     MemoPredictor,
@@ -63,7 +63,14 @@ from forehand.stores import MemoryStore, StoreConfig
 from forehand.stores._messages import StoreRequest
 from forehand.wire import ReasonCode
 
-__all__ = ["PolicyResult", "run_policy", "study_manager_config"]
+__all__ = [
+    "NO_FAULT",
+    "PolicyResult",
+    "decision_cause",
+    "fault_window_s",
+    "run_policy",
+    "study_manager_config",
+]
 
 SECOND_US = 1_000_000
 PART_NAMES = ("auth", "cart", "video", "chat", "feed", "game", "media", "search")
@@ -93,6 +100,12 @@ TRACKED_PER_SERVER = 2 * HEARTBEAT_PART_LOADS_MAX
 parts still has the next ones at hand without a scan."""
 KEY = bytes(range(32))
 """The study's token key (nothing is sealed that leaves the process)."""
+FAULT_AFTERMATH_TICKS = 12
+"""A decision this many ticks after a fault's hold ended still counts as on that fault (a
+gradual fault fades over `RECOVERY_S`, 60 s at the default 5 s tick)."""
+NO_FAULT = "none"
+"""The cause of a move decided on a server with no fault under way or within the horizon: a
+move that was not needed."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -115,6 +128,10 @@ class PolicyResult:
     """Of those, parts the risk policy asked to move."""
     failover_part_moves: int = 0
     """Parts promoted by failovers."""
+    handoff_moves_by_cause: dict[str, int] = field(default_factory=dict)
+    """`handoff_part_moves` by the fault on the source server when the move was decided
+    (`decision_cause`: a `FaultKind` label, or `NO_FAULT`); sums to `handoff_part_moves`. Not
+    part of the digest."""
     ping_pongs: int = 0
     """Part moves back to a server the part left less than `dwell_s` before."""
     part_moves: int = 0
@@ -189,6 +206,25 @@ def study_manager_config(config: StudyConfig) -> ManagerConfig:
         handoff_queue_timeout_ms=QUEUE_TIMEOUT_TICKS * config.tick_s * 1000,
         events_buffered_max=1_048_576,
     )
+
+
+def fault_window_s(fault: Fault, *, tick_s: int, horizon_s: int) -> tuple[int, int]:
+    """The span (first and last second, inclusive) in which a decision on the fault's server
+    counts as on that fault: from `horizon_s` before it starts (the predictor's horizon) to
+    `FAULT_AFTERMATH_TICKS` after its hold ends."""
+    return (
+        fault.start_tick * tick_s - horizon_s,
+        (fault.end_tick + FAULT_AFTERMATH_TICKS) * tick_s,
+    )
+
+
+def decision_cause(fault: Fault | None, decision_s: int, *, tick_s: int, horizon_s: int) -> str:
+    """What a move decided at `decision_s` on a server with `fault` (its only one, or None) was
+    for: the fault's kind label inside its `fault_window_s`, else `NO_FAULT`."""
+    if fault is None:
+        return NO_FAULT
+    first_s, last_s = fault_window_s(fault, tick_s=tick_s, horizon_s=horizon_s)
+    return fault.kind.label if first_s <= decision_s <= last_s else NO_FAULT
 
 
 def _placement_config(config: StudyConfig, policy: Policy) -> PlacementConfig:
@@ -389,6 +425,9 @@ class PolicyRun:
         self._alive_reported = np.ones(config.servers, dtype=np.bool_)
         self._heartbeat_sequence = np.zeros(config.servers, dtype=np.int64)
         self._flags: dict[int, list[int]] = {}
+        self._drains: dict[int, list[int]] = {}
+        self._handoffs: list[tuple[int, int, bool, int]] = []
+        """Completed handoffs: (source server, second the target was picked, risk move, parts)."""
         self._unplaced = False
         self.fleet_reachable = np.ones(config.servers, dtype=np.bool_)
         self._cpu_started = time.process_time()
@@ -499,8 +538,11 @@ class PolicyRun:
             elif isinstance(event, HandoffCompleted):
                 moved = len(event.parts)
                 self.result.handoff_part_moves += moved
-                if event.reason in RISK_REASONS:
+                risk = event.reason in RISK_REASONS
+                if risk:
                     self.result.risk_part_moves += moved
+                picked_s = (now_us - event.duration_us) // SECOND_US
+                self._handoffs.append((_server_index(event.source), picked_s, risk, moved))
                 self.minutes[now_us // (60 * SECOND_US)] += moved
             elif isinstance(event, FailoverCompleted):
                 self.result.failover_part_moves += len(event.promotions)
@@ -567,6 +609,7 @@ class PolicyRun:
             )
             if self.policy is not Policy.STATIC:
                 for server in self.fleet.planned_drains(tick):
+                    self._drains.setdefault(server, []).append(now_us // SECOND_US)
                     self._timed(
                         "commands",
                         self.manager.drain,
@@ -719,6 +762,7 @@ class PolicyRun:
             result.predictor_assessments = self.risk.assessments_run
             result.predictor_skipped_quiet = self.risk.assessments_skipped_quiet
         self._lead_times()
+        self._move_causes()
         current = self.manager.shard_map
         assert current is not None
         result.map_bytes_end = len(current.encode())
@@ -737,9 +781,8 @@ class PolicyRun:
         horizon_s = self.manager_config.risk_horizon_ms // 1000
         for fault in self.fleet.faults:
             flags = self._flags.get(fault.server, [])
-            start_s = fault.start_tick * tick_s
-            end_s = (fault.end_tick + 12) * tick_s
-            on_fault = [flag for flag in flags if start_s - horizon_s <= flag <= end_s]
+            first_s, last_s = fault_window_s(fault, tick_s=tick_s, horizon_s=horizon_s)
+            on_fault = [flag for flag in flags if first_s <= flag <= last_s]
             result.risk_flags_on_faults += len(on_fault)
             if not fault.kind.gradual or fault.onset_tick is None:
                 continue
@@ -749,6 +792,24 @@ class PolicyRun:
             if early:
                 result.gradual_faults_flagged += 1
                 result.lead_times_s.append(float(onset_s - min(early)))
+
+    def _move_causes(self) -> None:
+        """Attribute every completed handoff's parts to the fault on its source when the move
+        was decided: a risk move's decision is the source's latest risk flag at or before the
+        target was picked, a drain's the drain command (else the pick itself)."""
+        tick_s = self.config.tick_s
+        horizon_s = self.manager_config.risk_horizon_ms // 1000
+        faults = {fault.server: fault for fault in self.fleet.faults}
+        causes: dict[str, int] = {}
+        for source, picked_s, risk, moved in self._handoffs:
+            decisions = (self._flags if risk else self._drains).get(source, [])
+            at = bisect.bisect_right(decisions, picked_s)
+            decided_s = decisions[at - 1] if at else picked_s
+            cause = decision_cause(
+                faults.get(source), decided_s, tick_s=tick_s, horizon_s=horizon_s
+            )
+            causes[cause] = causes.get(cause, 0) + moved
+        self.result.handoff_moves_by_cause = dict(sorted(causes.items()))
 
 
 def run_policy(
