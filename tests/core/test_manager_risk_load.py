@@ -22,9 +22,14 @@ from forehand.predict import Action, RiskLevel
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, decision, manager_config
+    from tests.core._manager_helpers import (
+        ManagerHarness,
+        complete_handoffs,
+        decision,
+        manager_config,
+    )
 else:
-    from _manager_helpers import ManagerHarness, decision, manager_config
+    from _manager_helpers import ManagerHarness, complete_handoffs, decision, manager_config
 
 S = 1_000_000
 
@@ -104,6 +109,30 @@ def test_stale_and_malformed_entries_are_skipped() -> None:
         rng=random.Random(1),
     )
     assert chosen == [parts[4]]
+
+
+def test_a_reported_part_that_left_the_server_counts_toward_nothing() -> None:
+    """10 primaries, one reported at 10 requests/s and nine at 2, and a part reported at 100 that
+    has left since: shedding half of the 28 the server still carries takes the reported part and
+    two others, where counting the part that left made it every part."""
+    parts = [part(index) for index in range(10)]
+    departed = part(99)
+    loads = (
+        PartLoad(ref=departed, requests_per_second=100.0),
+        PartLoad(ref=parts[0], requests_per_second=10.0),
+    )
+    chosen = parts_by_load(
+        parts,
+        primaries=parts,
+        part_loads=loads,
+        requests_per_second=100.0 + 10.0 + 9 * 2.0,
+        load_share=0.5,
+        count_max=10,
+        rng=random.Random(1),
+    )
+    # What is left: 28 requests/s, 14 to shed: the reported 10, then ceil(4 / 2) = 2 others.
+    assert departed not in chosen
+    assert chosen[0] == parts[0] and len(chosen) == 3
 
 
 def test_the_selection_is_bounded_and_moves_at_least_one_part() -> None:
@@ -235,3 +264,34 @@ def test_the_manager_moves_the_reported_busiest_part_to_shed_the_load() -> None:
     assert flagged.parts == 1
     started = harness.events(HandoffStarted)
     assert [ref for event in started for ref in event.parts] == [busy]
+
+
+def test_the_manager_does_not_count_a_reported_part_that_moved_off_the_server() -> None:
+    """s1's last report names a busy session's part that has moved to s2 since: shedding half
+    of s1's load counts only what the map still places on s1 (about half its primaries, at
+    the even rate of the rest), not the moved part's load (which made it all of them)."""
+    harness = ManagerHarness(risk_policy=_ShedHalfTheLoad())
+    servers = ("s1", "s2", "s3", "s4")
+    harness.join(*servers)
+    harness.tick(200, alive=servers)
+    for _ in range(24):
+        harness.open_session()
+    before = harness.primaries("s1")
+    busy = before[len(before) // 2]
+    assert harness.manager.handoff(busy.session_id, target="s2", now_us=harness.router.now_us)
+    complete_handoffs(harness, servers, 3)
+    after = harness.primaries("s1")
+    assert busy not in after and len(after) >= 6
+    rates = {ref: 1.0 for ref in before} | {busy: 10.0 * len(before)}
+    harness.loads["s1"] = LoadReport(
+        cpu_utilization=0.95,
+        queue_depth=4,
+        latency_us_p99=1_000,
+        error_ratio=0.0,
+        requests_per_second=sum(rates.values()),
+        part_loads=report(rates, 4),
+    )
+    harness.heartbeat("s1")
+    harness.router.run()
+    (flagged,) = harness.events(RiskFlagged)
+    assert 1 <= flagged.parts <= math.ceil(len(after) / 2) + 1 < len(after)

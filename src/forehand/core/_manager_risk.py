@@ -748,21 +748,27 @@ def parts_by_load(
 ) -> list[PartRef]:
     """The fewest of `free` whose load covers `load_share` of the server's, busiest first.
 
-    `primaries` are the server's primaries in the map, `free` those a move may take now;
-    `part_loads` its busiest parts as it reported them (at most `PART_LOADS_PER_REPORT_MAX`
-    read; an entry no longer free here, or with a rate that is not a finite positive number, is
-    skipped). The server's load is the larger of `requests_per_second` and the reported parts'
-    sum; its unreported primaries share what the reported ones leave evenly, as far as the
-    manager knows, so a share the busiest free parts do not cover is made up by that many of the
-    unreported ones, at random. At least one part (when any is free), at most `count_max`.
+    `primaries` are the server's primaries in the current map, `free` those a move may take
+    now; `part_loads` its busiest parts as it reported them (at most `PART_LOADS_PER_REPORT_MAX`
+    read; an entry with a rate that is not a finite positive number is skipped). The report may
+    be older than the map: a reported part the map no longer places on the server as primary
+    has left, so its rate counts neither toward the load to shed nor in it (it is taken off
+    `requests_per_second`, which it was part of). The server's load is the larger of what is
+    left of `requests_per_second` and the sum of its reported primaries; its unreported
+    primaries share what the reported ones leave evenly, as far as the manager knows, so a share
+    the busiest free parts do not cover is made up by that many of the unreported ones, at
+    random. At least one part (when any is free), at most `count_max`.
     """
     assert 0.0 < load_share <= 1.0, load_share
     if count_max <= 0 or not free:
         return []
-    rates = _reported_rates(part_loads)
+    here = set(primaries)
+    reported = _reported_rates(part_loads)
+    rates = {ref: rate for ref, rate in reported.items() if ref in here}
     reported_total = sum(rates.values())
+    departed_total = sum(reported.values()) - reported_total
     measured = requests_per_second if math.isfinite(requests_per_second) else 0.0
-    total = max(measured, reported_total)
+    total = max(measured - departed_total, reported_total)
     to_shed = load_share * total
     free_set = set(free)
     busiest = sorted(
