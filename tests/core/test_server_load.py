@@ -16,6 +16,7 @@ from forehand.core.messages import (
     decode_cluster_message,
     encode_cluster_message,
 )
+from forehand.wire import Redirect, ResponseStatus
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import MANAGER, OTHER_SESSION, Cluster, ref
@@ -222,3 +223,32 @@ def test_the_meter_bound_holds_under_any_mix_of_records_forgets_and_rolls() -> N
                 counted = {ref for ref in counted if meter.rate(ref) > 0.0}
             rolled = True
         assert len(meter) == len(counted) <= 6
+
+
+def test_the_meter_counts_offered_load_refusals_included_and_no_request_twice() -> None:
+    """A write refused OVERLOADED (too many answers await replicas) counts toward its part's load:
+    shedding moves the part's demand, refused or served. A retransmission answered from the
+    dedup table and a request redirected for a stale map version do not (each is, or comes back
+    as, a request counted once)."""
+    cluster = Cluster(
+        replicated_answers_max=2, heartbeat_part_loads_max=2, part_loads_interval_ms=1_000
+    )
+    cluster.place("ledger", "s1", "s2")
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=0)
+    cluster.router.partition("s1", "s2")
+    for _ in range(4):
+        cluster.request("s1", "ledger")
+    refused = [r for r in cluster.responses() if r.status is ResponseStatus.OVERLOADED]
+    assert len(refused) == 2
+    for _ in range(3):
+        request_id = cluster.request("s1", "counter")
+    cluster.request("s1", "counter", request_id=request_id)
+    cluster.request("s1", "counter", map_version=1)
+    assert cluster.take("c1", Redirect)
+    cluster.take(MANAGER, HeartbeatReported)
+    cluster.router.advance(ms=1_000)
+    beats = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
+    rates = {load.ref: load.requests_per_second for load in beats[-1].load.part_loads}
+    assert rates[ref("ledger")] == RATE_SMOOTHING * 4
+    assert rates[ref("counter")] == RATE_SMOOTHING * 3

@@ -2,10 +2,17 @@
 
 Session load is heavy-tailed (a few sessions carry most requests), so a server that must shed a
 share of its load sheds it with fewest moves by handing off its busiest parts first. The server
-counts the requests it executes per part; every `part_loads_interval_ms` it folds the counts
-since the last time into a smoothed rate per part and picks the `heartbeat_part_loads_max`
+counts the requests offered to each primary part; every `part_loads_interval_ms` it folds the
+counts since the last time into a smoothed rate per part and picks the `heartbeat_part_loads_max`
 busiest primaries, which its heartbeats report (`LoadReport.part_loads`). Sans-IO: the caller
 passes `now_us`.
+
+Offered, not served: a request the part refuses as OVERLOADED (too many answers await replicas)
+counts. Shedding moves a part's demand, and the refused requests follow the part to its target
+as much as the served ones; counting only what was served would rate lowest the parts that
+saturate, exactly when the server must shed. What is not new demand is not counted: a
+retransmission answered from the dedup table, a request redirected for a stale map version or
+refused TRY_AGAIN by a fenced part (the client sends it again, and it counts then).
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ class PartLoadMeter:
         return self._tracked
 
     def record(self, ref: PartRef) -> None:
-        """Count one request executed for `ref`."""
+        """Count one request offered to `ref` (executed, or refused OVERLOADED)."""
         counts = self._counts
         count = counts.get(ref)
         if count is None:

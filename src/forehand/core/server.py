@@ -456,6 +456,8 @@ class ServerCore:
         if part.fenced:
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
             return
+        # Offered load: counted before an OVERLOADED refusal, since the demand moves with the
+        # part (see _server_load.py); duplicates, redirects and fenced requests are not counted.
         if self._config.heartbeat_part_loads_max:
             self._part_loads.record(part.ref)
         if inbound.op in part.spec.read_ops:
