@@ -5,13 +5,21 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from forehand.errors import ConfigError
-from forehand.placement import PlacementConfig, build_layout, register_strategy, strategy_names
+from forehand.placement import (
+    PlacementConfig,
+    _ring,
+    build_layout,
+    register_strategy,
+    strategy_names,
+)
 from forehand.placement._layout import Layout, choose_replicas
 from forehand.placement._ring import RingLayout
 
@@ -117,6 +125,60 @@ def test_derived_ring_equals_fresh_ring(
     assert derived.owners == fresh.owners
     for key in _KEYS[:500]:
         assert derived.first(key) == fresh.first(key)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    servers=st.integers(16, 30),
+    points_per_weight=st.sampled_from([1, 40, 300]),
+    steps=st.lists(st.sampled_from(["join", "leave", "reweight"]), min_size=1, max_size=6),
+)
+def test_one_server_at_a_time_derives_the_fresh_ring(
+    seed: int, servers: int, points_per_weight: int, steps: list[str]
+) -> None:
+    """A chain of single-server changes (a join anywhere in the sorted ids, a leave, a new weight
+    as a leave then a join, as the map's reshape does) gives, at every step, the points, owners
+    and bucket index of a ring built from scratch, and takes the proportional path each time
+    (the server changed brings well under a quarter of the ring's points)."""
+    rng = random.Random(seed)
+    config = PlacementConfig(ring_points_per_weight=points_per_weight)
+    weights = {f"s{index:03d}": rng.choice((1000, 2000)) for index in range(servers)}
+    layout = RingLayout(sorted(weights), [weights[n] for n in sorted(weights)], config)
+    taken = Counter[str]()
+
+    def counted(name: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            taken[name] += result is not None
+            return result
+
+        return wrapper
+
+    changes: list[dict[str, int]] = []
+    for step in steps:
+        name = rng.choice(sorted(weights))
+        if step == "join":
+            changes.append({**weights, f"s{rng.randrange(1000):03d}x": rng.choice((500, 1000))})
+        elif step == "leave":
+            changes.append({n: w for n, w in weights.items() if n != name})
+        else:
+            changes.append({n: w for n, w in weights.items() if n != name})
+            changes.append({**changes[-1], name: 1500 if weights[name] == 1000 else 1000})
+        weights = changes[-1]
+    with (
+        mock.patch.object(_ring, "_one_left", counted("left", _ring._one_left)),
+        mock.patch.object(_ring, "_one_joined", counted("joined", _ring._one_joined)),
+    ):
+        for change in changes:
+            names = sorted(change)
+            new_weights = [change[n] for n in names]
+            layout = RingLayout(names, new_weights, config, previous=layout)
+            fresh = RingLayout(names, new_weights, config)
+            assert layout.points_array.tobytes() == fresh.points_array.tobytes()
+            assert layout.owners_array.tobytes() == fresh.owners_array.tobytes()
+            assert layout._starts_array.tobytes() == fresh._starts_array.tobytes()
+    assert sum(taken.values()) == len(changes)
 
 
 @pytest.mark.parametrize("server_count", [10, 25])

@@ -9,13 +9,18 @@ each of a bisection's twenty probes misses the cache.
 
 When only a few servers change, the new ring is derived from the previous one (points of the
 servers that left are filtered out, the newcomers' points merged in) instead of hashed and sorted
-again; the result is identical, since a server's points depend only on its id and weight.
+again; the result is identical, since a server's points depend only on its id and weight. One
+server leaving or entering (what a server change of the map does, a new weight being one of each)
+takes work in proportion to its points: they are found by hashing its id again and searching, the
+arrays are copied around them (a memory copy, the one pass over every point left) and the bucket
+index moves a stretch of buckets at a time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from itertools import chain
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -33,12 +38,16 @@ _MERGE_RATIO = 8
 _DERIVE_RATIO = 4
 """Derive from the previous ring when the newcomers bring under 1/this of its points."""
 
+_STRETCH_RATIO = 16
+"""The bucket index moves by stretches while under one changed point per this many buckets."""
+
 _HASH_MAX = (1 << 64) - 1
 _ZONE_CHUNK = 1 << 20
 """Keys per step of the bulk replica choice, which bounds its temporary arrays (about 50 MiB)."""
 _GONE = 0xFFFF
 """Owner translation of a server that is not in the new ring (indices stay below 2**16 - 1)."""
 _Points = npt.NDArray[np.uint64]
+_Item = TypeVar("_Item", bound=np.generic)
 _Owners = npt.NDArray[np.uint16]
 
 
@@ -75,20 +84,97 @@ def _fresh(
     return _sorted_ring(chunks, range(len(names)))
 
 
+def _inserted(
+    array: npt.NDArray[_Item], positions: npt.NDArray[np.intp], values: npt.NDArray[_Item]
+) -> npt.NDArray[_Item]:
+    """`array` with `values[i]` before `array[positions[i]]` (`positions` ascending): the stretches
+    between them are copied as they are, which for a few values is a memory copy (np.insert
+    goes through a mask over every element)."""
+    pieces = []
+    start = 0
+    for index, position in enumerate(positions.tolist()):
+        pieces.append(array[start:position])
+        pieces.append(values[index : index + 1])
+        start = position
+    pieces.append(array[start:])
+    return np.concatenate(pieces)
+
+
+def _removed(array: npt.NDArray[_Item], positions: npt.NDArray[np.intp]) -> npt.NDArray[_Item]:
+    """`array` without the elements at `positions` (ascending, distinct), copied by stretches."""
+    pieces = []
+    start = 0
+    for position in positions.tolist():
+        pieces.append(array[start:position])
+        start = position + 1
+    pieces.append(array[start:])
+    return np.concatenate(pieces)
+
+
 def _merge(
     points: _Points, owners: _Owners, added: _Points, added_owners: _Owners
 ) -> tuple[_Points, _Owners]:
     order = np.argsort(added, kind="stable")
     added, added_owners = added[order], added_owners[order]
     positions = np.searchsorted(points, added, side="left")
-    inside = positions < len(points)
-    if np.any(points[positions[inside]] == added[inside]) or np.any(added[1:] == added[:-1]):
+    if _ties(points, positions, added):
         # Equal points order by owner index: rare enough to sort the whole ring again.
         merged_points = np.concatenate((points, added))
         merged_owners = np.concatenate((owners, added_owners))
         order = np.lexsort((merged_owners, merged_points))
         return merged_points[order], merged_owners[order]
-    return np.insert(points, positions, added), np.insert(owners, positions, added_owners)
+    return _inserted(points, positions, added), _inserted(owners, positions, added_owners)
+
+
+def _ties(points: _Points, positions: npt.NDArray[np.intp], added: _Points) -> bool:
+    """Whether sorted `added`, to be inserted at `positions`, has a point equal to one of the
+    ring's or to another of its own."""
+    inside = positions < len(points)
+    if np.any(points[positions[inside]] == added[inside]):
+        return True
+    return bool(np.any(added[1:] == added[:-1]))
+
+
+def _one_left(
+    previous: RingLayout, server: int, points_per_weight: int
+) -> tuple[_Points, _Owners, _Points, _Points] | None:
+    """The previous ring without server `server` (the servers after it one index lower), in
+    proportion to its points; None when equal points make the general path necessary."""
+    points, owners = previous.points_array, previous.owners_array
+    gone = np.sort(
+        _server_points(previous.names[server], previous.weights[server], points_per_weight)
+    )
+    positions = np.searchsorted(points, gone, side="left")
+    if (
+        np.any(positions >= len(points))
+        or np.any(positions[1:] == positions[:-1])
+        or np.any(owners[positions] != server)
+    ):
+        # An equal point of a lower owner comes first: found by the filter over every point.
+        return None
+    kept_owners = _removed(owners, positions)
+    if server < len(previous.names) - 1:
+        np.subtract(kept_owners, kept_owners > server, out=kept_owners, casting="unsafe")
+    return _removed(points, positions), kept_owners, gone, np.zeros(0, dtype=np.uint64)
+
+
+def _one_joined(
+    previous: RingLayout, server: int, name: str, weight_milli: int, points_per_weight: int
+) -> tuple[_Points, _Owners, _Points, _Points] | None:
+    """The previous ring with server `name` at index `server` (the servers from it on one index
+    higher), in proportion to its points; None when it has a point equal to another."""
+    points, owners = previous.points_array, previous.owners_array
+    new_points = np.sort(_server_points(name, weight_milli, points_per_weight))
+    positions = np.searchsorted(points, new_points, side="left")
+    if _ties(points, positions, new_points):
+        return None
+    new_owners = np.full(len(new_points), server, dtype=np.uint16)
+    merged_owners = _inserted(owners, positions, new_owners)
+    if server < len(previous.names):
+        np.add(merged_owners, merged_owners >= server, out=merged_owners, casting="unsafe")
+        merged_owners[positions + np.arange(len(positions))] = server
+    merged_points = _inserted(points, positions, new_points)
+    return merged_points, merged_owners, np.zeros(0, dtype=np.uint64), new_points
 
 
 def _derive(
@@ -107,6 +193,11 @@ def _derive(
     added_points = sum(_point_count(weights[index], points_per_weight) for index in added)
     if added_points * _DERIVE_RATIO > len(previous.points) + 1:
         return None
+    single = _one_changed(
+        previous, names, weights, points_per_weight, translate=translate, added=added
+    )
+    if single is not None:
+        return single
     points = previous.points_array
     owners = previous.owners_array
     removed = np.zeros(0, dtype=np.uint64)
@@ -125,6 +216,30 @@ def _derive(
     return merged[0], merged[1], removed, new_points
 
 
+def _one_changed(
+    previous: RingLayout,
+    names: Sequence[str],
+    weights: Sequence[int],
+    points_per_weight: int,
+    *,
+    translate: list[int],
+    added: list[int],
+) -> tuple[_Points, _Owners, _Points, _Points] | None:
+    """The new ring when exactly one server left or entered (and nothing else changed); None
+    for any other change, or when equal points need the general path."""
+    old_count = len(translate)
+    if not added and len(names) == old_count - 1:
+        server = translate.index(_GONE) if _GONE in translate else -1
+        expected = [*range(server), _GONE, *range(server, old_count - 1)]
+        if server >= 0 and translate == expected:
+            return _one_left(previous, server, points_per_weight)
+    elif len(added) == 1 and len(names) == old_count + 1:
+        server = added[0]
+        if translate == [*range(server), *range(server + 1, old_count + 1)]:
+            return _one_joined(previous, server, names[server], weights[server], points_per_weight)
+    return None
+
+
 def _bucket_bits(point_count: int) -> int:
     return min(_BUCKET_BITS_MAX, max(1, (point_count - 1).bit_length()))
 
@@ -141,11 +256,33 @@ def _bucket_index(points: _Points) -> npt.NDArray[np.uint32]:
 def _derived_bucket_index(
     starts: npt.NDArray[np.uint32], shift: int, removed: _Points, added: _Points
 ) -> npt.NDArray[np.uint32]:
-    # Only the points that left or came change the counts; the starts move by their running sum.
+    # Only the points that left or came change the counts; the starts move by their running sum,
+    # which is constant between two changed buckets: each such stretch moves at once.
     size = len(starts)
-    change = np.bincount((added >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
-    change -= np.bincount((removed >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
-    return (starts + np.cumsum(change)).astype(np.uint32)
+    steps = np.concatenate(
+        ((added >> np.uint64(shift)).astype(np.intp), (removed >> np.uint64(shift)).astype(np.intp))
+    )
+    if len(steps) * _STRETCH_RATIO > size:
+        change = np.bincount((added >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
+        change -= np.bincount((removed >> np.uint64(shift)).astype(np.intp) + 1, minlength=size)
+        return (starts + np.cumsum(change)).astype(np.uint32)
+    if not len(steps):
+        return starts  # Never mutated: the rings share it.
+    signs = np.concatenate(
+        (np.ones(len(added), dtype=np.int64), np.full(len(removed), -1, dtype=np.int64))
+    )
+    order = np.argsort(steps, kind="stable")
+    # A point in bucket b moves the start of every bucket after b.
+    bounds, firsts = np.unique(steps[order] + 1, return_index=True)
+    running = np.cumsum(np.add.reduceat(signs[order], firsts))
+    result = starts.copy()
+    ends = [*bounds[1:].tolist(), size]
+    for low, high, amount in zip(bounds.tolist(), ends, running.tolist(), strict=True):
+        if amount > 0:
+            result[low:high] += np.uint32(amount)
+        elif amount < 0:
+            result[low:high] -= np.uint32(-amount)
+    return result
 
 
 def sorted_hashes_array(sorted_hashes: Sequence[int]) -> _Points:
