@@ -235,3 +235,36 @@ def test_bank_treats_non_finite_values_as_missing() -> None:
         )
         assert path.features == expected_path.features
     assert bank.non_finite_values == 3
+
+
+def test_log_trend_projects_a_multiplying_level_sooner() -> None:
+    """Holt on the logarithm (alpha = beta = 0.5), levels 0.25 then 0.5 one second apart: log
+    level -1.0397, trend 0.1733 per second, 6 s to ln 1 = 0, so 1 - 6/10 of a 10 s horizon; the
+    linear Holt (level 0.375, trend 0.0625) takes 10 s, a whole horizon, and reads 0."""
+    config = FeatureConfig(log_trend=True, holt_level_alpha=0.5, holt_trend_beta=0.5)
+    tracker = MetricTracker(spec=MetricSpec(name="cpu", scale=1.0, capacity=1.0), config=config)
+    out: dict[str, float] = {}
+    tracker.update(0.25, elapsed_us=0, horizon_s=10.0, out=out)
+    assert out["cpu.ttt_log"] == 0.0
+    tracker.update(0.5, elapsed_us=S, horizon_s=10.0, out=out)
+    level = 0.5 * math.log(0.5) + 0.5 * math.log(0.25)
+    trend = 0.5 * (level - math.log(0.25))
+    assert out["cpu.ttt_log"] == pytest.approx(1.0 - (-level / trend) / 10.0)
+    assert out["cpu.ttt_log"] == pytest.approx(0.4)
+    assert out["cpu.ttt"] == pytest.approx(0.0)
+    idle = MetricTracker(spec=MetricSpec(name="cpu", scale=1.0, capacity=1.0), config=config)
+    for _ in range(3):
+        idle.update(0.0, elapsed_us=S, horizon_s=10.0, out=out)
+    assert out["cpu.ttt_log"] == 0.0  # an idle metric's log is clamped, not -inf
+
+
+def test_log_trend_only_for_capacity_metrics_and_only_when_asked() -> None:
+    """No `ttt_log` for a metric without a capacity, nor with the option off."""
+    for spec, enabled in (
+        (MetricSpec(name="q", scale=10.0), True),
+        (MetricSpec(name="cpu", scale=1.0, capacity=1.0), False),
+    ):
+        tracker = MetricTracker(spec=spec, config=FeatureConfig(log_trend=enabled))
+        out: dict[str, float] = {}
+        tracker.update(0.5, elapsed_us=0, horizon_s=10.0, out=out)
+        assert not [name for name in out if name.endswith("ttt_log")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from forehand.errors import ConfigError
@@ -128,3 +130,35 @@ def test_bad_intermittency_options_are_refused(options: dict[str, object]) -> No
     """Windows out of bounds or repeated, a zero RTT fraction, a loss bound of 1: a clear error."""
     with pytest.raises(ConfigError):
         FeatureConfig(**options)  # type: ignore[arg-type]
+
+
+def test_path_floor_is_the_least_lifted_path() -> None:
+    """Path a blips 80 ms above its minimum at tick 2, path b at ticks 2 and 3: at tick 3 the
+    server's floor is a's fast EWMA of the excess, (1 - alpha) alpha 0.8 with alpha =
+    1 - exp(-1 s / 30 s), and a's share of degraded samples over 2 ticks, 0.5 (b's is 1.0)."""
+    features = FeatureConfig(
+        path_intermittency=True, path_floor=True, intermittency_windows_ticks=(2, 4)
+    )
+    bank = FeatureBank(config=PredictorConfig(path_buckets_per_server=64, features=features))
+    blips = {"a": (2,), "b": (2, 3)}
+    for tick in range(4):
+        for group, ticks in blips.items():
+            rtt_us = 100_000 if tick in ticks else 20_000
+            sample = PathSample(server_id="s", client_group=group, rtt_us=rtt_us)
+            bank.observe_path(sample, now_us=tick * S)
+        server, _ = bank.observe_server(ServerSample(server_id="s", values={}), now_us=tick * S)
+    alpha = 1.0 - math.exp(-1.0 / 30.0)
+    assert server.features["paths.rtt_excess_min"] == pytest.approx((1 - alpha) * alpha * 0.8)
+    assert server.features["paths.degraded_2t_min_share"] == pytest.approx(0.5)
+    assert server.features["paths.degraded_4t_min_share"] == pytest.approx(0.25)
+    assert server.features["paths.degraded_2t_mean_share"] == pytest.approx(0.75)
+
+
+def test_path_floor_without_paths_and_off() -> None:
+    """A server with no fresh path reads a floor of 0; with the option off there is none."""
+    on = FeatureBank(config=PredictorConfig(features=FeatureConfig(path_floor=True)))
+    server, _ = on.observe_server(ServerSample(server_id="s", values={}), now_us=0)
+    assert server.features["paths.rtt_excess_min"] == 0.0
+    off = FeatureBank(config=PredictorConfig(features=FeatureConfig(path_floor=False)))
+    server, _ = off.observe_server(ServerSample(server_id="s", values={}), now_us=0)
+    assert "paths.rtt_excess_min" not in server.features

@@ -129,6 +129,12 @@ class FeatureBank:
             if features.path_intermittency
             else []
         )
+        self._path_floor = features.path_floor
+        # The least share of degraded samples among a server's paths, per window.
+        self._floor_names = {
+            intermittency_names(size)[0]: f"paths.degraded_{size}t_min_share"
+            for size in features.intermittency_windows_ticks
+        }
         self.evicted_servers = 0
         """Servers forgotten to stay within `servers_max`."""
         self.non_finite_values = 0
@@ -233,14 +239,19 @@ class FeatureBank:
     ) -> float:
         fresh = degraded = breached = 0
         excess_sum = loss_max = 0.0
+        excess_min = math.inf
         for path in server.paths:
             if path is None or not path.tracker.is_fresh(now_us=now_us):
                 continue
             fresh += 1
             degraded += path.tracker.degraded
             breached += path.tracker.breached
-            excess_sum += path.features.get(self._path_excess_name, 0.0)
+            excess = path.features.get(self._path_excess_name, 0.0)
+            excess_sum += excess
+            excess_min = min(excess_min, excess)
             loss_max = max(loss_max, path.features.get("path.loss.level", 0.0))
+        if self._path_floor:
+            out["paths.rtt_excess_min"] = excess_min if fresh else 0.0
         degraded_share = degraded / fresh if fresh else 0.0
         breached_share = breached / fresh if fresh else 0.0
         server.degraded_share = degraded_share
@@ -285,4 +296,6 @@ class FeatureBank:
             shares = [features.get(path_share, 0.0) for features in fresh]
             out[any_name] = sum(1 for share in shares if share > 0.0) / count if count else 0.0
             out[mean_name] = sum(shares) / count if count else 0.0
+            if self._path_floor:
+                out[self._floor_names[path_share]] = min(shares, default=0.0)
             out[max_name] = max((features.get(path_max, 0.0) for features in fresh), default=0.0)

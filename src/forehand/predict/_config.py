@@ -145,6 +145,16 @@ class FeatureConfig:
     or two shows at a fraction of its size: 15 ms of the 150 ms SLO."""
     intermittent_loss_min: float = 0.0
     """...or when its loss ratio is above this (any loss by default)."""
+    path_floor: bool = False
+    """Per server, the smallest RTT excess among its fresh paths (`paths.rtt_excess_min`, the
+    fast EWMA) and, with `path_intermittency`, the smallest share of degraded samples among them
+    (`paths.degraded_<n>t_min_share`): a problem at the server's end (its uplink congesting or
+    flapping) lifts every path, one client's network only its own, so the least lifted path is
+    the server's own part of the trouble."""
+    log_trend: bool = False
+    """Per capacity-bound metric, a second time-to-threshold (`m.ttt_log`) from Holt's trend of
+    the level's logarithm: a queue's latency grows like 1 / (1 - load), so the linear trend
+    projects a climbing latency too late; a multiplicative trend projects it sooner."""
 
     def __post_init__(self) -> None:
         constants = self.ewma_time_constants_us

@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+LOG_LEVEL_MIN = 1e-3
+"""Smallest level whose logarithm the multiplicative trend takes (an idle metric reads 0)."""
+
+
 class Ewma:
     """Exponentially weighted moving average with a time constant, for irregular sampling."""
 
@@ -191,6 +195,9 @@ class MetricTracker:
         "_floor_level",
         "_holt",
         "_level_floor",
+        "_log_capacity",
+        "_log_holt",
+        "_log_name",
         "_names",
         "_spec",
         "_ttt_floor",
@@ -214,6 +221,14 @@ class MetricTracker:
         self._level_floor = WindowMinimum(size=config.persistence_window_ticks)
         self._ttt_floor = WindowMinimum(size=config.persistence_window_ticks)
         self._capacity_level = None if spec.capacity is None else self.level_of(spec.capacity)
+        # A multiplicative trend (Holt on the level's logarithm) for capacity-bound metrics.
+        capacity_level = self._capacity_level
+        self._log_holt: Holt | None = None
+        self._log_capacity = 0.0
+        if config.log_trend and capacity_level is not None and capacity_level > 0:
+            self._log_holt = Holt(alpha=config.holt_level_alpha, beta=config.holt_trend_beta)
+            self._log_capacity = math.log(capacity_level)
+        self._log_name = f"{spec.name}.ttt_log"
         self._floor_level = spec.noise_floor / spec.scale if spec.scale else spec.noise_floor
         scaled = spec.scale is not None
         suffixes = [
@@ -287,6 +302,12 @@ class MetricTracker:
             ttt = max(0.0, 1.0 - seconds / horizon_s)
             out[names[-2]] = ttt
             out[names[-1]] = self._ttt_floor.update(ttt)
+        log_holt = self._log_holt
+        if log_holt is not None:
+            log_holt.update(math.log(max(x, LOG_LEVEL_MIN)), elapsed_us=elapsed_us)
+            assert log_holt.level is not None
+            seconds = time_to_threshold_s(log_holt.level, log_holt.trend_per_s, self._log_capacity)
+            out[self._log_name] = max(0.0, 1.0 - seconds / horizon_s)
 
 
 def _clip(value: float, bound: float) -> float:

@@ -38,6 +38,7 @@ BACKGROUND_SAMPLES_MIN = 200
 HINGE_SUFFIXES = (
     ".level",
     ".ttt",
+    ".ttt_log",
     ".floor",
     ".ttt_floor",
     ".pressure",
