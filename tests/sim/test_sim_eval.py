@@ -125,6 +125,30 @@ def test_the_manager_received_the_faults_in_its_telemetry(campaign: SimTelemetry
     assert seen == {EpisodeKind.CONGESTION_RAMP, EpisodeKind.OVERLOAD_RAMP, EpisodeKind.LINK_CUT}
 
 
+def test_a_crashed_server_declared_dead_is_recorded_as_breached(campaign: SimTelemetry) -> None:
+    """A crashed server sends no heartbeat; when the manager declares it dead the recorder adds
+    a sample with no values and the truth (breached), during the crash, so the predictor learns
+    a crash's onset as the evaluation scores it; no other sample lacks values."""
+    crashes = 0
+    for index, run in enumerate(campaign.runs):
+        deaths = [
+            (t, s)
+            for t, s in run.samples
+            if isinstance(s, ServerSample) and not s.values and s.breached
+        ]
+        empty = [s for _, s in run.samples if isinstance(s, ServerSample) and not s.values]
+        assert len(empty) == len(deaths)
+        for episode in _episode_of(campaign, index, EpisodeKind.CRASH):
+            inside = [
+                t
+                for t, s in deaths
+                if s.server_id == episode.server_id and episode.start_us < t <= episode.end_us
+            ]
+            assert len(inside) == 1, (episode, deaths)
+            crashes += 1
+    assert crashes >= 1
+
+
 def test_failing_paths_show_loss_in_the_clients_reports(campaign: SimTelemetry) -> None:
     """The clients' path reports carry the transport's loss: a flapping uplink's paths report
     lost packets while it goes down and up, and no path reports any before the first episode."""

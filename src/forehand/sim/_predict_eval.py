@@ -101,6 +101,9 @@ class RecordingRiskPolicy:
         """(time_us, sample) in the order the manager received them."""
         self.truth: Callable[[str, int], bool] = lambda server_id, now_us: False
         """Whether `server_id` breached within the tick before `now_us` (set by the run)."""
+        self.clock: Callable[[], int] | None = None
+        """The simulated time (set by the run), for what the manager learns outside a
+        heartbeat: that a server died."""
         self._samples_max = samples_max
         self._server_us: dict[str, int] = {}
         self._path_us: dict[tuple[str, int], int] = {}
@@ -121,7 +124,17 @@ class RecordingRiskPolicy:
         self._record(now_us, ServerSample(server_id=server_id, values=values, breached=breached))
 
     def forget(self, server_id: str) -> None:
-        """Nothing to forget: the record is the point."""
+        """The manager declared `server_id` dead: record a sample with no values (the features
+        keep their last ones) carrying the truth, so a crash's breach has an onset on the
+        predictor's side too. A dead server sends no heartbeat, so without it the predictor
+        never learned that the ticks before a crash preceded a breach, while the evaluation
+        scores them as such (measured: its probabilities averaged 0.14 where 0.18 of the
+        validation ticks were positive)."""
+        if self.clock is None:
+            return
+        now_us = self.clock()
+        breached = self.truth(server_id, now_us)
+        self._record(now_us, ServerSample(server_id=server_id, values={}, breached=breached))
 
     def observe_paths(self, paths: Sequence[PathReport], *, now_us: int) -> None:
         """Record each path report as a path sample, at most once per tick per bucket."""
@@ -419,6 +432,7 @@ def run_one(
     cluster = _EvalCluster(seed, cluster_config, plan=cluster_plan, eval_config=config)
     truth = _Truth(cluster, config, PathSloConfig())
     cluster.recorder.truth = truth.breached_within
+    cluster.recorder.clock = lambda: cluster.sim.now_us
     cluster.sim.apply_fault_plan(plan.faults)
     truth.start()
     cluster.start()

@@ -17,7 +17,7 @@ from forehand.sim._predict_eval_plan import EVALUATED_KINDS, SimEvalConfig
 
 __all__ = ["cached_telemetry", "sim_eval_config", "simulator_evaluation"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Part of a cache file's name: bump it when the generator's output changes for a config."""
 
 
