@@ -182,6 +182,21 @@ def _derive(
 ) -> tuple[_Points, _Owners, _Points, _Points] | None:
     # The previous ring without the servers that left or changed weight, plus the newcomers'
     # points; also the points removed and added, from which the bucket index is derived.
+    change = _one_change(previous, names, weights)
+    if change is not None:
+        joined, server = change
+        if joined:
+            if _point_count(weights[server], points_per_weight) * _DERIVE_RATIO > (
+                len(previous.points) + 1
+            ):
+                return None
+            single = _one_joined(
+                previous, server, names[server], weights[server], points_per_weight
+            )
+        else:
+            single = _one_left(previous, server, points_per_weight)
+        if single is not None:
+            return single
     new_index = {name: index for index, name in enumerate(names)}
     translate: list[int] = []
     for old, name in enumerate(previous.names):
@@ -193,11 +208,6 @@ def _derive(
     added_points = sum(_point_count(weights[index], points_per_weight) for index in added)
     if added_points * _DERIVE_RATIO > len(previous.points) + 1:
         return None
-    single = _one_changed(
-        previous, names, weights, points_per_weight, translate=translate, added=added
-    )
-    if single is not None:
-        return single
     points = previous.points_array
     owners = previous.owners_array
     removed = np.zeros(0, dtype=np.uint64)
@@ -216,28 +226,28 @@ def _derive(
     return merged[0], merged[1], removed, new_points
 
 
-def _one_changed(
-    previous: RingLayout,
-    names: Sequence[str],
-    weights: Sequence[int],
-    points_per_weight: int,
-    *,
-    translate: list[int],
-    added: list[int],
-) -> tuple[_Points, _Owners, _Points, _Points] | None:
-    """The new ring when exactly one server left or entered (and nothing else changed); None
-    for any other change, or when equal points need the general path."""
-    old_count = len(translate)
-    if not added and len(names) == old_count - 1:
-        server = translate.index(_GONE) if _GONE in translate else -1
-        expected = [*range(server), _GONE, *range(server, old_count - 1)]
-        if server >= 0 and translate == expected:
-            return _one_left(previous, server, points_per_weight)
-    elif len(added) == 1 and len(names) == old_count + 1:
-        server = added[0]
-        if translate == [*range(server), *range(server + 1, old_count + 1)]:
-            return _one_joined(previous, server, names[server], weights[server], points_per_weight)
-    return None
+def _one_change(
+    previous: RingLayout, names: Sequence[str], weights: Sequence[int]
+) -> tuple[bool, int] | None:
+    """(joined, index) when the servers differ from the previous ring's by exactly one that
+    entered (or left) at `index`, every other keeping its weight; None for any other change.
+    Slices compare in C, so this costs no pass over the servers in Python beyond the prefix."""
+    new_names, new_weights = tuple(names), tuple(weights)
+    old_names, old_weights = previous.names, previous.weights
+    if len(new_names) == len(old_names) + 1:
+        joined, longer, shorter = True, (new_names, new_weights), (old_names, old_weights)
+    elif len(new_names) == len(old_names) - 1:
+        joined, longer, shorter = False, (old_names, old_weights), (new_names, new_weights)
+    else:
+        return None
+    index = next(
+        (at for at, (a, b) in enumerate(zip(shorter[0], longer[0], strict=False)) if a != b),
+        len(shorter[0]),
+    )
+    for short, long in zip(shorter, longer, strict=True):
+        if short[:index] != long[:index] or short[index:] != long[index + 1 :]:
+            return None
+    return joined, index
 
 
 def _bucket_bits(point_count: int) -> int:
