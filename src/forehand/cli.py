@@ -131,7 +131,7 @@ def predict_eval(
     quick: bool = typer.Option(False, help="Simulator: short runs, --sim-events episodes each."),
     cache: str | None = typer.Option(None, help="Simulator: keep (and reuse) campaigns here."),
     path_intermittency: bool = typer.Option(
-        False, help="Fleets: add the opt-in path intermittency features (FeatureConfig)."
+        True, help="Fleets: the path intermittency features (FeatureConfig; on by default)."
     ),
 ) -> None:
     """Event-level evaluation of the predictors: recall at fixed false alarms, lead, calibration."""

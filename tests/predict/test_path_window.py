@@ -104,15 +104,16 @@ def test_server_sees_the_share_of_paths_with_a_blip_in_each_window() -> None:
     assert server["paths.rtt_excess_4t.max"] == pytest.approx(0.8)
 
 
-def test_intermittency_features_are_off_by_default() -> None:
-    """The default predictor computes none of them (its published numbers stay reproducible)."""
-    assert not PredictorConfig().features.path_intermittency
+def test_intermittency_features_are_on_by_default_and_can_be_turned_off() -> None:
+    """The default predictor (and the simulator campaign's) computes them; turned off, none."""
+    features = PredictorConfig().features
+    assert features.path_intermittency and features.path_floor and features.log_trend
     server, path = _blip_on_one_path(_bank(enabled=False))
     names = [*server, *path]
     assert not [name for name in names if "t_share" in name or "t.max" in name]
     campaign = SimEvalConfig.quick(events_per_kind=1)
-    assert sim_predictor_config(campaign, path_intermittency=True).features.path_intermittency
-    assert not sim_predictor_config(campaign).features.path_intermittency
+    assert sim_predictor_config(campaign).features.path_intermittency
+    assert not sim_predictor_config(campaign, path_intermittency=False).features.path_intermittency
 
 
 @pytest.mark.parametrize(

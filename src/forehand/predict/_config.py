@@ -130,12 +130,12 @@ class FeatureConfig:
     """Samples over which a path's minimum round-trip time is taken."""
     z_score_max: float = 20.0
     """Z-scores are clipped to +-this, so a cold baseline cannot dominate a model."""
-    path_intermittency: bool = False
-    """Opt-in intermittency features (`forehand.predict._path_window`): per path bucket, over
-    the last `intermittency_windows_ticks` samples, the share that were degraded and the largest
-    RTT excess; per server, the share of its fresh paths with a degraded sample in each window,
-    the mean of their shares, and their largest RTT excess. Off by default, so the default
-    predictor's published numbers stay as they were measured."""
+    path_intermittency: bool = True
+    """Intermittency features (`forehand.predict._path_window`): per path bucket, over the last
+    `intermittency_windows_ticks` samples, the share that were degraded and the largest RTT
+    excess; per server, the share of its fresh paths with a degraded sample in each window, the
+    mean of their shares, and their largest RTT excess. On by default since the validation split
+    of the simulator campaign chose them (docs/ARCHITECTURE.md, Evaluation on the simulator)."""
     intermittency_windows_ticks: tuple[int, ...] = (10, 30)
     """Windows, in path samples, of the intermittency features."""
     intermittent_rtt_excess_slo_fraction: float = 0.1
@@ -145,13 +145,13 @@ class FeatureConfig:
     or two shows at a fraction of its size: 15 ms of the 150 ms SLO."""
     intermittent_loss_min: float = 0.0
     """...or when its loss ratio is above this (any loss by default)."""
-    path_floor: bool = False
+    path_floor: bool = True
     """Per server, the smallest RTT excess among its fresh paths (`paths.rtt_excess_min`, the
     fast EWMA) and, with `path_intermittency`, the smallest share of degraded samples among them
     (`paths.degraded_<n>t_min_share`): a problem at the server's end (its uplink congesting or
     flapping) lifts every path, one client's network only its own, so the least lifted path is
     the server's own part of the trouble."""
-    log_trend: bool = False
+    log_trend: bool = True
     """Per capacity-bound metric, a second time-to-threshold (`m.ttt_log`) from Holt's trend of
     the level's logarithm: a queue's latency grows like 1 / (1 - load), so the linear trend
     projects a climbing latency too late; a multiplicative trend projects it sooner."""

@@ -3,7 +3,8 @@
 A flapping uplink degrades a path in blips of a second or two, ever more often, before it goes
 down. EWMAs and bucket averages smooth such blips into a small mean RTT excess; a count of the
 degraded samples over the last few samples, and the largest RTT excess among them, keep them
-whole. Opt-in (`FeatureConfig.path_intermittency`), O(window count) per sample, fixed memory.
+whole. On by default (`FeatureConfig.path_intermittency`), O(window count) per sample, fixed
+memory.
 """
 
 from __future__ import annotations

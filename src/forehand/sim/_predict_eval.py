@@ -549,11 +549,11 @@ def _stitch(config: SimEvalConfig, seed: int, traces: list[RunTrace]) -> SimTele
 
 
 def sim_predictor_config(
-    config: SimEvalConfig, *, path_intermittency: bool = False
+    config: SimEvalConfig, *, path_intermittency: bool = True
 ) -> PredictorConfig:
     """The manager's predictor (`predictor_config` of a `ManagerConfig`) with the campaign's
     latency SLO, in the stretched time: H = 10 min, L = 10 s, a breach clears after 60 s
-    (`path_intermittency`: with the opt-in intermittency features of `FeatureConfig`)."""
+    (`path_intermittency` False: without the intermittency features of `FeatureConfig`)."""
     slo = float(config.latency_slo_us_p99)
     metrics = tuple(
         dataclasses.replace(metric, scale=slo, capacity=slo, slo_max=slo, noise_floor=slo / 125)
@@ -573,7 +573,7 @@ def sim_report(
     *,
     seed: int,
     progress: Callable[[int], None] | None = None,
-    path_intermittency: bool = False,
+    path_intermittency: bool = True,
 ) -> EvaluationReport:
     """Replay the campaign through the predictor's heads, then score them on its events."""
     predictor_config = sim_predictor_config(telemetry.config, path_intermittency=path_intermittency)

@@ -87,10 +87,10 @@ def simulator_evaluation(
     quick: bool,
     console: Console,
     cache: Path | None = None,
-    path_intermittency: bool = False,
+    path_intermittency: bool = True,
 ) -> EvaluationReport:
     """Generate the campaign (or read it from `cache`), replay it through the predictor (with
-    the opt-in intermittency features if `path_intermittency`) and print the evaluation."""
+    the intermittency features unless `path_intermittency` is False) and print the evaluation."""
     from forehand.predict_io import print_report
 
     config = sim_eval_config(events_per_kind=events_per_kind, quick=quick)
