@@ -348,10 +348,10 @@ def nab_evaluation(
 
 
 def synthetic_report(
-    *, servers: int, days: float, seed: int, console: Console, path_intermittency: bool = False
+    *, servers: int, days: float, seed: int, console: Console, path_intermittency: bool = True
 ) -> EvaluationReport:
     """Run every model over a synthetic fleet and evaluate with false-alarm budgets
-    (`path_intermittency`: with the opt-in intermittency features of `FeatureConfig`)."""
+    (`path_intermittency` False: without the intermittency features of `FeatureConfig`)."""
     fleet_config = SyntheticConfig(servers=servers, duration_us=int(days * DAY_US))
     fleet = SyntheticFleet(config=fleet_config, rng=random.Random(seed))
     config = PredictorConfig(features=FeatureConfig(path_intermittency=path_intermittency))
