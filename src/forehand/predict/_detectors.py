@@ -325,6 +325,16 @@ def robust_model(
     """The robust detector for servers; the path rule, under the same name, for paths."""
     if kind != "server":
         return RuleModel(components=path_rule_components(config), name=name)
+    return _robust_z(config, detector=detector, multi_scale=multi_scale, name=name)
+
+
+def _robust_z(
+    config: PredictorConfig,
+    *,
+    detector: RobustDetectorConfig | None,
+    multi_scale: bool,
+    name: str,
+) -> RobustZModel:
     return RobustZModel(
         config=config,
         detector=RobustDetectorConfig() if detector is None else detector,
@@ -421,11 +431,6 @@ def deviation_blend(
     return DeviationBlendModel(
         name=name,
         rule=RuleModel(components=server_rule_components(config)),
-        detector=RobustZModel(
-            config=config,
-            detector=RobustDetectorConfig() if detector is None else detector,
-            multi_scale=multi_scale,
-            name=name,
-        ),
+        detector=_robust_z(config, detector=detector, multi_scale=multi_scale, name=name),
         mode=mode,
     )
