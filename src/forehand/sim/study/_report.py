@@ -74,9 +74,9 @@ class Targets:
             if base:
                 self.reduction = 1.0 - per_thousand_hours(predictive) / base
             extra = predictive.handoff_part_moves - reactive.handoff_part_moves
-            self.extra_handoffs_per_100h = 100.0 * extra / predictive.session_hours
+            self.extra_handoffs_per_100h = per_100_hours(extra, predictive)
             added = predictive.part_moves - reactive.part_moves
-            self.part_moves_added_per_100h = 100.0 * added / predictive.session_hours
+            self.part_moves_added_per_100h = per_100_hours(added, predictive)
         if predictive is not None:
             self.handoff_moves_by_cause_per_100h = {
                 cause: per_100_hours(predictive.handoff_moves_by_cause.get(cause, 0), predictive)
