@@ -87,7 +87,9 @@ class RecordingRiskPolicy:
     """A manager risk policy that records what the manager receives and never acts.
 
     At most one server sample per server and one path sample per (server, client bucket) per
-    `tick_us`; each sample's `breached` comes from `truth` (the simulator's measurement).
+    `tick_us` from what heartbeats carry, plus one sample with no values when the manager
+    declares a server dead (`forget`); each sample's `breached` comes from `truth` (the
+    simulator's measurement).
     """
 
     def __init__(
