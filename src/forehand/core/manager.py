@@ -405,12 +405,11 @@ class ManagerCore:
             return False
         if not (takes_over or self._is_active(server_id)):
             return False
-        self._risk_drained.discard(server_id)
         self._drains[server_id] = _Drain(server_id=server_id)
         change = Change(
             kind=MapChange.DRAIN_MARKED,
             build=lambda current: self._build_drain_mark(current, server_id, DrainCause.OPERATOR),
-            committed=lambda built, now_us: self._drain_marked(server_id, now_us),
+            committed=lambda built, now_us: self._operator_drain_marked(server_id, now_us),
             dropped=lambda cause, now_us: self._forget_drain(server_id),
         )
         if not self._pipeline.submit(change):
@@ -418,6 +417,13 @@ class ManagerCore:
             return False
         self._advance(now_us)
         return True
+
+    def _operator_drain_marked(self, server_id: str, now_us: int) -> None:
+        """The operator's drain is in the map: a risk mark it took over (or that committed ahead
+        of it) is no longer the risk policy's. Only now: had the takeover been refused (a full
+        queue) or dropped, the mark would have been left with no owner to clear it."""
+        self._risk_drained.discard(server_id)
+        self._drain_marked(server_id, now_us)
 
     def _forget_drain(self, server_id: str) -> None:
         """The operator's drain did not commit; a risk mark it was to take over stays the risk
@@ -431,18 +437,20 @@ class ManagerCore:
         current = self.shard_map
         if current is None or self._map_state(server_id) is not ServerState.DRAINING:
             return False
-        self._drains.pop(server_id, None)
-        self._risk_drained.discard(server_id)
-        self._orchestrator.cancel_moves(server_id, origin=MoveOrigin.DRAIN)
         change = Change(
             kind=MapChange.DRAIN_CLEARED,
             build=lambda current: self._build_undrain(current, server_id),
             committed=lambda built, now_us: None,
             dropped=lambda cause, now_us: None,
         )
-        accepted = self._pipeline.submit(change)
+        # Refused before anything is forgotten: a drain whose undrain never queued keeps going.
+        if not self._pipeline.submit(change):
+            return False
+        self._drains.pop(server_id, None)
+        self._risk_drained.discard(server_id)
+        self._orchestrator.cancel_moves(server_id, origin=MoveOrigin.DRAIN)
         self._advance(now_us)
-        return accepted
+        return True
 
     def handoff(
         self,
@@ -926,6 +934,10 @@ class ManagerCore:
                 self._risk_drain(server_id)
             elif risk_drained and not steering.placement_blocked(server_id, now_us=now_us):
                 self._risk_undrain(server_id)
+        elif risk_drained:
+            # A policy that does not steer holds no alarm to wait for: a risk mark loaded from the
+            # map (made by a manager whose policy steers) ends at the server's next heartbeat.
+            self._risk_undrain(server_id)
         if decision is None:
             return
         queued = self._queue_moves(
@@ -1076,15 +1088,22 @@ class ManagerCore:
         return active - 1 < RISK_MARK_SPARE_BOUNDS / current.config.load_epsilon
 
     def _risk_undrain(self, server_id: str) -> None:
-        """The alarm is over: the server takes placements again (ACTIVE)."""
-        self._risk_drained.discard(server_id)
+        """The alarm is over: the server takes placements again (ACTIVE). Only a risk mark is
+        cleared; with the queue full the mark stays the policy's, tried again on the next
+        heartbeat."""
         change = Change(
             kind=MapChange.DRAIN_CLEARED,
-            build=lambda current: self._build_undrain(current, server_id),
+            build=lambda current: self._build_undrain(current, server_id, DrainCause.RISK),
             committed=lambda built, now_us: None,
-            dropped=lambda cause, now_us: None,
+            dropped=lambda cause, now_us: self._risk_undrain_dropped(server_id),
         )
-        self._pipeline.submit(change)
+        if self._pipeline.submit(change):
+            self._risk_drained.discard(server_id)
+
+    def _risk_undrain_dropped(self, server_id: str) -> None:
+        """The undrain could not apply: a risk mark the map still shows stays the policy's."""
+        if self._drain_cause(server_id) is DrainCause.RISK and server_id not in self._drains:
+            self._risk_drained.add(server_id)
 
     def _within_budget(
         self, server_id: str, free: list[PartRef], count: int, now_us: int
@@ -1695,19 +1714,39 @@ class ManagerCore:
     def _build_drain_mark(
         self, current: ShardMap, server_id: str, cause: DrainCause
     ) -> Built | None:
-        """Mark an ACTIVE server DRAINING for `cause`, or have an operator take over a risk mark."""
-        state = self._map_state(server_id)
+        """Mark an ACTIVE server DRAINING for `cause`, or have an operator take over a risk mark.
+
+        A server `current` already shows DRAINING for `cause` is done, not dropped: the commit
+        landed though its answer was lost (a store timeout), and the reloaded map shows it.
+        """
+        entry = _server_entry(current, server_id)
+        if entry is None:
+            return None
+        if entry.state is ServerState.DRAINING and entry.drain_cause is cause:
+            return Built(delta=None, new_map=current, parts=(), servers=(server_id,))
         takes_over = (
-            cause is DrainCause.OPERATOR and self._drain_cause(server_id) is DrainCause.RISK
+            entry.state is ServerState.DRAINING
+            and cause is DrainCause.OPERATOR
+            and entry.drain_cause is DrainCause.RISK
         )
-        if state is not ServerState.ACTIVE and not takes_over:
+        if entry.state is not ServerState.ACTIVE and not takes_over:
             return None
         operation = ServerDrained(server_id=server_id, cause=cause)
         stable = stabilize(current, [operation], intended=lambda k: False)
         return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=(server_id,))
 
-    def _build_undrain(self, current: ShardMap, server_id: str) -> Built | None:
-        if self._map_state(server_id) is not ServerState.DRAINING:
+    def _build_undrain(
+        self, current: ShardMap, server_id: str, cause: DrainCause | None = None
+    ) -> Built | None:
+        """Make a DRAINING server ACTIVE again (only one drained for `cause`, when given: the
+        risk policy's undrain leaves an operator's drain alone). A server `current` already
+        shows ACTIVE is done: the commit landed though its answer was lost."""
+        entry = _server_entry(current, server_id)
+        if entry is None:
+            return None
+        if entry.state is ServerState.ACTIVE:
+            return Built(delta=None, new_map=current, parts=(), servers=(server_id,))
+        if entry.state is not ServerState.DRAINING or cause not in (None, entry.drain_cause):
             return None
         operations = [ServerUndrained(server_id=server_id)]
         stable = stabilize(current, operations, intended=lambda k: False)
@@ -2118,6 +2157,14 @@ def _merge_builds(current: ShardMap, builds: Sequence[Built]) -> Built:
         servers=tuple(servers),
         implicit_moves=stable.implicit_moves,
     )
+
+
+def _server_entry(current: ShardMap, server_id: str) -> ServerEntry | None:
+    """The map's entry for `server_id`, None when the map does not list it."""
+    try:
+        return current.server(server_id)
+    except KeyError:
+        return None
 
 
 def _check_refs(refs: Iterable[PartRef]) -> None:
