@@ -159,7 +159,11 @@ def test_one_server_at_a_time_derives_the_fresh_ring(
     for step in steps:
         name = rng.choice(sorted(weights))
         if step == "join":
-            changes.append({**weights, f"s{rng.randrange(1000):03d}x": rng.choice((500, 1000))})
+            # A fresh id anywhere in the sorted order: a drawn id already in the ring is no join.
+            joined = f"s{rng.randrange(1000):03d}x"
+            while joined in weights:
+                joined = f"{joined}x"
+            changes.append({**weights, joined: rng.choice((500, 1000))})
         elif step == "leave":
             changes.append({n: w for n, w in weights.items() if n != name})
         else:
