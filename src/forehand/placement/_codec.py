@@ -41,12 +41,21 @@ MAP_ENCODING = 1
 
 
 class _ServerRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A server entry whose drain cause is OPERATOR (drained by an operator, or not drained):
+    the five fields it had before the cause existed, so it encodes to the same bytes."""
+
     server_id: str
     address: str
     zone: str
     weight: float
     state: ServerState
-    # Appended last with a default, so a map encoded before it existed decodes (as OPERATOR).
+
+
+class _CausedServerRecord(_ServerRecord, frozen=True, array_like=True):
+    """A server entry with its drain cause appended: written for a risk mark only (msgspec's
+    `omit_defaults` keeps an array_like struct's trailing defaults), read for every entry, a
+    five-field record decoding as OPERATOR."""
+
     drain_cause: DrainCause = DrainCause.OPERATOR
 
 
@@ -70,8 +79,14 @@ class _MapRecord(msgspec.Struct, frozen=True, array_like=True):
     overrides: tuple[_OverrideRecord, ...]
 
 
+class _DecodedMapRecord(_MapRecord, frozen=True, array_like=True):
+    """A whole map as read: every server record with its drain cause."""
+
+    servers: tuple[_CausedServerRecord, ...]
+
+
 _ENCODER = msgspec.msgpack.Encoder()
-_MAP_DECODER = msgspec.msgpack.Decoder(_MapRecord)
+_MAP_DECODER = msgspec.msgpack.Decoder(_DecodedMapRecord)
 _DELTA_DECODER = msgspec.msgpack.Decoder(Delta)
 
 
@@ -127,16 +142,15 @@ def _groups_one_by_one(keys: list[PartKey]) -> tuple[_PartGroup, ...]:
 
 
 def _server_records(entries: Iterable[ServerEntry]) -> tuple[_ServerRecord, ...]:
-    return tuple(
-        _ServerRecord(
-            entry.server_id,
-            entry.address,
-            entry.zone,
-            entry.weight,
-            entry.state,
-            entry.drain_cause,
-        )
-        for entry in sorted(entries, key=_SERVER_ID)
+    return tuple(map(_server_record, sorted(entries, key=_SERVER_ID)))
+
+
+def _server_record(entry: ServerEntry) -> _ServerRecord:
+    """The entry's record: the cause appended only when it is not OPERATOR."""
+    if entry.drain_cause is DrainCause.OPERATOR:
+        return _ServerRecord(entry.server_id, entry.address, entry.zone, entry.weight, entry.state)
+    return _CausedServerRecord(
+        entry.server_id, entry.address, entry.zone, entry.weight, entry.state, entry.drain_cause
     )
 
 

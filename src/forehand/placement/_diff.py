@@ -63,7 +63,8 @@ class MapDiff:
     servers_removed: tuple[ServerEntry, ...]
     """Servers only in the source version, by id."""
     servers_changed: tuple[ServerEntry, ...]
-    """Target-version entries of servers whose state, weight, zone or address changed, by id."""
+    """Target-version entries of servers whose state, weight, zone, address or drain cause
+    changed, by id (an operator's takeover of a risk mark changes the cause alone)."""
     unchanged_count: int
     """Parts present in both versions whose placement stayed the same."""
 
