@@ -394,8 +394,9 @@ class ManagerCore:
 
     def drain(self, server_id: str, *, now_us: int) -> bool:
         """Move every role off `server_id` (planned handoffs, capped and jittered); False if not
-        an ACTIVE server of the map or already draining. A server the risk policy marked
-        DRAINING becomes the operator's drain (committed as the map entry's drain cause)."""
+        an ACTIVE server of the map, already draining, or the commit queue is full. A server the
+        risk policy marked DRAINING becomes the operator's drain (committed as the map entry's
+        drain cause)."""
         current = self.shard_map
         # A server the risk policy marked DRAINING: the operator's drain takes the mark over.
         takes_over = (
@@ -433,7 +434,8 @@ class ManagerCore:
             self._risk_drained.add(server_id)
 
     def undrain(self, server_id: str, *, now_us: int) -> bool:
-        """Stop draining `server_id`: queued moves are forgotten, the server is ACTIVE again."""
+        """Stop draining `server_id`: queued moves are forgotten, the server is ACTIVE again;
+        False if it is not DRAINING or the commit queue is full (then nothing is forgotten)."""
         current = self.shard_map
         if current is None or self._map_state(server_id) is not ServerState.DRAINING:
             return False

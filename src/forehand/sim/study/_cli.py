@@ -40,10 +40,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--servers", type=int, default=1_000, help="servers (default 1000)")
     parser.add_argument("--sessions", type=int, default=100_000, help="sessions (default 100000)")
-    parser.add_argument("--duration-s", type=int, default=3_600, help="simulated seconds")
+    parser.add_argument(
+        "--duration-s", type=int, default=3_600, help="simulated seconds (default 3600)"
+    )
     parser.add_argument("--tick-s", type=int, default=5, help="fleet-model step (default 5)")
     parser.add_argument(
-        "--assess-interval-s", type=int, default=30, help="predictor cadence per server"
+        "--assess-interval-s",
+        type=int,
+        default=30,
+        help="predictor cadence per server (default 30)",
     )
     parser.add_argument(
         "--quiet-assess-interval-s",
@@ -54,7 +59,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=1, help="root seed (default 1)")
     parser.add_argument(
-        "--mix", default="gradual", help=f"fault mix: {', '.join(sorted(FAULT_MIXES))}"
+        "--mix",
+        default="gradual",
+        help=f"fault mix: {', '.join(sorted(FAULT_MIXES))} (default gradual)",
     )
     parser.add_argument(
         "--fault-scale",
@@ -67,9 +74,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=",".join(policy.value for policy in Policy),
         help="comma-separated policies (default all)",
     )
-    parser.add_argument("--training-servers", type=int, default=200)
-    parser.add_argument("--training-hours", type=float, default=4.0)
-    parser.add_argument("--jobs", type=int, default=1, help="policies run at once (processes)")
+    parser.add_argument(
+        "--training-servers",
+        type=int,
+        default=200,
+        help="servers of the separate fleet the predictor is trained on first (default 200)",
+    )
+    parser.add_argument(
+        "--training-hours",
+        type=float,
+        default=4.0,
+        help="simulated hours of that training fleet (default 4)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="policies run at once (processes; default 1)"
+    )
     parser.add_argument(
         "--sweep",
         nargs="?",
