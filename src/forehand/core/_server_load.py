@@ -32,7 +32,7 @@ RATE_FLOOR_PER_SECOND = 0.01
 
 
 class PartLoadMeter:
-    """Requests executed per part, as smoothed rates; bounded by `parts_max` parts tracked."""
+    """Requests offered per part, as smoothed rates; bounded by `parts_max` parts tracked."""
 
     def __init__(self, *, parts_max: int) -> None:
         assert parts_max >= 1, parts_max

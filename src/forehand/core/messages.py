@@ -67,7 +67,8 @@ class PartLoad(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
     ref: PartRef
     """Which part."""
     requests_per_second: float
-    """Requests the server executed for the part per second, smoothed over recent intervals."""
+    """Requests offered to the part per second (executed, or refused OVERLOADED), smoothed over
+    recent intervals."""
 
 
 class LoadReport(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
