@@ -121,8 +121,8 @@ def predict_eval(
     nab_folds: str | None = typer.Option(
         None,
         "--nab-folds",
-        help='NAB: JSON {"A": [series], "B": [series]} (file names without .csv) for the '
-        "evaluation by two folds of series; default: the fixed folds of realAWSCloudwatch, "
+        help='NAB: a JSON file {"A": \\[names], "B": \\[names]} (file names without .csv) for '
+        "the evaluation by two folds of series; default: the fixed folds of realAWSCloudwatch, "
         "else a hash of each file name.",
     ),
     sim: bool = typer.Option(False, help="Evaluate on a campaign of the per-message simulator."),
