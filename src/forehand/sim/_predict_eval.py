@@ -7,7 +7,9 @@ workload) with the episodes of `_predict_eval_plan` as its fault plan. Two thing
   accepts hands the policy the server's `LoadReport`, and every heartbeat's `PathReport`s (the
   clients' PING measurements the servers relay) go to `observe_paths`. The policy keeps at most
   one `ServerSample` per server and one `PathSample` per (server, client bucket) per tick, as
-  the manager's predictive policy does, and moves nothing, so no handoff hides an outcome.
+  the manager's predictive policy does, plus one sample with no values when the manager
+  declares a server dead (a dead server sends no heartbeat, so without it a crash's onset would
+  go unseen), and moves nothing, so no handoff hides an outcome.
 - **The ground truth, as the simulator measures it**, every `truth_interval_us`: a server
   breaches when it is crashed (dead), when the p99 latency its process model gives (what its
   next load report would say) exceeds the SLO, or when at least `server_breach_share_min` of
