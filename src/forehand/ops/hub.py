@@ -266,7 +266,12 @@ class OpsHub:
         self._require_server(server_id)
         accepted = self.driver.command(lambda core, now_us: core.drain(server_id, now_us=now_us))
         if not accepted:
-            raise OpsError(409, "not_drainable", f"{server_id} is not ACTIVE, or already draining")
+            raise OpsError(
+                409,
+                "not_drainable",
+                f"{server_id} is not ACTIVE (or already drained by an operator),"
+                " or the commit queue is full",
+            )
         # The drain counts its parts once the store committed the DRAINING mark; until then it
         # shows as started with nothing counted yet.
         progress = self.drains.get(server_id)
@@ -282,7 +287,9 @@ class OpsHub:
         self._require_server(server_id)
         accepted = self.driver.command(lambda core, now_us: core.undrain(server_id, now_us=now_us))
         if not accepted:
-            raise OpsError(409, "not_draining", f"{server_id} is not DRAINING")
+            raise OpsError(
+                409, "not_draining", f"{server_id} is not DRAINING, or the commit queue is full"
+            )
         self.drains.pop(server_id, None)
 
     def drain_progress(self, server_id: str) -> DrainProgress:
