@@ -24,15 +24,21 @@ HOT: dict[str, Any] = {"overload_parts_fraction": 1.0, "overload_cooldown_ms": 1
 class _LostAnswers:
     """The manager's store executor: runs every request, and loses the answer of the next
     `count` delta commits (they land in the store; the manager hears nothing and times out),
-    or with `hold` keeps them back until `release`."""
+    or with `hold` keeps them back until `release`; the next `unheard` delta commits never
+    reach the store at all."""
 
     def __init__(self, harness: ManagerHarness) -> None:
         self.harness = harness
         self.count = 0
+        self.unheard = 0
+        """Delta commits to drop before the store sees them (they never land)."""
         self.hold = False
         self.held: list[object] = []
 
     def __call__(self, request: object) -> object:
+        if self.unheard and isinstance(request, DeltaCommitRequested):
+            self.unheard -= 1
+            return None
         result = execute(self.harness.store, request)
         if self.count and isinstance(request, DeltaCommitRequested):
             self.count -= 1
@@ -180,3 +186,43 @@ def test_a_manager_without_steering_clears_a_risk_mark_it_loads() -> None:
     assert restarted.map.server("s1").state is ServerState.DRAINING
     restarted.tick(1_000, alive=SERVERS)
     assert restarted.map.server("s1").state is ServerState.ACTIVE
+
+
+def test_an_operator_undrain_that_never_landed_leaves_no_drain_behind() -> None:
+    """The undrain's commit never reached the store: the reload still shows the server
+    DRAINING, yet the drain is not given back, and once the rebuilt undrain commits the server
+    is ACTIVE, owned by no drain, and can be drained again."""
+    harness, lost = _cluster()
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+    harness.router.run()
+    assert harness.map.server("s2").state is ServerState.DRAINING
+    progressed = len(harness.events(DrainProgressed))
+    lost.unheard = 1
+    assert harness.manager.undrain("s2", now_us=harness.router.now_us)
+    _time_out(harness)
+    harness.tick(500, alive=SERVERS)
+    assert harness.map.server("s2").state is ServerState.ACTIVE
+    assert len(harness.events(DrainProgressed)) == progressed
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+
+
+def test_a_risk_undrain_that_never_landed_lets_the_next_alarm_mark_again() -> None:
+    """The risk policy's undrain never reached the store: once it commits after the reload the
+    policy no longer owns the server, so the next alarm marks it DRAINING again."""
+    harness, lost = _cluster(**HOT)
+    harness.heartbeat("s1", cpu=0.97)
+    harness.router.run()
+    assert harness.map.server("s1").drain_cause is DrainCause.RISK
+    lost.unheard = 1
+    harness.heartbeat("s1", cpu=0.1)
+    for _ in range(30):
+        harness.tick(100, alive=SERVERS)
+        if harness.map.server("s1").state is ServerState.ACTIVE:
+            break
+    assert harness.map.server("s1").state is ServerState.ACTIVE
+    # At once, within the alarm's cooldown: no heartbeat in between clears a stale owner.
+    harness.heartbeat("s1", cpu=0.97)
+    for _ in range(30):
+        harness.tick(100, alive=SERVERS)
+    entry = harness.map.server("s1")
+    assert (entry.state, entry.drain_cause) == (ServerState.DRAINING, DrainCause.RISK)

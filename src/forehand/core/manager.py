@@ -255,6 +255,9 @@ class ManagerCore:
         self._next_failover_id = 1
         self._drains: dict[str, _Drain] = {}
         self._risk_drained: set[str] = set()
+        # Servers whose undrain is queued: a map reloaded before it commits still shows them
+        # DRAINING, and must not hand the drain back to its owner.
+        self._undrains_pending: set[str] = set()
         self._drain_due_us: int | None = None
         self._sessions: dict[bytes, tuple[str, ...]] = {}
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
@@ -442,17 +445,39 @@ class ManagerCore:
         change = Change(
             kind=MapChange.DRAIN_CLEARED,
             build=lambda current: self._build_undrain(current, server_id),
-            committed=lambda built, now_us: None,
-            dropped=lambda cause, now_us: None,
+            committed=lambda built, now_us: self._undrained(server_id),
+            dropped=lambda cause, now_us: self._undrain_dropped(server_id),
         )
         # Refused before anything is forgotten: a drain whose undrain never queued keeps going.
         if not self._pipeline.submit(change):
             return False
+        self._undrains_pending.add(server_id)
+        self._forget_drains_of(server_id)
+        self._advance(now_us)
+        return True
+
+    def _forget_drains_of(self, server_id: str) -> None:
+        """No drain of `server_id` goes on: neither the operator's nor the risk policy's mark."""
         self._drains.pop(server_id, None)
         self._risk_drained.discard(server_id)
         self._orchestrator.cancel_moves(server_id, origin=MoveOrigin.DRAIN)
-        self._advance(now_us)
-        return True
+
+    def _undrain_dropped(self, server_id: str) -> None:
+        """The undrain could not apply: a drain the map still shows has an owner again (the
+        operator's, or the risk policy's for its mark), so something finishes or clears it."""
+        self._undrains_pending.discard(server_id)
+        if self._map_state(server_id) is not ServerState.DRAINING:
+            return
+        if self._drain_cause(server_id) is DrainCause.RISK:
+            self._risk_drained.add(server_id)
+        elif server_id not in self._drains:
+            self._drains[server_id] = _Drain(server_id=server_id, marked=True)
+
+    def _undrained(self, server_id: str) -> None:
+        """An undrain committed (the server is ACTIVE): forget its drain again, in case a map
+        reload between its submission and its commit gave the drain back to an owner."""
+        self._undrains_pending.discard(server_id)
+        self._forget_drains_of(server_id)
 
     def handoff(
         self,
@@ -621,6 +646,9 @@ class ManagerCore:
                 now_us=now_us,
             )
             if entry.state is not ServerState.DRAINING or entry.server_id in self._drains:
+                continue
+            if entry.server_id in self._undrains_pending:
+                # Its undrain is queued and will be built again on this map.
                 continue
             # The map says who drained it: the risk policy's mark stays the policy's to clear.
             if entry.drain_cause is DrainCause.RISK:
@@ -1096,14 +1124,22 @@ class ManagerCore:
         change = Change(
             kind=MapChange.DRAIN_CLEARED,
             build=lambda current: self._build_undrain(current, server_id, DrainCause.RISK),
-            committed=lambda built, now_us: None,
+            committed=lambda built, now_us: self._risk_undrained(server_id),
             dropped=lambda cause, now_us: self._risk_undrain_dropped(server_id),
         )
         if self._pipeline.submit(change):
+            self._undrains_pending.add(server_id)
             self._risk_drained.discard(server_id)
+
+    def _risk_undrained(self, server_id: str) -> None:
+        """The risk mark's undrain committed: the policy no longer owns the server, even if a
+        map reload before the commit gave the mark back to it."""
+        self._undrains_pending.discard(server_id)
+        self._risk_drained.discard(server_id)
 
     def _risk_undrain_dropped(self, server_id: str) -> None:
         """The undrain could not apply: a risk mark the map still shows stays the policy's."""
+        self._undrains_pending.discard(server_id)
         if self._drain_cause(server_id) is DrainCause.RISK and server_id not in self._drains:
             self._risk_drained.add(server_id)
 

@@ -127,7 +127,7 @@ def handle_admin(driver: NodeDriver, body: bytes) -> bytes:
 def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
     if isinstance(request, Drain):
         ok = core.drain(request.server_id, now_us=now_us)
-        detail = "draining" if ok else "not an ACTIVE server, or the commit queue is full"
+        detail = "draining" if ok else "not ACTIVE, already draining, or the commit queue is full"
     elif isinstance(request, Undrain):
         ok = core.undrain(request.server_id, now_us=now_us)
         detail = "undrained" if ok else "not a DRAINING server, or the commit queue is full"
