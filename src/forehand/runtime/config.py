@@ -226,7 +226,8 @@ class ServerProcessConfig:
     metrics_host: str = "127.0.0.1"
     """Where the server's Prometheus `/metrics` endpoint listens."""
     metrics_port: int = -1
-    """Port of `/metrics`; -1 turns it off, 0 lets the system pick."""
+    """Port of `/metrics`; -1 turns it off (and the server keeps no metrics), 0 lets the system
+    pick."""
     core: ServerConfig | None = None
     """The [core] table: bounds and timeouts of the server core (not its identity fields)."""
     driver: DriverConfig = field(default_factory=DriverConfig)

@@ -341,7 +341,9 @@ async def run_server(
         driver.subscribe(EventLogger(config.server_id))
         sampler = LoadSampler(driver, config.load_report_interval_ms, handler_clock=handler_clock)
         driver.subscribe(sampler)
-        ops = ServerOps(driver, config)
+        # Prometheus metrics cost a few microseconds per core event; with `/metrics` off
+        # (`metrics_port = -1`) nothing could read them, so they are not kept.
+        ops = ServerOps(driver, config) if config.metrics_port >= 0 else None
         _log.info(
             "server %s (incarnation %d) listening on %s, app %s, parts %s",
             config.server_id,
@@ -352,9 +354,12 @@ async def run_server(
         )
         sampling = asyncio.get_running_loop().create_task(sampler.run())
         try:
-            await _serve_until_stopped(driver, listeners, config.ready_file, stop, ops.start)
+            await _serve_until_stopped(
+                driver, listeners, config.ready_file, stop, None if ops is None else ops.start
+            )
         finally:
-            await ops.close()
+            if ops is not None:
+                await ops.close()
             sampling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampling
