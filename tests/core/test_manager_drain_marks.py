@@ -78,6 +78,13 @@ def _held(harness: ManagerHarness, server_id: str) -> int:
     return len(parts.primary) + len(parts.replica)
 
 
+def _calm_clears_the_mark(harness: ManagerHarness, server_id: str) -> None:
+    """The alarm ends (a calm heartbeat, then 2 s): the risk mark is cleared, the server ACTIVE."""
+    harness.heartbeat(server_id, cpu=0.1)
+    harness.tick(2_000, alive=SERVERS)
+    assert harness.map.server(server_id).state is ServerState.ACTIVE
+
+
 def _finished(harness: ManagerHarness, server_id: str) -> bool:
     return any(e.finished for e in harness.events(DrainProgressed) if e.server_id == server_id)
 
@@ -105,9 +112,7 @@ def test_a_risk_mark_whose_answer_is_lost_is_still_cleared_by_the_policy() -> No
     _time_out(harness)
     entry = harness.map.server("s1")
     assert (entry.state, entry.drain_cause) == (ServerState.DRAINING, DrainCause.RISK)
-    harness.heartbeat("s1", cpu=0.1)
-    harness.tick(2_000, alive=SERVERS)
-    assert harness.map.server("s1").state is ServerState.ACTIVE
+    _calm_clears_the_mark(harness, "s1")
 
 
 def test_a_takeover_whose_answer_is_lost_is_still_the_operators_drain() -> None:
@@ -139,9 +144,7 @@ def test_an_operator_drain_refused_for_a_full_queue_leaves_the_risk_mark_its_own
     _time_out(harness)
     entry = harness.map.server("s1")
     assert (entry.state, entry.drain_cause) == (ServerState.DRAINING, DrainCause.RISK)
-    harness.heartbeat("s1", cpu=0.1)
-    harness.tick(2_000, alive=SERVERS)
-    assert harness.map.server("s1").state is ServerState.ACTIVE
+    _calm_clears_the_mark(harness, "s1")
 
 
 def test_an_undrain_refused_for_a_full_queue_lets_the_drain_go_on() -> None:
