@@ -237,6 +237,21 @@ class _ShedHalfTheLoad:
         """Nothing kept."""
 
 
+def _report_hot(harness: ManagerHarness, rates: dict[PartRef, float]) -> list[RiskFlagged]:
+    """s1 heartbeats hot with these part rates (its four busiest reported); the flags raised."""
+    harness.loads["s1"] = LoadReport(
+        cpu_utilization=0.95,
+        queue_depth=4,
+        latency_us_p99=1_000,
+        error_ratio=0.0,
+        requests_per_second=sum(rates.values()),
+        part_loads=report(rates, 4),
+    )
+    harness.heartbeat("s1")
+    harness.router.run()
+    return harness.events(RiskFlagged)
+
+
 def test_the_manager_moves_the_reported_busiest_part_to_shed_the_load() -> None:
     """A decision to shed half of s1's load, with s1 reporting one part carrying most of its
     requests, queues and hands off that part alone, not half of s1's primaries."""
@@ -250,17 +265,7 @@ def test_the_manager_moves_the_reported_busiest_part_to_shed_the_load() -> None:
     assert len(primaries) >= 4
     busy = primaries[len(primaries) // 2]
     rates = {ref: 1.0 for ref in primaries} | {busy: 10.0 * len(primaries)}
-    harness.loads["s1"] = LoadReport(
-        cpu_utilization=0.95,
-        queue_depth=4,
-        latency_us_p99=1_000,
-        error_ratio=0.0,
-        requests_per_second=sum(rates.values()),
-        part_loads=report(rates, 4),
-    )
-    harness.heartbeat("s1")
-    harness.router.run()
-    (flagged,) = harness.events(RiskFlagged)
+    (flagged,) = _report_hot(harness, rates)
     assert flagged.parts == 1
     started = harness.events(HandoffStarted)
     assert [ref for event in started for ref in event.parts] == [busy]
@@ -283,15 +288,5 @@ def test_the_manager_does_not_count_a_reported_part_that_moved_off_the_server() 
     after = harness.primaries("s1")
     assert busy not in after and len(after) >= 6
     rates = {ref: 1.0 for ref in before} | {busy: 10.0 * len(before)}
-    harness.loads["s1"] = LoadReport(
-        cpu_utilization=0.95,
-        queue_depth=4,
-        latency_us_p99=1_000,
-        error_ratio=0.0,
-        requests_per_second=sum(rates.values()),
-        part_loads=report(rates, 4),
-    )
-    harness.heartbeat("s1")
-    harness.router.run()
-    (flagged,) = harness.events(RiskFlagged)
+    (flagged,) = _report_hot(harness, rates)
     assert 1 <= flagged.parts <= math.ceil(len(after) / 2) + 1 < len(after)
