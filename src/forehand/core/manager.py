@@ -543,25 +543,20 @@ class ManagerCore:
         self._send(peer, Error(code=code, reason=reason))
         self._send(peer, ConnectionCloseRequested(peer=peer, error_code=int(code), reason=reason))
 
-    def _map_state(self, server_id: str) -> ServerState | None:
+    def _map_entry(self, server_id: str) -> ServerEntry | None:
         current = self.shard_map
-        if current is None:
-            return None
-        try:
-            return current.server(server_id).state
-        except KeyError:
-            return None
+        return None if current is None else _server_entry(current, server_id)
+
+    def _map_state(self, server_id: str) -> ServerState | None:
+        entry = self._map_entry(server_id)
+        return None if entry is None else entry.state
 
     def _drain_cause(self, server_id: str) -> DrainCause | None:
         """Who drained a DRAINING server of the map; None for any other server."""
-        current = self.shard_map
-        if current is None:
+        entry = self._map_entry(server_id)
+        if entry is None or entry.state is not ServerState.DRAINING:
             return None
-        try:
-            entry = current.server(server_id)
-        except KeyError:
-            return None
-        return entry.drain_cause if entry.state is ServerState.DRAINING else None
+        return entry.drain_cause
 
     def _is_active(self, server_id: str) -> bool:
         return self._map_state(server_id) is ServerState.ACTIVE
