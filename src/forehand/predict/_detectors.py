@@ -35,6 +35,7 @@ from typing import Protocol, runtime_checkable
 from forehand.errors import ConfigError
 from forehand.predict._config import SECOND_US, PredictorConfig, time_constant_alpha
 from forehand.predict._models import (
+    BLEND_MODES,
     RULE_GAIN,
     RULE_Z_ALARM,
     RiskModel,
@@ -53,9 +54,6 @@ __all__ = [
     "deviation_blend",
     "robust_model",
 ]
-
-BLEND_MODES = ("max", "mean")
-"""How a deviation blend combines its members' scores."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -427,7 +425,7 @@ def deviation_blend(
 ) -> RiskModel:
     """The rule and a robust detector blended for servers; the path rule, same name, for paths."""
     if kind != "server":
-        return RuleModel(components=path_rule_components(config), name=name)
+        return robust_model(config, kind, multi_scale=multi_scale, name=name)
     return DeviationBlendModel(
         name=name,
         rule=RuleModel(components=server_rule_components(config)),

@@ -31,6 +31,8 @@ __all__ = [
     "make_model",
 ]
 
+BLEND_MODES = ("max", "mean")
+"""How a blend (of heads, or of the rule and a detector) combines its members' scores."""
 RULE_Z_ALARM = 4.0
 """Z-score that counts as 1.0 in the rule baseline for metrics with no capacity."""
 BACKGROUND_SAMPLES_MIN = 200
@@ -559,7 +561,7 @@ class BlendModel:
     def __init__(
         self, *, name: str, members: tuple[RiskModel, ...], mode: str, learning_rate: float
     ) -> None:
-        if mode not in ("max", "mean") or len(members) < 2:
+        if mode not in BLEND_MODES or len(members) < 2:
             raise ConfigError(f"a blend needs mode 'max' or 'mean' and 2+ members, got {mode!r}")
         self.name = name
         self._members = members
