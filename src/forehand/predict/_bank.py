@@ -240,10 +240,12 @@ class FeatureBank:
         fresh = degraded = breached = 0
         excess_sum = loss_max = 0.0
         excess_min = math.inf
+        fresh_features: list[dict[str, float]] = []
         for path in server.paths:
             if path is None or not path.tracker.is_fresh(now_us=now_us):
                 continue
             fresh += 1
+            fresh_features.append(path.features)
             degraded += path.tracker.degraded
             breached += path.tracker.breached
             excess = path.features.get(self._path_excess_name, 0.0)
@@ -277,20 +279,15 @@ class FeatureBank:
         out["paths.rtt_excess_mean"] = excess_sum / fresh if fresh else 0.0
         out["paths.loss_max"] = loss_max
         if self._intermittency:
-            self._intermittency_shares(server, now_us=now_us, out=out)
+            self._intermittency_shares(fresh_features, out=out)
         return breached_share
 
     def _intermittency_shares(
-        self, server: ServerState, *, now_us: int, out: dict[str, float]
+        self, fresh: list[dict[str, float]], *, out: dict[str, float]
     ) -> None:
-        """Per window: the share of fresh paths with a degraded sample in it (a server's uplink
-        touches them all, one client's network one), their mean share of degraded samples, and
-        the largest RTT excess among them."""
-        fresh = [
-            path.features
-            for path in server.paths
-            if path is not None and path.tracker.is_fresh(now_us=now_us)
-        ]
+        """Per window, over the features of the server's fresh paths: the share of them with a
+        degraded sample in it (a server's uplink touches them all, one client's network one),
+        their mean share of degraded samples, and the largest RTT excess among them."""
         count = len(fresh)
         for path_share, path_max, any_name, mean_name, max_name in self._intermittency:
             shares = [features.get(path_share, 0.0) for features in fresh]
