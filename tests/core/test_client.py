@@ -529,6 +529,27 @@ def test_draining_connection_is_still_pinged_and_timers_never_stall() -> None:
     assert due is not None and due > h.now_us
 
 
+def test_a_lost_connection_due_first_costs_one_idle_timer_and_no_ping() -> None:
+    """The lost connection's PING time fires the timer at most once, sends nothing, and the next
+    deadline is the remaining connection's PING: no timer stays in the past."""
+    h = Harness(ping_interval_ms=100)
+    session = h.open(placement("auth", "s1", "s3"))
+    assert h.client.prewarm(session, "auth", now_us=h.now_us) == "s3"
+    h.drain()
+    h.welcome("s3")  # PING to s3 due at 100 ms
+    h.advance(ms=50)
+    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")  # PING to s1 due at 150 ms
+    respond(h, "s1", h.take(Request, "s1")[0])
+    h.lose("s3")
+    h.advance(ms=99)
+    assert h.take(Ping) == []
+    assert h.client.timer_us() == 150_000
+    h.advance(ms=1)
+    assert len(h.take(Ping, "s1")) == 1 and h.take(Ping) == []
+
+
 def test_error_frame_closes_connection_and_relocates() -> None:
     """ERROR from a server closes that connection only; its parts are located again."""
     h = Harness()

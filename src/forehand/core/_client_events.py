@@ -1,14 +1,18 @@
 """Events of the client core, drained with `ClientCore.next_event()`.
 
-Each is a frozen, slotted, keyword-only dataclass named noun + past participle. They carry what the
-application needs (responses, failures) and what the simulator's checkers read (`node`, the part,
-request ids, per-part issue order, map versions).
+Each is a frozen, keyword-only msgspec Struct (slotted, built in C) named noun + past participle.
+They carry what the application needs (responses, failures) and what the simulator's checkers read
+(`node`, the part, request ids, per-part issue order, map versions). A Struct, not a frozen
+dataclass, because the client builds a `ResponseReceived` per answered call: 0.2 us against 2.7 us
+for the eleven fields set one by one through `object.__setattr__`. They hold no mutable
+containers, so the garbage collector need not track them (`gc=False`).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+
+import msgspec
 
 from forehand.core._driver import NodeId
 from forehand.wire import HandoffFlag, ReasonCode, ResponseStatus, ResumeRejectReason
@@ -77,8 +81,7 @@ class RequestFailedWhy(enum.Enum):
     """The application closed the session while the request was in flight."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionEstablished:
+class SessionEstablished(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The manager opened a session the client asked for."""
 
     node: NodeId
@@ -93,8 +96,7 @@ class SessionEstablished:
     """The map version its placements come from."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionOpenFailed:
+class SessionOpenFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A session open got no answer in time (or the manager refused it)."""
 
     node: NodeId
@@ -105,8 +107,7 @@ class SessionOpenFailed:
     """Why, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionResumed:
+class SessionResumed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """After `resume_session` (a client restart), a primary welcomed the connection that
     presented the session's credential: calls for its parts go out."""
 
@@ -122,8 +123,7 @@ class SessionResumed:
     """The map version of the client's placements for those parts."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionResumeRejected:
+class SessionResumeRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """After `resume_session`, a primary refused the credential (closed the connection), or could
     not be reached in time; the client locates the parts through the manager instead."""
 
@@ -139,8 +139,7 @@ class SessionResumeRejected:
     """Why, for logs (the ERROR that closed the connection, a timeout)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SessionClosed:
+class SessionClosed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The application closed a session; its unanswered requests failed."""
 
     node: NodeId
@@ -149,8 +148,7 @@ class SessionClosed:
     """The session."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResponseReceived:
+class ResponseReceived(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The final answer to a request; each request id gets at most one."""
 
     node: NodeId
@@ -177,8 +175,7 @@ class ResponseReceived:
     """From `call` to this answer."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RequestFailed:
+class RequestFailed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A request ended without an answer: the client ran out of options."""
 
     node: NodeId
@@ -199,8 +196,7 @@ class RequestFailed:
     """From `call` to the failure."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffStarted:
+class HandoffStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The client accepted a HANDOFF and is resuming at a target (make-before-break)."""
 
     node: NodeId
@@ -223,8 +219,7 @@ class HandoffStarted:
     """The HANDOFF's flags as received (the client acts the same whatever they say)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffFollowed:
+class HandoffFollowed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A target answered RESUME_OK: the parts now go there and unanswered requests were re-sent."""
 
     node: NodeId
@@ -247,8 +242,7 @@ class HandoffFollowed:
     """From receiving the HANDOFF to RESUME_OK."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffIgnored:
+class HandoffIgnored(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A HANDOFF the client did not follow, and why."""
 
     node: NodeId
@@ -265,8 +259,7 @@ class HandoffIgnored:
     """Why it was ignored."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HandoffAbandoned:
+class HandoffAbandoned(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Every target refused or timed out: the client falls back to asking the manager."""
 
     node: NodeId
@@ -281,8 +274,7 @@ class HandoffAbandoned:
     """The last target's failure, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartRedirected:
+class PartRedirected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A server answered REDIRECT and the client adopted the newer placement."""
 
     node: NodeId
@@ -299,8 +291,7 @@ class PartRedirected:
     """The map version of the new placement."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartRelocated:
+class PartRelocated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The manager's placement put a part on another server: after a lost connection (no
     HANDOFF), or in a newer map answer that moved an active part."""
 
@@ -318,8 +309,7 @@ class PartRelocated:
     """From losing the part's server to knowing where it is (0 for an active part's move)."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MapVersionAdopted:
+class MapVersionAdopted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The newest shard-map version the client has seen grew (it never goes back)."""
 
     node: NodeId
@@ -330,8 +320,7 @@ class MapVersionAdopted:
     """The version before."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionEstablished:
+class ConnectionEstablished(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A server answered HELLO with WELCOME."""
 
     node: NodeId
@@ -342,8 +331,7 @@ class ConnectionEstablished:
     """The map version the server announced."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ConnectionClosed:
+class ConnectionClosed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A pooled connection closed (lost, refused, or closed by the server with ERROR)."""
 
     node: NodeId
@@ -354,8 +342,7 @@ class ConnectionClosed:
     """Why, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ProtocolViolationDetected:
+class ProtocolViolationDetected(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A server or the manager broke the protocol: it got ERROR and its connection is closing."""
 
     node: NodeId
@@ -368,8 +355,7 @@ class ProtocolViolationDetected:
     """Why, for logs."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RarePathTaken:
+class RarePathTaken(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The client went down a rare path (a late answer, a stale redirect, ...): coverage."""
 
     node: NodeId

@@ -264,6 +264,11 @@ class ClientCore:
         self._map_rounds = 0
         self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
+        self._ping_due_us = _NO_DEADLINE_US
+        """At most the earliest `next_ping_us` of the pool's connections: lowered wherever one is
+        set, made exact again by `_send_pings`. Kept so that `timer_us`, which the driver asks after
+        every input, does not walk the pool; a connection that went away since leaves it early,
+        which costs one timer firing that finds nothing due."""
         self._next_request_id = rng.randrange(1, 1 << _REQUEST_ID_START_BITS)
         self._map_version = 0
         self._outbox: list[Outbound] = []
@@ -337,25 +342,24 @@ class ClientCore:
 
     def timer_us(self) -> int | None:
         """The earliest deadline among requests, retries, resumes, map requests and pings."""
-        # The driver asks after every input, so this keeps to one pass and builds no list.
-        earliest = _NO_DEADLINE_US
+        # The driver asks after every input, so this builds no list and walks no table that is
+        # not empty: requests time out in call order (the oldest is first), and the pings' due
+        # time is kept as it changes.
+        earliest = self._ping_due_us
         if self._inflight:
-            earliest = next(iter(self._inflight.values())).deadline_us
+            earliest = min(earliest, next(iter(self._inflight.values())).deadline_us)
         if self._opens:
             earliest = min(earliest, next(iter(self._opens.values())).deadline_us)
         if self._retry_heap:
             earliest = min(earliest, self._retry_heap[0][0])
-        for resumption in self._resumptions.values():
-            earliest = min(earliest, resumption.target_deadline_us)
+        if self._resumptions:
+            for resumption in self._resumptions.values():
+                earliest = min(earliest, resumption.target_deadline_us)
         if self._map_sent_us is not None:
             earliest = min(earliest, self._map_sent_us + self._config.map_request_timeout_ms * 1000)
         if self._map_retry_us is not None:
             earliest = min(earliest, self._map_retry_us)
-        for connection in self._pool:
-            ping_us = connection.next_ping_us
-            if ping_us is not None and ping_us < earliest:
-                earliest = ping_us
-        if self._config.prewarm_probe_targets and self._sessions:
+        if self._sessions and self._config.prewarm_probe_targets:
             earliest = min(earliest, self._prewarm_due_us)
         return None if earliest == _NO_DEADLINE_US else earliest
 
@@ -486,7 +490,9 @@ class ClientCore:
     def call(self, session_id: bytes, part: str, op: str, payload: bytes, *, now_us: int) -> int:
         """Send one operation to a part; returns its request id (the answer comes as an event)."""
         session = self._session(session_id)
-        route = self._route(session_id, part)
+        route = session.parts.get(part)
+        if route is None:
+            raise LocalProtocolError(f"session {session_id.hex()} has no part {part!r}")
         self._check_inflight_room()
         request_id = self._new_request_id()
         route.issue_counter += 1
@@ -502,6 +508,10 @@ class ClientCore:
         )
         self._inflight[request_id] = entry
         route.inflight[request_id] = entry
+        if route.state is RouteState.ACTIVE and len(route.inflight) == 1:
+            # Nothing earlier of the part is unanswered, so the flush would send this one alone.
+            self._dispatch(session, route, entry, now_us)
+            return request_id
         if route.state is RouteState.LOCATING and (session_id, part) not in self._locating:
             # The part gave up locating earlier; a new call is a reason to try again.
             route.locate_attempts = 0
@@ -567,7 +577,7 @@ class ClientCore:
         return self._endpoints.get(server) or endpoint_from_address(server, "")
 
     def _check_inflight_room(self) -> None:
-        if self.inflight_count >= self._config.inflight_requests_max:
+        if len(self._inflight) + len(self._opens) >= self._config.inflight_requests_max:
             raise BackpressureError(
                 f"inflight_requests_max={self._config.inflight_requests_max} requests await "
                 "answers; wait for some before calling again"
@@ -714,6 +724,7 @@ class ClientCore:
             self._outbox.append(Outbound(destination=source, message=connection.queue.popleft()))
         if source != self._config.manager_node_id:
             connection.next_ping_us = now_us + self._config.ping_interval_ms * 1000
+            self._ping_due_us = min(self._ping_due_us, connection.next_ping_us)
         self._emit(
             ConnectionEstablished(node=self.node_id, server=source, map_version=frame.map_version)
         )
@@ -857,7 +868,18 @@ class ClientCore:
         second), each PING carrying the client's path samples."""
         config = self._config
         prewarm = config.prewarm_probe_targets and self._sessions and now_us >= self._prewarm_due_us
-        due = [c for c in self._pool if c.next_ping_us is not None and c.next_ping_us <= now_us]
+        due: list[Connection] = []
+        ping_due_us = _NO_DEADLINE_US
+        for connection in self._pool:
+            ping_us = connection.next_ping_us
+            if ping_us is None:
+                continue
+            if ping_us <= now_us:
+                due.append(connection)
+            elif ping_us < ping_due_us:
+                ping_due_us = ping_us
+        # Exact for the connections not due; those sent a PING below lower it again.
+        self._ping_due_us = ping_due_us
         if not due and not prewarm:
             return  # The timer fired for something else: no walk over the sessions.
         serving = self._serving_servers()
@@ -886,6 +908,10 @@ class ClientCore:
             self._outbox.append(Outbound(destination=connection.server, message=ping))
             interval_ms = config.probe_interval_ms if probe else config.ping_interval_ms
             connection.next_ping_us = now_us + interval_ms * 1000
+        for connection in due:
+            ping_us = connection.next_ping_us
+            if ping_us is not None and ping_us < self._ping_due_us:
+                self._ping_due_us = ping_us
 
     def _prewarm_probe_targets(self, serving: set[NodeId], now_us: int) -> None:
         """Connect to the backups of the client's parts, the servers a handoff would move them
@@ -989,12 +1015,8 @@ class ClientCore:
         entry.server = None
         if route.state is not RouteState.ACTIVE:
             return
-        connection = self._pool.get(route.primary)
-        if connection is not None and connection.state is ConnectionState.DRAINING:
-            self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
-            return
-        if not self._bound_at(session, route.primary, now_us):
-            return
+        primary = route.primary
+        connection = self._pool.get(primary)
         frame = Request(
             request_id=entry.request_id,
             session_id=entry.session_id,
@@ -1003,8 +1025,21 @@ class ClientCore:
             map_version=route.map_version,
             payload=entry.payload,
         )
-        if self._send(route.primary, frame, now_us):
-            entry.server = route.primary
+        if connection is not None and connection.state is ConnectionState.READY:
+            if entry.session_id in self._bound.get(primary, ()):
+                # The common case, as `_send` would take it: straight out, the session bound.
+                self._outbox.append(Outbound(destination=primary, message=frame))
+                entry.server = primary
+                entry.attempts += 1
+                entry.retry_at_us = None
+                return
+        elif connection is not None and connection.state is ConnectionState.DRAINING:
+            self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+            return
+        if not self._bound_at(session, primary, now_us):
+            return
+        if self._send(primary, frame, now_us):
+            entry.server = primary
             entry.attempts += 1
             entry.retry_at_us = None
 
@@ -1059,17 +1094,20 @@ class ClientCore:
             self._fail(entry, RequestFailedWhy.TIMEOUT, now_us)
 
     def _on_response(self, frame: Response, source: NodeId, now_us: int) -> None:
-        entry = self._inflight.get(frame.request_id)
+        request_id = frame.request_id
+        entry = self._inflight.get(request_id)
         if entry is None or entry.session_id != frame.session_id:
             self._rare("duplicate-response")
             return
-        self._adopt_map_version(frame.map_version)
+        if frame.map_version > self._map_version:
+            self._adopt_map_version(frame.map_version)
         session = self._sessions[entry.session_id]
         route = session.parts[entry.part]
-        if frame.status is ResponseStatus.TRY_AGAIN:
+        status = frame.status
+        if status is ResponseStatus.TRY_AGAIN:
             self._retry_later(entry, now_us)
             return
-        if frame.status is ResponseStatus.NOT_FOUND and self._count_retry(entry, now_us):
+        if status is ResponseStatus.NOT_FOUND and self._count_retry(entry, now_us):
             # The server does not know the session: the client's placement is stale.
             entry.server = None
             if route.state is RouteState.ACTIVE and route.primary == source:
@@ -1077,18 +1115,20 @@ class ClientCore:
             elif route.state is RouteState.ACTIVE:
                 self._flush(session, route, now_us, moved=False)
             return
-        if frame.status is ResponseStatus.NOT_FOUND:
+        if status is ResponseStatus.NOT_FOUND:
             return
-        self._finish(entry)
+        # `_finish`, with the route already at hand.
+        del self._inflight[request_id]
+        route.inflight.pop(request_id, None)
         route.locate_attempts = 0
-        self._emit(
+        self._events.append(
             ResponseReceived(
-                node=self.node_id,
-                request_id=entry.request_id,
+                node=self._config.node_id,
+                request_id=request_id,
                 session_id=entry.session_id,
                 part=entry.part,
                 issue_sequence=entry.issue_sequence,
-                status=frame.status,
+                status=status,
                 payload=frame.payload,
                 map_version=frame.map_version,
                 server=source,

@@ -215,7 +215,17 @@ class Session:
         if self._closed:
             raise SessionClosedError("the session is closed")
         body = _encoder.encode(payload)
-        answer = await self._client._call(self._id, part, op, body)
+        # One coroutine from the call to its answer: this is the SDK's per-call path, so it does
+        # not go through `Client._issue` (two more coroutines per call).
+        client = self._client
+        request_id = client._send_call(self._id, part, op, body)
+        answer = client._early.pop(request_id, None) if client._early else None
+        if answer is None:
+            future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+            client._pending[request_id] = future
+            answer = await future
+        if type(answer) is not events.ResponseReceived:
+            raise _call_failure(answer)
         status = answer.status
         if status is ResponseStatus.OK:
             return cast(T, msgspec.msgpack.decode(answer.payload, type=result_type))
@@ -441,18 +451,13 @@ class Client:
         self._pending[request_id] = future
         return await future
 
-    async def _call(
-        self, session_id: bytes, part: str, op: str, payload: bytes
-    ) -> events.ResponseReceived:
-        answer = await self._issue(
+    def _send_call(self, session_id: bytes, part: str, op: str, payload: bytes) -> int:
+        """Issue one call; its answer comes to `_answer` under the request id returned."""
+        self._check_open()
+        request_id: int = self._driver.command(
             lambda core, now_us: core.call(session_id, part, op, payload, now_us=now_us)
         )
-        if isinstance(answer, events.RequestFailed):
-            if answer.why is events.RequestFailedWhy.SESSION_CLOSED:
-                raise SessionClosedError("the session closed before the answer")
-            raise RequestFailedError(answer.why, answer.attempts)
-        assert isinstance(answer, events.ResponseReceived)
-        return answer
+        return request_id
 
     def _close_session(self, session: Session) -> None:
         self._check_open()
@@ -492,6 +497,14 @@ class Client:
                     session._handoff(handoff)
             elif _log.isEnabledFor(logging.DEBUG):
                 _log.debug("%r", event)
+
+
+def _call_failure(answer: object) -> ForehandError:
+    """The error a call raises when its answer is a `RequestFailed` (no answer came)."""
+    assert isinstance(answer, events.RequestFailed), answer
+    if answer.why is events.RequestFailedWhy.SESSION_CLOSED:
+        return SessionClosedError("the session closed before the answer")
+    return RequestFailedError(answer.why, answer.attempts)
 
 
 def _handoff_event(event: object) -> HandoffEvent | None:
