@@ -216,6 +216,33 @@ def test_next_frames_takes_every_common_frame_in_one_call() -> None:
     assert decoder.next_frames() == [pings[4]]
 
 
+def test_next_frames_takes_cluster_messages_in_one_call() -> None:
+    """CLUSTER_MESSAGE frames (a two-byte type) with a length below 2**14 come out in the batch
+    with the one-byte types; a longer length, a body ending inside its kind and a type the peer
+    may not send stop the batch and are next_frame's."""
+    short = ClusterMessage(kind=1, body=b"\x92\x01\x02")
+    medium = ClusterMessage(kind=300, body=bytes(range(256)) * 20)  # a two-byte length
+    long = ClusterMessage(kind=2, body=bytes(16_384))  # a four-byte length
+    ping = Ping(sequence=1, sent_us=2)
+    stream = b"".join(encode_frame(frame) for frame in (short, ping, medium, long, short))
+    decoder = FrameDecoder(sender=PeerRole.CLUSTER_NODE)
+    decoder.receive_data(stream)
+    assert decoder.next_frames() == [short, ping, medium]
+    assert decoder.next_frames() == []
+    assert decoder.next_frame() == long
+    assert decoder.next_frames() == [short]
+    kind_cut = bytes.fromhex("4040 01 41")  # the kind's varint says two bytes, one follows
+    decoder.receive_data(encode_frame(short) + kind_cut)
+    assert decoder.next_frames() == [short]
+    with pytest.raises(RemoteProtocolError) as caught:
+        decoder.next_frames()
+    assert caught.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
+    from_client = FrameDecoder(sender=PeerRole.CLIENT)
+    from_client.receive_data(encode_frame(short))
+    assert from_client.next_frames() == []
+    assert remote_error(from_client).error_code == ErrorCode.FRAME_UNEXPECTED
+
+
 def test_next_frames_delivers_good_frames_before_an_error() -> None:
     """A bad frame in a batch ends the batch; the next call raises and poisons the decoder."""
     good = encode_frame(Ping(sequence=1, sent_us=2))

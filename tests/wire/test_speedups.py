@@ -23,6 +23,7 @@ from forehand.errors import RemoteProtocolError
 from forehand.wire import (
     DEFAULT_CONFIG,
     VARINT_MAX,
+    ClusterMessage,
     Endpoint,
     Extension,
     Frame,
@@ -406,6 +407,78 @@ def test_pop_frames_takes_the_same_frames() -> None:
         if reference[0] == "ok" and isinstance(reference[1], tuple) and len(reference[1]) > 1:
             batches += 1
     assert batches > 100
+
+
+def cluster_message(rng: random.Random) -> ClusterMessage:
+    """A CLUSTER_MESSAGE whose kind and length take each of their varint sizes now and then."""
+    kind = rng.choice((0, 1, 63, 64, 16_383, 16_384, 1 << 40, rng.randrange(1 << 62)))
+    size = rng.choice((0, 1, 60, 61, 62, 300, 16_370, 16_384, rng.randrange(400)))
+    return ClusterMessage(kind=kind, body=rng.randbytes(size))
+
+
+def test_cluster_messages_pop_alike() -> None:
+    """pop_frame and pop_frames take CLUSTER_MESSAGE frames (a two-byte type) as the pure codec
+    does: the same frames or error, the same bytes left behind, on streams that mix them with
+    hot frames, valid, mutated and truncated, for every kind of peer."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 9)
+    maker = FrameMaker(rng, valid=True)
+    allowed_sets = [*_decoder.ALLOWED_FRAME_TYPES.values(), {0x40}, {0x10, 0x40}]
+    clusters = 0
+    for _ in range(1_500):
+        frames = [
+            cluster_message(rng) if rng.random() < 0.6 else maker.frame()
+            for _ in range(rng.randint(1, 5))
+        ]
+        stream = b"".join(PURE_CODEC.encode_frame(frame) for frame in frames)
+        if rng.random() < 0.5:
+            stream = mutate(stream, rng)
+        allowed = rng.choice(allowed_sets)
+        config = rng.choice(CONFIGS)
+        limit = rng.choice([-1, 1, 3])
+        buffers = [bytearray(stream), bytearray(stream)]
+        reference = outcome(
+            lambda *a: tuple(PURE_CODEC.pop_frames(*a)), buffers[0], allowed, limit, config
+        )
+        candidate = outcome(
+            lambda *a: tuple(ACCELERATED_CODEC.pop_frames(*a)), buffers[1], allowed, limit, config
+        )
+        assert_same(reference, candidate, (stream.hex(), allowed, limit, config))
+        assert buffers[1] == buffers[0]
+        if reference[0] == "ok" and isinstance(reference[1], tuple):
+            clusters += sum(type(frame) is ClusterMessage for frame in reference[1])
+        reference = outcome(PURE_CODEC.pop_frame, buffers[0], allowed, config)
+        candidate = outcome(ACCELERATED_CODEC.pop_frame, buffers[1], allowed, config)
+        assert_same(reference, candidate, (stream.hex(), allowed, config))
+        assert buffers[1] == buffers[0]
+    assert clusters > 500
+
+
+def test_cluster_messages_encode_alike() -> None:
+    """encode_frame and encode_frames give CLUSTER_MESSAGE the pure codec's bytes, or its error,
+    for kinds and bodies of every varint size, of unexpected types, and over frame_bytes_max."""
+    assert ACCELERATED_CODEC is not None
+    rng = random.Random(SEED + 10)
+    maker = FrameMaker(rng, valid=True)
+    odd_kinds: tuple[object, ...] = (-1, 1 << 62, True, 1.5, "7", None, FrameType.PING)
+    odd_bodies: tuple[object, ...] = (bytearray(b"ab"), memoryview(b"cd"), "ef", None)
+    encoded = 0
+    for _ in range(1_500):
+        frame = cluster_message(rng)
+        if rng.random() < 0.2:
+            kind = rng.choice(odd_kinds) if rng.random() < 0.5 else frame.kind
+            body = rng.choice(odd_bodies) if rng.random() < 0.5 else frame.body
+            frame = ClusterMessage(kind=kind, body=body)  # type: ignore[arg-type]
+        config = rng.choice(CONFIGS)
+        reference = outcome(PURE_CODEC.encode_frame, frame, config=config)
+        candidate = outcome(ACCELERATED_CODEC.encode_frame, frame, config=config)
+        assert_same(reference, candidate, (frame, config))
+        batch = [frame, maker.frame()] if rng.random() < 0.5 else [frame]
+        reference = outcome(PURE_CODEC.encode_frames, batch, config=config)
+        candidate = outcome(ACCELERATED_CODEC.encode_frames, batch, config=config)
+        assert_same(reference, candidate, (batch, config))
+        encoded += reference[0] == "ok"
+    assert encoded > 1_000
 
 
 def test_repeated_and_colliding_names_decode_alike() -> None:

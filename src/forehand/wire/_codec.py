@@ -514,6 +514,10 @@ _SHORTEST_VARINT_MIN = {1: 0, 2: 0x40, 4: 0x4000, 8: 0x4000_0000}
 
 _Decoder = Callable[[bytes, int, WireConfig], Frame]
 
+_CLUSTER_HEAD = encode_varint(FrameType.CLUSTER_MESSAGE)
+"""The two header bytes of CLUSTER_MESSAGE's type, which `pop_frame` recognises."""
+assert len(_CLUSTER_HEAD) == 2, "pop_frame reads exactly two type bytes"
+
 
 def _with_buffer(decode: Callable[[Buffer, WireConfig], Frame]) -> _Decoder:
     """Adapt a Buffer-based decoder to the (data, start, config) shape; no trailing bytes."""
@@ -630,25 +634,38 @@ def decode_frame(data: bytes, *, config: WireConfig = DEFAULT_CONFIG) -> Frame:
 
 def pop_frame(buffer: bytearray, allowed: Set[int], config: WireConfig) -> Frame | None:
     """Decode and remove the frame at the front of `buffer` when it is complete and has the
-    common header: a one-byte type in `allowed` and a length below 2**14.
+    common header: a one-byte type in `allowed`, or CLUSTER_MESSAGE (the two-byte type servers
+    ship their logs in) when allowed, then a length below 2**14.
 
     Such a length is under every permitted frame_bytes_max, so no other header check applies.
     Returns None, with the buffer untouched, for anything else; FrameDecoder's general path then
     parses the header. Raises RemoteProtocolError for an invalid body, leaving the buffer as is.
     """
-    if (
-        len(buffer) > 2
-        and (first := buffer[0]) < 0x40
-        and (second := buffer[1]) < 0x80
-        and first in allowed
+    available = len(buffer)
+    if available <= 2:
+        return None
+    first = buffer[0]
+    if first < 0x40 and first in allowed:
+        frame_type, at = first, 1
+    elif (
+        first == _CLUSTER_HEAD[0]
+        and available > 3
+        and buffer[1] == _CLUSTER_HEAD[1]
+        and FrameType.CLUSTER_MESSAGE in allowed
     ):
-        start = 2 if second < 0x40 else 3
-        end = start + (second if second < 0x40 else ((second & 0x3F) << 8) | buffer[2])
-        if end <= len(buffer):
-            frame = decode_body(first, bytes(buffer[:end]), start, config)
-            del buffer[:end]
-            return frame
-    return None
+        frame_type, at = FrameType.CLUSTER_MESSAGE.value, 2
+    else:
+        return None
+    second = buffer[at]
+    if second >= 0x80:
+        return None
+    start = at + 1 if second < 0x40 else at + 2
+    end = start + (second if second < 0x40 else ((second & 0x3F) << 8) | buffer[at + 1])
+    if end > available:
+        return None
+    frame = decode_body(frame_type, bytes(buffer[:end]), start, config)
+    del buffer[:end]
+    return frame
 
 
 def pop_frames(buffer: bytearray, allowed: Set[int], limit: int, config: WireConfig) -> list[Frame]:

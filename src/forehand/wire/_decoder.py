@@ -132,8 +132,9 @@ class FrameDecoder:
         if self._error is not None:
             self._raise_if_poisoned()
         try:
-            # The common case in one call: a complete frame with a one-byte type and a short
-            # length at the front. With the C codec this decodes straight from the buffer.
+            # The common case in one call: a complete frame with a one-byte type (or
+            # CLUSTER_MESSAGE's two-byte one) and a short length at the front. With the C codec
+            # this decodes straight from the buffer.
             popped = pop_frame(self._buffer, self._allowed, self._config)
             if popped is not None:
                 return popped

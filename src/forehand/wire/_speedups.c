@@ -7,11 +7,13 @@
  *
  * The division of work keeps one reference implementation:
  * - Decoding REQUEST, RESPONSE and HANDOFF is done here, with every bound of docs/PROTOCOL.md
- *   checked before anything is allocated for a field. Endpoints are framed here but parsed by
+ *   checked before anything is allocated for a field. So is CLUSTER_MESSAGE (a varint kind and
+ *   opaque bytes) when FrameDecoder's batches meet it: servers ship their logs in it. Endpoints are framed here but parsed by
  *   the Python cache in _primitives (a connection sees the same few servers again and again).
- * - Encoding the three hot frames is done here for well-typed frames. Anything unusual (a field
- *   of an unexpected type, a value out of range, an encoding error) is handed to the Python
- *   encoder, so that LocalProtocolError and its message come from one place.
+ * - Encoding the three hot frames and CLUSTER_MESSAGE is done here for well-typed frames.
+ *   Anything unusual (a field of an unexpected type, a value out of range, an encoding error)
+ *   is handed to the Python encoder, so that LocalProtocolError and its message come from one
+ *   place.
  * - Every other frame type, and arguments of unexpected types, go to the Python codec.
  *
  * The module uses single-phase initialisation with process-wide state: it holds references to
@@ -71,8 +73,15 @@ static const char *const HANDOFF_FIELDS[] = {
     "sequence", "session_id", "parts", "map_version", "reason", "flags", "deadline_ms",
     "current", "targets", "token", "extensions", NULL};
 
-static FrameClass request_class, response_class, handoff_class;
+enum { CLU_KIND, CLU_BODY, CLU_N };
+static const char *const CLUSTER_FIELDS[] = {"kind", "body", NULL};
+
+static FrameClass request_class, response_class, handoff_class, cluster_class;
 static uint64_t frame_type_request, frame_type_response, frame_type_handoff, frame_type_error;
+/* CLUSTER_MESSAGE (0x40..0x7f): the first type with a two-byte varint, which the batch decoder
+ * takes too since servers exchange most of their log shipping in it. */
+static uint64_t frame_type_cluster;
+static unsigned char cluster_head[2];       /* its two header bytes, shortest encoding */
 
 static PyObject *remote_protocol_error;    /* forehand.errors.RemoteProtocolError */
 static PyObject *code_frame_encoding_error; /* ErrorCode members */
@@ -111,10 +120,12 @@ typedef struct {
 static CachedBounds bounds_cache[BOUNDS_CACHE_SIZE];
 static int bounds_cache_next;
 
-/* The one-byte frame types of a frozenset of allowed types, as a bit mask. */
+/* The one-byte frame types of a frozenset of allowed types, as a bit mask, and whether it holds
+ * CLUSTER_MESSAGE. */
 typedef struct {
     PyObject *types;                  /* strong reference: the cache key */
     uint64_t mask;
+    int cluster;
 } AllowedTypes;
 
 static AllowedTypes allowed_cache[ALLOWED_CACHE_SIZE];
@@ -771,12 +782,35 @@ decode_handoff(const unsigned char *data, Py_ssize_t size, Py_ssize_t start, con
     return build_frame(&handoff_class, values);
 }
 
+static PyObject *pure_body(uint64_t frame_type, PyObject *data, Py_ssize_t start,
+                           PyObject *config);
+
 /* Whether a frame type is one of the three decoded here. */
 static inline int
 is_hot(uint64_t frame_type)
 {
     return frame_type == frame_type_request || frame_type == frame_type_response ||
            frame_type == frame_type_handoff;
+}
+
+/* Decode the body data[start:size] of a CLUSTER_MESSAGE: a varint kind, then opaque bytes. A
+ * body that ends inside the kind goes to the pure decoder, which raises its error. */
+static PyObject *
+decode_cluster_body(const unsigned char *data, Py_ssize_t size, Py_ssize_t start,
+                    PyObject *config)
+{
+    uint64_t kind;
+    Py_ssize_t next = read_varint(data, size, start, &kind);
+    if (next < 0) {
+        PyObject *copy = PyBytes_FromStringAndSize((const char *)data, size);
+        PyObject *frame = copy == NULL ? NULL : pure_body(frame_type_cluster, copy, start, config);
+        Py_XDECREF(copy);
+        return frame;
+    }
+    PyObject *values[CLU_N];
+    values[CLU_KIND] = PyLong_FromUnsignedLongLong(kind);
+    values[CLU_BODY] = PyBytes_FromStringAndSize((const char *)data + next, size - next);
+    return build_frame(&cluster_class, values);
 }
 
 /* Decode the body data[start:size] of a hot frame type. */
@@ -1224,6 +1258,33 @@ encode_handoff(PyObject *frame, const Bounds *bounds)
     return result;
 }
 
+/* A CLUSTER_MESSAGE: an exact int kind below 2**62 and an exact bytes body, within
+ * frame_bytes_max; NULL with no error set for anything else (the pure encoder decides). */
+static PyObject *
+encode_cluster(PyObject *frame, const Bounds *bounds)
+{
+    PyObject *kind_object = get_field(&cluster_class, frame, CLU_KIND);
+    PyObject *body = get_field(&cluster_class, frame, CLU_BODY);
+    unsigned long long kind;
+    if (kind_object == NULL || body == NULL || !PyBytes_CheckExact(body) ||
+        !exact_uint(kind_object, VARINT_MAX, &kind)) {
+        return NULL;
+    }
+    Py_ssize_t body_size = varint_size(kind) + PyBytes_GET_SIZE(body);
+    if (body_size > bounds->frame_bytes_max) {
+        return NULL;
+    }
+    Py_ssize_t header = header_size(frame_type_cluster, body_size);
+    PyObject *result = PyBytes_FromStringAndSize(NULL, header + body_size);
+    if (result == NULL) {
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(result);
+    p = write_varint(write_header(p, frame_type_cluster, body_size), kind);
+    memcpy(p, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+    return result;
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* The module's functions.                                                                   */
 
@@ -1279,7 +1340,8 @@ speedups_encode_frame(PyObject *module, PyObject *const *args, size_t nargsf, Py
     } else if (type == response_class.type) {
         encoded = encode_response(args[0], &bounds);
     } else if (type == handoff_class.type) {
-        encoded = encode_handoff(args[0], &bounds);
+        encoded = encode_handoff(args[0], &bounds);} else if (type == cluster_class.type) {
+        encoded = encode_cluster(args[0], &bounds);
     }
     if (encoded != NULL) {
         return encoded;
@@ -1305,7 +1367,8 @@ encode_one(PyObject *frame, PyObject *config, const Bounds *bounds)
     } else if (type == response_class.type) {
         encoded = encode_response(frame, bounds);
     } else if (type == handoff_class.type) {
-        encoded = encode_handoff(frame, bounds);
+        encoded = encode_handoff(frame, bounds);} else if (type == cluster_class.type) {
+        encoded = encode_cluster(frame, bounds);
     }
     if (encoded != NULL) {
         return encoded;
@@ -1498,27 +1561,35 @@ speedups_decode_body(PyObject *module, PyObject *const *args, size_t nargsf, PyO
     return call_pure(pure_decode_body, args, nargsf, kwnames);
 }
 
-/* The frame types below 0x40 that `allowed` holds, as a bit mask; frozensets (FrameDecoder's
- * constants) are cached by identity. 0 on success, -1 with an error set. */
+/* The frame types below 0x40 that `allowed` holds, as a bit mask, and whether it holds
+ * CLUSTER_MESSAGE; frozensets (FrameDecoder's constants) are cached by identity. 0 on success,
+ * -1 with an error set. */
 static int
-allowed_mask(PyObject *allowed, uint64_t *mask)
+allowed_types(PyObject *allowed, uint64_t *mask, int *cluster)
 {
     int frozen = PyFrozenSet_CheckExact(allowed);
     for (int i = 0; frozen && i < ALLOWED_CACHE_SIZE; i++) {
         if (allowed_cache[i].types == allowed) {
             *mask = allowed_cache[i].mask;
+            *cluster = allowed_cache[i].cluster;
             return 0;
         }
     }
     uint64_t found = 0;
-    for (long frame_type = 0; frame_type < ONE_BYTE_TYPES; frame_type++) {
-        PyObject *number = PyLong_FromLong(frame_type);
+    int holds_cluster = 0;
+    for (long frame_type = 0; frame_type <= ONE_BYTE_TYPES; frame_type++) {
+        long wanted = frame_type < ONE_BYTE_TYPES ? frame_type : (long)frame_type_cluster;
+        PyObject *number = PyLong_FromLong(wanted);
         int contained = number == NULL ? -1 : PySet_Contains(allowed, number);
         Py_XDECREF(number);
         if (contained < 0) {
             return -1;
         }
-        found |= (uint64_t)contained << frame_type;
+        if (frame_type < ONE_BYTE_TYPES) {
+            found |= (uint64_t)contained << frame_type;
+        } else {
+            holds_cluster = contained;
+        }
     }
     if (frozen) {
         AllowedTypes *slot = &allowed_cache[allowed_cache_next];
@@ -1526,38 +1597,63 @@ allowed_mask(PyObject *allowed, uint64_t *mask)
         Py_INCREF(allowed);
         Py_XSETREF(slot->types, allowed);
         slot->mask = found;
+        slot->cluster = holds_cluster;
     }
     *mask = found;
+    *cluster = holds_cluster;
     return 0;
 }
 
-/* Decode the frame data[0:end] whose body starts at `start`: hot frames straight from the
- * buffer's memory (exported meanwhile, so nothing can resize it), others through the pure
- * decode_body on a copy. */
-static PyObject *
-decode_buffered(PyObject *buffer, uint64_t frame_type, Py_ssize_t start, Py_ssize_t end,
-                PyObject *config, const Bounds *bounds)
+/* The frame at the front of head[0:left] when it is complete and has a common header: a type
+ * allowed by `mask` (one byte) or CLUSTER_MESSAGE (two bytes, when `cluster`), then a length
+ * below 2**14 (under every permitted frame_bytes_max, so no other check applies). Returns its
+ * end and sets its type and where its body starts; -1 for anything else. */
+static inline Py_ssize_t
+common_frame(const unsigned char *head, Py_ssize_t left, uint64_t mask, int cluster,
+             uint64_t *frame_type, Py_ssize_t *start)
 {
-    if (!is_hot(frame_type)) {
-        PyObject *data = PyBytes_FromStringAndSize(PyByteArray_AS_STRING(buffer), end);
-        PyObject *frame = data == NULL ? NULL : pure_body(frame_type, data, start, config);
-        Py_XDECREF(data);
-        return frame;
+    Py_ssize_t at; /* where the length starts */
+    if (left > 2 && head[0] < ONE_BYTE_TYPES && ((mask >> head[0]) & 1)) {
+        *frame_type = head[0];
+        at = 1;
+    } else if (cluster && left > 3 && head[0] == cluster_head[0] && head[1] == cluster_head[1]) {
+        *frame_type = frame_type_cluster;
+        at = 2;
+    } else {
+        return -1;
     }
-    Py_buffer view;
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0) {
-        return NULL;
+    unsigned char first = head[at];
+    if (first >= 0x80) {
+        return -1;
     }
-    PyObject *frame = decode_hot_body(frame_type, view.buf, end, start, bounds);
-    PyBuffer_Release(&view);
+    *start = first < 0x40 ? at + 1 : at + 2;
+    Py_ssize_t end = *start + (first < 0x40 ? first : ((first & 0x3F) << 8) | head[at + 1]);
+    return end <= left ? end : -1;
+}
+
+/* Decode the frame data[0:end] whose body starts at `start`: hot frames and CLUSTER_MESSAGE
+ * straight from `data`, others through the pure decode_body on a copy. */
+static PyObject *
+decode_common(const unsigned char *data, uint64_t frame_type, Py_ssize_t start, Py_ssize_t end,
+              PyObject *config, const Bounds *bounds)
+{
+    if (is_hot(frame_type)) {
+        return decode_hot_body(frame_type, data, end, start, bounds);
+    }
+    if (frame_type == frame_type_cluster) {
+        return decode_cluster_body(data, end, start, config);
+    }
+    PyObject *copy = PyBytes_FromStringAndSize((const char *)data, end);
+    PyObject *frame = copy == NULL ? NULL : pure_body(frame_type, copy, start, config);
+    Py_XDECREF(copy);
     return frame;
 }
 
 PyDoc_STRVAR(pop_frame_doc,
 "pop_frame(buffer, allowed, config)\n--\n\n"
 "Decode and remove the frame at the front of `buffer` when it is complete and has the common\n"
-"header: a one-byte type in `allowed` and a length below 2**14. None, with the buffer\n"
-"untouched, for anything else.");
+"header: a one-byte type in `allowed` (or CLUSTER_MESSAGE, when allowed) and a length below\n"
+"2**14. None, with the buffer untouched, for anything else.");
 
 static PyObject *
 speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1570,20 +1666,26 @@ speedups_pop_frame(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *buffer = args[0];
     Py_ssize_t size = PyByteArray_GET_SIZE(buffer);
     const unsigned char *data = (const unsigned char *)PyByteArray_AS_STRING(buffer);
-    uint64_t mask;
-    if (size <= 2 || data[0] >= ONE_BYTE_TYPES || data[1] >= 0x80) {
+    uint64_t mask, frame_type;
+    int cluster;
+    Py_ssize_t start;
+    if (size <= 2 || (data[0] >= ONE_BYTE_TYPES && data[0] != cluster_head[0])) {
         Py_RETURN_NONE;
     }
-    if (allowed_mask(args[1], &mask) < 0) {
+    if (allowed_types(args[1], &mask, &cluster) < 0) {
         return NULL;
     }
-    uint64_t frame_type = data[0];
-    Py_ssize_t start = data[1] < 0x40 ? 2 : 3;
-    Py_ssize_t end = start + (data[1] < 0x40 ? data[1] : ((data[1] & 0x3F) << 8) | data[2]);
-    if (!((mask >> frame_type) & 1) || end > size) {
+    Py_ssize_t end = common_frame(data, size, mask, cluster, &frame_type, &start);
+    if (end < 0) {
         Py_RETURN_NONE;
     }
-    PyObject *frame = decode_buffered(buffer, frame_type, start, end, args[2], &bounds);
+    /* The buffer's memory is exported meanwhile, so nothing the decoder runs can resize it. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    PyObject *frame = decode_common(view.buf, frame_type, start, end, args[2], &bounds);
+    PyBuffer_Release(&view);
     if (frame != NULL && PySequence_DelSlice(buffer, 0, end) < 0) {
         Py_CLEAR(frame);
     }
@@ -1611,7 +1713,8 @@ speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *buffer = args[0];
     PyObject *frames = PyList_New(0);
     uint64_t mask;
-    if (frames == NULL || allowed_mask(args[1], &mask) < 0) {
+    int cluster;
+    if (frames == NULL || allowed_types(args[1], &mask, &cluster) < 0) {
         Py_XDECREF(frames);
         return NULL;
     }
@@ -1624,24 +1727,13 @@ speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t size = view.len, offset = 0;
     while (limit < 0 || PyList_GET_SIZE(frames) < limit) {
         const unsigned char *head = data + offset;
-        Py_ssize_t left = size - offset;
-        if (left <= 2 || head[0] >= ONE_BYTE_TYPES || head[1] >= 0x80 ||
-            !((mask >> head[0]) & 1)) {
+        uint64_t frame_type;
+        Py_ssize_t start;
+        Py_ssize_t end = common_frame(head, size - offset, mask, cluster, &frame_type, &start);
+        if (end < 0) {
             break;
         }
-        Py_ssize_t start = head[1] < 0x40 ? 2 : 3;
-        Py_ssize_t end = start + (head[1] < 0x40 ? head[1] : ((head[1] & 0x3F) << 8) | head[2]);
-        if (end > left) {
-            break;
-        }
-        PyObject *frame;
-        if (is_hot(head[0])) {
-            frame = decode_hot_body(head[0], head, end, start, &bounds);
-        } else {
-            PyObject *copy = PyBytes_FromStringAndSize((const char *)head, end);
-            frame = copy == NULL ? NULL : pure_body(head[0], copy, start, args[3]);
-            Py_XDECREF(copy);
-        }
+        PyObject *frame = decode_common(head, frame_type, start, end, args[3], &bounds);
         if (frame == NULL) {
             if (PyList_GET_SIZE(frames) > 0 && PyErr_ExceptionMatches(remote_protocol_error)) {
                 PyErr_Clear(); /* the next call raises it, with nothing else decoded first */
@@ -1659,7 +1751,7 @@ speedups_pop_frames(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         offset += end;
-        if (head[0] == frame_type_error) {
+        if (frame_type == frame_type_error) {
             break; /* the peer closes: what follows its ERROR is not for this batch */
         }
     }
@@ -1833,6 +1925,9 @@ load_frames(void)
         status = load_frame_class(frames, "Handoff", HANDOFF_FIELDS, &handoff_class);
     }
     if (status == 0) {
+        status = load_frame_class(frames, "ClusterMessage", CLUSTER_FIELDS, &cluster_class);
+    }
+    if (status == 0) {
         extension_type = (PyTypeObject *)PyObject_GetAttrString(frames, "Extension");
         status = extension_type == NULL ? -1 : 0;
     }
@@ -1852,15 +1947,21 @@ load_enums(void)
     if (frame_types == NULL) {
         return -1;
     }
-    const char *names[] = {"REQUEST", "RESPONSE", "HANDOFF", "ERROR"};
+    const char *names[] = {"REQUEST", "RESPONSE", "HANDOFF", "ERROR", "CLUSTER_MESSAGE"};
     uint64_t *values[] = {&frame_type_request, &frame_type_response, &frame_type_handoff,
-                          &frame_type_error};
-    for (int i = 0; i < 4; i++) {
+                          &frame_type_error, &frame_type_cluster};
+    for (int i = 0; i < 5; i++) {
         PyObject *member = PyObject_GetAttrString(frame_types, names[i]);
         *values[i] = member == NULL ? 0 : PyLong_AsUnsignedLongLong(member);
         Py_XDECREF(member);
     }
     Py_DECREF(frame_types);
+    if (!PyErr_Occurred() && (frame_type_cluster < ONE_BYTE_TYPES || frame_type_cluster > 0x3FFF)) {
+        PyErr_SetString(PyExc_ImportError, "CLUSTER_MESSAGE is not a two-byte frame type");
+        return -1;
+    }
+    cluster_head[0] = (unsigned char)(0x40 | (frame_type_cluster >> 8));
+    cluster_head[1] = (unsigned char)(frame_type_cluster & 0xFF);
     if (PyErr_Occurred() || load_enum_table("ResponseStatus", &statuses, &statuses_size) < 0 ||
         load_enum_table("ReasonCode", &reasons, &reasons_size) < 0) {
         return -1;
