@@ -529,6 +529,36 @@ def test_draining_connection_is_still_pinged_and_timers_never_stall() -> None:
     assert due is not None and due > h.now_us
 
 
+def test_deferred_calls_leave_at_send_deferred_grouped_by_server_in_call_order() -> None:
+    """Calls with defer_send are issued at once (ids, latency from the call) but sent only by
+    send_deferred, each server's frames together, each part's in call order."""
+    h = Harness()
+    session = ready_session(h)
+    issued_us = h.now_us
+    ids = [
+        h.client.call(session, part, op, b"", now_us=h.now_us, defer_send=True)
+        for part, op in (("auth", "a"), ("cart", "b"), ("auth", "c"), ("cart", "d"))
+    ]
+    h.drain()
+    assert h.outbox == [] and h.client.route(session, "auth").inflight == (ids[0], ids[2])
+    h.advance(us=300)
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    sent = [(o.destination, o.message.request_id) for o in h.outbox]  # type: ignore[attr-defined]
+    assert sent == [("s1", ids[0]), ("s1", ids[2]), ("s2", ids[1]), ("s2", ids[3])]
+    h.advance(us=200)
+    for request in h.take(Request, "s1"):
+        respond(h, "s1", request)
+    assert [(r.request_id, r.latency_us) for r in h.of(ResponseReceived)] == [
+        (ids[0], h.now_us - issued_us),
+        (ids[2], h.now_us - issued_us),
+    ]
+    assert len(h.take(Request, "s2")) == 2
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.outbox == []
+
+
 def test_a_lost_connection_due_first_costs_one_idle_timer_and_no_ping() -> None:
     """The lost connection's PING time fires the timer at most once, sends nothing, and the next
     deadline is the remaining connection's PING: no timer stays in the past."""

@@ -120,6 +120,23 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
     ]
 
 
+def test_a_deferred_call_whose_server_is_lost_first_is_held_then_resent() -> None:
+    """A call waiting for send_deferred when its part's connection is lost is not sent to the
+    lost server: it is held with the part's other requests and goes to the new primary, in call
+    order, with its id."""
+    h = Harness()
+    session, ids = session_with_pending(h)
+    deferred = h.client.call(session, "auth", "d", b"4", now_us=h.now_us, defer_send=True)
+    h.lose("s1")
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    assert h.client.route(session, "auth").inflight == (*ids[:2], deferred)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
+    h.welcome("s2", map_version=7)
+    assert [r.request_id for r in h.take(Request, "s2")] == [*ids[:2], deferred]
+
+
 def test_calls_during_relocation_are_held_and_sent_in_order() -> None:
     """Calls made while a part is located wait and go out after the older re-sends."""
     h = Harness()

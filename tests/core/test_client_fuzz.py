@@ -74,6 +74,9 @@ class World:
         self.last_version = 0
 
     def step(self) -> None:
+        if self.rng.random() < 0.5:
+            # Calls made with defer_send go out now, whatever happened since they were made.
+            self.h.client.send_deferred(now_us=self.h.now_us)
         action = self.rng.random()
         if action < 0.35:
             self.call()
@@ -95,7 +98,14 @@ class World:
     def call(self) -> None:
         part = self.rng.choice(PARTS)
         try:
-            request_id = self.h.client.call(self.session, part, "op", b"", now_us=self.h.now_us)
+            request_id = self.h.client.call(
+                self.session,
+                part,
+                "op",
+                b"",
+                now_us=self.h.now_us,
+                defer_send=self.rng.random() < 0.5,
+            )
         except BackpressureError:
             return
         assert request_id not in self.issued

@@ -264,6 +264,9 @@ class ClientCore:
         self._map_rounds = 0
         self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
+        self._deferred: list[tuple[Session, PartRoute]] = []
+        """Parts whose calls wait for `send_deferred`, in call order (a part may repeat); at
+        most `inflight_requests_max` (past that, calls go out at once)."""
         self._ping_due_us = _NO_DEADLINE_US
         """At most the earliest `next_ping_us` of the pool's connections: lowered wherever one is
         set, made exact again by `_send_pings`. Kept so that `timer_us`, which the driver asks after
@@ -487,8 +490,24 @@ class ClientCore:
             )
             self._present_credential(resumption, now_us)
 
-    def call(self, session_id: bytes, part: str, op: str, payload: bytes, *, now_us: int) -> int:
-        """Send one operation to a part; returns its request id (the answer comes as an event)."""
+    def call(
+        self,
+        session_id: bytes,
+        part: str,
+        op: str,
+        payload: bytes,
+        *,
+        now_us: int,
+        defer_send: bool = False,
+    ) -> int:
+        """Send one operation to a part; returns its request id (the answer comes as an event).
+
+        With `defer_send`, a request that would go out now waits for `send_deferred`: a driver
+        that issues many calls in one turn of its loop sends them together (grouped by server),
+        instead of draining the core after each. The request is issued all the same (its id,
+        its `issued_us`, its deadline, its place in the part's call order); only its frame is
+        built later, from what the client knows then.
+        """
         session = self._session(session_id)
         route = session.parts.get(part)
         if route is None:
@@ -508,10 +527,14 @@ class ClientCore:
         )
         self._inflight[request_id] = entry
         route.inflight[request_id] = entry
-        if route.state is RouteState.ACTIVE and len(route.inflight) == 1:
-            # Nothing earlier of the part is unanswered, so the flush would send this one alone.
-            self._dispatch(session, route, entry, now_us)
-            return request_id
+        if route.state is RouteState.ACTIVE:
+            if defer_send and len(self._deferred) < self._config.inflight_requests_max:
+                self._deferred.append((session, route))
+                return request_id
+            if len(route.inflight) == 1:
+                # Nothing earlier of the part is unanswered: the flush would send this one alone.
+                self._dispatch(session, route, entry, now_us)
+                return request_id
         if route.state is RouteState.LOCATING and (session_id, part) not in self._locating:
             # The part gave up locating earlier; a new call is a reason to try again.
             route.locate_attempts = 0
@@ -519,6 +542,22 @@ class ClientCore:
         # Through the flush, so that the call waits behind earlier ones held for a retry.
         self._flush(session, route, now_us, moved=False)
         return request_id
+
+    def send_deferred(self, *, now_us: int) -> None:
+        """Send the requests `call(..., defer_send=True)` left waiting, in call order per part,
+        the parts grouped by primary so that each server's frames leave together.
+
+        A part that stopped being ACTIVE meanwhile holds its requests as any held request: they
+        go out, in order, when it is ACTIVE again.
+        """
+        deferred, self._deferred = self._deferred, []
+        by_primary: dict[NodeId, list[tuple[Session, PartRoute]]] = {}
+        for session, route in deferred:
+            if route.state is RouteState.ACTIVE:
+                by_primary.setdefault(route.primary, []).append((session, route))
+        for routes in by_primary.values():
+            for session, route in routes:
+                self._flush(session, route, now_us, moved=False)
 
     def close_session(self, session_id: bytes, *, now_us: int) -> None:
         """End a session: its unanswered requests fail, the manager and servers are told."""
