@@ -18,6 +18,8 @@ __all__ = ["register"]
 
 CONFIG_ERROR_EXIT = 2
 """Exit status of a process whose configuration is invalid."""
+SESSION_HEX_DIGITS = 32
+"""A session id (16 bytes) as operators write it."""
 
 
 def _keys_of(kind: Any, *, skip: tuple[str, ...] = ()) -> str:
@@ -218,16 +220,44 @@ def server(
     }
 
     def load() -> Any:
-        from forehand.runtime.config import load_server_config
+        from forehand.runtime.config import load_server_config, server_warnings
 
-        return load_server_config(config, _overrides(values, settings))
+        loaded = load_server_config(config, _overrides(values, settings))
+        for warning in server_warnings(loaded):
+            typer.echo(f"forehand server: warning: {warning}", err=True)
+        return loaded
 
     def start(loaded: Any) -> Any:
         from forehand.runtime.process import run_server
 
+        _import_app(loaded.app, loaded.app_dir)
         return run_server(loaded)
 
     _run("server", load, start)
+
+
+def _import_app(reference: str, app_dir: Path | None) -> None:
+    """Import the application before the server starts, so that a module that fails to import
+    (any exception, not only ImportError) is one line naming the module, the error and where
+    it was raised, rather than a traceback through the runtime."""
+    import traceback
+
+    from forehand.errors import ConfigError
+    from forehand.runtime.process import load_app
+
+    try:
+        load_app(reference, app_dir)
+    except ConfigError:
+        raise
+    except Exception as error:
+        module = reference.partition(":")[0]
+        frames = traceback.extract_tb(error.__traceback__)
+        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        if isinstance(error, SyntaxError) and error.filename:
+            where = f" at {error.filename}:{error.lineno}"
+        raise ConfigError(
+            f"importing the app module {module!r} raised {type(error).__name__}: {error}{where}"
+        ) from error
 
 
 def certs(
@@ -242,13 +272,20 @@ def certs(
     """Make the cluster CA, node certificates and the cluster token key file."""
     from forehand.errors import ConfigError
     from forehand.runtime.certs import make_cluster_certs
-    from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key, rotate_cluster_key
+    from forehand.runtime.keys import (
+        CLUSTER_KEYS_FILE,
+        add_cluster_key,
+        load_cluster_keys,
+        rotate_cluster_key,
+    )
 
     names = list(nodes or [])
     if admin and "admin" not in names:
         names.append("admin")
     keys_path = directory / CLUSTER_KEYS_FILE
     try:
+        if keys_path.exists():
+            load_cluster_keys(keys_path)  # Refuse a damaged key file before writing anything.
         if names:
             written = make_cluster_certs(directory, names, days=days)
             for entry in written.nodes:
@@ -263,6 +300,8 @@ def certs(
             typer.echo(f"cluster key {current_key} now seals")
     except ConfigError as error:
         raise _fail("certs", error) from error
+    except OSError as error:
+        raise _fail("certs", ConfigError(f"cannot write to {directory}: {error}")) from error
 
 
 admin_app = typer.Typer(
@@ -336,6 +375,10 @@ def admin_move(
     """Hand one session's parts off (a planned handoff)."""
     from forehand.runtime.admin import MoveSession
 
+    digits = "0123456789abcdefABCDEF"
+    if len(session_id) != SESSION_HEX_DIGITS or not all(c in digits for c in session_id):
+        typer.echo(f"forehand admin: a session id is 32 hex digits, got {session_id!r}", err=True)
+        raise typer.Exit(CONFIG_ERROR_EXIT)
     _admin(
         manager_address,
         certs_dir,

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from forehand.errors import ConfigError
@@ -31,6 +33,7 @@ __all__ = [
     "CERTIFICATE_DAYS_MAX",
     "ClusterCertificates",
     "NodeCertificate",
+    "check_node_credentials",
     "make_cluster_certs",
     "node_certificate",
     "validate_node_name",
@@ -116,6 +119,60 @@ def node_certificate(directory: Path, node: str) -> NodeCertificate:
     )
 
 
+def check_node_credentials(directory: Path, node: str) -> None:
+    """Refuse, naming the file, key material that a TLS context would reject later with an
+    opaque error: a CA or node certificate that is not PEM, a key that is not an unencrypted PEM
+    private key or does not match its certificate, a node certificate the cluster CA did not
+    issue or whose validity has ended. Missing node files are left to the process, which says
+    which command makes them."""
+    authorities = _read_certificates(directory / CA_CERTIFICATE_FILE)
+    entry = node_certificate(directory, node)
+    if not (entry.certificate_path.is_file() and entry.key_path.is_file()):
+        return
+    certificate = _read_certificates(entry.certificate_path)[0]
+    key = _read_private_key(entry.key_path)
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise ConfigError(f"{entry.key_path} is not the key of {entry.certificate_path}")
+    if not any(_issued_by(certificate, authority) for authority in authorities):
+        raise ConfigError(
+            f"{entry.certificate_path} was not issued by the cluster CA in "
+            f"{directory / CA_CERTIFICATE_FILE}"
+        )
+    ends = certificate.not_valid_after_utc
+    if ends <= datetime.datetime.now(datetime.UTC):
+        raise ConfigError(
+            f"{entry.certificate_path} expired at {ends:%Y-%m-%d %H:%M} UTC: "
+            f"run `forehand certs {directory} {node}`"
+        )
+
+
+def _read_certificates(path: Path) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
+    except ValueError as error:
+        raise ConfigError(f"{path} is not a PEM certificate: {error}") from error
+
+
+def _read_private_key(path: Path) -> PrivateKeyTypes:
+    try:
+        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as error:
+        raise ConfigError(f"cannot read {path}: {error}") from error
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise ConfigError(f"{path} is not an unencrypted PEM private key: {error}") from error
+
+
+def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
+
+
 def make_cluster_certs(
     directory: Path | str, nodes: Sequence[str], days: int = 365
 ) -> ClusterCertificates:
@@ -162,8 +219,8 @@ def _load_or_make_ca(
     certificate_path = path / CA_CERTIFICATE_FILE
     key_path = path / CA_KEY_FILE
     if certificate_path.exists() and key_path.exists():
-        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        certificate = _read_certificates(certificate_path)[0]
+        key = _read_private_key(key_path)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{key_path} is not an elliptic-curve key")
         return certificate, key

@@ -26,6 +26,7 @@ exits with code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import msgspec
 from forehand.core import ManagerConfig, ServerConfig
 from forehand.errors import ConfigError
 from forehand.placement import PlacementConfig
-from forehand.runtime.certs import validate_node_name
+from forehand.runtime.certs import check_node_credentials, validate_node_name
 from forehand.runtime.keys import CLUSTER_KEYS_FILE
 from forehand.runtime.node import DriverConfig
 
@@ -51,6 +52,7 @@ __all__ = [
     "parse_address",
     "parse_addresses",
     "parse_overrides",
+    "server_warnings",
 ]
 
 TRANSPORTS = ("tls", "quic")
@@ -63,6 +65,11 @@ LOG_FORMATS = ("console", "json")
 """Renderings of the process log: readable lines or one JSON object per line."""
 SERVER_IDENTITY_FIELDS = ("server_id", "incarnation", "address", "zone", "weight", "manager_id")
 """ServerConfig fields the process sets itself from its top-level keys; not allowed in [core]."""
+WEIGHT_MIN = 0.001
+"""Smallest relative capacity of a server (any manager's placement refuses less)."""
+INTEGER_MAX = (1 << 63) - 1
+"""Largest integer a configuration value may hold: counts and durations travel as signed 64-bit
+integers (msgpack, the store, numpy), so a larger one would fail far from the file that set it."""
 
 C = TypeVar("C")
 
@@ -96,6 +103,18 @@ def _check_common(config: Any, where: str) -> None:
     parse_address(config.listen, where=f"{where}listen")
     if not (config.certs_dir / "ca.pem").is_file():
         raise ConfigError(f"{where}certs_dir {config.certs_dir} holds no ca.pem")
+    _check_parent(config.ready_file, f"{where}ready_file")
+
+
+def _check_parent(path: Path | None, where: str) -> None:
+    """A file the process writes later must have a directory to go in, found now."""
+    if path is not None and not path.parent.is_dir():
+        raise ConfigError(f"{where} {path}: the directory {path.parent} does not exist")
+
+
+def _check_readable(path: Path | None, where: str) -> None:
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{where} {path} is not a file")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +177,9 @@ class ManagerProcessConfig:
     def __post_init__(self) -> None:
         validate_node_name(self.node_id)
         _check_common(self, "")
+        check_node_credentials(self.certs_dir, self.node_id)
+        for name in ("etcd_ca", "etcd_certificate", "etcd_private_key"):
+            _check_readable(getattr(self, name), name)
         if self.store not in STORES and not self.store.startswith("etcd://"):
             raise ConfigError(f"store must be one of {STORES} or etcd://..., got {self.store!r}")
         if self.store.startswith("etcd://"):
@@ -237,6 +259,7 @@ class ServerProcessConfig:
         validate_node_name(self.server_id)
         validate_node_name(self.manager_id)
         _check_common(self, "")
+        check_node_credentials(self.certs_dir, self.server_id)
         parse_addresses(self.manager, where="manager")
         if self.advertise:
             parse_address(self.advertise, where="advertise")
@@ -246,6 +269,11 @@ class ServerProcessConfig:
             raise ConfigError("incarnation must be >= 0 and load_report_interval_ms >= 1")
         if not -1 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port must be -1 (off) to 65535, got {self.metrics_port}")
+        # Written so that NaN, which compares false with everything, is refused too.
+        if not (self.weight >= WEIGHT_MIN and math.isfinite(self.weight)):
+            raise ConfigError(f"weight must be a number >= {WEIGHT_MIN}, got {self.weight}")
+        if not self.zone:
+            raise ConfigError("zone must not be empty")
 
     @property
     def key_path(self) -> Path:
@@ -264,6 +292,25 @@ class ServerProcessConfig:
             weight=self.weight,
             manager_id=self.manager_id,
         )
+
+
+def server_warnings(config: ServerProcessConfig) -> list[str]:
+    """What the manager will likely refuse, judged by the default [placement] bounds: a manager
+    may raise them, so these are warnings, but a manager that has not refuses the server's join
+    without telling the server."""
+    bounds = PlacementConfig()
+    warnings = []
+    if config.weight > bounds.server_weight_max:
+        warnings.append(
+            f"weight {config.weight:g} is above {bounds.server_weight_max:g}, which managers "
+            "refuse unless their [placement] server_weight_max allows it"
+        )
+    if len(config.zone) > bounds.zone_length_max:
+        warnings.append(
+            f"zone is {len(config.zone)} characters, above {bounds.zone_length_max}, which "
+            "managers refuse unless their [placement] zone_length_max allows it"
+        )
+    return warnings
 
 
 def parse_overrides(settings: list[str]) -> dict[str, Any]:
@@ -294,6 +341,8 @@ def _read(path: Path | None) -> tuple[dict[str, Any], Path]:
         return tomllib.loads(path.read_text(encoding="utf-8")), path.resolve().parent
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"config file {path} is not UTF-8 text (TOML): {error}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from error
 
@@ -316,12 +365,33 @@ def _convert(kind: type[C], table: Any, where: str) -> C:
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+    for key, value in table.items():
+        _check_number(value, f"{where}: {key}")
     try:
         return msgspec.convert(table, kind, dec_hook=_decode_path)
     except msgspec.ValidationError as error:
         raise ConfigError(f"{where}: {error}") from error
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def _check_number(value: Any, where: str) -> None:
+    """TOML reads `nan`, `inf` and integers of any size, which no setting means: refuse them
+    here, naming the key, before a range check (NaN passes every comparison) or an encoder
+    meets them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} must be a finite number, got {value}")
+    if isinstance(value, int) and not -INTEGER_MAX - 1 <= value <= INTEGER_MAX:
+        raise ConfigError(f"{where} must fit in 64 bits, got {value}")
+    if isinstance(value, list):
+        for item in value:
+            _check_number(item, where)
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a table, got {value!r}")
+    return value
 
 
 def _decode_path(kind: type, value: Any) -> Any:
@@ -365,8 +435,8 @@ def load_manager_config(
     _resolve_paths(override, Path.cwd(), _PATH_KEYS)
     merged = _merge(document, override)
     where = f"{path}: " if path is not None else ""
-    core_table = merged.pop("core", {})
-    if isinstance(core_table, dict) and "node_id" in core_table:
+    core_table = _table(merged.pop("core", {}), f"{where}[core]")
+    if "node_id" in core_table:
         raise ConfigError(f"{where}[core] may not set node_id; use the top-level key")
     node_id = merged.get("node_id", "manager")
     core = _convert(ManagerConfig, {"node_id": node_id, **core_table}, f"{where}[core]")
@@ -391,11 +461,10 @@ def load_server_config(
     for key in ("server_id", "certs_dir", "app"):
         if key not in merged:
             raise ConfigError(f"{where}{key} is required")
-    core_table = merged.pop("core", {})
-    if isinstance(core_table, dict):
-        identity = sorted(set(core_table) & set(SERVER_IDENTITY_FIELDS))
-        if identity:
-            raise ConfigError(f"{where}[core] may not set {identity}; use the top-level keys")
+    core_table = _table(merged.pop("core", {}), f"{where}[core]")
+    identity = sorted(set(core_table) & set(SERVER_IDENTITY_FIELDS))
+    if identity:
+        raise ConfigError(f"{where}[core] may not set {identity}; use the top-level keys")
     identity_table = {"server_id": str(merged["server_id"]), **core_table}
     core = _convert(ServerConfig, identity_table, f"{where}[core]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")

@@ -79,6 +79,8 @@ def load_cluster_keys(path: Path | str) -> ClusterKeys:
         document = tomllib.loads(file.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"cannot read cluster key file {file}: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"cluster key file {file} is not UTF-8 text (TOML): {error}") from error
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"cluster key file {file} is not valid TOML: {error}") from error
     current = document.get("current")
