@@ -28,7 +28,7 @@ _URL = typer.Option(DEFAULT_URL, "--url", envvar="FOREHAND_ADMIN_URL", help="The
 _TOKEN = typer.Option(
     None, "--token", envvar="FOREHAND_ADMIN_TOKEN", help="The admin token (mutations)."
 )
-_TIMEOUT = typer.Option(10.0, "--timeout-s", help="Timeout of one API call, seconds.")
+_TIMEOUT = typer.Option(10.0, "--timeout-s", min=0.001, help="Timeout of one API call, seconds.")
 
 
 def _call(
@@ -60,7 +60,22 @@ def _call(
         hint = " (pass --token or set FOREHAND_ADMIN_TOKEN)" if response.status_code == 401 else ""
         typer.echo(f"forehand: {response.status_code} {message}{hint}", err=True)
         raise typer.Exit(FAILURE_EXIT)
-    return response.json()
+    try:
+        return response.json()
+    except ValueError as error:
+        kind = response.headers.get("content-type", "no content type")
+        typer.echo(
+            f"forehand: {url} answered {path} with {kind}, not JSON: is it the admin API?",
+            err=True,
+        )
+        raise typer.Exit(FAILURE_EXIT) from error
+
+
+def _segment(text: str) -> str:
+    """`text` as one path segment: a `/` or `?` in an id cannot reach another endpoint."""
+    from urllib.parse import quote
+
+    return quote(text, safe="")
 
 
 def _console() -> Any:
@@ -182,7 +197,7 @@ def drain(
     """Move every part off a server (planned handoffs), showing parts moved / total."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    path = f"/api/servers/{server}/drain"
+    path = f"/api/servers/{_segment(server)}/drain"
     progress_now = _call(url, "POST", path, token=token, timeout_s=timeout_s)
     if not wait:
         typer.echo(f"draining {server}")
@@ -217,7 +232,8 @@ def undrain(
     timeout_s: float = _TIMEOUT,
 ) -> None:
     """Make a drained server ACTIVE again."""
-    _call(url, "POST", f"/api/servers/{server}/undrain", token=token, timeout_s=timeout_s)
+    path = f"/api/servers/{_segment(server)}/undrain"
+    _call(url, "POST", path, token=token, timeout_s=timeout_s)
     typer.echo(f"undrained {server}")
 
 
@@ -232,9 +248,8 @@ def handoff(
 ) -> None:
     """Hand a session's parts off to a server (a planned handoff)."""
     body = {"target": to, "reason": reason}
-    answer = _call(
-        url, "POST", f"/api/sessions/{session}/handoff", json=body, token=token, timeout_s=timeout_s
-    )
+    path = f"/api/sessions/{_segment(session)}/handoff"
+    answer = _call(url, "POST", path, json=body, token=token, timeout_s=timeout_s)
     typer.echo(f"{answer['queued']} part(s) of {session} queued for {to or 'the best server'}")
 
 

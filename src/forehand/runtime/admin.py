@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from forehand.core import ManagerCore
+from forehand.errors import ConfigError
 from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
 from forehand.runtime.transport import ConnectionClosedError, Credentials, TransportError
 from forehand.wire import (
@@ -109,6 +110,11 @@ class AdminReply(msgspec.Struct, frozen=True, kw_only=True):
     """The membership (Status)."""
 
 
+SESSION_ID_BYTES = 16
+"""Length of a session id."""
+SHOWN_ID_CHARACTERS_MAX = 80
+"""Longest id a reply quotes whole."""
+
 _request_decoder = msgspec.msgpack.Decoder(AdminRequest)
 _reply_decoder = msgspec.msgpack.Decoder(AdminReply)
 _encoder = msgspec.msgpack.Encoder()
@@ -124,7 +130,53 @@ def handle_admin(driver: NodeDriver, body: bytes) -> bytes:
     return _encoder.encode(reply)
 
 
+def _knows_server(core: ManagerCore, server_id: str) -> bool:
+    if core.membership.get(server_id) is not None:
+        return True
+    if core.shard_map is None:
+        return False
+    try:
+        core.shard_map.server(server_id)
+    except KeyError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """An id as a reply quotes it: cut, so a huge bogus id does not come back whole."""
+    if len(name) > SHOWN_ID_CHARACTERS_MAX:
+        name = name[:SHOWN_ID_CHARACTERS_MAX] + "..."
+    return repr(name)
+
+
+def _problem(core: ManagerCore, request: AdminRequest) -> str | None:
+    """Why `request` cannot be done as asked, said plainly; None when the core may try it."""
+    if isinstance(request, Drain | Undrain):
+        if not _knows_server(core, request.server_id):
+            return f"no server {_shown(request.server_id)} in the cluster"
+        return None
+    if not isinstance(request, MoveSession):
+        return None
+    if len(request.session_id) != SESSION_ID_BYTES:
+        return f"a session id is {SESSION_ID_BYTES} bytes, got {len(request.session_id)}"
+    try:
+        ReasonCode(request.reason)
+    except ValueError:
+        return f"unknown reason code {request.reason}"
+    current = core.shard_map
+    if current is None or not any(
+        key.session_id == request.session_id for key in current.part_keys()
+    ):
+        return f"no session {request.session_id.hex()} in the shard map"
+    if request.target is not None and not _knows_server(core, request.target):
+        return f"no server {_shown(request.target)} in the cluster"
+    return None
+
+
 def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
+    problem = _problem(core, request)
+    if problem is not None:
+        return AdminReply(ok=False, detail=problem, map_version=core.map_version)
     if isinstance(request, Drain):
         ok = core.drain(request.server_id, now_us=now_us)
         detail = "draining" if ok else "not ACTIVE, already draining, or the commit queue is full"
@@ -192,7 +244,7 @@ async def admin_request(
     if not endpoints:
         raise AdminError("no manager endpoint given")
     addresses = [parse_address(endpoint, where="manager") for endpoint in endpoints]
-    credentials = Credentials.for_node(certs_dir, node_id)
+    credentials = _operator_credentials(Path(certs_dir), node_id)
     refused: list[str] = []
     for (host, port), endpoint in zip(addresses, endpoints, strict=True):
         try:
@@ -203,6 +255,22 @@ async def admin_request(
             detail = str(error) or type(error).__name__
             refused.append(detail if endpoint in detail else f"{endpoint}: {detail}")
     raise AdminError("no manager accepted the connection (" + "; ".join(refused) + ")")
+
+
+def _operator_credentials(certs_dir: Path, node_id: str) -> Credentials:
+    """The operator's credentials, checked here: a missing or unreadable file is the operator's
+    problem, not a manager's refusal, and is reported as such (ConfigError)."""
+    from forehand.runtime.certs import check_node_credentials
+
+    credentials = Credentials.for_node(certs_dir, node_id)
+    for path in (credentials.certificate_path, credentials.private_key_path):
+        if path is not None and not path.is_file():
+            raise ConfigError(
+                f"missing {path}: the operator's certificate (`forehand certs {certs_dir}` "
+                f"issues {node_id!r})"
+            )
+    check_node_credentials(certs_dir, node_id)
+    return credentials
 
 
 async def _admin_request_one(
