@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from forehand.core import manager_events
 from forehand.core.messages import PartRef
+from forehand.errors import ConfigError
 from forehand.wire import ReasonCode
 
 __all__ = [
@@ -133,8 +134,11 @@ class AuditLog:
         self._listeners: list[Callable[[AuditRecord], None]] = []
         self._file: IO[str] | None = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = path.open("a", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = path.open("a", encoding="utf-8")
+            except OSError as error:
+                raise ConfigError(f"cannot open audit_log_path {path}: {error}") from error
 
     @property
     def last_sequence(self) -> int:

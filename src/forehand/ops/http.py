@@ -90,6 +90,8 @@ def load_admin_token(path: Path | None) -> str | None:
             token = lines[0].strip() if lines else ""
         except OSError as error:
             raise ConfigError(f"cannot read admin_token_file {path}: {error}") from error
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"admin_token_file {path} is not UTF-8 text: {error}") from error
     else:
         token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
         if not token:
@@ -118,6 +120,10 @@ def _guarded(handler: Handler, *, token: str | None, mutating: bool) -> Handler:
             return await handler(request)
         except OpsError as error:
             return _error(error.status, error.error, error.detail)
+        except Exception as error:
+            # Answered here rather than by Starlette's handler, which re-raises after answering:
+            # the connection would close and the error be logged twice.
+            return await _internal_error(request, error)
 
     return endpoint
 
@@ -148,12 +154,20 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if not body:
         return {}
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_refuse_constant)
     except ValueError as error:
         raise OpsError(400, "bad_json", f"the body is not JSON: {error}") from error
+    except RecursionError as error:
+        raise OpsError(400, "bad_json", "the body nests too deeply") from error
     if not isinstance(value, dict):
         raise OpsError(400, "bad_json", "the body must be a JSON object")
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which are not JSON and which no setting means (NaN
+    # passes every range check, and no answer could carry it back).
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _int_param(request: Request, name: str, default: int, *, low: int = 0) -> int:

@@ -36,6 +36,8 @@ SAMPLE_LOOP_SHARE_INVERSE = 10
 """Sampling takes at most 1/this of the manager's event loop (the pause grows with its cost)."""
 DRAINS_MAX = 4_096
 """Servers whose drain progress is remembered."""
+SESSION_HEX_DIGITS = 32
+"""A session id (16 bytes) as operators write it."""
 
 
 class OpsError(Exception):
@@ -409,9 +411,10 @@ class OpsHub:
 def parse_session(text: str) -> bytes:
     """A session id given as 32 hex digits; OpsError 400 otherwise."""
     try:
-        session_id = bytes.fromhex(text)
+        # fromhex skips whitespace, which an id in a path or a command line should not carry.
+        session_id = bytes.fromhex(text) if len(text) == SESSION_HEX_DIGITS else b""
     except ValueError:
         session_id = b""
-    if len(session_id) != 16:
+    if len(session_id) != SESSION_HEX_DIGITS // 2:
         raise OpsError(400, "bad_session_id", f"a session id is 32 hex digits, got {text!r}")
     return session_id

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from forehand.core import ServerCore
 from forehand.core.messages import PartRole
 from forehand.ops.view import ClusterView, RiskTracker, ServerView
-from forehand.wire import ResponseStatus
+from forehand.wire import ErrorCode, ResponseStatus, ResumeRejectReason
 
 __all__ = [
     "HANDOFF_DURATION_BUCKETS_S",
@@ -368,6 +368,20 @@ class ServerMetrics:
             ["side", "step"],
             registry=r,
         )
+        self.resumes_rejected = Counter(
+            "forehand_resumes_rejected",
+            "RESUMEs refused (forged, expired, replayed or misdirected tokens...), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.protocol_violations = Counter(
+            "forehand_protocol_violations",
+            "Peers the server core closed with an ERROR for breaking the protocol (a refused"
+            " session credential is `unauthenticated`; frames the transport cannot decode are"
+            " not counted here), by error code.",
+            ["code"],
+            registry=r,
+        )
         self.map_version = Gauge(
             "forehand_map_version", "The shard map version adopted.", registry=r
         )
@@ -438,6 +452,17 @@ class ServerMetrics:
     def _map_adopted(self, event: Any) -> None:
         self.map_version.set(event.map_version)
 
+    def _resume_rejected(self, event: Any) -> None:
+        try:
+            reason = ResumeRejectReason(event.reason).name.lower()
+        except ValueError:
+            reason = ResumeRejectReason.UNSPECIFIED.name.lower()
+        self._child(self.resumes_rejected, reason).inc()
+
+    def _violation(self, event: Any) -> None:
+        code = ErrorCode.from_wire(event.error_code).name.lower()
+        self._child(self.protocol_violations, code).inc()
+
 
 _SERVER_HANDLERS: dict[str, Callable[[ServerMetrics, Any], None]] = {
     "RequestExecuted": ServerMetrics._executed,
@@ -449,6 +474,8 @@ _SERVER_HANDLERS: dict[str, Callable[[ServerMetrics, Any], None]] = {
     "ClientHandedOff": ServerMetrics._handed_off,
     "HandoffStepCompleted": ServerMetrics._step,
     "MapVersionAdopted": ServerMetrics._map_adopted,
+    "ResumeRejected": ServerMetrics._resume_rejected,
+    "ProtocolViolationDetected": ServerMetrics._violation,
 }
 
 

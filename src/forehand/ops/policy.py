@@ -14,6 +14,7 @@ place and keeps what it has learned.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,8 @@ __all__ = ["POLICY_FIELD_PREFIXES", "TunableRiskPolicy"]
 
 POLICY_FIELD_PREFIXES = ("overload_", "risk_", "predict")
 """ManagerConfig fields with these prefixes are the trigger policy's settings."""
+SETTING_INTEGER_MAX = (1 << 63) - 1
+"""Largest integer a setting may hold (as in a configuration file: signed 64 bits)."""
 
 
 class TunableRiskPolicy:
@@ -67,6 +70,10 @@ class TunableRiskPolicy:
                 raise ConfigError(
                     f"policy setting {name} must be {expected.__name__}, got {value!r}"
                 )
+            if type(value) is float and not math.isfinite(value):
+                raise ConfigError(f"policy setting {name} must be a finite number, got {value}")
+            if type(value) is int and not -SETTING_INTEGER_MAX - 1 <= value <= SETTING_INTEGER_MAX:
+                raise ConfigError(f"policy setting {name} must fit in 64 bits, got {value}")
         try:
             config = dataclasses.replace(self._config, **changes)
         except (TypeError, ValueError) as error:
