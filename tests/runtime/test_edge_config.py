@@ -108,7 +108,12 @@ MANAGER_CASES: dict[str, tuple[list[str], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(MANAGER_CASES))
+def case_id(case: str) -> str:
+    """A case's name as a test id that a shell passes as one word."""
+    return case.replace(" ", "-").replace("'", "")
+
+
+@pytest.mark.parametrize("case", sorted(MANAGER_CASES), ids=case_id)
 def test_manager_refuses_bad_settings_in_one_line(certs_dir: Path, case: str) -> None:
     """Settings that crashed `forehand manager` with a traceback, or were taken and failed
     later, exit 2 with one line naming the key or file."""
@@ -144,7 +149,7 @@ DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(DAMAGES))
+@pytest.mark.parametrize("case", sorted(DAMAGES), ids=case_id)
 def test_manager_names_the_bad_key_material(certs_dir: Path, tmp_path: Path, case: str) -> None:
     """Unreadable, mismatched, foreign or expired certificates and keys, which TLS refused with
     an opaque traceback, exit 2 naming the file and what is wrong with it."""
