@@ -9,6 +9,8 @@ policy updates) need `Authorization: Bearer <admin token>`: without the header t
 401, with a wrong token (compared in constant time) or when the manager has no token configured
 it is 403. Every error is a JSON object `{"error": name, "detail": text}` with a 4xx status (500,
 logged, for a bug), unknown routes and methods included, and a refused request changes nothing.
+A body is a JSON object of at most `BODY_BYTES_MAX` bytes; NaN, Infinity (which Python's json
+would read) and nesting too deep to parse are 400, and so is any setting the policy refuses.
 
 Endpoints (JSON unless noted):
 

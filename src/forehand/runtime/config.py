@@ -19,8 +19,12 @@ A process reads one TOML file whose top-level keys are the fields of `ManagerPro
 
 Command-line flags override the file, and `--set key=value` (`core.failure_timeout_ms=1000`)
 overrides any key, the value read as a TOML value. Every value is checked on load: an unknown
-key, a value of the wrong type or out of range raises `ConfigError` naming the key, and the CLI
-exits with code 2.
+key, a value of the wrong type or out of range, NaN or infinity, an integer beyond 64 bits, a
+table given as a plain value raises `ConfigError` naming the key, and the CLI exits with code 2.
+Files are checked too: the file itself must be UTF-8 TOML, `ready_file` must have a directory to
+go in, the etcd TLS files must exist, and the node's certificate and key (when present; a missing
+one is reported once the process starts) must be PEM, belong together, be issued by `ca.pem` and
+not have expired, so that a TLS error never stands in for a configuration mistake.
 """
 
 from __future__ import annotations
