@@ -182,8 +182,6 @@ class ManagerProcessConfig:
         validate_node_name(self.node_id)
         _check_common(self, "")
         check_node_credentials(self.certs_dir, self.node_id)
-        for name in ("etcd_ca", "etcd_certificate", "etcd_private_key"):
-            _check_readable(getattr(self, name), name)
         if self.store not in STORES and not self.store.startswith("etcd://"):
             raise ConfigError(f"store must be one of {STORES} or etcd://..., got {self.store!r}")
         if self.store.startswith("etcd://"):
@@ -196,6 +194,8 @@ class ManagerProcessConfig:
                 private_key_path=self.etcd_private_key,
                 value_bytes_max=self.etcd_value_bytes_max,
             )
+            for name in ("etcd_ca", "etcd_certificate", "etcd_private_key"):
+                _check_readable(getattr(self, name), name)
         if not 1 <= self.lease_ttl_s <= 600:
             raise ConfigError(f"lease_ttl_s must be 1 to 600, got {self.lease_ttl_s}")
         if not -1 <= self.admin_http_port < 65536:
