@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,6 +17,7 @@ from forehand.core._server_events import (
     PrimaryInstalled,
     ProtocolViolationDetected,
     RequestExecuted,
+    ServerEvent,
     StaleEpochRefused,
     WriteAcknowledged,
 )
@@ -222,6 +224,27 @@ def test_replicated_answers_only_after_a_replica_acknowledged(cluster: Cluster) 
     (ack,) = cluster.events("s1", WriteAcknowledged)
     replica = cluster.server("s2").part(ref("ledger"))
     assert replica is not None and replica.applied_seq >= ack.log_index
+
+
+def test_per_request_objects_are_left_out_of_garbage_collection(cluster: Cluster) -> None:
+    """The events and queued answers a replicated write produces are not tracked by the garbage
+    collector (they hold only immutable values), and every server event class says so too."""
+    cluster.place("ledger", "s1", "s2")
+    cut = cluster.router.partition("s1", "s2")
+    cluster.request("s1", "ledger", payload=b"9")
+    held = [inbound for answers in cluster.server("s1")._held.values() for _, inbound, _ in answers]
+    assert held and not any(gc.is_tracked(inbound) for inbound in held)
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    assert len(cluster.responses()) == 1
+    events = [event for server in ("s1", "s2") for event in cluster.events(server, ServerEvent)]
+    kinds = {type(event) for event in events}
+    assert {RequestExecuted, PrimaryAcceptedWrite, WriteAcknowledged, LogEntryApplied} <= kinds
+    assert not any(gc.is_tracked(event) for event in events)
+    classes = [ServerEvent]
+    for cls in classes:
+        classes.extend(cls.__subclasses__())
+        assert cls.__struct_config__.gc is False, cls
 
 
 def test_replicated_answers_are_bounded(cluster: Cluster) -> None:

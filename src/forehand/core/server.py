@@ -144,8 +144,12 @@ _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
 """The RESUME_REJECT message when a connection's table of bound sessions is full."""
 
 
-class _Inbound(msgspec.Struct, frozen=True, kw_only=True):
-    """A request to run, as it reached this server: straight from a client or forwarded."""
+class _Inbound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A request to run, as it reached this server: straight from a client or forwarded.
+
+    Untracked by the garbage collector (`gc=False`): its fields are immutable, so it cannot be
+    part of a reference cycle; one is built per request.
+    """
 
     request_id: int
     session_id: bytes
@@ -159,7 +163,7 @@ class _Inbound(msgspec.Struct, frozen=True, kw_only=True):
     forwarded: bool
 
 
-class _Forward(msgspec.Struct, frozen=True, kw_only=True):
+class _Forward(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A request this server forwarded and owes an answer for."""
 
     ref: PartRef
@@ -181,6 +185,8 @@ class ServerCore:
         rng: random.Random,
     ) -> None:
         self._config = config
+        self._me = config.server_id
+        """This server's id (read for every event and message)."""
         self._specs = dict(parts)
         self._sealer = sealer
         self._rng = rng
@@ -339,10 +345,6 @@ class ServerCore:
         return queued + held + len(self._forwards)
 
     # Plumbing.
-
-    @property
-    def _me(self) -> str:
-        return self._config.server_id
 
     @property
     def _forward_timeout_us(self) -> int:
@@ -896,8 +898,16 @@ class ServerCore:
                 del self._forwards[key]
 
     def _on_cluster_frame(self, message: ClusterMessage, source: NodeId, now_us: int) -> None:
+        # Dispatched as receive_message would, whose handler of violations is already around
+        # this call.
         inner = decode_cluster_message(message.body)
-        self.receive_message(inner, source=source, now_us=now_us)
+        handler = _DISPATCH.get(type(inner))
+        if handler is None:
+            raise RemoteProtocolError(
+                f"unexpected {type(inner).__name__} at a server",
+                error_code=ErrorCode.FRAME_UNEXPECTED,
+            )
+        handler(self, inner, source, now_us)
 
     # Resume (the target's half of handoff step 4, and resumption after failover).
 
