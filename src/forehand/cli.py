@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import typer
 
 import forehand
@@ -135,11 +138,64 @@ def predict_eval(
     ),
 ) -> None:
     """Event-level evaluation of the predictors: recall at fixed false alarms, lead, calibration."""
+    if nab_folds is not None and nab is None:
+        typer.echo("forehand predict-eval: --nab-folds needs --nab DIR", err=True)
+        raise typer.Exit(2)
+    with _config_errors("predict-eval"):
+        _predict_eval(
+            synthetic=synthetic,
+            servers=servers,
+            days=days,
+            seed=seed,
+            nab=nab,
+            horizon_s=horizon_s,
+            lead_s=lead_s,
+            onset=onset,
+            nab_folds=nab_folds,
+            sim=sim,
+            sim_events=sim_events,
+            jobs=jobs,
+            quick=quick,
+            cache=cache,
+            path_intermittency=path_intermittency,
+        )
+
+
+@contextlib.contextmanager
+def _config_errors(command: str) -> Iterator[None]:
+    """A ConfigError inside is one line on stderr and exit status 2, not a traceback."""
+    from forehand.errors import ConfigError
+
+    try:
+        yield
+    except ConfigError as error:
+        typer.echo(f"forehand {command}: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
+def _predict_eval(
+    *,
+    synthetic: bool,
+    servers: int,
+    days: float,
+    seed: int,
+    nab: str | None,
+    horizon_s: float,
+    lead_s: float,
+    onset: str,
+    nab_folds: str | None,
+    sim: bool,
+    sim_events: int,
+    jobs: int,
+    quick: bool,
+    cache: str | None,
+    path_intermittency: bool,
+) -> None:
+    """The body of `predict-eval`, its options checked."""
     from pathlib import Path
 
     from rich.console import Console
 
-    from forehand.errors import ConfigError
     from forehand.predict_io import (
         nab_evaluation,
         print_fold_report,
@@ -148,9 +204,6 @@ def predict_eval(
         synthetic_report,
     )
 
-    if nab_folds is not None and nab is None:
-        typer.echo("forehand predict-eval: --nab-folds needs --nab DIR", err=True)
-        raise typer.Exit(2)
     console = Console() if Console().is_terminal else Console(width=160)
     synthetic_result = nab_result = simulator_result = fold_result = None
     if synthetic:
@@ -177,19 +230,15 @@ def predict_eval(
             path_intermittency=path_intermittency,
         )
     if nab is not None:
-        try:
-            evaluation = nab_evaluation(
-                Path(nab),
-                horizon_us=int(horizon_s * 1e6),
-                lead_us=int(lead_s * 1e6),
-                seed=seed,
-                onset=onset,
-                console=console,
-                folds_path=None if nab_folds is None else Path(nab_folds),
-            )
-        except ConfigError as error:
-            typer.echo(f"forehand predict-eval: {error}", err=True)
-            raise typer.Exit(2) from error
+        evaluation = nab_evaluation(
+            Path(nab),
+            horizon_us=int(horizon_s * 1e6),
+            lead_us=int(lead_s * 1e6),
+            seed=seed,
+            onset=onset,
+            console=console,
+            folds_path=None if nab_folds is None else Path(nab_folds),
+        )
         nab_result, fold_result = evaluation.time_split, evaluation.folds
         print_report("NAB", nab_result, console=console, budget_name="alarms/day")
         if fold_result is None:
