@@ -286,7 +286,11 @@ class NodeDriver:
         """Wall-clock microseconds, read from the loop's monotonic clock; never decreases."""
         loop = self._loop
         assert loop is not None, "NodeDriver.start() first"
-        now = int((loop.time() + self._offset_s) * 1_000_000)
+        return self._now_us_at(loop.time())
+
+    def _now_us_at(self, loop_time_s: float) -> int:
+        """`now_us` at the loop time `loop_time_s` (read by the caller); never decreases."""
+        now = int((loop_time_s + self._offset_s) * 1_000_000)
         if now < self._last_now_us:
             return self._last_now_us
         self._last_now_us = now
@@ -375,6 +379,12 @@ class NodeDriver:
             return
         self.core.receive_message(message, source=source, now_us=self.now_us())
 
+    def _feed_at(self, message: object, source: str, now_us: int) -> None:
+        """`_feed` at a time read earlier (the batch's), or later if the core was fed since."""
+        if self._closed:
+            return
+        self.core.receive_message(message, source=source, now_us=max(now_us, self._last_now_us))
+
     def _drain(self) -> None:
         """Send the core's messages, submit its store requests, publish its events, re-arm."""
         if self._closed:
@@ -382,6 +392,7 @@ class NodeDriver:
         core = self.core
         outbox = core.messages_to_send()
         index, count = 0, len(outbox)
+        send = self._send
         while index < count:
             # Consecutive messages to one peer (a server's answers to one client's pipelined
             # requests, say) go out in one send_frames call, encoded in one step.
@@ -390,14 +401,17 @@ class NodeDriver:
             while end < count and outbox[end].destination == destination:
                 end += 1
             if end - index == 1:
-                self._send(destination, outbox[index].message)
+                send(destination, outbox[index].message)
             else:
                 self._send_batch(destination, [o.message for o in outbox[index:end]])
             index = end
         for request in core.store_requests():
             self._submit_store(request)
-        while (event := core.next_event()) is not None:
-            for subscriber in self._subscribers:
+        # A few events per request: the loop's lookups are hoisted out of it.
+        subscribers = self._subscribers
+        next_event = core.next_event
+        while (event := next_event()) is not None:
+            for subscriber in subscribers:
                 try:
                     subscriber(event)
                 except Exception:
@@ -684,24 +698,38 @@ class NodeDriver:
     # -- receiving -----------------------------------------------------------------------------
 
     def _on_frames(self, link: _Link, frames: list[Frame]) -> None:
+        """Feed the frames of one read. They arrived together: the clock is read once for them
+        (`_feed_at` keeps the time fed to the core from going back)."""
         if self._closed:
             return
-        link.heard_s = self.input_received_s = self._time_s()
+        now_s = self._time_s()
+        link.heard_s = self.input_received_s = now_s
         link.awaiting_since_s = None
+        now_us = self._now_us_at(now_s)
+        connection = link.connection
         try:
-            for frame in frames:
-                if link.connection.is_closed:
-                    break
-                self._on_frame(link, frame)
+            if link.kind is _LinkKind.SERVER_DIALED:
+                # Frames from a server this client dialed go to the core as they are.
+                receive = self.core.receive_message
+                peer = link.peer
+                for frame in frames:
+                    if connection.is_closed or self._closed:
+                        break
+                    receive(frame, source=peer, now_us=max(now_us, self._last_now_us))
+            else:
+                for frame in frames:
+                    if connection.is_closed:
+                        break
+                    self._on_frame(link, frame, now_us)
         except Exception:
             _log.exception("core %s failed on a frame from %s", self.core.node_id, link.peer)
             link.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
         self._drain()
 
-    def _on_frame(self, link: _Link, frame: Frame) -> None:
+    def _on_frame(self, link: _Link, frame: Frame, now_us: int) -> None:
         kind = link.kind
         if kind is _LinkKind.SERVER_DIALED:
-            self._feed(frame, link.peer)
+            self._feed_at(frame, link.peer, now_us)
             return
         if kind is _LinkKind.CLIENT_ACCEPTED:
             # HELLO comes first and once (docs/PROTOCOL.md section 3); the cores leave the
@@ -719,7 +747,7 @@ class NodeDriver:
                     f"a client may not send {type(frame).__name__}",
                 )
                 return
-            self._feed(frame, link.peer)
+            self._feed_at(frame, link.peer, now_us)
             return
         if frame.frame_type not in _CLUSTER_FRAMES:
             self._violation(
@@ -737,7 +765,7 @@ class NodeDriver:
         if type(frame) is ClusterMessage and frame.kind == ADMIN_MESSAGE_KIND:
             self._on_admin(link, frame)
             return
-        self._feed(frame, link.peer)
+        self._feed_at(frame, link.peer, now_us)
 
     def _handshake(self, link: _Link, frame: Frame) -> None:
         """The HELLO/WELCOME exchange of a cluster link, which the driver runs for the core."""

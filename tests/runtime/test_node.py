@@ -1,0 +1,109 @@
+"""NodeDriver's receive path: the frames of one read reach the core in order, fed with the time
+they arrived, which never goes back."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from forehand.core import ConnectionOpened
+from forehand.core._driver import Outbound
+from forehand.runtime import make_cluster_certs
+from forehand.runtime._memory import MemoryNetwork, MemoryTransport
+from forehand.runtime.node import NodeDriver, Route
+from forehand.runtime.transport import Credentials
+from forehand.wire import PeerRole, Ping
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import eventually, run_async
+else:
+    from _cluster import eventually, run_async
+
+PINGS = 200
+"""Pings one command sends: more than one read carries, so batches and reads both occur."""
+
+
+class _Core:
+    """Records what it receives, with the time it was fed, and sends what the test asks."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.inbox: list[tuple[object, int]] = []
+        self._outbox: list[Outbound] = []
+
+    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
+        self.inbox.append((message, now_us))
+
+    def handle_timer(self, *, now_us: int) -> None:
+        return None
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        return None
+
+    def messages_to_send(self) -> list[Outbound]:
+        sent, self._outbox = self._outbox, []
+        return sent
+
+    def store_requests(self) -> list[object]:
+        return []
+
+    def next_event(self) -> object | None:
+        return None
+
+    def timer_us(self) -> int | None:
+        return None
+
+    def pings(self) -> list[Ping]:
+        return [message for message, _ in self.inbox if isinstance(message, Ping)]
+
+
+def _send_pings(core: _Core, now_us: int, *, destination: str) -> None:
+    for sequence in range(PINGS):
+        core._outbox.append(
+            Outbound(destination=destination, message=Ping(sequence=sequence, sent_us=now_us))
+        )
+
+
+def test_frames_of_a_read_are_fed_in_order_at_their_arrival_time(tmp_path: Path) -> None:
+    """Every ping of a burst reaches the server's core once, in order, after the link opened,
+    fed times that never go back and lie between the send and the last arrival."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ("s1", "s2"), days=1)
+    run_async(_burst(certs))
+
+
+async def _burst(certs: Path) -> None:
+    network = MemoryNetwork()
+    receiver_core = _Core("s1")
+    receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
+    receiver = NodeDriver(
+        receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
+    )
+    receiver.start()
+    listener = await receiver_transport.listen(
+        "s1.test", 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
+    )
+    receiver.serve(listener)
+    route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
+    sender = NodeDriver(
+        _Core("s2"),
+        resolve=lambda node: route,
+        cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
+    )
+    sender.start()
+    try:
+        sent_us = receiver.now_us()
+        sender.command(functools.partial(_send_pings, destination="s1"))
+        await eventually(lambda: len(receiver_core.pings()) == PINGS, what="every ping")
+        last_us = receiver.now_us()
+        assert [ping.sequence for ping in receiver_core.pings()] == list(range(PINGS))
+        kinds = [type(message) for message, _ in receiver_core.inbox]
+        assert kinds == [ConnectionOpened] + [Ping] * PINGS
+        times = [now_us for _, now_us in receiver_core.inbox]
+        assert times == sorted(times)
+        assert sent_us <= times[0] and times[-1] <= last_us
+    finally:
+        await sender.close()
+        await receiver.close()
+        await listener.close()
