@@ -91,6 +91,10 @@ def foreign_certificate(directory: Path, node: str) -> None:
 
 
 MANAGER_CASES: dict[str, tuple[list[str], str]] = {
+    "a misspelt key": (
+        ["--set", "core.failure_timeot_ms=1000"],
+        "unknown key(s) ['failure_timeot_ms'] in [core] (did you mean 'failure_timeout_ms'?)",
+    ),
     "--set on a table's name": (["--set", "core=5"], "[core] must be a table"),
     "NaN in a table": (["--set", "core.overload_threshold=nan"], "overload_threshold must be"),
     "integer beyond 64 bits": (

@@ -30,6 +30,7 @@ not have expired, so that a TLS error never stands in for a configuration mistak
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import tomllib
 from collections.abc import Mapping
@@ -368,7 +369,17 @@ def _convert(kind: type[C], table: Any, where: str) -> C:
     known = {item.name for item in dataclasses.fields(kind)}  # type: ignore[arg-type]
     unknown = sorted(set(table) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in {where}; known: {sorted(known)}")
+        guesses = {
+            name: close[0]
+            for name in unknown
+            if (close := difflib.get_close_matches(name, sorted(known), n=1))
+        }
+        if len(unknown) == 1 and guesses:
+            hint = f" (did you mean {guesses[unknown[0]]!r}?)"
+        else:
+            said = [f"{known_name!r} for {name!r}" for name, known_name in guesses.items()]
+            hint = f" (did you mean {', '.join(said)}?)" if said else ""
+        raise ConfigError(f"unknown key(s) {unknown} in {where}{hint}; known: {sorted(known)}")
     for key, value in table.items():
         _check_number(value, f"{where}: {key}")
     try:
