@@ -10,7 +10,9 @@ failed call prints the API's error and exits with code 1.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -253,7 +255,27 @@ def handoff(
     typer.echo(f"{answer['queued']} part(s) of {session} queued for {to or 'the best server'}")
 
 
+def _answers_checked(command: Callable[..., None]) -> Callable[..., None]:
+    """`command`, with an answer of the wrong shape (a URL that serves some other JSON) told in
+    one line instead of a traceback from the table it was being read into."""
+
+    @functools.wraps(command)
+    def checked(*args: Any, **options: Any) -> None:
+        try:
+            command(*args, **options)
+        except (KeyError, TypeError, IndexError) as error:
+            url = options.get("url", DEFAULT_URL)
+            typer.echo(
+                f"forehand: the answer from {url} does not look like the admin API's "
+                f"({type(error).__name__}: {error})",
+                err=True,
+            )
+            raise typer.Exit(FAILURE_EXIT) from error
+
+    return checked
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator's subcommands to the `forehand` command."""
     for command in (status, sessions, history, drain, undrain, handoff):
-        app.command(command.__name__)(command)
+        app.command(command.__name__)(_answers_checked(command))

@@ -239,13 +239,15 @@ def test_admin_commands_name_local_mistakes(certs_dir: Path, tmp_path: Path) -> 
 
 @pytest.fixture
 def not_the_api(tmp_path: Path) -> Iterator[str]:
-    """A real HTTP server that answers every GET with an HTML page (a proxy's login page)."""
+    """A real HTTP server that answers every GET with an HTML page (a proxy's login page), or
+    under /json/ with a JSON object of another API."""
 
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = b"<html>please log in</html>"
+            is_json = self.path.startswith("/json/")
+            body = b'{"members": []}' if is_json else b"<html>please log in</html>"
             self.send_response(200)
-            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Type", "application/json" if is_json else "text/html")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -266,7 +268,8 @@ def not_the_api(tmp_path: Path) -> Iterator[str]:
 
 def test_operator_commands_refuse_bad_options_and_answers(not_the_api: str) -> None:
     """A timeout that is not positive is a usage error (exit 2), and a URL that answers with
-    something other than JSON exits 1 saying so, without a traceback."""
+    something other than JSON, or with JSON of another shape, exits 1 saying so, without a
+    traceback."""
     status, lines = run_cli("status", "--url", not_the_api, "--timeout-s", "-1")
     assert status == 2 and any("--timeout-s" in line for line in lines)
     status, lines = run_cli("status", "--url", not_the_api)
@@ -274,6 +277,12 @@ def test_operator_commands_refuse_bad_options_and_answers(not_the_api: str) -> N
     assert lines == [
         f"forehand: {not_the_api} answered /api/status with text/html, not JSON: "
         "is it the admin API?"
+    ]
+    status, lines = run_cli("status", "--url", f"{not_the_api}/json")
+    assert status == 1
+    assert lines == [
+        f"forehand: the answer from {not_the_api}/json does not look like the admin API's "
+        "(KeyError: 'map_version')"
     ]
 
 
