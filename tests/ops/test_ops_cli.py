@@ -42,11 +42,16 @@ def test_reading_commands_show_the_cluster(ops_cluster: OpsCluster) -> None:
     """`status` lists every server with its state, `sessions` lists a new session with its
     parts' primaries, `history` prints the audit table; a wrong URL exits 1 with a message."""
     session_hex, primaries = open_session(ops_cluster)
-    code, output = forehand(ops_cluster, "status")
-    assert code == 0, output
-    assert "map version" in output
-    for server_id in ops_cluster.server_ids:
-        assert server_id in output
+
+    def every_server_listed() -> bool:
+        # The view is sampled once a second: right after the cluster started, the newest
+        # sample may predate the last server's join.
+        code, output = forehand(ops_cluster, "status")
+        assert code == 0, output
+        assert "map version" in output
+        return all(server_id in output for server_id in ops_cluster.server_ids)
+
+    run_async(eventually(every_server_listed, what="every server in `forehand status`"))
     code, output = forehand(ops_cluster, "sessions", "--limit", "1000")
     assert code == 0, output
     rows = [line for line in output.splitlines() if session_hex in line]
