@@ -230,8 +230,12 @@ def server(
     def start(loaded: Any) -> Any:
         from forehand.runtime.process import run_server
 
-        _import_app(loaded.app, loaded.app_dir)
-        return run_server(loaded)
+        async def serve() -> None:
+            # Imported on the running loop, where the server would import it.
+            _import_app(loaded.app, loaded.app_dir)
+            await run_server(loaded)
+
+        return serve()
 
     _run("server", load, start)
 
