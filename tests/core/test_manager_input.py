@@ -51,6 +51,13 @@ def bad_inputs() -> list[tuple[str, object]]:
         ),
         ("s9", ServerAnnounced(server_id="s9", incarnation=1, address="x", zone="", weight=1.0)),
         ("s8", ServerAnnounced(server_id="s8", incarnation=1, address="x", zone="z", weight=-1.0)),
+        # Well formed, but outside this manager's placement bounds (server_weight_max 100,
+        # zone_length_max 64): the map could never hold it.
+        ("s7", ServerAnnounced(server_id="s7", incarnation=1, address="x", zone="z", weight=500.0)),
+        (
+            "s6",
+            ServerAnnounced(server_id="s6", incarnation=1, address="x", zone="z" * 65, weight=1),
+        ),
         ("c1", ClusterMessage(kind=1, body=b"\xff\x00garbage")),
         # A string that is not UTF-8 inside an otherwise well-formed MapRequested.
         (
@@ -88,6 +95,17 @@ def test_bad_input_gets_an_error_and_a_close_for_that_peer_only(index: int) -> N
     assert harness.take(sender, ConnectionCloseRequested)
     harness.join("s3")
     assert [j.server_id for j in harness.events(ServerJoined)] == ["s1", "s2", "s3"]
+
+
+def test_a_server_outside_the_placement_bounds_is_told_why() -> None:
+    """A weight beyond server_weight_max is refused with the bound named, not retried silently."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    announce = ServerAnnounced(server_id="s2", incarnation=1, address="x", zone="z", weight=500.0)
+    harness.router.send("s2", MANAGER, announce)
+    (error,) = harness.take("s2", Error)
+    assert "weight of 's2' must be in [0.001, 100.0]" in error.reason
+    assert harness.manager.membership.get("s2") is None
 
 
 def test_messages_claiming_another_senders_identity_are_ignored() -> None:

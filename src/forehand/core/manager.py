@@ -126,6 +126,7 @@ from forehand.placement import (
     ServerUndrained,
     ShardMap,
     check_part_name,
+    check_server_entry,
     new_session_id,
 )
 from forehand.placement import ServerJoined as ServerJoinedOperation
@@ -223,6 +224,7 @@ class ManagerCore:
         risk_policy: RiskPolicy | None = None,
     ) -> None:
         self._config = config
+        self._placement_config = placement_config
         self._sealer = sealer
         self._rng = rng
         self._risk: RiskPolicy = risk_policy or make_risk_policy(config, rng)
@@ -741,6 +743,18 @@ class ManagerCore:
                 address=message.address,
                 zone=message.zone,
                 weight=message.weight,
+            )
+            # This manager's own bounds (weight, zone and address lengths): a server outside
+            # them could never be committed to the map, so it is told why instead of waiting.
+            check_server_entry(
+                self._placement_config,
+                ServerEntry(
+                    server_id=message.server_id,
+                    address=message.address,
+                    zone=message.zone,
+                    weight=message.weight,
+                    state=ServerState.ACTIVE,
+                ),
             )
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error

@@ -50,6 +50,7 @@ from forehand.placement._servers import (
     ServerTransition,
 )
 from forehand.placement._shard_map import ServerParts, ShardMap
+from forehand.placement._state import check_server_entry
 from forehand.placement._strategies import (
     Layout,
     LayoutFactory,
@@ -94,6 +95,7 @@ __all__ = [
     "UnknownPartKeyError",
     "build_layout",
     "check_part_name",
+    "check_server_entry",
     "check_session_id",
     "format_session_id",
     "new_session_id",

@@ -43,14 +43,15 @@ from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOp
 from forehand.core.messages import encode_cluster_message
 from forehand.errors import ConfigError
 from forehand.runtime.transport import (
-    Connection as TransportConnection,
-)
-from forehand.runtime.transport import (
+    CloseInitiator,
     ConnectionClosedError,
     Listener,
     PathStats,
     Transport,
     TransportError,
+)
+from forehand.runtime.transport import (
+    Connection as TransportConnection,
 )
 from forehand.stores import Store, StoreFailed
 from forehand.wire import (
@@ -263,6 +264,8 @@ class NodeDriver:
         self._frame_bytes_max = frame_bytes_max
         self._idle_timeout_ms = idle_timeout_ms
         self._peers: dict[str, _Peer] = {}
+        self._refusals_logged: dict[str, str] = {}
+        """The last refusal logged per cluster peer (cluster peers are configured, so bounded)."""
         self._subscribers: list[EventSubscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._offset_s = 0.0
@@ -530,8 +533,21 @@ class NodeDriver:
             peer.queue.clear()
             self._later_lost(node_id, "closed")
             return
+        if request.error_code != ErrorCode.NO_ERROR and not node_id.startswith(CLIENT_NODE_PREFIX):
+            # The core refused a cluster peer (a client's refusals are the client's business and
+            # may be many): say why in this node's log too.
+            self._log_refusal(node_id, f"closing {node_id}: {request.reason}")
         for link in list(peer.links):
             link.connection.close(request.error_code, request.reason)
+
+    def _log_refusal(self, node_id: str, line: str) -> None:
+        """A refusal between cluster nodes, as a warning the first time in a row: a peer that
+        redials and is refused again for the same reason every half second logs it once."""
+        if self._refusals_logged.get(node_id) == line:
+            _log.debug(line)
+            return
+        self._refusals_logged[node_id] = line
+        _log.warning(line)
 
     def _later_lost(self, node_id: str, reason: str) -> None:
         loop = self._loop
@@ -651,6 +667,14 @@ class NodeDriver:
 
     async def _watch(self, link: _Link) -> None:
         info = await link.connection.wait_closed()
+        if (
+            info.initiator is CloseInitiator.PEER
+            and info.error_code != ErrorCode.NO_ERROR
+            and link.kind is _LinkKind.CLUSTER
+        ):
+            # A cluster peer refused something this node sent (a manager refusing a server's
+            # announce, say): the operator of this node needs the reason, the core only the close.
+            self._log_refusal(link.peer, f"{link.peer} closed the connection: {info.reason}")
         self._link_gone(link, f"{info.initiator.value}: {info.reason}")
 
     def _link_gone(self, link: _Link, reason: str) -> None:

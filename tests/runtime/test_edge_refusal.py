@@ -1,0 +1,82 @@
+"""A server the manager can never admit is told why, and both logs say it.
+
+A manager refuses a server whose announced weight or zone breaks its placement bounds (the map
+could never hold it). Before, the join failed inside the manager and was retried in silence: the
+server listened, nobody logged anything, and it never joined. Real processes, real TLS.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from forehand.runtime.certs import make_cluster_certs
+from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
+
+FOREHAND = [sys.executable, "-c", "from forehand.cli import main; main()"]
+REPOSITORY = Path(__file__).resolve().parents[2]
+WAIT_S = 60.0
+"""How long the refusal may take to show on a loaded machine (it shows within a second here)."""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Manager and server each log the refusal naming the bound, once, not every redial."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ["manager", "s1"], days=1)
+    add_cluster_key(certs / CLUSTER_KEYS_FILE)
+    manager_port, server_port = free_port(), free_port()
+    manager_log, server_log = tmp_path / "manager.log", tmp_path / "server.log"
+    common = ["--certs-dir", str(certs)]
+    with manager_log.open("w") as manager_out, server_log.open("w") as server_out:
+        manager = subprocess.Popen(
+            [*FOREHAND, "manager", *common, "--listen", f"127.0.0.1:{manager_port}"],
+            stdout=manager_out,
+            stderr=subprocess.STDOUT,
+            cwd=REPOSITORY,
+        )
+        server = subprocess.Popen(
+            [
+                *FOREHAND,
+                "server",
+                *common,
+                "--app",
+                "examples.cart.app:app",
+                "--server-id",
+                "s1",
+                "--listen",
+                f"127.0.0.1:{server_port}",
+                "--manager",
+                f"127.0.0.1:{manager_port}",
+                "--set",
+                "weight=500",
+            ],
+            stdout=server_out,
+            stderr=subprocess.STDOUT,
+            cwd=REPOSITORY,
+        )
+        try:
+            reason = "bad ServerAnnounced: weight of 's1' must be in [0.001, 100.0]"
+            deadline = time.monotonic() + WAIT_S
+            while time.monotonic() < deadline:
+                if reason in server_log.read_text() and reason in manager_log.read_text():
+                    break
+                time.sleep(0.2)
+            time.sleep(1.5)  # Long enough for the server to redial and be refused again.
+        finally:
+            for process in (server, manager):
+                process.kill()
+                process.wait(timeout=30)
+    server_lines = [line for line in server_log.read_text().splitlines() if reason in line]
+    manager_lines = [line for line in manager_log.read_text().splitlines() if reason in line]
+    assert len(server_lines) == 1 and "manager closed the connection" in server_lines[0]
+    assert len(manager_lines) == 1 and "closing s1" in manager_lines[0]
