@@ -39,10 +39,18 @@ def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: P
     common = ["--certs-dir", str(certs)]
     with manager_log.open("w") as manager_out, server_log.open("w") as server_out:
         manager = subprocess.Popen(
-            [*FOREHAND, "manager", *common, "--listen", f"127.0.0.1:{manager_port}"],
+            [
+                *FOREHAND,
+                "manager",
+                *common,
+                "--listen",
+                f"127.0.0.1:{manager_port}",
+                "--set",
+                f"store_path={tmp_path / 'manager.sqlite'}",
+            ],
             stdout=manager_out,
             stderr=subprocess.STDOUT,
-            cwd=REPOSITORY,
+            cwd=tmp_path,
         )
         server = subprocess.Popen(
             [
@@ -51,6 +59,8 @@ def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: P
                 *common,
                 "--app",
                 "examples.cart.app:app",
+                "--app-dir",
+                str(REPOSITORY),
                 "--server-id",
                 "s1",
                 "--listen",
@@ -62,7 +72,7 @@ def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: P
             ],
             stdout=server_out,
             stderr=subprocess.STDOUT,
-            cwd=REPOSITORY,
+            cwd=tmp_path,
         )
         try:
             reason = "bad ServerAnnounced: weight of 's1' must be in [0.001, 100.0]"
