@@ -30,7 +30,8 @@ def _keys_of(kind: Any, *, skip: tuple[str, ...] = ()) -> str:
 def _tables_help(tables: dict[str, tuple[str, Any, tuple[str, ...]]]) -> str:
     lines = [
         "Each option may also be set in the TOML file (--config) under its name with underscores; "
-        "flags override the file, and --set overrides any key, tables included "
+        "flags override the file, and --set sets any key, tables included (a key given both "
+        "by its flag and by --set is refused) "
         "(--set core.failure_timeout_ms=1000). Units are in the key names: _ms milliseconds, "
         "_us microseconds, _bytes bytes, _max a count. Tables:"
     ]
@@ -40,12 +41,20 @@ def _tables_help(tables: dict[str, tuple[str, Any, tuple[str, ...]]]) -> str:
 
 
 def _overrides(values: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    from forehand.errors import ConfigError
     from forehand.runtime.config import parse_overrides
 
     merged = parse_overrides(settings)
     for key, value in values.items():
-        if value is not None:
-            merged[key] = str(value) if isinstance(value, Path) else value
+        if value is None:
+            continue
+        if key in merged:
+            # Which one should win is a guess either way: refuse, naming both.
+            raise ConfigError(
+                f"{key} is given twice, by --{key.replace('_', '-')} and by --set {key}=; "
+                "give it once"
+            )
+        merged[key] = str(value) if isinstance(value, Path) else value
     return merged
 
 

@@ -96,6 +96,10 @@ MANAGER_CASES: dict[str, tuple[list[str], str]] = {
         "unknown key(s) ['failure_timeot_ms'] in [core] (did you mean 'failure_timeout_ms'?)",
     ),
     "--set on a table's name": (["--set", "core=5"], "[core] must be a table"),
+    "a key given by its flag and by --set": (
+        ["--set", "listen=127.0.0.1:1"],
+        "listen is given twice, by --listen and by --set listen=; give it once",
+    ),
     "NaN in a table": (["--set", "core.overload_threshold=nan"], "overload_threshold must be"),
     "integer beyond 64 bits": (
         ["--set", "core.failure_timeout_ms=99999999999999999999"],
