@@ -10,6 +10,7 @@ import pytest
 from forehand.core._client_map import CLIENT_PLACEMENTS_ENCODING, decode_client_placements
 from forehand.core._driver import ConnectionCloseRequested
 from forehand.core._manager_events import (
+    CredentialRefused,
     DeathCause,
     MapChange,
     MapCommitRejected,
@@ -46,6 +47,7 @@ from forehand.wire import (
     OpenSession,
     Ping,
     Pong,
+    ResumeRejectReason,
     SessionOpened,
     Welcome,
 )
@@ -450,6 +452,22 @@ def test_hello_credentials_let_a_new_connection_locate_its_sessions() -> None:
     (update,) = harness.take("c1-again", MapUpdate)
     entries = decode_client_placements(update.body).entries
     assert [e.session_id for e in entries] == [opened.session_id]
+
+
+def test_hello_credentials_that_do_not_open_are_reported() -> None:
+    """A forged credential and one naming another session each give a CredentialRefused."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth",), client="c1")
+    other = bytes([7] * 16)
+    forged = Credential(session_id=bytes(16), credential=b"x" * 40)
+    borrowed = Credential(session_id=other, credential=opened.credential)
+    hello = Hello(versions=(1,), client_id=bytes(16), credentials=(forged, borrowed))
+    harness.router.send("c2", MANAGER, hello)
+    refused = harness.events(CredentialRefused)
+    assert [(r.client, r.session_id) for r in refused] == [("c2", bytes(16)), ("c2", other)]
+    assert {r.reason for r in refused} == {int(ResumeRejectReason.TOKEN_INVALID)}
+    assert refused[1].detail == "the credential is another session's"
 
 
 def test_close_session_removes_its_parts() -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core._driver import ConnectionCloseRequested
-from forehand.core._manager_events import ServerJoined
+from forehand.core._manager_events import PeerRefused, ServerJoined
 from forehand.core.messages import (
     HandoffRequested,
     HeartbeatReported,
@@ -93,6 +93,8 @@ def test_bad_input_gets_an_error_and_a_close_for_that_peer_only(index: int) -> N
         ErrorCode.FRAME_ENCODING_ERROR,
     )
     assert harness.take(sender, ConnectionCloseRequested)
+    (refused,) = harness.events(PeerRefused)
+    assert (refused.peer, refused.error_code) == (sender, int(error.code))
     harness.join("s3")
     assert [j.server_id for j in harness.events(ServerJoined)] == ["s1", "s2", "s3"]
 

@@ -193,3 +193,41 @@ def test_refused_tokens_and_credentials_are_counted(ops_cluster: OpsCluster) -> 
     assert moved(rejected, reason="token_expired") == 1
     assert moved(rejected, reason="token_replayed") == 1
     assert moved("forehand_protocol_violations_total", code="unauthenticated") == 1
+
+
+def test_refused_credentials_and_peers_are_counted_by_the_manager(ops_cluster: OpsCluster) -> None:
+    """A client HELLO to the manager with a forged session credential is still welcomed (the
+    credential gives no rights), and the manager's /metrics counts the refused credential; a
+    frame the manager does not take from a client is counted as a protocol violation."""
+    cluster = ops_cluster
+
+    async def scenario() -> tuple[Frame, Frame]:
+        transport = create_transport("tls", credentials=Credentials.for_client(cluster.certs_dir))
+        host, port = parse_address(cluster.manager_address, where="manager")
+        connection = await transport.connect(
+            host, port, server_id="manager", peer_role=PeerRole.SERVER
+        )
+        forged = Credential(session_id=os.urandom(16), credential=os.urandom(80))
+        connection.send_frame(Hello(versions=(1,), client_id=os.urandom(16), credentials=(forged,)))
+        welcome = await connection.receive()
+        # A RESUME goes to a part's server, never to the manager.
+        connection.send_frame(
+            Resume(session_id=os.urandom(16), map_version=1, token=b"x" * 40, parts=("cart",))
+        )
+        refused = await connection.receive()
+        connection.close()
+        await connection.wait_closed()
+        return welcome, refused
+
+    before = _counters(cluster.api_url)
+    welcome, refused = run_async(scenario())
+    after = _counters(cluster.api_url)
+    assert isinstance(welcome, Welcome)
+    assert isinstance(refused, Error) and refused.code is ErrorCode.FRAME_UNEXPECTED
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("forehand_manager_credentials_refused_total", reason="token_invalid") == 1
+    assert moved("forehand_manager_protocol_violations_total", code="frame_unexpected") == 1

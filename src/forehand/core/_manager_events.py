@@ -39,6 +39,8 @@ __all__ = [
     "ServerJoined",
     "ServerSuspected",
     "SessionRegistered",
+    "CredentialRefused",
+    "PeerRefused",
 ]
 
 
@@ -401,6 +403,33 @@ class SessionRegistered:
     """The version that placed its parts."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerRefused:
+    """A peer broke the protocol: it got an ERROR frame and its connection is being closed."""
+
+    peer: str
+    """The offender (a server id, or a client connection's node id)."""
+    error_code: int
+    """The `ErrorCode` sent."""
+    reason: str
+    """Why."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialRefused:
+    """A session credential presented in a client's HELLO did not open (forged, expired, under a
+    retired key, or for another session); the client does not get that session's rights."""
+
+    client: str
+    """The client connection's node id."""
+    session_id: bytes
+    """The session the credential claimed (as the client named it)."""
+    reason: int
+    """A `ResumeRejectReason` value."""
+    detail: str
+    """Why, for logs."""
+
+
 ManagerEvent = (
     MapLoaded
     | MapCommitted
@@ -419,5 +448,7 @@ ManagerEvent = (
     | RiskFlagged
     | RiskAssessed
     | SessionRegistered
+    | PeerRefused
+    | CredentialRefused
 )
 """Any event the manager emits."""

@@ -45,6 +45,7 @@ from forehand.core._manager_commits import (
 )
 from forehand.core._manager_config import ManagerConfig
 from forehand.core._manager_events import (
+    CredentialRefused,
     DeathCause,
     DrainProgressed,
     FailoverCompleted,
@@ -60,6 +61,7 @@ from forehand.core._manager_events import (
     MapLoaded,
     MovesDropped,
     PartsLost,
+    PeerRefused,
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
@@ -143,6 +145,7 @@ from forehand.wire import (
     Ping,
     Pong,
     ReasonCode,
+    ResumeRejectReason,
     SessionOpened,
     Welcome,
 )
@@ -542,6 +545,7 @@ class ManagerCore:
 
     def _refuse(self, peer: NodeId, code: ErrorCode, reason: str) -> None:
         """A peer broke the protocol: tell it why and close only its connection."""
+        self._emit(PeerRefused(peer=peer, error_code=int(code), reason=reason))
         self._send(peer, Error(code=code, reason=reason))
         self._send(peer, ConnectionCloseRequested(peer=peer, error_code=int(code), reason=reason))
 
@@ -1949,11 +1953,28 @@ class ManagerCore:
         for credential in frame.credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
-            except TokenError:
+            except TokenError as error:
+                self._emit(
+                    CredentialRefused(
+                        client=source,
+                        session_id=credential.session_id,
+                        reason=int(error.reject_reason),
+                        detail=str(error),
+                    )
+                )
                 continue
             if claims.session_id == credential.session_id:
                 self._remember_session(client, claims.session_id)
                 self._session_buckets.bind(claims.session_id, client.client_id)
+            else:
+                self._emit(
+                    CredentialRefused(
+                        client=source,
+                        session_id=credential.session_id,
+                        reason=int(ResumeRejectReason.TOKEN_INVALID),
+                        detail="the credential is another session's",
+                    )
+                )
         self._send(
             source,
             Welcome(

@@ -149,6 +149,20 @@ class ManagerMetrics:
         )
         self.sessions = Counter("forehand_sessions_registered", "Sessions opened.", registry=r)
         self.map_version = Gauge("forehand_map_version", "The shard map's version.", registry=r)
+        self.protocol_violations = Counter(
+            "forehand_manager_protocol_violations",
+            "Peers the manager closed with an ERROR for breaking the protocol (a server outside"
+            " the placement bounds, a malformed message...), by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.credentials_refused = Counter(
+            "forehand_manager_credentials_refused",
+            "Session credentials in a client's HELLO that did not open (forged, expired, under"
+            " a retired key, another session's), by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.drain_moved = Gauge(
             "forehand_drain_parts_moved", "Roles a drain moved away.", ["server"], registry=r
         )
@@ -223,6 +237,17 @@ class ManagerMetrics:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
 
+    def _peer_refused(self, event: Any) -> None:
+        code = ErrorCode.from_wire(event.error_code).name.lower()
+        self.protocol_violations.labels(code).inc()
+
+    def _credential_refused(self, event: Any) -> None:
+        try:
+            reason = ResumeRejectReason(event.reason).name.lower()
+        except ValueError:
+            reason = ResumeRejectReason.UNSPECIFIED.name.lower()
+        self.credentials_refused.labels(reason).inc()
+
 
 _MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
     "HandoffStarted": ManagerMetrics._handoff_started,
@@ -239,6 +264,8 @@ _MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
     "MapCommitRejected": ManagerMetrics._map_rejected,
     "SessionRegistered": ManagerMetrics._session_registered,
     "DrainProgressed": ManagerMetrics._drain_progressed,
+    "PeerRefused": ManagerMetrics._peer_refused,
+    "CredentialRefused": ManagerMetrics._credential_refused,
 }
 
 
