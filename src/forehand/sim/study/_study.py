@@ -80,6 +80,11 @@ def _init_worker(channel: queue.Queue[tuple[str, int]]) -> None:
     _progress_queue = channel
 
 
+_FINISHED = -1
+"""The ticks a worker reports last, after all its progress: the parent waits for it, since a
+queue's items can reach the parent after the worker's result does."""
+
+
 def _worker(config: StudyConfig, policy: Policy, snapshot: bytes | None) -> PolicyResult:
     channel = _progress_queue
 
@@ -87,7 +92,10 @@ def _worker(config: StudyConfig, policy: Policy, snapshot: bytes | None) -> Poli
         if channel is not None:
             channel.put((policy.value, ticks))
 
-    return run_policy(config, policy, predictor_snapshot=snapshot, progress=report)
+    try:
+        return run_policy(config, policy, predictor_snapshot=snapshot, progress=report)
+    finally:
+        report(_FINISHED)
 
 
 def run_study(
@@ -134,28 +142,42 @@ def _run_parallel(
     ) as pool:
         for policy in sorted(config.policies, key=START_ORDER.index):
             futures[policy] = pool.submit(_worker, config, policy, snapshot)
-        while not all(future.done() for future in futures.values()):
-            _drain(channel, on_progress, timeout_s=0.5)
-        _drain(channel, on_progress, timeout_s=0.0)
+        finished: set[Policy] = set()
+
+        def awaited() -> bool:
+            # A worker that died without a word (its future failed) sends no last report.
+            return any(
+                not future.done() or (policy not in finished and future.exception() is None)
+                for policy, future in futures.items()
+            )
+
+        while awaited():
+            _drain(channel, on_progress, finished, timeout_s=0.5)
         return {policy: futures[policy].result() for policy in config.policies}
 
 
 def _drain(
-    channel: queue.Queue[tuple[str, int]], on_progress: Progress | None, *, timeout_s: float
+    channel: queue.Queue[tuple[str, int]],
+    on_progress: Progress | None,
+    finished: set[Policy],
+    *,
+    timeout_s: float,
 ) -> None:
+    """Pass on what the workers reported, waiting up to `timeout_s` for the first item."""
     try:
-        name, ticks = channel.get(timeout=timeout_s) if timeout_s else channel.get_nowait()
+        item = channel.get(timeout=timeout_s)
     except queue.Empty:
         return
-    if on_progress is not None:
-        on_progress(Policy(name), ticks)
     while True:
+        name, ticks = item
+        if ticks == _FINISHED:
+            finished.add(Policy(name))
+        elif on_progress is not None:
+            on_progress(Policy(name), ticks)
         try:
-            name, ticks = channel.get_nowait()
+            item = channel.get_nowait()
         except queue.Empty:
             return
-        if on_progress is not None:
-            on_progress(Policy(name), ticks)
 
 
 def parse_sweep(text: str) -> list[tuple[int, int]]:
