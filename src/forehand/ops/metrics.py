@@ -68,6 +68,20 @@ def _status(status: int) -> str:
         return str(status)
 
 
+def _reason_label(reason: int) -> str:
+    """A resume refusal's reason as a label; an unknown number is `unspecified`, so a peer cannot
+    grow the series without bound."""
+    try:
+        return ResumeRejectReason(reason).name.lower()
+    except ValueError:
+        return ResumeRejectReason.UNSPECIFIED.name.lower()
+
+
+def _code_label(error_code: int) -> str:
+    """An ERROR frame's code as a label (`ErrorCode.from_wire` maps unknown codes to one)."""
+    return ErrorCode.from_wire(error_code).name.lower()
+
+
 class ManagerMetrics:
     """The manager's metrics: an event subscriber plus scrape-time gauges of the cluster view."""
 
@@ -238,15 +252,10 @@ class ManagerMetrics:
         self.drain_total.labels(event.server_id).set(event.parts_total)
 
     def _peer_refused(self, event: Any) -> None:
-        code = ErrorCode.from_wire(event.error_code).name.lower()
-        self.protocol_violations.labels(code).inc()
+        self.protocol_violations.labels(_code_label(event.error_code)).inc()
 
     def _credential_refused(self, event: Any) -> None:
-        try:
-            reason = ResumeRejectReason(event.reason).name.lower()
-        except ValueError:
-            reason = ResumeRejectReason.UNSPECIFIED.name.lower()
-        self.credentials_refused.labels(reason).inc()
+        self.credentials_refused.labels(_reason_label(event.reason)).inc()
 
 
 _MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
@@ -480,15 +489,10 @@ class ServerMetrics:
         self.map_version.set(event.map_version)
 
     def _resume_rejected(self, event: Any) -> None:
-        try:
-            reason = ResumeRejectReason(event.reason).name.lower()
-        except ValueError:
-            reason = ResumeRejectReason.UNSPECIFIED.name.lower()
-        self._child(self.resumes_rejected, reason).inc()
+        self._child(self.resumes_rejected, _reason_label(event.reason)).inc()
 
     def _violation(self, event: Any) -> None:
-        code = ErrorCode.from_wire(event.error_code).name.lower()
-        self._child(self.protocol_violations, code).inc()
+        self._child(self.protocol_violations, _code_label(event.error_code)).inc()
 
 
 _SERVER_HANDLERS: dict[str, Callable[[ServerMetrics, Any], None]] = {
