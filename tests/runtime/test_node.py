@@ -3,6 +3,7 @@ they arrived, which never goes back."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,3 +108,56 @@ async def _burst(certs: Path) -> None:
         await sender.close()
         await receiver.close()
         await listener.close()
+
+
+EARLY_S = 10.0
+"""Clock resolution of the loop below: it runs a timer due within this much of now at once."""
+
+
+class _CoarseClockLoop(asyncio.SelectorEventLoop):
+    """asyncio's loop with a coarse clock (Windows' is 15.6 ms; uvloop's, milliseconds): it runs
+    a timer up to its clock resolution early, as every asyncio loop may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._clock_resolution = EARLY_S
+
+
+class _TimerCore(_Core):
+    """Asks for one timer at `due_us` and records the time it was handled at."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.due_us: int | None = None
+        self.timer_now_us: int | None = None
+
+    def handle_timer(self, *, now_us: int) -> None:
+        self.timer_now_us = now_us
+        self.due_us = None
+
+    def timer_us(self) -> int | None:
+        return self.due_us
+
+
+def test_time_fed_after_an_early_timer_never_goes_back() -> None:
+    """A timer the loop runs early is handled at the time the core asked for, and nothing fed
+    to the core afterwards (here a command) is given an earlier time."""
+    with asyncio.Runner(loop_factory=_CoarseClockLoop) as runner:
+        timer_now_us, command_now_us = runner.run(_early_timer())
+    assert command_now_us >= timer_now_us
+
+
+async def _early_timer() -> tuple[int, int]:
+    core = _TimerCore("s1")
+    driver = NodeDriver(core, resolve=lambda node: [])
+    driver.start()
+    try:
+        due_us = driver.now_us() + int(EARLY_S * 1_000_000) // 2
+        core.due_us = due_us
+        driver.command(lambda core, now_us: None)
+        await eventually(lambda: core.timer_now_us is not None, what="the timer ran")
+        assert core.timer_now_us == due_us
+        command_now_us: int = driver.command(lambda core, now_us: now_us)
+        return due_us, command_now_us
+    finally:
+        await driver.close()

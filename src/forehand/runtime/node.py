@@ -441,8 +441,8 @@ class NodeDriver:
         if self._closed:
             return
         # The loop may run a timer up to its clock resolution early; the core is told the time
-        # it asked for, so one timer is one call.
-        now_us = max(self.now_us(), due_us)
+        # it asked for, so one timer is one call; what is fed next is never earlier than that.
+        now_us = self._last_now_us = max(self.now_us(), due_us)
         try:
             self.core.handle_timer(now_us=now_us)
         except Exception:
