@@ -250,27 +250,12 @@ def server(
 
 
 def _import_app(reference: str, app_dir: Path | None) -> None:
-    """Import the application before the server starts, so that a module that fails to import
-    (any exception, not only ImportError) is one line naming the module, the error and where
-    it was raised, rather than a traceback through the runtime."""
-    import traceback
-
-    from forehand.errors import ConfigError
+    """Import the application before the server starts, so that a module that cannot be loaded
+    (missing, raising on import, without the attribute, not an App) is one line (a ConfigError
+    from `load_app`) rather than a traceback through the runtime."""
     from forehand.runtime.process import load_app
 
-    try:
-        load_app(reference, app_dir)
-    except ConfigError:
-        raise
-    except Exception as error:
-        module = reference.partition(":")[0]
-        frames = traceback.extract_tb(error.__traceback__)
-        where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
-        if isinstance(error, SyntaxError) and error.filename:
-            where = f" at {error.filename}:{error.lineno}"
-        raise ConfigError(
-            f"importing the app module {module!r} raised {type(error).__name__}: {error}{where}"
-        ) from error
+    load_app(reference, app_dir)
 
 
 def certs(

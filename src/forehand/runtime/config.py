@@ -268,7 +268,8 @@ class ServerProcessConfig:
         parse_addresses(self.manager, where="manager")
         if self.advertise:
             parse_address(self.advertise, where="advertise")
-        if ":" not in self.app:
+        module, _, attribute = self.app.partition(":")
+        if not module or not attribute:
             raise ConfigError(f"app must be module:attribute, got {self.app!r}")
         if self.incarnation < 0 or self.load_report_interval_ms < 1:
             raise ConfigError("incarnation must be >= 0 and load_report_interval_ms >= 1")

@@ -17,6 +17,7 @@ import logging
 import random
 import sys
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,19 +115,50 @@ def _values(event: object) -> dict[str, object]:
 
 def load_app(reference: str, app_dir: Path | None = None) -> App:
     """The `App` that `module:attribute` names, imported with `app_dir` (by default the current
-    directory) first on the import path; ConfigError when it cannot be loaded."""
+    directory) first on the import path.
+
+    ConfigError, one line, when it cannot be loaded: the reference is not `module:attribute`,
+    the module cannot be found or raises while it is imported (any exception: the line names
+    it and where it was raised), the module has no such attribute, or the attribute is not a
+    `forehand.App` instance.
+    """
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"app must be module:attribute, got {reference!r}")
     directory = str((app_dir or Path.cwd()).resolve())
     if directory not in sys.path:
         sys.path.insert(0, directory)
-    module_name, _, attribute = reference.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(f"cannot import the app module {module_name!r}: {error}") from error
-    app = getattr(module, attribute, None)
+    except Exception as error:
+        raise ConfigError(_import_failure(module_name, error)) from error
+    if not hasattr(module, attribute):
+        names = ", ".join(
+            sorted(name for name, value in vars(module).items() if isinstance(value, App))
+        )
+        found = f"its App instances: {names}" if names else "it defines no forehand.App"
+        raise ConfigError(
+            f"the app module {module_name!r} has no attribute {attribute!r} ({found})"
+        )
+    app = getattr(module, attribute)
+    if app is App:
+        raise ConfigError(
+            f"{reference} is the class forehand.App: name an instance (app = forehand.App())"
+        )
     if not isinstance(app, App):
         raise ConfigError(f"{reference} is not a forehand.App (got {type(app).__name__})")
     return app
+
+
+def _import_failure(module_name: str, error: Exception) -> str:
+    """One line for an app module that raised while it was imported: the error and where."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    if isinstance(error, SyntaxError) and error.filename:
+        where = f" at {error.filename}:{error.lineno}"
+    return f"importing the app module {module_name!r} raised {type(error).__name__}: {error}{where}"
 
 
 async def _listen(
