@@ -242,7 +242,7 @@ def undrain(
 def handoff(
     session: str = typer.Argument(..., help="The session id, 32 hex digits."),
     *,
-    to: str | None = typer.Option(None, "--to", help="The target server [the manager picks]."),
+    to: str | None = typer.Option(None, "--to", help="The target server \\[the manager picks]."),
     reason: str = typer.Option("rebalance", help="Reason code clients see in HANDOFF."),
     url: str = _URL,
     token: str | None = _TOKEN,

@@ -8,7 +8,8 @@ this module sits outside `forehand.runtime`, whose package imports every transpo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ CONFIG_ERROR_EXIT = 2
 """Exit status of a process whose configuration is invalid."""
 SESSION_HEX_DIGITS = 32
 """A session id (16 bytes) as operators write it."""
+_FLAG_KEYS = {"manager_address": "manager", "config": "", "settings": ""}
+"""The configuration key of each command parameter whose name differs from it ("": none)."""
 
 
 def _keys_of(kind: Any, *, skip: tuple[str, ...] = ()) -> str:
@@ -27,14 +30,25 @@ def _keys_of(kind: Any, *, skip: tuple[str, ...] = ()) -> str:
     return ", ".join(names)
 
 
-def _tables_help(tables: dict[str, tuple[str, Any, tuple[str, ...]]]) -> str:
+def _unflagged_keys(kind: Any, command: Callable[..., None], tables: Iterable[str]) -> str:
+    """The top-level keys of `kind` that `command` has no flag for (only --set or the file)."""
+    flags = {_FLAG_KEYS.get(name, name) for name in inspect.signature(command).parameters}
+    return _keys_of(kind, skip=(*flags, *tables))
+
+
+def _tables_help(
+    tables: dict[str, tuple[str, Any, tuple[str, ...]]], *, unflagged: str = ""
+) -> str:
     lines = [
         "Each option may also be set in the TOML file (--config) under its name with underscores; "
         "flags override the file, and --set sets any key, tables included (a key given both "
         "by its flag and by --set is refused) "
         "(--set core.failure_timeout_ms=1000). Units are in the key names: _ms milliseconds, "
-        "_us microseconds, _bytes bytes, _max a count. Tables:"
+        "_us microseconds, _bytes bytes, _max a count."
     ]
+    if unflagged:
+        lines.append(f"Top-level keys without a flag: {unflagged}.")
+    lines.append("Tables:")
     for table, (owner, kind, skip) in tables.items():
         lines.append(f"{table} table ({owner}): {_keys_of(kind, skip=skip)}.")
     return "\n\n".join(lines)
@@ -81,28 +95,27 @@ def _run(command: str, load: Callable[[], Any], start: Callable[[Any], Any]) -> 
 def _manager_epilog() -> str:
     from forehand.core import ManagerConfig
     from forehand.placement import PlacementConfig
+    from forehand.runtime.config import ManagerProcessConfig
     from forehand.runtime.node import DriverConfig
 
-    return _tables_help(
-        {
-            "core": ("forehand.core.ManagerConfig", ManagerConfig, ("node_id",)),
-            "placement": ("forehand.placement.PlacementConfig", PlacementConfig, ()),
-            "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
-        }
-    )
+    tables = {
+        "core": ("forehand.core.ManagerConfig", ManagerConfig, ("node_id",)),
+        "placement": ("forehand.placement.PlacementConfig", PlacementConfig, ()),
+        "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+    }
+    return _tables_help(tables, unflagged=_unflagged_keys(ManagerProcessConfig, manager, tables))
 
 
 def _server_epilog() -> str:
     from forehand.core import ServerConfig
-    from forehand.runtime.config import SERVER_IDENTITY_FIELDS
+    from forehand.runtime.config import SERVER_IDENTITY_FIELDS, ServerProcessConfig
     from forehand.runtime.node import DriverConfig
 
-    return _tables_help(
-        {
-            "core": ("forehand.core.ServerConfig", ServerConfig, SERVER_IDENTITY_FIELDS),
-            "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
-        }
-    )
+    tables = {
+        "core": ("forehand.core.ServerConfig", ServerConfig, SERVER_IDENTITY_FIELDS),
+        "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+    }
+    return _tables_help(tables, unflagged=_unflagged_keys(ServerProcessConfig, server, tables))
 
 
 _CONFIG = typer.Option(None, "--config", help="TOML file of the process (see below).")
@@ -110,17 +123,20 @@ _SET = typer.Option([], "--set", help="KEY=VALUE override of any key, dotted for
 _LISTEN = typer.Option(
     None, help="host:port for clients and cluster peers; port 0 picks one [127.0.0.1:7000]."
 )
+_SERVER_LISTEN = typer.Option(
+    None, help="host:port for clients and cluster peers; port 0 picks one [127.0.0.1:7100]."
+)
 _TRANSPORT = typer.Option(
-    None, help="Client-facing transport: tls (TCP) or quic (UDP, same port) [tls]."
+    None, help="Client-facing transport: tls (TCP) or quic (UDP, same port) \\[tls]."
 )
 _CERTS = typer.Option(None, help="Directory made by `forehand certs` (ca.pem, node keys).")
 _KEYS = typer.Option(None, help="Cluster token key file [CERTS_DIR/cluster-keys.toml].")
 _READY = typer.Option(None, help="File the process writes host:port to once it listens.")
-_LOG = typer.Option(None, help="Log level on stderr: debug, info, warning, error [info].")
-_LOG_FORMAT = typer.Option(None, help="Log lines on stderr: console or json [console].")
+_LOG = typer.Option(None, help="Log level on stderr: debug, info, warning, error \\[info].")
+_LOG_FORMAT = typer.Option(None, help="Log lines on stderr: console or json \\[console].")
 
 
-_STORE_PATH = typer.Option(None, help="SQLite file [manager.sqlite].")
+_STORE_PATH = typer.Option(None, help="SQLite file \\[manager.sqlite].")
 _APP_DIR = typer.Option(None, help="Directory the app module is imported from [.].")
 _DIRECTORY = typer.Argument(..., help="Where to write the files (created if missing).")
 _NODES = typer.Argument(None, help="Node ids to issue certificates for.")
@@ -133,12 +149,12 @@ def manager(
     transport: str | None = _TRANSPORT,
     certs_dir: Path | None = _CERTS,
     keys_file: Path | None = _KEYS,
-    node_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
+    node_id: str | None = typer.Option(None, help="The manager's node id \\[manager]."),
     store: str | None = typer.Option(
         None,
         help=(
             "Shard-map store: sqlite, memory, or etcd://HOST:PORT[,HOST:PORT...] for managers"
-            " that elect a leader (docs/DEPLOYMENT.md) [sqlite]."
+            " that elect a leader (docs/DEPLOYMENT.md) \\[sqlite]."
         ),
     ),
     store_path: Path | None = _STORE_PATH,
@@ -182,19 +198,19 @@ def server(
     ),
     app_dir: Path | None = _APP_DIR,
     server_id: str | None = typer.Option(None, help="This server's node id (its certificate's)."),
-    listen: str | None = _LISTEN,
-    advertise: str | None = typer.Option(None, help="host:port announced to clients [listen]."),
+    listen: str | None = _SERVER_LISTEN,
+    advertise: str | None = typer.Option(None, help="host:port announced to clients \\[listen]."),
     manager_address: str | None = typer.Option(
         None,
         "--manager",
         help="host:port of the manager, or several separated by commas (managers on etcd)"
         " [127.0.0.1:7000].",
     ),
-    manager_id: str | None = typer.Option(None, help="The manager's node id [manager]."),
+    manager_id: str | None = typer.Option(None, help="The manager's node id \\[manager]."),
     transport: str | None = _TRANSPORT,
     certs_dir: Path | None = _CERTS,
     keys_file: Path | None = _KEYS,
-    zone: str | None = typer.Option(None, help="Failure domain label [default]."),
+    zone: str | None = typer.Option(None, help="Failure domain label \\[default]."),
     weight: float | None = typer.Option(None, help="Relative capacity, 0.001 to 100 [1.0]."),
     incarnation: int | None = typer.Option(
         None, help="Restart counter; 0 uses the start time in milliseconds [0]."
@@ -365,7 +381,7 @@ def admin_undrain(
 @admin_app.command("move")
 def admin_move(
     session_id: str = typer.Argument(..., help="The session id, 32 hex digits."),
-    target: str | None = typer.Option(None, help="The target server [the manager picks]."),
+    target: str | None = typer.Option(None, help="The target server \\[the manager picks]."),
     manager_address: str = _MANAGER,
     certs_dir: Path = _ADMIN_CERTS,
     node: str = _ADMIN_NODE,
