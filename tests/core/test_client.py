@@ -35,6 +35,7 @@ from forehand.core.client import REQUEST_ID_BITS, BackpressureError, ClientCore
 from forehand.core.messages import LogAcknowledged, PartRef
 from forehand.errors import LocalProtocolError
 from forehand.wire import (
+    DEFAULT_CONFIG,
     CloseSession,
     Credential,
     Error,
@@ -55,6 +56,7 @@ from forehand.wire import (
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    encode_frame,
 )
 
 if TYPE_CHECKING:
@@ -237,6 +239,43 @@ def test_calls_on_unknown_session_or_part_are_local_errors() -> None:
         h.client.call(b"\x00" * 16, "auth", "x", b"", now_us=0)
     with pytest.raises(LocalProtocolError):
         h.client.call(session, "video", "x", b"", now_us=0)
+
+
+@pytest.mark.parametrize("defer_send", [False, True])
+def test_a_call_whose_request_cannot_be_encoded_is_refused_and_issues_nothing(
+    defer_send: bool,
+) -> None:
+    """An empty or too long op, or a payload that cannot fit frame_bytes_max, raises
+    LocalProtocolError from call before any request is issued; the largest payload that fits
+    is issued, sent and encodes."""
+    h = Harness()
+    session = ready_session(h)
+    h.drain()
+    wire = DEFAULT_CONFIG
+    for op, payload in (
+        ("", b""),
+        ("o" * (wire.op_name_bytes_max + 1), b""),
+        ("put", bytes(wire.frame_bytes_max)),
+    ):
+        with pytest.raises(LocalProtocolError, match="cannot be sent"):
+            h.client.call(session, "auth", op, payload, now_us=h.now_us, defer_send=defer_send)
+    assert h.client.inflight_count == 0 and h.client.route(session, "auth").inflight == ()
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.outbox == []
+    empty = Request(
+        request_id=1, session_id=session, part="auth", op="put", map_version=1, payload=b""
+    )
+    # An empty one's frame is its body plus a type byte and a one-byte length.
+    fits = bytes(wire.frame_bytes_max - (len(encode_frame(empty)) - 2))
+    with pytest.raises(LocalProtocolError, match="cannot be sent"):
+        h.client.call(session, "auth", "put", fits + b"x", now_us=h.now_us)
+    request_id = h.client.call(session, "auth", "put", fits, now_us=h.now_us, defer_send=defer_send)
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    [sent] = h.take(Request, "s1")
+    assert sent.request_id == request_id and sent.payload == fits
+    encode_frame(sent)
 
 
 def test_duplicate_response_is_dropped() -> None:

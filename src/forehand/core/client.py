@@ -102,6 +102,7 @@ from forehand.wire import (
     ResumeRejectReason,
     SessionOpened,
     Welcome,
+    encode_frame,
 )
 
 __all__ = ["REQUEST_ID_BITS", "BackpressureError", "ClientCore", "RouteView", "SessionSnapshot"]
@@ -112,6 +113,11 @@ _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
+_PAYLOAD_ALWAYS_FITS_BYTES = DEFAULT_CONFIG.frame_bytes_max - (
+    64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
+)
+"""A REQUEST whose payload is at most this long fits `frame_bytes_max` whatever its part and op
+(its fixed head is under 64 bytes): `call` encodes only longer ones to check that they fit."""
 
 
 class BackpressureError(LocalProtocolError):
@@ -512,6 +518,7 @@ class ClientCore:
         route = session.parts.get(part)
         if route is None:
             raise LocalProtocolError(f"session {session_id.hex()} has no part {part!r}")
+        self._check_request_fits(session_id, part, op, payload)
         self._check_inflight_room()
         request_id = self._new_request_id()
         route.issue_counter += 1
@@ -614,6 +621,27 @@ class ClientCore:
 
     def _endpoint_or_bare(self, server: NodeId) -> Endpoint:
         return self._endpoints.get(server) or endpoint_from_address(server, "")
+
+    @staticmethod
+    def _check_request_fits(session_id: bytes, part: str, op: str, payload: bytes) -> None:
+        """Refuse, before anything is issued, a call whose REQUEST the wire would not encode:
+        its frame is built later (a deferred send, a re-send), where the error would reach no
+        caller and could take the frames sent with it down too."""
+        op_bytes = len(op.encode())
+        if not 0 < op_bytes <= DEFAULT_CONFIG.op_name_bytes_max:
+            raise LocalProtocolError(
+                f"the call cannot be sent: op {op[:80]!r} is {op_bytes} bytes, not 1 to "
+                f"op_name_bytes_max={DEFAULT_CONFIG.op_name_bytes_max}"
+            )
+        if len(payload) <= _PAYLOAD_ALWAYS_FITS_BYTES:
+            return
+        frame = Request(
+            request_id=0, session_id=session_id, part=part, op=op, map_version=0, payload=payload
+        )
+        try:
+            encode_frame(frame, config=DEFAULT_CONFIG)
+        except LocalProtocolError as error:
+            raise LocalProtocolError(f"the call cannot be sent: {error}") from None
 
     def _check_inflight_room(self) -> None:
         if len(self._inflight) + len(self._opens) >= self._config.inflight_requests_max:

@@ -1,0 +1,65 @@
+"""The SDK's calls against a real server process (TLS): a call that cannot be sent is refused
+on its own, and the calls issued in the same loop turn are answered."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core import ClientConfig
+from forehand.errors import LocalProtocolError
+from forehand.wire import DEFAULT_CONFIG
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import Cluster, make_certs, run_async
+else:
+    from _cluster import Cluster, make_certs, run_async
+
+SERVER = "s1"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A manager and one server (TLS), real processes, for the whole module."""
+    directory = tmp_path_factory.mktemp("client-calls")
+    running = Cluster(
+        directory, certs_dir=make_certs(directory / "certs"), transport="tls", servers=(SERVER,)
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_an_unsendable_call_is_refused_alone_and_its_turn_is_answered(cluster: Cluster) -> None:
+    """Calls issued in one loop turn with one whose frame cannot be encoded (a payload over
+    frame_bytes_max, an op name too long or empty): each bad call raises LocalProtocolError from
+    the call itself, and the good calls of that turn are sent and answered (the turn's frames
+    leave together, so one bad frame used to lose them all until their timeout)."""
+    config = ClientConfig(ping_interval_ms=200, request_timeout_ms=5_000)
+    too_long_op = "o" * (DEFAULT_CONFIG.op_name_bytes_max + 1)
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            session = await client.open_session(parts=["auth"])
+            assert await session.call("auth", "login", "dave") == "welcome dave"
+            results: list[object] = list(
+                await asyncio.gather(
+                    session.call("auth", "whoami"),
+                    session.call("auth", "login", "x" * (DEFAULT_CONFIG.frame_bytes_max + 1)),
+                    session.call("auth", too_long_op),
+                    session.call("auth", ""),
+                    session.call("auth", "whoami"),
+                    return_exceptions=True,
+                )
+            )
+            assert results[0] == "dave" and results[4] == "dave", results
+            for refused in results[1:4]:
+                assert isinstance(refused, LocalProtocolError), refused
+            # Nothing of the refused calls stays behind in the client.
+            assert client.core.inflight_count == 0
+            assert await session.call("auth", "whoami") == "dave"
+
+    run_async(scenario())
