@@ -8,13 +8,13 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from forehand.core import ConnectionOpened
+from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened
 from forehand.core._driver import Outbound
 from forehand.runtime import make_cluster_certs
 from forehand.runtime._memory import MemoryNetwork, MemoryTransport
 from forehand.runtime.node import NodeDriver, Route
 from forehand.runtime.transport import Credentials
-from forehand.wire import PeerRole, Ping
+from forehand.wire import Error, ErrorCode, PeerRole, Ping
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import eventually, run_async
@@ -161,3 +161,65 @@ async def _early_timer() -> tuple[int, int]:
         return due_us, command_now_us
     finally:
         await driver.close()
+
+
+LAST_WORDS = 3
+"""Pings a peer sends in the same turn as its ERROR and close."""
+
+
+def _ping_then_refuse(core: _Core, now_us: int, *, destination: str) -> None:
+    for sequence in range(LAST_WORDS):
+        core._outbox.append(
+            Outbound(destination=destination, message=Ping(sequence=sequence, sent_us=now_us))
+        )
+    code, reason = ErrorCode.PROTOCOL_ERROR, "refused after answering"
+    core._outbox.append(Outbound(destination=destination, message=Error(code=code, reason=reason)))
+    close = ConnectionCloseRequested(peer=destination, error_code=int(code), reason=reason)
+    core._outbox.append(Outbound(destination=destination, message=close))
+
+
+def test_frames_a_peer_sent_before_its_error_reach_the_core(tmp_path: Path) -> None:
+    """What a peer sent before closing with an ERROR (they arrive in one read, the ERROR last)
+    reaches the core, the ERROR too, and only then the loss of the connection."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ("s1", "s2"), days=1)
+    run_async(_last_words(certs))
+
+
+async def _last_words(certs: Path) -> None:
+    network = MemoryNetwork()
+    receiver_core = _Core("s1")
+    receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
+    receiver = NodeDriver(
+        receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
+    )
+    receiver.start()
+    listener = await receiver_transport.listen(
+        "s1.test", 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
+    )
+    receiver.serve(listener)
+    route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
+    sender_core = _Core("s2")
+    sender = NodeDriver(
+        sender_core,
+        resolve=lambda node: route,
+        cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
+    )
+    sender.start()
+    try:
+        sender.command(functools.partial(_send_pings, destination="s1"))
+        await eventually(lambda: len(receiver_core.pings()) == PINGS, what="the link is up")
+        receiver_core.inbox.clear()
+        sender.command(functools.partial(_ping_then_refuse, destination="s1"))
+        await eventually(
+            lambda: any(isinstance(m, ConnectionLost) for m, _ in receiver_core.inbox),
+            what="the receiver heard the connection go",
+            state=lambda: receiver_core.inbox,
+        )
+        kinds = [type(message) for message, _ in receiver_core.inbox]
+        assert kinds == [Ping] * LAST_WORDS + [Error, ConnectionLost]
+        assert [ping.sequence for ping in receiver_core.pings()] == list(range(LAST_WORDS))
+    finally:
+        await sender.close()
+        await receiver.close()
+        await listener.close()

@@ -731,18 +731,26 @@ class NodeDriver:
         link.awaiting_since_s = None
         now_us = self._now_us_at(now_s)
         connection = link.connection
+        # A read that ends with the peer's ERROR comes closed: on an established link what the
+        # peer sent before it is fed, the ERROR too (a handshake is not started on it). A close
+        # by this side (a violation, a newer link) ends the feeding.
+        closed = connection.close_info
+        if closed is not None and (
+            closed.initiator is not CloseInitiator.PEER or not link.established
+        ):
+            frames = []
         try:
             if link.kind is _LinkKind.SERVER_DIALED:
                 # Frames from a server this client dialed go to the core as they are.
                 receive = self.core.receive_message
                 peer = link.peer
                 for frame in frames:
-                    if connection.is_closed or self._closed:
+                    if connection.close_info is not closed or self._closed:
                         break
                     receive(frame, source=peer, now_us=max(now_us, self._last_now_us))
             else:
                 for frame in frames:
-                    if connection.is_closed:
+                    if connection.close_info is not closed:
                         break
                     self._on_frame(link, frame, now_us)
         except Exception:
@@ -832,7 +840,8 @@ class NodeDriver:
             )
             return
         reply = handler(link.peer, frame.body)
-        link.connection.send_frame(ClusterMessage(kind=ADMIN_MESSAGE_KIND, body=reply))
+        with contextlib.suppress(ConnectionClosedError):  # The operator's tool left already.
+            link.connection.send_frame(ClusterMessage(kind=ADMIN_MESSAGE_KIND, body=reply))
 
     def _violation(self, link: _Link, code: ErrorCode, reason: str) -> None:
         _log.info("closing %s: %s", link.peer, reason)
