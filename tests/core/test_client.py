@@ -358,6 +358,27 @@ def test_calls_wait_behind_a_request_in_try_again_backoff() -> None:
     assert [r.request_id for r in h.take(Request, "s1")] == [first, second, third]
 
 
+def test_deferred_and_direct_calls_wait_behind_a_request_in_try_again_backoff() -> None:
+    """Deferred and direct calls made while an earlier one of the part waits out TRY_AGAIN are
+    held by send_deferred as by call, and all go out in call order when its backoff ends."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session = ready_session(h)
+    first = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.TRY_AGAIN)
+    second = h.client.call(session, "auth", "b", b"", now_us=h.now_us, defer_send=True)
+    third = h.client.call(session, "auth", "c", b"", now_us=h.now_us)
+    fourth = h.client.call(session, "auth", "d", b"", now_us=h.now_us, defer_send=True)
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    h.advance(ms=10)
+    assert [r.request_id for r in h.take(Request, "s1")] == [first, second, third, fourth]
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+
+
 def test_application_errors_are_final_answers() -> None:
     """APP_ERROR is delivered as a response, not retried."""
     h = Harness()

@@ -559,3 +559,25 @@ def test_newer_map_naming_the_target_lets_the_handoff_finish() -> None:
     route = h.client.route(session, "auth")
     assert (route.state, route.primary) == (RouteState.ACTIVE, "s2")
     assert len(h.of(HandoffFollowed)) == 1
+
+
+def test_a_deferred_call_whose_part_is_handed_off_first_goes_to_the_target_only() -> None:
+    """A call waiting for send_deferred when a HANDOFF of its part arrives is not sent to the
+    source: send_deferred holds it, and RESUME_OK sends it to the target once, after the part's
+    earlier request, with its id."""
+    h = Harness()
+    session = session_on_s1(h)
+    pending = h.client.call(session, "auth", "a", b"1", now_us=h.now_us)
+    h.drain()
+    h.take(Request, "s1")
+    deferred = h.client.call(session, "auth", "b", b"2", now_us=h.now_us, defer_send=True)
+    h.feed("s1", handoff(session))
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
+    h.welcome("s2", map_version=6)
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [r.request_id for r in h.take(Request, "s2")] == [pending, deferred]
+    h.client.send_deferred(now_us=h.now_us)
+    h.drain()
+    assert h.take(Request) == []
