@@ -25,6 +25,14 @@ FAILURE_EXIT = 1
 """Exit status of a command the API refused or could not be reached for."""
 DRAIN_POLL_INTERVAL_S = 0.25
 """How often `forehand drain` asks for the drain's progress."""
+UNREACHABLE_HINT = (
+    " (the manager serves the API only with admin_http_port set, e.g. `forehand manager"
+    " --set admin_http_port=7080`; --url or $FOREHAND_ADMIN_URL names another address)"
+)
+"""Said when nothing listens where the API should be: the API is off by default."""
+PIPED_WIDTH_MIN = 200
+"""Columns the tables get at least when the output is not a terminal (a pipe, a file), where
+Rich would assume 80 and cut every column to a few letters."""
 
 _URL = typer.Option(DEFAULT_URL, "--url", envvar="FOREHAND_ADMIN_URL", help="The admin API.")
 _TOKEN = typer.Option(
@@ -51,7 +59,8 @@ def _call(
             method, url.rstrip("/") + path, headers=headers, timeout=timeout_s, **options
         )
     except httpx.HTTPError as error:
-        typer.echo(f"forehand: cannot reach the admin API at {url}: {error}", err=True)
+        hint = UNREACHABLE_HINT if isinstance(error, httpx.ConnectError) else ""
+        typer.echo(f"forehand: cannot reach the admin API at {url}: {error}{hint}", err=True)
         raise typer.Exit(FAILURE_EXIT) from error
     if response.status_code >= 400:
         try:
@@ -83,7 +92,10 @@ def _segment(text: str) -> str:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    console = Console()
+    if console.is_terminal:
+        return console
+    return Console(width=max(console.width, PIPED_WIDTH_MIN))
 
 
 def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:

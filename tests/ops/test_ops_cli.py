@@ -63,6 +63,20 @@ def test_reading_commands_show_the_cluster(ops_cluster: OpsCluster) -> None:
     assert code == 0 and "record(s)" in output
     result = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"], env=WIDE)
     assert result.exit_code == 1 and "cannot reach the admin API" in result.output
+    assert "--set admin_http_port=7080" in result.output
+
+
+def test_tables_are_not_cut_when_the_output_is_not_a_terminal(ops_cluster: OpsCluster) -> None:
+    """Piped (no terminal, no $COLUMNS), `status` prints whole column names and addresses:
+    Rich assumed 80 columns and cut them to `ser…`, `add…`."""
+    result = CliRunner().invoke(
+        app, ["status", "--url", ops_cluster.api_url], env={"COLUMNS": None, "NO_COLOR": "1"}
+    )
+    assert result.exit_code == 0, result.output
+    header = next(line for line in result.output.splitlines() if "CPU" in line)
+    for column in ("server", "state", "address", "req/s", "primary", "replica", "sessions"):
+        assert column in header, header
+    assert "…" not in result.output
 
 
 def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
