@@ -210,7 +210,10 @@ class Session:
         """Run `op` on `part` with `payload`; return the handler's result as `result_type`.
 
         Raises `CallError` (`AppError`) when the server answers with a failure status,
-        `RequestFailedError` when no answer came, `SessionClosedError` after `close()`.
+        `RequestFailedError` when no answer came, `SessionClosedError` after `close()`, and
+        `LocalProtocolError` at once, nothing sent, for a call the client cannot issue (an unknown
+        part, an op or payload its REQUEST frame cannot hold, `BackpressureError` past
+        `inflight_requests_max`).
         """
         if self._closed:
             raise SessionClosedError("the session is closed")
