@@ -17,7 +17,7 @@ import pytest
 
 from forehand.core import CLIENT_PLACEMENTS_ENCODING, ManagerConfig, ServerConfig, messages
 from forehand.errors import RemoteProtocolError
-from forehand.placement import MAP_ENCODING
+from forehand.placement import MAP_ENCODING, Operation
 from forehand.wire import (
     DEFAULT_CONFIG,
     ErrorCode,
@@ -206,3 +206,29 @@ def test_token_lifetimes_and_replay_cache_bound_are_the_defaults() -> None:
     assert manager.credential_lifetime_ms == 3_600_000 * _documented_number(
         r"`ManagerConfig.credential_lifetime_ms` \((\d+) hours"
     )
+
+
+def _top_level_items(text: str) -> int:
+    """How many comma-separated items `text` has outside brackets."""
+    depth, items = 0, 1
+    for character in text:
+        depth += {"[": 1, "]": -1}.get(character, 0)
+        items += character == "," and depth == 0
+    return items
+
+
+def test_shard_map_delta_operations_have_their_tags_and_arity() -> None:
+    """Section 5.10 lists each delta operation of forehand.placement with its tag and fields."""
+    documented = {
+        int(tag): (name, _top_level_items(rest))
+        for tag, rest, name in re.findall(r"`\[(\d), ([^`]*)\]` (\w+)", section("5.10 MAP_UPDATE"))
+    }
+    operations: tuple[type[msgspec.Struct], ...] = Operation.__args__
+    expected = {
+        operation.__struct_config__.tag: (
+            operation.__name__,
+            len(msgspec.structs.fields(operation)),
+        )
+        for operation in operations
+    }
+    assert documented == expected
