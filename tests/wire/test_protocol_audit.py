@@ -195,16 +195,16 @@ def test_token_lifetimes_and_replay_cache_bound_are_the_defaults() -> None:
     """Section 5.22's lifetimes and replay cache bound are the config defaults."""
     server, manager = ServerConfig(server_id="s1"), ManagerConfig()
     assert server.replay_cache_entries_max == _documented_number(
-        r"`ServerConfig.replay_cache_entries_max`, ([\d,]+) nonces"
+        r"`ServerConfig.replay_cache_entries_max`,\s+([\d,]+)\s+nonces"
     )
     assert server.token_lifetime_ms == 1000 * _documented_number(
-        r"`ServerConfig.token_lifetime_ms` \((\d+) seconds"
+        r"`ServerConfig.token_lifetime_ms`\s+\((\d+)\s+seconds"
     )
     assert manager.token_lifetime_ms == 1000 * _documented_number(
-        r"`ManagerConfig.token_lifetime_ms` \((\d+)\s+seconds"
+        r"`ManagerConfig.token_lifetime_ms`\s+\((\d+)\s+seconds"
     )
     assert manager.credential_lifetime_ms == 3_600_000 * _documented_number(
-        r"`ManagerConfig.credential_lifetime_ms` \((\d+) hours"
+        r"`ManagerConfig.credential_lifetime_ms`\s+\((\d+)\s+hours"
     )
 
 
