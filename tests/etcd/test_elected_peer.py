@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core import ConnectionLost, ConnectionOpened
-from forehand.core._driver import Outbound
 from forehand.runtime import make_cluster_certs
 from forehand.runtime._memory import MemoryNetwork, MemoryTransport
 from forehand.runtime.node import NodeDriver, Route
@@ -19,51 +18,19 @@ from forehand.wire import PeerRole, Ping
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import eventually, run_async
+    from tests.runtime._runtime_helpers import RecordingCore
 else:
+    from _runtime_helpers import RecordingCore
+
     from _cluster import eventually, run_async
 
 
-class _Core:
-    """Records what it receives and sends what the test asks it to."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.inbox: list[object] = []
-        self._outbox: list[Outbound] = []
-
-    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
-        self.inbox.append(message)
-
-    def handle_timer(self, *, now_us: int) -> None:
-        return None
-
-    def store_result(self, result: object, *, now_us: int) -> None:
-        return None
-
-    def messages_to_send(self) -> list[Outbound]:
-        sent, self._outbox = self._outbox, []
-        return sent
-
-    def store_requests(self) -> list[object]:
-        return []
-
-    def next_event(self) -> object | None:
-        return None
-
-    def timer_us(self) -> int | None:
-        return None
-
-    def ping(self, destination: str, sequence: int) -> None:
-        self._outbox.append(
-            Outbound(destination=destination, message=Ping(sequence=sequence, sent_us=0))
-        )
-
-    def pinged(self, sequence: int) -> bool:
-        return any(isinstance(m, Ping) and m.sequence == sequence for m in self.inbox)
+def _pinged(core: RecordingCore, sequence: int) -> bool:
+    return any(ping.sequence == sequence for ping in core.pings())
 
 
-def _ping(core: _Core, now_us: int, *, destination: str, sequence: int) -> None:
-    core.ping(destination, sequence)
+def _ping(core: RecordingCore, now_us: int, *, destination: str, sequence: int) -> None:
+    core.send(destination, Ping(sequence=sequence, sent_us=0))
 
 
 @pytest.mark.parametrize("elected", [True, False])
@@ -79,7 +46,7 @@ def test_a_newer_manager_link_replaces_the_older_one(tmp_path: Path, elected: bo
 
 async def _two_managers(certs: Path, *, elected: bool) -> None:
     network = MemoryNetwork()
-    server_core = _Core("s1")
+    server_core = RecordingCore("s1")
     server_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
     server = NodeDriver(
         server_core,
@@ -93,10 +60,10 @@ async def _two_managers(certs: Path, *, elected: bool) -> None:
     )
     server.serve(listener)
     route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
-    managers: list[tuple[_Core, NodeDriver]] = []
+    managers: list[tuple[RecordingCore, NodeDriver]] = []
     try:
         for number in range(2):
-            core = _Core("manager")
+            core = RecordingCore("manager")
             driver = NodeDriver(
                 core,
                 resolve=lambda node: route,
@@ -108,27 +75,27 @@ async def _two_managers(certs: Path, *, elected: bool) -> None:
             managers.append((core, driver))
             driver.command(functools.partial(_ping, destination="s1", sequence=number))
             await eventually(
-                functools.partial(server_core.pinged, number), what=f"manager {number}"
+                functools.partial(_pinged, server_core, number), what=f"manager {number}"
             )
         notices = [
             type(m).__name__
-            for m in server_core.inbox
+            for m in server_core.messages()
             if isinstance(m, ConnectionOpened | ConnectionLost)
         ]
         server.command(functools.partial(_ping, destination="manager", sequence=99))
         newer, older = managers[1][0], managers[0][0]
         if elected:
             assert notices == ["ConnectionOpened", "ConnectionLost", "ConnectionOpened"]
-            await eventually(lambda: newer.pinged(99), what="the newer manager hears the server")
+            await eventually(lambda: _pinged(newer, 99), what="the newer manager hears the server")
             await eventually(
-                lambda: any(isinstance(m, ConnectionLost) for m in older.inbox),
+                lambda: any(isinstance(m, ConnectionLost) for m in older.messages()),
                 what="the older manager's link closed",
             )
-            assert not older.pinged(99)
+            assert not _pinged(older, 99)
         else:
             assert notices == ["ConnectionOpened"]
-            await eventually(lambda: older.pinged(99), what="the first link carries it")
-            assert not newer.pinged(99)
+            await eventually(lambda: _pinged(older, 99), what="the first link carries it")
+            assert not _pinged(newer, 99)
     finally:
         for _, driver in managers:
             await driver.close()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from forehand.core._driver import Outbound
 from forehand.runtime import (
     ClusterCertificates,
     Credentials,
@@ -23,9 +24,11 @@ from forehand.runtime import (
     Transport,
     run,
 )
+from forehand.wire import Ping
 
 __all__ = [
     "HOST",
+    "RecordingCore",
     "TRANSPORT_KINDS",
     "client_credentials",
     "make_transport",
@@ -87,3 +90,47 @@ def node_credentials(certificates: ClusterCertificates, node: str) -> Credential
 def client_credentials(certificates: ClusterCertificates) -> Credentials:
     """Credentials of a client that trusts the CA of `certificates` and has no certificate."""
     return Credentials.for_client(Path(certificates.directory))
+
+
+class RecordingCore:
+    """A core for NodeDriver tests: records every message it is fed, with the time it was fed
+    at, and sends what the test queues with `send`."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.inbox: list[tuple[object, int]] = []
+        self._outbox: list[Outbound] = []
+
+    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
+        self.inbox.append((message, now_us))
+
+    def handle_timer(self, *, now_us: int) -> None:
+        return None
+
+    def store_result(self, result: object, *, now_us: int) -> None:
+        return None
+
+    def messages_to_send(self) -> list[Outbound]:
+        sent, self._outbox = self._outbox, []
+        return sent
+
+    def store_requests(self) -> list[object]:
+        return []
+
+    def next_event(self) -> object | None:
+        return None
+
+    def timer_us(self) -> int | None:
+        return None
+
+    def send(self, destination: str, message: object) -> None:
+        """Queue `message` for `destination`; the driver takes it at its next drain."""
+        self._outbox.append(Outbound(destination=destination, message=message))
+
+    def messages(self) -> list[object]:
+        """What the core was fed, in order, without the times."""
+        return [message for message, _ in self.inbox]
+
+    def pings(self) -> list[Ping]:
+        """The PINGs the core was fed, in order."""
+        return [message for message in self.messages() if isinstance(message, Ping)]

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened
-from forehand.core._driver import Outbound
 from forehand.runtime import make_cluster_certs
 from forehand.runtime._memory import MemoryNetwork, MemoryTransport
 from forehand.runtime.node import NodeDriver, Route
@@ -18,52 +17,19 @@ from forehand.wire import Error, ErrorCode, PeerRole, Ping
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import eventually, run_async
+    from tests.runtime._runtime_helpers import RecordingCore
 else:
+    from _runtime_helpers import RecordingCore
+
     from _cluster import eventually, run_async
 
 PINGS = 200
 """Pings one command sends: more than one read carries, so batches and reads both occur."""
 
 
-class _Core:
-    """Records what it receives, with the time it was fed, and sends what the test asks."""
-
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.inbox: list[tuple[object, int]] = []
-        self._outbox: list[Outbound] = []
-
-    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
-        self.inbox.append((message, now_us))
-
-    def handle_timer(self, *, now_us: int) -> None:
-        return None
-
-    def store_result(self, result: object, *, now_us: int) -> None:
-        return None
-
-    def messages_to_send(self) -> list[Outbound]:
-        sent, self._outbox = self._outbox, []
-        return sent
-
-    def store_requests(self) -> list[object]:
-        return []
-
-    def next_event(self) -> object | None:
-        return None
-
-    def timer_us(self) -> int | None:
-        return None
-
-    def pings(self) -> list[Ping]:
-        return [message for message, _ in self.inbox if isinstance(message, Ping)]
-
-
-def _send_pings(core: _Core, now_us: int, *, destination: str) -> None:
+def _send_pings(core: RecordingCore, now_us: int, *, destination: str) -> None:
     for sequence in range(PINGS):
-        core._outbox.append(
-            Outbound(destination=destination, message=Ping(sequence=sequence, sent_us=now_us))
-        )
+        core.send(destination, Ping(sequence=sequence, sent_us=now_us))
 
 
 def test_frames_of_a_read_are_fed_in_order_at_their_arrival_time(tmp_path: Path) -> None:
@@ -76,7 +42,7 @@ def test_frames_of_a_read_are_fed_in_order_at_their_arrival_time(tmp_path: Path)
 
 async def _burst(certs: Path) -> None:
     network = MemoryNetwork()
-    receiver_core = _Core("s1")
+    receiver_core = RecordingCore("s1")
     receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
     receiver = NodeDriver(
         receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
@@ -88,7 +54,7 @@ async def _burst(certs: Path) -> None:
     receiver.serve(listener)
     route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
     sender = NodeDriver(
-        _Core("s2"),
+        RecordingCore("s2"),
         resolve=lambda node: route,
         cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
     )
@@ -123,7 +89,7 @@ class _CoarseClockLoop(asyncio.SelectorEventLoop):
         self._clock_resolution = EARLY_S
 
 
-class _TimerCore(_Core):
+class _TimerCore(RecordingCore):
     """Asks for one timer at `due_us` and records the time it was handled at."""
 
     def __init__(self, node_id: str) -> None:
@@ -167,15 +133,14 @@ LAST_WORDS = 3
 """Pings a peer sends in the same turn as its ERROR and close."""
 
 
-def _ping_then_refuse(core: _Core, now_us: int, *, destination: str) -> None:
+def _ping_then_refuse(core: RecordingCore, now_us: int, *, destination: str) -> None:
     for sequence in range(LAST_WORDS):
-        core._outbox.append(
-            Outbound(destination=destination, message=Ping(sequence=sequence, sent_us=now_us))
-        )
+        core.send(destination, Ping(sequence=sequence, sent_us=now_us))
     code, reason = ErrorCode.PROTOCOL_ERROR, "refused after answering"
-    core._outbox.append(Outbound(destination=destination, message=Error(code=code, reason=reason)))
-    close = ConnectionCloseRequested(peer=destination, error_code=int(code), reason=reason)
-    core._outbox.append(Outbound(destination=destination, message=close))
+    core.send(destination, Error(code=code, reason=reason))
+    core.send(
+        destination, ConnectionCloseRequested(peer=destination, error_code=int(code), reason=reason)
+    )
 
 
 def test_frames_a_peer_sent_before_its_error_reach_the_core(tmp_path: Path) -> None:
@@ -188,7 +153,7 @@ def test_frames_a_peer_sent_before_its_error_reach_the_core(tmp_path: Path) -> N
 
 async def _last_words(certs: Path) -> None:
     network = MemoryNetwork()
-    receiver_core = _Core("s1")
+    receiver_core = RecordingCore("s1")
     receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
     receiver = NodeDriver(
         receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
@@ -199,7 +164,7 @@ async def _last_words(certs: Path) -> None:
     )
     receiver.serve(listener)
     route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
-    sender_core = _Core("s2")
+    sender_core = RecordingCore("s2")
     sender = NodeDriver(
         sender_core,
         resolve=lambda node: route,
