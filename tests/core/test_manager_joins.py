@@ -15,6 +15,7 @@ from forehand.core.messages import MapPublished, MapRequested
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.stores import MemoryStore
+from forehand.wire import FRAME_BYTES_MAX_FLOOR
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import MANAGER, ManagerHarness
@@ -181,6 +182,14 @@ def test_the_first_delta_from_the_empty_map_is_not_kept() -> None:
     history.record(MapPublished(map_version=1, base_version=0, body=b"d"))
     history.record(MapPublished(map_version=2, base_version=1, body=b"d"))
     assert len(history) == 1 and history.since(0, 2) is None
+
+
+def test_frame_limit_is_at_least_the_protocol_floor() -> None:
+    """A frame_bytes_max below what every peer may send (WELCOME could not announce it) is a
+    ConfigError at load, not an error at the first HELLO."""
+    with pytest.raises(ConfigError, match="frame_bytes_max"):
+        ManagerConfig(frame_bytes_max=FRAME_BYTES_MAX_FLOOR - 1)
+    assert ManagerConfig(frame_bytes_max=FRAME_BYTES_MAX_FLOOR)
 
 
 @pytest.mark.parametrize("field", ["map_history_deltas_max", "map_history_bytes_max"])

@@ -38,6 +38,7 @@ from forehand.core.server import PLACEMENT_CACHE_ENTRIES_MAX
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.wire import (
+    FRAME_BYTES_MAX_FLOOR,
     ClusterMessage,
     Error,
     ErrorCode,
@@ -390,9 +391,13 @@ def test_ping_is_answered(cluster: Cluster) -> None:
 
 
 def test_config_is_validated() -> None:
-    """Bounds below 1 and a server named like the manager are refused."""
+    """Bounds below 1, a frame limit below what every peer may send, and a server named like
+    the manager are refused."""
     with pytest.raises(ConfigError):
         ServerConfig(server_id="s1", log_batch_entries_max=0)
+    with pytest.raises(ConfigError, match="frame_bytes_max"):
+        ServerConfig(server_id="s1", frame_bytes_max=FRAME_BYTES_MAX_FLOOR - 1)
+    assert ServerConfig(server_id="s1", frame_bytes_max=FRAME_BYTES_MAX_FLOOR)
     with pytest.raises(ConfigError):
         ServerConfig(server_id="manager")
     with pytest.raises(ConfigError):

@@ -47,6 +47,7 @@ from forehand.wire import (
     Response,
     ResponseStatus,
     Welcome,
+    WireConfig,
     encode_frame,
     encode_varint,
 )
@@ -62,8 +63,11 @@ SERVER = "s1"
 READ_CHUNK_BYTES = 65_536
 GOOD_CALLS_AFTER_MIN = 3
 """Calls the good client must get answered after the bad connection closed."""
-FRAME_BYTES_MAX = 1 << 20
-"""The server's default frame_bytes_max."""
+FRAME_BYTES_MAX = 65_536
+"""The server's configured frame_bytes_max (below the default 1 MiB, so its decoder must use
+the configured one)."""
+SERVER_WIRE = WireConfig(frame_bytes_max=FRAME_BYTES_MAX)
+"""The bounds the server's decoder enforces."""
 IDLE_TIMEOUT_MS = 3_000
 """The server closes a connection silent this long: a peer that left a frame incomplete."""
 
@@ -77,7 +81,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         certs_dir=make_certs(directory / "certs"),
         transport="tls",
         servers=(SERVER,),
-        server_settings=(f"core.idle_timeout_ms={IDLE_TIMEOUT_MS}",),
+        server_settings=(
+            f"core.idle_timeout_ms={IDLE_TIMEOUT_MS}",
+            f"core.frame_bytes_max={FRAME_BYTES_MAX}",
+        ),
     )
     running.start()
     yield running
@@ -300,6 +307,50 @@ def test_bad_frame_after_hello_closes_only_that_connection(
         assert frames[-1].code == code, frames[-1]
 
 
+def _request_with_body_bytes(body_bytes: int) -> Request:
+    """A REQUEST for an unknown session whose frame body is exactly `body_bytes` long."""
+    payload_bytes = body_bytes
+    while True:
+        request = Request(
+            request_id=1,
+            session_id=bytes(16),
+            part="cart",
+            op="list",
+            map_version=1,
+            payload=b"\xc4" * payload_bytes,
+        )
+        encoded = encode_frame(request, config=WireConfig(frame_bytes_max=body_bytes + 64))
+        # One type byte, the body's length as a varint, then the body.
+        found = len(encoded) - 1 - len(encode_varint(body_bytes))
+        if found == body_bytes:
+            return request
+        payload_bytes -= found - body_bytes
+
+
+def test_a_frame_at_the_configured_limit_is_served(cluster: Cluster) -> None:
+    """WELCOME announces the configured frame_bytes_max, and a REQUEST whose body is exactly
+    that long is decoded and answered (here refused: its session is unknown), not closed; one
+    byte more is FRAME_TOO_LARGE (the oversized cases above)."""
+    request = _request_with_body_bytes(FRAME_BYTES_MAX)
+    encoded = encode_frame(request, config=SERVER_WIRE)
+
+    async def misbehave(raw: RawClient) -> list[Frame]:
+        await raw.hello()
+        raw.send(encoded)
+        while not any(isinstance(frame, Response) for frame in raw.received):
+            await raw._read_some()
+        await raw.ping(2)
+        raw.writer.close()
+        return raw.received
+
+    frames = _served_throughout(cluster, misbehave)
+    welcome = next(frame for frame in frames if isinstance(frame, Welcome))
+    assert welcome.frame_bytes_max == FRAME_BYTES_MAX
+    assert not any(isinstance(frame, Error) for frame in frames), frames
+    response = next(frame for frame in frames if isinstance(frame, Response))
+    assert response.request_id == 1 and response.status != ResponseStatus.OK
+
+
 def test_second_hello_is_refused(cluster: Cluster) -> None:
     """A second HELLO on a welcomed connection ends it with an ERROR."""
 
@@ -354,7 +405,7 @@ def test_forged_credential_is_unauthenticated(cluster: Cluster) -> None:
 def _reference_outcome(data: bytes) -> ErrorCode | None:
     """What the spec's decoder makes of `data` from a client: an error code, or None when it
     only waits for the rest of an incomplete frame."""
-    decoder = FrameDecoder(sender=PeerRole.CLIENT)
+    decoder = FrameDecoder(sender=PeerRole.CLIENT, config=SERVER_WIRE)
     decoder.receive_data(data)
     try:
         while decoder.next_frame() is not NEED_DATA:

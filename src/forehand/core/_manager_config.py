@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass, fields
 
 from forehand.errors import ConfigError
+from forehand.wire import FRAME_BYTES_MAX_FLOOR, VARINT_MAX
 
 __all__ = ["FailureDetectorKind", "ManagerConfig", "RiskPolicyKind"]
 
@@ -252,6 +253,11 @@ class ManagerConfig:
                 raise ConfigError(f"ManagerConfig.{field.name} must be positive, got {value!r}")
 
     def _check_relations(self) -> None:
+        if not FRAME_BYTES_MAX_FLOOR <= self.frame_bytes_max <= VARINT_MAX:
+            raise ConfigError(
+                f"ManagerConfig.frame_bytes_max must be from {FRAME_BYTES_MAX_FLOOR} (what every "
+                f"peer may send) to {VARINT_MAX}, got {self.frame_bytes_max}"
+            )
         if self.suspect_timeout_ms >= self.failure_timeout_ms:
             raise ConfigError("ManagerConfig.suspect_timeout_ms must be below failure_timeout_ms")
         if self.phi_suspect_threshold >= self.phi_dead_threshold:

@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, fields
 
 from forehand.errors import ConfigError
+from forehand.wire import FRAME_BYTES_MAX_FLOOR, VARINT_MAX
 
 __all__ = ["HEARTBEAT_PART_LOADS_MAX", "ServerConfig"]
 
@@ -115,6 +116,11 @@ class ServerConfig:
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"ServerConfig.{name} must be at least 1")
+        if not FRAME_BYTES_MAX_FLOOR <= self.frame_bytes_max <= VARINT_MAX:
+            raise ConfigError(
+                f"ServerConfig.frame_bytes_max must be from {FRAME_BYTES_MAX_FLOOR} (what every "
+                f"peer may send) to {VARINT_MAX}, got {self.frame_bytes_max}"
+            )
 
     @classmethod
     def randomized(cls, rng: random.Random, *, server_id: str) -> ServerConfig:

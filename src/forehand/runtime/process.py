@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import random
@@ -23,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from forehand.app import App
-from forehand.core import ManagerCore, ServerCore, TokenSealer, _manager_risk
+from forehand.core import ManagerCore, ServerConfig, ServerCore, TokenSealer, _manager_risk
 from forehand.errors import ConfigError
 from forehand.ops import ManagerOps, ServerOps, TunableRiskPolicy
 from forehand.ops.logs import configure_logging as _configure_structured_logging
-from forehand.runtime._quic import QUICTransport
+from forehand.runtime._quic import QUICTransport, QUICTransportConfig
 from forehand.runtime._telemetry import LoadSampler, timed_parts
-from forehand.runtime._tls import TLSTransport
+from forehand.runtime._tls import TLSTransport, TLSTransportConfig
 from forehand.runtime.admin import handle_admin
 from forehand.runtime.config import (
     ManagerProcessConfig,
@@ -40,9 +41,9 @@ from forehand.runtime.config import (
 from forehand.runtime.keys import load_key_ring
 from forehand.runtime.loop import stop_event
 from forehand.runtime.node import NodeDriver, Route
-from forehand.runtime.transport import Credentials, Listener, TransportError
+from forehand.runtime.transport import ConnectionLimits, Credentials, Listener, TransportError
 from forehand.stores import Store, open_store
-from forehand.wire import PeerRole
+from forehand.wire import DEFAULT_CONFIG, PeerRole
 
 __all__ = [
     "EventLogger",
@@ -161,11 +162,44 @@ def _import_failure(module_name: str, error: Exception) -> str:
     return f"importing the app module {module_name!r} raised {type(error).__name__}: {error}{where}"
 
 
+def _frame_limits(frame_bytes_max: int) -> ConnectionLimits:
+    """Connection bounds whose decoder refuses a frame over the node's configured
+    `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE."""
+    return ConnectionLimits(
+        wire=dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
+    )
+
+
+def _tls(credentials: Credentials, limits: ConnectionLimits) -> TLSTransport:
+    return TLSTransport(credentials, config=TLSTransportConfig(limits=limits))
+
+
+def _quic(credentials: Credentials, limits: ConnectionLimits) -> QUICTransport:
+    # A stream's window must hold one whole frame.
+    stream_window_bytes = max(_QUIC_DEFAULTS.stream_window_bytes, limits.wire.buffered_bytes_max)
+    return QUICTransport(
+        credentials,
+        config=dataclasses.replace(
+            _QUIC_DEFAULTS,
+            limits=limits,
+            stream_window_bytes=stream_window_bytes,
+            connection_window_bytes=max(
+                _QUIC_DEFAULTS.connection_window_bytes, stream_window_bytes
+            ),
+        ),
+    )
+
+
+_QUIC_DEFAULTS = QUICTransportConfig()
+
+
 async def _listen(
-    transport_name: str, credentials: Credentials, host: str, port: int
+    transport_name: str, credentials: Credentials, host: str, port: int, *, frame_bytes_max: int
 ) -> list[Listener]:
-    """The listeners of a node (see the module docstring); the first one's port is the port."""
-    tls = TLSTransport(credentials)
+    """The listeners of a node (see the module docstring); the first one's port is the port.
+    Their connections decode with the node's `frame_bytes_max`."""
+    limits = _frame_limits(frame_bytes_max)
+    tls = _tls(credentials, limits)
     try:
         if transport_name == "tls":
             return [await tls.listen(host, port, peer_role=None)]
@@ -173,7 +207,7 @@ async def _listen(
             host, port, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
         )
         try:
-            quic = await QUICTransport(credentials).listen(
+            quic = await _quic(credentials, limits).listen(
                 host, cluster.port, peer_role=PeerRole.CLIENT
             )
         except TransportError:
@@ -241,7 +275,9 @@ async def run_manager(
     listeners: list[Listener] = []
     ops: ManagerOps | None = None
     try:
-        listeners = await _listen(config.transport, credentials, host, port)
+        listeners = await _listen(
+            config.transport, credentials, host, port, frame_bytes_max=config.core.frame_bytes_max
+        )
         policy = _tunable_policy(config)
         core = ManagerCore(
             config=config.core,
@@ -254,7 +290,7 @@ async def run_manager(
         driver = NodeDriver(
             core,
             resolve=lambda node: _manager_route(core, node),
-            cluster_transport=TLSTransport(credentials),
+            cluster_transport=_tls(credentials, _frame_limits(config.core.frame_bytes_max)),
             store=store,
             config=config.driver,
             admin_ids=config.admin_ids,
@@ -344,7 +380,10 @@ async def run_server(
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
     manager_addresses = parse_addresses(config.manager, where="manager")
-    listeners = await _listen(config.transport, credentials, host, port)
+    frame_bytes_max = (config.core or ServerConfig(server_id=config.server_id)).frame_bytes_max
+    listeners = await _listen(
+        config.transport, credentials, host, port, frame_bytes_max=frame_bytes_max
+    )
     try:
         address = config.advertise or _advertised(host, listeners[0].port)
         incarnation = config.incarnation or time.time_ns() // 1_000_000
@@ -364,7 +403,7 @@ async def run_server(
         driver = NodeDriver(
             core,
             resolve=resolve,
-            cluster_transport=TLSTransport(credentials),
+            cluster_transport=_tls(credentials, _frame_limits(frame_bytes_max)),
             config=config.driver,
             frame_bytes_max=core_config.frame_bytes_max,
             idle_timeout_ms=core_config.idle_timeout_ms,

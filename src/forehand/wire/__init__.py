@@ -9,6 +9,7 @@ from forehand.wire._buffer import Buffer
 from forehand.wire._config import (
     ALPN,
     DEFAULT_CONFIG,
+    FRAME_BYTES_MAX_FLOOR,
     FRAME_HEADER_BYTES_MAX,
     PROTOCOL_VERSION,
     SESSION_ID_BYTES,
@@ -92,6 +93,7 @@ __all__ = [
     "grease_frame",
     "pull_varint",
     "DEFAULT_CONFIG",
+    "FRAME_BYTES_MAX_FLOOR",
     "FRAME_HEADER_BYTES_MAX",
     "PROTOCOL_VERSION",
     "SESSION_ID_BYTES",
