@@ -133,6 +133,50 @@ def test_manager_refuses_bad_settings_in_one_line(certs_dir: Path, case: str) ->
     assert expected in lines[0]
 
 
+ETCD_FILES: dict[str, tuple[tuple[str, str, str], str]] = {
+    "a key given as the etcd certificate": (
+        ("ca.pem", "s1.key", "manager.key"),
+        "etcd_certificate {certs}/s1.key is not a PEM certificate",
+    ),
+    "a key given as the etcd CA": (
+        ("manager.key", "manager.pem", "manager.key"),
+        "etcd_ca {certs}/manager.key is not a PEM certificate",
+    ),
+    "a certificate given as the etcd key": (
+        ("ca.pem", "s1.pem", "s1.pem"),
+        "etcd_private_key {certs}/s1.pem is not an unencrypted PEM private key",
+    ),
+    "the etcd key of another certificate": (
+        ("ca.pem", "s1.pem", "manager.key"),
+        "etcd_private_key {certs}/manager.key is not the key of etcd_certificate {certs}/s1.pem",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ETCD_FILES), ids=case_id)
+def test_manager_names_bad_etcd_tls_files(certs_dir: Path, case: str) -> None:
+    """etcd TLS files that are not PEM or do not match, which the etcd client refused with an
+    SSLError traceback when it opened, exit 2 at load naming the setting and the file."""
+    (ca, certificate, key), expected = ETCD_FILES[case]
+    status, lines = run_cli(
+        "manager",
+        "--certs-dir",
+        str(certs_dir),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "etcd://127.0.0.1:2379",
+        "--set",
+        f'etcd_ca="{certs_dir / ca}"',
+        "--set",
+        f'etcd_certificate="{certs_dir / certificate}"',
+        "--set",
+        f'etcd_private_key="{certs_dir / key}"',
+    )
+    assert status == 2, lines
+    assert len(lines) == 1 and expected.format(certs=certs_dir) in lines[0], lines
+
+
 DAMAGES: dict[str, tuple[Callable[[Path], object], str]] = {
     "CA certificate not PEM": (
         lambda d: (d / "ca.pem").write_text("garbage\n"),

@@ -147,22 +147,43 @@ def check_node_credentials(directory: Path, node: str) -> None:
         )
 
 
-def _read_certificates(path: Path) -> list[x509.Certificate]:
+def check_tls_files(
+    ca_path: Path | None, certificate_path: Path | None, key_path: Path | None, *, what: str
+) -> None:
+    """Refuse, naming the setting and the file, TLS files that a TLS context would reject later
+    with an opaque error (the etcd client's, say): a CA or certificate that is not PEM, a key
+    that is not an unencrypted PEM private key or not the certificate's."""
+    if ca_path is not None:
+        _read_certificates(ca_path, what=f"{what}_ca")
+    if certificate_path is None or key_path is None:
+        return
+    certificate = _read_certificates(certificate_path, what=f"{what}_certificate")[0]
+    key = _read_private_key(key_path, what=f"{what}_private_key")
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+        raise ConfigError(
+            f"{what}_private_key {key_path} is not the key of {what}_certificate {certificate_path}"
+        )
+
+
+def _read_certificates(path: Path, *, what: str = "") -> list[x509.Certificate]:
+    where = f"{what} {path}" if what else str(path)
     try:
         return x509.load_pem_x509_certificates(path.read_bytes())
     except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error}") from error
+        raise ConfigError(f"cannot read {where}: {error}") from error
     except ValueError as error:
-        raise ConfigError(f"{path} is not a PEM certificate: {error}") from error
+        raise ConfigError(f"{where} is not a PEM certificate: {error}") from error
 
 
-def _read_private_key(path: Path) -> PrivateKeyTypes:
+def _read_private_key(path: Path, *, what: str = "") -> PrivateKeyTypes:
+    where = f"{what} {path}" if what else str(path)
     try:
         return serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error}") from error
+        raise ConfigError(f"cannot read {where}: {error}") from error
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise ConfigError(f"{path} is not an unencrypted PEM private key: {error}") from error
+        raise ConfigError(f"{where} is not an unencrypted PEM private key: {error}") from error
 
 
 def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:

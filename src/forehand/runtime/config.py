@@ -43,7 +43,7 @@ import msgspec
 from forehand.core import ManagerConfig, ServerConfig
 from forehand.errors import ConfigError
 from forehand.placement import PlacementConfig
-from forehand.runtime.certs import check_node_credentials, validate_node_name
+from forehand.runtime.certs import check_node_credentials, check_tls_files, validate_node_name
 from forehand.runtime.keys import CLUSTER_KEYS_FILE
 from forehand.runtime.node import DriverConfig
 
@@ -197,6 +197,7 @@ class ManagerProcessConfig:
             )
             for name in ("etcd_ca", "etcd_certificate", "etcd_private_key"):
                 _check_readable(getattr(self, name), name)
+            check_tls_files(self.etcd_ca, self.etcd_certificate, self.etcd_private_key, what="etcd")
         if not 1 <= self.lease_ttl_s <= 600:
             raise ConfigError(f"lease_ttl_s must be 1 to 600, got {self.lease_ttl_s}")
         if not -1 <= self.admin_http_port < 65536:
