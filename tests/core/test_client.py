@@ -851,14 +851,17 @@ def test_resume_session_times_out_without_welcome() -> None:
 
 
 def test_resume_ok_or_reject_without_a_resume_is_ignored() -> None:
-    """RESUME_OK or RESUME_REJECT where the client resumes with its credential changes nothing."""
+    """RESUME_OK or RESUME_REJECT answering no RESUME (the credential went in HELLO, which
+    WELCOME answered) changes nothing."""
     h = Harness()
     h.client.resume_session(SESSION, b"cred", (placement("auth", "s1"),), map_version=4, now_us=0)
     h.drain()
+    h.welcome("s1")
+    state = h.client.route(SESSION, "auth").state
     h.feed("s1", ResumeOk(session_id=SESSION, parts=("auth",), map_version=4))
     h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_EXPIRED))
     assert [e.name for e in h.of(RarePathTaken)] == ["late-resume-ok", "late-resume-reject"]
-    assert h.client.route(SESSION, "auth").state is RouteState.RESUMING
+    assert h.client.route(SESSION, "auth").state is state
 
 
 def test_session_snapshot_round_trips_through_resume_session() -> None:

@@ -11,6 +11,7 @@ import pytest
 import forehand
 from forehand.core import client_events
 from forehand.errors import ConfigError
+from forehand.runtime import make_cluster_certs
 from forehand.runtime.client import HANDOFF_EVENTS_BUFFERED_MAX, Session, _handoff_event
 from forehand.wire import HandoffFlag, ReasonCode
 
@@ -97,3 +98,30 @@ def test_core_events_map_to_handoff_events() -> None:
     assert (moved.parts, moved.target, moved.duration_us) == (("auth",), "s3", 5)
     closed = client_events.SessionClosed(node="c", session_id=SESSION)
     assert _handoff_event(closed) is None
+
+
+def test_a_session_a_peer_closed_refuses_calls_naming_it(tmp_path: Path) -> None:
+    """A SessionClosed from a server's CLOSE_SESSION marks the SDK's session closed: a later call
+    raises SessionClosedError naming the server, handoff iterators end, and the client forgets
+    it; one the application closed itself (closed_by None) is left to Session.close."""
+    make_cluster_certs(tmp_path, ("s1",), days=1)
+    client = forehand.connect("127.0.0.1:7000", ca=tmp_path / "ca.pem")
+
+    async def scenario() -> None:
+        session = Session(client, SESSION, ("cart",))
+        other = Session(client, bytes(16), ("cart",))
+        client._sessions[SESSION] = session
+        client._sessions[other.id] = other
+        iterator = session.handoffs()
+        pending = asyncio.ensure_future(anext(iterator))
+        await asyncio.sleep(0)
+        client._on_event(client_events.SessionClosed(node="c", session_id=SESSION, closed_by="s1"))
+        client._on_event(client_events.SessionClosed(node="c", session_id=other.id))
+        with pytest.raises(StopAsyncIteration):
+            await pending
+        assert session.closed and not other.closed
+        with pytest.raises(forehand.SessionClosedError, match="closed by s1"):
+            await session.call("cart", "list")
+        assert SESSION not in client._sessions and other.id in client._sessions
+
+    asyncio.run(scenario())

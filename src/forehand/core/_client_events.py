@@ -140,12 +140,15 @@ class SessionResumeRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False)
 
 
 class SessionClosed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """The application closed a session; its unanswered requests failed."""
+    """A session ended: the application closed it, or a peer it was bound to sent
+    CLOSE_SESSION; its unanswered requests failed."""
 
     node: NodeId
     """The client node."""
     session_id: bytes
     """The session."""
+    closed_by: NodeId | None = None
+    """The server or manager whose CLOSE_SESSION ended it; None when the application did."""
 
 
 class ResponseReceived(msgspec.Struct, frozen=True, kw_only=True, gc=False):

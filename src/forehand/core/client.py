@@ -113,6 +113,10 @@ _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
+_BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
+"""What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
+3): anything else there is FRAME_UNEXPECTED."""
+
 _PAYLOAD_ALWAYS_FITS_BYTES = DEFAULT_CONFIG.frame_bytes_max - (
     64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
 )
@@ -294,6 +298,7 @@ class ClientCore:
             Ping: self._on_ping,
             Pong: self._on_pong,
             GoAway: self._on_goaway,
+            CloseSession: self._on_close_session,
             Error: self._on_error,
             ConnectionLost: self._on_connection_lost,
             ConnectionOpened: self._on_connection_opened,
@@ -312,13 +317,20 @@ class ClientCore:
         Nothing a peer sends raises out of the core: a frame the client does not accept, or one
         that does not decode, gets ERROR and closes that peer's connection only.
         """
-        handler = self._handlers.get(type(message))
+        kind = type(message)
+        handler = self._handlers.get(kind)
         try:
             if handler is None:
                 raise RemoteProtocolError(
-                    f"a client does not accept {type(message).__name__}",
+                    f"a client does not accept {kind.__name__}",
                     error_code=ErrorCode.FRAME_UNEXPECTED,
                 )
+            if kind not in _BEFORE_WELCOME:
+                connection = self._pool.get(source)
+                if connection is not None and connection.state is ConnectionState.CONNECTING:
+                    raise RemoteProtocolError(
+                        f"{kind.__name__} before WELCOME", error_code=ErrorCode.FRAME_UNEXPECTED
+                    )
             handler(message, source, now_us)
         except RemoteProtocolError as error:
             self._reject_peer(source, ErrorCode.from_wire(error.error_code), str(error), now_us)
@@ -568,7 +580,11 @@ class ClientCore:
 
     def close_session(self, session_id: bytes, *, now_us: int) -> None:
         """End a session: its unanswered requests fail, the manager and servers are told."""
-        session = self._session(session_id)
+        self._end_session(self._session(session_id), now_us, closed_by=None)
+
+    def _end_session(self, session: Session, now_us: int, *, closed_by: NodeId | None) -> None:
+        """Fail the session's requests, tell every peer but `closed_by`, forget it."""
+        session_id = session.session_id
         for route in session.parts.values():
             for entry in list(route.inflight.values()):
                 self._fail(entry, RequestFailedWhy.SESSION_CLOSED, now_us)
@@ -581,13 +597,29 @@ class ClientCore:
         servers = dict.fromkeys(r.primary for r in session.parts.values())
         for server in servers:
             connection = self._pool.get(server)
-            if connection is not None and connection.authenticated:
+            if server != closed_by and connection is not None and connection.authenticated:
                 self._outbox.append(
                     Outbound(destination=server, message=CloseSession(session_id=session_id))
                 )
-        self._send(self._config.manager_node_id, CloseSession(session_id=session_id), now_us)
+        if closed_by != self._config.manager_node_id:
+            self._send(self._config.manager_node_id, CloseSession(session_id=session_id), now_us)
         del self._sessions[session_id]
-        self._emit(SessionClosed(node=self.node_id, session_id=session_id))
+        for bound in self._bound.values():
+            bound.discard(session_id)
+        self._emit(SessionClosed(node=self.node_id, session_id=session_id, closed_by=closed_by))
+
+    def _on_close_session(self, frame: CloseSession, source: NodeId, now_us: int) -> None:
+        """A server or the manager ended a session (CLOSE_SESSION goes either way, section 5.5):
+        a server only for a session bound on its connection, the manager for any of this
+        client's; anything else is ignored."""
+        session = self._sessions.get(frame.session_id)
+        bound = source == self._config.manager_node_id or frame.session_id in self._bound.get(
+            source, ()
+        )
+        if session is None or not bound:
+            self._rare("close-session-not-bound")
+            return
+        self._end_session(session, now_us, closed_by=source)
 
     def prewarm(self, session_id: bytes, part: str, *, now_us: int) -> NodeId | None:
         """Open the connection to the part's first backup before any handoff needs it."""

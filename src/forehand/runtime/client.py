@@ -188,6 +188,7 @@ class Session:
         self._event_count = 0
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
+        self._closed_why = "the session is closed"
 
     @property
     def id(self) -> bytes:
@@ -216,7 +217,7 @@ class Session:
         `inflight_requests_max`).
         """
         if self._closed:
-            raise SessionClosedError("the session is closed")
+            raise SessionClosedError(self._closed_why)
         body = _encoder.encode(payload)
         # One coroutine from the call to its answer: this is the SDK's per-call path, so it does
         # not go through `Client._issue` (two more coroutines per call).
@@ -308,8 +309,10 @@ class Session:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _mark_closed(self) -> None:
+    def _mark_closed(self, why: str | None = None) -> None:
         self._closed = True
+        if why is not None:
+            self._closed_why = why
         self._wake()
 
 
@@ -508,6 +511,8 @@ class Client:
             or kind is events.SessionOpenFailed
         ):
             self._answer(event.request_id, event)  # type: ignore[attr-defined]
+        elif kind is events.SessionClosed and event.closed_by is not None:  # type: ignore[attr-defined]
+            self._closed_by_peer(event)  # type: ignore[arg-type]
         else:
             handoff = _handoff_event(event)
             if handoff is not None:
@@ -516,6 +521,14 @@ class Client:
                     session._handoff(handoff)
             elif _log.isEnabledFor(logging.DEBUG):
                 _log.debug("%r", event)
+
+    def _closed_by_peer(self, event: events.SessionClosed) -> None:
+        """A server or the manager ended a session (CLOSE_SESSION): later calls raise
+        SessionClosedError naming it."""
+        session = self._sessions.pop(event.session_id, None)
+        _log.warning("session %s was closed by %s", event.session_id.hex(), event.closed_by)
+        if session is not None:
+            session._mark_closed(f"the session was closed by {event.closed_by}")
 
 
 def _send_deferred_calls(core: ClientCore, now_us: int) -> None:
