@@ -93,8 +93,10 @@ def test_a_reference_without_module_or_attribute_is_refused(
             load_app(reference, app_dir)
         result = CliRunner().invoke(
             cli,
-            ["server", "--certs-dir", str(certs.directory), "--server-id", "s1"]
-            + ["--listen", "127.0.0.1:0", "--app-dir", str(app_dir), "--app", reference],
+            [
+                *("server", "--certs-dir", str(certs.directory), "--server-id", "s1"),
+                *("--listen", "127.0.0.1:0", "--app-dir", str(app_dir), "--app", reference),
+            ],
         )
         assert result.exit_code == 2, result.exception
         assert result.stderr.splitlines() == [
