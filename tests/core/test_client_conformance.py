@@ -10,6 +10,7 @@ import pytest
 
 from forehand.core._client_events import RequestFailed, RequestFailedWhy, SessionClosed
 from forehand.core._driver import ConnectionCloseRequested
+from forehand.errors import LocalProtocolError
 from forehand.wire import (
     CloseSession,
     Error,
@@ -21,6 +22,7 @@ from forehand.wire import (
     ReasonCode,
     Request,
     SessionOpened,
+    Welcome,
 )
 
 if TYPE_CHECKING:
@@ -136,3 +138,52 @@ def test_close_session_for_a_session_not_bound_there_is_ignored(
     assert h.of(SessionClosed) == []
     assert h.take(ConnectionCloseRequested) == []
     assert h.client.session_ids() == (SESSION,)
+
+
+SMALL_LIMIT = 20_000
+"""A server's frame_bytes_max below the client's own (1 MiB), above the protocol's floor."""
+
+
+def _welcome(h: Harness, server: str, frame_bytes_max: int) -> None:
+    h.feed(
+        server,
+        Welcome(
+            version=1,
+            server_id=server,
+            map_version=1,
+            frame_bytes_max=frame_bytes_max,
+            idle_timeout_ms=60_000,
+        ),
+    )
+
+
+def test_a_call_longer_than_the_servers_announced_limit_is_refused_at_once() -> None:
+    """Once the part's server announced a frame_bytes_max below the client's own, a call whose
+    REQUEST is longer raises LocalProtocolError naming it and issues nothing (sent, it would
+    close the connection with FRAME_TOO_LARGE); one that fits is sent."""
+    h = Harness()
+    session_id = h.open(placement("cart", "s1"))
+    h.client.call(session_id, "cart", "add", b"x", now_us=h.now_us)
+    h.drain()
+    _welcome(h, "s1", SMALL_LIMIT)
+    h.outbox.clear()
+    with pytest.raises(LocalProtocolError, match=f"frame_bytes_max={SMALL_LIMIT} that s1"):
+        h.client.call(session_id, "cart", "add", b"x" * SMALL_LIMIT, now_us=h.now_us)
+    fits = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT - 200), now_us=h.now_us)
+    h.drain()
+    assert fits in [r.request_id for r in h.take(Request, "s1")]
+    assert h.take(ConnectionCloseRequested) == []
+
+
+def test_a_request_queued_before_a_smaller_welcome_fails_unsent() -> None:
+    """A request queued while the connection waited for WELCOME, longer than the limit that
+    WELCOME then announces, fails as TOO_LARGE and is not sent; the others queued with it are."""
+    h = Harness()
+    session_id = h.open(placement("cart", "s1"))
+    big = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT + 1), now_us=h.now_us)
+    small = h.client.call(session_id, "cart", "add", b"y", now_us=h.now_us)
+    h.drain()
+    _welcome(h, "s1", SMALL_LIMIT)
+    assert [r.request_id for r in h.take(Request, "s1")] == [small]
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why) for f in failed] == [(big, RequestFailedWhy.TOO_LARGE)]

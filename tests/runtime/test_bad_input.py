@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 import forehand
-from forehand.errors import RemoteProtocolError
+from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.runtime.config import parse_address
 from forehand.wire import (
     END_OF_STREAM,
@@ -449,3 +449,19 @@ def test_stream_cut_inside_a_frame(cluster: Cluster) -> None:
 
     frames = _served_throughout(cluster, misbehave)
     assert not any(isinstance(frame, Pong) and frame.sequence == 8 for frame in frames)
+
+
+def test_the_sdk_refuses_a_call_over_the_servers_limit(cluster: Cluster) -> None:
+    """The SDK learns the server's frame_bytes_max from WELCOME: a call whose REQUEST would be
+    longer raises LocalProtocolError at once, and the session's other calls go on (sent, it
+    would have closed the connection with FRAME_TOO_LARGE at every retry)."""
+
+    async def main() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(["auth"])
+            assert await session.call("auth", "login", "big") == "welcome big"
+            with pytest.raises(LocalProtocolError, match=f"frame_bytes_max={FRAME_BYTES_MAX}"):
+                await session.call("auth", "login", "x" * FRAME_BYTES_MAX)
+            assert await session.call("auth", "whoami") == "big"
+
+    run_async(main())

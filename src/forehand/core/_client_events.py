@@ -79,6 +79,9 @@ class RequestFailedWhy(enum.Enum):
     """The part could not be located within `retry_attempts_max` MAP_REQUEST rounds."""
     SESSION_CLOSED = "session-closed"
     """The application closed the session while the request was in flight."""
+    TOO_LARGE = "too-large"
+    """Its REQUEST is longer than the `frame_bytes_max` the part's server announced in WELCOME
+    (a part handed to a server with a smaller limit than its last one); it was never sent."""
 
 
 class SessionEstablished(msgspec.Struct, frozen=True, kw_only=True, gc=False):

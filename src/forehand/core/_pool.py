@@ -184,6 +184,7 @@ class Connection:
 
     __slots__ = (
         "deferred_hello",
+        "frame_bytes_max",
         "handoff_sequence_last",
         "map_version",
         "next_ping_us",
@@ -209,6 +210,8 @@ class Connection:
         """Bound on `queue`."""
         self.map_version = 0
         """The map version WELCOME announced."""
+        self.frame_bytes_max: int | None = None
+        """The largest frame body the peer accepts, as its WELCOME announced; None before."""
         self.handoff_sequence_last = 0
         """The newest HANDOFF sequence this connection delivered; older ones are stale."""
         self.next_ping_us: int | None = None

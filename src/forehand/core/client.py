@@ -19,7 +19,7 @@ import heapq
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from forehand.core._client_config import ClientConfig
@@ -72,6 +72,7 @@ from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import ShardMap
 from forehand.wire import (
     DEFAULT_CONFIG,
+    FRAME_BYTES_MAX_FLOOR,
     PROTOCOL_VERSION,
     SESSION_ID_BYTES,
     CloseSession,
@@ -102,6 +103,7 @@ from forehand.wire import (
     ResumeRejectReason,
     SessionOpened,
     Welcome,
+    WireConfig,
     encode_frame,
 )
 
@@ -113,15 +115,18 @@ _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
+_WIRE_CONFIGS_MAX = 16
+"""Distinct peer frame limits whose encoder bounds are kept (peers announce one or a few)."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
 
-_PAYLOAD_ALWAYS_FITS_BYTES = DEFAULT_CONFIG.frame_bytes_max - (
-    64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
-)
-"""A REQUEST whose payload is at most this long fits `frame_bytes_max` whatever its part and op
-(its fixed head is under 64 bytes): `call` encodes only longer ones to check that they fit."""
+_REQUEST_HEAD_BYTES_MAX = 64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
+"""A REQUEST's body beyond its payload, whatever its part and op (its fixed head is under 64
+bytes)."""
+_PAYLOAD_ALWAYS_FITS_BYTES = FRAME_BYTES_MAX_FLOOR - _REQUEST_HEAD_BYTES_MAX
+"""A REQUEST whose payload is at most this long fits any server's `frame_bytes_max` (none may
+announce less than the floor): only longer ones are encoded to check that they fit."""
 
 
 class BackpressureError(LocalProtocolError):
@@ -275,6 +280,8 @@ class ClientCore:
         self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
         self._deferred: list[tuple[Session, PartRoute]] = []
+        self._wire_configs: dict[int, WireConfig] = {}
+        """Encoder bounds per peer frame limit below the default, at most _WIRE_CONFIGS_MAX."""
         """Parts whose calls wait for `send_deferred`, in call order (a part may repeat); at
         most `inflight_requests_max` (past that, calls go out at once)."""
         self._ping_due_us = _NO_DEADLINE_US
@@ -530,7 +537,7 @@ class ClientCore:
         route = session.parts.get(part)
         if route is None:
             raise LocalProtocolError(f"session {session_id.hex()} has no part {part!r}")
-        self._check_request_fits(session_id, part, op, payload)
+        self._check_request_fits(session_id, route, op, payload)
         self._check_inflight_room()
         request_id = self._new_request_id()
         route.issue_counter += 1
@@ -654,11 +661,13 @@ class ClientCore:
     def _endpoint_or_bare(self, server: NodeId) -> Endpoint:
         return self._endpoints.get(server) or endpoint_from_address(server, "")
 
-    @staticmethod
-    def _check_request_fits(session_id: bytes, part: str, op: str, payload: bytes) -> None:
-        """Refuse, before anything is issued, a call whose REQUEST the wire would not encode:
-        its frame is built later (a deferred send, a re-send), where the error would reach no
-        caller and could take the frames sent with it down too."""
+    def _check_request_fits(
+        self, session_id: bytes, route: PartRoute, op: str, payload: bytes
+    ) -> None:
+        """Refuse, before anything is issued, a call whose REQUEST the wire would not encode, or
+        that is longer than the part's server announced it accepts: its frame is built later (a
+        deferred send, a re-send), where the error would reach no caller and could take the
+        frames sent with it down too."""
         op_bytes = len(op.encode())
         if not 0 < op_bytes <= DEFAULT_CONFIG.op_name_bytes_max:
             raise LocalProtocolError(
@@ -667,13 +676,51 @@ class ClientCore:
             )
         if len(payload) <= _PAYLOAD_ALWAYS_FITS_BYTES:
             return
+        announced = self._announced_limit(route.primary)
+        limit = DEFAULT_CONFIG.frame_bytes_max if announced is None else announced
+        if len(payload) <= limit - _REQUEST_HEAD_BYTES_MAX:
+            return
         frame = Request(
-            request_id=0, session_id=session_id, part=part, op=op, map_version=0, payload=payload
+            request_id=0,
+            session_id=session_id,
+            part=route.name,
+            op=op,
+            map_version=0,
+            payload=payload,
         )
         try:
             encode_frame(frame, config=DEFAULT_CONFIG)
         except LocalProtocolError as error:
             raise LocalProtocolError(f"the call cannot be sent: {error}") from None
+        if announced is not None and not self._fits(frame, announced):
+            raise LocalProtocolError(
+                f"the call cannot be sent: its REQUEST is longer than the frame_bytes_max="
+                f"{announced} that {route.primary}, the part's server, accepts"
+            )
+
+    def _announced_limit(self, server: NodeId) -> int | None:
+        """The `frame_bytes_max` the server's WELCOME announced, when below the client's own."""
+        connection = self._pool.get(server)
+        announced = None if connection is None else connection.frame_bytes_max
+        return (
+            announced
+            if announced is not None and announced < DEFAULT_CONFIG.frame_bytes_max
+            else None
+        )
+
+    def _fits(self, frame: Request, frame_bytes_max: int) -> bool:
+        """Whether `frame` encodes within a peer's `frame_bytes_max`."""
+        config = self._wire_configs.get(frame_bytes_max)
+        if config is None:
+            if len(self._wire_configs) >= _WIRE_CONFIGS_MAX:
+                self._wire_configs.clear()
+            config = replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
+            self._wire_configs[frame_bytes_max] = config
+        try:
+            encode_frame(frame, config=config)
+        except LocalProtocolError:
+            return False
+        return True
 
     def _check_inflight_room(self) -> None:
         if len(self._inflight) + len(self._opens) >= self._config.inflight_requests_max:
@@ -815,12 +862,28 @@ class ClientCore:
             return
         connection.fire(ConnectionTrigger.WELCOME_RECEIVED)
         connection.map_version = frame.map_version
+        connection.frame_bytes_max = frame.frame_bytes_max
         # The server closes a connection whose HELLO presented a credential it refuses, so a
         # WELCOME binds every session the HELLO presented.
         self._bound.setdefault(source, set()).update(self._presented.pop(source, set()))
         self._adopt_map_version(frame.map_version)
+        announced = self._announced_limit(source)
         while connection.queue:
-            self._outbox.append(Outbound(destination=source, message=connection.queue.popleft()))
+            queued = connection.queue.popleft()
+            if (
+                announced is not None
+                and type(queued) is Request
+                and len(queued.payload) > announced - _REQUEST_HEAD_BYTES_MAX
+                and not self._fits(queued, announced)
+            ):
+                # Queued before WELCOME said how much this server accepts: sent, it would close
+                # the connection (FRAME_TOO_LARGE).
+                entry = self._inflight.get(queued.request_id)
+                if entry is not None:
+                    self._rare("request-too-large-for-server")
+                    self._fail(entry, RequestFailedWhy.TOO_LARGE, now_us)
+                continue
+            self._outbox.append(Outbound(destination=source, message=queued))
         if source != self._config.manager_node_id:
             connection.next_ping_us = now_us + self._config.ping_interval_ms * 1000
             self._ping_due_us = min(self._ping_due_us, connection.next_ping_us)
@@ -1124,6 +1187,18 @@ class ClientCore:
             map_version=route.map_version,
             payload=entry.payload,
         )
+        if len(entry.payload) > _PAYLOAD_ALWAYS_FITS_BYTES:
+            announced = self._announced_limit(primary)
+            if (
+                announced is not None
+                and len(entry.payload) > announced - _REQUEST_HEAD_BYTES_MAX
+                and not self._fits(frame, announced)
+            ):
+                # The part moved to a server that accepts less than the one the call was
+                # checked against: sent, it would close the connection (FRAME_TOO_LARGE).
+                self._rare("request-too-large-for-server")
+                self._fail(entry, RequestFailedWhy.TOO_LARGE, now_us)
+                return
         if connection is not None and connection.state is ConnectionState.READY:
             if entry.session_id in self._bound.get(primary, ()):
                 # The common case, as `_send` would take it: straight out, the session bound.
