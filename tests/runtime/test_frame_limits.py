@@ -1,0 +1,190 @@
+"""A real `forehand server` decodes with the `core.frame_bytes_max` it is configured with.
+
+The server runs with `core.frame_bytes_max=65536` over each transport (TLS, and QUIC for
+clients). A raw client dials it with the project's own transport (whose encoder allows 1 MiB
+frames), reads the 65,536 WELCOME announces, and sends a 200 KB REQUEST: the server must end
+that connection with FRAME_TOO_LARGE (docs/PROTOCOL.md sections 3, 6, 7), while an SDK client
+with a session on the same server goes on being answered. A REQUEST just under the limit on
+the same kind of connection is decoded and answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.runtime._quic import QUICTransport
+from forehand.runtime._tls import TLSTransport
+from forehand.runtime.config import parse_address
+from forehand.runtime.transport import (
+    CloseInitiator,
+    Connection,
+    ConnectionClosedError,
+    Credentials,
+    Transport,
+)
+from forehand.wire import (
+    PROTOCOL_VERSION,
+    ErrorCode,
+    Frame,
+    Hello,
+    PeerRole,
+    Ping,
+    Pong,
+    Request,
+    Response,
+    ResponseStatus,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import Cluster, make_certs, run_async
+else:
+    from _cluster import Cluster, make_certs, run_async
+
+pytestmark = pytest.mark.slow
+
+SERVER = "s1"
+FRAME_BYTES_MAX = 65_536
+"""The server's configured frame_bytes_max, below the default 1 MiB."""
+OVERSIZED_PAYLOAD_BYTES = 200_000
+"""A REQUEST payload far over the configured limit (and far under the default 1 MiB)."""
+UNDER_LIMIT_PAYLOAD_BYTES = FRAME_BYTES_MAX - 1_024
+"""A REQUEST payload whose frame fits the configured limit."""
+GOOD_ROUNDS_MIN = 3
+"""Calls the SDK client must get answered after the oversized connection closed."""
+
+
+@pytest.fixture(scope="module", params=["tls", "quic"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """A manager and one server set to a 65,536-byte frame limit, real processes."""
+    directory = tmp_path_factory.mktemp(f"frame-limits-{request.param}")
+    running = Cluster(
+        directory,
+        certs_dir=make_certs(directory / "certs"),
+        transport=request.param,
+        servers=(SERVER,),
+        server_settings=(f"core.frame_bytes_max={FRAME_BYTES_MAX}",),
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+def _transport(cluster: Cluster) -> Transport:
+    credentials = Credentials.for_client(cluster.certs_dir)
+    if cluster.transport == "quic":
+        return QUICTransport(credentials)
+    return TLSTransport(credentials)
+
+
+def _request(payload_bytes: int) -> Request:
+    """A REQUEST for an unknown session carrying `payload_bytes` of payload."""
+    return Request(
+        request_id=7,
+        session_id=bytes(16),
+        part="cart",
+        op="list",
+        map_version=1,
+        payload=b"\xc4" * payload_bytes,
+    )
+
+
+async def _welcomed(cluster: Cluster) -> tuple[Connection, Welcome]:
+    """A raw client connection to the server, after HELLO and WELCOME."""
+    host, port = parse_address(cluster.addresses[SERVER], where=SERVER)
+    connection = await _transport(cluster).connect(
+        host, port, server_id=SERVER, peer_role=PeerRole.SERVER
+    )
+    connection.send_frame(
+        Hello(versions=(PROTOCOL_VERSION,), client_id=os.urandom(16), credentials=())
+    )
+    while True:
+        frame = await connection.receive()
+        if isinstance(frame, Welcome):
+            return connection, frame
+
+
+async def _until(connection: Connection, wanted: type[Frame]) -> Frame:
+    while True:
+        frame = await connection.receive()
+        if isinstance(frame, wanted):
+            return frame
+
+
+async def _good_rounds(cluster: Cluster, stop: asyncio.Event, answered: list[int]) -> None:
+    """An SDK client with a session on the server, calling it until `stop`."""
+    async with cluster.connect() as client:
+        session = await client.open_session(["auth", "feature/video"])
+        await session.call("auth", "login", "good")
+        position = 0
+        while not stop.is_set():
+            position += 1
+            seeked: int = await session.call("feature/video", "seek", position, result_type=int)
+            assert seeked == position
+            answered.append(position)
+            await asyncio.sleep(0.005)
+
+
+async def _answered_more(task: asyncio.Task[None], answered: list[int], count: int) -> None:
+    target = len(answered) + count
+    while len(answered) < target:
+        if task.done():
+            task.result()
+            raise AssertionError("the SDK client stopped")
+        await asyncio.sleep(0.005)
+
+
+def test_oversized_request_closes_only_that_connection(cluster: Cluster) -> None:
+    """WELCOME announces 65,536; a 200 KB REQUEST closes that connection with FRAME_TOO_LARGE
+    and the SDK client on the same server keeps being answered."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        answered: list[int] = []
+        good = asyncio.get_running_loop().create_task(_good_rounds(cluster, stop, answered))
+        try:
+            await _answered_more(good, answered, GOOD_ROUNDS_MIN)
+            connection, welcome = await _welcomed(cluster)
+            assert welcome.frame_bytes_max == FRAME_BYTES_MAX
+            connection.send_frame(_request(OVERSIZED_PAYLOAD_BYTES))
+            with pytest.raises(ConnectionClosedError) as closed:
+                while True:
+                    frame = await connection.receive()
+                    assert not isinstance(frame, Response), frame
+            assert closed.value.close.error_code == ErrorCode.FRAME_TOO_LARGE, closed.value
+            assert closed.value.close.initiator is CloseInitiator.PEER, closed.value
+            await _answered_more(good, answered, GOOD_ROUNDS_MIN)
+        finally:
+            stop.set()
+            await good
+        assert cluster.processes[SERVER].poll() is None, cluster.log(SERVER)
+
+    run_async(main())
+
+
+def test_request_under_the_limit_is_answered(cluster: Cluster) -> None:
+    """A REQUEST whose frame fits the configured limit is decoded and answered (refused: its
+    session is unknown), and the connection stays open."""
+
+    async def main() -> None:
+        connection, _ = await _welcomed(cluster)
+        try:
+            connection.send_frame(_request(UNDER_LIMIT_PAYLOAD_BYTES))
+            response = await _until(connection, Response)
+            assert isinstance(response, Response)
+            assert response.request_id == 7 and response.status != ResponseStatus.OK
+            connection.send_frame(Ping(sequence=3, sent_us=0))
+            pong = await _until(connection, Pong)
+            assert isinstance(pong, Pong) and pong.sequence == 3
+        finally:
+            connection.close()
+            await connection.wait_closed()
+
+    run_async(main())
