@@ -1,11 +1,11 @@
-"""A real `forehand server` decodes with the `core.frame_bytes_max` it is configured with.
+"""A real `forehand server` and manager decode with the `core.frame_bytes_max` they are set to.
 
-The server runs with `core.frame_bytes_max=65536` over each transport (TLS, and QUIC for
-clients). A raw client dials it with the project's own transport (whose encoder allows 1 MiB
-frames), reads the 65,536 WELCOME announces, and sends a 200 KB REQUEST: the server must end
-that connection with FRAME_TOO_LARGE (docs/PROTOCOL.md sections 3, 6, 7), while an SDK client
-with a session on the same server goes on being answered. A REQUEST just under the limit on
-the same kind of connection is decoded and answered.
+Both run with `core.frame_bytes_max=65536` over each transport (TLS, and QUIC for clients). A
+raw client dials one with the project's own transport (whose encoder allows 1 MiB frames), reads
+the 65,536 WELCOME announces, and sends a 200 KB REQUEST: the node must end that connection with
+FRAME_TOO_LARGE (docs/PROTOCOL.md sections 3, 6, 7), while an SDK client with a session on the
+same cluster goes on being answered. A REQUEST just under the limit to the server is decoded and
+answered.
 """
 
 from __future__ import annotations
@@ -59,13 +59,20 @@ GOOD_ROUNDS_MIN = 3
 """Calls the SDK client must get answered after the oversized connection closed."""
 
 
+class _LimitedCluster(Cluster):
+    """A cluster whose manager is also set to FRAME_BYTES_MAX."""
+
+    def _manager_command(self) -> list[str]:
+        return [*super()._manager_command(), "--set", f"core.frame_bytes_max={FRAME_BYTES_MAX}"]
+
+
 @pytest.fixture(scope="module", params=["tls", "quic"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A manager and one server set to a 65,536-byte frame limit, real processes."""
     directory = tmp_path_factory.mktemp(f"frame-limits-{request.param}")
-    running = Cluster(
+    running = _LimitedCluster(
         directory,
         certs_dir=make_certs(directory / "certs"),
         transport=request.param,
@@ -96,11 +103,12 @@ def _request(payload_bytes: int) -> Request:
     )
 
 
-async def _welcomed(cluster: Cluster) -> tuple[Connection, Welcome]:
-    """A raw client connection to the server, after HELLO and WELCOME."""
-    host, port = parse_address(cluster.addresses[SERVER], where=SERVER)
+async def _welcomed(cluster: Cluster, node: str = SERVER) -> tuple[Connection, Welcome]:
+    """A raw client connection to `node` (the server or the manager), after HELLO and WELCOME."""
+    address = cluster.manager_address if node == "manager" else cluster.addresses[node]
+    host, port = parse_address(address, where=node)
     connection = await _transport(cluster).connect(
-        host, port, server_id=SERVER, peer_role=PeerRole.SERVER
+        host, port, server_id=node, peer_role=PeerRole.SERVER
     )
     connection.send_frame(
         Hello(versions=(PROTOCOL_VERSION,), client_id=os.urandom(16), credentials=())
@@ -141,9 +149,10 @@ async def _answered_more(task: asyncio.Task[None], answered: list[int], count: i
         await asyncio.sleep(0.005)
 
 
-def test_oversized_request_closes_only_that_connection(cluster: Cluster) -> None:
+@pytest.mark.parametrize("node", [SERVER, "manager"])
+def test_oversized_request_closes_only_that_connection(cluster: Cluster, node: str) -> None:
     """WELCOME announces 65,536; a 200 KB REQUEST closes that connection with FRAME_TOO_LARGE
-    and the SDK client on the same server keeps being answered."""
+    and the SDK client of the same cluster keeps being answered."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -151,7 +160,7 @@ def test_oversized_request_closes_only_that_connection(cluster: Cluster) -> None
         good = asyncio.get_running_loop().create_task(_good_rounds(cluster, stop, answered))
         try:
             await _answered_more(good, answered, GOOD_ROUNDS_MIN)
-            connection, welcome = await _welcomed(cluster)
+            connection, welcome = await _welcomed(cluster, node)
             assert welcome.frame_bytes_max == FRAME_BYTES_MAX
             connection.send_frame(_request(OVERSIZED_PAYLOAD_BYTES))
             with pytest.raises(ConnectionClosedError) as closed:
@@ -161,10 +170,15 @@ def test_oversized_request_closes_only_that_connection(cluster: Cluster) -> None
             assert closed.value.close.error_code == ErrorCode.FRAME_TOO_LARGE, closed.value
             assert closed.value.close.initiator is CloseInitiator.PEER, closed.value
             await _answered_more(good, answered, GOOD_ROUNDS_MIN)
+            # A new client still opens a session through the manager and calls the server.
+            async with cluster.connect() as other:
+                session = await other.open_session(["auth"])
+                await session.call("auth", "login", "other")
         finally:
             stop.set()
             await good
-        assert cluster.processes[SERVER].poll() is None, cluster.log(SERVER)
+        for name in (SERVER, "manager"):
+            assert cluster.processes[name].poll() is None, cluster.log(name)
 
     run_async(main())
 
