@@ -101,3 +101,35 @@ def test_json_logs_carry_the_event_fields(capsys: pytest.CaptureFixture[str]) ->
     assert "readable" in text and not text.lstrip().startswith("{")
     with pytest.raises(ValueError):
         configure_logging("info", "xml")
+
+
+SECRET = "-".join(("hunter2", "in", "a", "local"))
+"""A value only a local variable holds (built, so no source line a traceback quotes shows it)."""
+
+
+def _failing_handler(state: dict[str, str]) -> None:
+    secret = SECRET.upper().lower()
+    raise ValueError(f"handler failed after reading {len(secret)} characters")
+
+
+@pytest.mark.usefixtures("restored_logging")
+@pytest.mark.parametrize("log_format", ["console", "json"])
+def test_tracebacks_are_plain_and_show_no_local_variables(
+    capsys: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    """A logged exception carries its traceback (plain text after the console line, the JSON
+    record's `exception` key) but never the frames' local variables, which hold a part's state
+    and a request's payload (the console renderer printed them all, boxed)."""
+    configure_logging("info", log_format)
+    state = {"card": SECRET[::-1]}
+    try:
+        _failing_handler(state)
+    except ValueError:
+        logging.getLogger("forehand.app").exception("handler failed")
+    text = capsys.readouterr().err
+    if log_format == "json":
+        record = json.loads(text.strip().splitlines()[-1])
+        text = record["exception"]
+    assert "Traceback (most recent call last)" in text and "in _failing_handler" in text
+    assert "ValueError: handler failed" in text
+    assert SECRET not in text and SECRET[::-1] not in text

@@ -2,8 +2,9 @@
 
 Every record, whether it comes from structlog or from a library's `logging` call, goes through
 one processor chain (level, logger name, UTC timestamp, the record's `fields` extra) and is
-rendered either as one JSON object per line (`log_format = "json"`, for log shippers) or as one
-readable line (`console`, the default).
+rendered either as one JSON object per line (`log_format = "json"`, for log shippers; a
+traceback goes in its `exception` key) or as one readable line (`console`, the default; a
+traceback follows it as plain text). Tracebacks never show the frames' local variables.
 """
 
 from __future__ import annotations
@@ -40,14 +41,20 @@ def configure_logging(level: str, log_format: str = "console") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer(default=str)
+    # Tracebacks are plain text, without the frames' local variables: those hold a part's
+    # state and a request's payload, which have no place in a log.
+    rendering: list[Any] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer(default=str)]
         if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     )
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[*shared, _fields],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
