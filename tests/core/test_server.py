@@ -318,6 +318,17 @@ def test_unknown_part_of_a_known_session_gets_not_found(cluster: Cluster) -> Non
     assert response.status is ResponseStatus.NOT_FOUND
 
 
+def test_a_part_the_app_does_not_declare_gets_a_final_answer(cluster: Cluster) -> None:
+    """A part the map places here but this server's app does not declare (a part no app has,
+    or servers running different apps) is answered UNKNOWN_OP naming it and the app's parts:
+    a final status, where TRY_AGAIN had the client retry until its attempts ran out."""
+    cluster.place("nosuch", "s1", "s2")
+    cluster.request("s1", "nosuch")
+    (response,) = cluster.responses()
+    assert response.status is ResponseStatus.UNKNOWN_OP
+    assert b"declares no part 'nosuch'" in response.payload and b"counter" in response.payload
+
+
 def test_malformed_session_id_is_not_found_not_a_crash(cluster: Cluster) -> None:
     """A session id that is not a UUIDv7 is answered, never raised."""
     cluster.request("s1", "counter", session=b"short")

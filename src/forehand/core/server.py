@@ -610,6 +610,16 @@ class ServerCore:
         if placement is not None and placement.primary != self._me and not inbound.forwarded:
             self._redirect(ref, inbound, map_version=self.map_version, primary=placement.primary)
             return
+        if placement is not None and inbound.part not in self._specs:
+            # The map placed here a part this server's app does not declare (a part no app has,
+            # or servers running different apps): no retry can help, so the answer is final.
+            self._refuse(
+                inbound,
+                ResponseStatus.UNKNOWN_OP,
+                f"the app on {self._me} declares no part {inbound.part!r} "
+                f"(it declares {', '.join(sorted(self._specs)) or 'none'})",
+            )
+            return
         status = ResponseStatus.TRY_AGAIN if placement is not None else ResponseStatus.NOT_FOUND
         self._refuse(inbound, status, "part not held by this server")
 
