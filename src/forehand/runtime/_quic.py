@@ -62,6 +62,7 @@ from forehand.runtime.transport import (
     Transport,
     TransportError,
     register_transport,
+    send_wire,
 )
 from forehand.wire import (
     END_OF_STREAM,
@@ -264,6 +265,7 @@ class QUICConnection(Connection):
         self._quic = protocol.quic
         self._counters = counters
         self._wire = limits.wire
+        self._send_wire = send_wire(limits.wire)
         self._peer_role = peer_role
         self._on_gone = on_gone
         self._control_send = self._quic.get_next_available_stream_id(is_unidirectional=True)
@@ -309,7 +311,7 @@ class QUICConnection(Connection):
 
     def _send(self, frame: Frame) -> None:
         """Queue one frame on the stream it belongs to."""
-        data = encode_frame(frame, config=self._wire)
+        data = encode_frame(frame, config=self._send_wire)
         kind = type(frame)
         quic = self._quic
         if kind is Request:

@@ -22,6 +22,7 @@ from forehand.runtime.transport import (
     ConnectionLimits,
     PathStats,
     error_frame,
+    send_wire,
 )
 from forehand.wire import (
     END_OF_STREAM,
@@ -54,6 +55,7 @@ class StreamConnection(Connection, asyncio.Protocol):
     ) -> None:
         super().__init__(is_client=is_client, limits=limits, loop=loop)
         self._wire = limits.wire
+        self._send_wire = send_wire(limits.wire)
         self._decoder = FrameDecoder(config=limits.wire, sender=peer_role)
         self._on_made = on_made
         self._transport: asyncio.Transport | None = None
@@ -127,7 +129,7 @@ class StreamConnection(Connection, asyncio.Protocol):
     def send_frame(self, frame: Frame) -> None:
         if self._close_info is not None:
             self._check_open()
-        data = encode_frame(frame, config=self._wire)
+        data = encode_frame(frame, config=self._send_wire)
         self._error_sent = type(frame) is Error
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -139,7 +141,7 @@ class StreamConnection(Connection, asyncio.Protocol):
     def send_frames(self, frames: Iterable[Frame]) -> None:
         if self._close_info is not None:
             self._check_open()
-        wire = self._wire
+        wire = self._send_wire
         batch = frames if isinstance(frames, list | tuple) else list(frames)
         if not batch:
             return

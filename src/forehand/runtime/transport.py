@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import enum
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -57,6 +58,7 @@ __all__ = [
     "FrameHandler",
     "error_frame",
     "register_transport",
+    "send_wire",
     "transport_names",
 ]
 
@@ -190,6 +192,15 @@ class ConnectionLimits:
                 "ConnectionLimits needs send_buffer_low_water_bytes <= "
                 "send_buffer_high_water_bytes <= send_buffer_bytes_max"
             )
+
+
+def send_wire(wire: WireConfig) -> WireConfig:
+    """The bounds a connection encodes with: `wire.frame_bytes_max` is what this end accepts (a
+    server's WELCOME announces it), not a bound on what it sends, which peers decode with at
+    least the default 1 MiB; so a smaller one is raised to the default for sending."""
+    if wire.frame_bytes_max >= DEFAULT_CONFIG.frame_bytes_max:
+        return wire
+    return dataclasses.replace(wire, frame_bytes_max=DEFAULT_CONFIG.frame_bytes_max)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

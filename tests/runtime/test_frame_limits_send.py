@@ -1,0 +1,54 @@
+"""A server's `core.frame_bytes_max` bounds what it accepts (WELCOME announces it), not what it
+sends: three real servers set to 65,536 (TLS) answer a call whose RESPONSE is longer than that,
+since the client decodes with the default 1 MiB (docs/PROTOCOL.md section 5.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import Cluster, make_certs, run_async
+else:
+    from _cluster import Cluster, make_certs, run_async
+
+pytestmark = pytest.mark.slow
+
+FRAME_BYTES_MAX = 65_536
+"""The servers' configured frame_bytes_max, below the default 1 MiB."""
+SKU_BYTES = 30_000
+"""Each added item's name: one REQUEST fits the limit, three in one listing do not."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A manager and three servers set to FRAME_BYTES_MAX, real processes."""
+    directory = tmp_path_factory.mktemp("frame-limits-send")
+    running = Cluster(
+        directory,
+        certs_dir=make_certs(directory / "certs"),
+        transport="tls",
+        server_settings=(f"core.frame_bytes_max={FRAME_BYTES_MAX}",),
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_an_answer_longer_than_the_servers_own_limit_is_sent(cluster: Cluster) -> None:
+    """A cart listing longer than the server's 65,536 (each add well under it) is answered in
+    full (the server's transport encoded with its receive limit, so the RESPONSE could not be
+    sent and the call timed out)."""
+    skus = [f"{index}-" + "s" * SKU_BYTES for index in range(3)]
+
+    async def main() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(["cart"])
+            for sku in skus:
+                await session.call("cart", "add", {"sku": sku})
+            assert await session.call("cart", "list") == dict.fromkeys(skus, 1)
+
+    run_async(main())
