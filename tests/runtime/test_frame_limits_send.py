@@ -76,7 +76,7 @@ def test_a_part_longer_than_the_limit_moves_on_a_drain(cluster: Cluster) -> None
                     state=session.placements,
                 )
                 assert await session.call("cart", "add", {"sku": "after"}) == len(skus) + 1
-                listing = await session.call("cart", "list")
+                listing: dict[str, int] = await session.call("cart", "list")
                 assert listing == {**dict.fromkeys(skus, 1), "after": 1}
             finally:
                 assert (await cluster.admin(Undrain(server_id=drained))).ok
