@@ -9,6 +9,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core._client_events import RequestFailed, RequestFailedWhy, SessionClosed
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+)
 from forehand.core._driver import ConnectionCloseRequested
 from forehand.errors import LocalProtocolError
 from forehand.wire import (
@@ -187,3 +192,30 @@ def test_a_request_queued_before_a_smaller_welcome_fails_unsent() -> None:
     assert [r.request_id for r in h.take(Request, "s1")] == [small]
     failed = h.of(RequestFailed)
     assert [(f.request_id, f.why) for f in failed] == [(big, RequestFailedWhy.TOO_LARGE)]
+
+
+def test_a_stale_copy_queued_for_a_smaller_server_does_not_fail_a_request_sent_elsewhere() -> None:
+    """A request queued for s1 before its WELCOME, then sent to s2 when the map moved its part
+    there, is not failed TOO_LARGE when s1's WELCOME announces less than it needs: only the
+    stale copy for s1 is dropped, and the request is answered by way of s2 (it was failed while
+    in flight at s2, so a call s2 executed was reported as failed)."""
+    h = Harness()
+    session_id = h.open(placement("cart", "s1"))
+    big = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT + 1), now_us=h.now_us)
+    h.drain()
+    moved = (SessionPlacement(session_id=session_id, placement=placement("cart", "s2")),)
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=6,
+            base_version=0,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(moved),
+        ),
+    )
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == [big]
+    _welcome(h, "s1", SMALL_LIMIT)
+    assert h.take(Request, "s1") == []
+    assert h.of(RequestFailed) == []
+    assert h.client.inflight_count == 1

@@ -878,8 +878,9 @@ class ClientCore:
             ):
                 # Queued before WELCOME said how much this server accepts: sent, it would close
                 # the connection (FRAME_TOO_LARGE).
+                # A copy left here after the request went to another server is only dropped.
                 entry = self._inflight.get(queued.request_id)
-                if entry is not None:
+                if entry is not None and entry.server == source:
                     self._rare("request-too-large-for-server")
                     self._fail(entry, RequestFailedWhy.TOO_LARGE, now_us)
                 continue
