@@ -197,13 +197,15 @@ async def _listen(
     transport_name: str, credentials: Credentials, host: str, port: int, *, frame_bytes_max: int
 ) -> list[Listener]:
     """The listeners of a node (see the module docstring); the first one's port is the port.
-    Their connections decode with the node's `frame_bytes_max`."""
+    Connections clients use decode with the node's `frame_bytes_max`; the cluster-only listener
+    (with QUIC) keeps the default, since cluster messages (log batches, snapshots) are not
+    bounded by it. With `tls` clients and cluster nodes share one listener, which takes the
+    node's limit."""
     limits = _frame_limits(frame_bytes_max)
-    tls = _tls(credentials, limits)
     try:
         if transport_name == "tls":
-            return [await tls.listen(host, port, peer_role=None)]
-        cluster = await tls.listen(
+            return [await _tls(credentials, limits).listen(host, port, peer_role=None)]
+        cluster = await TLSTransport(credentials).listen(
             host, port, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
         )
         try:
@@ -290,7 +292,7 @@ async def run_manager(
         driver = NodeDriver(
             core,
             resolve=lambda node: _manager_route(core, node),
-            cluster_transport=_tls(credentials, _frame_limits(config.core.frame_bytes_max)),
+            cluster_transport=TLSTransport(credentials),  # cluster messages: default bound
             store=store,
             config=config.driver,
             admin_ids=config.admin_ids,
@@ -403,7 +405,7 @@ async def run_server(
         driver = NodeDriver(
             core,
             resolve=resolve,
-            cluster_transport=_tls(credentials, _frame_limits(frame_bytes_max)),
+            cluster_transport=TLSTransport(credentials),  # cluster messages: default bound
             config=config.driver,
             frame_bytes_max=core_config.frame_bytes_max,
             idle_timeout_ms=core_config.idle_timeout_ms,
