@@ -31,6 +31,7 @@ from forehand.wire import (
     PeerRole,
     Ping,
     Pong,
+    WireConfig,
     encode_frame,
 )
 
@@ -52,6 +53,8 @@ else:
     )
 
 PING = Ping(sequence=1, sent_us=2, telemetry=())
+SMALL_FRAME_BYTES_MAX = 16_384
+"""A node's client-facing frame limit in the shared-listener test: the protocol's floor."""
 
 
 def raw_context(certs: ClusterCertificates, alpn: str = "forehand/1") -> ssl.SSLContext:
@@ -420,3 +423,44 @@ def _config(kind: str, limits: ConnectionLimits) -> object:
     if kind == "tls":
         return TLSTransportConfig(limits=limits)
     return MemoryTransportConfig(limits=limits)
+
+
+def test_a_shared_listener_bounds_certified_peers_by_the_cluster_wire(
+    certs: ClusterCertificates,
+) -> None:
+    """A listener shared by clients and cluster nodes (`tls`), set to a small frame limit with
+    `certified_peer_wire` at the default: a cluster node's long frame (a log batch) is received,
+    a client's is FRAME_TOO_LARGE on that connection alone."""
+    small = ConnectionLimits(wire=WireConfig(frame_bytes_max=SMALL_FRAME_BYTES_MAX))
+    long_frame = ClusterMessage(kind=1, body=b"\x01" * (SMALL_FRAME_BYTES_MAX * 2))
+
+    async def main() -> None:
+        server = TLSTransport(
+            node_credentials(certs, "s1"), config=TLSTransportConfig(limits=small)
+        )
+        listener = await server.listen(HOST, 0, peer_role=None, certified_peer_wire=WireConfig())
+        node = await TLSTransport(node_credentials(certs, "s2")).connect(
+            HOST, listener.port, server_id="s1", peer_role=None
+        )
+        node.send_frame(long_frame)
+        from_node = await listener.accept()
+        assert from_node.peer_id == "s2"
+        assert await from_node.receive() == long_frame
+        client = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        client.send_frame(PING)
+        from_client = await listener.accept()
+        assert from_client.peer_id is None
+        assert await from_client.receive() == PING
+        client.send_frame(long_frame)
+        closed = await from_client.wait_closed()
+        assert closed.error_code == ErrorCode.FRAME_TOO_LARGE
+        node.send_frame(PING)
+        assert await from_node.receive() == PING
+        for connection in (node, client, from_node):
+            connection.close()
+            await connection.wait_closed()
+        await listener.close()
+
+    run_test(main())

@@ -32,6 +32,7 @@ from forehand.wire import (
     Frame,
     FrameDecoder,
     PeerRole,
+    WireConfig,
     encode_frame,
     encode_frames,
 )
@@ -56,6 +57,7 @@ class StreamConnection(Connection, asyncio.Protocol):
         super().__init__(is_client=is_client, limits=limits, loop=loop)
         self._wire = limits.wire
         self._send_wire = send_wire(limits.wire)
+        self._peer_role = peer_role
         self._decoder = FrameDecoder(config=limits.wire, sender=peer_role)
         self._on_made = on_made
         self._transport: asyncio.Transport | None = None
@@ -66,6 +68,14 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._reading_paused = False
         self._abort_handle: asyncio.TimerHandle | None = None
         self._error_sent = False
+
+    def _decode_with(self, wire: WireConfig) -> None:
+        """Decode what the peer sends with `wire`; only before any byte arrived (a listener
+        shared by clients and cluster nodes picks by the peer's certificate once the handshake
+        is done)."""
+        assert not self._unfed
+        self._wire = wire
+        self._decoder = FrameDecoder(config=wire, sender=self._peer_role)
 
     # -- asyncio.Protocol --------------------------------------------------------------
 

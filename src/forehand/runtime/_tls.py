@@ -30,7 +30,7 @@ from forehand.runtime.transport import (
     TransportError,
     register_transport,
 )
-from forehand.wire import PeerRole
+from forehand.wire import PeerRole, WireConfig
 
 __all__ = ["TLSConnection", "TLSListener", "TLSTransport", "TLSTransportConfig"]
 
@@ -84,9 +84,16 @@ class TLSConnection(StreamConnection):
 class TLSListener(Listener):
     """Accepts TLS connections for a `TLSTransport`."""
 
-    def __init__(self, *, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+        certified_peer_wire: WireConfig | None = None,
+    ) -> None:
         super().__init__(limits=limits, loop=loop)
         self._server: asyncio.Server | None = None
+        self._certified_peer_wire = certified_peer_wire
 
     def _made(self, connection: StreamConnection) -> None:
         assert isinstance(connection, TLSConnection)
@@ -95,6 +102,10 @@ class TLSListener(Listener):
             # The peer does not speak forehand/1: no ERROR frame, only the close.
             connection._refuse(problem)
             return
+        if self._certified_peer_wire is not None and connection.peer_id is not None:
+            # A peer with a cluster certificate (a node, an operator) is not a client: its
+            # frames are bounded by the cluster's bounds, not the client-facing ones.
+            connection._decode_with(self._certified_peer_wire)
         self._offer(connection)
 
     async def _stop_listening(self) -> None:
@@ -125,11 +136,14 @@ class TLSTransport(Transport):
         *,
         peer_role: PeerRole | None = PeerRole.CLIENT,
         require_client_certificate: bool = False,
+        certified_peer_wire: WireConfig | None = None,
     ) -> TLSListener:
+        """Accept connections; with `certified_peer_wire`, one whose peer presented a
+        certificate the cluster CA issued decodes with it instead of `config.limits.wire`."""
         context = _server_context(self.credentials, require_client_certificate)
         loop = asyncio.get_running_loop()
         limits = self.config.limits
-        listener = TLSListener(limits=limits, loop=loop)
+        listener = TLSListener(limits=limits, loop=loop, certified_peer_wire=certified_peer_wire)
 
         def connection() -> TLSConnection:
             return TLSConnection(

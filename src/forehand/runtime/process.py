@@ -197,14 +197,17 @@ async def _listen(
     transport_name: str, credentials: Credentials, host: str, port: int, *, frame_bytes_max: int
 ) -> list[Listener]:
     """The listeners of a node (see the module docstring); the first one's port is the port.
-    Connections clients use decode with the node's `frame_bytes_max`; the cluster-only listener
-    (with QUIC) keeps the default, since cluster messages (log batches, snapshots) are not
-    bounded by it. With `tls` clients and cluster nodes share one listener, which takes the
-    node's limit."""
+    Connections clients use decode with the node's `frame_bytes_max`; cluster connections keep
+    the default, since cluster messages (log batches, snapshots) are not bounded by it: with QUIC
+    they have a TLS listener of their own, with `tls` the one listener picks by the peer's
+    certificate (clients present none)."""
     limits = _frame_limits(frame_bytes_max)
     try:
         if transport_name == "tls":
-            return [await _tls(credentials, limits).listen(host, port, peer_role=None)]
+            listener = await _tls(credentials, limits).listen(
+                host, port, peer_role=None, certified_peer_wire=DEFAULT_CONFIG
+            )
+            return [listener]
         cluster = await TLSTransport(credentials).listen(
             host, port, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
         )
