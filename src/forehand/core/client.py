@@ -280,10 +280,10 @@ class ClientCore:
         self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
         self._deferred: list[tuple[Session, PartRoute]] = []
-        self._wire_configs: dict[int, WireConfig] = {}
-        """Encoder bounds per peer frame limit below the default, at most _WIRE_CONFIGS_MAX."""
         """Parts whose calls wait for `send_deferred`, in call order (a part may repeat); at
         most `inflight_requests_max` (past that, calls go out at once)."""
+        self._wire_configs: dict[int, WireConfig] = {}
+        """Encoder bounds per peer frame limit below the default, at most _WIRE_CONFIGS_MAX."""
         self._ping_due_us = _NO_DEADLINE_US
         """At most the earliest `next_ping_us` of the pool's connections: lowered wherever one is
         set, made exact again by `_send_pings`. Kept so that `timer_us`, which the driver asks after
