@@ -4,7 +4,10 @@ they arrived, which never goes back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +43,18 @@ def test_frames_of_a_read_are_fed_in_order_at_their_arrival_time(tmp_path: Path)
     run_async(_burst(certs))
 
 
-async def _burst(certs: Path) -> None:
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """Two drivers over the memory network: s2 dials s1's cluster listener."""
+
+    receiver_core: RecordingCore
+    receiver: NodeDriver
+    sender: NodeDriver
+
+
+@contextlib.asynccontextmanager
+async def _linked(certs: Path) -> AsyncIterator[_Link]:
+    """s1 listening for cluster links and s2 able to reach it, both started; all closed after."""
     network = MemoryNetwork()
     receiver_core = RecordingCore("s1")
     receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
@@ -60,20 +74,26 @@ async def _burst(certs: Path) -> None:
     )
     sender.start()
     try:
-        sent_us = receiver.now_us()
-        sender.command(functools.partial(_send_pings, destination="s1"))
+        yield _Link(receiver_core=receiver_core, receiver=receiver, sender=sender)
+    finally:
+        await sender.close()
+        await receiver.close()
+        await listener.close()
+
+
+async def _burst(certs: Path) -> None:
+    async with _linked(certs) as link:
+        receiver_core = link.receiver_core
+        sent_us = link.receiver.now_us()
+        link.sender.command(functools.partial(_send_pings, destination="s1"))
         await eventually(lambda: len(receiver_core.pings()) == PINGS, what="every ping")
-        last_us = receiver.now_us()
+        last_us = link.receiver.now_us()
         assert [ping.sequence for ping in receiver_core.pings()] == list(range(PINGS))
         kinds = [type(message) for message, _ in receiver_core.inbox]
         assert kinds == [ConnectionOpened] + [Ping] * PINGS
         times = [now_us for _, now_us in receiver_core.inbox]
         assert times == sorted(times)
         assert sent_us <= times[0] and times[-1] <= last_us
-    finally:
-        await sender.close()
-        await receiver.close()
-        await listener.close()
 
 
 EARLY_S = 10.0
@@ -152,30 +172,12 @@ def test_frames_a_peer_sent_before_its_error_reach_the_core(tmp_path: Path) -> N
 
 
 async def _last_words(certs: Path) -> None:
-    network = MemoryNetwork()
-    receiver_core = RecordingCore("s1")
-    receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
-    receiver = NodeDriver(
-        receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
-    )
-    receiver.start()
-    listener = await receiver_transport.listen(
-        "s1.test", 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
-    )
-    receiver.serve(listener)
-    route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
-    sender_core = RecordingCore("s2")
-    sender = NodeDriver(
-        sender_core,
-        resolve=lambda node: route,
-        cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
-    )
-    sender.start()
-    try:
-        sender.command(functools.partial(_send_pings, destination="s1"))
+    async with _linked(certs) as link:
+        receiver_core = link.receiver_core
+        link.sender.command(functools.partial(_send_pings, destination="s1"))
         await eventually(lambda: len(receiver_core.pings()) == PINGS, what="the link is up")
         receiver_core.inbox.clear()
-        sender.command(functools.partial(_ping_then_refuse, destination="s1"))
+        link.sender.command(functools.partial(_ping_then_refuse, destination="s1"))
         await eventually(
             lambda: any(isinstance(m, ConnectionLost) for m, _ in receiver_core.inbox),
             what="the receiver heard the connection go",
@@ -184,7 +186,3 @@ async def _last_words(certs: Path) -> None:
         kinds = [type(message) for message, _ in receiver_core.inbox]
         assert kinds == [Ping] * LAST_WORDS + [Error, ConnectionLost]
         assert [ping.sequence for ping in receiver_core.pings()] == list(range(LAST_WORDS))
-    finally:
-        await sender.close()
-        await receiver.close()
-        await listener.close()
