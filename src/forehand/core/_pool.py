@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
 from forehand.errors import LocalProtocolError
+from forehand.wire import WireConfig
 
 __all__ = [
     "CONNECTION_TRANSITIONS",
@@ -183,8 +184,8 @@ class Connection:
     """One pooled connection to a peer node, and what the client learned on it."""
 
     __slots__ = (
+        "announced_wire",
         "deferred_hello",
-        "frame_bytes_max",
         "handoff_sequence_last",
         "map_version",
         "next_ping_us",
@@ -210,8 +211,9 @@ class Connection:
         """Bound on `queue`."""
         self.map_version = 0
         """The map version WELCOME announced."""
-        self.frame_bytes_max: int | None = None
-        """The largest frame body the peer accepts, as its WELCOME announced; None before."""
+        self.announced_wire: WireConfig | None = None
+        """Encoder bounds with the `frame_bytes_max` the peer's WELCOME announced, when that is
+        below the client's own; None otherwise (and before WELCOME)."""
         self.handoff_sequence_last = 0
         """The newest HANDOFF sequence this connection delivered; older ones are stale."""
         self.next_ping_us: int | None = None

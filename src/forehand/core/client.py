@@ -115,8 +115,6 @@ _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
-_WIRE_CONFIGS_MAX = 16
-"""Distinct peer frame limits whose encoder bounds are kept (peers announce one or a few)."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
@@ -282,8 +280,6 @@ class ClientCore:
         self._deferred: list[tuple[Session, PartRoute]] = []
         """Parts whose calls wait for `send_deferred`, in call order (a part may repeat); at
         most `inflight_requests_max` (past that, calls go out at once)."""
-        self._wire_configs: dict[int, WireConfig] = {}
-        """Encoder bounds per peer frame limit below the default, at most _WIRE_CONFIGS_MAX."""
         self._ping_due_us = _NO_DEADLINE_US
         """At most the earliest `next_ping_us` of the pool's connections: lowered wherever one is
         set, made exact again by `_send_pings`. Kept so that `timer_us`, which the driver asks after
@@ -676,10 +672,6 @@ class ClientCore:
             )
         if len(payload) <= _PAYLOAD_ALWAYS_FITS_BYTES:
             return
-        announced = self._announced_limit(route.primary)
-        limit = DEFAULT_CONFIG.frame_bytes_max if announced is None else announced
-        if len(payload) <= limit - _REQUEST_HEAD_BYTES_MAX:
-            return
         frame = Request(
             request_id=0,
             session_id=session_id,
@@ -688,39 +680,37 @@ class ClientCore:
             map_version=0,
             payload=payload,
         )
-        try:
-            encode_frame(frame, config=DEFAULT_CONFIG)
-        except LocalProtocolError as error:
-            raise LocalProtocolError(f"the call cannot be sent: {error}") from None
-        if announced is not None and not self._fits(frame, announced):
+        if len(payload) > DEFAULT_CONFIG.frame_bytes_max - _REQUEST_HEAD_BYTES_MAX:
+            try:
+                encode_frame(frame, config=DEFAULT_CONFIG)
+            except LocalProtocolError as error:
+                raise LocalProtocolError(f"the call cannot be sent: {error}") from None
+        announced = self._announced_wire(route.primary)
+        if self._too_long(frame, announced):
+            assert announced is not None
             raise LocalProtocolError(
                 f"the call cannot be sent: its REQUEST is longer than the frame_bytes_max="
-                f"{announced} that {route.primary}, the part's server, accepts"
+                f"{announced.frame_bytes_max} that {route.primary}, the part's server, accepts"
             )
 
-    def _announced_limit(self, server: NodeId) -> int | None:
-        """The `frame_bytes_max` the server's WELCOME announced, when below the client's own."""
+    def _announced_wire(self, server: NodeId) -> WireConfig | None:
+        """The bounds of the server's WELCOME, when it accepts less than the client's own."""
         connection = self._pool.get(server)
-        announced = None if connection is None else connection.frame_bytes_max
-        return (
-            announced
-            if announced is not None and announced < DEFAULT_CONFIG.frame_bytes_max
-            else None
-        )
+        return None if connection is None else connection.announced_wire
 
-    def _fits(self, frame: Request, frame_bytes_max: int) -> bool:
-        """Whether `frame` encodes within a peer's `frame_bytes_max`."""
-        config = self._wire_configs.get(frame_bytes_max)
-        if config is None:
-            if len(self._wire_configs) >= _WIRE_CONFIGS_MAX:
-                self._wire_configs.clear()
-            config = replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
-            self._wire_configs[frame_bytes_max] = config
-        try:
-            encode_frame(frame, config=config)
-        except LocalProtocolError:
+    @staticmethod
+    def _too_long(frame: Request, announced: WireConfig | None) -> bool:
+        """Whether `frame` is longer than a server that announced `announced` accepts (None:
+        the client's own bound, which `call` already checked)."""
+        if announced is None or len(frame.payload) <= (
+            announced.frame_bytes_max - _REQUEST_HEAD_BYTES_MAX
+        ):
             return False
-        return True
+        try:
+            encode_frame(frame, config=announced)
+        except LocalProtocolError:
+            return True
+        return False
 
     def _check_inflight_room(self) -> None:
         if len(self._inflight) + len(self._opens) >= self._config.inflight_requests_max:
@@ -862,20 +852,19 @@ class ClientCore:
             return
         connection.fire(ConnectionTrigger.WELCOME_RECEIVED)
         connection.map_version = frame.map_version
-        connection.frame_bytes_max = frame.frame_bytes_max
+        connection.announced_wire = (
+            replace(DEFAULT_CONFIG, frame_bytes_max=frame.frame_bytes_max)
+            if frame.frame_bytes_max < DEFAULT_CONFIG.frame_bytes_max
+            else None
+        )
         # The server closes a connection whose HELLO presented a credential it refuses, so a
         # WELCOME binds every session the HELLO presented.
         self._bound.setdefault(source, set()).update(self._presented.pop(source, set()))
         self._adopt_map_version(frame.map_version)
-        announced = self._announced_limit(source)
+        announced = connection.announced_wire
         while connection.queue:
             queued = connection.queue.popleft()
-            if (
-                announced is not None
-                and type(queued) is Request
-                and len(queued.payload) > announced - _REQUEST_HEAD_BYTES_MAX
-                and not self._fits(queued, announced)
-            ):
+            if type(queued) is Request and self._too_long(queued, announced):
                 # Queued before WELCOME said how much this server accepts: sent, it would close
                 # the connection (FRAME_TOO_LARGE).
                 # A copy left here after the request went to another server is only dropped.
@@ -1188,18 +1177,14 @@ class ClientCore:
             map_version=route.map_version,
             payload=entry.payload,
         )
-        if len(entry.payload) > _PAYLOAD_ALWAYS_FITS_BYTES:
-            announced = self._announced_limit(primary)
-            if (
-                announced is not None
-                and len(entry.payload) > announced - _REQUEST_HEAD_BYTES_MAX
-                and not self._fits(frame, announced)
-            ):
-                # The part moved to a server that accepts less than the one the call was
-                # checked against: sent, it would close the connection (FRAME_TOO_LARGE).
-                self._rare("request-too-large-for-server")
-                self._fail(entry, RequestFailedWhy.TOO_LARGE, now_us)
-                return
+        if len(entry.payload) > _PAYLOAD_ALWAYS_FITS_BYTES and self._too_long(
+            frame, self._announced_wire(primary)
+        ):
+            # The part moved to a server that accepts less than the one the call was checked
+            # against: sent, it would close the connection (FRAME_TOO_LARGE).
+            self._rare("request-too-large-for-server")
+            self._fail(entry, RequestFailedWhy.TOO_LARGE, now_us)
+            return
         if connection is not None and connection.state is ConnectionState.READY:
             if entry.session_id in self._bound.get(primary, ()):
                 # The common case, as `_send` would take it: straight out, the session bound.
