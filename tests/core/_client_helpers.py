@@ -71,15 +71,17 @@ class Harness:
         """The driver reports that the connection to `peer` broke."""
         self.feed(peer, ConnectionLost(peer=peer, reason=reason))
 
-    def welcome(self, server: NodeId, map_version: int = 1) -> None:
-        """`server` answers HELLO."""
+    def welcome(
+        self, server: NodeId, map_version: int = 1, *, frame_bytes_max: int = 1 << 20
+    ) -> None:
+        """`server` answers HELLO (announcing `frame_bytes_max`)."""
         self.feed(
             server,
             Welcome(
                 version=1,
                 server_id=server,
                 map_version=map_version,
-                frame_bytes_max=1 << 20,
+                frame_bytes_max=frame_bytes_max,
                 idle_timeout_ms=60_000,
             ),
         )

@@ -27,7 +27,6 @@ from forehand.wire import (
     ReasonCode,
     Request,
     SessionOpened,
-    Welcome,
 )
 
 if TYPE_CHECKING:
@@ -149,19 +148,6 @@ SMALL_LIMIT = 20_000
 """A server's frame_bytes_max below the client's own (1 MiB), above the protocol's floor."""
 
 
-def _welcome(h: Harness, server: str, frame_bytes_max: int) -> None:
-    h.feed(
-        server,
-        Welcome(
-            version=1,
-            server_id=server,
-            map_version=1,
-            frame_bytes_max=frame_bytes_max,
-            idle_timeout_ms=60_000,
-        ),
-    )
-
-
 def test_a_call_longer_than_the_servers_announced_limit_is_refused_at_once() -> None:
     """Once the part's server announced a frame_bytes_max below the client's own, a call whose
     REQUEST is longer raises LocalProtocolError naming it and issues nothing (sent, it would
@@ -170,7 +156,7 @@ def test_a_call_longer_than_the_servers_announced_limit_is_refused_at_once() -> 
     session_id = h.open(placement("cart", "s1"))
     h.client.call(session_id, "cart", "add", b"x", now_us=h.now_us)
     h.drain()
-    _welcome(h, "s1", SMALL_LIMIT)
+    h.welcome("s1", frame_bytes_max=SMALL_LIMIT)
     h.outbox.clear()
     with pytest.raises(LocalProtocolError, match=f"frame_bytes_max={SMALL_LIMIT} that s1"):
         h.client.call(session_id, "cart", "add", b"x" * SMALL_LIMIT, now_us=h.now_us)
@@ -188,7 +174,7 @@ def test_a_request_queued_before_a_smaller_welcome_fails_unsent() -> None:
     big = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT + 1), now_us=h.now_us)
     small = h.client.call(session_id, "cart", "add", b"y", now_us=h.now_us)
     h.drain()
-    _welcome(h, "s1", SMALL_LIMIT)
+    h.welcome("s1", frame_bytes_max=SMALL_LIMIT)
     assert [r.request_id for r in h.take(Request, "s1")] == [small]
     failed = h.of(RequestFailed)
     assert [(f.request_id, f.why) for f in failed] == [(big, RequestFailedWhy.TOO_LARGE)]
@@ -215,7 +201,7 @@ def test_a_stale_copy_queued_for_a_smaller_server_does_not_fail_a_request_sent_e
     )
     h.welcome("s2")
     assert [r.request_id for r in h.take(Request, "s2")] == [big]
-    _welcome(h, "s1", SMALL_LIMIT)
+    h.welcome("s1", frame_bytes_max=SMALL_LIMIT)
     assert h.take(Request, "s1") == []
     assert h.of(RequestFailed) == []
     assert h.client.inflight_count == 1
