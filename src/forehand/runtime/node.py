@@ -759,10 +759,9 @@ class NodeDriver:
         self._drain()
 
     def _on_frame(self, link: _Link, frame: Frame, now_us: int) -> None:
+        """One frame of an accepted client link or a cluster link (`_on_frames` feeds a dialed
+        server's frames itself)."""
         kind = link.kind
-        if kind is _LinkKind.SERVER_DIALED:
-            self._feed_at(frame, link.peer, now_us)
-            return
         if kind is _LinkKind.CLIENT_ACCEPTED:
             # HELLO comes first and once (docs/PROTOCOL.md section 3); the cores leave the
             # order of a connection's frames to the driver.
