@@ -144,6 +144,10 @@ _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
 """The RESUME_REJECT message when a connection's table of bound sessions is full."""
 
 
+_PARTS_NAMED_MAX = 16
+"""Parts of the app an UNKNOWN_OP answer for an undeclared part names (the rest are counted)."""
+
+
 class _Inbound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A request to run, as it reached this server: straight from a client or forwarded.
 
@@ -613,11 +617,14 @@ class ServerCore:
         if placement is not None and inbound.part not in self._specs:
             # The map placed here a part this server's app does not declare (a part no app has,
             # or servers running different apps): no retry can help, so the answer is final.
+            declared = sorted(self._specs)
+            listed = ", ".join(declared[:_PARTS_NAMED_MAX]) or "none"
+            if len(declared) > _PARTS_NAMED_MAX:
+                listed += f" and {len(declared) - _PARTS_NAMED_MAX} more"
             self._refuse(
                 inbound,
                 ResponseStatus.UNKNOWN_OP,
-                f"the app on {self._me} declares no part {inbound.part!r} "
-                f"(it declares {', '.join(sorted(self._specs)) or 'none'})",
+                f"the app on {self._me} declares no part {inbound.part!r} (it declares {listed})",
             )
             return
         status = ResponseStatus.TRY_AGAIN if placement is not None else ResponseStatus.NOT_FOUND
