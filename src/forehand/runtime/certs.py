@@ -130,9 +130,7 @@ def check_node_credentials(directory: Path, node: str) -> None:
     if not (entry.certificate_path.is_file() and entry.key_path.is_file()):
         return
     certificate = _read_certificates(entry.certificate_path)[0]
-    key = _read_private_key(entry.key_path)
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+    if not _is_key_of(_read_private_key(entry.key_path), certificate):
         raise ConfigError(f"{entry.key_path} is not the key of {entry.certificate_path}")
     if not any(_issued_by(certificate, authority) for authority in authorities):
         raise ConfigError(
@@ -158,9 +156,7 @@ def check_tls_files(
     if certificate_path is None or key_path is None:
         return
     certificate = _read_certificates(certificate_path, what=f"{what}_certificate")[0]
-    key = _read_private_key(key_path, what=f"{what}_private_key")
-    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
+    if not _is_key_of(_read_private_key(key_path, what=f"{what}_private_key"), certificate):
         raise ConfigError(
             f"{what}_private_key {key_path} is not the key of {what}_certificate {certificate_path}"
         )
@@ -184,6 +180,12 @@ def _read_private_key(path: Path, *, what: str = "") -> PrivateKeyTypes:
         raise ConfigError(f"cannot read {where}: {error}") from error
     except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise ConfigError(f"{where} is not an unencrypted PEM private key: {error}") from error
+
+
+def _is_key_of(key: PrivateKeyTypes, certificate: x509.Certificate) -> bool:
+    """Whether `key` is the private half of `certificate`'s public key."""
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*spki) == certificate.public_key().public_bytes(*spki)
 
 
 def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
