@@ -37,13 +37,23 @@ def test_a_lowered_threshold_moves_parts_with_an_audited_decision(ops_cluster: O
                     response = await api.put("/api/policy", json=change, headers=AUTH)
                     assert response.status_code == 200, response.text
                     try:
+                        seen: list[object] = []
 
                         async def audited() -> bool:
                             params = {"reason": "overload", "after": after}
                             records = (await api.get("/api/history", params=params)).json()
+                            # What the servers reported, shown if no move ever comes.
+                            servers = (await api.get("/api/status")).json()["servers"]
+                            seen[:] = [
+                                (s["server_id"], s["cpu_utilization"], s["risk"]) for s in servers
+                            ]
                             return any(r["risk"] is not None for r in records)
 
-                        await eventually(audited, what="a move of reason overload in the audit")
+                        await eventually(
+                            audited,
+                            what="a move of reason overload in the audit",
+                            state=lambda: seen,
+                        )
                     finally:
                         restore = {key: before[key] for key in change}
                         await api.put("/api/policy", json=restore, headers=AUTH)
