@@ -183,6 +183,10 @@ class Replication:
         acknowledged = 0
         while acknowledged < len(inflight) and inflight[acknowledged][0] <= ack.acked_seq:
             acknowledged += 1
+        if stream.seal_sent and not ack.sealed and acknowledged == len(inflight) and acknowledged:
+            # Only a sealed acknowledgement answers the sealed batch (the newest in flight): an
+            # earlier batch's, reaching the seal's sequence, leaves it to be resent if lost.
+            acknowledged -= 1
         if acknowledged:
             del inflight[:acknowledged]
         return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
