@@ -165,14 +165,24 @@ def test_seal_with_nothing_left_sends_empty_sealed_batch() -> None:
     assert (tail.prev_seq, tail.entries, tail.sealed) == (2, (), True)
 
 
-def test_probe_of_a_fresh_target_can_carry_the_seal() -> None:
-    """A seal set before the first probe goes out on the probe itself."""
+def test_probe_carries_the_seal_only_once_the_targets_history_was_checked() -> None:
+    """A fresh target's probe is not sealed (an empty sealed batch would let a target holding an
+    as long but different log take over); once its answer matched, the seal follows, and a
+    probe after a reconnect carries it."""
     part = primary_with(2)
     shipper = replication()
     shipper.seal_towards("t", seal_seq=2)
     ((_, probe),) = shipper.ship(part, epoch=3, now_us=0)
     assert isinstance(probe, LogShipped)
-    assert probe.sealed
+    assert not probe.sealed
+    shipper.on_ack(part, ack(2), source="t")
+    ((_, tail),) = shipper.ship(part, epoch=3, now_us=1)
+    assert isinstance(tail, LogShipped)
+    assert (tail.prev_seq, tail.entries, tail.sealed) == (2, (), True)
+    shipper.streams["t"].reprobe()
+    ((_, again),) = shipper.ship(part, epoch=3, now_us=2)
+    assert isinstance(again, LogShipped)
+    assert (again.prev_seq, again.entries, again.sealed) == (2, (), True)
 
 
 def test_set_replicas_keeps_progress_and_target() -> None:

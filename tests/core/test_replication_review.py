@@ -61,3 +61,36 @@ def test_lost_seal_is_resent_after_an_earlier_batch_is_acknowledged_past_it() ->
     cluster.router.advance(ms=600)
     assert state(cluster, "s2") is PartState.PRIMARY
     assert state(cluster, "s1") is PartState.BACKUP
+
+
+def test_sealed_log_reaches_a_target_whose_history_was_never_checked() -> None:
+    """A handoff towards a replica whose history the source never compared (its probe was lost)
+    does not let the target take over on an empty sealed probe: the target held a longer log of
+    an older primary, so it first gets the source's snapshot and then the seal, and serves the
+    source's state (the write the source executed after the failover included)."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.router.partition("s1", "s2")
+    for _ in range(2):
+        cluster.request("s1", "counter")  # Entries 4 and 5 reach s3 only.
+    cluster.router.advance(ms=50)
+    cluster.router.remove("s1")  # s1 is lost; s3 is cut off from s2 (and the manager).
+    cut = cluster.router.partition("s2", "s3")
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.place("counter", "s2", "s3")  # s2 promoted with entries 1-3; its probe of s3 is lost.
+    assert state(cluster, "s2") is PartState.PRIMARY
+    cluster.responses()
+    cluster.request("s2", "counter", client="c2")  # Entry 4 of s2's history: 4 in all.
+    (answer,) = cluster.responses("c2")
+    assert answer.payload == b"4"
+    cluster.place("counter", "s3", "s2")  # The part moves on to s3.
+    assert state(cluster, "s2") is PartState.HANDING_OFF
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    target = cluster.server("s3").part(COUNTER)
+    assert target is not None and target.state is PartState.PRIMARY
+    assert (target.data, target.applied_seq) == (4, 4)
+    assert state(cluster, "s2") is PartState.BACKUP

@@ -31,6 +31,7 @@ class ReplicaStream:
 
     __slots__ = (
         "acked_seq",
+        "history_checked",
         "inflight",
         "needs_snapshot",
         "node",
@@ -59,6 +60,10 @@ class ReplicaStream:
         """Whether the target acknowledged the sealed batch."""
         self.needs_snapshot = False
         """The replica's history diverged: the next shipment is a snapshot."""
+        self.history_checked = False
+        """Whether a probe answer showed the replica's log to be a prefix of the primary's; until
+        then a probe is never sealed, since an empty sealed batch would let a target whose log
+        is as long but different (another primary's) take the part over with it."""
 
     def restart(self) -> None:
         """Ship again from the last acknowledged sequence (or probe again)."""
@@ -214,6 +219,7 @@ class Replication:
         stream.inflight.clear()
         stream.seal_sent = False
         if matches:
+            stream.history_checked = True
             stream.acked_seq = ack.acked_seq
             stream.sent_seq = ack.acked_seq
             return AckOutcome(known=True)
@@ -241,7 +247,7 @@ class Replication:
 
     def _probe(self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int) -> LogShipped:
         last_seq = part.log.last_seq
-        sealed = stream.seal_seq == last_seq
+        sealed = stream.seal_seq == last_seq and stream.history_checked
         stream.seal_sent = sealed
         stream.inflight.append((last_seq, now_us))
         return LogShipped(ref=part.ref, epoch=epoch, prev_seq=last_seq, entries=(), sealed=sealed)
