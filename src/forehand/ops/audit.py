@@ -1,6 +1,7 @@
 """The handoff audit log: one record per handoff, failover, dropped move and drain.
 
-`AuditLog` subscribes to the manager core's events (`NodeDriver.subscribe`). A record is written
+`AuditLog` subscribes to the manager core's events (`NodeDriver.subscribe`; it declares the ones
+it reads in `event_types`, so the driver hands it no other). A record is written
 when the operation ends, with the parts, the source and target, the reason, the risk decision
 that asked for it when there was one (its detail, its risk and `top_features` when the decision
 event carries them), the lead time (from that decision to the end of the move), the duration and
@@ -10,7 +11,9 @@ every record is also appended to a JSON Lines file as it is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -132,6 +135,8 @@ class AuditLog:
         self._failover_started_us: dict[int, int] = {}
         self._drain_started_us: dict[str, int] = {}
         self._listeners: list[Callable[[AuditRecord], None]] = []
+        self.event_types = _AUDIT_EVENT_TYPES
+        """The manager events it reads (`NodeDriver.subscribe`): the driver hands it no other."""
         self._file: IO[str] | None = None
         if path is not None:
             try:
@@ -412,3 +417,17 @@ _HANDLERS: dict[str, Callable[[AuditLog, Any], None]] = {
     "PartsLost": AuditLog._on_parts_lost,
     "DrainProgressed": AuditLog._on_drain_progressed,
 }
+
+
+def _has_fields(kind: type, *names: str) -> bool:
+    """Whether the event class `kind` (a dataclass) has every field in `names`."""
+    return set(names) <= {field.name for field in dataclasses.fields(kind)}
+
+
+_AUDIT_EVENT_TYPES = frozenset(
+    kind
+    for kind in typing.get_args(manager_events.ManagerEvent)
+    if kind.__name__ in _HANDLERS or _has_fields(kind, "server_id", "top_features")
+)
+"""The manager events `AuditLog` reads: those it has a handler for, and the decision events that
+`_on_decision` takes (every one with a `server_id` and `top_features`)."""

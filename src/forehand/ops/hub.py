@@ -1,25 +1,28 @@
 """`OpsHub`: what the manager's admin API stands on, wired to the manager's driver.
 
 The hub subscribes the audit log, the metrics, the risk tracker and its own drain tracker to the
-manager core's events, samples the `ClusterView` every `sample_interval_ms`, runs the operator's
-verbs on the core through the driver (`drain`, `undrain`, `handoff`, policy updates), answers
-queries about the shard map, and fans live updates out to the dashboard's event streams: a
-`snapshot` after every sample, an `audit` record when an operation ends, `handoff_started` and
-`drain` progress as they happen. Each stream has a bounded queue; a stream that falls
-`stream_queue_max` messages behind is closed (the page reconnects and starts from a snapshot).
+manager core's events (each to the event classes it reads: `NodeDriver.subscribe`), samples the
+`ClusterView` every `sample_interval_ms`, runs the operator's verbs on the core through the driver
+(`drain`, `undrain`, `handoff`, policy updates), answers queries about the shard map, and fans
+live updates out to the dashboard's event streams: a `snapshot` after every sample, an `audit`
+record when an operation ends, `handoff_started` and `drain` progress as they happen. Each stream
+has a bounded queue; a stream that falls `stream_queue_max` messages behind is closed (the page
+reconnects and starts from a snapshot).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from forehand.core import ManagerCore
+from forehand.core import ManagerCore, manager_events
 from forehand.core.messages import PartRef
 from forehand.errors import ConfigError
 from forehand.ops.audit import AuditLog, AuditRecord, part_name
@@ -38,6 +41,15 @@ DRAINS_MAX = 4_096
 """Servers whose drain progress is remembered."""
 SESSION_HEX_DIGITS = 32
 """A session id (16 bytes) as operators write it."""
+RISK_EVENT_TYPES = frozenset(
+    kind
+    for kind in typing.get_args(manager_events.ManagerEvent)
+    if {"server_id", "risk"} <= {field.name for field in dataclasses.fields(kind)}
+)
+"""The manager events the risk tracker reads (it takes the risk of every event with a string
+`server_id` and a numeric `risk`)."""
+STREAMED_EVENT_TYPES = frozenset({manager_events.HandoffStarted, manager_events.DrainProgressed})
+"""The manager events the hub itself streams to the dashboard (`handoff_started`, `drain`)."""
 
 
 class OpsError(Exception):
@@ -126,8 +138,10 @@ class OpsHub:
         self.drains: dict[str, DrainProgress] = {}
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sampler: asyncio.Task[None] | None = None
-        for subscriber in (self.risk, self.audit, self.metrics, self._on_event):
-            driver.subscribe(subscriber)
+        driver.subscribe(self.risk, event_types=RISK_EVENT_TYPES)
+        driver.subscribe(self.audit)  # Its `event_types`, like the metrics'.
+        driver.subscribe(self.metrics)
+        driver.subscribe(self._on_event, event_types=STREAMED_EVENT_TYPES)
         self.audit.listen(self._on_record)
 
     @property
@@ -219,27 +233,27 @@ class OpsHub:
         self.broadcast({"type": "audit", "data": record.to_json()})
 
     def _on_event(self, event: object) -> None:
-        name = type(event).__name__
-        if name == "HandoffStarted":
+        """Stream the `STREAMED_EVENT_TYPES` to the dashboard."""
+        if isinstance(event, manager_events.HandoffStarted):
             self.broadcast(
                 {
                     "type": "handoff_started",
                     "data": {
-                        "handoff_id": event.handoff_id,  # type: ignore[attr-defined]
-                        "reason": event.reason.name.lower(),  # type: ignore[attr-defined]
-                        "parts": [part_name(ref) for ref in event.parts],  # type: ignore[attr-defined]
-                        "source": event.source,  # type: ignore[attr-defined]
-                        "target": event.target,  # type: ignore[attr-defined]
+                        "handoff_id": event.handoff_id,
+                        "reason": event.reason.name.lower(),
+                        "parts": [part_name(ref) for ref in event.parts],
+                        "source": event.source,
+                        "target": event.target,
                         "at_ms": self.driver.now_us() // 1000,
                     },
                 }
             )
-        elif name == "DrainProgressed":
+        elif isinstance(event, manager_events.DrainProgressed):
             progress = DrainProgress(
-                server_id=event.server_id,  # type: ignore[attr-defined]
-                parts_moved=event.parts_moved,  # type: ignore[attr-defined]
-                parts_total=event.parts_total,  # type: ignore[attr-defined]
-                finished=event.finished,  # type: ignore[attr-defined]
+                server_id=event.server_id,
+                parts_moved=event.parts_moved,
+                parts_total=event.parts_total,
+                finished=event.finished,
             )
             self._remember_drain(progress)
             self.broadcast({"type": "drain", "data": asdict(progress)})

@@ -1,9 +1,10 @@
 """Prometheus metrics of the manager and server processes (prometheus-client).
 
 Each process owns one `CollectorRegistry` (no global state, so tests can run several). Counters
-and histograms are fed by the core's events (`NodeDriver.subscribe`); request latency also reads
-the driver's `input_received_s` hook (when the frames of the current input arrived); gauges of
-the cluster's state are computed at scrape time from the manager's `ClusterView` sample and the
+and histograms are fed by the core's events (`NodeDriver.subscribe`; each declares the event
+classes it accounts for in `event_types`, so the driver hands it no other); request latency also
+reads the driver's `input_received_s` hook (when the frames of the current input arrived); gauges
+of the cluster's state are computed at scrape time from the manager's `ClusterView` sample and the
 server core's public `parts()`, never from private attributes. Names follow the Prometheus
 conventions: base units (seconds, ratios), `_total` on counters, `_seconds` on durations. The
 label `part` on server metrics is the part name (`cart`), not the session, so that the number of
@@ -21,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from forehand.core import ServerCore
+from forehand.core import ServerCore, manager_events, server_events
 from forehand.core.messages import PartRole
 from forehand.ops.view import ClusterView, RiskTracker, ServerView
 from forehand.wire import ErrorCode, ResponseStatus, ResumeRejectReason
@@ -118,6 +119,8 @@ class ManagerMetrics:
         self._map_metrics(r)
         self._death_cause: OrderedDict[str, str] = OrderedDict()
         r.register(_ClusterCollector(view, risk))
+        self.event_types = _MANAGER_EVENT_TYPES
+        """The events it accounts for (`NodeDriver.subscribe`): the driver hands it no other."""
 
     def _failure_metrics(self, r: CollectorRegistry) -> None:
         self.failovers = Counter(
@@ -186,8 +189,7 @@ class ManagerMetrics:
 
     def __call__(self, event: object) -> None:
         """Account for one manager event."""
-        name = type(event).__name__
-        handler = _MANAGER_HANDLERS.get(name)
+        handler = _MANAGER_HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
 
@@ -258,24 +260,25 @@ class ManagerMetrics:
         self.credentials_refused.labels(_reason_label(event.reason)).inc()
 
 
-_MANAGER_HANDLERS: dict[str, Callable[[ManagerMetrics, Any], None]] = {
-    "HandoffStarted": ManagerMetrics._handoff_started,
-    "HandoffCompleted": ManagerMetrics._handoff_completed,
-    "HandoffAborted": ManagerMetrics._handoff_aborted,
-    "ServerDeclaredDead": ManagerMetrics._server_dead,
-    "FailoverCompleted": ManagerMetrics._failover_completed,
-    "PartsLost": ManagerMetrics._parts_lost,
-    "MovesDropped": ManagerMetrics._moves_dropped,
-    "RiskFlagged": ManagerMetrics._risk_flagged,
-    "RiskAssessed": ManagerMetrics._risk_assessed,
-    "MapCommitted": ManagerMetrics._map_committed,
-    "MapLoaded": ManagerMetrics._map_loaded,
-    "MapCommitRejected": ManagerMetrics._map_rejected,
-    "SessionRegistered": ManagerMetrics._session_registered,
-    "DrainProgressed": ManagerMetrics._drain_progressed,
-    "PeerRefused": ManagerMetrics._peer_refused,
-    "CredentialRefused": ManagerMetrics._credential_refused,
+_MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
+    manager_events.HandoffStarted: ManagerMetrics._handoff_started,
+    manager_events.HandoffCompleted: ManagerMetrics._handoff_completed,
+    manager_events.HandoffAborted: ManagerMetrics._handoff_aborted,
+    manager_events.ServerDeclaredDead: ManagerMetrics._server_dead,
+    manager_events.FailoverCompleted: ManagerMetrics._failover_completed,
+    manager_events.PartsLost: ManagerMetrics._parts_lost,
+    manager_events.MovesDropped: ManagerMetrics._moves_dropped,
+    manager_events.RiskFlagged: ManagerMetrics._risk_flagged,
+    manager_events.RiskAssessed: ManagerMetrics._risk_assessed,
+    manager_events.MapCommitted: ManagerMetrics._map_committed,
+    manager_events.MapLoaded: ManagerMetrics._map_loaded,
+    manager_events.MapCommitRejected: ManagerMetrics._map_rejected,
+    manager_events.SessionRegistered: ManagerMetrics._session_registered,
+    manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
+    manager_events.PeerRefused: ManagerMetrics._peer_refused,
+    manager_events.CredentialRefused: ManagerMetrics._credential_refused,
 }
+_MANAGER_EVENT_TYPES = frozenset(_MANAGER_HANDLERS)
 
 
 _SERVER_GAUGES: tuple[tuple[str, str, Callable[[ServerView], float]], ...] = (
@@ -422,6 +425,8 @@ class ServerMetrics:
             "forehand_map_version", "The shard map version adopted.", registry=r
         )
         r.register(_PartsCollector(core))
+        self.event_types = _SERVER_EVENT_TYPES
+        """The events it accounts for (`NodeDriver.subscribe`): the driver hands it no other."""
 
     def _now_s(self) -> float:
         return asyncio.get_running_loop().time()
@@ -442,8 +447,7 @@ class ServerMetrics:
 
     def __call__(self, event: object) -> None:
         """Account for one server event."""
-        name = type(event).__name__
-        handler = _SERVER_HANDLERS.get(name)
+        handler = _SERVER_HANDLERS.get(type(event))
         if handler is not None:
             handler(self, event)
 
@@ -495,19 +499,20 @@ class ServerMetrics:
         self._child(self.protocol_violations, _code_label(event.error_code)).inc()
 
 
-_SERVER_HANDLERS: dict[str, Callable[[ServerMetrics, Any], None]] = {
-    "RequestExecuted": ServerMetrics._executed,
-    "WriteAcknowledged": ServerMetrics._acknowledged,
-    "RequestRefused": ServerMetrics._refused,
-    "RequestRedirected": ServerMetrics._redirected,
-    "RequestForwardedOut": ServerMetrics._forwarded,
-    "LogEntryApplied": ServerMetrics._applied,
-    "ClientHandedOff": ServerMetrics._handed_off,
-    "HandoffStepCompleted": ServerMetrics._step,
-    "MapVersionAdopted": ServerMetrics._map_adopted,
-    "ResumeRejected": ServerMetrics._resume_rejected,
-    "ProtocolViolationDetected": ServerMetrics._violation,
+_SERVER_HANDLERS: dict[type, Callable[[ServerMetrics, Any], None]] = {
+    server_events.RequestExecuted: ServerMetrics._executed,
+    server_events.WriteAcknowledged: ServerMetrics._acknowledged,
+    server_events.RequestRefused: ServerMetrics._refused,
+    server_events.RequestRedirected: ServerMetrics._redirected,
+    server_events.RequestForwardedOut: ServerMetrics._forwarded,
+    server_events.LogEntryApplied: ServerMetrics._applied,
+    server_events.ClientHandedOff: ServerMetrics._handed_off,
+    server_events.HandoffStepCompleted: ServerMetrics._step,
+    server_events.MapVersionAdopted: ServerMetrics._map_adopted,
+    server_events.ResumeRejected: ServerMetrics._resume_rejected,
+    server_events.ProtocolViolationDetected: ServerMetrics._violation,
 }
+_SERVER_EVENT_TYPES = frozenset(_SERVER_HANDLERS)
 
 
 class _PartsCollector(Collector):

@@ -104,6 +104,9 @@ class LoadSampler:
     """Samples a server's load and hands the core a `LoadReport` every interval (see the module
     docstring). Subscribe it to the driver's events; `run()` until cancelled."""
 
+    event_types: frozenset[type] = frozenset({server_events.RequestExecuted})
+    """The events it reads (`NodeDriver.subscribe`): the driver hands it no other."""
+
     def __init__(
         self,
         driver: Any,

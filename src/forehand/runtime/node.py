@@ -17,6 +17,15 @@ waits a growing backoff. Per peer one connection carries what the core sends (th
 the core hears `ConnectionOpened` when it comes up and `ConnectionLost` when it goes, and a new
 connection is made only after the core heard of the loss, so the notices always pair.
 
+**Events.** A subscriber is a callable that takes one event. It may name the event classes it
+wants, in `subscribe(subscriber, event_types=...)` or in an `event_types` attribute of its own
+(read once, when it is subscribed); it then gets only the events that are instances of one of
+them, and `None` (or no attribute) means every event. The driver routes by
+the event's exact type through a table built the first time a type is drained (a core has a few
+dozen event classes; `EVENT_ROUTES_MAX` bounds it) and rebuilt after every `subscribe`, so most
+events cost one dictionary lookup instead of a call to every subscriber. A subscriber that
+raises is logged and the others still get the event.
+
 **Trust.** Cluster links are mutual TLS: a peer that presented a certificate of the cluster CA
 may send only cluster frames (HELLO, WELCOME, CLUSTER_MESSAGE, PING, PONG, GOAWAY, ERROR), after
 a HELLO/WELCOME exchange the driver runs itself; a peer without a certificate is a client and may
@@ -35,7 +44,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,6 +78,7 @@ from forehand.wire import (
 __all__ = [
     "ADMIN_MESSAGE_KIND",
     "CORE_MESSAGE_KIND",
+    "EVENT_ROUTES_MAX",
     "AdminHandler",
     "DriverConfig",
     "EventSubscriber",
@@ -91,7 +101,11 @@ _CLUSTER_FRAMES = ALLOWED_FRAME_TYPES[PeerRole.CLUSTER_NODE]
 
 T = TypeVar("T")
 EventSubscriber = Callable[[object], None]
-"""Called with every event the core emits, in order, on the loop."""
+"""Called with the core's events in order, on the loop: every one, or those of the types it
+declared (`NodeDriver.subscribe`)."""
+EVENT_ROUTES_MAX = 1_024
+"""Event classes whose subscribers the driver remembers (a core emits a few dozen classes); past
+it the table starts over."""
 AdminHandler = Callable[[str, bytes], bytes]
 """`(admin node id, request body) -> reply body` for ADMIN_MESSAGE_KIND messages."""
 
@@ -266,7 +280,10 @@ class NodeDriver:
         self._peers: dict[str, _Peer] = {}
         self._refusals_logged: dict[str, str] = {}
         """The last refusal logged per cluster peer (cluster peers are configured, so bounded)."""
-        self._subscribers: list[EventSubscriber] = []
+        self._subscribers: list[tuple[EventSubscriber, tuple[type, ...] | None]] = []
+        """Each subscriber with the event classes it wants (None: every event), in order."""
+        self._routes: dict[type, tuple[EventSubscriber, ...]] = {}
+        """The subscribers of each event class drained so far (`_route`)."""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._offset_s = 0.0
         self._last_now_us = 0
@@ -317,9 +334,22 @@ class NodeDriver:
         """Accept the connections of `listener` until `close()`."""
         self._spawn(self._accept_loop(listener))
 
-    def subscribe(self, subscriber: EventSubscriber) -> None:
-        """Hand every core event to `subscriber` from now on."""
-        self._subscribers.append(subscriber)
+    def subscribe(
+        self, subscriber: EventSubscriber, *, event_types: Collection[type] | None = None
+    ) -> None:
+        """Hand `subscriber` the core's events from now on: those that are instances of one of
+        `event_types`, else of the classes in the subscriber's own `event_types` attribute (read
+        now), else every event."""
+        declared = event_types
+        if declared is None:
+            declared = getattr(subscriber, "event_types", None)
+        types = None if declared is None else tuple(declared)
+        assert types is None or all(isinstance(t, type) for t in types), (
+            f"event_types must be classes, got {declared!r}"
+        )
+        self._subscribers.append((subscriber, types))
+        # Types routed before may now have one more subscriber.
+        self._routes.clear()
 
     def command(self, action: Callable[[Any, int], T]) -> T:
         """Run `action(core, now_us)` (a command verb) and send what it produced."""
@@ -410,16 +440,33 @@ class NodeDriver:
             index = end
         for request in core.store_requests():
             self._submit_store(request)
-        # A few events per request: the loop's lookups are hoisted out of it.
-        subscribers = self._subscribers
+        # A few events per request: the loop's lookups are hoisted out of it, and each event
+        # goes only to the subscribers that asked for its type.
+        routes = self._routes
         next_event = core.next_event
         while (event := next_event()) is not None:
-            for subscriber in subscribers:
+            route = routes.get(type(event))
+            if route is None:
+                route = self._route(type(event))
+            for subscriber in route:
                 try:
                     subscriber(event)
                 except Exception:
                     _log.exception("event subscriber failed on %r", event)
         self._arm_timer()
+
+    def _route(self, event_type: type) -> tuple[EventSubscriber, ...]:
+        """The subscribers of events of `event_type`, in subscription order; remembered."""
+        routes = self._routes
+        if len(routes) >= EVENT_ROUTES_MAX:
+            routes.clear()
+        route = tuple(
+            subscriber
+            for subscriber, types in self._subscribers
+            if types is None or issubclass(event_type, types)
+        )
+        routes[event_type] = route
+        return route
 
     def _arm_timer(self) -> None:
         due = self.core.timer_us()

@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from forehand.app import App
-from forehand.core import ManagerCore, ServerConfig, ServerCore, TokenSealer, _manager_risk
+from forehand.core import (
+    ManagerCore,
+    ServerConfig,
+    ServerCore,
+    TokenSealer,
+    _manager_risk,
+    client_events,
+    manager_events,
+    server_events,
+)
 from forehand.errors import ConfigError
 from forehand.ops import ManagerOps, ServerOps, TunableRiskPolicy
 from forehand.ops.logs import configure_logging as _configure_structured_logging
@@ -76,6 +85,14 @@ NOTABLE_EVENTS = frozenset(
     }
 )
 """Core events logged at INFO; every other event is logged at DEBUG."""
+NOTABLE_EVENT_TYPES = frozenset(
+    value
+    for module in (client_events, server_events, manager_events)
+    for name in module.__all__
+    if name in NOTABLE_EVENTS and isinstance(value := getattr(module, name), type)
+)
+"""The event classes of every core named in `NOTABLE_EVENTS` (a name can be on more than one
+side: `ProtocolViolationDetected`)."""
 
 
 def configure_logging(level: str, log_format: str = "console") -> None:
@@ -85,10 +102,25 @@ def configure_logging(level: str, log_format: str = "console") -> None:
 
 
 class EventLogger:
-    """An event subscriber that logs core events (metrics subscribe the same way)."""
+    """An event subscriber that logs core events (metrics subscribe the same way).
+
+    It asks the driver only for the events its logger's level lets through when it is
+    subscribed (`event_types`): every event at DEBUG, `NOTABLE_EVENT_TYPES` at INFO, none above.
+    Set the level before subscribing it (the processes configure logging first); a level lowered
+    later does not bring more events.
+    """
 
     def __init__(self, node_id: str) -> None:
         self._log = logging.getLogger(f"forehand.events.{node_id}")
+
+    @property
+    def event_types(self) -> frozenset[type] | None:
+        """The event classes to hand it at the logger's level now; None: every class."""
+        if self._log.isEnabledFor(logging.DEBUG):
+            return None
+        if self._log.isEnabledFor(logging.INFO):
+            return NOTABLE_EVENT_TYPES
+        return frozenset()
 
     def __call__(self, event: object) -> None:
         name = type(event).__name__
