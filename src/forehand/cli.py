@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 
@@ -54,6 +55,42 @@ def demo(context: typer.Context) -> None:
     from forehand.demo import main as demo_main
 
     raise typer.Exit(demo_main(context.args))
+
+
+@app.command()
+def up(
+    *,
+    app_reference: str = typer.Option(
+        ..., "--app", help="The application, module:attribute (e.g. examples.cart.app:app)."
+    ),
+    app_dir: str = typer.Option(".", help="Directory the application module is imported from."),
+    servers: int = typer.Option(3, help="How many servers (s1, s2, ...)."),
+    directory: str = typer.Option(
+        ".forehand", "--dir", help="State: certificates, admin token, logs, up.json."
+    ),
+    port: int = typer.Option(7000, help="The manager's port on 127.0.0.1 (0: any free port)."),
+    dashboard_port: int = typer.Option(
+        7080, help="The admin API's and dashboard's port (0: any free port, -1: off)."
+    ),
+    transport: str = typer.Option("tls", help="Client-facing transport: tls or quic."),
+    log_level: str = typer.Option("info", help="Level of the processes' logs."),
+) -> None:
+    """Run a development cluster on loopback (a manager and servers) until Ctrl-C."""
+    from forehand._up import UpOptions, run_up
+
+    with _config_errors("up"):
+        options = UpOptions(
+            app=app_reference,
+            app_dir=Path(app_dir),
+            servers=servers,
+            directory=Path(directory),
+            port=port,
+            dashboard_port=dashboard_port,
+            transport=transport,
+            log_level=log_level,
+        )
+        status = run_up(options)
+    raise typer.Exit(status)
 
 
 docs_app = typer.Typer(

@@ -1,10 +1,12 @@
 """The demo's cluster: certificates, a manager and servers as real processes on 127.0.0.1.
 
-`DemoCluster` writes a cluster CA, node certificates and the token key file into its directory,
-then a TOML file per process, and starts `forehand manager` and one `python -m
-forehand.demo.server` per server (the `forehand server` process with the demo's SIGUSR1 CPU
-burner). Every process listens on port 0 and writes the address it got to a ready file, so no
-port is guessed. Each runs in its own session (Ctrl-C reaches only the demo, which then stops
+`DemoCluster` writes a cluster CA, node certificates and the token key file into its directory
+(an existing CA and token key file are reused), then a TOML file per process, and starts `forehand
+manager` and one server process per server: `python -m forehand.demo.server` (the `forehand
+server` process with the demo's SIGUSR1 CPU burner) for the demo, plain `forehand server` when
+the configuration has no burner (`forehand up`). Every server listens on port 0, as does the
+manager unless told otherwise, and writes the address it got to a ready file, so no port is
+guessed. Each runs in its own session (Ctrl-C reaches only the demo, which then stops
 them in order) with its log in the directory. `stop()` always ends every process it started:
 SIGTERM, a bounded wait, then SIGKILL, and a wait for each, by pid.
 """
@@ -64,8 +66,13 @@ class ClusterConfig:
     """Every server's [core] table (`forehand.core.ServerConfig` fields)."""
     load_report_interval_ms: int = 250
     """How often servers sample their CPU use for heartbeats."""
-    burner: BurnerConfig = field(default_factory=BurnerConfig)
-    """The CPU burner's ramp, in every server (started by SIGUSR1)."""
+    burner: BurnerConfig | None = field(default_factory=BurnerConfig)
+    """The CPU burner's ramp, in every server (started by SIGUSR1); None runs plain `forehand
+    server` processes."""
+    manager_listen: str = "127.0.0.1:0"
+    """host:port the manager listens on (port 0: the system picks)."""
+    admin_token_file: Path | None = None
+    """The manager's admin API token file (None: the API refuses every mutation)."""
     log_level: str = "info"
     """Level of the processes' logs."""
     admin_http_port: int = 0
@@ -194,7 +201,9 @@ class DemoCluster:
         self.directory.mkdir(parents=True, exist_ok=True)
         nodes = [MANAGER_NODE, ADMIN_NODE, *self.config.server_ids]
         await asyncio.to_thread(make_cluster_certs, self.certs_dir, nodes, 2)
-        add_cluster_key(self.certs_dir / CLUSTER_KEYS_FILE)
+        keys_file = self.certs_dir / CLUSTER_KEYS_FILE
+        if not keys_file.exists():
+            add_cluster_key(keys_file)
         self.manager = self._start_manager()
         await self._wait_ready(self.manager, deadline_s)
         for server_id in self.config.server_ids:
@@ -209,7 +218,7 @@ class DemoCluster:
         ready = self.directory / "manager.ready"
         top = {
             "node_id": MANAGER_NODE,
-            "listen": "127.0.0.1:0",
+            "listen": config.manager_listen,
             "transport": config.transport,
             "certs_dir": self.certs_dir,
             "store": "sqlite",
@@ -218,6 +227,8 @@ class DemoCluster:
             "log_level": config.log_level,
             "admin_http_port": config.admin_http_port,
         }
+        if config.admin_token_file is not None:
+            top["admin_token_file"] = config.admin_token_file
         tables = {"core": dict(config.manager_core), "placement": dict(config.manager_placement)}
         write_toml(path, top, {name: table for name, table in tables.items() if table})
         command = [*_forehand_command(), "manager", "--config", str(path)]
@@ -243,6 +254,10 @@ class DemoCluster:
         tables = {"core": dict(config.server_core)} if config.server_core else {}
         write_toml(path, top, tables)
         burner = config.burner
+        if burner is None:
+            return self._spawn(
+                server_id, [*_forehand_command(), "server", "--config", str(path)], ready
+            )
         command = [
             sys.executable,
             "-m",

@@ -1,0 +1,233 @@
+"""`forehand up`: a development cluster on loopback in one command.
+
+It starts a session manager and `--servers` servers of the given app as separate processes on
+127.0.0.1 (the demo's `DemoCluster`, without its CPU burner), with the admin API and dashboard
+on and an admin token, prints how to connect a client and how to operate the cluster, reports a
+process that exits on its own, and stops every process it started, by pid, on Ctrl-C or SIGTERM.
+
+State lives in one directory (`--dir`, by default `.forehand` in the current directory): the
+cluster CA, the token key file and the admin token are kept between runs, so a client keeps
+trusting the same `certs/ca.pem`; node certificates are issued afresh and the shard map starts
+empty on every run (servers keep parts in memory, so a map left by an earlier run would name
+parts no server holds). Each process logs to `<name>.log` there, and while the cluster is up
+`up.json` says where everything is (for scripts; removed when it stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster, NodeProcess
+from forehand.errors import ConfigError
+
+__all__ = ["SERVERS_MAX", "UpOptions", "run_up"]
+
+SERVERS_MAX = 32
+"""Most servers `forehand up` starts."""
+TRANSPORTS = ("tls", "quic")
+"""The client-facing transports a cluster can speak."""
+STATE_FILE = "up.json"
+"""Where everything is, in the state directory, while the cluster is up."""
+TOKEN_FILE = "admin-token"
+"""The admin API token, in the state directory (made once, then kept)."""
+POLL_INTERVAL_S = 0.2
+"""How often the processes are checked."""
+STORE_FILES = ("manager.sqlite", "manager.sqlite-wal", "manager.sqlite-shm")
+"""The manager's store, removed before every run."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpOptions:
+    """What `forehand up` starts."""
+
+    app: str
+    """The application, `module:attribute`."""
+    app_dir: Path
+    """Directory the application module is imported from."""
+    servers: int = 3
+    """How many servers (named s1, s2, ...)."""
+    directory: Path = Path(".forehand")
+    """The state directory."""
+    port: int = 7000
+    """The manager's port on 127.0.0.1 (0: the system picks)."""
+    dashboard_port: int = 7080
+    """The admin API's and dashboard's port on 127.0.0.1 (0: the system picks, -1: off)."""
+    transport: str = "tls"
+    """The client-facing transport."""
+    log_level: str = "info"
+    """Level of the processes' logs."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.servers <= SERVERS_MAX:
+            raise ConfigError(f"--servers must be 1 to {SERVERS_MAX}, got {self.servers}")
+        if not 0 <= self.port <= 65_535:
+            raise ConfigError(f"--port must be 0 to 65535, got {self.port}")
+        if not -1 <= self.dashboard_port <= 65_535:
+            raise ConfigError(f"--dashboard-port must be -1 to 65535, got {self.dashboard_port}")
+        if self.dashboard_port != 0 and self.dashboard_port == self.port:
+            raise ConfigError(f"--port and --dashboard-port are both {self.port}")
+        if self.transport not in TRANSPORTS:
+            raise ConfigError(f"--transport must be one of {TRANSPORTS}, got {self.transport!r}")
+        if self.directory.exists() and not self.directory.is_dir():
+            raise ConfigError(f"--dir {self.directory} exists and is not a directory")
+
+    @property
+    def server_ids(self) -> tuple[str, ...]:
+        """s1 to s<servers>."""
+        return tuple(f"s{number}" for number in range(1, self.servers + 1))
+
+
+def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
+    """Check the app, start the cluster, print how to use it and keep it up until Ctrl-C or
+    SIGTERM; the exit status (0 once stopped on request, 1 if it could not start or the manager
+    died). ConfigError for an app that cannot be loaded, before any process starts."""
+    from forehand.runtime.loop import run
+    from forehand.runtime.process import load_app
+
+    load_app(options.app, options.app_dir)
+    directory = options.directory.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in STORE_FILES:
+        (directory / name).unlink(missing_ok=True)
+    config = ClusterConfig(
+        server_ids=options.server_ids,
+        app=options.app,
+        app_dir=options.app_dir.resolve(),
+        transport=options.transport,
+        burner=None,
+        manager_listen=f"127.0.0.1:{options.port}",
+        admin_http_port=options.dashboard_port,
+        admin_token_file=_admin_token(directory / TOKEN_FILE),
+        load_report_interval_ms=500,
+        log_level=options.log_level,
+    )
+    return run(_up(DemoCluster(directory, config), options, out))
+
+
+def _admin_token(path: Path) -> Path:
+    """The token file at `path`, made (readable by its owner only) if missing."""
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(secrets.token_hex(16) + "\n")
+    return path
+
+
+async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    state_path = cluster.directory / STATE_FILE
+    try:
+        starting = asyncio.ensure_future(cluster.start())
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ClusterStartError):
+                await starting
+            print("forehand up: interrupted while starting; every process was stopped", file=out)
+            return 0
+        stopping.cancel()
+        try:
+            starting.result()
+        except ClusterStartError as error:
+            print(f"forehand up: the cluster did not start: {error}", file=out)
+            return 1
+        state = _state(cluster, options)
+        state_path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        print(_banner(cluster, options, state), file=out, flush=True)
+        return await _supervise(cluster, stop, out)
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(number)
+        cluster.stop()
+        state_path.unlink(missing_ok=True)
+
+
+def _state(cluster: DemoCluster, options: UpOptions) -> dict[str, object]:
+    processes = {process.name: process for process in cluster.processes()}
+    dashboard = cluster.dashboard_url
+    return {
+        "manager": cluster.manager_address,
+        "transport": options.transport,
+        "ca": str(cluster.ca_path),
+        "certs_dir": str(cluster.certs_dir),
+        "admin_url": dashboard.rstrip("/") if dashboard else None,
+        "admin_token_file": str(cluster.directory / TOKEN_FILE),
+        "servers": {name: cluster.servers[name].address for name in cluster.servers},
+        "pids": {name: process.pid for name, process in processes.items()},
+        "logs": {name: str(process.log_path) for name, process in processes.items()},
+    }
+
+
+def _banner(cluster: DemoCluster, options: UpOptions, state: dict[str, object]) -> str:
+    manager = cluster.manager_address
+    ca = cluster.ca_path
+    servers = ", ".join(
+        f"{process.name} {process.address} (pid {process.pid})"
+        for process in cluster.servers.values()
+    )
+    assert cluster.manager is not None
+    connect = f'forehand.connect("{manager}", ca="{ca}"'
+    if options.transport != "tls":
+        connect += f', transport="{options.transport}"'
+    lines = [
+        f"Forehand is up: a manager and {options.servers} server(s) of {options.app} "
+        f"on 127.0.0.1 ({options.transport.upper()}).",
+        f"  manager    {manager} (pid {cluster.manager.pid})",
+        f"  servers    {servers}",
+        f"  CA         {ca}",
+        f"  logs       {cluster.directory}/<name>.log",
+        f"  state      {cluster.directory / STATE_FILE}",
+    ]
+    admin_url = state["admin_url"]
+    if admin_url:
+        lines.append(f"  dashboard  {admin_url}/")
+    lines += ["Connect a client:", f"  async with {connect}) as client: ..."]
+    if admin_url:
+        token = cluster.directory / TOKEN_FILE
+        lines += [
+            "Operate it from another shell:",
+            f'  export FOREHAND_ADMIN_URL={admin_url} FOREHAND_ADMIN_TOKEN="$(cat {token})"',
+            "  forehand status; forehand sessions; forehand drain s1; forehand undrain s1",
+        ]
+    lines.append("Ctrl-C stops every process.")
+    return "\n".join(lines)
+
+
+async def _supervise(cluster: DemoCluster, stop: asyncio.Event, out: TextIO) -> int:
+    """Until `stop`: report each server that exits (the others keep running); 1 if the manager
+    exits, 0 once stopped on request."""
+    reported: set[str] = set()
+    while not stop.is_set():
+        for process in cluster.processes():
+            if process.alive or process.name in reported:
+                continue
+            reported.add(process.name)
+            print(_exited(process), file=out, flush=True)
+            if process is cluster.manager:
+                return 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), POLL_INTERVAL_S)
+    print("forehand up: stopping every process", file=out, flush=True)
+    return 0
+
+
+def _exited(process: NodeProcess) -> str:
+    code = process.popen.returncode
+    how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited ({code})"
+    role = "the manager" if process.name == "manager" else f"server {process.name}"
+    tail = "\n".join(f"    {line}" for line in process.log_tail(5).splitlines())
+    keep = "stopping the rest" if process.name == "manager" else "the others keep running"
+    return f"forehand up: {role} {how}; {keep}. The end of {process.log_path}:\n{tail}"

@@ -1,0 +1,172 @@
+"""`forehand up`: a development cluster a client and the ops CLI can use, that reports a server
+that dies, stops every process on Ctrl-C, keeps its CA between runs, and refuses bad options
+before starting anything.
+
+`forehand up` runs as a subprocess, as a user runs it; its processes are found by pid from the
+`up.json` it writes while up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import forehand
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+FOREHAND = [sys.executable, "-c", "from forehand.cli import main; main()"]
+START_TIMEOUT_S = 90.0
+"""A cluster not up after this long is hung; not a timing claim."""
+STOP_TIMEOUT_S = 30.0
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` is a live process (not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _start(directory: Path, *options: str) -> subprocess.Popen[str]:
+    command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
+    command += ["--dir", str(directory), "--port", "0", "--dashboard-port", "0", *options]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=directory.parent,
+    )
+
+
+def _wait_up(process: subprocess.Popen[str], directory: Path) -> dict[str, Any]:
+    state_path = directory / "up.json"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not state_path.is_file():
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"forehand up exited with {process.returncode}:\n{output}")
+        assert time.monotonic() < deadline, "forehand up did not come up"
+        time.sleep(0.1)
+    state: dict[str, Any] = json.loads(state_path.read_text(encoding="utf-8"))
+    return state
+
+
+def _stop(process: subprocess.Popen[str]) -> str:
+    """Ctrl-C, then its output; it must exit 0."""
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=STOP_TIMEOUT_S)
+    assert process.returncode == 0, output
+    return output
+
+
+async def _use(state: dict[str, Any]) -> int:
+    async with forehand.connect(state["manager"], ca=state["ca"]) as client:
+        session = await client.open_session(parts=["auth", "cart"])
+        units: int = await session.call("cart", "add", {"sku": "tea", "quantity": 3})
+        return units
+
+
+def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
+    tmp_path: Path,
+) -> None:
+    """A client calls the app through the cluster, `forehand status` reads it with the printed
+    URL and token, a SIGKILLed server is reported while the rest keep running, and Ctrl-C
+    stops every process it started and removes up.json; a second run in the same directory
+    keeps the CA and the admin token."""
+    directory = tmp_path / "state"
+    process = _start(directory, "--servers", "2")
+    try:
+        state = _wait_up(process, directory)
+        assert set(state["servers"]) == {"s1", "s2"}
+        assert asyncio.run(_use(state)) == 3
+        token = Path(state["admin_token_file"]).read_text(encoding="utf-8").strip()
+        environment = {
+            **os.environ,
+            "FOREHAND_ADMIN_URL": state["admin_url"],
+            "FOREHAND_ADMIN_TOKEN": token,
+        }
+        status = subprocess.run(
+            [*FOREHAND, "status"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        assert "s1" in status.stdout and "s2" in status.stdout
+        os.kill(state["pids"]["s2"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while _alive(state["pids"]["s2"]):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.0)  # Its supervisor polls every 0.2 s; the report must be out by then.
+        assert process.poll() is None, "a server's death must not stop the cluster"
+        output = _stop(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Forehand is up" in output and state["manager"] in output
+    assert "server s2 was killed by signal 9; the others keep running" in output
+    assert not [name for name, pid in state["pids"].items() if _alive(pid)]
+    assert not (directory / "up.json").exists()
+
+    ca = (directory / "certs" / "ca.pem").read_bytes()
+    again = _start(directory, "--servers", "1")
+    try:
+        second = _wait_up(again, directory)
+        assert Path(second["ca"]).read_bytes() == ca
+        assert Path(second["admin_token_file"]).read_text(encoding="utf-8").strip() == token
+        assert set(second["servers"]) == {"s1"}
+        _stop(again)
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.wait()
+    assert not [name for name, pid in second["pids"].items() if _alive(pid)]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--app", "no_such_module:app"), "cannot import the app module 'no_such_module'"),
+        (("--app", "examples.cart.app:nothing"), "nothing"),
+        (("--app", "examples.cart.app:app", "--servers", "0"), "--servers must be 1 to 32"),
+        (("--app", "examples.cart.app:app", "--transport", "http"), "--transport must be one of"),
+        (("--app", "examples.cart.app:app", "--port", "70000"), "--port must be 0 to 65535"),
+    ],
+)
+def test_up_refuses_bad_options_before_starting_anything(
+    tmp_path: Path, options: tuple[str, ...], message: str
+) -> None:
+    """A bad app or option is one line on stderr and exit status 2; no directory is made, so
+    nothing was started."""
+    directory = tmp_path / "state"
+    finished = subprocess.run(
+        [*FOREHAND, "up", "--app-dir", str(REPO), "--dir", str(directory), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert finished.returncode == 2, finished
+    assert finished.stderr.startswith("forehand up: ") and message in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    assert not directory.exists()
