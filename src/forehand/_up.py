@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
 import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -37,6 +39,8 @@ TRANSPORTS = ("tls", "quic")
 """The client-facing transports a cluster can speak."""
 STATE_FILE = "up.json"
 """Where everything is, in the state directory, while the cluster is up."""
+LOCK_FILE = "up.lock"
+"""Held locked by the running `forehand up`, in the state directory."""
 TOKEN_FILE = "admin-token"
 """The admin API token, in the state directory (made once, then kept)."""
 POLL_INTERVAL_S = 0.2
@@ -90,12 +94,33 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
     """Check the app, start the cluster, print how to use it and keep it up until Ctrl-C or
     SIGTERM; the exit status (0 once stopped on request, 1 if it could not start or the manager
     died). ConfigError for an app that cannot be loaded, before any process starts."""
-    from forehand.runtime.loop import run
     from forehand.runtime.process import load_app
 
     load_app(options.app, options.app_dir)
     directory = options.directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
+    with _lock(directory / LOCK_FILE):
+        return _run_locked(options, directory, out)
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (made if missing): two `forehand up` in one directory
+    would delete each other's store. ConfigError when another process holds it."""
+    with path.open("a", encoding="utf-8") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise ConfigError(
+                f"another forehand up is running with --dir {path.parent}; stop it or pick "
+                "another --dir"
+            ) from error
+        yield
+
+
+def _run_locked(options: UpOptions, directory: Path, out: TextIO) -> int:
+    from forehand.runtime.loop import run
+
     for name in STORE_FILES:
         (directory / name).unlink(missing_ok=True)
     config = ClusterConfig(

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,6 +42,7 @@ def _alive(pid: int) -> bool:
 
 
 def _start(directory: Path, *options: str) -> subprocess.Popen[str]:
+    """`forehand up` of the cart app on any free ports; `options` come last, so they win."""
     command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
     command += ["--dir", str(directory), "--port", "0", "--dashboard-port", "0", *options]
     return subprocess.Popen(
@@ -85,7 +87,8 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     tmp_path: Path,
 ) -> None:
     """A client calls the app through the cluster, `forehand status` reads it with the printed
-    URL and token, a SIGKILLed server is reported while the rest keep running, and Ctrl-C
+    URL and token, a second `forehand up` in the same directory is refused, a SIGKILLed server
+    is reported while the rest keep running, and Ctrl-C
     stops every process it started and removes up.json; a second run in the same directory
     keeps the CA and the admin token."""
     directory = tmp_path / "state"
@@ -93,6 +96,24 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     try:
         state = _wait_up(process, directory)
         assert set(state["servers"]) == {"s1", "s2"}
+        second_in_the_same_directory = subprocess.run(
+            [
+                *FOREHAND,
+                "up",
+                "--app",
+                "examples.cart.app:app",
+                "--app-dir",
+                str(REPO),
+                "--dir",
+                str(directory),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second_in_the_same_directory.returncode == 2
+        assert "another forehand up is running" in second_in_the_same_directory.stderr
         assert asyncio.run(_use(state)) == 3
         token = Path(state["admin_token_file"]).read_text(encoding="utf-8").strip()
         environment = {
@@ -170,3 +191,21 @@ def test_up_refuses_bad_options_before_starting_anything(
     assert finished.stderr.startswith("forehand up: ") and message in finished.stderr
     assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
     assert not directory.exists()
+
+
+def test_up_on_a_busy_port_says_so_once_and_leaves_nothing(tmp_path: Path) -> None:
+    """A manager port already taken: exit status 1, the manager's one-line reason (said once,
+    not twice), and no server was started."""
+    directory = tmp_path / "state"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _start(directory, "--servers", "1", "--port", str(port))
+        output, _ = process.communicate(timeout=START_TIMEOUT_S)
+    assert process.returncode == 1, output
+    assert "the cluster did not start: manager exited with 2" in output
+    assert output.count(f"cannot listen on 127.0.0.1:{port}") == 1, output
+    assert "address already in use" in output
+    assert not (directory / "s1.log").exists()
+    assert not (directory / "up.json").exists()

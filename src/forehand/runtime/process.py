@@ -252,7 +252,11 @@ async def _listen(
             raise
         return [cluster, quic]
     except TransportError as error:
-        raise ConfigError(f"cannot listen on {host}:{port}: {error}") from error
+        # A bind failure already says "cannot listen on host:port: why"; say it once.
+        text = str(error)
+        if not text.startswith("cannot listen on"):
+            text = f"cannot listen on {host}:{port}: {text}"
+        raise ConfigError(text) from error
 
 
 def _write_ready(path: Path | None, host: str, port: int) -> None:
