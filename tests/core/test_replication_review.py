@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
-from forehand.core.messages import LogAcknowledged, LogShipped
+from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import Cluster, ref
+    from tests.core.test_replication import ack, primary_with, replication
 else:
     from _server_helpers import Cluster, ref
+    from test_replication import ack, primary_with, replication
 
 COUNTER = ref("counter")
 
@@ -94,3 +96,44 @@ def test_sealed_log_reaches_a_target_whose_history_was_never_checked() -> None:
     assert target is not None and target.state is PartState.PRIMARY
     assert (target.data, target.applied_seq) == (4, 4)
     assert state(cluster, "s2") is PartState.BACKUP
+
+
+def test_a_target_brought_in_line_by_a_snapshot_gets_a_sealed_probe_after_a_reconnect() -> None:
+    """A target whose probe answer diverged counts as checked once it acknowledges the snapshot
+    at the primary's position and epoch, so a probe after a reconnect carries the seal again
+    (a target that already took over answers only a sealed one)."""
+    part = primary_with(3)
+    shipper = replication()
+    shipper.seal_towards("t", seal_seq=3)
+    shipper.ship(part, epoch=2, now_us=0)
+    assert shipper.on_ack(part, ack(3, acked_epoch=9), source="t").diverged
+    (_, snapshot), (_, tail) = shipper.ship(part, epoch=2, now_us=1)
+    assert isinstance(snapshot, SnapshotShipped) and isinstance(tail, LogShipped) and tail.sealed
+    shipper.on_ack(part, ack(3), source="t")  # The snapshot's acknowledgement.
+    shipper.streams["t"].reprobe()  # The connection broke before the sealed acknowledgement.
+    ((_, probe),) = shipper.ship(part, epoch=2, now_us=2)
+    assert isinstance(probe, LogShipped)
+    assert (probe.prev_seq, probe.entries, probe.sealed) == (3, (), True)
+
+
+def test_seal_and_new_replicas_keep_a_part_unsettled() -> None:
+    """`settled` (which skips the shipping pass after an acknowledgement) stays false while a
+    seal waits for its acknowledgement, even with every entry acknowledged, and when a replica
+    joins; the sealed batch stays in flight until acknowledged as sealed."""
+    part = primary_with(2)
+    shipper = replication()
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(2), source="r1")
+    assert shipper.settled(part.log.last_seq)
+    shipper.set_replicas(["r1", "r2"])
+    assert not shipper.settled(part.log.last_seq)
+    shipper.set_replicas(["r1"])
+    shipper.seal_towards("r1", seal_seq=2)
+    assert not shipper.settled(part.log.last_seq)
+    ((_, tail),) = shipper.ship(part, epoch=1, now_us=1)
+    assert isinstance(tail, LogShipped) and tail.sealed
+    assert not shipper.on_ack(part, ack(2), source="r1").sealed
+    assert shipper.streams["r1"].inflight and not shipper.settled(part.log.last_seq)
+    assert shipper.on_ack(part, ack(2, sealed=True), source="r1").sealed
+    assert shipper.settled(part.log.last_seq)

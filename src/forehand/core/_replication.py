@@ -61,9 +61,10 @@ class ReplicaStream:
         self.needs_snapshot = False
         """The replica's history diverged: the next shipment is a snapshot."""
         self.history_checked = False
-        """Whether a probe answer showed the replica's log to be a prefix of the primary's; until
-        then a probe is never sealed, since an empty sealed batch would let a target whose log
-        is as long but different (another primary's) take the part over with it."""
+        """Whether an acknowledgement (a probe's answer, or a snapshot's) showed the replica's
+        log to be a prefix of the primary's; until then a probe is never sealed, since an empty
+        sealed batch would let a target whose log is as long but different (another primary's)
+        take the part over with it."""
 
     def restart(self) -> None:
         """Ship again from the last acknowledged sequence (or probe again)."""
@@ -180,6 +181,9 @@ class Replication:
                 return outcome
             return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
         stream.acked_seq = ack.acked_seq
+        if not stream.history_checked and part.log.epoch_at(ack.acked_seq) == ack.acked_epoch:
+            # After a diverged probe: the replica acknowledges the snapshot's position and epoch.
+            stream.history_checked = True
         inflight = stream.inflight
         behind = inflight[0][0] if inflight else stream.sent_seq
         if ack.acked_seq < behind:
