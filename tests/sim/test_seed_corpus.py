@@ -13,7 +13,7 @@ import io
 import pytest
 from rich.console import Console
 
-from forehand.sim import ALL_SCENARIO, ROTATION, Campaign, get_scenario
+from forehand.sim import ALL_SCENARIO, ROTATION, Campaign, get_scenario, run_scenario
 
 CORPUS_SEEDS = 40 * len(ROTATION)
 """Seeds in the corpus: 40 of each built-in scenario."""
@@ -58,3 +58,17 @@ def test_seed_corpus_passes_every_checker_on_every_seed() -> None:
         assert counters[f"scenario/{name}"][1] == CORPUS_SEEDS // len(ROTATION)
     missing = [name for name in REACHED if name not in counters]
     assert missing == [], output.getvalue()
+
+
+FOUND_SEEDS = {
+    7202560: "a primary replaced while paused had a write it executed afterwards acknowledged by "
+    "the promoted primary's answer to its seal (tests/core/test_seal_of_another_history.py)",
+}
+"""Seeds of `all` beyond the corpus that once failed, each with what failed."""
+
+
+@pytest.mark.parametrize("seed", sorted(FOUND_SEEDS))
+def test_seeds_that_once_failed_pass(seed: int) -> None:
+    """Each seed a longer campaign once failed on passes every checker today."""
+    result = run_scenario(get_scenario(ALL_SCENARIO), seed)
+    assert result.failure is None, (FOUND_SEEDS[seed], result.failure)

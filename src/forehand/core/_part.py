@@ -365,7 +365,17 @@ _STATUS_VALUES = frozenset(int(status) for status in ResponseStatus)
 class Part:
     """One part held by this server in some role, with its data, log and dedup table."""
 
-    __slots__ = ("data", "dedup", "epoch", "fence_version", "log", "ref", "spec", "state")
+    __slots__ = (
+        "data",
+        "dedup",
+        "epoch",
+        "fence_version",
+        "log",
+        "ref",
+        "sealed_by",
+        "spec",
+        "state",
+    )
 
     def __init__(
         self,
@@ -392,6 +402,9 @@ class Part:
         """The retained log."""
         self.dedup = DedupTable(entries_max=dedup_entries_max)
         """Request id -> answering entry."""
+        self.sealed_by: tuple[str, int, int] | None = None
+        """The handoff seal this copy last became primary with: (source node, epoch, sealed
+        sequence); a resent seal is acknowledged only when it is that one."""
 
     @property
     def applied_seq(self) -> int:

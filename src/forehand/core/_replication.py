@@ -180,8 +180,16 @@ class Replication:
             if outcome.diverged:
                 return outcome
             return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
+        known_epoch = part.log.epoch_at(ack.acked_seq) if ack.acked_seq else 0
+        if ack.acked_epoch and known_epoch is not None and known_epoch != ack.acked_epoch:
+            # The peer's entry at that sequence is another history's (a primary promoted by a
+            # failover answering the seal of a source replaced while it was cut off): nothing
+            # it acknowledges is this log's, so nothing counts as replicated by it; it gets a
+            # snapshot, as a replica whose probe diverged does. An epoch of 0 is one the peer
+            # no longer knows (its log was trimmed there): nothing to compare.
+            return self._diverged(stream)
         stream.acked_seq = ack.acked_seq
-        if not stream.history_checked and part.log.epoch_at(ack.acked_seq) == ack.acked_epoch:
+        if not stream.history_checked and known_epoch == ack.acked_epoch:
             # After a diverged probe: the replica acknowledges the snapshot's position and epoch.
             stream.history_checked = True
         inflight = stream.inflight
@@ -220,14 +228,22 @@ class Replication:
             ack.acked_seq <= part.log.last_seq
             and part.log.epoch_at(ack.acked_seq) == ack.acked_epoch
         )
+        if not matches:
+            # The histories differ (or cannot be compared): a snapshot replaces the replica's.
+            return self._diverged(stream)
         stream.inflight.clear()
         stream.seal_sent = False
-        if matches:
-            stream.history_checked = True
-            stream.acked_seq = ack.acked_seq
-            stream.sent_seq = ack.acked_seq
-            return AckOutcome(known=True)
-        # The histories differ (or cannot be compared): a snapshot replaces the replica's.
+        stream.history_checked = True
+        stream.acked_seq = ack.acked_seq
+        stream.sent_seq = ack.acked_seq
+        return AckOutcome(known=True)
+
+    @staticmethod
+    def _diverged(stream: ReplicaStream) -> AckOutcome:
+        """The replica's history is not this log's: what it acknowledged counts for nothing,
+        and a snapshot replaces its copy (a seal in flight is sent again after it)."""
+        stream.inflight.clear()
+        stream.seal_sent = False
         stream.acked_seq = 0
         stream.sent_seq = 0
         stream.needs_snapshot = True

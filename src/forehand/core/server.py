@@ -1316,9 +1316,16 @@ class ServerCore:
     def _shipment_to_primary(self, part: Part, message: LogShipped, source: NodeId) -> None:
         # The same epoch shipping to its own primary is either the handoff source resending a
         # seal this server already applied (acknowledge again) or a second primary (refuse).
+        # Only the seal this copy took over with is acknowledged again: any other (the seal of a
+        # source replaced while it was cut off, this server promoted by a failover meanwhile)
+        # may carry writes this history does not hold, and its acknowledgement would tell the
+        # source they are here. Comparing entries is not enough: this log may be trimmed.
         sealed_seq = message.prev_seq + len(message.entries)
-        if message.sealed and part.applied_seq >= sealed_seq:
-            self._send_ack(part, source, sealed=True, seq=sealed_seq)
+        if message.sealed:
+            if part.sealed_by == (source, message.epoch, sealed_seq):
+                self._send_ack(part, source, sealed=True, seq=sealed_seq)
+            else:
+                self._rare("seal-of-another-history-refused")
             return
         self._rare("same-epoch-primaries")
 
@@ -1427,6 +1434,7 @@ class ServerCore:
         if part.state is not PartState.RECEIVING:
             self._transition(part, PartTrigger.HANDOFF_TARGETED)
         part.epoch = max(part.epoch, epoch)
+        part.sealed_by = (source, epoch, part.applied_seq)
         self._transition(part, PartTrigger.SEALED_LOG_RECEIVED)
         self._install_primary(part, InstallCause.HANDOFF, now_us)
         run = self._runs.get(self._run_of.get(part.ref, 0))
