@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck unit venv clean bench demo
+.PHONY: test lint typecheck unit venv clean bench demo soak
 
 venv: $(STAMP)
 
@@ -38,3 +38,11 @@ clean:
 # BENCH_ARGS="--quick" or "--only handoff,redis" or "--output PATH".
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+
+# A long simulator campaign beyond the corpus `make test` runs (seeds 0 to 359): SOAK_SEEDS seeds
+# of every scenario from SOAK_START, on SOAK_JOBS processes; a failure prints the seed to replay.
+SOAK_SEEDS ?= 4000
+SOAK_START ?= 1000000
+SOAK_JOBS ?= 2
+soak: $(STAMP)
+	$(BIN)/forehand sim --scenario all --seeds $(SOAK_SEEDS) --seed-start $(SOAK_START) --jobs $(SOAK_JOBS)
