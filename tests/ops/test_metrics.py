@@ -74,9 +74,12 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
                     assert response.status_code == 202, response.text
                     assert response.json()["queued"] >= 1
 
+                    seen: list[object] = []
+
                     async def recorded() -> bool:
                         params = {"kind": "handoff", "after": last}
                         history = await api.get("/api/history", params=params)
+                        seen[:] = history.json()  # Shown if the record never comes.
                         # This session's handoff only: a drain's handoffs (an earlier test's,
                         # on the cluster the tests share) can also complete towards `target`.
                         mine = f"{session.id.hex()}/cart"
@@ -88,7 +91,9 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
                             for r in history.json()
                         )
 
-                    await eventually(recorded, what="the handoff's audit record")
+                    await eventually(
+                        recorded, what="the handoff's audit record", state=lambda: seen
+                    )
                     await load.wait_for(40, what="writes after the handoff")
                 await load.check_exactly_once()
 
