@@ -1806,21 +1806,36 @@ class ServerCore:
                 del self._run_of[ref]
 
     def _supersede_run_of(self, ref: PartRef, now_us: int) -> None:
+        """A newer map (or primary) took `ref` out of its run: only `ref` leaves the run.
+
+        The run's other parts go on: a failover may promote one of a handoff's parts here and
+        another elsewhere, and a part whose run ended with it would never leave BACKUP (nor
+        HANDING_OFF or RECEIVING: no deadline, no report). The run ends SUPERSEDED when its last
+        part leaves; if the parts left were all waiting on `ref`, their step is done.
+        """
         key = self._run_of.get(ref)
         run = None if key is None else self._runs.get(key)
         if key is None or run is None or run.finished:
             return
-        run.transition(HandoffTrigger.SUPERSEDED)
+        del self._run_of[ref]
         self._emit(
             HandoffStepMissed(
                 node=self._me,
                 handoff_id=run.handoff_id,
                 side=run.side,
-                refs=run.refs,
-                detail="a newer map moved the parts first",
+                refs=(ref,),
+                detail="a newer map moved the part first",
             )
         )
-        self._forget_run(key)
+        run.refs = tuple(other for other in run.refs if other != ref)
+        run.waiting.discard(ref)
+        if not any(self._run_of.get(other) == key for other in run.refs):
+            run.transition(HandoffTrigger.SUPERSEDED)
+            self._forget_run(key)
+        elif not run.waiting and run.phase is HandoffPhase.SHIPPING:
+            self._seals_complete(key, run, now_us)
+        elif not run.waiting and run.phase is HandoffPhase.RECEIVING:
+            self._finish_target(run, now_us)
 
     # Handoff: the target.
 

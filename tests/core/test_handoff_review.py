@@ -1,0 +1,74 @@
+"""Review tests of the server's handoff procedure: each failed on the code before its fix."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._part import PartState
+from forehand.core.messages import HandoffCompleted, PartRef
+from forehand.placement import PartKey, Placement
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import MANAGER, SESSION, Cluster, ref
+else:
+    from _server_helpers import MANAGER, SESSION, Cluster, ref
+
+COUNTER = ref("counter")
+LEDGER = ref("ledger")
+
+
+def state(cluster: Cluster, server: str, part: PartRef) -> PartState | None:
+    """The state of `part` on `server` (None when not held)."""
+    held = cluster.server(server).part(part)
+    return None if held is None else held.state
+
+
+def place(
+    cluster: Cluster, placements: dict[str, tuple[str, ...]], *, to: list[str] | None = None
+) -> None:
+    """Pin each named part on (primary, *replicas), all in one map version, sent to `to`."""
+    operations = [
+        operation
+        for name, (primary, *replicas) in placements.items()
+        for operation in cluster.map.override_placement(
+            PartKey(session_id=SESSION, part=name),
+            Placement(primary=primary, replicas=tuple(replicas)),
+        ).operations
+    ]
+    cluster.publish(*operations, to=to)
+
+
+def moved_together(
+    cluster: Cluster, *, source: str, target: str, replicas: tuple[str, ...]
+) -> None:
+    """Place `counter` and `ledger` on `source`, then hand both to `target` in one handoff whose
+    HandoffAssigned reaches the servers before its map (so the source runs both parts as one)."""
+    cluster.place("counter", source, *replicas)
+    cluster.place("ledger", source, *replicas)
+    cluster.request(source, "counter")
+    cluster.request(source, "ledger")
+    cluster.router.advance(ms=50)
+    others = tuple(server for server in (source, *replicas) if server != target)
+    place(cluster, {"counter": (target, *others), "ledger": (target, *others)}, to=[])
+    cluster.assign_handoff([COUNTER, LEDGER], source=source, target=target)
+    cluster.publish_full()
+
+
+def test_failover_of_one_backup_part_leaves_the_others_of_its_handoff_a_backup_period() -> None:
+    """A failover promoting one of a handoff's backups ends only that part's share of the run:
+    the other backup, failed over elsewhere, still ends its backup period (demoted, reported),
+    instead of staying BACKUP for ever with no run."""
+    cluster = Cluster(("s1", "s2", "s3"), handoff_notify_jitter_ms=0, backup_period_ms=500)
+    moved_together(cluster, source="s1", target="s2", replicas=("s2", "s3"))
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    assert state(cluster, "s1", LEDGER) is PartState.BACKUP
+    cluster.take(MANAGER, HandoffCompleted)
+    cluster.router.remove("s2")
+    cluster.prepare_failover([COUNTER, LEDGER], to=["s1", "s3"])
+    place(cluster, {"counter": ("s1", "s3"), "ledger": ("s3", "s1")})
+    assert state(cluster, "s1", COUNTER) is PartState.PRIMARY
+    assert state(cluster, "s3", LEDGER) is PartState.PRIMARY
+    cluster.router.advance(ms=600)
+    assert state(cluster, "s1", LEDGER) is PartState.REPLICA
+    completed = [m for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
+    assert [(m.handoff_id, m.parts) for m in completed] == [(77, (LEDGER,))]
