@@ -72,3 +72,31 @@ def test_failover_of_one_backup_part_leaves_the_others_of_its_handoff_a_backup_p
     assert state(cluster, "s1", LEDGER) is PartState.REPLICA
     completed = [m for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
     assert [(m.handoff_id, m.parts) for m in completed] == [(77, (LEDGER,))]
+
+
+def test_an_earlier_backup_period_does_not_end_a_later_handoffs_backup() -> None:
+    """A part handed back to its old source and handed off again within the first backup
+    period stays BACKUP for its second handoff's whole backup period: the first run's timer
+    ends only the parts still in that run."""
+    cluster = Cluster(("s1", "s2", "s3"), handoff_notify_jitter_ms=0, backup_period_ms=1000)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.place("counter", "s2", "s1", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", handoff_id=77)
+    cluster.router.advance(ms=0)
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    cluster.place("counter", "s1", "s2", "s3")
+    assert state(cluster, "s1", COUNTER) is PartState.PRIMARY
+    cluster.router.advance(ms=300)
+    cluster.place("counter", "s3", "s1", "s2")
+    cluster.assign_handoff([COUNTER], source="s1", target="s3", handoff_id=78)
+    cluster.router.advance(ms=0)
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    cluster.take(MANAGER, HandoffCompleted)
+    cluster.router.advance(ms=800)  # past the first backup period, within the second
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    cluster.router.advance(ms=300)
+    assert state(cluster, "s1", COUNTER) is PartState.REPLICA
+    reports = [m.handoff_id for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
+    assert sorted(reports) == [77, 78]

@@ -1698,9 +1698,10 @@ class ServerCore:
             return
         for ref in run.refs:
             part = self._parts.get(ref)
-            if part is None or part.state is not PartState.BACKUP:
+            # A part handed back here and off again since is another run's backup now.
+            if part is None or part.state is not PartState.BACKUP or self._run_of.get(ref) != key:
                 continue
-            self._run_of.pop(ref, None)
+            del self._run_of[ref]
             placement = None if self._map is None else self._map.placement(ref)
             if placement is not None and self._me in placement.replicas:
                 self._transition(part, PartTrigger.DEMOTED)
