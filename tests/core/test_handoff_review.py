@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
+from forehand.core._server_events import ClientHandedOff
 from forehand.core.messages import HandoffCompleted, PartRef
 from forehand.placement import PartKey, Placement
+from forehand.wire import Handoff
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import MANAGER, SESSION, Cluster, ref
@@ -100,3 +102,21 @@ def test_an_earlier_backup_period_does_not_end_a_later_handoffs_backup() -> None
     assert state(cluster, "s1", COUNTER) is PartState.REPLICA
     reports = [m.handoff_id for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
     assert sorted(reports) == [77, 78]
+
+
+def test_a_client_that_writes_before_its_jittered_notification_gets_one_handoff() -> None:
+    """A client attached at step 4 whose request reaches the backup before its jittered HANDOFF
+    is due gets the frame then, and not a second time when the jitter runs out."""
+    cluster = Cluster(handoff_notify_jitter_ms=1000, backup_period_ms=5000)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.place("counter", "s2", "s1", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    assert cluster.take("c1", Handoff) == []
+    cluster.request("s1", "counter", map_version=cluster.map.version - 1)
+    assert len(cluster.take("c1", Handoff)) == 1
+    cluster.router.advance(ms=1000)
+    assert cluster.take("c1", Handoff) == []
+    assert len(cluster.events("s1", ClientHandedOff)) == 1

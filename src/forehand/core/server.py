@@ -1683,6 +1683,8 @@ class ServerCore:
             notified = self._notified.setdefault(key, set())
             while run.notifications and run.notifications[0].due_us <= now_us:
                 note = run.notifications.pop(0)
+                if (note.client, note.session_id) in notified:
+                    continue  # Told already: its request reached the backup before this was due.
                 notified.add((note.client, note.session_id))
                 self._send_notification(run, note, now_us)
             if not run.notifications:
