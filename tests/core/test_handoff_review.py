@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
 from forehand.core._server_events import ClientHandedOff
-from forehand.core.messages import HandoffCompleted, PartRef
+from forehand.core.messages import HandoffCompleted, LogShipped, PartRef, ResponseForwarded
 from forehand.placement import PartKey, Placement
-from forehand.wire import Handoff
+from forehand.wire import Handoff, ResponseStatus
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import MANAGER, SESSION, Cluster, ref
@@ -120,3 +120,46 @@ def test_a_client_that_writes_before_its_jittered_notification_gets_one_handoff(
     cluster.router.advance(ms=1000)
     assert cluster.take("c1", Handoff) == []
     assert len(cluster.events("s1", ClientHandedOff)) == 1
+
+
+def test_an_answer_from_another_server_does_not_cancel_a_forward() -> None:
+    """A ResponseForwarded from a server the request was not forwarded to is ignored without
+    forgetting the forward, so the target's own answer still reaches the client."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.responses()
+    drops = {"left": 1}
+
+    def drop_first_seal(source: str, destination: str, message: object) -> bool:
+        if isinstance(message, LogShipped) and message.sealed and drops["left"]:
+            drops["left"] -= 1
+            return True
+        return False
+
+    cluster.router.filters.append(drop_first_seal)
+    cluster.place("counter", "s2", "s1", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    assert state(cluster, "s1", COUNTER) is PartState.HANDING_OFF
+    request_id = cluster.request("s1", "counter", payload=b"5")
+    assert cluster.responses() == []  # forwarded to s2, queued there until the seal
+    stray = ResponseForwarded(
+        client="c1",
+        request_id=request_id,
+        session_id=SESSION,
+        status=int(ResponseStatus.OK),
+        map_version=cluster.map.version,
+        payload=b"999",
+        log_index=9,
+    )
+    cluster.router.send("s3", "s1", stray)
+    assert cluster.responses() == []
+    cluster.router.advance(ms=600)
+    assert state(cluster, "s2", COUNTER) is PartState.PRIMARY
+    (answer,) = cluster.responses()
+    assert (answer.request_id, answer.status, answer.payload) == (
+        request_id,
+        ResponseStatus.OK,
+        b"6",
+    )

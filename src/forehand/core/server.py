@@ -736,9 +736,12 @@ class ServerCore:
                 f"unknown response status {message.status}",
                 error_code=ErrorCode.FRAME_ENCODING_ERROR,
             ) from None
-        forward = self._forwards.pop((message.client, message.session_id, message.request_id), None)
+        key = (message.client, message.session_id, message.request_id)
+        forward = self._forwards.get(key)
         if forward is None or forward.target != source:
+            # Not the server it went to: the forward still waits for that server's answer.
             return
+        del self._forwards[key]
         part = self._parts.get(forward.ref)
         if part is not None and part.state is PartState.ABORTING:
             # An aborted handoff may be reverted: an answer the target gave must not reach the
