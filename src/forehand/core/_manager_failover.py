@@ -127,9 +127,12 @@ class FailoverJob:
     candidates: dict[PartKey, tuple[str, ...]] = field(default_factory=dict)
     """Live holders of each part, preferred first (current primary, replicas, extra)."""
     waiting: set[str] = field(default_factory=set)
-    """Candidates that have not answered yet."""
+    """Candidates that have not answered yet (every message they were sent)."""
+    unanswered: dict[str, int] = field(default_factory=dict)
+    """FailoverPrepared messages each candidate has not answered yet (a candidate of more than
+    `failover_prepare_parts_max` parts gets several, and answers each on its own)."""
     answered: set[str] = field(default_factory=set)
-    """Candidates that answered."""
+    """Candidates that answered every message they were sent."""
     positions: dict[PartKey, dict[str, int]] = field(default_factory=dict)
     """Reported applied_seq per part and candidate."""
     last_epochs: dict[PartKey, dict[str, int]] = field(default_factory=dict)
@@ -209,6 +212,7 @@ def plan_prepare(
             messages.append(
                 (server_id, FailoverPrepared(map_version=job.fence_version, parts=chunk))
             )
+            job.unanswered[server_id] = job.unanswered.get(server_id, 0) + 1
     return messages
 
 
@@ -216,15 +220,21 @@ def record_positions(job: FailoverJob, message: PositionsReported) -> bool:
     """Take a candidate's answer; True when it was expected (and now counts)."""
     if job.phase is not FailoverPhase.PREPARING or message.map_version != job.fence_version:
         return False
-    if message.server_id not in job.waiting and message.server_id not in job.answered:
+    server_id = message.server_id
+    if server_id not in job.waiting and server_id not in job.answered:
         return False
-    job.waiting.discard(message.server_id)
-    job.answered.add(message.server_id)
+    if server_id in job.waiting:
+        # One answer per message: the candidate counts as answered once all of them came (the
+        # parts of a message not answered yet still rank by their heartbeat positions).
+        job.unanswered[server_id] -= 1
+        if job.unanswered[server_id] <= 0:
+            job.waiting.discard(server_id)
+            job.answered.add(server_id)
     for progress in message.parts:
         key = key_of(progress.ref)
         if key in job.candidates:
-            job.positions.setdefault(key, {})[message.server_id] = progress.applied_seq
-            job.last_epochs.setdefault(key, {})[message.server_id] = progress.last_epoch
+            job.positions.setdefault(key, {})[server_id] = progress.applied_seq
+            job.last_epochs.setdefault(key, {})[server_id] = progress.last_epoch
     return True
 
 

@@ -1,0 +1,64 @@
+"""Review tests of the manager's failover and commit paths (each failed before its fix)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from forehand.core._manager_events import FailoverCompleted, PartsLost, ServerDeclaredDead
+from forehand.core.messages import PartRef
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import ManagerHarness, opened_refs
+else:
+    from _manager_helpers import ManagerHarness, opened_refs
+
+SERVERS = ("s1", "s2", "s3", "s4")
+PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
+
+
+def cluster(replica_count: int = 2, **overrides: Any) -> tuple[ManagerHarness, list[PartRef]]:
+    """Four servers and one session of six parts."""
+    harness = ManagerHarness(replica_count=replica_count, **overrides)
+    harness.join(*SERVERS)
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    return harness, opened_refs(opened)
+
+
+def kill(harness: ManagerHarness, victim: str) -> list[str]:
+    """Let `victim` fall silent until it is declared dead; the survivors."""
+    survivors = [s for s in SERVERS if s != victim]
+    harness.tick(700, alive=survivors)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == [victim]
+    return survivors
+
+
+def test_a_candidate_fenced_in_several_messages_counts_once_it_answered_them_all() -> None:
+    """With the parts split over several FailoverPrepared, the job waits for every answer."""
+    harness, _ = cluster(failover_prepare_parts_max=1)
+    victim = max(SERVERS, key=lambda server_id: len(harness.primaries(server_id)))
+    victim_parts = harness.primaries(victim)
+    assert len(victim_parts) >= 2
+    replicas = {ref: harness.placement(ref).replicas for ref in victim_parts}
+    survivors = kill(harness, victim)
+    later: list[tuple[str, int, dict[PartRef, int]]] = []
+    for server_id in survivors:
+        for index, prepared in enumerate(harness.prepared(server_id)):
+            assert len(prepared.parts) == 1
+            # The last replica in promotion order is the most advanced one, on every part.
+            seqs = {ref: 10 + replicas[ref].index(server_id) * 5 for ref in prepared.parts}
+            if index == 0:
+                harness.positions(server_id, prepared.map_version, seqs)
+            else:
+                later.append((server_id, prepared.map_version, seqs))
+    assert later, "some candidate holds more than one of the dead primary's parts"
+    # Each candidate answered its first message only: the others are still due.
+    assert harness.events(FailoverCompleted) == []
+    for server_id, fence_version, seqs in later:
+        harness.positions(server_id, fence_version, seqs)
+    (done,) = harness.events(FailoverCompleted)
+    assert harness.events(PartsLost) == []
+    assert {p.ref for p in done.promotions} == set(victim_parts)
+    for promoted in done.promotions:
+        assert promoted.primary == replicas[promoted.ref][-1]
+        assert harness.placement(promoted.ref).primary == promoted.primary
