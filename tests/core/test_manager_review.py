@@ -62,3 +62,26 @@ def test_a_candidate_fenced_in_several_messages_counts_once_it_answered_them_all
     for promoted in done.promotions:
         assert promoted.primary == replicas[promoted.ref][-1]
         assert harness.placement(promoted.ref).primary == promoted.primary
+
+
+def test_a_candidate_dead_before_answering_does_not_hold_the_promotion_to_its_deadline() -> None:
+    """When the last candidate still awaited dies (here: restarts), the job promotes at once."""
+    harness, _ = cluster(failover_prepare_timeout_ms=60_000)
+    victim_parts = harness.primaries("s1")
+    survivors = kill(harness, "s1")
+    prepares = {server_id: harness.prepared(server_id) for server_id in survivors}
+    restarting = next(server_id for server_id in survivors if prepares[server_id])
+    for server_id in survivors:
+        if server_id != restarting:
+            for prepared in prepares[server_id]:
+                seqs = dict.fromkeys(prepared.parts, 4)
+                harness.positions(server_id, prepared.map_version, seqs)
+    assert harness.events(FailoverCompleted) == []
+    # The one candidate still awaited restarts: its new incarnation holds nothing, and the old
+    # one will never answer.
+    harness.announce(restarting, incarnation=2)
+    completed = harness.events(FailoverCompleted)
+    assert [done.servers for done in completed][:1] == [("s1",)]
+    assert {p.ref for p in completed[0].promotions} <= set(victim_parts)
+    for promoted in completed[0].promotions:
+        assert promoted.primary != restarting

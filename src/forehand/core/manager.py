@@ -821,8 +821,11 @@ class ManagerCore:
         self._risk.forget(server_id)
         self._risk_drained.discard(server_id)
         job = self._failover
-        if job is not None and job.phase is FailoverPhase.PREPARING:
+        if job is not None and job.phase is FailoverPhase.PREPARING and server_id in job.waiting:
             job.waiting.discard(server_id)
+            if not job.waiting:
+                # It was the last candidate awaited, and a dead one never answers.
+                self._promote(job, now_us)
         for handoff in self._orchestrator.involving(server_id):
             self._participant_died(handoff, server_id, now_us)
         if in_map:
