@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
-from forehand.core._server_events import ClientHandedOff
+from forehand.core._server_events import ClientHandedOff, HandoffStepMissed
 from forehand.core.messages import HandoffCompleted, LogShipped, PartRef, ResponseForwarded
 from forehand.placement import PartKey, Placement
 from forehand.wire import Handoff, ResponseStatus
@@ -163,3 +163,26 @@ def test_an_answer_from_another_server_does_not_cancel_a_forward() -> None:
         ResponseStatus.OK,
         b"6",
     )
+
+
+def test_a_target_that_skipped_the_moving_map_version_takes_the_sealed_log() -> None:
+    """A target that learns of the move from a full map newer than the move (it missed the
+    delta) still accepts the source's sealed log, stamped with the version that moved the part:
+    the handoff completes instead of aborting into a failover."""
+    cluster = Cluster(("s1", "s2", "s3"))
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cut = cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1", "s3", to=["s1", "s3"])
+    moved_at = cluster.map.version
+    cluster.place("ledger", "s3", "s1", "s2", to=["s1", "s3"])
+    cluster.publish_full(to=["s2"])
+    assert state(cluster, "s2", COUNTER) is PartState.RECEIVING
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    assert state(cluster, "s1", COUNTER) is PartState.BACKUP
+    assert state(cluster, "s2", COUNTER) is PartState.PRIMARY
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.data, target.epoch) == (1, moved_at)
+    assert cluster.events("s1", HandoffStepMissed) == []

@@ -2021,9 +2021,9 @@ class ServerCore:
             return
         before = None if previous_map is None else previous_map.placement(ref)
         if before is not None and before.primary != self._me:
-            part = self._create_part(ref, epoch=self.map_version)
+            part = self._create_part(ref, epoch=0)
             if part is not None:
-                self._receive_implicitly(part, before.primary, now_us)
+                self._receive_implicitly(part, before.primary, previous_map, now_us)
             return
         restarted = previous_map is None and self._config.incarnation > 1
         if restarted or before is not None:
@@ -2073,18 +2073,27 @@ class ServerCore:
             source = "" if before is None or before.primary == self._me else before.primary
             if state is PartState.BACKUP and run is not None:
                 source = run.peer
-            self._receive_implicitly(part, source, now_us)
+            self._receive_implicitly(part, source, previous_map, now_us)
             return
         if state is PartState.ABORTING or (state is PartState.HANDING_OFF and settling):
             # Only a revert (or a failover that fenced this source first) names it primary again.
             self._reinstate(part, now_us)
         # HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline decides.
 
-    def _receive_implicitly(self, part: Part, source: str, now_us: int) -> None:
-        """The map makes this server primary of a part a live primary holds: wait for its seal."""
+    def _receive_implicitly(
+        self, part: Part, source: str, previous_map: ServerMap | None, now_us: int
+    ) -> None:
+        """The map makes this server primary of a part a live primary holds: wait for its seal.
+
+        The part's epoch goes up to the first version after `previous_map`, not to this map's:
+        a server that missed versions (a full map after a gap) does not know which one moved the
+        part, and the source seals at the version it learned of the move, which a higher epoch
+        here would refuse as stale, turning the handoff into a failover.
+        """
         if part.state is not PartState.RECEIVING:
             self._transition(part, PartTrigger.HANDOFF_TARGETED)
-        part.epoch = max(part.epoch, self.map_version)
+        moved_at = self.map_version if previous_map is None else previous_map.version + 1
+        part.epoch = max(part.epoch, moved_at)
         current = self._runs.get(self._run_of.get(part.ref, 0))
         if current is not None and current.side is HandoffSide.TARGET:
             return
