@@ -6,7 +6,13 @@ from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
 from forehand.core._server_events import ClientHandedOff, HandoffStepMissed
-from forehand.core.messages import HandoffCompleted, LogShipped, PartRef, ResponseForwarded
+from forehand.core.messages import (
+    HandoffAborted,
+    HandoffCompleted,
+    LogShipped,
+    PartRef,
+    ResponseForwarded,
+)
 from forehand.placement import PartKey, Placement
 from forehand.wire import Handoff, ResponseStatus
 
@@ -186,3 +192,25 @@ def test_a_target_that_skipped_the_moving_map_version_takes_the_sealed_log() -> 
     target = cluster.server("s2").part(COUNTER)
     assert target is not None and (target.data, target.epoch) == (1, moved_at)
     assert cluster.events("s1", HandoffStepMissed) == []
+
+
+def test_a_target_that_cannot_hold_a_part_does_not_report_it_taken() -> None:
+    """A target at `parts_max` that cannot create a part it is handed does not report the
+    handoff completed (the manager would take it for the part's new primary); the part waits
+    for its sealed log like any other and the deadline reports the handoff aborted."""
+    cluster = Cluster(("s1", "s2", "s3"))
+    cluster.start("s2", parts_max=1)
+    cluster.publish_full(to=["s2"])
+    cluster.place("ledger", "s2", "s3")
+    cluster.place("counter", "s1", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.place("counter", "s2", "s1", "s3", to=[])
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=300)
+    cluster.publish_full()
+    assert cluster.server("s2").part(COUNTER) is None
+    cluster.router.advance(ms=300)
+    reports = cluster.take(MANAGER, object)
+    assert not [m for m in reports if isinstance(m, HandoffCompleted) and m.server_id == "s2"]
+    aborted = [m for m in reports if isinstance(m, HandoffAborted) and m.server_id == "s2"]
+    assert [(m.handoff_id, m.parts) for m in aborted] == [(77, (COUNTER,))]

@@ -1871,7 +1871,10 @@ class ServerCore:
         if part is None:
             part = self._create_part(ref, epoch=map_version)
             if part is None:
-                return False
+                # Not held (parts_max, or a part the app does not declare): it waits like a seal
+                # that never comes, so the deadline reports it; never reported as taken.
+                self._run_of[ref] = key
+                return True
         if part.state is PartState.PRIMARY:
             # The sealed log arrived before the assignment: this part is already handed over.
             return False
