@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from forehand.core._manager_events import FailoverCompleted, PartsLost, ServerDeclaredDead
+from forehand.core._membership import MemberState
 from forehand.core.messages import PartRef
+from forehand.placement import ServerState
+from forehand.stores import DeltaCommitRequested
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, opened_refs
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
 else:
-    from _manager_helpers import ManagerHarness, opened_refs
+    from _manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
@@ -85,3 +90,54 @@ def test_a_candidate_dead_before_answering_does_not_hold_the_promotion_to_its_de
     assert {p.ref for p in completed[0].promotions} <= set(victim_parts)
     for promoted in completed[0].promotions:
         assert promoted.primary != restarting
+
+
+class _HeldCommit:
+    """The manager's store executor: runs every request, and keeps back the answer of the next
+    delta commit (it lands in the store) until `release`, or loses it."""
+
+    def __init__(self, harness: ManagerHarness) -> None:
+        self.harness = harness
+        self.held: list[object] = []
+        self.armed = True
+
+    def __call__(self, request: object) -> object:
+        result = execute(self.harness.store, request)
+        if self.armed and isinstance(request, DeltaCommitRequested):
+            self.armed = False
+            self.held.append(result)
+            return None
+        return result
+
+    def release(self) -> None:
+        """Deliver the answer held back."""
+        for result in self.held:
+            self.harness.manager.store_result(result, now_us=self.harness.router.now_us)
+        self.held = []
+        self.harness.router.run()
+
+
+@pytest.mark.parametrize("answer", ["late", "lost"])
+def test_a_new_server_dead_while_its_join_commits_is_failed_over(answer: str) -> None:
+    """A server declared dead while its first join is in flight does not stay in the map."""
+    harness, _ = cluster(store_timeout_ms=5_000)
+    for _ in range(10):
+        assert harness.open_session(("auth", "cart", "feed", "chat"))
+    held = _HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    harness.announce("s5")
+    harness.router.run()
+    assert held.held and "s5" not in {entry.server_id for entry in harness.map.servers}
+    # s5 never heartbeats: it dies while its join is in the store but not yet answered.
+    harness.tick(700, alive=SERVERS)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s5"]
+    if answer == "late":
+        held.release()
+    else:
+        held.held = []
+        harness.tick(5_000, alive=SERVERS)
+    harness.tick(1_000, alive=SERVERS)
+    assert harness.manager.membership.state_of("s5") is MemberState.DEAD
+    assert harness.map.server("s5").state is ServerState.DEAD
+    roles = harness.map.parts_for("s5")
+    assert not roles.primary and not roles.replica

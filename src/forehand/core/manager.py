@@ -883,6 +883,7 @@ class ManagerCore:
         if member is None or not self._membership.join_committed(
             server_id, incarnation=member.incarnation
         ):
+            self._fail_over_dead_member(server_id, now_us)
             return
         # A readmitted server still holds the map it had when it was declared dead.
         self._catch_up(server_id, self._membership.held_version(server_id), built.new_map)
@@ -949,6 +950,24 @@ class ManagerCore:
         self._joins_queued.discard(server_id)
         if self._membership.state_of(server_id) is MemberState.JOINING:
             self._join_retry_us[server_id] = now_us + JOIN_RETRY_MS * 1000
+        else:
+            # A join whose answer was lost may have landed (the reload shows it) after all.
+            self._fail_over_dead_member(server_id, now_us)
+
+    def _fail_over_dead_member(self, server_id: str, now_us: int) -> None:
+        """Fail over a member declared dead while its join was in the store.
+
+        Its death found it outside the map (no failover), and then the join landed: the map
+        lists it ACTIVE, with the roles the join gave it, and nothing else would ever mark it.
+        """
+        if self._membership.state_of(server_id) is not MemberState.DEAD:
+            return
+        if self._map_state(server_id) not in (ServerState.ACTIVE, ServerState.DRAINING):
+            return
+        for job in (self._failover, self._failover_next):
+            if job is not None and server_id in job.dead:
+                return
+        self._pending_failover(now_us).absorb(dead=(server_id,))
 
     def _try_readmit(self, server_id: str, now_us: int) -> None:
         """Readmit a dead server that asked to rejoin, unless its failover is still running."""
