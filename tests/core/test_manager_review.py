@@ -141,3 +141,30 @@ def test_a_new_server_dead_while_its_join_commits_is_failed_over(answer: str) ->
     assert harness.map.server("s5").state is ServerState.DEAD
     roles = harness.map.parts_for("s5")
     assert not roles.primary and not roles.replica
+
+
+@pytest.mark.parametrize("replica_count", [0, 2])
+def test_a_promotion_whose_answer_is_lost_still_reports_its_decisions(replica_count: int) -> None:
+    """The promotion lands but its answer is lost: the reload's rebuild still reports every
+    part promoted (FailoverCompleted) or lost (PartsLost), not an empty failover."""
+    harness, _ = cluster(replica_count=replica_count, store_timeout_ms=300)
+    for _ in range(5):
+        assert harness.open_session(("auth", "cart", "feed", "chat"))
+    victim_parts = set(harness.primaries("s1"))
+    held = _HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    survivors = kill(harness, "s1")
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 3))
+    assert held.held, "the promotion's answer was kept back"
+    held.held = []
+    harness.tick(1_000, alive=survivors)
+    (done,) = harness.events(FailoverCompleted)
+    promoted = {p.ref for p in done.promotions}
+    lost = {ref for event in harness.events(PartsLost) for ref in event.parts}
+    assert promoted | lost == victim_parts
+    if replica_count == 0:
+        assert lost == victim_parts
+    for promotion in done.promotions:
+        assert harness.placement(promotion.ref).primary == promotion.primary

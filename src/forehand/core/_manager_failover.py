@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from forehand.core._manager_events import PartPromoted, ReplicaPosition
 from forehand.core._manager_planning import fill_replicas, key_of, override, ref_of
@@ -44,6 +44,7 @@ __all__ = [
     "transition_table",
     "Promotion",
     "build_promotion",
+    "carry_landed",
     "plan_prepare",
     "record_positions",
 ]
@@ -137,6 +138,8 @@ class FailoverJob:
     """Reported applied_seq per part and candidate."""
     last_epochs: dict[PartKey, dict[str, int]] = field(default_factory=dict)
     """Reported epoch of the last entry per part and candidate (newer histories rank first)."""
+    promotion: Promotion | None = None
+    """The promotion last built: it may have landed though its store answer was lost."""
 
     def absorb(self, *, dead: Iterable[str] = (), explicit: Mapping[PartKey, str] = {}) -> None:
         """Add more dead servers or parts (only while PENDING)."""
@@ -331,6 +334,29 @@ def build_promotion(
         replicas_added=added,
         intended=frozenset(job.parts),
     )
+
+
+def carry_landed(promotion: Promotion, previous: Promotion | None, current: ShardMap) -> Promotion:
+    """`promotion` with the decisions of `previous` that `current` already shows.
+
+    A promotion whose store answer was lost may have landed: the reload shows its parts decided,
+    so the promotion built again on it has no operation left for them, and its events would
+    leave out parts promoted or removed as lost.
+    """
+    if previous is None:
+        return promotion
+    decided = {key_of(p.ref) for p in promotion.promotions} | set(promotion.lost)
+    carried = tuple(
+        p
+        for p in previous.promotions
+        if (key := key_of(p.ref)) not in decided
+        and key in current
+        and current.primary_of(key) == p.primary
+    )
+    lost = tuple(key for key in previous.lost if key not in decided and key not in current)
+    if not carried and not lost:
+        return promotion
+    return replace(promotion, promotions=promotion.promotions + carried, lost=promotion.lost + lost)
 
 
 def _repair_overrides(

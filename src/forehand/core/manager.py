@@ -74,6 +74,7 @@ from forehand.core._manager_failover import (
     FailoverTrigger,
     Promotion,
     build_promotion,
+    carry_landed,
     plan_prepare,
     record_positions,
 )
@@ -1716,6 +1717,8 @@ class ManagerCore:
         promotion = build_promotion(
             job, current, live=self._is_live, eligible=eligible, fallback=self._progress_seq
         )
+        promotion = carry_landed(promotion, job.promotion, current)
+        job.promotion = promotion
         if not promotion.operations:
             return Built(delta=None, new_map=current, parts=(), servers=(), payload=promotion)
         stable = stabilize(current, promotion.operations, intended=promotion.intended.__contains__)
