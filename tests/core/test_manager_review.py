@@ -168,3 +168,35 @@ def test_a_promotion_whose_answer_is_lost_still_reports_its_decisions(replica_co
         assert lost == victim_parts
     for promotion in done.promotions:
         assert harness.placement(promotion.ref).primary == promotion.primary
+
+
+def test_a_restarted_manager_tops_up_the_replicas_its_predecessor_left_short() -> None:
+    """The repair a join queued dies with its manager: the next one loading the map does it."""
+    harness, refs = cluster()
+    ref = next(r for r in refs if "s1" in harness.placement(r).replicas)
+    harness.tick(700, alive=["s1"])
+    for server_id in ("s2", "s3", "s4"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    for prepared in harness.prepared("s1"):
+        harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
+    harness.tick(300, alive=["s1"])
+    assert harness.placement(ref).primary == "s1" and harness.placement(ref).replicas == ()
+    # s2 comes back; its join commits, and the manager stops before the repair behind it does.
+    commits: list[DeltaCommitRequested] = []
+
+    def stopping(request: object) -> object:
+        if isinstance(request, DeltaCommitRequested):
+            commits.append(request)
+            if len(commits) > 1:
+                return None
+        return execute(harness.store, request)
+
+    harness.router.store_executors[MANAGER] = stopping
+    harness.announce("s2", incarnation=2)
+    harness.tick(100, alive=["s1", "s2"])
+    assert len(commits) == 2, "the join and the repair behind it"
+    assert harness.map.server("s2").state is ServerState.ACTIVE
+    restarted = ManagerHarness(store=harness.store)
+    restarted.tick(1_000, alive=["s1", "s2"])
+    assert restarted.placement(ref).replicas == ("s2",)

@@ -671,6 +671,9 @@ class ManagerCore:
         for member in self._membership.live_members():
             self._send(member.server_id, whole)
             member.map_version_sent = current.version
+        # A repair queued by a join or a failover of this map may have died with the manager
+        # that loaded it before (a restart): the pinned placements left short are checked again.
+        self._queue_replica_repair()
 
     def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
         known = self._sessions.get(session_id, ())
