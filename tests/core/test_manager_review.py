@@ -6,16 +6,21 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from forehand.core._manager_events import FailoverCompleted, PartsLost, ServerDeclaredDead
+from forehand.core._manager_events import (
+    DeathCause,
+    FailoverCompleted,
+    PartsLost,
+    ServerDeclaredDead,
+)
 from forehand.core._membership import MemberState
-from forehand.core.messages import PartRef
+from forehand.core.messages import HeartbeatReported, PartRef
 from forehand.placement import ServerState
 from forehand.stores import DeltaCommitRequested
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+    from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness, execute, opened_refs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+    from _manager_helpers import IDLE, MANAGER, ManagerHarness, execute, opened_refs
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
@@ -200,3 +205,28 @@ def test_a_restarted_manager_tops_up_the_replicas_its_predecessor_left_short() -
     restarted = ManagerHarness(store=harness.store)
     restarted.tick(1_000, alive=["s1", "s2"])
     assert restarted.placement(ref).replicas == ("s2",)
+
+
+def test_a_server_restarted_while_no_manager_watched_is_not_taken_for_its_old_self() -> None:
+    """A new manager hears from a restarted server (no map, so none of its old parts) by a
+    heartbeat before its announcement: the old incarnation is declared dead and fails over."""
+    harness, _ = cluster()
+    held = harness.primaries("s1")
+    assert held
+    successor = ManagerHarness(store=harness.store)
+    # s1's process restarted while the old manager was gone: its first heartbeat holds no map,
+    # and the announcement it sends with every such heartbeat follows.
+    fresh = HeartbeatReported(
+        server_id="s1",
+        incarnation=2,
+        sequence=1,
+        map_version=0,
+        load=IDLE,
+        parts=(),
+    )
+    successor.router.send("s1", MANAGER, fresh)
+    successor.announce("s1", incarnation=2)
+    (dead,) = successor.events(ServerDeclaredDead)
+    assert dead.server_id == "s1" and dead.cause is DeathCause.RESTARTED
+    successor.tick(300, alive=["s2", "s3", "s4"])
+    assert set(held).isdisjoint(successor.primaries("s1"))

@@ -97,6 +97,7 @@ from forehand.core._manager_risk import (
     parts_by_load,
 )
 from forehand.core._membership import (
+    UNKNOWN_INCARNATION,
     AnnounceOutcome,
     HeartbeatOutcome,
     LivenessChanged,
@@ -786,6 +787,17 @@ class ManagerCore:
         self, message: messages.HeartbeatReported, source: NodeId, now_us: int
     ) -> None:
         if not self._check_sender(message.server_id, source):
+            return
+        member = self._membership.get(message.server_id)
+        if (
+            member is not None
+            and member.incarnation == UNKNOWN_INCARNATION
+            and message.map_version == 0
+        ):
+            # A member restored from the loaded map, heard from by a process that holds no map:
+            # it started since the map named it (a restart while no manager watched), so it holds
+            # none of its old parts. Its incarnation is left unknown for the announcement it
+            # sends with every such heartbeat, which then counts as the restart it is.
             return
         self._membership_changed()
         outcome = self._membership.heartbeat(message, now_us=now_us)
