@@ -404,7 +404,8 @@ class Part:
         """Request id -> answering entry."""
         self.sealed_by: tuple[str, int, int] | None = None
         """The handoff seal this copy last became primary with: (source node, epoch, sealed
-        sequence); a resent seal is acknowledged only when it is that one."""
+        sequence); a resent seal is acknowledged only when it is that one's (same source and
+        epoch, ending at that sequence or past it with entries of this copy's own log)."""
 
     @property
     def applied_seq(self) -> int:

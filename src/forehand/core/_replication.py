@@ -224,9 +224,15 @@ class Replication:
     def _on_probe_answer(
         self, part: Part, stream: ReplicaStream, ack: LogAcknowledged
     ) -> AckOutcome:
+        # A sealed answer of epoch 0 comes from a target that took the part over with this
+        # stream's seal (it acknowledges no other) and has trimmed its log past the sealed entry
+        # since: the same history, not one to replace with a snapshot it would refuse.
         matches = ack.acked_seq == 0 or (
             ack.acked_seq <= part.log.last_seq
-            and part.log.epoch_at(ack.acked_seq) == ack.acked_epoch
+            and (
+                part.log.epoch_at(ack.acked_seq) == ack.acked_epoch
+                or (ack.sealed and ack.acked_epoch == 0 and stream.seal_seq is not None)
+            )
         )
         if not matches:
             # The histories differ (or cannot be compared): a snapshot replaces the replica's.
@@ -267,7 +273,11 @@ class Replication:
 
     def _probe(self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int) -> LogShipped:
         last_seq = part.log.last_seq
-        sealed = stream.seal_seq == last_seq and stream.history_checked
+        # The source's log passes the seal only with the new primary's own entries (a source
+        # listed as its replica applies them while it waits for the acknowledgement): the probe
+        # is sealed then too, since a primary answers only a sealed one.
+        seal_seq = stream.seal_seq
+        sealed = seal_seq is not None and seal_seq <= last_seq and stream.history_checked
         stream.seal_sent = sealed
         stream.inflight.append((last_seq, now_us))
         return LogShipped(ref=part.ref, epoch=epoch, prev_seq=last_seq, entries=(), sealed=sealed)

@@ -1323,9 +1323,20 @@ class ServerCore:
         # source replaced while it was cut off, this server promoted by a failover meanwhile)
         # may carry writes this history does not hold, and its acknowledgement would tell the
         # source they are here. Comparing entries is not enough: this log may be trimmed.
+        # The seal may end past the sequence taken over at: a source listed as this primary's
+        # replica applies its new entries (only this primary ships at that epoch) while it waits,
+        # and its resent seal carries them; each one this log still holds must be this one's.
         sealed_seq = message.prev_seq + len(message.entries)
         if message.sealed:
-            if part.sealed_by == (source, message.epoch, sealed_seq):
+            sealed_by = part.sealed_by
+            if (
+                sealed_by is not None
+                and sealed_by[:2] == (source, message.epoch)
+                and sealed_by[2] <= sealed_seq <= part.applied_seq
+                and all(
+                    part.log.epoch_at(entry.seq) in (None, entry.epoch) for entry in message.entries
+                )
+            ):
                 self._send_ack(part, source, sealed=True, seq=sealed_seq)
             else:
                 self._rare("seal-of-another-history-refused")
