@@ -9,6 +9,7 @@ import pytest
 from forehand.core._manager_events import (
     DeathCause,
     FailoverCompleted,
+    FailoverStarted,
     PartsLost,
     ServerDeclaredDead,
 )
@@ -230,3 +231,24 @@ def test_a_server_restarted_while_no_manager_watched_is_not_taken_for_its_old_se
     assert dead.server_id == "s1" and dead.cause is DeathCause.RESTARTED
     successor.tick(300, alive=["s2", "s3", "s4"])
     assert set(held).isdisjoint(successor.primaries("s1"))
+
+
+def test_a_failover_opened_by_a_dropped_change_prepares_without_waiting_for_another_input() -> None:
+    """A failover a rebuilt change opens (the reload shows a dead member's join landed) fences
+    the survivors right away, not at whatever input comes next."""
+    harness, _ = cluster(store_timeout_ms=5_000)
+    for _ in range(10):
+        assert harness.open_session(("auth", "cart", "feed", "chat"))
+    held = _HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    announced_us = harness.router.now_us
+    harness.announce("s5")
+    harness.router.run()
+    harness.tick(4_900, alive=SERVERS)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s5"]
+    held.held = []
+    assert harness.events(FailoverStarted) == []
+    # Nothing but the store's silence: the reload shows the join, its rebuild is dropped.
+    harness.router.advance_to(announced_us + 5_000 * 1000)
+    (started,) = harness.events(FailoverStarted)
+    assert started.servers == ("s5",)

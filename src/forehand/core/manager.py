@@ -610,7 +610,10 @@ class ManagerCore:
             done = self._pipeline.pump(now_us=now_us, hold=self._holding())
             for committed in done:
                 self._handle_outcome(committed, now_us)
-            if not done:
+            # A change built or dropped just now may have opened a failover (a handoff whose
+            # participant died, a dead member's join found landed): it fences now, not at
+            # whatever input comes next.
+            if not done and not self._maybe_prepare_failover(now_us):
                 break
 
     # Store outcomes.
@@ -1677,13 +1680,14 @@ class ManagerCore:
         self._next_failover_id += 1
         return job
 
-    def _maybe_prepare_failover(self, now_us: int) -> None:
+    def _maybe_prepare_failover(self, now_us: int) -> bool:
+        """Fence for the pending job once no store request is in flight; True if it did."""
         job = self._failover
         current = self.shard_map
         if job is None or current is None or job.phase is not FailoverPhase.PENDING:
-            return
+            return False
         if self._pipeline.busy:
-            return
+            return False
         prepares = plan_prepare(
             job,
             current,
@@ -1704,6 +1708,7 @@ class ManagerCore:
         )
         if not job.waiting:
             self._promote(job, now_us)
+        return True
 
     def _on_positions(
         self, message: messages.PositionsReported, source: NodeId, now_us: int
