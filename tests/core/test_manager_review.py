@@ -17,6 +17,7 @@ from forehand.core._membership import MemberState
 from forehand.core.messages import HeartbeatReported, PartRef
 from forehand.placement import ServerState
 from forehand.stores import DeltaCommitRequested
+from forehand.wire import CloseSession
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness, execute, opened_refs
@@ -252,3 +253,23 @@ def test_a_failover_opened_by_a_dropped_change_prepares_without_waiting_for_anot
     harness.router.advance_to(announced_us + 5_000 * 1000)
     (started,) = harness.events(FailoverStarted)
     assert started.servers == ("s5",)
+
+
+def test_a_session_closed_while_the_commit_queue_is_full_is_still_removed() -> None:
+    """CLOSE_SESSION that meets a full queue (a failover holds it) is kept, not forgotten: the
+    session's parts leave the map once the queue drains."""
+    harness, _ = cluster(pending_deltas_max=4, failover_prepare_timeout_ms=5_000)
+    closing = harness.open_session(("auth", "cart"), client="c2")
+    assert closing is not None
+    survivors = kill(harness, "s1")
+    # While positions are collected nothing commits: sessions opened now fill the queue.
+    for index in range(6):
+        assert harness.open_session(("late",), client=f"c{10 + index}") is None
+    harness.router.send("c2", MANAGER, CloseSession(session_id=closing.session_id))
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(2_000, alive=survivors)
+    assert harness.events(FailoverCompleted)
+    remaining = [key for key in harness.map.part_keys() if key.session_id == closing.session_id]
+    assert remaining == []

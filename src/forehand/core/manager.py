@@ -269,6 +269,9 @@ class ManagerCore:
         self._sessions: dict[bytes, tuple[str, ...]] = {}
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
+        # Sessions closed while the commit queue was full: each is a session of the map, so the
+        # set holds at most as many ids as the map holds sessions.
+        self._closes_waiting: set[bytes] = set()
         self._repair_queued = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
@@ -604,6 +607,8 @@ class ManagerCore:
             return
         self._maybe_prepare_failover(now_us)
         self._ensure_joins(now_us)
+        if self._closes_waiting:
+            self._retry_closes()
         self._drain_tick(now_us)
         self._plan_handoffs(now_us)
         while True:
@@ -2163,13 +2168,31 @@ class ManagerCore:
         del client.sessions[frame.session_id]
         session_id = frame.session_id
         self._session_buckets.forget(session_id)
+        self._queue_close(session_id)
+
+    def _queue_close(self, session_id: bytes) -> None:
+        """Queue a session's removal; one that does not fit waits for a free slot (a close has
+        no answer the client could retry on, and its parts would stay in the map for ever)."""
         change = Change(
             kind=MapChange.SESSION_CLOSED,
             build=lambda current: self._build_session_close(current, session_id),
             committed=lambda built, now_us: None,
             dropped=lambda cause, now_us: None,
         )
-        self._pipeline.submit(change)
+        if self._pipeline.submit(change):
+            self._closes_waiting.discard(session_id)
+        else:
+            self._closes_waiting.add(session_id)
+
+    def _retry_closes(self) -> None:
+        """Queue the waiting session closes that fit."""
+        for session_id in sorted(self._closes_waiting):
+            if not self._pipeline.free_slots:
+                return
+            if session_id in self._sessions:
+                self._queue_close(session_id)
+            else:
+                self._closes_waiting.discard(session_id)
 
     def _build_session_close(self, current: ShardMap, session_id: bytes) -> Built | None:
         parts = tuple(
