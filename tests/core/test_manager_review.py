@@ -273,3 +273,28 @@ def test_a_session_closed_while_the_commit_queue_is_full_is_still_removed() -> N
     assert harness.events(FailoverCompleted)
     remaining = [key for key in harness.map.part_keys() if key.session_id == closing.session_id]
     assert remaining == []
+
+
+def test_a_replica_repair_that_met_a_full_queue_is_queued_later() -> None:
+    """A join whose commit lands while the queue is full still gets its replica repair."""
+    harness, refs = cluster(pending_deltas_max=4, store_timeout_ms=5_000)
+    ref = next(r for r in refs if "s1" in harness.placement(r).replicas)
+    harness.tick(700, alive=["s1"])
+    for server_id in ("s2", "s3", "s4"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    for prepared in harness.prepared("s1"):
+        harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
+    harness.tick(300, alive=["s1"])
+    assert harness.placement(ref).primary == "s1" and harness.placement(ref).replicas == ()
+    held = _HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    harness.announce("s2", incarnation=2)
+    harness.router.run()
+    assert held.held, "the join's answer is kept back"
+    # Sessions open behind the join until the queue is full; then the join's answer comes.
+    for index in range(6):
+        assert harness.open_session(("late",), client=f"c{10 + index}") is None
+    held.release()
+    harness.tick(500, alive=["s1", "s2"])
+    assert harness.placement(ref).replicas == ("s2",)

@@ -273,6 +273,7 @@ class ManagerCore:
         # set holds at most as many ids as the map holds sessions.
         self._closes_waiting: set[bytes] = set()
         self._repair_queued = False
+        self._repair_waiting = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._planning: _PlanningPass | None = None
@@ -609,6 +610,8 @@ class ManagerCore:
         self._ensure_joins(now_us)
         if self._closes_waiting:
             self._retry_closes()
+        if self._repair_waiting and self._pipeline.free_slots:
+            self._queue_replica_repair()
         self._drain_tick(now_us)
         self._plan_handoffs(now_us)
         while True:
@@ -938,6 +941,8 @@ class ManagerCore:
             dropped=lambda cause, now_us: self._replica_repair_done(None),
         )
         self._repair_queued = self._pipeline.submit(change)
+        # A full queue: queued again once a slot frees (`_advance`), not at the next join.
+        self._repair_waiting = not self._repair_queued
 
     def _replica_repair_done(self, built: Built | None) -> None:
         self._repair_queued = False
