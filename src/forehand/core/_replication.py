@@ -35,6 +35,7 @@ class ReplicaStream:
         "inflight",
         "needs_snapshot",
         "node",
+        "restarted_from",
         "seal_acked",
         "seal_sent",
         "seal_seq",
@@ -60,6 +61,8 @@ class ReplicaStream:
         """Whether the target acknowledged the sealed batch."""
         self.needs_snapshot = False
         """The replica's history diverged: the next shipment is a snapshot."""
+        self.restarted_from: int | None = None
+        """The acknowledged sequence shipping last restarted from (None: never restarted)."""
         self.history_checked = False
         """Whether an acknowledgement (a probe's answer, or a snapshot's) showed the replica's
         log to be a prefix of the primary's; until then a probe is never sealed, since an empty
@@ -71,6 +74,7 @@ class ReplicaStream:
         self.inflight.clear()
         self.sent_seq = self.acked_seq or 0
         self.seal_sent = False
+        self.restarted_from = self.acked_seq
 
     def reprobe(self) -> None:
         """Forget the replica's position (its process may have restarted): probe it again."""
@@ -194,8 +198,12 @@ class Replication:
             stream.history_checked = True
         inflight = stream.inflight
         behind = inflight[0][0] if inflight else stream.sent_seq
-        if ack.acked_seq < behind:
+        if ack.acked_seq < behind and ack.acked_seq != stream.restarted_from:
             # The replica did not apply the oldest batch in flight (it missed one, or reset).
+            # Once per position: the answers to batches (or probes) sent before the restart say
+            # the same, and restarting on each would resend everything again for each one; a
+            # replica working through a backlog of them then never catches up (the resends
+            # queue behind it). A resend lost as well is shipped again by the retry timer.
             stream.restart()
         acknowledged = 0
         while acknowledged < len(inflight) and inflight[acknowledged][0] <= ack.acked_seq:
