@@ -18,8 +18,10 @@ from forehand.core.messages import LogAcknowledged, LogShipped
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import Cluster, ref
+    from tests.core.test_replication import ack, primary_with, replication
 else:
     from _server_helpers import Cluster, ref
+    from test_replication import ack, primary_with, replication
 
 COUNTER = ref("counter")
 
@@ -142,3 +144,41 @@ def test_a_sealed_probe_after_the_source_applied_the_targets_new_entries_is_answ
     cluster.router.advance(ms=1_000)
     assert state(cluster, "s1") is PartState.BACKUP
     assert "same-epoch-primaries" not in rare(cluster, "s2")
+
+
+def test_a_probe_answer_of_epoch_0_matches_only_as_a_seals_acknowledgement() -> None:
+    """On a stream probed again, a sealed answer of epoch 0 at the seal (a target that took over
+    with it and trimmed since) acknowledges the seal; an unsealed answer of epoch 0 past 0 still
+    counts as a diverged history (nothing else answers so)."""
+    part = primary_with(3)
+    shipper = replication()
+    shipper.seal_towards("t", seal_seq=3)
+    shipper.ship(part, epoch=2, now_us=0)
+    shipper.on_ack(part, ack(3), source="t")
+    shipper.streams["t"].reprobe()
+    ((_, probe),) = shipper.ship(part, epoch=2, now_us=1)
+    assert isinstance(probe, LogShipped) and probe.sealed
+    outcome = shipper.on_ack(part, ack(3, acked_epoch=0, sealed=True), source="t")
+    assert outcome.sealed and not outcome.diverged
+
+    other = replication()
+    other.set_replicas(["r"])
+    other.ship(part, epoch=2, now_us=0)
+    assert other.on_ack(part, ack(3, acked_epoch=0), source="r").diverged
+
+
+def test_a_probe_is_sealed_once_the_log_has_grown_past_the_seal() -> None:
+    """A source whose log passed the seal (it applied the new primary's entries as its replica)
+    probes again with the seal, once the stream's history was checked; never before."""
+    part = primary_with(2)
+    shipper = replication()
+    shipper.seal_towards("t", seal_seq=2)
+    ((_, first),) = shipper.ship(part, epoch=2, now_us=0)
+    assert isinstance(first, LogShipped) and not first.sealed  # History not checked yet.
+    shipper.on_ack(part, ack(2), source="t")
+    part.execute(request_id=9, op="add", payload=b"1")  # Stands for the new primary's entry 3.
+    shipper.streams["t"].reprobe()
+    ((_, probe),) = shipper.ship(part, epoch=2, now_us=1)
+    assert isinstance(probe, LogShipped)
+    assert (probe.prev_seq, probe.sealed) == (3, True)
+    assert shipper.on_ack(part, ack(3, sealed=True), source="t").sealed
