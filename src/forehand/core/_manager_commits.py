@@ -170,8 +170,17 @@ class CommitPipeline:
         snapshot_interval_deltas: int,
         group_changes_max: int = 1,
         merge: Merge | None = None,
+        retry_backoff_us: int = 100_000,
+        retry_backoff_max_us: int = 5_000_000,
     ) -> None:
         assert group_changes_max == 1 or merge is not None, "grouping needs a merge"
+        self._retry_backoff_us = retry_backoff_us
+        self._retry_backoff_max_us = retry_backoff_max_us
+        self._failures = 0
+        """Store requests failed (or went unanswered) in a row."""
+        self._reload_at_us: int | None = None
+        """When the reload after a failure is due, while it waits (nothing goes to the store
+        until then)."""
         self._group_changes_max = group_changes_max
         self._ungrouped = 0
         self._merge = merge
@@ -225,6 +234,7 @@ class CommitPipeline:
 
     def load(self, *, now_us: int) -> None:
         """Ask the store for the map (start-up, or after a rejection or a silence)."""
+        self._reload_at_us = None
         in_flight = self._send(_Kind.LOAD, now_us)
         self._requests.append(MapLoadRequested(request_id=in_flight.request_id))
 
@@ -244,7 +254,7 @@ class CommitPipeline:
         Returns the changes that turned out to be in the map already (no commit needed).
         """
         done: list[Committed] = []
-        while self._map is not None and self._in_flight is None:
+        while self._map is not None and self._in_flight is None and self._reload_at_us is None:
             if self._snapshot_due or self._deltas_since_snapshot >= self._snapshot_interval:
                 self._save_snapshot(self._map, now_us)
                 break
@@ -340,9 +350,9 @@ class CommitPipeline:
         )
 
     def deadline_us(self) -> int | None:
-        """When the request in flight is abandoned."""
+        """When the request in flight is abandoned, or a reload waiting after a failure is due."""
         if self._in_flight is None:
-            return None
+            return self._reload_at_us
         return self._in_flight.sent_us + self._timeout_us
 
     def result(self, result: object, *, now_us: int) -> Outcome | None:
@@ -351,6 +361,8 @@ class CommitPipeline:
         request_id = getattr(result, "request_id", None)
         if in_flight is None or request_id != in_flight.request_id:
             return None
+        if not isinstance(result, StoreFailed):
+            self._failures = 0  # The store answers again.
         match result:
             case MapLoaded() if in_flight.kind is _Kind.LOAD:
                 return self._loaded(result)
@@ -423,17 +435,35 @@ class CommitPipeline:
         nothing left to change).
         """
         self._in_flight = None
+        self._failures += 1
         if in_flight.change is not None and in_flight.built is not None:
             self._requeue(in_flight)
-            self.load(now_us=now_us)
+            self._reload_after_failure(now_us)
             return Rejected(change=in_flight.change, built=in_flight.built, detail=detail)
-        self.load(now_us=now_us)
+        self._reload_after_failure(now_us)
         return None
 
+    def _reload_after_failure(self, now_us: int) -> None:
+        """Reload at once after a first failure; after more in a row, wait a backoff that
+        doubles up to its bound (a store that fails at once would otherwise be asked again
+        and again as fast as it answers)."""
+        if self._failures <= 1:
+            self.load(now_us=now_us)
+            return
+        doublings = min(self._failures - 2, 32)
+        wait_us = min(self._retry_backoff_us << doublings, self._retry_backoff_max_us)
+        self._reload_at_us = now_us + wait_us
+
     def timed_out(self, *, now_us: int) -> Outcome | None:
-        """The store stayed silent past `store_timeout_ms`: abandon the request, as if failed."""
+        """The store stayed silent past `store_timeout_ms`: abandon the request, as if failed.
+        A reload waiting after failures starts once due."""
         in_flight = self._in_flight
-        if in_flight is None or now_us < in_flight.sent_us + self._timeout_us:
+        if in_flight is None:
+            if self._reload_at_us is not None and now_us >= self._reload_at_us:
+                self._reload_at_us = None
+                self.load(now_us=now_us)
+            return None
+        if now_us < in_flight.sent_us + self._timeout_us:
             return None
         return self._failed(in_flight, "store request timed out", now_us=now_us)
 

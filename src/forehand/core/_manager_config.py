@@ -96,6 +96,12 @@ class ManagerConfig:
     """Most bytes of deltas those keep; the oldest go first."""
     store_timeout_ms: int = 5_000
     """A store request unanswered this long is abandoned: the manager reloads the map."""
+    store_retry_backoff_ms: int = 100
+    """After a second store failure in a row (an answer of failure, or silence) the manager
+    waits this long before it reloads the map, doubling with each further failure; the first
+    failure reloads at once."""
+    store_retry_backoff_max_ms: int = 5_000
+    """The longest wait between two reloads of a store that keeps failing."""
     handoff_deadline_ms: int = 5_000
     """Time the participants of a handoff get to finish steps 3 and 4 (sent in HandoffAssigned)."""
     handoff_deadline_grace_ms: int = 1_000
@@ -257,6 +263,10 @@ class ManagerConfig:
             raise ConfigError(
                 f"ManagerConfig.frame_bytes_max must be from {FRAME_BYTES_MAX_FLOOR} (what every "
                 f"peer may send) to {VARINT_MAX}, got {self.frame_bytes_max}"
+            )
+        if self.store_retry_backoff_ms > self.store_retry_backoff_max_ms:
+            raise ConfigError(
+                "ManagerConfig.store_retry_backoff_ms must not exceed store_retry_backoff_max_ms"
             )
         if self.suspect_timeout_ms >= self.failure_timeout_ms:
             raise ConfigError("ManagerConfig.suspect_timeout_ms must be below failure_timeout_ms")

@@ -248,6 +248,8 @@ class ManagerCore:
             snapshot_interval_deltas=config.snapshot_interval_deltas,
             group_changes_max=config.commit_group_changes_max,
             merge=_merge_builds,
+            retry_backoff_us=config.store_retry_backoff_ms * 1000,
+            retry_backoff_max_us=config.store_retry_backoff_max_ms * 1000,
         )
         self._history = MapHistory(
             deltas_max=config.map_history_deltas_max, bytes_max=config.map_history_bytes_max
