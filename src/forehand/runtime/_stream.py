@@ -70,11 +70,12 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._error_sent = False
 
     def _decode_with(self, wire: WireConfig) -> None:
-        """Decode what the peer sends with `wire`; only before any byte arrived (a listener
-        shared by clients and cluster nodes picks by the peer's certificate once the handshake
-        is done)."""
+        """Decode what the peer sends, and encode what it is sent, with `wire`; only before any
+        byte arrived (a listener shared by clients and cluster nodes picks by the peer's
+        certificate once the handshake is done)."""
         assert not self._unfed
         self._wire = wire
+        self._send_wire = send_wire(wire)
         self._decoder = FrameDecoder(config=wire, sender=self._peer_role)
 
     # -- asyncio.Protocol --------------------------------------------------------------

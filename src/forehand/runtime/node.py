@@ -50,7 +50,7 @@ from typing import Any, TypeVar
 
 from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened, CoreDriver
 from forehand.core.messages import encode_cluster_message
-from forehand.errors import ConfigError
+from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime.transport import (
     CloseInitiator,
     ConnectionClosedError,
@@ -537,11 +537,7 @@ class NodeDriver:
             peer = self._peers[destination] = _Peer(destination)
         link = peer.sender()
         if link is not None:
-            # A closed connection's loss is on its way to the core as ConnectionLost.
-            with contextlib.suppress(ConnectionClosedError):
-                link.connection.send_frame(frame)
-                if link.awaiting_since_s is None:
-                    link.sent(self._time_s())
+            self._transmit(link, [frame], destination)
             return
         if destination.startswith(CLIENT_NODE_PREFIX):
             return
@@ -560,11 +556,27 @@ class NodeDriver:
             for message in messages:
                 self._send(destination, message)
             return
-        frames = [_as_frame(message) for message in messages]
-        with contextlib.suppress(ConnectionClosedError):
-            link.connection.send_frames(frames)
-            if link.awaiting_since_s is None:
-                link.sent(self._time_s())
+        self._transmit(link, [_as_frame(message) for message in messages], destination)
+
+    def _transmit(self, link: _Link, frames: list[Frame], destination: str) -> None:
+        """Send `frames` on `link`. A frame the connection cannot encode (longer than its
+        bound: a cluster message past `CLUSTER_FRAME_BYTES_MAX`) is logged and dropped, as a
+        message lost on the way would be, and the others still go."""
+        try:
+            # A closed connection's loss is on its way to the core as ConnectionLost.
+            with contextlib.suppress(ConnectionClosedError):
+                if len(frames) == 1:
+                    link.connection.send_frame(frames[0])
+                else:
+                    link.connection.send_frames(frames)
+                if link.awaiting_since_s is None:
+                    link.sent(self._time_s())
+        except LocalProtocolError as error:
+            if len(frames) > 1:  # Nothing was written: each one on its own.
+                for frame in frames:
+                    self._transmit(link, [frame], destination)
+                return
+            _log.error("cannot send %s to %s: %s", type(frames[0]).__name__, destination, error)
 
     def _close_peer(self, node_id: str, request: ConnectionCloseRequested) -> None:
         peer = self._peers.get(node_id)
@@ -707,9 +719,7 @@ class NodeDriver:
         if peer.queue:
             frames = list(peer.queue)
             peer.queue.clear()
-            with contextlib.suppress(ConnectionClosedError):
-                link.connection.send_frames(frames)
-                link.sent(self._time_s())
+            self._transmit(link, frames, peer.node_id)
         self._drain()
 
     async def _watch(self, link: _Link) -> None:

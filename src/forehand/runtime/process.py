@@ -50,7 +50,14 @@ from forehand.runtime.config import (
 from forehand.runtime.keys import load_key_ring
 from forehand.runtime.loop import stop_event
 from forehand.runtime.node import NodeDriver, Route
-from forehand.runtime.transport import ConnectionLimits, Credentials, Listener, TransportError
+from forehand.runtime.transport import (
+    CLUSTER_LIMITS,
+    CLUSTER_WIRE,
+    ConnectionLimits,
+    Credentials,
+    Listener,
+    TransportError,
+)
 from forehand.stores import Store, open_store
 from forehand.wire import DEFAULT_CONFIG, PeerRole
 
@@ -225,22 +232,28 @@ def _quic(credentials: Credentials, limits: ConnectionLimits) -> QUICTransport:
 _QUIC_DEFAULTS = QUICTransportConfig()
 
 
+def cluster_transport(credentials: Credentials) -> TLSTransport:
+    """The transport of a node's cluster links: mutual TLS with the cluster bounds
+    (`CLUSTER_WIRE`: a whole map or a failover's delta is one cluster message)."""
+    return TLSTransport(credentials, config=TLSTransportConfig(limits=CLUSTER_LIMITS))
+
+
 async def _listen(
     transport_name: str, credentials: Credentials, host: str, port: int, *, frame_bytes_max: int
 ) -> list[Listener]:
     """The listeners of a node (see the module docstring); the first one's port is the port.
-    Connections clients use decode with the node's `frame_bytes_max`; cluster connections keep
-    the default, since cluster messages (log batches, snapshots) are not bounded by it: with QUIC
-    they have a TLS listener of their own, with `tls` the one listener picks by the peer's
-    certificate (clients present none)."""
+    Connections clients use decode with the node's `frame_bytes_max`; cluster connections use
+    `CLUSTER_WIRE` (32 MiB), since cluster messages (a whole map, a failover's delta, log batches,
+    snapshots) are not bounded by it: with QUIC they have a TLS listener of their own, with `tls`
+    the one listener picks by the peer's certificate (clients present none)."""
     limits = _frame_limits(frame_bytes_max)
     try:
         if transport_name == "tls":
             listener = await _tls(credentials, limits).listen(
-                host, port, peer_role=None, certified_peer_wire=DEFAULT_CONFIG
+                host, port, peer_role=None, certified_peer_wire=CLUSTER_WIRE
             )
             return [listener]
-        cluster = await TLSTransport(credentials).listen(
+        cluster = await cluster_transport(credentials).listen(
             host, port, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
         )
         try:
@@ -331,7 +344,7 @@ async def run_manager(
         driver = NodeDriver(
             core,
             resolve=lambda node: _manager_route(core, node),
-            cluster_transport=TLSTransport(credentials),  # cluster messages: default bound
+            cluster_transport=cluster_transport(credentials),
             store=store,
             config=config.driver,
             admin_ids=config.admin_ids,
@@ -444,7 +457,7 @@ async def run_server(
         driver = NodeDriver(
             core,
             resolve=resolve,
-            cluster_transport=TLSTransport(credentials),  # cluster messages: default bound
+            cluster_transport=cluster_transport(credentials),
             config=config.driver,
             frame_bytes_max=core_config.frame_bytes_max,
             idle_timeout_ms=core_config.idle_timeout_ms,

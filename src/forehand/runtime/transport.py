@@ -42,6 +42,9 @@ from forehand.wire import (
 
 __all__ = [
     "ALPN",
+    "CLUSTER_FRAME_BYTES_MAX",
+    "CLUSTER_LIMITS",
+    "CLUSTER_WIRE",
     "CloseInfo",
     "CloseInitiator",
     "Connection",
@@ -192,6 +195,20 @@ class ConnectionLimits:
                 "ConnectionLimits needs send_buffer_low_water_bytes <= "
                 "send_buffer_high_water_bytes <= send_buffer_bytes_max"
             )
+
+
+CLUSTER_FRAME_BYTES_MAX = 32 << 20
+"""Frames between cluster nodes (mutually authenticated) may be this long: a whole shard map
+sent to a joining server (about 16 bytes per part: some 2,000,000 sessions of three parts) and a
+failover's map delta (one override per part the dead server led; the store takes at most
+16 MiB) are single cluster messages."""
+CLUSTER_WIRE = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=CLUSTER_FRAME_BYTES_MAX)
+"""What cluster links decode and encode with."""
+CLUSTER_LIMITS = ConnectionLimits(
+    wire=CLUSTER_WIRE, send_buffer_bytes_max=4 * CLUSTER_FRAME_BYTES_MAX
+)
+"""The limits of a cluster link (dialed, or accepted on a cluster-only listener): a send buffer
+that holds a few of the longest frames before a peer that does not read is cut off."""
 
 
 def send_wire(wire: WireConfig) -> WireConfig:
