@@ -14,7 +14,7 @@ from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 
-from forehand.errors import ConfigError
+from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime import (
     CloseInitiator,
     ClusterCertificates,
@@ -29,6 +29,7 @@ from forehand.runtime import (
 from forehand.wire import (
     END_OF_STREAM,
     NEED_DATA,
+    ClusterMessage,
     ErrorCode,
     Frame,
     FrameDecoder,
@@ -478,3 +479,29 @@ def test_a_connection_left_open_loses_its_socket_with_the_loop(
         run(main())
     leaks = [str(warning.message) for warning in caught if warning.category is ResourceWarning]
     assert not leaks, f"resources left open: {leaks}"
+
+
+def test_send_frames_queues_all_or_none(certs: ClusterCertificates) -> None:
+    """A batch holding a frame that cannot be encoded (past the frame bound) or has no request
+    stream raises before any of its frames is queued: the PING before it never goes, the one
+    sent after does (the node driver resends the good ones one by one)."""
+
+    async def main() -> None:
+        listener = await QUICTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        raw = await raw_connect(certs, listener.port)
+        raw.send(b"\x00", unidirectional=True)
+        raw.send(encode_frame(request(4)), end=True)
+        server = await listener.accept()
+        assert await server.receive() == request(4)
+        too_long = ClusterMessage(kind=1, body=b"\x01" * (2 << 20))
+        unrouted = answer(request(5))
+        for bad in (too_long, unrouted):
+            with pytest.raises(LocalProtocolError):
+                server.send_frames([PING, answer(request(4)), bad])
+        server.send_frames([Ping(sequence=9, sent_us=2, telemetry=()), answer(request(4))])
+        await raw.close_and_wait()
+        await listener.close()
+        assert isinstance(server, QUICConnection)
+        assert server.responses_dropped_count == 0
+
+    run_test(main())

@@ -300,18 +300,35 @@ class QUICConnection(Connection):
             self._transmit_handle = self._loop.call_soon(self._transmit)
 
     def send_frames(self, frames: Iterable[Frame]) -> None:
+        """Queue `frames`, all or none: a frame that cannot be encoded or has no stream to go on
+        raises before any is queued (the node driver then sends the others one by one)."""
         self._check_open()
-        for frame in frames:
-            self._send(frame)
+        batch = frames if isinstance(frames, list | tuple) else list(frames)
+        wire = self._send_wire
+        encoded = [encode_frame(frame, config=wire) for frame in batch]
+        routes = self._routes
+        for frame in batch:
+            kind = type(frame)
+            if kind is Response or kind is Redirect:
+                assert isinstance(frame, Response | Redirect)
+                if (frame.session_id, frame.request_id) not in routes:
+                    raise LocalProtocolError(
+                        f"no request stream for request {frame.request_id} on this connection"
+                    )
+            elif kind is Request and not self.is_client:
+                raise LocalProtocolError("only clients send REQUEST")
+        for frame, data in zip(batch, encoded, strict=True):
+            self._send(frame, data)
         self._schedule_transmit()
 
     def _schedule_transmit(self) -> None:
         if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self._transmit)
 
-    def _send(self, frame: Frame) -> None:
-        """Queue one frame on the stream it belongs to."""
-        data = encode_frame(frame, config=self._send_wire)
+    def _send(self, frame: Frame, data: bytes | None = None) -> None:
+        """Queue one frame (encoded as `data`, if given) on the stream it belongs to."""
+        if data is None:
+            data = encode_frame(frame, config=self._send_wire)
         kind = type(frame)
         quic = self._quic
         if kind is Request:

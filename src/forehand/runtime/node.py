@@ -572,7 +572,7 @@ class NodeDriver:
                 if link.awaiting_since_s is None:
                     link.sent(self._time_s())
         except LocalProtocolError as error:
-            if len(frames) > 1:  # Nothing was written: each one on its own.
+            if len(frames) > 1:  # None was queued (`send_frames`): each one on its own.
                 for frame in frames:
                     self._transmit(link, [frame], destination)
                 return

@@ -317,7 +317,8 @@ class Connection(abc.ABC):
 
     @abc.abstractmethod
     def send_frames(self, frames: Iterable[Frame]) -> None:
-        """Queue several frames, in order, as `send_frame` does."""
+        """Queue several frames, in order, as `send_frame` does: all or none (a frame that
+        cannot be encoded raises before any of them is queued)."""
 
     @abc.abstractmethod
     def close(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
