@@ -265,11 +265,8 @@ async def _listen(
             raise
         return [cluster, quic]
     except TransportError as error:
-        # A bind failure already says "cannot listen on host:port: why"; say it once.
-        text = str(error)
-        if not text.startswith("cannot listen on"):
-            text = f"cannot listen on {host}:{port}: {text}"
-        raise ConfigError(text) from error
+        # A transport's listen error already says "cannot listen on host:port: why".
+        raise ConfigError(str(error)) from error
 
 
 def _write_ready(path: Path | None, host: str, port: int) -> None:
