@@ -57,6 +57,20 @@ def drop_first_sealed_ack(cluster: Cluster, source: str, destination: str) -> li
     return dropped
 
 
+def handed_to_s2_with_its_seal_ack_lost(cluster: Cluster, *replicas: str) -> None:
+    """Two writes on s1, then the part moves to s2 (with `replicas`) and s2's first sealed
+    acknowledgement is dropped: s2 is PRIMARY, s1 still HANDING_OFF."""
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(2):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert len(cluster.responses()) == 2
+    dropped = drop_first_sealed_ack(cluster, "s2", "s1")
+    cluster.place("counter", "s2", *replicas)
+    assert dropped and state(cluster, "s2") is PartState.PRIMARY
+    assert state(cluster, "s1") is PartState.HANDING_OFF
+
+
 def test_a_seal_resent_after_a_reconnect_to_a_target_that_trimmed_past_it_is_acknowledged() -> None:
     """s1 hands the part to s2 (s1 not kept as a replica, as in a drain); s2's sealed
     acknowledgement is lost and the connection breaks. s2 serves and trims its log past the
@@ -65,15 +79,8 @@ def test_a_seal_resent_after_a_reconnect_to_a_target_that_trimmed_past_it_is_ack
     the refused snapshot would otherwise be all s1 sends, again after every retry, until the
     handoff's deadline (with more, a full snapshot wasted before the seal)."""
     cluster = Cluster(replication_inflight_batches_max=1)
-    cluster.place("counter", "s1", "s2", "s3")
-    for _ in range(2):
-        cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
-    assert len(cluster.responses()) == 2
-    dropped = drop_first_sealed_ack(cluster, "s2", "s1")
-    cluster.place("counter", "s2", "s3")  # s1 leaves the map: it seals at 2, s2 takes over.
-    assert dropped and state(cluster, "s2") is PartState.PRIMARY
-    assert state(cluster, "s1") is PartState.HANDING_OFF
+    # s1 leaves the map: it seals at 2, s2 takes over.
+    handed_to_s2_with_its_seal_ack_lost(cluster, "s3")
     cut = cluster.router.partition("s1", "s2")
     for _ in range(3):
         cluster.request("s2", "counter", client="c2")
@@ -96,15 +103,7 @@ def test_a_seal_resent_after_the_source_applied_the_targets_new_entries_is_ackno
     acknowledges, and s1 becomes BACKUP instead of aborting at its deadline (fc6dce4 made s2
     acknowledge only a seal ending exactly where it took over)."""
     cluster = Cluster()
-    cluster.place("counter", "s1", "s2", "s3")
-    for _ in range(2):
-        cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
-    assert len(cluster.responses()) == 2
-    dropped = drop_first_sealed_ack(cluster, "s2", "s1")
-    cluster.place("counter", "s2", "s1", "s3")
-    assert dropped and state(cluster, "s2") is PartState.PRIMARY
-    assert state(cluster, "s1") is PartState.HANDING_OFF
+    handed_to_s2_with_its_seal_ack_lost(cluster, "s1", "s3")
     cluster.request("s2", "counter", client="c2")
     cluster.router.advance(ms=50)
     ((answer),) = cluster.responses("c2")
@@ -121,14 +120,7 @@ def test_a_sealed_probe_after_the_source_applied_the_targets_new_entries_is_answ
     seal. The probe carries the seal (an unsealed one is never answered by a primary, so s1
     would probe again and again until its deadline) and s2 acknowledges it."""
     cluster = Cluster()
-    cluster.place("counter", "s1", "s2", "s3")
-    for _ in range(2):
-        cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
-    assert len(cluster.responses()) == 2
-    dropped = drop_first_sealed_ack(cluster, "s2", "s1")
-    cluster.place("counter", "s2", "s1", "s3")
-    assert dropped and state(cluster, "s2") is PartState.PRIMARY
+    handed_to_s2_with_its_seal_ack_lost(cluster, "s1", "s3")
 
     def shipments_from_s1(source: str, destination: str, message: object) -> bool:
         return (source, destination) == ("s1", "s2") and isinstance(message, LogShipped)
