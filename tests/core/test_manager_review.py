@@ -177,9 +177,9 @@ def test_a_promotion_whose_answer_is_lost_still_reports_its_decisions(replica_co
         assert harness.placement(promotion.ref).primary == promotion.primary
 
 
-def test_a_restarted_manager_tops_up_the_replicas_its_predecessor_left_short() -> None:
-    """The repair a join queued dies with its manager: the next one loading the map does it."""
-    harness, refs = cluster()
+def s1_left_alone(harness: ManagerHarness, refs: list[PartRef]) -> PartRef:
+    """Every server but s1 falls silent and is failed over (s1 holds the newest logs): a part
+    s1 was a replica of ends with s1 its primary and no replica; that part."""
     ref = next(r for r in refs if "s1" in harness.placement(r).replicas)
     harness.tick(700, alive=["s1"])
     for server_id in ("s2", "s3", "s4"):
@@ -189,6 +189,13 @@ def test_a_restarted_manager_tops_up_the_replicas_its_predecessor_left_short() -
         harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
     harness.tick(300, alive=["s1"])
     assert harness.placement(ref).primary == "s1" and harness.placement(ref).replicas == ()
+    return ref
+
+
+def test_a_restarted_manager_tops_up_the_replicas_its_predecessor_left_short() -> None:
+    """The repair a join queued dies with its manager: the next one loading the map does it."""
+    harness, refs = cluster()
+    ref = s1_left_alone(harness, refs)
     # s2 comes back; its join commits, and the manager stops before the repair behind it does.
     commits: list[DeltaCommitRequested] = []
 
@@ -278,15 +285,7 @@ def test_a_session_closed_while_the_commit_queue_is_full_is_still_removed() -> N
 def test_a_replica_repair_that_met_a_full_queue_is_queued_later() -> None:
     """A join whose commit lands while the queue is full still gets its replica repair."""
     harness, refs = cluster(pending_deltas_max=4, store_timeout_ms=5_000)
-    ref = next(r for r in refs if "s1" in harness.placement(r).replicas)
-    harness.tick(700, alive=["s1"])
-    for server_id in ("s2", "s3", "s4"):
-        for prepared in harness.prepared(server_id):
-            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
-    for prepared in harness.prepared("s1"):
-        harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
-    harness.tick(300, alive=["s1"])
-    assert harness.placement(ref).primary == "s1" and harness.placement(ref).replicas == ()
+    ref = s1_left_alone(harness, refs)
     held = _HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     harness.announce("s2", incarnation=2)
