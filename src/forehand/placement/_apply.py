@@ -89,6 +89,7 @@ class _DeltaWriter:
         # and the engine arrays copied (None once the eligible servers change).
         self._pins_changed: set[str] = set()
         self._arrays: set[tuple[int, int]] | None = set()
+        self._member_hashes: set[int] = set()
 
     def apply(self, operation: Operation) -> None:
         match operation:
@@ -358,6 +359,7 @@ class _DeltaWriter:
         self._engine = writer.freeze()
         if self._arrays is not None:
             self._arrays.update(writer.written())
+            self._member_hashes.update(writer.members_changed())
         self._inserts.clear()
         self._deletes.clear()
 
@@ -412,6 +414,7 @@ class _DeltaWriter:
             override_buckets=self._overrides.written_buckets(),
             arrays=None if self._arrays is None else frozenset(self._arrays),
             pinned=frozenset(self._pins_changed),
+            member_hashes=frozenset() if self._arrays is None else frozenset(self._member_hashes),
         )
         return MapState(
             version=self._state.version + 1,

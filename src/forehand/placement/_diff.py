@@ -3,9 +3,10 @@
 Only candidates are compared. A part whose primary or replica set changed shows up in the difference
 of some server's member or replica array, or in a changed override bucket, and arrays that two
 versions share are skipped by identity. When one version descends from the other by a few deltas,
-their lineage (`_lineage.py`) names the buckets and arrays those deltas wrote, and only those are
-looked at: the diff of consecutive versions costs what the delta touched, not a pass over every
-server and bucket.
+their lineage (`_lineage.py`) names the buckets those deltas wrote and the hashes that entered or
+left a member array, and only those are looked at: the diff of consecutive versions costs what
+the delta touched, not a pass over every server and bucket, nor over the arrays it wrote (a
+server's member array holds its share of every part: with three servers, a third of the map).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 from forehand.placement._delta import Placement
 from forehand.placement._ids import PartKey
-from forehand.placement._lineage import MEMBERS, Changes
+from forehand.placement._lineage import Changes
 from forehand.placement._servers import ServerEntry
 from forehand.placement._state import MapState, pinned_placement
 from forehand.placement._table import Table
@@ -116,32 +117,15 @@ def _array_changes(source: MapState, target: MapState, table: str) -> Iterator[I
             yield target_arrays[position]
 
 
-def _written_array_changes(
-    source: MapState, target: MapState, arrays: frozenset[tuple[int, int]]
-) -> Iterator[Iterable[int]]:
-    """The hashes that entered or left a member array some step between the two wrote.
-
-    Every array not named is shared by the two versions (see `Step.arrays`). The replica
-    arrays need no look: with the same eligible servers the layout is the same, and a
-    hash-placed key's replicas follow from its primary, so a key whose replicas changed also
-    entered or left a member array (or an override bucket).
-    """
-    assert source.eligible is target.eligible, "arrays named across a server-set change"
-    before_members, after_members = source.engine.members, target.engine.members
-    for table, server in sorted(arrays):
-        if table != MEMBERS:
-            continue
-        before, after = before_members[server], after_members[server]
-        if before is not after:
-            yield set(before).symmetric_difference(after)
-
-
 def _candidates(source: MapState, target: MapState, changes: Changes | None) -> set[int]:
     buckets = None if changes is None else changes.override_buckets
     candidates = set(source.overrides.changed_hashes(target.overrides, buckets))
     if changes is not None and changes.arrays is not None:
-        for changed in _written_array_changes(source, target, changes.arrays):
-            candidates.update(changed)
+        # The same servers at the same positions all along: a hash-placed key whose placement
+        # differs entered or left a member array at some step (its replicas follow from its
+        # primary), and the steps name those hashes, so no array is compared.
+        assert source.eligible is target.eligible, "arrays named across a server-set change"
+        candidates.update(changes.member_hashes)
         return candidates
     for table in ("members", "replicas"):
         for changed in _array_changes(source, target, table):

@@ -252,6 +252,7 @@ class EngineWriter:
         self._skipped = engine.skipped.writer()
         self._replicas = engine.replicas.writer()
         self._owned: set[tuple[int, int]] = set()
+        self._members_changed: set[int] = set()
 
     @property
     def capacities(self) -> list[int]:
@@ -267,6 +268,15 @@ class EngineWriter:
         """
         return frozenset(self._owned)
 
+    def members_changed(self) -> frozenset[int]:
+        """The hashes that entered or left some member array (perhaps both, perhaps back).
+
+        With the same servers at the same positions (see `written`), a hash-placed key whose
+        primary or replicas differ between the engine and the writer's result is among them:
+        its replicas follow from its primary. Meaningful under the same condition as `written`.
+        """
+        return frozenset(self._members_changed)
+
     def _array(self, table: TableWriter[array[int]], kind: int, server: int) -> array[int]:
         if (kind, server) not in self._owned:
             table[server] = table[server][:]
@@ -276,6 +286,7 @@ class EngineWriter:
     def _add_member(self, server: int, key_hash: int) -> array[int]:
         members = self._array(self._members, 0, server)
         insort(members, key_hash)
+        self._members_changed.add(key_hash)
         return members
 
     def _skip(self, server: int, key_hash: int) -> None:
@@ -318,6 +329,7 @@ class EngineWriter:
             raise AssertionError("deleting a key the engine does not hold")
         self._set_replicas(key_hash, server, present=False)
         _remove(self._array(self._members, 0, server), key_hash)
+        self._members_changed.add(key_hash)
         self._refill(server)
 
     def raise_capacity(self, server: int, capacity: int) -> None:
@@ -350,6 +362,7 @@ class EngineWriter:
                     thresholds[server] = members[-1]
                 return
             evicted = members.pop()
+            self._members_changed.add(evicted)
             thresholds[server] = members[-1]
             self._set_replicas(evicted, server, present=False)
             self._skip(server, evicted)
@@ -377,6 +390,7 @@ class EngineWriter:
             _remove(self._array(self._members, 0, holder), returning)
             # Every key that skipped `server` is above all its members, so this appends.
             self._array(self._members, 0, server).append(returning)
+            self._members_changed.add(returning)
             thresholds[server] = returning
             self._set_replicas(returning, server, present=True)
             server = holder
@@ -390,6 +404,7 @@ class EngineWriter:
             return
         members = self._array(self._members, 0, server)
         evicted = members.pop()
+        self._members_changed.add(evicted)
         self._thresholds[server] = members[-1] if capacity else CLOSED
         self._set_replicas(evicted, server, present=False)
         self._skip(server, evicted)

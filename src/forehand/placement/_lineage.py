@@ -40,6 +40,9 @@ class Step:
     changed, which moves positions, and then every array may differ."""
     pinned: frozenset[str]
     """Servers whose count of override primaries changed."""
+    member_hashes: frozenset[int] = frozenset()
+    """Hashes that entered or left a member array (`EngineWriter.members_changed`); meaningful
+    only when `arrays` is not None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,9 @@ class Changes:
     """Engine arrays some step wrote; None when the eligible servers changed on the way."""
     pinned: frozenset[str]
     """Servers whose override-primary count some step changed."""
+    member_hashes: frozenset[int] = frozenset()
+    """Hashes that entered or left a member array at some step; meaningful only when `arrays`
+    is not None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,7 @@ def _union(steps: tuple[Step, ...]) -> Changes:
             override_buckets=step.override_buckets,
             arrays=step.arrays,
             pinned=step.pinned,
+            member_hashes=step.member_hashes,
         )
     arrays: set[tuple[int, int]] | None = set()
     for step in steps:
@@ -106,6 +113,11 @@ def _union(steps: tuple[Step, ...]) -> Changes:
         override_buckets=frozenset().union(*(step.override_buckets for step in steps)),
         arrays=None if arrays is None else frozenset(arrays),
         pinned=frozenset().union(*(step.pinned for step in steps)),
+        member_hashes=(
+            frozenset()
+            if arrays is None
+            else frozenset().union(*(step.member_hashes for step in steps))
+        ),
     )
 
 
