@@ -11,6 +11,7 @@ from forehand.core._manager_events import (
     MapCommitted,
     PartsLost,
     ServerDeclaredDead,
+    ServersSilent,
 )
 from forehand.core.messages import (
     FailoverPrepared,
@@ -279,3 +280,27 @@ def test_a_rejoining_server_tops_up_the_replicas_a_failover_could_not_find() -> 
     harness.announce("s2", incarnation=2)
     harness.tick(600, alive=["s1", "s2"])
     assert harness.placement(ref).replicas == ("s2",)
+
+
+def test_a_fleet_silent_at_once_is_held_not_failed_over() -> None:
+    """Every server silent together (the manager cut off, say): ServersSilent once, no death,
+    no failover, no part lost; the first server heard again is the evidence that the others
+    are gone, and they fail over to it."""
+    harness, refs = cluster(replica_count=3)
+    version = harness.map.version
+    harness.tick(30_000, alive=[])
+    (silent,) = harness.events(ServersSilent)
+    assert silent.servers == SERVERS
+    assert harness.events(ServerDeclaredDead) == []
+    assert harness.events(FailoverStarted) == [] and harness.events(PartsLost) == []
+    assert harness.map.version == version
+
+    harness.tick(500, alive=["s2"])
+    assert sorted(d.server_id for d in harness.events(ServerDeclaredDead)) == ["s1", "s3", "s4"]
+    (started,) = harness.events(FailoverStarted)
+    assert started.servers == ("s1", "s3", "s4")
+    for prepared in harness.prepared("s2"):
+        harness.positions("s2", prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    harness.tick(500, alive=["s2"])
+    assert harness.events(FailoverCompleted) and harness.events(PartsLost) == []
+    assert {harness.placement(ref).primary for ref in refs} == {"s2"}

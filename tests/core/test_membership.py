@@ -58,6 +58,14 @@ def joined(membership: Membership, server_id: str = "s1", *, now_us: int = 0) ->
     assert membership.join_committed(server_id, incarnation=1)
 
 
+def witness(membership: Membership, *, heard_at_us: tuple[int, ...] = ()) -> None:
+    """A second member, "w", heard at each of `heard_at_us`: deaths by silence need a member
+    that is still heard (`Membership.check`)."""
+    joined(membership, "w")
+    for sequence, now_us in enumerate(heard_at_us):
+        membership.heartbeat(beat("w", sequence=sequence), now_us=now_us)
+
+
 def test_announce_then_commit_makes_a_member_alive() -> None:
     """A new server is JOINING until its join commits, then ALIVE and listed as live."""
     membership = Membership(config=ManagerConfig())
@@ -134,14 +142,16 @@ def test_timeout_detector_suspects_then_declares_dead() -> None:
     config = ManagerConfig(suspect_timeout_ms=1_000, failure_timeout_ms=3_000)
     membership = Membership(config=config)
     joined(membership, now_us=0)
+    witness(membership, heard_at_us=(900 * MS,))
     assert membership.next_check_us() == 1_000 * MS
     assert membership.check(now_us=999 * MS) == []
     (suspected,) = membership.check(now_us=1_000 * MS)
     assert suspected.state is MemberState.SUSPECTED and suspected.silent_us == 1_000 * MS
+    membership.heartbeat(beat("w", sequence=1), now_us=2_500 * MS)
     assert membership.next_check_us() == 3_000 * MS
     (dead,) = membership.check(now_us=3_000 * MS)
     assert dead.state is MemberState.DEAD
-    assert membership.live_ids() == []
+    assert membership.live_ids() == ["w"]
 
 
 def test_a_heartbeat_clears_suspicion() -> None:
@@ -192,6 +202,7 @@ def test_a_dead_member_heard_again_asks_to_rejoin() -> None:
     """After death, a newer heartbeat of the same incarnation sets rejoin_pending."""
     membership = Membership(config=ManagerConfig())
     joined(membership)
+    witness(membership, heard_at_us=(4_900 * MS,))
     membership.check(now_us=5_000 * MS)
     assert membership.state_of("s1") is MemberState.DEAD
     assert not membership.readmit("s1", now_us=5_000 * MS)
@@ -206,6 +217,7 @@ def test_dead_members_are_forgotten_after_the_bound() -> None:
     """A dead member is dropped from the table `dead_servers_forget_ms` after its death."""
     membership = Membership(config=ManagerConfig(dead_servers_forget_ms=10_000))
     joined(membership)
+    witness(membership, heard_at_us=(2_900 * MS, 12_000 * MS))
     membership.check(now_us=3_000 * MS)
     assert membership.next_check_us() == 13_000 * MS
     assert membership.forget_dead(now_us=12_999 * MS) == []
@@ -289,6 +301,7 @@ def test_phi_detector_never_waits_past_the_failure_timeout() -> None:
     )
     membership = Membership(config=config)
     joined(membership)
+    witness(membership, heard_at_us=(550 * MS,))
     membership.check(now_us=599 * MS)
     assert membership.state_of("s1") is not MemberState.DEAD
     membership.check(now_us=600 * MS)
@@ -307,3 +320,53 @@ def test_phi_window_is_bounded() -> None:
         detector.heard(now_us=now)
     # Only the four 100 ms intervals remain, so 500 ms of silence is already alarming.
     assert detector.phi(silent_us=500 * MS) > 8.0
+
+
+def test_no_death_by_silence_while_every_member_is_silent() -> None:
+    """Every member silent past the death line: all SUSPECTED, none DEAD, no deadline to
+    spin on; the first one heard again makes the others' deaths due at once."""
+    config = ManagerConfig(suspect_timeout_ms=1_000, failure_timeout_ms=3_000)
+    membership = Membership(config=config)
+    for server_id in ("s1", "s2", "s3"):
+        joined(membership, server_id)
+    changes = membership.check(now_us=3_000 * MS)
+    assert [(c.server_id, c.state) for c in changes] == [
+        (server_id, MemberState.SUSPECTED) for server_id in ("s1", "s2", "s3")
+    ]
+    assert membership.deaths_held
+    assert membership.next_check_us() is None
+    assert membership.check(now_us=60_000 * MS) == []
+    assert membership.live_ids() == ["s1", "s2", "s3"]
+
+    membership.heartbeat(beat("s2"), now_us=61_000 * MS)
+    assert not membership.deaths_held
+    due = membership.next_check_us()
+    assert due is not None and due <= 61_000 * MS
+    dead = membership.check(now_us=61_000 * MS)
+    assert [(c.server_id, c.state) for c in dead] == [
+        ("s1", MemberState.DEAD),
+        ("s3", MemberState.DEAD),
+    ]
+    assert membership.live_ids() == ["s2"]
+
+
+def test_a_lone_member_dies_by_restart_not_by_silence() -> None:
+    """With one member there is no one else to hear: its silence only suspects it, while a
+    new incarnation still declares the old one dead."""
+    membership = Membership(config=ManagerConfig())
+    joined(membership)
+    membership.check(now_us=10_000 * MS)
+    assert membership.state_of("s1") is MemberState.SUSPECTED
+    assert membership.announce(announce(incarnation=2), now_us=11_000 * MS) is (
+        AnnounceOutcome.RESTARTED
+    )
+    assert membership.state_of("s1") is MemberState.DEAD
+
+
+def test_a_silent_joining_member_still_dies_while_the_others_are_silent() -> None:
+    """A JOINING member is not in the map: its silence kills it whatever the others do."""
+    membership = Membership(config=ManagerConfig())
+    joined(membership)
+    membership.announce(announce("s2"), now_us=0)
+    states = {c.server_id: c.state for c in membership.check(now_us=3_000 * MS)}
+    assert states == {"s1": MemberState.SUSPECTED, "s2": MemberState.DEAD}

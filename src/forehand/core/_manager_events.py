@@ -38,6 +38,7 @@ __all__ = [
     "ServerDeclaredDead",
     "ServerJoined",
     "ServerSuspected",
+    "ServersSilent",
     "SessionRegistered",
     "CredentialRefused",
     "PeerRefused",
@@ -142,6 +143,16 @@ class ServerSuspected:
     """Its incarnation."""
     silent_us: int
     """Time since its last heartbeat."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServersSilent:
+    """Every server in the map fell silent: none is declared dead until one is heard again."""
+
+    servers: tuple[str, ...]
+    """The silent servers, sorted."""
+    silent_us: int
+    """The shortest of their silences."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -436,6 +447,7 @@ ManagerEvent = (
     | MapCommitRejected
     | ServerJoined
     | ServerSuspected
+    | ServersSilent
     | ServerDeclaredDead
     | HandoffStarted
     | HandoffCompleted

@@ -305,6 +305,8 @@ class Membership:
         # new version to every live member, and sorting ten thousand ids per commit adds up.
         self._sorted: list[Member] | None = None
         self._live: tuple[Member, ...] | None = None
+        self._deaths_held = False
+        """The last `check` held deaths by silence (see `check`); a member heard again ends it."""
 
     def _changed(self, *, membership: bool) -> None:
         self._live = None
@@ -490,24 +492,61 @@ class Membership:
         return True
 
     def check(self, *, now_us: int) -> list[LivenessChanged]:
-        """Suspect or declare dead every member whose silence crossed its detector's line."""
+        """Suspect or declare dead every member whose silence crossed its detector's line.
+
+        Deaths by silence need a member that is still heard: while every committed member is
+        silent past its suspicion line, none is declared dead (those past the death line stay
+        SUSPECTED) until one is heard again. A whole fleet falling silent at once is more likely
+        the manager's own trouble (its network, host or load) than every server failing, and
+        declaring them dead could only fail parts over to servers it cannot hear either, or
+        lose them when no server is left. A JOINING member is not in the map and dies as before.
+        """
         changes: list[LivenessChanged] = []
+        confirmed: list[Member] = []
         for member in self.members():
             trigger = self._silence_trigger(member, now_us=now_us)
             if trigger is None:
                 continue
-            self._transition(member, trigger)
-            if member.state is MemberState.DEAD:
-                member.died_us = now_us
-            changes.append(
-                LivenessChanged(
-                    server_id=member.server_id,
-                    incarnation=member.incarnation,
-                    state=member.state,
-                    silent_us=now_us - member.last_heard_us,
-                )
-            )
+            if (
+                trigger is MemberTrigger.SILENCE_CONFIRMED
+                and member.state is not MemberState.JOINING
+            ):
+                confirmed.append(member)
+                continue
+            self._record(member, trigger, now_us, changes)
+        silent = {member.server_id for member in confirmed}
+        self._deaths_held = bool(confirmed) and not any(
+            member.state is MemberState.ALIVE and member.server_id not in silent
+            for member in self._members.values()
+        )
+        for member in confirmed:
+            if not self._deaths_held:
+                self._record(member, MemberTrigger.SILENCE_CONFIRMED, now_us, changes)
+            elif member.state is MemberState.ALIVE:
+                self._record(member, MemberTrigger.SILENCE_SUSPECTED, now_us, changes)
         return changes
+
+    @property
+    def deaths_held(self) -> bool:
+        """Every committed member is silent: deaths by silence wait for one to be heard."""
+        return self._deaths_held and not any(
+            member.state is MemberState.ALIVE for member in self._members.values()
+        )
+
+    def _record(
+        self, member: Member, trigger: MemberTrigger, now_us: int, changes: list[LivenessChanged]
+    ) -> None:
+        self._transition(member, trigger)
+        if member.state is MemberState.DEAD:
+            member.died_us = now_us
+        changes.append(
+            LivenessChanged(
+                server_id=member.server_id,
+                incarnation=member.incarnation,
+                state=member.state,
+                silent_us=now_us - member.last_heard_us,
+            )
+        )
 
     def _silence_trigger(self, member: Member, *, now_us: int) -> MemberTrigger | None:
         if member.state is MemberState.DEAD:
@@ -537,7 +576,13 @@ class Membership:
 
     def next_check_us(self) -> int | None:
         """The earliest instant a member's silence changes its state, or None."""
-        deadlines = [self._next_deadline_us(member) for member in self._members.values()]
+        held = self.deaths_held
+        deadlines = [
+            None
+            if held and member.state is MemberState.SUSPECTED
+            else self._next_deadline_us(member)
+            for member in self._members.values()
+        ]
         present = [deadline for deadline in deadlines if deadline is not None]
         return min(present) if present else None
 

@@ -65,6 +65,7 @@ from forehand.core._manager_events import (
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
+    ServersSilent,
     ServerSuspected,
     SessionRegistered,
 )
@@ -283,6 +284,8 @@ class ManagerCore:
         self._plan_due_us = 0
         self._entries: tuple[ShardMap | None, tuple[ServerEntry, ...]] = (None, ())
         self._membership_due_us: int | None = None
+        self._silence_reported = False
+        """A `ServersSilent` was emitted for the deaths held now."""
         self._membership_known = False
         self.target_candidates_examined = 0
         """Servers examined as handoff targets beyond the parts' replicas, over the run (each
@@ -342,6 +345,7 @@ class ManagerCore:
             self._membership_changed()
             for change in self._membership.check(now_us=now_us):
                 self._liveness_changed(change, now_us)
+            self._report_silence(now_us)
             self._membership.forget_dead(now_us=now_us)
         job = self._failover
         if (
@@ -818,6 +822,19 @@ class ManagerCore:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
             self._assess_risk(message, now_us)
+
+    def _report_silence(self, now_us: int) -> None:
+        """`ServersSilent` once when every server falls silent and deaths wait (Membership)."""
+        held = self._membership.deaths_held
+        if held and not self._silence_reported:
+            silent = [m for m in self._membership.members() if m.state is MemberState.SUSPECTED]
+            self._emit(
+                ServersSilent(
+                    servers=tuple(member.server_id for member in silent),
+                    silent_us=min((now_us - m.last_heard_us for m in silent), default=0),
+                )
+            )
+        self._silence_reported = held
 
     def _liveness_changed(self, change: LivenessChanged, now_us: int) -> None:
         if change.state is MemberState.SUSPECTED:

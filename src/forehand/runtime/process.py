@@ -75,6 +75,7 @@ NOTABLE_EVENTS = frozenset(
     {
         "ServerJoined",
         "ServerSuspected",
+        "ServersSilent",
         "ServerDeclaredDead",
         "FailoverStarted",
         "FailoverCompleted",
