@@ -8,14 +8,15 @@ from typing import TYPE_CHECKING
 
 from forehand.core._manager_commits import Built, Change, CommitPipeline, Committed
 from forehand.core._manager_events import HandoffStarted, MapChange, MapCommitted
-from forehand.placement import PlacementConfig, ShardMap
+from forehand.placement import PartKey, PlacementConfig, ShardMap
 from forehand.stores import DeltaCommitRequested, DeltaRejected, MemoryStore, RejectionReason
+from forehand.wire import OpenSession, SessionOpened
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, complete_handoffs, execute
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, complete_handoffs, execute
     from tests.core.test_manager_planning import fleet
 else:
-    from _manager_helpers import ManagerHarness, complete_handoffs, execute
+    from _manager_helpers import MANAGER, ManagerHarness, complete_handoffs, execute
     from test_manager_planning import fleet
 
 
@@ -142,3 +143,31 @@ def test_the_planning_interval_spaces_passes_and_groups_what_became_possible() -
     commits = [c for c in harness.events(MapCommitted) if c.change is MapChange.HANDOFF_ASSIGNED]
     assert len(commits) <= len(planned) < len(handoffs)
     assert harness.manager.orchestrator.queued_moves == 0
+
+
+def test_session_opens_waiting_behind_a_commit_make_one_version() -> None:
+    """Twenty OPEN_SESSIONs arriving while the first one's commit is in flight: the first
+    commits alone, the other nineteen as one version, and every client is answered with its
+    session's placements in that version."""
+    harness = ManagerHarness()
+    harness.join("s1", "s2", "s3")
+    before = harness.map.version
+    harness.router.run()
+    harness.router.events[MANAGER].clear()
+    for request_id in range(1, 21):
+        harness.manager.receive_message(
+            OpenSession(request_id=request_id, parts=("auth", "cart")),
+            source="c1",
+            now_us=harness.router.now_us,
+        )
+    harness.router.run()
+    commits = [e for e in harness.router.events[MANAGER] if isinstance(e, MapCommitted)]
+    assert [e.change for e in commits] == [MapChange.SESSION_OPENED] * 2
+    assert [len(e.parts) for e in commits] == [2, 38]
+    assert harness.map.version == before + 2
+    opened = harness.router.take("c1", SessionOpened)
+    assert sorted(frame.request_id for frame in opened) == list(range(1, 21))
+    for frame in opened:
+        for placement in frame.placements:
+            key = PartKey(session_id=frame.session_id, part=placement.part)
+            assert harness.map.lookup(key).primary == placement.primary.server_id

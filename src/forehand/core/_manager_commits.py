@@ -8,11 +8,12 @@ the result, and reports it. A rejection (the store's map moved on: another manag
 store that stays silent for `store_timeout_ms` reloads the map; the change goes back to the head
 of the queue and is built again against the reloaded map.
 
-Changes marked `groupable` (handoff assignments) that wait next to each other commit as one
-version, up to `group_changes_max` of them: each is built on top of the one before, then a
-`merge` callback turns the builds into one delta against the current map. Every version costs
-the manager one push to every live server and the store one delta, so a planning pass that
-starts thirty handoffs at once makes one version, not thirty.
+Changes marked `groupable` (handoff assignments, session opens) of one kind that wait next to
+each other commit as one version, up to `group_changes_max` of them: each is built on top of the
+one before, then a `merge` callback turns the builds into one delta against the current map.
+Every version costs the manager one push to every live server and the store one delta, so a
+planning pass that starts thirty handoffs at once makes one version, not thirty, and so do
+thirty session opens that arrive while a commit is in flight.
 
 `MapHistory` keeps the newest published deltas, so that a server coming back with the version it
 holds (a readmitted server, a server that saw a gap) is sent the deltas since that version
@@ -92,7 +93,7 @@ class Change:
     urgent: bool = False
     """Failover promotions: go first, bypass the queue bound, commit while others wait."""
     groupable: bool = False
-    """May commit in one version with the groupable changes queued right behind it."""
+    """May commit in one version with the groupable changes of its kind queued right behind it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,6 +301,7 @@ class CommitPipeline:
         while (
             self._queue
             and self._queue[0].groupable
+            and self._queue[0].kind is head.kind
             and not self._queue[0].urgent
             and len(members) < self._group_changes_max
         ):

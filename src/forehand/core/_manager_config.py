@@ -125,7 +125,8 @@ class ManagerConfig:
     are planned together at the next pass (a pass's handoffs commit as one version, see
     `commit_group_changes_max`). 0: a pass after every input that allows one."""
     commit_group_changes_max: int = 32
-    """Most handoff assignments committed together as one map version (queued side by side)."""
+    """Most handoff assignments, or session opens, committed together as one map version
+    (queued side by side, of one kind)."""
     handoff_target_candidates_max: int = 32
     """Most servers, beyond the part's own replicas, one planning pass examines as a move's
     target: a window of the part's walk over the servers, the next window on the next pass, so

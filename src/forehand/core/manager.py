@@ -2091,6 +2091,9 @@ class ManagerCore:
             build=lambda current: self._build_session(current, opening),
             committed=lambda built, now_us: self._session_committed(opening, client, built, now_us),
             dropped=lambda cause, now_us: self._refuse(source, ErrorCode.INTERNAL_ERROR, cause),
+            # Opens that wait behind a commit go together: a burst of them costs the store, each
+            # server and the manager's fan-out one version per group instead of one per session.
+            groupable=True,
         )
         if not self._pipeline.submit(change):
             self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
@@ -2295,10 +2298,11 @@ class _Opening:
 
 
 def _merge_builds(current: ShardMap, builds: Sequence[Built]) -> Built:
-    """Handoff builds made one on top of the other, as one change against `current`.
+    """Handoff builds, or session opens, made one on top of the other, as one change against
+    `current`.
 
-    Their operations (overrides and the pins each one needed) apply together, and `stabilize`
-    pins whatever the combination would still move unintentionally.
+    Their operations (overrides, added parts and the pins each one needed) apply together, and
+    `stabilize` pins whatever the combination would still move unintentionally.
     """
     operations: list[Operation] = []
     parts: list[PartRef] = []
