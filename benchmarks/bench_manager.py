@@ -1,5 +1,8 @@
 """ManagerCore throughput: sessions opened (committed, published, answered) beside bare map work.
 
+Opens also run in bursts of `BURST` arriving before the store answers, against the same opens one
+at a time: what the group commit of opens saves.
+
 The baseline is the least any manager must do per session: mint the id, apply the PartsAdded
 delta to the shard map and encode it for the store and the servers. The candidate is the whole
 core: OPEN_SESSION in, the stability check, the commit through a `MemoryStore`, MapPublished to
@@ -53,6 +56,7 @@ PARTS = ("auth", "cart")
 SESSIONS = 2_000
 HEARTBEATS = 20_000
 HANDOFFS = 2_000
+BURST = 200
 HANDOFF_PART = ("cart",)
 LOAD = LoadReport(
     cpu_utilization=0.2, queue_depth=1, latency_us_p99=900, error_ratio=0.0, requests_per_second=5
@@ -97,6 +101,21 @@ def open_sessions(count: int) -> None:
         core.receive_message(
             OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
         )
+        _run_store(core, store)
+        core.messages_to_send()
+        while core.next_event() is not None:
+            pass
+
+
+def open_bursts(count: int) -> None:
+    """`count` OPEN_SESSIONs arriving `BURST` at a time, before the store answers any (the
+    opens behind the first commit of a burst go as one version, `commit_group_changes_max`)."""
+    core, store = _manager()
+    for start in range(0, count, BURST):
+        for request_id in range(start, min(start + BURST, count)):
+            core.receive_message(
+                OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
+            )
         _run_store(core, store)
         core.messages_to_send()
         while core.next_event() is not None:
@@ -277,6 +296,14 @@ def main() -> None:
             candidate=open_sessions,
             baseline=apply_deltas,
             baseline_name="bare ShardMap apply + encode",
+            count=sessions,
+            rounds=rounds,
+        ),
+        compare(
+            f"sessions opened, {BURST} arriving together",
+            candidate=open_bursts,
+            baseline=open_sessions,
+            baseline_name="the same, one at a time",
             count=sessions,
             rounds=rounds,
         ),
