@@ -179,7 +179,11 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
         reason=st.sampled_from(ResumeRejectReason),
         message=st.text(max_size=100),
     ),
-    MapRequest: st.builds(MapRequest, map_version=varints),
+    MapRequest: st.builds(
+        MapRequest,
+        map_version=varints,
+        credentials=st.lists(st.builds(Credential, ids, small_bytes), max_size=4).map(tuple),
+    ),
     MapUpdate: map_versions_with_base.flatmap(
         lambda versions: st.builds(
             MapUpdate,

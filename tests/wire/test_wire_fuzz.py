@@ -103,7 +103,7 @@ SAMPLES: list[Frame] = [
     Resume(session_id=SESSION, token=b"sealed", parts=("cart",), map_version=8, unanswered=(9,)),
     ResumeOk(session_id=SESSION, parts=("cart",), map_version=8, credential=b"new"),
     ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_REPLAYED, message="no"),
-    MapRequest(map_version=7),
+    MapRequest(map_version=7, credentials=(Credential(SESSION, b"cred"),)),
     MapUpdate(map_version=8, base_version=7, encoding=1, body=b"delta"),
     Ping(sequence=1, sent_us=5, telemetry=(PathSample("edge-1", rtt_us=900, loss_ppm=10),)),
     Pong(sequence=1, sent_us=5),

@@ -106,10 +106,7 @@ def _encode_hello(frame: Hello, config: WireConfig) -> bytes:
     for version in frame.versions:
         buffer.push_varint(version)
     buffer.push_fixed(frame.client_id, SESSION_ID_BYTES, name="Hello.client_id")
-    buffer.push_count(len(frame.credentials), config.credentials_max, name="Hello.credentials")
-    for session_id, credential in frame.credentials:
-        buffer.push_fixed(session_id, SESSION_ID_BYTES, name="Hello credential session_id")
-        buffer.push_bytes_prefixed(credential, config.credential_bytes_max, name="Hello credential")
+    _push_credentials(buffer, frame.credentials, config, frame="Hello")
     return _with_header(FrameType.HELLO, buffer.data(), config)
 
 
@@ -117,15 +114,31 @@ def _decode_hello(buffer: Buffer, config: WireConfig) -> Hello:
     count = buffer.pull_count(config.versions_max, allow_empty=False)
     versions = tuple(buffer.pull_varint() for _ in range(count))
     client_id = buffer.pull_bytes(SESSION_ID_BYTES)
+    credentials = _pull_credentials(buffer, config)
+    return Hello(versions=versions, client_id=client_id, credentials=credentials)
+
+
+def _push_credentials(
+    buffer: Buffer, credentials: tuple[Credential, ...], config: WireConfig, *, frame: str
+) -> None:
+    """`list<credential>`, as HELLO and MAP_REQUEST carry it."""
+    buffer.push_count(len(credentials), config.credentials_max, name=f"{frame}.credentials")
+    for session_id, credential in credentials:
+        buffer.push_fixed(session_id, SESSION_ID_BYTES, name=f"{frame} credential session_id")
+        buffer.push_bytes_prefixed(
+            credential, config.credential_bytes_max, name=f"{frame} credential"
+        )
+
+
+def _pull_credentials(buffer: Buffer, config: WireConfig) -> tuple[Credential, ...]:
     count = buffer.pull_count(config.credentials_max)
-    credentials = tuple(
+    return tuple(
         Credential(
             buffer.pull_bytes(SESSION_ID_BYTES),
             buffer.pull_bytes_prefixed(config.credential_bytes_max),
         )
         for _ in range(count)
     )
-    return Hello(versions=versions, client_id=client_id, credentials=credentials)
 
 
 def _encode_welcome(frame: Welcome, config: WireConfig) -> bytes:
@@ -360,11 +373,15 @@ def _decode_redirect(buffer: Buffer, config: WireConfig) -> Redirect:
 
 
 def _encode_map_request(frame: MapRequest, config: WireConfig) -> bytes:
-    return _with_header(FrameType.MAP_REQUEST, encode_varint(frame.map_version), config)
+    buffer = Buffer()
+    buffer.push_varint(frame.map_version)
+    _push_credentials(buffer, frame.credentials, config, frame="MapRequest")
+    return _with_header(FrameType.MAP_REQUEST, buffer.data(), config)
 
 
 def _decode_map_request(buffer: Buffer, config: WireConfig) -> MapRequest:
-    return MapRequest(map_version=buffer.pull_varint())
+    map_version = buffer.pull_varint()
+    return MapRequest(map_version=map_version, credentials=_pull_credentials(buffer, config))
 
 
 def _encode_map_update(frame: MapUpdate, config: WireConfig) -> bytes:

@@ -61,7 +61,7 @@ class WireConfig:
     versions_max: int = 16
     """Most protocol versions one HELLO may offer."""
     credentials_max: int = 64
-    """Most session credentials one HELLO may present."""
+    """Most session credentials one HELLO (or MAP_REQUEST) may present."""
     parts_max: int = 64
     """Most parts one frame may name (OPEN_SESSION, HANDOFF, RESUME, RESUME_OK)."""
     placements_max: int = 64

@@ -64,7 +64,7 @@ class Endpoint(msgspec.Struct, frozen=True, kw_only=True, gc=False, cache_hash=T
 
 
 class Credential(NamedTuple):
-    """A session credential a client presents in HELLO."""
+    """A session credential a client presents in HELLO or MAP_REQUEST."""
 
     session_id: bytes
     """The session (16 bytes)."""
@@ -322,7 +322,9 @@ class MapRequest(_Frame, frozen=True, kw_only=True, gc=False):
 
     frame_type: ClassVar[FrameType] = FrameType.MAP_REQUEST
     map_version: int
-    """The client's version; 0 asks for the full map."""
+    """The lowest map version the client holds among the parts it asks about."""
+    credentials: tuple[Credential, ...] = ()
+    """Credentials of sessions the client asks about, bound to the connection as HELLO's are."""
 
 
 class MapUpdate(_Frame, frozen=True, kw_only=True, gc=False):
