@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -10,6 +12,9 @@ import msgspec
 from forehand.core import ManagerCore
 from forehand.core.messages import LoadReport, PartProgress, PartRef, PartRole
 from forehand.ops import ClusterView, RiskTracker
+from forehand.ops import view as view_module
+from forehand.ops.hub import OpsHub, OpsLimits
+from forehand.placement import PlacementConfig, ShardMap, new_session_id
 
 CART = PartRef(session_id=bytes(16), part="cart")
 SECOND_US = 1_000_000
@@ -109,3 +114,72 @@ def test_load_risk_reads_the_worse_of_request_latency_and_loop_lag() -> None:
     stalled.load = msgspec.structs.replace(stalled.load, loop_lag_us_p99=120_000)
     view.sample(core(stalled), now_us=0)
     assert view.servers[0].risk == 2.0
+
+
+def _map(sessions: int) -> ShardMap:
+    """A map of three servers and `sessions` sessions of two parts."""
+    rng = random.Random(5)
+    shard_map = ShardMap.empty(config=PlacementConfig(replica_count=1))
+    for server_id in ("s1", "s2", "s3"):
+        shard_map = shard_map.apply(
+            shard_map.join_server(server_id=server_id, address="h:1", zone="z")
+        )
+    for index in range(sessions):
+        session_id = new_session_id(now_ms=1_000 + index, rng=rng)
+        shard_map = shard_map.apply(shard_map.add_session_parts(session_id, ("auth", "cart")))
+    return shard_map
+
+
+def _expected(shard_map: ShardMap, server_id: str) -> tuple[int, int, int]:
+    held = shard_map.parts_for(server_id)
+    return len(held.primary), len(held.replica), len({key.session_id for key in held.primary})
+
+
+def _map_core(shard_map: ShardMap) -> ManagerCore:
+    members = [member(server_id, 0, PartRole.PRIMARY) for server_id in ("s1", "s2", "s3")]
+    for one in members:
+        one.progress = {}
+    membership = SimpleNamespace(members=lambda: list(members))
+    return cast(
+        ManagerCore,
+        SimpleNamespace(shard_map=shard_map, map_version=shard_map.version, membership=membership),
+    )
+
+
+def test_a_small_map_is_counted_at_each_sample() -> None:
+    """Primary, replica and session counts per server equal what listing the parts gives."""
+    shard_map = _map(60)
+    view = ClusterView(risk=RiskTracker(clock_us=lambda: 0), thresholds=dict)
+    view.sample(_map_core(shard_map), now_us=0)
+    assert view.session_counts_version == shard_map.version
+    for server in view.servers:
+        counts = (server.primary_parts, server.replica_parts, server.sessions)
+        assert counts == _expected(shard_map, server.server_id)
+
+
+def test_a_big_map_is_counted_off_the_loop_by_the_sampler(monkeypatch: Any) -> None:
+    """Past SESSION_COUNTS_SYNC_PARTS_MAX a sample counts parts but not sessions (a pass over
+    every part); the hub's sampler counts those on a worker thread, and the next sample shows
+    them."""
+    monkeypatch.setattr(view_module, "SESSION_COUNTS_SYNC_PARTS_MAX", 10)
+    shard_map = _map(60)
+    core_ = _map_core(shard_map)
+    driver = SimpleNamespace(core=core_, now_us=lambda: 0, subscribe=lambda *a, **k: None)
+    hub = OpsHub(driver, policy=None, limits=OpsLimits(sample_interval_ms=10))
+
+    async def sampled() -> None:
+        hub.start()
+        assert hub.view.session_counts_version == -1
+        assert {server.sessions for server in hub.view.servers} == {0}
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if hub.view.session_counts_version == shard_map.version:
+                break
+        hub.sample()
+        await hub.close()
+
+    asyncio.run(sampled())
+    assert hub.view.session_counts_version == shard_map.version
+    for server in hub.view.servers:
+        counts = (server.primary_parts, server.replica_parts, server.sessions)
+        assert counts == _expected(shard_map, server.server_id)

@@ -107,6 +107,13 @@ def _check_version(shard_map: ShardMap) -> None:
     assert state.pinned_active == count_pinned_active(state.pinned, state.eligible)
     loads = shard_map.primary_loads()
     assert loads == _full(shard_map).primary_loads() == _counted_loads(shard_map)
+    # The admin view's counts, without listing the parts, equal the lists' lengths.
+    sessions = shard_map.primary_sessions()
+    assert set(sessions) == {entry.server_id for entry in shard_map.servers}
+    for entry in shard_map.servers:
+        held = shard_map.parts_for(entry.server_id)
+        assert shard_map.part_counts(entry.server_id) == (len(held.primary), len(held.replica))
+        assert sessions[entry.server_id] == len({key.session_id for key in held.primary})
     names = state.eligible.names
     weights = [state.servers[name].weight_milli for name in names]
     expected = load_bounds(state.config, weights, sum(loads.values()))

@@ -180,6 +180,13 @@ class OpsHub:
             # A sample walks the map's placements, on the loop that serves the cluster: on a
             # big map it is taken less often, so that it never takes more than a tenth of it.
             pause_s = max(interval_s, SAMPLE_LOOP_SHARE_INVERSE * (time.perf_counter() - started_s))
+            current = self.core.shard_map
+            if current is not None and current.version != self.view.session_counts_version:
+                # A map too big to count on the loop (see SESSION_COUNTS_SYNC_PARTS_MAX): its
+                # versions are immutable, so a worker thread counts it while the loop serves.
+                counts = await asyncio.to_thread(current.primary_sessions)
+                self.view.session_counts = counts
+                self.view.session_counts_version = current.version
 
     def sample(self) -> None:
         """Sample the cluster view now and send the snapshot to every stream."""

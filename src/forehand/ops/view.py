@@ -36,6 +36,12 @@ from forehand.predict import EntityKey
 __all__ = ["ClusterView", "PartLag", "RiskTracker", "ServerSample", "ServerView"]
 
 
+SESSION_COUNTS_SYNC_PARTS_MAX = 20_000
+"""Largest map whose per-server session counts a sample takes on the event loop. Counting them is
+a pass over every part (`ShardMap.primary_sessions`): at 200,000 parts about a second, long
+enough to delay the servers' heartbeats past suspicion, so a bigger map's are counted on a worker
+thread (the hub's sampler) and a sample shows the counts of the last version counted."""
+
 SNAPSHOT_LAGS_MAX = 20
 """Lagging replicas a snapshot (the dashboard's table) lists, largest lag first."""
 
@@ -198,6 +204,11 @@ class ClusterView:
         """The largest replication lags at the newest sample."""
         self.map_version = 0
         """The manager's map version at the newest sample."""
+        self.session_counts: dict[str, int] = {}
+        """Per server, the distinct sessions it is primary of a part of, at the map version
+        `session_counts_version`."""
+        self.session_counts_version = -1
+        """The map version `session_counts` counted (-1: none yet)."""
         self.override_count = 0
         """Parts placed by override rather than by hash."""
         self.sampled_us = 0
@@ -210,6 +221,13 @@ class ClusterView:
         current = core.shard_map
         self.map_version = core.map_version
         self.override_count = current.override_count if current is not None else 0
+        if (
+            current is not None
+            and current.version != self.session_counts_version
+            and len(current) <= SESSION_COUNTS_SYNC_PARTS_MAX
+        ):
+            self.session_counts = current.primary_sessions()
+            self.session_counts_version = current.version
         self.servers = [self._server(core, member, now_us) for member in core.membership.members()]
         self.servers.sort(key=lambda view: view.server_id)
         for view in self.servers:
@@ -236,9 +254,8 @@ class ClusterView:
         if current is not None:
             try:
                 map_state = str(current.server(member.server_id).state.value)
-                held = current.parts_for(member.server_id)
-                primary, replica = len(held.primary), len(held.replica)
-                sessions = len({key.session_id for key in held.primary})
+                primary, replica = current.part_counts(member.server_id)
+                sessions = self.session_counts.get(member.server_id, 0)
             except KeyError:
                 map_state = ""
         load = member.load

@@ -240,6 +240,46 @@ class ShardMap:
             server_id=server_id, primary=tuple(sorted(primary)), replica=tuple(sorted(replica))
         )
 
+    def part_counts(self, server_id: str) -> tuple[int, int]:
+        """How many parts `server_id` holds as primary and as replica (`parts_for`'s lengths),
+        without listing them: O(overrides)."""
+        state = self._state
+        if server_id not in state.servers:
+            raise KeyError(server_id)
+        primary = replica = 0
+        position = state.eligible.index.get(server_id)
+        if position is not None:
+            primary = len(state.engine.members[position])
+            replica = len(state.engine.replicas[position])
+        for pinned in state.overrides.values():
+            if server_id in pinned:
+                if pinned[0] == server_id:
+                    primary += 1
+                else:
+                    replica += 1
+        return primary, replica
+
+    def primary_sessions(self) -> dict[str, int]:
+        """Per server of the map: how many distinct sessions it is primary of some part of.
+
+        O(parts): a pass over every part. The version never changes, so this may run on another
+        thread than the one that applies deltas (the admin view does, on big maps).
+        """
+        state = self._state
+        parts = state.parts
+        sessions: dict[str, set[bytes]] = {server_id: set() for server_id in state.servers}
+        for name, held in zip(state.eligible.names, state.engine.members, strict=True):
+            target = sessions[name]
+            for key_hash in held:
+                key = parts.get(key_hash)
+                assert key is not None, "engine and part index out of sync"
+                target.add(key.session_id)
+        for key_hash, pinned in state.overrides.items():
+            key = parts.get(key_hash)
+            assert key is not None, "override and part index out of sync"
+            sessions.setdefault(pinned[0], set()).add(key.session_id)
+        return {server_id: len(ids) for server_id, ids in sessions.items()}
+
     def primary_loads(self) -> dict[str, int]:
         """Per ACTIVE server: how many parts it serves as primary (hash-placed and overrides).
 
