@@ -9,7 +9,7 @@ from typing import TypeVar
 from forehand.core._client_config import ClientConfig
 from forehand.core._driver import ConnectionLost, NodeId, Outbound
 from forehand.core.client import ClientCore
-from forehand.wire import Endpoint, Placement, SessionOpened, Welcome
+from forehand.wire import Credential, Endpoint, MapRequest, Placement, SessionOpened, Welcome
 
 T = TypeVar("T")
 
@@ -28,6 +28,15 @@ def endpoint(server: NodeId) -> Endpoint:
 def placement(part: str, primary: NodeId, *replicas: NodeId) -> Placement:
     """A placement of `part` on `primary` with `replicas`."""
     return Placement(part=part, primary=endpoint(primary), replicas=tuple(map(endpoint, replicas)))
+
+
+def map_request(
+    map_version: int, session_id: bytes = SESSION, credential: bytes | None = None
+) -> MapRequest:
+    """The MAP_REQUEST a client sends about one session, presenting its credential (by default
+    the one `Harness.open` hands out)."""
+    presented = b"cred-" + session_id[:4] if credential is None else credential
+    return MapRequest(map_version=map_version, credentials=(Credential(session_id, presented),))
 
 
 class Harness:

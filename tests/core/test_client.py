@@ -66,10 +66,19 @@ if TYPE_CHECKING:
         SESSION,
         Harness,
         endpoint,
+        map_request,
         placement,
     )
 else:
-    from _client_helpers import CLIENT_ID, MANAGER, SESSION, Harness, endpoint, placement
+    from _client_helpers import (
+        CLIENT_ID,
+        MANAGER,
+        SESSION,
+        Harness,
+        endpoint,
+        map_request,
+        placement,
+    )
 
 
 def respond(
@@ -448,7 +457,7 @@ def test_redirect_to_unknown_server_asks_the_manager() -> None:
         ),
     )
     assert h.take(Request) == []
-    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.take(MapRequest, MANAGER) == [map_request(5)]
     assert h.client.route(session, "auth").state is RouteState.LOCATING
 
 
@@ -835,7 +844,7 @@ def test_resume_session_refused_credential_falls_back_to_the_map() -> None:
     assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
     assert len(h.take(Hello, MANAGER)) == 1
     h.welcome(MANAGER)
-    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=4)]
+    assert h.take(MapRequest, MANAGER) == [map_request(4, credential=b"cred")]
 
 
 def test_resume_session_times_out_without_welcome() -> None:

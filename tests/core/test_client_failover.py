@@ -50,9 +50,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, Harness, placement
+    from tests.core._client_helpers import MANAGER, Harness, map_request, placement
 else:
-    from _client_helpers import MANAGER, Harness, placement
+    from _client_helpers import MANAGER, Harness, map_request, placement
 
 
 def map_update(
@@ -91,7 +91,7 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
     h.lose("s1", "peer-crashed")
     assert h.client.route(session, "auth").state is RouteState.LOCATING
     assert h.client.route(session, "cart").state is RouteState.ACTIVE
-    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.take(MapRequest, MANAGER) == [map_request(5)]
     h.advance(ms=2)
     h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
     assert len(h.take(Hello, "s2")) == 1

@@ -44,9 +44,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, Harness, endpoint, placement
+    from tests.core._client_helpers import MANAGER, Harness, endpoint, map_request, placement
 else:
-    from _client_helpers import MANAGER, Harness, endpoint, placement
+    from _client_helpers import MANAGER, Harness, endpoint, map_request, placement
 
 
 def handoff(
@@ -304,7 +304,7 @@ def test_handoff_to_unknown_target_is_ignored_and_the_manager_asked() -> None:
     h.feed("s1", handoff(session, targets=("s2", "s4")))
     assert [e.why for e in h.of(HandoffIgnored)] == [HandoffIgnoredWhy.UNKNOWN_TARGET]
     assert h.take(Hello) == [] and h.take(HandoffStatus) == []
-    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.take(MapRequest, MANAGER) == [map_request(5)]
     assert h.client.route(session, "auth").state is RouteState.ACTIVE
     entries = (SessionPlacement(session_id=session, placement=placement("auth", "s4", "s1")),)
     h.feed(
@@ -428,7 +428,7 @@ def test_all_targets_rejecting_falls_back_to_the_manager() -> None:
     assert len(abandoned) == 1 and "TOKEN_REPLAYED" in abandoned[0].detail
     assert h.client.route(session, "auth").state is RouteState.LOCATING
     # The route never reached the move's version 6: it asks as of 5, so the move is news.
-    assert h.take(MapRequest, MANAGER) == [MapRequest(map_version=5)]
+    assert h.take(MapRequest, MANAGER) == [map_request(5)]
 
 
 def test_silent_target_times_out_then_next_target() -> None:
@@ -473,7 +473,7 @@ def test_source_loss_during_handoff_does_not_trigger_failover() -> None:
     assert h.client.route(session, "auth").state is RouteState.HANDING_OFF
     # Only the part that stayed on s1 is located; the request is kept for the target.
     assert h.client.route(session, "cart").state is RouteState.LOCATING
-    assert h.take(MapRequest) == [MapRequest(map_version=5)]
+    assert h.take(MapRequest) == [map_request(5)]
     h.welcome("s2")
     h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
     assert [r.request_id for r in h.take(Request, "s2")] == [pending]

@@ -28,8 +28,9 @@ class ClientConfig:
     connection_queue_frames_max: int = 4096
     """Bound on frames queued on a connection that waits for WELCOME."""
     hello_credentials_max: int = DEFAULT_CONFIG.credentials_max
-    """Most session credentials one HELLO presents: to a server, the sessions with a part on it;
-    to the manager, every session (those with a part being moved or located first)."""
+    """Most session credentials one HELLO or MAP_REQUEST presents: HELLO to a server, the
+    sessions with a part on it; HELLO to the manager, every session (those with a part being
+    moved or located first); MAP_REQUEST, the sessions being located, in turns when more are."""
     request_timeout_ms: int = 10_000
     """A request without a final answer this long after `call` fails with RequestFailed."""
     retry_attempts_max: int = 8

@@ -5,8 +5,9 @@ shared by all sessions, and a bounded table of requests in flight keyed by reque
 HANDOFF make-before-break: it resumes at the target with the token while the source still
 answers, re-sends what is unanswered with the same request ids, and only then switches. It follows
 REDIRECT to newer placements, and when a connection dies without HANDOFF it asks the manager
-where the parts live now (MAP_REQUEST) and retries, with bounded, jittered backoff. Request ids
-never change across re-sends, so the servers' dedup tables make each request execute once.
+where the parts live now (MAP_REQUEST, presenting the credentials of the sessions it locates, in
+turns) and retries, with bounded, jittered backoff. Request ids never change across re-sends, so
+the servers' dedup tables make each request execute once.
 
 Transitions live in tables: `forehand.core._pool` (connections) and
 `forehand.core._client_session` (part routes).
@@ -275,6 +276,9 @@ class ClientCore:
         self._map_sent_us: int | None = None
         self._map_retry_us: int | None = None
         self._map_rounds = 0
+        self._map_presented: frozenset[bytes] = frozenset()
+        """The sessions whose credentials the outstanding MAP_REQUEST presented: the manager's
+        answer speaks for them, and a round without news counts against their parts only."""
         self._shard_map: ShardMap | None = None
         self._retry_heap: list[tuple[int, int]] = []
         self._deferred: list[tuple[Session, PartRoute]] = []
@@ -1158,7 +1162,7 @@ class ClientCore:
             heapq.heappush(self._retry_heap, (pending.retry_at_us, pending.request_id))
         if self._map_sent_us is not None:
             self._map_sent_us = None
-            self._unresolved_round(now_us)
+            self._unresolved_round(now_us, progressed=False)
 
     # Requests.
 
@@ -1404,26 +1408,66 @@ class ClientCore:
 
     def _send_map_request(self, now_us: int) -> None:
         self._map_retry_us = None
+        presented = self._take_turns()
         versions = [
             self._sessions[session_id].parts[part].map_version
             for session_id, part in self._locating
+            if session_id in presented
         ]
         if not versions:
             return
+        self._ask_manager(presented, min(versions), now_us)
+
+    def _take_turns(self) -> tuple[bytes, ...]:
+        """The locating sessions the next MAP_REQUEST presents, at most `hello_credentials_max`.
+
+        The first ones in `_locating` go, and their entries move to its end: the rounds take
+        turns, so each locating session is presented within ceil(locating sessions / bound)
+        rounds, however many locate at once.
+        """
+        limit = self._config.hello_credentials_max
+        chosen: dict[bytes, None] = {}
+        for session_id, _ in self._locating:
+            if len(chosen) == limit:
+                break
+            chosen[session_id] = None
+        for key in [key for key in self._locating if key[0] in chosen]:
+            del self._locating[key]
+            self._locating[key] = None
+        return tuple(chosen)
+
+    def _ask_manager(self, presented: tuple[bytes, ...], map_version: int, now_us: int) -> None:
+        """One MAP_REQUEST round, presenting the credentials of the `presented` sessions: the
+        manager answers only about sessions bound to the connection, and its HELLO proved at
+        most `hello_credentials_max` of them (which the manager may since have forgotten)."""
+        credentials = tuple(
+            Credential(session_id=session_id, credential=self._sessions[session_id].credential)
+            for session_id in presented
+        )
         self._map_sent_us = now_us
-        self._send(self._config.manager_node_id, MapRequest(map_version=min(versions)), now_us)
+        self._map_presented = frozenset(presented)
+        frame = MapRequest(map_version=map_version, credentials=credentials)
+        self._send(self._config.manager_node_id, frame, now_us)
 
     def _check_map_request(self, now_us: int) -> None:
         timeout_us = self._config.map_request_timeout_ms * 1000
         if self._map_sent_us is not None and now_us >= self._map_sent_us + timeout_us:
             self._map_sent_us = None
-            self._unresolved_round(now_us)
+            self._unresolved_round(now_us, progressed=False)
         if self._map_retry_us is not None and now_us >= self._map_retry_us:
             self._send_map_request(now_us)
 
-    def _unresolved_round(self, now_us: int) -> None:
-        """A MAP_REQUEST round ended without placing every locating part: back off, or give up."""
+    def _unresolved_round(self, now_us: int, *, progressed: bool) -> None:
+        """A MAP_REQUEST round ended without placing every locating part: back off, or give up.
+
+        The round counts as a failed attempt only for the parts of the sessions it presented
+        (the manager could say nothing about the others). A round that moved some part to
+        another server made progress: the next one goes at once and the backoff starts over.
+        """
+        presented, self._map_presented = self._map_presented, frozenset()
         for session_id, part in list(self._locating):
+            if session_id not in presented:
+                continue
             route = self._sessions[session_id].parts[part]
             route.locate_attempts += 1
             if route.locate_attempts > self._config.retry_attempts_max:
@@ -1431,8 +1475,10 @@ class ClientCore:
         if not self._locating:
             self._map_rounds = 0
             return
-        self._map_rounds += 1
+        self._map_rounds = 0 if progressed else self._map_rounds + 1
         self._map_retry_us = now_us + self._backoff_us(self._map_rounds)
+        if self._map_retry_us <= now_us:
+            self._send_map_request(now_us)
 
     def _on_map_update(self, frame: MapUpdate, source: NodeId, now_us: int) -> None:
         connection = self._pool.get(source)
@@ -1442,6 +1488,11 @@ class ClientCore:
         view = placement_view(frame, self._shard_map)
         if source == self._config.manager_node_id:
             self._map_sent_us = None
+        # The answer speaks for the sessions bound to the connection; those this round presented
+        # surely are (an unchanged part of another session may have moved unseen by it).
+        manager = source == self._config.manager_node_id
+        vouched = self._map_presented if manager else frozenset()
+        progressed = False
         if view is None:
             self._rare("map-update-unreadable")
         else:
@@ -1452,29 +1503,43 @@ class ClientCore:
                 self._remember(endpoint)
             for session in list(self._sessions.values()):
                 for route in session.parts.values():
-                    self._apply_placement(session, route, view, now_us)
+                    moved = self._apply_placement(session, route, view, vouched, now_us)
+                    progressed = progressed or moved
         if not self._locating:
             self._map_rounds = 0
         elif self._map_sent_us is None and self._map_retry_us is None:
-            self._unresolved_round(now_us)
+            self._unresolved_round(now_us, progressed=progressed)
+            return
+        if manager and self._map_sent_us is None:
+            self._map_presented = frozenset()
 
     def _shard_map_version(self) -> int:
         return -1 if self._shard_map is None else self._shard_map.version
 
     def _apply_placement(
-        self, session: Session, route: PartRoute, view: PlacementView, now_us: int
-    ) -> None:
-        """Adopt what a MAP_UPDATE says about one part, if it is news."""
+        self,
+        session: Session,
+        route: PartRoute,
+        view: PlacementView,
+        vouched: frozenset[bytes],
+        now_us: int,
+    ) -> bool:
+        """Adopt what a MAP_UPDATE says about one part, if it is news; "unchanged" only for a
+        `vouched` session. True when it moved a part being located to another server."""
         if route.state is RouteState.CLOSED or view.map_version < route.map_version:
-            return
+            return False
         found = view.lookup(session.session_id, route.name, known_since=route.map_version)
-        if found is None:
-            return
+        if found is None or (isinstance(found, Unchanged) and session.session_id not in vouched):
+            return False
         if route.state is RouteState.LOCATING:
-            primary, backups = (
-                (route.primary, route.backups) if isinstance(found, Unchanged) else found
-            )
-            self._relocate(
+            lost = route.primary
+            primary, backups = (lost, route.backups) if isinstance(found, Unchanged) else found
+            if primary == lost and session.session_id not in vouched:
+                # Still placed where the client lost it, and not asked about: reconnecting now
+                # would cost the part an attempt in every round until the manager sees the loss.
+                # It waits for its turn, or for an answer that places it elsewhere.
+                return False
+            located = self._relocate(
                 session,
                 route,
                 primary=primary,
@@ -1482,12 +1547,12 @@ class ClientCore:
                 map_version=view.map_version,
                 now_us=now_us,
             )
-            return
+            return located and primary != lost
         if view.map_version == route.map_version:
-            return
+            return False
         if route.state is not RouteState.ACTIVE:
             self._overtake_resumption(session, route, found, view.map_version, now_us)
-            return
+            return False
         primary, backups = (route.primary, route.backups) if isinstance(found, Unchanged) else found
         moved = primary != route.primary
         route.adopt(primary=primary, backups=backups, map_version=view.map_version)
@@ -1506,6 +1571,7 @@ class ClientCore:
                 )
             )
             self._flush(session, route, now_us, moved=True)
+        return False
 
     def _overtake_resumption(
         self,
@@ -1539,12 +1605,13 @@ class ClientCore:
         backups: tuple[NodeId, ...],
         map_version: int,
         now_us: int,
-    ) -> None:
-        """A located part goes ACTIVE on `primary` and its held requests go out, in call order."""
+    ) -> bool:
+        """A located part goes ACTIVE on `primary` and its held requests go out, in call order;
+        False when it stays LOCATING."""
         connection = self._pool.get(primary)
         if connection is not None and connection.state is ConnectionState.DRAINING:
             # Still on a server that said GOAWAY: the move has not been published yet.
-            return
+            return False
         route.adopt(primary=primary, backups=backups, map_version=map_version)
         route.fire(RouteTrigger.PLACEMENT_RECEIVED)
         self._locating.pop((session.session_id, route.name), None)
@@ -1559,6 +1626,7 @@ class ClientCore:
             )
         )
         self._flush(session, route, now_us, moved=True)
+        return True
 
     # HANDOFF.
 
@@ -1587,8 +1655,7 @@ class ClientCore:
         if self._map_sent_us is not None:
             return
         version = min(session.parts[part].map_version for part in parts)
-        self._map_sent_us = now_us
-        self._send(self._config.manager_node_id, MapRequest(map_version=version), now_us)
+        self._ask_manager((session.session_id,), version, now_us)
 
     def _handoff_refusal(self, frame: Handoff, source: NodeId) -> HandoffIgnoredWhy | None:
         """Why a HANDOFF must be ignored, or None to follow it (records its sequence).

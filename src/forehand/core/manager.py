@@ -139,6 +139,7 @@ from forehand.wire import (
     PROTOCOL_VERSION,
     CloseSession,
     ClusterMessage,
+    Credential,
     Endpoint,
     Error,
     ErrorCode,
@@ -2016,15 +2017,12 @@ class ManagerCore:
         while len(client.sessions) > self._config.client_sessions_max:
             client.sessions.popitem(last=False)
 
-    def _on_hello(self, frame: Hello, source: NodeId, now_us: int) -> None:
-        if PROTOCOL_VERSION not in frame.versions:
-            self._refuse(source, ErrorCode.VERSION_NEGOTIATION_FAILED, "forehand/1 only")
-            return
-        client = self._client(source, frame.client_id)
-        # A HELLO opens a new connection: it proves only the sessions it presents (and those
-        # opened on it later), not those of an earlier connection from the same node.
-        client.sessions.clear()
-        for credential in frame.credentials:
+    def _bind_credentials(
+        self, client: _Client, source: NodeId, credentials: tuple[Credential, ...], now_us: int
+    ) -> None:
+        """Bind to the connection each session whose credential opens (HELLO, MAP_REQUEST); a
+        credential that does not open is reported and ignored, and the others still bind."""
+        for credential in credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
             except TokenError as error:
@@ -2049,6 +2047,16 @@ class ManagerCore:
                         detail="the credential is another session's",
                     )
                 )
+
+    def _on_hello(self, frame: Hello, source: NodeId, now_us: int) -> None:
+        if PROTOCOL_VERSION not in frame.versions:
+            self._refuse(source, ErrorCode.VERSION_NEGOTIATION_FAILED, "forehand/1 only")
+            return
+        client = self._client(source, frame.client_id)
+        # A HELLO opens a new connection: it proves only the sessions it presents (and those
+        # opened on it later), not those of an earlier connection from the same node.
+        client.sessions.clear()
+        self._bind_credentials(client, source, frame.credentials, now_us)
         self._send(
             source,
             Welcome(
@@ -2244,11 +2252,15 @@ class ManagerCore:
         current = self.shard_map
         if current is None:
             return
+        client = self._client(source)
+        # The sessions the request presents join those the connection proved before: HELLO
+        # proves at most credentials_max, and the connection keeps at most client_sessions_max.
+        self._bind_credentials(client, source, frame.credentials, now_us)
         # Only the sessions this connection proved it holds (never the whole map: it would show
         # every session and server to any client), and only news when it is up to date.
         answer = placements_answer(
             current=current,
-            sessions=self._client(source).sessions,
+            sessions=client.sessions,
             parts_of=lambda session_id: self._sessions.get(session_id, ()),
             placement_of=lambda key: self._wire_placement(current, key),
             changes=self._changes,
