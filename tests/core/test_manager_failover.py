@@ -12,6 +12,8 @@ from forehand.core._manager_events import (
     PartsLost,
     ServerDeclaredDead,
     ServersSilent,
+    ServerSuspected,
+    StallExcused,
 )
 from forehand.core.messages import (
     FailoverPrepared,
@@ -304,3 +306,20 @@ def test_a_fleet_silent_at_once_is_held_not_failed_over() -> None:
     harness.tick(500, alive=["s2"])
     assert harness.events(FailoverCompleted) and harness.events(PartsLost) == []
     assert {harness.placement(ref).primary for ref in refs} == {"s2"}
+
+
+def test_a_stall_the_driver_reports_defers_every_death() -> None:
+    """The manager's loop stalls past the failure timeout (no timer runs, nothing is read) and
+    the driver reports it: StallExcused, and no server whose only silence is that stall is
+    suspected or declared dead when the late timer runs; a server still silent afterwards is."""
+    harness, _ = cluster()
+    harness.tick(500, alive=SERVERS)
+    harness.router.now_us += 2_000_000  # The stall: time passes, the manager runs nothing.
+    harness.manager.excuse_stall(stalled_us=2_000_000, now_us=harness.router.now_us)
+    harness.router.run()
+    assert [e.stalled_us for e in harness.events(StallExcused)] == [2_000_000]
+    harness.router.advance(ms=0)
+    harness.tick(200, alive=SERVERS)
+    assert harness.events(ServerSuspected) == [] and harness.events(ServerDeclaredDead) == []
+    harness.tick(1_000, alive=[s for s in SERVERS if s != "s4"])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s4"]

@@ -370,3 +370,40 @@ def test_a_silent_joining_member_still_dies_while_the_others_are_silent() -> Non
     membership.announce(announce("s2"), now_us=0)
     states = {c.server_id: c.state for c in membership.check(now_us=3_000 * MS)}
     assert states == {"s1": MemberState.SUSPECTED, "s2": MemberState.DEAD}
+
+
+def test_a_stall_of_the_manager_is_not_the_members_silence() -> None:
+    """Silence the manager could not hear (a stall it reports) moves a member's suspicion and
+    death lines by that much; a heartbeat ends the excuse."""
+    config = ManagerConfig(suspect_timeout_ms=1_000, failure_timeout_ms=3_000)
+    membership = Membership(config=config)
+    joined(membership)
+    witness(membership, heard_at_us=(2_900 * MS,))
+    membership.excuse(stalled_us=2_500 * MS, now_us=2_900 * MS)
+    assert membership.next_check_us() == 3_500 * MS
+    assert membership.check(now_us=3_000 * MS) == []
+    membership.heartbeat(beat("w", sequence=1), now_us=5_400 * MS)
+    (dead,) = membership.check(now_us=5_500 * MS)
+    assert dead.server_id == "s1" and dead.state is MemberState.DEAD
+    assert dead.silent_us == 5_500 * MS
+
+    membership.heartbeat(beat("w", sequence=2), now_us=6_000 * MS)
+    membership.excuse(stalled_us=10_000 * MS, now_us=6_100 * MS)
+    member = membership.get("w")
+    assert member is not None and member.detector.excused_us == 100 * MS
+    membership.heartbeat(beat("w", sequence=3), now_us=6_200 * MS)
+    assert member.detector.excused_us == 0
+    assert membership.next_check_us() == 7_200 * MS
+
+
+def test_phi_intervals_leave_out_an_excused_stall() -> None:
+    """Heartbeats a stall held back arrive together: the interval the phi detector learns is
+    the one before the stall, not the stall."""
+    detector = PhiAccrualDetector(config=phi_config(), now_us=0)
+    for beat_us in range(500 * MS, 3_000 * MS, 500 * MS):
+        detector.heard(now_us=beat_us)
+    before = detector.phi(silent_us=1_000 * MS)
+    detector.excuse(stalled_us=5_000 * MS, now_us=7_500 * MS)
+    detector.heard(now_us=8_000 * MS)
+    assert detector.phi(silent_us=1_000 * MS) == pytest.approx(before, rel=0.2)
+    assert detector.last_heard_us == 8_000 * MS and detector.excused_us == 0

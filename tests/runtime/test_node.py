@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +187,32 @@ async def _last_words(certs: Path) -> None:
         kinds = [type(message) for message, _ in receiver_core.inbox]
         assert kinds == [Ping] * LAST_WORDS + [Error, ConnectionLost]
         assert [ping.sequence for ping in receiver_core.pings()] == list(range(LAST_WORDS))
+
+
+def test_a_stalled_loop_is_reported_once_with_its_length() -> None:
+    """A callback that holds the loop for 0.6 s: the stall reporter hears that stretch once
+    (the watch's tick and the core's late timer both look), about as long as it was."""
+    stalls = run_async(_stalled_loop())
+    long_ones = [stall for stall in stalls if stall >= 450_000]
+    assert len(long_ones) == 1, stalls
+    assert long_ones[0] <= 5_000_000
+
+
+async def _stalled_loop() -> list[int]:
+    core = _TimerCore("manager")
+    driver = NodeDriver(core, resolve=lambda node: [])
+    driver.start()
+    stalls: list[int] = []
+    try:
+        driver.watch_stalls(stalls.append)
+        await asyncio.sleep(0.3)
+        # The core's timer comes due during the stall too: it and the watch's tick both look.
+        core.due_us = driver.now_us() + 100_000
+        driver.command(lambda core, now_us: None)
+        await asyncio.sleep(0.05)
+        time.sleep(0.6)  # A callback that runs long: nothing else runs meanwhile.
+        await eventually(lambda: core.timer_now_us is not None, what="the late timer ran")
+        await asyncio.sleep(0.3)
+        return stalls
+    finally:
+        await driver.close()

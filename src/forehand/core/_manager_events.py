@@ -39,6 +39,7 @@ __all__ = [
     "ServerJoined",
     "ServerSuspected",
     "ServersSilent",
+    "StallExcused",
     "SessionRegistered",
     "CredentialRefused",
     "PeerRefused",
@@ -153,6 +154,15 @@ class ServersSilent:
     """The silent servers, sorted."""
     silent_us: int
     """The shortest of their silences."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StallExcused:
+    """The manager could not read its connections for a while (a long callback, a paused
+    process); the servers' silence during it does not count towards suspicion or death."""
+
+    stalled_us: int
+    """How long it could not read."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -448,6 +458,7 @@ ManagerEvent = (
     | ServerJoined
     | ServerSuspected
     | ServersSilent
+    | StallExcused
     | ServerDeclaredDead
     | HandoffStarted
     | HandoffCompleted

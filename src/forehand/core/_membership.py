@@ -148,18 +148,26 @@ class TimeoutDetector:
         self._dead_after_us = config.failure_timeout_us
         self.last_heard_us = now_us
         """When the member was last heard from."""
+        self.excused_us = 0
+        """Silence since then that does not count (`excuse`)."""
 
     def heard(self, *, now_us: int) -> None:
         """Record a heartbeat."""
         self.last_heard_us = max(self.last_heard_us, now_us)
+        self.excused_us = 0
+
+    def excuse(self, *, stalled_us: int, now_us: int) -> None:
+        """The manager could not listen for `stalled_us` up to `now_us`: that silence is not
+        the member's (at most its silence so far)."""
+        self.excused_us = min(self.excused_us + stalled_us, max(0, now_us - self.last_heard_us))
 
     def suspect_at_us(self) -> int:
         """When silence makes the member suspected."""
-        return self.last_heard_us + self._suspect_after_us
+        return self.last_heard_us + self.excused_us + self._suspect_after_us
 
     def dead_at_us(self) -> int:
         """When silence makes the member dead."""
-        return self.last_heard_us + self._dead_after_us
+        return self.last_heard_us + self.excused_us + self._dead_after_us
 
 
 class PhiAccrualDetector:
@@ -178,11 +186,23 @@ class PhiAccrualDetector:
         self._silences_us: dict[float, int] = {}
         self.last_heard_us = now_us
         """When the member was last heard from."""
+        self.excused_us = 0
+        """Silence since then that does not count (`excuse`)."""
+
+    def excuse(self, *, stalled_us: int, now_us: int) -> None:
+        """The manager could not listen for `stalled_us` up to `now_us`: that silence is not
+        the member's (at most its silence so far), nor part of its next interval."""
+        self.excused_us = min(self.excused_us + stalled_us, max(0, now_us - self.last_heard_us))
 
     def heard(self, *, now_us: int) -> None:
-        """Record a heartbeat and the interval since the previous one."""
-        interval_us = now_us - self.last_heard_us
+        """Record a heartbeat and the interval since the previous one (less any excused
+        silence: the heartbeats a stall held back arrive together, not late)."""
+        interval_us = now_us - self.last_heard_us - self.excused_us
+        if now_us <= self.last_heard_us:
+            return
+        self.excused_us = 0
         if interval_us <= 0:
+            self.last_heard_us = now_us
             return
         if len(self._intervals_us) == self._intervals_us.maxlen:
             oldest = self._intervals_us[0]
@@ -240,11 +260,19 @@ class PhiAccrualDetector:
 
     def suspect_at_us(self) -> int:
         """When phi reaches the suspect threshold."""
-        return self.last_heard_us + self._silence_at_phi_us(self._config.phi_suspect_threshold)
+        return (
+            self.last_heard_us
+            + self.excused_us
+            + self._silence_at_phi_us(self._config.phi_suspect_threshold)
+        )
 
     def dead_at_us(self) -> int:
         """When phi reaches the dead threshold, or the failure timeout, whichever is first."""
-        return self.last_heard_us + self._silence_at_phi_us(self._config.phi_dead_threshold)
+        return (
+            self.last_heard_us
+            + self.excused_us
+            + self._silence_at_phi_us(self._config.phi_dead_threshold)
+        )
 
 
 FailureDetector = TimeoutDetector | PhiAccrualDetector
@@ -556,6 +584,14 @@ class Membership:
         if member.state is MemberState.ALIVE and now_us >= member.detector.suspect_at_us():
             return MemberTrigger.SILENCE_SUSPECTED
         return None
+
+    def excuse(self, *, stalled_us: int, now_us: int) -> None:
+        """The manager could not read its connections for `stalled_us` up to `now_us` (a long
+        callback, a paused process): what its members sent meanwhile is still in the sockets, so
+        no member's silence counts that time."""
+        for member in self._members.values():
+            if member.state is not MemberState.DEAD:
+                member.detector.excuse(stalled_us=stalled_us, now_us=now_us)
 
     def forget_dead(self, *, now_us: int) -> list[str]:
         """Forget members dead for `dead_servers_forget_ms` (unless they asked to rejoin)."""

@@ -68,6 +68,7 @@ from forehand.core._manager_events import (
     ServersSilent,
     ServerSuspected,
     SessionRegistered,
+    StallExcused,
 )
 from forehand.core._manager_failover import (
     FailoverJob,
@@ -823,6 +824,17 @@ class ManagerCore:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
             self._assess_risk(message, now_us)
+
+    def excuse_stall(self, *, stalled_us: int, now_us: int) -> None:
+        """Command verb: this process could not read its connections for `stalled_us` up to
+        `now_us` (the driver measures it: a callback that ran long, a paused process). What the
+        servers sent meanwhile still waits in the sockets, so their silence over that time does
+        not count towards suspicion or death (`Membership.excuse`)."""
+        if stalled_us <= 0:
+            return
+        self._membership.excuse(stalled_us=stalled_us, now_us=now_us)
+        self._membership_changed()
+        self._emit(StallExcused(stalled_us=stalled_us))
 
     def _report_silence(self, now_us: int) -> None:
         """`ServersSilent` once when every server falls silent and deaths wait (Membership)."""

@@ -148,6 +148,12 @@ class DriverConfig:
     never. Clients ping the servers they use, so such silence means trouble."""
     close_timeout_ms: int = 2_000
     """How long `close()` waits for each connection to finish closing."""
+    stall_watch_ms: int = 100
+    """With a stall reporter (`watch_stalls`), how often a tick checks that the loop runs on
+    time."""
+    stall_report_ms: int = 200
+    """A tick or core timer this late means the loop could not read its connections meanwhile:
+    the reporter is told (once per stretch of time)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -156,6 +162,8 @@ class DriverConfig:
             "dial_backoff_max_ms",
             "welcome_timeout_ms",
             "close_timeout_ms",
+            "stall_watch_ms",
+            "stall_report_ms",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DriverConfig.{name} must be at least 1")
@@ -291,6 +299,10 @@ class NodeDriver:
         self._timer_due_us: int | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_due_s = 0.0
+        self._stall_reporter: Callable[[int], None] | None = None
+        self._stall_watch: asyncio.TimerHandle | None = None
+        self._stall_counted_to_s = 0.0
+        """Loop time up to which stalls were reported (none is reported twice)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._client_counter = 0
@@ -363,7 +375,7 @@ class NodeDriver:
         if self._closed:
             return
         self._closed = True
-        for handle in (self._timer, self._sweeper):
+        for handle in (self._timer, self._sweeper, self._stall_watch):
             if handle is not None:
                 handle.cancel()
         connections = []
@@ -382,6 +394,44 @@ class NodeDriver:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    def watch_stalls(self, report: Callable[[int], None]) -> None:
+        """Call `report(stalled_us)` whenever the loop ran `stall_report_ms` or more late: a
+        callback that ran long, a paused process. Meanwhile nothing was read from the sockets,
+        so what peers sent then arrives late, not never (the manager excuses its members'
+        silence over that time). A tick every `stall_watch_ms` and the core's own timer both
+        look; call after `start()`."""
+        self._stall_reporter = report
+        self._stall_counted_to_s = self._time_s()
+        self._arm_stall_watch()
+
+    def _arm_stall_watch(self) -> None:
+        if self._closed:
+            return
+        loop = self._loop
+        assert loop is not None
+        due_s = loop.time() + self.config.stall_watch_ms / 1000
+        self._stall_watch = loop.call_at(due_s, self._stall_tick, due_s)
+
+    def _stall_tick(self, due_s: float) -> None:
+        self._stall_watch = None
+        self._note_lateness(due_s)
+        self._arm_stall_watch()
+
+    def _note_lateness(self, due_s: float) -> None:
+        """Report how late something due at `due_s` ran, when that is a stall."""
+        report = self._stall_reporter
+        if report is None or self._closed:
+            return
+        now_s = self._time_s()
+        since_s = max(due_s, self._stall_counted_to_s)
+        if now_s - since_s < self.config.stall_report_ms / 1000:
+            return
+        self._stall_counted_to_s = now_s
+        try:
+            report(int((now_s - since_s) * 1_000_000))
+        except Exception:
+            _log.exception("stall reporter failed")
 
     def connected_peers(self) -> list[str]:
         """Node ids with a connection up, for inspection."""
@@ -487,6 +537,9 @@ class NodeDriver:
         self._timer_due_us = None
         if self._closed:
             return
+        # A timer that ran late may find its deadline crossed because the loop stalled, not
+        # because a peer fell silent: the stall is reported first.
+        self._note_lateness(due_us / 1_000_000 - self._offset_s)
         # The loop may run a timer up to its clock resolution early; the core is told the time
         # it asked for, so one timer is one call; what is fed next is never earlier than that.
         now_us = self._last_now_us = max(self.now_us(), due_us)

@@ -359,7 +359,20 @@ async def run_manager(
             listeners[0].port,
             config.transport,
         )
-        await _serve_until_stopped(driver, listeners, config.ready_file, stop, ops.start)
+        started_ops = ops.start
+
+        async def started() -> None:
+            # The members' silence while the manager's loop stalls is not theirs (Membership).
+            driver.watch_stalls(
+                lambda stalled_us: driver.command(
+                    lambda manager, now_us: manager.excuse_stall(
+                        stalled_us=stalled_us, now_us=now_us
+                    )
+                )
+            )
+            await started_ops()
+
+        await _serve_until_stopped(driver, listeners, config.ready_file, stop, started)
     finally:
         if ops is not None:
             await ops.close()
