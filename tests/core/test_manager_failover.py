@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import TYPE_CHECKING, Any
 
 from forehand.core._manager_events import (
+    FailoverAbandoned,
     FailoverCompleted,
     FailoverStarted,
     MapChange,
@@ -23,8 +26,8 @@ from forehand.core.messages import (
     PartRole,
     PositionsReported,
 )
-from forehand.placement import PartKey, ServerState
-from forehand.wire import SessionOpened
+from forehand.placement import PartKey, PlacementConfig, ServerState
+from forehand.wire import OpenSession, SessionOpened
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import ManagerHarness, opened_refs
@@ -323,3 +326,44 @@ def test_a_stall_the_driver_reports_defers_every_death() -> None:
     assert harness.events(ServerSuspected) == [] and harness.events(ServerDeclaredDead) == []
     harness.tick(1_000, alive=[s for s in SERVERS if s != "s4"])
     assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s4"]
+
+
+def test_a_server_leading_over_ten_thousand_parts_fails_over() -> None:
+    """Three servers, 12,000 sessions of three parts: the one that dies led some 12,000 parts,
+    and its promotion (one override per part) commits as one version; a delta bound of 10,000
+    operations dropped it, four attempts in a row, and the parts never failed over."""
+    harness = ManagerHarness(replica_count=2)
+    harness.join("s1", "s2", "s3")
+    for start in range(0, 12_000, 200):
+        for request_id in range(start, start + 200):
+            opening = OpenSession(request_id=request_id, parts=("auth", "cart", "feed"))
+            harness.manager.receive_message(opening, source="c1", now_us=harness.router.now_us)
+        harness.router.run()
+        harness.router.take("c1", SessionOpened)
+    led = set(harness.primaries("s2"))
+    assert len(led) > 10_000
+    harness.tick(700, alive=["s1", "s3"])
+    for server in ("s1", "s3"):
+        for prepared in harness.prepared(server):
+            harness.positions(server, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    harness.tick(500, alive=["s1", "s3"])
+    (completed,) = harness.events(FailoverCompleted)
+    assert {promoted.ref for promoted in completed.promotions} == led
+    assert harness.events(PartsLost) == []
+    assert {harness.placement(ref).primary for ref in led} <= {"s1", "s3"}
+
+
+def test_a_promotion_that_cannot_be_built_is_abandoned_aloud(monkeypatch: Any) -> None:
+    """A map whose deltas may carry fewer operations than the promotion needs: after the last
+    attempt the failover is abandoned with FailoverAbandoned naming why, not silently."""
+    helpers = sys.modules[ManagerHarness.__module__]
+    monkeypatch.setattr(
+        helpers, "PlacementConfig", functools.partial(PlacementConfig, delta_operations_max=1)
+    )
+    harness, _ = cluster()
+    assert harness.primaries("s1")  # Marked dead and promoted: two operations at least.
+    kill(harness, "s1")
+    harness.tick(2_000, alive=["s2", "s3", "s4"])
+    (abandoned,) = harness.events(FailoverAbandoned)
+    assert abandoned.servers == ("s1",) and "at most 1 operations" in abandoned.cause
+    assert harness.events(FailoverCompleted) == []

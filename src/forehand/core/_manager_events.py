@@ -18,6 +18,7 @@ from forehand.wire import ReasonCode
 __all__ = [
     "DeathCause",
     "DrainProgressed",
+    "FailoverAbandoned",
     "FailoverCompleted",
     "FailoverStarted",
     "HandoffAborted",
@@ -309,6 +310,21 @@ class FailoverStarted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class FailoverAbandoned:
+    """A failover's promotion could not be built, attempt after attempt: the dead servers'
+    parts stay placed on them (their clients' requests fail) until an operator acts."""
+
+    failover_id: int
+    """The last attempt."""
+    servers: tuple[str, ...]
+    """The dead servers, sorted."""
+    parts: int
+    """Parts it would have promoted."""
+    cause: str
+    """Why the last attempt could not be built."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FailoverCompleted:
     """Promotions committed: the parts have live primaries again."""
 
@@ -465,6 +481,7 @@ ManagerEvent = (
     | HandoffAborted
     | MovesDropped
     | FailoverStarted
+    | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
     | DrainProgressed

@@ -48,6 +48,7 @@ from forehand.core._manager_events import (
     CredentialRefused,
     DeathCause,
     DrainProgressed,
+    FailoverAbandoned,
     FailoverCompleted,
     FailoverStarted,
     HandoffAborted,
@@ -1830,6 +1831,14 @@ class ManagerCore:
         fire_failover(job, FailoverTrigger.PROMOTION_DROPPED)
         self._failover_attempts += 1
         if self._failover_attempts > FAILOVER_ATTEMPTS_MAX:
+            self._emit(
+                FailoverAbandoned(
+                    failover_id=job.failover_id,
+                    servers=tuple(sorted(job.dead)),
+                    parts=len(job.parts),
+                    cause=cause,
+                )
+            )
             self._failover_finished(job, now_us)
             return
         successor = self._failover_next or self._new_failover(now_us)

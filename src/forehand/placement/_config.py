@@ -40,8 +40,10 @@ class PlacementConfig:
     """Most part keys the map holds."""
     parts_per_session_max: int = 64
     """Most parts one session may have."""
-    delta_operations_max: int = 10_000
-    """Most operations one delta may carry."""
+    delta_operations_max: int = 250_000
+    """Most operations one delta may carry. A failover promotes every part the dead servers led
+    in one delta (an override each), so this bounds what one failover can save, as the store's
+    16 MiB per delta does (about 250,000 overrides)."""
     server_weight_max: float = 100.0
     """Largest server weight; the smallest is 0.001."""
     server_id_length_max: int = 128

@@ -78,6 +78,7 @@ NOTABLE_EVENTS = frozenset(
         "ServersSilent",
         "ServerDeclaredDead",
         "FailoverStarted",
+        "FailoverAbandoned",
         "FailoverCompleted",
         "HandoffStarted",
         "HandoffCompleted",
