@@ -333,13 +333,13 @@ def test_no_death_by_silence_while_every_member_is_silent() -> None:
     assert [(c.server_id, c.state) for c in changes] == [
         (server_id, MemberState.SUSPECTED) for server_id in ("s1", "s2", "s3")
     ]
-    assert membership.deaths_held
+    assert membership.deaths_held()
     assert membership.next_check_us() is None
     assert membership.check(now_us=60_000 * MS) == []
     assert membership.live_ids() == ["s1", "s2", "s3"]
 
     membership.heartbeat(beat("s2"), now_us=61_000 * MS)
-    assert not membership.deaths_held
+    assert not membership.deaths_held()
     due = membership.next_check_us()
     assert due is not None and due <= 61_000 * MS
     dead = membership.check(now_us=61_000 * MS)

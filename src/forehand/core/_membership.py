@@ -554,7 +554,6 @@ class Membership:
                 self._record(member, MemberTrigger.SILENCE_SUSPECTED, now_us, changes)
         return changes
 
-    @property
     def deaths_held(self) -> bool:
         """Every committed member is silent: deaths by silence wait for one to be heard."""
         return self._deaths_held and not any(
@@ -612,7 +611,7 @@ class Membership:
 
     def next_check_us(self) -> int | None:
         """The earliest instant a member's silence changes its state, or None."""
-        held = self.deaths_held
+        held = self.deaths_held()
         deadlines = [
             None
             if held and member.state is MemberState.SUSPECTED

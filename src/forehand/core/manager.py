@@ -839,7 +839,7 @@ class ManagerCore:
 
     def _report_silence(self, now_us: int) -> None:
         """`ServersSilent` once when every server falls silent and deaths wait (Membership)."""
-        held = self._membership.deaths_held
+        held = self._membership.deaths_held()
         if held and not self._silence_reported:
             silent = [m for m in self._membership.members() if m.state is MemberState.SUSPECTED]
             self._emit(
