@@ -27,6 +27,7 @@ from forehand.core import (
     manager_events,
     server_events,
 )
+from forehand.core.messages import PartRef
 from forehand.ops import OpsHub, ServerMetrics, audit, hub, metrics
 from forehand.runtime._telemetry import LoadSampler
 from forehand.runtime.node import EVENT_ROUTES_MAX, NodeDriver
@@ -451,3 +452,22 @@ def test_routed_ops_hub_accounts_for_what_it_did_when_handed_everything() -> Non
     assert any(risk is not None for _, risk in routed["records"])
     assert {kind for kind, _ in routed["stream"]} >= {"handoff_started", "drain", "audit"}
     assert routed["metrics"][("forehand_sessions_registered_total", ())] == VARIANTS
+
+
+def test_a_long_sequence_field_is_logged_as_its_count_and_first_items(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A failover of 30,000 parts logs one line of bounded length: the promotions field is
+    their count and the first LOGGED_ITEMS_MAX of them, in the message and the JSON fields."""
+    refs = tuple(
+        PartRef(session_id=index.to_bytes(16, "big"), part="cart") for index in range(30_000)
+    )
+    event = manager_events.PartsLost(parts=refs, servers=("s2",), map_version=9)
+    with caplog.at_level(logging.INFO, logger="forehand.events"):
+        EventLogger("manager")(event)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert len(message) < 2_000
+    assert "<30000 items: " in message and str(refs[0]) in message and str(refs[-1]) not in message
+    fields = record.__dict__["fields"]
+    assert fields["parts"].startswith("<30000 items: ") and fields["servers"] == ("s2",)

@@ -89,11 +89,15 @@ NOTABLE_EVENTS = frozenset(
         "MovesDropped",
         "ProtocolViolationDetected",
         "ReplicaDivergenceDetected",
-        "PrimaryInstalled",
         "ResumeRejected",
     }
 )
-"""Core events logged at INFO; every other event is logged at DEBUG."""
+"""Core events logged at INFO; every other event is logged at DEBUG (a server's
+`PrimaryInstalled` too: one per part, tens of thousands in one failover)."""
+
+LOGGED_ITEMS_MAX = 8
+"""Items of a sequence field an event's log line shows; beyond, the count and the first ones
+(a failover's promotions, a handoff's parts: thousands of items, rendered on the loop)."""
 NOTABLE_EVENT_TYPES = frozenset(
     value
     for module in (client_events, server_events, manager_events)
@@ -151,6 +155,9 @@ def _values(event: object) -> dict[str, object]:
         value = getattr(event, name, None)
         if isinstance(value, bytes):
             value = value.hex()
+        elif isinstance(value, tuple | list) and len(value) > LOGGED_ITEMS_MAX:
+            shown = ", ".join(str(item) for item in value[:LOGGED_ITEMS_MAX])
+            value = f"<{len(value)} items: {shown}, ...>"
         values[name] = value
     return values
 
