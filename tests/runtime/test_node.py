@@ -216,3 +216,28 @@ async def _stalled_loop() -> list[int]:
         return stalls
     finally:
         await driver.close()
+
+
+def test_a_timer_asked_for_in_the_past_is_no_stall() -> None:
+    """A core that asks for work already due (half a second ago) gets its timer at once, and
+    that is not reported as a stall of the loop (which would excuse every server's silence)."""
+    stalls, handled = run_async(_past_due_timer())
+    assert handled
+    assert all(stall < 400_000 for stall in stalls), stalls
+
+
+async def _past_due_timer() -> tuple[list[int], bool]:
+    core = _TimerCore("manager")
+    driver = NodeDriver(core, resolve=lambda node: [])
+    driver.start()
+    stalls: list[int] = []
+    try:
+        driver.watch_stalls(stalls.append)
+        await asyncio.sleep(0.7)
+        core.due_us = driver.now_us() - 500_000  # Due half a second ago.
+        driver.command(lambda core, now_us: None)
+        await eventually(lambda: core.timer_now_us is not None, what="the timer ran")
+        await asyncio.sleep(0.2)
+        return stalls, core.timer_now_us is not None
+    finally:
+        await driver.close()

@@ -530,16 +530,19 @@ class NodeDriver:
             return
         loop = self._loop
         assert loop is not None
-        self._timer = loop.call_at(due / 1_000_000 - self._offset_s, self._fire_timer, due)
+        due_s = due / 1_000_000 - self._offset_s
+        # Lateness counts from when the timer could first run: a core often asks for work that
+        # is already due (an instant in the past), which runs at once and is no stall.
+        self._timer = loop.call_at(due_s, self._fire_timer, due, max(due_s, loop.time()))
 
-    def _fire_timer(self, due_us: int) -> None:
+    def _fire_timer(self, due_us: int, runnable_s: float) -> None:
         self._timer = None
         self._timer_due_us = None
         if self._closed:
             return
         # A timer that ran late may find its deadline crossed because the loop stalled, not
         # because a peer fell silent: the stall is reported first.
-        self._note_lateness(due_us / 1_000_000 - self._offset_s)
+        self._note_lateness(runnable_s)
         # The loop may run a timer up to its clock resolution early; the core is told the time
         # it asked for, so one timer is one call; what is fed next is never earlier than that.
         now_us = self._last_now_us = max(self.now_us(), due_us)
