@@ -52,7 +52,7 @@ MANAGER = "manager"
 SESSIONS = 24
 """Sessions the client opens: several times what one HELLO (or the manager's memory) holds."""
 CREDENTIALS_MAX = 4
-"""The client's `hello_credentials_max` in these tests (the wire allows up to 64)."""
+"""The client's `hello_credentials_max` in these tests (the wire allows up to 1,024)."""
 
 
 class World:

@@ -139,7 +139,7 @@ def test_config_defaults_are_valid_and_randomized_configs_too() -> None:
         {"retry_backoff_ms": 100, "retry_backoff_max_ms": 10},
         {"node_id": "manager"},
         {"node_id": ""},
-        {"hello_credentials_max": 65},
+        {"hello_credentials_max": 1025},
         {"unanswered_ids_max": 1025},
         {"ping_interval_ms": 1.5},
     ],

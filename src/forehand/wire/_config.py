@@ -60,8 +60,11 @@ class WireConfig:
     """Longest resumption token."""
     versions_max: int = 16
     """Most protocol versions one HELLO may offer."""
-    credentials_max: int = 64
-    """Most session credentials one HELLO (or MAP_REQUEST) may present."""
+    credentials_max: int = 1024
+    """Most session credentials one HELLO (or MAP_REQUEST) may present: as many sessions as the
+    session manager keeps bound per connection (`client_sessions_max`), so that a client
+    reconnecting, or locating the parts a crashed server led, proves them in one frame (about
+    150 KiB with credentials of 128 bytes) rather than in one round trip per 64."""
     parts_max: int = 64
     """Most parts one frame may name (OPEN_SESSION, HANDOFF, RESUME, RESUME_OK)."""
     placements_max: int = 64
