@@ -13,7 +13,7 @@ from forehand.core._server_events import (
     SnapshotInstalled,
     StaleEpochRefused,
 )
-from forehand.core.messages import LogShipped, PartRole, PositionsReported
+from forehand.core.messages import HandoffAborted, LogShipped, PartRole, PositionsReported
 from forehand.wire import ResponseStatus
 
 if TYPE_CHECKING:
@@ -171,14 +171,19 @@ def test_primary_steps_down_for_a_newer_epoch() -> None:
 
 
 def test_restarted_server_does_not_serve_a_part_it_lost() -> None:
-    """A restarted server (incarnation 2) named primary by its first map creates nothing."""
+    """A restarted server (incarnation 2) named primary by its first map waits for the part
+    (RECEIVING, empty) and answers nothing from its empty state."""
     cluster = Cluster()
     cluster.place("counter", "s1", "s2")
     cluster.request("s1", "counter")
+    cluster.responses()
     cluster.router.remove("s1")
     cluster.start("s1", incarnation=2)
     cluster.publish_full(to=["s1"])
-    assert state(cluster, "s1") is None
+    held = cluster.server("s1").part(COUNTER)
+    assert held is not None and (held.state, held.applied_seq) == (PartState.RECEIVING, 0)
+    cluster.request("s1", "counter")
+    assert cluster.responses() == []
     names = [event.name for event in cluster.events("s1", RarePathTaken)]
     assert "primary-without-state-after-restart" in names
 
@@ -239,8 +244,9 @@ def test_a_stale_seal_does_not_make_a_replica_primary() -> None:
 
 
 def test_a_restarted_server_never_serves_a_part_it_should_hold_from_an_empty_state() -> None:
-    """Restarted, a primary skips its part on the first map and on every later delta that still
-    names it primary: an empty state must not answer for acknowledged writes."""
+    """Restarted, a primary waits for its part on the first map and on every later delta that
+    still names it primary, never installing it: an empty state must not answer for
+    acknowledged writes."""
     cluster = Cluster()
     cluster.place("counter", "s1", "s2", "s3")
     cluster.request("s1", "counter")
@@ -248,8 +254,45 @@ def test_a_restarted_server_never_serves_a_part_it_should_hold_from_an_empty_sta
     cluster.start("s1", seed=99, incarnation=2)
     cluster.publish_full(to=["s1"])
     cluster.place("counter", "s1", "s3")
-    assert cluster.server("s1").part(COUNTER) is None
+    held = cluster.server("s1").part(COUNTER)
+    assert held is not None and (held.state, held.applied_seq) == (PartState.RECEIVING, 0)
     installed = [e for e in cluster.events("s1", PrimaryInstalled) if e.ref == COUNTER]
     assert len(installed) == 1
     rare = [event.name for event in cluster.events("s1", RarePathTaken)]
-    assert rare.count("primary-without-state-after-restart") == 2
+    assert rare.count("primary-without-state-after-restart") == 1
+
+
+def test_a_restarted_primary_that_no_seal_reaches_reports_it_and_a_failover_settles() -> None:
+    """Two implicit moves in a row (s1 to s2, whose seal is lost, then on to a restarted s3)
+    leave no holder to hand the part over: s3 waits RECEIVING, reports HandoffAborted at the
+    deadline, and the failover that follows keeps s1's write (sim seed 7600466)."""
+    cluster = Cluster(handoff_deadline_ms=300)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cut = cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1", "s3", to=["s1", "s2"])
+    cluster.start("s3", seed=99, incarnation=2)
+    cluster.place("counter", "s3", "s1", "s2", to=["s1", "s2"])
+    cluster.publish_full(to=["s3"])
+    assert (state(cluster, "s1"), state(cluster, "s2")) == (PartState.REPLICA, PartState.REPLICA)
+    assert state(cluster, "s3") is PartState.RECEIVING
+    cluster.take(MANAGER, HandoffAborted)
+    cluster.responses()
+    cluster.request("s3", "counter")
+    cluster.router.advance(ms=300)
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+    (aborted,) = [m for m in cluster.take(MANAGER, HandoffAborted) if m.server_id == "s3"]
+    assert (aborted.handoff_id, aborted.parts) == (0, (COUNTER,))
+    # The manager's answer: fence the candidates, then promote the longest log (s1's).
+    cluster.router.heal(cut)
+    cluster.prepare_failover([COUNTER], to=["s1", "s2", "s3"])
+    cluster.place("counter", "s1", "s2", "s3")
+    assert state(cluster, "s1") is PartState.PRIMARY
+    cluster.request("s1", "counter")
+    (ok,) = cluster.responses()
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"2")
+    cluster.router.advance(ms=600)
+    copy = cluster.server("s3").part(COUNTER)
+    assert copy is not None and (copy.state, copy.data) == (PartState.REPLICA, 2)

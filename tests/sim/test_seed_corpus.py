@@ -64,6 +64,10 @@ FOUND_SEEDS = {
     (ALL_SCENARIO, 7202560): "a primary replaced while paused had a write it executed afterwards "
     "acknowledged by the promoted primary's answer to its seal "
     "(tests/core/test_seal_of_another_history.py)",
+    (ALL_SCENARIO, 7600466): "a part moved implicitly twice in a row (its primary pushed off by "
+    "a failover's promotions, then on to the restarted dead server) reached a primary that "
+    "held nothing while no holder would seal it: it stayed unserved to the end "
+    "(tests/core/test_server_failover.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

@@ -2044,8 +2044,15 @@ class ServerCore:
             # A part the previous map already placed here as primary, which this server does
             # not hold (it restarted and skipped it, or the part was moved here while it had no
             # map), must not be served with an empty state: its holder hands it over (a sealed
-            # log creates it here) or the manager fails it over to a replica that has the data.
+            # log makes it primary here) or the manager fails it over to a replica that has the
+            # data. It waits RECEIVING from an unknown source, at epoch 0 so that a seal of any
+            # version is taken: the map may have moved it here from a server that was itself
+            # still waiting for it (two implicit moves in a row), and then no seal comes; at the
+            # deadline the wait is reported (HANDOFF_ABORTED) and the manager settles the part.
             self._rare("primary-without-state-after-restart")
+            part = self._create_part(ref, epoch=0)
+            if part is not None:
+                self._await_seal(part, "", now_us)
             return
         part = self._create_part(ref, epoch=self.map_version)
         if part is not None:
@@ -2104,10 +2111,15 @@ class ServerCore:
         part, and the source seals at the version it learned of the move, which a higher epoch
         here would refuse as stale, turning the handoff into a failover.
         """
-        if part.state is not PartState.RECEIVING:
-            self._transition(part, PartTrigger.HANDOFF_TARGETED)
         moved_at = self.map_version if previous_map is None else previous_map.version + 1
         part.epoch = max(part.epoch, moved_at)
+        self._await_seal(part, source, now_us)
+
+    def _await_seal(self, part: Part, source: str, now_us: int) -> None:
+        """`part` waits RECEIVING for the sealed log of `source` ("": unknown) until the
+        handoff deadline, past which the manager is told (an implicit run, id 0)."""
+        if part.state is not PartState.RECEIVING:
+            self._transition(part, PartTrigger.HANDOFF_TARGETED)
         current = self._runs.get(self._run_of.get(part.ref, 0))
         if current is not None and current.side is HandoffSide.TARGET:
             return
