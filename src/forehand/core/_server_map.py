@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from forehand.core.messages import MapPublished, PartRef
 from forehand.errors import LocalProtocolError, RemoteProtocolError
-from forehand.placement import PartKey, Placement, ShardMap
+from forehand.placement import MapDiff, PartKey, Placement, ShardMap
 from forehand.wire import Endpoint
 
 __all__ = ["DEFAULT_PORT", "ServerMap", "decode_published", "endpoint_for"]
@@ -53,9 +53,17 @@ class ServerMap:
         for key in parts.primary + parts.replica:
             yield PartRef(session_id=key.session_id, part=key.part)
 
-    def changed_since(self, previous: ServerMap, server_id: str) -> Iterator[PartRef]:
-        """Parts added, removed or moved since `previous` that involve `server_id` either side."""
-        diff = previous.shard_map.diff(self.shard_map)
+    def diff_since(self, previous: ServerMap) -> MapDiff:
+        """What changed from `previous` to this version (`ShardMap.diff`)."""
+        return previous.shard_map.diff(self.shard_map)
+
+    def changed_since(
+        self, previous: ServerMap, server_id: str, diff: MapDiff | None = None
+    ) -> Iterator[PartRef]:
+        """Parts added, removed or moved since `previous` that involve `server_id` either side
+        (`diff` is `diff_since(previous)`, when the caller has it)."""
+        if diff is None:
+            diff = self.diff_since(previous)
         for key in diff.added:
             if server_id in self.shard_map.lookup(key).servers:
                 yield PartRef(session_id=key.session_id, part=key.part)
@@ -65,6 +73,15 @@ class ServerMap:
         for moved in diff.moved:
             if server_id in moved.source.servers or server_id in moved.target.servers:
                 yield PartRef(session_id=moved.key.session_id, part=moved.key.part)
+
+    @staticmethod
+    def placements_changed(diff: MapDiff) -> Iterator[PartRef]:
+        """Every part whose placement `diff` changes: added, removed, or moved (a new order of
+        the same replicas is not listed, and moves no data)."""
+        for key in (*diff.added, *diff.removed):
+            yield PartRef(session_id=key.session_id, part=key.part)
+        for moved in diff.moved:
+            yield PartRef(session_id=moved.key.session_id, part=moved.key.part)
 
     def address(self, server_id: str) -> str | None:
         """The `host:port` of a server, or None when the map does not list it."""
