@@ -2347,6 +2347,25 @@ def _merge_builds(current: ShardMap, builds: Sequence[Built]) -> Built:
         servers.update(dict.fromkeys(built.servers))
     moving = {key_of(ref) for ref in parts}
     stable = stabilize(current, operations, intended=moving.__contains__)
+    # Applied together, one build's new parts can push another's along their walks (bounded
+    # loads), which built one on top of the other they did not: such a part is pinned where the
+    # builds placed it (each build chose it, steered off the servers the risk policy avoids).
+    # A pin moves the hash-placed counts, so another part may move in turn: at most one round
+    # per part of the group, each pinning at least one more.
+    built_map = builds[-1].new_map
+    pinned: set[PartKey] = set()
+    while True:
+        pins = [
+            (key, placement)
+            for key in sorted(moving - pinned)
+            if key in built_map
+            and stable.new_map.lookup(key) != (placement := built_map.lookup(key))
+        ]
+        if not pins:
+            break
+        pinned.update(key for key, _ in pins)
+        operations.extend(override(key, placement) for key, placement in pins)
+        stable = stabilize(current, operations, intended=moving.__contains__)
     return Built(
         delta=stable.delta,
         new_map=stable.new_map,
