@@ -68,3 +68,17 @@ def test_a_group_of_opens_places_every_new_part_where_its_own_build_did() -> Non
             (seed, key) for key in keys if merged.new_map.lookup(key) != running.lookup(key)
         )
     assert differing == []
+
+
+def test_an_open_steers_every_new_part_off_an_avoided_server() -> None:
+    """An open's new parts all land off the servers the risk policy avoids: pinning the first
+    ones it found there changed the hash-placed counts, and bounded loads then pushed another
+    new part onto an avoided server, where it stayed."""
+    landed: list[tuple[int, PartKey]] = []
+    for seed in range(120):
+        rng = random.Random(seed)
+        current = small_map(rng)
+        keys: list[PartKey] = []
+        built = open_build(current, rng, keys)
+        landed.extend((seed, key) for key in keys if built.new_map.primary_of(key) in AVOIDED)
+    assert landed == []

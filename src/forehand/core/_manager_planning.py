@@ -268,17 +268,23 @@ def steer_additions(
     allowed = [server_id for server_id in eligible if server_id not in avoid]
     if not avoid or not allowed:
         return stable
-    steered = []
-    for key in added:
-        if stable.new_map.primary_of(key) not in avoid:
-            continue
-        primary = rendezvous_order(key, allowed)[0]
-        count = current.config.replica_count
-        replicas = fill_replicas(key, primary=primary, keep=(), eligible=eligible, count=count)
-        steered.append(override(key, Placement(primary=primary, replicas=replicas)))
-    if not steered:
-        return stable
-    return stabilize(current, [*operations, *steered], intended=lambda key: False)
+    # A pin changes the hash-placed counts, so a new part the first look found elsewhere may
+    # then be pushed onto an avoided server: look again, at most once per new part (each round
+    # pins at least one more).
+    steered: dict[PartKey, Operation] = {}
+    for _ in range(len(added)):
+        landed = [
+            key for key in added if key not in steered and stable.new_map.primary_of(key) in avoid
+        ]
+        if not landed:
+            break
+        for key in landed:
+            primary = rendezvous_order(key, allowed)[0]
+            count = current.config.replica_count
+            replicas = fill_replicas(key, primary=primary, keep=(), eligible=eligible, count=count)
+            steered[key] = override(key, Placement(primary=primary, replicas=replicas))
+        stable = stabilize(current, [*operations, *steered.values()], intended=lambda key: False)
+    return stable
 
 
 def stabilize_additions(
