@@ -16,9 +16,10 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_a_lowered_threshold_moves_parts_with_an_audited_decision(ops_cluster: OpsCluster) -> None:
-    """With the CPU threshold lowered through the API, the loaded servers are flagged: the
-    alarm counter moves and the audit log records moves of reason overload carrying the
-    decision's detail and a lead time; the threshold is put back afterwards."""
+    """With the CPU threshold lowered through the API, the loaded servers are flagged (the
+    busiest alone when every server runs above it): the alarm counter moves and the audit log
+    records moves of reason overload carrying the decision's detail and a lead time; the
+    threshold is put back afterwards."""
     cluster = ops_cluster
 
     async def scenario() -> None:
@@ -38,16 +39,29 @@ def test_a_lowered_threshold_moves_parts_with_an_audited_decision(ops_cluster: O
                     assert response.status_code == 200, response.text
                     try:
                         seen: list[object] = []
+                        threshold = [change["overload_threshold"]]
 
                         async def audited() -> bool:
                             params = {"reason": "overload", "after": after}
                             records = (await api.get("/api/history", params=params)).json()
+                            if any(r["risk"] is not None for r in records):
+                                return True
                             # What the servers reported, shown if no move ever comes.
                             servers = (await api.get("/api/status")).json()["servers"]
                             seen[:] = [
                                 (s["server_id"], s["cpu_utilization"], s["risk"]) for s in servers
                             ]
-                            return any(r["risk"] is not None for r in records)
+                            # On a busy machine every server (the cart's replicas, a server
+                            # another test started) may run above the threshold, and then no
+                            # move has a target: the threshold goes between the busiest server
+                            # and the next, which flags the busiest alone.
+                            cpus = sorted(float(s["cpu_utilization"]) for s in servers)
+                            if len(cpus) >= 2 and cpus[0] >= threshold[0] and cpus[-1] > cpus[-2]:
+                                threshold[0] = round((cpus[-1] + cpus[-2]) / 2, 4)
+                                update = {**change, "overload_threshold": threshold[0]}
+                                response = await api.put("/api/policy", json=update, headers=AUTH)
+                                assert response.status_code == 200, response.text
+                            return False
 
                         await eventually(
                             audited,
