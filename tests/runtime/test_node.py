@@ -190,10 +190,10 @@ async def _last_words(certs: Path) -> None:
 
 
 def test_a_stalled_loop_is_reported_once_with_its_length() -> None:
-    """A callback that holds the loop for 0.6 s: the stall reporter hears that stretch once
+    """A callback that holds the loop for 1.5 s: the stall reporter hears that stretch once
     (the watch's tick and the core's late timer both look), about as long as it was."""
     stalls = run_async(_stalled_loop())
-    long_ones = [stall for stall in stalls if stall >= 450_000]
+    long_ones = [stall for stall in stalls if stall >= 1_200_000]
     assert len(long_ones) == 1, stalls
     assert long_ones[0] <= 5_000_000
 
@@ -210,7 +210,7 @@ async def _stalled_loop() -> list[int]:
         core.due_us = driver.now_us() + 100_000
         driver.command(lambda core, now_us: None)
         await asyncio.sleep(0.05)
-        time.sleep(0.6)  # A callback that runs long: nothing else runs meanwhile.
+        time.sleep(1.5)  # A callback that runs long: nothing else runs meanwhile.
         await eventually(lambda: core.timer_now_us is not None, what="the late timer ran")
         await asyncio.sleep(0.3)
         return stalls
@@ -219,11 +219,11 @@ async def _stalled_loop() -> list[int]:
 
 
 def test_a_timer_asked_for_in_the_past_is_no_stall() -> None:
-    """A core that asks for work already due (half a second ago) gets its timer at once, and
+    """A core that asks for work already due (two seconds ago) gets its timer at once, and
     that is not reported as a stall of the loop (which would excuse every server's silence)."""
     stalls, handled = run_async(_past_due_timer())
     assert handled
-    assert all(stall < 400_000 for stall in stalls), stalls
+    assert all(stall < 1_500_000 for stall in stalls), stalls
 
 
 async def _past_due_timer() -> tuple[list[int], bool]:
@@ -233,8 +233,8 @@ async def _past_due_timer() -> tuple[list[int], bool]:
     stalls: list[int] = []
     try:
         driver.watch_stalls(stalls.append)
-        await asyncio.sleep(0.7)
-        core.due_us = driver.now_us() - 500_000  # Due half a second ago.
+        await asyncio.sleep(2.2)
+        core.due_us = driver.now_us() - 2_000_000  # Due two seconds ago.
         driver.command(lambda core, now_us: None)
         await eventually(lambda: core.timer_now_us is not None, what="the timer ran")
         await asyncio.sleep(0.2)
