@@ -1,4 +1,4 @@
-"""Second reading of the day's changes: each test failed on the code before its fix."""
+"""Opens steer every new part off the servers the risk policy avoids, alone and grouped."""
 
 from __future__ import annotations
 
