@@ -94,25 +94,13 @@ def _manager(config: ManagerConfig | None = None) -> tuple[ManagerCore, MemorySt
     return core, store
 
 
-def open_sessions(count: int) -> None:
-    """The candidate: `count` OPEN_SESSIONs through a whole manager."""
+def _open(count: int, burst: int) -> None:
+    """`count` OPEN_SESSIONs through a whole manager, `burst` at a time before the store answers
+    any (the opens behind the first commit of a burst go as one version,
+    `commit_group_changes_max`)."""
     core, store = _manager()
-    for request_id in range(count):
-        core.receive_message(
-            OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
-        )
-        _run_store(core, store)
-        core.messages_to_send()
-        while core.next_event() is not None:
-            pass
-
-
-def open_bursts(count: int) -> None:
-    """`count` OPEN_SESSIONs arriving `BURST` at a time, before the store answers any (the
-    opens behind the first commit of a burst go as one version, `commit_group_changes_max`)."""
-    core, store = _manager()
-    for start in range(0, count, BURST):
-        for request_id in range(start, min(start + BURST, count)):
+    for start in range(0, count, burst):
+        for request_id in range(start, min(start + burst, count)):
             core.receive_message(
                 OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
             )
@@ -120,6 +108,16 @@ def open_bursts(count: int) -> None:
         core.messages_to_send()
         while core.next_event() is not None:
             pass
+
+
+def open_sessions(count: int) -> None:
+    """The candidate: `count` OPEN_SESSIONs through a whole manager, one at a time."""
+    _open(count, 1)
+
+
+def open_bursts(count: int) -> None:
+    """`count` OPEN_SESSIONs arriving `BURST` at a time."""
+    _open(count, BURST)
 
 
 def apply_deltas(count: int) -> None:
