@@ -167,6 +167,18 @@ class Replication:
                 return False
         return True
 
+    def resend_due_us(self) -> int | None:
+        """When the oldest batch in flight on any stream is due to be sent again (None when
+        nothing is in flight)."""
+        due: int | None = None
+        for stream in self.streams.values():
+            inflight = stream.inflight
+            if inflight:
+                at = inflight[0][1] + self._retry_us
+                if due is None or at < due:
+                    due = at
+        return due
+
     def settled(self, last_seq: int) -> bool:
         """Whether there is nothing to ship now or later until the log grows: `idle`, and no
         stream waits for a snapshot."""

@@ -16,6 +16,7 @@ by a `ConnectionCloseRequested` for its connection; nothing a peer sends raises 
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -135,6 +136,9 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
+RESEND_HEAP_SLACK = 1024
+"""Stale entries the resend heap may hold beyond twice the parts it schedules before it is
+compacted (a part that settles leaves its entry until the entry falls due)."""
 PLACEMENT_CACHE_ENTRIES_MAX = 4096
 """Placements of the current map a server remembers (looked up on every log shipment it gets),
 or twice the parts it holds when that is more; past this many the cache starts over, so a
@@ -201,7 +205,15 @@ class ServerCore:
         self._parts: dict[PartRef, Part] = {}
         self._shippers: dict[PartRef, Replication] = {}
         self._shipping: dict[PartRef, None] = {}
+        """Parts with something to ship at the next replication round (new entries, a new
+        replica, a probe to send again), in the order they were marked."""
         self._replication_due_us: int | None = None
+        self._resend_due: dict[PartRef, int] = {}
+        """Parts whose every stream waits for acknowledgements, by when the oldest batch in
+        flight is due to be sent again; a round walks none of them."""
+        self._resend_heap: list[tuple[int, int, PartRef]] = []
+        """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
+        self._resend_pushes = 0
         self._held: dict[PartRef, deque[tuple[int, _Inbound, bool]]] = {}
         self._queues: dict[PartRef, deque[_Inbound]] = {}
         self._forwards: dict[tuple[NodeId, bytes, int], _Forward] = {}
@@ -294,6 +306,8 @@ class ServerCore:
             self._heartbeat(now_us)
         if self._replication_due_us is not None and now_us >= self._replication_due_us:
             self._replication_round(now_us)
+        if self._resend_heap and now_us >= self._resend_heap[0][0]:
+            self._resend_round(now_us)
         for key in list(self._runs):
             run = self._runs.get(key)
             due = None if run is None else run.next_due_us()
@@ -325,6 +339,8 @@ class ServerCore:
         candidates = [self._heartbeat_due_us]
         if self._replication_due_us is not None:
             candidates.append(self._replication_due_us)
+        if self._resend_heap:
+            candidates.append(self._resend_heap[0][0])
         if self._map_retry_us is not None:
             candidates.append(self._map_retry_us)
         for run in self._runs.values():
@@ -1073,13 +1089,33 @@ class ServerCore:
     def _ship(self, ref: PartRef, now_us: int) -> None:
         part = self._parts.get(ref)
         shipper = self._shippers.get(ref)
+        self._shipping.pop(ref, None)
         if part is None or shipper is None:
-            self._shipping.pop(ref, None)
+            self._resend_due.pop(ref, None)
             return
         for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us):
             self._send(node, message)
         if shipper.idle(part.log.last_seq):
-            self._shipping.pop(ref, None)
+            self._resend_due.pop(ref, None)
+            return
+        # Everything a stream may send went out: what is left waits for an acknowledgement
+        # (which ships again at once), a new entry (which marks the part), or the resend time
+        # of the oldest batch in flight. Rounds skip the part until then: a server taking over
+        # tens of thousands of parts would otherwise walk them all every round.
+        due = shipper.resend_due_us()
+        due = now_us + self._config.replication_interval_ms * 1000 if due is None else due
+        scheduled = self._resend_due.get(ref)
+        if scheduled is not None and scheduled <= due:
+            return
+        self._resend_due[ref] = due
+        self._resend_pushes += 1
+        heap = self._resend_heap
+        if len(heap) > 2 * len(self._resend_due) + RESEND_HEAP_SLACK:
+            # Parts that settled leave their entries behind until due: drop them.
+            scheduled_at = self._resend_due
+            heap[:] = [entry for entry in heap if scheduled_at.get(entry[2]) == entry[0]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (due, self._resend_pushes, ref))
 
     def _replication_round(self, now_us: int) -> None:
         for ref in list(self._shipping):
@@ -1087,6 +1123,18 @@ class ServerCore:
         self._replication_due_us = (
             now_us + self._config.replication_interval_ms * 1000 if self._shipping else None
         )
+
+    def _resend_round(self, now_us: int) -> None:
+        """Ship the parts whose oldest batch in flight is due to be sent again."""
+        heap = self._resend_heap
+        due_now: list[PartRef] = []
+        while heap and heap[0][0] <= now_us:
+            due_us, _, ref = heapq.heappop(heap)
+            if self._resend_due.get(ref) == due_us:
+                del self._resend_due[ref]
+                due_now.append(ref)
+        for ref in due_now:
+            self._ship(ref, now_us)
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
         """Become the shipper of `part` towards the replicas the map names."""
@@ -1103,6 +1151,7 @@ class ServerCore:
     def _stop_shipping(self, ref: PartRef) -> None:
         self._shippers.pop(ref, None)
         self._shipping.pop(ref, None)
+        self._resend_due.pop(ref, None)
 
     def _placement(self, ref: PartRef) -> Placement | None:
         """`ref`'s placement in the current map, remembered until the map changes: a replica
@@ -1144,6 +1193,7 @@ class ServerCore:
         if shipper.settled(part.log.last_seq):
             # Every replica holds everything (the common case: one write in flight per part).
             self._shipping.pop(part.ref, None)
+            self._resend_due.pop(part.ref, None)
             return
         # The window just opened: keep the pipeline full rather than wait for the next round.
         self._mark_shipping(part.ref, now_us, urgent=True)
@@ -1172,6 +1222,10 @@ class ServerCore:
             self._shipment_to_primary(part, message, source)
             return
         complete = self._apply_entries(part, message)
+        if message.entries:
+            # A handoff source listed as the new primary's replica applies its entries while it
+            # waits for the seal's acknowledgement: its own stream to the target ships them.
+            self._mark_shipping(part.ref, now_us)
         takeover = (
             complete
             and message.sealed
