@@ -29,7 +29,14 @@ from forehand.placement import (
     ShardMap,
     new_session_id,
 )
-from forehand.placement._diff import changes_between
+from forehand.placement._diff import (
+    BULK_PLACEMENTS_MIN,
+    PartMoved,
+    changes_between,
+    placement_of_hash,
+    placements_of_hashes,
+    same_servers,
+)
 from forehand.placement._lineage import STEPS_MAX, new_lineage
 from forehand.placement._state import count_pinned_active, load_bounds
 
@@ -212,3 +219,61 @@ def test_lineage_keeps_no_older_version_alive() -> None:
     gc.collect()
     assert held() is None
     assert second.primary_loads() == _counted_loads(second)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**32),
+    strategy=st.sampled_from(["ring", "ring", "maglev", "rendezvous"]),
+    replica_count=st.integers(0, 3),
+    zones=st.sampled_from([1, 2, 3, 8]),
+    points=st.sampled_from([4, 16, 1000]),
+    epsilon=st.sampled_from([0.02, 0.25]),
+)
+def test_bulk_placements_equal_one_at_a_time(
+    *, seed: int, strategy: str, replica_count: int, zones: int, points: int, epsilon: float
+) -> None:
+    """`placements_of_hashes` (a diff over many parts) gives every part the placement a lookup
+    gives it, with overrides, bounded-load walks and any zone layout; and a server's death
+    diffs the same in bulk as one part at a time."""
+    rng = random.Random(seed)
+    config = PlacementConfig(
+        strategy=strategy,
+        replica_count=replica_count,
+        load_epsilon=epsilon,
+        ring_points_per_weight=points,
+        maglev_table_size=251,
+    )
+    shard_map = ShardMap.empty(config=config)
+    joins = [
+        ServerJoined(server_id=f"s{index}", address=f"h{index}:1", zone=f"z{index % zones}")
+        for index in range(8)
+    ]
+    shard_map = shard_map.apply(shard_map.delta(*joins))
+    adds = [
+        PartsAdded(session_id=new_session_id(now_ms=index, rng=rng), parts=_PARTS)
+        for index in range(150)
+    ]
+    shard_map = shard_map.apply(shard_map.delta(*adds))
+    keys = sorted(shard_map.part_keys())
+    pins = []
+    for key in rng.sample(keys, 40):
+        chosen = rng.sample([f"s{index}" for index in range(8)], rng.randint(1, replica_count + 1))
+        placement = Placement(primary=chosen[0], replicas=tuple(chosen[1:]))
+        pins.append(
+            PlacementOverridden(session_id=key.session_id, part=key.part, placement=placement)
+        )
+    before = shard_map.apply(shard_map.delta(*pins))
+    state = before._state
+    hashes = sorted(key.key_hash for key in keys)
+    assert placements_of_hashes(state, hashes) == [placement_of_hash(state, h) for h in hashes]
+    after = before.apply(before.delta(ServerMarkedDead(server_id=f"s{rng.randrange(8)}")))
+    diff = before.diff(after)
+    assert len(keys) >= BULK_PLACEMENTS_MIN
+    expected = []
+    for key in keys:
+        source, target = before.lookup(key), after.lookup(key)
+        if not same_servers(source, target):
+            expected.append(PartMoved(key=key, source=source, target=target))
+    assert list(diff.moved) == expected
+    assert diff.unchanged_count == len(keys) - len(expected)

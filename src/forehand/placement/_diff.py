@@ -12,14 +12,14 @@ server's member array holds its share of every part: with three servers, a third
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from forehand.placement._delta import Placement
 from forehand.placement._ids import PartKey
 from forehand.placement._lineage import Changes
 from forehand.placement._servers import ServerEntry
-from forehand.placement._state import MapState, pinned_placement
+from forehand.placement._state import MapState, Pinned, pinned_placement
 from forehand.placement._table import Table
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "changes_between",
     "diff_states",
     "placement_of_hash",
+    "placements_of_hashes",
     "same_servers",
 ]
 
@@ -86,6 +87,60 @@ def placement_of_hash(state: MapState, key_hash: int) -> Placement:
     primary = engine.primary_of(key_hash)
     replicas = engine.replica_set(key_hash, primary)
     return Placement(primary=names[primary], replicas=tuple(names[index] for index in replicas))
+
+
+BULK_PLACEMENTS_MIN = 256
+"""From this many parts `diff_states` places the candidates in bulk (`placements_of_hashes`)."""
+
+
+def placements_of_hashes(state: MapState, sorted_hashes: Sequence[int]) -> list[Placement]:
+    """`placement_of_hash` of each of `sorted_hashes` (ascending, all in `state`), in bulk.
+
+    The layout locates the keys in one pass, keys that start at the same point share their
+    replicas, and equal placements share one `Placement`: when a server leaves, every part of
+    a small fleet may change placement, and a diff places each of them in two versions.
+    """
+    overrides = state.overrides
+    engine = state.engine
+    names = state.eligible.names
+    thresholds = engine.thresholds
+    result: list[Placement | None] = [None] * len(sorted_hashes)
+    plain_hashes: list[int] = []
+    plain_at: list[int] = []
+    pinned: dict[Pinned, Placement] = {}
+    check_overrides = len(overrides) > 0
+    for at, key_hash in enumerate(sorted_hashes):
+        override = overrides.get(key_hash) if check_overrides else None
+        if override is None:
+            plain_hashes.append(key_hash)
+            plain_at.append(at)
+            continue
+        placement = pinned.get(override)
+        if placement is None:
+            placement = pinned[override] = pinned_placement(override)
+        result[at] = placement
+    if plain_hashes:
+        layout = engine.layout
+        primaries = [
+            first if key_hash <= thresholds[first] else engine.primary_of(key_hash)
+            for key_hash, first in zip(plain_hashes, layout.firsts(plain_hashes), strict=True)
+        ]
+        replica_sets = layout.replicas_sorted(
+            plain_hashes,
+            primaries,
+            want=engine.replica_target,
+            zones=engine.zones,
+            zone_count=engine.zone_count,
+        )
+        shared: dict[tuple[int, tuple[int, ...]], Placement] = {}
+        for at, primary, replicas in zip(plain_at, primaries, replica_sets, strict=True):
+            placement = shared.get((primary, replicas))
+            if placement is None:
+                placement = shared[(primary, replicas)] = Placement(
+                    primary=names[primary], replicas=tuple(names[index] for index in replicas)
+                )
+            result[at] = placement
+    return result  # type: ignore[return-value]
 
 
 def same_servers(one: Placement, other: Placement) -> bool:
@@ -155,13 +210,27 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
         if after is not None and after != before:
             added.append(after)
     moved: list[PartMoved] = []
+    common_keys: list[tuple[int, PartKey]] = []
     for key_hash in _candidates(source, target, changes):
         key = source.parts.get(key_hash)
-        if key is None or target.parts.get(key_hash) != key:
-            continue
-        before_placement = placement_of_hash(source, key_hash)
-        after_placement = placement_of_hash(target, key_hash)
-        if not same_servers(before_placement, after_placement):
+        if key is not None and target.parts.get(key_hash) == key:
+            common_keys.append((key_hash, key))
+    pairs: Iterable[tuple[Placement, Placement]]
+    if len(common_keys) >= BULK_PLACEMENTS_MIN:
+        common_keys.sort()
+        hashes = [key_hash for key_hash, _ in common_keys]
+        pairs = zip(
+            placements_of_hashes(source, hashes), placements_of_hashes(target, hashes), strict=True
+        )
+    else:
+        pairs = (
+            (placement_of_hash(source, key_hash), placement_of_hash(target, key_hash))
+            for key_hash, _ in common_keys
+        )
+    for (_, key), (before_placement, after_placement) in zip(common_keys, pairs, strict=True):
+        if before_placement is not after_placement and not same_servers(
+            before_placement, after_placement
+        ):
             moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
     common = len(source.parts) - len(removed)
     servers_added: list[ServerEntry] = []

@@ -589,21 +589,34 @@ class RingLayout:
         zones: Sequence[int],
         zone_count: int,
     ) -> list[tuple[int, ...]]:
-        if want == 0 or zone_count <= want or len(sorted_hashes) * _MERGE_RATIO < len(self._points):
+        if want == 0 or len(sorted_hashes) * _MERGE_RATIO < len(self._points):
             return [
                 self.replicas(h, primary=p, want=want, zones=zones, zone_count=zone_count)
                 for h, p in zip(sorted_hashes, primaries, strict=True)
             ]
-        # A rebuild: locate every key at once, and reuse the answer of the previous key when it
-        # starts at the same point from the same zone.
+        # A rebuild (or a diff over many keys): locate every key at once, and reuse the answer
+        # of the previous key when it starts at the same point with the same primary (with more
+        # zones than replicas, from the same zone): the replicas depend on nothing else.
+        by_zone = zone_count > want
         result: list[tuple[int, ...]] = []
         last: tuple[int, int] = (-1, -1)
         chosen: tuple[int, ...] = ()
         positions = self._positions(sorted_hashes).tolist()
-        for position, primary in zip(positions, primaries, strict=True):
-            start = (position, zones[primary])
+        for key_hash, position, primary in zip(sorted_hashes, positions, primaries, strict=True):
+            start = (position, zones[primary] if by_zone else primary)
             if start != last:
-                chosen = self._zone_firsts(position, start[1], want, zones)
+                if by_zone:
+                    chosen = self._zone_firsts(position, start[1], want, zones)
+                elif zone_count == 1:
+                    chosen = self._distinct_after(position, primary, want)
+                else:
+                    chosen = choose_replicas(
+                        self.walk(key_hash),
+                        primary=primary,
+                        want=want,
+                        zones=zones,
+                        zone_count=zone_count,
+                    )
                 last = start
             result.append(chosen)
         return result
