@@ -59,20 +59,22 @@ class ServerMap:
 
     def changed_since(
         self, previous: ServerMap, server_id: str, diff: MapDiff | None = None
-    ) -> Iterator[PartRef]:
-        """Parts added, removed or moved since `previous` that involve `server_id` either side
-        (`diff` is `diff_since(previous)`, when the caller has it)."""
+    ) -> Iterator[tuple[PartRef, Placement | None]]:
+        """Parts added, removed or moved since `previous` that involve `server_id` either side,
+        each with its placement in this version (None when removed); `diff` is
+        `diff_since(previous)`, when the caller has it."""
         if diff is None:
             diff = self.diff_since(previous)
         for key in diff.added:
-            if server_id in self.shard_map.lookup(key).servers:
-                yield PartRef(session_id=key.session_id, part=key.part)
+            placement = self.shard_map.lookup(key)
+            if server_id in placement.servers:
+                yield PartRef(session_id=key.session_id, part=key.part), placement
         for key in diff.removed:
             if server_id in previous.shard_map.lookup(key).servers:
-                yield PartRef(session_id=key.session_id, part=key.part)
+                yield PartRef(session_id=key.session_id, part=key.part), None
         for moved in diff.moved:
             if server_id in moved.source.servers or server_id in moved.target.servers:
-                yield PartRef(session_id=moved.key.session_id, part=moved.key.part)
+                yield PartRef(session_id=moved.key.session_id, part=moved.key.part), moved.target
 
     @staticmethod
     def placements_changed(diff: MapDiff) -> Iterator[PartRef]:

@@ -1160,10 +1160,13 @@ class ServerCore:
         if ref in placements:
             return placements[ref]
         placement = None if self._map is None else self._map.placement(ref)
-        if len(placements) >= max(PLACEMENT_CACHE_ENTRIES_MAX, 2 * len(self._parts)):
+        if len(placements) >= self._placements_max():
             placements.clear()
         placements[ref] = placement
         return placement
+
+    def _placements_max(self) -> int:
+        return max(PLACEMENT_CACHE_ENTRIES_MAX, 2 * len(self._parts))
 
     def _replicas_of(self, ref: PartRef) -> list[str]:
         placement = self._placement(ref)
@@ -2035,7 +2038,13 @@ class ServerCore:
             placements = self._placements
             for ref in ServerMap.placements_changed(diff):
                 placements.pop(ref, None)
-            refs.update(dict.fromkeys(new_map.changed_since(previous_map, self._me, diff)))
+            # The diff knows the new placement of each part it names: the reconciliation below
+            # (and the replicas a new primary ships to) read it from the cache, not the ring.
+            cache_max = self._placements_max()
+            for ref, placement in new_map.changed_since(previous_map, self._me, diff):
+                refs[ref] = None
+                if len(placements) < cache_max:
+                    placements[ref] = placement
         # A fenced part waits for the map that settles its failover, changed or not; that map
         # (the first at or above the fence) decides, and later maps are ordinary again.
         settled = [
@@ -2061,7 +2070,7 @@ class ServerCore:
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
         assert self._map is not None
-        placement = self._map.placement(ref)
+        placement = self._placement(ref)
         part = self._parts.get(ref)
         if part is None:
             if placement is not None:
