@@ -104,6 +104,29 @@ def test_unacked_batch_is_resent_after_retry_interval() -> None:
     assert again[0][1].prev_seq == 2
 
 
+def test_a_silent_replica_is_resent_to_less_and_less_often() -> None:
+    """A replica that never answers gets the probe again after retry_us, then 2, 4 and 8 times
+    that (`RESEND_DOUBLINGS_MAX`), never less often; `resend_due_us` names each instant, and an
+    answer brings the wait back to retry_us."""
+    part = primary_with(4)
+    shipper = replication(retry_us=1000)
+    shipper.set_replicas(["r1"])
+    sent_at = [0]
+    assert len(shipper.ship(part, epoch=1, now_us=0)) == 1
+    for wait_us in (1000, 2000, 4000, 8000, 8000):
+        due_us = shipper.resend_due_us()
+        assert due_us == sent_at[-1] + wait_us
+        assert shipper.ship(part, epoch=1, now_us=due_us - 1) == []
+        assert len(shipper.ship(part, epoch=1, now_us=due_us)) == 1
+        sent_at.append(due_us)
+    shipper.on_ack(part, ack(4), source="r1")
+    assert shipper.resend_due_us() is None
+    part.execute(request_id=99, op="add", payload=b"1")
+    now_us = sent_at[-1] + 10
+    assert len(shipper.ship(part, epoch=1, now_us=now_us)) == 1
+    assert shipper.resend_due_us() == now_us + 1000
+
+
 def test_replica_behind_retained_log_gets_snapshot() -> None:
     """A replica at 0 when the log starts at 5 receives the whole state, then entries."""
     part = primary_with(10, log_entries_max=6)

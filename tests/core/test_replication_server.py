@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from itertools import count
+from random import Random
 from typing import TYPE_CHECKING, Any
 
 from forehand.core._part import HandlerResult, PartSpec
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
+from forehand.placement import new_session_id
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import SPECS, Cluster, ref
@@ -151,3 +154,25 @@ def test_non_deterministic_handler_is_reported_on_the_replica() -> None:
     cluster.router.advance(ms=20)
     (divergence,) = cluster.events("s2", ReplicaDivergenceDetected)
     assert (divergence.log_index, divergence.detail) == (1, "result")
+
+
+def test_a_peer_that_stays_down_is_probed_per_resend_time_not_per_lost_connection() -> None:
+    """s2, replica of five parts s1 leads, dies; s1's dials to it fail every 100 ms (each a lost
+    connection). Each part probes s2 once at the first loss and then only at its resend times
+    (0.5, 1 and 2 s apart): three probes each in 3 s, where probing again at every loss sent one
+    a round (some thirty)."""
+    cluster = Cluster()
+    sessions = [new_session_id(now_ms=1_700_000_000_000 + n, rng=Random(n)) for n in range(5)]
+    for session in sessions:
+        cluster.place("counter", "s1", "s2", session=session)
+    cluster.router.advance(ms=20)
+    cluster.router.remove("s2")
+    for _ in range(30):
+        cluster.router.disconnect("s1", "s2", reason="refused")
+        cluster.router.advance(ms=100)
+    probes = Counter(
+        message.ref.session_id
+        for message in cluster.router.take("s2", LogShipped)
+        if not message.entries
+    )
+    assert probes == dict.fromkeys(sessions, 3)

@@ -20,7 +20,12 @@ from forehand.core._driver import NodeId
 from forehand.core._part import Part
 from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
 
-__all__ = ["AckOutcome", "Replication", "ReplicaStream", "Shipment"]
+__all__ = ["RESEND_DOUBLINGS_MAX", "AckOutcome", "Replication", "ReplicaStream", "Shipment"]
+
+RESEND_DOUBLINGS_MAX = 3
+"""A replica that stays silent is shipped to again after `replication_retry_ms`, then twice,
+four and eight times that: a server whose peer died resends every part's probe to it at most
+every 4 s (at the default 500 ms) until a map drops the peer, rather than twice a second."""
 
 Shipment = LogShipped | SnapshotShipped
 """What a stream sends."""
@@ -35,6 +40,7 @@ class ReplicaStream:
         "inflight",
         "needs_snapshot",
         "node",
+        "resends",
         "restarted_from",
         "seal_acked",
         "seal_sent",
@@ -63,6 +69,9 @@ class ReplicaStream:
         """The replica's history diverged: the next shipment is a snapshot."""
         self.restarted_from: int | None = None
         """The acknowledged sequence shipping last restarted from (None: never restarted)."""
+        self.resends = 0
+        """Resends in a row since the replica last answered: each doubles the wait before the
+        next, up to `RESEND_DOUBLINGS_MAX` doublings of `replication_retry_ms`."""
         self.history_checked = False
         """Whether an acknowledgement (a probe's answer, or a snapshot's) showed the replica's
         log to be a prefix of the primary's; until then a probe is never sealed, since an empty
@@ -174,7 +183,7 @@ class Replication:
         for stream in self.streams.values():
             inflight = stream.inflight
             if inflight:
-                at = inflight[0][1] + self._retry_us
+                at = inflight[0][1] + (self._retry_us << stream.resends)
                 if due is None or at < due:
                     due = at
         return due
@@ -191,6 +200,7 @@ class Replication:
         stream = self.streams.get(source)
         if stream is None:
             return AckOutcome(known=False)
+        stream.resends = 0
         if stream.acked_seq is None or ack.acked_seq > part.log.last_seq:
             outcome = self._on_probe_answer(part, stream, ack)
             if outcome.diverged:
@@ -281,8 +291,11 @@ class Replication:
         streams = self.streams
         for node in sorted(streams) if len(streams) > 1 else streams:
             stream = streams[node]
-            if stream.inflight and now_us - stream.inflight[0][1] >= self._retry_us:
+            if stream.inflight and now_us - stream.inflight[0][1] >= (
+                self._retry_us << stream.resends
+            ):
                 stream.restart()
+                stream.resends = min(stream.resends + 1, RESEND_DOUBLINGS_MAX)
             if stream.acked_seq is None:
                 if not stream.inflight:
                     shipments.append((node, self._probe(part, stream, epoch=epoch, now_us=now_us)))

@@ -913,7 +913,10 @@ class ServerCore:
         self._bound.pop(peer, None)
         for ref, shipper in self._shippers.items():
             stream = shipper.streams.get(peer)
-            if stream is not None:
+            if stream is not None and stream.acked_seq is not None:
+                # Where the replica stands is unknown again. A stream still waiting for its
+                # probe's answer is left to its resend time: a peer that stays down fails every
+                # dial, and probing every part again at each failure kept the server busy.
                 stream.reprobe()
                 self._mark_shipping(ref, now_us)
         for key, forward in list(self._forwards.items()):
