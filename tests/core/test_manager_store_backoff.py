@@ -68,3 +68,29 @@ def test_a_backoff_above_its_bound_is_refused() -> None:
     """store_retry_backoff_ms above store_retry_backoff_max_ms is a ConfigError naming both."""
     with pytest.raises(ConfigError, match="store_retry_backoff_max_ms"):
         manager_config(store_retry_backoff_ms=1_000, store_retry_backoff_max_ms=500)
+
+
+def test_a_stall_of_the_manager_does_not_time_its_commit_out() -> None:
+    """A commit in flight while the manager's loop stalls past `store_timeout_ms`: the stall
+    the driver reports does not count, so the answer waiting meanwhile commits the change (a
+    timeout would reload the whole map and send it whole to every server); time the manager
+    could listen still counts, and the timeout then reloads."""
+    core = bare_manager(
+        store_timeout_ms=5_000, suspect_timeout_ms=30_000, failure_timeout_ms=60_000
+    )
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    (commit,) = core.store_requests()
+    assert isinstance(commit, DeltaCommitRequested)
+    core.excuse_stall(stalled_us=6_000_000, now_us=6_500_000)
+    core.handle_timer(now_us=6_500_000)
+    assert core.store_requests() == []  # No reload: the stall is not the store's silence.
+    core.store_result(execute(store, commit), now_us=6_500_000)
+    assert core.map_version == 1
+    core.receive_message(announce("s2"), source="s2", now_us=6_600_000)
+    (commit,) = core.store_requests()
+    core.excuse_stall(stalled_us=1_000_000, now_us=7_600_000)
+    core.handle_timer(now_us=12_600_000)
+    (reload,) = core.store_requests()  # 6 s after it was sent, 1 s of it excused: timed out.
+    assert isinstance(reload, MapLoadRequested)

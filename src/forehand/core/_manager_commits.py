@@ -351,6 +351,13 @@ class CommitPipeline:
             )
         )
 
+    def excuse(self, *, stalled_us: int, now_us: int) -> None:
+        """The manager could not read the store's answer for `stalled_us` up to `now_us`: that
+        time does not count towards the request's timeout (the answer may be waiting)."""
+        in_flight = self._in_flight
+        if in_flight is not None:
+            in_flight.sent_us = min(in_flight.sent_us + stalled_us, now_us)
+
     def deadline_us(self) -> int | None:
         """When the request in flight is abandoned, or a reload waiting after a failure is due."""
         if self._in_flight is None:

@@ -830,10 +830,12 @@ class ManagerCore:
         """Command verb: this process could not read its connections for `stalled_us` up to
         `now_us` (the driver measures it: a callback that ran long, a paused process). What the
         servers sent meanwhile still waits in the sockets, so their silence over that time does
-        not count towards suspicion or death (`Membership.excuse`)."""
+        not count towards suspicion or death (`Membership.excuse`), nor towards the store
+        request's timeout (its answer may be waiting too)."""
         if stalled_us <= 0:
             return
         self._membership.excuse(stalled_us=stalled_us, now_us=now_us)
+        self._pipeline.excuse(stalled_us=stalled_us, now_us=now_us)
         self._membership_changed()
         self._emit(StallExcused(stalled_us=stalled_us))
 
