@@ -367,3 +367,30 @@ def test_a_promotion_that_cannot_be_built_is_abandoned_aloud(monkeypatch: Any) -
     (abandoned,) = harness.events(FailoverAbandoned)
     assert abandoned.servers == ("s1",) and "at most 1 operations" in abandoned.cause
     assert harness.events(FailoverCompleted) == []
+
+
+def test_a_server_adopting_a_heavy_version_dies_only_after_its_allowance() -> None:
+    """On three servers a failover moves every part of the survivors. Each survivor sent that
+    version may stay silent `map_adopt_allowance_us_per_part` per part the version may move
+    (here bounded at 2 s) before it is declared dead, where the failure timeout is 600 ms: it
+    is suspected as before, and dies once the allowance ends."""
+    harness = ManagerHarness(
+        replica_count=2, map_adopt_allowance_us_per_part=100_000, map_adopt_allowance_max_ms=2_000
+    )
+    harness.join("s1", "s2", "s3")
+    for _ in range(20):
+        assert harness.open_session(("auth", "cart", "feed")) is not None
+    harness.tick(700, alive=["s1", "s3"])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2"]
+    for server in ("s1", "s3"):
+        for prepared in harness.prepared(server):
+            harness.positions(server, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    harness.router.run()
+    assert harness.events(FailoverCompleted)
+    harness.tick(1_500, alive=["s3"])  # s1 adopts the failover's version, silent.
+    assert "s1" in {s.server_id for s in harness.events(ServerSuspected)}
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2"]
+    harness.tick(600, alive=["s3"])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2", "s1"]
+    (death,) = [d for d in harness.events(ServerDeclaredDead) if d.server_id == "s1"]
+    assert 2_000_000 <= death.silent_us < 2_200_000

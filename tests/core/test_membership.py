@@ -396,6 +396,30 @@ def test_a_stall_of_the_manager_is_not_the_members_silence() -> None:
     assert membership.next_check_us() == 7_200 * MS
 
 
+def test_a_member_adopting_a_heavy_version_dies_after_its_allowance_unless_it_reports_it() -> None:
+    """`allow_adoption` holds a death by silence until its instant while the member reports an
+    older map version; suspicion is unchanged; once it reports the version (or a later one) the
+    failure timeout alone judges it again."""
+    config = ManagerConfig(suspect_timeout_ms=1_000, failure_timeout_ms=3_000)
+    membership = Membership(config=config)
+    joined(membership)
+    witness(membership, heard_at_us=(0, 4_000 * MS, 8_000 * MS, 12_000 * MS))
+    membership.allow_adoption("s1", version=4, until_us=8_000 * MS)
+    (suspected,) = membership.check(now_us=1_000 * MS)
+    assert suspected.state is MemberState.SUSPECTED
+    assert membership.next_check_us() == 8_000 * MS
+    assert membership.check(now_us=7_999 * MS) == []
+    (dead,) = membership.check(now_us=8_000 * MS)
+    assert dead.state is MemberState.DEAD and dead.server_id == "s1"
+
+    joined(membership, "s2")
+    membership.allow_adoption("s2", version=3, until_us=20_000 * MS)
+    membership.heartbeat(beat("s2", sequence=1), now_us=100 * MS)  # Reports version 3.
+    assert [
+        c.server_id for c in membership.check(now_us=3_100 * MS) if c.state is MemberState.DEAD
+    ] == ["s2"]
+
+
 def test_phi_intervals_leave_out_an_excused_stall() -> None:
     """Heartbeats a stall held back arrive together: the interval the phi detector learns is
     the one before the stall, not the stall."""

@@ -36,9 +36,9 @@ from forehand.placement import (
 )
 from forehand.wire import MapUpdate, Placement
 
-__all__ = ["PlacementChanges", "SessionBuckets", "placements_answer"]
+__all__ = ["SESSION_OPERATIONS", "PlacementChanges", "SessionBuckets", "placements_answer"]
 
-_SESSION_OPERATIONS = (PartsAdded, PartsRemoved, PlacementOverridden)
+SESSION_OPERATIONS = (PartsAdded, PartsRemoved, PlacementOverridden)
 """Operations that change the placement of the session they name, and of no other."""
 
 
@@ -61,12 +61,12 @@ class PlacementChanges:
     ) -> None:
         """Record the sessions a committed delta changed (`implicit_moves`: None if unknown)."""
         if implicit_moves is None or not all(
-            isinstance(operation, _SESSION_OPERATIONS) for operation in delta.operations
+            isinstance(operation, SESSION_OPERATIONS) for operation in delta.operations
         ):
             self.everything_changed(version)
             return
         for operation in delta.operations:
-            assert isinstance(operation, _SESSION_OPERATIONS)
+            assert isinstance(operation, SESSION_OPERATIONS)
             self._sessions[operation.session_id] = version
         for key in implicit_moves:
             self._sessions[key.session_id] = version

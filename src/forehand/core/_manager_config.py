@@ -64,6 +64,13 @@ class ManagerConfig:
     """Silence after which a server is suspected (timeout detector); below failure_timeout_ms."""
     failure_timeout_ms: int = 3_000
     """Silence after which a server is declared dead, with either detector."""
+    map_adopt_allowance_us_per_part: int = 100
+    """A server sent a map version that may move many of its parts is busy adopting it (a
+    failover on a small fleet moves nearly all of them): for each part the version may move
+    (`ManagerCore` estimates it), the server may stay silent this much longer before it is
+    declared dead, until it reports that version. Suspicion is unchanged; 0 turns it off."""
+    map_adopt_allowance_max_ms: int = 15_000
+    """The most that allowance adds to the failure timeout."""
     failure_detector: FailureDetectorKind = FailureDetectorKind.TIMEOUT
     """Which failure detector decides suspicion and death."""
     phi_suspect_threshold: float = 3.0
@@ -346,6 +353,8 @@ class ManagerConfig:
 
 _ZERO_ALLOWED = frozenset(
     {
+        "map_adopt_allowance_us_per_part",
+        "map_adopt_allowance_max_ms",
         "heartbeat_pause_acceptable_ms",
         "handoff_jitter_ms_max",
         "overload_latency_us_p99",

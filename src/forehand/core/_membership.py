@@ -311,6 +311,18 @@ class Member:
     """When it was declared dead."""
     rejoin_pending: bool = False
     """A dead member asked to come back; readmitted when its failover is over."""
+    adopting_version: int = 0
+    """A map version sent to it that may move many of its parts (`allow_adoption`)."""
+    adopting_until_us: int = 0
+    """Until then it is not declared dead by silence while it reports an older version than
+    `adopting_version`."""
+
+    def dead_at_us(self) -> int:
+        """When silence makes it dead: its detector's line, held while it adopts a heavy map."""
+        dead_at_us = self.detector.dead_at_us()
+        if self.map_version < self.adopting_version:
+            return max(dead_at_us, self.adopting_until_us)
+        return dead_at_us
 
     @property
     def last_heard_us(self) -> int:
@@ -440,6 +452,7 @@ class Membership:
         member.heartbeat_sequence = -1
         member.map_version = 0
         member.map_version_sent = 0
+        member.adopting_version = member.adopting_until_us = 0
         member.load = None
         member.progress.clear()
 
@@ -517,6 +530,7 @@ class Membership:
         member.rejoin_pending = False
         member.died_us = None
         member.detector = self._new_detector(now_us=now_us)
+        member.adopting_version = member.adopting_until_us = 0
         return True
 
     def check(self, *, now_us: int) -> list[LivenessChanged]:
@@ -578,11 +592,20 @@ class Membership:
     def _silence_trigger(self, member: Member, *, now_us: int) -> MemberTrigger | None:
         if member.state is MemberState.DEAD:
             return None
-        if now_us >= member.detector.dead_at_us():
+        if now_us >= member.dead_at_us():
             return MemberTrigger.SILENCE_CONFIRMED
         if member.state is MemberState.ALIVE and now_us >= member.detector.suspect_at_us():
             return MemberTrigger.SILENCE_SUSPECTED
         return None
+
+    def allow_adoption(self, server_id: str, *, version: int, until_us: int) -> None:
+        """`server_id` was sent `version`, which may keep it busy until `until_us`: until it
+        reports that version (or later), its silence does not make it dead before then."""
+        member = self._members.get(server_id)
+        if member is None or member.state is MemberState.DEAD or until_us <= 0:
+            return
+        member.adopting_version = max(member.adopting_version, version)
+        member.adopting_until_us = max(member.adopting_until_us, until_us)
 
     def excuse(self, *, stalled_us: int, now_us: int) -> None:
         """The manager could not read its connections for `stalled_us` up to `now_us` (a long
@@ -627,5 +650,5 @@ class Membership:
                 return None
             return member.died_us + self._config.dead_servers_forget_ms * 1000
         if member.state is MemberState.ALIVE:
-            return min(member.detector.suspect_at_us(), member.detector.dead_at_us())
-        return member.detector.dead_at_us()
+            return min(member.detector.suspect_at_us(), member.dead_at_us())
+        return member.dead_at_us()

@@ -32,7 +32,12 @@ from forehand.core._driver import (
     NodeId,
     Outbound,
 )
-from forehand.core._manager_clients import PlacementChanges, SessionBuckets, placements_answer
+from forehand.core._manager_clients import (
+    SESSION_OPERATIONS,
+    PlacementChanges,
+    SessionBuckets,
+    placements_answer,
+)
 from forehand.core._manager_commits import (
     Built,
     Change,
@@ -104,6 +109,7 @@ from forehand.core._membership import (
     AnnounceOutcome,
     HeartbeatOutcome,
     LivenessChanged,
+    Member,
     Membership,
     MemberState,
 )
@@ -689,9 +695,11 @@ class ManagerCore:
                 map_version=current.version, base_version=0, body=outcome.encoded
             )
         )
-        for member in self._membership.live_members():
+        live_members = self._membership.live_members()
+        for member in live_members:
             self._send(member.server_id, whole)
             member.map_version_sent = current.version
+        self._allow_adoption(live_members, current.version, len(current), now_us)
         # A repair queued by a join or a failover of this map may have died with the manager
         # that loaded it before (a restart): the pinned placements left short are checked again.
         self._queue_replica_repair()
@@ -726,9 +734,16 @@ class ManagerCore:
             # One message shared by every send, and the send inlined: at ten thousand servers
             # a version's fan-out is the manager's largest per-version cost.
             append = self._outbox.append
-            for live in self._membership.live_members():
+            live_members = self._membership.live_members()
+            for live in live_members:
                 append(Outbound(destination=live.server_id, message=published))
                 live.map_version_sent = version
+            self._allow_adoption(
+                live_members,
+                version,
+                self._parts_moved_at_most(built.delta.operations, built.new_map, built),
+                now_us,
+            )
             self._emit(
                 MapCommitted(
                     map_version=built.new_map.version,
@@ -741,6 +756,41 @@ class ManagerCore:
         for change, member in outcome.members or ((outcome.change, built),):
             change.committed(member, now_us)
         self._drain_progress(built.servers)
+
+    def _parts_moved_at_most(
+        self, operations: Sequence[Operation], new_map: ShardMap, built: Built
+    ) -> int:
+        """About how many parts a version may move on a server: one per operation, plus, when
+        servers changed, the parts whose copies the changed servers held (every part, on a
+        fleet no larger than a part's copies)."""
+        if built.implicit_moves is not None:
+            return len(operations) + len(built.implicit_moves)
+        servers_changed = sum(
+            1 for operation in operations if not isinstance(operation, SESSION_OPERATIONS)
+        )
+        if not servers_changed:
+            return len(operations)
+        copies = new_map.config.replica_count + 1
+        eligible = max(1, len(self._eligible(new_map)))
+        share = min(1.0, servers_changed * copies / eligible)
+        return len(operations) + int(len(new_map) * share)
+
+    def _allow_adoption(
+        self, members: Iterable[Member], version: int, parts: int, now_us: int
+    ) -> None:
+        """Give each server sent `version` time to adopt it before its silence makes it dead
+        (`map_adopt_allowance_us_per_part` per part the version may move, bounded)."""
+        config = self._config
+        allowance_us = min(
+            parts * config.map_adopt_allowance_us_per_part,
+            config.map_adopt_allowance_max_ms * 1000,
+        )
+        if allowance_us <= 0:
+            return
+        for member in members:
+            self._membership.allow_adoption(
+                member.server_id, version=version, until_us=now_us + allowance_us
+            )
 
     def _whole_map_message(self, current: ShardMap) -> messages.MapPublished:
         return messages.MapPublished(
