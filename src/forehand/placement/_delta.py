@@ -38,9 +38,19 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=F
     """The servers that hold asynchronous copies, in promotion order."""
 
     def __post_init__(self) -> None:
-        if not self.primary or "" in self.replicas:
+        # Every decoded map and delta builds one per overridden part (a failover, one per part
+        # the dead server led): the common sizes are checked without building a set.
+        primary, replicas = self.primary, self.replicas
+        if len(replicas) == 2:
+            first, second = replicas
+            if not primary or not first or not second:
+                raise InvalidDeltaError("a placement names servers by non-empty ids")
+            if first == second or primary in replicas:
+                raise InvalidDeltaError(f"a placement names each server once: {self}")
+            return
+        if not primary or "" in replicas:
             raise InvalidDeltaError("a placement names servers by non-empty ids")
-        if self.primary in self.replicas or len(set(self.replicas)) != len(self.replicas):
+        if primary in replicas or len(set(replicas)) != len(replicas):
             raise InvalidDeltaError(f"a placement names each server once: {self}")
 
     @property

@@ -211,9 +211,10 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
             added.append(after)
     moved: list[PartMoved] = []
     common_keys: list[tuple[int, PartKey]] = []
+    source_parts, target_parts = source.parts, target.parts
     for key_hash in _candidates(source, target, changes):
-        key = source.parts.get(key_hash)
-        if key is not None and target.parts.get(key_hash) == key:
+        key = source_parts.get(key_hash)
+        if key is not None and (target_parts is source_parts or target_parts.get(key_hash) == key):
             common_keys.append((key_hash, key))
     pairs: Iterable[tuple[Placement, Placement]]
     if len(common_keys) >= BULK_PLACEMENTS_MIN:
