@@ -134,6 +134,10 @@ class PlacementView:
             return UNCHANGED
         return None
 
+    def session_ids(self) -> frozenset[bytes]:
+        """The sessions the update lists placements for (none for a whole map)."""
+        return frozenset(session_id for session_id, _ in self._entries)
+
     def endpoints(self) -> Iterator[Endpoint]:
         """Every server endpoint the update names (the members the client may trust)."""
         if self.shard_map is not None:
