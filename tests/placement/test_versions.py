@@ -43,11 +43,13 @@ from forehand.placement._state import count_pinned_active, load_bounds
 _PARTS = ("auth", "cart", "feature/video")
 
 
-def _cluster(config: PlacementConfig, servers: int, sessions: int, seed: int) -> ShardMap:
+def _cluster(
+    config: PlacementConfig, servers: int, sessions: int, seed: int, *, zones: int = 3
+) -> ShardMap:
     rng = random.Random(seed)
     shard_map = ShardMap.empty(config=config)
     joins = [
-        ServerJoined(server_id=f"s{index:02d}", address=f"h{index}:1", zone=f"z{index % 3}")
+        ServerJoined(server_id=f"s{index:02d}", address=f"h{index}:1", zone=f"z{index % zones}")
         for index in range(servers)
     ]
     shard_map = shard_map.apply(shard_map.delta(*joins))
@@ -244,21 +246,12 @@ def test_bulk_placements_equal_one_at_a_time(
         ring_points_per_weight=points,
         maglev_table_size=251,
     )
-    shard_map = ShardMap.empty(config=config)
-    joins = [
-        ServerJoined(server_id=f"s{index}", address=f"h{index}:1", zone=f"z{index % zones}")
-        for index in range(8)
-    ]
-    shard_map = shard_map.apply(shard_map.delta(*joins))
-    adds = [
-        PartsAdded(session_id=new_session_id(now_ms=index, rng=rng), parts=_PARTS)
-        for index in range(150)
-    ]
-    shard_map = shard_map.apply(shard_map.delta(*adds))
+    shard_map = _cluster(config, servers=8, sessions=150, seed=seed, zones=zones)
+    servers = [entry.server_id for entry in shard_map.servers]
     keys = sorted(shard_map.part_keys())
     pins = []
     for key in rng.sample(keys, 40):
-        chosen = rng.sample([f"s{index}" for index in range(8)], rng.randint(1, replica_count + 1))
+        chosen = rng.sample(servers, rng.randint(1, replica_count + 1))
         placement = Placement(primary=chosen[0], replicas=tuple(chosen[1:]))
         pins.append(
             PlacementOverridden(session_id=key.session_id, part=key.part, placement=placement)
@@ -267,7 +260,7 @@ def test_bulk_placements_equal_one_at_a_time(
     state = before._state
     hashes = sorted(key.key_hash for key in keys)
     assert placements_of_hashes(state, hashes) == [placement_of_hash(state, h) for h in hashes]
-    after = before.apply(before.delta(ServerMarkedDead(server_id=f"s{rng.randrange(8)}")))
+    after = before.apply(before.delta(ServerMarkedDead(server_id=rng.choice(servers))))
     diff = before.diff(after)
     assert len(keys) >= BULK_PLACEMENTS_MIN
     expected = []
