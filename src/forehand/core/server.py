@@ -1274,6 +1274,7 @@ class ServerCore:
         part.install_snapshot(
             seq=message.seq, seq_epoch=message.seq_epoch, state=message.state, dedup=message.dedup
         )
+        self._mark_shipping(part.ref, now_us)  # A handoff source's stream ships from here.
         self._emit(
             SnapshotInstalled(node=self._me, ref=part.ref, log_index=message.seq, source=source)
         )
