@@ -394,3 +394,27 @@ def test_a_server_adopting_a_heavy_version_dies_only_after_its_allowance() -> No
     assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2", "s1"]
     (death,) = [d for d in harness.events(ServerDeclaredDead) if d.server_id == "s1"]
     assert 2_000_000 <= death.silent_us < 2_200_000
+
+
+def test_a_survivor_already_silent_when_the_failover_lands_gets_no_allowance() -> None:
+    """A second crash during a failover: s1 falls silent before s2 is declared dead, so it is
+    suspected when the failover's heavy version goes out; it gets no time to adopt that version
+    (a suspected server was silent before it was sent) and dies at the failure timeout (600 ms
+    of silence here), not after the 2 s allowance."""
+    harness = ManagerHarness(
+        replica_count=2, map_adopt_allowance_us_per_part=100_000, map_adopt_allowance_max_ms=2_000
+    )
+    harness.join("s1", "s2", "s3", "s4")
+    for _ in range(20):
+        assert harness.open_session(("auth", "cart", "feed")) is not None
+    harness.tick(300, alive=["s1", "s3", "s4"])
+    harness.tick(400, alive=["s3", "s4"])  # s1 crashes; s2 is declared dead meanwhile.
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2"]
+    assert "s1" in {s.server_id for s in harness.events(ServerSuspected)}
+    for server in ("s1", "s3", "s4"):  # s1's answer was sent before it crashed.
+        for prepared in harness.prepared(server):
+            harness.positions(server, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    harness.tick(500, alive=["s3", "s4"])
+    assert harness.events(FailoverCompleted)
+    (death,) = [d for d in harness.events(ServerDeclaredDead) if d.server_id == "s1"]
+    assert death.silent_us < 800_000

@@ -695,11 +695,9 @@ class ManagerCore:
                 map_version=current.version, base_version=0, body=outcome.encoded
             )
         )
-        live_members = self._membership.live_members()
-        for member in live_members:
+        for member in self._membership.live_members():
             self._send(member.server_id, whole)
             member.map_version_sent = current.version
-        self._allow_adoption(live_members, current.version, len(current), now_us)
         # A repair queued by a join or a failover of this map may have died with the manager
         # that loaded it before (a restart): the pinned placements left short are checked again.
         self._queue_replica_repair()
@@ -760,37 +758,40 @@ class ManagerCore:
     def _parts_moved_at_most(
         self, operations: Sequence[Operation], new_map: ShardMap, built: Built
     ) -> int:
-        """About how many parts a version may move on a server: one per operation, plus, when
-        servers changed, the parts whose copies the changed servers held (every part, on a
-        fleet no larger than a part's copies)."""
+        """About how many of one server's parts a version may move: of the parts the version
+        moves (one per operation and implicit move; when servers changed, the parts whose
+        copies they held), the share one server holds (every part, on a fleet no larger than a
+        part's copies)."""
+        copies = new_map.config.replica_count + 1
+        held_share = min(1.0, copies / max(1, len(self._eligible(new_map))))
         if built.implicit_moves is not None:
-            return len(operations) + len(built.implicit_moves)
+            return int((len(operations) + len(built.implicit_moves)) * held_share)
         servers_changed = sum(
             1 for operation in operations if not isinstance(operation, SESSION_OPERATIONS)
         )
-        if not servers_changed:
-            return len(operations)
-        copies = new_map.config.replica_count + 1
-        eligible = max(1, len(self._eligible(new_map)))
-        share = min(1.0, servers_changed * copies / eligible)
-        return len(operations) + int(len(new_map) * share)
+        moved = len(operations) + len(new_map) * min(1.0, servers_changed * held_share)
+        return int(moved * held_share)
 
     def _allow_adoption(
         self, members: Iterable[Member], version: int, parts: int, now_us: int
     ) -> None:
-        """Give each server sent `version` time to adopt it before its silence makes it dead
-        (`map_adopt_allowance_us_per_part` per part the version may move, bounded)."""
+        """Give each server sent `version` that is ALIVE time to adopt it before its silence
+        makes it dead (`map_adopt_allowance_us_per_part` per part of it the version may move,
+        bounded). A suspected server gets none: it was silent before the version went out, and
+        a crash among the survivors of a failover must not wait for the failover's versions.
+        An allowance shorter than a heartbeat interval changes nothing and is not given."""
         config = self._config
         allowance_us = min(
             parts * config.map_adopt_allowance_us_per_part,
             config.map_adopt_allowance_max_ms * 1000,
         )
-        if allowance_us <= 0:
+        if allowance_us < config.heartbeat_interval_ms * 1000:
             return
         for member in members:
-            self._membership.allow_adoption(
-                member.server_id, version=version, until_us=now_us + allowance_us
-            )
+            if member.state is MemberState.ALIVE:
+                self._membership.allow_adoption(
+                    member.server_id, version=version, until_us=now_us + allowance_us
+                )
 
     def _whole_map_message(self, current: ShardMap) -> messages.MapPublished:
         return messages.MapPublished(
