@@ -7,6 +7,7 @@ from itertools import count
 from random import Random
 from typing import TYPE_CHECKING, Any
 
+from forehand.core._driver import ConnectionOpened
 from forehand.core._part import HandlerResult, PartSpec
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
@@ -176,3 +177,24 @@ def test_a_peer_that_stays_down_is_probed_per_resend_time_not_per_lost_connectio
         if not message.entries
     )
     assert probes == dict.fromkeys(sessions, 3)
+
+
+def test_a_peer_back_after_a_long_outage_is_shipped_to_at_once() -> None:
+    """s2, replica of a part s1 leads, is down for 6 s (dials failing every 100 ms), so s1's
+    resends back off to seconds apart; s2 restarts and s1's connection to it comes up: the
+    entries reach s2 within a replication round, not at the next backed-off resend."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=20)
+    write(cluster, 3)
+    cluster.router.advance(ms=50)
+    cluster.router.remove("s2")
+    for _ in range(60):
+        cluster.router.disconnect("s1", "s2", reason="refused")
+        cluster.router.advance(ms=100)
+    cluster.start("s2")
+    cluster.publish_full(to=["s2"])
+    s1 = cluster.server("s1")
+    s1.receive_message(ConnectionOpened(peer="s2"), source="s2", now_us=cluster.router.now_us)
+    cluster.router.advance(ms=50)
+    assert replica_position(cluster, "s2") == (3, 3)

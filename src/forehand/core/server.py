@@ -904,7 +904,19 @@ class ServerCore:
         """The peer closes its connection; the driver will report `ConnectionLost`."""
 
     def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
-        """Nothing to do: clients introduce themselves with HELLO, servers with their messages."""
+        """Clients introduce themselves with HELLO, servers with their messages. A server this
+        one ships to is reachable again: the streams to it that were waiting (a probe
+        unanswered, resends backing off while its dials failed) ship again at once, and their
+        resend time starts over."""
+        peer = message.peer
+        if self.server_address(peer) is None:
+            return
+        for ref, shipper in self._shippers.items():
+            stream = shipper.streams.get(peer)
+            if stream is not None and (stream.resends or stream.acked_seq is None):
+                stream.resends = 0
+                stream.restart()
+                self._mark_shipping(ref, now_us)
 
     def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
         peer = message.peer
