@@ -396,11 +396,11 @@ def test_a_server_adopting_a_heavy_version_dies_only_after_its_allowance() -> No
     assert 2_000_000 <= death.silent_us < 2_200_000
 
 
-def test_a_survivor_already_silent_when_the_failover_lands_gets_no_allowance() -> None:
+def test_a_survivor_silent_when_the_failover_lands_has_its_allowance_from_its_last_beat() -> None:
     """A second crash during a failover: s1 falls silent before s2 is declared dead, so it is
-    suspected when the failover's heavy version goes out; it gets no time to adopt that version
-    (a suspected server was silent before it was sent) and dies at the failure timeout (600 ms
-    of silence here), not after the 2 s allowance."""
+    suspected when the failover's heavy version goes out. Its allowance (2 s here) counts from
+    its last heartbeat, not from the version: it dies 2 s after it fell silent (a busy survivor
+    would have had that long), not 2 s after the version, and no later version moves that."""
     harness = ManagerHarness(
         replica_count=2, map_adopt_allowance_us_per_part=100_000, map_adopt_allowance_max_ms=2_000
     )
@@ -416,5 +416,7 @@ def test_a_survivor_already_silent_when_the_failover_lands_gets_no_allowance() -
             harness.positions(server, prepared.map_version, dict.fromkeys(prepared.parts, 0))
     harness.tick(500, alive=["s3", "s4"])
     assert harness.events(FailoverCompleted)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s2"]
+    harness.tick(1_700, alive=["s3", "s4"])
     (death,) = [d for d in harness.events(ServerDeclaredDead) if d.server_id == "s1"]
-    assert death.silent_us < 800_000
+    assert 2_000_000 <= death.silent_us < 2_100_000

@@ -775,11 +775,13 @@ class ManagerCore:
     def _allow_adoption(
         self, members: Iterable[Member], version: int, parts: int, now_us: int
     ) -> None:
-        """Give each server sent `version` that is ALIVE time to adopt it before its silence
-        makes it dead (`map_adopt_allowance_us_per_part` per part of it the version may move,
-        bounded). A suspected server gets none: it was silent before the version went out, and
-        a crash among the survivors of a failover must not wait for the failover's versions.
-        An allowance shorter than a heartbeat interval changes nothing and is not given."""
+        """Give each live server sent `version` time to adopt it before its silence makes it
+        dead: `map_adopt_allowance_us_per_part` per part of it the version may move, bounded.
+        An ALIVE server has it from now; a SUSPECTED one from when it was last heard, so the
+        versions that follow (a failover's, while it is silent) never move its line further: a
+        survivor busy since before the version went out keeps the time to adopt it, and a
+        crashed one dies at most that long after its last heartbeat. An allowance shorter than
+        a heartbeat interval changes nothing and is not given."""
         config = self._config
         allowance_us = min(
             parts * config.map_adopt_allowance_us_per_part,
@@ -788,10 +790,10 @@ class ManagerCore:
         if allowance_us < config.heartbeat_interval_ms * 1000:
             return
         for member in members:
-            if member.state is MemberState.ALIVE:
-                self._membership.allow_adoption(
-                    member.server_id, version=version, until_us=now_us + allowance_us
-                )
+            since_us = now_us if member.state is MemberState.ALIVE else member.last_heard_us
+            self._membership.allow_adoption(
+                member.server_id, version=version, until_us=since_us + allowance_us
+            )
 
     def _whole_map_message(self, current: ShardMap) -> messages.MapPublished:
         return messages.MapPublished(
