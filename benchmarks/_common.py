@@ -27,6 +27,7 @@ __all__ = [
     "JSON_ENVIRONMENT_VARIABLE",
     "Comparison",
     "Metric",
+    "best_rate",
     "compare",
     "machine",
     "measure_rate",
@@ -73,6 +74,21 @@ def measure_rate(operation: Callable[[int], object], *, count: int, rounds: int 
         operation(count)
         best_seconds = min(best_seconds, time.perf_counter() - started)
     return count / best_seconds
+
+
+def best_rate(
+    prepare: Callable[[], tuple[Any, ...]], operation: Callable[..., int], *, rounds: int
+) -> float:
+    """Operations per second of `operation(*prepare())` (which returns how many it did), timing
+    only the operation; the best of `rounds`."""
+    best = 0.0
+    for _ in range(rounds):
+        prepared = prepare()
+        gc.collect()
+        started_s = time.perf_counter()
+        done = operation(*prepared)
+        best = max(best, done / (time.perf_counter() - started_s))
+    return best
 
 
 def compare(

@@ -19,18 +19,14 @@ raised so that decisions, not completions, are what is measured.
 
 from __future__ import annotations
 
-import gc
 import random
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Comparison, compare, print_comparisons
+from benchmarks._common import Comparison, best_rate, compare, print_comparisons
 
 from forehand.core._manager_config import ManagerConfig, RiskPolicyKind
 from forehand.core._manager_events import MovesDropped
@@ -250,30 +246,15 @@ def bare_handoffs(shard_map: ShardMap, session_ids: list[bytes]) -> int:
     return len(session_ids)
 
 
-def _best_rate(
-    prepare: Callable[[], tuple[Any, ...]], operation: Callable[..., int], *, rounds: int
-) -> float:
-    """Operations per second of `operation(*prepare())` (which returns how many it did), timing
-    only the operation; the best of `rounds`."""
-    best = 0.0
-    for _ in range(rounds):
-        prepared = prepare()
-        gc.collect()
-        started_s = time.perf_counter()
-        done = operation(*prepared)
-        best = max(best, done / (time.perf_counter() - started_s))
-    return best
-
-
 def handoff_row(count: int, rounds: int) -> Comparison:
     """Handoff decisions per second beside the bare map work, round by round."""
     candidate = baseline = 0.0
     for _ in range(rounds):
         candidate = max(
             candidate,
-            _best_rate(lambda: _handoff_manager(count), decide_handoffs, rounds=1),
+            best_rate(lambda: _handoff_manager(count), decide_handoffs, rounds=1),
         )
-        baseline = max(baseline, _best_rate(lambda: _handoff_map(count), bare_handoffs, rounds=1))
+        baseline = max(baseline, best_rate(lambda: _handoff_map(count), bare_handoffs, rounds=1))
     return Comparison(
         name="handoff decisions (1 part each)",
         candidate_per_second=candidate,

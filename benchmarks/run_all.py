@@ -47,6 +47,7 @@ TAKES_QUICK = frozenset(
         "bench_memory",
         "bench_redis",
         "bench_store",
+        "bench_takeover",
     }
 )
 """The benchmarks that understand `--quick`."""
