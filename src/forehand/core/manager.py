@@ -761,16 +761,26 @@ class ManagerCore:
         """About how many of one server's parts a version may move: of the parts the version
         moves (one per operation and implicit move; when servers changed, the parts whose
         copies they held), the share one server holds (every part, on a fleet no larger than a
-        part's copies)."""
-        copies = new_map.config.replica_count + 1
-        held_share = min(1.0, copies / max(1, len(self._eligible(new_map))))
+        part's copies). The share takes a pass over the servers, so a version of session
+        changes too small for any allowance (nearly every version) is not scaled by it."""
+        config = self._config
         if built.implicit_moves is not None:
-            return int((len(operations) + len(built.implicit_moves)) * held_share)
+            moved_anywhere = len(operations) + len(built.implicit_moves)
+            allowance_us = moved_anywhere * config.map_adopt_allowance_us_per_part
+            if allowance_us < config.heartbeat_interval_ms * 1000:
+                return moved_anywhere
+            return int(moved_anywhere * self._held_share(new_map))
+        held_share = self._held_share(new_map)
         servers_changed = sum(
             1 for operation in operations if not isinstance(operation, SESSION_OPERATIONS)
         )
         moved = len(operations) + len(new_map) * min(1.0, servers_changed * held_share)
         return int(moved * held_share)
+
+    def _held_share(self, new_map: ShardMap) -> float:
+        """The share of the parts one eligible server holds a copy of."""
+        copies = new_map.config.replica_count + 1
+        return min(1.0, copies / max(1, len(self._eligible(new_map))))
 
     def _allow_adoption(
         self, members: Iterable[Member], version: int, parts: int, now_us: int
