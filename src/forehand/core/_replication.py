@@ -13,7 +13,7 @@ sequence is marked `sealed`, and the target's sealed acknowledgement ends handof
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
@@ -119,15 +119,20 @@ class Replication:
         self.streams: dict[NodeId, ReplicaStream] = {}
         """Streams by replica node id."""
 
-    def set_replicas(self, nodes: Iterable[NodeId]) -> None:
-        """Ship to exactly `nodes` (plus a handoff target), keeping existing streams' progress."""
+    def set_replicas(self, nodes: Iterable[NodeId]) -> bool:
+        """Ship to exactly `nodes` (plus a handoff target), keeping existing streams' progress;
+        True when a stream was added (it has everything to ship: the others shipped as before,
+        and a stream dropped leaves nothing new to send)."""
         wanted = list(nodes)
         for node in [node for node in self.streams if node not in wanted]:
             if self.streams[node].seal_seq is None:
                 del self.streams[node]
+        added = False
         for node in wanted:
             if node not in self.streams:
                 self.streams[node] = ReplicaStream(node)
+                added = True
+        return added
 
     def seal_towards(self, node: NodeId, *, seal_seq: int) -> ReplicaStream:
         """Make `node` the handoff target: its stream ends with a sealed batch at `seal_seq`."""
@@ -176,11 +181,13 @@ class Replication:
                 return False
         return True
 
-    def resend_due_us(self) -> int | None:
-        """When the oldest batch in flight on any stream is due to be sent again (None when
-        nothing is in flight)."""
+    def resend_due_us(self, skip: Container[NodeId] = ()) -> int | None:
+        """When the oldest batch in flight on any stream (but those to `skip`) is due to be sent
+        again (None when nothing is in flight)."""
         due: int | None = None
         for stream in self.streams.values():
+            if stream.node in skip:
+                continue
             inflight = stream.inflight
             if inflight:
                 at = inflight[0][1] + (self._retry_us << stream.resends)
@@ -285,24 +292,67 @@ class Replication:
         stream.needs_snapshot = True
         return AckOutcome(known=True, diverged=True)
 
-    def ship(self, part: Part, *, epoch: int, now_us: int) -> list[tuple[NodeId, Shipment]]:
-        """Whatever each stream may send now, in stream order."""
+    def pending(self, last_seq: int) -> list[NodeId]:
+        """The nodes whose stream still has something to ship or to hear about (none when
+        `idle`)."""
+        return [
+            node
+            for node, stream in self.streams.items()
+            if (
+                stream.acked_seq != last_seq
+                or stream.inflight
+                or stream.needs_snapshot
+                or (stream.seal_seq is not None and not stream.seal_acked)
+            )
+        ]
+
+    def ship(
+        self, part: Part, *, epoch: int, now_us: int, skip: Container[NodeId] = ()
+    ) -> list[tuple[NodeId, Shipment]]:
+        """Whatever each stream (but those to `skip`) may send now, in stream order."""
         shipments: list[tuple[NodeId, Shipment]] = []
         streams = self.streams
         for node in sorted(streams) if len(streams) > 1 else streams:
+            if node in skip:
+                continue
             stream = streams[node]
             if stream.inflight and now_us - stream.inflight[0][1] >= (
                 self._retry_us << stream.resends
             ):
                 stream.restart()
                 stream.resends = min(stream.resends + 1, RESEND_DOUBLINGS_MAX)
-            if stream.acked_seq is None:
-                if not stream.inflight:
-                    shipments.append((node, self._probe(part, stream, epoch=epoch, now_us=now_us)))
-                continue
-            for shipment in self._batches(part, stream, epoch=epoch, now_us=now_us):
-                shipments.append((node, shipment))
+            self._ship_stream(part, stream, epoch=epoch, now_us=now_us, out=shipments)
         return shipments
+
+    def ship_again(
+        self, part: Part, node: NodeId, *, epoch: int, now_us: int
+    ) -> list[tuple[NodeId, Shipment]]:
+        """What the stream to `node` sends when it starts over from its last acknowledged
+        sequence (a probe when it has none): a message to a peer that seems down, whose
+        connection attempt tells whether it is back."""
+        stream = self.streams.get(node)
+        shipments: list[tuple[NodeId, Shipment]] = []
+        if stream is not None:
+            stream.restart()
+            self._ship_stream(part, stream, epoch=epoch, now_us=now_us, out=shipments)
+        return shipments
+
+    def _ship_stream(
+        self,
+        part: Part,
+        stream: ReplicaStream,
+        *,
+        epoch: int,
+        now_us: int,
+        out: list[tuple[NodeId, Shipment]],
+    ) -> None:
+        node = stream.node
+        if stream.acked_seq is None:
+            if not stream.inflight:
+                out.append((node, self._probe(part, stream, epoch=epoch, now_us=now_us)))
+            return
+        for shipment in self._batches(part, stream, epoch=epoch, now_us=now_us):
+            out.append((node, shipment))
 
     def _probe(self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int) -> LogShipped:
         last_seq = part.log.last_seq

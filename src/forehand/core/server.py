@@ -41,7 +41,7 @@ from forehand.core._handoff import (
 )
 from forehand.core._part import Durability, Part, PartSpec, PartState, PartTrigger
 from forehand.core._paths import PathTable, client_bucket, path_report
-from forehand.core._replication import Replication
+from forehand.core._replication import RESEND_DOUBLINGS_MAX, Replication
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
     ClientHandedOff,
@@ -183,6 +183,21 @@ class _Forward(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sent_us: int
 
 
+class _DownPeer:
+    """A server whose connection was lost: what waits for it, and when to try it again."""
+
+    __slots__ = ("probe_due_us", "probes", "waiting")
+
+    def __init__(self, *, probe_due_us: int) -> None:
+        self.probe_due_us: int | None = probe_due_us
+        """When to send it the next message of a waiting part (None: nothing waits)."""
+        self.probes = 0
+        """Messages sent to it since it went down: each doubles the wait before the next, up
+        to `RESEND_DOUBLINGS_MAX` doublings of `replication_retry_ms`, as resends do."""
+        self.waiting: dict[PartRef, None] = {}
+        """Parts with something to ship to it, in the order they were put aside."""
+
+
 class ServerCore:
     """The server's sans-IO state machine (see the module docstring)."""
 
@@ -214,6 +229,10 @@ class ServerCore:
         self._resend_heap: list[tuple[int, int, PartRef]] = []
         """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
         self._resend_pushes = 0
+        self._down: dict[NodeId, _DownPeer] = {}
+        """Servers whose connection was lost and not opened again: streams to them send nothing
+        but one message at a time (`_probe_down`), and the parts waiting on them are kept
+        aside until the connection opens."""
         self._held: dict[PartRef, deque[tuple[int, _Inbound, bool]]] = {}
         self._queues: dict[PartRef, deque[_Inbound]] = {}
         self._forwards: dict[tuple[NodeId, bytes, int], _Forward] = {}
@@ -238,9 +257,7 @@ class ServerCore:
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
         self._part_loads_due_us = 0
         self._busiest: tuple[PartLoad, ...] = ()
-        self._heartbeat_sequence = 0
-        self._heartbeat_due_us = 0
-        self._heartbeat_cursor = 0
+        self._heartbeat_sequence = self._heartbeat_due_us = self._heartbeat_cursor = 0
         self._paths = PathTable(
             reports_max=config.path_reports_max, ttl_ms=config.path_report_ttl_ms
         )
@@ -308,6 +325,8 @@ class ServerCore:
             self._replication_round(now_us)
         if self._resend_heap and now_us >= self._resend_heap[0][0]:
             self._resend_round(now_us)
+        if self._down:
+            self._probe_down(now_us)
         for key in list(self._runs):
             run = self._runs.get(key)
             due = None if run is None else run.next_due_us()
@@ -343,6 +362,9 @@ class ServerCore:
             candidates.append(self._resend_heap[0][0])
         if self._map_retry_us is not None:
             candidates.append(self._map_retry_us)
+        for down in self._down.values():
+            if down.probe_due_us is not None:
+                candidates.append(down.probe_due_us)
         for run in self._runs.values():
             due = run.next_due_us()
             if due is not None:
@@ -911,6 +933,7 @@ class ServerCore:
         peer = message.peer
         if self.server_address(peer) is None:
             return
+        self._down.pop(peer, None)
         for ref, shipper in self._shippers.items():
             stream = shipper.streams.get(peer)
             if stream is not None and (stream.resends or stream.acked_seq is None):
@@ -923,14 +946,17 @@ class ServerCore:
         self._detach_client(peer)
         self._path_buckets.pop(peer, None)
         self._bound.pop(peer, None)
-        for ref, shipper in self._shippers.items():
-            stream = shipper.streams.get(peer)
-            if stream is not None and stream.acked_seq is not None:
-                # Where the replica stands is unknown again. A stream still waiting for its
-                # probe's answer is left to its resend time: a peer that stays down fails every
-                # dial, and probing every part again at each failure kept the server busy.
-                stream.reprobe()
-                self._mark_shipping(ref, now_us)
+        if self.server_address(peer) is not None and peer not in self._down:
+            # Where each replica on it stands is unknown again, and until a connection to it
+            # opens, its streams wait: one message at a time tries it (at once, then backing
+            # off). Probing every part again at each failed dial, or at each resend time, kept
+            # a server whose peer died busy for seconds, with every part it leads.
+            down = self._down[peer] = _DownPeer(probe_due_us=now_us)
+            for ref, shipper in self._shippers.items():
+                stream = shipper.streams.get(peer)
+                if stream is not None:
+                    stream.reprobe()
+                    down.waiting[ref] = None
         for key, forward in list(self._forwards.items()):
             if forward.target == peer:
                 del self._forwards[key]
@@ -1108,16 +1134,27 @@ class ServerCore:
         if part is None or shipper is None:
             self._resend_due.pop(ref, None)
             return
-        for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us):
+        down = self._down
+        for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down):
             self._send(node, message)
-        if shipper.idle(part.log.last_seq):
+        last_seq = part.log.last_seq
+        if shipper.idle(last_seq):
             self._resend_due.pop(ref, None)
             return
         # Everything a stream may send went out: what is left waits for an acknowledgement
         # (which ships again at once), a new entry (which marks the part), or the resend time
         # of the oldest batch in flight. Rounds skip the part until then: a server taking over
         # tens of thousands of parts would otherwise walk them all every round.
-        due = shipper.resend_due_us()
+        due = shipper.resend_due_us(down)
+        if down:
+            pending = shipper.pending(last_seq)
+            waiting = [node for node in pending if node in down]
+            for node in waiting:
+                self._wait_for(node, ref)
+            if waiting and due is None and len(waiting) == len(pending):
+                # Only peers that are down have anything left: they ship when they are back.
+                self._resend_due.pop(ref, None)
+                return
         due = now_us + self._config.replication_interval_ms * 1000 if due is None else due
         scheduled = self._resend_due.get(ref)
         if scheduled is not None and scheduled <= due:
@@ -1131,6 +1168,56 @@ class ServerCore:
             heap[:] = [entry for entry in heap if scheduled_at.get(entry[2]) == entry[0]]
             heapq.heapify(heap)
         heapq.heappush(heap, (due, self._resend_pushes, ref))
+
+    def _wait_for(self, peer: NodeId, ref: PartRef) -> None:
+        """Put `ref` aside until `peer`, which is down, connects again."""
+        down = self._down[peer]
+        if not down.waiting and down.probe_due_us is None:
+            down.probe_due_us = 0
+        down.waiting[ref] = None
+
+    def _probe_down(self, now_us: int) -> None:
+        """Send each peer that is down and due one message of a part waiting for it: the
+        driver connects to send it, and the connection's opening (or loss) tells whether the
+        peer is back, for the price of one message rather than one per part."""
+        retry_us = self._config.replication_retry_ms * 1000
+        for peer, down in self._down.items():
+            if down.probe_due_us is None or now_us < down.probe_due_us:
+                continue
+            sent = False
+            while down.waiting and not sent:
+                ref = next(iter(down.waiting))
+                part = self._parts.get(ref)
+                shipper = self._shippers.get(ref)
+                if part is None or shipper is None or peer not in shipper.streams:
+                    del down.waiting[ref]
+                    continue
+                for node, message in shipper.ship_again(
+                    part, peer, epoch=part.epoch, now_us=now_us
+                ):
+                    self._send(node, message)
+                    sent = True
+                if not sent:
+                    # Nothing to send it after all (its stream settled meanwhile).
+                    del down.waiting[ref]
+            if not sent:
+                down.probe_due_us = None
+                continue
+            down.probe_due_us = now_us + (retry_us << min(down.probes, RESEND_DOUBLINGS_MAX))
+            down.probes += 1
+
+    def _peer_up(self, peer: NodeId, now_us: int) -> None:
+        """`peer` connected again: the parts put aside for it ship at once."""
+        down = self._down.pop(peer, None)
+        if down is None:
+            return
+        for ref in down.waiting:
+            shipper = self._shippers.get(ref)
+            stream = None if shipper is None else shipper.streams.get(peer)
+            if stream is not None:
+                stream.resends = 0
+                stream.restart()
+                self._mark_shipping(ref, now_us)
 
     def _replication_round(self, now_us: int) -> None:
         for ref in list(self._shipping):
@@ -1198,6 +1285,9 @@ class ServerCore:
             self._fence(part, message.epoch, cause="replica_fenced")
             self._request_map(now_us)
             return
+        if source in self._down:
+            # An answer came through: the peer is back (its connection's notice may follow).
+            self._peer_up(source, now_us)
         outcome = shipper.on_ack(part, message, source=source)
         if not outcome.known:
             return
@@ -2083,6 +2173,9 @@ class ServerCore:
             self._reconcile(ref, previous_map, now_us)
         for ref in settled:
             self._fenced.pop(ref, None)
+        for peer in [peer for peer in self._down if new_map.address(peer) is None]:
+            # Out of the map: no stream ships to it any more.
+            del self._down[peer]
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
         assert self._map is not None
@@ -2165,8 +2258,9 @@ class ServerCore:
                 self._install_primary(part, InstallCause.FAILOVER, now_us)
                 return
             shipper = self._shippers.get(part.ref)
-            if shipper is not None:
-                shipper.set_replicas(self._replicas_of(part.ref))
+            if shipper is not None and shipper.set_replicas(self._replicas_of(part.ref)):
+                # Only a new replica has anything to ship: a death that drops a replica from
+                # tens of thousands of parts leaves their remaining streams where they were.
                 self._mark_shipping(part.ref, now_us)
             return
         if state in (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP) and settling:
