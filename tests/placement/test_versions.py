@@ -8,6 +8,7 @@ import weakref
 from collections import Counter
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,6 +28,7 @@ from forehand.placement import (
     ServerState,
     ServerUndrained,
     ShardMap,
+    UnknownPartKeyError,
     new_session_id,
 )
 from forehand.placement._diff import (
@@ -235,9 +237,9 @@ def test_lineage_keeps_no_older_version_alive() -> None:
 def test_bulk_placements_equal_one_at_a_time(
     *, seed: int, strategy: str, replica_count: int, zones: int, points: int, epsilon: float
 ) -> None:
-    """`placements_of_hashes` (a diff over many parts) gives every part the placement a lookup
-    gives it, with overrides, bounded-load walks and any zone layout; and a server's death
-    diffs the same in bulk as one part at a time."""
+    """`placements_of_hashes` (a diff over many parts) and `ShardMap.lookup_many` (a failover)
+    give every part the placement a lookup gives it, with overrides, bounded-load walks and any
+    zone layout; and a server's death diffs the same in bulk as one part at a time."""
     rng = random.Random(seed)
     config = PlacementConfig(
         strategy=strategy,
@@ -260,6 +262,10 @@ def test_bulk_placements_equal_one_at_a_time(
     state = before._state
     hashes = sorted(key.key_hash for key in keys)
     assert placements_of_hashes(state, hashes) == [placement_of_hash(state, h) for h in hashes]
+    # The map's own bulk lookup, in any order of keys, in bulk and one at a time.
+    shuffled = rng.sample(keys, len(keys))
+    assert before.lookup_many(shuffled) == [before.lookup(key) for key in shuffled]
+    assert before.lookup_many(shuffled[:5]) == [before.lookup(key) for key in shuffled[:5]]
     after = before.apply(before.delta(ServerMarkedDead(server_id=rng.choice(servers))))
     diff = before.diff(after)
     assert len(keys) >= BULK_PLACEMENTS_MIN
@@ -270,3 +276,13 @@ def test_bulk_placements_equal_one_at_a_time(
             expected.append(PartMoved(key=key, source=source, target=target))
     assert list(diff.moved) == expected
     assert diff.unchanged_count == len(keys) - len(expected)
+
+
+def test_lookup_many_refuses_a_key_not_in_the_map() -> None:
+    """A bulk lookup fails like one lookup on a key the map does not hold."""
+    shard_map = _cluster(PlacementConfig(replica_count=1), servers=4, sessions=200, seed=3)
+    keys = sorted(shard_map.part_keys())
+    missing = PartKey(session_id=new_session_id(now_ms=1, rng=random.Random(9)), part="other")
+    for batch in (keys[:3], keys):
+        with pytest.raises(UnknownPartKeyError):
+            shard_map.lookup_many([*batch, missing])

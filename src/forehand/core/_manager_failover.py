@@ -127,6 +127,9 @@ class FailoverJob:
     """The parts decided on, fixed when preparing."""
     candidates: dict[PartKey, tuple[str, ...]] = field(default_factory=dict)
     """Live holders of each part, preferred first (current primary, replicas, extra)."""
+    keys: dict[PartRef, PartKey] = field(default_factory=dict)
+    """The key of each part's reference, as sent: answers name parts by reference, and building
+    a key hashes and checks it (a failover of tens of thousands of parts gets two answers each)."""
     waiting: set[str] = field(default_factory=set)
     """Candidates that have not answered yet (every message they were sent)."""
     unanswered: dict[str, int] = field(default_factory=dict)
@@ -199,13 +202,17 @@ def plan_prepare(
     job.prepared_us = now_us
     job.deadline_us = now_us + timeout_us
     job.parts = tuple(_failing_parts(job, current))
+    job.keys = {}
+    live = _memoized(live)
     by_server: dict[str, list[PartRef]] = {}
-    for key in job.parts:
+    for key, placement in zip(job.parts, current.lookup_many(job.parts), strict=True):
         extra = job.explicit.get(key, "")
-        candidates = _candidates(current.lookup(key), extra, job.dead, live)
+        candidates = _candidates(placement, extra, job.dead, live)
         job.candidates[key] = candidates
+        ref = ref_of(key)
+        job.keys[ref] = key
         for server_id in candidates:
-            by_server.setdefault(server_id, []).append(ref_of(key))
+            by_server.setdefault(server_id, []).append(ref)
     job.waiting = set(by_server)
     messages: list[tuple[str, FailoverPrepared]] = []
     for server_id in sorted(by_server):
@@ -233,9 +240,10 @@ def record_positions(job: FailoverJob, message: PositionsReported) -> bool:
         if job.unanswered[server_id] <= 0:
             job.waiting.discard(server_id)
             job.answered.add(server_id)
+    keys = job.keys
     for progress in message.parts:
-        key = key_of(progress.ref)
-        if key in job.candidates:
+        key = keys.get(progress.ref)
+        if key is not None:
             job.positions.setdefault(key, {})[server_id] = progress.applied_seq
             job.last_epochs.setdefault(key, {})[server_id] = progress.last_epoch
     return True
@@ -294,10 +302,9 @@ def build_promotion(
     lost: list[PartKey] = []
     added = 0
     decided: set[PartKey] = set()
-    for key in job.parts:
-        if key not in current:
-            continue
-        placement = current.lookup(key)
+    live = _memoized(live)
+    present = [key for key in job.parts if key in current]
+    for key, placement in zip(present, current.lookup_many(present), strict=True):
         if key not in job.explicit and placement.primary not in dead:
             continue
         ranked = _rank(job, key, fallback)
@@ -334,6 +341,20 @@ def build_promotion(
         replicas_added=added,
         intended=frozenset(job.parts),
     )
+
+
+def _memoized(live: Callable[[str], bool]) -> Callable[[str], bool]:
+    """`live` asked once per server: a pass over a failover's parts asks it for each holder of
+    each part, and nothing changes liveness during the pass."""
+    answers: dict[str, bool] = {}
+
+    def ask(server_id: str) -> bool:
+        answer = answers.get(server_id)
+        if answer is None:
+            answer = answers[server_id] = live(server_id)
+        return answer
+
+    return ask
 
 
 def carry_landed(promotion: Promotion, previous: Promotion | None, current: ShardMap) -> Promotion:

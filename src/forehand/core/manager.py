@@ -1050,12 +1050,18 @@ class ManagerCore:
 
     def _build_replica_repair(self, current: ShardMap) -> Built | None:
         eligible = self._eligible(current)
+        spare = set(eligible)
         count = current.config.replica_count
         operations = []
         repaired: list[PartRef] = []
-        for key, placement in sorted(current.overrides(), key=lambda item: item[0]):
-            if len(placement.replicas) >= count:
-                continue
+        # Only a short placement with an eligible server outside it can gain a replica (the
+        # others were all there is after a failover on a small fleet: every part it promoted).
+        short = [
+            (key, placement)
+            for key, placement in current.overrides()
+            if len(placement.replicas) < count and not spare.issubset(placement.servers)
+        ]
+        for key, placement in sorted(short, key=lambda item: item[0]):
             keep = [s for s in placement.replicas if self._is_live(s)]
             replicas = fill_replicas(
                 key, primary=placement.primary, keep=keep, eligible=eligible, count=count
@@ -1821,8 +1827,10 @@ class ManagerCore:
     def _on_positions(
         self, message: messages.PositionsReported, source: NodeId, now_us: int
     ) -> None:
-        _check_refs(p.ref for p in message.parts)
         job = self._failover
+        # References the job sent are valid keys; only the others are checked (and ignored).
+        known = {} if job is None else job.keys
+        _check_refs(p.ref for p in message.parts if p.ref not in known)
         if job is None or not self._check_sender(message.server_id, source):
             return
         if record_positions(job, message) and not job.waiting:

@@ -9,7 +9,7 @@ primary counts) it derives from its parent's in what the delta changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from forehand.placement._apply import apply_delta
@@ -35,7 +35,13 @@ from forehand.placement._delta import (
     ServerReweighted,
     ServerUndrained,
 )
-from forehand.placement._diff import MapDiff, diff_states, placement_of_hash
+from forehand.placement._diff import (
+    BULK_PLACEMENTS_MIN,
+    MapDiff,
+    diff_states,
+    placement_of_hash,
+    placements_of_hashes,
+)
 from forehand.placement._errors import UnknownPartKeyError
 from forehand.placement._ids import PartKey
 from forehand.placement._lineage import MEMBERS, Lineage
@@ -197,6 +203,21 @@ class ShardMap:
     def lookup(self, key: PartKey) -> Placement:
         """Where `key` lives; UnknownPartKeyError when it is not in the map."""
         return placement_of_hash(self._state, self._checked_hash(key))
+
+    def lookup_many(self, keys: Sequence[PartKey]) -> list[Placement]:
+        """`lookup` of each of `keys`, in their order; UnknownPartKeyError when one is not in
+        the map. From `BULK_PLACEMENTS_MIN` keys on they are placed in bulk (one pass over the
+        ring for all of them): a failover looks up every part of a dead server."""
+        state = self._state
+        hashes = [self._checked_hash(key) for key in keys]
+        if len(hashes) < BULK_PLACEMENTS_MIN:
+            return [placement_of_hash(state, key_hash) for key_hash in hashes]
+        order = sorted(range(len(hashes)), key=hashes.__getitem__)
+        placed = placements_of_hashes(state, [hashes[at] for at in order])
+        result: list[Placement] = [placed[0]] * len(hashes)
+        for at, placement in zip(order, placed, strict=True):
+            result[at] = placement
+        return result
 
     def primary_of(self, key: PartKey) -> str:
         """The primary server of `key` (the fast path of `lookup`, with its calls inlined)."""
