@@ -15,6 +15,8 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from forehand.placement._delta import Placement
 from forehand.placement._ids import PartKey
 from forehand.placement._lineage import Changes
@@ -33,9 +35,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartMoved:
-    """A part present in both versions whose placement differs."""
+class PartMoved(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A part present in both versions whose placement differs (a msgspec Struct, built in C:
+    a server's death on a small fleet moves every part, and a diff lists each)."""
 
     key: PartKey
     """The part."""
@@ -210,29 +212,42 @@ def diff_states(source: MapState, target: MapState) -> MapDiff:
         if after is not None and after != before:
             added.append(after)
     moved: list[PartMoved] = []
-    common_keys: list[tuple[int, PartKey]] = []
-    source_parts, target_parts = source.parts, target.parts
-    for key_hash in _candidates(source, target, changes):
-        key = source_parts.get(key_hash)
-        if key is not None and (target_parts is source_parts or target_parts.get(key_hash) == key):
-            common_keys.append((key_hash, key))
-    pairs: Iterable[tuple[Placement, Placement]]
-    if len(common_keys) >= BULK_PLACEMENTS_MIN:
-        common_keys.sort()
-        hashes = [key_hash for key_hash, _ in common_keys]
-        pairs = zip(
-            placements_of_hashes(source, hashes), placements_of_hashes(target, hashes), strict=True
-        )
-    else:
-        pairs = (
-            (placement_of_hash(source, key_hash), placement_of_hash(target, key_hash))
-            for key_hash, _ in common_keys
-        )
-    for (_, key), (before_placement, after_placement) in zip(common_keys, pairs, strict=True):
-        if before_placement is not after_placement and not same_servers(
-            before_placement, after_placement
+    source_get, target_get = source.parts.get, target.parts.get
+    # Versions whose deltas wrote no part share their parts (whether or not the same table).
+    same_parts = source.parts is target.parts or (changes is not None and not part_buckets)
+    common_hashes = sorted(
+        key_hash
+        for key_hash in _candidates(source, target, changes)
+        if key_hash in source.parts and (same_parts or target_get(key_hash) == source_get(key_hash))
+    )
+    if len(common_hashes) >= BULK_PLACEMENTS_MIN:
+        befores = placements_of_hashes(source, common_hashes)
+        afters = placements_of_hashes(target, common_hashes)
+        # Bulk placements share one object per distinct placement (a handful on a small fleet,
+        # against tens of thousands of parts), and both lists keep them alive: compare each
+        # pair of objects once.
+        same: dict[tuple[int, int], bool] = {}
+        for key_hash, before_placement, after_placement in zip(
+            common_hashes, befores, afters, strict=True
         ):
-            moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
+            if before_placement is after_placement:
+                continue
+            pair = (id(before_placement), id(after_placement))
+            kept = same.get(pair)
+            if kept is None:
+                kept = same[pair] = same_servers(before_placement, after_placement)
+            if not kept:
+                key = source_get(key_hash)
+                assert key is not None
+                moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
+    else:
+        for key_hash in common_hashes:
+            before_placement = placement_of_hash(source, key_hash)
+            after_placement = placement_of_hash(target, key_hash)
+            if not same_servers(before_placement, after_placement):
+                key = source_get(key_hash)
+                assert key is not None
+                moved.append(PartMoved(key=key, source=before_placement, target=after_placement))
     common = len(source.parts) - len(removed)
     servers_added: list[ServerEntry] = []
     servers_removed: list[ServerEntry] = []
