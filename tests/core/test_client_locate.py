@@ -291,3 +291,40 @@ def test_map_request_credentials_bind_sessions_as_hello_does() -> None:
     assert [e.session_id for e in decode_client_placements(update.body).entries] == [
         second.session_id
     ]
+
+
+def test_sessions_with_calls_waiting_are_presented_first() -> None:
+    """A crash makes every part the dead server led locate, `CREDENTIALS_MAX` sessions a
+    MAP_REQUEST. The first round presents the sessions with a call waiting first, though they
+    come last in the order their parts were lost; the rounds that follow while the manager still
+    names the dead server take turns (the waiting parts spend no attempt in each), and the calls
+    are answered once the failover completes."""
+    world = World()
+    world.open(SESSIONS)
+    counts = Counter(world.primary(s) for s in world.sessions)
+    victim = min(counts, key=lambda server: (-counts[server], server))
+    stranded = [s for s in world.sessions if world.primary(s) == victim]
+    assert len(stranded) > 2 * CREDENTIALS_MAX
+    waiting = stranded[-2:]
+    request_ids = {
+        world.client.call(s, "counter", "add", b"1", now_us=world.router.now_us) for s in waiting
+    }
+    already = len(world.router.sent(MapRequest, source="c1"))
+    world.router.remove(victim)
+    for peer in [*SERVERS, "c1"]:
+        if peer != victim:
+            world.router.disconnect(peer, victim, reason="peer-crashed")
+    # The first part lost asks at once, alone; the others join the round after its answer.
+    first, second = world.router.sent(MapRequest, source="c1")[already : already + 2]
+    assert [credential.session_id for credential in first.credentials] == stranded[:1]
+    presented = [credential.session_id for credential in second.credentials]
+    assert len(presented) == CREDENTIALS_MAX
+    assert presented[:2] == waiting
+    world.advance_refusing(victim, ms=8_000)
+    assert world.harness.events(FailoverCompleted)
+    answered = {
+        a.request_id
+        for a in world.router.events_of("c1", ResponseReceived)
+        if a.request_id in request_ids and a.status is ResponseStatus.OK
+    }
+    assert answered == request_ids

@@ -1424,10 +1424,23 @@ class ClientCore:
 
         The first ones in `_locating` go, and their entries move to its end: the rounds take
         turns, so each locating session is presented within ceil(locating sessions / bound)
-        rounds, however many locate at once.
+        rounds, however many locate at once. The first round, and each round right after one
+        that placed a part elsewhere (the manager has failed the server over, and answers now
+        move parts), present the sessions with requests waiting first: after a crash that
+        strands tens of thousands of parts, the calls waiting on a few of them go out in the
+        round after the failover, not in their turn among every idle part. Rounds that place
+        nothing keep to the turns, so waiting parts do not spend an attempt in each of them
+        while the manager has not seen the loss yet.
         """
         limit = self._config.hello_credentials_max
         chosen: dict[bytes, None] = {}
+        if self._map_rounds == 0:
+            sessions = self._sessions
+            for session_id, part in self._locating:
+                if len(chosen) == limit:
+                    break
+                if sessions[session_id].parts[part].inflight:
+                    chosen[session_id] = None
         for session_id, _ in self._locating:
             if len(chosen) == limit:
                 break
