@@ -68,6 +68,10 @@ FOUND_SEEDS = {
     "a failover's promotions, then on to the restarted dead server) reached a primary that "
     "held nothing while no holder would seal it: it stayed unserved to the end "
     "(tests/core/test_server_failover.py)",
+    (ALL_SCENARIO, 9200900): "a handoff's target, paused and declared dead, took the part over "
+    "with the seal queued for it once resumed and executed a write the source had forwarded; "
+    "the source, put back as primary by the failover, relayed its answer "
+    "(tests/core/test_forwarded_answer_of_a_replaced_history.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

@@ -800,6 +800,19 @@ class ServerCore:
             reply_to=forward.reply_to,
             forwarded=forward.forwarded,
         )
+        if (
+            part is not None
+            and part.state is PartState.PRIMARY
+            and message.log_index > 0
+            and part.log.epoch_at(message.log_index) != message.map_version
+        ):
+            # This server leads the part again (a failover put it back while the handoff's
+            # target was cut off), and the write the target answers for is not in its history:
+            # the target executed it on a history the failover replaced, so it is lost. The
+            # client sends it again, to this primary (`forehand sim --seed 9200900`).
+            self._rare("forwarded-answer-from-a-replaced-history")
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "the part's primary changed")
+            return
         self._reply(
             inbound, status, message.payload, message.map_version, log_index=message.log_index
         )

@@ -1,0 +1,75 @@
+"""A handoff's source, put back as primary by a failover while the target was cut off, must not
+relay the target's late answer to a write it forwarded during the handoff: the target executed it
+on a history the failover replaced.
+
+Found by the simulator (`forehand sim --scenario all --seed 9200900`): the target was paused
+mid-handoff and declared dead; the failover reinstated the source; the target, resumed, took the
+part over with the seal still queued for it, executed the forwarded write at the handoff's epoch,
+and the source relayed the answer, acknowledging a write that its own history does not hold.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._part import PartState
+from forehand.core._server_events import WriteAcknowledged
+from forehand.wire import ResponseStatus
+
+if TYPE_CHECKING:
+    from tests.core._server_helpers import Cluster, ref
+else:
+    from _server_helpers import Cluster, ref
+
+COUNTER = ref("counter")
+
+
+def test_a_late_answer_of_a_replaced_handoff_target_is_not_relayed() -> None:
+    """s1 hands the part to s2, which is cut off (its messages wait); a write reaching s1 is
+    forwarded to s2. A failover puts s1 back as primary. s2 then gets what waited: it takes the
+    part over with the old seal and executes the write; s1 answers the client TRY_AGAIN instead
+    of relaying s2's OK, and the write, sent again, is executed once, in s1's history."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(2):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK] * 2
+    held: list[tuple[str, object]] = []
+
+    def hold(source: str, destination: str, message: object) -> bool:
+        if destination == "s2" and source != "manager":
+            held.append((source, message))
+            return True
+        return False
+
+    cluster.router.filters.append(hold)
+    cluster.place("counter", "s2", "s1", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=5_000)
+    cluster.router.advance(ms=20)
+    lost = cluster.request("s1", "counter", payload=b"10")
+    cluster.router.advance(ms=20)
+    assert cluster.responses() == []
+    # s2 is declared dead: the failover fences s1 and s3 and puts the part back on s1.
+    cluster.prepare_failover([COUNTER], to=["s1", "s3"])
+    cluster.place("counter", "s1", "s3", to=["s1", "s3"])
+    cluster.router.advance(ms=50)
+    source = cluster.server("s1").part(COUNTER)
+    assert source is not None and source.state is PartState.PRIMARY
+    # s2 comes back with its old map and gets what waited for it.
+    cluster.router.filters.remove(hold)
+    for origin, message in held:
+        cluster.router.send(origin, "s2", message)
+    cluster.router.advance(ms=50)
+    answers = [r for r in cluster.responses() if r.request_id == lost]
+    assert [r.status for r in answers] == [ResponseStatus.TRY_AGAIN]
+    relayed = [
+        e
+        for e in cluster.events("s1", WriteAcknowledged)
+        if e.request_id == lost and e.client_facing
+    ]
+    assert relayed == []
+    cluster.request("s1", "counter", payload=b"10", request_id=lost)
+    cluster.router.advance(ms=50)
+    (again,) = [r for r in cluster.responses() if r.request_id == lost]
+    assert (again.status, again.payload) == (ResponseStatus.OK, b"12")
