@@ -162,25 +162,32 @@ def test_unanswered_map_request_is_retried_with_backoff() -> None:
     assert len(h.take(MapRequest, MANAGER)) == 1
 
 
-def test_locating_gives_up_after_retry_attempts_max_rounds() -> None:
-    """After retry_attempts_max unanswered rounds, the part's requests fail PLACEMENT_UNKNOWN."""
+def test_locating_goes_on_while_calls_wait_and_stops_after_them() -> None:
+    """Unanswered rounds go on past retry_attempts_max while calls wait for the part (a crash
+    takes the manager seconds to fail over): the calls fail PLACEMENT_UNKNOWN at their own
+    deadline, and the part then stops being located, until a new call starts over."""
     h = Harness(
         map_request_timeout_ms=10,
         retry_attempts_max=3,
         retry_backoff_ms=1,
         retry_backoff_max_ms=1,
-        request_timeout_ms=60_000,
+        request_timeout_ms=500,
     )
     session, ids = session_with_pending(h)
     h.lose("s1")
-    h.advance(ms=1_000)
+    h.advance(ms=400)
+    assert h.of(RequestFailed) == []
+    assert len(h.take(MapRequest, MANAGER)) > 3 * 3
+    h.advance(ms=200)
     failed = h.of(RequestFailed)
     assert [(f.request_id, f.why) for f in failed] == [
         (ids[0], RequestFailedWhy.PLACEMENT_UNKNOWN),
         (ids[1], RequestFailedWhy.PLACEMENT_UNKNOWN),
+        (ids[2], RequestFailedWhy.TIMEOUT),
     ]
-    rounds = h.take(MapRequest, MANAGER)
-    assert len(rounds) == 3
+    h.take(MapRequest, MANAGER)
+    h.advance(ms=500)
+    assert h.take(MapRequest, MANAGER) == []
     # A new call is a reason to try again.
     h.client.call(session, "auth", "again", b"", now_us=h.now_us)
     h.drain()
@@ -198,19 +205,39 @@ def test_relocation_to_the_same_server_reconnects() -> None:
     assert [r.request_id for r in h.take(Request, "s1")] == ids[:2]
 
 
-def test_repeated_losses_back_off_and_stop() -> None:
-    """If the named server keeps failing, each loss costs an attempt and the part gives up."""
-    h = Harness(retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0)
+def test_repeated_losses_back_off_and_end_at_the_calls_deadline() -> None:
+    """If the named server keeps failing, each loss costs an attempt; past retry_attempts_max
+    the part is still located while its calls wait (the manager may be about to fail the server
+    over), and they end at their deadline, not at the third loss."""
+    h = Harness(
+        retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0, request_timeout_ms=1_000
+    )
     session, ids = session_with_pending(h)
     for _ in range(3):
         h.lose("s1", "refused")
         h.advance(ms=100)
         h.feed(MANAGER, map_update(session, placement("auth", "s1"), map_version=5))
+    assert h.of(RequestFailed) == []
+    h.advance(ms=1_000)
+    # The last answer named s1 again: the part was reconnecting there, so the calls time out.
     failed = [(f.request_id, f.why) for f in h.of(RequestFailed)]
-    assert failed == [
-        (ids[0], RequestFailedWhy.PLACEMENT_UNKNOWN),
-        (ids[1], RequestFailedWhy.PLACEMENT_UNKNOWN),
-    ]
+    assert failed[:2] == [(ids[0], RequestFailedWhy.TIMEOUT), (ids[1], RequestFailedWhy.TIMEOUT)]
+
+
+def test_a_call_waiting_through_a_slow_failover_is_answered() -> None:
+    """The manager names the dead server round after round for longer than retry_attempts_max
+    rounds (its failover takes seconds); the calls wait, and are sent to the new primary once an
+    answer names it."""
+    h = Harness(retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session, ids = session_with_pending(h)
+    for _ in range(6):
+        h.lose("s1", "refused")
+        h.advance(ms=200)
+        h.feed(MANAGER, map_update(session, placement("auth", "s1"), map_version=5))
+    assert h.of(RequestFailed) == []
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=6))
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == ids[:2]
 
 
 def test_delta_without_the_part_means_unchanged() -> None:

@@ -201,14 +201,30 @@ def presented(request: MapRequest) -> list[bytes]:
 
 
 def test_a_round_counts_only_against_the_sessions_it_presented() -> None:
-    """Unanswered rounds that each present one session: every session is presented exactly
-    `retry_attempts_max` times before its call fails, not one round in three."""
-    h = Harness(hello_credentials_max=1, retry_attempts_max=2, request_timeout_ms=600_000)
+    """Unanswered rounds that each present one session, for parts no call waits on (theirs
+    timed out first): every session is presented exactly `retry_attempts_max` times before it
+    stops being located, not one round in three."""
+    h = Harness(hello_credentials_max=1, retry_attempts_max=2, request_timeout_ms=1)
     sessions = sessions_on_s1(h, 3)
+    h.advance(ms=2)
+    assert {f.why for f in h.of(RequestFailed)} == {RequestFailedWhy.TIMEOUT}
     h.lose("s1")
     h.advance(ms=60_000)
     counts = Counter(s for request in h.take(MapRequest) for s in presented(request))
     assert counts == dict.fromkeys(sessions, 2)
+
+
+def test_calls_wait_past_the_rounds_and_fail_placement_unknown_at_their_deadline() -> None:
+    """Calls on parts the manager cannot place keep them located past `retry_attempts_max`
+    rounds, and fail PLACEMENT_UNKNOWN at their own deadline."""
+    h = Harness(hello_credentials_max=1, retry_attempts_max=2, request_timeout_ms=30_000)
+    sessions = sessions_on_s1(h, 3)
+    h.lose("s1")
+    h.advance(ms=20_000)
+    assert h.of(RequestFailed) == []
+    counts = Counter(s for request in h.take(MapRequest) for s in presented(request))
+    assert set(counts) == set(sessions) and min(counts.values()) > 2
+    h.advance(ms=10_000)
     failed = h.of(RequestFailed)
     assert sorted(f.session_id for f in failed) == sorted(sessions)
     assert {f.why for f in failed} == {RequestFailedWhy.PLACEMENT_UNKNOWN}

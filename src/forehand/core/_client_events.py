@@ -76,7 +76,8 @@ class RequestFailedWhy(enum.Enum):
     RETRIES_EXHAUSTED = "retries-exhausted"
     """It was sent `retry_attempts_max` times without a final answer."""
     PLACEMENT_UNKNOWN = "placement-unknown"
-    """The part could not be located within `retry_attempts_max` MAP_REQUEST rounds."""
+    """The part was still being located at the request's deadline (`request_timeout_ms`): the
+    manager named no server that answered, round after round."""
     SESSION_CLOSED = "session-closed"
     """The application closed the session while the request was in flight."""
     TOO_LARGE = "too-large"

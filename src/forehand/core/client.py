@@ -1255,7 +1255,11 @@ class ClientCore:
             entry = next(iter(self._inflight.values()))
             if entry.deadline_us > now_us:
                 return
-            self._fail(entry, RequestFailedWhy.TIMEOUT, now_us)
+            session = self._sessions.get(entry.session_id)
+            route = None if session is None else session.parts.get(entry.part)
+            locating = route is not None and route.state is RouteState.LOCATING
+            why = RequestFailedWhy.PLACEMENT_UNKNOWN if locating else RequestFailedWhy.TIMEOUT
+            self._fail(entry, why, now_us)
 
     def _on_response(self, frame: Response, source: NodeId, now_us: int) -> None:
         request_id = frame.request_id
@@ -1389,7 +1393,7 @@ class ClientCore:
         self._start_locating(session, route, now_us)
 
     def _start_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
-        if route.locate_attempts > self._config.retry_attempts_max:
+        if route.locate_attempts > self._config.retry_attempts_max and not route.inflight:
             self._give_up_locating(session, route, now_us)
             return
         self._locating[(session.session_id, route.name)] = None
@@ -1402,6 +1406,13 @@ class ClientCore:
             self._send_map_request(now_us)
 
     def _give_up_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
+        """Stop locating a part no request waits for (a new call starts over). A part with
+        requests waiting goes on locating past `retry_attempts_max` rounds: its requests end at
+        their own deadline, PLACEMENT_UNKNOWN if it was still being located. A crash is found
+        and failed over by the manager in seconds (the failure timeout, then the promotion),
+        while the rounds that name the dead server until then each cost an attempt, and so
+        does each reconnect to it: the attempts ran out first, failing calls the failover
+        would have served well within their timeout."""
         self._locating.pop((session.session_id, route.name), None)
         for entry in list(route.inflight.values()):
             self._fail(entry, RequestFailedWhy.PLACEMENT_UNKNOWN, now_us)
@@ -1484,7 +1495,7 @@ class ClientCore:
                 continue
             route = self._sessions[session_id].parts[part]
             route.locate_attempts += 1
-            if route.locate_attempts > self._config.retry_attempts_max:
+            if route.locate_attempts > self._config.retry_attempts_max and not route.inflight:
                 self._give_up_locating(self._sessions[session_id], route, now_us)
         if not self._locating:
             self._map_rounds = 0
