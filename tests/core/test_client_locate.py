@@ -35,6 +35,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     Placement,
+    Response,
     ResponseStatus,
 )
 
@@ -344,3 +345,46 @@ def test_sessions_with_calls_waiting_are_presented_first() -> None:
         if a.request_id in request_ids and a.status is ResponseStatus.OK
     }
     assert answered == request_ids
+
+
+def test_a_waiting_part_outlasts_the_rounds_that_place_other_parts() -> None:
+    """s1 and s2 crash together and the manager fails s1 over first: while the client places
+    s1's twenty idle parts, two a round and each round right after the last (they progress),
+    the part a call waits for on s2 is presented first in each, far more than
+    `retry_attempts_max` times; its call still waits for s2's failover (found by a second
+    reading of the waiting-first rounds)."""
+    h = Harness(hello_credentials_max=2, retry_attempts_max=4, retry_jitter_ratio=0.0)
+    idle = [bytes([0x01, 0x8F, index] + [0x22] * 13) for index in range(20)]
+    for index, session_id in enumerate(idle):
+        h.open(placement("auth", "s1"), session_id=session_id, welcome_manager=index == 0)
+    first = h.client.call(idle[0], "auth", "a", b"", now_us=h.now_us)
+    h.welcome("s1")
+    done = Response(
+        request_id=first, session_id=idle[0], status=ResponseStatus.OK, map_version=5, payload=b""
+    )
+    h.feed("s1", done)
+    waiting = bytes([0x01, 0x8F, 0xEE] + [0x33] * 13)
+    h.open(placement("auth", "s2"), session_id=waiting, welcome_manager=False)
+    h.client.call(waiting, "auth", "a", b"", now_us=h.now_us)
+    h.welcome("s2")
+    h.outbox.clear()
+    h.lose("s1")
+    h.lose("s2")
+    shown_waiting = 0
+    for _ in range(200):
+        requests = h.take(MapRequest)
+        if not requests:
+            h.advance(ms=100)
+            requests = h.take(MapRequest)
+        if not requests:
+            break
+        (request,) = requests
+        shown = presented(request)
+        shown_waiting += waiting in shown
+        h.feed(MANAGER, answer(*((s, placement("auth", "s3")) for s in shown if s in idle)))
+        if all(h.client.route(s, "auth").primary == "s3" for s in idle):
+            break
+    assert all(h.client.route(s, "auth").primary == "s3" for s in idle)
+    assert shown_waiting > 4
+    assert [f for f in h.of(RequestFailed) if f.session_id == waiting] == []
+    assert h.client.route(waiting, "auth").state is RouteState.LOCATING
