@@ -970,6 +970,14 @@ class ServerCore:
                 if stream is not None:
                     stream.reprobe()
                     down.waiting[ref] = None
+        elif peer not in self._down:
+            # A server the map does not list (a handoff target the map no longer names): only
+            # its sealed streams remain, probed again at their resend times.
+            for ref, shipper in self._shippers.items():
+                stream = shipper.streams.get(peer)
+                if stream is not None and stream.acked_seq is not None:
+                    stream.reprobe()
+                    self._mark_shipping(ref, now_us)
         for key, forward in list(self._forwards.items()):
             if forward.target == peer:
                 del self._forwards[key]
@@ -2187,8 +2195,9 @@ class ServerCore:
         for ref in settled:
             self._fenced.pop(ref, None)
         for peer in [peer for peer in self._down if new_map.address(peer) is None]:
-            # Out of the map: no stream ships to it any more.
-            del self._down[peer]
+            # Out of the map: only a handoff's sealed stream may still ship to it, and it goes
+            # back to its resend times (as towards any server the map does not list).
+            self._peer_up(peer, now_us)
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
         assert self._map is not None
