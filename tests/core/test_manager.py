@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core._client_map import CLIENT_PLACEMENTS_ENCODING, decode_client_placements
-from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._manager_events import (
     CredentialRefused,
     DeathCause,
@@ -23,7 +23,7 @@ from forehand.core._manager_events import (
 )
 from forehand.core._membership import MemberState
 from forehand.core.manager import ManagerCore
-from forehand.core.messages import MapPublished, MapRequested, ServerAnnounced
+from forehand.core.messages import HeartbeatReported, MapPublished, MapRequested, ServerAnnounced
 from forehand.placement import PartKey, PlacementConfig, ShardMap
 from forehand.stores import (
     DeltaCommitRequested,
@@ -54,6 +54,7 @@ from forehand.wire import (
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import (
+        IDLE,
         MANAGER,
         ManagerHarness,
         execute,
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
         sealer,
     )
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, execute, manager_config, sealer
+    from _manager_helpers import IDLE, MANAGER, ManagerHarness, execute, manager_config, sealer
 
 SERVERS = ("s1", "s2", "s3")
 
@@ -360,6 +361,34 @@ def test_map_requested_gets_the_deltas_since_the_version_held() -> None:
     chain = harness.take("s1", MapPublished)
     assert [m.base_version for m in chain] == list(range(1, harness.map.version))
     assert chain[-1].map_version == harness.map.version
+
+
+def test_a_reconnected_member_is_sent_the_versions_its_broken_connection_lost() -> None:
+    """The manager's messages to s1 are lost (a one-way partition, its heartbeats still
+    arriving, reporting the version it holds) while two sessions commit; when a new connection
+    to s1 opens, the versions since the one it reported go again, and nothing goes to a member
+    that reported the current version."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    harness.tick(300, alive=SERVERS)
+    held = harness.map.version
+    cut = harness.router.partition(MANAGER, "s1")
+    harness.open_session()
+    harness.open_session()
+    harness.router.heal(cut)
+    harness.take("s1", MapPublished)
+    harness.take("s2", MapPublished)
+    stale = HeartbeatReported(
+        server_id="s1", incarnation=1, sequence=1_000, map_version=held, load=IDLE, parts=()
+    )
+    harness.router.send("s1", MANAGER, stale)
+    assert harness.take("s1", MapPublished) == []
+    harness.router.send("s1", MANAGER, ConnectionOpened(peer="s1"))
+    chain = harness.take("s1", MapPublished)
+    assert [m.base_version for m in chain] == list(range(held, harness.map.version))
+    harness.heartbeat("s2")  # s2 got them, and says so.
+    harness.router.send("s2", MANAGER, ConnectionOpened(peer="s2"))
+    assert harness.take("s2", MapPublished) == []
 
 
 def test_dead_servers_stop_receiving_versions() -> None:

@@ -72,6 +72,9 @@ FOUND_SEEDS = {
     "with the seal queued for it once resumed and executed a write the source had forwarded; "
     "the source, put back as primary by the failover, relayed its answer "
     "(tests/core/test_forwarded_answer_of_a_replaced_history.py)",
+    (ALL_SCENARIO, 9500899): "a one-way partition lost the map versions the manager sent a "
+    "server whose heartbeats still arrived; nothing sent them again, and it ended two versions "
+    "behind (tests/core/test_manager.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

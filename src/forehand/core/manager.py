@@ -2382,7 +2382,20 @@ class ManagerCore:
         handler(self, inner, source, now_us)
 
     def _on_connection(self, message: object, source: NodeId, now_us: int) -> None:
-        """Connections come and go; membership follows heartbeats, not connections."""
+        """Connections come and go; membership follows heartbeats, not connections. But a new
+        connection to a live member follows a broken one, which lost what was in flight: the
+        map versions sent on it since the member last reported its own are sent again. Without
+        this a server cut off from the manager's messages alone (its heartbeats still arriving)
+        kept the version it held until the next commit, or for good if none came (found by
+        `forehand sim --seed 9500899`)."""
+        current = self.shard_map
+        if not isinstance(message, ConnectionOpened) or current is None:
+            return
+        member = self._membership.get(source)
+        if member is None or not self._is_live(source):
+            return
+        if member.map_version < member.map_version_sent:
+            self._catch_up(source, member.map_version, current)
 
     def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
         """The peer closes its connection; nothing the manager holds depends on it."""
