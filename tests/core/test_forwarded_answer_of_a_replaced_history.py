@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
 from forehand.core._server_events import WriteAcknowledged
+from forehand.core.server import _holds_entry
 from forehand.wire import ResponseStatus
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import Cluster, ref
+    from tests.core.test_replication import primary_with
 else:
     from _server_helpers import Cluster, ref
+    from test_replication import primary_with
 
 COUNTER = ref("counter")
 
@@ -73,3 +76,16 @@ def test_a_late_answer_of_a_replaced_handoff_target_is_not_relayed() -> None:
     cluster.router.advance(ms=50)
     (again,) = [r for r in cluster.responses() if r.request_id == lost]
     assert (again.status, again.payload) == (ResponseStatus.OK, b"12")
+
+
+def test_an_entry_trimmed_from_the_log_still_counts_as_held_through_the_dedup_table() -> None:
+    """Whether the source holds the write a late answer names: by its log, or once trimmed from
+    it by its dedup table; a write of another epoch, or one it never executed, is not held."""
+    part = primary_with(5)
+    assert _holds_entry(part, request_id=3, seq=3, epoch=1)
+    part.log.trim_through(4)
+    assert part.log.epoch_at(3) is None
+    assert _holds_entry(part, request_id=3, seq=3, epoch=1)
+    assert not _holds_entry(part, request_id=3, seq=3, epoch=2)
+    assert not _holds_entry(part, request_id=99, seq=3, epoch=1)
+    assert not _holds_entry(part, request_id=6, seq=6, epoch=1)

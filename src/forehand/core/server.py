@@ -804,7 +804,7 @@ class ServerCore:
             part is not None
             and part.state is PartState.PRIMARY
             and message.log_index > 0
-            and part.log.epoch_at(message.log_index) != message.map_version
+            and not _holds_entry(part, message.request_id, message.log_index, message.map_version)
         ):
             # This server leads the part again (a failover put it back while the handoff's
             # target was cut off), and the write the target answers for is not in its history:
@@ -2477,7 +2477,18 @@ class ServerCore:
         )
 
 
+def _holds_entry(part: Part, request_id: int, seq: int, epoch: int) -> bool:
+    """Whether this server's history of `part` holds the write `request_id` at `seq`, written
+    under `epoch`: in its log, or (trimmed from it) in its dedup table."""
+    if part.log.epoch_at(seq) == epoch:
+        return True
+    entry = part.dedup.get(request_id)
+    return entry is not None and entry.seq == seq and entry.epoch == epoch
+
+
 _Handler = Callable[[ServerCore, Any, NodeId, int], None]
+
+
 _DISPATCH: dict[type, _Handler] = {
     Request: ServerCore._on_request,
     Hello: ServerCore._on_hello,
