@@ -34,7 +34,8 @@ class ClientConfig:
     request_timeout_ms: int = 10_000
     """A request without a final answer this long after `call` fails with RequestFailed."""
     retry_attempts_max: int = 8
-    """Bound on sends of one request, and on MAP_REQUEST rounds of one relocation."""
+    """Bound on sends of one request, and on MAP_REQUEST rounds of one relocation no request
+    waits for (a part with requests waiting is located until their deadline)."""
     retry_backoff_ms: int = 50
     """First delay before a retry; it doubles per attempt up to `retry_backoff_max_ms`."""
     retry_backoff_max_ms: int = 2_000
