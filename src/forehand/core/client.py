@@ -1394,7 +1394,7 @@ class ClientCore:
 
     def _start_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
         if route.locate_attempts > self._config.retry_attempts_max and not route.inflight:
-            self._give_up_locating(session, route, now_us)
+            self._give_up_locating(session, route)
             return
         self._locating[(session.session_id, route.name)] = None
         if self._map_sent_us is not None:
@@ -1405,17 +1405,16 @@ class ClientCore:
         if due_us <= now_us:
             self._send_map_request(now_us)
 
-    def _give_up_locating(self, session: Session, route: PartRoute, now_us: int) -> None:
+    def _give_up_locating(self, session: Session, route: PartRoute) -> None:
         """Stop locating a part no request waits for (a new call starts over). A part with
         requests waiting goes on locating past `retry_attempts_max` rounds: its requests end at
-        their own deadline, PLACEMENT_UNKNOWN if it was still being located. A crash is found
-        and failed over by the manager in seconds (the failure timeout, then the promotion),
-        while the rounds that name the dead server until then each cost an attempt, and so
-        does each reconnect to it: the attempts ran out first, failing calls the failover
-        would have served well within their timeout."""
+        their own deadline, PLACEMENT_UNKNOWN if it was still being located (`_expire_requests`).
+        A crash is found and failed over by the manager in seconds (the failure timeout, then
+        the promotion), while the rounds that name the dead server until then each cost an
+        attempt, and so does each reconnect to it: the attempts ran out first, failing calls
+        the failover would have served well within their timeout."""
+        assert not route.inflight
         self._locating.pop((session.session_id, route.name), None)
-        for entry in list(route.inflight.values()):
-            self._fail(entry, RequestFailedWhy.PLACEMENT_UNKNOWN, now_us)
 
     def _send_map_request(self, now_us: int) -> None:
         self._map_retry_us = None
@@ -1496,7 +1495,7 @@ class ClientCore:
             route = self._sessions[session_id].parts[part]
             route.locate_attempts += 1
             if route.locate_attempts > self._config.retry_attempts_max and not route.inflight:
-                self._give_up_locating(self._sessions[session_id], route, now_us)
+                self._give_up_locating(self._sessions[session_id], route)
         if not self._locating:
             self._map_rounds = 0
             return
