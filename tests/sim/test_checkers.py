@@ -307,3 +307,31 @@ def test_default_checkers_cover_every_invariant() -> None:
     assert len(default_checkers(liveness_bound_us=None)) == 5
     names = {type(checker).__name__ for checker in default_checkers(liveness_bound_us=10)}
     assert "LivenessChecker" in names and len(names) == 6
+
+
+def test_at_most_once_ignores_a_replaced_primarys_late_execution() -> None:
+    """s3, primary at version 5, is cut off; a failover makes s1 primary at version 11 holding
+    index 2, and s1 executes the write at index 3; s3, back, executes the same request (its copy
+    reached it late) at index 3 of its own history, which the newer version already wrote
+    there: not a second execution on the surviving history. The same request executed twice on
+    one history still is."""
+    _feed(
+        AtMostOnceChecker(),
+        [
+            (1, _executed("s3", 1, 5, 1)),
+            (2, _executed("s3", 2, 5, 2)),
+            (3, _installed("s1", 11, 2)),
+            (4, _executed("s1", 7, 11, 3)),
+            (5, _installed("s1", 12, 3, InstallCause.HANDOFF)),
+            (6, _executed("s3", 7, 5, 3)),
+        ],
+    )
+    with pytest.raises(InvariantViolated, match="executed twice"):
+        _feed(
+            AtMostOnceChecker(),
+            [
+                (1, _installed("s1", 11, 2)),
+                (2, _executed("s1", 7, 11, 3)),
+                (3, _executed("s1", 7, 11, 4)),
+            ],
+        )

@@ -75,6 +75,10 @@ FOUND_SEEDS = {
     (ALL_SCENARIO, 9500899): "a one-way partition lost the map versions the manager sent a "
     "server whose heartbeats still arrived; nothing sent them again, and it ended two versions "
     "behind (tests/core/test_manager.py)",
+    (ALL_SCENARIO, 9502933): "a primary paused past its failover executed, once resumed, a "
+    "request that had reached it late at a position the new history had already written; the "
+    "checker counted it as a second execution on the surviving history "
+    "(tests/sim/test_checkers.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

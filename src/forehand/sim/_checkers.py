@@ -243,7 +243,10 @@ class AtMostOnceChecker:
     """Each write's request id is executed at most once on its part's surviving history.
 
     An execution that a later install drops (its log index is beyond what the new primary holds)
-    no longer counts, so a client may retry it. Reads (`log_index is None`) are not checked.
+    no longer counts, so a client may retry it; nor does one at an older version than the
+    newest install at a position a newer version already wrote (a primary replaced while it was
+    cut off, executing a request that reached it late on a history that position replaces).
+    Reads (`log_index is None`) are not checked.
     """
 
     observes: tuple[type[Observation], ...] = (RequestExecuted, PrimaryInstalled)
@@ -251,6 +254,8 @@ class AtMostOnceChecker:
     def __init__(self) -> None:
         self._executed: dict[PartKey, dict[int, tuple[int, int, NodeId]]] = {}
         self._installed: dict[PartKey, tuple[int, int]] = {}
+        self._written: dict[PartKey, dict[int, int]] = {}
+        """Per part, the newest version a counted execution wrote at each log index."""
 
     def after_event(self, sim: Simulator, event: Observed) -> None:
         """Record executions; an id executed twice on the surviving history is a violation."""
@@ -264,6 +269,9 @@ class AtMostOnceChecker:
         installed_version, installed_index = self._installed.get(observation.part_key, (-1, 0))
         stale = observation.map_version < installed_version
         if stale and observation.log_index > installed_index:
+            return
+        written = self._written.setdefault(observation.part_key, {})
+        if stale and written.get(observation.log_index, -1) > observation.map_version:
             return
         executed = self._executed.setdefault(observation.part_key, {})
         earlier = executed.get(observation.request_id)
@@ -279,6 +287,9 @@ class AtMostOnceChecker:
             observation.map_version,
             observation.log_index,
             observation.node,
+        )
+        written[observation.log_index] = max(
+            written.get(observation.log_index, -1), observation.map_version
         )
 
     def _install(self, observation: PrimaryInstalled) -> None:
@@ -296,6 +307,13 @@ class AtMostOnceChecker:
         ]
         for request_id in dropped:
             del executed[request_id]
+        written = self._written.get(observation.part_key, {})
+        for index in [
+            index
+            for index, version in written.items()
+            if version < observation.map_version and index > observation.log_index
+        ]:
+            del written[index]
 
     def at_end(self, sim: Simulator) -> None:
         """Nothing to judge at the end."""
