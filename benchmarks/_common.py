@@ -35,6 +35,7 @@ __all__ = [
     "print_comparisons",
     "print_metrics",
     "record",
+    "run_store",
 ]
 
 JSON_ENVIRONMENT_VARIABLE = "FOREHAND_BENCH_JSON"
@@ -74,6 +75,14 @@ def measure_rate(operation: Callable[[int], object], *, count: int, rounds: int 
         operation(count)
         best_seconds = min(best_seconds, time.perf_counter() - started)
     return count / best_seconds
+
+
+def run_store(core: Any, store: Any, *, now_us: int = 0) -> None:
+    """Run a core's store requests on `store` (a `MemoryStore`), feeding each result back, until
+    the core asks for nothing more: a manager's commits, synchronously."""
+    while requests := core.store_requests():
+        for request in requests:
+            core.store_result(store.execute(request), now_us=now_us)
 
 
 def best_rate(

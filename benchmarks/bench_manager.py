@@ -26,7 +26,7 @@ from pathlib import Path
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Comparison, best_rate, compare, print_comparisons
+from benchmarks._common import Comparison, best_rate, compare, print_comparisons, run_store
 
 from forehand.core._manager_config import ManagerConfig, RiskPolicyKind
 from forehand.core._manager_events import MovesDropped
@@ -40,11 +40,6 @@ from forehand.core.messages import (
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap, new_session_id
 from forehand.stores import MemoryStore
-from forehand.stores._messages import (
-    DeltaCommitRequested,
-    MapLoadRequested,
-    SnapshotSaveRequested,
-)
 from forehand.wire import OpenSession
 
 SERVERS = tuple(f"s{index}" for index in range(8))
@@ -59,15 +54,6 @@ LOAD = LoadReport(
 )
 
 
-def _run_store(core: ManagerCore, store: MemoryStore) -> None:
-    while requests := core.store_requests():
-        for request in requests:
-            assert isinstance(
-                request, MapLoadRequested | DeltaCommitRequested | SnapshotSaveRequested
-            )
-            core.store_result(store.execute(request), now_us=0)
-
-
 def _manager(config: ManagerConfig | None = None) -> tuple[ManagerCore, MemoryStore]:
     core = ManagerCore(
         config=config or ManagerConfig(),
@@ -77,13 +63,13 @@ def _manager(config: ManagerConfig | None = None) -> tuple[ManagerCore, MemorySt
         now_us=0,
     )
     store = MemoryStore()
-    _run_store(core, store)
+    run_store(core, store)
     for server in SERVERS:
         announce = ServerAnnounced(
             server_id=server, incarnation=1, address=f"{server}:1", zone=server, weight=1.0
         )
         core.receive_message(announce, source=server, now_us=0)
-        _run_store(core, store)
+        run_store(core, store)
     core.messages_to_send()
     while core.next_event() is not None:
         pass
@@ -100,7 +86,7 @@ def _open(count: int, burst: int) -> None:
             core.receive_message(
                 OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
             )
-        _run_store(core, store)
+        run_store(core, store)
         core.messages_to_send()
         while core.next_event() is not None:
             pass
@@ -176,7 +162,7 @@ def _handoff_manager(count: int) -> tuple[ManagerCore, MemoryStore, list[bytes]]
         core.receive_message(
             OpenSession(request_id=request_id, parts=HANDOFF_PART), source="c1", now_us=request_id
         )
-        _run_store(core, store)
+        run_store(core, store)
         for outbound in core.messages_to_send():
             session_id = getattr(outbound.message, "session_id", None)
             if isinstance(session_id, bytes) and outbound.destination == "c1":
@@ -202,7 +188,7 @@ def decide_handoffs(core: ManagerCore, store: MemoryStore, session_ids: list[byt
     assigned: set[int] = set()
     decided = 0
     while True:
-        _run_store(core, store)
+        run_store(core, store)
         for outbound in core.messages_to_send():
             message = outbound.message
             if isinstance(message, HandoffAssigned) and message.handoff_id not in assigned:

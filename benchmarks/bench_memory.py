@@ -43,7 +43,7 @@ import msgspec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Metric, print_metrics, record
+from benchmarks._common import Metric, print_metrics, record, run_store
 from examples.cart.app import app
 
 from forehand.core._manager_config import ManagerConfig
@@ -61,11 +61,6 @@ from forehand.placement import (
     new_session_id,
 )
 from forehand.stores import MemoryStore
-from forehand.stores._messages import (
-    DeltaCommitRequested,
-    MapLoadRequested,
-    SnapshotSaveRequested,
-)
 from forehand.wire import PROTOCOL_VERSION, Credential, Hello, Request, Response, ResponseStatus
 
 PARTS = ("auth", "cart", "feature/video")
@@ -277,15 +272,6 @@ def _manager_map(sessions: int) -> bytes:
     return shard_map.encode()
 
 
-def _run_store(core: ManagerCore, store: MemoryStore) -> None:
-    while requests := core.store_requests():
-        for request in requests:
-            assert isinstance(
-                request, MapLoadRequested | DeltaCommitRequested | SnapshotSaveRequested
-            )
-            core.store_result(store.execute(request), now_us=0)
-
-
 def _loaded_manager(encoded: bytes) -> tuple[ManagerCore, float]:
     """A ManagerCore that loaded `encoded` from a MemoryStore; the seconds the load took."""
     store = MemoryStore()
@@ -300,7 +286,7 @@ def _loaded_manager(encoded: bytes) -> tuple[ManagerCore, float]:
         rng=random.Random(2),
         now_us=0,
     )
-    _run_store(core, store)
+    run_store(core, store)
     load_s = time.perf_counter() - started_s
     assert core.shard_map is not None and len(core.shard_map) > 0
     core.messages_to_send()

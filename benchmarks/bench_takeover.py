@@ -29,7 +29,7 @@ from typing import Any
 # Run as a script (make bench): make the repository root importable for benchmarks._common.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import Comparison, best_rate, print_comparisons
+from benchmarks._common import Comparison, best_rate, print_comparisons, run_store
 
 from forehand.core._manager_config import ManagerConfig
 from forehand.core._part import HandlerResult, PartSpec
@@ -58,11 +58,6 @@ from forehand.placement import (
     new_session_id,
 )
 from forehand.stores import MemoryStore
-from forehand.stores._messages import (
-    DeltaCommitRequested,
-    MapLoadRequested,
-    SnapshotSaveRequested,
-)
 from forehand.wire import ResponseStatus
 
 SERVERS = ("s1", "s2", "s3")
@@ -190,7 +185,7 @@ class ManagerFailover:
             rng=random.Random(2),
             now_us=0,
         )
-        _run_store(core, store, now_us=0)
+        run_store(core, store, now_us=0)
         interval_us = self.config.heartbeat_interval_ms * 1000
         now_us = 0
         for server in SERVERS:
@@ -233,7 +228,7 @@ class ManagerFailover:
                     server_id=server, map_version=fence.map_version, parts=progress
                 )
                 core.receive_message(reported, source=server, now_us=now_us)
-        _run_store(core, store, now_us=now_us)
+        run_store(core, store, now_us=now_us)
         published = [
             outbound
             for outbound in core.messages_to_send()
@@ -270,15 +265,6 @@ def _death_due(core: ManagerCore, due_us: int) -> bool:
     member = core.membership.get(DEAD)
     assert member is not None
     return due_us >= member.dead_at_us()
-
-
-def _run_store(core: ManagerCore, store: MemoryStore, *, now_us: int) -> None:
-    while requests := core.store_requests():
-        for request in requests:
-            assert isinstance(
-                request, MapLoadRequested | DeltaCommitRequested | SnapshotSaveRequested
-            )
-            core.store_result(store.execute(request), now_us=now_us)
 
 
 def _drain(core: ServerCore | ManagerCore) -> None:
