@@ -151,12 +151,52 @@ def test_calls_during_relocation_are_held_and_sent_in_order() -> None:
 
 
 def test_unanswered_map_request_is_retried_with_backoff() -> None:
-    """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms plus a backoff."""
-    h = Harness(map_request_timeout_ms=100, retry_backoff_ms=20, retry_jitter_ratio=0.0)
+    """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms, or after the
+    backoff counted from when it went, whichever is later."""
+    h = Harness(
+        map_request_timeout_ms=100,
+        retry_backoff_ms=150,
+        retry_backoff_max_ms=1_000,
+        retry_jitter_ratio=0.0,
+    )
     session_with_pending(h)
     h.lose("s1")
     assert len(h.take(MapRequest, MANAGER)) == 1
-    h.advance(ms=119)
+    # The first round times out at 100 ms; its backoff (150 ms) counts from 0.
+    h.advance(ms=149)
+    assert h.take(MapRequest) == []
+    h.advance(ms=1)
+    assert len(h.take(MapRequest, MANAGER)) == 1
+    # The second one times out at 250 ms; its backoff (300 ms) runs to 450 ms.
+    h.advance(ms=299)
+    assert h.take(MapRequest) == []
+    h.advance(ms=1)
+    assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_map_request_backoff_counts_from_the_send() -> None:
+    """A round the manager answered late (it held it, with no news) is followed, once the
+    reconnect to the server it still names fails, by the next round at once when the backoff
+    has passed since the round went; a round answered at once still waits the backoff out."""
+    h = Harness(
+        map_request_timeout_ms=1_000,
+        retry_backoff_ms=100,
+        retry_backoff_max_ms=1_000,
+        retry_jitter_ratio=0.0,
+    )
+    session, _ = session_with_pending(h)
+    h.lose("s1")
+    [first] = h.take(MapRequest, MANAGER)
+    h.advance(ms=500)
+    h.feed(MANAGER, map_update(session, map_version=6, base_version=first.map_version))
+    assert len(h.take(Hello, "s1")) == 1
+    h.lose("s1", "connection refused")
+    assert len(h.take(MapRequest, MANAGER)) == 1
+    # Answered at once: the next backoff (200 ms) is waited out.
+    h.feed(MANAGER, map_update(session, map_version=7, base_version=6))
+    assert len(h.take(Hello, "s1")) == 1
+    h.lose("s1", "connection refused")
+    h.advance(ms=199)
     assert h.take(MapRequest) == []
     h.advance(ms=1)
     assert len(h.take(MapRequest, MANAGER)) == 1

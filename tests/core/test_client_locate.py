@@ -218,7 +218,12 @@ def test_a_round_counts_only_against_the_sessions_it_presented() -> None:
 def test_calls_wait_past_the_rounds_and_fail_placement_unknown_at_their_deadline() -> None:
     """Calls on parts the manager cannot place keep them located past `retry_attempts_max`
     rounds, and fail PLACEMENT_UNKNOWN at their own deadline."""
-    h = Harness(hello_credentials_max=1, retry_attempts_max=2, request_timeout_ms=30_000)
+    h = Harness(
+        hello_credentials_max=1,
+        retry_attempts_max=2,
+        request_timeout_ms=30_000,
+        map_request_timeout_ms=1_000,
+    )
     sessions = sessions_on_s1(h, 3)
     h.lose("s1")
     h.advance(ms=20_000)

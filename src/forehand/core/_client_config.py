@@ -42,8 +42,11 @@ class ClientConfig:
     """Cap on the retry delay."""
     retry_jitter_ratio: float = 0.5
     """Each retry delay is scaled by a factor drawn from [1 - ratio, 1 + ratio]."""
-    map_request_timeout_ms: int = 1_000
-    """A MAP_REQUEST unanswered this long is retried (with backoff)."""
+    map_request_timeout_ms: int = 3_000
+    """A MAP_REQUEST unanswered this long is retried (with backoff). Above the manager's
+    `map_request_hold_ms` (1,500 by default): a round that has no news while the server the
+    client lost is being failed over is held that long (a lost connection to the manager ends
+    the round at once)."""
     handoff_deadline_ms_max: int = 10_000
     """Cap on a HANDOFF's deadline, so a server cannot hold the client's parts for longer."""
     resume_timeout_ms: int = 2_000

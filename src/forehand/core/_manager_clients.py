@@ -18,13 +18,16 @@ its part, while a wrong "changed" only costs a larger answer.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from forehand.core._client_map import (
     CLIENT_PLACEMENTS_ENCODING,
     SessionPlacement,
     encode_client_placements,
 )
+from forehand.core._driver import NodeId
 from forehand.core._paths import client_bucket
 from forehand.placement import (
     Delta,
@@ -36,7 +39,19 @@ from forehand.placement import (
 )
 from forehand.wire import MapUpdate, Placement
 
-__all__ = ["SESSION_OPERATIONS", "PlacementChanges", "SessionBuckets", "placements_answer"]
+__all__ = [
+    "HELD_SESSIONS_MAX",
+    "SESSION_OPERATIONS",
+    "HeldMapRequests",
+    "HeldRequest",
+    "PlacementChanges",
+    "SessionBuckets",
+    "placements_answer",
+]
+
+HELD_SESSIONS_MAX = 262_144
+"""Most sessions the held MAP_REQUESTs present in all (about 100 bytes each); past it a request
+is answered at once, as if nothing were held."""
 
 SESSION_OPERATIONS = (PartsAdded, PartsRemoved, PlacementOverridden)
 """Operations that change the placement of the session they name, and of no other."""
@@ -161,3 +176,127 @@ def placements_answer(
         encoding=CLIENT_PLACEMENTS_ENCODING,
         body=encode_client_placements(entries),
     )
+
+
+@dataclass(slots=True, kw_only=True)
+class HeldRequest:
+    """A MAP_REQUEST the manager answers later (`HeldMapRequests`)."""
+
+    map_version: int
+    """The version the request carried: the answer is computed against it when it goes."""
+    deadline_us: int
+    """When it is answered at the latest."""
+    sessions: tuple[bytes, ...]
+    """The bound sessions it presented: a committed move of one of them answers it."""
+
+
+class HeldMapRequests:
+    """MAP_REQUESTs held until there is news, at most one per client connection.
+
+    After a crash, the clients of the dead server ask the manager where their parts went, and
+    until the failover commits the answer is "nothing newer": each client polled with a growing
+    backoff (up to 2 s), so it learned the failover up to that much after it committed. A held
+    request is answered when a committed version moves a session it presented, when the manager
+    hears from the server again, or at its deadline, whichever comes first; the manager decides
+    what to hold (`ManagerCore._on_map_request`). A newer request from the same connection
+    replaces the held one (the client re-sent after its own timeout) and keeps its deadline, so
+    a client that re-sends faster than the hold is still answered at least that often.
+
+    Bounded: one request per connection, and `sessions_max` presented sessions in all.
+    """
+
+    __slots__ = ("_by_session", "_hold_us", "_requests", "_sessions_max")
+
+    def __init__(self, *, hold_us: int, sessions_max: int = HELD_SESSIONS_MAX) -> None:
+        assert hold_us >= 0 and sessions_max >= 0, (hold_us, sessions_max)
+        self._hold_us = hold_us
+        self._sessions_max = sessions_max
+        # Deadline order: a new request goes last with the latest deadline, and a replaced one
+        # keeps its place and its deadline.
+        self._requests: OrderedDict[NodeId, HeldRequest] = OrderedDict()
+        # Which connection's held request presented each session (the newest, if several did).
+        self._by_session: dict[bytes, NodeId] = {}
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, source: object) -> bool:
+        return source in self._requests
+
+    @property
+    def sessions(self) -> int:
+        """Presented sessions indexed now."""
+        return len(self._by_session)
+
+    def hold(
+        self, source: NodeId, *, map_version: int, sessions: tuple[bytes, ...], now_us: int
+    ) -> bool:
+        """Hold the connection's request (replacing one it holds). False when holding is off or
+        the sessions would pass the bound: the caller answers at once, and nothing of the
+        connection is held any more."""
+        previous = self._requests.get(source)
+        if previous is not None:
+            self._unindex(source, previous)
+        if self._hold_us == 0 or len(self._by_session) + len(sessions) > self._sessions_max:
+            if previous is not None:
+                del self._requests[source]
+            return False
+        deadline_us = now_us + self._hold_us if previous is None else previous.deadline_us
+        self._requests[source] = HeldRequest(
+            map_version=map_version, deadline_us=deadline_us, sessions=sessions
+        )
+        by_session = self._by_session
+        for session_id in sessions:
+            by_session[session_id] = source
+        return True
+
+    def take(self, source: NodeId) -> HeldRequest | None:
+        """Stop holding the connection's request (answered, or the connection is gone)."""
+        request = self._requests.pop(source, None)
+        if request is not None:
+            self._unindex(source, request)
+        return request
+
+    def take_expired(self, now_us: int) -> list[tuple[NodeId, HeldRequest]]:
+        """The requests whose deadline has come, oldest first."""
+        due: list[tuple[NodeId, HeldRequest]] = []
+        requests = self._requests
+        while requests:
+            source, request = next(iter(requests.items()))
+            if request.deadline_us > now_us:
+                break
+            self.take(source)
+            due.append((source, request))
+        return due
+
+    def take_sessions(self, session_ids: Iterable[bytes]) -> list[tuple[NodeId, HeldRequest]]:
+        """The requests that presented any of `session_ids`, each once."""
+        by_session = self._by_session
+        due: list[tuple[NodeId, HeldRequest]] = []
+        for session_id in session_ids:
+            source = by_session.get(session_id)
+            if source is None:
+                continue
+            request = self.take(source)
+            if request is not None:
+                due.append((source, request))
+        return due
+
+    def take_all(self) -> list[tuple[NodeId, HeldRequest]]:
+        """Every held request, oldest first."""
+        due = list(self._requests.items())
+        self._requests.clear()
+        self._by_session.clear()
+        return due
+
+    def deadline_us(self) -> int | None:
+        """The earliest deadline, or None when nothing is held."""
+        for request in self._requests.values():
+            return request.deadline_us
+        return None
+
+    def _unindex(self, source: NodeId, request: HeldRequest) -> None:
+        by_session = self._by_session
+        for session_id in request.sessions:
+            if by_session.get(session_id) == source:
+                del by_session[session_id]

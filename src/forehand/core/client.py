@@ -274,6 +274,8 @@ class ClientCore:
         self._prewarm_due_us = 0
         self._probes_in_window = 0
         self._map_sent_us: int | None = None
+        self._map_round_us = 0
+        """When the newest MAP_REQUEST went: the backoff to the next round counts from it."""
         self._map_retry_us: int | None = None
         self._map_rounds = 0
         self._map_presented: frozenset[bytes] = frozenset()
@@ -1399,7 +1401,9 @@ class ClientCore:
         self._locating[(session.session_id, route.name)] = None
         if self._map_sent_us is not None:
             return
-        due_us = now_us + self._backoff_us(route.locate_attempts - 1)
+        # From when the last round went, as in `_unresolved_round`: after a held round, the
+        # reconnect to the server it still named has failed, and the next round goes at once.
+        due_us = max(now_us, self._map_round_us + self._backoff_us(route.locate_attempts - 1))
         if self._map_retry_us is None or due_us < self._map_retry_us:
             self._map_retry_us = due_us
         if due_us <= now_us:
@@ -1468,7 +1472,7 @@ class ClientCore:
             Credential(session_id=session_id, credential=self._sessions[session_id].credential)
             for session_id in presented
         )
-        self._map_sent_us = now_us
+        self._map_sent_us = self._map_round_us = now_us
         self._map_presented = frozenset(presented)
         frame = MapRequest(map_version=map_version, credentials=credentials)
         self._send(self._config.manager_node_id, frame, now_us)
@@ -1487,6 +1491,10 @@ class ClientCore:
         The round counts as a failed attempt only for the parts of the sessions it presented
         (the manager could say nothing about the others). A round that moved some part to
         another server made progress: the next one goes at once and the backoff starts over.
+        The backoff counts from when the round went, not from its answer: a manager holds a
+        round that has no news while the lost server is still being failed over
+        (`ManagerConfig.map_request_hold_ms`), and a backoff no longer than the hold then sends
+        the next round as soon as the held one is answered, so no failover commits unheard.
         """
         presented, self._map_presented = self._map_presented, frozenset()
         for session_id, part in list(self._locating):
@@ -1500,7 +1508,7 @@ class ClientCore:
             self._map_rounds = 0
             return
         self._map_rounds = 0 if progressed else self._map_rounds + 1
-        self._map_retry_us = now_us + self._backoff_us(self._map_rounds)
+        self._map_retry_us = max(now_us, self._map_round_us + self._backoff_us(self._map_rounds))
         if self._map_retry_us <= now_us:
             self._send_map_request(now_us)
 

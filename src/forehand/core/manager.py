@@ -34,6 +34,8 @@ from forehand.core._driver import (
 )
 from forehand.core._manager_clients import (
     SESSION_OPERATIONS,
+    HeldMapRequests,
+    HeldRequest,
     PlacementChanges,
     SessionBuckets,
     placements_answer,
@@ -153,6 +155,7 @@ from forehand.wire import (
     ErrorCode,
     Hello,
     MapRequest,
+    MapUpdate,
     OpenSession,
     Ping,
     Pong,
@@ -288,6 +291,10 @@ class ManagerCore:
         self._repair_waiting = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
+        self._held_maps = HeldMapRequests(hold_us=config.map_request_hold_ms * 1000)
+        # Members whose connection to the manager was lost and that were not heard from since:
+        # at most the membership's servers.
+        self._unreachable: set[str] = set()
         self._planning: _PlanningPass | None = None
         self._target_windows: dict[PartRef, int] = {}
         self._plan_due_us = 0
@@ -368,6 +375,7 @@ class ManagerCore:
             self._handoff_silent(handoff, now_us)
         for move in self._orchestrator.drop_expired_moves(now_us=now_us):
             self._moves_dropped([move], "no target or slot in time")
+        self._answer_held(self._held_maps.take_expired(now_us))
         self._advance(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -396,6 +404,7 @@ class ManagerCore:
             self._orchestrator.next_timer_us() if self.shard_map is not None else None,
             min(self._join_retry_us.values(), default=None),
             self._drain_due_us if self._drains and not self._holding() else None,
+            self._held_maps.deadline_us(),
         ]
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING:
@@ -701,6 +710,7 @@ class ManagerCore:
         # A repair queued by a join or a failover of this map may have died with the manager
         # that loaded it before (a restart): the pinned placements left short are checked again.
         self._queue_replica_repair()
+        self._answer_held(self._held_maps.take_all())
 
     def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
         known = self._sessions.get(session_id, ())
@@ -754,6 +764,27 @@ class ManagerCore:
         for change, member in outcome.members or ((outcome.change, built),):
             change.committed(member, now_us)
         self._drain_progress(built.servers)
+        if built.delta is not None and len(self._held_maps):
+            self._answer_held(self._held_moved(built))
+
+    def _held_moved(self, built: Built) -> list[tuple[NodeId, HeldRequest]]:
+        """The held MAP_REQUESTs a committed version may have news for: every one when it
+        changed servers (a failover marks the dead server) or moved parts it does not name,
+        else those presenting a session it names or moved. After the fan-out to the servers,
+        so the new primaries have the version on its way before the clients come."""
+        assert built.delta is not None
+        operations = built.delta.operations
+        if built.implicit_moves is None or not all(
+            isinstance(operation, SESSION_OPERATIONS) for operation in operations
+        ):
+            return self._held_maps.take_all()
+        named = [
+            operation.session_id
+            for operation in operations
+            if isinstance(operation, SESSION_OPERATIONS)
+        ]
+        named.extend(key.session_id for key in built.implicit_moves)
+        return self._held_maps.take_sessions(named)
 
     def _parts_moved_at_most(
         self, operations: Sequence[Operation], new_map: ShardMap, built: Built
@@ -883,7 +914,10 @@ class ManagerCore:
             # sends with every such heartbeat, which then counts as the restart it is.
             return
         self._membership_changed()
+        suspected = self._membership.state_of(message.server_id) is MemberState.SUSPECTED
         outcome = self._membership.heartbeat(message, now_us=now_us)
+        if outcome is HeartbeatOutcome.ACCEPTED:
+            self._heard_again(message.server_id, suspected=suspected)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
@@ -2098,7 +2132,8 @@ class ManagerCore:
             client = _Client(client_id=client_id or _client_id_of(source))
             self._clients[source] = client
             while len(self._clients) > self._config.clients_max:
-                self._clients.popitem(last=False)
+                forgotten, _ = self._clients.popitem(last=False)
+                self._held_maps.take(forgotten)
         else:
             self._clients.move_to_end(source)
             if client_id is not None:
@@ -2352,15 +2387,64 @@ class ManagerCore:
         self._bind_credentials(client, source, frame.credentials, now_us)
         # Only the sessions this connection proved it holds (never the whole map: it would show
         # every session and server to any client), and only news when it is up to date.
-        answer = placements_answer(
+        answer = self._placements_answer(current, client, frame.map_version)
+        if answer.base_version > 0 and self._config.map_request_hold_ms:
+            # "Nothing newer": if it would send the client back to a server the manager cannot
+            # reach either, the news it waits for is that server's failover. Held, the request
+            # is answered when that commits instead of at the client's next poll.
+            presented = tuple(
+                dict.fromkeys(
+                    credential.session_id
+                    for credential in frame.credentials
+                    if credential.session_id in client.sessions
+                )
+            )
+            if self._strands_any(current, presented) and self._held_maps.hold(
+                source, map_version=frame.map_version, sessions=presented, now_us=now_us
+            ):
+                return
+        self._held_maps.take(source)
+        self._send(source, answer)
+
+    def _placements_answer(self, current: ShardMap, client: _Client, version: int) -> MapUpdate:
+        return placements_answer(
             current=current,
             sessions=client.sessions,
             parts_of=lambda session_id: self._sessions.get(session_id, ()),
             placement_of=lambda key: self._wire_placement(current, key),
             changes=self._changes,
-            client_version=frame.map_version,
+            client_version=version,
         )
-        self._send(source, answer)
+
+    def _strands_any(self, current: ShardMap, sessions: Iterable[bytes]) -> bool:
+        """Whether a part of `sessions` has its primary on a server the manager cannot reach:
+        its connection lost and not heard from since, suspected, or dead and not failed over."""
+        unreachable = self._unreachable
+        state_of = self._membership.state_of
+        for session_id in sessions:
+            for part in self._sessions.get(session_id, ()):
+                primary = current.primary_of(PartKey(session_id=session_id, part=part))
+                if primary in unreachable or state_of(primary) is not MemberState.ALIVE:
+                    return True
+        return False
+
+    def _answer_held(self, held: list[tuple[NodeId, HeldRequest]]) -> None:
+        """Answer held MAP_REQUESTs against the map as it is now."""
+        current = self.shard_map
+        if current is None:
+            return
+        for source, request in held:
+            client = self._clients.get(source)
+            if client is not None:
+                self._send(source, self._placements_answer(current, client, request.map_version))
+
+    def _heard_again(self, server_id: str, *, suspected: bool) -> None:
+        """A server the manager could not reach is back: the held requests go, since the answer
+        "nothing newer" now sends their clients back to a server that is there."""
+        if server_id in self._unreachable or suspected:
+            self._unreachable.discard(server_id)
+            if len(self._held_maps):
+                self._answer_held(self._held_maps.take_all())
 
     def _on_map_requested(
         self, message: messages.MapRequested, source: NodeId, now_us: int
@@ -2389,7 +2473,15 @@ class ManagerCore:
         kept the version it held until the next commit, or for good if none came (found by
         `forehand sim --seed 9500899`)."""
         current = self.shard_map
-        if not isinstance(message, ConnectionOpened) or current is None:
+        if not isinstance(message, ConnectionOpened):
+            if source in self._membership:
+                self._unreachable.add(source)
+            else:
+                self._held_maps.take(source)
+            return
+        if source in self._membership:
+            self._heard_again(source, suspected=False)
+        if current is None:
             return
         member = self._membership.get(source)
         if member is None or not self._is_live(source):

@@ -184,6 +184,8 @@ def _manager_config(rng: random.Random) -> ManagerConfig:
         handoff_deadline_grace_ms=rng.randrange(100, 1_500),
         store_timeout_ms=rng.randrange(1_000, 3_000),
         overload_cooldown_ms=rng.randrange(1_000, 10_000),
+        # Derived, not drawn, so that every seed keeps the draws (and the scenario) it had.
+        map_request_hold_ms=(0, 300, 1_000)[failure_timeout_ms % 3],
     )
 
 
