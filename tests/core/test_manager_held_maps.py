@@ -37,9 +37,15 @@ def cluster(**overrides: Any) -> tuple[ManagerHarness, Credential]:
     return harness, Credential(session_id=opened.session_id, credential=opened.credential)
 
 
-def ask(harness: ManagerHarness, credential: Credential, client: str = "c1") -> None:
-    """A MAP_REQUEST from `client` presenting the session, at the version the client holds."""
-    request = MapRequest(map_version=harness.map.version, credentials=(credential,))
+def ask(
+    harness: ManagerHarness,
+    *credentials: Credential,
+    client: str = "c1",
+    map_version: int | None = None,
+) -> None:
+    """A MAP_REQUEST from `client` presenting the sessions, by default at the current version."""
+    version = harness.map.version if map_version is None else map_version
+    request = MapRequest(map_version=version, credentials=credentials)
     harness.router.send(client, MANAGER, request)
 
 
@@ -73,6 +79,32 @@ def test_a_request_about_a_lost_primary_waits_for_its_failover() -> None:
     assert update.base_version == 0
     placed = primaries(update)
     assert set(placed) == set(PARTS) and "s1" not in placed.values()
+
+
+def test_a_request_from_an_old_version_is_held_too() -> None:
+    """A client whose parts were placed long ago asks from that version: the answer would list
+    its parts in full, still on s1, which is no more news than "nothing newer"."""
+    harness, credential = cluster(map_request_hold_ms=5_000)
+    harness.router.disconnect(MANAGER, "s1")
+    ask(harness, credential, map_version=1)
+    assert harness.take("c1", MapUpdate) == []
+    harness.tick(1_200, alive=SURVIVORS)
+    (update,) = harness.take("c1", MapUpdate)
+    assert "s1" not in primaries(update).values()
+
+
+def test_a_request_about_any_reachable_session_is_answered_at_once() -> None:
+    """One of the presented sessions has every part on servers the manager reaches: whatever
+    the answer tells of it is news the client may need now."""
+    harness, credential = cluster(map_request_hold_ms=5_000)
+    while True:
+        other = harness.open_session(("auth",), client="c1")
+        assert other is not None
+        if harness.placement(opened_refs(other)[0]).primary != "s1":
+            break
+    harness.router.disconnect(MANAGER, "s1")
+    ask(harness, credential, Credential(session_id=other.session_id, credential=other.credential))
+    assert len(harness.take("c1", MapUpdate)) == 1
 
 
 def test_a_held_request_is_answered_at_its_deadline() -> None:

@@ -56,12 +56,12 @@ class ManagerConfig:
     client_sessions_max: int = 1_024
     """Most sessions the manager remembers per client connection (for its MAP_REQUESTs)."""
     map_request_hold_ms: int = 1_500
-    """A MAP_REQUEST whose answer would be "nothing newer" while a part of a session it presents
-    has its primary on a server the manager cannot reach (connection lost, suspected, or dead
-    and not yet failed over) is held this long, and answered as soon as a committed version
-    moves one of the connection's sessions, the server is heard from again, or the time is up:
-    the client learns a failover when it commits instead of at its next poll. Keep it below the
-    clients' `map_request_timeout_ms` (3,000 by default); 0 answers every request at once."""
+    """A MAP_REQUEST each of whose presented sessions has a part with its primary on a server
+    the manager cannot reach (connection lost, suspected, or dead and not yet failed over) is
+    held this long, and answered as soon as a committed version moves one of those sessions, the
+    server is heard from again, or the time is up: the client learns a failover when it commits
+    instead of at its next poll. Keep it below the clients' `map_request_timeout_ms` (3,000 by
+    default); 0 answers every request at once."""
     placement_changes_sessions_max: int = 1_048_576
     """Most sessions whose last placement change the manager tracks to answer MAP_REQUEST with
     "nothing newer"; beyond it, it takes every placement as changed (and answers in full)."""

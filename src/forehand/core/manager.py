@@ -2387,11 +2387,7 @@ class ManagerCore:
         self._bind_credentials(client, source, frame.credentials, now_us)
         # Only the sessions this connection proved it holds (never the whole map: it would show
         # every session and server to any client), and only news when it is up to date.
-        answer = self._placements_answer(current, client, frame.map_version)
-        if answer.base_version > 0 and self._config.map_request_hold_ms:
-            # "Nothing newer": if it would send the client back to a server the manager cannot
-            # reach either, the news it waits for is that server's failover. Held, the request
-            # is answered when that commits instead of at the client's next poll.
+        if self._config.map_request_hold_ms:
             presented = tuple(
                 dict.fromkeys(
                     credential.session_id
@@ -2399,12 +2395,20 @@ class ManagerCore:
                     if credential.session_id in client.sessions
                 )
             )
-            if self._strands_any(current, presented) and self._held_maps.hold(
-                source, map_version=frame.map_version, sessions=presented, now_us=now_us
+            # Every session it asks about has a part on a server the manager cannot reach
+            # either: the news the client waits for is that server's failover, and until it
+            # commits the answer would send it back there. Held, the request is answered when
+            # the failover commits instead of at the client's next poll.
+            if (
+                presented
+                and self._all_stranded(current, presented)
+                and self._held_maps.hold(
+                    source, map_version=frame.map_version, sessions=presented, now_us=now_us
+                )
             ):
                 return
         self._held_maps.take(source)
-        self._send(source, answer)
+        self._send(source, self._placements_answer(current, client, frame.map_version))
 
     def _placements_answer(self, current: ShardMap, client: _Client, version: int) -> MapUpdate:
         return placements_answer(
@@ -2416,17 +2420,21 @@ class ManagerCore:
             client_version=version,
         )
 
-    def _strands_any(self, current: ShardMap, sessions: Iterable[bytes]) -> bool:
-        """Whether a part of `sessions` has its primary on a server the manager cannot reach:
-        its connection lost and not heard from since, suspected, or dead and not failed over."""
+    def _all_stranded(self, current: ShardMap, sessions: Iterable[bytes]) -> bool:
+        """Whether each of `sessions` has a part whose primary is on a server the manager cannot
+        reach: its connection lost and not heard from since, suspected, or dead and not failed
+        over yet."""
         unreachable = self._unreachable
         state_of = self._membership.state_of
-        for session_id in sessions:
+
+        def stranded(session_id: bytes) -> bool:
             for part in self._sessions.get(session_id, ()):
                 primary = current.primary_of(PartKey(session_id=session_id, part=part))
                 if primary in unreachable or state_of(primary) is not MemberState.ALIVE:
                     return True
-        return False
+            return False
+
+        return all(stranded(session_id) for session_id in sessions)
 
     def _answer_held(self, held: list[tuple[NodeId, HeldRequest]]) -> None:
         """Answer held MAP_REQUESTs against the map as it is now."""
