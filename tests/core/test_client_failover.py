@@ -42,7 +42,9 @@ from forehand.wire import (
     Hello,
     MapRequest,
     MapUpdate,
+    Ping,
     Placement,
+    Pong,
     ReasonCode,
     Request,
     Response,
@@ -200,6 +202,28 @@ def test_map_request_backoff_counts_from_the_send() -> None:
     assert h.take(MapRequest) == []
     h.advance(ms=1)
     assert len(h.take(MapRequest, MANAGER)) == 1
+
+
+def test_the_manager_is_pinged_while_a_map_request_awaits_its_answer() -> None:
+    """The manager may hold a MAP_REQUEST longer than the driver waits on a silent connection
+    (five ping intervals): while one awaits, the manager is pinged at the serving rate, not at
+    the probe rate, and at the probe rate again once it is answered."""
+    h = Harness(ping_interval_ms=100, probe_interval_ms=5_000, map_request_timeout_ms=3_000)
+    session, _ = session_with_pending(h)
+    h.take(Ping)
+    h.lose("s1")
+    [request] = h.take(MapRequest, MANAGER)
+    h.advance(ms=100)
+    [ping] = h.take(Ping, MANAGER)
+    h.feed(MANAGER, Pong(sequence=ping.sequence, sent_us=ping.sent_us))
+    h.advance(ms=100)
+    assert len(h.take(Ping, MANAGER)) == 1
+    # Its RTT is no path sample: the manager is no server.
+    assert all(sample.server_id != MANAGER for sample in h.take(Ping, "s3")[-1].telemetry)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
+    h.advance(ms=1_000)
+    assert h.take(Ping, MANAGER) == []
+    assert request.credentials
 
 
 def test_locating_goes_on_while_calls_wait_and_stops_after_them() -> None:

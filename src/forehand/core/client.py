@@ -1051,7 +1051,11 @@ class ClientCore:
             if not connection.authenticated:
                 connection.next_ping_us = None
                 continue
-            probe = connection.server not in serving
+            manager = connection.server == config.manager_node_id
+            if manager and self._map_sent_us is None:
+                connection.next_ping_us = None
+                continue
+            probe = connection.server not in serving and not manager
             if probe and self._probes_in_window >= config.probes_per_second_max:
                 connection.next_ping_us = self._probe_window_us + 1_000_000
                 continue
@@ -1070,6 +1074,19 @@ class ClientCore:
             ping_us = connection.next_ping_us
             if ping_us is not None and ping_us < self._ping_due_us:
                 self._ping_due_us = ping_us
+
+    def _ping_manager_soon(self, now_us: int) -> None:
+        """While a MAP_REQUEST awaits its answer, the manager's connection is pinged every
+        `ping_interval_ms` (it is not pinged otherwise): the manager may hold the request for a
+        while (`ManagerConfig.map_request_hold_ms`), and with nothing coming back the driver
+        would take the connection for dead after five ping intervals."""
+        connection = self._pool.get(self._config.manager_node_id)
+        if connection is None or not connection.authenticated:
+            return
+        due_us = now_us + self._config.ping_interval_ms * 1000
+        if connection.next_ping_us is None or due_us < connection.next_ping_us:
+            connection.next_ping_us = due_us
+            self._ping_due_us = min(self._ping_due_us, due_us)
 
     def _prewarm_probe_targets(self, serving: set[NodeId], now_us: int) -> None:
         """Connect to the backups of the client's parts, the servers a handoff would move them
@@ -1106,7 +1123,10 @@ class ClientCore:
                 probe=server not in serving,
             )
             for server, stats in self._pool.paths().items()
-            if stats.srtt_us is not None and self._pool.get(server) is not None
+            # The manager's connection is pinged while a MAP_REQUEST awaits: it is no server.
+            if stats.srtt_us is not None
+            and self._pool.get(server) is not None
+            and server != self._config.manager_node_id
         ]
         return tuple(samples[: self._config.telemetry_samples_max])
 
@@ -1476,6 +1496,7 @@ class ClientCore:
         self._map_presented = frozenset(presented)
         frame = MapRequest(map_version=map_version, credentials=credentials)
         self._send(self._config.manager_node_id, frame, now_us)
+        self._ping_manager_soon(now_us)
 
     def _check_map_request(self, now_us: int) -> None:
         timeout_us = self._config.map_request_timeout_ms * 1000
