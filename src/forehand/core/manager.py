@@ -293,7 +293,7 @@ class ManagerCore:
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._held_maps = HeldMapRequests(hold_us=config.map_request_hold_ms * 1000)
         # Members whose connection to the manager was lost and that were not heard from since:
-        # at most the membership's servers.
+        # at most the membership's servers (a forgotten member leaves it).
         self._unreachable: set[str] = set()
         self._planning: _PlanningPass | None = None
         self._target_windows: dict[PartRef, int] = {}
@@ -362,7 +362,7 @@ class ManagerCore:
             for change in self._membership.check(now_us=now_us):
                 self._liveness_changed(change, now_us)
             self._report_silence(now_us)
-            self._membership.forget_dead(now_us=now_us)
+            self._unreachable.difference_update(self._membership.forget_dead(now_us=now_us))
         job = self._failover
         if (
             job is not None
@@ -2385,8 +2385,6 @@ class ManagerCore:
         # The sessions the request presents join those the connection proved before: HELLO
         # proves at most credentials_max, and the connection keeps at most client_sessions_max.
         self._bind_credentials(client, source, frame.credentials, now_us)
-        # Only the sessions this connection proved it holds (never the whole map: it would show
-        # every session and server to any client), and only news when it is up to date.
         if self._config.map_request_hold_ms:
             presented = tuple(
                 dict.fromkeys(
@@ -2411,6 +2409,8 @@ class ManagerCore:
         self._send(source, self._placements_answer(current, client, frame.map_version))
 
     def _placements_answer(self, current: ShardMap, client: _Client, version: int) -> MapUpdate:
+        """Only the sessions the connection proved it holds (never the whole map: it would show
+        every session and server to any client), and only news when it is up to date."""
         return placements_answer(
             current=current,
             sessions=client.sessions,
