@@ -210,6 +210,9 @@ def test_the_manager_is_pinged_while_a_map_request_awaits_its_answer() -> None:
     the probe rate, and at the probe rate again once it is answered."""
     h = Harness(ping_interval_ms=100, probe_interval_ms=5_000, map_request_timeout_ms=3_000)
     session, _ = session_with_pending(h)
+    h.advance(ms=100)
+    s3_ping = h.take(Ping, "s3")[-1]
+    h.feed("s3", Pong(sequence=s3_ping.sequence, sent_us=s3_ping.sent_us))
     h.take(Ping)
     h.lose("s1")
     [request] = h.take(MapRequest, MANAGER)
@@ -218,12 +221,29 @@ def test_the_manager_is_pinged_while_a_map_request_awaits_its_answer() -> None:
     h.feed(MANAGER, Pong(sequence=ping.sequence, sent_us=ping.sent_us))
     h.advance(ms=100)
     assert len(h.take(Ping, MANAGER)) == 1
-    # Its RTT is no path sample: the manager is no server.
-    assert all(sample.server_id != MANAGER for sample in h.take(Ping, "s3")[-1].telemetry)
+    # Its RTT is no path sample (the manager is no server), and its pings carry none.
+    assert MANAGER not in h.client.path_stats()
+    assert h.take(Ping, "s3")[-1].telemetry[0].server_id == "s3" and ping.telemetry == ()
     h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
     h.advance(ms=1_000)
     assert h.take(Ping, MANAGER) == []
     assert request.credentials
+
+
+def test_the_manager_is_pinged_once_a_queued_map_request_goes_out() -> None:
+    """A MAP_REQUEST queued while the manager's connection is re-established goes out with its
+    WELCOME, and the pings start then."""
+    h = Harness(ping_interval_ms=100, probe_interval_ms=5_000, map_request_timeout_ms=3_000)
+    session_with_pending(h)
+    h.take(Ping)
+    h.lose(MANAGER)
+    h.outbox.clear()
+    h.lose("s1")
+    assert len(h.take(Hello, MANAGER)) == 1
+    h.welcome(MANAGER)
+    assert len(h.take(MapRequest, MANAGER)) == 1
+    h.advance(ms=100)
+    assert len(h.take(Ping, MANAGER)) == 1
 
 
 def test_locating_goes_on_while_calls_wait_and_stops_after_them() -> None:

@@ -4,6 +4,7 @@ deadline, and never to a connection that is gone."""
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -12,12 +13,29 @@ from forehand.core._client_map import decode_client_placements
 from forehand.core._driver import ConnectionOpened
 from forehand.core._manager_clients import HeldMapRequests
 from forehand.core._manager_events import MapCommitted, ServerDeclaredDead
+from forehand.core.manager import ManagerCore
+from forehand.placement import PlacementConfig
+from forehand.stores import MemoryStore
 from forehand.wire import Credential, MapRequest, MapUpdate
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from tests.core._manager_helpers import (
+        MANAGER,
+        ManagerHarness,
+        execute,
+        manager_config,
+        opened_refs,
+        sealer,
+    )
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from _manager_helpers import (
+        MANAGER,
+        ManagerHarness,
+        execute,
+        manager_config,
+        opened_refs,
+        sealer,
+    )
 
 SERVERS = ("s1", "s2", "s3", "s4")
 SURVIVORS = ("s2", "s3", "s4")
@@ -177,6 +195,27 @@ def test_no_hold_answers_at_once() -> None:
     ask(harness, credential)
     (update,) = harness.take("c1", MapUpdate)
     assert update.base_version > 0
+
+
+def test_a_request_before_the_map_loads_is_answered_by_the_load() -> None:
+    """A manager starting up has no map yet: a client's request waits for the load instead of
+    being dropped (the client would ask again only after its timeout)."""
+    manager = ManagerCore(
+        config=manager_config(map_request_hold_ms=1_000),
+        placement_config=PlacementConfig(replica_count=2),
+        sealer=sealer(),
+        rng=random.Random(1),
+        now_us=0,
+    )
+    loads = manager.store_requests()
+    assert loads
+    manager.receive_message(MapRequest(map_version=0), source="c1", now_us=10)
+    assert not any(isinstance(out.message, MapUpdate) for out in manager.messages_to_send())
+    store = MemoryStore()
+    for request in loads:
+        manager.store_result(execute(store, request), now_us=20)
+    answers = [out for out in manager.messages_to_send() if isinstance(out.message, MapUpdate)]
+    assert [out.destination for out in answers] == ["c1"]
 
 
 def test_held_requests_are_bounded_by_the_sessions_they_present() -> None:

@@ -883,6 +883,9 @@ class ClientCore:
         if source != self._config.manager_node_id:
             connection.next_ping_us = now_us + self._config.ping_interval_ms * 1000
             self._ping_due_us = min(self._ping_due_us, connection.next_ping_us)
+        elif self._map_sent_us is not None:
+            # A MAP_REQUEST queued for this connection went out with the queue.
+            self._ping_manager_soon(now_us)
         self._emit(
             ConnectionEstablished(node=self.node_id, server=source, map_version=frame.map_version)
         )
@@ -1002,6 +1005,10 @@ class ClientCore:
         if sent_us is None:
             self._rare("unsolicited-pong")
             return
+        if source == self._config.manager_node_id:
+            # Pinged only to keep its connection heard while a MAP_REQUEST awaits: the manager
+            # is no server, and its path no sample.
+            return
         # The RTT comes from the client's own record of the send time, not from the echo.
         self._pool.path(source).add(max(0, now_us - sent_us))
 
@@ -1066,7 +1073,9 @@ class ClientCore:
                 del connection.pings[next(iter(connection.pings))]
             if telemetry is None:
                 telemetry = self._telemetry(serving)
-            ping = Ping(sequence=connection.ping_sequence, sent_us=now_us, telemetry=telemetry)
+            # The manager reads no path samples, and its RTT is none.
+            samples = () if manager else telemetry
+            ping = Ping(sequence=connection.ping_sequence, sent_us=now_us, telemetry=samples)
             self._outbox.append(Outbound(destination=connection.server, message=ping))
             interval_ms = config.probe_interval_ms if probe else config.ping_interval_ms
             connection.next_ping_us = now_us + interval_ms * 1000
@@ -1077,9 +1086,10 @@ class ClientCore:
 
     def _ping_manager_soon(self, now_us: int) -> None:
         """While a MAP_REQUEST awaits its answer, the manager's connection is pinged every
-        `ping_interval_ms` (it is not pinged otherwise): the manager may hold the request for a
-        while (`ManagerConfig.map_request_hold_ms`), and with nothing coming back the driver
-        would take the connection for dead after five ping intervals."""
+        `ping_interval_ms` (it is not pinged otherwise; from its WELCOME on if the request was
+        queued for it): the manager may hold the request for a while
+        (`ManagerConfig.map_request_hold_ms`), and with nothing coming back the driver would
+        take the connection for dead after five ping intervals."""
         connection = self._pool.get(self._config.manager_node_id)
         if connection is None or not connection.authenticated:
             return
@@ -1123,10 +1133,7 @@ class ClientCore:
                 probe=server not in serving,
             )
             for server, stats in self._pool.paths().items()
-            # The manager's connection is pinged while a MAP_REQUEST awaits: it is no server.
-            if stats.srtt_us is not None
-            and self._pool.get(server) is not None
-            and server != self._config.manager_node_id
+            if stats.srtt_us is not None and self._pool.get(server) is not None
         ]
         return tuple(samples[: self._config.telemetry_samples_max])
 

@@ -2379,32 +2379,37 @@ class ManagerCore:
 
     def _on_map_request(self, frame: MapRequest, source: NodeId, now_us: int) -> None:
         current = self.shard_map
-        if current is None:
-            return
         client = self._client(source)
         # The sessions the request presents join those the connection proved before: HELLO
         # proves at most credentials_max, and the connection keeps at most client_sessions_max.
         self._bind_credentials(client, source, frame.credentials, now_us)
-        if self._config.map_request_hold_ms:
-            presented = tuple(
-                dict.fromkeys(
-                    credential.session_id
-                    for credential in frame.credentials
-                    if credential.session_id in client.sessions
-                )
+        presented = tuple(
+            dict.fromkeys(
+                credential.session_id
+                for credential in frame.credentials
+                if credential.session_id in client.sessions
             )
-            # Every session it asks about has a part on a server the manager cannot reach
-            # either: the news the client waits for is that server's failover, and until it
-            # commits the answer would send it back there. Held, the request is answered when
-            # the failover commits instead of at the client's next poll.
-            if (
-                presented
-                and self._all_stranded(current, presented)
-                and self._held_maps.hold(
-                    source, map_version=frame.map_version, sessions=presented, now_us=now_us
-                )
-            ):
-                return
+        )
+        if current is None:
+            # No map loaded yet (a manager starting): the load answers it, if it comes within
+            # the hold; otherwise the client asks again after its timeout.
+            self._held_maps.hold(
+                source, map_version=frame.map_version, sessions=presented, now_us=now_us
+            )
+            return
+        # Every session it asks about has a part on a server the manager cannot reach either:
+        # the news the client waits for is that server's failover, and until it commits the
+        # answer would send it back there. Held, the request is answered when the failover
+        # commits instead of at the client's next poll.
+        if (
+            self._config.map_request_hold_ms
+            and presented
+            and self._all_stranded(current, presented)
+            and self._held_maps.hold(
+                source, map_version=frame.map_version, sessions=presented, now_us=now_us
+            )
+        ):
+            return
         self._held_maps.take(source)
         self._send(source, self._placements_answer(current, client, frame.map_version))
 
