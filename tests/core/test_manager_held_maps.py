@@ -67,6 +67,14 @@ def ask(
     harness.router.send(client, MANAGER, request)
 
 
+def asked_after_losing_s1(hold_ms: int) -> tuple[ManagerHarness, Credential]:
+    """The manager loses its connection to s1, then c1 asks about its session on s1."""
+    harness, credential = cluster(map_request_hold_ms=hold_ms)
+    harness.router.disconnect(MANAGER, "s1")
+    ask(harness, credential)
+    return harness, credential
+
+
 def primaries(update: MapUpdate) -> dict[str, str]:
     entries = decode_client_placements(update.body).entries
     return {entry.placement.part: entry.placement.primary.server_id for entry in entries}
@@ -83,9 +91,7 @@ def test_a_request_about_a_lost_primary_waits_for_its_failover() -> None:
     """The connection to s1 is lost: "nothing newer" would send c1 back to it, so the request
     is held through the suspicion, the death and the preparation, and answered by the version
     that promotes s1's parts elsewhere."""
-    harness, credential = cluster(map_request_hold_ms=5_000)
-    harness.router.disconnect(MANAGER, "s1")
-    ask(harness, credential)
+    harness, _ = asked_after_losing_s1(5_000)
     assert harness.take("c1", MapUpdate) == []
     harness.tick(700, alive=SURVIVORS)
     assert [death.server_id for death in harness.events(ServerDeclaredDead)] == ["s1"]
@@ -126,9 +132,7 @@ def test_a_request_about_any_reachable_session_is_answered_at_once() -> None:
 
 
 def test_a_held_request_is_answered_at_its_deadline() -> None:
-    harness, credential = cluster(map_request_hold_ms=400)
-    harness.router.disconnect(MANAGER, "s1")
-    ask(harness, credential)
+    harness, _ = asked_after_losing_s1(400)
     harness.tick(399, alive=SURVIVORS)
     assert harness.take("c1", MapUpdate) == []
     harness.tick(1, alive=SURVIVORS)
@@ -139,9 +143,7 @@ def test_a_held_request_is_answered_at_its_deadline() -> None:
 
 @pytest.mark.parametrize("how", ["heartbeat", "reconnect"])
 def test_a_held_request_is_answered_when_the_server_is_back(how: str) -> None:
-    harness, credential = cluster(map_request_hold_ms=5_000)
-    harness.router.disconnect(MANAGER, "s1")
-    ask(harness, credential)
+    harness, _ = asked_after_losing_s1(5_000)
     harness.tick(100, alive=SURVIVORS)
     assert harness.take("c1", MapUpdate) == []
     if how == "heartbeat":
@@ -166,9 +168,7 @@ def test_a_request_about_a_suspected_primary_is_held() -> None:
 
 
 def test_a_newer_request_replaces_the_held_one_and_keeps_its_deadline() -> None:
-    harness, credential = cluster(map_request_hold_ms=400)
-    harness.router.disconnect(MANAGER, "s1")
-    ask(harness, credential)
+    harness, credential = asked_after_losing_s1(400)
     harness.tick(300, alive=SURVIVORS)
     ask(harness, credential)
     harness.tick(99, alive=SURVIVORS)
@@ -180,9 +180,7 @@ def test_a_newer_request_replaces_the_held_one_and_keeps_its_deadline() -> None:
 
 
 def test_a_gone_connection_is_not_answered() -> None:
-    harness, credential = cluster(map_request_hold_ms=5_000)
-    harness.router.disconnect(MANAGER, "s1")
-    ask(harness, credential)
+    harness, _ = asked_after_losing_s1(5_000)
     harness.router.disconnect(MANAGER, "c1")
     harness.tick(1_200, alive=SURVIVORS)
     assert harness.events(ServerDeclaredDead)
