@@ -12,7 +12,12 @@ import pytest
 from forehand.core._client_map import decode_client_placements
 from forehand.core._driver import ConnectionOpened
 from forehand.core._manager_clients import HeldMapRequests
-from forehand.core._manager_events import MapCommitted, ServerDeclaredDead
+from forehand.core._manager_events import (
+    HoldEnded,
+    MapCommitted,
+    MapRequestsAnswered,
+    ServerDeclaredDead,
+)
 from forehand.core.manager import ManagerCore
 from forehand.placement import PlacementConfig
 from forehand.stores import MemoryStore
@@ -103,6 +108,9 @@ def test_a_request_about_a_lost_primary_waits_for_its_failover() -> None:
     assert update.base_version == 0
     placed = primaries(update)
     assert set(placed) == set(PARTS) and "s1" not in placed.values()
+    assert harness.events(MapRequestsAnswered) == [
+        MapRequestsAnswered(requests=1, why=HoldEnded.MOVED)
+    ]
 
 
 def test_a_request_from_an_old_version_is_held_too() -> None:
@@ -139,6 +147,7 @@ def test_a_held_request_is_answered_at_its_deadline() -> None:
     (update,) = harness.take("c1", MapUpdate)
     assert update.base_version > 0 and primaries(update) == {}
     assert harness.events(ServerDeclaredDead) == []
+    assert [event.why for event in harness.events(MapRequestsAnswered)] == [HoldEnded.DEADLINE]
 
 
 @pytest.mark.parametrize("how", ["heartbeat", "reconnect"])
@@ -155,6 +164,7 @@ def test_a_held_request_is_answered_when_the_server_is_back(how: str) -> None:
         harness.router.run()
     (update,) = harness.take("c1", MapUpdate)
     assert update.base_version > 0 and primaries(update) == {}
+    assert [event.why for event in harness.events(MapRequestsAnswered)] == [HoldEnded.SERVER_HEARD]
 
 
 def test_a_request_about_a_suspected_primary_is_held() -> None:
@@ -185,6 +195,7 @@ def test_a_gone_connection_is_not_answered() -> None:
     harness.tick(1_200, alive=SURVIVORS)
     assert harness.events(ServerDeclaredDead)
     assert harness.take("c1", MapUpdate) == []
+    assert harness.events(MapRequestsAnswered) == []
 
 
 def test_no_hold_answers_at_once() -> None:

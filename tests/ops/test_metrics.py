@@ -13,6 +13,10 @@ else:
     from _ops_cluster import TOKEN, CartLoad, OpsCluster, eventually, run_async
 from prometheus_client.parser import text_string_to_metric_families
 
+from forehand.core._manager_events import HoldEnded, MapRequestsAnswered
+from forehand.ops.metrics import ManagerMetrics
+from forehand.ops.view import ClusterView, RiskTracker
+
 PARTS = ["auth", "cart", "feature/video"]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 """Every sample of a scrape: (name, sorted labels) -> value."""
@@ -170,3 +174,18 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
         assert moved[0]["reason"] == "rebalance" and moved[0]["duration_ms"] > 0
 
     run_async(scenario())
+
+
+def test_held_map_requests_are_counted_by_what_answered_them() -> None:
+    view_risk = RiskTracker(clock_us=lambda: 0)
+    manager_metrics = ManagerMetrics(
+        view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
+    )
+    manager_metrics(MapRequestsAnswered(requests=3, why=HoldEnded.MOVED))
+    manager_metrics(MapRequestsAnswered(requests=1, why=HoldEnded.DEADLINE))
+    manager_metrics(MapRequestsAnswered(requests=2, why=HoldEnded.MOVED))
+    read = manager_metrics.registry.get_sample_value
+    name = "forehand_map_requests_held_answered_total"
+    assert read(name, {"why": "moved"}) == 5
+    assert read(name, {"why": "deadline"}) == 1
+    assert read(name, {"why": "server_heard"}) is None

@@ -25,11 +25,13 @@ __all__ = [
     "HandoffCompleted",
     "HandoffOutcome",
     "HandoffStarted",
+    "HoldEnded",
     "ManagerEvent",
     "MapChange",
     "MapCommitRejected",
     "MapCommitted",
     "MapLoaded",
+    "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
     "MovesDropped",
@@ -67,6 +69,19 @@ class DeathCause(enum.Enum):
     """No heartbeat within the failure detector's bound."""
     RESTARTED = "restarted"
     """It announced a new incarnation: the old process and its memory are gone."""
+
+
+class HoldEnded(enum.Enum):
+    """What answered held MAP_REQUESTs."""
+
+    MOVED = "moved"
+    """A committed version moved a session they presented, or changed servers (a failover)."""
+    SERVER_HEARD = "server_heard"
+    """A server the manager could not reach was heard from again."""
+    DEADLINE = "deadline"
+    """`map_request_hold_ms` passed."""
+    MAP_LOADED = "map_loaded"
+    """The manager loaded its map."""
 
 
 class HandoffOutcome(enum.Enum):
@@ -453,6 +468,16 @@ class PeerRefused:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MapRequestsAnswered:
+    """Held MAP_REQUESTs were answered (one event for all that one cause answered at once)."""
+
+    requests: int
+    """How many."""
+    why: HoldEnded
+    """What answered them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CredentialRefused:
     """A session credential presented in a client's HELLO did not open (forged, expired, under a
     retired key, or for another session); the client does not get that session's rights."""
@@ -490,5 +515,6 @@ ManagerEvent = (
     | SessionRegistered
     | PeerRefused
     | CredentialRefused
+    | MapRequestsAnswered
 )
 """Any event the manager emits."""

@@ -62,11 +62,13 @@ from forehand.core._manager_events import (
     HandoffCompleted,
     HandoffOutcome,
     HandoffStarted,
+    HoldEnded,
     ManagerEvent,
     MapChange,
     MapCommitRejected,
     MapCommitted,
     MapLoaded,
+    MapRequestsAnswered,
     MovesDropped,
     PartsLost,
     PeerRefused,
@@ -375,7 +377,7 @@ class ManagerCore:
             self._handoff_silent(handoff, now_us)
         for move in self._orchestrator.drop_expired_moves(now_us=now_us):
             self._moves_dropped([move], "no target or slot in time")
-        self._answer_held(self._held_maps.take_expired(now_us))
+        self._answer_held(self._held_maps.take_expired(now_us), HoldEnded.DEADLINE)
         self._advance(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -710,7 +712,7 @@ class ManagerCore:
         # A repair queued by a join or a failover of this map may have died with the manager
         # that loaded it before (a restart): the pinned placements left short are checked again.
         self._queue_replica_repair()
-        self._answer_held(self._held_maps.take_all())
+        self._answer_held(self._held_maps.take_all(), HoldEnded.MAP_LOADED)
 
     def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
         known = self._sessions.get(session_id, ())
@@ -765,7 +767,7 @@ class ManagerCore:
             change.committed(member, now_us)
         self._drain_progress(built.servers)
         if built.delta is not None and len(self._held_maps):
-            self._answer_held(self._held_moved(built))
+            self._answer_held(self._held_moved(built), HoldEnded.MOVED)
 
     def _held_moved(self, built: Built) -> list[tuple[NodeId, HeldRequest]]:
         """The held MAP_REQUESTs a committed version may have news for: every one when it
@@ -2441,15 +2443,19 @@ class ManagerCore:
 
         return all(stranded(session_id) for session_id in sessions)
 
-    def _answer_held(self, held: list[tuple[NodeId, HeldRequest]]) -> None:
+    def _answer_held(self, held: list[tuple[NodeId, HeldRequest]], why: HoldEnded) -> None:
         """Answer held MAP_REQUESTs against the map as it is now."""
         current = self.shard_map
-        if current is None:
+        if current is None or not held:
             return
+        answered = 0
         for source, request in held:
             client = self._clients.get(source)
             if client is not None:
                 self._send(source, self._placements_answer(current, client, request.map_version))
+                answered += 1
+        if answered:
+            self._emit(MapRequestsAnswered(requests=answered, why=why))
 
     def _heard_again(self, server_id: str, *, suspected: bool) -> None:
         """A server the manager could not reach is back: the held requests go, since the answer
@@ -2457,7 +2463,7 @@ class ManagerCore:
         if server_id in self._unreachable or suspected:
             self._unreachable.discard(server_id)
             if len(self._held_maps):
-                self._answer_held(self._held_maps.take_all())
+                self._answer_held(self._held_maps.take_all(), HoldEnded.SERVER_HEARD)
 
     def _on_map_requested(
         self, message: messages.MapRequested, source: NodeId, now_us: int

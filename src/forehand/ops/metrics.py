@@ -186,6 +186,12 @@ class ManagerMetrics:
         self.drain_total = Gauge(
             "forehand_drain_parts", "Roles a drain has to move away.", ["server"], registry=r
         )
+        self.held_answered = Counter(
+            "forehand_map_requests_held_answered",
+            "Held MAP_REQUESTs answered, by what answered them.",
+            ["why"],
+            registry=r,
+        )
 
     def __call__(self, event: object) -> None:
         """Account for one manager event."""
@@ -259,6 +265,9 @@ class ManagerMetrics:
     def _credential_refused(self, event: Any) -> None:
         self.credentials_refused.labels(_reason_label(event.reason)).inc()
 
+    def _held_answered(self, event: Any) -> None:
+        self.held_answered.labels(event.why.value).inc(event.requests)
+
 
 _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.HandoffStarted: ManagerMetrics._handoff_started,
@@ -277,6 +286,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,
     manager_events.CredentialRefused: ManagerMetrics._credential_refused,
+    manager_events.MapRequestsAnswered: ManagerMetrics._held_answered,
 }
 _MANAGER_EVENT_TYPES = frozenset(_MANAGER_HANDLERS)
 
