@@ -14,7 +14,7 @@ from forehand.core._part import HandlerResult, PartSpec
 from forehand.core._replication import Replication
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
-from forehand.placement import new_session_id
+from forehand.placement import ServerMarkedDead, new_session_id
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import SPECS, Cluster, ref
@@ -286,3 +286,45 @@ def test_a_replica_dropped_from_a_placement_ships_nothing_to_the_others(
     primary = cluster.server("s1").part(COUNTER)
     assert primary is not None
     assert walked and replica_position(cluster, "s2") == (primary.data, primary.applied_seq)
+
+
+def test_a_down_peer_the_map_declares_dead_is_no_longer_waited_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """s2, replica of five parts s1 leads, is down; the failover's version marks it dead and
+    drops it from the placements. s1 forgets it was down: the writes that follow ship to s3
+    without asking each part which of its streams wait for s2 (after a failover, every part a
+    survivor ships did), also when a dial to it fails again."""
+    cluster = Cluster()
+    sessions = [new_session_id(now_ms=1_700_000_000_000 + n, rng=Random(n)) for n in range(5)]
+    for session in sessions:
+        cluster.place("counter", "s1", "s2", "s3", session=session)
+    cluster.router.advance(ms=20)
+    cluster.router.remove("s2")
+    cluster.router.disconnect("s1", "s2", reason="refused")
+    cluster.router.advance(ms=100)
+    asked: list[int] = []
+    pending = Replication.pending
+
+    def counted(self: Replication, last_seq: int) -> Any:
+        asked.append(last_seq)
+        return pending(self, last_seq)
+
+    monkeypatch.setattr(Replication, "pending", counted)
+    cluster.request("s1", "counter", session=sessions[0])
+    cluster.router.advance(ms=20)
+    assert asked  # s2 is down: the part's streams are asked about
+    cluster.publish(ServerMarkedDead(server_id="s2"))
+    for session in sessions:
+        cluster.place("counter", "s1", "s3", session=session)
+    cluster.router.advance(ms=20)
+    # A dial to it failing again does not make it a peer that is down again.
+    cluster.router.disconnect("s1", "s2", reason="refused")
+    asked.clear()
+    for session in sessions:
+        cluster.request("s1", "counter", session=session)
+    cluster.router.advance(ms=20)
+    assert asked == []
+    for session in sessions:
+        part = cluster.server("s3").part(ref("counter", session))
+        assert part is not None and part.applied_seq == (2 if session == sessions[0] else 1)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from forehand.core.messages import MapPublished, PartRef
 from forehand.errors import LocalProtocolError, RemoteProtocolError
-from forehand.placement import MapDiff, PartKey, Placement, ShardMap
+from forehand.placement import MapDiff, PartKey, Placement, ServerState, ShardMap
 from forehand.wire import Endpoint
 
 __all__ = ["DEFAULT_PORT", "ServerMap", "decode_published", "endpoint_for"]
@@ -91,6 +91,14 @@ class ServerMap:
             return self.shard_map.server(server_id).address
         except KeyError:
             return None
+
+    def lists_alive(self, server_id: str) -> bool:
+        """Whether the map lists the server, other than as dead (no placement names a dead
+        server)."""
+        try:
+            return self.shard_map.server(server_id).state is not ServerState.DEAD
+        except KeyError:
+            return False
 
 
 def decode_published(current: ServerMap | None, message: MapPublished) -> ServerMap:

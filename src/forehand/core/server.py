@@ -959,7 +959,7 @@ class ServerCore:
         self._detach_client(peer)
         self._path_buckets.pop(peer, None)
         self._bound.pop(peer, None)
-        if self.server_address(peer) is not None and peer not in self._down:
+        if self._map is not None and self._map.lists_alive(peer) and peer not in self._down:
             # Where each replica on it stands is unknown again, and until a connection to it
             # opens, its streams wait: one message at a time tries it (at once, then backing
             # off). Probing every part again at each failed dial, or at each resend time, kept
@@ -971,8 +971,8 @@ class ServerCore:
                     stream.reprobe()
                     down.waiting[ref] = None
         elif peer not in self._down:
-            # A server the map does not list (a handoff target the map no longer names): only
-            # its sealed streams remain, probed again at their resend times.
+            # A server the map does not list (a handoff target the map no longer names), or
+            # lists as dead: only its sealed streams remain, probed again at their resend times.
             for ref, shipper in self._shippers.items():
                 stream = shipper.streams.get(peer)
                 if stream is not None and stream.acked_seq is not None:
@@ -2194,9 +2194,11 @@ class ServerCore:
             self._reconcile(ref, previous_map, now_us)
         for ref in settled:
             self._fenced.pop(ref, None)
-        for peer in [peer for peer in self._down if new_map.address(peer) is None]:
-            # Out of the map: only a handoff's sealed stream may still ship to it, and it goes
-            # back to its resend times (as towards any server the map does not list).
+        for peer in [peer for peer in self._down if not new_map.lists_alive(peer)]:
+            # Out of the map, or dead in it (a failover's version): only a handoff's sealed
+            # stream may still ship to it, and it goes back to its resend times (as towards any
+            # server the map does not list). Kept as down, every part shipped after a failover
+            # asked which of its streams wait for the dead server.
             self._peer_up(peer, now_us)
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
