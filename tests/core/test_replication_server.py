@@ -328,3 +328,39 @@ def test_a_down_peer_the_map_declares_dead_is_no_longer_waited_for(
     for session in sessions:
         part = cluster.server("s3").part(ref("counter", session))
         assert part is not None and part.applied_seq == (2 if session == sessions[0] else 1)
+
+
+def test_sealed_streams_to_a_dead_handoff_target_are_tried_once_per_resend_time() -> None:
+    """s1 hands five parts to s2, which dies before acknowledging the seals; the failover's
+    version marks s2 dead and places the parts on s3 and s4, without s1. Until the handoff's
+    deadline s1 keeps the parts, each with a sealed stream to s2: s2 stays a peer that is down
+    while they do, so the dials that keep failing try it with one message per resend time, not
+    with every part again (5 s: 3 messages; treated as a server the map does not list: 20)."""
+    cluster = Cluster(("s1", "s2", "s3", "s4"))
+    sessions = [new_session_id(now_ms=1_700_000_000_000 + n, rng=Random(n)) for n in range(5)]
+    for session in sessions:
+        cluster.place("counter", "s1", "s3", session=session)
+    cluster.router.advance(ms=20)
+    for session in sessions:
+        cluster.request("s1", "counter", session=session)
+    cluster.router.advance(ms=50)
+    cluster.responses()
+    cluster.router.remove("s2")
+    for session in sessions:
+        cluster.place("counter", "s2", "s3", session=session)
+    refs = [ref("counter", session) for session in sessions]
+    cluster.assign_handoff(refs, source="s1", target="s2", deadline_ms=8_000, to=["s1"])
+    cluster.router.advance(ms=10)
+    cluster.router.disconnect("s1", "s2", reason="refused")
+    cluster.router.advance(ms=100)
+    cluster.router.take("s2", LogShipped)
+    cluster.prepare_failover(refs, to=["s1", "s3"])
+    cluster.router.advance(ms=10)
+    cluster.publish(ServerMarkedDead(server_id="s2"))
+    for session in sessions:
+        cluster.place("counter", "s3", "s4", session=session)
+    cluster.router.advance(ms=10)
+    for _ in range(50):
+        cluster.router.disconnect("s1", "s2", reason="refused")
+        cluster.router.advance(ms=100)
+    assert len(cluster.router.take("s2", LogShipped)) <= 3

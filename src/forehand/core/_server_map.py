@@ -93,8 +93,9 @@ class ServerMap:
             return None
 
     def lists_alive(self, server_id: str) -> bool:
-        """Whether the map lists the server, other than as dead (no placement names a dead
-        server)."""
+        """Whether the map lists the server, other than as dead. The manager's failover
+        replaces a dead server in every placement in the version that marks it dead, so only a
+        handoff's sealed stream may still go to it."""
         try:
             return self.shard_map.server(server_id).state is not ServerState.DEAD
         except KeyError:

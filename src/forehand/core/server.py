@@ -959,20 +959,26 @@ class ServerCore:
         self._detach_client(peer)
         self._path_buckets.pop(peer, None)
         self._bound.pop(peer, None)
-        if self._map is not None and self._map.lists_alive(peer) and peer not in self._down:
+        if self.server_address(peer) is not None and peer not in self._down:
             # Where each replica on it stands is unknown again, and until a connection to it
             # opens, its streams wait: one message at a time tries it (at once, then backing
             # off). Probing every part again at each failed dial, or at each resend time, kept
             # a server whose peer died busy for seconds, with every part it leads.
-            down = self._down[peer] = _DownPeer(probe_due_us=now_us)
+            down = _DownPeer(probe_due_us=now_us)
             for ref, shipper in self._shippers.items():
                 stream = shipper.streams.get(peer)
                 if stream is not None:
                     stream.reprobe()
                     down.waiting[ref] = None
+            # A server the map lists as dead is down only while a stream still goes to it (a
+            # handoff's sealed stream): with none, nothing waits for it, and every part shipped
+            # would ask which of its streams do.
+            if down.waiting or self._listed_alive(peer):
+                self._down[peer] = down
         elif peer not in self._down:
-            # A server the map does not list (a handoff target the map no longer names), or
-            # lists as dead: only its sealed streams remain, probed again at their resend times.
+            # A server the map does not list (a handoff target the map no longer names): only
+            # its sealed streams remain, probed again at the next replication round and then at
+            # their resend times.
             for ref, shipper in self._shippers.items():
                 stream = shipper.streams.get(peer)
                 if stream is not None and stream.acked_seq is not None:
@@ -1226,6 +1232,20 @@ class ServerCore:
                 continue
             down.probe_due_us = now_us + (retry_us << min(down.probes, RESEND_DOUBLINGS_MAX))
             down.probes += 1
+
+    def _listed_alive(self, peer: NodeId) -> bool:
+        return self._map is not None and self._map.lists_alive(peer)
+
+    def _forget_down(self, peer: NodeId) -> None:
+        """Drop the parts waiting for `peer` that no longer have a stream to it; with none left,
+        `peer` is no longer down."""
+        down = self._down[peer]
+        for ref in list(down.waiting):
+            shipper = self._shippers.get(ref)
+            if shipper is None or peer not in shipper.streams:
+                del down.waiting[ref]
+        if not down.waiting:
+            del self._down[peer]
 
     def _peer_up(self, peer: NodeId, now_us: int) -> None:
         """`peer` connected again: the parts put aside for it ship at once."""
@@ -2195,11 +2215,16 @@ class ServerCore:
         for ref in settled:
             self._fenced.pop(ref, None)
         for peer in [peer for peer in self._down if not new_map.lists_alive(peer)]:
-            # Out of the map, or dead in it (a failover's version): only a handoff's sealed
-            # stream may still ship to it, and it goes back to its resend times (as towards any
-            # server the map does not list). Kept as down, every part shipped after a failover
-            # asked which of its streams wait for the dead server.
-            self._peer_up(peer, now_us)
+            if new_map.address(peer) is None:
+                # Out of the map: only a handoff's sealed stream may still ship to it, and it
+                # goes back to its resend times (as towards any server the map does not list).
+                self._peer_up(peer, now_us)
+            else:
+                # Dead in it (the failover's version): no placement names it any more. It stays
+                # down only while a handoff's sealed stream still goes to it; kept down with
+                # nothing waiting, every part shipped after a failover asked which of its
+                # streams wait for the dead server.
+                self._forget_down(peer)
 
     def _reconcile(self, ref: PartRef, previous_map: ServerMap | None, now_us: int) -> None:
         assert self._map is not None
