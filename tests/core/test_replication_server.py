@@ -364,3 +364,49 @@ def test_sealed_streams_to_a_dead_handoff_target_are_tried_once_per_resend_time(
         cluster.router.disconnect("s1", "s2", reason="refused")
         cluster.router.advance(ms=100)
     assert len(cluster.router.take("s2", LogShipped)) <= 3
+
+
+def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As above, with a part s1 keeps leading (replicated on s3): once the handoff to the dead
+    s2 has ended and its sealed streams with it, s2 is no longer down, and the writes s1 ships
+    stop asking which of their streams wait for it."""
+    cluster = Cluster(("s1", "s2", "s3", "s4"))
+    kept = new_session_id(now_ms=1_700_000_000_100, rng=Random(100))
+    cluster.place("counter", "s1", "s3", session=kept)
+    sessions = [new_session_id(now_ms=1_700_000_000_000 + n, rng=Random(n)) for n in range(3)]
+    for session in sessions:
+        cluster.place("counter", "s1", "s3", session=session)
+    cluster.router.advance(ms=20)
+    cluster.router.remove("s2")
+    for session in sessions:
+        cluster.place("counter", "s2", "s3", session=session)
+    refs = [ref("counter", session) for session in sessions]
+    cluster.assign_handoff(refs, source="s1", target="s2", deadline_ms=2_000, to=["s1"])
+    cluster.router.advance(ms=10)
+    cluster.router.disconnect("s1", "s2", reason="refused")
+    cluster.prepare_failover(refs, to=["s1", "s3"])
+    cluster.publish(ServerMarkedDead(server_id="s2"))
+    for session in sessions:
+        cluster.place("counter", "s3", "s4", session=session)
+    asked: list[int] = []
+    pending = Replication.pending
+
+    def counted(self: Replication, last_seq: int) -> Any:
+        asked.append(last_seq)
+        return pending(self, last_seq)
+
+    monkeypatch.setattr(Replication, "pending", counted)
+    cluster.request("s1", "counter", session=kept)
+    cluster.router.advance(ms=20)
+    assert asked  # the sealed streams still go to s2: it is down
+    for _ in range(100):
+        cluster.router.disconnect("s1", "s2", reason="refused")
+        cluster.router.advance(ms=100)
+    asked.clear()
+    cluster.request("s1", "counter", session=kept)
+    cluster.router.advance(ms=20)
+    assert asked == []
+    part = cluster.server("s3").part(ref("counter", kept))
+    assert part is not None and part.applied_seq == 2

@@ -1208,6 +1208,7 @@ class ServerCore:
         driver connects to send it, and the connection's opening (or loss) tells whether the
         peer is back, for the price of one message rather than one per part."""
         retry_us = self._config.replication_retry_ms * 1000
+        gone: list[NodeId] = []
         for peer, down in self._down.items():
             if down.probe_due_us is None or now_us < down.probe_due_us:
                 continue
@@ -1229,9 +1230,15 @@ class ServerCore:
                     del down.waiting[ref]
             if not sent:
                 down.probe_due_us = None
+                if not self._listed_alive(peer):
+                    # Dead in the map (or out of it) with no stream left to it (a handoff's
+                    # sealed streams ended): nothing waits for it any more.
+                    gone.append(peer)
                 continue
             down.probe_due_us = now_us + (retry_us << min(down.probes, RESEND_DOUBLINGS_MAX))
             down.probes += 1
+        for peer in gone:
+            del self._down[peer]
 
     def _listed_alive(self, peer: NodeId) -> bool:
         return self._map is not None and self._map.lists_alive(peer)
