@@ -288,6 +288,20 @@ def test_a_replica_dropped_from_a_placement_ships_nothing_to_the_others(
     assert walked and replica_position(cluster, "s2") == (primary.data, primary.applied_seq)
 
 
+def count_pending_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each `Replication.pending` call (a part shipped while a peer is down asks which
+    of its streams wait for it); the list the calls append to."""
+    asked: list[int] = []
+    pending = Replication.pending
+
+    def counted(self: Replication, last_seq: int) -> Any:
+        asked.append(last_seq)
+        return pending(self, last_seq)
+
+    monkeypatch.setattr(Replication, "pending", counted)
+    return asked
+
+
 def test_a_down_peer_the_map_declares_dead_is_no_longer_waited_for(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -303,14 +317,7 @@ def test_a_down_peer_the_map_declares_dead_is_no_longer_waited_for(
     cluster.router.remove("s2")
     cluster.router.disconnect("s1", "s2", reason="refused")
     cluster.router.advance(ms=100)
-    asked: list[int] = []
-    pending = Replication.pending
-
-    def counted(self: Replication, last_seq: int) -> Any:
-        asked.append(last_seq)
-        return pending(self, last_seq)
-
-    monkeypatch.setattr(Replication, "pending", counted)
+    asked = count_pending_calls(monkeypatch)
     cluster.request("s1", "counter", session=sessions[0])
     cluster.router.advance(ms=20)
     assert asked  # s2 is down: the part's streams are asked about
@@ -390,14 +397,7 @@ def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
     cluster.publish(ServerMarkedDead(server_id="s2"))
     for session in sessions:
         cluster.place("counter", "s3", "s4", session=session)
-    asked: list[int] = []
-    pending = Replication.pending
-
-    def counted(self: Replication, last_seq: int) -> Any:
-        asked.append(last_seq)
-        return pending(self, last_seq)
-
-    monkeypatch.setattr(Replication, "pending", counted)
+    asked = count_pending_calls(monkeypatch)
     cluster.request("s1", "counter", session=kept)
     cluster.router.advance(ms=20)
     assert asked  # the sealed streams still go to s2: it is down
