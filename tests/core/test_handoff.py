@@ -16,12 +16,14 @@ from forehand.core._handoff import (
     handoff_transition_table,
 )
 from forehand.core._part import PartState
+from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
     ClientHandedOff,
     HandoffStepCompleted,
     HandoffStepMissed,
     PrimaryAcceptedWrite,
     PrimaryInstalled,
+    RarePathTaken,
     RequestExecuted,
     ResumeAccepted,
     WriteAcknowledged,
@@ -30,6 +32,7 @@ from forehand.core.messages import (
     HandoffAborted,
     HandoffCompleted,
     LogShipped,
+    MapPublished,
     RequestForwarded,
     ResponseForwarded,
 )
@@ -121,6 +124,69 @@ def test_sealed_log_moves_the_part_and_the_state(map_first: bool) -> None:
     assert target_steps == [(HandoffSide.TARGET, 3)]
     completed = cluster.take(MANAGER, HandoffCompleted)
     assert [(m.server_id, m.handoff_id) for m in completed] == [("s2", 77)]
+
+
+def move_seen_by_the_target_first(cluster: Cluster) -> tuple[MapPublished, list[LogShipped]]:
+    """s1 primary of `counter` (replicas s2, s3) ships its 4th write to s2, which gets it only
+    after adopting the move to s2 (sent to s2 alone); returns the version and the shipment."""
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    in_flight: list[LogShipped] = []
+
+    def hold(source: str, destination: str, message: object) -> bool:
+        if (source, destination) == ("s1", "s2") and isinstance(message, LogShipped):
+            in_flight.append(message)
+            return True
+        return False
+
+    cluster.router.filters.append(hold)
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=ServerConfig(server_id="s1").replication_retry_ms)
+    cluster.router.filters.remove(hold)
+    assert [entry.seq for m in in_flight for entry in m.entries] == [4]
+    move = cluster.map.override_placement(
+        PartKey(session_id=SESSION, part="counter"), Placement(primary="s2", replicas=("s1", "s3"))
+    )
+    published = cluster.publish(*move.operations, to=["s2"])
+    for message in in_flight:
+        cluster.router.send("s1", "s2", message)
+    return published, in_flight
+
+
+def test_a_target_that_learns_of_the_move_first_does_not_fence_its_source() -> None:
+    """The target adopts the move before the source, then gets a shipment the source sent before
+    it learned of it: ignored, not refused with the move's version (which fenced the source, so
+    that it stepped down at the move and refused the handoff); the seal brings the write."""
+    cluster = Cluster()
+    published, _ = move_seen_by_the_target_first(cluster)
+    source = cluster.server("s1").part(COUNTER)
+    assert source is not None and not source.fenced
+    for server in ("s1", "s3"):
+        cluster.router.send(MANAGER, server, published)
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    cluster.router.advance(ms=100)
+    assert cluster.take(MANAGER, HandoffAborted) == []
+    assert [m.server_id for m in cluster.take(MANAGER, HandoffCompleted)] == ["s2"]
+    assert (state(cluster, "s1"), state(cluster, "s2")) == (PartState.BACKUP, PartState.PRIMARY)
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.data, target.applied_seq) == (4, 4)
+    ignored = [e.name for e in cluster.events("s2", RarePathTaken)]
+    assert "shipment-before-the-seal-ignored" in ignored
+
+
+def test_a_target_fenced_by_a_failover_still_fences_the_old_source() -> None:
+    """The same shipment reaching a target that a failover fenced meanwhile is refused with the
+    fence: the source must stop writing, its history is no longer the part's."""
+    cluster = Cluster()
+    _, in_flight = move_seen_by_the_target_first(cluster)
+    source = cluster.server("s1").part(COUNTER)
+    assert source is not None and source.fence_version == 0
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    for message in in_flight:
+        cluster.router.send("s1", "s2", message)
+    assert source.fence_version == cluster.map.version + 1 > source.epoch
 
 
 def test_clients_get_a_handoff_frame_after_jitter_then_backup_ends() -> None:

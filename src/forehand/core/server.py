@@ -1502,6 +1502,12 @@ class ServerCore:
         self, part: Part, epoch: int, source: NodeId, kind: str, now_us: int
     ) -> bool:
         floor = max(part.epoch, part.fence_version)
+        if epoch < floor and self._sealing_soon(part, epoch, source):
+            # The source of this target's handoff shipped before it learned of the move. Its
+            # seal, at the move's version, brings these entries again; refusing them with this
+            # epoch would fence it, and it would step down at the move instead of handing over.
+            self._rare("shipment-before-the-seal-ignored")
+            return False
         if epoch < floor:
             self._emit(
                 StaleEpochRefused(
@@ -1528,6 +1534,14 @@ class ServerCore:
             self._step_down(part, now_us)
         part.epoch = max(part.epoch, epoch)
         return True
+
+    def _sealing_soon(self, part: Part, epoch: int, source: NodeId) -> bool:
+        """Whether `part` waits (RECEIVING) for the sealed log of `source`, which shipped at
+        `epoch`, a version no failover fenced: the source is still the primary, until its seal."""
+        if part.state is not PartState.RECEIVING or part.fence_version > epoch:
+            return False
+        run = self._runs.get(self._run_of.get(part.ref, 0))
+        return run is not None and run.side is HandoffSide.TARGET and run.peer == source
 
     def _shipment_to_primary(self, part: Part, message: LogShipped, source: NodeId) -> None:
         # The same epoch shipping to its own primary is either the handoff source resending a
