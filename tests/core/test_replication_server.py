@@ -11,9 +11,11 @@ import pytest
 
 from forehand.core._driver import ConnectionOpened
 from forehand.core._part import HandlerResult, PartSpec
-from forehand.core._replication import Replication
+from forehand.core._replication import RESEND_DOUBLINGS_MAX, Replication
+from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
+from forehand.core.server import RESEND_BUSY_PARTS_MIN
 from forehand.placement import ServerMarkedDead, new_session_id
 
 if TYPE_CHECKING:
@@ -410,3 +412,73 @@ def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
     assert asked == []
     part = cluster.server("s3").part(ref("counter", kept))
     assert part is not None and part.applied_seq == 2
+
+
+def busy_cluster(parts: int) -> tuple[Cluster, list[bytes], list[LogShipped]]:
+    """`parts` sessions with a `counter` on s1 replicated to s2, each written once and in sync,
+    then written again with every shipment from s1 to s2 held back (returned, in send order)
+    as if s2 were busy working through its queue."""
+    cluster = Cluster(servers=("s1", "s2"), replica_count=1)
+    sessions = [new_session_id(now_ms=1_700_000_000_000 + i, rng=Random(i)) for i in range(parts)]
+    for session in sessions:
+        cluster.place("counter", "s1", "s2", session=session)
+        cluster.request("s1", "counter", session=session)
+    cluster.router.advance(ms=20)
+    held: list[LogShipped] = []
+
+    def hold(source: str, destination: str, message: object) -> bool:
+        if (source, destination) == ("s1", "s2") and isinstance(message, LogShipped):
+            held.append(message)
+            return True
+        return False
+
+    cluster.router.filters.append(hold)
+    for session in sessions:
+        cluster.request("s1", "counter", session=session)
+    cluster.router.advance(ms=20)
+    assert len(held) == parts
+    return cluster, sessions, held
+
+
+def test_a_busy_peer_is_not_resent_what_it_may_still_have_queued() -> None:
+    """Many batches due to one peer at once, which has answered nothing sent after them, wait
+    for the next resend time instead of going again (the peer may still be working through
+    them: a failover's survivors probing each other), up to the last doubling."""
+    cluster, sessions, held = busy_cluster(RESEND_BUSY_PARTS_MIN + 16)
+    sent_us = cluster.router.now_us - 20_000
+    retry_us = ServerConfig(server_id="s1").replication_retry_ms * 1000
+    for doublings in range(RESEND_DOUBLINGS_MAX):
+        cluster.router.advance_to(sent_us + (retry_us << doublings) + 100_000)
+        assert len(held) == len(sessions), doublings
+    cluster.router.advance_to(sent_us + (retry_us << RESEND_DOUBLINGS_MAX) + 100_000)
+    assert len(held) == 2 * len(sessions)  # The last doubling resends them all.
+    cluster.router.filters.clear()
+    for message in held[len(sessions) :]:
+        cluster.router.send("s1", "s2", message)
+    cluster.router.advance(ms=20)
+    for session in sessions:
+        replica = cluster.server("s2").part(ref("counter", session))
+        assert replica is not None and (replica.data, replica.applied_seq) == (2, 2)
+
+
+def test_a_busy_peer_that_answered_later_shipments_gets_the_lost_one_again() -> None:
+    """A batch the busy peer must have worked past (it answered one sent later) and left
+    unanswered goes again at its next resend time."""
+    cluster, sessions, held = busy_cluster(RESEND_BUSY_PARTS_MIN + 16)
+    lost, rest = held[0], held[1:]
+    cluster.router.advance(ms=500)
+    assert len(held) == len(sessions)
+    cluster.router.filters.clear()
+    for message in rest:
+        cluster.router.send("s1", "s2", message)
+    cluster.request("s1", "counter", session=sessions[1])  # Sent, and answered, after `lost`.
+    cluster.router.advance(ms=20)
+
+    def shipped_again() -> int:
+        return sum(1 for m in cluster.router.sent(LogShipped, source="s1") if m.ref == lost.ref)
+
+    before = shipped_again()
+    cluster.router.advance(ms=600)
+    assert shipped_again() == before + 1
+    replica = cluster.server("s2").part(lost.ref)
+    assert replica is not None and replica.applied_seq == 2

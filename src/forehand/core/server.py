@@ -20,6 +20,7 @@ import heapq
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -128,6 +129,8 @@ _NO_LOAD = LoadReport(
 )
 _STATUSES = {int(status): status for status in ResponseStatus}
 """Response statuses by value (the handler's statuses are validated where they are produced)."""
+_NO_PEER_BUSY: Mapping[NodeId, int] = MappingProxyType({})
+
 _SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
 """States in which a part's log is shipped from here."""
 _SOURCE_STATES = (PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING)
@@ -139,6 +142,12 @@ _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 RESEND_HEAP_SLACK = 1024
 """Stale entries the resend heap may hold beyond twice the parts it schedules before it is
 compacted (a part that settles leaves its entry until the entry falls due)."""
+RESEND_BUSY_PARTS_MIN = 64
+"""Parts due to be shipped again to one peer at once that make it busy: their unanswered batches
+wait for the peer to answer something sent after them (`ServerCore._busy_peers`)."""
+ANSWERED_PEERS_MAX = 65_536
+"""Peers whose newest answered shipment a server remembers (`ServerCore._answered_us`): more
+than any fleet's servers; past it the table starts over."""
 PLACEMENT_CACHE_ENTRIES_MAX = 4096
 """Placements of the current map a server remembers (looked up on every log shipment it gets),
 or twice the parts it holds when that is more; past this many the cache starts over, so a
@@ -213,8 +222,7 @@ class ServerCore:
         self._me = config.server_id
         """This server's id (read for every event and message)."""
         self._specs = dict(parts)
-        self._sealer = sealer
-        self._rng = rng
+        self._sealer, self._rng = sealer, rng
         self._outbox: list[Outbound] = []
         self._events: deque[ServerEvent] = deque()
         self._parts: dict[PartRef, Part] = {}
@@ -229,6 +237,10 @@ class ServerCore:
         self._resend_heap: list[tuple[int, int, PartRef]] = []
         """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
         self._resend_pushes = 0
+        self._answered_us: dict[NodeId, int] = {}
+        """Per peer, when the newest shipment it acknowledged was sent: it has worked through
+        everything sent to it before (`_busy_peers`). At most `ANSWERED_PEERS_MAX` peers, then
+        it starts over (and batches towards a busy peer wait longer)."""
         self._down: dict[NodeId, _DownPeer] = {}
         """Servers whose connection was lost and not opened again: streams to them send nothing
         but one message at a time (`_probe_down`), and the parts waiting on them are kept
@@ -251,11 +263,10 @@ class ServerCore:
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
         self._unsettled: dict[PartRef, int] = {}
-        self._unsettled_retry_us = 0
+        self._unsettled_retry_us = self._part_loads_due_us = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
-        self._part_loads_due_us = 0
         self._busiest: tuple[PartLoad, ...] = ()
         self._heartbeat_sequence = self._heartbeat_due_us = self._heartbeat_cursor = 0
         self._paths = PathTable(
@@ -1154,7 +1165,7 @@ class ServerCore:
         if self._replication_due_us is None:
             self._replication_due_us = now_us + self._config.replication_interval_ms * 1000
 
-    def _ship(self, ref: PartRef, now_us: int) -> None:
+    def _ship(self, ref: PartRef, now_us: int, busy: Mapping[NodeId, int] = _NO_PEER_BUSY) -> None:
         part = self._parts.get(ref)
         shipper = self._shippers.get(ref)
         self._shipping.pop(ref, None)
@@ -1162,7 +1173,8 @@ class ServerCore:
             self._resend_due.pop(ref, None)
             return
         down = self._down
-        for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down):
+        shipments = shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down, busy=busy)
+        for node, message in shipments:
             self._send(node, message)
         last_seq = part.log.last_seq
         if shipper.idle(last_seq):
@@ -1283,8 +1295,34 @@ class ServerCore:
             if self._resend_due.get(ref) == due_us:
                 del self._resend_due[ref]
                 due_now.append(ref)
+        busy = self._busy_peers(due_now) if len(due_now) >= RESEND_BUSY_PARTS_MIN else {}
         for ref in due_now:
-            self._ship(ref, now_us)
+            self._ship(ref, now_us, busy)
+
+    def _busy_peers(self, due_now: list[PartRef]) -> dict[NodeId, int]:
+        """The peers that `RESEND_BUSY_PARTS_MIN` or more of the parts due to be shipped again
+        ship to, each with when the newest shipment it answered was sent (0: none).
+
+        So many unanswered at once is a peer slow to work through its queue, not messages lost
+        one by one (connections deliver in order, and a broken one is reported): a failover
+        promotes tens of thousands of parts on each survivor, whose probes reach the other
+        survivors while they adopt the same version, and resending them all at the first
+        resend time doubled the work of both. Their batches wait while the peer has answered
+        nothing sent after them (`Replication.ship`).
+        """
+        counts: dict[NodeId, int] = {}
+        shippers = self._shippers
+        for ref in due_now:
+            shipper = shippers.get(ref)
+            if shipper is not None:
+                for node in shipper.streams:
+                    counts[node] = counts.get(node, 0) + 1
+        answered = self._answered_us
+        return {
+            node: answered.get(node, 0)
+            for node, count in counts.items()
+            if count >= RESEND_BUSY_PARTS_MIN
+        }
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
         """Become the shipper of `part` towards the replicas the map names."""
@@ -1339,6 +1377,11 @@ class ServerCore:
         outcome = shipper.on_ack(part, message, source=source)
         if not outcome.known:
             return
+        answered = self._answered_us
+        if outcome.answered_us > answered.get(source, 0):
+            if len(answered) >= ANSWERED_PEERS_MAX and source not in answered:
+                answered.clear()
+            answered[source] = outcome.answered_us
         if outcome.diverged:
             self._rare("replica-history-diverged")
         if outcome.sealed:
