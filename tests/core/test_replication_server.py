@@ -11,7 +11,7 @@ import pytest
 
 from forehand.core._driver import ConnectionOpened
 from forehand.core._part import HandlerResult, PartSpec
-from forehand.core._replication import RESEND_DOUBLINGS_MAX, Replication
+from forehand.core._replication import Replication
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
@@ -414,71 +414,107 @@ def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
     assert part is not None and part.applied_seq == 2
 
 
-def busy_cluster(parts: int) -> tuple[Cluster, list[bytes], list[LogShipped]]:
+class HeldShipments:
+    """Every `LogShipped` from s1 to s2 held back (in send order) until released, as if s2 were
+    busy working through its queue."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.messages: list[LogShipped] = []
+        self.sent_us: list[int] = []
+        """When each of `messages` was sent."""
+        self._released: set[int] = set()
+        cluster.router.filters.append(self._hold)
+
+    def _hold(self, source: str, destination: str, message: object) -> bool:
+        if (source, destination) != ("s1", "s2") or not isinstance(message, LogShipped):
+            return False
+        if id(message) in self._released:
+            return False
+        self.messages.append(message)
+        self.sent_us.append(self.cluster.router.now_us)
+        return True
+
+    def release(self, messages: list[LogShipped]) -> None:
+        """Let s2 get and answer `messages`, in order."""
+        for message in messages:
+            self._released.add(id(message))
+            self.cluster.router.send("s1", "s2", message)
+
+
+def busy_cluster(parts: int) -> tuple[Cluster, list[bytes], HeldShipments]:
     """`parts` sessions with a `counter` on s1 replicated to s2, each written once and in sync,
-    then written again with every shipment from s1 to s2 held back (returned, in send order)
-    as if s2 were busy working through its queue."""
+    then written again with every shipment from s1 to s2 held back from then on."""
     cluster = Cluster(servers=("s1", "s2"), replica_count=1)
     sessions = [new_session_id(now_ms=1_700_000_000_000 + i, rng=Random(i)) for i in range(parts)]
     for session in sessions:
         cluster.place("counter", "s1", "s2", session=session)
         cluster.request("s1", "counter", session=session)
     cluster.router.advance(ms=20)
-    held: list[LogShipped] = []
-
-    def hold(source: str, destination: str, message: object) -> bool:
-        if (source, destination) == ("s1", "s2") and isinstance(message, LogShipped):
-            held.append(message)
-            return True
-        return False
-
-    cluster.router.filters.append(hold)
+    held = HeldShipments(cluster)
     for session in sessions:
         cluster.request("s1", "counter", session=session)
     cluster.router.advance(ms=20)
-    assert len(held) == parts
+    assert len(held.messages) == parts
     return cluster, sessions, held
 
 
+RETRY_US = ServerConfig(server_id="s1").replication_retry_ms * 1000
+
+
+def in_sync(cluster: Cluster, sessions: list[bytes], seq: int) -> bool:
+    """Whether s2 holds every session's `counter` up to `seq`."""
+    replicas = [cluster.server("s2").part(ref("counter", session)) for session in sessions]
+    return all(replica is not None and replica.applied_seq == seq for replica in replicas)
+
+
 def test_a_busy_peer_is_not_resent_what_it_may_still_have_queued() -> None:
-    """Many batches due to one peer at once, which has answered nothing sent after them, wait
-    for the next resend time instead of going again (the peer may still be working through
-    them: a failover's survivors probing each other), up to the last doubling."""
-    cluster, sessions, held = busy_cluster(RESEND_BUSY_PARTS_MIN + 16)
-    sent_us = cluster.router.now_us - 20_000
-    retry_us = ServerConfig(server_id="s1").replication_retry_ms * 1000
-    for doublings in range(RESEND_DOUBLINGS_MAX):
-        cluster.router.advance_to(sent_us + (retry_us << doublings) + 100_000)
-        assert len(held) == len(sessions), doublings
-    cluster.router.advance_to(sent_us + (retry_us << RESEND_DOUBLINGS_MAX) + 100_000)
-    assert len(held) == 2 * len(sessions)  # The last doubling resends them all.
-    cluster.router.filters.clear()
-    for message in held[len(sessions) :]:
-        cluster.router.send("s1", "s2", message)
+    """Many batches due to one peer that is still answering what was sent before them wait for
+    their next resend time instead of going again: the peer is working through its queue (a
+    failover's survivors probing each other while they adopt the same version)."""
+    parts = 2 * RESEND_BUSY_PARTS_MIN + 32
+    cluster, sessions, held = busy_cluster(parts)
+    sent_us = held.sent_us[-1]
+    for doublings in range(2):
+        due_us = sent_us + (RETRY_US << doublings)
+        cluster.router.advance_to(due_us - 50_000)
+        held.release(held.messages[16 * doublings : 16 * (doublings + 1)])
+        cluster.router.advance_to(due_us + 50_000)
+        assert len(held.messages) == parts, doublings  # Nothing sent again.
+    held.release(held.messages[32:])
     cluster.router.advance(ms=20)
-    for session in sessions:
-        replica = cluster.server("s2").part(ref("counter", session))
-        assert replica is not None and (replica.data, replica.applied_seq) == (2, 2)
+    assert len(held.messages) == parts
+    assert in_sync(cluster, sessions, 2)
 
 
-def test_a_busy_peer_that_answered_later_shipments_gets_the_lost_one_again() -> None:
-    """A batch the busy peer must have worked past (it answered one sent later) and left
-    unanswered goes again at its next resend time."""
-    cluster, sessions, held = busy_cluster(RESEND_BUSY_PARTS_MIN + 16)
-    lost, rest = held[0], held[1:]
-    cluster.router.advance(ms=500)
-    assert len(held) == len(sessions)
-    cluster.router.filters.clear()
-    for message in rest:
-        cluster.router.send("s1", "s2", message)
-    cluster.request("s1", "counter", session=sessions[1])  # Sent, and answered, after `lost`.
+def test_a_silent_peer_is_resent_to_at_the_usual_time() -> None:
+    """A peer that answers nothing may be dropping what it gets (a restarted server before its
+    map): however many batches wait for it, they go again at their resend time."""
+    parts = RESEND_BUSY_PARTS_MIN + 16
+    cluster, sessions, held = busy_cluster(parts)
+    cluster.router.advance_to(held.sent_us[-1] + RETRY_US + 50_000)
+    assert len(held.messages) == 2 * parts
+    held.release(held.messages[parts:])
     cluster.router.advance(ms=20)
+    assert in_sync(cluster, sessions, 2)
 
-    def shipped_again() -> int:
-        return sum(1 for m in cluster.router.sent(LogShipped, source="s1") if m.ref == lost.ref)
 
-    before = shipped_again()
-    cluster.router.advance(ms=600)
-    assert shipped_again() == before + 1
-    replica = cluster.server("s2").part(lost.ref)
-    assert replica is not None and replica.applied_seq == 2
+def test_a_busy_peer_that_answered_later_shipments_gets_the_rest_again() -> None:
+    """Batches the busy peer must have worked past (it answered a shipment sent after them) and
+    left unanswered go again at their resend time."""
+    parts = RESEND_BUSY_PARTS_MIN + 16
+    cluster, sessions, held = busy_cluster(parts + 1)
+    later = sessions.pop()
+    sent_us = held.sent_us[-1]
+    cluster.router.advance(ms=100)
+    cluster.request("s1", "counter", session=later)
+    cluster.router.advance(ms=20)
+    assert {m.ref for m in held.messages[parts:]} == {ref("counter", later)}
+    # Both of `later`'s batches answered: the others, sent with its first, were dropped.
+    held.release(held.messages[parts:])
+    cluster.router.advance_to(sent_us + RETRY_US + 50_000)
+    resent = held.messages[parts + 2 :]
+    assert {m.ref for m in resent} == {ref("counter", session) for session in sessions}
+    held.release(resent)
+    cluster.router.advance(ms=20)
+    assert in_sync(cluster, sessions, 2)

@@ -334,7 +334,8 @@ class Replication:
         to it at once; the value says when the newest shipment it answered was sent) and has
         answered nothing sent after that batch: the batch may still wait in the peer's queue,
         so it waits for the next resend time instead, and at the last of them
-        (`RESEND_DOUBLINGS_MAX`) is resent whatever the peer answered.
+        (`RESEND_DOUBLINGS_MAX`) is resent whatever the peer answered. A handoff target's
+        stream never waits so: its seal is due before the handoff's deadline.
         """
         shipments: list[tuple[NodeId, Shipment]] = []
         streams = self.streams
@@ -349,6 +350,7 @@ class Replication:
                     answered is not None
                     and answered <= inflight[0][1]
                     and stream.resends < RESEND_DOUBLINGS_MAX
+                    and stream.seal_seq is None
                 ):
                     stream.resends += 1
                 else:

@@ -143,11 +143,12 @@ RESEND_HEAP_SLACK = 1024
 """Stale entries the resend heap may hold beyond twice the parts it schedules before it is
 compacted (a part that settles leaves its entry until the entry falls due)."""
 RESEND_BUSY_PARTS_MIN = 64
-"""Parts due to be shipped again to one peer at once that make it busy: their unanswered batches
-wait for the peer to answer something sent after them (`ServerCore._busy_peers`)."""
+"""Parts due to be shipped again to one peer at once that, with the peer still answering, make it
+busy: their unanswered batches wait for it to answer something sent after them
+(`ServerCore._busy_peers`)."""
 ANSWERED_PEERS_MAX = 65_536
-"""Peers whose newest answered shipment a server remembers (`ServerCore._answered_us`): more
-than any fleet's servers; past it the table starts over."""
+"""Peers whose answers a server remembers (`ServerCore._answers`): more than any fleet's
+servers; past it the table starts over."""
 PLACEMENT_CACHE_ENTRIES_MAX = 4096
 """Placements of the current map a server remembers (looked up on every log shipment it gets),
 or twice the parts it holds when that is more; past this many the cache starts over, so a
@@ -237,10 +238,11 @@ class ServerCore:
         self._resend_heap: list[tuple[int, int, PartRef]] = []
         """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
         self._resend_pushes = 0
-        self._answered_us: dict[NodeId, int] = {}
-        """Per peer, when the newest shipment it acknowledged was sent: it has worked through
-        everything sent to it before (`_busy_peers`). At most `ANSWERED_PEERS_MAX` peers, then
-        it starts over (and batches towards a busy peer wait longer)."""
+        self._answers: dict[NodeId, tuple[int, int]] = {}
+        """Per peer, (when the newest shipment it acknowledged was sent, when its latest
+        acknowledgement came): it has worked through everything sent to it before the first,
+        and was still answering at the second (`_busy_peers`). At most `ANSWERED_PEERS_MAX`
+        peers, then it starts over."""
         self._down: dict[NodeId, _DownPeer] = {}
         """Servers whose connection was lost and not opened again: streams to them send nothing
         but one message at a time (`_probe_down`), and the parts waiting on them are kept
@@ -1295,20 +1297,24 @@ class ServerCore:
             if self._resend_due.get(ref) == due_us:
                 del self._resend_due[ref]
                 due_now.append(ref)
-        busy = self._busy_peers(due_now) if len(due_now) >= RESEND_BUSY_PARTS_MIN else {}
+        busy = self._busy_peers(due_now, now_us) if len(due_now) >= RESEND_BUSY_PARTS_MIN else {}
         for ref in due_now:
             self._ship(ref, now_us, busy)
 
-    def _busy_peers(self, due_now: list[PartRef]) -> dict[NodeId, int]:
-        """The peers that `RESEND_BUSY_PARTS_MIN` or more of the parts due to be shipped again
-        ship to, each with when the newest shipment it answered was sent (0: none).
+    def _busy_peers(self, due_now: list[PartRef], now_us: int) -> dict[NodeId, int]:
+        """The busy peers, each with when the newest shipment it answered was sent: those that
+        `RESEND_BUSY_PARTS_MIN` or more of the parts due to be shipped again ship to, and that
+        answered something within `replication_retry_ms`.
 
-        So many unanswered at once is a peer slow to work through its queue, not messages lost
-        one by one (connections deliver in order, and a broken one is reported): a failover
-        promotes tens of thousands of parts on each survivor, whose probes reach the other
-        survivors while they adopt the same version, and resending them all at the first
-        resend time doubled the work of both. Their batches wait while the peer has answered
-        nothing sent after them (`Replication.ship`).
+        A peer still answering while so much sent to it waits is working through its queue in
+        order (connections deliver in order, and a broken one is reported), and what it has
+        answered so far was sent before what waits: a failover promotes tens of thousands of
+        parts on each survivor, whose probes reach the other survivors while they adopt the
+        same version, and resending them all at the first resend time doubled the work of
+        both. Their batches wait while the peer has answered nothing sent after them
+        (`Replication.ship`). A peer that answers nothing at all may be dropping what it gets
+        (a restarted server before its map, a replica whose map does not name it yet): its
+        batches go again at their resend times.
         """
         counts: dict[NodeId, int] = {}
         shippers = self._shippers
@@ -1317,12 +1323,14 @@ class ServerCore:
             if shipper is not None:
                 for node in shipper.streams:
                     counts[node] = counts.get(node, 0) + 1
-        answered = self._answered_us
-        return {
-            node: answered.get(node, 0)
-            for node, count in counts.items()
-            if count >= RESEND_BUSY_PARTS_MIN
-        }
+        answers = self._answers
+        since_us = now_us - self._config.replication_retry_ms * 1000
+        busy: dict[NodeId, int] = {}
+        for node, count in counts.items():
+            answered = answers.get(node)
+            if count >= RESEND_BUSY_PARTS_MIN and answered is not None and answered[1] >= since_us:
+                busy[node] = answered[0]
+        return busy
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
         """Become the shipper of `part` towards the replicas the map names."""
@@ -1377,11 +1385,14 @@ class ServerCore:
         outcome = shipper.on_ack(part, message, source=source)
         if not outcome.known:
             return
-        answered = self._answered_us
-        if outcome.answered_us > answered.get(source, 0):
-            if len(answered) >= ANSWERED_PEERS_MAX and source not in answered:
-                answered.clear()
-            answered[source] = outcome.answered_us
+        answers = self._answers
+        answered = answers.get(source)
+        if answered is None and len(answers) >= ANSWERED_PEERS_MAX:
+            answers.clear()
+        answered_us = (
+            outcome.answered_us if answered is None else max(answered[0], outcome.answered_us)
+        )
+        answers[source] = (answered_us, now_us)
         if outcome.diverged:
             self._rare("replica-history-diverged")
         if outcome.sealed:
