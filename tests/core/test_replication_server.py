@@ -15,7 +15,6 @@ from forehand.core._replication import Replication
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
 from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
-from forehand.core.server import RESEND_BUSY_PARTS_MIN
 from forehand.placement import ServerMarkedDead, new_session_id
 
 if TYPE_CHECKING:
@@ -460,6 +459,7 @@ def busy_cluster(parts: int) -> tuple[Cluster, list[bytes], HeldShipments]:
 
 
 RETRY_US = ServerConfig(server_id="s1").replication_retry_ms * 1000
+BUSY_MIN = ServerConfig(server_id="s1").resend_busy_parts_min
 
 
 def in_sync(cluster: Cluster, sessions: list[bytes], seq: int) -> bool:
@@ -472,7 +472,7 @@ def test_a_busy_peer_is_not_resent_what_it_may_still_have_queued() -> None:
     """Many batches due to one peer that is still answering what was sent before them wait for
     their next resend time instead of going again: the peer is working through its queue (a
     failover's survivors probing each other while they adopt the same version)."""
-    parts = 2 * RESEND_BUSY_PARTS_MIN + 32
+    parts = 2 * BUSY_MIN + 32
     cluster, sessions, held = busy_cluster(parts)
     sent_us = held.sent_us[-1]
     for doublings in range(2):
@@ -490,7 +490,7 @@ def test_a_busy_peer_is_not_resent_what_it_may_still_have_queued() -> None:
 def test_a_silent_peer_is_resent_to_at_the_usual_time() -> None:
     """A peer that answers nothing may be dropping what it gets (a restarted server before its
     map): however many batches wait for it, they go again at their resend time."""
-    parts = RESEND_BUSY_PARTS_MIN + 16
+    parts = BUSY_MIN + 16
     cluster, sessions, held = busy_cluster(parts)
     cluster.router.advance_to(held.sent_us[-1] + RETRY_US + 50_000)
     assert len(held.messages) == 2 * parts
@@ -502,7 +502,7 @@ def test_a_silent_peer_is_resent_to_at_the_usual_time() -> None:
 def test_a_busy_peer_that_answered_later_shipments_gets_the_rest_again() -> None:
     """Batches the busy peer must have worked past (it answered a shipment sent after them) and
     left unanswered go again at their resend time."""
-    parts = RESEND_BUSY_PARTS_MIN + 16
+    parts = BUSY_MIN + 16
     cluster, sessions, held = busy_cluster(parts + 1)
     later = sessions.pop()
     sent_us = held.sent_us[-1]

@@ -142,10 +142,6 @@ _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 RESEND_HEAP_SLACK = 1024
 """Stale entries the resend heap may hold beyond twice the parts it schedules before it is
 compacted (a part that settles leaves its entry until the entry falls due)."""
-RESEND_BUSY_PARTS_MIN = 64
-"""Parts due to be shipped again to one peer at once that, with the peer still answering, make it
-busy: their unanswered batches wait for it to answer something sent after them
-(`ServerCore._busy_peers`)."""
 ANSWERED_PEERS_MAX = 65_536
 """Peers whose answers a server remembers (`ServerCore._answers`): more than any fleet's
 servers; past it the table starts over."""
@@ -1297,13 +1293,14 @@ class ServerCore:
             if self._resend_due.get(ref) == due_us:
                 del self._resend_due[ref]
                 due_now.append(ref)
-        busy = self._busy_peers(due_now, now_us) if len(due_now) >= RESEND_BUSY_PARTS_MIN else {}
+        busy_min = self._config.resend_busy_parts_min
+        busy = self._busy_peers(due_now, now_us) if len(due_now) >= busy_min else {}
         for ref in due_now:
             self._ship(ref, now_us, busy)
 
     def _busy_peers(self, due_now: list[PartRef], now_us: int) -> dict[NodeId, int]:
         """The busy peers, each with when the newest shipment it answered was sent: those that
-        `RESEND_BUSY_PARTS_MIN` or more of the parts due to be shipped again ship to, and that
+        `resend_busy_parts_min` or more of the parts due to be shipped again ship to, and that
         answered something within `replication_retry_ms`.
 
         A peer still answering while so much sent to it waits is working through its queue in
@@ -1324,11 +1321,16 @@ class ServerCore:
                 for node in shipper.streams:
                     counts[node] = counts.get(node, 0) + 1
         answers = self._answers
-        since_us = now_us - self._config.replication_retry_ms * 1000
+        config = self._config
+        since_us = now_us - config.replication_retry_ms * 1000
         busy: dict[NodeId, int] = {}
         for node, count in counts.items():
             answered = answers.get(node)
-            if count >= RESEND_BUSY_PARTS_MIN and answered is not None and answered[1] >= since_us:
+            if (
+                count >= config.resend_busy_parts_min
+                and answered is not None
+                and answered[1] >= since_us
+            ):
                 busy[node] = answered[0]
         return busy
 
