@@ -1332,6 +1332,8 @@ class ServerCore:
                 and answered[1] >= since_us
             ):
                 busy[node] = answered[0]
+        if busy:
+            self._rare("resends-to-busy-peers")
         return busy
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
