@@ -6,18 +6,15 @@ From then on the primary ships batches of at most `log_batch_entries_max` entrie
 `replication_inflight_batches_max` unacknowledged; an acknowledgement below the oldest batch in
 flight (the replica missed a batch), a batch unacknowledged for `replication_retry_ms` (a lost
 message or a reconnect) or a replica that reset its part all restart shipping from the last
-acknowledged sequence. Towards a busy peer (many batches due to it at once), a batch it may
-still have queued (it has answered nothing sent to it later) waits for the next resend time. A
-replica behind the retained log, or whose history diverged, gets a `SnapshotShipped`. A handoff
-target is a stream with a seal: the batch that reaches the seal sequence is marked `sealed`, and
-the target's sealed acknowledgement ends handoff step 3.
+acknowledged sequence. A replica behind the retained log, or whose history diverged, gets a
+`SnapshotShipped`. A handoff target is a stream with a seal: the batch that reaches the seal
+sequence is marked `sealed`, and the target's sealed acknowledgement ends handoff step 3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
-from types import MappingProxyType
 
 from forehand.core._driver import NodeId
 from forehand.core._part import Part
@@ -32,8 +29,6 @@ every 4 s (at the default 500 ms) until a map drops the peer, rather than twice 
 
 Shipment = LogShipped | SnapshotShipped
 """What a stream sends."""
-
-_NOT_BUSY: Mapping[NodeId, int] = MappingProxyType({})
 
 
 class ReplicaStream:
@@ -106,9 +101,6 @@ class AckOutcome:
     """The replica's history does not match the primary's; it gets a snapshot."""
     sealed: bool = False
     """This acknowledgement completes the handoff target's sealed batch."""
-    answered_us: int = 0
-    """When the newest shipment it answers was sent (0: none of those in flight): the peer has
-    processed everything sent to it before then, over a connection that delivers in order."""
 
 
 class Replication:
@@ -216,14 +208,11 @@ class Replication:
         if stream is None:
             return AckOutcome(known=False)
         stream.resends = 0
-        inflight = stream.inflight
         if stream.acked_seq is None or ack.acked_seq > part.log.last_seq:
-            answered_us = inflight[0][1] if inflight else 0
             outcome = self._on_probe_answer(part, stream, ack)
             if outcome.diverged:
                 return outcome
-            sealed = self._sealed_by(stream, ack)
-            return AckOutcome(known=True, sealed=sealed, answered_us=answered_us)
+            return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
         known_epoch = part.log.epoch_at(ack.acked_seq) if ack.acked_seq else 0
         if ack.acked_epoch and known_epoch is not None and known_epoch != ack.acked_epoch:
             # The peer's entry at that sequence is another history's (a primary promoted by a
@@ -248,14 +237,13 @@ class Replication:
         acknowledged = 0
         while acknowledged < len(inflight) and inflight[acknowledged][0] <= ack.acked_seq:
             acknowledged += 1
-        answered_us = inflight[acknowledged - 1][1] if acknowledged else 0
         if stream.seal_sent and not ack.sealed and acknowledged == len(inflight) and acknowledged:
             # Only a sealed acknowledgement answers the sealed batch (the newest in flight): an
             # earlier batch's, reaching the seal's sequence, leaves it to be resent if lost.
             acknowledged -= 1
         if acknowledged:
             del inflight[:acknowledged]
-        return AckOutcome(known=True, sealed=self._sealed_by(stream, ack), answered_us=answered_us)
+        return AckOutcome(known=True, sealed=self._sealed_by(stream, ack))
 
     @staticmethod
     def _sealed_by(stream: ReplicaStream, ack: LogAcknowledged) -> bool:
@@ -319,43 +307,20 @@ class Replication:
         ]
 
     def ship(
-        self,
-        part: Part,
-        *,
-        epoch: int,
-        now_us: int,
-        skip: Container[NodeId] = (),
-        busy: Mapping[NodeId, int] = _NOT_BUSY,
+        self, part: Part, *, epoch: int, now_us: int, skip: Container[NodeId] = ()
     ) -> list[tuple[NodeId, Shipment]]:
-        """Whatever each stream (but those to `skip`) may send now, in stream order.
-
-        A stream whose oldest batch in flight is due to be sent again restarts from its last
-        acknowledged sequence, unless its peer is `busy` (the caller found many shipments due
-        to it at once; the value says when the newest shipment it answered was sent) and has
-        answered nothing sent after that batch: the batch may still wait in the peer's queue,
-        so it waits for the next resend time instead, and at the last of them
-        (`RESEND_DOUBLINGS_MAX`) is resent whatever the peer answered. A handoff target's
-        stream never waits so: its seal is due before the handoff's deadline.
-        """
+        """Whatever each stream (but those to `skip`) may send now, in stream order."""
         shipments: list[tuple[NodeId, Shipment]] = []
         streams = self.streams
         for node in sorted(streams) if len(streams) > 1 else streams:
             if node in skip:
                 continue
             stream = streams[node]
-            inflight = stream.inflight
-            if inflight and now_us - inflight[0][1] >= (self._retry_us << stream.resends):
-                answered = busy.get(node)
-                if (
-                    answered is not None
-                    and answered <= inflight[0][1]
-                    and stream.resends < RESEND_DOUBLINGS_MAX
-                    and stream.seal_seq is None
-                ):
-                    stream.resends += 1
-                else:
-                    stream.restart()
-                    stream.resends = min(stream.resends + 1, RESEND_DOUBLINGS_MAX)
+            if stream.inflight and now_us - stream.inflight[0][1] >= (
+                self._retry_us << stream.resends
+            ):
+                stream.restart()
+                stream.resends = min(stream.resends + 1, RESEND_DOUBLINGS_MAX)
             self._ship_stream(part, stream, epoch=epoch, now_us=now_us, out=shipments)
         return shipments
 

@@ -56,9 +56,6 @@ class ServerConfig:
     """Time between two shipping rounds; `replicated` writes ship at once instead."""
     replication_retry_ms: int = 500
     """An unacknowledged batch older than this is resent, from the last acknowledged sequence."""
-    resend_busy_parts_min: int = 64
-    """Parts due to be resent to one peer at once that, while the peer still answers, make it
-    busy: their batches wait until it answers something sent after them."""
     log_entries_max: int = 4096
     """Most log entries a part retains; a replica behind the retained log gets a snapshot."""
     dedup_entries_max: int = 4096
@@ -167,7 +164,6 @@ _POSITIVE_FIELDS = (
     "replication_inflight_batches_max",
     "replication_interval_ms",
     "replication_retry_ms",
-    "resend_busy_parts_min",
     "log_entries_max",
     "dedup_entries_max",
     "replicated_answers_max",

@@ -20,7 +20,6 @@ import heapq
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
-from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -129,8 +128,6 @@ _NO_LOAD = LoadReport(
 )
 _STATUSES = {int(status): status for status in ResponseStatus}
 """Response statuses by value (the handler's statuses are validated where they are produced)."""
-_NO_PEER_BUSY: Mapping[NodeId, int] = MappingProxyType({})
-
 _SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
 """States in which a part's log is shipped from here."""
 _SOURCE_STATES = (PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING)
@@ -142,9 +139,6 @@ _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 RESEND_HEAP_SLACK = 1024
 """Stale entries the resend heap may hold beyond twice the parts it schedules before it is
 compacted (a part that settles leaves its entry until the entry falls due)."""
-ANSWERED_PEERS_MAX = 65_536
-"""Peers whose answers a server remembers (`ServerCore._answers`): more than any fleet's
-servers; past it the table starts over."""
 PLACEMENT_CACHE_ENTRIES_MAX = 4096
 """Placements of the current map a server remembers (looked up on every log shipment it gets),
 or twice the parts it holds when that is more; past this many the cache starts over, so a
@@ -219,7 +213,8 @@ class ServerCore:
         self._me = config.server_id
         """This server's id (read for every event and message)."""
         self._specs = dict(parts)
-        self._sealer, self._rng = sealer, rng
+        self._sealer = sealer
+        self._rng = rng
         self._outbox: list[Outbound] = []
         self._events: deque[ServerEvent] = deque()
         self._parts: dict[PartRef, Part] = {}
@@ -234,11 +229,6 @@ class ServerCore:
         self._resend_heap: list[tuple[int, int, PartRef]] = []
         """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
         self._resend_pushes = 0
-        self._answers: dict[NodeId, tuple[int, int]] = {}
-        """Per peer, (when the newest shipment it acknowledged was sent, when its latest
-        acknowledgement came): it has worked through everything sent to it before the first,
-        and was still answering at the second (`_busy_peers`). At most `ANSWERED_PEERS_MAX`
-        peers, then it starts over."""
         self._down: dict[NodeId, _DownPeer] = {}
         """Servers whose connection was lost and not opened again: streams to them send nothing
         but one message at a time (`_probe_down`), and the parts waiting on them are kept
@@ -261,10 +251,11 @@ class ServerCore:
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
         self._unsettled: dict[PartRef, int] = {}
-        self._unsettled_retry_us = self._part_loads_due_us = 0
+        self._unsettled_retry_us = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
+        self._part_loads_due_us = 0
         self._busiest: tuple[PartLoad, ...] = ()
         self._heartbeat_sequence = self._heartbeat_due_us = self._heartbeat_cursor = 0
         self._paths = PathTable(
@@ -1163,7 +1154,7 @@ class ServerCore:
         if self._replication_due_us is None:
             self._replication_due_us = now_us + self._config.replication_interval_ms * 1000
 
-    def _ship(self, ref: PartRef, now_us: int, busy: Mapping[NodeId, int] = _NO_PEER_BUSY) -> None:
+    def _ship(self, ref: PartRef, now_us: int) -> None:
         part = self._parts.get(ref)
         shipper = self._shippers.get(ref)
         self._shipping.pop(ref, None)
@@ -1171,8 +1162,7 @@ class ServerCore:
             self._resend_due.pop(ref, None)
             return
         down = self._down
-        shipments = shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down, busy=busy)
-        for node, message in shipments:
+        for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down):
             self._send(node, message)
         last_seq = part.log.last_seq
         if shipper.idle(last_seq):
@@ -1293,48 +1283,8 @@ class ServerCore:
             if self._resend_due.get(ref) == due_us:
                 del self._resend_due[ref]
                 due_now.append(ref)
-        busy_min = self._config.resend_busy_parts_min
-        busy = self._busy_peers(due_now, now_us) if len(due_now) >= busy_min else {}
         for ref in due_now:
-            self._ship(ref, now_us, busy)
-
-    def _busy_peers(self, due_now: list[PartRef], now_us: int) -> dict[NodeId, int]:
-        """The busy peers, each with when the newest shipment it answered was sent: those that
-        `resend_busy_parts_min` or more of the parts due to be shipped again ship to, and that
-        answered something within `replication_retry_ms`.
-
-        A peer still answering while so much sent to it waits is working through its queue in
-        order (connections deliver in order, and a broken one is reported), and what it has
-        answered so far was sent before what waits: a failover promotes tens of thousands of
-        parts on each survivor, whose probes reach the other survivors while they adopt the
-        same version, and resending them all at the first resend time doubled the work of
-        both. Their batches wait while the peer has answered nothing sent after them
-        (`Replication.ship`). A peer that answers nothing at all may be dropping what it gets
-        (a restarted server before its map, a replica whose map does not name it yet): its
-        batches go again at their resend times.
-        """
-        counts: dict[NodeId, int] = {}
-        shippers = self._shippers
-        for ref in due_now:
-            shipper = shippers.get(ref)
-            if shipper is not None:
-                for node in shipper.streams:
-                    counts[node] = counts.get(node, 0) + 1
-        answers = self._answers
-        config = self._config
-        since_us = now_us - config.replication_retry_ms * 1000
-        busy: dict[NodeId, int] = {}
-        for node, count in counts.items():
-            answered = answers.get(node)
-            if (
-                count >= config.resend_busy_parts_min
-                and answered is not None
-                and answered[1] >= since_us
-            ):
-                busy[node] = answered[0]
-        if busy:
-            self._rare("resends-to-busy-peers")
-        return busy
+            self._ship(ref, now_us)
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
         """Become the shipper of `part` towards the replicas the map names."""
@@ -1389,14 +1339,6 @@ class ServerCore:
         outcome = shipper.on_ack(part, message, source=source)
         if not outcome.known:
             return
-        answers = self._answers
-        answered = answers.get(source)
-        if answered is None and len(answers) >= ANSWERED_PEERS_MAX:
-            answers.clear()
-        answered_us = (
-            outcome.answered_us if answered is None else max(answered[0], outcome.answered_us)
-        )
-        answers[source] = (answered_us, now_us)
         if outcome.diverged:
             self._rare("replica-history-diverged")
         if outcome.sealed:

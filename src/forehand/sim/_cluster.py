@@ -203,9 +203,6 @@ def _server_config(
         base,
         replication_interval_ms=interval_ms,
         replication_retry_ms=max(base.replication_retry_ms, 2 * interval_ms),
-        # Derived, not drawn, so that every seed keeps its scenario; small enough that the few
-        # parts of a simulation make a peer busy at times.
-        resend_busy_parts_min=(1, 2, 4, 64)[base.log_batch_entries_max % 4],
         address=f"{server_id}.sim:4433",
         zone=f"zone-{index % config.zones + 1}",
         weight=rng.choice((1.0, 1.0, 2.0)),
