@@ -126,9 +126,12 @@ def test_sealed_log_moves_the_part_and_the_state(map_first: bool) -> None:
     assert [(m.server_id, m.handoff_id) for m in completed] == [("s2", 77)]
 
 
-def move_seen_by_the_target_first(cluster: Cluster) -> tuple[MapPublished, list[LogShipped]]:
+def move_seen_by_the_target_first(
+    cluster: Cluster, *, gap: bool = False
+) -> tuple[MapPublished, list[LogShipped]]:
     """s1 primary of `counter` (replicas s2, s3) ships its 4th write to s2, which gets it only
-    after adopting the move to s2 (sent to s2 alone); returns the version and the shipment."""
+    after adopting the move to s2 (sent to s2 alone; with `gap`, as a whole map after a version
+    s2 missed); returns the version and the shipment."""
     cluster.place("counter", "s1", "s2", "s3")
     for _ in range(3):
         cluster.request("s1", "counter")
@@ -149,7 +152,11 @@ def move_seen_by_the_target_first(cluster: Cluster) -> tuple[MapPublished, list[
     move = cluster.map.override_placement(
         PartKey(session_id=SESSION, part="counter"), Placement(primary="s2", replicas=("s1", "s3"))
     )
-    published = cluster.publish(*move.operations, to=["s2"])
+    if gap:
+        cluster.place("ledger", "s1", "s3", to=["s1", "s3"])
+    published = cluster.publish(*move.operations, to=[] if gap else ["s2"])
+    if gap:
+        cluster.publish_full(to=["s2"])
     for message in in_flight:
         cluster.router.send("s1", "s2", message)
     return published, in_flight
@@ -174,6 +181,19 @@ def test_a_target_that_learns_of_the_move_first_does_not_fence_its_source() -> N
     assert target is not None and (target.data, target.applied_seq) == (4, 4)
     ignored = [e.name for e in cluster.events("s2", RarePathTaken)]
     assert "shipment-before-the-seal-ignored" in ignored
+
+
+def test_a_target_that_skipped_versions_fences_the_source_it_cannot_vouch_for() -> None:
+    """A target that got the move in a whole map after a gap does not know that the primary of
+    its map before still was the primary when the part moved (a failover in between may have
+    replaced it): what that server ships below the move's epoch is refused, which fences it."""
+    cluster = Cluster()
+    move_seen_by_the_target_first(cluster, gap=True)
+    assert state(cluster, "s2") is PartState.RECEIVING
+    source = cluster.server("s1").part(COUNTER)
+    assert source is not None and source.fence_version > source.epoch
+    ignored = [e.name for e in cluster.events("s2", RarePathTaken)]
+    assert "shipment-before-the-seal-ignored" not in ignored
 
 
 def test_a_target_fenced_by_a_failover_still_fences_the_old_source() -> None:

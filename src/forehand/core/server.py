@@ -2361,11 +2361,14 @@ class ServerCore:
         The part's epoch goes up to the first version after `previous_map`, not to this map's:
         a server that missed versions (a full map after a gap) does not know which one moved the
         part, and the source seals at the version it learned of the move, which a higher epoch
-        here would refuse as stale, turning the handoff into a failover.
+        here would refuse as stale, turning the handoff into a failover. Nor does it know
+        that `source`, the primary of the map before the gap, was still the primary when the
+        part moved (a failover in between may have replaced it): the source is then unknown, so
+        what it ships below this epoch is refused, which fences it (`_sealing_soon`).
         """
         moved_at = self.map_version if previous_map is None else previous_map.version + 1
         part.epoch = max(part.epoch, moved_at)
-        self._await_seal(part, source, now_us)
+        self._await_seal(part, source if moved_at == self.map_version else "", now_us)
 
     def _await_seal(self, part: Part, source: str, now_us: int) -> None:
         """`part` waits RECEIVING for the sealed log of `source` ("": unknown) until the
