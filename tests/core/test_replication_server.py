@@ -337,6 +337,21 @@ def test_a_down_peer_the_map_declares_dead_is_no_longer_waited_for(
         assert part is not None and part.applied_seq == (2 if session == sessions[0] else 1)
 
 
+def hand_off_to_a_dead_s2(
+    cluster: Cluster, sessions: list[bytes], *, deadline_ms: int
+) -> list[PartRef]:
+    """s2 crashes; the map then moves each session's `counter` from s1 to s2 (replica s3) and
+    s1 is assigned the handoff, whose dial to s2 is refused; returns the parts."""
+    cluster.router.remove("s2")
+    for session in sessions:
+        cluster.place("counter", "s2", "s3", session=session)
+    refs = [ref("counter", session) for session in sessions]
+    cluster.assign_handoff(refs, source="s1", target="s2", deadline_ms=deadline_ms, to=["s1"])
+    cluster.router.advance(ms=10)
+    cluster.router.disconnect("s1", "s2", reason="refused")
+    return refs
+
+
 def test_sealed_streams_to_a_dead_handoff_target_are_tried_once_per_resend_time() -> None:
     """s1 hands five parts to s2, which dies before acknowledging the seals; the failover's
     version marks s2 dead and places the parts on s3 and s4, without s1. Until the handoff's
@@ -352,13 +367,7 @@ def test_sealed_streams_to_a_dead_handoff_target_are_tried_once_per_resend_time(
         cluster.request("s1", "counter", session=session)
     cluster.router.advance(ms=50)
     cluster.responses()
-    cluster.router.remove("s2")
-    for session in sessions:
-        cluster.place("counter", "s2", "s3", session=session)
-    refs = [ref("counter", session) for session in sessions]
-    cluster.assign_handoff(refs, source="s1", target="s2", deadline_ms=8_000, to=["s1"])
-    cluster.router.advance(ms=10)
-    cluster.router.disconnect("s1", "s2", reason="refused")
+    refs = hand_off_to_a_dead_s2(cluster, sessions, deadline_ms=8_000)
     cluster.router.advance(ms=100)
     cluster.router.take("s2", LogShipped)
     cluster.prepare_failover(refs, to=["s1", "s3"])
@@ -386,13 +395,7 @@ def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
     for session in sessions:
         cluster.place("counter", "s1", "s3", session=session)
     cluster.router.advance(ms=20)
-    cluster.router.remove("s2")
-    for session in sessions:
-        cluster.place("counter", "s2", "s3", session=session)
-    refs = [ref("counter", session) for session in sessions]
-    cluster.assign_handoff(refs, source="s1", target="s2", deadline_ms=2_000, to=["s1"])
-    cluster.router.advance(ms=10)
-    cluster.router.disconnect("s1", "s2", reason="refused")
+    refs = hand_off_to_a_dead_s2(cluster, sessions, deadline_ms=2_000)
     cluster.prepare_failover(refs, to=["s1", "s3"])
     cluster.publish(ServerMarkedDead(server_id="s2"))
     for session in sessions:
