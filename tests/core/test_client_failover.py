@@ -152,6 +152,51 @@ def test_calls_during_relocation_are_held_and_sent_in_order() -> None:
     assert [r.request_id for r in h.take(Request, "s2")] == [ids[0], ids[1], later]
 
 
+def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
+    """Losing a server strands the parts of all its sessions at once: the first MAP_REQUEST
+    presents each of them (those with calls waiting first), not only the first one lost, so a
+    failover is learned for all in one round."""
+    h = Harness()
+    idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x41] * 14))
+    elsewhere = h.open(
+        placement("auth", "s2"), session_id=bytes([0x01, 0x8F] + [0x42] * 14), welcome_manager=False
+    )
+    waiting = h.open(
+        placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x43] * 14), welcome_manager=False
+    )
+    also_idle = h.open(
+        placement("cart", "s1"), session_id=bytes([0x01, 0x8F] + [0x44] * 14), welcome_manager=False
+    )
+    h.client.call(waiting, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s2")
+    h.outbox.clear()
+    h.lose("s1", "peer-crashed")
+    [request] = h.take(MapRequest, MANAGER)
+    assert [c.session_id for c in request.credentials] == [waiting, idle, also_idle]
+    assert elsewhere not in [c.session_id for c in request.credentials]
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=7,
+            base_version=0,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(
+                (
+                    SessionPlacement(session_id=idle, placement=placement("auth", "s3")),
+                    SessionPlacement(session_id=waiting, placement=placement("auth", "s3")),
+                    SessionPlacement(session_id=also_idle, placement=placement("cart", "s3")),
+                )
+            ),
+        ),
+    )
+    # One answer placed all three: nothing is left to ask about.
+    assert h.take(MapRequest) == []
+    for session, part in ((idle, "auth"), (waiting, "auth"), (also_idle, "cart")):
+        assert h.client.route(session, part).primary == "s3"
+
+
 def test_unanswered_map_request_is_retried_with_backoff() -> None:
     """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms, or after the
     backoff counted from when it went, whichever is later."""

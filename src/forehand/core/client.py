@@ -277,6 +277,10 @@ class ClientCore:
         self._map_round_us = 0
         """When the newest MAP_REQUEST went: the backoff to the next round counts from it."""
         self._map_retry_us: int | None = None
+        self._map_held = False
+        """While an input is handled: a MAP_REQUEST round that falls due waits for its end, so
+        one round presents every session that input stranded (a lost connection strands all
+        its sessions at once), not only the first."""
         self._map_rounds = 0
         self._map_presented: frozenset[bytes] = frozenset()
         """The sessions whose credentials the outstanding MAP_REQUEST presented: the manager's
@@ -328,6 +332,7 @@ class ClientCore:
         """
         kind = type(message)
         handler = self._handlers.get(kind)
+        self._map_held = True
         try:
             if handler is None:
                 raise RemoteProtocolError(
@@ -343,13 +348,18 @@ class ClientCore:
             handler(message, source, now_us)
         except RemoteProtocolError as error:
             self._reject_peer(source, ErrorCode.from_wire(error.error_code), str(error), now_us)
+        finally:
+            self._map_held = False
+        self._send_due_map_request(now_us)
 
     def handle_timer(self, *, now_us: int) -> None:
         """Fail expired requests, retry, time out resumes, re-ask the manager, ping servers."""
+        self._map_held = True
         self._expire_requests(now_us)
         self._expire_opens(now_us)
         self._run_retries(now_us)
         self._check_resumptions(now_us)
+        self._map_held = False
         self._check_map_request(now_us)
         self._send_pings(now_us)
 
@@ -1433,7 +1443,14 @@ class ClientCore:
         due_us = max(now_us, self._map_round_us + self._backoff_us(route.locate_attempts - 1))
         if self._map_retry_us is None or due_us < self._map_retry_us:
             self._map_retry_us = due_us
-        if due_us <= now_us:
+        self._send_due_map_request(now_us)
+
+    def _send_due_map_request(self, now_us: int) -> None:
+        """Send the MAP_REQUEST round that is due, unless one is out or an input is still being
+        handled (`_map_held`)."""
+        due_us = self._map_retry_us
+        idle = not self._map_held and self._map_sent_us is None
+        if idle and due_us is not None and due_us <= now_us:
             self._send_map_request(now_us)
 
     def _give_up_locating(self, session: Session, route: PartRoute) -> None:
@@ -1537,8 +1554,7 @@ class ClientCore:
             return
         self._map_rounds = 0 if progressed else self._map_rounds + 1
         self._map_retry_us = max(now_us, self._map_round_us + self._backoff_us(self._map_rounds))
-        if self._map_retry_us <= now_us:
-            self._send_map_request(now_us)
+        self._send_due_map_request(now_us)
 
     def _on_map_update(self, frame: MapUpdate, source: NodeId, now_us: int) -> None:
         connection = self._pool.get(source)
