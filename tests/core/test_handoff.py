@@ -127,11 +127,12 @@ def test_sealed_log_moves_the_part_and_the_state(map_first: bool) -> None:
 
 
 def move_seen_by_the_target_first(
-    cluster: Cluster, *, gap: bool = False
+    cluster: Cluster, *, gap: bool = False, held_ms: int | None = None
 ) -> tuple[MapPublished, list[LogShipped]]:
     """s1 primary of `counter` (replicas s2, s3) ships its 4th write to s2, which gets it only
     after adopting the move to s2 (sent to s2 alone; with `gap`, as a whole map after a version
-    s2 missed); returns the version and the shipment."""
+    s2 missed) `held_ms` later (by default the resend time: the batch is due again at once);
+    returns the version and the shipment."""
     cluster.place("counter", "s1", "s2", "s3")
     for _ in range(3):
         cluster.request("s1", "counter")
@@ -146,7 +147,8 @@ def move_seen_by_the_target_first(
 
     cluster.router.filters.append(hold)
     cluster.request("s1", "counter")
-    cluster.router.advance(ms=ServerConfig(server_id="s1").replication_retry_ms)
+    retry_ms = ServerConfig(server_id="s1").replication_retry_ms
+    cluster.router.advance(ms=retry_ms if held_ms is None else held_ms)
     cluster.router.filters.remove(hold)
     assert [entry.seq for m in in_flight for entry in m.entries] == [4]
     move = cluster.map.override_placement(
@@ -181,6 +183,23 @@ def test_a_target_that_learns_of_the_move_first_does_not_fence_its_source() -> N
     assert target is not None and (target.data, target.applied_seq) == (4, 4)
     ignored = [e.name for e in cluster.events("s2", RarePathTaken)]
     assert "shipment-before-the-seal-ignored" in ignored
+
+
+def test_a_seal_behind_a_full_window_of_ignored_batches_goes_at_once() -> None:
+    """With one batch allowed in flight, the batch the target ignored (sent before the source
+    learned of the move) fills the window: the seal goes out beside it all the same, and the
+    target's answer (its position, below that batch) restarts the stream at the move's epoch,
+    so the handoff completes in round trips, not after the batch's resend time."""
+    cluster = Cluster(replication_inflight_batches_max=1)
+    published, _ = move_seen_by_the_target_first(cluster, held_ms=20)
+    for server in ("s1", "s3"):
+        cluster.router.send(MANAGER, server, published)
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    cluster.router.advance(ms=50)
+    assert cluster.take(MANAGER, HandoffAborted) == []
+    assert [m.server_id for m in cluster.take(MANAGER, HandoffCompleted)] == ["s2"]
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.data, target.applied_seq) == (4, 4)
 
 
 def test_a_target_that_skipped_versions_fences_the_source_it_cannot_vouch_for() -> None:

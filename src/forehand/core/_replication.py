@@ -17,7 +17,7 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
-from forehand.core._part import Part
+from forehand.core._part import Part, PartLog
 from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
 
 __all__ = ["RESEND_DOUBLINGS_MAX", "AckOutcome", "Replication", "ReplicaStream", "Shipment"]
@@ -370,7 +370,7 @@ class Replication:
     ) -> list[Shipment]:
         out: list[Shipment] = []
         log = part.log
-        while len(stream.inflight) < self._inflight_batches_max:
+        while len(stream.inflight) < self._inflight_batches_max or self._seal_next(stream, log):
             if stream.needs_snapshot or stream.sent_seq < log.first_seq - 1:
                 out.append(self._snapshot(part, stream, epoch=epoch, now_us=now_us))
                 continue
@@ -394,6 +394,19 @@ class Replication:
             stream.sent_seq = last
             stream.inflight.append((last, now_us))
         return out
+
+    def _seal_next(self, stream: ReplicaStream, log: PartLog) -> bool:
+        """Whether the stream's next batch is its sealed one, which goes even beside a full
+        window: the batches in flight may be ones the target ignores (shipped before this
+        source learned of the move, reaching a target that had), and the sealed batch's answer
+        then restarts the stream at once, instead of after their resend time."""
+        seal_seq = stream.seal_seq
+        if seal_seq is None or stream.seal_sent or stream.needs_snapshot:
+            return False
+        sent_seq = stream.sent_seq
+        if sent_seq < log.first_seq - 1:
+            return False
+        return min(sent_seq + self._batch_entries_max, log.last_seq) >= seal_seq
 
     def _snapshot(
         self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int
