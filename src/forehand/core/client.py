@@ -355,11 +355,13 @@ class ClientCore:
     def handle_timer(self, *, now_us: int) -> None:
         """Fail expired requests, retry, time out resumes, re-ask the manager, ping servers."""
         self._map_held = True
-        self._expire_requests(now_us)
-        self._expire_opens(now_us)
-        self._run_retries(now_us)
-        self._check_resumptions(now_us)
-        self._map_held = False
+        try:
+            self._expire_requests(now_us)
+            self._expire_opens(now_us)
+            self._run_retries(now_us)
+            self._check_resumptions(now_us)
+        finally:
+            self._map_held = False
         self._check_map_request(now_us)
         self._send_pings(now_us)
 
