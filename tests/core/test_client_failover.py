@@ -197,6 +197,53 @@ def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
         assert h.client.route(session, part).primary == "s3"
 
 
+def test_idle_parts_placed_back_on_the_lost_server_dial_it() -> None:
+    """The manager, not aware of the crash yet, answers that the lost server still leads two idle
+    parts: they go back to it and the client dials it at once, though nothing is to be sent, so
+    that the failed dial locates them again. Undialled, they stayed ACTIVE on the dead server
+    after the failover had moved them, until their next call."""
+    h = Harness()
+    idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x51] * 14))
+    answered = h.open(
+        placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x52] * 14), welcome_manager=False
+    )
+    h.client.call(answered, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    [request] = h.take(Request, "s1")
+    h.feed(
+        "s1",
+        Response(
+            request_id=request.request_id,
+            session_id=answered,
+            status=ResponseStatus.OK,
+            map_version=5,
+            payload=b"",
+        ),
+    )
+    h.outbox.clear()
+    h.lose("s1", "peer-crashed")
+    [first] = h.take(MapRequest, MANAGER)
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=6,
+            base_version=first.map_version,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(()),
+        ),
+    )
+    for session in (idle, answered):
+        assert h.client.route(session, "auth").state is RouteState.ACTIVE
+    assert len(h.take(Hello, "s1")) == 1
+    h.lose("s1", "connection refused")
+    for session in (idle, answered):
+        assert h.client.route(session, "auth").state is RouteState.LOCATING
+    h.advance(ms=h.client._config.retry_backoff_ms * 2)
+    [second] = h.take(MapRequest, MANAGER)
+    assert sorted(c.session_id for c in second.credentials) == sorted([idle, answered])
+
+
 def test_unanswered_map_request_is_retried_with_backoff() -> None:
     """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms, or after the
     backoff counted from when it went, whichever is later."""

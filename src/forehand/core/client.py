@@ -1631,6 +1631,12 @@ class ClientCore:
                 map_version=view.map_version,
                 now_us=now_us,
             )
+            if located and primary == lost and self._pool.get(primary) is None:
+                # Back on the server the client lost it from, with no request to send there:
+                # dial it now, so that a dead server is found by this dial (whose failure
+                # locates the part again), not by the part's next call. Undialled, an idle part
+                # stayed ACTIVE on a crashed server after the failover had moved it.
+                self._connect(primary, now_us)
             return located and primary != lost
         if view.map_version == route.map_version:
             return False
