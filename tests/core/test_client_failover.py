@@ -197,12 +197,9 @@ def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
         assert h.client.route(session, part).primary == "s3"
 
 
-def test_idle_parts_placed_back_on_the_lost_server_dial_it() -> None:
-    """The manager, not aware of the crash yet, answers that the lost server still leads two idle
-    parts: they go back to it and the client dials it at once, though nothing is to be sent, so
-    that the failed dial locates them again. Undialled, they stayed ACTIVE on the dead server
-    after the failover had moved them, until their next call."""
-    h = Harness()
+def idle_on_s1_placed_back(h: Harness) -> tuple[bytes, bytes]:
+    """Two idle sessions on s1 (one answered a call, so the connection was up); s1 is lost and
+    the manager, not aware of a crash yet, answers that s1 still leads them."""
     idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x51] * 14))
     answered = h.open(
         placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x52] * 14), welcome_manager=False
@@ -233,15 +230,56 @@ def test_idle_parts_placed_back_on_the_lost_server_dial_it() -> None:
             body=encode_client_placements(()),
         ),
     )
-    for session in (idle, answered):
-        assert h.client.route(session, "auth").state is RouteState.ACTIVE
+    return idle, answered
+
+
+def test_idle_parts_placed_back_on_a_dead_server_are_still_located() -> None:
+    """Idle parts an answer places back on the server they were lost from stay LOCATING while
+    a dial checks it; the failed dial leaves them in the rounds (in turn, after the backoff, no
+    attempt of their own spent), and the answer after the failover moves them. Put back ACTIVE
+    undialled, they stayed on the dead server until their next call."""
+    h = Harness(retry_jitter_ratio=0.0)
+    idle, answered = idle_on_s1_placed_back(h)
     assert len(h.take(Hello, "s1")) == 1
-    h.lose("s1", "connection refused")
     for session in (idle, answered):
         assert h.client.route(session, "auth").state is RouteState.LOCATING
+    h.lose("s1", "connection refused")
+    # The failed dial brings no round forward: the next one waits out the backoff.
+    assert h.take(MapRequest) == []
     h.advance(ms=h.client._config.retry_backoff_ms * 2)
     [second] = h.take(MapRequest, MANAGER)
     assert sorted(c.session_id for c in second.credentials) == sorted([idle, answered])
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=7,
+            base_version=0,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(
+                tuple(
+                    SessionPlacement(session_id=session, placement=placement("auth", "s2"))
+                    for session in (idle, answered)
+                )
+            ),
+        ),
+    )
+    for session in (idle, answered):
+        route = h.client.route(session, "auth")
+        assert (route.state, route.primary) == (RouteState.ACTIVE, "s2")
+
+
+def test_idle_parts_placed_back_on_a_live_server_go_active_at_its_welcome() -> None:
+    """The loss was a blip: the checking dial is welcomed, and the idle parts go ACTIVE on the
+    server they were lost from, with nothing more to locate."""
+    h = Harness()
+    idle, answered = idle_on_s1_placed_back(h)
+    assert len(h.take(Hello, "s1")) == 1
+    h.welcome("s1", map_version=6)
+    for session in (idle, answered):
+        route = h.client.route(session, "auth")
+        assert (route.state, route.primary, route.map_version) == (RouteState.ACTIVE, "s1", 6)
+    h.advance(ms=60_000)
+    assert h.take(MapRequest) == []
 
 
 def test_unanswered_map_request_is_retried_with_backoff() -> None:

@@ -277,6 +277,9 @@ class ClientCore:
         self._map_round_us = 0
         """When the newest MAP_REQUEST went: the backoff to the next round counts from it."""
         self._map_retry_us: int | None = None
+        self._rechecks: dict[NodeId, dict[tuple[bytes, str], tuple[tuple[NodeId, ...], int]]] = {}
+        """By server: the idle parts an answer placed back on the server they were lost from,
+        waiting for a dial to check it (`_recheck`), with the answer's replicas and version."""
         self._map_held = False
         """While an input is handled: a MAP_REQUEST round that falls due waits for its end, so
         one round presents every session that input stranded (a lost connection strands all
@@ -895,6 +898,8 @@ class ClientCore:
         if source != self._config.manager_node_id:
             connection.next_ping_us = now_us + self._config.ping_interval_ms * 1000
             self._ping_due_us = min(self._ping_due_us, connection.next_ping_us)
+            if source in self._rechecks:
+                self._recheck_passed(source, now_us)
         elif self._map_sent_us is not None:
             # A MAP_REQUEST queued for this connection went out with the queue.
             self._ping_manager_soon(now_us)
@@ -971,6 +976,8 @@ class ClientCore:
         if self._pool.close(peer, trigger) is None:
             return
         self._forget_bindings(peer)
+        # A failed check leaves its parts LOCATING, in the rounds' turns.
+        self._rechecks.pop(peer, None)
         self._emit(ConnectionClosed(node=self.node_id, server=peer, detail=detail))
         if peer == self._config.manager_node_id:
             self._manager_lost(now_us)
@@ -1623,6 +1630,11 @@ class ClientCore:
                 # would cost the part an attempt in every round until the manager sees the loss.
                 # It waits for its turn, or for an answer that places it elsewhere.
                 return False
+            if primary == lost and not route.inflight:
+                # Still placed where the client lost it (the manager has not seen the loss yet,
+                # or there was none), and no request waits to dial it: a dial checks it.
+                self._recheck(session, route, backups, view.map_version, now_us)
+                return False
             located = self._relocate(
                 session,
                 route,
@@ -1631,12 +1643,6 @@ class ClientCore:
                 map_version=view.map_version,
                 now_us=now_us,
             )
-            if located and primary == lost and self._pool.get(primary) is None:
-                # Back on the server the client lost it from, with no request to send there:
-                # dial it now, so that a dead server is found by this dial (whose failure
-                # locates the part again), not by the part's next call. Undialled, an idle part
-                # stayed ACTIVE on a crashed server after the failover had moved it.
-                self._connect(primary, now_us)
             return located and primary != lost
         if view.map_version == route.map_version:
             return False
@@ -1662,6 +1668,48 @@ class ClientCore:
             )
             self._flush(session, route, now_us, moved=True)
         return False
+
+    def _recheck(
+        self,
+        session: Session,
+        route: PartRoute,
+        backups: tuple[NodeId, ...],
+        map_version: int,
+        now_us: int,
+    ) -> None:
+        """An idle part an answer placed back on the server it was lost from stays LOCATING
+        while a dial checks that server: it goes ACTIVE there at the server's WELCOME
+        (`_recheck_passed`), and if the dial fails it is simply still being located, in the
+        rounds' turns and backoff. Put back ACTIVE undialled, it stayed on a crashed server
+        after the failover had moved it, until its next call; put back and dialled, each
+        failed dial cost it an attempt and brought the next round forward."""
+        server = route.primary
+        connection = self._pool.get(server)
+        if connection is not None and connection.state is ConnectionState.DRAINING:
+            return
+        checks = self._rechecks.setdefault(server, {})
+        checks[(session.session_id, route.name)] = (backups, map_version)
+        if connection is None:
+            self._connect(server, now_us)
+        elif connection.state is ConnectionState.READY:
+            self._recheck_passed(server, now_us)
+
+    def _recheck_passed(self, server: NodeId, now_us: int) -> None:
+        """`server` answered a dial: the parts waiting on its check go ACTIVE there."""
+        for (session_id, part), (backups, map_version) in self._rechecks.pop(server, {}).items():
+            session = self._sessions.get(session_id)
+            route = None if session is None else session.parts.get(part)
+            if session is None or route is None:
+                continue
+            if route.state is RouteState.LOCATING and route.primary == server:
+                self._relocate(
+                    session,
+                    route,
+                    primary=server,
+                    backups=backups,
+                    map_version=max(map_version, route.map_version),
+                    now_us=now_us,
+                )
 
     def _overtake_resumption(
         self,
