@@ -197,9 +197,10 @@ def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
         assert h.client.route(session, part).primary == "s3"
 
 
-def idle_on_s1_placed_back(h: Harness) -> tuple[bytes, bytes]:
+def idle_on_s1_placed_back(h: Harness, *, s3_busy: bool = False) -> tuple[bytes, bytes]:
     """Two idle sessions on s1 (one answered a call, so the connection was up); s1 is lost and
-    the manager, not aware of a crash yet, answers that s1 still leads them."""
+    the manager, not aware of a crash yet, answers that s1 still leads them (with `s3_busy`, a
+    session with a call waiting on s3 has taken the place s1's connection left in the pool)."""
     idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x51] * 14))
     answered = h.open(
         placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x52] * 14), welcome_manager=False
@@ -221,6 +222,16 @@ def idle_on_s1_placed_back(h: Harness) -> tuple[bytes, bytes]:
     h.outbox.clear()
     h.lose("s1", "peer-crashed")
     [first] = h.take(MapRequest, MANAGER)
+    if s3_busy:
+        busy = h.open(
+            placement("auth", "s3"),
+            session_id=bytes([0x01, 0x8F] + [0x53] * 14),
+            welcome_manager=False,
+        )
+        h.client.call(busy, "auth", "a", b"", now_us=h.now_us)
+        h.drain()
+        h.welcome("s3")
+        h.outbox.clear()
     h.feed(
         MANAGER,
         MapUpdate(
@@ -280,6 +291,45 @@ def test_idle_parts_placed_back_on_a_live_server_go_active_at_its_welcome() -> N
         assert (route.state, route.primary, route.map_version) == (RouteState.ACTIVE, "s1", 6)
     h.advance(ms=60_000)
     assert h.take(MapRequest) == []
+
+
+def test_a_blip_the_check_resolves_leaves_the_next_loss_a_fresh_first_round() -> None:
+    """The check's WELCOME places the last locating part: the rounds start afresh, so the next
+    loss's first round presents the sessions with calls waiting first, as any first round."""
+    h = Harness(hello_credentials_max=2, retry_jitter_ratio=0.0)
+    blip, _ = idle_on_s1_placed_back(h)
+    assert len(h.take(Hello, "s1")) == 1
+    first, _, waiting = (
+        h.open(
+            placement("auth", "s2"),
+            session_id=bytes([0x01, 0x8F] + [byte] * 14),
+            welcome_manager=False,
+        )
+        for byte in (0x62, 0x63, 0x64)
+    )
+    h.welcome("s1", map_version=6)
+    assert h.client.route(blip, "auth").state is RouteState.ACTIVE
+    h.advance(ms=3_600_000)
+    h.client.call(waiting, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s2")
+    h.outbox.clear()
+    h.lose("s2", "peer-crashed")
+    [request] = h.take(MapRequest, MANAGER)
+    assert [c.session_id for c in request.credentials] == [waiting, first]
+
+
+def test_a_check_the_full_pool_cannot_dial_is_not_kept() -> None:
+    """With no room in the pool to dial the lost server, nothing is recorded for a check: the
+    part goes on being located, and a session closed meanwhile leaves nothing behind."""
+    h = Harness(connections_max=2)
+    gone, other = idle_on_s1_placed_back(h, s3_busy=True)
+    assert h.take(Hello, "s1") == []
+    assert h.client.route(gone, "auth").state is RouteState.LOCATING
+    h.client.close_session(gone, now_us=h.now_us)
+    h.client.close_session(other, now_us=h.now_us)
+    h.advance(ms=600_000)
+    assert h.client._rechecks == {}
 
 
 def test_unanswered_map_request_is_retried_with_backoff() -> None:

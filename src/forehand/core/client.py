@@ -1687,11 +1687,14 @@ class ClientCore:
         connection = self._pool.get(server)
         if connection is not None and connection.state is ConnectionState.DRAINING:
             return
+        if connection is None:
+            connection = self._connect(server, now_us)
+            if connection is None:
+                # The pool is full: the part waits for the next answer, a dial then.
+                return
         checks = self._rechecks.setdefault(server, {})
         checks[(session.session_id, route.name)] = (backups, map_version)
-        if connection is None:
-            self._connect(server, now_us)
-        elif connection.state is ConnectionState.READY:
+        if connection.state is ConnectionState.READY:
             self._recheck_passed(server, now_us)
 
     def _recheck_passed(self, server: NodeId, now_us: int) -> None:
@@ -1710,6 +1713,10 @@ class ClientCore:
                     map_version=max(map_version, route.map_version),
                     now_us=now_us,
                 )
+        if not self._locating:
+            # As when an answer places the last locating part: the next loss starts afresh
+            # (its first round presents the sessions with calls waiting first).
+            self._map_rounds = 0
 
     def _overtake_resumption(
         self,
