@@ -7,9 +7,25 @@ from dataclasses import replace
 from typing import TypeVar
 
 from forehand.core._client_config import ClientConfig
+from forehand.core._client_map import (
+    CLIENT_PLACEMENTS_ENCODING,
+    SessionPlacement,
+    encode_client_placements,
+)
 from forehand.core._driver import ConnectionLost, NodeId, Outbound
 from forehand.core.client import ClientCore
-from forehand.wire import Credential, Endpoint, MapRequest, Placement, SessionOpened, Welcome
+from forehand.wire import (
+    Credential,
+    Endpoint,
+    MapRequest,
+    MapUpdate,
+    Placement,
+    Request,
+    Response,
+    ResponseStatus,
+    SessionOpened,
+    Welcome,
+)
 
 T = TypeVar("T")
 
@@ -145,3 +161,38 @@ class Harness:
         )
         self.outbox.clear()
         return session_id
+
+
+def respond(
+    h: Harness,
+    server: str,
+    request: Request,
+    *,
+    status: ResponseStatus = ResponseStatus.OK,
+    payload: bytes = b"ok",
+    map_version: int = 5,
+) -> None:
+    """`server` answers `request` (OK by default)."""
+    h.feed(
+        server,
+        Response(
+            request_id=request.request_id,
+            session_id=request.session_id,
+            status=status,
+            map_version=map_version,
+            payload=payload,
+        ),
+    )
+
+
+def answer(
+    *entries: tuple[bytes, Placement], map_version: int = 7, base_version: int = 0
+) -> MapUpdate:
+    """The manager's MAP_UPDATE listing `entries` (none: "nothing newer" than `base_version`)."""
+    body = tuple(SessionPlacement(session_id=s, placement=p) for s, p in entries)
+    return MapUpdate(
+        map_version=map_version,
+        base_version=base_version,
+        encoding=CLIENT_PLACEMENTS_ENCODING,
+        body=encode_client_placements(body),
+    )

@@ -50,7 +50,6 @@ from forehand.wire import (
     ReasonCode,
     Redirect,
     Request,
-    Response,
     ResponseStatus,
     Resume,
     ResumeOk,
@@ -68,6 +67,7 @@ if TYPE_CHECKING:
         endpoint,
         map_request,
         placement,
+        respond,
     )
 else:
     from _client_helpers import (
@@ -78,27 +78,7 @@ else:
         endpoint,
         map_request,
         placement,
-    )
-
-
-def respond(
-    h: Harness,
-    server: str,
-    request: Request,
-    *,
-    status: ResponseStatus = ResponseStatus.OK,
-    payload: bytes = b"ok",
-    map_version: int = 5,
-) -> None:
-    h.feed(
-        server,
-        Response(
-            request_id=request.request_id,
-            session_id=request.session_id,
-            status=status,
-            map_version=map_version,
-            payload=payload,
-        ),
+        respond,
     )
 
 

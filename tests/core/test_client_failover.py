@@ -47,14 +47,31 @@ from forehand.wire import (
     Pong,
     ReasonCode,
     Request,
-    Response,
-    ResponseStatus,
 )
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, Harness, map_request, placement
+    from tests.core._client_helpers import (
+        MANAGER,
+        Harness,
+        answer,
+        map_request,
+        placement,
+        respond,
+    )
 else:
-    from _client_helpers import MANAGER, Harness, map_request, placement
+    from _client_helpers import (
+        MANAGER,
+        Harness,
+        answer,
+        map_request,
+        placement,
+        respond,
+    )
+
+
+def sid(byte: int) -> bytes:
+    """A session id: a UUIDv7's first bytes, then `byte` repeated."""
+    return bytes([0x01, 0x8F] + [byte] * 14)
 
 
 def map_update(
@@ -105,16 +122,7 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
         ("auth", "s2", 7, 2_000)
     ]
     for request in resent:
-        h.feed(
-            "s2",
-            Response(
-                request_id=request.request_id,
-                session_id=session,
-                status=ResponseStatus.OK,
-                map_version=7,
-                payload=b"",
-            ),
-        )
+        respond(h, "s2", request, payload=b"", map_version=7)
     received = h.of(ResponseReceived)
     assert [(r.request_id, r.attempts, r.server) for r in received] == [
         (ids[0], 2, "s2"),
@@ -157,16 +165,10 @@ def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
     presents each of them (those with calls waiting first), not only the first one lost, so a
     failover is learned for all in one round."""
     h = Harness()
-    idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x41] * 14))
-    elsewhere = h.open(
-        placement("auth", "s2"), session_id=bytes([0x01, 0x8F] + [0x42] * 14), welcome_manager=False
-    )
-    waiting = h.open(
-        placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x43] * 14), welcome_manager=False
-    )
-    also_idle = h.open(
-        placement("cart", "s1"), session_id=bytes([0x01, 0x8F] + [0x44] * 14), welcome_manager=False
-    )
+    idle = h.open(placement("auth", "s1"), session_id=sid(0x41))
+    elsewhere = h.open(placement("auth", "s2"), session_id=sid(0x42), welcome_manager=False)
+    waiting = h.open(placement("auth", "s1"), session_id=sid(0x43), welcome_manager=False)
+    also_idle = h.open(placement("cart", "s1"), session_id=sid(0x44), welcome_manager=False)
     h.client.call(waiting, "auth", "a", b"", now_us=h.now_us)
     h.drain()
     h.welcome("s1")
@@ -178,17 +180,10 @@ def test_one_round_presents_every_session_a_lost_connection_strands() -> None:
     assert elsewhere not in [c.session_id for c in request.credentials]
     h.feed(
         MANAGER,
-        MapUpdate(
-            map_version=7,
-            base_version=0,
-            encoding=CLIENT_PLACEMENTS_ENCODING,
-            body=encode_client_placements(
-                (
-                    SessionPlacement(session_id=idle, placement=placement("auth", "s3")),
-                    SessionPlacement(session_id=waiting, placement=placement("auth", "s3")),
-                    SessionPlacement(session_id=also_idle, placement=placement("cart", "s3")),
-                )
-            ),
+        answer(
+            (idle, placement("auth", "s3")),
+            (waiting, placement("auth", "s3")),
+            (also_idle, placement("cart", "s3")),
         ),
     )
     # One answer placed all three: nothing is left to ask about.
@@ -201,46 +196,27 @@ def idle_on_s1_placed_back(h: Harness, *, s3_busy: bool = False) -> tuple[bytes,
     """Two idle sessions on s1 (one answered a call, so the connection was up); s1 is lost and
     the manager, not aware of a crash yet, answers that s1 still leads them (with `s3_busy`, a
     session with a call waiting on s3 has taken the place s1's connection left in the pool)."""
-    idle = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x51] * 14))
-    answered = h.open(
-        placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x52] * 14), welcome_manager=False
-    )
+    idle = h.open(placement("auth", "s1"), session_id=sid(0x51))
+    answered = h.open(placement("auth", "s1"), session_id=sid(0x52), welcome_manager=False)
     h.client.call(answered, "auth", "a", b"", now_us=h.now_us)
     h.drain()
     h.welcome("s1")
     [request] = h.take(Request, "s1")
-    h.feed(
-        "s1",
-        Response(
-            request_id=request.request_id,
-            session_id=answered,
-            status=ResponseStatus.OK,
-            map_version=5,
-            payload=b"",
-        ),
-    )
+    respond(h, "s1", request)
     h.outbox.clear()
     h.lose("s1", "peer-crashed")
     [first] = h.take(MapRequest, MANAGER)
     if s3_busy:
         busy = h.open(
             placement("auth", "s3"),
-            session_id=bytes([0x01, 0x8F] + [0x53] * 14),
+            session_id=sid(0x53),
             welcome_manager=False,
         )
         h.client.call(busy, "auth", "a", b"", now_us=h.now_us)
         h.drain()
         h.welcome("s3")
         h.outbox.clear()
-    h.feed(
-        MANAGER,
-        MapUpdate(
-            map_version=6,
-            base_version=first.map_version,
-            encoding=CLIENT_PLACEMENTS_ENCODING,
-            body=encode_client_placements(()),
-        ),
-    )
+    h.feed(MANAGER, answer(map_version=6, base_version=first.map_version))
     return idle, answered
 
 
@@ -260,20 +236,7 @@ def test_idle_parts_placed_back_on_a_dead_server_are_still_located() -> None:
     h.advance(ms=h.client._config.retry_backoff_ms * 2)
     [second] = h.take(MapRequest, MANAGER)
     assert sorted(c.session_id for c in second.credentials) == sorted([idle, answered])
-    h.feed(
-        MANAGER,
-        MapUpdate(
-            map_version=7,
-            base_version=0,
-            encoding=CLIENT_PLACEMENTS_ENCODING,
-            body=encode_client_placements(
-                tuple(
-                    SessionPlacement(session_id=session, placement=placement("auth", "s2"))
-                    for session in (idle, answered)
-                )
-            ),
-        ),
-    )
+    h.feed(MANAGER, answer(*((session, placement("auth", "s2")) for session in (idle, answered))))
     for session in (idle, answered):
         route = h.client.route(session, "auth")
         assert (route.state, route.primary) == (RouteState.ACTIVE, "s2")
@@ -302,7 +265,7 @@ def test_a_blip_the_check_resolves_leaves_the_next_loss_a_fresh_first_round() ->
     first, _, waiting = (
         h.open(
             placement("auth", "s2"),
-            session_id=bytes([0x01, 0x8F] + [byte] * 14),
+            session_id=sid(byte),
             welcome_manager=False,
         )
         for byte in (0x62, 0x63, 0x64)
@@ -715,13 +678,9 @@ def test_map_update_that_does_not_decode_closes_the_connection(encoding: int, bo
 def test_hello_to_the_manager_presents_every_sessions_credential() -> None:
     """A new manager connection presents all credentials, sessions being located first, bounded."""
     h = Harness(hello_credentials_max=2)
-    first = h.open(placement("auth", "s1"), session_id=bytes([0x01, 0x8F] + [0x31] * 14))
-    second = h.open(
-        placement("auth", "s2"), session_id=bytes([0x01, 0x8F] + [0x32] * 14), welcome_manager=False
-    )
-    third = h.open(
-        placement("auth", "s3"), session_id=bytes([0x01, 0x8F] + [0x33] * 14), welcome_manager=False
-    )
+    first = h.open(placement("auth", "s1"), session_id=sid(0x31))
+    second = h.open(placement("auth", "s2"), session_id=sid(0x32), welcome_manager=False)
+    third = h.open(placement("auth", "s3"), session_id=sid(0x33), welcome_manager=False)
     h.client.call(third, "auth", "a", b"", now_us=h.now_us)
     h.drain()
     h.welcome("s3")

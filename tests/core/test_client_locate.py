@@ -20,10 +20,7 @@ from forehand.core._client_events import (
     SessionEstablished,
 )
 from forehand.core._client_map import (
-    CLIENT_PLACEMENTS_ENCODING,
-    SessionPlacement,
     decode_client_placements,
-    encode_client_placements,
 )
 from forehand.core._client_session import RouteState
 from forehand.core._manager_events import CredentialRefused, FailoverCompleted
@@ -34,17 +31,16 @@ from forehand.wire import (
     Hello,
     MapRequest,
     MapUpdate,
-    Placement,
     Response,
     ResponseStatus,
 )
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import Harness, placement
+    from tests.core._client_helpers import Harness, answer, placement
     from tests.core._manager_helpers import ManagerHarness
     from tests.core._server_helpers import wire_servers
 else:
-    from _client_helpers import Harness, placement
+    from _client_helpers import Harness, answer, placement
     from _manager_helpers import ManagerHarness
     from _server_helpers import wire_servers
 
@@ -184,17 +180,6 @@ def sessions_on_s1(h: Harness, count: int) -> list[bytes]:
     h.welcome("s1")
     h.outbox.clear()
     return sessions
-
-
-def answer(*entries: tuple[bytes, Placement], base_version: int = 0) -> MapUpdate:
-    """The manager's MAP_UPDATE listing `entries` (map version 7)."""
-    body = tuple(SessionPlacement(session_id=s, placement=p) for s, p in entries)
-    return MapUpdate(
-        map_version=7,
-        base_version=base_version,
-        encoding=CLIENT_PLACEMENTS_ENCODING,
-        body=encode_client_placements(body),
-    )
 
 
 def presented(request: MapRequest) -> list[bytes]:

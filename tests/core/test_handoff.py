@@ -164,6 +164,19 @@ def move_seen_by_the_target_first(
     return published, in_flight
 
 
+def hand_off_once_the_source_learns(cluster: Cluster, published: MapPublished, *, ms: int) -> None:
+    """The source (and s3) adopt the move the target saw first, the manager assigns the handoff,
+    and within `ms` it completes with all four writes on the target."""
+    for server in ("s1", "s3"):
+        cluster.router.send(MANAGER, server, published)
+    cluster.assign_handoff([COUNTER], source="s1", target="s2")
+    cluster.router.advance(ms=ms)
+    assert cluster.take(MANAGER, HandoffAborted) == []
+    assert [m.server_id for m in cluster.take(MANAGER, HandoffCompleted)] == ["s2"]
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.data, target.applied_seq) == (4, 4)
+
+
 def test_a_target_that_learns_of_the_move_first_does_not_fence_its_source() -> None:
     """The target adopts the move before the source, then gets a shipment the source sent before
     it learned of it: ignored, not refused with the move's version (which fenced the source, so
@@ -172,15 +185,8 @@ def test_a_target_that_learns_of_the_move_first_does_not_fence_its_source() -> N
     published, _ = move_seen_by_the_target_first(cluster)
     source = cluster.server("s1").part(COUNTER)
     assert source is not None and not source.fenced
-    for server in ("s1", "s3"):
-        cluster.router.send(MANAGER, server, published)
-    cluster.assign_handoff([COUNTER], source="s1", target="s2")
-    cluster.router.advance(ms=100)
-    assert cluster.take(MANAGER, HandoffAborted) == []
-    assert [m.server_id for m in cluster.take(MANAGER, HandoffCompleted)] == ["s2"]
+    hand_off_once_the_source_learns(cluster, published, ms=100)
     assert (state(cluster, "s1"), state(cluster, "s2")) == (PartState.BACKUP, PartState.PRIMARY)
-    target = cluster.server("s2").part(COUNTER)
-    assert target is not None and (target.data, target.applied_seq) == (4, 4)
     ignored = [e.name for e in cluster.events("s2", RarePathTaken)]
     assert "shipment-before-the-seal-ignored" in ignored
 
@@ -192,14 +198,7 @@ def test_a_seal_behind_a_full_window_of_ignored_batches_goes_at_once() -> None:
     so the handoff completes in round trips, not after the batch's resend time."""
     cluster = Cluster(replication_inflight_batches_max=1)
     published, _ = move_seen_by_the_target_first(cluster, held_ms=20)
-    for server in ("s1", "s3"):
-        cluster.router.send(MANAGER, server, published)
-    cluster.assign_handoff([COUNTER], source="s1", target="s2")
-    cluster.router.advance(ms=50)
-    assert cluster.take(MANAGER, HandoffAborted) == []
-    assert [m.server_id for m in cluster.take(MANAGER, HandoffCompleted)] == ["s2"]
-    target = cluster.server("s2").part(COUNTER)
-    assert target is not None and (target.data, target.applied_seq) == (4, 4)
+    hand_off_once_the_source_learns(cluster, published, ms=50)
 
 
 def test_a_target_that_skipped_versions_fences_the_source_it_cannot_vouch_for() -> None:
