@@ -295,6 +295,31 @@ def test_a_check_the_full_pool_cannot_dial_is_not_kept() -> None:
     assert h.client._rechecks == {}
 
 
+def test_an_idle_part_placed_elsewhere_is_located_again_at_its_next_loss() -> None:
+    """A relocation that placed the part on another server is over, call or no call: the next
+    loss locates the idle part again with its attempts started over, instead of giving it up
+    at once for the attempts of the losses before."""
+    h = Harness(retry_attempts_max=1)
+    idle = h.open(placement("auth", "s1"), session_id=sid(0x81))
+    busy = h.open(placement("auth", "s2"), session_id=sid(0x82), welcome_manager=False)
+    h.client._connect("s1", h.now_us)
+    h.client.call(busy, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s2")
+    [request] = h.take(Request, "s2")
+    respond(h, "s2", request)
+    h.outbox.clear()
+    h.lose("s1", "peer-crashed")
+    [first] = h.take(MapRequest, MANAGER)
+    assert [c.session_id for c in first.credentials] == [idle]
+    h.feed(MANAGER, answer((idle, placement("auth", "s2"))))
+    assert h.client.route(idle, "auth").primary == "s2"
+    h.lose("s2", "peer-crashed")
+    [second] = h.take(MapRequest, MANAGER)
+    assert sorted(c.session_id for c in second.credentials) == sorted([idle, busy])
+
+
 def test_unanswered_map_request_is_retried_with_backoff() -> None:
     """Without an answer, MAP_REQUEST is re-sent after map_request_timeout_ms, or after the
     backoff counted from when it went, whichever is later."""

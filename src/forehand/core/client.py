@@ -1712,6 +1712,7 @@ class ClientCore:
                     backups=backups,
                     map_version=max(map_version, route.map_version),
                     now_us=now_us,
+                    confirmed=True,
                 )
         if not self._locating:
             # As when an answer places the last locating part: the next loss starts afresh
@@ -1750,13 +1751,20 @@ class ClientCore:
         backups: tuple[NodeId, ...],
         map_version: int,
         now_us: int,
+        confirmed: bool = False,
     ) -> bool:
         """A located part goes ACTIVE on `primary` and its held requests go out, in call order;
-        False when it stays LOCATING."""
+        False when it stays LOCATING. Placed on another server than the one it was lost from,
+        or on that one once it welcomed the client (`confirmed`), the relocation is over: its
+        attempts start over, as an answered call's do. An idle part (no call to answer) kept
+        them otherwise, one or more per loss, and after a few crashes over its life the next
+        loss gave it up at once, unlocated until its next call."""
         connection = self._pool.get(primary)
         if connection is not None and connection.state is ConnectionState.DRAINING:
             # Still on a server that said GOAWAY: the move has not been published yet.
             return False
+        if confirmed or primary != route.primary:
+            route.locate_attempts = 0
         route.adopt(primary=primary, backups=backups, map_version=map_version)
         route.fire(RouteTrigger.PLACEMENT_RECEIVED)
         self._locating.pop((session.session_id, route.name), None)
