@@ -47,6 +47,9 @@ from forehand.wire import (
     Pong,
     ReasonCode,
     Request,
+    Resume,
+    ResumeReject,
+    ResumeRejectReason,
 )
 
 if TYPE_CHECKING:
@@ -318,6 +321,43 @@ def test_an_idle_part_placed_elsewhere_is_located_again_at_its_next_loss() -> No
     h.lose("s2", "peer-crashed")
     [second] = h.take(MapRequest, MANAGER)
     assert sorted(c.session_id for c in second.credentials) == sorted([idle, busy])
+
+
+def test_a_refused_bind_backs_off_though_an_idle_part_is_put_back() -> None:
+    """A session whose RESUME its server refuses each time, while the manager still places both
+    its parts there: the idle part goes back at once on the READY connection, which has not bound
+    the session, so its attempts do not start over, and the rounds back off as the busy part's
+    attempts grow (they went out at once, each round, when that counted as a confirmation)."""
+    h = Harness(retry_jitter_ratio=0.0)
+    first = h.open(placement("auth", "s1"))
+    h.client.call(first, "auth", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    [warm] = h.take(Request, "s1")
+    respond(h, "s1", warm)
+    h.outbox.clear()
+    other = sid(0x22)
+    h.client.resume_session(
+        other,
+        b"cred-2",
+        (placement("auth", "s1"), placement("cart", "s1")),
+        map_version=5,
+        now_us=h.now_us,
+    )
+    h.client.call(other, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    waits_ms = []
+    for cycle in range(6):
+        assert len(h.take(Resume, "s1")) == 1, cycle
+        h.feed("s1", ResumeReject(session_id=other, reason=ResumeRejectReason.TOKEN_EXPIRED))
+        start_us = h.now_us
+        while not h.take(MapRequest, MANAGER):
+            h.advance(ms=1)
+        waits_ms.append((h.now_us - start_us) // 1000)
+        placements = ((other, placement("auth", "s1")), (other, placement("cart", "s1")))
+        h.feed(MANAGER, answer(*placements, map_version=6 + cycle))
+        assert h.client.route(other, "cart").state is RouteState.ACTIVE
+    assert waits_ms[0] == 0 and waits_ms[-1] > 0
 
 
 def test_unanswered_map_request_is_retried_with_backoff() -> None:

@@ -1712,7 +1712,9 @@ class ClientCore:
                     backups=backups,
                     map_version=max(map_version, route.map_version),
                     now_us=now_us,
-                    confirmed=True,
+                    # Only a session the server has bound: a READY connection another session
+                    # opened says nothing of this one (its RESUME may be refused each time).
+                    confirmed=session_id in self._bound.get(server, ()),
                 )
         if not self._locating:
             # As when an answer places the last locating part: the next loss starts afresh
@@ -1755,7 +1757,7 @@ class ClientCore:
     ) -> bool:
         """A located part goes ACTIVE on `primary` and its held requests go out, in call order;
         False when it stays LOCATING. Placed on another server than the one it was lost from,
-        or on that one once it welcomed the client (`confirmed`), the relocation is over: its
+        or on that one once it bound the session (`confirmed`), the relocation is over: its
         attempts start over, as an answered call's do. An idle part (no call to answer) kept
         them otherwise, one or more per loss, and after a few crashes over its life the next
         loss gave it up at once, unlocated until its next call."""
