@@ -279,7 +279,9 @@ class ClientCore:
         self._map_retry_us: int | None = None
         self._rechecks: dict[NodeId, dict[tuple[bytes, str], tuple[tuple[NodeId, ...], int]]] = {}
         """By server: the idle parts an answer placed back on the server they were lost from,
-        waiting for a dial to check it (`_recheck`), with the answer's replicas and version."""
+        waiting for a dial to check it (`_recheck`), with the answer's replicas and version. At
+        most one entry per part the client holds (so bounded by `sessions_max`), and only while
+        a connection to that server is opening: its WELCOME or its loss drops them."""
         self._map_held = False
         """While an input is handled: a MAP_REQUEST round that falls due waits for its end, so
         one round presents every session that input stranded (a lost connection strands all
@@ -353,7 +355,9 @@ class ClientCore:
             self._reject_peer(source, ErrorCode.from_wire(error.error_code), str(error), now_us)
         finally:
             self._map_held = False
-        self._send_due_map_request(now_us)
+        if self._map_retry_us is not None:
+            # Only while parts are being located: most inputs are answers to calls.
+            self._send_due_map_request(now_us)
 
     def handle_timer(self, *, now_us: int) -> None:
         """Fail expired requests, retry, time out resumes, re-ask the manager, ping servers."""
