@@ -222,12 +222,25 @@ def drain(
         task = bar.add_task(f"draining {server}", total=None)
         while True:
             total = progress_now["parts_total"] or None
-            bar.update(task, completed=progress_now["parts_moved"], total=total)
+            waiting = progress_now.get("parts_waiting", 0)
+            description = f"draining {server}"
+            if waiting and not progress_now["finished"]:
+                description += f" ({waiting} waiting for another server to take them)"
+            bar.update(
+                task, completed=progress_now["parts_moved"], total=total, description=description
+            )
             if progress_now["finished"]:
                 break
             if time.monotonic() > deadline:
+                why = ""
+                if waiting:
+                    why = (
+                        f": {waiting} role(s) wait for another ACTIVE server to take them"
+                        " (start one, or undrain one)"
+                    )
                 typer.echo(
-                    f"forehand: {server} still draining after {wait_timeout_s:.0f} s", err=True
+                    f"forehand: {server} still draining after {wait_timeout_s:.0f} s{why}",
+                    err=True,
                 )
                 raise typer.Exit(FAILURE_EXIT)
             time.sleep(DRAIN_POLL_INTERVAL_S)

@@ -11,13 +11,15 @@ from forehand.core._manager_events import (
     MapCommitted,
 )
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
-from forehand.placement import PartKey, ServerState
+from forehand.placement import PartKey, Placement, ServerState
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from tests.core._manager_helpers import complete_handoffs as play_handoffs
 else:
     from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from _manager_helpers import complete_handoffs as play_handoffs
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay", "game", "news", "maps", "docs")
@@ -143,3 +145,67 @@ def test_a_drained_server_dying_finishes_its_drain_through_failover() -> None:
         key = PartKey(session_id=ref.session_id, part=ref.part)
         if key in harness.map:
             assert harness.placement(ref).primary != "s2"
+
+
+def test_a_drain_keeps_each_part_s_last_replica_while_no_other_server_can_take_it() -> None:
+    """Two servers, one replica each part: draining s1 moves its primaries to s2 but leaves s1
+    the replica of every part (dropping it would leave `replicated` parts unable to acknowledge
+    a write while s1 is still up); the drain waits, saying how many roles wait, and once a third
+    server joins they move to it and the drain finishes."""
+    harness = ManagerHarness(replica_count=1)
+    harness.join("s1", "s2")
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    refs = opened_refs(opened)
+    assert harness.manager.drain("s1", now_us=harness.router.now_us)
+    play_handoffs(harness, ("s1", "s2"), 30)
+    for ref in refs:
+        assert harness.placement(ref) == Placement(primary="s2", replicas=("s1",))
+    last = harness.events(DrainProgressed)[-1]
+    assert not last.finished
+    assert last.parts_waiting == held(harness, "s1") == len(refs)
+    harness.join("s3")
+    play_handoffs(harness, ("s1", "s2", "s3"), 30)
+    for ref in refs:
+        assert harness.placement(ref) == Placement(primary="s2", replicas=("s3",))
+    last = harness.events(DrainProgressed)[-1]
+    assert last.finished and last.parts_waiting == 0
+
+
+def test_a_drain_of_the_last_active_server_says_every_role_waits() -> None:
+    """With the other server drained too, nothing can move: every role of s2 waits."""
+    harness = ManagerHarness(replica_count=1)
+    harness.join("s1", "s2")
+    harness.open_session(PARTS)
+    assert harness.manager.drain("s1", now_us=harness.router.now_us)
+    play_handoffs(harness, ("s1", "s2"), 30)
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+    play_handoffs(harness, ("s1", "s2"), 10)
+    progress = [e for e in harness.events(DrainProgressed) if e.server_id == "s2"]
+    assert progress[-1].parts_waiting == held(harness, "s2") == len(PARTS)
+    assert not progress[-1].finished
+
+
+def test_an_undrain_tops_up_the_replicas_a_failover_during_a_drain_could_not_place() -> None:
+    """s3 drained and then s1 dead: the failover finds one live holder for each part and no
+    ACTIVE server to add, so the parts keep no replica; undraining s3 tops them up."""
+    harness = ManagerHarness()
+    harness.join("s1", "s2", "s3")
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    refs = opened_refs(opened)
+    assert harness.manager.drain("s3", now_us=harness.router.now_us)
+    play_handoffs(harness, ("s1", "s2", "s3"), 30)
+    assert held(harness, "s3") == 0
+    alive = ("s2", "s3")
+    harness.tick(700, alive=alive)
+    for server_id in alive:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(300, alive=alive)
+    for ref in refs:
+        assert harness.placement(ref) == Placement(primary="s2", replicas=())
+    assert harness.manager.undrain("s3", now_us=harness.router.now_us)
+    harness.tick(600, alive=alive)
+    for ref in refs:
+        assert harness.placement(ref) == Placement(primary="s2", replicas=("s3",))

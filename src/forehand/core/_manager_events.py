@@ -383,6 +383,10 @@ class DrainProgressed:
     """Roles it held when the drain started (plus any that arrived since)."""
     finished: bool
     """True once the server holds nothing."""
+    parts_waiting: int = 0
+    """Roles that stay for want of another server: primaries when no other server is ACTIVE
+    and alive, and replica roles that are their part's last replica with no other server to
+    take them. They move once a server joins or is undrained."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -209,6 +209,13 @@ class _Drain:
     parts_total: int = 0
     parts_moved: int = 0
     replica_change_queued: bool = False
+    replicas_waiting: int = 0
+    """Replica roles the last replica move left in place: each is its part's last replica and no
+    other eligible server can take it."""
+    primaries_waiting: int = 0
+    """Primaries no handoff can take: no other server is eligible (the last drain tick saw)."""
+    waiting_reported: int = 0
+    """`parts_waiting` of the last `DrainProgressed`."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -515,6 +522,9 @@ class ManagerCore:
         reload between its submission and its commit gave the drain back to an owner."""
         self._undrains_pending.discard(server_id)
         self._forget_drains_of(server_id)
+        # A drain that ran while no other server could take replica roles left parts short; the
+        # server takes roles again, so it is a candidate to top them up, as a joining one is.
+        self._queue_replica_repair()
 
     def handoff(
         self,
@@ -1340,6 +1350,7 @@ class ManagerCore:
         map reload before the commit gave the mark back to it."""
         self._undrains_pending.discard(server_id)
         self._risk_drained.discard(server_id)
+        self._queue_replica_repair()
 
     def _risk_undrain_dropped(self, server_id: str) -> None:
         """The undrain could not apply: a risk mark the map still shows stays the policy's."""
@@ -1609,6 +1620,11 @@ class ManagerCore:
             replicas = fill_replicas(
                 key, primary=handoff.target, keep=keep, eligible=eligible or (), count=count
             )
+            if not replicas and count:
+                # No other server can be the part's replica: the drained source stays its
+                # replica (until a server joins or is undrained), or a `replicated` part could
+                # acknowledge no write while the source is still up.
+                replicas = (handoff.source,)
             operations.append(override(key, Placement(primary=handoff.target, replicas=replicas)))
             previous[ref] = placement
         if not operations:
@@ -2036,11 +2052,17 @@ class ManagerCore:
         if self._drain_due_us is not None and now_us < self._drain_due_us:
             return
         self._drain_due_us = now_us + DRAIN_TICK_MS * 1000
+        eligible = self._eligible(current)
         for server_id in sorted(self._drains):
             drain = self._drains[server_id]
             if not drain.marked or self._map_state(server_id) is not ServerState.DRAINING:
                 continue
             held = current.parts_for(server_id)
+            stuck = not any(s != server_id for s in eligible)
+            waiting = len(held.primary) if stuck else 0
+            if waiting != drain.primaries_waiting:
+                drain.primaries_waiting = waiting
+                self._drain_progress((server_id,))
             for key in held.primary:
                 ref = ref_of(key)
                 if not self._orchestrator.is_moving(ref) and self._is_live(server_id):
@@ -2060,9 +2082,11 @@ class ManagerCore:
     def _replica_change(self, drain: _Drain) -> Change:
         def committed(built: Built, now_us: int) -> None:
             drain.replica_change_queued = False
+            self._drain_progress((drain.server_id,))
 
         def dropped(cause: str, now_us: int) -> None:
             drain.replica_change_queued = False
+            self._drain_progress((drain.server_id,))
 
         return Change(
             kind=MapChange.REPLICAS_MOVED,
@@ -2074,26 +2098,42 @@ class ManagerCore:
     def _build_replica_moves(self, current: ShardMap, server_id: str) -> Built | None:
         if self._map_state(server_id) is not ServerState.DRAINING:
             return None
-        held = current.parts_for(server_id).replica[: self._config.replica_moves_per_commit_max]
         eligible = [s for s in self._eligible(current) if s != server_id]
         count = current.config.replica_count
+        batch = self._config.replica_moves_per_commit_max
         operations = []
-        for key in held:
+        moved: list[PartKey] = []
+        waiting = 0
+        for key in current.parts_for(server_id).replica:
             placement = current.lookup(key)
             keep = [s for s in placement.replicas if s != server_id]
+            if not keep and all(s in placement.servers for s in eligible):
+                # The part's last replica, and no other server can take it: dropping it would
+                # leave a `replicated` part unable to acknowledge a write while this server is
+                # still up. It stays until a server joins or is undrained.
+                waiting += 1
+                continue
+            if len(operations) >= batch:
+                if len(eligible) > 1:
+                    break  # every part has an eligible server besides its primary: none waits
+                continue
             replicas = fill_replicas(
                 key, primary=placement.primary, keep=keep, eligible=eligible, count=count
             )
             operations.append(
                 override(key, Placement(primary=placement.primary, replicas=replicas))
             )
+            moved.append(key)
+        drain = self._drains.get(server_id)
+        if drain is not None:
+            drain.replicas_waiting = waiting
         if not operations:
             return None
         stable = stabilize(current, operations, intended=lambda k: False)
         return Built(
             delta=stable.delta,
             new_map=stable.new_map,
-            parts=tuple(ref_of(key) for key in held),
+            parts=tuple(ref_of(key) for key in moved),
             servers=(server_id,),
         )
 
@@ -2112,15 +2152,18 @@ class ManagerCore:
                 remaining = len(held.primary) + len(held.replica)
             moved = max(drain.parts_moved, drain.parts_total - remaining)
             total = max(drain.parts_total, moved + remaining)
-            if (moved, total) == (drain.parts_moved, drain.parts_total) and remaining:
+            waiting = min(remaining, drain.primaries_waiting + drain.replicas_waiting)
+            before = (drain.parts_moved, drain.parts_total, drain.waiting_reported)
+            if (moved, total, waiting) == before and remaining:
                 continue
-            drain.parts_moved, drain.parts_total = moved, total
+            drain.parts_moved, drain.parts_total, drain.waiting_reported = moved, total, waiting
             self._emit(
                 DrainProgressed(
                     server_id=server_id,
                     parts_moved=moved,
                     parts_total=total,
                     finished=remaining == 0,
+                    parts_waiting=waiting,
                 )
             )
             if remaining == 0:

@@ -18,7 +18,8 @@ Endpoints (JSON unless noted):
     GET  /metrics                         Prometheus text format
     GET  /api/status                      map version and servers (load, risk, parts)
     GET  /api/servers                     the same servers, each with its sparkline history
-    GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished
+    GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished,
+                                          parts_waiting (roles no other server can take yet)
     POST /api/servers/{id}/drain          start draining (token)
     POST /api/servers/{id}/undrain        make it ACTIVE again (token)
     GET  /api/map?limit=N                 version, servers, overrides

@@ -107,6 +107,8 @@ class DrainProgress:
     """Roles to move."""
     finished: bool
     """True once the server holds nothing."""
+    parts_waiting: int = 0
+    """Roles that stay for want of another server to take them (`DrainProgressed`)."""
 
 
 class OpsHub:
@@ -261,6 +263,7 @@ class OpsHub:
                 parts_moved=event.parts_moved,
                 parts_total=event.parts_total,
                 finished=event.finished,
+                parts_waiting=event.parts_waiting,
             )
             self._remember_drain(progress)
             self.broadcast({"type": "drain", "data": asdict(progress)})

@@ -186,6 +186,12 @@ class ManagerMetrics:
         self.drain_total = Gauge(
             "forehand_drain_parts", "Roles a drain has to move away.", ["server"], registry=r
         )
+        self.drain_waiting = Gauge(
+            "forehand_drain_parts_waiting",
+            "Roles a drain leaves in place until another server can take them.",
+            ["server"],
+            registry=r,
+        )
         self.held_answered = Counter(
             "forehand_map_requests_held_answered",
             "Held MAP_REQUESTs answered, by what answered them.",
@@ -258,6 +264,7 @@ class ManagerMetrics:
     def _drain_progressed(self, event: Any) -> None:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
+        self.drain_waiting.labels(event.server_id).set(event.parts_waiting)
 
     def _peer_refused(self, event: Any) -> None:
         self.protocol_violations.labels(_code_label(event.error_code)).inc()

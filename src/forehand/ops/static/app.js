@@ -81,6 +81,9 @@ function drainBar(drain) {
   label.textContent = drain.finished
     ? `drained: ${drain.parts_moved} of ${drain.parts_total} moved`
     : `draining: ${drain.parts_moved} of ${drain.parts_total} moved`;
+  if (!drain.finished && drain.parts_waiting > 0) {
+    label.textContent += `, ${drain.parts_waiting} waiting for another server`;
+  }
   box.append(bar, label);
   return box;
 }
