@@ -3,14 +3,17 @@
 It starts a session manager and `--servers` servers of the given app as separate processes on
 127.0.0.1 (the demo's `DemoCluster`, without its CPU burner), with the admin API and dashboard
 on and an admin token, prints how to connect a client and how to operate the cluster, reports a
-process that exits on its own, and stops every process it started, by pid, on Ctrl-C or SIGTERM.
+process that exits on its own, and stops every process it started, by pid, on Ctrl-C, SIGTERM or
+SIGHUP (its terminal closed).
 
 State lives in one directory (`--dir`, by default `.forehand` in the current directory): the
 cluster CA, the token key file and the admin token are kept between runs, so a client keeps
 trusting the same `certs/ca.pem`; node certificates are issued afresh and the shard map starts
 empty on every run (servers keep parts in memory, so a map left by an earlier run would name
 parts no server holds). Each process logs to `<name>.log` there, and while the cluster is up
-`up.json` says where everything is (for scripts; removed when it stops).
+`up.json` says where everything is (for scripts; removed when it stops). A run that finds an
+`up.json` whose processes still run (its `forehand up` was killed with SIGKILL, say) refuses to
+start rather than delete the store under a running manager.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from forehand.core import Durability
 from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster, NodeProcess
 from forehand.errors import ConfigError
+from forehand.runtime.config import LOG_LEVELS
 
 __all__ = ["SERVERS_MAX", "UpOptions", "run_up"]
 
@@ -47,6 +52,8 @@ POLL_INTERVAL_S = 0.2
 """How often the processes are checked."""
 STORE_FILES = ("manager.sqlite", "manager.sqlite-wal", "manager.sqlite-shm")
 """The manager's store, removed before every run."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""What stops the cluster: Ctrl-C, a plain `kill`, and the terminal closing."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +90,8 @@ class UpOptions:
             raise ConfigError(f"--transport must be one of {TRANSPORTS}, got {self.transport!r}")
         if self.directory.exists() and not self.directory.is_dir():
             raise ConfigError(f"--dir {self.directory} exists and is not a directory")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
 
     @property
     def server_ids(self) -> tuple[str, ...]:
@@ -96,11 +105,58 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
     died). ConfigError for an app that cannot be loaded, before any process starts."""
     from forehand.runtime.process import load_app
 
-    load_app(options.app, options.app_dir)
+    app = load_app(options.app, options.app_dir)
     directory = options.directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     with _lock(directory / LOCK_FILE):
+        _refuse_running_leftovers(directory)
+        replicated = [
+            name
+            for name, spec in app.part_specs().items()
+            if spec.durability is Durability.REPLICATED
+        ]
+        if options.servers == 1 and replicated:
+            print(
+                f"forehand up: warning: with one server the replicated part(s) "
+                f"{', '.join(replicated)} have no replica to acknowledge a write, so their "
+                "writes time out; use --servers 2 or more",
+                file=out,
+                flush=True,
+            )
         return _run_locked(options, directory, out)
+
+
+def _refuse_running_leftovers(directory: Path) -> None:
+    """ConfigError if `up.json` names processes that still run: an earlier `forehand up` that
+    could not stop them (SIGKILL) left them serving from this directory's store."""
+    try:
+        state = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+        pids = {str(name): int(pid) for name, pid in state["pids"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    running = sorted(f"{name} (pid {pid})" for name, pid in pids.items() if _is_forehand(pid))
+    if running:
+        raise ConfigError(
+            f"processes of an earlier forehand up in --dir {directory} still run: "
+            f"{', '.join(running)}; stop them (kill PID) or pick another --dir"
+        )
+
+
+def _is_forehand(pid: int) -> bool:
+    """Whether `pid` runs and, where /proc says, runs forehand (a reused pid is not ours)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"forehand" in command
 
 
 @contextlib.contextmanager
@@ -150,7 +206,7 @@ def _admin_token(path: Path) -> Path:
 async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for number in (signal.SIGINT, signal.SIGTERM):
+    for number in STOP_SIGNALS:
         loop.add_signal_handler(number, stop.set)
     state_path = cluster.directory / STATE_FILE
     try:
@@ -174,7 +230,7 @@ async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
         print(_banner(cluster, options, state), file=out, flush=True)
         return await _supervise(cluster, stop, out)
     finally:
-        for number in (signal.SIGINT, signal.SIGTERM):
+        for number in STOP_SIGNALS:
             loop.remove_signal_handler(number)
         cluster.stop()
         state_path.unlink(missing_ok=True)

@@ -68,9 +68,9 @@ def _wait_up(process: subprocess.Popen[str], directory: Path) -> dict[str, Any]:
     return state
 
 
-def _stop(process: subprocess.Popen[str]) -> str:
-    """Ctrl-C, then its output; it must exit 0."""
-    process.send_signal(signal.SIGINT)
+def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -> str:
+    """Ctrl-C (or `how`), then its output; it must exit 0."""
+    process.send_signal(how)
     output, _ = process.communicate(timeout=STOP_TIMEOUT_S)
     assert process.returncode == 0, output
     return output
@@ -90,7 +90,8 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     URL and token, a second `forehand up` in the same directory is refused, a SIGKILLed server
     is reported while the rest keep running, and Ctrl-C
     stops every process it started and removes up.json; a second run in the same directory
-    keeps the CA and the admin token."""
+    keeps the CA and the admin token, warns that one server leaves replicated parts without a
+    replica, and its terminal closing (SIGHUP) stops every process too."""
     directory = tmp_path / "state"
     process = _start(directory, "--servers", "2")
     try:
@@ -155,12 +156,14 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
         assert Path(second["ca"]).read_bytes() == ca
         assert Path(second["admin_token_file"]).read_text(encoding="utf-8").strip() == token
         assert set(second["servers"]) == {"s1"}
-        _stop(again)
+        output = _stop(again, signal.SIGHUP)
     finally:
         if again.poll() is None:
             again.kill()
             again.wait()
     assert not [name for name, pid in second["pids"].items() if _alive(pid)]
+    assert "warning: with one server the replicated part(s) cart have no replica" in output
+    assert not (directory / "up.json").exists()
 
 
 @pytest.mark.parametrize(
@@ -171,6 +174,7 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
         (("--app", "examples.cart.app:app", "--servers", "0"), "--servers must be 1 to 32"),
         (("--app", "examples.cart.app:app", "--transport", "http"), "--transport must be one of"),
         (("--app", "examples.cart.app:app", "--port", "70000"), "--port must be 0 to 65535"),
+        (("--app", "examples.cart.app:app", "--log-level", "loud"), "--log-level must be one of"),
     ],
 )
 def test_up_refuses_bad_options_before_starting_anything(
@@ -209,3 +213,34 @@ def test_up_on_a_busy_port_says_so_once_and_leaves_nothing(tmp_path: Path) -> No
     assert "address already in use" in output
     assert not (directory / "s1.log").exists()
     assert not (directory / "up.json").exists()
+
+
+def test_up_refuses_to_start_over_processes_an_earlier_run_left_running(tmp_path: Path) -> None:
+    """An up.json whose processes still run (their `forehand up` was SIGKILLed): exit status 2
+    naming them, and the store under them is not deleted."""
+    directory = tmp_path / "state"
+    directory.mkdir()
+    store = directory / "manager.sqlite"
+    store.write_bytes(b"a running manager's store")
+    left = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "forehand-manager"],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        state = {"pids": {"manager": left.pid, "s1": 2**22 + 7}}
+        (directory / "up.json").write_text(json.dumps(state), encoding="utf-8")
+        command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
+        finished = subprocess.run(
+            [*command, "--dir", str(directory)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        left.kill()
+        left.wait()
+    assert finished.returncode == 2, finished
+    assert f"still run: manager (pid {left.pid});" in finished.stderr, finished.stderr
+    assert "s1" not in finished.stderr
+    assert store.read_bytes() == b"a running manager's store"

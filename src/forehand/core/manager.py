@@ -136,6 +136,7 @@ from forehand.placement import (
     PartsRemoved,
     Placement,
     PlacementConfig,
+    PlacementOverridden,
     ServerDrained,
     ServerEntry,
     ServerLeft,
@@ -2101,7 +2102,7 @@ class ManagerCore:
         eligible = [s for s in self._eligible(current) if s != server_id]
         count = current.config.replica_count
         batch = self._config.replica_moves_per_commit_max
-        operations = []
+        operations: list[PlacementOverridden] = []
         moved: list[PartKey] = []
         waiting = 0
         for key in current.parts_for(server_id).replica:
