@@ -121,16 +121,19 @@ def test_open_session_and_call(cluster: Cluster) -> None:
 
 
 def test_resume_session_after_client_restart(cluster: Cluster) -> None:
-    """A new client process takes a session back from its snapshot, with the state it had."""
+    """A new client process takes a session back from its snapshot, with the state it had;
+    closed right before that client closes, the session is gone from the shard map (the
+    client had no manager connection yet: its CLOSE_SESSION waited for one, and was lost
+    when the client closed)."""
 
-    async def scenario() -> bytes:
+    async def scenario() -> tuple[bytes, bytes]:
         async with cluster.connect() as client:
             session = await client.open_session(parts=PARTS)
             await session.call("auth", "login", "bob")
             await session.call("cart", "add", Item(sku="tea", quantity=3))
-            return session.snapshot()
+            return session.snapshot(), session.id
 
-    saved = run_async(scenario())
+    saved, session_id = run_async(scenario())
 
     async def resumed() -> None:
         async with cluster.connect() as client:
@@ -138,8 +141,18 @@ def test_resume_session_after_client_restart(cluster: Cluster) -> None:
             assert await session.call("auth", "whoami") == "bob"
             assert await session.call("cart", "add", Item(sku="tea")) == 4
             assert await session.call("cart", "list") == {"tea": 4}
+            await session.close()
 
     run_async(resumed())
+
+    async def forgotten() -> bool:
+        # A target no cluster has: for a session the map still holds, the reply names the
+        # target and nothing moves; once the map forgot the session, it names the session.
+        reply = await cluster.admin(MoveSession(session_id=session_id, target="no-such-server"))
+        assert not reply.ok
+        return f"no session {session_id.hex()}" in reply.detail
+
+    run_async(eventually(forgotten, what="the closed session gone from the shard map"))
 
 
 def test_planned_handoff_under_load(cluster: Cluster) -> None:

@@ -457,6 +457,15 @@ class ClientCore:
         """RTT statistics per server measured with PING/PONG (bounded samples)."""
         return self._pool.paths()
 
+    def closes_unsent(self) -> int:
+        """CLOSE_SESSIONs still queued behind a connection that is opening (a closed session
+        whose manager or server connection was not up yet): the SDK's `Client.close` waits for
+        them to go, or a session closed just before the client would stay open there."""
+        return sum(
+            sum(1 for frame in connection.queue if isinstance(frame, CloseSession))
+            for connection in self._pool
+        )
+
     def session_snapshot(self, session_id: bytes) -> SessionSnapshot:
         """What to persist so `resume_session` can pick the session up after a restart."""
         session = self._session(session_id)

@@ -72,6 +72,8 @@ HANDOFF_EVENTS_BUFFERED_MAX = 1024
 """Handoff events a session keeps for `handoffs()` iterators that lag; the oldest go first."""
 SNAPSHOT_FORMAT_VERSION = 1
 """The first field of `Session.snapshot()` bytes."""
+CLOSE_POLL_S = 0.01
+"""How often `Client.close` looks whether the CLOSE_SESSIONs it waits for went out."""
 _encoder = msgspec.msgpack.Encoder()
 
 
@@ -354,6 +356,7 @@ class Client:
         self._sessions: dict[bytes, Session] = {}
         self._started = False
         self._closed = False
+        self._close_timeout_s = driver_config.close_timeout_ms / 1000
 
     @property
     def client_id(self) -> bytes:
@@ -373,10 +376,18 @@ class Client:
             self._path_sampling = asyncio.get_running_loop().create_task(self._path_sampler.run())
 
     async def close(self) -> None:
-        """Close every connection; sessions stay open on the servers (resume them later)."""
+        """Close every connection; sessions stay open on the servers (resume them later).
+
+        A session closed just before (`Session.close`) whose connection to the manager or a
+        server was still opening is told there first: up to the driver's `close_timeout_ms`
+        for that connection to open and take its CLOSE_SESSION."""
         if self._closed:
             return
         self._closed = True
+        if self._started:
+            deadline_s = asyncio.get_running_loop().time() + self._close_timeout_s
+            while self._core.closes_unsent() and asyncio.get_running_loop().time() < deadline_s:
+                await asyncio.sleep(CLOSE_POLL_S)
         for session in self._sessions.values():
             session._mark_closed()
         for future in self._pending.values():
