@@ -492,6 +492,21 @@ def test_open_session_is_resent_after_manager_connection_loss() -> None:
     assert [o.request_id for o in h.take(OpenSession, MANAGER)] == [request_id]
 
 
+def test_an_open_that_runs_out_of_retries_says_why_the_manager_connection_ended() -> None:
+    """The last loss's reason (a dial refused, a certificate not verified) is in the failure:
+    before, the caller saw "retries exhausted" and nothing else."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0, retry_attempts_max=2)
+    request_id = h.client.open_session(("a",), now_us=0)
+    for _ in range(4):
+        h.drain()
+        h.lose(MANAGER, reason="cannot connect to 127.0.0.1:7000: certificate verify failed")
+        h.advance(ms=40)
+    failed = h.of(SessionOpenFailed)
+    assert [e.request_id for e in failed] == [request_id]
+    assert "retries exhausted" in failed[0].detail
+    assert "certificate verify failed" in failed[0].detail
+
+
 def test_duplicate_session_opened_releases_the_orphan() -> None:
     """A SESSION_OPENED for an unknown request (a retried open) is closed at the manager."""
     h = Harness()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 
 import forehand
-from forehand.core import client_events
+from forehand.core import ClientConfig, client_events
 from forehand.errors import ConfigError
 from forehand.runtime import make_cluster_certs
 from forehand.runtime.client import HANDOFF_EVENTS_BUFFERED_MAX, Session, _handoff_event
@@ -30,11 +31,15 @@ def event(number: int) -> forehand.HandoffEvent:
 
 
 def test_connect_checks_its_arguments(tmp_path: Path) -> None:
-    """connect refuses a missing CA, no endpoints, a bad endpoint or an unknown transport."""
-    ca = tmp_path / "ca.pem"
-    ca.write_text("not checked until a connection is made")
+    """connect refuses a missing CA, a CA file with no PEM certificate, no endpoints, a bad
+    endpoint or an unknown transport."""
+    ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
     with pytest.raises(ConfigError, match="does not exist"):
         forehand.connect("127.0.0.1:7000", ca=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="holds no PEM certificate"):
+        forehand.connect("127.0.0.1:7000", ca=not_pem)
     with pytest.raises(ConfigError, match="at least one"):
         forehand.connect([], ca=ca)
     with pytest.raises(ConfigError, match="host:port"):
@@ -123,5 +128,23 @@ def test_a_session_a_peer_closed_refuses_calls_naming_it(tmp_path: Path) -> None
         with pytest.raises(forehand.SessionClosedError, match="closed by s1"):
             await session.call("cart", "list")
         assert SESSION not in client._sessions and other.id in client._sessions
+
+    asyncio.run(scenario())
+
+
+def test_an_open_that_cannot_reach_the_manager_says_why(tmp_path: Path) -> None:
+    """No manager listening: SessionOpenError names the refused dial, not only a retry count."""
+    ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = ClientConfig(retry_attempts_max=2, retry_backoff_ms=10)
+
+    async def scenario() -> None:
+        async with forehand.connect(f"127.0.0.1:{port}", ca=ca, config=config) as client:
+            with pytest.raises(forehand.SessionOpenError) as failure:
+                await client.open_session(parts=["cart"])
+        assert "retries exhausted" in str(failure.value)
+        assert f"cannot connect to 127.0.0.1:{port}" in str(failure.value)
 
     asyncio.run(scenario())

@@ -993,7 +993,7 @@ class ClientCore:
         self._rechecks.pop(peer, None)
         self._emit(ConnectionClosed(node=self.node_id, server=peer, detail=detail))
         if peer == self._config.manager_node_id:
-            self._manager_lost(now_us)
+            self._manager_lost(detail, now_us)
             return
         for key, resumption in list(self._resumptions.items()):
             if key[1] == peer:
@@ -1209,13 +1209,16 @@ class ClientCore:
                 )
             )
 
-    def _manager_lost(self, now_us: int) -> None:
+    def _manager_lost(self, detail: str, now_us: int) -> None:
         for pending in list(self._opens.values()):
             if pending.attempts >= self._config.retry_attempts_max:
                 del self._opens[pending.request_id]
+                # The last connection's end says why (a refused dial, a certificate not
+                # verified, the manager's ERROR): without it the caller sees only the count.
+                failed = f"retries exhausted; the manager connection's last end: {detail}"
                 self._emit(
                     SessionOpenFailed(
-                        node=self.node_id, request_id=pending.request_id, detail="retries exhausted"
+                        node=self.node_id, request_id=pending.request_id, detail=failed
                     )
                 )
                 continue

@@ -31,6 +31,7 @@ import enum
 import logging
 import os
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -635,6 +636,10 @@ def connect(
     ca_path = Path(ca)
     if not ca_path.is_file():
         raise ConfigError(f"CA certificate {ca_path} does not exist")
+    try:
+        ssl.create_default_context(cafile=str(ca_path))
+    except (ssl.SSLError, ValueError) as error:
+        raise ConfigError(f"CA certificate {ca_path} holds no PEM certificate: {error}") from None
     client_config = (
         config
         if config is not None

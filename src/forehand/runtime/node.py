@@ -713,7 +713,7 @@ class NodeDriver:
             _log.info(
                 "cannot connect to %s at %s:%d: %s", peer.node_id, route.host, route.port, error
             )
-            self._dial_failed(peer, "refused")
+            self._dial_failed(peer, f"cannot connect to {route.host}:{route.port}: {error}")
             return
         peer.dial_task = None
         if self._closed:
