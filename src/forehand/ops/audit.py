@@ -27,6 +27,8 @@ from forehand.wire import ReasonCode
 
 __all__ = [
     "AUDIT_KINDS",
+    "AUDIT_OUTCOMES",
+    "AUDIT_REASONS",
     "AUDIT_RECORDS_MAX",
     "AuditLog",
     "AuditRecord",
@@ -36,6 +38,20 @@ __all__ = [
 
 AUDIT_KINDS = ("handoff", "failover", "move", "drain")
 """Kinds of audit records: `move` is a queued move the manager gave up on before starting it."""
+AUDIT_OUTCOMES = (
+    "completed",
+    *(outcome.value for outcome in manager_events.HandoffOutcome),
+    "dropped",
+    "parts_lost",
+)
+"""Outcomes of audit records: a handoff's (completed, failed_over, cancelled), a dropped move's,
+a failover's (completed, parts_lost), a drain's (completed)."""
+AUDIT_REASONS = (
+    *(code.name.lower() for code in ReasonCode),
+    *(cause.value for cause in manager_events.DeathCause),
+)
+"""Reasons of audit records: a move's reason code, or a failover's death causes (a failover of
+several servers joins theirs with commas)."""
 AUDIT_RECORDS_MAX = 10_000
 """Records kept in memory by default; older ones remain only in the JSONL file."""
 RISK_DECISIONS_MAX = 4_096

@@ -59,6 +59,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from forehand.errors import ConfigError
+from forehand.ops.audit import AUDIT_KINDS, AUDIT_OUTCOMES, AUDIT_REASONS
 from forehand.ops.hub import OpsError, OpsHub, parse_session
 
 __all__ = [
@@ -254,6 +255,17 @@ class _AdminRoutes:
 
     async def history(self, request: Request) -> Response:
         params = request.query_params
+        for name, known in (("kind", AUDIT_KINDS), ("outcome", AUDIT_OUTCOMES)):
+            value = params.get(name)
+            if value is not None and value not in known:
+                raise OpsError(400, f"bad_{name}", f"{name} must be one of {list(known)}")
+        reason = params.get("reason")
+        if reason is not None and not set(reason.split(",")) <= set(AUDIT_REASONS):
+            raise OpsError(
+                400,
+                "bad_reason",
+                f"reason must be one of {list(AUDIT_REASONS)} (or several, joined by commas)",
+            )
         records = self.hub.audit.query(
             kind=params.get("kind"),
             server=params.get("server"),

@@ -382,7 +382,10 @@ class OpsHub:
         }
 
     def sessions(self, *, server: str | None, limit: int) -> list[dict[str, Any]]:
-        """Sessions with their parts' placements (those with a part on `server`, if given)."""
+        """Sessions with their parts' placements (those with a part on `server`, if given: 404
+        for a server the cluster does not know)."""
+        if server is not None:
+            self._require_server(server)
         grouped: dict[bytes, list[PartKey]] = {}
         for key in self._keys():
             grouped.setdefault(key.session_id, []).append(key)
