@@ -133,6 +133,24 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
     ]
 
 
+def test_a_part_put_back_on_the_server_it_was_lost_from_is_not_reported_relocated() -> None:
+    """A manager not yet aware of a crash names the lost server again: the waiting part dials
+    it, and the application hears of no relocation until the part is placed elsewhere (the
+    SDK showed a relocation to the dead server, then the real one)."""
+    h = Harness()
+    session, _ = session_with_pending(h)
+    h.lose("s1", "peer-crashed")
+    h.take(MapRequest, MANAGER)
+    h.feed(MANAGER, map_update(session, placement("auth", "s1", "s2"), placement("cart", "s3")))
+    assert h.client.route(session, "auth").primary == "s1"
+    assert len(h.take(Hello, "s1")) == 1
+    assert h.of(PartRelocated) == []
+    h.lose("s1", "refused")
+    h.take(MapRequest, MANAGER)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s3")))
+    assert [(e.part, e.server) for e in h.of(PartRelocated)] == [("auth", "s2")]
+
+
 def test_a_deferred_call_whose_server_is_lost_first_is_held_then_resent() -> None:
     """A call waiting for send_deferred when its part's connection is lost is not sent to the
     lost server: it is held with the part's other requests and goes to the new primary, in call

@@ -1781,21 +1781,26 @@ class ClientCore:
         if connection is not None and connection.state is ConnectionState.DRAINING:
             # Still on a server that said GOAWAY: the move has not been published yet.
             return False
-        if confirmed or primary != route.primary:
+        moved = primary != route.primary
+        if confirmed or moved:
             route.locate_attempts = 0
         route.adopt(primary=primary, backups=backups, map_version=map_version)
         route.fire(RouteTrigger.PLACEMENT_RECEIVED)
         self._locating.pop((session.session_id, route.name), None)
-        self._emit(
-            PartRelocated(
-                node=self.node_id,
-                session_id=session.session_id,
-                part=route.name,
-                server=primary,
-                map_version=map_version,
-                duration_us=now_us - route.lost_us,
+        if moved or confirmed:
+            # Put back, unconfirmed, on the server it was lost from (a manager not yet aware of
+            # a crash names it still) is no relocation: the application would be told of a
+            # move to a server that may be dead, before the real one.
+            self._emit(
+                PartRelocated(
+                    node=self.node_id,
+                    session_id=session.session_id,
+                    part=route.name,
+                    server=primary,
+                    map_version=map_version,
+                    duration_us=now_us - route.lost_us,
+                )
             )
-        )
         self._flush(session, route, now_us, moved=True)
         return True
 
