@@ -5,8 +5,8 @@
 
     @app.handler("cart", "add")
     def add(cart: Cart, item: Item) -> tuple[Cart, int]:
-        cart.items.append(item)
-        return cart, len(cart.items)
+        cart.items[item.sku] = cart.items.get(item.sku, 0) + item.quantity
+        return cart, sum(cart.items.values())
 
 **The handler contract.** A handler takes `(state, payload)` and returns `(new_state, result)`.
 It may build a new state or change the one it was given and return it. The payload is the

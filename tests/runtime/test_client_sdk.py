@@ -148,3 +148,18 @@ def test_an_open_that_cannot_reach_the_manager_says_why(tmp_path: Path) -> None:
         assert f"cannot connect to 127.0.0.1:{port}" in str(failure.value)
 
     asyncio.run(scenario())
+
+
+def test_a_call_after_its_client_closed_says_the_client_is_closed(tmp_path: Path) -> None:
+    """Not "the session is closed": the session is still open on the cluster (resume it)."""
+    ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
+
+    async def scenario() -> None:
+        client = forehand.connect("127.0.0.1:7000", ca=ca)
+        session = Session(client, SESSION, ("cart",))
+        client._sessions[SESSION] = session
+        await client.close()
+        with pytest.raises(forehand.SessionClosedError, match="the client is closed"):
+            await session.call("cart", "list")
+
+    asyncio.run(scenario())

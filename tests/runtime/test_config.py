@@ -76,7 +76,8 @@ def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path
         ('certs_dir = "{certs}"\ntransport = "carrier-pigeon"\n', "transport"),
         ('certs_dir = "{certs}"\nlisten = "localhost"\n', "host:port"),
         ('listen = "127.0.0.1:7000"\n', "certs_dir is required"),
-        ('certs_dir = "/nonexistent"\n', "no ca.pem"),
+        ('certs_dir = "/nonexistent"\n', "/nonexistent does not exist"),
+        ('certs_dir = "{empty}"\n', "holds no ca.pem"),
         ("certs_dir = \n", "not valid TOML"),
     ],
 )
@@ -84,7 +85,9 @@ def test_invalid_manager_config_names_the_problem(
     certs_dir: Path, tmp_path: Path, text: str, message: str
 ) -> None:
     """Every invalid manager configuration raises ConfigError saying what is wrong."""
-    config_file = write(tmp_path / "manager.toml", text.replace("{certs}", str(certs_dir)))
+    (tmp_path / "empty").mkdir()
+    text = text.replace("{certs}", str(certs_dir)).replace("{empty}", str(tmp_path / "empty"))
+    config_file = write(tmp_path / "manager.toml", text)
     with pytest.raises(ConfigError, match=message):
         load_manager_config(config_file)
 
@@ -170,7 +173,7 @@ def test_cli_exits_2_on_invalid_config(tmp_path: Path) -> None:
     )
     assert completed.returncode == 2
     assert completed.stderr.strip().startswith("forehand manager:")
-    assert "no ca.pem" in completed.stderr
+    assert "/nonexistent does not exist" in completed.stderr
 
 
 def test_cli_help_documents_every_option_with_its_unit() -> None:

@@ -390,7 +390,7 @@ class Client:
             while self._core.closes_unsent() and asyncio.get_running_loop().time() < deadline_s:
                 await asyncio.sleep(CLOSE_POLL_S)
         for session in self._sessions.values():
-            session._mark_closed()
+            session._mark_closed("the client is closed")
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(SessionClosedError("the client closed"))

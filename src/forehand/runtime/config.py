@@ -106,6 +106,10 @@ def _check_common(config: Any, where: str) -> None:
             f"{where}log_format must be one of {LOG_FORMATS}, got {config.log_format!r}"
         )
     parse_address(config.listen, where=f"{where}listen")
+    if not config.certs_dir.is_dir():
+        raise ConfigError(
+            f"{where}certs_dir {config.certs_dir} does not exist (make it with forehand certs)"
+        )
     if not (config.certs_dir / "ca.pem").is_file():
         raise ConfigError(f"{where}certs_dir {config.certs_dir} holds no ca.pem")
     _check_parent(config.ready_file, f"{where}ready_file")
