@@ -111,21 +111,32 @@ def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:
     for column in ("CPU", "req/s", "p99 ms", "lag ms", "risk", "primary", "replica", "sessions"):
         table.add_column(column, justify="right")
     for server in answer["servers"]:
-        table.add_row(
-            server["server_id"],
-            server["member_state"],
-            server["map_state"] or "-",
-            server["address"],
-            f"{server['cpu_utilization'] * 100:.0f}%",
-            f"{server['requests_per_second']:.0f}",
-            f"{server['latency_us_p99'] / 1000:.1f}",
-            f"{server['loop_lag_us_p99'] / 1000:.1f}",
-            f"{server['risk']:.2f}",
-            str(server["primary_parts"]),
-            str(server["replica_parts"]),
-            str(server["sessions"]),
-        )
+        table.add_row(*status_row(server))
     _console().print(table)
+
+
+def status_row(server: dict[str, Any]) -> list[str]:
+    """One server's row of `forehand status`. A dead server's load and risk are its last
+    report's, not what it does now: shown as "-"."""
+    live = [
+        f"{server['cpu_utilization'] * 100:.0f}%",
+        f"{server['requests_per_second']:.0f}",
+        f"{server['latency_us_p99'] / 1000:.1f}",
+        f"{server['loop_lag_us_p99'] / 1000:.1f}",
+        f"{server['risk']:.2f}",
+    ]
+    if "dead" in (server["member_state"], server["map_state"]):
+        live = ["-"] * len(live)
+    return [
+        server["server_id"],
+        server["member_state"],
+        server["map_state"] or "-",
+        server["address"],
+        *live,
+        str(server["primary_parts"]),
+        str(server["replica_parts"]),
+        str(server["sessions"]),
+    ]
 
 
 def sessions(

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import httpx
 from typer.testing import CliRunner
 
+from forehand._ops_commands import status_row
 from forehand.cli import app
 
 if TYPE_CHECKING:
@@ -117,3 +118,29 @@ def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
         api.close()
     assert code == 0, output
     run_async(cluster.wait_active(cluster.server_ids))
+
+
+def test_status_shows_no_load_for_a_dead_server() -> None:
+    """A dead server's CPU, rates and risk are its last report's: `status` shows them as "-"
+    (it showed a dead server still at 26% CPU and 1,360 requests a second)."""
+    server = {
+        "server_id": "s2",
+        "member_state": "alive",
+        "map_state": "active",
+        "address": "127.0.0.1:7102",
+        "cpu_utilization": 0.26,
+        "requests_per_second": 1360.0,
+        "latency_us_p99": 4_000,
+        "loop_lag_us_p99": 1_000,
+        "risk": 0.29,
+        "primary_parts": 3,
+        "replica_parts": 5,
+        "sessions": 4,
+    }
+    assert status_row(server)[4:9] == ["26%", "1360", "4.0", "1.0", "0.29"]
+    dead = {**server, "member_state": "dead", "map_state": "dead", "primary_parts": 0}
+    assert status_row(dead) == [
+        *("s2", "dead", "dead", "127.0.0.1:7102"),
+        *("-", "-", "-", "-", "-"),
+        *("0", "5", "4"),
+    ]
