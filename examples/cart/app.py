@@ -18,6 +18,9 @@ import forehand
 
 app = forehand.App("cart-example")
 
+QUANTITY_MAX = 1_000_000
+"""Most units of one product in a cart."""
+
 
 class Auth(msgspec.Struct):
     """Who is logged in to the session."""
@@ -78,8 +81,12 @@ def whoami(state: Auth, payload: None) -> tuple[Auth, str]:
 async def add(cart: Cart, item: Item) -> tuple[Cart, int]:
     """Add `item`; answers the number of units in the cart. (An `async def` handler works as
     long as it awaits nothing that suspends.)"""
-    if item.quantity < 1:
-        raise forehand.HandlerError("quantity must be positive", detail=item.quantity)
+    if not 1 <= item.quantity <= QUANTITY_MAX:
+        raise forehand.HandlerError(f"quantity must be 1 to {QUANTITY_MAX}", detail=item.quantity)
+    if cart.items.get(item.sku, 0) + item.quantity > QUANTITY_MAX:
+        # Checked before the state changes: a failed handler's changes are kept, and a count
+        # beyond 64 bits would leave a state msgpack cannot carry to a replica.
+        raise forehand.HandlerError(f"at most {QUANTITY_MAX} units of one product", detail=item.sku)
     cart.items[item.sku] = cart.items.get(item.sku, 0) + item.quantity
     return cart, sum(cart.items.values())
 

@@ -128,6 +128,8 @@ class _Part:
             value = operation.decoder.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: {error}")
+        except RecursionError:
+            return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: nested too deeply")
         try:
             outcome = operation.function(state, value)
             if operation.is_async:

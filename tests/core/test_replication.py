@@ -140,6 +140,32 @@ def test_replica_behind_retained_log_gets_snapshot() -> None:
     assert len(snapshot.dedup) == 10
 
 
+def test_a_state_that_does_not_encode_sends_no_snapshot_and_is_tried_again_later() -> None:
+    """A handler left an integer beyond 64 bits in the state: the snapshot a replica needs
+    cannot be encoded. Nothing is sent, the failure is recorded for the server to report, and
+    the snapshot is tried again at the resend time (backing off); once a write brings the
+    state back to what msgpack carries, it goes (before, the encoder's exception escaped)."""
+    part = primary_with(10, log_entries_max=6)
+    part.data = 2**64
+    shipper = replication(retry_us=1000)
+    shipper.set_replicas(["r1"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(0), source="r1")
+    assert shipper.ship(part, epoch=1, now_us=1) == []
+    failures = shipper.take_unencodable()
+    assert [node for node, _ in failures] == ["r1"]
+    assert "OverflowError" in failures[0][1]
+    assert shipper.take_unencodable() == []
+    assert shipper.ship(part, epoch=1, now_us=500) == []
+    assert shipper.ship(part, epoch=1, now_us=1001) == []
+    assert len(shipper.take_unencodable()) == 1
+    assert shipper.resend_due_us() == 1001 + 2000
+    part.data = 7
+    (_, snapshot), *_ = shipper.ship(part, epoch=1, now_us=3001)
+    assert isinstance(snapshot, SnapshotShipped)
+    assert shipper.take_unencodable() == []
+
+
 def test_diverged_history_gets_snapshot() -> None:
     """A probe answer whose entry epoch differs from the primary's triggers a snapshot."""
     part = primary_with(5)

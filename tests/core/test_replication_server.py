@@ -12,7 +12,11 @@ import pytest
 from forehand.core._driver import ConnectionOpened
 from forehand.core._part import HandlerResult, PartSpec
 from forehand.core._replication import Replication
-from forehand.core._server_events import ReplicaDivergenceDetected, SnapshotInstalled
+from forehand.core._server_events import (
+    ReplicaDivergenceDetected,
+    SnapshotInstalled,
+    StateNotEncodable,
+)
 from forehand.core.messages import LogAcknowledged, LogShipped, PartRef, SnapshotShipped
 from forehand.placement import ServerMarkedDead, new_session_id
 
@@ -413,3 +417,29 @@ def test_a_dead_peer_is_down_no_more_once_its_last_sealed_stream_ends(
     assert asked == []
     part = cluster.server("s3").part(ref("counter", kept))
     assert part is not None and part.applied_seq == 2
+
+
+def test_a_state_a_handler_left_unencodable_is_reported_and_breaks_no_link() -> None:
+    """A lagging replica needs a snapshot of a state that holds 2**64 (a handler's overflow):
+    the primary reports StateNotEncodable, keeps serving, and sends the snapshot once a write
+    brings the state back within 64 bits (before, the encoder's OverflowError escaped the core
+    at each acknowledgement and the runtime closed the link to the replica)."""
+    cluster = Cluster(log_entries_max=4)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=20)
+    cut = cluster.router.partition("s1", "s3")
+    write(cluster, 5)
+    cluster.request("s1", "counter", payload=str(2**64).encode())
+    cluster.responses()
+    cluster.router.advance(ms=20)
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    reported = cluster.events("s1", StateNotEncodable)
+    assert reported and (COUNTER, "s3") in {(e.ref, e.replica) for e in reported}
+    assert "OverflowError" in reported[0].detail
+    assert not cluster.router.sent(SnapshotShipped, source="s1")
+    cluster.request("s1", "counter", payload=str(-(2**64)).encode())
+    cluster.responses()
+    cluster.router.advance(ms=5_000)
+    assert cluster.router.sent(SnapshotShipped, source="s1")
+    assert replica_position(cluster, "s3") == (5, 7)

@@ -464,3 +464,30 @@ def test_remembered_placements_follow_the_map_and_stay_bounded(cluster: Cluster)
     for index in range(PLACEMENT_CACHE_ENTRIES_MAX + 10):
         core._placement(PartRef(session_id=index.to_bytes(16, "big"), part="counter"))
         assert len(core._placements) <= PLACEMENT_CACHE_ENTRIES_MAX
+
+
+def test_a_result_too_large_for_a_response_frame_answers_app_error() -> None:
+    """A handler's result longer than a RESPONSE frame carries: the client gets APP_ERROR
+    saying so at once (before, the runtime dropped the frame and the client waited for its
+    timeout); the write is executed, and its retry is answered the same way."""
+    from forehand.core._part import HandlerResult, PartSpec
+
+    def blob(state: object, op: str, payload: bytes) -> HandlerResult:
+        size = int(payload)
+        return HandlerResult(state=size, status=ResponseStatus.OK, result=b"x" * size)
+
+    cluster = Cluster(specs={"blob": PartSpec(handler=blob, initial_state=lambda: 0)})
+    cluster.place("blob", "s1", "s2")
+    limit = ServerConfig(server_id="s1").frame_bytes_max
+    request_id = cluster.request("s1", "blob", "make", str(limit).encode())
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.APP_ERROR
+    assert f"the result is {limit} bytes" in refused.payload.decode()
+    part = cluster.server("s1").part(ref("blob"))
+    assert part is not None and part.applied_seq == 1
+    cluster.request("s1", "blob", "make", str(limit).encode(), request_id=request_id)
+    (again,) = cluster.responses()
+    assert again.status is ResponseStatus.APP_ERROR
+    cluster.request("s1", "blob", "make", b"1000")
+    (fits,) = cluster.responses()
+    assert fits.status is ResponseStatus.OK and fits.payload == b"x" * 1000

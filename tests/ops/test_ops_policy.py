@@ -53,6 +53,8 @@ def test_an_update_changes_the_decisions() -> None:
         {"overload_parts_fraction": 3.0},
         {"overload_cooldown_ms": "soon"},
         {"overload_threshold": True},
+        {"overload_threshold": 10**400},
+        {"overload_cooldown_ms": 2**64},
     ],
 )
 def test_a_bad_update_changes_nothing(changes: dict[str, object]) -> None:

@@ -108,6 +108,10 @@ def test_payload_is_decoded_as_the_annotated_type() -> None:
     assert state == Counter()
     _, status, _ = run(make_app().part_specs()["plain"], {}, "put", [1, {"a": None}])
     assert status is ResponseStatus.OK
+    nested = b"\x91" * 100_000 + b"\xc0"
+    outcome = make_app().part_specs()["plain"].handler({}, "put", nested)
+    assert ResponseStatus(outcome.status) is ResponseStatus.BAD_REQUEST
+    assert "nested too deeply" in decode_error_body(outcome.result).error
 
 
 def test_failures_answer_statuses_not_exceptions(caplog: pytest.LogCaptureFixture) -> None:

@@ -104,8 +104,13 @@ def test_open_session_and_call(cluster: Cluster) -> None:
             assert await session.call("feature/video", "seek", 1500) == 1500
             with pytest.raises(forehand.AppError) as refused:
                 await session.call("cart", "add", Item(sku="pear", quantity=0))
-            assert refused.value.message == "quantity must be positive"
+            assert refused.value.message == "quantity must be 1 to 1000000"
             assert refused.value.detail == 0
+            await session.call("cart", "add", Item(sku="pear", quantity=999_999))
+            with pytest.raises(forehand.AppError) as beyond:
+                await session.call("cart", "add", Item(sku="pear", quantity=2))
+            assert beyond.value.message == "at most 1000000 units of one product"
+            assert await session.call("cart", "remove", "pear") == 5
             with pytest.raises(forehand.CallError) as unknown:
                 await session.call("cart", "refund")
             assert unknown.value.status is ResponseStatus.UNKNOWN_OP

@@ -43,6 +43,10 @@ __all__ = [
 ]
 
 
+class StateNotEncodableError(Exception):
+    """A part's state does not encode as msgpack (`Part.snapshot_state`)."""
+
+
 class Durability(enum.Enum):
     """When a part's primary answers a write."""
 
@@ -483,8 +487,14 @@ class Part:
         return ReplayOutcome(entry=entry, status=status, result=result)
 
     def snapshot_state(self) -> bytes:
-        """The application state, msgpack-encoded for a `SnapshotShipped`."""
-        return _state_encoder.encode(self.data)
+        """The application state, msgpack-encoded for a `SnapshotShipped`.
+
+        `StateNotEncodableError` when a handler left a value msgpack cannot carry (an integer
+        beyond 64 bits, say): the application's bug, which must not pass for this server's."""
+        try:
+            return _state_encoder.encode(self.data)
+        except Exception as error:
+            raise StateNotEncodableError(f"{type(error).__name__}: {error}") from error
 
     def install_snapshot(
         self, *, seq: int, seq_epoch: int, state: bytes, dedup: Iterable[LogEntry]

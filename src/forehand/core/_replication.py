@@ -17,7 +17,7 @@ from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 from forehand.core._driver import NodeId
-from forehand.core._part import Part, PartLog
+from forehand.core._part import Part, PartLog, StateNotEncodableError
 from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
 
 __all__ = ["RESEND_DOUBLINGS_MAX", "AckOutcome", "Replication", "ReplicaStream", "Shipment"]
@@ -106,6 +106,11 @@ class AckOutcome:
 class Replication:
     """Log shipping for one part on its primary (or handoff source)."""
 
+    unencodable: list[tuple[NodeId, str]] | None = None
+    """(replica, error) of each snapshot the part's state could not be encoded for since the
+    owner last took them (`take_unencodable`); a class default, so that the one instance per
+    part a server leads pays nothing for it until it happens."""
+
     def __init__(
         self,
         *,
@@ -118,6 +123,12 @@ class Replication:
         self._retry_us = retry_us
         self.streams: dict[NodeId, ReplicaStream] = {}
         """Streams by replica node id."""
+
+    def take_unencodable(self) -> list[tuple[NodeId, str]]:
+        """The snapshots that could not be encoded since the last call (see `unencodable`)."""
+        failures = self.unencodable or []
+        self.unencodable = None
+        return failures
 
     def set_replicas(self, nodes: Iterable[NodeId]) -> bool:
         """Ship to exactly `nodes` (plus a handoff target), keeping existing streams' progress;
@@ -372,7 +383,10 @@ class Replication:
         log = part.log
         while len(stream.inflight) < self._inflight_batches_max or self._seal_next(stream, log):
             if stream.needs_snapshot or stream.sent_seq < log.first_seq - 1:
-                out.append(self._snapshot(part, stream, epoch=epoch, now_us=now_us))
+                snapshot = self._snapshot(part, stream, epoch=epoch, now_us=now_us)
+                if snapshot is None:
+                    break
+                out.append(snapshot)
                 continue
             if stream.sent_seq >= log.last_seq:
                 if stream.seal_seq is not None and not stream.seal_sent:
@@ -410,16 +424,26 @@ class Replication:
 
     def _snapshot(
         self, part: Part, stream: ReplicaStream, *, epoch: int, now_us: int
-    ) -> SnapshotShipped:
+    ) -> SnapshotShipped | None:
+        """The snapshot the stream needs; None when the state does not encode (recorded in
+        `unencodable`): it counts as a snapshot sent and lost, so the resend times, backing
+        off, try again, and the stream sends nothing meanwhile."""
         seq = part.log.last_seq
         stream.needs_snapshot = False
         stream.sent_seq = seq
         stream.inflight.append((seq, now_us))
+        try:
+            state = part.snapshot_state()
+        except StateNotEncodableError as error:
+            if self.unencodable is None:
+                self.unencodable = []
+            self.unencodable.append((stream.node, str(error)))
+            return None
         return SnapshotShipped(
             ref=part.ref,
             epoch=epoch,
             seq=seq,
-            state=part.snapshot_state(),
+            state=state,
             dedup=part.dedup.entries(),
             seq_epoch=part.log.last_epoch,
         )

@@ -39,6 +39,7 @@ __all__ = [
     "ServerEvent",
     "SnapshotInstalled",
     "StaleEpochRefused",
+    "StateNotEncodable",
     "WriteAcknowledged",
 ]
 
@@ -385,3 +386,19 @@ class RarePathTaken(ServerEvent, frozen=True, kw_only=True):
     """This server."""
     name: str
     """A stable name, such as `forward-hops-exceeded` or `map-gap`."""
+
+
+class StateNotEncodable(ServerEvent, frozen=True, kw_only=True):
+    """A part's state could not be encoded for a snapshot its replica needs: a handler left a
+    value msgpack cannot carry (an integer beyond 64 bits, an object of no known type). The
+    replica gets nothing until the state encodes again; the snapshot is tried again at the
+    replication resend times, backing off."""
+
+    node: NodeId
+    """This server."""
+    ref: PartRef
+    """The part."""
+    replica: NodeId
+    """The server that needed the snapshot."""
+    detail: str
+    """The encoder's error."""

@@ -66,6 +66,7 @@ from forehand.core._server_events import (
     ServerEvent,
     SnapshotInstalled,
     StaleEpochRefused,
+    StateNotEncodable,
     WriteAcknowledged,
 )
 from forehand.core._server_load import PartLoadMeter
@@ -148,6 +149,10 @@ _NOT_BOUND = "session not bound to this connection: present its credential (HELL
 """The RESPONSE detail of a REQUEST for a session its connection has not proved."""
 _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
 """The RESUME_REJECT message when a connection's table of bound sessions is full."""
+
+RESPONSE_HEAD_BYTES_MAX = 64
+"""Most bytes a RESPONSE body holds besides its payload (request id, session id, status, map
+version, the payload's length): a payload longer than `frame_bytes_max` minus this is refused."""
 
 
 _PARTS_NAMED_MAX = 16
@@ -622,6 +627,18 @@ class ServerCore:
                     log_index=log_index,
                 ),
             )
+            return
+        if len(payload) > self._config.frame_bytes_max - RESPONSE_HEAD_BYTES_MAX:
+            # The handler's result cannot travel in one RESPONSE frame: the runtime would drop
+            # the frame and the client wait for its timeout. It gets APP_ERROR saying so (a
+            # write stays executed; its retry is answered the same way from the dedup table).
+            detail = (
+                f"{inbound.part}.{inbound.op or 'request'}: the result is {len(payload)} bytes, "
+                f"more than a RESPONSE frame carries (frame_bytes_max "
+                f"{self._config.frame_bytes_max}); return less, or page it"
+            )
+            self._rare("response-too-large")
+            self._refuse(inbound, ResponseStatus.APP_ERROR, detail)
             return
         self._send(
             inbound.client,
@@ -1164,6 +1181,8 @@ class ServerCore:
         down = self._down
         for node, message in shipper.ship(part, epoch=part.epoch, now_us=now_us, skip=down):
             self._send(node, message)
+        if shipper.unencodable:
+            self._report_unencodable(ref, shipper)
         last_seq = part.log.last_seq
         if shipper.idle(last_seq):
             self._resend_due.pop(ref, None)
@@ -1225,6 +1244,8 @@ class ServerCore:
                 ):
                     self._send(node, message)
                     sent = True
+                if shipper.unencodable:
+                    self._report_unencodable(ref, shipper)
                 if not sent:
                     # Nothing to send it after all (its stream settled meanwhile).
                     del down.waiting[ref]
@@ -1285,6 +1306,14 @@ class ServerCore:
                 due_now.append(ref)
         for ref in due_now:
             self._ship(ref, now_us)
+
+    def _report_unencodable(self, ref: PartRef, shipper: Replication) -> None:
+        """A handler left the part's state unencodable, so a replica that needs a snapshot gets
+        none (it is tried again at the resend times): the application's bug, reported, not this
+        server's failure (before, the encoder's exception closed the link to the replica, again
+        at each of its acknowledgements)."""
+        for node, detail in shipper.take_unencodable():
+            self._emit(StateNotEncodable(node=self._me, ref=ref, replica=node, detail=detail))
 
     def _start_shipping(self, part: Part, now_us: int) -> None:
         """Become the shipper of `part` towards the replicas the map names."""

@@ -60,6 +60,9 @@ class TunableRiskPolicy:
         if unknown:
             raise ConfigError(f"unknown policy setting(s) {unknown}; settable: {list(self.fields)}")
         current = self.settings()
+        for name, value in changes.items():
+            if type(value) is int and not -SETTING_INTEGER_MAX - 1 <= value <= SETTING_INTEGER_MAX:
+                raise ConfigError(f"policy setting {name} must fit in 64 bits, got {value}")
         changes = {
             name: float(value) if type(current[name]) is float and type(value) is int else value
             for name, value in changes.items()

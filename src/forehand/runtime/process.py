@@ -88,8 +88,10 @@ NOTABLE_EVENTS = frozenset(
         "MapLoaded",
         "MovesDropped",
         "ProtocolViolationDetected",
+        "PeerRefused",
         "ReplicaDivergenceDetected",
         "ResumeRejected",
+        "StateNotEncodable",
     }
 )
 """Core events logged at INFO; every other event is logged at DEBUG (a server's
