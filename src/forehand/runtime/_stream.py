@@ -69,11 +69,13 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._error_sent = False
 
-    def _decode_with(self, wire: WireConfig) -> None:
-        """Decode what the peer sends, and encode what it is sent, with `wire`; only before any
-        byte arrived (a listener shared by clients and cluster nodes picks by the peer's
-        certificate once the handshake is done)."""
+    def _decode_with(self, wire: WireConfig, *, sender: PeerRole | None = None) -> None:
+        """Decode what the peer sends, and encode what it is sent, with `wire`, the peer sending
+        as `sender` (when given); only before any byte arrived (a listener shared by clients and
+        cluster nodes picks by the peer's certificate once the handshake is done)."""
         assert not self._unfed
+        if sender is not None:
+            self._peer_role = sender
         self._wire = wire
         self._send_wire = send_wire(wire)
         self._decoder = FrameDecoder(config=wire, sender=self._peer_role)

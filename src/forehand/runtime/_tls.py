@@ -106,6 +106,10 @@ class TLSListener(Listener):
             # A peer with a cluster certificate (a node, an operator) is not a client: its
             # frames are bounded by the cluster's bounds, not the client-facing ones.
             connection._decode_with(self._certified_peer_wire)
+        elif self._certified_peer_wire is not None:
+            # No certificate: a client, held to what clients may send (a server's frame from it
+            # is FRAME_UNEXPECTED, as on QUIC, not a body that fails to decode).
+            connection._decode_with(connection._wire, sender=PeerRole.CLIENT)
         self._offer(connection)
 
     async def _stop_listening(self) -> None:
