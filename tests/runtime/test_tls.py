@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import TYPE_CHECKING
 
@@ -112,9 +113,11 @@ async def read_frames(reader: asyncio.StreamReader) -> list[Frame | ErrorCode]:
     ids=["malformed", "oversized", "unknown-type", "server-frame-from-client"],
 )
 def test_bad_bytes_get_error_and_close_only_that_connection(
-    certs: ClusterCertificates, data: bytes, code: ErrorCode
+    certs: ClusterCertificates, data: bytes, code: ErrorCode, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A raw TLS peer sending bad frames gets ERROR(code) and a close; others are still served."""
+    """A raw TLS peer sending bad frames gets ERROR(code) and a close, logged with its address
+    and the code; others are still served."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
 
     async def main() -> None:
         server = TLSTransport(node_credentials(certs, "s1"))
@@ -141,6 +144,8 @@ def test_bad_bytes_get_error_and_close_only_that_connection(
         info = await bad.wait_closed()
         assert info.error_code == code
         assert info.initiator is CloseInitiator.LOCAL
+        logged = [r.getMessage() for r in caplog.records if r.name == "forehand.runtime.transport"]
+        assert len(logged) == 1 and f"{HOST}:" in logged[0] and code.name in logged[0], logged
         await round_trip(good)
         good.close()
         await good.wait_closed()

@@ -61,6 +61,7 @@ from forehand.runtime.transport import (
     PathStats,
     Transport,
     TransportError,
+    log_violation,
     register_transport,
     send_wire,
 )
@@ -640,6 +641,7 @@ class QUICConnection(Connection):
     def _fail(self, error_code: int, reason: str) -> None:
         """The peer broke the protocol or a bound: CONNECTION_CLOSE with the code and reason."""
         if self._close_info is None:
+            log_violation(self, error_code, reason)
             self._shut(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
 
     def _shut(self, info: CloseInfo) -> None:

@@ -22,6 +22,7 @@ from forehand.runtime.transport import (
     ConnectionLimits,
     PathStats,
     error_frame,
+    log_violation,
     send_wire,
 )
 from forehand.wire import (
@@ -277,6 +278,8 @@ class StreamConnection(Connection, asyncio.Protocol):
 
     def _fail(self, error_code: int, reason: str) -> None:
         """The peer broke the protocol: tell it with ERROR and close this connection only."""
+        if self._close_info is None:
+            log_violation(self, error_code, reason)
         self.close(error_code, reason)
 
     def _peer_closed(self, error_code: int, reason: str) -> None:

@@ -21,6 +21,7 @@ import abc
 import asyncio
 import dataclasses
 import enum
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ __all__ = [
     "send_wire",
     "transport_names",
 ]
+
+_log = logging.getLogger("forehand.runtime.transport")
 
 
 class TransportError(Exception):
@@ -646,3 +649,14 @@ def create_transport(name: str, *, credentials: Credentials) -> Transport:
     if factory is None:
         raise ConfigError(f"unknown transport {name!r}; known: {', '.join(transport_names())}")
     return factory(credentials)
+
+
+def log_violation(connection: Connection, error_code: int, reason: str) -> None:
+    """One INFO line for a connection closed because its peer broke the protocol or a bound,
+    before any node saw the frame (a frame too large, a body that does not decode, a frame
+    type the peer may not send): otherwise only the peer would know why."""
+    peer = connection.peer_id or "a client"
+    address = connection.peer_address
+    where = f" at {address[0]}:{address[1]}" if address is not None else ""
+    code = ErrorCode.from_wire(error_code).name
+    _log.info("closing the connection of %s%s: %s: %s", peer, where, code, reason)
