@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from forehand.runtime import (
     QUICListener,
     QUICTransport,
     QUICTransportConfig,
+    TransportError,
     run,
 )
 from forehand.wire import (
@@ -505,3 +507,25 @@ def test_send_frames_queues_all_or_none(certs: ClusterCertificates) -> None:
         assert server.responses_dropped_count == 0
 
     run_test(main())
+
+
+def test_a_refused_dial_sends_nothing_through_its_closed_socket(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dial refused at once (a QUIC client pointed at a TCP-only port) closes its socket, and
+    the stack's retransmission timer stops with it: it went on sending through the closed
+    socket, and asyncio logged "socket.send() raised exception." for each datagram past the
+    fifth, a few seconds after the error the caller already had."""
+    caplog.set_level(logging.WARNING, logger="asyncio")
+
+    async def main() -> None:
+        with socket.socket() as tcp_only:
+            tcp_only.bind((HOST, 0))
+            tcp_only.listen()
+            port = tcp_only.getsockname()[1]
+            with pytest.raises(TransportError, match="Connection refused"):
+                await QUICTransport(client_credentials(certs)).connect(HOST, port, server_id="s1")
+            await asyncio.sleep(6.0)  # Past the stack's first retransmission timeouts.
+
+    run_test(main())
+    assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]

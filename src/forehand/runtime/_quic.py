@@ -222,6 +222,15 @@ class _Protocol(QuicConnectionProtocol):
             self.terminated = event
 
     def transmit(self) -> None:
+        transport = self._transport
+        if transport is not None and transport.is_closing():
+            # The socket is closed (a dial refused or given up): the stack's timer must not
+            # go on sending through it (asyncio logs "socket.send() raised exception." for
+            # each datagram past the fifth, a screenful for a client dialling a wrong port).
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
         connection = self.connection
         if connection is None:
             super().transmit()
