@@ -53,7 +53,8 @@ POLL_INTERVAL_S = 0.2
 STORE_FILES = ("manager.sqlite", "manager.sqlite-wal", "manager.sqlite-shm")
 """The manager's store, removed before every run."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-"""What stops the cluster: Ctrl-C, a plain `kill`, and the terminal closing."""
+"""What stops the cluster: Ctrl-C, a plain `kill`, and the terminal closing (unless SIGHUP is
+ignored, as `nohup` leaves it: then the cluster outlives the terminal, as asked)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,20 +144,29 @@ def _refuse_running_leftovers(directory: Path) -> None:
 
 
 def _is_forehand(pid: int) -> bool:
-    """Whether `pid` runs and, where /proc says, runs forehand (a reused pid is not ours)."""
-    if pid <= 0:
+    """Whether `pid` runs forehand, as far as /proc says (a pid reused by another program is
+    not ours); without /proc, whether it runs at all."""
+    if pid <= 0 or pid == os.getpid():
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False
     except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return b"forehand" in command
+    return any(
+        argument == b"forehand"
+        or argument.endswith(b"/forehand")
+        or argument.startswith(b"forehand.")
+        or b"from forehand.cli import" in argument
+        for argument in command.split(b"\0")
+    )
 
 
 @contextlib.contextmanager
@@ -206,7 +216,8 @@ def _admin_token(path: Path) -> Path:
 async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for number in STOP_SIGNALS:
+    handled = [n for n in STOP_SIGNALS if signal.getsignal(n) is not signal.SIG_IGN]
+    for number in handled:
         loop.add_signal_handler(number, stop.set)
     state_path = cluster.directory / STATE_FILE
     try:
@@ -230,7 +241,7 @@ async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
         print(_banner(cluster, options, state), file=out, flush=True)
         return await _supervise(cluster, stop, out)
     finally:
-        for number in STOP_SIGNALS:
+        for number in handled:
             loop.remove_signal_handler(number)
         cluster.stop()
         state_path.unlink(missing_ok=True)

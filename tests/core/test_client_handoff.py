@@ -14,6 +14,7 @@ from forehand.core._client_events import (
     HandoffIgnoredWhy,
     HandoffStarted,
     MapVersionAdopted,
+    PartRelocated,
     RarePathTaken,
     ResponseReceived,
 )
@@ -45,8 +46,10 @@ from forehand.wire import (
 
 if TYPE_CHECKING:
     from tests.core._client_helpers import MANAGER, Harness, endpoint, map_request, placement
+    from tests.core._client_helpers import answer as client_answer
 else:
     from _client_helpers import MANAGER, Harness, endpoint, map_request, placement
+    from _client_helpers import answer as client_answer
 
 
 def handoff(
@@ -429,6 +432,30 @@ def test_all_targets_rejecting_falls_back_to_the_manager() -> None:
     assert h.client.route(session, "auth").state is RouteState.LOCATING
     # The route never reached the move's version 6: it asks as of 5, so the move is news.
     assert h.take(MapRequest, MANAGER) == [map_request(5)]
+
+
+def test_a_part_an_abandoned_handoff_leaves_on_its_source_is_reported_relocated_there() -> None:
+    """Every target refused, and the manager places the part back on its source, whose
+    connection is up: the application hears RELOCATED to it (its ABANDONED event gets its
+    answer), while a part put back on a server it has no connection to is not reported."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.client.call(session, "auth", "waiting", b"", now_us=h.now_us)
+    h.drain()
+    h.take(Request, "s1")
+    h.feed("s1", handoff(session))
+    h.welcome("s2")
+    h.feed("s2", ResumeReject(session_id=session, reason=ResumeRejectReason.TOKEN_REPLAYED))
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    h.take(MapRequest, MANAGER)
+    h.feed(
+        MANAGER,
+        client_answer(
+            (session, placement("auth", "s1", "s2")),
+            (session, placement("cart", "s1", "s3")),
+        ),
+    )
+    assert [(e.part, e.server) for e in h.of(PartRelocated)] == [("auth", "s1")]
 
 
 def test_silent_target_times_out_then_next_target() -> None:

@@ -491,3 +491,11 @@ def test_a_result_too_large_for_a_response_frame_answers_app_error() -> None:
     cluster.request("s1", "blob", "make", b"1000")
     (fits,) = cluster.responses()
     assert fits.status is ResponseStatus.OK and fits.payload == b"x" * 1000
+    # frame_bytes_max bounds what a server accepts, not what it sends (at least 1 MiB frames).
+    small = Cluster(
+        specs={"blob": PartSpec(handler=blob, initial_state=lambda: 0)}, frame_bytes_max=16_384
+    )
+    small.place("blob", "s1", "s2")
+    small.request("s1", "blob", "make", b"100000")
+    (longer,) = small.responses()
+    assert longer.status is ResponseStatus.OK and len(longer.payload) == 100_000

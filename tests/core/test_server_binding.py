@@ -7,17 +7,19 @@ import random
 from typing import TYPE_CHECKING
 
 from forehand.core._driver import ConnectionLost
-from forehand.core._server_events import RequestExecuted, RequestRefused
+from forehand.core._server_events import RequestExecuted, RequestRefused, ResumeRejected
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.wire import (
     PROTOCOL_VERSION,
     Credential,
+    Error,
     Hello,
     ResponseStatus,
     Resume,
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    Welcome,
 )
 
 if TYPE_CHECKING:
@@ -181,3 +183,52 @@ def test_resume_with_a_handoff_token_binds_the_target_connection() -> None:
     assert len(cluster.take("c4", ResumeOk)) == 1
     cluster.request("s1", "counter", payload=b"9", client="c4", bind=False)
     assert [r.payload for r in cluster.responses("c4")] == [b"9"]
+
+
+def test_a_credential_resume_is_answered_with_a_fresh_credential() -> None:
+    """RESUME_OK to a credential RESUME carries a fresh credential for the same session and
+    client, valid `credential_lifetime_ms` from now: how a client renews its own, so that a
+    session outlives any one credential (servers sent none before)."""
+    cluster = Cluster(credential_lifetime_ms=90_000)
+    cluster.place("counter", "s1", "s2")
+    cluster.router.advance(ms=40_000)
+    _resume(cluster, "c2", _credential(cluster))
+    (ok,) = cluster.take("c2", ResumeOk)
+    claims = sealer().open_credential(ok.credential, now_us=cluster.router.now_us)
+    assert (claims.session_id, claims.client_id) == (SESSION, bytes(16))
+    assert claims.expires_us == cluster.router.now_us + 90_000_000
+    cluster.router.advance(ms=80_000)
+    _resume(cluster, "c3", ok.credential)
+    assert len(cluster.take("c3", ResumeOk)) == 1
+
+
+def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_served() -> None:
+    """A HELLO presenting one expired credential beside a valid one: the connection stays, the
+    valid session is served, the expired one is not bound (and reported). Before, the whole
+    connection was closed with UNAUTHENTICATED, at each reconnection, for every session of the
+    client on that server."""
+    cluster = _placed()
+    expired = _credential(cluster, OTHER_SESSION, lifetime_ms=1)
+    cluster.router.advance(ms=5)
+    hello = Hello(
+        versions=(PROTOCOL_VERSION,),
+        client_id=bytes(16),
+        credentials=(
+            Credential(session_id=OTHER_SESSION, credential=expired),
+            Credential(session_id=SESSION, credential=_credential(cluster)),
+        ),
+    )
+    cluster.router.send("c1", "s1", hello)
+    assert cluster.take("c1", Error) == []
+    assert len(cluster.take("c1", Welcome)) == 1
+    (refused,) = cluster.events("s1", ResumeRejected)
+    assert (refused.session_id, refused.reason) == (
+        OTHER_SESSION,
+        int(ResumeRejectReason.TOKEN_EXPIRED),
+    )
+    cluster.request("s1", "counter", payload=b"4", client="c1", bind=False)
+    cluster.request("s1", "counter", client="c1", bind=False, session=OTHER_SESSION)
+    assert [r.status for r in cluster.responses("c1")] == [
+        ResponseStatus.OK,
+        ResponseStatus.NOT_FOUND,
+    ]

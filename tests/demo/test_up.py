@@ -41,10 +41,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start(directory: Path, *options: str) -> subprocess.Popen[str]:
-    """`forehand up` of the cart app on any free ports; `options` come last, so they win."""
+def _start(directory: Path, *options: str, ignore_hangup: bool = False) -> subprocess.Popen[str]:
+    """`forehand up` of the cart app on any free ports; `options` come last, so they win. With
+    `ignore_hangup` it starts with SIGHUP ignored, as under `nohup`."""
     command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
     command += ["--dir", str(directory), "--port", "0", "--dashboard-port", "0", *options]
+    if ignore_hangup:
+        command = ["nohup", *command]  # It execs the command: the pid stays the same.
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -91,7 +94,8 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     is reported while the rest keep running, and Ctrl-C
     stops every process it started and removes up.json; a second run in the same directory
     keeps the CA and the admin token, warns that one server leaves replicated parts without a
-    replica, and its terminal closing (SIGHUP) stops every process too."""
+    replica; the terminal closing (SIGHUP) stops every process as Ctrl-C does, unless SIGHUP is
+    ignored (`nohup forehand up`), which it then keeps ignoring."""
     directory = tmp_path / "state"
     process = _start(directory, "--servers", "2")
     try:
@@ -139,7 +143,7 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
             time.sleep(0.05)
         time.sleep(1.0)  # Its supervisor polls every 0.2 s; the report must be out by then.
         assert process.poll() is None, "a server's death must not stop the cluster"
-        output = _stop(process)
+        output = _stop(process, signal.SIGHUP)
     finally:
         if process.poll() is None:
             process.kill()
@@ -150,13 +154,16 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     assert not (directory / "up.json").exists()
 
     ca = (directory / "certs" / "ca.pem").read_bytes()
-    again = _start(directory, "--servers", "1")
+    again = _start(directory, "--servers", "1", ignore_hangup=True)
     try:
         second = _wait_up(again, directory)
         assert Path(second["ca"]).read_bytes() == ca
         assert Path(second["admin_token_file"]).read_text(encoding="utf-8").strip() == token
         assert set(second["servers"]) == {"s1"}
-        output = _stop(again, signal.SIGHUP)
+        again.send_signal(signal.SIGHUP)
+        time.sleep(1.0)  # Its supervisor polls every 0.2 s.
+        assert again.poll() is None, "under nohup, a hangup must not stop the cluster"
+        output = _stop(again)
     finally:
         if again.poll() is None:
             again.kill()
@@ -223,7 +230,7 @@ def test_up_refuses_to_start_over_processes_an_earlier_run_left_running(tmp_path
     store = directory / "manager.sqlite"
     store.write_bytes(b"a running manager's store")
     left = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)", "forehand-manager"],
+        [sys.executable, "-c", "import time; time.sleep(120)", "/opt/venv/bin/forehand"],
         stdin=subprocess.DEVNULL,
     )
     try:

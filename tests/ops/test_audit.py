@@ -157,3 +157,38 @@ def test_memory_is_bounded() -> None:
         audit(completed(source="s1", target="s2", reason=ReasonCode.REBALANCE, duration_us=1))
     assert [record.sequence for record in audit.query()] == [3, 4, 5]
     assert audit.last_sequence == 5
+
+
+def test_a_reason_finds_a_failover_of_several_causes_and_an_undrained_drain_is_not_timed() -> None:
+    """A failover of two servers dead for different causes lists both, and a query by either
+    finds it. A drain undrained before it finished leaves no start time behind: the next
+    drain of the server is timed from its own start (it read an hour for a one-second drain)."""
+    clock = Clock()
+    audit = AuditLog(clock_us=clock)
+    for server, cause in (("s2", events.DeathCause.RESTARTED), ("s3", events.DeathCause.SILENCE)):
+        audit(
+            events.ServerDeclaredDead(
+                server_id=server, incarnation=1, cause=cause, silent_us=3, primary_parts=1
+            )
+        )
+    audit(
+        events.FailoverCompleted(
+            failover_id=1,
+            servers=("s2", "s3"),
+            map_version=9,
+            promotions=(),
+            replicas_added=0,
+            positions_us=1,
+            duration_us=1,
+        )
+    )
+    (failover,) = audit.query()
+    assert failover.reason == "restarted,silence"
+    assert audit.query(reason="silence") == audit.query(reason="restarted") == [failover]
+    audit(events.DrainProgressed(server_id="s4", parts_moved=0, parts_total=3, finished=False))
+    clock.now_us += 3_600_000_000  # undrained meanwhile: no finished report
+    audit(events.DrainProgressed(server_id="s4", parts_moved=0, parts_total=3, finished=False))
+    clock.now_us += 1_000_000
+    audit(events.DrainProgressed(server_id="s4", parts_moved=3, parts_total=3, finished=True))
+    (drain,) = audit.query(kind="drain")
+    assert drain.duration_ms == 1000.0

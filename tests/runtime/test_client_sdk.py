@@ -163,3 +163,21 @@ def test_a_call_after_its_client_closed_says_the_client_is_closed(tmp_path: Path
             await session.call("cart", "list")
 
     asyncio.run(scenario())
+
+
+def test_a_close_cancelled_while_it_waits_for_queued_closes_still_closes(tmp_path: Path) -> None:
+    """`Client.close` waits (bounded) for CLOSE_SESSIONs queued behind a connection still
+    opening; cancelled meanwhile (a caller's timeout), it still stops the driver, and a second
+    close returns at once. Before, the driver was left running."""
+    ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
+
+    async def scenario() -> None:
+        client = forehand.connect("127.0.0.1:9", ca=ca)
+        await client.start()
+        client._core.closes_unsent = lambda: 1  # type: ignore[method-assign]  # never sent
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(client.close(), 0.1)
+        assert client._driver._closed
+        await asyncio.wait_for(client.close(), 0.1)
+
+    asyncio.run(scenario())

@@ -39,6 +39,7 @@ __all__ = [
     "SessionOpenFailed",
     "SessionResumed",
     "SessionResumeRejected",
+    "CredentialRenewed",
 ]
 
 
@@ -141,6 +142,16 @@ class SessionResumeRejected(msgspec.Struct, frozen=True, kw_only=True, gc=False)
     """Why, when the server gave a reason (UNSPECIFIED otherwise)."""
     detail: str = ""
     """Why, for logs (the ERROR that closed the connection, a timeout)."""
+
+
+class CredentialRenewed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """A server's RESUME_OK gave the session a fresh credential (valid for the cluster's
+    `credential_lifetime_ms` from then); HELLO and RESUME present it from now on."""
+
+    node: NodeId
+    """The client node."""
+    session_id: bytes
+    """The session."""
 
 
 class SessionClosed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -376,6 +387,7 @@ ClientEvent = (
     | SessionOpenFailed
     | SessionResumed
     | SessionResumeRejected
+    | CredentialRenewed
     | SessionClosed
     | ResponseReceived
     | RequestFailed

@@ -80,6 +80,10 @@ class ServerConfig:
     """HANDOFF frames to clients are spread uniformly over this window, so targets see no herd."""
     token_lifetime_ms: int = 30_000
     """Lifetime of the resumption token a HANDOFF frame carries."""
+    credential_lifetime_ms: int = 86_400_000
+    """Lifetime of the fresh session credential a RESUME_OK carries to a client that bound a
+    session with its credential (how clients renew theirs: see `ClientConfig`); the manager's
+    `credential_lifetime_ms` sets the first one's."""
     replay_cache_entries_max: int = 65_536
     """Most unexpired token nonces this server remembers to refuse replayed tokens."""
     parts_max: int = 1_000_000
@@ -153,6 +157,7 @@ class ServerConfig:
 
 _POSITIVE_FIELDS = (
     "incarnation",
+    "credential_lifetime_ms",
     "heartbeat_interval_ms",
     "heartbeat_parts_max",
     "heartbeat_paths_max",

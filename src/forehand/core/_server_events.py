@@ -352,7 +352,7 @@ class ResumeAccepted(ServerEvent, frozen=True, kw_only=True):
 
 
 class ResumeRejected(ServerEvent, frozen=True, kw_only=True):
-    """A RESUME was refused."""
+    """A RESUME was refused, or a HELLO credential that expired was left unbound."""
 
     node: NodeId
     """This server."""

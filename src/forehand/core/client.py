@@ -28,6 +28,7 @@ from forehand.core._client_events import (
     ClientEvent,
     ConnectionClosed,
     ConnectionEstablished,
+    CredentialRenewed,
     HandoffAbandoned,
     HandoffFollowed,
     HandoffIgnored,
@@ -115,6 +116,8 @@ REQUEST_ID_BITS = 62
 _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
+_RENEWAL_HEAP_SLACK = 1024
+"""Stale entries the renewal heap may hold beyond twice the sessions before it is rebuilt."""
 """Above every real deadline: what `timer_us` starts from."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
@@ -270,6 +273,13 @@ class ClientCore:
         self._presented: dict[NodeId, set[bytes]] = {}
         self._binds: dict[tuple[bytes, NodeId], int] = {}
         self._resume_kinds: dict[tuple[bytes, NodeId], deque[bool]] = {}
+        self._renewals: list[tuple[int, bytes]] = []
+        """(due, session id) of each session's next credential renewal, a heap; an entry whose
+        due time is no longer the session's (`_renew_due`) is skipped when it comes up."""
+        self._renew_due: dict[bytes, int] = {}
+        """Each held session's next credential renewal."""
+        self._renewing: set[tuple[bytes, NodeId]] = set()
+        """(session, server) of the binding RESUMEs that renew a credential, unanswered."""
         self._probe_window_us = 0
         self._prewarm_due_us = 0
         self._probes_in_window = 0
@@ -367,6 +377,7 @@ class ClientCore:
             self._expire_opens(now_us)
             self._run_retries(now_us)
             self._check_resumptions(now_us)
+            self._renew_credentials(now_us)
         finally:
             self._map_held = False
         self._check_map_request(now_us)
@@ -410,6 +421,8 @@ class ClientCore:
             earliest = min(earliest, self._map_retry_us)
         if self._sessions and self._config.prewarm_probe_targets:
             earliest = min(earliest, self._prewarm_due_us)
+        if self._renewals:
+            earliest = min(earliest, self._renewals[0][0])
         return None if earliest == _NO_DEADLINE_US else earliest
 
     # Read-only views.
@@ -525,7 +538,7 @@ class ClientCore:
             raise LocalProtocolError("the client already holds this session")
         if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
             raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
-        session = self._new_session(session_id, credential, placements, map_version)
+        session = self._new_session(session_id, credential, placements, map_version, now_us)
         by_primary: dict[NodeId, list[str]] = {}
         for route in session.parts.values():
             by_primary.setdefault(route.primary, []).append(route.name)
@@ -631,6 +644,8 @@ class ClientCore:
             del self._resumptions[key]
         for key in [k for k in self._binds if k[0] == session_id]:
             del self._binds[key]
+        self._renew_due.pop(session_id, None)
+        self._renewing.difference_update([k for k in self._renewing if k[0] == session_id])
         servers = dict.fromkeys(r.primary for r in session.parts.values())
         for server in servers:
             connection = self._pool.get(server)
@@ -793,8 +808,10 @@ class ClientCore:
         credential: bytes,
         placements: tuple[Placement, ...],
         map_version: int,
+        now_us: int,
     ) -> Session:
         session = Session(session_id, credential=credential)
+        self._renew_at(session_id, now_us + self._config.credential_renew_interval_ms * 1000)
         for placement in placements:
             self._remember(placement.primary)
             for replica in placement.replicas:
@@ -1186,7 +1203,9 @@ class ClientCore:
                 self._send(source, CloseSession(session_id=frame.session_id), now_us)
             return
         # The manager's token is not kept: a restart resumes with the credential instead.
-        self._new_session(frame.session_id, frame.credential, frame.placements, frame.map_version)
+        self._new_session(
+            frame.session_id, frame.credential, frame.placements, frame.map_version, now_us
+        )
         self._emit(
             SessionEstablished(
                 node=self.node_id,
@@ -1787,10 +1806,11 @@ class ClientCore:
         route.adopt(primary=primary, backups=backups, map_version=map_version)
         route.fire(RouteTrigger.PLACEMENT_RECEIVED)
         self._locating.pop((session.session_id, route.name), None)
-        if moved or confirmed:
-            # Put back, unconfirmed, on the server it was lost from (a manager not yet aware of
-            # a crash names it still) is no relocation: the application would be told of a
-            # move to a server that may be dead, before the real one.
+        if moved or confirmed or (connection is not None and connection.authenticated):
+            # Put back, unconfirmed, on the server it was lost from while no connection to it
+            # is up (a manager not yet aware of a crash names it still) is no relocation: the
+            # application would be told of a move to a server that may be dead, before the
+            # real one. Put back on a server still connected (a handoff abandoned), it is.
             self._emit(
                 PartRelocated(
                     node=self.node_id,
@@ -2105,7 +2125,13 @@ class ClientCore:
                 self._target_failed(resumption, "RESUME timed out", 0, now_us)
 
     def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
-        if self._answers_bind((frame.session_id, source)):
+        key = (frame.session_id, source)
+        if self._answers_bind(key):
+            if key in self._renewing:
+                # The session stays bound on that connection; only the renewal failed.
+                self._renewing.discard(key)
+                self._renewal_failed(frame, source, now_us)
+                return
             self._bind_rejected(frame, source, now_us)
             return
         resumption = self._resumptions.get((frame.session_id, source))
@@ -2122,6 +2148,10 @@ class ClientCore:
     def _on_resume_ok(self, frame: ResumeOk, source: NodeId, now_us: int) -> None:
         is_bind = self._answers_bind((frame.session_id, source))
         session = self._sessions.get(frame.session_id)
+        if is_bind:
+            self._renewing.discard((frame.session_id, source))
+            if session is not None and frame.credential:
+                self._renewed(session, frame.credential, now_us)
         if session is not None and self._pool.get(source) is not None:
             self._bound.setdefault(source, set()).add(frame.session_id)
         if is_bind or session is None:
@@ -2141,7 +2171,7 @@ class ClientCore:
         del self._resumptions[(frame.session_id, source)]
         session = self._sessions[frame.session_id]
         if frame.credential:
-            session.credential = frame.credential
+            self._renewed(session, frame.credential, now_us)
         self._adopt_map_version(frame.map_version)
         granted = set(frame.parts)
         moved = tuple(part for part in resumption.parts if part in granted)
@@ -2230,6 +2260,85 @@ class ClientCore:
             self._binds.pop(key, None)
         return is_bind
 
+    # Credential renewal: a session outlives any one credential (they expire after the cluster's
+    # `credential_lifetime_ms`), so each is traded for a fresh one every
+    # `credential_renew_interval_ms`, by a binding RESUME to a server the session is bound on.
+
+    def _renew_at(self, session_id: bytes, due_us: int) -> None:
+        self._renew_due[session_id] = due_us
+        heapq.heappush(self._renewals, (due_us, session_id))
+        if len(self._renewals) > 2 * len(self._renew_due) + _RENEWAL_HEAP_SLACK:
+            # Entries whose session renewed or closed since: drop them.
+            due = self._renew_due
+            self._renewals = [entry for entry in self._renewals if due.get(entry[1]) == entry[0]]
+            heapq.heapify(self._renewals)
+
+    def _renew_credentials(self, now_us: int) -> None:
+        heap = self._renewals
+        retry_us = max(self._config.credential_renew_interval_ms * 1000 // 8, 1)
+        while heap and heap[0][0] <= now_us:
+            due_us, session_id = heapq.heappop(heap)
+            session = self._sessions.get(session_id)
+            if session is None or self._renew_due.get(session_id) != due_us:
+                continue
+            # Tried again after an eighth of the interval unless a fresh credential comes first.
+            self._renew_at(session_id, now_us + retry_us)
+            self._send_renewal(session, now_us)
+
+    def _send_renewal(self, session: Session, now_us: int) -> None:
+        """A binding RESUME with the session's credential to a server it is bound on, over a
+        READY connection; none when no such server is (the retry time then tries again)."""
+        session_id = session.session_id
+        by_server: dict[NodeId, list[str]] = {}
+        for name, route in session.parts.items():
+            if route.state is RouteState.ACTIVE:
+                by_server.setdefault(route.primary, []).append(name)
+        for server, names in by_server.items():
+            key = (session_id, server)
+            connection = self._pool.get(server)
+            if (
+                connection is None
+                or connection.state is not ConnectionState.READY
+                or session_id not in self._bound.get(server, ())
+                or key in self._binds
+                or key in self._resumptions
+            ):
+                continue
+            parts = tuple(names[: DEFAULT_CONFIG.parts_max])
+            frame = Resume(
+                session_id=session_id,
+                token=session.credential,
+                parts=parts,
+                map_version=max(session.parts[name].map_version for name in parts),
+                unanswered=(),
+            )
+            self._outbox.append(Outbound(destination=server, message=frame))
+            self._binds[key] = now_us
+            self._resume_kinds.setdefault(key, deque()).append(True)
+            self._renewing.add(key)
+            return
+
+    def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
+        """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
+        session.credential = credential
+        self._renew_at(
+            session.session_id, now_us + self._config.credential_renew_interval_ms * 1000
+        )
+        self._emit(CredentialRenewed(node=self.node_id, session_id=session.session_id))
+
+    def _renewal_failed(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
+        """A renewal's RESUME was refused (the credential expired meanwhile, a table full):
+        reported; the session stays bound where it is, and the retry time tries again."""
+        self._emit(
+            SessionResumeRejected(
+                node=self.node_id,
+                session_id=frame.session_id,
+                server=source,
+                reason=frame.reason,
+                detail=f"credential renewal: {frame.message}",
+            )
+        )
+
     def _bind_rejected(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
         """The server refused the credential: the parts there are located anew (bounded by
         `retry_attempts_max` rounds, after which their requests fail)."""
@@ -2263,6 +2372,8 @@ class ClientCore:
             del self._binds[key]
         for key in [k for k in self._resume_kinds if k[1] == server]:
             del self._resume_kinds[key]
+        # A renewal that went there gets no answer now; its session's retry time stands.
+        self._renewing.difference_update([k for k in self._renewing if k[1] == server])
 
     def _switch_part(
         self,

@@ -217,6 +217,9 @@ class _Drain:
     """Primaries no handoff can take: no other server is eligible (the last drain tick saw)."""
     waiting_reported: int = 0
     """`parts_waiting` of the last `DrainProgressed`."""
+    idle_at: tuple[int, tuple[str, ...]] | None = None
+    """(map version, eligible servers) when a replica move last found nothing to move: no new
+    one is submitted until either changes (each scans every replica role of the server)."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -2061,8 +2064,9 @@ class ManagerCore:
             held = current.parts_for(server_id)
             stuck = not any(s != server_id for s in eligible)
             waiting = len(held.primary) if stuck else 0
-            if waiting != drain.primaries_waiting:
-                drain.primaries_waiting = waiting
+            replicas_waiting = drain.replicas_waiting if held.replica else 0
+            if (waiting, replicas_waiting) != (drain.primaries_waiting, drain.replicas_waiting):
+                drain.primaries_waiting, drain.replicas_waiting = waiting, replicas_waiting
                 self._drain_progress((server_id,))
             for key in held.primary:
                 ref = ref_of(key)
@@ -2077,16 +2081,21 @@ class ManagerCore:
                             requested_us=now_us,
                         )
                     )
-            if held.replica and not drain.replica_change_queued:
+            idle = drain.idle_at == (current.version, tuple(eligible))
+            if held.replica and not drain.replica_change_queued and not idle:
                 drain.replica_change_queued = self._pipeline.submit(self._replica_change(drain))
 
     def _replica_change(self, drain: _Drain) -> Change:
         def committed(built: Built, now_us: int) -> None:
             drain.replica_change_queued = False
+            drain.idle_at = None
             self._drain_progress((drain.server_id,))
 
         def dropped(cause: str, now_us: int) -> None:
             drain.replica_change_queued = False
+            current = self.shard_map
+            if current is not None:
+                drain.idle_at = (current.version, tuple(self._eligible(current)))
             self._drain_progress((drain.server_id,))
 
         return Change(
@@ -2106,17 +2115,18 @@ class ManagerCore:
         moved: list[PartKey] = []
         waiting = 0
         for key in current.parts_for(server_id).replica:
+            if len(operations) >= batch:
+                # A full batch: the roles not looked at are counted by a later pass (the one
+                # that finds nothing left to move counts them all).
+                break
             placement = current.lookup(key)
             keep = [s for s in placement.replicas if s != server_id]
-            if not keep and all(s in placement.servers for s in eligible):
-                # The part's last replica, and no other server can take it: dropping it would
-                # leave a `replicated` part unable to acknowledge a write while this server is
-                # still up. It stays until a server joins or is undrained.
+            last_live = not any(self._is_live(s) for s in keep)
+            if last_live and all(s in placement.servers for s in eligible):
+                # The part's last live replica, and no other server can take it: dropping it
+                # would leave a `replicated` part unable to acknowledge a write while this
+                # server is still up. It stays until a server joins or is undrained.
                 waiting += 1
-                continue
-            if len(operations) >= batch:
-                if len(eligible) > 1:
-                    break  # every part has an eligible server besides its primary: none waits
                 continue
             replicas = fill_replicas(
                 key, primary=placement.primary, keep=keep, eligible=eligible, count=count

@@ -93,9 +93,16 @@ from forehand.core.messages import (
     SnapshotShipped,
     decode_cluster_message,
 )
-from forehand.core.tokens import ReplayCache, TokenError, TokenInvalid, TokenSealer
+from forehand.core.tokens import (
+    ReplayCache,
+    TokenError,
+    TokenExpired,
+    TokenInvalid,
+    TokenSealer,
+)
 from forehand.errors import RemoteProtocolError
 from forehand.placement import Placement
+from forehand.wire import DEFAULT_CONFIG as DEFAULT_WIRE
 from forehand.wire import (
     PROTOCOL_VERSION,
     CloseSession,
@@ -152,7 +159,11 @@ _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
 
 RESPONSE_HEAD_BYTES_MAX = 64
 """Most bytes a RESPONSE body holds besides its payload (request id, session id, status, map
-version, the payload's length): a payload longer than `frame_bytes_max` minus this is refused."""
+version, the payload's length). A server sends frames of up to the larger of its
+`frame_bytes_max` and the default 1 MiB (the setting bounds what it accepts, not what it sends;
+clients decode with at least the default), less this for the rest of the body."""
+_RESPONSE_PAYLOAD_MAX = DEFAULT_WIRE.frame_bytes_max - RESPONSE_HEAD_BYTES_MAX
+"""The longest result every server can send (checked first: most results are far shorter)."""
 
 
 _PARTS_NAMED_MAX = 16
@@ -628,14 +639,15 @@ class ServerCore:
                 ),
             )
             return
-        if len(payload) > self._config.frame_bytes_max - RESPONSE_HEAD_BYTES_MAX:
+        size = len(payload)
+        if size > _RESPONSE_PAYLOAD_MAX and size > self._response_payload_max():
             # The handler's result cannot travel in one RESPONSE frame: the runtime would drop
             # the frame and the client wait for its timeout. It gets APP_ERROR saying so (a
             # write stays executed; its retry is answered the same way from the dedup table).
             detail = (
-                f"{inbound.part}.{inbound.op or 'request'}: the result is {len(payload)} bytes, "
-                f"more than a RESPONSE frame carries (frame_bytes_max "
-                f"{self._config.frame_bytes_max}); return less, or page it"
+                f"{inbound.part}.{inbound.op or 'request'}: the result is {size} bytes, more "
+                f"than a RESPONSE frame carries ({self._response_payload_max()} bytes of "
+                "payload); return less, or page it"
             )
             self._rare("response-too-large")
             self._refuse(inbound, ResponseStatus.APP_ERROR, detail)
@@ -650,6 +662,12 @@ class ServerCore:
                 payload=payload,
             ),
         )
+
+    def _response_payload_max(self) -> int:
+        """The longest result a RESPONSE carries (`RESPONSE_HEAD_BYTES_MAX`)."""
+        return max(
+            self._config.frame_bytes_max, _RESPONSE_PAYLOAD_MAX + RESPONSE_HEAD_BYTES_MAX
+        ) - (RESPONSE_HEAD_BYTES_MAX)
 
     def _refuse(self, inbound: _Inbound, status: ResponseStatus, detail: str) -> None:
         self._reply(inbound, status, detail.encode(), self.map_version)
@@ -900,6 +918,21 @@ class ServerCore:
         for credential in message.credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
+            except TokenExpired as error:
+                # Authentic, but its client kept it past its lifetime (offline that long): that
+                # session is not bound here, and the connection serves the others (closing it
+                # refused every session of the client on this server, at each reconnection).
+                self._rare("hello-credential-expired")
+                self._emit(
+                    ResumeRejected(
+                        node=self._me,
+                        client=source,
+                        session_id=credential.session_id,
+                        reason=int(ResumeRejectReason.TOKEN_EXPIRED),
+                        detail=f"HELLO credential: {error}",
+                    )
+                )
+                continue
             except TokenError as error:
                 raise RemoteProtocolError(
                     f"session credential refused: {error}", error_code=ErrorCode.UNAUTHENTICATED
@@ -1109,10 +1142,21 @@ class ServerCore:
             return
         if message.session_id in self._session_parts:
             self._attach(source, message.session_id)
+        # A fresh credential, valid `credential_lifetime_ms` from now: a client renews its own
+        # this way before it expires (a session outlives any one credential).
+        fresh = self._sealer.issue_credential(
+            session_id=claims.session_id,
+            client_id=claims.client_id,
+            now_us=now_us,
+            lifetime_ms=self._config.credential_lifetime_ms,
+        )
         self._send(
             source,
             ResumeOk(
-                session_id=message.session_id, parts=message.parts, map_version=self.map_version
+                session_id=message.session_id,
+                parts=message.parts,
+                map_version=self.map_version,
+                credential=fresh,
             ),
         )
 

@@ -50,8 +50,8 @@ AUDIT_REASONS = (
     *(code.name.lower() for code in ReasonCode),
     *(cause.value for cause in manager_events.DeathCause),
 )
-"""Reasons of audit records: a move's reason code, or a failover's death causes (a failover of
-several servers joins theirs with commas)."""
+"""Reasons of audit records: a move's reason code, or a failover's death cause (a failover of
+several servers joins theirs with commas, and a query by one of them finds it)."""
 AUDIT_RECORDS_MAX = 10_000
 """Records kept in memory by default; older ones remain only in the JSONL file."""
 RISK_DECISIONS_MAX = 4_096
@@ -187,14 +187,15 @@ class AuditLog:
         limit: int = 100,
     ) -> list[AuditRecord]:
         """The newest `limit` records matching every filter given, oldest first; `server`
-        matches the source or the target, `after` keeps records with a larger sequence."""
+        matches the source or the target, `reason` one of the record's reasons (a failover of
+        several servers lists their causes), `after` keeps records with a larger sequence."""
         matched: list[AuditRecord] = []
         for record in reversed(self._records):
             if len(matched) >= limit or record.sequence <= after:
                 break
             if kind is not None and record.kind != kind:
                 continue
-            if reason is not None and record.reason != reason:
+            if reason is not None and reason not in record.reason.split(","):
                 continue
             if outcome is not None and record.outcome != outcome:
                 continue
@@ -368,6 +369,10 @@ class AuditLog:
 
     def _on_drain_progressed(self, event: manager_events.DrainProgressed) -> None:
         now_us = self._clock_us()
+        if event.parts_moved == 0 and not event.finished:
+            # A drain's first report (nothing moved yet): it starts now, whatever an earlier
+            # drain of the server that was undrained, and so never finished, left here.
+            self._drain_started_us.pop(event.server_id, None)
         started_us = self._drain_started_us.setdefault(event.server_id, now_us)
         if not event.finished:
             return

@@ -385,10 +385,16 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if self._started:
-            deadline_s = asyncio.get_running_loop().time() + self._close_timeout_s
-            while self._core.closes_unsent() and asyncio.get_running_loop().time() < deadline_s:
-                await asyncio.sleep(CLOSE_POLL_S)
+        try:
+            if self._started:
+                deadline_s = asyncio.get_running_loop().time() + self._close_timeout_s
+                while self._core.closes_unsent() and asyncio.get_running_loop().time() < deadline_s:
+                    await asyncio.sleep(CLOSE_POLL_S)
+        finally:
+            # Cancelled while waiting, the client still closes (a second close returns at once).
+            await self._teardown()
+
+    async def _teardown(self) -> None:
         for session in self._sessions.values():
             session._mark_closed("the client is closed")
         for future in self._pending.values():

@@ -88,7 +88,6 @@ NOTABLE_EVENTS = frozenset(
         "MapLoaded",
         "MovesDropped",
         "ProtocolViolationDetected",
-        "PeerRefused",
         "ReplicaDivergenceDetected",
         "ResumeRejected",
         "StateNotEncodable",

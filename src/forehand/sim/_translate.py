@@ -357,6 +357,7 @@ _COUNTED: dict[type, tuple[str, str | None]] = {
     ce.PartRelocated: ("client/part-relocated", None),
     ce.PartRedirected: ("client/part-redirected", None),
     ce.SessionResumeRejected: ("client/session-resume-rejected", None),
+    ce.CredentialRenewed: ("client/credential-renewed", None),
     me.ServerDeclaredDead: ("manager/server-declared-dead", "cause"),
     me.PartsLost: ("manager/parts-lost", None),
     me.RiskFlagged: ("manager/risk-flagged", None),

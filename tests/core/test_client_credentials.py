@@ -1,0 +1,120 @@
+"""Tests of ClientCore's credential renewal: a session outlives any one credential.
+
+Credentials expire after the cluster's `credential_lifetime_ms` (24 hours by default). Before
+renewal, a session older than that could not be bound on a new connection (a failover, a
+handoff to a server it had not used, a reconnection): its credential in HELLO was refused.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._client_events import CredentialRenewed, SessionResumeRejected
+from forehand.core._client_session import RouteState
+from forehand.wire import Hello, Request, Resume, ResumeOk, ResumeReject, ResumeRejectReason
+
+if TYPE_CHECKING:
+    from tests.core._client_helpers import MANAGER, Harness, answer, placement, respond
+else:
+    from _client_helpers import MANAGER, Harness, answer, placement, respond
+
+INTERVAL_MS = 60_000
+
+
+def bound_session(h: Harness) -> bytes:
+    """auth on s1, cart on s2, both bound by HELLO and used once."""
+    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s2", "s3"))
+    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
+    h.client.call(session, "cart", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s2")
+    for server in ("s1", "s2"):
+        for request in h.take(Request, server):
+            respond(h, server, request)
+    h.outbox.clear()
+    h.events.clear()
+    return session
+
+
+def test_a_session_trades_its_credential_for_a_fresh_one_every_interval() -> None:
+    """At the interval, one RESUME with the credential goes to a server the session is bound
+    on; its RESUME_OK's fresh credential is presented from then on (a new connection's HELLO,
+    the snapshot) and the next renewal comes an interval later."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = bound_session(h)
+    first = h.client.session_snapshot(session).credential
+    h.advance(ms=INTERVAL_MS - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (renewal,) = h.take(Resume)
+    assert (renewal.session_id, renewal.token) == (session, first)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(
+        server,
+        ResumeOk(session_id=session, parts=renewal.parts, map_version=5, credential=b"fresh-1"),
+    )
+    assert h.of(CredentialRenewed) == [CredentialRenewed(node="c1", session_id=session)]
+    assert h.client.session_snapshot(session).credential == b"fresh-1"
+    h.outbox.clear()
+    h.advance(ms=INTERVAL_MS - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (again,) = h.take(Resume)
+    assert again.token == b"fresh-1"
+
+
+def test_a_refused_renewal_keeps_the_session_where_it_is_and_tries_again() -> None:
+    """A renewal refused (a table full, say) is reported and tried again an eighth of the
+    interval later; the session's parts stay where they are (a refused binding RESUME
+    otherwise sends them to the manager)."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = bound_session(h)
+    h.advance(ms=INTERVAL_MS)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(
+        server,
+        ResumeReject(
+            session_id=session, reason=ResumeRejectReason.OVERLOADED, message="table full"
+        ),
+    )
+    (rejected,) = h.of(SessionResumeRejected)
+    assert rejected.reason is ResumeRejectReason.OVERLOADED
+    assert "credential renewal" in rejected.detail
+    for part in ("auth", "cart"):
+        assert h.client.route(session, part).state is RouteState.ACTIVE
+    h.advance(ms=INTERVAL_MS // 8 - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    assert len(h.take(Resume)) == 1
+
+
+def test_a_renewal_with_no_bound_server_waits_for_one() -> None:
+    """No connection is up when the renewal falls due (both servers lost, the parts being
+    located): nothing is sent and nothing dialled for it; it is tried again an eighth of the
+    interval later, and goes once a server has the session bound again (here s3, which a call
+    dialled after the manager placed the parts there)."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = bound_session(h)
+    h.lose("s1")
+    h.lose("s2")
+    h.outbox.clear()
+    h.advance(ms=INTERVAL_MS)
+    assert h.take(Resume) == [] and h.take(Hello) == []
+    h.feed(
+        MANAGER,
+        answer(
+            (session, placement("auth", "s3")),
+            (session, placement("cart", "s3")),
+        ),
+    )
+    h.client.call(session, "auth", "again", b"", now_us=h.now_us)
+    h.drain()
+    (hello,) = h.take(Hello, "s3")
+    assert [c.credential for c in hello.credentials] == [b"cred-" + session[:4]]
+    h.welcome("s3")
+    h.outbox.clear()
+    h.advance(ms=INTERVAL_MS // 8)
+    (renewal,) = h.take(Resume, "s3")
+    assert renewal.parts == ("auth", "cart")
