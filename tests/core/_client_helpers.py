@@ -196,3 +196,19 @@ def answer(
         encoding=CLIENT_PLACEMENTS_ENCODING,
         body=encode_client_placements(body),
     )
+
+
+def ready_session(h: Harness) -> bytes:
+    """A session with auth on s1 (replica s2) and cart on s2 (replica s3); s1 and s2 welcomed."""
+    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s2", "s3"))
+    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
+    h.client.call(session, "cart", "warm", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    h.welcome("s2")
+    for server in ("s1", "s2"):
+        for request in h.take(Request, server):
+            respond(h, server, request)
+    h.outbox.clear()
+    h.events.clear()
+    return session

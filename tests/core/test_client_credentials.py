@@ -11,30 +11,14 @@ from typing import TYPE_CHECKING
 
 from forehand.core._client_events import CredentialRenewed, SessionResumeRejected
 from forehand.core._client_session import RouteState
-from forehand.wire import Hello, Request, Resume, ResumeOk, ResumeReject, ResumeRejectReason
+from forehand.wire import Hello, Resume, ResumeOk, ResumeReject, ResumeRejectReason
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, Harness, answer, placement, respond
+    from tests.core._client_helpers import MANAGER, Harness, answer, placement, ready_session
 else:
-    from _client_helpers import MANAGER, Harness, answer, placement, respond
+    from _client_helpers import MANAGER, Harness, answer, placement, ready_session
 
 INTERVAL_MS = 60_000
-
-
-def bound_session(h: Harness) -> bytes:
-    """auth on s1, cart on s2, both bound by HELLO and used once."""
-    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s2", "s3"))
-    h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
-    h.client.call(session, "cart", "warm", b"", now_us=h.now_us)
-    h.drain()
-    h.welcome("s1")
-    h.welcome("s2")
-    for server in ("s1", "s2"):
-        for request in h.take(Request, server):
-            respond(h, server, request)
-    h.outbox.clear()
-    h.events.clear()
-    return session
 
 
 def test_a_session_trades_its_credential_for_a_fresh_one_every_interval() -> None:
@@ -42,7 +26,7 @@ def test_a_session_trades_its_credential_for_a_fresh_one_every_interval() -> Non
     on; its RESUME_OK's fresh credential is presented from then on (a new connection's HELLO,
     the snapshot) and the next renewal comes an interval later."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
-    session = bound_session(h)
+    session = ready_session(h)
     first = h.client.session_snapshot(session).credential
     h.advance(ms=INTERVAL_MS - 1)
     assert h.take(Resume) == []
@@ -69,7 +53,7 @@ def test_a_refused_renewal_keeps_the_session_where_it_is_and_tries_again() -> No
     interval later; the session's parts stay where they are (a refused binding RESUME
     otherwise sends them to the manager)."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
-    session = bound_session(h)
+    session = ready_session(h)
     h.advance(ms=INTERVAL_MS)
     (renewal,) = h.take(Resume)
     server = h.client.route(session, renewal.parts[0]).primary
@@ -96,7 +80,7 @@ def test_a_renewal_with_no_bound_server_waits_for_one() -> None:
     interval later, and goes once a server has the session bound again (here s3, which a call
     dialled after the manager placed the parts there)."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
-    session = bound_session(h)
+    session = ready_session(h)
     h.lose("s1")
     h.lose("s2")
     h.outbox.clear()
