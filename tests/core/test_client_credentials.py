@@ -14,9 +14,16 @@ from forehand.core._client_session import RouteState
 from forehand.wire import Hello, Resume, ResumeOk, ResumeReject, ResumeRejectReason
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, Harness, answer, placement, ready_session
+    from tests.core._client_helpers import (
+        MANAGER,
+        SESSION,
+        Harness,
+        answer,
+        placement,
+        ready_session,
+    )
 else:
-    from _client_helpers import MANAGER, Harness, answer, placement, ready_session
+    from _client_helpers import MANAGER, SESSION, Harness, answer, placement, ready_session
 
 INTERVAL_MS = 60_000
 
@@ -102,3 +109,34 @@ def test_a_renewal_with_no_bound_server_waits_for_one() -> None:
     h.advance(ms=INTERVAL_MS // 8)
     (renewal,) = h.take(Resume, "s3")
     assert renewal.parts == ("auth", "cart")
+
+
+def test_a_session_taken_back_after_a_restart_renews_its_credential_at_once() -> None:
+    """A snapshot's credential may be of any age: once the restart's HELLO is welcomed, the
+    renewal goes at the next turn, not an interval later (when it may have expired)."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    h.client.resume_session(
+        SESSION, b"old-cred", (placement("auth", "s1"),), map_version=4, now_us=0
+    )
+    h.drain()
+    h.welcome("s1")
+    h.outbox.clear()
+    h.advance(ms=0)
+    (renewal,) = h.take(Resume, "s1")
+    assert renewal.token == b"old-cred"
+    h.feed("s1", ResumeOk(session_id=SESSION, parts=("auth",), map_version=4, credential=b"new"))
+    assert h.client.session_snapshot(SESSION).credential == b"new"
+
+
+def test_a_renewal_refused_as_expired_is_not_tried_again() -> None:
+    """TOKEN_EXPIRED is final: no retry would mend it (they went on every eighth of the
+    interval, each reported)."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = ready_session(h)
+    h.advance(ms=INTERVAL_MS)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(server, ResumeReject(session_id=session, reason=ResumeRejectReason.TOKEN_EXPIRED))
+    assert len(h.of(SessionResumeRejected)) == 1
+    h.advance(ms=4 * INTERVAL_MS)
+    assert h.take(Resume) == []

@@ -200,11 +200,17 @@ def test_a_credential_resume_is_answered_with_a_fresh_credential() -> None:
     cluster.router.advance(ms=80_000)
     _resume(cluster, "c3", ok.credential)
     assert len(cluster.take("c3", ResumeOk)) == 1
+    # A session this server holds no part of (closed, or never here) binds but gets no fresh
+    # credential: one of a session that ended dies with its lifetime.
+    _resume(cluster, "c4", _credential(cluster, OTHER_SESSION), session=OTHER_SESSION)
+    (other,) = cluster.take("c4", ResumeOk)
+    assert other.credential == b""
 
 
 def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_served() -> None:
     """A HELLO presenting one expired credential beside a valid one: the connection stays, the
-    valid session is served, the expired one is not bound (and reported). Before, the whole
+    valid session is served, the expired one is not bound (reported, and the client told by a
+    RESUME_REJECT after the WELCOME). Before, the whole
     connection was closed with UNAUTHENTICATED, at each reconnection, for every session of the
     client on that server."""
     cluster = _placed()
@@ -221,6 +227,8 @@ def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_
     cluster.router.send("c1", "s1", hello)
     assert cluster.take("c1", Error) == []
     assert len(cluster.take("c1", Welcome)) == 1
+    (told,) = cluster.take("c1", ResumeReject)
+    assert (told.session_id, told.reason) == (OTHER_SESSION, ResumeRejectReason.TOKEN_EXPIRED)
     (refused,) = cluster.events("s1", ResumeRejected)
     assert (refused.session_id, refused.reason) == (
         OTHER_SESSION,

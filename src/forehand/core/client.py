@@ -116,9 +116,9 @@ REQUEST_ID_BITS = 62
 _REQUEST_ID_START_BITS = 61
 """The first id is drawn below 2**61, so counting up never wraps in any realistic lifetime."""
 _NO_DEADLINE_US = 1 << 126
+"""Above every real deadline: what `timer_us` starts from."""
 _RENEWAL_HEAP_SLACK = 1024
 """Stale entries the renewal heap may hold beyond twice the sessions before it is rebuilt."""
-"""Above every real deadline: what `timer_us` starts from."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
@@ -529,10 +529,11 @@ class ClientCore:
         """Take a session back after a client restart: its credential goes to each primary.
 
         The credential (long-lived, reusable) rides in the HELLO of the connection to each part's
-        primary; calls wait until that server answers WELCOME (`SessionResumed`). A server that
-        refuses the credential closes the connection, and the parts are located through the
-        manager (`SessionResumeRejected`). No RESUME is sent: a single-use token could not cover
-        primaries on several servers.
+        primary; calls wait until that server answers WELCOME (`SessionResumed`), and the
+        credential is renewed at once. A server that refuses the credential closes the
+        connection (or, for an expired one, follows its WELCOME with RESUME_REJECT), and the
+        parts are located through the manager (`SessionResumeRejected`). No RESUME is sent to
+        take the parts back: a single-use token could not cover primaries on several servers.
         """
         if session_id in self._sessions:
             raise LocalProtocolError("the client already holds this session")
@@ -2025,6 +2026,8 @@ class ClientCore:
                 route.fire(RouteTrigger.WELCOMED)
                 route.locate_attempts = 0
                 self._flush(session, route, now_us, moved=True)
+        # A credential from a snapshot may be of any age: renewed at once, not an interval on.
+        self._renew_at(session.session_id, now_us)
         self._emit(
             SessionResumed(
                 node=self.node_id,
@@ -2135,6 +2138,13 @@ class ClientCore:
             self._bind_rejected(frame, source, now_us)
             return
         resumption = self._resumptions.get((frame.session_id, source))
+        bound = self._bound.get(source)
+        if resumption is None and bound is not None and frame.session_id in bound:
+            # Unasked: the server left a session our HELLO presented unbound (its credential
+            # expired). It is not bound there after all; its parts there are located anew.
+            bound.discard(frame.session_id)
+            self._bind_rejected(frame, source, now_us)
+            return
         if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
             self._rare("late-resume-reject")
         else:
@@ -2293,18 +2303,24 @@ class ClientCore:
         for name, route in session.parts.items():
             if route.state is RouteState.ACTIVE:
                 by_server.setdefault(route.primary, []).append(name)
-        for server, names in by_server.items():
+        candidates = []
+        for server in by_server:
             key = (session_id, server)
             connection = self._pool.get(server)
             if (
-                connection is None
-                or connection.state is not ConnectionState.READY
-                or session_id not in self._bound.get(server, ())
-                or key in self._binds
-                or key in self._resumptions
+                connection is not None
+                and connection.state is ConnectionState.READY
+                and session_id in self._bound.get(server, ())
+                and key not in self._binds
+                and key not in self._resumptions
             ):
-                continue
-            parts = tuple(names[: DEFAULT_CONFIG.parts_max])
+                candidates.append(server)
+        if candidates:
+            # Any of them, so that a retry does not always ask the same server (one that
+            # answers without a fresh credential would otherwise keep the session from renewing).
+            server = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
+            key = (session_id, server)
+            parts = tuple(by_server[server][: DEFAULT_CONFIG.parts_max])
             frame = Resume(
                 session_id=session_id,
                 token=session.credential,
@@ -2316,7 +2332,6 @@ class ClientCore:
             self._binds[key] = now_us
             self._resume_kinds.setdefault(key, deque()).append(True)
             self._renewing.add(key)
-            return
 
     def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
         """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
@@ -2327,8 +2342,11 @@ class ClientCore:
         self._emit(CredentialRenewed(node=self.node_id, session_id=session.session_id))
 
     def _renewal_failed(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
-        """A renewal's RESUME was refused (the credential expired meanwhile, a table full):
-        reported; the session stays bound where it is, and the retry time tries again."""
+        """A renewal's RESUME was refused (a table full, the credential expired meanwhile):
+        reported; the session stays bound where it is, and the retry time tries again, unless
+        the credential expired, which no retry mends."""
+        if frame.reason is ResumeRejectReason.TOKEN_EXPIRED:
+            self._renew_due.pop(frame.session_id, None)
         self._emit(
             SessionResumeRejected(
                 node=self.node_id,

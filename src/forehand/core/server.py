@@ -915,6 +915,7 @@ class ServerCore:
                 f"no common protocol version in {message.versions}",
                 error_code=ErrorCode.VERSION_NEGOTIATION_FAILED,
             )
+        expired: list[bytes] = []
         for credential in message.credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
@@ -922,7 +923,9 @@ class ServerCore:
                 # Authentic, but its client kept it past its lifetime (offline that long): that
                 # session is not bound here, and the connection serves the others (closing it
                 # refused every session of the client on this server, at each reconnection).
+                # A RESUME_REJECT after the WELCOME tells the client which one.
                 self._rare("hello-credential-expired")
+                expired.append(credential.session_id)
                 self._emit(
                     ResumeRejected(
                         node=self._me,
@@ -958,6 +961,15 @@ class ServerCore:
                 idle_timeout_ms=self._config.idle_timeout_ms,
             ),
         )
+        for session_id in expired:
+            self._send(
+                source,
+                ResumeReject(
+                    session_id=session_id,
+                    reason=ResumeRejectReason.TOKEN_EXPIRED,
+                    message="the credential presented in HELLO has expired",
+                ),
+            )
 
     def _on_ping(self, message: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=message.sequence, sent_us=message.sent_us))
@@ -1140,16 +1152,19 @@ class ServerCore:
         if not self._bind(source, message.session_id):
             self._reject_resume(message, source, ResumeRejectReason.OVERLOADED, _BINDINGS_FULL)
             return
+        fresh = b""
         if message.session_id in self._session_parts:
             self._attach(source, message.session_id)
-        # A fresh credential, valid `credential_lifetime_ms` from now: a client renews its own
-        # this way before it expires (a session outlives any one credential).
-        fresh = self._sealer.issue_credential(
-            session_id=claims.session_id,
-            client_id=claims.client_id,
-            now_us=now_us,
-            lifetime_ms=self._config.credential_lifetime_ms,
-        )
+            # A fresh credential, valid `credential_lifetime_ms` from now: a client renews its
+            # own this way before it expires (a session outlives any one credential). Only for
+            # a session this server holds a part of: one closed (or never here) gets none, so a
+            # credential of a session that ended dies with its lifetime, as before.
+            fresh = self._sealer.issue_credential(
+                session_id=claims.session_id,
+                client_id=claims.client_id,
+                now_us=now_us,
+                lifetime_ms=self._config.credential_lifetime_ms,
+            )
         self._send(
             source,
             ResumeOk(

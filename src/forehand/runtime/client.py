@@ -278,7 +278,12 @@ class Session:
 
     def snapshot(self) -> bytes:
         """What to persist to take the session back after a client restart
-        (`Client.resume_session`): its id, its credential (a secret) and its placements."""
+        (`Client.resume_session`): its id, its credential (a secret) and its placements.
+
+        The credential is the newest: the client renews it while it holds the session (every
+        `ClientConfig.credential_renew_interval_ms`), and a snapshot older than the cluster's
+        `credential_lifetime_ms` (24 hours) can no longer take the session back, so persist it
+        again from time to time."""
         snapshot = self._client._core.session_snapshot(self._id)
         return _encoder.encode(
             _Saved(
@@ -438,7 +443,8 @@ class Client:
         """Take back a session from `Session.snapshot()` bytes (after a client restart).
 
         Its credential goes in the HELLO to each part's primary; calls wait until the server
-        welcomes it, and if a server refuses, the parts are located through the manager.
+        welcomes it, and if a server refuses (a credential that expired: a snapshot older than
+        the cluster's credential lifetime), the parts are located through the manager.
         """
         self._check_open()
         try:
