@@ -216,7 +216,13 @@ def _admin_token(path: Path) -> Path:
 async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    handled = [n for n in STOP_SIGNALS if signal.getsignal(n) is not signal.SIG_IGN]
+    # Only SIGHUP keeps an ignored disposition (nohup's); a shell starts a background job with
+    # SIGINT ignored, and `kill -INT` must still stop it.
+    handled = [
+        n
+        for n in STOP_SIGNALS
+        if n is not signal.SIGHUP or signal.getsignal(n) is not signal.SIG_IGN
+    ]
     for number in handled:
         loop.add_signal_handler(number, stop.set)
     state_path = cluster.directory / STATE_FILE

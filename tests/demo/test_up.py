@@ -9,6 +9,7 @@ before starting anything.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -43,11 +44,13 @@ def _alive(pid: int) -> bool:
 
 def _start(directory: Path, *options: str, ignore_hangup: bool = False) -> subprocess.Popen[str]:
     """`forehand up` of the cart app on any free ports; `options` come last, so they win. With
-    `ignore_hangup` it starts with SIGHUP ignored, as under `nohup`."""
+    `ignore_hangup` it starts with SIGHUP and SIGINT ignored, as `nohup forehand up &` does."""
     command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
     command += ["--dir", str(directory), "--port", "0", "--dashboard-port", "0", *options]
     if ignore_hangup:
-        command = ["nohup", *command]  # It execs the command: the pid stays the same.
+        # As `nohup forehand up &` from a script: SIGHUP ignored, and SIGINT too (a shell starts
+        # background jobs so). Both exec the command: the pid stays the same.
+        command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", "nohup", *command]
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -79,6 +82,19 @@ def _stop(process: subprocess.Popen[str], how: signal.Signals = signal.SIGINT) -
     return output
 
 
+def _kill_all(process: subprocess.Popen[str], directory: Path) -> None:
+    """After a failed check: SIGKILL `forehand up` if it still runs, and the processes its
+    up.json names (it starts them in sessions of their own, so they would outlive it)."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        state = json.loads((directory / "up.json").read_text(encoding="utf-8"))
+        for pid in state["pids"].values():
+            if _alive(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
+
+
 async def _use(state: dict[str, Any]) -> int:
     async with forehand.connect(state["manager"], ca=state["ca"]) as client:
         session = await client.open_session(parts=["auth", "cart"])
@@ -95,7 +111,8 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     stops every process it started and removes up.json; a second run in the same directory
     keeps the CA and the admin token, warns that one server leaves replicated parts without a
     replica; the terminal closing (SIGHUP) stops every process as Ctrl-C does, unless SIGHUP is
-    ignored (`nohup forehand up`), which it then keeps ignoring."""
+    ignored (`nohup forehand up &`), which it then keeps ignoring, while `kill -INT` still stops
+    it though a shell's background job starts with SIGINT ignored."""
     directory = tmp_path / "state"
     process = _start(directory, "--servers", "2")
     try:
@@ -145,9 +162,7 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
         assert process.poll() is None, "a server's death must not stop the cluster"
         output = _stop(process, signal.SIGHUP)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        _kill_all(process, directory)
     assert "Forehand is up" in output and state["manager"] in output
     assert "server s2 was killed by signal 9; the others keep running" in output
     assert not [name for name, pid in state["pids"].items() if _alive(pid)]
@@ -165,9 +180,7 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
         assert again.poll() is None, "under nohup, a hangup must not stop the cluster"
         output = _stop(again)
     finally:
-        if again.poll() is None:
-            again.kill()
-            again.wait()
+        _kill_all(again, directory)
     assert not [name for name, pid in second["pids"].items() if _alive(pid)]
     assert "warning: with one server the replicated part(s) cart have no replica" in output
     assert not (directory / "up.json").exists()
