@@ -90,6 +90,8 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
     for response in cases:
         body = response.json()
         assert set(body) == {"error", "detail"} and body["detail"]
+    # Why it is refused, not "not DRAINING, or the commit queue is full".
+    assert cases[1].json()["detail"] == "cannot undrain s1: it is active, not draining"
     assert api.get("/api/policy").json() == policy
     assert api.get("/api/status").json()["map_version"] == version
 

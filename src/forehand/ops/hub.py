@@ -292,12 +292,13 @@ class OpsHub:
         self._require_server(server_id)
         accepted = self.driver.command(lambda core, now_us: core.drain(server_id, now_us=now_us))
         if not accepted:
-            raise OpsError(
-                409,
-                "not_drainable",
-                f"{server_id} is not ACTIVE (or already drained by an operator),"
-                " or the commit queue is full",
+            state = self._map_state(server_id)
+            why = (
+                "the manager's commit queue is full; try again"
+                if state == "active"
+                else f"it is {state or 'not in the map'} (already drained by an operator, or dead)"
             )
+            raise OpsError(409, "not_drainable", f"cannot drain {server_id}: {why}")
         # The drain counts its parts once the store committed the DRAINING mark; until then it
         # shows as started with nothing counted yet.
         progress = self.drains.get(server_id)
@@ -313,10 +314,24 @@ class OpsHub:
         self._require_server(server_id)
         accepted = self.driver.command(lambda core, now_us: core.undrain(server_id, now_us=now_us))
         if not accepted:
-            raise OpsError(
-                409, "not_draining", f"{server_id} is not DRAINING, or the commit queue is full"
+            state = self._map_state(server_id)
+            why = (
+                "the manager's commit queue is full; try again"
+                if state == "draining"
+                else f"it is {state or 'not in the map'}, not draining"
             )
+            raise OpsError(409, "not_draining", f"cannot undrain {server_id}: {why}")
         self.drains.pop(server_id, None)
+
+    def _map_state(self, server_id: str) -> str:
+        """`server_id`'s state in the shard map, lower case ("" when the map lacks it)."""
+        current = self.core.shard_map
+        if current is None:
+            return ""
+        try:
+            return current.server(server_id).state.name.lower()
+        except KeyError:
+            return ""
 
     def drain_progress(self, server_id: str) -> DrainProgress:
         """Where the drain of `server_id` stands."""
