@@ -246,6 +246,27 @@ def test_only_one_commit_is_in_flight() -> None:
     assert isinstance(second, DeltaCommitRequested) and second.base_version == 1
 
 
+def test_a_full_map_refuses_new_sessions() -> None:
+    """Past map_parts_max parts, OPEN_SESSION is refused with LIMIT_EXCEEDED naming the bound
+    (anyone who reaches the manager may open sessions, and they stay until closed); the
+    sessions already open are kept."""
+    core = bare_manager(map_parts_max=4)
+    store = MemoryStore()
+    run_store(core, store)
+    core.receive_message(announce("s1"), source="s1", now_us=0)
+    run_store(core, store)
+    core.messages_to_send()
+    core.receive_message(OpenSession(request_id=1, parts=("a", "b", "c")), source="c", now_us=0)
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert len(opened) == 1
+    core.receive_message(OpenSession(request_id=2, parts=("a", "b")), source="c", now_us=0)
+    sent = [o.message for o in core.messages_to_send()]
+    (error,) = [m for m in sent if isinstance(m, Error)]
+    assert error.code is ErrorCode.LIMIT_EXCEEDED and "map_parts_max=4" in error.reason
+    assert core.shard_map is not None and len(core.shard_map) == 3
+
+
 def test_a_full_queue_pushes_back_on_new_sessions() -> None:
     """Beyond pending_deltas_max queued changes, OPEN_SESSION is refused with LIMIT_EXCEEDED."""
     core = bare_manager(pending_deltas_max=2)

@@ -55,6 +55,10 @@ class ManagerConfig:
     """Most client connections whose HELLO the manager remembers at once."""
     client_sessions_max: int = 1_024
     """Most sessions the manager remembers per client connection (for its MAP_REQUESTs)."""
+    map_parts_max: int = 16_000_000
+    """Most parts the shard map holds: an OPEN_SESSION that would pass it is refused (ERROR
+    LIMIT_EXCEEDED). Anyone who reaches the manager may open sessions, and each stays until it
+    is closed; this bounds the map's memory (about 700 bytes a part) against a flood of them."""
     map_request_hold_ms: int = 1_500
     """A MAP_REQUEST each of whose presented sessions has a part with its primary on a server
     the manager cannot reach (connection lost, suspected, or dead and not yet failed over) is

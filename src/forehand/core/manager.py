@@ -2272,6 +2272,14 @@ class ManagerCore:
                 f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
+        current = self.shard_map
+        if current is not None and len(current) + len(parts) > self._config.map_parts_max:
+            self._refuse(
+                source,
+                ErrorCode.LIMIT_EXCEEDED,
+                f"the shard map holds map_parts_max={self._config.map_parts_max} parts",
+            )
+            return
         client = self._client(source)
         opening = _Opening(
             client=source,
