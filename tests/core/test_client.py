@@ -840,25 +840,31 @@ def test_resume_session_times_out_without_welcome() -> None:
     assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
 
 
-def test_resume_ok_without_a_resume_is_ignored_and_a_reject_unbinds() -> None:
-    """A RESUME_OK answering no RESUME (the credential went in HELLO, which WELCOME answered)
-    changes nothing. A RESUME_REJECT answering none is the server saying the HELLO's credential
-    of that session had expired, so it left the session unbound: it is not bound there after
-    all, and its parts there are located anew (it was ignored before, and the session counted
-    as bound on a connection that refused its requests)."""
+def test_resume_ok_or_reject_without_a_resume_is_ignored_but_an_expired_hello_unbinds() -> None:
+    """A RESUME_OK or RESUME_REJECT answering no RESUME (the credential went in HELLO, which
+    WELCOME answered; a late answer to a RESUME given up) changes nothing. A RESUME_REJECT
+    HELLO_CREDENTIAL_EXPIRED, which answers no RESUME by definition, is the server saying the
+    HELLO's credential of that session had expired, so it left the session unbound: it is not
+    bound there after all, and its parts there are located anew (before, the session counted as
+    bound on a connection that refused its requests)."""
     h = Harness()
     h.client.resume_session(SESSION, b"cred", (placement("auth", "s1"),), map_version=4, now_us=0)
     h.drain()
     h.welcome("s1")
     state = h.client.route(SESSION, "auth").state
     h.feed("s1", ResumeOk(session_id=SESSION, parts=("auth",), map_version=4))
-    assert [e.name for e in h.of(RarePathTaken)] == ["late-resume-ok"]
-    assert h.client.route(SESSION, "auth").state is state
     h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.TOKEN_EXPIRED))
+    assert [e.name for e in h.of(RarePathTaken)] == ["late-resume-ok", "late-resume-reject"]
+    assert h.client.route(SESSION, "auth").state is state
+    assert h.of(SessionResumeRejected) == []
+    h.feed(
+        "s1",
+        ResumeReject(session_id=SESSION, reason=ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED),
+    )
     (rejected,) = h.of(SessionResumeRejected)
-    assert (rejected.server, rejected.reason) == ("s1", ResumeRejectReason.TOKEN_EXPIRED)
+    assert rejected.server == "s1"
+    assert rejected.reason is ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED
     assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
-    assert h.of(RarePathTaken) == []
 
 
 def test_session_snapshot_round_trips_through_resume_session() -> None:

@@ -140,3 +140,19 @@ def test_a_renewal_refused_as_expired_is_not_tried_again() -> None:
     assert len(h.of(SessionResumeRejected)) == 1
     h.advance(ms=4 * INTERVAL_MS)
     assert h.take(Resume) == []
+
+
+def test_an_idle_session_with_no_connection_up_dials_to_renew() -> None:
+    """A session never called (opened, then left idle) has no connection to its servers: its
+    renewal dials its primary (the HELLO presents the credential, the RESUME behind it gets the
+    fresh one). Before, only a server the session was bound on was asked, so an idle session
+    never renewed and its credential expired."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = h.open(placement("auth", "s1", "s2"))
+    h.advance(ms=INTERVAL_MS)
+    assert len(h.take(Hello, "s1")) == 1
+    h.welcome("s1")
+    (renewal,) = h.take(Resume, "s1")
+    assert (renewal.session_id, renewal.parts) == (session, ("auth",))
+    h.feed("s1", ResumeOk(session_id=session, parts=("auth",), map_version=5, credential=b"new"))
+    assert h.client.session_snapshot(session).credential == b"new"

@@ -228,7 +228,10 @@ def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_
     assert cluster.take("c1", Error) == []
     assert len(cluster.take("c1", Welcome)) == 1
     (told,) = cluster.take("c1", ResumeReject)
-    assert (told.session_id, told.reason) == (OTHER_SESSION, ResumeRejectReason.TOKEN_EXPIRED)
+    assert (told.session_id, told.reason) == (
+        OTHER_SESSION,
+        ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED,
+    )
     (refused,) = cluster.events("s1", ResumeRejected)
     assert (refused.session_id, refused.reason) == (
         OTHER_SESSION,

@@ -278,8 +278,9 @@ class ClientCore:
         due time is no longer the session's (`_renew_due`) is skipped when it comes up."""
         self._renew_due: dict[bytes, int] = {}
         """Each held session's next credential renewal."""
-        self._renewing: set[tuple[bytes, NodeId]] = set()
-        """(session, server) of the binding RESUMEs that renew a credential, unanswered."""
+        self._renewing: dict[tuple[bytes, NodeId], bytes] = {}
+        """(session, server) of the binding RESUMEs that renew a credential, unanswered, with
+        the credential each sent."""
         self._probe_window_us = 0
         self._prewarm_due_us = 0
         self._probes_in_window = 0
@@ -646,7 +647,8 @@ class ClientCore:
         for key in [k for k in self._binds if k[0] == session_id]:
             del self._binds[key]
         self._renew_due.pop(session_id, None)
-        self._renewing.difference_update([k for k in self._renewing if k[0] == session_id])
+        for key in [k for k in self._renewing if k[0] == session_id]:
+            del self._renewing[key]
         servers = dict.fromkeys(r.primary for r in session.parts.values())
         for server in servers:
             connection = self._pool.get(server)
@@ -2129,22 +2131,24 @@ class ClientCore:
 
     def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
         key = (frame.session_id, source)
+        if frame.reason is ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED:
+            # Unasked, answering no RESUME of ours: the server left a session our HELLO
+            # presented unbound (its credential expired). It is not bound there after all;
+            # its parts there are located anew.
+            bound = self._bound.get(source)
+            if bound is not None and frame.session_id in bound:
+                bound.discard(frame.session_id)
+                self._bind_rejected(frame, source, now_us)
+            return
         if self._answers_bind(key):
             if key in self._renewing:
                 # The session stays bound on that connection; only the renewal failed.
-                self._renewing.discard(key)
-                self._renewal_failed(frame, source, now_us)
+                sent = self._renewing.pop(key)
+                self._renewal_failed(frame, source, sent, now_us)
                 return
             self._bind_rejected(frame, source, now_us)
             return
         resumption = self._resumptions.get((frame.session_id, source))
-        bound = self._bound.get(source)
-        if resumption is None and bound is not None and frame.session_id in bound:
-            # Unasked: the server left a session our HELLO presented unbound (its credential
-            # expired). It is not bound there after all; its parts there are located anew.
-            bound.discard(frame.session_id)
-            self._bind_rejected(frame, source, now_us)
-            return
         if resumption is None or resumption.kind is not _ResumeKind.HANDOFF:
             self._rare("late-resume-reject")
         else:
@@ -2159,7 +2163,7 @@ class ClientCore:
         is_bind = self._answers_bind((frame.session_id, source))
         session = self._sessions.get(frame.session_id)
         if is_bind:
-            self._renewing.discard((frame.session_id, source))
+            self._renewing.pop((frame.session_id, source), None)
             if session is not None and frame.credential:
                 self._renewed(session, frame.credential, now_us)
         if session is not None and self._pool.get(source) is not None:
@@ -2296,42 +2300,45 @@ class ClientCore:
             self._send_renewal(session, now_us)
 
     def _send_renewal(self, session: Session, now_us: int) -> None:
-        """A binding RESUME with the session's credential to a server it is bound on, over a
-        READY connection; none when no such server is (the retry time then tries again)."""
+        """A binding RESUME with the session's credential to the primary of one of its ACTIVE
+        parts: over a READY connection when one is up (picked at random, so that a retry does
+        not always ask the same server), else dialling one (an idle session may have none up,
+        and its credential must not expire unrenewed). None when no part is ACTIVE (the retry
+        time then tries again)."""
         session_id = session.session_id
         by_server: dict[NodeId, list[str]] = {}
         for name, route in session.parts.items():
             if route.state is RouteState.ACTIVE:
                 by_server.setdefault(route.primary, []).append(name)
-        candidates = []
-        for server in by_server:
-            key = (session_id, server)
-            connection = self._pool.get(server)
-            if (
-                connection is not None
-                and connection.state is ConnectionState.READY
-                and session_id in self._bound.get(server, ())
-                and key not in self._binds
-                and key not in self._resumptions
-            ):
-                candidates.append(server)
-        if candidates:
-            # Any of them, so that a retry does not always ask the same server (one that
-            # answers without a fresh credential would otherwise keep the session from renewing).
-            server = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
-            key = (session_id, server)
-            parts = tuple(by_server[server][: DEFAULT_CONFIG.parts_max])
-            frame = Resume(
-                session_id=session_id,
-                token=session.credential,
-                parts=parts,
-                map_version=max(session.parts[name].map_version for name in parts),
-                unanswered=(),
-            )
-            self._outbox.append(Outbound(destination=server, message=frame))
+        free = [
+            server
+            for server in by_server
+            if (session_id, server) not in self._binds
+            and (session_id, server) not in self._resumptions
+        ]
+        if not free:
+            return
+        ready = [
+            server
+            for server in free
+            if (connection := self._pool.get(server)) is not None
+            and connection.state is ConnectionState.READY
+        ]
+        candidates = ready or free
+        server = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
+        key = (session_id, server)
+        parts = tuple(by_server[server][: DEFAULT_CONFIG.parts_max])
+        frame = Resume(
+            session_id=session_id,
+            token=session.credential,
+            parts=parts,
+            map_version=max(session.parts[name].map_version for name in parts),
+            unanswered=(),
+        )
+        if self._send(server, frame, now_us):
             self._binds[key] = now_us
             self._resume_kinds.setdefault(key, deque()).append(True)
-            self._renewing.add(key)
+            self._renewing[key] = session.credential
 
     def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
         """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
@@ -2341,11 +2348,16 @@ class ClientCore:
         )
         self._emit(CredentialRenewed(node=self.node_id, session_id=session.session_id))
 
-    def _renewal_failed(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
+    def _renewal_failed(
+        self, frame: ResumeReject, source: NodeId, sent: bytes, now_us: int
+    ) -> None:
         """A renewal's RESUME was refused (a table full, the credential expired meanwhile):
         reported; the session stays bound where it is, and the retry time tries again, unless
-        the credential expired, which no retry mends."""
-        if frame.reason is ResumeRejectReason.TOKEN_EXPIRED:
+        the credential it sent expired and is still the session's (no retry mends that; a
+        fresher one that came meanwhile renews as usual)."""
+        session = self._sessions.get(frame.session_id)
+        expired = frame.reason is ResumeRejectReason.TOKEN_EXPIRED
+        if expired and session is not None and session.credential == sent:
             self._renew_due.pop(frame.session_id, None)
         self._emit(
             SessionResumeRejected(
@@ -2391,7 +2403,8 @@ class ClientCore:
         for key in [k for k in self._resume_kinds if k[1] == server]:
             del self._resume_kinds[key]
         # A renewal that went there gets no answer now; its session's retry time stands.
-        self._renewing.difference_update([k for k in self._renewing if k[1] == server])
+        for key in [k for k in self._renewing if k[1] == server]:
+            del self._renewing[key]
 
     def _switch_part(
         self,

@@ -966,7 +966,7 @@ class ServerCore:
                 source,
                 ResumeReject(
                     session_id=session_id,
-                    reason=ResumeRejectReason.TOKEN_EXPIRED,
+                    reason=ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED,
                     message="the credential presented in HELLO has expired",
                 ),
             )

@@ -294,7 +294,8 @@ class OpsHub:
         if not accepted:
             state = self._map_state(server_id)
             why = (
-                "the manager's commit queue is full; try again"
+                "a drain of it is already being committed, or the manager's commit queue is"
+                " full; try again"
                 if state == "active"
                 else f"it is {state or 'not in the map'} (already drained by an operator, or dead)"
             )

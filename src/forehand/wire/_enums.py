@@ -191,6 +191,9 @@ class ResumeRejectReason(IntEnum):
     WRONG_SERVER = 0x06
     SESSION_UNKNOWN = 0x07
     OVERLOADED = 0x08
+    HELLO_CREDENTIAL_EXPIRED = 0x09
+    """Sent unasked after WELCOME, answering no RESUME: the session's credential in HELLO had
+    expired, so the session is not bound to this connection."""
 
     @classmethod
     def from_wire(cls, value: int) -> ResumeRejectReason:
