@@ -2276,7 +2276,7 @@ class ClientCore:
 
     # Credential renewal: a session outlives any one credential (they expire after the cluster's
     # `credential_lifetime_ms`), so each is traded for a fresh one every
-    # `credential_renew_interval_ms`, by a binding RESUME to a server the session is bound on.
+    # `credential_renew_interval_ms`, by a binding RESUME to the primary of one of its parts.
 
     def _renew_at(self, session_id: bytes, due_us: int) -> None:
         self._renew_due[session_id] = due_us

@@ -665,9 +665,8 @@ class ServerCore:
 
     def _response_payload_max(self) -> int:
         """The longest result a RESPONSE carries (`RESPONSE_HEAD_BYTES_MAX`)."""
-        return max(
-            self._config.frame_bytes_max, _RESPONSE_PAYLOAD_MAX + RESPONSE_HEAD_BYTES_MAX
-        ) - (RESPONSE_HEAD_BYTES_MAX)
+        sent_max = max(self._config.frame_bytes_max, DEFAULT_WIRE.frame_bytes_max)
+        return sent_max - RESPONSE_HEAD_BYTES_MAX
 
     def _refuse(self, inbound: _Inbound, status: ResponseStatus, detail: str) -> None:
         self._reply(inbound, status, detail.encode(), self.map_version)
