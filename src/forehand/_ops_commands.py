@@ -25,6 +25,11 @@ FAILURE_EXIT = 1
 """Exit status of a command the API refused or could not be reached for."""
 DRAIN_POLL_INTERVAL_S = 0.25
 """How often `forehand drain` asks for the drain's progress."""
+WAITING_EXIT = 3
+"""Exit status of `forehand drain` when everything left on the server waits for another server
+to take it: it must not be stopped yet (its parts would be left without a replica)."""
+WAITING_POLLS = 8
+"""Polls in a row (2 s) that must find only waiting roles left before `forehand drain` says so."""
 UNREACHABLE_HINT = (
     " (the manager serves the API only with admin_http_port set, e.g. `forehand manager"
     " --set admin_http_port=7080`; --url or $FOREHAND_ADMIN_URL names another address)"
@@ -219,7 +224,11 @@ def drain(
     token: str | None = _TOKEN,
     timeout_s: float = _TIMEOUT,
 ) -> None:
-    """Move every part off a server (planned handoffs), showing parts moved / total."""
+    """Move every part off a server (planned handoffs), showing parts moved / total.
+
+    Exits 0 once the server holds nothing, 1 on an error or after --wait-timeout-s, and 3 when
+    what is left waits for another server to take it (a fleet of two, say): stopping the server
+    then would leave those parts without a replica."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     path = f"/api/servers/{_segment(server)}/drain"
@@ -229,6 +238,7 @@ def drain(
         return
     deadline = time.monotonic() + wait_timeout_s
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+    only_waiting = 0
     with Progress(*columns, TimeElapsedColumn(), console=_console()) as bar:
         task = bar.add_task(f"draining {server}", total=None)
         while True:
@@ -242,6 +252,16 @@ def drain(
             )
             if progress_now["finished"]:
                 break
+            left = progress_now["parts_total"] - progress_now["parts_moved"]
+            only_waiting = only_waiting + 1 if waiting and waiting >= left else 0
+            if only_waiting >= WAITING_POLLS:
+                typer.echo(
+                    f"forehand: {server} keeps {waiting} role(s) no other server can take (each "
+                    "its part's last replica, or primaries with no other ACTIVE server): do not "
+                    "stop it yet; start or undrain another server and the drain goes on",
+                    err=True,
+                )
+                raise typer.Exit(WAITING_EXIT)
             if time.monotonic() > deadline:
                 why = ""
                 if waiting:

@@ -55,12 +55,14 @@ class OpsCluster(Cluster):
     """`Cluster` with the admin API on the manager and /metrics on every server; four servers,
     so that a drained one's replica roles have somewhere to go and its drain finishes."""
 
-    def __init__(self, directory: Path, *, certs_dir: Path) -> None:
+    def __init__(
+        self, directory: Path, *, certs_dir: Path, servers: tuple[str, ...] = (*SERVERS, "s9")
+    ) -> None:
         super().__init__(
             directory,
             certs_dir=certs_dir,
             transport="tls",
-            servers=(*SERVERS, "s9"),
+            servers=servers,
             server_settings=("metrics_port=0",),
         )
         self.token_file = directory / "admin-token"

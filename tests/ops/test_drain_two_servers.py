@@ -1,0 +1,50 @@
+"""`forehand drain` on a fleet of two: it says what waits, and exits 3 instead of waiting.
+
+Draining one of two servers moves its primaries to the other, which cannot also be their
+replica: the drained server stays the replica of every part (a `replicated` part needs one to
+acknowledge a write). The command used to wait its whole `--wait-timeout-s` (600 s) for a drain
+that could not finish; it now exits 3 once only those roles are left, saying so.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from typer.testing import CliRunner
+
+from forehand.cli import app
+
+if TYPE_CHECKING:
+    from tests.ops._ops_cluster import TOKEN, OpsCluster, make_certs, run_async
+else:
+    from _ops_cluster import TOKEN, OpsCluster, make_certs, run_async
+
+WIDE = {"COLUMNS": "240", "NO_COLOR": "1"}
+
+
+def test_a_drain_that_only_waits_exits_3_saying_what_waits(tmp_path: Path) -> None:
+    """A session's parts on s1 and s2; `forehand drain s1` moves what it can, then exits 3
+    naming the roles that wait, and s1 is still their replica; undrained, it is ACTIVE again."""
+    cluster = OpsCluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), servers=("s1", "s2"))
+    cluster.start()
+    try:
+
+        async def open_session() -> None:
+            async with cluster.connect() as client:
+                session = await client.open_session(parts=["auth", "cart", "feature/video"])
+                await session.call("cart", "add", {"sku": "tea", "quantity": 1})
+
+        run_async(open_session())
+        extra = ["--url", cluster.api_url, "--token", TOKEN]
+        result = CliRunner().invoke(
+            app, ["drain", "s1", "--wait-timeout-s", "120", *extra], env=WIDE
+        )
+        assert result.exit_code == 3, result.output
+        assert "no other server can take" in result.output
+        assert "do not stop it yet" in result.output
+        result = CliRunner().invoke(app, ["undrain", "s1", *extra], env=WIDE)
+        assert result.exit_code == 0, result.output
+        run_async(cluster.wait_active(("s1", "s2")))
+    finally:
+        cluster.stop()
