@@ -135,6 +135,28 @@ def test_a_closed_session_is_answered_in_full_without_it() -> None:
     assert listed(update) == [(kept.session_id, "auth")]
 
 
+def test_a_session_the_map_no_longer_holds_is_closed_for_a_client_presenting_it() -> None:
+    """A restarted client asks about a session closed meanwhile (its credential still valid):
+    the manager answers CLOSE_SESSION for it, so its calls fail as closed by the manager, not as
+    a placement never found; the sessions it still holds are answered as usual."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    kept = harness.open_session(("auth",), client="c1")
+    closed = harness.open_session(("cart",), client="c1")
+    harness.router.send("c1", MANAGER, CloseSession(session_id=closed.session_id))
+    harness.router.run()
+    credentials = tuple(
+        Credential(session_id=o.session_id, credential=o.credential) for o in (kept, closed)
+    )
+    harness.router.send(
+        "c2", MANAGER, MapRequest(map_version=harness.map.version, credentials=credentials)
+    )
+    assert harness.take("c2", CloseSession) == [CloseSession(session_id=closed.session_id)]
+    (update,) = harness.take("c2", MapUpdate)
+    assert listed(update) == []  # nothing newer for the session it still holds
+    assert harness.take("c2", CloseSession) == []
+
+
 def empty_map() -> ShardMap:
     return ShardMap.empty(config=PlacementConfig())
 

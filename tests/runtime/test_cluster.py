@@ -129,7 +129,8 @@ def test_resume_session_after_client_restart(cluster: Cluster) -> None:
     """A new client process takes a session back from its snapshot, with the state it had;
     closed right before that client closes, the session is gone from the shard map (the
     client had no manager connection yet: its CLOSE_SESSION waited for one, and was lost
-    when the client closed)."""
+    when the client closed); a third client taking it back then hears from the manager that it
+    was closed (before: a placement never found, after the request timeout)."""
 
     async def scenario() -> tuple[bytes, bytes]:
         async with cluster.connect() as client:
@@ -158,6 +159,15 @@ def test_resume_session_after_client_restart(cluster: Cluster) -> None:
         return f"no session {session_id.hex()}" in reply.detail
 
     run_async(eventually(forgotten, what="the closed session gone from the shard map"))
+
+    async def resumed_after_close() -> None:
+        # Its credential is still valid, but the session is gone: the manager says so.
+        async with cluster.connect() as client:
+            session = await client.resume_session(saved)
+            with pytest.raises(forehand.SessionClosedError, match="closed by manager"):
+                await session.call("cart", "list")
+
+    run_async(resumed_after_close())
 
 
 def test_planned_handoff_under_load(cluster: Cluster) -> None:

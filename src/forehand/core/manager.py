@@ -2461,6 +2461,15 @@ class ManagerCore:
                 source, map_version=frame.map_version, sessions=presented, now_us=now_us
             )
             return
+        gone = [session_id for session_id in presented if session_id not in self._sessions]
+        if gone:
+            # A session the map no longer holds (closed, or every part lost) that a client still
+            # asks about, with its valid credential: CLOSE_SESSION tells it so, and its calls fail
+            # as closed by the manager instead of as a placement never found.
+            for session_id in gone:
+                client.sessions.pop(session_id, None)
+                self._send(source, CloseSession(session_id=session_id))
+            presented = tuple(s for s in presented if s in self._sessions)
         # Every session it asks about has a part on a server the manager cannot reach either:
         # the news the client waits for is that server's failover, and until it commits the
         # answer would send it back there. Held, the request is answered when the failover

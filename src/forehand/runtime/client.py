@@ -232,7 +232,11 @@ class Session:
             client._pending[request_id] = future
             answer = await future
         if type(answer) is not events.ResponseReceived:
-            raise _call_failure(answer)
+            failure = _call_failure(answer)
+            if isinstance(failure, SessionClosedError) and self._closed:
+                # Who closed it (a peer's CLOSE_SESSION), when the session's end said so.
+                raise SessionClosedError(self._closed_why)
+            raise failure
         status = answer.status
         if status is ResponseStatus.OK:
             return cast(T, msgspec.msgpack.decode(answer.payload, type=result_type))
