@@ -2246,20 +2246,29 @@ class ClientCore:
         key = (session_id, server)
         if key in self._binds or key in self._resumptions:
             return False
-        parts = tuple(name for name, route in session.parts.items() if route.primary == server)[
-            : DEFAULT_CONFIG.parts_max
-        ]
+        parts = tuple(name for name, route in session.parts.items() if route.primary == server)
+        self._send_bind(session, server, parts, now_us)
+        return False
+
+    def _send_bind(
+        self, session: Session, server: NodeId, parts: tuple[str, ...], now_us: int
+    ) -> bool:
+        """A binding RESUME with the session's credential to `server`, naming `parts`
+        (the session's parts there); False when it could not be sent (no connection slot)."""
+        parts = parts[: DEFAULT_CONFIG.parts_max]
         frame = Resume(
-            session_id=session_id,
+            session_id=session.session_id,
             token=session.credential,
             parts=parts,
             map_version=max(session.parts[name].map_version for name in parts),
             unanswered=(),
         )
-        if self._send(server, frame, now_us):
-            self._binds[key] = now_us
-            self._resume_kinds.setdefault(key, deque()).append(True)
-        return False
+        if not self._send(server, frame, now_us):
+            return False
+        key = (session.session_id, server)
+        self._binds[key] = now_us
+        self._resume_kinds.setdefault(key, deque()).append(True)
+        return True
 
     def _answers_bind(self, key: tuple[bytes, NodeId]) -> bool:
         """Whether a RESUME_OK or RESUME_REJECT for `key` answers a binding RESUME: a server
@@ -2326,19 +2335,8 @@ class ClientCore:
         ]
         candidates = ready or free
         server = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
-        key = (session_id, server)
-        parts = tuple(by_server[server][: DEFAULT_CONFIG.parts_max])
-        frame = Resume(
-            session_id=session_id,
-            token=session.credential,
-            parts=parts,
-            map_version=max(session.parts[name].map_version for name in parts),
-            unanswered=(),
-        )
-        if self._send(server, frame, now_us):
-            self._binds[key] = now_us
-            self._resume_kinds.setdefault(key, deque()).append(True)
-            self._renewing[key] = session.credential
+        if self._send_bind(session, server, tuple(by_server[server]), now_us):
+            self._renewing[(session_id, server)] = session.credential
 
     def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
         """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
