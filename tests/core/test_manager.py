@@ -246,16 +246,22 @@ def test_only_one_commit_is_in_flight() -> None:
     assert isinstance(second, DeltaCommitRequested) and second.base_version == 1
 
 
-def test_a_full_map_refuses_new_sessions() -> None:
-    """Past map_parts_max parts, OPEN_SESSION is refused with LIMIT_EXCEEDED naming the bound
-    (anyone who reaches the manager may open sessions, and they stay until closed); the
-    sessions already open are kept."""
-    core = bare_manager(map_parts_max=4)
+def manager_with_one_server(**overrides: object) -> tuple[ManagerCore, MemoryStore]:
+    """A manager over a memory store with s1 joined, its outbox drained."""
+    core = bare_manager(**overrides)
     store = MemoryStore()
     run_store(core, store)
     core.receive_message(announce("s1"), source="s1", now_us=0)
     run_store(core, store)
     core.messages_to_send()
+    return core, store
+
+
+def test_a_full_map_refuses_new_sessions() -> None:
+    """Past map_parts_max parts, OPEN_SESSION is refused with LIMIT_EXCEEDED naming the bound
+    (anyone who reaches the manager may open sessions, and they stay until closed); the
+    sessions already open are kept."""
+    core, store = manager_with_one_server(map_parts_max=4)
     core.receive_message(OpenSession(request_id=1, parts=("a", "b", "c")), source="c", now_us=0)
     run_store(core, store)
     opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
@@ -269,12 +275,7 @@ def test_a_full_map_refuses_new_sessions() -> None:
 
 def test_a_full_queue_pushes_back_on_new_sessions() -> None:
     """Beyond pending_deltas_max queued changes, OPEN_SESSION is refused with LIMIT_EXCEEDED."""
-    core = bare_manager(pending_deltas_max=2)
-    store = MemoryStore()
-    run_store(core, store)
-    core.receive_message(announce("s1"), source="s1", now_us=0)
-    run_store(core, store)
-    core.messages_to_send()
+    core, store = manager_with_one_server(pending_deltas_max=2)
     for request_id in range(4):
         core.receive_message(OpenSession(request_id=request_id, parts=("a",)), source="c", now_us=0)
     sent = [o.message for o in core.messages_to_send()]

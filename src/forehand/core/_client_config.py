@@ -52,11 +52,11 @@ class ClientConfig:
     resume_timeout_ms: int = 2_000
     """Time one handoff target has to answer RESUME before the client tries the next one."""
     credential_renew_interval_ms: int = 43_200_000
-    """How often the client renews each session's credential: a RESUME with it to a server the
-    session is bound on, answered by RESUME_OK with a fresh one. Credentials expire (the
-    manager's and servers' `credential_lifetime_ms`, 24 hours), and a session outlives any one
-    of them; keep it well below their lifetime (a renewal that finds no bound server, or gets
-    no fresh credential, tries again after an eighth of it)."""
+    """How often the client renews each session's credential: a RESUME with it to the primary
+    of one of the session's parts, answered by RESUME_OK with a fresh one. Credentials expire
+    (the manager's and servers' `credential_lifetime_ms`, 24 hours), and a session outlives any
+    one of them; keep it well below their lifetime (a renewal that finds no part placed, is
+    refused or gets no fresh credential tries again after an eighth of it)."""
     ping_interval_ms: int = 1_000
     """Period of PING on each READY connection."""
     pings_outstanding_max: int = 4

@@ -275,9 +275,10 @@ class ClientCore:
         self._resume_kinds: dict[tuple[bytes, NodeId], deque[bool]] = {}
         self._renewals: list[tuple[int, bytes]] = []
         """(due, session id) of each session's next credential renewal, a heap; an entry whose
-        due time is no longer the session's (`_renew_due`) is skipped when it comes up."""
+        due time is no longer the session's (`_renew_due`) is skipped when it comes up, and the
+        heap is rebuilt past twice the sessions plus `_RENEWAL_HEAP_SLACK` entries."""
         self._renew_due: dict[bytes, int] = {}
-        """Each held session's next credential renewal."""
+        """Each held session's next credential renewal (so at most `sessions_max` entries)."""
         self._renewing: dict[tuple[bytes, NodeId], bytes] = {}
         """(session, server) of the binding RESUMEs that renew a credential, unanswered, with
         the credential each sent."""
