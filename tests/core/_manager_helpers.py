@@ -153,8 +153,10 @@ class ManagerHarness:
         cpu: float | None = None,
         parts: Iterable[PartProgress] = (),
         latency_us_p99: int = 1_000,
+        renewed: Iterable[bytes] = (),
     ) -> None:
-        """One heartbeat from `server_id` (its load stays what it last reported)."""
+        """One heartbeat from `server_id` (its load stays what it last reported), reporting the
+        `renewed` sessions' credentials."""
         if cpu is not None:
             self.loads[server_id] = load(cpu, latency_us_p99)
         self.sequences[server_id] = self.sequences.get(server_id, 0) + 1
@@ -165,6 +167,7 @@ class ManagerHarness:
             map_version=self.manager.map_version,
             load=self.loads.get(server_id, IDLE),
             parts=tuple(parts),
+            renewed_sessions=tuple(renewed),
         )
         self.router.send(server_id, MANAGER, message)
 

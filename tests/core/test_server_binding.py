@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from forehand.core._driver import ConnectionLost
 from forehand.core._server_events import RequestExecuted, RequestRefused, ResumeRejected
+from forehand.core.messages import HeartbeatReported
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.wire import (
     PROTOCOL_VERSION,
@@ -23,9 +24,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._server_helpers import OTHER_SESSION, SESSION, Cluster, sealer
+    from tests.core._server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, sealer
 else:
-    from _server_helpers import OTHER_SESSION, SESSION, Cluster, sealer
+    from _server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, sealer
 
 
 def _credential(cluster: Cluster, session: bytes = SESSION, *, lifetime_ms: int = 60_000) -> bytes:
@@ -243,3 +244,34 @@ def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_
         ResponseStatus.OK,
         ResponseStatus.NOT_FOUND,
     ]
+
+
+def _renewed(cluster: Cluster) -> list[tuple[bytes, ...]]:
+    cluster.router.advance(ms=500)  # the default heartbeat interval
+    beats = cluster.take(MANAGER, HeartbeatReported)
+    return [beat.renewed_sessions for beat in beats if beat.server_id == "s1"]
+
+
+def test_renewed_credentials_are_reported_to_the_manager_once_each_in_bounded_batches() -> None:
+    """Each session given a fresh credential goes to the manager in the next heartbeat (its
+    session expiry counts from there), once however often it was renewed, at most
+    `heartbeat_renewals_max` a heartbeat; a RESUME that gets no fresh credential (a session
+    this server holds no part of) is not reported."""
+    cluster = Cluster(heartbeat_renewals_max=1)
+    cluster.place("counter", "s1", "s2")
+    cluster.place("counter", "s1", "s2", session=OTHER_SESSION)
+    cluster.router.advance(ms=0)
+    cluster.take(MANAGER, HeartbeatReported)
+    assert _renewed(cluster) == [()]
+    _resume(cluster, "c1", _credential(cluster))
+    _resume(cluster, "c2", _credential(cluster))
+    _resume(cluster, "c3", _credential(cluster, OTHER_SESSION), session=OTHER_SESSION)
+    assert len(cluster.take("c1", ResumeOk) + cluster.take("c3", ResumeOk)) == 2
+    assert _renewed(cluster) == [(SESSION,)]
+    assert _renewed(cluster) == [(OTHER_SESSION,)]
+    assert _renewed(cluster) == [()]
+    stranger = bytes(range(16))
+    _resume(cluster, "c4", _credential(cluster, stranger), session=stranger)
+    (ok,) = cluster.take("c4", ResumeOk)
+    assert ok.credential == b""
+    assert _renewed(cluster) == [()]

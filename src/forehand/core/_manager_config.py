@@ -243,6 +243,13 @@ class ManagerConfig:
     """Lifetime of the resumption token SESSION_OPENED carries."""
     credential_lifetime_ms: int = 86_400_000
     """Lifetime of the session credential SESSION_OPENED carries."""
+    session_expiry_ms: int = 172_800_000
+    """A session for which no credential was issued (opened, or renewed by a server) for this
+    long is closed: no client can bind to it any more. Longer than `credential_lifetime_ms`
+    (the servers' too), by at least the clients' `credential_renew_interval_ms` so that a
+    renewal lost with a connection is covered by the next; 0 keeps sessions until closed."""
+    session_expiry_batch: int = 8192
+    """Sessions an expiry sweep examines per step (a step every 10 ms while a round runs)."""
     idle_timeout_ms: int = 60_000
     """Idle timeout the manager announces in WELCOME."""
     frame_bytes_max: int = 1 << 20
@@ -323,6 +330,11 @@ class ManagerConfig:
                 "ManagerConfig.risk_drain_projected_cpu_max must be at least "
                 "risk_drain_cpu_utilization_target"
             )
+        if self.session_expiry_ms and self.session_expiry_ms <= self.credential_lifetime_ms:
+            raise ConfigError(
+                "ManagerConfig.session_expiry_ms must exceed credential_lifetime_ms (a session "
+                "would be closed while its client holds a valid credential), or be 0"
+            )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
                 f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"
@@ -364,6 +376,7 @@ class ManagerConfig:
 
 _ZERO_ALLOWED = frozenset(
     {
+        "session_expiry_ms",
         "map_adopt_allowance_us_per_part",
         "map_adopt_allowance_max_ms",
         "heartbeat_pause_acceptable_ms",

@@ -44,6 +44,7 @@ __all__ = [
     "ServersSilent",
     "StallExcused",
     "SessionRegistered",
+    "SessionsExpired",
     "CredentialRefused",
     "PeerRefused",
 ]
@@ -460,6 +461,15 @@ class SessionRegistered:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionsExpired:
+    """Sessions no credential was issued for in `session_expiry_ms` are being closed (one
+    sweep batch: at most `session_expiry_batch`)."""
+
+    session_ids: tuple[bytes, ...]
+    """The sessions (16 bytes each)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PeerRefused:
     """A peer broke the protocol: it got an ERROR frame and its connection is being closed."""
 
@@ -517,6 +527,7 @@ ManagerEvent = (
     | RiskFlagged
     | RiskAssessed
     | SessionRegistered
+    | SessionsExpired
     | PeerRefused
     | CredentialRefused
     | MapRequestsAnswered

@@ -36,6 +36,9 @@ class ServerConfig:
     """Most `PartProgress` entries in one heartbeat; the batch rotates over all parts."""
     heartbeat_paths_max: int = 64
     """Most `PathReport` entries in one heartbeat; the batch rotates over all known paths."""
+    heartbeat_renewals_max: int = 1024
+    """Most renewed sessions one heartbeat reports (`HeartbeatReported.renewed_sessions`); the
+    rest wait for the next."""
     heartbeat_part_loads_max: int = HEARTBEAT_PART_LOADS_MAX
     """Most `PartLoad` entries (the busiest primary parts by request rate) in one heartbeat's
     load report; 0 reports none (the manager then sheds load by a share of the parts)."""
@@ -161,6 +164,7 @@ _POSITIVE_FIELDS = (
     "heartbeat_interval_ms",
     "heartbeat_parts_max",
     "heartbeat_paths_max",
+    "heartbeat_renewals_max",
     "part_loads_interval_ms",
     "path_buckets_max",
     "path_reports_max",

@@ -78,8 +78,10 @@ from forehand.core._manager_events import (
     ServersSilent,
     ServerSuspected,
     SessionRegistered,
+    SessionsExpired,
     StallExcused,
 )
+from forehand.core._manager_expiry import SessionExpiry
 from forehand.core._manager_failover import (
     FailoverJob,
     FailoverPhase,
@@ -126,7 +128,7 @@ from forehand.core._orchestrator import (
     Orchestrator,
 )
 from forehand.core.messages import PartRef
-from forehand.core.tokens import TokenError, TokenSealer
+from forehand.core.tokens import TokenError, TokenExpired, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
     DrainCause,
@@ -179,6 +181,11 @@ FAILOVER_ATTEMPTS_MAX = 3
 """A promotion that cannot be built is retried this many times (merged with later deaths)."""
 SESSION_ID_ATTEMPTS_MAX = 4
 """Fresh session ids tried when a new part key collides with an existing one's hash."""
+EXPIRY_STEP_MS = 10
+"""Time between two batches of a session expiry sweep (`SessionExpiry`)."""
+RENEWED_SESSIONS_PER_REPORT_MAX = 4096
+"""Most renewed sessions the manager reads from one heartbeat (servers send at most their
+`heartbeat_renewals_max`)."""
 WHOLE_MOVE_REASONS = frozenset(
     {
         ReasonCode.PLANNED_MAINTENANCE,
@@ -295,6 +302,11 @@ class ManagerCore:
         self._undrains_pending: set[str] = set()
         self._drain_due_us: int | None = None
         self._sessions: dict[bytes, tuple[str, ...]] = {}
+        self._expiry = SessionExpiry(
+            expiry_ms=config.session_expiry_ms,
+            batch=config.session_expiry_batch,
+            step_ms=EXPIRY_STEP_MS,
+        )
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
         # Sessions closed while the commit queue was full: each is a session of the map, so the
@@ -389,6 +401,9 @@ class ManagerCore:
         for move in self._orchestrator.drop_expired_moves(now_us=now_us):
             self._moves_dropped([move], "no target or slot in time")
         self._answer_held(self._held_maps.take_expired(now_us), HoldEnded.DEADLINE)
+        expiry_due_us = self._expiry.due_us()
+        if expiry_due_us is not None and now_us >= expiry_due_us and self.shard_map is not None:
+            self._expire(self._expiry.sweep(now_us=now_us))
         self._advance(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -418,6 +433,7 @@ class ManagerCore:
             min(self._join_retry_us.values(), default=None),
             self._drain_due_us if self._drains and not self._holding() else None,
             self._held_maps.deadline_us(),
+            self._expiry.due_us() if self.shard_map is not None else None,
         ]
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING:
@@ -689,6 +705,7 @@ class ManagerCore:
         for key in current.part_keys():
             sessions.setdefault(key.session_id, []).append(key.part)
         self._sessions = {session_id: tuple(parts) for session_id, parts in sessions.items()}
+        self._expiry.reset(self._sessions, now_us=now_us)
         self._membership_changed()
         for entry in current.servers:
             self._membership.restore(
@@ -728,9 +745,11 @@ class ManagerCore:
         self._queue_replica_repair()
         self._answer_held(self._held_maps.take_all(), HoldEnded.MAP_LOADED)
 
-    def _index_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
+    def _index_parts(self, session_id: bytes, parts: tuple[str, ...], now_us: int) -> None:
         known = self._sessions.get(session_id, ())
         self._sessions[session_id] = known + tuple(p for p in parts if p not in known)
+        if not known:
+            self._expiry.track(session_id, now_us=now_us)
 
     def _unindex_parts(self, session_id: bytes, parts: tuple[str, ...]) -> None:
         remaining = tuple(p for p in self._sessions.get(session_id, ()) if p not in parts)
@@ -738,13 +757,14 @@ class ManagerCore:
             self._sessions[session_id] = remaining
         else:
             self._sessions.pop(session_id, None)
+            self._expiry.forget(session_id)
 
     def _map_committed(self, outcome: Committed, now_us: int) -> None:
         built = outcome.built
         if built.delta is not None:
             for operation in built.delta.operations:
                 if isinstance(operation, PartsAdded):
-                    self._index_parts(operation.session_id, operation.parts)
+                    self._index_parts(operation.session_id, operation.parts, now_us)
                 elif isinstance(operation, PartsRemoved):
                     self._unindex_parts(operation.session_id, operation.parts)
             self._changes.committed(built.delta, built.new_map.version, built.implicit_moves)
@@ -932,6 +952,11 @@ class ManagerCore:
         self._membership_changed()
         suspected = self._membership.state_of(message.server_id) is MemberState.SUSPECTED
         outcome = self._membership.heartbeat(message, now_us=now_us)
+        if message.renewed_sessions:
+            # A server issued these credentials, whatever became of its membership since.
+            self._expiry.renewed(
+                message.renewed_sessions[:RENEWED_SESSIONS_PER_REPORT_MAX], now_us=now_us
+            )
         if outcome is HeartbeatOutcome.ACCEPTED:
             self._heard_again(message.server_id, suspected=suspected)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
@@ -2204,9 +2229,14 @@ class ManagerCore:
 
     def _bind_credentials(
         self, client: _Client, source: NodeId, credentials: tuple[Credential, ...], now_us: int
-    ) -> None:
+    ) -> list[bytes]:
         """Bind to the connection each session whose credential opens (HELLO, MAP_REQUEST); a
-        credential that does not open is reported and ignored, and the others still bind."""
+        credential that does not open is reported and ignored, and the others still bind.
+
+        Returns the sessions of authentic but expired credentials that the map no longer holds
+        (expired, or closed): the caller tells the client with CLOSE_SESSION, so that a client
+        back after longer than the expiry hears its session ended instead of never finding it."""
+        ended = []
         for credential in credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
@@ -2219,6 +2249,13 @@ class ManagerCore:
                         detail=str(error),
                     )
                 )
+                if (
+                    isinstance(error, TokenExpired)
+                    and error.session_id == credential.session_id
+                    and self.shard_map is not None
+                    and credential.session_id not in self._sessions
+                ):
+                    ended.append(credential.session_id)
                 continue
             if claims.session_id == credential.session_id:
                 self._remember_session(client, claims.session_id)
@@ -2232,6 +2269,7 @@ class ManagerCore:
                         detail="the credential is another session's",
                     )
                 )
+        return ended
 
     def _on_hello(self, frame: Hello, source: NodeId, now_us: int) -> None:
         if PROTOCOL_VERSION not in frame.versions:
@@ -2241,7 +2279,7 @@ class ManagerCore:
         # A HELLO opens a new connection: it proves only the sessions it presents (and those
         # opened on it later), not those of an earlier connection from the same node.
         client.sessions.clear()
-        self._bind_credentials(client, source, frame.credentials, now_us)
+        ended = self._bind_credentials(client, source, frame.credentials, now_us)
         self._send(
             source,
             Welcome(
@@ -2252,6 +2290,8 @@ class ManagerCore:
                 idle_timeout_ms=self._config.idle_timeout_ms,
             ),
         )
+        for session_id in ended:
+            self._send(source, CloseSession(session_id=session_id))
 
     def _on_ping(self, frame: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=frame.sequence, sent_us=frame.sent_us))
@@ -2398,6 +2438,16 @@ class ManagerCore:
         self._session_buckets.forget(session_id)
         self._queue_close(session_id)
 
+    def _expire(self, session_ids: list[bytes]) -> None:
+        """Close sessions no client can bind any more (`SessionExpiry`). A client that still
+        asks about one (MAP_REQUEST) hears CLOSE_SESSION, as for any session the map lost."""
+        if not session_ids:
+            return
+        for session_id in session_ids:
+            self._session_buckets.forget(session_id)
+            self._queue_close(session_id)
+        self._emit(SessionsExpired(session_ids=tuple(session_ids)))
+
     def _queue_close(self, session_id: bytes) -> None:
         """Queue a session's removal; one that does not fit waits for a free slot (a close has
         no answer the client could retry on, and its parts would stay in the map for ever)."""
@@ -2446,7 +2496,10 @@ class ManagerCore:
         client = self._client(source)
         # The sessions the request presents join those the connection proved before: HELLO
         # proves at most credentials_max, and the connection keeps at most client_sessions_max.
-        self._bind_credentials(client, source, frame.credentials, now_us)
+        ended = self._bind_credentials(client, source, frame.credentials, now_us)
+        for session_id in ended:
+            client.sessions.pop(session_id, None)
+            self._send(source, CloseSession(session_id=session_id))
         presented = tuple(
             dict.fromkeys(
                 credential.session_id

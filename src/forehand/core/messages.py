@@ -175,6 +175,10 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     paths: tuple[PathReport, ...] = ()
     """Clients' path reports to servers, aggregated per client bucket; at most
     `heartbeat_paths_max` per heartbeat, the batch rotating over all known paths."""
+    renewed_sessions: tuple[bytes, ...] = ()
+    """Sessions this server issued a fresh credential for (RESUME_OK) since its last heartbeat,
+    each once; at most `heartbeat_renewals_max`, the rest in the next. The manager expires a
+    session none was issued for in `session_expiry_ms`."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -17,6 +17,7 @@ by a `ConnectionCloseRequested` for its connection; nothing a peer sends raises 
 from __future__ import annotations
 
 import heapq
+import itertools
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -261,17 +262,20 @@ class ServerCore:
         self._client_sessions: dict[NodeId, set[bytes]] = {}
         self._bound: dict[NodeId, dict[bytes, None]] = {}
         self._session_parts: dict[bytes, dict[str, None]] = {}
+        # Sessions given a fresh credential since the last heartbeat, for the manager's expiry:
+        # each a session held when renewed, at most `parts_max` (a renewal past it goes
+        # unreported, and the session's next renewal reports it).
+        self._renewed: dict[bytes, None] = {}
         self._map: ServerMap | None = None
         self._placements: dict[PartRef, Placement | None] = {}
         self._map_deltas: dict[int, MapPublished] = {}
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
         self._unsettled: dict[PartRef, int] = {}
-        self._unsettled_retry_us = 0
+        self._unsettled_retry_us = self._part_loads_due_us = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
-        self._part_loads_due_us = 0
         self._busiest: tuple[PartLoad, ...] = ()
         self._heartbeat_sequence = self._heartbeat_due_us = self._heartbeat_cursor = 0
         self._paths = PathTable(
@@ -1164,6 +1168,8 @@ class ServerCore:
                 now_us=now_us,
                 lifetime_ms=self._config.credential_lifetime_ms,
             )
+            if len(self._renewed) < self._config.parts_max:
+                self._renewed[claims.session_id] = None
         self._send(
             source,
             ResumeOk(
@@ -2539,6 +2545,7 @@ class ServerCore:
                 load=self._load_report(now_us),
                 parts=self._progress_batch(),
                 paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
+                renewed_sessions=self._renewed_batch(),
             ),
         )
         if self._map is None:
@@ -2551,6 +2558,20 @@ class ServerCore:
         if self._unsettled and now_us >= self._unsettled_retry_us:
             self._report_unsettled(now_us)
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
+
+    def _renewed_batch(self) -> tuple[bytes, ...]:
+        """The next `heartbeat_renewals_max` renewed sessions, taken from the queue."""
+        renewed = self._renewed
+        if not renewed:
+            return ()
+        if len(renewed) <= self._config.heartbeat_renewals_max:
+            batch = tuple(renewed)
+            renewed.clear()
+            return batch
+        batch = tuple(itertools.islice(renewed, self._config.heartbeat_renewals_max))
+        for session_id in batch:
+            del renewed[session_id]
+        return batch
 
     def _load_report(self, now_us: int) -> LoadReport:
         """The runtime's load sample with this server's busiest primary parts (`PartLoad`),

@@ -128,6 +128,12 @@ class TokenExpired(TokenError):  # noqa: N818
 
     reject_reason = ResumeRejectReason.TOKEN_EXPIRED
 
+    def __init__(self, message: str, *, session_id: bytes | None = None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        """The session an expired credential names (authentic, so its holder once held the
+        session); None for tokens."""
+
 
 class TokenReplayed(TokenError):  # noqa: N818
     """Authentic and unexpired, but its nonce was already used."""
@@ -292,7 +298,10 @@ class TokenSealer:
         except (msgspec.DecodeError, UnicodeDecodeError) as error:
             raise TokenInvalid(f"credential claims do not decode: {error}") from error
         if now_us >= claims.expires_us:
-            raise TokenExpired(f"credential expired at {claims.expires_us} us, now {now_us} us")
+            raise TokenExpired(
+                f"credential expired at {claims.expires_us} us, now {now_us} us",
+                session_id=claims.session_id,
+            )
         return claims
 
     def _seal(self, plaintext: bytes, purpose: bytes) -> bytes:

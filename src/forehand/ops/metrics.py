@@ -165,6 +165,11 @@ class ManagerMetrics:
             "forehand_map_commit_rejections", "Map changes the store refused.", registry=r
         )
         self.sessions = Counter("forehand_sessions_registered", "Sessions opened.", registry=r)
+        self.sessions_expired = Counter(
+            "forehand_sessions_expired",
+            "Sessions closed because no credential was issued for them in session_expiry_ms.",
+            registry=r,
+        )
         self.map_version = Gauge("forehand_map_version", "The shard map's version.", registry=r)
         self.protocol_violations = Counter(
             "forehand_manager_protocol_violations",
@@ -261,6 +266,9 @@ class ManagerMetrics:
     def _session_registered(self, event: Any) -> None:
         self.sessions.inc()
 
+    def _sessions_expired(self, event: Any) -> None:
+        self.sessions_expired.inc(len(event.session_ids))
+
     def _drain_progressed(self, event: Any) -> None:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
@@ -290,6 +298,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.MapLoaded: ManagerMetrics._map_loaded,
     manager_events.MapCommitRejected: ManagerMetrics._map_rejected,
     manager_events.SessionRegistered: ManagerMetrics._session_registered,
+    manager_events.SessionsExpired: ManagerMetrics._sessions_expired,
     manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,
     manager_events.CredentialRefused: ManagerMetrics._credential_refused,

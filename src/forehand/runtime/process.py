@@ -91,6 +91,7 @@ NOTABLE_EVENTS = frozenset(
         "ReplicaDivergenceDetected",
         "ResumeRejected",
         "StateNotEncodable",
+        "SessionsExpired",
     }
 )
 """Core events logged at INFO; every other event is logged at DEBUG (a server's

@@ -1,0 +1,86 @@
+"""An abandoned session expires: the manager closes a session no credential was issued for in
+`session_expiry_ms`, and the sessions whose clients renew stay.
+
+Here credentials live 2 s and sessions expire 4 s after their last credential (24 h and 48 h by
+default). Before, a session whose client went away without closing it stayed in the map and on
+its servers for ever, although no client could bind to it once its credential had expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from forehand.core import ClientConfig
+from forehand.runtime.client import SessionClosedError
+
+if TYPE_CHECKING:
+    from tests.runtime._cluster import Cluster, make_certs, run_async
+else:
+    from _cluster import Cluster, make_certs, run_async
+
+LIFETIME_MS = 2_000
+"""The cluster's credential lifetime in this test."""
+EXPIRY_MS = 4_000
+"""The manager's session expiry in this test."""
+PARTS = ["auth", "cart"]
+
+
+class _ExpiringSessions(Cluster):
+    def _manager_command(self) -> list[str]:
+        return [
+            *super()._manager_command(),
+            "--set",
+            f"core.credential_lifetime_ms={LIFETIME_MS}",
+            "--set",
+            f"core.session_expiry_ms={EXPIRY_MS}",
+        ]
+
+
+def test_an_abandoned_session_expires_and_a_renewed_one_stays(tmp_path: Path) -> None:
+    """Two clients each open a session. One renews every 0.5 s and calls throughout; the other
+    never renews (its interval is an hour) and goes quiet. After the expiry the quiet one's call
+    fails as closed by the manager, and so does resuming it from its snapshot in a new client;
+    the renewing one keeps its whole cart."""
+    cluster = _ExpiringSessions(
+        tmp_path,
+        certs_dir=make_certs(tmp_path / "certs"),
+        transport="tls",
+        servers=("s1", "s2"),
+        server_settings=(f"core.credential_lifetime_ms={LIFETIME_MS}",),
+    )
+    cluster.start()
+    try:
+        run_async(_abandon_one(cluster))
+    finally:
+        cluster.stop()
+
+
+async def _abandon_one(cluster: Cluster) -> None:
+    renewing = ClientConfig(
+        ping_interval_ms=200, request_timeout_ms=10_000, credential_renew_interval_ms=500
+    )
+    quiet = ClientConfig(
+        ping_interval_ms=200, request_timeout_ms=10_000, credential_renew_interval_ms=3_600_000
+    )
+    async with cluster.connect(config=renewing) as keeper, cluster.connect(config=quiet) as idler:
+        kept = await keeper.open_session(parts=PARTS)
+        left = await idler.open_session(parts=PARTS)
+        assert await left.call("cart", "add", {"sku": "tea", "quantity": 1}) == 1
+        left_snapshot = left.snapshot()
+        opened_s = time.monotonic()
+        units = 0
+        while time.monotonic() - opened_s < 2.5 * EXPIRY_MS / 1000:
+            units = await kept.call("cart", "add", {"sku": "tea", "quantity": 1})
+            await asyncio.sleep(0.3)
+        with pytest.raises(SessionClosedError, match="manager"):
+            await left.call("cart", "list")
+        assert await kept.call("cart", "list") == {"tea": units}
+    async with cluster.connect(config=renewing) as restarted:
+        with pytest.raises(SessionClosedError, match="manager"):
+            resumed = await restarted.resume_session(left_snapshot)
+            await resumed.call("cart", "list")
