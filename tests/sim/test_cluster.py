@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -22,6 +23,7 @@ from forehand.sim import (
     draw_plan,
     operation_for,
 )
+from forehand.sim._cluster import EXPIRING_CREDENTIAL_LIFETIME_MS, EXPIRING_SESSION_EXPIRY_MS
 from forehand.sim.observations import ClientResponseObserved, WriteAcknowledged
 from forehand.wire import ResponseStatus
 
@@ -174,3 +176,82 @@ def test_scenario_all_runs_each_scenario_in_turn() -> None:
     result = cluster.sim.run()
     assert result.ok, result.failure
     assert result.counters["scenario/crash-replicated"] == 1
+
+
+def _expiring_cluster(config: ClusterConfig) -> SimCluster:
+    """Seed 21's cluster with credentials of 4 s, sessions expiring 10 s after their last, and
+    clients renewing every second."""
+    plan = draw_plan(random.Random(21), config)
+    manager = dataclasses.replace(
+        plan.manager,
+        credential_lifetime_ms=EXPIRING_CREDENTIAL_LIFETIME_MS,
+        session_expiry_ms=EXPIRING_SESSION_EXPIRY_MS,
+    )
+    plan = dataclasses.replace(
+        plan,
+        manager=manager,
+        servers={
+            server_id: dataclasses.replace(
+                server, credential_lifetime_ms=EXPIRING_CREDENTIAL_LIFETIME_MS
+            )
+            for server_id, server in plan.servers.items()
+        },
+        clients={
+            client_id: dataclasses.replace(client, credential_renew_interval_ms=1_000)
+            for client_id, client in plan.clients.items()
+        },
+    )
+    return SimCluster(21, config, plan=plan)
+
+
+def test_sessions_of_a_client_gone_for_good_expire_and_the_others_stay() -> None:
+    """A client that crashes for good leaves its sessions behind, and the manager closes them
+    once the expiry has passed since their last renewal; the other client renews and keeps all
+    of its own. `ExpiryChecker` judges every expiry (no running client may hold a valid
+    credential of an expired session)."""
+    config = ClusterConfig(
+        servers=3, clients=2, sessions=6, duration_us=20_000_000, liveness_bound_us=None
+    )
+    cluster = _expiring_cluster(config)
+    held: dict[str, tuple[bytes, ...]] = {}
+
+    def crash_c2() -> None:
+        for client_id in cluster.client_ids:
+            core = cluster.client(client_id)
+            assert core is not None
+            held[client_id] = core.session_ids()
+        cluster.sim.crash("c2", permanent=True)
+
+    cluster.sim.call_at(3_000_000, crash_c2, label="c2 goes for good")
+    cluster.start()
+    result = cluster.sim.run()
+    assert result.ok, result.failure
+    assert held["c1"] and held["c2"]
+    current = cluster.manager().shard_map
+    assert current is not None
+    in_map = {key.session_id for key in current.part_keys()}
+    assert set(held["c1"]) <= in_map
+    assert not set(held["c2"]) & in_map
+    assert result.counters["manager/sessions-expired"] >= 1
+
+
+def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> None:
+    """The checker can fail: a session the manager closes by expiry (forced here) while its
+    client renews it is reported, naming the client and how long its credential is valid."""
+    config = ClusterConfig(
+        servers=3, clients=2, sessions=4, duration_us=6_000_000, liveness_bound_us=None
+    )
+    cluster = _expiring_cluster(config)
+
+    def expire_a_live_session() -> None:
+        core = cluster.client("c1")
+        assert core is not None and core.session_ids()
+        cluster.manager()._expire([core.session_ids()[0]])
+
+    cluster.sim.call_at(3_000_000, expire_a_live_session, label="an early expiry")
+    cluster.start()
+    result = cluster.sim.run()
+    assert not result.ok
+    assert result.failure is not None
+    assert "ExpiryChecker" in str(result.failure)
+    assert "while client c1 holds a credential" in str(result.failure)

@@ -43,7 +43,7 @@ from forehand.sim._checkers import (
     MonotonicMapVersionChecker,
     SingleWriterChecker,
 )
-from forehand.sim._cluster_checkers import ConvergenceChecker, DivergenceChecker
+from forehand.sim._cluster_checkers import ConvergenceChecker, DivergenceChecker, ExpiryChecker
 from forehand.sim._links import Link, NetworkConfig
 from forehand.sim._process import NodeStart, NodeState, ProcessModel, StoreExecutor
 from forehand.sim._rng import derive_rng
@@ -73,6 +73,11 @@ __all__ = [
 MANAGER: NodeId = "manager"
 """The manager's node id."""
 CLUSTER_KEY = bytes(range(32))
+EXPIRING_CREDENTIAL_LIFETIME_MS = 4_000
+"""Credential lifetime of the runs in which sessions expire (see `_expiry`)."""
+EXPIRING_SESSION_EXPIRY_MS = 10_000
+"""Session expiry of those runs: longer than any fault lasts, so that only a client that could
+not renew (and report) for that long loses its session."""
 """The simulated cluster's token key (a fixed test key: runs must replay byte for byte)."""
 LOAD_REPORT_INTERVAL_US = 250_000
 """How often each server's core is told its simulated load (what a runtime samples)."""
@@ -146,7 +151,7 @@ def draw_plan(rng: random.Random, config: ClusterConfig) -> ClusterPlan:
         server_id: _server_config(rng, server_id, index, config, manager)
         for index, server_id in enumerate(server_ids)
     }
-    clients = {client_id: _client_config(rng, client_id) for client_id in client_ids}
+    clients = {client_id: _client_config(rng, client_id, manager) for client_id in client_ids}
     processes = {MANAGER: ProcessModel(store_latency_us=rng.choice((200, 1_000, 3_000)))}
     for server_id in server_ids:
         service_time_us = rng.choice((20, 50, 100))
@@ -173,6 +178,7 @@ def _manager_config(rng: random.Random) -> ManagerConfig:
     base = ManagerConfig.randomized(rng)
     failure_timeout_ms = rng.randrange(600, 2_500)
     heartbeat_interval_ms = rng.randrange(50, failure_timeout_ms // 4)
+    lifetime_ms, expiry_ms = _expiry(failure_timeout_ms, base)
     return dataclasses.replace(
         base,
         heartbeat_interval_ms=heartbeat_interval_ms,
@@ -186,7 +192,19 @@ def _manager_config(rng: random.Random) -> ManagerConfig:
         overload_cooldown_ms=rng.randrange(1_000, 10_000),
         # Derived, not drawn, so that every seed keeps the draws (and the scenario) it had.
         map_request_hold_ms=(0, 300, 1_000)[failure_timeout_ms % 3],
+        credential_lifetime_ms=lifetime_ms,
+        session_expiry_ms=expiry_ms,
     )
+
+
+def _expiry(failure_timeout_ms: int, base: ManagerConfig) -> tuple[int, int]:
+    """(credential lifetime, session expiry): for a quarter of the seeds (derived from a draw,
+    not drawn) `EXPIRING_CREDENTIAL_LIFETIME_MS` and `EXPIRING_SESSION_EXPIRY_MS`, so that
+    sessions may expire within a run under faults (`ExpiryChecker`); for the rest the defaults
+    (a day, two days), under which nothing expires in a run."""
+    if (failure_timeout_ms // 3) % 4:
+        return base.credential_lifetime_ms, base.session_expiry_ms
+    return EXPIRING_CREDENTIAL_LIFETIME_MS, EXPIRING_SESSION_EXPIRY_MS
 
 
 def _server_config(
@@ -209,17 +227,23 @@ def _server_config(
         heartbeat_interval_ms=manager.heartbeat_interval_ms,
         handoff_deadline_ms=min(base.handoff_deadline_ms, manager.handoff_deadline_ms),
         backup_period_ms=rng.randrange(100, 2_000),
+        credential_lifetime_ms=manager.credential_lifetime_ms,
     )
 
 
-def _client_config(rng: random.Random, client_id: NodeId) -> ClientConfig:
-    """`ClientConfig.randomized`, with a request timeout the liveness bound can cover."""
+def _client_config(rng: random.Random, client_id: NodeId, manager: ManagerConfig) -> ClientConfig:
+    """`ClientConfig.randomized`, with a request timeout the liveness bound can cover, renewing
+    its credentials well within their lifetime when a run lets sessions expire."""
     base = ClientConfig.randomized(rng, node_id=client_id)
+    renew_ms = base.credential_renew_interval_ms
+    if manager.session_expiry_ms == EXPIRING_SESSION_EXPIRY_MS:
+        renew_ms = min(renew_ms, manager.credential_lifetime_ms // 4)
     return dataclasses.replace(
         base,
         request_timeout_ms=rng.choice((3_000, 5_000)),
         retry_backoff_max_ms=min(base.retry_backoff_max_ms, 1_000),
         handoff_deadline_ms_max=min(base.handoff_deadline_ms_max, 5_000),
+        credential_renew_interval_ms=renew_ms,
     )
 
 
@@ -402,6 +426,7 @@ class SimCluster:
             MonotonicMapVersionChecker(),
             ClientOrderChecker(),
             DivergenceChecker(),
+            ExpiryChecker(self, _sealer(random.Random(seed))),
             *checkers,
         ]
         if config.liveness_bound_us is not None:
@@ -448,6 +473,12 @@ class SimCluster:
         """A server's core, or None while it is crashed."""
         core = self.sim.core(server_id)
         assert core is None or isinstance(core, ServerCore)
+        return core
+
+    def client(self, client_id: NodeId) -> ClientCore | None:
+        """A client's core, or None while it is crashed."""
+        core = self.sim.core(client_id)
+        assert core is None or isinstance(core, ClientCore)
         return core
 
     def up(self, node_id: NodeId) -> bool:

@@ -4,6 +4,8 @@
 re-execution of its primary's log answers differently held a state its primary never had.
 `ConvergenceChecker` looks at the cores themselves once the run is over: after the faults healed
 and the liveness bound passed, the cluster must have settled in one defined state.
+`ExpiryChecker` looks at the clients when the manager expires a session: none may still hold a
+credential of it that has not expired.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from typing import TYPE_CHECKING
 
 from forehand.core import PartState
 from forehand.core.messages import PartRef
+from forehand.core.tokens import TokenError, TokenSealer
 from forehand.sim._checkers import InvariantViolated
-from forehand.sim.observations import Observation, Observed, ReplicaDiverged
+from forehand.sim.observations import Observation, Observed, ReplicaDiverged, SessionExpired
 
 if TYPE_CHECKING:
     from forehand.sim._cluster import SimCluster
     from forehand.sim._simulator import Simulator
 
-__all__ = ["ConvergenceChecker", "DivergenceChecker"]
+__all__ = ["ConvergenceChecker", "DivergenceChecker", "ExpiryChecker"]
 
 _PRIMARY_LIKE = frozenset(
     {PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING, PartState.RECEIVING}
@@ -108,3 +111,44 @@ class ConvergenceChecker:
 
     def _fail(self, message: str) -> None:
         raise InvariantViolated(message, checker=type(self).__name__)
+
+
+class ExpiryChecker:
+    """The manager expires a session only once no running client holds a credential of it that
+    is still valid (it could bind the session on a new connection), read from the clients' cores
+    at the instant of the expiry. Servers renew credentials and report the renewals in their
+    heartbeats; a report lost with a connection is covered by the next renewal's, which is what
+    the margin of `session_expiry_ms` over `credential_lifetime_ms` is for."""
+
+    observes: tuple[type[Observation], ...] = (SessionExpired,)
+
+    def __init__(self, cluster: SimCluster, sealer: TokenSealer) -> None:
+        self._cluster = cluster
+        self._sealer = sealer
+        self.expired = 0
+        """Sessions expired in the run."""
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Fail when a running client holds an unexpired credential of the expired session."""
+        observation = event.observation
+        assert isinstance(observation, SessionExpired)
+        self.expired += 1
+        cluster = self._cluster
+        for client_id in cluster.client_ids:
+            core = cluster.client(client_id)
+            if core is None or observation.session_id not in core.session_ids():
+                continue
+            credential = core.session_snapshot(observation.session_id).credential
+            try:
+                claims = self._sealer.open_credential(credential, now_us=event.time_us)
+            except TokenError:
+                continue
+            raise InvariantViolated(
+                f"the manager expired session {observation.session_id.hex()} at "
+                f"{event.time_us} us while client {client_id} holds a credential of it valid "
+                f"until {claims.expires_us} us",
+                checker=type(self).__name__,
+            )
+
+    def at_end(self, sim: Simulator) -> None:
+        """Nothing to judge at the end."""

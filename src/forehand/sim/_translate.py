@@ -40,6 +40,7 @@ from forehand.sim.observations import (
     RarePathReached,
     ReplicaDiverged,
     RequestExecuted,
+    SessionExpired,
     SessionOpened,
     WriteAcknowledged,
 )
@@ -139,6 +140,7 @@ class CoreTranslator:
             ce.MapVersionAdopted: self._map_adopted,
             ce.RarePathTaken: self._client_rare,
             me.MapCommitted: self._map_committed,
+            me.SessionsExpired: self._sessions_expired,
         }
         for kind, (name, attribute) in _COUNTED.items():
             self._handlers[kind] = self._counter(name, attribute)
@@ -292,6 +294,15 @@ class CoreTranslator:
 
     def _map_committed(self, node_id: NodeId, event: me.MapCommitted) -> Iterable[Observation]:
         return (MapVersionObserved(node=node_id, map_version=event.map_version),)
+
+    def _sessions_expired(
+        self, node_id: NodeId, event: me.SessionsExpired
+    ) -> Iterable[Observation]:
+        observations: list[Observation] = [
+            SessionExpired(session_id=session_id) for session_id in event.session_ids
+        ]
+        observations.append(RarePathReached(node=node_id, name="manager/sessions-expired"))
+        return observations
 
     def _manager_outcome(self, node_id: NodeId, event: Any) -> Iterable[Observation]:
         stats = self.stats

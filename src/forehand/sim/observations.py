@@ -38,6 +38,7 @@ __all__ = [
     "ReplicaDiverged",
     "RequestExecuted",
     "SessionClosed",
+    "SessionExpired",
     "SessionOpened",
     "WriteAcknowledged",
 ]
@@ -180,6 +181,14 @@ class SessionClosed(Observation):
     """The client node."""
     session_id: str
     """The session id in canonical text form."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionExpired(Observation):
+    """The manager closed a session no credential was issued for in its expiry."""
+
+    session_id: bytes
+    """The session (16 bytes)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
