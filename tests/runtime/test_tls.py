@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from typing import TYPE_CHECKING
@@ -184,6 +185,131 @@ def test_truncated_stream_is_reported(certs: ClusterCertificates) -> None:
         await serving
 
     run_test(main())
+
+
+class HalfClosingClient:
+    """A TLS client over a plain TCP connection (ssl memory BIOs), so that it can end its
+    direction, with close_notify or with a bare TCP FIN, and go on reading what comes back."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: ssl.SSLContext
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname="s1")
+
+    @classmethod
+    async def connect(cls, certs: ClusterCertificates, port: int) -> HalfClosingClient:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        client = cls(reader, writer, raw_context(certs))
+        while True:
+            try:
+                client._tls.do_handshake()
+            except ssl.SSLWantReadError:
+                client._push()
+                data = await reader.read(65536)
+                assert data, "the server closed during the handshake"
+                client._incoming.write(data)
+            else:
+                client._push()
+                return client
+
+    def _push(self) -> None:
+        if data := self._outgoing.read():
+            self.writer.write(data)
+
+    def send(self, data: bytes) -> None:
+        self._tls.write(data)
+        self._push()
+
+    def close_notify(self) -> None:
+        """End this direction the TLS way; the connection stays open for reading."""
+        with contextlib.suppress(ssl.SSLWantReadError):  # It waits for the peer's close_notify.
+            self._tls.unwrap()
+        self._push()
+
+    def fin(self) -> None:
+        """End this direction at the TCP level only, without close_notify."""
+        self.writer.write_eof()
+
+    async def read_until_closed(self) -> list[Frame]:
+        """Every frame the server sent until it ended the connection."""
+        data = b""
+        while True:
+            chunk = await self.reader.read(65536)
+            if chunk:
+                self._incoming.write(chunk)
+            else:
+                self._incoming.write_eof()
+            try:
+                while piece := self._tls.read(65536):
+                    data += piece
+            except ssl.SSLWantReadError:
+                if chunk:
+                    continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                pass
+            break
+        decoder = FrameDecoder(sender=PeerRole.SERVER)
+        decoder.receive_data(data)
+        frames: list[Frame] = []
+        while (frame := decoder.next_frame()) not in (NEED_DATA, END_OF_STREAM):
+            assert not isinstance(frame, type(NEED_DATA))
+            frames.append(frame)
+        return frames
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+def test_half_close_inside_a_frame_is_truncated_stream(
+    certs: ClusterCertificates, how: str, use_uvloop: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that ends its direction inside a frame loses its connection with TRUNCATED_STREAM,
+    logged, as a QUIC request stream ending inside its frame does; after close_notify (TLS's own
+    end of stream) it also reads ERROR(TRUNCATED_STREAM); after a bare TCP FIN the ssl layer
+    closes before anything can be sent. Another connection goes on being served."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        good = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(good)
+        peer = await HalfClosingClient.connect(certs, listener.port)
+        peer.send(encode_frame(PING)[:-1])
+        if how == "close_notify":
+            peer.close_notify()
+        else:
+            peer.fin()
+        frames = await peer.read_until_closed()
+        if how == "close_notify":
+            assert len(frames) == 1 and isinstance(frames[0], Error), frames
+            assert frames[0].code == ErrorCode.TRUNCATED_STREAM
+        else:
+            assert frames == []
+        info = await accepted[1].wait_closed()
+        assert info.error_code == ErrorCode.TRUNCATED_STREAM
+        assert info.initiator is CloseInitiator.LOCAL
+        logged = [r.getMessage() for r in caplog.records if r.name == "forehand.runtime.transport"]
+        assert len(logged) == 1 and "TRUNCATED_STREAM" in logged[0], logged
+        await peer.close()
+        await round_trip(good)
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main(), use_uvloop=use_uvloop)
 
 
 def test_client_offering_other_alpn_is_refused(certs: ClusterCertificates) -> None:

@@ -117,6 +117,16 @@ class StreamConnection(Connection, asyncio.Protocol):
             # The link is gone; what it delivered while reading was paused is decoded now, so
             # that frames the peer sent before leaving are not lost.
             self._decode(bounded=False)
+        if self._close_info is None and exc is None and self._decoder.buffered_bytes:
+            # The stream ended inside a frame without an end of stream this side could answer:
+            # over TLS, a TCP FIN without close_notify, which the ssl layer turns into a close
+            # before this protocol hears of it, so no ERROR can go out. It is the same violation
+            # as an end of stream inside a frame, and is closed and logged as one.
+            reason = "stream ended inside a frame (no close_notify)"
+            log_violation(self, ErrorCode.TRUNCATED_STREAM, reason)
+            self._set_closed(
+                CloseInfo(error_code=ErrorCode.TRUNCATED_STREAM, reason=reason, initiator=_LOCAL)
+            )
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
