@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 from qh3.asyncio.protocol import QuicConnectionProtocol
@@ -529,3 +530,115 @@ def test_a_refused_dial_sends_nothing_through_its_closed_socket(
 
     run_test(main())
     assert not [r for r in caplog.records if "socket.send() raised" in r.getMessage()]
+
+
+class HalfOpenPeer(asyncio.DatagramProtocol):
+    """A peer that sends a QUIC client's first flight and never answers what comes back."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.DatagramTransport without deriving from it.
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    @classmethod
+    async def start(cls, port: int) -> HalfOpenPeer:
+        configuration = QuicConfiguration(
+            is_client=True, alpn_protocols=["forehand/1"], server_name="s1"
+        )
+        quic = QuicConnection(configuration=configuration)
+        quic.connect((HOST, port), now=time.monotonic())
+        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(
+            cls, remote_addr=(HOST, port)
+        )
+        assert peer.transport is not None
+        for data, _ in quic.datagrams_to_send(now=time.monotonic()):
+            peer.transport.sendto(data)
+        return peer
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.close()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds; run_test's hang timeout bounds the wait."""
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+def test_half_open_handshakes_are_bounded_by_handshakes_max(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At most handshakes_max handshakes are under way: past it a new handshake is dropped with
+    one warning, and the connection already held goes on being served."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        config = QUICTransportConfig(limits=ConnectionLimits(handshakes_max=2))
+        listener, serving, _ = await start(certs, config)
+        good = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        peers = [await HalfOpenPeer.start(listener.port) for _ in range(2)]
+        await until(lambda: listener.handshake_count == 2)
+        assert listener.connection_count == 1
+        impatient = QUICTransport(
+            client_credentials(certs), config=QUICTransportConfig(handshake_timeout_ms=300)
+        )
+        with pytest.raises(TransportError, match="no QUIC handshake"):
+            await impatient.connect(HOST, listener.port, server_id="s1")
+        assert listener.handshakes_refused_count >= 1
+        assert listener.handshake_count == 2 and listener.connection_count == 1
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "handshakes_max=2" in warned[0], warned
+        good.send_frame(request(4))
+        assert await good.receive() == answer(request(4))
+        for peer in peers:
+            peer.close()
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_a_handshake_that_never_completes_frees_its_slot(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handshake not completed within handshake_timeout_ms is closed, logged and forgotten by
+    the stack's server, so its slot under handshakes_max takes a real client again."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        config = QUICTransportConfig(
+            limits=ConnectionLimits(handshakes_max=2), handshake_timeout_ms=200
+        )
+        listener, serving, _ = await start(certs, config)
+        peers = [await HalfOpenPeer.start(listener.port) for _ in range(2)]
+        await until(lambda: listener.handshakes_timed_out_count == 2)
+        assert listener.handshake_count == 0
+        assert listener._server is not None and not listener._server._protocols
+        logged = [
+            r.getMessage() for r in caplog.records if "handshake_timeout_ms=200" in r.getMessage()
+        ]
+        assert len(logged) == 2, logged
+        clients = [
+            await QUICTransport(client_credentials(certs)).connect(
+                HOST, listener.port, server_id="s1"
+            )
+            for _ in range(2)
+        ]
+        for number, client in enumerate(clients):
+            client.send_frame(request(number))
+            assert await client.receive() == answer(request(number))
+            client.close()
+            await client.wait_closed()
+        for peer in peers:
+            peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())

@@ -472,3 +472,10 @@ def test_quic_server_may_not_send_requests(certs: ClusterCertificates) -> None:
             await connection.wait_closed()
 
     run_test(main())
+
+
+def test_handshakes_max_must_be_positive() -> None:
+    """The bound on QUIC handshakes under way is a positive int, or a ConfigError."""
+    for value in (0, -1):
+        with pytest.raises(ConfigError, match="handshakes_max"):
+            ConnectionLimits(handshakes_max=value)

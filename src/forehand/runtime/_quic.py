@@ -31,8 +31,8 @@ task (`_hold_socket`) so that it closes with the connection or, at the latest, w
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
+import logging
 import socket
 import time
 from collections import deque
@@ -82,6 +82,7 @@ from forehand.wire import (
 
 __all__ = ["QUICConnection", "QUICListener", "QUICTransport", "QUICTransportConfig"]
 
+_log = logging.getLogger("forehand.runtime.transport")
 _CONTROL_PREFIX = encode_varint(StreamType.CONTROL)
 _STREAM_TYPE_BYTES_MAX = 8
 _STREAM_CANCELLED = 0
@@ -97,7 +98,8 @@ class QUICTransportConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     """The bounds of every connection."""
     handshake_timeout_ms: int = 10_000
-    """A handshake that takes longer fails."""
+    """A handshake that takes longer fails; a listener closes and forgets one, freeing its slot
+    under `limits.handshakes_max`."""
     idle_timeout_ms: int = 60_000
     """QUIC idle timeout: a connection silent this long is closed by the stack."""
     stream_window_bytes: int = 2 << 20
@@ -174,6 +176,7 @@ class _Protocol(QuicConnectionProtocol):
         stream_handler: Any = None,
         *,
         make_connection: Callable[[_Protocol, events.HandshakeCompleted], QUICConnection | None],
+        on_handshake_over: Callable[[_Protocol], None] | None = None,
     ) -> None:
         super().__init__(quic, stream_handler)
         self.quic = quic
@@ -185,6 +188,7 @@ class _Protocol(QuicConnectionProtocol):
         self.peer_address: Any = None
         """The address the last datagram came from."""
         self._make_connection = make_connection
+        self._on_handshake_over = on_handshake_over
         self._receiving = False
         self.refused: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         """Fails when the network reports the peer unreachable before the handshake is done."""
@@ -217,9 +221,13 @@ class _Protocol(QuicConnectionProtocol):
         if connection is not None:
             connection._event(event)
         elif isinstance(event, events.HandshakeCompleted):
+            if self._on_handshake_over is not None:
+                self._on_handshake_over(self)
             self.connection = self._make_connection(self, event)
         elif isinstance(event, events.ConnectionTerminated):
             self.terminated = event
+            if self._on_handshake_over is not None:
+                self._on_handshake_over(self)
 
     def transmit(self) -> None:
         transport = self._transport
@@ -708,18 +716,141 @@ def _close_info(event: events.ConnectionTerminated) -> CloseInfo:
 
 
 class QUICListener(Listener):
-    """Accepts QUIC connections for a `QUICTransport`."""
+    """Accepts QUIC connections for a `QUICTransport`.
 
-    def __init__(self, *, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
+    A handshake under way holds state (the stack's connection, its TLS context and crypto
+    buffers: 35 to 50 KB of memory each, measured) before any peer is authenticated, so at most
+    `limits.handshakes_max` are under way at once: past it a datagram that would start another
+    is dropped (that peer's handshake times out), and a handshake not completed within
+    `handshake_timeout_ms` is closed and forgotten, which frees its slot. A handshake that
+    completes while the listener holds `connections_max` connections is closed with
+    LIMIT_EXCEEDED, as on every transport.
+    """
+
+    def __init__(
+        self,
+        *,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+        handshake_timeout_ms: int = 10_000,
+    ) -> None:
         super().__init__(limits=limits, loop=loop)
         self._datagram_transport: asyncio.DatagramTransport | None = None
-        self._server: QuicServer | None = None
+        self._server: _Server | None = None
+        self._handshake_timeout_s = handshake_timeout_ms / 1000
+        self._handshakes: dict[_Protocol, asyncio.TimerHandle] = {}
+        self._refusing = False
+        self.handshakes_refused_count = 0
+        """Datagrams that would have started a handshake, dropped at `connections_max`."""
+        self.handshakes_timed_out_count = 0
+        """Handshakes closed because they did not complete within `handshake_timeout_ms`."""
+
+    @property
+    def handshake_count(self) -> int:
+        """Handshakes under way (at most `handshakes_max`), not yet connections."""
+        return len(self._handshakes)
+
+    def _admits_handshake(self) -> bool:
+        """Whether a new handshake fits under `handshakes_max`; logs the first refusal of each
+        stretch at the bound, and the end of the stretch."""
+        handshakes_max = self._limits.handshakes_max
+        if len(self._handshakes) < handshakes_max:
+            if self._refusing:
+                self._refusing = False
+                _log.info(
+                    "QUIC listener on %s:%d takes new handshakes again (%d refused so far)",
+                    self.host,
+                    self.port,
+                    self.handshakes_refused_count,
+                )
+            return True
+        self.handshakes_refused_count += 1
+        if not self._refusing:
+            self._refusing = True
+            _log.warning(
+                "QUIC listener on %s:%d has handshakes_max=%d handshakes under way: dropping "
+                "datagrams that start new ones",
+                self.host,
+                self.port,
+                handshakes_max,
+            )
+        return False
+
+    def _handshake_started(self, protocol: _Protocol) -> None:
+        self._handshakes[protocol] = self._loop.call_later(
+            self._handshake_timeout_s, self._handshake_timed_out, protocol
+        )
+
+    def _handshake_over(self, protocol: _Protocol) -> None:
+        """The handshake completed or the stack ended it: its slot is free (a connection it
+        made is counted from now on as one this listener holds)."""
+        timer = self._handshakes.pop(protocol, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _handshake_timed_out(self, protocol: _Protocol) -> None:
+        if self._handshakes.pop(protocol, None) is None:
+            return
+        self.handshakes_timed_out_count += 1
+        address = _address(protocol.peer_address)
+        where = f"{address[0]}:{address[1]}" if address is not None else "an unknown address"
+        timeout_ms = round(self._handshake_timeout_s * 1000)
+        _log.info(
+            "closing the QUIC handshake of %s: not completed within handshake_timeout_ms=%d",
+            where,
+            timeout_ms,
+        )
+        protocol.quic.close(
+            error_code=ErrorCode.IDLE_TIMEOUT,
+            reason_phrase=f"handshake not completed within {timeout_ms} ms",
+        )
+        protocol.transmit()
+        if self._server is not None:
+            self._server.forget(protocol)
 
     async def _stop_listening(self) -> None:
+        for timer in self._handshakes.values():
+            timer.cancel()
+        self._handshakes.clear()
         if self._server is not None:
             self._server.close()  # type: ignore[no-untyped-call]  # qh3 leaves it unannotated.
             self._server = None
         await asyncio.sleep(0)  # Let the loop release the socket, as Server.wait_closed does.
+
+
+_LONG_HEADER_BIT = 0x80
+_INITIAL_DATAGRAM_BYTES_MIN = 1200
+"""A client's first datagram is at least this long (RFC 9000 s.14.1); qh3's QuicServer starts a
+handshake only for a long-header datagram this long whose destination id it does not know."""
+
+
+class _Server(QuicServer):
+    """qh3's QuicServer, starting a handshake only when the listener has room for one."""
+
+    def __init__(self, *, listener: QUICListener, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._listener = listener
+
+    def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        if (
+            len(data) >= _INITIAL_DATAGRAM_BYTES_MIN
+            and isinstance(data, bytes)
+            and data[0] & _LONG_HEADER_BIT
+            and data[6 : 6 + data[5]] not in self._protocols
+            and not self._listener._admits_handshake()
+        ):
+            # The destination connection id sits at the same place in every long header
+            # (RFC 8999 s.5.1); a datagram for no known connection would start a handshake.
+            return
+        super().datagram_received(data, addr)
+
+    def forget(self, protocol: _Protocol) -> None:
+        """Drop a closed handshake now, rather than after the stack's closing period."""
+        self._connection_terminated(protocol)
+        timer = protocol._timer
+        if timer is not None:
+            timer.cancel()
+            protocol._timer = None
 
 
 class QUICTransport(Transport):
@@ -773,7 +904,9 @@ class QUICTransport(Transport):
         configuration = self._configuration(is_client=False, server_id=None)
         loop = asyncio.get_running_loop()
         limits = self.config.limits
-        listener = QUICListener(limits=limits, loop=loop)
+        listener = QUICListener(
+            limits=limits, loop=loop, handshake_timeout_ms=self.config.handshake_timeout_ms
+        )
 
         def make_connection(
             protocol: _Protocol, event: events.HandshakeCompleted
@@ -784,10 +917,21 @@ class QUICTransport(Transport):
                 listener._offer(connection)
             return connection
 
-        create_protocol = functools.partial(_Protocol, make_connection=make_connection)
+        def create_protocol(quic: QuicConnection, stream_handler: Any = None) -> _Protocol:
+            protocol = _Protocol(
+                quic,
+                stream_handler,
+                make_connection=make_connection,
+                on_handshake_over=listener._handshake_over,
+            )
+            listener._handshake_started(protocol)
+            return protocol
+
         try:
             transport, server = await loop.create_datagram_endpoint(
-                lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+                lambda: _Server(
+                    listener=listener, configuration=configuration, create_protocol=create_protocol
+                ),
                 local_addr=(host, port),
             )
         except OSError as error:

@@ -174,6 +174,10 @@ class ConnectionLimits:
     passes it is cut off with LIMIT_EXCEEDED instead of growing the buffer without end."""
     connections_max: int = 10_000
     """Connections one listener holds at once; more are refused with LIMIT_EXCEEDED."""
+    handshakes_max: int = 1_000
+    """QUIC handshakes one listener has under way at once (each holds 35 to 50 KB before the peer
+    is known); past it the datagram that would start another is dropped. Each lasts at most the
+    transport's `handshake_timeout_ms`."""
     close_timeout_ms: int = 2_000
     """How long a closing connection may take to flush before it is aborted."""
 
@@ -186,6 +190,7 @@ class ConnectionLimits:
                 "send_buffer_low_water_bytes",
                 "send_buffer_bytes_max",
                 "connections_max",
+                "handshakes_max",
                 "close_timeout_ms",
             ),
         )
