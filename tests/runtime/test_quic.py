@@ -44,6 +44,7 @@ from forehand.wire import (
     Response,
     ResponseStatus,
     Welcome,
+    WireConfig,
     encode_frame,
 )
 
@@ -638,6 +639,74 @@ def test_a_handshake_that_never_completes_frees_its_slot(
             await client.wait_closed()
         for peer in peers:
             peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_partial_frames_past_the_budget_close_only_that_connection(
+    certs: ClusterCertificates,
+) -> None:
+    """Request streams of every connection share partial_frames_bytes_max: the connection whose
+    partial REQUEST would pass it is closed with LIMIT_EXCEEDED; another one holding two
+    partial REQUESTs finishes them and gets both answers; the count goes back to zero."""
+    limits = ConnectionLimits(
+        wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=40_000
+    )
+    big = Request(
+        request_id=1,
+        session_id=SESSION_ID,
+        part="cart",
+        op="get",
+        map_version=1,
+        payload=bytes(15_000),
+    )
+    frame = encode_frame(big)
+    head, rest = frame[:14_000], frame[14_000:]
+
+    async def main() -> None:
+        transport = QUICTransport(
+            node_credentials(certs, "s1"), config=QUICTransportConfig(limits=limits)
+        )
+        budget = transport.receive_budget
+        listener = await transport.listen(HOST, 0)
+        accepted: list[Connection] = []
+
+        async def accept_all() -> None:
+            async for connection in listener:
+                accepted.append(connection)
+                serve(connection)
+
+        serving = asyncio.create_task(accept_all())
+        good = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        holder = await raw_connect(certs, listener.port)
+        streams = [holder.send(head), holder.send(head)]
+        await until(lambda: budget.held_bytes == 2 * len(head))
+        offender = await raw_connect(certs, listener.port)
+        offender.send(head)
+        terminated = await offender.terminated
+        assert terminated.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert "partial_frames_bytes_max=40000" in terminated.reason_phrase
+        assert offender.datagram_transport is not None
+        offender.datagram_transport.close()
+        assert budget.held_bytes == 2 * len(head)
+        good.send_frame(request(3))
+        assert await good.receive() == answer(request(3))
+        for stream_id in streams:
+            holder.send_on(stream_id, rest, end=True)
+        await holder.wait_for(lambda: all(stream_id in holder.ended for stream_id in streams))
+        for stream_id in streams:
+            assert decode_all(holder.streams[stream_id]) == [answer(big)]
+        assert budget.held_bytes == 0
+        holder.send(head)
+        await until(lambda: budget.held_bytes == len(head))
+        await holder.close_and_wait()
+        await until(lambda: budget.held_bytes == 0)
+        good.close()
+        await good.wait_closed()
         await listener.close()
         await serving
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
@@ -595,3 +596,77 @@ def test_a_shared_listener_bounds_certified_peers_by_the_cluster_wire(
         await listener.close()
 
     run_test(main())
+
+
+def test_partial_frames_past_the_budget_close_only_that_connection(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The connections of a transport share partial_frames_bytes_max: the one whose partial
+    frame would pass it gets ERROR(LIMIT_EXCEEDED), logged; the others keep theirs, finish them
+    and are served; the count follows every frame completed and every connection closed back
+    to zero."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+    limits = ConnectionLimits(
+        wire=WireConfig(frame_bytes_max=SMALL_FRAME_BYTES_MAX), partial_frames_bytes_max=40_000
+    )
+    frame = encode_frame(ClusterMessage(kind=1, body=bytes(15_000)))
+    head, rest = frame[:14_000], frame[14_000:]
+
+    async def main() -> None:
+        server = TLSTransport(
+            node_credentials(certs, "s1"), config=TLSTransportConfig(limits=limits)
+        )
+        budget = server.receive_budget
+        listener = await server.listen(HOST, 0, peer_role=None)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        good = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(good)
+        pong = encode_frame(Pong(sequence=1, sent_us=2))
+        peers = [
+            await asyncio.open_connection(
+                HOST, listener.port, ssl=raw_context(certs), server_hostname="s1"
+            )
+            for _ in range(3)
+        ]
+        for _, writer in peers[:2]:
+            writer.write(head)
+        await until(lambda: budget.held_bytes == 2 * len(head))
+        reader, writer = peers[2]
+        writer.write(head)
+        frames = await read_frames(reader)
+        assert len(frames) == 1 and isinstance(frames[0], Error), frames
+        assert frames[0].code == ErrorCode.LIMIT_EXCEEDED
+        writer.close()
+        info = await accepted[3].wait_closed()
+        assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert budget.held_bytes == 2 * len(head)
+        logged = [r.getMessage() for r in caplog.records if "LIMIT_EXCEEDED" in r.getMessage()]
+        assert len(logged) == 1 and "partial_frames_bytes_max=40000" in logged[0], logged
+        reader, writer = peers[0]
+        writer.write(rest + encode_frame(PING))  # Finished: the frame leaves the budget.
+        assert await reader.readexactly(len(pong)) == pong
+        assert budget.held_bytes == len(head)
+        peers[1][1].close()  # Gone inside its frame: what it held leaves the budget too.
+        await accepted[2].wait_closed()
+        assert budget.held_bytes == 0
+        await round_trip(good)
+        writer.write(head)
+        await until(lambda: budget.held_bytes == len(head))
+        writer.close()
+        await accepted[1].wait_closed()
+        assert budget.held_bytes == 0
+        good.close()
+        await good.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll `condition` until it holds; run_test's hang timeout bounds the wait."""
+    while not condition():
+        await asyncio.sleep(0.01)

@@ -23,7 +23,12 @@ from forehand.runtime import (
     create_transport,
     transport_names,
 )
-from forehand.runtime.transport import ConnectionLimits, error_frame
+from forehand.runtime.transport import (
+    CLUSTER_LIMITS,
+    CLUSTER_WIRE,
+    ConnectionLimits,
+    error_frame,
+)
 from forehand.wire import (
     ClusterMessage,
     Credential,
@@ -479,3 +484,14 @@ def test_handshakes_max_must_be_positive() -> None:
     for value in (0, -1):
         with pytest.raises(ConfigError, match="handshakes_max"):
             ConnectionLimits(handshakes_max=value)
+
+
+def test_partial_frames_budget_holds_a_whole_frame() -> None:
+    """partial_frames_bytes_max is positive and at least one longest frame, or a ConfigError;
+    the cluster limits leave room for four of their frames."""
+    wire = WireConfig(frame_bytes_max=1 << 20)
+    for value in (0, wire.buffered_bytes_max - 1):
+        with pytest.raises(ConfigError, match="partial_frames_bytes_max"):
+            ConnectionLimits(wire=wire, partial_frames_bytes_max=value)
+    assert ConnectionLimits(partial_frames_bytes_max=wire.buffered_bytes_max)
+    assert CLUSTER_LIMITS.partial_frames_bytes_max == 4 * CLUSTER_WIRE.buffered_bytes_max

@@ -24,6 +24,7 @@ from forehand.runtime.transport import (
     Credentials,
     HandshakeError,
     Listener,
+    ReceiveBudget,
     Transport,
     TransportError,
     register_transport,
@@ -124,6 +125,8 @@ class MemoryTransport(Transport):
         """Where listeners are found."""
         self.config = config if config is not None else MemoryTransportConfig()
         """Settings and bounds."""
+        self.receive_budget = ReceiveBudget(self.config.limits.partial_frames_bytes_max)
+        """What every connection of this transport holds of frames not yet received whole."""
 
     async def listen(
         self,
@@ -162,13 +165,18 @@ class MemoryTransport(Transport):
             raise HandshakeError(f"{server_id} at {host}:{port}: {problem}")
         loop = asyncio.get_running_loop()
         client = MemoryConnection(
-            is_client=True, limits=self.config.limits, loop=loop, peer_role=peer_role
+            is_client=True,
+            limits=self.config.limits,
+            loop=loop,
+            peer_role=peer_role,
+            budget=self.receive_budget,
         )
         server = MemoryConnection(
             is_client=False,
             limits=listener.transport.config.limits,
             loop=loop,
             peer_role=listener.peer_role,
+            budget=listener.transport.receive_budget,
         )
         client.peer_id = server_credentials.node_id
         server.peer_id = self.credentials.node_id

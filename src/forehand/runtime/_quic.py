@@ -59,6 +59,7 @@ from forehand.runtime.transport import (
     HandshakeError,
     Listener,
     PathStats,
+    ReceiveBudget,
     Transport,
     TransportError,
     log_violation,
@@ -277,8 +278,9 @@ class QUICConnection(Connection):
         rtt_probe_interval_ms: int,
         on_gone: Callable[[], None] | None = None,
         counters: _PathCounters | None = None,
+        budget: ReceiveBudget | None = None,
     ) -> None:
-        super().__init__(is_client=is_client, limits=limits, loop=loop)
+        super().__init__(is_client=is_client, limits=limits, loop=loop, budget=budget)
         self._protocol = protocol
         self._quic = protocol.quic
         self._counters = counters
@@ -484,6 +486,7 @@ class QUICConnection(Connection):
 
     def _control_data(self, data: bytes, end_stream: bool) -> None:
         decoder = self._control_decoder
+        held_bytes = decoder.buffered_bytes
         if data:
             decoder.receive_data(data)
         while (frame := decoder.next_frame()) is not NEED_DATA:
@@ -496,6 +499,7 @@ class QUICConnection(Connection):
                     error_code=ErrorCode.FRAME_UNEXPECTED,
                 )
             self._deliver_one(frame)
+        self._partial_changed(decoder.buffered_bytes - held_bytes)
         if end_stream:
             raise RemoteProtocolError(
                 "the control stream was closed", error_code=ErrorCode.CLOSED_CRITICAL_STREAM
@@ -538,6 +542,7 @@ class QUICConnection(Connection):
     ) -> Frame | None:
         """The one frame of a request stream, when it completes; raises on anything else."""
         decoder = stream.decoder
+        held_bytes = decoder.buffered_bytes
         if data:
             decoder.receive_data(data)
         if end_stream:
@@ -554,6 +559,7 @@ class QUICConnection(Connection):
                 )
             stream.frame_seen = True
             result = frame
+        self._partial_changed(decoder.buffered_bytes - held_bytes)
         if end_stream:
             if not stream.frame_seen:
                 raise RemoteProtocolError(
@@ -562,6 +568,12 @@ class QUICConnection(Connection):
                 )
             del self._request_streams[stream_id]
         return result
+
+    def _partial_changed(self, change_bytes: int) -> None:
+        """A stream's decoder holds `change_bytes` more (or fewer) of a frame not yet whole:
+        count them in the budget, or close the connection (LIMIT_EXCEEDED) if they would pass it."""
+        if change_bytes and not self._hold_partial(self._partial_bytes + change_bytes):
+            raise RemoteProtocolError(self._partial_overflow(), error_code=ErrorCode.LIMIT_EXCEEDED)
 
     def _receive_queue_drained(self) -> None:
         """Nothing to resume: the QUIC stack never stops delivering stream data."""
@@ -596,7 +608,9 @@ class QUICConnection(Connection):
             )
         self._ignored_streams.discard(stream_id)
         self._stream_types.pop(stream_id, None)
-        self._request_streams.pop(stream_id, None)
+        stream = self._request_streams.pop(stream_id, None)
+        if stream is not None:
+            self._partial_changed(-stream.decoder.buffered_bytes)
         if not self.is_client:
             for key, routed in self._routes.items():
                 if routed == stream_id:
@@ -866,6 +880,8 @@ class QUICTransport(Transport):
         """What this node presents and trusts."""
         self.config = config if config is not None else QUICTransportConfig()
         """Settings and bounds."""
+        self.receive_budget = ReceiveBudget(self.config.limits.partial_frames_bytes_max)
+        """What every connection of this transport holds of frames not yet received whole."""
 
     def _configuration(self, *, is_client: bool, server_id: str | None) -> QuicConfiguration:
         config = self.config
@@ -964,6 +980,7 @@ class QUICTransport(Transport):
             peer_role=peer_role,
             rtt_probe_interval_ms=self.config.rtt_probe_interval_ms,
             counters=protocol.counters,
+            budget=self.receive_budget,
         )
         connection.peer_address = _address(protocol.peer_address)
         return connection

@@ -3,8 +3,10 @@
 It is the asyncio protocol of its transport: bytes in go through a bounded `FrameDecoder` into
 the receive queue, frames out are encoded and coalesced into one write per loop turn. When the
 receive queue is full it stops reading from the transport (true backpressure); the bytes the
-transport delivered meanwhile wait undecoded, at most a read or two. The write buffer limits of
-the transport drive `writable` and `drain()`; past `send_buffer_bytes_max` the peer is cut off.
+transport delivered meanwhile wait undecoded, at most a read or two. What the decoder holds
+after each read (a partial frame) is counted in the transport's `ReceiveBudget`. The write buffer
+limits of the transport drive `writable` and `drain()`; past `send_buffer_bytes_max` the peer is
+cut off.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from forehand.runtime.transport import (
     Connection,
     ConnectionLimits,
     PathStats,
+    ReceiveBudget,
     error_frame,
     log_violation,
     send_wire,
@@ -54,8 +57,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         peer_role: PeerRole | None,
         on_made: Callable[[StreamConnection], None] | None = None,
+        budget: ReceiveBudget | None = None,
     ) -> None:
-        super().__init__(is_client=is_client, limits=limits, loop=loop)
+        super().__init__(is_client=is_client, limits=limits, loop=loop, budget=budget)
         self._wire = limits.wire
         self._send_wire = send_wire(limits.wire)
         self._peer_role = peer_role
@@ -70,13 +74,22 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._error_sent = False
 
-    def _decode_with(self, wire: WireConfig, *, sender: PeerRole | None = None) -> None:
+    def _decode_with(
+        self,
+        wire: WireConfig,
+        *,
+        sender: PeerRole | None = None,
+        budget: ReceiveBudget | None = None,
+    ) -> None:
         """Decode what the peer sends, and encode what it is sent, with `wire`, the peer sending
-        as `sender` (when given); only before any byte arrived (a listener shared by clients and
-        cluster nodes picks by the peer's certificate once the handshake is done)."""
-        assert not self._unfed
+        as `sender` and its partial frames counted in `budget` (when given); only before any
+        byte arrived (a listener shared by clients and cluster nodes picks by the peer's
+        certificate once the handshake is done)."""
+        assert not self._unfed and self._partial_bytes == 0
         if sender is not None:
             self._peer_role = sender
+        if budget is not None:
+            self._budget = budget
         self._wire = wire
         self._send_wire = send_wire(wire)
         self._decoder = FrameDecoder(config=wire, sender=self._peer_role)
@@ -243,6 +256,9 @@ class StreamConnection(Connection, asyncio.Protocol):
                 self._pause_reading()
         except RemoteProtocolError as error:
             self._fail(error.error_code, str(error))
+        if self._close_info is None and not self._hold_partial(decoder.buffered_bytes):
+            # The frames of this read that were whole are still delivered.
+            self._fail(ErrorCode.LIMIT_EXCEEDED, self._partial_overflow())
         if not received:
             return
         if handler is not None:

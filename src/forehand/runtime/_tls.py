@@ -26,6 +26,7 @@ from forehand.runtime.transport import (
     HandshakeError,
     Listener,
     PathStats,
+    ReceiveBudget,
     Transport,
     TransportError,
     register_transport,
@@ -90,10 +91,12 @@ class TLSListener(Listener):
         limits: ConnectionLimits,
         loop: asyncio.AbstractEventLoop,
         certified_peer_wire: WireConfig | None = None,
+        certified_peer_budget: ReceiveBudget | None = None,
     ) -> None:
         super().__init__(limits=limits, loop=loop)
         self._server: asyncio.Server | None = None
         self._certified_peer_wire = certified_peer_wire
+        self._certified_peer_budget = certified_peer_budget
 
     def _made(self, connection: StreamConnection) -> None:
         assert isinstance(connection, TLSConnection)
@@ -104,8 +107,9 @@ class TLSListener(Listener):
             return
         if self._certified_peer_wire is not None and connection.peer_id is not None:
             # A peer with a cluster certificate (a node, an operator) is not a client: its
-            # frames are bounded by the cluster's bounds, not the client-facing ones.
-            connection._decode_with(self._certified_peer_wire)
+            # frames are bounded by the cluster's bounds, not the client-facing ones, and its
+            # partial frames by a budget of their own, which clients cannot exhaust.
+            connection._decode_with(self._certified_peer_wire, budget=self._certified_peer_budget)
         elif self._certified_peer_wire is not None:
             # No certificate: a client, held to what clients may send (a server's frame from it
             # is FRAME_UNEXPECTED, as on QUIC, not a body that fails to decode).
@@ -132,6 +136,10 @@ class TLSTransport(Transport):
         self.config = config if config is not None else TLSTransportConfig()
         """Settings and bounds."""
         self._client_context = _client_context(credentials)
+        self.receive_budget = ReceiveBudget(self.config.limits.partial_frames_bytes_max)
+        """What every connection of this transport holds of frames not yet received whole."""
+        self.certified_peer_budget: ReceiveBudget | None = None
+        """The same, for the peers a listener with `certified_peer_wire` decodes with it."""
 
     async def listen(
         self,
@@ -143,11 +151,23 @@ class TLSTransport(Transport):
         certified_peer_wire: WireConfig | None = None,
     ) -> TLSListener:
         """Accept connections; with `certified_peer_wire`, one whose peer presented a
-        certificate the cluster CA issued decodes with it instead of `config.limits.wire`."""
+        certificate the cluster CA issued decodes with it instead of `config.limits.wire`, and
+        those peers' partial frames share `certified_peer_budget`, room for four of their
+        longest frames (as `CLUSTER_LIMITS`), or `partial_frames_bytes_max` if that is more."""
         context = _server_context(self.credentials, require_client_certificate)
         loop = asyncio.get_running_loop()
         limits = self.config.limits
-        listener = TLSListener(limits=limits, loop=loop, certified_peer_wire=certified_peer_wire)
+        if certified_peer_wire is not None and self.certified_peer_budget is None:
+            self.certified_peer_budget = ReceiveBudget(
+                max(limits.partial_frames_bytes_max, 4 * certified_peer_wire.buffered_bytes_max)
+            )
+        listener = TLSListener(
+            limits=limits,
+            loop=loop,
+            certified_peer_wire=certified_peer_wire,
+            certified_peer_budget=self.certified_peer_budget,
+        )
+        budget = self.receive_budget
 
         def connection() -> TLSConnection:
             return TLSConnection(
@@ -156,6 +176,7 @@ class TLSTransport(Transport):
                 loop=loop,
                 peer_role=peer_role,
                 on_made=listener._made,
+                budget=budget,
             )
 
         try:
@@ -186,7 +207,11 @@ class TLSTransport(Transport):
         try:
             _, connection = await loop.create_connection(
                 lambda: TLSConnection(
-                    is_client=True, limits=limits, loop=loop, peer_role=peer_role
+                    is_client=True,
+                    limits=limits,
+                    loop=loop,
+                    peer_role=peer_role,
+                    budget=self.receive_budget,
                 ),
                 host,
                 port,

@@ -212,12 +212,16 @@ def _import_failure(module_name: str, error: Exception) -> str:
     return f"importing the app module {module_name!r} raised {type(error).__name__}: {error}{where}"
 
 
+_DEFAULT_LIMITS = ConnectionLimits()
+
+
 def _frame_limits(frame_bytes_max: int) -> ConnectionLimits:
     """Connection bounds whose decoder refuses a frame over the node's configured
-    `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE."""
-    return ConnectionLimits(
-        wire=dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
-    )
+    `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE; their budget of partial
+    frames holds at least one such frame."""
+    wire = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
+    budget_bytes = max(_DEFAULT_LIMITS.partial_frames_bytes_max, wire.buffered_bytes_max)
+    return ConnectionLimits(wire=wire, partial_frames_bytes_max=budget_bytes)
 
 
 def _tls(credentials: Credentials, limits: ConnectionLimits) -> TLSTransport:

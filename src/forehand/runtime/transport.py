@@ -55,6 +55,7 @@ __all__ = [
     "HandshakeError",
     "Listener",
     "PathStats",
+    "ReceiveBudget",
     "Transport",
     "TransportError",
     "TransportFactory",
@@ -180,6 +181,12 @@ class ConnectionLimits:
     transport's `handshake_timeout_ms`."""
     close_timeout_ms: int = 2_000
     """How long a closing connection may take to flush before it is aborted."""
+    partial_frames_bytes_max: int = 64 << 20
+    """Bytes received and not yet decoded into frames (at rest, each stream's one partial
+    frame), summed over every connection of one transport: a node's client-facing connections
+    share one such budget. A connection whose bytes would pass it is closed with LIMIT_EXCEEDED;
+    the others keep what they hold. At least `wire.buffered_bytes_max`, so one longest frame
+    always fits."""
 
     def __post_init__(self) -> None:
         _positive(
@@ -192,8 +199,15 @@ class ConnectionLimits:
                 "connections_max",
                 "handshakes_max",
                 "close_timeout_ms",
+                "partial_frames_bytes_max",
             ),
         )
+        if self.partial_frames_bytes_max < self.wire.buffered_bytes_max:
+            raise ConfigError(
+                "ConnectionLimits.partial_frames_bytes_max must hold one whole frame: at least "
+                f"wire.buffered_bytes_max={self.wire.buffered_bytes_max}, "
+                f"got {self.partial_frames_bytes_max}"
+            )
         if not (
             self.send_buffer_low_water_bytes
             <= self.send_buffer_high_water_bytes
@@ -213,10 +227,40 @@ failover's map delta (one override per part the dead server led; the store takes
 CLUSTER_WIRE = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=CLUSTER_FRAME_BYTES_MAX)
 """What cluster links decode and encode with."""
 CLUSTER_LIMITS = ConnectionLimits(
-    wire=CLUSTER_WIRE, send_buffer_bytes_max=4 * CLUSTER_FRAME_BYTES_MAX
+    wire=CLUSTER_WIRE,
+    send_buffer_bytes_max=4 * CLUSTER_FRAME_BYTES_MAX,
+    partial_frames_bytes_max=4 * CLUSTER_WIRE.buffered_bytes_max,
 )
 """The limits of a cluster link (dialed, or accepted on a cluster-only listener): a send buffer
-that holds a few of the longest frames before a peer that does not read is cut off."""
+that holds a few of the longest frames before a peer that does not read is cut off, and room for
+as many partly received."""
+
+
+class ReceiveBudget:
+    """The bytes the connections of one transport hold in frames not yet received whole, and
+    their bound, `ConnectionLimits.partial_frames_bytes_max`."""
+
+    __slots__ = ("bytes_max", "held_bytes")
+
+    def __init__(self, bytes_max: int) -> None:
+        assert bytes_max >= 1
+        self.bytes_max = bytes_max
+        """The bound."""
+        self.held_bytes = 0
+        """What the connections hold now."""
+
+    def take(self, size_bytes: int) -> bool:
+        """Count `size_bytes` more; False, counting nothing, when that would pass the bound."""
+        assert size_bytes >= 0
+        if self.held_bytes + size_bytes > self.bytes_max:
+            return False
+        self.held_bytes += size_bytes
+        return True
+
+    def give_back(self, size_bytes: int) -> None:
+        """Count `size_bytes` fewer."""
+        assert 0 <= size_bytes <= self.held_bytes
+        self.held_bytes -= size_bytes
 
 
 def send_wire(wire: WireConfig) -> WireConfig:
@@ -291,6 +335,7 @@ class Connection(abc.ABC):
         is_client: bool,
         limits: ConnectionLimits,
         loop: asyncio.AbstractEventLoop,
+        budget: ReceiveBudget | None = None,
     ) -> None:
         self.is_client = is_client
         """Whether this side opened the connection."""
@@ -312,6 +357,10 @@ class Connection(abc.ABC):
         self._writable = True
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._frame_handler: FrameHandler | None = None
+        self._budget = (
+            budget if budget is not None else ReceiveBudget(limits.partial_frames_bytes_max)
+        )
+        self._partial_bytes = 0
 
     # -- what every transport implements --------------------------------------------------
 
@@ -481,10 +530,32 @@ class Connection(abc.ABC):
             if not waiter.done():
                 waiter.set_result(None)
 
+    def _hold_partial(self, size_bytes: int) -> bool:
+        """This connection now holds `size_bytes` of frames not yet received whole; False,
+        changing nothing, when its budget cannot take the growth."""
+        change = size_bytes - self._partial_bytes
+        if change > 0 and not self._budget.take(change):
+            return False
+        if change < 0:
+            self._budget.give_back(-change)
+        self._partial_bytes = size_bytes
+        return True
+
+    def _partial_overflow(self) -> str:
+        """The reason for closing a connection whose partial frames would pass the budget."""
+        budget = self._budget
+        return (
+            f"frames not yet received whole would pass partial_frames_bytes_max="
+            f"{budget.bytes_max} (this connection holds {self._partial_bytes} bytes, all "
+            f"connections {budget.held_bytes})"
+        )
+
     def _set_closed(self, info: CloseInfo) -> bool:
-        """Record why the connection ended; False if it had ended already."""
+        """Record why the connection ended; False if it had ended already. Nothing more is
+        decoded: what it held of partial frames leaves its budget."""
         if self._close_info is not None:
             return False
+        self._hold_partial(0)
         self._close_info = info
         self._wake_receiver()
         self._wake_drainers()
