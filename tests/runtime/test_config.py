@@ -209,3 +209,29 @@ def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None
         [*FOREHAND, "certs", str(directory), "--add-key", "--current-key", "2"], check=True
     )
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).current_key_id == 2
+
+
+def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: Path) -> None:
+    """[limits] (or `--set limits.<name>`) sets the client listener's ConnectionLimits on both
+    processes, checked as the transport checks them; `wire` is the core's frame bound's."""
+    manager = load_manager_config(
+        write(
+            tmp_path / "manager.toml", f'certs_dir = "{certs_dir}"\n[limits]\nhandshakes_max = 50\n'
+        ),
+        parse_overrides(["limits.connections_max=20000"]),
+    )
+    assert (manager.limits.connections_max, manager.limits.handshakes_max) == (20_000, 50)
+    base = f'server_id = "s1"\ncerts_dir = "{certs_dir}"\napp = "examples.cart.app:app"\n'
+    server = load_server_config(
+        write(tmp_path / "s1.toml", base + "[limits]\npartial_frames_bytes_max = 8388608\n")
+    )
+    assert server.limits.partial_frames_bytes_max == 8 << 20
+    assert load_server_config(write(tmp_path / "s2.toml", base)).limits.connections_max == 10_000
+    for table, message in (
+        ("connections_max = 0", "connections_max must be a positive int"),
+        ("handshake_max = 5", "did you mean 'handshakes_max'"),
+        ("wire = 1", "may not set wire"),
+        ("partial_frames_bytes_max = 1024", "must hold one whole frame"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_server_config(write(tmp_path / "bad.toml", base + f"[limits]\n{table}\n"))

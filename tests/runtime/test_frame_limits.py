@@ -5,7 +5,7 @@ raw client dials one with the project's own transport (whose encoder allows 1 Mi
 the 65,536 WELCOME announces, and sends a 200 KB REQUEST: the node must end that connection with
 FRAME_TOO_LARGE (docs/PROTOCOL.md sections 3, 6, 7), while an SDK client with a session on the
 same cluster goes on being answered. A REQUEST just under the limit to the server is decoded and
-answered.
+answered. The server's [limits] table bounds its client connections (`connections_max` 4).
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ UNDER_LIMIT_PAYLOAD_BYTES = FRAME_BYTES_MAX - 1_024
 """A REQUEST payload whose frame fits the configured limit."""
 GOOD_ROUNDS_MIN = 3
 """Calls the SDK client must get answered after the oversized connection closed."""
+CONNECTIONS_MAX = 4
+"""The server's [limits] connections_max: room for the tests' own connections."""
 
 
 class _LimitedCluster(Cluster):
@@ -77,7 +79,10 @@ def cluster(
         certs_dir=make_certs(directory / "certs"),
         transport=request.param,
         servers=(SERVER,),
-        server_settings=(f"core.frame_bytes_max={FRAME_BYTES_MAX}",),
+        server_settings=(
+            f"core.frame_bytes_max={FRAME_BYTES_MAX}",
+            f"limits.connections_max={CONNECTIONS_MAX}",
+        ),
     )
     running.start()
     yield running
@@ -200,5 +205,31 @@ def test_request_under_the_limit_is_answered(cluster: Cluster) -> None:
         finally:
             connection.close()
             await connection.wait_closed()
+
+    run_async(main())
+
+
+def test_the_limits_table_bounds_the_client_connections(cluster: Cluster) -> None:
+    """`--set limits.connections_max=4`: raw client connections past it are closed with
+    LIMIT_EXCEEDED, and once they close a new one is welcomed again."""
+
+    async def main() -> None:
+        held: list[Connection] = []
+        refused = None
+        try:
+            for _ in range(CONNECTIONS_MAX + 1):
+                connection, _ = await _welcomed(cluster)
+                held.append(connection)
+        except ConnectionClosedError as error:
+            refused = error.close
+        assert refused is not None, f"{len(held)} connections held, none refused"
+        assert refused.error_code == ErrorCode.LIMIT_EXCEEDED, refused
+        for connection in held:
+            connection.close()
+            await connection.wait_closed()
+        again, welcome = await _welcomed(cluster)
+        assert welcome.frame_bytes_max == FRAME_BYTES_MAX
+        again.close()
+        await again.wait_closed()
 
     run_async(main())

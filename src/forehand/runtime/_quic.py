@@ -214,8 +214,17 @@ class _Protocol(QuicConnectionProtocol):
             super().datagram_received(data, addr)
         finally:
             self._receiving = False
-        if self.connection is not None:
-            self.connection._hand_over_batch()
+        connection = self.connection
+        if connection is not None:
+            connection._hand_over_batch()
+            # qh3 (pinned) reports a peer's CONNECTION_CLOSE as ConnectionTerminated only once
+            # its draining period ends; meanwhile every send raises its own error. The close is
+            # known now (`_close_event`), so the connection ends now: a send raises
+            # ConnectionClosedError naming the peer's code (a listener's LIMIT_EXCEEDED, say),
+            # and a receive stops waiting. wait_closed still waits for the stack to finish.
+            closed = self.quic._close_event
+            if closed is not None and connection._close_info is None:
+                connection._set_closed(_close_info(closed))
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         connection = self.connection

@@ -17,6 +17,9 @@ A process reads one TOML file whose top-level keys are the fields of `ManagerPro
     [driver]                       # any field of forehand.runtime.node.DriverConfig
     dial_backoff_ms = 100
 
+    [limits]                       # ConnectionLimits of the client-facing listener, but `wire`
+    connections_max = 50000
+
 Command-line flags override the file, and `--set key=value` (`core.failure_timeout_ms=1000`)
 overrides any key, the value read as a TOML value. Every value is checked on load: an unknown
 key, a value of the wrong type or out of range, NaN or infinity, an integer beyond 64 bits, a
@@ -46,6 +49,7 @@ from forehand.placement import PlacementConfig
 from forehand.runtime.certs import check_node_credentials, check_tls_files, validate_node_name
 from forehand.runtime.keys import CLUSTER_KEYS_FILE
 from forehand.runtime.node import DriverConfig
+from forehand.runtime.transport import ConnectionLimits
 
 __all__ = [
     "SERVER_IDENTITY_FIELDS",
@@ -182,6 +186,10 @@ class ManagerProcessConfig:
     """The [placement] table: consistent hashing and replica count (fixed at bootstrap)."""
     driver: DriverConfig = field(default_factory=DriverConfig)
     """The [driver] table: connection bounds and timeouts."""
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """The [limits] table: bounds of the connections clients make to this process (how many,
+    QUIC handshakes under way, the partial-frame budget, send buffers); `wire` is not set here
+    (`core.frame_bytes_max` sets it) and the partial-frame budget holds at least one frame."""
 
     def __post_init__(self) -> None:
         validate_node_name(self.node_id)
@@ -264,6 +272,10 @@ class ServerProcessConfig:
     """The [core] table: bounds and timeouts of the server core (not its identity fields)."""
     driver: DriverConfig = field(default_factory=DriverConfig)
     """The [driver] table: connection bounds and timeouts."""
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    """The [limits] table: bounds of the connections clients make to this process (how many,
+    QUIC handshakes under way, the partial-frame budget, send buffers); `wire` is not set here
+    (`core.frame_bytes_max` sets it) and the partial-frame budget holds at least one frame."""
 
     def __post_init__(self) -> None:
         validate_node_name(self.server_id)
@@ -463,10 +475,11 @@ def load_manager_config(
     core = _convert(ManagerConfig, {"node_id": node_id, **core_table}, f"{where}[core]")
     placement = _convert(PlacementConfig, merged.pop("placement", {}), f"{where}[placement]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
+    limits = _limits(merged.pop("limits", {}), f"{where}[limits]")
     if "certs_dir" not in merged:
         raise ConfigError(f"{where}certs_dir is required (a directory made by `forehand certs`)")
     top = _convert(ManagerProcessConfig, merged, f"{where}top level")
-    return dataclasses.replace(top, core=core, placement=placement, driver=driver)
+    return dataclasses.replace(top, core=core, placement=placement, driver=driver, limits=limits)
 
 
 def load_server_config(
@@ -489,5 +502,14 @@ def load_server_config(
     identity_table = {"server_id": str(merged["server_id"]), **core_table}
     core = _convert(ServerConfig, identity_table, f"{where}[core]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
+    limits = _limits(merged.pop("limits", {}), f"{where}[limits]")
     top = _convert(ServerProcessConfig, merged, f"{where}top level")
-    return dataclasses.replace(top, core=core, driver=driver)
+    return dataclasses.replace(top, core=core, driver=driver, limits=limits)
+
+
+def _limits(value: Any, where: str) -> ConnectionLimits:
+    """The [limits] table: any `ConnectionLimits` field but `wire`."""
+    table = _table(value, where)
+    if "wire" in table:
+        raise ConfigError(f"{where} may not set wire; core.frame_bytes_max bounds frames")
+    return _convert(ConnectionLimits, table, where)

@@ -215,13 +215,13 @@ def _import_failure(module_name: str, error: Exception) -> str:
 _DEFAULT_LIMITS = ConnectionLimits()
 
 
-def _frame_limits(frame_bytes_max: int) -> ConnectionLimits:
-    """Connection bounds whose decoder refuses a frame over the node's configured
-    `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE; their budget of partial
-    frames holds at least one such frame."""
+def _frame_limits(frame_bytes_max: int, limits: ConnectionLimits) -> ConnectionLimits:
+    """The [limits] of the process, with a decoder that refuses a frame over the node's
+    configured `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE, and a budget
+    of partial frames that holds at least one such frame."""
     wire = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
-    budget_bytes = max(_DEFAULT_LIMITS.partial_frames_bytes_max, wire.buffered_bytes_max)
-    return ConnectionLimits(wire=wire, partial_frames_bytes_max=budget_bytes)
+    budget_bytes = max(limits.partial_frames_bytes_max, wire.buffered_bytes_max)
+    return dataclasses.replace(limits, wire=wire, partial_frames_bytes_max=budget_bytes)
 
 
 def _tls(credentials: Credentials, limits: ConnectionLimits) -> TLSTransport:
@@ -254,14 +254,21 @@ def cluster_transport(credentials: Credentials) -> TLSTransport:
 
 
 async def _listen(
-    transport_name: str, credentials: Credentials, host: str, port: int, *, frame_bytes_max: int
+    transport_name: str,
+    credentials: Credentials,
+    host: str,
+    port: int,
+    *,
+    frame_bytes_max: int,
+    limits: ConnectionLimits = _DEFAULT_LIMITS,
 ) -> list[Listener]:
     """The listeners of a node (see the module docstring); the first one's port is the port.
     Connections clients use decode with the node's `frame_bytes_max`; cluster connections use
     `CLUSTER_WIRE` (32 MiB), since cluster messages (a whole map, a failover's delta, log batches,
     snapshots) are not bounded by it: with QUIC they have a TLS listener of their own, with `tls`
-    the one listener picks by the peer's certificate (clients present none)."""
-    limits = _frame_limits(frame_bytes_max)
+    the one listener picks by the peer's certificate (clients present none). `limits` bound
+    the connections clients make (the process's [limits])."""
+    limits = _frame_limits(frame_bytes_max, limits)
     try:
         if transport_name == "tls":
             listener = await _tls(credentials, limits).listen(
@@ -342,7 +349,12 @@ async def run_manager(
     ops: ManagerOps | None = None
     try:
         listeners = await _listen(
-            config.transport, credentials, host, port, frame_bytes_max=config.core.frame_bytes_max
+            config.transport,
+            credentials,
+            host,
+            port,
+            frame_bytes_max=config.core.frame_bytes_max,
+            limits=config.limits,
         )
         policy = _tunable_policy(config)
         core = ManagerCore(
@@ -461,7 +473,12 @@ async def run_server(
     manager_addresses = parse_addresses(config.manager, where="manager")
     frame_bytes_max = (config.core or ServerConfig(server_id=config.server_id)).frame_bytes_max
     listeners = await _listen(
-        config.transport, credentials, host, port, frame_bytes_max=frame_bytes_max
+        config.transport,
+        credentials,
+        host,
+        port,
+        frame_bytes_max=frame_bytes_max,
+        limits=config.limits,
     )
     try:
         address = config.advertise or _advertised(host, listeners[0].port)
