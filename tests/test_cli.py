@@ -78,4 +78,5 @@ def test_process_help_shows_defaults_and_the_keys_without_a_flag() -> None:
     assert "Top-level keys without a flag: metrics_host, metrics_port." in help_texts["server"]
     for default in ("[127.0.0.1:7000]", "[sqlite]", "[manager.sqlite]", "[manager]"):
         assert default in help_texts["manager"], default
-    assert "admin_http_port, admin_token_file, audit_log_path." in help_texts["manager"]
+    assert "admin_http_port, admin_http_connections_max," in help_texts["manager"]
+    assert "admin_token_file, audit_log_path." in help_texts["manager"]

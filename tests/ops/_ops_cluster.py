@@ -56,8 +56,14 @@ class OpsCluster(Cluster):
     so that a drained one's replica roles have somewhere to go and its drain finishes."""
 
     def __init__(
-        self, directory: Path, *, certs_dir: Path, servers: tuple[str, ...] = (*SERVERS, "s9")
+        self,
+        directory: Path,
+        *,
+        certs_dir: Path,
+        servers: tuple[str, ...] = (*SERVERS, "s9"),
+        manager_settings: tuple[str, ...] = (),
     ) -> None:
+        """`manager_settings` are further `--set key=value` settings of the manager."""
         super().__init__(
             directory,
             certs_dir=certs_dir,
@@ -68,6 +74,7 @@ class OpsCluster(Cluster):
         self.token_file = directory / "admin-token"
         self.token_file.write_text(TOKEN + "\n", encoding="utf-8")
         self.audit_file = directory / "audit.jsonl"
+        self.manager_settings = manager_settings
         self.api_url = ""
         self.metrics_urls: dict[str, str] = {}
 
@@ -76,6 +83,8 @@ class OpsCluster(Cluster):
         command += ["--set", "admin_http_port=0", "--log-format", "json"]
         command += ["--set", f'admin_token_file="{self.token_file}"']
         command += ["--set", f'audit_log_path="{self.audit_file}"']
+        for setting in self.manager_settings:
+            command += ["--set", setting]
         return command
 
     def start(self) -> None:

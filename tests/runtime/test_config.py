@@ -79,6 +79,12 @@ def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path
         ('certs_dir = "/nonexistent"\n', "/nonexistent does not exist"),
         ('certs_dir = "{empty}"\n', "holds no ca.pem"),
         ("certs_dir = \n", "not valid TOML"),
+        ('certs_dir = "{certs}"\nadmin_http_connections_max = 0\n', "connections_max must be 1"),
+        ('certs_dir = "{certs}"\nadmin_http_request_timeout_ms = -5\n', "request_timeout_ms"),
+        ('certs_dir = "{certs}"\nadmin_http_idle_timeout_ms = 0\n', "idle_timeout_ms must be"),
+        ('certs_dir = "{certs}"\nadmin_http_write_buffer_bytes = 100\n', "1024 to 67108864"),
+        ('certs_dir = "{certs}"\nadmin_http_write_stall_timeout_ms = 0\n', "stall_timeout_ms"),
+        ('certs_dir = "{certs}"\nadmin_http_idle_timeout_ms = 1.5\n', "Expected `int`"),
     ],
 )
 def test_invalid_manager_config_names_the_problem(

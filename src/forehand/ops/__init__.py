@@ -10,6 +10,7 @@ from forehand.ops._process import ManagerOps, ServerOps, url_file
 from forehand.ops.audit import AUDIT_KINDS, AuditLog, AuditRecord, RiskNote, part_name
 from forehand.ops.http import (
     ADMIN_TOKEN_ENV,
+    HTTPLimits,
     HTTPService,
     admin_app,
     load_admin_token,
@@ -31,6 +32,7 @@ __all__ = [
     "AuditRecord",
     "ClusterView",
     "DrainProgress",
+    "HTTPLimits",
     "HTTPService",
     "ManagerMetrics",
     "ManagerOps",

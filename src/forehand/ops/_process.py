@@ -13,7 +13,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from forehand.ops.http import HTTPService, admin_app, load_admin_token, metrics_app, serve_http
+from forehand.ops.http import (
+    HTTPLimits,
+    HTTPService,
+    admin_app,
+    load_admin_token,
+    metrics_app,
+    serve_http,
+)
 from forehand.ops.hub import OpsHub
 from forehand.ops.metrics import ServerMetrics
 from forehand.ops.policy import TunableRiskPolicy
@@ -56,8 +63,15 @@ class ManagerOps:
         if config.admin_http_port < 0:
             return
         app = admin_app(self.hub, token=self._token)
+        limits = HTTPLimits(
+            connections_max=config.admin_http_connections_max,
+            request_timeout_ms=config.admin_http_request_timeout_ms,
+            idle_timeout_ms=config.admin_http_idle_timeout_ms,
+            write_buffer_bytes=config.admin_http_write_buffer_bytes,
+            write_stall_timeout_ms=config.admin_http_write_stall_timeout_ms,
+        )
         self.service = await serve_http(
-            app, host=config.admin_http_host, port=config.admin_http_port
+            app, host=config.admin_http_host, port=config.admin_http_port, limits=limits
         )
         _write_url(config.ready_file, self.service.url)
         _log.info(

@@ -12,6 +12,11 @@ logged, for a bug), unknown routes and methods included, and a refused request c
 A body is a JSON object of at most `BODY_BYTES_MAX` bytes; NaN, Infinity (which Python's json
 would read) and nesting too deep to parse are 400, and so is any setting the policy refuses.
 
+Each listener bounds its connections (`HTTPLimits`, from the manager's `admin_http_*` keys):
+how many are open at once (503 beyond), how long a request may take to arrive (408), how long a
+connection may stay idle, and how long a full write buffer may wait for a client that reads
+nothing (dropped, as is an event stream nobody reads); see `forehand.ops._bounded_http`.
+
 Endpoints (JSON unless noted):
 
     GET  /                                the dashboard (HTML, ES modules under /static/)
@@ -53,18 +58,20 @@ import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from forehand.errors import ConfigError
+from forehand.ops._bounded_http import HTTPLimits, bounded_protocol
 from forehand.ops.audit import AUDIT_KINDS, AUDIT_OUTCOMES, AUDIT_REASONS
 from forehand.ops.hub import OpsError, OpsHub, parse_session
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
     "BODY_BYTES_MAX",
+    "HTTPLimits",
     "HTTPService",
     "admin_app",
     "load_admin_token",
@@ -124,6 +131,9 @@ def _guarded(handler: Handler, *, token: str | None, mutating: bool) -> Handler:
             return await handler(request)
         except OpsError as error:
             return _error(error.status, error.error, error.detail)
+        except ClientDisconnect:
+            # The client left (or its body came too slowly) mid-body: nobody reads the answer.
+            return _error(400, "disconnected", "the client disconnected before its body came")
         except Exception as error:
             # Answered here rather than by Starlette's handler, which re-raises after answering:
             # the connection would close and the error be logged twice.
@@ -400,8 +410,11 @@ class HTTPService:
             self._socket.close()
 
 
-async def serve_http(app: Any, *, host: str, port: int) -> HTTPService:
-    """Serve `app` on host:port (0 picks a port) until `close()`; ConfigError if it cannot bind."""
+async def serve_http(
+    app: Any, *, host: str, port: int, limits: HTTPLimits | None = None
+) -> HTTPService:
+    """Serve `app` on host:port (0 picks a port) until `close()`, each connection within
+    `limits` (the defaults when None); ConfigError if it cannot bind."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -414,6 +427,7 @@ async def serve_http(app: Any, *, host: str, port: int) -> HTTPService:
         raise ConfigError(f"cannot listen for HTTP on {host}:{port}: {error}") from error
     config = uvicorn.Config(
         app,
+        http=bounded_protocol(limits if limits is not None else HTTPLimits()),
         log_config=None,
         access_log=False,
         lifespan="off",

@@ -80,6 +80,15 @@ INTEGER_MAX = (1 << 63) - 1
 """Largest integer a configuration value may hold: counts and durations travel as signed 64-bit
 integers (msgpack, the store, numpy), so a larger one would fail far from the file that set it."""
 
+ADMIN_HTTP_BOUNDS = {
+    "admin_http_connections_max": (1, 100_000),
+    "admin_http_request_timeout_ms": (1, 3_600_000),
+    "admin_http_idle_timeout_ms": (1, 3_600_000),
+    "admin_http_write_buffer_bytes": (1_024, 64 * 1024 * 1024),
+    "admin_http_write_stall_timeout_ms": (1, 3_600_000),
+}
+"""Ranges of the admin API's connection bounds (`forehand.ops.HTTPLimits`)."""
+
 C = TypeVar("C")
 
 
@@ -175,6 +184,20 @@ class ManagerProcessConfig:
     """Where the admin HTTP API and dashboard listen (loopback unless set otherwise)."""
     admin_http_port: int = -1
     """Port of the admin HTTP API and dashboard; -1 turns them off, 0 lets the system pick."""
+    admin_http_connections_max: int = 64
+    """Admin API connections open at once; beyond, a new one is answered 503 and closed."""
+    admin_http_request_timeout_ms: int = 10_000
+    """Time an admin API request may take to arrive whole, head and body, from its first byte;
+    beyond, it is answered 408 and its connection closed."""
+    admin_http_idle_timeout_ms: int = 5_000
+    """Time an admin API connection may stay open with no request in progress (after it opened,
+    or after a response); beyond, it is closed."""
+    admin_http_write_buffer_bytes: int = 65_536
+    """Bytes an admin API connection buffers for its client (the kernel's send buffer, then as
+    much again in the process) before its response waits for the client to read."""
+    admin_http_write_stall_timeout_ms: int = 10_000
+    """Time a full write buffer may go without the client taking a byte of it; beyond, the
+    connection is dropped and logged (a dashboard event stream whose client stopped reading)."""
     admin_token_file: Path | None = None
     """File whose first line is the admin token that mutating API calls must present; None
     reads $FOREHAND_ADMIN_TOKEN, and without either the API refuses every mutation."""
@@ -216,6 +239,10 @@ class ManagerProcessConfig:
             raise ConfigError(
                 f"admin_http_port must be -1 (off) to 65535, got {self.admin_http_port}"
             )
+        for name, (low, high) in ADMIN_HTTP_BOUNDS.items():
+            value = getattr(self, name)
+            if not low <= value <= high:
+                raise ConfigError(f"{name} must be {low} to {high}, got {value}")
 
     @property
     def key_path(self) -> Path:
