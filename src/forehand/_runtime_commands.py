@@ -97,11 +97,13 @@ def _manager_epilog() -> str:
     from forehand.placement import PlacementConfig
     from forehand.runtime.config import ManagerProcessConfig
     from forehand.runtime.node import DriverConfig
+    from forehand.runtime.transport import ConnectionLimits
 
     tables = {
         "core": ("forehand.core.ManagerConfig", ManagerConfig, ("node_id",)),
         "placement": ("forehand.placement.PlacementConfig", PlacementConfig, ()),
         "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+        "limits": ("client connections' ConnectionLimits", ConnectionLimits, ("wire",)),
     }
     return _tables_help(tables, unflagged=_unflagged_keys(ManagerProcessConfig, manager, tables))
 
@@ -110,10 +112,12 @@ def _server_epilog() -> str:
     from forehand.core import ServerConfig
     from forehand.runtime.config import SERVER_IDENTITY_FIELDS, ServerProcessConfig
     from forehand.runtime.node import DriverConfig
+    from forehand.runtime.transport import ConnectionLimits
 
     tables = {
         "core": ("forehand.core.ServerConfig", ServerConfig, SERVER_IDENTITY_FIELDS),
         "driver": ("forehand.runtime.node.DriverConfig", DriverConfig, ()),
+        "limits": ("client connections' ConnectionLimits", ConnectionLimits, ("wire",)),
     }
     return _tables_help(tables, unflagged=_unflagged_keys(ServerProcessConfig, server, tables))
 

@@ -8,17 +8,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from forehand.core._driver import ConnectionLost, ConnectionOpened
 from forehand.core._manager_config import ManagerConfig
-from forehand.core._manager_events import MapChange, MapCommitted, SessionsExpired
+from forehand.core._manager_events import MapChange, MapCommitted, MapLoaded, SessionsExpired
 from forehand.core._manager_expiry import SessionExpiry
 from forehand.errors import ConfigError
 from forehand.placement import new_session_id
+from forehand.stores import DeltaCommitRequested, StoreFailed
 from forehand.wire import CloseSession, Credential, Hello, MapRequest, MapUpdate, Welcome
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness
+    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
 
 SERVERS = ("s1", "s2", "s3")
 EXPIRY_MS = 2_000
@@ -30,16 +32,22 @@ def sessions(count: int) -> list[bytes]:
 
 
 def sweep_all(expiry: SessionExpiry, now_us: int) -> list[bytes]:
-    """Every session a whole round finds expired at `now_us` (batches included)."""
+    """Every session a whole round finds expired at `now_us` (batches included), forgotten as
+    the manager forgets the sessions whose close committed."""
     found: list[bytes] = []
     due = expiry.due_us()
     while due is not None and due <= now_us:
-        found += expiry.sweep(now_us=now_us)
+        batch = expiry.sweep(now_us=now_us)
+        close(expiry, batch)
+        found += batch
         due = expiry.due_us()
-        if due is not None and due > now_us:
-            break
-        now_us = max(now_us, due or now_us)
     return found
+
+
+def close(expiry: SessionExpiry, session_ids: list[bytes]) -> None:
+    """What the manager does once their close commits: the map loses them."""
+    for session_id in session_ids:
+        expiry.forget(session_id)
 
 
 def test_a_session_expires_only_after_its_last_credential_plus_the_expiry() -> None:
@@ -56,52 +64,59 @@ def test_a_session_expires_only_after_its_last_credential_plus_the_expiry() -> N
     # The first sweep may fall at any instant: nothing is expired just before 6.4 s.
     for now_us in range(0, 6_400_000, 97_000):
         assert expiry.sweep(now_us=now_us) == []
-    found = []
+
+    def sweep_until(end_us: int) -> list[bytes]:
+        nonlocal now_us
+        found = []
+        while now_us < end_us:
+            batch = expiry.sweep(now_us=now_us)
+            close(expiry, batch)
+            found += batch
+            now_us += 10_000
+        return found
+
     now_us = 6_400_000
-    while now_us < 6_700_000:
-        found += expiry.sweep(now_us=now_us)
-        now_us += 10_000
-    assert found == [first]
-    found = []
-    while now_us < 9_300_000:
-        found += expiry.sweep(now_us=now_us)
-        now_us += 10_000
-    assert sorted(found) == sorted([third])  # the renewed one lives until 9.4 s
-    while now_us < 9_700_000:
-        found += expiry.sweep(now_us=now_us)
-        now_us += 10_000
-    assert sorted(found) == sorted([third, second])
+    assert sweep_until(6_700_000) == [first]
+    assert sweep_until(9_300_000) == [third]  # the renewed one lives until 9.4 s
+    assert sweep_until(9_700_000) == [second]
     assert len(expiry) == 0
     assert expiry.due_us() is None
 
 
 def test_a_sweep_walks_the_sessions_in_bounded_batches() -> None:
     """A round examines at most `batch` sessions per step, steps `step_ms` apart, and starts
-    again at most once a grain; a session closed meanwhile is skipped."""
+    again at most once a grain; a session closed meanwhile is skipped, and one left open (the
+    manager did not close it) is found again by the next round."""
     expiry = SessionExpiry(expiry_ms=640, batch=3, step_ms=10)
     ids = sessions(8)
     for session_id in ids:
         expiry.track(session_id, now_us=0)
     now_us = 700_000
-    found = expiry.sweep(now_us=now_us)
-    assert found == ids[:3]
+    assert expiry.sweep(now_us=now_us) == ids[:3]
+    close(expiry, ids[:2])
     assert expiry.due_us() == now_us + 10_000
     assert expiry.sweep(now_us=now_us + 5_000) == []  # not yet due
     expiry.forget(ids[4])
     assert expiry.sweep(now_us=now_us + 10_000) == [ids[3], ids[5]]
     assert expiry.sweep(now_us=now_us + 20_000) == ids[6:]
-    assert expiry.due_us() is None
+    close(expiry, [ids[3], ids[5], ids[6], ids[7]])
+    assert expiry.due_us() == now_us + 20_000 + 10_000  # the next round, a grain later
+    assert expiry.sweep(now_us=now_us + 30_000) == [ids[2]]
 
 
-def test_a_loaded_map_counts_every_session_as_renewed_at_the_load() -> None:
-    """Renewals reported to a manager before this one are lost: a reset stamps every session
-    with the load time, and a disabled expiry tracks nothing."""
+def test_a_reload_keeps_what_this_manager_heard_and_stamps_the_rest_at_the_load() -> None:
+    """A map load stamps the sessions this manager did not track with the load time (renewals
+    reported to a manager before it are lost), and keeps the stamps of those it tracks (a
+    reload after a store failure must not restart every expiry); a disabled expiry tracks
+    nothing."""
     expiry = SessionExpiry(expiry_ms=640, batch=100, step_ms=10)
     ids = sessions(3)
     expiry.track(ids[0], now_us=0)
     expiry.reset(ids, now_us=1_000_000)
-    assert expiry.sweep(now_us=1_600_000) == []
-    assert sorted(sweep_all(expiry, 1_700_000)) == sorted(ids)
+    assert sweep_all(expiry, 1_000_000) == []
+    assert sweep_all(expiry, 1_050_000) == [ids[0]]
+    assert sweep_all(expiry, 1_600_000) == []
+    assert sorted(sweep_all(expiry, 1_700_000)) == sorted(ids[1:])
     disabled = SessionExpiry(expiry_ms=0, batch=100, step_ms=10)
     disabled.track(ids[0], now_us=0)
     disabled.reset(ids, now_us=0)
@@ -158,7 +173,7 @@ def test_a_new_manager_counts_the_expiry_from_its_map_load() -> None:
     second.join(*SERVERS)
     second.tick(EXPIRY_MS - 100, alive=SERVERS)
     assert second.events(SessionsExpired) == []
-    second.tick(300, alive=SERVERS)
+    second.tick(600, alive=SERVERS)
     (expired,) = second.events(SessionsExpired)
     assert expired.session_ids == (opened.session_id,)
 
@@ -206,3 +221,70 @@ def test_a_client_back_after_its_credential_expired_hears_its_expired_session_cl
     assert received[1] == CloseSession(session_id=gone.session_id)
     harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=credentials))
     assert harness.take("c3", CloseSession) == [CloseSession(session_id=gone.session_id)]
+
+
+def test_a_reload_after_a_store_failure_does_not_restart_the_expiry() -> None:
+    """A failed commit reloads the map (`CommitPipeline`); the manager heard every renewal
+    meanwhile, so a session nobody renews still expires on time. Before, each reload stamped
+    every session anew, and a store that failed once per expiry kept every session for ever."""
+    harness = expiring_harness()
+    gone = harness.open_session(("auth",), client="c1")
+    harness.tick(1_000, alive=SERVERS)
+    failed: list[object] = []
+
+    def fail_once(request: object) -> object:
+        if isinstance(request, DeltaCommitRequested) and not failed:
+            failed.append(request)
+            return StoreFailed(request_id=request.request_id, reason="disk")
+        return harness.execute(request)
+
+    harness.router.store_executors[MANAGER] = fail_once
+    assert harness.open_session(("cart",), client="c1") is not None
+    assert failed and harness.events(MapLoaded)[-1].map_version == harness.map.version - 1
+    harness.tick(EXPIRY_MS - 1_000 + 300, alive=SERVERS)
+    assert [e.session_ids for e in harness.events(SessionsExpired)] == [(gone.session_id,)]
+
+
+def test_thousands_of_expired_sessions_close_in_one_version_and_opens_go_on() -> None:
+    """Sessions that expire together close in one map version per sweep batch (before: one
+    version per session, each a store commit and a push to every server, and a commit queue so
+    full that opens were refused); an open during the sweep is served."""
+    harness = ManagerHarness(
+        credential_lifetime_ms=1_000, session_expiry_ms=EXPIRY_MS, session_expiry_batch=1_000
+    )
+    harness.join(*SERVERS)
+    opened = [harness.open_session(("auth",), client="c1") for _ in range(2_500)]
+    assert all(o is not None for o in opened)
+    version = harness.map.version
+    harness.tick(EXPIRY_MS + 200, alive=SERVERS)
+    assert harness.open_session(("auth",), client="c2") is not None
+    harness.tick(200, alive=SERVERS)
+    closes = [e for e in harness.events(MapCommitted) if e.change is MapChange.SESSION_CLOSED]
+    assert sum(len(e.parts) for e in closes) == 2_500
+    assert len(closes) == 3  # batches of 1,000
+    assert len(harness.map) == 1
+    assert harness.map.version <= version + 4
+
+
+def test_a_session_led_by_a_server_the_manager_does_not_hear_waits() -> None:
+    """Renewals reported by a server whose connection to the manager is lost are lost with its
+    heartbeats: a session it leads is not closed meanwhile, however long, and counts as renewed
+    when the server is heard again (its expiry runs from there)."""
+    harness = ManagerHarness(
+        credential_lifetime_ms=1_000,
+        session_expiry_ms=EXPIRY_MS,
+        suspect_timeout_ms=30_000,  # the silent server must not be suspected and failed over
+        failure_timeout_ms=60_000,
+    )
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth",), client="c1")
+    primary = harness.placement(opened_refs(opened)[0]).primary
+    harness.router.send(primary, MANAGER, ConnectionLost(peer=primary))
+    others = [server for server in SERVERS if server != primary]
+    harness.tick(3 * EXPIRY_MS, alive=others)
+    assert harness.events(SessionsExpired) == []
+    harness.router.send(primary, MANAGER, ConnectionOpened(peer=primary))
+    harness.tick(EXPIRY_MS - 100, alive=SERVERS)
+    assert harness.events(SessionsExpired) == []
+    harness.tick(300, alive=SERVERS)
+    assert [e.session_ids for e in harness.events(SessionsExpired)] == [(opened.session_id,)]

@@ -246,7 +246,8 @@ def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> N
     def expire_a_live_session() -> None:
         core = cluster.client("c1")
         assert core is not None and core.session_ids()
-        cluster.manager()._expire([core.session_ids()[0]])
+        # As if no credential had been issued for it for twice the expiry.
+        cluster.manager()._expiry.renewed(core.session_ids()[:1], now_us=-20_000_000)
 
     cluster.sim.call_at(3_000_000, expire_a_live_session, label="an early expiry")
     cluster.start()

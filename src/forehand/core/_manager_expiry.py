@@ -14,9 +14,13 @@ costs a dict entry per session. A sweep walks the sessions in batches of `batch`
 past the expiry; a round starts at most once per grain, so a session is closed between one and
 about one and 1/32 expiries after its last credential.
 
-Erring late is safe and erring early is not, so every doubt counts as a renewal: a loaded map (a
-manager that starts or takes over) stamps every session with the load time, since renewals sent to
-the manager before it are lost. A renewal lost with a connection is covered by the next one: with
+Erring late is safe and erring early is not, so every doubt counts as a renewal: a manager that
+starts or takes over stamps every session of the map it loads with the load time, since renewals
+sent to the manager before it are lost (a reload of the same manager, after a store failure, keeps
+the stamps: it heard every report). Renewals a server reports while the manager does not hear it
+are lost with its heartbeats, so the manager closes no session led by a server it does not hear,
+and counts a session led by a server heard again as renewed then (`ManagerCore._sweep_expiry`). A
+renewal lost otherwise (a connection reset between two heartbeats) is covered by the next one: with
 the defaults a client renews every 12 h and the expiry is 48 h.
 """
 
@@ -43,6 +47,11 @@ class SessionExpiry:
         self._round: list[bytes] = []
         self._position = 0
         self._round_due_us = 0
+        self.closing = False
+        """A sweep batch's close is queued or in flight: the next batch waits for it."""
+        self.heard_again_us: dict[str, int] = {}
+        """When each server last came back from a silence (suspected, or its connection lost),
+        as the manager records it: at most the membership's servers."""
 
     @property
     def enabled(self) -> bool:
@@ -79,15 +88,18 @@ class SessionExpiry:
         self._stamps.pop(session_id, None)
 
     def reset(self, session_ids: Iterable[bytes], *, now_us: int) -> None:
-        """A map was loaded: its sessions, each as if renewed now (what was reported before is
-        lost), and a sweep round from the start."""
+        """A map was loaded: its sessions are tracked, and a sweep round starts afresh. A session
+        this manager tracks keeps its stamp (a reload after a store failure: this process heard
+        every renewal reported meanwhile); any other is stamped now (a manager that starts or
+        takes over never heard the renewals reported to the one before)."""
         self._round = []
         self._position = 0
         if not self.enabled:
             self._stamps = {}
             return
         stamp = self._grain(now_us)
-        self._stamps = dict.fromkeys(session_ids, stamp)
+        known = self._stamps
+        self._stamps = {session_id: known.get(session_id, stamp) for session_id in session_ids}
         self._round_due_us = now_us + self._grain_us
 
     def due_us(self) -> int | None:
@@ -97,7 +109,8 @@ class SessionExpiry:
         return self._round_due_us
 
     def sweep(self, *, now_us: int) -> list[bytes]:
-        """The next batch's sessions past the expiry, forgotten here (the caller closes them).
+        """The next batch's sessions past the expiry. They stay tracked until the map loses them
+        (`forget`): the caller closes them, or leaves one for the next round.
 
         A round walks a list of the session ids taken at its start (8 bytes a session); a
         session closed or added meanwhile is skipped or waits for the next round."""
@@ -114,7 +127,6 @@ class SessionExpiry:
             stamp = stamps.get(session_id)
             if stamp is not None and stamp < oldest:
                 expired.append(session_id)
-                del stamps[session_id]
         self._position = end
         if end >= len(self._round):
             self._round = []

@@ -8,10 +8,13 @@ from dataclasses import dataclass, fields
 from forehand.errors import ConfigError
 from forehand.wire import FRAME_BYTES_MAX_FLOOR, VARINT_MAX
 
-__all__ = ["HEARTBEAT_PART_LOADS_MAX", "ServerConfig"]
+__all__ = ["HEARTBEAT_PART_LOADS_MAX", "HEARTBEAT_RENEWALS_MAX", "ServerConfig"]
 
 HEARTBEAT_PART_LOADS_MAX = 64
 """Default of `ServerConfig.heartbeat_part_loads_max` (the scale study's servers report as many)."""
+HEARTBEAT_RENEWALS_MAX = 4096
+"""Most renewed sessions one heartbeat may report: what the manager reads of one (the bound of
+`ServerConfig.heartbeat_renewals_max`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +126,11 @@ class ServerConfig:
         for name in _POSITIVE_FIELDS:
             if getattr(self, name) < 1:
                 raise ConfigError(f"ServerConfig.{name} must be at least 1")
+        if self.heartbeat_renewals_max > HEARTBEAT_RENEWALS_MAX:
+            raise ConfigError(
+                f"ServerConfig.heartbeat_renewals_max must be at most {HEARTBEAT_RENEWALS_MAX} "
+                "(what the manager reads of one heartbeat)"
+            )
         if not FRAME_BYTES_MAX_FLOOR <= self.frame_bytes_max <= VARINT_MAX:
             raise ConfigError(
                 f"ServerConfig.frame_bytes_max must be from {FRAME_BYTES_MAX_FLOOR} (what every "

@@ -127,6 +127,7 @@ from forehand.core._orchestrator import (
     MoveRequest,
     Orchestrator,
 )
+from forehand.core._server_config import HEARTBEAT_RENEWALS_MAX
 from forehand.core.messages import PartRef
 from forehand.core.tokens import TokenError, TokenExpired, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
@@ -183,9 +184,6 @@ SESSION_ID_ATTEMPTS_MAX = 4
 """Fresh session ids tried when a new part key collides with an existing one's hash."""
 EXPIRY_STEP_MS = 10
 """Time between two batches of a session expiry sweep (`SessionExpiry`)."""
-RENEWED_SESSIONS_PER_REPORT_MAX = 4096
-"""Most renewed sessions the manager reads from one heartbeat (servers send at most their
-`heartbeat_renewals_max`)."""
 WHOLE_MOVE_REASONS = frozenset(
     {
         ReasonCode.PLANNED_MAINTENANCE,
@@ -311,7 +309,7 @@ class ManagerCore:
         self._joins_queued: set[str] = set()
         # Sessions closed while the commit queue was full: each is a session of the map, so the
         # set holds at most as many ids as the map holds sessions.
-        self._closes_waiting: set[bytes] = set()
+        self._closes_waiting: OrderedDict[bytes, None] = OrderedDict()
         self._repair_queued = False
         self._repair_waiting = False
         self._join_retry_us: dict[str, int] = {}
@@ -387,7 +385,10 @@ class ManagerCore:
             for change in self._membership.check(now_us=now_us):
                 self._liveness_changed(change, now_us)
             self._report_silence(now_us)
-            self._unreachable.difference_update(self._membership.forget_dead(now_us=now_us))
+            forgotten = self._membership.forget_dead(now_us=now_us)
+            self._unreachable.difference_update(forgotten)
+            for server_id in forgotten:
+                self._expiry.heard_again_us.pop(server_id, None)
         job = self._failover
         if (
             job is not None
@@ -403,7 +404,7 @@ class ManagerCore:
         self._answer_held(self._held_maps.take_expired(now_us), HoldEnded.DEADLINE)
         expiry_due_us = self._expiry.due_us()
         if expiry_due_us is not None and now_us >= expiry_due_us and self.shard_map is not None:
-            self._expire(self._expiry.sweep(now_us=now_us))
+            self._sweep_expiry(now_us)
         self._advance(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -433,7 +434,9 @@ class ManagerCore:
             min(self._join_retry_us.values(), default=None),
             self._drain_due_us if self._drains and not self._holding() else None,
             self._held_maps.deadline_us(),
-            self._expiry.due_us() if self.shard_map is not None else None,
+            self._expiry.due_us()
+            if self.shard_map is not None and not self._expiry.closing and self._pipeline.free_slots
+            else None,
         ]
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING:
@@ -954,11 +957,9 @@ class ManagerCore:
         outcome = self._membership.heartbeat(message, now_us=now_us)
         if message.renewed_sessions:
             # A server issued these credentials, whatever became of its membership since.
-            self._expiry.renewed(
-                message.renewed_sessions[:RENEWED_SESSIONS_PER_REPORT_MAX], now_us=now_us
-            )
+            self._expiry.renewed(message.renewed_sessions[:HEARTBEAT_RENEWALS_MAX], now_us=now_us)
         if outcome is HeartbeatOutcome.ACCEPTED:
-            self._heard_again(message.server_id, suspected=suspected)
+            self._heard_again(message.server_id, suspected=suspected, now_us=now_us)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
@@ -1970,6 +1971,11 @@ class ManagerCore:
             )
         )
         fire_failover(job, FailoverTrigger.PROMOTION_COMMITTED)
+        # Renewals the dead servers issued while silent went with their heartbeats: the
+        # sessions they led count as renewed now (late, never early).
+        self._expiry.renewed(
+            dict.fromkeys(p.ref.session_id for p in promotion.promotions), now_us=now_us
+        )
         if promotion.lost:
             self._emit(
                 PartsLost(
@@ -2438,55 +2444,117 @@ class ManagerCore:
         self._session_buckets.forget(session_id)
         self._queue_close(session_id)
 
-    def _expire(self, session_ids: list[bytes]) -> None:
-        """Close sessions no client can bind any more (`SessionExpiry`). A client that still
-        asks about one (MAP_REQUEST) hears CLOSE_SESSION, as for any session the map lost."""
-        if not session_ids:
+    def _sweep_expiry(self, now_us: int) -> None:
+        """Close the next sweep batch's expired sessions (`SessionExpiry`) in one map version.
+
+        One batch at a time: the next is swept once its close committed (or was dropped), and
+        only while the commit queue has room. A session is not judged while the manager hears
+        some server no more (`_expiry_silence`): its renewals could be among what is lost."""
+        if self._expiry.closing or not self._pipeline.free_slots:
             return
-        for session_id in session_ids:
+        current = self.shard_map
+        assert current is not None
+        expiry_us = self._config.session_expiry_ms * 1000
+        expired = []
+        for session_id in self._expiry.sweep(now_us=now_us):
+            heard_us = self._primaries_heard_us(current, session_id)
+            if heard_us is None:
+                continue  # judged again next round
+            if heard_us and now_us - heard_us <= expiry_us:
+                # A primary the manager did not hear for a while led it since its last stamp:
+                # renewals there were lost with the heartbeats, so it counts as renewed when
+                # that primary was heard again.
+                self._expiry.renewed((session_id,), now_us=heard_us)
+                continue
+            expired.append(session_id)
+        if not expired:
+            return
+        for session_id in expired:
             self._session_buckets.forget(session_id)
-            self._queue_close(session_id)
-        self._emit(SessionsExpired(session_ids=tuple(session_ids)))
+        self._expiry.closing = True
+        batch = tuple(expired)
+        change = Change(
+            kind=MapChange.SESSION_CLOSED,
+            build=lambda current: self._build_session_close(current, batch),
+            committed=lambda built, now_us: self._expiry_closed(batch, now_us),
+            dropped=lambda cause, now_us: self._expiry_dropped(batch, now_us),
+        )
+        submitted = self._pipeline.submit(change)
+        assert submitted  # a free slot was checked above
+        self._emit(SessionsExpired(session_ids=batch))
+
+    def _primaries_heard_us(self, current: ShardMap, session_id: bytes) -> int | None:
+        """When the session's primaries were last heard again after a silence (0: never silent
+        since this manager started), or None if one is not heard now (suspected, dead and not
+        yet failed over, or its connection lost): renewals it issued, if any, are lost with its
+        heartbeats."""
+        membership = self._membership
+        heard_us = 0
+        for part in self._sessions.get(session_id, ()):
+            key = PartKey(session_id=session_id, part=part)
+            if key not in current:
+                continue
+            primary = current.lookup(key).primary
+            silent = primary in self._unreachable
+            if silent or membership.state_of(primary) is not MemberState.ALIVE:
+                return None
+            heard_us = max(heard_us, self._expiry.heard_again_us.get(primary, 0))
+        return heard_us
+
+    def _expiry_closed(self, batch: tuple[bytes, ...], now_us: int) -> None:
+        self._expiry.closing = False
+
+    def _expiry_dropped(self, batch: tuple[bytes, ...], now_us: int) -> None:
+        """The close could not commit: the sessions still in the map count as renewed now
+        (late, never early), instead of failing again at each round."""
+        self._expiry.closing = False
+        self._expiry.renewed(batch, now_us=now_us)
 
     def _queue_close(self, session_id: bytes) -> None:
         """Queue a session's removal; one that does not fit waits for a free slot (a close has
         no answer the client could retry on, and its parts would stay in the map for ever)."""
+        batch = (session_id,)
         change = Change(
             kind=MapChange.SESSION_CLOSED,
-            build=lambda current: self._build_session_close(current, session_id),
+            build=lambda current: self._build_session_close(current, batch),
             committed=lambda built, now_us: None,
             dropped=lambda cause, now_us: None,
         )
         if self._pipeline.submit(change):
-            self._closes_waiting.discard(session_id)
+            self._closes_waiting.pop(session_id, None)
         else:
-            self._closes_waiting.add(session_id)
+            self._closes_waiting[session_id] = None
 
     def _retry_closes(self) -> None:
-        """Queue the waiting session closes that fit."""
-        for session_id in sorted(self._closes_waiting):
-            if not self._pipeline.free_slots:
-                return
+        """Queue the waiting session closes that fit, oldest first (each one step: the manager
+        asks after every input, with up to a whole map's sessions waiting)."""
+        waiting = self._closes_waiting
+        while waiting and self._pipeline.free_slots:
+            session_id, _ = waiting.popitem(last=False)
             if session_id in self._sessions:
                 self._queue_close(session_id)
-            else:
-                self._closes_waiting.discard(session_id)
 
-    def _build_session_close(self, current: ShardMap, session_id: bytes) -> Built | None:
-        parts = tuple(
-            p
-            for p in self._sessions.get(session_id, ())
-            if PartKey(session_id=session_id, part=p) in current
-        )
-        if not parts:
+    def _build_session_close(
+        self, current: ShardMap, session_ids: tuple[bytes, ...]
+    ) -> Built | None:
+        operations: list[Operation] = []
+        refs: list[PartRef] = []
+        for session_id in session_ids:
+            parts = tuple(
+                p
+                for p in self._sessions.get(session_id, ())
+                if PartKey(session_id=session_id, part=p) in current
+            )
+            if parts:
+                operations.append(PartsRemoved(session_id=session_id, parts=parts))
+                refs.extend(PartRef(session_id=session_id, part=p) for p in parts)
+        if not operations:
             return None
-        operations = [PartsRemoved(session_id=session_id, parts=parts)]
         stable = stabilize(current, operations, intended=lambda key: False)
-        refs = tuple(PartRef(session_id=session_id, part=p) for p in parts)
         return Built(
             delta=stable.delta,
             new_map=stable.new_map,
-            parts=refs,
+            parts=tuple(refs),
             servers=(),
             implicit_moves=stable.implicit_moves,
         )
@@ -2581,13 +2649,17 @@ class ManagerCore:
         if answered:
             self._emit(MapRequestsAnswered(requests=answered, why=why))
 
-    def _heard_again(self, server_id: str, *, suspected: bool) -> None:
+    def _heard_again(self, server_id: str, *, suspected: bool, now_us: int) -> None:
         """A server the manager could not reach is back: the held requests go, since the answer
-        "nothing newer" now sends their clients back to a server that is there."""
+        "nothing newer" now sends their clients back to a server that is there. The renewals
+        it reported meanwhile were lost with its heartbeats, so the sessions it leads count as
+        renewed now (`_sweep_expiry` reads when it was heard again)."""
         if server_id in self._unreachable or suspected:
             self._unreachable.discard(server_id)
             if len(self._held_maps):
                 self._answer_held(self._held_maps.take_all(), HoldEnded.SERVER_HEARD)
+            if self._expiry.enabled:
+                self._expiry.heard_again_us[server_id] = now_us
 
     def _on_map_requested(
         self, message: messages.MapRequested, source: NodeId, now_us: int
@@ -2623,7 +2695,7 @@ class ManagerCore:
                 self._held_maps.take(source)
             return
         if source in self._membership:
-            self._heard_again(source, suspected=False)
+            self._heard_again(source, suspected=False, now_us=now_us)
         if current is None:
             return
         member = self._membership.get(source)

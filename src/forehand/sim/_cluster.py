@@ -73,12 +73,12 @@ __all__ = [
 MANAGER: NodeId = "manager"
 """The manager's node id."""
 CLUSTER_KEY = bytes(range(32))
+"""The simulated cluster's token key (a fixed test key: runs must replay byte for byte)."""
 EXPIRING_CREDENTIAL_LIFETIME_MS = 4_000
 """Credential lifetime of the runs in which sessions expire (see `_expiry`)."""
 EXPIRING_SESSION_EXPIRY_MS = 10_000
 """Session expiry of those runs: longer than any fault lasts, so that only a client that could
 not renew (and report) for that long loses its session."""
-"""The simulated cluster's token key (a fixed test key: runs must replay byte for byte)."""
 LOAD_REPORT_INTERVAL_US = 250_000
 """How often each server's core is told its simulated load (what a runtime samples)."""
 
