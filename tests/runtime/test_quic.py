@@ -711,3 +711,69 @@ def test_partial_frames_past_the_budget_close_only_that_connection(
         await serving
 
     run_test(main())
+
+
+@pytest.mark.parametrize("order", ["truncated-then-reset", "reset-then-truncated"])
+def test_a_stream_reset_after_the_close_gives_nothing_back_twice(
+    certs: ClusterCertificates, order: str
+) -> None:
+    """A client ends one request stream inside its frame (TRUNCATED_STREAM: the connection
+    closes and gives its partial frames back) and resets another in the same datagram. The
+    reset, delivered after the close, gives back nothing more: another client's partial frame
+    stays counted, its request is answered, and the count ends at zero. Before, the reset gave
+    its bytes back a second time, out of the other client's, which then failed an assertion
+    and was never answered (found by a second reading)."""
+    limits = ConnectionLimits(
+        wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=100_000
+    )
+    big = Request(
+        request_id=1,
+        session_id=SESSION_ID,
+        part="cart",
+        op="get",
+        map_version=1,
+        payload=bytes(15_000),
+    )
+    frame = encode_frame(big)
+    head, rest = frame[:14_000], frame[14_000:]
+
+    async def main() -> None:
+        transport = QUICTransport(
+            node_credentials(certs, "s1"), config=QUICTransportConfig(limits=limits)
+        )
+        budget = transport.receive_budget
+        listener = await transport.listen(HOST, 0)
+
+        async def accept_all() -> None:
+            async for connection in listener:
+                serve(connection)
+
+        serving = asyncio.create_task(accept_all())
+        holder = await raw_connect(certs, listener.port)
+        held = holder.send(head)
+        await until(lambda: budget.held_bytes == len(head))
+        attacker = await raw_connect(certs, listener.port)
+        first, second = attacker.send(head), attacker.send(head)
+        await until(lambda: budget.held_bytes == 3 * len(head))
+        truncated, reset = (first, second) if order == "truncated-then-reset" else (second, first)
+        if order == "truncated-then-reset":
+            attacker.quic.send_stream_data(truncated, b"", end_stream=True)
+            attacker.quic.reset_stream(reset, 0)
+        else:
+            attacker.quic.reset_stream(reset, 0)
+            attacker.quic.send_stream_data(truncated, b"", end_stream=True)
+        attacker.transmit()
+        terminated = await attacker.terminated
+        assert terminated.error_code == ErrorCode.TRUNCATED_STREAM
+        assert attacker.datagram_transport is not None
+        attacker.datagram_transport.close()
+        assert budget.held_bytes == len(head)
+        holder.send_on(held, rest, end=True)
+        await holder.wait_for(lambda: held in holder.ended)
+        assert decode_all(holder.streams[held]) == [answer(big)]
+        assert budget.held_bytes == 0
+        await holder.close_and_wait()
+        await listener.close()
+        await serving
+
+    run_test(main())

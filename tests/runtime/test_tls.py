@@ -15,6 +15,7 @@ from forehand.runtime import (
     CloseInitiator,
     ClusterCertificates,
     Connection,
+    ConnectionClosedError,
     ConnectionLimits,
     Credentials,
     HandshakeError,
@@ -309,6 +310,47 @@ def test_half_close_inside_a_frame_is_truncated_stream(
         await good.wait_closed()
         await listener.close()
         await serving
+
+    run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+@pytest.mark.parametrize("how", ["close_notify", "fin"])
+def test_whole_frames_waiting_while_reading_is_paused_survive_the_peer_leaving(
+    certs: ClusterCertificates, how: str, use_uvloop: bool
+) -> None:
+    """50 whole PINGs, then the peer ends its direction while the server is not reading (its
+    receive queue of 8 is full, reading paused): every PING is still received, and the close is
+    a plain end of stream. Before, on uvloop after a bare FIN, the frames the decoder held were
+    dropped and the close was taken for a frame cut short (found by a second reading)."""
+    limits = ConnectionLimits(receive_queue_frames_max=8)
+    pings = [Ping(sequence=index, sent_us=0, telemetry=()) for index in range(50)]
+
+    async def main() -> None:
+        server = TLSTransport(
+            node_credentials(certs, "s1"), config=TLSTransportConfig(limits=limits)
+        )
+        listener = await server.listen(HOST, 0, peer_role=None)
+        peer = await HalfClosingClient.connect(certs, listener.port)
+        accepted = await listener.accept()
+        peer.send(b"".join(encode_frame(ping) for ping in pings))
+        await until(lambda: len(accepted._received) == 8)
+        if how == "close_notify":
+            peer.close_notify()
+        else:
+            peer.fin()
+        for _ in range(100):  # Let the end of stream reach the paused connection, if it can.
+            if accepted.close_info is not None:
+                break
+            await asyncio.sleep(0.01)
+        received = []
+        with pytest.raises(ConnectionClosedError) as closed:
+            while True:
+                received.append(await accepted.receive())
+        assert received == pings
+        assert closed.value.close.error_code != ErrorCode.TRUNCATED_STREAM, closed.value
+        await peer.close()
+        await listener.close()
 
     run_test(main(), use_uvloop=use_uvloop)
 

@@ -764,7 +764,7 @@ class QUICListener(Listener):
         self._handshakes: dict[_Protocol, asyncio.TimerHandle] = {}
         self._refusing = False
         self.handshakes_refused_count = 0
-        """Datagrams that would have started a handshake, dropped at `connections_max`."""
+        """Datagrams that would have started a handshake, dropped at `handshakes_max`."""
         self.handshakes_timed_out_count = 0
         """Handshakes closed because they did not complete within `handshake_timeout_ms`."""
 

@@ -126,9 +126,10 @@ class StreamConnection(Connection, asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._close_info is None and self._unfed:
-            # The link is gone; what it delivered while reading was paused is decoded now, so
-            # that frames the peer sent before leaving are not lost.
+        if self._close_info is None and (self._unfed or self._decoder.buffered_bytes):
+            # The link is gone; what it delivered while reading was paused (raw, or whole
+            # frames the decoder still holds) is decoded now, so that frames the peer sent
+            # before leaving are not lost, nor taken for a frame cut short.
             self._decode(bounded=False)
         if self._close_info is None and exc is None and self._decoder.buffered_bytes:
             # The stream ended inside a frame without an end of stream this side could answer:

@@ -532,7 +532,12 @@ class Connection(abc.ABC):
 
     def _hold_partial(self, size_bytes: int) -> bool:
         """This connection now holds `size_bytes` of frames not yet received whole; False,
-        changing nothing, when its budget cannot take the growth."""
+        changing nothing, when its budget cannot take the growth. Once the connection has
+        ended it holds nothing (`_set_closed` gave its bytes back): a stream reset the stack
+        delivers after the close must not give them back a second time, out of what other
+        connections hold."""
+        if self._close_info is not None:
+            return True
         change = size_bytes - self._partial_bytes
         if change > 0 and not self._budget.take(change):
             return False
