@@ -743,9 +743,13 @@ class QUICListener(Listener):
 
     A handshake under way holds state (the stack's connection, its TLS context and crypto
     buffers: 35 to 50 KB of memory each, measured) before any peer is authenticated, so at most
-    `limits.handshakes_max` are under way at once: past it a datagram that would start another
-    is dropped (that peer's handshake times out), and a handshake not completed within
-    `handshake_timeout_ms` is closed and forgotten, which frees its slot. A handshake that
+    `limits.handshakes_max` are under way at once: a datagram that would start one more closes
+    and forgets the oldest under way, and a handshake not completed within
+    `handshake_timeout_ms` is closed and forgotten too. Evicting the oldest rather than refusing
+    the newest keeps a flood of Initials that never complete (they need not even decrypt, and
+    their source may be spoofed) from locking real clients out: a real handshake completes in
+    a round trip or two, long before `handshakes_max` newer ones push it out at any flood rate
+    short of `handshakes_max` per round trip. A handshake that
     completes while the listener holds `connections_max` connections is closed with
     LIMIT_EXCEEDED, as on every transport.
     """
@@ -762,9 +766,9 @@ class QUICListener(Listener):
         self._server: _Server | None = None
         self._handshake_timeout_s = handshake_timeout_ms / 1000
         self._handshakes: dict[_Protocol, asyncio.TimerHandle] = {}
-        self._refusing = False
-        self.handshakes_refused_count = 0
-        """Datagrams that would have started a handshake, dropped at `handshakes_max`."""
+        self._evicting = False
+        self.handshakes_evicted_count = 0
+        """Handshakes closed to make room for a newer one, at `handshakes_max`."""
         self.handshakes_timed_out_count = 0
         """Handshakes closed because they did not complete within `handshake_timeout_ms`."""
 
@@ -773,31 +777,34 @@ class QUICListener(Listener):
         """Handshakes under way (at most `handshakes_max`), not yet connections."""
         return len(self._handshakes)
 
-    def _admits_handshake(self) -> bool:
-        """Whether a new handshake fits under `handshakes_max`; logs the first refusal of each
-        stretch at the bound, and the end of the stretch."""
+    def _make_room_for_handshake(self) -> None:
+        """Close and forget the oldest handshakes under way until a new one fits under
+        `handshakes_max`; logs the first eviction of each stretch at the bound, and its end."""
         handshakes_max = self._limits.handshakes_max
         if len(self._handshakes) < handshakes_max:
-            if self._refusing:
-                self._refusing = False
+            if self._evicting:
+                self._evicting = False
                 _log.info(
-                    "QUIC listener on %s:%d takes new handshakes again (%d refused so far)",
+                    "QUIC listener on %s:%d is under handshakes_max again (%d handshakes "
+                    "evicted so far)",
                     self.host,
                     self.port,
-                    self.handshakes_refused_count,
+                    self.handshakes_evicted_count,
                 )
-            return True
-        self.handshakes_refused_count += 1
-        if not self._refusing:
-            self._refusing = True
+            return
+        if not self._evicting:
+            self._evicting = True
             _log.warning(
-                "QUIC listener on %s:%d has handshakes_max=%d handshakes under way: dropping "
-                "datagrams that start new ones",
+                "QUIC listener on %s:%d has handshakes_max=%d handshakes under way: each new "
+                "one evicts the oldest (a flood of handshakes that never complete?)",
                 self.host,
                 self.port,
                 handshakes_max,
             )
-        return False
+        while len(self._handshakes) >= handshakes_max:
+            oldest = next(iter(self._handshakes))
+            self.handshakes_evicted_count += 1
+            self._end_handshake(oldest, f"evicted at handshakes_max={handshakes_max}")
 
     def _handshake_started(self, protocol: _Protocol) -> None:
         self._handshakes[protocol] = self._loop.call_later(
@@ -812,21 +819,24 @@ class QUICListener(Listener):
             timer.cancel()
 
     def _handshake_timed_out(self, protocol: _Protocol) -> None:
-        if self._handshakes.pop(protocol, None) is None:
+        if protocol not in self._handshakes:
             return
         self.handshakes_timed_out_count += 1
+        timeout_ms = round(self._handshake_timeout_s * 1000)
         address = _address(protocol.peer_address)
         where = f"{address[0]}:{address[1]}" if address is not None else "an unknown address"
-        timeout_ms = round(self._handshake_timeout_s * 1000)
         _log.info(
             "closing the QUIC handshake of %s: not completed within handshake_timeout_ms=%d",
             where,
             timeout_ms,
         )
-        protocol.quic.close(
-            error_code=ErrorCode.IDLE_TIMEOUT,
-            reason_phrase=f"handshake not completed within {timeout_ms} ms",
-        )
+        self._end_handshake(protocol, f"handshake not completed within {timeout_ms} ms")
+
+    def _end_handshake(self, protocol: _Protocol, reason: str) -> None:
+        """Close a handshake under way and drop it from the stack's server at once."""
+        timer = self._handshakes.pop(protocol)
+        timer.cancel()
+        protocol.quic.close(error_code=ErrorCode.IDLE_TIMEOUT, reason_phrase=reason)
         protocol.transmit()
         if self._server is not None:
             self._server.forget(protocol)
@@ -848,7 +858,7 @@ handshake only for a long-header datagram this long whose destination id it does
 
 
 class _Server(QuicServer):
-    """qh3's QuicServer, starting a handshake only when the listener has room for one."""
+    """qh3's QuicServer, making room under `handshakes_max` before a handshake starts."""
 
     def __init__(self, *, listener: QUICListener, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -860,11 +870,10 @@ class _Server(QuicServer):
             and isinstance(data, bytes)
             and data[0] & _LONG_HEADER_BIT
             and data[6 : 6 + data[5]] not in self._protocols
-            and not self._listener._admits_handshake()
         ):
             # The destination connection id sits at the same place in every long header
             # (RFC 8999 s.5.1); a datagram for no known connection would start a handshake.
-            return
+            self._listener._make_room_for_handshake()
         super().datagram_received(data, addr)
 
     def forget(self, protocol: _Protocol) -> None:

@@ -177,8 +177,8 @@ class ConnectionLimits:
     """Connections one listener holds at once; more are refused with LIMIT_EXCEEDED."""
     handshakes_max: int = 1_000
     """QUIC handshakes one listener has under way at once (each holds 35 to 50 KB before the peer
-    is known); past it the datagram that would start another is dropped. Each lasts at most the
-    transport's `handshake_timeout_ms`."""
+    is known); past it the datagram that would start another evicts the oldest under way. Each
+    lasts at most the transport's `handshake_timeout_ms`."""
     close_timeout_ms: int = 2_000
     """How long a closing connection may take to flush before it is aborted."""
     partial_frames_bytes_max: int = 64 << 20
