@@ -647,12 +647,15 @@ def test_a_handshake_that_never_completes_frees_its_slot(
     run_test(main())
 
 
-def test_partial_frames_past_the_budget_close_only_that_connection(
+def test_partial_frames_past_the_budget_close_the_largest_holder(
     certs: ClusterCertificates,
 ) -> None:
-    """Request streams of every connection share partial_frames_bytes_max: the connection whose
-    partial REQUEST would pass it is closed with LIMIT_EXCEEDED; another one holding two
-    partial REQUESTs finishes them and gets both answers; the count goes back to zero."""
+    """Request streams of every connection share partial_frames_bytes_max (40,000 here, partial
+    REQUESTs of 14,000 bytes). A connection whose growth would pass it and make it the largest
+    holder is closed with LIMIT_EXCEEDED, and the others finish their requests; a connection
+    that needs room while another holds more gets it: the largest holder is closed instead (a
+    peer parking partial frames loses its own connection, not the clients after it). A third
+    client goes on being served, and the count goes back to zero."""
     limits = ConnectionLimits(
         wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=40_000
     )
@@ -673,40 +676,56 @@ def test_partial_frames_past_the_budget_close_only_that_connection(
         )
         budget = transport.receive_budget
         listener = await transport.listen(HOST, 0)
-        accepted: list[Connection] = []
 
         async def accept_all() -> None:
             async for connection in listener:
-                accepted.append(connection)
                 serve(connection)
 
         serving = asyncio.create_task(accept_all())
         good = await QUICTransport(client_credentials(certs)).connect(
             HOST, listener.port, server_id="s1"
         )
+
+        async def finishes(client: RawClient, stream_id: int) -> None:
+            client.send_on(stream_id, rest, end=True)
+            await client.wait_for(lambda: stream_id in client.ended)
+            assert decode_all(client.streams[stream_id]) == [answer(big)]
+
+        # The one that would become the largest holder is closed.
         holder = await raw_connect(certs, listener.port)
-        streams = [holder.send(head), holder.send(head)]
+        held = holder.send(head)
+        await until(lambda: budget.held_bytes == len(head))
+        greedy = await raw_connect(certs, listener.port)
+        greedy.send(head)
         await until(lambda: budget.held_bytes == 2 * len(head))
-        offender = await raw_connect(certs, listener.port)
-        offender.send(head)
-        terminated = await offender.terminated
+        greedy.send(head)
+        terminated = await greedy.terminated
         assert terminated.error_code == ErrorCode.LIMIT_EXCEEDED
-        assert "partial_frames_bytes_max=40000" in terminated.reason_phrase
-        assert offender.datagram_transport is not None
-        offender.datagram_transport.close()
-        assert budget.held_bytes == 2 * len(head)
+        assert "would pass partial_frames_bytes_max=40000" in terminated.reason_phrase
+        assert greedy.datagram_transport is not None
+        greedy.datagram_transport.close()
+        assert budget.held_bytes == len(head)
+        await finishes(holder, held)
+        assert budget.held_bytes == 0
+        # A newcomer that needs room gets it from the largest holder.
+        parker = await raw_connect(certs, listener.port)
+        parker.send(head)
+        parker.send(head)
+        await until(lambda: budget.held_bytes == 2 * len(head))
+        newcomer = await raw_connect(certs, listener.port)
+        arriving = newcomer.send(head)
+        terminated = await parker.terminated
+        assert terminated.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert "held the most of them (28000 bytes)" in terminated.reason_phrase
+        assert parker.datagram_transport is not None
+        parker.datagram_transport.close()
+        await until(lambda: budget.held_bytes == len(head))
+        await finishes(newcomer, arriving)
         good.send_frame(request(3))
         assert await good.receive() == answer(request(3))
-        for stream_id in streams:
-            holder.send_on(stream_id, rest, end=True)
-        await holder.wait_for(lambda: all(stream_id in holder.ended for stream_id in streams))
-        for stream_id in streams:
-            assert decode_all(holder.streams[stream_id]) == [answer(big)]
         assert budget.held_bytes == 0
-        holder.send(head)
-        await until(lambda: budget.held_bytes == len(head))
-        await holder.close_and_wait()
-        await until(lambda: budget.held_bytes == 0)
+        for client in (holder, newcomer):
+            await client.close_and_wait()
         good.close()
         await good.wait_closed()
         await listener.close()

@@ -644,9 +644,10 @@ def test_partial_frames_past_the_budget_close_only_that_connection(
     certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The connections of a transport share partial_frames_bytes_max: the one whose partial
-    frame would pass it gets ERROR(LIMIT_EXCEEDED), logged; the others keep theirs, finish them
-    and are served; the count follows every frame completed and every connection closed back
-    to zero."""
+    frame would pass it, holding then as much as the largest holder, gets
+    ERROR(LIMIT_EXCEEDED), logged; the others keep theirs, finish them and are served; the
+    count follows every frame completed and every connection closed back to zero. (One that
+    would hold less than the largest holder closes that one instead: test_quic.py.)"""
     caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
     limits = ConnectionLimits(
         wire=WireConfig(frame_bytes_max=SMALL_FRAME_BYTES_MAX), partial_frames_bytes_max=40_000

@@ -238,9 +238,15 @@ as many partly received."""
 
 class ReceiveBudget:
     """The bytes the connections of one transport hold in frames not yet received whole, and
-    their bound, `ConnectionLimits.partial_frames_bytes_max`."""
+    their bound, `ConnectionLimits.partial_frames_bytes_max`.
 
-    __slots__ = ("bytes_max", "held_bytes")
+    A connection that needs room the budget does not have gets it from the connections that
+    hold more than it would: the largest holder is closed with LIMIT_EXCEEDED, then the next,
+    until the growth fits (`Connection._hold_partial`). Peers that park large partial frames to
+    fill the budget lose their own connections, not the clients that come after them; a
+    connection that would itself be the largest holder is the one closed."""
+
+    __slots__ = ("bytes_max", "held_bytes", "holders")
 
     def __init__(self, bytes_max: int) -> None:
         assert bytes_max >= 1
@@ -248,6 +254,8 @@ class ReceiveBudget:
         """The bound."""
         self.held_bytes = 0
         """What the connections hold now."""
+        self.holders: dict[Connection, None] = {}
+        """The connections holding any bytes (at most every connection of the transport)."""
 
     def take(self, size_bytes: int) -> bool:
         """Count `size_bytes` more; False, counting nothing, when that would pass the bound."""
@@ -261,6 +269,10 @@ class ReceiveBudget:
         """Count `size_bytes` fewer."""
         assert 0 <= size_bytes <= self.held_bytes
         self.held_bytes -= size_bytes
+
+
+def _partial_bytes_of(connection: Connection) -> int:
+    return connection._partial_bytes
 
 
 def send_wire(wire: WireConfig) -> WireConfig:
@@ -538,13 +550,45 @@ class Connection(abc.ABC):
         connections hold."""
         if self._close_info is not None:
             return True
+        budget = self._budget
         change = size_bytes - self._partial_bytes
-        if change > 0 and not self._budget.take(change):
+        if (
+            change > 0
+            and not budget.take(change)
+            and not (self._make_room(size_bytes) and budget.take(change))
+        ):
             return False
         if change < 0:
-            self._budget.give_back(-change)
+            budget.give_back(-change)
         self._partial_bytes = size_bytes
+        if size_bytes:
+            budget.holders[self] = None
+        else:
+            budget.holders.pop(self, None)
         return True
+
+    def _make_room(self, size_bytes: int) -> bool:
+        """Close the connections holding the most, each more than this one would hold
+        (`size_bytes`), until its growth fits; False when none does (it is the largest)."""
+        budget = self._budget
+        needed = size_bytes - self._partial_bytes
+        while budget.held_bytes + needed > budget.bytes_max:
+            largest = max(budget.holders, key=_partial_bytes_of, default=None)
+            if largest is None or largest is self or largest._partial_bytes <= size_bytes:
+                return False
+            largest._fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"frames not yet received whole fill partial_frames_bytes_max={budget.bytes_max}"
+                f": this connection held the most of them ({largest._partial_bytes} bytes) "
+                "when another needed room",
+            )
+            if budget.holders.pop(largest, None) is not None:
+                return False  # It could not give its bytes back: never evict it twice.
+        return True
+
+    @abc.abstractmethod
+    def _fail(self, error_code: int, reason: str) -> None:
+        """The peer broke the protocol or a bound: close with the code, logged as a violation."""
 
     def _partial_overflow(self) -> str:
         """The reason for closing a connection whose partial frames would pass the budget."""
