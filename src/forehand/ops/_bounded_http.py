@@ -31,7 +31,6 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from forehand.errors import ConfigError
-from forehand.runtime._tcp_info import tcp_path_stats
 
 __all__ = ["HTTPLimits", "bounded_protocol"]
 
@@ -191,6 +190,10 @@ class BoundedH11Protocol(H11Protocol):
     def _progress(self) -> tuple[int, int]:
         """How far the client got: the bytes it acknowledged (Linux's TCP_INFO; 0 elsewhere),
         and the bytes the transport still holds, negated (so that both grow as it reads)."""
+        # Imported here: `forehand.runtime` imports this package (its processes run the ops
+        # surfaces), so a module-level import is a cycle when `forehand.ops` loads first.
+        from forehand.runtime._tcp_info import tcp_path_stats
+
         stats = tcp_path_stats(self.transport.get_extra_info("socket"), send_buffer_bytes=0)
         return stats.bytes_sent_count or 0, -self.transport.get_write_buffer_size()
 
