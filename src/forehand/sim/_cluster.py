@@ -74,11 +74,14 @@ MANAGER: NodeId = "manager"
 """The manager's node id."""
 CLUSTER_KEY = bytes(range(32))
 """The simulated cluster's token key (a fixed test key: runs must replay byte for byte)."""
-EXPIRING_CREDENTIAL_LIFETIME_MS = 4_000
-"""Credential lifetime of the runs in which sessions expire (see `_expiry`)."""
-EXPIRING_SESSION_EXPIRY_MS = 10_000
-"""Session expiry of those runs: longer than any fault lasts, so that only a client that could
-not renew (and report) for that long loses its session."""
+EXPIRING_CREDENTIAL_LIFETIME_MS = 8_000
+"""Credential lifetime of the runs in which sessions expire (see `_expiry`): longer than any
+fault lasts (they heal by 6 s) plus a renewal, so that a renewal stuck on a paused server is
+still answered in time (with 4 s, one stuck from 1.9 to 6.0 s let the credential expire, and the
+session with it: seed 14200238)."""
+EXPIRING_SESSION_EXPIRY_MS = 12_000
+"""Session expiry of those runs: the lifetime and two to four renewals (their clients renew every
+1 or 2 s)."""
 LOAD_REPORT_INTERVAL_US = 250_000
 """How often each server's core is told its simulated load (what a runtime samples)."""
 
@@ -344,6 +347,13 @@ class ShopAdapter:
         """Let the workload move on from a request the client gave up on."""
         if self.workload is not None:
             self.workload.request_failed(client, part, request_id)
+
+    def session_closed(self, client: NodeId, session_id: bytes) -> None:
+        """A peer closed a session the adapter opened: its workload session stops."""
+        for index, known in self._session_ids.items():
+            if known == session_id and self.workload is not None:
+                self.workload.session_closed(index)
+                return
 
 
 class CrashMeasure:

@@ -40,6 +40,7 @@ from forehand.sim.observations import (
     RarePathReached,
     ReplicaDiverged,
     RequestExecuted,
+    SessionClosed,
     SessionExpired,
     SessionOpened,
     WriteAcknowledged,
@@ -78,6 +79,10 @@ class SessionDirectory(Protocol):
 
     def request_failed(self, client: NodeId, part: str, request_id: int) -> None:
         """The client gave up on a request; the workload moves on."""
+        ...
+
+    def session_closed(self, client: NodeId, session_id: bytes) -> None:
+        """A peer (the manager, a server) closed a session of the client; its user stops."""
         ...
 
 
@@ -137,6 +142,7 @@ class CoreTranslator:
             ce.SessionEstablished: self._session_established,
             ce.SessionOpenFailed: self._session_open_failed,
             ce.RequestFailed: self._request_failed,
+            ce.SessionClosed: self._session_closed,
             ce.MapVersionAdopted: self._map_adopted,
             ce.RarePathTaken: self._client_rare,
             me.MapCommitted: self._map_committed,
@@ -286,6 +292,17 @@ class CoreTranslator:
         self.stats.failed_requests.append(event)
         self._directory.request_failed(node_id, event.part, event.request_id)
         return (RarePathReached(node=node_id, name=f"client/request-failed-{event.why.value}"),)
+
+    def _session_closed(self, node_id: NodeId, event: ce.SessionClosed) -> Iterable[Observation]:
+        if event.closed_by is None:
+            return ()
+        # Closed by a peer: liveness no longer expects it served (an expiry's legitimacy is
+        # ExpiryChecker's to judge).
+        self._directory.session_closed(node_id, event.session_id)
+        return (
+            SessionClosed(client=node_id, session_id=format_session_id(event.session_id)),
+            RarePathReached(node=node_id, name="client/session-closed-by-peer"),
+        )
 
     def _client_rare(self, node_id: NodeId, event: ce.RarePathTaken) -> Iterable[Observation]:
         return (RarePathReached(node=node_id, name=f"client/{event.name}"),)

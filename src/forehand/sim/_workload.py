@@ -104,13 +104,14 @@ class WorkloadAdapter(Protocol):
 
 
 class _SessionState:
-    __slots__ = ("issued", "session", "token", "waiting_key")
+    __slots__ = ("closed", "issued", "session", "token", "waiting_key")
 
     def __init__(self, session: WorkloadSession) -> None:
         self.session = session
         self.issued = 0
         self.token = 0
         self.waiting_key: tuple[NodeId, str, int] | None = None
+        self.closed = False
 
 
 class Workload:
@@ -182,7 +183,7 @@ class Workload:
 
     def _schedule_request(self, state: _SessionState, at_us: int) -> None:
         limit = self._config.requests_per_session_max
-        if limit is not None and state.issued >= limit:
+        if state.closed or (limit is not None and state.issued >= limit):
             return
         state.issued += 1
         state.token += 1
@@ -235,6 +236,16 @@ class Workload:
         self.abandoned += 1
         self._sim.count("workload-request-abandoned")
         self._schedule_request(state, self._sim.now_us)
+
+    def session_closed(self, index: int) -> None:
+        """A peer closed workload session `index` (the manager expired it, say): its user
+        stops; what it waits for is forgotten."""
+        state = self._states[index]
+        state.closed = True
+        state.token += 1
+        if state.waiting_key is not None:
+            self._waiting.pop(state.waiting_key, None)
+            state.waiting_key = None
 
     def request_failed(self, client: NodeId, part: str, request_id: int) -> None:
         """The client gave up on a request: the session moves on after a think time."""
