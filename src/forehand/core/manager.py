@@ -307,8 +307,8 @@ class ManagerCore:
         )
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
         self._joins_queued: set[str] = set()
-        # Sessions closed while the commit queue was full: each is a session of the map, so the
-        # set holds at most as many ids as the map holds sessions.
+        # Sessions closed while the commit queue was full, oldest first: each is a session of the
+        # map, so the queue holds at most as many ids as the map holds sessions.
         self._closes_waiting: OrderedDict[bytes, None] = OrderedDict()
         self._repair_queued = False
         self._repair_waiting = False
@@ -2448,8 +2448,10 @@ class ManagerCore:
         """Close the next sweep batch's expired sessions (`SessionExpiry`) in one map version.
 
         One batch at a time: the next is swept once its close committed (or was dropped), and
-        only while the commit queue has room. A session is not judged while the manager hears
-        some server no more (`_expiry_silence`): its renewals could be among what is lost."""
+        only while the commit queue has room. A session led by a server the manager does not
+        hear is left for the next round, and one led by a server heard again since its stamp
+        counts as renewed then (`_primaries_heard_us`): renewals there went with the
+        heartbeats."""
         if self._expiry.closing or not self._pipeline.free_slots:
             return
         current = self.shard_map

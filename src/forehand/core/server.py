@@ -263,8 +263,8 @@ class ServerCore:
         self._bound: dict[NodeId, dict[bytes, None]] = {}
         self._session_parts: dict[bytes, dict[str, None]] = {}
         # Sessions given a fresh credential since the last heartbeat, for the manager's expiry:
-        # each a session held when renewed, at most `parts_max` (a renewal past it goes
-        # unreported, and the session's next renewal reports it).
+        # each a session held when renewed, at most `parts_max` (past it no credential is
+        # issued: none goes unreported).
         self._renewed: dict[bytes, None] = {}
         self._map: ServerMap | None = None
         self._placements: dict[PartRef, Placement | None] = {}
@@ -1158,18 +1158,23 @@ class ServerCore:
         fresh = b""
         if message.session_id in self._session_parts:
             self._attach(source, message.session_id)
+        renewed = self._renewed
+        if message.session_id in self._session_parts and (
+            len(renewed) < self._config.parts_max or claims.session_id in renewed
+        ):
             # A fresh credential, valid `credential_lifetime_ms` from now: a client renews its
             # own this way before it expires (a session outlives any one credential). Only for
             # a session this server holds a part of: one closed (or never here) gets none, so a
-            # credential of a session that ended dies with its lifetime, as before.
+            # credential of a session that ended dies with its lifetime, as before. Each is
+            # reported to the manager (its session expiry); with the report queue full (the
+            # manager not heard for long) none is issued, and the client renews again later.
             fresh = self._sealer.issue_credential(
                 session_id=claims.session_id,
                 client_id=claims.client_id,
                 now_us=now_us,
                 lifetime_ms=self._config.credential_lifetime_ms,
             )
-            if len(self._renewed) < self._config.parts_max:
-                self._renewed[claims.session_id] = None
+            renewed[claims.session_id] = None
         self._send(
             source,
             ResumeOk(
