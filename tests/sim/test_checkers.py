@@ -24,6 +24,7 @@ from forehand.sim.observations import (
     Durability,
     InstallCause,
     MapVersionObserved,
+    NodeCrashed,
     NodeRestarted,
     Observation,
     Observed,
@@ -294,6 +295,29 @@ def test_liveness_catches_a_session_not_served_after_healing() -> None:
         _liveness_run(LivenessChecker(bound_us=1_000), [500], heal_us=1_000, end_us=5_000)
     with pytest.raises(InvariantViolated, match="only at 2500"):
         _liveness_run(LivenessChecker(bound_us=1_000), [2_500], heal_us=1_000, end_us=5_000)
+
+
+def test_liveness_exempts_the_sessions_of_a_client_gone_for_good() -> None:
+    """A client crashed and never restarted has nobody to serve: its sessions are exempt; one
+    that restarted is judged again."""
+    checker = LivenessChecker(bound_us=1_000)
+    sim = Simulator(seed=0)
+    sim.heal_us = 1_000
+    _feed(
+        checker,
+        [
+            (0, SessionOpened(client="c1", session_id="session-1")),
+            (0, SessionOpened(client="c3", session_id="session-3")),
+            (5, NodeCrashed(node="c3")),
+            (1_500, _response(1, 1, None)),
+        ],
+        sim,
+    )
+    sim.now_us = 5_000
+    checker.at_end(sim)
+    _feed(checker, [(5_100, NodeRestarted(node="c3", incarnation=1))], sim)
+    with pytest.raises(InvariantViolated, match="session-3"):
+        checker.at_end(sim)
 
 
 def test_liveness_refuses_a_run_too_short_to_judge() -> None:

@@ -23,7 +23,11 @@ from forehand.sim import (
     draw_plan,
     operation_for,
 )
-from forehand.sim._cluster import EXPIRING_CREDENTIAL_LIFETIME_MS, EXPIRING_SESSION_EXPIRY_MS
+from forehand.sim._cluster import (
+    EXPIRING_CREDENTIAL_LIFETIME_MS,
+    EXPIRING_SESSION_EXPIRY_MS,
+    GONE_CLIENT_AT_US,
+)
 from forehand.sim.observations import ClientResponseObserved, WriteAcknowledged
 from forehand.wire import ResponseStatus
 
@@ -208,28 +212,27 @@ def _expiring_cluster(config: ClusterConfig) -> SimCluster:
 
 
 def test_sessions_of_a_client_gone_for_good_expire_and_the_others_stay() -> None:
-    """A client that crashes for good leaves its sessions behind, and the manager closes them
-    once the expiry has passed since their last renewal; the other client renews and keeps all
-    of its own. `ExpiryChecker` judges every expiry (no running client may hold a valid
-    credential of an expired session)."""
-    config = ClusterConfig(
-        servers=3, clients=2, sessions=6, duration_us=20_000_000, liveness_bound_us=None
-    )
+    """In a run whose sessions expire, the last client goes for good at 1 s (`SimCluster.start`)
+    and leaves its sessions behind: the manager closes them once the expiry has passed since
+    their last renewal, while the other client renews and keeps all of its own.
+    `ExpiryChecker` judges every expiry (no running client may hold a valid credential of an
+    expired session), and liveness no longer expects the gone client's sessions served."""
+    config = ClusterConfig(servers=3, clients=2, sessions=6, duration_us=20_000_000)
     cluster = _expiring_cluster(config)
     held: dict[str, tuple[bytes, ...]] = {}
 
-    def crash_c2() -> None:
+    def record() -> None:
         for client_id in cluster.client_ids:
             core = cluster.client(client_id)
             assert core is not None
             held[client_id] = core.session_ids()
-        cluster.sim.crash("c2", permanent=True)
 
-    cluster.sim.call_at(3_000_000, crash_c2, label="c2 goes for good")
+    cluster.sim.call_at(GONE_CLIENT_AT_US - 1, record, label="the sessions before c2 goes")
     cluster.start()
     result = cluster.sim.run()
     assert result.ok, result.failure
     assert held["c1"] and held["c2"]
+    assert cluster.client("c2") is None
     current = cluster.manager().shard_map
     assert current is not None
     in_map = {key.session_id for key in current.part_keys()}

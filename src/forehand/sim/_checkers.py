@@ -18,6 +18,7 @@ from forehand.sim.observations import (
     Durability,
     InstallCause,
     MapVersionObserved,
+    NodeCrashed,
     NodeRestarted,
     Observation,
     Observed,
@@ -412,7 +413,8 @@ class LivenessChecker:
     """After the faults heal, every open session is served again within `bound_us`.
 
     A session counts as served when its client receives a response on any of its parts at or
-    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt. `heal_us` comes from
+    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt, and so are those of
+    a client crashed and not restarted (nobody is there to be served). `heal_us` comes from
     the fault plan applied before the run. The run must last at least until `heal_us + bound_us`,
     or the check could not fail.
     """
@@ -421,6 +423,8 @@ class LivenessChecker:
         SessionOpened,
         SessionClosed,
         ClientResponseObserved,
+        NodeCrashed,
+        NodeRestarted,
     )
 
     def __init__(self, *, bound_us: int) -> None:
@@ -431,6 +435,7 @@ class LivenessChecker:
         self._opened: dict[str, tuple[NodeId, int]] = {}
         self._closed: dict[str, int] = {}
         self._served: dict[str, int] = {}
+        self._down: set[NodeId] = set()
 
     def after_event(self, sim: Simulator, event: Observed) -> None:
         """Track opened and closed sessions and the first service after healing."""
@@ -439,6 +444,10 @@ class LivenessChecker:
             self._opened.setdefault(observation.session_id, (observation.client, event.time_us))
         elif isinstance(observation, SessionClosed):
             self._closed[observation.session_id] = event.time_us
+        elif isinstance(observation, NodeCrashed):
+            self._down.add(observation.node)
+        elif isinstance(observation, NodeRestarted):
+            self._down.discard(observation.node)
         else:
             assert isinstance(observation, ClientResponseObserved)
             session_id = observation.part_key[0]
@@ -456,7 +465,7 @@ class LivenessChecker:
                 f"liveness bound ({self.bound_us} µs); lengthen it"
             )
         for session_id, (client, opened_us) in self._opened.items():
-            if session_id in self._closed:
+            if session_id in self._closed or client in self._down:
                 continue
             start_us = max(sim.heal_us, opened_us)
             if sim.now_us < start_us + self.bound_us:

@@ -82,6 +82,11 @@ session with it: seed 14200238)."""
 EXPIRING_SESSION_EXPIRY_MS = 12_000
 """Session expiry of those runs: the lifetime and two to four renewals (their clients renew every
 1 or 2 s)."""
+GONE_CLIENT_AT_US = 1_000_000
+"""When the last client of such a run goes for good, leaving its sessions (all open by 0.7 s)."""
+GONE_SLACK_US = 1_500_000
+"""Time a run needs past the gone client's expiry for the sweep to find and close its sessions
+(two grains and a round, with room): runs shorter than that lose no client."""
 LOAD_REPORT_INTERVAL_US = 250_000
 """How often each server's core is told its simulated load (what a runtime samples)."""
 
@@ -121,6 +126,8 @@ class ClusterConfig:
     input the instant it arrives, so what a node received is what it applied)."""
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     """How the simulated runtime measures loads and transport counters (noise, queueing)."""
+    client_leaves: bool = True
+    """In a run whose sessions expire, the last client goes for good (`SimCluster.start`)."""
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.clients < 1 or self.sessions < 1 or self.zones < 1:
@@ -470,8 +477,22 @@ class SimCluster:
         return self.translator.stats
 
     def start(self) -> None:
-        """Start the workload; call once faults and hooks are in place, before `sim.run()`."""
+        """Start the workload; call once faults and hooks are in place, before `sim.run()`.
+
+        In a run whose sessions expire (`_expiry`) long enough for an expiry to come, the last
+        client goes for good at `GONE_CLIENT_AT_US`: its sessions are left behind, and the
+        manager must expire them (and no other: `ExpiryChecker`) under the run's faults."""
         self.workload.start()
+        expiring = self.plan.manager.session_expiry_ms == EXPIRING_SESSION_EXPIRY_MS
+        long_enough_us = GONE_CLIENT_AT_US + EXPIRING_SESSION_EXPIRY_MS * 1000 + GONE_SLACK_US
+        leaves = self.config.client_leaves and len(self.client_ids) > 1
+        if expiring and leaves and self.config.duration_us >= long_enough_us:
+            gone = self.client_ids[-1]
+            self.sim.call_at(
+                GONE_CLIENT_AT_US,
+                lambda: self.sim.crash(gone, permanent=True),
+                label=f"{gone} goes for good",
+            )
 
     def manager(self) -> ManagerCore:
         """The manager's core."""

@@ -311,6 +311,7 @@ def build_predicted(seed: int) -> PredictedCluster:
         heal_us=heal_us,
         duration_us=heal_us + SETTLE_US,
         server_service_time_us=PREDICTED_SERVICE_TIME_US,
+        client_leaves=False,  # Every request of the run must be answered.
     )
     plan = draw_plan(derive_rng(seed, "cluster"), config)
     for server_id, server in plan.servers.items():
