@@ -1,8 +1,8 @@
 """An abandoned session expires: the manager closes a session no credential was issued for in
 `session_expiry_ms`, and the sessions whose clients renew stay.
 
-Here credentials live 2 s and sessions expire 4 s after their last credential (24 h and 48 h by
-default). Before, a session whose client went away without closing it stayed in the map and on
+Here credentials live 2 s and sessions expire 6 s after their last credential (24 h and 48 h by
+default): the renewing client's session has 4 s of slack on a loaded machine. Before, a session whose client went away without closing it stayed in the map and on
 its servers for ever, although no client could bind to it once its credential had expired.
 """
 
@@ -25,7 +25,7 @@ else:
 
 LIFETIME_MS = 2_000
 """The cluster's credential lifetime in this test."""
-EXPIRY_MS = 4_000
+EXPIRY_MS = 6_000
 """The manager's session expiry in this test."""
 PARTS = ["auth", "cart"]
 
@@ -74,7 +74,7 @@ async def _abandon_one(cluster: Cluster) -> None:
         left_snapshot = left.snapshot()
         opened_s = time.monotonic()
         units = 0
-        while time.monotonic() - opened_s < 2.5 * EXPIRY_MS / 1000:
+        while time.monotonic() - opened_s < 2 * EXPIRY_MS / 1000:
             units = await kept.call("cart", "add", {"sku": "tea", "quantity": 1})
             await asyncio.sleep(0.3)
         with pytest.raises(SessionClosedError, match="manager"):
