@@ -2,8 +2,9 @@
 `session_expiry_ms`, and the sessions whose clients renew stay.
 
 Here credentials live 2 s and sessions expire 6 s after their last credential (24 h and 48 h by
-default): the renewing client's session has 4 s of slack on a loaded machine. Before, a session whose client went away without closing it stayed in the map and on
-its servers for ever, although no client could bind to it once its credential had expired.
+default): the renewing client's session has 4 s of slack on a loaded machine. Before, a session
+whose client went away without closing it stayed in the map and on its servers for ever,
+although no client could bind to it once its credential had expired.
 """
 
 from __future__ import annotations
