@@ -233,6 +233,17 @@ def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: P
     )
     assert server.limits.partial_frames_bytes_max == 8 << 20
     assert load_server_config(write(tmp_path / "s2.toml", base)).limits.connections_max == 10_000
+    # The budget is checked against the node's own frame size: 512 KiB holds a 64 KiB frame.
+    small = load_server_config(
+        write(
+            tmp_path / "s3.toml",
+            base + "[core]\nframe_bytes_max = 65536\n[limits]\npartial_frames_bytes_max = 524288\n",
+        )
+    )
+    assert (small.limits.wire.frame_bytes_max, small.limits.partial_frames_bytes_max) == (
+        65_536,
+        524_288,
+    )
     for table, message in (
         ("connections_max = 0", "connections_max must be a positive int"),
         ("handshake_max = 5", "did you mean 'handshakes_max'"),

@@ -624,6 +624,7 @@ def test_a_handshake_that_never_completes_frees_its_slot(
         await until(lambda: listener.handshakes_timed_out_count == 2)
         assert listener.handshake_count == 0
         assert listener._server is not None and not listener._server._protocols
+        assert not listener._server._ids  # forgotten by their own ids, not by a walk
         logged = [
             r.getMessage() for r in caplog.records if "handshake_timeout_ms=200" in r.getMessage()
         ]
@@ -639,6 +640,8 @@ def test_a_handshake_that_never_completes_frees_its_slot(
             assert await client.receive() == answer(request(number))
             client.close()
             await client.wait_closed()
+        server = listener._server
+        await until(lambda: not server._protocols and not server._ids)
         for peer in peers:
             peer.close()
         await listener.close()

@@ -857,24 +857,64 @@ _INITIAL_DATAGRAM_BYTES_MIN = 1200
 handshake only for a long-header datagram this long whose destination id it does not know."""
 
 
+_INITIAL_TYPE_BITS = {0x00000001: 0x00, 0x6B3343CF: 0x10}
+"""The long-header type bits (0x30) of an Initial packet by QUIC version: 1 (RFC 9000 s.17.2.2)
+and 2 (RFC 9369 s.3.2)."""
+
+
 class _Server(QuicServer):
-    """qh3's QuicServer, making room under `handshakes_max` before a handshake starts."""
+    """qh3's QuicServer, making room under `handshakes_max` before a handshake starts, and
+    forgetting a connection by the ids it registered rather than by a walk over every id.
+
+    qh3 (pinned) drops a terminated connection from `_protocols` by walking all of them; with
+    tens of thousands of ids, each handshake evicted at the bound would cost milliseconds, so a
+    flood of Initials would saturate the loop. Each protocol's ids are kept here instead: the
+    two registered when its first datagram came, and those it issues and retires later."""
 
     def __init__(self, *, listener: QUICListener, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._listener = listener
+        self._ids: dict[QuicConnectionProtocol, set[bytes]] = {}
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
+        destination = b""
         if (
             len(data) >= _INITIAL_DATAGRAM_BYTES_MIN
             and isinstance(data, bytes)
             and data[0] & _LONG_HEADER_BIT
-            and data[6 : 6 + data[5]] not in self._protocols
+            and _INITIAL_TYPE_BITS.get(int.from_bytes(data[1:5], "big")) == data[0] & 0x30
+            and (destination := data[6 : 6 + data[5]]) not in self._protocols
         ):
             # The destination connection id sits at the same place in every long header
-            # (RFC 8999 s.5.1); a datagram for no known connection would start a handshake.
+            # (RFC 8999 s.5.1); an Initial of a known version for no known connection starts a
+            # handshake.
             self._listener._make_room_for_handshake()
         super().datagram_received(data, addr)
+        if destination:
+            # A new connection (the id was unknown): the ids the stack registered for it.
+            protocol = self._protocols.get(destination)
+            if protocol is not None:
+                self._ids.setdefault(protocol, set()).update((destination, protocol._quic.host_cid))
+
+    def _connection_id_issued(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
+        super()._connection_id_issued(cid, protocol)
+        self._ids.setdefault(protocol, set()).add(cid)
+
+    def _connection_id_retired(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
+        super()._connection_id_retired(cid, protocol)
+        ids = self._ids.get(protocol)
+        if ids is not None:
+            ids.discard(cid)
+
+    def _connection_terminated(self, protocol: QuicConnectionProtocol) -> None:
+        ids = self._ids.pop(protocol, None)
+        if ids is None:
+            super()._connection_terminated(protocol)
+            return
+        protocols = self._protocols
+        for cid in ids:
+            if protocols.get(cid) is protocol:
+                del protocols[cid]
 
     def forget(self, protocol: _Protocol) -> None:
         """Drop a closed handshake now, rather than after the stack's closing period."""

@@ -50,6 +50,7 @@ from forehand.runtime.certs import check_node_credentials, check_tls_files, vali
 from forehand.runtime.keys import CLUSTER_KEYS_FILE
 from forehand.runtime.node import DriverConfig
 from forehand.runtime.transport import ConnectionLimits
+from forehand.wire import DEFAULT_CONFIG
 
 __all__ = [
     "SERVER_IDENTITY_FIELDS",
@@ -502,7 +503,9 @@ def load_manager_config(
     core = _convert(ManagerConfig, {"node_id": node_id, **core_table}, f"{where}[core]")
     placement = _convert(PlacementConfig, merged.pop("placement", {}), f"{where}[placement]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
-    limits = _limits(merged.pop("limits", {}), f"{where}[limits]")
+    limits = _limits(
+        merged.pop("limits", {}), f"{where}[limits]", frame_bytes_max=core.frame_bytes_max
+    )
     if "certs_dir" not in merged:
         raise ConfigError(f"{where}certs_dir is required (a directory made by `forehand certs`)")
     top = _convert(ManagerProcessConfig, merged, f"{where}top level")
@@ -529,14 +532,32 @@ def load_server_config(
     identity_table = {"server_id": str(merged["server_id"]), **core_table}
     core = _convert(ServerConfig, identity_table, f"{where}[core]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
-    limits = _limits(merged.pop("limits", {}), f"{where}[limits]")
+    limits = _limits(
+        merged.pop("limits", {}), f"{where}[limits]", frame_bytes_max=core.frame_bytes_max
+    )
     top = _convert(ServerProcessConfig, merged, f"{where}top level")
     return dataclasses.replace(top, core=core, driver=driver, limits=limits)
 
 
-def _limits(value: Any, where: str) -> ConnectionLimits:
-    """The [limits] table: any `ConnectionLimits` field but `wire`."""
+def _limits(value: Any, where: str, *, frame_bytes_max: int) -> ConnectionLimits:
+    """The [limits] table: any `ConnectionLimits` field but `wire`, which the node's
+    `core.frame_bytes_max` sets; the partial-frame budget is checked against that frame size,
+    and when not set it is the default raised to hold one such frame."""
     table = _table(value, where)
     if "wire" in table:
         raise ConfigError(f"{where} may not set wire; core.frame_bytes_max bounds frames")
-    return _convert(ConnectionLimits, table, where)
+    wire = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
+    if "partial_frames_bytes_max" not in table:
+        default = ConnectionLimits().partial_frames_bytes_max
+        table = {**table, "partial_frames_bytes_max": max(default, wire.buffered_bytes_max)}
+    # Keys and types first (the default wire may not fit the budget the table gives), then the
+    # bounds with the node's own frame size.
+    checked = _convert(ConnectionLimits, {**table, "partial_frames_bytes_max": INTEGER_MAX}, where)
+    try:
+        return dataclasses.replace(
+            checked,
+            wire=wire,
+            partial_frames_bytes_max=table["partial_frames_bytes_max"],
+        )
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error

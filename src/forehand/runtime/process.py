@@ -217,9 +217,12 @@ _DEFAULT_LIMITS = ConnectionLimits()
 
 def _frame_limits(frame_bytes_max: int, limits: ConnectionLimits) -> ConnectionLimits:
     """The [limits] of the process, with a decoder that refuses a frame over the node's
-    configured `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE, and a budget
-    of partial frames that holds at least one such frame."""
+    configured `frame_bytes_max` (what its WELCOME announces) with FRAME_TOO_LARGE. Limits loaded
+    from a configuration already carry that frame size (and a budget checked against it); any
+    other (the default) gets it, and a budget of partial frames holding at least one frame."""
     wire = dataclasses.replace(DEFAULT_CONFIG, frame_bytes_max=frame_bytes_max)
+    if limits.wire == wire:
+        return limits
     budget_bytes = max(limits.partial_frames_bytes_max, wire.buffered_bytes_max)
     return dataclasses.replace(limits, wire=wire, partial_frames_bytes_max=budget_bytes)
 

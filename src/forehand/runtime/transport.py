@@ -555,9 +555,13 @@ class Connection(abc.ABC):
         if (
             change > 0
             and not budget.take(change)
-            and not (self._make_room(size_bytes) and budget.take(change))
+            and not (
+                self._make_room(size_bytes)
+                and self._close_info is None  # Not closed while others were (it holds nothing).
+                and budget.take(change)
+            )
         ):
-            return False
+            return self._close_info is not None
         if change < 0:
             budget.give_back(-change)
         self._partial_bytes = size_bytes

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from forehand.core import NodeId
 from forehand.errors import ConfigError
+from forehand.placement import format_session_id
 from forehand.sim.observations import (
     ClientResponseObserved,
     Durability,
@@ -27,6 +28,7 @@ from forehand.sim.observations import (
     PrimaryInstalled,
     RequestExecuted,
     SessionClosed,
+    SessionExpired,
     SessionOpened,
     WriteAcknowledged,
 )
@@ -413,8 +415,9 @@ class LivenessChecker:
     """After the faults heal, every open session is served again within `bound_us`.
 
     A session counts as served when its client receives a response on any of its parts at or
-    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt, and so are those of
-    a client crashed and not restarted (nobody is there to be served). `heal_us` comes from
+    after `max(heal_us, opened_us)`. Sessions closed on purpose are exempt, and so are those the
+    manager expired (`ExpiryChecker` judges whether rightly) and those of a client crashed and
+    not restarted (nobody is there to be served). `heal_us` comes from
     the fault plan applied before the run. The run must last at least until `heal_us + bound_us`,
     or the check could not fail.
     """
@@ -425,6 +428,7 @@ class LivenessChecker:
         ClientResponseObserved,
         NodeCrashed,
         NodeRestarted,
+        SessionExpired,
     )
 
     def __init__(self, *, bound_us: int) -> None:
@@ -444,6 +448,8 @@ class LivenessChecker:
             self._opened.setdefault(observation.session_id, (observation.client, event.time_us))
         elif isinstance(observation, SessionClosed):
             self._closed[observation.session_id] = event.time_us
+        elif isinstance(observation, SessionExpired):
+            self._closed[format_session_id(observation.session_id)] = event.time_us
         elif isinstance(observation, NodeCrashed):
             self._down.add(observation.node)
         elif isinstance(observation, NodeRestarted):

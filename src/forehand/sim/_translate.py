@@ -40,7 +40,6 @@ from forehand.sim.observations import (
     RarePathReached,
     ReplicaDiverged,
     RequestExecuted,
-    SessionClosed,
     SessionExpired,
     SessionOpened,
     WriteAcknowledged,
@@ -296,13 +295,10 @@ class CoreTranslator:
     def _session_closed(self, node_id: NodeId, event: ce.SessionClosed) -> Iterable[Observation]:
         if event.closed_by is None:
             return ()
-        # Closed by a peer: liveness no longer expects it served (an expiry's legitimacy is
-        # ExpiryChecker's to judge).
+        # Closed by a peer: its user stops. Liveness still expects it served unless the manager
+        # expired it (`SessionExpired`, whose legitimacy ExpiryChecker judges).
         self._directory.session_closed(node_id, event.session_id)
-        return (
-            SessionClosed(client=node_id, session_id=format_session_id(event.session_id)),
-            RarePathReached(node=node_id, name="client/session-closed-by-peer"),
-        )
+        return (RarePathReached(node=node_id, name="client/session-closed-by-peer"),)
 
     def _client_rare(self, node_id: NodeId, event: ce.RarePathTaken) -> Iterable[Observation]:
         return (RarePathReached(node=node_id, name=f"client/{event.name}"),)
