@@ -29,6 +29,7 @@ from forehand.runtime import (
     TransportError,
     run,
 )
+from forehand.runtime.transport import ReceiveBudget
 from forehand.wire import (
     END_OF_STREAM,
     NEED_DATA,
@@ -650,6 +651,39 @@ def test_a_handshake_that_never_completes_frees_its_slot(
     run_test(main())
 
 
+BIG = Request(
+    request_id=1,
+    session_id=SESSION_ID,
+    part="cart",
+    op="get",
+    map_version=1,
+    payload=bytes(15_000),
+)
+"""A REQUEST of about 15,000 bytes; the budget tests send it as `HEAD` (14,000 bytes), a partial
+frame held in the budget, then `REST`."""
+HEAD, REST = encode_frame(BIG)[:14_000], encode_frame(BIG)[14_000:]
+
+
+async def budget_listener(
+    certs: ClusterCertificates, *, partial_frames_bytes_max: int
+) -> tuple[QUICListener, asyncio.Task[None], ReceiveBudget]:
+    """A QUIC listener of 16 KiB frames and the given partial-frame budget, answering every
+    connection (`serve`); its accepting task and its transport's budget."""
+    limits = ConnectionLimits(
+        wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=partial_frames_bytes_max
+    )
+    transport = QUICTransport(
+        node_credentials(certs, "s1"), config=QUICTransportConfig(limits=limits)
+    )
+    listener = await transport.listen(HOST, 0)
+
+    async def accept_all() -> None:
+        async for connection in listener:
+            serve(connection)
+
+    return listener, asyncio.create_task(accept_all()), transport.receive_budget
+
+
 def test_partial_frames_past_the_budget_close_the_largest_holder(
     certs: ClusterCertificates,
 ) -> None:
@@ -659,70 +693,47 @@ def test_partial_frames_past_the_budget_close_the_largest_holder(
     that needs room while another holds more gets it: the largest holder is closed instead (a
     peer parking partial frames loses its own connection, not the clients after it). A third
     client goes on being served, and the count goes back to zero."""
-    limits = ConnectionLimits(
-        wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=40_000
-    )
-    big = Request(
-        request_id=1,
-        session_id=SESSION_ID,
-        part="cart",
-        op="get",
-        map_version=1,
-        payload=bytes(15_000),
-    )
-    frame = encode_frame(big)
-    head, rest = frame[:14_000], frame[14_000:]
 
     async def main() -> None:
-        transport = QUICTransport(
-            node_credentials(certs, "s1"), config=QUICTransportConfig(limits=limits)
-        )
-        budget = transport.receive_budget
-        listener = await transport.listen(HOST, 0)
-
-        async def accept_all() -> None:
-            async for connection in listener:
-                serve(connection)
-
-        serving = asyncio.create_task(accept_all())
+        listener, serving, budget = await budget_listener(certs, partial_frames_bytes_max=40_000)
         good = await QUICTransport(client_credentials(certs)).connect(
             HOST, listener.port, server_id="s1"
         )
 
         async def finishes(client: RawClient, stream_id: int) -> None:
-            client.send_on(stream_id, rest, end=True)
+            client.send_on(stream_id, REST, end=True)
             await client.wait_for(lambda: stream_id in client.ended)
-            assert decode_all(client.streams[stream_id]) == [answer(big)]
+            assert decode_all(client.streams[stream_id]) == [answer(BIG)]
 
         # The one that would become the largest holder is closed.
         holder = await raw_connect(certs, listener.port)
-        held = holder.send(head)
-        await until(lambda: budget.held_bytes == len(head))
+        held = holder.send(HEAD)
+        await until(lambda: budget.held_bytes == len(HEAD))
         greedy = await raw_connect(certs, listener.port)
-        greedy.send(head)
-        await until(lambda: budget.held_bytes == 2 * len(head))
-        greedy.send(head)
+        greedy.send(HEAD)
+        await until(lambda: budget.held_bytes == 2 * len(HEAD))
+        greedy.send(HEAD)
         terminated = await greedy.terminated
         assert terminated.error_code == ErrorCode.LIMIT_EXCEEDED
         assert "would pass partial_frames_bytes_max=40000" in terminated.reason_phrase
         assert greedy.datagram_transport is not None
         greedy.datagram_transport.close()
-        assert budget.held_bytes == len(head)
+        assert budget.held_bytes == len(HEAD)
         await finishes(holder, held)
         assert budget.held_bytes == 0
         # A newcomer that needs room gets it from the largest holder.
         parker = await raw_connect(certs, listener.port)
-        parker.send(head)
-        parker.send(head)
-        await until(lambda: budget.held_bytes == 2 * len(head))
+        parker.send(HEAD)
+        parker.send(HEAD)
+        await until(lambda: budget.held_bytes == 2 * len(HEAD))
         newcomer = await raw_connect(certs, listener.port)
-        arriving = newcomer.send(head)
+        arriving = newcomer.send(HEAD)
         terminated = await parker.terminated
         assert terminated.error_code == ErrorCode.LIMIT_EXCEEDED
         assert "held the most of them (28000 bytes)" in terminated.reason_phrase
         assert parker.datagram_transport is not None
         parker.datagram_transport.close()
-        await until(lambda: budget.held_bytes == len(head))
+        await until(lambda: budget.held_bytes == len(HEAD))
         await finishes(newcomer, arriving)
         good.send_frame(request(3))
         assert await good.receive() == answer(request(3))
@@ -747,38 +758,15 @@ def test_a_stream_reset_after_the_close_gives_nothing_back_twice(
     stays counted, its request is answered, and the count ends at zero. Before, the reset gave
     its bytes back a second time, out of the other client's, which then failed an assertion
     and was never answered (found by a second reading)."""
-    limits = ConnectionLimits(
-        wire=WireConfig(frame_bytes_max=16_384), partial_frames_bytes_max=100_000
-    )
-    big = Request(
-        request_id=1,
-        session_id=SESSION_ID,
-        part="cart",
-        op="get",
-        map_version=1,
-        payload=bytes(15_000),
-    )
-    frame = encode_frame(big)
-    head, rest = frame[:14_000], frame[14_000:]
 
     async def main() -> None:
-        transport = QUICTransport(
-            node_credentials(certs, "s1"), config=QUICTransportConfig(limits=limits)
-        )
-        budget = transport.receive_budget
-        listener = await transport.listen(HOST, 0)
-
-        async def accept_all() -> None:
-            async for connection in listener:
-                serve(connection)
-
-        serving = asyncio.create_task(accept_all())
+        listener, serving, budget = await budget_listener(certs, partial_frames_bytes_max=100_000)
         holder = await raw_connect(certs, listener.port)
-        held = holder.send(head)
-        await until(lambda: budget.held_bytes == len(head))
+        held = holder.send(HEAD)
+        await until(lambda: budget.held_bytes == len(HEAD))
         attacker = await raw_connect(certs, listener.port)
-        first, second = attacker.send(head), attacker.send(head)
-        await until(lambda: budget.held_bytes == 3 * len(head))
+        first, second = attacker.send(HEAD), attacker.send(HEAD)
+        await until(lambda: budget.held_bytes == 3 * len(HEAD))
         truncated, reset = (first, second) if order == "truncated-then-reset" else (second, first)
         if order == "truncated-then-reset":
             attacker.quic.send_stream_data(truncated, b"", end_stream=True)
@@ -791,10 +779,10 @@ def test_a_stream_reset_after_the_close_gives_nothing_back_twice(
         assert terminated.error_code == ErrorCode.TRUNCATED_STREAM
         assert attacker.datagram_transport is not None
         attacker.datagram_transport.close()
-        assert budget.held_bytes == len(head)
-        holder.send_on(held, rest, end=True)
+        assert budget.held_bytes == len(HEAD)
+        holder.send_on(held, REST, end=True)
         await holder.wait_for(lambda: held in holder.ended)
-        assert decode_all(holder.streams[held]) == [answer(big)]
+        assert decode_all(holder.streams[held]) == [answer(BIG)]
         assert budget.held_bytes == 0
         await holder.close_and_wait()
         await listener.close()
