@@ -262,3 +262,28 @@ def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> N
     assert result.failure is not None
     assert "ExpiryChecker" in str(result.failure)
     assert "while client c1 holds a credential" in str(result.failure)
+
+
+def test_a_session_left_overdue_for_expiry_fails_the_run() -> None:
+    """The end check can fail: a sweep that stalls (forced here) leaves a session past its
+    expiry in the map, and the run says which (before it, a manager that stopped expiring
+    passed every campaign)."""
+    config = ClusterConfig(
+        servers=3, clients=2, sessions=4, duration_us=6_000_000, liveness_bound_us=None
+    )
+    cluster = _expiring_cluster(config)
+
+    def stall_the_sweep() -> None:
+        core = cluster.client("c1")
+        assert core is not None and core.session_ids()
+        expiry = cluster.manager()._expiry
+        expiry.closing = True  # as if a close never committed
+        expiry.renewed(core.session_ids()[:1], now_us=-30_000_000)
+
+    # Just before the end, so that no renewal of the session comes between.
+    cluster.sim.call_at(5_990_000, stall_the_sweep, label="a stalled sweep")
+    cluster.start()
+    result = cluster.sim.run()
+    assert not result.ok
+    assert result.failure is not None
+    assert "overdue for expiry" in str(result.failure)

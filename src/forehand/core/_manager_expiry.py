@@ -83,6 +83,18 @@ class SessionExpiry:
             if session_id in stamps:
                 stamps[session_id] = stamp
 
+    def overdue(self, *, now_us: int, slack_us: int) -> list[bytes]:
+        """The tracked sessions whose last stamp is older than the expiry plus `slack_us` (for
+        checks: a sweep that works leaves none for long)."""
+        if not self.enabled:
+            return []
+        oldest = (now_us - self._expiry_us - slack_us) // self._grain_us
+        return [session_id for session_id, stamp in self._stamps.items() if stamp < oldest]
+
+    def tracks(self, session_id: bytes) -> bool:
+        """Whether the session's expiry is counted (every session of the map, when enabled)."""
+        return session_id in self._stamps
+
     def forget(self, session_id: bytes) -> None:
         """The session left the map."""
         self._stamps.pop(session_id, None)

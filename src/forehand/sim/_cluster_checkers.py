@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 __all__ = ["ConvergenceChecker", "DivergenceChecker", "ExpiryChecker"]
 
+OVERDUE_SLACK_US = 2_000_000
+"""How late past its expiry a session may still be in the map at the end of a run: two grains, a
+sweep round and its close's commit, with room."""
+
 _PRIMARY_LIKE = frozenset(
     {PartState.PRIMARY, PartState.HANDING_OFF, PartState.ABORTING, PartState.RECEIVING}
 )
@@ -151,4 +155,26 @@ class ExpiryChecker:
             )
 
     def at_end(self, sim: Simulator) -> None:
-        """Nothing to judge at the end."""
+        """When sessions expire: every session of the manager's map is counted, and none is
+        overdue by more than `OVERDUE_SLACK_US` (a sweep that stalled, or a session it lost
+        track of, would keep a session no client can bind for ever)."""
+        manager = self._cluster.manager()
+        current = manager.shard_map
+        expiry = manager._expiry
+        if current is None or not expiry.enabled:
+            return
+        sessions = {key.session_id for key in current.part_keys()}
+        untracked = sorted(s for s in sessions if not expiry.tracks(s))
+        if untracked:
+            raise InvariantViolated(
+                f"{len(untracked)} session(s) of the map have no expiry counted, e.g. "
+                f"{untracked[0].hex()}",
+                checker=type(self).__name__,
+            )
+        overdue = expiry.overdue(now_us=sim.now_us, slack_us=OVERDUE_SLACK_US)
+        if overdue:
+            raise InvariantViolated(
+                f"{len(overdue)} session(s) overdue for expiry by more than "
+                f"{OVERDUE_SLACK_US} us at the end, e.g. {overdue[0].hex()}",
+                checker=type(self).__name__,
+            )
