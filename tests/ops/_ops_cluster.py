@@ -70,11 +70,11 @@ class OpsCluster(Cluster):
             transport="tls",
             servers=servers,
             server_settings=("metrics_port=0",),
+            manager_settings=manager_settings,
         )
         self.token_file = directory / "admin-token"
         self.token_file.write_text(TOKEN + "\n", encoding="utf-8")
         self.audit_file = directory / "audit.jsonl"
-        self.manager_settings = manager_settings
         self.api_url = ""
         self.metrics_urls: dict[str, str] = {}
 
@@ -83,8 +83,6 @@ class OpsCluster(Cluster):
         command += ["--set", "admin_http_port=0", "--log-format", "json"]
         command += ["--set", f'admin_token_file="{self.token_file}"']
         command += ["--set", f'audit_log_path="{self.audit_file}"']
-        for setting in self.manager_settings:
-            command += ["--set", setting]
         return command
 
     def start(self) -> None:

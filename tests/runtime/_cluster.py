@@ -162,6 +162,7 @@ class Cluster:
         transport: str,
         servers: tuple[str, ...] = SERVERS,
         server_settings: tuple[str, ...] = (),
+        manager_settings: tuple[str, ...] = (),
         log_level: str = "info",
     ) -> None:
         self.directory = directory
@@ -169,6 +170,7 @@ class Cluster:
         self.transport = transport
         self.server_ids = servers
         self.server_settings = SERVER_SETTINGS + server_settings
+        self.manager_settings = MANAGER_SETTINGS + manager_settings
         self.log_level = log_level
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.addresses: dict[str, str] = {}
@@ -207,7 +209,7 @@ class Cluster:
             "--log-level",
             self.log_level,
         ]
-        for setting in MANAGER_SETTINGS:
+        for setting in self.manager_settings:
             command += ["--set", setting]
         return command
 

@@ -26,23 +26,20 @@ LIFETIME_MS = 3_000
 PARTS = ["auth", "cart"]
 
 
-class _ShortLivedCredentials(Cluster):
-    def _manager_command(self) -> list[str]:
-        return [*super()._manager_command(), "--set", f"core.credential_lifetime_ms={LIFETIME_MS}"]
-
-
 def test_a_restarted_client_takes_back_a_session_older_than_its_first_credential(
     tmp_path: Path,
 ) -> None:
     """A session kept for longer than the credential lifetime (calls every 0.3 s, renewals
     every 1 s): its snapshot then holds a renewed credential, and a new client resumes the
     session with it and reads the cart."""
-    cluster = _ShortLivedCredentials(
+    lifetime = f"core.credential_lifetime_ms={LIFETIME_MS}"
+    cluster = Cluster(
         tmp_path,
         certs_dir=make_certs(tmp_path / "certs"),
         transport="tls",
         servers=("s1", "s2"),
-        server_settings=(f"core.credential_lifetime_ms={LIFETIME_MS}",),
+        server_settings=(lifetime,),
+        manager_settings=(lifetime,),
     )
     cluster.start()
     try:

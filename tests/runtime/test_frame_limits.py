@@ -63,20 +63,13 @@ RETRIES_AFTER_CLOSE = 200
 """Attempts, 0.1 s apart, to be welcomed again once the held connections closed."""
 
 
-class _LimitedCluster(Cluster):
-    """A cluster whose manager is also set to FRAME_BYTES_MAX."""
-
-    def _manager_command(self) -> list[str]:
-        return [*super()._manager_command(), "--set", f"core.frame_bytes_max={FRAME_BYTES_MAX}"]
-
-
 @pytest.fixture(scope="module", params=["tls", "quic"])
 def cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """A manager and one server set to a 65,536-byte frame limit, real processes."""
     directory = tmp_path_factory.mktemp(f"frame-limits-{request.param}")
-    running = _LimitedCluster(
+    running = Cluster(
         directory,
         certs_dir=make_certs(directory / "certs"),
         transport=request.param,
@@ -85,6 +78,7 @@ def cluster(
             f"core.frame_bytes_max={FRAME_BYTES_MAX}",
             f"limits.connections_max={CONNECTIONS_MAX}",
         ),
+        manager_settings=(f"core.frame_bytes_max={FRAME_BYTES_MAX}",),
     )
     running.start()
     yield running

@@ -31,28 +31,19 @@ EXPIRY_MS = 6_000
 PARTS = ["auth", "cart"]
 
 
-class _ExpiringSessions(Cluster):
-    def _manager_command(self) -> list[str]:
-        return [
-            *super()._manager_command(),
-            "--set",
-            f"core.credential_lifetime_ms={LIFETIME_MS}",
-            "--set",
-            f"core.session_expiry_ms={EXPIRY_MS}",
-        ]
-
-
 def test_an_abandoned_session_expires_and_a_renewed_one_stays(tmp_path: Path) -> None:
     """Two clients each open a session. One renews every 0.5 s and calls throughout; the other
     never renews (its interval is an hour) and goes quiet. After the expiry the quiet one's call
     fails as closed by the manager, and so does resuming it from its snapshot in a new client;
     the renewing one keeps its whole cart."""
-    cluster = _ExpiringSessions(
+    lifetime = f"core.credential_lifetime_ms={LIFETIME_MS}"
+    cluster = Cluster(
         tmp_path,
         certs_dir=make_certs(tmp_path / "certs"),
         transport="tls",
         servers=("s1", "s2"),
-        server_settings=(f"core.credential_lifetime_ms={LIFETIME_MS}",),
+        server_settings=(lifetime,),
+        manager_settings=(lifetime, f"core.session_expiry_ms={EXPIRY_MS}"),
     )
     cluster.start()
     try:

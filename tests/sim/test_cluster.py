@@ -16,6 +16,7 @@ from forehand.sim import (
     CoreTranslator,
     FaultMix,
     InvariantViolated,
+    RunResult,
     SimCluster,
     app_specs,
     build_all,
@@ -241,23 +242,31 @@ def test_sessions_of_a_client_gone_for_good_expire_and_the_others_stay() -> None
     assert result.counters["manager/sessions-expired"] >= 1
 
 
-def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> None:
-    """The checker can fail: a session the manager closes by expiry (forced here) while its
-    client renews it is reported, naming the client and how long its credential is valid."""
+def _run_with_a_stale_session(at_us: int, *, stall_the_sweep: bool) -> RunResult:
+    """Seed 21's expiring cluster, 6 s, in which one session of c1, renewed as usual, is made
+    to look as if no credential had been issued for it for longer than the expiry at `at_us`
+    (and the manager's sweep stalled, as if a close never committed, if `stall_the_sweep`)."""
     config = ClusterConfig(
         servers=3, clients=2, sessions=4, duration_us=6_000_000, liveness_bound_us=None
     )
     cluster = _expiring_cluster(config)
 
-    def expire_a_live_session() -> None:
+    def make_it_stale() -> None:
         core = cluster.client("c1")
         assert core is not None and core.session_ids()
-        # As if no credential had been issued for it for longer than the expiry.
-        cluster.manager()._expiry.renewed(core.session_ids()[:1], now_us=-30_000_000)
+        expiry = cluster.manager()._expiry
+        expiry.closing = stall_the_sweep
+        expiry.renewed(core.session_ids()[:1], now_us=-30_000_000)
 
-    cluster.sim.call_at(3_000_000, expire_a_live_session, label="an early expiry")
+    cluster.sim.call_at(at_us, make_it_stale, label="a stale session")
     cluster.start()
-    result = cluster.sim.run()
+    return cluster.sim.run()
+
+
+def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> None:
+    """The checker can fail: a session the manager closes by expiry (forced here) while its
+    client renews it is reported, naming the client and how long its credential is valid."""
+    result = _run_with_a_stale_session(3_000_000, stall_the_sweep=False)
     assert not result.ok
     assert result.failure is not None
     assert "ExpiryChecker" in str(result.failure)
@@ -267,23 +276,8 @@ def test_an_expiry_while_a_client_holds_a_valid_credential_is_a_violation() -> N
 def test_a_session_left_overdue_for_expiry_fails_the_run() -> None:
     """The end check can fail: a sweep that stalls (forced here) leaves a session past its
     expiry in the map, and the run says which (before it, a manager that stopped expiring
-    passed every campaign)."""
-    config = ClusterConfig(
-        servers=3, clients=2, sessions=4, duration_us=6_000_000, liveness_bound_us=None
-    )
-    cluster = _expiring_cluster(config)
-
-    def stall_the_sweep() -> None:
-        core = cluster.client("c1")
-        assert core is not None and core.session_ids()
-        expiry = cluster.manager()._expiry
-        expiry.closing = True  # as if a close never committed
-        expiry.renewed(core.session_ids()[:1], now_us=-30_000_000)
-
-    # Just before the end, so that no renewal of the session comes between.
-    cluster.sim.call_at(5_990_000, stall_the_sweep, label="a stalled sweep")
-    cluster.start()
-    result = cluster.sim.run()
+    passed every campaign). Made stale just before the end, so that no renewal comes between."""
+    result = _run_with_a_stale_session(5_990_000, stall_the_sweep=True)
     assert not result.ok
     assert result.failure is not None
     assert "overdue for expiry" in str(result.failure)
