@@ -110,6 +110,37 @@ def test_a_server_outside_the_placement_bounds_is_told_why() -> None:
     assert harness.manager.membership.get("s2") is None
 
 
+@pytest.mark.parametrize(("lifetime_ms", "joins"), [(172_800_000, False), (172_799_999, True)])
+def test_a_server_whose_credentials_outlive_the_session_expiry_is_told_why(
+    lifetime_ms: int, joins: bool
+) -> None:
+    """Credentials that last as long as the manager's `session_expiry_ms` (48 h) or longer let
+    it close sessions whose clients still hold a valid one: that server is refused, the setting
+    named; a shorter lifetime joins."""
+    harness = ManagerHarness()
+    harness.join("s1")
+    announce = ServerAnnounced(
+        server_id="s2",
+        incarnation=1,
+        address="x",
+        zone="z",
+        weight=1.0,
+        credential_lifetime_ms=lifetime_ms,
+    )
+    harness.router.send("s2", MANAGER, announce)
+    errors = harness.take("s2", Error)
+    if joins:
+        assert errors == []
+        assert harness.manager.membership.get("s2") is not None
+        return
+    (error,) = errors
+    assert (
+        "credential_lifetime_ms of 's2' (172800000) must be below the manager's "
+        "session_expiry_ms (172800000)" in error.reason
+    )
+    assert harness.manager.membership.get("s2") is None
+
+
 def test_messages_claiming_another_senders_identity_are_ignored() -> None:
     """A server cannot heartbeat or announce for another one."""
     harness = ManagerHarness()

@@ -1,8 +1,9 @@
 """A server the manager can never admit is told why, and both logs say it.
 
 A manager refuses a server whose announced weight or zone breaks its placement bounds (the map
-could never hold it). Before, the join failed inside the manager and was retried in silence: the
-server listened, nobody logged anything, and it never joined. Real processes, real TLS.
+could never hold it), or whose credentials would outlive the manager's session expiry. Before
+the first, the join failed inside the manager and was retried in silence: the server listened,
+nobody logged anything, and it never joined. Real processes, real TLS.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from forehand.runtime.certs import make_cluster_certs
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
@@ -29,8 +32,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: Path) -> None:
-    """Manager and server each log the refusal naming the bound, once, not every redial."""
+@pytest.mark.parametrize(
+    ("setting", "reason"),
+    [
+        ("weight=500", "bad ServerAnnounced: weight of 's1' must be in [0.001, 100.0]"),
+        (
+            "core.credential_lifetime_ms=172800000",
+            "bad ServerAnnounced: credential_lifetime_ms of 's1' (172800000) must be below the "
+            "manager's session_expiry_ms (172800000)",
+        ),
+    ],
+)
+def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
+    tmp_path: Path, setting: str, reason: str
+) -> None:
+    """Manager and server each log the refusal naming the setting, once, not every redial."""
     certs = tmp_path / "certs"
     make_cluster_certs(certs, ["manager", "s1"], days=1)
     add_cluster_key(certs / CLUSTER_KEYS_FILE)
@@ -68,14 +84,13 @@ def test_a_server_beyond_the_weight_bound_is_refused_with_the_reason(tmp_path: P
                 "--manager",
                 f"127.0.0.1:{manager_port}",
                 "--set",
-                "weight=500",
+                setting,
             ],
             stdout=server_out,
             stderr=subprocess.STDOUT,
             cwd=tmp_path,
         )
         try:
-            reason = "bad ServerAnnounced: weight of 's1' must be in [0.001, 100.0]"
             deadline = time.monotonic() + WAIT_S
             while time.monotonic() < deadline:
                 if reason in server_log.read_text() and reason in manager_log.read_text():

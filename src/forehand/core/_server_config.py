@@ -89,7 +89,8 @@ class ServerConfig:
     credential_lifetime_ms: int = 86_400_000
     """Lifetime of the fresh session credential a RESUME_OK carries to a client that bound a
     session with its credential (how clients renew theirs: see `ClientConfig`); the manager's
-    `credential_lifetime_ms` sets the first one's."""
+    `credential_lifetime_ms` sets the first one's. Below the manager's `session_expiry_ms`, or
+    the manager refuses this server (`ServerAnnounced` carries it)."""
     replay_cache_entries_max: int = 65_536
     """Most unexpired token nonces this server remembers to refuse replayed tokens."""
     parts_max: int = 1_000_000

@@ -918,6 +918,7 @@ class ManagerCore:
                     state=ServerState.ACTIVE,
                 ),
             )
+            self._check_credential_lifetime(message)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
         self._membership_changed()
@@ -935,6 +936,19 @@ class ManagerCore:
             if member is not None and member.is_live and current is not None:
                 # A server announces again only while it has no map.
                 self._catch_up(message.server_id, 0, current)
+
+    def _check_credential_lifetime(self, message: messages.ServerAnnounced) -> None:
+        """A server whose credentials outlive `session_expiry_ms` would have this manager close
+        sessions whose clients still hold a valid credential: refused, saying so, rather than
+        joined (an announcement without the field is not checked)."""
+        expiry_ms = self._config.session_expiry_ms
+        lifetime_ms = message.credential_lifetime_ms
+        if expiry_ms and lifetime_ms >= expiry_ms:
+            raise LocalProtocolError(
+                f"credential_lifetime_ms of {message.server_id!r} ({lifetime_ms}) must be "
+                f"below the manager's session_expiry_ms ({expiry_ms}), or sessions would "
+                "expire while their credentials are still valid"
+            )
 
     def _on_heartbeat(
         self, message: messages.HeartbeatReported, source: NodeId, now_us: int

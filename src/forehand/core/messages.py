@@ -155,6 +155,10 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Failure domain label."""
     weight: float
     """Relative capacity for placement."""
+    credential_lifetime_ms: int = 0
+    """Lifetime of the session credentials this server issues (`ServerConfig`), so the manager
+    can refuse a server whose credentials would outlive its `session_expiry_ms`; 0 from a sender
+    before the field (not checked)."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -296,6 +296,7 @@ class ServerCore:
                 address=config.address,
                 zone=config.zone,
                 weight=config.weight,
+                credential_lifetime_ms=config.credential_lifetime_ms,
             ),
         )
 
