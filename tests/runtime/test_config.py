@@ -224,15 +224,18 @@ def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: P
         write(
             tmp_path / "manager.toml", f'certs_dir = "{certs_dir}"\n[limits]\nhandshakes_max = 50\n'
         ),
-        parse_overrides(["limits.connections_max=20000"]),
+        parse_overrides(["limits.connections_max=20000", "limits.handshakes_unvalidated_max=5"]),
     )
     assert (manager.limits.connections_max, manager.limits.handshakes_max) == (20_000, 50)
+    assert manager.limits.handshakes_unvalidated_bound == 5
     base = f'server_id = "s1"\ncerts_dir = "{certs_dir}"\napp = "examples.cart.app:app"\n'
     server = load_server_config(
         write(tmp_path / "s1.toml", base + "[limits]\npartial_frames_bytes_max = 8388608\n")
     )
     assert server.limits.partial_frames_bytes_max == 8 << 20
     assert load_server_config(write(tmp_path / "s2.toml", base)).limits.connections_max == 10_000
+    alone = load_server_config(write(tmp_path / "s4.toml", base + "[limits]\nhandshakes_max = 8\n"))
+    assert alone.limits.handshakes_unvalidated_bound == 2  # A quarter of handshakes_max.
     # The budget is checked against the node's own frame size: 512 KiB holds a 64 KiB frame.
     small = load_server_config(
         write(
@@ -249,6 +252,9 @@ def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: P
         ("handshake_max = 5", "did you mean 'handshakes_max'"),
         ("wire = 1", "may not set wire"),
         ("partial_frames_bytes_max = 1024", "must hold one whole frame"),
+        ("handshakes_unvalidated_max = -1", "handshakes_unvalidated_max must be an int of 0"),
+        ("handshakes_unvalidated_max = 1001", "must be at most handshakes_max=1000"),
+        ("handshakes_unvalidated_max = 1.5", "handshakes_unvalidated_max"),
     ):
         with pytest.raises(ConfigError, match=message):
             load_server_config(write(tmp_path / "bad.toml", base + f"[limits]\n{table}\n"))

@@ -486,6 +486,20 @@ def test_handshakes_max_must_be_positive() -> None:
             ConnectionLimits(handshakes_max=value)
 
 
+def test_handshakes_unvalidated_max_is_between_0_and_handshakes_max() -> None:
+    """The bound on QUIC handshakes of unvalidated peers is 0 (always Retry) to handshakes_max
+    (Retry off), or a ConfigError saying which; unset, it is a quarter of handshakes_max."""
+    with pytest.raises(ConfigError, match="handshakes_unvalidated_max must be an int of 0 or"):
+        ConnectionLimits(handshakes_unvalidated_max=-1)
+    with pytest.raises(ConfigError, match=r"must be at most handshakes_max=100 .* got 101"):
+        ConnectionLimits(handshakes_max=100, handshakes_unvalidated_max=101)
+    for value in (0, 100):
+        limits = ConnectionLimits(handshakes_max=100, handshakes_unvalidated_max=value)
+        assert limits.handshakes_unvalidated_bound == value
+    assert ConnectionLimits().handshakes_unvalidated_bound == 250
+    assert ConnectionLimits(handshakes_max=3).handshakes_unvalidated_bound == 0
+
+
 def test_partial_frames_budget_holds_a_whole_frame() -> None:
     """partial_frames_bytes_max is positive and at least one longest frame, or a ConfigError;
     the cluster limits leave room for four of their frames."""

@@ -179,6 +179,18 @@ class ConnectionLimits:
     """QUIC handshakes one listener has under way at once (each holds 35 to 50 KB before the peer
     is known); past it the datagram that would start another evicts the oldest under way. Each
     lasts at most the transport's `handshake_timeout_ms`."""
+    handshakes_unvalidated_max: int | None = None
+    """QUIC handshakes one listener has under way for peers whose address it has not validated.
+    At the bound a client's first Initial (one without a token) gets a Retry (RFC 9000 s.8.1.2)
+    instead of a handshake; the client comes back with the Retry's token, which proves it
+    receives packets at its address, and its handshake starts whatever the bound (subject to
+    `handshakes_max`). From 0 (every client is validated first, a round trip more) up to
+    `handshakes_max`, which turns Retry off: handshakes past the bound evict the oldest, as they
+    do without it. None (the default) means a quarter of `handshakes_max`, 250 of 1,000: a
+    handshake lasts a round trip or two, so a listener that is not flooded rarely has that many
+    under way and its clients pay no extra round trip, while a flood of Initials from spoofed
+    addresses holds at most that many (some 12 MB) and leaves three quarters of the slots to
+    validated clients. `handshakes_unvalidated_bound` is the value in force."""
     close_timeout_ms: int = 2_000
     """How long a closing connection may take to flush before it is aborted."""
     partial_frames_bytes_max: int = 64 << 20
@@ -202,6 +214,17 @@ class ConnectionLimits:
                 "partial_frames_bytes_max",
             ),
         )
+        bound = self.handshakes_unvalidated_max
+        if bound is not None and (not isinstance(bound, int) or bound < 0):
+            raise ConfigError(
+                f"ConnectionLimits.handshakes_unvalidated_max must be an int of 0 or more (0: "
+                f"always Retry), or None for a quarter of handshakes_max: {bound!r}"
+            )
+        if bound is not None and bound > self.handshakes_max:
+            raise ConfigError(
+                f"ConnectionLimits.handshakes_unvalidated_max must be at most handshakes_max="
+                f"{self.handshakes_max} (equal turns Retry off), got {bound}"
+            )
         if self.partial_frames_bytes_max < self.wire.buffered_bytes_max:
             raise ConfigError(
                 "ConnectionLimits.partial_frames_bytes_max must hold one whole frame: at least "
@@ -217,6 +240,12 @@ class ConnectionLimits:
                 "ConnectionLimits needs send_buffer_low_water_bytes <= "
                 "send_buffer_high_water_bytes <= send_buffer_bytes_max"
             )
+
+    @property
+    def handshakes_unvalidated_bound(self) -> int:
+        """`handshakes_unvalidated_max`, or a quarter of `handshakes_max` when it is None."""
+        bound = self.handshakes_unvalidated_max
+        return self.handshakes_max // 4 if bound is None else bound
 
 
 CLUSTER_FRAME_BYTES_MAX = 32 << 20
