@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import time
 import warnings
@@ -535,29 +536,60 @@ def test_a_refused_dial_sends_nothing_through_its_closed_socket(
 
 
 class HalfOpenPeer(asyncio.DatagramProtocol):
-    """A peer that sends a QUIC client's first flight and never answers what comes back."""
+    """A peer that sends a QUIC client's first flight (Initials of at least 1,200 bytes, from
+    its own UDP port) and never answers what comes back, as a spoofed source would not."""
 
     def __init__(self) -> None:
         self.transport: asyncio.DatagramTransport | None = None
+        self.sent_count = 0
+        """Datagrams it sent."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.DatagramTransport without deriving from it.
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     @classmethod
+    async def open(cls, port: int) -> HalfOpenPeer:
+        """A peer with a socket aimed at `port`, that has sent nothing yet."""
+        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(
+            cls, remote_addr=(HOST, port)
+        )
+        return peer
+
+    @classmethod
     async def start(cls, port: int) -> HalfOpenPeer:
+        """A peer that has sent a first flight without a token."""
+        peer = await cls.open(port)
+        peer.send_first_flight()
+        return peer
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.transport is not None
+        host, port = self.transport.get_extra_info("sockname")[:2]
+        return str(host), int(port)
+
+    def send_first_flight(self, *, token: bytes = b"", destination_id: bytes = b"") -> int:
+        """Send a new connection's first flight, with `token` in its Initials and addressed to
+        `destination_id` (a random id when empty), as a client that follows a Retry would;
+        return how many datagrams it took."""
+        assert self.transport is not None
         configuration = QuicConfiguration(
             is_client=True, alpn_protocols=["forehand/1"], server_name="s1"
         )
         quic = QuicConnection(configuration=configuration)
-        quic.connect((HOST, port), now=time.monotonic())
-        _, peer = await asyncio.get_running_loop().create_datagram_endpoint(
-            cls, remote_addr=(HOST, port)
-        )
-        assert peer.transport is not None
+        if destination_id:
+            # qh3's client draws its first destination id itself and has no setter.
+            quic._original_destination_connection_id = destination_id
+        quic.connect(self.transport.get_extra_info("peername"), now=time.monotonic())
+        if token:
+            quic._require_core().set_initial_token(token)
+        sent_count = 0
         for data, _ in quic.datagrams_to_send(now=time.monotonic()):
-            peer.transport.sendto(data)
-        return peer
+            self.transport.sendto(data)
+            sent_count += 1
+        self.sent_count += sent_count
+        return sent_count
 
     def close(self) -> None:
         assert self.transport is not None
@@ -568,6 +600,11 @@ async def until(condition: Callable[[], bool]) -> None:
     """Poll `condition` until it holds; run_test's hang timeout bounds the wait."""
     while not condition():
         await asyncio.sleep(0.01)
+
+
+RETRY_OFF = ConnectionLimits(handshakes_max=2, handshakes_unvalidated_max=2)
+"""Two handshakes under way, and no Retry (the default, a quarter of handshakes_max, would be 0:
+always Retry)."""
 
 
 def test_half_open_handshakes_are_bounded_by_handshakes_max(
@@ -581,7 +618,7 @@ def test_half_open_handshakes_are_bounded_by_handshakes_max(
     caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
 
     async def main() -> None:
-        config = QUICTransportConfig(limits=ConnectionLimits(handshakes_max=2))
+        config = QUICTransportConfig(limits=RETRY_OFF)
         listener, serving, _ = await start(certs, config)
         good = await QUICTransport(client_credentials(certs)).connect(
             HOST, listener.port, server_id="s1"
@@ -617,9 +654,7 @@ def test_a_handshake_that_never_completes_frees_its_slot(
     caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
 
     async def main() -> None:
-        config = QUICTransportConfig(
-            limits=ConnectionLimits(handshakes_max=2), handshake_timeout_ms=200
-        )
+        config = QUICTransportConfig(limits=RETRY_OFF, handshake_timeout_ms=200)
         listener, serving, _ = await start(certs, config)
         peers = [await HalfOpenPeer.start(listener.port) for _ in range(2)]
         await until(lambda: listener.handshakes_timed_out_count == 2)
@@ -649,6 +684,152 @@ def test_a_handshake_that_never_completes_frees_its_slot(
         await serving
 
     run_test(main())
+
+
+def test_a_client_follows_a_retry_and_is_served(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With handshakes_unvalidated_max=0 every client's first Initial gets a Retry: qh3's client
+    (QUICTransport.connect) comes back with the token, its handshake starts, confirms the
+    Retry's connection id, and the connection is served; the listener counts the Retry (one per
+    datagram of the client's first flight) and the token, and logs the Retry mode once."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        limits = ConnectionLimits(handshakes_unvalidated_max=0)
+        listener, serving, accepted = await start(certs, QUICTransportConfig(limits=limits))
+        client = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        client.send_frame(request(1))
+        assert await client.receive() == answer(request(1))
+        assert listener.retries_sent_count >= 1
+        assert (listener.retry_tokens_accepted_count, listener.retry_tokens_refused_count) == (1, 0)
+        assert listener.handshake_count == 0 and listener.handshake_unvalidated_count == 0
+        # Both ends went through the Retry: the client once, and the server's handshake carried
+        # the Retry's source connection id (RFC 9000 s.7.3), which qh3 sets only from a token.
+        assert isinstance(client, QUICConnection) and client._quic._retry_count == 1
+        server_side = accepted[0]
+        assert isinstance(server_side, QUICConnection)
+        assert server_side._quic._retry_source_connection_id is not None
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "handshakes_unvalidated_max=0" in warned[0], warned
+        client.close()
+        await client.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("retry", [True, False], ids=["retry", "retry-off"])
+def test_a_flood_of_initials_from_spoofed_sources(certs: ClusterCertificates, retry: bool) -> None:
+    """Initials from 24 sources that never answer, three times handshakes_max (8), with a real
+    client connecting in the middle and one after. With handshakes_unvalidated_max=2 the flood
+    holds two handshakes, the rest get Retries nobody follows, nothing is evicted, and both
+    clients are served; with it equal to handshakes_max (Retry off) the same flood evicts."""
+
+    async def main() -> None:
+        limits = ConnectionLimits(handshakes_max=8, handshakes_unvalidated_max=2 if retry else 8)
+        listener, serving, _ = await start(certs, QUICTransportConfig(limits=limits))
+        transport = QUICTransport(client_credentials(certs))
+        peers = [await HalfOpenPeer.start(listener.port) for _ in range(12)]
+        # Without Retry, a client in the middle of the flood may be evicted by the 12 Initials
+        # after it (its handshake shares this loop with the flood's): only the one after it is
+        # sure to connect.
+        during = (
+            asyncio.create_task(transport.connect(HOST, listener.port, server_id="s1"))
+            if retry
+            else None
+        )
+        peers += [await HalfOpenPeer.start(listener.port) for _ in range(12)]
+        clients = [] if during is None else [await during]
+        # Sent after the whole flood, so the listener has read the flood once this connects.
+        clients.append(await transport.connect(HOST, listener.port, server_id="s1"))
+        if retry:
+            assert listener.handshakes_evicted_count == 0
+            assert listener.handshakes_timed_out_count == 0
+            # Nothing left but by completing or timing out: the flood never held more than 2.
+            assert listener.handshake_count == listener.handshake_unvalidated_count == 2
+            flood_retried = sum(peer.sent_count for peer in peers[2:])
+            assert listener.retries_sent_count >= flood_retried
+            assert listener.retry_tokens_accepted_count == len(clients) == 2
+        else:
+            assert listener.handshakes_evicted_count > 0
+            assert listener.retries_sent_count == 0
+        for number, client in enumerate(clients):
+            client.send_frame(request(number))
+            assert await client.receive() == answer(request(number))
+            client.close()
+            await client.wait_closed()
+        for peer in peers:
+            peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_an_initial_with_a_bad_token_starts_no_handshake(certs: ClusterCertificates) -> None:
+    """An Initial whose token is random bytes, issued for another port, expired, dated in the
+    future, has one bit of its MAC flipped, or is valid but addressed to another connection id
+    is dropped: no handshake, counted as refused. The same peer with its valid token starts
+    one, so the refusals are the tokens' doing."""
+
+    async def main() -> None:
+        lifetime_ms = 10_000
+        config = QUICTransportConfig(
+            limits=ConnectionLimits(handshakes_unvalidated_max=0),
+            retry_token_lifetime_ms=lifetime_ms,
+        )
+        listener, serving, _ = await start(certs, config)
+        server = listener._server
+        assert server is not None
+        peer = await HalfOpenPeer.open(listener.port)
+        retry_id = bytes(range(8))
+        now_us = round(asyncio.get_running_loop().time() * 1_000_000)
+
+        def token(address: tuple[str, int], issued_us: int) -> bytes:
+            return server._tokens.create_token(address, b"original", retry_id, now_us=issued_us)
+
+        host, port = peer.address
+        good = token((host, port), now_us)
+        bad = [
+            (random.Random(7).randbytes(len(good)), retry_id),
+            (token((host, port + 1), now_us), retry_id),
+            (token((host, port), now_us - lifetime_ms * 1000 - 1), retry_id),
+            (token((host, port), now_us + 60_000_000), retry_id),
+            (good[:-1] + bytes((good[-1] ^ 1,)), retry_id),
+            (good, bytes(8)),
+        ]
+
+        async def refused(bad_token: bytes, destination_id: bytes) -> None:
+            """Send a first flight, and wait until the listener has refused all of it."""
+            count = listener.retry_tokens_refused_count + peer.send_first_flight(
+                token=bad_token, destination_id=destination_id
+            )
+            await until(lambda: listener.retry_tokens_refused_count == count)
+
+        for bad_token, destination_id in bad:
+            await refused(bad_token, destination_id)
+            assert listener.handshake_count == 0 and not server._protocols
+        assert listener.retries_sent_count == listener.retry_tokens_accepted_count == 0
+        peer.send_first_flight(token=good, destination_id=retry_id)
+        await until(lambda: listener.handshake_count == 1)
+        assert listener.retry_tokens_accepted_count == 1
+        assert listener.handshake_unvalidated_count == 0
+        peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_retry_token_lifetime_must_be_positive() -> None:
+    """The lifetime of a listener's Retry tokens is a positive number of ms, or a ConfigError."""
+    for value in (0, -1):
+        with pytest.raises(ConfigError, match="retry_token_lifetime_ms"):
+            QUICTransportConfig(retry_token_lifetime_ms=value)
 
 
 BIG = Request(

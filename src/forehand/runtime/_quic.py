@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -47,6 +48,7 @@ from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 
 from forehand.errors import ConfigError, LocalProtocolError, RemoteProtocolError
+from forehand.runtime._retry import RETRY_KEY_BYTES, RetryTokens
 from forehand.runtime._rtt import RttEstimator
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
@@ -79,6 +81,7 @@ from forehand.wire import (
     StreamType,
     encode_frame,
     encode_varint,
+    pull_varint,
 )
 
 __all__ = ["QUICConnection", "QUICListener", "QUICTransport", "QUICTransportConfig"]
@@ -109,9 +112,13 @@ class QUICTransportConfig:
     """Connection-wide flow-control window; bounds what a peer has in flight to us."""
     rtt_probe_interval_ms: int = 1_000
     """How often a QUIC PING measures the RTT (one outstanding at a time); 0 turns it off."""
+    retry_token_lifetime_ms: int = 10_000
+    """How long a listener accepts the token of a Retry it sent (`limits.
+    handshakes_unvalidated_max`): the client's round trip and more, while a token captured on
+    the way can start handshakes from the client's address only this long."""
 
     def __post_init__(self) -> None:
-        for name in ("handshake_timeout_ms", "idle_timeout_ms"):
+        for name in ("handshake_timeout_ms", "idle_timeout_ms", "retry_token_lifetime_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"QUICTransportConfig.{name} must be positive")
         if self.stream_window_bytes < self.limits.wire.buffered_bytes_max:
@@ -749,7 +756,15 @@ class QUICListener(Listener):
     the newest keeps a flood of Initials that never complete (they need not even decrypt, and
     their source may be spoofed) from locking real clients out: a real handshake completes in
     a round trip or two, long before `handshakes_max` newer ones push it out at any flood rate
-    short of `handshakes_max` per round trip. A handshake that
+    short of `handshakes_max` per round trip.
+
+    A faster flood is met with address validation: while `limits.handshakes_unvalidated_max`
+    handshakes are under way for peers whose address is not validated, a new client's first
+    Initial gets a Retry (RFC 9000 s.8.1.2) carrying a token bound to its address (`RetryTokens`)
+    and no handshake. A client that receives packets at its address comes back with the token
+    and its handshake starts, at any pressure (evicting the oldest at `handshakes_max`); an
+    Initial with a token the listener refuses is dropped. Spoofed sources never see their Retry,
+    so the flood holds at most that many handshakes and evicts nobody. A handshake that
     completes while the listener holds `connections_max` connections is closed with
     LIMIT_EXCEEDED, as on every transport.
     """
@@ -766,16 +781,68 @@ class QUICListener(Listener):
         self._server: _Server | None = None
         self._handshake_timeout_s = handshake_timeout_ms / 1000
         self._handshakes: dict[_Protocol, asyncio.TimerHandle] = {}
+        self._unvalidated: set[_Protocol] = set()
         self._evicting = False
+        self._retrying = False
         self.handshakes_evicted_count = 0
         """Handshakes closed to make room for a newer one, at `handshakes_max`."""
         self.handshakes_timed_out_count = 0
         """Handshakes closed because they did not complete within `handshake_timeout_ms`."""
+        self.retries_sent_count = 0
+        """Retry packets sent, one per Initial datagram without a token that came while
+        `handshakes_unvalidated_max` unvalidated handshakes were under way."""
+        self.retry_tokens_accepted_count = 0
+        """Handshakes started by an Initial carrying a valid token of this listener."""
+        self.retry_tokens_refused_count = 0
+        """Initial datagrams dropped for their token: forged, expired, issued to another address
+        or for another connection id."""
 
     @property
     def handshake_count(self) -> int:
         """Handshakes under way (at most `handshakes_max`), not yet connections."""
         return len(self._handshakes)
+
+    @property
+    def handshake_unvalidated_count(self) -> int:
+        """Handshakes under way whose peer came without a token, so with an address not
+        validated (at most `handshakes_unvalidated_max` while Retry is on)."""
+        return len(self._unvalidated)
+
+    def _retry_needed(self) -> bool:
+        """Whether a client's first Initial gets a Retry rather than a handshake: while
+        `handshakes_unvalidated_max` handshakes of unvalidated peers are under way, unless that
+        is `handshakes_max` (Retry off). Logs the start of each stretch in Retry mode, and its
+        end."""
+        bound = self._limits.handshakes_unvalidated_bound
+        if bound < self._limits.handshakes_max and len(self._unvalidated) >= bound:
+            if not self._retrying:
+                self._retrying = True
+                _log.warning(
+                    "QUIC listener on %s:%d is at handshakes_unvalidated_max=%d (handshakes "
+                    "under way for unvalidated peers): new clients get a Retry first (a flood of "
+                    "Initials?)",
+                    self.host,
+                    self.port,
+                    bound,
+                )
+            return True
+        if self._retrying:
+            self._retrying = False
+            _log.info(
+                "QUIC listener on %s:%d is under handshakes_unvalidated_max again (%d Retries "
+                "sent, %d tokens accepted, %d refused so far)",
+                self.host,
+                self.port,
+                self.retries_sent_count,
+                self.retry_tokens_accepted_count,
+                self.retry_tokens_refused_count,
+            )
+        return False
+
+    def _handshake_unvalidated(self, protocol: _Protocol) -> None:
+        """The handshake just started for an Initial without a token."""
+        if protocol in self._handshakes:  # Not already ended by its first datagram.
+            self._unvalidated.add(protocol)
 
     def _make_room_for_handshake(self) -> None:
         """Close and forget the oldest handshakes under way until a new one fits under
@@ -817,6 +884,7 @@ class QUICListener(Listener):
         timer = self._handshakes.pop(protocol, None)
         if timer is not None:
             timer.cancel()
+            self._unvalidated.discard(protocol)
 
     def _handshake_timed_out(self, protocol: _Protocol) -> None:
         if protocol not in self._handshakes:
@@ -836,6 +904,7 @@ class QUICListener(Listener):
         """Close a handshake under way and drop it from the stack's server at once."""
         timer = self._handshakes.pop(protocol)
         timer.cancel()
+        self._unvalidated.discard(protocol)
         protocol.quic.close(error_code=ErrorCode.IDLE_TIMEOUT, reason_phrase=reason)
         protocol.transmit()
         if self._server is not None:
@@ -845,6 +914,7 @@ class QUICListener(Listener):
         for timer in self._handshakes.values():
             timer.cancel()
         self._handshakes.clear()
+        self._unvalidated.clear()
         if self._server is not None:
             self._server.close()  # type: ignore[no-untyped-call]  # qh3 leaves it unannotated.
             self._server = None
@@ -862,22 +932,56 @@ _INITIAL_TYPE_BITS = {0x00000001: 0x00, 0x6B3343CF: 0x10}
 and 2 (RFC 9369 s.3.2)."""
 
 
+def _initial_token(data: bytes, source_length_offset: int) -> bytes | None:
+    """The token of the Initial packet at the start of `data`, whose source connection id
+    length is at `source_length_offset` (RFC 9000 s.17.2.2); None if the header ends early."""
+    try:
+        length, offset = pull_varint(data, source_length_offset + 1 + data[source_length_offset])
+    except IndexError:
+        return None
+    end = offset + length
+    return data[offset:end] if end <= len(data) else None
+
+
+class _RetryAt:
+    """The listener's `RetryTokens` at one instant, with the interface qh3's QuicServer calls
+    (`self._retry`); counts the Retries it makes tokens for."""
+
+    __slots__ = ("_listener", "_now_us", "_tokens")
+
+    def __init__(self, tokens: RetryTokens, listener: QUICListener, *, now_us: int) -> None:
+        self._tokens = tokens
+        self._listener = listener
+        self._now_us = now_us
+
+    def create_token(self, addr: Any, original_cid: bytes, retry_cid: bytes) -> bytes:
+        self._listener.retries_sent_count += 1
+        return self._tokens.create_token(addr, original_cid, retry_cid, now_us=self._now_us)
+
+    def validate_token(self, addr: Any, token: bytes) -> tuple[bytes, bytes]:
+        return self._tokens.validate_token(addr, token, now_us=self._now_us)
+
+
 class _Server(QuicServer):
-    """qh3's QuicServer, making room under `handshakes_max` before a handshake starts, and
-    forgetting a connection by the ids it registered rather than by a walk over every id.
+    """qh3's QuicServer, deciding what a new client's Initial gets (a handshake, a Retry, or
+    nothing), making room under `handshakes_max` before a handshake starts, and forgetting a
+    connection by the ids it registered rather than by a walk over every id.
 
-    qh3 (pinned) drops a terminated connection from `_protocols` by walking all of them; with
-    tens of thousands of ids, each handshake evicted at the bound would cost milliseconds, so a
-    flood of Initials would saturate the loop. Each protocol's ids are kept here instead: the
-    two registered when its first datagram came, and those it issues and retires later."""
+    qh3 (pinned) sends a Retry for an Initial without a token and validates the token of one
+    that has it when its `_retry` is set, and does neither when it is None; `_retry` is set here
+    for each Initial that needs it. qh3 (pinned) drops a terminated connection from `_protocols`
+    by walking all of them; with tens of thousands of ids, each handshake evicted at the bound
+    would cost milliseconds, so a flood of Initials would saturate the loop. Each protocol's ids
+    are kept here instead: the two registered when its first datagram came, and those it issues
+    and retires later."""
 
-    def __init__(self, *, listener: QUICListener, **kwargs: Any) -> None:
+    def __init__(self, *, listener: QUICListener, tokens: RetryTokens, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._listener = listener
+        self._tokens = tokens
         self._ids: dict[QuicConnectionProtocol, set[bytes]] = {}
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
-        destination = b""
         if (
             len(data) >= _INITIAL_DATAGRAM_BYTES_MIN
             and isinstance(data, bytes)
@@ -886,15 +990,57 @@ class _Server(QuicServer):
             and (destination := data[6 : 6 + data[5]]) not in self._protocols
         ):
             # The destination connection id sits at the same place in every long header
-            # (RFC 8999 s.5.1); an Initial of a known version for no known connection starts a
-            # handshake.
-            self._listener._make_room_for_handshake()
-        super().datagram_received(data, addr)
-        if destination:
+            # (RFC 8999 s.5.1); an Initial of a known version for no known connection would
+            # start a handshake.
+            self._initial_received(data, addr, destination)
+        else:
+            super().datagram_received(data, addr)
+
+    def _initial_received(self, data: bytes, addr: Any, destination: bytes) -> None:
+        """A client's Initial for no known connection: a handshake, a Retry, or nothing."""
+        token = _initial_token(data, 6 + len(destination))
+        if token is None:
+            return  # The stack would not parse it either.
+        listener = self._listener
+        now_us = round(self._loop.time() * 1_000_000)
+        if token:
+            if not self._token_accepted(addr, token, destination, now_us=now_us):
+                listener.retry_tokens_refused_count += 1
+                return
+            listener.retry_tokens_accepted_count += 1
+        elif listener._retry_needed():
+            self._start(data, addr, _RetryAt(self._tokens, listener, now_us=now_us))
+            return
+        listener._make_room_for_handshake()
+        # With a token, the stack validates it again (one HMAC) to learn the connection ids the
+        # handshake must confirm (RFC 9000 s.7.3).
+        self._start(data, addr, _RetryAt(self._tokens, listener, now_us=now_us) if token else None)
+        protocol = self._protocols.get(destination)
+        if protocol is not None:
             # A new connection (the id was unknown): the ids the stack registered for it.
-            protocol = self._protocols.get(destination)
-            if protocol is not None:
-                self._ids.setdefault(protocol, set()).update((destination, protocol._quic.host_cid))
+            self._ids.setdefault(protocol, set()).update((destination, protocol._quic.host_cid))
+            if not token:
+                assert isinstance(protocol, _Protocol), "made by the listener's create_protocol"
+                listener._handshake_unvalidated(protocol)
+
+    def _token_accepted(self, addr: Any, token: bytes, destination: bytes, *, now_us: int) -> bool:
+        """Whether `token` is this listener's, for `addr`, alive, and for this Initial: a client
+        that follows a Retry addresses the connection id the Retry gave it (RFC 9000 s.7.2), so
+        a token starts at most one handshake at a time."""
+        try:
+            _, retry_cid = self._tokens.validate_token(addr, token, now_us=now_us)
+        except ValueError:
+            return False
+        return retry_cid == destination
+
+    def _start(self, data: bytes, addr: Any, retry: _RetryAt | None) -> None:
+        """Hand an Initial to the stack with `retry` as its retry handler for this datagram."""
+        stack: Any = self  # qh3 types `_retry` as its own handler class; it only calls it.
+        stack._retry = retry
+        try:
+            super().datagram_received(data, addr)
+        finally:
+            stack._retry = None
 
     def _connection_id_issued(self, cid: bytes, protocol: QuicConnectionProtocol) -> None:
         super()._connection_id_issued(cid, protocol)
@@ -1001,10 +1147,17 @@ class QUICTransport(Transport):
             listener._handshake_started(protocol)
             return protocol
 
+        # A key per listener: its tokens are good at no other listener, nor after a restart.
+        tokens = RetryTokens(
+            key=os.urandom(RETRY_KEY_BYTES), lifetime_ms=self.config.retry_token_lifetime_ms
+        )
         try:
             transport, server = await loop.create_datagram_endpoint(
                 lambda: _Server(
-                    listener=listener, configuration=configuration, create_protocol=create_protocol
+                    listener=listener,
+                    tokens=tokens,
+                    configuration=configuration,
+                    create_protocol=create_protocol,
                 ),
                 local_addr=(host, port),
             )
