@@ -16,6 +16,7 @@ from qh3.asyncio.protocol import QuicConnectionProtocol
 from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
+from qh3.quic.packet import QuicProtocolVersion
 
 from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime import (
@@ -543,10 +544,15 @@ class HalfOpenPeer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.sent_count = 0
         """Datagrams it sent."""
+        self.received_count = 0
+        """Datagrams that came back, unread."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.DatagramTransport without deriving from it.
         self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.received_count += 1
 
     @classmethod
     async def open(cls, port: int) -> HalfOpenPeer:
@@ -569,13 +575,18 @@ class HalfOpenPeer(asyncio.DatagramProtocol):
         host, port = self.transport.get_extra_info("sockname")[:2]
         return str(host), int(port)
 
-    def send_first_flight(self, *, token: bytes = b"", destination_id: bytes = b"") -> int:
-        """Send a new connection's first flight, with `token` in its Initials and addressed to
-        `destination_id` (a random id when empty), as a client that follows a Retry would;
-        return how many datagrams it took."""
+    def send_first_flight(
+        self, *, token: bytes = b"", destination_id: bytes = b"", version: int = 1
+    ) -> int:
+        """Send a new connection's first flight of QUIC `version`, with `token` in its Initials
+        and addressed to `destination_id` (a random id when empty), as a client that follows a
+        Retry would; return how many datagrams it took."""
         assert self.transport is not None
         configuration = QuicConfiguration(
-            is_client=True, alpn_protocols=["forehand/1"], server_name="s1"
+            is_client=True,
+            alpn_protocols=["forehand/1"],
+            server_name="s1",
+            supported_versions=[version],
         )
         quic = QuicConnection(configuration=configuration)
         if destination_id:
@@ -638,6 +649,31 @@ def test_half_open_handshakes_are_bounded_by_handshakes_max(
             assert await client.receive() == answer(request(number))
             client.close()
             await client.wait_closed()
+        for peer in peers:
+            peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
+def test_an_initial_of_a_version_the_listener_does_not_speak_evicts_nothing(
+    certs: ClusterCertificates,
+) -> None:
+    """A QUIC version 2 Initial starts no handshake (the listener speaks version 1 and answers
+    with Version Negotiation), so at handshakes_max it evicts none. Counting it as a new
+    handshake let such Initials evict real clients' handshakes while holding no slot (found
+    while adding Retry)."""
+
+    async def main() -> None:
+        listener, serving, _ = await start(certs, QUICTransportConfig(limits=RETRY_OFF))
+        peers = [await HalfOpenPeer.start(listener.port) for _ in range(2)]
+        await until(lambda: listener.handshake_count == 2)
+        other = await HalfOpenPeer.open(listener.port)
+        peers.append(other)
+        other.send_first_flight(version=QuicProtocolVersion.VERSION_2)
+        await until(lambda: other.received_count > 0)  # Version Negotiation
+        assert listener.handshakes_evicted_count == 0 and listener.handshake_count == 2
         for peer in peers:
             peer.close()
         await listener.close()

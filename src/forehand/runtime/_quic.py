@@ -980,18 +980,23 @@ class _Server(QuicServer):
         self._listener = listener
         self._tokens = tokens
         self._ids: dict[QuicConnectionProtocol, set[bytes]] = {}
+        versions = self._configuration.supported_versions
+        # An Initial of another version gets Version Negotiation from the stack, no handshake.
+        self._initial_type_bits = {
+            version: bits for version, bits in _INITIAL_TYPE_BITS.items() if version in versions
+        }
 
     def datagram_received(self, data: bytes | str, addr: Any) -> None:
         if (
             len(data) >= _INITIAL_DATAGRAM_BYTES_MIN
             and isinstance(data, bytes)
             and data[0] & _LONG_HEADER_BIT
-            and _INITIAL_TYPE_BITS.get(int.from_bytes(data[1:5], "big")) == data[0] & 0x30
+            and self._initial_type_bits.get(int.from_bytes(data[1:5], "big")) == data[0] & 0x30
             and (destination := data[6 : 6 + data[5]]) not in self._protocols
         ):
             # The destination connection id sits at the same place in every long header
-            # (RFC 8999 s.5.1); an Initial of a known version for no known connection would
-            # start a handshake.
+            # (RFC 8999 s.5.1); an Initial of a version the stack speaks for no known connection
+            # would start a handshake.
             self._initial_received(data, addr, destination)
         else:
             super().datagram_received(data, addr)
