@@ -767,7 +767,9 @@ def test_a_flood_of_initials_from_spoofed_sources(certs: ClusterCertificates, re
 
     async def main() -> None:
         limits = ConnectionLimits(handshakes_max=8, handshakes_unvalidated_max=2 if retry else 8)
-        listener, serving, _ = await start(certs, QUICTransportConfig(limits=limits))
+        # The flood's handshakes must outlast the test, however slow the machine.
+        config = QUICTransportConfig(limits=limits, handshake_timeout_ms=600_000)
+        listener, serving, _ = await start(certs, config)
         transport = QUICTransport(client_credentials(certs))
         peers = [await HalfOpenPeer.start(listener.port) for _ in range(12)]
         # Without Retry, a client in the middle of the flood may be evicted by the 12 Initials
