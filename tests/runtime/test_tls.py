@@ -7,7 +7,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -366,6 +366,7 @@ def test_client_offering_other_alpn_is_refused(certs: ClusterCertificates) -> No
         assert await read_frames(reader) == []
         writer.close()
         assert listener.connection_count == 0
+        assert listener.handshake_count == 0
         await listener.close()
 
     run_test(main())
@@ -390,7 +391,7 @@ def test_server_selecting_other_alpn_is_refused(certs: ClusterCertificates) -> N
 
 
 def test_tls_1_2_is_refused(certs: ClusterCertificates) -> None:
-    """A client limited to TLS 1.2 cannot complete a handshake."""
+    """A client limited to TLS 1.2 cannot complete a handshake; its slot is free at once."""
 
     async def main() -> None:
         listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
@@ -399,6 +400,9 @@ def test_tls_1_2_is_refused(certs: ClusterCertificates) -> None:
         with pytest.raises((ssl.SSLError, ConnectionError)):
             await asyncio.open_connection(HOST, listener.port, ssl=context, server_hostname="s1")
         assert listener.connection_count == 0
+        # The failed handshake freed its slot at once, not at handshake_timeout_ms.
+        await until(lambda: listener.handshake_count == 0)
+        assert listener.handshakes_timed_out_count == 0
         await listener.close()
 
     run_test(main())
@@ -713,3 +717,155 @@ async def until(condition: Callable[[], bool]) -> None:
     """Poll `condition` until it holds; run_test's hang timeout bounds the wait."""
     while not condition():
         await asyncio.sleep(0.01)
+
+
+def half_client_hello(certs: ClusterCertificates) -> bytes:
+    """The first half of a real ClientHello offering forehand/1: a handshake begun, never done."""
+    tls = raw_context(certs).wrap_bio(ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), False, "s1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    return hello[: len(hello) // 2]
+
+
+async def never_finishing(port: int, first_bytes: bytes) -> tuple[asyncio.StreamReader, Any]:
+    """A TCP connection that sends `first_bytes` (maybe none) and never completes a handshake."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(first_bytes)
+    return reader, writer
+
+
+async def ended(reader: asyncio.StreamReader) -> bool:
+    """Whether the server ended the connection having sent nothing (a reset ends it too)."""
+    try:
+        return await reader.read(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def close_peers(peers: list[tuple[asyncio.StreamReader, Any]]) -> None:
+    for _, writer in peers:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_handshakes_under_way_are_bounded_by_handshakes_max(
+    certs: ClusterCertificates, use_uvloop: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At most handshakes_max TLS handshakes are under way: past it a new TCP connection aborts
+    the oldest handshake (one warning for the stretch), so a flood of connections that never
+    complete one (silent, or half a ClientHello) holds no more than the bound, and a real
+    client connecting while the flood goes on is served, as is the connection held already."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+    handshakes_max = 8
+
+    async def main() -> None:
+        config = TLSTransportConfig(limits=ConnectionLimits(handshakes_max=handshakes_max))
+        listener = await TLSTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        client = TLSTransport(client_credentials(certs))
+        held = await client.connect(HOST, listener.port, server_id="s1")
+        hello = half_client_hello(certs)
+        peers: list[tuple[asyncio.StreamReader, Any]] = []
+
+        async def flood(count: int) -> None:
+            for _ in range(count):
+                peers.append(await never_finishing(listener.port, hello if len(peers) % 2 else b""))
+                # Accepted: every connection past the bound evicted one.
+                await until(
+                    lambda: listener.handshakes_evicted_count >= len(peers) - handshakes_max
+                )
+                assert listener.handshake_count <= handshakes_max
+
+        await flood(2 * handshakes_max)
+        assert listener.handshake_count == handshakes_max
+        assert listener.handshakes_evicted_count == handshakes_max
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warned) == 1 and "handshakes_max=8" in warned[0], warned
+        # Fewer newer connections than the bound: the client's handshake is never the oldest.
+        connecting = asyncio.create_task(client.connect(HOST, listener.port, server_id="s1"))
+        await flood(handshakes_max - 1)
+        late = await connecting
+        assert listener.handshake_count <= handshakes_max
+        assert listener.handshakes_evicted_count >= len(peers) - handshakes_max
+        assert listener.connection_count == 2
+        assert await ended(peers[0][0]) and await ended(peers[1][0])  # evicted: closed
+        for connection in (held, late):
+            await round_trip(connection)
+            connection.close()
+            await connection.wait_closed()
+        await close_peers(peers)
+        await listener.close()
+        await serving
+
+    run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_handshake_that_never_completes_frees_its_slot(
+    certs: ClusterCertificates, use_uvloop: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A TLS handshake not completed within handshake_timeout_ms is aborted and logged: its peer
+    sees the connection end, and its slot under handshakes_max is free for a real client."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        config = TLSTransportConfig(
+            limits=ConnectionLimits(handshakes_max=2), handshake_timeout_ms=200
+        )
+        listener = await TLSTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        peers = [
+            await never_finishing(listener.port, first) for first in (b"", half_client_hello(certs))
+        ]
+        await until(lambda: listener.handshakes_timed_out_count == 2)
+        assert listener.handshake_count == 0
+        for reader, _ in peers:
+            assert await ended(reader)
+        logged = [
+            r.getMessage() for r in caplog.records if "handshake_timeout_ms=200" in r.getMessage()
+        ]
+        assert len(logged) == 2, logged
+        clients = [
+            await TLSTransport(client_credentials(certs)).connect(
+                HOST, listener.port, server_id="s1"
+            )
+            for _ in range(2)
+        ]
+        assert listener.handshakes_evicted_count == 0
+        for client in clients:
+            await round_trip(client)
+            client.close()
+            await client.wait_closed()
+        await close_peers(peers)
+        await listener.close()
+        await serving
+
+    run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_listener_close_aborts_the_handshakes_under_way(
+    certs: ClusterCertificates, use_uvloop: bool
+) -> None:
+    """Closing a TLS listener aborts its handshakes under way: their peers see the connection
+    end, and no task or socket is left behind (run_test fails on either). The handshakes would
+    time out only after run_test's hang timeout."""
+
+    async def main() -> None:
+        config = TLSTransportConfig(handshake_timeout_ms=60_000)
+        listener = await TLSTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        hello = half_client_hello(certs)
+        peers = [await never_finishing(listener.port, first) for first in (b"", hello, hello)]
+        await until(lambda: listener.handshake_count == 3)
+        await listener.close()
+        assert listener.handshake_count == 0
+        for reader, _ in peers:
+            assert await ended(reader)
+        await close_peers(peers)
+
+    run_test(main(), use_uvloop=use_uvloop)

@@ -6,17 +6,22 @@ the client asked for. Python's ssl module completes a handshake whose ALPN offer
 overlap (OpenSSL's callback answers "no ack"), so each side checks the negotiated protocol right
 after the handshake and closes the connection, before any application byte, when it is not
 `forehand/1`. A listener may demand client certificates (mutual TLS for cluster-internal links);
-otherwise a client certificate, when presented, is verified and names the peer.
+otherwise a client certificate, when presented, is verified and names the peer. A listener
+accepts TCP connections itself and holds every TLS handshake under way, at most
+`ConnectionLimits.handshakes_max` of them (see `TLSListener`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import Any
 
 from forehand.errors import ConfigError
-from forehand.runtime._stream import StreamConnection
+from forehand.runtime._stream import StreamConnection, _address
 from forehand.runtime._tcp_info import tcp_path_stats
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
@@ -35,6 +40,12 @@ from forehand.wire import PeerRole, WireConfig
 
 __all__ = ["TLSConnection", "TLSListener", "TLSTransport", "TLSTransportConfig"]
 
+_log = logging.getLogger("forehand.runtime.transport")
+
+_ACCEPT_RETRY_DELAY_MS = 1_000
+"""How long a listener that cannot accept (out of file descriptors, of memory) waits before
+trying again, as asyncio's own servers do."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TLSTransportConfig:
@@ -43,9 +54,11 @@ class TLSTransportConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     """The bounds of every connection."""
     handshake_timeout_ms: int = 10_000
-    """A TCP connect plus TLS handshake that takes longer fails."""
+    """A TCP connect plus TLS handshake that takes longer fails; a listener aborts a handshake
+    not completed by then, freeing its slot under `limits.handshakes_max`."""
     listen_backlog: int = 512
-    """Connections the kernel queues before `accept`."""
+    """Connections the kernel queues before `accept`; a listener also accepts at most this many
+    in one turn of the event loop."""
 
     def __post_init__(self) -> None:
         if self.handshake_timeout_ms < 1 or self.listen_backlog < 1:
@@ -83,23 +96,185 @@ class TLSConnection(StreamConnection):
 
 
 class TLSListener(Listener):
-    """Accepts TLS connections for a `TLSTransport`."""
+    """Accepts TLS connections for a `TLSTransport`.
+
+    The listener accepts TCP connections itself and runs each one's TLS handshake in a task it
+    keeps (`loop.connect_accepted_socket`), so that it holds every handshake under way. Each
+    holds a socket and the TLS layer's state and buffers before any peer is authenticated, so
+    at most `limits.handshakes_max` are under way at once: a connection accepted at the bound
+    aborts the oldest handshake under way, and a handshake not completed within
+    `handshake_timeout_ms` is aborted too; one that fails frees its slot at once. Evicting the
+    oldest rather than refusing the newest keeps a flood of TCP connections that never complete
+    a handshake from locking real clients out: a real handshake completes in a round trip or
+    two, long before `handshakes_max` newer connections push it out at any flood rate short of
+    `handshakes_max` per round trip. A handshake that completes while the listener holds
+    `connections_max` connections is closed with LIMIT_EXCEEDED, as on every transport.
+    """
 
     def __init__(
         self,
         *,
         limits: ConnectionLimits,
         loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        peer_role: PeerRole | None,
+        budget: ReceiveBudget,
+        handshake_timeout_ms: int = 10_000,
+        accepts_per_turn_max: int = 512,
         certified_peer_wire: WireConfig | None = None,
         certified_peer_budget: ReceiveBudget | None = None,
     ) -> None:
         super().__init__(limits=limits, loop=loop)
-        self._server: asyncio.Server | None = None
+        self._context = context
+        self._peer_role = peer_role
+        self._budget = budget
+        self._handshake_timeout_s = handshake_timeout_ms / 1000
+        self._accepts_per_turn_max = accepts_per_turn_max
         self._certified_peer_wire = certified_peer_wire
         self._certified_peer_budget = certified_peer_budget
+        self._sockets: list[socket.socket] = []
+        self._accepting: list[asyncio.Task[None]] = []
+        self._handshakes: dict[_Handshake, asyncio.TimerHandle] = {}
+        self._evicting = False
+        self.handshakes_evicted_count = 0
+        """Handshakes aborted to make room for a newer one, at `handshakes_max`."""
+        self.handshakes_timed_out_count = 0
+        """Handshakes aborted because they did not complete within `handshake_timeout_ms`."""
 
-    def _made(self, connection: StreamConnection) -> None:
+    @property
+    def handshake_count(self) -> int:
+        """Handshakes under way (at most `handshakes_max`), not yet connections."""
+        return len(self._handshakes)
+
+    def _serve(self, sockets: list[socket.socket]) -> None:
+        """Accept connections on `sockets` (bound, listening, non-blocking) from now on; the
+        first one's address is the listener's."""
+        self._sockets = sockets
+        self.host, self.port = sockets[0].getsockname()[:2]
+        self._accepting = [self._loop.create_task(self._accept(each)) for each in sockets]
+
+    async def _accept(self, listening: socket.socket) -> None:
+        """Accept TCP connections until the listener closes. Each wait for the socket to be
+        readable is followed by up to `accepts_per_turn_max` accepts without waiting, as
+        asyncio's own servers do, so that a flood does not keep real clients in a full backlog;
+        then the loop gets a turn."""
+        while True:
+            try:
+                self._accepted(*await self._loop.sock_accept(listening))
+                for _ in range(self._accepts_per_turn_max - 1):
+                    self._accepted(*listening.accept())
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                pass  # The backlog is empty, or a peer left while in it.
+            except OSError as error:
+                _log.warning(
+                    "TLS listener on %s:%d cannot accept (%s): trying again in %d ms",
+                    self.host,
+                    self.port,
+                    error,
+                    _ACCEPT_RETRY_DELAY_MS,
+                )
+                await asyncio.sleep(_ACCEPT_RETRY_DELAY_MS / 1000)
+            await asyncio.sleep(0)
+
+    def _accepted(self, connection: socket.socket, address: Any) -> None:
+        """Start the TLS handshake of a TCP connection, after making room for it."""
+        connection.setblocking(False)
+        self._make_room_for_handshake()
+        handshake = _Handshake(connection, _address(address))
+        self._handshakes[handshake] = self._loop.call_later(
+            self._handshake_timeout_s, self._handshake_timed_out, handshake
+        )
+        handshake.task = self._loop.create_task(self._complete(handshake))
+
+    async def _complete(self, handshake: _Handshake) -> None:
+        """Run the handshake; the TLS layer makes the connection (`_made`) once it completes."""
+        handshake.started = True
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: self._connection(handshake),
+                handshake.socket,
+                ssl=self._context,
+                ssl_handshake_timeout=self._handshake_timeout_s,
+            )
+        except OSError:
+            # The peer failed the handshake (not TLS 1.3, a certificate not verified, an alert)
+            # or left: it may not speak TLS, so nothing is sent to it and nothing is logged (a
+            # flood would fill the log); the TLS layer closed the connection.
+            pass
+        finally:
+            self._handshake_over(handshake)
+
+    def _connection(self, handshake: _Handshake) -> TLSConnection:
+        return TLSConnection(
+            is_client=False,
+            limits=self._limits,
+            loop=self._loop,
+            peer_role=self._peer_role,
+            on_made=lambda connection: self._made(connection, handshake),
+            budget=self._budget,
+        )
+
+    def _make_room_for_handshake(self) -> None:
+        """Abort the oldest handshakes under way until a new one fits under `handshakes_max`;
+        logs the first eviction of each stretch at the bound, and its end."""
+        handshakes_max = self._limits.handshakes_max
+        if len(self._handshakes) < handshakes_max:
+            if self._evicting:
+                self._evicting = False
+                _log.info(
+                    "TLS listener on %s:%d is under handshakes_max again (%d handshakes "
+                    "evicted so far)",
+                    self.host,
+                    self.port,
+                    self.handshakes_evicted_count,
+                )
+            return
+        if not self._evicting:
+            self._evicting = True
+            _log.warning(
+                "TLS listener on %s:%d has handshakes_max=%d handshakes under way: each new "
+                "connection evicts the oldest (a flood of connections that never complete a "
+                "handshake?)",
+                self.host,
+                self.port,
+                handshakes_max,
+            )
+        while len(self._handshakes) >= handshakes_max:
+            self.handshakes_evicted_count += 1
+            self._end_handshake(next(iter(self._handshakes)))
+
+    def _handshake_over(self, handshake: _Handshake) -> None:
+        """The handshake completed or failed: its slot is free (a connection it made is
+        counted from now on as one this listener holds)."""
+        timer = self._handshakes.pop(handshake, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _handshake_timed_out(self, handshake: _Handshake) -> None:
+        if handshake not in self._handshakes:
+            return
+        self.handshakes_timed_out_count += 1
+        address = handshake.peer_address
+        where = f"{address[0]}:{address[1]}" if address is not None else "an unknown address"
+        _log.info(
+            "closing the TLS handshake of %s: not completed within handshake_timeout_ms=%d",
+            where,
+            round(self._handshake_timeout_s * 1000),
+        )
+        self._end_handshake(handshake)
+
+    def _end_handshake(self, handshake: _Handshake) -> None:
+        """Abort a handshake under way: cancelling its task makes `connect_accepted_socket`
+        close its transport, which aborts the connection mid-handshake; a task that has not
+        started never handed the socket over, so it is closed here."""
+        self._handshakes.pop(handshake).cancel()
+        handshake.task.cancel()
+        if not handshake.started:
+            handshake.socket.close()
+
+    def _made(self, connection: StreamConnection, handshake: _Handshake) -> None:
         assert isinstance(connection, TLSConnection)
+        self._handshake_over(handshake)
         problem = connection.handshake_problem()
         if problem is not None:
             # The peer does not speak forehand/1: no ERROR frame, only the close.
@@ -116,10 +291,40 @@ class TLSListener(Listener):
             connection._decode_with(connection._wire, sender=PeerRole.CLIENT)
         self._offer(connection)
 
+    async def close(self) -> None:
+        # Accepting stops and the handshakes under way end first, so that none completes and
+        # is offered while the listener waits for the connections it holds to close.
+        await self._stop_listening()
+        await super().close()
+
     async def _stop_listening(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        accepting, self._accepting = self._accepting, []
+        for task in accepting:
+            task.cancel()
+        await asyncio.gather(*accepting, return_exceptions=True)
+        for listening in self._sockets:
+            listening.close()
+        tasks = [handshake.task for handshake in self._handshakes]
+        while self._handshakes:
+            self._end_handshake(next(iter(self._handshakes)))
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Handshake:
+    """A TCP connection a listener accepted, whose TLS handshake is under way."""
+
+    __slots__ = ("peer_address", "socket", "started", "task")
+
+    task: asyncio.Task[None]
+    """The listener's task running the handshake (set once it is created)."""
+
+    def __init__(self, connection: socket.socket, peer_address: tuple[str, int] | None) -> None:
+        self.socket = connection
+        """The accepted socket; the TLS layer's transport owns it once the task started."""
+        self.peer_address = peer_address
+        """The peer's (host, port), for logs."""
+        self.started = False
+        """Whether the task has started (handed the socket to the TLS layer)."""
 
 
 class TLSTransport(Transport):
@@ -164,34 +369,19 @@ class TLSTransport(Transport):
         listener = TLSListener(
             limits=limits,
             loop=loop,
+            context=context,
+            peer_role=peer_role,
+            budget=self.receive_budget,
+            handshake_timeout_ms=self.config.handshake_timeout_ms,
+            accepts_per_turn_max=self.config.listen_backlog,
             certified_peer_wire=certified_peer_wire,
             certified_peer_budget=self.certified_peer_budget,
         )
-        budget = self.receive_budget
-
-        def connection() -> TLSConnection:
-            return TLSConnection(
-                is_client=False,
-                limits=limits,
-                loop=loop,
-                peer_role=peer_role,
-                on_made=listener._made,
-                budget=budget,
-            )
-
         try:
-            server = await loop.create_server(
-                connection,
-                host,
-                port,
-                ssl=context,
-                backlog=self.config.listen_backlog,
-                ssl_handshake_timeout=self.config.handshake_timeout_ms / 1000,
-            )
+            sockets = await _listening_sockets(loop, host, port, self.config.listen_backlog)
         except OSError as error:
             raise TransportError(f"cannot listen on {host}:{port}: {error}") from error
-        listener._server = server
-        listener.host, listener.port = server.sockets[0].getsockname()[:2]
+        listener._serve(sockets)
         return listener
 
     async def connect(
@@ -233,6 +423,39 @@ class TLSTransport(Transport):
             await connection.wait_closed()
             raise HandshakeError(f"{server_id} at {host}:{port}: {problem}")
         return connection
+
+
+async def _listening_sockets(
+    loop: asyncio.AbstractEventLoop, host: str, port: int, backlog: int
+) -> list[socket.socket]:
+    """Non-blocking TCP sockets listening on every address `host` resolves to (every interface
+    for ""), bound as `loop.create_server` binds them."""
+    addresses = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, number, _, address in dict.fromkeys(addresses):
+            listening = socket.socket(family, kind, number)
+            sockets.append(listening)
+            listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                # IPv4 has a socket of its own when `host` resolves to both families.
+                listening.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                listening.bind(address)
+            except OSError as error:
+                # The reason asyncio's servers give, which operators and tests read.
+                reason = f"error while attempting to bind on address {address!r}"
+                why = (error.strerror or str(error)).lower()
+                raise OSError(error.errno, f"{reason}: {why}") from None
+            listening.listen(backlog)
+            listening.setblocking(False)
+    except OSError:
+        for listening in sockets:
+            listening.close()
+        raise
+    return sockets
 
 
 def _base_context(purpose: int, credentials: Credentials) -> ssl.SSLContext:

@@ -176,9 +176,10 @@ class ConnectionLimits:
     connections_max: int = 10_000
     """Connections one listener holds at once; more are refused with LIMIT_EXCEEDED."""
     handshakes_max: int = 1_000
-    """QUIC handshakes one listener has under way at once (each holds 35 to 50 KB before the peer
-    is known); past it the datagram that would start another evicts the oldest under way. Each
-    lasts at most the transport's `handshake_timeout_ms`."""
+    """Handshakes one listener has under way at once, QUIC or TLS (each holds memory before the
+    peer is known: 35 to 50 KB on QUIC, some 60 KB on TLS with uvloop and 310 KB with asyncio's
+    loop); past it the datagram (QUIC) or TCP connection (TLS) that would start another evicts
+    the oldest under way. Each lasts at most the transport's `handshake_timeout_ms`."""
     handshakes_unvalidated_max: int | None = None
     """QUIC handshakes one listener has under way for peers whose address it has not validated.
     At the bound a client's first Initial (one without a token) gets a Retry (RFC 9000 s.8.1.2)
