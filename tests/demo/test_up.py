@@ -42,6 +42,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+_HANGUP_DEFAULT = (
+    "import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+"""Run the command that follows with SIGHUP at its default disposition."""
+
+
 def _start(directory: Path, *options: str, ignore_hangup: bool = False) -> subprocess.Popen[str]:
     """`forehand up` of the cart app on any free ports; `options` come last, so they win. With
     `ignore_hangup` it starts with SIGHUP and SIGINT ignored, as `nohup forehand up &` does."""
@@ -51,6 +58,11 @@ def _start(directory: Path, *options: str, ignore_hangup: bool = False) -> subpr
         # As `nohup forehand up &` from a script: SIGHUP ignored, and SIGINT too (a shell starts
         # background jobs so). Both exec the command: the pid stays the same.
         command = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", "nohup", *command]
+    else:
+        # As from a terminal, whatever this test run inherited: under `nohup make test` SIGHUP
+        # is ignored here, `forehand up` rightly keeps ignoring it, and a shell cannot reset a
+        # signal ignored when it started. The exec keeps the pid.
+        command = [sys.executable, "-c", _HANGUP_DEFAULT, *command]
     return subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
