@@ -6,9 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from forehand.core._manager_events import (
     DrainProgressed,
+    FailoverCompleted,
     HandoffStarted,
     MapChange,
     MapCommitted,
+    PartsUnreplicated,
 )
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
 from forehand.placement import PartKey, Placement, ServerState
@@ -202,7 +204,8 @@ def test_a_drain_of_the_last_active_server_says_every_role_waits() -> None:
 
 def test_an_undrain_tops_up_the_replicas_a_failover_during_a_drain_could_not_place() -> None:
     """s3 drained and then s1 dead: the failover finds one live holder for each part and no
-    ACTIVE server to add, so the parts keep no replica; undraining s3 tops them up."""
+    ACTIVE server to add, so the parts keep no replica, which it reports (`PartsUnreplicated`,
+    naming s3 as the server to undrain); undraining s3 tops them up."""
     harness = ManagerHarness()
     harness.join("s1", "s2", "s3")
     opened = harness.open_session(PARTS)
@@ -219,6 +222,15 @@ def test_an_undrain_tops_up_the_replicas_a_failover_during_a_drain_could_not_pla
     harness.tick(300, alive=alive)
     for ref in refs:
         assert harness.placement(ref) == Placement(primary="s2", replicas=())
+    # Said, not left to the clients' timed-out writes to tell.
+    (completed,) = harness.events(FailoverCompleted)
+    assert completed.parts_without_replica == len(refs)
+    (unreplicated,) = harness.events(PartsUnreplicated)
+    assert (unreplicated.parts, unreplicated.servers, unreplicated.draining) == (
+        len(refs),
+        ("s1",),
+        ("s3",),
+    )
     assert harness.manager.undrain("s3", now_us=harness.router.now_us)
     harness.tick(600, alive=alive)
     for ref in refs:

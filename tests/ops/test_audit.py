@@ -117,6 +117,7 @@ def test_failovers_aborts_and_drains_are_recorded_and_filterable() -> None:
             map_version=12,
             promotions=(promoted,),
             replicas_added=1,
+            parts_without_replica=0,
             positions_us=100,
             duration_us=250_000,
         )
@@ -178,6 +179,7 @@ def test_a_reason_finds_a_failover_of_several_causes_and_an_undrained_drain_is_n
             map_version=9,
             promotions=(),
             replicas_added=0,
+            parts_without_replica=0,
             positions_us=1,
             duration_us=1,
         )

@@ -305,13 +305,13 @@ def test_declarations_name_real_events_and_cover_every_handled_class() -> None:
 
 @pytest.mark.parametrize(
     ("level", "expected"),
-    [(logging.DEBUG, "every"), (logging.INFO, "notable"), (logging.WARNING, "none")],
+    [(logging.DEBUG, "every"), (logging.INFO, "notable"), (logging.WARNING, "warnings")],
 )
 def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
     caplog: pytest.LogCaptureFixture, level: int, expected: str
 ) -> None:
     """At DEBUG, INFO and WARNING, an EventLogger subscribed to the driver logs the same lines as
-    one handed every event of every core: all of them, the notable ones, none."""
+    one handed every event of every core: all of them, the notable ones, the warnings."""
     events = _events(MANAGER_EVENT_TYPES + SERVER_EVENT_TYPES + CLIENT_EVENT_TYPES)
 
     async def scenario() -> None:
@@ -334,7 +334,16 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
     logged = {line.split(" ", 1)[0] for line in lines["forehand.events.routed"]}
     every = {kind.__name__ for kind in MANAGER_EVENT_TYPES + SERVER_EVENT_TYPES}
     every |= {kind.__name__ for kind in CLIENT_EVENT_TYPES}
-    assert logged == {"every": every, "notable": set(NOTABLE_EVENTS), "none": set()}[expected]
+    assert (
+        logged
+        == {"every": every, "notable": set(NOTABLE_EVENTS), "warnings": {"PartsUnreplicated"}}[
+            expected
+        ]
+    )
+    warned = {
+        r.getMessage().split(" ", 1)[0] for r in caplog.records if r.levelno == logging.WARNING
+    }
+    assert warned == {"PartsUnreplicated"}
 
 
 def _counts(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -34,6 +34,7 @@ __all__ = [
     "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
+    "PartsUnreplicated",
     "MovesDropped",
     "ReplicaPosition",
     "RiskAssessed",
@@ -354,10 +355,29 @@ class FailoverCompleted:
     """One decision per part saved."""
     replicas_added: int
     """Replica roles assigned to restore `replica_count`."""
+    parts_without_replica: int
+    """Parts it left with no replica (`PartsUnreplicated`)."""
     positions_us: int
     """Time spent collecting positions."""
     duration_us: int
     """Time from the start of the failover to the committed map."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartsUnreplicated:
+    """A failover left parts with no replica: nothing survived beside their new primary and no
+    server may take a new role (every other one is draining or dead). A `replicated` part
+    acknowledges no write until a replica holds it, so its writes wait (and time out at the
+    clients) until a server joins or one is undrained, which tops the parts up."""
+
+    failover_id: int
+    """The failover."""
+    parts: int
+    """Parts left with no replica."""
+    servers: tuple[str, ...]
+    """The servers whose parts failed over."""
+    draining: tuple[str, ...]
+    """Live servers that could take the replicas once undrained."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -523,6 +543,7 @@ ManagerEvent = (
     | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
+    | PartsUnreplicated
     | DrainProgressed
     | RiskFlagged
     | RiskAssessed

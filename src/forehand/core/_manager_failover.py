@@ -166,6 +166,9 @@ class Promotion:
     """Replica roles assigned to servers that did not hold the part."""
     intended: frozenset[PartKey]
     """Parts the promotion means to move (for the stability check)."""
+    unreplicated: int = 0
+    """Parts it leaves with no replica although `replica_count` asks for some: no live holder
+    survived beside the new primary and no server may take a new role (ACTIVE and alive)."""
 
 
 def _candidates(
@@ -301,6 +304,7 @@ def build_promotion(
     promotions: list[PartPromoted] = []
     lost: list[PartKey] = []
     added = 0
+    unreplicated = 0
     decided: set[PartKey] = set()
     live = _memoized(live)
     present = [key for key in job.parts if key in current]
@@ -316,6 +320,7 @@ def build_promotion(
         keep = [s for s in placement.servers if s not in dead and live(s)]
         replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
         added += sum(1 for s in replicas if s not in placement.servers)
+        unreplicated += count > 0 and not replicas
         operations.append(override(key, Placement(primary=primary, replicas=replicas)))
         decided.add(key)
         positions = tuple(
@@ -330,7 +335,7 @@ def build_promotion(
                 positions=positions,
             )
         )
-    added += _repair_overrides(
+    repaired, repaired_unreplicated = _repair_overrides(
         current, operations, dead=dead, decided=decided, live=live, eligible=eligible
     )
     operations.extend(_removals(lost))
@@ -338,8 +343,9 @@ def build_promotion(
         operations=tuple(operations),
         promotions=tuple(promotions),
         lost=tuple(lost),
-        replicas_added=added,
+        replicas_added=added + repaired,
         intended=frozenset(job.parts),
+        unreplicated=unreplicated + repaired_unreplicated,
     )
 
 
@@ -388,9 +394,10 @@ def _repair_overrides(
     decided: set[PartKey],
     live: Callable[[str], bool],
     eligible: list[str],
-) -> int:
-    """Replace dead replicas inside the overrides of parts whose primary survives."""
-    added = 0
+) -> tuple[int, int]:
+    """Replace dead replicas inside the overrides of parts whose primary survives: the roles
+    added, and the parts left with no replica."""
+    added = unreplicated = 0
     count = current.config.replica_count
     for key, placement in sorted(current.overrides(), key=lambda item: item[0]):
         if key in decided or placement.primary in dead:
@@ -402,8 +409,9 @@ def _repair_overrides(
             key, primary=placement.primary, keep=keep, eligible=eligible, count=count
         )
         added += sum(1 for s in replicas if s not in placement.servers)
+        unreplicated += count > 0 and not replicas
         operations.append(override(key, Placement(primary=placement.primary, replicas=replicas)))
-    return added
+    return added, unreplicated
 
 
 def _removals(lost: list[PartKey]) -> list[Operation]:

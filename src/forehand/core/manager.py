@@ -71,6 +71,7 @@ from forehand.core._manager_events import (
     MapRequestsAnswered,
     MovesDropped,
     PartsLost,
+    PartsUnreplicated,
     PeerRefused,
     RiskFlagged,
     ServerDeclaredDead,
@@ -1980,10 +1981,24 @@ class ManagerCore:
                 map_version=version,
                 promotions=promotion.promotions,
                 replicas_added=promotion.replicas_added,
+                parts_without_replica=promotion.unreplicated,
                 positions_us=now_us - job.prepared_us,
                 duration_us=now_us - job.created_us,
             )
         )
+        if promotion.unreplicated:
+            self._emit(
+                PartsUnreplicated(
+                    failover_id=job.failover_id,
+                    parts=promotion.unreplicated,
+                    servers=tuple(sorted(job.dead)),
+                    draining=tuple(
+                        entry.server_id
+                        for entry in self._map_entries(built.new_map)
+                        if entry.state is ServerState.DRAINING and self._is_alive(entry.server_id)
+                    ),
+                )
+            )
         fire_failover(job, FailoverTrigger.PROMOTION_COMMITTED)
         # Renewals the dead servers issued while silent went with their heartbeats: the
         # sessions they led count as renewed now (late, never early).

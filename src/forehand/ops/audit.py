@@ -342,7 +342,12 @@ class AuditLog:
             target=",".join(targets),
             reason=self._causes(event.servers),
             outcome="completed",
-            detail=f"{event.replicas_added} replica role(s) added",
+            detail=f"{event.replicas_added} replica role(s) added"
+            + (
+                f", {event.parts_without_replica} part(s) left with no replica"
+                if event.parts_without_replica
+                else ""
+            ),
             map_version=event.map_version,
             risk=None,
         )

@@ -141,6 +141,11 @@ class ManagerMetrics:
         self.parts_lost = Counter(
             "forehand_parts_lost", "Parts lost with every replica.", registry=r
         )
+        self.parts_unreplicated = Counter(
+            "forehand_parts_unreplicated",
+            "Parts a failover left with no replica: no server could take one (draining or dead).",
+            registry=r,
+        )
         self.moves_dropped = Counter(
             "forehand_moves_dropped", "Queued part moves given up.", ["reason"], registry=r
         )
@@ -235,6 +240,9 @@ class ManagerMetrics:
         self.failovers.labels(self._cause(event.servers), "completed").inc()
         self.failover_duration.observe(event.duration_us / 1e6)
 
+    def _parts_unreplicated(self, event: Any) -> None:
+        self.parts_unreplicated.inc(event.parts)
+
     def _parts_lost(self, event: Any) -> None:
         self.parts_lost.inc(len(event.parts))
         self.failovers.labels(self._cause(event.servers), "parts_lost").inc()
@@ -291,6 +299,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.ServerDeclaredDead: ManagerMetrics._server_dead,
     manager_events.FailoverCompleted: ManagerMetrics._failover_completed,
     manager_events.PartsLost: ManagerMetrics._parts_lost,
+    manager_events.PartsUnreplicated: ManagerMetrics._parts_unreplicated,
     manager_events.MovesDropped: ManagerMetrics._moves_dropped,
     manager_events.RiskFlagged: ManagerMetrics._risk_flagged,
     manager_events.RiskAssessed: ManagerMetrics._risk_assessed,

@@ -85,6 +85,7 @@ NOTABLE_EVENTS = frozenset(
         "HandoffAborted",
         "DrainProgressed",
         "PartsLost",
+        "PartsUnreplicated",
         "MapLoaded",
         "MovesDropped",
         "ProtocolViolationDetected",
@@ -94,8 +95,10 @@ NOTABLE_EVENTS = frozenset(
         "SessionsExpired",
     }
 )
-"""Core events logged at INFO; every other event is logged at DEBUG (a server's
-`PrimaryInstalled` too: one per part, tens of thousands in one failover)."""
+"""Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
+DEBUG (a server's `PrimaryInstalled` too: one per part, tens of thousands in one failover)."""
+WARNING_EVENTS = frozenset({"PartsUnreplicated"})
+"""Notable events an operator must act on, logged at WARNING."""
 
 LOGGED_ITEMS_MAX = 8
 """Items of a sequence field an event's log line shows; beyond, the count and the first ones
@@ -108,6 +111,10 @@ NOTABLE_EVENT_TYPES = frozenset(
 )
 """The event classes of every core named in `NOTABLE_EVENTS` (a name can be on more than one
 side: `ProtocolViolationDetected`)."""
+WARNING_EVENT_TYPES = frozenset(
+    event_type for event_type in NOTABLE_EVENT_TYPES if event_type.__name__ in WARNING_EVENTS
+)
+"""The event classes named in `WARNING_EVENTS`."""
 
 
 def configure_logging(level: str, log_format: str = "console") -> None:
@@ -120,7 +127,8 @@ class EventLogger:
     """An event subscriber that logs core events (metrics subscribe the same way).
 
     It asks the driver only for the events its logger's level lets through when it is
-    subscribed (`event_types`): every event at DEBUG, `NOTABLE_EVENT_TYPES` at INFO, none above.
+    subscribed (`event_types`): every event at DEBUG, `NOTABLE_EVENT_TYPES` at INFO,
+    `WARNING_EVENT_TYPES` at WARNING, none above.
     Set the level before subscribing it (the processes configure logging first); a level lowered
     later does not bring more events.
     """
@@ -135,11 +143,16 @@ class EventLogger:
             return None
         if self._log.isEnabledFor(logging.INFO):
             return NOTABLE_EVENT_TYPES
+        if self._log.isEnabledFor(logging.WARNING):
+            return WARNING_EVENT_TYPES
         return frozenset()
 
     def __call__(self, event: object) -> None:
         name = type(event).__name__
-        level = logging.INFO if name in NOTABLE_EVENTS else logging.DEBUG
+        if name in WARNING_EVENTS:
+            level = logging.WARNING
+        else:
+            level = logging.INFO if name in NOTABLE_EVENTS else logging.DEBUG
         if self._log.isEnabledFor(level):
             values = _values(event)
             text = " ".join(f"{key}={value}" for key, value in values.items())
