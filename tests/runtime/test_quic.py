@@ -1010,3 +1010,69 @@ def test_a_stream_reset_after_the_close_gives_nothing_back_twice(
         await serving
 
     run_test(main())
+
+
+def test_a_flood_that_outlasts_its_handshakes_is_one_stretch_of_retry(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of Initials without a token goes on while its handshakes end one by one (in a
+    flood from spoofed sources they time out; here validated clients evict them, which is
+    deterministic): each slot freed is taken by the flood's next Initial, so the listener stays
+    in Retry mode and logs it once, not a WARNING and an INFO per handshake ended (one of
+    each per handshake timed out, 25 a second at the defaults)."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        limits = ConnectionLimits(handshakes_max=8, handshakes_unvalidated_max=4)
+        config = QUICTransportConfig(limits=limits, handshake_timeout_ms=600_000)
+        listener, serving, _ = await start(certs, config)
+        server = listener._server
+        assert server is not None
+        peers: list[HalfOpenPeer] = []
+
+        async def flood() -> None:
+            """One more Initial without a token, from a source that never answers."""
+            peer = await HalfOpenPeer.start(listener.port)
+            peers.append(peer)
+            await until(lambda: peer.received_count > 0)  # a Retry, or the handshake's answer
+
+        async def validated() -> None:
+            """A handshake of a client that followed a Retry (its token is valid)."""
+            peer = await HalfOpenPeer.open(listener.port)
+            peers.append(peer)
+            retry_id = random.Random(len(peers)).randbytes(8)
+            now_us = round(asyncio.get_running_loop().time() * 1_000_000)
+            token = server._tokens.create_token(peer.address, b"original", retry_id, now_us=now_us)
+            accepted = listener.retry_tokens_accepted_count + 1
+            peer.send_first_flight(token=token, destination_id=retry_id)
+            await until(lambda: listener.retry_tokens_accepted_count == accepted)
+
+        for _ in range(4):
+            await flood()
+            await validated()
+        assert listener.handshake_count == 8 and listener.handshake_unvalidated_count == 4
+        await flood()  # a Retry
+        for round_number in range(1, 5):
+            await validated()  # evicts the oldest handshake, one of the flood's
+            assert listener.handshake_unvalidated_count == 3
+            await flood()  # takes the slot (evicting the oldest, a validated one)
+            await flood()  # a Retry
+            assert listener.handshake_unvalidated_count == 4
+            assert listener.handshakes_evicted_count == 2 * round_number
+        assert listener.retries_sent_count == 5 * peers[0].sent_count
+        for _ in range(4):
+            await validated()  # evicts the oldest: a validated handshake, then a flood's, twice
+        assert listener.handshake_unvalidated_count == 2
+        await flood()  # at half the bound the stretch is over: a handshake, no Retry
+        assert listener.retries_sent_count == 5 * peers[0].sent_count
+        ours = [r for r in caplog.records if r.name == "forehand.runtime.transport"]
+        retrying = [r.getMessage() for r in ours if "handshakes_unvalidated_max" in r.getMessage()]
+        assert len(retrying) == 2, retrying
+        assert "new clients get a Retry first" in retrying[0]
+        assert f"again ({listener.retries_sent_count} Retries sent" in retrying[1]
+        for peer in peers:
+            peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())

@@ -812,7 +812,9 @@ class QUICListener(Listener):
         """Whether a client's first Initial gets a Retry rather than a handshake: while
         `handshakes_unvalidated_max` handshakes of unvalidated peers are under way, unless that
         is `handshakes_max` (Retry off). Logs the start of each stretch in Retry mode, and its
-        end."""
+        end once those handshakes have fallen to half the bound: a flood whose handshakes end one
+        by one (they time out), each slot taken again by its next Initial, is one stretch, not a
+        WARNING and an INFO per handshake ended."""
         bound = self._limits.handshakes_unvalidated_bound
         if bound < self._limits.handshakes_max and len(self._unvalidated) >= bound:
             if not self._retrying:
@@ -826,7 +828,7 @@ class QUICListener(Listener):
                     bound,
                 )
             return True
-        if self._retrying:
+        if self._retrying and len(self._unvalidated) <= bound // 2:
             self._retrying = False
             _log.info(
                 "QUIC listener on %s:%d is under handshakes_unvalidated_max again (%d Retries "
