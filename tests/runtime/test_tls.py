@@ -869,3 +869,51 @@ def test_listener_close_aborts_the_handshakes_under_way(
         await close_peers(peers)
 
     run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_flood_at_handshakes_max_whose_handshakes_fail_is_one_stretch(
+    certs: ClusterCertificates, use_uvloop: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood at handshakes_max whose connections free their slots now and then (a peer that
+    sends no TLS fails at once; others time out) takes each slot freed with its next connection:
+    it is one stretch at the bound, logged once, not a WARNING and an INFO per slot freed."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        config = TLSTransportConfig(limits=ConnectionLimits(handshakes_max=4))
+        listener = await TLSTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        peers: list[tuple[asyncio.StreamReader, Any]] = []
+
+        async def silent(count: int) -> tuple[asyncio.StreamReader, Any]:
+            """A connection that sends nothing: it holds its slot, the `count`th."""
+            peer = await never_finishing(listener.port, b"")
+            peers.append(peer)
+            await until(lambda: listener.handshake_count == count)
+            return peer
+
+        for count in range(1, 5):
+            await silent(count)
+        held = []
+        for round_number in range(1, 5):
+            # Not TLS: it evicts the oldest handshake, then fails and frees its slot.
+            failing = await never_finishing(listener.port, b"GET / HTTP/1.1\r\n\r\n" * 8)
+            peers.append(failing)
+            assert await ended(failing[0])
+            await until(lambda: listener.handshake_count == 3)
+            assert listener.handshakes_evicted_count == round_number
+            held.append(await silent(4))
+        at_bound = [r.getMessage() for r in caplog.records if "handshakes_max" in r.getMessage()]
+        assert len(at_bound) == 1 and "handshakes_max=4 handshakes under way" in at_bound[0], (
+            at_bound
+        )
+        # The flood ends: its handshakes fail (here their peers leave), down to half the bound.
+        await close_peers(held[:2])
+        await until(lambda: listener.handshake_count == 2)
+        await silent(3)
+        at_bound = [r.getMessage() for r in caplog.records if "handshakes_max" in r.getMessage()]
+        assert len(at_bound) == 2 and "under handshakes_max again (4 handshakes" in at_bound[1]
+        await close_peers(peers)
+        await listener.close()
+
+    run_test(main(), use_uvloop=use_uvloop)

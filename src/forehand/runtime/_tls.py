@@ -216,10 +216,13 @@ class TLSListener(Listener):
 
     def _make_room_for_handshake(self) -> None:
         """Abort the oldest handshakes under way until a new one fits under `handshakes_max`;
-        logs the first eviction of each stretch at the bound, and its end."""
+        logs the first eviction of each stretch at the bound, and its end once the handshakes
+        under way have fallen to half the bound: a flood whose handshakes fail or time out now
+        and then, each slot taken again by its next connection, is one stretch, not a WARNING
+        and an INFO per slot freed."""
         handshakes_max = self._limits.handshakes_max
         if len(self._handshakes) < handshakes_max:
-            if self._evicting:
+            if self._evicting and len(self._handshakes) <= handshakes_max // 2:
                 self._evicting = False
                 _log.info(
                     "TLS listener on %s:%d is under handshakes_max again (%d handshakes "
