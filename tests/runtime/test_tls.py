@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from forehand.runtime import (
     TLSListener,
     TLSTransport,
     TLSTransportConfig,
+    TransportError,
 )
 from forehand.wire import (
     END_OF_STREAM,
@@ -915,5 +918,44 @@ def test_a_flood_at_handshakes_max_whose_handshakes_fail_is_one_stretch(
         assert len(at_bound) == 2 and "under handshakes_max again (4 handshakes" in at_bound[1]
         await close_peers(peers)
         await listener.close()
+
+    run_test(main(), use_uvloop=use_uvloop)
+
+
+class NoIPv6Socket(socket.socket):
+    """A socket of a system without IPv6 (a kernel booted with ipv6.disable=1): creating an
+    AF_INET6 one fails, while names still resolve to IPv6 addresses (from /etc/hosts, or "")."""
+
+    def __init__(self, family: int = -1, *args: Any, **kwargs: Any) -> None:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        super().__init__(family, *args, **kwargs)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_listener_skips_an_address_family_the_system_lacks(
+    certs: ClusterCertificates, use_uvloop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host that resolves to IPv4 and IPv6 addresses ("" here) on a system without IPv6
+    sockets gets a listener on its IPv4 addresses, as loop.create_server gave (it skips a family
+    whose socket cannot be made), rather than no listener at all; a host with only IPv6
+    addresses gets the system's error."""
+
+    async def main() -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(socket, "socket", NoIPv6Socket)
+            listener = await TLSTransport(node_credentials(certs, "s1")).listen("", 0)
+            with pytest.raises(TransportError, match=r"cannot listen on ::1:0: .*not supported"):
+                await TLSTransport(node_credentials(certs, "s1")).listen("::1", 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        client = await TLSTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        await round_trip(client)
+        client.close()
+        await client.wait_closed()
+        await listener.close()
+        await serving
 
     run_test(main(), use_uvloop=use_uvloop)

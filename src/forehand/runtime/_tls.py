@@ -432,14 +432,21 @@ async def _listening_sockets(
     loop: asyncio.AbstractEventLoop, host: str, port: int, backlog: int
 ) -> list[socket.socket]:
     """Non-blocking TCP sockets listening on every address `host` resolves to (every interface
-    for ""), bound as `loop.create_server` binds them."""
+    for ""), bound as `loop.create_server` binds them: an address of a family the system has no
+    sockets for (IPv6 on a kernel without it, though names still resolve to IPv6 addresses) is
+    skipped, as it skips them; OSError when no address is left."""
     addresses = await loop.getaddrinfo(
         host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
     sockets: list[socket.socket] = []
+    lacking: OSError | None = None
     try:
         for family, kind, number, _, address in dict.fromkeys(addresses):
-            listening = socket.socket(family, kind, number)
+            try:
+                listening = socket.socket(family, kind, number)
+            except OSError as error:
+                lacking = error
+                continue
             sockets.append(listening)
             listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -458,6 +465,8 @@ async def _listening_sockets(
         for listening in sockets:
             listening.close()
         raise
+    if not sockets:
+        raise lacking if lacking is not None else OSError(f"{host!r} resolves to no address")
     return sockets
 
 
