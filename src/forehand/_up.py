@@ -103,14 +103,22 @@ class UpOptions:
 def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
     """Check the app, start the cluster, print how to use it and keep it up until Ctrl-C or
     SIGTERM; the exit status (0 once stopped on request, 1 if it could not start or the manager
-    died). ConfigError for an app that cannot be loaded, before any process starts."""
+    died). ConfigError for an app that cannot be loaded, before any process starts, and for a
+    state directory that cannot be made or written."""
     from forehand.runtime.process import load_app
 
     app = load_app(options.app, options.app_dir)
     directory = options.directory.resolve()
-    directory.mkdir(parents=True, exist_ok=True)
-    with _lock(directory / LOCK_FILE):
-        _refuse_running_leftovers(directory)
+    with contextlib.ExitStack() as stack:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_lock(directory / LOCK_FILE))
+            _refuse_running_leftovers(directory)
+            for name in STORE_FILES:
+                (directory / name).unlink(missing_ok=True)
+            token_file = _admin_token(directory / TOKEN_FILE)
+        except OSError as error:
+            raise _unusable(directory, error) from error
         replicated = [
             name
             for name, spec in app.part_specs().items()
@@ -124,7 +132,15 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
                 file=out,
                 flush=True,
             )
-        return _run_locked(options, directory, out)
+        return _run_locked(options, directory, token_file, out)
+
+
+def _unusable(directory: Path, error: OSError) -> ConfigError:
+    """The one line for a state directory that cannot be made or written (not a directory,
+    permission denied, a read-only file system): the path and the system's reason."""
+    reason = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename not in (None, str(directory)) else ""
+    return ConfigError(f"cannot use --dir {directory}: {reason}{where}")
 
 
 def _refuse_running_leftovers(directory: Path) -> None:
@@ -184,11 +200,9 @@ def _lock(path: Path) -> Iterator[None]:
         yield
 
 
-def _run_locked(options: UpOptions, directory: Path, out: TextIO) -> int:
+def _run_locked(options: UpOptions, directory: Path, token_file: Path, out: TextIO) -> int:
     from forehand.runtime.loop import run
 
-    for name in STORE_FILES:
-        (directory / name).unlink(missing_ok=True)
     config = ClusterConfig(
         server_ids=options.server_ids,
         app=options.app,
@@ -197,7 +211,7 @@ def _run_locked(options: UpOptions, directory: Path, out: TextIO) -> int:
         burner=None,
         manager_listen=f"127.0.0.1:{options.port}",
         admin_http_port=options.dashboard_port,
-        admin_token_file=_admin_token(directory / TOKEN_FILE),
+        admin_token_file=token_file,
         load_report_interval_ms=500,
         log_level=options.log_level,
     )
@@ -242,6 +256,9 @@ async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
         except ClusterStartError as error:
             print(f"forehand up: the cluster did not start: {error}", file=out)
             return 1
+        except OSError as error:
+            # Certificates, configuration files and logs go into the directory as it starts.
+            raise _unusable(cluster.directory, error) from error
         state = _state(cluster, options)
         state_path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         print(_banner(cluster, options, state), file=out, flush=True)

@@ -229,6 +229,54 @@ def test_up_refuses_bad_options_before_starting_anything(
     assert not directory.exists()
 
 
+def _unusable_directory(tmp_path: Path, case: str) -> Path:
+    """A state directory `forehand up` cannot use, as `case` names it."""
+    (tmp_path / "afile").write_text("a file", encoding="utf-8")
+    if case == "a-file":
+        return tmp_path / "afile"
+    if case == "under-a-file":
+        return tmp_path / "afile" / "state"
+    directory = tmp_path / "state"
+    directory.mkdir()
+    if case == "lock-is-a-directory":
+        (directory / "up.lock").mkdir()
+    else:
+        assert case == "certs-is-a-file"
+        (directory / "certs").write_text("a file", encoding="utf-8")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("a-file", "exists and is not a directory"),
+        ("under-a-file", "Not a directory"),
+        ("lock-is-a-directory", "Is a directory"),
+        ("certs-is-a-file", "File exists"),
+    ],
+)
+def test_up_refuses_a_directory_it_cannot_use_in_one_line(
+    tmp_path: Path, case: str, reason: str
+) -> None:
+    """A --dir that is a file, lies under one, or cannot hold the lock or the certificates: one
+    line on stderr naming it and the system's reason, exit status 2, and no process started."""
+    directory = _unusable_directory(tmp_path, case)
+    command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
+    finished = subprocess.run(
+        [*command, "--dir", str(directory), "--port", "0", "--dashboard-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert finished.returncode == 2, finished
+    assert finished.stderr.startswith("forehand up: ") and reason in finished.stderr
+    assert f"--dir {directory}" in finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    assert not (tmp_path / "state" / "manager.log").exists()
+
+
 def test_up_on_a_busy_port_says_so_once_and_leaves_nothing(tmp_path: Path) -> None:
     """A manager port already taken: exit status 1, the manager's one-line reason (said once,
     not twice), and no server was started."""
