@@ -6,9 +6,15 @@ imported on first use, so that `import forehand` stays cheap for the command lin
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from forehand.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
+
+# A library leaves its log records to the application: with no logging configured, Python's
+# last-resort handler would print the package's warnings to stderr (the logging HOWTO's advice
+# for libraries). The `forehand manager` and `server` commands configure their own handler.
+logging.getLogger("forehand").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from forehand.app import App, HandlerError
