@@ -1,5 +1,6 @@
-"""The SDK's calls against a real server process (TLS): a call that cannot be sent is refused
-on its own, and the calls issued in the same loop turn are answered."""
+"""The SDK's calls against a real server process (TLS): a call that cannot be sent (too long, a
+payload msgspec cannot encode) is refused on its own, and the calls issued in the same loop turn
+are answered."""
 
 from __future__ import annotations
 
@@ -61,5 +62,34 @@ def test_an_unsendable_call_is_refused_alone_and_its_turn_is_answered(cluster: C
             # Nothing of the refused calls stays behind in the client.
             assert client.core.inflight_count == 0
             assert await session.call("auth", "whoami") == "dave"
+
+    run_async(scenario())
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (2**64, "can't serialize ints"),
+        ({"when": object()}, "Encoding objects of type object is unsupported"),
+    ],
+    ids=["int-over-64-bits", "unsupported-type"],
+)
+def test_a_payload_msgspec_cannot_encode_is_a_local_protocol_error(
+    cluster: Cluster, payload: object, reason: str
+) -> None:
+    """A payload msgspec cannot encode raises LocalProtocolError naming the part, the op and
+    msgspec's reason, as the other calls that cannot be sent do; nothing is issued, and the
+    session goes on."""
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=["auth"])
+            with pytest.raises(LocalProtocolError) as refused:
+                await session.call("auth", "login", payload)
+            message = str(refused.value)
+            assert message.startswith("the call cannot be sent: the payload of auth.login ")
+            assert reason in message, message
+            assert client.core.inflight_count == 0
+            assert await session.call("auth", "login", "erin") == "welcome erin"
 
     run_async(scenario())

@@ -12,11 +12,13 @@
 
 Payloads and results are Python values encoded with msgspec msgpack. A call that the server
 answers with a failure status raises `CallError` (`AppError` for APP_ERROR, with the handler's
-message); one that gets no answer at all (timeout, retries or placement lookups exhausted, the
-session closed) raises `RequestFailedError`. Handoffs, redirects and failovers are invisible to
-callers: the client core re-sends unanswered requests with the same ids, and the servers' dedup
-tables make each execute once. They are visible only as `HandoffEvent`s, through
-`Session.on_handoff` callbacks and the `Session.handoffs()` iterator.
+message); one that gets no answer at all (timeout, retries or placement lookups exhausted)
+raises `RequestFailedError`, and `SessionClosedError` when the session closed first. One that
+cannot be sent (a part the session did not open, a payload msgspec cannot encode, a request over
+`frame_bytes_max`) raises `LocalProtocolError` from the call itself, nothing sent. Handoffs,
+redirects and failovers are invisible to callers: the client core re-sends unanswered requests
+with the same ids, and the servers' dedup tables make each execute once. They are visible only
+as `HandoffEvent`s, through `Session.on_handoff` callbacks and the `Session.handoffs()` iterator.
 
 Every server's certificate is verified against the cluster CA for the server id the manager
 named; the client presents none. The client follows a HANDOFF only from an authenticated
@@ -44,7 +46,7 @@ import msgspec
 from forehand.app import ErrorBody, decode_error_body
 from forehand.core import ClientConfig, ClientCore, RouteState
 from forehand.core import client_events as events
-from forehand.errors import ConfigError
+from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime._telemetry import PathSampler
 from forehand.runtime.config import TRANSPORTS, parse_address
 from forehand.runtime.node import DriverConfig, NodeDriver, Route
@@ -216,12 +218,12 @@ class Session:
         Raises `CallError` (`AppError`) when the server answers with a failure status,
         `RequestFailedError` when no answer came, `SessionClosedError` after `close()`, and
         `LocalProtocolError` at once, nothing sent, for a call the client cannot issue (an unknown
-        part, an op or payload its REQUEST frame cannot hold, `BackpressureError` past
-        `inflight_requests_max`).
+        part, a payload msgspec cannot encode, an op or payload its REQUEST frame cannot hold,
+        `BackpressureError` past `inflight_requests_max`).
         """
         if self._closed:
             raise SessionClosedError(self._closed_why)
-        body = _encoder.encode(payload)
+        body = _encode_payload(part, op, payload)
         # One coroutine from the call to its answer: this is the SDK's per-call path, so it does
         # not go through `Client._issue` (two more coroutines per call).
         client = self._client
@@ -561,6 +563,18 @@ class Client:
 
 def _send_deferred_calls(core: ClientCore, now_us: int) -> None:
     core.send_deferred(now_us=now_us)
+
+
+def _encode_payload(part: str, op: str, payload: Any) -> bytes:
+    """`payload` as msgpack; LocalProtocolError, naming the call and msgspec's reason, for a
+    value msgspec cannot encode (an int outside 64 bits, an unsupported type)."""
+    try:
+        return _encoder.encode(payload)
+    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError) as error:
+        raise LocalProtocolError(
+            f"the call cannot be sent: the payload of {part[:80]}.{op[:80]} cannot be encoded: "
+            f"{error}"
+        ) from None
 
 
 def _call_failure(answer: object) -> ForehandError:
