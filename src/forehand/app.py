@@ -24,7 +24,8 @@ a lock): one that suspends fails the request with APP_ERROR, and the log says wh
 
 **Failures.** Raise `HandlerError(message, detail=...)` to answer APP_ERROR with your message; the
 client's `Session.call` raises `AppError` carrying it. Any other exception also answers APP_ERROR
-(with a generic message; the server logs the traceback). A payload that does not decode as the
+(with a generic message; the server logs the traceback), and so does a result msgspec cannot
+encode (with msgspec's reason). A payload that does not decode as the
 handler's type answers BAD_REQUEST, an operation without a handler UNKNOWN_OP. On a failure the
 state is not rolled back: a handler that changes its state in place should check its input
 before it changes anything. Every replica fails the same way, so replicas never diverge.
@@ -63,6 +64,8 @@ _OK = int(ResponseStatus.OK)
 _APP_ERROR = int(ResponseStatus.APP_ERROR)
 _BAD_REQUEST = int(ResponseStatus.BAD_REQUEST)
 _UNKNOWN_OP = int(ResponseStatus.UNKNOWN_OP)
+_NOT_ENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+"""What msgspec raises for a value it cannot encode (an int outside 64 bits, an unknown type)."""
 
 
 class HandlerError(Exception):
@@ -135,7 +138,6 @@ class _Part:
             if operation.is_async:
                 outcome = _drive(outcome, f"{self.name}.{op}")
             new_state, result = outcome
-            encoded = _encoder.encode(result)
         except HandlerError as error:
             return _error(_APP_ERROR, state, error.message, error.detail)
         except _SuspendedError as error:
@@ -143,6 +145,13 @@ class _Part:
         except Exception:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
+        try:
+            encoded = _encoder.encode(result)
+        except _NOT_ENCODABLE as error:
+            # msgspec's reason says what to fix; the traceback would only point at this line.
+            message = f"{self.name}.{op}: the result could not be encoded: {error}"
+            _log.error("handler %s", message)
+            return _error(_APP_ERROR, state, message)
         return HandlerResult(state=new_state, status=_OK, result=encoded)
 
 

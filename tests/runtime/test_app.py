@@ -59,6 +59,14 @@ def make_app() -> forehand.App:
     def get(state: Counter, payload: None) -> tuple[Counter, int]:
         return state, state.value
 
+    @app.handler("counter", "square")
+    def square(state: Counter, payload: None) -> tuple[Counter, int]:
+        return Counter(value=state.value**2), state.value**2
+
+    @app.handler("plain", "peek", read_only=True)
+    def peek(state: dict[str, Any], payload: None) -> tuple[dict[str, Any], dict[str, Any]]:
+        return state, state
+
     @app.handler("plain", "put")
     def put(state: dict[str, Any], payload: Any) -> tuple[dict[str, Any], None]:
         state["value"] = payload
@@ -129,6 +137,32 @@ def test_failures_answer_statuses_not_exceptions(caplog: pytest.LogCaptureFixtur
     assert "handler counter.crash failed" in caplog.text
     _, status, result = run(spec, before, "refund", None)
     assert status is ResponseStatus.UNKNOWN_OP and "refund" in result.error
+
+
+def test_a_result_msgspec_cannot_encode_answers_app_error_saying_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A result msgspec cannot encode (an int over 64 bits, a state read back holding an
+    unknown type) answers APP_ERROR saying the result could not be encoded and msgspec's reason,
+    logged in one line; the state is the one passed in."""
+    counter = make_app().part_specs()["counter"]
+    before = Counter(value=2**40)
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        state, status, result = run(counter, before, "square", None)
+    assert status is ResponseStatus.APP_ERROR and state is before
+    assert result.error == (
+        "counter.square: the result could not be encoded: "
+        "can't serialize ints < -2**63 or > 2**64 - 1"
+    )
+    assert "counter.square: the result could not be encoded" in caplog.text
+    assert "Traceback" not in caplog.text
+    plain = make_app().part_specs()["plain"]
+    _, status, result = run(plain, {"when": object()}, "peek", None)
+    assert status is ResponseStatus.APP_ERROR
+    assert result.error == (
+        "plain.peek: the result could not be encoded: Encoding objects of type object is "
+        "unsupported"
+    )
 
 
 def test_async_handler_that_suspends_fails_with_app_error(caplog: pytest.LogCaptureFixture) -> None:
