@@ -657,6 +657,44 @@ def test_half_open_handshakes_are_bounded_by_handshakes_max(
     run_test(main())
 
 
+def test_a_flood_whose_slots_free_one_at_a_time_is_one_stretch_at_handshakes_max(
+    certs: ClusterCertificates, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slot freed now and then (here a real client's handshake completing) and taken again by
+    the flood's next Initial does not end the stretch at the bound: one WARNING, and its end is
+    logged only once the handshakes under way fall to half the bound. Before, each freed slot
+    logged the end and the next eviction a new WARNING."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+
+    async def main() -> None:
+        limits = ConnectionLimits(handshakes_max=4, handshakes_unvalidated_max=4)
+        listener, serving, _ = await start(certs, QUICTransportConfig(limits=limits))
+        transport = QUICTransport(client_credentials(certs))
+        peers = [await HalfOpenPeer.start(listener.port) for _ in range(4)]
+        await until(lambda: listener.handshake_count == 4)
+        clients = []
+        for round_number in range(3):
+            # Evicts the oldest, completes: 3 under way, then the flood fills the slot again.
+            clients.append(await transport.connect(HOST, listener.port, server_id="s1"))
+            assert listener.handshake_count == 3
+            peers.append(await HalfOpenPeer.start(listener.port))
+            await until(lambda: listener.handshake_count == 4)
+            assert listener.handshakes_evicted_count == round_number + 1
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+        warned = [text for level, text in lines if level == logging.WARNING]
+        assert len(warned) == 1 and "handshakes_max=4" in warned[0], lines
+        assert not [text for _, text in lines if "under handshakes_max again" in text], lines
+        for client in clients:
+            client.close()
+            await client.wait_closed()
+        for peer in peers:
+            peer.close()
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
 def test_an_initial_of_a_version_the_listener_does_not_speak_evicts_nothing(
     certs: ClusterCertificates,
 ) -> None:

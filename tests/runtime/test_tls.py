@@ -959,3 +959,54 @@ def test_a_listener_skips_an_address_family_the_system_lacks(
         await serving
 
     run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_a_connection_the_listener_fails_to_accept_does_not_stop_it_accepting(
+    certs: ClusterCertificates,
+    use_uvloop: bool,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An accept error that concerns one connection (a protocol error pending on it) and a fault
+    of the listener's own code for one connection each lose that connection only: logged (the
+    fault with its traceback), no pause, and the next connection is accepted and served. Before,
+    the fault ended the accepting task for good, silently."""
+    caplog.set_level(logging.INFO, logger="forehand.runtime.transport")
+    accept = TLSListener._accepted
+    failures: list[BaseException] = [
+        OSError(errno.EPROTO, "protocol error"),
+        RuntimeError("a fault"),
+    ]
+
+    def failing_first(self: TLSListener, connection: socket.socket, address: Any) -> None:
+        if failures:
+            connection.close()
+            raise failures.pop(0)
+        accept(self, connection, address)
+
+    monkeypatch.setattr(TLSListener, "_accepted", failing_first)
+
+    async def main() -> None:
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        accepted: list[Connection] = []
+        serving = asyncio.create_task(serve_pings(listener, accepted))
+        for _ in range(2):
+            peer = await never_finishing(listener.port, b"")
+            assert await ended(peer[0])
+            await close_peers([peer])
+        client = TLSTransport(client_credentials(certs))
+        connection = await client.connect(HOST, listener.port, server_id="s1")
+        await round_trip(connection)
+        connection.close()
+        await connection.wait_closed()
+        await listener.close()
+        await serving
+
+    run_test(main(), use_uvloop=use_uvloop)
+    assert failures == []
+    levels = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert any(lv == logging.INFO and "accept failed" in m for lv, m in levels), levels
+    (fault,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "accepting a connection failed" in fault.getMessage() and fault.exc_info is not None
+    assert not [m for lv, m in levels if lv == logging.WARNING], levels

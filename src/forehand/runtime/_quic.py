@@ -848,10 +848,13 @@ class QUICListener(Listener):
 
     def _make_room_for_handshake(self) -> None:
         """Close and forget the oldest handshakes under way until a new one fits under
-        `handshakes_max`; logs the first eviction of each stretch at the bound, and its end."""
+        `handshakes_max`; logs the first eviction of each stretch at the bound, and its end once
+        the handshakes under way have fallen to half the bound (a flood whose handshakes time out
+        one by one, each slot taken again by its next Initial, is one stretch, as in the TLS
+        listener)."""
         handshakes_max = self._limits.handshakes_max
         if len(self._handshakes) < handshakes_max:
-            if self._evicting:
+            if self._evicting and len(self._handshakes) <= handshakes_max // 2:
                 self._evicting = False
                 _log.info(
                     "QUIC listener on %s:%d is under handshakes_max again (%d handshakes "

@@ -14,6 +14,7 @@ accepts TCP connections itself and holds every TLS handshake under way, at most
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import ssl
@@ -45,6 +46,9 @@ _log = logging.getLogger("forehand.runtime.transport")
 _ACCEPT_RETRY_DELAY_MS = 1_000
 """How long a listener that cannot accept (out of file descriptors, of memory) waits before
 trying again, as asyncio's own servers do."""
+_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""The accept errors that say this process or system is out of a resource, which only time may
+give back (asyncio's servers pause on the same ones); any other concerns one connection."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,15 +170,27 @@ class TLSListener(Listener):
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 pass  # The backlog is empty, or a peer left while in it.
             except OSError as error:
+                if error.errno not in _ACCEPT_EXHAUSTED:
+                    # One connection's trouble (a protocol error pending on it, a firewall's
+                    # refusal): that connection is gone, the next may be accepted at once.
+                    _log.info("TLS listener on %s:%d: accept failed: %s", *self._where, error)
+                    continue
                 _log.warning(
                     "TLS listener on %s:%d cannot accept (%s): trying again in %d ms",
-                    self.host,
-                    self.port,
+                    *self._where,
                     error,
                     _ACCEPT_RETRY_DELAY_MS,
                 )
                 await asyncio.sleep(_ACCEPT_RETRY_DELAY_MS / 1000)
+            except Exception:
+                # A fault of this listener's own code for one connection must not end accepting
+                # for good: the listener would go on existing and refuse nobody, silently.
+                _log.exception("TLS listener on %s:%d: accepting a connection failed", *self._where)
             await asyncio.sleep(0)
+
+    @property
+    def _where(self) -> tuple[str, int]:
+        return self.host, self.port
 
     def _accepted(self, connection: socket.socket, address: Any) -> None:
         """Start the TLS handshake of a TCP connection, after making room for it."""
