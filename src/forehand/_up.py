@@ -29,12 +29,12 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from forehand.core import Durability
 from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster, NodeProcess
 from forehand.errors import ConfigError
-from forehand.runtime.config import LOG_LEVELS
+from forehand.runtime.config import LOG_LEVELS, parse_overrides, resolve_paths
 
 __all__ = ["SERVERS_MAX", "UpOptions", "run_up"]
 
@@ -52,6 +52,36 @@ POLL_INTERVAL_S = 0.2
 """How often the processes are checked."""
 STORE_FILES = ("manager.sqlite", "manager.sqlite-wal", "manager.sqlite-shm")
 """The manager's store, removed before every run."""
+MANAGER_KEYS_OWNED = frozenset(
+    {
+        "node_id",
+        "listen",
+        "transport",
+        "certs_dir",
+        "store",
+        "store_path",
+        "ready_file",
+        "log_level",
+        "admin_http_port",
+        "admin_token_file",
+    }
+)
+"""Keys of the manager's configuration `forehand up` sets itself (its own options set some)."""
+SERVER_KEYS_OWNED = frozenset(
+    {
+        "server_id",
+        "certs_dir",
+        "app",
+        "app_dir",
+        "listen",
+        "manager",
+        "manager_id",
+        "transport",
+        "ready_file",
+        "log_level",
+    }
+)
+"""Keys of a server's configuration `forehand up` sets itself."""
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 """What stops the cluster: Ctrl-C, a plain `kill`, and the terminal closing (unless SIGHUP is
 ignored, as `nohup` leaves it: then the cluster outlives the terminal, as asked)."""
@@ -77,6 +107,11 @@ class UpOptions:
     """The client-facing transport."""
     log_level: str = "info"
     """Level of the processes' logs."""
+    manager_settings: tuple[str, ...] = ()
+    """`key=value` settings of the manager's configuration (dotted keys reach tables), as
+    `forehand manager --set` takes them."""
+    server_settings: tuple[str, ...] = ()
+    """The same for every server (`forehand server --set`)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.servers <= SERVERS_MAX:
@@ -93,11 +128,39 @@ class UpOptions:
             raise ConfigError(f"--dir {self.directory} exists and is not a directory")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {LOG_LEVELS}, got {self.log_level!r}")
+        self.settings()
+
+    def settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The manager's and the servers' settings as nested dicts, paths made absolute from
+        the current directory; ConfigError, naming the option, for a malformed one or a key
+        `up` sets itself. A value the process would refuse is found when the cluster writes
+        that process's configuration file and loads it, before starting the process."""
+        manager = _settings("--manager-set", self.manager_settings, MANAGER_KEYS_OWNED)
+        server = _settings("--server-set", self.server_settings, SERVER_KEYS_OWNED)
+        return manager, server
 
     @property
     def server_ids(self) -> tuple[str, ...]:
         """s1 to s<servers>."""
         return tuple(f"s{number}" for number in range(1, self.servers + 1))
+
+
+def _settings(option: str, settings: tuple[str, ...], owned: frozenset[str]) -> dict[str, Any]:
+    try:
+        parsed = parse_overrides(list(settings))
+    except ConfigError as error:
+        raise ConfigError(f"{option}: {error}") from error
+    taken = sorted(owned & set(parsed))
+    if taken:
+        raise ConfigError(f"{option} may not set {', '.join(taken)}: forehand up sets it")
+    resolve_paths(parsed, Path.cwd())
+    for table in (parsed, *(value for value in parsed.values() if isinstance(value, dict))):
+        for key, value in table.items():
+            if isinstance(value, dict) and table is not parsed:
+                raise ConfigError(f"{option}: {key} is nested too deep (one table level)")
+            if not isinstance(value, dict) and not isinstance(value, bool | int | float | str):
+                raise ConfigError(f"{option}: {key} must be a number, a string or a boolean")
+    return parsed
 
 
 def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
@@ -203,6 +266,7 @@ def _lock(path: Path) -> Iterator[None]:
 def _run_locked(options: UpOptions, directory: Path, token_file: Path, out: TextIO) -> int:
     from forehand.runtime.loop import run
 
+    manager_settings, server_settings = options.settings()
     config = ClusterConfig(
         server_ids=options.server_ids,
         app=options.app,
@@ -212,6 +276,8 @@ def _run_locked(options: UpOptions, directory: Path, token_file: Path, out: Text
         manager_listen=f"127.0.0.1:{options.port}",
         admin_http_port=options.dashboard_port,
         admin_token_file=token_file,
+        manager_settings=manager_settings,
+        server_settings=server_settings,
         load_report_interval_ms=500,
         log_level=options.log_level,
     )

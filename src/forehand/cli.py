@@ -57,6 +57,18 @@ def demo(context: typer.Context) -> None:
     raise typer.Exit(demo_main(context.args))
 
 
+_MANAGER_SET = typer.Option(
+    [],
+    "--manager-set",
+    help="KEY=VALUE of the manager's configuration, as `forehand manager --set` (repeat it).",
+)
+_SERVER_SET = typer.Option(
+    [],
+    "--server-set",
+    help="KEY=VALUE of every server's configuration, as `forehand server --set` (repeat it).",
+)
+
+
 @app.command()
 def up(
     *,
@@ -74,6 +86,8 @@ def up(
     ),
     transport: str = typer.Option("tls", help="Client-facing transport: tls or quic."),
     log_level: str = typer.Option("info", help="Level of the processes' logs."),
+    manager_set: list[str] = _MANAGER_SET,
+    server_set: list[str] = _SERVER_SET,
 ) -> None:
     """Run a development cluster on loopback (a manager and servers) until Ctrl-C."""
     from forehand._up import UpOptions, run_up
@@ -88,6 +102,8 @@ def up(
             dashboard_port=dashboard_port,
             transport=transport,
             log_level=log_level,
+            manager_settings=tuple(manager_set),
+            server_settings=tuple(server_set),
         )
         status = run_up(options)
     raise typer.Exit(status)

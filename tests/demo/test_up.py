@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,14 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
         (("--app", "examples.cart.app:app", "--transport", "http"), "--transport must be one of"),
         (("--app", "examples.cart.app:app", "--port", "70000"), "--port must be 0 to 65535"),
         (("--app", "examples.cart.app:app", "--log-level", "loud"), "--log-level must be one of"),
+        (
+            ("--app", "examples.cart.app:app", "--server-set", "listen=127.0.0.1:1"),
+            "--server-set may not set listen: forehand up sets it",
+        ),
+        (
+            ("--app", "examples.cart.app:app", "--manager-set", "no_value"),
+            "--manager-set: --set needs key=value",
+        ),
     ],
 )
 def test_up_refuses_bad_options_before_starting_anything(
@@ -227,6 +236,66 @@ def test_up_refuses_bad_options_before_starting_anything(
     assert finished.stderr.startswith("forehand up: ") and message in finished.stderr
     assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
     assert not directory.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "setting", "message"),
+    [
+        ("--manager-set", "core.no_such_key=1", "manager.toml: [core]"),
+        ("--server-set", "core.heartbeat_interval_ms=-5", "s1.toml: [core]"),
+    ],
+)
+def test_up_refuses_a_setting_its_processes_would_refuse_in_one_line(
+    tmp_path: Path, option: str, setting: str, message: str
+) -> None:
+    """A setting the process would refuse is found when `up` writes and loads that process's
+    configuration: one line naming the file and the key, exit status 2, no process left."""
+    directory = tmp_path / "state"
+    process = _start(directory, "--servers", "2", option, setting)
+    try:
+        output, _ = process.communicate(timeout=START_TIMEOUT_S)
+    finally:
+        _kill_all(process, directory)
+    assert process.returncode == 2, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("forehand up: ") and message in lines[0], lines
+    assert setting.partition("=")[0].rpartition(".")[2] in lines[0]
+    assert not (directory / "up.json").exists()
+    assert not (directory / "s1.log").exists()  # Checked before it would have started.
+
+
+def test_up_passes_settings_to_its_processes(tmp_path: Path) -> None:
+    """--manager-set and --server-set reach each process's configuration file (dotted keys into
+    their tables, a relative path made absolute from where `up` ran), and the processes run
+    with them: the audit log the README's operators turn on appears where it was asked."""
+    directory = tmp_path / "state"
+    process = _start(
+        directory,
+        "--servers",
+        "2",
+        "--manager-set",
+        "audit_log_path=audit.jsonl",
+        "--manager-set",
+        "core.failure_timeout_ms=4321",
+        "--server-set",
+        "core.heartbeat_interval_ms=333",
+    )
+    try:
+        _wait_up(process, directory)
+        manager = tomllib.loads((directory / "manager.toml").read_text(encoding="utf-8"))
+        assert manager["audit_log_path"] == str(tmp_path / "audit.jsonl")
+        assert manager["core"]["failure_timeout_ms"] == 4321
+        for server_id in ("s1", "s2"):
+            server = tomllib.loads((directory / f"{server_id}.toml").read_text(encoding="utf-8"))
+            assert server["core"]["heartbeat_interval_ms"] == 333
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (tmp_path / "audit.jsonl").exists():
+            assert time.monotonic() < deadline, "the manager opened no audit log"
+            time.sleep(0.1)
+        output = _stop(process)
+    finally:
+        _kill_all(process, directory)
+    assert "stopping every process" in output
 
 
 def _unusable_directory(tmp_path: Path, case: str) -> Path:

@@ -30,6 +30,7 @@ from forehand.errors import ConfigError
 from forehand.ops import url_file
 from forehand.runtime.admin import AdminReply, Status, admin_request
 from forehand.runtime.certs import make_cluster_certs
+from forehand.runtime.config import load_manager_config, load_server_config
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
 
 __all__ = ["ClusterConfig", "ClusterStartError", "DemoCluster", "NodeProcess"]
@@ -64,6 +65,11 @@ class ClusterConfig:
     """The manager's [placement] table (`forehand.placement.PlacementConfig` fields)."""
     server_core: Mapping[str, Any] = field(default_factory=dict)
     """Every server's [core] table (`forehand.core.ServerConfig` fields)."""
+    manager_settings: Mapping[str, Any] = field(default_factory=dict)
+    """Keys of the manager's configuration file set on top of those above (nested mappings are
+    tables): what `forehand up --manager-set` passes."""
+    server_settings: Mapping[str, Any] = field(default_factory=dict)
+    """The same for every server's file (`forehand up --server-set`)."""
     load_report_interval_ms: int = 250
     """How often servers sample their CPU use for heartbeats."""
     burner: BurnerConfig | None = field(default_factory=BurnerConfig)
@@ -135,6 +141,17 @@ def _toml_value(value: Any) -> str:
         text = str(value).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{text}"'
     raise ConfigError(f"cannot write {value!r} to TOML")
+
+
+def _set_on_top(
+    top: dict[str, Any], tables: dict[str, dict[str, Any]], settings: Mapping[str, Any]
+) -> None:
+    """`settings` over a file's top-level keys and tables, in place."""
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            tables[key] = {**tables.get(key, {}), **value}
+        else:
+            top[key] = value
 
 
 def write_toml(path: Path, top: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> None:
@@ -230,7 +247,10 @@ class DemoCluster:
         if config.admin_token_file is not None:
             top["admin_token_file"] = config.admin_token_file
         tables = {"core": dict(config.manager_core), "placement": dict(config.manager_placement)}
+        _set_on_top(top, tables, config.manager_settings)
         write_toml(path, top, {name: table for name, table in tables.items() if table})
+        # A setting the process would refuse: ConfigError here, rather than its exit.
+        load_manager_config(path)
         command = [*_forehand_command(), "manager", "--config", str(path)]
         return self._spawn(MANAGER_NODE, command, ready)
 
@@ -252,7 +272,9 @@ class DemoCluster:
             "log_level": config.log_level,
         }
         tables = {"core": dict(config.server_core)} if config.server_core else {}
+        _set_on_top(top, tables, config.server_settings)
         write_toml(path, top, tables)
+        load_server_config(path)
         burner = config.burner
         if burner is None:
             return self._spawn(

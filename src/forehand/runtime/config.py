@@ -62,6 +62,7 @@ __all__ = [
     "parse_address",
     "parse_addresses",
     "parse_overrides",
+    "resolve_paths",
     "server_warnings",
 ]
 
@@ -480,6 +481,12 @@ _PATH_KEYS = (
     "admin_token_file",
     "audit_log_path",
 )
+
+
+def resolve_paths(table: dict[str, Any], base: Path) -> None:
+    """Make the path-valued top-level keys of a configuration `table` absolute from `base`, in
+    place (as `--set` values are, from the current directory)."""
+    _resolve_paths(table, base, _PATH_KEYS)
 
 
 def load_manager_config(
