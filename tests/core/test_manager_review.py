@@ -11,6 +11,7 @@ from forehand.core._manager_events import (
     FailoverCompleted,
     FailoverStarted,
     PartsLost,
+    PartsUnreplicated,
     ServerDeclaredDead,
 )
 from forehand.core._membership import MemberState
@@ -297,3 +298,22 @@ def test_a_replica_repair_that_met_a_full_queue_is_queued_later() -> None:
     held.release()
     harness.tick(500, alive=["s1", "s2"])
     assert harness.placement(ref).replicas == ("s2",)
+
+
+def test_a_failover_counts_the_hash_placed_parts_it_left_without_their_replica() -> None:
+    """Two servers, one replica each: s1 dies and every part ends on s2 alone, those s2 already
+    led (their only replica was s1) as well as those promoted: all are counted and reported."""
+    harness = ManagerHarness(replica_count=1)
+    harness.join("s1", "s2")
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    refs = opened_refs(opened)
+    assert any(harness.placement(ref).primary == "s2" for ref in refs)
+    harness.tick(700, alive=["s2"])
+    for prepared in harness.prepared("s2"):
+        harness.positions("s2", prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(300, alive=["s2"])
+    assert all(harness.placement(ref).replicas == () for ref in refs)
+    (done,) = harness.events(FailoverCompleted)
+    (unreplicated,) = harness.events(PartsUnreplicated)
+    assert done.parts_without_replica == unreplicated.parts == len(refs)

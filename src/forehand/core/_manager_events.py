@@ -365,7 +365,8 @@ class FailoverCompleted:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartsUnreplicated:
-    """A failover left parts with no replica: nothing survived beside their new primary and no
+    """A failover left parts with no replica (promoted ones, and ones whose primary survived but
+    whose replica was a dead server): nothing survived beside their primary and no
     server may take a new role (every other one is draining or dead). A `replicated` part
     acknowledges no write until a replica holds it, so its writes wait (and time out at the
     clients) until a server joins or one is undrained, which tops the parts up."""

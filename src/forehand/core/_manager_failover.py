@@ -45,6 +45,7 @@ __all__ = [
     "Promotion",
     "build_promotion",
     "carry_landed",
+    "count_unreplicated",
     "plan_prepare",
     "record_positions",
 ]
@@ -166,9 +167,13 @@ class Promotion:
     """Replica roles assigned to servers that did not hold the part."""
     intended: frozenset[PartKey]
     """Parts the promotion means to move (for the stability check)."""
+    exposed: frozenset[PartKey] = frozenset()
+    """Parts a dead server was a replica of: with the promoted ones, the parts whose replicas
+    the promotion may leave short (`count_unreplicated`)."""
     unreplicated: int = 0
     """Parts it leaves with no replica although `replica_count` asks for some: no live holder
-    survived beside the new primary and no server may take a new role (ACTIVE and alive)."""
+    survived beside the primary and no server may take a new role (ACTIVE and alive). Counted
+    on the map the promotion leads to (`count_unreplicated`)."""
 
 
 def _candidates(
@@ -304,7 +309,6 @@ def build_promotion(
     promotions: list[PartPromoted] = []
     lost: list[PartKey] = []
     added = 0
-    unreplicated = 0
     decided: set[PartKey] = set()
     live = _memoized(live)
     present = [key for key in job.parts if key in current]
@@ -320,7 +324,6 @@ def build_promotion(
         keep = [s for s in placement.servers if s not in dead and live(s)]
         replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
         added += sum(1 for s in replicas if s not in placement.servers)
-        unreplicated += count > 0 and not replicas
         operations.append(override(key, Placement(primary=primary, replicas=replicas)))
         decided.add(key)
         positions = tuple(
@@ -335,7 +338,7 @@ def build_promotion(
                 positions=positions,
             )
         )
-    repaired, repaired_unreplicated = _repair_overrides(
+    added += _repair_overrides(
         current, operations, dead=dead, decided=decided, live=live, eligible=eligible
     )
     operations.extend(_removals(lost))
@@ -343,10 +346,29 @@ def build_promotion(
         operations=tuple(operations),
         promotions=tuple(promotions),
         lost=tuple(lost),
-        replicas_added=added + repaired,
+        replicas_added=added,
         intended=frozenset(job.parts),
-        unreplicated=unreplicated + repaired_unreplicated,
+        # Hash-placed parts a dead server replicated fall to the next ACTIVE server on the
+        # ring, or to none: they can end with no replica as well as the promoted ones.
+        exposed=frozenset(
+            key
+            for server_id in sorted(dead)
+            if server_id in states
+            for key in current.parts_for(server_id).replica
+        ),
     )
+
+
+def count_unreplicated(promotion: Promotion, new_map: ShardMap) -> Promotion:
+    """`promotion` with `unreplicated` counted on `new_map`, the map it leads to: its parts,
+    promoted or replicated by a dead server, that the map gives no replica although
+    `replica_count` asks for some."""
+    if not new_map.config.replica_count:
+        return promotion
+    keys = {key_of(p.ref) for p in promotion.promotions} | promotion.exposed
+    present = sorted(key for key in keys if key in new_map)
+    unreplicated = sum(1 for placement in new_map.lookup_many(present) if not placement.replicas)
+    return replace(promotion, unreplicated=unreplicated)
 
 
 def _memoized(live: Callable[[str], bool]) -> Callable[[str], bool]:
@@ -394,10 +416,9 @@ def _repair_overrides(
     decided: set[PartKey],
     live: Callable[[str], bool],
     eligible: list[str],
-) -> tuple[int, int]:
-    """Replace dead replicas inside the overrides of parts whose primary survives: the roles
-    added, and the parts left with no replica."""
-    added = unreplicated = 0
+) -> int:
+    """Replace dead replicas inside the overrides of parts whose primary survives."""
+    added = 0
     count = current.config.replica_count
     for key, placement in sorted(current.overrides(), key=lambda item: item[0]):
         if key in decided or placement.primary in dead:
@@ -409,9 +430,8 @@ def _repair_overrides(
             key, primary=placement.primary, keep=keep, eligible=eligible, count=count
         )
         added += sum(1 for s in replicas if s not in placement.servers)
-        unreplicated += count > 0 and not replicas
         operations.append(override(key, Placement(primary=placement.primary, replicas=replicas)))
-    return added, unreplicated
+    return added
 
 
 def _removals(lost: list[PartKey]) -> list[Operation]:

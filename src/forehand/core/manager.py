@@ -90,6 +90,7 @@ from forehand.core._manager_failover import (
     Promotion,
     build_promotion,
     carry_landed,
+    count_unreplicated,
     plan_prepare,
     record_positions,
 )
@@ -1950,11 +1951,12 @@ class ManagerCore:
         promotion = build_promotion(
             job, current, live=self._is_live, eligible=eligible, fallback=self._progress_seq
         )
-        promotion = carry_landed(promotion, job.promotion, current)
-        job.promotion = promotion
+        promotion = job.promotion = carry_landed(promotion, job.promotion, current)
         if not promotion.operations:
+            promotion = job.promotion = count_unreplicated(promotion, current)
             return Built(delta=None, new_map=current, parts=(), servers=(), payload=promotion)
         stable = stabilize(current, promotion.operations, intended=promotion.intended.__contains__)
+        promotion = job.promotion = count_unreplicated(promotion, stable.new_map)
         servers = sorted(job.dead | {p.primary for p in promotion.promotions})
         parts = tuple(p.ref for p in promotion.promotions) + tuple(
             ref_of(key) for key in promotion.lost
