@@ -317,3 +317,32 @@ def test_a_failover_counts_the_hash_placed_parts_it_left_without_their_replica()
     (done,) = harness.events(FailoverCompleted)
     (unreplicated,) = harness.events(PartsUnreplicated)
     assert done.parts_without_replica == unreplicated.parts == len(refs)
+
+
+def _unreplicated(harness: ManagerHarness) -> int:
+    """Parts the committed map gives no replica."""
+    current = harness.map
+    return sum(1 for key in current.part_keys() if not current.lookup(key).replicas)
+
+
+def test_a_promotion_whose_answer_is_lost_still_counts_the_parts_it_left_without_replica() -> None:
+    """The promotion that leaves s1 alone lands but its answer is lost: the reload's rebuild,
+    which has nothing left to change, still reports the parts the landed map left with no
+    replica."""
+    harness, refs = cluster(store_timeout_ms=300)
+    held = _HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    harness.tick(700, alive=["s1"])
+    for server_id in ("s2", "s3", "s4"):
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    for prepared in harness.prepared("s1"):
+        harness.positions("s1", prepared.map_version, dict.fromkeys(prepared.parts, 5))
+    assert held.held, "the promotion's answer was kept back"
+    held.held = []
+    harness.tick(1_000, alive=["s1"])
+    expected = _unreplicated(harness)
+    assert expected == len(refs)
+    (done,) = harness.events(FailoverCompleted)
+    (unreplicated,) = harness.events(PartsUnreplicated)
+    assert done.parts_without_replica == unreplicated.parts == expected

@@ -390,7 +390,7 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
 
     A promotion whose store answer was lost may have landed: the reload shows its parts decided,
     so the promotion built again on it has no operation left for them, and its events would
-    leave out parts promoted or removed as lost.
+    leave out parts promoted or removed as lost, or left with no replica.
     """
     if previous is None:
         return promotion
@@ -403,9 +403,15 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         and current.primary_of(key) == p.primary
     )
     lost = tuple(key for key in previous.lost if key not in decided and key not in current)
-    if not carried and not lost:
-        return promotion
-    return replace(promotion, promotions=promotion.promotions + carried, lost=promotion.lost + lost)
+    # The parts whose replicas the landed promotion may have left short: the reload shows their
+    # dead replicas gone, so the rebuild would no longer find them.
+    exposed = promotion.exposed | previous.exposed
+    return replace(
+        promotion,
+        promotions=promotion.promotions + carried,
+        lost=promotion.lost + lost,
+        exposed=exposed,
+    )
 
 
 def _repair_overrides(
