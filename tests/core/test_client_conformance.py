@@ -205,3 +205,31 @@ def test_a_stale_copy_queued_for_a_smaller_server_does_not_fail_a_request_sent_e
     assert h.take(Request, "s1") == []
     assert h.of(RequestFailed) == []
     assert h.client.inflight_count == 1
+
+
+def test_a_request_sent_before_its_part_moved_to_a_smaller_server_may_fail_too_large() -> None:
+    """TOO_LARGE does not say the request was never sent: one s2 received (and may have
+    executed) fails TOO_LARGE when its part moves to s1, which announced a smaller limit, so the
+    application cannot take it for a call that was not applied."""
+    h = Harness()
+    session_id = h.open(placement("cart", "s2"), placement("feed", "s1"))
+    h.client.call(session_id, "feed", "get", b"x", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1", frame_bytes_max=SMALL_LIMIT)
+    big = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT + 1), now_us=h.now_us)
+    h.drain()
+    h.welcome("s2")
+    assert [r.request_id for r in h.take(Request, "s2")] == [big]
+    moved = (SessionPlacement(session_id=session_id, placement=placement("cart", "s1")),)
+    h.feed(
+        MANAGER,
+        MapUpdate(
+            map_version=6,
+            base_version=0,
+            encoding=CLIENT_PLACEMENTS_ENCODING,
+            body=encode_client_placements(moved),
+        ),
+    )
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why) for f in failed] == [(big, RequestFailedWhy.TOO_LARGE)]
+    assert big not in [r.request_id for r in h.take(Request, "s1")]

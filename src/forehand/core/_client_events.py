@@ -83,7 +83,8 @@ class RequestFailedWhy(enum.Enum):
     """The application closed the session while the request was in flight."""
     TOO_LARGE = "too-large"
     """Its REQUEST is longer than the `frame_bytes_max` the part's server announced in WELCOME
-    (a part handed to a server with a smaller limit than its last one); it was never sent."""
+    (a part handed to a server with a smaller limit than its last one); it was not sent there,
+    but it may have been sent to (and executed by) the part's previous server."""
 
 
 class SessionEstablished(msgspec.Struct, frozen=True, kw_only=True, gc=False):
