@@ -152,6 +152,11 @@ class _Part:
             message = f"{self.name}.{op}: the result could not be encoded: {error}"
             _log.error("handler %s", message)
             return _error(_APP_ERROR, state, message)
+        except Exception:
+            # Encoding runs the application's code too (a time zone's offset, say): what that
+            # raises is a failed handler, not a server fault.
+            _log.exception("handler %s.%s failed", self.name, op)
+            return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
         return HandlerResult(state=new_state, status=_OK, result=encoded)
 
 

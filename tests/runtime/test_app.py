@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from typing import Any
 
@@ -163,6 +164,34 @@ def test_a_result_msgspec_cannot_encode_answers_app_error_saying_why(
         "plain.peek: the result could not be encoded: Encoding objects of type object is "
         "unsupported"
     )
+
+
+class _RaisingZone(datetime.tzinfo):
+    """A time zone whose offset raises: msgspec calls it while it encodes a datetime."""
+
+    def utcoffset(self, dt: datetime.datetime | None) -> datetime.timedelta:
+        raise RuntimeError("no offset for this zone")
+
+    def dst(self, dt: datetime.datetime | None) -> datetime.timedelta | None:
+        return None
+
+    def tzname(self, dt: datetime.datetime | None) -> str | None:
+        return None
+
+
+def test_a_result_whose_encoding_raises_anything_else_is_still_an_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Encoding a result runs the application's code too (a time zone's offset, here): what it
+    raises, whatever the class, answers APP_ERROR with the generic message and logs the
+    traceback, as the handler's own exceptions do; `run` never raises."""
+    plain = make_app().part_specs()["plain"]
+    when = datetime.datetime(2026, 1, 1, tzinfo=_RaisingZone())
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        outcome = plain.handler({"when": when}, "peek", msgspec.msgpack.encode(None))
+    assert ResponseStatus(outcome.status) is ResponseStatus.APP_ERROR
+    assert decode_error_body(outcome.result).error == "plain.peek failed on the server"
+    assert "no offset for this zone" in caplog.text and "Traceback" in caplog.text
 
 
 def test_async_handler_that_suspends_fails_with_app_error(caplog: pytest.LogCaptureFixture) -> None:
