@@ -9,6 +9,7 @@ import pytest
 
 from forehand.core._driver import ConnectionCloseRequested
 from forehand.core._manager_events import PeerRefused, ServerJoined
+from forehand.core._membership import MemberState
 from forehand.core.messages import (
     HandoffRequested,
     HeartbeatReported,
@@ -139,6 +140,33 @@ def test_a_server_whose_credentials_outlive_the_session_expiry_is_told_why(
         "session_expiry_ms (172800000)" in error.reason
     )
     assert harness.manager.membership.get("s2") is None
+
+
+def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:
+    """The credential check runs on ServerAnnounced, which a server sends only while it holds
+    no map: a manager that starts or takes over with a shorter `session_expiry_ms` keeps the
+    servers the map lists, their heartbeats accepted, whatever their credentials' lifetime (the
+    docs ask for the same expiry on every manager)."""
+    harness = ManagerHarness()
+    announce = ServerAnnounced(
+        server_id="s1",
+        incarnation=1,
+        address="x",
+        zone="z",
+        weight=1.0,
+        credential_lifetime_ms=100_000_000,
+    )
+    harness.incarnations["s1"] = 1
+    harness.router.send("s1", MANAGER, announce)
+    harness.tick(300, alive=["s1"])
+    assert harness.map.server("s1") is not None
+    successor = ManagerHarness(
+        store=harness.store, credential_lifetime_ms=40_000_000, session_expiry_ms=50_000_000
+    )
+    successor.incarnations["s1"] = 1
+    successor.tick(300, alive=["s1"])
+    assert successor.take("s1", Error) == []
+    assert successor.manager.membership.state_of("s1") is MemberState.ALIVE
 
 
 def test_messages_claiming_another_senders_identity_are_ignored() -> None:

@@ -90,7 +90,8 @@ class ServerConfig:
     """Lifetime of the fresh session credential a RESUME_OK carries to a client that bound a
     session with its credential (how clients renew theirs: see `ClientConfig`); the manager's
     `credential_lifetime_ms` sets the first one's. Below the manager's `session_expiry_ms`, or
-    the manager refuses this server (`ServerAnnounced` carries it)."""
+    the manager refuses this server (`ServerAnnounced` carries it: checked when the server
+    starts, not by a manager that starts or takes over once it joined)."""
     replay_cache_entries_max: int = 65_536
     """Most unexpired token nonces this server remembers to refuse replayed tokens."""
     parts_max: int = 1_000_000
