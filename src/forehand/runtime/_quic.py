@@ -782,10 +782,7 @@ class QUICListener(Listener):
         self._handshake_timeout_s = handshake_timeout_ms / 1000
         self._handshakes: dict[_Protocol, asyncio.TimerHandle] = {}
         self._unvalidated: set[_Protocol] = set()
-        self._evicting = False
         self._retrying = False
-        self.handshakes_evicted_count = 0
-        """Handshakes closed to make room for a newer one, at `handshakes_max`."""
         self.handshakes_timed_out_count = 0
         """Handshakes closed because they did not complete within `handshake_timeout_ms`."""
         self.retries_sent_count = 0
@@ -848,31 +845,10 @@ class QUICListener(Listener):
 
     def _make_room_for_handshake(self) -> None:
         """Close and forget the oldest handshakes under way until a new one fits under
-        `handshakes_max`; logs the first eviction of each stretch at the bound, and its end once
-        the handshakes under way have fallen to half the bound (a flood whose handshakes time out
-        one by one, each slot taken again by its next Initial, is one stretch, as in the TLS
-        listener)."""
+        `handshakes_max` (logged once a stretch: `Listener._handshakes_at_bound`)."""
         handshakes_max = self._limits.handshakes_max
-        if len(self._handshakes) < handshakes_max:
-            if self._evicting and len(self._handshakes) <= handshakes_max // 2:
-                self._evicting = False
-                _log.info(
-                    "QUIC listener on %s:%d is under handshakes_max again (%d handshakes "
-                    "evicted so far)",
-                    self.host,
-                    self.port,
-                    self.handshakes_evicted_count,
-                )
+        if not self._handshakes_at_bound(len(self._handshakes), name="QUIC", newcomer="Initial"):
             return
-        if not self._evicting:
-            self._evicting = True
-            _log.warning(
-                "QUIC listener on %s:%d has handshakes_max=%d handshakes under way: each new "
-                "one evicts the oldest (a flood of handshakes that never complete?)",
-                self.host,
-                self.port,
-                handshakes_max,
-            )
         while len(self._handshakes) >= handshakes_max:
             oldest = next(iter(self._handshakes))
             self.handshakes_evicted_count += 1

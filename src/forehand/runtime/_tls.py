@@ -139,9 +139,6 @@ class TLSListener(Listener):
         self._sockets: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._handshakes: dict[_Handshake, asyncio.TimerHandle] = {}
-        self._evicting = False
-        self.handshakes_evicted_count = 0
-        """Handshakes aborted to make room for a newer one, at `handshakes_max`."""
         self.handshakes_timed_out_count = 0
         """Handshakes aborted because they did not complete within `handshake_timeout_ms`."""
 
@@ -231,33 +228,12 @@ class TLSListener(Listener):
         )
 
     def _make_room_for_handshake(self) -> None:
-        """Abort the oldest handshakes under way until a new one fits under `handshakes_max`;
-        logs the first eviction of each stretch at the bound, and its end once the handshakes
-        under way have fallen to half the bound: a flood whose handshakes fail or time out now
-        and then, each slot taken again by its next connection, is one stretch, not a WARNING
-        and an INFO per slot freed."""
+        """Abort the oldest handshakes under way until a new one fits under `handshakes_max`
+        (logged once a stretch: `Listener._handshakes_at_bound`)."""
         handshakes_max = self._limits.handshakes_max
-        if len(self._handshakes) < handshakes_max:
-            if self._evicting and len(self._handshakes) <= handshakes_max // 2:
-                self._evicting = False
-                _log.info(
-                    "TLS listener on %s:%d is under handshakes_max again (%d handshakes "
-                    "evicted so far)",
-                    self.host,
-                    self.port,
-                    self.handshakes_evicted_count,
-                )
+        under_way = len(self._handshakes)
+        if not self._handshakes_at_bound(under_way, name="TLS", newcomer="connection"):
             return
-        if not self._evicting:
-            self._evicting = True
-            _log.warning(
-                "TLS listener on %s:%d has handshakes_max=%d handshakes under way: each new "
-                "connection evicts the oldest (a flood of connections that never complete a "
-                "handshake?)",
-                self.host,
-                self.port,
-                handshakes_max,
-            )
         while len(self._handshakes) >= handshakes_max:
             self.handshakes_evicted_count += 1
             self._end_handshake(next(iter(self._handshakes)))

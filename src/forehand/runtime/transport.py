@@ -671,6 +671,43 @@ class Listener(abc.ABC):
         self._accept_waiter: asyncio.Future[None] | None = None
         self._live: set[Connection] = set()
         self._closing = False
+        self._evicting = False
+        self.handshakes_evicted_count = 0
+        """Handshakes closed to make room for a newer one, at `handshakes_max`."""
+
+    def _handshakes_at_bound(self, under_way: int, *, name: str, newcomer: str) -> bool:
+        """Whether `under_way` handshakes leave a new one no room under `handshakes_max` (the
+        caller then evicts the oldest). Logs the start of each stretch at the bound (WARNING)
+        and its end (INFO) once the handshakes under way have fallen to half the bound: a flood
+        whose slots free one at a time (handshakes that fail or time out, a real client's that
+        completes), each taken again at once, is one stretch, not a WARNING and an INFO a slot.
+        `name` is the transport, `newcomer` what starts a handshake."""
+        handshakes_max = self._limits.handshakes_max
+        if under_way < handshakes_max:
+            if self._evicting and under_way <= handshakes_max // 2:
+                self._evicting = False
+                _log.info(
+                    "%s listener on %s:%d is under handshakes_max again (%d handshakes evicted "
+                    "so far)",
+                    name,
+                    self.host,
+                    self.port,
+                    self.handshakes_evicted_count,
+                )
+            return False
+        if not self._evicting:
+            self._evicting = True
+            _log.warning(
+                "%s listener on %s:%d has handshakes_max=%d handshakes under way: each new %s "
+                "evicts the oldest (a flood of %ss that never complete a handshake?)",
+                name,
+                self.host,
+                self.port,
+                handshakes_max,
+                newcomer,
+                newcomer,
+            )
+        return True
 
     @abc.abstractmethod
     async def _stop_listening(self) -> None:
