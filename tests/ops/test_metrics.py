@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING
 
@@ -189,3 +190,39 @@ def test_held_map_requests_are_counted_by_what_answered_them() -> None:
     assert read(name, {"why": "moved"}) == 5
     assert read(name, {"why": "deadline"}) == 1
     assert read(name, {"why": "server_heard"}) is None
+
+
+def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> None:
+    """A server's and the manager's /metrics show their listeners' counts by transport: the
+    connections they hold, and a TCP connection that never starts its TLS handshake as one
+    under way until it leaves; the eviction and timeout counters are exported (0 here)."""
+    cluster = ops_cluster
+    server_id = cluster.server_ids[0]
+    host, _, port = cluster.addresses[server_id].rpartition(":")
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(timeout=10) as http:
+
+            async def scrape(url: str) -> Samples:
+                return parse((await http.get(url + "/metrics")).text)
+
+            url = cluster.metrics_urls[server_id]
+            manager = await scrape(cluster.api_url)
+            assert value(manager, "forehand_listener_connections", transport="tls") >= 3
+            assert ("forehand_listener_handshakes_evicted_total", (("transport", "tls"),)) in (
+                manager
+            )
+            silent = await asyncio.open_connection(host, int(port))
+
+            async def under_way(count: int) -> bool:
+                samples = await scrape(url)
+                return value(samples, "forehand_listener_handshakes", transport="tls") == count
+
+            await eventually(lambda: under_way(1), what="the silent connection's handshake")
+            silent[1].close()
+            await eventually(lambda: under_way(0), what="its handshake ended")
+            samples = await scrape(url)
+            name = "forehand_listener_handshakes_timed_out_total"
+            assert (name, (("transport", "tls"),)) in samples
+
+    run_async(scenario())

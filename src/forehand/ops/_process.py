@@ -10,6 +10,7 @@ writes its ready file, so scripts and tests know where to look.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from forehand.ops.http import (
     serve_http,
 )
 from forehand.ops.hub import OpsHub
-from forehand.ops.metrics import ServerMetrics
+from forehand.ops.metrics import ListenersCollector, ServerMetrics
 from forehand.ops.policy import TunableRiskPolicy
 
 __all__ = ["ManagerOps", "ServerOps", "url_file"]
@@ -47,13 +48,21 @@ def _write_url(ready_file: Path | None, url: str) -> None:
 class ManagerOps:
     """The manager's hub and admin HTTP service."""
 
-    def __init__(self, driver: Any, config: Any, policy: TunableRiskPolicy | None) -> None:
-        """`config` is the `ManagerProcessConfig`; call before `driver.start()`."""
+    def __init__(
+        self,
+        driver: Any,
+        config: Any,
+        policy: TunableRiskPolicy | None,
+        listeners: Sequence[Any] = (),
+    ) -> None:
+        """`config` is the `ManagerProcessConfig`, `listeners` the process's (their counts join
+        the metrics); call before `driver.start()`."""
         self._config = config
         self._token = (
             load_admin_token(config.admin_token_file) if config.admin_http_port >= 0 else None
         )
         self.hub = OpsHub(driver, policy=policy, audit_path=config.audit_log_path)
+        self.hub.metrics.registry.register(ListenersCollector(listeners))
         self.service: HTTPService | None = None
 
     async def start(self) -> None:
@@ -90,10 +99,12 @@ class ManagerOps:
 class ServerOps:
     """A server's metrics and its `/metrics` service."""
 
-    def __init__(self, driver: Any, config: Any) -> None:
-        """`config` is the `ServerProcessConfig`; call before `driver.start()`."""
+    def __init__(self, driver: Any, config: Any, listeners: Sequence[Any] = ()) -> None:
+        """`config` is the `ServerProcessConfig`, `listeners` the process's (their counts join
+        the metrics); call before `driver.start()`."""
         self._config = config
         self.metrics = ServerMetrics(core=driver.core, driver=driver)
+        self.metrics.registry.register(ListenersCollector(listeners))
         driver.subscribe(self.metrics)
         self.service: HTTPService | None = None
 

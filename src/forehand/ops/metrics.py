@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from forehand.core import ServerCore, manager_events, server_events
@@ -32,6 +32,7 @@ __all__ = [
     "LABELLED_CHILDREN_MAX",
     "PENDING_WRITES_MAX",
     "REQUEST_DURATION_BUCKETS_S",
+    "ListenersCollector",
     "ManagerMetrics",
     "ServerMetrics",
 ]
@@ -566,3 +567,64 @@ class _PartsCollector(Collector):
         for role_name, count in counts.items():
             family.add_metric([role_name], count)
         yield family
+
+
+_LISTENER_GAUGES = (
+    ("connection_count", "forehand_listener_connections", "Connections a listener holds."),
+    ("handshake_count", "forehand_listener_handshakes", "Handshakes under way at a listener."),
+)
+_LISTENER_COUNTERS = (
+    (
+        "handshakes_evicted_count",
+        "forehand_listener_handshakes_evicted",
+        "Handshakes closed to make room for a newer one at handshakes_max.",
+    ),
+    (
+        "handshakes_timed_out_count",
+        "forehand_listener_handshakes_timed_out",
+        "Handshakes closed for not completing within the handshake timeout.",
+    ),
+    (
+        "retries_sent_count",
+        "forehand_listener_quic_retries",
+        "QUIC Retry packets sent while handshakes_unvalidated_max was reached.",
+    ),
+    (
+        "retry_tokens_refused_count",
+        "forehand_listener_quic_retry_tokens_refused",
+        "QUIC Initials dropped for a token the listener did not issue or that expired.",
+    ),
+)
+
+
+class ListenersCollector(Collector):
+    """The client-facing listeners' counts, read at scrape time and labelled by transport: a
+    flood of handshakes shows as evictions and Retries (docs/ARCHITECTURE.md, Transport
+    bounds). A count a transport does not keep (Retries on TLS) is left out."""
+
+    def __init__(self, listeners: Any) -> None:
+        """`listeners`: the process's `Listener`s (each has a `transport_name`)."""
+        self._listeners = tuple(listeners)
+
+    def collect(self) -> Iterator[Metric]:
+        for attribute, name, text in _LISTENER_GAUGES:
+            gauge = GaugeMetricFamily(name, text, labels=["transport"])
+            for label, value in self._values(attribute):
+                gauge.add_metric([label], value)
+            yield gauge
+        for attribute, name, text in _LISTENER_COUNTERS:
+            counter = CounterMetricFamily(name, text, labels=["transport"])
+            for label, value in self._values(attribute):
+                counter.add_metric([label], value)
+            yield counter
+
+    def _values(self, attribute: str) -> Iterator[tuple[str, float]]:
+        """Per transport, summed over its listeners (a QUIC node also has a TLS one for the
+        cluster)."""
+        sums: dict[str, float] = {}
+        for listener in self._listeners:
+            value = getattr(listener, attribute, None)
+            if value is not None:
+                name = listener.transport_name
+                sums[name] = sums.get(name, 0.0) + float(value)
+        yield from sums.items()

@@ -86,6 +86,8 @@ DEFAULT_NETWORK = MemoryNetwork()
 class MemoryListener(Listener):
     """Accepts in-memory connections for a `MemoryTransport`."""
 
+    transport_name = "memory"
+
     def __init__(
         self,
         *,

@@ -769,6 +769,8 @@ class QUICListener(Listener):
     LIMIT_EXCEEDED, as on every transport.
     """
 
+    transport_name = "quic"
+
     def __init__(
         self,
         *,

@@ -115,6 +115,8 @@ class TLSListener(Listener):
     `connections_max` connections is closed with LIMIT_EXCEEDED, as on every transport.
     """
 
+    transport_name = "tls"
+
     def __init__(
         self,
         *,

@@ -393,7 +393,7 @@ async def run_manager(
             idle_timeout_ms=config.core.idle_timeout_ms,
         )
         driver.subscribe(EventLogger(config.node_id))
-        ops = ManagerOps(driver, config, policy)
+        ops = ManagerOps(driver, config, policy, listeners)
         _log.info(
             "manager %s listening on %s:%d (%s)",
             config.node_id,
@@ -526,7 +526,7 @@ async def run_server(
         driver.subscribe(sampler)
         # Prometheus metrics cost a few microseconds per core event; with `/metrics` off
         # (`metrics_port = -1`) nothing could read them, so they are not kept.
-        ops = ServerOps(driver, config) if config.metrics_port >= 0 else None
+        ops = ServerOps(driver, config, listeners) if config.metrics_port >= 0 else None
         _log.info(
             "server %s (incarnation %d) listening on %s, app %s, parts %s",
             config.server_id,

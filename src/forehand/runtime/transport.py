@@ -660,6 +660,9 @@ class Listener(abc.ABC):
     for them to be gone.
     """
 
+    transport_name: ClassVar[str]
+    """The transport it accepts connections of ("tls", "quic", "memory")."""
+
     def __init__(self, *, limits: ConnectionLimits, loop: asyncio.AbstractEventLoop) -> None:
         self.host = ""
         """The address listened on."""
