@@ -26,6 +26,7 @@ from forehand.runtime import (
     TLSTransport,
     TLSTransportConfig,
     TransportError,
+    _tls,
 )
 from forehand.wire import (
     END_OF_STREAM,
@@ -1010,3 +1011,47 @@ def test_a_connection_the_listener_fails_to_accept_does_not_stop_it_accepting(
     (fault,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "accepting a connection failed" in fault.getMessage() and fault.exc_info is not None
     assert not [m for lv, m in levels if lv == logging.WARNING], levels
+
+
+class _Spinning(BaseException):
+    """The accepting task called accept again and again without the loop getting a turn."""
+
+
+@pytest.mark.parametrize("use_uvloop", [True, False], ids=["uvloop", "asyncio"])
+def test_an_accept_error_that_persists_does_not_take_the_loop(
+    certs: ClusterCertificates, use_uvloop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accept error that does not concern one connection (EINVAL: the socket no longer
+    listens) comes back on every call: the listener must not retry at once for good, without
+    giving the loop a turn (asyncio's loop: the whole process would hang) or with a log line a
+    turn (uvloop's: a core and the log filled). It waits before trying again, as when out of
+    file descriptors; other tasks run meanwhile."""
+    monkeypatch.setattr(_tls, "_ACCEPT_RETRY_DELAY_MS", 3_600_000)
+    turns = 0
+    failures: list[int] = []
+
+    def failing(self: socket.socket) -> tuple[socket.socket, Any]:
+        failures.append(turns)
+        if len(failures) >= 50 and len(set(failures[-50:])) == 1:
+            raise _Spinning
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    async def main() -> None:
+        nonlocal turns
+        listener = await TLSTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        monkeypatch.setattr(socket.socket, "accept", failing)
+        _, writer = await asyncio.open_connection(HOST, listener.port)
+        while not failures:
+            turns += 1
+            await asyncio.sleep(0)
+        for _ in range(20):
+            turns += 1
+            await asyncio.sleep(0)
+        (accepting,) = listener._accepting
+        assert not accepting.done(), accepting
+        assert len(failures) == 1, failures
+        monkeypatch.undo()
+        writer.close()
+        await listener.close()
+
+    run_test(main(), use_uvloop=use_uvloop)

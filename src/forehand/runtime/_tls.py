@@ -46,9 +46,26 @@ _log = logging.getLogger("forehand.runtime.transport")
 _ACCEPT_RETRY_DELAY_MS = 1_000
 """How long a listener that cannot accept (out of file descriptors, of memory) waits before
 trying again, as asyncio's own servers do."""
-_ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-"""The accept errors that say this process or system is out of a resource, which only time may
-give back (asyncio's servers pause on the same ones); any other concerns one connection."""
+_ACCEPT_CONNECTION_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENETDOWN",
+        "EPROTO",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "EPERM",
+    )
+    if hasattr(errno, name)
+)
+"""The accept errors that concern one connection: an error pending on it, which Linux's
+accept(2) passes on (its manual lists these for TCP, to retry at once), or a firewall's refusal.
+Any other (out of file descriptors or memory; EINVAL or EBADF, a socket that no longer listens)
+comes back on the next call too, so the listener waits before trying again, as asyncio's
+servers wait when out of a resource, rather than retrying at once for good."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,23 +186,27 @@ class TLSListener(Listener):
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 pass  # The backlog is empty, or a peer left while in it.
             except OSError as error:
-                if error.errno not in _ACCEPT_EXHAUSTED:
+                if error.errno in _ACCEPT_CONNECTION_ERRORS:
                     # One connection's trouble (a protocol error pending on it, a firewall's
                     # refusal): that connection is gone, the next may be accepted at once.
                     _log.info("TLS listener on %s:%d: accept failed: %s", *self._where, error)
-                    continue
-                _log.warning(
-                    "TLS listener on %s:%d cannot accept (%s): trying again in %d ms",
-                    *self._where,
-                    error,
-                    _ACCEPT_RETRY_DELAY_MS,
-                )
-                await asyncio.sleep(_ACCEPT_RETRY_DELAY_MS / 1000)
+                else:
+                    await self._accept_later(error)
             except Exception:
                 # A fault of this listener's own code for one connection must not end accepting
                 # for good: the listener would go on existing and refuse nobody, silently.
                 _log.exception("TLS listener on %s:%d: accepting a connection failed", *self._where)
             await asyncio.sleep(0)
+
+    async def _accept_later(self, error: OSError) -> None:
+        """Log that the listener cannot accept, and wait before it tries again."""
+        _log.warning(
+            "TLS listener on %s:%d cannot accept (%s): trying again in %d ms",
+            *self._where,
+            error,
+            _ACCEPT_RETRY_DELAY_MS,
+        )
+        await asyncio.sleep(_ACCEPT_RETRY_DELAY_MS / 1000)
 
     @property
     def _where(self) -> tuple[str, int]:
