@@ -64,7 +64,7 @@ _OK = int(ResponseStatus.OK)
 _APP_ERROR = int(ResponseStatus.APP_ERROR)
 _BAD_REQUEST = int(ResponseStatus.BAD_REQUEST)
 _UNKNOWN_OP = int(ResponseStatus.UNKNOWN_OP)
-_NOT_ENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
+NOT_ENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 """What msgspec raises for a value it cannot encode (an int outside 64 bits, an unknown type)."""
 
 
@@ -147,7 +147,7 @@ class _Part:
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
         try:
             encoded = _encoder.encode(result)
-        except _NOT_ENCODABLE as error:
+        except NOT_ENCODABLE as error:
             # msgspec's reason says what to fix; the traceback would only point at this line.
             message = f"{self.name}.{op}: the result could not be encoded: {error}"
             _log.error("handler %s", message)

@@ -8,7 +8,7 @@ import random
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
@@ -613,6 +613,22 @@ async def until(condition: Callable[[], bool]) -> None:
         await asyncio.sleep(0.01)
 
 
+async def shut(
+    listener: QUICListener,
+    serving: asyncio.Task[None],
+    peers: Sequence[HalfOpenPeer],
+    clients: Sequence[Connection] = (),
+) -> None:
+    """Close a test's clients and half-open peers, then its listener, and wait for its server."""
+    for client in clients:
+        client.close()
+        await client.wait_closed()
+    for peer in peers:
+        peer.close()
+    await listener.close()
+    await serving
+
+
 RETRY_OFF = ConnectionLimits(handshakes_max=2, handshakes_unvalidated_max=2)
 """Two handshakes under way, and no Retry (the default, a quarter of handshakes_max, would be 0:
 always Retry)."""
@@ -649,10 +665,7 @@ def test_half_open_handshakes_are_bounded_by_handshakes_max(
             assert await client.receive() == answer(request(number))
             client.close()
             await client.wait_closed()
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers)
 
     run_test(main())
 
@@ -684,13 +697,7 @@ def test_a_flood_whose_slots_free_one_at_a_time_is_one_stretch_at_handshakes_max
         warned = [text for level, text in lines if level == logging.WARNING]
         assert len(warned) == 1 and "handshakes_max=4" in warned[0], lines
         assert not [text for _, text in lines if "under handshakes_max again" in text], lines
-        for client in clients:
-            client.close()
-            await client.wait_closed()
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers, clients)
 
     run_test(main())
 
@@ -712,10 +719,7 @@ def test_an_initial_of_a_version_the_listener_does_not_speak_evicts_nothing(
         other.send_first_flight(version=QuicProtocolVersion.VERSION_2)
         await until(lambda: other.received_count > 0)  # Version Negotiation
         assert listener.handshakes_evicted_count == 0 and listener.handshake_count == 2
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers)
 
     run_test(main())
 
@@ -752,10 +756,7 @@ def test_a_handshake_that_never_completes_frees_its_slot(
             await client.wait_closed()
         server = listener._server
         await until(lambda: not server._protocols and not server._ids)
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers)
 
     run_test(main())
 
@@ -837,13 +838,7 @@ def test_a_flood_of_initials_from_spoofed_sources(certs: ClusterCertificates, re
         else:
             assert listener.handshakes_evicted_count > 0
             assert listener.retries_sent_count == 0
-        for client in clients:
-            client.close()
-            await client.wait_closed()
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers, clients)
 
     run_test(main())
 
@@ -1108,9 +1103,6 @@ def test_a_flood_that_outlasts_its_handshakes_is_one_stretch_of_retry(
         assert len(retrying) == 2, retrying
         assert "new clients get a Retry first" in retrying[0]
         assert f"again ({listener.retries_sent_count} Retries sent" in retrying[1]
-        for peer in peers:
-            peer.close()
-        await listener.close()
-        await serving
+        await shut(listener, serving, peers)
 
     run_test(main())

@@ -43,7 +43,7 @@ from typing import Any, Self, TypeVar, cast
 
 import msgspec
 
-from forehand.app import ErrorBody, decode_error_body
+from forehand.app import NOT_ENCODABLE, ErrorBody, decode_error_body
 from forehand.core import ClientConfig, ClientCore, RouteState
 from forehand.core import client_events as events
 from forehand.errors import ConfigError, LocalProtocolError
@@ -570,7 +570,7 @@ def _encode_payload(part: str, op: str, payload: Any) -> bytes:
     value msgspec cannot encode (an int outside 64 bits, an unsupported type)."""
     try:
         return _encoder.encode(payload)
-    except (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError) as error:
+    except NOT_ENCODABLE as error:
         raise LocalProtocolError(
             f"the call cannot be sent: the payload of {part[:80]}.{op[:80]} cannot be encoded: "
             f"{error}"
