@@ -156,3 +156,74 @@ def test_an_idle_session_with_no_connection_up_dials_to_renew() -> None:
     assert (renewal.session_id, renewal.parts) == (session, ("auth",))
     h.feed("s1", ResumeOk(session_id=session, parts=("auth",), map_version=5, credential=b"new"))
     assert h.client.session_snapshot(session).credential == b"new"
+
+
+def test_a_credential_shorter_lived_than_the_interval_is_renewed_at_half_its_lifetime() -> None:
+    """The cluster issues credentials valid 10 s; the client keeps its 60 s interval. The
+    SESSION_OPENED states the lifetime, so the renewal goes at 5 s, and a RESUME_OK's fresh
+    credential (valid 4 s) is renewed 2 s after it, a refused renewal tried again an eighth of
+    that later. Before, the client renewed at its own interval, after the credential had expired,
+    and the manager closed the live session."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = ready_session(h, credential_lifetime_ms=10_000)
+    h.advance(ms=4_999)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(
+        server,
+        ResumeOk(
+            session_id=session,
+            parts=renewal.parts,
+            map_version=5,
+            credential=b"fresh-1",
+            credential_lifetime_ms=4_000,
+        ),
+    )
+    h.advance(ms=1_999)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (again,) = h.take(Resume)
+    assert again.token == b"fresh-1"
+    server = h.client.route(session, again.parts[0]).primary
+    h.feed(server, ResumeReject(session_id=session, reason=ResumeRejectReason.OVERLOADED))
+    h.advance(ms=2_000 // 8 - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    assert len(h.take(Resume)) == 1
+
+
+def test_a_credential_longer_lived_than_twice_the_interval_keeps_the_interval() -> None:
+    """A stated lifetime only shortens the interval: credentials valid a day are still renewed
+    at the client's 60 s, and a RESUME_OK stating none (0, an older server) brings the interval
+    back to the client's own after a short-lived credential."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = ready_session(h, credential_lifetime_ms=86_400_000)
+    h.advance(ms=INTERVAL_MS - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(
+        server,
+        ResumeOk(
+            session_id=session,
+            parts=renewal.parts,
+            map_version=5,
+            credential=b"short",
+            credential_lifetime_ms=1_000,
+        ),
+    )
+    h.advance(ms=500)
+    (short,) = h.take(Resume)
+    server = h.client.route(session, short.parts[0]).primary
+    h.feed(
+        server,
+        ResumeOk(session_id=session, parts=short.parts, map_version=5, credential=b"unsaid"),
+    )
+    h.advance(ms=INTERVAL_MS - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=1)
+    (last,) = h.take(Resume)
+    assert last.token == b"unsaid"

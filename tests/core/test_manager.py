@@ -447,6 +447,10 @@ def test_open_session_commits_the_parts_and_answers_with_placements_and_tokens()
     assert claims.parts == on_first and claims.parts[0] == "auth"
     credential = sealer().open_credential(opened.credential, now_us=0)
     assert credential.session_id == opened.session_id
+    # Its lifetime is stated, so that the client renews it in time.
+    lifetime_ms = harness.config.credential_lifetime_ms
+    assert opened.credential_lifetime_ms == lifetime_ms > 0
+    assert credential.expires_us == lifetime_ms * 1000
     (registered,) = harness.events(SessionRegistered)
     assert registered.client == "c1" and registered.session_id == opened.session_id
     # The id is a UUIDv7 minted from the clock and the seeded rng.

@@ -242,12 +242,14 @@ class ManagerConfig:
     token_lifetime_ms: int = 300_000
     """Lifetime of the resumption token SESSION_OPENED carries."""
     credential_lifetime_ms: int = 86_400_000
-    """Lifetime of the session credential SESSION_OPENED carries."""
+    """Lifetime of the session credential SESSION_OPENED carries (and states, so that the client
+    renews it in time)."""
     session_expiry_ms: int = 172_800_000
     """A session for which no credential was issued (opened, or renewed by a server) for this
     long is closed: no client can bind to it any more. Longer than `credential_lifetime_ms`
-    (the servers' too), by at least the clients' `credential_renew_interval_ms` so that a
-    renewal lost with a connection is covered by the next; 0 keeps sessions until closed."""
+    (the servers' too), by at least the clients' renewal interval (their
+    `credential_renew_interval_ms`, or half the lifetime if shorter) so that a renewal lost with
+    a connection is covered by the next; 0 keeps sessions until closed."""
     session_expiry_batch: int = 8192
     """Sessions an expiry sweep examines per step (a step every 10 ms while a round runs)."""
     idle_timeout_ms: int = 60_000

@@ -813,9 +813,12 @@ class ClientCore:
         placements: tuple[Placement, ...],
         map_version: int,
         now_us: int,
+        *,
+        credential_lifetime_ms: int = 0,
     ) -> Session:
-        session = Session(session_id, credential=credential)
-        self._renew_at(session_id, now_us + self._config.credential_renew_interval_ms * 1000)
+        interval_us = self._renew_interval_us(credential_lifetime_ms)
+        session = Session(session_id, credential=credential, renew_interval_us=interval_us)
+        self._renew_at(session_id, now_us + interval_us)
         for placement in placements:
             self._remember(placement.primary)
             for replica in placement.replicas:
@@ -1208,7 +1211,12 @@ class ClientCore:
             return
         # The manager's token is not kept: a restart resumes with the credential instead.
         self._new_session(
-            frame.session_id, frame.credential, frame.placements, frame.map_version, now_us
+            frame.session_id,
+            frame.credential,
+            frame.placements,
+            frame.map_version,
+            now_us,
+            credential_lifetime_ms=frame.credential_lifetime_ms,
         )
         self._emit(
             SessionEstablished(
@@ -2166,7 +2174,7 @@ class ClientCore:
         if is_bind:
             self._renewing.pop((frame.session_id, source), None)
             if session is not None and frame.credential:
-                self._renewed(session, frame.credential, now_us)
+                self._renewed(session, frame, now_us)
         if session is not None and self._pool.get(source) is not None:
             self._bound.setdefault(source, set()).add(frame.session_id)
         if is_bind or session is None:
@@ -2186,7 +2194,7 @@ class ClientCore:
         del self._resumptions[(frame.session_id, source)]
         session = self._sessions[frame.session_id]
         if frame.credential:
-            self._renewed(session, frame.credential, now_us)
+            self._renewed(session, frame, now_us)
         self._adopt_map_version(frame.map_version)
         granted = set(frame.parts)
         moved = tuple(part for part in resumption.parts if part in granted)
@@ -2286,7 +2294,17 @@ class ClientCore:
 
     # Credential renewal: a session outlives any one credential (they expire after the cluster's
     # `credential_lifetime_ms`), so each is traded for a fresh one every
-    # `credential_renew_interval_ms`, by a binding RESUME to the primary of one of its parts.
+    # `credential_renew_interval_ms`, or every half of the lifetime its issuer stated if that is
+    # shorter, by a binding RESUME to the primary of one of its parts.
+
+    def _renew_interval_us(self, lifetime_ms: int) -> int:
+        """The renewal interval of a credential valid `lifetime_ms` (0: not said): the
+        configured one, or half the lifetime if that is shorter (at least a millisecond), so
+        that a cluster's short-lived credentials are renewed in time without a client setting."""
+        interval_us = self._config.credential_renew_interval_ms * 1000
+        if lifetime_ms > 0:
+            interval_us = min(interval_us, max(lifetime_ms * 1000 // 2, 1000))
+        return interval_us
 
     def _renew_at(self, session_id: bytes, due_us: int) -> None:
         self._renew_due[session_id] = due_us
@@ -2299,14 +2317,13 @@ class ClientCore:
 
     def _renew_credentials(self, now_us: int) -> None:
         heap = self._renewals
-        retry_us = max(self._config.credential_renew_interval_ms * 1000 // 8, 1)
         while heap and heap[0][0] <= now_us:
             due_us, session_id = heapq.heappop(heap)
             session = self._sessions.get(session_id)
             if session is None or self._renew_due.get(session_id) != due_us:
                 continue
             # Tried again after an eighth of the interval unless a fresh credential comes first.
-            self._renew_at(session_id, now_us + retry_us)
+            self._renew_at(session_id, now_us + max(session.renew_interval_us // 8, 1))
             self._send_renewal(session, now_us)
 
     def _send_renewal(self, session: Session, now_us: int) -> None:
@@ -2339,12 +2356,12 @@ class ClientCore:
         if self._send_bind(session, server, tuple(by_server[server]), now_us):
             self._renewing[(session_id, server)] = session.credential
 
-    def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
-        """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
-        session.credential = credential
-        self._renew_at(
-            session.session_id, now_us + self._config.credential_renew_interval_ms * 1000
-        )
+    def _renewed(self, session: Session, frame: ResumeOk, now_us: int) -> None:
+        """A fresh credential (RESUME_OK): presented from now on, renewed in an interval (of
+        its own lifetime, as the RESUME_OK states it)."""
+        session.credential = frame.credential
+        session.renew_interval_us = self._renew_interval_us(frame.credential_lifetime_ms)
+        self._renew_at(session.session_id, now_us + session.renew_interval_us)
         self._emit(CredentialRenewed(node=self.node_id, session_id=session.session_id))
 
     def _renewal_failed(

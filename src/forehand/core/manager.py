@@ -2440,6 +2440,7 @@ class ManagerCore:
                 request_id=opening.request_id,
                 session_id=session_id,
                 credential=credential,
+                credential_lifetime_ms=self._config.credential_lifetime_ms,
                 map_version=current.version,
                 placements=placements,
                 token=token,

@@ -1183,6 +1183,7 @@ class ServerCore:
                 parts=message.parts,
                 map_version=self.map_version,
                 credential=fresh,
+                credential_lifetime_ms=self._config.credential_lifetime_ms if fresh else 0,
             ),
         )
 

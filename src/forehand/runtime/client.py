@@ -287,7 +287,8 @@ class Session:
         (`Client.resume_session`): its id, its credential (a secret) and its placements.
 
         The credential is the newest: the client renews it while it holds the session (every
-        `ClientConfig.credential_renew_interval_ms`), and a snapshot older than the cluster's
+        `ClientConfig.credential_renew_interval_ms`, or half the credential lifetime the cluster
+        states if that is shorter), and a snapshot older than the cluster's
         `credential_lifetime_ms` (24 hours) can no longer take the session back, so persist it
         again from time to time."""
         snapshot = self._client._core.session_snapshot(self._id)

@@ -161,7 +161,7 @@ def draw_plan(rng: random.Random, config: ClusterConfig) -> ClusterPlan:
         server_id: _server_config(rng, server_id, index, config, manager)
         for index, server_id in enumerate(server_ids)
     }
-    clients = {client_id: _client_config(rng, client_id, manager) for client_id in client_ids}
+    clients = {client_id: _client_config(rng, client_id) for client_id in client_ids}
     processes = {MANAGER: ProcessModel(store_latency_us=rng.choice((200, 1_000, 3_000)))}
     for server_id in server_ids:
         service_time_us = rng.choice((20, 50, 100))
@@ -241,19 +241,16 @@ def _server_config(
     )
 
 
-def _client_config(rng: random.Random, client_id: NodeId, manager: ManagerConfig) -> ClientConfig:
-    """`ClientConfig.randomized`, with a request timeout the liveness bound can cover, renewing
-    its credentials well within their lifetime when a run lets sessions expire."""
+def _client_config(rng: random.Random, client_id: NodeId) -> ClientConfig:
+    """`ClientConfig.randomized`, with a request timeout the liveness bound can cover. Its
+    renewal interval stays as drawn: when a run lets sessions expire, the short lifetime that
+    SESSION_OPENED and RESUME_OK state makes the client renew within it."""
     base = ClientConfig.randomized(rng, node_id=client_id)
-    renew_ms = base.credential_renew_interval_ms
-    if manager.session_expiry_ms == EXPIRING_SESSION_EXPIRY_MS:
-        renew_ms = min(renew_ms, manager.credential_lifetime_ms // 4)
     return dataclasses.replace(
         base,
         request_timeout_ms=rng.choice((3_000, 5_000)),
         retry_backoff_max_ms=min(base.retry_backoff_max_ms, 1_000),
         handoff_deadline_ms_max=min(base.handoff_deadline_ms_max, 5_000),
-        credential_renew_interval_ms=renew_ms,
     )
 
 

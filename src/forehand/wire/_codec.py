@@ -291,6 +291,7 @@ def _encode_session_opened(frame: SessionOpened, config: WireConfig) -> bytes:
     buffer.push_bytes_prefixed(
         frame.credential, config.credential_bytes_max, name="SessionOpened.credential"
     )
+    buffer.push_varint(frame.credential_lifetime_ms)
     buffer.push_varint(frame.map_version)
     buffer.push_bytes_prefixed(frame.token, config.token_bytes_max, name="SessionOpened.token")
     placements = frame.placements
@@ -308,6 +309,7 @@ def _decode_session_opened(buffer: Buffer, config: WireConfig) -> SessionOpened:
     request_id = buffer.pull_varint()
     session_id = buffer.pull_bytes(SESSION_ID_BYTES)
     credential = buffer.pull_bytes_prefixed(config.credential_bytes_max)
+    credential_lifetime_ms = buffer.pull_varint()
     map_version = buffer.pull_varint()
     token = buffer.pull_bytes_prefixed(config.token_bytes_max)
     count = buffer.pull_count(config.placements_max)
@@ -316,6 +318,7 @@ def _decode_session_opened(buffer: Buffer, config: WireConfig) -> SessionOpened:
         request_id=request_id,
         session_id=session_id,
         credential=credential,
+        credential_lifetime_ms=credential_lifetime_ms,
         map_version=map_version,
         placements=placements,
         token=token,
@@ -461,6 +464,7 @@ def _encode_resume_ok(frame: ResumeOk, config: WireConfig) -> bytes:
     buffer.push_bytes_prefixed(
         frame.credential, config.credential_bytes_max, name="ResumeOk.credential"
     )
+    buffer.push_varint(frame.credential_lifetime_ms)
     return _with_header(FrameType.RESUME_OK, buffer.data(), config)
 
 
@@ -469,8 +473,13 @@ def _decode_resume_ok(buffer: Buffer, config: WireConfig) -> ResumeOk:
     map_version = buffer.pull_varint()
     parts = _pull_parts(buffer, config)
     credential = buffer.pull_bytes_prefixed(config.credential_bytes_max)
+    credential_lifetime_ms = buffer.pull_varint()
     return ResumeOk(
-        session_id=session_id, parts=parts, map_version=map_version, credential=credential
+        session_id=session_id,
+        parts=parts,
+        map_version=map_version,
+        credential=credential,
+        credential_lifetime_ms=credential_lifetime_ms,
     )
 
 

@@ -167,6 +167,8 @@ class SessionOpened(_Frame, frozen=True, kw_only=True, gc=False):
     """The new session's id (16 bytes, UUIDv7)."""
     credential: bytes
     """The credential the client presents in HELLO to use this session on another connection."""
+    credential_lifetime_ms: int = 0
+    """How long the credential is valid from now (0: not said); a client renews it before."""
     map_version: int
     """The shard-map version the placements come from."""
     placements: tuple[Placement, ...]
@@ -303,6 +305,8 @@ class ResumeOk(_Frame, frozen=True, kw_only=True, gc=False):
     """The shard-map version it serves them under."""
     credential: bytes = b""
     """A fresh session credential, or empty to keep the old one."""
+    credential_lifetime_ms: int = 0
+    """How long the fresh credential is valid from now (0 with no credential, or not said)."""
 
 
 class ResumeReject(_Frame, frozen=True, kw_only=True, gc=False):
