@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,14 +134,25 @@ class NodeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, and TOML escapes DEL too."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str | Path):
-        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{text}"'
+        return _toml_string(str(value))
     raise ConfigError(f"cannot write {value!r} to TOML")
 
 
@@ -156,10 +169,10 @@ def _set_on_top(
 
 def write_toml(path: Path, top: Mapping[str, Any], tables: Mapping[str, Mapping[str, Any]]) -> None:
     """A TOML file of scalar keys and one level of tables."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in top.items()]
+    lines = [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in top.items()]
     for name, table in tables.items():
-        lines += ["", f"[{name}]"]
-        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        lines += ["", f"[{_toml_key(name)}]"]
+        lines += [f"{_toml_key(key)} = {_toml_value(value)}" for key, value in table.items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
