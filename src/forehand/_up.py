@@ -201,9 +201,23 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
 def _unusable(directory: Path, error: OSError) -> ConfigError:
     """The one line for a state directory that cannot be made or written (not a directory,
     permission denied, a read-only file system): the path and the system's reason."""
-    reason = error.strerror or str(error)
     where = f" ({error.filename})" if error.filename not in (None, str(directory)) else ""
-    return ConfigError(f"cannot use --dir {directory}: {reason}{where}")
+    return ConfigError(f"cannot use --dir {directory}: {error.strerror or error}{where}")
+
+
+def _reason(error: OSError) -> str:
+    """The system's reason, with the file it concerns."""
+    where = f" ({error.filename})" if error.filename is not None else ""
+    return f"{error.strerror or error}{where}"
+
+
+def _within(filename: object, directory: Path) -> bool:
+    """Whether an error's file is `directory` or lies under it (an error with no file, a fork
+    refused say, is not the directory's)."""
+    if not isinstance(filename, str | bytes):
+        return False
+    path = Path(os.fsdecode(filename))
+    return path == directory or directory in path.parents
 
 
 def _refuse_running_leftovers(directory: Path) -> None:
@@ -323,8 +337,11 @@ async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
             print(f"forehand up: the cluster did not start: {error}", file=out)
             return 1
         except OSError as error:
-            # Certificates, configuration files and logs go into the directory as it starts.
-            raise _unusable(cluster.directory, error) from error
+            # Certificates, configuration files and logs go into the directory as it starts;
+            # an error elsewhere (a process that cannot be spawned) is not the directory's.
+            if _within(error.filename, cluster.directory):
+                raise _unusable(cluster.directory, error) from error
+            raise ConfigError(f"could not start the cluster: {_reason(error)}") from error
         state = _state(cluster, options)
         state_path.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         print(_banner(cluster, options, state), file=out, flush=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import io
 import json
 import os
 import signal
@@ -24,6 +26,9 @@ from typing import Any
 import pytest
 
 import forehand
+from forehand._up import UpOptions, _up
+from forehand.demo._cluster import ClusterConfig, DemoCluster, write_toml
+from forehand.errors import ConfigError
 
 pytestmark = pytest.mark.slow
 
@@ -296,6 +301,60 @@ def test_up_passes_settings_to_its_processes(tmp_path: Path) -> None:
     finally:
         _kill_all(process, directory)
     assert "stopping every process" in output
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["plain", 'quote " and backslash \\', "new\nline\ttab", "nul \x00 esc \x1b del \x7f", "é 𝄞"],
+)
+def test_the_configuration_files_up_writes_hold_any_string(tmp_path: Path, text: str) -> None:
+    """A value (a path, a token file, an app's setting) with quotes, control characters or
+    other scripts reads back as given, and so does a key that is not a bare TOML key. Before,
+    a newline or a control character wrote a file the process could not load."""
+    path = tmp_path / "x.toml"
+    write_toml(path, {"value": text, "odd key": text}, {"core": {"value": text}})
+    assert tomllib.loads(path.read_text(encoding="utf-8")) == {
+        "value": text,
+        "odd key": text,
+        "core": {"value": text},
+    }
+
+
+class _FailingCluster(DemoCluster):
+    """A cluster whose start fails with `error` (what a refused fork or a full disk raises)."""
+
+    def __init__(self, directory: Path, error: OSError) -> None:
+        super().__init__(directory, ClusterConfig(server_ids=("s1",), app="examples.cart.app:app"))
+        self.error = error
+
+    async def start(self) -> None:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("where", "line"),
+    [
+        ("none", "could not start the cluster: Resource temporarily unavailable"),
+        ("outside", "could not start the cluster: No such file or directory (/nowhere/forehand)"),
+        ("inside", "cannot use --dir {dir}: No space left on device ({dir}/s1.toml)"),
+    ],
+)
+def test_up_blames_its_directory_only_for_an_error_in_it(
+    tmp_path: Path, where: str, line: str
+) -> None:
+    """An OSError while the cluster starts names --dir only when its file lies in the
+    directory; a fork refused (no file) or a program missing elsewhere is said as it is.
+    Before, every one read as "cannot use --dir"."""
+    errors = {
+        "none": OSError(errno.EAGAIN, os.strerror(errno.EAGAIN)),
+        "outside": FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/nowhere/forehand"),
+        "inside": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "s1.toml")),
+    }
+    cluster = _FailingCluster(tmp_path, errors[where])
+    options = UpOptions(app="examples.cart.app:app", app_dir=Path.cwd(), directory=tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        asyncio.run(_up(cluster, options, io.StringIO()))
+    assert str(raised.value) == line.format(dir=tmp_path)
 
 
 def _unusable_directory(tmp_path: Path, case: str) -> Path:
