@@ -97,8 +97,12 @@ NOTABLE_EVENTS = frozenset(
 )
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
 DEBUG (a server's `PrimaryInstalled` too: one per part, tens of thousands in one failover)."""
-WARNING_EVENTS = frozenset({"PartsUnreplicated"})
-"""Notable events an operator must act on, logged at WARNING."""
+WARNING_EVENTS = frozenset(
+    {"FailoverAbandoned", "PartsLost", "PartsUnreplicated", "ServersSilent", "StateNotEncodable"}
+)
+"""Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
+or without a replica; every server silent to the manager; an application's state that cannot be
+replicated."""
 
 LOGGED_ITEMS_MAX = 8
 """Items of a sequence field an event's log line shows; beyond, the count and the first ones
