@@ -142,10 +142,8 @@ class Harness:
         map_version: int = 5,
         session_id: bytes = SESSION,
         welcome_manager: bool = True,
-        credential_lifetime_ms: int = 0,
     ) -> bytes:
-        """Open a session whose parts are placed as given, answering as the manager (stating
-        `credential_lifetime_ms` for its credential, 0: not said)."""
+        """Open a session whose parts are placed as given, answering as the manager."""
         request_id = self.client.open_session(tuple(p.part for p in placements), now_us=self.now_us)
         self.drain()
         if welcome_manager:
@@ -156,7 +154,6 @@ class Harness:
                 request_id=request_id,
                 session_id=session_id,
                 credential=b"cred-" + session_id[:4],
-                credential_lifetime_ms=credential_lifetime_ms,
                 map_version=map_version,
                 placements=placements,
                 token=b"token-" + session_id[:4],
@@ -201,14 +198,9 @@ def answer(
     )
 
 
-def ready_session(h: Harness, *, credential_lifetime_ms: int = 0) -> bytes:
-    """A session with auth on s1 (replica s2) and cart on s2 (replica s3); s1 and s2 welcomed
-    (its SESSION_OPENED stating `credential_lifetime_ms`)."""
-    session = h.open(
-        placement("auth", "s1", "s2"),
-        placement("cart", "s2", "s3"),
-        credential_lifetime_ms=credential_lifetime_ms,
-    )
+def ready_session(h: Harness) -> bytes:
+    """A session with auth on s1 (replica s2) and cart on s2 (replica s3); s1 and s2 welcomed."""
+    session = h.open(placement("auth", "s1", "s2"), placement("cart", "s2", "s3"))
     h.client.call(session, "auth", "warm", b"", now_us=h.now_us)
     h.client.call(session, "cart", "warm", b"", now_us=h.now_us)
     h.drain()

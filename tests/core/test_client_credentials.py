@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING
 
 from forehand.core._client_events import CredentialRenewed, SessionResumeRejected
 from forehand.core._client_session import RouteState
-from forehand.wire import Hello, Resume, ResumeOk, ResumeReject, ResumeRejectReason
+from forehand.core.client import RENEW_INTERVAL_FLOOR_US
+from forehand.wire import (
+    Hello,
+    Resume,
+    ResumeOk,
+    ResumeReject,
+    ResumeRejectReason,
+    SessionOpened,
+    Settings,
+)
 
 if TYPE_CHECKING:
     from tests.core._client_helpers import (
@@ -26,6 +35,18 @@ else:
     from _client_helpers import MANAGER, SESSION, Harness, answer, placement, ready_session
 
 INTERVAL_MS = 60_000
+
+
+def opened(request_id: int) -> SessionOpened:
+    """The manager's SESSION_OPENED of a session with auth on s1, answering `request_id`."""
+    return SessionOpened(
+        request_id=request_id,
+        session_id=SESSION,
+        credential=b"cred-1",
+        map_version=5,
+        placements=(placement("auth", "s1"),),
+        token=b"",
+    )
 
 
 def test_a_session_trades_its_credential_for_a_fresh_one_every_interval() -> None:
@@ -158,72 +179,82 @@ def test_an_idle_session_with_no_connection_up_dials_to_renew() -> None:
     assert h.client.session_snapshot(session).credential == b"new"
 
 
-def test_a_credential_shorter_lived_than_the_interval_is_renewed_at_half_its_lifetime() -> None:
+def test_a_credential_lifetime_stated_in_settings_shortens_the_interval_to_half_of_it() -> None:
     """The cluster issues credentials valid 10 s; the client keeps its 60 s interval. The
-    SESSION_OPENED states the lifetime, so the renewal goes at 5 s, and a RESUME_OK's fresh
-    credential (valid 4 s) is renewed 2 s after it, a refused renewal tried again an eighth of
-    that later. Before, the client renewed at its own interval, after the credential had expired,
-    and the manager closed the live session."""
+    manager's SETTINGS (after its WELCOME) states the lifetime, so the session's first renewal
+    goes at 5 s, the next 5 s after its RESUME_OK, and a refused one is tried again an eighth
+    of that later. Before, the client renewed at its own interval, after the credential had
+    expired, and the manager closed the live session."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
-    session = ready_session(h, credential_lifetime_ms=10_000)
+    request_id = h.client.open_session(("auth",), now_us=h.now_us)
+    h.drain()
+    h.welcome(MANAGER)
+    h.feed(MANAGER, Settings(credential_lifetime_ms=10_000))
+    h.feed(MANAGER, opened(request_id))
+    h.outbox.clear()
+    h.advance(ms=4_999)
+    assert h.take(Resume) == [] and h.take(Hello) == []
+    h.advance(ms=1)
+    assert len(h.take(Hello, "s1")) == 1
+    h.welcome("s1")
+    (renewal,) = h.take(Resume, "s1")
+    h.feed("s1", ResumeOk(session_id=SESSION, parts=renewal.parts, map_version=5, credential=b"f1"))
     h.advance(ms=4_999)
     assert h.take(Resume) == []
     h.advance(ms=1)
-    (renewal,) = h.take(Resume)
-    server = h.client.route(session, renewal.parts[0]).primary
-    h.feed(
-        server,
-        ResumeOk(
-            session_id=session,
-            parts=renewal.parts,
-            map_version=5,
-            credential=b"fresh-1",
-            credential_lifetime_ms=4_000,
-        ),
-    )
-    h.advance(ms=1_999)
+    (again,) = h.take(Resume, "s1")
+    assert again.token == b"f1"
+    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.OVERLOADED))
+    h.advance(ms=5_000 // 8 - 1)
     assert h.take(Resume) == []
     h.advance(ms=1)
-    (again,) = h.take(Resume)
-    assert again.token == b"fresh-1"
-    server = h.client.route(session, again.parts[0]).primary
-    h.feed(server, ResumeReject(session_id=session, reason=ResumeRejectReason.OVERLOADED))
-    h.advance(ms=2_000 // 8 - 1)
+    assert len(h.take(Resume, "s1")) == 1
+
+
+def test_a_shorter_lifetime_stated_later_brings_due_renewals_forward() -> None:
+    """A session opened before any node stated a lifetime is due at the client's interval; a
+    server's SETTINGS stating 4 s brings that renewal to 2 s from then. A longer lifetime
+    stated after it changes nothing (the shortest counts), nor does 0 (not said)."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    ready_session(h)
+    h.advance(ms=1_000)
+    h.feed("s1", Settings(credential_lifetime_ms=4_000))
+    h.feed("s2", Settings(credential_lifetime_ms=86_400_000))
+    h.feed("s2", Settings())
+    h.advance(ms=1_999)
     assert h.take(Resume) == []
     h.advance(ms=1)
     assert len(h.take(Resume)) == 1
 
 
-def test_a_credential_longer_lived_than_twice_the_interval_keeps_the_interval() -> None:
-    """A stated lifetime only shortens the interval: credentials valid a day are still renewed
-    at the client's 60 s, and a RESUME_OK stating none (0, an older server) brings the interval
-    back to the client's own after a short-lived credential."""
+def test_a_session_taken_back_after_a_restart_retries_its_renewal_at_the_stated_cadence() -> None:
+    """A snapshot carries no lifetime, but the primary's SETTINGS (after the WELCOME of the
+    HELLO that presents the credential) does: the renewal goes at once, and when it is refused
+    it is tried again an eighth of half that lifetime later, not an eighth of the client's 60 s
+    interval (found by a second reading: with credentials short-lived, the retry came after
+    they expired)."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
-    session = ready_session(h, credential_lifetime_ms=86_400_000)
-    h.advance(ms=INTERVAL_MS - 1)
+    h.client.resume_session(SESSION, b"old", (placement("auth", "s1"),), map_version=4, now_us=0)
+    h.drain()
+    h.welcome("s1")
+    h.feed("s1", Settings(credential_lifetime_ms=8_000))
+    h.outbox.clear()
+    h.advance(ms=0)
+    (renewal,) = h.take(Resume, "s1")
+    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.OVERLOADED))
+    h.advance(ms=4_000 // 8 - 1)
     assert h.take(Resume) == []
     h.advance(ms=1)
-    (renewal,) = h.take(Resume)
-    server = h.client.route(session, renewal.parts[0]).primary
-    h.feed(
-        server,
-        ResumeOk(
-            session_id=session,
-            parts=renewal.parts,
-            map_version=5,
-            credential=b"short",
-            credential_lifetime_ms=1_000,
-        ),
-    )
-    h.advance(ms=500)
-    (short,) = h.take(Resume)
-    server = h.client.route(session, short.parts[0]).primary
-    h.feed(
-        server,
-        ResumeOk(session_id=session, parts=short.parts, map_version=5, credential=b"unsaid"),
-    )
-    h.advance(ms=INTERVAL_MS - 1)
+    assert renewal.token == b"old" and len(h.take(Resume, "s1")) == 1
+
+
+def test_a_stated_lifetime_never_brings_the_interval_below_a_second() -> None:
+    """A node stating a lifetime of 1 ms (a bad configuration, or a hostile node) makes the
+    client renew every second, not every half millisecond."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    ready_session(h)
+    h.feed("s1", Settings(credential_lifetime_ms=1))
+    h.advance(ms=RENEW_INTERVAL_FLOOR_US // 1000 - 1)
     assert h.take(Resume) == []
     h.advance(ms=1)
-    (last,) = h.take(Resume)
-    assert last.token == b"unsaid"
+    assert len(h.take(Resume)) == 1

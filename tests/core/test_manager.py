@@ -49,6 +49,7 @@ from forehand.wire import (
     Pong,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     Welcome,
 )
 
@@ -447,10 +448,6 @@ def test_open_session_commits_the_parts_and_answers_with_placements_and_tokens()
     assert claims.parts == on_first and claims.parts[0] == "auth"
     credential = sealer().open_credential(opened.credential, now_us=0)
     assert credential.session_id == opened.session_id
-    # Its lifetime is stated, so that the client renews it in time.
-    lifetime_ms = harness.config.credential_lifetime_ms
-    assert opened.credential_lifetime_ms == lifetime_ms > 0
-    assert credential.expires_us == lifetime_ms * 1000
     (registered,) = harness.events(SessionRegistered)
     assert registered.client == "c1" and registered.session_id == opened.session_id
     # The id is a UUIDv7 minted from the clock and the seeded rng.
@@ -469,12 +466,16 @@ def test_bad_open_session_closes_only_that_connection() -> None:
 
 
 def test_hello_is_welcomed_and_ping_answered() -> None:
-    """HELLO gets WELCOME with the map version; PING gets PONG."""
-    harness = ManagerHarness()
+    """HELLO gets WELCOME with the map version, then SETTINGS with the lifetime of the
+    credentials SESSION_OPENED brings (so that the client renews them in time); PING gets
+    PONG."""
+    harness = ManagerHarness(credential_lifetime_ms=7_200_000, session_expiry_ms=14_400_000)
     harness.join("s1")
     harness.router.send("c1", MANAGER, Hello(versions=(1,), client_id=bytes(16)))
-    (welcome,) = harness.take("c1", Welcome)
+    welcome, settings = harness.router.take("c1", object)
+    assert isinstance(welcome, Welcome)
     assert welcome.server_id == MANAGER and welcome.map_version == 1
+    assert settings == Settings(credential_lifetime_ms=7_200_000)
     harness.router.send("c1", MANAGER, Ping(sequence=3, sent_us=77))
     assert harness.take("c1", Pong) == [Pong(sequence=3, sent_us=77)]
     harness.router.send("c2", MANAGER, Hello(versions=(9,), client_id=bytes(16)))

@@ -15,7 +15,15 @@ from forehand.core._manager_expiry import SessionExpiry
 from forehand.errors import ConfigError
 from forehand.placement import new_session_id
 from forehand.stores import DeltaCommitRequested, StoreFailed
-from forehand.wire import CloseSession, Credential, Hello, MapRequest, MapUpdate, Welcome
+from forehand.wire import (
+    CloseSession,
+    Credential,
+    Hello,
+    MapRequest,
+    MapUpdate,
+    Settings,
+    Welcome,
+)
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
@@ -217,8 +225,8 @@ def test_a_client_back_after_its_credential_expired_hears_its_expired_session_cl
         "c2", MANAGER, Hello(versions=(1,), client_id=bytes(16), credentials=credentials)
     )
     received = harness.router.take("c2", object)
-    assert [type(frame) for frame in received] == [Welcome, CloseSession]
-    assert received[1] == CloseSession(session_id=gone.session_id)
+    assert [type(frame) for frame in received] == [Welcome, Settings, CloseSession]
+    assert received[2] == CloseSession(session_id=gone.session_id)
     harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=credentials))
     assert harness.take("c3", CloseSession) == [CloseSession(session_id=gone.session_id)]
 

@@ -47,6 +47,7 @@ from forehand.wire import (
     Pong,
     Redirect,
     ResponseStatus,
+    Settings,
     Welcome,
 )
 
@@ -386,10 +387,14 @@ def test_malformed_map_body_is_the_managers_fault(cluster: Cluster) -> None:
 
 
 def test_hello_gets_welcome_and_bad_versions_are_refused(cluster: Cluster) -> None:
-    """HELLO with version 1 gets WELCOME; without it the connection is refused."""
+    """HELLO with version 1 gets WELCOME, then SETTINGS with the lifetime of the credentials
+    RESUME_OK brings; without version 1 the connection is refused."""
     cluster.router.send("c1", "s1", Hello(versions=(1,), client_id=bytes(16)))
-    (welcome,) = cluster.take("c1", Welcome)
+    welcome, settings = cluster.router.take("c1", object)
+    assert isinstance(welcome, Welcome)
     assert (welcome.server_id, welcome.map_version) == ("s1", 1)
+    expected = cluster.server("s1")._config.credential_lifetime_ms
+    assert settings == Settings(credential_lifetime_ms=expected) and expected > 0
     cluster.router.send("c2", "s1", Hello(versions=(9,), client_id=bytes(16)))
     (error,) = cluster.take("c2", Error)
     assert error.code is ErrorCode.VERSION_NEGOTIATION_FAILED

@@ -30,6 +30,7 @@ from forehand.wire import (
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    Settings,
     Welcome,
 )
 
@@ -139,7 +140,11 @@ def test_refused_tokens_and_credentials_are_counted(ops_cluster: OpsCluster) -> 
                 connection.send_frame(
                     Hello(versions=(1,), client_id=os.urandom(16), credentials=credentials)
                 )
-                return connection, await connection.receive()
+                answer = await connection.receive()
+                if isinstance(answer, Welcome):
+                    # SETTINGS follows WELCOME (the server's credential lifetime).
+                    assert isinstance(await connection.receive(), Settings)
+                return connection, answer
 
             def token(lifetime_ms: int, age_ms: int = 0) -> bytes:
                 return sealer.issue_token(
@@ -210,6 +215,7 @@ def test_refused_credentials_and_peers_are_counted_by_the_manager(ops_cluster: O
         forged = Credential(session_id=os.urandom(16), credential=os.urandom(80))
         connection.send_frame(Hello(versions=(1,), client_id=os.urandom(16), credentials=(forged,)))
         welcome = await connection.receive()
+        assert isinstance(await connection.receive(), Settings)
         # A RESUME goes to a part's server, never to the manager.
         connection.send_frame(
             Resume(session_id=os.urandom(16), map_version=1, token=b"x" * 40, parts=("cart",))

@@ -48,6 +48,7 @@ from forehand.wire import (
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    Settings,
     Welcome,
 )
 
@@ -227,14 +228,19 @@ def test_planned_handoff_under_load(cluster: Cluster) -> None:
 async def _raw_connection(
     cluster: Cluster, server_id: str, credentials: tuple[Credential, ...] = ()
 ) -> tuple[Connection, Frame]:
-    """A bare `forehand/1` client connection to a server, after HELLO; and the answer to it."""
+    """A bare `forehand/1` client connection to a server, after HELLO; and the answer to it.
+    A WELCOME is followed by SETTINGS, stating the server's credential lifetime: taken here."""
     transport = create_transport(
         cluster.transport, credentials=Credentials.for_client(cluster.certs_dir)
     )
     host, port = parse_address(cluster.addresses[server_id], where="address")
     connection = await transport.connect(host, port, server_id=server_id, peer_role=PeerRole.SERVER)
     connection.send_frame(Hello(versions=(1,), client_id=os.urandom(16), credentials=credentials))
-    return connection, await connection.receive()
+    answer = await connection.receive()
+    if isinstance(answer, Welcome):
+        settings = await connection.receive()
+        assert isinstance(settings, Settings) and settings.credential_lifetime_ms > 0, settings
+    return connection, answer
 
 
 async def _resume(connection: Connection, session_id: bytes, token: bytes, version: int) -> Frame:

@@ -34,8 +34,8 @@ PARTS = ["auth", "cart"]
 def test_an_abandoned_session_expires_and_a_renewed_one_stays(tmp_path: Path) -> None:
     """One client opens a session and goes away without closing it (`Client.close` keeps
     sessions open, to be resumed); another opens one and calls throughout with the default
-    renewal interval (12 h). That one renews every second, half the lifetime the cluster states
-    in SESSION_OPENED and RESUME_OK (before, it renewed at its own interval and its live session
+    renewal interval (12 h). That one renews every second, half the lifetime the manager and
+    servers state in SETTINGS (before, it renewed at its own interval and its live session
     expired too). After the expiry the renewing one keeps its whole cart, and resuming the
     abandoned one from its snapshot fails as closed by the manager."""
     lifetime = f"core.credential_lifetime_ms={LIFETIME_MS}"

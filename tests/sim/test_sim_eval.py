@@ -21,8 +21,12 @@ from forehand.sim._predict_eval_plan import (
     SimEvalConfig,
 )
 
-SEED = 3
-"""The campaign seed of the shared quick campaign."""
+SEED = 2
+"""The campaign seed of the shared quick campaign: one in which each fault hits a server clients
+use, measured before the fault began. A link cut on a server no client talks to breaches
+nothing, by design (the truth counts the paths of clients that use the server): seed 3's did,
+once the SETTINGS frames after WELCOME shifted the run's timing, and so the session ids and
+where the sessions live."""
 WIDE = {"COLUMNS": "240", "NO_COLOR": "1"}
 """A terminal wide enough that table rows are not wrapped."""
 

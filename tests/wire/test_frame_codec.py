@@ -15,6 +15,7 @@ from forehand.wire import (
     ErrorCode,
     Extension,
     Frame,
+    FrameDecoder,
     FrameType,
     GoAway,
     Handoff,
@@ -25,6 +26,7 @@ from forehand.wire import (
     MapUpdate,
     OpenSession,
     PathSample,
+    PeerRole,
     Ping,
     ReasonCode,
     Redirect,
@@ -33,8 +35,10 @@ from forehand.wire import (
     ResponseStatus,
     ResumeReject,
     ResumeRejectReason,
+    Settings,
     Welcome,
     WireConfig,
+    encode_frame,
     encode_varint,
 )
 from forehand.wire._implementation import Codec
@@ -177,6 +181,8 @@ def test_request_rejects_out_of_range_fields(codec: Codec) -> None:
         OpenSession(request_id=1, parts=("a",) * 65),
         Redirect(request_id=1, session_id=SESSION, part="p", map_version=2, targets=(HERE,) * 9),
         Error(code=ErrorCode.INTERNAL_ERROR, reason="x" * 1025),
+        Settings(credential_lifetime_ms=-1),
+        Settings(credential_lifetime_ms=VARINT_MAX + 1),
     ],
     ids=lambda frame: type(frame).__name__,
 )
@@ -339,3 +345,42 @@ def test_config_bounds_apply_to_decoding(codec: Codec) -> None:
         codec.decode_frame(encoded, config=config)
     with pytest.raises(LocalProtocolError):
         codec.encode_frame(request(part="cart"), config=config)
+
+
+def _settings_frame(*pairs: tuple[int, int]) -> bytes:
+    """A SETTINGS frame of the given (id, value) pairs, as any sender may lay it out."""
+    body = bytes([len(pairs)])
+    for setting_id, value in pairs:
+        body += encode_varint(setting_id) + encode_varint(value)
+    return encode_varint(FrameType.SETTINGS) + encode_varint(len(body)) + body
+
+
+def test_settings_ignores_ids_it_does_not_know_and_refuses_one_repeated(codec: Codec) -> None:
+    """An id this implementation does not know (0x07, a later version's) is ignored, the ones it
+    knows are read; an id twice in one frame is malformed; an empty frame says nothing."""
+    known = _settings_frame((0x07, 5), (0x01, 90_000), (0x3E, 1))
+    assert codec.decode_frame(known) == Settings(credential_lifetime_ms=90_000)
+    assert codec.decode_frame(_settings_frame()) == Settings()
+    with pytest.raises(RemoteProtocolError, match="repeats") as raised:
+        codec.decode_frame(_settings_frame((0x01, 1), (0x01, 2)))
+    assert raised.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
+    too_many = _settings_frame(*((0x100 + index, 1) for index in range(65)))
+    with pytest.raises(RemoteProtocolError):
+        codec.decode_frame(too_many)
+
+
+def test_a_receiver_that_may_not_read_settings_skips_it_and_reads_on() -> None:
+    """SETTINGS lies in the extension range: a decoder that does not take it (here one reading
+    a cluster node, as one of an implementation without SETTINGS would read a server) skips it
+    and goes on with the next frame, where a client's decoder delivers it."""
+    data = encode_frame(Settings(credential_lifetime_ms=60_000)) + encode_frame(
+        Ping(sequence=1, sent_us=2)
+    )
+    skipping = FrameDecoder(sender=PeerRole.CLUSTER_NODE)
+    skipping.receive_data(data)
+    assert skipping.next_frame() == Ping(sequence=1, sent_us=2)
+    assert skipping.skipped_frame_count == 1
+    reading = FrameDecoder(sender=PeerRole.SERVER)
+    reading.receive_data(data)
+    assert reading.next_frame() == Settings(credential_lifetime_ms=60_000)
+    assert reading.next_frame() == Ping(sequence=1, sent_us=2)

@@ -43,6 +43,7 @@ from forehand.wire import (
     ResumeReject,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     Welcome,
 )
 from forehand.wire._frames import FRAME_CLASSES
@@ -102,6 +103,7 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
         frame_bytes_max=st.integers(16_384, VARINT_MAX),
         idle_timeout_ms=varints,
     ),
+    Settings: st.builds(Settings, credential_lifetime_ms=varints),
     OpenSession: st.builds(OpenSession, request_id=varints, parts=part_lists()),
     SessionOpened: st.builds(
         SessionOpened,

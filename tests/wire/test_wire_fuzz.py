@@ -49,6 +49,7 @@ from forehand.wire import (
     ResumeReject,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     Welcome,
     WireConfig,
     encode_frame,
@@ -71,6 +72,7 @@ SAMPLES: list[Frame] = [
     Welcome(
         version=1, server_id="edge-1", map_version=7, frame_bytes_max=16_384, idle_timeout_ms=1
     ),
+    Settings(credential_lifetime_ms=86_400_000),
     OpenSession(request_id=1, parts=("auth", "cart")),
     SessionOpened(
         request_id=1,
@@ -208,6 +210,6 @@ def test_fuzzed_streams_only_raise_remote_protocol_errors(codec: Codec) -> None:
 
 def test_valid_samples_cover_every_frame_type(codec: Codec) -> None:
     """The mutation corpus starts from every frame type, and each sample decodes as itself."""
-    assert len({type(frame) for frame in SAMPLES}) == 20
+    assert len({type(frame) for frame in SAMPLES}) == 21
     for frame, encoded in zip(SAMPLES, ENCODED, strict=True):
         assert codec.decode_frame(encoded, config=CONFIG) == frame

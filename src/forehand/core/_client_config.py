@@ -55,10 +55,10 @@ class ClientConfig:
     """How often the client renews each session's credential: a RESUME with it to the primary
     of one of the session's parts, answered by RESUME_OK with a fresh one. Credentials expire
     (the manager's and servers' `credential_lifetime_ms`, 24 hours), and a session outlives any
-    one of them. SESSION_OPENED and RESUME_OK state each credential's lifetime, and the client
-    renews at half of it when that comes first, so this only needs lowering to renew more often
-    than that (a renewal that finds no part placed, is refused or gets no fresh credential
-    tries again after an eighth of the interval)."""
+    one of them. Servers and the manager state that lifetime in SETTINGS, and the client renews
+    at half of it (at most once a second) when that comes first, so this only needs lowering to
+    renew more often than that (a renewal that finds no part placed, is refused or gets no fresh
+    credential tries again after an eighth of the interval)."""
     ping_interval_ms: int = 1_000
     """Period of PING on each READY connection."""
     pings_outstanding_max: int = 4

@@ -197,16 +197,13 @@ class PartRoute:
 class Session:
     """One session the client holds."""
 
-    __slots__ = ("credential", "parts", "renew_interval_us", "session_id")
+    __slots__ = ("credential", "parts", "session_id")
 
-    def __init__(self, session_id: bytes, *, credential: bytes, renew_interval_us: int) -> None:
+    def __init__(self, session_id: bytes, *, credential: bytes) -> None:
         self.session_id = session_id
         """The session id (16 bytes)."""
         self.credential = credential
         """The session credential presented in HELLO (also after a restart); RESUME_OK may renew
         it."""
-        self.renew_interval_us = renew_interval_us
-        """How long after the credential came it is renewed: `credential_renew_interval_ms`,
-        or half the lifetime its issuer stated if that is shorter."""
         self.parts: dict[str, PartRoute] = {}
         """The parts, by name, in the order the session was opened with."""

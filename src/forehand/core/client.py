@@ -104,6 +104,7 @@ from forehand.wire import (
     ResumeReject,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     Welcome,
     WireConfig,
     encode_frame,
@@ -119,6 +120,8 @@ _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
 _RENEWAL_HEAP_SLACK = 1024
 """Stale entries the renewal heap may hold beyond twice the sessions before it is rebuilt."""
+RENEW_INTERVAL_FLOOR_US = 1_000_000
+"""The shortest renewal interval a credential lifetime stated in SETTINGS can bring."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
@@ -282,6 +285,8 @@ class ClientCore:
         self._renewing: dict[tuple[bytes, NodeId], bytes] = {}
         """(session, server) of the binding RESUMEs that renew a credential, unanswered, with
         the credential each sent."""
+        self._stated_lifetime_ms = 0
+        """The shortest credential lifetime a cluster node stated in SETTINGS (0: none yet)."""
         self._probe_window_us = 0
         self._prewarm_due_us = 0
         self._probes_in_window = 0
@@ -318,6 +323,7 @@ class ClientCore:
         self._events: deque[ClientEvent] = deque()
         self._handlers: dict[type, _Handler] = {
             Welcome: self._on_welcome,
+            Settings: self._on_settings,
             SessionOpened: self._on_session_opened,
             Response: self._on_response,
             Redirect: self._on_redirect,
@@ -813,12 +819,9 @@ class ClientCore:
         placements: tuple[Placement, ...],
         map_version: int,
         now_us: int,
-        *,
-        credential_lifetime_ms: int = 0,
     ) -> Session:
-        interval_us = self._renew_interval_us(credential_lifetime_ms)
-        session = Session(session_id, credential=credential, renew_interval_us=interval_us)
-        self._renew_at(session_id, now_us + interval_us)
+        session = Session(session_id, credential=credential)
+        self._renew_at(session_id, now_us + self._renew_interval_us())
         for placement in placements:
             self._remember(placement.primary)
             for replica in placement.replicas:
@@ -1211,12 +1214,7 @@ class ClientCore:
             return
         # The manager's token is not kept: a restart resumes with the credential instead.
         self._new_session(
-            frame.session_id,
-            frame.credential,
-            frame.placements,
-            frame.map_version,
-            now_us,
-            credential_lifetime_ms=frame.credential_lifetime_ms,
+            frame.session_id, frame.credential, frame.placements, frame.map_version, now_us
         )
         self._emit(
             SessionEstablished(
@@ -2174,7 +2172,7 @@ class ClientCore:
         if is_bind:
             self._renewing.pop((frame.session_id, source), None)
             if session is not None and frame.credential:
-                self._renewed(session, frame, now_us)
+                self._renewed(session, frame.credential, now_us)
         if session is not None and self._pool.get(source) is not None:
             self._bound.setdefault(source, set()).add(frame.session_id)
         if is_bind or session is None:
@@ -2194,7 +2192,7 @@ class ClientCore:
         del self._resumptions[(frame.session_id, source)]
         session = self._sessions[frame.session_id]
         if frame.credential:
-            self._renewed(session, frame, now_us)
+            self._renewed(session, frame.credential, now_us)
         self._adopt_map_version(frame.map_version)
         granted = set(frame.parts)
         moved = tuple(part for part in resumption.parts if part in granted)
@@ -2294,16 +2292,31 @@ class ClientCore:
 
     # Credential renewal: a session outlives any one credential (they expire after the cluster's
     # `credential_lifetime_ms`), so each is traded for a fresh one every
-    # `credential_renew_interval_ms`, or every half of the lifetime its issuer stated if that is
-    # shorter, by a binding RESUME to the primary of one of its parts.
+    # `credential_renew_interval_ms`, or every half of the lifetime the cluster's nodes state in
+    # SETTINGS if that is shorter, by a binding RESUME to the primary of one of its parts.
 
-    def _renew_interval_us(self, lifetime_ms: int) -> int:
-        """The renewal interval of a credential valid `lifetime_ms` (0: not said): the
-        configured one, or half the lifetime if that is shorter (at least a millisecond), so
-        that a cluster's short-lived credentials are renewed in time without a client setting."""
+    def _on_settings(self, frame: Settings, source: NodeId, now_us: int) -> None:
+        """A cluster node states its configuration: the shortest credential lifetime stated
+        sets the renewal interval from now on, and renewals due later than an interval from
+        now are brought forward (a session opened or resumed before it was known)."""
+        lifetime_ms = frame.credential_lifetime_ms
+        if lifetime_ms <= 0 or 0 < self._stated_lifetime_ms <= lifetime_ms:
+            return
+        self._stated_lifetime_ms = lifetime_ms
+        latest_us = now_us + self._renew_interval_us()
+        for session_id, due_us in list(self._renew_due.items()):
+            if due_us > latest_us:
+                self._renew_at(session_id, latest_us)
+
+    def _renew_interval_us(self) -> int:
+        """`credential_renew_interval_ms`, or half the shortest credential lifetime a cluster
+        node stated (`_stated_lifetime_ms`) if that is shorter, and never below
+        `RENEW_INTERVAL_FLOOR_US` for a stated one (a node stating a lifetime of a millisecond
+        does not make the client renew every session a thousand times a second)."""
         interval_us = self._config.credential_renew_interval_ms * 1000
-        if lifetime_ms > 0:
-            interval_us = min(interval_us, max(lifetime_ms * 1000 // 2, 1000))
+        if self._stated_lifetime_ms:
+            half_us = max(self._stated_lifetime_ms * 1000 // 2, RENEW_INTERVAL_FLOOR_US)
+            interval_us = min(interval_us, half_us)
         return interval_us
 
     def _renew_at(self, session_id: bytes, due_us: int) -> None:
@@ -2317,13 +2330,14 @@ class ClientCore:
 
     def _renew_credentials(self, now_us: int) -> None:
         heap = self._renewals
+        retry_us = max(self._renew_interval_us() // 8, 1)
         while heap and heap[0][0] <= now_us:
             due_us, session_id = heapq.heappop(heap)
             session = self._sessions.get(session_id)
             if session is None or self._renew_due.get(session_id) != due_us:
                 continue
             # Tried again after an eighth of the interval unless a fresh credential comes first.
-            self._renew_at(session_id, now_us + max(session.renew_interval_us // 8, 1))
+            self._renew_at(session_id, now_us + retry_us)
             self._send_renewal(session, now_us)
 
     def _send_renewal(self, session: Session, now_us: int) -> None:
@@ -2356,12 +2370,10 @@ class ClientCore:
         if self._send_bind(session, server, tuple(by_server[server]), now_us):
             self._renewing[(session_id, server)] = session.credential
 
-    def _renewed(self, session: Session, frame: ResumeOk, now_us: int) -> None:
-        """A fresh credential (RESUME_OK): presented from now on, renewed in an interval (of
-        its own lifetime, as the RESUME_OK states it)."""
-        session.credential = frame.credential
-        session.renew_interval_us = self._renew_interval_us(frame.credential_lifetime_ms)
-        self._renew_at(session.session_id, now_us + session.renew_interval_us)
+    def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
+        """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""
+        session.credential = credential
+        self._renew_at(session.session_id, now_us + self._renew_interval_us())
         self._emit(CredentialRenewed(node=self.node_id, session_id=session.session_id))
 
     def _renewal_failed(

@@ -170,6 +170,7 @@ from forehand.wire import (
     ReasonCode,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     Welcome,
 )
 from forehand.wire import Placement as WirePlacement
@@ -2327,6 +2328,8 @@ class ManagerCore:
                 idle_timeout_ms=self._config.idle_timeout_ms,
             ),
         )
+        # The lifetime of the credentials SESSION_OPENED brings (a client renews them in time).
+        self._send(source, Settings(credential_lifetime_ms=self._config.credential_lifetime_ms))
         for session_id in ended:
             self._send(source, CloseSession(session_id=session_id))
 
@@ -2440,7 +2443,6 @@ class ManagerCore:
                 request_id=opening.request_id,
                 session_id=session_id,
                 credential=credential,
-                credential_lifetime_ms=self._config.credential_lifetime_ms,
                 map_version=current.version,
                 placements=placements,
                 token=token,

@@ -127,6 +127,7 @@ from forehand.wire import (
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    Settings,
     Welcome,
 )
 
@@ -965,6 +966,9 @@ class ServerCore:
                 idle_timeout_ms=self._config.idle_timeout_ms,
             ),
         )
+        # The lifetime of the credentials RESUME_OK brings, so that the client renews them in
+        # time whatever its own interval (a client that does not know SETTINGS skips it).
+        self._send(source, Settings(credential_lifetime_ms=self._config.credential_lifetime_ms))
         for session_id in expired:
             self._send(
                 source,
@@ -1183,7 +1187,6 @@ class ServerCore:
                 parts=message.parts,
                 map_version=self.map_version,
                 credential=fresh,
-                credential_lifetime_ms=self._config.credential_lifetime_ms if fresh else 0,
             ),
         )
 

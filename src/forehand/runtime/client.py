@@ -288,7 +288,7 @@ class Session:
 
         The credential is the newest: the client renews it while it holds the session (every
         `ClientConfig.credential_renew_interval_ms`, or half the credential lifetime the cluster
-        states if that is shorter), and a snapshot older than the cluster's
+        states in SETTINGS if that is shorter), and a snapshot older than the cluster's
         `credential_lifetime_ms` (24 hours) can no longer take the session back, so persist it
         again from time to time."""
         snapshot = self._client._core.session_snapshot(self._id)

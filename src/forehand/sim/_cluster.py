@@ -80,8 +80,8 @@ fault lasts (they heal by 6 s) plus a renewal, so that a renewal stuck on a paus
 still answered in time (with 4 s, one stuck from 1.9 to 6.0 s let the credential expire, and the
 session with it: seed 14200238)."""
 EXPIRING_SESSION_EXPIRY_MS = 12_000
-"""Session expiry of those runs: the lifetime and two to four renewals (their clients renew every
-1 or 2 s)."""
+"""Session expiry of those runs: the lifetime and one to three renewals (their clients renew every
+1 s as drawn, or every 4 s, half the lifetime the servers and the manager state in SETTINGS)."""
 GONE_CLIENT_AT_US = 1_000_000
 """When the last client of such a run goes for good, leaving its sessions (all open by 0.7 s)."""
 GONE_SLACK_US = 1_500_000
@@ -244,7 +244,7 @@ def _server_config(
 def _client_config(rng: random.Random, client_id: NodeId) -> ClientConfig:
     """`ClientConfig.randomized`, with a request timeout the liveness bound can cover. Its
     renewal interval stays as drawn: when a run lets sessions expire, the short lifetime that
-    SESSION_OPENED and RESUME_OK state makes the client renew within it."""
+    the servers and the manager state in SETTINGS makes the client renew within it."""
     base = ClientConfig.randomized(rng, node_id=client_id)
     return dataclasses.replace(
         base,

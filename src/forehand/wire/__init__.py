@@ -65,6 +65,7 @@ from forehand.wire._frames import (
     ResumeOk,
     ResumeReject,
     SessionOpened,
+    Settings,
     Welcome,
 )
 from forehand.wire._implementation import (
@@ -133,6 +134,7 @@ __all__ = [
     "ResumeReject",
     "ResumeRejectReason",
     "SessionOpened",
+    "Settings",
     "StreamType",
     "Welcome",
     "WireConfig",

@@ -55,6 +55,7 @@ from forehand.wire._frames import (
     ResumeOk,
     ResumeReject,
     SessionOpened,
+    Settings,
     Welcome,
 )
 from forehand.wire._hot_codec import (
@@ -139,6 +140,33 @@ def _pull_credentials(buffer: Buffer, config: WireConfig) -> tuple[Credential, .
         )
         for _ in range(count)
     )
+
+
+SETTING_CREDENTIAL_LIFETIME_MS = 0x01
+"""The SETTINGS id of `Settings.credential_lifetime_ms`."""
+
+
+def _encode_settings(frame: Settings, config: WireConfig) -> bytes:
+    pairs = [(SETTING_CREDENTIAL_LIFETIME_MS, frame.credential_lifetime_ms)]
+    said = [(setting_id, value) for setting_id, value in pairs if value]
+    buffer = Buffer()
+    buffer.push_count(len(said), config.settings_max, name="Settings")
+    for setting_id, value in said:
+        buffer.push_varint(setting_id)
+        buffer.push_varint(value)
+    return _with_header(FrameType.SETTINGS, buffer.data(), config)
+
+
+def _decode_settings(buffer: Buffer, config: WireConfig) -> Settings:
+    count = buffer.pull_count(config.settings_max)
+    values: dict[int, int] = {}
+    for _ in range(count):
+        setting_id = buffer.pull_varint()
+        if setting_id in values:
+            raise malformed(f"SETTINGS repeats id {setting_id:#x}")
+        values[setting_id] = buffer.pull_varint()
+    # Ids this implementation does not know are ignored, as the protocol requires.
+    return Settings(credential_lifetime_ms=values.get(SETTING_CREDENTIAL_LIFETIME_MS, 0))
 
 
 def _encode_welcome(frame: Welcome, config: WireConfig) -> bytes:
@@ -291,7 +319,6 @@ def _encode_session_opened(frame: SessionOpened, config: WireConfig) -> bytes:
     buffer.push_bytes_prefixed(
         frame.credential, config.credential_bytes_max, name="SessionOpened.credential"
     )
-    buffer.push_varint(frame.credential_lifetime_ms)
     buffer.push_varint(frame.map_version)
     buffer.push_bytes_prefixed(frame.token, config.token_bytes_max, name="SessionOpened.token")
     placements = frame.placements
@@ -309,7 +336,6 @@ def _decode_session_opened(buffer: Buffer, config: WireConfig) -> SessionOpened:
     request_id = buffer.pull_varint()
     session_id = buffer.pull_bytes(SESSION_ID_BYTES)
     credential = buffer.pull_bytes_prefixed(config.credential_bytes_max)
-    credential_lifetime_ms = buffer.pull_varint()
     map_version = buffer.pull_varint()
     token = buffer.pull_bytes_prefixed(config.token_bytes_max)
     count = buffer.pull_count(config.placements_max)
@@ -318,7 +344,6 @@ def _decode_session_opened(buffer: Buffer, config: WireConfig) -> SessionOpened:
         request_id=request_id,
         session_id=session_id,
         credential=credential,
-        credential_lifetime_ms=credential_lifetime_ms,
         map_version=map_version,
         placements=placements,
         token=token,
@@ -464,7 +489,6 @@ def _encode_resume_ok(frame: ResumeOk, config: WireConfig) -> bytes:
     buffer.push_bytes_prefixed(
         frame.credential, config.credential_bytes_max, name="ResumeOk.credential"
     )
-    buffer.push_varint(frame.credential_lifetime_ms)
     return _with_header(FrameType.RESUME_OK, buffer.data(), config)
 
 
@@ -473,13 +497,8 @@ def _decode_resume_ok(buffer: Buffer, config: WireConfig) -> ResumeOk:
     map_version = buffer.pull_varint()
     parts = _pull_parts(buffer, config)
     credential = buffer.pull_bytes_prefixed(config.credential_bytes_max)
-    credential_lifetime_ms = buffer.pull_varint()
     return ResumeOk(
-        session_id=session_id,
-        parts=parts,
-        map_version=map_version,
-        credential=credential,
-        credential_lifetime_ms=credential_lifetime_ms,
+        session_id=session_id, parts=parts, map_version=map_version, credential=credential
     )
 
 
@@ -515,6 +534,7 @@ _Encoder = Callable[[Any, WireConfig], bytes]
 _ENCODERS: dict[type[Frame], _Encoder] = {
     Hello: _encode_hello,
     Welcome: _encode_welcome,
+    Settings: _encode_settings,
     Error: _encode_error,
     GoAway: _encode_goaway,
     Ping: _encode_ping,
@@ -563,6 +583,7 @@ _DECODERS: dict[int, _Decoder] = {
     FrameType.HANDOFF: decode_handoff,
     FrameType.HELLO: _with_buffer(_decode_hello),
     FrameType.WELCOME: _with_buffer(_decode_welcome),
+    FrameType.SETTINGS: _with_buffer(_decode_settings),
     FrameType.ERROR: _with_buffer(_decode_error),
     FrameType.GOAWAY: _with_buffer(_decode_goaway),
     FrameType.PING: _with_buffer(_decode_ping),

@@ -83,6 +83,8 @@ class WireConfig:
     """Most path samples one PING may carry."""
     telemetry_metrics_max: int = 16
     """Most metrics one path sample may carry."""
+    settings_max: int = 64
+    """Most (id, value) pairs one SETTINGS may carry, ids unknown to the receiver included."""
 
     def __post_init__(self) -> None:
         for field in fields(self):

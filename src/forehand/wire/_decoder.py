@@ -62,6 +62,7 @@ ALLOWED_FRAME_TYPES: dict[PeerRole, frozenset[int]] = {
     PeerRole.SERVER: _COMMON_FRAMES
     | {
         _FT.WELCOME,
+        _FT.SETTINGS,
         _FT.SESSION_OPENED,
         _FT.CLOSE_SESSION,
         _FT.RESPONSE,

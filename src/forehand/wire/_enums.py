@@ -52,7 +52,8 @@ class FrameType(IntEnum):
     """Frame types. 0x01-0x3f are `forehand/1` frames, 0x40-0x7f cluster-internal frames.
 
     Unknown types below 0x80 are a connection error; unknown types from 0x80 up (extensions,
-    private use, greased values) are skipped by the receiver.
+    private use, greased values) are skipped by the receiver. SETTINGS is a `forehand/1` frame
+    in that range: optional, skipped by a receiver that does not know it.
     """
 
     HELLO = 0x01
@@ -75,6 +76,8 @@ class FrameType(IntEnum):
     RESUME_OK = 0x23
     RESUME_REJECT = 0x24
     CLUSTER_MESSAGE = 0x40
+    SETTINGS = 0x80
+    """In the extension range: a receiver that does not know it skips it."""
 
 
 STANDARD_FRAME_TYPES = range(0x00, 0x40)

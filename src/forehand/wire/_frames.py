@@ -147,6 +147,19 @@ class Welcome(_Frame, frozen=True, kw_only=True, gc=False):
     """The server closes the connection after this long without a frame."""
 
 
+class Settings(_Frame, frozen=True, kw_only=True, gc=False):
+    """Values of the sending server's configuration a client adapts to (0: not said).
+
+    On the wire a list of (id, value) pairs: a receiver ignores ids it does not know, and a
+    value of 0 is not sent. A receiver that does not know the frame skips it (its type is in
+    the extension range), so servers send it to any client."""
+
+    frame_type: ClassVar[FrameType] = FrameType.SETTINGS
+    credential_lifetime_ms: int = 0
+    """How long the session credentials this server issues are valid (SESSION_OPENED's from
+    the manager, RESUME_OK's from a server): a client renews each well within it."""
+
+
 class OpenSession(_Frame, frozen=True, kw_only=True, gc=False):
     """A client asks for a new session with the given parts."""
 
@@ -167,8 +180,6 @@ class SessionOpened(_Frame, frozen=True, kw_only=True, gc=False):
     """The new session's id (16 bytes, UUIDv7)."""
     credential: bytes
     """The credential the client presents in HELLO to use this session on another connection."""
-    credential_lifetime_ms: int = 0
-    """How long the credential is valid from now (0: not said); a client renews it before."""
     map_version: int
     """The shard-map version the placements come from."""
     placements: tuple[Placement, ...]
@@ -305,8 +316,6 @@ class ResumeOk(_Frame, frozen=True, kw_only=True, gc=False):
     """The shard-map version it serves them under."""
     credential: bytes = b""
     """A fresh session credential, or empty to keep the old one."""
-    credential_lifetime_ms: int = 0
-    """How long the fresh credential is valid from now (0 with no credential, or not said)."""
 
 
 class ResumeReject(_Frame, frozen=True, kw_only=True, gc=False):
@@ -402,6 +411,7 @@ class ClusterMessage(_Frame, frozen=True, kw_only=True, gc=False):
 Frame = (
     Hello
     | Welcome
+    | Settings
     | OpenSession
     | SessionOpened
     | CloseSession
@@ -428,6 +438,7 @@ FRAME_CLASSES: dict[FrameType, type[Frame]] = {
     for cls in (
         Hello,
         Welcome,
+        Settings,
         OpenSession,
         SessionOpened,
         CloseSession,
