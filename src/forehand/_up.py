@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -201,7 +202,11 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
 def _unusable(directory: Path, error: OSError) -> ConfigError:
     """The one line for a state directory that cannot be made or written (not a directory,
     permission denied, a read-only file system): the path and the system's reason."""
-    where = f" ({error.filename})" if error.filename not in (None, str(directory)) else ""
+    filename = error.filename
+    named = (
+        isinstance(filename, str | bytes | os.PathLike) and Path(os.fsdecode(filename)) != directory
+    )
+    where = f" ({os.fsdecode(filename)})" if named else ""
     return ConfigError(f"cannot use --dir {directory}: {error.strerror or error}{where}")
 
 
@@ -211,10 +216,18 @@ def _reason(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def _within(filename: object, directory: Path) -> bool:
-    """Whether an error's file is `directory` or lies under it (an error with no file, a fork
-    refused say, is not the directory's)."""
-    if not isinstance(filename, str | bytes):
+_PROCESS_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM})
+"""Errors of no file that come from starting a process or a thread, not from the directory."""
+
+
+def _directorys(error: OSError, directory: Path) -> bool:
+    """Whether `error`, raised while the cluster started, is the directory's: its file is the
+    directory or lies under it, or it names no file (a write that found the disk full names
+    none) and is not a process or thread refused."""
+    filename = error.filename
+    if filename is None:
+        return error.errno not in _PROCESS_ERRNOS
+    if not isinstance(filename, str | bytes | os.PathLike):
         return False
     path = Path(os.fsdecode(filename))
     return path == directory or directory in path.parents
@@ -339,7 +352,7 @@ async def _up(cluster: DemoCluster, options: UpOptions, out: TextIO) -> int:
         except OSError as error:
             # Certificates, configuration files and logs go into the directory as it starts;
             # an error elsewhere (a process that cannot be spawned) is not the directory's.
-            if _within(error.filename, cluster.directory):
+            if _directorys(error, cluster.directory):
                 raise _unusable(cluster.directory, error) from error
             raise ConfigError(f"could not start the cluster: {_reason(error)}") from error
         state = _state(cluster, options)

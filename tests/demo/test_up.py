@@ -334,21 +334,28 @@ class _FailingCluster(DemoCluster):
 @pytest.mark.parametrize(
     ("where", "line"),
     [
-        ("none", "could not start the cluster: Resource temporarily unavailable"),
+        ("fork", "could not start the cluster: Resource temporarily unavailable"),
         ("outside", "could not start the cluster: No such file or directory (/nowhere/forehand)"),
-        ("inside", "cannot use --dir {dir}: No space left on device ({dir}/s1.toml)"),
+        ("inside", "cannot use --dir {dir}: Permission denied ({dir}/s1.toml)"),
+        ("cwd", "cannot use --dir {dir}: Not a directory"),
+        ("disk-full", "cannot use --dir {dir}: No space left on device"),
     ],
 )
 def test_up_blames_its_directory_only_for_an_error_in_it(
     tmp_path: Path, where: str, line: str
 ) -> None:
-    """An OSError while the cluster starts names --dir only when its file lies in the
-    directory; a fork refused (no file) or a program missing elsewhere is said as it is.
-    Before, every one read as "cannot use --dir"."""
+    """An OSError while the cluster starts names --dir when its file lies in the directory (as
+    a string, or a path as Popen's cwd gives it) or when it names no file and is not a fork
+    refused (a write to a full disk names none); a fork refused or a program missing elsewhere
+    is said as it is. Before, every one read as "cannot use --dir"."""
     errors = {
-        "none": OSError(errno.EAGAIN, os.strerror(errno.EAGAIN)),
+        "fork": BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)),
         "outside": FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/nowhere/forehand"),
-        "inside": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "s1.toml")),
+        "inside": PermissionError(
+            errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "s1.toml")
+        ),
+        "cwd": NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), tmp_path),
+        "disk-full": OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
     }
     cluster = _FailingCluster(tmp_path, errors[where])
     options = UpOptions(app="examples.cart.app:app", app_dir=Path.cwd(), directory=tmp_path)
