@@ -9,7 +9,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from forehand.errors import ConfigError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from forehand.errors import (
+    ConfigError,
+    ForehandError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
 
 # A library leaves its log records to the application: with no logging configured, Python's
 # last-resort handler would print the package's warnings to stderr (the logging HOWTO's advice
@@ -18,14 +24,15 @@ logging.getLogger("forehand").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from forehand.app import App, HandlerError
+    from forehand.core.client import BackpressureError
     from forehand.runtime.client import (
         AppError,
         CallError,
         Client,
-        ForehandError,
         HandoffEvent,
         HandoffEventKind,
         RequestFailedError,
+        ResultDecodeError,
         Session,
         SessionClosedError,
         SessionOpenError,
@@ -37,6 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AppError",
+    "BackpressureError",
     "CallError",
     "Client",
     "ConfigError",
@@ -48,6 +56,7 @@ __all__ = [
     "ProtocolError",
     "RemoteProtocolError",
     "RequestFailedError",
+    "ResultDecodeError",
     "Session",
     "SessionClosedError",
     "SessionOpenError",
@@ -61,10 +70,11 @@ _LAZY = {
     "AppError": "forehand.runtime.client",
     "CallError": "forehand.runtime.client",
     "Client": "forehand.runtime.client",
-    "ForehandError": "forehand.runtime.client",
+    "BackpressureError": "forehand.core.client",
     "HandoffEvent": "forehand.runtime.client",
     "HandoffEventKind": "forehand.runtime.client",
     "RequestFailedError": "forehand.runtime.client",
+    "ResultDecodeError": "forehand.runtime.client",
     "Session": "forehand.runtime.client",
     "SessionClosedError": "forehand.runtime.client",
     "SessionOpenError": "forehand.runtime.client",

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from forehand.core import Durability, HandlerResult, PartSpec
-from forehand.errors import ConfigError
+from forehand.errors import ConfigError, ForehandError
 from forehand.placement import check_part_name
 from forehand.wire import ResponseStatus
 
@@ -68,7 +68,7 @@ NOT_ENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, Recu
 """What msgspec raises for a value it cannot encode (an int outside 64 bits, an unknown type)."""
 
 
-class HandlerError(Exception):
+class HandlerError(ForehandError):
     """Raised by a handler to answer APP_ERROR with `message` (and `detail`) to the client."""
 
     def __init__(self, message: str, *, detail: Any = None) -> None:
@@ -210,9 +210,14 @@ class App:
         try:
             check_part_name(name)
         except Exception as error:
-            raise ConfigError(f"bad part name {name!r}: {error}") from error
+            raise ConfigError(str(error)) from error
         if name in self._parts:
             raise ConfigError(f"part {name!r} is declared twice")
+        if not callable(initial):
+            raise ConfigError(
+                f"initial of part {name!r} must be a callable that builds a new state (dict, a "
+                f"class, a function), got {initial!r}"
+            )
         try:
             mode = Durability(durability)
         except ValueError as error:

@@ -128,8 +128,10 @@ class ManagerHarness:
 
     # The servers' part.
 
-    def announce(self, server_id: str, *, incarnation: int = 1) -> None:
-        """A server (re)starts and announces itself."""
+    def announce(
+        self, server_id: str, *, incarnation: int = 1, parts: tuple[str, ...] = ()
+    ) -> None:
+        """A server (re)starts and announces itself (saying its app declares `parts`, if any)."""
         self.incarnations[server_id] = incarnation
         self.sequences[server_id] = 0
         message = ServerAnnounced(
@@ -138,6 +140,7 @@ class ManagerHarness:
             address=f"{server_id}.test:4433",
             zone=f"zone-{server_id}",
             weight=1.0,
+            parts=parts,
         )
         self.router.send(server_id, MANAGER, message)
 

@@ -45,6 +45,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     Ping,
     Pong,
     ReasonCode,
@@ -453,6 +454,43 @@ def test_close_session_fails_inflight_and_tells_manager_and_servers() -> None:
     destinations = sorted(o.destination for o in h.outbox if isinstance(o.message, CloseSession))
     assert destinations == [MANAGER, "s1", "s2"]
     assert h.client.session_ids() == ()
+
+
+@pytest.mark.parametrize(
+    "parts",
+    ["profile", (), ("a", "a"), ("",), ("Profile",), ("x" * 65,), ("a",) * 65],
+    ids=["a-string", "none", "repeated", "empty-name", "upper-case", "too-long", "too-many"],
+)
+def test_open_session_refuses_parts_the_manager_would_refuse_at_once(parts: object) -> None:
+    """A string (which would open one part per letter), no parts, a repeated one, or a name that
+    is not a part name: LocalProtocolError before anything is sent, naming the rule. Before, a
+    bad name went out, the manager closed the connection over it, and the open failed only when
+    its retries ran out (10 s later, "no answer in time")."""
+    h = Harness()
+    with pytest.raises(LocalProtocolError, match="part"):
+        h.client.open_session(parts, now_us=0)  # type: ignore[arg-type]
+    h.drain()
+    assert h.outbox == [] and h.client.inflight_count == 0
+
+
+def test_an_open_the_manager_refuses_fails_at_once_with_its_reason() -> None:
+    """OPEN_SESSION_REFUSED fails that open at once with the manager's reason, and nothing is
+    sent again (no retry, the connection kept); a late refusal of an open already answered is
+    ignored."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    request_id = h.client.open_session(("auth", "crat"), now_us=0)
+    h.drain()
+    h.welcome(MANAGER)
+    h.outbox.clear()
+    h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="no app declares 'crat'"))
+    (failed,) = h.of(SessionOpenFailed)
+    assert failed.request_id == request_id
+    assert failed.detail == "the manager refused it: no app declares 'crat'"
+    h.advance(ms=5_000)
+    assert h.take(OpenSession) == [] and h.take(ConnectionCloseRequested) == []
+    assert h.client.inflight_count == 0
+    h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="again"))
+    assert h.of(SessionOpenFailed) == []
 
 
 def test_open_session_times_out() -> None:

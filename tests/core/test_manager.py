@@ -19,11 +19,18 @@ from forehand.core._manager_events import (
     ServerDeclaredDead,
     ServerJoined,
     ServerSuspected,
+    SessionOpenRefused,
     SessionRegistered,
 )
 from forehand.core._membership import MemberState
 from forehand.core.manager import ManagerCore
-from forehand.core.messages import HeartbeatReported, MapPublished, MapRequested, ServerAnnounced
+from forehand.core.messages import (
+    ANNOUNCED_PARTS_MAX,
+    HeartbeatReported,
+    MapPublished,
+    MapRequested,
+    ServerAnnounced,
+)
 from forehand.placement import PartKey, PlacementConfig, ShardMap
 from forehand.stores import (
     DeltaCommitRequested,
@@ -45,6 +52,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     Ping,
     Pong,
     ResumeRejectReason,
@@ -426,6 +434,56 @@ def test_dead_servers_stop_receiving_versions() -> None:
 
 
 # Sessions.
+
+
+def test_an_open_naming_a_part_no_server_declares_is_refused_and_the_connection_kept() -> None:
+    """Every server said its app declares auth and cart: an OPEN_SESSION naming "crat" gets
+    OPEN_SESSION_REFUSED naming it and what is declared, nothing is committed, and the same
+    connection's next open succeeds. Before, such a session opened, its calls failed, and every
+    handoff moving its parts (held by no server) ran to its deadline and failed over."""
+    harness = ManagerHarness()
+    for server_id in SERVERS:
+        harness.announce(server_id, parts=("auth", "cart"))
+    harness.tick(700, alive=SERVERS)
+    version = harness.map.version
+    harness.router.send("c1", MANAGER, Hello(versions=(1,), client_id=bytes(16)))
+    harness.router.take("c1", object)
+    harness.router.send("c1", MANAGER, OpenSession(request_id=7, parts=("auth", "crat")))
+    (refused,) = harness.router.take("c1", object)
+    assert isinstance(refused, OpenSessionRefused) and refused.request_id == 7
+    assert "'crat'" in refused.reason and "auth, cart" in refused.reason
+    assert harness.map.version == version
+    (event,) = harness.events(SessionOpenRefused)
+    assert event.client == "c1" and event.parts == ("auth", "crat")
+    assert harness.open_session(("auth", "cart")) is not None
+
+
+def test_opens_are_not_checked_while_a_server_has_not_said_its_parts() -> None:
+    """A server of an earlier version announces no parts, and may serve any: nothing is
+    refused until it announces again saying them."""
+    harness = ManagerHarness()
+    harness.announce("s1", parts=("auth",))
+    harness.announce("s2")
+    harness.announce("s3", parts=("auth",))
+    harness.tick(700, alive=SERVERS)
+    assert harness.open_session(("auth", "cart")) is not None
+    harness.announce("s2", parts=("auth",))
+    harness.tick(100, alive=SERVERS)
+    assert harness.open_session(("auth", "cart")) is None
+    assert len(harness.events(SessionOpenRefused)) == 1
+
+
+def test_an_announcement_with_bad_part_names_is_refused() -> None:
+    """A name that is not a part name, or more than ANNOUNCED_PARTS_MAX of them, is a broken
+    announcement: ERROR, and the server is not admitted."""
+    harness = ManagerHarness()
+    harness.announce("s1", parts=("Bad Name",))
+    (error,) = harness.take("s1", Error)
+    assert "bad ServerAnnounced" in error.reason and "invalid part name" in error.reason
+    many = tuple(f"p{index}" for index in range(ANNOUNCED_PARTS_MAX + 1))
+    harness.announce("s2", parts=many)
+    (error,) = harness.take("s2", Error)
+    assert f"more than {ANNOUNCED_PARTS_MAX} parts" in error.reason
 
 
 def test_open_session_commits_the_parts_and_answers_with_placements_and_tokens() -> None:

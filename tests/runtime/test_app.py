@@ -222,8 +222,11 @@ def test_declaration_mistakes_raise_config_error() -> None:
     app.part("cart")
     with pytest.raises(ConfigError, match="twice"):
         app.part("cart")
-    with pytest.raises(ConfigError, match="part name"):
+    with pytest.raises(ConfigError, match="part name") as bad:
         app.part("Bad Name")
+    assert "at most 64 characters" in str(bad.value) and str(bad.value).count("Bad Name") == 1
+    with pytest.raises(ConfigError, match="must be a callable"):
+        app.part("counter", initial=5)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="durability"):
         app.part("other", durability="eventually")
 

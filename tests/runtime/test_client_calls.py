@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core import ClientConfig
-from forehand.errors import LocalProtocolError
+from forehand.errors import ForehandError, LocalProtocolError
+from forehand.runtime.client import ResultDecodeError, SessionOpenError
 from forehand.wire import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
@@ -62,6 +63,12 @@ def test_an_unsendable_call_is_refused_alone_and_its_turn_is_answered(cluster: C
             # Nothing of the refused calls stays behind in the client.
             assert client.core.inflight_count == 0
             assert await session.call("auth", "whoami") == "dave"
+            # So does an open the manager would refuse: a string (one part per letter before),
+            # or a name that is not a part name (a 10 s "no answer in time" before).
+            for parts in ("auth", ["Auth"], [""]):
+                with pytest.raises(LocalProtocolError, match="part"):
+                    await client.open_session(parts=parts)
+            assert client.core.inflight_count == 0
 
     run_async(scenario())
 
@@ -91,5 +98,42 @@ def test_a_payload_msgspec_cannot_encode_is_a_local_protocol_error(
             assert reason in message, message
             assert client.core.inflight_count == 0
             assert await session.call("auth", "login", "erin") == "welcome erin"
+
+    run_async(scenario())
+
+
+def test_an_open_naming_a_part_no_server_declares_fails_at_once_saying_which(
+    cluster: Cluster,
+) -> None:
+    """The server announced the parts its app declares, so the manager refuses a session with a
+    mistyped part at once (OPEN_SESSION_REFUSED), naming it; the client's connection to the
+    manager stays, and its next open succeeds. Before, the session opened, every call to the
+    part failed, and each drain or handoff moving it ran to its deadline and failed over."""
+    config = ClientConfig(ping_interval_ms=200, request_timeout_ms=5_000)
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            with pytest.raises(SessionOpenError, match="the manager refused it") as refused:
+                await client.open_session(parts=["auth", "crat"])
+            assert "'crat'" in str(refused.value) and "auth" in str(refused.value)
+            session = await client.open_session(parts=["auth"])
+            assert await session.call("auth", "login", "erin") == "welcome erin"
+
+    run_async(scenario())
+
+
+def test_a_result_that_is_not_the_result_type_raises_result_decode_error(cluster: Cluster) -> None:
+    """`result_type=int` on an op that answers a string: ResultDecodeError (a ForehandError)
+    naming the call, and the call was executed (its state changed). Before, msgspec's own
+    ValidationError escaped, which `except forehand.ForehandError` did not catch."""
+    config = ClientConfig(ping_interval_ms=200, request_timeout_ms=5_000)
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            session = await client.open_session(parts=["auth"])
+            with pytest.raises(ResultDecodeError, match=r"auth\.login") as raised:
+                await session.call("auth", "login", "frank", result_type=int)
+            assert isinstance(raised.value, ForehandError)
+            assert await session.call("auth", "whoami") == "frank"
 
     run_async(scenario())

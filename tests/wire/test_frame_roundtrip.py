@@ -29,6 +29,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     PathSample,
     Ping,
     Placement,
@@ -104,6 +105,9 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
         idle_timeout_ms=varints,
     ),
     Settings: st.builds(Settings, credential_lifetime_ms=varints),
+    OpenSessionRefused: st.builds(
+        OpenSessionRefused, request_id=varints, reason=st.text(max_size=100)
+    ),
     OpenSession: st.builds(OpenSession, request_id=varints, parts=part_lists()),
     SessionOpened: st.builds(
         SessionOpened,

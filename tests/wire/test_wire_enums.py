@@ -60,14 +60,16 @@ def test_reason_codes_are_assigned_in_the_standard_range() -> None:
 
 
 def test_frame_types_fall_in_their_ranges() -> None:
-    """Client-protocol frames below 0x40, the cluster frame in 0x40-0x7f, and SETTINGS alone in
-    the extension range (optional: a receiver that does not know it skips it), not greased.
+    """Client-protocol frames below 0x40, the cluster frame in 0x40-0x7f, and SETTINGS and
+    OPEN_SESSION_REFUSED alone in the extension range (a receiver that does not know them skips
+    them), not greased.
 
     Greased frame types are 0x1f * N + 0x21 from 0x80 up only, so 0x21 (HANDOFF_STATUS) is not one.
     """
     for frame_type in FrameType:
         if frame_type >= EXTENSION_FRAME_TYPES_MIN:
-            assert frame_type is FrameType.SETTINGS and not is_greased(frame_type)
+            optional = (FrameType.SETTINGS, FrameType.OPEN_SESSION_REFUSED)
+            assert frame_type in optional and not is_greased(frame_type)
             continue
         in_cluster_range = frame_type in CLUSTER_FRAME_TYPES
         assert in_cluster_range == (frame_type is FrameType.CLUSTER_MESSAGE)

@@ -35,6 +35,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     PathSample,
     Ping,
     Placement,
@@ -73,6 +74,7 @@ SAMPLES: list[Frame] = [
         version=1, server_id="edge-1", map_version=7, frame_bytes_max=16_384, idle_timeout_ms=1
     ),
     Settings(credential_lifetime_ms=86_400_000),
+    OpenSessionRefused(request_id=3, reason="no server declares 'prfile'"),
     OpenSession(request_id=1, parts=("auth", "cart")),
     SessionOpened(
         request_id=1,
@@ -210,6 +212,6 @@ def test_fuzzed_streams_only_raise_remote_protocol_errors(codec: Codec) -> None:
 
 def test_valid_samples_cover_every_frame_type(codec: Codec) -> None:
     """The mutation corpus starts from every frame type, and each sample decodes as itself."""
-    assert len({type(frame) for frame in SAMPLES}) == 21
+    assert len({type(frame) for frame in SAMPLES}) == 22
     for frame, encoded in zip(SAMPLES, ENCODED, strict=True):
         assert codec.decode_frame(encoded, config=CONFIG) == frame

@@ -44,6 +44,7 @@ __all__ = [
     "ServerSuspected",
     "ServersSilent",
     "StallExcused",
+    "SessionOpenRefused",
     "SessionRegistered",
     "SessionsExpired",
     "CredentialRefused",
@@ -503,6 +504,20 @@ class PeerRefused:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SessionOpenRefused:
+    """An OPEN_SESSION named a part no server's app declares: answered OPEN_SESSION_REFUSED,
+    nothing committed (such a session's calls could only fail, and its parts, held by no
+    server, would turn every handoff they were moved in into a failover)."""
+
+    client: str
+    """The client connection's node id."""
+    parts: tuple[str, ...]
+    """The parts it asked for."""
+    reason: str
+    """What the client was told."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MapRequestsAnswered:
     """Held MAP_REQUESTs were answered (one event for all that one cause answered at once)."""
 
@@ -549,6 +564,7 @@ ManagerEvent = (
     | RiskFlagged
     | RiskAssessed
     | SessionRegistered
+    | SessionOpenRefused
     | SessionsExpired
     | PeerRefused
     | CredentialRefused

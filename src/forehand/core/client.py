@@ -71,7 +71,7 @@ from forehand.core._pool import (
     TransportCounters,
 )
 from forehand.errors import LocalProtocolError, RemoteProtocolError
-from forehand.placement import ShardMap
+from forehand.placement import ShardMap, check_part_name
 from forehand.wire import (
     DEFAULT_CONFIG,
     FRAME_BYTES_MAX_FLOOR,
@@ -90,6 +90,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     PathSample,
     Ping,
     Placement,
@@ -325,6 +326,7 @@ class ClientCore:
             Welcome: self._on_welcome,
             Settings: self._on_settings,
             SessionOpened: self._on_session_opened,
+            OpenSessionRefused: self._on_open_session_refused,
             Response: self._on_response,
             Redirect: self._on_redirect,
             Handoff: self._on_handoff,
@@ -508,9 +510,18 @@ class ClientCore:
     # Commands.
 
     def open_session(self, parts: tuple[str, ...], *, now_us: int) -> int:
-        """Ask the manager for a new session with `parts`; returns the request id to match."""
+        """Ask the manager for a new session with `parts`; returns the request id to match.
+
+        LocalProtocolError at once for parts the manager would refuse (none, repeated, more
+        than 64, a name that is not a part name), rather than a refusal that closes the
+        manager connection and an open that fails only when its retries run out."""
+        if not isinstance(parts, tuple):
+            # A str would open one part per letter.
+            raise LocalProtocolError(f"parts must be a tuple of part names, got {parts!r}")
         if not parts or len(set(parts)) != len(parts) or len(parts) > DEFAULT_CONFIG.parts_max:
             raise LocalProtocolError(f"a session needs distinct parts (at most 64), got {parts!r}")
+        for part in parts:
+            check_part_name(part)
         if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
             raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
         self._check_inflight_room()
@@ -1223,6 +1234,23 @@ class ClientCore:
                 session_id=frame.session_id,
                 parts=tuple(p.part for p in frame.placements),
                 map_version=frame.map_version,
+            )
+        )
+
+    def _on_open_session_refused(
+        self, frame: OpenSessionRefused, source: NodeId, now_us: int
+    ) -> None:
+        """The manager will not open it (a part no server's app declares): failed at once,
+        with the manager's reason, not retried."""
+        pending = self._opens.pop(frame.request_id, None)
+        if pending is None:
+            self._rare("late-open-refused")
+            return
+        self._emit(
+            SessionOpenFailed(
+                node=self.node_id,
+                request_id=frame.request_id,
+                detail=f"the manager refused it: {frame.reason}",
             )
         )
 

@@ -78,6 +78,7 @@ from forehand.core._manager_events import (
     ServerJoined,
     ServersSilent,
     ServerSuspected,
+    SessionOpenRefused,
     SessionRegistered,
     SessionsExpired,
     StallExcused,
@@ -130,7 +131,7 @@ from forehand.core._orchestrator import (
     Orchestrator,
 )
 from forehand.core._server_config import HEARTBEAT_RENEWALS_MAX
-from forehand.core.messages import PartRef
+from forehand.core.messages import ANNOUNCED_PARTS_MAX, PartRef
 from forehand.core.tokens import TokenError, TokenExpired, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
@@ -165,6 +166,7 @@ from forehand.wire import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     Ping,
     Pong,
     ReasonCode,
@@ -303,6 +305,8 @@ class ManagerCore:
         self._undrains_pending: set[str] = set()
         self._drain_due_us: int | None = None
         self._sessions: dict[bytes, tuple[str, ...]] = {}
+        # The part names each server announced its app declares (empty: not said).
+        self._declared_parts: dict[str, frozenset[str]] = {}
         self._expiry = SessionExpiry(
             expiry_ms=config.session_expiry_ms,
             batch=config.session_expiry_batch,
@@ -922,8 +926,13 @@ class ManagerCore:
                 ),
             )
             self._check_credential_lifetime(message)
+            if len(message.parts) > ANNOUNCED_PARTS_MAX:
+                raise LocalProtocolError(f"more than {ANNOUNCED_PARTS_MAX} parts")
+            for part in message.parts:
+                check_part_name(part)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
+        self._declared_parts[message.server_id] = frozenset(message.parts)
         self._membership_changed()
         outcome = self._membership.announce(message, now_us=now_us)
         if outcome is AnnounceOutcome.JOINED:
@@ -2352,6 +2361,16 @@ class ManagerCore:
                 f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
+        undeclared = self._undeclared(parts)
+        if undeclared:
+            # No retry would help: answered, and the connection stays (its other opens go on).
+            reason = (
+                f"no server's app declares part(s) {', '.join(map(repr, undeclared))} "
+                f"(they declare {', '.join(sorted(self._declared_union()))})"
+            )
+            self._emit(SessionOpenRefused(client=source, parts=parts, reason=reason))
+            self._send(source, OpenSessionRefused(request_id=frame.request_id, reason=reason))
+            return
         current = self.shard_map
         if current is not None and len(current) + len(parts) > self._config.map_parts_max:
             self._refuse(
@@ -2378,6 +2397,19 @@ class ManagerCore:
         )
         if not self._pipeline.submit(change):
             self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
+
+    def _declared_union(self) -> set[str]:
+        return set().union(*self._declared_parts.values())
+
+    def _undeclared(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        """The parts no server's app declares, once every server that announced said what its
+        app declares (a server before the field says nothing, and may serve anything); none
+        before any server announced."""
+        declared = self._declared_parts
+        if not declared or not all(declared.values()):
+            return ()
+        union = self._declared_union()
+        return tuple(part for part in parts if part not in union)
 
     def _build_session(self, current: ShardMap, opening: _Opening) -> Built | None:
         keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]

@@ -142,6 +142,10 @@ class PartProgress(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
 # Server -> manager.
 
 
+ANNOUNCED_PARTS_MAX = 1024
+"""Most part names one `ServerAnnounced` may list."""
+
+
 class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A server process started (or restarted) and asks to be a member."""
 
@@ -159,6 +163,10 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Lifetime of the session credentials this server issues (`ServerConfig`), so the manager
     can refuse a server whose credentials would outlive its `session_expiry_ms`; 0 from a sender
     before the field (not checked)."""
+    parts: tuple[str, ...] = ()
+    """The part names this server's app declares (at most `ANNOUNCED_PARTS_MAX`), so that the
+    manager can refuse an OPEN_SESSION naming a part no server serves; empty from a sender
+    before the field (not said)."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

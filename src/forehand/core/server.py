@@ -73,6 +73,7 @@ from forehand.core._server_events import (
 from forehand.core._server_load import PartLoadMeter
 from forehand.core._server_map import ServerMap, decode_published, endpoint_for
 from forehand.core.messages import (
+    ANNOUNCED_PARTS_MAX,
     FailoverPrepared,
     HandoffAborted,
     HandoffAssigned,
@@ -298,6 +299,7 @@ class ServerCore:
                 zone=config.zone,
                 weight=config.weight,
                 credential_lifetime_ms=config.credential_lifetime_ms,
+                parts=tuple(sorted(self._specs))[:ANNOUNCED_PARTS_MAX],
             ),
         )
 

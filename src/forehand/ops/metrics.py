@@ -171,6 +171,11 @@ class ManagerMetrics:
             "forehand_map_commit_rejections", "Map changes the store refused.", registry=r
         )
         self.sessions = Counter("forehand_sessions_registered", "Sessions opened.", registry=r)
+        self.sessions_open_refused = Counter(
+            "forehand_sessions_open_refused",
+            "OPEN_SESSIONs refused for naming a part no server's app declares.",
+            registry=r,
+        )
         self.sessions_expired = Counter(
             "forehand_sessions_expired",
             "Sessions closed because no credential was issued for them in session_expiry_ms.",
@@ -275,6 +280,9 @@ class ManagerMetrics:
     def _session_registered(self, event: Any) -> None:
         self.sessions.inc()
 
+    def _session_open_refused(self, event: Any) -> None:
+        self.sessions_open_refused.inc()
+
     def _sessions_expired(self, event: Any) -> None:
         self.sessions_expired.inc(len(event.session_ids))
 
@@ -308,6 +316,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.MapLoaded: ManagerMetrics._map_loaded,
     manager_events.MapCommitRejected: ManagerMetrics._map_rejected,
     manager_events.SessionRegistered: ManagerMetrics._session_registered,
+    manager_events.SessionOpenRefused: ManagerMetrics._session_open_refused,
     manager_events.SessionsExpired: ManagerMetrics._sessions_expired,
     manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,

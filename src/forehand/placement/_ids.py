@@ -98,7 +98,11 @@ def check_part_name(part: str) -> str:
         or len(part) > PART_NAME_LENGTH_MAX
         or _PART_NAME_PATTERN.fullmatch(part) is None
     ):
-        raise InvalidPartKeyError(f"invalid part name {part!r}")
+        raise InvalidPartKeyError(
+            f"invalid part name {part!r}: lowercase letters, digits, '_', '.' and '-' in "
+            f"segments joined by '/', each starting with a letter or digit, at most "
+            f"{PART_NAME_LENGTH_MAX} characters"
+        )
     # Applications use a handful of part names; the bound keeps hostile input from growing this.
     if len(_known_part_names) < _KNOWN_PART_NAMES_MAX:
         _known_part_names.add(part)

@@ -46,7 +46,7 @@ import msgspec
 from forehand.app import NOT_ENCODABLE, ErrorBody, decode_error_body
 from forehand.core import ClientConfig, ClientCore, RouteState
 from forehand.core import client_events as events
-from forehand.errors import ConfigError, LocalProtocolError
+from forehand.errors import ConfigError, ForehandError, LocalProtocolError
 from forehand.runtime._telemetry import PathSampler
 from forehand.runtime.config import TRANSPORTS, parse_address
 from forehand.runtime.node import DriverConfig, NodeDriver, Route
@@ -62,6 +62,7 @@ __all__ = [
     "HandoffEventKind",
     "PartPlacement",
     "RequestFailedError",
+    "ResultDecodeError",
     "Session",
     "SessionClosedError",
     "SessionOpenError",
@@ -78,10 +79,6 @@ SNAPSHOT_FORMAT_VERSION = 1
 CLOSE_POLL_S = 0.01
 """How often `Client.close` looks whether the CLOSE_SESSIONs it waits for went out."""
 _encoder = msgspec.msgpack.Encoder()
-
-
-class ForehandError(Exception):
-    """Base class of the SDK's errors."""
 
 
 class CallError(ForehandError):
@@ -110,6 +107,11 @@ class RequestFailedError(ForehandError):
         """Which bound ran out."""
         self.attempts = attempts
         """How many times the request was sent."""
+
+
+class ResultDecodeError(ForehandError):
+    """A call's answer did not decode as the `result_type` asked for (or at all). The call was
+    executed: only reading its result failed."""
 
 
 class SessionOpenError(ForehandError):
@@ -216,6 +218,8 @@ class Session:
         """Run `op` on `part` with `payload`; return the handler's result as `result_type`.
 
         Raises `CallError` (`AppError`) when the server answers with a failure status,
+        `ResultDecodeError` when its result does not decode as `result_type` (executed all the
+        same),
         `RequestFailedError` when no answer came, `SessionClosedError` after `close()`, and
         `LocalProtocolError` at once, nothing sent, for a call the client cannot issue (an unknown
         part, a payload msgspec cannot encode, an op or payload its REQUEST frame cannot hold,
@@ -241,7 +245,14 @@ class Session:
             raise failure
         status = answer.status
         if status is ResponseStatus.OK:
-            return cast(T, msgspec.msgpack.decode(answer.payload, type=result_type))
+            try:
+                return cast(T, msgspec.msgpack.decode(answer.payload, type=result_type))
+            except msgspec.DecodeError as undecodable:
+                # ValidationError is one: a result that is not a `result_type`.
+                raise ResultDecodeError(
+                    f"the result of {part}.{op} does not decode as {result_type!r}: "
+                    f"{undecodable} (the call was executed)"
+                ) from undecodable
         error = decode_error_body(answer.payload)
         if status is ResponseStatus.APP_ERROR:
             raise AppError(status, error)
@@ -436,7 +447,12 @@ class Client:
         await self.close()
 
     async def open_session(self, parts: Sequence[str]) -> Session:
-        """Open a new session with `parts` at the manager; its parts are placed on servers."""
+        """Open a new session with `parts` at the manager; its parts are placed on servers.
+
+        LocalProtocolError at once for parts the manager would refuse (a string rather than a
+        sequence of names, none, a repeated one, a name that is not a part name)."""
+        if isinstance(parts, str | bytes):
+            raise LocalProtocolError(f"parts must be a sequence of part names, got {parts!r}")
         names = tuple(parts)
         answer = await self._issue(lambda core, now_us: core.open_session(names, now_us=now_us))
         if isinstance(answer, events.SessionOpenFailed):

@@ -93,6 +93,7 @@ NOTABLE_EVENTS = frozenset(
         "ResumeRejected",
         "StateNotEncodable",
         "SessionsExpired",
+        "SessionOpenRefused",
     }
 )
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at

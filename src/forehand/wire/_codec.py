@@ -44,6 +44,7 @@ from forehand.wire._frames import (
     MapRequest,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     PathSample,
     Ping,
     Placement,
@@ -357,6 +358,20 @@ def _pull_placement(buffer: Buffer, config: WireConfig) -> Placement:
     return Placement(part, primary, tuple(buffer.pull_endpoint(config) for _ in range(count)))
 
 
+def _encode_open_session_refused(frame: OpenSessionRefused, config: WireConfig) -> bytes:
+    buffer = Buffer()
+    buffer.push_varint(frame.request_id)
+    buffer.push_text(frame.reason, config.message_bytes_max, name="OpenSessionRefused.reason")
+    return _with_header(FrameType.OPEN_SESSION_REFUSED, buffer.data(), config)
+
+
+def _decode_open_session_refused(buffer: Buffer, config: WireConfig) -> OpenSessionRefused:
+    request_id = buffer.pull_varint()
+    return OpenSessionRefused(
+        request_id=request_id, reason=buffer.pull_text(config.message_bytes_max)
+    )
+
+
 def _encode_close_session(frame: CloseSession, config: WireConfig) -> bytes:
     buffer = Buffer()
     buffer.push_fixed(frame.session_id, SESSION_ID_BYTES, name="CloseSession.session_id")
@@ -541,6 +556,7 @@ _ENCODERS: dict[type[Frame], _Encoder] = {
     Pong: _encode_pong,
     OpenSession: _encode_open_session,
     SessionOpened: _encode_session_opened,
+    OpenSessionRefused: _encode_open_session_refused,
     CloseSession: _encode_close_session,
     Request: encode_request,
     Response: encode_response,
@@ -590,6 +606,7 @@ _DECODERS: dict[int, _Decoder] = {
     FrameType.PONG: _with_buffer(_decode_pong),
     FrameType.OPEN_SESSION: _with_buffer(_decode_open_session),
     FrameType.SESSION_OPENED: _with_buffer(_decode_session_opened),
+    FrameType.OPEN_SESSION_REFUSED: _with_buffer(_decode_open_session_refused),
     FrameType.CLOSE_SESSION: _with_buffer(_decode_close_session),
     FrameType.REDIRECT: _with_buffer(_decode_redirect),
     FrameType.MAP_REQUEST: _with_buffer(_decode_map_request),

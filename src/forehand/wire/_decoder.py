@@ -64,6 +64,7 @@ ALLOWED_FRAME_TYPES: dict[PeerRole, frozenset[int]] = {
         _FT.WELCOME,
         _FT.SETTINGS,
         _FT.SESSION_OPENED,
+        _FT.OPEN_SESSION_REFUSED,
         _FT.CLOSE_SESSION,
         _FT.RESPONSE,
         _FT.REDIRECT,

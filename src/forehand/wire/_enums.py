@@ -78,6 +78,8 @@ class FrameType(IntEnum):
     CLUSTER_MESSAGE = 0x40
     SETTINGS = 0x80
     """In the extension range: a receiver that does not know it skips it."""
+    OPEN_SESSION_REFUSED = 0x81
+    """In the extension range: a client that does not know it skips it (its open times out)."""
 
 
 STANDARD_FRAME_TYPES = range(0x00, 0x40)

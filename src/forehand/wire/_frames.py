@@ -188,6 +188,17 @@ class SessionOpened(_Frame, frozen=True, kw_only=True, gc=False):
     """A resumption token for RESUME after a failover."""
 
 
+class OpenSessionRefused(_Frame, frozen=True, kw_only=True, gc=False):
+    """The manager will not open the session an OPEN_SESSION asked for; no retry would help
+    (a part no server's app declares). The connection stays open."""
+
+    frame_type: ClassVar[FrameType] = FrameType.OPEN_SESSION_REFUSED
+    request_id: int
+    """The OPEN_SESSION refused."""
+    reason: str = ""
+    """Why, for the caller and logs."""
+
+
 class CloseSession(_Frame, frozen=True, kw_only=True, gc=False):
     """The sender ends a session; its state may be discarded."""
 
@@ -414,6 +425,7 @@ Frame = (
     | Settings
     | OpenSession
     | SessionOpened
+    | OpenSessionRefused
     | CloseSession
     | Request
     | Response
@@ -441,6 +453,7 @@ FRAME_CLASSES: dict[FrameType, type[Frame]] = {
         Settings,
         OpenSession,
         SessionOpened,
+        OpenSessionRefused,
         CloseSession,
         Request,
         Response,
