@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -44,6 +45,7 @@ from forehand.wire import (
     ResponseStatus,
     Welcome,
     WireConfig,
+    encode_frame,
 )
 
 if TYPE_CHECKING:
@@ -356,8 +358,50 @@ def test_connect_to_nothing_fails_cleanly(kind: str, certs: ClusterCertificates)
         if kind == "quic":  # Nobody answers UDP: only the handshake timeout ends the attempt.
             extra["config"] = QUICTransportConfig(handshake_timeout_ms=300)
         client = make_transport(kind, client_credentials(certs), MemoryNetwork(), **extra)
-        with pytest.raises(TransportError):
+        with pytest.raises(TransportError) as raised:
             await client.connect(HOST, 9, server_id="s1")
+        if kind == "quic":
+            # A QUIC client pointed at a TLS cluster sees this: the message says what it means.
+            assert "nothing answers QUIC there" in str(raised.value)
+
+    run_test(main())
+
+
+def test_a_client_cut_off_before_hearing_anything_is_told_a_likely_cause(
+    certs: ClusterCertificates,
+) -> None:
+    """A TLS client whose peer completes the handshake and ends the connection without a frame
+    (as the TLS port of a QUIC cluster does to a client configured for TLS) is told the port
+    may not serve its transport, where it was told only "peer ended the stream" before; a peer
+    that said anything first keeps the plain reason."""
+
+    async def main() -> None:
+        credentials = node_credentials(certs, "s1")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        assert credentials.certificate_path is not None
+        assert credentials.private_key_path is not None
+        context.load_cert_chain(credentials.certificate_path, credentials.private_key_path)
+        context.set_alpn_protocols(["forehand/1"])
+        said: list[bytes] = [b"", encode_frame(Ping(sequence=1, sent_us=1))]
+
+        async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(said.pop(0))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(hang_up, HOST, 0, ssl=context)
+        port = server.sockets[0].getsockname()[1]
+        client = make_transport("tls", client_credentials(certs), MemoryNetwork())
+        reasons = []
+        for _ in range(2):
+            connection = await client.connect(HOST, port, server_id="s1")
+            await connection.wait_closed()
+            assert connection.close_info is not None
+            reasons.append(connection.close_info.reason)
+        server.close()
+        await server.wait_closed()
+        assert "before the peer sent anything" in reasons[0], reasons
+        assert "before the peer sent anything" not in reasons[1], reasons
 
     run_test(main())
 

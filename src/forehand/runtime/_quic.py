@@ -1242,7 +1242,10 @@ class QUICTransport(Transport):
             release()
             terminated = protocol.terminated
             if terminated is None:
-                raise TransportError(f"no QUIC handshake with {host}:{port}: {error!r}") from None
+                raise TransportError(
+                    f"no QUIC handshake with {host}:{port}: {error!r} (nothing answers QUIC "
+                    "there: no server, or one of the TLS transport)"
+                ) from None
             raise HandshakeError(
                 f"{server_id} at {host}:{port}: {terminated.reason_phrase} "
                 f"(QUIC error {terminated.error_code:#x})"

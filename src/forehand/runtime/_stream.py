@@ -73,6 +73,8 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._reading_paused = False
         self._abort_handle: asyncio.TimerHandle | None = None
         self._error_sent = False
+        self._heard = False
+        """Whether any byte came from the peer (a client told of an end before any says why)."""
 
     def _decode_with(
         self,
@@ -112,11 +114,23 @@ class StreamConnection(Connection, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._close_info is not None:
             return  # After a connection error no further byte is processed.
+        self._heard = True
         if self._reading_paused or self._unfed:
             self._unfed.append(data)
             return
         self._decoder.receive_data(data)
         self._decode()
+
+    def _end_reason(self, what: str) -> str:
+        """`what` ended the connection; for a client that heard nothing at all from the peer,
+        with a likely cause, since the bare fact tells a user nothing."""
+        if self._heard or not self.is_client:
+            return what
+        return (
+            f"{what} before the peer sent anything (a port that does not serve this client's "
+            "transport, such as a QUIC cluster's TLS port for its servers, which wants a client "
+            "certificate, ends a client's connection so)"
+        )
 
     def eof_received(self) -> bool | None:
         if self._close_info is None:
@@ -147,7 +161,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._abort_handle is not None:
             self._abort_handle.cancel()
             self._abort_handle = None
-        reason = f"connection lost: {exc}" if exc is not None else "connection lost"
+        reason = (
+            f"connection lost: {exc}" if exc is not None else self._end_reason("connection lost")
+        )
         self._set_gone(
             CloseInfo(
                 error_code=ErrorCode.NO_ERROR if exc is None else ErrorCode.INTERNAL_ERROR,
@@ -242,7 +258,9 @@ class StreamConnection(Connection, asyncio.Protocol):
                 if type(frame) is DecoderSignal:
                     if frame is END_OF_STREAM:
                         self._flush()
-                        self._peer_closed(ErrorCode.NO_ERROR, "peer ended the stream")
+                        self._peer_closed(
+                            ErrorCode.NO_ERROR, self._end_reason("peer ended the stream")
+                        )
                         break
                     if not self._unfed:
                         self._resume_reading()
