@@ -6,6 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any
 
 from forehand.core._manager_events import (
+    FailoverCompleted,
     FailoverStarted,
     HandoffAborted,
     HandoffCompleted,
@@ -246,6 +247,9 @@ def test_an_abort_fences_both_sides_and_the_source_keeps_its_longer_log() -> Non
     ref = _abort_and_report(harness, source_seq=7, target_seq=3)
     assert harness.placement(ref).primary == source
     assert harness.events(MapCommitted)[-1].change is MapChange.FAILOVER
+    # No server died: the failover names the handoff's source (the audit record's source).
+    (completed,) = harness.events(FailoverCompleted)
+    assert completed.servers == () and completed.handoff_sources == (source,)
 
 
 def test_an_abort_after_the_target_took_over_keeps_the_target() -> None:

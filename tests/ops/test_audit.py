@@ -160,6 +160,40 @@ def test_memory_is_bounded() -> None:
     assert audit.last_sequence == 5
 
 
+def test_a_failover_a_handoff_fell_back_to_names_the_handoffs_source() -> None:
+    """No server died: the failover an aborted handoff fell back to names the handoff's source
+    and the reason `handoff_fell_back`, which a query finds (a walkthrough found such records
+    with an empty source and reason); one that also took a dead server's parts names both."""
+    audit = AuditLog(clock_us=Clock())
+    audit(
+        events.ServerDeclaredDead(
+            server_id="s4",
+            incarnation=1,
+            cause=events.DeathCause.SILENCE,
+            silent_us=3,
+            primary_parts=1,
+        )
+    )
+    for failover_id, servers in ((1, ()), (2, ("s4",))):
+        audit(
+            events.FailoverCompleted(
+                failover_id=failover_id,
+                servers=servers,
+                map_version=9,
+                promotions=(),
+                replicas_added=0,
+                parts_without_replica=0,
+                positions_us=1,
+                duration_us=1,
+                handoff_sources=("s3",),
+            )
+        )
+    fell_back, both = audit.query()
+    assert (fell_back.source, fell_back.reason) == ("s3", "handoff_fell_back")
+    assert (both.source, both.reason) == ("s3,s4", "silence,handoff_fell_back")
+    assert audit.query(reason="handoff_fell_back") == [fell_back, both]
+
+
 def test_a_reason_finds_a_failover_of_several_causes_and_an_undrained_drain_is_not_timed() -> None:
     """A failover of two servers dead for different causes lists both, and a query by either
     finds it. A drain undrained before it finished leaves no start time behind: the next

@@ -362,6 +362,9 @@ class FailoverCompleted:
     """Time spent collecting positions."""
     duration_us: int
     """Time from the start of the failover to the committed map."""
+    handoff_sources: tuple[str, ...] = ()
+    """The sources of the handoffs that fell back to it (aborted, or silent past their
+    deadline), sorted: with no dead server, these are what it failed over from."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

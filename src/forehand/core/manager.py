@@ -1996,6 +1996,7 @@ class ManagerCore:
                 parts_without_replica=promotion.unreplicated,
                 positions_us=now_us - job.prepared_us,
                 duration_us=now_us - job.created_us,
+                handoff_sources=tuple(sorted({s for s in job.explicit.values() if s})),
             )
         )
         if promotion.unreplicated:

@@ -46,12 +46,16 @@ AUDIT_OUTCOMES = (
 )
 """Outcomes of audit records: a handoff's (completed, failed_over, cancelled), a dropped move's,
 a failover's (completed, parts_lost), a drain's (completed)."""
+HANDOFF_FELL_BACK = "handoff_fell_back"
+"""The reason of a failover that a handoff fell back to (aborted, or silent past its deadline)."""
 AUDIT_REASONS = (
     *(code.name.lower() for code in ReasonCode),
     *(cause.value for cause in manager_events.DeathCause),
+    HANDOFF_FELL_BACK,
 )
 """Reasons of audit records: a move's reason code, or a failover's death cause (a failover of
-several servers joins theirs with commas, and a query by one of them finds it)."""
+several servers joins theirs with commas, and a query by one of them finds it), or
+`handoff_fell_back` for the failover a handoff fell back to."""
 AUDIT_RECORDS_MAX = 10_000
 """Records kept in memory by default; older ones remain only in the JSONL file."""
 RISK_DECISIONS_MAX = 4_096
@@ -333,14 +337,20 @@ class AuditLog:
         now_us = self._clock_us()
         self._failover_started_us.pop(event.failover_id, None)
         targets = sorted({promotion.primary for promotion in event.promotions})
+        # A failover of dead servers names them and their causes; one a handoff fell back to
+        # (no server died) names the handoffs' sources (before, both fields were empty).
+        sources = sorted({*event.servers, *event.handoff_sources})
+        reasons = [self._causes(event.servers)] if event.servers else []
+        if event.handoff_sources:
+            reasons.append(HANDOFF_FELL_BACK)
         self._write(
             kind="failover",
             started_us=now_us - event.duration_us,
             ended_us=now_us,
             parts=tuple(part_name(promotion.ref) for promotion in event.promotions),
-            source=",".join(event.servers),
+            source=",".join(sources),
             target=",".join(targets),
-            reason=self._causes(event.servers),
+            reason=",".join(reasons),
             outcome="completed",
             detail=f"{event.replicas_added} replica role(s) added"
             + (
