@@ -392,6 +392,33 @@ def test_idle_connection_ends_with_idle_timeout(certs: ClusterCertificates) -> N
     run_test(main())
 
 
+def test_a_client_whose_server_process_is_gone_closes_at_the_first_port_unreachable(
+    certs: ClusterCertificates,
+) -> None:
+    """The server's socket closes without a CONNECTION_CLOSE (its process killed): the
+    client's next datagram draws an ICMP port unreachable, and the connection ends at once,
+    saying so. Before, it waited for its pings to go unanswered (idle timeout here: 60 s), so a
+    QUIC client failed over seconds later than a TLS one."""
+
+    async def main() -> None:
+        config = QUICTransportConfig(idle_timeout_ms=60_000, rtt_probe_interval_ms=0)
+        listener = await QUICTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        client = await QUICTransport(client_credentials(certs), config=config).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        server_socket = listener._datagram_transport
+        assert server_socket is not None
+        server_socket.abort()  # The process dies: no CONNECTION_CLOSE.
+        client.send_frame(Ping(sequence=1, sent_us=1))
+        async with asyncio.timeout(10):
+            info = await client.wait_closed()
+        assert info.initiator is CloseInitiator.NETWORK
+        assert "port is unreachable" in info.reason, info
+        await listener.close()
+
+    run_test(main())
+
+
 def test_path_stats_from_quic_pings(certs: ClusterCertificates) -> None:
     """QUIC PING acknowledgements give RTT samples: smoothed, minimum, latest, variation."""
 
