@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         Session,
         SessionClosedError,
         SessionOpenError,
+        SnapshotError,
         connect,
     )
 
@@ -60,6 +61,7 @@ __all__ = [
     "Session",
     "SessionClosedError",
     "SessionOpenError",
+    "SnapshotError",
     "__version__",
     "connect",
 ]
@@ -78,6 +80,7 @@ _LAZY = {
     "Session": "forehand.runtime.client",
     "SessionClosedError": "forehand.runtime.client",
     "SessionOpenError": "forehand.runtime.client",
+    "SnapshotError": "forehand.runtime.client",
     "connect": "forehand.runtime.client",
 }
 

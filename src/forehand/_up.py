@@ -216,17 +216,19 @@ def _reason(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-_PROCESS_ERRNOS = frozenset({errno.EAGAIN, errno.ENOMEM})
-"""Errors of no file that come from starting a process or a thread, not from the directory."""
+_DIRECTORY_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+"""Errors of no file that writing the directory's files raises (a full disk, a quota, a
+read-only file system, an I/O error); any other (a process or thread refused, no descriptor
+left) is not the directory's."""
 
 
 def _directorys(error: OSError, directory: Path) -> bool:
     """Whether `error`, raised while the cluster started, is the directory's: its file is the
-    directory or lies under it, or it names no file (a write that found the disk full names
-    none) and is not a process or thread refused."""
+    directory or lies under it, or it names no file and is one that writing raises (a write
+    that found the disk full names none)."""
     filename = error.filename
     if filename is None:
-        return error.errno not in _PROCESS_ERRNOS
+        return error.errno in _DIRECTORY_ERRNOS
     if not isinstance(filename, str | bytes | os.PathLike):
         return False
     path = Path(os.fsdecode(filename))

@@ -157,9 +157,10 @@ class ManagerHarness:
         parts: Iterable[PartProgress] = (),
         latency_us_p99: int = 1_000,
         renewed: Iterable[bytes] = (),
+        declared: tuple[str, ...] = (),
     ) -> None:
         """One heartbeat from `server_id` (its load stays what it last reported), reporting the
-        `renewed` sessions' credentials."""
+        `renewed` sessions' credentials (and the `declared` parts of its app, if any)."""
         if cpu is not None:
             self.loads[server_id] = load(cpu, latency_us_p99)
         self.sequences[server_id] = self.sequences.get(server_id, 0) + 1
@@ -171,6 +172,7 @@ class ManagerHarness:
             load=self.loads.get(server_id, IDLE),
             parts=tuple(parts),
             renewed_sessions=tuple(renewed),
+            declared_parts=declared,
         )
         self.router.send(server_id, MANAGER, message)
 

@@ -213,17 +213,18 @@ def test_a_credential_lifetime_stated_in_settings_shortens_the_interval_to_half_
 
 def test_a_shorter_lifetime_stated_later_brings_due_renewals_forward() -> None:
     """A session opened before any node stated a lifetime is due at the client's interval; a
-    server's SETTINGS stating 4 s brings that renewal to 2 s from then. A longer lifetime
-    stated after it changes nothing (the shortest counts), nor does 0 (not said)."""
+    server's SETTINGS stating 4 s brings that renewal into the second half of the new 2 s
+    interval (spread, so that sessions brought forward together do not renew in one burst).
+    A longer lifetime stated after it changes nothing (the shortest counts), nor does 0."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
     ready_session(h)
     h.advance(ms=1_000)
     h.feed("s1", Settings(credential_lifetime_ms=4_000))
     h.feed("s2", Settings(credential_lifetime_ms=86_400_000))
     h.feed("s2", Settings())
-    h.advance(ms=1_999)
+    h.advance(ms=999)
     assert h.take(Resume) == []
-    h.advance(ms=1)
+    h.advance(ms=1_001)
     assert len(h.take(Resume)) == 1
 
 
@@ -251,10 +252,18 @@ def test_a_session_taken_back_after_a_restart_retries_its_renewal_at_the_stated_
 def test_a_stated_lifetime_never_brings_the_interval_below_a_second() -> None:
     """A node stating a lifetime of 1 ms (a bad configuration, or a hostile node) makes the
     client renew every second, not every half millisecond."""
+    floor_ms = RENEW_INTERVAL_FLOOR_US // 1000
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
     ready_session(h)
     h.feed("s1", Settings(credential_lifetime_ms=1))
-    h.advance(ms=RENEW_INTERVAL_FLOOR_US // 1000 - 1)
+    h.advance(ms=floor_ms // 2 - 1)
+    assert h.take(Resume) == []
+    h.advance(ms=floor_ms // 2 + 1)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(SESSION, renewal.parts[0]).primary
+    fresh = ResumeOk(session_id=SESSION, parts=renewal.parts, map_version=5, credential=b"n")
+    h.feed(server, fresh)
+    h.advance(ms=floor_ms - 1)
     assert h.take(Resume) == []
     h.advance(ms=1)
     assert len(h.take(Resume)) == 1

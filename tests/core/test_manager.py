@@ -23,7 +23,7 @@ from forehand.core._manager_events import (
     SessionRegistered,
 )
 from forehand.core._membership import MemberState
-from forehand.core.manager import ManagerCore
+from forehand.core.manager import REFUSAL_NAMES_MAX, ManagerCore
 from forehand.core.messages import (
     ANNOUNCED_PARTS_MAX,
     HeartbeatReported,
@@ -59,6 +59,7 @@ from forehand.wire import (
     SessionOpened,
     Settings,
     Welcome,
+    encode_frame,
 )
 
 if TYPE_CHECKING:
@@ -451,7 +452,7 @@ def test_an_open_naming_a_part_no_server_declares_is_refused_and_the_connection_
     harness.router.send("c1", MANAGER, OpenSession(request_id=7, parts=("auth", "crat")))
     (refused,) = harness.router.take("c1", object)
     assert isinstance(refused, OpenSessionRefused) and refused.request_id == 7
-    assert "'crat'" in refused.reason and "auth, cart" in refused.reason
+    assert refused.reason == "no server's app declares part(s) 'crat' (they declare 'auth', 'cart')"
     assert harness.map.version == version
     (event,) = harness.events(SessionOpenRefused)
     assert event.client == "c1" and event.parts == ("auth", "crat")
@@ -460,17 +461,71 @@ def test_an_open_naming_a_part_no_server_declares_is_refused_and_the_connection_
 
 def test_opens_are_not_checked_while_a_server_has_not_said_its_parts() -> None:
     """A server of an earlier version announces no parts, and may serve any: nothing is
-    refused until it announces again saying them."""
+    refused until it restarts on the new version, saying them."""
     harness = ManagerHarness()
     harness.announce("s1", parts=("auth",))
     harness.announce("s2")
     harness.announce("s3", parts=("auth",))
     harness.tick(700, alive=SERVERS)
     assert harness.open_session(("auth", "cart")) is not None
-    harness.announce("s2", parts=("auth",))
-    harness.tick(100, alive=SERVERS)
+    harness.announce("s2", incarnation=2, parts=("auth",))
+    harness.tick(2_000, alive=SERVERS)
     assert harness.open_session(("auth", "cart")) is None
     assert len(harness.events(SessionOpenRefused)) == 1
+
+
+def test_a_server_the_manager_did_not_admit_says_nothing_about_the_parts() -> None:
+    """An announcement refused (past servers_max) or stale (an older incarnation) changes
+    nothing: a refused server of another app does not widen what is declared, and a stale one
+    without the field does not turn the check off (both did, in a first version)."""
+    harness = ManagerHarness(servers_max=3)
+    for server_id in SERVERS:
+        harness.announce(server_id, incarnation=2, parts=("auth", "cart"))
+    harness.tick(700, alive=SERVERS)
+    harness.announce("s9", parts=("auth", "crat"))
+    harness.announce("s1", incarnation=1)
+    assert harness.open_session(("auth", "crat")) is None
+    assert harness.open_session(("auth", "cart")) is not None
+
+
+def test_a_manager_that_took_over_learns_the_parts_from_the_next_heartbeats() -> None:
+    """A successor loads the map: its members' parts are unknown, so nothing is refused (a
+    server that holds a map does not announce again); each server names them in its first
+    heartbeat on the new connection, and once all did, an undeclared part is refused, and one
+    declared by any server is not."""
+    harness = ManagerHarness()
+    for server_id in SERVERS:
+        harness.announce(server_id, parts=("auth", "cart"))
+    harness.tick(700, alive=SERVERS)
+    successor = ManagerHarness(store=harness.store)
+    successor.tick(300, alive=SERVERS)
+    assert successor.open_session(("auth", "crat")) is not None
+    successor.heartbeat("s1", declared=("auth",))
+    successor.heartbeat("s2", declared=("auth",))
+    assert successor.open_session(("cart", "crat")) is not None
+    successor.heartbeat("s3", declared=("auth", "cart"))
+    assert successor.open_session(("auth", "crat")) is None
+    assert successor.open_session(("cart",)) is not None
+
+
+def test_a_refusal_names_a_bounded_number_of_parts_and_fits_its_frame() -> None:
+    """Long part names, many of them: the reason lists REFUSAL_NAMES_MAX of each kind and
+    counts the rest, and the frame encodes (a reason over 1024 bytes could not be sent, and
+    the client waited for its timeout)."""
+    declared = tuple(f"{index:02d}" + "d" * 62 for index in range(40))
+    asked = tuple(f"{index:02d}" + "u" * 62 for index in range(64))
+    harness = ManagerHarness()
+    for server_id in SERVERS:
+        harness.announce(server_id, parts=declared)
+    harness.tick(700, alive=SERVERS)
+    harness.router.send("c1", MANAGER, Hello(versions=(1,), client_id=bytes(16)))
+    harness.router.take("c1", object)
+    harness.router.send("c1", MANAGER, OpenSession(request_id=3, parts=asked))
+    (refused,) = harness.router.take("c1", object)
+    assert isinstance(refused, OpenSessionRefused)
+    assert f"and {64 - REFUSAL_NAMES_MAX} more" in refused.reason
+    assert f"and {40 - REFUSAL_NAMES_MAX} more" in refused.reason
+    assert len(encode_frame(refused)) < 1100
 
 
 def test_an_announcement_with_bad_part_names_is_refused() -> None:

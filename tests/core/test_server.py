@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._part import PartState
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
@@ -22,6 +22,7 @@ from forehand.core._server_events import (
     WriteAcknowledged,
 )
 from forehand.core.messages import (
+    ANNOUNCED_PARTS_MAX,
     HeartbeatReported,
     LoadReport,
     LogAcknowledged,
@@ -52,9 +53,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref
+    from tests.core._server_helpers import MANAGER, OTHER_SESSION, SESSION, SPECS, Cluster, ref
 else:
-    from _server_helpers import MANAGER, OTHER_SESSION, SESSION, Cluster, ref
+    from _server_helpers import MANAGER, OTHER_SESSION, SESSION, SPECS, Cluster, ref
 
 
 @pytest.fixture
@@ -75,6 +76,37 @@ def test_server_announces_itself_and_heartbeats(cluster: Cluster) -> None:
     cluster.router.advance(ms=1)
     (second,) = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"]
     assert (second.sequence, second.map_version) == (2, 1)
+
+
+def test_the_apps_parts_go_in_the_announcement_and_the_first_heartbeat_on_each_connection(
+    cluster: Cluster,
+) -> None:
+    """ServerAnnounced lists the app's parts, and so does the first heartbeat, and the first
+    after each new connection to the manager (a manager that took over hears no announcement
+    from a server holding a map); the heartbeats between list none."""
+    (announced,) = [m for m in cluster.take(MANAGER, ServerAnnounced) if m.server_id == "s1"]
+    assert announced.parts == ("counter", "ledger")
+
+    def declared() -> list[tuple[str, ...]]:
+        beats = cluster.take(MANAGER, HeartbeatReported)
+        return [beat.declared_parts for beat in beats if beat.server_id == "s1"]
+
+    cluster.router.advance(ms=0)
+    assert declared() == [("counter", "ledger")]
+    cluster.router.advance(ms=500)
+    assert declared() == [()]
+    cluster.router.send(MANAGER, "s1", ConnectionOpened(peer=MANAGER))
+    cluster.router.advance(ms=500)
+    assert declared() == [("counter", "ledger")]
+
+
+def test_an_app_of_more_parts_than_an_announcement_holds_says_none() -> None:
+    """Past ANNOUNCED_PARTS_MAX the list would be cut short and the manager would refuse the
+    parts left out: the server says none instead (not said: nothing is refused)."""
+    specs = {f"p{index}": SPECS["counter"] for index in range(ANNOUNCED_PARTS_MAX + 1)}
+    cluster = Cluster(specs=specs)
+    (announced,) = [m for m in cluster.take(MANAGER, ServerAnnounced) if m.server_id == "s1"]
+    assert announced.parts == ()
 
 
 def test_heartbeat_carries_load_and_a_rotating_bounded_batch() -> None:

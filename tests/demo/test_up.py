@@ -335,6 +335,7 @@ class _FailingCluster(DemoCluster):
     ("where", "line"),
     [
         ("fork", "could not start the cluster: Resource temporarily unavailable"),
+        ("pipe", "could not start the cluster: Too many open files"),
         ("outside", "could not start the cluster: No such file or directory (/nowhere/forehand)"),
         ("inside", "cannot use --dir {dir}: Permission denied ({dir}/s1.toml)"),
         ("cwd", "cannot use --dir {dir}: Not a directory"),
@@ -350,6 +351,7 @@ def test_up_blames_its_directory_only_for_an_error_in_it(
     is said as it is. Before, every one read as "cannot use --dir"."""
     errors = {
         "fork": BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)),
+        "pipe": OSError(errno.EMFILE, os.strerror(errno.EMFILE)),
         "outside": FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), "/nowhere/forehand"),
         "inside": PermissionError(
             errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "s1.toml")

@@ -85,6 +85,10 @@ def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path
         ('certs_dir = "{certs}"\nadmin_http_write_buffer_bytes = 100\n', "1024 to 67108864"),
         ('certs_dir = "{certs}"\nadmin_http_write_stall_timeout_ms = 0\n', "stall_timeout_ms"),
         ('certs_dir = "{certs}"\nadmin_http_idle_timeout_ms = 1.5\n', "Expected `int`"),
+        (
+            'certs_dir = "{certs}"\n[core]\ncredential_lifetime_ms = 1500\n',
+            "credential_lifetime_ms must be at least 2000, got 1500",
+        ),
     ],
 )
 def test_invalid_manager_config_names_the_problem(

@@ -349,7 +349,7 @@ def test_config_bounds_apply_to_decoding(codec: Codec) -> None:
 
 def _settings_frame(*pairs: tuple[int, int]) -> bytes:
     """A SETTINGS frame of the given (id, value) pairs, as any sender may lay it out."""
-    body = bytes([len(pairs)])
+    body = encode_varint(len(pairs))
     for setting_id, value in pairs:
         body += encode_varint(setting_id) + encode_varint(value)
     return encode_varint(FrameType.SETTINGS) + encode_varint(len(body)) + body
@@ -365,8 +365,10 @@ def test_settings_ignores_ids_it_does_not_know_and_refuses_one_repeated(codec: C
         codec.decode_frame(_settings_frame((0x01, 1), (0x01, 2)))
     assert raised.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
     too_many = _settings_frame(*((0x100 + index, 1) for index in range(65)))
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="65"):
         codec.decode_frame(too_many)
+    most = _settings_frame(*((0x100 + index, 1) for index in range(64)))
+    assert codec.decode_frame(most) == Settings()
 
 
 def test_a_receiver_that_may_not_read_settings_skips_it_and_reads_on() -> None:

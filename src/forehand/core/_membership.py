@@ -316,6 +316,9 @@ class Member:
     adopting_until_us: int = 0
     """Until then it is not declared dead by silence while it reports an older version than
     `adopting_version`."""
+    declared_parts: frozenset[str] | None = None
+    """The part names its app declares, as its announcement or a heartbeat of this incarnation
+    said them (None: not said, by a server before the field or one restored from a map)."""
 
     def dead_at_us(self) -> int:
         """When silence makes it dead: its detector's line, held while it adopts a heavy map."""
@@ -441,6 +444,7 @@ class Membership:
             weight=message.weight,
             state=MemberState.JOINING,
             detector=self._new_detector(now_us=now_us),
+            declared_parts=frozenset(message.parts) or None,
         )
 
     def _adopt_incarnation(self, member: Member, message: ServerAnnounced, *, now_us: int) -> None:
@@ -455,6 +459,7 @@ class Membership:
         member.adopting_version = member.adopting_until_us = 0
         member.load = None
         member.progress.clear()
+        member.declared_parts = frozenset(message.parts) or None
 
     def restore(
         self, server_id: str, *, address: str, zone: str, weight: float, dead: bool, now_us: int
@@ -494,6 +499,8 @@ class Membership:
         member.detector.heard(now_us=now_us)
         member.map_version = max(member.map_version, message.map_version)
         member.load = message.load
+        if message.declared_parts:
+            member.declared_parts = frozenset(message.declared_parts)
         self.record_progress(member, message.parts)
         if member.state is MemberState.DEAD:
             member.rejoin_pending = True

@@ -8,7 +8,18 @@ from dataclasses import dataclass, fields
 from forehand.errors import ConfigError
 from forehand.wire import FRAME_BYTES_MAX_FLOOR, VARINT_MAX
 
-__all__ = ["HEARTBEAT_PART_LOADS_MAX", "HEARTBEAT_RENEWALS_MAX", "ServerConfig"]
+__all__ = [
+    "CREDENTIAL_LIFETIME_MIN_MS",
+    "HEARTBEAT_PART_LOADS_MAX",
+    "HEARTBEAT_RENEWALS_MAX",
+    "ServerConfig",
+]
+
+CREDENTIAL_LIFETIME_MIN_MS = 2_000
+"""The shortest credential lifetime the `forehand manager` and `server` processes take (the
+cores take any, for tests at millisecond scale): a client renews at half the lifetime it is
+told, but not more often than once a second, so a shorter one would expire before its
+renewal."""
 
 HEARTBEAT_PART_LOADS_MAX = 64
 """Default of `ServerConfig.heartbeat_part_loads_max` (the scale study's servers report as many)."""

@@ -70,6 +70,7 @@ from forehand.core._pool import (
     PathStats,
     TransportCounters,
 )
+from forehand.core._server_config import CREDENTIAL_LIFETIME_MIN_MS
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import ShardMap, check_part_name
 from forehand.wire import (
@@ -121,8 +122,9 @@ _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
 _RENEWAL_HEAP_SLACK = 1024
 """Stale entries the renewal heap may hold beyond twice the sessions before it is rebuilt."""
-RENEW_INTERVAL_FLOOR_US = 1_000_000
-"""The shortest renewal interval a credential lifetime stated in SETTINGS can bring."""
+RENEW_INTERVAL_FLOOR_US = CREDENTIAL_LIFETIME_MIN_MS * 1000 // 2
+"""The shortest renewal interval a credential lifetime stated in SETTINGS can bring (a second:
+half the shortest lifetime a manager or server takes)."""
 _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, ConnectionLost})
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
@@ -518,10 +520,10 @@ class ClientCore:
         if not isinstance(parts, tuple):
             # A str would open one part per letter.
             raise LocalProtocolError(f"parts must be a tuple of part names, got {parts!r}")
-        if not parts or len(set(parts)) != len(parts) or len(parts) > DEFAULT_CONFIG.parts_max:
-            raise LocalProtocolError(f"a session needs distinct parts (at most 64), got {parts!r}")
         for part in parts:
             check_part_name(part)
+        if not parts or len(set(parts)) != len(parts) or len(parts) > DEFAULT_CONFIG.parts_max:
+            raise LocalProtocolError(f"a session needs distinct parts (at most 64), got {parts!r}")
         if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
             raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
         self._check_inflight_room()
@@ -2331,10 +2333,13 @@ class ClientCore:
         if lifetime_ms <= 0 or 0 < self._stated_lifetime_ms <= lifetime_ms:
             return
         self._stated_lifetime_ms = lifetime_ms
-        latest_us = now_us + self._renew_interval_us()
+        interval_us = self._renew_interval_us()
+        latest_us = now_us + interval_us
         for session_id, due_us in list(self._renew_due.items()):
             if due_us > latest_us:
-                self._renew_at(session_id, latest_us)
+                # Spread over the second half of the interval, so that the sessions brought
+                # forward together do not renew in one burst, and in step ever after.
+                self._renew_at(session_id, latest_us - self._rng.randrange(interval_us // 2 + 1))
 
     def _renew_interval_us(self) -> int:
         """`credential_renew_interval_ms`, or half the shortest credential lifetime a cluster

@@ -155,6 +155,7 @@ from forehand.placement import (
 )
 from forehand.placement import ServerJoined as ServerJoinedOperation
 from forehand.wire import (
+    DEFAULT_CONFIG,
     PROTOCOL_VERSION,
     CloseSession,
     ClusterMessage,
@@ -305,8 +306,6 @@ class ManagerCore:
         self._undrains_pending: set[str] = set()
         self._drain_due_us: int | None = None
         self._sessions: dict[bytes, tuple[str, ...]] = {}
-        # The part names each server announced its app declares (empty: not said).
-        self._declared_parts: dict[str, frozenset[str]] = {}
         self._expiry = SessionExpiry(
             expiry_ms=config.session_expiry_ms,
             batch=config.session_expiry_batch,
@@ -926,13 +925,9 @@ class ManagerCore:
                 ),
             )
             self._check_credential_lifetime(message)
-            if len(message.parts) > ANNOUNCED_PARTS_MAX:
-                raise LocalProtocolError(f"more than {ANNOUNCED_PARTS_MAX} parts")
-            for part in message.parts:
-                check_part_name(part)
+            _check_declared_parts(message.parts)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
-        self._declared_parts[message.server_id] = frozenset(message.parts)
         self._membership_changed()
         outcome = self._membership.announce(message, now_us=now_us)
         if outcome is AnnounceOutcome.JOINED:
@@ -967,6 +962,10 @@ class ManagerCore:
     ) -> None:
         if not self._check_sender(message.server_id, source):
             return
+        try:
+            _check_declared_parts(message.declared_parts)
+        except LocalProtocolError as error:
+            raise RemoteProtocolError(f"bad HeartbeatReported: {error}") from error
         member = self._membership.get(message.server_id)
         if (
             member is not None
@@ -2362,13 +2361,11 @@ class ManagerCore:
                 f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
-        undeclared = self._undeclared(parts)
-        if undeclared:
+        declared = self._declared_parts()
+        undeclared = () if declared is None else tuple(p for p in parts if p not in declared)
+        if declared is not None and undeclared:
             # No retry would help: answered, and the connection stays (its other opens go on).
-            reason = (
-                f"no server's app declares part(s) {', '.join(map(repr, undeclared))} "
-                f"(they declare {', '.join(sorted(self._declared_union()))})"
-            )
+            reason = _refusal_reason(undeclared, declared)
             self._emit(SessionOpenRefused(client=source, parts=parts, reason=reason))
             self._send(source, OpenSessionRefused(request_id=frame.request_id, reason=reason))
             return
@@ -2399,18 +2396,16 @@ class ManagerCore:
         if not self._pipeline.submit(change):
             self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
 
-    def _declared_union(self) -> set[str]:
-        return set().union(*self._declared_parts.values())
-
-    def _undeclared(self, parts: tuple[str, ...]) -> tuple[str, ...]:
-        """The parts no server's app declares, once every server that announced said what its
-        app declares (a server before the field says nothing, and may serve anything); none
-        before any server announced."""
-        declared = self._declared_parts
-        if not declared or not all(declared.values()):
-            return ()
-        union = self._declared_union()
-        return tuple(part for part in parts if part not in union)
+    def _declared_parts(self) -> frozenset[str] | None:
+        """The part names the members' apps declare, together; None (nothing is refused)
+        unless every member not dead said them: a server before the field, or one this manager
+        knows only from the loaded map until its first heartbeat on a new connection names
+        them, may serve any part."""
+        members = [m for m in self._membership.members() if m.state is not MemberState.DEAD]
+        said = [member.declared_parts for member in members]
+        if not said or any(parts is None for parts in said):
+            return None
+        return frozenset().union(*(parts for parts in said if parts is not None))
 
     def _build_session(self, current: ShardMap, opening: _Opening) -> Built | None:
         keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
@@ -2852,6 +2847,38 @@ def _check_refs(refs: Iterable[PartRef]) -> None:
             key_of(ref)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad part reference: {error}") from error
+
+
+REFUSAL_NAMES_MAX = 6
+"""Part names an OPEN_SESSION_REFUSED reason lists of each kind (undeclared, declared); the rest
+are counted."""
+
+
+def _check_declared_parts(parts: tuple[str, ...]) -> None:
+    """The part names a server says its app declares: at most `ANNOUNCED_PARTS_MAX`, each a
+    valid part name (LocalProtocolError otherwise)."""
+    if len(parts) > ANNOUNCED_PARTS_MAX:
+        raise LocalProtocolError(f"more than {ANNOUNCED_PARTS_MAX} parts")
+    for part in parts:
+        check_part_name(part)
+
+
+def _listed(names: Iterable[str]) -> str:
+    """At most `REFUSAL_NAMES_MAX` names, and how many more."""
+    ordered = sorted(names)
+    shown = ", ".join(repr(name) for name in ordered[:REFUSAL_NAMES_MAX])
+    more = len(ordered) - REFUSAL_NAMES_MAX
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _refusal_reason(undeclared: tuple[str, ...], declared: frozenset[str]) -> str:
+    """Why an open is refused, within the frame's text bound (`message_bytes_max`, 1024 bytes):
+    part names are ASCII, at most 64 characters, so twice `REFUSAL_NAMES_MAX` of them and the
+    words come to some 950."""
+    reason = (
+        f"no server's app declares part(s) {_listed(undeclared)} (they declare {_listed(declared)})"
+    )
+    return reason[: DEFAULT_CONFIG.message_bytes_max]
 
 
 def _client_id_of(source: NodeId) -> bytes:

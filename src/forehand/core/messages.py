@@ -165,8 +165,8 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     before the field (not checked)."""
     parts: tuple[str, ...] = ()
     """The part names this server's app declares (at most `ANNOUNCED_PARTS_MAX`), so that the
-    manager can refuse an OPEN_SESSION naming a part no server serves; empty from a sender
-    before the field (not said)."""
+    manager can refuse an OPEN_SESSION naming a part no server serves; empty: not said (a
+    sender before the field, or an app of more parts than the bound)."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -191,6 +191,10 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Sessions this server issued a fresh credential for (RESUME_OK) since its last heartbeat,
     each once; at most `heartbeat_renewals_max`, the rest in the next. The manager expires a
     session none was issued for in `session_expiry_ms`."""
+    declared_parts: tuple[str, ...] = ()
+    """The part names this server's app declares, as `ServerAnnounced.parts`, in the first
+    heartbeat on each new connection to the manager (a manager that took over, or restarted,
+    hears no announcement from a server that holds a map); empty in the others."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -169,6 +169,13 @@ _RESPONSE_PAYLOAD_MAX = DEFAULT_WIRE.frame_bytes_max - RESPONSE_HEAD_BYTES_MAX
 """The longest result every server can send (checked first: most results are far shorter)."""
 
 
+def _declared_names(specs: Mapping[str, PartSpec]) -> tuple[str, ...]:
+    """The app's part names, sorted; none (not said) past `ANNOUNCED_PARTS_MAX`, since a list
+    cut short would have the manager refuse the parts left out."""
+    names = tuple(sorted(specs))
+    return names if len(names) <= ANNOUNCED_PARTS_MAX else ()
+
+
 _PARTS_NAMED_MAX = 16
 """Parts of the app an UNKNOWN_OP answer for an undeclared part names (the rest are counted)."""
 
@@ -232,8 +239,11 @@ class ServerCore:
         self._me = config.server_id
         """This server's id (read for every event and message)."""
         self._specs = dict(parts)
-        self._sealer = sealer
-        self._rng = rng
+        # The part names the app declares, as announcements and heartbeats say them
+        # (`_declared_names`), and whether the next heartbeat names them: the first one, and
+        # the first on each new connection to the manager, whose leader may have changed.
+        self._declared, self._declare_in_heartbeat = _declared_names(self._specs), True
+        self._sealer, self._rng = sealer, rng
         self._outbox: list[Outbound] = []
         self._events: deque[ServerEvent] = deque()
         self._parts: dict[PartRef, Part] = {}
@@ -299,7 +309,7 @@ class ServerCore:
                 zone=config.zone,
                 weight=config.weight,
                 credential_lifetime_ms=config.credential_lifetime_ms,
-                parts=tuple(sorted(self._specs))[:ANNOUNCED_PARTS_MAX],
+                parts=self._declared,
             ),
         )
 
@@ -1016,6 +1026,8 @@ class ServerCore:
         unanswered, resends backing off while its dials failed) ship again at once, and their
         resend time starts over."""
         peer = message.peer
+        if peer == self._config.manager_id:
+            self._declare_in_heartbeat = True
         if self.server_address(peer) is None:
             return
         self._down.pop(peer, None)
@@ -2558,8 +2570,10 @@ class ServerCore:
                 parts=self._progress_batch(),
                 paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
                 renewed_sessions=self._renewed_batch(),
+                declared_parts=self._declared if self._declare_in_heartbeat else (),
             ),
         )
+        self._declare_in_heartbeat = False
         if self._map is None:
             # Without a map this server has not joined yet: its announcement may have been lost
             # with a connection (a restart behind a partition), and heartbeats of an unknown

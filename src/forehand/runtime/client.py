@@ -66,6 +66,7 @@ __all__ = [
     "Session",
     "SessionClosedError",
     "SessionOpenError",
+    "SnapshotError",
     "connect",
 ]
 
@@ -112,6 +113,10 @@ class RequestFailedError(ForehandError):
 class ResultDecodeError(ForehandError):
     """A call's answer did not decode as the `result_type` asked for (or at all). The call was
     executed: only reading its result failed."""
+
+
+class SnapshotError(ForehandError, ValueError):
+    """Bytes `Client.resume_session` cannot read as a session snapshot (of this format)."""
 
 
 class SessionOpenError(ForehandError):
@@ -473,9 +478,9 @@ class Client:
         try:
             saved = msgspec.msgpack.decode(snapshot, type=_Saved)
         except msgspec.DecodeError as error:
-            raise ValueError(f"not a session snapshot: {error}") from error
+            raise SnapshotError(f"not a session snapshot: {error}") from error
         if saved.version != SNAPSHOT_FORMAT_VERSION:
-            raise ValueError(f"snapshot format {saved.version} is not {SNAPSHOT_FORMAT_VERSION}")
+            raise SnapshotError(f"snapshot format {saved.version} is not {SNAPSHOT_FORMAT_VERSION}")
         self._driver.command(
             lambda core, now_us: core.resume_session(
                 saved.session_id,

@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from forehand.core import ManagerConfig, ServerConfig
+from forehand.core._server_config import CREDENTIAL_LIFETIME_MIN_MS
 from forehand.errors import ConfigError
 from forehand.placement import PlacementConfig
 from forehand.runtime.certs import check_node_credentials, check_tls_files, validate_node_name
@@ -128,6 +129,13 @@ def _check_common(config: Any, where: str) -> None:
     if not (config.certs_dir / "ca.pem").is_file():
         raise ConfigError(f"{where}certs_dir {config.certs_dir} holds no ca.pem")
     _check_parent(config.ready_file, f"{where}ready_file")
+    core = config.core
+    if core is not None and core.credential_lifetime_ms < CREDENTIAL_LIFETIME_MIN_MS:
+        raise ConfigError(
+            f"{where}core.credential_lifetime_ms must be at least {CREDENTIAL_LIFETIME_MIN_MS}, "
+            f"got {core.credential_lifetime_ms}: clients renew at half the lifetime, at most "
+            "once a second"
+        )
 
 
 def _check_parent(path: Path | None, where: str) -> None:
