@@ -367,6 +367,30 @@ def test_application_errors_are_final_answers() -> None:
     assert h.take(Request) == []
 
 
+def test_a_redirect_naming_the_same_server_brings_the_version_but_reports_no_move() -> None:
+    """A REDIRECT at a newer version whose target is the server itself (the part stayed, its
+    epoch grew): the request goes again there at that version, and no PartRedirected is
+    emitted (the SDK reported a move "s3 -> s3")."""
+    h = Harness()
+    session = ready_session(h)
+    call = h.client.call(session, "auth", "a", b"", now_us=0)
+    h.drain()
+    h.take(Request, "s1")
+    h.feed(
+        "s1",
+        Redirect(
+            request_id=call,
+            session_id=session,
+            part="auth",
+            map_version=7,
+            targets=(endpoint("s1"),),
+        ),
+    )
+    assert [(r.request_id, r.map_version) for r in h.take(Request, "s1")] == [(call, 7)]
+    assert h.client.route(session, "auth").map_version == 7
+    assert h.of(PartRedirected) == []
+
+
 def test_redirect_to_newer_version_moves_part_and_resends_in_order() -> None:
     """A newer REDIRECT moves the part and re-sends its requests, same ids, in call order."""
     h = Harness()

@@ -121,8 +121,8 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
     resent = h.take(Request, "s2")
     assert [(r.request_id, r.map_version) for r in resent] == [(ids[0], 7), (ids[1], 7)]
     relocated = h.of(PartRelocated)
-    assert [(e.part, e.server, e.map_version, e.duration_us) for e in relocated] == [
-        ("auth", "s2", 7, 2_000)
+    assert [(e.part, e.previous, e.server, e.map_version, e.duration_us) for e in relocated] == [
+        ("auth", "s1", "s2", 7, 2_000)
     ]
     for request in resent:
         respond(h, "s2", request, payload=b"", map_version=7)

@@ -326,6 +326,8 @@ class PartRelocated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The map version of the placement."""
     duration_us: int
     """From losing the part's server to knowing where it is (0 for an active part's move)."""
+    previous: NodeId | None = None
+    """Its primary before (the server lost, or the one a map answer moved it from)."""
 
 
 class MapVersionAdopted(msgspec.Struct, frozen=True, kw_only=True, gc=False):

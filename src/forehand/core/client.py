@@ -1483,16 +1483,19 @@ class ClientCore:
             )
             route.fire(RouteTrigger.REDIRECTED)
             self._adopt_map_version(frame.map_version)
-            self._emit(
-                PartRedirected(
-                    node=self.node_id,
-                    session_id=session.session_id,
-                    part=route.name,
-                    source=source,
-                    target=route.primary,
-                    map_version=frame.map_version,
+            if route.primary != source:
+                # A REDIRECT naming the server itself only brings a newer map version (the part
+                # stayed where it was): no move to tell the application of.
+                self._emit(
+                    PartRedirected(
+                        node=self.node_id,
+                        session_id=session.session_id,
+                        part=route.name,
+                        source=source,
+                        target=route.primary,
+                        map_version=frame.map_version,
+                    )
                 )
-            )
         elif route.primary == source:
             # The client's newest placement says this server, which disowns the part.
             self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
@@ -1725,7 +1728,8 @@ class ClientCore:
             self._overtake_resumption(session, route, found, view.map_version, now_us)
             return False
         primary, backups = (route.primary, route.backups) if isinstance(found, Unchanged) else found
-        moved = primary != route.primary
+        previous = route.primary
+        moved = primary != previous
         route.adopt(primary=primary, backups=backups, map_version=view.map_version)
         if moved:
             route.fire(RouteTrigger.PLACEMENT_RECEIVED)
@@ -1739,6 +1743,7 @@ class ClientCore:
                     server=primary,
                     map_version=view.map_version,
                     duration_us=0,
+                    previous=previous,
                 )
             )
             self._flush(session, route, now_us, moved=True)
@@ -1840,7 +1845,8 @@ class ClientCore:
         if connection is not None and connection.state is ConnectionState.DRAINING:
             # Still on a server that said GOAWAY: the move has not been published yet.
             return False
-        moved = primary != route.primary
+        previous = route.primary
+        moved = primary != previous
         if confirmed or moved:
             route.locate_attempts = 0
         route.adopt(primary=primary, backups=backups, map_version=map_version)
@@ -1859,6 +1865,7 @@ class ClientCore:
                     server=primary,
                     map_version=map_version,
                     duration_us=now_us - route.lost_us,
+                    previous=previous,
                 )
             )
         self._flush(session, route, now_us, moved=True)

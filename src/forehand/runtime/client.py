@@ -161,7 +161,9 @@ class HandoffEvent:
     reason: ReasonCode = ReasonCode.UNSPECIFIED
     """Why the server moved them (HANDOFF only)."""
     duration_us: int = 0
-    """From the HANDOFF (or the lost connection) to the new server, when complete."""
+    """From the HANDOFF (or from when the client found the connection lost: at once for a
+    killed server over TLS or QUIC, after its pings' timeout for an unreachable host) to the new
+    server, when complete."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -653,7 +655,7 @@ def _handoff_event(event: object) -> HandoffEvent | None:
             kind=HandoffEventKind.RELOCATED,
             session_id=event.session_id,
             parts=(event.part,),
-            source=None,
+            source=event.previous,
             target=event.server,
             map_version=event.map_version,
             duration_us=event.duration_us,
