@@ -138,6 +138,12 @@ class UpOptions:
         that process's configuration file and loads it, before starting the process."""
         manager = _settings("--manager-set", self.manager_settings, MANAGER_KEYS_OWNED)
         server = _settings("--server-set", self.server_settings, SERVER_KEYS_OWNED)
+        port = server.get("metrics_port")
+        if self.servers > 1 and isinstance(port, int) and port > 0:
+            raise ConfigError(
+                f"--server-set metrics_port={port} gives every server the same port; use "
+                "metrics_port=0 (each server its own, listed when the cluster is up)"
+            )
         return manager, server
 
     @property
@@ -379,6 +385,7 @@ def _state(cluster: DemoCluster, options: UpOptions) -> dict[str, object]:
         "admin_url": dashboard.rstrip("/") if dashboard else None,
         "admin_token_file": str(cluster.directory / TOKEN_FILE),
         "servers": {name: cluster.servers[name].address for name in cluster.servers},
+        "metrics": cluster.metrics_urls,
         "pids": {name: process.pid for name, process in processes.items()},
         "logs": {name: str(process.log_path) for name, process in processes.items()},
     }
@@ -407,6 +414,9 @@ def _banner(cluster: DemoCluster, options: UpOptions, state: dict[str, object]) 
     admin_url = state["admin_url"]
     if admin_url:
         lines.append(f"  dashboard  {admin_url}/")
+    metrics = cluster.metrics_urls
+    if metrics:
+        lines.append("  metrics    " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
     lines += ["Connect a client:", f"  async with {connect}) as client: ..."]
     if admin_url:
         token = cluster.directory / TOKEN_FILE

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,10 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
             ("--app", "examples.cart.app:app", "--manager-set", "no_value"),
             "--manager-set: --set needs key=value",
         ),
+        (
+            ("--app", "examples.cart.app:app", "--server-set", "metrics_port=7491"),
+            "metrics_port=7491 gives every server the same port; use metrics_port=0",
+        ),
     ],
 )
 def test_up_refuses_bad_options_before_starting_anything(
@@ -284,9 +289,17 @@ def test_up_passes_settings_to_its_processes(tmp_path: Path) -> None:
         "core.failure_timeout_ms=4321",
         "--server-set",
         "core.heartbeat_interval_ms=333",
+        "--server-set",
+        "metrics_port=0",
     )
     try:
         _wait_up(process, directory)
+        # Each server serves /metrics on a port of its own, listed in up.json.
+        state = json.loads((directory / "up.json").read_text(encoding="utf-8"))
+        assert sorted(state["metrics"]) == ["s1", "s2"]
+        for url in state["metrics"].values():
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert b"forehand_" in answer.read()
         manager = tomllib.loads((directory / "manager.toml").read_text(encoding="utf-8"))
         assert manager["audit_log_path"] == str(tmp_path / "audit.jsonl")
         assert manager["core"]["failure_timeout_ms"] == 4321

@@ -215,6 +215,16 @@ class DemoCluster:
         return path.read_text(encoding="utf-8").strip() + "/"
 
     @property
+    def metrics_urls(self) -> dict[str, str]:
+        """The /metrics URL of each server that serves one (its `metrics_port` set), by id."""
+        urls = {}
+        for server_id, process in self.servers.items():
+            path = url_file(process.ready_path)
+            if path.exists():
+                urls[server_id] = path.read_text(encoding="utf-8").strip() + "/metrics"
+        return urls
+
+    @property
     def manager_address(self) -> str:
         """host:port of the manager."""
         assert self.manager is not None and self.manager.address
