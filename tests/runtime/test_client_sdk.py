@@ -127,6 +127,12 @@ def test_a_session_a_peer_closed_refuses_calls_naming_it(tmp_path: Path) -> None
         assert session.closed and not other.closed
         with pytest.raises(forehand.SessionClosedError, match="closed by s1"):
             await session.call("cart", "list")
+        # Its snapshot and placements say so too (the snapshot raised "unknown session", a
+        # LocalProtocolError, before).
+        with pytest.raises(forehand.SessionClosedError, match="closed by s1"):
+            session.snapshot()
+        with pytest.raises(forehand.SessionClosedError, match="closed by s1"):
+            session.placements()
         assert SESSION not in client._sessions and other.id in client._sessions
 
     asyncio.run(scenario())

@@ -287,7 +287,10 @@ class Session:
             await waiter
 
     def placements(self) -> dict[str, PartPlacement]:
-        """Where each part is served now, as far as the client knows."""
+        """Where each part is served now, as far as the client knows (SessionClosedError once
+        the session closed)."""
+        if self._closed:
+            raise SessionClosedError(self._closed_why)
         core = self._client._core
         result = {}
         for part in self._parts:
@@ -308,7 +311,10 @@ class Session:
         `ClientConfig.credential_renew_interval_ms`, or half the credential lifetime the cluster
         states in SETTINGS if that is shorter), and a snapshot older than the cluster's
         `credential_lifetime_ms` (24 hours) can no longer take the session back, so persist it
-        again from time to time."""
+        again from time to time. SessionClosedError once the session closed (there is nothing
+        left to take back)."""
+        if self._closed:
+            raise SessionClosedError(self._closed_why)
         snapshot = self._client._core.session_snapshot(self._id)
         return _encoder.encode(
             _Saved(
