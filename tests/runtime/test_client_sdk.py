@@ -48,6 +48,13 @@ def test_connect_checks_its_arguments(tmp_path: Path) -> None:
         forehand.connect("127.0.0.1:7000", ca=ca, transport="sctp")
     client = forehand.connect(["127.0.0.1:7000", "127.0.0.1:7001"], ca=ca, transport="quic")
     assert len(client.client_id) == 16
+    # Probing potential handoff targets is on, also in a config passed for its timeouts (it was
+    # off there before), and off where the application says so.
+    assert client._core._config.prewarm_probe_targets is True
+    passed = forehand.connect("127.0.0.1:7000", ca=ca, config=ClientConfig(request_timeout_ms=500))
+    assert passed._core._config.prewarm_probe_targets is True
+    off = ClientConfig(prewarm_probe_targets=False)
+    assert forehand.connect("127.0.0.1:7000", ca=ca, config=off)._core._config == off
 
 
 def test_handoff_events_reach_callbacks_and_iterators() -> None:

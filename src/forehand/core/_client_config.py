@@ -74,10 +74,11 @@ class ClientConfig:
     """Bound on probe PINGs per second over all such connections; the rest wait their turn."""
     probe_targets_max: int = 8
     """Most potential targets (backups of the client's parts) kept connected for probing."""
-    prewarm_probe_targets: bool = False
+    prewarm_probe_targets: bool | None = None
     """Whether the client opens connections to the potential targets of its parts (at most
-    `probe_targets_max`, never by evicting another connection) to probe them; the SDK turns it
-    on, the cores' tests and the simulator leave it off unless they test it."""
+    `probe_targets_max`, never by evicting another connection) to probe them. None leaves it to
+    the runtime: `forehand.connect` turns it on (also in a config the application passes), the
+    cores' tests and the simulator leave it off unless they test it."""
     known_servers_max: int = 4096
     """Bound on server endpoints the client remembers (the members HANDOFF may target)."""
     unanswered_ids_max: int = DEFAULT_CONFIG.unanswered_max

@@ -36,7 +36,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -700,11 +700,11 @@ def connect(
         ssl.create_default_context(cafile=str(ca_path))
     except (ssl.SSLError, ValueError) as error:
         raise ConfigError(f"CA certificate {ca_path} holds no PEM certificate: {error}") from None
-    client_config = (
-        config
-        if config is not None
-        else ClientConfig(manager_node_id=manager_id, prewarm_probe_targets=True)
-    )
+    client_config = config if config is not None else ClientConfig(manager_node_id=manager_id)
+    if client_config.prewarm_probe_targets is None:
+        # On unless the application said otherwise: a config passed for its timeouts turned
+        # the probes of potential handoff targets off before.
+        client_config = replace(client_config, prewarm_probe_targets=True)
     if client_config.manager_node_id != manager_id:
         raise ConfigError("ClientConfig.manager_node_id must equal manager_id")
     return Client(
