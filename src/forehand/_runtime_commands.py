@@ -385,12 +385,15 @@ def admin_undrain(
 @admin_app.command("move")
 def admin_move(
     session_id: str = typer.Argument(..., help="The session id, 32 hex digits."),
-    target: str | None = typer.Option(None, help="The target server \\[the manager picks]."),
+    target: str | None = typer.Option(
+        None, "--to", "--target", help="The target server \\[the manager picks]."
+    ),
     manager_address: str = _MANAGER,
     certs_dir: Path = _ADMIN_CERTS,
     node: str = _ADMIN_NODE,
 ) -> None:
-    """Hand one session's parts off (a planned handoff)."""
+    """Hand one session's parts off (a planned handoff), to `--to` as `forehand handoff` takes
+    it (`--node` is the operator's own certificate, not the target)."""
     from forehand.runtime.admin import MoveSession
 
     digits = "0123456789abcdefABCDEF"

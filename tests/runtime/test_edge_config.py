@@ -276,6 +276,12 @@ def test_admin_commands_name_local_mistakes(certs_dir: Path, tmp_path: Path) -> 
     assert status == 2 and lines == ["forehand admin: a session id is 32 hex digits, got 'zz'"]
     status, lines = run_cli("admin", "move", "abcd", "--certs-dir", str(certs_dir), *manager)
     assert status == 2 and "32 hex digits, got 'abcd'" in lines[0]
+    # The target is `--to`, as `forehand handoff` takes it (a walkthrough tried `--node`, the
+    # operator's own certificate); `--target` still works. Parsed, the move goes to the manager.
+    for option in ("--to", "--target"):
+        args = ("admin", "move", "ab" * 16, option, "s2", "--certs-dir", str(certs_dir), *manager)
+        status, lines = run_cli(*args)
+        assert status == 1 and "127.0.0.1:1" in lines[-1], (option, lines)
     status, lines = run_cli("admin", "status", "--certs-dir", str(tmp_path), *manager)
     assert status == 1 and len(lines) == 1
     assert f"missing {tmp_path / 'admin.pem'}: the operator's certificate" in lines[0]
