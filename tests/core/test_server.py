@@ -82,8 +82,8 @@ def test_the_apps_parts_go_in_the_announcement_and_the_first_heartbeat_on_each_c
     cluster: Cluster,
 ) -> None:
     """ServerAnnounced lists the app's parts, and so does the first heartbeat, and the first
-    after each new connection to the manager (a manager that took over hears no announcement
-    from a server holding a map); the heartbeats between list none."""
+    after each new connection to the manager or a whole map from it (a manager that took over
+    hears no announcement from a server holding a map); the heartbeats between list none."""
     (announced,) = [m for m in cluster.take(MANAGER, ServerAnnounced) if m.server_id == "s1"]
     assert announced.parts == ("counter", "ledger")
 
@@ -96,6 +96,13 @@ def test_the_apps_parts_go_in_the_announcement_and_the_first_heartbeat_on_each_c
     cluster.router.advance(ms=500)
     assert declared() == [()]
     cluster.router.send(MANAGER, "s1", ConnectionOpened(peer=MANAGER))
+    cluster.router.advance(ms=500)
+    assert declared() == [("counter", "ledger")]
+    # A whole map (what a manager sends once it loaded the map, maybe after a first heartbeat
+    # it could not place yet) has the next heartbeat name them again, at any version.
+    cluster.router.advance(ms=500)
+    assert declared() == [()]
+    cluster.publish_full(to=["s1"])
     cluster.router.advance(ms=500)
     assert declared() == [("counter", "ledger")]
 

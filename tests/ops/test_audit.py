@@ -174,7 +174,7 @@ def test_a_failover_a_handoff_fell_back_to_names_the_handoffs_source() -> None:
             primary_parts=1,
         )
     )
-    for failover_id, servers in ((1, ()), (2, ("s4",))):
+    for failover_id, servers, sources in ((1, (), ("s3",)), (2, ("s4",), ("s3",)), (3, (), ())):
         audit(
             events.FailoverCompleted(
                 failover_id=failover_id,
@@ -185,13 +185,15 @@ def test_a_failover_a_handoff_fell_back_to_names_the_handoffs_source() -> None:
                 parts_without_replica=0,
                 positions_us=1,
                 duration_us=1,
-                handoff_sources=("s3",),
+                handoff_sources=sources,
             )
         )
-    fell_back, both = audit.query()
+    fell_back, both, unnamed = audit.query()
     assert (fell_back.source, fell_back.reason) == ("s3", "handoff_fell_back")
     assert (both.source, both.reason) == ("s3,s4", "silence,handoff_fell_back")
-    assert audit.query(reason="handoff_fell_back") == [fell_back, both]
+    # A handoff whose source is gone: the reason still says what the failover was.
+    assert (unnamed.source, unnamed.reason) == ("", "handoff_fell_back")
+    assert audit.query(reason="handoff_fell_back") == [fell_back, both, unnamed]
 
 
 def test_a_reason_finds_a_failover_of_several_causes_and_an_undrained_drain_is_not_timed() -> None:

@@ -363,8 +363,9 @@ class FailoverCompleted:
     duration_us: int
     """Time from the start of the failover to the committed map."""
     handoff_sources: tuple[str, ...] = ()
-    """The sources of the handoffs that fell back to it (aborted, or silent past their
-    deadline), sorted: with no dead server, these are what it failed over from."""
+    """The live servers of the handoffs that fell back to it (aborted, or silent past their
+    deadline: their sources; for parts a handoff left unsettled, the server that reported
+    them), sorted. A failover with no dead server is always such a fallback."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

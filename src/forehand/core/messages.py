@@ -193,8 +193,9 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     session none was issued for in `session_expiry_ms`."""
     declared_parts: tuple[str, ...] = ()
     """The part names this server's app declares, as `ServerAnnounced.parts`, in the first
-    heartbeat on each new connection to the manager (a manager that took over, or restarted,
-    hears no announcement from a server that holds a map); empty in the others."""
+    heartbeat on each new connection to the manager and after each whole map (a manager that
+    took over, or restarted, hears no announcement from a server that holds a map, and sends
+    each member the whole map once it loaded its own); empty in the others."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -2278,6 +2278,11 @@ class ServerCore:
     # The shard map.
 
     def _on_map_published(self, message: MapPublished, source: NodeId, now_us: int) -> None:
+        if message.base_version == 0:
+            # A whole map: what a manager sends its members once it loaded the map (a restart,
+            # a standby taking over), which may be after this server's first heartbeat to it,
+            # lost while the manager had no members yet: the next heartbeat names the parts.
+            self._declare_in_heartbeat = True
         held = self.map_version
         if message.map_version <= held:
             return

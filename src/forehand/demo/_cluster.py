@@ -318,6 +318,8 @@ class DemoCluster:
     def _spawn(self, name: str, command: list[str], ready: Path) -> NodeProcess:
         log_path = self.directory / f"{name}.log"
         ready.unlink(missing_ok=True)
+        # An earlier run's URL file would read as this run's listener (metrics_urls).
+        url_file(ready).unlink(missing_ok=True)
         with log_path.open("wb") as log:
             popen = subprocess.Popen(
                 command,

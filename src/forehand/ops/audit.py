@@ -341,7 +341,9 @@ class AuditLog:
         # (no server died) names the handoffs' sources (before, both fields were empty).
         sources = sorted({*event.servers, *event.handoff_sources})
         reasons = [self._causes(event.servers)] if event.servers else []
-        if event.handoff_sources:
+        if event.handoff_sources or not event.servers:
+            # With no server dead, a failover is a handoff's fallback (its source may be gone,
+            # and then unnamed).
             reasons.append(HANDOFF_FELL_BACK)
         self._write(
             kind="failover",

@@ -1284,6 +1284,10 @@ class QUICTransport(Transport):
         connection.peer_id = server_id
         connection.local_address = _address(transport.get_extra_info("sockname"))
         connection._on_gone = release
+        if connection._gone.done():
+            # Gone between the handshake and here (an ICMP port unreachable, a termination),
+            # before it had its release to call: the socket goes now.
+            release()
         return connection
 
 

@@ -127,9 +127,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._heard or not self.is_client:
             return what
         return (
-            f"{what} before the peer sent anything (a port that does not serve this client's "
-            "transport, such as a QUIC cluster's TLS port for its servers, which wants a client "
-            "certificate, ends a client's connection so)"
+            f"{what} before the peer sent anything (a server stopping does so; so does a port "
+            "that does not serve this client's transport, such as a QUIC cluster's TLS port "
+            "for its servers, which wants a client certificate)"
         )
 
     def eof_received(self) -> bool | None:
