@@ -348,11 +348,14 @@ class Membership:
         # new version to every live member, and sorting ten thousand ids per commit adds up.
         self._sorted: list[Member] | None = None
         self._live: tuple[Member, ...] | None = None
+        self._declared: tuple[frozenset[str] | None] | None = None
+        """`declared_parts()` while nothing it reads changed (None: to compute)."""
         self._deaths_held = False
         """The last `check` held deaths by silence (see `check`); a member heard again ends it."""
 
     def _changed(self, *, membership: bool) -> None:
         self._live = None
+        self._declared = None
         if membership:
             self._sorted = None
 
@@ -381,6 +384,19 @@ class Membership:
         if self._live is None:
             self._live = tuple(member for member in self.members() if member.is_live)
         return self._live
+
+    def declared_parts(self) -> frozenset[str] | None:
+        """The part names the apps of the members not dead declare, together; None unless
+        every one of them said its own (a server before the field, or one restored from a
+        loaded map until its heartbeat names them, may serve any part). Kept until a member
+        comes, goes, changes state or says its parts again: every OPEN_SESSION reads it."""
+        if self._declared is None:
+            said = [m.declared_parts for m in self.members() if m.state is not MemberState.DEAD]
+            union: frozenset[str] | None = None
+            if said and all(parts is not None for parts in said):
+                union = frozenset().union(*(parts for parts in said if parts is not None))
+            self._declared = (union,)
+        return self._declared[0]
 
     def held_version(self, server_id: str) -> int:
         """The newest map version the member surely holds: what it reported, at most what it
@@ -460,6 +476,7 @@ class Membership:
         member.load = None
         member.progress.clear()
         member.declared_parts = frozenset(message.parts) or None
+        self._declared = None
 
     def restore(
         self, server_id: str, *, address: str, zone: str, weight: float, dead: bool, now_us: int
@@ -501,6 +518,7 @@ class Membership:
         member.load = message.load
         if message.declared_parts:
             member.declared_parts = frozenset(message.declared_parts)
+            self._declared = None
         self.record_progress(member, message.parts)
         if member.state is MemberState.DEAD:
             member.rejoin_pending = True

@@ -2361,7 +2361,7 @@ class ManagerCore:
                 f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
-        declared = self._declared_parts()
+        declared = self._membership.declared_parts()
         undeclared = () if declared is None else tuple(p for p in parts if p not in declared)
         if declared is not None and undeclared:
             # No retry would help: answered, and the connection stays (its other opens go on).
@@ -2395,17 +2395,6 @@ class ManagerCore:
         )
         if not self._pipeline.submit(change):
             self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
-
-    def _declared_parts(self) -> frozenset[str] | None:
-        """The part names the members' apps declare, together; None (nothing is refused)
-        unless every member not dead said them: a server before the field, or one this manager
-        knows only from the loaded map until its first heartbeat on a new connection names
-        them, may serve any part."""
-        members = [m for m in self._membership.members() if m.state is not MemberState.DEAD]
-        said = [member.declared_parts for member in members]
-        if not said or any(parts is None for parts in said):
-            return None
-        return frozenset().union(*(parts for parts in said if parts is not None))
 
     def _build_session(self, current: ShardMap, opening: _Opening) -> Built | None:
         keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
