@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from forehand.core import Durability
 from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster, NodeProcess
@@ -208,17 +208,21 @@ def run_up(options: UpOptions, *, out: TextIO = sys.stdout) -> int:
 def _unusable(directory: Path, error: OSError) -> ConfigError:
     """The one line for a state directory that cannot be made or written (not a directory,
     permission denied, a read-only file system): the path and the system's reason."""
+    return ConfigError(f"cannot use --dir {directory}: {_reason(error, directory)}")
+
+
+def _path_of(error: OSError) -> Path | None:
+    """The file an OSError names, if it names one."""
     filename = error.filename
-    named = (
-        isinstance(filename, str | bytes | os.PathLike) and Path(os.fsdecode(filename)) != directory
-    )
-    where = f" ({os.fsdecode(filename)})" if named else ""
-    return ConfigError(f"cannot use --dir {directory}: {error.strerror or error}{where}")
+    if not isinstance(filename, str | bytes | os.PathLike):
+        return None
+    return Path(os.fsdecode(filename))
 
 
-def _reason(error: OSError) -> str:
-    """The system's reason, with the file it concerns."""
-    where = f" ({error.filename})" if error.filename is not None else ""
+def _reason(error: OSError, directory: Path | None = None) -> str:
+    """The system's reason, with the file it concerns unless that is `directory`."""
+    path = _path_of(error)
+    where = f" ({path})" if path is not None and path != directory else ""
     return f"{error.strerror or error}{where}"
 
 
@@ -232,13 +236,10 @@ def _directorys(error: OSError, directory: Path) -> bool:
     """Whether `error`, raised while the cluster started, is the directory's: its file is the
     directory or lies under it, or it names no file and is one that writing raises (a write
     that found the disk full names none)."""
-    filename = error.filename
-    if filename is None:
+    if error.filename is None:
         return error.errno in _DIRECTORY_ERRNOS
-    if not isinstance(filename, str | bytes | os.PathLike):
-        return False
-    path = Path(os.fsdecode(filename))
-    return path == directory or directory in path.parents
+    path = _path_of(error)
+    return path is not None and (path == directory or directory in path.parents)
 
 
 def _refuse_running_leftovers(directory: Path) -> None:
@@ -414,7 +415,7 @@ def _banner(cluster: DemoCluster, options: UpOptions, state: dict[str, object]) 
     admin_url = state["admin_url"]
     if admin_url:
         lines.append(f"  dashboard  {admin_url}/")
-    metrics = cluster.metrics_urls
+    metrics = cast(dict[str, str], state["metrics"])
     if metrics:
         lines.append("  metrics    " + ", ".join(f"{name} {url}" for name, url in metrics.items()))
     lines += ["Connect a client:", f"  async with {connect}) as client: ..."]

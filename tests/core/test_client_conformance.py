@@ -9,11 +9,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 from forehand.core._client_events import RequestFailed, RequestFailedWhy, SessionClosed
-from forehand.core._client_map import (
-    CLIENT_PLACEMENTS_ENCODING,
-    SessionPlacement,
-    encode_client_placements,
-)
 from forehand.core._driver import ConnectionCloseRequested
 from forehand.errors import LocalProtocolError
 from forehand.wire import (
@@ -30,9 +25,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import MANAGER, SESSION, Harness, placement
+    from tests.core._client_helpers import MANAGER, SESSION, Harness, answer, placement
 else:
-    from _client_helpers import MANAGER, SESSION, Harness, placement
+    from _client_helpers import MANAGER, SESSION, Harness, answer, placement
 
 OTHER_SESSION = bytes([0x01, 0x8F] + [0x22] * 14)
 
@@ -189,16 +184,7 @@ def test_a_stale_copy_queued_for_a_smaller_server_does_not_fail_a_request_sent_e
     session_id = h.open(placement("cart", "s1"))
     big = h.client.call(session_id, "cart", "add", b"x" * (SMALL_LIMIT + 1), now_us=h.now_us)
     h.drain()
-    moved = (SessionPlacement(session_id=session_id, placement=placement("cart", "s2")),)
-    h.feed(
-        MANAGER,
-        MapUpdate(
-            map_version=6,
-            base_version=0,
-            encoding=CLIENT_PLACEMENTS_ENCODING,
-            body=encode_client_placements(moved),
-        ),
-    )
+    h.feed(MANAGER, answer((session_id, placement("cart", "s2")), map_version=6))
     h.welcome("s2")
     assert [r.request_id for r in h.take(Request, "s2")] == [big]
     h.welcome("s1", frame_bytes_max=SMALL_LIMIT)
@@ -220,16 +206,7 @@ def test_a_request_sent_before_its_part_moved_to_a_smaller_server_may_fail_too_l
     h.drain()
     h.welcome("s2")
     assert [r.request_id for r in h.take(Request, "s2")] == [big]
-    moved = (SessionPlacement(session_id=session_id, placement=placement("cart", "s1")),)
-    h.feed(
-        MANAGER,
-        MapUpdate(
-            map_version=6,
-            base_version=0,
-            encoding=CLIENT_PLACEMENTS_ENCODING,
-            body=encode_client_placements(moved),
-        ),
-    )
+    h.feed(MANAGER, answer((session_id, placement("cart", "s1")), map_version=6))
     failed = h.of(RequestFailed)
     assert [(f.request_id, f.why) for f in failed] == [(big, RequestFailedWhy.TOO_LARGE)]
     assert big not in [r.request_id for r in h.take(Request, "s1")]

@@ -205,6 +205,23 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     assert not (directory / "up.json").exists()
 
 
+def _refused(tmp_path: Path, *arguments: str) -> str:
+    """Run `forehand up` with `arguments` from `tmp_path`, expecting a refusal: exit status 2
+    and one line on stderr starting "forehand up: ", which is returned."""
+    finished = subprocess.run(
+        [*FOREHAND, "up", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert finished.returncode == 2, finished
+    assert finished.stderr.startswith("forehand up: "), finished.stderr
+    assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    return finished.stderr
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -234,17 +251,8 @@ def test_up_refuses_bad_options_before_starting_anything(
     """A bad app or option is one line on stderr and exit status 2; no directory is made, so
     nothing was started."""
     directory = tmp_path / "state"
-    finished = subprocess.run(
-        [*FOREHAND, "up", "--app-dir", str(REPO), "--dir", str(directory), *options],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert finished.returncode == 2, finished
-    assert finished.stderr.startswith("forehand up: ") and message in finished.stderr
-    assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    stderr = _refused(tmp_path, "--app-dir", str(REPO), "--dir", str(directory), *options)
+    assert message in stderr
     assert not directory.exists()
 
 
@@ -411,19 +419,9 @@ def test_up_refuses_a_directory_it_cannot_use_in_one_line(
     """A --dir that is a file, lies under one, or cannot hold the lock or the certificates: one
     line on stderr naming it and the system's reason, exit status 2, and no process started."""
     directory = _unusable_directory(tmp_path, case)
-    command = [*FOREHAND, "up", "--app", "examples.cart.app:app", "--app-dir", str(REPO)]
-    finished = subprocess.run(
-        [*command, "--dir", str(directory), "--port", "0", "--dashboard-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert finished.returncode == 2, finished
-    assert finished.stderr.startswith("forehand up: ") and reason in finished.stderr
-    assert f"--dir {directory}" in finished.stderr
-    assert len(finished.stderr.strip().splitlines()) == 1, finished.stderr
+    options = ("--app", "examples.cart.app:app", "--app-dir", str(REPO), "--dir", str(directory))
+    stderr = _refused(tmp_path, *options, "--port", "0", "--dashboard-port", "0")
+    assert reason in stderr and f"--dir {directory}" in stderr
     assert not (tmp_path / "state" / "manager.log").exists()
 
 
