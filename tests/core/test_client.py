@@ -506,6 +506,10 @@ def test_an_open_the_manager_refuses_fails_at_once_with_its_reason() -> None:
     h.drain()
     h.welcome(MANAGER)
     h.outbox.clear()
+    # A server's refusal counts for nothing: opens go to the manager.
+    h.welcome("s1")
+    h.feed("s1", OpenSessionRefused(request_id=request_id, reason="forged"))
+    assert h.of(SessionOpenFailed) == []
     h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="no app declares 'crat'"))
     (failed,) = h.of(SessionOpenFailed)
     assert failed.request_id == request_id

@@ -1243,7 +1243,11 @@ class ClientCore:
         self, frame: OpenSessionRefused, source: NodeId, now_us: int
     ) -> None:
         """The manager will not open it (a part no server's app declares): failed at once,
-        with the manager's reason, not retried."""
+        with the manager's reason, not retried. Only the manager's counts: opens go to it, and
+        a server naming a request id would fail an open it never saw."""
+        if source != self._config.manager_node_id:
+            self._rare("open-refused-by-a-server")
+            return
         pending = self._opens.pop(frame.request_id, None)
         if pending is None:
             self._rare("late-open-refused")
