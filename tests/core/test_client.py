@@ -56,6 +56,7 @@ from forehand.wire import (
     ResumeOk,
     ResumeReject,
     ResumeRejectReason,
+    SessionOpened,
     encode_frame,
 )
 
@@ -519,6 +520,49 @@ def test_an_open_the_manager_refuses_fails_at_once_with_its_reason() -> None:
     assert h.client.inflight_count == 0
     h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="again"))
     assert h.of(SessionOpenFailed) == []
+
+
+def test_an_open_the_manager_is_too_busy_for_is_sent_again_after_its_wait() -> None:
+    """An OPEN_SESSION_REFUSED with retry_after_ms sends the same open again, on the same
+    connection, after the larger of that wait and the client's own backoff; it opens then."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    request_id = h.client.open_session(("auth",), now_us=0)
+    h.welcome(MANAGER)
+    assert len(h.take(OpenSession)) == 1
+    h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="busy", retry_after_ms=100))
+    assert h.of(SessionOpenFailed) == []
+    h.advance(ms=99)
+    assert h.take(OpenSession) == []
+    h.advance(ms=1)
+    (again,) = h.take(OpenSession)
+    assert again.request_id == request_id and again.parts == ("auth",)
+    assert h.take(ConnectionCloseRequested) == []
+    opened = SessionOpened(
+        request_id=request_id,
+        session_id=SESSION,
+        credential=b"cred",
+        map_version=3,
+        placements=(placement("auth", "s1"),),
+        token=b"token",
+    )
+    h.feed(MANAGER, opened)
+    assert [e.request_id for e in h.of(SessionEstablished)] == [request_id]
+
+
+def test_an_open_refused_as_busy_past_its_attempts_fails_with_the_reason() -> None:
+    """A manager that stays busy: after retry_attempts_max sends the open fails, naming the
+    manager's reason and the attempts; the client's own backoff outgrows a short wait."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0, retry_attempts_max=3)
+    request_id = h.client.open_session(("auth",), now_us=0)
+    h.welcome(MANAGER)
+    for _ in range(3):
+        assert len(h.take(OpenSession)) == 1
+        h.feed(MANAGER, OpenSessionRefused(request_id=request_id, reason="full", retry_after_ms=1))
+        h.advance(ms=100)
+    assert h.take(OpenSession) == []
+    (failed,) = h.of(SessionOpenFailed)
+    assert failed.detail == "the manager refused it: full (3 attempts)"
+    assert h.client.inflight_count == 0
 
 
 def test_open_session_times_out() -> None:

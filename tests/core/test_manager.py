@@ -23,7 +23,7 @@ from forehand.core._manager_events import (
     SessionRegistered,
 )
 from forehand.core._membership import MemberState
-from forehand.core.manager import REFUSAL_NAMES_MAX, ManagerCore
+from forehand.core.manager import OPEN_RETRY_AFTER_MS, REFUSAL_NAMES_MAX, ManagerCore
 from forehand.core.messages import (
     ANNOUNCED_PARTS_MAX,
     HeartbeatReported,
@@ -267,10 +267,19 @@ def manager_with_one_server(**overrides: object) -> tuple[ManagerCore, MemorySto
     return core, store
 
 
+def refusals(core: ManagerCore) -> list[SessionOpenRefused]:
+    """The SessionOpenRefused events among those not yet taken."""
+    found = []
+    while (event := core.next_event()) is not None:
+        if isinstance(event, SessionOpenRefused):
+            found.append(event)
+    return found
+
+
 def test_a_full_map_refuses_new_sessions() -> None:
-    """Past map_parts_max parts, OPEN_SESSION is refused with LIMIT_EXCEEDED naming the bound
-    (anyone who reaches the manager may open sessions, and they stay until closed); the
-    sessions already open are kept."""
+    """Past map_parts_max parts, OPEN_SESSION is refused for good (OPEN_SESSION_REFUSED naming
+    the bound, no retry: anyone who reaches the manager may open sessions, and they stay until
+    closed); the connection and the sessions already open are kept."""
     core, store = manager_with_one_server(map_parts_max=4)
     core.receive_message(OpenSession(request_id=1, parts=("a", "b", "c")), source="c", now_us=0)
     run_store(core, store)
@@ -278,23 +287,65 @@ def test_a_full_map_refuses_new_sessions() -> None:
     assert len(opened) == 1
     core.receive_message(OpenSession(request_id=2, parts=("a", "b")), source="c", now_us=0)
     sent = [o.message for o in core.messages_to_send()]
-    (error,) = [m for m in sent if isinstance(m, Error)]
-    assert error.code is ErrorCode.LIMIT_EXCEEDED and "map_parts_max=4" in error.reason
+    assert sent == [
+        OpenSessionRefused(
+            request_id=2, reason="the shard map holds map_parts_max=4 parts", retry_after_ms=0
+        )
+    ]
+    (event,) = refusals(core)
+    assert event.cause == "map_full" and event.parts == ("a", "b")
     assert core.shard_map is not None and len(core.shard_map) == 3
+    # A smaller session still fits, on the same connection.
+    core.receive_message(OpenSession(request_id=3, parts=("a",)), source="c", now_us=0)
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert [m.request_id for m in opened] == [3]
 
 
 def test_a_full_queue_pushes_back_on_new_sessions() -> None:
-    """Beyond pending_deltas_max queued changes, OPEN_SESSION is refused with LIMIT_EXCEEDED."""
+    """Beyond pending_deltas_max queued changes, OPEN_SESSION is refused for a while
+    (retry_after_ms > 0), and the connection stays: before, the refusal was an ERROR that closed
+    it, and with it the client's other opens."""
     core, store = manager_with_one_server(pending_deltas_max=2)
     for request_id in range(4):
         core.receive_message(OpenSession(request_id=request_id, parts=("a",)), source="c", now_us=0)
     sent = [o.message for o in core.messages_to_send()]
-    errors = [m for m in sent if isinstance(m, Error)]
-    assert [e.code for e in errors] == [ErrorCode.LIMIT_EXCEEDED]
-    assert any(isinstance(m, ConnectionCloseRequested) for m in sent)
+    assert sent == [
+        OpenSessionRefused(
+            request_id=3,
+            reason="the manager's commit queue is full",
+            retry_after_ms=OPEN_RETRY_AFTER_MS,
+        )
+    ]
     run_store(core, store)
     opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
     assert len(opened) == 3
+    # Sent again, it opens.
+    core.receive_message(OpenSession(request_id=3, parts=("a",)), source="c", now_us=1_000)
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert [m.request_id for m in opened] == [3]
+    causes = [e.cause for e in refusals(core)]
+    assert causes == ["queue_full"]
+
+
+def test_an_open_no_server_can_take_is_refused_for_a_while() -> None:
+    """With no server ACTIVE (the only one draining), the open's parts cannot be placed: it is
+    refused with a retry hint and the cause, and the connection stays; once a server is
+    ACTIVE again the same open succeeds."""
+    core, store = manager_with_one_server()
+    assert core.drain("s1", now_us=0)
+    run_store(core, store)
+    core.messages_to_send()
+    core.receive_message(OpenSession(request_id=5, parts=("a",)), source="c", now_us=0)
+    run_store(core, store)
+    sent = [o.message for o in core.messages_to_send() if o.destination == "c"]
+    (refused,) = sent
+    assert isinstance(refused, OpenSessionRefused) and refused.request_id == 5
+    assert refused.retry_after_ms == OPEN_RETRY_AFTER_MS
+    assert "no ACTIVE server" in refused.reason
+    (event,) = refusals(core)
+    assert event.cause == "unplaceable"
 
 
 def test_a_rejected_commit_reloads_the_map_and_replans() -> None:

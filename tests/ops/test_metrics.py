@@ -14,7 +14,7 @@ else:
     from _ops_cluster import TOKEN, CartLoad, OpsCluster, eventually, run_async
 from prometheus_client.parser import text_string_to_metric_families
 
-from forehand.core._manager_events import HoldEnded, MapRequestsAnswered
+from forehand.core._manager_events import HoldEnded, MapRequestsAnswered, SessionOpenRefused
 from forehand.ops.metrics import ManagerMetrics
 from forehand.ops.view import ClusterView, RiskTracker
 
@@ -190,6 +190,20 @@ def test_held_map_requests_are_counted_by_what_answered_them() -> None:
     assert read(name, {"why": "moved"}) == 5
     assert read(name, {"why": "deadline"}) == 1
     assert read(name, {"why": "server_heard"}) is None
+
+
+def test_refused_opens_are_counted_by_cause() -> None:
+    view_risk = RiskTracker(clock_us=lambda: 0)
+    manager_metrics = ManagerMetrics(
+        view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
+    )
+    for cause in ("queue_full", "map_full", "queue_full"):
+        manager_metrics(SessionOpenRefused(client="c", parts=("a",), reason="r", cause=cause))
+    read = manager_metrics.registry.get_sample_value
+    name = "forehand_sessions_open_refused_total"
+    assert read(name, {"cause": "queue_full"}) == 2
+    assert read(name, {"cause": "map_full"}) == 1
+    assert read(name, {"cause": "undeclared_parts"}) is None
 
 
 def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> None:

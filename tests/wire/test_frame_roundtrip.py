@@ -106,7 +106,10 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
     ),
     Settings: st.builds(Settings, credential_lifetime_ms=varints),
     OpenSessionRefused: st.builds(
-        OpenSessionRefused, request_id=varints, reason=st.text(max_size=100)
+        OpenSessionRefused,
+        request_id=varints,
+        reason=st.text(max_size=100),
+        retry_after_ms=varints,
     ),
     OpenSession: st.builds(OpenSession, request_id=varints, parts=part_lists()),
     SessionOpened: st.builds(

@@ -75,6 +75,7 @@ SAMPLES: list[Frame] = [
     ),
     Settings(credential_lifetime_ms=86_400_000),
     OpenSessionRefused(request_id=3, reason="no server declares 'prfile'"),
+    OpenSessionRefused(request_id=4, reason="the commit queue is full", retry_after_ms=100),
     OpenSession(request_id=1, parts=("auth", "cart")),
     SessionOpened(
         request_id=1,

@@ -509,9 +509,11 @@ class PeerRefused:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionOpenRefused:
-    """An OPEN_SESSION named a part no server's app declares: answered OPEN_SESSION_REFUSED,
-    nothing committed (such a session's calls could only fail, and its parts, held by no
-    server, would turn every handoff they were moved in into a failover)."""
+    """An OPEN_SESSION was answered OPEN_SESSION_REFUSED, nothing committed: it named a part no
+    server's app declares (such a session's calls could only fail, and its parts, held by no
+    server, would turn every handoff they were moved in into a failover), or the map is full
+    (`map_parts_max`), or, for a while, the commit queue is full or no server can take the
+    parts (`retry_after_ms` > 0)."""
 
     client: str
     """The client connection's node id."""
@@ -519,6 +521,11 @@ class SessionOpenRefused:
     """The parts it asked for."""
     reason: str
     """What the client was told."""
+    cause: str = "undeclared_parts"
+    """`undeclared_parts`, `map_full`, `queue_full` or `unplaceable` (the parts could not be
+    placed: no server ACTIVE)."""
+    retry_after_ms: int = 0
+    """0: the refusal stands; otherwise the client may send the open again after this long."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

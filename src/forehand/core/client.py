@@ -1242,21 +1242,31 @@ class ClientCore:
     def _on_open_session_refused(
         self, frame: OpenSessionRefused, source: NodeId, now_us: int
     ) -> None:
-        """The manager will not open it (a part no server's app declares): failed at once,
-        with the manager's reason, not retried. Only the manager's counts: opens go to it, and
-        a server naming a request id would fail an open it never saw."""
+        """The manager will not open it: with `retry_after_ms` 0 (a part no server's app
+        declares, a full map) failed at once with the manager's reason; otherwise (the manager
+        busy) sent again after at least that long, within `retry_attempts_max` sends and the
+        open's deadline. Only the manager's counts: opens go to it, and a server naming a
+        request id would fail an open it never saw."""
         if source != self._config.manager_node_id:
             self._rare("open-refused-by-a-server")
             return
-        pending = self._opens.pop(frame.request_id, None)
-        if pending is None:
+        pending = self._opens.get(frame.request_id)
+        if pending is None or pending.retry_at_us is not None:
+            # Answered already, or a second refusal of a send already due again.
             self._rare("late-open-refused")
             return
+        if frame.retry_after_ms and pending.attempts < self._config.retry_attempts_max:
+            wait_us = max(frame.retry_after_ms * 1000, self._backoff_us(pending.attempts))
+            pending.retry_at_us = now_us + wait_us
+            heapq.heappush(self._retry_heap, (pending.retry_at_us, pending.request_id))
+            return
+        del self._opens[frame.request_id]
+        tries = f" ({pending.attempts} attempts)" if frame.retry_after_ms else ""
         self._emit(
             SessionOpenFailed(
                 node=self.node_id,
                 request_id=frame.request_id,
-                detail=f"the manager refused it: {frame.reason}",
+                detail=f"the manager refused it: {frame.reason}{tries}",
             )
         )
 

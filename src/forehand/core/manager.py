@@ -188,6 +188,9 @@ FAILOVER_ATTEMPTS_MAX = 3
 """A promotion that cannot be built is retried this many times (merged with later deaths)."""
 SESSION_ID_ATTEMPTS_MAX = 4
 """Fresh session ids tried when a new part key collides with an existing one's hash."""
+OPEN_RETRY_AFTER_MS = 100
+"""The wait an OPEN_SESSION_REFUSED asks for when the manager is busy (its commit queue full)
+or cannot place the parts yet (no server ACTIVE); clients back off at least this long."""
 EXPIRY_STEP_MS = 10
 """Time between two batches of a session expiry sweep (`SessionExpiry`)."""
 WHOLE_MOVE_REASONS = frozenset(
@@ -2366,16 +2369,13 @@ class ManagerCore:
         if declared is not None and undeclared:
             # No retry would help: answered, and the connection stays (its other opens go on).
             reason = _refusal_reason(undeclared, declared)
-            self._emit(SessionOpenRefused(client=source, parts=parts, reason=reason))
-            self._send(source, OpenSessionRefused(request_id=frame.request_id, reason=reason))
+            self._refuse_open(source, frame.request_id, parts, reason, cause="undeclared_parts")
             return
         current = self.shard_map
         if current is not None and len(current) + len(parts) > self._config.map_parts_max:
-            self._refuse(
-                source,
-                ErrorCode.LIMIT_EXCEEDED,
-                f"the shard map holds map_parts_max={self._config.map_parts_max} parts",
-            )
+            # Full until sessions close: the caller hears it now rather than after retries.
+            reason = f"the shard map holds map_parts_max={self._config.map_parts_max} parts"
+            self._refuse_open(source, frame.request_id, parts, reason, cause="map_full")
             return
         client = self._client(source)
         opening = _Opening(
@@ -2388,13 +2388,56 @@ class ManagerCore:
             kind=MapChange.SESSION_OPENED,
             build=lambda current: self._build_session(current, opening),
             committed=lambda built, now_us: self._session_committed(opening, client, built, now_us),
-            dropped=lambda cause, now_us: self._refuse(source, ErrorCode.INTERNAL_ERROR, cause),
+            # A build that cannot place the parts now (no server ACTIVE) may later.
+            dropped=lambda cause, now_us: self._refuse_open(
+                source,
+                frame.request_id,
+                parts,
+                f"the parts cannot be placed now ({cause})",
+                cause="unplaceable",
+                retry_after_ms=OPEN_RETRY_AFTER_MS,
+            ),
             # Opens that wait behind a commit go together: a burst of them costs the store, each
             # server and the manager's fan-out one version per group instead of one per session.
             groupable=True,
         )
         if not self._pipeline.submit(change):
-            self._refuse(source, ErrorCode.LIMIT_EXCEEDED, "the manager's commit queue is full")
+            reason = "the manager's commit queue is full"
+            self._refuse_open(
+                source,
+                frame.request_id,
+                parts,
+                reason,
+                cause="queue_full",
+                retry_after_ms=OPEN_RETRY_AFTER_MS,
+            )
+
+    def _refuse_open(
+        self,
+        source: NodeId,
+        request_id: int,
+        parts: tuple[str, ...],
+        reason: str,
+        *,
+        cause: str,
+        retry_after_ms: int = 0,
+    ) -> None:
+        """Answer an OPEN_SESSION with OPEN_SESSION_REFUSED: the connection, and the client's
+        other opens and sessions on it, stay."""
+        reason = _text_within(reason, DEFAULT_CONFIG.message_bytes_max)
+        self._emit(
+            SessionOpenRefused(
+                client=source,
+                parts=parts,
+                reason=reason,
+                cause=cause,
+                retry_after_ms=retry_after_ms,
+            )
+        )
+        self._send(
+            source,
+            OpenSessionRefused(request_id=request_id, reason=reason, retry_after_ms=retry_after_ms),
+        )
 
     def _build_session(self, current: ShardMap, opening: _Opening) -> Built | None:
         keys = [PartKey(session_id=opening.session_id, part=p) for p in opening.parts]
@@ -2861,13 +2904,17 @@ def _listed(names: Iterable[str]) -> str:
 
 
 def _refusal_reason(undeclared: tuple[str, ...], declared: frozenset[str]) -> str:
-    """Why an open is refused, within the frame's text bound (`message_bytes_max`, 1024 bytes):
-    part names are ASCII, at most 64 characters, so twice `REFUSAL_NAMES_MAX` of them and the
-    words come to some 950."""
-    reason = (
-        f"no server's app declares part(s) {_listed(undeclared)} (they declare {_listed(declared)})"
-    )
-    return reason[: DEFAULT_CONFIG.message_bytes_max]
+    """Why an open is refused: part names are ASCII, at most 64 characters, so twice
+    `REFUSAL_NAMES_MAX` of them and the words come to some 950 bytes, within the frame's text
+    bound (`message_bytes_max`, 1024 bytes)."""
+    listed = _listed(declared)
+    return f"no server's app declares part(s) {_listed(undeclared)} (they declare {listed})"
+
+
+def _text_within(text: str, bytes_max: int) -> str:
+    """`text` cut to at most `bytes_max` bytes of UTF-8, never inside a character."""
+    raw = text.encode()
+    return text if len(raw) <= bytes_max else raw[:bytes_max].decode(errors="ignore")
 
 
 def _client_id_of(source: NodeId) -> bytes:

@@ -173,7 +173,10 @@ class ManagerMetrics:
         self.sessions = Counter("forehand_sessions_registered", "Sessions opened.", registry=r)
         self.sessions_open_refused = Counter(
             "forehand_sessions_open_refused",
-            "OPEN_SESSIONs refused for naming a part no server's app declares.",
+            "OPEN_SESSIONs refused, by cause: undeclared_parts (a part no server's app "
+            "declares), map_full (map_parts_max), queue_full (the commit queue; the client "
+            "retries), unplaceable (no server can take the parts now; the client retries).",
+            ["cause"],
             registry=r,
         )
         self.sessions_expired = Counter(
@@ -281,7 +284,7 @@ class ManagerMetrics:
         self.sessions.inc()
 
     def _session_open_refused(self, event: Any) -> None:
-        self.sessions_open_refused.inc()
+        self.sessions_open_refused.labels(event.cause).inc()
 
     def _sessions_expired(self, event: Any) -> None:
         self.sessions_expired.inc(len(event.session_ids))

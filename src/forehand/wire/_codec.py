@@ -362,13 +362,15 @@ def _encode_open_session_refused(frame: OpenSessionRefused, config: WireConfig) 
     buffer = Buffer()
     buffer.push_varint(frame.request_id)
     buffer.push_text(frame.reason, config.message_bytes_max, name="OpenSessionRefused.reason")
+    buffer.push_varint(frame.retry_after_ms)
     return _with_header(FrameType.OPEN_SESSION_REFUSED, buffer.data(), config)
 
 
 def _decode_open_session_refused(buffer: Buffer, config: WireConfig) -> OpenSessionRefused:
     request_id = buffer.pull_varint()
+    reason = buffer.pull_text(config.message_bytes_max)
     return OpenSessionRefused(
-        request_id=request_id, reason=buffer.pull_text(config.message_bytes_max)
+        request_id=request_id, reason=reason, retry_after_ms=buffer.pull_varint()
     )
 
 

@@ -189,14 +189,18 @@ class SessionOpened(_Frame, frozen=True, kw_only=True, gc=False):
 
 
 class OpenSessionRefused(_Frame, frozen=True, kw_only=True, gc=False):
-    """The manager will not open the session an OPEN_SESSION asked for; no retry would help
-    (a part no server's app declares). The connection stays open."""
+    """The manager will not open the session an OPEN_SESSION asked for, now (the manager is
+    busy: `retry_after_ms` > 0) or at all (a part no server's app declares, a full map: 0).
+    The connection stays open."""
 
     frame_type: ClassVar[FrameType] = FrameType.OPEN_SESSION_REFUSED
     request_id: int
     """The OPEN_SESSION refused."""
     reason: str = ""
     """Why, for the caller and logs."""
+    retry_after_ms: int = 0
+    """0: sending the same OPEN_SESSION again would not help; otherwise the client may send it
+    again after at least this many milliseconds."""
 
 
 class CloseSession(_Frame, frozen=True, kw_only=True, gc=False):
