@@ -195,12 +195,15 @@ def test_no_expiry_keeps_sessions_and_sets_no_timer_for_them() -> None:
     assert {key.session_id for key in harness.map.part_keys()} == {opened.session_id}
 
 
-@pytest.mark.parametrize("expiry_ms", [1_000, 500])
+@pytest.mark.parametrize("expiry_ms", [1_499, 1_000, 500])
 def test_an_expiry_a_live_credential_outlasts_is_refused(expiry_ms: int) -> None:
-    """An expiry at or under the credential lifetime would close sessions whose clients still
-    hold a valid credential."""
-    with pytest.raises(ConfigError, match="session_expiry_ms must exceed credential_lifetime_ms"):
+    """An expiry under 1.5 credential lifetimes could close a session whose client still holds
+    a valid credential: one renewed at half its lifetime, the renewal's report to the manager
+    lost. 1.5 lifetimes is accepted."""
+    rule = r"session_expiry_ms must be at least 1.5 x credential_lifetime_ms \(1500\)"
+    with pytest.raises(ConfigError, match=rule):
         ManagerConfig(credential_lifetime_ms=1_000, session_expiry_ms=expiry_ms)
+    assert ManagerConfig(credential_lifetime_ms=1_000, session_expiry_ms=1_500).session_expiry_ms
 
 
 def test_a_client_back_after_its_credential_expired_hears_its_expired_session_closed() -> None:

@@ -161,7 +161,7 @@ def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -
     harness.tick(300, alive=["s1"])
     assert harness.map.server("s1") is not None
     successor = ManagerHarness(
-        store=harness.store, credential_lifetime_ms=40_000_000, session_expiry_ms=50_000_000
+        store=harness.store, credential_lifetime_ms=30_000_000, session_expiry_ms=50_000_000
     )
     successor.incarnations["s1"] = 1
     successor.tick(300, alive=["s1"])

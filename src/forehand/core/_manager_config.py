@@ -246,10 +246,11 @@ class ManagerConfig:
     renews it in time)."""
     session_expiry_ms: int = 172_800_000
     """A session for which no credential was issued (opened, or renewed by a server) for this
-    long is closed: no client can bind to it any more. Longer than `credential_lifetime_ms`
-    (the servers' too), by at least the clients' renewal interval (their
-    `credential_renew_interval_ms`, or half the lifetime if shorter) so that a renewal lost with
-    a connection is covered by the next; 0 keeps sessions until closed."""
+    long is closed: no client can bind to it any more. At least 1.5 x `credential_lifetime_ms`
+    (refused otherwise; the servers' lifetime must be below it too), the lifetime plus the
+    clients' longest renewal interval (half the lifetime), so that a renewal whose report was
+    lost with a connection does not leave a client holding a valid credential of a session
+    already closed; 0 keeps sessions until closed."""
     session_expiry_batch: int = 8192
     """Sessions an expiry sweep examines per step (a step every 10 ms while a round runs)."""
     idle_timeout_ms: int = 60_000
@@ -332,10 +333,13 @@ class ManagerConfig:
                 "ManagerConfig.risk_drain_projected_cpu_max must be at least "
                 "risk_drain_cpu_utilization_target"
             )
-        if self.session_expiry_ms and self.session_expiry_ms <= self.credential_lifetime_ms:
+        if self.session_expiry_ms and 2 * self.session_expiry_ms < 3 * self.credential_lifetime_ms:
             raise ConfigError(
-                "ManagerConfig.session_expiry_ms must exceed credential_lifetime_ms (a session "
-                "would be closed while its client holds a valid credential), or be 0"
+                "ManagerConfig.session_expiry_ms must be at least 1.5 x credential_lifetime_ms "
+                f"({self.credential_lifetime_ms * 3 // 2}), or be 0: clients renew every half "
+                "lifetime, so a renewal whose report to the manager was lost leaves a credential "
+                "valid up to 1.5 lifetimes after the last one the manager counted, and a shorter "
+                "expiry would close that session while its client holds a valid credential"
             )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
