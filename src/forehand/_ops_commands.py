@@ -1,11 +1,11 @@
 """The operator's subcommands of `forehand`, over the manager's admin HTTP API.
 
 `forehand status`, `forehand sessions`, `forehand history` read; `forehand drain SERVER` (with a
-progress bar of the parts moved until the drain is done), `forehand undrain SERVER` and
-`forehand handoff SESSION --to SERVER` act, and need the admin token (`--token` or
-$FOREHAND_ADMIN_TOKEN). `--url` (or $FOREHAND_ADMIN_URL) names the API. `forehand.cli`
-registers them with `register(app)`; heavy imports happen inside the commands. A refused or
-failed call prints the API's error and exits with code 1.
+progress bar of the parts moved until the drain is done), `forehand undrain SERVER`,
+`forehand handoff SESSION --to SERVER` and `forehand rebalance` act, and need the admin token
+(`--token` or $FOREHAND_ADMIN_TOKEN). `--url` (or $FOREHAND_ADMIN_URL) names the API.
+`forehand.cli` registers them with `register(app)`; heavy imports happen inside the commands. A
+refused or failed call prints the API's error and exits with code 1.
 """
 
 from __future__ import annotations
@@ -311,6 +311,28 @@ def handoff(
     typer.echo(f"{answer['queued']} part(s) of {session} queued for {to or 'the best server'}")
 
 
+def rebalance(
+    *,
+    tolerance: float = typer.Option(
+        0.1, min=0.0, max=10.0, help="Servers more than this share above theirs give parts back."
+    ),
+    parts_max: int = typer.Option(10_000, min=1, help="Most parts one rebalance queues."),
+    url: str = _URL,
+    token: str | None = _TOKEN,
+    timeout_s: float = _TIMEOUT,
+) -> None:
+    """Even out the servers' primaries: planned handoffs (reason rebalance) from servers above
+    their share to those below, e.g. to a server back from a restart, which gets no existing
+    parts by itself."""
+    body = {"tolerance": tolerance, "parts_max": parts_max}
+    answer = _call(url, "POST", "/api/rebalance", json=body, token=token, timeout_s=timeout_s)
+    queued = answer["queued"]
+    if queued:
+        typer.echo(f"{queued} part(s) queued for planned handoffs (`forehand status` shows them)")
+    else:
+        typer.echo(f"nothing to move: every server is within {tolerance:.0%} of its share")
+
+
 def _answers_checked(command: Callable[..., None]) -> Callable[..., None]:
     """`command`, with an answer of the wrong shape (a URL that serves some other JSON) told in
     one line instead of a traceback from the table it was being read into."""
@@ -333,5 +355,5 @@ def _answers_checked(command: Callable[..., None]) -> Callable[..., None]:
 
 def register(app: typer.Typer) -> None:
     """Add the operator's subcommands to the `forehand` command."""
-    for command in (status, sessions, history, drain, undrain, handoff):
+    for command in (status, sessions, history, drain, undrain, handoff, rebalance):
         app.command(command.__name__)(_answers_checked(command))

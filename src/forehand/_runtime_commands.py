@@ -408,6 +408,23 @@ def admin_move(
     )
 
 
+@admin_app.command("rebalance")
+def admin_rebalance(
+    tolerance: float = typer.Option(
+        0.1, min=0.0, max=10.0, help="Servers more than this share above theirs give parts back."
+    ),
+    parts_max: int = typer.Option(10_000, min=1, help="Most parts one rebalance queues."),
+    manager_address: str = _MANAGER,
+    certs_dir: Path = _ADMIN_CERTS,
+    node: str = _ADMIN_NODE,
+) -> None:
+    """Even out the servers' primaries with planned handoffs (reason rebalance), e.g. after a
+    server came back from a restart: it gets no existing parts by itself."""
+    from forehand.runtime.admin import Rebalance
+
+    _admin(manager_address, certs_dir, node, Rebalance(tolerance=tolerance, parts_max=parts_max))
+
+
 @admin_app.command("status")
 def admin_status(
     manager_address: str = _MANAGER,

@@ -81,11 +81,16 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
         api.get("/api/history", params={"kind": "bogus"}),
         api.get("/api/history", params={"reason": "bogus"}),
         api.get("/api/history", params={"outcome": "bogus"}),
+        api.post("/api/rebalance", json={"tolerance": "some"}, headers=AUTH),
+        api.post("/api/rebalance", json={"tolerance": -1}, headers=AUTH),
+        api.post("/api/rebalance", json={"parts_max": 0}, headers=AUTH),
+        api.post("/api/rebalance", json={"parts_max": 1.5}, headers=AUTH),
     ]
     statuses = [response.status_code for response in cases]
     assert statuses == [
         *(404, 409, 400, 404, 400, 400, 400, 400, 400, 400, 413, 400, 404, 405),
         *(404, 400, 400, 400),
+        *(400, 400, 400, 400),
     ]
     for response in cases:
         body = response.json()

@@ -1,5 +1,5 @@
-"""The operator CLI (`forehand status`, `sessions`, `history`, `handoff`, `drain`, `undrain`)
-against the admin API of a live cluster."""
+"""The operator CLI (`forehand status`, `sessions`, `history`, `handoff`, `drain`, `undrain`,
+`rebalance`) against the admin API of a live cluster."""
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def test_tables_are_not_cut_when_the_output_is_not_a_terminal(ops_cluster: OpsCl
 
 def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
     """`handoff --to` moves a session (its record shows in `history`), `drain` runs until the
-    server holds nothing and reports the parts moved, `undrain` makes it active again; without
+    server holds nothing and reports the parts moved, `undrain` makes it active again, and
+    `rebalance` hands it back its share of the sessions opened while it was drained; without
     the token they exit 1 and change nothing."""
     cluster = ops_cluster
     session_hex, primaries = open_session(cluster)
@@ -91,7 +92,17 @@ def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
     assert code == 1 and "FOREHAND_ADMIN_TOKEN" in output
     code, output = forehand(cluster, "handoff", session_hex, "--to", target, token=True)
     assert code == 0 and "queued" in output, output
-    api = httpx.Client(base_url=cluster.api_url, timeout=10)
+    with httpx.Client(base_url=cluster.api_url, timeout=10) as api:
+        check_acting_commands(cluster, api, session_hex, primaries, target)
+
+
+def check_acting_commands(
+    cluster: OpsCluster,
+    api: httpx.Client,
+    session_hex: str,
+    primaries: dict[str, str],
+    target: str,
+) -> None:
 
     def moved() -> bool:
         parts = api.get(f"/api/sessions/{session_hex}").json()["parts"]
@@ -113,11 +124,28 @@ def test_acting_commands_move_parts(ops_cluster: OpsCluster) -> None:
         assert servers[target]["state"] == "draining"
         placements = api.get(f"/api/sessions/{session_hex}").json()["parts"]
         assert all(target not in (p["primary"], *p["replicas"]) for p in placements)
+        # Sessions opened meanwhile go to the other servers: back, the target leads none.
+        for _ in range(8):
+            open_session(cluster)
     finally:
         code, output = forehand(cluster, "undrain", target, token=True)
-        api.close()
     assert code == 0, output
     run_async(cluster.wait_active(cluster.server_ids))
+
+    def primaries_of(server: str) -> int:
+        listed = api.get("/api/sessions", params={"server": server, "limit": 1000}).json()
+        return sum(p["primary"] == server for s in listed for p in s["parts"])
+
+    # An undrained server gets a few parts back from the hash, not its share.
+    before = primaries_of(target)
+    code, output = forehand(cluster, "rebalance")
+    assert code == 1 and "FOREHAND_ADMIN_TOKEN" in output
+    code, output = forehand(cluster, "rebalance", token=True)
+    assert code == 0 and "part(s) queued for planned handoffs" in output, output
+    # Some of the queued parts may go to another server below its share.
+    run_async(eventually(lambda: primaries_of(target) > before, what="rebalanced parts"))
+    code, output = forehand(cluster, "rebalance", "--tolerance", "0.5", token=True)
+    assert code == 0 and "nothing to move" in output, output
 
 
 def test_status_shows_no_load_for_a_dead_server() -> None:

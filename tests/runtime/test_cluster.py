@@ -24,6 +24,7 @@ from forehand.runtime.admin import (
     AdminError,
     Drain,
     MoveSession,
+    Rebalance,
     Status,
     Undrain,
     admin_request,
@@ -442,6 +443,46 @@ def test_drain_moves_every_part_without_failures(cluster: Cluster) -> None:
             assert states[drained] == "draining"
             assert (await cluster.admin(Undrain(server_id=drained))).ok
             await cluster.wait_active(SERVERS)
+
+    run_async(scenario())
+
+
+def test_rebalance_gives_an_undrained_server_its_share_under_load(cluster: Cluster) -> None:
+    """Sessions opened while a server is drained go to the others; undrained, it gets back only
+    what the hash returns. `Rebalance` hands it primaries, under load: no call fails and none
+    runs twice. A bad tolerance is refused, naming it."""
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            drained = SERVERS[0]
+            assert (await cluster.admin(Drain(server_id=drained))).ok
+
+            async def draining() -> bool:
+                reply = await cluster.admin(Status())
+                return any(
+                    s.server_id == drained and s.map_state == "draining" for s in reply.servers
+                )
+
+            # New sessions are not placed on a DRAINING server.
+            await eventually(draining, what=f"{drained} draining in the map")
+            sessions = [await client.open_session(parts=PARTS) for _ in range(10)]
+            assert (await cluster.admin(Undrain(server_id=drained))).ok
+            await cluster.wait_active(SERVERS)
+            before = sum(p.primary == drained for s in sessions for p in s.placements().values())
+            refused = await cluster.admin(Rebalance(tolerance=-1.0))
+            assert not refused.ok and "tolerance must be in [0, 10.0]" in refused.detail
+            async with CartLoad(sessions[0], writers=3) as load:
+                await load.wait_for(20, what="writes before the rebalance")
+                reply = await cluster.admin(Rebalance())
+                assert reply.ok and reply.queued > 0, reply.detail
+
+                def gained() -> bool:
+                    placed = [p for s in sessions for p in s.placements().values()]
+                    return sum(p.primary == drained for p in placed) > before
+
+                await eventually(gained, what=f"primaries handed to {drained}")
+                await load.wait_for(20, what="writes after the rebalance")
+            await load.check_exactly_once()
 
     run_async(scenario())
 

@@ -16,6 +16,7 @@ connection notices), `handle_timer`, `store_result`, and the commands `drain`, `
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from collections import OrderedDict, deque
@@ -188,6 +189,12 @@ FAILOVER_ATTEMPTS_MAX = 3
 """A promotion that cannot be built is retried this many times (merged with later deaths)."""
 SESSION_ID_ATTEMPTS_MAX = 4
 """Fresh session ids tried when a new part key collides with an existing one's hash."""
+REBALANCE_TOLERANCE_MAX = 10.0
+"""Largest tolerance a rebalance takes (the operator commands refuse more): a server 10 times
+above its share."""
+REBALANCE_SAMPLE_FACTOR = 4
+"""A rebalance looks at this many times the parts it moves off a server (at random) for those
+whose target already holds a replica."""
 OPEN_RETRY_AFTER_MS = 100
 """The wait an OPEN_SESSION_REFUSED asks for when the manager is busy (its commit queue full)
 or cannot place the parts yet (no server ACTIVE); clients back off at least this long."""
@@ -589,6 +596,90 @@ class ManagerCore:
             )
         self._advance(now_us)
         return queued
+
+    def rebalance(self, *, tolerance: float = 0.1, parts_max: int = 10_000, now_us: int) -> int:
+        """Even out the primaries of the servers taking roles (planned handoffs, reason
+        REBALANCE); how many parts were queued.
+
+        A server keeps the primaries it took in failovers and drains until something moves
+        them, so after a recovery (a restarted server comes back empty) or a rolling restart
+        the load stays uneven. Each alive ACTIVE server has a share of the primaries those
+        servers lead, by weight; one above its share by more than `tolerance` gives parts back
+        down to its share, each to the server then furthest below its own among those taking
+        roles (not risk-blocked, CPU below `target_cpu_utilization_max`), at most `parts_max`
+        parts in all. Among a random sample of the source's primaries, parts the target
+        already holds a replica of go first (its copy is up to date). A DRAINING server
+        neither gives nor receives.
+        """
+        current = self.shard_map
+        if current is None or parts_max <= 0:
+            return 0
+        loads = current.primary_loads()
+        entries = [
+            e
+            for e in self._map_entries(current)
+            if e.server_id in loads and self._is_alive(e.server_id)
+        ]
+        total_weight = sum(e.weight_milli for e in entries)
+        if len(entries) < 2 or total_weight <= 0:
+            return 0
+        total = sum(loads[e.server_id] for e in entries)
+        shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
+        deficits = [
+            (loads[s] - math.floor(share), s)
+            for s, share in shares.items()
+            if loads[s] < share - 1 and self._takes_roles(s)
+        ]
+        heapq.heapify(deficits)
+        sources = sorted(
+            (s for s, share in shares.items() if loads[s] > share * (1.0 + tolerance)),
+            key=lambda s: loads[s] / shares[s],
+            reverse=True,
+        )
+        queued = 0
+        for source in sources:
+            wanted = min(loads[source] - math.ceil(shares[source]), parts_max - queued)
+            if wanted <= 0 or not deficits:
+                break
+            picks = self._rebalance_picks(current, source, wanted, {s for _, s in deficits})
+            while picks.remaining and deficits and wanted > 0:
+                need, target = heapq.heappop(deficits)
+                ref = picks.take(target)
+                if ref is None:
+                    break
+                queued += self._orchestrator.request_move(
+                    MoveRequest(
+                        ref=ref,
+                        source=source,
+                        reason=ReasonCode.REBALANCE,
+                        origin=MoveOrigin.OPERATOR,
+                        target=target,
+                        requested_us=now_us,
+                    )
+                )
+                wanted -= 1
+                if need + 1 < 0:
+                    heapq.heappush(deficits, (need + 1, target))
+        self._advance(now_us)
+        return queued
+
+    def _rebalance_picks(
+        self, current: ShardMap, source: str, wanted: int, targets: set[str]
+    ) -> _RebalancePicks:
+        """A random sample of `source`'s primaries not already moving (a few times `wanted`),
+        indexed by which of `targets` holds a replica of each."""
+        refs = [
+            ref
+            for ref in (ref_of(key) for key in current.parts_for(source).primary)
+            if not self._orchestrator.is_moving(ref)
+        ]
+        sample = self._rng.sample(refs, min(len(refs), REBALANCE_SAMPLE_FACTOR * wanted))
+        by_replica: dict[str, list[PartRef]] = {}
+        for ref in sample:
+            for replica in current.lookup(key_of(ref)).replicas:
+                if replica in targets:
+                    by_replica.setdefault(replica, []).append(ref)
+        return _RebalancePicks(sample[:wanted], by_replica, wanted)
 
     def request_handoff(
         self,
@@ -2893,6 +2984,31 @@ def _check_declared_parts(parts: tuple[str, ...]) -> None:
         raise LocalProtocolError(f"more than {ANNOUNCED_PARTS_MAX} parts")
     for part in parts:
         check_part_name(part)
+
+
+class _RebalancePicks:
+    """The parts one source gives in a rebalance: for each target a part it holds a replica
+    of when there is one, else the next of the sample; each part at most once."""
+
+    __slots__ = ("_by_replica", "_order", "_taken", "remaining")
+
+    def __init__(
+        self, order: list[PartRef], by_replica: dict[str, list[PartRef]], remaining: int
+    ) -> None:
+        self._order = order
+        self._by_replica = by_replica
+        self._taken: set[PartRef] = set()
+        self.remaining = remaining
+
+    def take(self, target: str) -> PartRef | None:
+        for candidates in (self._by_replica.get(target, []), self._order):
+            while candidates:
+                ref = candidates.pop()
+                if ref not in self._taken:
+                    self._taken.add(ref)
+                    self.remaining -= 1
+                    return ref
+        return None
 
 
 def _listed(names: Iterable[str]) -> str:

@@ -31,6 +31,8 @@ Endpoints (JSON unless noted):
     GET  /api/sessions?server=ID&limit=N  sessions and where their parts live
     GET  /api/sessions/{session}          one session's placement
     POST /api/sessions/{session}/handoff  {"target": ID or null, "reason": "rebalance"} (token)
+    POST /api/rebalance                   {"tolerance": 0.1, "parts_max": 10000}: hand primaries
+                                          from servers above their share to those below (token)
     GET  /api/history?kind=&server=&reason=&outcome=&after=&limit=   audit records
     GET  /api/replication                 replication lag per part and replica
     GET  /api/policy                      the trigger policy's settings
@@ -87,6 +89,10 @@ BODY_BYTES_MAX = 64 * 1024
 """Largest request body the API reads."""
 STREAM_KEEPALIVE_S = 15.0
 """An idle event stream gets a comment line this often, so proxies keep it open."""
+REBALANCE_TOLERANCE_DEFAULT = 0.1
+"""A rebalance's default: servers more than 10 % above their share give parts back."""
+REBALANCE_PARTS_MAX_DEFAULT = 10_000
+"""A rebalance's default bound on the parts it queues."""
 TOKEN_BYTES_MIN = 16
 """Shortest admin token accepted."""
 
@@ -263,6 +269,17 @@ class _AdminRoutes:
         queued = self.hub.handoff(request.path_params["session"], target=target, reason=reason)
         return JSONResponse({"queued": queued}, status_code=202)
 
+    async def rebalance(self, request: Request) -> Response:
+        body = await _json_body(request)
+        tolerance = body.get("tolerance", REBALANCE_TOLERANCE_DEFAULT)
+        parts_max = body.get("parts_max", REBALANCE_PARTS_MAX_DEFAULT)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+            raise OpsError(400, "bad_tolerance", "tolerance must be a number")
+        if isinstance(parts_max, bool) or not isinstance(parts_max, int):
+            raise OpsError(400, "bad_parts_max", "parts_max must be an integer")
+        queued = self.hub.rebalance(tolerance=float(tolerance), parts_max=parts_max)
+        return JSONResponse({"queued": queued}, status_code=202)
+
     async def history(self, request: Request) -> Response:
         params = request.query_params
         filters = (("kind", AUDIT_KINDS), ("outcome", AUDIT_OUTCOMES), ("reason", AUDIT_REASONS))
@@ -336,6 +353,7 @@ def admin_app(hub: OpsHub, *, token: str | None) -> Starlette:
             route("/api/sessions", routes.sessions),
             route("/api/sessions/{session}", routes.session),
             route("/api/sessions/{session}/handoff", routes.handoff, "POST"),
+            route("/api/rebalance", routes.rebalance, "POST"),
             route("/api/history", routes.history),
             route("/api/replication", routes.replication),
             route("/api/policy", routes.policy),

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from forehand.core import ManagerCore, manager_events
+from forehand.core.manager import REBALANCE_TOLERANCE_MAX
 from forehand.core.messages import PartRef
 from forehand.errors import ConfigError
 from forehand.ops.audit import AuditLog, AuditRecord, part_name
@@ -361,6 +362,22 @@ class OpsHub:
             raise OpsError(
                 409, "nothing_queued", "no part was queued: already there, or already moving"
             )
+        return queued
+
+    def rebalance(self, *, tolerance: float, parts_max: int) -> int:
+        """Queue planned handoffs evening out the servers' primaries; parts queued (0 when they
+        are within `tolerance` of their shares already)."""
+        if not (0.0 <= tolerance <= REBALANCE_TOLERANCE_MAX):
+            raise OpsError(
+                400, "bad_tolerance", f"tolerance must be in [0, {REBALANCE_TOLERANCE_MAX}]"
+            )
+        if parts_max < 1:
+            raise OpsError(400, "bad_parts_max", "parts_max must be at least 1")
+        queued: int = self.driver.command(
+            lambda core, now_us: core.rebalance(
+                tolerance=tolerance, parts_max=parts_max, now_us=now_us
+            )
+        )
         return queued
 
     def update_policy(self, changes: dict[str, Any]) -> dict[str, Any]:

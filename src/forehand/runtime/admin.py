@@ -6,7 +6,8 @@ cluster node (mutual TLS, HELLO/WELCOME) and sends one CLUSTER_MESSAGE of kind
 `ADMIN_MESSAGE_KIND` per command; the manager answers with one of the same kind. A peer that is
 not listed gets ERROR(UNAUTHENTICATED) and its connection closes. The commands map onto the
 manager core's verbs: `Drain` and `Undrain` a server, `MoveSession` (a planned handoff of one
-session's parts), and `Status` (membership and map version). An admin HTTP API may later offer
+session's parts), `Rebalance` (even out the servers' primaries), and `Status` (membership and
+map version). An admin HTTP API may later offer
 the same commands; this is the minimal, authenticated path.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import msgspec
 
 from forehand.core import ManagerCore
+from forehand.core.manager import REBALANCE_TOLERANCE_MAX
 from forehand.errors import ConfigError
 from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
 from forehand.runtime.transport import ConnectionClosedError, Credentials, TransportError
@@ -37,6 +39,7 @@ __all__ = [
     "AdminRequest",
     "Drain",
     "MoveSession",
+    "Rebalance",
     "ServerStatus",
     "Status",
     "Undrain",
@@ -74,11 +77,21 @@ class MoveSession(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The reason code clients see in HANDOFF."""
 
 
+class Rebalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Planned handoffs from the servers above their share of the primaries to those below
+    (`ManagerCore.rebalance`)."""
+
+    tolerance: float = 0.1
+    """Servers more than this share above theirs give parts back (0 to 10)."""
+    parts_max: int = 10_000
+    """Most parts queued."""
+
+
 class Status(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Ask for the membership and the map version."""
 
 
-AdminRequest = Drain | Undrain | MoveSession | Status
+AdminRequest = Drain | Undrain | MoveSession | Rebalance | Status
 """Every command an operator can send."""
 
 
@@ -103,7 +116,7 @@ class AdminReply(msgspec.Struct, frozen=True, kw_only=True):
     detail: str = ""
     """What happened, for people."""
     queued: int = 0
-    """Parts queued for a move (MoveSession)."""
+    """Parts queued for a move (MoveSession, Rebalance)."""
     map_version: int = 0
     """The manager's map version after the command."""
     servers: tuple[ServerStatus, ...] = ()
@@ -155,6 +168,12 @@ def _problem(core: ManagerCore, request: AdminRequest) -> str | None:
         if not _knows_server(core, request.server_id):
             return f"no server {_shown(request.server_id)} in the cluster"
         return None
+    if isinstance(request, Rebalance):
+        if not 0.0 <= request.tolerance <= REBALANCE_TOLERANCE_MAX:
+            return f"tolerance must be in [0, {REBALANCE_TOLERANCE_MAX}], got {request.tolerance}"
+        if request.parts_max < 1:
+            return f"parts_max must be at least 1, got {request.parts_max}"
+        return None
     if not isinstance(request, MoveSession):
         return None
     if len(request.session_id) != SESSION_ID_BYTES:
@@ -183,6 +202,12 @@ def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
     elif isinstance(request, Undrain):
         ok = core.undrain(request.server_id, now_us=now_us)
         detail = "undrained" if ok else "not a DRAINING server, or the commit queue is full"
+    elif isinstance(request, Rebalance):
+        queued = core.rebalance(
+            tolerance=request.tolerance, parts_max=request.parts_max, now_us=now_us
+        )
+        detail = f"{queued} part(s) queued" if queued else "every server is within its share"
+        return AdminReply(ok=True, detail=detail, queued=queued, map_version=core.map_version)
     elif isinstance(request, MoveSession):
         queued = core.handoff(
             request.session_id,
