@@ -57,6 +57,8 @@ FAULTS_START_US = 1_500_000
 """Drawn faults begin once the sessions are open and busy."""
 FAULTS_HEAL_US = 6_000_000
 """Every drawn fault is over by then."""
+REBALANCE_AFTER_HEAL_US = 2_000_000
+"""The fault mixes' rebalance comes at most this long after the faults healed."""
 SETTLE_US = 9_000_000
 """Time after healing for liveness (its bound is 8 s) and for the cluster to settle."""
 PLANNED_AT_US = 2_000_000
@@ -80,7 +82,8 @@ PREDICTED_SCENARIO = "predicted"
 
 
 def build_mix(seed: int, mix: FaultMix) -> SimCluster:
-    """Four servers under load, with one to three faults drawn from `mix` (none for `steady`)."""
+    """Four servers under load, with one to three faults drawn from `mix` (none for `steady`)
+    and an operator's rebalance among them."""
     heal_us = 0 if mix is FaultMix.NONE else FAULTS_HEAL_US
     config = ClusterConfig(
         servers=4,
@@ -103,8 +106,22 @@ def build_mix(seed: int, mix: FaultMix) -> SimCluster:
             critical_peers=(MANAGER,),
         )
         cluster.sim.apply_fault_plan(plan)
+        _rebalance_during(cluster)
     cluster.start()
     return cluster
+
+
+def _rebalance_during(cluster: SimCluster) -> None:
+    """An operator's rebalance at a drawn time while the faults run or just after they heal
+    (servers that crashed come back with few primaries): its handoffs meet the faults."""
+    rng = cluster.sim.rng("operator")
+    at_us = rng.randrange(FAULTS_START_US, FAULTS_HEAL_US + REBALANCE_AFTER_HEAL_US)
+
+    def rebalance(core: CoreDriver, now_us: int) -> None:
+        queued = cluster.manager().rebalance(now_us=now_us)
+        cluster.sim.count("scenario/rebalance-queued" if queued else "scenario/rebalance-none")
+
+    cluster.sim.command(MANAGER, rebalance, at_us=at_us, label="rebalance")
 
 
 def primaries_of(cluster: SimCluster, server_id: NodeId) -> list[PartRef]:
