@@ -57,6 +57,7 @@ from forehand.wire import (
     ResumeReject,
     ResumeRejectReason,
     SessionOpened,
+    Settings,
     encode_frame,
 )
 
@@ -563,6 +564,31 @@ def test_an_open_refused_as_busy_past_its_attempts_fails_with_the_reason() -> No
     (failed,) = h.of(SessionOpenFailed)
     assert failed.detail == "the manager refused it: full (3 attempts)"
     assert h.client.inflight_count == 0
+
+
+def test_the_client_holds_no_more_sessions_than_the_manager_keeps_for_it() -> None:
+    """The manager states its client_sessions_max in SETTINGS: past it, a CLOSE_SESSION of the
+    oldest sessions would prove nothing there (they would stay in the map), so opens and
+    resumes beyond it raise BackpressureError naming the bound; a server's statement counts
+    for nothing, and without one the client's own sessions_max is the bound, named too."""
+    h = Harness(sessions_max=3)
+    h.open(placement("auth", "s1"))
+    h.welcome("s1")
+    h.feed("s1", Settings(client_sessions_max=1))
+    h.client.open_session(("auth",), now_us=0)
+    h.feed(MANAGER, Settings(client_sessions_max=2))
+    assert h.of(ProtocolViolationDetected) == []
+    with pytest.raises(BackpressureError, match=r"its client_sessions_max=2\)"):
+        h.client.open_session(("auth",), now_us=0)
+    with pytest.raises(BackpressureError, match="client_sessions_max=2"):
+        h.client.resume_session(
+            bytes(range(16)), b"cred", (placement("auth", "s1"),), map_version=1, now_us=0
+        )
+    # A later statement of the manager replaces it.
+    h.feed(MANAGER, Settings(client_sessions_max=9))
+    h.client.open_session(("auth",), now_us=0)
+    with pytest.raises(BackpressureError, match=r"raise ClientConfig\.sessions_max"):
+        h.client.open_session(("auth",), now_us=0)
 
 
 def test_open_session_times_out() -> None:

@@ -8,6 +8,7 @@ client presents the credentials of the sessions it is locating in MAP_REQUEST it
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from forehand.wire import (
     MapUpdate,
     Response,
     ResponseStatus,
+    Settings,
 )
 
 if TYPE_CHECKING:
@@ -60,8 +62,9 @@ class World:
             heartbeat_interval_ms=100,
             suspect_timeout_ms=400,
             failure_timeout_ms=failure_timeout_ms,
-            client_sessions_max=client_sessions_max,
+            client_sessions_max=max(client_sessions_max, SESSIONS * 2),
         )
+        self.client_sessions_max = client_sessions_max
         self.router = self.harness.router
         wire_servers(self.router, SERVERS, heartbeat_interval_ms=100, backup_period_ms=200)
         self.router.run()
@@ -69,14 +72,27 @@ class World:
         config = ClientConfig(node_id="c1", hello_credentials_max=CREDENTIALS_MAX)
         self.client = ClientCore(config=config, client_id=bytes(range(16)), rng=random.Random(9))
         self.router.add(self.client)
+        # A manager that does not state its client_sessions_max (an earlier version; a manager
+        # restarted with a lower bound is another way): the client may hold more sessions than
+        # it keeps, which is what these tests are about.
+        self.router.filters.append(lambda source, _, message: isinstance(message, Settings))
         self.sessions: list[bytes] = []
 
     def open(self, count: int) -> None:
-        """Open `count` more sessions, one at a time."""
+        """Open `count` more sessions, one at a time; then the manager keeps only
+        `client_sessions_max` of them per connection, as one restarted with that bound would
+        (it refuses opens past it, so the sessions are opened under a larger one)."""
         for _ in range(count):
             self.client.open_session(("counter",), now_us=self.router.now_us)
             self.router.advance(ms=20)
         self.sessions = [e.session_id for e in self.router.events_of("c1", SessionEstablished)]
+        manager = self.harness.manager
+        manager._config = dataclasses.replace(
+            manager._config, client_sessions_max=self.client_sessions_max
+        )
+        for client in manager._clients.values():
+            while len(client.sessions) > self.client_sessions_max:
+                client.sessions.popitem(last=False)  # least recently used first, as it does
 
     def primary(self, session_id: bytes) -> str:
         return self.harness.map.primary_of(PartKey(session_id=session_id, part="counter"))

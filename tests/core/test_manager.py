@@ -45,6 +45,7 @@ from forehand.stores import (
     MapLoaded as StoreMapLoaded,
 )
 from forehand.wire import (
+    CloseSession,
     Credential,
     Error,
     ErrorCode,
@@ -327,6 +328,30 @@ def test_a_full_queue_pushes_back_on_new_sessions() -> None:
     assert [m.request_id for m in opened] == [3]
     causes = [e.cause for e in refusals(core)]
     assert causes == ["queue_full"]
+
+
+def test_a_connection_holds_at_most_client_sessions_max_sessions() -> None:
+    """Past client_sessions_max sessions (open or opening) on one connection, OPEN_SESSION is
+    refused for good: the connection would forget its oldest sessions, whose CLOSE_SESSION then
+    proves nothing (2,000 sessions opened on one connection left 976 in the map once all were
+    closed). A close makes room; another connection has its own count."""
+    core, store = manager_with_one_server(client_sessions_max=2)
+    for request_id in (1, 2, 3):
+        core.receive_message(OpenSession(request_id=request_id, parts=("a",)), source="c", now_us=0)
+    (refused,) = [o.message for o in core.messages_to_send()]
+    assert isinstance(refused, OpenSessionRefused) and refused.request_id == 3
+    assert refused.retry_after_ms == 0 and "client_sessions_max=2" in refused.reason
+    assert [e.cause for e in refusals(core)] == ["client_full"]
+    run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert [m.request_id for m in opened] == [1, 2]
+    core.receive_message(OpenSession(request_id=4, parts=("a",)), source="d", now_us=0)
+    core.receive_message(CloseSession(session_id=opened[0].session_id), source="c", now_us=0)
+    core.receive_message(OpenSession(request_id=5, parts=("a",)), source="c", now_us=0)
+    run_store(core, store)
+    answered = [o.message for o in core.messages_to_send()]
+    assert sorted(m.request_id for m in answered if isinstance(m, SessionOpened)) == [4, 5]
+    assert core.shard_map is not None and len(core.shard_map) == 3
 
 
 def test_an_open_no_server_can_take_is_refused_for_a_while() -> None:
@@ -631,15 +656,17 @@ def test_bad_open_session_closes_only_that_connection() -> None:
 
 def test_hello_is_welcomed_and_ping_answered() -> None:
     """HELLO gets WELCOME with the map version, then SETTINGS with the lifetime of the
-    credentials SESSION_OPENED brings (so that the client renews them in time); PING gets
-    PONG."""
-    harness = ManagerHarness(credential_lifetime_ms=7_200_000, session_expiry_ms=14_400_000)
+    credentials SESSION_OPENED brings (so that the client renews them in time) and the most
+    sessions it keeps for one connection; PING gets PONG."""
+    harness = ManagerHarness(
+        credential_lifetime_ms=7_200_000, session_expiry_ms=14_400_000, client_sessions_max=77
+    )
     harness.join("s1")
     harness.router.send("c1", MANAGER, Hello(versions=(1,), client_id=bytes(16)))
     welcome, settings = harness.router.take("c1", object)
     assert isinstance(welcome, Welcome)
     assert welcome.server_id == MANAGER and welcome.map_version == 1
-    assert settings == Settings(credential_lifetime_ms=7_200_000)
+    assert settings == Settings(credential_lifetime_ms=7_200_000, client_sessions_max=77)
     harness.router.send("c1", MANAGER, Ping(sequence=3, sent_us=77))
     assert harness.take("c1", Pong) == [Pong(sequence=3, sent_us=77)]
     harness.router.send("c2", MANAGER, Hello(versions=(9,), client_id=bytes(16)))

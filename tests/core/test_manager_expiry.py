@@ -261,7 +261,10 @@ def test_thousands_of_expired_sessions_close_in_one_version_and_opens_go_on() ->
     version per session, each a store commit and a push to every server, and a commit queue so
     full that opens were refused); an open during the sweep is served."""
     harness = ManagerHarness(
-        credential_lifetime_ms=1_000, session_expiry_ms=EXPIRY_MS, session_expiry_batch=1_000
+        credential_lifetime_ms=1_000,
+        session_expiry_ms=EXPIRY_MS,
+        session_expiry_batch=1_000,
+        client_sessions_max=4_096,
     )
     harness.join(*SERVERS)
     opened = [harness.open_session(("auth",), client="c1") for _ in range(2_500)]

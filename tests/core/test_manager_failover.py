@@ -332,7 +332,7 @@ def test_a_server_leading_over_ten_thousand_parts_fails_over() -> None:
     """Three servers, 12,000 sessions of three parts: the one that dies led some 12,000 parts,
     and its promotion (one override per part) commits as one version; a delta bound of 10,000
     operations dropped it, four attempts in a row, and the parts never failed over."""
-    harness = ManagerHarness(replica_count=2)
+    harness = ManagerHarness(replica_count=2, client_sessions_max=16_384)
     harness.join("s1", "s2", "s3")
     for start in range(0, 12_000, 200):
         for request_id in range(start, start + 200):

@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+import forehand
 from forehand.core import ClientConfig
 from forehand.core._client_events import ConnectionClosed
+from forehand.core.client import BackpressureError
+from forehand.runtime.client import SessionOpenError
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import Cluster, make_certs, run_async
@@ -20,18 +23,23 @@ else:
     from _cluster import Cluster, make_certs, run_async
 
 OPENS = 200
+CLIENT_SESSIONS_MAX = 220
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A manager whose commit queue holds one change, and one server."""
+    """A manager whose commit queue holds one change and which keeps 220 sessions per client
+    connection, and one server."""
     directory = tmp_path_factory.mktemp("open-backpressure")
     running = Cluster(
         directory,
         certs_dir=make_certs(directory / "certs"),
         transport="tls",
         servers=("s1",),
-        manager_settings=("core.pending_deltas_max=1",),
+        manager_settings=(
+            "core.pending_deltas_max=1",
+            f"core.client_sessions_max={CLIENT_SESSIONS_MAX}",
+        ),
     )
     running.start()
     yield running
@@ -60,3 +68,34 @@ def test_a_burst_of_opens_past_the_commit_queue_all_open(cluster: Cluster) -> No
     log = cluster.log("manager")
     # The queue did push back (SessionOpenRefused is logged at INFO).
     assert "commit queue is full" in log, log[-3000:]
+
+
+def test_a_client_opens_no_more_sessions_than_the_manager_keeps_for_it(cluster: Cluster) -> None:
+    """A client configured for more sessions than the manager keeps per connection: the opens
+    past `client_sessions_max` fail, naming it (refused by the manager, or by the client once
+    the manager's SETTINGS said it), and once sessions close there is room again. Before, they
+    opened, and the oldest could not be closed: they stayed in the map."""
+    config = ClientConfig(
+        sessions_max=1_000, inflight_requests_max=1_000, request_timeout_ms=30_000
+    )
+    extra = 15
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            results = await asyncio.gather(
+                *(client.open_session(parts=["auth"]) for _ in range(CLIENT_SESSIONS_MAX + extra)),
+                return_exceptions=True,
+            )
+            sessions = [r for r in results if isinstance(r, forehand.Session)]
+            errors = [r for r in results if not isinstance(r, forehand.Session)]
+            assert len(sessions) == CLIENT_SESSIONS_MAX and len(errors) == extra, errors[:3]
+            for error in errors:
+                assert isinstance(error, BackpressureError | SessionOpenError), error
+                assert f"client_sessions_max={CLIENT_SESSIONS_MAX}" in str(error), error
+            with pytest.raises(BackpressureError, match="client_sessions_max"):
+                await client.open_session(parts=["auth"])
+            await asyncio.gather(*(s.close() for s in sessions[:10]))
+            more = [await client.open_session(parts=["auth"]) for _ in range(10)]
+            assert await more[0].call("auth", "login", "gil") == "welcome gil"
+
+    run_async(scenario())

@@ -104,7 +104,7 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
         frame_bytes_max=st.integers(16_384, VARINT_MAX),
         idle_timeout_ms=varints,
     ),
-    Settings: st.builds(Settings, credential_lifetime_ms=varints),
+    Settings: st.builds(Settings, credential_lifetime_ms=varints, client_sessions_max=varints),
     OpenSessionRefused: st.builds(
         OpenSessionRefused,
         request_id=varints,

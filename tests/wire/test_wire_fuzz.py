@@ -74,6 +74,7 @@ SAMPLES: list[Frame] = [
         version=1, server_id="edge-1", map_version=7, frame_bytes_max=16_384, idle_timeout_ms=1
     ),
     Settings(credential_lifetime_ms=86_400_000),
+    Settings(credential_lifetime_ms=86_400_000, client_sessions_max=1_024),
     OpenSessionRefused(request_id=3, reason="no server declares 'prfile'"),
     OpenSessionRefused(request_id=4, reason="the commit queue is full", retry_after_ms=100),
     OpenSession(request_id=1, parts=("auth", "cart")),

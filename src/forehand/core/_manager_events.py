@@ -522,7 +522,8 @@ class SessionOpenRefused:
     reason: str
     """What the client was told."""
     cause: str = "undeclared_parts"
-    """`undeclared_parts`, `map_full`, `queue_full` or `unplaceable` (the parts could not be
+    """`undeclared_parts`, `map_full`, `client_full` (the connection holds
+    `client_sessions_max` sessions), `queue_full` or `unplaceable` (the parts could not be
     placed: no server ACTIVE)."""
     retry_after_ms: int = 0
     """0: the refusal stands; otherwise the client may send the open again after this long."""

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgspec
+
 from forehand.core._client_config import ClientConfig
 from forehand.core._client_events import (
     ClientEvent,
@@ -288,8 +290,9 @@ class ClientCore:
         self._renewing: dict[tuple[bytes, NodeId], bytes] = {}
         """(session, server) of the binding RESUMEs that renew a credential, unanswered, with
         the credential each sent."""
-        self._stated_lifetime_ms = 0
-        """The shortest credential lifetime a cluster node stated in SETTINGS (0: none yet)."""
+        self._stated = Settings()
+        """What SETTINGS said: the shortest credential lifetime any cluster node stated, and the
+        manager's `client_sessions_max` as its latest stated it (0: not said)."""
         self._probe_window_us = 0
         self._prewarm_due_us = 0
         self._probes_in_window = 0
@@ -524,8 +527,7 @@ class ClientCore:
             check_part_name(part)
         if not parts or len(set(parts)) != len(parts) or len(parts) > DEFAULT_CONFIG.parts_max:
             raise LocalProtocolError(f"a session needs distinct parts (at most 64), got {parts!r}")
-        if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
-            raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
+        self._check_session_room()
         self._check_inflight_room()
         request_id = self._new_request_id()
         pending = _PendingOpen(
@@ -558,8 +560,7 @@ class ClientCore:
         """
         if session_id in self._sessions:
             raise LocalProtocolError("the client already holds this session")
-        if len(self._sessions) + len(self._opens) >= self._config.sessions_max:
-            raise BackpressureError(f"the client holds sessions_max={self._config.sessions_max}")
+        self._check_session_room()
         session = self._new_session(session_id, credential, placements, map_version, now_us)
         by_primary: dict[NodeId, list[str]] = {}
         for route in session.parts.values():
@@ -789,6 +790,25 @@ class ClientCore:
             raise BackpressureError(
                 f"inflight_requests_max={self._config.inflight_requests_max} requests await "
                 "answers; wait for some before calling again"
+            )
+
+    def _check_session_room(self) -> None:
+        """BackpressureError unless the client may hold one more session: below its own
+        `sessions_max` and the manager's `client_sessions_max` (SETTINGS), past which the
+        manager forgets the oldest sessions of the connection and ignores their CLOSE_SESSION."""
+        held = len(self._sessions) + len(self._opens)
+        own = self._config.sessions_max
+        if held >= own:
+            raise BackpressureError(
+                f"the client holds sessions_max={own} sessions (opening or open); close some, "
+                "or raise ClientConfig.sessions_max"
+            )
+        stated = self._stated.client_sessions_max
+        if stated and held >= stated:
+            raise BackpressureError(
+                f"the client holds {held} sessions (opening or open), the most the manager keeps "
+                f"for one client (its client_sessions_max={stated}); close some, or raise the "
+                "manager's client_sessions_max"
             )
 
     def _new_request_id(self) -> int:
@@ -2349,11 +2369,17 @@ class ClientCore:
     def _on_settings(self, frame: Settings, source: NodeId, now_us: int) -> None:
         """A cluster node states its configuration: the shortest credential lifetime stated
         sets the renewal interval from now on, and renewals due later than an interval from
-        now are brought forward (a session opened or resumed before it was known)."""
+        now are brought forward (a session opened or resumed before it was known). The
+        manager's bound on a connection's sessions caps the sessions this client holds."""
+        stated = self._stated
+        if frame.client_sessions_max and source == self._config.manager_node_id:
+            stated = self._stated = msgspec.structs.replace(
+                stated, client_sessions_max=frame.client_sessions_max
+            )
         lifetime_ms = frame.credential_lifetime_ms
-        if lifetime_ms <= 0 or 0 < self._stated_lifetime_ms <= lifetime_ms:
+        if lifetime_ms <= 0 or 0 < stated.credential_lifetime_ms <= lifetime_ms:
             return
-        self._stated_lifetime_ms = lifetime_ms
+        self._stated = msgspec.structs.replace(stated, credential_lifetime_ms=lifetime_ms)
         interval_us = self._renew_interval_us()
         latest_us = now_us + interval_us
         for session_id, due_us in list(self._renew_due.items()):
@@ -2364,12 +2390,13 @@ class ClientCore:
 
     def _renew_interval_us(self) -> int:
         """`credential_renew_interval_ms`, or half the shortest credential lifetime a cluster
-        node stated (`_stated_lifetime_ms`) if that is shorter, and never below
+        node stated (`_stated`) if that is shorter, and never below
         `RENEW_INTERVAL_FLOOR_US` for a stated one (a node stating a lifetime of a millisecond
         does not make the client renew every session a thousand times a second)."""
         interval_us = self._config.credential_renew_interval_ms * 1000
-        if self._stated_lifetime_ms:
-            half_us = max(self._stated_lifetime_ms * 1000 // 2, RENEW_INTERVAL_FLOOR_US)
+        lifetime_ms = self._stated.credential_lifetime_ms
+        if lifetime_ms:
+            half_us = max(lifetime_ms * 1000 // 2, RENEW_INTERVAL_FLOOR_US)
             interval_us = min(interval_us, half_us)
         return interval_us
 

@@ -220,6 +220,8 @@ class _Client:
 
     client_id: bytes
     sessions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
+    opening: int = 0
+    """OPEN_SESSIONs of the connection queued or being committed."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -2431,8 +2433,13 @@ class ManagerCore:
                 idle_timeout_ms=self._config.idle_timeout_ms,
             ),
         )
-        # The lifetime of the credentials SESSION_OPENED brings (a client renews them in time).
-        self._send(source, Settings(credential_lifetime_ms=self._config.credential_lifetime_ms))
+        # The lifetime of the credentials SESSION_OPENED brings (a client renews them in time),
+        # and the sessions a connection may hold (beyond, its CLOSE_SESSIONs prove nothing).
+        settings = Settings(
+            credential_lifetime_ms=self._config.credential_lifetime_ms,
+            client_sessions_max=self._config.client_sessions_max,
+        )
+        self._send(source, settings)
         for session_id in ended:
             self._send(source, CloseSession(session_id=session_id))
 
@@ -2469,6 +2476,16 @@ class ManagerCore:
             self._refuse_open(source, frame.request_id, parts, reason, cause="map_full")
             return
         client = self._client(source)
+        bound = self._config.client_sessions_max
+        if len(client.sessions) + client.opening >= bound:
+            # Past the bound the connection would forget its oldest sessions, and their
+            # CLOSE_SESSIONs would prove nothing: they would stay in the map.
+            reason = (
+                f"this client connection holds client_sessions_max={bound} sessions (open or "
+                "opening): close some first"
+            )
+            self._refuse_open(source, frame.request_id, parts, reason, cause="client_full")
+            return
         opening = _Opening(
             client=source,
             request_id=frame.request_id,
@@ -2480,14 +2497,7 @@ class ManagerCore:
             build=lambda current: self._build_session(current, opening),
             committed=lambda built, now_us: self._session_committed(opening, client, built, now_us),
             # A build that cannot place the parts now (no server ACTIVE) may later.
-            dropped=lambda cause, now_us: self._refuse_open(
-                source,
-                frame.request_id,
-                parts,
-                f"the parts cannot be placed now ({cause})",
-                cause="unplaceable",
-                retry_after_ms=OPEN_RETRY_AFTER_MS,
-            ),
+            dropped=lambda cause, now_us: self._open_dropped(opening, client, cause),
             # Opens that wait behind a commit go together: a burst of them costs the store, each
             # server and the manager's fan-out one version per group instead of one per session.
             groupable=True,
@@ -2502,6 +2512,19 @@ class ManagerCore:
                 cause="queue_full",
                 retry_after_ms=OPEN_RETRY_AFTER_MS,
             )
+            return
+        client.opening += 1
+
+    def _open_dropped(self, opening: _Opening, client: _Client, cause: str) -> None:
+        client.opening -= 1
+        self._refuse_open(
+            opening.client,
+            opening.request_id,
+            opening.parts,
+            f"the parts cannot be placed now ({cause})",
+            cause="unplaceable",
+            retry_after_ms=OPEN_RETRY_AFTER_MS,
+        )
 
     def _refuse_open(
         self,
@@ -2565,6 +2588,7 @@ class ManagerCore:
     ) -> None:
         current = built.new_map
         session_id = opening.session_id
+        client.opening -= 1
         self._remember_session(client, session_id)
         self._session_buckets.bind(session_id, client.client_id)
         placements = tuple(

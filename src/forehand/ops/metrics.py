@@ -174,8 +174,9 @@ class ManagerMetrics:
         self.sessions_open_refused = Counter(
             "forehand_sessions_open_refused",
             "OPEN_SESSIONs refused, by cause: undeclared_parts (a part no server's app "
-            "declares), map_full (map_parts_max), queue_full (the commit queue; the client "
-            "retries), unplaceable (no server can take the parts now; the client retries).",
+            "declares), map_full (map_parts_max), client_full (client_sessions_max), "
+            "queue_full (the commit queue; the client retries), unplaceable (no server can "
+            "take the parts now; the client retries).",
             ["cause"],
             registry=r,
         )

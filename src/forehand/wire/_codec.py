@@ -145,10 +145,15 @@ def _pull_credentials(buffer: Buffer, config: WireConfig) -> tuple[Credential, .
 
 SETTING_CREDENTIAL_LIFETIME_MS = 0x01
 """The SETTINGS id of `Settings.credential_lifetime_ms`."""
+SETTING_CLIENT_SESSIONS_MAX = 0x02
+"""The SETTINGS id of `Settings.client_sessions_max`."""
 
 
 def _encode_settings(frame: Settings, config: WireConfig) -> bytes:
-    pairs = [(SETTING_CREDENTIAL_LIFETIME_MS, frame.credential_lifetime_ms)]
+    pairs = [
+        (SETTING_CREDENTIAL_LIFETIME_MS, frame.credential_lifetime_ms),
+        (SETTING_CLIENT_SESSIONS_MAX, frame.client_sessions_max),
+    ]
     said = [(setting_id, value) for setting_id, value in pairs if value]
     buffer = Buffer()
     buffer.push_count(len(said), config.settings_max, name="Settings")
@@ -167,7 +172,10 @@ def _decode_settings(buffer: Buffer, config: WireConfig) -> Settings:
             raise malformed(f"SETTINGS repeats id {setting_id:#x}")
         values[setting_id] = buffer.pull_varint()
     # Ids this implementation does not know are ignored, as the protocol requires.
-    return Settings(credential_lifetime_ms=values.get(SETTING_CREDENTIAL_LIFETIME_MS, 0))
+    return Settings(
+        credential_lifetime_ms=values.get(SETTING_CREDENTIAL_LIFETIME_MS, 0),
+        client_sessions_max=values.get(SETTING_CLIENT_SESSIONS_MAX, 0),
+    )
 
 
 def _encode_welcome(frame: Welcome, config: WireConfig) -> bytes:

@@ -158,6 +158,10 @@ class Settings(_Frame, frozen=True, kw_only=True, gc=False):
     credential_lifetime_ms: int = 0
     """How long the session credentials this server issues are valid (SESSION_OPENED's from
     the manager, RESUME_OK's from a server): a client renews each well within it."""
+    client_sessions_max: int = 0
+    """The session manager's bound on the sessions it keeps bound to one client connection: a
+    client holding more could not close the oldest (CLOSE_SESSION proves nothing by itself), so
+    it opens no more."""
 
 
 class OpenSession(_Frame, frozen=True, kw_only=True, gc=False):
