@@ -14,7 +14,8 @@ client's value, decoded from msgpack as the type the handler's second parameter 
 (or `payload_type=`; unannotated means any msgpack value); the result is encoded with msgspec
 msgpack and becomes the client's return value. The part's state must be a value msgspec can
 encode: replicas receive it in snapshots, decoded as `state_type` (by default the class given as
-`initial`, else plain msgpack values).
+`initial`, or the type a factory function `initial` is annotated to return or returns; plain
+msgpack values for dicts and lists).
 
 Handlers run on the primary and again on every replica, which replays the log by re-executing
 them (state-machine replication), so they must be deterministic: no clock, no randomness, no I/O,
@@ -203,9 +204,11 @@ class App:
         """Declare a part: `initial()` builds a new part's state.
 
         `state_type` is what replicas decode snapshots of the state as; by default the class
-        `initial` when it is one, else plain msgpack values. `durability` is `"async"` (answer
-        at once; a crash may lose the replication lag) or `"replicated"` (answer once a replica
-        holds the write; a crash loses nothing acknowledged).
+        `initial` when it is one, else the return annotation of the function `initial`, else
+        the class of what `initial()` returns (called once here) when that is not a plain
+        msgpack value (a Struct, a dataclass), else plain msgpack values. `durability` is
+        `"async"` (answer at once; a crash may lose the replication lag) or `"replicated"`
+        (answer once a replica holds the write; a crash loses nothing acknowledged).
         """
         try:
             check_part_name(name)
@@ -223,7 +226,7 @@ class App:
         except ValueError as error:
             raise ConfigError(f"durability must be 'async' or 'replicated': {error}") from error
         if state_type is None:
-            state_type = initial if isinstance(initial, type) and initial is not dict else Any
+            state_type = _state_type(name, initial)
         self._parts[name] = _Part(
             name=name, initial=initial, state_type=state_type, durability=mode
         )
@@ -269,12 +272,48 @@ class App:
         }
 
 
+_PLAIN_VALUES = (dict, list, tuple, str, bytes, int, float, bool, type(None))
+"""What msgpack decodes to by itself: a state of these types needs no `state_type`."""
+
+
+def _state_type(name: str, initial: Callable[[], object]) -> Any:
+    """The type replicas decode part `name`'s snapshots as, from `initial` (see `App.part`).
+
+    A factory's state decoded as plain msgpack values would be a dict on every replica that
+    installed a snapshot (and only there): its handlers would fail after a failover."""
+    if isinstance(initial, type):
+        return Any if initial in _PLAIN_VALUES else initial
+    if inspect.isfunction(initial) or inspect.ismethod(initial):
+        try:
+            returned = typing.get_type_hints(initial).get("return")
+        except Exception as error:
+            raise ConfigError(
+                f"cannot resolve the return annotation of part {name!r}'s initial "
+                f"{initial.__qualname__}: {error!r}; pass state_type="
+            ) from error
+        if returned is not None and returned is not object and returned is not Any:
+            return returned
+    try:
+        sample = initial()
+    except Exception as error:
+        raise ConfigError(
+            f"initial of part {name!r} raised {error!r}; pass state_type= to say the state's type"
+        ) from error
+    return Any if isinstance(sample, _PLAIN_VALUES) else type(sample)
+
+
 def _payload_type(function: HandlerFunction) -> Any:
-    """The annotation of the handler's second parameter, or Any."""
+    """The annotation of the handler's second parameter, or Any; ConfigError when the
+    annotations cannot be resolved (a type defined where the module's globals do not see it,
+    under `from __future__ import annotations`): decoded as Any, the payload would reach the
+    handler as a dict and fail there."""
     try:
         hints = typing.get_type_hints(function)
-    except Exception:
-        return Any
+    except Exception as error:
+        raise ConfigError(
+            f"cannot resolve the annotations of handler {function.__qualname__}: {error!r}; "
+            "define the types at module level, or pass payload_type="
+        ) from error
     parameters = list(inspect.signature(function).parameters)
     if len(parameters) < 2:
         raise ConfigError(f"handler {function.__name__} must take (state, payload)")
