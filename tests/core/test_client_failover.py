@@ -133,6 +133,25 @@ def test_connection_loss_asks_the_manager_and_retries_same_ids() -> None:
     ]
 
 
+def test_an_active_part_a_map_answer_moves_is_reported_moved_not_lost() -> None:
+    """The answer that locates a lost part also moves another, active part of the session
+    (published before any HANDOFF for it came): both are reported, the lost one with
+    `lost=True` and its time to be found, the active one with `lost=False`, which the SDK shows
+    as MOVED rather than as a crash's RELOCATED."""
+    h = Harness()
+    session, _ = session_with_pending(h)
+    h.lose("s1", "peer-crashed")
+    h.take(MapRequest, MANAGER)
+    h.advance(ms=2)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), placement("cart", "s1")))
+    relocated = sorted(h.of(PartRelocated), key=lambda e: e.part)
+    assert [(e.part, e.previous, e.server, e.lost) for e in relocated] == [
+        ("auth", "s1", "s2", True),
+        ("cart", "s3", "s1", False),
+    ]
+    assert relocated[1].duration_us == 0
+
+
 def test_a_part_put_back_on_the_server_it_was_lost_from_is_not_reported_relocated() -> None:
     """A manager not yet aware of a crash names the lost server again: the waiting part dials
     it, and the application hears of no relocation until the part is placed elsewhere (the

@@ -108,6 +108,19 @@ def test_core_events_map_to_handoff_events() -> None:
     moved = _handoff_event(relocated)
     assert moved is not None and moved.kind is forehand.HandoffEventKind.RELOCATED
     assert (moved.parts, moved.target, moved.duration_us) == (("auth",), "s3", 5)
+    published = client_events.PartRelocated(
+        node="c",
+        session_id=SESSION,
+        part="auth",
+        server="s3",
+        map_version=11,
+        duration_us=0,
+        previous="s1",
+        lost=False,
+    )
+    moved_first = _handoff_event(published)
+    assert moved_first is not None and moved_first.kind is forehand.HandoffEventKind.MOVED
+    assert (moved_first.source, moved_first.target) == ("s1", "s3")
     closed = client_events.SessionClosed(node="c", session_id=SESSION)
     assert _handoff_event(closed) is None
 

@@ -328,6 +328,10 @@ class PartRelocated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """From losing the part's server to knowing where it is (0 for an active part's move)."""
     previous: NodeId | None = None
     """Its primary before (the server lost, or the one a map answer moved it from)."""
+    lost: bool = True
+    """Whether the client had lost the part (its connection, an abandoned handoff); False for
+    an active part a newer map answer moved before any HANDOFF for it came (a planned move
+    published first, as in a drain)."""
 
 
 class MapVersionAdopted(msgspec.Struct, frozen=True, kw_only=True, gc=False):

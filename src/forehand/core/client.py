@@ -1778,6 +1778,7 @@ class ClientCore:
                     map_version=view.map_version,
                     duration_us=0,
                     previous=previous,
+                    lost=False,
                 )
             )
             self._flush(session, route, now_us, moved=True)

@@ -309,7 +309,7 @@ class _Run:
         relocated = sum(
             len(record.event.parts)
             for record in load.handoffs
-            if record.event.kind is HandoffEventKind.RELOCATED
+            if record.event.kind in (HandoffEventKind.RELOCATED, HandoffEventKind.MOVED)
         )
         return Snapshot(
             elapsed_s=now_s - self.origin_s,

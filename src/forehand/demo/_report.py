@@ -294,7 +294,9 @@ def _failover(
     )
 
 
-_RELOCATING = frozenset({HandoffEventKind.RELOCATED, HandoffEventKind.REDIRECTED})
+_RELOCATING = frozenset(
+    {HandoffEventKind.RELOCATED, HandoffEventKind.REDIRECTED, HandoffEventKind.MOVED}
+)
 """Events by which a client learns a new primary without a HANDOFF."""
 
 

@@ -139,7 +139,11 @@ class HandoffEventKind(enum.Enum):
     REDIRECTED = "redirected"
     """A server answered REDIRECT with a newer placement."""
     RELOCATED = "relocated"
-    """After a lost connection (a crash, say), the manager told the client the new primary."""
+    """After a lost connection (a crash, say) or an abandoned handoff, the manager told the
+    client the new primary."""
+    MOVED = "moved"
+    """A newer map answer placed an active part on another server before any HANDOFF for it
+    reached the client (a planned move published first, as in a drain); nothing was lost."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -658,7 +662,7 @@ def _handoff_event(event: object) -> HandoffEvent | None:
         )
     if isinstance(event, events.PartRelocated):
         return HandoffEvent(
-            kind=HandoffEventKind.RELOCATED,
+            kind=HandoffEventKind.RELOCATED if event.lost else HandoffEventKind.MOVED,
             session_id=event.session_id,
             parts=(event.part,),
             source=event.previous,
