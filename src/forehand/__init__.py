@@ -24,6 +24,7 @@ logging.getLogger("forehand").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from forehand.app import App, HandlerError
+    from forehand.core import ClientConfig
     from forehand.core.client import BackpressureError
     from forehand.runtime.client import (
         AppError,
@@ -48,6 +49,7 @@ __all__ = [
     "BackpressureError",
     "CallError",
     "Client",
+    "ClientConfig",
     "ConfigError",
     "ForehandError",
     "HandlerError",
@@ -73,6 +75,7 @@ _LAZY = {
     "CallError": "forehand.runtime.client",
     "Client": "forehand.runtime.client",
     "BackpressureError": "forehand.core.client",
+    "ClientConfig": "forehand.core",
     "HandoffEvent": "forehand.runtime.client",
     "HandoffEventKind": "forehand.runtime.client",
     "RequestFailedError": "forehand.runtime.client",

@@ -146,7 +146,9 @@ def status_row(server: dict[str, Any]) -> list[str]:
 
 def sessions(
     *,
-    server: str | None = typer.Option(None, help="Only sessions with a part on this server."),
+    server: str | None = typer.Option(
+        None, help="Only sessions with a part on this server, as primary or replica."
+    ),
     limit: int = typer.Option(100, min=1, help="Most sessions to list."),
     url: str = _URL,
     timeout_s: float = _TIMEOUT,
