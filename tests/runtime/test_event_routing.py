@@ -32,6 +32,7 @@ from forehand.ops import OpsHub, ServerMetrics, audit, hub, metrics
 from forehand.runtime._telemetry import LoadSampler
 from forehand.runtime.node import EVENT_ROUTES_MAX, NodeDriver
 from forehand.runtime.process import NOTABLE_EVENTS, EventLogger
+from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import run_async
@@ -466,6 +467,30 @@ def test_routed_ops_hub_accounts_for_what_it_did_when_handed_everything() -> Non
     assert routed["metrics"][("forehand_sessions_registered_total", ())] == VARIANTS
 
 
+def test_codes_and_parts_are_logged_by_name(caplog: pytest.LogCaptureFixture) -> None:
+    """A handoff's reason shows by name and its parts as `session/part`, not as an enum's
+    number and the bytes of a PartRef (found by a new-user walkthrough: `reason=1` and hundreds
+    of characters of escaped bytes per line)."""
+    ref = PartRef(session_id=bytes(range(16)), part="match")
+    event = manager_events.HandoffStarted(
+        handoff_id=7,
+        reason=ReasonCode.PLANNED_MAINTENANCE,
+        parts=(ref,),
+        source="s3",
+        target="s1",
+        map_version=8,
+        planned_us=1,
+        assigned_us=2,
+    )
+    with caplog.at_level(logging.INFO, logger="forehand.events"):
+        EventLogger("manager")(event)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "reason=planned_maintenance" in message
+    assert "parts=['000102030405060708090a0b0c0d0e0f/match']" in message
+    assert record.__dict__["fields"]["reason"] == "planned_maintenance"
+
+
 def test_a_long_sequence_field_is_logged_as_its_count_and_first_items(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -480,6 +505,7 @@ def test_a_long_sequence_field_is_logged_as_its_count_and_first_items(
     (record,) = caplog.records
     message = record.getMessage()
     assert len(message) < 2_000
-    assert "<30000 items: " in message and str(refs[0]) in message and str(refs[-1]) not in message
+    first, last = (f"{ref.session_id.hex()}/cart" for ref in (refs[0], refs[-1]))
+    assert "<30000 items: " in message and first in message and last not in message
     fields = record.__dict__["fields"]
     assert fields["parts"].startswith("<30000 items: ") and fields["servers"] == ("s2",)

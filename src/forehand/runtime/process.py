@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import importlib
 import logging
 import random
@@ -34,6 +35,7 @@ from forehand.core import (
     manager_events,
     server_events,
 )
+from forehand.core.messages import PartRef
 from forehand.errors import ConfigError
 from forehand.ops import ManagerOps, ServerOps, TunableRiskPolicy
 from forehand.ops.logs import configure_logging as _configure_structured_logging
@@ -59,7 +61,7 @@ from forehand.runtime.transport import (
     TransportError,
 )
 from forehand.stores import Store, open_store
-from forehand.wire import DEFAULT_CONFIG, PeerRole
+from forehand.wire import DEFAULT_CONFIG, PeerRole, ReasonCode
 
 __all__ = [
     "EventLogger",
@@ -173,13 +175,38 @@ def _values(event: object) -> dict[str, object]:
     values: dict[str, object] = {}
     for name in names:
         value = getattr(event, name, None)
-        if isinstance(value, bytes):
-            value = value.hex()
-        elif isinstance(value, tuple | list) and len(value) > LOGGED_ITEMS_MAX:
-            shown = ", ".join(str(item) for item in value[:LOGGED_ITEMS_MAX])
-            value = f"<{len(value)} items: {shown}, ...>"
+        if name == "reason" and type(value) is int:
+            value = _reason_name(value)
+        elif isinstance(value, tuple | list):
+            items = [_shown(item) for item in value[:LOGGED_ITEMS_MAX]]
+            if len(value) > LOGGED_ITEMS_MAX:
+                value = f"<{len(value)} items: {', '.join(map(str, items))}, ...>"
+            elif any(item is not original for item, original in zip(items, value, strict=False)):
+                value = items
+        else:
+            value = _shown(value)
         values[name] = value
     return values
+
+
+def _shown(value: object) -> object:
+    """A field's value as a log line shows it: ids in hex, codes by name, a part as
+    `session/part`."""
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if isinstance(value, PartRef):
+        return f"{value.session_id.hex()}/{value.part}"
+    return value
+
+
+def _reason_name(code: int) -> object:
+    """A handoff reason code by its name (`planned_maintenance`), the number if unknown."""
+    try:
+        return ReasonCode(code).name.lower()
+    except ValueError:
+        return code
 
 
 def load_app(reference: str, app_dir: Path | None = None) -> App:
