@@ -529,6 +529,76 @@ def test_handoff_moving_several_parts_resumes_them_together() -> None:
     assert h.client.route(session, "cart").primary == "s3"
 
 
+def test_a_second_handoff_to_the_same_target_waits_for_the_first_resume() -> None:
+    """A drain moves a session's parts in two batches to the same target: the second HANDOFF
+    comes while the first RESUME is unanswered. RESUME answers name no request, so the second
+    RESUME waits for the first's answer, then goes, and both parts switch. Before, the second
+    skipped its only target and was abandoned to the manager (ABANDONED, then RELOCATED)."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
+    h.welcome("s3")
+    assert [r.parts for r in h.take(Resume, "s3")] == [("auth",)]
+    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED, HandoffState.ACCEPTED]
+    assert h.take(Resume, "s3") == []
+    assert h.client.route(session, "cart").state is RouteState.HANDING_OFF
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [r.parts for r in h.take(Resume, "s3")] == [("cart",)]
+    h.feed("s3", ResumeOk(session_id=session, parts=("cart",), map_version=7))
+    assert [(e.parts, e.target) for e in h.of(HandoffFollowed)] == [
+        (("auth",), "s3"),
+        (("cart",), "s3"),
+    ]
+    assert h.of(HandoffAbandoned) == [] and h.of(PartRelocated) == []
+    assert status_states(h, "s1") == [HandoffState.COMPLETED, HandoffState.COMPLETED]
+    assert h.client.route(session, "auth").primary == "s3"
+    assert h.client.route(session, "cart").primary == "s3"
+
+
+def test_a_waiting_handoff_a_newer_one_takes_over_is_declined() -> None:
+    """The waiting HANDOFF's part is moved again by a newer HANDOFF elsewhere before its turn:
+    it is declined when its turn comes (no RESUME for it), and the newer one completes."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    h.feed("s1", handoff(session, parts=("cart",), sequence=3, map_version=8, targets=("s2",)))
+    h.welcome("s2")
+    assert [r.parts for r in h.take(Resume, "s2")] == [("cart",)]
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert h.take(Resume, "s3") == []
+    assert status_states(h, "s1") == [
+        *(HandoffState.ACCEPTED, HandoffState.ACCEPTED, HandoffState.ACCEPTED),
+        HandoffState.COMPLETED,
+        HandoffState.DECLINED,
+    ]
+    h.feed("s2", ResumeOk(session_id=session, parts=("cart",), map_version=8))
+    assert h.client.route(session, "cart").primary == "s2"
+    assert h.of(HandoffAbandoned) == []
+
+
+def test_a_waiting_handoff_past_its_deadline_is_abandoned_when_its_turn_comes() -> None:
+    """The first RESUME goes unanswered until it times out: the waiting HANDOFF's deadline has
+    passed by then, so it is abandoned to the manager with the first."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",), deadline_ms=500))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    h.feed(
+        "s1",
+        handoff(
+            session, parts=("cart",), sequence=2, map_version=7, targets=("s3",), deadline_ms=300
+        ),
+    )
+    h.advance(ms=600)
+    assert sorted(e.parts for e in h.of(HandoffAbandoned)) == [("auth",), ("cart",)]
+    assert h.take(Resume, "s3") == []
+
+
 def test_resume_ok_leaving_a_part_out_relocates_that_part() -> None:
     """A RESUME_OK that grants only some parts switches those; the others are located."""
     h = Harness()

@@ -274,6 +274,10 @@ class ClientCore:
         self._inflight: dict[int, InFlight] = {}
         self._opens: dict[int, _PendingOpen] = {}
         self._resumptions: dict[tuple[bytes, NodeId], _Resumption] = {}
+        self._parked: dict[tuple[bytes, NodeId], deque[_Resumption]] = {}
+        """HANDOFF resumptions waiting for the RESUME in flight for the same session at the same
+        target (one per key at a time: RESUME_OK and RESUME_REJECT name no request): sent once
+        it is answered. At most one per HANDOFF of a held session."""
         self._endpoints: dict[NodeId, Endpoint] = {}
         self._locating: dict[tuple[bytes, str], None] = {}
         self._closing: dict[NodeId, int] = {}
@@ -293,9 +297,7 @@ class ClientCore:
         self._stated = Settings()
         """What SETTINGS said: the shortest credential lifetime any cluster node stated, and the
         manager's `client_sessions_max` as its latest stated it (0: not said)."""
-        self._probe_window_us = 0
-        self._prewarm_due_us = 0
-        self._probes_in_window = 0
+        self._probe_window_us = self._prewarm_due_us = self._probes_in_window = 0
         self._map_sent_us: int | None = None
         self._map_round_us = 0
         """When the newest MAP_REQUEST went: the backoff to the next round counts from it."""
@@ -376,6 +378,8 @@ class ClientCore:
                         f"{kind.__name__} before WELCOME", error_code=ErrorCode.FRAME_UNEXPECTED
                     )
             handler(message, source, now_us)
+            if self._parked:
+                self._unpark(now_us)
         except RemoteProtocolError as error:
             self._reject_peer(source, ErrorCode.from_wire(error.error_code), str(error), now_us)
         finally:
@@ -392,6 +396,8 @@ class ClientCore:
             self._expire_opens(now_us)
             self._run_retries(now_us)
             self._check_resumptions(now_us)
+            if self._parked:
+                self._unpark(now_us)
             self._renew_credentials(now_us)
         finally:
             self._map_held = False
@@ -665,6 +671,8 @@ class ClientCore:
             self._locating.pop((session_id, route.name), None)
         for key in [k for k in self._resumptions if k[0] == session_id]:
             del self._resumptions[key]
+        for key in [k for k in self._parked if k[0] == session_id]:
+            del self._parked[key]
         for key in [k for k in self._binds if k[0] == session_id]:
             del self._binds[key]
         self._renew_due.pop(session_id, None)
@@ -1847,7 +1855,7 @@ class ClientCore:
         """A newer map names another server than the resume in flight: the map wins."""
         targets = {
             key[1]
-            for key, resumption in self._resumptions.items()
+            for key, resumption in self._pending_resumptions()
             if key[0] == session.session_id and route.name in resumption.parts
         }
         # While a part resumes, its route still names the old server but the version of the
@@ -2031,11 +2039,12 @@ class ClientCore:
         """A newer HANDOFF moves parts that a RESUME is in flight for: those parts leave that
         resumption (a resumption left with none is dropped and its source told DECLINED, as
         PROTOCOL.md 5.11 rule 4 says for a newer map placing the parts elsewhere first). A late
-        answer to the dropped RESUME then finds nothing to complete. Returns each superseded
-        part's map version from before the first HANDOFF, which an abandon restores."""
+        answer to the dropped RESUME then finds nothing to complete; a parked resumption left
+        with none is told DECLINED when its turn comes. Returns each superseded part's map
+        version from before the first HANDOFF, which an abandon restores."""
         moving = set(frame.parts)
         versions: dict[str, int] = {}
-        for key, resumption in list(self._resumptions.items()):
+        for key, resumption in self._pending_resumptions():
             if key[0] != frame.session_id or resumption.kind is not _ResumeKind.HANDOFF:
                 continue
             taken = [part for part in resumption.parts if part in moving]
@@ -2046,7 +2055,7 @@ class ClientCore:
                 if part in resumption.versions:
                     versions[part] = resumption.versions[part]
             resumption.parts = tuple(part for part in resumption.parts if part not in moving)
-            if not resumption.parts:
+            if not resumption.parts and self._resumptions.get(key) is resumption:
                 del self._resumptions[key]
                 self._handoff_status(resumption, HandoffState.DECLINED, 0)
         return versions
@@ -2077,10 +2086,51 @@ class ClientCore:
                         resumption.deadline_us, now_us + self._config.resume_timeout_ms * 1000
                     )
                     return
+            elif (
+                resumption.kind is _ResumeKind.HANDOFF
+                and self._resumptions[key].kind is _ResumeKind.HANDOFF
+            ):
+                # Another HANDOFF of the session to the same target (a drain's next batch) is
+                # being resumed: this one follows once that is answered. Skipping the target
+                # abandoned these parts to the manager (a relocation, later) in every drain.
+                self._rare("resume-parked")
+                self._parked.setdefault(key, deque()).append(resumption)
+                return
             else:
                 self._rare("resume-target-busy")
             resumption.index += 1
         self._abandon(resumption, "no target could be reached", 0, now_us)
+
+    def _unpark(self, now_us: int) -> None:
+        """Send the next parked resumption of every key whose RESUME was answered, with the
+        parts it still moves (a newer HANDOFF or map answer may have taken some: their route
+        left HANDING_OFF, or took another version); past its deadline it is abandoned."""
+        for key in [k for k in self._parked if k not in self._resumptions]:
+            waiting = self._parked[key]
+            resumption = waiting.popleft()
+            if not waiting:
+                del self._parked[key]
+            session = self._sessions.get(resumption.session_id)
+            if session is None:
+                continue
+            resumption.parts = tuple(
+                part
+                for part in resumption.parts
+                if session.parts[part].state is RouteState.HANDING_OFF
+                and session.parts[part].map_version == resumption.map_version
+            )
+            if not resumption.parts:
+                self._handoff_status(resumption, HandoffState.DECLINED, 0)
+            elif now_us >= resumption.deadline_us:
+                self._abandon(resumption, "RESUME timed out", 0, now_us)
+            else:
+                self._try_target(resumption, now_us)
+
+    def _pending_resumptions(self) -> list[tuple[tuple[bytes, NodeId], _Resumption]]:
+        """Every resumption with its key: those whose RESUME is in flight, then the parked."""
+        pending = list(self._resumptions.items())
+        pending.extend((key, r) for key, waiting in self._parked.items() for r in waiting)
+        return pending
 
     def _present_credential(self, resumption: _Resumption, now_us: int) -> None:
         """After a restart: the primary's HELLO carries the credential; WELCOME completes it."""
