@@ -354,6 +354,62 @@ def test_a_connection_holds_at_most_client_sessions_max_sessions() -> None:
     assert core.shard_map is not None and len(core.shard_map) == 3
 
 
+def hello(core: ManagerCore, source: str, client_id: bytes) -> None:
+    core.receive_message(Hello(versions=(1,), client_id=client_id), source=source, now_us=0)
+    core.messages_to_send()
+
+
+def test_an_open_sent_again_on_a_new_connection_opens_one_session() -> None:
+    """A client loses its connection before SESSION_OPENED and sends the same OPEN_SESSION on a
+    new one: still being committed, the answer goes to the new connection; committed, it is
+    answered again with the same session. Before, each retry opened another session, and the
+    first stayed in the map with no client to close it (a burst of opens over a dropped
+    connection left hundreds)."""
+    core, store = manager_with_one_server()
+    client_id = bytes(range(16))
+    hello(core, "c-1", client_id)
+    core.receive_message(OpenSession(request_id=7, parts=("a", "b")), source="c-1", now_us=0)
+    # Lost before the commit: sent again on the next connection.
+    hello(core, "c-2", client_id)
+    core.receive_message(OpenSession(request_id=7, parts=("a", "b")), source="c-2", now_us=0)
+    run_store(core, store)
+    sent = core.messages_to_send()
+    ((to, opened),) = [
+        (o.destination, o.message) for o in sent if o.message.__class__ is SessionOpened
+    ]
+    assert isinstance(opened, SessionOpened)
+    assert to == "c-2" and opened.request_id == 7
+    # Lost again after the commit: answered again, the same session.
+    hello(core, "c-3", client_id)
+    core.receive_message(OpenSession(request_id=7, parts=("a", "b")), source="c-3", now_us=1)
+    ((to, again),) = [
+        (o.destination, o.message)
+        for o in core.messages_to_send()
+        if o.message.__class__ is SessionOpened
+    ]
+    assert isinstance(again, SessionOpened)
+    assert to == "c-3"
+    assert again.session_id == opened.session_id and again.credential != opened.credential
+    assert core.shard_map is not None and len(core.shard_map) == 2
+    # The new connection may close it.
+    core.receive_message(CloseSession(session_id=again.session_id), source="c-3", now_us=2)
+    run_store(core, store)
+    assert len(core.shard_map) == 0
+
+
+def test_another_client_or_other_parts_under_the_same_request_id_open_anew() -> None:
+    """The same request id from another client id, or with other parts, is a new session."""
+    core, store = manager_with_one_server()
+    hello(core, "c-1", bytes(16))
+    hello(core, "c-2", bytes(range(16)))
+    for source, parts in (("c-1", ("a",)), ("c-2", ("a",)), ("c-1", ("a", "b"))):
+        core.receive_message(OpenSession(request_id=7, parts=parts), source=source, now_us=0)
+        run_store(core, store)
+    opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
+    assert len({m.session_id for m in opened}) == 3
+    assert core.shard_map is not None and len(core.shard_map) == 4
+
+
 def test_an_open_no_server_can_take_is_refused_for_a_while() -> None:
     """With no server ACTIVE (the only one draining), the open's parts cannot be placed: it is
     refused with a retry hint and the cause, and the connection stays; once a server is

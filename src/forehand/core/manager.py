@@ -195,6 +195,9 @@ above its share."""
 REBALANCE_SAMPLE_FACTOR = 4
 """A rebalance looks at this many times the parts it moves off a server (at random) for those
 whose target already holds a replica."""
+OPENS_REMEMBERED_MAX = 16_384
+"""OPEN_SESSIONs remembered by (client id, request id), so that one a client sends again on a
+new connection after losing the first answers with the same session (least recently used out)."""
 OPEN_RETRY_AFTER_MS = 100
 """The wait an OPEN_SESSION_REFUSED asks for when the manager is busy (its commit queue full)
 or cannot place the parts yet (no server ACTIVE); clients back off at least this long."""
@@ -324,6 +327,7 @@ class ManagerCore:
             step_ms=EXPIRY_STEP_MS,
         )
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
+        self._opens_seen: OrderedDict[tuple[bytes, int], _Opening] = OrderedDict()
         self._joins_queued: set[str] = set()
         # Sessions closed while the commit queue was full, oldest first: each is a session of the
         # map, so the queue holds at most as many ids as the map holds sessions.
@@ -2462,6 +2466,9 @@ class ManagerCore:
                 f"OPEN_SESSION names 1 to {self._config.session_parts_max} distinct parts",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
+        client = self._client(source)
+        if self._open_seen(client, source, frame, now_us):
+            return
         declared = self._membership.declared_parts()
         undeclared = () if declared is None else tuple(p for p in parts if p not in declared)
         if declared is not None and undeclared:
@@ -2475,7 +2482,6 @@ class ManagerCore:
             reason = f"the shard map holds map_parts_max={self._config.map_parts_max} parts"
             self._refuse_open(source, frame.request_id, parts, reason, cause="map_full")
             return
-        client = self._client(source)
         bound = self._config.client_sessions_max
         if len(client.sessions) + client.opening >= bound:
             # Past the bound the connection would forget its oldest sessions, and their
@@ -2514,9 +2520,41 @@ class ManagerCore:
             )
             return
         client.opening += 1
+        key = (client.client_id, frame.request_id)
+        self._opens_seen[key] = opening
+        self._opens_seen.move_to_end(key)
+        while len(self._opens_seen) > OPENS_REMEMBERED_MAX:
+            self._opens_seen.popitem(last=False)
+
+    def _open_seen(self, client: _Client, source: NodeId, frame: OpenSession, now_us: int) -> bool:
+        """Whether `frame` is an OPEN_SESSION this client sent before (same client id, request
+        id and parts), answered here: a client that lost its connection before SESSION_OPENED
+        sends it again on a new one, and opening it again would leave the first session in the
+        map with no client. One still being committed answers on this connection once it is;
+        one committed answers now with the same session (a fresh token and credential). The
+        client id is 16 random bytes and request ids start at a random value below 2^61, so
+        another client cannot name someone else's open."""
+        key = (client.client_id, frame.request_id)
+        seen = self._opens_seen.get(key)
+        if seen is None or seen.parts != frame.parts:
+            return False
+        self._opens_seen.move_to_end(key)
+        if not seen.committed:
+            seen.client = source
+            return True
+        current = self.shard_map
+        if current is None or not all(
+            PartKey(session_id=seen.session_id, part=part) in current for part in seen.parts
+        ):
+            del self._opens_seen[key]  # closed since: a new open
+            return False
+        seen.client = source
+        self._answer_opened(seen, client, current, now_us)
+        return True
 
     def _open_dropped(self, opening: _Opening, client: _Client, cause: str) -> None:
         client.opening -= 1
+        self._opens_seen.pop((client.client_id, opening.request_id), None)
         self._refuse_open(
             opening.client,
             opening.request_id,
@@ -2586,9 +2624,25 @@ class ManagerCore:
     def _session_committed(
         self, opening: _Opening, client: _Client, built: Built, now_us: int
     ) -> None:
-        current = built.new_map
-        session_id = opening.session_id
         client.opening -= 1
+        opening.committed = True
+        # The open may have been sent again on another connection since (`_open_seen`).
+        answering = self._clients.get(opening.client, client)
+        self._answer_opened(opening, answering, built.new_map, now_us)
+        self._emit(
+            SessionRegistered(
+                session_id=opening.session_id,
+                parts=opening.parts,
+                client=opening.client,
+                map_version=built.new_map.version,
+            )
+        )
+
+    def _answer_opened(
+        self, opening: _Opening, client: _Client, current: ShardMap, now_us: int
+    ) -> None:
+        """SESSION_OPENED for a committed open, to the connection that asked last."""
+        session_id = opening.session_id
         self._remember_session(client, session_id)
         self._session_buckets.bind(session_id, client.client_id)
         placements = tuple(
@@ -2622,14 +2676,6 @@ class ManagerCore:
                 placements=placements,
                 token=token,
             ),
-        )
-        self._emit(
-            SessionRegistered(
-                session_id=session_id,
-                parts=opening.parts,
-                client=opening.client,
-                map_version=current.version,
-            )
         )
 
     def _wire_placement(self, current: ShardMap, key: PartKey) -> WirePlacement:
@@ -2927,6 +2973,7 @@ class _Opening:
     request_id: int
     parts: tuple[str, ...]
     session_id: bytes
+    committed: bool = False
 
     @property
     def session_id_ms(self) -> int:
