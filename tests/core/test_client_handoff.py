@@ -558,7 +558,7 @@ def test_a_second_handoff_to_the_same_target_waits_for_the_first_resume() -> Non
 
 def test_a_waiting_handoff_a_newer_one_takes_over_is_declined() -> None:
     """The waiting HANDOFF's part is moved again by a newer HANDOFF elsewhere before its turn:
-    it is declined when its turn comes (no RESUME for it), and the newer one completes."""
+    it is declined at once (no RESUME for it ever goes), and the newer one completes."""
     h = Harness()
     session = session_on_s1(h)
     h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
@@ -572,8 +572,8 @@ def test_a_waiting_handoff_a_newer_one_takes_over_is_declined() -> None:
     assert h.take(Resume, "s3") == []
     assert status_states(h, "s1") == [
         *(HandoffState.ACCEPTED, HandoffState.ACCEPTED, HandoffState.ACCEPTED),
-        HandoffState.COMPLETED,
         HandoffState.DECLINED,
+        HandoffState.COMPLETED,
     ]
     h.feed("s2", ResumeOk(session_id=session, parts=("cart",), map_version=8))
     assert h.client.route(session, "cart").primary == "s2"
@@ -597,6 +597,70 @@ def test_a_waiting_handoff_past_its_deadline_is_abandoned_when_its_turn_comes() 
     h.advance(ms=600)
     assert sorted(e.parts for e in h.of(HandoffAbandoned)) == [("auth",), ("cart",)]
     assert h.take(Resume, "s3") == []
+
+
+def test_a_waiting_handoff_waits_for_the_answer_of_a_resume_superseded_meanwhile() -> None:
+    """The first RESUME's HANDOFF is superseded (its part moves elsewhere) while unanswered:
+    its answer is still owed, so the waiting HANDOFF is sent only once it comes, and gets its
+    own answer. Sent at once, it took the first's answer (a second reading found it: the part
+    was abandoned and an empty move reported)."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    h.feed("s1", handoff(session, parts=("auth",), sequence=3, map_version=8, targets=("s2",)))
+    assert h.take(Resume, "s3") == []
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [r.parts for r in h.take(Resume, "s3")] == [("cart",)]
+    h.feed("s3", ResumeOk(session_id=session, parts=("cart",), map_version=7))
+    assert [(e.parts, e.target) for e in h.of(HandoffFollowed)] == [(("cart",), "s3")]
+    assert h.of(HandoffAbandoned) == []
+    assert h.client.route(session, "cart").primary == "s3"
+
+
+def test_a_waiting_handoff_behind_a_timed_out_resume_waits_for_its_late_answer() -> None:
+    """The first RESUME times out and its HANDOFF goes to its next target; its answer is still
+    owed at the first, so the waiting HANDOFF there waits for it, then resumes."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3", "s2"), deadline_ms=5_000))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    h.feed(
+        "s1",
+        handoff(
+            session, parts=("cart",), sequence=2, map_version=7, targets=("s3",), deadline_ms=5_000
+        ),
+    )
+    h.advance(ms=2_001)
+    assert h.take(Resume, "s3") == []
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    assert [r.parts for r in h.take(Resume, "s3")] == [("cart",)]
+    h.feed("s3", ResumeOk(session_id=session, parts=("cart",), map_version=7))
+    assert (("cart",), "s3") in [(e.parts, e.target) for e in h.of(HandoffFollowed)]
+    assert [e.parts for e in h.of(HandoffAbandoned)] == []
+
+
+def test_a_waiting_handoff_behind_an_emptied_one_goes_at_once() -> None:
+    """Two HANDOFFs wait, the first emptied by the second: once the RESUME ahead is answered,
+    the first is declined and the second sent at once (it waited for a timer, past its
+    deadline, before)."""
+    h = Harness()
+    session = session_on_s1(h)
+    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    h.feed("s1", handoff(session, parts=("cart",), sequence=3, map_version=8, targets=("s3",)))
+    h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    (resume,) = h.take(Resume, "s3")
+    assert resume.parts == ("cart",) and resume.map_version == 8
+    assert HandoffState.DECLINED in status_states(h, "s1")
+    h.feed("s3", ResumeOk(session_id=session, parts=("cart",), map_version=8))
+    assert h.client.route(session, "cart").primary == "s3"
+    assert h.of(HandoffAbandoned) == []
 
 
 def test_resume_ok_leaving_a_part_out_relocates_that_part() -> None:

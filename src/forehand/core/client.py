@@ -436,6 +436,10 @@ class ClientCore:
         if self._resumptions:
             for resumption in self._resumptions.values():
                 earliest = min(earliest, resumption.target_deadline_us)
+        if self._parked:
+            for waiting in self._parked.values():
+                for resumption in waiting:
+                    earliest = min(earliest, resumption.deadline_us)
         if self._map_sent_us is not None:
             earliest = min(earliest, self._map_sent_us + self._config.map_request_timeout_ms * 1000)
         if self._map_retry_us is not None:
@@ -2066,7 +2070,8 @@ class ClientCore:
         while resumption.index < len(resumption.targets):
             target = resumption.target
             key = (resumption.session_id, target)
-            if key not in self._resumptions:
+            busy = self._resumptions.get(key)
+            if busy is None and not self._resume_kinds.get(key):
                 unanswered = [
                     request_id
                     for part in resumption.parts
@@ -2086,13 +2091,14 @@ class ClientCore:
                         resumption.deadline_us, now_us + self._config.resume_timeout_ms * 1000
                     )
                     return
-            elif (
-                resumption.kind is _ResumeKind.HANDOFF
-                and self._resumptions[key].kind is _ResumeKind.HANDOFF
+            elif resumption.kind is _ResumeKind.HANDOFF and (
+                busy is None or busy.kind is _ResumeKind.HANDOFF
             ):
-                # Another HANDOFF of the session to the same target (a drain's next batch) is
-                # being resumed: this one follows once that is answered. Skipping the target
-                # abandoned these parts to the manager (a relocation, later) in every drain.
+                # A RESUME of the session is unanswered at this target (another HANDOFF's, a
+                # drain's next batch say, or one dropped since whose answer is still owed):
+                # answers name no request, so this one follows once it is answered. Skipping
+                # the target abandoned these parts to the manager (a relocation, later) in
+                # every drain.
                 self._rare("resume-parked")
                 self._parked.setdefault(key, deque()).append(resumption)
                 return
@@ -2102,29 +2108,37 @@ class ClientCore:
         self._abandon(resumption, "no target could be reached", 0, now_us)
 
     def _unpark(self, now_us: int) -> None:
-        """Send the next parked resumption of every key whose RESUME was answered, with the
-        parts it still moves (a newer HANDOFF or map answer may have taken some: their route
-        left HANDING_OFF, or took another version); past its deadline it is abandoned."""
-        for key in [k for k in self._parked if k not in self._resumptions]:
-            waiting = self._parked[key]
-            resumption = waiting.popleft()
-            if not waiting:
-                del self._parked[key]
-            session = self._sessions.get(resumption.session_id)
-            if session is None:
-                continue
-            resumption.parts = tuple(
-                part
-                for part in resumption.parts
-                if session.parts[part].state is RouteState.HANDING_OFF
-                and session.parts[part].map_version == resumption.map_version
-            )
-            if not resumption.parts:
-                self._handoff_status(resumption, HandoffState.DECLINED, 0)
-            elif now_us >= resumption.deadline_us:
-                self._abandon(resumption, "RESUME timed out", 0, now_us)
-            else:
-                self._try_target(resumption, now_us)
+        """Parked resumptions: each keeps only the parts it still moves (a newer HANDOFF or map
+        answer may have taken some: their route left HANDING_OFF, or took another version), and
+        one left with none is DECLINED; one past its deadline is abandoned; then the first of
+        each key whose RESUMEs are all answered is sent."""
+        for key in list(self._parked):
+            waiting = self._parked.pop(key)
+            kept: deque[_Resumption] = deque()
+            for resumption in waiting:
+                session = self._sessions.get(resumption.session_id)
+                if session is None:
+                    continue
+                resumption.parts = tuple(
+                    part
+                    for part in resumption.parts
+                    if session.parts[part].state is RouteState.HANDING_OFF
+                    and session.parts[part].map_version == resumption.map_version
+                )
+                if not resumption.parts:
+                    self._handoff_status(resumption, HandoffState.DECLINED, 0)
+                elif now_us >= resumption.deadline_us:
+                    self._abandon(resumption, "RESUME timed out", 0, now_us)
+                else:
+                    kept.append(resumption)
+            if kept and key not in self._resumptions and not self._resume_kinds.get(key):
+                # Sent now, it makes the key busy: the others park again behind it.
+                following = kept.popleft()
+                if kept:
+                    self._parked[key] = kept
+                self._try_target(following, now_us)
+            elif kept:
+                self._parked.setdefault(key, deque()).extend(kept)
 
     def _pending_resumptions(self) -> list[tuple[tuple[bytes, NodeId], _Resumption]]:
         """Every resumption with its key: those whose RESUME is in flight, then the parked."""
