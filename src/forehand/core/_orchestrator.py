@@ -236,6 +236,10 @@ class Orchestrator:
         """Whether `ref` is queued to move or in an active handoff."""
         return ref in self._moves or ref in self._moving
 
+    def queued(self) -> list[MoveRequest]:
+        """Every queued move, in queue order."""
+        return list(self._moves.values())
+
     def moves_of(self, source: str) -> list[MoveRequest]:
         """Queued moves away from `source`, in queue order."""
         return [move for move in self._moves.values() if move.source == source]

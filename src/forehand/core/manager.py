@@ -620,7 +620,7 @@ class ManagerCore:
         current = self.shard_map
         if current is None or parts_max <= 0:
             return 0
-        loads = current.primary_loads()
+        loads = self._loads_after_moves(current)
         entries = [
             e
             for e in self._map_entries(current)
@@ -644,9 +644,11 @@ class ManagerCore:
         )
         queued = 0
         for source in sources:
-            wanted = min(loads[source] - math.ceil(shares[source]), parts_max - queued)
-            if wanted <= 0 or not deficits:
+            if not deficits or queued >= parts_max:
                 break
+            wanted = min(loads[source] - math.ceil(shares[source]), parts_max - queued)
+            if wanted <= 0:
+                continue  # above its share by the tolerance, but by less than a part
             picks = self._rebalance_picks(current, source, wanted, {s for _, s in deficits})
             while picks.remaining and deficits and wanted > 0:
                 need, target = heapq.heappop(deficits)
@@ -668,6 +670,23 @@ class ManagerCore:
                     heapq.heappush(deficits, (need + 1, target))
         self._advance(now_us)
         return queued
+
+    def _loads_after_moves(self, current: ShardMap) -> dict[str, int]:
+        """Each ACTIVE server's primaries once the moves queued and the handoffs not committed
+        yet are done (a move with no target yet counts only where it leaves): a rebalance asked
+        for twice, or during a drain, does not move the same surplus again."""
+        loads = current.primary_loads()
+        orchestrator = self._orchestrator
+        moves = [(move.source, move.target, 1) for move in orchestrator.queued()]
+        moves.extend(
+            (h.source, h.target, len(h.parts)) for h in orchestrator.handoffs() if not h.map_version
+        )
+        for source, target, count in moves:
+            if source in loads:
+                loads[source] -= count
+            if target is not None and target in loads:
+                loads[target] += count
+        return loads
 
     def _rebalance_picks(
         self, current: ShardMap, source: str, wanted: int, targets: set[str]
