@@ -25,6 +25,7 @@ from forehand.wire import (
     Hello,
     MapUpdate,
     OpenSession,
+    OpenSessionRefused,
     PathSample,
     PeerRole,
     Ping,
@@ -369,6 +370,34 @@ def test_settings_ignores_ids_it_does_not_know_and_refuses_one_repeated(codec: C
         codec.decode_frame(too_many)
     most = _settings_frame(*((0x100 + index, 1) for index in range(64)))
     assert codec.decode_frame(most) == Settings()
+
+
+def test_settings_reads_the_managers_client_sessions_max(codec: Codec) -> None:
+    both = _settings_frame((0x02, 1_024), (0x01, 90_000))
+    assert codec.decode_frame(both) == Settings(
+        credential_lifetime_ms=90_000, client_sessions_max=1_024
+    )
+
+
+def _refusal_frame(body: bytes) -> bytes:
+    return encode_varint(FrameType.OPEN_SESSION_REFUSED) + encode_varint(len(body)) + body
+
+
+def test_an_open_session_refused_that_stands_has_the_first_layout(codec: Codec) -> None:
+    """retry_after_ms is absent when 0: a refusal that stands is the frame's first layout
+    (request id, reason), which a receiver of that version reads; one with a wait carries it;
+    an explicit 0 is malformed (one value, one encoding)."""
+    reason = b"\x02no"
+    stands = _refusal_frame(b"\x05" + reason)
+    assert codec.decode_frame(stands) == OpenSessionRefused(request_id=5, reason="no")
+    assert codec.encode_frame(OpenSessionRefused(request_id=5, reason="no")) == stands
+    busy = _refusal_frame(b"\x05" + reason + b"\x40\x64")
+    assert codec.decode_frame(busy) == OpenSessionRefused(
+        request_id=5, reason="no", retry_after_ms=100
+    )
+    with pytest.raises(RemoteProtocolError, match="retry_after_ms 0") as raised:
+        codec.decode_frame(_refusal_frame(b"\x05" + reason + b"\x00"))
+    assert raised.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
 
 
 def test_a_receiver_that_may_not_read_settings_skips_it_and_reads_on() -> None:

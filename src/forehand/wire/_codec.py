@@ -370,16 +370,22 @@ def _encode_open_session_refused(frame: OpenSessionRefused, config: WireConfig) 
     buffer = Buffer()
     buffer.push_varint(frame.request_id)
     buffer.push_text(frame.reason, config.message_bytes_max, name="OpenSessionRefused.reason")
-    buffer.push_varint(frame.retry_after_ms)
+    if frame.retry_after_ms:
+        # Absent when 0: a receiver of the frame's first layout, which ended at the reason,
+        # reads every refusal that stands.
+        buffer.push_varint(frame.retry_after_ms)
     return _with_header(FrameType.OPEN_SESSION_REFUSED, buffer.data(), config)
 
 
 def _decode_open_session_refused(buffer: Buffer, config: WireConfig) -> OpenSessionRefused:
     request_id = buffer.pull_varint()
     reason = buffer.pull_text(config.message_bytes_max)
-    return OpenSessionRefused(
-        request_id=request_id, reason=reason, retry_after_ms=buffer.pull_varint()
-    )
+    retry_after_ms = 0
+    if not buffer.at_end():
+        retry_after_ms = buffer.pull_varint()
+        if retry_after_ms == 0:
+            raise malformed("OPEN_SESSION_REFUSED carries retry_after_ms 0, which goes absent")
+    return OpenSessionRefused(request_id=request_id, reason=reason, retry_after_ms=retry_after_ms)
 
 
 def _encode_close_session(frame: CloseSession, config: WireConfig) -> bytes:
