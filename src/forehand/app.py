@@ -286,13 +286,18 @@ def _state_type(name: str, initial: Callable[[], object]) -> Any:
     if inspect.isfunction(initial) or inspect.ismethod(initial):
         try:
             returned = typing.get_type_hints(initial).get("return")
-        except Exception as error:
+        except NameError as error:
             raise ConfigError(
                 f"cannot resolve the return annotation of part {name!r}'s initial "
                 f"{initial.__qualname__}: {error!r}; pass state_type="
             ) from error
         if returned is not None and returned is not object and returned is not Any:
-            return returned
+            try:
+                msgspec.msgpack.Decoder(returned)
+            except TypeError:
+                pass  # not a type msgspec decodes as (typing.Self, say): what it builds
+            else:
+                return returned
     try:
         sample = initial()
     except Exception as error:
@@ -309,11 +314,14 @@ def _payload_type(function: HandlerFunction) -> Any:
     handler as a dict and fail there."""
     try:
         hints = typing.get_type_hints(function)
-    except Exception as error:
+    except NameError as error:
+        name = getattr(function, "__qualname__", repr(function))
         raise ConfigError(
-            f"cannot resolve the annotations of handler {function.__qualname__}: {error!r}; "
+            f"cannot resolve the annotations of handler {name}: {error!r}; "
             "define the types at module level, or pass payload_type="
         ) from error
+    except TypeError:
+        return Any  # not a function typing reads (a functools.partial, say)
     parameters = list(inspect.signature(function).parameters)
     if len(parameters) < 2:
         raise ConfigError(f"handler {function.__name__} must take (state, payload)")
