@@ -491,6 +491,20 @@ def test_codes_and_parts_are_logged_by_name(caplog: pytest.LogCaptureFixture) ->
     assert record.__dict__["fields"]["reason"] == "planned_maintenance"
 
 
+def test_a_reason_held_as_a_number_is_logged_as_the_number(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Some events hold a ResumeRejectReason as a plain int: it is not read as a handoff reason
+    (a second reading found TOKEN_EXPIRED logged as planned_maintenance)."""
+    event = manager_events.CredentialRefused(
+        client="c1", session_id=bytes(16), reason=1, detail="expired"
+    )
+    with caplog.at_level(logging.DEBUG, logger="forehand.events"):
+        EventLogger("manager")(event)
+    (record,) = caplog.records
+    assert " reason=1 " in record.getMessage()
+
+
 def test_a_long_sequence_field_is_logged_as_its_count_and_first_items(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -61,7 +61,7 @@ from forehand.runtime.transport import (
     TransportError,
 )
 from forehand.stores import Store, open_store
-from forehand.wire import DEFAULT_CONFIG, PeerRole, ReasonCode
+from forehand.wire import DEFAULT_CONFIG, PeerRole
 
 __all__ = [
     "EventLogger",
@@ -175,9 +175,7 @@ def _values(event: object) -> dict[str, object]:
     values: dict[str, object] = {}
     for name in names:
         value = getattr(event, name, None)
-        if name == "reason" and type(value) is int:
-            value = _reason_name(value)
-        elif isinstance(value, tuple | list):
+        if isinstance(value, tuple | list):
             items = [_shown(item) for item in value[:LOGGED_ITEMS_MAX]]
             if len(value) > LOGGED_ITEMS_MAX:
                 value = f"<{len(value)} items: {', '.join(map(str, items))}, ...>"
@@ -199,14 +197,6 @@ def _shown(value: object) -> object:
     if isinstance(value, PartRef):
         return f"{value.session_id.hex()}/{value.part}"
     return value
-
-
-def _reason_name(code: int) -> object:
-    """A handoff reason code by its name (`planned_maintenance`), the number if unknown."""
-    try:
-        return ReasonCode(code).name.lower()
-    except ValueError:
-        return code
 
 
 def load_app(reference: str, app_dir: Path | None = None) -> App:
