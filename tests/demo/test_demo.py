@@ -51,7 +51,8 @@ def _run_directory(output: str) -> str:
 
 def test_short_demo_passes_with_no_failed_request(tmp_path: Path) -> None:
     """A shortened demo exits 0 with the final tables, a predicted handoff that failed no
-    request, a measured failover, no lost write, and every process stopped."""
+    request, a measured failover, a rebalance onto the restarted server that failed no request,
+    no lost write, and every process stopped."""
     summary_path = tmp_path / "summary.json"
     finished = subprocess.run(
         [
@@ -86,6 +87,10 @@ def test_short_demo_passes_with_no_failed_request(tmp_path: Path) -> None:
     assert failover["parts_relocated"] > 0
     assert failover["parts_answered"] == failover["parts_called"]
     assert any(group["reason"] == "OVERLOAD" for group in summary["handoffs"])
+    # The killed server started again and the rebalance handed it parts, failing nothing.
+    assert summary["rebalance_parts_to_restarted"] > 0
+    assert summary["rebalance_failed"] == 0
+    assert "started again" in output and "rebalance:" in output
     assert not _processes_mentioning(_run_directory(output))
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from forehand.demo._burner import BurnerConfig
 from forehand.errors import ConfigError
 from forehand.ops import url_file
-from forehand.runtime.admin import AdminReply, Status, admin_request
+from forehand.runtime.admin import AdminReply, Rebalance, Status, admin_request
 from forehand.runtime.certs import make_cluster_certs
 from forehand.runtime.config import load_manager_config, load_server_config
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
@@ -320,7 +320,8 @@ class DemoCluster:
         ready.unlink(missing_ok=True)
         # An earlier run's URL file would read as this run's listener (metrics_urls).
         url_file(ready).unlink(missing_ok=True)
-        with log_path.open("wb") as log:
+        # A server started again in this run appends to its killed incarnation's log.
+        with log_path.open("ab" if name in self.servers else "wb") as log:
             popen = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -380,6 +381,25 @@ class DemoCluster:
         if process.alive:
             os.kill(process.pid, signal.SIGKILL)
         process.popen.wait()
+
+    async def restart_server(self, server_id: str) -> None:
+        """Start a killed server again (a new incarnation, empty); returns once it is an ACTIVE
+        member again."""
+        deadline_s = time.monotonic() + self.config.start_timeout_ms / 1000
+        process = self._start_server(server_id)
+        self.servers[server_id] = process
+        await self._wait_ready(process, deadline_s)
+        await self._wait_active(deadline_s)
+
+    async def rebalance(self) -> AdminReply:
+        """Ask the manager to even out the servers' primaries (planned handoffs)."""
+        return await admin_request(
+            self.manager_address,
+            Rebalance(),
+            certs_dir=self.certs_dir,
+            node_id=ADMIN_NODE,
+            manager_id=MANAGER_NODE,
+        )
 
     def stop(self) -> None:
         """End every process started: SIGTERM, a bounded wait, SIGKILL, and reap each one."""

@@ -10,11 +10,13 @@
    the server breaches its SLO (seen by the probe), holds, then stops.
 5. Crash: SIGKILL another server. Nobody predicted it; the manager declares it dead and promotes
    replicas, and clients relocate its parts (reactive failover).
-6. Stop the load, read every cart back, print the report, stop every process.
+6. Recover: start the killed server again (a new incarnation, holding nothing) and ask the
+   manager for a rebalance, which hands it its share of the primaries by planned handoffs.
+7. Stop the load, read every cart back, print the report, stop every process.
 
-The run exits with status 1 when a request failed while predicted handoffs ran, when no
-predicted handoff happened, or when an acknowledged write was lost; 2 when the cluster could not
-start; 0 otherwise.
+The run exits with status 1 when a request failed while predicted handoffs ran or while the
+rebalance ran, when no predicted handoff happened, when the rebalance moved nothing, or when an
+acknowledged write was lost; 2 when the cluster could not start; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ REPORT_WIDTH = 132
 """Columns of the report when stdout is not a terminal (a log, a pipe)."""
 FLAG_MEMORY_S = 5.0
 """A server stays FLAGGED in the view this long after its last risk move."""
+REBALANCE_ATTEMPTS = 5
+"""Rebalances asked for, a second apart, until one queues a part."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +87,10 @@ class DemoConfig:
     failover_window_s: float = 10.0
     """After the SIGKILL, the failover window."""
     after_s: float = 12.0
-    """After the failover window, until the load stops."""
+    """After the failover window, until the killed server is started again."""
+    rebalance_s: float = 10.0
+    """After the restarted server rejoined and the rebalance was asked for, until the load
+    stops."""
     overload_latency_ms: float = 60.0
     """The manager's risk input: a server reporting a p99 request latency or event-loop lag
     (`latency_us_p99`, `loop_lag_us_p99`) above this has its parts moved away. Well under the
@@ -138,6 +145,7 @@ class DemoConfig:
             settle_s=max(2.0, self.settle_s * factor),
             failover_window_s=max(detection_s, self.failover_window_s * factor),
             after_s=max(3.0, self.after_s * factor),
+            rebalance_s=max(6.0, self.rebalance_s * factor),
         )
 
     def cluster_config(self) -> ClusterConfig:
@@ -197,16 +205,8 @@ class _Run:
         dashboard = self.cluster.dashboard_url
         if dashboard is not None:
             self.console.print(f"[bold]dashboard[/]: {dashboard} (live while the demo runs)")
-        for server_id, process in self.cluster.servers.items():
-            self.cpu[server_id] = ProcessCpu(process.pid)
-            probe = ServerProbe(
-                server_id=server_id,
-                address=process.address,
-                ca_path=self.cluster.ca_path,
-                config=config.probe,
-            )
-            probe.start()
-            self.probes[server_id] = probe
+        for server_id in self.cluster.servers:
+            self._watch(server_id)
         self._polling = asyncio.get_running_loop().create_task(self._poll_status())
         self.console.print(f"opening {config.load.sessions} sessions")
         self.load = LoadGenerator(
@@ -224,6 +224,20 @@ class _Run:
             except (AdminError, OSError, TimeoutError):
                 pass
             await asyncio.sleep(1.0)
+
+    def _watch(self, server_id: str) -> None:
+        """Measure a server process's CPU and probe its latency (again after a restart: a new
+        process, on a new port)."""
+        process = self.cluster.servers[server_id]
+        self.cpu[server_id] = ProcessCpu(process.pid)
+        probe = ServerProbe(
+            server_id=server_id,
+            address=process.address,
+            ca_path=self.cluster.ca_path,
+            config=self.config.probe,
+        )
+        probe.start()
+        self.probes[server_id] = probe
 
     async def stop(self) -> None:
         if self._polling is not None:
@@ -350,6 +364,21 @@ class _Run:
         self.cluster.kill_server(killed, now_s=killed_s)
         self.event(f"SIGKILL {killed}")
         await self.phase_for(f"{killed} killed", config.failover_window_s + config.after_s)
+        # Recovery: the killed server comes back empty, and a rebalance hands it its share.
+        self.phase = f"restarting {killed}"
+        restart = asyncio.create_task(self.cluster.restart_server(killed))
+        while not restart.done():
+            await asyncio.wait({restart}, timeout=TICK_S)
+            self.tick()
+        await restart
+        await self.probes[killed].stop()
+        self._watch(killed)
+        restarted_s = self.now()
+        self.event(f"{killed} started again (a new incarnation): ACTIVE, holding nothing")
+        queued = await self._rebalance()
+        rebalanced_s = self.now()
+        self.event(f"rebalance: {queued} part(s) queued for planned handoffs")
+        await self.phase_for("rebalancing", config.rebalance_s)
         await load.stop()
         load_stopped_s = self.now()
         self.event("load stopped; reading every cart back")
@@ -363,7 +392,22 @@ class _Run:
             load_stopped_s=load_stopped_s,
             failover_window_s=config.failover_window_s,
             killed_parts=killed_parts,
+            restarted_s=restarted_s,
+            rebalanced_s=rebalanced_s,
+            rebalance_queued=queued,
         )
+
+    async def _rebalance(self) -> int:
+        """Ask for a rebalance; asked again a few times while nothing is queued (the restarted
+        server's first load report, its start-up included, may show it without headroom)."""
+        queued = 0
+        for _ in range(REBALANCE_ATTEMPTS):
+            reply = await self.cluster.rebalance()
+            queued = reply.queued
+            if queued:
+                break
+            await self.phase_for("waiting to rebalance", 1.0)
+        return queued
 
 
 async def run_demo(config: DemoConfig, *, console: Console | None = None) -> int:

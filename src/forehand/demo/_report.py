@@ -9,7 +9,8 @@ breach times, the timeline of what it did), after the run; nothing is estimated.
 | degrading | SIGUSR1 starts the CPU burner | the burner is stopped |
 | after degrade | the burner stops | SIGKILL |
 | failover | SIGKILL | `failover_window_s` later |
-| after failover | then | the load stops |
+| after failover | then | the rebalance is asked for (the killed server started again first) |
+| rebalance | the rebalance is asked for | the load stops |
 
 A call belongs to the window in which it started. A *predicted handoff* is a handoff whose
 reason came from the manager's risk input (OVERLOAD or PREDICTED_FAILURE); its lead time is the
@@ -17,7 +18,9 @@ degraded server's SLO breach (dated by the probe, `forehand.demo._probe`) minus 
 client completed the move; positive means the part left before the breach. Predicted handoffs
 may run from the degradation until the crash, so a call that started in that span and failed
 fails the demo. The failover time is the time from the SIGKILL until the clients knew a live
-primary for the last of the killed server's primary parts.
+primary for the last of the killed server's primary parts. The rebalance hands the restarted
+server its share by planned handoffs (reason REBALANCE): a call that started while it ran and
+failed fails the demo, and so does a rebalance that queued nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ class Timeline:
     """How long after the SIGKILL counts as the failover window."""
     killed_parts: frozenset[tuple[bytes, str]] = frozenset()
     """(session id, part) of the parts whose primary was the killed server."""
+    restarted_s: float | None = None
+    """The killed server was ACTIVE again (a new incarnation), if it was started again."""
+    rebalanced_s: float | None = None
+    """The rebalance was asked for, if it was."""
+    rebalance_queued: int = 0
+    """Parts the rebalance queued for planned handoffs."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +185,12 @@ class DemoSummary:
     """The degraded server's SLO breach, seconds after the load started."""
     failover: FailoverSummary
     """The crash."""
+    rebalance_parts: int = 0
+    """Parts moved with reason REBALANCE (as the clients completed them)."""
+    rebalance_parts_to_restarted: int = 0
+    """Of those, parts handed to the restarted server."""
+    rebalance_failed: int = 0
+    """Calls that started while the rebalance ran and failed."""
     verification: Verification
     """Acknowledged writes read back."""
     errors: tuple[tuple[str, int], ...]
@@ -192,12 +207,18 @@ class DemoSummary:
 def _windows(timeline: Timeline) -> list[tuple[str, float, float]]:
     t = timeline
     failover_end_s = min(t.killed_s + t.failover_window_s, t.load_stopped_s)
-    return [
+    windows = [
         ("before", t.load_started_s + SETTLING_MARGIN_S, t.degrade_started_s),
         ("degrading", t.degrade_started_s, t.degrade_stopped_s),
         ("after degrade", t.degrade_stopped_s, t.killed_s),
         ("failover", t.killed_s, failover_end_s),
-        ("after failover", failover_end_s, t.load_stopped_s),
+    ]
+    if t.rebalanced_s is None:
+        return [*windows, ("after failover", failover_end_s, t.load_stopped_s)]
+    return [
+        *windows,
+        ("after failover", failover_end_s, t.rebalanced_s),
+        ("rebalance", t.rebalanced_s, t.load_stopped_s),
     ]
 
 
@@ -327,11 +348,23 @@ def summarize(
     )
     breach_at_s = breaches.get(timeline.degraded_server)
     errors = Counter(call.error for call in calls if not call.ok)
+    rebalanced = [group for group in groups if group.reason is ReasonCode.REBALANCE]
+    rebalance_failed = 0
+    if timeline.rebalanced_s is not None:
+        rebalance_failed = sum(
+            1
+            for call in calls
+            if timeline.rebalanced_s <= call.started_s < timeline.load_stopped_s and not call.ok
+        )
     problems = []
     if predicted == 0:
         problems.append("no predicted handoff happened: the risk input never moved a part")
     if predicted_failed:
         problems.append(f"{predicted_failed} request(s) failed while predicted handoffs ran")
+    if timeline.rebalanced_s is not None and timeline.rebalance_queued == 0:
+        problems.append(f"the rebalance queued nothing for the restarted {timeline.killed_server}")
+    if rebalance_failed:
+        problems.append(f"{rebalance_failed} request(s) failed while the rebalance ran")
     if verification.lost:
         problems.append(f"{verification.lost} acknowledged replicated write(s) were lost")
     return DemoSummary(
@@ -343,6 +376,11 @@ def summarize(
         predicted_failed=predicted_failed,
         breach_s=breach_at_s - origin_s if breach_at_s is not None else None,
         failover=_failover(calls, handoffs, timeline),
+        rebalance_parts=sum(group.parts for group in rebalanced),
+        rebalance_parts_to_restarted=sum(
+            group.parts for group in rebalanced if group.target == timeline.killed_server
+        ),
+        rebalance_failed=rebalance_failed,
         verification=verification,
         errors=tuple(errors.most_common(ERRORS_LISTED_MAX)),
         problems=tuple(problems),
@@ -433,6 +471,7 @@ def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -
         f"time), median {_seconds_plain(failover.relocation_s_median)}; "
         f"{failover.parts_answered} of the {failover.parts_called} called since answered; "
         f"{failover.failed_requests} failed request(s) in the failover window",
+        *_rebalance_lines(summary, timeline),
         f"acknowledged writes lost: {verification.lost} of {verification.acknowledged} "
         f"(cart, replicated; {verification.unreadable_sessions} cart(s) unreadable)",
     ]
@@ -445,3 +484,15 @@ def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -
     else:
         for problem in summary.problems:
             console.print(f"[bold red]DEMO FAILED[/]: {problem}")
+
+
+def _rebalance_lines(summary: DemoSummary, timeline: Timeline) -> list[str]:
+    if timeline.restarted_s is None or timeline.rebalanced_s is None:
+        return []
+    origin_s = timeline.load_started_s
+    return [
+        f"{timeline.killed_server} started again at {timeline.restarted_s - origin_s:.1f} s; "
+        f"rebalance: {timeline.rebalance_queued} part(s) queued, {summary.rebalance_parts} seen "
+        f"handed off by the clients ({summary.rebalance_parts_to_restarted} to "
+        f"{timeline.killed_server}); {summary.rebalance_failed} failed request(s) while it ran"
+    ]
