@@ -339,6 +339,7 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         "FailoverAbandoned",
         "PartsLost",
         "PartsUnreplicated",
+        "ServerDeclaredDead",
         "ServersSilent",
         "StateNotEncodable",
     }
@@ -348,6 +349,31 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         r.getMessage().split(" ", 1)[0] for r in caplog.records if r.levelno == logging.WARNING
     }
     assert warned == warnings
+
+
+def test_a_server_dead_while_it_led_parts_is_a_warning_a_drained_one_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A crash fails parts over: WARNING. A server drained, then stopped, leads none: INFO
+    (every deploy would otherwise warn)."""
+    crashed, stopped = (
+        manager_events.ServerDeclaredDead(
+            server_id=server_id,
+            incarnation=1,
+            cause=manager_events.DeathCause.SILENCE,
+            silent_us=2_000_000,
+            primary_parts=parts,
+        )
+        for server_id, parts in (("s3", 219), ("s1", 0))
+    )
+    logger = EventLogger("manager")
+    with caplog.at_level(logging.INFO, logger="forehand.events"):
+        logger(crashed)
+        logger(stopped)
+    assert [(r.levelno, r.getMessage().split()[1]) for r in caplog.records] == [
+        (logging.WARNING, "server_id=s3"),
+        (logging.INFO, "server_id=s1"),
+    ]
 
 
 def _counts(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -101,11 +101,19 @@ NOTABLE_EVENTS = frozenset(
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
 DEBUG (a server's `PrimaryInstalled` too: one per part, tens of thousands in one failover)."""
 WARNING_EVENTS = frozenset(
-    {"FailoverAbandoned", "PartsLost", "PartsUnreplicated", "ServersSilent", "StateNotEncodable"}
+    {
+        "FailoverAbandoned",
+        "PartsLost",
+        "PartsUnreplicated",
+        "ServerDeclaredDead",
+        "ServersSilent",
+        "StateNotEncodable",
+    }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
-or without a replica; every server silent to the manager; an application's state that cannot be
-replicated."""
+or without a replica; a server dead while it led parts (a crash, not a planned stop after a
+drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
+manager; an application's state that cannot be replicated."""
 
 LOGGED_ITEMS_MAX = 8
 """Items of a sequence field an event's log line shows; beyond, the count and the first ones
@@ -156,7 +164,7 @@ class EventLogger:
 
     def __call__(self, event: object) -> None:
         name = type(event).__name__
-        if name in WARNING_EVENTS:
+        if name in WARNING_EVENTS and not _below_warning(event):
             level = logging.WARNING
         else:
             level = logging.INFO if name in NOTABLE_EVENTS else logging.DEBUG
@@ -166,6 +174,12 @@ class EventLogger:
             # JSON logs carry the fields as keys of their own (`forehand.ops.logs`).
             extra = {"fields": {"core_event": name, **values}}
             self._log.log(level, "%s %s", name, text, extra=extra)
+
+
+def _below_warning(event: object) -> bool:
+    """A `WARNING_EVENTS` event that needs no action: a server declared dead while it led no
+    part (drained, then stopped)."""
+    return isinstance(event, manager_events.ServerDeclaredDead) and event.primary_parts == 0
 
 
 def _values(event: object) -> dict[str, object]:
