@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from forehand.core import CoreDriver
+from forehand.core import CoreDriver, NodeId
 from forehand.core._driver import ConnectionCloseRequested
 from forehand.errors import ConfigError
 from forehand.sim import (
@@ -178,6 +178,40 @@ def test_sends_on_a_broken_connection_are_dropped_until_the_notice() -> None:
     # The reset came before the handshake finished, so b never learned of that connection.
     assert recorder(sim, "b").losses() == []
     assert result.counters["send-on-broken-connection"] == 1
+
+
+class _SendsAgainOnLoss(RecorderCore):
+    """Sends a Note (number 9) to the peer as soon as it handles the loss of its connection, as
+    a client re-dials its manager."""
+
+    def receive_message(self, message: object, *, source: NodeId, now_us: int) -> None:
+        super().receive_message(message, source=source, now_us=now_us)
+        if isinstance(message, ConnectionLost):
+            self.send(source, Note(number=9))
+
+
+def test_a_send_after_handling_the_loss_opens_a_new_connection_once_the_peer_is_told() -> None:
+    """An end that handled its notice of a break and sends again while the other end's notice
+    is still on its way: the send opens the next connection once that notice is delivered (a
+    new socket, in a real network). It was dropped as a send on the broken connection, with no
+    notice, and a client waited for its manager's WELCOME for ever (seed 16201118)."""
+    sim = recorder_sim("b", link=Link(delay_us=1_000))
+    sim.add_node("a", lambda start: _SendsAgainOnLoss(start.node_id))
+    send_at(sim, "a", "b", [1], at_us=0)
+
+    def reset() -> None:
+        network = sim._network
+        connection = network._connections[("a", "b")]
+        network.break_connection(connection, sim.now_us, "reset", notify={"a": 0, "b": 50_000})
+
+    sim.call_at(20_000, reset, label="reset, b told later")
+    result = sim.run(until_us=200_000)
+    assert recorder(sim, "b").notes() == [1, 9]
+    messages = recorder(sim, "b").messages()
+    (delivered,) = [item for item in messages if item.message == Note(number=9)]
+    assert delivered.now_us > 70_000  # after b's notice (at 70 ms) and a new handshake
+    assert result.counters.get("send-on-broken-connection", 0) == 0
+    assert result.counters["send-after-break-waits-for-the-peer-notice"] == 1
 
 
 def test_exhausted_retransmissions_break_the_connection() -> None:

@@ -79,6 +79,9 @@ FOUND_SEEDS = {
     "request that had reached it late at a position the new history had already written; the "
     "checker counted it as a second execution on the surviving history "
     "(tests/sim/test_checkers.py)",
+    (ALL_SCENARIO, 16201118): "the simulated network dropped, with no notice, a client's HELLO "
+    "to its manager sent right after it handled a reset of that connection while the manager's "
+    "notice was still due: the client waited for a WELCOME for ever (tests/sim/test_network.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

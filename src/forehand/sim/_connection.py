@@ -53,12 +53,14 @@ class Connection:
         "notified_second",
         "opened_second",
         "pending_notices",
+        "reopening",
         "second",
         "stall_generation",
         "stalled",
         "stalled_from_first",
         "stalled_from_second",
         "state",
+        "told",
     )
 
     def __init__(self, first: NodeId, second: NodeId) -> None:
@@ -76,6 +78,11 @@ class Connection:
         self.stalled: deque[tuple[NodeId, NodeId, object]] = deque()
         self.stalled_from_first = 0
         self.stalled_from_second = 0
+        self.told: set[NodeId] = set()
+        """Ends whose core has handled its notice of the break."""
+        self.reopening: list[tuple[NodeId, NodeId, object]] = []
+        """Sends of an end that had its notice while the other's was still on its way: they
+        open the next connection once this one is forgotten."""
 
     def move_to(self, state: ConnectionState) -> None:
         """Change state along `CONNECTION_TRANSITIONS`, or raise `LocalProtocolError`."""

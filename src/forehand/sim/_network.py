@@ -9,7 +9,7 @@ packet costs retransmission delay; a connection that cannot make progress breaks
 A break loses whatever was in flight in both directions and hands each end that knew of the
 connection a `ConnectionLost`; until an end has had its notice, what it sends on the dead
 connection is dropped (a write on a broken socket), and then its next send opens a new
-connection. A break happens when retransmissions run out, the reset probability fires, a
+connection (once the other end has had its notice too: a send meanwhile waits for it). A break happens when retransmissions run out, the reset probability fires, a
 sender's queue or a receiver's inbox overflows, a send stalls behind a partition (or towards a
 silently dead host) for longer than `connection_timeout_us`, the peer crashes (its kernel resets
 the connection, or it never answers if silent) or the peer restarts. Partitions shorter than the
@@ -157,6 +157,15 @@ class Network:
         if connection is None:
             connection = self._open(source, target)
         elif connection.state is ConnectionState.BROKEN:
+            if source in connection.told:
+                # The sender heard of the break and sends again (a new socket, in a real
+                # network); the other end has not had its notice yet. The send opens the next
+                # connection once this one is forgotten (an instant later: both ends are told
+                # together), rather than being lost with no notice, which left a client dialing
+                # its manager for ever (`forehand sim --seed 16201118`).
+                self._count("send-after-break-waits-for-the-peer-notice")
+                connection.reopening.append((source, target, message))
+                return
             self._count("send-on-broken-connection")
             return
         node = self._nodes.get(target)
@@ -468,13 +477,24 @@ class Network:
         notice = ConnectionLost(peer=peer, reason=reason)
         self._schedule(time_us, _kinds.NOTICE, endpoint, node.incarnation, notice, peer, connection)
 
-    def notice_done(self, connection: Connection | None) -> None:
-        """One end has had (or can no longer have) its notice; forget the connection after all."""
+    def loss_handled(self, node_id: NodeId, peer: NodeId) -> None:
+        """`node_id`'s core takes its notice of the break with `peer` now: what it sends to `peer`
+        from now on is meant for a new connection (a new socket)."""
+        connection = self._connections.get((node_id, peer))
+        if connection is not None and connection.state is ConnectionState.BROKEN:
+            connection.told.add(node_id)
+
+    def notice_done(self, connection: Connection | None, now_us: int) -> None:
+        """One end has had (or can no longer have) its notice; forget the connection after all,
+        and send on a new one what an end that handled its notice sent meanwhile."""
         if connection is None:
             return
         connection.pending_notices -= 1
         if connection.pending_notices <= 0:
             self._forget(connection)
+            reopening, connection.reopening = connection.reopening, []
+            for source, target, message in reopening:
+                self.send(now_us, source, target, message)
 
     def _close(
         self,

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forehand.core import CoreDriver, NodeId
+from forehand.core._driver import ConnectionLost
 from forehand.errors import ConfigError, LocalProtocolError
 from forehand.sim import _kinds
 from forehand.sim._checkers import Checker, InvariantViolated
@@ -560,7 +561,7 @@ class Simulator:
         elif kind == _kinds.TIMER:
             self._timer_due(entry[4], entry[5], entry[0])
         elif kind == _kinds.NOTICE:
-            self._network.notice_done(entry[8])
+            self._network.notice_done(entry[8], self.now_us)
             node = self._nodes.get(entry[4])
             if node is not None and node.incarnation == entry[5]:
                 self._input(node, _kinds.INPUT_MESSAGE, entry[6], entry[7])
@@ -655,6 +656,8 @@ class Simulator:
         now_us = self.now_us
         if kind == _kinds.INPUT_MESSAGE:
             self._trace.pending.append(f"{now_us} m {source} {node.node_id} {payload!r}")
+            if type(payload) is ConnectionLost:
+                self._network.loss_handled(node.node_id, source)
             core.receive_message(payload, source=source, now_us=now_us)
         elif kind == _kinds.INPUT_TIMER:
             node.timer_queued = False
