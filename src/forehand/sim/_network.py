@@ -9,8 +9,9 @@ packet costs retransmission delay; a connection that cannot make progress breaks
 A break loses whatever was in flight in both directions and hands each end that knew of the
 connection a `ConnectionLost`; until an end has had its notice, what it sends on the dead
 connection is dropped (a write on a broken socket), and then its next send opens a new
-connection (once the other end has had its notice too: a send meanwhile waits for it). A break happens when retransmissions run out, the reset probability fires, a
-sender's queue or a receiver's inbox overflows, a send stalls behind a partition (or towards a
+connection (once the other end has had its notice too: a send meanwhile waits for it). A break
+happens when retransmissions run out, the reset probability fires, a sender's queue or a
+receiver's inbox overflows, a send stalls behind a partition (or towards a
 silently dead host) for longer than `connection_timeout_us`, the peer crashes (its kernel resets
 the connection, or it never answers if silent) or the peer restarts. Partitions shorter than the
 timeout only delay traffic. A core's `ConnectionCloseRequested` closes gracefully: what it sent
