@@ -275,9 +275,10 @@ class ClientCore:
         self._opens: dict[int, _PendingOpen] = {}
         self._resumptions: dict[tuple[bytes, NodeId], _Resumption] = {}
         self._parked: dict[tuple[bytes, NodeId], deque[_Resumption]] = {}
-        """HANDOFF resumptions waiting for the RESUME in flight for the same session at the same
-        target (one per key at a time: RESUME_OK and RESUME_REJECT name no request): sent once
-        it is answered. At most one per HANDOFF of a held session."""
+        """HANDOFF resumptions waiting while a RESUME of the same session at the same target is
+        unanswered (one per key at a time: RESUME_OK and RESUME_REJECT name no request): sent
+        once every RESUME there is answered (`_unpark`). At most one per HANDOFF of a held
+        session."""
         self._endpoints: dict[NodeId, Endpoint] = {}
         self._locating: dict[tuple[bytes, str], None] = {}
         self._closing: dict[NodeId, int] = {}
@@ -1274,10 +1275,11 @@ class ClientCore:
     def _on_open_session_refused(
         self, frame: OpenSessionRefused, source: NodeId, now_us: int
     ) -> None:
-        """The manager will not open it: with `retry_after_ms` 0 (a part no server's app
-        declares, a full map) failed at once with the manager's reason; otherwise (the manager
-        busy) sent again after at least that long, within `retry_attempts_max` sends and the
-        open's deadline. Only the manager's counts: opens go to it, and a server naming a
+        """The manager will not open it: with no `retry_after_ms` (a part no server's app
+        declares, a full map, the connection at `client_sessions_max`) failed at once with the
+        manager's reason; otherwise (the manager busy, or no server able to take the parts yet)
+        sent again after at least that long, within `retry_attempts_max` sends and the open's
+        deadline. Only the manager's counts: opens go to it, and a server naming a
         request id would fail an open it never saw."""
         if source != self._config.manager_node_id:
             self._rare("open-refused-by-a-server")

@@ -654,6 +654,7 @@ class ManagerCore:
                 need, target = heapq.heappop(deficits)
                 ref = picks.take(target)
                 if ref is None:
+                    heapq.heappush(deficits, (need, target))  # for the next source
                     break
                 queued += self._orchestrator.request_move(
                     MoveRequest(
