@@ -189,6 +189,10 @@ FAILOVER_ATTEMPTS_MAX = 3
 """A promotion that cannot be built is retried this many times (merged with later deaths)."""
 SESSION_ID_ATTEMPTS_MAX = 4
 """Fresh session ids tried when a new part key collides with an existing one's hash."""
+REBALANCE_TOLERANCE_DEFAULT = 0.1
+"""A rebalance's default tolerance: servers more than 10 % above their share give parts back."""
+REBALANCE_PARTS_MAX_DEFAULT = 10_000
+"""A rebalance's default bound on the parts it queues."""
 REBALANCE_TOLERANCE_MAX = 10.0
 """Largest tolerance a rebalance takes (the operator commands refuse more): a server 10 times
 above its share."""
@@ -603,7 +607,13 @@ class ManagerCore:
         self._advance(now_us)
         return queued
 
-    def rebalance(self, *, tolerance: float = 0.1, parts_max: int = 10_000, now_us: int) -> int:
+    def rebalance(
+        self,
+        *,
+        tolerance: float = REBALANCE_TOLERANCE_DEFAULT,
+        parts_max: int = REBALANCE_PARTS_MAX_DEFAULT,
+        now_us: int,
+    ) -> int:
         """Even out the primaries of the servers taking roles (planned handoffs, reason
         REBALANCE); how many parts were queued.
 

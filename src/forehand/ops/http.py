@@ -65,6 +65,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from forehand.core.manager import REBALANCE_PARTS_MAX_DEFAULT, REBALANCE_TOLERANCE_DEFAULT
 from forehand.errors import ConfigError
 from forehand.ops._bounded_http import HTTPLimits, bounded_protocol
 from forehand.ops.audit import AUDIT_KINDS, AUDIT_OUTCOMES, AUDIT_REASONS
@@ -89,10 +90,6 @@ BODY_BYTES_MAX = 64 * 1024
 """Largest request body the API reads."""
 STREAM_KEEPALIVE_S = 15.0
 """An idle event stream gets a comment line this often, so proxies keep it open."""
-REBALANCE_TOLERANCE_DEFAULT = 0.1
-"""A rebalance's default: servers more than 10 % above their share give parts back."""
-REBALANCE_PARTS_MAX_DEFAULT = 10_000
-"""A rebalance's default bound on the parts it queues."""
 TOKEN_BYTES_MIN = 16
 """Shortest admin token accepted."""
 

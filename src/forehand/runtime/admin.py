@@ -7,8 +7,8 @@ cluster node (mutual TLS, HELLO/WELCOME) and sends one CLUSTER_MESSAGE of kind
 not listed gets ERROR(UNAUTHENTICATED) and its connection closes. The commands map onto the
 manager core's verbs: `Drain` and `Undrain` a server, `MoveSession` (a planned handoff of one
 session's parts), `Rebalance` (even out the servers' primaries), and `Status` (membership and
-map version). An admin HTTP API may later offer
-the same commands; this is the minimal, authenticated path.
+map version). The admin HTTP API (`forehand.ops`) offers them too, behind a token; this path
+needs the cluster CA's certificate instead.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ from pathlib import Path
 import msgspec
 
 from forehand.core import ManagerCore
-from forehand.core.manager import REBALANCE_TOLERANCE_MAX
+from forehand.core.manager import (
+    REBALANCE_PARTS_MAX_DEFAULT,
+    REBALANCE_TOLERANCE_DEFAULT,
+    REBALANCE_TOLERANCE_MAX,
+)
 from forehand.errors import ConfigError
 from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
 from forehand.runtime.transport import ConnectionClosedError, Credentials, TransportError
@@ -81,9 +85,9 @@ class Rebalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Planned handoffs from the servers above their share of the primaries to those below
     (`ManagerCore.rebalance`)."""
 
-    tolerance: float = 0.1
+    tolerance: float = REBALANCE_TOLERANCE_DEFAULT
     """Servers more than this share above theirs give parts back (0 to 10)."""
-    parts_max: int = 10_000
+    parts_max: int = REBALANCE_PARTS_MAX_DEFAULT
     """Most parts queued."""
 
 
