@@ -7,7 +7,7 @@ import math
 import pytest
 
 from forehand.core import CoreDriver, NodeId
-from forehand.core._driver import ConnectionCloseRequested
+from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.errors import ConfigError
 from forehand.sim import (
     ConnectionLost,
@@ -212,6 +212,31 @@ def test_a_send_after_handling_the_loss_opens_a_new_connection_once_the_peer_is_
     assert delivered.now_us > 70_000  # after b's notice (at 70 ms) and a new handshake
     assert result.counters.get("send-on-broken-connection", 0) == 0
     assert result.counters["send-after-break-waits-for-the-peer-notice"] == 1
+
+
+@pytest.mark.parametrize("restarts", [False, True])
+def test_what_a_crashed_end_sent_after_its_notice_is_not_delivered(restarts: bool) -> None:
+    """The end that sent after handling its notice crashes (and restarts) before the other end
+    is told: what it sent died with it, and its new incarnation is not handed a connection it
+    never opened (a second reading found both)."""
+    sim = recorder_sim("b", link=Link(delay_us=1_000))
+    sim.add_node("a", lambda start: _SendsAgainOnLoss(start.node_id))
+    send_at(sim, "a", "b", [1], at_us=0)
+
+    def reset() -> None:
+        network = sim._network
+        connection = network._connections[("a", "b")]
+        network.break_connection(connection, sim.now_us, "reset", notify={"a": 0, "b": 50_000})
+
+    sim.call_at(20_000, reset, label="reset, b told later")
+    sim.call_at(30_000, lambda: sim.crash("a"), label="crash a")
+    if restarts:
+        sim.call_at(40_000, lambda: sim.restart("a"), label="restart a")
+    sim.run(until_us=200_000)
+    assert recorder(sim, "b").notes() == [1]
+    if restarts:
+        received = recorder(sim, "a").received
+        assert not any(isinstance(item.message, ConnectionOpened) for item in received)
 
 
 def test_exhausted_retransmissions_break_the_connection() -> None:

@@ -2133,13 +2133,11 @@ class ClientCore:
                     self._abandon(resumption, "RESUME timed out", 0, now_us)
                 else:
                     kept.append(resumption)
-            if kept and key not in self._resumptions and not self._resume_kinds.get(key):
-                # Sent now, it makes the key busy: the others park again behind it.
-                following = kept.popleft()
-                if kept:
-                    self._parked[key] = kept
-                self._try_target(following, now_us)
-            elif kept:
+            while kept and key not in self._resumptions and not self._resume_kinds.get(key):
+                # Sent, it makes the key busy and the others park again behind it; not sent (no
+                # connection there), it went on to its next target and the next one may go.
+                self._try_target(kept.popleft(), now_us)
+            if kept:
                 self._parked.setdefault(key, deque()).extend(kept)
 
     def _pending_resumptions(self) -> list[tuple[tuple[bytes, NodeId], _Resumption]]:

@@ -45,6 +45,7 @@ class Connection:
     """One connection between two nodes, shared by both directions."""
 
     __slots__ = (
+        "delivered",
         "first",
         "from_first",
         "from_second",
@@ -78,11 +79,14 @@ class Connection:
         self.stalled: deque[tuple[NodeId, NodeId, object]] = deque()
         self.stalled_from_first = 0
         self.stalled_from_second = 0
+        self.delivered: set[NodeId] = set()
+        """Ends whose notice of the break has reached their inbox."""
         self.told: set[NodeId] = set()
         """Ends whose core has handled its notice of the break."""
-        self.reopening: list[tuple[NodeId, NodeId, object]] = []
-        """Sends of an end that had its notice while the other's was still on its way: they
-        open the next connection once this one is forgotten."""
+        self.reopening: list[tuple[NodeId, int, NodeId, object]] = []
+        """(source, its incarnation, target, message) of the sends of an end that handled its
+        notice while the other's was still on its way: they open the next connection once this
+        one is forgotten, unless their sender crashed or restarted meanwhile."""
 
     def move_to(self, state: ConnectionState) -> None:
         """Change state along `CONNECTION_TRANSITIONS`, or raise `LocalProtocolError`."""

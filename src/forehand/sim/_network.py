@@ -165,7 +165,8 @@ class Network:
                 # together), rather than being lost with no notice, which left a client dialing
                 # its manager for ever (`forehand sim --seed 16201118`).
                 self._count("send-after-break-waits-for-the-peer-notice")
-                connection.reopening.append((source, target, message))
+                incarnation = self._nodes[source].incarnation
+                connection.reopening.append((source, incarnation, target, message))
                 return
             self._count("send-on-broken-connection")
             return
@@ -480,21 +481,33 @@ class Network:
 
     def loss_handled(self, node_id: NodeId, peer: NodeId) -> None:
         """`node_id`'s core takes its notice of the break with `peer` now: what it sends to `peer`
-        from now on is meant for a new connection (a new socket)."""
+        from now on is meant for a new connection (a new socket). Only a connection whose notice
+        reached `node_id` counts (a later one to the same peer may have broken meanwhile)."""
         connection = self._connections.get((node_id, peer))
-        if connection is not None and connection.state is ConnectionState.BROKEN:
+        if (
+            connection is not None
+            and connection.state is ConnectionState.BROKEN
+            and node_id in connection.delivered
+        ):
             connection.told.add(node_id)
 
-    def notice_done(self, connection: Connection | None, now_us: int) -> None:
+    def notice_done(self, connection: Connection | None, endpoint: NodeId, now_us: int) -> None:
         """One end has had (or can no longer have) its notice; forget the connection after all,
-        and send on a new one what an end that handled its notice sent meanwhile."""
+        and send on a new one what an end that handled its notice sent meanwhile, if that end
+        is still the same live process."""
         if connection is None:
             return
+        connection.delivered.add(endpoint)
         connection.pending_notices -= 1
         if connection.pending_notices <= 0:
             self._forget(connection)
             reopening, connection.reopening = connection.reopening, []
-            for source, target, message in reopening:
+            for source, incarnation, target, message in reopening:
+                node = self._nodes.get(source)
+                if node is None or node.state is NodeState.CRASHED:
+                    continue
+                if node.incarnation != incarnation:
+                    continue
                 self.send(now_us, source, target, message)
 
     def _close(

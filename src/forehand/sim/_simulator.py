@@ -561,7 +561,7 @@ class Simulator:
         elif kind == _kinds.TIMER:
             self._timer_due(entry[4], entry[5], entry[0])
         elif kind == _kinds.NOTICE:
-            self._network.notice_done(entry[8], self.now_us)
+            self._network.notice_done(entry[8], entry[4], self.now_us)
             node = self._nodes.get(entry[4])
             if node is not None and node.incarnation == entry[5]:
                 self._input(node, _kinds.INPUT_MESSAGE, entry[6], entry[7])
