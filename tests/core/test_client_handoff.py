@@ -529,6 +529,30 @@ def test_handoff_moving_several_parts_resumes_them_together() -> None:
     assert h.client.route(session, "cart").primary == "s3"
 
 
+def second_handoff_waiting(
+    h: Harness,
+    session: bytes,
+    *,
+    first: tuple[tuple[str, ...], int] = (("s3",), 1_000),
+    second_deadline_ms: int = 1_000,
+) -> None:
+    """HANDOFF auth to `first`'s targets (RESUME to s3 taken, unanswered), then HANDOFF cart to
+    s3 (map version 7), which waits."""
+    targets, deadline_ms = first
+    h.feed("s1", handoff(session, parts=("auth",), targets=targets, deadline_ms=deadline_ms))
+    h.welcome("s3")
+    h.take(Resume, "s3")
+    second = handoff(
+        session,
+        parts=("cart",),
+        sequence=2,
+        map_version=7,
+        targets=("s3",),
+        deadline_ms=second_deadline_ms,
+    )
+    h.feed("s1", second)
+
+
 def test_a_second_handoff_to_the_same_target_waits_for_the_first_resume() -> None:
     """A drain moves a session's parts in two batches to the same target: the second HANDOFF
     comes while the first RESUME is unanswered. RESUME answers name no request, so the second
@@ -561,10 +585,7 @@ def test_a_waiting_handoff_a_newer_one_takes_over_is_declined() -> None:
     it is declined at once (no RESUME for it ever goes), and the newer one completes."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
-    h.welcome("s3")
-    h.take(Resume, "s3")
-    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    second_handoff_waiting(h, session)
     h.feed("s1", handoff(session, parts=("cart",), sequence=3, map_version=8, targets=("s2",)))
     h.welcome("s2")
     assert [r.parts for r in h.take(Resume, "s2")] == [("cart",)]
@@ -585,15 +606,7 @@ def test_a_waiting_handoff_past_its_deadline_is_abandoned_when_its_turn_comes() 
     passed by then, so it is abandoned to the manager with the first."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",), deadline_ms=500))
-    h.welcome("s3")
-    h.take(Resume, "s3")
-    h.feed(
-        "s1",
-        handoff(
-            session, parts=("cart",), sequence=2, map_version=7, targets=("s3",), deadline_ms=300
-        ),
-    )
+    second_handoff_waiting(h, session, first=(("s3",), 500), second_deadline_ms=300)
     h.advance(ms=600)
     assert sorted(e.parts for e in h.of(HandoffAbandoned)) == [("auth",), ("cart",)]
     assert h.take(Resume, "s3") == []
@@ -606,10 +619,7 @@ def test_a_waiting_handoff_waits_for_the_answer_of_a_resume_superseded_meanwhile
     was abandoned and an empty move reported)."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
-    h.welcome("s3")
-    h.take(Resume, "s3")
-    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    second_handoff_waiting(h, session)
     h.feed("s1", handoff(session, parts=("auth",), sequence=3, map_version=8, targets=("s2",)))
     assert h.take(Resume, "s3") == []
     h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
@@ -625,15 +635,7 @@ def test_a_waiting_handoff_behind_a_timed_out_resume_waits_for_its_late_answer()
     owed at the first, so the waiting HANDOFF there waits for it, then resumes."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, parts=("auth",), targets=("s3", "s2"), deadline_ms=5_000))
-    h.welcome("s3")
-    h.take(Resume, "s3")
-    h.feed(
-        "s1",
-        handoff(
-            session, parts=("cart",), sequence=2, map_version=7, targets=("s3",), deadline_ms=5_000
-        ),
-    )
+    second_handoff_waiting(h, session, first=(("s3", "s2"), 5_000), second_deadline_ms=5_000)
     h.advance(ms=2_001)
     assert h.take(Resume, "s3") == []
     h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
@@ -649,10 +651,7 @@ def test_a_waiting_handoff_behind_an_emptied_one_goes_at_once() -> None:
     deadline, before)."""
     h = Harness()
     session = session_on_s1(h)
-    h.feed("s1", handoff(session, parts=("auth",), targets=("s3",)))
-    h.welcome("s3")
-    h.take(Resume, "s3")
-    h.feed("s1", handoff(session, parts=("cart",), sequence=2, map_version=7, targets=("s3",)))
+    second_handoff_waiting(h, session)
     h.feed("s1", handoff(session, parts=("cart",), sequence=3, map_version=8, targets=("s3",)))
     h.feed("s3", ResumeOk(session_id=session, parts=("auth",), map_version=6))
     (resume,) = h.take(Resume, "s3")

@@ -16,6 +16,7 @@ from forehand.sim import (
     PartitionDirection,
     Ramp,
     RampShape,
+    Simulator,
     Transport,
 )
 
@@ -190,11 +191,9 @@ class _SendsAgainOnLoss(RecorderCore):
             self.send(source, Note(number=9))
 
 
-def test_a_send_after_handling_the_loss_opens_a_new_connection_once_the_peer_is_told() -> None:
-    """An end that handled its notice of a break and sends again while the other end's notice
-    is still on its way: the send opens the next connection once that notice is delivered (a
-    new socket, in a real network). It was dropped as a send on the broken connection, with no
-    notice, and a client waited for its manager's WELCOME for ever (seed 16201118)."""
+def _reset_with_b_told_later() -> Simulator:
+    """a sends b Note 1; at 20 ms their connection breaks, a told at once (it sends Note 9 as it
+    handles the loss), b 50 ms later."""
     sim = recorder_sim("b", link=Link(delay_us=1_000))
     sim.add_node("a", lambda start: _SendsAgainOnLoss(start.node_id))
     send_at(sim, "a", "b", [1], at_us=0)
@@ -205,6 +204,15 @@ def test_a_send_after_handling_the_loss_opens_a_new_connection_once_the_peer_is_
         network.break_connection(connection, sim.now_us, "reset", notify={"a": 0, "b": 50_000})
 
     sim.call_at(20_000, reset, label="reset, b told later")
+    return sim
+
+
+def test_a_send_after_handling_the_loss_opens_a_new_connection_once_the_peer_is_told() -> None:
+    """An end that handled its notice of a break and sends again while the other end's notice
+    is still on its way: the send opens the next connection once that notice is delivered (a
+    new socket, in a real network). It was dropped as a send on the broken connection, with no
+    notice, and a client waited for its manager's WELCOME for ever (seed 16201118)."""
+    sim = _reset_with_b_told_later()
     result = sim.run(until_us=200_000)
     assert recorder(sim, "b").notes() == [1, 9]
     messages = recorder(sim, "b").messages()
@@ -219,16 +227,7 @@ def test_what_a_crashed_end_sent_after_its_notice_is_not_delivered(restarts: boo
     """The end that sent after handling its notice crashes (and restarts) before the other end
     is told: what it sent died with it, and its new incarnation is not handed a connection it
     never opened (a second reading found both)."""
-    sim = recorder_sim("b", link=Link(delay_us=1_000))
-    sim.add_node("a", lambda start: _SendsAgainOnLoss(start.node_id))
-    send_at(sim, "a", "b", [1], at_us=0)
-
-    def reset() -> None:
-        network = sim._network
-        connection = network._connections[("a", "b")]
-        network.break_connection(connection, sim.now_us, "reset", notify={"a": 0, "b": 50_000})
-
-    sim.call_at(20_000, reset, label="reset, b told later")
+    sim = _reset_with_b_told_later()
     sim.call_at(30_000, lambda: sim.crash("a"), label="crash a")
     if restarts:
         sim.call_at(40_000, lambda: sim.restart("a"), label="restart a")
