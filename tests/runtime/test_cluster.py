@@ -66,6 +66,8 @@ else:
     from _cluster import SERVERS, CartLoad, Cluster, eventually, make_certs, run_async
 
 PARTS = ["auth", "cart", "feature/video"]
+READS = (("auth", "whoami"), ("cart", "list"), ("feature/video", "position"))
+"""A read-only operation of each part."""
 HandoffKind = forehand.HandoffEventKind
 
 
@@ -465,7 +467,8 @@ def test_rebalance_gives_an_undrained_server_its_share_under_load(cluster: Clust
 
             # New sessions are not placed on a DRAINING server.
             await eventually(draining, what=f"{drained} draining in the map")
-            sessions = [await client.open_session(parts=PARTS) for _ in range(10)]
+            # Most of the cluster's parts, so that the rebalance moves some of these.
+            sessions = [await client.open_session(parts=PARTS) for _ in range(30)]
             assert (await cluster.admin(Undrain(server_id=drained))).ok
             await cluster.wait_active(SERVERS)
             before = sum(p.primary == drained for s in sessions for p in s.placements().values())
@@ -476,7 +479,11 @@ def test_rebalance_gives_an_undrained_server_its_share_under_load(cluster: Clust
                 reply = await cluster.admin(Rebalance())
                 assert reply.ok and reply.queued > 0, reply.detail
 
-                def gained() -> bool:
+                async def gained() -> bool:
+                    # An idle session's client hears of a move at its next call (a REDIRECT).
+                    await asyncio.gather(
+                        *(s.call(part, op) for s in sessions[1:] for part, op in READS)
+                    )
                     placed = [p for s in sessions for p in s.placements().values()]
                     return sum(p.primary == drained for p in placed) > before
 
