@@ -3087,6 +3087,15 @@ def _check_declared_parts(parts: tuple[str, ...]) -> None:
         check_part_name(part)
 
 
+def rebalance_problem(tolerance: float, parts_max: int) -> str | None:
+    """Why an operator's rebalance cannot run as asked (said to the operator), or None."""
+    if not 0.0 <= tolerance <= REBALANCE_TOLERANCE_MAX:
+        return f"tolerance must be in [0, {REBALANCE_TOLERANCE_MAX}], got {tolerance}"
+    if parts_max < 1:
+        return f"parts_max must be at least 1, got {parts_max}"
+    return None
+
+
 class _RebalancePicks:
     """The parts one source gives in a rebalance: for each target a part it holds a replica
     of when there is one, else the next of the sample; each part at most once."""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from forehand.core import ManagerCore, manager_events
-from forehand.core.manager import REBALANCE_TOLERANCE_MAX
+from forehand.core.manager import rebalance_problem
 from forehand.core.messages import PartRef
 from forehand.errors import ConfigError
 from forehand.ops.audit import AuditLog, AuditRecord, part_name
@@ -367,12 +367,9 @@ class OpsHub:
     def rebalance(self, *, tolerance: float, parts_max: int) -> int:
         """Queue planned handoffs evening out the servers' primaries; parts queued (0 when they
         are within `tolerance` of their shares already)."""
-        if not (0.0 <= tolerance <= REBALANCE_TOLERANCE_MAX):
-            raise OpsError(
-                400, "bad_tolerance", f"tolerance must be in [0, {REBALANCE_TOLERANCE_MAX}]"
-            )
-        if parts_max < 1:
-            raise OpsError(400, "bad_parts_max", "parts_max must be at least 1")
+        problem = rebalance_problem(tolerance, parts_max)
+        if problem is not None:
+            raise OpsError(400, "bad_" + problem.split(" ", 1)[0], problem)
         queued: int = self.driver.command(
             lambda core, now_us: core.rebalance(
                 tolerance=tolerance, parts_max=parts_max, now_us=now_us

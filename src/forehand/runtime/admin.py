@@ -22,7 +22,7 @@ from forehand.core import ManagerCore
 from forehand.core.manager import (
     REBALANCE_PARTS_MAX_DEFAULT,
     REBALANCE_TOLERANCE_DEFAULT,
-    REBALANCE_TOLERANCE_MAX,
+    rebalance_problem,
 )
 from forehand.errors import ConfigError
 from forehand.runtime.node import ADMIN_MESSAGE_KIND, NodeDriver
@@ -173,11 +173,7 @@ def _problem(core: ManagerCore, request: AdminRequest) -> str | None:
             return f"no server {_shown(request.server_id)} in the cluster"
         return None
     if isinstance(request, Rebalance):
-        if not 0.0 <= request.tolerance <= REBALANCE_TOLERANCE_MAX:
-            return f"tolerance must be in [0, {REBALANCE_TOLERANCE_MAX}], got {request.tolerance}"
-        if request.parts_max < 1:
-            return f"parts_max must be at least 1, got {request.parts_max}"
-        return None
+        return rebalance_problem(request.tolerance, request.parts_max)
     if not isinstance(request, MoveSession):
         return None
     if len(request.session_id) != SESSION_ID_BYTES:
