@@ -316,16 +316,19 @@ def handoff(
 def rebalance(
     *,
     tolerance: float = typer.Option(
-        0.1, min=0.0, max=10.0, help="Servers more than this share above theirs give parts back."
+        0.1,
+        min=0.0,
+        max=10.0,
+        help="Servers more than this share above theirs give parts, those below take them.",
     ),
     parts_max: int = typer.Option(10_000, min=1, help="Most parts one rebalance queues."),
     url: str = _URL,
     token: str | None = _TOKEN,
     timeout_s: float = _TIMEOUT,
 ) -> None:
-    """Even out the servers' primaries: planned handoffs (reason rebalance) from servers above
-    their share to those below, e.g. to a server back from a restart, which gets no existing
-    parts by itself."""
+    """Even out the servers' primaries now: planned handoffs (reason rebalance) from servers
+    above their share to those below, e.g. to a server back from a restart (the manager does it
+    by itself once the cluster settled, `rebalance_interval_ms`)."""
     body = {"tolerance": tolerance, "parts_max": parts_max}
     answer = _call(url, "POST", "/api/rebalance", json=body, token=token, timeout_s=timeout_s)
     queued = answer["queued"]

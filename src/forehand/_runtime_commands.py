@@ -411,7 +411,10 @@ def admin_move(
 @admin_app.command("rebalance")
 def admin_rebalance(
     tolerance: float = typer.Option(
-        0.1, min=0.0, max=10.0, help="Servers more than this share above theirs give parts back."
+        0.1,
+        min=0.0,
+        max=10.0,
+        help="Servers more than this share above theirs give parts, those below take them.",
     ),
     parts_max: int = typer.Option(10_000, min=1, help="Most parts one rebalance queues."),
     manager_address: str = _MANAGER,
@@ -419,7 +422,8 @@ def admin_rebalance(
     node: str = _ADMIN_NODE,
 ) -> None:
     """Even out the servers' primaries with planned handoffs (reason rebalance), e.g. after a
-    server came back from a restart: it gets no existing parts by itself."""
+    server came back from a restart, at once (the manager does it by itself once the cluster
+    settled, `rebalance_interval_ms`)."""
     from forehand.runtime.admin import Rebalance
 
     _admin(manager_address, certs_dir, node, Rebalance(tolerance=tolerance, parts_max=parts_max))

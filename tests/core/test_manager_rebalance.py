@@ -6,8 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from forehand.core._manager_events import HandoffStarted
+import pytest
+
+from forehand.core._manager_config import ManagerConfig
+from forehand.core._manager_events import DrainProgressed, HandoffStarted, RebalanceQueued
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, ServerAnnounced
+from forehand.errors import ConfigError
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
@@ -21,7 +25,9 @@ SESSIONS = 60
 
 
 def unbalanced(**overrides: Any) -> ManagerHarness:
-    """Three servers with 60 one-part sessions, then a fourth server, far below its share."""
+    """Three servers with 60 one-part sessions, then a fourth server, far below its share.
+    Automatic rebalances are off unless asked for (the tests of the command ask themselves)."""
+    overrides.setdefault("rebalance_interval_ms", 0)
     harness = ManagerHarness(**overrides)
     harness.join(*FIRST)
     harness.tick(300, alive=FIRST)
@@ -33,14 +39,17 @@ def unbalanced(**overrides: Any) -> ManagerHarness:
     return harness
 
 
-def complete_handoffs(harness: ManagerHarness) -> list[HandoffAssigned]:
+def complete_handoffs(
+    harness: ManagerHarness, servers: tuple[str, ...] = SERVERS
+) -> list[HandoffAssigned]:
     """Play the servers' side of every handoff assigned until none is left; all assigned."""
     done: list[HandoffAssigned] = []
     for _ in range(200):
         assigned = {
-            a.handoff_id: a for server in SERVERS for a in harness.take(server, HandoffAssigned)
+            a.handoff_id: a for server in servers for a in harness.take(server, HandoffAssigned)
         }
-        if not assigned and not harness.manager.orchestrator.handoffs():
+        orchestrator = harness.manager.orchestrator
+        if not assigned and not orchestrator.handoffs() and not orchestrator.queued_moves:
             return done
         for handoff in assigned.values():
             for by in (handoff.target, handoff.source):
@@ -49,7 +58,7 @@ def complete_handoffs(harness: ManagerHarness) -> list[HandoffAssigned]:
                 )
                 harness.router.send(by, MANAGER, message)
             done.append(handoff)
-        harness.tick(200, alive=SERVERS)
+        harness.tick(200, alive=servers)
     raise AssertionError("handoffs still running")
 
 
@@ -140,3 +149,139 @@ def test_a_small_server_a_little_over_its_share_does_not_stop_the_others() -> No
     assert queued == 10, loads
     moved = complete_handoffs(harness)
     assert {a.target for a in moved} == {"s4"} and "s1" not in {a.source for a in moved}
+
+
+def test_a_server_far_below_its_share_is_filled_from_many_a_little_over() -> None:
+    """Twelve servers, then a thirteenth: none of the twelve is over its share by the tolerance
+    (they hold 13/12 of it on average), but the new one is far below its own, so it is filled
+    up to its share from the servers with the most to spare (before, nothing moved: no source
+    was over the tolerance, and a large fleet's restarted server stayed empty)."""
+    first = tuple(f"s{i}" for i in range(1, 13))
+    fleet = (*first, "s13")
+    harness = ManagerHarness(rebalance_interval_ms=0)
+    harness.join(*first)
+    harness.tick(300, alive=first)
+    for _ in range(156):
+        assert harness.open_session(("auth",)) is not None
+    harness.join("s13")
+    harness.tick(300, alive=fleet)
+    loads = harness.map.primary_loads()
+    share = 156 / 13
+    assert loads["s13"] < share * 0.5, loads
+    assert max(loads[s] for s in first) < share * 1.5, loads  # no source over the tolerance
+    queued = harness.manager.rebalance(tolerance=0.5, now_us=harness.router.now_us)
+    assert queued == 12 - loads["s13"], loads
+    moved = complete_handoffs(harness, fleet)
+    assert {a.target for a in moved} == {"s13"}
+    after = harness.map.primary_loads()
+    assert after["s13"] == 12
+    # Those that gave kept their share (12); those below it but within the tolerance were
+    # left alone (only the server far below its share is filled).
+    givers = {a.source for a in moved}
+    assert givers and min(after[s] for s in givers) >= 12, after
+    assert all(after[s] == loads[s] for s in first if loads[s] <= 12), (loads, after)
+    assert harness.manager.rebalance(tolerance=0.5, now_us=harness.router.now_us) == 0
+
+
+def test_the_manager_rebalances_a_settled_cluster_by_itself() -> None:
+    """`rebalance_interval_ms`: a check finds the new server far below its share; the next
+    check, with nothing changed in between, queues the rebalance and says so."""
+    harness = unbalanced(rebalance_interval_ms=1_000)
+    assert harness.events(RebalanceQueued) == []
+    harness.tick(2_500, alive=SERVERS)
+    rebalances = harness.events(RebalanceQueued)
+    assert len(rebalances) == 1 and rebalances[0].parts > 0, rebalances
+    assert rebalances[0].tolerance == harness.config.rebalance_tolerance
+    moved = complete_handoffs(harness)
+    assert {(a.target, ReasonCode(a.reason)) for a in moved} == {("s4", ReasonCode.REBALANCE)}
+    assert len(harness.primaries("s4")) == SESSIONS // 4
+    # Even now: later checks queue nothing.
+    harness.tick(5_000, alive=SERVERS)
+    assert harness.events(RebalanceQueued) == rebalances
+
+
+def test_no_automatic_rebalance_when_turned_off_or_within_tolerance() -> None:
+    off = unbalanced(rebalance_interval_ms=0)
+    off.tick(5_000, alive=SERVERS)
+    assert off.events(RebalanceQueued) == []
+    assert not off.manager.orchestrator.handoffs()
+    loose = unbalanced(rebalance_interval_ms=1_000, rebalance_tolerance=1.0)
+    loose.tick(5_000, alive=SERVERS)
+    assert loose.events(RebalanceQueued) == []
+
+
+def test_no_automatic_rebalance_while_a_drain_runs() -> None:
+    """The drain's moves complete as they come, with checks between them: none rebalances
+    while the drain is under way; once it finished (its server holds nothing and stays
+    DRAINING), the new server below its share is filled from the two others."""
+    harness = unbalanced(rebalance_interval_ms=1_000)
+    assert harness.manager.drain("s1", now_us=harness.router.now_us)
+    for _ in range(6):
+        harness.tick(1_000, alive=SERVERS)
+        complete_handoffs(harness)
+    assert harness.primaries("s1") == []
+    events = harness.router.events[MANAGER]
+    finished = [i for i, e in enumerate(events) if isinstance(e, DrainProgressed) and e.finished]
+    rebalanced = [i for i, e in enumerate(events) if isinstance(e, RebalanceQueued)]
+    assert finished and rebalanced, (finished, rebalanced)
+    assert rebalanced[0] > finished[0]
+    complete_handoffs(harness)
+    assert harness.primaries("s1") == []
+    assert len(harness.primaries("s4")) == SESSIONS // 3
+
+
+def test_an_automatic_rebalance_waits_for_the_servers_to_settle() -> None:
+    """A server that restarts again and again (a new incarnation before every check) is not a
+    settled cluster; once it stays up for two checks, the rebalance comes."""
+    harness = unbalanced(rebalance_interval_ms=1_000)
+    for incarnation in range(2, 8):
+        harness.announce("s4", incarnation=incarnation)
+        harness.tick(700, alive=SERVERS)
+        complete_handoffs(harness)
+    assert harness.events(RebalanceQueued) == []
+    harness.tick(2_500, alive=SERVERS)
+    rebalances = harness.events(RebalanceQueued)
+    assert len(rebalances) == 1, rebalances
+    complete_handoffs(harness)
+    assert len(harness.primaries("s4")) == SESSIONS // 4
+
+
+def test_a_server_the_risk_policy_emptied_waits_before_it_receives() -> None:
+    """Parts the risk policy moved off a server do not come back by an automatic rebalance
+    within `rebalance_after_risk_ms` (a ping-pong should its fault return); after it, the
+    server gets its share again. An operator's rebalance does not wait."""
+    harness = unbalanced(rebalance_interval_ms=1_000, rebalance_after_risk_ms=6_000)
+    complete_handoffs(harness)
+    assert harness.manager.rebalance(now_us=harness.router.now_us) > 0
+    complete_handoffs(harness)
+    assert len(harness.primaries("s1")) == SESSIONS // 4
+    queued = harness.manager.request_handoff(
+        "s1", reason=ReasonCode.OVERLOAD, parts_fraction=1.0, now_us=harness.router.now_us
+    )
+    assert queued == SESSIONS // 4
+    complete_handoffs(harness)
+    assert harness.primaries("s1") == []
+    before = len(harness.events(RebalanceQueued))
+    harness.tick(4_000, alive=SERVERS)
+    assert len(harness.events(RebalanceQueued)) == before
+    assert harness.primaries("s1") == []
+    harness.tick(4_000, alive=SERVERS)
+    assert len(harness.events(RebalanceQueued)) == before + 1
+    complete_handoffs(harness)
+    assert len(harness.primaries("s1")) == SESSIONS // 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "rule"),
+    [
+        ({"rebalance_tolerance": 10.5}, "rebalance_tolerance must be at most 10.0"),
+        ({"rebalance_tolerance": -0.1}, "rebalance_tolerance must be positive"),
+        ({"rebalance_parts_max": 0}, "rebalance_parts_max must be positive"),
+        ({"rebalance_interval_ms": -1}, "rebalance_interval_ms must be positive"),
+    ],
+)
+def test_bad_rebalance_settings_are_refused(overrides: dict[str, Any], rule: str) -> None:
+    with pytest.raises(ConfigError, match=rule):
+        ManagerConfig(**overrides)
+    # 0 turns the automatic rebalance off, and a tolerance of 0 is any part off the share.
+    ManagerConfig(rebalance_interval_ms=0, rebalance_tolerance=0.0)

@@ -21,6 +21,9 @@ SESSION_PARTS_MAX = 64
 """Most parts one session may open with (the wire's `parts_max` default)."""
 RISK_MODELS = ("logistic", "rule", "tree")
 """The predictor heads `risk_model` may name (`forehand.predict.MODEL_REGISTRY`)."""
+REBALANCE_TOLERANCE_MAX = 10.0
+"""Largest tolerance a rebalance takes (the operator commands and `rebalance_tolerance` refuse
+more): a server 10 times over its share is far beyond any sensible trigger."""
 
 
 class FailureDetectorKind(enum.Enum):
@@ -155,6 +158,23 @@ class ManagerConfig:
     """Random pause, up to this long, between two handoff batches, so moves do not stampede."""
     target_cpu_utilization_max: float = 0.75
     """A handoff target must report CPU utilization below this (headroom)."""
+    rebalance_interval_ms: int = 60_000
+    """How often the manager checks that the servers' primaries are even, and rebalances them
+    when they are not (`ManagerCore.rebalance`: planned handoffs, reason REBALANCE): a server
+    that restarted, or that the risk policy or a drain emptied and that came back, gets its
+    share of the existing sessions again. It rebalances only a settled cluster: the servers,
+    their states and incarnations and the risk policy's blocks the same as at the check before,
+    no failover, drain or risk drain under way, and no move queued or running. 0: only when an
+    operator asks (`forehand rebalance`)."""
+    rebalance_tolerance: float = 0.2
+    """An automatic rebalance runs when a server's primaries are more than this share above or
+    below its weighted share (0.2: 20 %)."""
+    rebalance_parts_max: int = 1_000
+    """Most parts one automatic rebalance queues; the next check, once they moved, goes on."""
+    rebalance_after_risk_ms: int = 600_000
+    """A server the risk policy moved parts off receives nothing from an automatic rebalance
+    for this long after (the parts would come back to it, a ping-pong, if its fault returned);
+    an operator's rebalance does not wait."""
     target_lag_entries_max: int = 64
     """A replica counts as up to date when it trails the primary by at most this many entries."""
     overload_threshold: float = 0.9
@@ -341,6 +361,10 @@ class ManagerConfig:
                 "valid up to 1.5 lifetimes after the last one the manager counted, and a shorter "
                 "expiry would close that session while its client holds a valid credential"
             )
+        if self.rebalance_tolerance > REBALANCE_TOLERANCE_MAX:
+            raise ConfigError(
+                f"ManagerConfig.rebalance_tolerance must be at most {REBALANCE_TOLERANCE_MAX}"
+            )
         if self.session_parts_max > SESSION_PARTS_MAX or self.handoff_parts_max > SESSION_PARTS_MAX:
             raise ConfigError(
                 f"ManagerConfig parts bounds must not exceed the wire's {SESSION_PARTS_MAX}"
@@ -399,6 +423,9 @@ _ZERO_ALLOWED = frozenset(
         "handoff_plan_interval_ms",
         "map_history_deltas_max",
         "map_request_hold_ms",
+        "rebalance_interval_ms",
+        "rebalance_tolerance",
+        "rebalance_after_risk_ms",
     }
 )
 """Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

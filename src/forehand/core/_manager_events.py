@@ -35,6 +35,7 @@ __all__ = [
     "PartPromoted",
     "PartsLost",
     "PartsUnreplicated",
+    "RebalanceQueued",
     "MovesDropped",
     "ReplicaPosition",
     "RiskAssessed",
@@ -417,6 +418,19 @@ class DrainProgressed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RebalanceQueued:
+    """The manager's periodic check found the servers' primaries uneven and queued planned
+    handoffs (reason REBALANCE) to even them out (`ManagerConfig.rebalance_interval_ms`)."""
+
+    parts: int
+    """Parts queued."""
+    tolerance: float
+    """The check's `rebalance_tolerance`: some server was further than this from its share."""
+    map_version: int
+    """The map version the rebalance was computed on."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RiskFlagged:
     """The risk policy decided to move parts off a server; logged with its inputs."""
 
@@ -573,6 +587,7 @@ ManagerEvent = (
     | PartsLost
     | PartsUnreplicated
     | DrainProgressed
+    | RebalanceQueued
     | RiskFlagged
     | RiskAssessed
     | SessionRegistered

@@ -51,7 +51,7 @@ from forehand.core._manager_commits import (
     Outcome,
     Rejected,
 )
-from forehand.core._manager_config import ManagerConfig
+from forehand.core._manager_config import REBALANCE_TOLERANCE_MAX, ManagerConfig
 from forehand.core._manager_events import (
     CredentialRefused,
     DeathCause,
@@ -74,6 +74,7 @@ from forehand.core._manager_events import (
     PartsLost,
     PartsUnreplicated,
     PeerRefused,
+    RebalanceQueued,
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
@@ -193,9 +194,6 @@ REBALANCE_TOLERANCE_DEFAULT = 0.1
 """A rebalance's default tolerance: servers more than 10 % above their share give parts back."""
 REBALANCE_PARTS_MAX_DEFAULT = 10_000
 """A rebalance's default bound on the parts it queues."""
-REBALANCE_TOLERANCE_MAX = 10.0
-"""Largest tolerance a rebalance takes (the operator commands refuse more): a server 10 times
-above its share."""
 REBALANCE_SAMPLE_FACTOR = 4
 """A rebalance looks at this many times the parts it moves off a server (at random) for those
 whose target already holds a replica."""
@@ -352,6 +350,7 @@ class ManagerCore:
         self._silence_reported = False
         """A `ServersSilent` was emitted for the deaths held now."""
         self._membership_known = False
+        self._auto = _AutoRebalance(due_us=now_us + config.rebalance_interval_ms * 1000)
         self.target_candidates_examined = 0
         """Servers examined as handoff targets beyond the parts' replicas, over the run (each
         move at most `handoff_target_candidates_max` per planning pass)."""
@@ -431,6 +430,8 @@ class ManagerCore:
         expiry_due_us = self._expiry.due_us()
         if expiry_due_us is not None and now_us >= expiry_due_us and self.shard_map is not None:
             self._sweep_expiry(now_us)
+        if self._config.rebalance_interval_ms and now_us >= self._auto.due_us:
+            self._auto_rebalance(now_us)
         self._advance(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -460,6 +461,9 @@ class ManagerCore:
             min(self._join_retry_us.values(), default=None),
             self._drain_due_us if self._drains and not self._holding() else None,
             self._held_maps.deadline_us(),
+            self._auto.due_us
+            if self._config.rebalance_interval_ms and self.shard_map is not None
+            else None,
             self._expiry.due_us()
             if self.shard_map is not None and not self._expiry.closing and self._pipeline.free_slots
             else None,
@@ -613,6 +617,7 @@ class ManagerCore:
         tolerance: float = REBALANCE_TOLERANCE_DEFAULT,
         parts_max: int = REBALANCE_PARTS_MAX_DEFAULT,
         now_us: int,
+        receives_not: frozenset[str] = frozenset(),
     ) -> int:
         """Even out the primaries of the servers taking roles (planned handoffs, reason
         REBALANCE); how many parts were queued.
@@ -620,12 +625,15 @@ class ManagerCore:
         A server keeps the primaries it took in failovers and drains until something moves
         them, so after a recovery (a restarted server comes back empty) or a rolling restart
         the load stays uneven. Each alive ACTIVE server has a share of the primaries those
-        servers lead, by weight; one above its share by more than `tolerance` gives parts back
+        servers lead, by weight. One above its share by more than `tolerance` gives parts back
         down to its share, each to the server then furthest below its own among those taking
-        roles (not risk-blocked, CPU below `target_cpu_utilization_max`), at most `parts_max`
-        parts in all. Among a random sample of the source's primaries, parts the target
-        already holds a replica of go first (its copy is up to date). A DRAINING server
-        neither gives nor receives.
+        roles (not risk-blocked, CPU below `target_cpu_utilization_max`). One below its share by
+        more than `tolerance` is then filled up to its share from the servers above theirs,
+        those with the most to spare first: in a large fleet a restarted server's share comes
+        from many servers each a little over theirs. At most `parts_max` parts in all. Among a
+        random sample of the source's primaries, parts the target already holds a replica of go
+        first (its copy is up to date). A DRAINING server neither gives nor receives, nor do
+        the servers of `receives_not` receive.
         """
         current = self.shard_map
         if current is None or parts_max <= 0:
@@ -641,22 +649,41 @@ class ManagerCore:
             return 0
         total = sum(loads[e.server_id] for e in entries)
         shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
-        deficits = [
-            (loads[s] - math.floor(share), s)
-            for s, share in shares.items()
-            if loads[s] < share - 1 and self._takes_roles(s)
-        ]
+        plan = _RebalancePlan(loads=loads, shares=shares, budget=parts_max)
+        receivers = [s for s, share in shares.items() if loads[s] < share - 1]
+        receivers = [s for s in receivers if s not in receives_not and self._takes_roles(s)]
+        # Servers far above their share give down to it, to whoever is furthest below.
+        high = [s for s, share in shares.items() if loads[s] > share * (1.0 + tolerance)]
+        high.sort(key=lambda s: loads[s] / shares[s], reverse=True)
+        self._rebalance_from(current, plan, high, receivers, now_us)
+        # Servers far below their share take up to it, from whoever has the most to spare.
+        low = [s for s in receivers if loads[s] < shares[s] * (1.0 - tolerance)]
+        if low:
+            spare = [s for s in shares if loads[s] - math.ceil(shares[s]) > 0]
+            spare.sort(key=lambda s: (loads[s] - shares[s], s), reverse=True)
+            self._rebalance_from(current, plan, spare, low, now_us)
+        self._advance(now_us)
+        return plan.queued
+
+    def _rebalance_from(
+        self,
+        current: ShardMap,
+        plan: _RebalancePlan,
+        sources: list[str],
+        receivers: list[str],
+        now_us: int,
+    ) -> None:
+        """Each source in turn gives its primaries above its share, one at a time, to the
+        receiver then furthest below its own share, until the receivers are at theirs."""
+        loads, shares = plan.loads, plan.shares
+        deficits = [(loads[s] - math.floor(shares[s]), s) for s in receivers]
+        deficits = [(need, s) for need, s in deficits if need < 0]
         heapq.heapify(deficits)
-        sources = sorted(
-            (s for s, share in shares.items() if loads[s] > share * (1.0 + tolerance)),
-            key=lambda s: loads[s] / shares[s],
-            reverse=True,
-        )
-        queued = 0
         for source in sources:
-            if not deficits or queued >= parts_max:
-                break
-            wanted = min(loads[source] - math.ceil(shares[source]), parts_max - queued)
+            if not deficits or plan.queued >= plan.budget:
+                return
+            wanted = min(loads[source] - math.ceil(shares[source]), plan.budget - plan.queued)
+            wanted = min(wanted, -sum(need for need, _ in deficits))
             if wanted <= 0:
                 continue  # above its share by the tolerance, but by less than a part
             picks = self._rebalance_picks(current, source, wanted, {s for _, s in deficits})
@@ -666,7 +693,7 @@ class ManagerCore:
                 if ref is None:
                     heapq.heappush(deficits, (need, target))  # for the next source
                     break
-                queued += self._orchestrator.request_move(
+                plan.queued += self._orchestrator.request_move(
                     MoveRequest(
                         ref=ref,
                         source=source,
@@ -676,11 +703,70 @@ class ManagerCore:
                         requested_us=now_us,
                     )
                 )
+                loads[source] -= 1
+                loads[target] += 1
                 wanted -= 1
                 if need + 1 < 0:
                     heapq.heappush(deficits, (need + 1, target))
-        self._advance(now_us)
-        return queued
+
+    def _auto_rebalance(self, now_us: int) -> None:
+        """The periodic check of `rebalance_interval_ms`: rebalance a settled cluster whose
+        primaries are uneven by more than `rebalance_tolerance`."""
+        config = self._config
+        auto = self._auto
+        auto.due_us = now_us + config.rebalance_interval_ms * 1000
+        current = self.shard_map
+        if current is None:
+            return
+        settled = self._settled_state(current)
+        previous, auto.settled = auto.settled, settled
+        if (
+            settled != previous
+            or self._failover is not None
+            or self._drains
+            or self._risk_drained
+            or self._undrains_pending
+            or self._orchestrator.queued_moves
+            or self._orchestrator.handoffs()
+        ):
+            return
+        # A server the risk policy moved parts off lately receives nothing: its parts would
+        # come back to it (a ping-pong) if its fault returns.
+        quiet_us = now_us - config.rebalance_after_risk_ms * 1000
+        auto.risk_moved_us = {s: t for s, t in auto.risk_moved_us.items() if t > quiet_us}
+        queued = self.rebalance(
+            tolerance=config.rebalance_tolerance,
+            parts_max=config.rebalance_parts_max,
+            now_us=now_us,
+            receives_not=frozenset(auto.risk_moved_us),
+        )
+        if queued:
+            self._emit(
+                RebalanceQueued(
+                    parts=queued, tolerance=config.rebalance_tolerance, map_version=current.version
+                )
+            )
+
+    def _settled_state(self, current: ShardMap) -> _Settled:
+        """What must not change between two checks for the cluster to count as settled: each
+        server of the map, its incarnation, state, liveness and risk block."""
+        steering = self._steering
+        state: list[tuple[str, int, str, bool, bool]] = []
+        for entry in self._map_entries(current):
+            member = self._membership.get(entry.server_id)
+            blocked = steering is not None and steering.placement_blocked(
+                entry.server_id, now_us=self._now_us
+            )
+            state.append(
+                (
+                    entry.server_id,
+                    -1 if member is None else member.incarnation,
+                    entry.state.value,
+                    self._is_alive(entry.server_id),
+                    blocked,
+                )
+            )
+        return tuple(state)
 
     def _loads_after_moves(self, current: ShardMap) -> dict[str, int]:
         """Each ACTIVE server's primaries once the moves queued and the handoffs not committed
@@ -1425,6 +1511,8 @@ class ManagerCore:
                 server_id, primaries, fraction, origin=origin, sheds_load=sheds_load, now_us=now_us
             )
         queued = 0
+        if origin is MoveOrigin.RISK and refs:
+            self._auto.risk_moved_us[server_id] = now_us
         if origin is MoveOrigin.RISK and self._steering is not None:
             for session_id in dict.fromkeys(ref.session_id for ref in refs):
                 self._steering.record_move(
@@ -3094,6 +3182,33 @@ def rebalance_problem(tolerance: float, parts_max: int) -> str | None:
     if parts_max < 1:
         return f"parts_max must be at least 1, got {parts_max}"
     return None
+
+
+_Settled = tuple[tuple[str, int, str, bool, bool], ...]
+"""Each server of the map: id, incarnation, state, alive, risk-blocked (`_settled_state`)."""
+
+
+@dataclass(slots=True)
+class _AutoRebalance:
+    """The periodic rebalance check's state (`ManagerConfig.rebalance_interval_ms`)."""
+
+    due_us: int
+    """The next check."""
+    settled: _Settled | None = None
+    """What the servers looked like at the last check."""
+    risk_moved_us: dict[str, int] = field(default_factory=dict)
+    """When the risk policy last moved parts off each server; pruned past
+    `rebalance_after_risk_ms` at every check, so at most the map's servers."""
+
+
+@dataclass(slots=True)
+class _RebalancePlan:
+    """One rebalance's working loads (updated as it queues moves), shares and bound."""
+
+    loads: dict[str, int]
+    shares: dict[str, float]
+    budget: int
+    queued: int = 0
 
 
 class _RebalancePicks:

@@ -32,7 +32,8 @@ Endpoints (JSON unless noted):
     GET  /api/sessions/{session}          one session's placement
     POST /api/sessions/{session}/handoff  {"target": ID or null, "reason": "rebalance"} (token)
     POST /api/rebalance                   {"tolerance": 0.1, "parts_max": 10000}: hand primaries
-                                          from servers above their share to those below (token)
+                                          from servers above their share to those below, and
+                                          fill those far below theirs (token)
     GET  /api/history?kind=&server=&reason=&outcome=&after=&limit=   audit records
     GET  /api/replication                 replication lag per part and replica
     GET  /api/policy                      the trigger policy's settings

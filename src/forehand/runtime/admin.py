@@ -86,7 +86,8 @@ class Rebalance(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     (`ManagerCore.rebalance`)."""
 
     tolerance: float = REBALANCE_TOLERANCE_DEFAULT
-    """Servers more than this share above theirs give parts back (0 to 10)."""
+    """Servers more than this share above theirs give parts back, those more than it below
+    theirs are filled (0 to 10)."""
     parts_max: int = REBALANCE_PARTS_MAX_DEFAULT
     """Most parts queued."""
 

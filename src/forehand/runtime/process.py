@@ -86,6 +86,7 @@ NOTABLE_EVENTS = frozenset(
         "HandoffCompleted",
         "HandoffAborted",
         "DrainProgressed",
+        "RebalanceQueued",
         "PartsLost",
         "PartsUnreplicated",
         "MapLoaded",

@@ -204,6 +204,9 @@ def _manager_config(rng: random.Random) -> ManagerConfig:
         map_request_hold_ms=(0, 300, 1_000)[failure_timeout_ms % 3],
         credential_lifetime_ms=lifetime_ms,
         session_expiry_ms=expiry_ms,
+        # Automatic rebalances within a run for two thirds of the seeds (derived, as above).
+        rebalance_interval_ms=(0, 1_500, 4_000)[heartbeat_interval_ms % 3],
+        rebalance_tolerance=(0.0, 0.2, 0.5)[heartbeat_interval_ms // 3 % 3],
     )
 
 

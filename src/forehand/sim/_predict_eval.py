@@ -403,6 +403,8 @@ def _cluster(
         heartbeat_interval_ms=interval_ms,
         failure_timeout_ms=max(plan.manager.failure_timeout_ms, 4 * interval_ms),
         suspect_timeout_ms=max(plan.manager.suspect_timeout_ms, 2 * interval_ms),
+        # Nothing moves but failovers: the recorded telemetry is that of the faults alone.
+        rebalance_interval_ms=0,
     )
     return cluster_config, dataclasses.replace(
         plan,

@@ -386,6 +386,7 @@ _COUNTED: dict[type, tuple[str, str | None]] = {
     me.PartsLost: ("manager/parts-lost", None),
     me.RiskFlagged: ("manager/risk-flagged", None),
     me.MovesDropped: ("manager/moves-dropped", None),
+    me.RebalanceQueued: ("manager/rebalance-queued", None),
     me.MapCommitRejected: ("manager/map-commit-rejected", None),
     me.FailoverStarted: ("manager/failover-started", None),
 }

@@ -191,6 +191,10 @@ def study_manager_config(config: StudyConfig) -> ManagerConfig:
     (no jitter between batches: the fleet model has no transfer load for it to spread, and the
     pass's handoffs then commit as one version): every version costs the manager a push to
     every live server, which at ten thousand servers dominates one version per handoff.
+
+    No automatic rebalance (`rebalance_interval_ms` 0): the study compares what each policy
+    moves (static moves nothing until a crash), and a rebalance would move parts under all
+    three alike.
     """
     failure_ms = config.failure_timeout_s * 1000
     return ManagerConfig(
@@ -205,6 +209,7 @@ def study_manager_config(config: StudyConfig) -> ManagerConfig:
         snapshot_interval_deltas=100_000,
         handoff_queue_timeout_ms=QUEUE_TIMEOUT_TICKS * config.tick_s * 1000,
         events_buffered_max=1_048_576,
+        rebalance_interval_ms=0,
     )
 
 
