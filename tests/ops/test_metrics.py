@@ -14,7 +14,12 @@ else:
     from _ops_cluster import TOKEN, CartLoad, OpsCluster, eventually, run_async
 from prometheus_client.parser import text_string_to_metric_families
 
-from forehand.core._manager_events import HoldEnded, MapRequestsAnswered, SessionOpenRefused
+from forehand.core._manager_events import (
+    HoldEnded,
+    MapRequestsAnswered,
+    RebalanceQueued,
+    SessionOpenRefused,
+)
 from forehand.ops.metrics import ManagerMetrics
 from forehand.ops.view import ClusterView, RiskTracker
 
@@ -204,6 +209,19 @@ def test_refused_opens_are_counted_by_cause() -> None:
     assert read(name, {"cause": "queue_full"}) == 2
     assert read(name, {"cause": "map_full"}) == 1
     assert read(name, {"cause": "undeclared_parts"}) is None
+
+
+def test_automatic_rebalances_count_their_parts() -> None:
+    view_risk = RiskTracker(clock_us=lambda: 0)
+    manager_metrics = ManagerMetrics(
+        view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
+    )
+    read = manager_metrics.registry.get_sample_value
+    name = "forehand_rebalance_parts_queued_total"
+    assert read(name) == 0
+    manager_metrics(RebalanceQueued(parts=12, tolerance=0.2, map_version=7))
+    manager_metrics(RebalanceQueued(parts=3, tolerance=0.2, map_version=9))
+    assert read(name) == 15
 
 
 def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> None:

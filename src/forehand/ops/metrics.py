@@ -185,6 +185,12 @@ class ManagerMetrics:
             "Sessions closed because no credential was issued for them in session_expiry_ms.",
             registry=r,
         )
+        self.rebalance_parts = Counter(
+            "forehand_rebalance_parts_queued",
+            "Parts the manager's automatic rebalance queued for planned handoffs"
+            " (rebalance_interval_ms; an operator's rebalance is not counted).",
+            registry=r,
+        )
         self.map_version = Gauge("forehand_map_version", "The shard map's version.", registry=r)
         self.protocol_violations = Counter(
             "forehand_manager_protocol_violations",
@@ -290,6 +296,9 @@ class ManagerMetrics:
     def _sessions_expired(self, event: Any) -> None:
         self.sessions_expired.inc(len(event.session_ids))
 
+    def _rebalance_queued(self, event: Any) -> None:
+        self.rebalance_parts.inc(event.parts)
+
     def _drain_progressed(self, event: Any) -> None:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
@@ -323,6 +332,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.SessionOpenRefused: ManagerMetrics._session_open_refused,
     manager_events.SessionsExpired: ManagerMetrics._sessions_expired,
     manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
+    manager_events.RebalanceQueued: ManagerMetrics._rebalance_queued,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,
     manager_events.CredentialRefused: ManagerMetrics._credential_refused,
     manager_events.MapRequestsAnswered: ManagerMetrics._held_answered,
