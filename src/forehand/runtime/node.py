@@ -713,7 +713,9 @@ class NodeDriver:
             _log.info(
                 "cannot connect to %s at %s:%d: %s", peer.node_id, route.host, route.port, error
             )
-            self._dial_failed(peer, f"cannot connect to {route.host}:{route.port}: {error}")
+            # The transports' own errors already say where they could not connect.
+            why = str(error) if isinstance(error, TransportError) else None
+            self._dial_failed(peer, why or f"cannot connect to {route.host}:{route.port}: {error}")
             return
         peer.dial_task = None
         if self._closed:
