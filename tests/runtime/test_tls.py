@@ -521,8 +521,11 @@ def test_slow_reader_pauses_sender_and_loses_nothing(certs: ClusterCertificates,
 
 
 @pytest.mark.parametrize("kind", ["tls", "memory"])
-def test_sender_past_hard_cap_is_cut_off(certs: ClusterCertificates, kind: str) -> None:
-    """A sender that ignores drain() and passes send_buffer_bytes_max is aborted, not grown."""
+def test_sender_past_hard_cap_is_cut_off(
+    certs: ClusterCertificates, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender that ignores drain() and passes send_buffer_bytes_max is aborted, not grown,
+    and says why in its log (no ERROR can reach a peer that does not read)."""
     limits = ConnectionLimits(
         receive_queue_frames_max=4,
         send_buffer_high_water_bytes=64 << 10,
@@ -549,7 +552,12 @@ def test_sender_past_hard_cap_is_cut_off(certs: ClusterCertificates, kind: str) 
         assert info.initiator is CloseInitiator.LOCAL
         await listener.close()
 
-    run_test(main())
+    with caplog.at_level(logging.INFO, logger="forehand.runtime.transport"):
+        run_test(main())
+    assert any(
+        "LIMIT_EXCEEDED" in r.getMessage() and "the peer is not reading" in r.getMessage()
+        for r in caplog.records
+    ), [r.getMessage() for r in caplog.records]
 
 
 def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None:

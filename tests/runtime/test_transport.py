@@ -553,3 +553,62 @@ def test_partial_frames_budget_holds_a_whole_frame() -> None:
             ConnectionLimits(wire=wire, partial_frames_bytes_max=value)
     assert ConnectionLimits(partial_frames_bytes_max=wire.buffered_bytes_max)
     assert CLUSTER_LIMITS.partial_frames_bytes_max == 4 * CLUSTER_WIRE.buffered_bytes_max
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_a_flood_of_frames_shares_the_event_loop(
+    kind: str, certs: ClusterCertificates, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer sending tiny frames as fast as it can: the frame handler takes them a batch at a
+    time and the event loop runs other work between batches, so one connection cannot hold the
+    process (a PING flood over TLS froze a server past its failure timeout). With the turn's
+    time budget at 0 every batch waits a turn; every frame still arrives, in order."""
+    from forehand.runtime import _stream
+
+    monkeypatch.setattr(_stream, "HANDLER_TURN_S", 0.0)
+    count = 5_000
+
+    async def main() -> None:
+        network = MemoryNetwork()
+        server = make_transport(kind, node_credentials(certs, "s1"), network)
+        client = make_transport(kind, client_credentials(certs), network)
+        listener = await server.listen(HOST, 0)
+        turns = 0
+        batches: list[tuple[int, int]] = []  # (loop turns so far, frames) per handler call
+        got: list[int] = []
+        done = asyncio.get_running_loop().create_future()
+
+        async def ticker() -> None:
+            nonlocal turns
+            while not done.done():
+                turns += 1
+                await asyncio.sleep(0)
+
+        def handle(frames: list[Frame]) -> None:
+            batches.append((turns, len(frames)))
+            got.extend(frame.sequence for frame in frames if isinstance(frame, Ping))
+            if len(got) == count and not done.done():
+                done.set_result(None)
+
+        async def accept() -> Connection:
+            async for connection in listener:
+                connection.set_frame_handler(handle)
+                return connection
+            raise AssertionError("no connection")
+
+        accepting = asyncio.create_task(accept())
+        connection = await client.connect(HOST, listener.port, server_id="s1")
+        accepted = await accepting
+        ticking = asyncio.create_task(ticker())
+        connection.send_frames([Ping(sequence=n, sent_us=n, telemetry=()) for n in range(count)])
+        await asyncio.wait_for(done, 30)
+        await ticking
+        assert got == list(range(count))
+        assert max(size for _, size in batches) <= _stream.HANDLER_BATCH_FRAMES
+        # The loop turned between the batches of one read: other work ran meanwhile.
+        assert len({turn for turn, _ in batches}) > count // _stream.HANDLER_BATCH_FRAMES // 2
+        connection.close()
+        accepted.close()
+        await listener.close()
+
+    run_test(main())

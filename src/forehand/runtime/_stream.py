@@ -12,6 +12,7 @@ cut off.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
@@ -43,6 +44,14 @@ from forehand.wire import (
 
 __all__ = ["StreamConnection"]
 
+HANDLER_BATCH_FRAMES = 64
+"""Frames decoded and handed to the frame handler at a time."""
+HANDLER_TURN_S = 0.005
+"""Longest a connection's frames keep the event loop before the next batch waits a turn: a
+peer that sends tiny frames as fast as it can (a PING flood) fills a read with tens of thousands
+of them, and handling a TLS read's frames in one go froze the whole process (heartbeats, other
+connections) for seconds. Past this, reading pauses and the rest is handled on the next turn."""
+
 
 class StreamConnection(Connection, asyncio.Protocol):
     """A connection whose frames travel on one byte stream in each direction."""
@@ -72,6 +81,7 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._unfed: deque[bytes] = deque()
         self._reading_paused = False
         self._abort_handle: asyncio.TimerHandle | None = None
+        self._turn_handle: asyncio.Handle | None = None
         self._error_sent = False
         self._heard = False
         """Whether any byte came from the peer (a client told of an end before any says why)."""
@@ -161,6 +171,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._abort_handle is not None:
             self._abort_handle.cancel()
             self._abort_handle = None
+        if self._turn_handle is not None:
+            self._turn_handle.cancel()
+            self._turn_handle = None
         reason = (
             f"connection lost: {exc}" if exc is not None else self._end_reason("connection lost")
         )
@@ -223,16 +236,42 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._pending_bytes = 0
         transport.write(data)
         if transport.get_write_buffer_size() > self._limits.send_buffer_bytes_max:
-            self._abort(
-                ErrorCode.LIMIT_EXCEEDED,
+            # No ERROR can reach a peer that does not read; the log says why it was cut off.
+            reason = (
                 f"send buffer passed send_buffer_bytes_max="
-                f"{self._limits.send_buffer_bytes_max}: the peer is not reading",
+                f"{self._limits.send_buffer_bytes_max}: the peer is not reading"
             )
+            log_violation(self, ErrorCode.LIMIT_EXCEEDED, reason)
+            self._abort(ErrorCode.LIMIT_EXCEEDED, reason)
 
     # -- receiving -----------------------------------------------------------------------
 
     def _decode(self, *, bounded: bool = True) -> None:
         """Move decoded frames to the frame handler, or to the receive queue until it is full.
+
+        The frame handler takes them `HANDLER_BATCH_FRAMES` at a time, for at most
+        `HANDLER_TURN_S` of one loop turn; then reading pauses and the next turn goes on
+        (`_next_turn`), so one peer's flood of frames cannot hold the process.
+        """
+        if self._frame_handler is None or not bounded:
+            self._decode_batch(bounded=bounded)
+            return
+        started = time.perf_counter()
+        while self._decode_batch(bounded=True) and self._close_info is None:
+            if time.perf_counter() - started >= HANDLER_TURN_S:
+                if self._turn_handle is None:
+                    self._turn_handle = self._loop.call_soon(self._next_turn)
+                return
+
+    def _next_turn(self) -> None:
+        self._turn_handle = None
+        if self._close_info is None and self._frame_handler is not None:
+            self._decode()
+
+    def _decode_batch(self, *, bounded: bool) -> bool:
+        """Decode what the decoder holds and what waits unfed, into the frame handler (at most
+        `HANDLER_BATCH_FRAMES`) or the receive queue (until it is full); True when it stopped
+        for want of room, with reading paused and more perhaps to decode.
 
         The frames of a read come out of the decoder in batches (`next_frames`, one C call with
         the accelerator); `next_frame` handles what a batch stops at: a long header, an
@@ -242,8 +281,13 @@ class StreamConnection(Connection, asyncio.Protocol):
         handler = self._frame_handler
         received: list[Frame] | deque[Frame] = [] if handler is not None else self._received
         room = -1
-        if bounded and handler is None:
-            room = self._limits.receive_queue_frames_max - len(received)
+        if bounded:
+            room = (
+                HANDLER_BATCH_FRAMES
+                if handler is not None
+                else self._limits.receive_queue_frames_max - len(received)
+            )
+        stopped = False
         try:
             while room != 0:
                 batch = decoder.next_frames(room)
@@ -273,18 +317,19 @@ class StreamConnection(Connection, asyncio.Protocol):
                     break
             else:
                 self._pause_reading()
+                stopped = True
         except RemoteProtocolError as error:
             self._fail(error.error_code, str(error))
         if self._close_info is None and not self._hold_partial(decoder.buffered_bytes):
             # The frames of this read that were whole are still delivered.
             self._fail(ErrorCode.LIMIT_EXCEEDED, self._partial_overflow())
-        if not received:
-            return
-        if handler is not None:
-            assert isinstance(received, list)
-            handler(received)
-        else:
-            self._wake_receiver()
+        if received:
+            if handler is not None:
+                assert isinstance(received, list)
+                handler(received)
+            else:
+                self._wake_receiver()
+        return stopped and handler is not None
 
     def _error_received(self, frame: Frame) -> bool:
         """Close when `frame` is the peer's ERROR."""
