@@ -203,7 +203,11 @@ def server(
     app_dir: Path | None = _APP_DIR,
     server_id: str | None = typer.Option(None, help="This server's node id (its certificate's)."),
     listen: str | None = _SERVER_LISTEN,
-    advertise: str | None = typer.Option(None, help="host:port announced to clients \\[listen]."),
+    advertise: str | None = typer.Option(
+        None,
+        help="host:port announced to clients \\[listen]; needed when listening on a wildcard"
+        " address, and itself neither a wildcard nor port 0.",
+    ),
     manager_address: str | None = typer.Option(
         None,
         "--manager",

@@ -135,6 +135,36 @@ def test_overrides_and_addresses_parse() -> None:
         parse_address("127.0.0.1:70000", where="x")
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[::1:7655", "IPv6 in brackets"),
+        ("::1]:7655", "IPv6 in brackets"),
+        ("0.0.0.0:7000", "others can connect to"),
+        ("[::]:7000", "others can connect to"),
+        ("s1.example:0", "others can connect to"),
+    ],
+)
+def test_an_address_to_dial_is_one_others_can_reach(text: str, problem: str) -> None:
+    """An advertised address or a manager endpoint with a wildcard host or port 0 was taken,
+    and the manager placed parts on a server nobody could reach; a lone bracket was dropped."""
+    with pytest.raises(ConfigError, match=problem):
+        parse_address(text, where="advertise", dialable=True)
+    if "[" not in text and "]" not in text:
+        parse_address(text, where="listen")  # A listener may ask for any of these.
+
+
+def test_a_server_refuses_an_unreachable_advertised_address(
+    certs_dir: Path, tmp_path: Path
+) -> None:
+    base = f'server_id = "s1"\ncerts_dir = "{certs_dir}"\napp = "examples.cart.app:app"\n'
+    for advertise in ("0.0.0.0:0", "s1.example:0", "[::]:7101"):
+        with pytest.raises(ConfigError, match="advertise must be an address others can"):
+            load_server_config(write(tmp_path / "s1.toml", base + f'advertise = "{advertise}"\n'))
+    with pytest.raises(ConfigError, match="manager must be an address others can"):
+        load_server_config(write(tmp_path / "s1.toml", base + 'manager = "0.0.0.0:7000"\n'))
+
+
 def test_cluster_keys_rotate_in_three_steps(tmp_path: Path) -> None:
     """A key file holds several keys: an added key opens before it seals, and once it is
     current, values sealed under the old key still open until the old key is removed."""

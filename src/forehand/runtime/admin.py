@@ -269,7 +269,7 @@ async def admin_request(
     endpoints = [part.strip() for part in manager.split(",") if part.strip()]
     if not endpoints:
         raise AdminError("no manager endpoint given")
-    addresses = [parse_address(endpoint, where="manager") for endpoint in endpoints]
+    addresses = [parse_address(endpoint, where="manager", dialable=True) for endpoint in endpoints]
     credentials = _operator_credentials(Path(certs_dir), node_id)
     refused: list[str] = []
     for (host, port), endpoint in zip(addresses, endpoints, strict=True):

@@ -694,7 +694,7 @@ def connect(
     )
     if not endpoints:
         raise ConfigError("connect needs at least one manager endpoint")
-    addresses = [parse_address(text, where="manager endpoint") for text in endpoints]
+    addresses = [parse_address(text, where="manager endpoint", dialable=True) for text in endpoints]
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     ca_path = Path(ca)

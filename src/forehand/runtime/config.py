@@ -95,18 +95,34 @@ ADMIN_HTTP_BOUNDS = {
 C = TypeVar("C")
 
 
-def parse_address(text: str, *, where: str) -> tuple[str, int]:
-    """`host:port` (IPv6 in brackets) as a (host, port) pair; port 0 lets the system choose."""
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "*"})
+"""Hosts that name every local address: a listener's, never one to dial."""
+
+
+def parse_address(text: str, *, where: str, dialable: bool = False) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) as a (host, port) pair; port 0 lets the system choose a
+    listener's port. A `dialable` address (one others connect to: an advertised address, a
+    manager endpoint) needs a real port and a host that is not a wildcard."""
     host, separator, port_text = text.rpartition(":")
-    host = host.strip("[]")
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ConfigError(f"{where} must be host:port (IPv6 in brackets), got {text!r}")
+        host = host[1:-1]
     if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{where} must be host:port, got {text!r}")
+    if dialable and (int(port_text) == 0 or host in WILDCARD_HOSTS):
+        raise ConfigError(
+            f"{where} must be an address others can connect to, got {text!r} (a wildcard host "
+            "or port 0 only makes sense for a listener)"
+        )
     return host, int(port_text)
 
 
-def parse_addresses(text: str, *, where: str) -> list[tuple[str, int]]:
+def parse_addresses(text: str, *, where: str, dialable: bool = False) -> list[tuple[str, int]]:
     """Comma-separated `host:port` addresses, each as `parse_address` reads it."""
-    addresses = [parse_address(part.strip(), where=where) for part in text.split(",")]
+    addresses = [
+        parse_address(part.strip(), where=where, dialable=dialable) for part in text.split(",")
+    ]
     if not addresses:
         raise ConfigError(f"{where} needs at least one host:port")
     return addresses
@@ -319,9 +335,9 @@ class ServerProcessConfig:
         validate_node_name(self.manager_id)
         _check_common(self, "")
         check_node_credentials(self.certs_dir, self.server_id)
-        parse_addresses(self.manager, where="manager")
+        parse_addresses(self.manager, where="manager", dialable=True)
         if self.advertise:
-            parse_address(self.advertise, where="advertise")
+            parse_address(self.advertise, where="advertise", dialable=True)
         module, _, attribute = self.app.partition(":")
         if not module or not attribute:
             raise ConfigError(f"app must be module:attribute, got {self.app!r}")

@@ -44,6 +44,7 @@ from forehand.runtime._telemetry import LoadSampler, timed_parts
 from forehand.runtime._tls import TLSTransport, TLSTransportConfig
 from forehand.runtime.admin import handle_admin
 from forehand.runtime.config import (
+    WILDCARD_HOSTS,
     ManagerProcessConfig,
     ServerProcessConfig,
     parse_address,
@@ -506,7 +507,7 @@ def _route(node: str, address: str | None) -> list[Route]:
     if not address:
         return []
     try:
-        host, port = parse_address(address, where=f"address of {node}")
+        host, port = parse_address(address, where=f"address of {node}", dialable=True)
     except ConfigError:
         return []
     return [Route(host=host, port=port, server_id=node, cluster=True)]
@@ -523,7 +524,7 @@ async def run_server(
     credentials = Credentials.for_node(config.certs_dir, config.server_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
-    manager_addresses = parse_addresses(config.manager, where="manager")
+    manager_addresses = parse_addresses(config.manager, where="manager", dialable=True)
     frame_bytes_max = (config.core or ServerConfig(server_id=config.server_id)).frame_bytes_max
     listeners = await _listen(
         config.transport,
@@ -589,6 +590,6 @@ async def run_server(
 
 
 def _advertised(host: str, port: int) -> str:
-    if host in ("0.0.0.0", "::", ""):
+    if host in WILDCARD_HOSTS or not host:
         raise ConfigError("listening on a wildcard address needs `advertise = host:port`")
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
