@@ -82,6 +82,8 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._reading_paused = False
         self._abort_handle: asyncio.TimerHandle | None = None
         self._turn_handle: asyncio.Handle | None = None
+        self._busy_s = 0.0
+        """Time this loop turn spent on the frames of this connection (`_decode`)."""
         self._error_sent = False
         self._heard = False
         """Whether any byte came from the peer (a client told of an end before any says why)."""
@@ -249,23 +251,30 @@ class StreamConnection(Connection, asyncio.Protocol):
     def _decode(self, *, bounded: bool = True) -> None:
         """Move decoded frames to the frame handler, or to the receive queue until it is full.
 
-        The frame handler takes them `HANDLER_BATCH_FRAMES` at a time, for at most
-        `HANDLER_TURN_S` of one loop turn; then reading pauses and the next turn goes on
-        (`_next_turn`), so one peer's flood of frames cannot hold the process.
+        The frame handler takes them `HANDLER_BATCH_FRAMES` at a time. Once this connection's
+        frames took `HANDLER_TURN_S` of one loop turn (over every read the transport delivered
+        in it: libuv reads a busy socket many times before it returns to the loop), reading
+        pauses and the rest waits for the next turn (`_next_turn`), so one peer's flood of
+        frames, even of frames that are skipped, cannot hold the process.
         """
         if self._frame_handler is None or not bounded:
             self._decode_batch(bounded=bounded)
             return
         started = time.perf_counter()
         while self._decode_batch(bounded=True) and self._close_info is None:
-            if time.perf_counter() - started >= HANDLER_TURN_S:
-                if self._turn_handle is None:
-                    self._turn_handle = self._loop.call_soon(self._next_turn)
-                return
+            if self._busy_s + time.perf_counter() - started >= HANDLER_TURN_S:
+                break
+        self._busy_s += time.perf_counter() - started
+        if self._turn_handle is None:
+            self._turn_handle = self._loop.call_soon(self._next_turn)
+        if self._busy_s >= HANDLER_TURN_S and self._close_info is None:
+            self._pause_reading()
 
     def _next_turn(self) -> None:
+        """A new loop turn: the time budget starts again, and what waits is decoded."""
         self._turn_handle = None
-        if self._close_info is None and self._frame_handler is not None:
+        paused, self._busy_s = self._busy_s >= HANDLER_TURN_S, 0.0
+        if paused and self._close_info is None and self._frame_handler is not None:
             self._decode()
 
     def _decode_batch(self, *, bounded: bool) -> bool:
