@@ -30,6 +30,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.errors import ConfigError
 
 __all__ = ["HTTPLimits", "bounded_protocol"]
@@ -100,6 +101,7 @@ class BoundedH11Protocol(H11Protocol):
                 "HTTP: refused a connection from %s: %d connections are open already",
                 self._peer(),
                 limits.connections_max,
+                extra=PEER_CAUSED,
             )
             detail = f"more than {limits.connections_max} connections are open"
             answer = _raw_response(503, "Service Unavailable", "too_many_connections", detail)
@@ -165,6 +167,7 @@ class BoundedH11Protocol(H11Protocol):
             "HTTP: closed the connection from %s: its request took more than %d ms to arrive",
             self._peer(),
             timeout_ms,
+            extra=PEER_CAUSED,
         )
         if answerable:
             if not head_pending and cycle is not None:
@@ -220,6 +223,7 @@ class BoundedH11Protocol(H11Protocol):
             self._peer(),
             self.limits.write_stall_timeout_ms,
             unsent_bytes,
+            extra=PEER_CAUSED,
         )
         # abort, not close: close would wait for the buffer to drain, which it never will.
         self.transport.abort()

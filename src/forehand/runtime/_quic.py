@@ -47,6 +47,7 @@ from qh3.quic import events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.errors import ConfigError, LocalProtocolError, RemoteProtocolError
 from forehand.runtime._retry import RETRY_KEY_BYTES, RetryTokens
 from forehand.runtime._rtt import RttEstimator
@@ -901,6 +902,7 @@ class QUICListener(Listener):
             "closing the QUIC handshake of %s: not completed within handshake_timeout_ms=%d",
             where,
             timeout_ms,
+            extra=PEER_CAUSED,
         )
         self._end_handshake(protocol, f"handshake not completed within {timeout_ms} ms")
 

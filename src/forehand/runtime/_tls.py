@@ -21,6 +21,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.errors import ConfigError
 from forehand.runtime._stream import StreamConnection, _address
 from forehand.runtime._tcp_info import tcp_path_stats
@@ -189,7 +190,12 @@ class TLSListener(Listener):
                 if error.errno in _ACCEPT_CONNECTION_ERRORS:
                     # One connection's trouble (a protocol error pending on it, a firewall's
                     # refusal): that connection is gone, the next may be accepted at once.
-                    _log.info("TLS listener on %s:%d: accept failed: %s", *self._where, error)
+                    _log.info(
+                        "TLS listener on %s:%d: accept failed: %s",
+                        *self._where,
+                        error,
+                        extra=PEER_CAUSED,
+                    )
                 else:
                     await self._accept_later(error)
             except Exception:
@@ -278,6 +284,7 @@ class TLSListener(Listener):
             "closing the TLS handshake of %s: not completed within handshake_timeout_ms=%d",
             where,
             round(self._handshake_timeout_s * 1000),
+            extra=PEER_CAUSED,
         )
         self._end_handshake(handshake)
 

@@ -48,6 +48,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened, CoreDriver
 from forehand.core.messages import encode_cluster_message
 from forehand.errors import ConfigError, LocalProtocolError
@@ -958,7 +959,7 @@ class NodeDriver:
             link.connection.send_frame(ClusterMessage(kind=ADMIN_MESSAGE_KIND, body=reply))
 
     def _violation(self, link: _Link, code: ErrorCode, reason: str) -> None:
-        _log.info("closing %s: %s", link.peer, reason)
+        _log.info("closing %s: %s", link.peer, reason, extra=PEER_CAUSED)
         connection = link.connection
         try:
             connection.send_frame(Error(code=code, reason=reason[:1024]))

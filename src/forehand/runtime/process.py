@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.app import App
 from forehand.core import (
     ManagerCore,
@@ -116,6 +117,17 @@ WARNING_EVENTS = frozenset(
 or without a replica; a server dead while it led parts (a crash, not a planned stop after a
 drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
 manager; an application's state that cannot be replicated."""
+PEER_CAUSED_EVENTS = frozenset(
+    {
+        "SessionOpenRefused",
+        "ResumeRejected",
+        "ProtocolViolationDetected",
+        "CredentialRefused",
+        "PeerRefused",
+    }
+)
+"""Events a peer's input causes, which a flood of bad input repeats once a frame: their lines
+are limited per kind (`forehand.ops.logs.PeerLogLimiter`)."""
 
 LOGGED_ITEMS_MAX = 8
 """Items of a sequence field an event's log line shows; beyond, the count and the first ones
@@ -174,7 +186,9 @@ class EventLogger:
             values = _values(event)
             text = " ".join(f"{key}={value}" for key, value in values.items())
             # JSON logs carry the fields as keys of their own (`forehand.ops.logs`).
-            extra = {"fields": {"core_event": name, **values}}
+            extra: dict[str, object] = {"fields": {"core_event": name, **values}}
+            if name in PEER_CAUSED_EVENTS:
+                extra.update(PEER_CAUSED)
             self._log.log(level, "%s %s", name, text, extra=extra)
 
 

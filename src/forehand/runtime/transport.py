@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
+from forehand._peer_log import PEER_CAUSED
 from forehand.errors import ConfigError
 from forehand.runtime.certs import CA_CERTIFICATE_FILE, node_certificate
 from forehand.wire import (
@@ -858,4 +859,6 @@ def log_violation(connection: Connection, error_code: int, reason: str) -> None:
     address = connection.peer_address
     where = f" at {address[0]}:{address[1]}" if address is not None else ""
     code = ErrorCode.from_wire(error_code).name
-    _log.info("closing the connection of %s%s: %s: %s", peer, where, code, reason)
+    _log.info(
+        "closing the connection of %s%s: %s: %s", peer, where, code, reason, extra=PEER_CAUSED
+    )
