@@ -1038,3 +1038,44 @@ def test_same_seed_same_outputs() -> None:
         return [o.message for o in h.outbox], h.events
 
     assert run(3) == run(3)
+
+
+def test_a_part_redirected_to_a_server_still_welcoming_a_resumed_session_is_served() -> None:
+    """A walkthrough's chat client resumed 100 sessions from snapshots older than a rebalance:
+    some first calls timed out (QUIC, whose handshakes are slower). One session's connection to
+    s3 was dialled by another session, so its HELLO did not present this one, and this one's
+    RESTART resumption there waited for WELCOME. Meanwhile a stale primary (s2) REDIRECTed a
+    call to s3: the call was held behind that resumption, and WELCOME flushed only the parts
+    the resumption named, so nothing sent it again. WELCOME now sends it too (after a binding
+    RESUME, the session not being presented)."""
+    h = Harness()
+    first = bytes([0x01, 0x8F] + [0x22] * 14)
+    h.client.resume_session(first, b"cred-1", (placement("auth", "s3"),), map_version=4, now_us=0)
+    h.drain()
+    assert [c.session_id for c in h.take(Hello, "s3")[0].credentials] == [first]
+    placements = (placement("members", "s3"), placement("log", "s2"))
+    h.client.resume_session(SESSION, b"cred", placements, map_version=4, now_us=0)
+    request_id = h.client.call(SESSION, "log", "all_ids", b"", now_us=0)
+    h.drain()
+    h.welcome("s2", map_version=9)
+    assert [r.request_id for r in h.take(Request, "s2")] == [request_id]
+    h.feed(
+        "s2",
+        Redirect(
+            request_id=request_id,
+            session_id=SESSION,
+            part="log",
+            map_version=9,
+            targets=(endpoint("s3"),),
+        ),
+    )
+    assert h.take(Request) == []  # Held: s3 has not welcomed the connection yet.
+    h.outbox.clear()
+    h.welcome("s3", map_version=9)
+    binds = [r for r in h.take(Resume, "s3") if r.session_id == SESSION]
+    assert len(binds) == 1 and binds[0].token == b"cred"
+    h.feed(
+        "s3",
+        ResumeOk(session_id=SESSION, parts=binds[0].parts, map_version=9, credential=b"cred-2"),
+    )
+    assert [r.request_id for r in h.take(Request, "s3")] == [request_id]

@@ -2171,6 +2171,9 @@ class ClientCore:
                 route.fire(RouteTrigger.WELCOMED)
                 route.locate_attempts = 0
                 self._flush(session, route, now_us, moved=True)
+        # Another part of the session sent here meanwhile (a REDIRECT from a stale primary) held
+        # its requests behind this resumption (`_bound_at`): they go now, or bind first.
+        self._flush_at(session, resumption.target, now_us)
         # A credential from a snapshot may be of any age: renewed at once, not an interval on.
         self._renew_at(session.session_id, now_us)
         self._emit(
@@ -2187,18 +2190,24 @@ class ClientCore:
         self, resumption: _Resumption, detail: str, detail_code: int, now_us: int
     ) -> None:
         """The current target refused, timed out or vanished: try the next one."""
-        self._resumptions.pop((resumption.session_id, resumption.target), None)
+        failed = resumption.target
+        self._resumptions.pop((resumption.session_id, failed), None)
         if resumption.kind is _ResumeKind.RESTART or now_us >= resumption.deadline_us:
             self._abandon(resumption, detail, detail_code, now_us)
-            return
-        session = self._sessions[resumption.session_id]
-        for part in resumption.parts:
-            session.parts[part].fire(RouteTrigger.TARGET_FAILED)
-        resumption.index += 1
-        if resumption.index >= len(resumption.targets):
-            self._abandon(resumption, detail, detail_code, now_us)
-            return
-        self._try_target(resumption, now_us)
+        else:
+            routes = self._sessions[resumption.session_id].parts
+            for part in resumption.parts:
+                routes[part].fire(RouteTrigger.TARGET_FAILED)
+            resumption.index += 1
+            if resumption.index >= len(resumption.targets):
+                self._abandon(resumption, detail, detail_code, now_us)
+            else:
+                self._try_target(resumption, now_us)
+        # Requests of the session's other parts placed on the failed target waited for this
+        # resumption (`_bound_at`); with it gone from there they bind by themselves.
+        session = self._sessions.get(resumption.session_id)
+        if session is not None and (resumption.session_id, failed) not in self._resumptions:
+            self._flush_at(session, failed, now_us)
 
     def _abandon(self, resumption: _Resumption, detail: str, detail_code: int, now_us: int) -> None:
         """No target took the parts: tell the source, then ask the manager (reactive path)."""
