@@ -16,7 +16,7 @@ from forehand.ops import view as view_module
 from forehand.ops.hub import OpsHub, OpsLimits
 from forehand.placement import PlacementConfig, ShardMap, new_session_id
 
-CART = PartRef(session_id=bytes(16), part="cart")
+CART = PartRef(session_id=new_session_id(now_ms=1_000, rng=random.Random(1)), part="cart")
 SECOND_US = 1_000_000
 
 
@@ -41,10 +41,42 @@ def member(server_id: str, applied_seq: int, role: PartRole, cpu: float = 0.0) -
     )
 
 
-def core(*members: Any) -> ManagerCore:
-    """A stand-in for the manager core: only what the view reads."""
+class _Map:
+    """A stand-in for the shard map: the cart's placement."""
+
+    def __init__(self, primary: str, replicas: tuple[str, ...]) -> None:
+        self._placement = SimpleNamespace(primary=primary, replicas=replicas)
+
+    def __contains__(self, key: object) -> bool:
+        return getattr(key, "part", None) == CART.part
+
+    def lookup(self, key: object) -> Any:
+        return self._placement
+
+    override_count = 0
+    version = 7
+
+    def __len__(self) -> int:
+        return 1
+
+    def primary_sessions(self) -> dict[str, int]:
+        return {"s1": 1}
+
+    def server(self, server_id: str) -> Any:
+        return SimpleNamespace(state=SimpleNamespace(value="active"))
+
+    def part_counts(self, server_id: str) -> tuple[int, int]:
+        return (1, 0) if server_id == "s1" else (0, 1)
+
+
+def core(*members: Any, replicas: tuple[str, ...] | None = None) -> ManagerCore:
+    """A stand-in for the manager core: only what the view reads (with `replicas`, a map that
+    places the cart on s1 with them; the view shows lags of the map's roles only)."""
     membership = SimpleNamespace(members=lambda: list(members))
-    return cast(ManagerCore, SimpleNamespace(shard_map=None, map_version=7, membership=membership))
+    shard_map = None if replicas is None else _Map("s1", replicas)
+    return cast(
+        ManagerCore, SimpleNamespace(shard_map=shard_map, map_version=7, membership=membership)
+    )
 
 
 def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
@@ -58,6 +90,7 @@ def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
             member("s1", 10, PartRole.PRIMARY, cpu=0.25),
             member("s2", 4, PartRole.REPLICA),
             member("s3", 10, PartRole.REPLICA),
+            replicas=("s2", "s3"),
         ),
         now_us=start_us,
     )
@@ -68,6 +101,7 @@ def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
             member("s1", 12, PartRole.PRIMARY),
             member("s2", 4, PartRole.REPLICA),
             member("s3", 10, PartRole.REPLICA),
+            replicas=("s2", "s3"),
         ),
         now_us=start_us + 2 * SECOND_US,
     )
@@ -78,6 +112,7 @@ def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
             member("s1", 12, PartRole.PRIMARY),
             member("s2", 11, PartRole.REPLICA),
             member("s3", 12, PartRole.REPLICA),
+            replicas=("s2", "s3"),
         ),
         now_us=start_us + 5 * SECOND_US,
     )
@@ -85,6 +120,22 @@ def test_lag_in_entries_and_seconds_follows_the_primary_reports() -> None:
     assert lags == {"s2": (1, 3.0), "s3": (0, 0.0)}
     assert view.map_version == 7
     assert [len(view.history[s]) for s in ("s1", "s2", "s3")] == [3, 3, 3]
+
+
+def test_lag_shows_only_the_roles_the_map_gives() -> None:
+    """A server's last report of a replica role it lost (a drain or rebalance moved it) stays
+    in the membership; the view shows it no more (a walkthrough saw 186 such rows, ever
+    further behind, burying real lag)."""
+    view = ClusterView(risk=RiskTracker(clock_us=lambda: 0), thresholds=dict)
+    members = (
+        member("s1", 10, PartRole.PRIMARY),
+        member("s2", 4, PartRole.REPLICA),
+        member("s4", 1, PartRole.REPLICA),
+    )
+    view.sample(core(*members, replicas=("s2", "s3")), now_us=0)
+    assert {lag.replica for lag in view.lags} == {"s2"}
+    view.sample(core(*members, replicas=("s4",)), now_us=SECOND_US)
+    assert {(lag.replica, lag.entries) for lag in view.lags} == {("s4", 9)}
 
 
 def test_risk_is_the_decisions_when_fresh_else_the_load_over_the_threshold() -> None:

@@ -10,7 +10,10 @@ Replication lag. Heartbeats carry every server's applied sequence per part. A re
 entries is its primary's applied sequence minus its own; its lag in seconds is how long ago the
 primary first reported a sequence the replica has not reached (tracked per part from the
 primary's reports, `lag_marks_max` marks per part), 0 when it is caught up. Only the
-`lagging_parts_max` largest lags are kept.
+`lagging_parts_max` largest lags are kept, and only of the roles the newest map gives: a
+server's last report of a part it no longer holds (a replica role moved by a drain or a
+rebalance) stays in the membership until the bound pushes it out, and showed as a replica
+falling ever further behind.
 
 Risk. `RiskTracker` keeps per server the newest risk from the predictor: read at each sample
 from the policy's `predictor` when it has one (a server's once calibrated, every path bucket
@@ -29,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from forehand.core import ManagerCore
+from forehand.core._manager_planning import key_of
 from forehand.core.messages import PartRef, PartRole
 from forehand.ops.audit import part_name
 from forehand.predict import EntityKey
@@ -310,11 +314,18 @@ class ClusterView:
             self._mark(ref, seq, now_us)
         for ref in [ref for ref in self._marks if ref not in primaries]:
             del self._marks[ref]
+        current = core.shard_map
         lags = []
         for ref, replica, applied in replicas:
             primary = primaries.get(ref)
-            if primary is None:
+            if primary is None or current is None:
                 continue
+            key = key_of(ref)
+            if key not in current:
+                continue
+            placement = current.lookup(key)
+            if placement.primary != primary[0] or replica not in placement.replicas:
+                continue  # A role the map no longer gives: its report is stale.
             entries = max(0, primary[1] - applied)
             seconds = 0.0
             if entries:
