@@ -16,6 +16,7 @@ from forehand.core._manager_events import (
     MapCommitRejected,
     MapCommitted,
     MapLoaded,
+    PeerRefused,
     ServerDeclaredDead,
     ServerJoined,
     ServerSuspected,
@@ -238,6 +239,39 @@ def test_a_restarted_server_rejoins_after_its_old_incarnation_failed_over() -> N
     assert [(j.server_id, j.incarnation) for j in joins][-1] == ("s1", 2)
     assert harness.map.server("s1").state.value == "active"
     assert harness.primaries("s1") == []
+
+
+def test_a_second_process_under_a_running_servers_id_is_refused_as_superseded() -> None:
+    """A walkthrough left a server restarted by hand running, and the next cluster's s2 joined
+    beside it: each process's connection replaced the other's at the manager, whose messages
+    went to whichever held it; 1,603 failovers of the same parts, one a second. The older
+    incarnation is now closed with SUPERSEDED (on which a server stops), whether it announces
+    or only heartbeats; the running one is untouched."""
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    assert harness.open_session(("auth", "cart")) is not None
+    harness.announce("s2", incarnation=5)
+    for prepared_by in ("s1", "s3"):
+        for prepared in harness.prepared(prepared_by):
+            harness.positions(prepared_by, prepared.map_version, dict.fromkeys(prepared.parts, 0))
+    harness.tick(500, alive=SERVERS)
+    harness.take("s2", Error)
+    deaths = len(harness.events(ServerDeclaredDead))
+    # The stray (incarnation 1) announces again, then heartbeats.
+    harness.announce("s2", incarnation=1)
+    harness.incarnations["s2"] = 1
+    harness.heartbeat("s2")
+    harness.router.run()
+    refused = harness.take("s2", Error)
+    assert [e.code for e in refused] == [ErrorCode.SUPERSEDED, ErrorCode.SUPERSEDED]
+    assert "older than its running incarnation 5" in refused[0].reason
+    assert {e.error_code for e in harness.events(PeerRefused)} == {ErrorCode.SUPERSEDED}
+    # Nothing else changed: no death, and the running incarnation is still the member's.
+    harness.incarnations["s2"] = 5
+    harness.tick(2_000, alive=SERVERS)
+    assert len(harness.events(ServerDeclaredDead)) == deaths
+    member = harness.manager.membership.get("s2")
+    assert member is not None and member.incarnation == 5 and member.is_live
 
 
 # The commit pipeline.

@@ -543,3 +543,25 @@ def test_a_result_too_large_for_a_response_frame_answers_app_error() -> None:
     small.request("s1", "blob", "make", b"100000")
     (longer,) = small.responses()
     assert longer.status is ResponseStatus.OK and len(longer.payload) == 100_000
+
+
+def test_a_server_the_manager_calls_superseded_says_so_and_no_one_else_can() -> None:
+    """SUPERSEDED from the manager naming this server's incarnation is the event the process
+    stops on. The same code from a client, another code from the manager, or a SUPERSEDED
+    naming another incarnation (meant for a stale process whose connection this one replaced:
+    a first version stopped the running server in a live test) is only a closed connection."""
+    from forehand.core._server_events import ServerSuperseded
+    from forehand.wire import Error, ErrorCode
+
+    cluster = Cluster()
+    assert cluster.server("s1")._config.incarnation == 1
+    reason = "incarnation 1 of s1 is older than its running incarnation 5"
+    other = "incarnation 0 of s1 is older than its running incarnation 1"
+    cluster.router.send("c9", "s1", Error(code=ErrorCode.SUPERSEDED, reason=reason))
+    cluster.router.send(MANAGER, "s1", Error(code=ErrorCode.PROTOCOL_ERROR, reason="bad"))
+    cluster.router.send(MANAGER, "s1", Error(code=ErrorCode.SUPERSEDED, reason=other))
+    cluster.router.run()
+    assert cluster.events("s1", ServerSuperseded) == []
+    cluster.router.send(MANAGER, "s1", Error(code=ErrorCode.SUPERSEDED, reason=reason))
+    cluster.router.run()
+    assert [e.reason for e in cluster.events("s1", ServerSuperseded)] == [reason]

@@ -342,6 +342,7 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         "ServerDeclaredDead",
         "ServersSilent",
         "StateNotEncodable",
+        "ServerSuperseded",
     }
     levels = {"every": every, "notable": set(NOTABLE_EVENTS), "warnings": warnings}
     assert logged == levels[expected]

@@ -31,7 +31,7 @@ def test_reason_code_from_wire_maps_unknown_to_unspecified() -> None:
 
 def test_other_registries_fall_back_as_documented() -> None:
     """ERROR codes fall back to PROTOCOL_ERROR, resume reject reasons to UNSPECIFIED."""
-    assert ErrorCode.from_wire(0x0D) is ErrorCode.PROTOCOL_ERROR
+    assert ErrorCode.from_wire(0x0E) is ErrorCode.PROTOCOL_ERROR
     assert ErrorCode.from_wire(int(ErrorCode.IDLE_TIMEOUT)) is ErrorCode.IDLE_TIMEOUT
     assert ResumeRejectReason.from_wire(0x21) is ResumeRejectReason.UNSPECIFIED
     assert ResumeRejectReason.from_wire(2) is ResumeRejectReason.TOKEN_REPLAYED

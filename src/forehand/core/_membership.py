@@ -108,7 +108,7 @@ class AnnounceOutcome(enum.Enum):
     REPEATED = "repeated"
     """The same incarnation announced again; nothing changes."""
     STALE = "stale"
-    """An older incarnation than the one known: ignored."""
+    """An older incarnation than the one known: refused (`HeartbeatOutcome.SUPERSEDED`)."""
     REFUSED = "refused"
     """The membership table is full (`servers_max`)."""
 
@@ -121,7 +121,10 @@ class HeartbeatOutcome(enum.Enum):
     REJOIN_PENDING = "rejoin_pending"
     """A dead member is heard from again: readmit it once its failover is over."""
     STALE = "stale"
-    """An older incarnation or an old sequence number: ignored."""
+    """An old sequence number: ignored."""
+    SUPERSEDED = "superseded"
+    """An older incarnation than the one known: another process of the same id outlived its
+    replacement (a stray restarted by hand); refused."""
     UNKNOWN = "unknown"
     """No such member, or an incarnation it never announced: ignored."""
 
@@ -509,7 +512,7 @@ class Membership:
         if member is None or message.incarnation > member.incarnation:
             return HeartbeatOutcome.UNKNOWN
         if message.incarnation < member.incarnation:
-            return HeartbeatOutcome.STALE
+            return HeartbeatOutcome.SUPERSEDED
         if message.sequence <= member.heartbeat_sequence:
             return HeartbeatOutcome.STALE
         member.heartbeat_sequence = message.sequence

@@ -37,6 +37,7 @@ __all__ = [
     "ResumeAccepted",
     "ResumeRejected",
     "ServerEvent",
+    "ServerSuperseded",
     "SnapshotInstalled",
     "StaleEpochRefused",
     "StateNotEncodable",
@@ -206,6 +207,16 @@ class ReplicaDivergenceDetected(ServerEvent, frozen=True, kw_only=True):
     detail: str
     """`result` (re-execution answered differently: a non-deterministic handler) or `history`
     (the logs differ, after a failover that lost entries; the copy is reset)."""
+
+
+class ServerSuperseded(ServerEvent, frozen=True, kw_only=True):
+    """The manager closed this server's connection with SUPERSEDED: a newer incarnation of
+    the same server id runs, so this process is a stale duplicate and stops (PROTOCOL.md 6.2)."""
+
+    node: NodeId
+    """This server."""
+    reason: str
+    """The manager's words."""
 
 
 class StaleEpochRefused(ServerEvent, frozen=True, kw_only=True):

@@ -1153,12 +1153,29 @@ class ManagerCore:
             self._try_readmit(message.server_id, now_us)
         elif outcome is AnnounceOutcome.REJOIN_PENDING:
             self._try_readmit(message.server_id, now_us)
+        elif outcome is AnnounceOutcome.STALE:
+            self._refuse_superseded(message.server_id, message.incarnation)
         elif outcome is AnnounceOutcome.REPEATED:
             member = self._membership.get(message.server_id)
             current = self.shard_map
             if member is not None and member.is_live and current is not None:
                 # A server announces again only while it has no map.
                 self._catch_up(message.server_id, 0, current)
+
+    def _refuse_superseded(self, server_id: str, incarnation: int) -> None:
+        """A message of an older incarnation than the member's: a second process runs under
+        the same server id (one restarted by hand and never stopped, say), and each of the two
+        connections replaced the other's in turn, each replacement a silence, a death and a
+        failover. The stale one is closed with SUPERSEDED, on which a server stops; the reason
+        names the refused incarnation first (PROTOCOL.md 6.2), as the ERROR may reach the newer
+        process's connection if it replaced the stale one meanwhile."""
+        member = self._membership.get(server_id)
+        running = -1 if member is None else member.incarnation
+        raise RemoteProtocolError(
+            f"incarnation {incarnation} of {server_id} is older than its running incarnation "
+            f"{running}: another process runs as {server_id}; this one must stop",
+            error_code=ErrorCode.SUPERSEDED,
+        )
 
     def _check_credential_lifetime(self, message: messages.ServerAnnounced) -> None:
         """A server whose credentials outlive `session_expiry_ms` would have this manager close
@@ -1199,6 +1216,8 @@ class ManagerCore:
         if message.renewed_sessions:
             # A server issued these credentials, whatever became of its membership since.
             self._expiry.renewed(message.renewed_sessions[:HEARTBEAT_RENEWALS_MAX], now_us=now_us)
+        if outcome is HeartbeatOutcome.SUPERSEDED:
+            self._refuse_superseded(message.server_id, message.incarnation)
         if outcome is HeartbeatOutcome.ACCEPTED:
             self._heard_again(message.server_id, suspected=suspected, now_us=now_us)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -65,6 +66,7 @@ from forehand.core._server_events import (
     ResumeAccepted,
     ResumeRejected,
     ServerEvent,
+    ServerSuperseded,
     SnapshotInstalled,
     StaleEpochRefused,
     StateNotEncodable,
@@ -138,6 +140,8 @@ _NO_LOAD = LoadReport(
     cpu_utilization=0.0, queue_depth=0, latency_us_p99=0, error_ratio=0.0, requests_per_second=0.0
 )
 _STATUSES = {int(status): status for status in ResponseStatus}
+_SUPERSEDED_REASON = re.compile(r"incarnation (\d+) ")
+"""The start of a SUPERSEDED reason: the incarnation the manager refused (PROTOCOL.md 6.2)."""
 """Response statuses by value (the handler's statuses are validated where they are produced)."""
 _SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
 """States in which a part's log is shipped from here."""
@@ -1018,7 +1022,16 @@ class ServerCore:
         self._rare("map-request-at-server")
 
     def _on_error(self, message: Error, source: NodeId, now_us: int) -> None:
-        """The peer closes its connection; the driver will report `ConnectionLost`."""
+        """The peer closes its connection; the driver will report `ConnectionLost`. From the
+        manager, SUPERSEDED says another process runs as this server: this one must stop."""
+        if source == self._config.manager_id and message.code == ErrorCode.SUPERSEDED:
+            # The reason names the refused incarnation first: the running process's connection
+            # may carry the ERROR meant for a stale one (it replaced the stale one's meanwhile).
+            refused = _SUPERSEDED_REASON.match(message.reason)
+            if refused is not None and int(refused.group(1)) == self._config.incarnation:
+                self._emit(ServerSuperseded(node=self.node_id, reason=message.reason))
+            else:
+                self._rare("superseded-another-incarnation")
 
     def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
         """Clients introduce themselves with HELLO, servers with their messages. A server this

@@ -99,6 +99,7 @@ NOTABLE_EVENTS = frozenset(
         "StateNotEncodable",
         "SessionsExpired",
         "SessionOpenRefused",
+        "ServerSuperseded",
     }
 )
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
@@ -111,12 +112,15 @@ WARNING_EVENTS = frozenset(
         "ServerDeclaredDead",
         "ServersSilent",
         "StateNotEncodable",
+        "ServerSuperseded",
     }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
 or without a replica; a server dead while it led parts (a crash, not a planned stop after a
 drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
-manager; an application's state that cannot be replicated."""
+manager; an application's state that cannot be replicated; two processes running as one server
+(`ServerSuperseded`; the manager's node driver logs its refusal of a cluster peer as a WARNING,
+once in a row)."""
 PEER_CAUSED_EVENTS = frozenset(
     {
         "SessionOpenRefused",
@@ -587,20 +591,42 @@ async def run_server(
             config.app,
             ", ".join(parts),
         )
+        # The signals' stop (or the caller's), which a superseded server sets too.
+        stop, remove_signals = stop_event(stop)
+        superseded = _Superseded(stop)
+        driver.subscribe(superseded)
         sampling = asyncio.get_running_loop().create_task(sampler.run())
         try:
             await _serve_until_stopped(
                 driver, listeners, config.ready_file, stop, None if ops is None else ops.start
             )
         finally:
+            remove_signals()
             if ops is not None:
                 await ops.close()
             sampling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampling
+        if superseded.reason is not None:
+            raise ConfigError(f"the manager stopped server {config.server_id}: {superseded.reason}")
     finally:
         for listener in listeners:
             await listener.close()
+
+
+class _Superseded:
+    """Stops the server when the manager says another process runs under its id
+    (`ServerSuperseded`): two processes as one server replaced each other's connection to the
+    manager in turn, and each replacement cost a failover."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.reason: str | None = None
+        self._stop = stop
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, server_events.ServerSuperseded) and self.reason is None:
+            self.reason = event.reason
+            self._stop.set()
 
 
 def _advertised(host: str, port: int) -> str:

@@ -137,6 +137,8 @@ class ErrorCode(IntEnum):
     CLOSED_CRITICAL_STREAM = 0x0A
     IDLE_TIMEOUT = 0x0B
     TRUNCATED_STREAM = 0x0C
+    SUPERSEDED = 0x0D
+    """A newer incarnation of the sender's node id runs: this process is a stale duplicate."""
 
     @classmethod
     def from_wire(cls, value: int) -> ErrorCode:
