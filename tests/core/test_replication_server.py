@@ -443,3 +443,35 @@ def test_a_state_a_handler_left_unencodable_is_reported_and_breaks_no_link() -> 
     cluster.router.advance(ms=5_000)
     assert cluster.router.sent(SnapshotShipped, source="s1")
     assert replica_position(cluster, "s3") == (5, 7)
+
+
+def test_a_snapshot_past_the_bound_is_reported_not_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part whose state and remembered answers pass SNAPSHOT_BYTES_MAX cannot be carried by
+    one cluster message: a walkthrough's chat log of 40 MB failed at the transport ("body of
+    81005052 bytes exceeds frame_bytes_max", a line per resend), its handoff timed out and a
+    replica stayed empty. It is now StateNotEncodable naming the bound, and no snapshot goes."""
+    from forehand.core import _replication
+
+    monkeypatch.setattr(_replication, "SNAPSHOT_BYTES_MAX", 2)
+    cluster = Cluster(log_entries_max=4)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=20)
+    cut = cluster.router.partition("s1", "s3")
+    write(cluster, 5)
+    cluster.request("s1", "counter", payload=b"1")
+    cluster.responses()
+    cluster.router.advance(ms=20)
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    reported = cluster.events("s1", StateNotEncodable)
+    assert reported and (COUNTER, "s3") in {(e.ref, e.replica) for e in reported}
+    assert "over the 2 one snapshot may carry" in reported[0].detail
+    assert not cluster.router.sent(SnapshotShipped, source="s1")
+
+
+def test_the_snapshot_bound_fits_a_cluster_frame() -> None:
+    from forehand.core._replication import SNAPSHOT_BYTES_MAX
+    from forehand.runtime.transport import CLUSTER_FRAME_BYTES_MAX
+
+    # The message's other fields (ids, sequence numbers, the entries' framing) fit the rest.
+    assert SNAPSHOT_BYTES_MAX <= CLUSTER_FRAME_BYTES_MAX - (1 << 20)

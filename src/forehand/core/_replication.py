@@ -22,6 +22,12 @@ from forehand.core.messages import LogAcknowledged, LogShipped, SnapshotShipped
 
 __all__ = ["RESEND_DOUBLINGS_MAX", "AckOutcome", "Replication", "ReplicaStream", "Shipment"]
 
+SNAPSHOT_BYTES_MAX = 30 << 20
+"""Most bytes a part's snapshot may carry (its encoded state, and the payloads and results of
+the requests its dedup table remembers): one cluster message carries it, and the runtime's
+cluster frames stop at 32 MiB (`CLUSTER_FRAME_BYTES_MAX`). A part past it cannot be copied to a
+new replica, a handoff's target or a server catching up; it is reported (`StateNotEncodable`)
+instead of failing at the transport."""
 RESEND_DOUBLINGS_MAX = 3
 """A replica that stays silent is shipped to again after `replication_retry_ms`, then twice,
 four and eight times that: a server whose peer died resends every part's probe to it at most
@@ -434,6 +440,15 @@ class Replication:
         stream.inflight.append((seq, now_us))
         try:
             state = part.snapshot_state()
+            dedup = part.dedup.entries()
+            size = len(state) + sum(len(entry.payload) + len(entry.result) for entry in dedup)
+            if size > SNAPSHOT_BYTES_MAX:
+                raise StateNotEncodableError(
+                    f"its snapshot (the state, {len(state)} bytes, and the requests its dedup "
+                    f"table remembers) takes {size} bytes, over the {SNAPSHOT_BYTES_MAX} one "
+                    "snapshot may carry: no replica, handoff target or server catching up can "
+                    "receive a copy; keep the part's state (and its answers) smaller"
+                )
         except StateNotEncodableError as error:
             if self.unencodable is None:
                 self.unencodable = []
@@ -444,7 +459,7 @@ class Replication:
             epoch=epoch,
             seq=seq,
             state=state,
-            dedup=part.dedup.entries(),
+            dedup=dedup,
             seq_epoch=part.log.last_epoch,
         )
 
