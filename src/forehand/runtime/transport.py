@@ -440,11 +440,12 @@ class Connection(abc.ABC):
     def set_frame_handler(self, handler: FrameHandler | None) -> None:
         """Hand received frames to `handler(frames)` as they are decoded, instead of queueing.
 
-        The handler runs inside the transport's receive callback with every frame one read (or
+        The handler runs inside the transport's receive callback with the frames one read (or
         one datagram) produced, in order, so a driver can feed its core and send the answers in
-        the same loop turn, without waking a task per batch. Frames already queued go to it on
-        the next turn. None goes back to queueing for `receive()`. The end of the connection is
-        not a frame: await `wait_closed()` for it.
+        the same loop turn, without waking a task per batch; a byte stream hands them over in
+        batches and pauses a flood of them until the next turn (`runtime/_stream.py`). Frames
+        already queued go to it on the next turn. None goes back to queueing for `receive()`.
+        The end of the connection is not a frame: await `wait_closed()` for it.
         """
         self._frame_handler = handler
         if handler is not None and self._received:
