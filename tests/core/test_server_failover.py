@@ -296,3 +296,34 @@ def test_a_restarted_primary_that_no_seal_reaches_reports_it_and_a_failover_sett
     cluster.router.advance(ms=600)
     copy = cluster.server("s3").part(COUNTER)
     assert copy is not None and (copy.state, copy.data) == (PartState.REPLICA, 2)
+
+
+def test_a_primary_that_hears_it_was_declared_dead_hands_nothing_over() -> None:
+    """A primary cut off from the manager misses the failover that replaced it, and learns of
+    it at its readmission from the map that marks it dead. It used to take that map for a move
+    of a live primary's part and ran the source's side of a handoff with its stale log; the copy
+    it kept then became primary again in a later handoff to it, losing what the promoted
+    replica had acknowledged since (campaign seed 16900996). It now lets the part go."""
+    from forehand.placement import PartKey, Placement
+
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.router.advance(ms=20)
+    cluster.request("s1", "counter")
+    cluster.responses()
+    cluster.router.advance(ms=50)
+    cluster.router.take("s1", LogShipped)
+    key = PartKey(session_id=ref("counter").session_id, part="counter")
+    operations = [
+        *cluster.map.mark_server_dead("s1").operations,
+        *cluster.map.override_placement(key, Placement(primary="s2", replicas=("s3",))).operations,
+    ]
+    cluster.publish(*operations)
+    cluster.router.advance(ms=2_000)
+    sealed = [
+        m
+        for m in cluster.router.sent(LogShipped, source="s1")
+        if isinstance(m, LogShipped) and m.sealed
+    ]
+    assert sealed == []
+    assert state(cluster, "s1") in (None, PartState.REPLICA)

@@ -86,6 +86,10 @@ FOUND_SEEDS = {
     "0.4 ms before the run ended, which no server had heard of yet; the convergence checker "
     "now lets servers lag a version committed within its allowance of the end "
     "(tests/sim/test_checkers.py)",
+    (ALL_SCENARIO, 16900996): "a primary cut off from the manager learned at its readmission "
+    "of the failover that replaced it, took the map for a move and ran a handoff with its stale "
+    "log; a later handoff to it took that copy up as primary and lost the promoted replica's "
+    "acknowledged writes (tests/core/test_server_failover.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

@@ -2536,14 +2536,26 @@ class ServerCore:
     ) -> None:
         state = part.state
         missed = previous_map is not None and self.map_version > previous_map.version + 1
-        if state is PartState.PRIMARY and (part.fenced or missed):
+        # A map that lists this server dead failed its parts over (a server cut off from the
+        # manager learns of it at its readmission): its primaries are replaced ones, whose logs
+        # may lack what the promoted replicas acknowledged since. Handing them over (an
+        # implicit source run) left a stale copy that a later handoff here took up as primary,
+        # losing those writes (campaign seed 16900996).
+        declared_dead = self._map is not None and not self._map.lists_alive(self._me)
+        if state is PartState.PRIMARY and (part.fenced or missed or declared_dead):
             # A replica told this primary that a failover replaced it; or this primary missed
             # map versions (it was frozen or cut off), so the part may have been failed over at
             # a version it never saw, with an epoch it cannot know: a handoff run would stamp
             # the part with this newer version and fence the real primary. Nothing to hand
             # over; if the move was a handoff after all, its abort fails the part over to the
             # newest history, which this server keeps as a replica.
-            self._rare("replaced-primary-stepped-down" if part.fenced else "primary-missed-maps")
+            self._rare(
+                "replaced-primary-stepped-down"
+                if part.fenced
+                else "primary-missed-maps"
+                if missed
+                else "dead-primary-stepped-down"
+            )
             placement = None if self._map is None else self._map.placement(part.ref)
             if placement is None or self._me not in placement.servers:
                 self._drop(part)
