@@ -1530,7 +1530,8 @@ class ManagerCore:
                 server_id, primaries, fraction, origin=origin, sheds_load=sheds_load, now_us=now_us
             )
         queued = 0
-        if origin is MoveOrigin.RISK and refs:
+        if origin is MoveOrigin.RISK and refs and self._config.rebalance_interval_ms:
+            # Pruned at every automatic check, so kept only while those checks run.
             self._auto.risk_moved_us[server_id] = now_us
         if origin is MoveOrigin.RISK and self._steering is not None:
             for session_id in dict.fromkeys(ref.session_id for ref in refs):
