@@ -37,8 +37,8 @@ class PeerLogLimiter(logging.Filter):
     """Lets at most `lines_max` peer-caused records of each kind (logger, message template and
     core event) through per `window_s`; the first one after a window that left some out says
     how many. Records without a true `peer_caused` attribute (`forehand._peer_log.PEER_CAUSED`
-    in their extra) pass untouched. The kinds are the code's own
-    templates, so the table stays small."""
+    in their extra) pass untouched. The kinds are the code's own templates, so the table stays
+    small."""
 
     def __init__(
         self,
