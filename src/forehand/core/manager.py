@@ -1172,8 +1172,7 @@ class ManagerCore:
         member = self._membership.get(server_id)
         running = -1 if member is None else member.incarnation
         raise RemoteProtocolError(
-            f"incarnation {incarnation} of {server_id} is older than its running incarnation "
-            f"{running}: another process runs as {server_id}; this one must stop",
+            messages.superseded_reason(server_id, incarnation, running),
             error_code=ErrorCode.SUPERSEDED,
         )
 

@@ -10,10 +10,13 @@ Naming follows STYLE.md rule 4: a noun and a past participle, saying what happen
 from __future__ import annotations
 
 import enum
+import re
 
 import msgspec
 
 __all__ = [
+    "superseded_incarnation",
+    "superseded_reason",
     "ClusterMessageType",
     "FailoverPrepared",
     "HandoffAborted",
@@ -441,3 +444,21 @@ def decode_cluster_message(body: bytes) -> ClusterMessageType:
     except (msgspec.DecodeError, UnicodeDecodeError) as error:
         # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
         raise RemoteProtocolError(f"malformed cluster message: {error}") from error
+
+
+_SUPERSEDED_REASON = re.compile(r"incarnation (\d+) ")
+
+
+def superseded_reason(server_id: str, incarnation: int, running: int) -> str:
+    """The reason of the manager's ERROR(SUPERSEDED) to an older incarnation of a server: it
+    starts with `incarnation N ` (PROTOCOL.md 6.2), which `superseded_incarnation` reads."""
+    return (
+        f"incarnation {incarnation} of {server_id} is older than its running incarnation "
+        f"{running}: another process runs as {server_id}; this one must stop"
+    )
+
+
+def superseded_incarnation(reason: str) -> int | None:
+    """The incarnation a SUPERSEDED reason refuses, or None when it names none."""
+    refused = _SUPERSEDED_REASON.match(reason)
+    return None if refused is None else int(refused.group(1))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
-import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -96,6 +95,7 @@ from forehand.core.messages import (
     ServerAnnounced,
     SnapshotShipped,
     decode_cluster_message,
+    superseded_incarnation,
 )
 from forehand.core.tokens import (
     ReplayCache,
@@ -140,8 +140,6 @@ _NO_LOAD = LoadReport(
     cpu_utilization=0.0, queue_depth=0, latency_us_p99=0, error_ratio=0.0, requests_per_second=0.0
 )
 _STATUSES = {int(status): status for status in ResponseStatus}
-_SUPERSEDED_REASON = re.compile(r"incarnation (\d+) ")
-"""The start of a SUPERSEDED reason: the incarnation the manager refused (PROTOCOL.md 6.2)."""
 """Response statuses by value (the handler's statuses are validated where they are produced)."""
 _SHIPPING_STATES = (PartState.PRIMARY, PartState.HANDING_OFF)
 """States in which a part's log is shipped from here."""
@@ -1027,8 +1025,7 @@ class ServerCore:
         if source == self._config.manager_id and message.code == ErrorCode.SUPERSEDED:
             # The reason names the refused incarnation first: the running process's connection
             # may carry the ERROR meant for a stale one (it replaced the stale one's meanwhile).
-            refused = _SUPERSEDED_REASON.match(message.reason)
-            if refused is not None and int(refused.group(1)) == self._config.incarnation:
+            if superseded_incarnation(message.reason) == self._config.incarnation:
                 self._emit(ServerSuperseded(node=self.node_id, reason=message.reason))
             else:
                 self._rare("superseded-another-incarnation")
@@ -2488,6 +2485,10 @@ class ServerCore:
             self._reinstate(part, now_us)
         # HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline decides.
 
+    def _listed_dead(self) -> bool:
+        """Whether the current map lists this server dead (its parts were failed over)."""
+        return self._map is not None and not self._map.lists_alive(self._me)
+
     def _receive_implicitly(
         self, part: Part, source: str, previous_map: ServerMap | None, now_us: int
     ) -> None:
@@ -2541,8 +2542,7 @@ class ServerCore:
         # may lack what the promoted replicas acknowledged since. Handing them over (an
         # implicit source run) left a stale copy that a later handoff here took up as primary,
         # losing those writes (campaign seed 16900996).
-        declared_dead = self._map is not None and not self._map.lists_alive(self._me)
-        if state is PartState.PRIMARY and (part.fenced or missed or declared_dead):
+        if state is PartState.PRIMARY and (part.fenced or missed or self._listed_dead()):
             # A replica told this primary that a failover replaced it; or this primary missed
             # map versions (it was frozen or cut off), so the part may have been failed over at
             # a version it never saw, with an epoch it cannot know: a handoff run would stamp
