@@ -9,6 +9,7 @@ import pytest
 
 from forehand.core._client_map import CLIENT_PLACEMENTS_ENCODING, decode_client_placements
 from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
+from forehand.core._manager_config import ManagerConfig
 from forehand.core._manager_events import (
     CredentialRefused,
     DeathCause,
@@ -23,6 +24,7 @@ from forehand.core._manager_events import (
     SessionOpenRefused,
     SessionRegistered,
 )
+from forehand.core._manager_origins import OpenRateLimit
 from forehand.core._membership import MemberState
 from forehand.core.manager import OPEN_RETRY_AFTER_MS, REFUSAL_NAMES_MAX, ManagerCore
 from forehand.core.messages import (
@@ -32,6 +34,7 @@ from forehand.core.messages import (
     MapRequested,
     ServerAnnounced,
 )
+from forehand.errors import ConfigError
 from forehand.placement import PartKey, PlacementConfig, ShardMap
 from forehand.stores import (
     DeltaCommitRequested,
@@ -335,6 +338,67 @@ def test_a_full_map_refuses_new_sessions() -> None:
     run_store(core, store)
     opened = [o.message for o in core.messages_to_send() if isinstance(o.message, SessionOpened)]
     assert [m.request_id for m in opened] == [3]
+
+
+def test_an_origin_that_opens_too_fast_is_paced() -> None:
+    """Past its burst, an origin's OPEN_SESSIONs are refused with the wait until its bucket
+    holds one open again (retry_after_ms), the connection kept; another origin, and a client
+    connection with no origin (a transport without addresses), open as before; the wait over,
+    the paced origin opens again. Before, one host reconnecting could open sessions at the
+    manager's full commit rate."""
+    core, store = manager_with_one_server(open_rate_per_origin=2.0, open_burst_per_origin=3)
+    for source, origin in (("a1", "192.0.2.7"), ("a2", "192.0.2.7"), ("b", "198.51.100.1")):
+        core.receive_message(ConnectionOpened(peer=source, origin=origin), source=source, now_us=0)
+    now_us = 1_000_000
+
+    def opened(source: str, request_id: int) -> list[object]:
+        core.receive_message(
+            OpenSession(request_id=request_id, parts=("a",)), source=source, now_us=now_us
+        )
+        run_store(core, store)
+        return [o.message for o in core.messages_to_send() if o.destination == source]
+
+    # The burst spans the origin's connections: two on a1, one on a2.
+    for source, request_id in (("a1", 1), ("a1", 2), ("a2", 3)):
+        assert [type(m) for m in opened(source, request_id)] == [SessionOpened]
+    (refused,) = opened("a1", 4)
+    assert isinstance(refused, OpenSessionRefused) and refused.retry_after_ms == 500
+    assert "192.0.2.7" in refused.reason and "open_rate_per_origin=2" in refused.reason
+    (event,) = refusals(core)
+    assert event.cause == "origin_rate" and event.retry_after_ms == 500
+    assert [type(m) for m in opened("b", 5)] == [SessionOpened]
+    assert [type(m) for m in opened("c", 6)] == [SessionOpened]
+    # A quarter of a second later half a token came back: the wait is the other half.
+    now_us += 250_000
+    (refused,) = opened("a2", 7)
+    assert isinstance(refused, OpenSessionRefused) and refused.retry_after_ms == 250
+    now_us += 250_000
+    assert [type(m) for m in opened("a2", 8)] == [SessionOpened]
+    assert core.shard_map is not None and len(core.shard_map) == 6
+
+
+def test_open_pacing_forgets_the_quietest_origin_first() -> None:
+    """The table of origins is bounded (`origins_max`): the origin heard from longest ago goes
+    first, and a rate of 0 keeps no table at all."""
+    pace = OpenRateLimit(rate_per_s=1.0, burst=1, origins_max=2)
+    assert pace.take("x", 0) == 0 and pace.take("x", 0) == 1000
+    assert pace.take("y", 0) == 0 and pace.take("x", 10) > 0
+    assert pace.take("z", 20) == 0  # y is forgotten, x was heard from last
+    assert len(pace) == 2
+    assert pace.take("x", 30) > 0
+    assert pace.take("y", 30) == 0  # forgotten: a full bucket again
+    off = OpenRateLimit(rate_per_s=0.0, burst=1, origins_max=2)
+    assert not off.enabled
+    assert all(off.take("x", 0) == 0 for _ in range(5)) and len(off) == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("open_rate_per_origin", float("nan")), ("open_rate_per_origin", -1.0), ("origins_max", 0)],
+)
+def test_bad_open_pacing_settings_are_refused(setting: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        ManagerConfig(**{setting: value})  # type: ignore[arg-type]
 
 
 def test_a_full_queue_pushes_back_on_new_sessions() -> None:

@@ -50,6 +50,10 @@ class ConnectionOpened:
 
     peer: NodeId
     """The node at the other end of the connection."""
+    origin: str = ""
+    """Where an accepted client connection comes from, as the manager paces opens by it
+    (`ManagerConfig.open_rate_per_origin`): its IP address, or the /64 prefix of an IPv6 one.
+    Empty for cluster links, connections this node dialed and transports without addresses."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,6 +7,7 @@ simulator can explore the space of valid configurations from one seed.
 from __future__ import annotations
 
 import enum
+import math
 import random
 from dataclasses import dataclass, fields
 
@@ -62,6 +63,20 @@ class ManagerConfig:
     """Most parts the shard map holds: an OPEN_SESSION that would pass it is refused (ERROR
     LIMIT_EXCEEDED). Anyone who reaches the manager may open sessions, and each stays until it
     is closed; this bounds the map's memory (about 700 bytes a part) against a flood of them."""
+    open_rate_per_origin: float = 20.0
+    """Sessions one origin may open a second, on average, once its `open_burst_per_origin` is
+    spent (a token bucket). An origin is the IP address a client connection comes from, the /64
+    prefix for IPv6. Past the pace an OPEN_SESSION is refused with the wait in `retry_after_ms`,
+    which clients wait out and send again, so a fast opener is slowed, not failed. Clients behind
+    one proxy or NAT share its address: raise it for them, or 0 turns the pace off. Sessions
+    stay until closed or expired, so one address can still hold up to this rate times
+    `session_expiry_ms` of them; `map_parts_max` is the hard bound."""
+    open_burst_per_origin: int = 5_000
+    """Sessions one origin may open at once before `open_rate_per_origin` paces it."""
+    origins_max: int = 65_536
+    """Most origins whose open pace the manager tracks; the one heard from longest ago is
+    forgotten first (a quiet origin's bucket refills within burst / rate seconds, so forgetting it
+    then loses nothing)."""
     map_request_hold_ms: int = 1_500
     """A MAP_REQUEST each of whose presented sessions has a part with its primary on a server
     the manager cannot reach (connection lost, suspected, or dead and not yet failed over) is
@@ -304,6 +319,8 @@ class ManagerConfig:
                     raise ConfigError("ManagerConfig.risk_policy must be RiskPolicyKind")
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"ManagerConfig.{field.name} must be a number, got {value!r}")
+            elif not math.isfinite(value):
+                raise ConfigError(f"ManagerConfig.{field.name} must be finite, got {value!r}")
             elif value < 0 or (value == 0 and field.name not in _ZERO_ALLOWED):
                 raise ConfigError(f"ManagerConfig.{field.name} must be positive, got {value!r}")
 
@@ -426,6 +443,7 @@ _ZERO_ALLOWED = frozenset(
         "rebalance_interval_ms",
         "rebalance_tolerance",
         "rebalance_after_risk_ms",
+        "open_rate_per_origin",
     }
 )
 """Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

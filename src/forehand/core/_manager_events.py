@@ -537,8 +537,9 @@ class SessionOpenRefused:
     """What the client was told."""
     cause: str = "undeclared_parts"
     """`undeclared_parts`, `map_full`, `client_full` (the connection holds
-    `client_sessions_max` sessions), `queue_full` or `unplaceable` (the parts could not be
-    placed: no server ACTIVE)."""
+    `client_sessions_max` sessions), `queue_full`, `unplaceable` (the parts could not be
+    placed: no server ACTIVE) or `origin_rate` (its origin opens faster than
+    `open_rate_per_origin`)."""
     retry_after_ms: int = 0
     """0: the refusal stands; otherwise the client may send the open again after this long."""
 

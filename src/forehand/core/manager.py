@@ -98,6 +98,7 @@ from forehand.core._manager_failover import (
     record_positions,
 )
 from forehand.core._manager_failover import fire as fire_failover
+from forehand.core._manager_origins import OpenRateLimit
 from forehand.core._manager_planning import (
     candidate_window,
     fill_replicas,
@@ -227,6 +228,8 @@ class _Client:
     sessions: OrderedDict[bytes, None] = field(default_factory=OrderedDict)
     opening: int = 0
     """OPEN_SESSIONs of the connection queued or being committed."""
+    origin: str = ""
+    """Where the connection comes from (`ConnectionOpened.origin`), whose opens are paced."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -329,6 +332,11 @@ class ManagerCore:
             step_ms=EXPIRY_STEP_MS,
         )
         self._clients: OrderedDict[NodeId, _Client] = OrderedDict()
+        self._open_pace = OpenRateLimit(
+            rate_per_s=config.open_rate_per_origin,
+            burst=config.open_burst_per_origin,
+            origins_max=config.origins_max,
+        )
         self._opens_seen: OrderedDict[tuple[bytes, int], _Opening] = OrderedDict()
         self._joins_queued: set[str] = set()
         # Sessions closed while the commit queue was full, oldest first: each is a session of the
@@ -2629,6 +2637,22 @@ class ManagerCore:
             )
             self._refuse_open(source, frame.request_id, parts, reason, cause="client_full")
             return
+        wait_ms = self._open_pace.take(client.origin, now_us)
+        if wait_ms:
+            reason = (
+                f"{client.origin} opened sessions faster than open_rate_per_origin="
+                f"{self._config.open_rate_per_origin:g} a second after a burst of "
+                f"open_burst_per_origin={self._config.open_burst_per_origin}: retry in {wait_ms} ms"
+            )
+            self._refuse_open(
+                source,
+                frame.request_id,
+                parts,
+                reason,
+                cause="origin_rate",
+                retry_after_ms=wait_ms,
+            )
+            return
         opening = _Opening(
             client=source,
             request_id=frame.request_id,
@@ -3088,6 +3112,8 @@ class ManagerCore:
             else:
                 self._held_maps.take(source)
             return
+        if message.origin:
+            self._client(source).origin = message.origin
         if source in self._membership:
             self._heard_again(source, suspected=False, now_us=now_us)
         if current is None:

@@ -176,7 +176,8 @@ class ManagerMetrics:
             "OPEN_SESSIONs refused, by cause: undeclared_parts (a part no server's app "
             "declares), map_full (map_parts_max), client_full (client_sessions_max), "
             "queue_full (the commit queue; the client retries), unplaceable (no server can "
-            "take the parts now; the client retries).",
+            "take the parts now; the client retries), origin_rate (open_rate_per_origin; the "
+            "client retries).",
             ["cause"],
             registry=r,
         )

@@ -41,6 +41,7 @@ import concurrent.futures
 import contextlib
 import enum
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -94,6 +95,25 @@ CORE_MESSAGE_KIND = 0
 """CLUSTER_MESSAGE kind of the cores' messages (`forehand.core.messages`)."""
 ADMIN_MESSAGE_KIND = 0x3E
 """CLUSTER_MESSAGE kind of the operator's control messages (`forehand.runtime.admin`)."""
+
+
+def connection_origin(address: tuple[str, int] | None) -> str:
+    """The origin the manager paces a client connection's opens by (`ConnectionOpened.origin`):
+    its IPv4 address, or the /64 prefix of its IPv6 address (one host usually holds a whole
+    /64), an IPv4-mapped one read as IPv4; "" when the transport gives no IP address."""
+    if address is None:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address[0].split("%", 1)[0])
+    except ValueError:
+        return ""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 CLIENT_NODE_PREFIX = "~client-"
 """Node ids of accepted client connections start with this; no certificate name can."""
 
@@ -774,7 +794,10 @@ class NodeDriver:
             current.connection.close(ErrorCode.NO_ERROR, "replaced by a newer connection")
             self._feed(ConnectionLost(peer=peer.node_id, reason="replaced"), peer.node_id)
         link.sending = True
-        self._feed(ConnectionOpened(peer=peer.node_id), peer.node_id)
+        origin = ""
+        if link.kind is _LinkKind.CLIENT_ACCEPTED:
+            origin = connection_origin(link.connection.peer_address)
+        self._feed(ConnectionOpened(peer=peer.node_id, origin=origin), peer.node_id)
         if peer.queue:
             frames = list(peer.queue)
             peer.queue.clear()
