@@ -17,6 +17,7 @@ from forehand.core._manager_events import (
     MovesDropped,
     RiskFlagged,
 )
+from forehand.core._manager_failover import _choose
 from forehand.core._manager_risk import RiskDecision
 from forehand.core._orchestrator import HandoffPhase
 from forehand.core.messages import (
@@ -258,6 +259,40 @@ def test_an_abort_after_the_target_took_over_keeps_the_target() -> None:
     source = busiest(harness)
     ref = _abort_and_report(harness, source_seq=7, target_seq=9)
     assert harness.placement(ref).primary != source
+
+
+def test_an_abort_keeps_a_source_whose_heartbeats_show_it_ahead_though_it_never_answered() -> None:
+    """The target aborts (no sealed log by its deadline) while the manager's messages to the
+    source are lost (a one-way partition): the source never heard of the handoff nor of the
+    failover's fence, and kept serving. Its heartbeats still say how far it is, far ahead of the
+    fenced answers, so it stays primary. Before, every answer ranked first and the target, 107
+    entries behind, was promoted: the source's acknowledged writes were lost when it healed
+    (found live, a drain under a one-way partition)."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    harness.heartbeat(source, parts=(progress(ref, 224, PartRole.PRIMARY),))
+    aborted = HandoffAbortedMessage(
+        handoff_id=assigned.handoff_id,
+        server_id=assigned.target,
+        parts=(ref,),
+        detail="deadline passed without the sealed log",
+    )
+    harness.router.send(assigned.target, MANAGER, aborted)
+    fenced = {s: p for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
+    assert {source, assigned.target} <= set(fenced)
+    for server_id, prepared in sorted(fenced.items()):
+        if server_id != source:
+            harness.positions(server_id, prepared.map_version, {ref: 117})
+    harness.tick(1_000, alive=SERVERS)
+    (completed,) = harness.events(FailoverCompleted)
+    (promoted,) = [p for p in completed.promotions if p.ref == ref]
+    assert promoted.primary == source and promoted.applied_seq == 224
+    assert harness.placement(ref).primary == source
+    # An answer still wins a tie with a heartbeat: it is fresh, and fenced.
+    assert _choose([("quiet", 0, 117, False), ("answered", 0, 117, True)]) == ("answered", 117)
 
 
 def test_an_abort_after_the_target_report_fails_the_part_over() -> None:

@@ -257,9 +257,11 @@ def record_positions(job: FailoverJob, message: PositionsReported) -> bool:
     return True
 
 
-def _rank(
-    job: FailoverJob, key: PartKey, fallback: Callable[[str, PartKey], int | None]
-) -> list[tuple[str, int, int, bool]]:
+Fallback = Callable[[str, PartKey], tuple[int, int] | None]
+"""A candidate's `(last_epoch, applied_seq)` for a part as its last heartbeat said, or None."""
+
+
+def _rank(job: FailoverJob, key: PartKey, fallback: Fallback) -> list[tuple[str, int, int, bool]]:
     """(server, last_epoch, applied_seq, reported) for the candidates that may hold the part."""
     reported = job.positions.get(key, {})
     epochs = job.last_epochs.get(key, {})
@@ -268,24 +270,31 @@ def _rank(
         if server_id in reported:
             ranked.append((server_id, epochs.get(server_id, 0), reported[server_id], True))
         elif server_id not in job.answered:
-            seq = fallback(server_id, key)
-            ranked.append((server_id, UNKNOWN_SEQ, UNKNOWN_SEQ if seq is None else seq, False))
+            beat = fallback(server_id, key)
+            last_epoch, seq = (UNKNOWN_SEQ, UNKNOWN_SEQ) if beat is None else beat
+            ranked.append((server_id, last_epoch, seq, False))
     return ranked
 
 
 def _choose(ranked: list[tuple[str, int, int, bool]]) -> tuple[str, int] | None:
-    """The best candidate and its position: reported first, then the newest, longest history.
+    """The best candidate and its position: the newest, longest history, then reported first.
 
     Candidates may hold diverged logs (a replaced primary kept writing under its old epoch while
     cut off), so the epoch of the last entry ranks before the length, as in Raft's up-to-date
-    rule; logs of one history rank by length alone.
+    rule; logs of one history rank by length alone. A candidate that did not answer ranks by its
+    last heartbeat: a live holder's history only grows, so a heartbeat under-states it, and one
+    that says the candidate is ahead of every answer means it is. It wins then: the answers are
+    fenced, and the candidate promoted needs no fence. Before, every answer ranked first, so a
+    handoff's source that kept serving while the manager's messages to it were lost (a one-way
+    partition) lost the writes it acknowledged after the target's copy to a target far behind.
+    At a tie the answer wins (fresh and fenced), then the preference order.
     """
     best: tuple[str, int] | None = None
-    best_key: tuple[bool, int, int] | None = None
+    best_key: tuple[int, int, bool] | None = None
     for server_id, last_epoch, seq, reported in ranked:
         # Candidates come preferred first, so a tie keeps the earlier one.
-        if best_key is None or (reported, last_epoch, seq) > best_key:
-            best, best_key = (server_id, seq), (reported, last_epoch, seq)
+        if best_key is None or (last_epoch, seq, reported) > best_key:
+            best, best_key = (server_id, seq), (last_epoch, seq, reported)
     return best
 
 
@@ -295,7 +304,7 @@ def build_promotion(
     *,
     live: Callable[[str], bool],
     eligible: list[str],
-    fallback: Callable[[str, PartKey], int | None],
+    fallback: Fallback,
 ) -> Promotion:
     """The promotion against `current`: every decision, lost part and repaired override."""
     dead = job.dead

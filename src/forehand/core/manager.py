@@ -2223,8 +2223,10 @@ class ManagerCore:
             payload=promotion,
         )
 
-    def _progress_seq(self, server_id: str, key: PartKey) -> int | None:
-        return self._applied_seq(server_id, ref_of(key))
+    def _progress_seq(self, server_id: str, key: PartKey) -> tuple[int, int] | None:
+        member = self._membership.get(server_id)
+        progress = None if member is None else member.progress.get(ref_of(key))
+        return None if progress is None else (progress.last_epoch, progress.applied_seq)
 
     def _failover_committed(self, job: FailoverJob, built: Built, now_us: int) -> None:
         promotion = built.payload
