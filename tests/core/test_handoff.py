@@ -421,6 +421,30 @@ def test_deadline_missed_aborts_and_the_map_reinstates_the_source() -> None:
     assert accepted[-1].map_version == cluster.map.version
 
 
+def test_an_abort_answers_the_requests_the_source_forwarded() -> None:
+    """A request forwarded to a target behind a silent link is answered TRY_AGAIN when the
+    handoff aborts at the source, and the target's late answer goes nowhere. Before, it was
+    never answered (an answer arriving while the part is ABORTING is dropped), and the client
+    waited out its own timeout after the failover had settled the part (found live)."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.responses()
+    cut = cluster.router.partition("s1", "s2")
+    cluster.place("counter", "s2", "s1")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=300)
+    cluster.request("s1", "counter")
+    assert cluster.responses() == []
+    cluster.router.advance(ms=300)
+    assert state(cluster, "s1") is PartState.ABORTING
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+    assert refused.request_id == cluster.next_request_id - 1
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=50)
+    assert cluster.responses() == []
+
+
 def test_target_deadline_reports_abort_and_fails_queued_requests() -> None:
     """A target without the seal by the deadline reports HandoffAborted and answers TRY_AGAIN."""
     cluster = Cluster()
@@ -598,8 +622,10 @@ def test_forwarded_request_fails_over_to_try_again_when_the_target_is_lost() -> 
     assert response.status is ResponseStatus.TRY_AGAIN
 
 
-def test_unanswered_forwards_are_forgotten_after_their_timeout() -> None:
-    """The table of forwarded requests does not grow when a target never answers."""
+def test_unanswered_forwards_are_answered_try_again_after_their_timeout() -> None:
+    """A forward its target does not answer in `forwarded_request_timeout_ms` is answered
+    TRY_AGAIN (a silent link reports no lost connection) and leaves the table; the target's
+    answer after that goes nowhere. Before, it was forgotten without an answer."""
     cluster = handed_over(forwarded_request_timeout_ms=300, backup_period_ms=10_000)
     cut = cluster.router.partition("s1", "s2")
     cluster.request("s1", "counter")
@@ -618,6 +644,9 @@ def test_unanswered_forwards_are_forgotten_after_their_timeout() -> None:
     cut = cluster.router.partition("s1", "s2")
     cluster.request("s1", "counter")
     cluster.router.advance(ms=301)
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+    assert refused.request_id == cluster.next_request_id - 1
     cluster.router.heal(cut)
     cluster.router.send(
         "s2",

@@ -84,7 +84,8 @@ class ServerConfig:
     forwarded_requests_max: int = 4096
     """Most forwarded requests this server waits on an answer for, over all parts."""
     forwarded_request_timeout_ms: int = 10_000
-    """A forwarded request unanswered this long is forgotten (its client retries by itself)."""
+    """A forwarded request unanswered this long is answered TRY_AGAIN (its client sends it
+    again): its handoff target may be behind a silent link."""
     receiving_queue_requests_max: int = 256
     """Most requests a handoff target queues per part until the sealed log arrives."""
     backup_period_ms: int = 5000

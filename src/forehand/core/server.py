@@ -20,7 +20,7 @@ import heapq
 import itertools
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -839,8 +839,10 @@ class ServerCore:
         part = self._parts.get(forward.ref)
         if part is not None and part.state is PartState.ABORTING:
             # An aborted handoff may be reverted: an answer the target gave must not reach the
-            # client, or a write the revert discards would count as acknowledged.
+            # client, or a write the revert discards would count as acknowledged. The client
+            # sends it again (the surviving history's dedup table answers it if it holds it).
             self._rare("forwarded-answer-dropped-while-aborting")
+            self._refuse_forward(key, forward, "handoff aborted; awaiting the map")
             return
         inbound = _Inbound(
             request_id=message.request_id,
@@ -887,12 +889,46 @@ class ServerCore:
             )
 
     def _expire_forwards(self, now_us: int) -> None:
+        """A forward unanswered for `forwarded_request_timeout_ms` is answered TRY_AGAIN: its
+        target may be behind a silent link, which no lost connection reports. Before, it was
+        forgotten and the client waited out its own timeout (found live, a handoff whose source
+        and target were cut from each other)."""
         horizon = now_us - self._forward_timeout_us
         while self._forwards:
             key, forward = next(iter(self._forwards.items()))
             if forward.sent_us > horizon:
                 break
             del self._forwards[key]
+            self._refuse_forward(key, forward, "the handoff target did not answer in time")
+
+    def _refuse_forwards(self, refs: Collection[PartRef], reason: str) -> None:
+        """Answer TRY_AGAIN for every request forwarded for one of `refs`: an aborted handoff
+        drops what its target answers, and the client sends them again once the map says who
+        serves the part."""
+        if not refs or not self._forwards:
+            return
+        for key, forward in list(self._forwards.items()):
+            if forward.ref in refs:
+                del self._forwards[key]
+                self._refuse_forward(key, forward, reason)
+
+    def _refuse_forward(
+        self, key: tuple[NodeId, bytes, int], forward: _Forward, reason: str
+    ) -> None:
+        """TRY_AGAIN for a forward no longer waited for (already taken out of `_forwards`)."""
+        inbound = _Inbound(
+            request_id=key[2],
+            session_id=key[1],
+            part=forward.ref.part,
+            op="",
+            payload=b"",
+            map_version=0,
+            hops=0,
+            client=key[0],
+            reply_to=forward.reply_to,
+            forwarded=forward.forwarded,
+        )
+        self._refuse(inbound, ResponseStatus.TRY_AGAIN, reason)
 
     # Sessions and clients.
 
@@ -1081,19 +1117,7 @@ class ServerCore:
         for key, forward in list(self._forwards.items()):
             if forward.target == peer:
                 del self._forwards[key]
-                inbound = _Inbound(
-                    request_id=key[2],
-                    session_id=key[1],
-                    part=forward.ref.part,
-                    op="",
-                    payload=b"",
-                    map_version=0,
-                    hops=0,
-                    client=key[0],
-                    reply_to=forward.reply_to,
-                    forwarded=forward.forwarded,
-                )
-                self._refuse(inbound, ResponseStatus.TRY_AGAIN, "handoff target unreachable")
+                self._refuse_forward(key, forward, "handoff target unreachable")
             elif forward.reply_to == peer:
                 del self._forwards[key]
 
@@ -2090,6 +2114,7 @@ class ServerCore:
             ref for ref in run.refs if ref in run.waiting and self._run_of.get(ref) == key
         )
         sealed = tuple(ref for ref in run.refs if ref not in run.waiting)
+        aborted: set[PartRef] = set()
         for ref in waiting:
             part = self._parts.get(ref)
             del self._run_of[ref]
@@ -2100,8 +2125,10 @@ class ServerCore:
                 self._transition(part, PartTrigger.HANDOFF_DEADLINE_MISSED)
                 self._stop_shipping(ref)
                 self._fail_held(ref, "handoff aborted")
+                aborted.add(ref)
             elif run.side is HandoffSide.TARGET:
                 self._fail_queue(ref, "handoff deadline passed")
+        self._refuse_forwards(aborted, "handoff aborted; awaiting the map")
         step = "sealed log acknowledged" if run.side is HandoffSide.SOURCE else "sealed log"
         detail = f"deadline passed without the {step} for {len(waiting)} of {len(run.refs)} parts"
         self._emit(
