@@ -406,15 +406,15 @@ def test_close_request_delivers_what_was_sent_then_tells_both_ends() -> None:
     seen_by_a = [(repr(item.message), item.now_us) for item in recorder(sim, "a").received]
     seen_by_b = [(repr(item.message), item.now_us) for item in recorder(sim, "b").received]
     assert seen_by_a == [
-        ("ConnectionOpened(peer='b')", 0),
+        ("ConnectionOpened(peer='b', origin='')", 0),
         ("ConnectionLost(peer='b', reason='closed: bad')", 5_500),
-        ("ConnectionOpened(peer='b')", 20_000),
+        ("ConnectionOpened(peer='b', origin='')", 20_000),
     ]
     assert seen_by_b == [
-        ("ConnectionOpened(peer='a')", 0),
+        ("ConnectionOpened(peer='a', origin='')", 0),
         ("Note(number=1, padding='')", 1_000),
         ("Note(number=2, padding='')", 6_500),
         ("ConnectionLost(peer='a', reason='closed: bad')", 6_501),
-        ("ConnectionOpened(peer='a')", 20_000),
+        ("ConnectionOpened(peer='a', origin='')", 20_000),
         ("Note(number=3, padding='')", 21_000),
     ]
