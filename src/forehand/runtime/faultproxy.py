@@ -397,7 +397,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST rather than FIN, as a reset connection does."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # A connection already aborted: uvloop's socket then has no descriptor (ValueError).
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     writer.transport.abort()
 
