@@ -67,6 +67,7 @@ if TYPE_CHECKING:
         MANAGER,
         SESSION,
         Harness,
+        answer,
         endpoint,
         map_request,
         placement,
@@ -79,6 +80,7 @@ else:
         MANAGER,
         SESSION,
         Harness,
+        answer,
         endpoint,
         map_request,
         placement,
@@ -319,6 +321,33 @@ def test_try_again_resends_same_id_after_backoff_then_gives_up() -> None:
     respond(h, "s1", third[0], status=ResponseStatus.TRY_AGAIN)
     failed = h.of(RequestFailed)
     assert [(f.why, f.attempts) for f in failed] == [(RequestFailedWhy.RETRIES_EXHAUSTED, 3)]
+
+
+def test_a_part_answered_try_again_again_and_again_is_located_anew() -> None:
+    """The third TRY_AGAIN for a request from its part's primary makes the client ask the
+    manager where the part is instead of sending it back there, and the request goes to the
+    server the answer names. A primary fenced by a failover it cannot hear the end of (cut off
+    from the manager) answers TRY_AGAIN until its partition heals; before, its clients sent
+    every request back to it until they ran out of retries (found live)."""
+    h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    for _ in range(2):
+        (sent,) = h.take(Request, "s1")
+        respond(h, "s1", sent, status=ResponseStatus.TRY_AGAIN)
+        assert h.take(MapRequest, MANAGER) == []
+        h.advance(ms=40)
+    (sent,) = h.take(Request, "s1")
+    respond(h, "s1", sent, status=ResponseStatus.TRY_AGAIN)
+    assert h.client.route(session, "auth").state is RouteState.LOCATING
+    assert len(h.take(MapRequest, MANAGER)) == 1
+    h.advance(ms=40)
+    assert h.take(Request, "s1") == []
+    h.feed(MANAGER, answer((session, placement("auth", "s2", "s3")), map_version=8))
+    h.drain()
+    assert [r.request_id for r in h.take(Request, "s2")] == [request_id]
+    assert h.of(RequestFailed) == []
 
 
 def test_calls_wait_behind_a_request_in_try_again_backoff() -> None:

@@ -125,6 +125,8 @@ class InFlight(msgspec.Struct, kw_only=True, gc=False):
     """How many times it was sent."""
     retries: int = 0
     """Re-sends a server asked for (TRY_AGAIN, NOT_FOUND, REDIRECT); bounded by config."""
+    try_agains: int = 0
+    """TRY_AGAIN answers since the part was last located for it (`TRY_AGAIN_LOCATE_AFTER`)."""
     server: NodeId | None = None
     """The server it was last sent to; None while held (not sent since the last move)."""
     retry_at_us: int | None = None

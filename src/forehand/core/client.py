@@ -116,6 +116,12 @@ from forehand.wire import (
 
 __all__ = ["REQUEST_ID_BITS", "BackpressureError", "ClientCore", "RouteView", "SessionSnapshot"]
 
+TRY_AGAIN_LOCATE_AFTER = 3
+"""A request its part's server answers TRY_AGAIN this many times in all has the part located
+again (MAP_REQUEST) instead of being sent back there: a primary fenced by a failover it cannot
+hear the end of (cut off from the manager) answers TRY_AGAIN until its partition heals, while
+the manager already names the promoted replica."""
+
 REQUEST_ID_BITS = 62
 """Request ids are 62-bit integers (a variable-length integer holds them)."""
 _REQUEST_ID_START_BITS = 61
@@ -1444,6 +1450,17 @@ class ClientCore:
         route = session.parts[entry.part]
         status = frame.status
         if status is ResponseStatus.TRY_AGAIN:
+            entry.try_agains += 1
+            if (
+                entry.try_agains >= TRY_AGAIN_LOCATE_AFTER
+                and route.state is RouteState.ACTIVE
+                and route.primary == source
+            ):
+                if self._count_retry(entry, now_us):
+                    entry.try_agains = 0
+                    self._rare("try-again-relocates")
+                    self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+                return
             self._retry_later(entry, now_us)
             return
         if status is ResponseStatus.NOT_FOUND and self._count_retry(entry, now_us):
