@@ -14,6 +14,7 @@ import pytest
 from rich.console import Console
 
 from forehand.sim import ALL_SCENARIO, ROTATION, Campaign, get_scenario, run_scenario
+from forehand.sim._scenarios import ONE_WAY_SCENARIO
 
 CORPUS_SEEDS = 40 * len(ROTATION)
 """Seeds in the corpus: 40 of each built-in scenario."""
@@ -102,3 +103,24 @@ def test_seeds_that_once_failed_pass(scenario: str, seed: int) -> None:
     """Each seed a longer campaign once failed passes every checker today."""
     result = run_scenario(get_scenario(scenario), seed)
     assert result.failure is None, (FOUND_SEEDS[scenario, seed], result.failure)
+
+
+ONE_WAY_SEEDS = 12
+"""Seeds of `drain-one-way` the suite runs (campaigns name the scenario for more)."""
+
+
+def test_a_drain_under_a_one_way_partition_passes_every_checker() -> None:
+    """A server drained while the manager's messages to it are lost: its handoffs fall back to
+    failovers and it catches up in a burst once the cut heals. Every checker holds on every
+    seed, and the scenario does reach the failover fallback and the cut."""
+    output = io.StringIO()
+    campaign = Campaign(
+        get_scenario(ONE_WAY_SCENARIO),
+        console=Console(file=output, width=200, force_terminal=False),
+    )
+    outcome = campaign.run(seed_count=ONE_WAY_SEEDS)
+    campaign.print_summary(outcome)
+    assert outcome.ok, output.getvalue()
+    counters = outcome.counters
+    for name in ("partition-started", "manager/handoff-aborted-failed_over"):
+        assert counters[name][1] >= ONE_WAY_SEEDS // 2, output.getvalue()

@@ -28,6 +28,7 @@ from forehand.sim._cluster import (
     draw_plan,
 )
 from forehand.sim._faults import FaultMix, draw_fault_plan
+from forehand.sim._links import PartitionDirection
 from forehand.sim._ramp import Ramp
 from forehand.sim._rng import derive_rng
 from forehand.sim._simulator import Simulator
@@ -36,6 +37,7 @@ from forehand.wire import ReasonCode
 __all__ = [
     "ALL_SCENARIO",
     "FAULTS_HEAL_US",
+    "ONE_WAY_SCENARIO",
     "PLANNED_AT_US",
     "ROTATION",
     "SCENARIOS",
@@ -43,6 +45,7 @@ __all__ = [
     "build_all",
     "build_crash_replicated",
     "build_drain",
+    "build_drain_one_way",
     "build_handoff",
     "build_mix",
     "build_partition_mid_handoff",
@@ -244,6 +247,50 @@ def build_partition_mid_handoff(seed: int) -> SimCluster:
 
     cluster.translator.on(me.HandoffStarted, started)
     _at_busiest(cluster, "predicted failure", _predict)
+    cluster.start()
+    return cluster
+
+
+ONE_WAY_CUT_LENGTHS_US = (1_000_000, 3_000_000, 6_000_000, 12_000_000)
+"""How long the manager's messages to a drained server are lost: shorter and longer than the
+handoff deadline."""
+ONE_WAY_SCENARIO = "drain-one-way"
+"""The scenario name of `build_drain_one_way` (not in the rotation)."""
+
+
+def build_drain_one_way(seed: int) -> SimCluster:
+    """The busiest server is drained while the manager's messages to it are lost (its own
+    heartbeats still arrive): it never hears of the drain, its handoffs fall back to failover,
+    and it keeps serving its clients until the cut heals, then gets the versions it missed in
+    a burst. Every checker holds (replicated writes, exactly once, one writer per version),
+    except that `async` writes are allowed to be lost to a failover, as after a crash: the
+    server replays the drain's moves that the failover undid and gives up its copies of parts
+    it is then made primary of again (docs/ARCHITECTURE.md, Guarantees)."""
+    choices = random.Random(seed)
+    cut_length_us = choices.choice(ONE_WAY_CUT_LENGTHS_US)
+    cut_at_us = PLANNED_AT_US - choices.choice((0, 100_000, 500_000))
+    heal_us = cut_at_us + cut_length_us
+    config = ClusterConfig(servers=4, heal_us=heal_us, duration_us=heal_us + SETTLE_US)
+    cluster = SimCluster(seed, config)
+    sim = cluster.sim
+    rng = sim.rng("scenario")
+
+    def cut() -> None:
+        victim = _busiest(cluster, rng)
+        cluster.planned = victim
+        token = sim.start_partition([MANAGER], [victim], direction=PartitionDirection.A_TO_B)
+        sim.call_at(heal_us, lambda: sim.end_partition(token), label="end the one-way cut")
+
+        def command(core: CoreDriver, now_us: int) -> None:
+            _drain(cluster, victim, now_us)
+
+        sim.call_at(
+            PLANNED_AT_US,
+            lambda: sim.command(MANAGER, command, label=f"drain {victim}"),
+            label="drain",
+        )
+
+    sim.call_at(cut_at_us, cut, label="cut the manager's messages to the busiest server")
     cluster.start()
     return cluster
 
@@ -457,6 +504,13 @@ def _factory(build: Callable[[int], SimCluster]) -> Callable[[int], Simulator]:
 
 for _name, (_build, _description) in SCENARIOS.items():
     register_scenario(_name, _factory(_build), description=_description)
+# Not in the rotation (adding one would change what every seed of `all` runs): campaigns name
+# it, and tests/sim/test_seed_corpus.py runs a few of its seeds.
+register_scenario(
+    ONE_WAY_SCENARIO,
+    _factory(build_drain_one_way),
+    description="the busiest server is drained while the manager's messages to it are lost",
+)
 # Not in the rotation: 160 simulated seconds a seed (the predictor must learn first) would
 # double the corpus' time. tests/sim/test_predicted.py runs it.
 register_scenario(
