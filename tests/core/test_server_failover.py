@@ -71,6 +71,25 @@ def test_fenced_replica_refuses_the_old_primary_which_then_stops_writing() -> No
     assert refused.status is ResponseStatus.TRY_AGAIN
 
 
+def test_a_primary_a_replica_fences_answers_its_held_replicated_writes_try_again() -> None:
+    """A replicated write held for its replica's acknowledgement when the replica answers with
+    a newer epoch (a failover replaced this primary, cut off from the manager) gets TRY_AGAIN at
+    once: no replica will take it on this history. Before, it stayed held until the client's
+    own timeout, though the client, sent back, would find the promoted replica (found live)."""
+    cluster = Cluster()
+    cluster.place("ledger", "s1", "s2")
+    cluster.request("s1", "ledger")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK]
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.request("s1", "ledger")
+    cluster.router.advance(ms=50)
+    (fenced,) = cluster.events("s1", PartFenced)
+    assert fenced.cause == "replica_fenced"
+    (refused,) = cluster.responses()
+    assert refused.status is ResponseStatus.TRY_AGAIN
+
+
 def test_promoted_replica_serves_and_ships_from_its_log() -> None:
     """The map naming a fenced replica primary promotes it; it ships to the other replica."""
     cluster = Cluster()

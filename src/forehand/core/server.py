@@ -1481,7 +1481,12 @@ class ServerCore:
         if part is None or shipper is None:
             return
         if message.epoch > part.epoch:
+            # A failover replaced this primary: no replica takes its entries any more, so the
+            # answers held for them would wait out the clients' timeouts. The clients send them
+            # again, and find the promoted replica (or this server again, if the failover kept
+            # it, where the dedup table answers them).
             self._fence(part, message.epoch, cause="replica_fenced")
+            self._fail_held(part.ref, "part fenced by a failover")
             self._request_map(now_us)
             return
         if source in self._down:
