@@ -414,6 +414,15 @@ class Orchestrator:
         if phase in TERMINAL_PHASES:
             self._finish(handoff, now_us=now_us)
 
+    def narrow(self, handoff: Handoff, parts: tuple[PartRef, ...]) -> None:
+        """The commit moved only `parts` of the batch (the others left the source before the
+        build): the rest are no longer moving, and may be queued again."""
+        kept = set(parts)
+        for ref in handoff.parts:
+            if ref not in kept and self._moving.get(ref) == handoff.handoff_id:
+                del self._moving[ref]
+        handoff.parts = parts
+
     def assigned(self, handoff: Handoff, *, map_version: int, now_us: int) -> None:
         """The override committed at `map_version`: the deadline starts now."""
         self.fire(handoff, HandoffTrigger.OVERRIDE_COMMITTED, now_us=now_us)

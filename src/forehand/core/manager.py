@@ -1942,7 +1942,7 @@ class ManagerCore:
 
     def _handoff_committed(self, handoff: Handoff, built: Built, now_us: int) -> None:
         assert isinstance(built.payload, dict)
-        handoff.parts = built.parts
+        self._orchestrator.narrow(handoff, built.parts)
         self._orchestrator.assigned(handoff, map_version=built.new_map.version, now_us=now_us)
         for server_id in (handoff.source, handoff.target):
             if not self._is_live(server_id):

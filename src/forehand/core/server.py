@@ -2256,13 +2256,13 @@ class ServerCore:
         )
         key = self._add_run(run)
         for ref in message.parts:
-            if self._expect_seal(ref, message.map_version, key):
+            if self._expect_seal(ref, message.map_version, key, now_us):
                 continue
             run.waiting.discard(ref)
         if not run.waiting:
             self._finish_target(run, now_us)
 
-    def _expect_seal(self, ref: PartRef, map_version: int, key: int) -> bool:
+    def _expect_seal(self, ref: PartRef, map_version: int, key: int, now_us: int) -> bool:
         """Make `ref` wait for its sealed log under run `key`; False if it needs none."""
         part = self._parts.get(ref)
         if part is None:
@@ -2272,9 +2272,17 @@ class ServerCore:
                 # that never comes, so the deadline reports it; never reported as taken.
                 self._run_of[ref] = key
                 return True
-        if part.state is PartState.PRIMARY:
+        if part.state is PartState.PRIMARY and part.epoch >= map_version:
             # The sealed log arrived before the assignment: this part is already handed over.
             return False
+        if part.state in _SOURCE_STATES and part.epoch < map_version:
+            # A primary (or the source of a run of its own) of an older epoch: a failover
+            # replaced it, unfenced, and the maps that say so have not all reached it (a delta
+            # lost with a connection; or it took the failover's version for a move and hands
+            # its stale log to the promoted server). Its log is not the source's: it serves
+            # nothing until this handoff's seal makes it the primary of that history.
+            self._rare("stale-primary-targeted")
+            self._step_down(part, now_us)
         if part.state in (PartState.ABSENT, PartState.REPLICA, PartState.BACKUP):
             part.epoch = max(part.epoch, map_version)
             self._transition(part, PartTrigger.HANDOFF_TARGETED)

@@ -1,0 +1,88 @@
+"""A handoff committed with fewer parts than it planned: the parts left out stop being moving."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from forehand.core._orchestrator import MoveOrigin, MoveRequest
+from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
+from forehand.stores import DeltaCommitRequested
+from forehand.wire import CloseSession, ReasonCode
+
+if TYPE_CHECKING:
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+else:
+    from _manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+
+SERVERS = ("s1", "s2", "s3", "s4")
+
+
+class _Held:
+    def __init__(self, harness: ManagerHarness) -> None:
+        self.harness = harness
+        self.held: list[object] = []
+        self.armed = True
+
+    def __call__(self, request: object) -> object:
+        result = execute(self.harness.store, request)
+        if self.armed and isinstance(request, DeltaCommitRequested):
+            self.armed = False
+            self.held.append(result)
+            return None
+        return result
+
+    def release(self) -> None:
+        for result in self.held:
+            self.harness.manager.store_result(result, now_us=self.harness.router.now_us)
+        self.held = []
+        self.harness.router.run()
+
+
+def test_a_part_left_out_of_a_committed_handoff_does_not_stay_moving() -> None:
+    harness = ManagerHarness()
+    harness.join(*SERVERS)
+    refs: list[PartRef] = []
+    for _ in range(12):
+        opened = harness.open_session(("auth",))
+        assert opened is not None
+        refs.extend(opened_refs(opened))
+    by_primary: dict[str, list[PartRef]] = {}
+    for ref in refs:
+        by_primary.setdefault(harness.placement(ref).primary, []).append(ref)
+    source, (kept, closed, *_) = next((s, r) for s, r in sorted(by_primary.items()) if len(r) >= 2)
+    # The close of `closed`'s session is in the store when the handoff is planned.
+    held = _Held(harness)
+    harness.router.store_executors[MANAGER] = held
+    harness.router.send("c1", MANAGER, CloseSession(session_id=closed.session_id))
+    assert held.held
+    # Two moves of `source`'s parts to one target (an operator's or a rebalance's), planned
+    # as one batch while the close is in the store.
+    orchestrator = harness.manager.orchestrator
+    target = next(s for s in SERVERS if s != source)
+    for ref in (kept, closed):
+        assert orchestrator.request_move(
+            MoveRequest(
+                ref=ref,
+                source=source,
+                reason=ReasonCode.REBALANCE,
+                origin=MoveOrigin.OPERATOR,
+                target=target,
+                requested_us=harness.router.now_us,
+            )
+        )
+    harness.tick(100, alive=SERVERS)
+    (planned,) = orchestrator.handoffs()
+    assert set(planned.parts) == {kept, closed}
+    held.release()
+    # The handoff committed with `kept` only (the close removed `closed` first).
+    assigned = [a for a in harness.take(source, HandoffAssigned)]
+    assert assigned and assigned[-1].parts == (kept,)
+    harness.router.send(
+        source,
+        MANAGER,
+        HandoffCompleted(handoff_id=assigned[-1].handoff_id, server_id=source, parts=(kept,)),
+    )
+    assert orchestrator.handoffs() == []
+    # The left-out part is no longer moving.
+    assert not orchestrator.is_moving(closed), "leaked in Orchestrator._moving"
+    assert orchestrator.handoff_of(closed) is None
