@@ -305,3 +305,28 @@ def complete_handoffs(
         if counted is not None:
             counts.append(len(harness.primaries(counted)))
     return counts
+
+
+class HeldCommit:
+    """The manager's store executor: runs every request, and keeps back the answer of the next
+    delta commit (it lands in the store) until `release`, or loses it."""
+
+    def __init__(self, harness: ManagerHarness) -> None:
+        self.harness = harness
+        self.held: list[object] = []
+        self.armed = True
+
+    def __call__(self, request: object) -> object:
+        result = execute(self.harness.store, request)
+        if self.armed and isinstance(request, DeltaCommitRequested):
+            self.armed = False
+            self.held.append(result)
+            return None
+        return result
+
+    def release(self) -> None:
+        """Deliver the answer held back."""
+        for result in self.held:
+            self.harness.manager.store_result(result, now_us=self.harness.router.now_us)
+        self.held = []
+        self.harness.router.run()

@@ -6,36 +6,14 @@ from typing import TYPE_CHECKING
 
 from forehand.core._orchestrator import MoveOrigin, MoveRequest
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
-from forehand.stores import DeltaCommitRequested
 from forehand.wire import CloseSession, ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+    from tests.core._manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, execute, opened_refs
+    from _manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
 
 SERVERS = ("s1", "s2", "s3", "s4")
-
-
-class _Held:
-    def __init__(self, harness: ManagerHarness) -> None:
-        self.harness = harness
-        self.held: list[object] = []
-        self.armed = True
-
-    def __call__(self, request: object) -> object:
-        result = execute(self.harness.store, request)
-        if self.armed and isinstance(request, DeltaCommitRequested):
-            self.armed = False
-            self.held.append(result)
-            return None
-        return result
-
-    def release(self) -> None:
-        for result in self.held:
-            self.harness.manager.store_result(result, now_us=self.harness.router.now_us)
-        self.held = []
-        self.harness.router.run()
 
 
 def test_a_part_left_out_of_a_committed_handoff_does_not_stay_moving() -> None:
@@ -51,7 +29,7 @@ def test_a_part_left_out_of_a_committed_handoff_does_not_stay_moving() -> None:
         by_primary.setdefault(harness.placement(ref).primary, []).append(ref)
     source, (kept, closed, *_) = next((s, r) for s, r in sorted(by_primary.items()) if len(r) >= 2)
     # The close of `closed`'s session is in the store when the handoff is planned.
-    held = _Held(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     harness.router.send("c1", MANAGER, CloseSession(session_id=closed.session_id))
     assert held.held

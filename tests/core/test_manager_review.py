@@ -21,9 +21,23 @@ from forehand.stores import DeltaCommitRequested
 from forehand.wire import CloseSession
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness, execute, opened_refs
+    from tests.core._manager_helpers import (
+        IDLE,
+        MANAGER,
+        HeldCommit,
+        ManagerHarness,
+        execute,
+        opened_refs,
+    )
 else:
-    from _manager_helpers import IDLE, MANAGER, ManagerHarness, execute, opened_refs
+    from _manager_helpers import (
+        IDLE,
+        MANAGER,
+        HeldCommit,
+        ManagerHarness,
+        execute,
+        opened_refs,
+    )
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
@@ -100,38 +114,13 @@ def test_a_candidate_dead_before_answering_does_not_hold_the_promotion_to_its_de
         assert promoted.primary != restarting
 
 
-class _HeldCommit:
-    """The manager's store executor: runs every request, and keeps back the answer of the next
-    delta commit (it lands in the store) until `release`, or loses it."""
-
-    def __init__(self, harness: ManagerHarness) -> None:
-        self.harness = harness
-        self.held: list[object] = []
-        self.armed = True
-
-    def __call__(self, request: object) -> object:
-        result = execute(self.harness.store, request)
-        if self.armed and isinstance(request, DeltaCommitRequested):
-            self.armed = False
-            self.held.append(result)
-            return None
-        return result
-
-    def release(self) -> None:
-        """Deliver the answer held back."""
-        for result in self.held:
-            self.harness.manager.store_result(result, now_us=self.harness.router.now_us)
-        self.held = []
-        self.harness.router.run()
-
-
 @pytest.mark.parametrize("answer", ["late", "lost"])
 def test_a_new_server_dead_while_its_join_commits_is_failed_over(answer: str) -> None:
     """A server declared dead while its first join is in flight does not stay in the map."""
     harness, _ = cluster(store_timeout_ms=5_000)
     for _ in range(10):
         assert harness.open_session(("auth", "cart", "feed", "chat"))
-    held = _HeldCommit(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     harness.announce("s5")
     harness.router.run()
@@ -159,7 +148,7 @@ def test_a_promotion_whose_answer_is_lost_still_reports_its_decisions(replica_co
     for _ in range(5):
         assert harness.open_session(("auth", "cart", "feed", "chat"))
     victim_parts = set(harness.primaries("s1"))
-    held = _HeldCommit(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     survivors = kill(harness, "s1")
     for server_id in survivors:
@@ -248,7 +237,7 @@ def test_a_failover_opened_by_a_dropped_change_prepares_without_waiting_for_anot
     harness, _ = cluster(store_timeout_ms=5_000)
     for _ in range(10):
         assert harness.open_session(("auth", "cart", "feed", "chat"))
-    held = _HeldCommit(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     announced_us = harness.router.now_us
     harness.announce("s5")
@@ -287,7 +276,7 @@ def test_a_replica_repair_that_met_a_full_queue_is_queued_later() -> None:
     """A join whose commit lands while the queue is full still gets its replica repair."""
     harness, refs = cluster(pending_deltas_max=4, store_timeout_ms=5_000)
     ref = s1_left_alone(harness, refs)
-    held = _HeldCommit(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     harness.announce("s2", incarnation=2)
     harness.router.run()
@@ -330,7 +319,7 @@ def test_a_promotion_whose_answer_is_lost_still_counts_the_parts_it_left_without
     which has nothing left to change, still reports the parts the landed map left with no
     replica."""
     harness, refs = cluster(store_timeout_ms=300)
-    held = _HeldCommit(harness)
+    held = HeldCommit(harness)
     harness.router.store_executors[MANAGER] = held
     harness.tick(700, alive=["s1"])
     for server_id in ("s2", "s3", "s4"):
