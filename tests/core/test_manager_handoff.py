@@ -19,7 +19,7 @@ from forehand.core._manager_events import (
 )
 from forehand.core._manager_failover import _choose
 from forehand.core._manager_risk import RiskDecision
-from forehand.core._orchestrator import HandoffPhase
+from forehand.core._orchestrator import HandoffPhase, MoveOrigin, MoveRequest
 from forehand.core.messages import (
     FailoverPrepared,
     HandoffAssigned,
@@ -311,6 +311,35 @@ def test_an_abort_after_the_target_report_fails_the_part_over() -> None:
     assert started.parts == 1
     fenced = {s for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
     assert {source, assigned.target} <= fenced
+
+
+def test_a_stray_abort_of_a_part_only_queued_to_move_fails_it_over() -> None:
+    """A server reports an implicit run's abort (handoff id 0) for a part a drain has only
+    queued to move: the part fails over, the reporter a candidate. Before, a queued move counted
+    as moving and the abort was ignored, while the move could not start (its source held the
+    part RECEIVING, not as primary): the part went unserved until the end (found by
+    `forehand sim --scenario drain-one-way --seed 17600087`)."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    target = next(s for s in SERVERS if s != source)
+    orchestrator = harness.manager._orchestrator
+    move = MoveRequest(
+        ref=ref,
+        source=source,
+        reason=ReasonCode.PLANNED_MAINTENANCE,
+        origin=MoveOrigin.OPERATOR,
+        target=target,
+        requested_us=harness.router.now_us,
+    )
+    assert orchestrator.request_move(move)
+    assert orchestrator.is_moving(ref) and orchestrator.handoff_of(ref) is None
+    aborted = HandoffAbortedMessage(
+        handoff_id=0, server_id=source, parts=(ref,), detail="still unsettled"
+    )
+    harness.router.send(source, MANAGER, aborted)
+    (started,) = harness.events(FailoverStarted)
+    assert started.parts == 1
 
 
 def test_a_report_from_a_stranger_is_ignored() -> None:

@@ -2074,7 +2074,9 @@ class ManagerCore:
         explicit: dict[PartKey, str] = {}
         for ref in message.parts:
             key = key_of(ref)
-            moving = self._orchestrator.is_moving(ref)
+            # Only an active handoff settles the part itself; a move merely queued may never
+            # start while the reporter holds the part unsettled.
+            moving = self._orchestrator.handoff_of(ref) is not None
             if key in current and key not in deciding and not moving:
                 explicit[key] = "" if current.primary_of(key) == source else source
         if explicit:
