@@ -117,10 +117,10 @@ from forehand.wire import (
 __all__ = ["REQUEST_ID_BITS", "BackpressureError", "ClientCore", "RouteView", "SessionSnapshot"]
 
 TRY_AGAIN_LOCATE_AFTER = 3
-"""A request its part's server answers TRY_AGAIN this many times in all has the part located
-again (MAP_REQUEST) instead of being sent back there: a primary fenced by a failover it cannot
-hear the end of (cut off from the manager) answers TRY_AGAIN until its partition heals, while
-the manager already names the promoted replica."""
+"""A request its part's primary answers TRY_AGAIN this many times (since the part was last
+located for it) has the part located again (MAP_REQUEST) instead of being sent back there: a
+primary fenced by a failover it cannot hear the end of (cut off from the manager) answers
+TRY_AGAIN until its partition heals, while the manager already names the promoted replica."""
 
 REQUEST_ID_BITS = 62
 """Request ids are 62-bit integers (a variable-length integer holds them)."""
