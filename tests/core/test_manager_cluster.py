@@ -5,6 +5,9 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
+import pytest
+
+from forehand.core import _manager_planning
 from forehand.core._client_config import ClientConfig
 from forehand.core._client_events import (
     HandoffFollowed,
@@ -18,7 +21,9 @@ from forehand.core._manager_events import (
     HandoffCompleted,
     ServerJoined,
 )
+from forehand.core._server_events import InstallCause, PrimaryInstalled
 from forehand.core.client import ClientCore
+from forehand.core.messages import MapPublished
 from forehand.placement import PartKey
 from forehand.wire import ResponseStatus
 
@@ -141,3 +146,55 @@ def test_a_crashed_primary_fails_over_and_the_client_carries_on() -> None:
     answers = world.answers()
     assert answers[-1].status is ResponseStatus.OK and answers[-1].payload == b"4"
     assert world.router.events_of("c1", RequestFailed) == []
+
+
+def test_a_joining_server_made_primary_of_live_parts_waits_for_their_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A join may move live primaries onto the joining server (bounded loads; `stabilize` pins
+    back only what its rounds reach, here none). The new server first gets the version before
+    its join whole, then the join's delta, so it sees those parts move and takes them over with
+    their state: a write after the join counts on from the writes before it."""
+    world = World()
+    for _ in range(12):
+        world.client.open_session(("counter",), now_us=world.router.now_us)
+        world.router.advance(ms=50)
+    sessions = [e.session_id for e in world.router.events_of("c1", SessionEstablished)]
+    assert len(sessions) == 12
+    for session_id in sessions:
+        for _ in range(2):
+            world.client.call(session_id, "counter", "add", b"1", now_us=world.router.now_us)
+        world.router.advance(ms=50)
+    world.router.advance(ms=300)
+    before = {
+        s: world.harness.map.primary_of(PartKey(session_id=s, part="counter")) for s in sessions
+    }
+    monkeypatch.setattr(_manager_planning, "STABILIZE_ROUNDS_MAX", 1)
+    start = len(world.router.trace)
+    joined = wire_servers(
+        world.router, ("s4",), heartbeat_interval_ms=100, handoff_deadline_ms=2_000
+    )
+    world.router.run()
+    world.router.advance(ms=1_000)
+    moved = [
+        s
+        for s in sessions
+        if world.harness.map.primary_of(PartKey(session_id=s, part="counter")) == "s4"
+    ]
+    assert moved and all(before[s] != "s4" for s in moved), "the join moved live primaries"
+    assert joined["s4"].map_version == world.harness.map.version
+    for session_id in moved:
+        world.client.call(session_id, "counter", "add", b"1", now_us=world.router.now_us)
+        world.router.advance(ms=200)
+    last = {a.session_id: a.payload for a in world.answers()}
+    assert [last[s] for s in moved] == [b"3"] * len(moved)
+    first_maps = [
+        message
+        for _, _, destination, message in world.router.trace[start:]
+        if destination == "s4" and isinstance(message, MapPublished)
+    ]
+    assert first_maps[0].base_version == 0
+    assert first_maps[1].base_version == first_maps[0].map_version == first_maps[1].map_version - 1
+    assert [
+        e for e in world.router.events_of("s4", PrimaryInstalled) if e.cause is InstallCause.INITIAL
+    ] == []

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from forehand.core._driver import ConnectionOpened
 from forehand.core._manager_commits import MapHistory
 from forehand.core._manager_config import ManagerConfig
 from forehand.core._manager_events import FailoverCompleted, ServerDeclaredDead, ServerJoined
@@ -274,3 +275,33 @@ def test_the_live_members_follow_deaths_readmissions_and_restarts() -> None:
     harness.announce("s4")
     assert membership.live_ids() == [*SERVERS, "s4"], "a new member, once its join commits"
     assert [m.server_id for m in membership.members()] == [*SERVERS, "s4"]
+
+
+def test_a_new_server_gets_the_version_before_its_join_whole_then_the_join_delta() -> None:
+    """A server that joins holding no map is sent the version before its join (which does not
+    list it) whole, then the join's delta, so it sees what the join moved onto it. The same
+    again if those were lost before it reported a version; once it has, a request for a map
+    from nothing gets today's whole map."""
+    harness, _ = joined_cluster()
+    before = harness.map.version
+    harness.announce("s4")
+    first = harness.take("s4", MapPublished)
+    assert [(m.base_version, m.map_version) for m in first] == [(0, before), (before, before + 1)]
+    assert "s4" not in {entry.server_id for entry in ShardMap.decode(first[0].body).servers}
+    follower = Follower()
+    follower.receive(first)
+    assert follower.map is not None and follower.map.encode() == harness.map.encode()
+    harness.router.send("s4", MANAGER, ConnectionOpened(peer="s4"))
+    assert harness.take("s4", MapPublished) == first, "lost before any heartbeat: sent again"
+    harness.heartbeat("s4")
+    harness.router.send("s4", MANAGER, MapRequested(server_id="s4", map_version=0))
+    (whole,) = harness.take("s4", MapPublished)
+    assert whole.base_version == 0 and whole.map_version == harness.map.version
+
+
+def test_the_first_server_of_a_new_map_gets_it_whole() -> None:
+    """No version before the first join: the first server gets version 1 whole, as before."""
+    harness = ManagerHarness()
+    harness.announce("s1")
+    (whole,) = harness.take("s1", MapPublished)
+    assert (whole.base_version, whole.map_version) == (0, 1)

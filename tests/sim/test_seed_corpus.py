@@ -91,6 +91,10 @@ FOUND_SEEDS = {
     "of the failover that replaced it, took the map for a move and ran a handoff with its stale "
     "log; a later handoff to it took that copy up as primary and lost the promoted replica's "
     "acknowledged writes (tests/core/test_server_failover.py)",
+    (ALL_SCENARIO, 17800769): "a server that joined late got the map of its join whole; the "
+    "join had moved a live primary onto it, which it could not tell from a new part, so it "
+    "installed the part empty and lost the old primary's acknowledged write "
+    "(tests/core/test_manager_cluster.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

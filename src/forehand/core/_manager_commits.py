@@ -482,6 +482,14 @@ class MapHistory:
 
     Entries chain: each one's `base_version` is the `map_version` of the one before. A reload of
     the map starts a new history (the versions before it may not be this manager's).
+
+    It also keeps, per server that joined holding no map and has reported no version since, the
+    version just before its join (which does not list it): a catch-up starts there, whole, and
+    goes on with the deltas, so the server learns from the join's delta which live primaries
+    the join moved onto it (`since_join`). Given the map of its join whole, it could not tell
+    such a part from a new one and installed it empty, losing what the old primary had
+    acknowledged (`forehand sim --seed 17800769`). One version per such server, and a version
+    shares all but what later deltas changed with the current one.
     """
 
     def __init__(self, *, deltas_max: int, bytes_max: int) -> None:
@@ -489,6 +497,33 @@ class MapHistory:
         self._bytes_max = bytes_max
         self._deltas: deque[MapPublished] = deque()
         self._bytes = 0
+        self._join_bases: dict[str, ShardMap] = {}
+
+    def joined(self, server_id: str, base: ShardMap) -> None:
+        """`server_id`, holding no map, joined in the version after `base`, which does not list
+        it."""
+        self._join_bases[server_id] = base
+
+    def reported(self, server_id: str, map_version: int) -> None:
+        """`server_id` reported holding `map_version`: past its join base, it is forgotten."""
+        base = self._join_bases.get(server_id)
+        if base is not None and map_version > base.version:
+            del self._join_bases[server_id]
+
+    def forget(self, server_id: str) -> None:
+        """`server_id` died or holds a map: catch-ups start from what it holds."""
+        self._join_bases.pop(server_id, None)
+
+    def since_join(
+        self, server_id: str, target_version: int
+    ) -> tuple[ShardMap, list[MapPublished]] | None:
+        """For a server that joined holding no map: the version before its join and the deltas
+        from there to `target_version`; None when it has no such base, or the deltas are gone."""
+        base = self._join_bases.get(server_id)
+        if base is None:
+            return None
+        chain = self.since(base.version, target_version)
+        return None if chain is None else (base, chain)
 
     def __len__(self) -> int:
         return len(self._deltas)
@@ -499,9 +534,10 @@ class MapHistory:
         return self._bytes
 
     def clear(self) -> None:
-        """Forget every delta (the map was reloaded)."""
+        """Forget every delta and join base (the map was reloaded)."""
         self._deltas.clear()
         self._bytes = 0
+        self._join_bases.clear()
 
     def record(self, published: MapPublished) -> None:
         """Keep a delta just published, forgetting the oldest beyond the bounds."""

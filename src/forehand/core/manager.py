@@ -1030,11 +1030,24 @@ class ManagerCore:
                     servers=built.servers,
                 )
             )
+        previous = outcome.previous
         for change, member in outcome.members or ((outcome.change, built),):
+            if change.kind is MapChange.SERVER_JOINED and previous.version > 0:
+                self._joined_from(previous, member.servers)
             change.committed(member, now_us)
         self._drain_progress(built.servers)
         if built.delta is not None and len(self._held_maps):
             self._answer_held(self._held_moved(built), HoldEnded.MOVED)
+
+    def _joined_from(self, previous: ShardMap, servers: Iterable[str]) -> None:
+        """Servers new to the map that hold none get their first one from `previous`, the
+        version before their join (`MapHistory.since_join`)."""
+        for server_id in servers:
+            if self._membership.held_version(server_id) == 0:
+                try:
+                    previous.server(server_id)
+                except KeyError:
+                    self._history.joined(server_id, previous)
 
     def _held_moved(self, built: Built) -> list[tuple[NodeId, HeldRequest]]:
         """The held MAP_REQUESTs a committed version may have news for: every one when it
@@ -1114,7 +1127,13 @@ class ManagerCore:
         """Bring a server that holds `held_version` to `current`: the deltas since, in order,
         when the history still has them, else the whole map (a few kilobytes instead of an
         encode of every part)."""
-        chain = self._history.since(held_version, current.version)
+        history = self._history
+        chain = history.since(held_version, current.version)
+        if held_version > 0:
+            history.forget(server_id)
+        elif (since_join := history.since_join(server_id, current.version)) is not None:
+            base, deltas = since_join
+            chain = [self._whole_map_message(base), *deltas]
         for published in chain or (self._whole_map_message(current),):
             self._send(server_id, published)
         member = self._membership.get(server_id)
@@ -1220,6 +1239,7 @@ class ManagerCore:
         self._membership_changed()
         suspected = self._membership.state_of(message.server_id) is MemberState.SUSPECTED
         outcome = self._membership.heartbeat(message, now_us=now_us)
+        self._history.reported(message.server_id, message.map_version)
         if message.renewed_sessions:
             # A server issued these credentials, whatever became of its membership since.
             self._expiry.renewed(message.renewed_sessions[:HEARTBEAT_RENEWALS_MAX], now_us=now_us)
@@ -1288,6 +1308,7 @@ class ManagerCore:
         )
         self._risk.forget(server_id)
         self._risk_drained.discard(server_id)
+        self._history.forget(server_id)
         job = self._failover
         if job is not None and job.phase is FailoverPhase.PREPARING and server_id in job.waiting:
             job.waiting.discard(server_id)
@@ -1351,6 +1372,7 @@ class ManagerCore:
         if member is None or not self._membership.join_committed(
             server_id, incarnation=member.incarnation
         ):
+            self._history.forget(server_id)
             self._fail_over_dead_member(server_id, now_us)
             return
         # A readmitted server still holds the map it had when it was declared dead.
