@@ -19,6 +19,8 @@ from forehand.core._manager_events import (
     DrainProgressed,
     FailoverCompleted,
     HandoffCompleted,
+    MapChange,
+    PartsMovedImplicitly,
     ServerJoined,
 )
 from forehand.core._server_events import InstallCause, PrimaryInstalled
@@ -182,6 +184,10 @@ def test_a_joining_server_made_primary_of_live_parts_waits_for_their_state(
         if world.harness.map.primary_of(PartKey(session_id=s, part="counter")) == "s4"
     ]
     assert moved and all(before[s] != "s4" for s in moved), "the join moved live primaries"
+    (implicit,) = world.harness.events(PartsMovedImplicitly)
+    assert implicit.change is MapChange.SERVER_JOINED and implicit.servers == ("s4",)
+    assert implicit.count == len(implicit.parts) >= len(moved)
+    assert {ref.session_id for ref in implicit.parts} >= set(moved)
     assert joined["s4"].map_version == world.harness.map.version
     for session_id in moved:
         world.client.call(session_id, "counter", "add", b"1", now_us=world.router.now_us)

@@ -10,7 +10,12 @@ import pytest
 from forehand.core._driver import ConnectionOpened
 from forehand.core._manager_commits import MapHistory
 from forehand.core._manager_config import ManagerConfig
-from forehand.core._manager_events import FailoverCompleted, ServerDeclaredDead, ServerJoined
+from forehand.core._manager_events import (
+    FailoverCompleted,
+    PartsMovedImplicitly,
+    ServerDeclaredDead,
+    ServerJoined,
+)
 from forehand.core._membership import MemberState
 from forehand.core.messages import MapPublished, MapRequested
 from forehand.errors import ConfigError
@@ -287,6 +292,7 @@ def test_a_new_server_gets_the_version_before_its_join_whole_then_the_join_delta
     harness.announce("s4")
     first = harness.take("s4", MapPublished)
     assert [(m.base_version, m.map_version) for m in first] == [(0, before), (before, before + 1)]
+    assert harness.events(PartsMovedImplicitly) == [], "stabilize pinned every live primary"
     assert "s4" not in {entry.server_id for entry in ShardMap.decode(first[0].body).servers}
     follower = Follower()
     follower.receive(first)

@@ -16,7 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from forehand.core._manager_events import (
     HoldEnded,
+    MapChange,
     MapRequestsAnswered,
+    PartsMovedImplicitly,
     RebalanceQueued,
     SessionOpenRefused,
 )
@@ -258,3 +260,21 @@ def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> N
             assert (name, (("transport", "tls"),)) in samples
 
     run_async(scenario())
+
+
+def test_implicit_moves_are_counted_by_change() -> None:
+    view_risk = RiskTracker(clock_us=lambda: 0)
+    manager_metrics = ManagerMetrics(
+        view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
+    )
+    joined = MapChange.SERVER_JOINED
+    manager_metrics(
+        PartsMovedImplicitly(map_version=4, change=joined, servers=("s4",), count=70, parts=())
+    )
+    manager_metrics(
+        PartsMovedImplicitly(map_version=9, change=joined, servers=("s5",), count=2, parts=())
+    )
+    read = manager_metrics.registry.get_sample_value
+    name = "forehand_parts_moved_implicitly_total"
+    assert read(name, {"change": "server_joined"}) == 72
+    assert read(name, {"change": "failover"}) is None

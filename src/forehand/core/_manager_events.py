@@ -27,6 +27,7 @@ __all__ = [
     "HandoffStarted",
     "HoldEnded",
     "ManagerEvent",
+    "MOVED_IMPLICITLY_NAMED_MAX",
     "MapChange",
     "MapCommitRejected",
     "MapCommitted",
@@ -34,6 +35,7 @@ __all__ = [
     "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
+    "PartsMovedImplicitly",
     "PartsUnreplicated",
     "RebalanceQueued",
     "MovesDropped",
@@ -370,6 +372,30 @@ class FailoverCompleted:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PartsMovedImplicitly:
+    """A committed version moved live primaries that no operation of it named: bounded loads
+    pushed them along their walk (a join or a readmission lowers every server's bound) and
+    `stabilize` could not pin them all back. Their old and new primaries hand them over by
+    themselves (an implicit handoff, reason PART_MOVED); without this event no log line named
+    the moves, and a readmitted server got primaries back unannounced."""
+
+    map_version: int
+    """The version that moved them."""
+    change: MapChange
+    """The change it committed."""
+    servers: tuple[str, ...]
+    """The servers the change is about (the joining one, ...)."""
+    count: int
+    """How many parts moved."""
+    parts: tuple[PartRef, ...]
+    """The first `MOVED_IMPLICITLY_NAMED_MAX` of them."""
+
+
+MOVED_IMPLICITLY_NAMED_MAX = 64
+"""Most parts a `PartsMovedImplicitly` names (its count says how many moved)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PartsUnreplicated:
     """A failover left parts with no replica (promoted ones, and ones whose primary survived but
     whose replica was a dead server): nothing survived beside their primary and no
@@ -586,6 +612,7 @@ ManagerEvent = (
     | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
+    | PartsMovedImplicitly
     | PartsUnreplicated
     | DrainProgressed
     | RebalanceQueued

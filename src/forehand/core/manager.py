@@ -53,6 +53,7 @@ from forehand.core._manager_commits import (
 )
 from forehand.core._manager_config import REBALANCE_TOLERANCE_MAX, ManagerConfig
 from forehand.core._manager_events import (
+    MOVED_IMPLICITLY_NAMED_MAX,
     CredentialRefused,
     DeathCause,
     DrainProgressed,
@@ -72,6 +73,7 @@ from forehand.core._manager_events import (
     MapRequestsAnswered,
     MovesDropped,
     PartsLost,
+    PartsMovedImplicitly,
     PartsUnreplicated,
     PeerRefused,
     RebalanceQueued,
@@ -1030,6 +1032,18 @@ class ManagerCore:
                     servers=built.servers,
                 )
             )
+            if built.implicit_moves:
+                self._emit(
+                    PartsMovedImplicitly(
+                        map_version=version,
+                        change=outcome.change.kind,
+                        servers=built.servers,
+                        count=len(built.implicit_moves),
+                        parts=tuple(
+                            ref_of(key) for key in built.implicit_moves[:MOVED_IMPLICITLY_NAMED_MAX]
+                        ),
+                    )
+                )
         previous = outcome.previous
         for change, member in outcome.members or ((outcome.change, built),):
             if change.kind is MapChange.SERVER_JOINED and previous.version > 0:
@@ -1077,16 +1091,16 @@ class ManagerCore:
         part's copies). The share takes a pass over the servers, so a version of session
         changes too small for any allowance (nearly every version) is not scaled by it."""
         config = self._config
-        if built.implicit_moves is not None:
+        servers_changed = sum(
+            1 for operation in operations if not isinstance(operation, SESSION_OPERATIONS)
+        )
+        if built.implicit_moves is not None and not servers_changed:
             moved_anywhere = len(operations) + len(built.implicit_moves)
             allowance_us = moved_anywhere * config.map_adopt_allowance_us_per_part
             if allowance_us < config.heartbeat_interval_ms * 1000:
                 return moved_anywhere
             return int(moved_anywhere * self._held_share(new_map))
         held_share = self._held_share(new_map)
-        servers_changed = sum(
-            1 for operation in operations if not isinstance(operation, SESSION_OPERATIONS)
-        )
         moved = len(operations) + len(new_map) * min(1.0, servers_changed * held_share)
         return int(moved * held_share)
 
@@ -1363,6 +1377,7 @@ class ManagerCore:
             parts=(),
             servers=(server_id,),
             payload=member.incarnation,
+            implicit_moves=stable.implicit_moves,
         )
 
     def _join_committed(self, server_id: str, built: Built, now_us: int) -> None:

@@ -167,6 +167,13 @@ class ManagerMetrics:
         self.map_commits = Counter(
             "forehand_map_commits", "Committed shard-map versions.", ["change"], registry=r
         )
+        self.parts_moved_implicitly = Counter(
+            "forehand_parts_moved_implicitly",
+            "Live primaries a committed version moved without naming them (handed over by "
+            "their servers themselves), by the change that moved them.",
+            ["change"],
+            registry=r,
+        )
         self.map_rejections = Counter(
             "forehand_map_commit_rejections", "Map changes the store refused.", registry=r
         )
@@ -257,6 +264,9 @@ class ManagerMetrics:
         self.failovers.labels(self._cause(event.servers), "completed").inc()
         self.failover_duration.observe(event.duration_us / 1e6)
 
+    def _parts_moved_implicitly(self, event: Any) -> None:
+        self.parts_moved_implicitly.labels(event.change.value).inc(event.count)
+
     def _parts_unreplicated(self, event: Any) -> None:
         self.parts_unreplicated.inc(event.parts)
 
@@ -322,6 +332,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.ServerDeclaredDead: ManagerMetrics._server_dead,
     manager_events.FailoverCompleted: ManagerMetrics._failover_completed,
     manager_events.PartsLost: ManagerMetrics._parts_lost,
+    manager_events.PartsMovedImplicitly: ManagerMetrics._parts_moved_implicitly,
     manager_events.PartsUnreplicated: ManagerMetrics._parts_unreplicated,
     manager_events.MovesDropped: ManagerMetrics._moves_dropped,
     manager_events.RiskFlagged: ManagerMetrics._risk_flagged,

@@ -90,6 +90,7 @@ NOTABLE_EVENTS = frozenset(
         "DrainProgressed",
         "RebalanceQueued",
         "PartsLost",
+        "PartsMovedImplicitly",
         "PartsUnreplicated",
         "MapLoaded",
         "MovesDropped",
