@@ -16,6 +16,7 @@ from forehand.core._server_events import (
     PrimaryAcceptedWrite,
     PrimaryInstalled,
     ProtocolViolationDetected,
+    ReplicatedWritesStalled,
     RequestExecuted,
     ServerEvent,
     StaleEpochRefused,
@@ -35,7 +36,7 @@ from forehand.core.messages import (
     ServerAnnounced,
     encode_cluster_message,
 )
-from forehand.core.server import PLACEMENT_CACHE_ENTRIES_MAX
+from forehand.core.server import PLACEMENT_CACHE_ENTRIES_MAX, REPLICATION_STALL_HEARTBEATS
 from forehand.errors import ConfigError
 from forehand.placement import ShardMap
 from forehand.wire import (
@@ -565,3 +566,35 @@ def test_a_server_the_manager_calls_superseded_says_so_and_no_one_else_can() -> 
     cluster.router.send(MANAGER, "s1", Error(code=ErrorCode.SUPERSEDED, reason=reason))
     cluster.router.run()
     assert [e.reason for e in cluster.events("s1", ServerSuperseded)] == [reason]
+
+
+def test_replicated_answers_waiting_without_progress_are_reported(cluster: Cluster) -> None:
+    """A primary cut off from its replica alone holds its `replicated` answers: after
+    REPLICATION_STALL_HEARTBEATS heartbeats with no progress it says so, naming the replica,
+    once; and once more with no parts when the cut heals and the answers go out."""
+    cluster.place("ledger", "s1", "s2")
+    cut = cluster.router.partition("s1", "s2")
+    cluster.request("s1", "ledger", payload=b"9")
+    cluster.request("s1", "ledger", payload=b"1", bind=False)
+    interval_ms = cluster.server("s1")._config.heartbeat_interval_ms
+    cluster.router.advance(ms=interval_ms * (REPLICATION_STALL_HEARTBEATS - 1))
+    assert cluster.events("s1", ReplicatedWritesStalled) == [], "not yet"
+    cluster.router.advance(ms=interval_ms * 4)
+    (stalled,) = cluster.events("s1", ReplicatedWritesStalled)
+    assert (stalled.parts, stalled.answers, stalled.replicas) == (1, 2, ("s2",))
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=interval_ms * 3)
+    assert [r.payload for r in cluster.responses()] == [b"9", b"10"]
+    stall, over = cluster.events("s1", ReplicatedWritesStalled)
+    assert stall is stalled and (over.parts, over.answers, over.replicas) == (0, 0, ())
+
+
+def test_replicated_answers_that_flow_are_no_stall(cluster: Cluster) -> None:
+    """Writes acknowledged as they come, across many heartbeats, report nothing."""
+    cluster.place("ledger", "s1", "s2")
+    interval_ms = cluster.server("s1")._config.heartbeat_interval_ms
+    for index in range(REPLICATION_STALL_HEARTBEATS * 3):
+        cluster.request("s1", "ledger", payload=b"1", bind=index == 0)
+        cluster.router.advance(ms=interval_ms)
+    assert len(cluster.responses()) == REPLICATION_STALL_HEARTBEATS * 3
+    assert cluster.events("s1", ReplicatedWritesStalled) == []

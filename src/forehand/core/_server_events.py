@@ -30,6 +30,7 @@ __all__ = [
     "ProtocolViolationDetected",
     "RarePathTaken",
     "ReplicaDivergenceDetected",
+    "ReplicatedWritesStalled",
     "RequestExecuted",
     "RequestForwardedOut",
     "RequestRedirected",
@@ -397,6 +398,23 @@ class RarePathTaken(ServerEvent, frozen=True, kw_only=True):
     """This server."""
     name: str
     """A stable name, such as `forward-hops-exceeded` or `map-gap`."""
+
+
+class ReplicatedWritesStalled(ServerEvent, frozen=True, kw_only=True):
+    """Answers to `replicated` writes have waited for a replica's acknowledgement without any
+    progress over `REPLICATION_STALL_HEARTBEATS` heartbeat intervals (a primary cut off from its
+    replicas while it still reaches the manager and its clients: the writes cannot be
+    acknowledged, and their clients time out). Emitted when such a stall starts, and again
+    with `parts` 0 once every stalled part has moved on (its answers released or failed)."""
+
+    node: NodeId
+    """This server."""
+    parts: int
+    """Parts whose oldest held answer made no progress (0: the stall is over)."""
+    answers: int
+    """Answers those parts hold."""
+    replicas: tuple[NodeId, ...]
+    """Their replicas that still owe an acknowledgement (at most 8 named)."""
 
 
 class StateNotEncodable(ServerEvent, frozen=True, kw_only=True):

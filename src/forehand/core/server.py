@@ -58,6 +58,7 @@ from forehand.core._server_events import (
     ProtocolViolationDetected,
     RarePathTaken,
     ReplicaDivergenceDetected,
+    ReplicatedWritesStalled,
     RequestExecuted,
     RequestForwardedOut,
     RequestRedirected,
@@ -149,6 +150,9 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
+REPLICATION_STALL_HEARTBEATS = 3
+"""Heartbeat intervals a part's oldest held `replicated` answer may wait with no progress before
+the server reports the stall (`ReplicatedWritesStalled`): 1.5 s at the default 500 ms."""
 RESEND_HEAP_SLACK = 1024
 """Stale entries the resend heap may hold beyond twice the parts it schedules before it is
 compacted (a part that settles leaves its entry until the entry falls due)."""
@@ -257,14 +261,18 @@ class ServerCore:
         self._resend_due: dict[PartRef, int] = {}
         """Parts whose every stream waits for acknowledgements, by when the oldest batch in
         flight is due to be sent again; a round walks none of them."""
+        # (due, tie-break, part) of `_resend_due`, with stale entries popped lazily.
         self._resend_heap: list[tuple[int, int, PartRef]] = []
-        """(due, tie-break, part) of `_resend_due`, with stale entries popped lazily."""
         self._resend_pushes = 0
         self._down: dict[NodeId, _DownPeer] = {}
         """Servers whose connection was lost and not opened again: streams to them send nothing
         but one message at a time (`_probe_down`), and the parts waiting on them are kept
         aside until the connection opens."""
         self._held: dict[PartRef, deque[tuple[int, _Inbound, bool]]] = {}
+        # Per part holding answers: the sequence of its oldest held answer at the last
+        # heartbeat, and for how many heartbeats in a row it has been that one; and how many
+        # parts stalled (`_check_held_progress`).
+        self._held_heads: dict[PartRef, tuple[int, int]] = {}
         self._queues: dict[PartRef, deque[_Inbound]] = {}
         self._forwards: dict[tuple[NodeId, bytes, int], _Forward] = {}
         self._runs: dict[int, HandoffRun] = {}
@@ -286,7 +294,7 @@ class ServerCore:
         self._fenced: dict[PartRef, None] = {}
         self._deferred: dict[PartRef, None] = {}
         self._unsettled: dict[PartRef, int] = {}
-        self._unsettled_retry_us = self._part_loads_due_us = 0
+        self._unsettled_retry_us = self._part_loads_due_us = self._stalled_parts = 0
         self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
@@ -2653,7 +2661,44 @@ class ServerCore:
                 self._request_map(now_us)
         if self._unsettled and now_us >= self._unsettled_retry_us:
             self._report_unsettled(now_us)
+        if self._held or self._held_heads:
+            self._check_held_progress()
         self._heartbeat_due_us = now_us + self._config.heartbeat_interval_ms * 1000
+
+    def _check_held_progress(self) -> None:
+        """Notice `replicated` answers that wait with no progress (`ReplicatedWritesStalled`):
+        each heartbeat compares every holding part's oldest held answer with the one it had at
+        the heartbeat before. A primary cut off from its replicas alone kept its clients' writes
+        waiting, and nothing said so."""
+        heads = self._held_heads
+        fresh: dict[PartRef, tuple[int, int]] = {}
+        stalled: list[PartRef] = []
+        for ref, held in self._held.items():
+            seq = held[0][0]
+            before = heads.get(ref)
+            beats = before[1] + 1 if before is not None and before[0] == seq else 0
+            fresh[ref] = (seq, beats)
+            if beats >= REPLICATION_STALL_HEARTBEATS:
+                stalled.append(ref)
+        self._held_heads = fresh
+        if bool(stalled) == bool(self._stalled_parts):
+            self._stalled_parts = len(stalled)
+            return
+        self._stalled_parts = len(stalled)
+        replicas: dict[NodeId, None] = {}
+        for ref in stalled:
+            shipper = self._shippers.get(ref)
+            part = self._parts.get(ref)
+            if shipper is not None and part is not None:
+                replicas.update(dict.fromkeys(shipper.pending(part.log.last_seq)))
+        self._emit(
+            ReplicatedWritesStalled(
+                node=self._me,
+                parts=len(stalled),
+                answers=sum(len(self._held[ref]) for ref in stalled),
+                replicas=tuple(sorted(replicas))[:8],
+            )
+        )
 
     def _renewed_batch(self) -> tuple[bytes, ...]:
         """The next `heartbeat_renewals_max` renewed sessions, taken from the queue."""

@@ -96,6 +96,7 @@ NOTABLE_EVENTS = frozenset(
         "MovesDropped",
         "ProtocolViolationDetected",
         "ReplicaDivergenceDetected",
+        "ReplicatedWritesStalled",
         "ResumeRejected",
         "StateNotEncodable",
         "SessionsExpired",
@@ -114,12 +115,14 @@ WARNING_EVENTS = frozenset(
         "ServersSilent",
         "StateNotEncodable",
         "ServerSuperseded",
+        "ReplicatedWritesStalled",
     }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
 or without a replica; a server dead while it led parts (a crash, not a planned stop after a
 drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
-manager; an application's state that cannot be replicated; two processes running as one server
+manager; an application's state that cannot be replicated; `replicated` writes waiting with no
+progress for their replicas (its end, `parts` 0, at INFO); two processes running as one server
 (`ServerSuperseded`; the manager's node driver logs its refusal of a cluster peer as a WARNING,
 once in a row)."""
 PEER_CAUSED_EVENTS = frozenset(
@@ -199,7 +202,9 @@ class EventLogger:
 
 def _below_warning(event: object) -> bool:
     """A `WARNING_EVENTS` event that needs no action: a server declared dead while it led no
-    part (drained, then stopped)."""
+    part (drained, then stopped), the end of a replication stall."""
+    if isinstance(event, server_events.ReplicatedWritesStalled):
+        return event.parts == 0
     return isinstance(event, manager_events.ServerDeclaredDead) and event.primary_parts == 0
 
 
