@@ -343,6 +343,7 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         "ServersSilent",
         "StateNotEncodable",
         "ServerSuperseded",
+        "ReplicatedWritesStalled",
     }
     levels = {"every": every, "notable": set(NOTABLE_EVENTS), "warnings": warnings}
     assert logged == levels[expected]
@@ -374,6 +375,26 @@ def test_a_server_dead_while_it_led_parts_is_a_warning_a_drained_one_is_not(
     assert [(r.levelno, r.getMessage().split()[1]) for r in caplog.records] == [
         (logging.WARNING, "server_id=s3"),
         (logging.INFO, "server_id=s1"),
+    ]
+
+
+def test_a_replication_stall_is_a_warning_its_end_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Writes waiting for unreachable replicas: WARNING; the stall over (no parts): INFO."""
+    started, ended = (
+        server_events.ReplicatedWritesStalled(
+            node="s1", parts=parts, answers=answers, replicas=replicas
+        )
+        for parts, answers, replicas in ((3, 40, ("s2", "s3")), (0, 0, ()))
+    )
+    logger = EventLogger("s1")
+    with caplog.at_level(logging.INFO, logger="forehand.events"):
+        logger(started)
+        logger(ended)
+    assert [(r.levelno, "parts=3" in r.getMessage().split()) for r in caplog.records] == [
+        (logging.WARNING, True),
+        (logging.INFO, False),
     ]
 
 

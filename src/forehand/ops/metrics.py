@@ -495,6 +495,12 @@ class ServerMetrics:
         self.map_version = Gauge(
             "forehand_map_version", "The shard map version adopted.", registry=r
         )
+        self.replication_stalled_parts = Gauge(
+            "forehand_replication_stalled_parts",
+            "Parts whose replicated answers wait for a replica with no progress over"
+            " REPLICATION_STALL_HEARTBEATS heartbeats, as last reported (ReplicatedWritesStalled).",
+            registry=r,
+        )
         r.register(_PartsCollector(core))
         self.event_types = _SERVER_EVENT_TYPES
         """The events it accounts for (`NodeDriver.subscribe`): the driver hands it no other."""
@@ -563,6 +569,9 @@ class ServerMetrics:
     def _map_adopted(self, event: Any) -> None:
         self.map_version.set(event.map_version)
 
+    def _replication_stalled(self, event: Any) -> None:
+        self.replication_stalled_parts.set(event.parts)
+
     def _resume_rejected(self, event: Any) -> None:
         self._child(self.resumes_rejected, _reason_label(event.reason)).inc()
 
@@ -580,6 +589,7 @@ _SERVER_HANDLERS: dict[type, Callable[[ServerMetrics, Any], None]] = {
     server_events.ClientHandedOff: ServerMetrics._handed_off,
     server_events.HandoffStepCompleted: ServerMetrics._step,
     server_events.MapVersionAdopted: ServerMetrics._map_adopted,
+    server_events.ReplicatedWritesStalled: ServerMetrics._replication_stalled,
     server_events.ResumeRejected: ServerMetrics._resume_rejected,
     server_events.ProtocolViolationDetected: ServerMetrics._violation,
 }
