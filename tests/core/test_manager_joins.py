@@ -130,7 +130,8 @@ def test_without_a_history_every_catch_up_is_the_whole_map() -> None:
 
 
 def test_a_restarted_server_gets_the_whole_map() -> None:
-    """A new incarnation holds no map: its join sends the whole map."""
+    """A new incarnation holds no map: its join sends a whole map, newer than any its last
+    incarnation held."""
     harness, follower = joined_cluster()
     harness.announce("s1", incarnation=2)
     fail_over(harness, "s2", "s3")
@@ -139,6 +140,10 @@ def test_a_restarted_server_gets_the_whole_map() -> None:
     restarted = Follower()
     received = harness.take("s1", MapPublished)
     assert received[0].base_version == 0
+    # Never a version older than its last incarnation held: map versions do not go back on a
+    # node (`forehand sim --seed 18001478` did, when a restarted server got the version before
+    # its readmission, which still listed it dead).
+    assert follower.map is not None and received[0].map_version > follower.map.version
     restarted.receive(received)
     assert restarted.whole_maps == 1 and restarted.map is not None
     assert restarted.map.encode() == harness.map.encode()
