@@ -346,3 +346,45 @@ def test_a_primary_that_hears_it_was_declared_dead_hands_nothing_over() -> None:
     ]
     assert sealed == []
     assert state(cluster, "s1") in (None, PartState.REPLICA)
+
+
+def test_a_fenced_primary_catching_up_keeps_a_part_the_failover_gives_back() -> None:
+    """A primary the manager's messages no longer reach (a one-way cut) misses a drain's move
+    of its part and the failover that the aborted handoff fell back to, which keeps it primary
+    (its history is ahead). A replica's refusal fenced it at the failover's version meanwhile.
+    When the cut heals it gets both versions in a burst: the move must not drop its copy before
+    the failover's version gives the part back, or the `async` writes it acknowledged during
+    the cut are lost (`forehand sim --scenario drain-one-way --seed 17600000`)."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    # The drain moves the part to s2 (s1 not kept as a replica); s1 never hears of it.
+    moved = cluster.place("counter", "s2", "s3", to=["s2", "s3"])
+    for _ in range(2):
+        cluster.request("s1", "counter", map_version=cluster.map.version - 1)
+        cluster.router.advance(ms=50)
+    # The handoff fails over: s2 and s3 are fenced, s1's next write fences it too.
+    cluster.prepare_failover([COUNTER], to=["s2", "s3"])
+    cluster.request("s1", "counter", map_version=cluster.map.version - 1)
+    cluster.router.advance(ms=50)
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None and part.fence_version == cluster.map.version + 1
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK] * 4
+    # The failover keeps s1 (its last heartbeat showed it ahead); then the cut heals.
+    kept = cluster.place("counter", "s1", "s2", "s3", to=["s2", "s3"])
+    cluster.router.send(MANAGER, "s1", moved)
+    assert state(cluster, "s1") is PartState.PRIMARY
+    cluster.router.send(MANAGER, "s1", kept)
+    assert cluster.server("s1").map_version == cluster.map.version
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None and (part.state, part.applied_seq) == (PartState.PRIMARY, 4)
+    installed = [e for e in cluster.events("s1", PrimaryInstalled) if e.ref == COUNTER]
+    assert [(e.cause.value, e.log_index) for e in installed][-1] == ("failover", 4)
+    cluster.request("s1", "counter")
+    (ok,) = cluster.responses()
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"5")
+    cluster.router.advance(ms=100)
+    for replica in ("s2", "s3"):
+        copy = cluster.server(replica).part(COUNTER)
+        assert copy is not None and (copy.state, copy.data) == (PartState.REPLICA, 5)

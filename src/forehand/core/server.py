@@ -2441,6 +2441,16 @@ class ServerCore:
             self._rare("map-older-than-part")
             self._deferred[ref] = None
             return
+        if part.fence_version > self._map.version:
+            # Fenced for a failover whose map this server has not reached yet: the first map
+            # at or above the fence settles the part (`_adopt`), and an older one, caught up in
+            # a burst after a one-way cut, must not drop or demote it first. The failover may
+            # keep this server primary (its history ahead of every other candidate's): dropped
+            # at the older map that moved the part away, it came back empty and waited for a
+            # seal that never came, and the `async` writes it acknowledged during the cut were
+            # lost (`forehand sim --scenario drain-one-way --seed 17600000`).
+            self._rare("map-older-than-fence")
+            return
         listed = placement is not None and self._me in placement.servers
         if placement is None or (not listed and part.state is not PartState.PRIMARY):
             # A live primary that the map leaves out still hands the part over first.
