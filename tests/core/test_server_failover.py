@@ -388,3 +388,67 @@ def test_a_fenced_primary_catching_up_keeps_a_part_the_failover_gives_back() -> 
     for replica in ("s2", "s3"):
         copy = cluster.server(replica).part(COUNTER)
         assert copy is not None and (copy.state, copy.data) == (PartState.REPLICA, 5)
+
+
+def test_a_target_whose_fence_a_map_settled_before_the_move_does_not_fence_its_source() -> None:
+    """A drain moves the part off s1, which the manager's messages no longer reach; the
+    handoff fails over, the failover keeps s1 (its history ahead), and the drain moves the part
+    again. The target, fenced by that failover before the move, used to refuse s1's shipments
+    at its old epoch with the move's version: s1, fenced there, took the move for a failover
+    that replaced it when it caught up and dropped its part, losing the `async` writes it had
+    acknowledged (`forehand sim --scenario drain-one-way --seed 17600018`). Fenced only by the
+    failover, it settles at the failover's map and hands the part over at the move's."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    held = cluster.map.version
+    behind = [cluster.place("counter", "s2", "s3", to=["s2", "s3"])]
+    cluster.prepare_failover([COUNTER], to=["s2", "s3"])
+    behind.append(cluster.place("counter", "s1", "s2", "s3", to=["s2", "s3"]))
+    kept = cluster.map.version
+    behind.append(cluster.place("counter", "s2", "s3", to=["s2", "s3"]))
+    assert state(cluster, "s2") is PartState.RECEIVING
+    cluster.request("s1", "counter", map_version=held)
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK] * 2
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None and part.fence_version == kept
+    # The cut heals: s1 gets the three versions in a burst and hands the part over.
+    for message in behind:
+        cluster.router.send(MANAGER, "s1", message)
+    cluster.router.advance(ms=50)
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.state, target.applied_seq) == (PartState.PRIMARY, 2)
+    cluster.request("s2", "counter")
+    (ok,) = cluster.responses()
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"3")
+
+
+def test_a_target_past_its_deadline_still_does_not_fence_its_source() -> None:
+    """The target of a move s1 has not heard of (a one-way cut) reports its missed deadline and
+    waits RECEIVING for the manager. It used to refuse s1's shipments from then on, fencing s1
+    at the move's version: catching up, s1 took the move for a failover that replaced it and
+    dropped its part with the `async` writes it had acknowledged (`forehand sim --scenario
+    drain-one-way --seed 17600012`). It ignores them until a failover fences it, and s1, once
+    it hears of the move, hands the part over."""
+    cluster = Cluster(handoff_deadline_ms=300)
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    held = cluster.map.version
+    moved = cluster.place("counter", "s2", "s3", to=["s2", "s3"])
+    cluster.router.advance(ms=400)
+    (aborted,) = [m for m in cluster.take(MANAGER, HandoffAborted) if m.server_id == "s2"]
+    assert aborted.parts == (COUNTER,)
+    assert state(cluster, "s2") is PartState.RECEIVING
+    for _ in range(2):
+        cluster.request("s1", "counter", map_version=held)
+        cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK] * 3
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None and part.fence_version == 0
+    cluster.router.send(MANAGER, "s1", moved)
+    cluster.router.advance(ms=50)
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.state, target.applied_seq) == (PartState.PRIMARY, 3)

@@ -370,6 +370,7 @@ class Part:
     """One part held by this server in some role, with its data, log and dedup table."""
 
     __slots__ = (
+        "awaited",
         "data",
         "dedup",
         "epoch",
@@ -410,6 +411,10 @@ class Part:
         """The handoff seal this copy last became primary with: (source node, epoch, sealed
         sequence); a resent seal is acknowledged only when it is that one's (same source and
         epoch, ending at that sequence or past it with entries of this copy's own log)."""
+        self.awaited: tuple[str, int] | None = None
+        """While RECEIVING: the source whose sealed log this copy waits for ("" when unknown)
+        and the map version of the move; kept past the handoff's deadline, until the part
+        leaves RECEIVING (`ServerCore._sealing_soon`)."""
 
     @property
     def applied_seq(self) -> int:
@@ -435,6 +440,8 @@ class Part:
                 f"part {self.ref.part!r}: no transition from {previous.name} on {trigger.name}"
             )
         self.state = following
+        if following is not PartState.RECEIVING:
+            self.awaited = None
         return previous
 
     def progress(self) -> PartProgress | None:

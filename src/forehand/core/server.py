@@ -1701,11 +1701,23 @@ class ServerCore:
 
     def _sealing_soon(self, part: Part, epoch: int, source: NodeId) -> bool:
         """Whether `part` waits (RECEIVING) for the sealed log of `source`, which shipped at
-        `epoch`, a version no failover fenced: the source is still the primary, until its seal."""
-        if part.state is not PartState.RECEIVING or part.fence_version > epoch:
+        `epoch`, a version no failover fenced since the move: the source is still the primary,
+        until its seal or a failover of the move.
+
+        Refused, the source would be fenced at the move's version, which it cannot tell from a
+        failover's: a source cut off one way from the manager, catching up, then took the move
+        for a failover that replaced it and dropped its part, losing the `async` writes it had
+        acknowledged meanwhile. So the wait outlives the handoff's deadline (until the map
+        settles the part, or a failover fences it: `forehand sim --scenario drain-one-way --seed
+        17600012`), and a fence below the move's version does not count: a map settled it before
+        the move, leaving the source primary (a failover that kept it, its history ahead), a
+        failover such a source never heard of (`--seed 17600018`). A fence at or above the move's
+        version is a failover of the move itself: its source may be the replaced one.
+        """
+        awaited = part.awaited if part.state is PartState.RECEIVING else None
+        if awaited is None or awaited[0] != source:
             return False
-        run = self._runs.get(self._run_of.get(part.ref, 0))
-        return run is not None and run.side is HandoffSide.TARGET and run.peer == source
+        return part.fence_version <= epoch or part.fence_version < awaited[1]
 
     def _shipment_to_primary(self, part: Part, message: LogShipped, source: NodeId) -> None:
         # The same epoch shipping to its own primary is either the handoff source resending a
@@ -2301,6 +2313,8 @@ class ServerCore:
             # An implicit run (learned from the map) is replaced by the manager's.
             self._forget_run(self._run_of[ref])
         self._run_of[ref] = key
+        run = self._runs[key]
+        part.awaited = (run.peer, run.map_version)
         return True
 
     def _finish_target(self, run: HandoffRun, now_us: int) -> None:
@@ -2571,6 +2585,8 @@ class ServerCore:
             self._transition(part, PartTrigger.HANDOFF_TARGETED)
         current = self._runs.get(self._run_of.get(part.ref, 0))
         if current is not None and current.side is HandoffSide.TARGET:
+            if part.awaited is None:
+                part.awaited = (current.peer, current.map_version)
             return
         run = HandoffRun(
             handoff_id=0,
@@ -2582,6 +2598,7 @@ class ServerCore:
             deadline_us=now_us + self._config.handoff_deadline_ms * 1000,
         )
         self._run_of[part.ref] = self._add_run(run)
+        part.awaited = (source, run.map_version)
 
     def _reinstate(self, part: Part, now_us: int) -> None:
         self._supersede_run_of(part.ref, now_us)
