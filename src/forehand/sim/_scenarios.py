@@ -263,9 +263,12 @@ def build_drain_one_way(seed: int) -> SimCluster:
     heartbeats still arrive): it never hears of the drain, its handoffs fall back to failover,
     and it keeps serving its clients until the cut heals, then gets the versions it missed in
     a burst. Every checker holds (replicated writes, exactly once, one writer per version),
-    except that `async` writes are allowed to be lost to a failover, as after a crash: the
-    server replays the drain's moves that the failover undid and gives up its copies of parts
-    it is then made primary of again (docs/ARCHITECTURE.md, Guarantees)."""
+    except that `async` writes are allowed to be lost to a failover, as after a crash: one that
+    promotes another candidate while the cut-off server goes on acknowledging writes its last
+    heartbeat did not show. Catching up no longer loses any: a part fenced for a failover
+    ignores the older maps of the burst (the drain's moves that the failover undid), and the
+    server hands over with its log a part a later drain moves off it, since a handoff target
+    does not fence its source with the move's version (docs/ARCHITECTURE.md, Guarantees)."""
     choices = random.Random(seed)
     cut_length_us = choices.choice(ONE_WAY_CUT_LENGTHS_US)
     cut_at_us = PLANNED_AT_US - choices.choice((0, 100_000, 500_000))
