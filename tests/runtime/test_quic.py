@@ -355,6 +355,36 @@ def test_reset_request_stream_drops_its_answer(certs: ClusterCertificates) -> No
     run_test(main())
 
 
+def test_requests_are_delivered_in_stream_order(certs: ClusterCertificates) -> None:
+    """A REQUEST whose stream completes before an earlier stream's (the earlier one's packet
+    was lost, say) waits for it: the server gets requests in the client's send order, so the
+    requests of a part run in call order over QUIC as over TLS. (Before, the later request of a
+    pipeline ran first whenever the packet of the earlier one was lost.)"""
+
+    async def main() -> None:
+        listener = await QUICTransport(node_credentials(certs, "s1")).listen(HOST, 0)
+        raw = await raw_connect(certs, listener.port)
+        raw.send(b"\x00", unidirectional=True)
+        server = await listener.accept()
+        first = raw.quic.get_next_available_stream_id()
+        second, third = first + 4, first + 8
+        raw.send_on(second, encode_frame(request(2)), end=True)
+        raw.send_on(third, encode_frame(request(3)), end=True)
+        raw.send_on(first, encode_frame(request(1)), end=True)
+        assert [await server.receive() for _ in range(3)] == [request(1), request(2), request(3)]
+        # A request stream reset before its frame came holds up nothing after it.
+        fourth, fifth = third + 4, third + 8
+        raw.send_on(fifth, encode_frame(request(5)), end=True)
+        raw.quic.reset_stream(fourth, 0)
+        raw.transmit()
+        assert await server.receive() == request(5)
+        assert not server.is_closed
+        await raw.close_and_wait()
+        await listener.close()
+
+    run_test(main())
+
+
 def test_receive_queue_overflow_is_limit_exceeded(certs: ClusterCertificates) -> None:
     """A peer that outpaces a consumer by more than receive_queue_frames_max is cut off."""
 

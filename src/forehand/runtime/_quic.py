@@ -92,6 +92,8 @@ _CONTROL_PREFIX = encode_varint(StreamType.CONTROL)
 _STREAM_TYPE_BYTES_MAX = 8
 _STREAM_CANCELLED = 0
 """Application error code of STOP_SENDING and RESET_STREAM for streams we stop or replace."""
+_REQUEST_STREAM_STEP = 4
+"""Client-initiated bidirectional stream ids (request streams) go 0, 4, 8, ..."""
 _ROUTE_RESET = -1
 """Route of a request whose stream the client reset: its answer is dropped, not an error."""
 
@@ -317,6 +319,15 @@ class QUICConnection(Connection):
         self._ignored_streams: set[int] = set()
         self._request_streams: dict[int, _RequestStream] = {}
         self._routes: dict[tuple[bytes, int], int] = {}
+        self._request_next = 0
+        """Server: the lowest request stream whose REQUEST is not yet delivered (nor the stream
+        reset before it came). Requests are delivered in stream order, which is the client's
+        send order, so that a lost packet does not let a later request of a part run first."""
+        self._requests_held: dict[int, Request | None] = {}
+        """Server: REQUESTs of streams above `_request_next` that completed first (None for a
+        stream reset before its frame came), delivered once every earlier stream has. Bounded by
+        the stream credit this side grants (MAX_STREAMS): none of them is answered yet, so none
+        of their streams is closed."""
         self._blocked_requests: deque[bytes] = deque()
         self._batch: list[Frame] = []
         self._blocked_bytes = 0
@@ -530,19 +541,43 @@ class QUICConnection(Connection):
         """Data of a request stream, on the server: exactly one REQUEST, then the end."""
         stream = self._request_streams.get(stream_id)
         if stream is None:
+            if stream_id < self._request_next or stream_id in self._requests_held:
+                return  # A stream reset before its frame came, settled already.
             stream = self._request_streams[stream_id] = _RequestStream(
                 FrameDecoder(config=self._wire, sender=self._peer_role)
             )
         frame = self._one_frame(stream_id, stream, data, end_stream, Request)
         if frame is not None:
             assert isinstance(frame, Request)
-            key = (frame.session_id, frame.request_id)
-            replaced = self._routes.get(key)
-            if replaced is not None and replaced != _ROUTE_RESET:
-                # A retry of a request still in flight: the answer goes to the newer stream.
-                self._quic.reset_stream(replaced, _STREAM_CANCELLED)
-            self._routes[key] = stream_id
-            self._deliver_one(frame)
+            self._request_settled(stream_id, frame)
+
+    def _request_settled(self, stream_id: int, frame: Request | None) -> None:
+        """Stream `stream_id` brought its REQUEST (`frame`), or was reset before it (None):
+        deliver it, and the held requests of the streams after it, in stream order. QUIC orders
+        bytes within a stream only: the client opens a stream per request in call order, and a
+        request whose packet was lost must still run before the later ones (PROTOCOL.md 5.6:
+        the requests of a part execute in order), as over TLS's one byte stream."""
+        if stream_id != self._request_next:
+            self._requests_held[stream_id] = frame
+            return
+        held = self._requests_held
+        while True:
+            if frame is not None:
+                self._deliver_request(stream_id, frame)
+            stream_id += _REQUEST_STREAM_STEP
+            self._request_next = stream_id
+            if stream_id not in held:
+                return
+            frame = held.pop(stream_id)
+
+    def _deliver_request(self, stream_id: int, frame: Request) -> None:
+        key = (frame.session_id, frame.request_id)
+        replaced = self._routes.get(key)
+        if replaced is not None and replaced != _ROUTE_RESET:
+            # A retry of a request still in flight: the answer goes to the newer stream.
+            self._quic.reset_stream(replaced, _STREAM_CANCELLED)
+        self._routes[key] = stream_id
+        self._deliver_one(frame)
 
     def _answer_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         """Data of a request stream, on the client: exactly one RESPONSE or REDIRECT."""
@@ -632,6 +667,15 @@ class QUICConnection(Connection):
         stream = self._request_streams.pop(stream_id, None)
         if stream is not None:
             self._partial_changed(-stream.decoder.buffered_bytes)
+        if (
+            not self.is_client
+            and stream_id & 3 == 0
+            and stream_id >= self._request_next
+            and stream_id not in self._requests_held
+            and (stream is None or not stream.frame_seen)
+        ):
+            # A request stream reset before its REQUEST came: the later ones go on without it.
+            self._request_settled(stream_id, None)
         if not self.is_client:
             for key, routed in self._routes.items():
                 if routed == stream_id:
