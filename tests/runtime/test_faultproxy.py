@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import math
 import random
 from collections.abc import AsyncIterator
@@ -336,6 +338,46 @@ def test_tcp_bandwidth_limit_paces_the_stream() -> None:
                 elapsed_s * 1000
                 >= (size_bytes - config.read_chunk_bytes) / rate * 1000 - CLOCK_SLACK_MS
             )
+
+    run_test(main())
+
+
+def test_tcp_reset_connections_leaves_no_task_error() -> None:
+    """`reset_connections` on a live connection: each direction then reads the end of its
+    aborted stream, and its writer, already closed, is not sent an end (uvloop raised
+    RuntimeError there, an exception no one retrieved, logged by the loop)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        received = asyncio.Event()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while await reader.read(4096):
+                    received.set()
+            writer.close()
+
+        server = await asyncio.start_server(sink, HOST, 0)
+        proxy = TCPFaultProxy(target_host=HOST, target_port=server.sockets[0].getsockname()[1])
+        await proxy.start()
+        reader, writer = await asyncio.open_connection(HOST, proxy.port)
+        writer.write(b"x")
+        await writer.drain()
+        await received.wait()
+        proxy.reset_connections()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+        writer.close()
+        while proxy.connection_count:
+            await asyncio.sleep(0.01)
+        await proxy.close()
+        server.close()
+        await server.wait_closed()
+        gc.collect()
+        await asyncio.sleep(0)
+        assert [context.get("message") for context in reported] == []
 
     run_test(main())
 

@@ -591,7 +591,9 @@ class TCPFaultProxy(_FaultProxy):
             await self._sleep_until(chunk.deliver_us)
             await self._wait_unblocked(pipe.direction)
             if not chunk.data:
-                if pipe.writer.can_write_eof():
+                # A connection reset meanwhile (`reset_connections`) is closed: uvloop raises
+                # RuntimeError on its write_eof, which left the task's exception unretrieved.
+                if pipe.writer.can_write_eof() and not pipe.writer.transport.is_closing():
                     pipe.writer.write_eof()
                 return
             per_byte = self.faults(pipe.direction).microseconds_per_byte
