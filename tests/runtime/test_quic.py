@@ -385,6 +385,47 @@ def test_requests_are_delivered_in_stream_order(certs: ClusterCertificates) -> N
     run_test(main())
 
 
+def test_a_stack_that_fails_to_transmit_ends_the_connection(certs: ClusterCertificates) -> None:
+    """qh3's core can raise while it builds datagrams (ValueError "reserved stream is missing",
+    under heavy loss), after which stream data it held never leaves: the connection ends at
+    once with INTERNAL_ERROR, which its peer hears, rather than look alive while the answers on
+    it are lost (and the error go to the loop's exception handler)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        listener, serving, accepted = await start(certs)
+        client = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        client.send_frame(request(1))
+        assert await client.receive() == answer(request(1))
+        server = accepted[0]
+        assert isinstance(server, QUICConnection)
+        stack = server._quic
+        working = stack.datagrams_to_send
+        failures = [ValueError("reserved stream is missing")]
+
+        def failing(now: float) -> list[tuple[bytes, Any]]:
+            if failures:
+                raise failures.pop()
+            return working(now)
+
+        stack.datagrams_to_send = failing  # type: ignore[method-assign]
+        client.send_frame(request(2))
+        info = await server.wait_closed()
+        assert info.error_code == ErrorCode.INTERNAL_ERROR
+        assert "reserved stream is missing" in info.reason
+        peer_info = await client.wait_closed()
+        assert peer_info.error_code == ErrorCode.INTERNAL_ERROR
+        assert reported == []
+        await listener.close()
+        await serving
+
+    run_test(main())
+
+
 def test_receive_queue_overflow_is_limit_exceeded(certs: ClusterCertificates) -> None:
     """A peer that outpaces a consumer by more than receive_queue_frames_max is cut off."""
 

@@ -270,8 +270,14 @@ class _Protocol(QuicConnectionProtocol):
             # Sent on the next turn instead: the consumers woken by this datagram run first,
             # so their answers leave in the same packet as the acknowledgement.
             connection._schedule_transmit()
+        elif connection._stack_broken:
+            return
         else:
-            super().transmit()
+            try:
+                super().transmit()
+            except ValueError as error:
+                connection._stack_failed(error)
+                return
             connection._transmitted()
 
 
@@ -340,6 +346,7 @@ class QUICConnection(Connection):
         self._probe_timer: asyncio.TimerHandle | None = None
         self.responses_dropped_count = 0
         """Answers dropped because the client had reset their request streams."""
+        self._stack_broken = False
         if rtt_probe_interval_ms:
             self._probe()
 
@@ -750,6 +757,33 @@ class QUICConnection(Connection):
         self._close_timer = self._loop.call_later(
             self._limits.close_timeout_ms / 1000, self._gone_now, info
         )
+
+    def _stack_failed(self, error: ValueError) -> None:
+        """The QUIC stack raised while building datagrams: qh3 2.1.0's native core does so
+        under heavy loss ("reserved stream is missing"), and the stream data it held never
+        leaves, so answers were lost on a connection that looked alive and their calls waited
+        out their timeout. The connection ends now (INTERNAL_ERROR, sent if the stack still
+        can): its peer learns it, and a client sends its unanswered requests again on a new
+        connection, where the servers' dedup tables answer those that ran."""
+        if self._stack_broken:
+            return
+        self._stack_broken = True
+        reason = f"the QUIC stack failed: {error}"
+        _log.warning("closing the QUIC connection of %s: %s", self.peer_id or "a client", reason)
+        info = CloseInfo(error_code=ErrorCode.INTERNAL_ERROR, reason=reason, initiator=_LOCAL)
+        self._set_closed(info)
+        self._stop_timers()
+        try:
+            self._quic.close(error_code=ErrorCode.INTERNAL_ERROR, reason_phrase=reason[:100])
+            for data, address in self._quic.datagrams_to_send(now=self._loop.time()):
+                self._protocol._transport.sendto(data, address)  # type: ignore[union-attr]
+        except (ValueError, AttributeError, OSError):
+            pass  # The peer learns it from the silence instead.
+        protocol_timer = self._protocol._timer
+        if protocol_timer is not None:
+            protocol_timer.cancel()
+            self._protocol._timer = None
+        self._gone_now(info)
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
         self._gone_now(_close_info(event))
