@@ -2708,10 +2708,9 @@ class ServerCore:
             if beats >= REPLICATION_STALL_HEARTBEATS:
                 stalled.append(ref)
         self._held_heads = fresh
-        if bool(stalled) == bool(self._stalled_parts):
-            self._stalled_parts = len(stalled)
+        was, self._stalled_parts = self._stalled_parts, len(stalled)
+        if bool(stalled) == bool(was):
             return
-        self._stalled_parts = len(stalled)
         replicas: dict[NodeId, None] = {}
         for ref in stalled:
             shipper = self._shippers.get(ref)
