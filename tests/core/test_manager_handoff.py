@@ -28,6 +28,7 @@ from forehand.core.messages import (
     PartProgress,
     PartRef,
     PartRole,
+    PositionsReported,
 )
 from forehand.core.messages import (
     HandoffAborted as HandoffAbortedMessage,
@@ -293,6 +294,73 @@ def test_an_abort_keeps_a_source_whose_heartbeats_show_it_ahead_though_it_never_
     assert harness.placement(ref).primary == source
     # An answer still wins a tie with a heartbeat: it is fresh, and fenced.
     assert _choose([("quiet", 0, 117, False), ("answered", 0, 117, True)]) == ("answered", 117)
+
+
+def _target_aborts_the_source_silent(
+    harness: ManagerHarness, target_seq: int, target_epoch: int | None = None
+) -> tuple[str, PartRef, HandoffAssigned]:
+    """A handoff's target aborts (no sealed log by its deadline) while the manager's messages
+    to the source are lost: the source heartbeats without naming the part (its rotating batch
+    left it out) and never answers the fence; every other candidate answers with `target_seq`,
+    written at `target_epoch` (the move's map version when None)."""
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    moved_at = harness.manager.map_version
+    harness.heartbeat(source)
+    aborted = HandoffAbortedMessage(
+        handoff_id=assigned.handoff_id,
+        server_id=assigned.target,
+        parts=(ref,),
+        detail="deadline passed without the sealed log",
+    )
+    harness.router.send(assigned.target, MANAGER, aborted)
+    fenced = {s: p for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
+    assert {source, assigned.target} <= set(fenced)
+    last_epoch = moved_at if target_epoch is None else target_epoch
+    for server_id, prepared in sorted(fenced.items()):
+        if server_id != source:
+            answer = PartProgress(
+                ref=ref,
+                role=PartRole.REPLICA,
+                applied_seq=target_seq,
+                epoch=moved_at,
+                last_epoch=last_epoch,
+            )
+            message = PositionsReported(
+                server_id=server_id, map_version=prepared.map_version, parts=(answer,)
+            )
+            harness.router.send(server_id, MANAGER, message)
+    harness.tick(1_000, alive=SERVERS)
+    return source, ref, assigned
+
+
+def test_a_failed_handoff_keeps_its_live_source_of_unknown_position_as_primary() -> None:
+    """The source is live (its heartbeats arrive) but silent to the fence, and no candidate
+    holds an entry of the move's version: the target never served, so the source may still be
+    serving, and stays primary. Before, the target's answer won over a heartbeat that did not
+    name the part, while the source kept acknowledging `async` writes on the history the
+    failover gave up (`drain-one-way`: 39 writes lost in 16 of 300 seeds)."""
+    harness, _ = cluster()
+    source, ref, _ = _target_aborts_the_source_silent(harness, target_seq=117, target_epoch=1)
+    (completed,) = harness.events(FailoverCompleted)
+    (promoted,) = [p for p in completed.promotions if p.ref == ref]
+    assert promoted.primary == source
+    assert harness.placement(ref).primary == source
+
+
+def test_a_failed_handoff_whose_target_served_keeps_the_target() -> None:
+    """A candidate holds an entry of the move's version: the target served, which it does only
+    after applying the source's sealed log, so the silent source has sealed and the usual
+    ranking promotes the answer."""
+    harness, _ = cluster()
+    source, ref, assigned = _target_aborts_the_source_silent(harness, target_seq=117)
+    (completed,) = harness.events(FailoverCompleted)
+    (promoted,) = [p for p in completed.promotions if p.ref == ref]
+    # Every answer is alike; the preference order puts the map's primary, the target, first.
+    assert promoted.primary == assigned.target != source
+    assert harness.placement(ref).primary == assigned.target
 
 
 def test_an_abort_after_the_target_report_fails_the_part_over() -> None:

@@ -116,6 +116,9 @@ class FailoverJob:
     (the handoff's source, which may not be in the placement) or ""."""
     handoff_ids: list[int] = field(default_factory=list)
     """Handoffs that fell back to this failover."""
+    moved_at: dict[PartKey, int] = field(default_factory=dict)
+    """For parts of a handoff whose source was live: the map version of the move, which no
+    entry of the source's own can carry (`_silent_source`)."""
     phase: FailoverPhase = FailoverPhase.PENDING
     """Where it stands."""
     fence_version: int = 0
@@ -298,6 +301,34 @@ def _choose(ranked: list[tuple[str, int, int, bool]]) -> tuple[str, int] | None:
     return best
 
 
+def _silent_source(
+    job: FailoverJob, key: PartKey, ranked: list[tuple[str, int, int, bool]]
+) -> tuple[str, int] | None:
+    """The source of a handoff that fell back to failover, when it must stay primary: live,
+    silent to the fence for this part, and no candidate holds an entry written at the move's
+    version or later.
+
+    Such a source may still be serving: the manager's messages to it may be lost (a one-way
+    partition) while its heartbeats arrive. Its heartbeat says how far it was, not how far it is
+    now, and may not even name the part (progress goes in rotating batches). Promoting another
+    copy would leave it acknowledging writes on a history the failover gave up. A candidate with
+    an entry of the move's version or later proves the target served, which it does only after
+    applying the source's sealed log: the source sealed, and the usual ranking is safe. A source
+    kept this way that is really gone is declared dead in its turn, and its parts fail over then.
+    """
+    moved_at = job.moved_at.get(key)
+    source = job.explicit.get(key, "")
+    if moved_at is None or not source:
+        return None
+    kept: tuple[str, int] | None = None
+    for server_id, last_epoch, seq, reported in ranked:
+        if last_epoch >= moved_at:
+            return None
+        if server_id == source and not reported:
+            kept = (server_id, seq)
+    return kept
+
+
 def build_promotion(
     job: FailoverJob,
     current: ShardMap,
@@ -325,7 +356,8 @@ def build_promotion(
         if key not in job.explicit and placement.primary not in dead:
             continue
         ranked = _rank(job, key, fallback)
-        choice = _choose([entry for entry in ranked if live(entry[0]) and entry[0] not in dead])
+        alive = [entry for entry in ranked if live(entry[0]) and entry[0] not in dead]
+        choice = _silent_source(job, key, alive) or _choose(alive)
         if choice is None:
             lost.append(key)
             continue

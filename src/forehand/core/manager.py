@@ -2157,7 +2157,11 @@ class ManagerCore:
     def _fail_over_handoff(self, handoff: Handoff, now_us: int) -> None:
         extra = handoff.source if self._is_live(handoff.source) else ""
         job = self._pending_failover(now_us)
-        job.absorb(explicit={key_of(ref): extra for ref in handoff.parts})
+        keys = [key_of(ref) for ref in handoff.parts]
+        job.absorb(explicit=dict.fromkeys(keys, extra))
+        if extra:
+            for key in keys:
+                job.moved_at.setdefault(key, handoff.map_version)
         job.handoff_ids.append(handoff.handoff_id)
         self._handoff_ended(handoff, HandoffOutcome.FAILED_OVER, now_us)
 
