@@ -11,9 +11,11 @@ in three phases:
    the job waits for all of them or `failover_prepare_timeout_ms`;
 3. PROMOTING: the promotion delta is at the head of the commit queue: each part's new primary is
    the candidate with the highest applied sequence number (a replicated write was acknowledged
-   only once a replica held it, and fencing stops the old primary from adding more), replicas
-   are topped up to the placement's `replica_count`, and parts nobody holds are removed and
-   reported lost. While a job prepares or promotes, no other change commits.
+   only once a replica held it, and fencing stops the old primary from adding more; a handoff's
+   live source that did not answer stays primary unless the target has written,
+   `_silent_source`), replicas are topped up to the placement's `replica_count`, and parts
+   nobody holds are removed and reported lost. While a job prepares or promotes, no other
+   change commits.
 """
 
 from __future__ import annotations

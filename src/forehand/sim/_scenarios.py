@@ -265,10 +265,12 @@ def build_drain_one_way(seed: int) -> SimCluster:
     a burst. Every checker holds (replicated writes, exactly once, one writer per version),
     except that `async` writes are allowed to be lost to a failover, as after a crash: one that
     promotes another candidate while the cut-off server goes on acknowledging writes its last
-    heartbeat did not show. Catching up no longer loses any: a part fenced for a failover
-    ignores the older maps of the burst (the drain's moves that the failover undid), and the
-    server hands over with its log a part a later drain moves off it, since a handoff target
-    does not fence its source with the move's version (docs/ARCHITECTURE.md, Guarantees)."""
+    heartbeat did not show (the failover keeps a silent source primary when no candidate wrote
+    at the move's version, so this is rarer). Catching up no longer loses any: a part fenced
+    for a failover ignores the older maps of the burst (the drain's moves that the failover
+    undid), and the server hands over with its log a part a later drain moves off it, since a
+    handoff target does not fence its source with the move's version (docs/ARCHITECTURE.md,
+    Guarantees)."""
     choices = random.Random(seed)
     cut_length_us = choices.choice(ONE_WAY_CUT_LENGTHS_US)
     cut_at_us = PLANNED_AT_US - choices.choice((0, 100_000, 500_000))
