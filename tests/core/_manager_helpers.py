@@ -158,9 +158,11 @@ class ManagerHarness:
         latency_us_p99: int = 1_000,
         renewed: Iterable[bytes] = (),
         declared: tuple[str, ...] = (),
+        map_version: int | None = None,
     ) -> None:
         """One heartbeat from `server_id` (its load stays what it last reported), reporting the
-        `renewed` sessions' credentials (and the `declared` parts of its app, if any)."""
+        `renewed` sessions' credentials (and the `declared` parts of its app, if any), and
+        `map_version` as the version it holds (the manager's, unless given)."""
         if cpu is not None:
             self.loads[server_id] = load(cpu, latency_us_p99)
         self.sequences[server_id] = self.sequences.get(server_id, 0) + 1
@@ -168,7 +170,7 @@ class ManagerHarness:
             server_id=server_id,
             incarnation=self.incarnations.get(server_id, 1),
             sequence=self.sequences[server_id],
-            map_version=self.manager.map_version,
+            map_version=self.manager.map_version if map_version is None else map_version,
             load=self.loads.get(server_id, IDLE),
             parts=tuple(parts),
             renewed_sessions=tuple(renewed),
@@ -176,13 +178,15 @@ class ManagerHarness:
         )
         self.router.send(server_id, MANAGER, message)
 
-    def tick(self, ms: int, *, alive: Iterable[str]) -> None:
-        """Let `ms` pass in heartbeat intervals, the `alive` servers heartbeating each time."""
+    def tick(self, ms: int, *, alive: Iterable[str], holding: dict[str, int] | None = None) -> None:
+        """Let `ms` pass in heartbeat intervals, the `alive` servers heartbeating each time (a
+        server in `holding` reporting that map version, as one that hears nothing new)."""
         servers = list(alive)
+        held = holding or {}
         step = self.config.heartbeat_interval_ms
         for _ in range(ms // step):
             for server_id in servers:
-                self.heartbeat(server_id)
+                self.heartbeat(server_id, map_version=held.get(server_id))
             self.router.advance(ms=step)
         self.router.advance(ms=ms % step)
 

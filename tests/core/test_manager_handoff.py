@@ -16,6 +16,7 @@ from forehand.core._manager_events import (
     MapCommitted,
     MovesDropped,
     RiskFlagged,
+    ServerNotHearing,
 )
 from forehand.core._manager_failover import _choose
 from forehand.core._manager_risk import RiskDecision
@@ -361,6 +362,49 @@ def test_a_failed_handoff_whose_target_served_keeps_the_target() -> None:
     # Every answer is alike; the preference order puts the map's primary, the target, first.
     assert promoted.primary == assigned.target != source
     assert harness.placement(ref).primary == assigned.target
+
+
+def test_a_server_that_does_not_hear_the_manager_takes_part_in_no_handoff() -> None:
+    """A server whose heartbeats arrive but report, for `suspect_timeout_ms`, an older map than
+    one sent to it does not hear the manager (a one-way partition): a handoff off it or onto it
+    would only fall back to failover at its deadline. Its moves wait in the queue and start once
+    it confirms the map. Before, a drain of such a server started handoff after handoff, each
+    failing over while the cut lasted, its clients sent to the target and back each time."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    held = harness.manager.map_version
+    assert harness.open_session(("auth",), client="c2") is not None
+    assert harness.manager.map_version > held
+    deaf = {source: held}
+    harness.tick(400, alive=SERVERS, holding=deaf)
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    harness.tick(1_000, alive=SERVERS, holding=deaf)
+    assert harness.take(source, HandoffAssigned) == []
+    assert harness.manager.orchestrator.is_moving(ref)
+    # Nor is it a target: a move onto it waits too.
+    other = next(s for s in SERVERS if s != source and harness.primaries(s))
+    onto = harness.primaries(other)[0]
+    move = MoveRequest(
+        ref=onto,
+        source=other,
+        reason=ReasonCode.PLANNED_MAINTENANCE,
+        origin=MoveOrigin.OPERATOR,
+        target=source,
+        requested_us=harness.router.now_us,
+    )
+    assert harness.manager.orchestrator.request_move(move)
+    harness.tick(1_000, alive=SERVERS, holding=deaf)
+    assert harness.take(other, HandoffAssigned) == []
+    # It confirms the map: both moves start.
+    harness.tick(500, alive=SERVERS)
+    assigned = harness.take(source, HandoffAssigned)
+    assert {ref, onto} <= {part for a in assigned for part in a.parts}
+    stopped, again = harness.events(ServerNotHearing)
+    assert (stopped.server_id, stopped.hearing, stopped.map_version) == (source, False, held)
+    assert stopped.map_version_sent > held and stopped.unconfirmed_us >= 300_000
+    assert (again.server_id, again.hearing) == (source, True)
+    assert again.unconfirmed_us >= 2_400_000
 
 
 def test_an_abort_after_the_target_report_fails_the_part_over() -> None:

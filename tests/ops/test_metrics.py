@@ -127,6 +127,10 @@ def test_counters_move_with_a_handoff_under_load(ops_cluster: OpsCluster) -> Non
                 return sessions >= 1 and primaries >= len(PARTS)
 
             await eventually(gauges_show_the_session, what="sessions and parts per server")
+            # Every server confirms the maps sent to it.
+            samples = await scrape(cluster.api_url)
+            hearing = [v for (n, _), v in samples.items() if n == "forehand_server_hearing"]
+            assert len(hearing) >= len(cluster.server_ids) and set(hearing) == {1.0}
 
             async def path_risk_reported() -> bool:
                 samples = await scrape(cluster.api_url)

@@ -344,6 +344,7 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         "StateNotEncodable",
         "ServerSuperseded",
         "ReplicatedWritesStalled",
+        "ServerNotHearing",
     }
     levels = {"every": every, "notable": set(NOTABLE_EVENTS), "warnings": warnings}
     assert logged == levels[expected]
@@ -395,6 +396,30 @@ def test_a_replication_stall_is_a_warning_its_end_is_not(
     assert [(r.levelno, "parts=3" in r.getMessage().split()) for r in caplog.records] == [
         (logging.WARNING, True),
         (logging.INFO, False),
+    ]
+
+
+def test_a_server_not_hearing_the_manager_is_a_warning_hearing_again_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Heartbeats that stop confirming the maps sent: WARNING; confirming again: INFO."""
+    started, ended = (
+        manager_events.ServerNotHearing(
+            server_id="s2",
+            hearing=hearing,
+            map_version=12,
+            map_version_sent=15,
+            unconfirmed_us=unconfirmed_us,
+        )
+        for hearing, unconfirmed_us in ((False, 1_200_000), (True, 9_800_000))
+    )
+    logger = EventLogger("manager")
+    with caplog.at_level(logging.INFO, logger="forehand.events"):
+        logger(started)
+        logger(ended)
+    assert [(r.levelno, "hearing=True" in r.getMessage().split()) for r in caplog.records] == [
+        (logging.WARNING, False),
+        (logging.INFO, True),
     ]
 
 

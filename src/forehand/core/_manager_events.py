@@ -45,6 +45,7 @@ __all__ = [
     "ServerDeclaredDead",
     "ServerJoined",
     "ServerSuspected",
+    "ServerNotHearing",
     "ServersSilent",
     "StallExcused",
     "SessionOpenRefused",
@@ -166,6 +167,25 @@ class ServerSuspected:
     """Its incarnation."""
     silent_us: int
     """Time since its last heartbeat."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerNotHearing:
+    """A server's heartbeats arrive, but for `suspect_timeout_ms` they have not confirmed a map
+    version sent to it: the manager's messages to it seem lost (a one-way partition), or it is
+    still applying a heavy map. No handoff starts from or onto it meanwhile, and it takes no new
+    role; its moves wait in the queue. Emitted again, with `hearing` True, once it confirms."""
+
+    server_id: str
+    """The server."""
+    hearing: bool
+    """False when it stops confirming, True when it confirms again."""
+    map_version: int
+    """The newest version it reported holding."""
+    map_version_sent: int
+    """The newest version sent to it."""
+    unconfirmed_us: int
+    """How long a version sent to it had gone unconfirmed (at the end: how long it did)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -601,6 +621,7 @@ ManagerEvent = (
     | MapCommitRejected
     | ServerJoined
     | ServerSuspected
+    | ServerNotHearing
     | ServersSilent
     | StallExcused
     | ServerDeclaredDead

@@ -306,6 +306,14 @@ class Member:
     map_version_sent: int = 0
     """The newest map version the manager sent it (0: none yet, in this incarnation); what it
     holds is at most this."""
+    unconfirmed: tuple[int, int] | None = None
+    """A map version sent to it that its heartbeats have not confirmed yet, and when it was
+    sent (None: every version sent is confirmed); `sent_map` sets it, a heartbeat at or past it
+    clears it or moves it to the newest version sent. How long it stays tells a server that
+    does not hear the manager, though its heartbeats arrive (`unconfirmed_for_us`)."""
+    not_hearing_since_us: int | None = None
+    """While the manager reports it not hearing (`ServerNotHearing`): when the version it left
+    unconfirmed was sent."""
     load: LoadReport | None = None
     """Its latest load report."""
     progress: dict[PartRef, PartProgress] = field(default_factory=dict)
@@ -322,6 +330,16 @@ class Member:
     declared_parts: frozenset[str] | None = None
     """The part names its app declares, as its announcement or a heartbeat of this incarnation
     said them (None: not said, by a server before the field or one restored from a map)."""
+
+    def sent_map(self, version: int, *, now_us: int) -> None:
+        """A map version went to it."""
+        self.map_version_sent = max(self.map_version_sent, version)
+        if self.unconfirmed is None and version > self.map_version:
+            self.unconfirmed = (version, now_us)
+
+    def unconfirmed_for_us(self, now_us: int) -> int:
+        """How long a version sent to it has gone unconfirmed by its heartbeats (0: none)."""
+        return 0 if self.unconfirmed is None else now_us - self.unconfirmed[1]
 
     def dead_at_us(self) -> int:
         """When silence makes it dead: its detector's line, held while it adopts a heavy map."""
@@ -475,6 +493,7 @@ class Membership:
         member.heartbeat_sequence = -1
         member.map_version = 0
         member.map_version_sent = 0
+        member.unconfirmed = member.not_hearing_since_us = None
         member.adopting_version = member.adopting_until_us = 0
         member.load = None
         member.progress.clear()
@@ -518,6 +537,11 @@ class Membership:
         member.heartbeat_sequence = message.sequence
         member.detector.heard(now_us=now_us)
         member.map_version = max(member.map_version, message.map_version)
+        unconfirmed = member.unconfirmed
+        if unconfirmed is not None and member.map_version >= unconfirmed[0]:
+            # Versions sent after the one confirmed are watched from now (an under-estimate).
+            behind = member.map_version < member.map_version_sent
+            member.unconfirmed = (member.map_version_sent, now_us) if behind else None
         member.load = message.load
         if message.declared_parts:
             member.declared_parts = frozenset(message.declared_parts)

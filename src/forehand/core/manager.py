@@ -80,6 +80,7 @@ from forehand.core._manager_events import (
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
+    ServerNotHearing,
     ServersSilent,
     ServerSuspected,
     SessionOpenRefused,
@@ -975,6 +976,8 @@ class ManagerCore:
         for member in self._membership.live_members():
             self._send(member.server_id, whole)
             member.map_version_sent = current.version
+            if member.unconfirmed is None and current.version > member.map_version:
+                member.unconfirmed = (current.version, self._now_us)
         # A repair queued by a join or a failover of this map may have died with the manager
         # that loaded it before (a restart): the pinned placements left short are checked again.
         self._queue_replica_repair()
@@ -1017,6 +1020,8 @@ class ManagerCore:
             for live in live_members:
                 append(Outbound(destination=live.server_id, message=published))
                 live.map_version_sent = version
+                if live.unconfirmed is None:
+                    live.unconfirmed = (version, now_us)
             self._allow_adoption(
                 live_members,
                 version,
@@ -1152,7 +1157,7 @@ class ManagerCore:
             self._send(server_id, published)
         member = self._membership.get(server_id)
         if member is not None:
-            member.map_version_sent = max(member.map_version_sent, current.version)
+            member.sent_map(current.version, now_us=self._now_us)
 
     # Membership.
 
@@ -1264,6 +1269,7 @@ class ManagerCore:
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
+            self._check_hearing(message.server_id, now_us)
             self._assess_risk(message, now_us)
 
     def excuse_stall(self, *, stalled_us: int, now_us: int) -> None:
@@ -1800,8 +1806,11 @@ class ManagerCore:
         return answer
 
     def _takes_roles(self, server_id: str) -> bool:
-        """Alive, ACTIVE, not blocked by the risk policy, CPU below the target bound."""
+        """Alive, ACTIVE, hearing the manager, not blocked by the risk policy, CPU below the
+        target bound."""
         if not self._is_alive(server_id) or not self._is_active(server_id):
+            return False
+        if self._not_hearing(server_id):
             return False
         steering = self._steering
         if steering is not None and steering.placement_blocked(server_id, now_us=self._now_us):
@@ -1810,11 +1819,48 @@ class ManagerCore:
         load = None if member is None else member.load
         return load is None or load.cpu_utilization < self._config.target_cpu_utilization_max
 
+    def _check_hearing(self, server_id: str, now_us: int) -> None:
+        """`ServerNotHearing` when a server's heartbeats stop confirming the maps sent to it,
+        and again when they confirm (its heartbeats arrive: they carry either news)."""
+        member = self._membership.get(server_id)
+        if member is None:
+            return
+        deaf = self._not_hearing(server_id)
+        since_us = member.not_hearing_since_us
+        if deaf == (since_us is not None):
+            return
+        if deaf:
+            assert member.unconfirmed is not None
+            since_us = member.not_hearing_since_us = member.unconfirmed[1]
+        else:
+            assert since_us is not None
+            member.not_hearing_since_us = None
+        self._emit(
+            ServerNotHearing(
+                server_id=server_id,
+                hearing=not deaf,
+                map_version=member.map_version,
+                map_version_sent=member.map_version_sent,
+                unconfirmed_us=now_us - since_us,
+            )
+        )
+
+    def _not_hearing(self, server_id: str) -> bool:
+        """Whether a map version sent to the server has gone unconfirmed by its heartbeats for
+        `suspect_timeout_ms`: they arrive, but the manager's messages to it seem lost (a
+        one-way partition, or a server still applying a heavy map). A handoff from or to it
+        would only fall back to failover at its deadline, so none starts until it confirms."""
+        member = self._membership.get(server_id)
+        if member is None or member.unconfirmed is None:
+            return False
+        return member.unconfirmed_for_us(self._now_us) >= self._config.suspect_timeout_ms * 1000
+
     def _choose_target(self, move: MoveRequest, avoid: frozenset[str]) -> str | None:
         """Prefer an up-to-date replica with headroom; else the least loaded server of the move's
-        current window of candidates (`handoff_target_candidates_max` of them)."""
+        current window of candidates (`handoff_target_candidates_max` of them). None while the
+        source does not hear the manager (`_not_hearing`): the move waits in the queue."""
         current = self.shard_map
-        if current is None:
+        if current is None or self._not_hearing(move.source):
             return None
         key = key_of(move.ref)
         if key not in current:

@@ -359,6 +359,13 @@ _SERVER_GAUGES: tuple[tuple[str, str, Callable[[ServerView], float]], ...] = (
         "1 while the server is alive or suspected.",
         lambda v: 1.0 if v.member_state in ("alive", "suspected") else 0.0,
     ),
+    (
+        "hearing",
+        "1 while its heartbeats confirm the map versions sent to it; 0 once one has gone"
+        " unconfirmed for suspect_timeout_ms (ServerNotHearing: the manager's messages to it"
+        " seem lost, and no handoff starts from or onto it).",
+        lambda v: 1.0 if v.hearing else 0.0,
+    ),
     ("cpu_utilization_ratio", "CPU use (1 is one core).", lambda v: v.cpu_utilization),
     ("requests_per_second", "Requests per second reported.", lambda v: v.requests_per_second),
     ("latency_p99_seconds", "Request latency, p99.", lambda v: v.latency_us_p99 / 1e6),

@@ -82,6 +82,9 @@ class ServerView:
     """Parts it replicates in the map."""
     sessions: int
     """Distinct sessions with a part it is primary for."""
+    hearing: bool = True
+    """False while its heartbeats leave a map version sent to it unconfirmed past
+    `suspect_timeout_ms` (`ServerNotHearing`): the manager's messages to it seem lost."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +288,7 @@ class ClusterView:
             primary_parts=primary,
             replica_parts=replica,
             sessions=sessions,
+            hearing=member.not_hearing_since_us is None,
         )
 
     def _load_risk(self, cpu: float, latency_us: int) -> float:

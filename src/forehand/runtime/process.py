@@ -79,6 +79,7 @@ NOTABLE_EVENTS = frozenset(
     {
         "ServerJoined",
         "ServerSuspected",
+        "ServerNotHearing",
         "ServersSilent",
         "ServerDeclaredDead",
         "FailoverStarted",
@@ -116,15 +117,17 @@ WARNING_EVENTS = frozenset(
         "StateNotEncodable",
         "ServerSuperseded",
         "ReplicatedWritesStalled",
+        "ServerNotHearing",
     }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
 or without a replica; a server dead while it led parts (a crash, not a planned stop after a
 drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
 manager; an application's state that cannot be replicated; `replicated` writes waiting with no
-progress for their replicas (its end, `parts` 0, at INFO); two processes running as one server
-(`ServerSuperseded`; the manager's node driver logs its refusal of a cluster peer as a WARNING,
-once in a row)."""
+progress for their replicas (its end, `parts` 0, at INFO); a server whose heartbeats arrive
+but that does not confirm the maps sent to it (its end, `hearing`, at INFO); two processes
+running as one server (`ServerSuperseded`; the manager's node driver logs its refusal of a
+cluster peer as a WARNING, once in a row)."""
 PEER_CAUSED_EVENTS = frozenset(
     {
         "SessionOpenRefused",
@@ -202,9 +205,12 @@ class EventLogger:
 
 def _below_warning(event: object) -> bool:
     """A `WARNING_EVENTS` event that needs no action: a server declared dead while it led no
-    part (drained, then stopped), the end of a replication stall."""
+    part (drained, then stopped), the end of a replication stall, a server hearing the manager
+    again."""
     if isinstance(event, server_events.ReplicatedWritesStalled):
         return event.parts == 0
+    if isinstance(event, manager_events.ServerNotHearing):
+        return event.hearing
     return isinstance(event, manager_events.ServerDeclaredDead) and event.primary_parts == 0
 
 
