@@ -173,8 +173,9 @@ class ServerSuspected:
 class ServerNotHearing:
     """A server's heartbeats arrive, but for `suspect_timeout_ms` they have not confirmed a map
     version sent to it: the manager's messages to it seem lost (a one-way partition), or it is
-    still applying a heavy map. No handoff starts from or onto it meanwhile, and it takes no new
-    role; its moves wait in the queue. Emitted again, with `hearing` True, once it confirms."""
+    still applying a heavy map. No handoff starts from or onto it meanwhile (nor does a
+    rebalance pick it to receive); its moves wait in the queue. Emitted again, with `hearing`
+    True, once it confirms."""
 
     server_id: str
     """The server."""
