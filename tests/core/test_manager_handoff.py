@@ -20,6 +20,7 @@ from forehand.core._manager_events import (
 )
 from forehand.core._manager_failover import _choose
 from forehand.core._manager_risk import RiskDecision
+from forehand.core._membership import MemberState
 from forehand.core._orchestrator import HandoffPhase, MoveOrigin, MoveRequest
 from forehand.core.messages import (
     FailoverPrepared,
@@ -405,6 +406,25 @@ def test_a_server_that_does_not_hear_the_manager_takes_part_in_no_handoff() -> N
     assert stopped.map_version_sent > held and stopped.unconfirmed_us >= 300_000
     assert (again.server_id, again.hearing) == (source, True)
     assert again.unconfirmed_us >= 2_400_000
+
+
+def test_a_server_silent_both_ways_is_not_reported_not_hearing() -> None:
+    """A server silent both ways is the failure detector's: the first heartbeat after the
+    partition heals still reports the version it held, and a map sent meanwhile has gone
+    unconfirmed past `suspect_timeout_ms`, but one heartbeat is not a server that does not
+    hear: the next one confirms the maps, and nothing is reported."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    harness.tick(200, alive=SERVERS)
+    held = harness.manager.map_version
+    others = [s for s in SERVERS if s != source]
+    assert harness.open_session(("auth",), client="c2") is not None
+    harness.tick(400, alive=others)
+    member = harness.manager._membership.get(source)
+    assert member is not None and member.state is MemberState.SUSPECTED
+    harness.heartbeat(source, map_version=held)
+    harness.tick(300, alive=SERVERS)
+    assert harness.events(ServerNotHearing) == []
 
 
 def test_an_abort_after_the_target_report_fails_the_part_over() -> None:

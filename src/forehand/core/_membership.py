@@ -281,6 +281,11 @@ class PhiAccrualDetector:
 FailureDetector = TimeoutDetector | PhiAccrualDetector
 
 
+UNCONFIRMED_BEATS_MIN = 2
+"""Heartbeats that must arrive without confirming a map version sent before a server counts as
+not hearing the manager (`Member.unconfirmed_for_us`)."""
+
+
 @dataclass(slots=True, kw_only=True)
 class Member:
     """One server as the manager knows it (mutable state owned by `Membership`)."""
@@ -311,6 +316,8 @@ class Member:
     sent (None: every version sent is confirmed); `sent_map` sets it, a heartbeat at or past it
     clears it or moves it to the newest version sent. How long it stays tells a server that
     does not hear the manager, though its heartbeats arrive (`unconfirmed_for_us`)."""
+    unconfirmed_beats: int = 0
+    """Heartbeats accepted since `unconfirmed` was set that did not confirm it."""
     not_hearing_since_us: int | None = None
     """While the manager reports it not hearing (`ServerNotHearing`): when the version it left
     unconfirmed was sent."""
@@ -338,8 +345,13 @@ class Member:
             self.unconfirmed = (version, now_us)
 
     def unconfirmed_for_us(self, now_us: int) -> int:
-        """How long a version sent to it has gone unconfirmed by its heartbeats (0: none)."""
-        return 0 if self.unconfirmed is None else now_us - self.unconfirmed[1]
+        """How long a version sent to it has gone unconfirmed by its heartbeats (0: none, or
+        fewer than `UNCONFIRMED_BEATS_MIN` of them arrived meanwhile: a server silent both
+        ways is the failure detector's, and the first heartbeat after a partition heals
+        reports the version it held before the maps sent since reach it)."""
+        if self.unconfirmed is None or self.unconfirmed_beats < UNCONFIRMED_BEATS_MIN:
+            return 0
+        return now_us - self.unconfirmed[1]
 
     def dead_at_us(self) -> int:
         """When silence makes it dead: its detector's line, held while it adopts a heavy map."""
@@ -494,6 +506,7 @@ class Membership:
         member.map_version = 0
         member.map_version_sent = 0
         member.unconfirmed = member.not_hearing_since_us = None
+        member.unconfirmed_beats = 0
         member.adopting_version = member.adopting_until_us = 0
         member.load = None
         member.progress.clear()
@@ -542,6 +555,9 @@ class Membership:
             # Versions sent after the one confirmed are watched from now (an under-estimate).
             behind = member.map_version < member.map_version_sent
             member.unconfirmed = (member.map_version_sent, now_us) if behind else None
+            member.unconfirmed_beats = 0
+        elif unconfirmed is not None:
+            member.unconfirmed_beats += 1
         member.load = message.load
         if message.declared_parts:
             member.declared_parts = frozenset(message.declared_parts)
