@@ -214,6 +214,52 @@ def test_seal_with_nothing_left_sends_empty_sealed_batch() -> None:
     assert (tail.prev_seq, tail.entries, tail.sealed) == (2, (), True)
 
 
+def test_a_replicas_stream_made_the_target_ships_again_at_once_under_the_new_epoch() -> None:
+    """A replica's stream made the handoff target restarts from the acknowledged sequence with
+    its resend wait reset: its batches in flight went out under the older epoch, which a target
+    that knows of the move ignores, and the sealed batch waited behind them past the deadline
+    (`forehand sim --scenario drain-one-way --seed 17600131`)."""
+    part = primary_with(8)
+    shipper = replication(batch=3, inflight=2, retry_us=1000)
+    shipper.set_replicas(["t"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(2), source="t")
+    for now_us in (1, 1001, 3001, 7001):
+        # Unanswered: resent less and less often.
+        assert len(logs(shipper.ship(part, epoch=1, now_us=now_us))) == 2
+    for request_id in range(9, 14):
+        part.execute(request_id=request_id, op="add", payload=b"1")
+    shipper.seal_towards("t", seal_seq=13)
+    batches = logs(shipper.ship(part, epoch=13, now_us=7002))
+    assert [(batch.prev_seq, len(batch.entries), batch.epoch) for batch in batches] == [
+        (2, 3, 13),
+        (5, 3, 13),
+    ]
+    assert shipper.resend_due_us() == 8002
+    shipper.on_ack(part, ack(8, epoch=13), source="t")
+    rest = logs(shipper.ship(part, epoch=13, now_us=7003))
+    assert [(batch.prev_seq, len(batch.entries), batch.sealed) for batch in rest] == [
+        (8, 3, False),
+        (11, 2, True),
+    ]
+
+
+def test_a_target_that_ignored_the_batches_in_flight_gets_them_in_the_sealed_log() -> None:
+    """The sealed batch of a replica's stream made the target carries the entries shipped under
+    the older epoch, not an empty seal after them, which a target holding none of them answers
+    below the seal (`forehand sim --scenario drain-one-way --seed 17600168`)."""
+    part = primary_with(4)
+    shipper = replication(batch=8)
+    shipper.set_replicas(["t"])
+    shipper.ship(part, epoch=1, now_us=0)
+    shipper.on_ack(part, ack(0), source="t")
+    assert len(logs(shipper.ship(part, epoch=1, now_us=1))) == 1
+    shipper.seal_towards("t", seal_seq=4)
+    ((_, sealed),) = shipper.ship(part, epoch=5, now_us=2)
+    assert isinstance(sealed, LogShipped)
+    assert (sealed.prev_seq, len(sealed.entries), sealed.sealed) == (0, 4, True)
+
+
 def test_probe_carries_the_seal_only_once_the_targets_history_was_checked() -> None:
     """A fresh target's probe is not sealed (an empty sealed batch would let a target holding an
     as long but different log take over); once its answer matched, the seal follows, and a

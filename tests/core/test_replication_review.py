@@ -30,8 +30,8 @@ def state(cluster: Cluster, server: str) -> PartState | None:
 
 def test_lost_seal_is_resent_after_an_earlier_batch_is_acknowledged_past_it() -> None:
     """The acknowledgement of an unsealed batch that reaches the seal's sequence, arriving after
-    the sealed (empty) batch went out, leaves the seal in flight: when the sealed batch is lost it
-    is resent after replication_retry_ms and the handoff completes before its deadline."""
+    the sealed batch went out, leaves the seal in flight: when the sealed batch is lost it is
+    resent after replication_retry_ms and the handoff completes before its deadline."""
     cluster = Cluster()
     cluster.place("counter", "s1", "s2")
     cluster.router.advance(ms=20)
@@ -56,8 +56,10 @@ def test_lost_seal_is_resent_after_an_earlier_batch_is_acknowledged_past_it() ->
     cluster.request("s1", "counter")
     cluster.router.advance(ms=20)  # The batch of entry 1 went out; its acknowledgement is slow.
     assert delayed
-    cluster.place("counter", "s2", "s1")  # s1 seals at 1: the empty sealed batch is lost.
-    assert seals_dropped and seals_dropped[0].entries == ()
+    # s1 seals at 1: the replica's stream made the target ships entry 1 again, under the move's
+    # epoch, in the sealed batch, which is lost.
+    cluster.place("counter", "s2", "s1")
+    assert seals_dropped and [entry.seq for entry in seals_dropped[0].entries] == [1]
     assert state(cluster, "s1") is PartState.HANDING_OFF
     cluster.router.send("s2", "s1", delayed[0])  # The slow acknowledgement of entry 1.
     cluster.router.advance(ms=600)

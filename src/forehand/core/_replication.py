@@ -156,6 +156,17 @@ class Replication:
         stream = self.streams.get(node)
         if stream is None:
             stream = self.streams[node] = ReplicaStream(node)
+        elif stream.seal_seq is None:
+            # A replica's stream becomes the target's. What it has in flight went out under the
+            # part's older epoch, which a target that knows of the move ignores unanswered, and
+            # its resend time may have backed off (a target already waiting stays silent): the
+            # sealed batch waited behind that window, or went out empty after it, past the
+            # handoff's deadline, and the `async` writes a drained source acknowledged while the
+            # manager's messages to it were lost went with the failover (`forehand sim
+            # --scenario drain-one-way --seed 17600131`, `--seed 17600168`). Ship again from the
+            # acknowledged sequence, under the new epoch.
+            stream.restart()
+            stream.resends = 0
         stream.seal_seq = seal_seq
         stream.seal_sent = False
         stream.seal_acked = False
