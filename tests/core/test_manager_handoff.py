@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from forehand.core._manager_events import (
@@ -264,19 +265,17 @@ def test_an_abort_after_the_target_took_over_keeps_the_target() -> None:
     assert harness.placement(ref).primary != source
 
 
-def test_an_abort_keeps_a_source_whose_heartbeats_show_it_ahead_though_it_never_answered() -> None:
-    """The target aborts (no sealed log by its deadline) while the manager's messages to the
-    source are lost (a one-way partition): the source never heard of the handoff nor of the
-    failover's fence, and kept serving. Its heartbeats still say how far it is, far ahead of the
-    fenced answers, so it stays primary. Before, every answer ranked first and the target, 107
-    entries behind, was promoted: the source's acknowledged writes were lost when it healed
-    (found live, a drain under a one-way partition)."""
-    harness, _ = cluster()
+def _target_aborts(
+    harness: ManagerHarness, beat: Callable[[PartRef], tuple[PartProgress, ...]]
+) -> tuple[str, PartRef, HandoffAssigned, dict[str, FailoverPrepared]]:
+    """A handoff off the busiest server, whose source then heartbeats `beat(ref)` and whose
+    target aborts it (no sealed log by its deadline): the source, the part, the assignment and
+    the fences sent for the part (to both sides at least)."""
     source = busiest(harness)
     ref = harness.primaries(source)[0]
     ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
     (assigned,) = harness.take(source, HandoffAssigned)
-    harness.heartbeat(source, parts=(progress(ref, 224, PartRole.PRIMARY),))
+    harness.heartbeat(source, parts=beat(ref))
     aborted = HandoffAbortedMessage(
         handoff_id=assigned.handoff_id,
         server_id=assigned.target,
@@ -286,6 +285,20 @@ def test_an_abort_keeps_a_source_whose_heartbeats_show_it_ahead_though_it_never_
     harness.router.send(assigned.target, MANAGER, aborted)
     fenced = {s: p for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
     assert {source, assigned.target} <= set(fenced)
+    return source, ref, assigned, fenced
+
+
+def test_an_abort_keeps_a_source_whose_heartbeats_show_it_ahead_though_it_never_answered() -> None:
+    """The target aborts (no sealed log by its deadline) while the manager's messages to the
+    source are lost (a one-way partition): the source never heard of the handoff nor of the
+    failover's fence, and kept serving. Its heartbeats still say how far it is, far ahead of the
+    fenced answers, so it stays primary. Before, every answer ranked first and the target, 107
+    entries behind, was promoted: the source's acknowledged writes were lost when it healed
+    (found live, a drain under a one-way partition)."""
+    harness, _ = cluster()
+    source, ref, _, fenced = _target_aborts(
+        harness, lambda ref: (progress(ref, 224, PartRole.PRIMARY),)
+    )
     for server_id, prepared in sorted(fenced.items()):
         if server_id != source:
             harness.positions(server_id, prepared.map_version, {ref: 117})
@@ -305,21 +318,8 @@ def _target_aborts_the_source_silent(
     to the source are lost: the source heartbeats without naming the part (its rotating batch
     left it out) and never answers the fence; every other candidate answers with `target_seq`,
     written at `target_epoch` (the move's map version when None)."""
-    source = busiest(harness)
-    ref = harness.primaries(source)[0]
-    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
-    (assigned,) = harness.take(source, HandoffAssigned)
-    moved_at = harness.manager.map_version
-    harness.heartbeat(source)
-    aborted = HandoffAbortedMessage(
-        handoff_id=assigned.handoff_id,
-        server_id=assigned.target,
-        parts=(ref,),
-        detail="deadline passed without the sealed log",
-    )
-    harness.router.send(assigned.target, MANAGER, aborted)
-    fenced = {s: p for s in SERVERS for p in harness.take(s, FailoverPrepared) if ref in p.parts}
-    assert {source, assigned.target} <= set(fenced)
+    source, ref, assigned, fenced = _target_aborts(harness, lambda ref: ())
+    moved_at = assigned.map_version
     last_epoch = moved_at if target_epoch is None else target_epoch
     for server_id, prepared in sorted(fenced.items()):
         if server_id != source:
