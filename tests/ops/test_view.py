@@ -38,6 +38,7 @@ def member(server_id: str, applied_seq: int, role: PartRole, cpu: float = 0.0) -
         is_live=True,
         load=load,
         progress={CART: progress},
+        not_hearing_since_us=None,
     )
 
 
@@ -165,6 +166,18 @@ def test_load_risk_reads_the_worse_of_request_latency_and_loop_lag() -> None:
     stalled.load = msgspec.structs.replace(stalled.load, loop_lag_us_p99=120_000)
     view.sample(core(stalled), now_us=0)
     assert view.servers[0].risk == 2.0
+
+
+def test_a_server_not_hearing_the_manager_is_shown() -> None:
+    """A member the manager reports not hearing (`ServerNotHearing`) is shown so, the others
+    hearing."""
+    view = ClusterView(risk=RiskTracker(clock_us=lambda: 0), thresholds=dict)
+    deaf = member("s2", 4, PartRole.REPLICA)
+    deaf.not_hearing_since_us = 2 * SECOND_US
+    view.sample(
+        core(member("s1", 10, PartRole.PRIMARY), deaf, replicas=("s2",)), now_us=5 * SECOND_US
+    )
+    assert {s.server_id: s.hearing for s in view.servers} == {"s1": True, "s2": False}
 
 
 def _map(sessions: int) -> ShardMap:
