@@ -13,6 +13,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from forehand.core._manager_config import ManagerConfig
+from forehand.core._orchestrator import MoveOrigin, MoveRequest
 from forehand.core.manager import ManagerCore
 from forehand.core.messages import (
     FailoverPrepared,
@@ -36,7 +37,7 @@ from forehand.stores import (
     SnapshotSaveRequested,
     StoreResult,
 )
-from forehand.wire import OpenSession, SessionOpened
+from forehand.wire import OpenSession, ReasonCode, SessionOpened
 
 if TYPE_CHECKING:
     from tests.core.conftest import Router
@@ -198,6 +199,25 @@ class ManagerHarness:
         )
         message = PositionsReported(server_id=server_id, map_version=fence_version, parts=parts)
         self.router.send(server_id, MANAGER, message)
+
+    def move(
+        self,
+        ref: PartRef,
+        *,
+        source: str,
+        target: str,
+        reason: ReasonCode = ReasonCode.PLANNED_MAINTENANCE,
+    ) -> bool:
+        """An operator's move of `ref` from `source` to `target`, queued now; whether it was."""
+        move = MoveRequest(
+            ref=ref,
+            source=source,
+            reason=reason,
+            origin=MoveOrigin.OPERATOR,
+            target=target,
+            requested_us=self.router.now_us,
+        )
+        return self.manager.orchestrator.request_move(move)
 
     def prepared(self, server_id: str) -> list[FailoverPrepared]:
         """The FailoverPrepared messages `server_id` received since last asked."""

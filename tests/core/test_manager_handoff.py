@@ -22,7 +22,7 @@ from forehand.core._manager_events import (
 from forehand.core._manager_failover import _choose
 from forehand.core._manager_risk import RiskDecision
 from forehand.core._membership import MemberState
-from forehand.core._orchestrator import HandoffPhase, MoveOrigin, MoveRequest
+from forehand.core._orchestrator import HandoffPhase
 from forehand.core.messages import (
     FailoverPrepared,
     HandoffAssigned,
@@ -386,15 +386,7 @@ def test_a_server_that_does_not_hear_the_manager_takes_part_in_no_handoff() -> N
     # Nor is it a target: a move onto it waits too.
     other = next(s for s in SERVERS if s != source and harness.primaries(s))
     onto = harness.primaries(other)[0]
-    move = MoveRequest(
-        ref=onto,
-        source=other,
-        reason=ReasonCode.PLANNED_MAINTENANCE,
-        origin=MoveOrigin.OPERATOR,
-        target=source,
-        requested_us=harness.router.now_us,
-    )
-    assert harness.manager.orchestrator.request_move(move)
+    assert harness.move(onto, source=other, target=source)
     harness.tick(1_000, alive=SERVERS, holding=deaf)
     assert harness.take(other, HandoffAssigned) == []
     # It confirms the map: both moves start.
@@ -455,16 +447,8 @@ def test_a_stray_abort_of_a_part_only_queued_to_move_fails_it_over() -> None:
     source = busiest(harness)
     ref = harness.primaries(source)[0]
     target = next(s for s in SERVERS if s != source)
-    orchestrator = harness.manager._orchestrator
-    move = MoveRequest(
-        ref=ref,
-        source=source,
-        reason=ReasonCode.PLANNED_MAINTENANCE,
-        origin=MoveOrigin.OPERATOR,
-        target=target,
-        requested_us=harness.router.now_us,
-    )
-    assert orchestrator.request_move(move)
+    orchestrator = harness.manager.orchestrator
+    assert harness.move(ref, source=source, target=target)
     assert orchestrator.is_moving(ref) and orchestrator.handoff_of(ref) is None
     aborted = HandoffAbortedMessage(
         handoff_id=0, server_id=source, parts=(ref,), detail="still unsettled"

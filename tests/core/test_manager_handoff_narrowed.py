@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from forehand.core._orchestrator import MoveOrigin, MoveRequest
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
 from forehand.wire import CloseSession, ReasonCode
 
@@ -38,16 +37,7 @@ def test_a_part_left_out_of_a_committed_handoff_does_not_stay_moving() -> None:
     orchestrator = harness.manager.orchestrator
     target = next(s for s in SERVERS if s != source)
     for ref in (kept, closed):
-        assert orchestrator.request_move(
-            MoveRequest(
-                ref=ref,
-                source=source,
-                reason=ReasonCode.REBALANCE,
-                origin=MoveOrigin.OPERATOR,
-                target=target,
-                requested_us=harness.router.now_us,
-            )
-        )
+        assert harness.move(ref, source=source, target=target, reason=ReasonCode.REBALANCE)
     harness.tick(100, alive=SERVERS)
     (planned,) = orchestrator.handoffs()
     assert set(planned.parts) == {kept, closed}
