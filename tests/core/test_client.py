@@ -350,6 +350,71 @@ def test_a_part_answered_try_again_again_and_again_is_located_anew() -> None:
     assert h.of(RequestFailed) == []
 
 
+def _redirected_to_a_primary_behind(h: Harness) -> tuple[bytes, int]:
+    """A call to auth's handoff target s3 (map 5), which answers REDIRECT at map 8 (the
+    failover's) to s1, the source the failover kept: the call goes to s1."""
+    session = h.open(placement("auth", "s3", "s1"))
+    request_id = h.client.call(session, "auth", "add", b"x", now_us=h.now_us)
+    h.drain()
+    h.welcome("s3")
+    assert [r.request_id for r in h.take(Request, "s3")] == [request_id]
+    target = (endpoint("s1"),)
+    h.feed(
+        "s3",
+        Redirect(
+            request_id=request_id, session_id=session, part="auth", map_version=8, targets=target
+        ),
+    )
+    h.welcome("s1")
+    return session, request_id
+
+
+def _answer_try_again_from_map(h: Harness, session: bytes, map_version: int, *, ms: int) -> int:
+    """For `ms`, s1 answers every request TRY_AGAIN from its map `map_version`, and the manager
+    every MAP_REQUEST with auth on s1 at map 8; how many TRY_AGAIN s1 sent."""
+    answered = 0
+    for _ in range(ms // 50):
+        h.advance(ms=50)
+        for request in h.take(Request, "s1"):
+            respond(h, "s1", request, status=ResponseStatus.TRY_AGAIN, map_version=map_version)
+            answered += 1
+        if h.take(MapRequest, MANAGER):
+            h.feed(MANAGER, answer((session, placement("auth", "s1", "s3")), map_version=8))
+    return answered
+
+
+def test_a_primary_behind_the_map_that_named_it_is_waited_for_until_the_deadline() -> None:
+    """TRY_AGAIN from a part's primary stamped with an older map than the one that named it
+    primary does not spend `retry_attempts_max`: the primary has not learned its placement yet
+    (a failover kept a handoff's source, fenced, while the manager's messages to it were lost)
+    and serves once it does, so the request waits for it until its deadline. Before, such
+    requests ran out of retries within a second (`forehand sim --scenario drain-one-way
+    --seed 17600251`: 116 failed), while a primary at the client's map still exhausts them."""
+    config = {"retry_attempts_max": 2, "retry_backoff_ms": 10, "retry_backoff_max_ms": 40}
+    h = Harness(retry_jitter_ratio=0.0, request_timeout_ms=3_000, **config)
+    session, request_id = _redirected_to_a_primary_behind(h)
+    assert _answer_try_again_from_map(h, session, map_version=5, ms=1_500) > 8
+    assert h.of(RequestFailed) == []
+    h.advance(ms=100)
+    (sent,) = h.take(Request, "s1")
+    respond(h, "s1", sent, map_version=8)
+    assert [e.request_id for e in h.of(ResponseReceived)] == [request_id]
+    late = h.client.call(session, "auth", "add", b"y", now_us=h.now_us)
+    h.drain()
+    _answer_try_again_from_map(h, session, map_version=5, ms=3_500)
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why, f.elapsed_us) for f in failed] == [
+        (late, RequestFailedWhy.TIMEOUT, 3_000_000)
+    ]
+    h = Harness(retry_jitter_ratio=0.0, request_timeout_ms=3_000, **config)
+    session, request_id = _redirected_to_a_primary_behind(h)
+    _answer_try_again_from_map(h, session, map_version=8, ms=1_500)
+    failed = h.of(RequestFailed)
+    assert [(f.request_id, f.why) for f in failed] == [
+        (request_id, RequestFailedWhy.RETRIES_EXHAUSTED)
+    ]
+
+
 def test_calls_wait_behind_a_request_in_try_again_backoff() -> None:
     """A call made while an earlier one waits out TRY_AGAIN goes out after it, never before."""
     h = Harness(retry_backoff_ms=10, retry_jitter_ratio=0.0)

@@ -35,7 +35,9 @@ class ClientConfig:
     """A request without a final answer this long after `call` fails with RequestFailed."""
     retry_attempts_max: int = 8
     """Bound on sends of one request, and on MAP_REQUEST rounds of one relocation no request
-    waits for (a part with requests waiting is located until their deadline)."""
+    waits for (a part with requests waiting is located until their deadline). A TRY_AGAIN from
+    the part's primary stamped with a map older than the client's for the part is not counted:
+    that primary has not heard of its placement yet, and `request_timeout_ms` bounds the wait."""
     retry_backoff_ms: int = 50
     """First delay before a retry; it doubles per attempt up to `retry_backoff_max_ms`."""
     retry_backoff_max_ms: int = 2_000

@@ -1451,15 +1451,25 @@ class ClientCore:
         status = frame.status
         if status is ResponseStatus.TRY_AGAIN:
             entry.try_agains += 1
+            # A server stamps its answers with its own map version. The part's primary answering
+            # from a map older than the one that named it primary to this client has not learned
+            # of its placement yet (a failover kept it, fenced, while the manager's messages to
+            # it were lost): it serves once it does, so only the request's deadline bounds the
+            # wait, not `retry_attempts_max`, which is for servers that refuse knowing the map.
+            behind = route.primary == source and frame.map_version < route.map_version
             if (
                 entry.try_agains >= TRY_AGAIN_LOCATE_AFTER
                 and route.state is RouteState.ACTIVE
                 and route.primary == source
             ):
-                if self._count_retry(entry, now_us):
+                if behind or self._count_retry(entry, now_us):
                     entry.try_agains = 0
                     self._rare("try-again-relocates")
                     self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
+                return
+            if behind:
+                self._rare("try-again-primary-behind")
+                self._wait_for_primary(entry, now_us)
                 return
             self._retry_later(entry, now_us)
             return
@@ -1506,6 +1516,13 @@ class ClientCore:
             return
         entry.server = None
         entry.retry_at_us = now_us + self._backoff_us(entry.retries)
+        heapq.heappush(self._retry_heap, (entry.retry_at_us, entry.request_id))
+
+    def _wait_for_primary(self, entry: InFlight, now_us: int) -> None:
+        """Re-send after a backoff that grows with the sends, uncounted: the primary is behind
+        the map that named it (see `_on_response`), and the request's deadline ends the wait."""
+        entry.server = None
+        entry.retry_at_us = now_us + self._backoff_us(max(entry.retries, entry.attempts))
         heapq.heappush(self._retry_heap, (entry.retry_at_us, entry.request_id))
 
     def _run_retries(self, now_us: int) -> None:
