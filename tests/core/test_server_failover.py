@@ -390,6 +390,93 @@ def test_a_fenced_primary_catching_up_keeps_a_part_the_failover_gives_back() -> 
         assert copy is not None and (copy.state, copy.data) == (PartState.REPLICA, 5)
 
 
+def test_a_source_caught_up_in_a_burst_takes_back_a_part_the_failover_kept_unfenced() -> None:
+    """A drain moves s1's part while the manager's messages to s1 are lost (a one-way cut); the
+    handoff fails over and the failover keeps s1 (no candidate wrote at the move's version), but
+    its fence never reaches s1. When the cut heals, s1 gets the move (an implicit run to s2) and
+    then the failover's map, which names it primary again: it takes the part back at once. It
+    used to wait HANDING_OFF for a seal the fenced target refuses; the drain's next move left it
+    out, and the run's abort dropped the only copy of the `async` writes s1 acknowledged during
+    the cut (`forehand sim --scenario drain-one-way --seed 17700316`)."""
+    cluster = Cluster(handoff_deadline_ms=300)
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    held = cluster.map.version
+    moved = cluster.place("counter", "s2", "s3", to=["s2", "s3"])
+    for _ in range(2):
+        cluster.request("s1", "counter", map_version=held)
+        cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK] * 3
+    cluster.prepare_failover([COUNTER], to=["s2", "s3"])
+    kept = cluster.place("counter", "s1", "s2", "s3", to=["s2", "s3"])
+    # The cut heals: both versions reach s1 back to back, the target's refusal of the seal
+    # still in flight (held back here by cutting s1 from s2).
+    in_flight = cluster.router.partition("s1", "s2")
+    cluster.router.send(MANAGER, "s1", moved)
+    assert state(cluster, "s1") is PartState.HANDING_OFF
+    cluster.router.send(MANAGER, "s1", kept)
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None
+    assert (part.state, part.epoch, part.applied_seq) == (PartState.PRIMARY, kept.map_version, 3)
+    installed = [e for e in cluster.events("s1", PrimaryInstalled) if e.ref == COUNTER]
+    assert [(e.cause.value, e.log_index) for e in installed][-1] == ("reinstated", 3)
+    cluster.router.heal(in_flight)
+    cluster.router.advance(ms=100)
+    # The drain moves the part again: s1 hands it over with every write it acknowledged.
+    cluster.place("counter", "s2", "s3")
+    cluster.router.advance(ms=500)
+    target = cluster.server("s2").part(COUNTER)
+    assert target is not None and (target.state, target.applied_seq) == (PartState.PRIMARY, 3)
+    cluster.request("s2", "counter")
+    (ok,) = cluster.responses()
+    assert (ok.status, ok.payload) == (ResponseStatus.OK, b"4")
+
+
+def test_a_source_a_failover_replaced_does_not_take_back_a_part_moved_back_to_it() -> None:
+    """A source cut off from everyone gets, in one burst, the move of its part to s4, the
+    failover that lists it dead and promotes s4, its readmission and a move of the part back to
+    it. That last map names it primary right after the run's target, but its log is a replaced
+    primary's (here with a write no replica took): it must wait for s4's seal, not take the part
+    back as if a failover had kept it (`forehand sim --scenario all --seed 326`)."""
+    from forehand.placement import PartKey, Placement
+
+    cluster = Cluster(("s1", "s2", "s3", "s4"))
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    held = cluster.map.version
+    others = ["s2", "s3", "s4"]
+    cuts = [cluster.router.partition("s1", peer) for peer in others]
+    cluster.request("s1", "counter", map_version=held)
+    cluster.router.advance(ms=50)
+    moved = cluster.place("counter", "s4", "s2", "s3", to=others)
+    cluster.prepare_failover([COUNTER], to=others)
+    key = PartKey(session_id=COUNTER.session_id, part="counter")
+    failed = cluster.publish(
+        *cluster.map.mark_server_dead("s1").operations,
+        *cluster.map.override_placement(
+            key, Placement(primary="s4", replicas=("s2", "s3"))
+        ).operations,
+        to=others,
+    )
+    entry = cluster.map.server("s1")
+    readmitted = cluster.publish(
+        *cluster.map.leave_server("s1").operations,
+        *cluster.map.join_server(server_id="s1", address=entry.address, zone=entry.zone).operations,
+        to=others,
+    )
+    back = cluster.place("counter", "s1", "s2", "s3", to=others)
+    for message in (moved, failed, readmitted, back):
+        cluster.router.send(MANAGER, "s1", message)
+    assert cluster.server("s1").map_version == back.map_version
+    assert state(cluster, "s1") is not PartState.PRIMARY
+    installed = [e for e in cluster.events("s1", PrimaryInstalled) if e.ref == COUNTER]
+    assert [e.cause.value for e in installed] == ["initial"]
+    for cut in cuts:
+        cluster.router.heal(cut)
+
+
 def test_a_target_whose_fence_a_map_settled_before_the_move_does_not_fence_its_source() -> None:
     """A drain moves the part off s1, which the manager's messages no longer reach; the
     handoff fails over, the failover keeps s1 (its history ahead), and the drain moves the part

@@ -159,6 +159,9 @@ class HandoffRun:
         """Source, step 4: HANDOFF frames still to send, earliest first."""
         self.backup_until_us = 0
         """Source, step 5: when the backup period ends."""
+        self.replaced = False
+        """Source: a map listed this server dead during the run (a failover replaced it), so a
+        later map naming it primary again is a new move here, not a failover that kept it."""
 
     @property
     def finished(self) -> bool:

@@ -2425,6 +2425,9 @@ class ServerCore:
             del self._deferred[ref]
             if ref in self._parts:
                 refs[ref] = None
+        if not new_map.lists_alive(self._me):
+            for run in self._runs.values():
+                run.replaced = True
         for ref in refs:
             self._reconcile(ref, previous_map, now_us)
         for ref in settled:
@@ -2552,10 +2555,34 @@ class ServerCore:
                 source = run.peer
             self._receive_implicitly(part, source, previous_map, now_us)
             return
-        if state is PartState.ABORTING or (state is PartState.HANDING_OFF and settling):
-            # Only a revert (or a failover that fenced this source first) names it primary again.
+        undone = state is PartState.HANDING_OFF and self._move_undone(part.ref, previous_map)
+        if state is PartState.ABORTING or (state is PartState.HANDING_OFF and (settling or undone)):
             self._reinstate(part, now_us)
-        # HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline decides.
+        # Otherwise HANDING_OFF waits: the seal's acknowledgement (then BACKUP) or its deadline.
+
+    def _move_undone(self, ref: PartRef, previous_map: ServerMap | None) -> bool:
+        """Whether the map naming this HANDING_OFF source primary undoes its run's move.
+
+        A map newer than the move that takes the part from the run's target straight back to
+        this source, never listed dead meanwhile, is a failover's that kept it (a manager starts
+        no move of a part still moving), fenced or not: its fence is lost when the manager's
+        messages to this server are (a one-way cut, whose healing delivers the move and the
+        failover in one burst). Waiting for a seal the fenced target refuses left the part
+        stuck until a drain moved it on, and the run's abort then dropped the only copy of the
+        `async` writes acknowledged during the cut (`forehand sim --scenario drain-one-way
+        --seed 17700316`). A source a failover replaced (listed dead, or the part placed on a
+        third server first) holds a stale log: a map naming it primary later is a new move.
+        """
+        run = self._runs.get(self._run_of.get(ref, 0))
+        before = None if previous_map is None else previous_map.placement(ref)
+        return (
+            run is not None
+            and run.side is HandoffSide.SOURCE
+            and not run.replaced
+            and self.map_version > run.map_version
+            and before is not None
+            and before.primary == run.peer
+        )
 
     def _listed_dead(self) -> bool:
         """Whether the current map lists this server dead (its parts were failed over)."""
