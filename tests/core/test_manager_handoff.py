@@ -39,12 +39,15 @@ from forehand.core.messages import (
 from forehand.core.messages import (
     HandoffCompleted as HandoffCompletedMessage,
 )
+from forehand.core.messages import (
+    HeartbeatReported as HeartbeatReportedMessage,
+)
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness, opened_refs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from _manager_helpers import IDLE, MANAGER, ManagerHarness, opened_refs
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay", "game", "news")
@@ -650,3 +653,47 @@ def test_moves_without_a_target_are_dropped_after_the_queue_timeout() -> None:
     (dropped,) = harness.events(MovesDropped)
     assert dropped.parts == (ref,) and dropped.source == source
     assert harness.events(HandoffStarted) == []
+
+
+def test_a_server_that_learns_maps_from_a_peer_alone_is_still_not_hearing() -> None:
+    """A server cut off from the manager may learn the newest map from a peer (a fenced part
+    asks the replica that fenced it): its heartbeats report that map as held, but the newest
+    map the manager's own messages brought it (`manager_map_version`) stays behind, and that is
+    what confirms the versions sent. It is still not hearing, so no handoff starts off it;
+    before, the peer's map would have passed for the manager's."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    held = harness.manager.map_version
+    assert harness.open_session(("auth",), client="c2") is not None
+    others = [s for s in SERVERS if s != source]
+    step = harness.config.heartbeat_interval_ms
+    for _ in range(400 // step):
+        for server_id in others:
+            harness.heartbeat(server_id)
+        _heartbeat_heard(harness, source, held)
+        harness.router.advance(ms=step)
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    for _ in range(1_000 // step):
+        for server_id in others:
+            harness.heartbeat(server_id)
+        _heartbeat_heard(harness, source, held)
+        harness.router.advance(ms=step)
+    assert harness.take(source, HandoffAssigned) == []
+    (stopped,) = harness.events(ServerNotHearing)
+    assert (stopped.server_id, stopped.hearing) == (source, False)
+
+
+def _heartbeat_heard(harness: ManagerHarness, server_id: str, heard: int) -> None:
+    """A heartbeat holding the manager's map, of which it heard only `heard` from the manager."""
+    harness.sequences[server_id] = harness.sequences.get(server_id, 0) + 1
+    message = HeartbeatReportedMessage(
+        server_id=server_id,
+        incarnation=harness.incarnations.get(server_id, 1),
+        sequence=harness.sequences[server_id],
+        map_version=harness.manager.map_version,
+        manager_map_version=heard,
+        load=harness.loads.get(server_id, IDLE),
+        parts=(),
+    )
+    harness.router.send(server_id, MANAGER, message)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forehand.core._part import PartState
+from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
     PartFenced,
     PrimaryInstalled,
@@ -13,7 +14,16 @@ from forehand.core._server_events import (
     SnapshotInstalled,
     StaleEpochRefused,
 )
-from forehand.core.messages import HandoffAborted, LogShipped, PartRole, PositionsReported
+from forehand.core.messages import (
+    FailoverPrepared,
+    HandoffAborted,
+    HeartbeatReported,
+    LogShipped,
+    MapPublished,
+    MapRequested,
+    PartRole,
+    PositionsReported,
+)
 from forehand.wire import ResponseStatus
 
 if TYPE_CHECKING:
@@ -539,3 +549,147 @@ def test_a_target_past_its_deadline_still_does_not_fence_its_source() -> None:
     cluster.router.advance(ms=50)
     target = cluster.server("s2").part(COUNTER)
     assert target is not None and (target.state, target.applied_seq) == (PartState.PRIMARY, 3)
+
+
+def test_a_fenced_primary_cut_off_from_the_manager_learns_the_map_from_its_fencer() -> None:
+    """A primary whose replica refused its log (fenced by a failover it never heard of) asks
+    that replica for the map when the manager's does not come within a retry interval: the
+    failover's map kept it primary, so it serves again at the new epoch. Its heartbeats still
+    report the manager's newest map it got itself, so the manager goes on seeing it as not
+    hearing. Before, it answered TRY_AGAIN until its manager link healed (`drain-one-way`, seed
+    17,600,251: about 9 s)."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    heard = cluster.map.version
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    (fenced,) = cluster.events("s1", PartFenced)
+    assert fenced.cause == "replica_fenced"
+    # The promotion keeps s1 primary; its map reaches every server but s1.
+    cluster.place("ledger", "s2", "s3", to=["s2", "s3"])
+    assert cluster.map.version == fenced.fence_version
+    cluster.responses()
+    cluster.router.advance(ms=ServerConfig(server_id="s1").map_request_retry_ms + 100)
+    s1 = cluster.server("s1")
+    assert s1.map_version == fenced.fence_version
+    assert "map-learned-from-peer" in rare_paths(cluster, "s1")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    (served,) = cluster.responses()
+    assert served.status is ResponseStatus.OK
+    part = s1.part(COUNTER)
+    assert part is not None and part.epoch == fenced.fence_version
+    cluster.router.advance(ms=ServerConfig(server_id="s1").heartbeat_interval_ms)
+    beat = [b for b in cluster.take(MANAGER, HeartbeatReported) if b.server_id == "s1"][-1]
+    assert (beat.map_version, beat.manager_map_version) == (fenced.fence_version, heard)
+
+
+def test_a_peer_map_not_asked_for_is_ignored() -> None:
+    """A server takes a map from a peer only as the answer it asked for, after a refusal fenced
+    it: anything else from a peer changes nothing."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    held = cluster.server("s1").map_version
+    message = cluster.place("ledger", "s2", "s3", to=["s2"])
+    cluster.router.send(
+        "s2",
+        "s1",
+        MapPublished(map_version=message.map_version, base_version=0, body=cluster.map.encode()),
+    )
+    assert cluster.server("s1").map_version == held
+    assert "peer-map-ignored" in rare_paths(cluster, "s1")
+
+
+def test_a_failover_prepared_behind_the_map_held_does_not_fence() -> None:
+    """A FailoverPrepared whose failover's map this server already holds (learned from a peer
+    while the manager's message was delayed) fences nothing: fenced now, the part would wait
+    for a map after the one that settled it."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.router.send(
+        MANAGER, "s1", FailoverPrepared(map_version=cluster.map.version, parts=(COUNTER,))
+    )
+    assert cluster.events("s1", PartFenced) == []
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK]
+
+
+def rare_paths(cluster: Cluster, server: str) -> list[str]:
+    """The rare paths `server` took so far."""
+    return [event.name for event in cluster.events(server, RarePathTaken)]
+
+
+def test_a_refusal_at_a_version_the_map_held_reaches_waits_for_the_next_map_from_the_peer() -> None:
+    """A primary whose map, come whole past the failover's version, still names it primary, is
+    refused by a replica at a version that map reaches: it cannot tell what the fence was for
+    (a failover that kept it, or a copy that cannot vouch for it), so the part waits for the
+    next map, as for the manager's; cut off from the manager, it asks the peer for a map newer
+    than its own, which settles the part at a new epoch."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.place("ledger", "s2", "s3", to=["s2", "s3"])
+    cluster.publish_full(to=["s1"])
+    held = cluster.map.version
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    (fenced,) = cluster.events("s1", PartFenced)
+    assert fenced.fence_version == held
+    cluster.place("other", "s2", "s3", to=["s2", "s3"])
+    cluster.responses()
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.TRY_AGAIN]
+    cluster.router.advance(ms=ServerConfig(server_id="s1").map_request_retry_ms)
+    assert cluster.server("s1").map_version == held + 1
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK]
+    part = cluster.server("s1").part(COUNTER)
+    assert part is not None and part.epoch == held + 1
+
+
+def test_a_peer_answers_with_the_managers_deltas_it_kept_or_not_at_all() -> None:
+    """A server asked by a peer for the maps after the peer's version sends the manager's deltas
+    from that version on, when it kept them all (`map_deltas_kept_max`), and nothing otherwise:
+    a whole map would skip versions, which hides a failover that kept the asker primary."""
+    cluster = Cluster(map_deltas_kept_max=1)
+    base = cluster.map.version
+    cluster.place("counter", "s1", "s2")
+    cluster.place("ledger", "s1", "s2")
+    cluster.router.send("s1", "s2", MapRequested(server_id="s1", map_version=base + 1))
+    answers = [
+        message
+        for _, source, destination, message in cluster.router.trace
+        if (source, destination) == ("s2", "s1") and isinstance(message, MapPublished)
+    ]
+    assert [(m.base_version, m.map_version) for m in answers] == [(base + 1, base + 2)]
+    cluster.router.send("s1", "s2", MapRequested(server_id="s1", map_version=base))
+    assert "map-chain-not-kept-for-peer" in rare_paths(cluster, "s2")
+
+
+def test_peer_maps_that_move_a_part_this_server_serves_are_not_taken() -> None:
+    """A peer's chain that moves a part this server is PRIMARY of elsewhere is not adopted: a
+    handoff or step-down started from maps the manager's fences cannot follow lost writes
+    (`drain-one-way`, seeds 17,600,026 and 17,600,260). The server waits for the manager."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    cluster.place("ledger", "s1", "s3")
+    held = cluster.map.version
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    (fenced,) = cluster.events("s1", PartFenced)
+    cluster.place("ledger", "s3", "s1", to=["s2", "s3"])
+    assert cluster.map.version == fenced.fence_version
+    cluster.router.advance(ms=ServerConfig(server_id="s1").map_request_retry_ms + 100)
+    assert "peer-maps-not-taken" in rare_paths(cluster, "s1")
+    assert cluster.server("s1").map_version == held

@@ -311,11 +311,16 @@ class Member:
     map_version_sent: int = 0
     """The newest map version the manager sent it (0: none yet, in this incarnation); what it
     holds is at most this."""
+    map_version_heard: int = 0
+    """The newest map version it reported receiving from the manager itself
+    (`HeartbeatReported.manager_map_version`; its `map_version` for a server before the field):
+    a map learned from a peer is held but not heard. This one confirms the versions sent."""
     unconfirmed: tuple[int, int] | None = None
     """A map version sent to it that its heartbeats have not confirmed yet, and when it was
-    sent (None: every version sent is confirmed); `sent_map` sets it, a heartbeat at or past it
-    clears it or moves it to the newest version sent. How long it stays tells a server that
-    does not hear the manager, though its heartbeats arrive (`unconfirmed_for_us`)."""
+    sent (None: every version sent is confirmed); `sent_map` sets it, a heartbeat that heard it
+    (`map_version_heard`) clears it or moves it to the newest version sent. How long it stays
+    tells a server that does not hear the manager, though its heartbeats arrive
+    (`unconfirmed_for_us`)."""
     unconfirmed_beats: int = 0
     """Heartbeats accepted since `unconfirmed` was set that did not confirm it."""
     not_hearing_since_us: int | None = None
@@ -341,7 +346,7 @@ class Member:
     def sent_map(self, version: int, *, now_us: int) -> None:
         """A map version went to it."""
         self.map_version_sent = max(self.map_version_sent, version)
-        if self.unconfirmed is None and version > self.map_version:
+        if self.unconfirmed is None and version > self.map_version_heard:
             self.unconfirmed = (version, now_us)
 
     def unconfirmed_for_us(self, now_us: int) -> int:
@@ -503,7 +508,7 @@ class Membership:
         member.weight = message.weight
         member.detector = self._new_detector(now_us=now_us)
         member.heartbeat_sequence = -1
-        member.map_version = 0
+        member.map_version = member.map_version_heard = 0
         member.map_version_sent = 0
         member.unconfirmed = member.not_hearing_since_us = None
         member.unconfirmed_beats = 0
@@ -550,10 +555,14 @@ class Membership:
         member.heartbeat_sequence = message.sequence
         member.detector.heard(now_us=now_us)
         member.map_version = max(member.map_version, message.map_version)
+        # A map it learned from a peer is no sign that the manager's messages reach it.
+        heard = message.manager_map_version
+        heard = message.map_version if heard < 0 else min(heard, message.map_version)
+        member.map_version_heard = max(member.map_version_heard, heard)
         unconfirmed = member.unconfirmed
-        if unconfirmed is not None and member.map_version >= unconfirmed[0]:
+        if unconfirmed is not None and member.map_version_heard >= unconfirmed[0]:
             # Versions sent after the one confirmed are watched from now (an under-estimate).
-            behind = member.map_version < member.map_version_sent
+            behind = member.map_version_heard < member.map_version_sent
             member.unconfirmed = (member.map_version_sent, now_us) if behind else None
             member.unconfirmed_beats = 0
         elif unconfirmed is not None:

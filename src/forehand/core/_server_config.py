@@ -117,6 +117,9 @@ class ServerConfig:
     """Time before a server asks the manager again for a map it is missing."""
     map_deltas_buffered_max: int = 64
     """Most out-of-order map deltas held while the missing versions are requested."""
+    map_deltas_kept_max: int = 16
+    """Most of the newest map deltas from the manager kept to answer a peer that a refused
+    shipment fenced and that the manager's maps do not reach (`MapRequested` from a server)."""
     handoff_ids_remembered_max: int = 1024
     """Most finished handoff ids remembered, so a duplicate `HandoffAssigned` is ignored."""
     frame_bytes_max: int = 1 << 20
@@ -211,6 +214,7 @@ _POSITIVE_FIELDS = (
     "connection_sessions_max",
     "map_request_retry_ms",
     "map_deltas_buffered_max",
+    "map_deltas_kept_max",
     "handoff_ids_remembered_max",
     "frame_bytes_max",
     "idle_timeout_ms",

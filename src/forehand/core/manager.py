@@ -3212,8 +3212,10 @@ class ManagerCore:
         member = self._membership.get(source)
         if member is None or not self._is_live(source):
             return
-        if member.map_version < member.map_version_sent:
-            self._catch_up(source, member.map_version, current)
+        # From the newest version it heard from the manager itself: one it learned from a peer
+        # since is held, but its heartbeats confirm only what the manager's messages brought.
+        if member.map_version_heard < member.map_version_sent:
+            self._catch_up(source, member.map_version_heard, current)
 
     def _on_error(self, frame: Error, source: NodeId, now_us: int) -> None:
         """The peer closes its connection; nothing the manager holds depends on it."""

@@ -199,6 +199,11 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     heartbeat on each new connection to the manager and after each whole map (a manager that
     took over, or restarted, hears no announcement from a server that holds a map, and sends
     each member the whole map once it loaded its own); empty in the others."""
+    manager_map_version: int = -1
+    """The newest map version the server received from the manager itself (`map_version` may be
+    newer: a fenced server cut off from the manager learns maps from a peer); the manager's
+    not-hearing detection reads this one. -1 (absent): a sender before the field, whose maps
+    all came from the manager, so `map_version` says it."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -213,12 +218,16 @@ class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
 
 
 class MapRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
-    """A server saw a gap in map versions and asks for the whole map."""
+    """A server asks for the maps it is missing: the manager for the versions since
+    `map_version` (a gap in versions, a fenced part, or maps learned from a peer that the
+    manager's own messages have not brought yet); a peer, by a server that a refused shipment
+    fenced, for its map when newer than `map_version` (a whole map)."""
 
     server_id: str
     """Sender."""
     map_version: int
-    """The newest version it holds."""
+    """The version to send from: to the manager, the newest the sender holds or received from
+    the manager, whichever is older; to a peer, the newest it holds."""
 
 
 class PositionsReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -288,14 +288,9 @@ class ServerCore:
         # each a session held when renewed, at most `parts_max` (past it no credential is
         # issued: none goes unreported).
         self._renewed: dict[bytes, None] = {}
-        self._map: ServerMap | None = None
-        self._placements: dict[PartRef, Placement | None] = {}
-        self._map_deltas: dict[int, MapPublished] = {}
-        self._fenced: dict[PartRef, None] = {}
-        self._deferred: dict[PartRef, None] = {}
+        self._init_map_state()
         self._unsettled: dict[PartRef, int] = {}
         self._unsettled_retry_us = self._part_loads_due_us = self._stalled_parts = 0
-        self._map_retry_us: int | None = None
         self._load = _NO_LOAD
         self._part_loads = PartLoadMeter(parts_max=config.parts_max)
         self._busiest: tuple[PartLoad, ...] = ()
@@ -307,6 +302,30 @@ class ServerCore:
         self._handoff_sequence = 0
         self._replay_cache = ReplayCache(entries_max=config.replay_cache_entries_max)
         self._announce()
+
+    def _init_map_state(self) -> None:
+        """The shard map held, and what waits for the maps to come."""
+        self._map: ServerMap | None = None
+        self._placements: dict[PartRef, Placement | None] = {}
+        self._map_deltas: dict[int, MapPublished] = {}
+        self._fenced: dict[PartRef, None] = {}
+        self._deferred: dict[PartRef, None] = {}
+        self._map_retry_us: int | None = None
+        # The newest map version a MapPublished from the manager itself carried (the heartbeat's
+        # `manager_map_version`): the map held may be newer, learned from a peer.
+        self._manager_map_version = 0
+        # A peer whose refusal of a shipment fenced a part here, the map version that settles
+        # it, and when to ask: the peer was fenced by the manager's failover, so it gets that
+        # failover's map, and this server asks it for the map when the manager's does not come
+        # (`_ask_witness`). One at a time. And the last peer asked, whose deltas are taken.
+        self._map_witness: tuple[NodeId, int, int] | None = None
+        self._map_peer_asked: NodeId | None = None
+        # Its deltas received, by base version, until they chain from the version held to the
+        # one that settles the fence (at most `map_deltas_buffered_max`).
+        self._peer_deltas: dict[int, MapPublished] = {}
+        # The newest deltas from the manager, consecutive, that reached the map held: a peer
+        # that asks gets the chain from its version (`_on_map_requested`).
+        self._map_deltas_kept: deque[MapPublished] = deque(maxlen=self._config.map_deltas_kept_max)
 
     def _announce(self) -> None:
         config = self._config
@@ -378,6 +397,8 @@ class ServerCore:
                 self._run_due(key, run, now_us)
         if self._map_retry_us is not None and now_us >= self._map_retry_us:
             self._request_map(now_us)
+        if self._map_witness is not None and now_us >= self._map_witness[2]:
+            self._ask_witness(now_us)
         self._expire_forwards(now_us)
 
     def store_result(self, result: object, *, now_us: int) -> None:
@@ -406,6 +427,8 @@ class ServerCore:
             candidates.append(self._resend_heap[0][0])
         if self._map_retry_us is not None:
             candidates.append(self._map_retry_us)
+        if self._map_witness is not None:
+            candidates.append(self._map_witness[2])
         for down in self._down.values():
             if down.probe_due_us is not None:
                 candidates.append(down.probe_due_us)
@@ -1495,6 +1518,15 @@ class ServerCore:
             # it, where the dedup table answers them).
             self._fence(part, message.epoch, cause="replica_fenced")
             self._fail_held(part.ref, "part fenced by a failover")
+            # The map that settles the part: the first at or above the fence, and above the one
+            # held (a fence at or below it waits for the next: the map held, come whole past
+            # versions, may not show what the fence was for).
+            wanted = max(message.epoch, self.map_version + 1)
+            witness = self._map_witness
+            if witness is None or wanted > witness[1]:
+                # Asked after a retry interval, counted from the first fence.
+                due_us = now_us + self._config.map_request_retry_ms * 1000
+                self._map_witness = (source, wanted, due_us if witness is None else witness[2])
             self._request_map(now_us)
             return
         if source in self._down:
@@ -2331,12 +2363,19 @@ class ServerCore:
     # Failover.
 
     def _on_failover_prepared(self, message: FailoverPrepared, source: NodeId, now_us: int) -> None:
+        # The failover commits its promotion at the fence version, after this message on the
+        # manager's connection; a server that holds that map already learned it from a peer
+        # while this message was delayed: fenced now, the part would wait for a later map.
+        settled = message.map_version <= self.map_version
+        if settled:
+            self._rare("failover-prepared-after-its-map")
         progress: list[PartProgress] = []
         for ref in message.parts:
             part = self._parts.get(ref)
             if part is None:
                 continue
-            self._fence(part, message.map_version, cause="failover_prepared")
+            if not settled:
+                self._fence(part, message.map_version, cause="failover_prepared")
             position = part.progress()
             if position is not None:
                 progress.append(position)
@@ -2350,6 +2389,11 @@ class ServerCore:
     # The shard map.
 
     def _on_map_published(self, message: MapPublished, source: NodeId, now_us: int) -> None:
+        if source != self._config.manager_id:
+            self._on_peer_map(message, source, now_us)
+            return
+        behind = not self._heard_all()
+        self._manager_map_version = max(self._manager_map_version, message.map_version)
         if message.base_version == 0:
             # A whole map: what a manager sends its members once it loaded the map (a restart,
             # a standby taking over), which may be after this server's first heartbeat to it,
@@ -2357,6 +2401,9 @@ class ServerCore:
             self._declare_in_heartbeat = True
         held = self.map_version
         if message.map_version <= held:
+            if behind:
+                # The manager's own messages catch up with a map learned from a peer.
+                self._map_settled()
             return
         if message.base_version not in (0, held):
             if len(self._map_deltas) < self._config.map_deltas_buffered_max:
@@ -2364,20 +2411,162 @@ class ServerCore:
             self._rare("map-gap")
             self._request_map(now_us)
             return
-        self._adopt(decode_published(self._map, message), now_us)
+        self._adopt_kept(message, now_us)
         while (following := self._map_deltas.pop(self.map_version, None)) is not None:
-            self._adopt(decode_published(self._map, following), now_us)
+            self._adopt_kept(following, now_us)
         self._map_deltas = {
             base: delta for base, delta in self._map_deltas.items() if base > self.map_version
         }
-        if not self._map_deltas:
+        self._map_settled()
+
+    def _adopt_kept(self, message: MapPublished, now_us: int) -> None:
+        """Adopt a map from the manager, and keep it for the peers when it is a delta."""
+        self._adopt(decode_published(self._map, message), now_us)
+        kept = self._map_deltas_kept
+        if message.base_version == 0 or (kept and kept[-1].map_version != message.base_version):
+            kept.clear()
+        if message.base_version != 0:
+            kept.append(message)
+
+    def _map_settled(self) -> None:
+        """Stop asking for maps once none is missing: no delta waits for its base, no fence
+        waits for a peer's map, and the manager's own messages brought the version held."""
+        witness = self._map_witness
+        if witness is not None and self.map_version >= witness[1]:
+            self._map_witness = witness = None
+        if not self._map_deltas and witness is None and self._heard_all():
             self._map_retry_us = None
 
+    def _heard_all(self) -> bool:
+        return self._manager_map_version >= self.map_version
+
     def _request_map(self, now_us: int) -> None:
-        self._send(
-            self._config.manager_id, MapRequested(server_id=self._me, map_version=self.map_version)
-        )
+        # From the older of the versions held and heard from the manager: the deltas a peer's
+        # map skipped come again, so that this server's heartbeats confirm them.
+        since = min(self.map_version, self._manager_map_version)
+        self._send(self._config.manager_id, MapRequested(server_id=self._me, map_version=since))
         self._map_retry_us = now_us + self._config.map_request_retry_ms * 1000
+
+    def _ask_witness(self, now_us: int) -> None:
+        """A part fenced by a peer's refusal waited a whole retry interval for the failover's
+        map, which the manager's messages did not bring (a one-way partition loses them, and
+        the failover may keep this server primary: its parts would refuse every request until
+        the cut heals). The peer was fenced by that failover, so it gets the map: asked for
+        its map from the fence version on. What this server learns so does not count as heard
+        from the manager (`manager_map_version`)."""
+        witness = self._map_witness
+        if witness is None:
+            return
+        peer, wanted, _ = witness
+        self._map_witness = (peer, wanted, now_us + self._config.map_request_retry_ms * 1000)
+        self._map_peer_asked = peer
+        self._rare("map-asked-of-peer")
+        self._send(peer, MapRequested(server_id=self._me, map_version=self.map_version))
+
+    def _on_peer_map(self, message: MapPublished, source: NodeId, now_us: int) -> None:
+        """A map from a peer: taken only from the peer `_ask_witness` asked last, the manager's
+        deltas from the version held, and only once they chain to the version that settles the
+        fence (`_adopt_peer_chain`). Never a whole map: one that skips versions does not show a
+        failover that kept this server primary as a change of the part, which would stay fenced
+        (refused at a version the map reaches) until a newer map, maybe for good."""
+        witness = self._map_witness
+        held = self.map_version
+        if (
+            witness is None
+            or source != self._map_peer_asked
+            or message.base_version < held
+            or message.base_version == 0
+            or message.map_version != message.base_version + 1
+        ):
+            self._rare("peer-map-ignored")
+            return
+        deltas = self._peer_deltas = {
+            base: delta for base, delta in self._peer_deltas.items() if base >= held
+        }
+        if message.base_version in deltas or len(deltas) < self._config.map_deltas_buffered_max:
+            deltas[message.base_version] = message
+        chain: list[MapPublished] = []
+        while (following := deltas.get(held + len(chain))) is not None:
+            chain.append(following)
+        if not chain or chain[-1].map_version < witness[1]:
+            return
+        self._peer_deltas = {}
+        self._adopt_peer_chain(chain, now_us)
+        self._map_deltas_kept.clear()
+        self._map_deltas = {
+            base: delta for base, delta in self._map_deltas.items() if base > self.map_version
+        }
+        self._map_settled()
+
+    def _adopt_peer_chain(self, chain: list[MapPublished], now_us: int) -> None:
+        """Adopt the last map of a peer's chain at once, as a whole map, when it only settles
+        what this server's fences wait for: the versions in between are the ones the manager's
+        messages missed, and acting on them while the manager's fences cannot reach this server
+        lost writes. A handoff source learning a drain's move from them started its side, ran
+        into the deadline and reported the abort, and the failover that followed, unanswered,
+        promoted another copy; a primary that missed versions stepped down, though the failover
+        of that drain kept it. So every part of this server the chain changes must be either
+        fenced here at or below the last version (the map settles it, as the manager's would),
+        or this server's PRIMARY that the last version names primary again (moved away and
+        back: fenced at the last version, which settles it at a new epoch, since its replicas
+        took the versions in between and would refuse its old one), or a copy it only
+        replicates (or does not hold) that the last version does not make primary here, or
+        placed at the end as it was. Otherwise nothing is adopted (`peer-maps-not-taken`): the
+        server waits for the manager's maps, as before."""
+        held = self._map
+        composed = held
+        moved: dict[PartRef, None] = {}
+        for delta in chain:
+            following = decode_published(composed, delta)
+            if composed is not None:
+                moved.update((ref, None) for ref, _ in following.changed_since(composed, self._me))
+            composed = following
+        assert held is not None and composed is not None
+        back: list[Part] = []
+        for ref in moved:
+            part = self._parts.get(ref)
+            placement = composed.placement(ref)
+            if part is not None and part.fenced and part.fence_version <= composed.version:
+                continue
+            primary_here = placement is not None and placement.primary == self._me
+            if part is not None and part.state is PartState.PRIMARY and primary_here:
+                back.append(part)
+                continue
+            in_play = part is not None and part.state in _IN_PLAY_STATES
+            if not in_play and not primary_here:
+                # A copy this server only replicates (or does not hold), left a copy: no part
+                # of a handoff or a failover starts here from it.
+                continue
+            if placement != held.placement(ref):
+                self._rare("peer-maps-not-taken")
+                return
+        for part in back:
+            self._fence(part, composed.version, cause="peer_maps")
+        self._rare("map-learned-from-peer")
+        self._adopt(composed, now_us)
+
+    def _on_map_requested(self, message: MapRequested, source: NodeId, now_us: int) -> None:
+        """A peer fenced by this server's refusal asks for the maps after its own (`_ask_witness`):
+        the manager's deltas from that version to the one held, when all are kept, else nothing
+        (it waits for the manager, or for a later ask). A peer asks at most once per retry
+        interval."""
+        current = self._map
+        if (
+            current is None
+            or message.server_id != source
+            or current.address(source) is None
+            or current.version <= message.map_version
+        ):
+            return
+        chain = [
+            delta for delta in self._map_deltas_kept if delta.base_version >= message.map_version
+        ]
+        if not chain or chain[0].base_version != message.map_version:
+            self._rare("map-chain-not-kept-for-peer")
+            return
+        self._rare("map-answered-to-peer")
+        for delta in chain:
+            self._send(source, delta)
 
     def _adopt(self, new_map: ServerMap, now_us: int) -> None:
         previous_map = self._map
@@ -2698,6 +2887,7 @@ class ServerCore:
                 incarnation=self._config.incarnation,
                 sequence=self._heartbeat_sequence,
                 map_version=self.map_version,
+                manager_map_version=self._manager_map_version,
                 load=self._load_report(now_us),
                 parts=self._progress_batch(),
                 paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
@@ -2830,6 +3020,16 @@ class ServerCore:
         )
 
 
+_IN_PLAY_STATES = (
+    PartState.PRIMARY,
+    PartState.HANDING_OFF,
+    PartState.RECEIVING,
+    PartState.ABORTING,
+)
+"""States in which a part serves or takes part in a handoff: a map learned from a peer that
+changes one of them is not acted on (`_adopt_peer_chain`)."""
+
+
 def _holds_entry(part: Part, request_id: int, seq: int, epoch: int) -> bool:
     """Whether this server's history of `part` holds the write `request_id` at `seq`, written
     under `epoch`: in its log, or (trimmed from it) in its dedup table."""
@@ -2862,5 +3062,6 @@ _DISPATCH: dict[type, _Handler] = {
     HandoffAssigned: ServerCore._on_handoff_assigned,
     FailoverPrepared: ServerCore._on_failover_prepared,
     MapPublished: ServerCore._on_map_published,
+    MapRequested: ServerCore._on_map_requested,
 }
 """Which method handles each message type; anything else is FRAME_UNEXPECTED."""
