@@ -128,3 +128,18 @@ def test_a_drain_under_a_one_way_partition_passes_every_checker() -> None:
     counters = outcome.counters
     for name in ("partition-started", "manager/handoff-aborted-failed_over"):
         assert counters[name][1] >= ONE_WAY_SEEDS // 2, output.getvalue()
+
+
+def test_a_failover_kept_primary_learns_its_map_from_the_peer_that_fenced_it() -> None:
+    """Seed 17,600,251 of `drain-one-way`: the failover of the cut-off server's drain keeps it
+    primary, but the manager's map saying so cannot reach it. Fenced by a replica's refusal, it
+    asks that replica for the map and settles its parts from it, so no request fails (before,
+    its parts refused every request until the cut healed: 8 timed out and 3 found no placement,
+    after 420 TRY_AGAINs from it)."""
+    result = run_scenario(get_scenario(ONE_WAY_SCENARIO), 17_600_251)
+    assert result.failure is None
+    counters = result.counters
+    assert counters.get("server/map-learned-from-peer", 0) >= 1
+    failed = {name: n for name, n in counters.items() if name.startswith("client/request-failed")}
+    assert failed == {}
+    assert counters.get("client/try-again-primary-behind", 0) < 100
