@@ -5,6 +5,9 @@
   `add`, `remove`, `list` (read-only) and `checkout`.
 - `feature/video` (async): `seek` and `position` (read-only), a playback position that may lose
   the replication lag in a crash.
+- `chat` (async): a support chat, `post` and `since`, a waiting read: a client calls
+  `since(index)` and gets the messages after `index` as soon as there are any (or None after
+  `CHAT_WAIT_MS`, when it calls again).
 
 Handlers follow the `forehand.App` contract: `(state, payload) -> (new_state, result)`,
 deterministic, no I/O. Run it with `forehand server --app examples.cart.app:app ...`.
@@ -20,6 +23,10 @@ app = forehand.App("cart-example")
 
 QUANTITY_MAX = 1_000_000
 """Most units of one product in a cart."""
+CHAT_MESSAGES_KEPT = 100
+"""Most chat messages a session keeps (older ones are dropped: a state must stay small)."""
+CHAT_WAIT_MS = 20_000
+"""How long `chat.since` waits for a new message before it answers None."""
 
 
 class Auth(msgspec.Struct):
@@ -56,9 +63,28 @@ class Video(msgspec.Struct):
     """Where playback is."""
 
 
+class Chat(msgspec.Struct):
+    """The session's support chat: the newest messages and the index of the first one kept."""
+
+    first: int = 0
+    """The index of `messages[0]` among every message ever posted."""
+    messages: list[str] = msgspec.field(default_factory=list)
+    """The newest messages, at most `CHAT_MESSAGES_KEPT`."""
+
+
+class Messages(msgspec.Struct, frozen=True):
+    """What `chat.since` answers: messages and the index to ask from next."""
+
+    messages: list[str]
+    """The messages after the index asked for (those still kept)."""
+    next: int
+    """The index to pass to the next `since`."""
+
+
 app.part("auth", initial=Auth)
 app.part("cart", initial=Cart, durability="replicated")
 app.part("feature/video", initial=Video)
+app.part("chat", initial=Chat)
 
 
 @app.handler("auth", "login")
@@ -124,3 +150,23 @@ def seek(video: Video, position_ms: int) -> tuple[Video, int]:
 def position(video: Video, payload: None) -> tuple[Video, int]:
     """Where playback is."""
     return video, video.position_ms
+
+
+@app.handler("chat", "post")
+def post(chat: Chat, text: str) -> tuple[Chat, int]:
+    """Post `text`; answers its index."""
+    chat.messages.append(text)
+    if len(chat.messages) > CHAT_MESSAGES_KEPT:
+        del chat.messages[0]
+        chat.first += 1
+    return chat, chat.first + len(chat.messages) - 1
+
+
+@app.handler("chat", "since", read_only=True, wait_ms=CHAT_WAIT_MS)
+def since(chat: Chat, index: int) -> tuple[Chat, Messages | forehand.NotYet]:
+    """The messages from `index` on, or NOT_YET: the server answers when one is posted (the
+    call returns None if none is within `CHAT_WAIT_MS`)."""
+    end = chat.first + len(chat.messages)
+    if index >= end:
+        return chat, forehand.NOT_YET
+    return chat, Messages(messages=chat.messages[max(index - chat.first, 0) :], next=end)

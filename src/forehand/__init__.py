@@ -23,7 +23,7 @@ from forehand.errors import (
 logging.getLogger("forehand").addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
-    from forehand.app import App, HandlerError
+    from forehand.app import NOT_YET, App, HandlerError, NotYet
     from forehand.core import ClientConfig
     from forehand.core.client import BackpressureError
     from forehand.runtime.client import (
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "NOT_YET",
     "App",
     "AppError",
     "BackpressureError",
@@ -56,6 +57,7 @@ __all__ = [
     "HandoffEvent",
     "HandoffEventKind",
     "LocalProtocolError",
+    "NotYet",
     "ProtocolError",
     "RemoteProtocolError",
     "RequestFailedError",
@@ -70,6 +72,8 @@ __all__ = [
 
 _LAZY = {
     "App": "forehand.app",
+    "NOT_YET": "forehand.app",
+    "NotYet": "forehand.app",
     "HandlerError": "forehand.app",
     "AppError": "forehand.runtime.client",
     "CallError": "forehand.runtime.client",

@@ -33,6 +33,17 @@ before it changes anything. Every replica fails the same way, so replicas never 
 
 Operations registered with `read_only=True` are answered from the primary's state and never
 logged or replicated; they must not change the state.
+
+**Waiting reads.** A read registered with `wait_ms=` (`read_only=True` only) may return
+`(state, NOT_YET)`: nothing to answer yet. The primary parks the request and runs the handler
+again after each write to the part, answering as soon as it returns a result; when `wait_ms`
+passes first, or the part stops being primary on that server (a handoff, a failover, a
+shutdown), the client gets `None` and calls again. A client's call must wait longer than
+`wait_ms`: `session.call(..., timeout_ms=)`.
+
+    @app.handler("chat", "since", read_only=True, wait_ms=20_000)
+    def since(room: Room, index: int) -> tuple[Room, list[str] | NotYet]:
+        return room, room.messages[index:] or forehand.NOT_YET
 """
 
 from __future__ import annotations
@@ -46,12 +57,20 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from forehand.core import Durability, HandlerResult, PartSpec
+from forehand.core import WAIT_MS_MAX, Durability, HandlerResult, PartSpec
 from forehand.errors import ConfigError, ForehandError
 from forehand.placement import check_part_name
 from forehand.wire import ResponseStatus
 
-__all__ = ["App", "ErrorBody", "HandlerError", "decode_error_body"]
+__all__ = [
+    "NOT_YET",
+    "WAIT_MS_MAX",
+    "App",
+    "ErrorBody",
+    "HandlerError",
+    "NotYet",
+    "decode_error_body",
+]
 
 _log = logging.getLogger("forehand.app")
 
@@ -67,6 +86,31 @@ _BAD_REQUEST = int(ResponseStatus.BAD_REQUEST)
 _UNKNOWN_OP = int(ResponseStatus.UNKNOWN_OP)
 NOT_ENCODABLE = (msgspec.EncodeError, TypeError, ValueError, OverflowError, RecursionError)
 """What msgspec raises for a value it cannot encode (an int outside 64 bits, an unknown type)."""
+
+
+class NotYet:
+    """The type of `NOT_YET`, for annotations (`-> tuple[Room, list[str] | NotYet]`)."""
+
+    __slots__ = ()
+    _instance: NotYet | None = None
+
+    def __new__(cls) -> NotYet:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "forehand.NOT_YET"
+
+    def __reduce__(self) -> str:
+        return "NOT_YET"
+
+
+NOT_YET = NotYet()
+"""What a waiting read (`App.handler(..., wait_ms=)`) returns as its result when it has nothing
+to answer yet: the primary parks the request until a write gives it a result or its wait ends."""
+_NONE = _encoder.encode(None)
+"""The answer of a waiting read whose wait ended without a result."""
 
 
 class HandlerError(ForehandError):
@@ -111,6 +155,7 @@ class _Operation:
     decoder: msgspec.msgpack.Decoder[Any]
     is_async: bool
     read_only: bool
+    wait_ms: int | None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -146,6 +191,12 @@ class _Part:
         except Exception:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
+        if result is NOT_YET:
+            if operation.wait_ms is None:
+                message = f"{self.name}.{op} returned NOT_YET but is no waiting read (wait_ms=)"
+                _log.error("handler %s", message)
+                return _error(_APP_ERROR, state, message)
+            return HandlerResult(state=new_state, status=_OK, result=_NONE, waiting=True)
         try:
             encoded = _encoder.encode(result)
         except NOT_ENCODABLE as error:
@@ -232,9 +283,25 @@ class App:
         )
 
     def handler(
-        self, part: str, op: str, *, read_only: bool = False, payload_type: Any = None
+        self,
+        part: str,
+        op: str,
+        *,
+        read_only: bool = False,
+        payload_type: Any = None,
+        wait_ms: int | None = None,
     ) -> Callable[[F], F]:
-        """Register the decorated function as the handler of `op` on `part`."""
+        """Register the decorated function as the handler of `op` on `part`.
+
+        `wait_ms` makes a read-only op a waiting read (see the module docstring): it may return
+        `NOT_YET`, and waits up to `wait_ms` (1 to `WAIT_MS_MAX`) for a write to answer it."""
+        if wait_ms is not None:
+            if not read_only:
+                raise ConfigError(f"{part}.{op}: wait_ms is for read_only=True operations only")
+            if isinstance(wait_ms, bool) or not isinstance(wait_ms, int):
+                raise ConfigError(f"{part}.{op}: wait_ms must be an int, got {wait_ms!r}")
+            if not 1 <= wait_ms <= WAIT_MS_MAX:
+                raise ConfigError(f"{part}.{op}: wait_ms must be 1 to {WAIT_MS_MAX}, got {wait_ms}")
         declared = self._parts.get(part)
         if declared is None:
             raise ConfigError(f"declare part {part!r} with App.part before its handlers")
@@ -251,6 +318,7 @@ class App:
                 decoder=msgspec.msgpack.Decoder(wanted),
                 is_async=inspect.iscoroutinefunction(function),
                 read_only=read_only,
+                wait_ms=wait_ms,
             )
             return function
 
@@ -267,6 +335,9 @@ class App:
                 durability=part.durability,
                 state_type=part.state_type,
                 read_ops=frozenset(o.name for o in part.operations.values() if o.read_only),
+                wait_ops={
+                    o.name: o.wait_ms for o in part.operations.values() if o.wait_ms is not None
+                },
             )
             for name, part in self._parts.items()
         }

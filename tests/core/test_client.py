@@ -31,7 +31,12 @@ from forehand.core._client_map import (
 from forehand.core._client_session import RouteState
 from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._pool import ConnectionState
-from forehand.core.client import REQUEST_ID_BITS, BackpressureError, ClientCore
+from forehand.core.client import (
+    CALL_TIMEOUT_MS_MAX,
+    REQUEST_ID_BITS,
+    BackpressureError,
+    ClientCore,
+)
 from forehand.core.messages import LogAcknowledged, PartRef
 from forehand.errors import LocalProtocolError
 from forehand.wire import (
@@ -300,6 +305,45 @@ def test_request_timeout_fails_with_event() -> None:
         (request_id, RequestFailedWhy.TIMEOUT, 100_000)
     ]
     assert h.client.inflight_count == 0
+
+
+def test_a_call_may_wait_longer_than_request_timeout_ms() -> None:
+    """`timeout_ms` gives one call its own deadline (a waiting read); calls issued after it with
+    the default timeout still time out on theirs, and its answer, however late, is delivered."""
+    h = Harness(request_timeout_ms=100)
+    session = ready_session(h)
+    waiting = h.client.call(session, "auth", "since", b"", now_us=h.now_us, timeout_ms=1_000)
+    plain = h.client.call(session, "auth", "x", b"", now_us=h.now_us)
+    h.drain()
+    h.advance(ms=100)
+    assert [(f.request_id, f.why) for f in h.of(RequestFailed)] == [
+        (plain, RequestFailedWhy.TIMEOUT)
+    ]
+    h.advance(ms=800)
+    sent = {request.request_id: request for request in h.take(Request, "s1")}
+    respond(h, "s1", sent[waiting])
+    (received,) = h.of(ResponseReceived)
+    assert (received.request_id, received.latency_us) == (waiting, 900_000)
+    assert h.client.inflight_count == 0 and h.client.timer_us() is not None
+
+
+def test_a_call_of_its_own_timeout_fails_at_that_deadline() -> None:
+    """Unanswered, a call with `timeout_ms` fails TIMEOUT then, not at `request_timeout_ms`."""
+    h = Harness(request_timeout_ms=100)
+    session = ready_session(h)
+    request_id = h.client.call(session, "auth", "x", b"", now_us=h.now_us, timeout_ms=250)
+    h.advance(ms=249)
+    assert h.of(RequestFailed) == []
+    h.advance(ms=1)
+    assert [(f.request_id, f.why, f.elapsed_us) for f in h.of(RequestFailed)] == [
+        (request_id, RequestFailedWhy.TIMEOUT, 250_000)
+    ]
+    with pytest.raises(LocalProtocolError, match="timeout_ms"):
+        h.client.call(session, "auth", "x", b"", now_us=h.now_us, timeout_ms=0)
+    with pytest.raises(LocalProtocolError, match="timeout_ms"):
+        h.client.call(
+            session, "auth", "x", b"", now_us=h.now_us, timeout_ms=CALL_TIMEOUT_MS_MAX + 1
+        )
 
 
 def test_try_again_resends_same_id_after_backoff_then_gives_up() -> None:

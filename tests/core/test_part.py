@@ -120,7 +120,7 @@ def test_read_runs_the_handler_without_logging() -> None:
     """A read answers from the state and leaves log and state untouched."""
     part = make_part()
     part.execute(request_id=1, op="add", payload=b"5")
-    assert part.read(op="get", payload=b"") == (0, b"5")
+    assert part.read(op="get", payload=b"") == (0, b"5", False)
     assert part.applied_seq == 1
     assert part.data == 5
 

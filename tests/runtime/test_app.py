@@ -328,3 +328,66 @@ def test_declaration_mistakes_raise_config_error() -> None:
         app.handler("cart", "add")
     with pytest.raises(ConfigError, match="no parts"):
         forehand.App("empty").part_specs()
+
+
+def chat_app() -> forehand.App:
+    app = forehand.App("chat")
+    app.part("chat", initial=list)
+
+    @app.handler("chat", "post")
+    def post(messages: list[str], text: str) -> tuple[list[str], int]:
+        messages.append(text)
+        return messages, len(messages)
+
+    @app.handler("chat", "since", read_only=True, wait_ms=1_500)
+    def since(messages: list[str], index: int) -> tuple[list[str], Any]:
+        return messages, messages[index:] or forehand.NOT_YET
+
+    @app.handler("chat", "eager", read_only=True)
+    def eager(messages: list[str], payload: None) -> tuple[list[str], Any]:
+        return messages, forehand.NOT_YET
+
+    return app
+
+
+def test_a_waiting_read_becomes_a_wait_op_and_not_yet_a_waiting_result() -> None:
+    """`wait_ms` lists the op in `wait_ops`; NOT_YET answers OK None with `waiting` set."""
+    spec = chat_app().part_specs()["chat"]
+    assert spec.read_ops == {"since", "eager"}
+    assert spec.wait_ops == {"since": 1_500}
+    waiting = spec.handler([], "since", msgspec.msgpack.encode(0))
+    assert waiting.waiting and waiting.status == ResponseStatus.OK
+    assert msgspec.msgpack.decode(waiting.result) is None
+    answered = spec.handler(["hi"], "since", msgspec.msgpack.encode(0))
+    assert not answered.waiting and msgspec.msgpack.decode(answered.result) == ["hi"]
+    assert repr(forehand.NOT_YET) == "forehand.NOT_YET"
+    assert forehand.NOT_YET is forehand.app.NotYet()
+
+
+def test_not_yet_from_an_op_that_is_no_waiting_read_is_app_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A plain read returning NOT_YET fails, saying how to register a waiting read."""
+    spec = chat_app().part_specs()["chat"]
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        outcome = spec.handler([], "eager", msgspec.msgpack.encode(None))
+    assert outcome.status == ResponseStatus.APP_ERROR and not outcome.waiting
+    assert "wait_ms" in decode_error_body(outcome.result).error
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"wait_ms": 1_000}, "read_only"),
+        ({"read_only": True, "wait_ms": 0}, "wait_ms must be 1 to"),
+        ({"read_only": True, "wait_ms": 300_001}, "wait_ms must be 1 to"),
+        ({"read_only": True, "wait_ms": 1.5}, "must be an int"),
+        ({"read_only": True, "wait_ms": True}, "must be an int"),
+    ],
+)
+def test_wait_ms_is_for_read_only_ops_and_bounded(options: dict[str, Any], message: str) -> None:
+    """wait_ms without read_only, or out of 1..WAIT_MS_MAX, is a ConfigError at registration."""
+    app = forehand.App()
+    app.part("chat")
+    with pytest.raises(ConfigError, match=message):
+        app.handler("chat", "since", **options)

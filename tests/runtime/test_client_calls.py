@@ -21,6 +21,8 @@ else:
     from _cluster import Cluster, make_certs, run_async
 
 SERVER = "s1"
+CHAT_WAIT_MS = 20_000
+"""How long the cart example's `chat.since` waits (`examples.cart.app.CHAT_WAIT_MS`)."""
 
 
 @pytest.fixture(scope="module")
@@ -135,5 +137,32 @@ def test_a_result_that_is_not_the_result_type_raises_result_decode_error(cluster
                 await session.call("auth", "login", "frank", result_type=int)
             assert isinstance(raised.value, ForehandError)
             assert await session.call("auth", "whoami") == "frank"
+
+    run_async(scenario())
+
+
+def test_a_waiting_read_is_answered_by_a_later_write(cluster: Cluster) -> None:
+    """`chat.since` (a waiting read of the cart example) with a `timeout_ms` beyond the client's
+    `request_timeout_ms`: parked on the server, it is answered by a write that comes later, from
+    another client holding the same session (taken back from its snapshot)."""
+    config = ClientConfig(ping_interval_ms=200, request_timeout_ms=1_000)
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            session = await client.open_session(parts=["auth", "chat"])
+            assert await session.call("chat", "post", "first") == 0
+            waiter: asyncio.Future[object] = asyncio.ensure_future(
+                session.call("chat", "since", 1, timeout_ms=CHAT_WAIT_MS + 5_000)
+            )
+            await asyncio.sleep(1.5)  # past request_timeout_ms: only a parked read is unanswered
+            assert not waiter.done()
+            async with cluster.connect(config=config) as other:
+                resumed = await other.resume_session(session.snapshot())
+                assert await resumed.call("chat", "post", "second") == 1
+            assert await asyncio.wait_for(waiter, 10) == {"messages": ["second"], "next": 2}
+            assert await session.call("chat", "since", 0, timeout_ms=CHAT_WAIT_MS + 5_000) == {
+                "messages": ["first", "second"],
+                "next": 2,
+            }
 
     run_async(scenario())

@@ -39,6 +39,7 @@ from forehand.core._membership import MemberState
 from forehand.core._membership import transition_table as member_transition_table
 from forehand.core._orchestrator import transition_table as manager_handoff_transition_table
 from forehand.core._part import (
+    WAIT_MS_MAX,
     Durability,
     Handler,
     HandlerResult,
@@ -112,6 +113,7 @@ __all__ = [
     "TokenInvalid",
     "TokenReplayed",
     "TokenSealer",
+    "WAIT_MS_MAX",
     "client_events",
     "connection_transition_table",
     "encode_client_placements",

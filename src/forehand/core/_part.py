@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "PartState",
     "PartTrigger",
     "ReplayOutcome",
+    "WAIT_MS_MAX",
     "part_transition_table",
     "transition_table",
 ]
@@ -66,6 +67,10 @@ class HandlerResult:
     """A `ResponseStatus` value for the client."""
     result: bytes
     """The response payload."""
+    waiting: bool = False
+    """Nothing to answer yet (a waiting read, an op of `PartSpec.wait_ops`, only): the primary
+    parks the request and runs the handler again after each write to the part; `status` and
+    `result` are the answer it gives if the wait ends first (its deadline, the part moving)."""
 
 
 Handler = Callable[[Any, str, bytes], HandlerResult]
@@ -86,6 +91,18 @@ class PartSpec:
     """The type snapshots decode the state as (msgspec); `Any` keeps plain msgpack values."""
     read_ops: frozenset[str] = frozenset()
     """Operations that never change the state: run on the primary, answered, never logged."""
+    wait_ops: Mapping[str, int] = field(default_factory=dict)
+    """Read operations that may wait for a write (waiting reads, a subset of `read_ops`), with
+    the longest each waits, in ms (1 to `WAIT_MS_MAX`)."""
+
+    def __post_init__(self) -> None:
+        for op, wait_ms in self.wait_ops.items():
+            assert op in self.read_ops, f"waiting op {op!r} is not a read op"
+            assert 1 <= wait_ms <= WAIT_MS_MAX, (op, wait_ms)
+
+
+WAIT_MS_MAX = 300_000
+"""The longest a waiting read may wait, in ms (5 minutes)."""
 
 
 class PartState(enum.Enum):
@@ -459,7 +476,7 @@ class Part:
 
     def execute(self, *, request_id: int, op: str, payload: bytes) -> LogEntry:
         """Run one request on the primary: the handler, then the log and the dedup table."""
-        status, result = self._run(op, payload)
+        status, result, _ = self._run(op, payload)
         entry = LogEntry(
             seq=self.log.last_seq + 1,
             request_id=request_id,
@@ -473,8 +490,9 @@ class Part:
         self.dedup.record(entry)
         return entry
 
-    def read(self, *, op: str, payload: bytes) -> tuple[int, bytes]:
-        """Run a read-only operation: the handler's answer, with the state left untouched."""
+    def read(self, *, op: str, payload: bytes) -> tuple[int, bytes, bool]:
+        """Run a read-only operation: the handler's answer, with the state left untouched, and
+        whether it said it has nothing yet (`HandlerResult.waiting`)."""
         data = self.data
         try:
             return self._run(op, payload)
@@ -488,7 +506,7 @@ class Part:
                 f"log entry {entry.seq} does not follow {self.log.last_seq}",
                 error_code=ErrorCode.PROTOCOL_ERROR,
             )
-        status, result = self._run(entry.op, entry.payload)
+        status, result, _ = self._run(entry.op, entry.payload)
         self.log.append(entry)
         self.dedup.record(entry)
         return ReplayOutcome(entry=entry, status=status, result=result)
@@ -521,16 +539,16 @@ class Part:
         self.log.reset(last_seq=0, last_epoch=0)
         self.dedup.replace(())
 
-    def _run(self, op: str, payload: bytes) -> tuple[int, bytes]:
+    def _run(self, op: str, payload: bytes) -> tuple[int, bytes, bool]:
         # A handler that raises is an application bug; the request fails with APP_ERROR and the
         # state stays as it was, identically on every replica, instead of killing the server.
         try:
             outcome = self.spec.handler(self.data, op, payload)
         except Exception as error:
-            return int(ResponseStatus.APP_ERROR), type(error).__name__.encode()
+            return int(ResponseStatus.APP_ERROR), type(error).__name__.encode(), False
         self.data = outcome.state
         status = int(outcome.status)
         if status not in _STATUS_VALUES:
             # Only registered statuses can go on the wire; an unknown one is an application bug.
-            return int(ResponseStatus.APP_ERROR), b"unknown response status"
-        return status, outcome.result
+            return int(ResponseStatus.APP_ERROR), b"unknown response status", False
+        return status, outcome.result, outcome.waiting

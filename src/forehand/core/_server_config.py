@@ -88,6 +88,9 @@ class ServerConfig:
     again): its handoff target may be behind a silent link."""
     receiving_queue_requests_max: int = 256
     """Most requests a handoff target queues per part until the sealed log arrives."""
+    waiting_reads_max: int = 10_000
+    """Most waiting reads this server parks at once, over all parts, until a write answers
+    them or their wait ends; one more is answered OVERLOADED."""
     backup_period_ms: int = 5000
     """Time a handoff source keeps a part read-only, forwarding stragglers, after the handoff."""
     handoff_deadline_ms: int = 5000
@@ -205,6 +208,7 @@ _POSITIVE_FIELDS = (
     "forwarded_requests_max",
     "forwarded_request_timeout_ms",
     "receiving_queue_requests_max",
+    "waiting_reads_max",
     "handoff_deadline_ms",
     "handoffs_concurrent_max",
     "token_lifetime_ms",

@@ -114,7 +114,14 @@ from forehand.wire import (
     encode_frame,
 )
 
-__all__ = ["REQUEST_ID_BITS", "BackpressureError", "ClientCore", "RouteView", "SessionSnapshot"]
+__all__ = [
+    "CALL_TIMEOUT_MS_MAX",
+    "REQUEST_ID_BITS",
+    "BackpressureError",
+    "ClientCore",
+    "RouteView",
+    "SessionSnapshot",
+]
 
 TRY_AGAIN_LOCATE_AFTER = 3
 """A request its part's primary answers TRY_AGAIN this many times (since the part was last
@@ -130,6 +137,9 @@ _NO_DEADLINE_US = 1 << 126
 """Above every real deadline: what `timer_us` starts from."""
 _RENEWAL_HEAP_SLACK = 1024
 """Stale entries the renewal heap may hold beyond twice the sessions before it is rebuilt."""
+CALL_TIMEOUT_MS_MAX = 600_000
+"""The longest timeout one call may ask for (`call(..., timeout_ms=)`): 10 minutes, twice the
+longest wait of a waiting read."""
 RENEW_INTERVAL_FLOOR_US = CREDENTIAL_LIFETIME_MIN_MS * 1000 // 2
 """The shortest renewal interval a credential lifetime stated in SETTINGS can bring (a second:
 half the shortest lifetime a manager or server takes)."""
@@ -277,7 +287,7 @@ class ClientCore:
             paths_max=config.known_servers_max,
         )
         self._sessions: dict[bytes, Session] = {}
-        self._inflight: dict[int, InFlight] = {}
+        self._init_requests()
         self._opens: dict[int, _PendingOpen] = {}
         self._resumptions: dict[tuple[bytes, NodeId], _Resumption] = {}
         self._parked: dict[tuple[bytes, NodeId], deque[_Resumption]] = {}
@@ -434,8 +444,11 @@ class ClientCore:
         # not empty: requests time out in call order (the oldest is first), and the pings' due
         # time is kept as it changes.
         earliest = self._ping_due_us
-        if self._inflight:
-            earliest = min(earliest, next(iter(self._inflight.values())).deadline_us)
+        if self._timed:
+            earliest = min(earliest, next(iter(self._timed.values())).deadline_us)
+        if self._own_deadlines:
+            # Perhaps of a request answered since: the timer then finds nothing to do.
+            earliest = min(earliest, self._own_deadlines[0][0])
         if self._opens:
             earliest = min(earliest, next(iter(self._opens.values())).deadline_us)
         if self._retry_heap:
@@ -598,6 +611,18 @@ class ClientCore:
             )
             self._present_credential(resumption, now_us)
 
+    def _init_requests(self) -> None:
+        """The requests in flight, and when each times out."""
+        self._inflight: dict[int, InFlight] = {}
+        self._timed: dict[int, InFlight] = {}
+        """The requests in flight with the default `request_timeout_ms`, in call order, which is
+        the order of their deadlines: the oldest times out first."""
+        self._own_deadlines: list[tuple[int, int]] = []
+        """(deadline, request id) of the requests in flight with a timeout of their own
+        (`call(..., timeout_ms=)`), a heap: an entry whose request was answered is skipped when
+        it comes up, and the heap is rebuilt past twice the requests in flight plus
+        `_RENEWAL_HEAP_SLACK` entries."""
+
     def call(
         self,
         session_id: bytes,
@@ -607,8 +632,12 @@ class ClientCore:
         *,
         now_us: int,
         defer_send: bool = False,
+        timeout_ms: int | None = None,
     ) -> int:
         """Send one operation to a part; returns its request id (the answer comes as an event).
+
+        `timeout_ms` (1 to `CALL_TIMEOUT_MS_MAX`) replaces `request_timeout_ms` for this call:
+        a waiting read (an op the server parks until a write, up to its `wait_ms`) needs longer.
 
         With `defer_send`, a request that would go out now waits for `send_deferred`: a driver
         that issues many calls in one turn of its loop sends them together (grouped by server),
@@ -622,6 +651,14 @@ class ClientCore:
             raise LocalProtocolError(f"session {session_id.hex()} has no part {part!r}")
         self._check_request_fits(session_id, route, op, payload)
         self._check_inflight_room()
+        if timeout_ms is not None and (
+            isinstance(timeout_ms, bool)
+            or not isinstance(timeout_ms, int)
+            or not 1 <= timeout_ms <= CALL_TIMEOUT_MS_MAX
+        ):
+            raise LocalProtocolError(
+                f"timeout_ms must be an int from 1 to {CALL_TIMEOUT_MS_MAX}, got {timeout_ms!r}"
+            )
         request_id = self._new_request_id()
         route.issue_counter += 1
         entry = InFlight(
@@ -632,9 +669,13 @@ class ClientCore:
             payload=payload,
             issue_sequence=route.issue_counter,
             issued_us=now_us,
-            deadline_us=now_us + self._config.request_timeout_ms * 1000,
+            deadline_us=now_us + (timeout_ms or self._config.request_timeout_ms) * 1000,
         )
         self._inflight[request_id] = entry
+        if timeout_ms is None:
+            self._timed[request_id] = entry
+        else:
+            self._own_deadline(entry)
         route.inflight[request_id] = entry
         if route.state is RouteState.ACTIVE:
             if defer_send and len(self._deferred) < self._config.inflight_requests_max:
@@ -803,6 +844,14 @@ class ClientCore:
         except LocalProtocolError:
             return True
         return False
+
+    def _own_deadline(self, entry: InFlight) -> None:
+        deadlines = self._own_deadlines
+        heapq.heappush(deadlines, (entry.deadline_us, entry.request_id))
+        if len(deadlines) > 2 * len(self._inflight) + _RENEWAL_HEAP_SLACK:
+            inflight = self._inflight
+            deadlines[:] = [(due, key) for due, key in deadlines if key in inflight]
+            heapq.heapify(deadlines)
 
     def _check_inflight_room(self) -> None:
         if len(self._inflight) + len(self._opens) >= self._config.inflight_requests_max:
@@ -1406,6 +1455,7 @@ class ClientCore:
 
     def _finish(self, entry: InFlight) -> PartRoute | None:
         del self._inflight[entry.request_id]
+        self._timed.pop(entry.request_id, None)
         session = self._sessions.get(entry.session_id)
         route = None if session is None else session.parts.get(entry.part)
         if route is not None:
@@ -1428,15 +1478,24 @@ class ClientCore:
         )
 
     def _expire_requests(self, now_us: int) -> None:
-        while self._inflight:
-            entry = next(iter(self._inflight.values()))
+        while self._timed:
+            entry = next(iter(self._timed.values()))
             if entry.deadline_us > now_us:
-                return
-            session = self._sessions.get(entry.session_id)
-            route = None if session is None else session.parts.get(entry.part)
-            locating = route is not None and route.state is RouteState.LOCATING
-            why = RequestFailedWhy.PLACEMENT_UNKNOWN if locating else RequestFailedWhy.TIMEOUT
-            self._fail(entry, why, now_us)
+                break
+            self._expire(entry, now_us)
+        deadlines = self._own_deadlines
+        while deadlines and deadlines[0][0] <= now_us:
+            _, request_id = heapq.heappop(deadlines)
+            owned = self._inflight.get(request_id)
+            if owned is not None:
+                self._expire(owned, now_us)
+
+    def _expire(self, entry: InFlight, now_us: int) -> None:
+        session = self._sessions.get(entry.session_id)
+        route = None if session is None else session.parts.get(entry.part)
+        locating = route is not None and route.state is RouteState.LOCATING
+        why = RequestFailedWhy.PLACEMENT_UNKNOWN if locating else RequestFailedWhy.TIMEOUT
+        self._fail(entry, why, now_us)
 
     def _on_response(self, frame: Response, source: NodeId, now_us: int) -> None:
         request_id = frame.request_id
@@ -1485,6 +1544,8 @@ class ClientCore:
             return
         # `_finish`, with the route already at hand.
         del self._inflight[request_id]
+        if self._timed:
+            self._timed.pop(request_id, None)
         route.inflight.pop(request_id, None)
         route.locate_attempts = 0
         self._events.append(

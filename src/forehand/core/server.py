@@ -74,6 +74,7 @@ from forehand.core._server_events import (
 )
 from forehand.core._server_load import PartLoadMeter
 from forehand.core._server_map import ServerMap, decode_published, endpoint_for
+from forehand.core._waiting import ParkedRead, WaitingReads
 from forehand.core.messages import (
     ANNOUNCED_PARTS_MAX,
     FailoverPrepared,
@@ -274,6 +275,8 @@ class ServerCore:
         # parts stalled (`_check_held_progress`).
         self._held_heads: dict[PartRef, tuple[int, int]] = {}
         self._queues: dict[PartRef, deque[_Inbound]] = {}
+        self._waiting: WaitingReads[_Inbound] = WaitingReads(reads_max=config.waiting_reads_max)
+        """Waiting reads parked on primary parts until a write answers them or their wait ends."""
         self._forwards: dict[tuple[NodeId, bytes, int], _Forward] = {}
         self._runs: dict[int, HandoffRun] = {}
         self._run_of: dict[PartRef, int] = {}
@@ -400,6 +403,9 @@ class ServerCore:
         if self._map_witness is not None and now_us >= self._map_witness[2]:
             self._ask_witness(now_us)
         self._expire_forwards(now_us)
+        if self._waiting:
+            for read in self._waiting.take_due(now_us):
+                self._answer_not_yet(read)
 
     def store_result(self, result: object, *, now_us: int) -> None:
         """Servers emit no store requests, so a store result is a driver bug."""
@@ -439,6 +445,10 @@ class ServerCore:
         if self._forwards:
             oldest = next(iter(self._forwards.values()))
             candidates.append(oldest.sent_us + self._forward_timeout_us)
+        if self._waiting:
+            read_due_us = self._waiting.due_us()
+            if read_due_us is not None:
+                candidates.append(read_due_us)
         return min(candidates)
 
     # Commands.
@@ -454,6 +464,18 @@ class ServerCore:
         queued = sum(len(queue) for queue in self._queues.values())
         held = sum(len(answers) for answers in self._held.values())
         return queued + held + len(self._forwards)
+
+    @property
+    def reads_parked_count(self) -> int:
+        """Waiting reads parked until a write or their deadline answers them (not counted in
+        `requests_waiting_count`: they wait for the application, not for this server)."""
+        return len(self._waiting)
+
+    def answer_waiting_reads(self, *, now_us: int) -> None:
+        """Answer every parked read "nothing yet" at once (the server is shutting down): each
+        client calls again, at whichever server serves the part next."""
+        for read in self._waiting.take_all():
+            self._answer_not_yet(read)
 
     # Plumbing.
 
@@ -488,6 +510,11 @@ class ServerCore:
 
     def _transition(self, part: Part, trigger: PartTrigger) -> None:
         previous = part.transition(trigger)
+        if previous is PartState.PRIMARY and part.ref in self._waiting:
+            # Whatever ends the primary role here (a handoff, a step-down, a drop), its parked
+            # reads must not hold it up: "nothing yet", and the client's next call finds the
+            # part where it went.
+            self._release_reads(part.ref)
         self._emit(
             PartRoleChanged(
                 node=self._me,
@@ -574,9 +601,7 @@ class ServerCore:
         if self._config.heartbeat_part_loads_max:
             self._part_loads.record(part.ref)
         if inbound.op in part.spec.read_ops:
-            status, result = part.read(op=inbound.op, payload=inbound.payload)
-            self._emit_executed(part, inbound.request_id, None, status)
-            self._reply(inbound, status, result, part.epoch)
+            self._read(part, inbound, now_us)
             return
         replicated = part.spec.durability is Durability.REPLICATED
         held = self._held.get(part.ref)
@@ -596,6 +621,74 @@ class ServerCore:
         )
         self._answer_entry(part, entry, inbound, from_dedup=False)
         self._mark_shipping(part.ref, now_us, urgent=replicated)
+        if part.ref in self._waiting:
+            self._wake_reads(part)
+
+    # Waiting reads.
+
+    def _read(self, part: Part, inbound: _Inbound, now_us: int) -> None:
+        """Run a read-only op and answer it, or park it when it is a waiting read with nothing
+        to answer yet. A forwarded one is answered at once: the handoff source that forwarded
+        it gives up on it after `forwarded_request_timeout_ms`, and the client's next call
+        comes here directly."""
+        status, result, waiting = part.read(op=inbound.op, payload=inbound.payload)
+        wait_ms = part.spec.wait_ops.get(inbound.op) if waiting else None
+        if wait_ms is None or inbound.forwarded:
+            self._emit_executed(part, inbound.request_id, None, status)
+            self._reply(inbound, status, result, part.epoch)
+            return
+        key = (inbound.session_id, inbound.request_id)
+        if self._waiting.full(key):
+            self._rare("waiting-reads-full")
+            self._refuse(inbound, ResponseStatus.OVERLOADED, "waiting_reads_max reached")
+            return
+        read = ParkedRead(
+            ref=part.ref,
+            client=inbound.client,
+            request_id=inbound.request_id,
+            request=inbound,
+            deadline_us=now_us + wait_ms * 1000,
+            status=status,
+            result=result,
+        )
+        if self._waiting.park(read):
+            # The client sent it again (a new connection): the newer copy answers for both.
+            self._rare("waiting-read-parked-again")
+
+    def _wake_reads(self, part: Part) -> None:
+        """A write changed the part: run its parked reads again, in arrival order, and answer
+        those that have a result now."""
+        for read in self._waiting.of_part(part.ref):
+            inbound = read.request
+            status, result, waiting = part.read(op=inbound.op, payload=inbound.payload)
+            if waiting:
+                read.status, read.result = status, result
+                continue
+            self._waiting.remove(read)
+            self._emit_executed(part, inbound.request_id, None, status)
+            self._reply(inbound, status, result, part.epoch)
+
+    def _release_reads(self, ref: PartRef) -> None:
+        for read in self._waiting.take_part(ref):
+            self._answer_not_yet(read)
+
+    def _answer_not_yet(self, read: ParkedRead[_Inbound]) -> None:
+        """Answer a parked read with what its handler's last run said to answer "nothing yet"
+        with (OK and the app's encoding of None)."""
+        part = self._parts.get(read.ref)
+        epoch = self.map_version if part is None else part.epoch
+        inbound = read.request
+        self._emit(
+            RequestExecuted(
+                node=self._me,
+                ref=read.ref,
+                request_id=inbound.request_id,
+                map_version=epoch,
+                log_index=None,
+                status=read.status,
+            )
+        )
+        self._reply(inbound, read.status, read.result, epoch)
 
     def _emit_executed(self, part: Part, request_id: int, seq: int | None, status: int) -> None:
         self._emit(
@@ -1078,6 +1171,9 @@ class ServerCore:
         bound = self._bound.get(source)
         if bound is not None:
             bound.pop(message.session_id, None)
+        if self._waiting:
+            # The client failed the session's calls when it closed it: nothing to answer.
+            self._waiting.take_session(source, message.session_id)
 
     def _on_handoff_status(self, message: HandoffStatus, source: NodeId, now_us: int) -> None:
         """Clients report how a HANDOFF went; the source has nothing to change either way."""
@@ -1118,6 +1214,9 @@ class ServerCore:
     def _on_connection_lost(self, message: ConnectionLost, source: NodeId, now_us: int) -> None:
         peer = message.peer
         self._detach_client(peer)
+        if self._waiting:
+            # No answer can reach it; the client sends them again on another connection.
+            self._waiting.take_client(peer)
         self._path_buckets.pop(peer, None)
         self._bound.pop(peer, None)
         if self.server_address(peer) is not None and peer not in self._down:
@@ -1555,6 +1654,9 @@ class ServerCore:
             return
         part.fence_version = version
         self._fenced[part.ref] = None
+        if part.fenced and part.ref in self._waiting:
+            # A fenced primary serves nothing until the map settles it (its reads too).
+            self._release_reads(part.ref)
         self._emit(PartFenced(node=self._me, ref=part.ref, fence_version=version, cause=cause))
 
     # Replication: the replica side.

@@ -224,9 +224,19 @@ class Session:
         return self._closed
 
     async def call(
-        self, part: str, op: str, payload: Any = None, *, result_type: type[T] | Any = Any
+        self,
+        part: str,
+        op: str,
+        payload: Any = None,
+        *,
+        result_type: type[T] | Any = Any,
+        timeout_ms: int | None = None,
     ) -> T:
         """Run `op` on `part` with `payload`; return the handler's result as `result_type`.
+
+        `timeout_ms` (1 to 600,000) replaces the client's `request_timeout_ms` for this call: a
+        waiting read (`App.handler(..., wait_ms=)`) needs more than its `wait_ms`, and answers
+        None when that passes with nothing new.
 
         Raises `CallError` (`AppError`) when the server answers with a failure status,
         `ResultDecodeError` when its result does not decode as `result_type` (executed all the
@@ -242,7 +252,7 @@ class Session:
         # One coroutine from the call to its answer: this is the SDK's per-call path, so it does
         # not go through `Client._issue` (two more coroutines per call).
         client = self._client
-        request_id = client._send_call(self._id, part, op, body)
+        request_id = client._send_call(self._id, part, op, body, timeout_ms)
         answer = client._early.pop(request_id, None) if client._early else None
         if answer is None:
             future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
@@ -525,7 +535,9 @@ class Client:
         self._pending[request_id] = future
         return await future
 
-    def _send_call(self, session_id: bytes, part: str, op: str, payload: bytes) -> int:
+    def _send_call(
+        self, session_id: bytes, part: str, op: str, payload: bytes, timeout_ms: int | None = None
+    ) -> int:
         """Issue one call; its answer comes to `_answer` under the request id returned.
 
         The core issues it now (its id, its time, its errors are this moment's) but sends it
@@ -537,7 +549,13 @@ class Client:
         if self._send_handle is None:
             self._send_handle = asyncio.get_running_loop().call_soon(self._send_deferred)
         return self._core.call(
-            session_id, part, op, payload, now_us=self._driver.now_us(), defer_send=True
+            session_id,
+            part,
+            op,
+            payload,
+            now_us=self._driver.now_us(),
+            defer_send=True,
+            timeout_ms=timeout_ms,
         )
 
     def _send_deferred(self) -> None:

@@ -402,9 +402,17 @@ async def _serve_until_stopped(
     finally:
         remove()
         _log.info("%s stopping", driver.core.node_id)
+        if isinstance(driver.core, ServerCore):
+            # Parked waiting reads are answered "nothing yet" before the connections close:
+            # each client calls again, wherever the part goes next.
+            driver.command(_answer_waiting_reads)
         await driver.close()
         for listener in listeners:
             await listener.close()
+
+
+def _answer_waiting_reads(core: ServerCore, now_us: int) -> None:
+    core.answer_waiting_reads(now_us=now_us)
 
 
 async def run_manager(
