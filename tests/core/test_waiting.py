@@ -9,7 +9,7 @@ import pytest
 from forehand.core._part import HandlerResult, PartSpec, PartState
 from forehand.core._server_events import RequestExecuted
 from forehand.core._waiting import HEAP_SLACK, ParkedRead, WaitingReads
-from forehand.core.messages import PartRef
+from forehand.core.messages import LogShipped, PartRef
 from forehand.placement import PartKey, Placement
 from forehand.wire import CloseSession, ResponseStatus
 
@@ -158,6 +158,21 @@ def test_a_move_by_the_map_answers_the_parked_reads() -> None:
     assert [r.payload for r in cluster.responses()] == [NOTHING]
     part = cluster.server("s1").part(CHAT)
     assert part is not None and part.state is not PartState.PRIMARY
+
+
+def test_a_primary_stepping_down_for_a_newer_epoch_answers_its_parked_reads() -> None:
+    """A newer epoch's log demotes the primary to a replica: its parked reads are answered."""
+    cluster = chat_cluster()
+    wait_since(cluster, 1)
+    cluster.router.advance(ms=50)
+    cluster.router.send(
+        "s2",
+        "s1",
+        LogShipped(ref=CHAT, epoch=cluster.map.version + 5, prev_seq=1, entries=(), sealed=False),
+    )
+    assert [r.payload for r in cluster.responses()] == [NOTHING]
+    part = cluster.server("s1").part(CHAT)
+    assert part is not None and part.state is PartState.REPLICA
 
 
 def test_a_fenced_primary_answers_its_parked_reads() -> None:
