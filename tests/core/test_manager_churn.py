@@ -48,6 +48,9 @@ class Churn:
 
     def start(self, server_id: str) -> None:
         incarnation = self.harness.incarnations.get(server_id, 0) + 1
+        # What reached the old process dies with it; the new one starts with no map.
+        self.harness.router.run()
+        self.harness.take(server_id, MapPublished)
         self.harness.announce(server_id, incarnation=incarnation)
         self.alive.add(server_id)
         self.maps.pop(server_id, None)

@@ -25,7 +25,7 @@ from forehand.core._manager_events import (
 )
 from forehand.core._server_events import InstallCause, PrimaryInstalled
 from forehand.core.client import ClientCore
-from forehand.core.messages import MapPublished
+from forehand.core.messages import HeartbeatReported, LogShipped, MapPublished, PositionsReported
 from forehand.placement import PartKey
 from forehand.wire import ResponseStatus
 
@@ -42,7 +42,9 @@ SERVERS = ("s1", "s2", "s3")
 class World:
     """A manager, three servers and one client, wired by the harness's router."""
 
-    def __init__(self, **overrides: object) -> None:
+    def __init__(
+        self, *, server_overrides: dict[str, object] | None = None, **overrides: object
+    ) -> None:
         self.harness = ManagerHarness(
             heartbeat_interval_ms=100,
             suspect_timeout_ms=400,
@@ -57,6 +59,7 @@ class World:
             heartbeat_interval_ms=100,
             backup_period_ms=200,
             handoff_deadline_ms=2_000,
+            **(server_overrides or {}),
         )
         self.router.run()
         self.router.advance(ms=300)
@@ -204,3 +207,62 @@ def test_a_joining_server_made_primary_of_live_parts_waits_for_their_state(
     assert [
         e for e in world.router.events_of("s4", PrimaryInstalled) if e.cause is InstallCause.INITIAL
     ] == []
+
+
+def test_an_acknowledged_write_held_by_a_silent_live_replica_survives_the_failover() -> None:
+    """A `replicated` write only one replica acknowledged survives the primary's crash though
+    that replica's answer to the fence is lost and no heartbeat of its names the part since the
+    write, while the other replica, behind, answers at once: the manager asks the silent live
+    replica again before it promotes, and the client reads the write back."""
+    world = World(failover_prepare_timeout_ms=300, server_overrides={"heartbeat_parts_max": 1})
+    # Many sessions, so that each heartbeat names one part of many.
+    for _ in range(20):
+        world.client.open_session(("counter",), now_us=world.router.now_us)
+        world.router.advance(ms=20)
+    world.client.open_session(("ledger",), now_us=world.router.now_us)
+    world.router.advance(ms=50)
+    session_id = world.router.events_of("c1", SessionEstablished)[-1].session_id
+    key = PartKey(session_id=session_id, part="ledger")
+
+    def add(amount: int) -> None:
+        now_us = world.router.now_us
+        world.client.call(session_id, "ledger", "add", str(amount).encode(), now_us=now_us)
+        world.router.advance(ms=20)
+
+    for _ in range(3):
+        add(1)
+    world.router.advance(ms=3_000)
+    placement = world.harness.map.lookup(key)
+    primary, holder, lagging = placement.primary, *placement.replicas
+    lost_answers: list[object] = []
+
+    def drop(source: str, destination: str, message: object) -> bool:
+        if (source, destination) == (primary, lagging) and isinstance(message, LogShipped):
+            return True  # the lagging replica misses the write
+        if source == holder and isinstance(message, HeartbeatReported):
+            # The holder's heartbeats that name the part are lost; the others keep it live.
+            return any(progress.ref.part == "ledger" for progress in message.parts)
+        if source == holder and isinstance(message, PositionsReported) and not lost_answers:
+            lost_answers.append(message)  # its first answer to the fence is lost
+            return True
+        return False
+
+    world.router.filters.append(drop)
+    add(10)
+    (written,) = world.answers()[-1:]
+    assert written.status is ResponseStatus.OK and written.payload == b"13"
+    world.router.remove(primary)
+    for peer in [*SERVERS, "c1"]:
+        if peer != primary:
+            world.router.disconnect(peer, primary, reason="peer-crashed")
+    world.router.advance(ms=3_000)
+    assert lost_answers
+    (done,) = world.harness.events(FailoverCompleted)
+    (promotion,) = [p for p in done.promotions if p.ref.part == "ledger"]
+    assert promotion.primary == holder and promotion.applied_seq == 4
+    assert world.harness.map.lookup(key).primary == holder
+    world.client.call(session_id, "ledger", "add", b"0", now_us=world.router.now_us)
+    world.router.disconnect("c1", primary, reason="refused")
+    world.router.advance(ms=1_000)
+    (read,) = world.answers()[-1:]
+    assert read.status is ResponseStatus.OK and read.payload == b"13"

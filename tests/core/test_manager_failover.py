@@ -158,14 +158,22 @@ def test_replica_count_is_restored_after_failover() -> None:
 
 
 def test_silent_replicas_time_out_and_the_answers_decide() -> None:
-    """After failover_prepare_timeout_ms the manager promotes among those who answered."""
+    """Live candidates silent at failover_prepare_timeout_ms get the fence once more; silent
+    after another timeout, the manager promotes among those who answered."""
     harness, _ = cluster()
     victim_parts = harness.primaries("s1")
     survivors = kill(harness, "s1")
     answering = survivors[0]
+    silent = survivors[1:]
+    first = {s: harness.prepared(s) for s in silent}
     for prepared in harness.prepared(answering):
         harness.positions(answering, prepared.map_version, dict.fromkeys(prepared.parts, 7))
     assert harness.events(FailoverCompleted) == []
+    harness.tick(250, alive=survivors)
+    assert harness.events(FailoverCompleted) == []
+    assert harness.prepared(answering) == []
+    for server_id in silent:
+        assert harness.prepared(server_id) == first[server_id]
     harness.tick(250, alive=survivors)
     (done,) = harness.events(FailoverCompleted)
     assert {p.ref for p in done.promotions} == set(victim_parts)
@@ -173,7 +181,52 @@ def test_silent_replicas_time_out_and_the_answers_decide() -> None:
         reported = {p.server_id: p.applied_seq for p in promoted.positions}
         if answering in harness.placement(promoted.ref).servers and reported.get(answering) == 7:
             assert promoted.primary == answering
-    assert done.positions_us >= 200_000
+    assert done.positions_us >= 400_000
+
+
+def test_a_live_candidate_silent_at_the_deadline_is_asked_again_and_its_answer_counts() -> None:
+    """A holder heard from since the fence whose answer was lost gets the fence again; its late
+    answer, ahead of the replica that answered at once, decides (a `replicated` write that only
+    it acknowledged is kept)."""
+    harness, _ = cluster()
+    ref = harness.primaries("s1")[0]
+    holder, lagging = harness.placement(ref).replicas
+    survivors = kill(harness, "s1")
+    lost = harness.prepared(holder)
+    for prepared in harness.prepared(lagging):
+        harness.positions(lagging, prepared.map_version, dict.fromkeys(prepared.parts, 3))
+    for server_id in survivors:
+        if server_id not in (holder, lagging):
+            for prepared in harness.prepared(server_id):
+                harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 3))
+    harness.tick(200, alive=survivors)
+    assert harness.events(FailoverCompleted) == []
+    again = harness.prepared(holder)
+    assert again == lost
+    for prepared in again:
+        seqs = {part: 4 if part == ref else 3 for part in prepared.parts}
+        harness.positions(holder, prepared.map_version, seqs)
+    (done,) = harness.events(FailoverCompleted)
+    (decision,) = [p for p in done.promotions if p.ref == ref]
+    assert decision.primary == holder and decision.applied_seq == 4
+
+
+def test_a_candidate_not_heard_from_since_the_fence_does_not_hold_up_the_promotion() -> None:
+    """A silent candidate that has not heartbeated since the fence went out may be dead: the
+    failover promotes at failover_prepare_timeout_ms, before the detector declares it dead."""
+    harness, _ = cluster()
+    mute, *answering = [s for s in SERVERS if s != "s1"]
+    # `mute` falls silent a little after s1: still live when the fence goes out.
+    harness.tick(300, alive=[mute, *answering])
+    harness.tick(400, alive=answering)
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s1"]
+    for server_id in answering:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(200, alive=answering)
+    (done,) = harness.events(FailoverCompleted)
+    assert done.servers == ("s1",) and done.positions_us == 200_000
+    assert harness.prepared(mute) != []
 
 
 def test_no_commit_changes_the_map_while_positions_are_collected() -> None:

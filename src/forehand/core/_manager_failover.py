@@ -8,7 +8,11 @@ in three phases:
    exactly the version the promotion will commit at;
 2. PREPARING: `FailoverPrepared(map_version=current + 1)` went to every live holder of those
    parts; each answers `PositionsReported` after fencing (no entries below that epoch from now);
-   the job waits for all of them or `failover_prepare_timeout_ms`;
+   the job waits for all of them or `failover_prepare_timeout_ms`; at that deadline, the
+   candidates still silent that the manager heard from since it sent the fence (live, so they
+   may hold writes nobody who answered has) get their FailoverPrepared again and one more
+   `failover_prepare_timeout_ms` (`plan_resend`); a candidate declared dead meanwhile is not
+   waited for;
 3. PROMOTING: the promotion delta is at the head of the commit queue: each part's new primary is
    the candidate with the highest applied sequence number (a replicated write was acknowledged
    only once a replica held it, and fencing stops the old primary from adding more; a handoff's
@@ -49,6 +53,7 @@ __all__ = [
     "carry_landed",
     "count_unreplicated",
     "plan_prepare",
+    "plan_resend",
     "record_positions",
 ]
 
@@ -129,6 +134,10 @@ class FailoverJob:
     """When FailoverPrepared went out."""
     deadline_us: int | None = None
     """When the job stops waiting for positions."""
+    resent: bool = False
+    """Whether the silent live candidates got their FailoverPrepared again (once per job)."""
+    sent: dict[str, list[FailoverPrepared]] = field(default_factory=dict)
+    """The FailoverPrepared messages each candidate was sent (for `plan_resend`)."""
     parts: tuple[PartKey, ...] = ()
     """The parts decided on, fixed when preparing."""
     candidates: dict[PartKey, tuple[str, ...]] = field(default_factory=dict)
@@ -232,10 +241,42 @@ def plan_prepare(
         refs = by_server[server_id]
         for start in range(0, len(refs), parts_per_message_max):
             chunk = tuple(refs[start : start + parts_per_message_max])
-            messages.append(
-                (server_id, FailoverPrepared(map_version=job.fence_version, parts=chunk))
-            )
+            prepared = FailoverPrepared(map_version=job.fence_version, parts=chunk)
+            messages.append((server_id, prepared))
+            job.sent.setdefault(server_id, []).append(prepared)
             job.unanswered[server_id] = job.unanswered.get(server_id, 0) + 1
+    return messages
+
+
+def plan_resend(
+    job: FailoverJob, *, heard_since: Callable[[str, int], bool], now_us: int, timeout_us: int
+) -> list[tuple[str, FailoverPrepared]]:
+    """At the deadline, the FailoverPrepared messages to send again, by server; none when the
+    job should promote now.
+
+    A candidate still silent but heard from since the fence went out is live: its answer or
+    the fence was lost or delayed (a slow link, a paused loop). It may be the only copy of a
+    `replicated` write the dead primary acknowledged (one replica's acknowledgement suffices),
+    and its heartbeat, older or naming other parts, cannot show it. Promoting the copies that
+    answered would drop that write, and the fence would make the silent copy step down to the
+    new primary's shorter log. So it gets the fence again and the job waits once more; the
+    server answers a repeated fence as the first. A candidate not heard from since is not
+    waited for (it may be dead and the failure detector does not know it yet), and the job
+    resends once: a failover waits at most twice `failover_prepare_timeout_ms`.
+    """
+    if job.resent or job.phase is not FailoverPhase.PREPARING:
+        return []
+    silent = [s for s in sorted(job.waiting) if heard_since(s, job.prepared_us)]
+    if not silent:
+        return []
+    job.resent = True
+    job.deadline_us = now_us + timeout_us
+    messages: list[tuple[str, FailoverPrepared]] = []
+    for server_id in silent:
+        sent = job.sent.get(server_id, [])
+        # Every message counts again: an answer to the first copy or to the second is as good.
+        job.unanswered[server_id] = len(sent)
+        messages.extend((server_id, prepared) for prepared in sent)
     return messages
 
 

@@ -98,6 +98,7 @@ from forehand.core._manager_failover import (
     carry_landed,
     count_unreplicated,
     plan_prepare,
+    plan_resend,
     record_positions,
 )
 from forehand.core._manager_failover import fire as fire_failover
@@ -432,7 +433,7 @@ class ManagerCore:
             and job.deadline_us is not None
             and now_us >= job.deadline_us
         ):
-            self._promote(job, now_us)
+            self._failover_deadline(job, now_us)
         for handoff in self._orchestrator.expired(now_us=now_us):
             self._handoff_silent(handoff, now_us)
         for move in self._orchestrator.drop_expired_moves(now_us=now_us):
@@ -2264,6 +2265,24 @@ class ManagerCore:
         if not job.waiting:
             self._promote(job, now_us)
         return True
+
+    def _failover_deadline(self, job: FailoverJob, now_us: int) -> None:
+        """Ask the silent live candidates once more (`plan_resend`), or promote."""
+        resends = plan_resend(
+            job,
+            heard_since=self._heard_since,
+            now_us=now_us,
+            timeout_us=self._config.failover_prepare_timeout_ms * 1000,
+        )
+        if not resends:
+            self._promote(job, now_us)
+            return
+        for server_id, message in resends:
+            self._send(server_id, message)
+
+    def _heard_since(self, server_id: str, since_us: int) -> bool:
+        member = self._membership.get(server_id)
+        return member is not None and member.is_live and member.last_heard_us >= since_us
 
     def _on_positions(
         self, message: messages.PositionsReported, source: NodeId, now_us: int
