@@ -9,10 +9,10 @@ in three phases:
 2. PREPARING: `FailoverPrepared(map_version=current + 1)` went to every live holder of those
    parts; each answers `PositionsReported` after fencing (no entries below that epoch from now);
    the job waits for all of them or `failover_prepare_timeout_ms`; at that deadline, the
-   candidates still silent that the manager heard from since it sent the fence (live, so they
-   may hold writes nobody who answered has) get their FailoverPrepared again and one more
-   `failover_prepare_timeout_ms` (`plan_resend`); a candidate declared dead meanwhile is not
-   waited for;
+   candidates still silent that the manager heard from since it sent the fence and that hear
+   it (live, so they may hold writes nobody who answered has) get their FailoverPrepared again
+   and one more `failover_prepare_timeout_ms` (`plan_resend`); a candidate declared dead
+   meanwhile is not waited for;
 3. PROMOTING: the promotion delta is at the head of the commit queue: each part's new primary is
    the candidate with the highest applied sequence number (a replicated write was acknowledged
    only once a replica held it, and fencing stops the old primary from adding more; a handoff's
@@ -249,7 +249,7 @@ def plan_prepare(
 
 
 def plan_resend(
-    job: FailoverJob, *, heard_since: Callable[[str, int], bool], now_us: int, timeout_us: int
+    job: FailoverJob, *, reachable_since: Callable[[str, int], bool], now_us: int, timeout_us: int
 ) -> list[tuple[str, FailoverPrepared]]:
     """At the deadline, the FailoverPrepared messages to send again, by server; none when the
     job should promote now.
@@ -261,12 +261,15 @@ def plan_resend(
     answered would drop that write, and the fence would make the silent copy step down to the
     new primary's shorter log. So it gets the fence again and the job waits once more; the
     server answers a repeated fence as the first. A candidate not heard from since is not
-    waited for (it may be dead and the failure detector does not know it yet), and the job
-    resends once: a failover waits at most twice `failover_prepare_timeout_ms`.
+    waited for (it may be dead and the failure detector does not know it yet), nor one whose
+    heartbeats leave the maps sent to it unconfirmed (the manager's messages to it are lost, a
+    one-way partition: it would not get the fence again, and `_silent_source` or its heartbeat
+    decides for it), and the job resends once: a failover waits at most twice
+    `failover_prepare_timeout_ms`.
     """
     if job.resent or job.phase is not FailoverPhase.PREPARING:
         return []
-    silent = [s for s in sorted(job.waiting) if heard_since(s, job.prepared_us)]
+    silent = [s for s in sorted(job.waiting) if reachable_since(s, job.prepared_us)]
     if not silent:
         return []
     job.resent = True

@@ -2270,7 +2270,7 @@ class ManagerCore:
         """Ask the silent live candidates once more (`plan_resend`), or promote."""
         resends = plan_resend(
             job,
-            heard_since=self._heard_since,
+            reachable_since=self._reachable_since,
             now_us=now_us,
             timeout_us=self._config.failover_prepare_timeout_ms * 1000,
         )
@@ -2280,9 +2280,13 @@ class ManagerCore:
         for server_id, message in resends:
             self._send(server_id, message)
 
-    def _heard_since(self, server_id: str, since_us: int) -> bool:
+    def _reachable_since(self, server_id: str, since_us: int) -> bool:
+        """Live, heard from since `since_us`, and hearing the manager: asked again, it may
+        answer (one whose heartbeats leave the maps sent to it unconfirmed would not get it)."""
         member = self._membership.get(server_id)
-        return member is not None and member.is_live and member.last_heard_us >= since_us
+        if member is None or not member.is_live or member.last_heard_us < since_us:
+            return False
+        return not self._not_hearing(server_id)
 
     def _on_positions(
         self, message: messages.PositionsReported, source: NodeId, now_us: int
