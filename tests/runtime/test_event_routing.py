@@ -467,6 +467,8 @@ def test_routed_server_subscribers_account_for_what_they_did_when_handed_everyth
     assert requests == latencies == VARIANTS
     assert errors == VARIANTS  # Statuses 1 to VARIANTS: none is OK.
     assert counts[("forehand_log_entries_applied_total", (("part", "s1"),))] == VARIANTS
+    # Scrape-time gauges read the core itself: it parked no waiting read.
+    assert counts[("forehand_waiting_reads", ())] == core.reads_parked_count == 0
 
 
 def _untimed(record: audit.AuditRecord) -> tuple[audit.AuditRecord, audit.RiskNote | None]:

@@ -604,7 +604,8 @@ _SERVER_EVENT_TYPES = frozenset(_SERVER_HANDLERS)
 
 
 class _PartsCollector(Collector):
-    """Parts this server holds, by role, from the core's public `parts()`."""
+    """Parts this server holds, by role, from the core's public `parts()`, and the waiting
+    reads it has parked (`reads_parked_count`)."""
 
     def __init__(self, core: ServerCore) -> None:
         self._core = core
@@ -619,6 +620,11 @@ class _PartsCollector(Collector):
         for role_name, count in counts.items():
             family.add_metric([role_name], count)
         yield family
+        yield GaugeMetricFamily(
+            "forehand_waiting_reads",
+            "Waiting reads parked until a write answers them or their wait ends.",
+            value=self._core.reads_parked_count,
+        )
 
 
 _LISTENER_GAUGES = (
