@@ -609,7 +609,7 @@ class ServerCore:
             self._refuse(inbound, ResponseStatus.OVERLOADED, "too many answers await replicas")
             return
         entry = part.execute(request_id=inbound.request_id, op=inbound.op, payload=inbound.payload)
-        self._emit_executed(part, entry.request_id, entry.seq, entry.status)
+        self._emit_executed(part.ref, part.epoch, entry.request_id, entry.seq, entry.status)
         self._emit(
             PrimaryAcceptedWrite(
                 node=self._me,
@@ -634,7 +634,7 @@ class ServerCore:
         status, result, waiting = part.read(op=inbound.op, payload=inbound.payload)
         wait_ms = part.spec.wait_ops.get(inbound.op) if waiting else None
         if wait_ms is None or inbound.forwarded:
-            self._emit_executed(part, inbound.request_id, None, status)
+            self._emit_executed(part.ref, part.epoch, inbound.request_id, None, status)
             self._reply(inbound, status, result, part.epoch)
             return
         key = (inbound.session_id, inbound.request_id)
@@ -665,7 +665,7 @@ class ServerCore:
                 read.status, read.result = status, result
                 continue
             self._waiting.remove(read)
-            self._emit_executed(part, inbound.request_id, None, status)
+            self._emit_executed(part.ref, part.epoch, inbound.request_id, None, status)
             self._reply(inbound, status, result, part.epoch)
 
     def _release_reads(self, ref: PartRef) -> None:
@@ -678,25 +678,18 @@ class ServerCore:
         part = self._parts.get(read.ref)
         epoch = self.map_version if part is None else part.epoch
         inbound = read.request
-        self._emit(
-            RequestExecuted(
-                node=self._me,
-                ref=read.ref,
-                request_id=inbound.request_id,
-                map_version=epoch,
-                log_index=None,
-                status=read.status,
-            )
-        )
+        self._emit_executed(read.ref, epoch, inbound.request_id, None, read.status)
         self._reply(inbound, read.status, read.result, epoch)
 
-    def _emit_executed(self, part: Part, request_id: int, seq: int | None, status: int) -> None:
+    def _emit_executed(
+        self, ref: PartRef, epoch: int, request_id: int, seq: int | None, status: int
+    ) -> None:
         self._emit(
             RequestExecuted(
                 node=self._me,
-                ref=part.ref,
+                ref=ref,
                 request_id=request_id,
-                map_version=part.epoch,
+                map_version=epoch,
                 log_index=seq,
                 status=status,
             )
