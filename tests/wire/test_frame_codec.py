@@ -102,6 +102,41 @@ def test_request_layout_is_the_documented_fixed_head(codec: Codec) -> None:
     assert encoded == bytes([0x10, len(body)]) + body
 
 
+def test_a_wait_budget_is_flagged_in_the_op_length_and_follows_the_head(codec: Codec) -> None:
+    """REQUEST with a budget: op length | 0x80, then the budget (u32) before the part name; a
+    REQUEST without one keeps the plain layout, and a budget of 0 is carried, not dropped."""
+    for budget_ms in (0, 24_500, 2**32 - 1):
+        encoded = codec.encode_frame(request(wait_budget_ms=budget_ms))
+        body = SESSION + struct.pack(">QQBBI", 7, 3, 4, 0x83, budget_ms) + b"cartadd{}"
+        assert encoded == bytes([0x10, len(body)]) + body
+        decoded = codec.decode_frame(encoded)
+        assert isinstance(decoded, Request)
+        assert decoded.wait_budget_ms == budget_ms
+        assert decoded == request(wait_budget_ms=budget_ms)
+    plain = codec.decode_frame(codec.encode_frame(request()))
+    assert isinstance(plain, Request)
+    assert plain.wait_budget_ms is None
+
+
+def test_a_malformed_wait_budget_is_a_frame_encoding_error(codec: Codec) -> None:
+    """A flagged REQUEST that ends inside its budget, or whose op length without the flag is 0
+    or over the bound, is FRAME_ENCODING_ERROR, with a reason that names what is wrong."""
+    head = SESSION + struct.pack(">QQ", 7, 3)
+    cases = {
+        head + bytes([4, 0x83]) + b"\x00\x00": "ends inside its wait budget",
+        head + bytes([4, 0x83]): "ends inside its wait budget",
+        head + bytes([4, 0x83]) + bytes(4) + b"cart": "ends inside its op name",
+        head + bytes([4, 0x80]) + bytes(4) + b"cart": "length out of bounds",
+        head + bytes([4, 0x80 | 65]) + bytes(4) + b"cart" + b"x" * 65: "op (65)",
+        head + bytes([4, 0xFF]) + bytes(4) + b"cart" + b"x" * 127: "op (127)",
+    }
+    for body, reason in cases.items():
+        with pytest.raises(RemoteProtocolError) as caught:
+            codec.decode_frame(framed(0x10, body))
+        assert caught.value.error_code == ErrorCode.FRAME_ENCODING_ERROR
+        assert reason in str(caught.value), (body.hex(), str(caught.value))
+
+
 def test_trailing_bytes_are_malformed(codec: Codec) -> None:
     """A body longer than its fields is an error, not silently ignored."""
     for frame in (handoff(), GoAway(map_version=1, reason=ReasonCode.SCALE_IN, last_request_id=4)):
@@ -168,6 +203,11 @@ def test_request_rejects_out_of_range_fields(codec: Codec) -> None:
         request(request_id=VARINT_MAX + 1),
         request(map_version=-1),
         request(payload=bytes(1 << 20)),
+        request(wait_budget_ms=-1),
+        request(wait_budget_ms=1 << 32),
+        request(wait_budget_ms=True),
+        request(wait_budget_ms="5"),
+        request(wait_budget_ms=5, payload=bytes(1 << 20)),
         handoff(targets=()),
         handoff(targets=(THERE,) * 9),
         handoff(parts=()),

@@ -133,6 +133,7 @@ FRAME_STRATEGIES: dict[type[Frame], st.SearchStrategy[Frame]] = {
         op=names(16),
         map_version=varints,
         payload=st.binary(max_size=300),
+        wait_budget_ms=st.none() | st.integers(0, 2**32 - 1),
     ),
     Response: st.builds(
         Response,

@@ -169,7 +169,14 @@ class FrameMaker:
             op=self.name(),  # type: ignore[arg-type]
             map_version=self.integer(VARINT_MAX),  # type: ignore[arg-type]
             payload=self.blob(200),  # type: ignore[arg-type]
+            wait_budget_ms=self.wait_budget(),  # type: ignore[arg-type]
         )
+
+    def wait_budget(self) -> object:
+        """None (no budget, most REQUESTs), or a budget: the flagged layout."""
+        if self.rng.random() < 0.5:
+            return None
+        return self.integer(0xFFFF_FFFF)
 
     def response(self) -> Frame:
         status: object = self.rng.choice(list(ResponseStatus))

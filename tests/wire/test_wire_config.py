@@ -26,6 +26,7 @@ def test_defaults_match_the_documented_limits() -> None:
         {"parts_max": -1},
         {"part_name_bytes_max": 256},
         {"server_id_bytes_max": 300},
+        {"op_name_bytes_max": 128},
         {"token_bytes_max": 1.5},
     ],
 )
@@ -33,3 +34,8 @@ def test_invalid_bounds_are_config_errors(changes: dict[str, object]) -> None:
     """Non-positive, non-integer, or wire-incompatible bounds are refused."""
     with pytest.raises(ConfigError):
         WireConfig(**changes)  # type: ignore[arg-type]
+
+
+def test_op_names_may_use_seven_bits_of_their_length_byte() -> None:
+    """REQUEST's op length byte keeps its high bit for the wait budget flag: 127 is the most."""
+    assert WireConfig(op_name_bytes_max=127).op_name_bytes_max == 127

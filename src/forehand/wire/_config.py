@@ -16,6 +16,7 @@ __all__ = [
     "FRAME_BYTES_MAX_FLOOR",
     "FRAME_HEADER_BYTES_MAX",
     "NAME_BYTES_MAX",
+    "OP_NAME_BYTES_MAX",
     "PROTOCOL_VERSION",
     "SESSION_ID_BYTES",
     "VARINT_MAX",
@@ -36,6 +37,8 @@ DNS_NAME_BYTES_MAX = 253
 """The longest DNS name in an endpoint (RFC 1035)."""
 NAME_BYTES_MAX = 255
 """Names (part, op, server id, DNS name) carry an 8-bit length."""
+OP_NAME_BYTES_MAX = 127
+"""REQUEST's op length byte keeps its high bit for the wait budget flag: op names fit 7 bits."""
 FRAME_BYTES_MAX_FLOOR = 16_384
 """No endpoint may advertise a frame_bytes_max below this; every peer can send this much."""
 
@@ -94,6 +97,8 @@ class WireConfig:
         for name in ("server_id_bytes_max", "part_name_bytes_max", "op_name_bytes_max"):
             if getattr(self, name) > NAME_BYTES_MAX:
                 raise ConfigError(f"WireConfig.{name} must be at most {NAME_BYTES_MAX}")
+        if self.op_name_bytes_max > OP_NAME_BYTES_MAX:
+            raise ConfigError(f"WireConfig.op_name_bytes_max must be at most {OP_NAME_BYTES_MAX}")
         if self.frame_bytes_max < FRAME_BYTES_MAX_FLOOR:
             raise ConfigError(
                 f"WireConfig.frame_bytes_max must be at least {FRAME_BYTES_MAX_FLOOR}, "

@@ -215,7 +215,7 @@ class CloseSession(_Frame, frozen=True, kw_only=True, gc=False):
     """The session being closed (16 bytes)."""
 
 
-class Request(_Frame, frozen=True, kw_only=True, gc=False):
+class Request(_Frame, frozen=True, kw_only=True, gc=False, repr_omit_defaults=True):
     """A client asks a part's primary to run one operation."""
 
     frame_type: ClassVar[FrameType] = FrameType.REQUEST
@@ -231,6 +231,9 @@ class Request(_Frame, frozen=True, kw_only=True, gc=False):
     """The newest shard-map version the client knows."""
     payload: bytes
     """The operation's argument, opaque to the protocol."""
+    wait_budget_ms: int | None = None
+    """How long the caller can still wait for the answer (0 to 2**32-1 ms), or None: a server
+    parks a waiting read for at most this long. Sent when the call has a timeout of its own."""
 
 
 class Response(_Frame, frozen=True, kw_only=True, gc=False):

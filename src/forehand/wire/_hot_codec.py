@@ -47,6 +47,11 @@ _RESPONSE_HEAD = struct.Struct(">16sQQB")
 """session_id, request_id, map_version, status."""
 _RESPONSE_FRAME_HEAD = struct.Struct(">BH16sQQB")
 """Frame type and two-byte length, then the RESPONSE head."""
+_WAIT_BUDGET = struct.Struct(">I")
+"""A REQUEST's wait budget in milliseconds, after the head when the op length byte flags it."""
+_WAIT_BUDGET_FLAG = 0x80
+"""The high bit of REQUEST's op length byte: a wait budget follows the head."""
+_WAIT_BUDGET_MS_MAX = 0xFFFF_FFFF
 _HANDOFF_HEAD = struct.Struct(">16sQQHHI")
 """session_id, sequence, map_version, reason, flags, deadline_ms."""
 _TWO_BYTE_LENGTH_FLAG = 0x4000
@@ -83,6 +88,8 @@ def _check_head(session_id: bytes, first: int, second: int) -> None:
 
 def encode_request(frame: Request, config: WireConfig) -> bytes:
     """REQUEST: head, part, op, payload (the rest of the body)."""
+    if frame.wait_budget_ms is not None:
+        return _encode_budgeted_request(frame, config)
     part = frame.part.encode()
     op = frame.op.encode()
     payload = frame.payload
@@ -115,6 +122,46 @@ def encode_request(frame: Request, config: WireConfig) -> bytes:
     return b"".join((head, part, op, payload))
 
 
+def _encode_budgeted_request(frame: Request, config: WireConfig) -> bytes:
+    """REQUEST with a wait budget: the op length byte's high bit set, the budget after the head.
+
+    Off the hot path: only calls with a timeout of their own carry a budget."""
+    budget_ms = frame.wait_budget_ms
+    if (
+        isinstance(budget_ms, bool)
+        or not isinstance(budget_ms, int)
+        or not 0 <= budget_ms <= _WAIT_BUDGET_MS_MAX
+    ):
+        raise LocalProtocolError(f"Request.wait_budget_ms must be None or 0..2**32-1: {frame}")
+    part = frame.part.encode()
+    op = frame.op.encode()
+    part_size = len(part)
+    op_size = len(op)
+    if not (
+        0 < part_size <= config.part_name_bytes_max and 0 < op_size <= config.op_name_bytes_max
+    ):
+        raise LocalProtocolError(f"Request part and op must be 1 to their bound bytes: {frame}")
+    _check_head(frame.session_id, frame.request_id, frame.map_version)
+    size = _REQUEST_HEAD_BYTES + _WAIT_BUDGET.size + part_size + op_size + len(frame.payload)
+    head = _REQUEST_HEAD.pack(
+        frame.session_id,
+        frame.request_id,
+        frame.map_version,
+        part_size,
+        op_size | _WAIT_BUDGET_FLAG,
+    )
+    return b"".join(
+        (
+            _frame_bytes(FrameType.REQUEST, size, config),
+            head,
+            _WAIT_BUDGET.pack(budget_ms),
+            part,
+            op,
+            frame.payload,
+        )
+    )
+
+
 def decode_request(data: bytes, start: int, config: WireConfig) -> Request:
     """The inverse of `encode_request`."""
     session_id, request_id, map_version, part_size, op_size = _unpack_request_head(data, start)
@@ -123,7 +170,8 @@ def decode_request(data: bytes, start: int, config: WireConfig) -> Request:
     if not (
         0 < part_size <= config.part_name_bytes_max and 0 < op_size <= config.op_name_bytes_max
     ):
-        raise malformed(f"REQUEST part ({part_size}) or op ({op_size}) length out of bounds")
+        # A flagged op length is above every bound, so the common REQUEST never comes here.
+        return _decode_budgeted_request(data, start, config)
     part_start = start + _REQUEST_HEAD_BYTES
     op_start = part_start + part_size
     payload_start = op_start + op_size
@@ -136,6 +184,37 @@ def decode_request(data: bytes, start: int, config: WireConfig) -> Request:
         op=data[op_start:payload_start].decode(),
         map_version=map_version,
         payload=data[payload_start:],
+    )
+
+
+def _decode_budgeted_request(data: bytes, start: int, config: WireConfig) -> Request:
+    """A REQUEST whose op length byte is flagged: the wait budget follows the head. A length out
+    of bounds without the flag, or with it, is malformed."""
+    session_id, request_id, map_version, part_size, op_size = _unpack_request_head(data, start)
+    flagged = op_size & _WAIT_BUDGET_FLAG
+    op_size ^= flagged
+    if not (
+        flagged
+        and 0 < part_size <= config.part_name_bytes_max
+        and 0 < op_size <= config.op_name_bytes_max
+    ):
+        raise malformed(f"REQUEST part ({part_size}) or op ({op_size}) length out of bounds")
+    budget_start = start + _REQUEST_HEAD_BYTES
+    part_start = budget_start + _WAIT_BUDGET.size
+    op_start = part_start + part_size
+    payload_start = op_start + op_size
+    if part_start > len(data):
+        raise malformed("REQUEST body ends inside its wait budget")
+    if payload_start > len(data):
+        raise malformed("REQUEST body ends inside its op name")
+    return Request(
+        request_id=request_id,
+        session_id=session_id,
+        part=data[part_start:op_start].decode(),
+        op=data[op_start:payload_start].decode(),
+        map_version=map_version,
+        payload=data[payload_start:],
+        wait_budget_ms=_WAIT_BUDGET.unpack_from(data, budget_start)[0],
     )
 
 

@@ -30,6 +30,9 @@
 #define SESSION_ID_BYTES 16
 /* The fixed heads: session_id, two u64, then the frame's own fields (docs/PROTOCOL.md). */
 #define REQUEST_HEAD_BYTES 34  /* ... part length (u8), op length (u8) */
+/* The high bit of REQUEST's op length byte: a u32 wait budget (ms) follows the head. */
+#define WAIT_BUDGET_FLAG 0x80
+#define WAIT_BUDGET_BYTES 4
 #define RESPONSE_HEAD_BYTES 33 /* ... status (u8) */
 #define HANDOFF_HEAD_BYTES 40  /* ... reason (u16), flags (u16), deadline_ms (u32) */
 #define FRAME_HEADER_BYTES_MAX 16
@@ -57,9 +60,12 @@ typedef struct {
     int direct;                       /* instances may be filled in place (see build_frame) */
 } FrameClass;
 
-enum { REQ_REQUEST_ID, REQ_SESSION_ID, REQ_PART, REQ_OP, REQ_MAP_VERSION, REQ_PAYLOAD, REQ_N };
+enum {
+    REQ_REQUEST_ID, REQ_SESSION_ID, REQ_PART, REQ_OP, REQ_MAP_VERSION, REQ_PAYLOAD,
+    REQ_WAIT_BUDGET_MS, REQ_N
+};
 static const char *const REQUEST_FIELDS[] = {
-    "request_id", "session_id", "part", "op", "map_version", "payload", NULL};
+    "request_id", "session_id", "part", "op", "map_version", "payload", "wait_budget_ms", NULL};
 
 enum { RSP_REQUEST_ID, RSP_SESSION_ID, RSP_STATUS, RSP_MAP_VERSION, RSP_PAYLOAD, RSP_N };
 static const char *const RESPONSE_FIELDS[] = {
@@ -256,6 +262,21 @@ static inline void
 write_u64(unsigned char *p, uint64_t value)
 {
     for (int i = 7; i >= 0; i--) {
+        p[i] = (unsigned char)value;
+        value >>= 8;
+    }
+}
+
+static inline uint32_t
+read_u32(const unsigned char *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void
+write_u32(unsigned char *p, uint32_t value)
+{
+    for (int i = 3; i >= 0; i--) {
         p[i] = (unsigned char)value;
         value >>= 8;
     }
@@ -650,13 +671,20 @@ decode_request(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start,
     if ((request_id | map_version) > VARINT_MAX) {
         return malformed("REQUEST request_id or map_version exceeds 2**62-1");
     }
-    long long part_size = head[32], op_size = head[33];
+    long long part_size = head[32], op_size = head[33] & ~WAIT_BUDGET_FLAG;
+    int budgeted = (head[33] & WAIT_BUDGET_FLAG) != 0;
     if (!(0 < part_size && part_size <= bounds->part_name_bytes_max && 0 < op_size &&
           op_size <= bounds->op_name_bytes_max)) {
         return malformed("REQUEST part (%lld) or op (%lld) length out of bounds", part_size,
                          op_size);
     }
     Py_ssize_t part_start = start + REQUEST_HEAD_BYTES;
+    if (budgeted) {
+        part_start += WAIT_BUDGET_BYTES;
+        if (part_start > size) {
+            return malformed("REQUEST body ends inside its wait budget");
+        }
+    }
     Py_ssize_t op_start = part_start + (Py_ssize_t)part_size;
     Py_ssize_t payload_start = op_start + (Py_ssize_t)op_size;
     if (payload_start > size) {
@@ -675,6 +703,9 @@ decode_request(const unsigned char *bytes, Py_ssize_t size, Py_ssize_t start,
     values[REQ_MAP_VERSION] = PyLong_FromUnsignedLongLong(map_version);
     values[REQ_PAYLOAD] = PyBytes_FromStringAndSize(
         (const char *)bytes + payload_start, size - payload_start);
+    values[REQ_WAIT_BUDGET_MS] = budgeted
+                                     ? PyLong_FromUnsignedLong(read_u32(head + REQUEST_HEAD_BYTES))
+                                     : Py_NewRef(Py_None);
     return build_frame(&request_class, values);
 }
 
@@ -884,20 +915,23 @@ encode_request(PyObject *frame, const Bounds *bounds)
     PyObject *part = get_field(cls, frame, REQ_PART), *op = get_field(cls, frame, REQ_OP);
     PyObject *request_id = get_field(cls, frame, REQ_REQUEST_ID);
     PyObject *map_version = get_field(cls, frame, REQ_MAP_VERSION);
-    unsigned long long request_id_value, map_version_value;
+    PyObject *wait_budget = get_field(cls, frame, REQ_WAIT_BUDGET_MS);
+    unsigned long long request_id_value, map_version_value, wait_budget_value = 0;
     Py_ssize_t part_size, op_size;
     const char *part_utf8, *op_utf8;
     if (session_id == NULL || payload == NULL || part == NULL || op == NULL ||
-        request_id == NULL || map_version == NULL || !session_id_ok(session_id) ||
-        !PyBytes_CheckExact(payload) ||
+        request_id == NULL || map_version == NULL || wait_budget == NULL ||
+        !session_id_ok(session_id) || !PyBytes_CheckExact(payload) ||
         !exact_uint(request_id, VARINT_MAX, &request_id_value) ||
         !exact_uint(map_version, VARINT_MAX, &map_version_value) ||
+        (wait_budget != Py_None && !exact_uint(wait_budget, U32_MAX, &wait_budget_value)) ||
         (part_utf8 = name_utf8(part, bounds->part_name_bytes_max, &part_size)) == NULL ||
         (op_utf8 = name_utf8(op, bounds->op_name_bytes_max, &op_size)) == NULL) {
         return NULL;
     }
+    Py_ssize_t budget_size = wait_budget == Py_None ? 0 : WAIT_BUDGET_BYTES;
     Py_ssize_t payload_size = PyBytes_GET_SIZE(payload);
-    Py_ssize_t body_size = REQUEST_HEAD_BYTES + part_size + op_size + payload_size;
+    Py_ssize_t body_size = REQUEST_HEAD_BYTES + budget_size + part_size + op_size + payload_size;
     if (body_size > bounds->frame_bytes_max) {
         return NULL;
     }
@@ -912,8 +946,12 @@ encode_request(PyObject *frame, const Bounds *bounds)
     write_u64(p + 16, request_id_value);
     write_u64(p + 24, map_version_value);
     p[32] = (unsigned char)part_size;
-    p[33] = (unsigned char)op_size;
+    p[33] = (unsigned char)(budget_size == 0 ? op_size : (op_size | WAIT_BUDGET_FLAG));
     p += REQUEST_HEAD_BYTES;
+    if (budget_size != 0) {
+        write_u32(p, (uint32_t)wait_budget_value);
+        p += WAIT_BUDGET_BYTES;
+    }
     memcpy(p, part_utf8, part_size);
     memcpy(p + part_size, op_utf8, op_size);
     memcpy(p + part_size + op_size, PyBytes_AS_STRING(payload), payload_size);
