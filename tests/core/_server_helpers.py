@@ -222,6 +222,7 @@ class Cluster:
         session: bytes = SESSION,
         map_version: int | None = None,
         bind: bool = True,
+        wait_budget_ms: int | None = None,
     ) -> int:
         """Send one REQUEST from `client` to `server` (after a HELLO that binds the session to
         the client's connection, unless `bind` is False); returns its request id."""
@@ -240,6 +241,7 @@ class Cluster:
                 op=op,
                 map_version=self.map.version if map_version is None else map_version,
                 payload=payload,
+                wait_budget_ms=wait_budget_ms,
             ),
         )
         return request_id

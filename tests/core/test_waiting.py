@@ -9,7 +9,13 @@ import pytest
 from forehand.core._part import HandlerResult, PartSpec, PartState
 from forehand.core._server_events import RequestExecuted
 from forehand.core._waiting import HEAP_SLACK, ParkedRead, WaitingReads
-from forehand.core.messages import LogShipped, PartRef
+from forehand.core.messages import (
+    LogShipped,
+    PartRef,
+    RequestForwarded,
+    decode_cluster_message,
+    encode_cluster_message,
+)
 from forehand.placement import PartKey, Placement
 from forehand.wire import CloseSession, ResponseStatus
 
@@ -274,19 +280,150 @@ def test_waiting_flag_of_an_op_that_is_no_waiting_read_answers_at_once() -> None
     assert [r.payload for r in cluster.responses()] == [NOTHING]
 
 
-def test_a_forwarded_waiting_read_is_answered_at_once() -> None:
-    """During a handoff the source forwards; the target answers "nothing yet" rather than park a
-    read whose forward the source gives up on."""
-    cluster = chat_cluster()
+def handed_off_cluster(**overrides: Any) -> Cluster:
+    """`chat_cluster` with the part handed off from s1 to s2: s2 primary, s1 forwarding."""
+    cluster = chat_cluster(**overrides)
     move = cluster.map.override_placement(
         PartKey(session_id=SESSION, part="chat"), Placement(primary="s2", replicas=("s1", "s3"))
     )
     cluster.publish(*move.operations)
     cluster.assign_handoff([CHAT], source="s1", target="s2")
     cluster.router.advance(ms=50)
-    cluster.request("s1", "chat", "since", b"1")
-    assert [r.payload for r in cluster.responses()] == [NOTHING]
+    target = cluster.server("s2").part(CHAT)
+    assert target is not None and target.state is PartState.PRIMARY
+    return cluster
+
+
+def test_a_forwarded_waiting_read_is_parked_and_answered_through_the_forwarder() -> None:
+    """During a handoff the source forwards a waiting read; the new primary parks it, and the
+    write that answers it there reaches the client through the source."""
+    cluster = handed_off_cluster()
+    request_id = cluster.request("s1", "chat", "since", b"1")
+    assert not cluster.responses()
+    assert cluster.server("s2").reads_parked_count == 1
+    cluster.request("s2", "chat", "post", b"b", client="c2")
+    cluster.responses("c2")
+    (answer,) = cluster.responses()
+    assert (answer.request_id, answer.status, answer.payload) == (
+        request_id,
+        ResponseStatus.OK,
+        b"b",
+    )
     assert cluster.server("s2").reads_parked_count == 0
+
+
+def test_a_forwarded_waiting_read_carries_its_budget_and_ends_with_it() -> None:
+    """The forward carries what is left of the REQUEST's budget; the new primary answers
+    "nothing yet" when it ends, through the source, well before `wait_ms`."""
+    cluster = handed_off_cluster()
+    request_id = cluster.request("s1", "chat", "since", b"1", wait_budget_ms=300)
+    (forward,) = [m for *_, m in cluster.router.trace if isinstance(m, RequestForwarded)]
+    assert forward.wait_budget_ms == 300
+    cluster.router.advance(ms=299)
+    assert not cluster.responses()
+    cluster.router.advance(ms=1)
+    assert [(r.request_id, r.status, r.payload) for r in cluster.responses()] == [
+        (request_id, ResponseStatus.OK, NOTHING)
+    ]
+
+
+def test_a_forwarded_waiting_read_ends_before_the_forwarder_gives_up() -> None:
+    """Without a budget, a forwarded read waits at most half of `forwarded_request_timeout_ms`:
+    the client gets "nothing yet", never the forwarder's TRY_AGAIN."""
+    cluster = handed_off_cluster(forwarded_request_timeout_ms=1_000)
+    request_id = cluster.request("s1", "chat", "since", b"1")
+    cluster.router.advance(ms=499)
+    assert not cluster.responses()
+    cluster.router.advance(ms=1)
+    assert [(r.request_id, r.payload) for r in cluster.responses()] == [(request_id, NOTHING)]
+    cluster.router.advance(ms=WAIT_MS)
+    assert not cluster.responses()
+
+
+def test_a_forwarded_parked_read_is_answered_through_the_forwarder_when_the_part_moves() -> None:
+    """The new primary losing the part answers the forwarded read "nothing yet" at once, and
+    the source relays it."""
+    cluster = handed_off_cluster()
+    request_id = cluster.request("s1", "chat", "since", b"1")
+    cluster.place("chat", "s3", "s1", "s2")
+    assert [(r.request_id, r.payload) for r in cluster.responses()] == [(request_id, NOTHING)]
+    assert cluster.server("s2").reads_parked_count == 0
+
+
+def test_a_read_sent_again_directly_releases_its_forwarded_copy() -> None:
+    """The client re-sends a forwarded read to the new primary itself (after RESUME): the copy
+    on its own connection stays parked, the forwarded one is answered TRY_AGAIN through the
+    source, and a write answers the request once."""
+    cluster = handed_off_cluster()
+    request_id = cluster.request("s1", "chat", "since", b"1")
+    cluster.request("s2", "chat", "since", b"1", request_id=request_id)
+    assert [(r.request_id, r.status) for r in cluster.responses()] == [
+        (request_id, ResponseStatus.TRY_AGAIN)
+    ]
+    assert cluster.server("s2").reads_parked_count == 1
+    cluster.request("s2", "chat", "post", b"b", client="c2")
+    cluster.responses("c2")
+    assert [(r.request_id, r.payload) for r in cluster.responses()] == [(request_id, b"b")]
+
+
+def test_a_forward_without_a_budget_encodes_without_the_field() -> None:
+    """`RequestForwarded.wait_budget_ms` is left out of the encoding when None (forwards of
+    requests without a budget keep their bytes) and round-trips when set, 0 included."""
+    fields: dict[str, Any] = {
+        "client": "c1",
+        "request_id": 5,
+        "session_id": SESSION,
+        "part": "chat",
+        "op": "since",
+        "payload": b"1",
+        "map_version": 3,
+        "hops": 1,
+    }
+    plain = RequestForwarded(**fields)
+    assert b"wait_budget_ms" not in encode_cluster_message(plain)
+    assert decode_cluster_message(encode_cluster_message(plain)) == plain
+    for budget_ms in (0, 1_500):
+        budgeted = RequestForwarded(**fields, wait_budget_ms=budget_ms)
+        assert decode_cluster_message(encode_cluster_message(budgeted)) == budgeted
+
+
+def test_a_wait_budget_shorter_than_wait_ms_ends_the_wait() -> None:
+    """A read whose REQUEST carries a budget below `wait_ms` is answered "nothing yet" when the
+    budget ends: the client's deadline is near."""
+    cluster = chat_cluster()
+    request_id = cluster.request("s1", "chat", "since", b"1", wait_budget_ms=700)
+    cluster.router.advance(ms=699)
+    assert not cluster.responses()
+    cluster.router.advance(ms=1)
+    assert [(r.request_id, r.payload) for r in cluster.responses()] == [(request_id, NOTHING)]
+    assert cluster.server("s1").reads_parked_count == 0
+
+
+def test_a_wait_budget_longer_than_wait_ms_does_not_lengthen_the_wait() -> None:
+    """The op's `wait_ms` still bounds the wait when the client could wait longer."""
+    cluster = chat_cluster()
+    cluster.request("s1", "chat", "since", b"1", wait_budget_ms=10 * WAIT_MS)
+    cluster.router.advance(ms=WAIT_MS - 1)
+    assert not cluster.responses()
+    cluster.router.advance(ms=1)
+    assert [r.payload for r in cluster.responses()] == [NOTHING]
+
+
+def test_a_wait_budget_of_zero_answers_at_once() -> None:
+    """Budget 0: "nothing yet" at once, nothing parked; a read that has a result gets it."""
+    cluster = chat_cluster()
+    cluster.request("s1", "chat", "since", b"1", wait_budget_ms=0)
+    cluster.request("s1", "chat", "since", b"0", wait_budget_ms=0)
+    assert [r.payload for r in cluster.responses()] == [NOTHING, b"a"]
+    assert cluster.server("s1").reads_parked_count == 0
+
+
+def test_a_wait_budget_does_not_change_plain_requests() -> None:
+    """Writes and plain reads carrying a budget run and answer as without one."""
+    cluster = chat_cluster()
+    cluster.request("s1", "chat", "post", b"b", wait_budget_ms=0)
+    cluster.request("s1", "chat", "count", b"", wait_budget_ms=0)
+    assert [r.payload for r in cluster.responses()] == [b"2", b"2"]
 
 
 def test_wait_ops_must_be_read_ops() -> None:

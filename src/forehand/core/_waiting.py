@@ -46,7 +46,8 @@ class ParkedRead(Generic[RequestT]):
         self.ref = ref
         """The part it reads."""
         self.client = client
-        """The connection it came on, which the answer goes to."""
+        """The connection it came on, which the answer goes to: the client's, or for a
+        forwarded read the forwarding server's."""
         self.key = (ref.session_id, request_id)
         """(session id, request id): a request parked again under the same id replaces it."""
         self.request = request
@@ -86,9 +87,10 @@ class WaitingReads(Generic[RequestT]):
         """Whether parking one more read (not replacing `key`) would pass the bound."""
         return key not in self._reads and len(self._reads) >= self.reads_max
 
-    def park(self, read: ParkedRead[RequestT]) -> bool:
-        """Park `read` after the reads of its part; True when it replaced one of the same key."""
-        replaced = self._forget(read.key) is not None
+    def park(self, read: ParkedRead[RequestT]) -> ParkedRead[RequestT] | None:
+        """Park `read` after the reads of its part; the read of the same key it replaced, if
+        any (the caller decides whether that one is owed an answer)."""
+        replaced = self._forget(read.key)
         assert len(self._reads) < self.reads_max, len(self._reads)
         self._reads[read.key] = read
         self._by_part.setdefault(read.ref, {})[read.key] = None

@@ -376,7 +376,14 @@ class SnapshotShipped(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """Epoch of the entry at `seq`, so the receiver can later prove its history to a new primary."""
 
 
-class RequestForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+class RequestForwarded(
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    tag=True,
+    omit_defaults=True,
+    repr_omit_defaults=True,
+):
     """Handoff step 3/5: a request that reached the old primary, sent on to the new one."""
 
     client: str
@@ -395,6 +402,10 @@ class RequestForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The forwarder's map version, stamped on the way."""
     hops: int
     """Forwarding hops so far; refused beyond `forward_hops_max`."""
+    wait_budget_ms: int | None = None
+    """What is left of the REQUEST's wait budget when it is forwarded (None: it had none); the
+    new primary parks a waiting read for at most this long (PROTOCOL.md 5.6). Left out of the
+    encoding when None, so that forwards of requests without a budget keep their bytes."""
 
 
 class ResponseForwarded(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -186,6 +186,11 @@ def _declared_names(specs: Mapping[str, PartSpec]) -> tuple[str, ...]:
 _PARTS_NAMED_MAX = 16
 """Parts of the app an UNKNOWN_OP answer for an undeclared part names (the rest are counted)."""
 
+FORWARDED_READ_WAIT_DIVISOR = 2
+"""A forwarded waiting read is parked for at most `forwarded_request_timeout_ms` divided by this
+from its arrival: the forwarder, whose clock for it started earlier, must have the answer before
+its own timeout answers the client TRY_AGAIN; half leaves room for both links and the queue."""
+
 
 class _Inbound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A request to run, as it reached this server: straight from a client or forwarded.
@@ -204,6 +209,13 @@ class _Inbound(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     client: NodeId
     reply_to: NodeId
     forwarded: bool
+    budget_until_us: int | None = None
+    """When the caller's wait budget ends (arrival plus the REQUEST's `wait_budget_ms`), or
+    None when it sent none; a forward passes on what is left of it."""
+    wait_until_us: int | None = None
+    """The latest time a waiting read may be parked until (None: no bound but its `wait_ms`):
+    `budget_until_us`, and for a forwarded one at most `forwarded_request_timeout_ms` /
+    `FORWARDED_READ_WAIT_DIVISOR` after its arrival."""
 
 
 class _Forward(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -529,6 +541,8 @@ class ServerCore:
     # Requests.
 
     def _on_request(self, message: Request, source: NodeId, now_us: int) -> None:
+        budget_ms = message.wait_budget_ms
+        budget_until_us = None if budget_ms is None else now_us + budget_ms * 1000
         inbound = _Inbound(
             request_id=message.request_id,
             session_id=message.session_id,
@@ -540,6 +554,8 @@ class ServerCore:
             client=source,
             reply_to=source,
             forwarded=False,
+            budget_until_us=budget_until_us,
+            wait_until_us=budget_until_us,
         )
         bound = self._bound.get(source)
         if bound is None or message.session_id not in bound:
@@ -554,6 +570,11 @@ class ServerCore:
         self._route(part, inbound, now_us)
 
     def _on_request_forwarded(self, message: RequestForwarded, source: NodeId, now_us: int) -> None:
+        budget_ms = message.wait_budget_ms
+        budget_until_us = None if budget_ms is None else now_us + budget_ms * 1000
+        wait_until_us = now_us + self._forward_timeout_us // FORWARDED_READ_WAIT_DIVISOR
+        if budget_until_us is not None:
+            wait_until_us = min(wait_until_us, budget_until_us)
         inbound = _Inbound(
             request_id=message.request_id,
             session_id=message.session_id,
@@ -565,6 +586,8 @@ class ServerCore:
             client=message.client,
             reply_to=source,
             forwarded=True,
+            budget_until_us=budget_until_us,
+            wait_until_us=wait_until_us,
         )
         part = self._parts.get(PartRef(session_id=message.session_id, part=message.part))
         if part is None:
@@ -628,12 +651,17 @@ class ServerCore:
 
     def _read(self, part: Part, inbound: _Inbound, now_us: int) -> None:
         """Run a read-only op and answer it, or park it when it is a waiting read with nothing
-        to answer yet. A forwarded one is answered at once: the handoff source that forwarded
-        it gives up on it after `forwarded_request_timeout_ms`, and the client's next call
-        comes here directly."""
+        to answer yet: until the op's `wait_ms` passes, or sooner the caller's wait budget, or
+        for a forwarded one the bound that keeps its forwarder from timing out first
+        (`_Inbound.wait_until_us`). A budget already spent is answered at once."""
         status, result, waiting = part.read(op=inbound.op, payload=inbound.payload)
         wait_ms = part.spec.wait_ops.get(inbound.op) if waiting else None
-        if wait_ms is None or inbound.forwarded:
+        deadline_us = None if wait_ms is None else now_us + wait_ms * 1000
+        if deadline_us is not None and inbound.wait_until_us is not None:
+            deadline_us = min(deadline_us, inbound.wait_until_us)
+        if deadline_us is None or deadline_us <= now_us:
+            if deadline_us is not None:
+                self._rare("waiting-read-budget-spent")
             self._emit_executed(part.ref, part.epoch, inbound.request_id, None, status)
             self._reply(inbound, status, result, part.epoch)
             return
@@ -644,16 +672,23 @@ class ServerCore:
             return
         read = ParkedRead(
             ref=part.ref,
-            client=inbound.client,
+            client=inbound.reply_to,
             request_id=inbound.request_id,
             request=inbound,
-            deadline_us=now_us + wait_ms * 1000,
+            deadline_us=deadline_us,
             status=status,
             result=result,
         )
-        if self._waiting.park(read):
-            # The client sent it again (a new connection): the newer copy answers for both.
-            self._rare("waiting-read-parked-again")
+        replaced = self._waiting.park(read)
+        if replaced is None:
+            return
+        # The client sent it again: the newer copy answers for both. One that came another
+        # way (forwarded by a handoff source, while the client re-sent it here after RESUME)
+        # may still be waited for there: TRY_AGAIN releases it, and the client's re-send of
+        # it lands on the copy parked on its own connection.
+        self._rare("waiting-read-parked-again")
+        if replaced.client != read.client:
+            self._refuse(replaced.request, ResponseStatus.TRY_AGAIN, "sent again another way")
 
     def _wake_reads(self, part: Part) -> None:
         """A write changed the part: run its parked reads again, in arrival order, and answer
@@ -923,6 +958,7 @@ class ServerCore:
                 payload=inbound.payload,
                 map_version=max(self.map_version, run.map_version),
                 hops=hops,
+                wait_budget_ms=_budget_left_ms(inbound.budget_until_us, now_us),
             ),
         )
         self._emit(
@@ -3160,3 +3196,11 @@ _DISPATCH: dict[type, _Handler] = {
     MapRequested: ServerCore._on_map_requested,
 }
 """Which method handles each message type; anything else is FRAME_UNEXPECTED."""
+
+
+def _budget_left_ms(budget_until_us: int | None, now_us: int) -> int | None:
+    """What is left at `now_us` of a wait budget that ends at `budget_until_us`, in whole
+    milliseconds (rounded down, so that it never outlasts the caller), or None for no budget."""
+    if budget_until_us is None:
+        return None
+    return max(0, budget_until_us - now_us) // 1000
