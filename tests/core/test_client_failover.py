@@ -534,6 +534,43 @@ def test_relocation_to_the_same_server_reconnects() -> None:
     assert [r.request_id for r in h.take(Request, "s1")] == ids[:2]
 
 
+def test_a_call_of_its_own_timeout_sent_again_carries_the_budget_left() -> None:
+    """A call with `timeout_ms` tells the server how long it can wait (its timeout less
+    `wait_budget_margin_ms`); re-sent after its server was lost, the same id asks only for what
+    is left then. Calls of the default timeout carry no budget, re-sent or not."""
+    h = Harness(wait_budget_margin_ms=200)
+    session = h.open(placement("auth", "s1", "s2"))
+    waiting = h.client.call(session, "auth", "since", b"", now_us=h.now_us, timeout_ms=5_000)
+    plain = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+    h.drain()
+    h.welcome("s1")
+    sent = [(r.request_id, r.wait_budget_ms) for r in h.take(Request, "s1")]
+    assert sent == [(waiting, 4_800), (plain, None)]
+    h.advance(ms=1_500)
+    h.lose("s1")
+    h.take(MapRequest, MANAGER)
+    h.advance(ms=250)
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=7))
+    h.welcome("s2", map_version=7)
+    resent = [(r.request_id, r.wait_budget_ms) for r in h.take(Request, "s2")]
+    assert resent == [(waiting, 5_000 - 1_750 - 200), (plain, None)]
+
+
+def test_a_budget_never_goes_below_zero() -> None:
+    """Re-sent within its margin of the deadline, a call asks for 0: answer at once."""
+    h = Harness(wait_budget_margin_ms=500)
+    session = h.open(placement("auth", "s1", "s2"))
+    waiting = h.client.call(session, "auth", "since", b"", now_us=h.now_us, timeout_ms=1_000)
+    h.drain()
+    h.welcome("s1")
+    h.take(Request, "s1")
+    h.advance(ms=700)
+    h.lose("s1")
+    h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=7))
+    h.welcome("s2", map_version=7)
+    assert [(r.request_id, r.wait_budget_ms) for r in h.take(Request, "s2")] == [(waiting, 0)]
+
+
 def test_repeated_losses_back_off_and_end_at_the_calls_deadline() -> None:
     """If the named server keeps failing, each loss costs an attempt; past retry_attempts_max
     the part is still located while its calls wait (the manager may be about to fail the server

@@ -155,6 +155,23 @@ def test_handoff_is_followed_make_before_break() -> None:
     assert h.client.route(session, "cart").primary == "s1"
 
 
+def test_a_call_re_sent_after_resume_ok_carries_the_budget_left() -> None:
+    """A waiting read (a call with `timeout_ms`) sent before a HANDOFF goes again to the target
+    after RESUME_OK, asking for what is left of its timeout then, less the margin."""
+    h = Harness(wait_budget_margin_ms=100)
+    session = session_on_s1(h)
+    pending = h.client.call(session, "auth", "since", b"", now_us=h.now_us, timeout_ms=3_000)
+    h.drain()
+    assert [r.wait_budget_ms for r in h.take(Request, "s1")] == [2_900]
+    h.advance(ms=1_000)
+    h.feed("s1", handoff(session))
+    h.welcome("s2", map_version=6)
+    h.advance(ms=20)
+    h.feed("s2", ResumeOk(session_id=session, parts=("auth",), map_version=6))
+    resent = h.take(Request, "s2")
+    assert [(r.request_id, r.wait_budget_ms) for r in resent] == [(pending, 1_880)]
+
+
 def test_handoff_source_becomes_the_first_backup_once() -> None:
     """After RESUME_OK the backups are the source, then the other replicas, each listed once."""
     h = Harness()

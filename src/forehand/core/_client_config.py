@@ -33,6 +33,10 @@ class ClientConfig:
     moved or located first); MAP_REQUEST, the sessions being located, in turns when more are."""
     request_timeout_ms: int = 10_000
     """A request without a final answer this long after `call` fails with RequestFailed."""
+    wait_budget_margin_ms: int = 500
+    """Kept back from what is left of a call's own timeout (`call(..., timeout_ms=)`) when its
+    REQUEST tells the server how long the client can still wait (the wait budget, PROTOCOL.md
+    5.6): time for the answer to come back before the deadline."""
     retry_attempts_max: int = 8
     """Bound on sends of one request, and on MAP_REQUEST rounds of one relocation no request
     waits for (a part with requests waiting is located until their deadline). A TRY_AGAIN from

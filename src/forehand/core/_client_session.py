@@ -121,6 +121,9 @@ class InFlight(msgspec.Struct, kw_only=True, gc=False):
     """When `call` issued it."""
     deadline_us: int
     """When it fails unless answered."""
+    own_timeout: bool = False
+    """Whether the call set a timeout of its own: each REQUEST for it then carries the wait
+    budget left at its sending."""
     attempts: int = 0
     """How many times it was sent."""
     retries: int = 0

@@ -148,8 +148,8 @@ _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, 
 3): anything else there is FRAME_UNEXPECTED."""
 
 _REQUEST_HEAD_BYTES_MAX = 64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
-"""A REQUEST's body beyond its payload, whatever its part and op (its fixed head is under 64
-bytes)."""
+"""A REQUEST's frame beyond its payload, whatever its part and op (its header, fixed head and
+wait budget take under 64 bytes)."""
 _PAYLOAD_ALWAYS_FITS_BYTES = FRAME_BYTES_MAX_FLOOR - _REQUEST_HEAD_BYTES_MAX
 """A REQUEST whose payload is at most this long fits any server's `frame_bytes_max` (none may
 announce less than the floor): only longer ones are encoded to check that they fit."""
@@ -670,6 +670,7 @@ class ClientCore:
             issue_sequence=route.issue_counter,
             issued_us=now_us,
             deadline_us=now_us + (timeout_ms or self._config.request_timeout_ms) * 1000,
+            own_timeout=timeout_ms is not None,
         )
         self._inflight[request_id] = entry
         if timeout_ms is None:
@@ -1406,6 +1407,7 @@ class ClientCore:
             op=entry.op,
             map_version=route.map_version,
             payload=entry.payload,
+            wait_budget_ms=self._wait_budget_ms(entry, now_us) if entry.own_timeout else None,
         )
         if len(entry.payload) > _PAYLOAD_ALWAYS_FITS_BYTES and self._too_long(
             frame, self._announced_wire(primary)
@@ -1432,6 +1434,14 @@ class ClientCore:
             entry.server = primary
             entry.attempts += 1
             entry.retry_at_us = None
+
+    def _wait_budget_ms(self, entry: InFlight, now_us: int) -> int:
+        """How long the server may keep this send of `entry` waiting: what is left of the call's
+        own timeout, less `wait_budget_margin_ms` for the answer's trip. Computed at each send,
+        so a re-send (after a reconnection, a RESUME, a handoff) asks for no more than is left,
+        and a waiting read answers "nothing yet" before the call would time out."""
+        left_ms = (entry.deadline_us - now_us) // 1000 - self._config.wait_budget_margin_ms
+        return max(0, left_ms)
 
     def _flush(self, session: Session, route: PartRoute, now_us: int, *, moved: bool) -> int:
         """Send, in call order, the requests of an ACTIVE part not yet sent to its primary.
