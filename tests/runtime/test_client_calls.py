@@ -166,3 +166,22 @@ def test_a_waiting_read_is_answered_by_a_later_write(cluster: Cluster) -> None:
             }
 
     run_async(scenario())
+
+
+def test_a_waiting_read_with_a_timeout_below_its_wait_returns_none(cluster: Cluster) -> None:
+    """A call of `chat.since` whose `timeout_ms` is shorter than the op's `wait_ms` sends its
+    wait budget in the REQUEST: the server answers "nothing yet" within it, and the call returns
+    None rather than failing with a timeout; the session's next call is served as usual."""
+    config = ClientConfig(ping_interval_ms=200, wait_budget_margin_ms=300)
+
+    async def scenario() -> None:
+        async with cluster.connect(config=config) as client:
+            session = await client.open_session(parts=["auth", "chat"])
+            next_index = await session.call("chat", "post", "hello") + 1
+            assert await session.call("chat", "since", next_index, timeout_ms=1_200) is None
+            assert await session.call("chat", "since", next_index - 1, timeout_ms=1_200) == {
+                "messages": ["hello"],
+                "next": next_index,
+            }
+
+    run_async(scenario())

@@ -89,6 +89,32 @@ def test_sigstop_then_sigcont_of_a_primary(cluster: Cluster) -> None:
     run_async(cluster.wait_active(SERVERS))
 
 
+def test_a_waiting_read_whose_primary_dies_returns_none_by_its_timeout(cluster: Cluster) -> None:
+    """SIGKILL of the chat's primary while a waiting read (`chat.since`, which waits 20 s) is
+    parked there: the client re-sends it to the promoted replica with the wait budget left, not
+    the whole one, so the call returns None within its 6 s `timeout_ms` instead of failing with
+    a timeout. A later post is read as usual."""
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=["auth", "chat"])
+            victim = session.placements()["chat"].primary
+            waiter = asyncio.ensure_future(session.call("chat", "since", 1, timeout_ms=6_000))
+            await asyncio.sleep(1)
+            assert not waiter.done()
+            cluster.send_signal(victim, signal.SIGKILL)
+            await asyncio.to_thread(cluster.wait_exit, victim)
+            assert await waiter is None
+            assert session.placements()["chat"].primary != victim
+            index = await session.call("chat", "post", "after")
+            assert await session.call("chat", "since", index, timeout_ms=6_000) == {
+                "messages": ["after"],
+                "next": index + 1,
+            }
+
+    run_async(scenario())
+
+
 def test_manager_restart_keeps_the_cluster(tmp_path: Path) -> None:
     """While the manager is down, sessions keep being served; restarted on its address from its
     SQLite store, it takes the servers back, opens new sessions and moves old ones."""
