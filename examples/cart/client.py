@@ -18,8 +18,8 @@ import contextlib
 import forehand
 
 CALL_WAIT_MS = 25_000
-"""A waiting read's call timeout: longer than the server's wait (`CHAT_WAIT_MS`, 20 s), which
-ends with None when nothing was posted."""
+"""A waiting read's call timeout. The server's wait (`CHAT_WAIT_MS`, 20 s) ends with None when
+nothing was posted, and no later than this timeout allows (the call sends its wait budget)."""
 
 
 async def follow_chat(session: forehand.Session) -> None:

@@ -38,8 +38,9 @@ logged or replicated; they must not change the state.
 `(state, NOT_YET)`: nothing to answer yet. The primary parks the request and runs the handler
 again after each write to the part, answering as soon as it returns a result; when `wait_ms`
 passes first, or the part stops being primary on that server (a handoff, a failover, a
-shutdown), the client gets `None` and calls again. A client's call must wait longer than
-`wait_ms`: `session.call(..., timeout_ms=)`.
+shutdown), the client gets `None` and calls again. Give the call a timeout of its own,
+`session.call(..., timeout_ms=)`: its REQUEST then carries the wait left to that timeout, and
+the server answers `None` within it, even after a crash moved the part.
 
     @app.handler("chat", "since", read_only=True, wait_ms=20_000)
     def since(room: Room, index: int) -> tuple[Room, list[str] | NotYet]:

@@ -99,14 +99,16 @@ def test_a_waiting_read_whose_primary_dies_returns_none_by_its_timeout(cluster: 
         async with cluster.connect() as client:
             session = await client.open_session(parts=["auth", "chat"])
             victim = session.placements()["chat"].primary
-            waiter = asyncio.ensure_future(session.call("chat", "since", 1, timeout_ms=6_000))
+            waiter: asyncio.Future[object] = asyncio.ensure_future(
+                session.call("chat", "since", 1, timeout_ms=6_000)
+            )
             await asyncio.sleep(1)
             assert not waiter.done()
             cluster.send_signal(victim, signal.SIGKILL)
             await asyncio.to_thread(cluster.wait_exit, victim)
             assert await waiter is None
             assert session.placements()["chat"].primary != victim
-            index = await session.call("chat", "post", "after")
+            index: int = await session.call("chat", "post", "after", result_type=int)
             assert await session.call("chat", "since", index, timeout_ms=6_000) == {
                 "messages": ["after"],
                 "next": index + 1,

@@ -234,9 +234,10 @@ class Session:
     ) -> T:
         """Run `op` on `part` with `payload`; return the handler's result as `result_type`.
 
-        `timeout_ms` (1 to 600,000) replaces the client's `request_timeout_ms` for this call: a
-        waiting read (`App.handler(..., wait_ms=)`) needs more than its `wait_ms`, and answers
-        None when that passes with nothing new.
+        `timeout_ms` (1 to 600,000) replaces the client's `request_timeout_ms` for this call, and
+        tells the server how long the call can still wait (its wait budget, less the config's
+        `wait_budget_margin_ms`): a waiting read (`App.handler(..., wait_ms=)`) answers None
+        when its `wait_ms` or that budget passes with nothing new, so by `timeout_ms`.
 
         Raises `CallError` (`AppError`) when the server answers with a failure status,
         `ResultDecodeError` when its result does not decode as `result_type` (executed all the
