@@ -17,6 +17,7 @@ from forehand.sim import (
     MonotonicMapVersionChecker,
     Simulator,
     SingleWriterChecker,
+    WaitingReadChecker,
     default_checkers,
 )
 from forehand.sim.observations import (
@@ -33,7 +34,11 @@ from forehand.sim.observations import (
     RequestExecuted,
     SessionClosed,
     SessionOpened,
+    WaitingReadAnswered,
+    WaitingReadFailed,
+    WaitingReadIssued,
     WriteAcknowledged,
+    WriteVersionSeen,
 )
 
 PART = ("session-1", "cart")
@@ -397,3 +402,117 @@ def test_convergence_lets_servers_lag_only_a_version_committed_just_before_the_e
     assert checker._settled_version(end_us - 400 + MAP_PROPAGATION_ALLOWANCE_US, 14) == 14
     # And just after 13's commit, 12 still would.
     assert checker._settled_version(12_000_200 + MAP_PROPAGATION_ALLOWANCE_US // 2, 13) == 12
+
+
+def _seen(request_id: int, version: int) -> WriteVersionSeen:
+    return WriteVersionSeen(client="c1", part_key=PART, request_id=request_id, version=version)
+
+
+def _wait(request_id: int, wanted: int, timeout_us: int = 1_000) -> WaitingReadIssued:
+    return WaitingReadIssued(
+        client="c1", part_key=PART, request_id=request_id, wanted=wanted, timeout_us=timeout_us
+    )
+
+
+def _answer(request_id: int, version: int | None, status: str = "OK") -> WaitingReadAnswered:
+    return WaitingReadAnswered(
+        client="c1", part_key=PART, request_id=request_id, status=status, version=version
+    )
+
+
+def test_waiting_reads_answered_in_time_with_a_version_past_their_condition_pass() -> None:
+    """Versions at or past what the read waited for and the client's own acknowledged writes
+    pass; "nothing yet", error statuses and failures in time are counted."""
+    checker = WaitingReadChecker()
+    sim = _feed(
+        checker,
+        [
+            (1, _seen(1, 3)),
+            (2, _wait(10, 3)),
+            (3, _wait(11, 4)),
+            (4, _wait(12, 9)),
+            (5, _wait(13, 2)),
+            (6, _answer(10, 3)),
+            (7, _seen(2, 4)),
+            (8, _answer(11, 4)),
+            (900, _answer(12, None)),
+            (1_005, WaitingReadFailed(client="c1", part_key=PART, request_id=13, why="timeout")),
+            (1_006, _wait(14, 1)),
+            (1_007, _answer(14, None, status="OVERLOADED")),
+        ],
+    )
+    checker.at_end(sim)
+    assert sim.counters == {
+        "waiting-read/issued": 5,
+        "waiting-read/answered-version": 2,
+        "waiting-read/answered-version-beyond-own-writes": 1,
+        "waiting-read/answered-nothing-yet": 1,
+        "waiting-read/failed-timeout": 1,
+        "waiting-read/answered-overloaded": 1,
+    }
+
+
+def test_a_waiting_read_answered_below_what_it_waited_for_is_caught() -> None:
+    """The handler answers a version only once the part reached the one asked for."""
+    with pytest.raises(InvariantViolated, match="below the 5 it waited for"):
+        _feed(WaitingReadChecker(), [(1, _wait(10, 5)), (2, _answer(10, 4))])
+
+
+def test_a_waiting_read_older_than_the_clients_own_write_is_caught() -> None:
+    """A version older than a write the client saw acknowledged before the read breaks
+    read-your-writes, whatever the read waited for."""
+    with pytest.raises(InvariantViolated, match="older than the client's own write"):
+        _feed(WaitingReadChecker(), [(1, _seen(1, 7)), (2, _wait(10, 2)), (3, _answer(10, 6))])
+
+
+def test_a_write_acknowledged_after_the_read_was_issued_does_not_count() -> None:
+    """Read-your-writes covers the writes acknowledged before the read, not those after."""
+    _feed(WaitingReadChecker(), [(1, _wait(10, 2)), (2, _seen(1, 7)), (3, _answer(10, 6))])
+
+
+def test_a_part_that_lost_async_writes_to_a_failover_excuses_read_your_writes() -> None:
+    """An `async` write a failover dropped, allowed and counted, may be missing from the read."""
+    acknowledged = AcknowledgedWritesChecker()
+    sim = _feed(
+        acknowledged,
+        [
+            (1, _installed("s1", 1, 0, InstallCause.INITIAL)),
+            (2, _acked(1, 1, 1, Durability.ASYNC)),
+            (4, _installed("s2", 2, 0)),
+        ],
+    )
+    checker = WaitingReadChecker(acknowledged)
+    _feed(checker, [(3, _seen(1, 1)), (5, _wait(10, 0)), (6, _answer(10, 0))], sim=sim)
+    assert sim.counters["waiting-read/read-your-writes-excused"] == 1
+    with pytest.raises(InvariantViolated, match="older than the client's own write"):
+        _feed(
+            WaitingReadChecker(AcknowledgedWritesChecker()),
+            [(3, _seen(1, 1)), (5, _wait(10, 0)), (6, _answer(10, 0))],
+        )
+
+
+def test_a_waiting_read_answered_after_its_call_deadline_is_caught() -> None:
+    """The client ends every call by its own timeout."""
+    with pytest.raises(InvariantViolated, match="after its call's deadline 1001"):
+        _feed(WaitingReadChecker(), [(1, _wait(10, 5)), (1_002, _answer(10, None))])
+
+
+def test_a_waiting_read_answered_twice_or_never_issued_is_caught() -> None:
+    """Each read ends once."""
+    with pytest.raises(InvariantViolated, match="not outstanding"):
+        _feed(WaitingReadChecker(), [(1, _wait(10, 5)), (2, _answer(10, 5)), (3, _answer(10, 5))])
+
+
+def test_a_waiting_read_left_unended_past_its_deadline_is_caught_unless_its_client_crashed() -> (
+    None
+):
+    """At the end, a read whose deadline passed must have ended; a crash forgets its client's."""
+    checker = WaitingReadChecker()
+    sim = _feed(checker, [(1, _wait(10, 5)), (2, _wait(11, 5, timeout_us=5_000))])
+    sim.now_us = 2_000
+    with pytest.raises(InvariantViolated, match=r"waiting read 10 .* never ended"):
+        checker.at_end(sim)
+    checker = WaitingReadChecker()
+    sim = _feed(checker, [(1, _wait(10, 5)), (2, NodeCrashed(node="c1"))])
+    sim.now_us = 2_000
+    checker.at_end(sim)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 
 import pytest
 
-from forehand.core import HandlerResult, NodeId, client_events, server_events
+from forehand.core import Handler, HandlerResult, NodeId, client_events, server_events
 from forehand.core.messages import PartRef
 from forehand.placement import format_session_id, new_session_id
 from forehand.sim import (
@@ -24,11 +25,13 @@ from forehand.sim import (
     draw_plan,
     operation_for,
 )
+from forehand.sim._app import NOTHING_YET, WAIT_OP, version_of
 from forehand.sim._cluster import (
     EXPIRING_CREDENTIAL_LIFETIME_MS,
     EXPIRING_SESSION_EXPIRY_MS,
     GONE_CLIENT_AT_US,
 )
+from forehand.sim._scenarios import WAITING_READ_SHARE, build_drain
 from forehand.sim.observations import ClientResponseObserved, WriteAcknowledged
 from forehand.wire import ResponseStatus
 
@@ -110,6 +113,37 @@ def test_handlers_are_deterministic_and_reads_leave_the_state_alone() -> None:
         assert runs[0] == runs[1]
 
 
+def test_each_answer_shows_a_version_no_write_lowers_and_wait_waits_for_it() -> None:
+    """Every write's answer shows the part's version (a logout none), no write lowers it, and
+    `wait` answers it once it reaches the one asked for, "nothing yet" (waiting) before."""
+    specs = app_specs()
+    for name in APP_PARTS:
+        spec = specs[name]
+        assert spec.wait_ops == {WAIT_OP: spec.wait_ops[WAIT_OP]} and WAIT_OP in spec.read_ops
+        state = spec.initial_state()
+        version = 0
+        for sequence in range(1, 40):
+            op, payload, _ = operation_for(name, "write", sequence)
+            outcome = spec.handler(state, op, payload)
+            state = outcome.state
+            shown = version_of(name, op, outcome.result)
+            if shown is None:
+                assert (name, op) == ("auth", "logout")
+                continue
+            assert shown >= version and (shown > version or name == "auth")
+            version = shown
+            reached = spec.handler(state, WAIT_OP, str(version).encode())
+            assert (reached.waiting, reached.result, reached.state) == (
+                False,
+                str(version).encode(),
+                state,
+            )
+            assert version_of(name, WAIT_OP, reached.result) == version
+            ahead = spec.handler(state, WAIT_OP, str(version + 1).encode())
+            assert (ahead.waiting, ahead.status, ahead.result) == (True, 0, NOTHING_YET)
+            assert version_of(name, WAIT_OP, ahead.result) is None
+
+
 def test_only_client_facing_acknowledgements_are_observed_and_joined() -> None:
     """The target's answer to a forwarder is not an acknowledgement; the relay's is, and the
     client's response gets the relay's log index."""
@@ -178,12 +212,68 @@ def test_same_seed_same_digest_and_another_seed_another() -> None:
 
 
 def test_scenario_all_runs_each_scenario_in_turn() -> None:
-    """Seed n of `all` runs the (n mod 9)-th scenario of the rotation: 7 is crash-replicated."""
+    """Seed n of `all` runs the (n mod 9)-th scenario of the rotation: 7 is crash-replicated,
+    with waiting reads; run alone, the scenario makes none."""
     cluster = build_all(7)
     assert isinstance(cluster, SimCluster)
+    assert cluster.config.waiting_read_share == WAITING_READ_SHARE
     result = cluster.sim.run()
     assert result.ok, result.failure
     assert result.counters["scenario/crash-replicated"] == 1
+    assert result.counters["waiting-read/issued"] > 0
+    alone = build_drain(5).sim.run()
+    assert alone.ok and not any(name.startswith("waiting-read/") for name in alone.counters)
+
+
+def _waiting_run(seed: int) -> RunResult:
+    config = ClusterConfig(
+        duration_us=6_000_000, liveness_bound_us=None, waiting_read_share=0.2, write_share=0.5
+    )
+    cluster = SimCluster(seed, config)
+    cluster.start()
+    return cluster.sim.run()
+
+
+def test_waiting_reads_replay_and_reach_every_answer() -> None:
+    """A run with waiting reads replays to the same digest; its reads are answered at once, after
+    a later write of the session, and "nothing yet" at their wait's end, and the checker
+    judges each."""
+    first = _waiting_run(4)
+    assert first.ok, first.failure
+    assert _waiting_run(4).digest == first.digest
+    counters = first.counters
+    issued = counters["waiting-read/issued"]
+    answered = counters["waiting-read/answered-version"]
+    beyond = counters["waiting-read/answered-version-beyond-own-writes"]
+    nothing = counters["waiting-read/answered-nothing-yet"]
+    failed = sum(n for name, n in counters.items() if name.startswith("waiting-read/failed"))
+    assert 0 < beyond < answered and nothing > 0
+    # At most one outstanding per session (six) when the run ends.
+    assert issued - 6 <= answered + nothing + failed <= issued
+
+
+def test_a_waiting_read_that_ignores_its_condition_fails_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checker can fail: an app whose `wait` answers one version below the part's, ignoring
+    what it was asked to wait for, breaks the contract on the first read it answers."""
+    specs = app_specs()
+
+    def stale(state: object, op: str, payload: bytes, *, handler: Handler) -> HandlerResult:
+        outcome = handler(state, op, payload)
+        if op != WAIT_OP:
+            return outcome
+        current = handler(state, WAIT_OP, b"0").result
+        return dataclasses.replace(outcome, result=str(int(current) - 1).encode(), waiting=False)
+
+    broken = {
+        name: dataclasses.replace(spec, handler=functools.partial(stale, handler=spec.handler))
+        for name, spec in specs.items()
+    }
+    monkeypatch.setattr("forehand.sim._cluster.app_specs", lambda: broken)
+    result = _waiting_run(4)
+    assert result.failure is not None
+    assert result.failure.checker == "WaitingReadChecker"
 
 
 def _expiring_cluster(config: ClusterConfig) -> SimCluster:

@@ -16,7 +16,7 @@ from forehand.sim import (
     WorkloadSession,
 )
 
-from ._cores import EchoServerCore, SessionClientCore
+from ._cores import EchoRequest, EchoServerCore, SessionClientCore
 
 
 class EchoAdapter:
@@ -66,6 +66,40 @@ def test_sessions_make_requests_closed_loop_with_the_configured_mix() -> None:
     assert sessions == {"c1", "c2"}
 
 
+class _SilentOnWatchServer(EchoServerCore):
+    """Answers every request at once but `watch`, which it never answers."""
+
+    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
+        if isinstance(message, EchoRequest) and message.operation == "watch":
+            self.operations.append(message.operation)
+            return
+        super().receive_message(message, source=source, now_us=now_us)
+
+
+def test_background_operations_do_not_hold_the_session_up() -> None:
+    """A session goes on while its background request waits, and has at most one outstanding:
+    a server that never answers `watch` gets one per session, and the others keep flowing."""
+    config = WorkloadConfig(
+        sessions=8,
+        think_time_us=20_000,
+        request_mix=(("read", 2.0), ("write", 1.0), ("watch", 1.0)),
+        background_operations=("watch",),
+    )
+    sim = Simulator(seed=1, config=SimulatorConfig(duration_us=10_000_000))
+    sim.add_node("server", lambda start: _SilentOnWatchServer(start.node_id))
+    for client in ("c1", "c2"):
+        sim.add_node(client, lambda start: SessionClientCore(start.node_id, server="server"))
+    workload = Workload(sim, config, clients=("c1", "c2"), adapter=EchoAdapter())
+    workload.start()
+    result = sim.run()
+    assert result.ok, result.failure
+    server = sim.core("server")
+    assert isinstance(server, _SilentOnWatchServer)
+    assert server.operations.count("watch") == workload.operations["watch"] == 8
+    assert workload.answered > 8 * 100 and workload.background_answered == 0
+    assert workload.abandoned == 0
+
+
 def test_request_bound_and_abandonment() -> None:
     """Sessions stop at their request bound; unanswered requests are abandoned and counted."""
     config = WorkloadConfig(
@@ -99,3 +133,7 @@ def test_workload_config_validation() -> None:
         WorkloadConfig(sessions=0)
     with pytest.raises(ConfigError):
         WorkloadConfig(request_mix=(("read", 0.0),))
+    with pytest.raises(ConfigError, match="in the request mix"):
+        WorkloadConfig(background_operations=("watch",))
+    with pytest.raises(ConfigError, match="sessions wait for"):
+        WorkloadConfig(request_mix=(("watch", 1.0),), background_operations=("watch",))

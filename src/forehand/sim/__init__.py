@@ -38,6 +38,7 @@ from forehand.sim._checkers import (
     LivenessChecker,
     MonotonicMapVersionChecker,
     SingleWriterChecker,
+    WaitingReadChecker,
     WriteLost,
     default_checkers,
 )
@@ -166,6 +167,7 @@ __all__ = [
     "Simulator",
     "SimulatorConfig",
     "SingleWriterChecker",
+    "WaitingReadChecker",
     "StoreExecutor",
     "Translator",
     "Transport",

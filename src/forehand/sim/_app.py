@@ -1,5 +1,10 @@
 """The simulated application: a shop whose sessions have an `auth`, a `cart` and a video part.
 
+Every part also has a waiting read, `wait <version>`: it answers the part's version (a number
+that no write makes smaller, `version_of`) once that version is at least the payload's, and says
+"nothing yet" (`HandlerResult.waiting`, with an empty result) before; the primary parks it until a
+write or its `wait_ms` (`WAIT_MS`) answers it.
+
 Handlers are deterministic and pure (they build a new state instead of changing the old one), so
 replicas that re-run the log reach the same state and the same answers, and a read leaves the
 state untouched. Every answer depends on the state, so a replica applying an entry on a state
@@ -17,10 +22,14 @@ from forehand.wire import ResponseStatus
 
 __all__ = [
     "APP_PARTS",
+    "NOTHING_YET",
     "OPERATIONS",
     "PART_DURABILITY",
+    "WAIT_MS",
+    "WAIT_OP",
     "app_specs",
     "operation_for",
+    "version_of",
 ]
 
 APP_PARTS: tuple[str, ...] = ("auth", "cart", "feature/video")
@@ -36,14 +45,35 @@ PART_DURABILITY: Mapping[str, Durability] = {
 CART_ITEMS = ("apple", "bread", "cheese", "dates", "eggs")
 """Items the simulated users put in their carts."""
 
+WAIT_OP = "wait"
+"""Every part's waiting read: `wait <version>` answers the part's version once it reaches
+`<version>`."""
+WAIT_MS: Mapping[str, int] = {"auth": 300, "cart": 1_000, "feature/video": 2_500}
+"""How long each part's `wait` may be parked (its `wait_ms`): shorter and longer than a handoff."""
+NOTHING_YET = b""
+"""The answer of a `wait` whose wait ended without the version (the app's encoding of None)."""
+CART_VERSION_ORDER = 1_000_000
+"""A cart's version is `orders * CART_VERSION_ORDER + items`: an add raises the item count, a
+checkout the orders (and empties the cart), so every write makes it larger."""
+
 _OK = int(ResponseStatus.OK)
 _UNKNOWN = int(ResponseStatus.UNKNOWN_OP)
 
 
+def _wait(state: Any, version: int, payload: bytes) -> HandlerResult:
+    """The answer of `wait <wanted>` on a part at `version` (the state is left alone)."""
+    if version >= int(payload):
+        return HandlerResult(state=state, status=_OK, result=str(version).encode())
+    return HandlerResult(state=state, status=_OK, result=NOTHING_YET, waiting=True)
+
+
 def _auth(state: Any, op: str, payload: bytes) -> HandlerResult:
-    """`login <user>` and `logout` change the state; `whoami` reads it."""
+    """`login <user>` and `logout` change the state; `whoami` reads it; `wait` waits for a
+    number of logins (a logout leaves it)."""
     user = state.get("user", "")
     logins = int(state.get("logins", 0))
+    if op == WAIT_OP:
+        return _wait(state, logins, payload)
     if op == "login":
         name = payload.decode()
         new = {"user": name, "logins": logins + 1}
@@ -57,9 +87,13 @@ def _auth(state: Any, op: str, payload: bytes) -> HandlerResult:
 
 
 def _cart(state: Any, op: str, payload: bytes) -> HandlerResult:
-    """`add <item>` and `checkout` change the cart; `view` reads it."""
+    """`add <item>` and `checkout` change the cart; `view` reads it; `wait` waits for a cart
+    version."""
     items: dict[str, int] = dict(state.get("items", {}))
     orders = int(state.get("orders", 0))
+    if op == WAIT_OP:
+        version = orders * CART_VERSION_ORDER + sum(items.values())
+        return _wait(state, version, payload)
     if op == "add":
         item = payload.decode()
         items[item] = items.get(item, 0) + 1
@@ -80,9 +114,12 @@ def _cart_text(items: Mapping[str, int], orders: int) -> bytes:
 
 
 def _video(state: Any, op: str, payload: bytes) -> HandlerResult:
-    """`seek <ms>` moves the playback position; `position` reads it."""
+    """`seek <ms>` moves the playback position; `position` reads it; `wait` waits for a number
+    of seeks."""
     position_ms = int(state.get("position_ms", 0))
     seeks = int(state.get("seeks", 0))
+    if op == WAIT_OP:
+        return _wait(state, seeks, payload)
     if op == "seek":
         position_ms = (position_ms + int(payload)) % 7_200_000
         new = {"position_ms": position_ms, "seeks": seeks + 1}
@@ -90,6 +127,23 @@ def _video(state: Any, op: str, payload: bytes) -> HandlerResult:
     if op == "position":
         return HandlerResult(state=state, status=_OK, result=f"{position_ms}@{seeks}".encode())
     return HandlerResult(state=state, status=_UNKNOWN, result=b"")
+
+
+def version_of(part: str, op: str, result: bytes) -> int | None:
+    """The part's version shown by an OK answer of `op`, or None when the answer shows none (a
+    logout, a `wait` that got nothing yet)."""
+    text = result.decode()
+    if op == WAIT_OP:
+        return int(text) if text else None
+    if part == "auth":
+        return None if op == "logout" else int(text.rpartition("#")[2])
+    if part == "feature/video":
+        return int(text.rpartition("@")[2])
+    if op == "checkout":
+        return int(text.split(":")[0].removeprefix("order ")) * CART_VERSION_ORDER
+    orders, _, listed = text.partition("|")
+    items = sum(int(pair.partition("=")[2]) for pair in listed.split(",") if pair)
+    return int(orders) * CART_VERSION_ORDER + items
 
 
 def _empty() -> dict[str, Any]:
@@ -102,9 +156,9 @@ _HANDLERS: Mapping[str, Callable[[Any, str, bytes], HandlerResult]] = {
     "feature/video": _video,
 }
 _READ_OPS: Mapping[str, frozenset[str]] = {
-    "auth": frozenset({"whoami"}),
-    "cart": frozenset({"view"}),
-    "feature/video": frozenset({"position"}),
+    "auth": frozenset({"whoami", WAIT_OP}),
+    "cart": frozenset({"view", WAIT_OP}),
+    "feature/video": frozenset({"position", WAIT_OP}),
 }
 
 OPERATIONS: Mapping[tuple[str, str], tuple[str, ...]] = {
@@ -141,6 +195,7 @@ def app_specs() -> dict[str, PartSpec]:
             initial_state=_empty,
             durability=PART_DURABILITY[name],
             read_ops=_READ_OPS[name],
+            wait_ops={WAIT_OP: WAIT_MS[name]},
         )
         for name in APP_PARTS
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from forehand.core import NodeId
 from forehand.errors import ConfigError
@@ -30,7 +30,11 @@ from forehand.sim.observations import (
     SessionClosed,
     SessionExpired,
     SessionOpened,
+    WaitingReadAnswered,
+    WaitingReadFailed,
+    WaitingReadIssued,
     WriteAcknowledged,
+    WriteVersionSeen,
 )
 
 if TYPE_CHECKING:
@@ -45,6 +49,7 @@ __all__ = [
     "LivenessChecker",
     "MonotonicMapVersionChecker",
     "SingleWriterChecker",
+    "WaitingReadChecker",
     "WriteLost",
     "default_checkers",
 ]
@@ -482,6 +487,149 @@ class LivenessChecker:
                 raise InvariantViolated(
                     f"session {session_id} of client {client} was not served within "
                     f"{self.bound_us} µs of {start_us} µs (served {when})",
+                    checker=type(self).__name__,
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingRead:
+    part_key: PartKey
+    wanted: int
+    floor: int
+    deadline_us: int
+
+
+class WaitingReadChecker:
+    """Waiting reads keep their contract under faults.
+
+    What the design promises (docs/ARCHITECTURE.md, Waiting reads): a parked read is answered by
+    the handler's result after a write, or "nothing yet" at its wait's end, when the part stops
+    being primary there, when it was forwarded, or when the server stops; the answer sees the
+    primary's state, as any read does; the client ends every call, answered or failed, by its
+    own `timeout_ms`. So, for each waiting read (`WaitingReadIssued`):
+
+    * it ends once, answered (`WaitingReadAnswered`) or failed (`WaitingReadFailed`), at or
+      before its call's deadline, and by the end of the run when that deadline passed (unless its
+      client crashed, which forgets it);
+    * a version answered satisfies the handler's condition: at least the version it waited for;
+    * a version answered is at least the newest version of the client's own writes acknowledged
+      on the part before the read was issued (`WriteVersionSeen`: read-your-writes), unless
+      the part lost acknowledged `async` writes to a failover (`acknowledged.lost`), which the
+      design allows and counts.
+
+    "Nothing yet" says nothing of the state and is only counted. Counters: `waiting-read/issued`,
+    `waiting-read/answered-version` (of which `-beyond-own-writes`: it waited for more than
+    the client's acknowledged writes showed), `waiting-read/answered-nothing-yet`,
+    `waiting-read/answered-<status>`, `waiting-read/failed-<why>`, and
+    `waiting-read/read-your-writes-excused` for reads the loss rule let pass.
+    """
+
+    observes: tuple[type[Observation], ...] = (
+        WriteVersionSeen,
+        WaitingReadIssued,
+        WaitingReadAnswered,
+        WaitingReadFailed,
+        NodeCrashed,
+    )
+
+    def __init__(self, acknowledged: AcknowledgedWritesChecker | None = None) -> None:
+        self._acknowledged = acknowledged
+        self._floors: dict[tuple[NodeId, PartKey], int] = {}
+        self._pending: dict[tuple[NodeId, int], _PendingRead] = {}
+        self._lossy: set[PartKey] = set()
+        self._losses_seen = 0
+
+    def after_event(self, sim: Simulator, event: Observed) -> None:
+        """Record acknowledged versions and issued reads; judge each read's end."""
+        observation = event.observation
+        if isinstance(observation, WriteVersionSeen):
+            key = (observation.client, observation.part_key)
+            self._floors[key] = max(self._floors.get(key, 0), observation.version)
+        elif isinstance(observation, WaitingReadIssued):
+            floor = self._floors.get((observation.client, observation.part_key), 0)
+            self._pending[(observation.client, observation.request_id)] = _PendingRead(
+                part_key=observation.part_key,
+                wanted=observation.wanted,
+                floor=floor,
+                deadline_us=event.time_us + observation.timeout_us,
+            )
+            sim.count("waiting-read/issued")
+        elif isinstance(observation, NodeCrashed):
+            gone = [key for key in self._pending if key[0] == observation.node]
+            for pending in gone:
+                del self._pending[pending]
+        else:
+            assert isinstance(observation, WaitingReadAnswered | WaitingReadFailed)
+            self._ended(sim, event, observation)
+
+    def _ended(
+        self, sim: Simulator, event: Observed, observation: WaitingReadAnswered | WaitingReadFailed
+    ) -> None:
+        read = self._pending.pop((observation.client, observation.request_id), None)
+        if read is None:
+            self._violate(
+                observation, "ended, but it is not outstanding (never issued, or ended before)"
+            )
+        if event.time_us > read.deadline_us:
+            self._violate(
+                observation,
+                f"ended at {event.time_us} µs, after its call's deadline {read.deadline_us} µs",
+            )
+        if isinstance(observation, WaitingReadFailed):
+            sim.count(f"waiting-read/failed-{observation.why}")
+            return
+        if observation.status != "OK":
+            sim.count(f"waiting-read/answered-{observation.status.lower()}")
+            return
+        version = observation.version
+        if version is None:
+            sim.count("waiting-read/answered-nothing-yet")
+            return
+        sim.count("waiting-read/answered-version")
+        if read.wanted > read.floor:
+            # It asked for more than the client's acknowledged writes showed: it was answered
+            # after a later write, mostly parked until one came.
+            sim.count("waiting-read/answered-version-beyond-own-writes")
+        if version < read.wanted:
+            self._violate(
+                observation, f"answered version {version}, below the {read.wanted} it waited for"
+            )
+        if version < read.floor:
+            if self._lost_writes(read.part_key):
+                sim.count("waiting-read/read-your-writes-excused")
+                return
+            self._violate(
+                observation,
+                f"answered version {version}, older than the client's own write acknowledged "
+                f"at version {read.floor} before it issued the read",
+            )
+
+    def _lost_writes(self, part_key: PartKey) -> bool:
+        """Whether the part lost acknowledged `async` writes to a failover (allowed, counted)."""
+        if self._acknowledged is None:
+            return False
+        lost = self._acknowledged.lost
+        for loss in lost[self._losses_seen :]:
+            self._lossy.add(loss.part_key)
+        self._losses_seen = len(lost)
+        return part_key in self._lossy
+
+    def _violate(
+        self, observation: WaitingReadAnswered | WaitingReadFailed, detail: str
+    ) -> NoReturn:
+        raise InvariantViolated(
+            f"waiting read {observation.request_id} of client {observation.client} on part "
+            f"{observation.part_key} {detail}",
+            checker=type(self).__name__,
+        )
+
+    def at_end(self, sim: Simulator) -> None:
+        """Every read whose call deadline passed ended (its client did not crash)."""
+        for (client, request_id), read in self._pending.items():
+            if read.deadline_us < sim.now_us:
+                raise InvariantViolated(
+                    f"waiting read {request_id} of client {client} on part {read.part_key} "
+                    f"never ended, though its call's deadline {read.deadline_us} µs passed",
                     checker=type(self).__name__,
                 )
 

@@ -6,6 +6,8 @@
 through `CoreTranslator`. The configurations of every core, the processes and the links are drawn
 from the seed, within bounds that keep a run short and its liveness bound meaningful. Servers
 report their simulated load to their core, so the manager's risk input sees overloads coming.
+With `ClusterConfig.waiting_read_share`, sessions also make waiting reads in the background,
+which `WaitingReadChecker` judges.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from forehand.core import (
     ServerCore,
     TokenSealer,
 )
+from forehand.core import client_events as ce
 from forehand.core.messages import LoadReport, PartRef
-from forehand.placement import PlacementConfig
-from forehand.sim._app import APP_PARTS, app_specs, operation_for
+from forehand.placement import PlacementConfig, format_session_id
+from forehand.sim._app import APP_PARTS, WAIT_MS, WAIT_OP, app_specs, operation_for, version_of
 from forehand.sim._checkers import (
     AcknowledgedWritesChecker,
     AtMostOnceChecker,
@@ -42,6 +45,7 @@ from forehand.sim._checkers import (
     LivenessChecker,
     MonotonicMapVersionChecker,
     SingleWriterChecker,
+    WaitingReadChecker,
 )
 from forehand.sim._cluster_checkers import ConvergenceChecker, DivergenceChecker, ExpiryChecker
 from forehand.sim._links import Link, NetworkConfig
@@ -51,6 +55,13 @@ from forehand.sim._simulator import Simulator, SimulatorConfig
 from forehand.sim._telemetry import TelemetryConfig, load_report, transport_counters
 from forehand.sim._translate import ClusterStats, CoreTranslator
 from forehand.sim._workload import Workload, WorkloadConfig, WorkloadRequest, WorkloadSession
+from forehand.sim.observations import (
+    Observation,
+    WaitingReadAnswered,
+    WaitingReadFailed,
+    WaitingReadIssued,
+    WriteVersionSeen,
+)
 from forehand.stores import (
     DeltaCommitRequested,
     MapLoadRequested,
@@ -58,6 +69,7 @@ from forehand.stores import (
     SnapshotSaveRequested,
     StoreResult,
 )
+from forehand.wire import ResponseStatus
 
 __all__ = [
     "CLUSTER_KEY",
@@ -89,6 +101,15 @@ GONE_SLACK_US = 1_500_000
 (two grains and a round, with room): runs shorter than that lose no client."""
 LOAD_REPORT_INTERVAL_US = 250_000
 """How often each server's core is told its simulated load (what a runtime samples)."""
+WAIT_OPERATION = "wait"
+"""The workload's name for a waiting read (`_app.WAIT_OP` on the drawn part), made in the
+background: the session goes on while it waits."""
+WAIT_AHEAD = (0, 1, 1, 2)
+"""How far beyond the part's last version the session saw a waiting read asks for, by the
+request's sequence: 0 is answered at once by a primary that holds the session's writes, 1 waits
+for its next write, 2 mostly for the wait's end."""
+WAIT_TIMEOUT_SLACK_MS = (500, 1_000, 3_000)
+"""What a waiting read's call timeout adds to the op's `wait_ms`, by the request's sequence."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,10 +149,15 @@ class ClusterConfig:
     """How the simulated runtime measures loads and transport counters (noise, queueing)."""
     client_leaves: bool = True
     """In a run whose sessions expire, the last client goes for good (`SimCluster.start`)."""
+    waiting_read_share: float = 0.0
+    """Share of requests that are waiting reads, made in the background (0: none, and the run
+    draws exactly what it drew before waiting reads existed)."""
 
     def __post_init__(self) -> None:
         if self.servers < 1 or self.clients < 1 or self.sessions < 1 or self.zones < 1:
             raise ValueError(f"a cluster needs servers, clients, sessions and zones: {self}")
+        if not 0.0 <= self.waiting_read_share < 1.0 - self.write_share:
+            raise ValueError(f"waiting_read_share must leave room for reads: {self}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -298,6 +324,11 @@ class ShopAdapter:
         self._writes: dict[tuple[NodeId, int], bool] = {}
         self.backpressured = 0
         """Calls the client refused because its in-flight table was full."""
+        self.observe: Callable[[NodeId, Observation], None] | None = None
+        """Reports what the adapter knows of its calls (set when the run makes waiting reads:
+        `track_versions`)."""
+        self._calls: dict[tuple[NodeId, int], tuple[int, str, str]] = {}
+        self._seen: dict[tuple[int, str], int] = {}
 
     def open_session(self, core: CoreDriver, session: WorkloadSession, now_us: int) -> None:
         """Open the session at the manager through the client core."""
@@ -319,6 +350,8 @@ class ShopAdapter:
             if failed is not None:
                 self.open_session(core, failed, now_us)
             return None
+        if request.operation == WAIT_OPERATION:
+            return self._wait(core, request, session_id, now_us)
         op, payload, write = operation_for(request.part, request.operation, request.sequence)
         try:
             request_id = core.call(session_id, request.part, op, payload, now_us=now_us)
@@ -326,7 +359,92 @@ class ShopAdapter:
             self.backpressured += 1
             return None
         self._writes[(request.session.client, request_id)] = write
+        if self.observe is not None:
+            self._calls[(request.session.client, request_id)] = (index, request.part, op)
         return request_id
+
+    def _wait(
+        self, core: ClientCore, request: WorkloadRequest, session_id: bytes, now_us: int
+    ) -> int | None:
+        """Call the part's waiting read for a version at or beyond the last one the session
+        saw, with a call timeout longer than the op's `wait_ms`."""
+        assert self.observe is not None, "waiting reads need track_versions"
+        index, part, sequence = request.session.index, request.part, request.sequence
+        wanted = self._seen.get((index, part), 0) + WAIT_AHEAD[sequence % len(WAIT_AHEAD)]
+        timeout_ms = WAIT_MS[part] + WAIT_TIMEOUT_SLACK_MS[sequence % len(WAIT_TIMEOUT_SLACK_MS)]
+        try:
+            request_id = core.call(
+                session_id,
+                part,
+                WAIT_OP,
+                str(wanted).encode(),
+                now_us=now_us,
+                timeout_ms=timeout_ms,
+            )
+        except BackpressureError:
+            self.backpressured += 1
+            return None
+        client = request.session.client
+        self._writes[(client, request_id)] = False
+        self._calls[(client, request_id)] = (index, part, WAIT_OP)
+        part_key = (format_session_id(session_id), part)
+        issued = WaitingReadIssued(
+            client=client,
+            part_key=part_key,
+            request_id=request_id,
+            wanted=wanted,
+            timeout_us=timeout_ms * 1000,
+        )
+        self.observe(client, issued)
+        return request_id
+
+    def track_versions(
+        self, observe: Callable[[NodeId, Observation], None], translator: CoreTranslator
+    ) -> None:
+        """Track the part versions the answers show, report waiting reads and the versions of
+        acknowledged writes through `observe` (`WaitingReadChecker` reads them)."""
+        self.observe = observe
+        translator.also(ce.ResponseReceived, self._answered)
+        translator.also(ce.RequestFailed, self._failed)
+
+    def _answered(self, client: NodeId, event: ce.ResponseReceived) -> list[Observation]:
+        call = self._calls.pop((client, event.request_id), None)
+        if call is None:
+            return []
+        index, part, op = call
+        ok = event.status is ResponseStatus.OK
+        version = version_of(part, op, event.payload) if ok else None
+        if version is not None:
+            self._seen[(index, part)] = version
+        part_key = (format_session_id(event.session_id), part)
+        if op == WAIT_OP:
+            return [
+                WaitingReadAnswered(
+                    client=client,
+                    part_key=part_key,
+                    request_id=event.request_id,
+                    status=event.status.name,
+                    version=version,
+                )
+            ]
+        if version is None or not self._writes.get((client, event.request_id)):
+            return []
+        return [
+            WriteVersionSeen(
+                client=client, part_key=part_key, request_id=event.request_id, version=version
+            )
+        ]
+
+    def _failed(self, client: NodeId, event: ce.RequestFailed) -> list[Observation]:
+        call = self._calls.pop((client, event.request_id), None)
+        if call is None or call[2] != WAIT_OP:
+            return []
+        part_key = (format_session_id(event.session_id), call[1])
+        return [
+            WaitingReadFailed(
+                client=client, part_key=part_key, request_id=event.request_id, why=event.why.value
+            )
+        ]
 
     def session_id(self, index: int) -> bytes | None:
         """The id of workload session `index`, once open."""
@@ -446,6 +564,8 @@ class SimCluster:
             ExpiryChecker(self, _sealer(random.Random(seed))),
             *checkers,
         ]
+        if config.waiting_read_share:
+            all_checkers.append(WaitingReadChecker(self.acknowledged))
         if config.liveness_bound_us is not None:
             all_checkers.append(LivenessChecker(bound_us=config.liveness_bound_us))
         if self.convergence is not None:
@@ -460,6 +580,8 @@ class SimCluster:
             translate=self.translator,
         )
         """The simulator."""
+        if config.waiting_read_share:
+            self.adapter.track_versions(self.sim.observe, self.translator)
         self._add_nodes()
         self.workload = Workload(
             self.sim, self._workload_config(), clients=self.client_ids, adapter=self.adapter
@@ -521,14 +643,28 @@ class SimCluster:
 
     def _workload_config(self) -> WorkloadConfig:
         config = self.config
+        mix: tuple[tuple[str, float], ...] = (
+            ("read", 1.0 - config.write_share),
+            ("write", config.write_share),
+        )
+        background: tuple[str, ...] = ()
+        if config.waiting_read_share:
+            read_share = 1.0 - config.write_share - config.waiting_read_share
+            mix = (
+                ("read", read_share),
+                ("write", config.write_share),
+                (WAIT_OPERATION, config.waiting_read_share),
+            )
+            background = (WAIT_OPERATION,)
         return WorkloadConfig(
             sessions=config.sessions,
             parts=APP_PARTS,
-            request_mix=(("read", 1.0 - config.write_share), ("write", config.write_share)),
+            request_mix=mix,
             think_time_us=config.think_time_us,
             start_us=200_000,
             open_spread_us=500_000,
             abandon_after_us=12_000_000,
+            background_operations=background,
         )
 
     def _add_nodes(self) -> None:

@@ -13,6 +13,7 @@ import dataclasses
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from forehand.core import CoreDriver, NodeId, RiskPolicyKind
 from forehand.core import manager_events as me
@@ -42,6 +43,7 @@ __all__ = [
     "ROTATION",
     "SCENARIOS",
     "SETTLE_US",
+    "WAITING_READ_SHARE",
     "build_all",
     "build_crash_replicated",
     "build_drain",
@@ -80,11 +82,13 @@ CRASH_REPLICATION_INTERVALS_MS = (20, 100, 300)
 """Log shipping intervals `crash-replicated` draws from: the longer, the more lag to lose."""
 ALL_SCENARIO = "all"
 """The scenario that runs every other built-in one in turn."""
+WAITING_READ_SHARE = 0.1
+"""Share of the requests of scenario `all` that are waiting reads, made in the background."""
 PREDICTED_SCENARIO = "predicted"
 """The scenario of a predicted overload (outside `all`: it runs for minutes of simulated time)."""
 
 
-def build_mix(seed: int, mix: FaultMix) -> SimCluster:
+def build_mix(seed: int, mix: FaultMix, *, waiting_read_share: float = 0.0) -> SimCluster:
     """Four servers under load, with one to three faults drawn from `mix` (none for `steady`)
     and an operator's rebalance among them."""
     heal_us = 0 if mix is FaultMix.NONE else FAULTS_HEAL_US
@@ -93,6 +97,7 @@ def build_mix(seed: int, mix: FaultMix) -> SimCluster:
         heal_us=heal_us,
         duration_us=max(heal_us, PLANNED_AT_US) + SETTLE_US,
         lossy_network=mix is not FaultMix.NONE,
+        waiting_read_share=waiting_read_share,
     )
     cluster = SimCluster(seed, config)
     if mix is not FaultMix.NONE:
@@ -171,23 +176,33 @@ def _predict(cluster: SimCluster, server_id: NodeId, now_us: int) -> None:
     assert queued > 0, f"nothing to move off {server_id}"
 
 
-def build_drain(seed: int) -> SimCluster:
+def build_drain(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     """Five servers under steady load; the operator drains the busiest one."""
-    cluster = SimCluster(seed, ClusterConfig(servers=5, duration_us=PLANNED_AT_US + SETTLE_US))
+    config = ClusterConfig(
+        servers=5,
+        duration_us=PLANNED_AT_US + SETTLE_US,
+        waiting_read_share=waiting_read_share,
+    )
+    cluster = SimCluster(seed, config)
     _at_busiest(cluster, "drain", _drain)
     cluster.start()
     return cluster
 
 
-def build_handoff(seed: int) -> SimCluster:
+def build_handoff(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     """Steady load; the risk input predicts a failure of the busiest server: all its parts move."""
-    cluster = SimCluster(seed, ClusterConfig(servers=4, duration_us=PLANNED_AT_US + SETTLE_US))
+    config = ClusterConfig(
+        servers=4,
+        duration_us=PLANNED_AT_US + SETTLE_US,
+        waiting_read_share=waiting_read_share,
+    )
+    cluster = SimCluster(seed, config)
     _at_busiest(cluster, "predicted failure", _predict)
     cluster.start()
     return cluster
 
 
-def build_crash_replicated(seed: int) -> SimCluster:
+def build_crash_replicated(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     """Steady load; the busiest primary crashes (its lag measured first) and restarts later."""
     heal_us = PLANNED_AT_US + CRASH_RESTART_AFTER_US
     # Busy sessions and slow log shipping leave async writes in flight at the crash; servers
@@ -200,6 +215,7 @@ def build_crash_replicated(seed: int) -> SimCluster:
         write_share=0.8,
         replication_interval_ms=random.Random(seed).choice(CRASH_REPLICATION_INTERVALS_MS),
         server_service_time_us=0,
+        waiting_read_share=waiting_read_share,
     )
     cluster = SimCluster(seed, config)
     rng = cluster.sim.rng("scenario")
@@ -223,13 +239,18 @@ CUT_LENGTHS_US = (200_000, 1_000_000, 3_000_000, 6_000_000)
 """How long the cut lasts: shorter and longer than the handoff's deadline."""
 
 
-def build_partition_mid_handoff(seed: int) -> SimCluster:
+def build_partition_mid_handoff(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     """A predicted handoff; its source and target are cut off from each other while it runs."""
     choices = random.Random(seed)
     cut_delay_us = choices.choice(CUT_DELAYS_US)
     cut_length_us = choices.choice(CUT_LENGTHS_US)
     heal_us = PLANNED_AT_US + cut_delay_us + cut_length_us + 500_000
-    config = ClusterConfig(servers=4, heal_us=heal_us, duration_us=heal_us + SETTLE_US)
+    config = ClusterConfig(
+        servers=4,
+        heal_us=heal_us,
+        duration_us=heal_us + SETTLE_US,
+        waiting_read_share=waiting_read_share,
+    )
     cluster = SimCluster(seed, config)
     sim = cluster.sim
 
@@ -471,11 +492,22 @@ def _latency_us(cluster: SimCluster, server_id: NodeId) -> int:
     return int(process.service_time_us * stats.slowdown * (1 + stats.inbox_depth))
 
 
-def _mix(mix: FaultMix) -> Callable[[int], SimCluster]:
-    return lambda seed: build_mix(seed, mix)
+class Builder(Protocol):
+    """Builds a scenario's cluster for a seed, with waiting reads at `waiting_read_share`."""
+
+    def __call__(self, seed: int, *, waiting_read_share: float = ...) -> SimCluster:
+        """The cluster, ready to run."""
+        ...
 
 
-SCENARIOS: dict[str, tuple[Callable[[int], SimCluster], str]] = {
+def _mix(mix: FaultMix) -> Builder:
+    def build(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
+        return build_mix(seed, mix, waiting_read_share=waiting_read_share)
+
+    return build
+
+
+SCENARIOS: dict[str, tuple[Builder, str]] = {
     "steady": (_mix(FaultMix.NONE), "four servers, two clients, six sessions; no faults"),
     "gradual": (_mix(FaultMix.GRADUAL), "overload and congestion ramps, flapping links"),
     "sudden": (_mix(FaultMix.SUDDEN), "crashes, link cuts and pauses"),
@@ -496,9 +528,11 @@ ROTATION: tuple[str, ...] = tuple(SCENARIOS)
 
 
 def build_all(seed: int) -> SimCluster:
-    """Seed `n` runs scenario `ROTATION[n % len(ROTATION)]`, so a campaign covers them all."""
+    """Seed `n` runs scenario `ROTATION[n % len(ROTATION)]`, so a campaign covers them all, with
+    `WAITING_READ_SHARE` of its requests waiting reads (the scenarios run alone make none, so
+    their seeds replay as they did before waiting reads existed)."""
     name = ROTATION[seed % len(ROTATION)]
-    cluster = SCENARIOS[name][0](seed)
+    cluster = SCENARIOS[name][0](seed, waiting_read_share=WAITING_READ_SHARE)
     cluster.sim.count(f"scenario/{name}")
     return cluster
 
@@ -526,6 +560,6 @@ register_scenario(
 register_scenario(
     ALL_SCENARIO,
     _factory(build_all),
-    description="the nine others in turn, seed by seed: seed n runs the (n mod 9)-th of "
-    + ", ".join(ROTATION),
+    description="the nine others in turn, seed by seed, with waiting reads: seed n runs the "
+    "(n mod 9)-th of " + ", ".join(ROTATION),
 )

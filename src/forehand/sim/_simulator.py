@@ -282,6 +282,11 @@ class Simulator:
         """Count one occurrence of a rare path."""
         self._counters[name] = self._counters.get(name, 0) + amount
 
+    def observe(self, node_id: NodeId, observation: Observation) -> None:
+        """Report an observation that no core event carries (what a workload adapter knows of
+        the calls it makes): hashed into the trace and judged like any other."""
+        self._observe(node_id, observation)
+
     def _node(self, node_id: NodeId) -> Node:
         node = self._nodes.get(node_id)
         if node is None:

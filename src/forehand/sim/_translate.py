@@ -129,6 +129,7 @@ class CoreTranslator:
         self._keys: dict[PartRef, PartKey] = {}
         self._acks: dict[tuple[NodeId, int], list[Acknowledgement]] = {}
         self._hooks: dict[type, list[Hook]] = {}
+        self._producers: dict[type, list[Callable[[NodeId, Any], Iterable[Observation]]]] = {}
         self._handlers: dict[type, Callable[[NodeId, Any], Iterable[Observation]]] = {
             se.RequestExecuted: self._executed,
             se.PrimaryAcceptedWrite: self._accepted,
@@ -156,13 +157,24 @@ class CoreTranslator:
         """Call `hook(node_id, event)` for every core event of type `kind` (scenario triggers)."""
         self._hooks.setdefault(kind, []).append(hook)
 
+    def also(self, kind: type, producer: Callable[[NodeId, Any], Iterable[Observation]]) -> None:
+        """Add `producer(node_id, event)`'s observations to those of every core event of type
+        `kind` (what a workload adapter reads in the answers to its own calls)."""
+        self._producers.setdefault(kind, []).append(producer)
+
     def __call__(self, node_id: NodeId, event: object) -> Iterable[Observation]:
         """Map one core event onto observations (and run the hooks registered for its type)."""
         if self._hooks:
             for hook in self._hooks.get(type(event), ()):
                 hook(node_id, event)
         handler = self._handlers.get(type(event))
-        return () if handler is None else handler(node_id, event)
+        observations = () if handler is None else handler(node_id, event)
+        if self._producers:
+            producers = self._producers.get(type(event))
+            if producers:
+                extra = [item for produce in producers for item in produce(node_id, event)]
+                return [*observations, *extra]
+        return observations
 
     def part_key(self, ref: PartRef) -> PartKey:
         """The observation key of a part."""

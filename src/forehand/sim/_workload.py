@@ -3,7 +3,10 @@
 The workload decides *what* clients do and *when*, from the seed; an adapter decides *how*, by
 calling the client core's own verbs. Each session issues one request at a time: the next one
 follows the response (seen as a `ClientResponseObserved`) after a think time, or follows anyway
-once `abandon_after_us` passes without one, which is counted.
+once `abandon_after_us` passes without one, which is counted. An operation of
+`background_operations` (a waiting read, say) does not hold the session up: its next request
+follows after a think time, while the background one waits for its answer; a session has at most
+one background request outstanding.
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ class WorkloadConfig:
     """Bound on requests per session; None keeps sessions busy until the run ends."""
     abandon_after_us: int = 10_000_000
     """Bound on waiting for one response before the session moves on to its next request."""
+    background_operations: tuple[str, ...] = ()
+    """Operations of the mix the session does not wait for (at most one outstanding per
+    session: one drawn meanwhile is drawn again until the draw gives another operation)."""
 
     def __post_init__(self) -> None:
         if self.sessions < 1 or not self.parts or not self.request_mix:
@@ -60,6 +66,11 @@ class WorkloadConfig:
             raise ConfigError("workload times are non-negative")
         if self.abandon_after_us <= 0:
             raise ConfigError("abandon_after_us must be positive")
+        operations = {operation for operation, _ in self.request_mix}
+        if not set(self.background_operations) <= operations:
+            raise ConfigError("background operations must be in the request mix")
+        if operations <= set(self.background_operations):
+            raise ConfigError("the request mix needs an operation sessions wait for")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,13 +115,14 @@ class WorkloadAdapter(Protocol):
 
 
 class _SessionState:
-    __slots__ = ("closed", "issued", "session", "token", "waiting_key")
+    __slots__ = ("background_key", "closed", "issued", "session", "token", "waiting_key")
 
     def __init__(self, session: WorkloadSession) -> None:
         self.session = session
         self.issued = 0
         self.token = 0
         self.waiting_key: tuple[NodeId, str, int] | None = None
+        self.background_key: tuple[NodeId, str, int] | None = None
         self.closed = False
 
 
@@ -143,6 +155,8 @@ class Workload:
             for index in range(config.sessions)
         ]
         self._waiting: dict[tuple[NodeId, str, int], tuple[_SessionState, int]] = {}
+        self._background_operations = frozenset(config.background_operations)
+        self._background: dict[tuple[NodeId, str, int], _SessionState] = {}
         self.issued = 0
         """Requests issued so far."""
         self.answered = 0
@@ -153,6 +167,8 @@ class Workload:
         """Requests the client reported failed (`request_failed`)."""
         self.operations: dict[str, int] = {}
         """Requests issued per operation."""
+        self.background_answered = 0
+        """Background requests answered (counted in `answered` too)."""
         sim.add_observer(self._observe)
 
     @property
@@ -190,7 +206,7 @@ class Workload:
         token = state.token
         session = state.session
         part = self._rng.choice(session.parts)
-        operation = self._rng.choices(self._operations, cum_weights=self._cumulative)[0]
+        operation = self._draw_operation(state)
         request = WorkloadRequest(
             session=session, part=part, operation=operation, sequence=state.issued
         )
@@ -204,6 +220,12 @@ class Workload:
             lambda: self._abandon(state, token),
             label=f"abandon check {session.index}/{state.issued}",
         )
+
+    def _draw_operation(self, state: _SessionState) -> str:
+        while True:
+            operation = self._rng.choices(self._operations, cum_weights=self._cumulative)[0]
+            if state.background_key is None or operation not in self._background_operations:
+                return operation
 
     def _issue(
         self,
@@ -224,6 +246,12 @@ class Workload:
         self.issued += 1
         self.operations[request.operation] = self.operations.get(request.operation, 0) + 1
         key = (request.session.client, request.part, request_id)
+        if request.operation in self._background_operations:
+            # The session goes on at once; the answer is only counted when it comes.
+            state.background_key = key
+            self._background[key] = state
+            self._schedule_request(state, now_us + self._think_us())
+            return
         state.waiting_key = key
         self._waiting[key] = (state, token)
 
@@ -246,9 +274,23 @@ class Workload:
         if state.waiting_key is not None:
             self._waiting.pop(state.waiting_key, None)
             state.waiting_key = None
+        if state.background_key is not None:
+            self._background.pop(state.background_key, None)
+            state.background_key = None
+
+    def _background_ended(self, key: tuple[NodeId, str, int]) -> bool:
+        """Forget background request `key` if it is one; whether it was."""
+        state = self._background.pop(key, None)
+        if state is None:
+            return False
+        state.background_key = None
+        return True
 
     def request_failed(self, client: NodeId, part: str, request_id: int) -> None:
         """The client gave up on a request: the session moves on after a think time."""
+        if self._background_ended((client, part, request_id)):
+            self.failed += 1
+            return
         waiting = self._waiting.pop((client, part, request_id), None)
         if waiting is None:
             return
@@ -264,6 +306,10 @@ class Workload:
         if not isinstance(observation, ClientResponseObserved):
             return
         key = (observation.client, observation.part_key[1], observation.request_id)
+        if self._background and self._background_ended(key):
+            self.answered += 1
+            self.background_answered += 1
+            return
         waiting = self._waiting.pop(key, None)
         if waiting is None:
             return

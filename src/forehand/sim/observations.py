@@ -40,7 +40,11 @@ __all__ = [
     "SessionClosed",
     "SessionExpired",
     "SessionOpened",
+    "WaitingReadAnswered",
+    "WaitingReadFailed",
+    "WaitingReadIssued",
     "WriteAcknowledged",
+    "WriteVersionSeen",
 ]
 
 PartKey = tuple[str, str]
@@ -161,6 +165,68 @@ class ClientResponseObserved(Observation):
     """The map version of the write's position, as the response reports it."""
     log_index: int | None
     """The write's log index, as the response reports it; None for a read."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteVersionSeen(Observation):
+    """A client got OK for a write whose answer shows the part's version after it (the
+    application's number that no write makes smaller)."""
+
+    client: NodeId
+    """The client node."""
+    part_key: PartKey
+    """The part written."""
+    request_id: int
+    """The write's request id."""
+    version: int
+    """The part's version the answer shows."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingReadIssued(Observation):
+    """A client called a waiting read: it asks for the part's version once it reaches
+    `wanted`."""
+
+    client: NodeId
+    """The client node."""
+    part_key: PartKey
+    """The part read."""
+    request_id: int
+    """The read's request id."""
+    wanted: int
+    """The version the handler waits for."""
+    timeout_us: int
+    """The call's own timeout (`timeout_ms`), longer than the op's `wait_ms`."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingReadAnswered(Observation):
+    """A client received the final answer to a waiting read."""
+
+    client: NodeId
+    """The client node."""
+    part_key: PartKey
+    """The part read."""
+    request_id: int
+    """The read's request id."""
+    status: str
+    """The response status' name (`OK` for a version or "nothing yet")."""
+    version: int | None
+    """The version answered; None for "nothing yet" (or a status other than OK)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitingReadFailed(Observation):
+    """A client gave up on a waiting read (`RequestFailed`)."""
+
+    client: NodeId
+    """The client node."""
+    part_key: PartKey
+    """The part read."""
+    request_id: int
+    """The read's request id."""
+    why: str
+    """Why, as the client said (`timeout`, `session-closed`, ...)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
