@@ -10,7 +10,8 @@ the same run. `python -m forehand.sim --scenario NAME --seeds N` runs a campaign
 `SimCluster` runs the real cores (`ManagerCore`, `ServerCore`, `ClientCore`) with a shop
 application and translates their events to the observations; the built-in scenarios (`steady`,
 the fault mixes, `drain`, `handoff`, `crash-replicated`, `partition-mid-handoff`, and `all` of
-them in turn) register themselves from `forehand.sim._scenarios`.
+them in turn, with waiting reads judged by `WaitingReadChecker`) register themselves from
+`forehand.sim._scenarios`.
 """
 
 from __future__ import annotations
