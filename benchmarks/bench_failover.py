@@ -145,7 +145,7 @@ async def _trial(load: SessionLoad, cluster: DemoCluster) -> dict[str, Any]:
 async def bench(arguments: argparse.Namespace) -> list[Metric]:
     manager_core, server_core = _settings(arguments)
     client_config = ClientConfig(
-        ping_interval_ms=200,
+        ping_interval_ms=arguments.ping_ms,
         request_timeout_ms=20_000,
         retry_backoff_ms=arguments.retry_backoff_ms,
         retry_backoff_max_ms=max(arguments.retry_backoff_ms, arguments.retry_backoff_max_ms),
@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 trials instead of 10")
     parser.add_argument("--trials", type=int, default=0, help="SIGKILLs")
     parser.add_argument("--pause-ms", type=float, default=100.0, help="mean pause between calls")
+    parser.add_argument("--ping-ms", type=int, default=200, help="client ping interval")
     parser.add_argument("--heartbeat-ms", type=int, default=50, help="server heartbeat interval")
     parser.add_argument("--failure-ms", type=int, default=300, help="silence until dead")
     parser.add_argument("--prepare-ms", type=int, default=100, help="failover prepare timeout")
