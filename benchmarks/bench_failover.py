@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import time
 from collections import Counter
@@ -98,12 +99,16 @@ async def _restart(cluster: DemoCluster, server_id: str) -> None:
     await cluster._wait_active(deadline_s)
 
 
-async def _trial(load: SessionLoad, cluster: DemoCluster) -> dict[str, Any]:
+async def _trial(load: SessionLoad, cluster: DemoCluster, *, freeze: bool) -> dict[str, Any]:
     primaries = load.primaries()
     victim, _ = Counter(primaries.values()).most_common(1)[0]
     affected = [session_id for session_id, primary in primaries.items() if primary == victim]
     killed_s = time.monotonic()
-    cluster.kill_server(victim, now_s=killed_s)
+    if freeze:
+        # A freeze: no RST, no ICMP; the connections stay open and silent.
+        cluster.signal_server(victim, signal.SIGSTOP)
+    else:
+        cluster.kill_server(victim, now_s=killed_s)
     phases = await _poll_phases(cluster, victim, killed_s)
     deadline_s = killed_s + TRIAL_TIMEOUT_S
 
@@ -127,6 +132,10 @@ async def _trial(load: SessionLoad, cluster: DemoCluster) -> dict[str, Any]:
         if moved:
             relocated_ms.append((moved[0] - killed_s) * 1000)
     failed = load.failed_between(killed_s, time.monotonic())
+    if freeze:
+        # The frozen server was declared dead; SIGKILL it (a stopped process dies too) and
+        # start a new incarnation rather than thaw a member the cluster has written off.
+        cluster.kill_server(victim, now_s=time.monotonic())
     await _restart(cluster, victim)
     return {
         "victim": victim,
@@ -166,7 +175,7 @@ async def bench(arguments: argparse.Namespace) -> list[Metric]:
     ):
         await asyncio.sleep(2.0)
         for number in range(arguments.trials):
-            trial = await _trial(load, cluster)
+            trial = await _trial(load, cluster, freeze=arguments.freeze)
             trials.append(trial)
             first = trial["first_good_response_ms"]
             print(
@@ -238,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 trials instead of 10")
     parser.add_argument("--trials", type=int, default=0, help="SIGKILLs")
     parser.add_argument("--pause-ms", type=float, default=100.0, help="mean pause between calls")
+    parser.add_argument("--freeze", action="store_true", help="SIGSTOP instead of SIGKILL")
     parser.add_argument("--ping-ms", type=int, default=200, help="client ping interval")
     parser.add_argument("--heartbeat-ms", type=int, default=50, help="server heartbeat interval")
     parser.add_argument("--failure-ms", type=int, default=300, help="silence until dead")
@@ -248,8 +258,10 @@ def main(argv: list[str] | None = None) -> None:
     arguments = parser.parse_args(argv)
     arguments.trials = arguments.trials or (3 if arguments.quick else 10)
     rows = run(bench(arguments))
+    kind, signal_name = ("Freeze", "SIGSTOP") if arguments.freeze else ("Crash", "SIGKILL")
     print_metrics(
-        f"Crash failover, {arguments.trials} SIGKILLs (3 servers, 2 replicas, TLS, loopback)", rows
+        f"{kind} failover, {arguments.trials} {signal_name}s (3 servers, 2 replicas, TLS)",
+        rows,
     )
 
 
