@@ -1063,3 +1063,43 @@ def test_an_accept_error_that_persists_does_not_take_the_loop(
         await listener.close()
 
     run_test(main(), use_uvloop=use_uvloop)
+
+
+@pytest.mark.parametrize("abandon", [True, False])
+def test_abandoning_a_silent_peer_ends_the_connection_without_its_answer(
+    certs: ClusterCertificates, abandon: bool
+) -> None:
+    """A peer that reads nothing (a frozen process) never answers a graceful TLS close, which
+    then lasts `close_timeout_ms` (here a minute); `abandon`, what a driver does to a peer
+    silent past its bound, ends the connection at once."""
+    limits = ConnectionLimits(close_timeout_ms=60_000)
+
+    async def main() -> bool:
+        network = MemoryNetwork()
+        config = _config("tls", limits)
+        server = make_transport("tls", node_credentials(certs, "s1"), network, config=config)
+        client = make_transport("tls", client_credentials(certs), network, config=config)
+        listener = await server.listen(HOST, 0, peer_role=None)
+        connection = await client.connect(HOST, listener.port, server_id="s1", peer_role=None)
+        frozen = await listener.accept()
+        frozen._transport.pause_reading()  # type: ignore[attr-defined]
+        if abandon:
+            connection.abandon(ErrorCode.IDLE_TIMEOUT, "silent")
+        else:
+            connection.close(ErrorCode.IDLE_TIMEOUT, "silent")
+        try:
+            await asyncio.wait_for(connection.wait_closed(), timeout=5)
+            ended = True
+        except TimeoutError:
+            ended = False
+        info = connection.close_info
+        assert info is not None and info.error_code == ErrorCode.IDLE_TIMEOUT
+        # Thawed, the peer answers, and a graceful close ends too.
+        frozen._transport.resume_reading()  # type: ignore[attr-defined]
+        await asyncio.wait_for(connection.wait_closed(), timeout=10)
+        frozen.close()
+        await frozen.wait_closed()
+        await listener.close()
+        return ended
+
+    assert run_test(main()) is abandon

@@ -741,6 +741,16 @@ class QUICConnection(Connection):
         self._flush()
         self._shut(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
 
+    def abandon(self, error_code: int, reason: str) -> None:
+        """The peer is silent: CONNECTION_CLOSE goes out, and the connection is gone now rather
+        than after a closing period the peer will not answer."""
+        info = self._close_info
+        if info is None:
+            self.close(error_code, reason)
+            info = self._close_info
+        assert info is not None
+        self._gone_now(info)
+
     def _fail(self, error_code: int, reason: str) -> None:
         """The peer broke the protocol or a bound: CONNECTION_CLOSE with the code and reason."""
         if self._close_info is None:

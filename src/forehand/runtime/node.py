@@ -1024,7 +1024,7 @@ class NodeDriver:
                     waited_s = now_s - awaiting
                     if waited_s > silence_s:
                         _log.warning("%s silent for %.1f s; closing", link.peer, waited_s)
-                        link.connection.close(
+                        link.connection.abandon(
                             ErrorCode.IDLE_TIMEOUT, f"silent for {waited_s:.1f} s"
                         )
         self._arm_sweeper()

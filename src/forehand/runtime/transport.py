@@ -427,6 +427,15 @@ class Connection(abc.ABC):
         Idempotent. `wait_closed()` returns once the transport is gone.
         """
 
+    def abandon(self, error_code: int, reason: str) -> None:
+        """Close a connection whose peer went silent, and count it gone now.
+
+        A graceful `close()` waits for the peer (TLS's close, QUIC's closing period) up to
+        `close_timeout_ms`; a frozen or vanished peer never answers, and the connection's end
+        would reach the driver, and its core, only then. Transports that wait override this to
+        end at once; the peer is told why if it can still hear."""
+        self.close(error_code, reason)
+
     @abc.abstractmethod
     def path_stats(self) -> PathStats:
         """What the stack knows about this connection's path right now."""
