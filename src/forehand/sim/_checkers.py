@@ -503,8 +503,8 @@ class WaitingReadChecker:
     """Waiting reads keep their contract under faults.
 
     What the design promises (docs/ARCHITECTURE.md, Waiting reads): a parked read is answered by
-    the handler's result after a write, or "nothing yet" at its wait's end, when the part stops
-    being primary there, when it was forwarded, or when the server stops; the answer sees the
+    the handler's result after a write, or "nothing yet" at its wait's end (or its wait budget's),
+    when the part stops being primary there, or when the server stops; the answer sees the
     primary's state, as any read does; the client ends every call, answered or failed, by its
     own `timeout_ms`. So, for each waiting read (`WaitingReadIssued`):
 
