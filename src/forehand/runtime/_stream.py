@@ -376,18 +376,12 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
 
     def abandon(self, error_code: int, reason: str) -> None:
-        """The peer is silent: ERROR goes out if the socket takes it, then the transport is
-        aborted, so the connection is gone on the next turn rather than after
+        """The peer is silent: close as `close` does (ERROR goes out if the socket takes it),
+        then abort the transport, so the connection is gone on the next turn rather than after
         `close_timeout_ms` of a graceful close nobody answers."""
-        if self._close_info is not None:
-            if self._transport is not None:
-                self._transport.abort()
-            return
-        if not self._error_sent:
-            self._pending.append(encode_frame(error_frame(error_code, reason, self._wire)))
-            self._error_sent = True
-        self._flush()
-        self._abort(error_code, reason)
+        self.close(error_code, reason)
+        if self._transport is not None:
+            self._transport.abort()
 
     def _fail(self, error_code: int, reason: str) -> None:
         """The peer broke the protocol: tell it with ERROR and close this connection only."""
