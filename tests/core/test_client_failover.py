@@ -452,8 +452,14 @@ def test_map_request_backoff_counts_from_the_send() -> None:
 def test_the_manager_is_pinged_while_a_map_request_awaits_its_answer() -> None:
     """The manager may hold a MAP_REQUEST longer than the driver waits on a silent connection
     (five ping intervals): while one awaits, the manager is pinged at the serving rate, not at
-    the probe rate, and at the probe rate again once it is answered."""
-    h = Harness(ping_interval_ms=100, probe_interval_ms=5_000, map_request_timeout_ms=3_000)
+    the probe rate, and at the probe rate again once it is answered. (The servers here answer
+    no PING: asking the manager about them while silent is off, or it would ask anew.)"""
+    h = Harness(
+        ping_interval_ms=100,
+        probe_interval_ms=5_000,
+        map_request_timeout_ms=3_000,
+        silent_locate_pings=None,
+    )
     session, _ = session_with_pending(h)
     h.advance(ms=100)
     s3_ping = h.take(Ping, "s3")[-1]

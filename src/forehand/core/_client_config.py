@@ -69,6 +69,14 @@ class ClientConfig:
     """Period of PING on each READY connection."""
     pings_outstanding_max: int = 4
     """Bound on unanswered PINGs remembered per connection (older ones are forgotten)."""
+    silent_locate_pings: int | None = 1
+    """When this many PINGs to a part's primary are unanswered while requests wait there, the
+    client asks the manager (MAP_REQUEST, presenting those sessions) where their parts live now,
+    keeping the connection: a server that stopped without closing its sockets (paused, frozen,
+    cut off) and that the manager has failed over is left at the answer, not at the driver's
+    silence bound (five ping intervals). It asks again at twice and at four times as many, once
+    each (below `pings_outstanding_max`); an answer naming the same server changes nothing, and
+    a PONG ends the silence. None: never."""
     rtt_samples_max: int = 32
     """Bound on RTT samples kept per server for telemetry."""
     telemetry_samples_max: int = DEFAULT_CONFIG.telemetry_samples_max
@@ -113,6 +121,13 @@ class ClientConfig:
             )
         if self.unanswered_ids_max > DEFAULT_CONFIG.unanswered_max:
             raise ConfigError("ClientConfig.unanswered_ids_max exceeds the wire's unanswered_max")
+        if self.silent_locate_pings is not None and (
+            not isinstance(self.silent_locate_pings, int) or self.silent_locate_pings < 1
+        ):
+            raise ConfigError(
+                "ClientConfig.silent_locate_pings must be None (never) or a positive int, "
+                f"got {self.silent_locate_pings!r}"
+            )
         if self.telemetry_samples_max > DEFAULT_CONFIG.telemetry_samples_max:
             raise ConfigError("ClientConfig.telemetry_samples_max exceeds the wire's bound")
 

@@ -195,6 +195,7 @@ class Connection:
         "queue",
         "queue_frames_max",
         "server",
+        "silent_asks",
         "state",
     )
 
@@ -222,6 +223,9 @@ class Connection:
         """The sequence of the last PING sent."""
         self.pings: dict[int, int] = {}
         """Unanswered PINGs: sequence -> sent_us, at most `pings_outstanding_max`."""
+        self.silent_asks = 0
+        """MAP_REQUESTs sent about this server's parts since its PINGs went unanswered
+        (`ClientConfig.silent_locate_pings`); back to 0 when a PONG leaves none unanswered."""
         self.deferred_hello: object | None = None
         """HELLO held back until the loss notice of the previous connection to the peer arrives."""
 

@@ -1163,9 +1163,11 @@ class ClientCore:
     def _on_pong(self, frame: Pong, source: NodeId, now_us: int) -> None:
         connection = self._pool.get(source)
         sent_us = None if connection is None else connection.pings.pop(frame.sequence, None)
-        if sent_us is None:
+        if connection is None or sent_us is None:
             self._rare("unsolicited-pong")
             return
+        if not connection.pings:
+            connection.silent_asks = 0
         if source == self._config.manager_node_id:
             # Pinged only to keep its connection heard while a MAP_REQUEST awaits: the manager
             # is no server, and its path no sample.
@@ -1215,6 +1217,8 @@ class ClientCore:
         if now_us >= self._probe_window_us + 1_000_000:
             self._probe_window_us, self._probes_in_window = now_us, 0
         telemetry: tuple[PathSample, ...] | None = None
+        # Before this round's PINGs join the unanswered ones.
+        silent = [c for c in due if c.server in serving and c.authenticated and self._silent(c)]
         for connection in due:
             if not connection.authenticated:
                 connection.next_ping_us = None
@@ -1244,6 +1248,46 @@ class ClientCore:
             ping_us = connection.next_ping_us
             if ping_us is not None and ping_us < self._ping_due_us:
                 self._ping_due_us = ping_us
+        for connection in silent:
+            self._locate_while_silent(connection, now_us)
+
+    def _silent(self, connection: Connection) -> bool:
+        """Whether enough of `connection`'s PINGs are unanswered to ask the manager (again)."""
+        pings = self._config.silent_locate_pings
+        return pings is not None and len(connection.pings) >= pings << connection.silent_asks
+
+    def _locate_while_silent(self, connection: Connection, now_us: int) -> None:
+        """`connection`'s PINGs went unanswered (`ClientConfig.silent_locate_pings`): ask the
+        manager where the parts whose requests wait on it live now, keeping the connection and
+        the parts ACTIVE. An answer that places a part elsewhere moves it and re-sends its
+        requests there (`_apply_placement`); one naming the same server changes nothing. The
+        manager holds the question while it cannot reach the server either, and answers when
+        its failover commits (`ManagerConfig.map_request_hold_ms`).
+
+        Only between locating rounds (none out, none due): a round that is out already asks,
+        and its answer is applied to every part it names. Not counted then, so the next PING
+        asks instead."""
+        if self._map_sent_us is not None or self._map_retry_us is not None:
+            return
+        server = connection.server
+        waiting: dict[bytes, int] = {}
+        limit = self._config.hello_credentials_max
+        for session in self._sessions.values():
+            if len(waiting) == limit:
+                break
+            for route in session.parts.values():
+                if (
+                    route.state is RouteState.ACTIVE
+                    and route.primary == server
+                    and any(entry.server == server for entry in route.inflight.values())
+                ):
+                    version = waiting.get(session.session_id, route.map_version)
+                    waiting[session.session_id] = min(version, route.map_version)
+        if not waiting:
+            return
+        connection.silent_asks += 1
+        self._rare("silent-server-asked")
+        self._ask_manager(tuple(waiting), min(waiting.values()), now_us)
 
     def _ping_manager_soon(self, now_us: int) -> None:
         """While a MAP_REQUEST awaits its answer, the manager's connection is pinged every
