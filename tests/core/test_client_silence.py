@@ -177,7 +177,7 @@ def test_off_never_asks() -> None:
     assert h.take(MapRequest) == []
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.5, "1"])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "1", 5])
 def test_a_bad_setting_is_refused(value: object) -> None:
     with pytest.raises(ConfigError, match="silent_locate_pings"):
         ClientConfig(silent_locate_pings=value)  # type: ignore[arg-type]

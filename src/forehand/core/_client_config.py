@@ -75,8 +75,8 @@ class ClientConfig:
     keeping the connection: a server that stopped without closing its sockets (paused, frozen,
     cut off) and that the manager has failed over is left at the answer, not at the driver's
     silence bound (five ping intervals). It asks again at twice and at four times as many, once
-    each (below `pings_outstanding_max`); an answer naming the same server changes nothing, and
-    a PONG ends the silence. None: never."""
+    each, as far as `pings_outstanding_max` (the most it counts); an answer naming the same
+    server changes nothing, and a PONG ends the silence. None: never."""
     rtt_samples_max: int = 32
     """Bound on RTT samples kept per server for telemetry."""
     telemetry_samples_max: int = DEFAULT_CONFIG.telemetry_samples_max
@@ -121,12 +121,13 @@ class ClientConfig:
             )
         if self.unanswered_ids_max > DEFAULT_CONFIG.unanswered_max:
             raise ConfigError("ClientConfig.unanswered_ids_max exceeds the wire's unanswered_max")
-        if self.silent_locate_pings is not None and (
-            not isinstance(self.silent_locate_pings, int) or self.silent_locate_pings < 1
+        silent = self.silent_locate_pings
+        if silent is not None and (
+            not isinstance(silent, int) or not 1 <= silent <= self.pings_outstanding_max
         ):
             raise ConfigError(
-                "ClientConfig.silent_locate_pings must be None (never) or a positive int, "
-                f"got {self.silent_locate_pings!r}"
+                "ClientConfig.silent_locate_pings must be None (never) or an int from 1 to "
+                f"pings_outstanding_max ({self.pings_outstanding_max}), got {silent!r}"
             )
         if self.telemetry_samples_max > DEFAULT_CONFIG.telemetry_samples_max:
             raise ConfigError("ClientConfig.telemetry_samples_max exceeds the wire's bound")
