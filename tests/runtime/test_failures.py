@@ -3,7 +3,8 @@
 Each test runs its own cluster (a manager and three servers as processes), because it breaks
 one of them: SIGKILL of the cart's primary (a `replicated` part loses no acknowledged write), and
 SIGSTOP then SIGCONT of it (the manager fails it over while it is frozen; clients notice the
-silence and follow; the thawed server rejoins).
+silence and follow, a waiting call's part before the connection is given up; the thawed server
+rejoins).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from forehand import HandoffEvent, HandoffEventKind
+from forehand.core import ClientConfig
 from forehand.runtime.admin import MoveSession
 
 if TYPE_CHECKING:
@@ -87,6 +90,36 @@ def test_sigstop_then_sigcont_of_a_primary(cluster: Cluster) -> None:
     acknowledged is lost, no call fails, and after SIGCONT it rejoins the cluster."""
     run_async(_break_primary_under_load(cluster, "freeze"))
     run_async(cluster.wait_active(SERVERS))
+
+
+def test_a_call_waiting_on_a_frozen_primary_moves_before_its_connection_is_given_up(
+    cluster: Cluster,
+) -> None:
+    """SIGSTOP of the cart's primary while a call waits there, at the default 1 s ping: the
+    driver would give the silent connection up after 5 s, and the part would be RELOCATED
+    (lost) then. The client asks the manager once a PING goes unanswered a whole interval
+    (`silent_locate_pings`), the held answer comes when the failover commits (about 1.2 s here),
+    and the part is MOVED to the promoted replica with the connection kept; the call is answered
+    there. (With `silent_locate_pings=None` the event is RELOCATED.)"""
+
+    async def scenario() -> None:
+        config = ClientConfig(ping_interval_ms=1_000, request_timeout_ms=20_000)
+        async with cluster.connect(config=config) as client:
+            session = await client.open_session(parts=PARTS)
+            victim = session.placements()["cart"].primary
+            await session.call("cart", "add", {"sku": "before", "quantity": 1})
+            seen: list[HandoffEvent] = []
+            session.on_handoff(seen.append)
+            cluster.send_signal(victim, signal.SIGSTOP)
+            try:
+                await session.call("cart", "add", {"sku": "frozen", "quantity": 1})
+            finally:
+                cluster.send_signal(victim, signal.SIGCONT)
+            assert session.placements()["cart"].primary != victim
+            cart = [event for event in seen if "cart" in event.parts]
+            assert [(e.kind, e.source) for e in cart] == [(HandoffEventKind.MOVED, victim)]
+
+    run_async(scenario())
 
 
 def test_a_waiting_read_whose_primary_dies_returns_none_by_its_timeout(cluster: Cluster) -> None:
