@@ -174,12 +174,13 @@ async def bench(arguments: argparse.Namespace) -> list[Metric]:
         ) as load,
     ):
         await asyncio.sleep(2.0)
+        broke = "froze" if arguments.freeze else "killed"
         for number in range(arguments.trials):
             trial = await _trial(load, cluster, freeze=arguments.freeze)
             trials.append(trial)
             first = trial["first_good_response_ms"]
             print(
-                f"trial {number + 1}: killed {trial['victim']}, "
+                f"trial {number + 1}: {broke} {trial['victim']}, "
                 f"{trial['answered_sessions']}/{trial['affected_sessions']} sessions answered, "
                 f"p50 {percentile(first, 0.5):.0f} ms, max {max(first, default=0):.0f} ms",
                 flush=True,
