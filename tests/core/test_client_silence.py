@@ -82,6 +82,7 @@ def test_a_silent_primary_s_waiting_parts_are_asked_about_and_moved() -> None:
     assert (route.state, route.primary) == (RouteState.ACTIVE, "s2")
     (moved,) = h.of(PartRelocated)
     assert (moved.previous, moved.server, moved.lost) == ("s1", "s2", False)
+    assert [e.name for e in h.of(RarePathTaken)] == ["silent-server-left"]
     h.welcome("s2")
     (resent,) = h.take(Request, "s2")
     assert resent.request_id == request_id

@@ -26,6 +26,8 @@ REACHED = (
     "async-write-lost",
     "client/handoff-followed",
     "client/part-relocated",
+    "client/silent-server-asked",
+    "client/silent-server-left",
     "client/part-redirected",
     "connection-timeout",
     "manager/drain-finished",

@@ -1930,6 +1930,10 @@ class ClientCore:
         route.adopt(primary=primary, backups=backups, map_version=view.map_version)
         if moved:
             route.fire(RouteTrigger.PLACEMENT_RECEIVED)
+            left = self._pool.get(previous)
+            if left is not None and left.silent_asks:
+                # Moved off a server its PINGs found silent: the question paid off.
+                self._rare("silent-server-left")
             # The application hears of every move of a part, also of one a map answer brings
             # before any HANDOFF or lost connection does.
             self._emit(
