@@ -1272,17 +1272,18 @@ class ClientCore:
         server = connection.server
         waiting: dict[bytes, int] = {}
         limit = self._config.hello_credentials_max
-        for session in self._sessions.values():
-            if len(waiting) == limit:
-                break
-            for route in session.parts.values():
-                if (
-                    route.state is RouteState.ACTIVE
-                    and route.primary == server
-                    and any(entry.server == server for entry in route.inflight.values())
-                ):
-                    version = waiting.get(session.session_id, route.map_version)
-                    waiting[session.session_id] = min(version, route.map_version)
+        # The requests sent there, oldest first (at most `inflight_requests_max`).
+        for entry in self._inflight.values():
+            if entry.server != server:
+                continue
+            route = self._sessions[entry.session_id].parts[entry.part]
+            if route.state is RouteState.ACTIVE and route.primary == server:
+                session_id = entry.session_id
+                if session_id not in waiting and len(waiting) == limit:
+                    break
+                waiting[session_id] = min(
+                    waiting.get(session_id, route.map_version), route.map_version
+                )
         if not waiting:
             return
         connection.silent_asks += 1
