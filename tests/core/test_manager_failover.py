@@ -6,6 +6,8 @@ import functools
 import sys
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from forehand.core._manager_events import (
     FailoverAbandoned,
     FailoverCompleted,
@@ -381,6 +383,7 @@ def test_a_stall_the_driver_reports_defers_every_death() -> None:
     assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s4"]
 
 
+@pytest.mark.slow
 def test_a_server_leading_over_ten_thousand_parts_fails_over() -> None:
     """Three servers, 12,000 sessions of three parts: the one that dies led some 12,000 parts,
     and its promotion (one override per part) commits as one version; a delta bound of 10,000

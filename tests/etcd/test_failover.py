@@ -53,6 +53,7 @@ class _Gap:
             self.longest_s = max(self.longest_s, now - since)
 
 
+@pytest.mark.slow
 def test_a_standby_takes_over_from_a_killed_then_a_frozen_leader(
     tmp_path: Path, etcd: EtcdMembers
 ) -> None:
@@ -109,6 +110,7 @@ async def _kill_the_leader(cluster: HACluster) -> str:
     return new
 
 
+@pytest.mark.slow
 def test_etcd_members_failing_and_coming_back(tmp_path: Path, etcd: EtcdMembers) -> None:
     """One etcd member down changes nothing; two down (no quorum): the leader steps down and
     nobody changes the map, while servers keep serving existing sessions; both back: a manager

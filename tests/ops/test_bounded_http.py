@@ -214,6 +214,7 @@ def test_a_connection_beyond_the_bound_is_refused_and_the_others_go_on(
             sock.close()
 
 
+@pytest.mark.slow
 def test_an_event_stream_whose_client_stops_reading_is_dropped(bounded: OpsCluster) -> None:
     """A dashboard stream whose client reads nothing is dropped once its write buffer stays full
     for the stall timeout, and the drop is logged; a stream read slowly, a kilobyte at a time,

@@ -138,6 +138,7 @@ def _check_version(shard_map: ShardMap) -> None:
     replica_count=st.integers(0, 2),
     epsilon=st.sampled_from([0.05, 0.25]),
 )
+@pytest.mark.slow
 def test_version_fast_paths_equal_the_full_computation(
     seed: int, strategy: str, replica_count: int, epsilon: float
 ) -> None:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from forehand.core import ClientConfig
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ LIFETIME_MS = 3_000
 PARTS = ["auth", "cart"]
 
 
+@pytest.mark.slow
 def test_a_restarted_client_takes_back_a_session_older_than_its_first_credential(
     tmp_path: Path,
 ) -> None:

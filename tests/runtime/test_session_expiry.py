@@ -31,6 +31,7 @@ EXPIRY_MS = 6_000
 PARTS = ["auth", "cart"]
 
 
+@pytest.mark.slow
 def test_an_abandoned_session_expires_and_a_renewed_one_stays(tmp_path: Path) -> None:
     """One client opens a session and goes away without closing it (`Client.close` keeps
     sessions open, to be resumed); another opens one and calls throughout with the default

@@ -174,6 +174,7 @@ def test_failing_paths_show_loss_in_the_clients_reports(campaign: SimTelemetry) 
     assert flapping_lossy >= 1
 
 
+@pytest.mark.slow
 def test_cli_prints_the_simulator_table_with_gradual_and_sudden_rows() -> None:
     """`forehand predict-eval --sim --quick` runs a tiny campaign and prints its table, and the
     targets table judges the gradual-fault targets on the simulator input."""
