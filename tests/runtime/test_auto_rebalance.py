@@ -29,7 +29,8 @@ def test_an_undrained_server_gets_its_share_back_by_itself(tmp_path: Path) -> No
     )
     cluster.start()
     try:
-        run_async(_scenario(cluster))
+        # Past `gained`'s own bound, so that its failure says what the manager did.
+        run_async(_scenario(cluster), timeout_s=120.0)
     finally:
         cluster.stop()
 
@@ -64,6 +65,19 @@ async def _scenario(cluster: Cluster) -> None:
                 # fills it up to its share.
                 return sum(p.primary == drained for p in placed) >= len(placed) // 3
 
-            await eventually(gained, what=f"primaries handed to {drained}", timeout_s=60.0)
+            def state() -> dict[str, object]:
+                placed = [p for s in sessions for p in s.placements().values()]
+                events = [
+                    line for line in cluster.log("manager").splitlines() if "core_event=" in line
+                ]
+                return {
+                    "primaries": sum(p.primary == drained for p in placed),
+                    "share": len(placed) // 3,
+                    "manager events": [line[:300] for line in events[-20:]],
+                }
+
+            await eventually(
+                gained, what=f"primaries handed to {drained}", timeout_s=60.0, state=state
+            )
             await load.wait_for(20, what="writes after the rebalance")
         await load.check_exactly_once()
