@@ -661,3 +661,31 @@ def test_unanswered_forwards_are_answered_try_again_after_their_timeout() -> Non
         ),
     )
     assert cluster.responses() == []
+
+
+def test_implicit_runs_named_by_one_handoff_report_it_completed_once() -> None:
+    """A map that moved two parts reached the source before the manager's assignment: one
+    implicit run per part, both named by the handoff. The manager hears `HandoffCompleted`
+    once, when the last of them ends its backup period, not when the first does."""
+    cluster = Cluster(handoff_notify_jitter_ms=0)
+    ledger = ref("ledger")
+    cluster.place("counter", "s1", "s2", "s3")
+    cluster.place("ledger", "s1", "s2", "s3")
+    cluster.request("s1", "counter")
+    cluster.request("s1", "ledger")
+    cluster.responses()
+    cluster.router.advance(ms=50)
+    operations = [
+        operation
+        for part in ("counter", "ledger")
+        for operation in cluster.map.override_placement(
+            PartKey(session_id=SESSION, part=part), Placement(primary="s2", replicas=("s1", "s3"))
+        ).operations
+    ]
+    cluster.publish(*operations)
+    cluster.assign_handoff([COUNTER, ledger], source="s1", target="s2")
+    cluster.router.advance(ms=6000)
+    assert (state(cluster, "s1"), state(cluster, "s2")) == (PartState.REPLICA, PartState.PRIMARY)
+    completed = [m for m in cluster.take(MANAGER, HandoffCompleted) if m.server_id == "s1"]
+    assert [m.handoff_id for m in completed] == [77]
+    assert set(completed[0].parts) == {COUNTER, ledger}

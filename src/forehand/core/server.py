@@ -293,6 +293,10 @@ class ServerCore:
         self._runs: dict[int, HandoffRun] = {}
         self._run_of: dict[PartRef, int] = {}
         self._next_run_key = 1
+        self._source_runs: dict[int, tuple[int, tuple[PartRef, ...]]] = {}
+        """Per handoff id: how many source runs of it this server has (several when implicit
+        runs, one per part, were named by one assignment: `_adopt_implicit_run`), and the parts
+        of those that ended their backup period, reported when the last run goes."""
         self._notified: dict[int, set[tuple[NodeId, bytes]]] = {}
         self._handoffs_seen: OrderedDict[tuple[HandoffSide, int], None] = OrderedDict()
         self._attached: dict[bytes, OrderedDict[NodeId, None]] = {}
@@ -2104,6 +2108,7 @@ class ServerCore:
                 and parts & set(run.refs)
             ):
                 run.handoff_id = message.handoff_id
+                self._count_source_run(run, 1)
                 run.reason = message.reason
                 run.deadline_us = now_us + message.deadline_ms * 1000
                 adopted = True
@@ -2147,7 +2152,22 @@ class ServerCore:
         key = self._next_run_key
         self._next_run_key += 1
         self._runs[key] = run
+        self._count_source_run(run, 1)
         return key
+
+    def _count_source_run(self, run: HandoffRun, change: int) -> None:
+        if run.side is not HandoffSide.SOURCE or not run.handoff_id:
+            return
+        count, ended = self._source_runs.get(run.handoff_id, (0, ()))
+        if count + change > 0:
+            self._source_runs[run.handoff_id] = (count + change, ended)
+            return
+        self._source_runs.pop(run.handoff_id, None)
+        if ended:
+            self._send(
+                self._config.manager_id,
+                HandoffCompleted(handoff_id=run.handoff_id, server_id=self._me, parts=ended),
+            )
 
     def _seal_acknowledged(self, part: Part, now_us: int) -> None:
         key = self._run_of.get(part.ref, 0)
@@ -2291,10 +2311,10 @@ class ServerCore:
                 self._drop(part)
         self._advance(run, HandoffTrigger.BACKUP_PERIOD_ENDED)
         if run.handoff_id:
-            self._send(
-                self._config.manager_id,
-                HandoffCompleted(handoff_id=run.handoff_id, server_id=self._me, parts=run.refs),
-            )
+            # Reported when the handoff's last run here goes (`_count_source_run`): the manager
+            # takes the source's report as the end of the whole handoff.
+            count, ended = self._source_runs[run.handoff_id]
+            self._source_runs[run.handoff_id] = (count, ended + run.refs)
         self._forget_run(key)
 
     def _deadline_missed(self, key: int, run: HandoffRun, now_us: int) -> None:
@@ -2387,6 +2407,7 @@ class ServerCore:
         self._notified.pop(key, None)
         if run is None:
             return
+        self._count_source_run(run, -1)
         for ref in run.refs:
             if self._run_of.get(ref) == key:
                 del self._run_of[ref]
