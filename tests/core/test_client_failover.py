@@ -543,7 +543,8 @@ def test_relocation_to_the_same_server_reconnects() -> None:
 def test_a_call_of_its_own_timeout_sent_again_carries_the_budget_left() -> None:
     """A call with `timeout_ms` tells the server how long it can wait (its timeout less
     `wait_budget_margin_ms`); re-sent after its server was lost, the same id asks only for what
-    is left then. Calls of the default timeout carry no budget, re-sent or not."""
+    is left then. A call of the default timeout carries no budget when first sent; re-sent, the
+    budget left to `request_timeout_ms`, so a waiting read sent again does not wait anew."""
     h = Harness(wait_budget_margin_ms=200)
     session = h.open(placement("auth", "s1", "s2"))
     waiting = h.client.call(session, "auth", "since", b"", now_us=h.now_us, timeout_ms=5_000)
@@ -559,7 +560,7 @@ def test_a_call_of_its_own_timeout_sent_again_carries_the_budget_left() -> None:
     h.feed(MANAGER, map_update(session, placement("auth", "s2"), map_version=7))
     h.welcome("s2", map_version=7)
     resent = [(r.request_id, r.wait_budget_ms) for r in h.take(Request, "s2")]
-    assert resent == [(waiting, 5_000 - 1_750 - 200), (plain, None)]
+    assert resent == [(waiting, 5_000 - 1_750 - 200), (plain, 10_000 - 1_750 - 200)]
 
 
 def test_a_budget_never_goes_below_zero() -> None:

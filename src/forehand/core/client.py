@@ -1452,7 +1452,9 @@ class ClientCore:
             op=entry.op,
             map_version=route.map_version,
             payload=entry.payload,
-            wait_budget_ms=self._wait_budget_ms(entry, now_us) if entry.own_timeout else None,
+            wait_budget_ms=(
+                self._wait_budget_ms(entry, now_us) if entry.own_timeout or entry.attempts else None
+            ),
         )
         if len(entry.payload) > _PAYLOAD_ALWAYS_FITS_BYTES and self._too_long(
             frame, self._announced_wire(primary)
@@ -1482,9 +1484,11 @@ class ClientCore:
 
     def _wait_budget_ms(self, entry: InFlight, now_us: int) -> int:
         """How long the server may keep this send of `entry` waiting: what is left of the call's
-        own timeout, less `wait_budget_margin_ms` for the answer's trip. Computed at each send,
-        so a re-send (after a reconnection, a RESUME, a handoff) asks for no more than is left,
-        and a waiting read answers "nothing yet" before the call would time out."""
+        timeout, less `wait_budget_margin_ms` for the answer's trip. Computed at each send, so a
+        re-send (after a reconnection, a RESUME, a handoff) asks for no more than is left, and a
+        waiting read answers "nothing yet" before the call would time out. Sent with every send
+        of a call of its own timeout, and with the re-sends of the others: their first send
+        keeps its bytes (the common REQUEST), a re-sent one must not wait `wait_ms` anew."""
         left_ms = (entry.deadline_us - now_us) // 1000 - self._config.wait_budget_margin_ms
         return max(0, left_ms)
 
