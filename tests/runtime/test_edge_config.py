@@ -95,6 +95,11 @@ MANAGER_CASES: dict[str, tuple[list[str], str]] = {
         ["--set", "core.failure_timeot_ms=1000"],
         "unknown key(s) ['failure_timeot_ms'] in [core] (did you mean 'failure_timeout_ms'?)",
     ),
+    "a table's key at the top level": (
+        ["--set", "rebalance_interval_ms=0"],
+        "unknown key(s) ['rebalance_interval_ms'] in top level (did you mean "
+        "'core.rebalance_interval_ms'?)",
+    ),
     "--set on a table's name": (["--set", "core=5"], "[core] must be a table"),
     "a key given by its flag and by --set": (
         ["--set", "listen=127.0.0.1:1"],

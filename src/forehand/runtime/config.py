@@ -433,8 +433,12 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _convert(kind: type[C], table: Any, where: str) -> C:
-    """Build the dataclass `kind` from a TOML table, naming the offending key on failure."""
+def _convert(
+    kind: type[C], table: Any, where: str, tables: Mapping[str, type[Any]] | None = None
+) -> C:
+    """Build the dataclass `kind` from a TOML table, naming the offending key on failure; an
+    unknown key that is a key of one of `tables` (the top level's `[core]`, `[limits]`, ...)
+    is told by its table (`core.failure_timeout_ms`)."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = {item.name for item in dataclasses.fields(kind)}  # type: ignore[arg-type]
@@ -445,6 +449,11 @@ def _convert(kind: type[C], table: Any, where: str) -> C:
             for name in unknown
             if (close := difflib.get_close_matches(name, sorted(known), n=1))
         }
+        for name in unknown:
+            for table_name, other in (tables or {}).items():
+                if name in {item.name for item in dataclasses.fields(other)}:
+                    guesses[name] = f"{table_name}.{name}"
+                    break
         if len(unknown) == 1 and guesses:
             hint = f" (did you mean {guesses[unknown[0]]!r}?)"
         else:
@@ -539,7 +548,17 @@ def load_manager_config(
     )
     if "certs_dir" not in merged:
         raise ConfigError(f"{where}certs_dir is required (a directory made by `forehand certs`)")
-    top = _convert(ManagerProcessConfig, merged, f"{where}top level")
+    top = _convert(
+        ManagerProcessConfig,
+        merged,
+        f"{where}top level",
+        {
+            "core": ManagerConfig,
+            "placement": PlacementConfig,
+            "driver": DriverConfig,
+            "limits": ConnectionLimits,
+        },
+    )
     return dataclasses.replace(top, core=core, placement=placement, driver=driver, limits=limits)
 
 
@@ -566,7 +585,12 @@ def load_server_config(
     limits = _limits(
         merged.pop("limits", {}), f"{where}[limits]", frame_bytes_max=core.frame_bytes_max
     )
-    top = _convert(ServerProcessConfig, merged, f"{where}top level")
+    top = _convert(
+        ServerProcessConfig,
+        merged,
+        f"{where}top level",
+        {"core": ServerConfig, "driver": DriverConfig, "limits": ConnectionLimits},
+    )
     return dataclasses.replace(top, core=core, driver=driver, limits=limits)
 
 
