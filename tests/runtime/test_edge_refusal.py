@@ -104,4 +104,5 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     server_lines = [line for line in server_log.read_text().splitlines() if reason in line]
     manager_lines = [line for line in manager_log.read_text().splitlines() if reason in line]
     assert len(server_lines) == 1 and "manager closed the connection" in server_lines[0]
+    assert "this node redials" in server_lines[0]
     assert len(manager_lines) == 1 and "closing s1" in manager_lines[0]

@@ -813,7 +813,11 @@ class NodeDriver:
         ):
             # A cluster peer refused something this node sent (a manager refusing a server's
             # announce, say): the operator of this node needs the reason, the core only the close.
-            self._log_refusal(link.peer, f"{link.peer} closed the connection: {info.reason}")
+            self._log_refusal(
+                link.peer,
+                f"{link.peer} closed the connection: {info.reason} (this node redials and logs "
+                "the refusal again only if its reason changes)",
+            )
         self._link_gone(link, f"{info.initiator.value}: {info.reason}")
 
     def _link_gone(self, link: _Link, reason: str) -> None:
