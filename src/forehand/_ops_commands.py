@@ -335,7 +335,12 @@ def rebalance(
     if queued:
         typer.echo(f"{queued} part(s) queued for planned handoffs (`forehand status` shows them)")
     else:
-        typer.echo(f"nothing to move: every server is within {tolerance:.0%} of its share")
+        typer.echo(
+            f"nothing to move (tolerance {tolerance:.0%}): a server that takes parts (active, "
+            "alive, under its CPU target, not risk-blocked) receives only when it is a whole part "
+            f"below its share and another is more than {tolerance:.0%} above its own, or it is "
+            f"itself more than {tolerance:.0%} below; moves already queued count as done"
+        )
 
 
 def _answers_checked(command: Callable[..., None]) -> Callable[..., None]:

@@ -87,6 +87,23 @@ def test_a_new_server_gets_its_share_of_the_primaries() -> None:
     assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) == 0
 
 
+def test_a_share_of_one_part_is_filled() -> None:
+    """Three primaries, all on one server of three: each other server is short of its share (1)
+    by a whole part and gets one, where before a server had to be short by more than one."""
+    harness = ManagerHarness(rebalance_interval_ms=0)
+    harness.join("s1")
+    harness.tick(300, alive=["s1"])
+    for _ in range(3):
+        assert harness.open_session(("auth",)) is not None
+    harness.join("s2", "s3")
+    harness.tick(300, alive=FIRST)
+    assert [len(harness.primaries(s)) for s in FIRST] == [3, 0, 0]
+    assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) == 2
+    complete_handoffs(harness, FIRST)
+    assert [len(harness.primaries(s)) for s in FIRST] == [1, 1, 1]
+    assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) == 0
+
+
 def test_parts_max_bounds_one_rebalance() -> None:
     harness = unbalanced()
     before = len(harness.primaries("s4"))

@@ -662,7 +662,9 @@ class ManagerCore:
         total = sum(loads[e.server_id] for e in entries)
         shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
         plan = _RebalancePlan(loads=loads, shares=shares, budget=parts_max)
-        receivers = [s for s, share in shares.items() if loads[s] < share - 1]
+        # A receiver is short of its share by a whole part at least (of 3 primaries on 3
+        # servers, one holding them all, the other two are short by one each).
+        receivers = [s for s, share in shares.items() if loads[s] < math.floor(share)]
         receivers = [s for s in receivers if s not in receives_not and self._takes_roles(s)]
         # Servers far above their share give down to it, to whoever is furthest below.
         high = [s for s, share in shares.items() if loads[s] > share * (1.0 + tolerance)]
