@@ -77,12 +77,20 @@ async def shop(manager: str, ca: str, transport: str, items: int) -> None:
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--manager", default="127.0.0.1:7000", help="host:port of the manager")
+    parser.add_argument(
+        "--manager",
+        default="127.0.0.1:7000",
+        help="host:port of the manager (several, of standby managers too, separated by commas)",
+    )
     parser.add_argument("--ca", default="certs/ca.pem", help="the cluster CA certificate")
     parser.add_argument("--transport", default="tls", choices=("tls", "quic"))
     parser.add_argument("--items", type=int, default=300, help="items to add")
     arguments = parser.parse_args()
-    asyncio.run(shop(arguments.manager, arguments.ca, arguments.transport, arguments.items))
+    try:
+        asyncio.run(shop(arguments.manager, arguments.ca, arguments.transport, arguments.items))
+    except forehand.ForehandError as error:
+        # No cluster at that address, a wrong CA, a call that failed: one line, not a traceback.
+        raise SystemExit(f"cart client: {type(error).__name__}: {error}") from None
 
 
 if __name__ == "__main__":

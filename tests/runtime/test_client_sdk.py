@@ -48,6 +48,14 @@ def test_connect_checks_its_arguments(tmp_path: Path) -> None:
         forehand.connect("127.0.0.1:7000", ca=ca, transport="sctp")
     client = forehand.connect(["127.0.0.1:7000", "127.0.0.1:7001"], ca=ca, transport="quic")
     assert len(client.client_id) == 16
+    # Several in one string, as `forehand server --manager` takes them; not inside a list.
+    listed = forehand.connect("127.0.0.1:7000, 127.0.0.1:7001", ca=ca)
+    assert [(r.host, r.port) for r in listed._manager_routes] == [
+        ("127.0.0.1", 7000),
+        ("127.0.0.1", 7001),
+    ]
+    with pytest.raises(ConfigError, match="must be one host:port"):
+        forehand.connect(["127.0.0.1:7000,127.0.0.1:7001"], ca=ca)
     # Probing potential handoff targets is on, also in a config passed for its timeouts (it was
     # off there before), and off where the application says so.
     assert client._core._config.prewarm_probe_targets is True

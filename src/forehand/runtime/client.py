@@ -702,14 +702,17 @@ def connect(
     driver_config: DriverConfig | None = None,
     client_id: bytes | None = None,
 ) -> Client:
-    """A client of the cluster whose manager listens at `manager_endpoints` (`host:port`).
+    """A client of the cluster whose manager listens at `manager_endpoints`: `host:port`, a
+    list of them, or a string of them separated by commas, as `forehand server --manager` takes.
 
     `ca` is the cluster CA certificate (`ca.pem` of `forehand certs`), against which every
     server's certificate is verified; `transport` is `tls` (TLS 1.3 over TCP) or `quic`.
     Use it as `async with connect(...) as client:` (or `await client.start()` and `close()`).
     """
     endpoints = (
-        [manager_endpoints] if isinstance(manager_endpoints, str) else list(manager_endpoints)
+        [part.strip() for part in manager_endpoints.split(",")]
+        if isinstance(manager_endpoints, str)
+        else list(manager_endpoints)
     )
     if not endpoints:
         raise ConfigError("connect needs at least one manager endpoint")

@@ -110,6 +110,8 @@ def parse_address(text: str, *, where: str, dialable: bool = False) -> tuple[str
         host = host[1:-1]
     if not separator or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
         raise ConfigError(f"{where} must be host:port, got {text!r}")
+    if "," in host:
+        raise ConfigError(f"{where} must be one host:port, got {text!r} (several, in a list)")
     if dialable and (int(port_text) == 0 or host in WILDCARD_HOSTS):
         raise ConfigError(
             f"{where} must be an address others can connect to, got {text!r} (a wildcard host "
