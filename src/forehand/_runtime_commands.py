@@ -287,7 +287,9 @@ def certs(
     nodes: list[str] = _NODES,
     *,
     days: int = typer.Option(365, help="Validity of new certificates, days (1 to 3650)."),
-    admin: bool = typer.Option(True, help="Also issue the operator's `admin` certificate."),
+    admin: bool = typer.Option(
+        True, help="Also issue the operator's `admin` certificate if the directory has none."
+    ),
     add_key: bool = typer.Option(False, help="Add a new cluster token key (opens, not seals)."),
     current_key: int | None = typer.Option(None, help="Make this key id the sealing key."),
 ) -> None:
@@ -302,12 +304,23 @@ def certs(
     )
 
     names = list(nodes or [])
-    if admin and "admin" not in names:
+    # The operator's certificate once; named among the nodes, it is issued again (renewed).
+    if admin and "admin" not in names and not (directory / "admin.pem").exists():
         names.append("admin")
     keys_path = directory / CLUSTER_KEYS_FILE
     try:
-        if keys_path.exists():
-            load_cluster_keys(keys_path)  # Refuse a damaged key file before writing anything.
+        # Refuse a damaged key file, or a sealing key it will not hold, before writing anything.
+        ids = set(load_cluster_keys(keys_path).keys) if keys_path.exists() else set()
+        if current_key is not None:
+            # The key a new file starts with, or the one --add-key adds, may be named too.
+            coming = max(ids) + 1 if ids and add_key else (1 if not ids else None)
+            if current_key not in ids and current_key != coming:
+                held = ", ".join(map(str, sorted(ids))) or "none yet"
+                raise ConfigError(
+                    f"cluster key id {current_key} is not in {keys_path} (ids: {held}"
+                    + (f"; --add-key adds {coming}" if coming is not None else "")
+                    + ")"
+                )
         if names:
             written = make_cluster_certs(directory, names, days=days)
             for entry in written.nodes:

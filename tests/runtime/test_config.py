@@ -245,10 +245,26 @@ def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None
     for name in ("ca.pem", "manager.pem", "s1.key", "admin.pem", "admin.key", CLUSTER_KEYS_FILE):
         assert (directory / name).is_file(), name
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).key_ring().key_ids == (1,)
+    admin = (directory / "admin.pem").read_bytes()
     subprocess.run(
         [*FOREHAND, "certs", str(directory), "--add-key", "--current-key", "2"], check=True
     )
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).current_key_id == 2
+    # A key rotation leaves the operator's certificate as it was; naming admin renews it.
+    assert (directory / "admin.pem").read_bytes() == admin
+    subprocess.run([*FOREHAND, "certs", str(directory), "admin"], check=True)
+    assert (directory / "admin.pem").read_bytes() != admin
+    # A sealing key the file does not hold is refused before anything is written.
+    files = {path.name: path.read_bytes() for path in directory.iterdir()}
+    refused = subprocess.run(
+        [*FOREHAND, "certs", str(directory), "s2", "--current-key", "9"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "cluster key id 9 is not in" in refused.stderr and "ids: 1, 2" in refused.stderr
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
 
 
 def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: Path) -> None:
