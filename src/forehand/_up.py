@@ -454,4 +454,11 @@ def _exited(process: NodeProcess) -> str:
     role = "the manager" if process.name == "manager" else f"server {process.name}"
     tail = "\n".join(f"    {line}" for line in process.log_tail(5).splitlines())
     keep = "stopping the rest" if process.name == "manager" else "the others keep running"
+    if code is not None and code < 0:
+        # A signal ends a process from outside: its last lines are what it did before, maybe
+        # long before, not the cause (an application error it answered reads like one).
+        return (
+            f"forehand up: {role} {how} (from outside; its log says nothing of it); {keep}. "
+            f"Its last lines before, in {process.log_path}:\n{tail}"
+        )
     return f"forehand up: {role} {how}; {keep}. The end of {process.log_path}:\n{tail}"

@@ -183,7 +183,8 @@ def test_up_serves_a_client_reports_a_dead_server_and_stops_every_process(
     finally:
         _kill_all(process, directory)
     assert "Forehand is up" in output and state["manager"] in output
-    assert "server s2 was killed by signal 9; the others keep running" in output
+    assert "server s2 was killed by signal 9 (from outside" in output
+    assert "the others keep running. Its last lines before, in" in output
     assert not [name for name, pid in state["pids"].items() if _alive(pid)]
     assert not (directory / "up.json").exists()
 
