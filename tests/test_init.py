@@ -39,3 +39,13 @@ def test_a_warning_reaches_the_handlers_the_application_configured(setup: str) -
     """With logging configured (by the application, or as `forehand manager` and `server` do),
     the warning is shown once."""
     assert _stderr(setup).count("session s1 was closed by manager") == 1
+
+
+def test_dir_lists_the_public_names_before_their_first_use() -> None:
+    """`dir(forehand)` (and so completion) lists every name of `__all__`, the lazily imported
+    ones (`App`, `connect`, ...) included, in a fresh interpreter where none was used yet."""
+    program = "import forehand, sys; print(sorted(set(forehand.__all__) - set(dir(forehand))))"
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    )
+    assert completed.stdout.strip() == "[]"

@@ -101,3 +101,9 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    """The module's names and the lazy ones (PEP 562), so `dir(forehand)` and completion list
+    `App`, `connect`, ... before their first use."""
+    return sorted({*globals(), *_LAZY})

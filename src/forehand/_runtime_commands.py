@@ -363,7 +363,11 @@ def _admin(manager_address: str, certs_dir: Path, node: str, request: Any) -> No
         reply = asyncio.run(
             admin_request(manager_address, request, certs_dir=certs_dir, node_id=node)
         )
-    except (AdminError, ConfigError, OSError, TimeoutError) as error:
+    except ConfigError as error:
+        # Local set-up (the operator's certificate, the address): exit 2, as bad settings do.
+        typer.echo(f"forehand admin: {error}", err=True)
+        raise typer.Exit(2) from error
+    except (AdminError, OSError, TimeoutError) as error:
         typer.echo(f"forehand admin: {error}", err=True)
         raise typer.Exit(1) from error
     typer.echo(f"ok={reply.ok} map_version={reply.map_version} {reply.detail}".rstrip())

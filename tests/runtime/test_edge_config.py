@@ -287,12 +287,13 @@ def test_admin_commands_name_local_mistakes(certs_dir: Path, tmp_path: Path) -> 
         args = ("admin", "move", "ab" * 16, option, "s2", "--certs-dir", str(certs_dir), *manager)
         status, lines = run_cli(*args)
         assert status == 1 and "127.0.0.1:1" in lines[-1], (option, lines)
+    # Local set-up is a configuration error (exit 2, as README says of a missing file).
     status, lines = run_cli("admin", "status", "--certs-dir", str(tmp_path), *manager)
-    assert status == 1 and len(lines) == 1
+    assert status == 2 and len(lines) == 1
     assert f"missing {tmp_path / 'admin.pem'}: the operator's certificate" in lines[0]
     damaged = copy_certs(certs_dir, tmp_path / "certs", lambda d: (d / "admin.key").write_text(""))
     status, lines = run_cli("admin", "status", "--certs-dir", str(damaged), *manager)
-    assert status == 1 and len(lines) == 1
+    assert status == 2 and len(lines) == 1
     assert "admin.key is not an unencrypted PEM private key" in lines[0]
 
 

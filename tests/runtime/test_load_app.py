@@ -72,6 +72,19 @@ def test_a_missing_attribute_is_named_with_the_apps_the_module_has(app_dir: Path
     )
 
 
+def test_an_app_dir_that_is_no_directory_is_named(app_dir: Path) -> None:
+    """A missing `app_dir`, or a file given as one, is named as such, not as a module that
+    cannot be found in it."""
+    missing = app_dir / "nonexistent"
+    with pytest.raises(ConfigError) as raised:
+        load_app("load_app_good:chat", missing)
+    assert str(raised.value) == (
+        f"app_dir {missing} does not exist (the directory the app module is in)"
+    )
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load_app("load_app_good:chat", app_dir / "load_app_good.py")
+
+
 def test_an_attribute_that_is_not_an_app_instance_is_refused(app_dir: Path) -> None:
     """The class `forehand.App` itself is refused with a hint to name an instance; any other
     object is refused with its type."""

@@ -250,13 +250,16 @@ def load_app(reference: str, app_dir: Path | None = None) -> App:
     directory) first on the import path.
 
     ConfigError, one line, when it cannot be loaded: the reference is not `module:attribute`,
-    the module cannot be found or raises while it is imported (any exception: the line names
-    it and where it was raised), the module has no such attribute, or the attribute is not a
-    `forehand.App` instance.
+    `app_dir` is not a directory, the module cannot be found or raises while it is imported
+    (any exception: the line names it and where it was raised), the module has no such
+    attribute, or the attribute is not a `forehand.App` instance.
     """
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
         raise ConfigError(f"app must be module:attribute, got {reference!r}")
+    if app_dir is not None and not app_dir.is_dir():
+        state = "is not a directory" if app_dir.exists() else "does not exist"
+        raise ConfigError(f"app_dir {app_dir} {state} (the directory the app module is in)")
     directory = str((app_dir or Path.cwd()).resolve())
     if directory not in sys.path:
         sys.path.insert(0, directory)
