@@ -211,6 +211,10 @@ def test_planned_handoff_under_load(cluster: Cluster) -> None:
                 await load.wait_for(40, what="writes before the handoff")
                 reply = await cluster.admin(MoveSession(session_id=session.id))
                 assert reply.ok and reply.queued == len(PARTS)
+                # Asked again while its parts move: nothing queued, and the reply says why.
+                again = await cluster.admin(MoveSession(session_id=session.id))
+                assert (again.ok, again.queued) == (False, 0)
+                assert again.detail == "no part was queued: already there, or already moving"
                 await eventually(
                     moved,
                     what="every part handed off",

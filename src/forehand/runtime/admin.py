@@ -207,7 +207,12 @@ def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
         queued = core.rebalance(
             tolerance=request.tolerance, parts_max=request.parts_max, now_us=now_us
         )
-        detail = f"{queued} part(s) queued" if queued else "every server is within its share"
+        detail = (
+            f"{queued} part(s) queued"
+            if queued
+            else "nothing to move: every server that takes parts is within the tolerance or a "
+            "whole part of its share, or none has a part to spare"
+        )
         return AdminReply(ok=True, detail=detail, queued=queued, map_version=core.map_version)
     elif isinstance(request, MoveSession):
         queued = core.handoff(
@@ -218,7 +223,11 @@ def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
         )
         return AdminReply(
             ok=queued > 0,
-            detail=f"{queued} part(s) queued",
+            detail=(
+                f"{queued} part(s) queued"
+                if queued
+                else "no part was queued: already there, or already moving"
+            ),
             queued=queued,
             map_version=core.map_version,
         )
