@@ -150,6 +150,26 @@ def test_a_waiting_read_whose_primary_dies_returns_none_by_its_timeout(cluster: 
     run_async(scenario())
 
 
+def test_a_client_reading_many_large_answers_at_once_gets_them_all(cluster: Cluster) -> None:
+    """100 concurrent reads of a 900 KB state (90 MB of answers, over five times the server's
+    `send_buffer_bytes_max` for one connection) from a client that reads them: all answered.
+    The server paces a client's connection (its next requests wait while the answers are
+    behind), where it used to cut the connection off as not reading, failing every call on it."""
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=["auth"])
+            name = "u" * 900_000
+            await session.call("auth", "login", name)
+            answers: list[str] = await asyncio.gather(
+                *(session.call("auth", "whoami", timeout_ms=60_000) for _ in range(100))
+            )
+            assert answers == [name] * 100
+            assert await session.call("auth", "whoami") == name
+
+    run_async(scenario())
+
+
 def test_manager_restart_keeps_the_cluster(tmp_path: Path) -> None:
     """While the manager is down, sessions keep being served; restarted on its address from its
     SQLite store, it takes the servers back, opens new sessions and moves old ones."""

@@ -446,6 +446,69 @@ def test_receive_queue_overflow_is_limit_exceeded(certs: ClusterCertificates) ->
     run_test(main())
 
 
+@pytest.mark.parametrize("paced", [True, False])
+def test_a_paced_connection_sends_a_burst_past_its_cap_to_a_peer_that_reads(
+    certs: ClusterCertificates, paced: bool
+) -> None:
+    """The server's side of a client's connection is paced: 400 REQUESTs, each answered with
+    500 KiB (200 MiB in all, `send_buffer_bytes_max` 1 MiB), are handled while the client takes
+    the answers (frames held, not cut off, while the backlog is high), and all of them arrive;
+    an unpaced connection was closed with LIMIT_EXCEEDED at the first burst."""
+    limits = ConnectionLimits(
+        send_buffer_high_water_bytes=64 << 10,
+        send_buffer_low_water_bytes=16 << 10,
+        send_buffer_bytes_max=1 << 20,
+        send_stall_timeout_ms=5_000,
+    )
+    answer_body = bytes(500 << 10)
+
+    async def main() -> None:
+        config = QUICTransportConfig(limits=limits)
+        listener = await QUICTransport(node_credentials(certs, "s1"), config=config).listen(HOST, 0)
+        client = await QUICTransport(client_credentials(certs)).connect(
+            HOST, listener.port, server_id="s1"
+        )
+        served = await listener.accept()
+        if paced:
+            served.pace_by_sending()
+
+        def answer(frames: list[Frame]) -> None:
+            served.send_frames(
+                [
+                    Response(
+                        request_id=frame.request_id,
+                        session_id=frame.session_id,
+                        status=ResponseStatus.OK,
+                        map_version=1,
+                        payload=answer_body,
+                    )
+                    for frame in frames
+                    if isinstance(frame, Request)
+                ]
+            )
+
+        served.set_frame_handler(answer)
+        client.send_frames([request(n) for n in range(400)])
+        if not paced:
+            info = await served.wait_closed()
+            assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+            assert "the peer is not reading" in info.reason
+            await client.wait_closed()
+            await listener.close()
+            return
+        answered = set()
+        for _ in range(400):
+            frame = await client.receive()
+            assert isinstance(frame, Response) and len(frame.payload) == len(answer_body)
+            answered.add(frame.request_id)
+        assert answered == set(range(400)) and not served.is_closed
+        client.close()
+        await client.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
 def test_idle_connection_ends_with_idle_timeout(certs: ClusterCertificates) -> None:
     """A silent connection is closed by the stack; the close says IDLE_TIMEOUT, by the network."""
 

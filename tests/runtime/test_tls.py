@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import socket
@@ -558,6 +559,117 @@ def test_sender_past_hard_cap_is_cut_off(
         "LIMIT_EXCEEDED" in r.getMessage() and "the peer is not reading" in r.getMessage()
         for r in caplog.records
     ), [r.getMessage() for r in caplog.records]
+
+
+PACED_LIMITS = ConnectionLimits(
+    send_buffer_high_water_bytes=64 << 10,
+    send_buffer_low_water_bytes=16 << 10,
+    send_buffer_bytes_max=1 << 20,
+    send_stall_timeout_ms=2_000,
+)
+"""Bounds of the paced tests: a 1 MiB cap that one burst of answers passes 20 times over."""
+ANSWER = bytes(500 << 10)
+
+
+async def _paced_pair(
+    certs: ClusterCertificates, kind: str, limits: ConnectionLimits, answers: int
+) -> tuple[Connection, Connection, list[int], Any]:
+    """A client connection and the server's side of it, paced, whose frame handler answers
+    each PING with `answers` frames of 500 KiB; returns both, the sequences handled, and the
+    listener."""
+    network = MemoryNetwork()
+    config = _config(kind, limits)
+    server = make_transport(kind, node_credentials(certs, "s1"), network, config=config)
+    # The client queues at most 4 frames it was not asked for: past them it stops reading.
+    reading = _config(kind, dataclasses.replace(limits, receive_queue_frames_max=4))
+    client = make_transport(kind, client_credentials(certs), network, config=reading)
+    listener = await server.listen(HOST, 0, peer_role=None)
+    connection = await client.connect(HOST, listener.port, server_id="s1", peer_role=None)
+    served = await listener.accept()
+    served.pace_by_sending()
+    handled: list[int] = []
+
+    def answer(frames: list[Frame]) -> None:
+        for frame in frames:
+            assert isinstance(frame, Ping)
+            handled.append(frame.sequence)
+            served.send_frames(
+                [ClusterMessage(kind=frame.sequence, body=ANSWER) for _ in range(answers)]
+            )
+
+    served.set_frame_handler(answer)
+    return connection, served, handled, listener
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_a_paced_connection_sends_a_burst_past_its_cap_to_a_peer_that_reads(
+    certs: ClusterCertificates, kind: str
+) -> None:
+    """One PING answered with 20 MiB (20 times `send_buffer_bytes_max`): the server's side of a
+    client's connection is paced, and its peer reads, so the burst arrives whole where an
+    unpaced connection is cut off at once (`test_sender_past_hard_cap_is_cut_off`)."""
+
+    async def main() -> None:
+        connection, served, handled, listener = await _paced_pair(certs, kind, PACED_LIMITS, 40)
+        connection.send_frame(Ping(sequence=7, sent_us=0, telemetry=()))
+        for _ in range(40):
+            frame = await connection.receive()
+            assert isinstance(frame, ClusterMessage) and frame.kind == 7
+        assert handled == [7] and not served.is_closed
+        connection.close()
+        await connection.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_a_paced_connection_holds_the_frames_of_a_peer_that_does_not_take_its_answers(
+    certs: ClusterCertificates, kind: str
+) -> None:
+    """400 PINGs, each answered with 500 KiB, from a peer that reads nothing for a while: the
+    server handles a batch or two, then holds the rest (in the socket) instead of answering
+    them into its send buffer; once the peer reads, every answer comes, in order."""
+    limits = dataclasses.replace(PACED_LIMITS, send_stall_timeout_ms=60_000)
+
+    async def main() -> None:
+        connection, served, handled, listener = await _paced_pair(certs, kind, limits, 1)
+        connection.send_frames([Ping(sequence=n, sent_us=0, telemetry=()) for n in range(400)])
+        await asyncio.sleep(0.5)
+        assert 0 < len(handled) <= 160, len(handled)
+        sequences = []
+        for _ in range(400):
+            frame = await connection.receive()
+            assert isinstance(frame, ClusterMessage)
+            sequences.append(frame.kind)
+        assert sequences == list(range(400)) and handled == sequences
+        assert not served.is_closed
+        connection.close()
+        await connection.wait_closed()
+        await listener.close()
+
+    run_test(main())
+
+
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_a_paced_connection_cuts_off_a_peer_that_takes_nothing_of_its_backlog(
+    certs: ClusterCertificates, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The 20 MiB burst to a peer that never reads: above the cap and nothing taken for
+    `send_stall_timeout_ms`, the server's side is cut off with LIMIT_EXCEEDED, saying why."""
+    limits = dataclasses.replace(PACED_LIMITS, send_stall_timeout_ms=300)
+
+    async def main() -> None:
+        connection, served, _, listener = await _paced_pair(certs, kind, limits, 40)
+        connection.send_frame(Ping(sequence=1, sent_us=0, telemetry=()))
+        info = await asyncio.wait_for(served.wait_closed(), 30)
+        assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert "none taken for send_stall_timeout_ms=300" in info.reason
+        connection.close()
+        await listener.close()
+
+    with caplog.at_level(logging.INFO, logger="forehand.runtime.transport"):
+        run_test(main())
 
 
 def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None:

@@ -76,6 +76,7 @@ from forehand.wire import (
     Frame,
     FrameDecoder,
     PeerRole,
+    Ping,
     Redirect,
     Request,
     Response,
@@ -336,7 +337,12 @@ class QUICConnection(Connection):
         of their streams is closed."""
         self._blocked_requests: deque[bytes] = deque()
         self._batch: list[Frame] = []
+        self._held: deque[Frame] = deque()
+        """Paced (`pace_by_sending`): frames received and not yet handed over, one at a time
+        while writable; at most `receive_queue_frames_max`."""
         self._blocked_bytes = 0
+        self._queued_bytes = 0
+        """Bytes given to the stack in all (less the backlog: what the peer took)."""
         self._transmit_handle: asyncio.Handle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._rtt = RttEstimator()
@@ -357,6 +363,15 @@ class QUICConnection(Connection):
         self._send(frame)
         if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self._transmit)
+        self._queued_now()
+
+    def _queued_now(self) -> None:
+        """A paced connection is not writable as soon as what it queued passes the high-water
+        mark, not at the next transmission: its next frame waits (`_release_held`)."""
+        if self._paced and self._writable:
+            backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
+            if backlog > self._limits.send_buffer_high_water_bytes:
+                self._set_writable(False)
 
     def send_frames(self, frames: Iterable[Frame]) -> None:
         """Queue `frames`, all or none: a frame that cannot be encoded or has no stream to go on
@@ -379,6 +394,7 @@ class QUICConnection(Connection):
         for frame, data in zip(batch, encoded, strict=True):
             self._send(frame, data)
         self._schedule_transmit()
+        self._queued_now()
 
     def _schedule_transmit(self) -> None:
         if self._transmit_handle is None:
@@ -388,6 +404,7 @@ class QUICConnection(Connection):
         """Queue one frame (encoded as `data`, if given) on the stream it belongs to."""
         if data is None:
             data = encode_frame(frame, config=self._send_wire)
+        self._queued_bytes += len(data)
         kind = type(frame)
         quic = self._quic
         if kind is Request:
@@ -453,16 +470,27 @@ class QUICConnection(Connection):
             return
         backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
         limits = self._limits
-        if backlog > limits.send_buffer_bytes_max:
-            self._fail(
-                ErrorCode.LIMIT_EXCEEDED,
-                f"send backlog passed send_buffer_bytes_max={limits.send_buffer_bytes_max}",
-            )
-        elif backlog > limits.send_buffer_high_water_bytes:
+        if backlog > limits.send_buffer_bytes_max or self._stall_handle is not None:
+            self._check_backlog(backlog, self._queued_bytes - backlog)
+            if self.is_closed:
+                return
+        if backlog > limits.send_buffer_high_water_bytes:
             if self._writable:
                 self._set_writable(False)
         elif not self._writable and backlog <= limits.send_buffer_low_water_bytes:
             self._set_writable(True)
+            if self._held:
+                self._loop.call_soon(self._release_held)
+
+    def _stall_timer(self) -> None:
+        if self._close_info is not None:
+            self._stall_handle = None
+            return
+        backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
+        self._check_backlog(backlog, self._queued_bytes - backlog, timer=True)
+
+    def _cut_off(self, reason: str) -> None:
+        self._fail(ErrorCode.LIMIT_EXCEEDED, reason)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -656,12 +684,44 @@ class QUICConnection(Connection):
         self._wake_receiver()
 
     def _hand_over_batch(self) -> None:
-        """After a datagram: give the frame handler every frame the datagram completed."""
+        """After a datagram: give the frame handler every frame the datagram completed (a
+        paced connection that is not writable holds them, `_release_held`)."""
         batch = self._batch
         handler = self._frame_handler
-        if batch and handler is not None:
-            self._batch = []
+        if not batch or handler is None:
+            return
+        self._batch = []
+        if not self._paced:
             handler(batch)
+            return
+        maximum = self._limits.receive_queue_frames_max
+        if len(self._held) + len(batch) > maximum:
+            self._fail(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"more than receive_queue_frames_max={maximum} frames held while the peer does "
+                "not take its answers",
+            )
+            return
+        self._held.extend(batch)
+        self._release_held()
+
+    def _release_held(self) -> None:
+        """Hand the held frames over, one at a time, while the connection stays writable: the
+        answers of each are queued before the next is handed (a datagram may complete a hundred
+        REQUESTs, whose long answers, queued together, would interleave on their streams and
+        all end together). A PING is answered whatever the backlog, with a few bytes on the
+        control stream, so the client hears that this server is alive."""
+        held, handler = self._held, self._frame_handler
+        while held and handler is not None and self._close_info is None:
+            if not self._writable:
+                if any(type(frame) is Ping for frame in held):
+                    pings: list[Frame] = [frame for frame in held if type(frame) is Ping]
+                    rest = [frame for frame in held if type(frame) is not Ping]
+                    held.clear()
+                    held.extend(rest)
+                    handler(pings)
+                return
+            handler([held.popleft()])
 
     def _stream_stopped(self, stream_id: int) -> None:
         """The peer reset a stream or asked us to stop sending on one."""
@@ -827,10 +887,10 @@ class QUICConnection(Connection):
             self._on_gone()
 
     def _stop_timers(self) -> None:
-        for handle in (self._probe_timer, self._transmit_handle):
+        for handle in (self._probe_timer, self._transmit_handle, self._stall_handle):
             if handle is not None:
                 handle.cancel()
-        self._probe_timer = self._transmit_handle = None
+        self._probe_timer = self._transmit_handle = self._stall_handle = None
 
 
 _LOCAL = CloseInitiator.LOCAL

@@ -77,6 +77,10 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        self._written_bytes = 0
+        """Bytes given to the transport in all (less what it holds: what the peer took)."""
+        self._transport_paused = False
+        """The transport asked for no more writes (`pause_writing`): `_flush` keeps the rest."""
         self._flush_handle: asyncio.Handle | None = None
         self._unfed: deque[bytes] = deque()
         self._reading_paused = False
@@ -173,6 +177,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._abort_handle is not None:
             self._abort_handle.cancel()
             self._abort_handle = None
+        if self._stall_handle is not None:
+            self._stall_handle.cancel()
+            self._stall_handle = None
         if self._turn_handle is not None:
             self._turn_handle.cancel()
             self._turn_handle = None
@@ -188,10 +195,25 @@ class StreamConnection(Connection, asyncio.Protocol):
         )
 
     def pause_writing(self) -> None:
+        self._transport_paused = True
         self._set_writable(False)
 
     def resume_writing(self) -> None:
+        self._transport_paused = False
+        if self._pending:
+            # What `_flush` kept back while the transport was paused goes on now.
+            self._flush()
+            if self._transport_paused or self._pending:
+                return
         self._set_writable(True)
+        if self._paced and self._reading_paused:
+            # The peer took the backlog down: its frames, held meanwhile, go on (on the next
+            # turn: the transport calls this from inside its own write path).
+            self._loop.call_soon(self._resume_paced)
+
+    def _resume_paced(self) -> None:
+        if self._writable and self._reading_paused and self._close_info is None:
+            self._decode()
 
     # -- sending -------------------------------------------------------------------------
 
@@ -225,7 +247,13 @@ class StreamConnection(Connection, asyncio.Protocol):
         elif self._flush_handle is None:
             self._flush_handle = self._loop.call_soon(self._flush)
 
-    def _flush(self) -> None:
+    def _flush(self, *, everything: bool = False) -> None:
+        """Write what is queued, at most `send_buffer_high_water_bytes` at a time, stopping
+        when the transport pauses writing (`everything`: on, for a close). A TLS transport
+        encrypts a write at once and hands it to the socket's buffer, which its own size does
+        not count, and pauses the protocol only for what it holds unencrypted: one long write
+        went uncounted, however far the peer was behind. Written piece by piece, the rest waits
+        here, counted in the backlog, until `resume_writing`."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -233,18 +261,41 @@ class StreamConnection(Connection, asyncio.Protocol):
         transport = self._transport
         if not pending or transport is None or self._close_info is not None:
             return
+        if self._transport_paused and not everything:
+            # Nothing goes out before `resume_writing`; only the backlog is checked.
+            buffered = transport.get_write_buffer_size()
+            self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
+            return
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         pending.clear()
         self._pending_bytes = 0
-        transport.write(data)
-        if transport.get_write_buffer_size() > self._limits.send_buffer_bytes_max:
-            # No ERROR can reach a peer that does not read; the log says why it was cut off.
-            reason = (
-                f"send buffer passed send_buffer_bytes_max="
-                f"{self._limits.send_buffer_bytes_max}: the peer is not reading"
-            )
-            log_violation(self, ErrorCode.LIMIT_EXCEEDED, reason)
-            self._abort(ErrorCode.LIMIT_EXCEEDED, reason)
+        piece = self._limits.send_buffer_high_water_bytes
+        offset = 0
+        while offset < len(data) and (everything or not self._transport_paused):
+            chunk = data if offset == 0 and len(data) <= piece else data[offset : offset + piece]
+            transport.write(chunk)
+            offset += len(chunk)
+        self._written_bytes += offset
+        if offset < len(data):
+            pending.append(data[offset:])
+            self._pending_bytes = len(data) - offset
+        buffered = transport.get_write_buffer_size()
+        self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
+
+    def _stall_timer(self) -> None:
+        transport = self._transport
+        if transport is None or self._close_info is not None:
+            self._stall_handle = None
+            return
+        buffered = transport.get_write_buffer_size()
+        self._check_backlog(
+            self._pending_bytes + buffered, self._written_bytes - buffered, timer=True
+        )
+
+    def _cut_off(self, reason: str) -> None:
+        # No ERROR can reach a peer that does not read; the log says why it was cut off.
+        log_violation(self, ErrorCode.LIMIT_EXCEEDED, reason)
+        self._abort(ErrorCode.LIMIT_EXCEEDED, reason)
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -260,8 +311,16 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._frame_handler is None or not bounded:
             self._decode_batch(bounded=bounded)
             return
+        if self._paced and not self._writable:
+            # The peer has not taken the answers to its last frames: the next wait in the
+            # socket until it does (`resume_writing`).
+            self._pause_reading()
+            return
         started = time.perf_counter()
         while self._decode_batch(bounded=True) and self._close_info is None:
+            if self._paced and not self._writable:
+                self._pause_reading()
+                return
             if self._busy_s + time.perf_counter() - started >= HANDLER_TURN_S:
                 break
         self._busy_s += time.perf_counter() - started
@@ -310,7 +369,7 @@ class StreamConnection(Connection, asyncio.Protocol):
                 frame = decoder.next_frame()
                 if type(frame) is DecoderSignal:
                     if frame is END_OF_STREAM:
-                        self._flush()
+                        self._flush(everything=True)
                         self._peer_closed(
                             ErrorCode.NO_ERROR, self._end_reason("peer ended the stream")
                         )
@@ -372,7 +431,7 @@ class StreamConnection(Connection, asyncio.Protocol):
         if error_code != ErrorCode.NO_ERROR and not self._error_sent:
             self._pending.append(encode_frame(error_frame(error_code, reason, self._wire)))
             self._error_sent = True
-        self._flush()
+        self._flush(everything=True)
         self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
 
     def abandon(self, error_code: int, reason: str) -> None:

@@ -208,6 +208,7 @@ class _Link:
 
     __slots__ = (
         "awaiting_since_s",
+        "bytes_heard",
         "connection",
         "dialed",
         "established",
@@ -230,6 +231,8 @@ class _Link:
         self.heard_s = 0.0
         self.awaiting_since_s: float | None = None
         """When a frame went out with nothing received since; None when nothing is awaited."""
+        self.bytes_heard: int | None = None
+        """What the stack had received from the peer at the last sweep, while awaiting."""
         self.established_hello = False
         """Whether the client sent its HELLO (accepted client links)."""
 
@@ -857,6 +860,10 @@ class NodeDriver:
             return
         self._client_counter += 1
         node_id = f"{CLIENT_NODE_PREFIX}{self._client_counter}"
+        # A client that sends faster than it takes the answers waits (its next frames held
+        # until it reads), rather than growing this node's send buffer or being cut off for a
+        # burst of large answers it does read. Clients never pace: no connection waits on both.
+        connection.pace_by_sending()
         link = _Link(connection, peer=node_id, kind=_LinkKind.CLIENT_ACCEPTED, dialed=False)
         peer = self._peers[node_id] = _Peer(node_id)
         self._attach(link, peer)
@@ -1026,12 +1033,25 @@ class NodeDriver:
                 awaiting = link.awaiting_since_s
                 if link.dialed and silence_s and awaiting is not None:
                     waited_s = now_s - awaiting
-                    if waited_s > silence_s:
+                    if self._still_receiving(link, waited_s > silence_s):
+                        # Bytes came since the last sweep, though no whole frame: long answers
+                        # on their way (over QUIC, a hundred 900 KB answers interleave and end
+                        # together), not a frozen peer, which sends nothing at all.
+                        link.awaiting_since_s = now_s
+                    elif waited_s > silence_s:
                         _log.warning("%s silent for %.1f s; closing", link.peer, waited_s)
                         link.connection.abandon(
                             ErrorCode.IDLE_TIMEOUT, f"silent for {waited_s:.1f} s"
                         )
         self._arm_sweeper()
+
+    @staticmethod
+    def _still_receiving(link: _Link, silent: bool) -> bool:
+        """Whether the stack received bytes from the peer since the last sweep; the count is
+        taken at each sweep while a frame is awaited, and compared once the wait is long."""
+        received = link.connection.path_stats().bytes_received_count
+        before, link.bytes_heard = link.bytes_heard, received
+        return silent and received is not None and before is not None and received > before
 
 
 def _as_frame(message: object) -> Frame:

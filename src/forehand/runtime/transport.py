@@ -172,8 +172,15 @@ class ConnectionLimits:
     send_buffer_low_water_bytes: int = 256 << 10
     """`drain()` returns once the unsent bytes fall to this."""
     send_buffer_bytes_max: int = 16 << 20
-    """Hard cap on unsent bytes: a peer that reads so slowly that a sender ignoring `drain()`
-    passes it is cut off with LIMIT_EXCEEDED instead of growing the buffer without end."""
+    """Cap on unsent bytes: a peer that reads so slowly that a sender ignoring `drain()`
+    passes it is cut off with LIMIT_EXCEEDED instead of growing the buffer without end. A paced
+    connection (`Connection.pace_by_sending`: the server side of a client's) may pass it by the
+    answers to the frames it handed over last, and is cut off only when its peer then takes
+    none of the backlog for `send_stall_timeout_ms`: a burst of large answers to a client that
+    reads them is no sign that it does not read."""
+    send_stall_timeout_ms: int = 10_000
+    """How long a paced connection's peer may take nothing of a backlog above
+    `send_buffer_bytes_max` before it is cut off as not reading."""
     connections_max: int = 10_000
     """Connections one listener holds at once; more are refused with LIMIT_EXCEEDED."""
     handshakes_max: int = 1_000
@@ -210,6 +217,7 @@ class ConnectionLimits:
                 "send_buffer_high_water_bytes",
                 "send_buffer_low_water_bytes",
                 "send_buffer_bytes_max",
+                "send_stall_timeout_ms",
                 "connections_max",
                 "handshakes_max",
                 "close_timeout_ms",
@@ -400,6 +408,10 @@ class Connection(abc.ABC):
         self._writable = True
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._frame_handler: FrameHandler | None = None
+        self._paced = False
+        self._stall_handle: asyncio.TimerHandle | None = None
+        self._stall_taken = 0
+        """Bytes the peer had taken when the stall timer was last armed (`_check_backlog`)."""
         self._budget = (
             budget if budget is not None else ReceiveBudget(limits.partial_frames_bytes_max)
         )
@@ -459,6 +471,62 @@ class Connection(abc.ABC):
         self._frame_handler = handler
         if handler is not None and self._received:
             self._loop.call_soon(self._hand_over_queued)
+
+    def pace_by_sending(self) -> None:
+        """Hand received frames to the frame handler only while this connection is writable.
+
+        For the server side of a client's connection: what a client sends asks for answers, and
+        one that sends faster than it reads them (pipelined reads of large results, or no
+        reading at all) waits, its frames held (in the socket for a byte stream, up to
+        `receive_queue_frames_max` for QUIC, which closes the connection with LIMIT_EXCEEDED
+        past it), until it has taken the backlog down to `send_buffer_low_water_bytes`. The
+        backlog stays bounded by the answers to one batch of frames; past
+        `send_buffer_bytes_max` the peer is cut off only if it then takes none of it for
+        `send_stall_timeout_ms`. Never for both sides of one connection: each would wait for
+        the other to read.
+        """
+        self._paced = True
+
+    def _check_backlog(self, unsent: int, taken: int, *, timer: bool = False) -> None:
+        """After a write (and when the stall timer fires): `unsent` bytes wait for the peer,
+        which took `taken` in all. Past `send_buffer_bytes_max` an unpaced connection is cut
+        off at once; a paced one when the timer finds that the peer took nothing since it was
+        armed."""
+        limits = self._limits
+        if unsent <= limits.send_buffer_bytes_max or self._close_info is not None:
+            if self._stall_handle is not None:
+                self._stall_handle.cancel()
+                self._stall_handle = None
+            return
+        if not self._paced:
+            self._cut_off(
+                f"send buffer passed send_buffer_bytes_max={limits.send_buffer_bytes_max}: "
+                "the peer is not reading"
+            )
+            return
+        if timer and taken <= self._stall_taken:
+            self._stall_handle = None
+            self._cut_off(
+                f"{unsent} bytes unsent, above send_buffer_bytes_max="
+                f"{limits.send_buffer_bytes_max}, and none taken for send_stall_timeout_ms="
+                f"{limits.send_stall_timeout_ms}: the peer is not reading"
+            )
+            return
+        if self._stall_handle is None or timer or taken > self._stall_taken:
+            if self._stall_handle is not None:
+                self._stall_handle.cancel()
+            self._stall_taken = taken
+            self._stall_handle = self._loop.call_later(
+                limits.send_stall_timeout_ms / 1000, self._stall_timer
+            )
+
+    def _stall_timer(self) -> None:
+        """The stall timer fired: check the backlog again (`_check_backlog`)."""
+        raise NotImplementedError
+
+    def _cut_off(self, reason: str) -> None:
+        """Close at once with LIMIT_EXCEEDED, logging `reason`: the peer does not read."""
+        raise NotImplementedError
 
     def _hand_over_queued(self) -> None:
         handler = self._frame_handler
