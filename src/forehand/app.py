@@ -138,7 +138,8 @@ def decode_error_body(payload: bytes) -> ErrorBody:
     """The `ErrorBody` of a failure response; a payload that is none becomes its text."""
     try:
         return msgspec.msgpack.decode(payload, type=ErrorBody)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
         return ErrorBody(error=payload.decode(errors="replace"))
 
 
@@ -178,6 +179,10 @@ class _Part:
             value = operation.decoder.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as error:
             return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: {error}")
+        except UnicodeDecodeError as error:
+            # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
+            reason = f"a string is not UTF-8 ({error.reason} at byte {error.start})"
+            return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: {reason}")
         except RecursionError:
             return _error(_BAD_REQUEST, state, f"{self.name}.{op}: bad payload: nested too deeply")
         try:

@@ -123,6 +123,13 @@ def test_payload_is_decoded_as_the_annotated_type() -> None:
     outcome = make_app().part_specs()["plain"].handler({}, "put", nested)
     assert ResponseStatus(outcome.status) is ResponseStatus.BAD_REQUEST
     assert "nested too deeply" in decode_error_body(outcome.result).error
+    # A string that is not UTF-8 (msgspec raises UnicodeDecodeError, not DecodeError): it was
+    # APP_ERROR with the payload `UnicodeDecodeError`, which the client read as the error.
+    outcome = make_app().part_specs()["plain"].handler({}, "put", b"\xa2\xff\xfe")
+    assert ResponseStatus(outcome.status) is ResponseStatus.BAD_REQUEST
+    error = decode_error_body(outcome.result).error
+    assert error == "plain.put: bad payload: a string is not UTF-8 (invalid start byte at byte 0)"
+    assert decode_error_body(b"\xa2\xff\xfe").error == "\ufffd" * 3
 
 
 def test_failures_answer_statuses_not_exceptions(caplog: pytest.LogCaptureFixture) -> None:
