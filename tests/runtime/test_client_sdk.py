@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any, cast
 
+import msgspec
 import pytest
 
 import forehand
@@ -213,5 +214,33 @@ def test_a_close_cancelled_while_it_waits_for_queued_closes_still_closes(tmp_pat
             await asyncio.wait_for(client.close(), 0.1)
         assert client._driver._closed
         await asyncio.wait_for(client.close(), 0.1)
+
+    asyncio.run(scenario())
+
+
+def test_a_damaged_snapshot_is_a_snapshot_error(tmp_path: Path) -> None:
+    """Bytes that are no snapshot, and a snapshot whose part name is not UTF-8 (msgspec raises
+    UnicodeDecodeError there, not DecodeError, and it escaped as such), are `SnapshotError`s,
+    a `ForehandError` as every error of the package."""
+    from forehand.runtime.client import SNAPSHOT_FORMAT_VERSION, _Saved
+    from forehand.wire import Endpoint, Placement
+
+    ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
+    where = Endpoint(server_id="s1", host="127.0.0.1", port=1)
+    saved = _Saved(
+        version=SNAPSHOT_FORMAT_VERSION,
+        session_id=SESSION,
+        credential=b"c" * 32,
+        map_version=1,
+        placements=(Placement(part="ab", primary=where, replicas=()),),
+    )
+    good = msgspec.msgpack.encode(saved)
+    damaged = good.replace(b"\xa2ab", b"\xa2\xff\xfe")
+
+    async def scenario() -> None:
+        async with forehand.connect("127.0.0.1:1", ca=ca) as client:
+            for snapshot in (b"garbage", damaged):
+                with pytest.raises(forehand.SnapshotError, match="not a session snapshot"):
+                    await client.resume_session(snapshot)
 
     asyncio.run(scenario())

@@ -500,7 +500,8 @@ class Client:
         self._check_open()
         try:
             saved = msgspec.msgpack.decode(snapshot, type=_Saved)
-        except msgspec.DecodeError as error:
+        except (msgspec.DecodeError, UnicodeDecodeError) as error:
+            # msgspec lets a string that is not UTF-8 escape as UnicodeDecodeError.
             raise SnapshotError(f"not a session snapshot: {error}") from error
         if saved.version != SNAPSHOT_FORMAT_VERSION:
             raise SnapshotError(f"snapshot format {saved.version} is not {SNAPSHOT_FORMAT_VERSION}")
