@@ -672,6 +672,27 @@ def test_a_paced_connection_cuts_off_a_peer_that_takes_nothing_of_its_backlog(
         run_test(main())
 
 
+@pytest.mark.parametrize("kind", ["tls", "memory"])
+def test_a_paced_backlog_past_the_answers_of_one_batch_is_cut_off_at_once(
+    certs: ClusterCertificates, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Past `send_buffer_bytes_max` and the answers to 64 frames of `frame_bytes_max` (here
+    1 + 64 MiB), a paced connection does not wait for the stall timer: no batch of frames
+    answers that much, so answers that came later piled up on a peer too slow for them."""
+
+    async def main() -> None:
+        connection, served, _, listener = await _paced_pair(certs, kind, PACED_LIMITS, 180)
+        connection.send_frame(Ping(sequence=1, sent_us=0, telemetry=()))
+        info = await asyncio.wait_for(served.wait_closed(), 30)
+        assert info.error_code == ErrorCode.LIMIT_EXCEEDED
+        assert "the answers to 64 frames: the peer is not reading fast enough" in info.reason
+        connection.close()
+        await listener.close()
+
+    with caplog.at_level(logging.INFO, logger="forehand.runtime.transport"):
+        run_test(main())
+
+
 def test_tls_path_stats_come_from_the_kernel(certs: ClusterCertificates) -> None:
     """TCP_INFO gives the TLS connection a smoothed and a minimum RTT, segments and bytes."""
 

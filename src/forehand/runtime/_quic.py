@@ -341,6 +341,8 @@ class QUICConnection(Connection):
         """Paced (`pace_by_sending`): frames received and not yet handed over, one at a time
         while writable; at most `receive_queue_frames_max`."""
         self._blocked_bytes = 0
+        self._held_bytes = 0
+        """REQUEST payload bytes in `_held`, at most `partial_frames_bytes_max`."""
         self._queued_bytes = 0
         """Bytes given to the stack in all (less the backlog: what the peer took)."""
         self._transmit_handle: asyncio.Handle | None = None
@@ -492,12 +494,16 @@ class QUICConnection(Connection):
     def _cut_off(self, reason: str) -> None:
         self._fail(ErrorCode.LIMIT_EXCEEDED, reason)
 
+    def taken_bytes(self) -> int:
+        return self._queued_bytes - self._quic.get_send_buffer_size() - self._blocked_bytes
+
     # -- receiving -----------------------------------------------------------------------
 
     def _event(self, event: events.QuicEvent) -> None:
         """One event of the stack; a protocol violation closes this connection only."""
         try:
             if isinstance(event, events.StreamDataReceived):
+                self.received_bytes += len(event.data)
                 self._stream_data(event.stream_id, event.data, event.end_stream)
             elif isinstance(event, events.StreamReset | events.StopSendingReceived):
                 self._stream_stopped(event.stream_id)
@@ -694,12 +700,16 @@ class QUICConnection(Connection):
         if not self._paced:
             handler(batch)
             return
-        maximum = self._limits.receive_queue_frames_max
-        if len(self._held) + len(batch) > maximum:
+        limits = self._limits
+        self._held_bytes += sum(len(f.payload) for f in batch if isinstance(f, Request))
+        if len(self._held) + len(batch) > limits.receive_queue_frames_max or (
+            self._held_bytes > limits.partial_frames_bytes_max
+        ):
             self._fail(
                 ErrorCode.LIMIT_EXCEEDED,
-                f"more than receive_queue_frames_max={maximum} frames held while the peer does "
-                "not take its answers",
+                f"more than receive_queue_frames_max={limits.receive_queue_frames_max} frames, or "
+                f"partial_frames_bytes_max={limits.partial_frames_bytes_max} bytes of REQUEST "
+                "payloads, held while the peer does not take its answers",
             )
             return
         self._held.extend(batch)
@@ -721,7 +731,10 @@ class QUICConnection(Connection):
                     held.extend(rest)
                     handler(pings)
                 return
-            handler([held.popleft()])
+            frame = held.popleft()
+            if type(frame) is Request:
+                self._held_bytes -= len(frame.payload)
+            handler([frame])
 
     def _stream_stopped(self, stream_id: int) -> None:
         """The peer reset a stream or asked us to stop sending on one."""

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from forehand.errors import RemoteProtocolError
 from forehand.runtime.transport import (
+    PACED_BACKLOG_FRAMES,
     CloseInfo,
     CloseInitiator,
     Connection,
@@ -44,7 +45,7 @@ from forehand.wire import (
 
 __all__ = ["StreamConnection"]
 
-HANDLER_BATCH_FRAMES = 64
+HANDLER_BATCH_FRAMES = PACED_BACKLOG_FRAMES
 """Frames decoded and handed to the frame handler at a time."""
 HANDLER_TURN_S = 0.005
 """Longest a connection's frames keep the event loop before the next batch waits a turn: a
@@ -75,8 +76,10 @@ class StreamConnection(Connection, asyncio.Protocol):
         self._decoder = FrameDecoder(config=limits.wire, sender=peer_role)
         self._on_made = on_made
         self._transport: asyncio.Transport | None = None
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
+        self._pending_offset = 0
+        """Bytes of `_pending[0]` already written (a long buffer goes out piece by piece)."""
         self._written_bytes = 0
         """Bytes given to the transport in all (less what it holds: what the peer took)."""
         self._transport_paused = False
@@ -131,6 +134,7 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._close_info is not None:
             return  # After a connection error no further byte is processed.
         self._heard = True
+        self.received_bytes += len(data)
         if self._reading_paused or self._unfed:
             self._unfed.append(data)
             return
@@ -266,21 +270,43 @@ class StreamConnection(Connection, asyncio.Protocol):
             buffered = transport.get_write_buffer_size()
             self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._pending_bytes = 0
         piece = self._limits.send_buffer_high_water_bytes
-        offset = 0
-        while offset < len(data) and (everything or not self._transport_paused):
-            chunk = data if offset == 0 and len(data) <= piece else data[offset : offset + piece]
+        while pending and (everything or not self._transport_paused):
+            chunk = self._next_piece(piece)
             transport.write(chunk)
-            offset += len(chunk)
-        self._written_bytes += offset
-        if offset < len(data):
-            pending.append(data[offset:])
-            self._pending_bytes = len(data) - offset
+            self._written_bytes += len(chunk)
+            self._pending_bytes -= len(chunk)
         buffered = transport.get_write_buffer_size()
         self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
+
+    def taken_bytes(self) -> int:
+        transport = self._transport
+        buffered = 0 if transport is None else transport.get_write_buffer_size()
+        return self._written_bytes - buffered
+
+    def _next_piece(self, piece: int) -> bytes:
+        """Take the next write off `_pending`: the short buffers queued in one turn joined (up
+        to `piece` bytes: one write, as before), or `piece` bytes of a long one, whose rest stays
+        where it is (`_pending_offset`), so a backlog is copied once however often the
+        transport pauses."""
+        pending = self._pending
+        head = pending[0]
+        offset = self._pending_offset
+        if offset or len(head) > piece:
+            chunk = head[offset : offset + piece]
+            offset += len(chunk)
+            if offset < len(head):
+                self._pending_offset = offset
+            else:
+                pending.popleft()
+                self._pending_offset = 0
+            return chunk
+        chunks = [pending.popleft()]
+        size = len(head)
+        while pending and size + len(pending[0]) <= piece:
+            size += len(pending[0])
+            chunks.append(pending.popleft())
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _stall_timer(self) -> None:
         transport = self._transport
@@ -429,7 +455,9 @@ class StreamConnection(Connection, asyncio.Protocol):
         if self._close_info is not None:
             return
         if error_code != ErrorCode.NO_ERROR and not self._error_sent:
-            self._pending.append(encode_frame(error_frame(error_code, reason, self._wire)))
+            error = encode_frame(error_frame(error_code, reason, self._wire))
+            self._pending.append(error)
+            self._pending_bytes += len(error)
             self._error_sent = True
         self._flush(everything=True)
         self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_LOCAL))
@@ -450,15 +478,19 @@ class StreamConnection(Connection, asyncio.Protocol):
 
     def _peer_closed(self, error_code: int, reason: str) -> None:
         """The peer sent ERROR or ended its stream: close, sending nothing that is not out yet."""
-        self._pending.clear()
+        self._drop_pending()
         self._begin_close(CloseInfo(error_code=error_code, reason=reason, initiator=_PEER))
 
     def _refuse(self, reason: str) -> None:
         """The handshake is not acceptable: close without a frame, the peer may not speak ours."""
-        self._pending.clear()
+        self._drop_pending()
         self._begin_close(
             CloseInfo(error_code=ErrorCode.PROTOCOL_ERROR, reason=reason, initiator=_LOCAL)
         )
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_bytes = self._pending_offset = 0
 
     def _begin_close(self, info: CloseInfo) -> None:
         self._set_closed(info)

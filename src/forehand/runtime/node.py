@@ -209,6 +209,7 @@ class _Link:
     __slots__ = (
         "awaiting_since_s",
         "bytes_heard",
+        "bytes_taken",
         "connection",
         "dialed",
         "established",
@@ -233,6 +234,9 @@ class _Link:
         """When a frame went out with nothing received since; None when nothing is awaited."""
         self.bytes_heard: int | None = None
         """What the stack had received from the peer at the last sweep, while awaiting."""
+        self.bytes_taken = 0
+        """Accepted client links: what the peer had taken of this side's bytes at the last
+        sweep that found the link quiet."""
         self.established_hello = False
         """Whether the client sent its HELLO (accepted client links)."""
 
@@ -1027,9 +1031,18 @@ class NodeDriver:
         for peer in list(self._peers.values()):
             for link in list(peer.links):
                 quiet_s = now_s - link.heard_s
-                if link.kind is _LinkKind.CLIENT_ACCEPTED and idle_s and quiet_s > idle_s:
-                    self._violation(link, ErrorCode.IDLE_TIMEOUT, f"no frame for {quiet_s:.1f} s")
-                    continue
+                if link.kind is _LinkKind.CLIENT_ACCEPTED and idle_s and quiet_s > idle_s / 2:
+                    # A paced client's frames wait while it takes the answers: taking them is
+                    # being heard (else one draining a long backlog slowly was cut as idle).
+                    connection = link.connection
+                    taken = 0 if connection.writable else connection.taken_bytes()
+                    if taken > link.bytes_taken:
+                        link.bytes_taken, link.heard_s = taken, now_s
+                    elif quiet_s > idle_s:
+                        self._violation(
+                            link, ErrorCode.IDLE_TIMEOUT, f"no frame for {quiet_s:.1f} s"
+                        )
+                        continue
                 awaiting = link.awaiting_since_s
                 if link.dialed and silence_s and awaiting is not None:
                     waited_s = now_s - awaiting
@@ -1047,11 +1060,13 @@ class NodeDriver:
 
     @staticmethod
     def _still_receiving(link: _Link, silent: bool) -> bool:
-        """Whether the stack received bytes from the peer since the last sweep; the count is
-        taken at each sweep while a frame is awaited, and compared once the wait is long."""
-        received = link.connection.path_stats().bytes_received_count
+        """Whether application bytes came from the peer since the last sweep (stream data:
+        acknowledgements of a QUIC stack that is alive while its node answers nothing do not
+        count); the count is taken at each sweep while a frame is awaited, and compared once
+        the wait is long."""
+        received = link.connection.received_bytes
         before, link.bytes_heard = link.bytes_heard, received
-        return silent and received is not None and before is not None and received > before
+        return silent and before is not None and received > before
 
 
 def _as_frame(message: object) -> Frame:

@@ -258,6 +258,10 @@ class ConnectionLimits:
         return self.handshakes_max // 4 if bound is None else bound
 
 
+PACED_BACKLOG_FRAMES = 64
+"""A paced connection's backlog may pass `send_buffer_bytes_max` by the answers to this many
+frames (a byte stream hands its frames over in batches of as many) before it is cut off at once."""
+
 CLUSTER_FRAME_BYTES_MAX = 32 << 20
 """Frames between cluster nodes (mutually authenticated) may be this long: a whole shard map
 sent to a joining server (about 16 bytes per part: some 2,000,000 sessions of three parts) and a
@@ -409,6 +413,9 @@ class Connection(abc.ABC):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._frame_handler: FrameHandler | None = None
         self._paced = False
+        self.received_bytes = 0
+        """Application bytes received from the peer so far (stream data, before decoding): the
+        node's silence check sees long answers arriving before any of them is whole."""
         self._stall_handle: asyncio.TimerHandle | None = None
         self._stall_taken = 0
         """Bytes the peer had taken when the stall timer was last armed (`_check_backlog`)."""
@@ -498,6 +505,15 @@ class Connection(abc.ABC):
                 self._stall_handle.cancel()
                 self._stall_handle = None
             return
+        ceiling = limits.send_buffer_bytes_max + PACED_BACKLOG_FRAMES * limits.wire.frame_bytes_max
+        if self._paced and unsent > ceiling:
+            # Past what the answers to one batch of frames can add: answers that came later
+            # (waiting reads, forwards) piled up on a peer that takes them too slowly.
+            self._cut_off(
+                f"{unsent} bytes unsent, past send_buffer_bytes_max and the answers to "
+                f"{PACED_BACKLOG_FRAMES} frames: the peer is not reading fast enough"
+            )
+            return
         if not self._paced:
             self._cut_off(
                 f"send buffer passed send_buffer_bytes_max={limits.send_buffer_bytes_max}: "
@@ -523,6 +539,11 @@ class Connection(abc.ABC):
     def _stall_timer(self) -> None:
         """The stall timer fired: check the backlog again (`_check_backlog`)."""
         raise NotImplementedError
+
+    def taken_bytes(self) -> int:
+        """Bytes sent that the stack no longer holds (the peer took them), in all: the node
+        counts a paced client that takes its answers as heard, though its frames wait."""
+        return 0
 
     def _cut_off(self, reason: str) -> None:
         """Close at once with LIMIT_EXCEEDED, logging `reason`: the peer does not read."""
