@@ -484,13 +484,13 @@ class Connection(abc.ABC):
 
         For the server side of a client's connection: what a client sends asks for answers, and
         one that sends faster than it reads them (pipelined reads of large results, or no
-        reading at all) waits, its frames held (in the socket for a byte stream, up to
-        `receive_queue_frames_max` for QUIC, which closes the connection with LIMIT_EXCEEDED
-        past it), until it has taken the backlog down to `send_buffer_low_water_bytes`. The
-        backlog stays bounded by the answers to one batch of frames; past
-        `send_buffer_bytes_max` the peer is cut off only if it then takes none of it for
-        `send_stall_timeout_ms`. Never for both sides of one connection: each would wait for
-        the other to read.
+        reading at all) waits, its frames held (in the socket for a byte stream; for QUIC up
+        to `receive_queue_frames_max` frames and `partial_frames_bytes_max` bytes of REQUEST
+        payloads, LIMIT_EXCEEDED past either), until it has taken the backlog down to
+        `send_buffer_low_water_bytes`. Past `send_buffer_bytes_max` the peer is cut off if it
+        then takes none of the backlog for `send_stall_timeout_ms`, or at once past the answers
+        to `PACED_BACKLOG_FRAMES` frames more. Never for both sides of one connection: each
+        would wait for the other to read.
         """
         self._paced = True
 
