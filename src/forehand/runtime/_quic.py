@@ -370,10 +370,9 @@ class QUICConnection(Connection):
     def _queued_now(self) -> None:
         """A paced connection is not writable as soon as what it queued passes the high-water
         mark, not at the next transmission: its next frame waits (`_release_held`)."""
-        if self._paced and self._writable:
-            backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
-            if backlog > self._limits.send_buffer_high_water_bytes:
-                self._set_writable(False)
+        high = self._limits.send_buffer_high_water_bytes
+        if self._paced and self._writable and self._unsent_bytes() > high:
+            self._set_writable(False)
 
     def send_frames(self, frames: Iterable[Frame]) -> None:
         """Queue `frames`, all or none: a frame that cannot be encoded or has no stream to go on
@@ -470,10 +469,10 @@ class QUICConnection(Connection):
         """After each transmission: update writability from the stack's send backlog."""
         if self._close_info is not None:
             return
-        backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
+        backlog = self._unsent_bytes()
         limits = self._limits
         if backlog > limits.send_buffer_bytes_max or self._stall_handle is not None:
-            self._check_backlog(backlog, self._queued_bytes - backlog)
+            self._check_backlog()
             if self.is_closed:
                 return
         if backlog > limits.send_buffer_high_water_bytes:
@@ -484,18 +483,14 @@ class QUICConnection(Connection):
             if self._held:
                 self._loop.call_soon(self._release_held)
 
-    def _stall_timer(self) -> None:
-        if self._close_info is not None:
-            self._stall_handle = None
-            return
-        backlog = self._quic.get_send_buffer_size() + self._blocked_bytes
-        self._check_backlog(backlog, self._queued_bytes - backlog, timer=True)
-
     def _cut_off(self, reason: str) -> None:
         self._fail(ErrorCode.LIMIT_EXCEEDED, reason)
 
+    def _unsent_bytes(self) -> int:
+        return self._quic.get_send_buffer_size() + self._blocked_bytes
+
     def taken_bytes(self) -> int:
-        return self._queued_bytes - self._quic.get_send_buffer_size() - self._blocked_bytes
+        return self._queued_bytes - self._unsent_bytes()
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -700,6 +695,12 @@ class QUICConnection(Connection):
         if not self._paced:
             handler(batch)
             return
+        # A PING is answered at once, whatever the backlog (a few bytes on the control stream),
+        # so the client hears that this server is alive; only the rest waits its turn.
+        pings: list[Frame] = [frame for frame in batch if type(frame) is Ping]
+        if pings:
+            batch = [frame for frame in batch if type(frame) is not Ping]
+            handler(pings)
         limits = self._limits
         self._held_bytes += sum(len(f.payload) for f in batch if isinstance(f, Request))
         if len(self._held) + len(batch) > limits.receive_queue_frames_max or (
@@ -719,18 +720,9 @@ class QUICConnection(Connection):
         """Hand the held frames over, one at a time, while the connection stays writable: the
         answers of each are queued before the next is handed (a datagram may complete a hundred
         REQUESTs, whose long answers, queued together, would interleave on their streams and
-        all end together). A PING is answered whatever the backlog, with a few bytes on the
-        control stream, so the client hears that this server is alive."""
+        all end together)."""
         held, handler = self._held, self._frame_handler
-        while held and handler is not None and self._close_info is None:
-            if not self._writable:
-                if any(type(frame) is Ping for frame in held):
-                    pings: list[Frame] = [frame for frame in held if type(frame) is Ping]
-                    rest = [frame for frame in held if type(frame) is not Ping]
-                    held.clear()
-                    held.extend(rest)
-                    handler(pings)
-                return
+        while held and handler is not None and self._writable and self._close_info is None:
             frame = held.popleft()
             if type(frame) is Request:
                 self._held_bytes -= len(frame.payload)

@@ -267,8 +267,7 @@ class StreamConnection(Connection, asyncio.Protocol):
             return
         if self._transport_paused and not everything:
             # Nothing goes out before `resume_writing`; only the backlog is checked.
-            buffered = transport.get_write_buffer_size()
-            self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
+            self._check_backlog()
             return
         piece = self._limits.send_buffer_high_water_bytes
         while pending and (everything or not self._transport_paused):
@@ -276,13 +275,17 @@ class StreamConnection(Connection, asyncio.Protocol):
             transport.write(chunk)
             self._written_bytes += len(chunk)
             self._pending_bytes -= len(chunk)
-        buffered = transport.get_write_buffer_size()
-        self._check_backlog(self._pending_bytes + buffered, self._written_bytes - buffered)
+        self._check_backlog()
+
+    def _buffered_bytes(self) -> int:
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
+
+    def _unsent_bytes(self) -> int:
+        return self._pending_bytes + self._buffered_bytes()
 
     def taken_bytes(self) -> int:
-        transport = self._transport
-        buffered = 0 if transport is None else transport.get_write_buffer_size()
-        return self._written_bytes - buffered
+        return self._written_bytes - self._buffered_bytes()
 
     def _next_piece(self, piece: int) -> bytes:
         """Take the next write off `_pending`: the short buffers queued in one turn joined (up
@@ -307,16 +310,6 @@ class StreamConnection(Connection, asyncio.Protocol):
             size += len(pending[0])
             chunks.append(pending.popleft())
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _stall_timer(self) -> None:
-        transport = self._transport
-        if transport is None or self._close_info is not None:
-            self._stall_handle = None
-            return
-        buffered = transport.get_write_buffer_size()
-        self._check_backlog(
-            self._pending_bytes + buffered, self._written_bytes - buffered, timer=True
-        )
 
     def _cut_off(self, reason: str) -> None:
         # No ERROR can reach a peer that does not read; the log says why it was cut off.
@@ -510,10 +503,7 @@ class StreamConnection(Connection, asyncio.Protocol):
             self._transport.abort()
 
     def path_stats(self) -> PathStats:
-        buffered = self._pending_bytes
-        if self._transport is not None:
-            buffered += self._transport.get_write_buffer_size()
-        return PathStats(source="none", send_buffer_bytes=buffered)
+        return PathStats(source="none", send_buffer_bytes=self._unsent_bytes())
 
 
 _LOCAL = CloseInitiator.LOCAL

@@ -494,12 +494,13 @@ class Connection(abc.ABC):
         """
         self._paced = True
 
-    def _check_backlog(self, unsent: int, taken: int, *, timer: bool = False) -> None:
-        """After a write (and when the stall timer fires): `unsent` bytes wait for the peer,
-        which took `taken` in all. Past `send_buffer_bytes_max` an unpaced connection is cut
-        off at once; a paced one when the timer finds that the peer took nothing since it was
-        armed."""
+    def _check_backlog(self, *, timer: bool = False) -> None:
+        """After a write (and when the stall timer fires): `_unsent_bytes()` wait for the peer,
+        which took `taken_bytes()` in all. Past `send_buffer_bytes_max` an unpaced connection is
+        cut off at once; a paced one when the timer finds that the peer took nothing since it
+        was armed."""
         limits = self._limits
+        unsent = self._unsent_bytes()
         if unsent <= limits.send_buffer_bytes_max or self._close_info is not None:
             if self._stall_handle is not None:
                 self._stall_handle.cancel()
@@ -520,6 +521,7 @@ class Connection(abc.ABC):
                 "the peer is not reading"
             )
             return
+        taken = self.taken_bytes()
         if timer and taken <= self._stall_taken:
             self._stall_handle = None
             self._cut_off(
@@ -537,8 +539,15 @@ class Connection(abc.ABC):
             )
 
     def _stall_timer(self) -> None:
-        """The stall timer fired: check the backlog again (`_check_backlog`)."""
-        raise NotImplementedError
+        """The stall timer fired: check the backlog again."""
+        if self._close_info is not None:
+            self._stall_handle = None
+            return
+        self._check_backlog(timer=True)
+
+    def _unsent_bytes(self) -> int:
+        """Bytes queued for the peer that it has not taken yet (this side's and the stack's)."""
+        return 0
 
     def taken_bytes(self) -> int:
         """Bytes sent that the stack no longer holds (the peer took them), in all: the node
