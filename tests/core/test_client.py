@@ -1102,6 +1102,41 @@ def test_resume_session_refused_credential_falls_back_to_the_map() -> None:
     assert h.take(MapRequest, MANAGER) == [map_request(4, credential=b"cred")]
 
 
+def test_a_credential_refused_by_its_server_and_the_manager_ends_the_session_at_once() -> None:
+    """A resumed session whose credential does not verify (a tampered snapshot): its server
+    leaves it unbound (RESUME_REJECT CREDENTIAL_REFUSED after WELCOME), so its parts are located;
+    the manager refuses the credential presented in MAP_REQUEST too, and the session ends there,
+    its call failing as closed with the manager's reason and the manager not told again. Before,
+    the call located the part round after round until its timeout (placement-unknown)."""
+    h = Harness()
+    h.client.resume_session(SESSION, b"forged", (placement("auth", "s1"),), map_version=4, now_us=0)
+    h.drain()
+    request_id = h.client.call(SESSION, "auth", "op", b"", now_us=0)
+    h.welcome("s1")
+    h.feed("s1", ResumeReject(session_id=SESSION, reason=ResumeRejectReason.CREDENTIAL_REFUSED))
+    (rejected,) = h.of(SessionResumeRejected)
+    assert (rejected.server, rejected.reason) == ("s1", ResumeRejectReason.CREDENTIAL_REFUSED)
+    assert h.client.route(SESSION, "auth").state is RouteState.LOCATING
+    h.welcome(MANAGER)
+    assert h.take(MapRequest, MANAGER) == [map_request(4, credential=b"forged")]
+    why = "the session's credential was refused: token authentication failed"
+    h.feed(
+        MANAGER,
+        ResumeReject(session_id=SESSION, reason=ResumeRejectReason.CREDENTIAL_REFUSED, message=why),
+    )
+    (failed,) = h.of(RequestFailed)
+    assert (failed.request_id, failed.why) == (request_id, RequestFailedWhy.SESSION_CLOSED)
+    (closed,) = h.of(SessionClosed)
+    assert (closed.session_id, closed.closed_by, closed.detail) == (SESSION, MANAGER, why)
+    assert h.take(CloseSession, MANAGER) == []
+    with pytest.raises(LocalProtocolError, match="unknown session"):
+        h.client.call(SESSION, "auth", "op", b"", now_us=0)
+    # Another reason from the manager, or one about a session the client does not hold,
+    # changes nothing.
+    h.feed(MANAGER, ResumeReject(session_id=SESSION, reason=ResumeRejectReason.CREDENTIAL_REFUSED))
+    assert [e.name for e in h.of(RarePathTaken)][-1:] == ["manager-resume-reject-ignored"]
+
+
 def test_resume_session_times_out_without_welcome() -> None:
     """A primary that never answers HELLO within resume_timeout_ms leaves the parts to the map."""
     h = Harness(resume_timeout_ms=300)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from forehand.core._client_events import CredentialRenewed, SessionResumeRejected
+from forehand.core._client_events import CredentialRenewed, SessionClosed, SessionResumeRejected
 from forehand.core._client_session import RouteState
 from forehand.core.client import RENEW_INTERVAL_FLOOR_US
 from forehand.wire import (
     Hello,
+    MapRequest,
     Resume,
     ResumeOk,
     ResumeReject,
@@ -267,3 +268,37 @@ def test_a_stated_lifetime_never_brings_the_interval_below_a_second() -> None:
     assert h.take(Resume) == []
     h.advance(ms=1)
     assert len(h.take(Resume)) == 1
+
+
+def test_the_managers_refusal_of_a_credential_the_session_no_longer_holds_is_ignored() -> None:
+    """The manager's RESUME_REJECT(CREDENTIAL_REFUSED) ends a session only while the credential
+    it refused is still the session's: one refused after a renewal brought a fresh credential
+    (or about a credential never presented to it) changes nothing; the next MAP_REQUEST presents
+    the fresh one, and a refusal of that ends the session."""
+    h = Harness(credential_renew_interval_ms=INTERVAL_MS)
+    session = ready_session(h)
+    first = h.client.session_snapshot(session).credential
+    refusal = ResumeReject(session_id=session, reason=ResumeRejectReason.CREDENTIAL_REFUSED)
+    h.feed(MANAGER, refusal)  # nothing presented to the manager yet
+    assert h.of(SessionClosed) == []
+    h.advance(ms=INTERVAL_MS - 1)
+    h.outbox.clear()
+    h.lose("s1")
+    (request,) = h.take(MapRequest, MANAGER)
+    assert [c.credential for c in request.credentials] == [first]
+    h.advance(ms=1)
+    (renewal,) = h.take(Resume)
+    server = h.client.route(session, renewal.parts[0]).primary
+    h.feed(
+        server,
+        ResumeOk(session_id=session, parts=renewal.parts, map_version=5, credential=b"fresh-1"),
+    )
+    h.feed(MANAGER, refusal)  # of `first`, presented before the renewal
+    assert h.of(SessionClosed) == []
+    h.feed(MANAGER, answer(map_version=5))
+    h.advance(ms=5_000)
+    presented = [c.credential for r in h.take(MapRequest, MANAGER) for c in r.credentials]
+    assert presented and set(presented) == {b"fresh-1"}
+    h.feed(MANAGER, refusal)
+    (closed,) = h.of(SessionClosed)
+    assert closed.closed_by == MANAGER

@@ -21,14 +21,16 @@ from forehand.wire import (
     Hello,
     MapRequest,
     MapUpdate,
+    ResumeReject,
+    ResumeRejectReason,
     Settings,
     Welcome,
 )
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs, sealer
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from _manager_helpers import MANAGER, ManagerHarness, opened_refs, sealer
 
 SERVERS = ("s1", "s2", "s3")
 EXPIRY_MS = 2_000
@@ -211,7 +213,9 @@ def test_a_client_back_after_its_credential_expired_hears_its_expired_session_cl
     credential: that proves nothing, but an authentic credential of a session the map no longer
     holds gets CLOSE_SESSION (after the WELCOME of a HELLO), so its calls fail as closed instead
     of locating a session no answer will ever name. An expired credential of a session still in
-    the map gets nothing, nor does a forged one."""
+    the map, and a forged one, get RESUME_REJECT(CREDENTIAL_REFUSED) with the reason: the
+    manager will say nothing of those sessions on that connection, so their client ends them
+    (they got nothing before, and their calls located them until their timeout)."""
     harness = expiring_harness()
     gone = harness.open_session(("auth",), client="c1")
     still = harness.open_session(("cart",), client="c1")
@@ -228,10 +232,32 @@ def test_a_client_back_after_its_credential_expired_hears_its_expired_session_cl
         "c2", MANAGER, Hello(versions=(1,), client_id=bytes(16), credentials=credentials)
     )
     received = harness.router.take("c2", object)
-    assert [type(frame) for frame in received] == [Welcome, Settings, CloseSession]
+    assert [type(frame) for frame in received] == [
+        Welcome,
+        Settings,
+        CloseSession,
+        ResumeReject,
+        ResumeReject,
+    ]
     assert received[2] == CloseSession(session_id=gone.session_id)
+    refused = {f.session_id: f for f in received[3:] if isinstance(f, ResumeReject)}
+    assert set(refused) == {still.session_id, bytes(16)}
+    assert all(f.reason is ResumeRejectReason.CREDENTIAL_REFUSED for f in refused.values())
+    assert "expired" in refused[still.session_id].message
     harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=credentials))
     assert harness.take("c3", CloseSession) == [CloseSession(session_id=gone.session_id)]
+    assert {f.session_id for f in harness.take("c3", ResumeReject)} == set(refused)
+    # A session bound on the connection before is not refused for a stale credential beside.
+    renewed = sealer().issue_credential(
+        session_id=still.session_id,
+        client_id=bytes(16),
+        now_us=harness.router.now_us,
+        lifetime_ms=60_000,
+    )
+    fresh = Credential(session_id=still.session_id, credential=renewed)
+    harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=(fresh,)))
+    harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=credentials))
+    assert {f.session_id for f in harness.take("c3", ResumeReject)} == {bytes(16)}
 
 
 def test_a_reload_after_a_store_failure_does_not_restart_the_expiry() -> None:

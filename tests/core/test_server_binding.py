@@ -246,6 +246,42 @@ def test_an_expired_credential_in_hello_leaves_its_session_unbound_and_the_rest_
     ]
 
 
+def test_a_refused_credential_in_hello_leaves_its_session_unbound_and_the_rest_served() -> None:
+    """A HELLO presenting a tampered credential, and one naming another session, beside a valid
+    one: neither binds, each gets a RESUME_REJECT(CREDENTIAL_REFUSED) after the WELCOME with the
+    reason, and the connection stays and serves the valid session. Before, the connection was
+    closed with UNAUTHENTICATED, at each reconnection, for every session of the client on that
+    server: one corrupted snapshot resumed broke its client's healthy sessions there."""
+    cluster = _placed()
+    valid = _credential(cluster)
+    hello = Hello(
+        versions=(PROTOCOL_VERSION,),
+        client_id=bytes(16),
+        credentials=(
+            Credential(session_id=OTHER_SESSION, credential=valid[:-1] + bytes([valid[-1] ^ 1])),
+            Credential(session_id=bytes(range(16)), credential=valid),
+            Credential(session_id=SESSION, credential=valid),
+        ),
+    )
+    cluster.router.send("c1", "s1", hello)
+    assert cluster.take("c1", Error) == []
+    assert len(cluster.take("c1", Welcome)) == 1
+    told = cluster.take("c1", ResumeReject)
+    assert [(t.session_id, t.reason) for t in told] == [
+        (OTHER_SESSION, ResumeRejectReason.CREDENTIAL_REFUSED),
+        (bytes(range(16)), ResumeRejectReason.CREDENTIAL_REFUSED),
+    ]
+    assert "refused" in told[0].message and "another session" in told[1].message
+    refused = cluster.events("s1", ResumeRejected)
+    assert [r.reason for r in refused] == [int(ResumeRejectReason.TOKEN_INVALID)] * 2
+    cluster.request("s1", "counter", payload=b"4", client="c1", bind=False)
+    cluster.request("s1", "counter", client="c1", bind=False, session=OTHER_SESSION)
+    assert [r.status for r in cluster.responses("c1")] == [
+        ResponseStatus.OK,
+        ResponseStatus.NOT_FOUND,
+    ]
+
+
 def _renewed(cluster: Cluster) -> list[tuple[bytes, ...]]:
     cluster.router.advance(ms=500)  # the default heartbeat interval
     beats = cluster.take(MANAGER, HeartbeatReported)

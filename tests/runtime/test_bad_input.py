@@ -46,6 +46,8 @@ from forehand.wire import (
     Request,
     Response,
     ResponseStatus,
+    ResumeReject,
+    ResumeRejectReason,
     Welcome,
     WireConfig,
     encode_frame,
@@ -384,21 +386,41 @@ def test_request_before_hello_is_unexpected(cluster: Cluster) -> None:
     assert not any(isinstance(frame, Welcome) for frame in frames)
 
 
-def test_forged_credential_is_unauthenticated(cluster: Cluster) -> None:
-    """A HELLO with a credential the cluster did not seal is refused with UNAUTHENTICATED."""
+def test_forged_credential_is_refused_and_binds_nothing(cluster: Cluster) -> None:
+    """A HELLO with a credential the cluster did not seal is welcomed without that session: a
+    RESUME_REJECT(CREDENTIAL_REFUSED) after the WELCOME says so, the connection stays open (a
+    PING is answered), and a request of that session is NOT_FOUND."""
     forged = Credential(os.urandom(16), bytes([1]) + os.urandom(60))
 
     async def misbehave(raw: RawClient) -> list[Frame]:
+        await raw.hello((forged,))
+        await raw.ping(1)
         raw.send(
             encode_frame(
-                Hello(versions=(PROTOCOL_VERSION,), client_id=os.urandom(16), credentials=(forged,))
+                Request(
+                    request_id=1,
+                    session_id=forged.session_id,
+                    part="auth",
+                    op="whoami",
+                    map_version=0,
+                    payload=b"\xc0",
+                )
             )
         )
-        return await raw.until_closed()
+        while not any(isinstance(frame, Response) for frame in raw.received):
+            assert await raw._read_some()
+        raw.writer.close()
+        return raw.received
 
     frames = _served_throughout(cluster, misbehave)
-    assert isinstance(frames[-1], Error), frames
-    assert frames[-1].code == ErrorCode.UNAUTHENTICATED
+    (told,) = [frame for frame in frames if isinstance(frame, ResumeReject)]
+    assert (told.session_id, told.reason) == (
+        forged.session_id,
+        ResumeRejectReason.CREDENTIAL_REFUSED,
+    )
+    assert not any(isinstance(frame, Error) for frame in frames), frames
+    (response,) = [frame for frame in frames if isinstance(frame, Response)]
+    assert response.status is ResponseStatus.NOT_FOUND
 
 
 def _reference_outcome(data: bytes) -> ErrorCode | None:

@@ -259,7 +259,8 @@ async def _resume(connection: Connection, session_id: bytes, token: bytes, versi
 
 def test_tokens_forged_expired_replayed_are_refused(cluster: Cluster) -> None:
     """RESUME with a forged, tampered, expired, misdirected or replayed token is refused with its
-    RESUME_REJECT reason; a HELLO with a forged credential closes the connection."""
+    RESUME_REJECT reason; a HELLO with a forged credential leaves that session unbound and says
+    so (RESUME_REJECT CREDENTIAL_REFUSED after the WELCOME)."""
     sealer = TokenSealer(load_key_ring(cluster.certs_dir / CLUSTER_KEYS_FILE), rng=random.Random(7))
 
     async def scenario() -> None:
@@ -305,8 +306,11 @@ def test_tokens_forged_expired_replayed_are_refused(cluster: Cluster) -> None:
 
             forged = (Credential(session_id=session.id, credential=os.urandom(80)),)
             refused, answer = await _raw_connection(cluster, primary, forged)
-            assert isinstance(answer, Error) and answer.code is ErrorCode.UNAUTHENTICATED
-            await refused.wait_closed()
+            assert isinstance(answer, Welcome), answer
+            told = await refused.receive()
+            assert isinstance(told, ResumeReject), told
+            assert told.reason is ResumeRejectReason.CREDENTIAL_REFUSED
+            refused.close()
             genuine = client.core.session_snapshot(session.id).credential
             accepted, answer = await _raw_connection(
                 cluster, primary, (Credential(session_id=session.id, credential=genuine),)

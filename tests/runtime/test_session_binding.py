@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import pytest
 
+import forehand
 from forehand.runtime.client import _Saved
 from forehand.wire import (
     Frame,
@@ -144,5 +145,37 @@ def test_owner_calls_are_answered_while_a_stranger_hammers_the_session(cluster: 
             await good.answered_more(3)
             raw.writer.close()
             await asyncio.sleep(0)
+
+    run_async(main())
+
+
+def test_a_tampered_snapshot_closes_its_session_at_once_and_spares_the_others(
+    cluster: Cluster,
+) -> None:
+    """A client resumes a session from a snapshot whose credential was tampered with, then
+    opens a session of its own on the same server: the new session is served (the server leaves
+    the forged one unbound and keeps the connection), and a call of the resumed session raises
+    SessionClosedError naming the refused credential as soon as the manager refuses it. Before,
+    the server closed the connection at each HELLO, so the healthy session failed as well, and
+    both calls ended at their timeout as placement-unknown."""
+
+    async def main() -> None:
+        async with cluster.connect() as owner:
+            victim = await owner.open_session(["auth", "feature/video"])
+            await victim.call("auth", "login", "victim")
+            saved = msgspec.msgpack.decode(victim.snapshot(), type=_Saved)
+        forged = bytearray(saved.credential)
+        forged[-1] ^= 1
+        tampered = msgspec.msgpack.encode(msgspec.structs.replace(saved, credential=bytes(forged)))
+        async with cluster.connect() as client:
+            resumed = await client.resume_session(tampered)
+            healthy = await client.open_session(["auth", "feature/video"])
+            await healthy.call("auth", "login", "healthy")
+            assert await healthy.call("auth", "whoami", result_type=str) == "healthy"
+            with pytest.raises(forehand.SessionClosedError, match="credential was refused"):
+                await asyncio.wait_for(resumed.call("auth", "whoami"), timeout=10)
+            with pytest.raises(forehand.SessionClosedError, match="credential was refused"):
+                await resumed.call("auth", "whoami")
+            assert await healthy.call("auth", "whoami", result_type=str) == "healthy"
 
     run_async(main())

@@ -164,7 +164,10 @@ class SessionClosed(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     session_id: bytes
     """The session."""
     closed_by: NodeId | None = None
-    """The server or manager whose CLOSE_SESSION ended it; None when the application did."""
+    """The server or manager whose CLOSE_SESSION (or, the manager, RESUME_REJECT
+    CREDENTIAL_REFUSED) ended it; None when the application did."""
+    detail: str = ""
+    """Why, when the peer said: the manager's refusal of the session's credential."""
 
 
 class ResponseReceived(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -202,7 +202,7 @@ class PartRoute:
 class Session:
     """One session the client holds."""
 
-    __slots__ = ("credential", "parts", "session_id")
+    __slots__ = ("credential", "manager_credential", "parts", "session_id")
 
     def __init__(self, session_id: bytes, *, credential: bytes) -> None:
         self.session_id = session_id
@@ -210,5 +210,8 @@ class Session:
         self.credential = credential
         """The session credential presented in HELLO (also after a restart); RESUME_OK may renew
         it."""
+        self.manager_credential = b""
+        """The credential last presented to the session manager (HELLO, MAP_REQUEST): its
+        refusal ends the session only while that is still the session's credential."""
         self.parts: dict[str, PartRoute] = {}
         """The parts, by name, in the order the session was opened with."""

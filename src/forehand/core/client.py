@@ -147,6 +147,12 @@ _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, 
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
 
+_HELLO_REFUSALS = frozenset(
+    {ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED, ResumeRejectReason.CREDENTIAL_REFUSED}
+)
+"""The RESUME_REJECT reasons a server sends unasked after WELCOME: a credential in HELLO did not
+bind (expired, or did not verify), so that session is not bound on the connection."""
+
 _REQUEST_HEAD_BYTES_MAX = 64 + DEFAULT_CONFIG.part_name_bytes_max + DEFAULT_CONFIG.op_name_bytes_max
 """A REQUEST's frame beyond its payload, whatever its part and op (its header, fixed head and
 wait budget take under 64 bytes)."""
@@ -714,7 +720,9 @@ class ClientCore:
         """End a session: its unanswered requests fail, the manager and servers are told."""
         self._end_session(self._session(session_id), now_us, closed_by=None)
 
-    def _end_session(self, session: Session, now_us: int, *, closed_by: NodeId | None) -> None:
+    def _end_session(
+        self, session: Session, now_us: int, *, closed_by: NodeId | None, detail: str = ""
+    ) -> None:
         """Fail the session's requests, tell every peer but `closed_by`, forget it."""
         session_id = session.session_id
         for route in session.parts.values():
@@ -743,7 +751,11 @@ class ClientCore:
         del self._sessions[session_id]
         for bound in self._bound.values():
             bound.discard(session_id)
-        self._emit(SessionClosed(node=self.node_id, session_id=session_id, closed_by=closed_by))
+        self._emit(
+            SessionClosed(
+                node=self.node_id, session_id=session_id, closed_by=closed_by, detail=detail
+            )
+        )
 
     def _on_close_session(self, frame: CloseSession, source: NodeId, now_us: int) -> None:
         """A server or the manager ended a session (CLOSE_SESSION goes either way, section 5.5):
@@ -968,6 +980,9 @@ class ClientCore:
             credentials=self._credentials_for(server),
         )
         self._presented[server] = {credential.session_id for credential in hello.credentials}
+        if server == self._config.manager_node_id:
+            for credential in hello.credentials:
+                self._sessions[credential.session_id].manager_credential = credential.credential
         self._bound.pop(server, None)
         if self._closing.get(server):
             # The previous connection's loss notice is still due: a frame sent now could go out
@@ -1801,8 +1816,12 @@ class ClientCore:
         """One MAP_REQUEST round, presenting the credentials of the `presented` sessions: the
         manager answers only about sessions bound to the connection, and its HELLO proved at
         most `hello_credentials_max` of them (which the manager may since have forgotten)."""
+        sessions = self._sessions
+        for session_id in presented:
+            session = sessions[session_id]
+            session.manager_credential = session.credential
         credentials = tuple(
-            Credential(session_id=session_id, credential=self._sessions[session_id].credential)
+            Credential(session_id=session_id, credential=sessions[session_id].credential)
             for session_id in presented
         )
         self._map_sent_us = self._map_round_us = now_us
@@ -2441,10 +2460,13 @@ class ClientCore:
 
     def _on_resume_reject(self, frame: ResumeReject, source: NodeId, now_us: int) -> None:
         key = (frame.session_id, source)
-        if frame.reason is ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED:
+        if source == self._config.manager_node_id:
+            self._manager_refused(frame, now_us)
+            return
+        if frame.reason in _HELLO_REFUSALS:
             # Unasked, answering no RESUME of ours: the server left a session our HELLO
-            # presented unbound (its credential expired). It is not bound there after all;
-            # its parts there are located anew.
+            # presented unbound (its credential expired, or did not verify). It is not bound
+            # there after all; its parts there are located anew (the manager has the last word).
             bound = self._bound.get(source)
             if bound is not None and frame.session_id in bound:
                 bound.discard(frame.session_id)
@@ -2682,6 +2704,36 @@ class ClientCore:
         server = candidates[0] if len(candidates) == 1 else self._rng.choice(candidates)
         if self._send_bind(session, server, tuple(by_server[server]), now_us):
             self._renewing[(session_id, server)] = session.credential
+
+    def _manager_refused(self, frame: ResumeReject, now_us: int) -> None:
+        """The manager refused a credential this client presented to it (CREDENTIAL_REFUSED):
+        it says nothing about that session on this connection, so no part of it can be located
+        any more; the session ends, its calls failing as closed with the manager's reason,
+        instead of at each call's timeout. Unless the session holds another credential since
+        it was presented (a renewal came meanwhile), which the next round presents."""
+        session = self._sessions.get(frame.session_id)
+        if (
+            frame.reason is not ResumeRejectReason.CREDENTIAL_REFUSED
+            or session is None
+            or session.manager_credential != session.credential
+        ):
+            self._rare("manager-resume-reject-ignored")
+            return
+        self._emit(
+            SessionResumeRejected(
+                node=self.node_id,
+                session_id=session.session_id,
+                server=self._config.manager_node_id,
+                reason=frame.reason,
+                detail=frame.message,
+            )
+        )
+        self._end_session(
+            session,
+            now_us,
+            closed_by=self._config.manager_node_id,
+            detail=frame.message or "the session manager refused the session's credential",
+        )
 
     def _renewed(self, session: Session, credential: bytes, now_us: int) -> None:
         """A fresh credential (RESUME_OK): presented from now on, renewed in an interval."""

@@ -178,6 +178,7 @@ from forehand.wire import (
     Ping,
     Pong,
     ReasonCode,
+    ResumeReject,
     ResumeRejectReason,
     SessionOpened,
     Settings,
@@ -2637,47 +2638,66 @@ class ManagerCore:
 
     def _bind_credentials(
         self, client: _Client, source: NodeId, credentials: tuple[Credential, ...], now_us: int
-    ) -> list[bytes]:
+    ) -> list[CloseSession | ResumeReject]:
         """Bind to the connection each session whose credential opens (HELLO, MAP_REQUEST); a
-        credential that does not open is reported and ignored, and the others still bind.
+        credential that does not open is reported and not bound, and the others still bind.
 
-        Returns the sessions of authentic but expired credentials that the map no longer holds
-        (expired, or closed): the caller tells the client with CLOSE_SESSION, so that a client
-        back after longer than the expiry hears its session ended instead of never finding it."""
-        ended = []
+        Returns what to tell the client about those that did not bind (the caller sends it):
+        CLOSE_SESSION for an authentic but expired credential of a session the map no longer
+        holds (expired, or closed), so that a client back after longer than the expiry hears
+        its session ended instead of never finding it; RESUME_REJECT(CREDENTIAL_REFUSED) for
+        any other, unless the session is bound on the connection anyway (an earlier proof, or
+        another credential of it in the same frame). This manager answers nothing about a
+        session its client cannot prove, so the client ends it, with the reason, instead of
+        locating it until each call's timeout (a tampered snapshot resumed, a credential kept
+        past its lifetime)."""
+        refused: dict[bytes, CloseSession | ResumeReject] = {}
         for credential in credentials:
+            session_id = credential.session_id
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
             except TokenError as error:
                 self._emit(
                     CredentialRefused(
                         client=source,
-                        session_id=credential.session_id,
+                        session_id=session_id,
                         reason=int(error.reject_reason),
                         detail=str(error),
                     )
                 )
                 if (
                     isinstance(error, TokenExpired)
-                    and error.session_id == credential.session_id
+                    and error.session_id == session_id
                     and self.shard_map is not None
-                    and credential.session_id not in self._sessions
+                    and session_id not in self._sessions
                 ):
-                    ended.append(credential.session_id)
+                    refused[session_id] = CloseSession(session_id=session_id)
+                else:
+                    refused[session_id] = ResumeReject(
+                        session_id=session_id,
+                        reason=ResumeRejectReason.CREDENTIAL_REFUSED,
+                        message=f"the session's credential was refused: {error}",
+                    )
                 continue
-            if claims.session_id == credential.session_id:
+            if claims.session_id == session_id:
                 self._remember_session(client, claims.session_id)
                 self._session_buckets.bind(claims.session_id, client.client_id)
             else:
                 self._emit(
                     CredentialRefused(
                         client=source,
-                        session_id=credential.session_id,
+                        session_id=session_id,
                         reason=int(ResumeRejectReason.TOKEN_INVALID),
                         detail="the credential is another session's",
                     )
                 )
-        return ended
+                refused[session_id] = ResumeReject(
+                    session_id=session_id,
+                    reason=ResumeRejectReason.CREDENTIAL_REFUSED,
+                    message="the session's credential was refused: it is another session's",
+                )
+        bound = client.sessions
+        return [answer for session_id, answer in refused.items() if session_id not in bound]
 
     def _on_hello(self, frame: Hello, source: NodeId, now_us: int) -> None:
         if PROTOCOL_VERSION not in frame.versions:
@@ -2687,7 +2707,7 @@ class ManagerCore:
         # A HELLO opens a new connection: it proves only the sessions it presents (and those
         # opened on it later), not those of an earlier connection from the same node.
         client.sessions.clear()
-        ended = self._bind_credentials(client, source, frame.credentials, now_us)
+        refused = self._bind_credentials(client, source, frame.credentials, now_us)
         self._send(
             source,
             Welcome(
@@ -2705,8 +2725,8 @@ class ManagerCore:
             client_sessions_max=self._config.client_sessions_max,
         )
         self._send(source, settings)
-        for session_id in ended:
-            self._send(source, CloseSession(session_id=session_id))
+        for answer in refused:
+            self._send(source, answer)
 
     def _on_ping(self, frame: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=frame.sequence, sent_us=frame.sent_us))
@@ -3098,10 +3118,8 @@ class ManagerCore:
         client = self._client(source)
         # The sessions the request presents join those the connection proved before: HELLO
         # proves at most credentials_max, and the connection keeps at most client_sessions_max.
-        ended = self._bind_credentials(client, source, frame.credentials, now_us)
-        for session_id in ended:
-            client.sessions.pop(session_id, None)
-            self._send(source, CloseSession(session_id=session_id))
+        for answer in self._bind_credentials(client, source, frame.credentials, now_us):
+            self._send(source, answer)
         presented = tuple(
             dict.fromkeys(
                 credential.session_id

@@ -1127,35 +1127,22 @@ class ServerCore:
                 f"no common protocol version in {message.versions}",
                 error_code=ErrorCode.VERSION_NEGOTIATION_FAILED,
             )
-        expired: list[bytes] = []
+        # The sessions whose credential does not bind: (session, reason, why). Each stays
+        # unbound and the connection serves the others: closing it refused every session of the
+        # client on this server, at each reconnection, for one bad credential (one the client
+        # kept past its lifetime, offline that long, or a tampered snapshot it resumed). A
+        # RESUME_REJECT after the WELCOME tells the client which.
+        refused: list[tuple[bytes, ResumeRejectReason, str]] = []
         for credential in message.credentials:
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
-            except TokenExpired as error:
-                # Authentic, but its client kept it past its lifetime (offline that long): that
-                # session is not bound here, and the connection serves the others (closing it
-                # refused every session of the client on this server, at each reconnection).
-                # A RESUME_REJECT after the WELCOME tells the client which one.
-                self._rare("hello-credential-expired")
-                expired.append(credential.session_id)
-                self._emit(
-                    ResumeRejected(
-                        node=self._me,
-                        client=source,
-                        session_id=credential.session_id,
-                        reason=int(ResumeRejectReason.TOKEN_EXPIRED),
-                        detail=f"HELLO credential: {error}",
-                    )
-                )
-                continue
             except TokenError as error:
-                raise RemoteProtocolError(
-                    f"session credential refused: {error}", error_code=ErrorCode.UNAUTHENTICATED
-                ) from error
+                refused.append(self._refuse_credential(credential.session_id, error, source))
+                continue
             if claims.session_id != credential.session_id:
-                raise RemoteProtocolError(
-                    "credential names another session", error_code=ErrorCode.UNAUTHENTICATED
-                )
+                mismatch = TokenInvalid("the credential is another session's")
+                refused.append(self._refuse_credential(credential.session_id, mismatch, source))
+                continue
             # Bound even when no part is held yet: a new session's map may reach this server
             # after its client, and the proof stays valid for the connection's lifetime.
             if self._bind(source, claims.session_id) and claims.session_id in self._session_parts:
@@ -1176,15 +1163,29 @@ class ServerCore:
         # The lifetime of the credentials RESUME_OK brings, so that the client renews them in
         # time whatever its own interval (a client that does not know SETTINGS skips it).
         self._send(source, Settings(credential_lifetime_ms=self._config.credential_lifetime_ms))
-        for session_id in expired:
-            self._send(
-                source,
-                ResumeReject(
-                    session_id=session_id,
-                    reason=ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED,
-                    message="the credential presented in HELLO has expired",
-                ),
+        for session_id, reason, why in refused:
+            self._send(source, ResumeReject(session_id=session_id, reason=reason, message=why))
+
+    def _refuse_credential(
+        self, session_id: bytes, error: TokenError, source: NodeId
+    ) -> tuple[bytes, ResumeRejectReason, str]:
+        """A HELLO credential that does not bind: reported, and what to tell the client."""
+        expired = isinstance(error, TokenExpired)
+        self._rare("hello-credential-expired" if expired else "hello-credential-refused")
+        self._emit(
+            ResumeRejected(
+                node=self._me,
+                client=source,
+                session_id=session_id,
+                reason=int(error.reject_reason),
+                detail=f"HELLO credential: {error}",
             )
+        )
+        if expired:
+            why = "the credential presented in HELLO has expired"
+            return session_id, ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED, why
+        why = f"the credential presented in HELLO was refused: {error}"
+        return session_id, ResumeRejectReason.CREDENTIAL_REFUSED, why
 
     def _on_ping(self, message: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=message.sequence, sent_us=message.sent_us))

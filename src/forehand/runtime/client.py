@@ -494,8 +494,11 @@ class Client:
         """Take back a session from `Session.snapshot()` bytes (after a client restart).
 
         Its credential goes in the HELLO to each part's primary; calls wait until the server
-        welcomes it, and if a server refuses (a credential that expired: a snapshot older than
-        the cluster's credential lifetime), the parts are located through the manager.
+        welcomes it, and if a server refuses it, the parts are located through the manager. A
+        credential the manager refuses too (expired: a snapshot older than the cluster's
+        credential lifetime; or altered) closes the session: its calls raise
+        `SessionClosedError` with the manager's reason. `SnapshotError` at once for bytes that
+        are not a snapshot.
         """
         self._check_open()
         try:
@@ -607,12 +610,15 @@ class Client:
                 _log.debug("%r", event)
 
     def _closed_by_peer(self, event: events.SessionClosed) -> None:
-        """A server or the manager ended a session (CLOSE_SESSION): later calls raise
-        SessionClosedError naming it."""
+        """A server or the manager ended a session (CLOSE_SESSION, or the manager refusing its
+        credential): its calls raise SessionClosedError naming who, and why when it said."""
         session = self._sessions.pop(event.session_id, None)
-        _log.warning("session %s was closed by %s", event.session_id.hex(), event.closed_by)
+        why = f"the session was closed by {event.closed_by}"
+        if event.detail:
+            why = f"{why}: {event.detail}"
+        _log.warning("session %s: %s", event.session_id.hex(), why)
         if session is not None:
-            session._mark_closed(f"the session was closed by {event.closed_by}")
+            session._mark_closed(why)
 
 
 def _send_deferred_calls(core: ClientCore, now_us: int) -> None:

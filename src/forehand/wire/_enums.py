@@ -201,6 +201,12 @@ class ResumeRejectReason(IntEnum):
     HELLO_CREDENTIAL_EXPIRED = 0x09
     """Sent unasked after WELCOME, answering no RESUME: the session's credential in HELLO had
     expired, so the session is not bound to this connection."""
+    CREDENTIAL_REFUSED = 0x0A
+    """Sent unasked, answering no RESUME: the session's credential does not verify, so the
+    session is not bound to this connection. From a server, after the WELCOME of a HELLO that
+    presented it (forged, tampered with, sealed under a key the server does not hold, another
+    session's); from the session manager, after the WELCOME of a HELLO or before the MAP_UPDATE
+    of a MAP_REQUEST that presented it (expired too), which ends the session at the client."""
 
     @classmethod
     def from_wire(cls, value: int) -> ResumeRejectReason:
