@@ -18,7 +18,7 @@ from forehand.runtime import Credentials, create_transport
 from forehand.runtime.admin import Drain, MoveSession, Status, Undrain, admin_request
 from forehand.runtime.config import parse_address
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, load_key_ring
-from forehand.runtime.transport import Connection, ConnectionClosedError
+from forehand.runtime.transport import Connection
 from forehand.wire import (
     Credential,
     Error,
@@ -118,8 +118,9 @@ def _counters(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def test_refused_tokens_and_credentials_are_counted(ops_cluster: OpsCluster) -> None:
     """A forged, an expired and a replayed token are refused on one connection, which goes on
-    being served, and a forged credential closes only its own; the server's /metrics counts each
-    refusal by reason (before, refusals were only logged)."""
+    being served, and a forged credential in HELLO is refused alone (RESUME_REJECT
+    CREDENTIAL_REFUSED after the WELCOME); the server's /metrics counts each refusal by reason
+    (before, refusals were only logged)."""
     cluster = ops_cluster
     sealer = TokenSealer(load_key_ring(cluster.certs_dir / CLUSTER_KEYS_FILE), rng=random.Random(5))
 
@@ -174,12 +175,14 @@ def test_refused_tokens_and_credentials_are_counted(ops_cluster: OpsCluster) -> 
                 ResumeRejectReason.TOKEN_REPLAYED,
             ]
             assert isinstance(answers[2], ResumeOk) and isinstance(answers[3], ResumeReject)
-            forged, refused = await connect(
+            forged, welcome = await connect(
                 (Credential(session_id=session.id, credential=os.urandom(80)),)
             )
-            assert isinstance(refused, Error) and refused.code is ErrorCode.UNAUTHENTICATED
-            with pytest.raises(ConnectionClosedError):
-                await forged.receive()
+            assert isinstance(welcome, Welcome)
+            told = await forged.receive()
+            assert isinstance(told, ResumeReject), told
+            assert told.reason is ResumeRejectReason.CREDENTIAL_REFUSED
+            forged.close()
             await session.call("cart", "list")
             connection.close()
             await connection.wait_closed()
@@ -194,15 +197,16 @@ def test_refused_tokens_and_credentials_are_counted(ops_cluster: OpsCluster) -> 
         return after.get(key, 0.0) - before[primary].get(key, 0.0)
 
     rejected = "forehand_resumes_rejected_total"
-    assert moved(rejected, reason="token_invalid") == 1
+    assert moved(rejected, reason="token_invalid") == 2  # the forged token and credential
     assert moved(rejected, reason="token_expired") == 1
     assert moved(rejected, reason="token_replayed") == 1
-    assert moved("forehand_protocol_violations_total", code="unauthenticated") == 1
+    assert moved("forehand_protocol_violations_total", code="unauthenticated") == 0
 
 
 def test_refused_credentials_and_peers_are_counted_by_the_manager(ops_cluster: OpsCluster) -> None:
     """A client HELLO to the manager with a forged session credential is still welcomed (the
-    credential gives no rights), and the manager's /metrics counts the refused credential; a
+    credential gives no rights, and a RESUME_REJECT CREDENTIAL_REFUSED after the WELCOME says
+    so), and the manager's /metrics counts the refused credential; a
     frame the manager does not take from a client is counted as a protocol violation."""
     cluster = ops_cluster
 
@@ -216,6 +220,10 @@ def test_refused_credentials_and_peers_are_counted_by_the_manager(ops_cluster: O
         connection.send_frame(Hello(versions=(1,), client_id=os.urandom(16), credentials=(forged,)))
         welcome = await connection.receive()
         assert isinstance(await connection.receive(), Settings)
+        told = await connection.receive()
+        assert isinstance(told, ResumeReject), told
+        assert told.reason is ResumeRejectReason.CREDENTIAL_REFUSED
+        assert told.session_id == forged.session_id
         # A RESUME goes to a part's server, never to the manager.
         connection.send_frame(
             Resume(session_id=os.urandom(16), map_version=1, token=b"x" * 40, parts=("cart",))

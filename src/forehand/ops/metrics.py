@@ -487,15 +487,15 @@ class ServerMetrics:
         )
         self.resumes_rejected = Counter(
             "forehand_resumes_rejected",
-            "RESUMEs refused (forged, expired, replayed or misdirected tokens...), by reason.",
+            "RESUMEs refused (forged, expired, replayed or misdirected tokens...), and session"
+            " credentials in HELLO left unbound (forged or expired), by reason.",
             ["reason"],
             registry=r,
         )
         self.protocol_violations = Counter(
             "forehand_protocol_violations",
-            "Peers the server core closed with an ERROR for breaking the protocol (a refused"
-            " session credential is `unauthenticated`; frames the transport cannot decode are"
-            " not counted here), by error code.",
+            "Peers the server core closed with an ERROR for breaking the protocol (frames the"
+            " transport cannot decode are not counted here), by error code.",
             ["code"],
             registry=r,
         )
