@@ -246,9 +246,11 @@ def drain(
         while True:
             total = progress_now["parts_total"] or None
             waiting = progress_now.get("parts_waiting", 0)
+            leads = progress_now.get("primaries_left")
             description = f"draining {server}"
             if waiting and not progress_now["finished"]:
-                description += f" ({waiting} waiting for another server to take them)"
+                led = "" if leads is None else f"leads {leads} part(s); "
+                description += f" ({led}{waiting} waiting for another server to take them)"
             bar.update(
                 task, completed=progress_now["parts_moved"], total=total, description=description
             )
@@ -257,10 +259,19 @@ def drain(
             left = progress_now["parts_total"] - progress_now["parts_moved"]
             only_waiting = only_waiting + 1 if waiting and waiting >= left else 0
             if only_waiting >= WAITING_POLLS:
+                what = (
+                    "primaries with no other ACTIVE server, or replica roles each its part's"
+                    " last replica"
+                )
+                if leads == 0:
+                    what = (
+                        "it leads no part any more, every call goes elsewhere, but each of"
+                        " these replica roles is its part's last replica"
+                    )
                 typer.echo(
-                    f"forehand: {server} keeps {waiting} role(s) no other server can take (each "
-                    "its part's last replica, or primaries with no other ACTIVE server): do not "
-                    "stop it yet; start or undrain another server and the drain goes on",
+                    f"forehand: {server} keeps {waiting} role(s) no other server can take "
+                    f"({what}): do not stop it yet; start or undrain another server and the "
+                    "drain goes on",
                     err=True,
                 )
                 raise typer.Exit(WAITING_EXIT)

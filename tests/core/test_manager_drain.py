@@ -163,9 +163,12 @@ def test_a_drain_keeps_each_part_s_last_replica_while_no_other_server_can_take_i
     play_handoffs(harness, ("s1", "s2"), 30)
     for ref in refs:
         assert harness.placement(ref) == Placement(primary="s2", replicas=("s1",))
-    last = harness.events(DrainProgressed)[-1]
+    progress = harness.events(DrainProgressed)
+    assert progress[0].primaries_left > 0
+    last = progress[-1]
     assert not last.finished
     assert last.parts_waiting == held(harness, "s1") == len(refs)
+    assert last.primaries_left == 0  # it serves nothing, though no role count went down
     # Waiting costs nothing: no pass over the server's replica roles until the map or the
     # eligible servers change (each pass looks up every role; at 100,000 parts, a second).
     manager = harness.manager
@@ -199,6 +202,7 @@ def test_a_drain_of_the_last_active_server_says_every_role_waits() -> None:
     play_handoffs(harness, ("s1", "s2"), 10)
     progress = [e for e in harness.events(DrainProgressed) if e.server_id == "s2"]
     assert progress[-1].parts_waiting == held(harness, "s2") == len(PARTS)
+    assert progress[-1].primaries_left == len(PARTS)
     assert not progress[-1].finished
 
 

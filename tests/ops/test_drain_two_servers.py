@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 from typer.testing import CliRunner
 
 from forehand.cli import app
@@ -25,7 +26,8 @@ WIDE = {"COLUMNS": "240", "NO_COLOR": "1"}
 
 def test_a_drain_that_only_waits_exits_3_saying_what_waits(tmp_path: Path) -> None:
     """A session's parts on s1 and s2; `forehand drain s1` moves what it can, then exits 3
-    naming the roles that wait, and s1 is still their replica; undrained, it is ACTIVE again."""
+    naming the roles that wait and that s1 leads no part any more, and s1 is still their
+    replica; undrained, it is ACTIVE again."""
     cluster = OpsCluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), servers=("s1", "s2"))
     cluster.start()
     try:
@@ -43,6 +45,12 @@ def test_a_drain_that_only_waits_exits_3_saying_what_waits(tmp_path: Path) -> No
         assert result.exit_code == 3, result.output
         assert "no other server can take" in result.output
         assert "do not stop it yet" in result.output
+        # Its primaries all went to s2: the command says it serves nothing, though every
+        # role it counted stays (each primary left a replica role behind).
+        assert "s1 keeps 3 role(s)" in result.output
+        assert "it leads no part any more" in result.output
+        progress = httpx.get(f"{cluster.api_url}/api/servers/s1/drain", timeout=10).json()
+        assert (progress["primaries_left"], progress["parts_waiting"]) == (0, 3), progress
         result = CliRunner().invoke(app, ["undrain", "s1", *extra], env=WIDE)
         assert result.exit_code == 0, result.output
         run_async(cluster.wait_active(("s1", "s2")))

@@ -462,6 +462,10 @@ class DrainProgressed:
     """Roles that stay for want of another server: primaries when no other server is ACTIVE
     and alive, and replica roles that are their part's last replica with no other server to
     take them. They move once a server joins or is undrained."""
+    primaries_left: int = 0
+    """Parts the server still leads (their primary role): 0 once it serves no call, whatever
+    replica roles wait. A primary handed off leaves a replica role behind on two servers, so
+    `parts_moved` alone does not show it."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

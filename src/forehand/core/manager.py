@@ -253,6 +253,8 @@ class _Drain:
     """Primaries no handoff can take: no other server is eligible (the last drain tick saw)."""
     waiting_reported: int = 0
     """`parts_waiting` of the last `DrainProgressed`."""
+    primaries_left: int = 0
+    """`primaries_left` of the last `DrainProgressed`."""
     idle_at: tuple[int, tuple[str, ...]] | None = None
     """(map version, eligible servers) when a replica move last found nothing to move: no new
     one is submitted until either changes (each scans every replica role of the server)."""
@@ -2471,12 +2473,14 @@ class ManagerCore:
         self._drain_due_us = None
         held = current.parts_for(server_id)
         drain.parts_total = len(held.primary) + len(held.replica)
+        drain.primaries_left = len(held.primary)
         self._emit(
             DrainProgressed(
                 server_id=server_id,
                 parts_moved=0,
                 parts_total=drain.parts_total,
                 finished=drain.parts_total == 0,
+                primaries_left=drain.primaries_left,
             )
         )
         if drain.parts_total == 0:
@@ -2591,17 +2595,25 @@ class ManagerCore:
             if drain is None or not drain.marked:
                 continue
             state = self._map_state(server_id)
-            remaining = 0
+            remaining = primaries = 0
             if state is not None and state is not ServerState.DEAD:
                 held = current.parts_for(server_id)
-                remaining = len(held.primary) + len(held.replica)
+                primaries = len(held.primary)
+                remaining = primaries + len(held.replica)
             moved = max(drain.parts_moved, drain.parts_total - remaining)
             total = max(drain.parts_total, moved + remaining)
             waiting = min(remaining, drain.primaries_waiting + drain.replicas_waiting)
-            before = (drain.parts_moved, drain.parts_total, drain.waiting_reported)
-            if (moved, total, waiting) == before and remaining:
+            now = (moved, total, waiting, primaries)
+            before = (
+                drain.parts_moved,
+                drain.parts_total,
+                drain.waiting_reported,
+                drain.primaries_left,
+            )
+            if now == before and remaining:
                 continue
             drain.parts_moved, drain.parts_total, drain.waiting_reported = moved, total, waiting
+            drain.primaries_left = primaries
             self._emit(
                 DrainProgressed(
                     server_id=server_id,
@@ -2609,6 +2621,7 @@ class ManagerCore:
                     parts_total=total,
                     finished=remaining == 0,
                     parts_waiting=waiting,
+                    primaries_left=primaries,
                 )
             )
             if remaining == 0:

@@ -24,7 +24,9 @@ Endpoints (JSON unless noted):
     GET  /api/status                      map version and servers (load, risk, parts)
     GET  /api/servers                     the same servers, each with its sparkline history
     GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished,
-                                          parts_waiting (roles no other server can take yet)
+                                          parts_waiting (roles no other server can take yet),
+                                          primaries_left (parts it still leads; null until
+                                          counted)
     POST /api/servers/{id}/drain          start draining (token)
     POST /api/servers/{id}/undrain        make it ACTIVE again (token)
     GET  /api/map?limit=N                 version, servers, overrides

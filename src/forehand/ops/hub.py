@@ -110,6 +110,8 @@ class DrainProgress:
     """True once the server holds nothing."""
     parts_waiting: int = 0
     """Roles that stay for want of another server to take them (`DrainProgressed`)."""
+    primaries_left: int | None = None
+    """Parts the server still leads; None until the drain counted them."""
 
 
 class OpsHub:
@@ -265,6 +267,7 @@ class OpsHub:
                 parts_total=event.parts_total,
                 finished=event.finished,
                 parts_waiting=event.parts_waiting,
+                primaries_left=event.primaries_left,
             )
             self._remember_drain(progress)
             self.broadcast({"type": "drain", "data": asdict(progress)})
