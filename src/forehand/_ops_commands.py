@@ -118,6 +118,28 @@ def status(*, url: str = _URL, timeout_s: float = _TIMEOUT) -> None:
     for server in answer["servers"]:
         table.add_row(*status_row(server))
     _console().print(table)
+    for line in refused_lines(answer):
+        typer.echo(line)
+
+
+REFUSED_RECENT_MS = 60_000
+"""`forehand status` lists the cluster peers the manager refused this recently."""
+
+
+def refused_lines(answer: dict[str, Any]) -> list[str]:
+    """The refused cluster peers of a status answer, the recent ones: a server the manager keeps
+    refusing (it redials every half second) is in no table otherwise."""
+    now_ms = answer.get("now_ms", 0)
+    lines = []
+    for refused in answer.get("refused", ()):
+        age_s = (now_ms - refused["last_at_ms"]) / 1000
+        if age_s * 1000 > REFUSED_RECENT_MS:
+            continue
+        lines.append(
+            f"refused {refused['peer']} ({refused['error']}, {refused['count']} time(s), last"
+            f" {age_s:.1f} s ago): {refused['reason']}"
+        )
+    return lines
 
 
 def status_row(server: dict[str, Any]) -> list[str]:

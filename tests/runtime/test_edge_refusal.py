@@ -8,6 +8,7 @@ nobody logged anything, and it never joined. Real processes, real TLS.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from forehand.ops import url_file
 from forehand.runtime.certs import make_cluster_certs
 from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
 
@@ -46,7 +48,8 @@ def free_port() -> int:
 def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     tmp_path: Path, setting: str, reason: str
 ) -> None:
-    """Manager and server each log the refusal naming the setting, once, not every redial."""
+    """Manager and server each log the refusal naming the setting, once, not every redial;
+    `forehand status` lists the refused server with the reason and how often."""
     certs = tmp_path / "certs"
     make_cluster_certs(certs, ["manager", "s1"], days=1)
     add_cluster_key(certs / CLUSTER_KEYS_FILE)
@@ -63,6 +66,10 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
                 f"127.0.0.1:{manager_port}",
                 "--set",
                 f"store_path={tmp_path / 'manager.sqlite'}",
+                "--set",
+                "admin_http_port=0",
+                "--ready-file",
+                str(tmp_path / "manager.ready"),
             ],
             stdout=manager_out,
             stderr=subprocess.STDOUT,
@@ -97,6 +104,16 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
                     break
                 time.sleep(0.2)
             time.sleep(1.5)  # Long enough for the server to redial and be refused again.
+            # Not in the map, it is in no table: `forehand status` lists it below.
+            api_url = url_file(tmp_path / "manager.ready").read_text(encoding="utf-8").strip()
+            status = subprocess.run(
+                [*FOREHAND, "status", "--url", api_url],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "COLUMNS": "400", "NO_COLOR": "1"},
+            )
         finally:
             for process in (server, manager):
                 process.kill()
@@ -106,3 +123,7 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     assert len(server_lines) == 1 and "manager closed the connection" in server_lines[0]
     assert "this node redials" in server_lines[0]
     assert len(manager_lines) == 1 and "closing s1" in manager_lines[0]
+    assert status.returncode == 0, status.stderr
+    (listed,) = [line for line in status.stdout.splitlines() if line.startswith("refused s1")]
+    assert "(protocol_error, " in listed and f"ago): {reason}" in listed, listed
+    assert int(listed.split(", ")[1].split(" ")[0]) >= 2  # refused at each redial

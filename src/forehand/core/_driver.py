@@ -17,6 +17,7 @@ import msgspec
 __all__ = [
     "ConnectionCloseRequested",
     "ConnectionLost",
+    "CLIENT_NODE_PREFIX",
     "ConnectionOpened",
     "CoreDriver",
     "NodeId",
@@ -25,6 +26,9 @@ __all__ = [
 
 NodeId = str
 """The name of a node (a manager, server or client process), as drivers route it."""
+CLIENT_NODE_PREFIX = "~client-"
+"""Node ids the runtime gives accepted client connections start with this; no certificate name
+(a manager's or server's node id) can."""
 
 
 class Outbound(msgspec.Struct, frozen=True, kw_only=True):

@@ -21,7 +21,8 @@ Endpoints (JSON unless noted):
 
     GET  /                                the dashboard (HTML, ES modules under /static/)
     GET  /metrics                         Prometheus text format
-    GET  /api/status                      map version and servers (load, risk, parts)
+    GET  /api/status                      map version and servers (load, risk, parts), and the
+                                          cluster peers the manager refused (last of each)
     GET  /api/servers                     the same servers, each with its sparkline history
     GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished,
                                           parts_waiting (roles no other server can take yet),
@@ -225,6 +226,8 @@ class _AdminRoutes:
                 "override_count": view.override_count,
                 "sampled_us": view.sampled_us,
                 "servers": [asdict(server) for server in view.servers],
+                "now_ms": self.hub.driver.now_us() // 1000,
+                "refused": [asdict(refused) for refused in self.hub.refused.values()],
             }
         )
 

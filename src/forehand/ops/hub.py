@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from forehand.core import ManagerCore, manager_events
+from forehand.core._driver import CLIENT_NODE_PREFIX
 from forehand.core.manager import rebalance_problem
 from forehand.core.messages import PartRef
 from forehand.errors import ConfigError
@@ -31,7 +32,7 @@ from forehand.ops.metrics import ManagerMetrics
 from forehand.ops.policy import TunableRiskPolicy
 from forehand.ops.view import ClusterView, RiskTracker
 from forehand.placement import PartKey
-from forehand.wire import ReasonCode
+from forehand.wire import ErrorCode, ReasonCode
 
 __all__ = ["DrainProgress", "OpsError", "OpsHub", "OpsLimits"]
 
@@ -114,6 +115,27 @@ class DrainProgress:
     """Parts the server still leads; None until the drain counted them."""
 
 
+REFUSED_PEERS_MAX = 64
+"""Cluster peers whose last refusal `OpsHub.refused` keeps (the oldest go first)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class RefusedPeer:
+    """A cluster node the manager refused (`PeerRefused`): one that is not in the map may be
+    redialing, refused each time, and shows nowhere else."""
+
+    peer: str
+    """Its node id (a server id)."""
+    error: str
+    """The ERROR code sent, lower case (`superseded`, `protocol_error`, ...)."""
+    reason: str
+    """The manager's reason, as the peer's log shows it."""
+    count: int
+    """Refusals of it since the manager started (or since it was forgotten)."""
+    last_at_ms: int
+    """When the last one came, on the manager's clock (milliseconds)."""
+
+
 class OpsHub:
     """See the module docstring."""
 
@@ -141,12 +163,15 @@ class OpsHub:
         )
         self.metrics = ManagerMetrics(view=self.view, risk=self.risk)
         self.drains: dict[str, DrainProgress] = {}
+        self.refused: dict[str, RefusedPeer] = {}
+        """The last refusal of each cluster peer, oldest first, at most `REFUSED_PEERS_MAX`."""
         self._streams: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._sampler: asyncio.Task[None] | None = None
         driver.subscribe(self.risk, event_types=RISK_EVENT_TYPES)
         driver.subscribe(self.audit)  # Its `event_types`, like the metrics'.
         driver.subscribe(self.metrics)
         driver.subscribe(self._on_event, event_types=STREAMED_EVENT_TYPES)
+        driver.subscribe(self._on_refused, event_types=frozenset({manager_events.PeerRefused}))
         self.audit.listen(self._on_record)
 
     @property
@@ -271,6 +296,22 @@ class OpsHub:
             )
             self._remember_drain(progress)
             self.broadcast({"type": "drain", "data": asdict(progress)})
+
+    def _on_refused(self, event: object) -> None:
+        """Keep a cluster peer's refusal (clients' are theirs alone, and unbounded in number)."""
+        assert isinstance(event, manager_events.PeerRefused)
+        if event.peer.startswith(CLIENT_NODE_PREFIX):
+            return
+        refused = self.refused.pop(event.peer, None)
+        if refused is None:
+            while len(self.refused) >= REFUSED_PEERS_MAX:
+                del self.refused[next(iter(self.refused))]
+            refused = RefusedPeer(peer=event.peer, error="", reason="", count=0, last_at_ms=0)
+        refused.error = ErrorCode.from_wire(event.error_code).name.lower()
+        refused.reason = event.reason
+        refused.count += 1
+        refused.last_at_ms = self.driver.now_us() // 1000
+        self.refused[event.peer] = refused
 
     def _remember_drain(self, progress: DrainProgress) -> None:
         if progress.server_id not in self.drains and len(self.drains) >= DRAINS_MAX:

@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 
 from forehand._peer_log import PEER_CAUSED
 from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened, CoreDriver
+from forehand.core._driver import CLIENT_NODE_PREFIX
 from forehand.core.messages import encode_cluster_message
 from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime.transport import (
@@ -113,9 +114,6 @@ def connection_origin(address: tuple[str, int] | None) -> str:
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
-
-CLIENT_NODE_PREFIX = "~client-"
-"""Node ids of accepted client connections start with this; no certificate name can."""
 
 _CLIENT_FRAMES = ALLOWED_FRAME_TYPES[PeerRole.CLIENT]
 _CLUSTER_FRAMES = ALLOWED_FRAME_TYPES[PeerRole.CLUSTER_NODE]
