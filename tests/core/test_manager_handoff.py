@@ -188,12 +188,12 @@ def test_a_silent_source_after_the_target_report_completes_at_the_timeout() -> N
     report_done(harness, assigned, assigned.target)
     harness.tick(2_900, alive=SERVERS)
     assert harness.events(HandoffCompleted) == []
-    assert harness.manager.orchestrator.load_of(source) == 1
+    assert harness.manager.orchestrator.is_moving(assigned.parts[0])
     harness.tick(200, alive=SERVERS)
     (done,) = harness.events(HandoffCompleted)
     assert done.reported_by == assigned.target
     assert harness.events(HandoffAborted) == [] and harness.events(FailoverStarted) == []
-    assert harness.manager.orchestrator.load_of(source) == 0
+    assert not harness.manager.orchestrator.is_moving(assigned.parts[0])
 
 
 def test_the_source_dying_in_its_backup_period_completes_the_handoff() -> None:
@@ -505,24 +505,30 @@ def test_the_source_dying_mid_handoff_falls_back_to_failover() -> None:
     assert any(ref in p.parts for p in prepared)
 
 
-def test_per_server_cap_serialises_handoffs() -> None:
-    """With handoffs_per_server_max=1 a source runs one handoff at a time."""
-    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+def test_per_server_cap_serialises_handoffs_until_the_target_reports() -> None:
+    """With handoffs_per_server_max=1 a source transfers one handoff at a time: the next waits
+    for the target's report (the transfer done), not for the end of the source's backup period;
+    with handoffs_backing_up_per_server_max=2 a third waits for the first to end."""
+    harness, _ = cluster(
+        handoffs_per_server_max=1, handoff_parts_max=1, handoffs_backing_up_per_server_max=2
+    )
     source = busiest(harness)
-    refs = harness.primaries(source)[:2]
-    assert len(refs) == 2
+    refs = harness.primaries(source)[:3]
+    assert len(refs) == 3
     ask(harness, source, *refs, reason=ReasonCode.OVERLOAD)
     (first,) = harness.take(source, HandoffAssigned)
     harness.tick(300, alive=SERVERS)
     assert harness.take(source, HandoffAssigned) == []
-    # The target's report does not free the source: its backup period is part of the handoff.
     report_done(harness, first, first.target)
+    harness.tick(300, alive=SERVERS)
+    (second,) = harness.take(source, HandoffAssigned)
+    report_done(harness, second, second.target)
     harness.tick(300, alive=SERVERS)
     assert harness.take(source, HandoffAssigned) == []
     report_done(harness, first, source)
     harness.tick(300, alive=SERVERS)
-    (second,) = harness.take(source, HandoffAssigned)
-    assert {first.parts[0], second.parts[0]} == set(refs)
+    (third,) = harness.take(source, HandoffAssigned)
+    assert {first.parts[0], second.parts[0], third.parts[0]} == set(refs)
 
 
 def test_parts_of_one_batch_share_a_handoff() -> None:

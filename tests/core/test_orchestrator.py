@@ -222,26 +222,76 @@ def test_assigned_handoff_gets_a_deadline_and_expires() -> None:
     assert orch.load_of("s1") == 0 and orch.load_of("t") == 0
 
 
-def test_target_report_holds_the_caps_until_the_source_reports() -> None:
-    """BACKING_UP keeps the parts moving and both servers counted, with the backup deadline."""
-    orch = orchestrator(handoff_backup_report_timeout_ms=4_000, handoffs_per_server_max=1)
-    orch.request_move(move(1))
-    orch.request_move(move(2))
+def test_target_report_frees_the_slots_and_counts_the_backup_of_its_source() -> None:
+    """BACKING_UP keeps the parts moving, with the backup deadline, but frees both servers'
+    slots: the next batch of the same source starts while the first backs up (holding the slots
+    through the backup period made each batch of a drain take the whole period). Each source
+    has at most `handoffs_backing_up_per_server_max` handoffs backing up; at that cap it starts
+    none, though it may still be a target."""
+    orch = orchestrator(
+        handoff_backup_report_timeout_ms=4_000,
+        handoffs_per_server_max=1,
+        handoffs_backing_up_per_server_max=2,
+        handoff_parts_max=1,
+    )
+    for index in range(1, 5):
+        orch.request_move(move(index))
     (handoff,), _ = orch.plan(
         now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=1
     )
+    assert orch.plan(
+        now_us=1, choose_target=fixed_target("u"), is_valid=always_valid, batches_max=1
+    ) == ([], [])
     orch.assigned(handoff, map_version=3, now_us=10)
     orch.target_reported(handoff, now_us=20)
     assert phase_of(handoff) is HandoffPhase.BACKING_UP and handoff.target_reported_us == 20
-    assert handoff.deadline_us == 20 + 4_000 * MS == orch.next_timer_us()
-    assert orch.is_moving(ref(1)) and orch.load_of("s1") == 1 and orch.load_of("t") == 1
-    started, _ = orch.plan(
+    assert handoff.deadline_us == 20 + 4_000 * MS
+    assert orch.is_moving(ref(1)) and orch.load_of("s1") == 0 and orch.load_of("t") == 0
+    (second,), _ = orch.plan(
         now_us=30, choose_target=fixed_target("u"), is_valid=always_valid, batches_max=1
     )
-    assert started == []
+    assert (second.source, second.target) == ("s1", "u")
+    orch.assigned(second, map_version=4, now_us=40)
+    orch.target_reported(second, now_us=50)
+    # Two backing up: s1 is at its backup cap and leads nothing more, but may be a target.
+    orch.request_move(move(9, "x"))
+    started, _ = orch.plan(
+        now_us=60, choose_target=fixed_target("s1"), is_valid=always_valid, batches_max=5
+    )
+    assert [(h.source, h.target) for h in started] == [("x", "s1")]
+    assert orch.load_of("s1") == 1
+    orch.assigned(started[0], map_version=5, now_us=70)
+    orch.target_reported(started[0], now_us=80)
     assert orch.expired(now_us=handoff.deadline_us) == [handoff]
     orch.fire(handoff, HandoffTrigger.SOURCE_SILENT, now_us=handoff.deadline_us)
     assert phase_of(handoff) is HandoffPhase.COMPLETED and orch.load_of("s1") == 0
+    assert not orch.is_moving(ref(1))
+    (third,), _ = orch.plan(
+        now_us=handoff.deadline_us,
+        choose_target=fixed_target("v"),
+        is_valid=always_valid,
+        batches_max=1,
+    )
+    assert third.source == "s1"
+
+
+def test_the_cluster_cap_counts_handoffs_until_their_target_reports() -> None:
+    """`handoffs_concurrent_max` counts handoffs whose target has not reported yet."""
+    orch = orchestrator(handoff_parts_max=1, handoffs_concurrent_max=1, handoffs_per_server_max=1)
+    orch.request_move(move(1, "a"))
+    orch.request_move(move(2, "b"))
+    (first,), _ = orch.plan(
+        now_us=0, choose_target=fixed_target("t"), is_valid=always_valid, batches_max=5
+    )
+    assert orch.plan(
+        now_us=1, choose_target=fixed_target("u"), is_valid=always_valid, batches_max=5
+    ) == ([], [])
+    orch.assigned(first, map_version=3, now_us=2)
+    orch.target_reported(first, now_us=3)
+    (second,), _ = orch.plan(
+        now_us=4, choose_target=fixed_target("u"), is_valid=always_valid, batches_max=5
+    )
+    assert second.source == "b"
 
 
 @pytest.mark.parametrize(

@@ -147,9 +147,16 @@ class ManagerConfig:
     (steps 4 and 5; above the servers' `backup_period_ms`); past it the target's report ends the
     handoff."""
     handoffs_per_server_max: int = 2
-    """Most handoffs one server takes part in at once, as source or as target."""
+    """Most handoffs one server takes part in at once, as source or as target, until their
+    target reports (the transfer done; the source's backup period then counts under
+    `handoffs_backing_up_per_server_max`)."""
+    handoffs_backing_up_per_server_max: int = 8
+    """Most handoffs of one source in their backup period (the target serves, the source
+    forwards stragglers while its clients switch, `backup_period_ms`); with
+    `handoffs_per_server_max` it stays below the servers' own `handoffs_concurrent_max` (16),
+    past which a server aborts a handoff it is asked to lead."""
     handoffs_concurrent_max: int = 32
-    """Most handoffs in progress at once across the cluster."""
+    """Most handoffs in progress at once across the cluster, until their target reports."""
     handoff_parts_max: int = 16
     """Most parts one handoff moves (one HandoffAssigned)."""
     handoff_queue_parts_max: int = 16_384

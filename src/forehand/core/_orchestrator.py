@@ -12,8 +12,13 @@ override delta (COMMITTING -> ASSIGNED), then waits for the participants' report
 reports at the end of step 3 (its sealed logs applied: ASSIGNED -> BACKING_UP); the source reports
 at the end of step 5 (its backup period over), and that ends the handoff. Only when the target has
 reported and the source then dies, or stays silent for `handoff_backup_report_timeout_ms`, does the
-target's report end it. So a handoff holds its place under the caps (`handoffs_per_server_max`,
-`handoffs_concurrent_max`) for the whole procedure, backup period included. An abort, silence past
+target's report end it. A handoff holds its place under the caps (`handoffs_per_server_max` for
+both servers, `handoffs_concurrent_max` across the cluster) until the target reports: the
+transfer is done then, and the source only forwards stragglers while its clients switch (its
+backup period, 5 s by default). From then on it counts under `handoffs_backing_up_per_server_max`
+of its source alone, so that a drain keeps moving parts while earlier batches back up (holding
+the slots through the backup period made every batch of a drain take the whole period: about 6
+parts a second, whatever the fleet). Its parts stay moving until it ends. An abort, silence past
 the deadline before the target reported, or a participant's death before it (the target's at any
 time) falls back to failover, which fences both sides and keeps the longer log (an abort does not
 revert blindly: the sealed log may have reached the target with only its acknowledgement lost).
@@ -207,6 +212,9 @@ class Orchestrator:
         self._handoffs: dict[int, Handoff] = {}
         self._moving: dict[PartRef, int] = {}
         self._per_server: dict[str, int] = {}
+        self._backing_up: dict[str, int] = {}
+        """BACKING_UP handoffs per source: released from `_per_server`, capped on their own."""
+        self._backing_up_total = 0
         base = rng.getrandbits(HANDOFF_ID_BASE_BITS) << (60 - HANDOFF_ID_BASE_BITS)
         self._next_handoff_id = base + 1
         self._next_batch_us = 0
@@ -324,6 +332,12 @@ class Orchestrator:
         cap = self._config.handoffs_per_server_max
         return frozenset(server for server, count in self._per_server.items() if count >= cap)
 
+    def _backed_up(self) -> frozenset[str]:
+        """Sources with `handoffs_backing_up_per_server_max` handoffs in their backup period:
+        no further handoff from them until one ends (they may still be a target)."""
+        cap = self._config.handoffs_backing_up_per_server_max
+        return frozenset(server for server, count in self._backing_up.items() if count >= cap)
+
     def _plan_batch(
         self,
         *,
@@ -332,9 +346,10 @@ class Orchestrator:
         is_valid: MoveValidator,
         invalid: list[MoveRequest],
     ) -> Handoff | None:
-        if len(self._handoffs) >= self._config.handoffs_concurrent_max:
+        if len(self._handoffs) - self._backing_up_total >= self._config.handoffs_concurrent_max:
             return None
         capped = self._capped()
+        sources_capped = capped | self._backed_up()
         first: MoveRequest | None = None
         target: str | None = None
         for scanned, move in enumerate(list(self._moves.values())):
@@ -344,7 +359,7 @@ class Orchestrator:
                 del self._moves[move.ref]
                 invalid.append(move)
                 continue
-            if move.source in capped:
+            if move.source in sources_capped:
                 continue
             target = choose(move, capped | {move.source})
             if target is not None:
@@ -433,10 +448,25 @@ class Orchestrator:
         handoff.deadline_us = now_us + wait_ms * 1000
 
     def target_reported(self, handoff: Handoff, *, now_us: int) -> None:
-        """The target serves the parts: the source's report is now awaited (steps 4 and 5)."""
+        """The target serves the parts: the source's report is now awaited (steps 4 and 5).
+        The handoff leaves both servers' slots and the cluster's count for its source's backup
+        count (the module docstring)."""
         self.fire(handoff, HandoffTrigger.TARGET_COMPLETED, now_us=now_us)
         handoff.target_reported_us = now_us
         handoff.deadline_us = now_us + self._config.handoff_backup_report_timeout_ms * 1000
+        self._release(handoff)
+        self._backing_up[handoff.source] = self._backing_up.get(handoff.source, 0) + 1
+        self._backing_up_total += 1
+        self._next_batch_us = max(min(self._next_batch_us, now_us), self._not_before_us)
+
+    def _release(self, handoff: Handoff) -> None:
+        """Free the slots of both servers of `handoff`."""
+        for server in (handoff.source, handoff.target):
+            remaining = self._per_server[server] - 1
+            if remaining:
+                self._per_server[server] = remaining
+            else:
+                del self._per_server[server]
 
     def _finish(self, handoff: Handoff, *, now_us: int) -> None:
         handoff.finished_us = now_us
@@ -444,12 +474,15 @@ class Orchestrator:
         for ref in handoff.parts:
             if self._moving.get(ref) == handoff.handoff_id:
                 del self._moving[ref]
-        for server in (handoff.source, handoff.target):
-            remaining = self._per_server[server] - 1
+        if handoff.target_reported_us is None:
+            self._release(handoff)
+        else:
+            remaining = self._backing_up[handoff.source] - 1
             if remaining:
-                self._per_server[server] = remaining
+                self._backing_up[handoff.source] = remaining
             else:
-                del self._per_server[server]
+                del self._backing_up[handoff.source]
+            self._backing_up_total -= 1
         # A slot freed up: the next batch may start without waiting for the retry pause.
         self._next_batch_us = max(min(self._next_batch_us, now_us), self._not_before_us)
 
