@@ -85,13 +85,20 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
         api.post("/api/rebalance", json={"tolerance": -1}, headers=AUTH),
         api.post("/api/rebalance", json={"parts_max": 0}, headers=AUTH),
         api.post("/api/rebalance", json={"parts_max": 1.5}, headers=AUTH),
+        # A misspelt option is refused, not ignored for its default.
+        api.post("/api/sessions/" + "ab" * 16 + "/handoff", json={"taget": "s2"}, headers=AUTH),
+        api.post("/api/rebalance", json={"tolerence": 0.5}, headers=AUTH),
+        api.post("/api/rebalance", json={"parts_max": 10**20}, headers=AUTH),
     ]
     statuses = [response.status_code for response in cases]
     assert statuses == [
         *(404, 409, 400, 404, 400, 400, 400, 400, 400, 400, 413, 400, 404, 405),
         *(404, 400, 400, 400),
         *(400, 400, 400, 400),
+        *(400, 400, 400),
     ]
+    assert "'taget'" in cases[-3].json()["detail"]
+    assert cases[-2].json()["error"] == "unknown_key"
     for response in cases:
         body = response.json()
         assert set(body) == {"error", "detail"} and body["detail"]

@@ -166,7 +166,10 @@ def _check_token(request: Request, token: str | None) -> Response | None:
     return None
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _json_body(request: Request, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+    """The request's JSON object; with `allowed`, a key outside it is refused (400), so that a
+    misspelt option is not ignored for its default (a handoff's `taget` moved the parts
+    anywhere, a rebalance's `tolerence` ran at the default tolerance)."""
     body = b""
     async for chunk in request.stream():
         body += chunk
@@ -182,6 +185,14 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise OpsError(400, "bad_json", "the body nests too deeply") from error
     if not isinstance(value, dict):
         raise OpsError(400, "bad_json", "the body must be a JSON object")
+    if allowed is not None:
+        unknown = sorted(key for key in value if key not in allowed)
+        if unknown:
+            raise OpsError(
+                400,
+                "unknown_key",
+                f"unknown key(s) {unknown[:8]}; this endpoint takes {sorted(allowed)}",
+            )
     return value
 
 
@@ -262,7 +273,7 @@ class _AdminRoutes:
         return JSONResponse({"session_id": text, "parts": parts})
 
     async def handoff(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, frozenset({"target", "reason"}))
         target = body.get("target")
         reason = body.get("reason", "rebalance")
         if target is not None and not isinstance(target, str):
@@ -273,13 +284,15 @@ class _AdminRoutes:
         return JSONResponse({"queued": queued}, status_code=202)
 
     async def rebalance(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, frozenset({"tolerance", "parts_max"}))
         tolerance = body.get("tolerance", REBALANCE_TOLERANCE_DEFAULT)
         parts_max = body.get("parts_max", REBALANCE_PARTS_MAX_DEFAULT)
         if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
             raise OpsError(400, "bad_tolerance", "tolerance must be a number")
         if isinstance(parts_max, bool) or not isinstance(parts_max, int):
             raise OpsError(400, "bad_parts_max", "parts_max must be an integer")
+        if not 0 < parts_max < 1 << 63:
+            raise OpsError(400, "bad_parts_max", "parts_max must be from 1 to 2**63 - 1")
         queued = self.hub.rebalance(tolerance=float(tolerance), parts_max=parts_max)
         return JSONResponse({"queued": queued}, status_code=202)
 
