@@ -197,6 +197,21 @@ class _Part:
         except Exception:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
+        state_type = self.state_type
+        if (
+            state_type is not Any
+            and isinstance(state_type, type)
+            and not isinstance(new_state, state_type)
+        ):
+            # Kept, every later call on the part would fail on it (its handlers expect a
+            # `state_type`), and its snapshots would not decode on a replica: refused, the
+            # state stays as it was. Replicas re-execute the handler and refuse it alike.
+            message = (
+                f"{self.name}.{op} returned a new state of type {type(new_state).__name__}, "
+                f"not {state_type.__name__}: refused, the state is unchanged"
+            )
+            _log.error("handler %s", message)
+            return _error(_APP_ERROR, state, message)
         if result is NOT_YET:
             if operation.wait_ms is None:
                 message = f"{self.name}.{op} returned NOT_YET but is no waiting read (wait_ms=)"

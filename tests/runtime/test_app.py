@@ -215,6 +215,34 @@ def test_async_handler_that_suspends_fails_with_app_error(caplog: pytest.LogCapt
     assert state == Counter(value=2)
 
 
+def test_a_new_state_that_is_not_the_state_type_is_refused_and_the_state_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler returning a new state of another type than the part's (a dict for a Counter)
+    gets APP_ERROR naming both types, and the state stays as it was. Before, it was kept: every
+    later call on the part, reads included, failed on it for good (found by a new-user
+    walkthrough)."""
+    app = forehand.App()
+    app.part("counter", initial=Counter)
+
+    @app.handler("counter", "oops")
+    def oops(state: Counter, payload: None) -> tuple[Any, int]:
+        return {"value": "oops"}, 1
+
+    @app.handler("counter", "get", read_only=True)
+    def get(state: Counter, payload: None) -> tuple[Counter, int]:
+        return state, state.value
+
+    spec = app.part_specs()["counter"]
+    with caplog.at_level(logging.ERROR, logger="forehand.app"):
+        state, status, result = run(spec, Counter(value=7), "oops", None)
+    assert status is ResponseStatus.APP_ERROR
+    assert "returned a new state of type dict, not Counter" in result.error
+    assert state == Counter(value=7)
+    assert "refused, the state is unchanged" in caplog.text
+    assert run(spec, state, "get", None)[1:] == (ResponseStatus.OK, 7)
+
+
 def test_snapshots_decode_as_the_state_type() -> None:
     """A replica's snapshot of the state decodes back into the part's state class."""
     spec = make_app().part_specs()["counter"]
