@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -230,18 +230,21 @@ def test_calls_on_unknown_session_or_part_are_local_errors() -> None:
 def test_a_call_whose_request_cannot_be_encoded_is_refused_and_issues_nothing(
     defer_send: bool,
 ) -> None:
-    """An empty or too long op, or a payload that cannot fit frame_bytes_max, raises
-    LocalProtocolError from call before any request is issued; the largest payload that fits
-    is issued, sent and encodes."""
+    """An op that is not a string, empty or too long, or a payload that cannot fit
+    frame_bytes_max, raises LocalProtocolError from call before any request is issued; the
+    largest payload that fits is issued, sent and encodes."""
     h = Harness()
     session = ready_session(h)
     h.drain()
     wire = DEFAULT_CONFIG
-    for op, payload in (
+    cases: tuple[tuple[Any, bytes], ...] = (
         ("", b""),
         ("o" * (wire.op_name_bytes_max + 1), b""),
         ("put", bytes(wire.frame_bytes_max)),
-    ):
+        (5, b""),  # not a string: it raised AttributeError from inside the client
+        (None, b""),
+    )
+    for op, payload in cases:
         with pytest.raises(LocalProtocolError, match="cannot be sent"):
             h.client.call(session, "auth", op, payload, now_us=h.now_us, defer_send=defer_send)
     assert h.client.inflight_count == 0 and h.client.route(session, "auth").inflight == ()

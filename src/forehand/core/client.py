@@ -810,6 +810,10 @@ class ClientCore:
         that is longer than the part's server announced it accepts: its frame is built later (a
         deferred send, a re-send), where the error would reach no caller and could take the
         frames sent with it down too."""
+        if type(op) is not str:
+            raise LocalProtocolError(
+                f"the call cannot be sent: op must be a string, not {type(op).__name__}"
+            )
         op_bytes = len(op.encode())
         if not 0 < op_bytes <= DEFAULT_CONFIG.op_name_bytes_max:
             raise LocalProtocolError(
