@@ -178,11 +178,16 @@ def sessions(
     """Sessions and where each of their parts lives."""
     from rich.table import Table
 
-    params: dict[str, Any] = {"limit": limit}
+    # One more than asked: whether the listing stops short of every session.
+    params: dict[str, Any] = {"limit": limit + 1}
     if server is not None:
         params["server"] = server
     answer = _call(url, "GET", "/api/sessions", params=params, timeout_s=timeout_s)
-    table = Table(title=f"{len(answer)} session(s)")
+    title = f"{len(answer)} session(s)"
+    if len(answer) > limit:
+        answer = answer[:limit]
+        title = f"the first {limit} session(s); more exist (--limit shows more)"
+    table = Table(title=title)
     for column in ("session", "part", "primary", "replicas", "override"):
         table.add_column(column)
     for session in answer:

@@ -41,7 +41,8 @@ def open_session(cluster: OpsCluster) -> tuple[str, dict[str, str]]:
 
 def test_reading_commands_show_the_cluster(ops_cluster: OpsCluster) -> None:
     """`status` lists every server with its state, `sessions` lists a new session with its
-    parts' primaries, `history` prints the audit table; a wrong URL exits 1 with a message."""
+    parts' primaries (and says when its limit cut the listing), `history` prints the audit table;
+    a wrong URL exits 1 with a message."""
     session_hex, primaries = open_session(ops_cluster)
 
     def every_server_listed() -> bool:
@@ -60,6 +61,10 @@ def test_reading_commands_show_the_cluster(ops_cluster: OpsCluster) -> None:
     assert {part: primaries[part] in row for row in rows for part in PARTS if part in row} == {
         part: True for part in PARTS
     }
+    # A listing cut at its limit says so (it read "1 session(s)" out of hundreds).
+    open_session(ops_cluster)
+    code, output = forehand(ops_cluster, "sessions", "--limit", "1")
+    assert code == 0 and "the first 1 session(s); more exist" in output, output
     code, output = forehand(ops_cluster, "history")
     assert code == 0 and "record(s)" in output
     result = CliRunner().invoke(app, ["status", "--url", "http://127.0.0.1:9"], env=WIDE)
