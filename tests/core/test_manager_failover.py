@@ -15,6 +15,7 @@ from forehand.core._manager_events import (
     MapChange,
     MapCommitted,
     PartsLost,
+    PartsReset,
     ServerDeclaredDead,
     ServersSilent,
     ServerSuspected,
@@ -245,6 +246,40 @@ def test_no_commit_changes_the_map_while_positions_are_collected() -> None:
     assert late.map_version == version + 2
     placed = harness.map.lookup(PartKey(session_id=late.session_id, part="late"))
     assert "s1" not in placed.servers
+
+
+def test_a_promotion_of_holders_with_none_of_the_history_is_reported_as_a_reset() -> None:
+    """A server's heartbeat said it had applied entries of each of its parts; when it dies and the
+    best survivor of some parts holds nothing (position 0 at epoch 0: a replica that joined and
+    had not installed its snapshot yet), the promotion goes ahead and PartsReset names those
+    parts, where it used to restart them from their initial state in silence. A survivor that
+    holds the history is promoted as usual, with no report."""
+    harness, _ = cluster(replica_count=1)
+    victim = max(SERVERS, key=lambda server: (len(harness.primaries(server)), server))
+    victim_parts = harness.primaries(victim)
+    assert len(victim_parts) >= 2
+    reset, kept = victim_parts[0], victim_parts[1:]
+    harness.heartbeat(
+        victim,
+        parts=[
+            PartProgress(ref=ref, role=PartRole.PRIMARY, applied_seq=7, epoch=1, last_epoch=1)
+            for ref in victim_parts
+        ],
+    )
+    survivors = kill(harness, victim)
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(
+                server_id,
+                prepared.map_version,
+                {ref: 0 if ref == reset else 7 for ref in prepared.parts},
+            )
+    (done,) = harness.events(FailoverCompleted)
+    assert {p.ref for p in done.promotions} == set(victim_parts)
+    (event,) = harness.events(PartsReset)
+    assert event.parts == (reset,) and event.servers == (victim,)
+    assert event.map_version == done.map_version
+    assert all(harness.placement(ref).primary != victim for ref in kept)
 
 
 def test_parts_whose_holders_all_died_are_reported_lost_and_removed() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
+    "PartsReset",
     "PartsMovedImplicitly",
     "PartsUnreplicated",
     "RebalanceQueued",
@@ -447,6 +448,21 @@ class PartsLost:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PartsReset:
+    """A failover promoted, for these parts, a holder with none of their history (position 0)
+    while their last primary had reported some: their state starts over from the initial state,
+    and the writes they had are gone. It takes a second failure before a new replica caught up
+    (a server that joined, or came back, and had not yet installed its snapshot)."""
+
+    parts: tuple[PartRef, ...]
+    """The parts reset."""
+    servers: tuple[str, ...]
+    """The dead servers the failover was for."""
+    map_version: int
+    """The version of the promotion."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DrainProgressed:
     """A drain moved more of a server's roles away (for a progress bar)."""
 
@@ -638,6 +654,7 @@ ManagerEvent = (
     | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
+    | PartsReset
     | PartsMovedImplicitly
     | PartsUnreplicated
     | DrainProgressed

@@ -188,6 +188,11 @@ class Promotion:
     """Parts it leaves with no replica although `replica_count` asks for some: no live holder
     survived beside the primary and no server may take a new role (ACTIVE and alive). Counted
     on the map the promotion leads to (`count_unreplicated`)."""
+    emptied: tuple[PartKey, ...] = ()
+    """Promoted parts whose new primary holds none of their history (position 0, epoch 0)
+    although their last primary reported some: the state starts over from the part's initial
+    state. A second failure before a new replica caught up (its snapshot not yet installed)
+    leaves only such holders; the promotion goes ahead (the part keeps serving), and says so."""
 
 
 def _candidates(
@@ -394,6 +399,7 @@ def build_promotion(
     count = current.config.replica_count
     promotions: list[PartPromoted] = []
     lost: list[PartKey] = []
+    emptied: list[PartKey] = []
     added = 0
     decided: set[PartKey] = set()
     live = _memoized(live)
@@ -408,6 +414,10 @@ def build_promotion(
             lost.append(key)
             continue
         primary, seq = choice
+        if seq == 0 and _holds_history(fallback(placement.primary, key)):
+            chosen_epoch = next((e for s, e, _, _ in alive if s == primary), 0)
+            if chosen_epoch == 0:
+                emptied.append(key)
         keep = [s for s in placement.servers if s not in dead and live(s)]
         replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
         added += sum(1 for s in replicas if s not in placement.servers)
@@ -435,6 +445,7 @@ def build_promotion(
         lost=tuple(lost),
         replicas_added=added,
         intended=frozenset(job.parts),
+        emptied=tuple(emptied),
         # Hash-placed parts a dead server replicated fall to the next ACTIVE server on the
         # ring, or to none: they can end with no replica as well as the promoted ones.
         exposed=frozenset(
@@ -444,6 +455,11 @@ def build_promotion(
             for key in current.parts_for(server_id).replica
         ),
     )
+
+
+def _holds_history(position: tuple[int, int] | None) -> bool:
+    """Whether a `(last_epoch, applied_seq)` from a heartbeat names any applied entry."""
+    return position is not None and position[1] > 0
 
 
 def count_unreplicated(promotion: Promotion, new_map: ShardMap) -> Promotion:
@@ -490,6 +506,8 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         and current.primary_of(key) == p.primary
     )
     lost = tuple(key for key in previous.lost if key not in decided and key not in current)
+    carried_keys = {key_of(p.ref) for p in carried}
+    emptied = promotion.emptied + tuple(k for k in previous.emptied if k in carried_keys)
     # The parts whose replicas the landed promotion may have left short: the reload shows their
     # dead replicas gone, so the rebuild would no longer find them.
     exposed = promotion.exposed | previous.exposed
@@ -498,6 +516,7 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         promotions=promotion.promotions + carried,
         lost=promotion.lost + lost,
         exposed=exposed,
+        emptied=emptied,
     )
 
 

@@ -74,6 +74,7 @@ from forehand.core._manager_events import (
     MovesDropped,
     PartsLost,
     PartsMovedImplicitly,
+    PartsReset,
     PartsUnreplicated,
     PeerRefused,
     RebalanceQueued,
@@ -2381,6 +2382,14 @@ class ManagerCore:
         self._expiry.renewed(
             dict.fromkeys(p.ref.session_id for p in promotion.promotions), now_us=now_us
         )
+        if promotion.emptied:
+            self._emit(
+                PartsReset(
+                    parts=tuple(ref_of(key) for key in promotion.emptied),
+                    servers=tuple(sorted(job.dead)),
+                    map_version=version,
+                )
+            )
         if promotion.lost:
             self._emit(
                 PartsLost(

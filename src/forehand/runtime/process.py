@@ -91,6 +91,7 @@ NOTABLE_EVENTS = frozenset(
         "DrainProgressed",
         "RebalanceQueued",
         "PartsLost",
+        "PartsReset",
         "PartsMovedImplicitly",
         "PartsUnreplicated",
         "MapLoaded",
@@ -111,6 +112,7 @@ WARNING_EVENTS = frozenset(
     {
         "FailoverAbandoned",
         "PartsLost",
+        "PartsReset",
         "PartsUnreplicated",
         "ServerDeclaredDead",
         "ServersSilent",
@@ -121,8 +123,9 @@ WARNING_EVENTS = frozenset(
     }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
-or without a replica; a server dead while it led parts (a crash, not a planned stop after a
-drain: that one, leading none, stays at INFO, `_below_warning`); every server silent to the
+reset to their initial state, or without a replica; a server dead while it led parts (a crash,
+not a planned stop after a drain: that one, leading none, stays at INFO, `_below_warning`);
+every server silent to the
 manager; an application's state that cannot be replicated; `replicated` writes waiting with no
 progress for their replicas (its end, `parts` 0, at INFO); a server whose heartbeats arrive
 but that does not confirm the maps sent to it (its end, `hearing`, at INFO); two processes
