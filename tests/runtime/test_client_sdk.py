@@ -32,8 +32,8 @@ def event(number: int) -> forehand.HandoffEvent:
 
 
 def test_connect_checks_its_arguments(tmp_path: Path) -> None:
-    """connect refuses a missing CA, a CA file with no PEM certificate, no endpoints, a bad
-    endpoint or an unknown transport."""
+    """connect refuses a missing CA, a directory given as the CA, a CA file with no PEM
+    certificate, no endpoints, a bad endpoint (a URL among them) or an unknown transport."""
     ca = make_cluster_certs(tmp_path / "certs", ["manager"], days=1).ca_certificate_path
     not_pem = tmp_path / "not.pem"
     not_pem.write_text("not a certificate")
@@ -41,6 +41,10 @@ def test_connect_checks_its_arguments(tmp_path: Path) -> None:
         forehand.connect("127.0.0.1:7000", ca=tmp_path / "missing.pem")
     with pytest.raises(ConfigError, match="holds no PEM certificate"):
         forehand.connect("127.0.0.1:7000", ca=not_pem)
+    with pytest.raises(ConfigError, match="is a directory: name the file"):
+        forehand.connect("127.0.0.1:7000", ca=tmp_path / "certs")
+    with pytest.raises(ConfigError, match="without a scheme"):
+        forehand.connect("https://127.0.0.1:7000", ca=ca)
     with pytest.raises(ConfigError, match="at least one"):
         forehand.connect([], ca=ca)
     with pytest.raises(ConfigError, match="host:port"):

@@ -133,6 +133,10 @@ def test_overrides_and_addresses_parse() -> None:
         parse_overrides(["no-equals-sign"])
     with pytest.raises(ConfigError):
         parse_address("127.0.0.1:70000", where="x")
+    # A URL was read as the host `https://127.0.0.1` and failed in name resolution 7 s later.
+    for url in ("https://127.0.0.1:7000", "127.0.0.1:7000/api", "tls://[::1]:7000"):
+        with pytest.raises(ConfigError, match="without a scheme or path"):
+            parse_address(url, where="x")
 
 
 @pytest.mark.parametrize(

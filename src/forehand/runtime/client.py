@@ -727,6 +727,11 @@ def connect(
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     ca_path = Path(ca)
+    if ca_path.is_dir():
+        raise ConfigError(
+            f"CA certificate {ca_path} is a directory: name the file (its ca.pem, made by "
+            "forehand certs)"
+        )
     if not ca_path.is_file():
         raise ConfigError(f"CA certificate {ca_path} does not exist")
     try:

@@ -103,6 +103,10 @@ def parse_address(text: str, *, where: str, dialable: bool = False) -> tuple[str
     """`host:port` (IPv6 in brackets) as a (host, port) pair; port 0 lets the system choose a
     listener's port. A `dialable` address (one others connect to: an advertised address, a
     manager endpoint) needs a real port and a host that is not a wildcard."""
+    if "/" in text:
+        # `https://host:port` read as the host `https://host`: dialed, it failed 7 s later in
+        # name resolution.
+        raise ConfigError(f"{where} must be host:port, without a scheme or path, got {text!r}")
     host, separator, port_text = text.rpartition(":")
     if host.startswith("[") or host.endswith("]"):
         if not (host.startswith("[") and host.endswith("]")):
