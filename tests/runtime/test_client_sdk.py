@@ -98,6 +98,33 @@ def test_handoff_events_reach_callbacks_and_iterators() -> None:
     asyncio.run(scenario())
 
 
+def test_a_failing_handoff_callback_goes_to_the_loop_s_exception_handler() -> None:
+    """A callback that raises reaches the loop's exception handler (which prints it unless the
+    application set its own), and the other callbacks and iterators still get the event. It
+    went to this package's logger before, silent unless the application configured logging."""
+
+    async def scenario() -> None:
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(context)
+        )
+        session = Session(cast(Any, None), SESSION, ("cart",))
+        heard: list[forehand.HandoffEvent] = []
+
+        def broken(_: forehand.HandoffEvent) -> None:
+            raise KeyError("oops")
+
+        session.on_handoff(broken)
+        session.on_handoff(heard.append)
+        session._handoff(event(1))
+        (context,) = reported
+        assert isinstance(context["exception"], KeyError)
+        assert "on_handoff callback" in context["message"]
+        assert [e.map_version for e in heard] == [1]
+
+    asyncio.run(scenario())
+
+
 def test_core_events_map_to_handoff_events() -> None:
     """HandoffStarted, HandoffFollowed, HandoffAbandoned, PartRedirected and PartRelocated
     become handoff events; other core events do not."""

@@ -353,8 +353,16 @@ class Session:
         for callback in self._callbacks:
             try:
                 callback(event)
-            except Exception:
-                _log.exception("on_handoff callback failed")
+            except Exception as error:
+                # To the loop's exception handler, as asyncio does for a failed callback: by
+                # default it prints the traceback, where this package's own logger (a
+                # NullHandler until the application configures logging) kept it hidden.
+                asyncio.get_running_loop().call_exception_handler(
+                    {
+                        "message": f"on_handoff callback {callback!r} failed on {event!r}",
+                        "exception": error,
+                    }
+                )
         self._wake()
 
     def _wake(self) -> None:
