@@ -10,8 +10,15 @@ import pytest
 
 from forehand.core._driver import ConnectionLost, ConnectionOpened
 from forehand.core._manager_config import ManagerConfig
-from forehand.core._manager_events import MapChange, MapCommitted, MapLoaded, SessionsExpired
+from forehand.core._manager_events import (
+    CredentialRefused,
+    MapChange,
+    MapCommitted,
+    MapLoaded,
+    SessionsExpired,
+)
 from forehand.core._manager_expiry import SessionExpiry
+from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.errors import ConfigError
 from forehand.placement import new_session_id
 from forehand.stores import DeltaCommitRequested, StoreFailed
@@ -34,6 +41,7 @@ else:
 
 SERVERS = ("s1", "s2", "s3")
 EXPIRY_MS = 2_000
+OTHER = bytes(range(1, 17))
 
 
 def sessions(count: int) -> list[bytes]:
@@ -258,6 +266,23 @@ def test_a_client_back_after_its_credential_expired_hears_its_expired_session_cl
     harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=(fresh,)))
     harness.router.send("c3", MANAGER, MapRequest(map_version=0, credentials=credentials))
     assert {f.session_id for f in harness.take("c3", ResumeReject)} == {bytes(16)}
+    # A credential under a key this manager does not hold (a server renewed under a key the
+    # manager was not given yet): not bound, but the session is not ended for it either.
+    other_key = TokenSealer(KeyRing({7: bytes(range(32))}, current_key_id=7), rng=random.Random(2))
+    unknown = other_key.issue_credential(
+        session_id=OTHER,
+        client_id=bytes(16),
+        now_us=harness.router.now_us,
+        lifetime_ms=60_000,
+    )
+    refusals = len(harness.events(CredentialRefused))
+    harness.router.send(
+        "c4",
+        MANAGER,
+        MapRequest(map_version=0, credentials=(Credential(session_id=OTHER, credential=unknown),)),
+    )
+    assert harness.take("c4", ResumeReject) == [] and harness.take("c4", CloseSession) == []
+    assert len(harness.events(CredentialRefused)) == refusals + 1
 
 
 def test_a_reload_after_a_store_failure_does_not_restart_the_expiry() -> None:

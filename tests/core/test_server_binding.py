@@ -280,6 +280,20 @@ def test_a_refused_credential_in_hello_leaves_its_session_unbound_and_the_rest_s
         ResponseStatus.OK,
         ResponseStatus.NOT_FOUND,
     ]
+    # A session one credential of the HELLO bound is not also refused for another one.
+    twice = Hello(
+        versions=(PROTOCOL_VERSION,),
+        client_id=bytes(16),
+        credentials=(
+            Credential(session_id=SESSION, credential=valid),
+            Credential(session_id=SESSION, credential=b""),
+        ),
+    )
+    cluster.router.send("c2", "s1", twice)
+    assert len(cluster.take("c2", Welcome)) == 1
+    assert cluster.take("c2", ResumeReject) == []
+    cluster.request("s1", "counter", payload=b"1", client="c2", bind=False)
+    assert [r.status for r in cluster.responses("c2")] == [ResponseStatus.OK]
 
 
 def _renewed(cluster: Cluster) -> list[tuple[bytes, ...]]:

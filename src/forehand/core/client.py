@@ -999,9 +999,8 @@ class ClientCore:
     def _credentials_for(self, server: NodeId) -> tuple[Credential, ...]:
         """Credentials for HELLO, at most `hello_credentials_max` of them.
 
-        To a server: the sessions with a part on it (primary or backup). Other sessions'
-        credentials stay out: a server refuses a HELLO whose credentials do not all open, so
-        presenting more only widens what one expired credential could break. To the manager:
+        To a server: the sessions with a part on it (primary or backup); the others' would only
+        make it open more credentials. To the manager:
         every session, those with a part that is not ACTIVE first, since the manager answers
         MAP_REQUEST only for the sessions a connection proved it holds.
         """
@@ -1039,8 +1038,8 @@ class ClientCore:
             if frame.frame_bytes_max < DEFAULT_CONFIG.frame_bytes_max
             else None
         )
-        # The server closes a connection whose HELLO presented a credential it refuses, so a
-        # WELCOME binds every session the HELLO presented.
+        # A WELCOME binds every session the HELLO presented, but those a RESUME_REJECT
+        # (HELLO_CREDENTIAL_EXPIRED, CREDENTIAL_REFUSED) right after it unbinds.
         self._bound.setdefault(source, set()).update(self._presented.pop(source, set()))
         self._adopt_map_version(frame.map_version)
         announced = connection.announced_wire

@@ -140,7 +140,7 @@ from forehand.core._orchestrator import (
 )
 from forehand.core._server_config import HEARTBEAT_RENEWALS_MAX
 from forehand.core.messages import ANNOUNCED_PARTS_MAX, PartRef
-from forehand.core.tokens import TokenError, TokenExpired, TokenSealer
+from forehand.core.tokens import TokenError, TokenExpired, TokenKeyUnknown, TokenSealer
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
     DrainCause,
@@ -2669,7 +2669,8 @@ class ManagerCore:
         holds (expired, or closed), so that a client back after longer than the expiry hears
         its session ended instead of never finding it; RESUME_REJECT(CREDENTIAL_REFUSED) for
         any other, unless the session is bound on the connection anyway (an earlier proof, or
-        another credential of it in the same frame). This manager answers nothing about a
+        another credential of it in the same frame) or the credential names a key this manager
+        does not hold (nothing is said then). This manager answers nothing about a
         session its client cannot prove, so the client ends it, with the reason, instead of
         locating it until each call's timeout (a tampered snapshot resumed, a credential kept
         past its lifetime)."""
@@ -2694,7 +2695,10 @@ class ManagerCore:
                     and session_id not in self._sessions
                 ):
                     refused[session_id] = CloseSession(session_id=session_id)
-                else:
+                elif not isinstance(error, TokenKeyUnknown):
+                    # A key this manager lacks may be one a server renewed under before the
+                    # manager was given it (a rollout out of order): not bound, and not ended,
+                    # so the session is located again once the key is here.
                     refused[session_id] = ResumeReject(
                         session_id=session_id,
                         reason=ResumeRejectReason.CREDENTIAL_REFUSED,

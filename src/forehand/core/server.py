@@ -1132,16 +1132,17 @@ class ServerCore:
         # client on this server, at each reconnection, for one bad credential (one the client
         # kept past its lifetime, offline that long, or a tampered snapshot it resumed). A
         # RESUME_REJECT after the WELCOME tells the client which.
-        refused: list[tuple[bytes, ResumeRejectReason, str]] = []
+        refused: dict[bytes, tuple[ResumeRejectReason, str]] = {}
         for credential in message.credentials:
+            session_id = credential.session_id
             try:
                 claims = self._sealer.open_credential(credential.credential, now_us=now_us)
             except TokenError as error:
-                refused.append(self._refuse_credential(credential.session_id, error, source))
+                refused[session_id] = self._refuse_credential(session_id, error, source)
                 continue
-            if claims.session_id != credential.session_id:
+            if claims.session_id != session_id:
                 mismatch = TokenInvalid("the credential is another session's")
-                refused.append(self._refuse_credential(credential.session_id, mismatch, source))
+                refused[session_id] = self._refuse_credential(session_id, mismatch, source)
                 continue
             # Bound even when no part is held yet: a new session's map may reach this server
             # after its client, and the proof stays valid for the connection's lifetime.
@@ -1163,12 +1164,14 @@ class ServerCore:
         # The lifetime of the credentials RESUME_OK brings, so that the client renews them in
         # time whatever its own interval (a client that does not know SETTINGS skips it).
         self._send(source, Settings(credential_lifetime_ms=self._config.credential_lifetime_ms))
-        for session_id, reason, why in refused:
-            self._send(source, ResumeReject(session_id=session_id, reason=reason, message=why))
+        bound = self._bound.get(source, {})
+        for session_id, (reason, why) in refused.items():
+            if session_id not in bound:  # Another credential of it in the HELLO bound it.
+                self._send(source, ResumeReject(session_id=session_id, reason=reason, message=why))
 
     def _refuse_credential(
         self, session_id: bytes, error: TokenError, source: NodeId
-    ) -> tuple[bytes, ResumeRejectReason, str]:
+    ) -> tuple[ResumeRejectReason, str]:
         """A HELLO credential that does not bind: reported, and what to tell the client."""
         expired = isinstance(error, TokenExpired)
         self._rare("hello-credential-expired" if expired else "hello-credential-refused")
@@ -1182,10 +1185,8 @@ class ServerCore:
             )
         )
         if expired:
-            why = "the credential presented in HELLO has expired"
-            return session_id, ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED, why
-        why = f"the credential presented in HELLO was refused: {error}"
-        return session_id, ResumeRejectReason.CREDENTIAL_REFUSED, why
+            return ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED, "the HELLO credential expired"
+        return ResumeRejectReason.CREDENTIAL_REFUSED, f"the HELLO credential was refused: {error}"
 
     def _on_ping(self, message: Ping, source: NodeId, now_us: int) -> None:
         self._send(source, Pong(sequence=message.sequence, sent_us=message.sent_us))

@@ -49,6 +49,7 @@ __all__ = [
     "TokenError",
     "TokenExpired",
     "TokenInvalid",
+    "TokenKeyUnknown",
     "TokenReplayed",
     "TokenSealer",
 ]
@@ -121,6 +122,12 @@ class TokenInvalid(TokenError):  # noqa: N818
     """Malformed, forged, tampered with, sealed for another purpose, or under an unknown key."""
 
     reject_reason = ResumeRejectReason.TOKEN_INVALID
+
+
+class TokenKeyUnknown(TokenInvalid):
+    """Sealed under a key id this node does not hold: not added here yet (a key rollout out of
+    order: every node must hold a key before any seals with it), or retired. Not proof of a
+    forgery, so the session manager does not end a session for it."""
 
 
 class TokenExpired(TokenError):  # noqa: N818
@@ -318,7 +325,7 @@ class TokenSealer:
             raise TokenInvalid(f"unknown token format version {version}")
         aead = self.key_ring.aead(key_id)
         if aead is None:
-            raise TokenInvalid(f"unknown or retired key id {key_id}")
+            raise TokenKeyUnknown(f"unknown or retired key id {key_id}")
         header = sealed[:_HEADER_BYTES]
         nonce = sealed[_HEADER_BYTES : _HEADER_BYTES + NONCE_BYTES]
         try:
