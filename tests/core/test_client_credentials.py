@@ -272,9 +272,9 @@ def test_a_stated_lifetime_never_brings_the_interval_below_a_second() -> None:
 
 def test_the_managers_refusal_of_a_credential_the_session_no_longer_holds_is_ignored() -> None:
     """The manager's RESUME_REJECT(CREDENTIAL_REFUSED) ends a session only while the credential
-    it refused is still the session's: one refused after a renewal brought a fresh credential
-    (or about a credential never presented to it) changes nothing; the next MAP_REQUEST presents
-    the fresh one, and a refusal of that ends the session."""
+    it refused is still the session's: one refused while a renewal is in flight, or after it
+    brought a fresh credential (or about a credential never presented to it) changes nothing;
+    the next MAP_REQUEST presents the fresh one, and a refusal of that ends the session."""
     h = Harness(credential_renew_interval_ms=INTERVAL_MS)
     session = ready_session(h)
     first = h.client.session_snapshot(session).credential
@@ -288,6 +288,8 @@ def test_the_managers_refusal_of_a_credential_the_session_no_longer_holds_is_ign
     assert [c.credential for c in request.credentials] == [first]
     h.advance(ms=1)
     (renewal,) = h.take(Resume)
+    h.feed(MANAGER, refusal)  # while the renewal is in flight: its answer may be fresh
+    assert h.of(SessionClosed) == []
     server = h.client.route(session, renewal.parts[0]).primary
     h.feed(
         server,

@@ -2713,13 +2713,16 @@ class ClientCore:
         it says nothing about that session on this connection, so no part of it can be located
         any more; the session ends, its calls failing as closed with the manager's reason,
         instead of at each call's timeout. Unless the session holds another credential since
-        it was presented (a renewal came meanwhile), which the next round presents."""
+        it was presented (a renewal came meanwhile), or a renewal is in flight: the next round
+        presents the credential it then holds."""
         session = self._sessions.get(frame.session_id)
         if (
             frame.reason is not ResumeRejectReason.CREDENTIAL_REFUSED
             or session is None
             or session.manager_credential != session.credential
+            or any(key[0] == frame.session_id for key in self._renewing)
         ):
+            # A renewal in flight may bring a fresh credential: the next round presents it.
             self._rare("manager-resume-reject-ignored")
             return
         self._emit(
