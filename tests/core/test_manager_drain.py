@@ -83,6 +83,73 @@ def test_drain_marks_the_server_and_moves_every_role_away() -> None:
         assert "s2" not in harness.placement(ref).servers
 
 
+def test_a_drain_is_finished_only_once_its_last_handoff_ended() -> None:
+    """The map moves a part when its handoff is assigned, before the source shipped its sealed
+    log: with the server holding nothing in the map but a handoff of it still running, the
+    drain is not finished (an operator stopping the server then sent those parts through
+    failover); it finishes when that handoff ends."""
+    harness, _ = cluster(handoffs_per_server_max=8, handoff_deadline_ms=10_000)
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+    held_back: list[HandoffAssigned] = []
+    for _ in range(30):  # 3 s: within the handoff deadline
+        for server_id in SERVERS:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if assigned.source != server_id:
+                    continue
+                if not held_back:
+                    held_back.append(assigned)  # the source never reports this one yet
+                    continue
+                message = HandoffCompleted(
+                    handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                )
+                harness.router.send(server_id, MANAGER, message)
+        harness.tick(100, alive=SERVERS)
+    assert held(harness, "s2") == 0 and held_back
+    assert not any(p.finished for p in harness.events(DrainProgressed))
+    (late,) = held_back
+    harness.router.send(
+        "s2",
+        MANAGER,
+        HandoffCompleted(handoff_id=late.handoff_id, server_id="s2", parts=late.parts),
+    )
+    harness.tick(100, alive=SERVERS)
+    progress = harness.events(DrainProgressed)
+    assert progress[-1].finished and sum(p.finished for p in progress) == 1
+
+
+def test_a_drain_handoff_that_falls_back_to_failover_keeping_the_source_goes_on() -> None:
+    """A drain's handoff that no side reports falls back to failover, which keeps the part on
+    the drained source (it answered with the longer log): the drain is not finished while that
+    failover runs, and moves the part again afterwards. Before, it finished at the abort and
+    the server stayed DRAINING with the part still led there, moved by nothing."""
+    harness, _ = cluster(handoffs_per_server_max=8)
+    assert harness.manager.drain("s2", now_us=harness.router.now_us)
+    held_back: list[HandoffAssigned] = []
+    for _ in range(60):
+        for server_id in SERVERS:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if assigned.source != server_id:
+                    continue
+                if not held_back:
+                    held_back.append(assigned)  # silent until its deadline: failover
+                    continue
+                message = HandoffCompleted(
+                    handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                )
+                harness.router.send(server_id, MANAGER, message)
+        for prepared in harness.prepared("s2"):
+            # The source answers the fence with the longer log: it keeps the part.
+            harness.positions("s2", prepared.map_version, {ref: 9 for ref in prepared.parts})
+        harness.tick(100, alive=SERVERS)
+    (late,) = held_back
+    assert harness.events(FailoverCompleted)
+    assert held(harness, "s2") == 0
+    progress = harness.events(DrainProgressed)
+    assert progress[-1].finished and sum(p.finished for p in progress) == 1
+    moved_again = [e for e in harness.events(HandoffStarted) if late.parts[0] in e.parts]
+    assert len(moved_again) == 2
+
+
 def test_drain_respects_the_per_server_cap() -> None:
     """Never more than handoffs_per_server_max handoffs off the drained server at once."""
     harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)

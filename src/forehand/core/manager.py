@@ -2595,6 +2595,14 @@ class ManagerCore:
             servers=(server_id,),
         )
 
+    def _failing_over_from(self, server_id: str) -> bool:
+        """Whether a failover under way holds a handoff of `server_id` that fell back to it:
+        the promotion may keep the part there (the source held the longer log)."""
+        return any(
+            job is not None and server_id in job.explicit.values()
+            for job in (self._failover, self._failover_next)
+        )
+
     def _drain_progress(self, servers: tuple[str, ...]) -> None:
         current = self.shard_map
         if current is None:
@@ -2605,10 +2613,20 @@ class ManagerCore:
                 continue
             state = self._map_state(server_id)
             remaining = primaries = 0
+            leading = False
             if state is not None and state is not ServerState.DEAD:
                 held = current.parts_for(server_id)
                 primaries = len(held.primary)
                 remaining = primaries + len(held.replica)
+                # The map moves a part when its handoff is assigned, before the source has
+                # shipped its sealed log (and, after that, while it forwards stragglers): a
+                # drain is finished, and the server safe to stop, once none of its handoffs
+                # runs. Before, `forehand drain` said "drained" with the last one just started,
+                # and stopping the server then sent its parts through failover.
+                leading = any(
+                    h.source == server_id for h in self._orchestrator.involving(server_id)
+                ) or self._failing_over_from(server_id)
+            finished = remaining == 0 and not leading
             moved = max(drain.parts_moved, drain.parts_total - remaining)
             total = max(drain.parts_total, moved + remaining)
             waiting = min(remaining, drain.primaries_waiting + drain.replicas_waiting)
@@ -2619,7 +2637,7 @@ class ManagerCore:
                 drain.waiting_reported,
                 drain.primaries_left,
             )
-            if now == before and remaining:
+            if now == before and not finished:
                 continue
             drain.parts_moved, drain.parts_total, drain.waiting_reported = moved, total, waiting
             drain.primaries_left = primaries
@@ -2628,12 +2646,12 @@ class ManagerCore:
                     server_id=server_id,
                     parts_moved=moved,
                     parts_total=total,
-                    finished=remaining == 0,
+                    finished=finished,
                     parts_waiting=waiting,
                     primaries_left=primaries,
                 )
             )
-            if remaining == 0:
+            if finished:
                 del self._drains[server_id]
 
     # Clients.
