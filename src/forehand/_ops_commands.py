@@ -255,9 +255,9 @@ def drain(
 ) -> None:
     """Move every part off a server (planned handoffs), showing parts moved / total.
 
-    Exits 0 once the server holds nothing and its last handoff ended, 1 on an error or after --wait-timeout-s, and 3 when
-    what is left waits for another server to take it (a fleet of two, say): stopping the server
-    then would leave those parts without a replica."""
+    Exits 0 once the server holds nothing and its last handoff ended, 1 on an error or after
+    --wait-timeout-s, and 3 when what is left waits for another server to take it (a fleet of
+    two, say): stopping the server then would leave those parts without a replica."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     path = f"/api/servers/{_segment(server)}/drain"

@@ -169,8 +169,10 @@ def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -
     assert successor.manager.membership.state_of("s1") is MemberState.ALIVE
 
 
-def test_messages_claiming_another_senders_identity_are_ignored() -> None:
-    """A server cannot heartbeat or announce for another one."""
+def test_messages_claiming_another_senders_identity_are_refused_saying_so() -> None:
+    """A server cannot heartbeat or announce for another one: its connection is closed with
+    UNAUTHENTICATED naming both ids (a server started with another node's certificate was
+    dropped in silence before, and never joined with nothing in its log)."""
     harness = ManagerHarness()
     harness.join("s1")
     spoofed = HeartbeatReported(
@@ -179,6 +181,9 @@ def test_messages_claiming_another_senders_identity_are_ignored() -> None:
     harness.router.send("s2", MANAGER, spoofed)
     member = harness.manager.membership.get("s1")
     assert member is not None and member.heartbeat_sequence < 50
+    (refused,) = harness.take("s2", Error)
+    assert refused.code is ErrorCode.UNAUTHENTICATED
+    assert "certificate is 's2'" in refused.reason and "server 's1'" in refused.reason
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1169,7 +1169,18 @@ class ManagerCore:
     # Membership.
 
     def _check_sender(self, server_id: str, source: NodeId) -> bool:
-        return server_id == source
+        """A server speaks only for itself: its connection's node id (the name its certificate
+        was issued for) must be the server id its message names. Refused otherwise, saying so:
+        a server started with another node's certificate was dropped in silence, and listened
+        without ever joining, its log saying nothing."""
+        if server_id != source:
+            raise RemoteProtocolError(
+                f"this connection's certificate is {source!r}'s, but its message is from server "
+                f"{server_id!r}: give each server the certificate issued for its server id "
+                "(forehand certs)",
+                error_code=ErrorCode.UNAUTHENTICATED,
+            )
+        return True
 
     def _on_announced(self, message: messages.ServerAnnounced, source: NodeId, now_us: int) -> None:
         if not self._check_sender(message.server_id, source):
