@@ -183,7 +183,7 @@ def test_messages_claiming_another_senders_identity_are_refused_saying_so() -> N
     assert member is not None and member.heartbeat_sequence < 50
     (refused,) = harness.take("s2", Error)
     assert refused.code is ErrorCode.UNAUTHENTICATED
-    assert "certificate is 's2'" in refused.reason and "server 's1'" in refused.reason
+    assert "certificate was issued for 's2'" in refused.reason and "server 's1'" in refused.reason
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1175,8 +1175,8 @@ class ManagerCore:
         without ever joining, its log saying nothing."""
         if server_id != source:
             raise RemoteProtocolError(
-                f"this connection's certificate is {source!r}'s, but its message is from server "
-                f"{server_id!r}: give each server the certificate issued for its server id "
+                f"this connection's certificate was issued for {source!r}, but its message is from "
+                f"server {server_id!r}: give each server the certificate issued for its server id "
                 "(forehand certs)",
                 error_code=ErrorCode.UNAUTHENTICATED,
             )
