@@ -531,6 +531,28 @@ def test_per_server_cap_serialises_handoffs_until_the_target_reports() -> None:
     assert {first.parts[0], second.parts[0], third.parts[0]} == set(refs)
 
 
+def test_a_server_whose_app_lacks_the_part_is_never_its_handoff_target() -> None:
+    """A server whose heartbeat declares parts without the moving one is no target for it (nor
+    when an operator names it): a handoff there answered every call UNKNOWN_OP, and the
+    automatic rebalance moved parts there again after each settled interval. A server that
+    declares it, or says nothing of its parts, still is."""
+    harness, _ = cluster()
+    source = busiest(harness)
+    ref = harness.primaries(source)[0]
+    lacking = [s for s in SERVERS if s != source]
+    for server_id in lacking:
+        others = tuple(p for p in PARTS if p != ref.part)
+        harness.heartbeat(server_id, declared=others)
+    ask(harness, source, ref, reason=ReasonCode.OVERLOAD)
+    harness.tick(300, alive=SERVERS)
+    harness.tick(300, alive=SERVERS)
+    assert harness.take(source, HandoffAssigned) == []
+    harness.heartbeat(lacking[1], declared=PARTS)
+    harness.tick(300, alive=SERVERS)
+    (assigned,) = harness.take(source, HandoffAssigned)
+    assert assigned.target == lacking[1] and assigned.parts == (ref,)
+
+
 def test_parts_of_one_batch_share_a_handoff() -> None:
     """Parts of one source going to the same target move in one HandoffAssigned."""
     harness, _ = cluster()

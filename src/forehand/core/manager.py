@@ -1804,6 +1804,15 @@ class ManagerCore:
         """The planning pass under way (a throwaway one outside a pass)."""
         return self._planning if self._planning is not None else _PlanningPass()
 
+    def _declares(self, server_id: str, part: str) -> bool:
+        """Whether `server_id`'s app may serve `part`: it declared the part, or said nothing of
+        its parts (a server before the field). A handoff to a server whose app lacks the part
+        answered every call UNKNOWN_OP there, and the automatic rebalance moved parts there
+        again after each settled interval."""
+        member = self._membership.get(server_id)
+        declared = None if member is None else member.declared_parts
+        return declared is None or part in declared
+
     def _can_take(self, server_id: str, avoid: frozenset[str]) -> bool:
         if server_id in avoid:
             return False
@@ -1885,7 +1894,11 @@ class ManagerCore:
             return None
         placement = current.lookup(key)
         if move.target is not None:
-            fits = move.target != placement.primary and self._can_take(move.target, avoid)
+            fits = (
+                move.target != placement.primary
+                and self._can_take(move.target, avoid)
+                and self._declares(move.target, move.ref.part)
+            )
             return move.target if fits else None
         planning = self._pass()
         if move.ref in planning.no_target:
@@ -1918,7 +1931,10 @@ class ManagerCore:
             avoid = avoid | frozenset(
                 s for s in placement.servers if not self._target_allowed(move, s)
             )
-        replicas = [r for r in placement.replicas if self._can_take(r, avoid)]
+        part = move.ref.part
+        replicas = [
+            r for r in placement.replicas if self._can_take(r, avoid) and self._declares(r, part)
+        ]
         if replicas:
             source_seq = self._applied_seq(move.source, move.ref)
             return min(
@@ -1941,6 +1957,7 @@ class ManagerCore:
             for s in candidates
             if s not in placement.servers
             and self._can_take(s, avoid)
+            and self._declares(s, part)
             and (not risk_move or self._target_allowed(move, s))
         ]
         if others:
