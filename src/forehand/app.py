@@ -169,6 +169,14 @@ class _Part:
     state_type: Any
     durability: Durability
     operations: dict[str, _Operation] = field(default_factory=dict)
+    state_class: type | None = field(init=False, default=None)
+    """The class every new state must be an instance of (None: `state_type` is no class, such
+    as `Any` or a union, and is not checked); worked out once, not on each call."""
+
+    def __post_init__(self) -> None:
+        state_type = self.state_type
+        if state_type is not Any and isinstance(state_type, type):
+            self.state_class = state_type
 
     def run(self, state: object, op: str, payload: bytes) -> HandlerResult:
         """Run one operation; every failure is an answer, never an exception."""
@@ -197,18 +205,14 @@ class _Part:
         except Exception:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
-        state_type = self.state_type
-        if (
-            state_type is not Any
-            and isinstance(state_type, type)
-            and not isinstance(new_state, state_type)
-        ):
+        state_class = self.state_class
+        if state_class is not None and not isinstance(new_state, state_class):
             # Kept, every later call on the part would fail on it (its handlers expect a
             # `state_type`), and its snapshots would not decode on a replica: refused, the
             # state stays as it was. Replicas re-execute the handler and refuse it alike.
             message = (
                 f"{self.name}.{op} returned a new state of type {type(new_state).__name__}, "
-                f"not {state_type.__name__}: refused, the state is unchanged"
+                f"not {state_class.__name__}: refused, the state is unchanged"
             )
             _log.error("handler %s", message)
             return _error(_APP_ERROR, state, message)
