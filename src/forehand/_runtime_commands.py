@@ -226,6 +226,11 @@ def server(
     load_report_interval_ms: int | None = typer.Option(
         None, help="Load sampling period for heartbeats, milliseconds [500]."
     ),
+    leave_timeout_ms: int | None = typer.Option(
+        None,
+        help="On SIGTERM, hand every part to the other servers first and stop once done, or"
+        " after this long, milliseconds; 0 stops at once, as SIGINT does [30000].",
+    ),
     ready_file: Path | None = _READY,
     log_level: str | None = _LOG,
     log_format: str | None = _LOG_FORMAT,
@@ -247,6 +252,7 @@ def server(
         "weight": weight,
         "incarnation": incarnation,
         "load_report_interval_ms": load_report_interval_ms,
+        "leave_timeout_ms": leave_timeout_ms,
         "ready_file": ready_file,
         "log_level": log_level,
         "log_format": log_format,

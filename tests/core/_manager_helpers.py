@@ -121,6 +121,8 @@ class ManagerHarness:
         self.sequences: dict[str, int] = {}
         self.incarnations: dict[str, int] = {}
         self.loads: dict[str, LoadReport] = {}
+        self.leaving: set[str] = set()
+        """Servers whose heartbeats say `leaving` (stopping on SIGTERM)."""
         self.next_request_id = 1
 
     def execute(self, request: object) -> object:
@@ -176,6 +178,7 @@ class ManagerHarness:
             parts=tuple(parts),
             renewed_sessions=tuple(renewed),
             declared_parts=declared,
+            leaving=server_id in self.leaving,
         )
         self.router.send(server_id, MANAGER, message)
 

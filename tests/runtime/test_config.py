@@ -124,6 +124,19 @@ def test_server_config_identity_comes_from_the_top_level(certs_dir: Path, tmp_pa
         load_server_config(None, {"certs_dir": str(certs_dir), "app": "a:b"})
 
 
+def test_a_server_s_leave_timeout_is_bounded(certs_dir: Path, tmp_path: Path) -> None:
+    """`leave_timeout_ms` is 30 s unless set; 0 turns the drain on SIGTERM off; a negative one
+    or one over an hour is refused, naming the range."""
+    base = f'server_id = "s1"\ncerts_dir = "{certs_dir}"\napp = "examples.cart.app:app"\n'
+    assert load_server_config(write(tmp_path / "s1.toml", base)).leave_timeout_ms == 30_000
+    off = load_server_config(write(tmp_path / "off.toml", base + "leave_timeout_ms = 0\n"))
+    assert off.leave_timeout_ms == 0
+    for value in (-1, 3_600_001):
+        bad = write(tmp_path / "bad.toml", base + f"leave_timeout_ms = {value}\n")
+        with pytest.raises(ConfigError, match=r"leave_timeout_ms must be 0 \(stop at once\)"):
+            load_server_config(bad)
+
+
 def test_overrides_and_addresses_parse() -> None:
     """--set values are TOML values (bare words are strings); addresses are host:port."""
     parsed = parse_overrides(["core.a=1", "core.b=0.5", "c=true", "d=word", 'e="quoted"'])

@@ -11,6 +11,7 @@ from forehand.sim import (
     build_crash_replicated,
     build_drain,
     build_handoff,
+    build_leave,
     build_partition_mid_handoff,
     primaries_of,
 )
@@ -105,3 +106,21 @@ def test_partition_between_source_and_target_mid_handoff_ends_defined(seed: int)
             core = cluster.server(server_id)
             part = None if core is None else core.part(ref)
             assert part is not None and part.state.name == "PRIMARY"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_server_that_leaves_under_load_fails_no_request(seed: int) -> None:
+    """The busiest of five servers stops the planned way: drained at its own request, it exits
+    once the manager says it holds nothing; no request fails and no part fails over."""
+    cluster = _run(build_leave(seed))
+    stats = cluster.stats
+    left = cluster.planned
+    assert left is not None and stats.drains_finished == [left]
+    assert cluster.sim.counters.get("node-crashed", 0) == 1
+    current = cluster.manager().shard_map
+    assert current is not None
+    held = current.parts_for(left)
+    assert not held.primary and not held.replica
+    assert stats.handoffs_completed and stats.handoffs_aborted == []
+    assert all(not f.promotions for f in stats.failovers)
+    _no_request_failed_or_ran_twice(cluster)

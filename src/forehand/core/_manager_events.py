@@ -45,6 +45,7 @@ __all__ = [
     "RiskFlagged",
     "ServerDeclaredDead",
     "ServerJoined",
+    "ServerLeaving",
     "ServerSuspected",
     "ServerNotHearing",
     "ServersSilent",
@@ -463,6 +464,23 @@ class PartsReset:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ServerLeaving:
+    """A server is stopping (its heartbeats say `leaving`: SIGTERM) and asked to be drained
+    first; emitted at the first such heartbeat of each incarnation. Its drain then reports
+    through `DrainProgressed` like an operator's."""
+
+    server_id: str
+    """The server."""
+    incarnation: int
+    """Its incarnation."""
+    drain_started: bool
+    """Whether its drain started now (False: already draining, not an ACTIVE server of the
+    map, or the commit queue full, when the next leaving heartbeat tries again)."""
+    roles: int
+    """Roles (primary and replica) the map gave it."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DrainProgressed:
     """A drain moved more of a server's roles away (for a progress bar)."""
 
@@ -657,6 +675,7 @@ ManagerEvent = (
     | PartsReset
     | PartsMovedImplicitly
     | PartsUnreplicated
+    | ServerLeaving
     | DrainProgressed
     | RebalanceQueued
     | RiskFlagged

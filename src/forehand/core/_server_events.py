@@ -21,6 +21,7 @@ __all__ = [
     "HandoffStepCompleted",
     "HandoffStepMissed",
     "InstallCause",
+    "LeaveProgressed",
     "LogEntryApplied",
     "MapVersionAdopted",
     "PartFenced",
@@ -38,6 +39,7 @@ __all__ = [
     "ResumeAccepted",
     "ResumeRejected",
     "ServerEvent",
+    "ServerLeft",
     "ServerSuperseded",
     "SnapshotInstalled",
     "StaleEpochRefused",
@@ -218,6 +220,33 @@ class ServerSuperseded(ServerEvent, frozen=True, kw_only=True):
     """This server."""
     reason: str
     """The manager's words."""
+
+
+class LeaveProgressed(ServerEvent, frozen=True, kw_only=True):
+    """The drain this leaving server asked for moved on (`ServerCore.leave`): emitted when the
+    manager's `DrainReported` counts change."""
+
+    node: NodeId
+    """This server."""
+    roles_left: int
+    """Roles (primary and replica) the map still gives it."""
+    primaries_left: int
+    """Of them, the parts it still leads."""
+    roles_waiting: int
+    """Of them, roles no other server can take for now."""
+
+
+class ServerLeft(ServerEvent, frozen=True, kw_only=True):
+    """The leaving server may stop: the manager reports its drain finished (nothing left, no
+    handoff of it running), or everything left has had nowhere to go for `LEAVE_STUCK_MS`
+    (those roles fail over, or wait, as at any stop). Emitted once."""
+
+    node: NodeId
+    """This server."""
+    roles_left: int
+    """Roles the map still gave it (0 when the drain finished)."""
+    primaries_left: int
+    """Of them, the parts it still led."""
 
 
 class StaleEpochRefused(ServerEvent, frozen=True, kw_only=True):

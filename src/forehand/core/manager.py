@@ -81,6 +81,7 @@ from forehand.core._manager_events import (
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
+    ServerLeaving,
     ServerNotHearing,
     ServersSilent,
     ServerSuspected,
@@ -328,6 +329,9 @@ class ManagerCore:
         self._failover_attempts = 0
         self._next_failover_id = 1
         self._drains: dict[str, _Drain] = {}
+        # Servers whose heartbeats say they are leaving, with the incarnation that said so
+        # (`_leaving_heard`); at most the live members.
+        self._leaving: dict[str, int] = {}
         self._risk_drained: set[str] = set()
         # Servers whose undrain is queued: a map reloaded before it commits still shows them
         # DRAINING, and must not hand the drain back to its owner.
@@ -350,8 +354,7 @@ class ManagerCore:
         # Sessions closed while the commit queue was full, oldest first: each is a session of the
         # map, so the queue holds at most as many ids as the map holds sessions.
         self._closes_waiting: OrderedDict[bytes, None] = OrderedDict()
-        self._repair_queued = False
-        self._repair_waiting = False
+        self._repair_queued = self._repair_waiting = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._held_maps = HeldMapRequests(hold_us=config.map_request_hold_ms * 1000)
@@ -513,15 +516,17 @@ class ManagerCore:
         an ACTIVE server of the map, already draining, or the commit queue is full. A server the
         risk policy marked DRAINING becomes the operator's drain (committed as the map entry's
         drain cause)."""
-        current = self.shard_map
         # A server the risk policy marked DRAINING: the operator's drain takes the mark over.
-        takes_over = (
-            server_id in self._risk_drained and self._map_state(server_id) is ServerState.DRAINING
-        )
-        if current is None or server_id in self._drains:
+        if not self._drainable(server_id):
             return False
-        if not (takes_over or self._is_active(server_id)):
+        if not self._start_drain(server_id):
             return False
+        self._advance(now_us)
+        return True
+
+    def _start_drain(self, server_id: str) -> bool:
+        """Queue the DRAINING mark of an operator's (or a leaving server's) drain; False when
+        the commit queue is full."""
         self._drains[server_id] = _Drain(server_id=server_id)
         change = Change(
             kind=MapChange.DRAIN_MARKED,
@@ -532,8 +537,17 @@ class ManagerCore:
         if not self._pipeline.submit(change):
             self._forget_drain(server_id)
             return False
-        self._advance(now_us)
         return True
+
+    def _drainable(self, server_id: str) -> bool:
+        """Whether `drain` would start a drain of `server_id` (an ACTIVE server of the map, or
+        one the risk policy marked DRAINING, not draining already)."""
+        if self.shard_map is None or server_id in self._drains:
+            return False
+        takes_over = (
+            server_id in self._risk_drained and self._map_state(server_id) is ServerState.DRAINING
+        )
+        return takes_over or self._is_active(server_id)
 
     def _operator_drain_marked(self, server_id: str, now_us: int) -> None:
         """The operator's drain is in the map: a risk mark it took over (or that committed ahead
@@ -1288,7 +1302,69 @@ class ManagerCore:
             self._try_readmit(message.server_id, now_us)
         elif outcome is HeartbeatOutcome.ACCEPTED:
             self._check_hearing(message.server_id, now_us)
-            self._assess_risk(message, now_us)
+            if message.leaving:
+                self._leaving_heard(message, source)
+            else:
+                self._assess_risk(message, now_us)
+
+    def _leaving_heard(self, message: messages.HeartbeatReported, source: NodeId) -> None:
+        """A server stopping on SIGTERM asks, in each heartbeat, to be drained first: its drain
+        starts (or starts again, after a full commit queue or an undrain), and it is told where
+        the drain stands (`DrainReported`), so that it stops once nothing is left to move."""
+        current = self.shard_map
+        if current is None:
+            return
+        server_id = message.server_id
+        started = self._drainable(server_id) and self._start_drain(server_id)
+        if self._leaving.get(server_id) != message.incarnation:
+            # Servers that stopped leaving (dead, forgotten, restarted) make room first.
+            for other in [s for s in self._leaving if not self._is_live(s)]:
+                del self._leaving[other]
+            self._leaving[server_id] = message.incarnation
+            self._emit(
+                ServerLeaving(
+                    server_id=server_id,
+                    incarnation=message.incarnation,
+                    drain_started=started,
+                    roles=self._roles_of(current, server_id)[0],
+                )
+            )
+        self._send(source, self._drain_report(current, server_id))
+
+    def _roles_of(self, current: ShardMap, server_id: str) -> tuple[int, int]:
+        """Roles (primary and replica) the map gives `server_id`, and how many are primaries;
+        none for a dead server or one the map does not list."""
+        if self._map_state(server_id) not in (ServerState.ACTIVE, ServerState.DRAINING):
+            return 0, 0
+        held = current.parts_for(server_id)
+        return len(held.primary) + len(held.replica), len(held.primary)
+
+    def _drain_report(self, current: ShardMap, server_id: str) -> messages.DrainReported:
+        roles, primaries = self._roles_of(current, server_id)
+        drain = self._drains.get(server_id)
+        waiting = 0
+        if drain is not None and drain.marked:
+            waiting = min(roles, drain.primaries_waiting + drain.replicas_waiting)
+        finished = (
+            drain is None
+            and roles == 0
+            and self._map_state(server_id) is not ServerState.ACTIVE
+            and not self._leads_handoff(server_id)
+        )
+        return messages.DrainReported(
+            map_version=current.version,
+            roles_left=roles,
+            primaries_left=primaries,
+            roles_waiting=waiting,
+            finished=finished,
+        )
+
+    def _leads_handoff(self, server_id: str) -> bool:
+        """Whether a handoff with `server_id` as its source runs, or a failover holds one that
+        fell back to it: the server may not stop without a failover yet."""
+        return any(
+            h.source == server_id for h in self._orchestrator.involving(server_id)
+        ) or self._failing_over_from(server_id)
 
     def excuse_stall(self, *, stalled_us: int, now_us: int) -> None:
         """Command verb: this process could not read its connections for `stalled_us` up to
@@ -2651,9 +2727,7 @@ class ManagerCore:
                 # drain is finished, and the server safe to stop, once none of its handoffs
                 # runs. Before, `forehand drain` said "drained" with the last one just started,
                 # and stopping the server then sent its parts through failover.
-                leading = any(
-                    h.source == server_id for h in self._orchestrator.involving(server_id)
-                ) or self._failing_over_from(server_id)
+                leading = self._leads_handoff(server_id)
             finished = remaining == 0 and not leading
             moved = max(drain.parts_moved, drain.parts_total - remaining)
             total = max(drain.parts_total, moved + remaining)

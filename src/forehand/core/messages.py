@@ -18,6 +18,7 @@ __all__ = [
     "superseded_incarnation",
     "superseded_reason",
     "ClusterMessageType",
+    "DrainReported",
     "FailoverPrepared",
     "HandoffAborted",
     "HandoffAssigned",
@@ -204,6 +205,10 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     newer: a fenced server cut off from the manager learns maps from a peer); the manager's
     not-hearing detection reads this one. -1 (absent): a sender before the field, whose maps
     all came from the manager, so `map_version` says it."""
+    leaving: bool = False
+    """The server is stopping (SIGTERM) and asks to be drained first: the manager drains it as
+    an operator's `drain` would, once, and answers each such heartbeat with `DrainReported`.
+    False from a sender before the field."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -296,6 +301,26 @@ class HandoffAssigned(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """A `forehand.wire` reason code."""
     deadline_ms: int
     """Time the participants have, from receipt, to finish steps 3 and 4."""
+
+
+class DrainReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Where the drain of a leaving server stands: the answer to each heartbeat of it that
+    says `leaving` (sent to no other server, so one that predates the message never gets one).
+    The server stops once `finished`, or once what is left has nowhere to go."""
+
+    map_version: int
+    """The manager's map version the counts are from."""
+    roles_left: int
+    """Roles (primary and replica) the map still gives the server."""
+    primaries_left: int
+    """Of them, the parts it still leads."""
+    roles_waiting: int
+    """Of them, roles no other server can take for now: primaries when no other server is
+    ACTIVE and alive, and replica roles that are their part's last live replica with every
+    eligible server already holding the part. They move once a server joins or is undrained."""
+    finished: bool
+    """True once the map gives the server nothing and none of its handoffs runs: it may stop
+    without a failover."""
 
 
 class FailoverPrepared(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -438,6 +463,7 @@ ClusterMessageType = (
     | HandoffAborted
     | MapPublished
     | HandoffAssigned
+    | DrainReported
     | FailoverPrepared
     | LogShipped
     | LogAcknowledged

@@ -21,6 +21,7 @@ import itertools
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -49,6 +50,7 @@ from forehand.core._server_events import (
     HandoffStepCompleted,
     HandoffStepMissed,
     InstallCause,
+    LeaveProgressed,
     LogEntryApplied,
     MapVersionAdopted,
     PartFenced,
@@ -66,6 +68,7 @@ from forehand.core._server_events import (
     ResumeAccepted,
     ResumeRejected,
     ServerEvent,
+    ServerLeft,
     ServerSuperseded,
     SnapshotInstalled,
     StaleEpochRefused,
@@ -77,6 +80,7 @@ from forehand.core._server_map import ServerMap, decode_published, endpoint_for
 from forehand.core._waiting import ParkedRead, WaitingReads
 from forehand.core.messages import (
     ANNOUNCED_PARTS_MAX,
+    DrainReported,
     FailoverPrepared,
     HandoffAborted,
     HandoffAssigned,
@@ -151,6 +155,10 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
+LEAVE_STUCK_MS = 2_000
+"""How long everything a leaving server still holds must have had nowhere to go (the manager's
+`DrainReported`: every role left is waiting) before it stops anyway (`ServerLeft`): a server
+that joins meanwhile takes the roles. `forehand drain` waits as long before its exit 3."""
 REPLICATION_STALL_HEARTBEATS = 3
 """Heartbeat intervals a part's oldest held `replicated` answer may wait with no progress before
 the server reports the stall (`ReplicatedWritesStalled`): 1.5 s at the default 500 ms."""
@@ -320,6 +328,7 @@ class ServerCore:
         self._path_buckets: dict[NodeId, int] = {}
         self._handoff_sequence = 0
         self._replay_cache = ReplayCache(entries_max=config.replay_cache_entries_max)
+        self._leave: _Leave | None = None
         self._announce()
 
     def _init_map_state(self) -> None:
@@ -486,6 +495,22 @@ class ServerCore:
         """Waiting reads parked until a write or their deadline answers them (not counted in
         `requests_waiting_count`: they wait for the application, not for this server)."""
         return len(self._waiting)
+
+    def leave(self, *, now_us: int) -> None:
+        """Command: this server is stopping (SIGTERM) and asks the manager to drain it first.
+        Every heartbeat from now on says `leaving` (the first goes at once); the manager drains
+        the server as an operator's drain would and answers each with `DrainReported`. The
+        server keeps serving meanwhile (forwarding, backups); `ServerLeft` says when it may
+        stop without a failover. Idempotent."""
+        if self._leave is not None:
+            return
+        self._leave = _Leave(started_us=now_us)
+        self._heartbeat_due_us = min(self._heartbeat_due_us, now_us)
+
+    @property
+    def leaving(self) -> bool:
+        """Whether `leave` was called."""
+        return self._leave is not None
 
     def answer_waiting_reads(self, *, now_us: int) -> None:
         """Answer every parked read "nothing yet" at once (the server is shutting down): each
@@ -2542,6 +2567,44 @@ class ServerCore:
 
     # The shard map.
 
+    def _on_drain_reported(self, message: DrainReported, source: NodeId, now_us: int) -> None:
+        """The manager's answer to a leaving heartbeat: where this server's drain stands."""
+        if source != self._config.manager_id:
+            self._violation(source, ErrorCode.UNAUTHENTICATED, "DrainReported from a peer")
+            return
+        leave = self._leave
+        if leave is None or leave.left:
+            # Not leaving, or told to stop already: nothing to do.
+            self._rare("drain-report-not-leaving")
+            return
+        counts = (message.roles_left, message.primaries_left, message.roles_waiting)
+        if counts != leave.counts:
+            leave.counts = counts
+            self._emit(
+                LeaveProgressed(
+                    node=self._me,
+                    roles_left=message.roles_left,
+                    primaries_left=message.primaries_left,
+                    roles_waiting=message.roles_waiting,
+                )
+            )
+        stuck = 0 < message.roles_left <= message.roles_waiting
+        if not stuck:
+            leave.stuck_us = None
+        elif leave.stuck_us is None:
+            leave.stuck_us = now_us
+        if message.finished or (
+            leave.stuck_us is not None and now_us - leave.stuck_us >= LEAVE_STUCK_MS * 1000
+        ):
+            leave.left = True
+            self._emit(
+                ServerLeft(
+                    node=self._me,
+                    roles_left=0 if message.finished else message.roles_left,
+                    primaries_left=0 if message.finished else message.primaries_left,
+                )
+            )
+
     def _on_map_published(self, message: MapPublished, source: NodeId, now_us: int) -> None:
         if source != self._config.manager_id:
             self._on_peer_map(message, source, now_us)
@@ -3047,6 +3110,7 @@ class ServerCore:
                 paths=self._paths.batch(count_max=self._config.heartbeat_paths_max, now_us=now_us),
                 renewed_sessions=self._renewed_batch(),
                 declared_parts=self._declared if self._declare_in_heartbeat else (),
+                leaving=self._leave is not None,
             ),
         )
         self._declare_in_heartbeat = False
@@ -3193,6 +3257,20 @@ def _holds_entry(part: Part, request_id: int, seq: int, epoch: int) -> bool:
     return entry is not None and entry.seq == seq and entry.epoch == epoch
 
 
+@dataclass(slots=True, kw_only=True)
+class _Leave:
+    """A leaving server (`ServerCore.leave`): where its drain stands."""
+
+    started_us: int
+    """When `leave` was called."""
+    counts: tuple[int, int, int] | None = None
+    """The last `DrainReported` counts: roles, primaries and roles waiting."""
+    stuck_us: int | None = None
+    """Since when every role left has had nowhere to go (None: something can move)."""
+    left: bool = False
+    """Whether `ServerLeft` was emitted."""
+
+
 _Handler = Callable[[ServerCore, Any, NodeId, int], None]
 
 
@@ -3215,6 +3293,7 @@ _DISPATCH: dict[type, _Handler] = {
     SnapshotShipped: ServerCore._on_snapshot_shipped,
     HandoffAssigned: ServerCore._on_handoff_assigned,
     FailoverPrepared: ServerCore._on_failover_prepared,
+    DrainReported: ServerCore._on_drain_reported,
     MapPublished: ServerCore._on_map_published,
     MapRequested: ServerCore._on_map_requested,
 }

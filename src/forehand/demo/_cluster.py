@@ -8,7 +8,8 @@ the configuration has no burner (`forehand up`). Every server listens on port 0,
 manager unless told otherwise, and writes the address it got to a ready file, so no port is
 guessed. Each runs in its own session (Ctrl-C reaches only the demo, which then stops
 them in order) with its log in the directory. `stop()` always ends every process it started:
-SIGTERM, a bounded wait, then SIGKILL, and a wait for each, by pid.
+SIGINT (a server stops at once, without the drain its SIGTERM starts), a bounded wait, then
+SIGKILL, and a wait for each, by pid.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class ClusterConfig:
     start_timeout_ms: int = 60_000
     """Starting the manager, then all servers until they are ACTIVE, takes at most this long."""
     stop_timeout_ms: int = 5_000
-    """After SIGTERM, a process has this long to exit before SIGKILL."""
+    """After SIGINT, a process has this long to exit before SIGKILL."""
 
     def __post_init__(self) -> None:
         if len(set(self.server_ids)) != len(self.server_ids) or not self.server_ids:
@@ -402,12 +403,13 @@ class DemoCluster:
         )
 
     def stop(self) -> None:
-        """End every process started: SIGTERM, a bounded wait, SIGKILL, and reap each one."""
+        """End every process started: SIGINT (a server's SIGTERM would first drain it onto
+        servers stopping too), a bounded wait, SIGKILL, and reap each one."""
         processes = list(reversed(self.processes()))
         for process in processes:
             if process.alive:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, signal.SIGTERM)
+                    os.kill(process.pid, signal.SIGINT)
         deadline_s = time.monotonic() + self.config.stop_timeout_ms / 1000
         for process in processes:
             remaining_s = max(0.0, deadline_s - time.monotonic())

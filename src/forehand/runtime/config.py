@@ -79,6 +79,8 @@ SERVER_IDENTITY_FIELDS = ("server_id", "incarnation", "address", "zone", "weight
 """ServerConfig fields the process sets itself from its top-level keys; not allowed in [core]."""
 WEIGHT_MIN = 0.001
 """Smallest relative capacity of a server (any manager's placement refuses less)."""
+LEAVE_TIMEOUT_MS_MAX = 3_600_000
+"""Longest `leave_timeout_ms` (an hour): a drain that takes longer is not a planned stop."""
 INTEGER_MAX = (1 << 63) - 1
 """Largest integer a configuration value may hold: counts and durations travel as signed 64-bit
 integers (msgpack, the store, numpy), so a larger one would fail far from the file that set it."""
@@ -316,6 +318,12 @@ class ServerProcessConfig:
     grows on every restart."""
     load_report_interval_ms: int = 500
     """How often the process samples its own CPU use and request rate for heartbeats, ms."""
+    leave_timeout_ms: int = 30_000
+    """On SIGTERM the server asks the manager to drain it, keeps serving while its parts are
+    handed off, and stops once the drain is done, or after this long (what is left then fails
+    over); 0 stops at once. SIGINT always stops at once. Give the process manager's stop
+    timeout (systemd's TimeoutStopSec, Kubernetes' terminationGracePeriodSeconds, `docker stop
+    -t`) a few seconds more than this."""
     ready_file: Path | None = None
     """Once listening, the process writes `host:port` here (for scripts and tests)."""
     log_level: str = "info"
@@ -349,6 +357,11 @@ class ServerProcessConfig:
             raise ConfigError(f"app must be module:attribute, got {self.app!r}")
         if self.incarnation < 0 or self.load_report_interval_ms < 1:
             raise ConfigError("incarnation must be >= 0 and load_report_interval_ms >= 1")
+        if not 0 <= self.leave_timeout_ms <= LEAVE_TIMEOUT_MS_MAX:
+            raise ConfigError(
+                f"leave_timeout_ms must be 0 (stop at once) to {LEAVE_TIMEOUT_MS_MAX},"
+                f" got {self.leave_timeout_ms}"
+            )
         if not -1 <= self.metrics_port < 65536:
             raise ConfigError(f"metrics_port must be -1 (off) to 65535, got {self.metrics_port}")
         # Written so that NaN, which compares false with everything, is refused too.

@@ -17,6 +17,7 @@ import enum
 import importlib
 import logging
 import random
+import signal
 import sys
 import time
 import traceback
@@ -78,6 +79,7 @@ _log = logging.getLogger("forehand.runtime.process")
 NOTABLE_EVENTS = frozenset(
     {
         "ServerJoined",
+        "ServerLeaving",
         "ServerSuspected",
         "ServerNotHearing",
         "ServersSilent",
@@ -617,8 +619,12 @@ async def run_server(
             config.app,
             ", ".join(parts),
         )
-        # The signals' stop (or the caller's), which a superseded server sets too.
-        stop, remove_signals = stop_event(stop)
+        # The caller's stop, or one that SIGINT sets, and SIGTERM once the server has left
+        # (`_Leave`); a superseded server sets it too.
+        leave = None
+        if stop is None:
+            stop = asyncio.Event()
+            leave = _Leave(driver, stop, config.server_id, config.leave_timeout_ms)
         superseded = _Superseded(stop)
         driver.subscribe(superseded)
         sampling = asyncio.get_running_loop().create_task(sampler.run())
@@ -627,7 +633,8 @@ async def run_server(
                 driver, listeners, config.ready_file, stop, None if ops is None else ops.start
             )
         finally:
-            remove_signals()
+            if leave is not None:
+                leave.close()
             if ops is not None:
                 await ops.close()
             sampling.cancel()
@@ -638,6 +645,93 @@ async def run_server(
     finally:
         for listener in listeners:
             await listener.close()
+
+
+class _Leave:
+    """SIGTERM stops the server the planned way: it asks the manager to drain it first
+    (`ServerCore.leave`), keeps serving while its parts are handed off, and stops once the
+    manager reports the drain finished (`ServerLeft`), so that its sessions move without a
+    failover. It stops anyway after `leave_timeout_ms` (0: at once, as SIGINT), and at SIGINT
+    or a second SIGTERM; what is left then fails over."""
+
+    def __init__(
+        self, driver: NodeDriver, stop: asyncio.Event, server_id: str, timeout_ms: int
+    ) -> None:
+        self._driver = driver
+        self._stop = stop
+        self._server_id = server_id
+        self._timeout_ms = timeout_ms
+        self._deadline: asyncio.TimerHandle | None = None
+        self._last: server_events.LeaveProgressed | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_signal_handler(signal.SIGTERM, self.terminate)
+        self._loop.add_signal_handler(signal.SIGINT, stop.set)
+        driver.subscribe(self)
+
+    def terminate(self) -> None:
+        """SIGTERM: leave, or stop at once when leaving is off or under way already."""
+        if self._timeout_ms <= 0 or self._deadline is not None or self._stop.is_set():
+            self._stop.set()
+            return
+        _log.info(
+            "%s leaving: its parts go to the other servers before it stops (at most %.0f s;"
+            " SIGINT or another SIGTERM stops it at once)",
+            self._server_id,
+            self._timeout_ms / 1000,
+        )
+        self._deadline = self._loop.call_later(self._timeout_ms / 1000, self._timed_out)
+        self._driver.command(_leave)
+
+    def _timed_out(self) -> None:
+        last = self._last
+        left = ""
+        if last is not None:
+            left = f" with {last.roles_left} role(s) left ({last.primaries_left} led)"
+        _log.warning(
+            "%s leaving: stopping after leave_timeout_ms (%d)%s; what is left fails over",
+            self._server_id,
+            self._timeout_ms,
+            left,
+        )
+        self._stop.set()
+
+    def __call__(self, event: object) -> None:
+        if isinstance(event, server_events.LeaveProgressed):
+            self._last = event
+            waiting = (
+                f", {event.roles_waiting} waiting for another server to take them"
+                if event.roles_waiting
+                else ""
+            )
+            _log.info(
+                "%s leaving: %d role(s) left, %d of them led%s",
+                self._server_id,
+                event.roles_left,
+                event.primaries_left,
+                waiting,
+            )
+        elif isinstance(event, server_events.ServerLeft):
+            if event.roles_left:
+                _log.warning(
+                    "%s leaving: %d role(s) (%d led) have nowhere to go; stopping with them",
+                    self._server_id,
+                    event.roles_left,
+                    event.primaries_left,
+                )
+            else:
+                _log.info("%s left: every part was handed off; stopping", self._server_id)
+            self._stop.set()
+
+    def close(self) -> None:
+        """Remove the signal handlers and the deadline."""
+        for number in (signal.SIGTERM, signal.SIGINT):
+            self._loop.remove_signal_handler(number)
+        if self._deadline is not None:
+            self._deadline.cancel()
+
+
+def _leave(core: ServerCore, now_us: int) -> None:
+    core.leave(now_us=now_us)
 
 
 class _Superseded:

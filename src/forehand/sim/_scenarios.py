@@ -17,6 +17,7 @@ from typing import Protocol
 
 from forehand.core import CoreDriver, NodeId, RiskPolicyKind
 from forehand.core import manager_events as me
+from forehand.core import server_events as se
 from forehand.core.messages import PartRef
 from forehand.sim._campaign import register_scenario
 from forehand.sim._cluster import (
@@ -49,6 +50,7 @@ __all__ = [
     "build_drain",
     "build_drain_one_way",
     "build_handoff",
+    "build_leave",
     "build_mix",
     "build_partition_mid_handoff",
     "PREDICTED_SCENARIO",
@@ -185,6 +187,44 @@ def build_drain(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     )
     cluster = SimCluster(seed, config)
     _at_busiest(cluster, "drain", _drain)
+    cluster.start()
+    return cluster
+
+
+LEAVE_SCENARIO = "leave"
+"""The scenario name of `build_leave` (not in the rotation)."""
+
+
+def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
+    """Five servers under steady load; the busiest one stops the planned way (SIGTERM): it
+    asks to be drained (`ServerCore.leave`), and its process exits at `ServerLeft`."""
+    config = ClusterConfig(
+        servers=5,
+        duration_us=PLANNED_AT_US + SETTLE_US,
+        waiting_read_share=waiting_read_share,
+    )
+    cluster = SimCluster(seed, config)
+    rng = cluster.sim.rng("scenario")
+
+    def leave() -> None:
+        chosen = _busiest(cluster, rng)
+        cluster.planned = chosen
+
+        def command(core: CoreDriver, now_us: int) -> None:
+            core.leave(now_us=now_us)  # type: ignore[attr-defined]
+
+        cluster.sim.command(chosen, command, label=f"leave {chosen}")
+
+    def left(node_id: NodeId, event: se.ServerLeft) -> None:
+        # The process exits: its connections close (not silent), it does not come back.
+        cluster.sim.call_at(
+            cluster.sim.now_us,
+            lambda: cluster.sim.crash(node_id, permanent=True),
+            label=f"{node_id} exits",
+        )
+
+    cluster.translator.on(se.ServerLeft, left)
+    cluster.sim.call_at(PLANNED_AT_US, leave, label="leave")
     cluster.start()
     return cluster
 
@@ -545,6 +585,11 @@ for _name, (_build, _description) in SCENARIOS.items():
     register_scenario(_name, _factory(_build), description=_description)
 # Not in the rotation (adding one would change what every seed of `all` runs): campaigns name
 # it, and tests/sim/test_seed_corpus.py runs a few of its seeds.
+register_scenario(
+    LEAVE_SCENARIO,
+    _factory(build_leave),
+    description="the busiest server stops the planned way (SIGTERM): drained, then it exits",
+)
 register_scenario(
     ONE_WAY_SCENARIO,
     _factory(build_drain_one_way),
