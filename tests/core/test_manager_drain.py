@@ -12,7 +12,13 @@ from forehand.core._manager_events import (
     MapCommitted,
     PartsUnreplicated,
 )
-from forehand.core.messages import HandoffAssigned, HandoffCompleted, PartRef
+from forehand.core.messages import (
+    HandoffAssigned,
+    HandoffCompleted,
+    LoadReport,
+    PartLoad,
+    PartRef,
+)
 from forehand.placement import PartKey, Placement, ServerState
 from forehand.wire import ReasonCode
 
@@ -81,6 +87,32 @@ def test_drain_marks_the_server_and_moves_every_role_away() -> None:
     assert {MapChange.DRAIN_MARKED, MapChange.HANDOFF_ASSIGNED} <= changes
     for ref in refs:
         assert "s2" not in harness.placement(ref).servers
+
+
+def test_a_drain_moves_the_busiest_primaries_first() -> None:
+    """The primaries the server reports busiest go first (a leave that times out fails over the
+    parts least in use); one part per handoff, one handoff at a time, so the order shows."""
+    harness, _ = cluster(handoffs_per_server_max=1, drain_handoff_parts_max=1)
+    drained = max(SERVERS, key=lambda server_id: len(harness.primaries(server_id)))
+    primaries = harness.primaries(drained)
+    assert len(primaries) >= 3
+    busiest = list(reversed(primaries))
+    harness.loads[drained] = LoadReport(
+        cpu_utilization=0.1,
+        queue_depth=0,
+        latency_us_p99=1_000,
+        error_ratio=0.0,
+        requests_per_second=10.0,
+        part_loads=tuple(
+            PartLoad(ref=ref, requests_per_second=float(len(busiest) - rank))
+            for rank, ref in enumerate(busiest)
+        ),
+    )
+    harness.tick(100, alive=SERVERS)
+    assert harness.manager.drain(drained, now_us=harness.router.now_us)
+    complete_handoffs(harness)
+    moved = [e.parts[0] for e in harness.events(HandoffStarted) if e.source == drained]
+    assert moved[: len(busiest)] == busiest
 
 
 def test_a_drain_is_finished_only_once_its_last_handoff_ended() -> None:
@@ -152,7 +184,7 @@ def test_a_drain_handoff_that_falls_back_to_failover_keeping_the_source_goes_on(
 
 def test_drain_respects_the_per_server_cap() -> None:
     """Never more than handoffs_per_server_max handoffs off the drained server at once."""
-    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    harness, _ = cluster(handoffs_per_server_max=1, drain_handoff_parts_max=1)
     harness.manager.drain("s1", now_us=harness.router.now_us)
     concurrency = complete_handoffs(harness, rounds=60)
     assert max(concurrency) <= 1
@@ -183,7 +215,7 @@ def test_a_draining_server_takes_no_new_parts_or_handoffs() -> None:
 
 def test_undrain_stops_the_drain() -> None:
     """undrain forgets queued moves and makes the server ACTIVE again."""
-    harness, _ = cluster(handoffs_per_server_max=1, handoff_parts_max=1)
+    harness, _ = cluster(handoffs_per_server_max=1, drain_handoff_parts_max=1)
     harness.manager.drain("s1", now_us=harness.router.now_us)
     harness.router.run()
     assert harness.manager.undrain("s1", now_us=harness.router.now_us)

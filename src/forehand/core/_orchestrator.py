@@ -375,8 +375,13 @@ class Orchestrator:
     ) -> list[MoveRequest]:
         batch = [first]
         avoid = capped | {first.source}
+        size = (
+            self._config.drain_handoff_parts_max
+            if first.origin is MoveOrigin.DRAIN
+            else self._config.handoff_parts_max
+        )
         for scanned, move in enumerate(list(self._moves.values())):
-            if len(batch) >= self._config.handoff_parts_max or scanned >= HANDOFF_SCAN_MOVES_MAX:
+            if len(batch) >= size or scanned >= HANDOFF_SCAN_MOVES_MAX:
                 break
             if move is first or move.source != first.source or move.reason != first.reason:
                 continue

@@ -2619,8 +2619,13 @@ class ManagerCore:
             if (waiting, replicas_waiting) != (drain.primaries_waiting, drain.replicas_waiting):
                 drain.primaries_waiting, drain.replicas_waiting = waiting, replicas_waiting
                 self._drain_progress((server_id,))
-            for key in held.primary:
-                ref = ref_of(key)
+            primaries = [ref_of(key) for key in held.primary]
+            member = self._membership.get(server_id)
+            if member is not None and member.load is not None and member.load.part_loads:
+                # The busiest first: should the server stop before its drain ends (a leave
+                # that timed out), the parts failed over are the ones least in use.
+                primaries = busiest_first(primaries, member.load.part_loads)
+            for ref in primaries:
                 if not self._orchestrator.is_moving(ref) and self._is_live(server_id):
                     self._orchestrator.request_move(
                         MoveRequest(
