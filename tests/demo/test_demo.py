@@ -52,7 +52,8 @@ def _run_directory(output: str) -> str:
 def test_short_demo_passes_with_no_failed_request(tmp_path: Path) -> None:
     """A shortened demo exits 0 with the final tables, a predicted handoff that failed no
     request, a measured failover, a rebalance onto the restarted server that failed no request,
-    no lost write, and every process stopped."""
+    a planned restart (SIGTERM) whose parts were handed off, no lost write, and every process
+    stopped."""
     summary_path = tmp_path / "summary.json"
     finished = subprocess.run(
         [
@@ -91,6 +92,11 @@ def test_short_demo_passes_with_no_failed_request(tmp_path: Path) -> None:
     assert summary["rebalance_parts_to_restarted"] > 0
     assert summary["rebalance_failed"] == 0
     assert "started again" in output and "rebalance:" in output
+    # The planned restart: SIGTERM, its parts handed off, it exited 0, and nothing failed.
+    leave = summary["leave"]
+    assert leave["exit_code"] == 0 and leave["failed_requests"] == 0
+    assert leave["parts"] > 0 and leave["parts_handed_off"] > 0
+    assert "(planned restart)" in output
     assert not _processes_mentioning(_run_directory(output))
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
 from forehand.demo import DemoSummary, Timeline, Verification, percentile, summarize
 from forehand.demo._load import CallRecord, HandoffRecord
+from forehand.demo._report import LeaveTimeline
 from forehand.runtime.client import HandoffEvent, HandoffEventKind
 from forehand.wire import ReasonCode
 
@@ -76,12 +78,13 @@ def run(
     *,
     verification: Verification = CLEAN,
     breach: float | None = 125.0,
+    timeline: Timeline = TIMELINE,
 ) -> DemoSummary:
     return summarize(
         calls=calls,
         handoffs=handoffs,
         breaches={"s2": breach, "s3": None},
-        timeline=TIMELINE,
+        timeline=timeline,
         verification=verification,
         request_count=len(calls),
         failed_count=sum(not c.ok for c in calls),
@@ -170,3 +173,54 @@ def test_failover_counts_relocations_to_a_live_primary() -> None:
     assert failover.failover_s == pytest.approx(2.5)
     assert failover.relocation_s_median == pytest.approx(2.25)
     assert (failover.parts_called, failover.parts_answered) == (1, 1)
+
+
+def test_the_planned_restart_counts_parts_handed_off_and_fails_on_a_failure_or_no_exit() -> None:
+    """After the SIGTERM of s4: its parts handed off and relocated are counted (moves before
+    the signal, or of other servers' parts, are not); a call that fails from the signal on, a
+    server that did not exit by itself or exited non-zero fails the run; its calls go to the
+    `planned restart` window, not the rebalance's."""
+    leave = LeaveTimeline(
+        server="s4",
+        parts=frozenset({(SESSION, "cart"), (OTHER, "auth"), (SESSION, "auth")}),
+        signalled_s=180.0,
+        exited_s=186.5,
+        exit_code=0,
+        restarted_s=189.0,
+    )
+    timeline = replace(
+        TIMELINE, restarted_s=165.0, rebalanced_s=166.0, rebalance_queued=5, leave=leave
+    )
+    handoffs = [
+        move(115.0, HandoffEventKind.COMPLETED),
+        move(179.0, HandoffEventKind.COMPLETED, source="s4", reason=ReasonCode.REBALANCE),
+        move(181.0, HandoffEventKind.COMPLETED, source="s4", parts=("cart", "auth")),
+        move(182.0, HandoffEventKind.RELOCATED, source="s4", parts=("auth",), session=OTHER),
+        move(183.0, HandoffEventKind.COMPLETED, source="s1", parts=("auth",), session=OTHER),
+    ]
+    calls = [call(105.0), call(170.0), call(181.0, 30.0), call(190.0)]
+    clean = run(calls, handoffs, timeline=replace(timeline, load_stopped_s=195.0))
+    assert clean.ok, clean.problems
+    moved = clean.leave
+    assert moved is not None
+    assert (moved.parts, moved.parts_handed_off, moved.parts_relocated) == (3, 2, 1)
+    assert moved.exit_s == pytest.approx(6.5)
+    by_name = {w.name: w for w in clean.windows}
+    assert (by_name["rebalance"].requests, by_name["planned restart"].requests) == (1, 2)
+    failed = run(
+        [*calls, call(184.0, ok=False)], handoffs, timeline=replace(timeline, load_stopped_s=195.0)
+    )
+    assert failed.problems == ("1 request(s) failed after the SIGTERM of s4",)
+    assert failed.rebalance_failed == 0
+    stuck = run(
+        calls,
+        handoffs,
+        timeline=replace(timeline, load_stopped_s=195.0, leave=replace(leave, exit_code=None)),
+    )
+    assert stuck.problems == ("s4 did not exit by itself after SIGTERM",)
+    status = run(
+        calls,
+        handoffs,
+        timeline=replace(timeline, load_stopped_s=195.0, leave=replace(leave, exit_code=3)),
+    )
+    assert status.problems == ("s4 exited with status 3 after SIGTERM",)

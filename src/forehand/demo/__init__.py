@@ -3,9 +3,10 @@
 `python -m forehand.demo` (or `forehand demo`) starts a manager and four servers as processes on
 127.0.0.1, runs 200 concurrent sessions of the cart example through the client SDK with a live
 view, degrades one server with a CPU burner that ramps up (the manager's risk input hands its
-parts off before it breaches its SLO), SIGKILLs another (reactive failover), and prints a report:
-requests, failures, latency per phase, handoffs with reasons and lead times, failover time and
-acknowledged writes lost. See `forehand.demo._main` for the timeline and the exit status.
+parts off before it breaches its SLO), SIGKILLs another (reactive failover), stops a third with
+SIGTERM (it hands its parts off, then exits) and prints a report: requests, failures, latency per
+phase, handoffs with reasons and lead times, failover time, the planned restart and acknowledged
+writes lost. See `forehand.demo._main` for the timeline and the exit status.
 """
 
 from __future__ import annotations

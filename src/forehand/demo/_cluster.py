@@ -392,6 +392,14 @@ class DemoCluster:
         await self._wait_ready(process, deadline_s)
         await self._wait_active(deadline_s)
 
+    def wait_server(self, server_id: str, timeout_s: float) -> int | None:
+        """Wait up to `timeout_s` for one server process to exit (blocking: run it in a
+        thread); its exit status, or None if it still runs."""
+        try:
+            return self.servers[server_id].popen.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     async def rebalance(self) -> AdminReply:
         """Ask the manager to even out the servers' primaries (planned handoffs)."""
         return await admin_request(

@@ -12,11 +12,14 @@
    replicas, and clients relocate its parts (reactive failover).
 6. Recover: start the killed server again (a new incarnation, holding nothing) and ask the
    manager for a rebalance, which hands it its share of the primaries by planned handoffs.
-7. Stop the load, read every cart back, print the report, stop every process.
+7. Planned restart: SIGTERM a third server, as a rolling deploy does. It asks the manager to
+   drain it, hands every part off, and exits by itself; it is then started again.
+8. Stop the load, read every cart back, print the report, stop every process.
 
-The run exits with status 1 when a request failed while predicted handoffs ran or while the
-rebalance ran, when no predicted handoff happened, when the rebalance moved nothing, or when an
-acknowledged write was lost; 2 when the cluster could not start; 0 otherwise.
+The run exits with status 1 when a request failed while predicted handoffs ran, while the
+rebalance ran or from the SIGTERM on, when no predicted handoff happened, when the rebalance
+moved nothing, when the server stopped with SIGTERM did not exit by itself with status 0, or
+when an acknowledged write was lost; 2 when the cluster could not start; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from forehand.demo._burner import BurnerConfig
 from forehand.demo._cluster import ClusterConfig, ClusterStartError, DemoCluster
 from forehand.demo._load import LoadConfig, LoadGenerator
 from forehand.demo._probe import ProbeConfig, ServerProbe
-from forehand.demo._report import PREDICTED_REASONS, DemoSummary, Timeline, print_report, summarize
+from forehand.demo._report import (
+    PREDICTED_REASONS,
+    DemoSummary,
+    LeaveTimeline,
+    Timeline,
+    print_report,
+    summarize,
+)
 from forehand.demo._view import ProcessCpu, ServerRow, Snapshot, View
 from forehand.errors import ConfigError
 from forehand.runtime.admin import AdminError, AdminReply
@@ -70,6 +80,9 @@ class DemoConfig:
     """The server whose CPU burner is started."""
     killed_server: str = "s3"
     """The server that is SIGKILLed."""
+    left_server: str = "s4"
+    """The server stopped the planned way (SIGTERM) at the end, then started again: a rolling
+    restart's step."""
     app_dir: Path = field(default_factory=Path.cwd)
     """Where `examples/cart` is imported from."""
     load: LoadConfig = field(default_factory=LoadConfig)
@@ -89,8 +102,13 @@ class DemoConfig:
     after_s: float = 12.0
     """After the failover window, until the killed server is started again."""
     rebalance_s: float = 10.0
-    """After the restarted server rejoined and the rebalance was asked for, until the load
-    stops."""
+    """After the restarted server rejoined and the rebalance was asked for, until the SIGTERM
+    of `left_server`."""
+    after_leave_s: float = 4.0
+    """After the server stopped with SIGTERM is ACTIVE again, until the load stops."""
+    leave_wait_s: float = 45.0
+    """How long the server stopped with SIGTERM may take to exit (its own bound,
+    `leave_timeout_ms`, is 30 s)."""
     overload_latency_ms: float = 60.0
     """The manager's risk input: a server reporting a p99 request latency or event-loop lag
     (`latency_us_p99`, `loop_lag_us_p99`) above this has its parts moved away. Well under the
@@ -130,6 +148,8 @@ class DemoConfig:
             raise ConfigError("the degraded and the killed server must be among server_ids")
         if self.degraded_server == self.killed_server:
             raise ConfigError("the degraded and the killed server must differ")
+        if self.left_server not in self.server_ids:
+            raise ConfigError("the server stopped with SIGTERM must be among server_ids")
 
     def scaled(self, factor: float) -> DemoConfig:
         """The same run with every phase `factor` times as long (failover windows kept long
@@ -146,6 +166,7 @@ class DemoConfig:
             failover_window_s=max(detection_s, self.failover_window_s * factor),
             after_s=max(3.0, self.after_s * factor),
             rebalance_s=max(6.0, self.rebalance_s * factor),
+            after_leave_s=max(2.0, self.after_leave_s * factor),
         )
 
     def cluster_config(self) -> ClusterConfig:
@@ -379,6 +400,8 @@ class _Run:
         rebalanced_s = self.now()
         self.event(f"rebalance: {queued} part(s) queued for planned handoffs")
         await self.phase_for("rebalancing", config.rebalance_s)
+        leave = await self._planned_restart(config.left_server)
+        await self.phase_for("after the planned restart", config.after_leave_s)
         await load.stop()
         load_stopped_s = self.now()
         self.event("load stopped; reading every cart back")
@@ -395,6 +418,48 @@ class _Run:
             restarted_s=restarted_s,
             rebalanced_s=rebalanced_s,
             rebalance_queued=queued,
+            leave=leave,
+        )
+
+    async def _planned_restart(self, server_id: str) -> LeaveTimeline:
+        """SIGTERM `server_id`: it asks to be drained, hands its parts off and exits; then
+        start it again, as a rolling restart does."""
+        load = self.load
+        assert load is not None
+        parts = load.parts_on(server_id)
+        signalled_s = self.now()
+        self.cluster.signal_server(server_id, signal.SIGTERM)
+        self.event(f"SIGTERM {server_id}: it hands its parts off, then exits")
+        self.phase = f"{server_id} leaving (SIGTERM)"
+        exited = asyncio.ensure_future(
+            asyncio.to_thread(self.cluster.wait_server, server_id, self.config.leave_wait_s)
+        )
+        while not exited.done():
+            await asyncio.wait({exited}, timeout=TICK_S)
+            self.tick()
+        code = await exited
+        exited_s = self.now()
+        if code is None:
+            self.event(f"{server_id} still runs {self.config.leave_wait_s:.0f} s after SIGTERM")
+            self.cluster.kill_server(server_id, now_s=exited_s)
+        else:
+            self.event(f"{server_id} exited (status {code}) {exited_s - signalled_s:.1f} s later")
+        self.phase = f"restarting {server_id}"
+        restart = asyncio.create_task(self.cluster.restart_server(server_id))
+        while not restart.done():
+            await asyncio.wait({restart}, timeout=TICK_S)
+            self.tick()
+        await restart
+        await self.probes[server_id].stop()
+        self._watch(server_id)
+        self.event(f"{server_id} started again: ACTIVE")
+        return LeaveTimeline(
+            server=server_id,
+            parts=parts,
+            signalled_s=signalled_s,
+            exited_s=exited_s,
+            exit_code=code,
+            restarted_s=self.now(),
         )
 
     async def _rebalance(self) -> int:

@@ -10,7 +10,8 @@ breach times, the timeline of what it did), after the run; nothing is estimated.
 | after degrade | the burner stops | SIGKILL |
 | failover | SIGKILL | `failover_window_s` later |
 | after failover | then | the rebalance is asked for (the killed server started again first) |
-| rebalance | the rebalance is asked for | the load stops |
+| rebalance | the rebalance is asked for | SIGTERM of the server stopped the planned way |
+| planned restart | SIGTERM (it hands its parts off, exits, and is started again) | the load stops |
 
 A call belongs to the window in which it started. A *predicted handoff* is a handoff whose
 reason came from the manager's risk input (OVERLOAD or PREDICTED_FAILURE); its lead time is the
@@ -20,7 +21,10 @@ may run from the degradation until the crash, so a call that started in that spa
 fails the demo. The failover time is the time from the SIGKILL until the clients knew a live
 primary for the last of the killed server's primary parts. The rebalance hands the restarted
 server its share by planned handoffs (reason REBALANCE): a call that started while it ran and
-failed fails the demo, and so does a rebalance that queued nothing.
+failed fails the demo, and so does a rebalance that queued nothing. The planned restart is a
+rolling restart's step: SIGTERM makes the server hand its parts off before it exits (its
+leave), then it is started again; a call that started from the SIGTERM on and failed fails the
+demo, and so does a server that did not exit by itself, or exited with a non-zero status.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = [
     "DemoSummary",
     "FailoverSummary",
     "HandoffGroup",
+    "LeaveSummary",
+    "LeaveTimeline",
     "Timeline",
     "WindowStats",
     "percentile",
@@ -64,6 +70,24 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveTimeline:
+    """The planned restart: SIGTERM, exit, start again (loop times, seconds)."""
+
+    server: str
+    """The server stopped with SIGTERM."""
+    parts: frozenset[tuple[bytes, str]]
+    """(session id, part) of the parts whose primary it was at the SIGTERM."""
+    signalled_s: float
+    """SIGTERM was sent."""
+    exited_s: float
+    """It exited (or the demo gave up waiting and killed it)."""
+    exit_code: int | None
+    """Its exit status; None when it did not exit by itself."""
+    restarted_s: float
+    """It was ACTIVE again."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +118,8 @@ class Timeline:
     """The rebalance was asked for, if it was."""
     rebalance_queued: int = 0
     """Parts the rebalance queued for planned handoffs."""
+    leave: LeaveTimeline | None = None
+    """The planned restart, if there was one."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,6 +191,27 @@ class FailoverSummary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveSummary:
+    """The planned restart: how the parts of the server stopped with SIGTERM moved."""
+
+    server: str
+    """The server."""
+    parts: int
+    """Parts whose primary it was at the SIGTERM."""
+    parts_handed_off: int
+    """Of those, parts the clients completed a handoff of (HANDOFF, then RESUME_OK)."""
+    parts_relocated: int
+    """Of those, parts the clients learned the new primary of otherwise (after a lost
+    connection, a REDIRECT, or a newer map)."""
+    exit_s: float
+    """From the SIGTERM to its exit."""
+    exit_code: int | None
+    """Its exit status; None when it did not exit by itself."""
+    failed_requests: int
+    """Calls started from the SIGTERM on that failed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DemoSummary:
     """The whole report, and its verdict."""
 
@@ -191,6 +238,8 @@ class DemoSummary:
     """Of those, parts handed to the restarted server."""
     rebalance_failed: int = 0
     """Calls that started while the rebalance ran and failed."""
+    leave: LeaveSummary | None = None
+    """The planned restart, if there was one."""
     verification: Verification
     """Acknowledged writes read back."""
     errors: tuple[tuple[str, int], ...]
@@ -215,10 +264,17 @@ def _windows(timeline: Timeline) -> list[tuple[str, float, float]]:
     ]
     if t.rebalanced_s is None:
         return [*windows, ("after failover", failover_end_s, t.load_stopped_s)]
+    if t.leave is None:
+        return [
+            *windows,
+            ("after failover", failover_end_s, t.rebalanced_s),
+            ("rebalance", t.rebalanced_s, t.load_stopped_s),
+        ]
     return [
         *windows,
         ("after failover", failover_end_s, t.rebalanced_s),
-        ("rebalance", t.rebalanced_s, t.load_stopped_s),
+        ("rebalance", t.rebalanced_s, t.leave.signalled_s),
+        ("planned restart", t.leave.signalled_s, t.load_stopped_s),
     ]
 
 
@@ -315,6 +371,42 @@ def _failover(
     )
 
 
+def _leave(
+    calls: Sequence[CallRecord], handoffs: Sequence[HandoffRecord], timeline: Timeline
+) -> LeaveSummary | None:
+    leave = timeline.leave
+    if leave is None:
+        return None
+    handed_off: set[tuple[bytes, str]] = set()
+    relocated: set[tuple[bytes, str]] = set()
+    for record in handoffs:
+        event = record.event
+        if record.at_s < leave.signalled_s or event.source != leave.server:
+            continue
+        if event.kind is HandoffEventKind.COMPLETED:
+            found = handed_off
+        elif event.kind in _RELOCATING:
+            found = relocated
+        else:
+            continue
+        found.update(
+            (event.session_id, part)
+            for part in event.parts
+            if (event.session_id, part) in leave.parts
+        )
+    return LeaveSummary(
+        server=leave.server,
+        parts=len(leave.parts),
+        parts_handed_off=len(handed_off),
+        parts_relocated=len(relocated - handed_off),
+        exit_s=leave.exited_s - leave.signalled_s,
+        exit_code=leave.exit_code,
+        failed_requests=sum(
+            1 for call in calls if call.started_s >= leave.signalled_s and not call.ok
+        ),
+    )
+
+
 _RELOCATING = frozenset(
     {HandoffEventKind.RELOCATED, HandoffEventKind.REDIRECTED, HandoffEventKind.MOVED}
 )
@@ -351,10 +443,13 @@ def summarize(
     rebalanced = [group for group in groups if group.reason is ReasonCode.REBALANCE]
     rebalance_failed = 0
     if timeline.rebalanced_s is not None:
+        rebalance_end_s = (
+            timeline.load_stopped_s if timeline.leave is None else timeline.leave.signalled_s
+        )
         rebalance_failed = sum(
             1
             for call in calls
-            if timeline.rebalanced_s <= call.started_s < timeline.load_stopped_s and not call.ok
+            if timeline.rebalanced_s <= call.started_s < rebalance_end_s and not call.ok
         )
     problems = []
     if predicted == 0:
@@ -365,6 +460,16 @@ def summarize(
         problems.append(f"the rebalance queued nothing for the restarted {timeline.killed_server}")
     if rebalance_failed:
         problems.append(f"{rebalance_failed} request(s) failed while the rebalance ran")
+    leave = _leave(calls, handoffs, timeline)
+    if leave is not None:
+        if leave.exit_code is None:
+            problems.append(f"{leave.server} did not exit by itself after SIGTERM")
+        elif leave.exit_code:
+            problems.append(f"{leave.server} exited with status {leave.exit_code} after SIGTERM")
+        if leave.failed_requests:
+            problems.append(
+                f"{leave.failed_requests} request(s) failed after the SIGTERM of {leave.server}"
+            )
     if verification.lost:
         problems.append(f"{verification.lost} acknowledged replicated write(s) were lost")
     return DemoSummary(
@@ -381,6 +486,7 @@ def summarize(
             group.parts for group in rebalanced if group.target == timeline.killed_server
         ),
         rebalance_failed=rebalance_failed,
+        leave=leave,
         verification=verification,
         errors=tuple(errors.most_common(ERRORS_LISTED_MAX)),
         problems=tuple(problems),
@@ -472,6 +578,7 @@ def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -
         f"{failover.parts_answered} of the {failover.parts_called} called since answered; "
         f"{failover.failed_requests} failed request(s) in the failover window",
         *_rebalance_lines(summary, timeline),
+        *_leave_lines(summary, timeline),
         f"acknowledged writes lost: {verification.lost} of {verification.acknowledged} "
         f"(cart, replicated; {verification.unreadable_sessions} cart(s) unreadable)",
     ]
@@ -484,6 +591,21 @@ def _print_outcome(summary: DemoSummary, timeline: Timeline, console: Console) -
     else:
         for problem in summary.problems:
             console.print(f"[bold red]DEMO FAILED[/]: {problem}")
+
+
+def _leave_lines(summary: DemoSummary, timeline: Timeline) -> list[str]:
+    leave, moved = timeline.leave, summary.leave
+    if leave is None or moved is None:
+        return []
+    origin_s = timeline.load_started_s
+    status = "did not exit by itself" if moved.exit_code is None else f"status {moved.exit_code}"
+    return [
+        f"SIGTERM {moved.server} at {leave.signalled_s - origin_s:.1f} s (planned restart): "
+        f"{moved.parts_handed_off} of its {moved.parts} primary parts handed off, "
+        f"{moved.parts_relocated} relocated; it exited {moved.exit_s:.1f} s after the signal "
+        f"({status}) and was ACTIVE again at {leave.restarted_s - origin_s:.1f} s; "
+        f"{moved.failed_requests} failed request(s) since the SIGTERM"
+    ]
 
 
 def _rebalance_lines(summary: DemoSummary, timeline: Timeline) -> list[str]:
