@@ -26,6 +26,7 @@ from forehand.core._client_map import (
 from forehand.core._client_session import RouteState
 from forehand.core._pool import ConnectionState
 from forehand.wire import (
+    Endpoint,
     Handoff,
     HandoffFlag,
     HandoffState,
@@ -758,3 +759,33 @@ def test_a_deferred_call_whose_part_is_handed_off_first_goes_to_the_target_only(
     h.client.send_deferred(now_us=h.now_us)
     h.drain()
     assert h.take(Request) == []
+
+
+def test_a_handoff_to_a_known_server_at_a_new_address_dials_the_new_one() -> None:
+    """A restarted server may listen elsewhere (another port, or host): a HANDOFF of a newer map
+    version than the one the client learned the target at, naming it at another address, is
+    followed to the new address (the target still proves its id with its certificate), where
+    the client used to dial the old one, fail, and ask the manager. An answer of an older
+    version naming the old address does not bring it back."""
+    h = Harness()
+    session = session_on_s1(h)
+    assert h.client.endpoint("s2") == endpoint("s2")
+    moved = Endpoint(server_id="s2", host="s2.example", port=5544)
+    h.feed("s1", msgspec.structs.replace(handoff(session), targets=(moved,)))
+    assert h.client.endpoint("s2") == moved
+    assert "endpoint-readdressed" in [e.name for e in h.of(RarePathTaken)]
+    assert status_states(h, "s1") == [HandoffState.ACCEPTED]
+    h.feed(MANAGER, client_answer((session, placement("cart", "s2", "s1")), map_version=5))
+    assert h.client.endpoint("s2") == moved
+    h.feed(MANAGER, client_answer((session, placement("cart", "s2", "s1")), map_version=8))
+    assert h.client.endpoint("s2") == endpoint("s2")
+
+
+def test_a_handoff_of_an_older_version_does_not_readdress_a_server() -> None:
+    """A HANDOFF whose map version is not newer than the one the target was learned at leaves
+    its address as it was (it is ignored as stale besides)."""
+    h = Harness()
+    session = session_on_s1(h)
+    moved = Endpoint(server_id="s2", host="elsewhere.example", port=1)
+    h.feed("s1", msgspec.structs.replace(handoff(session, map_version=5), targets=(moved,)))
+    assert h.client.endpoint("s2") == endpoint("s2")

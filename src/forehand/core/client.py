@@ -301,7 +301,11 @@ class ClientCore:
         unanswered (one per key at a time: RESUME_OK and RESUME_REJECT name no request): sent
         once every RESUME there is answered (`_unpark`). At most one per HANDOFF of a held
         session."""
-        self._endpoints: dict[NodeId, Endpoint] = {}
+        # The servers the client trusts (from the manager's placements), each with the map
+        # version its endpoint was learned at: a placement, HANDOFF or REDIRECT of a newer
+        # version that names another address for the server replaces it (a restarted server
+        # may listen elsewhere), an older one does not.
+        self._endpoints: dict[NodeId, tuple[Endpoint, int]] = {}
         self._locating: dict[tuple[bytes, str], None] = {}
         self._closing: dict[NodeId, int] = {}
         self._bound: dict[NodeId, set[bytes]] = {}
@@ -515,7 +519,8 @@ class ClientCore:
 
     def endpoint(self, server: NodeId) -> Endpoint | None:
         """Where `server` listens, as placements told the client; the runtime connects there."""
-        return self._endpoints.get(server)
+        known = self._endpoints.get(server)
+        return None if known is None else known[0]
 
     def path_stats(self) -> dict[NodeId, PathStats]:
         """RTT statistics per server measured with PING/PONG (bounded samples)."""
@@ -801,7 +806,8 @@ class ClientCore:
         return route
 
     def _endpoint_or_bare(self, server: NodeId) -> Endpoint:
-        return self._endpoints.get(server) or endpoint_from_address(server, "")
+        known = self._endpoints.get(server)
+        return endpoint_from_address(server, "") if known is None else known[0]
 
     def _check_request_fits(
         self, session_id: bytes, route: PartRoute, op: str, payload: bytes
@@ -920,15 +926,28 @@ class ClientCore:
                 )
             )
 
-    def _remember(self, endpoint: Endpoint) -> None:
-        """Trust `endpoint` as a cluster member (it came from the manager's placements)."""
-        if (
-            endpoint.server_id in self._endpoints
-            or len(self._endpoints) < self._config.known_servers_max
+    def _remember(self, endpoint: Endpoint, map_version: int) -> None:
+        """Trust `endpoint` as a cluster member (it came from the manager's placements of
+        `map_version`), unless a newer version named the server at another address."""
+        server_id = endpoint.server_id
+        if server_id not in self._endpoints and len(self._endpoints) >= (
+            self._config.known_servers_max
         ):
-            self._endpoints[endpoint.server_id] = endpoint
-        else:
             self._rare("known-servers-full")
+        elif server_id not in self._endpoints or map_version >= self._endpoints[server_id][1]:
+            self._endpoints[server_id] = (endpoint, map_version)
+
+    def _readdress(self, targets: tuple[Endpoint, ...], map_version: int) -> None:
+        """A HANDOFF or REDIRECT of `map_version` from a server names `targets`, each a known
+        server: one whose address differs from the one known, learned at an older version, is
+        dialled at the new one (a restarted server on another port or host; before, the client
+        dialled the old address, failed, and asked the manager). The target still has to prove
+        its id with its certificate."""
+        for target in targets:
+            known = self._endpoints.get(target.server_id)
+            if known is not None and known[0] != target and map_version > known[1]:
+                self._endpoints[target.server_id] = (target, map_version)
+                self._rare("endpoint-readdressed")
 
     def _new_session(
         self,
@@ -941,9 +960,9 @@ class ClientCore:
         session = Session(session_id, credential=credential)
         self._renew_at(session_id, now_us + self._renew_interval_us())
         for placement in placements:
-            self._remember(placement.primary)
+            self._remember(placement.primary, map_version)
             for replica in placement.replicas:
-                self._remember(replica)
+                self._remember(replica, map_version)
             session.parts[placement.part] = PartRoute(
                 placement.part,
                 primary=placement.primary.server_id,
@@ -1696,6 +1715,7 @@ class ClientCore:
                 # A target the client cannot vouch for: ask the manager instead.
                 self._lose_part(session, route, RouteTrigger.NOT_SERVED, now_us)
                 return
+            self._readdress(frame.targets, frame.map_version)
             route.adopt(
                 primary=frame.targets[0].server_id,
                 backups=tuple(t.server_id for t in frame.targets[1:]),
@@ -1887,7 +1907,7 @@ class ClientCore:
                 self._shard_map = view.shard_map
             self._adopt_map_version(frame.map_version)
             for endpoint in view.endpoints():
-                self._remember(endpoint)
+                self._remember(endpoint, frame.map_version)
             # A list of placements speaks only for the sessions it names, and "unchanged" only
             # for those vouched for: the others are skipped (at 30,000 sessions, applying every
             # answer to every part took half a second an answer).
@@ -2169,6 +2189,7 @@ class ClientCore:
         return None
 
     def _accept_handoff(self, frame: Handoff, source: NodeId, now_us: int) -> None:
+        self._readdress(frame.targets, frame.map_version)
         session = self._sessions[frame.session_id]
         versions = {part: session.parts[part].map_version for part in frame.parts}
         versions.update(self._supersede(frame))

@@ -330,7 +330,8 @@ class ManagerCore:
         self._next_failover_id = 1
         self._drains: dict[str, _Drain] = {}
         # Servers whose heartbeats say they are leaving, with the incarnation that said so
-        # (`_leaving_heard`); at most the live members.
+        # (`_leaving_heard`): each time one starts leaving, those no longer live are forgotten,
+        # so at most the members and one more.
         self._leaving: dict[str, int] = {}
         self._risk_drained: set[str] = set()
         # Servers whose undrain is queued: a map reloaded before it commits still shows them
