@@ -142,6 +142,34 @@ def test_a_server_whose_credentials_outlive_the_session_expiry_is_told_why(
     assert harness.manager.membership.get("s2") is None
 
 
+@pytest.mark.parametrize(("interval_ms", "joins"), [(0, True), (1_500, True), (1_501, False)])
+def test_a_server_that_heartbeats_too_rarely_is_told_why(interval_ms: int, joins: bool) -> None:
+    """A heartbeat interval above half the manager's `failure_timeout_ms` (3 s) would have one
+    late heartbeat declare the server dead and fail over its parts, again and again: refused,
+    both settings named; at half, or not said (0), it joins."""
+    harness = ManagerHarness(failure_timeout_ms=3_000)
+    announce = ServerAnnounced(
+        server_id="s2",
+        incarnation=1,
+        address="x",
+        zone="z",
+        weight=1.0,
+        heartbeat_interval_ms=interval_ms,
+    )
+    harness.router.send("s2", MANAGER, announce)
+    errors = harness.take("s2", Error)
+    if joins:
+        assert errors == []
+        assert harness.manager.membership.get("s2") is not None
+        return
+    (error,) = errors
+    assert (
+        "heartbeat_interval_ms of 's2' (1501) must be at most half the manager's "
+        "failure_timeout_ms (3000)" in error.reason
+    )
+    assert harness.manager.membership.get("s2") is None
+
+
 def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:
     """The credential check runs on ServerAnnounced, which a server sends only while it holds
     no map: a manager that starts or takes over with a shorter `session_expiry_ms` keeps the

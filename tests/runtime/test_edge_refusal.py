@@ -1,7 +1,8 @@
 """A server the manager can never admit is told why, and both logs say it.
 
 A manager refuses a server whose announced weight or zone breaks its placement bounds (the map
-could never hold it), or whose credentials would outlive the manager's session expiry. Before
+could never hold it), whose credentials would outlive the manager's session expiry, or whose
+heartbeats are too rare for its failure timeout. Before
 the first, the join failed inside the manager and was retried in silence: the server listened,
 nobody logged anything, and it never joined. Real processes, real TLS.
 """
@@ -42,6 +43,11 @@ def free_port() -> int:
             "core.credential_lifetime_ms=172800000",
             "bad ServerAnnounced: credential_lifetime_ms of 's1' (172800000) must be below the "
             "manager's session_expiry_ms (172800000)",
+        ),
+        (
+            "core.heartbeat_interval_ms=1600",
+            "bad ServerAnnounced: heartbeat_interval_ms of 's1' (1600) must be at most half the "
+            "manager's failure_timeout_ms (3000)",
         ),
     ],
 )

@@ -1220,6 +1220,7 @@ class ManagerCore:
                 ),
             )
             self._check_credential_lifetime(message)
+            self._check_heartbeat_interval(message)
             _check_declared_parts(message.parts)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
@@ -1266,6 +1267,20 @@ class ManagerCore:
                 f"credential_lifetime_ms of {message.server_id!r} ({lifetime_ms}) must be "
                 f"below the manager's session_expiry_ms ({expiry_ms}), or sessions would "
                 "expire while their credentials are still valid"
+            )
+
+    def _check_heartbeat_interval(self, message: messages.ServerAnnounced) -> None:
+        """A server that heartbeats less often than twice per `failure_timeout_ms` would be
+        declared dead at a single late heartbeat, and fail over everything it leads, again and
+        again: refused, saying so, rather than joined (0, a sender before the field: not
+        checked)."""
+        interval_ms = message.heartbeat_interval_ms
+        failure_ms = self._config.failure_timeout_ms
+        if 2 * interval_ms > failure_ms:
+            raise LocalProtocolError(
+                f"heartbeat_interval_ms of {message.server_id!r} ({interval_ms}) must be at most "
+                f"half the manager's failure_timeout_ms ({failure_ms}), or one late heartbeat "
+                "would have the server declared dead and its parts failed over"
             )
 
     def _on_heartbeat(

@@ -171,6 +171,10 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The part names this server's app declares (at most `ANNOUNCED_PARTS_MAX`), so that the
     manager can refuse an OPEN_SESSION naming a part no server serves; empty: not said (a
     sender before the field, or an app of more parts than the bound)."""
+    heartbeat_interval_ms: int = 0
+    """How often this server heartbeats (`ServerConfig`), so the manager can refuse a server
+    that would be declared dead between two heartbeats; 0 from a sender before the field (not
+    checked)."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

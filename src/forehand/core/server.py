@@ -367,6 +367,7 @@ class ServerCore:
                 weight=config.weight,
                 credential_lifetime_ms=config.credential_lifetime_ms,
                 parts=self._declared,
+                heartbeat_interval_ms=config.heartbeat_interval_ms,
             ),
         )
 
