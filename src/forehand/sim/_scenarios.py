@@ -90,9 +90,12 @@ PREDICTED_SCENARIO = "predicted"
 """The scenario of a predicted overload (outside `all`: it runs for minutes of simulated time)."""
 
 
-def build_mix(seed: int, mix: FaultMix, *, waiting_read_share: float = 0.0) -> SimCluster:
+def build_mix(
+    seed: int, mix: FaultMix, *, waiting_read_share: float = 0.0, leave: bool = False
+) -> SimCluster:
     """Four servers under load, with one to three faults drawn from `mix` (none for `steady`)
-    and an operator's rebalance among them."""
+    and an operator's rebalance among them; with `leave`, a server drawn by the seed also stops
+    the planned way (SIGTERM) at a drawn time while the faults run."""
     heal_us = 0 if mix is FaultMix.NONE else FAULTS_HEAL_US
     config = ClusterConfig(
         servers=4,
@@ -117,6 +120,10 @@ def build_mix(seed: int, mix: FaultMix, *, waiting_read_share: float = 0.0) -> S
         )
         cluster.sim.apply_fault_plan(plan)
         _rebalance_during(cluster)
+        if leave:
+            rng = cluster.sim.rng("leave")
+            chosen = rng.choice(cluster.server_ids)
+            _leave_at(cluster, rng.randrange(FAULTS_START_US, FAULTS_HEAL_US), lambda: chosen)
     cluster.start()
     return cluster
 
@@ -193,6 +200,8 @@ def build_drain(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
 
 LEAVE_SCENARIO = "leave"
 """The scenario name of `build_leave` (not in the rotation)."""
+LEAVE_FAULTS_SCENARIO = "leave-faults"
+"""A mixed fault plan with a leave among the faults (not in the rotation)."""
 
 
 def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
@@ -205,9 +214,17 @@ def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
     )
     cluster = SimCluster(seed, config)
     rng = cluster.sim.rng("scenario")
+    _leave_at(cluster, PLANNED_AT_US, lambda: _busiest(cluster, rng))
+    cluster.start()
+    return cluster
+
+
+def _leave_at(cluster: SimCluster, at_us: int, choose: Callable[[], NodeId]) -> None:
+    """At `at_us`, the server `choose()` names stops the planned way: `ServerCore.leave`, and
+    its process exits (a permanent crash that closes its connections) at `ServerLeft`."""
 
     def leave() -> None:
-        chosen = _busiest(cluster, rng)
+        chosen = choose()
         cluster.planned = chosen
 
         def command(core: CoreDriver, now_us: int) -> None:
@@ -216,7 +233,6 @@ def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
         cluster.sim.command(chosen, command, label=f"leave {chosen}")
 
     def left(node_id: NodeId, event: se.ServerLeft) -> None:
-        # The process exits: its connections close (not silent), it does not come back.
         cluster.sim.call_at(
             cluster.sim.now_us,
             lambda: cluster.sim.crash(node_id, permanent=True),
@@ -224,9 +240,7 @@ def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
         )
 
     cluster.translator.on(se.ServerLeft, left)
-    cluster.sim.call_at(PLANNED_AT_US, leave, label="leave")
-    cluster.start()
-    return cluster
+    cluster.sim.call_at(at_us, leave, label="leave")
 
 
 def build_handoff(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
@@ -585,6 +599,11 @@ for _name, (_build, _description) in SCENARIOS.items():
     register_scenario(_name, _factory(_build), description=_description)
 # Not in the rotation (adding one would change what every seed of `all` runs): campaigns name
 # it, and tests/sim/test_seed_corpus.py runs a few of its seeds.
+register_scenario(
+    LEAVE_FAULTS_SCENARIO,
+    _factory(lambda seed: build_mix(seed, FaultMix.MIXED, leave=True)),
+    description="every kind of fault, and a server drawn by the seed stops the planned way",
+)
 register_scenario(
     LEAVE_SCENARIO,
     _factory(build_leave),
