@@ -170,6 +170,31 @@ def test_a_server_that_heartbeats_too_rarely_is_told_why(interval_ms: int, joins
     assert harness.manager.membership.get("s2") is None
 
 
+@pytest.mark.parametrize(
+    ("manager", "server", "joins"),
+    [("tls", "tls", True), ("tls", "", True), ("", "quic", True), ("tls", "quic", False)],
+)
+def test_a_server_of_another_transport_than_the_clients_is_told_why(
+    manager: str, server: str, joins: bool
+) -> None:
+    """A server serving clients over QUIC in a cluster whose clients use TLS used to join and
+    get parts no client could reach: refused, both transports named; either side unsaid, it
+    joins."""
+    harness = ManagerHarness(client_transport=manager)
+    announce = ServerAnnounced(
+        server_id="s2", incarnation=1, address="x", zone="z", weight=1.0, transport=server
+    )
+    harness.router.send("s2", MANAGER, announce)
+    errors = harness.take("s2", Error)
+    if joins:
+        assert errors == []
+        assert harness.manager.membership.get("s2") is not None
+        return
+    (error,) = errors
+    assert "transport of 's2' ('quic') must be the manager's ('tls')" in error.reason
+    assert harness.manager.membership.get("s2") is None
+
+
 def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:
     """The credential check runs on ServerAnnounced, which a server sends only while it holds
     no map: a manager that starts or takes over with a shorter `session_expiry_ms` keeps the

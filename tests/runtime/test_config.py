@@ -73,6 +73,10 @@ def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path
         ('certs_dir = "{certs}"\n[core]\nfailure_timeout_ms = "soon"\n', "Expected `int`"),
         ('certs_dir = "{certs}"\n[core]\nsuspect_timeout_ms = 9000\n', "suspect_timeout_ms"),
         ('certs_dir = "{certs}"\n[core]\nnode_id = "boss"\n', "node_id"),
+        (
+            'certs_dir = "{certs}"\n[core]\nclient_transport = "quic"\n',
+            "may not set client_transport; use the top-level transport",
+        ),
         ('certs_dir = "{certs}"\ntransport = "carrier-pigeon"\n', "transport"),
         ('certs_dir = "{certs}"\nlisten = "localhost"\n', "host:port"),
         ('listen = "127.0.0.1:7000"\n', "certs_dir is required"),

@@ -45,6 +45,10 @@ def free_port() -> int:
             "manager's session_expiry_ms (172800000)",
         ),
         (
+            "transport=quic",
+            "bad ServerAnnounced: transport of 's1' ('quic') must be the manager's ('tls')",
+        ),
+        (
             "core.heartbeat_interval_ms=1600",
             "bad ServerAnnounced: heartbeat_interval_ms of 's1' (1600) must be at most half the "
             "manager's failure_timeout_ms (3000)",

@@ -53,6 +53,10 @@ class ManagerConfig:
 
     node_id: str = MANAGER_NODE_ID
     """The manager's node name, as servers and clients address it."""
+    client_transport: str = ""
+    """The transport this cluster's clients use (`tls`, `quic`; the `forehand manager`
+    process sets its own): a server that announces another is refused, since no client could
+    reach it. Empty: not checked."""
     servers_max: int = 1024
     """Most servers the membership table holds (dead ones included until they are forgotten)."""
     clients_max: int = 65_536
@@ -319,6 +323,9 @@ class ManagerConfig:
             if field.name == "node_id":
                 if not isinstance(value, str) or not value:
                     raise ConfigError("ManagerConfig.node_id must be a non-empty string")
+            elif field.name == "client_transport":
+                if not isinstance(value, str):
+                    raise ConfigError("ManagerConfig.client_transport must be a string")
             elif field.name == "failure_detector":
                 if not isinstance(value, FailureDetectorKind):
                     raise ConfigError("ManagerConfig.failure_detector must be FailureDetectorKind")

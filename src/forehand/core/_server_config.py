@@ -44,6 +44,9 @@ class ServerConfig:
     """Relative capacity for placement, announced to the manager."""
     manager_id: str = "manager"
     """The node id of the Session Manager."""
+    transport: str = ""
+    """The transport clients reach this server over (`tls`, `quic`): opaque to the core, told
+    to the manager, which refuses a server of another transport than its own; empty: not said."""
     heartbeat_interval_ms: int = 500
     """Time between two `HeartbeatReported` messages."""
     heartbeat_parts_max: int = 64

@@ -1221,6 +1221,7 @@ class ManagerCore:
             )
             self._check_credential_lifetime(message)
             self._check_heartbeat_interval(message)
+            self._check_transport(message)
             _check_declared_parts(message.parts)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
@@ -1267,6 +1268,17 @@ class ManagerCore:
                 f"credential_lifetime_ms of {message.server_id!r} ({lifetime_ms}) must be "
                 f"below the manager's session_expiry_ms ({expiry_ms}), or sessions would "
                 "expire while their credentials are still valid"
+            )
+
+    def _check_transport(self, message: messages.ServerAnnounced) -> None:
+        """A server that serves clients over another transport than this cluster's clients use
+        could be placed parts no client reaches: refused, saying so (either side unsaid: not
+        checked)."""
+        expected = self._config.client_transport
+        if expected and message.transport and message.transport != expected:
+            raise LocalProtocolError(
+                f"transport of {message.server_id!r} ({message.transport[:16]!r}) must be the "
+                f"manager's ({expected!r}): its clients could not reach the server"
             )
 
     def _check_heartbeat_interval(self, message: messages.ServerAnnounced) -> None:

@@ -175,6 +175,9 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """How often this server heartbeats (`ServerConfig`), so the manager can refuse a server
     that would be declared dead between two heartbeats; 0 from a sender before the field (not
     checked)."""
+    transport: str = ""
+    """The transport it serves clients over (`tls`, `quic`; opaque to the cores), so the
+    manager can refuse a server its clients could not reach; empty: not said."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

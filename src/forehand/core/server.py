@@ -368,6 +368,7 @@ class ServerCore:
                 credential_lifetime_ms=config.credential_lifetime_ms,
                 parts=self._declared,
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
+                transport=config.transport,
             ),
         )
 

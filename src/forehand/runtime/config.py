@@ -75,7 +75,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 """Levels of the process log."""
 LOG_FORMATS = ("console", "json")
 """Renderings of the process log: readable lines or one JSON object per line."""
-SERVER_IDENTITY_FIELDS = ("server_id", "incarnation", "address", "zone", "weight", "manager_id")
+SERVER_IDENTITY_FIELDS = (
+    "server_id",
+    "incarnation",
+    "address",
+    "zone",
+    "weight",
+    "manager_id",
+    "transport",
+)
 """ServerConfig fields the process sets itself from its top-level keys; not allowed in [core]."""
 WEIGHT_MIN = 0.001
 """Smallest relative capacity of a server (any manager's placement refuses less)."""
@@ -386,6 +394,7 @@ class ServerProcessConfig:
             zone=self.zone,
             weight=self.weight,
             manager_id=self.manager_id,
+            transport=self.transport,
         )
 
 
@@ -556,10 +565,16 @@ def load_manager_config(
     merged = _merge(document, override)
     where = f"{path}: " if path is not None else ""
     core_table = _table(merged.pop("core", {}), f"{where}[core]")
-    if "node_id" in core_table:
-        raise ConfigError(f"{where}[core] may not set node_id; use the top-level key")
+    for key, top_key in (("node_id", "node_id"), ("client_transport", "transport")):
+        if key in core_table:
+            raise ConfigError(f"{where}[core] may not set {key}; use the top-level {top_key}")
     node_id = merged.get("node_id", "manager")
-    core = _convert(ManagerConfig, {"node_id": node_id, **core_table}, f"{where}[core]")
+    transport = merged.get("transport", "tls")
+    core = _convert(
+        ManagerConfig,
+        {"node_id": node_id, "client_transport": transport, **core_table},
+        f"{where}[core]",
+    )
     placement = _convert(PlacementConfig, merged.pop("placement", {}), f"{where}[placement]")
     driver = _convert(DriverConfig, merged.pop("driver", {}), f"{where}[driver]")
     limits = _limits(
