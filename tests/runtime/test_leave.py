@@ -13,6 +13,8 @@ import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 if TYPE_CHECKING:
     from tests.runtime._cluster import CartLoad, Cluster, make_certs, run_async
 else:
@@ -25,11 +27,14 @@ EXIT_TIMEOUT_S = 40.0
 `leave_timeout_ms`, 30 s by default)."""
 
 
-def test_sigterm_hands_every_part_off_before_the_server_exits(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["tls", "quic"])
+def test_sigterm_hands_every_part_off_before_the_server_exits(
+    tmp_path: Path, transport: str
+) -> None:
     """Under load, SIGTERM the cart's primary: it exits 0 by itself, every write before, during
     and after is acknowledged exactly once, the parts it led are served elsewhere, and the
     manager moved them by planned handoff: no failover."""
-    cluster = Cluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), transport="tls")
+    cluster = Cluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), transport=transport)
     cluster.start()
     try:
         victim = run_async(_leave_under_load(cluster))
