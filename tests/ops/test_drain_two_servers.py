@@ -51,6 +51,13 @@ def test_a_drain_that_only_waits_exits_3_saying_what_waits(tmp_path: Path) -> No
         assert "it leads no part any more" in result.output
         progress = httpx.get(f"{cluster.api_url}/api/servers/s1/drain", timeout=10).json()
         assert (progress["primaries_left"], progress["parts_waiting"]) == (0, 3), progress
+        # Run again (a script re-run, say), the command follows the drain under way instead of
+        # failing with 409: the same exit 3.
+        result = CliRunner().invoke(
+            app, ["drain", "s1", "--wait-timeout-s", "120", *extra], env=WIDE
+        )
+        assert result.exit_code == 3, result.output
+        assert "s1 keeps 3 role(s)" in result.output
         result = CliRunner().invoke(app, ["undrain", "s1", *extra], env=WIDE)
         assert result.exit_code == 0, result.output
         run_async(cluster.wait_active(("s1", "s2")))

@@ -564,6 +564,11 @@ class ManagerCore:
         if self._drain_cause(server_id) is DrainCause.RISK:
             self._risk_drained.add(server_id)
 
+    def draining(self, server_id: str) -> bool:
+        """Whether an operator's drain of `server_id` (or its own, leaving) is under way: asked
+        for, and not finished yet (a manager that loaded the map resumes the drains it shows)."""
+        return server_id in self._drains
+
     def undrain(self, server_id: str, *, now_us: int) -> bool:
         """Stop draining `server_id`: queued moves are forgotten, the server is ACTIVE again;
         False if it is not DRAINING or the commit queue is full (then nothing is forgotten)."""

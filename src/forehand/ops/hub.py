@@ -336,6 +336,10 @@ class OpsHub:
         """Start draining a server; its progress so far."""
         self._require_server(server_id)
         accepted = self.driver.command(lambda core, now_us: core.drain(server_id, now_us=now_us))
+        if not accepted and self.core.draining(server_id):
+            # Already draining (asked again, by a script run twice, or after a manager restart
+            # that resumed it): its progress, as for the first request.
+            return self.drain_progress(server_id)
         if not accepted:
             state = self._map_state(server_id)
             why = (
@@ -383,6 +387,13 @@ class OpsHub:
         """Where the drain of `server_id` stands."""
         self._require_server(server_id)
         progress = self.drains.get(server_id)
+        if progress is None and self.core.draining(server_id):
+            # A drain this process has not counted yet (asked just now, or resumed from the map
+            # by a manager that restarted): started, nothing counted.
+            progress = DrainProgress(
+                server_id=server_id, parts_moved=0, parts_total=0, finished=False
+            )
+            self._remember_drain(progress)
         if progress is None:
             raise OpsError(404, "no_drain", f"{server_id} has not been drained")
         return progress
