@@ -765,8 +765,8 @@ def test_a_handoff_to_a_known_server_at_a_new_address_dials_the_new_one() -> Non
     """A restarted server may listen elsewhere (another port, or host): a HANDOFF of a newer map
     version than the one the client learned the target at, naming it at another address, is
     followed to the new address (the target still proves its id with its certificate), where
-    the client used to dial the old one, fail, and ask the manager. An answer of an older
-    version naming the old address does not bring it back."""
+    the client used to dial the old one, fail, and ask the manager. The manager's placements
+    keep the last word: one naming the new address keeps it."""
     h = Harness()
     session = session_on_s1(h)
     assert h.client.endpoint("s2") == endpoint("s2")
@@ -775,10 +775,29 @@ def test_a_handoff_to_a_known_server_at_a_new_address_dials_the_new_one() -> Non
     assert h.client.endpoint("s2") == moved
     assert "endpoint-readdressed" in [e.name for e in h.of(RarePathTaken)]
     assert status_states(h, "s1") == [HandoffState.ACCEPTED]
-    h.feed(MANAGER, client_answer((session, placement("cart", "s2", "s1")), map_version=5))
+    placed = Placement(part="cart", primary=moved, replicas=(endpoint("s1"),))
+    h.feed(MANAGER, client_answer((session, placed), map_version=8))
     assert h.client.endpoint("s2") == moved
+
+
+def test_a_server_cannot_pin_an_address_against_the_manager() -> None:
+    """A HANDOFF naming a known server at another address with a huge map version (a buggy or
+    hostile member) moves the address only until the manager's next placement of that server,
+    whatever that placement's version; a placeholder address (a source whose map had none for
+    the target) changes nothing."""
+    h = Harness()
+    session = session_on_s1(h)
+    bogus = Endpoint(server_id="s2", host="elsewhere.example", port=1)
+    h.feed("s1", msgspec.structs.replace(handoff(session, map_version=10_000), targets=(bogus,)))
+    assert h.client.endpoint("s2") == bogus
     h.feed(MANAGER, client_answer((session, placement("cart", "s2", "s1")), map_version=8))
     assert h.client.endpoint("s2") == endpoint("s2")
+    fresh = Harness()
+    session = session_on_s1(fresh)
+    placeholder = Endpoint(server_id="s2", host="s2", port=4433)
+    fresh.feed("s1", msgspec.structs.replace(handoff(session), targets=(placeholder,)))
+    assert status_states(fresh, "s1") == [HandoffState.ACCEPTED]
+    assert fresh.client.endpoint("s2") == endpoint("s2")
 
 
 def test_a_handoff_of_an_older_version_does_not_readdress_a_server() -> None:

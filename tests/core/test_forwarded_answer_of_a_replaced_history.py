@@ -89,3 +89,46 @@ def test_an_entry_trimmed_from_the_log_still_counts_as_held_through_the_dedup_ta
     assert not _holds_entry(part, request_id=3, seq=3, epoch=2)
     assert not _holds_entry(part, request_id=99, seq=3, epoch=1)
     assert not _holds_entry(part, request_id=6, seq=6, epoch=1)
+
+
+def test_a_late_answer_of_a_replaced_target_is_not_relayed_once_a_third_server_leads() -> None:
+    """As above, but the failover promotes s3, not the source: s1, now s3's replica, still
+    waits for s2's answer to the write it forwarded. s2, resumed, executes it on its replaced
+    history; s1's map names s3 as the primary, so it answers TRY_AGAIN instead of relaying the
+    OK, which named a write s3's history does not hold (`forehand sim --scenario leave-faults
+    --seed 745`: the source was a server leaving on SIGTERM)."""
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2", "s3")
+    for _ in range(2):
+        cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    held: list[tuple[str, object]] = []
+
+    def hold(source: str, destination: str, message: object) -> bool:
+        if destination == "s2" and source != "manager":
+            held.append((source, message))
+            return True
+        return False
+
+    cluster.router.filters.append(hold)
+    cluster.place("counter", "s2", "s1", "s3")
+    cluster.assign_handoff([COUNTER], source="s1", target="s2", deadline_ms=5_000)
+    cluster.router.advance(ms=20)
+    lost = cluster.request("s1", "counter", payload=b"10")
+    cluster.router.advance(ms=20)
+    assert [r for r in cluster.responses() if r.request_id == lost] == []
+    cluster.prepare_failover([COUNTER], to=["s1", "s3"])
+    cluster.place("counter", "s3", "s1", to=["s1", "s3"])
+    cluster.router.advance(ms=50)
+    cluster.router.filters.remove(hold)
+    for origin, message in held:
+        cluster.router.send(origin, "s2", message)
+    cluster.router.advance(ms=50)
+    answers = [r for r in cluster.responses() if r.request_id == lost]
+    assert [r.status for r in answers] == [ResponseStatus.TRY_AGAIN]
+    relayed = [
+        e
+        for e in cluster.events("s1", WriteAcknowledged)
+        if e.request_id == lost and e.client_facing
+    ]
+    assert relayed == []

@@ -141,3 +141,87 @@ def test_a_restarted_server_is_active_again_and_may_leave_again() -> None:
         (1, True),
         (2, True),
     ]
+
+
+def test_a_manager_that_loads_an_emptied_drain_reports_it_finished() -> None:
+    """The leave's drain emptied s2, and the manager restarted (or a standby took over) before
+    s2 heard `finished`: the successor resumes the drain from the map, finds s2 empty, and
+    reports it finished. Before, nothing ended that drain, and s2 waited out its timeout."""
+    first = ManagerHarness(handoffs_per_server_max=8)
+    first.join(*SERVERS)
+    assert first.open_session(PARTS) is not None
+    first.leaving.add("s2")
+    play(first, rounds=60)
+    assert roles(first, "s2") == 0
+    successor = ManagerHarness(store=first.store, handoffs_per_server_max=8)
+    successor.leaving.add("s2")
+    successor.tick(2_000, alive=SERVERS)
+    assert successor.take("s2", DrainReported)[-1].finished
+    assert not successor.manager.draining("s2")
+
+
+def test_an_operator_drain_then_a_manager_restart_then_sigterm_finishes_at_once() -> None:
+    """`forehand drain s2` (finished), a manager restart, then SIGTERM of s2: it is told it may
+    stop, not left waiting for a drain nothing ends."""
+    first = ManagerHarness(handoffs_per_server_max=8)
+    first.join(*SERVERS)
+    assert first.open_session(PARTS) is not None
+    assert first.manager.drain("s2", now_us=first.router.now_us)
+    play(first, rounds=60)
+    assert first.events(DrainProgressed)[-1].finished
+    successor = ManagerHarness(store=first.store, handoffs_per_server_max=8)
+    successor.leaving.add("s2")
+    successor.tick(2_000, alive=SERVERS)
+    assert successor.take("s2", DrainReported)[-1].finished
+
+
+def test_on_a_fleet_of_two_nothing_counts_as_waiting_while_a_handoff_of_it_runs() -> None:
+    """Fleet of two: s1 leaves; its primaries go to s2 and its replica roles must stay. While
+    its last handoff still runs (assigned, not reported), no role counts as waiting, so s1 does
+    not stop mid-handoff on the nowhere-to-go rule; once the handoff ended, they all do."""
+    servers = ("s1", "s2")
+    harness = ManagerHarness(handoffs_per_server_max=8, handoff_deadline_ms=20_000)
+    harness.join(*servers)
+    for index in range(4):
+        assert harness.open_session(PARTS, client=f"c{index}") is not None
+    harness.leaving.add("s1")
+    held: list[HandoffAssigned] = []
+    for _ in range(40):
+        for server_id in servers:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if assigned.source != server_id:
+                    continue
+                if not held:
+                    held.append(assigned)
+                    continue
+                done = HandoffCompleted(
+                    handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                )
+                harness.router.send(server_id, MANAGER, done)
+        harness.tick(100, alive=servers)
+    assert held and not harness.map.parts_for("s1").primary
+    reports = harness.take("s1", DrainReported)
+    assert reports and all(r.roles_waiting == 0 and not r.finished for r in reports)
+    (late,) = held
+    done = HandoffCompleted(handoff_id=late.handoff_id, server_id="s1", parts=late.parts)
+    harness.router.send("s1", MANAGER, done)
+    harness.tick(1_000, alive=servers)
+    last = harness.take("s1", DrainReported)[-1]
+    assert 0 < last.roles_left == last.roles_waiting and last.primaries_left == 0
+
+
+def test_a_merely_suspected_peer_does_not_make_the_roles_count_as_waiting() -> None:
+    """Two servers; s2 falls silent (suspected, not dead) while s1 leaves: its primaries cannot
+    move for now, but s2 may be back in a moment (or be failed over), so nothing counts as
+    waiting and s1 does not stop with every primary; once s2 heartbeats again they move."""
+    servers = ("s1", "s2")
+    harness = ManagerHarness(suspect_timeout_ms=300, failure_timeout_ms=5_000)
+    harness.join(*servers)
+    for index in range(3):
+        assert harness.open_session(PARTS, client=f"c{index}") is not None
+    harness.tick(500, alive=servers)
+    harness.leaving.add("s1")
+    harness.tick(2_500, alive=("s1",))
+    reports = harness.take("s1", DrainReported)
+    assert reports and reports[-1].primaries_left > 0
+    assert all(r.roles_waiting == 0 for r in reports)

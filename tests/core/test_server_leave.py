@@ -113,3 +113,14 @@ def test_drain_reports_to_a_server_not_leaving_or_from_a_peer_change_nothing() -
     assert not cluster.events("s1", ServerLeft)
     (violation,) = cluster.events("s1", ProtocolViolationDetected)
     assert violation.peer == "s9"
+
+
+def test_a_server_that_never_joined_leaves_at_once() -> None:
+    """A server with no map yet (it never joined, or its manager is unreachable since it
+    started) holds nothing to hand off: `leave` says at once that it may stop."""
+    cluster = Cluster()
+    server = cluster.start("s4")
+    server.leave(now_us=cluster.router.now_us)
+    cluster.router.run()
+    (left,) = cluster.events("s4", ServerLeft)
+    assert (left.roles_left, left.primaries_left) == (0, 0)

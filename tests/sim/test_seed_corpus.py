@@ -109,6 +109,10 @@ FOUND_SEEDS = {
     "join had moved a live primary onto it, which it could not tell from a new part, so it "
     "installed the part empty and lost the old primary's acknowledged write "
     "(tests/core/test_manager_cluster.py)",
+    ("leave-faults", 745): "a server leaving on SIGTERM handed a part to a paused server, "
+    "which was declared dead; the part went elsewhere, and the paused server, resumed, ran a "
+    "write the source had forwarded to it, whose answer the source relayed "
+    "(tests/core/test_forwarded_answer_of_a_replaced_history.py)",
     ("partition-mid-handoff", 990168): "after a partition healed, a replica's answers to the "
     "probes queued during it each restarted the stream, and the resends kept it from ever "
     "catching up (tests/core/test_replication_backlog.py)",

@@ -942,11 +942,18 @@ class ClientCore:
         server: one whose address differs from the one known, learned at an older version, is
         dialled at the new one (a restarted server on another port or host; before, the client
         dialled the old address, failed, and asked the manager). The target still has to prove
-        its id with its certificate."""
+        its id with its certificate. The new address keeps the old one's version, so the
+        manager's next placement of it, whatever it says, wins over a server's word; and a
+        placeholder (a server whose map had no address for the target) changes nothing."""
         for target in targets:
             known = self._endpoints.get(target.server_id)
-            if known is not None and known[0] != target and map_version > known[1]:
-                self._endpoints[target.server_id] = (target, map_version)
+            if (
+                known is not None
+                and known[0] != target
+                and map_version > known[1]
+                and target != endpoint_from_address(target.server_id, "")
+            ):
+                self._endpoints[target.server_id] = (target, known[1])
                 self._rare("endpoint-readdressed")
 
     def _new_session(

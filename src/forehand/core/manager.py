@@ -1337,8 +1337,7 @@ class ManagerCore:
             self._check_hearing(message.server_id, now_us)
             if message.leaving:
                 self._leaving_heard(message, source)
-            else:
-                self._assess_risk(message, now_us)
+            self._assess_risk(message, now_us)
 
     def _leaving_heard(self, message: messages.HeartbeatReported, source: NodeId) -> None:
         """A server stopping on SIGTERM asks, in each heartbeat, to be drained first: its drain
@@ -1376,7 +1375,7 @@ class ManagerCore:
         roles, primaries = self._roles_of(current, server_id)
         drain = self._drains.get(server_id)
         waiting = 0
-        if drain is not None and drain.marked:
+        if drain is not None and drain.marked and self._nowhere_else(current, server_id):
             waiting = min(roles, drain.primaries_waiting + drain.replicas_waiting)
         finished = (
             drain is None
@@ -1390,6 +1389,23 @@ class ManagerCore:
             primaries_left=primaries,
             roles_waiting=waiting,
             finished=finished,
+        )
+
+    def _nowhere_else(self, current: ShardMap, server_id: str) -> bool:
+        """Whether the roles a drain of `server_id` counts as waiting have nowhere to go for
+        good, as far as the manager can tell, so that a leaving server may stop with them: none
+        of its handoffs runs (the map moves a part at the assignment, before the seal), no
+        other ACTIVE server of the map is merely silent (suspected, its death not committed:
+        it may come back, or be failed over and leave the roles somewhere to go), and no server
+        is joining (a rolling restart's next server). Otherwise the server waits."""
+        if self._leads_handoff(server_id):
+            return False
+        if any(member.state is MemberState.JOINING for member in self._membership.members()):
+            return False
+        return all(
+            self._is_alive(entry.server_id)
+            for entry in self._map_entries(current)
+            if entry.state is ServerState.ACTIVE and entry.server_id != server_id
         )
 
     def _leads_handoff(self, server_id: str) -> bool:
@@ -1633,6 +1649,9 @@ class ManagerCore:
             # Only paths to servers the manager knows: a made-up id must not take a predictor slot.
             known = [p for p in message.paths if self._membership.get(p.server_id) is not None]
             steering.observe_paths(known, now_us=now_us)
+        if message.leaving:
+            # Its clients' paths still count; its own risk does not: its drain moves it all.
+            return
         risk_drained = server_id in self._risk_drained and server_id not in self._drains
         if not self._is_alive(server_id) or not (self._is_active(server_id) or risk_drained):
             return
@@ -2646,6 +2665,12 @@ class ManagerCore:
             if not drain.marked or self._map_state(server_id) is not ServerState.DRAINING:
                 continue
             held = current.parts_for(server_id)
+            if not held.primary and not held.replica:
+                # Nothing left: finished once no handoff of it runs. A drain the map resumed
+                # for a manager that loaded it (a restart, a standby taking over) may find the
+                # server empty already, and no move or count would ever end it.
+                self._drain_progress((server_id,))
+                continue
             stuck = not any(s != server_id for s in eligible)
             waiting = len(held.primary) if stuck else 0
             replicas_waiting = drain.replicas_waiting if held.replica else 0

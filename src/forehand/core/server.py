@@ -507,6 +507,11 @@ class ServerCore:
         if self._leave is not None:
             return
         self._leave = _Leave(started_us=now_us)
+        if self._map is None:
+            # Never joined (or joined no map yet): it holds nothing to hand off.
+            self._leave.left = True
+            self._emit(ServerLeft(node=self._me, roles_left=0, primaries_left=0))
+            return
         self._heartbeat_due_us = min(self._heartbeat_due_us, now_us)
 
     @property
@@ -1051,6 +1056,17 @@ class ServerCore:
             # the target executed it on a history the failover replaced, so it is lost. The
             # client sends it again, to this primary (`forehand sim --seed 9200900`).
             self._rare("forwarded-answer-from-a-replaced-history")
+            self._refuse(inbound, ResponseStatus.TRY_AGAIN, "the part's primary changed")
+            return
+        placement = self._placement(forward.ref) if message.log_index > 0 else None
+        if placement is not None and placement.primary not in (source, self._me):
+            # The map this server holds names another primary than the one that answered: the
+            # target wrote on a history a failover may have replaced (it was paused, declared
+            # dead, and ran the forward when it woke), so its answer may name a write no
+            # surviving history holds. The client sends it again, to the primary it learns;
+            # that history's dedup table answers it if the write survived (`forehand sim
+            # --scenario leave-faults --seed 745`).
+            self._rare("forwarded-answer-from-a-former-primary")
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "the part's primary changed")
             return
         self._reply(
