@@ -225,3 +225,31 @@ def test_a_merely_suspected_peer_does_not_make_the_roles_count_as_waiting() -> N
     reports = harness.take("s1", DrainReported)
     assert reports and reports[-1].primaries_left > 0
     assert all(r.roles_waiting == 0 for r in reports)
+
+
+def test_after_a_manager_restart_a_server_not_heard_from_takes_no_part() -> None:
+    """A manager that loaded the map knows s4 only from it: s4 may have died while no manager
+    watched. A leave right after the restart used to hand parts to it, which then failed over
+    in turn; they now go only to servers heard from since."""
+    first = ManagerHarness(handoffs_per_server_max=8)
+    first.join(*SERVERS)
+    for index in range(4):
+        assert first.open_session(PARTS, client=f"c{index}") is not None
+    successor = ManagerHarness(store=first.store, handoffs_per_server_max=8)
+    alive = ("s1", "s2", "s3")
+    successor.leaving.add("s2")
+    play_alive(successor, alive, rounds=20)
+    targets = {e.target for e in successor.events(HandoffStarted)}
+    assert targets and "s4" not in targets
+
+
+def play_alive(harness: ManagerHarness, alive: tuple[str, ...], *, rounds: int) -> None:
+    for _ in range(rounds):
+        for server_id in alive:
+            for assigned in harness.take(server_id, HandoffAssigned):
+                if assigned.source == server_id:
+                    done = HandoffCompleted(
+                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
+                    )
+                    harness.router.send(server_id, MANAGER, done)
+        harness.tick(100, alive=alive)

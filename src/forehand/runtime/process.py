@@ -671,10 +671,16 @@ class _Leave:
     def terminate(self) -> None:
         """SIGTERM: leave, or stop at once when leaving is off or under way already."""
         if self._timeout_ms <= 0 or self._deadline is not None or self._stop.is_set():
+            if self._deadline is not None and not self._stop.is_set():
+                _log.warning(
+                    "%s leaving: SIGTERM again, stopping at once%s",
+                    self._server_id,
+                    self._left_text(),
+                )
             self._stop.set()
             return
         _log.info(
-            "%s leaving: its parts go to the other servers before it stops (at most %.0f s;"
+            "%s leaving: its parts go to the other servers before it stops (at most %g s;"
             " SIGINT or another SIGTERM stops it at once)",
             self._server_id,
             self._timeout_ms / 1000,
@@ -683,17 +689,27 @@ class _Leave:
         self._driver.command(_leave)
 
     def _timed_out(self) -> None:
-        last = self._last
-        left = ""
-        if last is not None:
-            left = f" with {last.roles_left} role(s) left ({last.primaries_left} led)"
         _log.warning(
-            "%s leaving: stopping after leave_timeout_ms (%d)%s; what is left fails over",
+            "%s leaving: stopping after leave_timeout_ms (%d)%s",
             self._server_id,
             self._timeout_ms,
-            left,
+            self._left_text(),
         )
         self._stop.set()
+
+    def _left_text(self) -> str:
+        """What stopping now leaves behind, as far as the manager's last report said."""
+        last = self._last
+        if last is None:
+            return " with no word from the manager on its drain (is it reachable?)"
+        if last.roles_left:
+            return (
+                f" with {last.roles_left} role(s) left ({last.primaries_left} led), which fail over"
+            )
+        return (
+            " with no role left, while its last handoffs were still in their backup period"
+            " (clients that had not switched yet relocate)"
+        )
 
     def __call__(self, event: object) -> None:
         if isinstance(event, server_events.LeaveProgressed):
