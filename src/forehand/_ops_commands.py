@@ -371,7 +371,10 @@ def rebalance(
     answer = _call(url, "POST", "/api/rebalance", json=body, token=token, timeout_s=timeout_s)
     queued = answer["queued"]
     if queued:
-        typer.echo(f"{queued} part(s) queued for planned handoffs (`forehand status` shows them)")
+        typer.echo(
+            f"{queued} part(s) queued for planned handoffs (`forehand history --reason rebalance`"
+            " lists them as they end; `forehand status` shows the primaries evening out)"
+        )
     else:
         typer.echo(
             f"nothing to move (tolerance {tolerance:.0%}): a server that takes parts (active, "

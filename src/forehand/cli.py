@@ -317,3 +317,8 @@ _register_ops(app)
 def main() -> None:
     """Console entry point."""
     app()
+
+
+if __name__ == "__main__":
+    # `python -m forehand.cli ...` runs the command too (it used to do nothing and exit 0).
+    main()
