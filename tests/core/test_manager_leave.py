@@ -30,12 +30,16 @@ def roles(harness: ManagerHarness, server_id: str) -> int:
 
 
 def play(
-    harness: ManagerHarness, *, rounds: int, held: list[HandoffAssigned] | None = None
+    harness: ManagerHarness,
+    *,
+    rounds: int,
+    held: list[HandoffAssigned] | None = None,
+    alive: tuple[str, ...] = SERVERS,
 ) -> None:
-    """Let time pass in 100 ms rounds, every source reporting its assigned handoffs done (with
-    `held`, the first is kept back in it instead)."""
+    """Let time pass in 100 ms rounds, the `alive` servers heartbeating and every source among
+    them reporting its assigned handoffs done (with `held`, the first is kept back in it)."""
     for _ in range(rounds):
-        for server_id in SERVERS:
+        for server_id in alive:
             for assigned in harness.take(server_id, HandoffAssigned):
                 if assigned.source != server_id:
                     continue
@@ -46,7 +50,7 @@ def play(
                     handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
                 )
                 harness.router.send(server_id, MANAGER, done)
-        harness.tick(100, alive=SERVERS)
+        harness.tick(100, alive=alive)
 
 
 def test_a_leaving_server_is_drained_and_told_when_it_may_stop() -> None:
@@ -238,18 +242,6 @@ def test_after_a_manager_restart_a_server_not_heard_from_takes_no_part() -> None
     successor = ManagerHarness(store=first.store, handoffs_per_server_max=8)
     alive = ("s1", "s2", "s3")
     successor.leaving.add("s2")
-    play_alive(successor, alive, rounds=20)
+    play(successor, rounds=20, alive=alive)
     targets = {e.target for e in successor.events(HandoffStarted)}
     assert targets and "s4" not in targets
-
-
-def play_alive(harness: ManagerHarness, alive: tuple[str, ...], *, rounds: int) -> None:
-    for _ in range(rounds):
-        for server_id in alive:
-            for assigned in harness.take(server_id, HandoffAssigned):
-                if assigned.source == server_id:
-                    done = HandoffCompleted(
-                        handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
-                    )
-                    harness.router.send(server_id, MANAGER, done)
-        harness.tick(100, alive=alive)
