@@ -260,9 +260,6 @@ class _Drain:
     idle_at: tuple[int, tuple[str, ...]] | None = None
     """(map version, eligible servers) when a replica move last found nothing to move: no new
     one is submitted until either changes (each scans every replica role of the server)."""
-    sent: dict[str, int] = field(default_factory=dict)
-    """Primaries its handoffs gave each target so far (at most one entry per server): the next
-    goes to the replica that got the fewest, so the drain spreads its parts."""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -282,9 +279,6 @@ class _PlanningPass:
     chosen: dict[PartRef, str] = field(default_factory=dict)
     """Moves' targets found in this pass: still the answer while the target is not avoided
     (avoiding more servers can only remove candidates, never add a better one)."""
-    drained_to: dict[str, int] = field(default_factory=dict)
-    """Per server: drain moves this pass chose it for (with `_Drain.sent`, how a drain spreads
-    its parts)."""
 
 
 class ManagerCore:
@@ -2076,24 +2070,6 @@ class ManagerCore:
         ]
         if replicas:
             source_seq = self._applied_seq(move.source, move.ref)
-            if move.origin is MoveOrigin.DRAIN:
-                # A drain spreads its parts over the replicas that can take them, the one given
-                # the fewest so far first: by CPU alone, the least busy one took every batch (a
-                # rolling restart left one server leading most of the parts until a rebalance).
-                drain = self._drains.get(move.source)
-                sent = {} if drain is None else drain.sent
-                given = planning.drained_to
-                target = min(
-                    replicas,
-                    key=lambda r: (
-                        not self._up_to_date(r, move.ref, source_seq),
-                        sent.get(r, 0) + given.get(r, 0),
-                        self._cpu(r),
-                        placement.replicas.index(r),
-                    ),
-                )
-                given[target] = given.get(target, 0) + 1
-                return target
             return min(
                 replicas,
                 key=lambda r: (
@@ -2217,9 +2193,6 @@ class ManagerCore:
 
     def _handoff_committed(self, handoff: Handoff, built: Built, now_us: int) -> None:
         assert isinstance(built.payload, dict)
-        drain = self._drains.get(handoff.source) if handoff.origin is MoveOrigin.DRAIN else None
-        if drain is not None:
-            drain.sent[handoff.target] = drain.sent.get(handoff.target, 0) + len(built.parts)
         self._orchestrator.narrow(handoff, built.parts)
         self._orchestrator.assigned(handoff, map_version=built.new_map.version, now_us=now_us)
         for server_id in (handoff.source, handoff.target):
