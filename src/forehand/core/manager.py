@@ -2682,24 +2682,31 @@ class ManagerCore:
             if (waiting, replicas_waiting) != (drain.primaries_waiting, drain.replicas_waiting):
                 drain.primaries_waiting, drain.replicas_waiting = waiting, replicas_waiting
                 self._drain_progress((server_id,))
-            primaries = [ref_of(key) for key in held.primary]
+            # Every tick, only the primaries not moving yet (once queued, a part stays so
+            # until its handoff ends); the busiest first: should the server stop before its
+            # drain ends (a leave that timed out), the parts failed over are the least used.
+            primaries = []
+            if self._is_live(server_id):
+                primaries = [
+                    ref
+                    for key in held.primary
+                    if not self._orchestrator.is_moving(ref := ref_of(key))
+                ]
             member = self._membership.get(server_id)
-            if member is not None and member.load is not None and member.load.part_loads:
-                # The busiest first: should the server stop before its drain ends (a leave
-                # that timed out), the parts failed over are the ones least in use.
-                primaries = busiest_first(primaries, member.load.part_loads)
+            loads = () if member is None or member.load is None else member.load.part_loads
+            if primaries and loads:
+                primaries = busiest_first(primaries, loads)
             for ref in primaries:
-                if not self._orchestrator.is_moving(ref) and self._is_live(server_id):
-                    self._orchestrator.request_move(
-                        MoveRequest(
-                            ref=ref,
-                            source=server_id,
-                            reason=ReasonCode.PLANNED_MAINTENANCE,
-                            origin=MoveOrigin.DRAIN,
-                            target=None,
-                            requested_us=now_us,
-                        )
+                self._orchestrator.request_move(
+                    MoveRequest(
+                        ref=ref,
+                        source=server_id,
+                        reason=ReasonCode.PLANNED_MAINTENANCE,
+                        origin=MoveOrigin.DRAIN,
+                        target=None,
+                        requested_us=now_us,
                     )
+                )
             idle = drain.idle_at == (current.version, tuple(eligible))
             if held.replica and not drain.replica_change_queued and not idle:
                 drain.replica_change_queued = self._pipeline.submit(self._replica_change(drain))
