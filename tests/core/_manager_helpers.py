@@ -123,6 +123,8 @@ class ManagerHarness:
         self.loads: dict[str, LoadReport] = {}
         self.leaving: set[str] = set()
         """Servers whose heartbeats say `leaving` (stopping on SIGTERM)."""
+        self.departed: set[str] = set()
+        """Servers whose heartbeats say `left` (a leaving server's last one)."""
         self.next_request_id = 1
 
     def execute(self, request: object) -> object:
@@ -178,7 +180,8 @@ class ManagerHarness:
             parts=tuple(parts),
             renewed_sessions=tuple(renewed),
             declared_parts=declared,
-            leaving=server_id in self.leaving,
+            leaving=server_id in self.leaving or server_id in self.departed,
+            left=server_id in self.departed,
         )
         self.router.send(server_id, MANAGER, message)
 

@@ -511,3 +511,28 @@ def test_a_survivor_silent_when_the_failover_lands_has_its_allowance_from_its_la
     harness.tick(1_700, alive=["s3", "s4"])
     (death,) = [d for d in harness.events(ServerDeclaredDead) if d.server_id == "s1"]
     assert 2_000_000 <= death.silent_us < 2_100_000
+
+
+def test_a_dead_server_forgotten_leaves_the_map_and_may_join_again_as_new() -> None:
+    """`dead_servers_forget_ms` after its death the manager forgets s2, and its DEAD entry
+    leaves the map in a SERVER_LEFT version (before, every server id that ever died stayed in
+    the map for good, sent whole to every newcomer, up to `servers_max`). A process under that
+    id later joins as a new server, ACTIVE; a dead server not yet forgotten stays listed."""
+    harness, refs = cluster(dead_servers_forget_ms=2_000)
+    survivors = kill(harness, "s2")
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    assert harness.events(FailoverCompleted)
+    harness.tick(1_000, alive=survivors)
+    assert harness.map.server("s2").state is ServerState.DEAD
+    harness.tick(1_500, alive=survivors)
+    listed = {entry.server_id for entry in harness.map.servers}
+    assert listed == set(survivors)
+    (removed,) = [e for e in harness.events(MapCommitted) if e.change is MapChange.SERVER_LEFT]
+    assert removed.servers == ("s2",)
+    for ref in refs:
+        assert "s2" not in harness.placement(ref).servers
+    harness.announce("s2", incarnation=2)
+    harness.tick(1_000, alive=SERVERS)
+    assert harness.map.server("s2").state is ServerState.ACTIVE

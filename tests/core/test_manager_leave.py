@@ -6,8 +6,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from forehand.core._manager_events import (
+    DeathCause,
     DrainProgressed,
+    FailoverCompleted,
+    FailoverStarted,
     HandoffStarted,
+    MapChange,
+    MapCommitted,
     ServerDeclaredDead,
     ServerLeaving,
 )
@@ -145,6 +150,61 @@ def test_a_restarted_server_is_active_again_and_may_leave_again() -> None:
         (1, True),
         (2, True),
     ]
+
+
+def leave_and_finish(harness: ManagerHarness, server_id: str) -> tuple[str, ...]:
+    """Drain `server_id` by its leaving heartbeats until it is told `finished`; the others."""
+    harness.leaving.add(server_id)
+    play(harness, rounds=60)
+    assert harness.take(server_id, DrainReported)[-1].finished
+    harness.leaving.discard(server_id)
+    return tuple(s for s in SERVERS if s != server_id)
+
+
+def test_a_server_that_left_is_dead_at_once_and_leaves_the_map_with_no_failover() -> None:
+    """The last heartbeat says `left`: s2 is dead at once with cause LEFT (not a failure
+    timeout later, by silence), its entry leaves the map in a SERVER_LEFT version, no failover
+    runs, and it gets no more DrainReported. Its next incarnation joins again as ACTIVE."""
+    harness = ManagerHarness(handoffs_per_server_max=8)
+    harness.join(*SERVERS)
+    assert harness.open_session(PARTS) is not None
+    others = leave_and_finish(harness, "s2")
+    harness.departed.add("s2")
+    harness.heartbeat("s2")
+    harness.departed.discard("s2")
+    (dead,) = harness.events(ServerDeclaredDead)
+    assert (dead.server_id, dead.cause, dead.primary_parts) == ("s2", DeathCause.LEFT, 0)
+    harness.tick(5_000, alive=others)
+    assert "s2" not in {entry.server_id for entry in harness.map.servers}
+    (removed,) = [e for e in harness.events(MapCommitted) if e.change is MapChange.SERVER_LEFT]
+    assert removed.servers == ("s2",)
+    assert len(harness.events(ServerDeclaredDead)) == 1
+    assert not harness.events(FailoverStarted) and not harness.events(FailoverCompleted)
+    assert not harness.take("s2", DrainReported)
+    harness.announce("s2", incarnation=2)
+    harness.tick(1_000, alive=SERVERS)
+    assert harness.map.server("s2").state is ServerState.ACTIVE
+    assert harness.open_session(PARTS, client="c2") is not None
+
+
+def test_left_before_the_drain_finished_counts_as_leaving_and_silence_fails_it_over() -> None:
+    """A heartbeat that says `left` while the map still gives the server roles (a sender that
+    got it wrong, or a role given since): nothing is removed; it is a leaving heartbeat, and
+    the server's silence then fails over what it holds, as at any stop."""
+    harness = ManagerHarness(handoffs_per_server_max=8)
+    harness.join(*SERVERS)
+    assert harness.open_session(PARTS) is not None
+    harness.departed.add("s2")
+    harness.tick(100, alive=SERVERS)
+    assert not harness.events(ServerDeclaredDead)
+    assert harness.map.server("s2").state is ServerState.DRAINING
+    assert harness.take("s2", DrainReported)
+    harness.departed.discard("s2")
+    harness.tick(5_000, alive=("s1", "s3", "s4"))
+    (dead,) = harness.events(ServerDeclaredDead)
+    assert (dead.server_id, dead.cause) == ("s2", DeathCause.SILENCE)
+    assert harness.events(FailoverStarted)
+    assert not any(e.change is MapChange.SERVER_LEFT for e in harness.events(MapCommitted))
 
 
 def test_a_manager_that_loads_an_emptied_drain_reports_it_finished() -> None:

@@ -81,6 +81,37 @@ def test_progress_is_reported_when_it_changes_and_the_server_leaves_when_finishe
     assert [e.name for e in cluster.events("s1", RarePathTaken)] == ["drain-report-not-leaving"]
 
 
+def test_a_finished_drain_sends_one_last_heartbeat_saying_left_and_no_more() -> None:
+    """`finished`: the server sends at once one heartbeat that says `left`, so the manager
+    takes it out of the map instead of waiting out its silence; no heartbeat follows, and its
+    timer no longer wakes it for one. The heartbeats before all said `left` false."""
+    cluster = leaving_cluster()
+    cluster.router.advance(ms=1_000)
+    before = beats(cluster)
+    assert before and not any(b.left for b in before)
+    cluster.router.send(MANAGER, "s1", report(0, finished=True))
+    (last,) = beats(cluster)
+    assert last.left and last.leaving
+    assert last.sequence == before[-1].sequence + 1
+    cluster.router.advance(ms=5_000)
+    assert not beats(cluster)
+    due = cluster.server("s1").timer_us()
+    assert due is None or due > cluster.router.now_us
+
+
+def test_a_server_that_stops_with_roles_left_never_says_left() -> None:
+    """Stuck (every role waiting): the server stops, and what it held fails over; its
+    heartbeats never say `left`, which would take it out of the map with those roles."""
+    cluster = leaving_cluster()
+    cluster.router.send(MANAGER, "s1", report(3, 1, 3))
+    cluster.router.advance(ms=LEAVE_STUCK_MS)
+    cluster.router.send(MANAGER, "s1", report(3, 1, 3))
+    assert cluster.events("s1", ServerLeft)
+    cluster.router.advance(ms=1_000)
+    sent = beats(cluster)
+    assert sent and not any(b.left for b in sent)
+
+
 def test_a_server_whose_roles_have_nowhere_to_go_leaves_after_they_stay_stuck() -> None:
     """Roles all waiting for another server: the server leaves once that has lasted
     `LEAVE_STUCK_MS`, saying what it leaves behind; a report in between where something can

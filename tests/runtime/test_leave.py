@@ -33,7 +33,8 @@ def test_sigterm_hands_every_part_off_before_the_server_exits(
 ) -> None:
     """Under load, SIGTERM the cart's primary: it exits 0 by itself, every write before, during
     and after is acknowledged exactly once, the parts it led are served elsewhere, and the
-    manager moved them by planned handoff: no failover."""
+    manager moved them by planned handoff: no failover. Its last heartbeat said it left, so the
+    manager took it out of the map at once (cause `left`), not by silence and a failover."""
     cluster = Cluster(tmp_path, certs_dir=make_certs(tmp_path / "certs"), transport=transport)
     cluster.start()
     try:
@@ -48,6 +49,8 @@ def test_sigterm_hands_every_part_off_before_the_server_exits(
     assert "HandoffStarted" in manager_log
     assert "FailoverStarted" not in manager_log
     assert "PartsLost" not in manager_log
+    (death,) = [line for line in manager_log.splitlines() if "ServerDeclaredDead" in line]
+    assert f"server_id={victim}" in death and "cause=left" in death, death
 
 
 async def _leave_under_load(cluster: Cluster) -> str:

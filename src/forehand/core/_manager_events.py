@@ -69,6 +69,7 @@ class MapChange(enum.Enum):
     REPLICAS_MOVED = "replicas_moved"
     DRAIN_MARKED = "drain_marked"
     DRAIN_CLEARED = "drain_cleared"
+    SERVER_LEFT = "server_left"
 
 
 class DeathCause(enum.Enum):
@@ -78,6 +79,9 @@ class DeathCause(enum.Enum):
     """No heartbeat within the failure detector's bound."""
     RESTARTED = "restarted"
     """It announced a new incarnation: the old process and its memory are gone."""
+    LEFT = "left"
+    """Its last heartbeat said it left: its drain finished and its process stopped (no
+    failover: the map gave it no role and none of its handoffs ran)."""
 
 
 class HoldEnded(enum.Enum):

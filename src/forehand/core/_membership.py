@@ -72,6 +72,7 @@ class MemberTrigger(enum.Enum):
     SILENCE_CONFIRMED = "silence_confirmed"
     RESTARTED = "restarted"
     READMITTED = "readmitted"
+    LEFT = "left"
 
 
 _TRANSITIONS: dict[tuple[MemberState, MemberTrigger], MemberState] = {
@@ -83,6 +84,7 @@ _TRANSITIONS: dict[tuple[MemberState, MemberTrigger], MemberState] = {
     (MemberState.ALIVE, MemberTrigger.SILENCE_SUSPECTED): MemberState.SUSPECTED,
     (MemberState.ALIVE, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
     (MemberState.ALIVE, MemberTrigger.RESTARTED): MemberState.DEAD,
+    (MemberState.ALIVE, MemberTrigger.LEFT): MemberState.DEAD,
     (MemberState.SUSPECTED, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.ALIVE,
     (MemberState.SUSPECTED, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
     (MemberState.SUSPECTED, MemberTrigger.RESTARTED): MemberState.DEAD,
@@ -608,6 +610,16 @@ class Membership:
         member.died_us = None
         member.detector = self._new_detector(now_us=now_us)
         member.adopting_version = member.adopting_until_us = 0
+        return True
+
+    def depart(self, server_id: str, *, now_us: int) -> bool:
+        """An ALIVE member's last heartbeat said it left (its drain finished and its process
+        stops): it is dead at once, with no silence to wait for. False when not ALIVE."""
+        member = self._members.get(server_id)
+        if member is None or member.state is not MemberState.ALIVE:
+            return False
+        self._transition(member, MemberTrigger.LEFT)
+        member.died_us = now_us
         return True
 
     def check(self, *, now_us: int) -> list[LivenessChanged]:

@@ -326,13 +326,15 @@ class ManagerCore:
         """Events dropped because nobody drained them (`events_buffered_max`)."""
         self._failover: FailoverJob | None = None
         self._failover_next: FailoverJob | None = None
-        self._failover_attempts = 0
-        self._next_failover_id = 1
+        self._failover_attempts, self._next_failover_id = 0, 1
         self._drains: dict[str, _Drain] = {}
         # Servers whose heartbeats say they are leaving, with the incarnation that said so
         # (`_leaving_heard`): each time one starts leaving, those no longer live are forgotten,
         # so at most the members and one more.
         self._leaving: dict[str, int] = {}
+        # Servers that left (`_depart`) whose removal from the map is queued: none rejoins
+        # before it commits or drops.
+        self._departures: set[str] = set()
         self._risk_drained: set[str] = set()
         # Servers whose undrain is queued: a map reloaded before it commits still shows them
         # DRAINING, and must not hand the drain back to its owner.
@@ -434,6 +436,8 @@ class ManagerCore:
             self._unreachable.difference_update(forgotten)
             for server_id in forgotten:
                 self._expiry.heard_again_us.pop(server_id, None)
+            if forgotten:
+                self._queue_removal_of_forgotten()
         job = self._failover
         if (
             job is not None
@@ -1336,17 +1340,25 @@ class ManagerCore:
         elif outcome is HeartbeatOutcome.ACCEPTED:
             self._check_hearing(message.server_id, now_us)
             if message.leaving:
-                self._leaving_heard(message, source)
+                self._leaving_heard(message, source, now_us)
             self._assess_risk(message, now_us)
 
-    def _leaving_heard(self, message: messages.HeartbeatReported, source: NodeId) -> None:
+    def _leaving_heard(
+        self, message: messages.HeartbeatReported, source: NodeId, now_us: int
+    ) -> None:
         """A server stopping on SIGTERM asks, in each heartbeat, to be drained first: its drain
         starts (or starts again, after a full commit queue or an undrain), and it is told where
-        the drain stands (`DrainReported`), so that it stops once nothing is left to move."""
+        the drain stands (`DrainReported`), so that it stops once nothing is left to move. Its
+        last heartbeat, once told the drain finished, says `left` (`_depart`); one that says it
+        while the drain is not finished here counts as a leaving one, and the server's silence
+        then fails over what is left."""
         current = self.shard_map
         if current is None:
             return
         server_id = message.server_id
+        if message.left and self._drain_report(current, server_id).finished:
+            self._depart(server_id, now_us)
+            return
         started = self._drainable(server_id) and self._start_drain(server_id)
         if self._leaving.get(server_id) != message.incarnation:
             # Servers that stopped leaving (dead, forgotten, restarted) make room first.
@@ -1362,6 +1374,83 @@ class ManagerCore:
                 )
             )
         self._send(source, self._drain_report(current, server_id))
+
+    def _depart(self, server_id: str, now_us: int) -> None:
+        """A leaving server's last heartbeat: its drain finished and its process stops now. It
+        is dead at once (cause LEFT) and its entry leaves the map (`_queue_departure`), where
+        its silence would have been a death a failure timeout later and a failover of no part,
+        one per server of every rolling restart in the history, the metrics and the alerts."""
+        self._membership_changed()
+        if self._membership.depart(server_id, now_us=now_us):
+            self._leaving.pop(server_id, None)
+            self._declare_dead(server_id, DeathCause.LEFT, 0, now_us)
+
+    def _queue_departure(self, server_id: str) -> bool:
+        """Queue the removal of a server that left from the map; False when the queue is full."""
+        change = Change(
+            kind=MapChange.SERVER_LEFT,
+            build=lambda current: self._build_departure(current, server_id),
+            committed=lambda built, now_us: self._departure_ended(server_id, now_us),
+            dropped=lambda cause, now_us: self._departure_ended(server_id, now_us),
+        )
+        if not self._pipeline.submit(change):
+            return False
+        self._departures.add(server_id)
+        return True
+
+    def _build_departure(self, current: ShardMap, server_id: str) -> Built | None:
+        """Remove the entry of a server that left, unless the map gave it a role since (a
+        failover's pin) or it leads a handoff: then it fails over (`_departure_ended`)."""
+        entry = next((e for e in self._map_entries(current) if e.server_id == server_id), None)
+        if entry is None or entry.state is not ServerState.DRAINING:
+            return None
+        if self._membership.state_of(server_id) is not MemberState.DEAD:
+            return None
+        if any(current.part_counts(server_id)) or self._leads_handoff(server_id):
+            return None
+        stable = stabilize(current, [ServerLeft(server_id=server_id)], intended=lambda key: False)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=(server_id,))
+
+    def _departure_ended(self, server_id: str, now_us: int) -> None:
+        """The removal committed, or will never commit: a server still in the map fails over
+        as any dead one (what its removal found it holding), and one that asked to rejoin
+        meanwhile (restarted under the same id) may."""
+        self._departures.discard(server_id)
+        self._fail_over_dead_member(server_id, now_us)
+        self._try_readmit(server_id, now_us)
+
+    def _queue_removal_of_forgotten(self) -> None:
+        """Queue the removal of the map entries of dead servers this manager forgot
+        (`dead_servers_forget_ms` after their death): their failover is long over, and a map
+        that kept them grew by one entry for each server id that ever died (a pod name, say),
+        sent whole to every joining server and client, up to `servers_max`, past which no
+        server could join. A server that comes back later joins as a new one. Each removal
+        takes every such entry, so one that did not commit (a full queue, the store's trouble)
+        goes with the next server forgotten, or 10 minutes after the next map load."""
+        change = Change(
+            kind=MapChange.SERVER_LEFT,
+            build=self._build_removal_of_forgotten,
+            committed=lambda built, now_us: None,
+            dropped=lambda cause, now_us: None,
+        )
+        self._pipeline.submit(change)
+
+    def _build_removal_of_forgotten(self, current: ShardMap) -> Built:
+        """Remove every DEAD entry whose server this manager no longer knows and that no
+        placement names (a DEAD server is in no ring: only a pinned placement could); an empty
+        change when there is none."""
+        gone = [
+            entry.server_id
+            for entry in self._map_entries(current)
+            if entry.state is ServerState.DEAD
+            and self._membership.get(entry.server_id) is None
+            and not any(current.part_counts(entry.server_id))
+        ]
+        if not gone:
+            return Built(delta=None, new_map=current, parts=(), servers=())
+        operations: list[Operation] = [ServerLeft(server_id=server_id) for server_id in gone]
+        stable = stabilize(current, operations, intended=lambda key: False)
+        return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=tuple(gone))
 
     def _roles_of(self, current: ShardMap, server_id: str) -> tuple[int, int]:
         """Roles (primary and replica) the map gives `server_id`, and how many are primaries;
@@ -1480,7 +1569,7 @@ class ManagerCore:
                 self._promote(job, now_us)
         for handoff in self._orchestrator.involving(server_id):
             self._participant_died(handoff, server_id, now_us)
-        if in_map:
+        if in_map and not (cause is DeathCause.LEFT and self._queue_departure(server_id)):
             self._pending_failover(now_us).absorb(dead=(server_id,))
 
     def _queue_join(self, server_id: str, now_us: int) -> None:
@@ -1632,7 +1721,10 @@ class ManagerCore:
         self._pending_failover(now_us).absorb(dead=(server_id,))
 
     def _try_readmit(self, server_id: str, now_us: int) -> None:
-        """Readmit a dead server that asked to rejoin, unless its failover is still running."""
+        """Readmit a dead server that asked to rejoin, unless its failover (or its removal from
+        the map, having left) is still running."""
+        if server_id in self._departures:
+            return
         for job in (self._failover, self._failover_next):
             if job is not None and server_id in job.dead:
                 return

@@ -216,6 +216,11 @@ class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """The server is stopping (SIGTERM) and asks to be drained first: the manager drains it as
     an operator's `drain` would, once, and answers each such heartbeat with `DrainReported`.
     False from a sender before the field."""
+    left: bool = False
+    """The last heartbeat of a leaving server whose drain finished (`DrainReported.finished`):
+    its process stops now and no heartbeat follows. The manager declares it dead at once, with
+    cause `left`, and takes its entry out of the map instead of failing it over. False from a
+    sender before the field (its silence is then a death, and a failover of no part)."""
 
 
 class HandoffRequested(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -412,7 +412,7 @@ class ServerCore:
 
     def handle_timer(self, *, now_us: int) -> None:
         """Run whatever is due: heartbeat, replication round, handoff steps, retries."""
-        if now_us >= self._heartbeat_due_us:
+        if now_us >= self._heartbeat_due_us and not self._departed():
             self._heartbeat(now_us)
         if self._replication_due_us is not None and now_us >= self._replication_due_us:
             self._replication_round(now_us)
@@ -453,7 +453,7 @@ class ServerCore:
 
     def timer_us(self) -> int | None:
         """The earliest time `handle_timer` has something to do."""
-        candidates = [self._heartbeat_due_us]
+        candidates: list[int] = [] if self._departed() else [self._heartbeat_due_us]
         if self._replication_due_us is not None:
             candidates.append(self._replication_due_us)
         if self._resend_heap:
@@ -476,7 +476,7 @@ class ServerCore:
             read_due_us = self._waiting.due_us()
             if read_due_us is not None:
                 candidates.append(read_due_us)
-        return min(candidates)
+        return min(candidates, default=None)
 
     # Commands.
 
@@ -518,6 +518,10 @@ class ServerCore:
     def leaving(self) -> bool:
         """Whether `leave` was called."""
         return self._leave is not None
+
+    def _departed(self) -> bool:
+        """Whether this server's drain finished and its last heartbeat (`left`) went."""
+        return self._leave is not None and self._leave.departed
 
     def answer_waiting_reads(self, *, now_us: int) -> None:
         """Answer every parked read "nothing yet" at once (the server is shutting down): each
@@ -2615,6 +2619,11 @@ class ServerCore:
             leave.stuck_us is not None and now_us - leave.stuck_us >= LEAVE_STUCK_MS * 1000
         ):
             leave.left = True
+            if message.finished:
+                # The last heartbeat says so: the manager takes this server out of the map at
+                # once, where its silence would have been a death and a failover of no part.
+                leave.departed = True
+                self._heartbeat(now_us)
             self._emit(
                 ServerLeft(
                     node=self._me,
@@ -3129,6 +3138,7 @@ class ServerCore:
                 renewed_sessions=self._renewed_batch(),
                 declared_parts=self._declared if self._declare_in_heartbeat else (),
                 leaving=self._leave is not None,
+                left=self._departed(),
             ),
         )
         self._declare_in_heartbeat = False
@@ -3287,6 +3297,8 @@ class _Leave:
     """Since when every role left has had nowhere to go (None: something can move)."""
     left: bool = False
     """Whether `ServerLeft` was emitted."""
+    departed: bool = False
+    """Whether the drain finished and the last heartbeat (`left`) went: none follows."""
 
 
 _Handler = Callable[[ServerCore, Any, NodeId, int], None]

@@ -527,11 +527,18 @@ class Network:
         if connection.stalled:
             self.break_connection(connection, now_us, reason)
             return
+        self._close_after_sent(connection, now_us, closer, peer, reason)
+        self._notify(connection, closer, now_us, reason, closer=True)
+
+    def _close_after_sent(
+        self, connection: Connection, now_us: int, closer: NodeId, peer: NodeId, reason: str
+    ) -> None:
+        """Close `connection` from `closer`'s end: what `closer` sent still arrives (what the
+        peer sent does not), and the peer is told once it has."""
         connection.move_to(ConnectionState.BROKEN)
         connection.lane_from(peer).epoch += 1
         connection.stall_generation += 1
         self._forget(connection)
-        self._notify(connection, closer, now_us, reason, closer=True)
         state = self.link_state(closer, peer)
         after_last_us = max(now_us + state.link.delay_us, state.last_arrival_us + 1)
         self._notify(connection, peer, after_last_us, reason)
@@ -571,6 +578,19 @@ class Network:
             else:
                 delay_us = self.link_state(node_id, peer).link.delay_us
             self.break_connection(connection, now_us, "peer-crashed", notify={peer: delay_us})
+
+    def node_exited(self, node_id: NodeId, now_us: int) -> None:
+        """A node's process exited: its kernel closes each of its connections after what it
+        sent (a stalled one is reset), and each peer is told once that has arrived."""
+        for connection in self._connections_of(node_id):
+            peer = connection.peer_of(node_id)
+            if connection.state is ConnectionState.BROKEN:
+                continue
+            if connection.stalled:
+                delay_us = self.link_state(node_id, peer).link.delay_us
+                self.break_connection(connection, now_us, "peer-exited", notify={peer: delay_us})
+            else:
+                self._close_after_sent(connection, now_us, node_id, peer, "peer-exited")
 
     def node_restarted(self, node_id: NodeId, now_us: int) -> None:
         """A node restarted: it has no connections, and peers still connected to it get reset."""

@@ -221,7 +221,8 @@ def build_leave(seed: int, *, waiting_read_share: float = 0.0) -> SimCluster:
 
 def _leave_at(cluster: SimCluster, at_us: int, choose: Callable[[], NodeId]) -> None:
     """At `at_us`, the server `choose()` names stops the planned way: `ServerCore.leave`, and
-    its process exits (a permanent crash that closes its connections) at `ServerLeft`."""
+    its process exits at `ServerLeft` (a permanent crash, after which what it sent, its last
+    heartbeat, still arrives)."""
 
     def leave() -> None:
         chosen = choose()
@@ -235,7 +236,7 @@ def _leave_at(cluster: SimCluster, at_us: int, choose: Callable[[], NodeId]) -> 
     def left(node_id: NodeId, event: se.ServerLeft) -> None:
         cluster.sim.call_at(
             cluster.sim.now_us,
-            lambda: cluster.sim.crash(node_id, permanent=True),
+            lambda: cluster.sim.crash(node_id, permanent=True, exited=True),
             label=f"{node_id} exits",
         )
 

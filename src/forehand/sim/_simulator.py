@@ -349,11 +349,19 @@ class Simulator:
 
     # -- faults --------------------------------------------------------------------------------
 
-    def crash(self, node_id: NodeId, *, silent: bool = False, permanent: bool = False) -> None:
+    def crash(
+        self,
+        node_id: NodeId,
+        *,
+        silent: bool = False,
+        permanent: bool = False,
+        exited: bool = False,
+    ) -> None:
         """Crash a node now: its core, inbox, timers and unfinished store requests are lost.
 
         A silent crash is a dead host: peers learn only when their connections time out. A
-        permanent crash is not undone by `heal()`.
+        permanent crash is not undone by `heal()`. An exit is a process that stopped by itself:
+        what it sent before still arrives, then its peers see its connections closed.
         """
         node = self._node(node_id)
         node.state = next_node_state(node.state, NodeTransition.CRASH)
@@ -367,7 +375,10 @@ class Simulator:
         node.silent = silent
         node.permanent = permanent
         self._settle_stores_at_crash(node)
-        self._network.node_crashed(node_id, self.now_us)
+        if exited:
+            self._network.node_exited(node_id, self.now_us)
+        else:
+            self._network.node_crashed(node_id, self.now_us)
         self.count("node-crashed")
         self._trace.pending.append(f"{self.now_us} crash {node_id} {silent} {permanent}")
         self._observe(node_id, NodeCrashed(node=node_id))

@@ -318,7 +318,11 @@ class CoreTranslator:
     # The manager.
 
     def _map_committed(self, node_id: NodeId, event: me.MapCommitted) -> Iterable[Observation]:
-        return (MapVersionObserved(node=node_id, map_version=event.map_version),)
+        observed = MapVersionObserved(node=node_id, map_version=event.map_version)
+        if event.change is me.MapChange.SERVER_LEFT:
+            # Rare enough to count: a server that left, or dead servers forgotten, out of the map.
+            return (observed, RarePathReached(node=node_id, name="manager/server-entry-removed"))
+        return (observed,)
 
     def _sessions_expired(
         self, node_id: NodeId, event: me.SessionsExpired
