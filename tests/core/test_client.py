@@ -534,6 +534,39 @@ def test_a_redirect_naming_the_same_server_brings_the_version_but_reports_no_mov
     assert h.of(PartRedirected) == []
 
 
+def test_a_redirect_naming_the_same_server_spends_no_retry() -> None:
+    """Retries spent on TRY_AGAIN down to the last one, the server then REDIRECTs the request
+    to itself at a newer version (it just learned the map that lets it serve): the request goes
+    again there at that version, not failed with RETRIES_EXHAUSTED, since each such REDIRECT
+    needs a newer version than the last. Another server named still spends one, and fails it."""
+    for target, version, outcome in (
+        ("s1", 7, None),
+        ("s2", 7, RequestFailedWhy.RETRIES_EXHAUSTED),
+    ):
+        h = Harness(retry_attempts_max=2, retry_backoff_ms=10, retry_jitter_ratio=0.0)
+        session = ready_session(h)
+        call = h.client.call(session, "auth", "a", b"", now_us=h.now_us)
+        h.drain()
+        for _ in range(2):
+            respond(h, "s1", h.take(Request, "s1")[0], status=ResponseStatus.TRY_AGAIN)
+            h.advance(ms=100)
+        h.take(Request, "s1")
+        redirect = Redirect(
+            request_id=call,
+            session_id=session,
+            part="auth",
+            map_version=version,
+            targets=(endpoint(target),),
+        )
+        h.feed("s1", redirect)
+        assert [f.why for f in h.of(RequestFailed)] == ([] if outcome is None else [outcome])
+        if outcome is None:
+            (again,) = h.take(Request, "s1")
+            assert (again.request_id, again.map_version) == (call, version)
+            respond(h, "s1", again, map_version=version)
+            assert [e.request_id for e in h.of(ResponseReceived)] == [call]
+
+
 def test_redirect_to_newer_version_moves_part_and_resends_in_order() -> None:
     """A newer REDIRECT moves the part and re-sends its requests, same ids, in call order."""
     h = Harness()

@@ -674,6 +674,56 @@ def test_a_peer_answers_with_the_managers_deltas_it_kept_or_not_at_all() -> None
     assert "map-chain-not-kept-for-peer" in rare_paths(cluster, "s2")
 
 
+def test_a_fenced_primary_gets_the_failovers_map_from_the_peer_it_asked_as_soon_as_it_has_it() -> (
+    None
+):
+    """Cut off from the manager, s1 is fenced by s2's refusal and asks s2 for its maps before
+    the failover's version is committed: s2 has nothing newer yet. When the manager's next
+    delta reaches s2, s2 sends it on to s1 at once, and s1 serves again then, not a whole
+    `map_request_retry_ms` later at its next ask (`drain-one-way` seed 17,600,251: a write
+    outlived its client's deadline by that wait)."""
+    retry_ms = ServerConfig(server_id="s1").map_request_retry_ms
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    held = cluster.map.version
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert cluster.events("s1", PartFenced)
+    cluster.router.advance(ms=retry_ms)
+    assert "map-asked-of-peer" in rare_paths(cluster, "s1")
+    assert cluster.server("s1").map_version == held
+    cluster.place("other", "s2", "s3", to=["s2", "s3"])
+    cluster.router.advance(ms=50)
+    assert cluster.server("s1").map_version == held + 1
+    assert "map-sent-to-follower" in rare_paths(cluster, "s2")
+    cluster.responses()
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.OK]
+
+
+def test_a_peer_that_asked_for_maps_gets_the_next_deltas_for_one_retry_interval() -> None:
+    """s2, asked by s1 for the maps after its own (none newer yet), sends s1 each delta the
+    manager sends it for `map_request_retry_ms` after the ask, and none after that."""
+    retry_ms = ServerConfig(server_id="s2").map_request_retry_ms
+    cluster = Cluster()
+    cluster.place("counter", "s1", "s2")
+    held = cluster.map.version
+    cluster.router.send("s1", "s2", MapRequested(server_id="s1", map_version=held))
+    cluster.place("ledger", "s2", "s3", to=["s2", "s3"])
+    cluster.router.advance(ms=retry_ms + 1)
+    cluster.place("other", "s2", "s3", to=["s2", "s3"])
+    sent = [
+        (message.base_version, message.map_version)
+        for _, source, destination, message in cluster.router.trace
+        if (source, destination) == ("s2", "s1") and isinstance(message, MapPublished)
+    ]
+    assert sent == [(held, held + 1)]
+
+
 def test_peer_maps_that_move_a_part_this_server_serves_are_not_taken() -> None:
     """A peer's chain that moves a part this server is PRIMARY of elsewhere is not adopted: a
     handoff or step-down started from maps the manager's fences cannot follow lost writes

@@ -224,3 +224,17 @@ def test_the_planned_restart_counts_parts_handed_off_and_fails_on_a_failure_or_n
         timeline=replace(timeline, load_stopped_s=195.0, leave=replace(leave, exit_code=3)),
     )
     assert status.problems == ("s4 exited with status 3 after SIGTERM",)
+    kept = run(
+        calls,
+        handoffs,
+        timeline=replace(timeline, load_stopped_s=195.0, leave=replace(leave, left_map=False)),
+    )
+    assert kept.problems == (
+        "the manager did not take s4 out of its map when it left"
+        " (its silence would be failed over instead)",
+    )
+    assert run(
+        calls,
+        handoffs,
+        timeline=replace(timeline, load_stopped_s=195.0, leave=replace(leave, left_map=True)),
+    ).ok

@@ -9,6 +9,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from forehand.core import ManagerConfig
 from forehand.runtime.admin import Drain, Status, Undrain
 
 if TYPE_CHECKING:
@@ -61,9 +62,12 @@ async def _scenario(cluster: Cluster) -> None:
                 )
                 placed = [p for s in sessions for p in s.placements().values()]
                 # Its share is a third of the 90 parts. The undrain alone gives back the parts
-                # whose hash places them there (14 when this test was written); the rebalance
-                # fills it up to its share.
-                return sum(p.primary == drained for p in placed) >= len(placed) // 3
+                # whose hash places them there (14 when this test was written, none in some
+                # runs); the rebalance fills it up to its share, give or take the tolerance
+                # (a server within it of its share neither gives nor receives: 26 of 30, once).
+                short = 1.0 - ManagerConfig().rebalance_tolerance
+                led = sum(p.primary == drained for p in placed)
+                return led >= len(placed) // 3 * short
 
             def state() -> dict[str, object]:
                 placed = [p for s in sessions for p in s.placements().values()]

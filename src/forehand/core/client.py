@@ -1711,12 +1711,18 @@ class ClientCore:
             return
         session = self._sessions[entry.session_id]
         route = session.parts[entry.part]
-        if not self._count_retry(entry, now_us):
+        moved = frame.map_version > route.map_version
+        # A REDIRECT naming the server itself, of a newer version, says only "send again with
+        # that version" (the part's epoch is newer than the request's map version): progress,
+        # since each such REDIRECT needs a newer version than the last, so it is not counted.
+        # Counted, it failed a call the server had just become able to serve, whose retries
+        # the part's fenced spell had used up (`drain-one-way` seed 17,600,251).
+        refresh = moved and bool(frame.targets) and frame.targets[0].server_id == source
+        if not refresh and not self._count_retry(entry, now_us):
             return
         if route.state is not RouteState.ACTIVE:
             entry.server = None
             return
-        moved = frame.map_version > route.map_version
         if moved:
             if not frame.targets or not all(t.server_id in self._endpoints for t in frame.targets):
                 # A target the client cannot vouch for: ask the manager instead.

@@ -191,6 +191,9 @@ def _declared_names(specs: Mapping[str, PartSpec]) -> tuple[str, ...]:
     return names if len(names) <= ANNOUNCED_PARTS_MAX else ()
 
 
+MAP_FOLLOWERS_MAX = 16
+"""Peers that asked this server for its maps and get the manager's next deltas as they come
+(`_on_map_requested`); past it, the one that asked longest ago is dropped."""
 _PARTS_NAMED_MAX = 16
 """Parts of the app an UNKNOWN_OP answer for an undeclared part names (the rest are counted)."""
 
@@ -348,6 +351,9 @@ class ServerCore:
         # (`_ask_witness`). One at a time. And the last peer asked, whose deltas are taken.
         self._map_witness: tuple[NodeId, int, int] | None = None
         self._map_peer_asked: NodeId | None = None
+        # Peers that asked for this server's maps (`_on_map_requested`), each until when it gets
+        # the manager's next deltas as they come, in the order they asked.
+        self._map_followers: dict[NodeId, int] = {}
         # Its deltas received, by base version, until they chain from the version held to the
         # one that settles the fence (at most `map_deltas_buffered_max`).
         self._peer_deltas: dict[int, MapPublished] = {}
@@ -2664,8 +2670,11 @@ class ServerCore:
         self._map_settled()
 
     def _adopt_kept(self, message: MapPublished, now_us: int) -> None:
-        """Adopt a map from the manager, and keep it for the peers when it is a delta."""
+        """Adopt a map from the manager, and keep it for the peers when it is a delta (sent on
+        at once to the peers that asked for maps lately)."""
         self._adopt(decode_published(self._map, message), now_us)
+        if self._map_followers and message.base_version != 0:
+            self._send_to_followers(message, now_us)
         kept = self._map_deltas_kept
         if message.base_version == 0 or (kept and kept[-1].map_version != message.base_version):
             kept.clear()
@@ -2792,15 +2801,19 @@ class ServerCore:
     def _on_map_requested(self, message: MapRequested, source: NodeId, now_us: int) -> None:
         """A peer fenced by this server's refusal asks for the maps after its own (`_ask_witness`):
         the manager's deltas from that version to the one held, when all are kept, else nothing
-        (it waits for the manager, or for a later ask). A peer asks at most once per retry
-        interval."""
+        (it waits for the manager, or for a later ask); and for a retry interval, each delta the
+        manager sends next (`_map_followers`). A peer asks at most once per retry interval."""
         current = self._map
-        if (
-            current is None
-            or message.server_id != source
-            or current.address(source) is None
-            or current.version <= message.map_version
-        ):
+        if current is None or message.server_id != source or current.address(source) is None:
+            return
+        # The failover that fenced it may not be committed yet, or this server's map not hold
+        # it: the manager's next deltas go to the peer as they come, for a retry interval, so
+        # that it learns that failover's map when this server does, not at its next ask.
+        self._map_followers.pop(source, None)
+        self._map_followers[source] = now_us + self._config.map_request_retry_ms * 1000
+        if len(self._map_followers) > MAP_FOLLOWERS_MAX:
+            del self._map_followers[next(iter(self._map_followers))]
+        if current.version <= message.map_version:
             return
         chain = [
             delta for delta in self._map_deltas_kept if delta.base_version >= message.map_version
@@ -2811,6 +2824,14 @@ class ServerCore:
         self._rare("map-answered-to-peer")
         for delta in chain:
             self._send(source, delta)
+
+    def _send_to_followers(self, message: MapPublished, now_us: int) -> None:
+        for peer, until_us in list(self._map_followers.items()):
+            if until_us < now_us:
+                del self._map_followers[peer]
+                continue
+            self._rare("map-sent-to-follower")
+            self._send(peer, message)
 
     def _adopt(self, new_map: ServerMap, now_us: int) -> None:
         previous_map = self._map

@@ -13,13 +13,15 @@
 6. Recover: start the killed server again (a new incarnation, holding nothing) and ask the
    manager for a rebalance, which hands it its share of the primaries by planned handoffs.
 7. Planned restart: SIGTERM a third server, as a rolling deploy does. It asks the manager to
-   drain it, hands every part off, and exits by itself; it is then started again.
+   drain it, hands every part off, and exits by itself; its last heartbeat takes it out of the
+   manager's map at once (no failover); it is then started again.
 8. Stop the load, read every cart back, print the report, stop every process.
 
 The run exits with status 1 when a request failed while predicted handoffs ran, while the
 rebalance ran or from the SIGTERM on, when no predicted handoff happened, when the rebalance
-moved nothing, when the server stopped with SIGTERM did not exit by itself with status 0, or
-when an acknowledged write was lost; 2 when the cluster could not start; 0 otherwise.
+moved nothing, when the server stopped with SIGTERM did not exit by itself with status 0 or
+the manager did not take it out of its map within 2 s of its exit, or when an acknowledged
+write was lost; 2 when the cluster could not start; 0 otherwise.
 """
 
 from __future__ import annotations
@@ -59,6 +61,9 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_START_FAILED = 2
 TICK_S = 0.5
+LEFT_MAP_WAIT_S = 2.0
+"""How long after its exit the server stopped with SIGTERM may still be in the manager's map
+(its last heartbeat takes it out at once; a failure timeout of silence is 3 s)."""
 """The demo samples and redraws this often."""
 STATUS_TIMEOUT_S = 2.0
 """A manager status poll that takes longer is skipped."""
@@ -444,6 +449,7 @@ class _Run:
             self.cluster.kill_server(server_id, now_s=exited_s)
         else:
             self.event(f"{server_id} exited (status {code}) {exited_s - signalled_s:.1f} s later")
+        left_map = None if code is None else await self._left_map(server_id)
         self.phase = f"restarting {server_id}"
         restart = asyncio.create_task(self.cluster.restart_server(server_id))
         while not restart.done():
@@ -460,7 +466,30 @@ class _Run:
             exited_s=exited_s,
             exit_code=code,
             restarted_s=self.now(),
+            left_map=left_map,
         )
+
+    async def _left_map(self, server_id: str) -> bool:
+        """Whether the manager takes `server_id` out of its map within `LEFT_MAP_WAIT_S` of its
+        exit: its last heartbeat said it left. Its silence would take a failure timeout (3 s),
+        and leave it in the map as dead."""
+        deadline_s = self.now() + LEFT_MAP_WAIT_S
+        while True:
+            try:
+                reply = await self.cluster.status()
+            except (AdminError, OSError, TimeoutError):
+                reply = None
+            listed = None if reply is None else {s.server_id: s for s in reply.servers}
+            if listed is not None and (
+                server_id not in listed or listed[server_id].map_state == ""
+            ):
+                self.event(f"the manager took {server_id} out of its map: no failover")
+                return True
+            if self.now() >= deadline_s:
+                self.event(f"the manager still lists {server_id} in its map")
+                return False
+            await asyncio.sleep(TICK_S / 5)
+            self.tick()
 
     async def _rebalance(self) -> int:
         """Ask for a rebalance; asked again a few times while nothing is queued (the restarted

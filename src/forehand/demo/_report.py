@@ -88,6 +88,9 @@ class LeaveTimeline:
     """Its exit status; None when it did not exit by itself."""
     restarted_s: float
     """It was ACTIVE again."""
+    left_map: bool | None = None
+    """Whether the manager had taken it out of its map (dead, cause `left`: no failover) within
+    `LEFT_MAP_WAIT_S` of its exit; None when not asked (it did not exit by itself)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,6 +212,8 @@ class LeaveSummary:
     """Its exit status; None when it did not exit by itself."""
     failed_requests: int
     """Calls started from the SIGTERM on that failed."""
+    left_map: bool | None = None
+    """Whether the manager took it out of its map at its exit (`LeaveTimeline.left_map`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,6 +409,7 @@ def _leave(
         failed_requests=sum(
             1 for call in calls if call.started_s >= leave.signalled_s and not call.ok
         ),
+        left_map=leave.left_map,
     )
 
 
@@ -466,6 +472,11 @@ def summarize(
             problems.append(f"{leave.server} did not exit by itself after SIGTERM")
         elif leave.exit_code:
             problems.append(f"{leave.server} exited with status {leave.exit_code} after SIGTERM")
+        elif leave.left_map is False:
+            problems.append(
+                f"the manager did not take {leave.server} out of its map when it left"
+                " (its silence would be failed over instead)"
+            )
         if leave.failed_requests:
             problems.append(
                 f"{leave.failed_requests} request(s) failed after the SIGTERM of {leave.server}"
@@ -599,11 +610,16 @@ def _leave_lines(summary: DemoSummary, timeline: Timeline) -> list[str]:
         return []
     origin_s = timeline.load_started_s
     status = "did not exit by itself" if moved.exit_code is None else f"status {moved.exit_code}"
+    out = {
+        True: "the manager took it out of the map at once (no failover); ",
+        False: "the manager did NOT take it out of the map at its exit; ",
+        None: "",
+    }[moved.left_map]
     return [
         f"SIGTERM {moved.server} at {leave.signalled_s - origin_s:.1f} s (planned restart): "
         f"{moved.parts_handed_off} of its {moved.parts} primary parts handed off, "
         f"{moved.parts_relocated} relocated; it exited {moved.exit_s:.1f} s after the signal "
-        f"({status}) and was ACTIVE again at {leave.restarted_s - origin_s:.1f} s; "
+        f"({status}); {out}ACTIVE again at {leave.restarted_s - origin_s:.1f} s; "
         f"{moved.failed_requests} failed request(s) since the SIGTERM"
     ]
 
