@@ -12,6 +12,7 @@ from forehand.core._driver import ConnectionCloseRequested, ConnectionOpened
 from forehand.core._manager_config import ManagerConfig
 from forehand.core._manager_events import (
     CredentialRefused,
+    CredentialsPaced,
     DeathCause,
     MapChange,
     MapCommitRejected,
@@ -60,6 +61,7 @@ from forehand.wire import (
     OpenSessionRefused,
     Ping,
     Pong,
+    ResumeReject,
     ResumeRejectReason,
     SessionOpened,
     Settings,
@@ -394,7 +396,14 @@ def test_open_pacing_forgets_the_quietest_origin_first() -> None:
 
 @pytest.mark.parametrize(
     ("setting", "value"),
-    [("open_rate_per_origin", float("nan")), ("open_rate_per_origin", -1.0), ("origins_max", 0)],
+    [
+        ("open_rate_per_origin", float("nan")),
+        ("open_rate_per_origin", -1.0),
+        ("origins_max", 0),
+        ("credential_rate_per_origin", float("inf")),
+        ("credential_rate_per_origin", -1.0),
+        ("credential_burst_per_origin", 0),
+    ],
 )
 def test_bad_open_pacing_settings_are_refused(setting: str, value: float) -> None:
     with pytest.raises(ConfigError, match=setting):
@@ -869,6 +878,44 @@ def test_hello_credentials_that_do_not_open_are_reported() -> None:
     assert [(r.client, r.session_id) for r in refused] == [("c2", bytes(16)), ("c2", other)]
     assert {r.reason for r in refused} == {int(ResumeRejectReason.TOKEN_INVALID)}
     assert refused[1].detail == "the credential is another session's"
+
+
+def test_credential_checks_are_paced_per_origin_and_a_proved_session_costs_none() -> None:
+    """A MAP_REQUEST from an origin past its `credential_burst_per_origin` gets only that many
+    credentials checked (each costs the manager about 5 us, and a frame carries up to 1,024:
+    one client could keep the manager's loop busy with forged ones); the rest bind nothing and
+    get no answer (`CredentialsPaced`), and are checked once the bucket refills. A session the
+    connection proved is not checked again, however often a frame names it, and another origin
+    is not paced by this one's."""
+    harness = ManagerHarness(credential_rate_per_origin=100.0, credential_burst_per_origin=3)
+    harness.join(*SERVERS)
+    opened = harness.open_session(("auth",), client="c1")
+    valid = Credential(session_id=opened.session_id, credential=opened.credential)
+    forged = tuple(
+        Credential(session_id=bytes([n] * 16), credential=b"x" * 40) for n in range(1, 5)
+    )
+    for client, origin in (("a", "192.0.2.7"), ("b", "198.51.100.1")):
+        harness.router.send(client, MANAGER, ConnectionOpened(peer=client, origin=origin))
+
+    def ask(client: str, credentials: tuple[Credential, ...]) -> list[bytes]:
+        harness.router.send(client, MANAGER, MapRequest(map_version=0, credentials=credentials))
+        (update,) = harness.take(client, MapUpdate)
+        return [e.session_id for e in decode_client_placements(update.body).entries]
+
+    assert ask("a", (valid, *forged)) == [opened.session_id]
+    assert [len(harness.take("a", ResumeReject))] == [2]
+    (paced,) = harness.events(CredentialsPaced)
+    assert (paced.client, paced.origin, paced.presented, paced.checked) == ("a", "192.0.2.7", 5, 3)
+    # The proved session costs nothing, even named 100 times; the forged ones wait for tokens.
+    assert ask("a", (valid,) * 100 + forged) == [opened.session_id]
+    assert harness.take("a", ResumeReject) == []
+    assert [(p.presented, p.checked) for p in harness.events(CredentialsPaced)] == [(5, 3), (4, 0)]
+    harness.router.advance(ms=20)
+    ask("a", forged)
+    assert len(harness.take("a", ResumeReject)) == 2
+    assert ask("b", (valid, *forged[:2])) == [opened.session_id]
+    assert len(harness.take("b", ResumeReject)) == 2
+    assert len(harness.events(CredentialsPaced)) == 3
 
 
 def test_close_session_removes_its_parts() -> None:

@@ -77,6 +77,19 @@ class ManagerConfig:
     `session_expiry_ms` of them; `map_parts_max` is the hard bound."""
     open_burst_per_origin: int = 5_000
     """Sessions one origin may open at once before `open_rate_per_origin` paces it."""
+    credential_rate_per_origin: float = 20_000.0
+    """Session credentials (in HELLO and MAP_REQUEST) the manager checks for one origin a
+    second, on average, once its `credential_burst_per_origin` is spent (a token bucket, as
+    `open_rate_per_origin`). Each check costs the manager about 5 us (a forged one), and a
+    frame may carry 1,024, so one client sending such frames in a loop kept the whole loop busy;
+    paced, one origin takes at most a tenth of it. Past the pace the credentials left over are
+    not checked (their sessions not bound, nothing said), and the client presents them again in
+    its next MAP_REQUEST. A credential of a session the connection already proved is not checked
+    again, so a client spends them only on reconnects. Clients behind one proxy or NAT share
+    its address: raise it for them, or 0 turns the pace off."""
+    credential_burst_per_origin: int = 100_000
+    """Credentials one origin may have checked at once before `credential_rate_per_origin`
+    paces it."""
     origins_max: int = 65_536
     """Most origins whose open pace the manager tracks; the one heard from longest ago is
     forgotten first (a quiet origin's bucket refills within burst / rate seconds, so forgetting it
@@ -469,6 +482,7 @@ _ZERO_ALLOWED = frozenset(
         "rebalance_tolerance",
         "rebalance_after_risk_ms",
         "open_rate_per_origin",
+        "credential_rate_per_origin",
     }
 )
 """Fields for which 0 means something: no pause, no jitter, disabled, fully caught up."""

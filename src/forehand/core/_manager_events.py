@@ -54,6 +54,7 @@ __all__ = [
     "SessionRegistered",
     "SessionsExpired",
     "CredentialRefused",
+    "CredentialsPaced",
     "PeerRefused",
 ]
 
@@ -658,6 +659,22 @@ class CredentialRefused:
     """Why, for logs."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialsPaced:
+    """A client's HELLO or MAP_REQUEST presented more session credentials than its origin's
+    pace allows (`credential_rate_per_origin`): those left over were not checked, and their
+    sessions not bound; the client presents them again later."""
+
+    client: str
+    """The client connection's node id."""
+    origin: str
+    """Its origin (an IP address, an IPv6 /64)."""
+    presented: int
+    """Credentials of sessions the connection had not proved yet."""
+    checked: int
+    """Of those, how many the pace let the manager check."""
+
+
 ManagerEvent = (
     MapLoaded
     | MapCommitted
@@ -689,6 +706,7 @@ ManagerEvent = (
     | SessionsExpired
     | PeerRefused
     | CredentialRefused
+    | CredentialsPaced
     | MapRequestsAnswered
 )
 """Any event the manager emits."""

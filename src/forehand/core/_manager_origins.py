@@ -23,7 +23,8 @@ __all__ = ["OpenRateLimit"]
 
 
 class OpenRateLimit:
-    """A token bucket per origin: `take` one open, or learn how long to wait for one."""
+    """A token bucket per origin: `take` one open, or learn how long to wait for one; or
+    `take_up_to` several (the manager's credential checks)."""
 
     __slots__ = ("_buckets", "_burst", "_origins_max", "_rate_per_s")
 
@@ -42,25 +43,40 @@ class OpenRateLimit:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def take_up_to(self, origin: str, wanted: int, now_us: int) -> int:
+        """Count up to `wanted` tokens from `origin`'s bucket; how many it had (all of them
+        when the pace is off or the origin unknown)."""
+        if not self.enabled or not origin or wanted <= 0:
+            return max(wanted, 0)
+        tokens = self._tokens(origin, now_us)
+        granted = min(wanted, int(tokens))
+        self._buckets[origin] = (tokens - granted, now_us)
+        self._bound()
+        return granted
+
+    def _tokens(self, origin: str, now_us: int) -> float:
+        entry = self._buckets.get(origin)
+        if entry is None:
+            return self._burst
+        left, counted_us = entry
+        refilled = max(0, now_us - counted_us) * self._rate_per_s / 1_000_000
+        self._buckets.move_to_end(origin)
+        return min(self._burst, left + refilled)
+
+    def _bound(self) -> None:
+        while len(self._buckets) > self._origins_max:
+            self._buckets.popitem(last=False)
+
     def take(self, origin: str, now_us: int) -> int:
         """Count one open from `origin` and return 0, or, when its bucket is empty, count
         nothing and return the milliseconds until it holds one open again (at least 1)."""
         if not self.enabled or not origin:
             return 0
-        buckets = self._buckets
-        entry = buckets.get(origin)
-        if entry is None:
-            tokens = self._burst
-        else:
-            left, counted_us = entry
-            refilled = max(0, now_us - counted_us) * self._rate_per_s / 1_000_000
-            tokens = min(self._burst, left + refilled)
-            buckets.move_to_end(origin)
+        tokens = self._tokens(origin, now_us)
         if tokens < 1.0:
-            buckets[origin] = (tokens, now_us)
+            self._buckets[origin] = (tokens, now_us)
             wait_us = int((1.0 - tokens) * 1_000_000 / self._rate_per_s)
             return max(1, -(-wait_us // 1000))
-        buckets[origin] = (tokens - 1.0, now_us)
-        while len(buckets) > self._origins_max:
-            buckets.popitem(last=False)
+        self._buckets[origin] = (tokens - 1.0, now_us)
+        self._bound()
         return 0

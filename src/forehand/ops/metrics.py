@@ -219,6 +219,12 @@ class ManagerMetrics:
             ["reason"],
             registry=r,
         )
+        self.credentials_paced = Counter(
+            "forehand_manager_credentials_paced",
+            "Session credentials in HELLO or MAP_REQUEST left unchecked because their origin"
+            " presented more than credential_rate_per_origin allows (presented again later).",
+            registry=r,
+        )
         self.drain_moved = Gauge(
             "forehand_drain_parts_moved", "Roles a drain moved away.", ["server"], registry=r
         )
@@ -329,6 +335,9 @@ class ManagerMetrics:
     def _credential_refused(self, event: Any) -> None:
         self.credentials_refused.labels(_reason_label(event.reason)).inc()
 
+    def _credentials_paced(self, event: Any) -> None:
+        self.credentials_paced.inc(event.presented - event.checked)
+
     def _held_answered(self, event: Any) -> None:
         self.held_answered.labels(event.why.value).inc(event.requests)
 
@@ -356,6 +365,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.RebalanceQueued: ManagerMetrics._rebalance_queued,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,
     manager_events.CredentialRefused: ManagerMetrics._credential_refused,
+    manager_events.CredentialsPaced: ManagerMetrics._credentials_paced,
     manager_events.MapRequestsAnswered: ManagerMetrics._held_answered,
 }
 _MANAGER_EVENT_TYPES = frozenset(_MANAGER_HANDLERS)

@@ -105,6 +105,7 @@ NOTABLE_EVENTS = frozenset(
         "StateNotEncodable",
         "SessionsExpired",
         "SessionOpenRefused",
+        "CredentialsPaced",
         "ServerSuperseded",
     }
 )
@@ -139,6 +140,7 @@ PEER_CAUSED_EVENTS = frozenset(
         "ResumeRejected",
         "ProtocolViolationDetected",
         "CredentialRefused",
+        "CredentialsPaced",
         "PeerRefused",
     }
 )
