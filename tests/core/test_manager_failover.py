@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+import forehand.core.manager as manager_module
 from forehand.core._manager_events import (
     FailoverAbandoned,
     FailoverCompleted,
@@ -536,3 +537,27 @@ def test_a_dead_server_forgotten_leaves_the_map_and_may_join_again_as_new() -> N
     harness.announce("s2", incarnation=2)
     harness.tick(1_000, alive=SERVERS)
     assert harness.map.server("s2").state is ServerState.ACTIVE
+
+
+def test_forgotten_dead_servers_leave_the_map_a_batch_a_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each removal scans the overrides, so a version removes at most `FORGOTTEN_REMOVALS_MAX`
+    forgotten entries (a map from before the removal existed may hold thousands, all forgotten
+    together 10 minutes after a load) and the next batch follows its commit: with a batch of
+    2, three forgotten servers leave in two versions."""
+    monkeypatch.setattr(manager_module, "FORGOTTEN_REMOVALS_MAX", 2)
+    servers = ("s1", "s2", "s3", "s4", "s5", "s6")
+    harness = ManagerHarness(dead_servers_forget_ms=2_000)
+    harness.join(*servers)
+    for index in range(3):
+        assert harness.open_session(PARTS, client=f"c{index}") is not None
+    survivors = ("s1", "s2", "s3")
+    harness.tick(700, alive=survivors)
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(3_000, alive=survivors)
+    assert {entry.server_id for entry in harness.map.servers} == set(survivors)
+    removed = [e for e in harness.events(MapCommitted) if e.change is MapChange.SERVER_LEFT]
+    assert [len(e.servers) for e in removed] == [2, 1]

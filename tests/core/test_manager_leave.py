@@ -14,16 +14,27 @@ from forehand.core._manager_events import (
     MapChange,
     MapCommitted,
     ServerDeclaredDead,
+    ServerJoined,
     ServerLeaving,
 )
+from forehand.core._membership import MemberState
 from forehand.core.messages import DrainReported, HandoffAssigned, HandoffCompleted
 from forehand.placement import ServerState
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from tests.core._manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
 else:
-    from _manager_helpers import MANAGER, ManagerHarness, opened_refs
+    from _manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
+
+
+def complete_failover(harness: ManagerHarness, survivors: tuple[str, ...]) -> None:
+    """The survivors answer every fence they got; the failover commits."""
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
+    harness.tick(100, alive=survivors)
+
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay", "game", "news", "maps", "docs")
@@ -185,6 +196,67 @@ def test_a_server_that_left_is_dead_at_once_and_leaves_the_map_with_no_failover(
     harness.tick(1_000, alive=SERVERS)
     assert harness.map.server("s2").state is ServerState.ACTIVE
     assert harness.open_session(PARTS, client="c2") is not None
+
+
+def test_a_leaving_server_declared_dead_meanwhile_is_told_to_stop_not_readmitted() -> None:
+    """s2's drain finished, then it was cut off past the failure timeout: dead by silence, a
+    failover of nothing. Its leaving heartbeats come through late: it is told it may stop
+    (`finished`), and not readmitted, so its `left` changes nothing. Before, the late heartbeat
+    readmitted it, and the exited process joined the map as ACTIVE, to be failed over again
+    (`leave-faults` seeds 232 and 388)."""
+    harness = ManagerHarness(handoffs_per_server_max=8)
+    harness.join(*SERVERS)
+    assert harness.open_session(PARTS) is not None
+    others = leave_and_finish(harness, "s2")
+    harness.tick(4_000, alive=others)
+    (dead,) = harness.events(ServerDeclaredDead)
+    assert dead.cause is DeathCause.SILENCE
+    failovers = len(harness.events(FailoverStarted))
+    harness.leaving.add("s2")
+    harness.heartbeat("s2")
+    harness.leaving.discard("s2")
+    assert harness.take("s2", DrainReported)[-1].finished
+    harness.departed.add("s2")
+    harness.heartbeat("s2")
+    harness.departed.discard("s2")
+    harness.tick(4_000, alive=others)
+    assert harness.manager.membership.state_of("s2") is MemberState.DEAD
+    assert harness.map.server("s2").state is ServerState.DEAD
+    assert [e.server_id for e in harness.events(ServerJoined)].count("s2") == 1
+    assert len(harness.events(ServerDeclaredDead)) == 1
+    assert len(harness.events(FailoverStarted)) == failovers
+
+
+def test_a_readmitted_server_that_leaves_before_its_join_commits_does_not_join() -> None:
+    """Dead by silence, s2 is heard again and readmitted; SIGTERM comes while its join waits in
+    the store: it holds nothing, is told so, and its `left` makes it dead again, so the join is
+    dropped instead of listing the gone process ACTIVE."""
+    harness = ManagerHarness(handoffs_per_server_max=8)
+    harness.join(*SERVERS)
+    assert harness.open_session(PARTS) is not None
+    others = tuple(s for s in SERVERS if s != "s2")
+    harness.tick(4_000, alive=others)
+    complete_failover(harness, others)
+    held = HeldCommit(harness)
+    harness.router.store_executors[MANAGER] = held
+    harness.heartbeat("s2")
+    assert harness.manager.membership.state_of("s2") is MemberState.JOINING and held.held
+    harness.leaving.add("s2")
+    harness.heartbeat("s2")
+    harness.leaving.discard("s2")
+    assert harness.take("s2", DrainReported)[-1].finished
+    harness.departed.add("s2")
+    harness.heartbeat("s2")
+    harness.departed.discard("s2")
+    assert harness.manager.membership.state_of("s2") is MemberState.DEAD
+    held.release()
+    harness.router.store_executors[MANAGER] = harness.execute
+    harness.tick(2_000, alive=others)
+    assert harness.map.server("s2").state is not ServerState.ACTIVE
+    assert [e.cause for e in harness.events(ServerDeclaredDead)] == [
+        DeathCause.SILENCE,
+        DeathCause.LEFT,
+    ]
 
 
 def test_left_before_the_drain_finished_counts_as_leaving_and_silence_fails_it_over() -> None:

@@ -188,3 +188,16 @@ def test_a_failover_kept_primary_learns_its_map_from_the_peer_that_fenced_it() -
     failed = {name: n for name, n in counters.items() if name.startswith("client/request-failed")}
     assert failed == {}
     assert counters.get("client/try-again-primary-behind", 0) < 100
+
+
+@pytest.mark.parametrize("seed", [232, 388])
+def test_a_server_dead_while_it_left_is_not_readmitted_after_its_exit(seed: int) -> None:
+    """`leave-faults` seeds 232 and 388: the leaving server is cut off past the failure timeout
+    and failed over; its late leaving heartbeats tell it to stop, and the process that exits is
+    not readmitted. Before, they readmitted it, the gone process joined the map as ACTIVE, and
+    its silence was failed over a second time."""
+    result = run_scenario(get_scenario(LEAVE_FAULTS_SCENARIO), seed)
+    assert result.failure is None
+    counters = result.counters
+    assert counters.get("manager/server-declared-dead-silence", 0) == 1
+    assert counters.get("manager/failover-started", 0) == 1

@@ -80,6 +80,7 @@ _TRANSITIONS: dict[tuple[MemberState, MemberTrigger], MemberState] = {
     (MemberState.JOINING, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.JOINING,
     (MemberState.JOINING, MemberTrigger.RESTARTED): MemberState.JOINING,
     (MemberState.JOINING, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
+    (MemberState.JOINING, MemberTrigger.LEFT): MemberState.DEAD,
     (MemberState.ALIVE, MemberTrigger.HEARTBEAT_RECEIVED): MemberState.ALIVE,
     (MemberState.ALIVE, MemberTrigger.SILENCE_SUSPECTED): MemberState.SUSPECTED,
     (MemberState.ALIVE, MemberTrigger.SILENCE_CONFIRMED): MemberState.DEAD,
@@ -129,6 +130,9 @@ class HeartbeatOutcome(enum.Enum):
     replacement (a stray restarted by hand); refused."""
     UNKNOWN = "unknown"
     """No such member, or an incarnation it never announced: ignored."""
+    DEAD_LEAVING = "dead_leaving"
+    """A dead member's heartbeat that says it is leaving: the process is stopping and its
+    failover took what it held, so it is not readmitted."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -575,6 +579,8 @@ class Membership:
             self._declared = None
         self.record_progress(member, message.parts)
         if member.state is MemberState.DEAD:
+            if message.leaving:
+                return HeartbeatOutcome.DEAD_LEAVING
             member.rejoin_pending = True
             return HeartbeatOutcome.REJOIN_PENDING
         self._transition(member, MemberTrigger.HEARTBEAT_RECEIVED)
@@ -613,10 +619,11 @@ class Membership:
         return True
 
     def depart(self, server_id: str, *, now_us: int) -> bool:
-        """An ALIVE member's last heartbeat said it left (its drain finished and its process
-        stops): it is dead at once, with no silence to wait for. False when not ALIVE."""
+        """An ALIVE (or JOINING: readmitted after a death, its join not committed yet)
+        member's last heartbeat said it left (its drain finished and its process stops): it is
+        dead at once, with no silence to wait for. False otherwise."""
         member = self._members.get(server_id)
-        if member is None or member.state is not MemberState.ALIVE:
+        if member is None or member.state not in (MemberState.ALIVE, MemberState.JOINING):
             return False
         self._transition(member, MemberTrigger.LEFT)
         member.died_us = now_us

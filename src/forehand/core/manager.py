@@ -193,6 +193,8 @@ __all__ = ["ManagerCore"]
 
 DRAIN_TICK_MS = 200
 """How often drains queue the moves of their server's remaining roles."""
+FORGOTTEN_REMOVALS_MAX = 16
+"""Forgotten dead servers' entries one map version removes (each removal scans the overrides)."""
 JOIN_RETRY_MS = 1_000
 """A join that could not be committed is tried again after this long."""
 FAILOVER_ATTEMPTS_MAX = 3
@@ -1341,6 +1343,22 @@ class ManagerCore:
             self._expiry.renewed(message.renewed_sessions[:HEARTBEAT_RENEWALS_MAX], now_us=now_us)
         if outcome is HeartbeatOutcome.SUPERSEDED:
             self._refuse_superseded(message.server_id, message.incarnation)
+        current = self.shard_map
+        if outcome is HeartbeatOutcome.DEAD_LEAVING and not message.left and current is not None:
+            # Declared dead while it left (cut off past the failure timeout): its failover took
+            # what it held, so it may stop. Readmitted instead, it exited while its join went on,
+            # and the map listed the gone process ACTIVE until its silence failed it over again
+            # (`leave-faults` seeds 232 and 388).
+            self._send(
+                source,
+                messages.DrainReported(
+                    map_version=current.version,
+                    roles_left=0,
+                    primaries_left=0,
+                    roles_waiting=0,
+                    finished=True,
+                ),
+            )
         if outcome is HeartbeatOutcome.ACCEPTED:
             self._heard_again(message.server_id, suspected=suspected, now_us=now_us)
         if outcome is HeartbeatOutcome.REJOIN_PENDING:
@@ -1438,27 +1456,50 @@ class ManagerCore:
         change = Change(
             kind=MapChange.SERVER_LEFT,
             build=self._build_removal_of_forgotten,
-            committed=lambda built, now_us: None,
+            committed=lambda built, now_us: self._removal_of_forgotten_committed(built),
             dropped=lambda cause, now_us: None,
         )
         self._pipeline.submit(change)
 
+    def _removal_of_forgotten_committed(self, built: Built) -> None:
+        if built.payload:
+            # More forgotten entries than one version removes: the next batch.
+            self._queue_removal_of_forgotten()
+
     def _build_removal_of_forgotten(self, current: ShardMap) -> Built:
-        """Remove every DEAD entry whose server this manager no longer knows and that no
-        placement names (a DEAD server is in no ring: only a pinned placement could); an empty
-        change when there is none."""
-        gone = [
+        """Remove up to `FORGOTTEN_REMOVALS_MAX` DEAD entries whose server this manager no
+        longer knows and that no placement names (a DEAD server is in no ring: only a pinned
+        placement could); an empty change when there is none. Each check and each removal scans
+        the overrides, so a map that kept thousands of dead entries (before this removal
+        existed) loses them a batch a version, not in one stall of the loop; the payload says
+        whether candidates were left for the next (only when this one removed some, so that
+        the batches end)."""
+        candidates = [
             entry.server_id
             for entry in self._map_entries(current)
-            if entry.state is ServerState.DEAD
-            and self._membership.get(entry.server_id) is None
-            and not any(current.part_counts(entry.server_id))
+            if entry.state is ServerState.DEAD and self._membership.get(entry.server_id) is None
         ]
+        gone: list[str] = []
+        examined = 0
+        for server_id in candidates:
+            if len(gone) >= FORGOTTEN_REMOVALS_MAX or examined >= 4 * FORGOTTEN_REMOVALS_MAX:
+                break
+            examined += 1
+            if not any(current.part_counts(server_id)):
+                gone.append(server_id)
+        # Only after progress: entries a placement still names stay until the next forgetting.
+        more = bool(gone) and examined < len(candidates)
         if not gone:
-            return Built(delta=None, new_map=current, parts=(), servers=())
+            return Built(delta=None, new_map=current, parts=(), servers=(), payload=more)
         operations: list[Operation] = [ServerLeft(server_id=server_id) for server_id in gone]
         stable = stabilize(current, operations, intended=lambda key: False)
-        return Built(delta=stable.delta, new_map=stable.new_map, parts=(), servers=tuple(gone))
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=(),
+            servers=tuple(gone),
+            payload=more,
+        )
 
     def _roles_of(self, current: ShardMap, server_id: str) -> tuple[int, int]:
         """Roles (primary and replica) the map gives `server_id`, and how many are primaries;

@@ -61,10 +61,10 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_START_FAILED = 2
 TICK_S = 0.5
+"""The demo samples and redraws this often."""
 LEFT_MAP_WAIT_S = 2.0
 """How long after its exit the server stopped with SIGTERM may still be in the manager's map
 (its last heartbeat takes it out at once; a failure timeout of silence is 3 s)."""
-"""The demo samples and redraws this often."""
 STATUS_TIMEOUT_S = 2.0
 """A manager status poll that takes longer is skipped."""
 REPORT_WIDTH = 132
