@@ -40,7 +40,7 @@ from forehand.core.messages import (
 from forehand.core.tokens import KeyRing, TokenSealer
 from forehand.placement import PartKey, Placement, PlacementConfig, ShardMap, new_session_id
 from forehand.stores import MemoryStore
-from forehand.wire import OpenSession
+from forehand.wire import Credential, MapRequest, OpenSession, SessionOpened
 
 SERVERS = tuple(f"s{index}" for index in range(8))
 PARTS = ("auth", "cart")
@@ -48,6 +48,8 @@ SESSIONS = 2_000
 HEARTBEATS = 20_000
 HANDOFFS = 2_000
 BURST = 200
+LOCATE_SESSIONS = 64
+LOCATES = 2_000
 HANDOFF_PART = ("cart",)
 LOAD = LoadReport(
     cpu_utilization=0.2, queue_depth=1, latency_us_p99=900, error_ratio=0.0, requests_per_second=5
@@ -114,6 +116,45 @@ def apply_deltas(count: int) -> None:
         delta = shard_map.add_session_parts(new_session_id(now_ms=index, rng=rng), PARTS)
         ShardMap.encode_delta(delta)
         shard_map = shard_map.apply(delta)
+
+
+def _located_client() -> tuple[ManagerCore, list[Credential]]:
+    """A manager with `LOCATE_SESSIONS` sessions opened on connection c1, and their
+    credentials (the sessions a client presents when it locates them)."""
+    core, store = _manager()
+    for request_id in range(LOCATE_SESSIONS):
+        core.receive_message(
+            OpenSession(request_id=request_id, parts=PARTS), source="c1", now_us=request_id
+        )
+        run_store(core, store)
+    credentials = [
+        Credential(session_id=out.message.session_id, credential=out.message.credential)
+        for out in core.messages_to_send()
+        if isinstance(out.message, SessionOpened)
+    ]
+    while core.next_event() is not None:
+        pass
+    return core, credentials
+
+
+def _locate(count: int, *, presented: bool) -> None:
+    core, credentials = _located_client()
+    frame = MapRequest(map_version=0, credentials=tuple(credentials) if presented else ())
+    for index in range(count):
+        core.receive_message(frame, source="c1", now_us=LOCATE_SESSIONS + index)
+        core.messages_to_send()
+
+
+def locate(count: int) -> None:
+    """The candidate: `count` MAP_REQUESTs presenting the credentials of the connection's own
+    sessions, answered (a session the connection proved is not checked again)."""
+    _locate(count, presented=True)
+
+
+def locate_bare(count: int) -> None:
+    """The baseline: the same MAP_REQUESTs presenting no credential (the same answer: the
+    sessions are bound to the connection already)."""
+    _locate(count, presented=False)
 
 
 def heartbeats(count: int, config: ManagerConfig | None = None) -> None:
@@ -253,6 +294,7 @@ def main() -> None:
     quick = "--quick" in sys.argv
     sessions, beats, rounds = (200, 2_000, 1) if quick else (SESSIONS, HEARTBEATS, 3)
     handoffs = 200 if quick else HANDOFFS
+    locates = 200 if quick else LOCATES
     # The first manager imports and sets up the risk policy's models (seconds); not a session's.
     _manager()
     rows = [
@@ -289,6 +331,14 @@ def main() -> None:
             rounds=rounds,
         ),
         handoff_row(handoffs, rounds),
+        compare(
+            f"MAP_REQUESTs of {LOCATE_SESSIONS} proved sessions answered",
+            candidate=locate,
+            baseline=locate_bare,
+            baseline_name="the same, presenting no credential",
+            count=locates,
+            rounds=rounds,
+        ),
     ]
     print_comparisons("ManagerCore", rows)
 
