@@ -163,6 +163,14 @@ def test_a_restarted_server_is_active_again_and_may_leave_again() -> None:
     ]
 
 
+def beat(harness: ManagerHarness, server_id: str, *, left: bool = False) -> None:
+    """One heartbeat of `server_id` that says `leaving` (and `left`: its last)."""
+    group = harness.departed if left else harness.leaving
+    group.add(server_id)
+    harness.heartbeat(server_id)
+    group.discard(server_id)
+
+
 def leave_and_finish(harness: ManagerHarness, server_id: str) -> tuple[str, ...]:
     """Drain `server_id` by its leaving heartbeats until it is told `finished`; the others."""
     harness.leaving.add(server_id)
@@ -180,9 +188,7 @@ def test_a_server_that_left_is_dead_at_once_and_leaves_the_map_with_no_failover(
     harness.join(*SERVERS)
     assert harness.open_session(PARTS) is not None
     others = leave_and_finish(harness, "s2")
-    harness.departed.add("s2")
-    harness.heartbeat("s2")
-    harness.departed.discard("s2")
+    beat(harness, "s2", left=True)
     (dead,) = harness.events(ServerDeclaredDead)
     assert (dead.server_id, dead.cause, dead.primary_parts) == ("s2", DeathCause.LEFT, 0)
     harness.tick(5_000, alive=others)
@@ -212,13 +218,9 @@ def test_a_leaving_server_declared_dead_meanwhile_is_told_to_stop_not_readmitted
     (dead,) = harness.events(ServerDeclaredDead)
     assert dead.cause is DeathCause.SILENCE
     failovers = len(harness.events(FailoverStarted))
-    harness.leaving.add("s2")
-    harness.heartbeat("s2")
-    harness.leaving.discard("s2")
+    beat(harness, "s2")
     assert harness.take("s2", DrainReported)[-1].finished
-    harness.departed.add("s2")
-    harness.heartbeat("s2")
-    harness.departed.discard("s2")
+    beat(harness, "s2", left=True)
     harness.tick(4_000, alive=others)
     assert harness.manager.membership.state_of("s2") is MemberState.DEAD
     assert harness.map.server("s2").state is ServerState.DEAD
@@ -241,13 +243,9 @@ def test_a_readmitted_server_that_leaves_before_its_join_commits_does_not_join()
     harness.router.store_executors[MANAGER] = held
     harness.heartbeat("s2")
     assert harness.manager.membership.state_of("s2") is MemberState.JOINING and held.held
-    harness.leaving.add("s2")
-    harness.heartbeat("s2")
-    harness.leaving.discard("s2")
+    beat(harness, "s2")
     assert harness.take("s2", DrainReported)[-1].finished
-    harness.departed.add("s2")
-    harness.heartbeat("s2")
-    harness.departed.discard("s2")
+    beat(harness, "s2", left=True)
     assert harness.manager.membership.state_of("s2") is MemberState.DEAD
     held.release()
     harness.router.store_executors[MANAGER] = harness.execute

@@ -618,6 +618,16 @@ def test_a_failover_prepared_behind_the_map_held_does_not_fence() -> None:
     assert [r.status for r in cluster.responses()] == [ResponseStatus.OK]
 
 
+def fence_s1_by_s2(cluster: Cluster) -> None:
+    """s1 writes the counter, s2 (its replica) is fenced by a failover s1 does not hear of,
+    and s1's next write is refused by s2, which fences the part on s1."""
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+    cluster.prepare_failover([COUNTER], to=["s2"])
+    cluster.request("s1", "counter")
+    cluster.router.advance(ms=50)
+
+
 def rare_paths(cluster: Cluster, server: str) -> list[str]:
     """The rare paths `server` took so far."""
     return [event.name for event in cluster.events(server, RarePathTaken)]
@@ -686,11 +696,7 @@ def test_a_fenced_primary_gets_the_failovers_map_from_the_peer_it_asked_as_soon_
     cluster = Cluster()
     cluster.place("counter", "s1", "s2")
     held = cluster.map.version
-    cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
-    cluster.prepare_failover([COUNTER], to=["s2"])
-    cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
+    fence_s1_by_s2(cluster)
     assert cluster.events("s1", PartFenced)
     cluster.router.advance(ms=retry_ms)
     assert "map-asked-of-peer" in rare_paths(cluster, "s1")
@@ -732,11 +738,7 @@ def test_peer_maps_that_move_a_part_this_server_serves_are_not_taken() -> None:
     cluster.place("counter", "s1", "s2")
     cluster.place("ledger", "s1", "s3")
     held = cluster.map.version
-    cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
-    cluster.prepare_failover([COUNTER], to=["s2"])
-    cluster.request("s1", "counter")
-    cluster.router.advance(ms=50)
+    fence_s1_by_s2(cluster)
     (fenced,) = cluster.events("s1", PartFenced)
     cluster.place("ledger", "s3", "s1", to=["s2", "s3"])
     assert cluster.map.version == fenced.fence_version
