@@ -1450,9 +1450,10 @@ class ManagerCore:
         (`dead_servers_forget_ms` after their death): their failover is long over, and a map
         that kept them grew by one entry for each server id that ever died (a pod name, say),
         sent whole to every joining server and client, up to `servers_max`, past which no
-        server could join. A server that comes back later joins as a new one. Each removal
-        takes every such entry, so one that did not commit (a full queue, the store's trouble)
-        goes with the next server forgotten, or 10 minutes after the next map load."""
+        server could join. A server that comes back later joins as a new one. The removals
+        take every such entry, a batch a version, so one that did not commit (a full queue,
+        the store's trouble) goes with the next server forgotten, or 10 minutes after the next
+        map load."""
         change = Change(
             kind=MapChange.SERVER_LEFT,
             build=self._build_removal_of_forgotten,
