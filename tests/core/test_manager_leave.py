@@ -320,19 +320,7 @@ def test_on_a_fleet_of_two_nothing_counts_as_waiting_while_a_handoff_of_it_runs(
         assert harness.open_session(PARTS, client=f"c{index}") is not None
     harness.leaving.add("s1")
     held: list[HandoffAssigned] = []
-    for _ in range(40):
-        for server_id in servers:
-            for assigned in harness.take(server_id, HandoffAssigned):
-                if assigned.source != server_id:
-                    continue
-                if not held:
-                    held.append(assigned)
-                    continue
-                done = HandoffCompleted(
-                    handoff_id=assigned.handoff_id, server_id=server_id, parts=assigned.parts
-                )
-                harness.router.send(server_id, MANAGER, done)
-        harness.tick(100, alive=servers)
+    play(harness, rounds=40, held=held, alive=servers)
     assert held and not harness.map.parts_for("s1").primary
     reports = harness.take("s1", DrainReported)
     assert reports and all(r.roles_waiting == 0 and not r.finished for r in reports)

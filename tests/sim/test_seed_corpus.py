@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from forehand.sim import ALL_SCENARIO, ROTATION, Campaign, get_scenario, run_scenario
+from forehand.sim._campaign import CampaignResult
 from forehand.sim._scenarios import LEAVE_FAULTS_SCENARIO, ONE_WAY_SCENARIO
 
 CORPUS_SEEDS = 40 * len(ROTATION)
@@ -138,17 +139,22 @@ def test_a_drain_under_a_one_way_partition_passes_every_checker() -> None:
     """A server drained while the manager's messages to it are lost: its handoffs fall back to
     failovers and it catches up in a burst once the cut heals. Every checker holds on every
     seed, and the scenario does reach the failover fallback and the cut."""
-    output = io.StringIO()
-    campaign = Campaign(
-        get_scenario(ONE_WAY_SCENARIO),
-        console=Console(file=output, width=200, force_terminal=False),
-    )
-    outcome = campaign.run(seed_count=ONE_WAY_SEEDS)
-    campaign.print_summary(outcome)
-    assert outcome.ok, output.getvalue()
+    outcome, output = _campaign(ONE_WAY_SCENARIO, ONE_WAY_SEEDS)
+    assert outcome.ok, output
     counters = outcome.counters
     for name in ("partition-started", "manager/handoff-aborted-failed_over"):
-        assert counters[name][1] >= ONE_WAY_SEEDS // 2, output.getvalue()
+        assert counters[name][1] >= ONE_WAY_SEEDS // 2, output
+
+
+def _campaign(scenario: str, seeds: int) -> tuple[CampaignResult, str]:
+    """Run `seeds` seeds of `scenario`; the outcome and the printed summary."""
+    output = io.StringIO()
+    campaign = Campaign(
+        get_scenario(scenario), console=Console(file=output, width=200, force_terminal=False)
+    )
+    outcome = campaign.run(seed_count=seeds)
+    campaign.print_summary(outcome)
+    return outcome, output.getvalue()
 
 
 LEAVE_FAULTS_SEEDS = 12
@@ -160,14 +166,8 @@ def test_a_server_leaving_among_faults_passes_every_checker() -> None:
     """Every kind of fault, and a server stopping the planned way (drained at its own request,
     it exits when told it holds nothing) at a drawn time among them: every checker holds on
     every seed, and the leaves do finish."""
-    output = io.StringIO()
-    campaign = Campaign(
-        get_scenario(LEAVE_FAULTS_SCENARIO),
-        console=Console(file=output, width=200, force_terminal=False),
-    )
-    outcome = campaign.run(seed_count=LEAVE_FAULTS_SEEDS)
-    campaign.print_summary(outcome)
-    assert outcome.ok, output.getvalue()
+    outcome, output = _campaign(LEAVE_FAULTS_SCENARIO, LEAVE_FAULTS_SEEDS)
+    assert outcome.ok, output
     assert outcome.counters["manager/drain-finished"][1] >= LEAVE_FAULTS_SEEDS // 2
 
 
