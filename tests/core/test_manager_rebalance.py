@@ -222,6 +222,48 @@ def test_the_manager_rebalances_a_settled_cluster_by_itself() -> None:
     assert harness.events(RebalanceQueued) == rebalances
 
 
+def test_an_unsettled_check_looks_again_after_the_settle_time() -> None:
+    """`rebalance_settle_ms`: the check that sees the new server looks again after the settle
+    time, not a whole interval later, and rebalances then; so does the rest of a rebalance
+    larger than `rebalance_parts_max` once its moves ended. An even cluster is checked only
+    every interval."""
+    harness = unbalanced(
+        rebalance_interval_ms=60_000, rebalance_settle_ms=1_000, rebalance_parts_max=5
+    )
+    before = len(harness.primaries("s4"))
+    assert SESSIONS // 4 - before > 5
+    harness.tick(60_000, alive=SERVERS)  # the first check: s4 is new since none
+    assert harness.events(RebalanceQueued) == []
+    harness.tick(1_000, alive=SERVERS)
+    rebalances = harness.events(RebalanceQueued)
+    assert [r.parts for r in rebalances] == [5], rebalances
+    # The rest comes at the first check after the moves ended, a second apart.
+    complete_handoffs(harness)
+    harness.tick(1_000, alive=SERVERS)
+    rebalances = harness.events(RebalanceQueued)
+    assert len(rebalances) == 2 and 0 < rebalances[1].parts <= 5, rebalances
+    complete_handoffs(harness)
+    after = len(harness.primaries("s4"))
+    assert after == before + 5 + rebalances[1].parts
+    assert after >= SESSIONS // 4 * (1 - harness.config.rebalance_tolerance)
+    # Even: the next check queues nothing, and the one after it comes an interval later, so
+    # a server that joins now waits for it.
+    harness.tick(1_000, alive=SERVERS)
+    harness.join("s5")
+    waited_s = 0
+    while len(harness.events(RebalanceQueued)) == 2 and waited_s < 120:
+        harness.tick(1_000, alive=(*SERVERS, "s5"))
+        waited_s += 1
+    assert 55 <= waited_s <= 62, waited_s
+
+
+def test_the_settle_time_is_at_most_the_interval() -> None:
+    """A settle time longer than the interval is the interval: checks 1 s apart."""
+    harness = unbalanced(rebalance_interval_ms=1_000, rebalance_settle_ms=60_000)
+    harness.tick(2_500, alive=SERVERS)
+    assert len(harness.events(RebalanceQueued)) == 1
+
+
 def test_no_automatic_rebalance_when_turned_off_or_within_tolerance() -> None:
     off = unbalanced(rebalance_interval_ms=0)
     off.tick(5_000, alive=SERVERS)
@@ -306,6 +348,7 @@ def test_a_server_the_risk_policy_emptied_waits_before_it_receives() -> None:
         ({"rebalance_tolerance": -0.1}, "rebalance_tolerance must be positive"),
         ({"rebalance_parts_max": 0}, "rebalance_parts_max must be positive"),
         ({"rebalance_interval_ms": -1}, "rebalance_interval_ms must be positive"),
+        ({"rebalance_settle_ms": 0}, "rebalance_settle_ms must be positive"),
     ],
 )
 def test_bad_rebalance_settings_are_refused(overrides: dict[str, Any], rule: str) -> None:

@@ -212,6 +212,13 @@ class ManagerConfig:
     their states and incarnations and the risk policy's blocks the same as at the check before,
     no failover, drain or risk drain under way, and no move queued or running. 0: only when an
     operator asks (`forehand rebalance`)."""
+    rebalance_settle_ms: int = 15_000
+    """After a check that found the cluster not settled (a server joined, restarted, left or
+    went silent; a failover, drain or move under way) or that queued a rebalance, the next
+    check comes this much later instead of `rebalance_interval_ms` (at most that): the
+    servers a rolling restart brought back last get their share within about this long of the
+    last one joining, and a rebalance larger than `rebalance_parts_max` goes on as soon as its
+    moves ended."""
     rebalance_tolerance: float = 0.2
     """An automatic rebalance runs when a server's primaries are more than this share above or
     below its weighted share (0.2: 20 %)."""

@@ -781,6 +781,9 @@ class ManagerCore:
             or self._orchestrator.queued_moves
             or self._orchestrator.handoffs()
         ):
+            # Not settled: look again sooner, so that a cluster that just settled (the last
+            # server of a rolling restart joined) is evened out soon after.
+            auto.due_us = now_us + self._rebalance_settle_us()
             return
         # A server the risk policy moved parts off lately receives nothing: its parts would
         # come back to it (a ping-pong) if its fault returns.
@@ -793,11 +796,17 @@ class ManagerCore:
             receives_not=frozenset(auto.risk_moved_us),
         )
         if queued:
+            # Its moves keep the next checks busy; the first after them goes on with the rest.
+            auto.due_us = now_us + self._rebalance_settle_us()
             self._emit(
                 RebalanceQueued(
                     parts=queued, tolerance=config.rebalance_tolerance, map_version=current.version
                 )
             )
+
+    def _rebalance_settle_us(self) -> int:
+        config = self._config
+        return min(config.rebalance_settle_ms, config.rebalance_interval_ms) * 1000
 
     def _settled_state(self, current: ShardMap) -> _Settled:
         """What must not change between two checks for the cluster to count as settled: each

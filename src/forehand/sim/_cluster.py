@@ -233,6 +233,8 @@ def _manager_config(rng: random.Random) -> ManagerConfig:
         # Automatic rebalances within a run for two thirds of the seeds (derived, as above).
         rebalance_interval_ms=(0, 1_500, 4_000)[heartbeat_interval_ms % 3],
         rebalance_tolerance=(0.0, 0.2, 0.5)[heartbeat_interval_ms // 3 % 3],
+        # Half of those look again sooner after an unsettled check (`rebalance_settle_ms`).
+        rebalance_settle_ms=(500, 60_000)[failure_timeout_ms // 9 % 2],
     )
 
 
