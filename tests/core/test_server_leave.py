@@ -13,6 +13,7 @@ from forehand.core._server_events import (
 )
 from forehand.core.messages import DrainReported, HeartbeatReported
 from forehand.core.server import LEAVE_STUCK_MS
+from forehand.placement import ServerMarkedDead
 
 if TYPE_CHECKING:
     from tests.core._server_helpers import MANAGER, Cluster
@@ -79,6 +80,19 @@ def test_progress_is_reported_when_it_changes_and_the_server_leaves_when_finishe
     cluster.router.send(MANAGER, "s1", report(0, finished=True))
     assert len(cluster.events("s1", ServerLeft)) == 1
     assert [e.name for e in cluster.events("s1", RarePathTaken)] == ["drain-report-not-leaving"]
+
+
+def test_a_server_the_manager_failed_over_while_it_left_says_so() -> None:
+    """Declared dead while leaving (cut off past the failure timeout), its parts failed over,
+    the server is then told `finished`: its `ServerLeft` says it was failed over, not drained,
+    once its map lists it dead; a drain that finished says no such thing."""
+    drained = leaving_cluster()
+    drained.router.send(MANAGER, "s1", report(0, finished=True))
+    assert [left.failed_over for left in drained.events("s1", ServerLeft)] == [False]
+    cut_off = leaving_cluster()
+    cut_off.publish(ServerMarkedDead(server_id="s1"))
+    cut_off.router.send(MANAGER, "s1", report(0, finished=True))
+    assert [left.failed_over for left in cut_off.events("s1", ServerLeft)] == [True]
 
 
 def test_a_finished_drain_sends_one_last_heartbeat_saying_left_and_no_more() -> None:

@@ -247,6 +247,10 @@ class ServerLeft(ServerEvent, frozen=True, kw_only=True):
     """Roles the map still gave it (0 when the drain finished)."""
     primaries_left: int
     """Of them, the parts it still led."""
+    failed_over: bool = False
+    """The map lists this server dead: the manager declared it dead while it left (cut off
+    past the failure timeout) and failed what it held over, rather than the drain handing it
+    off, and then answered its leaving heartbeat finished."""
 
 
 class StaleEpochRefused(ServerEvent, frozen=True, kw_only=True):

@@ -2635,6 +2635,7 @@ class ServerCore:
                     node=self._me,
                     roles_left=0 if message.finished else message.roles_left,
                     primaries_left=0 if message.finished else message.primaries_left,
+                    failed_over=message.finished and self._listed_dead(),
                 )
             )
 

@@ -736,6 +736,12 @@ class _Leave:
                     event.roles_left,
                     event.primaries_left,
                 )
+            elif event.failed_over:
+                _log.warning(
+                    "%s left: the manager declared it dead while it was leaving and failed "
+                    "what it held over; stopping",
+                    self._server_id,
+                )
             else:
                 _log.info("%s left: every part was handed off; stopping", self._server_id)
             self._stop.set()
