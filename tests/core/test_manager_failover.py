@@ -16,7 +16,6 @@ from forehand.core._manager_events import (
     MapChange,
     MapCommitted,
     PartsLost,
-    PartsReset,
     ServerDeclaredDead,
     ServersSilent,
     ServerSuspected,
@@ -31,7 +30,7 @@ from forehand.core.messages import (
     PositionsReported,
 )
 from forehand.placement import PartKey, PlacementConfig, ServerState
-from forehand.wire import OpenSession, SessionOpened
+from forehand.wire import CloseSession, OpenSession, SessionOpened
 
 if TYPE_CHECKING:
     from tests.core._manager_helpers import ManagerHarness, opened_refs
@@ -249,13 +248,15 @@ def test_no_commit_changes_the_map_while_positions_are_collected() -> None:
     assert "s1" not in placed.servers
 
 
-def test_a_promotion_of_holders_with_none_of_the_history_is_reported_as_a_reset() -> None:
+def test_a_holder_with_none_of_the_history_is_not_promoted_the_session_is_lost() -> None:
     """A server's heartbeat said it had applied entries of each of its parts; when it dies and the
-    best survivor of some parts holds nothing (position 0 at epoch 0: a replica that joined and
-    had not installed its snapshot yet), the promotion goes ahead and PartsReset names those
-    parts, where it used to restart them from their initial state in silence. A survivor that
-    holds the history is promoted as usual, with no report."""
-    harness, _ = cluster(replica_count=1)
+    best survivor of a part holds nothing (position 0 at epoch 0: a replica that joined and had
+    not installed its snapshot yet), that part is lost (`PartsLost.without_history`), where it
+    used to be promoted and start over from its initial state in silence (and, before that,
+    with a `PartsReset` its clients never heard of). Its session ends whole: the parts whose
+    survivors hold their history are removed with it, and the client that opened it is told
+    CLOSE_SESSION at once."""
+    harness, refs = cluster(replica_count=1)
     victim = max(SERVERS, key=lambda server: (len(harness.primaries(server)), server))
     victim_parts = harness.primaries(victim)
     assert len(victim_parts) >= 2
@@ -276,25 +277,39 @@ def test_a_promotion_of_holders_with_none_of_the_history_is_reported_as_a_reset(
                 {ref: 0 if ref == reset else 7 for ref in prepared.parts},
             )
     (done,) = harness.events(FailoverCompleted)
-    assert {p.ref for p in done.promotions} == set(victim_parts)
-    (event,) = harness.events(PartsReset)
-    assert event.parts == (reset,) and event.servers == (victim,)
+    assert done.promotions == ()
+    (event,) = harness.events(PartsLost)
+    assert event.parts == event.without_history == (reset,) and event.servers == (victim,)
     assert event.map_version == done.map_version
-    assert all(harness.placement(ref).primary != victim for ref in kept)
+    (session_id,) = event.sessions
+    assert event.parts_ended == len(refs) - 1 and kept
+    assert len(harness.map) == 0
+    assert [c.session_id for c in harness.take("c1", CloseSession)] == [session_id]
 
 
 def test_parts_whose_holders_all_died_are_reported_lost_and_removed() -> None:
-    """Without replicas a dead primary's parts cannot be saved: PartsLost, not silence."""
+    """Without replicas a dead primary's parts cannot be saved: PartsLost, not silence. Their
+    sessions end whole (their parts on the survivors removed in the same version, and their
+    clients told); the sessions with no part on the dead server go on untouched."""
     harness, refs = cluster(replica_count=0)
+    others = [harness.open_session(("auth", "cart"), client="c2") for _ in range(24)]
+    assert None not in others
     victim_parts = harness.primaries("s3")
     assert victim_parts
+    on_victim = {ref.session_id for ref in victim_parts}
     kill(harness, "s3")
     (lost,) = harness.events(PartsLost)
     assert set(lost.parts) == set(victim_parts) and lost.servers == ("s3",)
-    assert lost.map_version == harness.map.version
-    for ref in victim_parts:
-        assert PartKey(session_id=ref.session_id, part=ref.part) not in harness.map
-    assert len(harness.map) == len(refs) - len(victim_parts)
+    assert lost.map_version == harness.map.version and lost.without_history == ()
+    assert set(lost.sessions) == on_victim
+    survivors = {key.session_id for key in harness.map.part_keys()}
+    assert not survivors & on_victim
+    spared = {opened.session_id for opened in others} - on_victim
+    assert spared and survivors == spared
+    assert len(harness.map) == 2 * len(spared)
+    told = {c.session_id for client in ("c1", "c2") for c in harness.take(client, CloseSession)}
+    assert told == on_victim
+    assert lost.parts_ended == len(refs) + 2 * (len(others) - len(spared)) - len(victim_parts)
 
 
 def test_two_deaths_during_one_failover_are_handled_in_turn() -> None:
@@ -316,12 +331,12 @@ def test_two_deaths_during_one_failover_are_handled_in_turn() -> None:
             harness.positions(server_id, prepared.map_version, dict.fromkeys(prepared.parts, 1))
     second = harness.events(FailoverCompleted)[-1]
     assert second.servers == ("s2",) and second.map_version == first.map_version + 1
-    lost = {ref for event in harness.events(PartsLost) for ref in event.parts}
+    ended = {s for event in harness.events(PartsLost) for s in event.sessions}
     for ref in refs:
         if PartKey(session_id=ref.session_id, part=ref.part) in harness.map:
             assert harness.placement(ref).primary in ("s3", "s4")
         else:
-            assert ref in lost
+            assert ref.session_id in ended
 
 
 def test_heartbeat_progress_breaks_ties_when_nobody_answers() -> None:

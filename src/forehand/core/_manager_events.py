@@ -35,7 +35,6 @@ __all__ = [
     "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
-    "PartsReset",
     "PartsMovedImplicitly",
     "PartsUnreplicated",
     "RebalanceQueued",
@@ -443,7 +442,10 @@ class PartsUnreplicated:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartsLost:
-    """Parts whose primary and every replica are gone; they are removed from the map."""
+    """Parts no live server holds with their history (the primary and every replica gone, or
+    only holders with none of it left) were lost in a failover. They are removed from the map
+    with every other part of their sessions, which end: their clients are told CLOSE_SESSION
+    when they next ask for the session, as after a close."""
 
     parts: tuple[PartRef, ...]
     """The parts lost."""
@@ -451,21 +453,15 @@ class PartsLost:
     """The dead servers that held them."""
     map_version: int
     """The version that removed them."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PartsReset:
-    """A failover promoted, for these parts, a holder with none of their history (position 0)
-    while their last primary had reported some: their state starts over from the initial state,
-    and the writes they had are gone. It takes a second failure before a new replica caught up
-    (a server that joined, or came back, and had not yet installed its snapshot)."""
-
-    parts: tuple[PartRef, ...]
-    """The parts reset."""
-    servers: tuple[str, ...]
-    """The dead servers the failover was for."""
-    map_version: int
-    """The version of the promotion."""
+    without_history: tuple[PartRef, ...] = ()
+    """Of `parts`, those a live server held with none of their history (position 0) although
+    their last primary reported some: a second failure before a new replica caught up (a
+    server that joined or came back and had not installed its snapshot yet). Promoted, they
+    would have started over from their initial state without a word."""
+    sessions: tuple[bytes, ...] = ()
+    """The sessions of `parts`, ended."""
+    parts_ended: int = 0
+    """The other parts of those sessions, removed with them though a live server held them."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -693,7 +689,6 @@ ManagerEvent = (
     | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
-    | PartsReset
     | PartsMovedImplicitly
     | PartsUnreplicated
     | ServerLeaving

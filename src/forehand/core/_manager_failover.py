@@ -18,8 +18,9 @@ in three phases:
    only once a replica held it, and fencing stops the old primary from adding more; a handoff's
    live source that did not answer stays primary unless the target has written,
    `_silent_source`), replicas are topped up to the placement's `replica_count`, and parts
-   nobody holds are removed and reported lost. While a job prepares or promotes, no other
-   change commits.
+   no live server holds with their history are removed and reported lost, with every other
+   part of their sessions (a session does not go on without one of its parts). While a job
+   prepares or promotes, no other change commits.
 """
 
 from __future__ import annotations
@@ -172,11 +173,12 @@ class Promotion:
     """The promotion delta's operations and what they decide."""
 
     operations: tuple[Operation, ...]
-    """Dead servers marked, promoted parts and repaired replicas overridden, lost parts removed."""
+    """Dead servers marked, promoted parts and repaired replicas overridden, the sessions of
+    lost parts removed."""
     promotions: tuple[PartPromoted, ...]
     """One decision per part saved."""
     lost: tuple[PartKey, ...]
-    """Parts no live server holds."""
+    """Parts no live server holds with their history."""
     replicas_added: int
     """Replica roles assigned to servers that did not hold the part."""
     intended: frozenset[PartKey]
@@ -188,11 +190,21 @@ class Promotion:
     """Parts it leaves with no replica although `replica_count` asks for some: no live holder
     survived beside the primary and no server may take a new role (ACTIVE and alive). Counted
     on the map the promotion leads to (`count_unreplicated`)."""
-    emptied: tuple[PartKey, ...] = ()
-    """Promoted parts whose new primary holds none of their history (position 0, epoch 0)
-    although their last primary reported some: the state starts over from the part's initial
-    state. A second failure before a new replica caught up (its snapshot not yet installed)
-    leaves only such holders; the promotion goes ahead (the part keeps serving), and says so."""
+    without_history: tuple[PartKey, ...] = ()
+    """Of `lost`, parts a live server held with none of their history (position 0, epoch 0)
+    although their last primary reported some: a second failure before a new replica caught
+    up (its snapshot not yet installed). Promoted, they would start over from their initial
+    state in silence; they are lost instead, and say so."""
+    ended: tuple[PartKey, ...] = ()
+    """The other parts of the sessions of `lost`, removed with them (saved or not): a session
+    does not go on without one of its parts, which no client could open again, so it ends
+    whole and its clients are told (CLOSE_SESSION) instead of locating the lost part in
+    vain."""
+
+    @property
+    def sessions_lost(self) -> tuple[bytes, ...]:
+        """The sessions ended: those of `lost`, in order."""
+        return tuple(sorted({key.session_id for key in self.lost}))
 
 
 def _candidates(
@@ -387,8 +399,10 @@ def build_promotion(
     live: Callable[[str], bool],
     eligible: list[str],
     fallback: Fallback,
+    parts_of: Callable[[bytes], Iterable[str]],
 ) -> Promotion:
-    """The promotion against `current`: every decision, lost part and repaired override."""
+    """The promotion against `current`: every decision, lost part and repaired override.
+    `parts_of` names a session's parts (to end the sessions of lost parts whole)."""
     dead = job.dead
     states = {entry.server_id: entry.state for entry in current.servers}
     operations: list[Operation] = [
@@ -397,11 +411,9 @@ def build_promotion(
         if states.get(server_id) not in (None, ServerState.DEAD)
     ]
     count = current.config.replica_count
-    promotions: list[PartPromoted] = []
     lost: list[PartKey] = []
-    emptied: list[PartKey] = []
-    added = 0
-    decided: set[PartKey] = set()
+    without_history: list[PartKey] = []
+    chosen: list[tuple[PartKey, Placement, str, int, list[tuple[str, int, int, bool]]]] = []
     live = _memoized(live)
     present = [key for key in job.parts if key in current]
     for key, placement in zip(present, current.lookup_many(present), strict=True):
@@ -417,7 +429,19 @@ def build_promotion(
         if seq == 0 and _holds_history(fallback(placement.primary, key)):
             chosen_epoch = next((e for s, e, _, _ in alive if s == primary), 0)
             if chosen_epoch == 0:
-                emptied.append(key)
+                lost.append(key)
+                without_history.append(key)
+                continue
+        chosen.append((key, placement, primary, seq, ranked))
+    ended_sessions = {key.session_id for key in lost}
+    ended = _ended_parts(current, ended_sessions, set(lost), parts_of)
+    # The parts of ended sessions are removed, so none of them is promoted or repaired.
+    decided: set[PartKey] = set(ended)
+    promotions: list[PartPromoted] = []
+    added = 0
+    for key, placement, primary, seq, ranked in chosen:
+        if key.session_id in ended_sessions:
+            continue
         keep = [s for s in placement.servers if s not in dead and live(s)]
         replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
         added += sum(1 for s in replicas if s not in placement.servers)
@@ -438,14 +462,15 @@ def build_promotion(
     added += _repair_overrides(
         current, operations, dead=dead, decided=decided, live=live, eligible=eligible
     )
-    operations.extend(_removals(lost))
+    operations.extend(_removals([*lost, *ended]))
     return Promotion(
         operations=tuple(operations),
         promotions=tuple(promotions),
         lost=tuple(lost),
         replicas_added=added,
         intended=frozenset(job.parts),
-        emptied=tuple(emptied),
+        without_history=tuple(without_history),
+        ended=ended,
         # Hash-placed parts a dead server replicated fall to the next ACTIVE server on the
         # ring, or to none: they can end with no replica as well as the promoted ones.
         exposed=frozenset(
@@ -455,6 +480,22 @@ def build_promotion(
             for key in current.parts_for(server_id).replica
         ),
     )
+
+
+def _ended_parts(
+    current: ShardMap,
+    sessions: set[bytes],
+    lost: set[PartKey],
+    parts_of: Callable[[bytes], Iterable[str]],
+) -> tuple[PartKey, ...]:
+    """The parts of `sessions` in `current` other than the `lost` ones."""
+    ended = []
+    for session_id in sorted(sessions):
+        for part in parts_of(session_id):
+            key = PartKey(session_id=session_id, part=part)
+            if key not in lost and key in current:
+                ended.append(key)
+    return tuple(ended)
 
 
 def _holds_history(position: tuple[int, int] | None) -> bool:
@@ -506,8 +547,13 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         and current.primary_of(key) == p.primary
     )
     lost = tuple(key for key in previous.lost if key not in decided and key not in current)
-    carried_keys = {key_of(p.ref) for p in carried}
-    emptied = promotion.emptied + tuple(k for k in previous.emptied if k in carried_keys)
+    carried_lost = set(lost)
+    without_history = promotion.without_history + tuple(
+        key for key in previous.without_history if key in carried_lost
+    )
+    ended = promotion.ended + tuple(
+        key for key in previous.ended if key not in current and key not in promotion.ended
+    )
     # The parts whose replicas the landed promotion may have left short: the reload shows their
     # dead replicas gone, so the rebuild would no longer find them.
     exposed = promotion.exposed | previous.exposed
@@ -516,7 +562,8 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         promotions=promotion.promotions + carried,
         lost=promotion.lost + lost,
         exposed=exposed,
-        emptied=emptied,
+        without_history=without_history,
+        ended=ended,
     )
 
 

@@ -75,7 +75,6 @@ from forehand.core._manager_events import (
     MovesDropped,
     PartsLost,
     PartsMovedImplicitly,
-    PartsReset,
     PartsUnreplicated,
     PeerRefused,
     RebalanceQueued,
@@ -2633,7 +2632,12 @@ class ManagerCore:
     def _build_promotion(self, current: ShardMap, job: FailoverJob) -> Built | None:
         eligible = [s for s in self._eligible(current) if s not in job.dead]
         promotion = build_promotion(
-            job, current, live=self._is_live, eligible=eligible, fallback=self._progress_seq
+            job,
+            current,
+            live=self._is_live,
+            eligible=eligible,
+            fallback=self._progress_seq,
+            parts_of=lambda session_id: self._sessions.get(session_id, ()),
         )
         promotion = job.promotion = carry_landed(promotion, job.promotion, current)
         if not promotion.operations:
@@ -2694,23 +2698,32 @@ class ManagerCore:
         self._expiry.renewed(
             dict.fromkeys(p.ref.session_id for p in promotion.promotions), now_us=now_us
         )
-        if promotion.emptied:
-            self._emit(
-                PartsReset(
-                    parts=tuple(ref_of(key) for key in promotion.emptied),
-                    servers=tuple(sorted(job.dead)),
-                    map_version=version,
-                )
-            )
         if promotion.lost:
+            sessions = promotion.sessions_lost
             self._emit(
                 PartsLost(
                     parts=tuple(ref_of(key) for key in promotion.lost),
                     servers=tuple(sorted(job.dead)),
                     map_version=version,
+                    without_history=tuple(ref_of(key) for key in promotion.without_history),
+                    sessions=sessions,
+                    parts_ended=len(promotion.ended),
                 )
             )
+            self._tell_sessions_ended(sessions)
         self._failover_finished(job, now_us)
+
+    def _tell_sessions_ended(self, sessions: tuple[bytes, ...]) -> None:
+        """CLOSE_SESSION to each client connection that proved one of `sessions`, ended by a
+        failover that lost one of their parts: its application learns it now, not at its next
+        call (which would find the part gone and ask; the answer would be the same)."""
+        ended = frozenset(sessions)
+        for session_id in sessions:
+            self._session_buckets.forget(session_id)
+        for source, client in self._clients.items():
+            for session_id in sorted(ended & client.sessions.keys()):
+                del client.sessions[session_id]
+                self._send(source, CloseSession(session_id=session_id))
 
     def _failover_dropped(self, job: FailoverJob, cause: str, now_us: int) -> None:
         """The promotion could not be built: retry it, merged with any later deaths."""

@@ -375,7 +375,7 @@ class AuditLog:
             target="",
             reason=self._causes(event.servers),
             outcome="parts_lost",
-            detail="the primary and every replica are gone",
+            detail=_lost_detail(event),
             map_version=event.map_version,
             risk=None,
         )
@@ -469,3 +469,17 @@ _AUDIT_EVENT_TYPES = frozenset(
 )
 """The manager events `AuditLog` reads: those it has a handler for, and the decision events that
 `_on_decision` takes (every one with a `server_id` and `top_features`)."""
+
+
+def _lost_detail(event: manager_events.PartsLost) -> str:
+    """What the audit says of a failover's lost parts."""
+    without = len(event.without_history)
+    gone = len(event.parts) - without
+    said = []
+    if gone:
+        said.append(f"{gone} with the primary and every replica gone")
+    if without:
+        said.append(f"{without} held only by servers with none of their history")
+    ended = f"{len(event.sessions)} session(s) ended, {event.parts_ended} other part(s) removed"
+    said.append(ended)
+    return "; ".join(said)

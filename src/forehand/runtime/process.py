@@ -93,7 +93,6 @@ NOTABLE_EVENTS = frozenset(
         "DrainProgressed",
         "RebalanceQueued",
         "PartsLost",
-        "PartsReset",
         "PartsMovedImplicitly",
         "PartsUnreplicated",
         "MapLoaded",
@@ -115,7 +114,6 @@ WARNING_EVENTS = frozenset(
     {
         "FailoverAbandoned",
         "PartsLost",
-        "PartsReset",
         "PartsUnreplicated",
         "ServerDeclaredDead",
         "ServersSilent",
