@@ -21,7 +21,11 @@ Handlers run on the primary and again on every replica, which replays the log by
 them (state-machine replication), so they must be deterministic: no clock, no randomness, no I/O,
 nothing but the state and the payload. A handler may be `async def` for convenience, but it is
 driven to completion synchronously and must not await anything that suspends (a sleep, a socket,
-a lock): one that suspends fails the request with APP_ERROR, and the log says why.
+a lock): one that suspends fails the request with APP_ERROR, and the log says why. They must
+also be quick: they run on the server's event loop, which serves nothing else and sends no
+heartbeat meanwhile, so one that blocks it past the manager's failure timeout (3 s by default)
+gets the server declared dead, and the client sends the call on to the next primary, which runs
+it again. A run of 250 ms or more is logged at WARNING, naming the handler.
 
 **Failures.** Raise `HandlerError(message, detail=...)` to answer APP_ERROR with your message; the
 client's `Session.call` raises `AppError` carrying it. Any other exception also answers APP_ERROR
@@ -197,7 +201,6 @@ class _Part:
             outcome = operation.function(state, value)
             if operation.is_async:
                 outcome = _drive(outcome, f"{self.name}.{op}")
-            new_state, result = outcome
         except HandlerError as error:
             return _error(_APP_ERROR, state, error.message, error.detail)
         except _SuspendedError as error:
@@ -205,6 +208,16 @@ class _Part:
         except Exception:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
+        if not isinstance(outcome, tuple | list) or len(outcome) != 2:
+            # The usual slip: returning the new state alone. Said to the caller, who would
+            # otherwise see only "failed on the server".
+            message = (
+                f"{self.name}.{op} returned {_shape(outcome)}, not a (new_state, result) pair: "
+                "refused, the state is unchanged"
+            )
+            _log.error("handler %s", message)
+            return _error(_APP_ERROR, state, message)
+        new_state, result = outcome
         state_class = self.state_class
         if state_class is not None and not isinstance(new_state, state_class):
             # Kept, every later call on the part would fail on it (its handlers expect a
@@ -235,6 +248,15 @@ class _Part:
             _log.exception("handler %s.%s failed", self.name, op)
             return _error(_APP_ERROR, state, f"{self.name}.{op} failed on the server")
         return HandlerResult(state=new_state, status=_OK, result=encoded)
+
+
+def _shape(value: object) -> str:
+    """How a handler's wrong return value is described: its type, and its length if a
+    sequence."""
+    kind = type(value).__name__
+    if isinstance(value, tuple | list):
+        return f"a {kind} of {len(value)}"
+    return f"a {kind}"
 
 
 class _SuspendedError(Exception):

@@ -193,5 +193,8 @@ def test_the_admin_token_is_read_from_the_file_or_the_environment(
     monkeypatch.delenv(ADMIN_TOKEN_ENV)
     assert load_admin_token(None) is None
     path.write_text("abc\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="at least 16"):
+    with pytest.raises(ConfigError, match=f"admin_token_file {path} must be at least 16.*got 3"):
         load_admin_token(path)
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "short")
+    with pytest.raises(ConfigError, match=f"\\${ADMIN_TOKEN_ENV} must be at least 16"):
+        load_admin_token(None)

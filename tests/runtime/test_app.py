@@ -149,6 +149,39 @@ def test_failures_answer_statuses_not_exceptions(caplog: pytest.LogCaptureFixtur
     assert status is ResponseStatus.UNKNOWN_OP and "refund" in result.error
 
 
+def test_a_handler_that_returns_no_pair_is_told_so() -> None:
+    """Returning the new state alone (or a triple) is refused with APP_ERROR saying what was
+    returned and what is expected, not a generic failure; the state stays as it was. A list
+    of two still counts as a pair."""
+    app = forehand.App("shapes")
+    app.part("doc", initial=Counter)
+
+    @app.handler("doc", "alone")
+    def alone(state: Counter, payload: None) -> Any:
+        return Counter(value=9)
+
+    @app.handler("doc", "triple")
+    def triple(state: Counter, payload: None) -> Any:
+        return state, 1, 2
+
+    @app.handler("doc", "listed")
+    def listed(state: Counter, payload: None) -> Any:
+        return [Counter(value=5), 5]
+
+    spec = app.part_specs()["doc"]
+    before = Counter(value=1)
+    state, status, result = run(spec, before, "alone", None)
+    assert status is ResponseStatus.APP_ERROR and state is before
+    assert result.error == (
+        "doc.alone returned a Counter, not a (new_state, result) pair: refused, the state is "
+        "unchanged"
+    )
+    _, status, result = run(spec, before, "triple", None)
+    assert status is ResponseStatus.APP_ERROR and "returned a tuple of 3" in result.error
+    state, status, result = run(spec, before, "listed", None)
+    assert status is ResponseStatus.OK and state == Counter(value=5) and result == 5
+
+
 def test_a_result_msgspec_cannot_encode_answers_app_error_saying_why(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

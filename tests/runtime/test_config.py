@@ -80,6 +80,7 @@ def test_manager_config_from_toml_with_overrides(certs_dir: Path, tmp_path: Path
         ('certs_dir = "{certs}"\ntransport = "carrier-pigeon"\n', "transport"),
         ('certs_dir = "{certs}"\nlisten = "localhost"\n', "host:port"),
         ('listen = "127.0.0.1:7000"\n', "certs_dir is required"),
+        ('cert_dir = "certs"\n', "'cert_dir' is no key: did you mean 'certs_dir'"),
         ('certs_dir = "/nonexistent"\n', "/nonexistent does not exist"),
         ('certs_dir = "{empty}"\n', "holds no ca.pem"),
         ("certs_dir = \n", "not valid TOML"),
@@ -124,8 +125,10 @@ def test_server_config_identity_comes_from_the_top_level(certs_dir: Path, tmp_pa
         load_server_config(write(tmp_path / "bad.toml", base + '[core]\nzone = "c"\n'))
     with pytest.raises(ConfigError, match="app must be module:attribute"):
         load_server_config(None, {"server_id": "s1", "certs_dir": str(certs_dir), "app": "x"})
-    with pytest.raises(ConfigError, match="server_id is required"):
+    with pytest.raises(ConfigError, match=r"server_id is required$"):
         load_server_config(None, {"certs_dir": str(certs_dir), "app": "a:b"})
+    with pytest.raises(ConfigError, match="'severid' is no key: did you mean 'server_id'"):
+        load_server_config(None, {"severid": "s1", "certs_dir": str(certs_dir), "app": "a:b"})
 
 
 def test_a_server_s_leave_timeout_is_bounded(certs_dir: Path, tmp_path: Path) -> None:

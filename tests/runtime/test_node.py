@@ -6,17 +6,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
 from forehand.core import ConnectionCloseRequested, ConnectionLost, ConnectionOpened
 from forehand.runtime import make_cluster_certs
 from forehand.runtime._memory import MemoryNetwork, MemoryTransport
-from forehand.runtime.node import NodeDriver, Route
-from forehand.runtime.transport import Credentials
+from forehand.runtime.node import (
+    DIAL_FAILURES_WARNED,
+    DriverConfig,
+    NodeDriver,
+    Route,
+    _dial_failure_level,
+)
+from forehand.runtime.transport import Credentials, HandshakeError
 from forehand.wire import Error, ErrorCode, PeerRole, Ping
 
 if TYPE_CHECKING:
@@ -240,3 +249,47 @@ async def _past_due_timer() -> list[int]:
         await eventually(lambda: core.timer_now_us is not None, what="the timer ran")
         await asyncio.sleep(0.2)
         return stalls
+
+
+def test_a_cluster_peer_that_cannot_be_reached_is_warned_of_every_fifth_dial(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A node that cannot reach a cluster peer (its manager, say) logs the failed dials at INFO,
+    and the fifth in a row, the tenth, ... at WARNING, so that it shows where an operator looks
+    without a peer's restart shouting. A failed handshake is WARNING at once."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ("s1", "s2"), days=1)
+    with caplog.at_level(logging.INFO, logger="forehand.runtime.node"):
+        run_async(_dial_nowhere(certs))
+    failures = [r for r in caplog.records if "cannot connect to manager" in r.getMessage()]
+    assert len(failures) >= DIAL_FAILURES_WARNED
+    levels = [r.levelno for r in failures]
+    expected = [
+        logging.WARNING if (n + 1) % DIAL_FAILURES_WARNED == 0 else logging.INFO
+        for n in range(len(failures))
+    ]
+    assert levels == expected
+    refused = HandshakeError("certificate of manager at 127.0.0.1:7400 not verified")
+    assert _dial_failure_level(refused, cluster=True, failures=0) == logging.WARNING
+    assert _dial_failure_level(refused, cluster=True, failures=1) == logging.INFO
+    assert _dial_failure_level(OSError("refused"), cluster=False, failures=4) == logging.INFO
+
+
+async def _dial_nowhere(certs: Path) -> None:
+    """s2 keeps sending to a manager nothing listens for, dialing it again after each backoff."""
+    route = [Route(host="manager.test", port=1, server_id="manager", cluster=True)]
+    sender = NodeDriver(
+        RecordingCore("s2"),
+        resolve=lambda node: route,
+        cluster_transport=MemoryTransport(
+            Credentials.for_node(certs, "s2"), network=MemoryNetwork()
+        ),
+        config=DriverConfig(dial_backoff_ms=1, dial_backoff_max_ms=2),
+    )
+    sender.start()
+    try:
+        for _ in range(400):
+            sender.command(functools.partial(_send_pings, destination="manager"))
+            await asyncio.sleep(0.005)
+    finally:
+        await sender.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import time
@@ -10,12 +11,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from forehand.core import server_events
 from forehand.core._part import HandlerResult, PartSpec
 from forehand.core._pool import PathStats as CorePathStats
 from forehand.core.messages import PartRef
 from forehand.runtime import ClusterCertificates, QUICTransport
-from forehand.runtime._telemetry import LoadSampler, timed_parts, transport_counters
+from forehand.runtime._telemetry import (
+    SLOW_HANDLER_MS,
+    LoadSampler,
+    timed_parts,
+    transport_counters,
+)
 from forehand.runtime.faultproxy import Direction, PathFaults, UDPFaultProxy
 from forehand.wire import Ping, ResponseStatus
 
@@ -82,6 +90,30 @@ def test_request_latency_comes_from_handler_execution_and_errors_are_counted() -
     assert report.error_ratio == 0.5
     assert report.requests_per_second > 0
     assert sampler.sample().latency_us_p99 == 0  # each interval starts afresh
+
+
+def test_a_slow_handler_is_logged_at_warning_by_name_at_most_once_a_second(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that runs `SLOW_HANDLER_MS` or longer blocks the server's loop: the first such
+    run is logged at WARNING, naming the part and op and the failure timeout it risks; a second
+    within the second is counted, not logged again; a quick one is neither."""
+
+    def slow(state: Any, op: str, payload: bytes) -> HandlerResult:
+        time.sleep(SLOW_HANDLER_MS / 1000 if op == "slow" else 0)
+        return HandlerResult(state=state, status=ResponseStatus.OK, result=b"")
+
+    parts, clock = timed_parts({"doc": PartSpec(handler=slow, initial_state=lambda: 0)})
+    with caplog.at_level(logging.WARNING, logger="forehand.runtime._telemetry"):
+        parts["doc"].handler(0, "quick", b"")
+        assert clock.slow_runs == 0 and not caplog.records
+        parts["doc"].handler(0, "slow", b"")
+        parts["doc"].handler(0, "slow", b"")
+    assert clock.slow_runs == 2
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "handler doc.slow ran 0.2" in record.getMessage()
+    assert "failure_timeout_ms" in record.getMessage()
 
 
 def test_a_stalled_loop_shows_in_loop_lag_not_request_latency() -> None:

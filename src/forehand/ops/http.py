@@ -115,7 +115,11 @@ def load_admin_token(path: Path | None) -> str | None:
         if not token:
             return None
     if len(token) < TOKEN_BYTES_MIN:
-        raise ConfigError(f"the admin token must be at least {TOKEN_BYTES_MIN} characters")
+        source = f"admin_token_file {path}" if path is not None else f"${ADMIN_TOKEN_ENV}"
+        raise ConfigError(
+            f"the admin token in {source} must be at least {TOKEN_BYTES_MIN} characters, "
+            f"got {len(token)} (make one with: openssl rand -hex 32)"
+        )
     return token
 
 

@@ -14,6 +14,11 @@ handler itself ran, measured by wrapping each part's handler (`timed_parts`). Th
 late a due callback runs) is reported apart, as `loop_lag_us_p99`: it is what every frame waits
 before it is read at all, and a stalled loop shows there first.
 
+A handler that runs `SLOW_HANDLER_MS` or longer is logged at WARNING, naming it: handlers run on
+the server's event loop, so nothing else is served meanwhile and no heartbeat goes out, and one
+that blocks it past the manager's failure timeout gets the server declared dead (its parts fail
+over, and the client sends the call again to the next primary, which runs it too).
+
 `PathSampler` runs in every client. Each interval it reads the path statistics of the client's
 connections to servers (QUIC: qh3's loss recovery and qlog counters; TLS: the kernel's
 TCP_INFO) and hands them to the client core as `TransportCounters`, which turns two readings
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -57,6 +63,12 @@ LOOP_LAG_SAMPLES_MAX = 250
 stall of the machine is not read as a trend."""
 LATENCY_SAMPLES_MAX = 4096
 """Request latency samples kept per report interval (the newest); the p99 is taken over them."""
+SLOW_HANDLER_MS = 250
+"""A handler run this long or longer is logged at WARNING (at most once a second)."""
+SLOW_HANDLER_LOG_INTERVAL_S = 1.0
+"""The least time between two slow-handler warnings of one server."""
+
+_log = logging.getLogger(__name__)
 
 
 def percentile_99(samples: deque[int] | list[int]) -> int:
@@ -68,12 +80,34 @@ def percentile_99(samples: deque[int] | list[int]) -> int:
 
 
 class _HandlerClock:
-    """The duration of the last handler run, shared by the wrapped handlers of one server."""
+    """The duration of the last handler run, shared by the wrapped handlers of one server, and
+    when it last warned of a slow one."""
 
-    __slots__ = ("last_us",)
+    __slots__ = ("last_us", "slow_runs", "warned_s")
 
     def __init__(self) -> None:
         self.last_us = 0
+        self.slow_runs = 0
+        self.warned_s = -SLOW_HANDLER_LOG_INTERVAL_S
+
+    def slow(self, part: str, op: str, elapsed_us: int) -> None:
+        """A run of `SLOW_HANDLER_MS` or longer: counted, and logged unless one was lately."""
+        self.slow_runs += 1
+        now_s = time.monotonic()
+        if now_s - self.warned_s < SLOW_HANDLER_LOG_INTERVAL_S:
+            return
+        self.warned_s = now_s
+        _log.warning(
+            "handler %s.%s ran %.3f s on the server's event loop: nothing else was served "
+            "meanwhile and no heartbeat went out; a handler that blocks the loop past the "
+            "manager's failure timeout (failure_timeout_ms, 3 s by default) gets the server "
+            "declared dead, and the call is sent again to the next primary (%d slow run(s) "
+            "so far)",
+            part,
+            op,
+            elapsed_us / 1e6,
+            self.slow_runs,
+        )
 
 
 def timed_parts(
@@ -82,20 +116,25 @@ def timed_parts(
     """`parts` with each handler wrapped to time its runs, and the clock they write to."""
     clock = clock if clock is not None else _HandlerClock()
     wrapped = {
-        name: replace(spec, handler=_timed(spec.handler, clock)) for name, spec in parts.items()
+        name: replace(spec, handler=_timed(name, spec.handler, clock))
+        for name, spec in parts.items()
     }
     return wrapped, clock
 
 
 def _timed(
-    handler: Callable[[Any, str, bytes], HandlerResult], clock: _HandlerClock
+    part: str, handler: Callable[[Any, str, bytes], HandlerResult], clock: _HandlerClock
 ) -> Callable[[Any, str, bytes], HandlerResult]:
+    slow_us = SLOW_HANDLER_MS * 1000
+
     def run(state: Any, op: str, payload: bytes) -> HandlerResult:
         started_ns = time.perf_counter_ns()
         try:
             return handler(state, op, payload)
         finally:
-            clock.last_us = (time.perf_counter_ns() - started_ns) // 1000
+            elapsed_us = clock.last_us = (time.perf_counter_ns() - started_ns) // 1000
+            if elapsed_us >= slow_us:
+                clock.slow(part, op, elapsed_us)
 
     return run
 

@@ -581,7 +581,10 @@ def load_manager_config(
         merged.pop("limits", {}), f"{where}[limits]", frame_bytes_max=core.frame_bytes_max
     )
     if "certs_dir" not in merged:
-        raise ConfigError(f"{where}certs_dir is required (a directory made by `forehand certs`)")
+        hint = _misspelt(merged, "certs_dir", ManagerProcessConfig)
+        raise ConfigError(
+            f"{where}certs_dir is required (a directory made by `forehand certs`){hint}"
+        )
     top = _convert(
         ManagerProcessConfig,
         merged,
@@ -596,6 +599,15 @@ def load_manager_config(
     return dataclasses.replace(top, core=core, placement=placement, driver=driver, limits=limits)
 
 
+def _misspelt(table: Mapping[str, Any], key: str, kind: type) -> str:
+    """A hint for a required `key` missing from `table`: the unknown key of `table` (not a
+    field of `kind`) that looks like it, if any, or ""."""
+    known = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(name for name in table if name not in known)
+    close = difflib.get_close_matches(key, unknown, n=1)
+    return f" ({close[0]!r} is no key: did you mean {key!r}?)" if close else ""
+
+
 def load_server_config(
     path: Path | None, overrides: Mapping[str, Any] | None = None
 ) -> ServerProcessConfig:
@@ -608,7 +620,9 @@ def load_server_config(
     where = f"{path}: " if path is not None else ""
     for key in ("server_id", "certs_dir", "app"):
         if key not in merged:
-            raise ConfigError(f"{where}{key} is required")
+            raise ConfigError(
+                f"{where}{key} is required{_misspelt(merged, key, ServerProcessConfig)}"
+            )
     core_table = _table(merged.pop("core", {}), f"{where}[core]")
     identity = sorted(set(core_table) & set(SERVER_IDENTITY_FIELDS))
     if identity:

@@ -57,6 +57,7 @@ from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime.transport import (
     CloseInitiator,
     ConnectionClosedError,
+    HandshakeError,
     Listener,
     PathStats,
     Transport,
@@ -81,6 +82,7 @@ from forehand.wire import (
 __all__ = [
     "ADMIN_MESSAGE_KIND",
     "CORE_MESSAGE_KIND",
+    "DIAL_FAILURES_WARNED",
     "EVENT_ROUTES_MAX",
     "AdminHandler",
     "DriverConfig",
@@ -242,6 +244,26 @@ class _Link:
         """A frame went out: from now on an answer is awaited (if one was not already)."""
         if self.awaiting_since_s is None:
             self.awaiting_since_s = now_s
+
+
+DIAL_FAILURES_WARNED = 5
+"""Consecutive failed dials of a cluster peer (the manager, another server) after which they are
+logged at WARNING, and again every this many times: a node that cannot reach its manager
+should say so where an operator looks, but a peer's restart should not."""
+
+
+def _dial_failure_level(error: Exception, *, cluster: bool, failures: int) -> int:
+    """The log level of a failed dial, `failures` the peer's failed dials before it. A failed
+    handshake (a certificate not verified, another cluster's CA, the wrong ALPN) is a
+    configuration to fix, not a peer down: WARNING the first time and every
+    `DIAL_FAILURES_WARNED`-th. Any other failure to reach a cluster peer is WARNING from the
+    `DIAL_FAILURES_WARNED`-th in a row on, every `DIAL_FAILURES_WARNED`-th; to reach a server
+    as a client, INFO (the calls say what failed)."""
+    if isinstance(error, HandshakeError):
+        return logging.WARNING if failures % DIAL_FAILURES_WARNED == 0 else logging.INFO
+    if cluster and (failures + 1) % DIAL_FAILURES_WARNED == 0:
+        return logging.WARNING
+    return logging.INFO
 
 
 class _Peer:
@@ -736,8 +758,13 @@ class NodeDriver:
         except (TransportError, OSError) as error:
             peer.dial_task = None
             peer.route_index += 1
-            _log.info(
-                "cannot connect to %s at %s:%d: %s", peer.node_id, route.host, route.port, error
+            _log.log(
+                _dial_failure_level(error, cluster=route.cluster, failures=peer.failures),
+                "cannot connect to %s at %s:%d: %s",
+                peer.node_id,
+                route.host,
+                route.port,
+                error,
             )
             # The transports' own errors already say where they could not connect.
             why = str(error) if isinstance(error, TransportError) else None
@@ -756,6 +783,7 @@ class NodeDriver:
             self._link_up(link, peer)
 
     def _dial_failed(self, peer: _Peer, reason: str) -> None:
+        """Back off before the next dial (doubling, up to `dial_backoff_max_ms`)."""
         loop = self._loop
         assert loop is not None
         config = self.config
