@@ -21,6 +21,7 @@ from forehand.core.messages import (
     PositionsReported,
     ServerAnnounced,
 )
+from forehand.core.tokens import key_fingerprint
 from forehand.wire import (
     ClusterMessage,
     Error,
@@ -31,9 +32,9 @@ from forehand.wire import (
 )
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import IDLE, MANAGER, ManagerHarness
+    from tests.core._manager_helpers import CLUSTER_KEY, IDLE, MANAGER, ManagerHarness
 else:
-    from _manager_helpers import IDLE, MANAGER, ManagerHarness
+    from _manager_helpers import CLUSTER_KEY, IDLE, MANAGER, ManagerHarness
 
 BAD_REF = PartRef(session_id=b"short", part="UPPER")
 
@@ -180,6 +181,35 @@ def test_a_server_of_another_transport_than_the_clients_is_told_why(
         return
     assert reason is not None
     assert "transport of 's2' ('quic') must be the manager's ('tls')" in reason
+
+
+_MANAGER_KEY = key_fingerprint(CLUSTER_KEY)
+_OTHER_KEY = key_fingerprint(bytes(32))
+
+
+@pytest.mark.parametrize(
+    ("fingerprints", "problem"),
+    [
+        ((), None),
+        (((1, _MANAGER_KEY),), None),
+        # A rotation under way: a key one side holds alone is no mismatch.
+        (((1, _MANAGER_KEY), (2, _OTHER_KEY)), None),
+        (((1, _OTHER_KEY),), "key id(s) [1] hold other keys than the manager's"),
+        (((2, _OTHER_KEY),), "no key in common with the manager (its ids [1], these [2])"),
+        (tuple((i, _OTHER_KEY) for i in range(17)), "17 key fingerprints, more than a ring"),
+    ],
+)
+def test_a_server_whose_cluster_keys_differ_is_told_why(
+    fingerprints: tuple[tuple[int, bytes], ...], problem: str | None
+) -> None:
+    """A server given another cluster's keys file used to join, be placed parts and fail every
+    client call (it could open no credential the manager issued): refused, naming the keys
+    that differ. The same key under an id both hold, or fingerprints unsaid, joins."""
+    reason = refusal(ManagerHarness(), key_fingerprints=fingerprints)
+    if problem is None:
+        assert reason is None
+        return
+    assert reason is not None and f"cluster keys of 's2': {problem}" in reason
 
 
 def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:

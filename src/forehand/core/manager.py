@@ -141,7 +141,14 @@ from forehand.core._orchestrator import (
 )
 from forehand.core._server_config import HEARTBEAT_RENEWALS_MAX
 from forehand.core.messages import ANNOUNCED_PARTS_MAX, PartRef
-from forehand.core.tokens import TokenError, TokenExpired, TokenKeyUnknown, TokenSealer
+from forehand.core.tokens import (
+    KEY_RING_KEYS_MAX,
+    TokenError,
+    TokenExpired,
+    TokenKeyUnknown,
+    TokenSealer,
+    key_ring_mismatch,
+)
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.placement import (
     DrainCause,
@@ -1249,6 +1256,7 @@ class ManagerCore:
             self._check_credential_lifetime(message)
             self._check_heartbeat_interval(message)
             self._check_transport(message)
+            self._check_keys(message)
             _check_declared_parts(message.parts)
         except LocalProtocolError as error:
             raise RemoteProtocolError(f"bad ServerAnnounced: {error}") from error
@@ -1307,6 +1315,21 @@ class ManagerCore:
                 f"transport of {message.server_id!r} ({message.transport[:16]!r}) must be the "
                 f"manager's ({expected!r}): its clients could not reach the server"
             )
+
+    def _check_keys(self, message: messages.ServerAnnounced) -> None:
+        """A server whose cluster keys differ from the manager's could open none of the
+        credentials the manager issues (every client call to it fails) and seal resumption
+        tokens no other node opens: refused, saying so, rather than joined and placed parts
+        (an announcement without fingerprints is not checked)."""
+        fingerprints = message.key_fingerprints
+        if len(fingerprints) > KEY_RING_KEYS_MAX:
+            raise LocalProtocolError(
+                f"cluster keys of {message.server_id!r}: {len(fingerprints)} key fingerprints, "
+                f"more than a ring holds ({KEY_RING_KEYS_MAX})"
+            )
+        problem = key_ring_mismatch(self._sealer.key_ring.fingerprints(), fingerprints)
+        if problem is not None:
+            raise LocalProtocolError(f"cluster keys of {message.server_id!r}: {problem}")
 
     def _check_heartbeat_interval(self, message: messages.ServerAnnounced) -> None:
         """A server that heartbeats less often than twice per `failure_timeout_ms` would be

@@ -178,6 +178,10 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     transport: str = ""
     """The transport it serves clients over (`tls`, `quic`; opaque to the cores), so the
     manager can refuse a server its clients could not reach; empty: not said."""
+    key_fingerprints: tuple[tuple[int, bytes], ...] = ()
+    """`(key id, fingerprint)` of each cluster key it holds (`tokens.key_fingerprint`), so
+    the manager can refuse a server whose keys differ from its own: it could open none of the
+    credentials the manager issues, and every client call to it would fail. Empty: not said."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

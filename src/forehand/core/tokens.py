@@ -22,7 +22,9 @@ token), and may be used many times, which is how a restarted client takes its se
 
 from __future__ import annotations
 
+import hashlib
 import heapq
+import hmac
 import random
 import struct
 from collections.abc import Mapping
@@ -37,6 +39,7 @@ from forehand.wire import ErrorCode, ResumeRejectReason
 
 __all__ = [
     "KEY_BYTES",
+    "KEY_FINGERPRINT_BYTES",
     "KEY_ID_MAX",
     "KEY_RING_KEYS_MAX",
     "NONCE_BYTES",
@@ -52,6 +55,8 @@ __all__ = [
     "TokenKeyUnknown",
     "TokenReplayed",
     "TokenSealer",
+    "key_fingerprint",
+    "key_ring_mismatch",
 ]
 
 TOKEN_FORMAT_VERSION = 1
@@ -173,6 +178,7 @@ class KeyRing:
             raise LocalProtocolError(f"keys_max must be positive, got {keys_max}")
         self._keys_max = keys_max
         self._aeads: dict[int, AESGCM] = {}
+        self._fingerprints: dict[int, bytes] = {}
         for key_id in sorted(keys):
             self.add(key_id, keys[key_id])
         if current_key_id not in self._aeads:
@@ -200,6 +206,12 @@ class KeyRing:
         if len(self._aeads) >= self._keys_max:
             raise LocalProtocolError(f"the key ring holds keys_max={self._keys_max} keys")
         self._aeads[key_id] = AESGCM(key)
+        self._fingerprints[key_id] = key_fingerprint(key)
+
+    def fingerprints(self) -> tuple[tuple[int, bytes], ...]:
+        """`(key id, key_fingerprint)` of every key the ring opens, by id: what two nodes
+        compare to tell whether they hold the same keys, revealing none."""
+        return tuple(sorted(self._fingerprints.items()))
 
     def rotate(self, key_id: int) -> None:
         """Seal with `key_id` from now on; the previous current key still opens."""
@@ -214,6 +226,7 @@ class KeyRing:
         if key_id not in self._aeads:
             raise LocalProtocolError(f"cannot retire unknown key id {key_id}")
         del self._aeads[key_id]
+        del self._fingerprints[key_id]
 
     def aead(self, key_id: int) -> AESGCM | None:
         """The cipher for `key_id`, or None when the ring does not hold it."""
@@ -222,6 +235,44 @@ class KeyRing:
     def current_aead(self) -> AESGCM:
         """The cipher that seals."""
         return self._aeads[self._current_key_id]
+
+
+KEY_FINGERPRINT_BYTES = 8
+"""Bytes of a key's fingerprint (`key_fingerprint`)."""
+_FINGERPRINT_LABEL = b"forehand/1 key fingerprint"
+
+
+def key_fingerprint(key: bytes) -> bytes:
+    """The first `KEY_FINGERPRINT_BYTES` of HMAC-SHA256 under `key` of a fixed label: equal for
+    equal keys, and telling nothing of the key."""
+    return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).digest()[:KEY_FINGERPRINT_BYTES]
+
+
+def key_ring_mismatch(
+    own: tuple[tuple[int, bytes], ...], other: tuple[tuple[int, bytes], ...]
+) -> str | None:
+    """Why a node holding the keys of fingerprints `other` could not work with one holding
+    `own`, or None. A key id both hold must be the same key; and they must share one key at
+    least (during a rotation, `KeyRing`, the rings differ only by keys one of them holds
+    alone). `other` empty: not said, not checked."""
+    if not other:
+        return None
+    mine = dict(own)
+    differing = sorted(
+        key_id for key_id, print_ in other if key_id in mine and mine[key_id] != print_
+    )
+    if differing:
+        return (
+            f"key id(s) {differing} hold other keys than the manager's: the cluster's keys "
+            "file (cluster-keys.toml) must be the same on every node"
+        )
+    if not any(key_id in mine for key_id, _ in other):
+        return (
+            f"no key in common with the manager (its ids {sorted(mine)}, these "
+            f"{sorted(key_id for key_id, _ in other)}): the cluster's keys file "
+            "(cluster-keys.toml) must be the same on every node"
+        )
+    return None
 
 
 _token_encoder = msgspec.msgpack.Encoder()

@@ -106,6 +106,7 @@ NOTABLE_EVENTS = frozenset(
         "SessionOpenRefused",
         "CredentialsPaced",
         "ServerSuperseded",
+        "ManagerRefused",
     }
 )
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
@@ -119,6 +120,7 @@ WARNING_EVENTS = frozenset(
         "ServersSilent",
         "StateNotEncodable",
         "ServerSuperseded",
+        "ManagerRefused",
         "ReplicatedWritesStalled",
         "ServerNotHearing",
     }
@@ -131,7 +133,8 @@ manager; an application's state that cannot be replicated; `replicated` writes w
 progress for their replicas (its end, `parts` 0, at INFO); a server whose heartbeats arrive
 but that does not confirm the maps sent to it (its end, `hearing`, at INFO); two processes
 running as one server (`ServerSuperseded`; the manager's node driver logs its refusal of a
-cluster peer as a WARNING, once in a row)."""
+cluster peer as a WARNING, once in a row); a server the manager refuses (`ManagerRefused`: its
+announcement, for keys, transport or settings unlike the manager's)."""
 PEER_CAUSED_EVENTS = frozenset(
     {
         "SessionOpenRefused",
