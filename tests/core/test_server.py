@@ -568,38 +568,18 @@ def test_a_server_the_manager_calls_superseded_says_so_and_no_one_else_can() -> 
     assert [e.reason for e in cluster.events("s1", ServerSuperseded)] == [reason]
 
 
-def test_a_server_the_manager_refuses_says_why_without_repeating_itself() -> None:
-    """An ERROR from the manager other than SUPERSEDED (a refused announcement: the server
-    would otherwise redial in silence) is said at once (`ManagerRefused`), again when its reason
-    changes, and the same reason again only `MANAGER_REFUSED_REPEAT_MS` later; one from a
-    client, or NO_ERROR, is not. The announcement carries the fingerprints of the server's
-    keys, for the manager to compare."""
-    from forehand.core._server_events import ManagerRefused
+def test_a_server_s_announcement_carries_its_keys_fingerprints() -> None:
+    """The manager compares them with its own (a server given another cluster's keys file is
+    refused), so the announcement names every key the server holds, by id."""
     from forehand.core.messages import ServerAnnounced
-    from forehand.core.server import MANAGER_REFUSED_REPEAT_MS
-    from forehand.wire import Error, ErrorCode
 
     cluster = Cluster()
     server = cluster.server("s1")
     server._announce()
     (announced,) = [m for m in cluster.take(MANAGER, ServerAnnounced) if m.server_id == "s1"]
-    assert announced.key_fingerprints == server._sealer.key_ring.fingerprints() != ()
-    keys = "bad ServerAnnounced: cluster keys of 's1': key id(s) [1] hold other keys"
-    code = ErrorCode.PROTOCOL_ERROR
-    cluster.router.send("c9", "s1", Error(code=code, reason="from a client"))
-    cluster.router.send(MANAGER, "s1", Error(code=ErrorCode.NO_ERROR, reason="bye"))
-    for reason in (keys, keys, "bad ServerAnnounced: transport", keys):
-        cluster.router.send(MANAGER, "s1", Error(code=code, reason=reason))
-    cluster.router.advance(ms=MANAGER_REFUSED_REPEAT_MS)
-    cluster.router.send(MANAGER, "s1", Error(code=code, reason=keys))
-    said = [(e.reason[:22], e.times) for e in cluster.events("s1", ManagerRefused)]
-    assert said == [
-        ("bad ServerAnnounced: c", 1),
-        ("bad ServerAnnounced: t", 3),
-        ("bad ServerAnnounced: c", 4),
-        ("bad ServerAnnounced: c", 5),
-    ]
-    assert {e.code for e in cluster.events("s1", ManagerRefused)} == {int(code)}
+    ring = server._sealer.key_ring
+    assert [key_id for key_id, _ in announced.key_fingerprints] == list(ring.key_ids)
+    assert announced.key_fingerprints == ring.fingerprints() != ()
 
 
 def test_replicated_answers_waiting_without_progress_are_reported(cluster: Cluster) -> None:

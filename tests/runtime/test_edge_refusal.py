@@ -1,8 +1,9 @@
 """A server the manager can never admit is told why, and both logs say it.
 
 A manager refuses a server whose announced weight or zone breaks its placement bounds (the map
-could never hold it), whose credentials would outlive the manager's session expiry, or whose
-heartbeats are too rare for its failure timeout. Before
+could never hold it), whose credentials would outlive the manager's session expiry, whose
+heartbeats are too rare for its failure timeout, whose transport its clients do not use, or
+whose cluster keys are not its own. Before
 the first, the join failed inside the manager and was retried in silence: the server listened,
 nobody logged anything, and it never joined. Real processes, real TLS.
 """
@@ -53,6 +54,13 @@ def free_port() -> int:
             "bad ServerAnnounced: heartbeat_interval_ms of 's1' (1600) must be at most half the "
             "manager's failure_timeout_ms (3000)",
         ),
+        (
+            # Another cluster's keys file (made below): the server could open no credential
+            # the manager issues; it used to join and fail every client call.
+            "keys_file=other-keys.toml",
+            "bad ServerAnnounced: cluster keys of 's1': key id(s) [1] hold other keys than "
+            "the manager's",
+        ),
     ],
 )
 def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
@@ -63,6 +71,8 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     certs = tmp_path / "certs"
     make_cluster_certs(certs, ["manager", "s1"], days=1)
     add_cluster_key(certs / CLUSTER_KEYS_FILE)
+    add_cluster_key(tmp_path / "other-keys.toml")
+    add_cluster_key(tmp_path / "other-keys.toml")
     manager_port, server_port = free_port(), free_port()
     manager_log, server_log = tmp_path / "manager.log", tmp_path / "server.log"
     common = ["--certs-dir", str(certs)]

@@ -343,7 +343,6 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
         "ServersSilent",
         "StateNotEncodable",
         "ServerSuperseded",
-        "ManagerRefused",
         "ReplicatedWritesStalled",
         "ServerNotHearing",
     }

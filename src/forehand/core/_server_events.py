@@ -41,7 +41,6 @@ __all__ = [
     "ServerEvent",
     "ServerLeft",
     "ServerSuperseded",
-    "ManagerRefused",
     "SnapshotInstalled",
     "StaleEpochRefused",
     "StateNotEncodable",
@@ -221,24 +220,6 @@ class ServerSuperseded(ServerEvent, frozen=True, kw_only=True):
     """This server."""
     reason: str
     """The manager's words."""
-
-
-class ManagerRefused(ServerEvent, frozen=True, kw_only=True):
-    """The manager closed this server's connection with an ERROR other than SUPERSEDED: most
-    often it refused the announcement (`bad ServerAnnounced: ...`: cluster keys, transport,
-    heartbeat interval or credential lifetime unlike the manager's), which no retry mends. The
-    server keeps dialing (a manager taking over may accept it); emitted for the first ERROR,
-    for one whose reason differs from the last, and at most every `MANAGER_REFUSED_REPEAT_MS`
-    for the same."""
-
-    node: NodeId
-    """This server."""
-    code: int
-    """The ERROR's code (`ErrorCode`)."""
-    reason: str
-    """The manager's words."""
-    times: int
-    """ERRORs from the manager so far, this one included."""
 
 
 class LeaveProgressed(ServerEvent, frozen=True, kw_only=True):

@@ -52,7 +52,6 @@ from forehand.core._server_events import (
     InstallCause,
     LeaveProgressed,
     LogEntryApplied,
-    ManagerRefused,
     MapVersionAdopted,
     PartFenced,
     PartRoleChanged,
@@ -156,9 +155,6 @@ _SERVING_STATES = (PartState.PRIMARY, PartState.RECEIVING)
 """States in which a client may resume a part here."""
 _TAKEOVER_STATES = (PartState.REPLICA, PartState.RECEIVING, PartState.BACKUP)
 """States from which a sealed log makes this server the primary."""
-MANAGER_REFUSED_REPEAT_MS = 30_000
-"""The least time between two `ManagerRefused` of the same reason: the server redials after
-each refusal, every `dial_backoff_max_ms` at most."""
 LEAVE_STUCK_MS = 2_000
 """How long everything a leaving server still holds must have had nowhere to go (the manager's
 `DrainReported`: every role left is waiting) before it stops anyway (`ServerLeft`): a server
@@ -358,8 +354,6 @@ class ServerCore:
         # Peers that asked for this server's maps (`_on_map_requested`), each until when it gets
         # the manager's next deltas as they come, in the order they asked.
         self._map_followers: dict[NodeId, int] = {}
-        # The manager's ERRORs other than SUPERSEDED, and the last one said (`ManagerRefused`).
-        self._manager_refused = _Refusals()
         # Its deltas received, by base version, until they chain from the version held to the
         # one that settles the fence (at most `map_deltas_buffered_max`).
         self._peer_deltas: dict[int, MapPublished] = {}
@@ -1279,32 +1273,14 @@ class ServerCore:
 
     def _on_error(self, message: Error, source: NodeId, now_us: int) -> None:
         """The peer closes its connection; the driver will report `ConnectionLost`. From the
-        manager, SUPERSEDED says another process runs as this server: this one must stop. Any
-        other ERROR from the manager is said (`ManagerRefused`): a refused announcement is a
-        configuration to fix, and the server would otherwise only redial in silence."""
-        if source != self._config.manager_id or message.code == ErrorCode.NO_ERROR:
-            return
-        if message.code == ErrorCode.SUPERSEDED:
+        manager, SUPERSEDED says another process runs as this server: this one must stop."""
+        if source == self._config.manager_id and message.code == ErrorCode.SUPERSEDED:
             # The reason names the refused incarnation first: the running process's connection
             # may carry the ERROR meant for a stale one (it replaced the stale one's meanwhile).
             if superseded_incarnation(message.reason) == self._config.incarnation:
                 self._emit(ServerSuperseded(node=self.node_id, reason=message.reason))
             else:
                 self._rare("superseded-another-incarnation")
-            return
-        refused = self._manager_refused
-        refused.times += 1
-        due = now_us - refused.said_us >= MANAGER_REFUSED_REPEAT_MS * 1000
-        if refused.times == 1 or message.reason != refused.reason or due:
-            refused.reason, refused.said_us = message.reason, now_us
-            self._emit(
-                ManagerRefused(
-                    node=self.node_id,
-                    code=int(message.code),
-                    reason=message.reason,
-                    times=refused.times,
-                )
-            )
 
     def _on_connection_opened(self, message: ConnectionOpened, source: NodeId, now_us: int) -> None:
         """Clients introduce themselves with HELLO, servers with their messages. A server this
@@ -3330,15 +3306,6 @@ def _holds_entry(part: Part, request_id: int, seq: int, epoch: int) -> bool:
         return True
     entry = part.dedup.get(request_id)
     return entry is not None and entry.seq == seq and entry.epoch == epoch
-
-
-@dataclass(slots=True)
-class _Refusals:
-    """The manager's ERRORs other than SUPERSEDED (`ManagerRefused`)."""
-
-    times: int = 0
-    reason: str = ""
-    said_us: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

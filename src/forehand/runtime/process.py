@@ -106,7 +106,6 @@ NOTABLE_EVENTS = frozenset(
         "SessionOpenRefused",
         "CredentialsPaced",
         "ServerSuperseded",
-        "ManagerRefused",
     }
 )
 """Core events logged at INFO (or WARNING, `WARNING_EVENTS`); every other event is logged at
@@ -120,7 +119,6 @@ WARNING_EVENTS = frozenset(
         "ServersSilent",
         "StateNotEncodable",
         "ServerSuperseded",
-        "ManagerRefused",
         "ReplicatedWritesStalled",
         "ServerNotHearing",
     }
@@ -133,8 +131,7 @@ manager; an application's state that cannot be replicated; `replicated` writes w
 progress for their replicas (its end, `parts` 0, at INFO); a server whose heartbeats arrive
 but that does not confirm the maps sent to it (its end, `hearing`, at INFO); two processes
 running as one server (`ServerSuperseded`; the manager's node driver logs its refusal of a
-cluster peer as a WARNING, once in a row); a server the manager refuses (`ManagerRefused`: its
-announcement, for keys, transport or settings unlike the manager's)."""
+cluster peer as a WARNING, once in a row)."""
 PEER_CAUSED_EVENTS = frozenset(
     {
         "SessionOpenRefused",
