@@ -401,8 +401,9 @@ class FailoverCompleted:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartsMovedImplicitly:
     """A committed version moved live primaries that no operation of it named: bounded loads
-    pushed them along their walk (a join or a readmission lowers every server's bound) and
-    `stabilize` could not pin them all back. Their old and new primaries hand them over by
+    pushed them along their walk (a join or a readmission lowers every server's bound; new
+    parts, a session opened, fill a server at its bound) and `stabilize` could not pin them all
+    back. Their old and new primaries hand them over by
     themselves (an implicit handoff, reason PART_MOVED); without this event no log line named
     the moves, and a readmitted server got primaries back unannounced."""
 
