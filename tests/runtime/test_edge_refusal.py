@@ -147,3 +147,96 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     (listed,) = [line for line in status.stdout.splitlines() if line.startswith("refused s1")]
     assert "(protocol_error, " in listed and f"ago): {reason}" in listed, listed
     assert int(listed.split(", ")[1].split(" ")[0]) >= 2  # refused at each redial
+
+
+def test_refusing_a_second_process_of_a_node_id_leaves_the_running_one_alone(
+    tmp_path: Path,
+) -> None:
+    """A second process started as s1 by mistake, with another cluster's keys, is refused at
+    its announcement; only its connection closes. Before, the refusal's ERROR and close went to
+    every connection of the node id `s1`: the healthy process was told "bad ServerAnnounced"
+    and cut off at each of the newcomer's redials."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ["manager", "s1"], days=1)
+    add_cluster_key(certs / CLUSTER_KEYS_FILE)
+    add_cluster_key(tmp_path / "other-keys.toml")
+    manager_port = free_port()
+    logs = {name: tmp_path / f"{name}.log" for name in ("manager", "s1", "duplicate")}
+    reason = "bad ServerAnnounced: cluster keys of 's1'"
+    common = ["--certs-dir", str(certs)]
+    server = [
+        *FOREHAND,
+        "server",
+        *common,
+        "--app",
+        "examples.cart.app:app",
+        "--app-dir",
+        str(REPOSITORY),
+        "--server-id",
+        "s1",
+        "--manager",
+        f"127.0.0.1:{manager_port}",
+    ]
+    processes: list[subprocess.Popen[bytes]] = []
+    outputs = {name: path.open("w") for name, path in logs.items()}
+    try:
+        processes.append(
+            subprocess.Popen(
+                [
+                    *FOREHAND,
+                    "manager",
+                    *common,
+                    "--listen",
+                    f"127.0.0.1:{manager_port}",
+                    "--set",
+                    f"store_path={tmp_path / 'manager.sqlite'}",
+                    "--set",
+                    "admin_http_port=0",
+                ],
+                stdout=outputs["manager"],
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        )
+        processes.append(
+            subprocess.Popen(
+                [*server, "--listen", f"127.0.0.1:{free_port()}"],
+                stdout=outputs["s1"],
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        )
+        deadline = time.monotonic() + WAIT_S
+        while "ServerJoined server_id=s1" not in logs["manager"].read_text():
+            assert time.monotonic() < deadline, "s1 never joined"
+            time.sleep(0.2)
+        processes.append(
+            subprocess.Popen(
+                [
+                    *server,
+                    "--listen",
+                    f"127.0.0.1:{free_port()}",
+                    "--set",
+                    "keys_file=other-keys.toml",
+                ],
+                stdout=outputs["duplicate"],
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+        )
+        while reason not in logs["duplicate"].read_text():
+            assert time.monotonic() < deadline, "the duplicate was never refused"
+            time.sleep(0.2)
+        time.sleep(4.0)  # Two redials of the duplicate, each refused again.
+        assert processes[1].poll() is None and processes[2].poll() is None
+    finally:
+        for process in reversed(processes):
+            process.kill()
+            process.wait(timeout=30)
+        for output in outputs.values():
+            output.close()
+    healthy = logs["s1"].read_text()
+    assert reason not in healthy and "closed the connection" not in healthy, healthy
+    manager = logs["manager"].read_text()
+    assert reason in manager
+    assert "] ServerDeclaredDead" not in manager and manager.count("] ServerJoined") == 1

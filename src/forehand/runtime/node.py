@@ -335,6 +335,7 @@ class NodeDriver:
         self._idle_timeout_ms = idle_timeout_ms
         self._peers: dict[str, _Peer] = {}
         self._refusals_logged: dict[str, str] = {}
+        self._input_link: _Link | None = None
         """The last refusal logged per cluster peer (cluster peers are configured, so bounded)."""
         self._subscribers: list[tuple[EventSubscriber, tuple[type, ...] | None]] = []
         """Each subscriber with the event classes it wants (None: every event), in order."""
@@ -634,6 +635,9 @@ class NodeDriver:
             self._close_peer(destination, message)
             return
         frame = _as_frame(message)
+        if type(frame) is Error and (refused := self._refusal_link(destination)) is not None:
+            self._transmit(refused, [frame], destination)
+            return
         peer = self._peers.get(destination)
         if peer is None:
             if destination.startswith(CLIENT_NODE_PREFIX):
@@ -682,7 +686,27 @@ class NodeDriver:
                 return
             _log.error("cannot send %s to %s: %s", type(frames[0]).__name__, destination, error)
 
+    def _refusal_link(self, node_id: str) -> _Link | None:
+        """The link whose frames the core is answering, when they came from `node_id`: an
+        ERROR and a close the core asks for then are about what that link carried. Two
+        processes may run as one node id (a second one started by mistake, with another
+        cluster's keys, say): refusing the newcomer closed the healthy one's connection too.
+        Already closed (by a refusal of an earlier frame of the same read), it still takes the
+        refusals of the later ones, which would otherwise fall on every link of the node id."""
+        link = self._input_link
+        if link is None or link.peer != node_id:
+            return None
+        return link
+
     def _close_peer(self, node_id: str, request: ConnectionCloseRequested) -> None:
+        refused = self._refusal_link(node_id)
+        if refused is not None:
+            if request.error_code != ErrorCode.NO_ERROR and not node_id.startswith(
+                CLIENT_NODE_PREFIX
+            ):
+                self._log_refusal(node_id, f"closing {node_id}: {request.reason}")
+            refused.connection.close(request.error_code, request.reason)
+            return
         peer = self._peers.get(node_id)
         if peer is None:
             self._later_lost(node_id, "closed")
@@ -936,7 +960,12 @@ class NodeDriver:
         except Exception:
             _log.exception("core %s failed on a frame from %s", self.core.node_id, link.peer)
             link.connection.close(ErrorCode.INTERNAL_ERROR, "internal error")
-        self._drain()
+        # What the core refuses now it refuses on this link (`_refusal_link`).
+        self._input_link = link
+        try:
+            self._drain()
+        finally:
+            self._input_link = None
 
     def _on_frame(self, link: _Link, frame: Frame, now_us: int) -> None:
         """One frame of an accepted client link or a cluster link (`_on_frames` feeds a dialed
