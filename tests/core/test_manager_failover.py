@@ -33,9 +33,9 @@ from forehand.placement import PartKey, PlacementConfig, ServerState
 from forehand.wire import CloseSession, OpenSession, SessionOpened
 
 if TYPE_CHECKING:
-    from tests.core._manager_helpers import ManagerHarness, opened_refs
+    from tests.core._manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
 else:
-    from _manager_helpers import ManagerHarness, opened_refs
+    from _manager_helpers import MANAGER, HeldCommit, ManagerHarness, opened_refs
 
 SERVERS = ("s1", "s2", "s3", "s4")
 PARTS = ("auth", "cart", "feed", "chat", "mail", "pay")
@@ -576,3 +576,90 @@ def test_forgotten_dead_servers_leave_the_map_a_batch_a_version(
     assert {entry.server_id for entry in harness.map.servers} == set(survivors)
     removed = [e for e in harness.events(MapCommitted) if e.change is MapChange.SERVER_LEFT]
     assert [len(e.servers) for e in removed] == [2, 1]
+
+
+def test_a_holder_ranked_by_a_stale_heartbeat_of_nothing_is_promoted_not_lost() -> None:
+    """A replica whose fence answer never comes is ranked by its heartbeat, which only
+    under-states what it holds: its rotating batch last named the part before its snapshot
+    was installed, at (0, 0). That is no proof the history is gone: the part is promoted on it
+    and its session goes on (a second reading found such sessions ended)."""
+    harness = ManagerHarness(replica_count=1)
+    harness.join(*SERVERS)
+    opened = harness.open_session(PARTS)
+    assert opened is not None
+    victim = max(SERVERS, key=lambda s: (len(harness.primaries(s)), s))
+    ref = harness.primaries(victim)[0]
+    (replica,) = harness.placement(ref).replicas
+    harness.heartbeat(
+        victim,
+        parts=[
+            PartProgress(ref=r, role=PartRole.PRIMARY, applied_seq=7, epoch=1, last_epoch=1)
+            for r in harness.primaries(victim)
+        ],
+    )
+    harness.heartbeat(
+        replica,
+        parts=[PartProgress(ref=ref, role=PartRole.REPLICA, applied_seq=0, epoch=0, last_epoch=0)],
+    )
+    survivors = [s for s in SERVERS if s != victim]
+    for _ in range(30):
+        harness.tick(100, alive=survivors)
+        for server_id in survivors:
+            for prepared in harness.prepared(server_id):
+                if server_id != replica:  # the replica's answers are lost
+                    harness.positions(
+                        server_id, prepared.map_version, dict.fromkeys(prepared.parts, 7)
+                    )
+        if harness.events(FailoverCompleted):
+            break
+    (done,) = harness.events(FailoverCompleted)
+    assert harness.events(PartsLost) == []
+    assert ref in {p.ref for p in done.promotions}
+    assert harness.placement(ref).primary == replica
+    assert len(harness.map) == len(opened_refs(opened))
+
+
+@pytest.mark.parametrize("answer", ["on time", "lost"])
+def test_a_lost_part_ends_its_session_also_when_the_promotion_is_rebuilt(answer: str) -> None:
+    """A promotion whose store answer was lost is built again on the reloaded map, where it
+    landed (`carry_landed`): the ended session is still reported whole (lost part, parts
+    ended), removed from the manager's books, and its clients told once."""
+    harness = ManagerHarness(replica_count=1, store_timeout_ms=300)
+    harness.join(*SERVERS)
+    for index in range(8):
+        opened = harness.open_session(("auth", "cart", "feed", "chat"), client=f"c{index % 2}")
+        assert opened is not None
+    victim = "s1"
+    victim_parts = harness.primaries(victim)
+    reset = victim_parts[0]
+    harness.heartbeat(
+        victim,
+        parts=[
+            PartProgress(ref=r, role=PartRole.PRIMARY, applied_seq=7, epoch=1, last_epoch=1)
+            for r in victim_parts
+        ],
+    )
+    held = HeldCommit(harness)
+    if answer == "lost":
+        harness.router.store_executors[MANAGER] = held
+    survivors = [s for s in SERVERS if s != victim]
+    harness.tick(700, alive=survivors)
+    for server_id in survivors:
+        for prepared in harness.prepared(server_id):
+            harness.positions(
+                server_id,
+                prepared.map_version,
+                {r: 0 if r == reset else 7 for r in prepared.parts},
+            )
+    if answer == "lost":
+        assert held.held
+        held.held = []  # the commit landed; its answer never comes
+    harness.tick(1_500, alive=survivors)
+    (lost,) = harness.events(PartsLost)
+    (done,) = harness.events(FailoverCompleted)
+    assert lost.without_history == (reset,) and lost.sessions == (reset.session_id,)
+    assert lost.parts_ended == 3
+    assert reset.session_id not in {key.session_id for key in harness.map.part_keys()}
+    assert all(p.ref.session_id != reset.session_id for p in done.promotions)
+    told = [c.session_id for client in ("c0", "c1") for c in harness.take(client, CloseSession)]
+    assert told == [reset.session_id]

@@ -195,7 +195,7 @@ _OTHER_KEY = key_fingerprint(bytes(32))
         # A rotation under way: a key one side holds alone is no mismatch.
         (((1, _MANAGER_KEY), (2, _OTHER_KEY)), None),
         (((1, _OTHER_KEY),), "key id(s) [1] hold other keys than the manager's"),
-        (((2, _OTHER_KEY),), "no key in common with the manager (its ids [1], these [2])"),
+        (((2, _OTHER_KEY),), "the manager seals with key id 1, which this node does not hold"),
         (tuple((i, _OTHER_KEY) for i in range(17)), "17 key fingerprints, more than a ring"),
     ],
 )

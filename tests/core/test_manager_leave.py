@@ -118,7 +118,8 @@ def test_a_leaving_server_is_not_finished_while_its_last_handoff_runs() -> None:
     done = HandoffCompleted(handoff_id=late.handoff_id, server_id="s2", parts=late.parts)
     harness.router.send("s2", MANAGER, done)
     harness.tick(100, alive=SERVERS)
-    assert harness.take("s2", DrainReported)[-1].finished
+    drain_report = harness.take("s2", DrainReported)[-1]
+    assert drain_report.finished and drain_report.failed_over is False
 
 
 def test_the_last_active_server_leaving_reports_every_role_waiting() -> None:
@@ -219,7 +220,8 @@ def test_a_leaving_server_declared_dead_meanwhile_is_told_to_stop_not_readmitted
     assert dead.cause is DeathCause.SILENCE
     failovers = len(harness.events(FailoverStarted))
     beat(harness, "s2")
-    assert harness.take("s2", DrainReported)[-1].finished
+    drain_report = harness.take("s2", DrainReported)[-1]
+    assert drain_report.finished and drain_report.failed_over is True
     beat(harness, "s2", left=True)
     harness.tick(4_000, alive=others)
     assert harness.manager.membership.state_of("s2") is MemberState.DEAD

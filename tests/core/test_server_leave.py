@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from forehand.core._server_events import (
     LeaveProgressed,
     ProtocolViolationDetected,
@@ -84,15 +86,22 @@ def test_progress_is_reported_when_it_changes_and_the_server_leaves_when_finishe
 
 def test_a_server_the_manager_failed_over_while_it_left_says_so() -> None:
     """Declared dead while leaving (cut off past the failure timeout), its parts failed over,
-    the server is then told `finished`: its `ServerLeft` says it was failed over, not drained,
-    once its map lists it dead; a drain that finished says no such thing."""
+    the server is then told `finished` with `failed_over`: its `ServerLeft` says it was failed
+    over, not drained (the map it holds need not say so: the manager sends a dead member no
+    map). From a manager before the field, its map listing it dead says the same. A drain
+    that finished says no such thing."""
     drained = leaving_cluster()
     drained.router.send(MANAGER, "s1", report(0, finished=True))
     assert [left.failed_over for left in drained.events("s1", ServerLeft)] == [False]
-    cut_off = leaving_cluster()
-    cut_off.publish(ServerMarkedDead(server_id="s1"))
-    cut_off.router.send(MANAGER, "s1", report(0, finished=True))
-    assert [left.failed_over for left in cut_off.events("s1", ServerLeft)] == [True]
+    told = leaving_cluster()
+    told.router.send(
+        MANAGER, "s1", msgspec.structs.replace(report(0, finished=True), failed_over=True)
+    )
+    assert [left.failed_over for left in told.events("s1", ServerLeft)] == [True]
+    listed_dead = leaving_cluster()
+    listed_dead.publish(ServerMarkedDead(server_id="s1"))
+    listed_dead.router.send(MANAGER, "s1", report(0, finished=True))
+    assert [left.failed_over for left in listed_dead.events("s1", ServerLeft)] == [True]
 
 
 def test_a_finished_drain_sends_one_last_heartbeat_saying_left_and_no_more() -> None:

@@ -17,6 +17,8 @@ from forehand.core.tokens import (
     TokenInvalid,
     TokenReplayed,
     TokenSealer,
+    key_fingerprint,
+    key_ring_mismatch,
 )
 from forehand.errors import LocalProtocolError, RemoteProtocolError
 from forehand.wire import ErrorCode, ResumeRejectReason
@@ -279,3 +281,29 @@ def test_replay_cache_rejects_bad_bound() -> None:
     """A replay cache must have room for at least one nonce."""
     with pytest.raises(LocalProtocolError):
         ReplayCache(entries_max=0)
+
+
+def test_key_fingerprints_match_equal_keys_and_follow_the_ring() -> None:
+    """A ring's fingerprints name each key it opens, by id, equal for equal keys; a retired
+    key's goes with it. The manager's check (`key_ring_mismatch`) passes a ring that holds its
+    sealing key under the same fingerprint, with or without keys of its own (a rotation under
+    way), and refuses one where an id both hold is another key, or that lacks the sealing key
+    (a server restarted with the keys file from before a rotation)."""
+    one, two = bytes(range(32)), bytes(range(1, 33))
+    ring = KeyRing({1: one, 2: two}, current_key_id=2)
+    assert ring.fingerprints() == ((1, key_fingerprint(one)), (2, key_fingerprint(two)))
+    assert key_fingerprint(one) != key_fingerprint(two) and len(key_fingerprint(one)) == 8
+    manager = ring.fingerprints()
+    assert key_ring_mismatch(manager, (), current_key_id=2) is None
+    assert key_ring_mismatch(manager, manager, current_key_id=2) is None
+    assert key_ring_mismatch(manager, ((2, key_fingerprint(two)),), current_key_id=2) is None
+    newer = ((2, key_fingerprint(two)), (3, key_fingerprint(bytes(32))))
+    assert key_ring_mismatch(manager, newer, current_key_id=2) is None
+    before_rotation = ((1, key_fingerprint(one)),)
+    problem = key_ring_mismatch(manager, before_rotation, current_key_id=2)
+    assert problem is not None and "seals with key id 2, which this node does not hold" in problem
+    other = ((1, key_fingerprint(two)), (2, key_fingerprint(two)))
+    problem = key_ring_mismatch(manager, other, current_key_id=2)
+    assert problem is not None and "key id(s) [1] hold other keys" in problem
+    ring.retire(1)
+    assert ring.fingerprints() == ((2, key_fingerprint(two)),)

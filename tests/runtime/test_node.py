@@ -25,7 +25,7 @@ from forehand.runtime.node import (
     Route,
     _dial_failure_level,
 )
-from forehand.runtime.transport import Credentials, HandshakeError
+from forehand.runtime.transport import CertificateNotVerifiedError, Credentials, HandshakeError
 from forehand.wire import Error, ErrorCode, PeerRole, Ping
 
 if TYPE_CHECKING:
@@ -256,7 +256,7 @@ def test_a_cluster_peer_that_cannot_be_reached_is_warned_of_every_fifth_dial(
 ) -> None:
     """A node that cannot reach a cluster peer (its manager, say) logs the failed dials at INFO,
     and the fifth in a row, the tenth, ... at WARNING, so that it shows where an operator looks
-    without a peer's restart shouting. A failed handshake is WARNING at once."""
+    without a peer's restart shouting. A certificate not verified is WARNING at once."""
     certs = tmp_path / "certs"
     make_cluster_certs(certs, ("s1", "s2"), days=1)
     with caplog.at_level(logging.INFO, logger="forehand.runtime.node"):
@@ -269,9 +269,13 @@ def test_a_cluster_peer_that_cannot_be_reached_is_warned_of_every_fifth_dial(
         for n in range(len(failures))
     ]
     assert levels == expected
-    refused = HandshakeError("certificate of manager at 127.0.0.1:7400 not verified")
+    refused = CertificateNotVerifiedError("certificate of manager at 127.0.0.1:7400 not verified")
     assert _dial_failure_level(refused, cluster=True, failures=0) == logging.WARNING
     assert _dial_failure_level(refused, cluster=True, failures=1) == logging.INFO
+    # Another failed handshake (a peer restarting mid-way) counts as any failure.
+    cut = HandshakeError("TLS handshake with 127.0.0.1:7400 failed: EOF")
+    assert _dial_failure_level(cut, cluster=True, failures=0) == logging.INFO
+    assert _dial_failure_level(cut, cluster=True, failures=4) == logging.WARNING
     assert _dial_failure_level(OSError("refused"), cluster=False, failures=4) == logging.INFO
 
 

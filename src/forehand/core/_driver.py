@@ -82,7 +82,10 @@ class ConnectionCloseRequested:
     A core queues it as `Outbound(destination=peer, message=ConnectionCloseRequested(...))`, right
     after the `Error` frame that tells the peer why. The driver sends everything queued before it
     to `peer`, then closes that one connection (only that one) and delivers `ConnectionLost` back
-    to the core as for any other close.
+    to the core as for any other close. Two processes may share a node id (a second one started
+    by mistake): a close asked for while the driver feeds the core one connection's frames closes
+    that connection, and when it is not the one the core's messages to `peer` go by, the core
+    hears no `ConnectionLost` (its peer is still connected, by the other).
     """
 
     peer: NodeId

@@ -215,10 +215,10 @@ class ManagerConfig:
     rebalance_settle_ms: int = 15_000
     """After a check that found the cluster not settled (a server joined, restarted, left or
     went silent; a failover, drain or move under way) or that queued a rebalance, the next
-    check comes this much later instead of `rebalance_interval_ms` (at most that): the
-    servers a rolling restart brought back last get their share within about this long of the
-    last one joining, and a rebalance larger than `rebalance_parts_max` goes on as soon as its
-    moves ended."""
+    check comes this much later instead of `rebalance_interval_ms` (at most that); a server's
+    join brings the next check forward to this long after it. The servers a rolling restart
+    brought back last get their share within about twice this long of the last one joining,
+    and a rebalance larger than `rebalance_parts_max` goes on as soon as its moves ended."""
     rebalance_tolerance: float = 0.2
     """An automatic rebalance runs when a server's primaries are more than this share above or
     below its weighted share (0.2: 20 %)."""

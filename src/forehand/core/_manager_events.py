@@ -444,9 +444,10 @@ class PartsUnreplicated:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartsLost:
     """Parts no live server holds with their history (the primary and every replica gone, or
-    only holders with none of it left) were lost in a failover. They are removed from the map
-    with every other part of their sessions, which end: their clients are told CLOSE_SESSION
-    when they next ask for the session, as after a close."""
+    only holders that answered the fence with none of it) were lost in a failover. They are
+    removed from the map with every other part of their sessions, which end: each client
+    connection that proved one of them is told CLOSE_SESSION at once, and one that asks later
+    is told so then, as after a close."""
 
     parts: tuple[PartRef, ...]
     """The parts lost."""

@@ -427,8 +427,12 @@ def build_promotion(
             continue
         primary, seq = choice
         if seq == 0 and _holds_history(fallback(placement.primary, key)):
-            chosen_epoch = next((e for s, e, _, _ in alive if s == primary), 0)
-            if chosen_epoch == 0:
+            # Only a position the holder answered the fence with says it holds nothing: one
+            # from its heartbeat (it did not answer) only under-states what it holds (a
+            # rotating batch that last named the part before its snapshot installed), and a
+            # part promoted on it loses nothing it had.
+            holder = next((entry for entry in alive if entry[0] == primary), None)
+            if holder is not None and holder[3] and holder[1] == 0:
                 lost.append(key)
                 without_history.append(key)
                 continue

@@ -248,9 +248,10 @@ class ServerLeft(ServerEvent, frozen=True, kw_only=True):
     primaries_left: int
     """Of them, the parts it still led."""
     failed_over: bool = False
-    """The map lists this server dead: the manager declared it dead while it left (cut off
-    past the failure timeout) and failed what it held over, rather than the drain handing it
-    off, and then answered its leaving heartbeat finished."""
+    """The manager declared this server dead while it left (cut off past the failure timeout)
+    and failed what it held over, rather than the drain handing it off, and then answered its
+    leaving heartbeat finished: the report says so (`DrainReported.failed_over`), or the map
+    lists this server dead (a manager before that field)."""
 
 
 class StaleEpochRefused(ServerEvent, frozen=True, kw_only=True):

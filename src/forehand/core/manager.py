@@ -1327,7 +1327,10 @@ class ManagerCore:
                 f"cluster keys of {message.server_id!r}: {len(fingerprints)} key fingerprints, "
                 f"more than a ring holds ({KEY_RING_KEYS_MAX})"
             )
-        problem = key_ring_mismatch(self._sealer.key_ring.fingerprints(), fingerprints)
+        ring = self._sealer.key_ring
+        problem = key_ring_mismatch(
+            ring.fingerprints(), fingerprints, current_key_id=ring.current_key_id
+        )
         if problem is not None:
             raise LocalProtocolError(f"cluster keys of {message.server_id!r}: {problem}")
 
@@ -1388,6 +1391,7 @@ class ManagerCore:
                     primaries_left=0,
                     roles_waiting=0,
                     finished=True,
+                    failed_over=True,
                 ),
             )
         if outcome is HeartbeatOutcome.ACCEPTED:
@@ -1721,6 +1725,12 @@ class ManagerCore:
             )
         )
         self._queue_replica_repair()
+        if self._config.rebalance_interval_ms:
+            # The check that sees the new server comes within the settle time, and the one
+            # after it rebalances: a join into a settled cluster no longer waits for the next
+            # whole interval first.
+            auto = self._auto
+            auto.due_us = min(auto.due_us, now_us + self._rebalance_settle_us())
 
     def _queue_replica_repair(self) -> None:
         """Top up the pinned placements that failovers left short of replicas.

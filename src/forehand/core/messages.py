@@ -337,6 +337,10 @@ class DrainReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     finished: bool
     """True once the map gives the server nothing and none of its handoffs runs: it may stop
     without a failover."""
+    failed_over: bool = False
+    """The manager had declared the server dead meanwhile (cut off past the failure timeout)
+    and failed what it held over: `finished` says only that nothing is left to wait for.
+    Absent: false (a sender before the field)."""
 
 
 class FailoverPrepared(msgspec.Struct, frozen=True, kw_only=True, tag=True):

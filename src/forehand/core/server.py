@@ -2636,7 +2636,7 @@ class ServerCore:
                     node=self._me,
                     roles_left=0 if message.finished else message.roles_left,
                     primaries_left=0 if message.finished else message.primaries_left,
-                    failed_over=message.finished and self._listed_dead(),
+                    failed_over=message.finished and (message.failed_over or self._listed_dead()),
                 )
             )
 

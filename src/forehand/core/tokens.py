@@ -249,12 +249,17 @@ def key_fingerprint(key: bytes) -> bytes:
 
 
 def key_ring_mismatch(
-    own: tuple[tuple[int, bytes], ...], other: tuple[tuple[int, bytes], ...]
+    own: tuple[tuple[int, bytes], ...],
+    other: tuple[tuple[int, bytes], ...],
+    *,
+    current_key_id: int,
 ) -> str | None:
-    """Why a node holding the keys of fingerprints `other` could not work with one holding
-    `own`, or None. A key id both hold must be the same key; and they must share one key at
-    least (during a rotation, `KeyRing`, the rings differ only by keys one of them holds
-    alone). `other` empty: not said, not checked."""
+    """Why a node holding the keys of fingerprints `other` could not work with the manager,
+    which holds `own` and seals with `current_key_id`, or None. A key id both hold must be the
+    same key, and `other` must hold the manager's sealing key: what the manager seals (the
+    session credentials every client presents) must open there. During a rotation as
+    `KeyRing` says (add the key on every node, then rotate) the rings differ only by keys the
+    manager does not seal with. `other` empty: not said, not checked."""
     if not other:
         return None
     mine = dict(own)
@@ -266,11 +271,12 @@ def key_ring_mismatch(
             f"key id(s) {differing} hold other keys than the manager's: the cluster's keys "
             "file (cluster-keys.toml) must be the same on every node"
         )
-    if not any(key_id in mine for key_id, _ in other):
+    held = sorted(key_id for key_id, _ in other)
+    if current_key_id not in held:
         return (
-            f"no key in common with the manager (its ids {sorted(mine)}, these "
-            f"{sorted(key_id for key_id, _ in other)}): the cluster's keys file "
-            "(cluster-keys.toml) must be the same on every node"
+            f"the manager seals with key id {current_key_id}, which this node does not hold "
+            f"(it holds {held}): the cluster's keys file (cluster-keys.toml) must be the same "
+            "on every node, and a new key added on every node before it seals"
         )
     return None
 

@@ -57,6 +57,7 @@ from forehand.runtime.node import DriverConfig, NodeDriver, Resolver, Route
 from forehand.runtime.process import run_manager, run_server
 from forehand.runtime.transport import (
     ALPN,
+    CertificateNotVerifiedError,
     CloseInfo,
     CloseInitiator,
     Connection,
@@ -93,6 +94,7 @@ __all__ = [
     "FrameHandler",
     "HandoffEvent",
     "HandoffEventKind",
+    "CertificateNotVerifiedError",
     "HandshakeError",
     "Listener",
     "ManagerProcessConfig",

@@ -28,6 +28,7 @@ from forehand.runtime._tcp_info import tcp_path_stats
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
     ALPN,
+    CertificateNotVerifiedError,
     ConnectionLimits,
     Credentials,
     HandshakeError,
@@ -435,7 +436,7 @@ class TLSTransport(Transport):
                 ssl_handshake_timeout=self.config.handshake_timeout_ms / 1000,
             )
         except ssl.SSLCertVerificationError as error:
-            raise HandshakeError(
+            raise CertificateNotVerifiedError(
                 f"certificate of {server_id} at {host}:{port} not verified: {error.verify_message}"
             ) from error
         except ssl.SSLError as error:

@@ -55,9 +55,9 @@ from forehand.core._driver import CLIENT_NODE_PREFIX
 from forehand.core.messages import encode_cluster_message
 from forehand.errors import ConfigError, LocalProtocolError
 from forehand.runtime.transport import (
+    CertificateNotVerifiedError,
     CloseInitiator,
     ConnectionClosedError,
-    HandshakeError,
     Listener,
     PathStats,
     Transport,
@@ -253,13 +253,14 @@ should say so where an operator looks, but a peer's restart should not."""
 
 
 def _dial_failure_level(error: Exception, *, cluster: bool, failures: int) -> int:
-    """The log level of a failed dial, `failures` the peer's failed dials before it. A failed
-    handshake (a certificate not verified, another cluster's CA, the wrong ALPN) is a
+    """The log level of a failed dial, `failures` the peer's failed dials before it. A peer
+    certificate the cluster CA does not verify (another cluster's `certs`, an expired one) is a
     configuration to fix, not a peer down: WARNING the first time and every
-    `DIAL_FAILURES_WARNED`-th. Any other failure to reach a cluster peer is WARNING from the
+    `DIAL_FAILURES_WARNED`-th (another failed handshake, a peer restarting mid-way say, counts
+    as any failure). Any other failure to reach a cluster peer is WARNING from the
     `DIAL_FAILURES_WARNED`-th in a row on, every `DIAL_FAILURES_WARNED`-th; to reach a server
     as a client, INFO (the calls say what failed)."""
-    if isinstance(error, HandshakeError):
+    if isinstance(error, CertificateNotVerifiedError):
         return logging.WARNING if failures % DIAL_FAILURES_WARNED == 0 else logging.INFO
     if cluster and (failures + 1) % DIAL_FAILURES_WARNED == 0:
         return logging.WARNING

@@ -123,8 +123,8 @@ WARNING_EVENTS = frozenset(
         "ServerNotHearing",
     }
 )
-"""Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost,
-reset to their initial state, or without a replica; a server dead while it led parts (a crash,
+"""Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost
+(their sessions ended), or without a replica; a server dead while it led parts (a crash,
 not a planned stop after a drain: that one, leading none, stays at INFO, `_below_warning`);
 every server silent to the
 manager; an application's state that cannot be replicated; `replicated` writes waiting with no

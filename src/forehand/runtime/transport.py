@@ -53,6 +53,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionLimits",
     "Credentials",
+    "CertificateNotVerifiedError",
     "HandshakeError",
     "Listener",
     "PathStats",
@@ -77,6 +78,11 @@ class TransportError(Exception):
 
 class HandshakeError(TransportError):
     """The TLS or QUIC handshake failed: certificate not verified, ALPN not `forehand/1`."""
+
+
+class CertificateNotVerifiedError(HandshakeError):
+    """The peer's certificate did not verify against the cluster CA (another cluster's
+    certificates, an expired one): a configuration to fix, not a peer down."""
 
 
 class CloseInitiator(enum.Enum):
