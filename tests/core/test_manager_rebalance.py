@@ -14,6 +14,7 @@ from forehand.core._manager_events import (
     HandoffAborted,
     HandoffStarted,
     RebalanceQueued,
+    ReplicasRebalanced,
 )
 from forehand.core.messages import HandoffAssigned, HandoffCompleted, ServerAnnounced
 from forehand.errors import ConfigError
@@ -247,8 +248,11 @@ def test_an_unsettled_check_looks_again_after_the_settle_time() -> None:
     after = len(harness.primaries("s4"))
     assert after == before + 5 + rebalances[1].parts
     assert after >= SESSIONS // 4 * (1 - harness.config.rebalance_tolerance)
-    # Even: the next check queues nothing, and the one after it comes an interval later...
-    harness.tick(1_000, alive=SERVERS)
+    # The primaries even, the replica roles follow (s4 joined with few), a commit a check...
+    for _ in range(10):
+        harness.tick(1_000, alive=SERVERS)
+    assert harness.events(ReplicasRebalanced)
+    # ... and once those are even too, the next check comes an interval later...
     assert harness.manager._auto.due_us - harness.router.now_us > 30_000_000
     # ... unless a server joins: its join brings the check forward to the settle time, and
     # the one after rebalances, instead of waiting for the whole interval first.
@@ -359,3 +363,35 @@ def test_bad_rebalance_settings_are_refused(overrides: dict[str, Any], rule: str
         ManagerConfig(**overrides)
     # 0 turns the automatic rebalance off, and a tolerance of 0 is any part off the share.
     ManagerConfig(rebalance_interval_ms=0, rebalance_tolerance=0.0)
+
+
+def test_replica_roles_follow_once_the_primaries_are_even() -> None:
+    """s4 is drained and undrained (as a restart leaves it): it leads nothing and holds no
+    replica role, every part it held now pinned elsewhere. The automatic rebalance hands it
+    its share of the primaries first, then of the replica roles (`ReplicasRebalanced`, at most
+    `replica_moves_per_commit_max` a commit), each part keeping its primary, two distinct
+    replicas, and a live replica besides the one that moved."""
+    harness = unbalanced(rebalance_interval_ms=1_000, replica_moves_per_commit_max=8)
+    assert harness.map.config.replica_count == 2
+    assert harness.manager.drain("s4", now_us=harness.router.now_us)
+    for _ in range(10):
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    assert harness.map.part_counts("s4") == (0, 0)  # emptied: no primary, no replica role
+    harness.manager.undrain("s4", now_us=harness.router.now_us)
+    harness.tick(300, alive=SERVERS)
+    loads = harness.map.replica_loads()
+    share = sum(loads.values()) / len(SERVERS)
+    assert loads["s4"] < share * 0.8, loads
+    for _ in range(40):
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    moved = harness.events(ReplicasRebalanced)
+    assert moved and all(0 < e.roles <= 8 for e in moved), moved
+    loads = harness.map.replica_loads()
+    assert loads["s4"] >= share * (1 - harness.config.rebalance_tolerance), loads
+    assert len(harness.primaries("s4")) >= SESSIONS // 4 * (1 - harness.config.rebalance_tolerance)
+    for key in harness.map.part_keys():
+        placement = harness.map.lookup(key)
+        assert len(set(placement.replicas)) == 2 and placement.primary not in placement.replicas
+    assert harness.events(HandoffAborted) == []

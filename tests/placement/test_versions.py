@@ -121,10 +121,15 @@ def _check_version(shard_map: ShardMap) -> None:
     # The admin view's counts, without listing the parts, equal the lists' lengths.
     sessions = shard_map.primary_sessions()
     assert set(sessions) == {entry.server_id for entry in shard_map.servers}
+    replica_loads = shard_map.replica_loads()
+    active = {e.server_id for e in shard_map.servers if e.state is ServerState.ACTIVE}
+    assert set(replica_loads) == active
     for entry in shard_map.servers:
         held = shard_map.parts_for(entry.server_id)
         assert shard_map.part_counts(entry.server_id) == (len(held.primary), len(held.replica))
         assert sessions[entry.server_id] == len({key.session_id for key in held.primary})
+        if entry.server_id in active:
+            assert replica_loads[entry.server_id] == len(held.replica)
     names = state.eligible.names
     weights = [state.servers[name].weight_milli for name in names]
     expected = load_bounds(state.config, weights, sum(loads.values()))

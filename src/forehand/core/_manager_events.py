@@ -38,6 +38,7 @@ __all__ = [
     "PartsMovedImplicitly",
     "PartsUnreplicated",
     "RebalanceQueued",
+    "ReplicasRebalanced",
     "MovesDropped",
     "ReplicaPosition",
     "RiskAssessed",
@@ -506,6 +507,21 @@ class DrainProgressed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ReplicasRebalanced:
+    """The manager's periodic check found the servers' replica roles uneven (the primaries
+    even) and committed a version that moves some: each from a server above its share to one
+    below, the part keeping its primary and another live replica meanwhile
+    (`ManagerConfig.rebalance_interval_ms`)."""
+
+    roles: int
+    """Replica roles moved."""
+    tolerance: float
+    """The check's `rebalance_tolerance`: some server was further than this from its share."""
+    map_version: int
+    """The version that moved them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RebalanceQueued:
     """The manager's periodic check found the servers' primaries uneven and queued planned
     handoffs (reason REBALANCE) to even them out (`ManagerConfig.rebalance_interval_ms`)."""
@@ -696,6 +712,7 @@ ManagerEvent = (
     | ServerLeaving
     | DrainProgressed
     | RebalanceQueued
+    | ReplicasRebalanced
     | RiskFlagged
     | RiskAssessed
     | SessionRegistered

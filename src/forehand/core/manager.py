@@ -78,6 +78,7 @@ from forehand.core._manager_events import (
     PartsUnreplicated,
     PeerRefused,
     RebalanceQueued,
+    ReplicasRebalanced,
     RiskFlagged,
     ServerDeclaredDead,
     ServerJoined,
@@ -373,7 +374,9 @@ class ManagerCore:
         # Sessions closed while the commit queue was full, oldest first: each is a session of the
         # map, so the queue holds at most as many ids as the map holds sessions.
         self._closes_waiting: OrderedDict[bytes, None] = OrderedDict()
-        self._repair_queued = self._repair_waiting = False
+        # A replica repair, and an automatic rebalance's commit of replica moves, in the
+        # pipeline; a repair that did not fit in it.
+        self._repair_queued = self._repair_waiting = self._replica_rebalance_queued = False
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._held_maps = HeldMapRequests(hold_us=config.map_request_hold_ms * 1000)
@@ -809,6 +812,123 @@ class ManagerCore:
                     parts=queued, tolerance=config.rebalance_tolerance, map_version=current.version
                 )
             )
+        elif self._queue_replica_rebalance(current, frozenset(auto.risk_moved_us)):
+            auto.due_us = now_us + self._rebalance_settle_us()
+
+    def _queue_replica_rebalance(self, current: ShardMap, receives_not: frozenset[str]) -> bool:
+        """Queue one commit that moves replica roles to the servers furthest below their share
+        of them, when some server taking roles is more than `rebalance_tolerance` below it (the
+        primaries already even); whether one was queued. A rolling restart leaves the servers
+        restarted last with no replica role at all, so the others apply every write and a
+        failover can promote no part on them."""
+        if self._replica_rebalance_queued or current.config.replica_count < 2:
+            return False
+        if self._replica_shares(current, receives_not) is None:
+            return False
+        change = Change(
+            kind=MapChange.REPLICAS_MOVED,
+            build=lambda at: self._build_replica_rebalance(at, receives_not),
+            committed=lambda built, now_us: self._replica_rebalance_done(built),
+            dropped=lambda cause, now_us: self._replica_rebalance_done(None),
+        )
+        self._replica_rebalance_queued = self._pipeline.submit(change)
+        return self._replica_rebalance_queued
+
+    def _replica_rebalance_done(self, built: Built | None) -> None:
+        self._replica_rebalance_queued = False
+        if built is not None and built.parts:
+            self._emit(
+                ReplicasRebalanced(
+                    roles=len(built.parts),
+                    tolerance=self._config.rebalance_tolerance,
+                    map_version=built.new_map.version,
+                )
+            )
+
+    def _replica_shares(
+        self, current: ShardMap, receives_not: frozenset[str]
+    ) -> tuple[dict[str, int], dict[str, float], list[str]] | None:
+        """Each live ACTIVE server's replica roles and its share of them by weight, and the
+        servers taking roles more than `rebalance_tolerance` below their share; None when
+        there is none of those."""
+        loads = current.replica_loads()
+        entries = [
+            e
+            for e in self._map_entries(current)
+            if e.server_id in loads and self._is_alive(e.server_id)
+        ]
+        total_weight = sum(e.weight_milli for e in entries)
+        if len(entries) < 2 or total_weight <= 0:
+            return None
+        total = sum(loads[e.server_id] for e in entries)
+        shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
+        floor = 1.0 - self._config.rebalance_tolerance
+        receivers = [
+            s
+            for s, share in shares.items()
+            if loads[s] < share * floor and s not in receives_not and self._takes_roles(s)
+        ]
+        return (loads, shares, receivers) if receivers else None
+
+    def _build_replica_rebalance(
+        self, current: ShardMap, receives_not: frozenset[str]
+    ) -> Built | None:
+        """Replica roles from the servers with the most above their share, at random among
+        theirs, each to the receiver then furthest below its share that does not hold the
+        part; at most `replica_moves_per_commit_max` (and `rebalance_parts_max`). A part moves
+        a replica role only while it keeps a live primary and another live replica, which
+        acknowledge its writes while the new replica catches up."""
+        plan = self._replica_shares(current, receives_not)
+        if plan is None:
+            return None
+        loads, shares, receivers = plan
+        config = self._config
+        budget = min(config.replica_moves_per_commit_max, config.rebalance_parts_max)
+        wanted = {s: math.floor(shares[s]) for s in receivers}
+        givers = [s for s in shares if loads[s] > math.ceil(shares[s])]
+        givers.sort(key=lambda s: (loads[s] - shares[s], s), reverse=True)
+        operations: list[PlacementOverridden] = []
+        moved: list[PartKey] = []
+        sources: set[str] = set()
+        for giver in givers:
+            spare = loads[giver] - math.ceil(shares[giver])
+            keys = current.parts_for(giver).replica
+            count = min(len(keys), REBALANCE_SAMPLE_FACTOR * min(spare, budget))
+            for key in self._rng.sample(keys, count):
+                if spare <= 0 or len(operations) >= budget:
+                    break
+                if self._orchestrator.is_moving(ref_of(key)):
+                    continue
+                placement = current.lookup(key)
+                keep = tuple(s for s in placement.replicas if s != giver)
+                if not self._is_live(placement.primary) or not any(self._is_live(s) for s in keep):
+                    continue
+                target = min(
+                    (s for s in receivers if loads[s] < wanted[s] and s not in placement.servers),
+                    key=lambda s: (loads[s] - shares[s], s),
+                    default=None,
+                )
+                if target is None:
+                    continue
+                operations.append(
+                    override(key, Placement(primary=placement.primary, replicas=(*keep, target)))
+                )
+                moved.append(key)
+                sources.add(giver)
+                loads[giver] -= 1
+                loads[target] += 1
+                spare -= 1
+            if len(operations) >= budget or all(loads[s] >= wanted[s] for s in receivers):
+                break
+        if not operations:
+            return None
+        stable = stabilize(current, operations, intended=lambda k: False)
+        return Built(
+            delta=stable.delta,
+            new_map=stable.new_map,
+            parts=tuple(ref_of(key) for key in moved),
+            servers=tuple(sorted(sources)),
+        )
 
     def _rebalance_settle_us(self) -> int:
         config = self._config

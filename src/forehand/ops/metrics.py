@@ -206,6 +206,11 @@ class ManagerMetrics:
             " (rebalance_interval_ms; an operator's rebalance is not counted).",
             registry=r,
         )
+        self.rebalance_replica_roles = Counter(
+            "forehand_rebalance_replica_roles_moved",
+            "Replica roles the manager's automatic rebalance moved to servers below their share.",
+            registry=r,
+        )
         self.map_version = Gauge("forehand_map_version", "The shard map's version.", registry=r)
         self.protocol_violations = Counter(
             "forehand_manager_protocol_violations",
@@ -324,6 +329,9 @@ class ManagerMetrics:
     def _rebalance_queued(self, event: Any) -> None:
         self.rebalance_parts.inc(event.parts)
 
+    def _replicas_rebalanced(self, event: Any) -> None:
+        self.rebalance_replica_roles.inc(event.roles)
+
     def _drain_progressed(self, event: Any) -> None:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
@@ -362,6 +370,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.SessionsExpired: ManagerMetrics._sessions_expired,
     manager_events.DrainProgressed: ManagerMetrics._drain_progressed,
     manager_events.RebalanceQueued: ManagerMetrics._rebalance_queued,
+    manager_events.ReplicasRebalanced: ManagerMetrics._replicas_rebalanced,
     manager_events.PeerRefused: ManagerMetrics._peer_refused,
     manager_events.CredentialRefused: ManagerMetrics._credential_refused,
     manager_events.CredentialsPaced: ManagerMetrics._credentials_paced,

@@ -340,6 +340,20 @@ class ShardMap:
             loads[name] = len(members[index[name]]) + pinned.get(name, 0)
         return loads
 
+    def replica_loads(self) -> dict[str, int]:
+        """Per ACTIVE server: how many parts it holds a replica of (hash-placed and overrides),
+        counted in one pass over the overrides: O(servers + overrides), a new dict each call."""
+        state = self._state
+        loads = {
+            name: len(held)
+            for name, held in zip(state.eligible.names, state.engine.replicas, strict=True)
+        }
+        for pinned in state.overrides.values():
+            for name in pinned[1:]:
+                if name in loads:
+                    loads[name] += 1
+        return loads
+
     def load_bounds(self) -> dict[str, int]:
         """Per ACTIVE server: the most primaries bounded loads lets the hash give it.
 

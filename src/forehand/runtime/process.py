@@ -92,6 +92,7 @@ NOTABLE_EVENTS = frozenset(
         "HandoffAborted",
         "DrainProgressed",
         "RebalanceQueued",
+        "ReplicasRebalanced",
         "PartsLost",
         "PartsMovedImplicitly",
         "PartsUnreplicated",

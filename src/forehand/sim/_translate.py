@@ -403,6 +403,7 @@ _COUNTED: dict[type, tuple[str, str | None]] = {
     me.RiskFlagged: ("manager/risk-flagged", None),
     me.MovesDropped: ("manager/moves-dropped", None),
     me.RebalanceQueued: ("manager/rebalance-queued", None),
+    me.ReplicasRebalanced: ("manager/replicas-rebalanced", None),
     me.MapCommitRejected: ("manager/map-commit-rejected", None),
     me.FailoverStarted: ("manager/failover-started", None),
 }
