@@ -199,7 +199,8 @@ class ManagerConfig:
     target: a window of the part's walk over the servers, the next window on the next pass, so
     the cost of planning does not grow with the fleet and every server is reached in time."""
     replica_moves_per_commit_max: int = 256
-    """Most replica roles one drain commit moves off the drained server."""
+    """Most replica roles one drain commit moves off the drained server, and one automatic
+    rebalance commit moves to the servers below their share of them."""
     handoff_jitter_ms_max: int = 50
     """Random pause, up to this long, between two handoff batches, so moves do not stampede."""
     target_cpu_utilization_max: float = 0.75
