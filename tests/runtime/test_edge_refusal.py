@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -34,6 +35,32 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def start_manager(
+    tmp_path: Path, certs: Path, port: int, output: IO[str]
+) -> subprocess.Popen[bytes]:
+    """A manager on `port` with its store in `tmp_path`, its log to `output`, saying its admin
+    API's URL in `tmp_path/manager.ready`."""
+    return subprocess.Popen(
+        [
+            *FOREHAND,
+            "manager",
+            "--certs-dir",
+            str(certs),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--set",
+            f"store_path={tmp_path / 'manager.sqlite'}",
+            "--set",
+            "admin_http_port=0",
+            "--ready-file",
+            str(tmp_path / "manager.ready"),
+        ],
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -77,24 +104,7 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     manager_log, server_log = tmp_path / "manager.log", tmp_path / "server.log"
     common = ["--certs-dir", str(certs)]
     with manager_log.open("w") as manager_out, server_log.open("w") as server_out:
-        manager = subprocess.Popen(
-            [
-                *FOREHAND,
-                "manager",
-                *common,
-                "--listen",
-                f"127.0.0.1:{manager_port}",
-                "--set",
-                f"store_path={tmp_path / 'manager.sqlite'}",
-                "--set",
-                "admin_http_port=0",
-                "--ready-file",
-                str(tmp_path / "manager.ready"),
-            ],
-            stdout=manager_out,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+        manager = start_manager(tmp_path, certs, manager_port, manager_out)
         server = subprocess.Popen(
             [
                 *FOREHAND,
@@ -180,24 +190,7 @@ def test_refusing_a_second_process_of_a_node_id_leaves_the_running_one_alone(
     processes: list[subprocess.Popen[bytes]] = []
     outputs = {name: path.open("w") for name, path in logs.items()}
     try:
-        processes.append(
-            subprocess.Popen(
-                [
-                    *FOREHAND,
-                    "manager",
-                    *common,
-                    "--listen",
-                    f"127.0.0.1:{manager_port}",
-                    "--set",
-                    f"store_path={tmp_path / 'manager.sqlite'}",
-                    "--set",
-                    "admin_http_port=0",
-                ],
-                stdout=outputs["manager"],
-                stderr=subprocess.STDOUT,
-                cwd=tmp_path,
-            )
-        )
+        processes.append(start_manager(tmp_path, certs, manager_port, outputs["manager"]))
         processes.append(
             subprocess.Popen(
                 [*server, "--listen", f"127.0.0.1:{free_port()}"],

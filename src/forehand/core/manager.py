@@ -920,15 +920,7 @@ class ManagerCore:
                 spare -= 1
             if len(operations) >= budget or all(loads[s] >= wanted[s] for s in receivers):
                 break
-        if not operations:
-            return None
-        stable = stabilize(current, operations, intended=lambda k: False)
-        return Built(
-            delta=stable.delta,
-            new_map=stable.new_map,
-            parts=tuple(ref_of(key) for key in moved),
-            servers=tuple(sorted(sources)),
-        )
+        return _replica_moves_built(current, operations, moved, tuple(sorted(sources)))
 
     def _rebalance_settle_us(self) -> int:
         config = self._config
@@ -3081,15 +3073,7 @@ class ManagerCore:
         drain = self._drains.get(server_id)
         if drain is not None:
             drain.replicas_waiting = waiting
-        if not operations:
-            return None
-        stable = stabilize(current, operations, intended=lambda k: False)
-        return Built(
-            delta=stable.delta,
-            new_map=stable.new_map,
-            parts=tuple(ref_of(key) for key in moved),
-            servers=(server_id,),
-        )
+        return _replica_moves_built(current, operations, moved, (server_id,))
 
     def _failing_over_from(self, server_id: str) -> bool:
         """Whether a failover under way holds a handoff of `server_id` that fell back to it:
@@ -3905,6 +3889,25 @@ def _check_declared_parts(parts: tuple[str, ...]) -> None:
         raise LocalProtocolError(f"more than {ANNOUNCED_PARTS_MAX} parts")
     for part in parts:
         check_part_name(part)
+
+
+def _replica_moves_built(
+    current: ShardMap,
+    operations: list[PlacementOverridden],
+    moved: list[PartKey],
+    servers: tuple[str, ...],
+) -> Built | None:
+    """The commit of replica moves (overrides that keep each part's primary): pins none, moves
+    no primary; None when there is nothing to move."""
+    if not operations:
+        return None
+    stable = stabilize(current, operations, intended=lambda k: False)
+    return Built(
+        delta=stable.delta,
+        new_map=stable.new_map,
+        parts=tuple(ref_of(key) for key in moved),
+        servers=servers,
+    )
 
 
 def rebalance_problem(tolerance: float, parts_max: int) -> str | None:
