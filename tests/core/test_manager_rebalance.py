@@ -16,8 +16,16 @@ from forehand.core._manager_events import (
     RebalanceQueued,
     ReplicasRebalanced,
 )
-from forehand.core.messages import HandoffAssigned, HandoffCompleted, ServerAnnounced
+from forehand.core.messages import (
+    HandoffAssigned,
+    HandoffCompleted,
+    PartProgress,
+    PartRef,
+    PartRole,
+    ServerAnnounced,
+)
 from forehand.errors import ConfigError
+from forehand.placement import PartKey
 from forehand.wire import ReasonCode
 
 if TYPE_CHECKING:
@@ -43,6 +51,29 @@ def unbalanced(**overrides: Any) -> ManagerHarness:
     harness.tick(300, alive=SERVERS)
     assert len(harness.primaries("s4")) < SESSIONS // 8
     return harness
+
+
+def report_progress(
+    harness: ManagerHarness, seqs: dict[tuple[str, PartKey], int] | None = None
+) -> None:
+    """Each server's heartbeat reports every part it holds, at position 0 unless `seqs` says
+    otherwise (by server and part): what a replica rebalance reads to keep a part's history on
+    a replica that caught up."""
+    seqs = seqs or {}
+    for server_id in SERVERS:
+        held = harness.map.parts_for(server_id)
+        parts = [
+            PartProgress(
+                ref=PartRef(session_id=key.session_id, part=key.part),
+                role=role,
+                applied_seq=seqs.get((server_id, key), 0),
+                epoch=1,
+                last_epoch=1,
+            )
+            for keys, role in ((held.primary, PartRole.PRIMARY), (held.replica, PartRole.REPLICA))
+            for key in keys
+        ]
+        harness.heartbeat(server_id, parts=parts)
 
 
 def complete_handoffs(
@@ -250,6 +281,7 @@ def test_an_unsettled_check_looks_again_after_the_settle_time() -> None:
     assert after >= SESSIONS // 4 * (1 - harness.config.rebalance_tolerance)
     # The primaries even, the replica roles follow (s4 joined with few), a commit a check...
     for _ in range(10):
+        report_progress(harness)
         harness.tick(1_000, alive=SERVERS)
     assert harness.events(ReplicasRebalanced)
     # ... and once those are even too, the next check comes an interval later...
@@ -384,6 +416,7 @@ def test_replica_roles_follow_once_the_primaries_are_even() -> None:
     share = sum(loads.values()) / len(SERVERS)
     assert loads["s4"] < share * 0.8, loads
     for _ in range(40):
+        report_progress(harness)
         harness.tick(500, alive=SERVERS)
         complete_handoffs(harness)
     moved = harness.events(ReplicasRebalanced)
@@ -395,3 +428,45 @@ def test_replica_roles_follow_once_the_primaries_are_even() -> None:
         placement = harness.map.lookup(key)
         assert len(set(placement.replicas)) == 2 and placement.primary not in placement.replicas
     assert harness.events(HandoffAborted) == []
+
+
+def test_a_replica_role_moves_only_while_a_caught_up_replica_stays() -> None:
+    """Of each part's two replicas one reports 5 entries applied, the other none (it has not
+    installed its copy yet, say): a replica rebalance may move the role of the one behind, never
+    that of the one ahead, which would leave the history on the primary alone (a second
+    reading saw a part lose both caught-up replicas to two commits in a row)."""
+    harness = unbalanced(rebalance_interval_ms=1_000, replica_moves_per_commit_max=8)
+    assert harness.manager.drain("s4", now_us=harness.router.now_us)
+    for _ in range(10):
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    harness.manager.undrain("s4", now_us=harness.router.now_us)
+    harness.tick(300, alive=SERVERS)
+    ahead = {key: min(harness.map.lookup(key).replicas) for key in harness.map.part_keys()}
+    seqs = {(server_id, key): 5 for key, server_id in ahead.items()}
+    for _ in range(40):
+        report_progress(harness, seqs)
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    assert harness.events(ReplicasRebalanced)
+    for key, server_id in ahead.items():
+        placement = harness.map.lookup(key)
+        assert server_id in placement.servers, (key, server_id, placement)
+
+
+def test_a_share_below_one_replica_role_queues_nothing() -> None:
+    """One part on four servers: two hold its replica roles, the other two a share of half a
+    role each, which no move can fill. No replica commit is queued, and the checks go back to
+    one an interval (a second reading found them every settle time, each building nothing)."""
+    harness = ManagerHarness(rebalance_interval_ms=60_000, rebalance_settle_ms=1_000)
+    harness.join(*SERVERS)
+    assert harness.open_session(("auth",)) is not None
+    for _ in range(5):
+        report_progress(harness)
+        harness.tick(1_000, alive=SERVERS)
+    harness.tick(60_000, alive=SERVERS)
+    for _ in range(3):
+        report_progress(harness)
+        harness.tick(1_000, alive=SERVERS)
+    assert harness.events(ReplicasRebalanced) == []
+    assert harness.manager._auto.due_us - harness.router.now_us > 30_000_000

@@ -338,6 +338,7 @@ def test_routed_event_logger_logs_what_it_logged_when_handed_everything(
     warnings = {
         "FailoverAbandoned",
         "PartsLost",
+        "PartsReset",
         "PartsUnreplicated",
         "ServerDeclaredDead",
         "ServersSilent",

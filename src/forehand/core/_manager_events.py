@@ -35,6 +35,7 @@ __all__ = [
     "MapRequestsAnswered",
     "PartPromoted",
     "PartsLost",
+    "PartsReset",
     "PartsMovedImplicitly",
     "PartsUnreplicated",
     "RebalanceQueued",
@@ -444,8 +445,7 @@ class PartsUnreplicated:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PartsLost:
-    """Parts no live server holds with their history (the primary and every replica gone, or
-    only holders that answered the fence with none of it) were lost in a failover. They are
+    """Parts whose primary and every replica are gone were lost in a failover. They are
     removed from the map with every other part of their sessions, which end: each client
     connection that proved one of them is told CLOSE_SESSION at once, and one that asks later
     is told so then, as after a close."""
@@ -456,15 +456,27 @@ class PartsLost:
     """The dead servers that held them."""
     map_version: int
     """The version that removed them."""
-    without_history: tuple[PartRef, ...] = ()
-    """Of `parts`, those a live server held with none of their history (position 0) although
-    their last primary reported some: a second failure before a new replica caught up (a
-    server that joined or came back and had not installed its snapshot yet). Promoted, they
-    would have started over from their initial state without a word."""
     sessions: tuple[bytes, ...] = ()
     """The sessions of `parts`, ended."""
     parts_ended: int = 0
     """The other parts of those sessions, removed with them though a live server held them."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartsReset:
+    """A failover promoted, for these parts, a holder with none of their history (position 0)
+    while their last primary had reported some: their state starts over from the initial state,
+    and the writes they had are gone. It takes a second failure before a new replica caught up
+    (a server that joined, or came back, and had not yet installed its snapshot), or an `async`
+    part whose writes had not shipped to its replicas yet (the lag `async` may lose): the
+    manager cannot tell the two apart, so it promotes (the part keeps serving) and says so."""
+
+    parts: tuple[PartRef, ...]
+    """The parts reset."""
+    servers: tuple[str, ...]
+    """The dead servers the failover was for."""
+    map_version: int
+    """The version of the promotion."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -707,6 +719,7 @@ ManagerEvent = (
     | FailoverAbandoned
     | FailoverCompleted
     | PartsLost
+    | PartsReset
     | PartsMovedImplicitly
     | PartsUnreplicated
     | ServerLeaving

@@ -18,9 +18,9 @@ in three phases:
    only once a replica held it, and fencing stops the old primary from adding more; a handoff's
    live source that did not answer stays primary unless the target has written,
    `_silent_source`), replicas are topped up to the placement's `replica_count`, and parts
-   no live server holds with their history are removed and reported lost, with every other
-   part of their sessions (a session does not go on without one of its parts). While a job
-   prepares or promotes, no other change commits.
+   no live server holds are removed and reported lost, with every other part of their
+   sessions (a session does not go on without one of its parts). While a job prepares or
+   promotes, no other change commits.
 """
 
 from __future__ import annotations
@@ -178,7 +178,7 @@ class Promotion:
     promotions: tuple[PartPromoted, ...]
     """One decision per part saved."""
     lost: tuple[PartKey, ...]
-    """Parts no live server holds with their history."""
+    """Parts no live server holds."""
     replicas_added: int
     """Replica roles assigned to servers that did not hold the part."""
     intended: frozenset[PartKey]
@@ -190,11 +190,12 @@ class Promotion:
     """Parts it leaves with no replica although `replica_count` asks for some: no live holder
     survived beside the primary and no server may take a new role (ACTIVE and alive). Counted
     on the map the promotion leads to (`count_unreplicated`)."""
-    without_history: tuple[PartKey, ...] = ()
-    """Of `lost`, parts a live server held with none of their history (position 0, epoch 0)
+    emptied: tuple[PartKey, ...] = ()
+    """Promoted parts whose new primary holds none of their history (position 0, no entry)
     although their last primary reported some: a second failure before a new replica caught
-    up (its snapshot not yet installed). Promoted, they would start over from their initial
-    state in silence; they are lost instead, and say so."""
+    up (its snapshot not yet installed), or an `async` part whose writes had not shipped yet
+    (its replicas are then up to date as far as anything was replicated: the manager cannot
+    tell the two apart). The promotion goes ahead (the part keeps serving), and says so."""
     ended: tuple[PartKey, ...] = ()
     """The other parts of the sessions of `lost`, removed with them (saved or not): a session
     does not go on without one of its parts, which no client could open again, so it ends
@@ -412,7 +413,7 @@ def build_promotion(
     ]
     count = current.config.replica_count
     lost: list[PartKey] = []
-    without_history: list[PartKey] = []
+    emptied: list[PartKey] = []
     chosen: list[tuple[PartKey, Placement, str, int, list[tuple[str, int, int, bool]]]] = []
     live = _memoized(live)
     present = [key for key in job.parts if key in current]
@@ -427,15 +428,9 @@ def build_promotion(
             continue
         primary, seq = choice
         if seq == 0 and _holds_history(fallback(placement.primary, key)):
-            # Only a position the holder answered the fence with says it holds nothing: one
-            # from its heartbeat (it did not answer) only under-states what it holds (a
-            # rotating batch that last named the part before its snapshot installed), and a
-            # part promoted on it loses nothing it had.
-            holder = next((entry for entry in alive if entry[0] == primary), None)
-            if holder is not None and holder[3] and holder[1] == 0:
-                lost.append(key)
-                without_history.append(key)
-                continue
+            chosen_epoch = next((e for s, e, _, _ in alive if s == primary), 0)
+            if chosen_epoch == 0:
+                emptied.append(key)
         chosen.append((key, placement, primary, seq, ranked))
     ended_sessions = {key.session_id for key in lost}
     ended = _ended_parts(current, ended_sessions, set(lost), parts_of)
@@ -473,7 +468,7 @@ def build_promotion(
         lost=tuple(lost),
         replicas_added=added,
         intended=frozenset(job.parts),
-        without_history=tuple(without_history),
+        emptied=tuple(k for k in emptied if k.session_id not in ended_sessions),
         ended=ended,
         # Hash-placed parts a dead server replicated fall to the next ACTIVE server on the
         # ring, or to none: they can end with no replica as well as the promoted ones.
@@ -551,10 +546,8 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         and current.primary_of(key) == p.primary
     )
     lost = tuple(key for key in previous.lost if key not in decided and key not in current)
-    carried_lost = set(lost)
-    without_history = promotion.without_history + tuple(
-        key for key in previous.without_history if key in carried_lost
-    )
+    carried_keys = {key_of(p.ref) for p in carried}
+    emptied = promotion.emptied + tuple(k for k in previous.emptied if k in carried_keys)
     ended = promotion.ended + tuple(
         key for key in previous.ended if key not in current and key not in promotion.ended
     )
@@ -566,7 +559,7 @@ def carry_landed(promotion: Promotion, previous: Promotion | None, current: Shar
         promotions=promotion.promotions + carried,
         lost=promotion.lost + lost,
         exposed=exposed,
-        without_history=without_history,
+        emptied=emptied,
         ended=ended,
     )
 

@@ -75,6 +75,7 @@ from forehand.core._manager_events import (
     MovesDropped,
     PartsLost,
     PartsMovedImplicitly,
+    PartsReset,
     PartsUnreplicated,
     PeerRefused,
     RebalanceQueued,
@@ -375,8 +376,13 @@ class ManagerCore:
         # map, so the queue holds at most as many ids as the map holds sessions.
         self._closes_waiting: OrderedDict[bytes, None] = OrderedDict()
         # A replica repair, and an automatic rebalance's commit of replica moves, in the
-        # pipeline; a repair that did not fit in it.
-        self._repair_queued = self._repair_waiting = self._replica_rebalance_queued = False
+        # pipeline; a repair that did not fit in it; whether the last such commit moved any.
+        (
+            self._repair_queued,
+            self._repair_waiting,
+            self._replica_rebalance_queued,
+            self._replica_rebalance_moved,
+        ) = (False, False, False, True)
         self._join_retry_us: dict[str, int] = {}
         self._changes = PlacementChanges(sessions_max=config.placement_changes_sessions_max)
         self._held_maps = HeldMapRequests(hold_us=config.map_request_hold_ms * 1000)
@@ -812,7 +818,12 @@ class ManagerCore:
                     parts=queued, tolerance=config.rebalance_tolerance, map_version=current.version
                 )
             )
-        elif self._queue_replica_rebalance(current, frozenset(auto.risk_moved_us)):
+        elif (
+            self._queue_replica_rebalance(current, frozenset(auto.risk_moved_us))
+            and self._replica_rebalance_moved
+        ):
+            # Look again soon only while the commits move something: a build that finds no
+            # part it may move (none of the kept replicas caught up yet) waits an interval.
             auto.due_us = now_us + self._rebalance_settle_us()
 
     def _queue_replica_rebalance(self, current: ShardMap, receives_not: frozenset[str]) -> bool:
@@ -836,6 +847,7 @@ class ManagerCore:
 
     def _replica_rebalance_done(self, built: Built | None) -> None:
         self._replica_rebalance_queued = False
+        self._replica_rebalance_moved = built is not None and bool(built.parts)
         if built is not None and built.parts:
             self._emit(
                 ReplicasRebalanced(
@@ -863,10 +875,13 @@ class ManagerCore:
         total = sum(loads[e.server_id] for e in entries)
         shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
         floor = 1.0 - self._config.rebalance_tolerance
+        # Short of a whole role at least (a share below one role can never be filled).
         receivers = [
             s
             for s, share in shares.items()
-            if loads[s] < share * floor and s not in receives_not and self._takes_roles(s)
+            if loads[s] < min(share * floor, math.floor(share))
+            and s not in receives_not
+            and self._takes_roles(s)
         ]
         return (loads, shares, receivers) if receivers else None
 
@@ -875,9 +890,13 @@ class ManagerCore:
     ) -> Built | None:
         """Replica roles from the servers with the most above their share, at random among
         theirs, each to the receiver then furthest below its share that does not hold the
-        part; at most `replica_moves_per_commit_max` (and `rebalance_parts_max`). A part moves
-        a replica role only while it keeps a live primary and another live replica, which
-        acknowledge its writes while the new replica catches up."""
+        part; at most `replica_moves_per_commit_max` (and `rebalance_parts_max`), each part at
+        most once. A part moves a replica role only while it keeps a live primary and another
+        replica caught up as far as the one that goes (`_caught_up_without`), which hold its
+        history while the new replica installs its copy; none while a failover, drain or risk
+        drain started since the check."""
+        if self._failover is not None or self._drains or self._risk_drained:
+            return None
         plan = self._replica_shares(current, receives_not)
         if plan is None:
             return None
@@ -889,6 +908,7 @@ class ManagerCore:
         givers.sort(key=lambda s: (loads[s] - shares[s], s), reverse=True)
         operations: list[PlacementOverridden] = []
         moved: list[PartKey] = []
+        taken: set[PartKey] = set()
         sources: set[str] = set()
         for giver in givers:
             spare = loads[giver] - math.ceil(shares[giver])
@@ -897,11 +917,13 @@ class ManagerCore:
             for key in self._rng.sample(keys, count):
                 if spare <= 0 or len(operations) >= budget:
                     break
-                if self._orchestrator.is_moving(ref_of(key)):
+                if key in taken or self._orchestrator.is_moving(ref_of(key)):
                     continue
                 placement = current.lookup(key)
                 keep = tuple(s for s in placement.replicas if s != giver)
-                if not self._is_live(placement.primary) or not any(self._is_live(s) for s in keep):
+                if not self._is_live(placement.primary) or not self._caught_up_without(
+                    key, giver, keep
+                ):
                     continue
                 target = min(
                     (s for s in receivers if loads[s] < wanted[s] and s not in placement.servers),
@@ -914,6 +936,7 @@ class ManagerCore:
                     override(key, Placement(primary=placement.primary, replicas=(*keep, target)))
                 )
                 moved.append(key)
+                taken.add(key)
                 sources.add(giver)
                 loads[giver] -= 1
                 loads[target] += 1
@@ -921,6 +944,23 @@ class ManagerCore:
             if len(operations) >= budget or all(loads[s] >= wanted[s] for s in receivers):
                 break
         return _replica_moves_built(current, operations, moved, tuple(sorted(sources)))
+
+    def _caught_up_without(self, key: PartKey, giver: str, keep: tuple[str, ...]) -> bool:
+        """Whether one of `keep`, the part's replicas but `giver`, is ALIVE, ACTIVE and reported
+        (in its heartbeats) at least as far in the part's log as `giver` did: the part's history
+        stays on a replica when `giver`'s role moves. A replica added lately (by the commit
+        before, say) has not reported the part, or reports it at 0, until it installed its copy;
+        moving the other one then left the history on the primary alone."""
+        given = self._progress_seq(giver, key)
+        floor = 0 if given is None else given[1]
+        state_of = self._membership.state_of
+        for server_id in keep:
+            if state_of(server_id) is not MemberState.ALIVE or not self._is_active(server_id):
+                continue
+            held = self._progress_seq(server_id, key)
+            if held is not None and held[1] >= floor:
+                return True
+        return False
 
     def _rebalance_settle_us(self) -> int:
         config = self._config
@@ -2843,6 +2883,14 @@ class ManagerCore:
         self._expiry.renewed(
             dict.fromkeys(p.ref.session_id for p in promotion.promotions), now_us=now_us
         )
+        if promotion.emptied:
+            self._emit(
+                PartsReset(
+                    parts=tuple(ref_of(key) for key in promotion.emptied),
+                    servers=tuple(sorted(job.dead)),
+                    map_version=version,
+                )
+            )
         if promotion.lost:
             sessions = promotion.sessions_lost
             self._emit(
@@ -2850,7 +2898,6 @@ class ManagerCore:
                     parts=tuple(ref_of(key) for key in promotion.lost),
                     servers=tuple(sorted(job.dead)),
                     map_version=version,
-                    without_history=tuple(ref_of(key) for key in promotion.without_history),
                     sessions=sessions,
                     parts_ended=len(promotion.ended),
                 )

@@ -473,13 +473,7 @@ _AUDIT_EVENT_TYPES = frozenset(
 
 def _lost_detail(event: manager_events.PartsLost) -> str:
     """What the audit says of a failover's lost parts."""
-    without = len(event.without_history)
-    gone = len(event.parts) - without
-    said = []
-    if gone:
-        said.append(f"{gone} with the primary and every replica gone")
-    if without:
-        said.append(f"{without} held only by servers with none of their history")
+    said = [f"{len(event.parts)} with the primary and every replica gone"]
     ended = f"{len(event.sessions)} session(s) ended, {event.parts_ended} other part(s) removed"
     said.append(ended)
     return "; ".join(said)

@@ -139,10 +139,13 @@ class ManagerMetrics:
         self.servers_dead = Counter(
             "forehand_servers_declared_dead", "Servers declared dead.", ["cause"], registry=r
         )
-        self.parts_lost = Counter(
-            "forehand_parts_lost",
-            "Parts a failover lost: no live server held them with their history.",
+        self.parts_reset = Counter(
+            "forehand_parts_reset",
+            "Parts a failover promoted with none of their history: their state starts over.",
             registry=r,
+        )
+        self.parts_lost = Counter(
+            "forehand_parts_lost", "Parts lost with every replica.", registry=r
         )
         self.sessions_lost = Counter(
             "forehand_sessions_lost",
@@ -288,6 +291,9 @@ class ManagerMetrics:
     def _parts_unreplicated(self, event: Any) -> None:
         self.parts_unreplicated.inc(event.parts)
 
+    def _parts_reset(self, event: Any) -> None:
+        self.parts_reset.inc(len(event.parts))
+
     def _parts_lost(self, event: Any) -> None:
         self.parts_lost.inc(len(event.parts))
         self.sessions_lost.inc(len(event.sessions))
@@ -357,6 +363,7 @@ _MANAGER_HANDLERS: dict[type, Callable[[ManagerMetrics, Any], None]] = {
     manager_events.ServerDeclaredDead: ManagerMetrics._server_dead,
     manager_events.FailoverCompleted: ManagerMetrics._failover_completed,
     manager_events.PartsLost: ManagerMetrics._parts_lost,
+    manager_events.PartsReset: ManagerMetrics._parts_reset,
     manager_events.PartsMovedImplicitly: ManagerMetrics._parts_moved_implicitly,
     manager_events.PartsUnreplicated: ManagerMetrics._parts_unreplicated,
     manager_events.MovesDropped: ManagerMetrics._moves_dropped,

@@ -20,6 +20,7 @@ from forehand.errors import ConfigError
 from forehand.runtime._stream import StreamConnection
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
+    CertificateNotVerifiedError,
     ConnectionLimits,
     Credentials,
     HandshakeError,
@@ -164,7 +165,8 @@ class MemoryTransport(Transport):
         server_credentials = listener.transport.credentials
         problem = _handshake_problem(self.credentials, server_credentials, server_id, listener)
         if problem is not None:
-            raise HandshakeError(f"{server_id} at {host}:{port}: {problem}")
+            kind = CertificateNotVerifiedError if problem == _ANOTHER_CA else HandshakeError
+            raise kind(f"{server_id} at {host}:{port}: {problem}")
         loop = asyncio.get_running_loop()
         client = MemoryConnection(
             is_client=True,
@@ -192,12 +194,15 @@ class MemoryTransport(Transport):
         return client
 
 
+_ANOTHER_CA = "certificate issued by another CA"
+
+
 def _handshake_problem(
     client: Credentials, server: Credentials, server_id: str, listener: MemoryListener
 ) -> str | None:
     """What a TLS handshake between these credentials would fail on, or None."""
     if client.ca_certificate_path.resolve() != server.ca_certificate_path.resolve():
-        return "certificate issued by another CA"
+        return _ANOTHER_CA
     if server.node_id != server_id:
         return f"certificate is for {server.node_id!r}, not {server_id!r}"
     if listener.require_client_certificate and client.node_id is None:

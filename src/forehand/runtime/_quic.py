@@ -54,6 +54,7 @@ from forehand.runtime._rtt import RttEstimator
 from forehand.runtime.loop import require_assertions
 from forehand.runtime.transport import (
     ALPN,
+    CertificateNotVerifiedError,
     CloseInfo,
     CloseInitiator,
     Connection,
@@ -177,6 +178,11 @@ def _recovery_figures(quic: QuicConnection) -> tuple[int, int, int] | None:
         return int(core.loss_total), int(core.pto_total), int(core.congestion_window)
     except (AttributeError, TypeError):
         return None
+
+
+_CERTIFICATE_ALERTS = frozenset(range(0x100 + 42, 0x100 + 50))
+"""QUIC CRYPTO_ERROR codes (0x100 plus the TLS alert) of a certificate refused: bad_certificate
+(42) to access_denied (49), unknown_ca (48) among them."""
 
 
 class _Protocol(QuicConnectionProtocol):
@@ -1422,7 +1428,12 @@ class QUICTransport(Transport):
                     f"no QUIC handshake with {host}:{port}: {error!r} (nothing answers QUIC "
                     "there: no server, or one of the TLS transport)"
                 ) from None
-            raise HandshakeError(
+            error_class = (
+                CertificateNotVerifiedError
+                if terminated.error_code in _CERTIFICATE_ALERTS
+                else HandshakeError
+            )
+            raise error_class(
                 f"{server_id} at {host}:{port}: {terminated.reason_phrase} "
                 f"(QUIC error {terminated.error_code:#x})"
             ) from None

@@ -94,6 +94,7 @@ NOTABLE_EVENTS = frozenset(
         "RebalanceQueued",
         "ReplicasRebalanced",
         "PartsLost",
+        "PartsReset",
         "PartsMovedImplicitly",
         "PartsUnreplicated",
         "MapLoaded",
@@ -115,6 +116,7 @@ WARNING_EVENTS = frozenset(
     {
         "FailoverAbandoned",
         "PartsLost",
+        "PartsReset",
         "PartsUnreplicated",
         "ServerDeclaredDead",
         "ServersSilent",
@@ -125,8 +127,9 @@ WARNING_EVENTS = frozenset(
     }
 )
 """Notable events an operator must act on, logged at WARNING: parts left on dead servers, lost
-(their sessions ended), or without a replica; a server dead while it led parts (a crash,
-not a planned stop after a drain: that one, leading none, stays at INFO, `_below_warning`);
+(their sessions ended), reset to their initial state, or without a replica; a server dead while
+it led parts (a crash, not a planned stop after a drain: that one, leading none, stays at INFO,
+`_below_warning`);
 every server silent to the
 manager; an application's state that cannot be replicated; `replicated` writes waiting with no
 progress for their replicas (its end, `parts` 0, at INFO); a server whose heartbeats arrive
