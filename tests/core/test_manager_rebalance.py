@@ -470,3 +470,36 @@ def test_a_share_below_one_replica_role_queues_nothing() -> None:
         harness.tick(1_000, alive=SERVERS)
     assert harness.events(ReplicasRebalanced) == []
     assert harness.manager._auto.due_us - harness.router.now_us > 30_000_000
+
+
+def test_a_drain_keeps_a_replica_role_until_another_replica_caught_up() -> None:
+    """s1 reports 5 entries of each part it replicates, the parts' other replicas none (added
+    lately, installing their copies): its drain hands its primaries off but keeps those replica
+    roles, which hold history no other replica has; once the others report as far, the drain
+    moves them. Before, the drain took them at once, and a crash of the primary right after
+    lost acknowledged writes (`leave-faults` seeds 19,919,129 and 19,919,174, after a replica
+    rebalance had added the replicas still installing)."""
+    harness = unbalanced(replica_moves_per_commit_max=64)
+    # The rebalance's handoffs pin the parts they move (hash-placed replica roles would move
+    # with the drain's mark itself, through the ring).
+    assert harness.manager.rebalance(now_us=harness.router.now_us) > 0
+    complete_handoffs(harness)
+    ahead = [key for key, placement in harness.map.overrides() if "s1" in placement.replicas]
+    assert ahead
+    seqs = {("s1", key): 5 for key in ahead}
+    report_progress(harness, seqs)  # as the servers' heartbeats say all along
+    assert harness.manager.drain("s1", now_us=harness.router.now_us)
+    for _ in range(10):
+        report_progress(harness, seqs)
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    assert harness.primaries("s1") == []
+    assert {key for key in ahead if "s1" in harness.map.lookup(key).replicas} == set(ahead)
+    for key in ahead:
+        for server_id in harness.map.lookup(key).replicas:
+            seqs[server_id, key] = 5
+    for _ in range(10):
+        report_progress(harness, seqs)
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    assert not any("s1" in harness.map.lookup(key).replicas for key in ahead)
