@@ -962,13 +962,15 @@ class ManagerCore:
         self, key: PartKey, giver: str, keep: tuple[str, ...], *, active_only: bool = True
     ) -> bool:
         """Whether one of `keep`, the part's replicas but `giver`, is ALIVE (and ACTIVE, with
-        `active_only`: one draining will go too) and reported (in its heartbeats) at least as
-        far in the part's log as `giver` did: the part's history stays on a replica when
-        `giver`'s role moves. A replica added lately (by the commit before, say) has not
-        reported the part, or reports it at 0, until it installed its copy; moving the other
-        one then left the history on the primary alone."""
+        `active_only`: one draining will go too) and reported (in its heartbeats) some of the
+        part's history when `giver` did: the history stays on a replica when `giver`'s role
+        moves. A replica added lately (by the commit before, say) has not reported the part, or
+        reports it at 0, until it installed its copy; moving the other one then left the history
+        on the primary alone. One that reported entries is streaming the log: the heartbeats,
+        taken at other instants, say little of a lag under writes (asking for as far as
+        `giver` kept a live drain's last roles waiting 18 s, near its leave timeout)."""
         given = self._progress_seq(giver, key)
-        floor = 0 if given is None else given[1]
+        floor = 0 if given is None else min(given[1], 1)
         state_of = self._membership.state_of
         for server_id in keep:
             if state_of(server_id) is not MemberState.ALIVE:
