@@ -37,6 +37,25 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def server_command(certs: Path, manager_port: int) -> list[str]:
+    """`forehand server` as s1 of the cart app, reporting to the manager on `manager_port`
+    (without its listen address)."""
+    return [
+        *FOREHAND,
+        "server",
+        "--certs-dir",
+        str(certs),
+        "--app",
+        "examples.cart.app:app",
+        "--app-dir",
+        str(REPOSITORY),
+        "--server-id",
+        "s1",
+        "--manager",
+        f"127.0.0.1:{manager_port}",
+    ]
+
+
 def start_manager(
     tmp_path: Path, certs: Path, port: int, output: IO[str]
 ) -> subprocess.Popen[bytes]:
@@ -102,24 +121,13 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     add_cluster_key(tmp_path / "other-keys.toml")
     manager_port, server_port = free_port(), free_port()
     manager_log, server_log = tmp_path / "manager.log", tmp_path / "server.log"
-    common = ["--certs-dir", str(certs)]
     with manager_log.open("w") as manager_out, server_log.open("w") as server_out:
         manager = start_manager(tmp_path, certs, manager_port, manager_out)
         server = subprocess.Popen(
             [
-                *FOREHAND,
-                "server",
-                *common,
-                "--app",
-                "examples.cart.app:app",
-                "--app-dir",
-                str(REPOSITORY),
-                "--server-id",
-                "s1",
+                *server_command(certs, manager_port),
                 "--listen",
                 f"127.0.0.1:{server_port}",
-                "--manager",
-                f"127.0.0.1:{manager_port}",
                 "--set",
                 setting,
             ],
@@ -173,20 +181,7 @@ def test_refusing_a_second_process_of_a_node_id_leaves_the_running_one_alone(
     manager_port = free_port()
     logs = {name: tmp_path / f"{name}.log" for name in ("manager", "s1", "duplicate")}
     reason = "bad ServerAnnounced: cluster keys of 's1'"
-    common = ["--certs-dir", str(certs)]
-    server = [
-        *FOREHAND,
-        "server",
-        *common,
-        "--app",
-        "examples.cart.app:app",
-        "--app-dir",
-        str(REPOSITORY),
-        "--server-id",
-        "s1",
-        "--manager",
-        f"127.0.0.1:{manager_port}",
-    ]
+    server = server_command(certs, manager_port)
     processes: list[subprocess.Popen[bytes]] = []
     outputs = {name: path.open("w") for name, path in logs.items()}
     try:
