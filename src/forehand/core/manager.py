@@ -911,8 +911,7 @@ class ManagerCore:
         givers = [s for s in shares if loads[s] > math.ceil(shares[s])]
         givers.sort(key=lambda s: (loads[s] - shares[s], s), reverse=True)
         operations: list[PlacementOverridden] = []
-        moved: list[PartKey] = []
-        taken: set[PartKey] = set()
+        moved: dict[PartKey, None] = {}  # in order, each part once
         sources: set[str] = set()
         for giver in givers:
             spare = loads[giver] - math.ceil(shares[giver])
@@ -921,7 +920,7 @@ class ManagerCore:
             for key in self._rng.sample(keys, count):
                 if spare <= 0 or len(operations) >= budget:
                     break
-                if key in taken or self._orchestrator.is_moving(ref_of(key)):
+                if key in moved or self._orchestrator.is_moving(ref_of(key)):
                     continue
                 placement = current.lookup(key)
                 keep = tuple(s for s in placement.replicas if s != giver)
@@ -939,15 +938,14 @@ class ManagerCore:
                 operations.append(
                     override(key, Placement(primary=placement.primary, replicas=(*keep, target)))
                 )
-                moved.append(key)
-                taken.add(key)
+                moved[key] = None
                 sources.add(giver)
                 loads[giver] -= 1
                 loads[target] += 1
                 spare -= 1
             if len(operations) >= budget or all(loads[s] >= wanted[s] for s in receivers):
                 break
-        return _replica_moves_built(current, operations, moved, tuple(sorted(sources)))
+        return _replica_moves_built(current, operations, list(moved), tuple(sorted(sources)))
 
     def _ahead_of(self, key: PartKey, server_id: str, others: list[str]) -> bool:
         """Whether `server_id` reported (in its heartbeats) entries of the part that none of
