@@ -212,6 +212,24 @@ def test_a_server_whose_cluster_keys_differ_is_told_why(
     assert reason is not None and f"cluster keys of 's2': {problem}" in reason
 
 
+@pytest.mark.parametrize(("sealing_key_id", "joins"), [(-1, True), (1, True), (2, False)])
+def test_a_server_that_seals_with_a_key_the_manager_lacks_is_told_why(
+    sealing_key_id: int, joins: bool
+) -> None:
+    """A server rotated to a new key before the manager was given it used to join: the
+    credentials it renewed opened nowhere else, so its clients' next open or rejoin failed.
+    Refused, naming the key; its sealing key held by the manager (or unsaid) joins."""
+    fingerprints = ((1, _MANAGER_KEY), (2, _OTHER_KEY))
+    reason = refusal(ManagerHarness(), key_fingerprints=fingerprints, sealing_key_id=sealing_key_id)
+    if joins:
+        assert reason is None
+        return
+    assert reason is not None
+    assert "cluster keys of 's2': this node seals with key id 2, which the manager does not" in (
+        reason
+    )
+
+
 def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:
     """The credential check runs on ServerAnnounced, which a server sends only while it holds
     no map: a manager that starts or takes over with a shorter `session_expiry_ms` keeps the

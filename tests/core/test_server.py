@@ -580,6 +580,7 @@ def test_a_server_s_announcement_carries_its_keys_fingerprints() -> None:
     ring = server._sealer.key_ring
     assert [key_id for key_id, _ in announced.key_fingerprints] == list(ring.key_ids)
     assert announced.key_fingerprints == ring.fingerprints() != ()
+    assert announced.sealing_key_id == ring.current_key_id
 
 
 def test_replicated_answers_waiting_without_progress_are_reported(cluster: Cluster) -> None:

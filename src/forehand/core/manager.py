@@ -1499,7 +1499,10 @@ class ManagerCore:
             )
         ring = self._sealer.key_ring
         problem = key_ring_mismatch(
-            ring.fingerprints(), fingerprints, current_key_id=ring.current_key_id
+            ring.fingerprints(),
+            fingerprints,
+            current_key_id=ring.current_key_id,
+            other_key_id=message.sealing_key_id,
         )
         if problem is not None:
             raise LocalProtocolError(f"cluster keys of {message.server_id!r}: {problem}")

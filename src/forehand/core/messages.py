@@ -182,6 +182,10 @@ class ServerAnnounced(msgspec.Struct, frozen=True, kw_only=True, tag=True):
     """`(key id, fingerprint)` of each cluster key it holds (`tokens.key_fingerprint`), so
     the manager can refuse a server whose keys differ from its own: it could open none of the
     credentials the manager issues, and every client call to it would fail. Empty: not said."""
+    sealing_key_id: int = -1
+    """The id of the cluster key it seals with (the credentials it renews, the resumption tokens
+    it issues), so the manager can refuse a server that seals with a key the manager does not
+    hold: no other node could open them. -1: not said."""
 
 
 class HeartbeatReported(msgspec.Struct, frozen=True, kw_only=True, tag=True):

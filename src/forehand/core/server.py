@@ -376,6 +376,7 @@ class ServerCore:
                 heartbeat_interval_ms=config.heartbeat_interval_ms,
                 transport=config.transport,
                 key_fingerprints=self._sealer.key_ring.fingerprints(),
+                sealing_key_id=self._sealer.key_ring.current_key_id,
             ),
         )
 

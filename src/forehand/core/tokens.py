@@ -253,16 +253,25 @@ def key_ring_mismatch(
     other: tuple[tuple[int, bytes], ...],
     *,
     current_key_id: int,
+    other_key_id: int = -1,
 ) -> str | None:
-    """Why a node holding the keys of fingerprints `other` could not work with the manager,
-    which holds `own` and seals with `current_key_id`, or None. A key id both hold must be the
-    same key, and `other` must hold the manager's sealing key: what the manager seals (the
-    session credentials every client presents) must open there. During a rotation as
-    `KeyRing` says (add the key on every node, then rotate) the rings differ only by keys the
-    manager does not seal with. `other` empty: not said, not checked."""
+    """Why a node holding the keys of fingerprints `other` and sealing with `other_key_id`
+    could not work with the manager, which holds `own` and seals with `current_key_id`, or
+    None. A key id both hold must be the same key; `other` must hold the manager's sealing key
+    (what the manager seals, the session credentials every client presents, must open there),
+    and the manager the node's (what the node seals, the credentials it renews, must open at the
+    manager and so, the keys being the same everywhere, on every node). During a rotation as
+    `KeyRing` says (add the key on every node, then rotate) the rings differ only by keys
+    neither seals with. `other` empty: not said, not checked; `other_key_id` -1: not said."""
     if not other:
         return None
     mine = dict(own)
+    if other_key_id >= 0 and other_key_id not in mine:
+        return (
+            f"this node seals with key id {other_key_id}, which the manager does not hold (it "
+            f"holds {sorted(mine)}): a new key must be added on every node, the manager "
+            "included, before any node seals with it"
+        )
     differing = sorted(
         key_id for key_id, print_ in other if key_id in mine and mine[key_id] != print_
     )
