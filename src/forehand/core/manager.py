@@ -896,9 +896,9 @@ class ManagerCore:
         theirs, each to the receiver then furthest below its share that does not hold the
         part; at most `replica_moves_per_commit_max` (and `rebalance_parts_max`), each part at
         most once. A part moves a replica role only while it keeps a live primary and another
-        replica caught up as far as the one that goes (`_caught_up_without`), which hold its
-        history while the new replica installs its copy; none while a failover, drain or risk
-        drain started since the check."""
+        replica that reported as far as the one that goes and the primary did
+        (`_caught_up_without`, `as_far`), which hold its history while the new replica installs
+        its copy; none while a failover, drain or risk drain started since the check."""
         if self._failover is not None or self._drains or self._risk_drained:
             return None
         plan = self._replica_shares(current, receives_not)
@@ -925,7 +925,7 @@ class ManagerCore:
                 placement = current.lookup(key)
                 keep = tuple(s for s in placement.replicas if s != giver)
                 if not self._is_live(placement.primary) or not self._caught_up_without(
-                    key, giver, keep
+                    key, giver, keep, as_far=placement.primary
                 ):
                     continue
                 target = min(
@@ -957,7 +957,13 @@ class ManagerCore:
         return not self._caught_up_without(key, server_id, tuple(others), active_only=False)
 
     def _caught_up_without(
-        self, key: PartKey, giver: str, keep: tuple[str, ...], *, active_only: bool = True
+        self,
+        key: PartKey,
+        giver: str,
+        keep: tuple[str, ...],
+        *,
+        active_only: bool = True,
+        as_far: str | None = None,
     ) -> bool:
         """Whether one of `keep`, the part's replicas but `giver`, is ALIVE (and ACTIVE, with
         `active_only`: one draining will go too) and reported (in its heartbeats) some of the
@@ -966,9 +972,21 @@ class ManagerCore:
         reports it at 0, until it installed its copy; moving the other one then left the history
         on the primary alone. One that reported entries is streaming the log: the heartbeats,
         taken at other instants, say little of a lag under writes (asking for as far as
-        `giver` kept a live drain's last roles waiting 18 s, near its leave timeout)."""
+        `giver` kept a live drain's last roles waiting 18 s, near its leave timeout).
+
+        With `as_far` (the part's primary) the one kept must have reported as far (epoch, then
+        sequence) as `giver` and that primary did: what the rebalance asks, which nothing
+        hurries. A replica cut off from the primary falls behind while `giver` alone takes the
+        writes the primary acknowledges as replicated; moving `giver`'s role then left those on
+        the primary alone, and a failover of the primary lost them."""
         given = self._progress_seq(giver, key)
-        floor = 0 if given is None else min(given[1], 1)
+        if as_far is None:
+            floor = (0, 0) if given is None else (0, min(given[1], 1))
+            at_seq_only = True
+        else:
+            led = self._progress_seq(as_far, key)
+            floor = max(given or (0, 0), led or (0, 0))
+            at_seq_only = False
         state_of = self._membership.state_of
         for server_id in keep:
             if state_of(server_id) is not MemberState.ALIVE:
@@ -976,7 +994,9 @@ class ManagerCore:
             if active_only and not self._is_active(server_id):
                 continue
             held = self._progress_seq(server_id, key)
-            if held is not None and held[1] >= floor:
+            if held is None:
+                continue
+            if (held[1] >= floor[1]) if at_seq_only else (held >= floor):
                 return True
         return False
 
