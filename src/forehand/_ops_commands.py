@@ -365,7 +365,8 @@ def rebalance(
     timeout_s: float = _TIMEOUT,
 ) -> None:
     """Even out the servers' primaries now: planned handoffs (reason rebalance) from servers
-    above their share to those below, e.g. to a server back from a restart (the manager does it
+    above their share to those below, e.g. to a server back from a restart; once they are even,
+    one commit of replica roles to the servers below their share of those (the manager does both
     by itself once the cluster settled, `rebalance_interval_ms`)."""
     body = {"tolerance": tolerance, "parts_max": parts_max}
     answer = _call(url, "POST", "/api/rebalance", json=body, token=token, timeout_s=timeout_s)
@@ -375,6 +376,10 @@ def rebalance(
             f"{queued} part(s) queued for planned handoffs (`forehand history --reason rebalance`"
             " lists them as they end; `forehand status` shows the primaries evening out)"
         )
+    elif answer.get("replica_roles_queued"):
+        from forehand.runtime.admin import REPLICA_REBALANCE_QUEUED
+
+        typer.echo(REPLICA_REBALANCE_QUEUED)
     else:
         typer.echo(
             f"nothing to move (tolerance {tolerance:.0%}): a server that takes parts (active, "

@@ -449,8 +449,9 @@ def admin_rebalance(
     node: str = _ADMIN_NODE,
 ) -> None:
     """Even out the servers' primaries with planned handoffs (reason rebalance), e.g. after a
-    server came back from a restart, at once (the manager does it by itself once the cluster
-    settled, `rebalance_interval_ms`)."""
+    server came back from a restart, at once; once they are even, one commit of replica roles
+    to the servers below their share of those (the manager does both by itself once the
+    cluster settled, `rebalance_interval_ms`)."""
     from forehand.runtime.admin import Rebalance
 
     _admin(manager_address, certs_dir, node, Rebalance(tolerance=tolerance, parts_max=parts_max))

@@ -490,6 +490,38 @@ def test_a_replica_role_moves_only_from_a_replica_the_other_reported_as_far_as(
         assert min(placement.replicas) in now.replicas, (key, placement, now)
 
 
+def test_the_operator_s_rebalance_moves_replica_roles_once_the_primaries_are_even() -> None:
+    """With the automatic rebalance off, nothing but the operator moves replica roles: s4,
+    drained and undrained, holds none. `rebalance` hands it primaries first; once they are even
+    (it queues none), `rebalance_replicas` queues one commit of replica roles at the tolerance
+    asked, and says False once none is left to move."""
+    harness = unbalanced(replica_moves_per_commit_max=64)
+    assert harness.manager.drain("s4", now_us=harness.router.now_us)
+    for _ in range(10):
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    harness.manager.undrain("s4", now_us=harness.router.now_us)
+    harness.tick(300, alive=SERVERS)
+    assert harness.map.part_counts("s4")[1] == 0  # no replica role
+    assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) > 0
+    complete_handoffs(harness)
+    assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) == 0
+    share = sum(harness.map.replica_loads().values()) / len(SERVERS)
+    assert harness.map.replica_loads()["s4"] < share * 0.5
+    moved: list[ReplicasRebalanced] = []
+    for _ in range(6):
+        report_progress(harness)
+        if not harness.manager.rebalance_replicas(tolerance=0.2):
+            break
+        harness.tick(300, alive=SERVERS)
+        moved = harness.events(ReplicasRebalanced)
+    assert moved and all(e.tolerance == 0.2 and 0 < e.roles <= 64 for e in moved), moved
+    assert harness.map.replica_loads()["s4"] >= share * 0.8
+    report_progress(harness)
+    assert harness.manager.rebalance_replicas(tolerance=0.2) is False
+    assert harness.events(HandoffAborted) == []
+
+
 def test_a_share_below_one_replica_role_queues_nothing() -> None:
     """One part on four servers: two hold its replica roles, the other two a share of half a
     role each, which no move can fill. No replica commit is queued, and the checks go back to

@@ -108,6 +108,16 @@ def test_bad_input_is_refused_and_changes_nothing(api: httpx.Client) -> None:
     assert api.get("/api/status").json()["map_version"] == version
 
 
+def test_a_rebalance_within_the_tolerance_moves_nothing(api: httpx.Client) -> None:
+    """At the largest tolerance no server is off its share of primaries or of replica roles:
+    202, nothing queued either way (the answer says both), the map as it was."""
+    version = api.get("/api/status").json()["map_version"]
+    answer = api.post("/api/rebalance", json={"tolerance": 10.0}, headers=AUTH)
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"queued": 0, "replica_roles_queued": False}
+    assert api.get("/api/status").json()["map_version"] == version
+
+
 def test_queries_agree_with_the_client(ops_cluster: OpsCluster, api: httpx.Client) -> None:
     """A session the client opened is listed with the placement the client sees; the map and
     the servers are reported with their parts; the dashboard and its modules are served; the

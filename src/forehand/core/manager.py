@@ -823,50 +823,65 @@ class ManagerCore:
                 )
             )
         elif (
-            self._queue_replica_rebalance(current, frozenset(auto.risk_moved_us))
+            self._queue_replica_rebalance(
+                current, frozenset(auto.risk_moved_us), tolerance=config.rebalance_tolerance
+            )
             and self._replica_rebalance_moved
         ):
             # Look again soon only while the commits move something: a build that finds no
             # part it may move (none of the kept replicas caught up yet) waits an interval.
             auto.due_us = now_us + self._rebalance_settle_us()
 
-    def _queue_replica_rebalance(self, current: ShardMap, receives_not: frozenset[str]) -> bool:
+    def rebalance_replicas(self, *, tolerance: float = REBALANCE_TOLERANCE_DEFAULT) -> bool:
+        """Queue one commit that moves replica roles to the servers taking roles more than
+        `tolerance` below their share of them (as the automatic rebalance does once the
+        primaries are even: `_build_replica_rebalance`, at most `replica_moves_per_commit_max`
+        roles); whether one was queued. The operator's rebalance asks for it when it finds no
+        primary to move; the commit reports what it moved (`ReplicasRebalanced`)."""
+        current = self.shard_map
+        if current is None:
+            return False
+        return self._queue_replica_rebalance(current, frozenset(), tolerance=tolerance)
+
+    def _queue_replica_rebalance(
+        self, current: ShardMap, receives_not: frozenset[str], *, tolerance: float
+    ) -> bool:
         """Queue one commit that moves replica roles to the servers furthest below their share
-        of them, when some server taking roles is more than `rebalance_tolerance` below it (the
+        of them, when some server taking roles is more than `tolerance` below it (the
         primaries already even); whether one was queued. A rolling restart leaves the servers
         restarted last with no replica role at all, so the others apply every write and a
         failover can promote no part on them."""
         if self._replica_rebalance_queued or current.config.replica_count < 2:
             return False
-        if self._replica_shares(current, receives_not) is None:
+        if self._replica_shares(current, receives_not, tolerance) is None:
             return False
         change = Change(
             kind=MapChange.REPLICAS_MOVED,
-            build=lambda at: self._build_replica_rebalance(at, receives_not),
-            committed=lambda built, now_us: self._replica_rebalance_done(built),
-            dropped=lambda cause, now_us: self._replica_rebalance_done(None),
+            build=lambda at: self._build_replica_rebalance(at, receives_not, tolerance),
+            committed=lambda built, now_us: self._replica_rebalance_done(built, tolerance),
+            dropped=lambda cause, now_us: self._replica_rebalance_done(None, tolerance),
         )
         self._replica_rebalance_queued = self._pipeline.submit(change)
         return self._replica_rebalance_queued
 
-    def _replica_rebalance_done(self, built: Built | None) -> None:
+    def _replica_rebalance_done(self, built: Built | None, tolerance: float) -> None:
         self._replica_rebalance_queued = False
         self._replica_rebalance_moved = built is not None and bool(built.parts)
         if built is not None and built.parts:
             self._emit(
                 ReplicasRebalanced(
                     roles=len(built.parts),
-                    tolerance=self._config.rebalance_tolerance,
+                    tolerance=tolerance,
                     map_version=built.new_map.version,
                 )
             )
 
     def _replica_shares(
-        self, current: ShardMap, receives_not: frozenset[str]
+        self, current: ShardMap, receives_not: frozenset[str], tolerance: float
     ) -> tuple[dict[str, int], dict[str, float], list[str]] | None:
         """Each live ACTIVE server's replica roles and its share of them by weight, and the
-        servers taking roles more than `rebalance_tolerance` below their share; None when
-        there is none of those."""
+        servers taking roles more than `tolerance` below their share; None when there is none
+        of those."""
         loads = current.replica_loads()
         entries = [
             e
@@ -878,7 +893,7 @@ class ManagerCore:
             return None
         total = sum(loads[e.server_id] for e in entries)
         shares = {e.server_id: total * e.weight_milli / total_weight for e in entries}
-        floor = 1.0 - self._config.rebalance_tolerance
+        floor = 1.0 - tolerance
         # Short of a whole role at least (a share below one role can never be filled).
         receivers = [
             s
@@ -890,7 +905,7 @@ class ManagerCore:
         return (loads, shares, receivers) if receivers else None
 
     def _build_replica_rebalance(
-        self, current: ShardMap, receives_not: frozenset[str]
+        self, current: ShardMap, receives_not: frozenset[str], tolerance: float
     ) -> Built | None:
         """Replica roles from the servers with the most above their share, at random among
         theirs, each to the receiver then furthest below its share that does not hold the
@@ -901,7 +916,7 @@ class ManagerCore:
         its copy; none while a failover, drain or risk drain started since the check."""
         if self._failover is not None or self._drains or self._risk_drained:
             return None
-        plan = self._replica_shares(current, receives_not)
+        plan = self._replica_shares(current, receives_not, tolerance)
         if plan is None:
             return None
         loads, shares, receivers = plan

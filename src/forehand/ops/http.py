@@ -36,7 +36,8 @@ Endpoints (JSON unless noted):
     POST /api/sessions/{session}/handoff  {"target": ID or null, "reason": "rebalance"} (token)
     POST /api/rebalance                   {"tolerance": 0.1, "parts_max": 10000}: hand primaries
                                           from servers above their share to those below, and
-                                          fill those far below theirs (token)
+                                          fill those far below theirs; the primaries even, one
+                                          commit of replica roles instead (token)
     GET  /api/history?kind=&server=&reason=&outcome=&after=&limit=   audit records
     GET  /api/replication                 replication lag per part and replica
     GET  /api/policy                      the trigger policy's settings
@@ -297,8 +298,8 @@ class _AdminRoutes:
             raise OpsError(400, "bad_parts_max", "parts_max must be an integer")
         if not 0 < parts_max < 1 << 63:
             raise OpsError(400, "bad_parts_max", "parts_max must be from 1 to 2**63 - 1")
-        queued = self.hub.rebalance(tolerance=float(tolerance), parts_max=parts_max)
-        return JSONResponse({"queued": queued}, status_code=202)
+        queued, replicas = self.hub.rebalance(tolerance=float(tolerance), parts_max=parts_max)
+        return JSONResponse({"queued": queued, "replica_roles_queued": replicas}, status_code=202)
 
     async def history(self, request: Request) -> Response:
         params = request.query_params

@@ -419,18 +419,20 @@ class OpsHub:
             )
         return queued
 
-    def rebalance(self, *, tolerance: float, parts_max: int) -> int:
-        """Queue planned handoffs evening out the servers' primaries; parts queued (0 when they
-        are within `tolerance` of their shares already)."""
+    def rebalance(self, *, tolerance: float, parts_max: int) -> tuple[int, bool]:
+        """Queue planned handoffs evening out the servers' primaries: parts queued, and whether
+        (none to queue, the primaries within `tolerance` of their shares) one commit moving
+        replica roles was queued instead (`ManagerCore.rebalance_replicas`)."""
         problem = rebalance_problem(tolerance, parts_max)
         if problem is not None:
             raise OpsError(400, "bad_" + problem.split(" ", 1)[0], problem)
-        queued: int = self.driver.command(
-            lambda core, now_us: core.rebalance(
-                tolerance=tolerance, parts_max=parts_max, now_us=now_us
-            )
-        )
-        return queued
+
+        def run(core: ManagerCore, now_us: int) -> tuple[int, bool]:
+            queued = core.rebalance(tolerance=tolerance, parts_max=parts_max, now_us=now_us)
+            return queued, not queued and core.rebalance_replicas(tolerance=tolerance)
+
+        answer: tuple[int, bool] = self.driver.command(run)
+        return answer
 
     def update_policy(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Change the trigger policy's settings; the new settings."""

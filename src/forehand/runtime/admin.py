@@ -122,11 +122,21 @@ class AdminReply(msgspec.Struct, frozen=True, kw_only=True):
     """What happened, for people."""
     queued: int = 0
     """Parts queued for a move (MoveSession, Rebalance)."""
+    replica_roles_queued: bool = False
+    """Rebalance found the primaries even and queued one commit moving replica roles."""
     map_version: int = 0
     """The manager's map version after the command."""
     servers: tuple[ServerStatus, ...] = ()
     """The membership (Status)."""
 
+
+REPLICA_REBALANCE_QUEUED = (
+    "the primaries are even; one commit moving replica roles to the servers below their share "
+    "of them is queued (at most replica_moves_per_commit_max roles, each from a part whose other "
+    "replica is caught up; ReplicasRebalanced in the manager's log says how many; run again for "
+    "more)"
+)
+"""What a rebalance that moved no primary but queued a replica commit says."""
 
 SESSION_ID_BYTES = 16
 """Length of a session id."""
@@ -207,13 +217,24 @@ def _run(core: ManagerCore, request: AdminRequest, now_us: int) -> AdminReply:
         queued = core.rebalance(
             tolerance=request.tolerance, parts_max=request.parts_max, now_us=now_us
         )
-        detail = (
-            f"{queued} part(s) queued"
-            if queued
-            else "nothing to move: every server that takes parts is within the tolerance or a "
-            "whole part of its share, or none has a part to spare"
+        replicas = not queued and core.rebalance_replicas(tolerance=request.tolerance)
+        if queued:
+            detail = f"{queued} part(s) queued"
+        elif replicas:
+            detail = REPLICA_REBALANCE_QUEUED
+        else:
+            detail = (
+                "nothing to move: every server that takes parts is within the tolerance or a "
+                "whole part of its share, of the primaries and of the replica roles, or none has "
+                "one to spare"
+            )
+        return AdminReply(
+            ok=True,
+            detail=detail,
+            queued=queued,
+            replica_roles_queued=replicas,
+            map_version=core.map_version,
         )
-        return AdminReply(ok=True, detail=detail, queued=queued, map_version=core.map_version)
     elif isinstance(request, MoveSession):
         queued = core.handoff(
             request.session_id,
