@@ -382,7 +382,9 @@ def rebalance(
         typer.echo(REPLICA_REBALANCE_QUEUED)
     else:
         typer.echo(
-            f"nothing to move (tolerance {tolerance:.0%}): a server that takes parts (active, "
+            f"nothing to move, of the primaries or the replica roles (tolerance {tolerance:.0%}; a "
+            "replica role moves only from a part whose other replica reported as far, so parts "
+            "under writes wait): a server that takes parts (active, "
             "alive, under its CPU target, not risk-blocked) receives only when it is a whole part "
             f"below its share and another is more than {tolerance:.0%} above its own, or it is "
             f"itself more than {tolerance:.0%} below; moves already queued count as done"

@@ -494,7 +494,7 @@ def test_the_operator_s_rebalance_moves_replica_roles_once_the_primaries_are_eve
     """With the automatic rebalance off, nothing but the operator moves replica roles: s4,
     drained and undrained, holds none. `rebalance` hands it primaries first; once they are even
     (it queues none), `rebalance_replicas` queues one commit of replica roles at the tolerance
-    asked, and says False once none is left to move."""
+    asked, and says False once none is left to move, or none could move now."""
     harness = unbalanced(replica_moves_per_commit_max=64)
     assert harness.manager.drain("s4", now_us=harness.router.now_us)
     for _ in range(10):
@@ -508,6 +508,15 @@ def test_the_operator_s_rebalance_moves_replica_roles_once_the_primaries_are_eve
     assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) == 0
     share = sum(harness.map.replica_loads().values()) / len(SERVERS)
     assert harness.map.replica_loads()["s4"] < share * 0.5
+    # Every part under writes (its replicas behind its primary): no role could move, and the
+    # answer says so rather than queue a commit that moves none, again and again.
+    busy = {
+        (server_id, key): 7 if server_id == harness.map.lookup(key).primary else 5
+        for key in harness.map.part_keys()
+        for server_id in harness.map.lookup(key).servers
+    }
+    report_progress(harness, busy)
+    assert harness.manager.rebalance_replicas(tolerance=0.2) is False
     moved: list[ReplicasRebalanced] = []
     for _ in range(6):
         report_progress(harness)

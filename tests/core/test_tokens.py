@@ -308,5 +308,8 @@ def test_key_fingerprints_match_equal_keys_and_follow_the_ring() -> None:
     assert key_ring_mismatch(manager, newer, current_key_id=2, other_key_id=2) is None
     problem = key_ring_mismatch(manager, newer, current_key_id=2, other_key_id=3)
     assert problem is not None and "seals with key id 3, which the manager does not" in problem
+    # Another cluster's file is named as such, not as a rotation out of order.
+    problem = key_ring_mismatch(manager, other, current_key_id=2, other_key_id=3)
+    assert problem is not None and "key id(s) [1] hold other keys" in problem
     ring.retire(1)
     assert ring.fingerprints() == ((2, key_fingerprint(two)),)

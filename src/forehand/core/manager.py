@@ -836,10 +836,19 @@ class ManagerCore:
         """Queue one commit that moves replica roles to the servers taking roles more than
         `tolerance` below their share of them (as the automatic rebalance does once the
         primaries are even: `_build_replica_rebalance`, at most `replica_moves_per_commit_max`
-        roles); whether one was queued. The operator's rebalance asks for it when it finds no
-        primary to move; the commit reports what it moved (`ReplicasRebalanced`)."""
+        roles); whether one is queued (one queued already counts). The operator's rebalance asks
+        for it when it finds no primary to move; the commit reports what it moved
+        (`ReplicasRebalanced`). The moves are built first on the current map: when none could
+        move now (no server below its share, or none of the roles that could go belongs to a
+        part whose other replica reported as far, parts under writes) nothing is queued and the
+        answer is False, so that an operator running it until it says so stops."""
         current = self.shard_map
         if current is None:
+            return False
+        if self._replica_rebalance_queued:
+            return True
+        built = self._build_replica_rebalance(current, frozenset(), tolerance)
+        if built is None or not built.parts:
             return False
         return self._queue_replica_rebalance(current, frozenset(), tolerance=tolerance)
 

@@ -266,12 +266,6 @@ def key_ring_mismatch(
     if not other:
         return None
     mine = dict(own)
-    if other_key_id >= 0 and other_key_id not in mine:
-        return (
-            f"this node seals with key id {other_key_id}, which the manager does not hold (it "
-            f"holds {sorted(mine)}): a new key must be added on every node, the manager "
-            "included, before any node seals with it"
-        )
     differing = sorted(
         key_id for key_id, print_ in other if key_id in mine and mine[key_id] != print_
     )
@@ -279,6 +273,12 @@ def key_ring_mismatch(
         return (
             f"key id(s) {differing} hold other keys than the manager's: the cluster's keys "
             "file (cluster-keys.toml) must be the same on every node"
+        )
+    if other_key_id >= 0 and other_key_id not in mine:
+        return (
+            f"this node seals with key id {other_key_id}, which the manager does not hold (it "
+            f"holds {sorted(mine)}): a new key must be added on every node, the manager "
+            "included (and each restarted), before any node seals with it"
         )
     held = sorted(key_id for key_id, _ in other)
     if current_key_id not in held:
