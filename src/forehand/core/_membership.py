@@ -336,6 +336,10 @@ class Member:
     """Its latest load report."""
     progress: dict[PartRef, PartProgress] = field(default_factory=dict)
     """Its latest progress per part, oldest update first."""
+    progress_before: dict[PartRef, tuple[int, int]] = field(default_factory=dict)
+    """Per part in `progress`, the `(last_epoch, applied_seq)` of the report before the latest
+    (none until a second): a replica's newest report at least this far is streaming the log,
+    whatever the instants the two servers' heartbeats took theirs at."""
     died_us: int | None = None
     """When it was declared dead."""
     rejoin_pending: bool = False
@@ -521,6 +525,7 @@ class Membership:
         member.adopting_version = member.adopting_until_us = 0
         member.load = None
         member.progress.clear()
+        member.progress_before.clear()
         member.declared_parts = frozenset(message.parts) or None
         self._declared = None
 
@@ -588,13 +593,16 @@ class Membership:
 
     def record_progress(self, member: Member, parts: tuple[PartProgress, ...]) -> None:
         """Remember the newest progress per part, forgetting the stalest beyond the bound."""
-        progress = member.progress
+        progress, before = member.progress, member.progress_before
         for report in parts:
-            progress.pop(report.ref, None)
+            old = progress.pop(report.ref, None)
+            if old is not None:
+                before[report.ref] = (old.last_epoch, old.applied_seq)
             progress[report.ref] = report
         excess = len(progress) - self._config.part_progress_per_server_max
         for ref in list(progress)[:excess] if excess > 0 else ():
             del progress[ref]
+            before.pop(ref, None)
 
     def join_committed(self, server_id: str, *, incarnation: int) -> bool:
         """The map now holds the member's join; False when it is no longer that incarnation."""

@@ -991,12 +991,16 @@ class ManagerCore:
     ) -> bool:
         """Whether one of `keep`, the part's replicas but `giver`, is ALIVE (and ACTIVE, with
         `active_only`: one draining will go too) and reported (in its heartbeats) some of the
-        part's history when `giver` did: the history stays on a replica when `giver`'s role
-        moves. A replica added lately (by the commit before, say) has not reported the part, or
-        reports it at 0, until it installed its copy; moving the other one then left the history
-        on the primary alone. One that reported entries is streaming the log: the heartbeats,
-        taken at other instants, say little of a lag under writes (asking for as far as
-        `giver` kept a live drain's last roles waiting 18 s, near its leave timeout).
+        part's history when `giver` did, and at least as far as `giver`'s report before its
+        latest: the history stays on a replica when `giver`'s role moves. A replica added lately
+        (by the commit before, say) has not reported the part, or reports it at 0, until it
+        installed its copy; moving the other one then left the history on the primary alone. A
+        replica cut off from the primary stays where it was while `giver` alone takes the
+        writes the primary acknowledges as replicated, and falls behind `giver`'s earlier
+        report too. One streaming the log passes: asking for as far as `giver`'s latest report,
+        by heartbeats taken at other instants, kept a live drain's last roles waiting 18 s under
+        writes, near its leave timeout; `giver`'s report before is a heartbeat (or a rotation of
+        the heartbeats' part reports) older than the other's latest.
 
         With `as_far` (the part's primary) the one kept must have reported as far (epoch, then
         sequence) as `giver` and that primary did: what the rebalance asks, which nothing
@@ -1007,7 +1011,10 @@ class ManagerCore:
         if as_far is None:
             floor = (0, 0) if given is None else (0, min(given[1], 1))
             at_seq_only = True
+            member = self._membership.get(giver)
+            before = None if member is None else member.progress_before.get(ref_of(key))
         else:
+            before = None
             led = self._progress_seq(as_far, key)
             floor = max(given or (0, 0), led or (0, 0))
             at_seq_only = False
@@ -1018,7 +1025,7 @@ class ManagerCore:
             if active_only and not self._is_active(server_id):
                 continue
             held = self._progress_seq(server_id, key)
-            if held is None:
+            if held is None or (before is not None and held < before):
                 continue
             if (held[1] >= floor[1]) if at_seq_only else (held >= floor):
                 return True
