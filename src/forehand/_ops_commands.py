@@ -274,10 +274,16 @@ def drain(
             total = progress_now["parts_total"] or None
             waiting = progress_now.get("parts_waiting", 0)
             leads = progress_now.get("primaries_left")
+            behind = progress_now.get("replicas_behind", 0)
             description = f"draining {server}"
             if waiting and not progress_now["finished"]:
                 led = "" if leads is None else f"leads {leads} part(s); "
                 description += f" ({led}{waiting} waiting for another server to take them)"
+            elif behind and not progress_now["finished"]:
+                description += (
+                    f" ({behind} replica role(s) kept until another replica catches up; for long,"
+                    " a replica does not hear its primary)"
+                )
             bar.update(
                 task, completed=progress_now["parts_moved"], total=total, description=description
             )

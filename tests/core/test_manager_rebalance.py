@@ -623,6 +623,9 @@ def test_a_drain_moves_a_replica_role_once_the_other_replica_is_past_its_earlier
     assert harness.primaries("s1") == []
     kept = {key for key in held if "s1" in harness.map.lookup(key).replicas}
     assert kept == (set() if streaming else set(held))
+    # The drain's progress says why the roles stay (a replica that does not hear its primary).
+    behind = [e.replicas_behind for e in harness.events(DrainProgressed) if e.server_id == "s1"]
+    assert max(behind) == (0 if streaming else len(kept)), behind
 
 
 def test_a_drain_keeps_a_replica_role_until_another_replica_caught_up() -> None:

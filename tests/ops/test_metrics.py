@@ -15,6 +15,7 @@ else:
 from prometheus_client.parser import text_string_to_metric_families
 
 from forehand.core._manager_events import (
+    DrainProgressed,
     HoldEnded,
     MapChange,
     MapRequestsAnswered,
@@ -228,6 +229,28 @@ def test_automatic_rebalances_count_their_parts() -> None:
     manager_metrics(RebalanceQueued(parts=12, tolerance=0.2, map_version=7))
     manager_metrics(RebalanceQueued(parts=3, tolerance=0.2, map_version=9))
     assert read(name) == 15
+
+
+def test_a_drain_s_progress_shows_the_replica_roles_kept_behind() -> None:
+    """The roles a drain keeps until another replica of the part catches up are a gauge per
+    server, apart from the roles waiting for another server to take them."""
+    view_risk = RiskTracker(clock_us=lambda: 0)
+    manager_metrics = ManagerMetrics(
+        view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
+    )
+    read = manager_metrics.registry.get_sample_value
+    for behind in (3, 0):
+        manager_metrics(
+            DrainProgressed(
+                server_id="s4",
+                parts_moved=7,
+                parts_total=10,
+                finished=False,
+                replicas_behind=behind,
+            )
+        )
+        assert read("forehand_drain_replicas_behind", {"server": "s4"}) == behind
+        assert read("forehand_drain_parts_waiting", {"server": "s4"}) == 0
 
 
 def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> None:

@@ -516,6 +516,12 @@ class DrainProgressed:
     """Parts the server still leads (their primary role): 0 once it serves no call, whatever
     replica roles wait. A primary handed off leaves a replica role behind on two servers, so
     `parts_moved` alone does not show it."""
+    replicas_behind: int = 0
+    """Replica roles kept because no other replica of the part reported as far as this
+    server's copy (one installing its copy, or cut off from the part's primary while this one
+    took the writes): moving them would leave writes on the primary alone. They move once
+    another replica catches up; a drain held by them for long points at a replica that does
+    not hear its primary."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

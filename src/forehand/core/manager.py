@@ -272,6 +272,8 @@ class _Drain:
     """`parts_waiting` of the last `DrainProgressed`."""
     primaries_left: int = 0
     """`primaries_left` of the last `DrainProgressed`."""
+    behind_reported: int = 0
+    """`replicas_behind` of the last `DrainProgressed`."""
     idle_at: tuple[int, tuple[str, ...]] | None = None
     """(map version, eligible servers) when a replica move last found nothing to move: no new
     one is submitted until either changes (each scans every replica role of the server)."""
@@ -3107,7 +3109,12 @@ class ManagerCore:
             stuck = not any(s != server_id for s in eligible)
             waiting = len(held.primary) if stuck else 0
             replicas_waiting = drain.replicas_waiting if held.replica else 0
-            if (waiting, replicas_waiting) != (drain.primaries_waiting, drain.replicas_waiting):
+            behind = min(len(held.replica), drain.replicas_behind)
+            if (waiting, replicas_waiting, behind) != (
+                drain.primaries_waiting,
+                drain.replicas_waiting,
+                drain.behind_reported,
+            ):
                 drain.primaries_waiting, drain.replicas_waiting = waiting, replicas_waiting
                 self._drain_progress((server_id,))
             # Every tick, only the primaries not moving yet (once queued, a part stays so
@@ -3219,12 +3226,12 @@ class ManagerCore:
             if drain is None or not drain.marked:
                 continue
             state = self._map_state(server_id)
-            remaining = primaries = 0
+            remaining = primaries = replica_roles = 0
             leading = False
             if state is not None and state is not ServerState.DEAD:
                 held = current.parts_for(server_id)
-                primaries = len(held.primary)
-                remaining = primaries + len(held.replica)
+                primaries, replica_roles = len(held.primary), len(held.replica)
+                remaining = primaries + replica_roles
                 # The map moves a part when its handoff is assigned, before the source has
                 # shipped its sealed log (and, after that, while it forwards stragglers): a
                 # drain is finished, and the server safe to stop, once none of its handoffs
@@ -3235,17 +3242,19 @@ class ManagerCore:
             moved = max(drain.parts_moved, drain.parts_total - remaining)
             total = max(drain.parts_total, moved + remaining)
             waiting = min(remaining, drain.primaries_waiting + drain.replicas_waiting)
-            now = (moved, total, waiting, primaries)
+            behind = min(replica_roles, drain.replicas_behind)
+            now = (moved, total, waiting, primaries, behind)
             before = (
                 drain.parts_moved,
                 drain.parts_total,
                 drain.waiting_reported,
                 drain.primaries_left,
+                drain.behind_reported,
             )
             if now == before and not finished:
                 continue
             drain.parts_moved, drain.parts_total, drain.waiting_reported = moved, total, waiting
-            drain.primaries_left = primaries
+            drain.primaries_left, drain.behind_reported = primaries, behind
             self._emit(
                 DrainProgressed(
                     server_id=server_id,
@@ -3254,6 +3263,7 @@ class ManagerCore:
                     finished=finished,
                     parts_waiting=waiting,
                     primaries_left=primaries,
+                    replicas_behind=behind,
                 )
             )
             if finished:

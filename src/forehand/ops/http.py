@@ -27,7 +27,8 @@ Endpoints (JSON unless noted):
     GET  /api/servers/{id}/drain          drain progress: parts_moved, parts_total, finished,
                                           parts_waiting (roles no other server can take yet),
                                           primaries_left (parts it still leads; null until
-                                          counted)
+                                          counted), replicas_behind (replica roles kept until
+                                          another replica of the part catches up)
     POST /api/servers/{id}/drain          start draining (token)
     POST /api/servers/{id}/undrain        make it ACTIVE again (token)
     GET  /api/map?limit=N                 version, servers, overrides

@@ -113,6 +113,8 @@ class DrainProgress:
     """Roles that stay for want of another server to take them (`DrainProgressed`)."""
     primaries_left: int | None = None
     """Parts the server still leads; None until the drain counted them."""
+    replicas_behind: int = 0
+    """Replica roles kept until another replica of the part catches up (`DrainProgressed`)."""
 
 
 REFUSED_PEERS_MAX = 64
@@ -293,6 +295,7 @@ class OpsHub:
                 finished=event.finished,
                 parts_waiting=event.parts_waiting,
                 primaries_left=event.primaries_left,
+                replicas_behind=event.replicas_behind,
             )
             self._remember_drain(progress)
             self.broadcast({"type": "drain", "data": asdict(progress)})

@@ -247,6 +247,12 @@ class ManagerMetrics:
             ["server"],
             registry=r,
         )
+        self.drain_behind = Gauge(
+            "forehand_drain_replicas_behind",
+            "Replica roles a drain keeps until another replica of the part catches up.",
+            ["server"],
+            registry=r,
+        )
         self.held_answered = Counter(
             "forehand_map_requests_held_answered",
             "Held MAP_REQUESTs answered, by what answered them.",
@@ -342,6 +348,7 @@ class ManagerMetrics:
         self.drain_moved.labels(event.server_id).set(event.parts_moved)
         self.drain_total.labels(event.server_id).set(event.parts_total)
         self.drain_waiting.labels(event.server_id).set(event.parts_waiting)
+        self.drain_behind.labels(event.server_id).set(event.replicas_behind)
 
     def _peer_refused(self, event: Any) -> None:
         self.protocol_violations.labels(_code_label(event.error_code)).inc()
