@@ -296,16 +296,31 @@ def certs(
     admin: bool = typer.Option(
         True, help="Also issue the operator's `admin` certificate if the directory has none."
     ),
-    add_key: bool = typer.Option(False, help="Add a new cluster token key (opens, not seals)."),
-    current_key: int | None = typer.Option(None, help="Make this key id the sealing key."),
+    add_key: bool = typer.Option(
+        False,
+        help="Rotation step 1: add a new cluster token key (it opens, it does not seal yet); "
+        "copy the file to every node and restart each.",
+    ),
+    current_key: int | None = typer.Option(
+        None,
+        help="Rotation step 2, once every node holds the key: make this key id the sealing key; "
+        "copy the file to every node and restart each.",
+    ),
+    retire_key: int | None = typer.Option(
+        None,
+        help="Rotation step 3, once what the old key sealed has expired (credential_lifetime_ms, "
+        "24 h by default, after step 2): remove this key id; copy the file to every node.",
+    ),
 ) -> None:
-    """Make the cluster CA, node certificates and the cluster token key file."""
+    """Make the cluster CA, node certificates and the cluster token key file, and rotate the
+    token keys (--add-key, then --current-key, then --retire-key; docs/DEPLOYMENT.md)."""
     from forehand.errors import ConfigError
     from forehand.runtime.certs import make_cluster_certs
     from forehand.runtime.keys import (
         CLUSTER_KEYS_FILE,
         add_cluster_key,
         load_cluster_keys,
+        retire_cluster_key,
         rotate_cluster_key,
     )
 
@@ -316,7 +331,8 @@ def certs(
     keys_path = directory / CLUSTER_KEYS_FILE
     try:
         # Refuse a damaged key file, or a sealing key it will not hold, before writing anything.
-        ids = set(load_cluster_keys(keys_path).keys) if keys_path.exists() else set()
+        existing = load_cluster_keys(keys_path) if keys_path.exists() else None
+        ids = set() if existing is None else set(existing.keys)
         if current_key is not None:
             # The key a new file starts with, or the one --add-key adds, may be named too.
             coming = max(ids) + 1 if ids and add_key else (1 if not ids else None)
@@ -327,6 +343,20 @@ def certs(
                     + (f"; --add-key adds {coming}" if coming is not None else "")
                     + ")"
                 )
+        if retire_key is not None:
+            sealing = current_key
+            if sealing is None and existing is not None:
+                sealing = existing.current_key_id
+            if retire_key not in ids:
+                held = ", ".join(map(str, sorted(ids))) or "none yet"
+                raise ConfigError(
+                    f"cluster key id {retire_key} is not in {keys_path} (ids: {held})"
+                )
+            if retire_key == sealing:
+                raise ConfigError(
+                    f"cluster key {retire_key} seals: make another key current (--current-key) "
+                    "before retiring it"
+                )
         if names:
             written = make_cluster_certs(directory, names, days=days)
             for entry in written.nodes:
@@ -334,11 +364,29 @@ def certs(
         else:
             directory.mkdir(parents=True, exist_ok=True)
         if not keys_path.exists() or add_key:
+            fresh = not keys_path.exists()
             key_id = add_cluster_key(keys_path)
             typer.echo(f"cluster key {key_id} added to {keys_path}")
+            if not fresh and current_key != key_id:
+                typer.echo(
+                    f"  it opens but does not seal yet: copy the file to every node, the manager "
+                    f"included, restart each, then run `forehand certs {directory} --current-key "
+                    f"{key_id}`"
+                )
         if current_key is not None:
             rotate_cluster_key(keys_path, current_key)
             typer.echo(f"cluster key {current_key} now seals")
+            if existing is not None:
+                typer.echo(
+                    "  copy the file to every node and restart each; once credential_lifetime_ms "
+                    "(24 h by default) has passed, retire the old key with --retire-key"
+                )
+        if retire_key is not None:
+            retire_cluster_key(keys_path, retire_key)
+            typer.echo(
+                f"cluster key {retire_key} retired from {keys_path}: copy the file to every node "
+                "and restart each; what it sealed opens no more"
+            )
     except ConfigError as error:
         raise _fail("certs", error) from error
     except OSError as error:

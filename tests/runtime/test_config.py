@@ -21,12 +21,11 @@ from forehand.runtime.config import (
 )
 from forehand.runtime.keys import (
     CLUSTER_KEYS_FILE,
-    ClusterKeys,
     add_cluster_key,
     load_cluster_keys,
     load_key_ring,
+    retire_cluster_key,
     rotate_cluster_key,
-    write_cluster_keys,
 )
 
 FOREHAND = [sys.executable, "-c", "from forehand.cli import main; main()"]
@@ -205,8 +204,12 @@ def test_cluster_keys_rotate_in_three_steps(tmp_path: Path) -> None:
     rotated = TokenSealer(load_key_ring(path), rng=random.Random(2))
     assert rotated.key_ring.current_key_id == 2
     assert rotated.open_credential(credential, now_us=1).session_id == bytes(16)
-    keys = load_cluster_keys(path)
-    write_cluster_keys(path, ClusterKeys(keys={2: keys.keys[2]}, current_key_id=2))
+    with pytest.raises(ConfigError, match="cluster key 2 seals: make another key current"):
+        retire_cluster_key(path, 2)
+    with pytest.raises(ConfigError, match=r"cluster key id 7 is not in .* \(ids: 1, 2\)"):
+        retire_cluster_key(path, 7)
+    retire_cluster_key(path, 1)
+    assert load_cluster_keys(path).keys.keys() == {2}
     with pytest.raises(TokenInvalid):
         TokenSealer(load_key_ring(path), rng=random.Random(3)).open_credential(credential, now_us=1)
 
@@ -289,6 +292,23 @@ def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None
     assert refused.returncode == 2
     assert "cluster key id 9 is not in" in refused.stderr and "ids: 1, 2" in refused.stderr
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
+    # Retiring the sealing key is refused, before anything is written; the old one goes.
+    refused = subprocess.run(
+        [*FOREHAND, "certs", str(directory), "s2", "--retire-key", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "cluster key 2 seals" in refused.stderr
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
+    retired = subprocess.run(
+        [*FOREHAND, "certs", str(directory), "--retire-key", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "cluster key 1 retired" in retired.stdout
+    assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).key_ring().key_ids == (2,)
 
 
 def test_the_limits_table_bounds_client_connections(certs_dir: Path, tmp_path: Path) -> None:

@@ -13,10 +13,11 @@ current one, which seals; every key in the file opens. It looks like this:
     id = 2
     key = "<64 hex digits>"
 
-Rotation follows the three steps of `KeyRing`: `add_cluster_key(path)` appends a new key (it opens
-but does not seal), the file is copied to every node and the nodes restarted; then
-`rotate_cluster_key(path, key_id)` makes it current on every node; the old key is removed from the
-file once the longest-lived value it sealed (a credential) has expired.
+Rotation follows the three steps of `KeyRing` (`forehand certs DIR --add-key`, `--current-key ID`,
+`--retire-key ID`; docs/DEPLOYMENT.md, "Rotating the token keys"): `add_cluster_key(path)` appends
+a new key (it opens but does not seal), the file is copied to every node and the nodes restarted;
+then `rotate_cluster_key(path, key_id)` makes it current on every node; `retire_cluster_key(path,
+key_id)` removes the old key once the longest-lived value it sealed (a credential) has expired.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "add_cluster_key",
     "load_cluster_keys",
     "load_key_ring",
+    "retire_cluster_key",
     "rotate_cluster_key",
     "write_cluster_keys",
 ]
@@ -114,7 +116,8 @@ def write_cluster_keys(path: Path | str, keys: ClusterKeys) -> Path:
     """Write `keys` to `path`, readable by its owner only; returns the path."""
     lines = [
         "# Forehand cluster token keys: secret, keep the mode 0600.",
-        "# Every key opens; `current` seals. See forehand.runtime.keys for rotation.",
+        "# Every key opens; `current` seals. Rotate with `forehand certs DIR --add-key`, then",
+        "# `--current-key ID`, then `--retire-key OLD` (docs/DEPLOYMENT.md).",
         f"current = {keys.current_key_id}",
     ]
     for key_id in sorted(keys.keys):
@@ -148,6 +151,22 @@ def rotate_cluster_key(path: Path | str, key_id: int) -> None:
     """Make `key_id` the sealing key of the file at `path`."""
     existing = load_cluster_keys(path)
     write_cluster_keys(path, ClusterKeys(keys=existing.keys, current_key_id=key_id))
+
+
+def retire_cluster_key(path: Path | str, key_id: int) -> None:
+    """Remove `key_id` from the file at `path`: what it sealed opens no more. The current key
+    cannot be retired (make another current first), nor one the file does not hold."""
+    existing = load_cluster_keys(path)
+    if key_id not in existing.keys:
+        held = ", ".join(map(str, sorted(existing.keys)))
+        raise ConfigError(f"cluster key id {key_id} is not in {path} (ids: {held})")
+    if key_id == existing.current_key_id:
+        raise ConfigError(
+            f"cluster key {key_id} seals: make another key current (--current-key) before "
+            "retiring it"
+        )
+    keys = {i: key for i, key in existing.keys.items() if i != key_id}
+    write_cluster_keys(path, ClusterKeys(keys=keys, current_key_id=existing.current_key_id))
 
 
 def _new_key() -> bytes:

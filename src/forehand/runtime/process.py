@@ -444,7 +444,7 @@ async def run_manager(
         # A standby builds the risk policy once, so its first term does not import the models.
         await run_elected(config, term=term, stop=stop, prepare=lambda: _tunable_policy(config))
         return
-    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
+    sealer = _sealer(config.key_path, config.node_id)
     credentials = Credentials.for_node(config.certs_dir, config.node_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
@@ -563,6 +563,20 @@ def _route(node: str, address: str | None) -> list[Route]:
     return [Route(host=host, port=port, server_id=node, cluster=True)]
 
 
+def _sealer(key_path: Path, node_id: str) -> TokenSealer:
+    """The node's token sealer over its keys file, saying which key seals: during a rotation
+    the operator checks each node's log for it."""
+    ring = load_key_ring(key_path)
+    _log.info(
+        "%s seals with cluster key %d (holds %s, from %s)",
+        node_id,
+        ring.current_key_id,
+        ", ".join(map(str, ring.key_ids)),
+        key_path,
+    )
+    return TokenSealer(ring, rng=random.SystemRandom())
+
+
 async def run_server(
     config: ServerProcessConfig, app: App | None = None, *, stop: asyncio.Event | None = None
 ) -> None:
@@ -570,7 +584,7 @@ async def run_server(
     if app is None:
         app = load_app(config.app, config.app_dir)
     parts, handler_clock = timed_parts(app.part_specs())
-    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
+    sealer = _sealer(config.key_path, config.server_id)
     credentials = Credentials.for_node(config.certs_dir, config.server_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
