@@ -297,3 +297,68 @@ async def _dial_nowhere(certs: Path) -> None:
             await asyncio.sleep(0.005)
     finally:
         await sender.close()
+
+
+class _RefusingCore(RecordingCore):
+    """Refuses every cluster peer at its first message on a link, as a manager refuses a
+    server's announcement (the link is up on both sides by then)."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self._refused_link = False
+
+    def receive_message(self, message: object, *, source: str, now_us: int) -> None:
+        super().receive_message(message, source=source, now_us=now_us)
+        if isinstance(message, ConnectionOpened):
+            self._refused_link = False
+        elif isinstance(message, Ping) and not self._refused_link:
+            self._refused_link = True
+            self.send(source, Error(code=ErrorCode.PROTOCOL_ERROR, reason="not admitted"))
+            self.send(
+                source,
+                ConnectionCloseRequested(
+                    peer=source, error_code=int(ErrorCode.PROTOCOL_ERROR), reason="not admitted"
+                ),
+            )
+
+
+def test_a_refused_cluster_peer_redials_after_a_growing_backoff(tmp_path: Path) -> None:
+    """A peer that closes every link with an error once it is up (a manager refusing this
+    server) is redialed after the dial backoff, doubling, not at once: a refused server used
+    to redial its manager twice a second for as long as it ran. Over 1.5 s with a backoff of
+    100 ms doubling to 400 ms that is a handful of links; at once, it was one a ping here (150)."""
+    certs = tmp_path / "certs"
+    make_cluster_certs(certs, ("s1", "s2"), days=1)
+    opened = run_async(_refused_redials(certs))
+    assert 2 <= opened <= 12, opened
+
+
+async def _refused_redials(certs: Path) -> int:
+    network = MemoryNetwork()
+    receiver_core = _RefusingCore("s1")
+    receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
+    receiver = NodeDriver(
+        receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
+    )
+    receiver.start()
+    listener = await receiver_transport.listen(
+        "s1.test", 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
+    )
+    receiver.serve(listener)
+    route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
+    sender = NodeDriver(
+        RecordingCore("s2"),
+        resolve=lambda node: route,
+        cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
+        config=DriverConfig(dial_backoff_ms=100, dial_backoff_max_ms=400),
+    )
+    sender.start()
+    try:
+        for _ in range(150):
+            sender.command(functools.partial(_send_pings, destination="s1"))
+            await asyncio.sleep(0.01)
+    finally:
+        await sender.close()
+        await receiver.close()
+        await listener.close()
+    return sum(isinstance(message, ConnectionOpened) for message, _ in receiver_core.inbox)

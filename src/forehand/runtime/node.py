@@ -277,6 +277,7 @@ class _Peer:
         "next_dial_s",
         "node_id",
         "queue",
+        "refusals",
         "retry_handle",
         "route_index",
     )
@@ -288,6 +289,9 @@ class _Peer:
         self.dial_task: asyncio.Task[None] | None = None
         self.retry_handle: asyncio.TimerHandle | None = None
         self.failures = 0
+        self.refusals = 0
+        """Links in a row the peer closed with an error once up (a manager refusing this
+        server's announcement, say): each redial waits longer, as after a failed dial."""
         self.next_dial_s = 0.0
         self.route_index = 0
 
@@ -864,11 +868,12 @@ class NodeDriver:
 
     async def _watch(self, link: _Link) -> None:
         info = await link.connection.wait_closed()
-        if (
+        refused = (
             info.initiator is CloseInitiator.PEER
             and info.error_code != ErrorCode.NO_ERROR
             and link.kind is _LinkKind.CLUSTER
-        ):
+        )
+        if refused:
             # A cluster peer refused something this node sent (a manager refusing a server's
             # announce, say): the operator of this node needs the reason, the core only the close.
             self._log_refusal(
@@ -876,7 +881,27 @@ class NodeDriver:
                 f"{link.peer} closed the connection: {info.reason} (this node redials and logs "
                 "the refusal again only if its reason changes)",
             )
+        peer = self._peers.get(link.peer)
+        if peer is not None and link.established and link.kind is _LinkKind.CLUSTER:
+            self._count_refusal(peer, refused=refused)
         self._link_gone(link, f"{info.initiator.value}: {info.reason}")
+
+    def _count_refusal(self, peer: _Peer, *, refused: bool) -> None:
+        """A refused link makes the next dial wait as a failed dial would (doubling, up to
+        `dial_backoff_max_ms`): the link came up, so the dial's own backoff had started over,
+        and a refused server redialed its manager twice a second for as long as it ran. Any
+        other close of a link that was up starts the count over."""
+        if not refused:
+            peer.refusals = 0
+            return
+        loop = self._loop
+        assert loop is not None
+        config = self.config
+        peer.refusals += 1
+        backoff_ms = min(
+            config.dial_backoff_ms << min(peer.refusals - 1, 16), config.dial_backoff_max_ms
+        )
+        peer.next_dial_s = loop.time() + backoff_ms / 1000
 
     def _link_gone(self, link: _Link, reason: str) -> None:
         peer = self._peers.get(link.peer)
