@@ -1235,7 +1235,7 @@ class ServerCore:
                 node=self._me,
                 client=source,
                 session_id=session_id,
-                reason=int(error.reject_reason),
+                reason=error.reject_reason,
                 detail=f"HELLO credential: {error}",
             )
         )
