@@ -161,6 +161,8 @@ def test_a_server_the_manager_cannot_admit_is_refused_with_the_reason(
     assert len(server_lines) == 1 and "manager closed the connection" in server_lines[0]
     assert "this node redials" in server_lines[0]
     assert len(manager_lines) == 1 and "closing s1" in manager_lines[0]
+    # Each start line names the key the node seals with (what a rotation checks).
+    assert "sealing with cluster key 1 (holds 1)" in manager_log.read_text()
     assert status.returncode == 0, status.stderr
     (listed,) = [line for line in status.stdout.splitlines() if line.startswith("refused s1")]
     assert "(protocol_error, " in listed and f"ago): {reason}" in listed, listed

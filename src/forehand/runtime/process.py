@@ -444,7 +444,7 @@ async def run_manager(
         # A standby builds the risk policy once, so its first term does not import the models.
         await run_elected(config, term=term, stop=stop, prepare=lambda: _tunable_policy(config))
         return
-    sealer = _sealer(config.key_path, config.node_id)
+    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
     credentials = Credentials.for_node(config.certs_dir, config.node_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
@@ -483,11 +483,12 @@ async def run_manager(
         driver.subscribe(EventLogger(config.node_id))
         ops = ManagerOps(driver, config, policy, listeners)
         _log.info(
-            "manager %s listening on %s:%d (%s)",
+            "manager %s listening on %s:%d (%s), %s",
             config.node_id,
             listeners[0].host,
             listeners[0].port,
             config.transport,
+            _sealing(sealer),
         )
         started_ops = ops.start
 
@@ -563,18 +564,12 @@ def _route(node: str, address: str | None) -> list[Route]:
     return [Route(host=host, port=port, server_id=node, cluster=True)]
 
 
-def _sealer(key_path: Path, node_id: str) -> TokenSealer:
-    """The node's token sealer over its keys file, saying which key seals: during a rotation
-    the operator checks each node's log for it."""
-    ring = load_key_ring(key_path)
-    _log.info(
-        "%s seals with cluster key %d (holds %s, from %s)",
-        node_id,
-        ring.current_key_id,
-        ", ".join(map(str, ring.key_ids)),
-        key_path,
-    )
-    return TokenSealer(ring, rng=random.SystemRandom())
+def _sealing(sealer: TokenSealer) -> str:
+    """Which cluster key the node seals with, for its start line: during a rotation the
+    operator reads each node's log for it."""
+    ring = sealer.key_ring
+    held = ", ".join(map(str, ring.key_ids))
+    return f"sealing with cluster key {ring.current_key_id} (holds {held})"
 
 
 async def run_server(
@@ -584,7 +579,7 @@ async def run_server(
     if app is None:
         app = load_app(config.app, config.app_dir)
     parts, handler_clock = timed_parts(app.part_specs())
-    sealer = _sealer(config.key_path, config.server_id)
+    sealer = TokenSealer(load_key_ring(config.key_path), rng=random.SystemRandom())
     credentials = Credentials.for_node(config.certs_dir, config.server_id)
     _require_files(credentials)
     host, port = parse_address(config.listen, where="listen")
@@ -630,12 +625,13 @@ async def run_server(
         # (`metrics_port = -1`) nothing could read them, so they are not kept.
         ops = ServerOps(driver, config, listeners) if config.metrics_port >= 0 else None
         _log.info(
-            "server %s (incarnation %d) listening on %s, app %s, parts %s",
+            "server %s (incarnation %d) listening on %s, app %s, parts %s, %s",
             config.server_id,
             incarnation,
             address,
             config.app,
             ", ".join(parts),
+            _sealing(sealer),
         )
         # The caller's stop, or one that SIGINT sets, and SIGTERM once the server has left
         # (`_Leave`); a superseded server sets it too.
