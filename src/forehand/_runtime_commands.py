@@ -11,9 +11,12 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from forehand.runtime.keys import ClusterKeys
 
 __all__ = ["register"]
 
@@ -288,6 +291,49 @@ def _import_app(reference: str, app_dir: Path | None) -> None:
     load_app(reference, app_dir)
 
 
+def _check_key_steps(
+    keys_path: Path,
+    existing: ClusterKeys | None,
+    *,
+    add_key: bool,
+    current_key: int | None,
+    retire_key: int | None,
+) -> None:
+    """Refuse a rotation step the key file cannot take (ConfigError), before anything is
+    written: a sealing key it will not hold, retiring with another step, or a key it does not
+    hold or that seals."""
+    from forehand.errors import ConfigError
+
+    ids = set() if existing is None else set(existing.keys)
+    if current_key is not None:
+        # The key a new file starts with, or the one --add-key adds, may be named too.
+        coming = max(ids) + 1 if ids and add_key else (1 if not ids else None)
+        if current_key not in ids and current_key != coming:
+            held = ", ".join(map(str, sorted(ids))) or "none yet"
+            raise ConfigError(
+                f"cluster key id {current_key} is not in {keys_path} (ids: {held}"
+                + (f"; --add-key adds {coming}" if coming is not None else "")
+                + ")"
+            )
+    if retire_key is not None and (add_key or current_key is not None):
+        raise ConfigError(
+            "--retire-key runs alone: the old key may go only once every node seals with "
+            "the new one and what the old one sealed has expired (credential_lifetime_ms)"
+        )
+    if retire_key is not None:
+        sealing = current_key
+        if sealing is None and existing is not None:
+            sealing = existing.current_key_id
+        if retire_key not in ids:
+            held = ", ".join(map(str, sorted(ids))) or "none yet"
+            raise ConfigError(f"cluster key id {retire_key} is not in {keys_path} (ids: {held})")
+        if retire_key == sealing:
+            raise ConfigError(
+                f"cluster key {retire_key} seals: make another key current (--current-key) "
+                "before retiring it"
+            )
+
+
 def certs(
     directory: Path = _DIRECTORY,
     nodes: list[str] = _NODES,
@@ -309,7 +355,9 @@ def certs(
     retire_key: int | None = typer.Option(
         None,
         help="Rotation step 3, once what the old key sealed has expired (credential_lifetime_ms, "
-        "24 h by default, after step 2): remove this key id; copy the file to every node.",
+        "24 h by default, after step 2): remove this key id; copy the file to every node and "
+        "restart each. Not with --add-key or --current-key: each step needs every node "
+        "restarted before the next.",
     ),
 ) -> None:
     """Make the cluster CA, node certificates and the cluster token key file, and rotate the
@@ -333,30 +381,13 @@ def certs(
         # Refuse a damaged key file, or a sealing key it will not hold, before writing anything.
         existing = load_cluster_keys(keys_path) if keys_path.exists() else None
         ids = set() if existing is None else set(existing.keys)
-        if current_key is not None:
-            # The key a new file starts with, or the one --add-key adds, may be named too.
-            coming = max(ids) + 1 if ids and add_key else (1 if not ids else None)
-            if current_key not in ids and current_key != coming:
-                held = ", ".join(map(str, sorted(ids))) or "none yet"
-                raise ConfigError(
-                    f"cluster key id {current_key} is not in {keys_path} (ids: {held}"
-                    + (f"; --add-key adds {coming}" if coming is not None else "")
-                    + ")"
-                )
-        if retire_key is not None:
-            sealing = current_key
-            if sealing is None and existing is not None:
-                sealing = existing.current_key_id
-            if retire_key not in ids:
-                held = ", ".join(map(str, sorted(ids))) or "none yet"
-                raise ConfigError(
-                    f"cluster key id {retire_key} is not in {keys_path} (ids: {held})"
-                )
-            if retire_key == sealing:
-                raise ConfigError(
-                    f"cluster key {retire_key} seals: make another key current (--current-key) "
-                    "before retiring it"
-                )
+        _check_key_steps(
+            keys_path,
+            existing,
+            add_key=add_key,
+            current_key=current_key,
+            retire_key=retire_key,
+        )
         if names:
             written = make_cluster_certs(directory, names, days=days)
             for entry in written.nodes:
@@ -376,7 +407,13 @@ def certs(
         if current_key is not None:
             rotate_cluster_key(keys_path, current_key)
             typer.echo(f"cluster key {current_key} now seals")
-            if existing is not None:
+            if existing is not None and current_key not in ids:
+                typer.echo(
+                    f"  key {current_key} is new and seals at once: on a running cluster, nodes "
+                    "not given this file open nothing it seals; there, add the key first "
+                    "(--add-key), give it to every node and restart each, then make it current"
+                )
+            elif existing is not None:
                 typer.echo(
                     "  copy the file to every node and restart each; once credential_lifetime_ms "
                     "(24 h by default) has passed, retire the old key with --retire-key"

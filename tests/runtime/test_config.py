@@ -301,6 +301,15 @@ def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None
     )
     assert refused.returncode == 2 and "cluster key 2 seals" in refused.stderr
     assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
+    # Nor with another step: each needs every node restarted before the next.
+    refused = subprocess.run(
+        [*FOREHAND, "certs", str(directory), "--current-key", "2", "--retire-key", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert refused.returncode == 2 and "--retire-key runs alone" in refused.stderr
+    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
     retired = subprocess.run(
         [*FOREHAND, "certs", str(directory), "--retire-key", "1"],
         capture_output=True,

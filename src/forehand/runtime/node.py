@@ -218,6 +218,7 @@ class _Link:
         "kind",
         "peer",
         "sending",
+        "up_s",
     )
 
     def __init__(
@@ -230,6 +231,8 @@ class _Link:
         self.established = kind is not _LinkKind.CLUSTER
         self.sending = False
         self.heard_s = 0.0
+        self.up_s = 0.0
+        """When it came up (`_link_up`)."""
         self.awaiting_since_s: float | None = None
         """When a frame went out with nothing received since; None when nothing is awaited."""
         self.bytes_heard: int | None = None
@@ -845,6 +848,9 @@ class NodeDriver:
     def _link_up(self, link: _Link, peer: _Peer) -> None:
         """A link is ready for the core's messages: it becomes the sender if none is."""
         link.established = True
+        loop = self._loop
+        assert loop is not None
+        link.up_s = loop.time()
         peer.failures = 0
         peer.next_dial_s = 0.0
         current = peer.sender()
@@ -883,20 +889,22 @@ class NodeDriver:
             )
         peer = self._peers.get(link.peer)
         if peer is not None and link.established and link.kind is _LinkKind.CLUSTER:
-            self._count_refusal(peer, refused=refused)
+            self._count_refusal(peer, link, refused=refused)
         self._link_gone(link, f"{info.initiator.value}: {info.reason}")
 
-    def _count_refusal(self, peer: _Peer, *, refused: bool) -> None:
+    def _count_refusal(self, peer: _Peer, link: _Link, *, refused: bool) -> None:
         """A refused link makes the next dial wait as a failed dial would (doubling, up to
         `dial_backoff_max_ms`): the link came up, so the dial's own backoff had started over,
         and a refused server redialed its manager twice a second for as long as it ran. Any
-        other close of a link that was up starts the count over."""
-        if not refused:
-            peer.refusals = 0
-            return
+        other close of a link that was up, or a refusal after the link served longer than the
+        longest backoff, starts the count over."""
         loop = self._loop
         assert loop is not None
         config = self.config
+        if not refused or loop.time() - link.up_s > config.dial_backoff_max_ms / 1000:
+            peer.refusals = 0
+        if not refused:
+            return
         peer.refusals += 1
         backoff_ms = min(
             config.dial_backoff_ms << min(peer.refusals - 1, 16), config.dial_backoff_max_ms
