@@ -76,6 +76,26 @@ def report_progress(
         harness.heartbeat(server_id, parts=parts)
 
 
+def reporting(
+    harness: ManagerHarness, seqs: dict[tuple[str, PartKey], int], rounds: int = 10
+) -> None:
+    """`rounds` half-seconds of heartbeats reporting `seqs`, the servers playing their side of
+    every handoff."""
+    for _ in range(rounds):
+        report_progress(harness, seqs)
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+
+
+def caught_up(
+    harness: ManagerHarness, keys: list[PartKey], seqs: dict[tuple[str, PartKey], int]
+) -> None:
+    """Every replica of `keys` reports 5 entries from now on."""
+    for key in keys:
+        for server_id in harness.map.lookup(key).replicas:
+            seqs[server_id, key] = 5
+
+
 def complete_handoffs(
     harness: ManagerHarness, servers: tuple[str, ...] = SERVERS
 ) -> list[HandoffAssigned]:
@@ -569,19 +589,11 @@ def test_a_drain_s_mark_keeps_the_hash_placed_replica_roles_ahead_of_the_others(
     harness.tick(100, alive=SERVERS)
     assert all("s1" in harness.map.lookup(key).replicas for key in ahead)
     assert not any("s1" in harness.map.lookup(key).replicas for key in level)
-    for _ in range(10):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    reporting(harness, seqs)
     assert harness.primaries("s1") == []
     assert all("s1" in harness.map.lookup(key).replicas for key in ahead)
-    for key in ahead:
-        for server_id in harness.map.lookup(key).replicas:
-            seqs[server_id, key] = 5
-    for _ in range(10):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    caught_up(harness, ahead, seqs)
+    reporting(harness, seqs)
     assert not any("s1" in harness.map.lookup(key).replicas for key in ahead)
 
 
@@ -644,17 +656,9 @@ def test_a_drain_keeps_a_replica_role_until_another_replica_caught_up() -> None:
     seqs = {("s1", key): 5 for key in ahead}
     report_progress(harness, seqs)  # as the servers' heartbeats say all along
     assert harness.manager.drain("s1", now_us=harness.router.now_us)
-    for _ in range(10):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    reporting(harness, seqs)
     assert harness.primaries("s1") == []
     assert {key for key in ahead if "s1" in harness.map.lookup(key).replicas} == set(ahead)
-    for key in ahead:
-        for server_id in harness.map.lookup(key).replicas:
-            seqs[server_id, key] = 5
-    for _ in range(10):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    caught_up(harness, ahead, seqs)
+    reporting(harness, seqs)
     assert not any("s1" in harness.map.lookup(key).replicas for key in ahead)

@@ -63,10 +63,14 @@ class _Link:
 
 
 @contextlib.asynccontextmanager
-async def _linked(certs: Path) -> AsyncIterator[_Link]:
+async def _linked(
+    certs: Path,
+    receiver_core: RecordingCore | None = None,
+    sender_config: DriverConfig | None = None,
+) -> AsyncIterator[_Link]:
     """s1 listening for cluster links and s2 able to reach it, both started; all closed after."""
     network = MemoryNetwork()
-    receiver_core = RecordingCore("s1")
+    receiver_core = receiver_core or RecordingCore("s1")
     receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
     receiver = NodeDriver(
         receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
@@ -81,6 +85,7 @@ async def _linked(certs: Path) -> AsyncIterator[_Link]:
         RecordingCore("s2"),
         resolve=lambda node: route,
         cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
+        config=sender_config or DriverConfig(),
     )
     sender.start()
     try:
@@ -334,31 +339,10 @@ def test_a_refused_cluster_peer_redials_after_a_growing_backoff(tmp_path: Path) 
 
 
 async def _refused_redials(certs: Path) -> int:
-    network = MemoryNetwork()
     receiver_core = _RefusingCore("s1")
-    receiver_transport = MemoryTransport(Credentials.for_node(certs, "s1"), network=network)
-    receiver = NodeDriver(
-        receiver_core, resolve=lambda node: [], cluster_transport=receiver_transport
-    )
-    receiver.start()
-    listener = await receiver_transport.listen(
-        "s1.test", 0, peer_role=PeerRole.CLUSTER_NODE, require_client_certificate=True
-    )
-    receiver.serve(listener)
-    route = [Route(host="s1.test", port=listener.port, server_id="s1", cluster=True)]
-    sender = NodeDriver(
-        RecordingCore("s2"),
-        resolve=lambda node: route,
-        cluster_transport=MemoryTransport(Credentials.for_node(certs, "s2"), network=network),
-        config=DriverConfig(dial_backoff_ms=100, dial_backoff_max_ms=400),
-    )
-    sender.start()
-    try:
+    config = DriverConfig(dial_backoff_ms=100, dial_backoff_max_ms=400)
+    async with _linked(certs, receiver_core, config) as link:
         for _ in range(150):
-            sender.command(functools.partial(_send_pings, destination="s1"))
+            link.sender.command(functools.partial(_send_pings, destination="s1"))
             await asyncio.sleep(0.01)
-    finally:
-        await sender.close()
-        await receiver.close()
-        await listener.close()
     return sum(isinstance(message, ConnectionOpened) for message, _ in receiver_core.inbox)
