@@ -76,6 +76,17 @@ def report_progress(
         harness.heartbeat(server_id, parts=parts)
 
 
+def drained_and_back(harness: ManagerHarness, server_id: str) -> None:
+    """Drain `server_id` for 5 s (the servers playing their side of the handoffs), then undrain
+    it, as a restart leaves it: every part it held pinned elsewhere."""
+    assert harness.manager.drain(server_id, now_us=harness.router.now_us)
+    for _ in range(10):
+        harness.tick(500, alive=SERVERS)
+        complete_handoffs(harness)
+    harness.manager.undrain(server_id, now_us=harness.router.now_us)
+    harness.tick(300, alive=SERVERS)
+
+
 def reporting(
     harness: ManagerHarness, seqs: dict[tuple[str, PartKey], int], rounds: int = 10
 ) -> None:
@@ -456,18 +467,10 @@ def test_a_replica_role_moves_only_while_a_caught_up_replica_stays() -> None:
     that of the one ahead, which would leave the history on the primary alone (a second
     reading saw a part lose both caught-up replicas to two commits in a row)."""
     harness = unbalanced(rebalance_interval_ms=1_000, replica_moves_per_commit_max=8)
-    assert harness.manager.drain("s4", now_us=harness.router.now_us)
-    for _ in range(10):
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
-    harness.manager.undrain("s4", now_us=harness.router.now_us)
-    harness.tick(300, alive=SERVERS)
+    drained_and_back(harness, "s4")
     ahead = {key: min(harness.map.lookup(key).replicas) for key in harness.map.part_keys()}
     seqs = {(server_id, key): 5 for key, server_id in ahead.items()}
-    for _ in range(40):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    reporting(harness, seqs, rounds=40)
     assert harness.events(ReplicasRebalanced)
     for key, server_id in ahead.items():
         placement = harness.map.lookup(key)
@@ -485,22 +488,14 @@ def test_a_replica_role_moves_only_from_a_replica_the_other_reported_as_far_as(
     primary at 5, the role of the one behind may move; with the primary at 7, neither role: what
     the primary wrote since may be on the one that goes alone."""
     harness = unbalanced(rebalance_interval_ms=1_000, replica_moves_per_commit_max=8)
-    assert harness.manager.drain("s4", now_us=harness.router.now_us)
-    for _ in range(10):
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
-    harness.manager.undrain("s4", now_us=harness.router.now_us)
-    harness.tick(300, alive=SERVERS)
+    drained_and_back(harness, "s4")
     placements = {key: harness.map.lookup(key) for key in harness.map.part_keys()}
     seqs: dict[tuple[str, PartKey], int] = {}
     for key, placement in placements.items():
         seqs[(min(placement.replicas), key)] = 5
         seqs[(max(placement.replicas), key)] = 3
         seqs[(placement.primary, key)] = primary_seq
-    for _ in range(40):
-        report_progress(harness, seqs)
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
+    reporting(harness, seqs, rounds=40)
     moved = sum(e.roles for e in harness.events(ReplicasRebalanced))
     assert (moved > 0) is (primary_seq == 5)
     for key, placement in placements.items():
@@ -516,12 +511,7 @@ def test_the_operator_s_rebalance_moves_replica_roles_once_the_primaries_are_eve
     (it queues none), `rebalance_replicas` queues one commit of replica roles at the tolerance
     asked, and says False once none is left to move, or none could move now."""
     harness = unbalanced(replica_moves_per_commit_max=64)
-    assert harness.manager.drain("s4", now_us=harness.router.now_us)
-    for _ in range(10):
-        harness.tick(500, alive=SERVERS)
-        complete_handoffs(harness)
-    harness.manager.undrain("s4", now_us=harness.router.now_us)
-    harness.tick(300, alive=SERVERS)
+    drained_and_back(harness, "s4")
     assert harness.map.part_counts("s4")[1] == 0  # no replica role
     assert harness.manager.rebalance(tolerance=0.1, now_us=harness.router.now_us) > 0
     complete_handoffs(harness)
