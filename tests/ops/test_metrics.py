@@ -18,6 +18,7 @@ from forehand.core._manager_events import (
     DrainProgressed,
     HoldEnded,
     MapChange,
+    MapCommitted,
     MapRequestsAnswered,
     PartsMovedImplicitly,
     RebalanceQueued,
@@ -233,13 +234,14 @@ def test_automatic_rebalances_count_their_parts() -> None:
 
 def test_a_drain_s_progress_shows_the_replica_roles_kept_behind() -> None:
     """The roles a drain keeps until another replica of the part catches up are a gauge per
-    server, apart from the roles waiting for another server to take them."""
+    server, apart from the roles waiting for another server to take them; both go to 0 when
+    the server is undrained (they kept their last values)."""
     view_risk = RiskTracker(clock_us=lambda: 0)
     manager_metrics = ManagerMetrics(
         view=ClusterView(risk=view_risk, thresholds=dict), risk=view_risk
     )
     read = manager_metrics.registry.get_sample_value
-    for behind in (3, 0):
+    for behind in (3, 0, 2):
         manager_metrics(
             DrainProgressed(
                 server_id="s4",
@@ -247,10 +249,18 @@ def test_a_drain_s_progress_shows_the_replica_roles_kept_behind() -> None:
                 parts_total=10,
                 finished=False,
                 replicas_behind=behind,
+                parts_waiting=1,
             )
         )
         assert read("forehand_drain_replicas_behind", {"server": "s4"}) == behind
-        assert read("forehand_drain_parts_waiting", {"server": "s4"}) == 0
+        assert read("forehand_drain_parts_waiting", {"server": "s4"}) == 1
+    # Undrained, its drain is over: nothing is left waiting or behind.
+    cleared = MapCommitted(
+        map_version=9, base_version=8, change=MapChange.DRAIN_CLEARED, parts=(), servers=("s4",)
+    )
+    manager_metrics(cleared)
+    assert read("forehand_drain_replicas_behind", {"server": "s4"}) == 0
+    assert read("forehand_drain_parts_waiting", {"server": "s4"}) == 0
 
 
 def test_listener_counts_show_handshakes_under_way(ops_cluster: OpsCluster) -> None:

@@ -322,6 +322,11 @@ class ManagerMetrics:
     def _map_committed(self, event: Any) -> None:
         self.map_commits.labels(event.change.value).inc()
         self.map_version.set(event.map_version)
+        if event.change is manager_events.MapChange.DRAIN_CLEARED:
+            # An undrained server's drain is over: what it left waiting or behind is not.
+            for server_id in event.servers:
+                self.drain_waiting.labels(server_id).set(0)
+                self.drain_behind.labels(server_id).set(0)
 
     def _map_loaded(self, event: Any) -> None:
         self.map_version.set(event.map_version)
