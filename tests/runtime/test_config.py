@@ -265,57 +265,47 @@ def test_cli_help_documents_every_option_with_its_unit() -> None:
     assert "load-report-interval-ms" in server and "backup_period_ms" in server
 
 
+def certs_command(
+    directory: Path, *arguments: str, check: bool
+) -> subprocess.CompletedProcess[str]:
+    """`forehand certs DIRECTORY ARGUMENTS`, its output captured."""
+    return subprocess.run(
+        [*FOREHAND, "certs", str(directory), *arguments],
+        capture_output=True,
+        text=True,
+        check=check,
+    )
+
+
 def test_certs_command_writes_admin_certificate_and_keys(tmp_path: Path) -> None:
     """`forehand certs DIR NODES` writes the CA, the nodes, admin, and a key file."""
     directory = tmp_path / "certs"
-    subprocess.run([*FOREHAND, "certs", str(directory), "manager", "s1"], check=True)
+    certs_command(directory, "manager", "s1", check=True)
     for name in ("ca.pem", "manager.pem", "s1.key", "admin.pem", "admin.key", CLUSTER_KEYS_FILE):
         assert (directory / name).is_file(), name
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).key_ring().key_ids == (1,)
     admin = (directory / "admin.pem").read_bytes()
-    subprocess.run(
-        [*FOREHAND, "certs", str(directory), "--add-key", "--current-key", "2"], check=True
-    )
+    certs_command(directory, "--add-key", "--current-key", "2", check=True)
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).current_key_id == 2
     # A key rotation leaves the operator's certificate as it was; naming admin renews it.
     assert (directory / "admin.pem").read_bytes() == admin
-    subprocess.run([*FOREHAND, "certs", str(directory), "admin"], check=True)
+    certs_command(directory, "admin", check=True)
     assert (directory / "admin.pem").read_bytes() != admin
-    # A sealing key the file does not hold is refused before anything is written.
+    # A sealing key the file does not hold, retiring the key that seals, or retiring beside
+    # another step (each needs every node restarted before the next) is refused before
+    # anything is written.
     files = {path.name: path.read_bytes() for path in directory.iterdir()}
-    refused = subprocess.run(
-        [*FOREHAND, "certs", str(directory), "s2", "--current-key", "9"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert refused.returncode == 2
-    assert "cluster key id 9 is not in" in refused.stderr and "ids: 1, 2" in refused.stderr
-    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
-    # Retiring the sealing key is refused, before anything is written; the old one goes.
-    refused = subprocess.run(
-        [*FOREHAND, "certs", str(directory), "s2", "--retire-key", "2"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert refused.returncode == 2 and "cluster key 2 seals" in refused.stderr
-    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
-    # Nor with another step: each needs every node restarted before the next.
-    refused = subprocess.run(
-        [*FOREHAND, "certs", str(directory), "--current-key", "2", "--retire-key", "1"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert refused.returncode == 2 and "--retire-key runs alone" in refused.stderr
-    assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
-    retired = subprocess.run(
-        [*FOREHAND, "certs", str(directory), "--retire-key", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    for arguments, message in (
+        (("s2", "--current-key", "9"), "cluster key id 9 is not in"),
+        (("s2", "--retire-key", "2"), "cluster key 2 seals"),
+        (("--current-key", "2", "--retire-key", "1"), "--retire-key runs alone"),
+    ):
+        refused = certs_command(directory, *arguments, check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert {path.name: path.read_bytes() for path in directory.iterdir()} == files
+    assert "ids: 1, 2" in certs_command(directory, "--current-key", "9", check=False).stderr
+    # The old key goes.
+    retired = certs_command(directory, "--retire-key", "1", check=True)
     assert "cluster key 1 retired" in retired.stdout
     assert load_cluster_keys(directory / CLUSTER_KEYS_FILE).key_ring().key_ids == (2,)
 

@@ -818,12 +818,8 @@ class NodeDriver:
         """Back off before the next dial (doubling, up to `dial_backoff_max_ms`)."""
         loop = self._loop
         assert loop is not None
-        config = self.config
         peer.failures += 1
-        backoff_ms = min(
-            config.dial_backoff_ms << min(peer.failures - 1, 16), config.dial_backoff_max_ms
-        )
-        peer.next_dial_s = loop.time() + backoff_ms / 1000
+        peer.next_dial_s = loop.time() + self._backoff_s(peer.failures)
         peer.queue.clear()
         self._later_lost(peer.node_id, reason)
 
@@ -906,10 +902,16 @@ class NodeDriver:
         if not refused:
             return
         peer.refusals += 1
+        peer.next_dial_s = loop.time() + self._backoff_s(peer.refusals)
+
+    def _backoff_s(self, in_a_row: int) -> float:
+        """The wait before the next dial after `in_a_row` failures or refusals in a row:
+        `dial_backoff_ms` doubling, up to `dial_backoff_max_ms`."""
+        config = self.config
         backoff_ms = min(
-            config.dial_backoff_ms << min(peer.refusals - 1, 16), config.dial_backoff_max_ms
+            config.dial_backoff_ms << min(in_a_row - 1, 16), config.dial_backoff_max_ms
         )
-        peer.next_dial_s = loop.time() + backoff_ms / 1000
+        return backoff_ms / 1000
 
     def _link_gone(self, link: _Link, reason: str) -> None:
         peer = self._peers.get(link.peer)
