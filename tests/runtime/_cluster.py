@@ -164,8 +164,11 @@ class Cluster:
         server_settings: tuple[str, ...] = (),
         manager_settings: tuple[str, ...] = (),
         log_level: str = "info",
+        app: str = "examples.cart.app:app",
+        app_dir: Path = REPO,
     ) -> None:
         self.directory = directory
+        self.app, self.app_dir = app, app_dir
         self.certs_dir = certs_dir
         self.transport = transport
         self.server_ids = servers
@@ -220,9 +223,9 @@ class Cluster:
             "--server-id",
             server_id,
             "--app",
-            "examples.cart.app:app",
+            self.app,
             "--app-dir",
-            str(REPO),
+            str(self.app_dir),
             "--certs-dir",
             str(self.certs_dir),
             "--listen",

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from forehand import HandoffEvent, HandoffEventKind
-from forehand.core import ClientConfig
+from forehand import HandoffEvent, HandoffEventKind, RequestFailedError
+from forehand.core import ClientConfig, client_events
 from forehand.runtime.admin import MoveSession
 
 if TYPE_CHECKING:
@@ -197,3 +197,80 @@ async def _restart_manager_under_load(cluster: Cluster) -> None:
         assert await other.call("cart", "add", {"sku": "new"}) == 1
         reply = await cluster.admin(MoveSession(session_id=session.id))
         assert reply.ok and reply.queued == len(PARTS)
+
+
+BLOCKING_APP = """
+import time
+
+import msgspec
+
+import forehand
+
+app = forehand.App("blocking")
+
+
+class Counter(msgspec.Struct):
+    value: int = 0
+
+
+app.part("counter", initial=Counter, durability="replicated")
+
+
+@app.handler("counter", "add")
+def add(counter: Counter, amount: int) -> tuple[Counter, int]:
+    counter.value += amount
+    return counter, counter.value
+
+
+@app.handler("counter", "stall")
+def stall(counter: Counter, seconds: float) -> tuple[Counter, int]:
+    time.sleep(seconds)  # Blocks the server's event loop: what a handler must never do.
+    counter.value += 1
+    return counter, counter.value
+"""
+
+
+def test_a_call_that_stalls_every_server_it_runs_on_takes_down_two_at_most(
+    tmp_path: Path,
+) -> None:
+    """A handler blocks the event loop 3 s, past the 1 s failure timeout: its server is declared
+    dead, and the client sends the call on to the promoted replica, where it blocks again.
+    Before the bound (`ClientConfig.call_servers_lost_max`, 2), the call went from server to
+    server until its deadline (59 failovers in 60 s on five servers, and the counter reset to 0
+    on the way). Now it fails with SERVERS_LOST once two servers were lost under it, having run
+    on those two only; the third copy keeps the acknowledged writes and serves the next call."""
+    (tmp_path / "blocking_app.py").write_text(BLOCKING_APP)
+    servers = (*SERVERS, "s9")
+    cluster = Cluster(
+        tmp_path,
+        certs_dir=make_certs(tmp_path / "certs"),
+        transport="tls",
+        servers=servers,
+        app="blocking_app:app",
+        app_dir=tmp_path,
+    )
+    cluster.start()
+
+    async def scenario() -> None:
+        async with cluster.connect() as client:
+            session = await client.open_session(parts=["counter"])
+            for expected in range(1, 6):
+                assert await session.call("counter", "add", 1) == expected
+            with pytest.raises(RequestFailedError, match="servers-lost") as failed:
+                await session.call("counter", "stall", 3.0, timeout_ms=60_000)
+            assert failed.value.why is client_events.RequestFailedWhy.SERVERS_LOST
+            # The two stalled servers come back meanwhile; the part never left the third copy.
+            await asyncio.sleep(4)
+            assert await session.call("counter", "add", 1) == 6
+
+    try:
+        run_async(scenario(), timeout_s=90)
+        stalls = {
+            server: cluster.log(server).count("handler counter.stall ran") for server in servers
+        }
+        deaths = cluster.log("manager").count("ServerDeclaredDead server_id=")
+    finally:
+        cluster.stop()
+    assert sorted(stalls.values()) == [0, 0, 1, 1], stalls
+    # Each stalled server was declared dead; another one only if this machine starved it.
+    assert deaths >= 2

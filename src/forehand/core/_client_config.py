@@ -77,6 +77,16 @@ class ClientConfig:
     silence bound (five ping intervals). It asks again at twice and at four times as many, once
     each, as far as `pings_outstanding_max` (the most it counts); an answer naming the same
     server changes nothing, and a PONG ends the silence. None: never."""
+    call_servers_lost_max: int = 2
+    """The most servers one call may be in flight on that are lost while it waits there (their
+    connection closed, or their PINGs unanswered until the manager placed the part elsewhere):
+    past the first it is sent on to the part's next primary, as a crash's failover wants; once
+    this many were lost, it fails (`RequestFailedWhy.SERVERS_LOST`) instead of going to another.
+    A handler that blocks the event loop past the manager's failure timeout gets its server
+    declared dead, and the call, sent on to the next primary, blocks that one too: without this
+    bound one such call failed the part over from server to server until its deadline (59
+    failovers in 60 s on a cluster of five). With 2, it takes down two servers at most, and a
+    part with two replicas keeps a copy."""
     rtt_samples_max: int = 32
     """Bound on RTT samples kept per server for telemetry."""
     telemetry_samples_max: int = DEFAULT_CONFIG.telemetry_samples_max

@@ -81,6 +81,10 @@ class RequestFailedWhy(enum.Enum):
     manager named no server that answered, round after round."""
     SESSION_CLOSED = "session-closed"
     """The application closed the session while the request was in flight."""
+    SERVERS_LOST = "servers-lost"
+    """`ClientConfig.call_servers_lost_max` servers were lost in turn while it was in flight
+    there (a handler that blocks each server it runs on past the failure timeout does that);
+    it was not sent to another. It may have been executed."""
     TOO_LARGE = "too-large"
     """Its REQUEST is longer than the `frame_bytes_max` the part's server announced in WELCOME
     (a part handed to a server with a smaller limit than its last one); it was not sent there,

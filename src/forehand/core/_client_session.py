@@ -100,7 +100,7 @@ def route_transition_table() -> list[tuple[RouteState, RouteTrigger, RouteState]
 class InFlight(msgspec.Struct, kw_only=True, gc=False):
     """One request awaiting its final answer.
 
-    A (mutable) msgspec Struct: the client builds one per call, and C sets its twelve fields in a
+    A (mutable) msgspec Struct: the client builds one per call, and C sets its fields in a
     fraction of what a Python `__init__` takes. It holds no containers, so the garbage collector
     need not track it (`gc=False`).
     """
@@ -134,6 +134,13 @@ class InFlight(msgspec.Struct, kw_only=True, gc=False):
     """The server it was last sent to; None while held (not sent since the last move)."""
     retry_at_us: int | None = None
     """When a TRY_AGAIN answer asked for a re-send; None otherwise."""
+    lost_on: NodeId | None = None
+    """The server it was in flight on when that server was lost (its connection closed, or its
+    PINGs went unanswered while the call waited there); None once it is sent again, or once
+    that server answers PINGs again."""
+    servers_lost: int = 0
+    """Servers it was in flight on that were lost, counted as it is sent to another
+    (`ClientConfig.call_servers_lost_max`)."""
 
 
 class PartRoute:

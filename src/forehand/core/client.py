@@ -633,6 +633,9 @@ class ClientCore:
         (`call(..., timeout_ms=)`), a heap: an entry whose request was answered is skipped when
         it comes up, and the heap is rebuilt past twice the requests in flight plus
         `_RENEWAL_HEAP_SLACK` entries."""
+        self._silent_marked: set[NodeId] = set()
+        """Servers found silent with calls in flight there (`InFlight.lost_on`), until a PONG
+        (`_heard_again`) or the loss of their connection: at most the pool's connections."""
 
     def call(
         self,
@@ -1162,6 +1165,7 @@ class ClientCore:
         if self._pool.close(peer, trigger) is None:
             return
         self._forget_bindings(peer)
+        self._silent_marked.discard(peer)
         # A failed check leaves its parts LOCATING, in the rounds' turns.
         self._rechecks.pop(peer, None)
         self._emit(ConnectionClosed(node=self.node_id, server=peer, detail=detail))
@@ -1179,6 +1183,7 @@ class ClientCore:
         stranded = [entry for entry in route.inflight.values() if entry.server == peer]
         for entry in stranded:
             entry.server = None
+            entry.lost_on = peer
         if route.state is RouteState.ACTIVE:
             if route.primary == peer:
                 self._lose_part(session, route, RouteTrigger.SERVER_LOST, now_us)
@@ -1212,6 +1217,8 @@ class ClientCore:
             return
         if not connection.pings:
             connection.silent_asks = 0
+            if source in self._silent_marked:
+                self._heard_again(source)
         if source == self._config.manager_node_id:
             # Pinged only to keep its connection heard while a MAP_REQUEST awaits: the manager
             # is no server, and its path no sample.
@@ -1311,8 +1318,7 @@ class ClientCore:
         Only between locating rounds (none out, none due): a round that is out already asks,
         and its answer is applied to every part it names. Not counted then, so the next PING
         asks instead."""
-        if self._map_sent_us is not None or self._map_retry_us is not None:
-            return
+        asking = self._map_sent_us is None and self._map_retry_us is None
         server = connection.server
         waiting: dict[bytes, int] = {}
         limit = self._config.hello_credentials_max
@@ -1320,14 +1326,19 @@ class ClientCore:
         for entry in self._inflight.values():
             if entry.server != server:
                 continue
+            # Sent elsewhere while this server is still silent, it was in flight on a lost one
+            # (`_dispatch`); a PONG first takes the mark back (`_on_pong`).
+            entry.lost_on = server
+            self._silent_marked.add(server)
+            if not asking:
+                continue
             route = self._sessions[entry.session_id].parts[entry.part]
             if route.state is RouteState.ACTIVE and route.primary == server:
                 session_id = entry.session_id
-                if session_id not in waiting and len(waiting) == limit:
-                    break
-                waiting[session_id] = min(
-                    waiting.get(session_id, route.map_version), route.map_version
-                )
+                if session_id in waiting or len(waiting) < limit:
+                    waiting[session_id] = min(
+                        waiting.get(session_id, route.map_version), route.map_version
+                    )
         if not waiting:
             return
         connection.silent_asks += 1
@@ -1488,6 +1499,8 @@ class ClientCore:
         if route.state is not RouteState.ACTIVE:
             return
         primary = route.primary
+        if entry.lost_on is not None and self._lost_too_often(entry, primary, now_us):
+            return
         connection = self._pool.get(primary)
         frame = Request(
             request_id=entry.request_id,
@@ -1525,6 +1538,27 @@ class ClientCore:
             entry.server = primary
             entry.attempts += 1
             entry.retry_at_us = None
+
+    def _lost_too_often(self, entry: InFlight, primary: NodeId, now_us: int) -> bool:
+        """Count the loss of the server `entry` was in flight on as it goes to another; True,
+        and the request failed, once `call_servers_lost_max` were lost (see that bound)."""
+        lost_on, entry.lost_on = entry.lost_on, None
+        if lost_on == primary:
+            return False  # Back on the server it was lost on: that one came back.
+        entry.servers_lost += 1
+        if entry.servers_lost < self._config.call_servers_lost_max:
+            return False
+        self._rare("call-servers-lost")
+        self._fail(entry, RequestFailedWhy.SERVERS_LOST, now_us)
+        return True
+
+    def _heard_again(self, server: NodeId) -> None:
+        """`server` answers PINGs again: the calls marked as in flight on a lost server there
+        were not (a pause shorter than the manager's failure timeout)."""
+        self._silent_marked.discard(server)
+        for entry in self._inflight.values():
+            if entry.lost_on == server:
+                entry.lost_on = None
 
     def _wait_budget_ms(self, entry: InFlight, now_us: int) -> int:
         """How long the server may keep this send of `entry` waiting: what is left of the call's

@@ -103,7 +103,14 @@ class RequestFailedError(ForehandError):
     """A call got no answer: timed out, ran out of retries or of placement lookups."""
 
     def __init__(self, why: events.RequestFailedWhy, attempts: int) -> None:
-        super().__init__(f"request failed: {why.value} after {attempts} attempt(s)")
+        detail = f"request failed: {why.value} after {attempts} attempt(s)"
+        if why is events.RequestFailedWhy.SERVERS_LOST:
+            detail += (
+                ": each server it was sent to was lost while it waited there, and it was not "
+                "sent to another (a handler that blocks the event loop past the manager's "
+                "failure timeout does this; it may have been executed)"
+            )
+        super().__init__(detail)
         self.why = why
         """Which bound ran out."""
         self.attempts = attempts
