@@ -59,9 +59,10 @@ def execute(store: MemoryStore, request: object) -> StoreResult:
     return store.execute(request)
 
 
-def sealer(seed: int = 1) -> TokenSealer:
-    """A token sealer under the cluster key."""
-    return TokenSealer(KeyRing({1: CLUSTER_KEY}, current_key_id=1), rng=random.Random(seed))
+def sealer(seed: int = 1, keys: dict[int, bytes] | None = None, sealing: int = 1) -> TokenSealer:
+    """A token sealer under the cluster key (or `keys`, sealing with key id `sealing`)."""
+    ring = KeyRing(keys if keys is not None else {1: CLUSTER_KEY}, current_key_id=sealing)
+    return TokenSealer(ring, rng=random.Random(seed))
 
 
 def load(cpu: float = 0.1, latency_us_p99: int = 1_000) -> LoadReport:
@@ -102,6 +103,8 @@ class ManagerHarness:
         replica_count: int = 2,
         store: MemoryStore | None = None,
         risk_policy: Any = None,
+        keys: dict[int, bytes] | None = None,
+        sealing_key_id: int = 1,
         **overrides: Any,
     ) -> None:
         self.router = Router()
@@ -110,7 +113,7 @@ class ManagerHarness:
         self.manager = ManagerCore(
             config=self.config,
             placement_config=PlacementConfig(replica_count=replica_count),
-            sealer=sealer(),
+            sealer=sealer(keys=keys, sealing=sealing_key_id),
             rng=random.Random(seed),
             now_us=0,
             risk_policy=risk_policy,

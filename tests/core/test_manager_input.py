@@ -230,6 +230,115 @@ def test_a_server_that_seals_with_a_key_the_manager_lacks_is_told_why(
     )
 
 
+_NEW_KEY = key_fingerprint(bytes(range(32)))
+_BOTH = {1: CLUSTER_KEY, 2: bytes(range(32))}
+Keys = tuple[tuple[tuple[int, bytes], ...], int]
+
+
+def announce_keys(harness: ManagerHarness, server_id: str, keys: Keys) -> None:
+    """`server_id` announces itself holding `keys` (fingerprints, sealing key id) and joins."""
+    fingerprints, sealing = keys
+    announce = ServerAnnounced(
+        server_id=server_id,
+        incarnation=1,
+        address="x",
+        zone="z",
+        weight=1.0,
+        key_fingerprints=fingerprints,
+        sealing_key_id=sealing,
+    )
+    harness.incarnations[server_id] = 1
+    harness.router.send(server_id, MANAGER, announce)
+    assert harness.take(server_id, Error) == []
+
+
+@pytest.mark.parametrize(
+    ("manager", "s1_keys", "s2_keys", "problem"),
+    [
+        # Step 1 of a rotation on both: key 2 added, key 1 sealing; s2 rotated.
+        (
+            (_BOTH, 1),
+            (((1, _MANAGER_KEY), (2, _NEW_KEY)), 1),
+            (((1, _MANAGER_KEY), (2, _NEW_KEY)), 2),
+            None,
+        ),
+        # s1 was left out of step 1; s2, rotated, seals with a key s1 lacks.
+        (
+            (_BOTH, 1),
+            (((1, _MANAGER_KEY),), 1),
+            (((1, _MANAGER_KEY), (2, _NEW_KEY)), 2),
+            "this node seals with key id 2, which server 's1' does not hold (it holds [1])",
+        ),
+        # The manager rotated; s2 retired key 1 while s1 still seals with it.
+        (
+            (_BOTH, 2),
+            (((1, _MANAGER_KEY), (2, _NEW_KEY)), 1),
+            (((2, _NEW_KEY),), 2),
+            "server 's1' seals with key id 1, which this node does not hold (it holds [2])",
+        ),
+        # Key id 2, which the manager does not hold, is another key on each (two keys files).
+        (
+            ({1: CLUSTER_KEY}, 1),
+            (((1, _MANAGER_KEY), (2, _NEW_KEY)), 1),
+            (((1, _MANAGER_KEY), (2, _OTHER_KEY)), 1),
+            "key id(s) [2] hold other keys than server 's1''s",
+        ),
+        # s1's announcement said nothing of its keys: nothing to check against.
+        ((_BOTH, 1), ((), -1), (((1, _MANAGER_KEY), (2, _NEW_KEY)), 2), None),
+    ],
+)
+def test_a_server_whose_keys_do_not_work_with_another_server_s_is_told_why(
+    manager: tuple[dict[int, bytes], int], s1_keys: Keys, s2_keys: Keys, problem: str | None
+) -> None:
+    """Each server's keys are checked against the manager's, and against those of every other
+    server not dead: a server left out of a rotation's first step passed the manager's check
+    (the manager still sealing with the old key), and the first server rotated after it joined,
+    though the credentials it renewed opened nowhere on the one left out."""
+    keys, sealing = manager
+    harness = ManagerHarness(keys=keys, sealing_key_id=sealing)
+    announce_keys(harness, "s1", s1_keys)
+    reason = refusal(harness, key_fingerprints=s2_keys[0], sealing_key_id=s2_keys[1])
+    if problem is None:
+        assert reason is None
+        return
+    assert reason is not None and f"cluster keys of 's2': {problem}" in reason
+
+
+def test_a_dead_server_s_keys_are_not_checked_against() -> None:
+    """s1, left out of step 1, is declared dead: s2, sealing with the new key, then joins."""
+    harness = ManagerHarness(keys=_BOTH)
+    announce_keys(harness, "s1", (((1, _MANAGER_KEY),), 1))
+    harness.join("s3")
+    rotated = ((1, _MANAGER_KEY), (2, _NEW_KEY))
+    assert refusal(harness, key_fingerprints=rotated, sealing_key_id=2) is not None
+    harness.tick(5_000, alive=["s3"])
+    assert harness.manager.membership.state_of("s1") is MemberState.DEAD
+    assert refusal(harness, key_fingerprints=rotated, sealing_key_id=2) is None
+
+
+def test_a_restarted_server_is_checked_with_its_new_keys_not_its_old_ones() -> None:
+    """s1 was left out of step 1 (key 1 only). Restarted with both keys and sealing with the
+    new one, it is not checked against its own previous incarnation; s2, then sealing with the
+    new key, joins, s1's old keys forgotten."""
+    harness = ManagerHarness(keys=_BOTH)
+    announce_keys(harness, "s1", (((1, _MANAGER_KEY),), 1))
+    rotated = ((1, _MANAGER_KEY), (2, _NEW_KEY))
+    restart = ServerAnnounced(
+        server_id="s1",
+        incarnation=2,
+        address="x",
+        zone="z",
+        weight=1.0,
+        key_fingerprints=rotated,
+        sealing_key_id=2,
+    )
+    harness.incarnations["s1"] = 2
+    harness.router.send("s1", MANAGER, restart)
+    assert harness.take("s1", Error) == []
+    assert harness.manager.membership.get("s1").sealing_key_id == 2  # type: ignore[union-attr]
+    assert refusal(harness, key_fingerprints=rotated, sealing_key_id=2) is None
+
+
 def test_a_manager_that_takes_over_does_not_check_the_servers_already_joined() -> None:
     """The credential check runs on ServerAnnounced, which a server sends only while it holds
     no map: a manager that starts or takes over with a shorter `session_expiry_ms` keeps the

@@ -292,6 +292,10 @@ UNCONFIRMED_BEATS_MIN = 2
 not hearing the manager (`Member.unconfirmed_for_us`)."""
 
 
+KeyRingSaid = tuple[tuple[tuple[int, bytes], ...], int]
+"""A server's keys as its announcement said them: (key id, fingerprint) pairs, sealing key id."""
+
+
 @dataclass(slots=True, kw_only=True)
 class Member:
     """One server as the manager knows it (mutable state owned by `Membership`)."""
@@ -352,6 +356,12 @@ class Member:
     declared_parts: frozenset[str] | None = None
     """The part names its app declares, as its announcement or a heartbeat of this incarnation
     said them (None: not said, by a server before the field or one restored from a map)."""
+    key_fingerprints: tuple[tuple[int, bytes], ...] = ()
+    """The (key id, fingerprint) of each cluster key it holds, as its announcement said them
+    (empty: not said, or restored from a map): the announcements of other servers are checked
+    against them."""
+    sealing_key_id: int = -1
+    """The key id it seals with, as its announcement said it (-1: not said)."""
 
     def sent_map(self, version: int, *, now_us: int) -> None:
         """A map version went to it."""
@@ -400,6 +410,9 @@ class Membership:
         """`declared_parts()` while nothing it reads changed (None: to compute)."""
         self._deaths_held = False
         """The last `check` held deaths by silence (see `check`); a member heard again ends it."""
+        self._rings: dict[KeyRingSaid, list[str]] | None = None
+        """`key_rings()` (None: to compute): kept as members join, recomputed after a member
+        dies, restarts or is readmitted, so that a fleet starting announces in linear time."""
 
     def _changed(self, *, membership: bool) -> None:
         self._live = None
@@ -416,6 +429,19 @@ class Membership:
     def get(self, server_id: str) -> Member | None:
         """The member named `server_id`, if known."""
         return self._members.get(server_id)
+
+    def key_rings(self) -> dict[KeyRingSaid, list[str]]:
+        """The members not dead whose announcements said their keys, by (key fingerprints,
+        sealing key id): a few entries in a cluster, where every node has the same keys file
+        but during a rotation."""
+        rings = self._rings
+        if rings is None:
+            rings = self._rings = {}
+            for member in self._members.values():
+                if member.key_fingerprints and member.state is not MemberState.DEAD:
+                    ring = (member.key_fingerprints, member.sealing_key_id)
+                    rings.setdefault(ring, []).append(member.server_id)
+        return rings
 
     def members(self) -> list[Member]:
         """Every member, sorted by server id (deterministic iteration)."""
@@ -468,6 +494,8 @@ class Membership:
             )
         if member.state is not target:
             self._changed(membership=False)
+            if MemberState.DEAD in (member.state, target):
+                self._rings = None
         member.state = target
 
     def _new_detector(self, *, now_us: int) -> FailureDetector:
@@ -481,8 +509,11 @@ class Membership:
         if member is None:
             if len(self._members) >= self._config.servers_max:
                 return AnnounceOutcome.REFUSED
-            self._members[message.server_id] = self._new_member(message, now_us=now_us)
+            member = self._members[message.server_id] = self._new_member(message, now_us=now_us)
             self._changed(membership=True)
+            if self._rings is not None and member.key_fingerprints:
+                ring = (member.key_fingerprints, member.sealing_key_id)
+                self._rings.setdefault(ring, []).append(member.server_id)
             return AnnounceOutcome.JOINED
         if message.incarnation < member.incarnation:
             return AnnounceOutcome.STALE
@@ -509,6 +540,8 @@ class Membership:
             state=MemberState.JOINING,
             detector=self._new_detector(now_us=now_us),
             declared_parts=frozenset(message.parts) or None,
+            key_fingerprints=message.key_fingerprints,
+            sealing_key_id=message.sealing_key_id,
         )
 
     def _adopt_incarnation(self, member: Member, message: ServerAnnounced, *, now_us: int) -> None:
@@ -527,7 +560,10 @@ class Membership:
         member.progress.clear()
         member.progress_before.clear()
         member.declared_parts = frozenset(message.parts) or None
+        member.key_fingerprints = message.key_fingerprints
+        member.sealing_key_id = message.sealing_key_id
         self._declared = None
+        self._rings = None
 
     def restore(
         self, server_id: str, *, address: str, zone: str, weight: float, dead: bool, now_us: int

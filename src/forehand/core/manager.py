@@ -1557,8 +1557,37 @@ class ManagerCore:
             current_key_id=ring.current_key_id,
             other_key_id=message.sealing_key_id,
         )
+        if problem is None:
+            problem = self._keys_across_servers(message)
         if problem is not None:
             raise LocalProtocolError(f"cluster keys of {message.server_id!r}: {problem}")
+
+    def _keys_across_servers(self, message: messages.ServerAnnounced) -> str | None:
+        """Why the announcing server could not work with another member, not dead, whose own
+        announcement said its keys: each must hold the key the other seals with (the
+        credentials one renews are presented to the other when a part moves), and a key id both
+        hold must be the same key. Each server is checked against the manager too, but a server
+        left out of a rotation's first step, while the manager still seals with the old key,
+        passes that check alone: the first server rotated after it was refused nowhere, and the
+        credentials it renewed opened nowhere on the one left out."""
+        fingerprints = message.key_fingerprints
+        if not fingerprints:
+            return None
+        server_id = message.server_id
+        for (others, sealing), holders in self._membership.key_rings().items():
+            holder = next((other for other in holders if other != server_id), None)
+            if holder is None:
+                continue  # Only the announcing server's previous incarnation holds these.
+            problem = key_ring_mismatch(
+                others,
+                fingerprints,
+                current_key_id=sealing,
+                other_key_id=message.sealing_key_id,
+                holder=f"server {holder!r}",
+            )
+            if problem is not None:
+                return problem
+        return None
 
     def _check_heartbeat_interval(self, message: messages.ServerAnnounced) -> None:
         """A server that heartbeats less often than twice per `failure_timeout_ms` would be

@@ -254,15 +254,17 @@ def key_ring_mismatch(
     *,
     current_key_id: int,
     other_key_id: int = -1,
+    holder: str = "the manager",
 ) -> str | None:
     """Why a node holding the keys of fingerprints `other` and sealing with `other_key_id`
-    could not work with the manager, which holds `own` and seals with `current_key_id`, or
-    None. A key id both hold must be the same key; `other` must hold the manager's sealing key
-    (what the manager seals, the session credentials every client presents, must open there),
-    and the manager the node's (what the node seals, the credentials it renews, must open at the
-    manager and so, the keys being the same everywhere, on every node). During a rotation as
-    `KeyRing` says (add the key on every node, then rotate) the rings differ only by keys
-    neither seals with. `other` empty: not said, not checked; `other_key_id` -1: not said."""
+    could not work with `holder` (the manager, or another server), which holds `own` and seals
+    with `current_key_id` (-1: not said, not checked), or None. A key id both hold must be the
+    same key; `other` must hold the holder's sealing key (what the manager seals, the session
+    credentials every client presents, must open there; what a server seals, the credentials it
+    renews, too, as the client presents them wherever its parts move), and the holder the
+    node's. During a rotation as `KeyRing` says (add the key on every node, then rotate) the
+    rings differ only by keys neither seals with. `other` empty: not said, not checked;
+    `other_key_id` -1: not said."""
     if not other:
         return None
     mine = dict(own)
@@ -271,19 +273,19 @@ def key_ring_mismatch(
     )
     if differing:
         return (
-            f"key id(s) {differing} hold other keys than the manager's: the cluster's keys "
+            f"key id(s) {differing} hold other keys than {holder}'s: the cluster's keys "
             "file (cluster-keys.toml) must be the same on every node"
         )
     if other_key_id >= 0 and other_key_id not in mine:
         return (
-            f"this node seals with key id {other_key_id}, which the manager does not hold (it "
+            f"this node seals with key id {other_key_id}, which {holder} does not hold (it "
             f"holds {sorted(mine)}): a new key must be added on every node, the manager "
             "included (and each restarted), before any node seals with it"
         )
     held = sorted(key_id for key_id, _ in other)
-    if current_key_id not in held:
+    if current_key_id >= 0 and current_key_id not in held:
         return (
-            f"the manager seals with key id {current_key_id}, which this node does not hold "
+            f"{holder} seals with key id {current_key_id}, which this node does not hold "
             f"(it holds {held}): the cluster's keys file (cluster-keys.toml) must be the same "
             "on every node, and a new key added on every node before it seals"
         )
