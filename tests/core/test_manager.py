@@ -713,6 +713,33 @@ def test_opens_are_not_checked_while_a_server_has_not_said_its_parts() -> None:
     assert len(harness.events(SessionOpenRefused)) == 1
 
 
+@pytest.mark.parametrize("upgraded", [("s1", "s2", "s3"), ("s1",)])
+def test_new_parts_are_placed_on_servers_whose_app_declares_them(
+    upgraded: tuple[str, ...],
+) -> None:
+    """A rolling upgrade adds the part type `notes`: the `upgraded` servers declare it, the
+    others not yet. Every new `notes` part is placed on upgraded servers only, its replicas
+    too while enough of them are (three for a primary and two replicas; with one, its replicas
+    are old servers, as no other can be); `auth`, which every app declares, still goes to the old ones.
+    Before, a third to three quarters of the `notes` parts went to old servers, and every call
+    to them failed UNKNOWN_OP."""
+    harness = ManagerHarness()
+    servers = (*SERVERS, "s4")
+    for server_id in servers:
+        parts = ("auth", "notes") if server_id in upgraded else ("auth",)
+        harness.announce(server_id, parts=parts)
+    harness.tick(700, alive=servers)
+    opened = [harness.open_session(("auth", "notes")) for _ in range(40)]
+    assert all(opened)
+    notes = [p for o in opened for p in o.placements if p.part == "notes"]
+    auth = [p for o in opened for p in o.placements if p.part == "auth"]
+    assert {p.primary.server_id for p in notes} == set(upgraded)
+    if len(upgraded) == 3:
+        assert all({r.server_id for r in p.replicas} <= set(upgraded) for p in notes)
+    # The old servers still take the parts their app declares.
+    assert {p.primary.server_id for p in auth} - set(upgraded)
+
+
 def test_a_server_the_manager_did_not_admit_says_nothing_about_the_parts() -> None:
     """An announcement refused (past servers_max) or stale (an older incarnation) changes
     nothing: a refused server of another app does not widen what is declared, and a stale one

@@ -648,3 +648,26 @@ def test_a_lost_part_ends_its_session_also_when_the_promotion_is_rebuilt(answer:
     assert not set(on_victim) & {key.session_id for key in harness.map.part_keys()}
     told = [c.session_id for client in ("c0", "c1") for c in harness.take(client, CloseSession)]
     assert sorted(told) == on_victim
+
+
+def test_a_failover_gives_new_replicas_on_servers_whose_app_declares_the_part() -> None:
+    """s5's app does not declare `notes` (an old version in a rolling upgrade). After s1 dies,
+    the `notes` parts it held get their new replicas on s2 to s4, never on s5: a replica there,
+    promoted at the next failure, would answer every call UNKNOWN_OP."""
+    harness = ManagerHarness()
+    servers = (*SERVERS, "s5")
+    for server_id in servers:
+        harness.announce(server_id, parts=("auth",) if server_id == "s5" else ("auth", "notes"))
+    harness.tick(700, alive=servers)
+    for _ in range(30):
+        assert harness.open_session(("auth", "notes")) is not None
+    notes = [key for key in harness.map.part_keys() if key.part == "notes"]
+    held_by_s1 = [key for key in notes if "s1" in harness.map.lookup(key).servers]
+    assert held_by_s1 and all("s5" not in harness.map.lookup(k).servers for k in notes)
+    harness.tick(700, alive=servers[1:])
+    assert [d.server_id for d in harness.events(ServerDeclaredDead)] == ["s1"]
+    harness.tick(1_000, alive=servers[1:])
+    for key in held_by_s1:
+        placement = harness.map.lookup(key)
+        assert "s1" not in placement.servers
+        assert set(placement.servers) <= {"s2", "s3", "s4"}, (key, placement)

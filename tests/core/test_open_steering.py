@@ -1,11 +1,12 @@
-"""Opens steer every new part off the servers the risk policy avoids, alone and grouped."""
+"""Opens steer every new part off the servers the risk policy avoids, alone and grouped, and
+off the servers whose app does not declare it."""
 
 from __future__ import annotations
 
 import random
 
 from forehand.core._manager_commits import Built
-from forehand.core._manager_planning import ref_of, steer_additions
+from forehand.core._manager_planning import fill_replicas, ref_of, steer_additions
 from forehand.core.manager import _merge_builds
 from forehand.placement import PartKey, PartsAdded, PlacementConfig, ShardMap, new_session_id
 
@@ -82,3 +83,46 @@ def test_an_open_steers_every_new_part_off_an_avoided_server() -> None:
         built = open_build(current, rng, keys)
         landed.extend((seed, key) for key in keys if built.new_map.primary_of(key) in AVOIDED)
     assert landed == []
+
+
+def test_an_open_places_a_part_only_on_servers_whose_app_declares_it() -> None:
+    """s4's app does not declare `b` (an old version in a rolling upgrade): every new `b` part,
+    primary and replicas, lands on s1 to s3, while `a` and `c` still go to s4 too."""
+    landed: list[tuple[int, PartKey]] = []
+    on_s4: set[str] = set()
+    for seed in range(120):
+        rng = random.Random(seed)
+        current = small_map(rng)
+        session_id = new_session_id(now_ms=1, rng=rng)
+        added = [PartKey(session_id=session_id, part=part) for part in ("a", "b", "c")]
+        stable = steer_additions(
+            current,
+            [PartsAdded(session_id=session_id, parts=("a", "b", "c"))],
+            added=added,
+            avoid=frozenset(),
+            eligible=list(SERVERS),
+            lacking={"b": frozenset({"s4"})},
+        )
+        for key in added:
+            servers = stable.new_map.lookup(key).servers
+            if key.part == "b" and "s4" in servers:
+                landed.append((seed, key))
+            if "s4" in servers:
+                on_s4.add(key.part)
+    assert landed == []
+    assert on_s4 == {"a", "c"}
+
+
+def test_replicas_go_to_servers_lacking_the_part_last() -> None:
+    key = PartKey(session_id=new_session_id(now_ms=1, rng=random.Random(3)), part="b")
+    servers = ["s1", "s2", "s3", "s4", "s5"]
+    for lacking in (frozenset({"s2", "s3"}), frozenset({"s4", "s5"})):
+        replicas = fill_replicas(
+            key, primary="s1", keep=(), eligible=servers, count=2, lacking=lacking
+        )
+        assert set(replicas) == set(servers) - {"s1"} - lacking
+    # Too few declare it: the rest come from those lacking it, rather than no replica.
+    replicas = fill_replicas(
+        key, primary="s1", keep=(), eligible=servers, count=2, lacking=frozenset(servers[1:4])
+    )
+    assert replicas[0] == "s5" and replicas[1] in {"s2", "s3", "s4"}

@@ -26,7 +26,7 @@ in three phases:
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from forehand.core._manager_events import PartPromoted, ReplicaPosition
@@ -401,9 +401,11 @@ def build_promotion(
     eligible: list[str],
     fallback: Fallback,
     parts_of: Callable[[bytes], Iterable[str]],
+    lacking: Callable[[str], Collection[str]] = lambda part: (),
 ) -> Promotion:
     """The promotion against `current`: every decision, lost part and repaired override.
-    `parts_of` names a session's parts (to end the sessions of lost parts whole)."""
+    `parts_of` names a session's parts (to end the sessions of lost parts whole); `lacking`,
+    the servers whose app does not declare a part (new replicas go there last)."""
     dead = job.dead
     states = {entry.server_id: entry.state for entry in current.servers}
     operations: list[Operation] = [
@@ -442,7 +444,14 @@ def build_promotion(
         if key.session_id in ended_sessions:
             continue
         keep = [s for s in placement.servers if s not in dead and live(s)]
-        replicas = fill_replicas(key, primary=primary, keep=keep, eligible=eligible, count=count)
+        replicas = fill_replicas(
+            key,
+            primary=primary,
+            keep=keep,
+            eligible=eligible,
+            count=count,
+            lacking=lacking(key.part),
+        )
         added += sum(1 for s in replicas if s not in placement.servers)
         operations.append(override(key, Placement(primary=primary, replicas=replicas)))
         decided.add(key)
@@ -459,7 +468,13 @@ def build_promotion(
             )
         )
     added += _repair_overrides(
-        current, operations, dead=dead, decided=decided, live=live, eligible=eligible
+        current,
+        operations,
+        dead=dead,
+        decided=decided,
+        live=live,
+        eligible=eligible,
+        lacking=lacking,
     )
     operations.extend(_removals([*lost, *ended]))
     return Promotion(
@@ -572,6 +587,7 @@ def _repair_overrides(
     decided: set[PartKey],
     live: Callable[[str], bool],
     eligible: list[str],
+    lacking: Callable[[str], Collection[str]],
 ) -> int:
     """Replace dead replicas inside the overrides of parts whose primary survives."""
     added = 0
@@ -583,7 +599,12 @@ def _repair_overrides(
             continue
         keep = [s for s in placement.replicas if s not in dead and live(s)]
         replicas = fill_replicas(
-            key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+            key,
+            primary=placement.primary,
+            keep=keep,
+            eligible=eligible,
+            count=count,
+            lacking=lacking(key.part),
         )
         added += sum(1 for s in replicas if s not in placement.servers)
         operations.append(override(key, Placement(primary=placement.primary, replicas=replicas)))

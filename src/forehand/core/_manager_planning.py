@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 
 from forehand.core.messages import PartRef
 from forehand.placement import (
@@ -131,13 +131,20 @@ def candidate_window(
 
 
 def fill_replicas(
-    key: PartKey, *, primary: str, keep: Sequence[str], eligible: Sequence[str], count: int
+    key: PartKey,
+    *,
+    primary: str,
+    keep: Sequence[str],
+    eligible: Sequence[str],
+    count: int,
+    lacking: Collection[str] = (),
 ) -> tuple[str, ...]:
     """Replicas for `key`: those of `keep` that are not the primary, then rendezvous picks.
 
     The picks rank every eligible server when there are at most `REPLICA_CANDIDATES_MAX`, else a
     sample of that many along the key's walk (plus what the sample needs to cover the ones
-    already chosen).
+    already chosen); servers in `lacking` (whose app does not declare the part: a replica there
+    promoted would answer UNKNOWN_OP) come after every other.
     """
     chosen: list[str] = []
     for server_id in keep:
@@ -152,7 +159,12 @@ def fill_replicas(
                 key, eligible, count=REPLICA_CANDIDATES_MAX + len(taken), window=0
             )
             spare = [s for s in sample if s not in taken]
-        chosen.extend(rendezvous_order(key, spare)[: count - len(chosen)])
+        ordered = rendezvous_order(key, spare)
+        if lacking:
+            ordered = [s for s in ordered if s not in lacking] + [
+                s for s in ordered if s in lacking
+            ]
+        chosen.extend(ordered[: count - len(chosen)])
     return tuple(chosen)
 
 
@@ -257,31 +269,52 @@ def steer_additions(
     added: Sequence[PartKey],
     avoid: frozenset[str],
     eligible: Sequence[str],
+    lacking: Mapping[str, frozenset[str]] | None = None,
 ) -> Stabilized:
-    """`stabilize_additions`, with new parts that hash onto a server in `avoid` placed elsewhere.
+    """`stabilize_additions`, with new parts steered off servers that should not take them.
 
-    The risk policy stops new placements on the servers it flags: a new part whose hash primary
-    is one of them is pinned to the first server of its rendezvous order among `eligible` that is
-    not, with replicas filled the same way. When every eligible server is avoided the hash decides.
+    The risk policy stops new placements on the servers it flags (`avoid`), and a server whose
+    app does not declare a part (`lacking`, by part name: an old version beside new ones in a
+    rolling upgrade) would answer its every call UNKNOWN_OP. A new part whose hash primary is
+    avoided or lacks it, or one of whose hash replicas lacks it, is pinned to the first server of
+    its rendezvous order among `eligible` that is neither, with replicas from the eligible
+    servers that declare it first (`fill_replicas`). A part no eligible server may take stays
+    where the hash puts it.
     """
     stable = stabilize_additions(current, operations, added=added)
-    allowed = [server_id for server_id in eligible if server_id not in avoid]
-    if not avoid or not allowed:
+    lacking = lacking or {}
+    if not avoid and not lacking:
         return stable
+    count = current.config.replica_count
     # A pin changes the hash-placed counts, so a new part the first look found elsewhere may
     # then be pushed onto an avoided server: look again, at most once per new part (each round
     # pins at least one more).
     steered: dict[PartKey, Operation] = {}
     for _ in range(len(added)):
-        landed = [
-            key for key in added if key not in steered and stable.new_map.primary_of(key) in avoid
-        ]
+        landed: list[tuple[PartKey, list[str], frozenset[str]]] = []
+        for key in added:
+            if key in steered:
+                continue
+            without = lacking.get(key.part, frozenset())
+            primary = stable.new_map.primary_of(key)
+            if primary not in avoid and not (
+                without
+                and (
+                    primary in without
+                    or any(r in without for r in stable.new_map.lookup(key).replicas)
+                )
+            ):
+                continue
+            allowed = [s for s in eligible if s not in without and s not in avoid]
+            if allowed:
+                landed.append((key, allowed, without))
         if not landed:
             break
-        for key in landed:
+        for key, allowed, shunned in landed:
             primary = rendezvous_order(key, allowed)[0]
-            count = current.config.replica_count
-            replicas = fill_replicas(key, primary=primary, keep=(), eligible=eligible, count=count)
+            replicas = fill_replicas(
+                key, primary=primary, keep=(), eligible=eligible, count=count, lacking=shunned
+            )
             steered[key] = override(key, Placement(primary=primary, replicas=replicas))
         stable = stabilize(current, [*operations, *steered.values()], intended=lambda key: False)
     return stable

@@ -292,6 +292,9 @@ UNCONFIRMED_BEATS_MIN = 2
 not hearing the manager (`Member.unconfirmed_for_us`)."""
 
 
+LACKING_PARTS_MAX = 1024
+"""Part names `Membership.lacking` remembers its answer for at once."""
+
 KeyRingSaid = tuple[tuple[tuple[int, bytes], ...], int]
 """A server's keys as its announcement said them: (key id, fingerprint) pairs, sealing key id."""
 
@@ -408,6 +411,9 @@ class Membership:
         self._live: tuple[Member, ...] | None = None
         self._declared: tuple[frozenset[str] | None] | None = None
         """`declared_parts()` while nothing it reads changed (None: to compute)."""
+        self._lacking: dict[str, frozenset[str]] = {}
+        """`lacking(part)` per part asked about, while nothing it reads changed (dropped with
+        `_declared`; at most `LACKING_PARTS_MAX` parts)."""
         self._deaths_held = False
         """The last `check` held deaths by silence (see `check`); a member heard again ends it."""
         self._rings: dict[KeyRingSaid, list[str]] | None = None
@@ -417,6 +423,7 @@ class Membership:
     def _changed(self, *, membership: bool) -> None:
         self._live = None
         self._declared = None
+        self._lacking.clear()
         if membership:
             self._sorted = None
 
@@ -471,6 +478,23 @@ class Membership:
                 union = frozenset().union(*(parts for parts in said if parts is not None))
             self._declared = (union,)
         return self._declared[0]
+
+    def lacking(self, part: str) -> frozenset[str]:
+        """The members not dead whose app said its parts without `part` (a member that said
+        nothing may serve any): a rolling upgrade that adds a part type runs old servers
+        beside new ones, and a part placed on an old one fails every call UNKNOWN_OP."""
+        lacking = self._lacking.get(part)
+        if lacking is None:
+            if len(self._lacking) >= LACKING_PARTS_MAX:
+                self._lacking.clear()
+            lacking = self._lacking[part] = frozenset(
+                m.server_id
+                for m in self.members()
+                if m.state is not MemberState.DEAD
+                and m.declared_parts is not None
+                and part not in m.declared_parts
+            )
+        return lacking
 
     def held_version(self, server_id: str) -> int:
         """The newest map version the member surely holds: what it reported, at most what it
@@ -563,6 +587,7 @@ class Membership:
         member.key_fingerprints = message.key_fingerprints
         member.sealing_key_id = message.sealing_key_id
         self._declared = None
+        self._lacking.clear()
         self._rings = None
 
     def restore(
@@ -618,6 +643,7 @@ class Membership:
         if message.declared_parts:
             member.declared_parts = frozenset(message.declared_parts)
             self._declared = None
+            self._lacking.clear()
         self.record_progress(member, message.parts)
         if member.state is MemberState.DEAD:
             if message.leaving:

@@ -2028,7 +2028,12 @@ class ManagerCore:
         for key, placement in sorted(short, key=lambda item: item[0]):
             keep = [s for s in placement.replicas if self._is_live(s)]
             replicas = fill_replicas(
-                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+                key,
+                primary=placement.primary,
+                keep=keep,
+                eligible=eligible,
+                count=count,
+                lacking=self._membership.lacking(key.part),
             )
             if len(replicas) <= len(placement.replicas):
                 continue
@@ -2370,6 +2375,13 @@ class ManagerCore:
         """The planning pass under way (a throwaway one outside a pass)."""
         return self._planning if self._planning is not None else _PlanningPass()
 
+    def _lacking(self, parts: Iterable[str]) -> dict[str, frozenset[str]]:
+        """Of `parts`, those some live server's app does not declare, with those servers (new
+        parts are placed off them, `steer_additions`): empty while every server runs the same
+        app."""
+        lacking = self._membership.lacking
+        return {part: servers for part in parts if (servers := lacking(part))}
+
     def _declares(self, server_id: str, part: str) -> bool:
         """Whether `server_id`'s app may serve `part`: it declared the part, or said nothing of
         its parts (a server before the field). A handoff to a server whose app lacks the part
@@ -2607,7 +2619,12 @@ class ManagerCore:
             if eligible is None and len(set(keep) - {handoff.target}) < count:
                 eligible = [s for s in self._eligible(current) if s != handoff.source]
             replicas = fill_replicas(
-                key, primary=handoff.target, keep=keep, eligible=eligible or (), count=count
+                key,
+                primary=handoff.target,
+                keep=keep,
+                eligible=eligible or (),
+                count=count,
+                lacking=self._membership.lacking(key.part),
             )
             if not replicas and count:
                 # No other server can be the part's replica: the drained source stays its
@@ -2926,6 +2943,7 @@ class ManagerCore:
             eligible=eligible,
             fallback=self._progress_seq,
             parts_of=lambda session_id: self._sessions.get(session_id, ()),
+            lacking=self._membership.lacking,
         )
         promotion = job.promotion = carry_landed(promotion, job.promotion, current)
         if not promotion.operations:
@@ -3227,7 +3245,12 @@ class ManagerCore:
                 # 19,919,174). A later pass moves it, once another replica caught up.
                 continue
             replicas = fill_replicas(
-                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
+                key,
+                primary=placement.primary,
+                keep=keep,
+                eligible=eligible,
+                count=count,
+                lacking=self._membership.lacking(key.part),
             )
             operations.append(
                 override(key, Placement(primary=placement.primary, replicas=replicas))
@@ -3603,6 +3626,7 @@ class ManagerCore:
                         added=keys,
                         avoid=self._blocked(),
                         eligible=self._eligible(current),
+                        lacking=self._lacking(opening.parts),
                     )
                 except LocalProtocolError as error:
                     if "same stable hash" not in str(error):
