@@ -719,10 +719,10 @@ def test_new_parts_are_placed_on_servers_whose_app_declares_them(
 ) -> None:
     """A rolling upgrade adds the part type `notes`: the `upgraded` servers declare it, the
     others not yet. Every new `notes` part is placed on upgraded servers only, its replicas
-    too while enough of them are (three for a primary and two replicas; with one, its replicas
-    are old servers, as no other can be); `auth`, which every app declares, still goes to the old ones.
-    Before, a third to three quarters of the `notes` parts went to old servers, and every call
-    to them failed UNKNOWN_OP."""
+    too while enough of them are (three for a primary and two replicas; with one, its
+    replicas are old servers, as no other can be); `auth`, which every app declares, still
+    goes to the old ones. Before, a third to three quarters of the `notes` parts went to old
+    servers, and every call to them failed UNKNOWN_OP."""
     harness = ManagerHarness()
     servers = (*SERVERS, "s4")
     for server_id in servers:
