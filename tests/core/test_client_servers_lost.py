@@ -18,12 +18,12 @@ from forehand.core._client_config import ClientConfig
 from forehand.core._client_events import RarePathTaken, RequestFailed, RequestFailedWhy
 from forehand.core._client_session import RouteState
 from forehand.errors import ConfigError
-from forehand.wire import Hello, MapRequest, Ping, Pong, Request
+from forehand.wire import Hello, MapRequest, Ping, Pong, Redirect, Request
 
 if TYPE_CHECKING:
-    from tests.core._client_helpers import Harness, answer, placement, respond
+    from tests.core._client_helpers import Harness, answer, endpoint, placement, respond
 else:
-    from _client_helpers import Harness, answer, placement, respond
+    from _client_helpers import Harness, answer, endpoint, placement, respond
 
 MANAGER = "manager"
 PING_MS = 100
@@ -145,3 +145,69 @@ def test_a_call_lost_and_placed_back_on_the_same_server_counts_no_loss() -> None
 def test_a_bad_bound_is_refused(value: int) -> None:
     with pytest.raises(ConfigError, match="call_servers_lost_max"):
         ClientConfig(call_servers_lost_max=value)
+
+
+def test_a_server_answering_every_ping_late_is_not_lost() -> None:
+    """s1 answers each PING one interval late, so one is always outstanding and the client keeps
+    asking about it; a planned move to s2 afterwards is no loss, and the call still goes on to
+    s3 when s2 crashes. Before, only a PONG that left none outstanding took the mark back."""
+    h = Harness(ping_interval_ms=PING_MS)
+    session, request_id = call_on_s1(h)
+    pending: list[Ping] = []
+    for _ in range(6):
+        h.advance(ms=PING_MS)
+        for asked in h.take(MapRequest, MANAGER):
+            h.feed(MANAGER, answer(base_version=asked.map_version, map_version=5))
+        for ping in pending:
+            h.feed("s1", Pong(sequence=ping.sequence, sent_us=ping.sent_us))
+        pending = h.take(Ping, "s1")
+    h.feed(MANAGER, answer((session, placement("auth", "s2", "s3")), map_version=7))
+    h.welcome("s2", map_version=7)
+    assert [r.request_id for r in h.take(Request, "s2")] == [request_id]
+    h.lose("s2", "peer-crashed")
+    h.feed(MANAGER, answer((session, placement("auth", "s3")), map_version=8))
+    h.welcome("s3", map_version=8)
+    assert [r.request_id for r in h.take(Request, "s3")] == [request_id]
+    assert h.of(RequestFailed) == []
+
+
+def test_a_redirect_from_a_briefly_silent_server_is_no_loss() -> None:
+    """s1 misses a PING (the call marked), then answers it with REDIRECT to s2, a planned move,
+    before its PONGs: s1 is alive, so s2's crash is the call's first loss, not its second."""
+    h = Harness(ping_interval_ms=PING_MS)
+    session, request_id = call_on_s1(h)
+    h.advance(ms=2 * PING_MS)
+    assert h.take(MapRequest, MANAGER)
+    targets = (endpoint("s2"), endpoint("s3"))
+    h.feed(
+        "s1",
+        Redirect(
+            request_id=request_id, session_id=session, part="auth", map_version=7, targets=targets
+        ),
+    )
+    h.welcome("s2", map_version=7)
+    assert [r.request_id for r in h.take(Request, "s2")] == [request_id]
+    h.lose("s2", "peer-crashed")
+    h.feed(MANAGER, answer((session, placement("auth", "s3")), map_version=8))
+    h.welcome("s3", map_version=8)
+    assert [r.request_id for r in h.take(Request, "s3")] == [request_id]
+    assert h.of(RequestFailed) == []
+
+
+def test_a_loss_is_kept_when_the_call_is_placed_back_and_the_redial_fails() -> None:
+    """s1 crashes under the call; the manager, not aware yet, names s1 again and the redial is
+    refused; then s2 crashes under it too: two servers lost, so it fails."""
+    h = Harness()
+    session, request_id = call_on_s1(h)
+    h.lose("s1", "peer-crashed")
+    h.feed(MANAGER, answer((session, placement("auth", "s1", "s2")), map_version=6))
+    assert h.take(Hello, "s1")
+    h.lose("s1", "refused")
+    h.feed(MANAGER, answer((session, placement("auth", "s2", "s3")), map_version=7))
+    h.welcome("s2", map_version=7)
+    assert [r.request_id for r in h.take(Request, "s2")] == [request_id]
+    h.lose("s2", "peer-crashed")
+    h.feed(MANAGER, answer((session, placement("auth", "s3")), map_version=8))
+    h.welcome("s3", map_version=8)
+    assert h.take(Request, "s3") == []
+    assert [f.why for f in h.of(RequestFailed)] == [RequestFailedWhy.SERVERS_LOST]

@@ -126,3 +126,43 @@ def test_replicas_go_to_servers_lacking_the_part_last() -> None:
         key, primary="s1", keep=(), eligible=servers, count=2, lacking=frozenset(servers[1:4])
     )
     assert replicas[0] == "s5" and replicas[1] in {"s2", "s3", "s4"}
+
+
+def test_a_server_lacking_the_part_is_worse_than_one_the_risk_policy_avoids() -> None:
+    """Only s1 declares `b`, and the risk policy avoids s1: `b` still goes to s1, where it is
+    served, rather than to a server that would answer its every call UNKNOWN_OP."""
+    elsewhere: list[tuple[int, str]] = []
+    for seed in range(60):
+        rng = random.Random(seed)
+        current = small_map(rng)
+        session_id = new_session_id(now_ms=1, rng=rng)
+        added = [PartKey(session_id=session_id, part="b")]
+        stable = steer_additions(
+            current,
+            [PartsAdded(session_id=session_id, parts=("b",))],
+            added=added,
+            avoid=frozenset({"s1"}),
+            eligible=list(SERVERS),
+            lacking={"b": frozenset({"s2", "s3", "s4"})},
+        )
+        if (primary := stable.new_map.primary_of(added[0])) != "s1":
+            elsewhere.append((seed, primary))
+    assert elsewhere == []
+
+
+def test_replicas_among_many_servers_go_to_the_few_that_declare_the_part() -> None:
+    """1,000 servers, 20 of them on the app version that declares `b`: the replica candidates
+    are a sample of 32 along the part's walk, which holds one of the 20 or none; the replicas
+    still go to declaring servers (before: 405 of 600 did not)."""
+    servers = [f"s{index:04d}" for index in range(1000)]
+    lacking = frozenset(servers[20:])
+    rng = random.Random(1)
+    misplaced = 0
+    for _ in range(300):
+        key = PartKey(session_id=new_session_id(now_ms=1, rng=rng), part="b")
+        replicas = fill_replicas(
+            key, primary="s0000", keep=(), eligible=servers, count=2, lacking=lacking
+        )
+        assert len(replicas) == 2
+        misplaced += sum(1 for server_id in replicas if server_id in lacking)
+    assert misplaced == 0

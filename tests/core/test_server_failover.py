@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from forehand.core._part import PartState
 from forehand.core._server_config import ServerConfig
@@ -156,6 +156,70 @@ def test_replicated_write_waits_for_the_new_replicas_after_promotion() -> None:
     cluster.router.advance(ms=600)
     (retry,) = cluster.responses()
     assert retry.payload == b"7"
+
+
+def promoted_while_its_replica_is_cut_off(**overrides: Any) -> tuple[Cluster, Any]:
+    """Three `ledger` writes acknowledged on s1 (replicas s2, s3), s1 dead, s2 promoted while
+    cut off from s3; the cut, to heal."""
+    cluster = Cluster(**overrides)
+    cluster.place("ledger", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "ledger")
+    cluster.router.advance(ms=50)
+    assert len(cluster.responses()) == 3
+    cluster.router.remove("s1")
+    cut = cluster.router.partition("s2", "s3")
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.place("ledger", "s2", "s3")
+    return cluster, cut
+
+
+def test_a_promoted_primary_serves_once_a_replica_holds_what_it_took_over() -> None:
+    """Each acknowledged write was held by the dead primary and one replica at least: until a
+    second copy of s2's history exists, requests wait at s2 (queued, in order), so that a second
+    failure (a call that stalls each server it runs on, sent on to s2) cannot lose them. Once
+    s3 acknowledged it, they run."""
+    cluster, cut = promoted_while_its_replica_is_cut_off()
+    cluster.request("s2", "ledger", payload=b"5")
+    cluster.request("s2", "ledger", payload=b"2")
+    cluster.router.advance(ms=100)
+    assert cluster.responses() == []
+    assert cluster.events("s2", RequestExecuted) == []
+    assert cluster.server("s2").requests_waiting_count == 2
+    cluster.router.heal(cut)
+    cluster.router.advance(ms=600)
+    assert cluster.server("s3").part(LEDGER).applied_seq == 5  # type: ignore[union-attr]
+    answered = cluster.responses()
+    assert [(r.status, r.payload) for r in answered] == [
+        (ResponseStatus.OK, b"8"),
+        (ResponseStatus.OK, b"10"),
+    ]
+
+
+def test_a_promoted_primary_waits_for_its_replicas_failover_catch_up_ms_at_most() -> None:
+    """No replica catches up (s3 stays cut off): at `failover_catch_up_ms` s2 runs what waited
+    (a `replicated` write's answer then waits for a replica, as always)."""
+    cluster, _ = promoted_while_its_replica_is_cut_off(failover_catch_up_ms=200)
+    cluster.request("s2", "ledger", payload=b"5")
+    cluster.router.advance(ms=150)
+    assert cluster.events("s2", RequestExecuted) == []
+    cluster.router.advance(ms=100)
+    assert len(cluster.events("s2", RequestExecuted)) == 1
+    assert "failover-catch-up-timed-out" in [e.name for e in cluster.events("s2", RarePathTaken)]
+
+
+def test_what_waits_for_a_replica_is_sent_on_when_the_part_moves_again() -> None:
+    """Another failover makes s3 the primary while requests wait at s2: they get TRY_AGAIN
+    (their clients send them to s3) rather than wait at a server that no longer leads the
+    part."""
+    cluster, _ = promoted_while_its_replica_is_cut_off()
+    cluster.request("s2", "ledger", payload=b"5")
+    cluster.router.advance(ms=10)
+    cluster.prepare_failover([LEDGER], to=["s2", "s3"])
+    cluster.place("ledger", "s3", "s2")
+    cluster.router.advance(ms=10)
+    assert [r.status for r in cluster.responses()] == [ResponseStatus.TRY_AGAIN]
+    assert cluster.server("s2").requests_waiting_count == 0
 
 
 def test_lagging_promoted_replica_overwrites_a_diverged_replica() -> None:

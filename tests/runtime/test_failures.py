@@ -238,7 +238,11 @@ def test_a_call_that_stalls_every_server_it_runs_on_takes_down_two_at_most(
     Before the bound (`ClientConfig.call_servers_lost_max`, 2), the call went from server to
     server until its deadline (59 failovers in 60 s on five servers, and the counter reset to 0
     on the way). Now it fails with SERVERS_LOST once two servers were lost under it, having run
-    on those two only; the third copy keeps the acknowledged writes and serves the next call."""
+    on those two only; the third copy keeps the acknowledged writes and serves the next call.
+    It holds them because the promoted replica ran nothing until another replica held what it
+    took over (`failover_catch_up_ms`): the writes come right after the session opens, and
+    without it a replica still connecting held none of them when the second server stalled (the
+    counter read 1, in one CI run of ten)."""
     (tmp_path / "blocking_app.py").write_text(BLOCKING_APP)
     servers = (*SERVERS, "s9")
     cluster = Cluster(

@@ -143,8 +143,9 @@ def fill_replicas(
 
     The picks rank every eligible server when there are at most `REPLICA_CANDIDATES_MAX`, else a
     sample of that many along the key's walk (plus what the sample needs to cover the ones
-    already chosen); servers in `lacking` (whose app does not declare the part: a replica there
-    promoted would answer UNKNOWN_OP) come after every other.
+    already chosen). Servers in `lacking` (whose app does not declare the part: a replica there
+    promoted would answer UNKNOWN_OP) come after every other: when the sample holds too few of
+    the others, they are sampled apart (a scan of `eligible`, during a rolling upgrade only).
     """
     chosen: list[str] = []
     for server_id in keep:
@@ -152,20 +153,27 @@ def fill_replicas(
             chosen.append(server_id)
     if len(chosen) < count:
         taken = {primary, *chosen}
-        if len(eligible) <= REPLICA_CANDIDATES_MAX + len(taken):
-            spare = [s for s in eligible if s not in taken]
-        else:
-            sample = candidate_window(
-                key, eligible, count=REPLICA_CANDIDATES_MAX + len(taken), window=0
-            )
-            spare = [s for s in sample if s not in taken]
-        ordered = rendezvous_order(key, spare)
+        spare = _spare(key, eligible, taken)
         if lacking:
-            ordered = [s for s in ordered if s not in lacking] + [
-                s for s in ordered if s in lacking
-            ]
+            good = [s for s in spare if s not in lacking]
+            if len(good) < count - len(chosen) and len(spare) < len(eligible) - len(taken):
+                good = _spare(key, [s for s in eligible if s not in lacking], taken)
+            ordered = rendezvous_order(key, good) + rendezvous_order(
+                key, [s for s in spare if s in lacking]
+            )
+        else:
+            ordered = rendezvous_order(key, spare)
         chosen.extend(ordered[: count - len(chosen)])
     return tuple(chosen)
+
+
+def _spare(key: PartKey, eligible: Sequence[str], taken: set[str]) -> list[str]:
+    """The candidates `fill_replicas` ranks: every eligible server not `taken` up to
+    `REPLICA_CANDIDATES_MAX` of them, else a sample of that many along the key's walk."""
+    if len(eligible) <= REPLICA_CANDIDATES_MAX + len(taken):
+        return [s for s in eligible if s not in taken]
+    sample = candidate_window(key, eligible, count=REPLICA_CANDIDATES_MAX + len(taken), window=0)
+    return [s for s in sample if s not in taken]
 
 
 class Stabilized:
@@ -305,7 +313,12 @@ def steer_additions(
                 )
             ):
                 continue
-            allowed = [s for s in eligible if s not in without and s not in avoid]
+            declaring = [s for s in eligible if s not in without]
+            allowed = [s for s in declaring if s not in avoid]
+            if not allowed and without:
+                # A server whose app lacks the part would fail its every call: one the risk
+                # policy avoids is still better, when every server declaring it is avoided.
+                allowed = declaring
             if allowed:
                 landed.append((key, allowed, without))
         if not landed:
@@ -316,7 +329,7 @@ def steer_additions(
                 key, primary=primary, keep=(), eligible=eligible, count=count, lacking=shunned
             )
             steered[key] = override(key, Placement(primary=primary, replicas=replicas))
-        stable = stabilize(current, [*operations, *steered.values()], intended=lambda key: False)
+        stable = stabilize_additions(current, [*operations, *steered.values()], added=added)
     return stable
 
 

@@ -412,8 +412,9 @@ class Membership:
         self._declared: tuple[frozenset[str] | None] | None = None
         """`declared_parts()` while nothing it reads changed (None: to compute)."""
         self._lacking: dict[str, frozenset[str]] = {}
-        """`lacking(part)` per part asked about, while nothing it reads changed (dropped with
-        `_declared`; at most `LACKING_PARTS_MAX` parts)."""
+        """`lacking(part)` per part asked about, until a member joins, dies, restarts, is
+        readmitted or says its parts again (not at each suspicion: opens read it); at most
+        `LACKING_PARTS_MAX` parts."""
         self._deaths_held = False
         """The last `check` held deaths by silence (see `check`); a member heard again ends it."""
         self._rings: dict[KeyRingSaid, list[str]] | None = None
@@ -423,7 +424,6 @@ class Membership:
     def _changed(self, *, membership: bool) -> None:
         self._live = None
         self._declared = None
-        self._lacking.clear()
         if membership:
             self._sorted = None
 
@@ -520,6 +520,7 @@ class Membership:
             self._changed(membership=False)
             if MemberState.DEAD in (member.state, target):
                 self._rings = None
+                self._lacking.clear()
         member.state = target
 
     def _new_detector(self, *, now_us: int) -> FailureDetector:
@@ -535,6 +536,8 @@ class Membership:
                 return AnnounceOutcome.REFUSED
             member = self._members[message.server_id] = self._new_member(message, now_us=now_us)
             self._changed(membership=True)
+            if member.declared_parts is not None:
+                self._lacking.clear()
             if self._rings is not None and member.key_fingerprints:
                 ring = (member.key_fingerprints, member.sealing_key_id)
                 self._rings.setdefault(ring, []).append(member.server_id)

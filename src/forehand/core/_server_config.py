@@ -91,6 +91,14 @@ class ServerConfig:
     again): its handoff target may be behind a silent link."""
     receiving_queue_requests_max: int = 256
     """Most requests a handoff target queues per part until the sealed log arrives."""
+    failover_catch_up_ms: int = 1000
+    """After a failover makes this server the primary of a `replicated` part, the part's
+    requests wait (queued, at most `receiving_queue_requests_max`) until a replica acknowledged
+    the history it took over, or for at most this long: the writes acknowledged before the
+    failover were held by this server and the dead one alone (one replica's acknowledgement
+    answers a write), and a second failure before any copy caught up lost them (a call that
+    stalls every server it runs on, sent on to the promoted replica, does exactly that). 0:
+    serve at once."""
     waiting_reads_max: int = 10_000
     """Most waiting reads this server parks at once, over all parts, until a write answers
     them or their wait ends; one more is answered OVERLOADED."""

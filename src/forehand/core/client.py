@@ -147,6 +147,12 @@ _BEFORE_WELCOME: frozenset[type] = frozenset({Welcome, Error, ConnectionOpened, 
 """What a connection this client opened may carry before its WELCOME (docs/PROTOCOL.md section
 3): anything else there is FRAME_UNEXPECTED."""
 
+_HEARD_FRAMES: frozenset[type] = frozenset(
+    {Welcome, Settings, Response, Redirect, Handoff, ResumeOk, ResumeReject, Ping, Pong, GoAway}
+)
+"""Frames that show a server found silent was not lost (`ClientCore._heard_again`): every
+frame a server sends but ERROR, which closes the connection."""
+
 _HELLO_REFUSALS = frozenset(
     {ResumeRejectReason.HELLO_CREDENTIAL_EXPIRED, ResumeRejectReason.CREDENTIAL_REFUSED}
 )
@@ -404,6 +410,10 @@ class ClientCore:
                     raise RemoteProtocolError(
                         f"{kind.__name__} before WELCOME", error_code=ErrorCode.FRAME_UNEXPECTED
                     )
+            if self._silent_marked and source in self._silent_marked and kind in _HEARD_FRAMES:
+                # Any frame from a server found silent says it was not lost (a late PONG, an
+                # answer, a REDIRECT of a planned move): before its handler re-sends anything.
+                self._heard_again(source)
             handler(message, source, now_us)
             if self._parked:
                 self._unpark(now_us)
@@ -1217,8 +1227,6 @@ class ClientCore:
             return
         if not connection.pings:
             connection.silent_asks = 0
-            if source in self._silent_marked:
-                self._heard_again(source)
         if source == self._config.manager_node_id:
             # Pinged only to keep its connection heard while a MAP_REQUEST awaits: the manager
             # is no server, and its path no sample.
@@ -1553,8 +1561,9 @@ class ClientCore:
         return True
 
     def _heard_again(self, server: NodeId) -> None:
-        """`server` answers PINGs again: the calls marked as in flight on a lost server there
-        were not (a pause shorter than the manager's failure timeout)."""
+        """A frame came from `server` (any but ERROR): the calls marked as in flight on a lost
+        server there were not (a pause shorter than the manager's failure timeout, a slow
+        path)."""
         self._silent_marked.discard(server)
         for entry in self._inflight.values():
             if entry.lost_on == server:

@@ -173,6 +173,7 @@ it moved."""
 _NOT_BOUND = "session not bound to this connection: present its credential (HELLO or RESUME)"
 """The RESPONSE detail of a REQUEST for a session its connection has not proved."""
 _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
+_CATCH_UP_QUEUE_FULL = "receiving_queue_requests_max requests wait for a replica to catch up"
 """The RESUME_REJECT message when a connection's table of bound sessions is full."""
 
 RESPONSE_HEAD_BYTES_MAX = 64
@@ -336,6 +337,10 @@ class ServerCore:
 
     def _init_map_state(self) -> None:
         """The shard map held, and what waits for the maps to come."""
+        self._catching_up: dict[PartRef, tuple[int, int]] = {}
+        """`replicated` parts a failover made primary here whose history no replica has
+        acknowledged yet: the sequence taken over and until when requests wait for it
+        (`ServerConfig.failover_catch_up_ms`; at most the parts primary here)."""
         self._map: ServerMap | None = None
         self._placements: dict[PartRef, Placement | None] = {}
         self._map_deltas: dict[int, MapPublished] = {}
@@ -438,6 +443,8 @@ class ServerCore:
         if self._map_witness is not None and now_us >= self._map_witness[2]:
             self._ask_witness(now_us)
         self._expire_forwards(now_us)
+        if self._catching_up:
+            self._catch_up_timeouts(now_us)
         if self._waiting:
             for read in self._waiting.take_due(now_us):
                 self._answer_not_yet(read)
@@ -484,6 +491,8 @@ class ServerCore:
             read_due_us = self._waiting.due_us()
             if read_due_us is not None:
                 candidates.append(read_due_us)
+        if self._catching_up:
+            candidates.append(next(iter(self._catching_up.values()))[1])
         return min(candidates, default=None)
 
     # Commands.
@@ -667,6 +676,11 @@ class ServerCore:
         if part.fenced:
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
             return
+        if self._catching_up and part.ref in self._catching_up:
+            if self._still_catching_up(part):
+                self._enqueue(part, inbound, full=_CATCH_UP_QUEUE_FULL)
+                return
+            self._caught_up(part.ref, now_us)
         # Offered load: counted before an OVERLOADED refusal, since the demand moves with the
         # part (see _server_load.py); duplicates, redirects and fenced requests are not counted.
         if self._config.heartbeat_part_loads_max:
@@ -953,10 +967,10 @@ class ServerCore:
             )
         )
 
-    def _enqueue(self, part: Part, inbound: _Inbound) -> None:
+    def _enqueue(self, part: Part, inbound: _Inbound, *, full: str = "handoff queue full") -> None:
         queue = self._queues.setdefault(part.ref, deque())
         if len(queue) >= self._config.receiving_queue_requests_max:
-            self._refuse(inbound, ResponseStatus.OVERLOADED, "handoff queue full")
+            self._refuse(inbound, ResponseStatus.OVERLOADED, full)
             return
         queue.append(inbound)
 
@@ -1670,6 +1684,9 @@ class ServerCore:
         self._mark_shipping(part.ref, now_us)
 
     def _stop_shipping(self, ref: PartRef) -> None:
+        if self._catching_up.pop(ref, None) is not None:
+            # No longer primary here: what waited for its replicas is sent on to the next.
+            self._fail_queue(ref, "the part's primary changed")
         self._shippers.pop(ref, None)
         self._shipping.pop(ref, None)
         self._resend_due.pop(ref, None)
@@ -1729,6 +1746,12 @@ class ServerCore:
         if outcome.sealed:
             self._seal_acknowledged(part, now_us)
         self._release_held(part)
+        if (
+            self._catching_up
+            and part.ref in self._catching_up
+            and not self._still_catching_up(part)
+        ):
+            self._caught_up(part.ref, now_us)
         if part.state is PartState.PRIMARY:
             part.log.trim_through(shipper.acked_min())
         if shipper.settled(part.log.last_seq):
@@ -2057,7 +2080,39 @@ class ServerCore:
                 for client in self._attached.pop(ref.session_id, OrderedDict()):
                     self._client_sessions.get(client, set()).discard(ref.session_id)
 
+    def _still_catching_up(self, part: Part) -> bool:
+        """Whether `part`, taken over by a failover, still waits for a replica to hold the
+        history it took over (`ServerConfig.failover_catch_up_ms`; the timer ends the wait)."""
+        shipper = self._shippers.get(part.ref)
+        return shipper is not None and shipper.acked_max() < self._catching_up[part.ref][0]
+
+    def _caught_up(self, ref: PartRef, now_us: int) -> None:
+        """`ref` no longer waits for a replica: the requests queued meanwhile run, in order."""
+        del self._catching_up[ref]
+        part = self._parts.get(ref)
+        if part is not None and ref in self._queues:
+            self._drain_queue(part, now_us)
+
+    def _catch_up_timeouts(self, now_us: int) -> None:
+        """End the waits `failover_catch_up_ms` allows (entries come in deadline order)."""
+        while self._catching_up:
+            ref, (_, until_us) = next(iter(self._catching_up.items()))
+            if until_us > now_us:
+                return
+            self._rare("failover-catch-up-timed-out")
+            self._caught_up(ref, now_us)
+
     def _install_primary(self, part: Part, cause: InstallCause, now_us: int) -> None:
+        self._catching_up.pop(part.ref, None)
+        if (
+            cause is InstallCause.FAILOVER
+            and part.spec.durability is Durability.REPLICATED
+            and part.applied_seq
+            and self._config.failover_catch_up_ms
+            and self._replicas_of(part.ref)
+        ):
+            until_us = now_us + self._config.failover_catch_up_ms * 1000
+            self._catching_up[part.ref] = (part.applied_seq, until_us)
         self._emit(
             PrimaryInstalled(
                 node=self._me,
