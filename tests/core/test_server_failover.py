@@ -809,3 +809,49 @@ def test_peer_maps_that_move_a_part_this_server_serves_are_not_taken() -> None:
     cluster.router.advance(ms=ServerConfig(server_id="s1").map_request_retry_ms + 100)
     assert "peer-maps-not-taken" in rare_paths(cluster, "s1")
     assert cluster.server("s1").map_version == held
+
+
+def test_a_catching_up_part_moved_on_runs_its_requests_in_call_order() -> None:
+    """A waits at s2 (catching up) when a map moves the part on to s4 and B arrives: B queues
+    behind A, and s4 runs A then B. Before, B was forwarded at once and ran first."""
+    cluster = Cluster(servers=("s1", "s2", "s3", "s4"))
+    cluster.place("ledger", "s1", "s2", "s3")
+    for _ in range(3):
+        cluster.request("s1", "ledger")
+    cluster.router.advance(ms=50)
+    assert len(cluster.responses()) == 3
+    cluster.router.remove("s1")
+    cluster.router.partition("s2", "s3")
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.place("ledger", "s2", "s3")
+    cluster.router.advance(ms=10)
+    first = cluster.request("s2", "ledger", payload=b"5")
+    cluster.router.advance(ms=10)
+
+    def seal_delayed(source: str, destination: str, message: object) -> bool:
+        return (source, destination) == ("s2", "s4") and isinstance(message, LogShipped)
+
+    cluster.router.filters.append(seal_delayed)
+    cluster.place("ledger", "s4", "s2", "s3")
+    cluster.router.advance(ms=10)
+    second = cluster.request("s2", "ledger", payload=b"100")
+    cluster.router.advance(ms=1_200)
+    cluster.router.filters.remove(seal_delayed)
+    cluster.router.advance(ms=1_500)
+    assert [e.request_id for e in cluster.events("s4", RequestExecuted)] == [first, second]
+
+
+def test_a_catching_up_part_fenced_answers_what_waited_at_once() -> None:
+    """A newer failover fences s2 while a request waits there: it gets TRY_AGAIN at once, as
+    the held answers and the later requests do, not at the end of `failover_catch_up_ms`."""
+    cluster, _ = promoted_while_its_replica_is_cut_off()
+    waiting = cluster.request("s2", "ledger", payload=b"5")
+    cluster.router.advance(ms=10)
+    cluster.prepare_failover([LEDGER], to=["s2"])
+    cluster.router.advance(ms=10)
+    later = cluster.request("s2", "ledger", payload=b"6")
+    cluster.router.advance(ms=10)
+    assert [(r.request_id, r.status) for r in cluster.responses()] == [
+        (waiting, ResponseStatus.TRY_AGAIN),
+        (later, ResponseStatus.TRY_AGAIN),
+    ]

@@ -173,8 +173,9 @@ it moved."""
 _NOT_BOUND = "session not bound to this connection: present its credential (HELLO or RESUME)"
 """The RESPONSE detail of a REQUEST for a session its connection has not proved."""
 _BINDINGS_FULL = "this connection has bound connection_sessions_max sessions"
-_CATCH_UP_QUEUE_FULL = "receiving_queue_requests_max requests wait for a replica to catch up"
 """The RESUME_REJECT message when a connection's table of bound sessions is full."""
+_CATCH_UP_QUEUE_FULL = "receiving_queue_requests_max requests wait for a replica to catch up"
+"""The OVERLOADED detail when a part a failover promoted here queues no more requests."""
 
 RESPONSE_HEAD_BYTES_MAX = 64
 """Most bytes a RESPONSE body holds besides its payload (request id, session id, status, map
@@ -503,8 +504,9 @@ class ServerCore:
 
     @property
     def requests_waiting_count(self) -> int:
-        """Requests received and not answered yet: queued at a handoff target, answers held for
-        a replica's acknowledgement, and requests forwarded to another server."""
+        """Requests received and not answered yet: queued at a handoff target or at a failover's
+        new primary waiting for a replica, answers held for a replica's acknowledgement, and
+        requests forwarded to another server."""
         queued = sum(len(queue) for queue in self._queues.values())
         held = sum(len(answers) for answers in self._held.values())
         return queued + held + len(self._forwards)
@@ -657,8 +659,13 @@ class ServerCore:
         if state is PartState.PRIMARY:
             self._serve(part, inbound, now_us)
         elif state in (PartState.HANDING_OFF, PartState.BACKUP):
-            if not self._answer_from_dedup(part, inbound):
-                self._forward(part, inbound, now_us)
+            if self._answer_from_dedup(part, inbound):
+                return
+            if part.ref in self._catching_up:
+                # Behind what waits for a replica, so that the target runs them in order.
+                self._enqueue(part, inbound, full=_CATCH_UP_QUEUE_FULL)
+                return
+            self._forward(part, inbound, now_us)
         elif state is PartState.RECEIVING:
             if not self._answer_from_dedup(part, inbound):
                 self._enqueue(part, inbound)
@@ -1767,6 +1774,8 @@ class ServerCore:
             return
         part.fence_version = version
         self._fenced[part.ref] = None
+        if self._catching_up.pop(part.ref, None) is not None:
+            self._fail_queue(part.ref, "part fenced by a failover")
         if part.fenced and part.ref in self._waiting:
             # A fenced primary serves nothing until the map settles it (its reads too).
             self._release_reads(part.ref)
