@@ -235,19 +235,21 @@ _BOTH = {1: CLUSTER_KEY, 2: bytes(range(32))}
 Keys = tuple[tuple[tuple[int, bytes], ...], int]
 
 
-def announce_keys(harness: ManagerHarness, server_id: str, keys: Keys) -> None:
+def announce_keys(
+    harness: ManagerHarness, server_id: str, keys: Keys, *, incarnation: int = 1
+) -> None:
     """`server_id` announces itself holding `keys` (fingerprints, sealing key id) and joins."""
     fingerprints, sealing = keys
     announce = ServerAnnounced(
         server_id=server_id,
-        incarnation=1,
+        incarnation=incarnation,
         address="x",
         zone="z",
         weight=1.0,
         key_fingerprints=fingerprints,
         sealing_key_id=sealing,
     )
-    harness.incarnations[server_id] = 1
+    harness.incarnations[server_id] = incarnation
     harness.router.send(server_id, MANAGER, announce)
     assert harness.take(server_id, Error) == []
 
@@ -323,18 +325,7 @@ def test_a_restarted_server_is_checked_with_its_new_keys_not_its_old_ones() -> N
     harness = ManagerHarness(keys=_BOTH)
     announce_keys(harness, "s1", (((1, _MANAGER_KEY),), 1))
     rotated = ((1, _MANAGER_KEY), (2, _NEW_KEY))
-    restart = ServerAnnounced(
-        server_id="s1",
-        incarnation=2,
-        address="x",
-        zone="z",
-        weight=1.0,
-        key_fingerprints=rotated,
-        sealing_key_id=2,
-    )
-    harness.incarnations["s1"] = 2
-    harness.router.send("s1", MANAGER, restart)
-    assert harness.take("s1", Error) == []
+    announce_keys(harness, "s1", (rotated, 2), incarnation=2)
     assert harness.manager.membership.get("s1").sealing_key_id == 2  # type: ignore[union-attr]
     assert refusal(harness, key_fingerprints=rotated, sealing_key_id=2) is None
 

@@ -158,10 +158,12 @@ def test_replicated_write_waits_for_the_new_replicas_after_promotion() -> None:
     assert retry.payload == b"7"
 
 
-def promoted_while_its_replica_is_cut_off(**overrides: Any) -> tuple[Cluster, Any]:
+def promoted_while_its_replica_is_cut_off(
+    servers: tuple[str, ...] = ("s1", "s2", "s3"), **overrides: Any
+) -> tuple[Cluster, Any]:
     """Three `ledger` writes acknowledged on s1 (replicas s2, s3), s1 dead, s2 promoted while
     cut off from s3; the cut, to heal."""
-    cluster = Cluster(**overrides)
+    cluster = Cluster(servers, **overrides)
     cluster.place("ledger", "s1", "s2", "s3")
     for _ in range(3):
         cluster.request("s1", "ledger")
@@ -814,16 +816,7 @@ def test_peer_maps_that_move_a_part_this_server_serves_are_not_taken() -> None:
 def test_a_catching_up_part_moved_on_runs_its_requests_in_call_order() -> None:
     """A waits at s2 (catching up) when a map moves the part on to s4 and B arrives: B queues
     behind A, and s4 runs A then B. Before, B was forwarded at once and ran first."""
-    cluster = Cluster(servers=("s1", "s2", "s3", "s4"))
-    cluster.place("ledger", "s1", "s2", "s3")
-    for _ in range(3):
-        cluster.request("s1", "ledger")
-    cluster.router.advance(ms=50)
-    assert len(cluster.responses()) == 3
-    cluster.router.remove("s1")
-    cluster.router.partition("s2", "s3")
-    cluster.prepare_failover([LEDGER], to=["s2"])
-    cluster.place("ledger", "s2", "s3")
+    cluster, _ = promoted_while_its_replica_is_cut_off(("s1", "s2", "s3", "s4"))
     cluster.router.advance(ms=10)
     first = cluster.request("s2", "ledger", payload=b"5")
     cluster.router.advance(ms=10)

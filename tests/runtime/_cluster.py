@@ -31,6 +31,7 @@ from forehand.runtime.keys import CLUSTER_KEYS_FILE, add_cluster_key
 __all__ = [
     "HANG_TIMEOUT_S",
     "SERVERS",
+    "COUNTER_APP",
     "CartLoad",
     "Cluster",
     "eventually",
@@ -142,6 +143,31 @@ class CartLoad:
             "cart", "list", result_type=dict[str, int]
         )
         assert sum(listing.values()) == len(results)
+
+
+COUNTER_APP = """
+import time
+
+import msgspec
+
+import forehand
+
+app = forehand.App("counter")
+
+
+class Counter(msgspec.Struct):
+    value: int = 0
+
+
+app.part("counter", initial=Counter, durability="replicated")
+
+
+@app.handler("counter", "add")
+def add(counter: Counter, amount: int) -> tuple[Counter, int]:
+    counter.value += amount
+    return counter, counter.value
+"""
+"""The source of a one-part app (`counter.add`) that tests write into a file and extend."""
 
 
 def make_certs(directory: Path) -> Path:

@@ -23,6 +23,7 @@ from forehand.runtime.admin import MoveSession
 
 if TYPE_CHECKING:
     from tests.runtime._cluster import (
+        COUNTER_APP,
         SERVERS,
         CartLoad,
         Cluster,
@@ -31,7 +32,15 @@ if TYPE_CHECKING:
         run_async,
     )
 else:
-    from _cluster import SERVERS, CartLoad, Cluster, eventually, make_certs, run_async
+    from _cluster import (
+        COUNTER_APP,
+        SERVERS,
+        CartLoad,
+        Cluster,
+        eventually,
+        make_certs,
+        run_async,
+    )
 
 PARTS = ["auth", "cart"]
 
@@ -199,28 +208,9 @@ async def _restart_manager_under_load(cluster: Cluster) -> None:
         assert reply.ok and reply.queued == len(PARTS)
 
 
-BLOCKING_APP = """
-import time
-
-import msgspec
-
-import forehand
-
-app = forehand.App("blocking")
-
-
-class Counter(msgspec.Struct):
-    value: int = 0
-
-
-app.part("counter", initial=Counter, durability="replicated")
-
-
-@app.handler("counter", "add")
-def add(counter: Counter, amount: int) -> tuple[Counter, int]:
-    counter.value += amount
-    return counter, counter.value
-
+BLOCKING_APP = (
+    COUNTER_APP
+    + """
 
 @app.handler("counter", "stall")
 def stall(counter: Counter, seconds: float) -> tuple[Counter, int]:
@@ -228,6 +218,7 @@ def stall(counter: Counter, seconds: float) -> tuple[Counter, int]:
     counter.value += 1
     return counter, counter.value
 """
+)
 
 
 def test_a_call_that_stalls_every_server_it_runs_on_takes_down_two_at_most(

@@ -12,30 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tests.runtime._cluster import SERVERS, Cluster, make_certs, run_async
+    from tests.runtime._cluster import COUNTER_APP, SERVERS, Cluster, make_certs, run_async
 else:
-    from _cluster import SERVERS, Cluster, make_certs, run_async
+    from _cluster import COUNTER_APP, SERVERS, Cluster, make_certs, run_async
 
-APP = """
-import msgspec
-
-import forehand
-
-app = forehand.App("upgrade")
-
-
-class Counter(msgspec.Struct):
-    value: int = 0
-
-
-app.part("counter", initial=Counter, durability="replicated")
-
-
-@app.handler("counter", "add")
-def add(counter: Counter, amount: int) -> tuple[Counter, int]:
-    counter.value += amount
-    return counter, counter.value
-"""
+APP = COUNTER_APP
 NOTES = """
 
 app.part("notes", initial=Counter, durability="replicated")

@@ -2027,13 +2027,8 @@ class ManagerCore:
         ]
         for key, placement in sorted(short, key=lambda item: item[0]):
             keep = [s for s in placement.replicas if self._is_live(s)]
-            replicas = fill_replicas(
-                key,
-                primary=placement.primary,
-                keep=keep,
-                eligible=eligible,
-                count=count,
-                lacking=self._membership.lacking(key.part),
+            replicas = self._fill_replicas(
+                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
             )
             if len(replicas) <= len(placement.replicas):
                 continue
@@ -2375,6 +2370,21 @@ class ManagerCore:
         """The planning pass under way (a throwaway one outside a pass)."""
         return self._planning if self._planning is not None else _PlanningPass()
 
+    def _fill_replicas(
+        self,
+        key: PartKey,
+        *,
+        primary: str,
+        keep: Sequence[str],
+        eligible: Sequence[str],
+        count: int,
+    ) -> tuple[str, ...]:
+        """`fill_replicas`, the servers whose app lacks the part ranked last."""
+        lacking = self._membership.lacking(key.part)
+        return fill_replicas(
+            key, primary=primary, keep=keep, eligible=eligible, count=count, lacking=lacking
+        )
+
     def _lacking(self, parts: Iterable[str]) -> dict[str, frozenset[str]]:
         """Of `parts`, those some live server's app does not declare, with those servers (new
         parts are placed off them, `steer_additions`): empty while every server runs the same
@@ -2618,13 +2628,8 @@ class ManagerCore:
                 keep.append(handoff.source)
             if eligible is None and len(set(keep) - {handoff.target}) < count:
                 eligible = [s for s in self._eligible(current) if s != handoff.source]
-            replicas = fill_replicas(
-                key,
-                primary=handoff.target,
-                keep=keep,
-                eligible=eligible or (),
-                count=count,
-                lacking=self._membership.lacking(key.part),
+            replicas = self._fill_replicas(
+                key, primary=handoff.target, keep=keep, eligible=eligible or (), count=count
             )
             if not replicas and count:
                 # No other server can be the part's replica: the drained source stays its
@@ -3244,13 +3249,8 @@ class ManagerCore:
                 # primary then lost acknowledged writes (`leave-faults` seeds 19,919,129 and
                 # 19,919,174). A later pass moves it, once another replica caught up.
                 continue
-            replicas = fill_replicas(
-                key,
-                primary=placement.primary,
-                keep=keep,
-                eligible=eligible,
-                count=count,
-                lacking=self._membership.lacking(key.part),
+            replicas = self._fill_replicas(
+                key, primary=placement.primary, keep=keep, eligible=eligible, count=count
             )
             operations.append(
                 override(key, Placement(primary=placement.primary, replicas=replicas))
