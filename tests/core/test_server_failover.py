@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from forehand.core._driver import ConnectionLost
 from forehand.core._part import PartState
 from forehand.core._server_config import ServerConfig
 from forehand.core._server_events import (
@@ -848,3 +849,16 @@ def test_a_catching_up_part_fenced_answers_what_waited_at_once() -> None:
         (waiting, ResponseStatus.TRY_AGAIN),
         (later, ResponseStatus.TRY_AGAIN),
     ]
+
+
+def test_a_promoted_primary_whose_replicas_are_all_down_does_not_wait_for_them() -> None:
+    """s3, s2's only replica, crashes and its connection is lost: no acknowledgement can come
+    before `failover_catch_up_ms`, so the request runs at once (its `replicated` answer waits
+    for a replica, as always)."""
+    cluster, cut = promoted_while_its_replica_is_cut_off()
+    cluster.router.remove("s3")
+    cluster.router.heal(cut)
+    cluster.router.send("s3", "s2", ConnectionLost(peer="s3", reason="reset"))
+    cluster.request("s2", "ledger", payload=b"5")
+    cluster.router.advance(ms=10)
+    assert len(cluster.events("s2", RequestExecuted)) == 1

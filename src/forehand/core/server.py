@@ -2091,9 +2091,13 @@ class ServerCore:
 
     def _still_catching_up(self, part: Part) -> bool:
         """Whether `part`, taken over by a failover, still waits for a replica to hold the
-        history it took over (`ServerConfig.failover_catch_up_ms`; the timer ends the wait)."""
+        history it took over (`ServerConfig.failover_catch_up_ms`; the timer ends the wait).
+        Not when every replica's connection is down: none would acknowledge before the bound."""
         shipper = self._shippers.get(part.ref)
-        return shipper is not None and shipper.acked_max() < self._catching_up[part.ref][0]
+        if shipper is None or shipper.acked_max() >= self._catching_up[part.ref][0]:
+            return False
+        down = self._down
+        return not down or not all(node in down for node in shipper.streams)
 
     def _caught_up(self, ref: PartRef, now_us: int) -> None:
         """`ref` no longer waits for a replica: the requests queued meanwhile run, in order."""
