@@ -137,7 +137,7 @@ class InFlight(msgspec.Struct, kw_only=True, gc=False):
     lost_on: NodeId | None = None
     """The server it was in flight on when that server was lost (its connection closed, or its
     PINGs went unanswered while the call waited there); None once it is sent again, or once
-    that server answers PINGs again."""
+    a frame comes from that server after a silence (`ClientCore._heard_again`)."""
     servers_lost: int = 0
     """Servers it was in flight on that were lost, counted as it is sent to another
     (`ClientConfig.call_servers_lost_max`)."""

@@ -644,8 +644,9 @@ class ClientCore:
         it comes up, and the heap is rebuilt past twice the requests in flight plus
         `_RENEWAL_HEAP_SLACK` entries."""
         self._silent_marked: set[NodeId] = set()
-        """Servers found silent with calls in flight there (`InFlight.lost_on`), until a PONG
-        (`_heard_again`) or the loss of their connection: at most the pool's connections."""
+        """Servers found silent with calls in flight there (`InFlight.lost_on`), until a frame
+        from them (`_heard_again`) or the loss of their connection: at most the pool's
+        connections."""
 
     def call(
         self,
@@ -1335,7 +1336,7 @@ class ClientCore:
             if entry.server != server:
                 continue
             # Sent elsewhere while this server is still silent, it was in flight on a lost one
-            # (`_dispatch`); a PONG first takes the mark back (`_on_pong`).
+            # (`_dispatch`); a frame from the server first takes the mark back (`_heard_again`).
             entry.lost_on = server
             self._silent_marked.add(server)
             if not asking:
