@@ -270,7 +270,7 @@ def test_a_waiting_read_that_ignores_its_condition_fails_the_run(
         name: dataclasses.replace(spec, handler=functools.partial(stale, handler=spec.handler))
         for name, spec in specs.items()
     }
-    monkeypatch.setattr("forehand.sim._cluster.app_specs", lambda: broken)
+    monkeypatch.setattr("forehand.sim._cluster.app_specs", lambda on_stall=None: broken)
     result = _waiting_run(4)
     assert result.failure is not None
     assert result.failure.checker == "WaitingReadChecker"

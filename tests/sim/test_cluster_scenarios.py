@@ -1,4 +1,5 @@
-"""The built-in scenarios with the real cores: predicted handoff, drain, crash, cut mid-handoff."""
+"""The built-in scenarios with the real cores: predicted handoff, drain, crash, cut mid-handoff,
+a call that stalls its servers."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from forehand.sim import (
     build_handoff,
     build_leave,
     build_partition_mid_handoff,
+    build_stall,
     primaries_of,
 )
 from forehand.sim.observations import Durability as ObservedDurability
@@ -126,3 +128,21 @@ def test_a_server_that_leaves_under_load_fails_no_request(seed: int) -> None:
     assert stats.handoffs_completed and stats.handoffs_aborted == []
     assert stats.failovers == []
     _no_request_failed_or_ran_twice(cluster)
+
+
+def test_a_call_that_stalls_each_server_it_runs_on_takes_down_two_and_loses_nothing() -> None:
+    """`stall`: a cart call whose handler holds its server's CPU past the failure timeout. Its
+    server is declared dead, the client sends it on to the promoted replica, which stalls too;
+    then the client gives up (SERVERS_LOST) instead of going on to a third. Every checker
+    passes: no acknowledged `replicated` write is lost, though the promoted replica was the
+    second one down (it ran nothing before a replica caught up). Before the bound, one call
+    stalled server after server until its deadline."""
+    stalls: list[int] = []
+    gave_up = 0
+    for seed in range(12):
+        cluster = _run(build_stall(seed))
+        stalls.append(cluster.sim.counters.get("stall-started", 0))
+        why = [failed.why.value for failed in cluster.stats.failed_requests]
+        gave_up += "servers-lost" in why
+    assert max(stalls) == 2 and min(stalls) >= 0
+    assert gave_up > 0

@@ -94,6 +94,7 @@ from forehand.sim._scenarios import (
     build_leave,
     build_mix,
     build_partition_mid_handoff,
+    build_stall,
     primaries_of,
 )
 from forehand.sim._simulator import (
@@ -187,6 +188,7 @@ __all__ = [
     "build_leave",
     "build_mix",
     "build_partition_mid_handoff",
+    "build_stall",
     "default_checkers",
     "derive_rng",
     "derive_seed",

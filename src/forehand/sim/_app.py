@@ -25,6 +25,7 @@ __all__ = [
     "NOTHING_YET",
     "OPERATIONS",
     "PART_DURABILITY",
+    "STALL_OP",
     "WAIT_MS",
     "WAIT_OP",
     "app_specs",
@@ -45,6 +46,9 @@ PART_DURABILITY: Mapping[str, Durability] = {
 CART_ITEMS = ("apple", "bread", "cheese", "dates", "eggs")
 """Items the simulated users put in their carts."""
 
+STALL_OP = "stall"
+"""A cart write that adds an item as `add` does, and that the `stall` scenario makes hold its
+server's CPU (`Simulator.stall_us`): a handler that blocks the event loop."""
 WAIT_OP = "wait"
 """Every part's waiting read: `wait <version>` answers the part's version once it reaches
 `<version>`."""
@@ -94,7 +98,7 @@ def _cart(state: Any, op: str, payload: bytes) -> HandlerResult:
     if op == WAIT_OP:
         version = orders * CART_VERSION_ORDER + sum(items.values())
         return _wait(state, version, payload)
-    if op == "add":
+    if op in ("add", STALL_OP):
         item = payload.decode()
         items[item] = items.get(item, 0) + 1
         new = {"items": items, "orders": orders}
@@ -168,6 +172,7 @@ OPERATIONS: Mapping[tuple[str, str], tuple[str, ...]] = {
     ("cart", "write"): ("add", "add", "add", "checkout"),
     ("feature/video", "read"): ("position",),
     ("feature/video", "write"): ("seek",),
+    ("cart", STALL_OP): (STALL_OP,),
 }
 """The concrete operations behind the workload's `read` and `write`, per part."""
 
@@ -178,20 +183,31 @@ def operation_for(part: str, kind: str, sequence: int) -> tuple[str, bytes, bool
     op = choices[sequence % len(choices)]
     if op == "login":
         payload = f"user{sequence % 7}".encode()
-    elif op == "add":
+    elif op in ("add", STALL_OP):
         payload = CART_ITEMS[sequence % len(CART_ITEMS)].encode()
     elif op == "seek":
         payload = str(1_000 * (1 + sequence % 30)).encode()
     else:
         payload = b""
-    return op, payload, kind == "write"
+    return op, payload, kind in ("write", STALL_OP)
 
 
-def app_specs() -> dict[str, PartSpec]:
-    """The part specs every simulated server registers."""
+def app_specs(on_stall: Callable[[], None] | None = None) -> dict[str, PartSpec]:
+    """The part specs every simulated server registers; `on_stall` is called when a handler
+    runs `STALL_OP` (the simulator then holds the server, `Simulator.stall_requested`)."""
+    handlers = dict(_HANDLERS)
+    if on_stall is not None:
+        cart = handlers["cart"]
+
+        def stalling_cart(state: Any, op: str, payload: bytes) -> HandlerResult:
+            if op == STALL_OP:
+                on_stall()
+            return cart(state, op, payload)
+
+        handlers["cart"] = stalling_cart
     return {
         name: PartSpec(
-            handler=_HANDLERS[name],
+            handler=handlers[name],
             initial_state=_empty,
             durability=PART_DURABILITY[name],
             read_ops=_READ_OPS[name],

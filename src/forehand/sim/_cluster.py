@@ -697,7 +697,10 @@ class SimCluster:
             self.plan.servers[start.node_id], incarnation=start.incarnation + 1
         )
         return ServerCore(
-            config=config, parts=app_specs(), sealer=_sealer(start.rng), rng=start.rng
+            config=config,
+            parts=app_specs(on_stall=self.sim.stall_requested),
+            sealer=_sealer(start.rng),
+            rng=start.rng,
         )
 
     def _build_client(self, start: NodeStart) -> ClientCore:

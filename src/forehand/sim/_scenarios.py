@@ -19,6 +19,7 @@ from forehand.core import CoreDriver, NodeId, RiskPolicyKind
 from forehand.core import manager_events as me
 from forehand.core import server_events as se
 from forehand.core.messages import PartRef
+from forehand.sim._app import STALL_OP
 from forehand.sim._campaign import register_scenario
 from forehand.sim._cluster import (
     LOAD_REPORT_INTERVAL_US,
@@ -34,6 +35,7 @@ from forehand.sim._links import PartitionDirection
 from forehand.sim._ramp import Ramp
 from forehand.sim._rng import derive_rng
 from forehand.sim._simulator import Simulator
+from forehand.sim._workload import WorkloadRequest
 from forehand.wire import ReasonCode
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "ROTATION",
     "SCENARIOS",
     "SETTLE_US",
+    "STALL_SCENARIO",
     "WAITING_READ_SHARE",
     "build_all",
     "build_crash_replicated",
@@ -53,6 +56,7 @@ __all__ = [
     "build_leave",
     "build_mix",
     "build_partition_mid_handoff",
+    "build_stall",
     "PREDICTED_SCENARIO",
     "PredictedCluster",
     "PredictedWatch",
@@ -330,6 +334,42 @@ def build_partition_mid_handoff(seed: int, *, waiting_read_share: float = 0.0) -
 ONE_WAY_CUT_LENGTHS_US = (1_000_000, 3_000_000, 6_000_000, 12_000_000)
 """How long the manager's messages to a drained server are lost: shorter and longer than the
 handoff deadline."""
+STALL_SCENARIO = "stall"
+STALL_US = 6_000_000
+"""How long a `stall` call holds the CPU of the server that runs it: past any failure timeout
+the scenarios draw (at most 2.5 s), so that server is declared dead while it runs."""
+
+
+def build_stall(seed: int) -> SimCluster:
+    """Five servers under load; one session's cart gets a call whose handler blocks the server
+    that runs it for `STALL_US` (`Simulator.stall_us`). Its server is declared dead, the client
+    sends the call on to the promoted replica, which stalls in turn: the client gives up after
+    `ClientConfig.call_servers_lost_max` servers, and the checkers judge that no acknowledged
+    write was lost on the way (the promoted replica ran nothing before a replica caught up)."""
+    heal_us = PLANNED_AT_US + 2 * STALL_US
+    config = ClusterConfig(
+        servers=5, heal_us=heal_us, duration_us=heal_us + SETTLE_US, think_time_us=50_000
+    )
+    cluster = SimCluster(seed, config)
+    cluster.sim.stall_us = STALL_US
+    rng = cluster.sim.rng("scenario")
+
+    def stall() -> None:
+        workload = cluster.workload
+        assert workload is not None
+        session = rng.choice(workload.sessions)
+        request = WorkloadRequest(session=session, part="cart", operation=STALL_OP, sequence=1)
+
+        def command(core: CoreDriver, now_us: int) -> None:
+            cluster.adapter.issue(core, request, now_us)
+
+        cluster.sim.command(session.client, command, label="a call that stalls its server")
+
+    cluster.sim.call_at(PLANNED_AT_US, stall, label="stall")
+    cluster.start()
+    return cluster
+
+
 ONE_WAY_SCENARIO = "drain-one-way"
 """The scenario name of `build_drain_one_way` (not in the rotation)."""
 
@@ -609,6 +649,11 @@ register_scenario(
     LEAVE_SCENARIO,
     _factory(build_leave),
     description="the busiest server stops the planned way (SIGTERM): drained, then it exits",
+)
+register_scenario(
+    STALL_SCENARIO,
+    _factory(build_stall),
+    description="a call whose handler blocks each server it runs on past the failure timeout",
 )
 register_scenario(
     ONE_WAY_SCENARIO,

@@ -181,6 +181,11 @@ class Simulator:
         self._events = 0
         self._observations = 0
         self._ran = False
+        self.stall_us = 0
+        """How long a handler that calls `stall_requested` holds its node's CPU, as a handler
+        that blocks the event loop does: nothing else is handled and nothing it sent goes out
+        until then (0: no handler stalls)."""
+        self._stalling = False
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -690,7 +695,37 @@ class Simulator:
         else:
             self._trace.pending.append(f"{now_us} c {node.node_id} {source}")
             payload(core, now_us)
+        if self._stalling:
+            self._stalling = False
+            self._stall(node)
+            return
         self._drain(node)
+
+    def stall_requested(self) -> None:
+        """A handler running on the node being processed blocks it for `stall_us`."""
+        self._stalling = self.stall_us > 0
+
+    def _stall(self, node: Node) -> None:
+        """Hold `node`'s CPU and outputs for `stall_us`: inputs wait in its inbox, timers too."""
+        self.count("stall-started")
+        self._trace.pending.append(f"{self.now_us} stall {node.node_id}")
+        node.cpu_busy = True
+        node_id, incarnation = node.node_id, node.incarnation
+
+        def over() -> None:
+            stalled = self._nodes[node_id]
+            if stalled.incarnation != incarnation:
+                return
+            stalled.cpu_busy = False
+            if stalled.state is not NodeState.UP:
+                return
+            self._drain(stalled)
+            if stalled.inbox:
+                stalled.cpu_busy = True
+                due_us = self.now_us + stalled.service_us(self.now_us)
+                self._schedule(due_us, _kinds.CPU, node_id, incarnation, None, "", None)
+
+        self.call_at(self.now_us + self.stall_us, over, label=f"stall of {node_id} over")
 
     def _check_timer_progress(self, node: Node, core: CoreDriver) -> None:
         due_us = core.timer_us()
