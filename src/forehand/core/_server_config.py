@@ -94,7 +94,8 @@ class ServerConfig:
     failover_catch_up_ms: int = 1000
     """After a failover makes this server the primary of a `replicated` part, the part's
     requests wait (queued, at most `receiving_queue_requests_max`) until a replica acknowledged
-    the history it took over, or for at most this long: the writes acknowledged before the
+    the history it took over, of that part and of every other a failover gave it meanwhile, or
+    for at most this long: the writes acknowledged before the
     failover were held by this server and the dead one alone (one replica's acknowledgement
     answers a write), and a second failure before any copy caught up lost them (a call that
     stalls every server it runs on, sent on to the promoted replica, does exactly that). 0:

@@ -339,9 +339,14 @@ class ServerCore:
     def _init_map_state(self) -> None:
         """The shard map held, and what waits for the maps to come."""
         self._catching_up: dict[PartRef, tuple[int, int]] = {}
-        """`replicated` parts a failover made primary here whose history no replica has
-        acknowledged yet: the sequence taken over and until when requests wait for it
-        (`ServerConfig.failover_catch_up_ms`; at most the parts primary here)."""
+        """`replicated` parts failovers made primary here whose requests wait, with the sequence
+        taken over and until when they wait (`ServerConfig.failover_catch_up_ms`; at most the
+        parts primary here), in deadline order."""
+        self._behind: set[PartRef] = set()
+        """Those of `_catching_up` whose history no replica has acknowledged yet. Every part
+        of `_catching_up` waits while any is behind: a request that stalls this server, run on
+        a part whose replicas caught up, would lose the history of another taken over with it
+        (`forehand sim --scenario stall --seed 1478`)."""
         self._map: ServerMap | None = None
         self._placements: dict[PartRef, Placement | None] = {}
         self._map_deltas: dict[int, MapPublished] = {}
@@ -493,7 +498,8 @@ class ServerCore:
             if read_due_us is not None:
                 candidates.append(read_due_us)
         if self._catching_up:
-            candidates.append(next(iter(self._catching_up.values()))[1])
+            # At once when none is behind any more (a demotion or a fence cleared the last).
+            candidates.append(next(iter(self._catching_up.values()))[1] if self._behind else 0)
         return min(candidates, default=None)
 
     # Commands.
@@ -684,10 +690,10 @@ class ServerCore:
             self._refuse(inbound, ResponseStatus.TRY_AGAIN, "part fenced by a failover")
             return
         if self._catching_up and part.ref in self._catching_up:
-            if self._still_catching_up(part):
+            if self._behind:
                 self._enqueue(part, inbound, full=_CATCH_UP_QUEUE_FULL)
                 return
-            self._caught_up(part.ref, now_us)
+            self._release_catching_up(now_us)
         # Offered load: counted before an OVERLOADED refusal, since the demand moves with the
         # part (see _server_load.py); duplicates, redirects and fenced requests are not counted.
         if self._config.heartbeat_part_loads_max:
@@ -1346,6 +1352,8 @@ class ServerCore:
             # would ask which of its streams do.
             if down.waiting or self._listed_alive(peer):
                 self._down[peer] = down
+                if self._behind:
+                    self._behind_replicas_down(now_us)
         elif peer not in self._down:
             # A server the map does not list (a handoff target the map no longer names): only
             # its sealed streams remain, probed again at the next replication round and then at
@@ -1694,6 +1702,7 @@ class ServerCore:
         if self._catching_up.pop(ref, None) is not None:
             # No longer primary here: what waited for its replicas is sent on to the next.
             self._fail_queue(ref, "the part's primary changed")
+            self._no_longer_behind(ref, now_us=None)
         self._shippers.pop(ref, None)
         self._shipping.pop(ref, None)
         self._resend_due.pop(ref, None)
@@ -1753,12 +1762,8 @@ class ServerCore:
         if outcome.sealed:
             self._seal_acknowledged(part, now_us)
         self._release_held(part)
-        if (
-            self._catching_up
-            and part.ref in self._catching_up
-            and not self._still_catching_up(part)
-        ):
-            self._caught_up(part.ref, now_us)
+        if self._behind and part.ref in self._behind and not self._still_behind(part):
+            self._no_longer_behind(part.ref, now_us=now_us)
         if part.state is PartState.PRIMARY:
             part.log.trim_through(shipper.acked_min())
         if shipper.settled(part.log.last_seq):
@@ -1776,6 +1781,7 @@ class ServerCore:
         self._fenced[part.ref] = None
         if self._catching_up.pop(part.ref, None) is not None:
             self._fail_queue(part.ref, "part fenced by a failover")
+            self._no_longer_behind(part.ref, now_us=None)
         if part.fenced and part.ref in self._waiting:
             # A fenced primary serves nothing until the map settles it (its reads too).
             self._release_reads(part.ref)
@@ -2089,34 +2095,56 @@ class ServerCore:
                 for client in self._attached.pop(ref.session_id, OrderedDict()):
                     self._client_sessions.get(client, set()).discard(ref.session_id)
 
-    def _still_catching_up(self, part: Part) -> bool:
-        """Whether `part`, taken over by a failover, still waits for a replica to hold the
-        history it took over (`ServerConfig.failover_catch_up_ms`; the timer ends the wait).
-        Not when every replica's connection is down: none would acknowledge before the bound."""
+    def _still_behind(self, part: Part) -> bool:
+        """Whether no replica of `part` has acknowledged the history it took over. Not when
+        every replica's connection is down: none would acknowledge before the bound."""
         shipper = self._shippers.get(part.ref)
         if shipper is None or shipper.acked_max() >= self._catching_up[part.ref][0]:
             return False
         down = self._down
         return not down or not all(node in down for node in shipper.streams)
 
-    def _caught_up(self, ref: PartRef, now_us: int) -> None:
-        """`ref` no longer waits for a replica: the requests queued meanwhile run, in order."""
-        del self._catching_up[ref]
-        part = self._parts.get(ref)
-        if part is not None and ref in self._queues:
-            self._drain_queue(part, now_us)
+    def _no_longer_behind(self, ref: PartRef, *, now_us: int | None) -> None:
+        """`ref` has a replica caught up (or left): once none is behind, every waiting part
+        runs what it queued, in order (`now_us` None: in the middle of a demotion or a fence,
+        so at the next request or timer, which is due at once)."""
+        self._behind.discard(ref)
+        if not self._behind and self._catching_up and now_us is not None:
+            self._release_catching_up(now_us)
+
+    def _behind_replicas_down(self, now_us: int) -> None:
+        """A peer went down: the parts behind whose every replica is down wait no more."""
+        for ref in list(self._behind):
+            part = self._parts.get(ref)
+            if part is None or not self._still_behind(part):
+                self._no_longer_behind(ref, now_us=now_us)
+
+    def _release_catching_up(self, now_us: int) -> None:
+        waiting, self._catching_up = self._catching_up, {}
+        for ref in waiting:
+            part = self._parts.get(ref)
+            if part is not None and ref in self._queues:
+                self._drain_queue(part, now_us)
 
     def _catch_up_timeouts(self, now_us: int) -> None:
-        """End the waits `failover_catch_up_ms` allows (entries come in deadline order)."""
+        """End the waits `failover_catch_up_ms` allows (entries come in deadline order), and
+        release the rest once none is behind."""
         while self._catching_up:
             ref, (_, until_us) = next(iter(self._catching_up.items()))
             if until_us > now_us:
-                return
+                break
             self._rare("failover-catch-up-timed-out")
-            self._caught_up(ref, now_us)
+            del self._catching_up[ref]
+            self._behind.discard(ref)
+            part = self._parts.get(ref)
+            if part is not None and ref in self._queues:
+                self._drain_queue(part, now_us)
+        if self._catching_up and not self._behind:
+            self._release_catching_up(now_us)
 
     def _install_primary(self, part: Part, cause: InstallCause, now_us: int) -> None:
         self._catching_up.pop(part.ref, None)
+        self._behind.discard(part.ref)
         if (
             cause is InstallCause.FAILOVER
             and part.spec.durability is Durability.REPLICATED
@@ -2126,6 +2154,7 @@ class ServerCore:
         ):
             until_us = now_us + self._config.failover_catch_up_ms * 1000
             self._catching_up[part.ref] = (part.applied_seq, until_us)
+            self._behind.add(part.ref)
         self._emit(
             PrimaryInstalled(
                 node=self._me,
@@ -2136,6 +2165,8 @@ class ServerCore:
             )
         )
         self._start_shipping(part, now_us)
+        if part.ref in self._behind and not self._still_behind(part):
+            self._no_longer_behind(part.ref, now_us=now_us)
         self._drain_queue(part, now_us)
 
     def _take_over(self, part: Part, epoch: int, source: NodeId, now_us: int) -> None:
