@@ -27,8 +27,12 @@ REQUEST_TIMEOUT_MS = 1_000
 IDLE_TIMEOUT_MS = 1_000
 WRITE_BUFFER_BYTES = 4_096
 WRITE_STALL_TIMEOUT_MS = 3_000
-"""Long beside the slow reader's quarter-second reads: a test process starved for two seconds on
-a loaded machine had its slowly read stream dropped once (at 2 s)."""
+"""Long beside the slow reader's quarter-second reads."""
+SLOW_READ_BYTES = 2_048
+"""What the slow reader takes every quarter second: 8 KiB/s, twice what the event stream sends
+(about 4 KiB/s). At 1 KiB it read exactly as fast as the stream came, so the stream sat at a
+zero TCP window, progressing only at the sender's window probes, whose backoff left it without
+progress past the stall timeout now and then (CI dropped it twice, at 2 s and at 3 s)."""
 RECEIVE_BUFFER_BYTES = 4_096
 """A client's receive buffer, kept small so that a stream fills it within seconds."""
 EVENTS_REQUEST = b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -219,7 +223,7 @@ def test_a_connection_beyond_the_bound_is_refused_and_the_others_go_on(
 @pytest.mark.slow
 def test_an_event_stream_whose_client_stops_reading_is_dropped(bounded: OpsCluster) -> None:
     """A dashboard stream whose client reads nothing is dropped once its write buffer stays full
-    for the stall timeout, and the drop is logged; a stream read slowly, a kilobyte at a time,
+    for the stall timeout, and the drop is logged; a stream read slowly, two kilobytes at a time,
     goes on for several stall timeouts after, and other requests are served throughout."""
     stalled = _connect(bounded, receive_buffer_bytes=RECEIVE_BUFFER_BYTES)
     slow = _connect(bounded, receive_buffer_bytes=RECEIVE_BUFFER_BYTES)
@@ -232,7 +236,7 @@ def test_an_event_stream_whose_client_stops_reading_is_dropped(bounded: OpsClust
         while not _logged(bounded, dropped):
             assert time.monotonic() < deadline, "the stream nobody reads was never dropped"
             time.sleep(0.25)
-            chunk = slow.recv(1_024)
+            chunk = slow.recv(SLOW_READ_BYTES)
             assert chunk, "the slowly read stream closed"
             read += chunk
             _api_works(bounded)
@@ -242,7 +246,7 @@ def test_an_event_stream_whose_client_stops_reading_is_dropped(bounded: OpsClust
         resumed = time.monotonic()
         while time.monotonic() - resumed < 3 * WRITE_STALL_TIMEOUT_MS / 1000:
             time.sleep(0.25)
-            chunk = slow.recv(1_024)
+            chunk = slow.recv(SLOW_READ_BYTES)
             assert chunk, "the slowly read stream closed"
             read += chunk
         assert read.count(b"event: ") > events_before
