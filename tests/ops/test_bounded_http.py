@@ -30,9 +30,12 @@ WRITE_STALL_TIMEOUT_MS = 3_000
 """Long beside the slow reader's quarter-second reads."""
 SLOW_READ_BYTES = 2_048
 """What the slow reader takes every quarter second: 8 KiB/s, twice what the event stream sends
-(about 4 KiB/s). At 1 KiB it read exactly as fast as the stream came, so the stream sat at a
-zero TCP window, progressing only at the sender's window probes, whose backoff left it without
-progress past the stall timeout now and then (CI dropped it twice, at 2 s and at 3 s)."""
+(about 4 KiB/s)."""
+SLOW_RECEIVE_BUFFER_BYTES = 16_384
+"""The slow reader's receive buffer. With the stalled one's 4 KiB, and reading 1 KiB a quarter
+second (exactly the stream's rate), its stream sat at a zero TCP window, progressing only at
+the sender's window probes, whose backoff left it without progress past the stall timeout now
+and then: CI dropped it at 2 s, at 3 s, and at 3 s reading 2 KiB."""
 RECEIVE_BUFFER_BYTES = 4_096
 """A client's receive buffer, kept small so that a stream fills it within seconds."""
 EVENTS_REQUEST = b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
@@ -226,7 +229,7 @@ def test_an_event_stream_whose_client_stops_reading_is_dropped(bounded: OpsClust
     for the stall timeout, and the drop is logged; a stream read slowly, two kilobytes at a time,
     goes on for several stall timeouts after, and other requests are served throughout."""
     stalled = _connect(bounded, receive_buffer_bytes=RECEIVE_BUFFER_BYTES)
-    slow = _connect(bounded, receive_buffer_bytes=RECEIVE_BUFFER_BYTES)
+    slow = _connect(bounded, receive_buffer_bytes=SLOW_RECEIVE_BUFFER_BYTES)
     try:
         stalled.sendall(EVENTS_REQUEST)
         slow.sendall(EVENTS_REQUEST)
