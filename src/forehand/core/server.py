@@ -2122,9 +2122,13 @@ class ServerCore:
     def _release_catching_up(self, now_us: int) -> None:
         waiting, self._catching_up = self._catching_up, {}
         for ref in waiting:
-            part = self._parts.get(ref)
-            if part is not None and ref in self._queues:
-                self._drain_queue(part, now_us)
+            self._run_waiting(ref, now_us)
+
+    def _run_waiting(self, ref: PartRef, now_us: int) -> None:
+        """Run what `ref` queued while it waited for its replicas, in order."""
+        part = self._parts.get(ref)
+        if part is not None and ref in self._queues:
+            self._drain_queue(part, now_us)
 
     def _catch_up_timeouts(self, now_us: int) -> None:
         """End the waits `failover_catch_up_ms` allows (entries come in deadline order), and
@@ -2136,9 +2140,7 @@ class ServerCore:
             self._rare("failover-catch-up-timed-out")
             del self._catching_up[ref]
             self._behind.discard(ref)
-            part = self._parts.get(ref)
-            if part is not None and ref in self._queues:
-                self._drain_queue(part, now_us)
+            self._run_waiting(ref, now_us)
         if self._catching_up and not self._behind:
             self._release_catching_up(now_us)
 
